@@ -1,0 +1,406 @@
+//! The value language: a CEL-compatible subset, parsed once at load time.
+//!
+//! Every expression string of a spec (`where`, `values`, `set`, `args`, `if`,
+//! `when`, `message`, `value`, invariants, …) is parsed here into an [`Expr`]
+//! that keeps the byte span of every sub-expression, so errors can point at
+//! the exact place. Parsing is iterative where input can be long and depth
+//! limited where it recurses: no expression can overflow the stack.
+//!
+//! ```
+//! use sinew_core::expr::{parse, ExprKind};
+//! let e = parse("product.price_cents * input.quantity").unwrap();
+//! assert!(matches!(e.kind, ExprKind::Binary(..)));
+//! assert!(parse("1 +").is_err());
+//! ```
+
+mod lex;
+mod parse;
+
+pub use parse::{MAX_DEPTH, parse};
+
+use std::fmt;
+
+/// A byte range inside the expression's source string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// First byte.
+    pub start: u32,
+    /// One past the last byte.
+    pub end: u32,
+}
+
+impl Span {
+    /// A span from `start` to `end`.
+    pub fn new(start: usize, end: usize) -> Span {
+        Span {
+            start: u32::try_from(start).unwrap_or(u32::MAX),
+            end: u32::try_from(end).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// The smallest span covering both.
+    pub fn to(self, other: Span) -> Span {
+        Span {
+            start: self.start.min(other.start),
+            end: self.end.max(other.end),
+        }
+    }
+}
+
+/// A parsed expression: its kind and where it stands in the source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expr {
+    /// What the expression is.
+    pub kind: ExprKind,
+    /// Where it stands.
+    pub span: Span,
+}
+
+/// The shapes an expression can take.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExprKind {
+    /// A literal value.
+    Lit(Lit),
+    /// A bare name (`input`, `product`).
+    Ident(String),
+    /// Field selection `a.b`.
+    Member(Box<Expr>, String),
+    /// Indexing `a[b]`.
+    Index(Box<Expr>, Box<Expr>),
+    /// A function call `f(x)` or a method call `x.f(y)` (`target` is `x`).
+    Call {
+        /// The receiver of a method call.
+        target: Option<Box<Expr>>,
+        /// The function's name.
+        func: String,
+        /// The arguments.
+        args: Vec<Expr>,
+    },
+    /// `!x` or `-x`.
+    Unary(UnaryOp, Box<Expr>),
+    /// `a op b`.
+    Binary(BinaryOp, Box<Expr>, Box<Expr>),
+    /// `c ? a : b`.
+    Cond(Box<Expr>, Box<Expr>, Box<Expr>),
+    /// `[a, b]`.
+    List(Vec<Expr>),
+    /// `{k: v}`.
+    Map(Vec<(Expr, Expr)>),
+}
+
+/// Literal values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lit {
+    /// `null`.
+    Null,
+    /// `true`, `false`.
+    Bool(bool),
+    /// A 64-bit signed integer.
+    Int(i64),
+    /// A double.
+    Double(f64),
+    /// A string.
+    String(String),
+}
+
+/// Unary operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnaryOp {
+    /// `!`
+    Not,
+    /// `-`
+    Neg,
+}
+
+/// Binary operators, loosest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryOp {
+    /// `||`
+    Or,
+    /// `&&`
+    And,
+    /// `==`
+    Eq,
+    /// `!=`
+    Ne,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+    /// `in`
+    In,
+    /// `+`
+    Add,
+    /// `-`
+    Sub,
+    /// `*`
+    Mul,
+    /// `/`
+    Div,
+    /// `%`
+    Rem,
+}
+
+impl BinaryOp {
+    /// The operator as written.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            BinaryOp::Or => "||",
+            BinaryOp::And => "&&",
+            BinaryOp::Eq => "==",
+            BinaryOp::Ne => "!=",
+            BinaryOp::Lt => "<",
+            BinaryOp::Le => "<=",
+            BinaryOp::Gt => ">",
+            BinaryOp::Ge => ">=",
+            BinaryOp::In => "in",
+            BinaryOp::Add => "+",
+            BinaryOp::Sub => "-",
+            BinaryOp::Mul => "*",
+            BinaryOp::Div => "/",
+            BinaryOp::Rem => "%",
+        }
+    }
+}
+
+/// A function the language knows: name, whether it is called as a method,
+/// and how many arguments it takes (not counting the receiver).
+#[derive(Debug, Clone, Copy)]
+pub struct Function {
+    /// Its name.
+    pub name: &'static str,
+    /// Callable as `f(x, …)`: the number of arguments.
+    pub global_arity: Option<usize>,
+    /// Callable as `x.f(…)`: the number of arguments besides `x`.
+    pub method_arity: Option<usize>,
+}
+
+/// Every function of the language.
+pub const FUNCTIONS: &[Function] = &[
+    Function {
+        name: "size",
+        global_arity: Some(1),
+        method_arity: Some(0),
+    },
+    Function {
+        name: "has",
+        global_arity: Some(1),
+        method_arity: None,
+    },
+    Function {
+        name: "startsWith",
+        global_arity: None,
+        method_arity: Some(1),
+    },
+    Function {
+        name: "endsWith",
+        global_arity: None,
+        method_arity: Some(1),
+    },
+    Function {
+        name: "contains",
+        global_arity: None,
+        method_arity: Some(1),
+    },
+    Function {
+        name: "lowerAscii",
+        global_arity: None,
+        method_arity: Some(0),
+    },
+    Function {
+        name: "upperAscii",
+        global_arity: None,
+        method_arity: Some(0),
+    },
+    Function {
+        name: "int",
+        global_arity: Some(1),
+        method_arity: None,
+    },
+    Function {
+        name: "double",
+        global_arity: Some(1),
+        method_arity: None,
+    },
+    Function {
+        name: "string",
+        global_arity: Some(1),
+        method_arity: None,
+    },
+    Function {
+        name: "timestamp",
+        global_arity: Some(1),
+        method_arity: None,
+    },
+    Function {
+        name: "duration",
+        global_arity: Some(1),
+        method_arity: None,
+    },
+];
+
+/// Looks a function up by name.
+pub fn function(name: &str) -> Option<&'static Function> {
+    FUNCTIONS.iter().find(|f| f.name == name)
+}
+
+/// A parse error: what went wrong and where in the expression.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ParseError {
+    /// Lowercase, no final period.
+    pub message: String,
+    /// Where in the source.
+    pub span: Span,
+}
+
+impl Expr {
+    /// Visits this expression and every sub-expression, parents first.
+    /// Iterative: safe on any depth.
+    pub fn walk<'a>(&'a self, mut f: impl FnMut(&'a Expr)) {
+        let mut stack = vec![self];
+        while let Some(e) = stack.pop() {
+            f(e);
+            match &e.kind {
+                ExprKind::Lit(_) | ExprKind::Ident(_) => {}
+                ExprKind::Member(a, _) | ExprKind::Unary(_, a) => stack.push(a),
+                ExprKind::Index(a, b) | ExprKind::Binary(_, a, b) => {
+                    stack.push(b);
+                    stack.push(a);
+                }
+                ExprKind::Call { target, args, .. } => {
+                    stack.extend(args.iter().rev());
+                    if let Some(t) = target {
+                        stack.push(t);
+                    }
+                }
+                ExprKind::Cond(a, b, c) => {
+                    stack.push(c);
+                    stack.push(b);
+                    stack.push(a);
+                }
+                ExprKind::List(items) => stack.extend(items.iter().rev()),
+                ExprKind::Map(entries) => {
+                    for (k, v) in entries.iter().rev() {
+                        stack.push(v);
+                        stack.push(k);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The literal integer this expression is, if it is one.
+    pub fn as_int(&self) -> Option<i64> {
+        match &self.kind {
+            ExprKind::Lit(Lit::Int(i)) => Some(*i),
+            _ => None,
+        }
+    }
+
+    /// The root name and the field path of a plain selection chain
+    /// (`input.a.b` → `("input", ["a", "b"])`).
+    pub fn as_path(&self) -> Option<(&str, Vec<&str>)> {
+        let mut fields = Vec::new();
+        let mut cur = self;
+        loop {
+            match &cur.kind {
+                ExprKind::Member(inner, f) => {
+                    fields.push(f.as_str());
+                    cur = inner;
+                }
+                ExprKind::Ident(name) => {
+                    fields.reverse();
+                    return Some((name.as_str(), fields));
+                }
+                _ => return None,
+            }
+        }
+    }
+}
+
+impl fmt::Display for Lit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Lit::Null => write!(f, "null"),
+            Lit::Bool(b) => write!(f, "{b}"),
+            Lit::Int(i) => write!(f, "{i}"),
+            Lit::Double(d) => {
+                if d.fract() == 0.0 && d.is_finite() {
+                    write!(f, "{d:.1}")
+                } else {
+                    write!(f, "{d}")
+                }
+            }
+            Lit::String(s) => {
+                write!(f, "\"")?;
+                for c in s.chars() {
+                    match c {
+                        '"' => write!(f, "\\\"")?,
+                        '\\' => write!(f, "\\\\")?,
+                        '\n' => write!(f, "\\n")?,
+                        '\r' => write!(f, "\\r")?,
+                        '\t' => write!(f, "\\t")?,
+                        c if (c as u32) < 0x20 => write!(f, "\\u{:04x}", c as u32)?,
+                        c => write!(f, "{c}")?,
+                    }
+                }
+                write!(f, "\"")
+            }
+        }
+    }
+}
+
+/// Prints an expression back in fully parenthesized source form, so that
+/// `parse(print(e)) == e` up to spans.
+impl fmt::Display for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ExprKind::Lit(l) => write!(f, "{l}"),
+            ExprKind::Ident(n) => write!(f, "{n}"),
+            ExprKind::Member(a, n) => write!(f, "{a}.{n}"),
+            ExprKind::Index(a, b) => write!(f, "{a}[{b}]"),
+            ExprKind::Call { target, func, args } => {
+                if let Some(t) = target {
+                    write!(f, "{t}.")?;
+                }
+                write!(f, "{func}(")?;
+                for (i, a) in args.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    write!(f, "{a}")?;
+                }
+                write!(f, ")")
+            }
+            ExprKind::Unary(UnaryOp::Not, a) => write!(f, "(!{a})"),
+            ExprKind::Unary(UnaryOp::Neg, a) => write!(f, "(-{a})"),
+            ExprKind::Binary(op, a, b) => write!(f, "({a} {} {b})", op.symbol()),
+            ExprKind::Cond(c, a, b) => write!(f, "({c} ? {a} : {b})"),
+            ExprKind::List(items) => {
+                write!(f, "[")?;
+                for (i, a) in items.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    write!(f, "{a}")?;
+                }
+                write!(f, "]")
+            }
+            ExprKind::Map(entries) => {
+                write!(f, "{{")?;
+                for (i, (k, v)) in entries.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    write!(f, "{k}: {v}")?;
+                }
+                write!(f, "}}")
+            }
+        }
+    }
+}

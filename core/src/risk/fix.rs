@@ -1,0 +1,86 @@
+//! `sinew check --fix`: apply the mechanical fixes, one at a time, each
+//! from a fresh analysis, so that no patch is ever applied to a spec it was
+//! not computed for.
+
+use std::collections::BTreeSet;
+
+use super::{Report, check};
+use crate::patch::{apply, apply_text};
+
+/// A fix that was applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The signal it removed.
+    pub code: String,
+    /// The tool.
+    pub tool: String,
+    /// Where.
+    pub path: String,
+    /// What it did.
+    pub summary: String,
+}
+
+/// The result of [`fix`].
+#[derive(Debug, Clone)]
+pub struct FixOutcome {
+    /// The fixed spec's text.
+    pub text: String,
+    /// What was applied, in order.
+    pub applied: Vec<Applied>,
+    /// The report on the fixed spec.
+    pub report: Report,
+    /// Whether some patch could not be applied in place and the spec was
+    /// re-serialized (formatting not kept).
+    pub reformatted: bool,
+}
+
+/// The most fixes applied to one spec: a bound, not an expected number.
+const MAX_FIXES: usize = 1000;
+
+/// Applies every mechanical fix of unacknowledged findings to `text`.
+pub fn fix(text: &str) -> FixOutcome {
+    let mut cur = text.to_string();
+    let mut applied = Vec::new();
+    let mut tried: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut reformatted = false;
+    let mut report = check(&cur);
+    while applied.len() < MAX_FIXES {
+        let next = report.findings().find(|f| {
+            !f.acknowledged
+                && f.fix.patch.is_some()
+                && !tried.contains(&(f.code.clone(), f.path.clone()))
+        });
+        let Some(f) = next.cloned() else { break };
+        tried.insert((f.code.clone(), f.path.clone()));
+        let Some(patch) = &f.fix.patch else { break };
+        let new = match apply_text(&cur, patch) {
+            Some(t) => t,
+            None => {
+                let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&cur) else {
+                    break;
+                };
+                if apply(&mut v, patch).is_err() {
+                    continue;
+                }
+                reformatted = true;
+                let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
+                s.push('\n');
+                s
+            }
+        };
+        cur = new;
+        applied.push(super::Applied {
+            code: f.code.clone(),
+            tool: f.tool.clone(),
+            path: f.path.clone(),
+            summary: f.fix.summary.clone(),
+        });
+        report = check(&cur);
+    }
+    FixOutcome {
+        text: cur,
+        applied,
+        report,
+        reformatted,
+    }
+}

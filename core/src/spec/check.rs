@@ -1,0 +1,971 @@
+//! Semantic checks of a decoded spec: every name refers to something that
+//! exists, every edge stays in its flow, every top-level path ends in
+//! `return` or `fail`, and every expression names only what is in scope.
+
+use petgraph::graph::NodeIndex;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+
+use super::decode::{Cx, path_params};
+use super::*;
+use crate::diag::{Diagnostic, child, suggest};
+use crate::expr::{self, ExprKind};
+use crate::flow::{Dominance, ToolGraph};
+
+/// What a name in an expression is bound to, as far as the loader knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Binding {
+    /// One row of an entity.
+    Row(String),
+    /// A list of rows of an entity.
+    Rows(String),
+    /// An object with these keys.
+    Object(Vec<String>),
+    /// Anything (an external's answer, …).
+    Any,
+}
+
+/// The names an expression may use.
+pub struct Scope<'a> {
+    spec: &'a Spec,
+    /// `input`, `auth` and `request` are in scope.
+    roots: bool,
+    tool: Option<&'a Tool>,
+    /// `row` is bound to a row of this entity.
+    row: Option<&'a str>,
+    graph: Option<(&'a ToolGraph<'a>, &'a Dominance)>,
+    /// A node is in scope when its "succeeded" vertex dominates all of these.
+    at: Vec<NodeIndex>,
+}
+
+impl<'a> Scope<'a> {
+    /// `input`, `auth` and `request` only (tool-level expressions, policies).
+    pub fn base(spec: &'a Spec, tool: Option<&'a Tool>) -> Scope<'a> {
+        Scope {
+            spec,
+            roots: true,
+            tool,
+            row: None,
+            graph: None,
+            at: Vec::new(),
+        }
+    }
+
+    /// `row` of `entity` only (invariants).
+    pub fn row_only(spec: &'a Spec, entity: &'a str) -> Scope<'a> {
+        Scope {
+            spec,
+            roots: false,
+            tool: None,
+            row: Some(entity),
+            graph: None,
+            at: Vec::new(),
+        }
+    }
+
+    /// Resolves a root name.
+    pub fn lookup(&self, name: &str) -> Result<Binding, String> {
+        match name {
+            "input" if self.roots => return Ok(Binding::Any),
+            "auth" if self.roots => {
+                return Ok(Binding::Object(vec![
+                    "sub".into(),
+                    "roles".into(),
+                    "claims".into(),
+                ]));
+            }
+            "request" if self.roots => {
+                return Ok(Binding::Object(vec![
+                    "id".into(),
+                    "time".into(),
+                    "idempotencyKey".into(),
+                ]));
+            }
+            "row" => {
+                return match self.row {
+                    Some(e) => Ok(Binding::Row(e.to_string())),
+                    None => Err(
+                        "`row` is only in scope in an update's `set` and in invariants".to_string(),
+                    ),
+                };
+            }
+            _ => {}
+        }
+        let Some((g, dom)) = self.graph else {
+            return Err(format!("unknown name `{name}`"));
+        };
+        let Some(&idx) = g.by_id.get(name) else {
+            return Err(format!("unknown name `{name}`"));
+        };
+        let vout = g.vout_of(idx);
+        if !self.at.iter().all(|&v| dom.dominates(vout, v)) {
+            return Err(format!(
+                "`{name}` is not certainly bound here: it may not have run (or may have failed) on some path to this node"
+            ));
+        }
+        let Some(info) = g.nodes.get(idx) else {
+            return Ok(Binding::Any);
+        };
+        Ok(match &info.node.kind {
+            NodeKind::Read { entity, one, .. } | NodeKind::Update { entity, one, .. } => {
+                if *one {
+                    Binding::Row(entity.clone())
+                } else {
+                    Binding::Rows(entity.clone())
+                }
+            }
+            NodeKind::Create { entity, .. }
+            | NodeKind::Transition { entity, .. }
+            | NodeKind::SoftDelete { entity, .. }
+            | NodeKind::Delete { entity, .. } => Binding::Row(entity.clone()),
+            NodeKind::Let { values } => Binding::Object(values.keys().cloned().collect()),
+            _ => Binding::Any,
+        })
+    }
+
+    fn candidates(&self) -> Vec<&str> {
+        let mut out = Vec::new();
+        if self.roots {
+            out.extend(["input", "auth", "request"]);
+        }
+        if self.row.is_some() {
+            out.push("row");
+        }
+        if let Some((g, dom)) = self.graph {
+            for (i, n) in g.nodes.iter().enumerate() {
+                let vout = g.vout_of(i);
+                if self.at.iter().all(|&v| dom.dominates(vout, v)) {
+                    out.push(n.id);
+                }
+            }
+        }
+        out
+    }
+
+    /// The closed set of input properties, when the input schema is closed.
+    fn input_fields(&self) -> Option<Vec<&'a str>> {
+        let schema = self.tool.map(|t| &t.input)?;
+        if schema.get("additionalProperties") != Some(&Value::Bool(false)) {
+            return None;
+        }
+        let props = schema.get("properties").and_then(Value::as_object);
+        Some(
+            props
+                .map(|p| p.keys().map(String::as_str).collect())
+                .unwrap_or_default(),
+        )
+    }
+}
+
+/// Checks every expression of `e` against `scope`.
+pub(crate) fn check_expr(cx: &mut Cx, e: &Expression, scope: &Scope) {
+    let Some(ast) = &e.ast else { return };
+    let report = |cx: &mut Cx, code: &str, span: expr::Span, message: String, help: String| {
+        cx.error(
+            Diagnostic::new(code, e.path.clone(), format!("in `{}`: {message}", e.src))
+                .help(help)
+                .span(span.start, span.end),
+        );
+    };
+    ast.walk(|node| match &node.kind {
+        ExprKind::Ident(name) => {
+            if let Err(msg) = scope.lookup(name) {
+                let help = suggest(name, scope.candidates(), "no names are in scope here");
+                report(cx, "expr-scope", node.span, msg, help);
+            }
+        }
+        ExprKind::Member(inner, field) => {
+            let binding = match &inner.kind {
+                ExprKind::Ident(root) => match scope.lookup(root) {
+                    Ok(b) if root == "input" => match scope.input_fields() {
+                        Some(fields) => Binding::Object(fields.iter().map(|s| s.to_string()).collect()),
+                        None => b,
+                    },
+                    Ok(b) => b,
+                    Err(_) => return,
+                },
+                ExprKind::Index(list, _) => match &list.kind {
+                    ExprKind::Ident(root) => match scope.lookup(root) {
+                        Ok(Binding::Rows(e)) => Binding::Row(e),
+                        _ => return,
+                    },
+                    _ => return,
+                },
+                _ => return,
+            };
+            let root = inner.as_path().map(|(r, _)| r.to_string()).unwrap_or_default();
+            match binding {
+                Binding::Row(ent) => {
+                    if let Some(entity) = scope.spec.entities.get(&ent) {
+                        if !entity.has_column(field) {
+                            report(
+                                cx,
+                                "unknown-field",
+                                node.span,
+                                format!("`{ent}` has no field `{field}`"),
+                                suggest(field, entity.columns(), ""),
+                            );
+                        }
+                    }
+                }
+                Binding::Rows(ent) => report(
+                    cx,
+                    "expr-type",
+                    node.span,
+                    format!("`{root}` is a list of `{ent}` rows, not one row"),
+                    format!("use `{root}[0].{field}`, `size({root})`, or set `\"one\": true` on `{root}`"),
+                ),
+                Binding::Object(keys) => {
+                    if !keys.iter().any(|k| k == field) {
+                        let what = if root == "input" {
+                            "the input schema does not declare"
+                        } else {
+                            "there is no"
+                        };
+                        report(
+                            cx,
+                            "unknown-field",
+                            node.span,
+                            format!("{what} `{root}.{field}`"),
+                            suggest(field, keys.iter().map(String::as_str), ""),
+                        );
+                    }
+                }
+                Binding::Any => {}
+            }
+        }
+        ExprKind::Call { target, func, args } => {
+            let Some(f) = expr::function(func) else {
+                report(
+                    cx,
+                    "unknown-function",
+                    node.span,
+                    format!("unknown function `{func}`"),
+                    suggest(func, expr::FUNCTIONS.iter().map(|f| f.name), ""),
+                );
+                return;
+            };
+            let (arity, form) = if target.is_some() {
+                (f.method_arity, "as a method (`x.f(…)`)")
+            } else {
+                (f.global_arity, "as a function (`f(x)`)")
+            };
+            match arity {
+                None => report(
+                    cx,
+                    "expr-type",
+                    node.span,
+                    format!("`{func}` cannot be called {form}"),
+                    if target.is_some() {
+                        format!("write `{func}(x)`")
+                    } else {
+                        format!("write `x.{func}(…)`")
+                    },
+                ),
+                Some(n) if n != args.len() => report(
+                    cx,
+                    "expr-type",
+                    node.span,
+                    format!("`{func}` takes {n} argument(s), found {}", args.len()),
+                    String::new(),
+                ),
+                Some(_) => {}
+            }
+            if func == "has" && !matches!(args.first().map(|a| &a.kind), Some(ExprKind::Member(..))) {
+                report(
+                    cx,
+                    "expr-type",
+                    node.span,
+                    "`has` takes a field selection".to_string(),
+                    "write `has(input.note)`".to_string(),
+                );
+            }
+        }
+        _ => {}
+    });
+}
+
+fn check_template(cx: &mut Cx, t: &Template, scope: &Scope) {
+    for e in t.expressions() {
+        check_expr(cx, e, scope);
+    }
+}
+
+fn check_role(cx: &mut Cx, spec: &Spec, path: &str, role: &str) {
+    if let Some(roles) = &spec.roles {
+        if !roles.iter().any(|r| r == role) {
+            cx.error(
+                Diagnostic::new(
+                    "unknown-role",
+                    path,
+                    format!("role `{role}` is not declared"),
+                )
+                .help(suggest(
+                    role,
+                    roles.iter().map(String::as_str),
+                    "declare it in the top-level `roles`",
+                )),
+            );
+        }
+    }
+}
+
+fn entity_ref<'s>(cx: &mut Cx, spec: &'s Spec, path: &str, name: &str) -> Option<&'s Entity> {
+    let e = spec.entities.get(name);
+    if e.is_none() {
+        cx.error(
+            Diagnostic::new("unknown-entity", path, format!("no entity `{name}`")).help(suggest(
+                name,
+                spec.entities.keys().map(String::as_str),
+                "declare it under `entities`",
+            )),
+        );
+    }
+    e
+}
+
+pub(crate) fn check(cx: &mut Cx, spec: &Spec) {
+    for (xname, x) in &spec.externals {
+        for (oname, op) in &x.operations {
+            if let Some(target) = &op.compensates {
+                if target == oname || !x.operations.contains_key(target) {
+                    cx.error(
+                        Diagnostic::new("unknown-operation", format!("/externals/{xname}/operations/{oname}/compensates"), format!("`{xname}` has no other operation `{target}` for `{oname}` to compensate"))
+                            .help(suggest(target, x.operations.keys().map(String::as_str), "")),
+                    );
+                }
+            }
+        }
+    }
+    for (name, entity) in &spec.entities {
+        check_entity(cx, spec, name, entity);
+    }
+    let mut routes: BTreeMap<(String, String), String> = BTreeMap::new();
+    for (name, tool) in &spec.tools {
+        cx.tool = Some(name.clone());
+        if let Some((method, path)) = tool.trigger.route() {
+            let shape: Vec<&str> = path
+                .split('/')
+                .map(|s| if s.starts_with('{') { "{}" } else { s })
+                .collect();
+            let key = (method.to_string(), shape.join("/"));
+            if let Some(other) = routes.get(&key) {
+                cx.error(
+                    Diagnostic::new(
+                        "duplicate-route",
+                        child(&tool.path, "trigger"),
+                        format!("`{method} {path}` is also the route of `{other}`"),
+                    )
+                    .help("give each tool its own method and path"),
+                );
+            } else {
+                routes.insert(key, name.clone());
+            }
+        }
+        check_tool(cx, spec, tool);
+        cx.tool = None;
+    }
+    for policy in spec.policies.values() {
+        if let Some(tools) = &policy.tools {
+            for (i, t) in tools.iter().enumerate() {
+                if !spec.tools.contains_key(t) {
+                    cx.error(
+                        Diagnostic::new(
+                            "unknown-tool",
+                            format!("{}/tools/{i}", policy.path),
+                            format!("no tool `{t}`"),
+                        )
+                        .help(suggest(
+                            t,
+                            spec.tools.keys().map(String::as_str),
+                            "",
+                        )),
+                    );
+                }
+            }
+        }
+        let scope = Scope::base(spec, None);
+        match &policy.kind {
+            PolicyKind::BudgetCheck { amount, max_amount } => {
+                check_expr(cx, amount, &scope);
+                if let Limit::Expr(e) = max_amount {
+                    check_expr(cx, e, &scope);
+                }
+            }
+            PolicyKind::Custom { when } => check_expr(cx, when, &scope),
+            _ => {}
+        }
+    }
+    for ack in &spec.acknowledgments {
+        let Some(tool) = spec.tools.get(&ack.tool) else {
+            cx.error(
+                Diagnostic::new(
+                    "unknown-tool",
+                    child(&ack.path, "tool"),
+                    format!("no tool `{}`", ack.tool),
+                )
+                .help(suggest(
+                    &ack.tool,
+                    spec.tools.keys().map(String::as_str),
+                    "",
+                )),
+            );
+            continue;
+        };
+        if !crate::risk::SIGNALS.iter().any(|s| s.code == ack.signal) {
+            cx.error(
+                Diagnostic::new(
+                    "unknown-signal",
+                    child(&ack.path, "signal"),
+                    format!("no risk signal `{}`", ack.signal),
+                )
+                .help(suggest(
+                    &ack.signal,
+                    crate::risk::SIGNALS.iter().map(|s| s.code),
+                    "",
+                )),
+            );
+        }
+        if let Some(node) = &ack.node {
+            let g = ToolGraph::build(tool);
+            if !g.by_id.contains_key(node.as_str()) {
+                cx.error(
+                    Diagnostic::new(
+                        "unknown-node",
+                        child(&ack.path, "node"),
+                        format!("`{}` has no node `{node}`", ack.tool),
+                    )
+                    .help(suggest(node, g.by_id.keys().copied(), "")),
+                );
+            }
+        }
+    }
+}
+
+fn check_entity(cx: &mut Cx, spec: &Spec, name: &str, e: &Entity) {
+    for (fname, f) in &e.fields {
+        let fpath = child(&child(&e.path, "fields"), fname);
+        if IMPLICIT_FIELDS.contains(&fname.as_str()) || (fname == "status" && e.status.is_some()) {
+            cx.error(
+                Diagnostic::new("reserved-field", fpath.clone(), format!("`{fname}` is a column every entity gets"))
+                    .help("remove it: `id`, `version`, `created_at`, `updated_at`, `deleted_at` (and `status` with a status machine) are implicit"),
+            );
+        }
+        if let Some(target) = &f.entity {
+            entity_ref(cx, spec, &child(&fpath, "entity"), target);
+        }
+    }
+    if let Some(owner) = &e.owner {
+        let opath = child(&e.path, "owner");
+        match e.fields.get(&owner.field) {
+            None => cx.error(
+                Diagnostic::new(
+                    "unknown-field",
+                    child(&opath, "field"),
+                    format!("`{name}` has no field `{}`", owner.field),
+                )
+                .help(suggest(
+                    &owner.field,
+                    e.fields.keys().map(String::as_str),
+                    "declare it as a string field",
+                )),
+            ),
+            Some(f) if !matches!(f.ty, FieldType::String | FieldType::Uuid) => cx.error(
+                Diagnostic::new(
+                    "invalid-value",
+                    child(&opath, "field"),
+                    format!(
+                        "the owner field `{}` must be a `string` (it holds `auth.sub`)",
+                        owner.field
+                    ),
+                )
+                .help("make it `\"type\": \"string\"`"),
+            ),
+            Some(_) => {}
+        }
+        for (i, r) in owner.exempt.iter().enumerate() {
+            check_role(cx, spec, &format!("{opath}/exempt/{i}"), r);
+        }
+    }
+    if let Some(sm) = &e.status {
+        if sm.transitions.is_empty() {
+            cx.warn(
+                Diagnostic::new(
+                    "no-transitions",
+                    child(&e.path, "status"),
+                    format!("`{name}` has a status machine with no transitions"),
+                )
+                .help("add transitions, or remove the status machine"),
+            );
+        }
+    }
+    let scope = Scope::row_only(spec, name);
+    for inv in e.invariants.values() {
+        check_expr(cx, inv, &scope);
+    }
+}
+
+fn check_tool(cx: &mut Cx, spec: &Spec, tool: &Tool) {
+    for (i, r) in tool.auth.roles.iter().enumerate() {
+        check_role(cx, spec, &format!("{}/auth/roles/{i}", tool.path), r);
+    }
+    let base = Scope::base(spec, Some(tool));
+    if let Some(e) = &tool.idempotency_key {
+        check_expr(cx, e, &base);
+    }
+    if let Some(e) = &tool.auth.deny_when {
+        check_expr(cx, e, &base);
+    }
+    if let Some((_, path)) = tool.trigger.route() {
+        if let Some(fields) = base.input_fields() {
+            for p in path_params(path).unwrap_or_default() {
+                if !fields.contains(&p) {
+                    cx.error(
+                        Diagnostic::new("path-param-not-in-input", child(&tool.path, "input"), format!("the path parameter `{p}` is not a property of the input schema"))
+                            .help(format!("path parameters are merged into the input: declare `{p}` under `properties`")),
+                    );
+                }
+            }
+        }
+    }
+
+    let g = ToolGraph::build(tool);
+    for bad in &g.bad_edges {
+        let flow = g.flows.get(bad.flow).copied();
+        let (path, key) = match (bad.from, bad.kind) {
+            (Some(i), Some(k)) => (
+                g.nodes
+                    .get(i)
+                    .map(|n| format!("{}{}", n.node.path, k.pointer_suffix()))
+                    .unwrap_or_default(),
+                k.key(),
+            ),
+            _ => (
+                flow.map(|f| child(&f.path, "entry")).unwrap_or_default(),
+                "entry",
+            ),
+        };
+        let elsewhere = g.by_id.contains_key(bad.target.as_str());
+        let local: Vec<&str> = flow
+            .map(|f| f.nodes.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        let (message, help) = if elsewhere {
+            (
+                format!("`{key}` leads to `{}`, which is in another flow", bad.target),
+                "edges stay within one flow: the top level, or one transaction body; a body ends where a node has no `next`".to_string(),
+            )
+        } else {
+            (
+                format!("`{key}` leads to `{}`, which is not a node", bad.target),
+                suggest(&bad.target, local, "add the node"),
+            )
+        };
+        cx.error(Diagnostic::new("dangling-edge", path, message).help(help));
+    }
+
+    let dom = Dominance::new(&g);
+    // Compensation: which calls each node compensates.
+    let mut compensates: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (i, info) in g.nodes.iter().enumerate() {
+        if let NodeKind::Call {
+            compensate: Some(target),
+            ..
+        } = &info.node.kind
+        {
+            let path = child(&info.node.path, "compensate");
+            match g.by_id.get(target.as_str()) {
+                None => cx.error(
+                    Diagnostic::new(
+                        "unknown-node",
+                        path,
+                        format!("`compensate` names `{target}`, which is not a node"),
+                    )
+                    .help(suggest(target, g.by_id.keys().copied(), "")),
+                ),
+                Some(&t) if t == i => cx.error(
+                    Diagnostic::new("invalid-value", path, "a call cannot compensate itself")
+                        .help("name the call that undoes this one"),
+                ),
+                Some(&t) => {
+                    let ok = g.nodes.get(t).is_some_and(|n| {
+                        matches!(
+                            n.node.kind,
+                            NodeKind::Call { .. }
+                                | NodeKind::Transaction { .. }
+                                | NodeKind::Invalid
+                        )
+                    });
+                    if ok {
+                        compensates.entry(t).or_default().push(i);
+                    } else {
+                        cx.error(
+                            Diagnostic::new("wrong-node-kind", path, format!("`compensate` names `{target}`, which is not a `call` or `transaction` node"))
+                                .help("compensation undoes an effect: name a call (a refund) or a transaction"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let comp_roots: Vec<NodeIndex> = compensates.keys().map(|&t| g.vin_of(t)).collect();
+    let from_comp = g.reachable(&comp_roots, |_| true);
+
+    for (i, info) in g.nodes.iter().enumerate() {
+        let node = info.node;
+        let vin = g.vin_of(i);
+        let reachable = dom.is_reachable(vin);
+        // Reachability and open paths.
+        if !reachable {
+            let in_dead_tx = info.tx.is_some_and(|t| {
+                !dom.is_reachable(g.vin_of(t))
+                    && !from_comp.get(g.vin_of(t).index()).copied().unwrap_or(false)
+            });
+            let as_comp = from_comp.get(vin.index()).copied().unwrap_or(false);
+            if !as_comp && !in_dead_tx {
+                cx.warn(
+                    Diagnostic::new(
+                        "unreachable-node",
+                        node.path.clone(),
+                        format!("node `{}` can never run", info.id),
+                    )
+                    .help("connect it with `next`/`onError`, or remove it"),
+                );
+            }
+        } else if info.tx.is_none() {
+            let open = match &node.kind {
+                NodeKind::Return { .. }
+                | NodeKind::Fail { .. }
+                | NodeKind::Invalid
+                | NodeKind::If { .. } => false,
+                NodeKind::Switch { default, .. } => default.is_none(),
+                _ => node.next.is_none(),
+            };
+            if open {
+                let what = if matches!(node.kind, NodeKind::Switch { .. }) {
+                    "has no `default`: when no case matches,"
+                } else {
+                    "has no `next`: after it"
+                };
+                cx.error(
+                    Diagnostic::new(
+                        "open-path",
+                        node.path.clone(),
+                        format!(
+                            "node `{}` {what} the flow ends without `return` or `fail`",
+                            info.id
+                        ),
+                    )
+                    .help("every path at the top level ends in a `return` or `fail` node"),
+                );
+            }
+        }
+        // Scope for this node's expressions.
+        let mut at = Vec::new();
+        if reachable {
+            at.push(vin);
+        }
+        if let Some(calls) = compensates.get(&i) {
+            at.extend(calls.iter().map(|&c| g.vout_of(c)));
+        }
+        let scope = |row: Option<&'_ str>| Scope {
+            spec,
+            roots: true,
+            tool: Some(tool),
+            row: row.map(|r| {
+                // Lifetimes: the entity name lives in the spec.
+                spec.entities
+                    .get_key_value(r)
+                    .map_or("", |(k, _)| k.as_str())
+            }),
+            graph: Some((&g, &dom)),
+            at: at.clone(),
+        };
+        check_node(cx, spec, &scope(None), &scope(node.kind.entity()), node);
+    }
+}
+
+fn check_fields(
+    cx: &mut Cx,
+    entity: Option<&Entity>,
+    ename: &str,
+    path: &str,
+    names: impl Iterator<Item = String>,
+    writable: bool,
+) {
+    let Some(e) = entity else { return };
+    for name in names {
+        let p = child(path, &name);
+        if writable {
+            if IMPLICIT_FIELDS.contains(&name.as_str()) {
+                cx.error(
+                    Diagnostic::new(
+                        "invalid-value",
+                        p,
+                        format!("`{name}` is maintained by sinew and cannot be set"),
+                    )
+                    .help("remove it"),
+                );
+                continue;
+            }
+            if name == "status" && e.status.is_some() {
+                cx.error(
+                    Diagnostic::new(
+                        "status-outside-transition",
+                        p,
+                        "`status` changes only through a `transition` node",
+                    )
+                    .help("add a transition to the status machine and use a `transition` node"),
+                );
+                continue;
+            }
+            if !e.fields.contains_key(&name) {
+                cx.error(
+                    Diagnostic::new(
+                        "unknown-field",
+                        p,
+                        format!("`{ename}` has no field `{name}`"),
+                    )
+                    .help(suggest(
+                        &name,
+                        e.fields.keys().map(String::as_str),
+                        "",
+                    )),
+                );
+            }
+        } else if !e.has_column(&name) {
+            cx.error(
+                Diagnostic::new(
+                    "unknown-field",
+                    p,
+                    format!("`{ename}` has no field `{name}`"),
+                )
+                .help(suggest(&name, e.columns(), "")),
+            );
+        }
+    }
+}
+
+fn check_filters(
+    cx: &mut Cx,
+    spec: &Spec,
+    entity: Option<&Entity>,
+    ename: &str,
+    path: &str,
+    filters: &[Filter],
+    scope: &Scope,
+) {
+    check_fields(
+        cx,
+        entity,
+        ename,
+        &child(path, "where"),
+        filters.iter().map(|f| f.field.clone()),
+        false,
+    );
+    let _ = spec;
+    for f in filters {
+        check_template(cx, &f.value, scope);
+    }
+}
+
+fn check_node(cx: &mut Cx, spec: &Spec, scope: &Scope, row_scope: &Scope, node: &Node) {
+    let path = node.path.as_str();
+    let ent = |cx: &mut Cx, name: &str| entity_ref(cx, spec, &child(path, "entity"), name);
+    match &node.kind {
+        NodeKind::Read {
+            entity,
+            filters,
+            order_by,
+            limit,
+            after,
+            ..
+        } => {
+            let e = ent(cx, entity);
+            check_filters(cx, spec, e, entity, path, filters, scope);
+            if let Some(e) = e {
+                for (i, o) in order_by.iter().enumerate() {
+                    if !e.has_column(&o.field) {
+                        cx.error(
+                            Diagnostic::new(
+                                "unknown-field",
+                                format!("{path}/orderBy/{i}"),
+                                format!("`{entity}` has no field `{}`", o.field),
+                            )
+                            .help(suggest(&o.field, e.columns(), "")),
+                        );
+                    }
+                }
+            }
+            if let Some(Limit::Expr(x)) = limit {
+                check_expr(cx, x, scope);
+            }
+            if let Some(x) = after {
+                check_expr(cx, x, scope);
+            }
+        }
+        NodeKind::Create { entity, values } => {
+            let e = ent(cx, entity);
+            check_fields(
+                cx,
+                e,
+                entity,
+                &child(path, "values"),
+                values.keys().cloned(),
+                true,
+            );
+            for t in values.values() {
+                check_template(cx, t, scope);
+            }
+            if let Some(e) = e {
+                let owner = e.owner.as_ref().map(|o| o.field.as_str());
+                for (fname, f) in &e.fields {
+                    if !f.nullable
+                        && f.default.is_none()
+                        && !values.contains_key(fname)
+                        && Some(fname.as_str()) != owner
+                    {
+                        cx.warn(
+                            Diagnostic::new("missing-value", child(path, "values"), format!("`{fname}` is not nullable and has no default, but this create does not set it"))
+                                .help(format!("set `{fname}`, or mark the field `nullable` or give it a `default`")),
+                        );
+                    }
+                }
+            }
+        }
+        NodeKind::Update {
+            entity,
+            filters,
+            limit,
+            set,
+            ..
+        } => {
+            let e = ent(cx, entity);
+            check_filters(
+                cx,
+                spec,
+                e,
+                entity,
+                path,
+                filters.as_deref().unwrap_or_default(),
+                scope,
+            );
+            check_fields(
+                cx,
+                e,
+                entity,
+                &child(path, "set"),
+                set.keys().cloned(),
+                true,
+            );
+            for t in set.values() {
+                check_template(cx, t, row_scope);
+            }
+            if let Some(Limit::Expr(x)) = limit {
+                check_expr(cx, x, scope);
+            }
+        }
+        NodeKind::Transition { entity, id, action } => {
+            check_expr(cx, id, scope);
+            if let Some(e) = ent(cx, entity) {
+                match &e.status {
+                    None => cx.error(
+                        Diagnostic::new(
+                            "unknown-action",
+                            child(path, "action"),
+                            format!(
+                                "`{entity}` has no status machine, so it has no action `{action}`"
+                            ),
+                        )
+                        .help(format!("add `status` with transitions to `{entity}`")),
+                    ),
+                    Some(sm) if !sm.transitions.contains_key(action) => cx.error(
+                        Diagnostic::new(
+                            "unknown-action",
+                            child(path, "action"),
+                            format!("`{entity}` has no transition `{action}`"),
+                        )
+                        .help(suggest(
+                            action,
+                            sm.transitions.keys().map(String::as_str),
+                            "",
+                        )),
+                    ),
+                    Some(_) => {}
+                }
+            }
+        }
+        NodeKind::SoftDelete { entity, id } | NodeKind::Delete { entity, id } => {
+            check_expr(cx, id, scope);
+            ent(cx, entity);
+        }
+        NodeKind::Let { values } => {
+            for t in values.values() {
+                check_template(cx, t, scope);
+            }
+        }
+        NodeKind::Assert { that, message, .. } => {
+            check_expr(cx, that, scope);
+            if let Some(m) = message {
+                check_expr(cx, m, scope);
+            }
+        }
+        NodeKind::If { cond, .. } => check_expr(cx, cond, scope),
+        NodeKind::Switch { cases, .. } => {
+            for c in cases {
+                check_expr(cx, &c.when, scope);
+            }
+        }
+        NodeKind::Call {
+            external,
+            operation,
+            args,
+            idempotency_key,
+            ..
+        } => {
+            match spec.externals.get(external) {
+                None => cx.error(
+                    Diagnostic::new(
+                        "unknown-external",
+                        child(path, "external"),
+                        format!("no external `{external}`"),
+                    )
+                    .help(suggest(
+                        external,
+                        spec.externals.keys().map(String::as_str),
+                        "declare it under `externals`",
+                    )),
+                ),
+                Some(x) if !x.operations.contains_key(operation) => cx.error(
+                    Diagnostic::new(
+                        "unknown-operation",
+                        child(path, "operation"),
+                        format!("`{external}` has no operation `{operation}`"),
+                    )
+                    .help(suggest(
+                        operation,
+                        x.operations.keys().map(String::as_str),
+                        "declare it under the external's `operations`",
+                    )),
+                ),
+                Some(_) => {}
+            }
+            for t in args.values() {
+                check_template(cx, t, scope);
+            }
+            if let Some(k) = idempotency_key {
+                check_expr(cx, k, scope);
+            }
+        }
+        NodeKind::Return { value, .. } => {
+            if let Some(v) = value {
+                check_template(cx, v, scope);
+            }
+        }
+        NodeKind::Fail { message, .. } => {
+            if let Some(m) = message {
+                check_expr(cx, m, scope);
+            }
+        }
+        NodeKind::Sql { .. } | NodeKind::Transaction { .. } | NodeKind::Invalid => {}
+    }
+}

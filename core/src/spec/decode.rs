@@ -1,0 +1,1527 @@
+//! Decoding a JSON value into the spec model, collecting every format error
+//! with its JSON Pointer instead of stopping at the first.
+
+use indexmap::IndexMap;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+
+use super::*;
+use crate::diag::{Diagnostic, child, suggest};
+use crate::expr;
+
+/// The decoding context: diagnostics found so far and the tool being
+/// decoded (errors inside a tool are tagged with it).
+#[derive(Default)]
+pub(crate) struct Cx {
+    pub errors: Vec<Diagnostic>,
+    pub warnings: Vec<Diagnostic>,
+    pub tool: Option<String>,
+}
+
+impl Cx {
+    pub fn error(&mut self, mut d: Diagnostic) {
+        if d.tool.is_none() {
+            d.tool.clone_from(&self.tool);
+        }
+        self.errors.push(d);
+    }
+
+    pub fn warn(&mut self, mut d: Diagnostic) {
+        if d.tool.is_none() {
+            d.tool.clone_from(&self.tool);
+        }
+        self.warnings.push(d);
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn wrong_type(cx: &mut Cx, path: &str, want: &str, v: &Value) {
+    cx.error(
+        Diagnostic::new(
+            "wrong-type",
+            path,
+            format!("expected {want}, found {}", kind_of(v)),
+        )
+        .help(format!("write {want} here")),
+    );
+}
+
+/// A JSON object being decoded: remembers which keys were asked for, so the
+/// rest can be reported as unknown.
+struct Obj<'a> {
+    map: &'a Map<String, Value>,
+    path: String,
+    asked: Vec<&'static str>,
+}
+
+impl<'a> Obj<'a> {
+    fn new(cx: &mut Cx, v: &'a Value, path: &str, what: &str) -> Option<Obj<'a>> {
+        match v {
+            Value::Object(map) => Some(Obj {
+                map,
+                path: path.to_string(),
+                asked: Vec::new(),
+            }),
+            other => {
+                wrong_type(cx, path, what, other);
+                None
+            }
+        }
+    }
+
+    fn at(&self, key: &str) -> String {
+        child(&self.path, key)
+    }
+
+    fn get(&mut self, key: &'static str) -> Option<&'a Value> {
+        self.asked.push(key);
+        self.map.get(key)
+    }
+
+    fn req(&mut self, cx: &mut Cx, key: &'static str) -> Option<&'a Value> {
+        let v = self.get(key);
+        if v.is_none() {
+            cx.error(
+                Diagnostic::new(
+                    "missing-key",
+                    self.path.clone(),
+                    format!("missing required key `{key}`"),
+                )
+                .help(format!("add `\"{key}\": …` here")),
+            );
+        }
+        v
+    }
+
+    fn string(&mut self, cx: &mut Cx, key: &'static str, required: bool) -> Option<String> {
+        let v = if required {
+            self.req(cx, key)?
+        } else {
+            self.get(key)?
+        };
+        match v {
+            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            Value::String(_) => {
+                cx.error(
+                    Diagnostic::new("invalid-value", self.at(key), format!("`{key}` is empty"))
+                        .help("write a non-empty string"),
+                );
+                None
+            }
+            other => {
+                wrong_type(cx, &self.at(key), "a string", other);
+                None
+            }
+        }
+    }
+
+    fn name(&mut self, cx: &mut Cx, key: &'static str, required: bool) -> Option<String> {
+        let s = self.string(cx, key, required)?;
+        check_name(cx, &self.at(key), &s, "a name").then_some(s)
+    }
+
+    fn bool(&mut self, cx: &mut Cx, key: &'static str) -> bool {
+        match self.get(key) {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                wrong_type(cx, &self.at(key), "true or false", other);
+                false
+            }
+        }
+    }
+
+    fn uint(&mut self, cx: &mut Cx, key: &'static str, min: u64, max: u64) -> Option<u64> {
+        let v = self.get(key)?;
+        match v.as_u64() {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            Some(n) => {
+                cx.error(
+                    Diagnostic::new(
+                        "invalid-value",
+                        self.at(key),
+                        format!("`{key}` is {n}, outside {min}..={max}"),
+                    )
+                    .help(format!("use a whole number from {min} to {max}")),
+                );
+                None
+            }
+            None => {
+                wrong_type(cx, &self.at(key), "a whole number", v);
+                None
+            }
+        }
+    }
+
+    fn status(
+        &mut self,
+        cx: &mut Cx,
+        key: &'static str,
+        range: (u16, u16),
+        default: Option<u16>,
+    ) -> Option<u16> {
+        let present = self.map.contains_key(key);
+        if !present {
+            if default.is_none() {
+                self.req(cx, key);
+            }
+            self.asked.push(key);
+            return default;
+        }
+        self.uint(cx, key, u64::from(range.0), u64::from(range.1))
+            .and_then(|n| u16::try_from(n).ok())
+    }
+
+    fn names(&mut self, cx: &mut Cx, key: &'static str) -> Vec<String> {
+        let Some(v) = self.get(key) else {
+            return Vec::new();
+        };
+        let path = self.at(key);
+        string_list(cx, v, &path, true)
+    }
+
+    fn expr(&mut self, cx: &mut Cx, key: &'static str, required: bool) -> Option<Expression> {
+        let v = if required {
+            self.req(cx, key)?
+        } else {
+            self.get(key)?
+        };
+        expression(cx, v, &self.at(key))
+    }
+
+    /// Reports keys nobody asked for (documentation and `x-` keys aside).
+    fn finish(self, cx: &mut Cx) {
+        for key in self.map.keys() {
+            if self.asked.contains(&key.as_str()) || is_extra_key(key) {
+                continue;
+            }
+            let help = suggest(key, self.asked.iter().copied(), "remove it");
+            cx.error(
+                Diagnostic::new("unknown-key", self.at(key), format!("unknown key `{key}`")).help(
+                    if help.starts_with("did you mean") {
+                        help
+                    } else {
+                        format!(
+                            "remove it, or prefix it with `x-` to keep it as an extension; {help}"
+                        )
+                    },
+                ),
+            );
+        }
+    }
+}
+
+fn is_extra_key(key: &str) -> bool {
+    matches!(key, "description" | "title" | "$comment") || key.starts_with("x-")
+}
+
+fn string_list(cx: &mut Cx, v: &Value, path: &str, names: bool) -> Vec<String> {
+    let Value::Array(items) = v else {
+        wrong_type(cx, path, "an array of strings", v);
+        return Vec::new();
+    };
+    let mut out: Vec<String> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let p = child(path, &i.to_string());
+        match item {
+            Value::String(s) if names && !check_name(cx, &p, s, "a name") => {}
+            Value::String(s) if out.contains(s) => cx.error(
+                Diagnostic::new("duplicate-name", p, format!("`{s}` is listed twice"))
+                    .help("list it once"),
+            ),
+            Value::String(s) => out.push(s.clone()),
+            other => wrong_type(cx, &p, "a string", other),
+        }
+    }
+    out
+}
+
+/// Whether `s` is a valid name (`^[A-Za-z_][A-Za-z0-9_]{0,62}$`); reports
+/// an error when not.
+pub(crate) fn check_name(cx: &mut Cx, path: &str, s: &str, what: &str) -> bool {
+    let mut chars = s.chars();
+    let ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && s.len() <= 63;
+    if !ok {
+        cx.error(
+            Diagnostic::new(
+                "invalid-name",
+                path,
+                format!("`{s}` is not valid as {what}"),
+            )
+            .help(
+                "use letters, digits and `_`, starting with a letter or `_`, at most 63 characters",
+            ),
+        );
+    }
+    ok
+}
+
+/// Decodes an expression string.
+pub(crate) fn expression(cx: &mut Cx, v: &Value, path: &str) -> Option<Expression> {
+    let Value::String(src) = v else {
+        wrong_type(cx, path, "an expression (a string)", v);
+        return None;
+    };
+    let ast = match expr::parse(src) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            let help = if src.contains(' ') && !src.contains('\'') && !src.contains('"') {
+                "this is an expression: to write text, quote it as a string literal, e.g. `'payment declined'`"
+            } else {
+                "expressions use a CEL subset: see docs/format-precisions.md"
+            };
+            cx.error(
+                Diagnostic::new(
+                    "expr-syntax",
+                    path,
+                    format!("the expression `{src}` does not parse: {e}"),
+                )
+                .help(help)
+                .span(e.span.start, e.span.end),
+            );
+            None
+        }
+    };
+    Some(Expression {
+        src: src.clone(),
+        ast,
+        path: path.to_string(),
+    })
+}
+
+fn template(cx: &mut Cx, v: &Value, path: &str) -> Template {
+    match v {
+        Value::String(_) => match expression(cx, v, path) {
+            Some(e) => Template::Expr(e),
+            None => Template::Literal(Value::Null),
+        },
+        Value::Object(m) => Template::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), template(cx, v, &child(path, k))))
+                .collect(),
+        ),
+        Value::Array(a) => Template::Array(
+            a.iter()
+                .enumerate()
+                .map(|(i, v)| template(cx, v, &child(path, &i.to_string())))
+                .collect(),
+        ),
+        other => Template::Literal(other.clone()),
+    }
+}
+
+fn template_map(
+    cx: &mut Cx,
+    v: Option<&Value>,
+    path: &str,
+    names: bool,
+) -> IndexMap<String, Template> {
+    let Some(v) = v else { return IndexMap::new() };
+    let Value::Object(m) = v else {
+        wrong_type(cx, path, "an object", v);
+        return IndexMap::new();
+    };
+    let mut out = IndexMap::new();
+    for (k, v) in m {
+        let p = child(path, k);
+        if names && !check_name(cx, &p, k, "a field name") {
+            continue;
+        }
+        out.insert(k.clone(), template(cx, v, &p));
+    }
+    out
+}
+
+fn object_map<'a>(
+    cx: &mut Cx,
+    v: Option<&'a Value>,
+    path: &str,
+) -> Vec<(&'a String, &'a Value, String)> {
+    match v {
+        None => Vec::new(),
+        Some(Value::Object(m)) => m.iter().map(|(k, v)| (k, v, child(path, k))).collect(),
+        Some(other) => {
+            wrong_type(cx, path, "an object", other);
+            Vec::new()
+        }
+    }
+}
+
+fn one_of<T: Copy>(
+    cx: &mut Cx,
+    path: &str,
+    s: &str,
+    what: &str,
+    options: &[(&str, T)],
+) -> Option<T> {
+    if let Some((_, t)) = options.iter().find(|(n, _)| *n == s) {
+        return Some(*t);
+    }
+    cx.error(
+        Diagnostic::new(
+            "invalid-value",
+            path,
+            format!("`{s}` is not a valid {what}"),
+        )
+        .help(suggest(s, options.iter().map(|(n, _)| *n), "")),
+    );
+    None
+}
+
+// ---------------------------------------------------------------------------
+
+pub(crate) fn spec(cx: &mut Cx, v: &Value) -> Spec {
+    let mut spec = Spec::default();
+    let Some(mut o) = Obj::new(cx, v, "", "a JSON object (a spec)") else {
+        return spec;
+    };
+    o.asked.push("$schema");
+    match o.req(cx, "sinew") {
+        Some(Value::String(s)) if s == "0.1" => {}
+        Some(other) => cx.error(
+            Diagnostic::new(
+                "unsupported-version",
+                "/sinew",
+                format!("unsupported format version {other}"),
+            )
+            .help("this sinew reads format `\"0.1\"`"),
+        ),
+        None => {}
+    }
+    spec.name = o.string(cx, "name", true).unwrap_or_default();
+    if let Some(v) = o.get("roles") {
+        spec.roles = Some(string_list(cx, v, "/roles", true));
+    }
+    for (name, v, path) in object_map(cx, o.get("entities"), "/entities") {
+        let mut chars = name.chars();
+        if !chars.next().is_some_and(|c| c.is_ascii_alphabetic()) {
+            check_name(cx, &path, "-", "an entity name");
+            continue;
+        }
+        if !check_name(cx, &path, name, "an entity name") {
+            continue;
+        }
+        spec.entities.insert(name.clone(), entity(cx, v, &path));
+    }
+    for (name, v, path) in object_map(cx, o.get("externals"), "/externals") {
+        if check_name(cx, &path, name, "an external's name") {
+            spec.externals.insert(name.clone(), external(cx, v, &path));
+        }
+    }
+    match o.req(cx, "tools") {
+        Some(tv) => {
+            for (name, v, path) in object_map(cx, Some(tv), "/tools") {
+                cx.tool = Some(name.clone());
+                if check_name(cx, &path, name, "a tool name") {
+                    if let Some(t) = tool(cx, v, &path) {
+                        spec.tools.insert(name.clone(), t);
+                    }
+                }
+                cx.tool = None;
+            }
+        }
+        None => {}
+    }
+    for (name, v, path) in object_map(cx, o.get("policies"), "/policies") {
+        if check_name(cx, &path, name, "a policy name") {
+            if let Some(p) = policy(cx, v, &path) {
+                spec.policies.insert(name.clone(), p);
+            }
+        }
+    }
+    if let Some(v) = o.get("acknowledgments") {
+        match v {
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let path = format!("/acknowledgments/{i}");
+                    if let Some(a) = acknowledgment(cx, item, &path) {
+                        spec.acknowledgments.push(a);
+                    }
+                }
+            }
+            other => wrong_type(cx, "/acknowledgments", "an array", other),
+        }
+    }
+    if let Some(v) = o.get("limits") {
+        if let Some(mut l) = Obj::new(cx, v, "/limits", "an object") {
+            if let Some(n) = l.uint(cx, "maxRowsPerWrite", 1, u64::from(u32::MAX)) {
+                spec.limits.max_rows_per_write = n;
+            }
+            l.finish(cx);
+        }
+    }
+    o.finish(cx);
+    spec
+}
+
+fn entity(cx: &mut Cx, v: &Value, path: &str) -> Entity {
+    let mut e = Entity {
+        path: path.to_string(),
+        ..Entity::default()
+    };
+    let Some(mut o) = Obj::new(cx, v, path, "an object (an entity)") else {
+        return e;
+    };
+    let fields_path = o.at("fields");
+    let raw = o.req(cx, "fields");
+    for (name, v, p) in object_map(cx, raw, &fields_path) {
+        if check_name(cx, &p, name, "a field name") {
+            if let Some(f) = field(cx, v, &p) {
+                e.fields.insert(name.clone(), f);
+            }
+        }
+    }
+    if let Some(v) = o.get("owner") {
+        let p = o.at("owner");
+        if let Some(mut ow) = Obj::new(cx, v, &p, "an object (`{\"field\": …}`)") {
+            let field = ow.name(cx, "field", true);
+            let exempt = ow.names(cx, "exempt");
+            ow.finish(cx);
+            if let Some(field) = field {
+                e.owner = Some(Owner { field, exempt });
+            }
+        }
+    }
+    if let Some(v) = o.get("status") {
+        let p = o.at("status");
+        e.status = status_machine(cx, v, &p);
+    }
+    let inv_path = o.at("invariants");
+    for (name, v, p) in object_map(cx, o.get("invariants"), &inv_path) {
+        if check_name(cx, &p, name, "an invariant name") {
+            if let Some(x) = expression(cx, v, &p) {
+                e.invariants.insert(name.clone(), x);
+            }
+        }
+    }
+    o.finish(cx);
+    e
+}
+
+fn field(cx: &mut Cx, v: &Value, path: &str) -> Option<Field> {
+    let mut o = Obj::new(cx, v, path, "an object (a field)")?;
+    let ty = o
+        .string(cx, "type", true)
+        .and_then(|t| one_of(cx, &o.at("type"), &t, "field type", FieldType::ALL));
+    let entity = o.name(cx, "entity", false);
+    let number = |cx: &mut Cx, o: &mut Obj, key: &'static str| match o.get(key) {
+        None => None,
+        Some(Value::Number(n)) => Some(n.clone()),
+        Some(other) => {
+            wrong_type(cx, &o.at(key), "a number", other);
+            None
+        }
+    };
+    let minimum = number(cx, &mut o, "minimum");
+    let maximum = number(cx, &mut o, "maximum");
+    let max_length = o.uint(cx, "maxLength", 0, u64::from(u32::MAX));
+    let enum_values = match o.get("enum") {
+        None => None,
+        Some(Value::Array(a)) if !a.is_empty() => Some(a.clone()),
+        Some(other) => {
+            wrong_type(cx, &o.at("enum"), "a non-empty array", other);
+            None
+        }
+    };
+    let nullable = o.bool(cx, "nullable");
+    let unique = o.bool(cx, "unique");
+    let sensitive = o.bool(cx, "sensitive");
+    let default = o.get("default").cloned();
+    let ty = ty?;
+    if ty == FieldType::Ref && entity.is_none() && !o.map.contains_key("entity") {
+        cx.error(
+            Diagnostic::new("missing-key", path, "a `ref` field needs `entity`")
+                .help("name the entity it refers to: `\"entity\": \"Product\"`"),
+        );
+    }
+    if ty != FieldType::Ref && o.map.contains_key("entity") {
+        cx.error(
+            Diagnostic::new(
+                "invalid-value",
+                o.at("entity"),
+                "`entity` only applies to `ref` fields",
+            )
+            .help("remove it, or make the field `\"type\": \"ref\"`"),
+        );
+    }
+    if max_length.is_some() && ty != FieldType::String {
+        cx.error(
+            Diagnostic::new(
+                "invalid-value",
+                o.at("maxLength"),
+                "`maxLength` only applies to `string` fields",
+            )
+            .help("remove it"),
+        );
+    }
+    if (minimum.is_some() || maximum.is_some())
+        && !matches!(ty, FieldType::Integer | FieldType::Number)
+    {
+        cx.error(
+            Diagnostic::new(
+                "invalid-value",
+                path,
+                "`minimum` and `maximum` only apply to `integer` and `number` fields",
+            )
+            .help("remove them"),
+        );
+    }
+    o.finish(cx);
+    Some(Field {
+        ty,
+        entity,
+        minimum,
+        maximum,
+        max_length,
+        enum_values,
+        nullable,
+        unique,
+        sensitive,
+        default,
+    })
+}
+
+fn status_machine(cx: &mut Cx, v: &Value, path: &str) -> Option<StatusMachine> {
+    let mut o = Obj::new(cx, v, path, "an object (a status machine)")?;
+    let initial = o.string(cx, "initial", true);
+    let mut transitions = IndexMap::new();
+    let tpath = o.at("transitions");
+    let raw = o.req(cx, "transitions");
+    for (action, v, p) in object_map(cx, raw, &tpath) {
+        if !check_name(cx, &p, action, "a transition action") {
+            continue;
+        }
+        let Some(mut t) = Obj::new(cx, v, &p, "an object (`{\"from\": […], \"to\": …}`)")
+        else {
+            continue;
+        };
+        let from = match t.req(cx, "from") {
+            Some(v) => {
+                let fp = t.at("from");
+                let list = string_list(cx, v, &fp, false);
+                if list.is_empty() && matches!(v, Value::Array(_)) {
+                    cx.error(
+                        Diagnostic::new("invalid-value", fp, "`from` is empty")
+                            .help("list the states this transition may start from"),
+                    );
+                }
+                list
+            }
+            None => Vec::new(),
+        };
+        let to = t.string(cx, "to", true);
+        t.finish(cx);
+        if let Some(to) = to {
+            transitions.insert(action.clone(), Transition { from, to });
+        }
+    }
+    o.finish(cx);
+    Some(StatusMachine {
+        initial: initial?,
+        transitions,
+    })
+}
+
+fn external(cx: &mut Cx, v: &Value, path: &str) -> External {
+    let mut ext = External::default();
+    let Some(mut o) = Obj::new(cx, v, path, "an object (an external)") else {
+        return ext;
+    };
+    ext.kind = o.string(cx, "kind", true).unwrap_or_default();
+    if !ext.kind.is_empty() && !EXTERNAL_KINDS.contains(&ext.kind.as_str()) {
+        cx.warn(
+            Diagnostic::new(
+                "unknown-external-kind",
+                o.at("kind"),
+                format!(
+                    "`{}` is not a kind the risk engine knows; it is judged as a generic service",
+                    ext.kind
+                ),
+            )
+            .help(suggest(&ext.kind, EXTERNAL_KINDS.iter().copied(), "")),
+        );
+    }
+    let opath = o.at("operations");
+    let raw = o.req(cx, "operations");
+    for (name, v, p) in object_map(cx, raw, &opath) {
+        if !check_name(cx, &p, name, "an operation name") {
+            continue;
+        }
+        let Some(mut op) = Obj::new(cx, v, &p, "an object (`{\"sideEffects\": true}`)") else {
+            continue;
+        };
+        let side_effects = match op.get("sideEffects") {
+            None => true,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                wrong_type(cx, &op.at("sideEffects"), "true or false", other);
+                true
+            }
+        };
+        let compensates = op.name(cx, "compensates", false);
+        op.finish(cx);
+        ext.operations.insert(
+            name.clone(),
+            Operation {
+                side_effects,
+                compensates,
+            },
+        );
+    }
+    o.finish(cx);
+    ext
+}
+
+const METHODS: &[(&str, ()); 5] = &[
+    ("GET", ()),
+    ("POST", ()),
+    ("PUT", ()),
+    ("PATCH", ()),
+    ("DELETE", ()),
+];
+
+fn route(cx: &mut Cx, o: &mut Obj, default_method: Option<&str>) -> Option<(String, String)> {
+    let method = match default_method {
+        Some(d) if !o.map.contains_key("method") => {
+            o.asked.push("method");
+            Some(d.to_string())
+        }
+        _ => o.string(cx, "method", true),
+    };
+    let method = method.and_then(|m| {
+        let p = o.at("method");
+        one_of(cx, &p, &m, "HTTP method", METHODS).map(|()| m)
+    });
+    let path = o.string(cx, "path", true).and_then(|p| {
+        let ok = p.starts_with('/') && !p.contains(['?', '#', ' ']) && path_params(&p).is_some();
+        if !ok {
+            cx.error(
+                Diagnostic::new(
+                    "invalid-value",
+                    o.at("path"),
+                    format!("`{p}` is not a valid route path"),
+                )
+                .help("a path starts with `/`; parameters are whole segments like `/orders/{id}`"),
+            );
+        }
+        ok.then_some(p)
+    });
+    Some((method?, path?))
+}
+
+/// The parameter names of a route path (`/a/{id}` → `["id"]`), or `None`
+/// when a brace is malformed.
+pub fn path_params(path: &str) -> Option<Vec<&str>> {
+    let mut out = Vec::new();
+    for seg in path.split('/') {
+        if let Some(inner) = seg.strip_prefix('{') {
+            let name = inner.strip_suffix('}')?;
+            let mut chars = name.chars();
+            let ok = chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok || out.contains(&name) {
+                return None;
+            }
+            out.push(name);
+        } else if seg.contains(['{', '}']) {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+fn trigger(cx: &mut Cx, v: &Value, path: &str) -> Option<Trigger> {
+    let mut o = Obj::new(cx, v, path, "an object (a trigger)")?;
+    let kinds = ["http", "webhook", "cron", "queue"];
+    let present: Vec<&str> = kinds
+        .iter()
+        .copied()
+        .filter(|k| o.map.contains_key(*k))
+        .collect();
+    let out = match present.as_slice() {
+        [] => {
+            cx.error(
+                Diagnostic::new(
+                    "missing-key",
+                    path,
+                    "a trigger needs one of `http`, `webhook`, `cron`, `queue`",
+                )
+                .help("most tools use `{\"http\": {\"method\": \"POST\", \"path\": \"/things\"}}`"),
+            );
+            None
+        }
+        [_, _, ..] => {
+            cx.error(
+                Diagnostic::new(
+                    "invalid-value",
+                    path,
+                    format!(
+                        "a trigger has exactly one kind, found {}",
+                        present.join(", ")
+                    ),
+                )
+                .help("make one tool per trigger"),
+            );
+            None
+        }
+        [kind] => {
+            let kind = *kind;
+            let tp = o.at(kind);
+            let inner = o.get(match kind {
+                "http" => "http",
+                "webhook" => "webhook",
+                "cron" => "cron",
+                _ => "queue",
+            })?;
+            let mut t = Obj::new(cx, inner, &tp, "an object")?;
+            let out = match kind {
+                "http" => route(cx, &mut t, None).map(|(method, path)| Trigger::Http { method, path }),
+                "webhook" => {
+                    let r = route(cx, &mut t, Some("POST"));
+                    let secret = t.string(cx, "secret", false);
+                    let header = t.string(cx, "header", false).unwrap_or_else(|| "X-Signature".to_string());
+                    r.map(|(method, path)| Trigger::Webhook {
+                        method,
+                        path,
+                        secret,
+                        header,
+                    })
+                }
+                "cron" => t.string(cx, "schedule", true).and_then(|s| {
+                    if s.split_whitespace().count() == 5 {
+                        Some(Trigger::Cron { schedule: s })
+                    } else {
+                        cx.error(
+                            Diagnostic::new("invalid-value", t.at("schedule"), format!("`{s}` is not a five-field cron schedule"))
+                                .help("write minute hour day-of-month month day-of-week, e.g. `*/5 * * * *`"),
+                        );
+                        None
+                    }
+                }),
+                _ => t.name(cx, "name", true).map(|name| Trigger::Queue { name }),
+            };
+            t.finish(cx);
+            out
+        }
+    };
+    for k in kinds {
+        o.asked.push(k);
+    }
+    o.finish(cx);
+    out
+}
+
+fn tool(cx: &mut Cx, v: &Value, path: &str) -> Option<Tool> {
+    let mut o = Obj::new(cx, v, path, "an object (a tool)")?;
+    let trigger = o.req(cx, "trigger").and_then(|v| {
+        let p = child(path, "trigger");
+        trigger(cx, v, &p)
+    });
+    let mut auth = Auth::default();
+    if let Some(v) = o.get("auth") {
+        let p = o.at("auth");
+        if let Some(mut a) = Obj::new(cx, v, &p, "an object (`{\"roles\": […]}`)") {
+            auth.roles = a.names(cx, "roles");
+            auth.public = a.bool(cx, "public");
+            auth.deny_when = a.expr(cx, "denyWhen", false);
+            a.finish(cx);
+        }
+    }
+    let idempotency_key = o.expr(cx, "idempotencyKey", false);
+    let concurrency = o.string(cx, "concurrency", false).and_then(|c| {
+        let p = o.at("concurrency");
+        one_of(
+            cx,
+            &p,
+            &c,
+            "concurrency",
+            &[
+                ("none", Concurrency::None),
+                ("optimistic", Concurrency::Optimistic),
+                ("pessimistic", Concurrency::Pessimistic),
+            ],
+        )
+    });
+    let schema = |cx: &mut Cx, o: &mut Obj, key: &'static str| match o.get(key) {
+        None => serde_json::json!({"type": "object"}),
+        Some(v @ (Value::Object(_) | Value::Bool(_))) => v.clone(),
+        Some(other) => {
+            wrong_type(cx, &o.at(key), "a JSON Schema (an object)", other);
+            Value::Bool(true)
+        }
+    };
+    let input = schema(cx, &mut o, "input");
+    let output = schema(cx, &mut o, "output");
+    let sensitive = match o.get("sensitive") {
+        Some(v) => {
+            let p = o.at("sensitive");
+            string_list(cx, v, &p, false)
+        }
+        None => Vec::new(),
+    };
+    let mut limits = ToolLimits::default();
+    if let Some(v) = o.get("limits") {
+        let p = o.at("limits");
+        if let Some(mut l) = Obj::new(cx, v, &p, "an object") {
+            let max = u64::from(u32::MAX);
+            limits = ToolLimits {
+                max_rows: l.uint(cx, "maxRows", 1, max),
+                max_rows_read: l.uint(cx, "maxRowsRead", 1, max),
+                max_rows_written: l.uint(cx, "maxRowsWritten", 1, max),
+                max_calls: l.uint(cx, "maxCalls", 1, max),
+                timeout_ms: l.uint(cx, "timeoutMs", 1, max),
+            };
+            l.finish(cx);
+        }
+    }
+    let mut ids = HashMap::new();
+    let flow = o.req(cx, "flow").and_then(|v| {
+        let p = child(path, "flow");
+        flow(cx, v, &p, &mut ids)
+    });
+    o.finish(cx);
+    Some(Tool {
+        trigger: trigger?,
+        auth,
+        idempotency_key,
+        concurrency,
+        input,
+        output,
+        sensitive,
+        limits,
+        flow: flow?,
+        path: path.to_string(),
+    })
+}
+
+const ROOT_NAMES: &[&str] = &["input", "auth", "request", "row"];
+const KEYWORDS: &[&str] = &["true", "false", "null", "in"];
+
+fn flow(cx: &mut Cx, v: &Value, path: &str, ids: &mut HashMap<String, String>) -> Option<Flow> {
+    let mut o = Obj::new(cx, v, path, "an object (`{\"entry\": …, \"nodes\": {…}}`)")?;
+    let entry = o.string(cx, "entry", true);
+    let npath = o.at("nodes");
+    let mut nodes = IndexMap::new();
+    let raw = o.req(cx, "nodes");
+    if let Some(Value::Object(m)) = raw {
+        if m.is_empty() {
+            cx.error(
+                Diagnostic::new(
+                    "invalid-value",
+                    npath.clone(),
+                    "a flow needs at least one node",
+                )
+                .help("add nodes"),
+            );
+        }
+    }
+    for (id, v, p) in object_map(cx, raw, &npath) {
+        if !check_name(cx, &p, id, "a node id") {
+            continue;
+        }
+        if ROOT_NAMES.contains(&id.as_str()) || KEYWORDS.contains(&id.as_str()) {
+            cx.error(
+                Diagnostic::new(
+                    "invalid-name",
+                    p.clone(),
+                    format!("`{id}` cannot be a node id: expressions use that name"),
+                )
+                .help(format!("rename it, e.g. `{id}_node`")),
+            );
+            continue;
+        }
+        if let Some(first) = ids.get(id.as_str()) {
+            cx.error(
+                Diagnostic::new(
+                    "duplicate-node",
+                    p.clone(),
+                    format!("node id `{id}` is already used at `{first}`"),
+                )
+                .help("node ids are unique within a tool, transaction bodies included"),
+            );
+            continue;
+        }
+        ids.insert(id.clone(), p.clone());
+        nodes.insert(id.clone(), node(cx, v, &p, ids));
+    }
+    o.finish(cx);
+    Some(Flow {
+        entry: entry?,
+        nodes,
+        path: path.to_string(),
+    })
+}
+
+const NODE_TYPES: &[(&str, ()); 15] = &[
+    ("read", ()),
+    ("create", ()),
+    ("update", ()),
+    ("transition", ()),
+    ("soft_delete", ()),
+    ("delete", ()),
+    ("sql", ()),
+    ("let", ()),
+    ("assert", ()),
+    ("if", ()),
+    ("switch", ()),
+    ("call", ()),
+    ("transaction", ()),
+    ("return", ()),
+    ("fail", ()),
+];
+
+fn node(cx: &mut Cx, v: &Value, path: &str, ids: &mut HashMap<String, String>) -> Node {
+    let mut node = Node {
+        kind: NodeKind::Invalid,
+        next: None,
+        on_error: None,
+        path: path.to_string(),
+    };
+    let Some(mut o) = Obj::new(cx, v, path, "an object (a node)") else {
+        return node;
+    };
+    let ty = o.string(cx, "type", true);
+    let Some(ty) = ty.filter(|t| {
+        let p = child(path, "type");
+        one_of(cx, &p, t, "node type", NODE_TYPES).is_some()
+    }) else {
+        // Keep the edges so that one bad node does not make its neighbours'
+        // edges dangle; skip the unknown-key report (we don't know the type).
+        for (key, slot) in [("next", &mut node.next), ("onError", &mut node.on_error)] {
+            if let Some(Value::String(s)) = o.map.get(key) {
+                *slot = Some(s.clone());
+            }
+        }
+        return node;
+    };
+    let errors_before = cx.errors.len();
+    let has_edges = !matches!(ty.as_str(), "if" | "switch" | "return" | "fail");
+    let can_fail = !matches!(
+        ty.as_str(),
+        "let" | "assert" | "if" | "switch" | "return" | "fail"
+    );
+    if has_edges {
+        node.next = o.name(cx, "next", false);
+    }
+    if can_fail {
+        node.on_error = o.name(cx, "onError", false);
+    }
+    let kind = node_kind(cx, &mut o, &ty, path, ids);
+    o.finish(cx);
+    node.kind = match kind {
+        Some(k)
+            if cx.errors.len() == errors_before || matches!(k, NodeKind::Transaction { .. }) =>
+        {
+            k
+        }
+        Some(k) if !matches!(k, NodeKind::Invalid) => k,
+        _ => NodeKind::Invalid,
+    };
+    node
+}
+
+fn entity_id_node(cx: &mut Cx, o: &mut Obj) -> Option<(String, Expression)> {
+    let entity = o.name(cx, "entity", true);
+    let id = o.expr(cx, "id", true);
+    Some((entity?, id?))
+}
+
+fn node_kind(
+    cx: &mut Cx,
+    o: &mut Obj,
+    ty: &str,
+    path: &str,
+    ids: &mut HashMap<String, String>,
+) -> Option<NodeKind> {
+    Some(match ty {
+        "read" => {
+            let entity = o.name(cx, "entity", true);
+            let filters = o
+                .get("where")
+                .map(|v| filters(cx, v, &child(path, "where")));
+            let order_by = o
+                .get("orderBy")
+                .map(|v| order_by(cx, v, &child(path, "orderBy")));
+            let limit = limit(cx, o);
+            let after = o.expr(cx, "after", false);
+            let one = o.bool(cx, "one");
+            let lock = o.bool(cx, "lock");
+            NodeKind::Read {
+                entity: entity?,
+                filters: filters.unwrap_or_default(),
+                order_by: order_by.unwrap_or_default(),
+                limit,
+                after,
+                one,
+                lock,
+            }
+        }
+        "create" => {
+            let entity = o.name(cx, "entity", true);
+            let raw = o.req(cx, "values");
+            let values = template_map(cx, raw, &child(path, "values"), true);
+            NodeKind::Create {
+                entity: entity?,
+                values,
+            }
+        }
+        "update" => {
+            let entity = o.name(cx, "entity", true);
+            let filters = o
+                .get("where")
+                .map(|v| filters(cx, v, &child(path, "where")));
+            let limit = limit(cx, o);
+            let one = o.bool(cx, "one");
+            let raw = o.req(cx, "set");
+            let set = template_map(cx, raw, &child(path, "set"), true);
+            NodeKind::Update {
+                entity: entity?,
+                filters,
+                limit,
+                one,
+                set,
+            }
+        }
+        "transition" => {
+            let e = entity_id_node(cx, o);
+            let action = o.name(cx, "action", true);
+            let (entity, id) = e?;
+            NodeKind::Transition {
+                entity,
+                id,
+                action: action?,
+            }
+        }
+        "soft_delete" => {
+            let (entity, id) = entity_id_node(cx, o)?;
+            NodeKind::SoftDelete { entity, id }
+        }
+        "delete" => {
+            let (entity, id) = entity_id_node(cx, o)?;
+            NodeKind::Delete { entity, id }
+        }
+        "sql" => NodeKind::Sql {
+            statement: o.string(cx, "statement", true)?,
+        },
+        "let" => {
+            let raw = o.req(cx, "values");
+            NodeKind::Let {
+                values: template_map(cx, raw, &child(path, "values"), true),
+            }
+        }
+        "assert" => {
+            let that = o.expr(cx, "that", true);
+            let status = o.status(cx, "status", (400, 599), Some(422));
+            let code = o
+                .string(cx, "code", false)
+                .unwrap_or_else(|| "assertion_failed".to_string());
+            let message = o.expr(cx, "message", false);
+            NodeKind::Assert {
+                that: that?,
+                status: status?,
+                code,
+                message,
+            }
+        }
+        "if" => {
+            let has_if = o.map.contains_key("if");
+            let has_cond = o.map.contains_key("condition");
+            let cond = match (has_if, has_cond) {
+                (true, true) => {
+                    o.asked.push("if");
+                    o.asked.push("condition");
+                    cx.error(
+                        Diagnostic::new(
+                            "invalid-value",
+                            path,
+                            "an `if` node has both `if` and `condition`",
+                        )
+                        .help("keep one: `condition` is an alias of `if`"),
+                    );
+                    None
+                }
+                (false, true) => o.expr(cx, "condition", true),
+                _ => o.expr(cx, "if", true),
+            };
+            let then = o.name(cx, "then", true);
+            let otherwise = o.name(cx, "else", true);
+            NodeKind::If {
+                cond: cond?,
+                then: then?,
+                otherwise: otherwise?,
+            }
+        }
+        "switch" => {
+            let mut cases = Vec::new();
+            let cpath = child(path, "cases");
+            match o.req(cx, "cases") {
+                Some(Value::Array(items)) => {
+                    for (i, item) in items.iter().enumerate() {
+                        let p = child(&cpath, &i.to_string());
+                        let Some(mut c) =
+                            Obj::new(cx, item, &p, "an object (`{\"when\": …, \"next\": …}`)")
+                        else {
+                            continue;
+                        };
+                        let when = c.expr(cx, "when", true);
+                        let next = c.name(cx, "next", true);
+                        c.finish(cx);
+                        if let (Some(when), Some(next)) = (when, next) {
+                            cases.push(Case { when, next });
+                        }
+                    }
+                }
+                Some(other) => wrong_type(cx, &cpath, "an array of cases", other),
+                None => {}
+            }
+            let default = o.name(cx, "default", false);
+            NodeKind::Switch { cases, default }
+        }
+        "call" => {
+            let external = o.name(cx, "external", true);
+            let operation = o.name(cx, "operation", true);
+            let args = template_map(cx, o.get("args"), &child(path, "args"), false);
+            let timeout_ms = o.uint(cx, "timeoutMs", 1, 24 * 3600 * 1000);
+            let retry = o
+                .get("retry")
+                .and_then(|v| retry(cx, v, &child(path, "retry")));
+            let compensate = o.name(cx, "compensate", false);
+            let idempotency_key = o.expr(cx, "idempotencyKey", false);
+            NodeKind::Call {
+                external: external?,
+                operation: operation?,
+                args,
+                timeout_ms,
+                retry,
+                compensate,
+                idempotency_key,
+            }
+        }
+        "transaction" => {
+            let isolation = o.string(cx, "isolation", false).and_then(|s| {
+                one_of(
+                    cx,
+                    &child(path, "isolation"),
+                    &s,
+                    "isolation level",
+                    &[
+                        ("read_committed", Isolation::ReadCommitted),
+                        ("repeatable_read", Isolation::RepeatableRead),
+                        ("serializable", Isolation::Serializable),
+                    ],
+                )
+            });
+            let body = o
+                .req(cx, "body")
+                .and_then(|v| flow(cx, v, &child(path, "body"), ids));
+            NodeKind::Transaction {
+                body: body.unwrap_or_default(),
+                isolation: isolation.unwrap_or_default(),
+            }
+        }
+        "return" => {
+            let value = o
+                .get("value")
+                .map(|v| template(cx, v, &child(path, "value")));
+            let status = o.status(cx, "status", (200, 299), Some(200));
+            NodeKind::Return {
+                value,
+                status: status?,
+            }
+        }
+        "fail" => {
+            let status = o.status(cx, "status", (400, 599), None);
+            let code = o.string(cx, "code", true);
+            let message = o.expr(cx, "message", false);
+            NodeKind::Fail {
+                status: status?,
+                code: code?,
+                message,
+            }
+        }
+        _ => return None,
+    })
+}
+
+fn limit(cx: &mut Cx, o: &mut Obj) -> Option<Limit> {
+    match o.get("limit")? {
+        Value::String(_) => o.expr(cx, "limit", false).map(Limit::Expr),
+        _ => o
+            .uint(cx, "limit", 1, u64::from(u32::MAX))
+            .map(Limit::Fixed),
+    }
+}
+
+fn filters(cx: &mut Cx, v: &Value, path: &str) -> Vec<Filter> {
+    let Value::Object(m) = v else {
+        wrong_type(cx, path, "an object (`{\"field\": expression}`)", v);
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (field, v) in m {
+        let p = child(path, field);
+        if !check_name(cx, &p, field, "a field name") {
+            continue;
+        }
+        match v {
+            Value::Object(ops) => {
+                if ops.is_empty() {
+                    cx.error(
+                        Diagnostic::new("invalid-value", p.clone(), "an empty condition")
+                            .help("write `{\"gte\": expression}` or another of eq, ne, lt, lte, gt, gte, in"),
+                    );
+                }
+                for (op, v) in ops {
+                    let op_path = child(&p, op);
+                    let Some(op) = one_of(cx, &op_path, op, "comparison", FilterOp::ALL) else {
+                        continue;
+                    };
+                    out.push(Filter {
+                        field: field.clone(),
+                        op,
+                        value: template(cx, v, &op_path),
+                    });
+                }
+            }
+            Value::Array(_) => wrong_type(cx, &p, "an expression or `{\"in\": …}`", v),
+            other => out.push(Filter {
+                field: field.clone(),
+                op: FilterOp::Eq,
+                value: template(cx, other, &p),
+            }),
+        }
+    }
+    out
+}
+
+fn order_by(cx: &mut Cx, v: &Value, path: &str) -> Vec<Order> {
+    let one = |cx: &mut Cx, v: &Value, p: &str| -> Option<Order> {
+        match v {
+            Value::String(s) => {
+                let mut parts = s.split_whitespace();
+                let field = parts.next().unwrap_or_default().to_string();
+                let dir = parts.next();
+                let desc = match dir {
+                    None | Some("asc" | "ASC") => false,
+                    Some("desc" | "DESC") => true,
+                    Some(d) => {
+                        cx.error(
+                            Diagnostic::new(
+                                "invalid-value",
+                                p,
+                                format!("`{d}` is not a sort direction"),
+                            )
+                            .help("write `asc` or `desc`"),
+                        );
+                        return None;
+                    }
+                };
+                if parts.next().is_some() || !check_name(cx, p, &field, "a field name") {
+                    return None;
+                }
+                Some(Order { field, desc })
+            }
+            Value::Object(_) => {
+                let mut o = Obj::new(cx, v, p, "an object")?;
+                let field = o.name(cx, "field", true);
+                let desc = match o.string(cx, "direction", false).as_deref() {
+                    None | Some("asc") => false,
+                    Some("desc") => true,
+                    Some(d) => {
+                        cx.error(
+                            Diagnostic::new(
+                                "invalid-value",
+                                o.at("direction"),
+                                format!("`{d}` is not a sort direction"),
+                            )
+                            .help("write `asc` or `desc`"),
+                        );
+                        false
+                    }
+                };
+                o.finish(cx);
+                Some(Order {
+                    field: field?,
+                    desc,
+                })
+            }
+            other => {
+                wrong_type(
+                    cx,
+                    p,
+                    "a field name or `{\"field\": …, \"direction\": …}`",
+                    other,
+                );
+                None
+            }
+        }
+    };
+    match v {
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| one(cx, item, &child(path, &i.to_string())))
+            .collect(),
+        other => one(cx, other, path).into_iter().collect(),
+    }
+}
+
+fn retry(cx: &mut Cx, v: &Value, path: &str) -> Option<Retry> {
+    let mut o = Obj::new(
+        cx,
+        v,
+        path,
+        "an object (`{\"max\": 3, \"backoff\": \"exponential\"}`)",
+    )?;
+    if !o.map.contains_key("max") {
+        o.req(cx, "max");
+    }
+    let max = o.uint(cx, "max", 1, 10).and_then(|n| u32::try_from(n).ok());
+    let backoff = match o.string(cx, "backoff", false) {
+        None => Some(Backoff::Exponential),
+        Some(b) => one_of(
+            cx,
+            &child(path, "backoff"),
+            &b,
+            "backoff",
+            &[
+                ("exponential", Backoff::Exponential),
+                ("fixed", Backoff::Fixed),
+                ("none", Backoff::None),
+            ],
+        ),
+    };
+    let initial_ms = o.uint(cx, "initialMs", 0, 3_600_000);
+    o.finish(cx);
+    Some(Retry {
+        max: max?,
+        backoff: backoff?,
+        initial_ms,
+    })
+}
+
+fn policy(cx: &mut Cx, v: &Value, path: &str) -> Option<Policy> {
+    let mut o = Obj::new(cx, v, path, "an object (a policy)")?;
+    let ty = o.string(cx, "type", true);
+    let action = o.string(cx, "action", true).and_then(|a| {
+        one_of(
+            cx,
+            &child(path, "action"),
+            &a,
+            "policy action",
+            &[
+                ("block", PolicyAction::Block),
+                ("warn", PolicyAction::Warn),
+                ("escalate", PolicyAction::Escalate),
+            ],
+        )
+    });
+    let tools = o
+        .get("tools")
+        .map(|v| string_list(cx, v, &child(path, "tools"), true));
+    let message = o.string(cx, "message", false);
+    let kind = match ty.as_deref() {
+        Some("rowLimit") => o
+            .uint(cx, "maxRows", 1, u64::from(u32::MAX))
+            .or_else(|| {
+                o.req(cx, "maxRows");
+                None
+            })
+            .map(|max_rows| PolicyKind::RowLimit { max_rows }),
+        Some("budgetCheck") => {
+            let amount = o.expr(cx, "amount", true);
+            let max_amount = match o.req(cx, "maxAmount") {
+                Some(Value::String(_)) => o.expr(cx, "maxAmount", true).map(Limit::Expr),
+                Some(_) => o.uint(cx, "maxAmount", 0, u64::MAX).map(Limit::Fixed),
+                None => None,
+            };
+            match (amount, max_amount) {
+                (Some(amount), Some(max_amount)) => {
+                    Some(PolicyKind::BudgetCheck { amount, max_amount })
+                }
+                _ => None,
+            }
+        }
+        Some("rateLimit") => o
+            .uint(cx, "maxRequestsPerMinute", 1, u64::from(u32::MAX))
+            .or_else(|| {
+                o.req(cx, "maxRequestsPerMinute");
+                None
+            })
+            .map(|n| PolicyKind::RateLimit {
+                max_requests_per_minute: n,
+            }),
+        Some("custom") => o
+            .expr(cx, "when", true)
+            .map(|when| PolicyKind::Custom { when }),
+        Some(other) => {
+            let types = ["rowLimit", "budgetCheck", "rateLimit", "custom"];
+            cx.error(
+                Diagnostic::new(
+                    "invalid-value",
+                    child(path, "type"),
+                    format!("`{other}` is not a policy type"),
+                )
+                .help(suggest(other, types, "")),
+            );
+            for k in [
+                "maxRows",
+                "amount",
+                "maxAmount",
+                "maxRequestsPerMinute",
+                "when",
+            ] {
+                o.asked.push(k);
+            }
+            None
+        }
+        None => None,
+    };
+    o.finish(cx);
+    Some(Policy {
+        kind: kind?,
+        action: action?,
+        tools,
+        message,
+        path: path.to_string(),
+    })
+}
+
+fn acknowledgment(cx: &mut Cx, v: &Value, path: &str) -> Option<Acknowledgment> {
+    let mut o = Obj::new(
+        cx,
+        v,
+        path,
+        "an object (`{\"tool\", \"signal\", \"node\", \"reason\", \"by\"}`)",
+    )?;
+    let tool = o.name(cx, "tool", true);
+    let signal = o.string(cx, "signal", true);
+    let node = o.name(cx, "node", false);
+    let reason = o.string(cx, "reason", true);
+    let by = o.string(cx, "by", true);
+    o.finish(cx);
+    Some(Acknowledgment {
+        tool: tool?,
+        signal: signal?,
+        node,
+        reason: reason?,
+        by: by?,
+        path: path.to_string(),
+    })
+}
