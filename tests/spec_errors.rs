@@ -1,1 +1,1295 @@
+//! Spec errors and warnings: one test per diagnostic code.
+//!
+//! Every test starts from a small valid spec ([`base`]), breaks one thing,
+//! loads it, and checks the exact code and JSON Pointer of what the loader
+//! reports, that the message follows the house style (lowercase first, no
+//! final period), that there is a help line, and where it applies the "did
+//! you mean" in that help. Loading (and judging) must never panic.
 
+use serde_json::{Value, json};
+use sinew_core::diag::Diagnostic;
+use sinew_core::risk::{self, Level};
+use sinew_core::spec::{self, Loaded};
+
+const GET: &str = "/tools/get_product/flow/nodes";
+const PLACE: &str = "/tools/place_order/flow/nodes";
+const BODY: &str = "/tools/place_order/flow/nodes/save/body/nodes";
+
+/// A small valid spec: two entities (one with a status machine), an
+/// external, and two tools (a read with `onError`, and a write in a
+/// transaction followed by a call). It is Green.
+fn base() -> Value {
+    json!({
+      "sinew": "0.1",
+      "name": "base",
+      "roles": ["customer", "staff"],
+      "entities": {
+        "Product": {
+          "fields": {
+            "sku": {"type": "string", "unique": true},
+            "name": {"type": "string"},
+            "price": {"type": "integer"},
+            "stock": {"type": "integer"}
+          },
+          "invariants": {"stock_ok": "row.stock >= 0"}
+        },
+        "Order": {
+          "fields": {
+            "product": {"type": "ref", "entity": "Product"},
+            "quantity": {"type": "integer"}
+          },
+          "status": {
+            "initial": "pending",
+            "transitions": {"pay": {"from": ["pending"], "to": "paid"}}
+          }
+        }
+      },
+      "externals": {
+        "mailer": {"kind": "email", "operations": {"send": {}}}
+      },
+      "tools": {
+        "get_product": {
+          "trigger": {"http": {"method": "GET", "path": "/products/{id}"}},
+          "auth": {"roles": ["customer"]},
+          "input": {
+            "type": "object",
+            "properties": {"id": {"type": "string"}},
+            "additionalProperties": false
+          },
+          "flow": {
+            "entry": "product",
+            "nodes": {
+              "product": {
+                "type": "read", "entity": "Product", "where": {"id": "input.id"},
+                "one": true, "next": "done", "onError": "missing"
+              },
+              "missing": {"type": "fail", "status": 404, "code": "not_found"},
+              "done": {"type": "return", "value": {"price": "product.price"}}
+            }
+          }
+        },
+        "place_order": {
+          "trigger": {"http": {"method": "POST", "path": "/orders"}},
+          "auth": {"roles": ["customer"]},
+          "idempotencyKey": "request.idempotencyKey",
+          "flow": {
+            "entry": "product",
+            "nodes": {
+              "product": {
+                "type": "read", "entity": "Product", "where": {"sku": "input.sku"},
+                "one": true, "next": "save", "onError": "missing"
+              },
+              "save": {
+                "type": "transaction",
+                "body": {
+                  "entry": "order",
+                  "nodes": {
+                    "order": {
+                      "type": "create", "entity": "Order",
+                      "values": {"product": "product.id", "quantity": "input.quantity"},
+                      "next": "take"
+                    },
+                    "take": {
+                      "type": "update", "entity": "Product", "where": {"id": "product.id"},
+                      "one": true, "set": {"stock": "row.stock - input.quantity"}
+                    }
+                  }
+                },
+                "next": "notify"
+              },
+              "notify": {
+                "type": "call", "external": "mailer", "operation": "send",
+                "args": {"order": "order.id"}, "timeoutMs": 2000, "retry": {"max": 3},
+                "next": "done"
+              },
+              "missing": {
+                "type": "fail", "status": 404, "code": "not_found",
+                "message": "'no such product'"
+              },
+              "done": {
+                "type": "return", "status": 201,
+                "value": {"order": "order.id", "total": "product.price * input.quantity"}
+              }
+            }
+          }
+        }
+      }
+    })
+}
+
+/// The value at `pointer`, which the test expects to exist.
+#[track_caller]
+fn at<'a>(v: &'a mut Value, pointer: &str) -> &'a mut Value {
+    v.pointer_mut(pointer)
+        .unwrap_or_else(|| panic!("the base spec has nothing at {pointer}"))
+}
+
+/// Removes `key` from the object at `pointer`, keeping the order of the rest.
+#[track_caller]
+fn remove(v: &mut Value, pointer: &str, key: &str) {
+    let removed = at(v, pointer)
+        .as_object_mut()
+        .and_then(|m| m.shift_remove(key));
+    assert!(removed.is_some(), "no key {key} at {pointer}");
+}
+
+/// Loads `text`, and judges it too, checking that neither panics.
+#[track_caller]
+fn load_text(text: &str) -> Loaded {
+    let owned = text.to_string();
+    let result = std::panic::catch_unwind(move || {
+        let loaded = spec::load(&owned);
+        let _ = risk::check(&owned);
+        loaded
+    });
+    match result {
+        Ok(loaded) => loaded,
+        Err(_) => panic!("loading panicked"),
+    }
+}
+
+/// The base spec, changed by `f`, serialized and loaded.
+#[track_caller]
+fn load_with(f: impl FnOnce(&mut Value)) -> Loaded {
+    let mut v = base();
+    f(&mut v);
+    load_text(&serde_json::to_string_pretty(&v).unwrap())
+}
+
+fn list(ds: &[Diagnostic]) -> String {
+    ds.iter()
+        .map(|d| format!("  {} {} | {} | {}", d.code, d.path, d.message, d.help))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The house style of diagnostics.
+#[track_caller]
+fn assert_style(d: &Diagnostic) {
+    let first = d.message.chars().next();
+    assert!(
+        first.is_some_and(|c| !c.is_uppercase()),
+        "message should start lowercase: {:?}",
+        d.message
+    );
+    assert!(
+        !d.message.ends_with('.'),
+        "message should not end with a period: {:?}",
+        d.message
+    );
+    assert_eq!(d.message, d.message.trim(), "message has stray whitespace");
+    assert!(
+        !d.help.trim().is_empty(),
+        "empty help for {} at {}",
+        d.code,
+        d.path
+    );
+}
+
+#[track_caller]
+fn find<'a>(ds: &'a [Diagnostic], what: &str, code: &str, path: &str) -> &'a Diagnostic {
+    let d = ds
+        .iter()
+        .find(|d| d.code == code && d.path == path)
+        .unwrap_or_else(|| panic!("expected {what} `{code}` at `{path}`, got:\n{}", list(ds)));
+    assert_style(d);
+    d
+}
+
+/// The error `code` at `path` (others may be reported too).
+#[track_caller]
+fn error<'a>(l: &'a Loaded, code: &str, path: &str) -> &'a Diagnostic {
+    find(&l.errors, "error", code, path)
+}
+
+/// The only error, which must be `code` at `path`.
+#[track_caller]
+fn only_error<'a>(l: &'a Loaded, code: &str, path: &str) -> &'a Diagnostic {
+    let d = error(l, code, path);
+    assert_eq!(
+        l.errors.len(),
+        1,
+        "expected one error, got:\n{}",
+        list(&l.errors)
+    );
+    d
+}
+
+/// The warning `code` at `path`, on a spec without errors.
+#[track_caller]
+fn warning<'a>(l: &'a Loaded, code: &str, path: &str) -> &'a Diagnostic {
+    assert!(
+        l.errors.is_empty(),
+        "unexpected errors:\n{}",
+        list(&l.errors)
+    );
+    find(&l.warnings, "warning", code, path)
+}
+
+#[track_caller]
+fn assert_help(d: &Diagnostic, needle: &str) {
+    assert!(
+        d.help.contains(needle),
+        "help of `{}` should contain {needle:?}: {:?}",
+        d.code,
+        d.help
+    );
+}
+
+#[track_caller]
+fn assert_message(d: &Diagnostic, needle: &str) {
+    assert!(
+        d.message.contains(needle),
+        "message of `{}` should contain {needle:?}: {:?}",
+        d.code,
+        d.message
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The base itself.
+
+#[test]
+fn base_spec_is_valid_and_green() {
+    let text = serde_json::to_string_pretty(&base()).unwrap();
+    let loaded = spec::load(&text);
+    assert!(loaded.errors.is_empty(), "{}", list(&loaded.errors));
+    assert!(loaded.warnings.is_empty(), "{}", list(&loaded.warnings));
+    let report = risk::check(&text);
+    assert_eq!(report.level, Level::Green, "{}", report.to_json());
+    assert_eq!(report.tools.len(), 2);
+}
+
+// ---------------------------------------------------------------------------
+// Text-level errors.
+
+#[test]
+fn json_syntax() {
+    let text = "{\n  \"sinew\": \"0.1\",\n  \"name\": \"x\"\n  \"tools\": {}\n}\n";
+    let l = load_text(text);
+    let d = only_error(&l, "json-syntax", "");
+    let at = d.at.expect("a syntax error has a position");
+    assert_eq!((at.line, at.column), (4, 3), "{d:?}");
+    assert_message(d, "line 4");
+    assert!(l.source.is_null());
+    assert!(l.spec.tools.is_empty());
+
+    // Trailing garbage after the document.
+    let l = load_text("{} x");
+    let d = only_error(&l, "json-syntax", "");
+    let at = d.at.unwrap();
+    assert_eq!((at.line, at.column), (1, 4), "{d:?}");
+}
+
+#[test]
+fn duplicate_key() {
+    let text =
+        "{\n  \"sinew\": \"0.1\",\n  \"name\": \"a\",\n  \"name\": \"b\",\n  \"tools\": {}\n}";
+    let l = load_text(text);
+    let d = only_error(&l, "duplicate-key", "");
+    assert_message(d, "`name`");
+    assert_eq!(d.at.unwrap().line, 4, "{d:?}");
+
+    // Deep inside the spec, too.
+    let pretty = serde_json::to_string_pretty(&base()).unwrap();
+    let text = pretty.replacen("\"one\": true,", "\"one\": true, \"one\": false,", 1);
+    assert_ne!(text, pretty);
+    only_error(&load_text(&text), "duplicate-key", "");
+}
+
+#[test]
+fn too_deep() {
+    for text in [
+        "[".repeat(100_000) + &"]".repeat(100_000),
+        "{\"a\":".repeat(100_000) + "1" + &"}".repeat(100_000),
+        // Unbalanced: the depth limit is hit before the end is.
+        "[".repeat(100_000),
+    ] {
+        let l = load_text(&text);
+        let d = only_error(&l, "too-deep", "");
+        assert!(d.at.is_some());
+        assert_help(d, "127");
+    }
+    // Deep inside an otherwise valid spec (an extension key).
+    let l = load_with(|v| {
+        let mut deep = json!(1);
+        for _ in 0..1000 {
+            deep = json!([deep]);
+        }
+        v["x-deep"] = deep;
+    });
+    only_error(&l, "too-deep", "");
+}
+
+#[test]
+fn nesting_below_the_limit_loads() {
+    // The base object plus 126 arrays: 127 levels.
+    let l = load_with(|v| {
+        let mut deep = json!(1);
+        for _ in 0..126 {
+            deep = json!([deep]);
+        }
+        v["x-deep"] = deep;
+    });
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+}
+
+#[test]
+fn nesting_at_the_limit_loads() {
+    // The base object plus 126 arrays: 127 levels, the documented limit.
+    let l = load_with(|v| {
+        let mut deep = json!(1);
+        for _ in 0..126 {
+            deep = json!([deep]);
+        }
+        v["x-deep"] = deep;
+    });
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    // 128 levels are too many.
+    let l = load_with(|v| {
+        let mut deep = json!(1);
+        for _ in 0..127 {
+            deep = json!([deep]);
+        }
+        v["x-deep"] = deep;
+    });
+    assert_eq!(
+        l.errors.first().map(|e| e.code.as_str()),
+        Some("too-deep"),
+        "{}",
+        list(&l.errors)
+    );
+}
+
+#[test]
+fn empty() {
+    for text in ["", "   ", " \n\t\r\n ", "\u{feff}", "\u{feff}  \n"] {
+        let l = load_text(text);
+        let d = only_error(&l, "empty", "");
+        assert_help(d, "JSON object");
+    }
+    only_error(&spec::load_bytes(b""), "empty", "");
+}
+
+#[test]
+fn not_utf8() {
+    let l = spec::load_bytes(b"{\"sinew\": \"0.1\xff\"}");
+    let d = only_error(&l, "not-utf8", "");
+    assert_message(d, "byte 14");
+    assert_help(d, "UTF-8");
+    let at = d.at.unwrap();
+    assert_eq!((at.line, at.column), (1, 15), "{d:?}");
+
+    let l = spec::load_bytes(b"{\n  \"name\": \"caf\xe9\"\n}");
+    let d = only_error(&l, "not-utf8", "");
+    assert_eq!(d.at.unwrap().line, 2, "{d:?}");
+
+    // UTF-16 with a byte order mark is not UTF-8 either.
+    only_error(&spec::load_bytes(b"\xff\xfe{\x00}\x00"), "not-utf8", "");
+
+    // Valid UTF-8 with a BOM loads.
+    let mut bytes = "\u{feff}".as_bytes().to_vec();
+    bytes.extend(serde_json::to_vec(&base()).unwrap());
+    let l = spec::load_bytes(&bytes);
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+}
+
+#[test]
+fn too_large() {
+    let limit = spec::source::MAX_SPEC_BYTES;
+    assert_eq!(limit, 32 << 20);
+    let mut bytes = serde_json::to_vec(&base()).unwrap();
+    bytes.resize(limit + 1, b' ');
+    let l = spec::load_bytes(&bytes);
+    let d = only_error(&l, "too-large", "");
+    assert_message(d, "32 MiB");
+    // Exactly at the limit is still read (and is valid: trailing spaces).
+    bytes.truncate(limit);
+    let l = spec::load_bytes(&bytes);
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    // Not even UTF-8 is checked past the limit.
+    let l = spec::load_bytes(&vec![0xff; 40 << 20]);
+    let d = only_error(&l, "too-large", "");
+    assert_message(d, "41943040 bytes");
+}
+
+#[test]
+fn too_large_message_does_not_contradict_itself() {
+    let bytes = vec![b' '; spec::source::MAX_SPEC_BYTES + 1];
+    let l = spec::load_bytes(&bytes);
+    let d = only_error(&l, "too-large", "");
+    assert!(
+        !d.message.contains("is 32 MiB, more than the 32 MiB"),
+        "{}",
+        d.message
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Shape errors.
+
+#[test]
+fn wrong_type() {
+    let l = load_with(|v| v["name"] = json!(5));
+    let d = only_error(&l, "wrong-type", "/name");
+    assert_message(d, "a number");
+    assert_help(d, "string");
+
+    let l = load_with(|v| at(v, GET)["done"]["status"] = json!("200"));
+    only_error(&l, "wrong-type", &format!("{GET}/done/status"));
+
+    let l = load_with(|v| at(v, GET)["product"]["lock"] = json!("yes"));
+    only_error(&l, "wrong-type", &format!("{GET}/product/lock"));
+
+    let l = load_with(|v| at(v, "/tools/get_product/flow")["nodes"] = json!([]));
+    error(&l, "wrong-type", "/tools/get_product/flow/nodes");
+
+    let l = load_text("[1, 2]");
+    only_error(&l, "wrong-type", "");
+}
+
+#[test]
+fn missing_key() {
+    let l = load_with(|v| remove(v, "", "name"));
+    let d = only_error(&l, "missing-key", "");
+    assert_message(d, "`name`");
+    assert_help(d, "\"name\"");
+
+    let l = load_with(|v| remove(v, &format!("{GET}/missing"), "status"));
+    let d = only_error(&l, "missing-key", &format!("{GET}/missing"));
+    assert_message(d, "`status`");
+
+    let l = load_with(|v| remove(v, "/tools/get_product", "flow"));
+    let d = error(&l, "missing-key", "/tools/get_product");
+    assert_message(d, "`flow`");
+
+    let l = load_with(|v| remove(v, "/entities/Order/fields/product", "entity"));
+    let d = only_error(&l, "missing-key", "/entities/Order/fields/product");
+    assert_message(d, "`entity`");
+}
+
+#[test]
+fn unknown_key() {
+    let l = load_with(|v| at(v, PLACE)["notify"]["compensat"] = json!("missing"));
+    let d = only_error(&l, "unknown-key", &format!("{PLACE}/notify/compensat"));
+    assert_message(d, "`compensat`");
+    assert_help(d, "did you mean `compensate`?");
+    assert_eq!(d.tool.as_deref(), Some("place_order"));
+
+    let l = load_with(|v| v["tool"] = json!({}));
+    let d = only_error(&l, "unknown-key", "/tool");
+    assert_help(d, "`tools`");
+
+    // Far from anything known: told how to keep it as an extension.
+    let l = load_with(|v| at(v, "/tools/get_product")["zzzz"] = json!(1));
+    let d = only_error(&l, "unknown-key", "/tools/get_product/zzzz");
+    assert_help(d, "x-");
+
+    // Documentation and extension keys are fine.
+    let l = load_with(|v| {
+        at(v, GET)["done"]["description"] = json!("the answer");
+        at(v, GET)["done"]["x-owner"] = json!({"team": "shop"});
+        v["$comment"] = json!("c");
+        v["$schema"] = json!("../schema/spec.schema.json");
+    });
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+}
+
+#[test]
+fn invalid_value() {
+    let l = load_with(|v| at(v, "/tools/get_product/trigger/http")["method"] = json!("GETT"));
+    let d = only_error(
+        &l,
+        "invalid-value",
+        "/tools/get_product/trigger/http/method",
+    );
+    assert_message(d, "`GETT`");
+    assert_help(d, "did you mean `GET`?");
+
+    let l = load_with(|v| at(v, PLACE)["save"]["isolation"] = json!("serialisable"));
+    let d = only_error(&l, "invalid-value", &format!("{PLACE}/save/isolation"));
+    assert_help(d, "did you mean `serializable`?");
+
+    let l = load_with(|v| at(v, PLACE)["notify"]["retry"]["max"] = json!(20));
+    let d = only_error(&l, "invalid-value", &format!("{PLACE}/notify/retry/max"));
+    assert_message(d, "20");
+    assert_help(d, "10");
+
+    let l = load_with(|v| at(v, GET)["missing"]["status"] = json!(200));
+    only_error(&l, "invalid-value", &format!("{GET}/missing/status"));
+
+    let l = load_with(|v| at(v, GET)["product"]["type"] = json!("reed"));
+    let d = only_error(&l, "invalid-value", &format!("{GET}/product/type"));
+    assert_help(d, "did you mean `read`?");
+
+    let l = load_with(|v| at(v, "/tools/get_product/trigger/http")["path"] = json!("products"));
+    only_error(&l, "invalid-value", "/tools/get_product/trigger/http/path");
+}
+
+#[test]
+fn invalid_name() {
+    let l = load_with(|v| {
+        let nodes = at(v, GET).as_object_mut().unwrap();
+        let n = nodes.shift_remove("missing").unwrap();
+        nodes.insert("not-found".into(), n);
+    });
+    let d = error(&l, "invalid-name", &format!("{GET}/not-found"));
+    assert_message(d, "`not-found`");
+    assert_help(d, "letters, digits and `_`");
+
+    let l = load_with(|v| {
+        let nodes = at(v, GET).as_object_mut().unwrap();
+        let n = nodes.shift_remove("missing").unwrap();
+        nodes.insert("input".into(), n);
+        nodes["product"]["onError"] = json!("input");
+    });
+    let d = error(&l, "invalid-name", &format!("{GET}/input"));
+    assert_message(d, "`input`");
+    assert_help(d, "input_node");
+
+    for keyword in ["true", "in", "row", "auth"] {
+        let l = load_with(|v| {
+            at(v, GET)[keyword] = json!({"type": "return"});
+        });
+        error(&l, "invalid-name", &format!("{GET}/{keyword}"));
+    }
+
+    let l = load_with(|v| {
+        at(v, "/entities/Product/fields")["unit price"] = json!({"type": "integer"});
+    });
+    only_error(&l, "invalid-name", "/entities/Product/fields/unit price");
+}
+
+#[test]
+fn invalid_entity_name_names_the_entity() {
+    let l =
+        load_with(|v| at(v, "/entities")["_Thing"] = json!({"fields": {"a": {"type": "string"}}}));
+    let d = only_error(&l, "invalid-name", "/entities/_Thing");
+    assert_message(d, "`_Thing`");
+}
+
+#[test]
+fn duplicate_name() {
+    let l = load_with(|v| v["roles"] = json!(["customer", "staff", "customer"]));
+    let d = only_error(&l, "duplicate-name", "/roles/2");
+    assert_message(d, "`customer`");
+
+    let l = load_with(|v| at(v, "/tools/get_product/auth")["roles"] = json!(["staff", "staff"]));
+    only_error(&l, "duplicate-name", "/tools/get_product/auth/roles/1");
+}
+
+#[test]
+fn unsupported_version() {
+    let l = load_with(|v| v["sinew"] = json!("0.2"));
+    let d = only_error(&l, "unsupported-version", "/sinew");
+    assert_message(d, "\"0.2\"");
+    assert_help(d, "0.1");
+
+    let l = load_with(|v| v["sinew"] = json!(0.1));
+    only_error(&l, "unsupported-version", "/sinew");
+}
+
+// ---------------------------------------------------------------------------
+// Expressions.
+
+#[test]
+fn expr_syntax() {
+    let path = format!("{GET}/done/value/price");
+    let l = load_with(|v| at(v, GET)["done"]["value"]["price"] = json!("product.price * )"));
+    let d = only_error(&l, "expr-syntax", &path);
+    assert_eq!(d.span, Some([16, 17]), "{d:?}");
+    assert_message(d, "`product.price * )`");
+
+    // Unquoted text: the help says how to quote it.
+    let l = load_with(|v| at(v, GET)["missing"]["message"] = json!("no such product"));
+    let d = only_error(&l, "expr-syntax", &format!("{GET}/missing/message"));
+    assert!(d.span.is_some());
+    assert_help(d, "'payment declined'");
+
+    // Too deeply nested expressions are errors, not stack overflows.
+    let deep = "(".repeat(100_000) + "1" + &")".repeat(100_000);
+    let l = load_with(|v| at(v, GET)["done"]["value"]["price"] = json!(deep));
+    only_error(&l, "expr-syntax", &path);
+    let long = vec!["1"; 100_000].join(" + ");
+    let l = load_with(|v| at(v, GET)["done"]["value"]["price"] = json!(long));
+    only_error(&l, "expr-syntax", &path);
+    let nots = "!".repeat(100_000) + "true";
+    let l = load_with(|v| at(v, GET)["done"]["value"]["price"] = json!(nots));
+    only_error(&l, "expr-syntax", &path);
+}
+
+#[test]
+fn expr_scope() {
+    // An unknown name, with a suggestion.
+    let path = format!("{GET}/done/value/price");
+    let l = load_with(|v| at(v, GET)["done"]["value"]["price"] = json!("prodcut.price"));
+    let d = only_error(&l, "expr-scope", &path);
+    assert_eq!(d.span, Some([0, 7]));
+    assert_help(d, "did you mean `product`?");
+
+    // A node that runs on only one branch of an `if`.
+    let l = load_with(|v| {
+        let n = at(v, GET);
+        n["product"]["next"] = json!("branch");
+        n["branch"] =
+            json!({"type": "if", "if": "product.stock > 0", "then": "extra", "else": "done"});
+        n["extra"] = json!({"type": "let", "values": {"a": "1"}, "next": "done"});
+        n["done"]["value"]["a"] = json!("extra.a");
+    });
+    let d = only_error(&l, "expr-scope", &format!("{GET}/done/value/a"));
+    assert_message(d, "`extra`");
+    assert_message(d, "not certainly bound");
+    assert_eq!(d.span, Some([0, 5]));
+
+    // The node reached through `onError` cannot see the node that failed.
+    let l = load_with(|v| at(v, GET)["missing"]["message"] = json!("'no ' + product.sku"));
+    let d = only_error(&l, "expr-scope", &format!("{GET}/missing/message"));
+    assert_message(d, "`product`");
+    assert_eq!(d.span, Some([8, 15]));
+
+    // `row` only exists in `set` and invariants.
+    let l = load_with(|v| at(v, GET)["done"]["value"]["price"] = json!("row.price"));
+    only_error(&l, "expr-scope", &path);
+
+    // Policies see only input, auth and request.
+    let l = load_with(|v| {
+        v["policies"] =
+            json!({"big": {"type": "custom", "action": "block", "when": "product.price > 10"}});
+    });
+    only_error(&l, "expr-scope", "/policies/big/when");
+}
+
+#[test]
+fn expr_type() {
+    let path = format!("{GET}/done/value/price");
+    let l = load_with(|v| at(v, GET)["done"]["value"]["price"] = json!("has(input)"));
+    let d = only_error(&l, "expr-type", &path);
+    assert_message(d, "`has`");
+    assert_eq!(d.span, Some([0, 10]));
+
+    // A read without `one` is a list of rows.
+    let l = load_with(|v| {
+        let n = &mut at(v, GET)["product"];
+        n["one"] = json!(false);
+        n["limit"] = json!(10);
+    });
+    let d = only_error(&l, "expr-type", &path);
+    assert_message(d, "list of `Product` rows");
+    assert_help(d, "product[0].price");
+
+    // A function called the wrong way.
+    let l =
+        load_with(|v| at(v, GET)["done"]["value"]["price"] = json!("startsWith(input.id, 'a')"));
+    let d = only_error(&l, "expr-type", &path);
+    assert_message(d, "`startsWith` cannot be called as a function");
+    assert_help(d, "x.startsWith(");
+}
+
+#[test]
+fn expr_type_wrong_arity_has_help() {
+    let path = format!("{GET}/done/value/price");
+    let l = load_with(|v| at(v, GET)["done"]["value"]["price"] = json!("size(input.id, 1)"));
+    let d = only_error(&l, "expr-type", &path);
+    assert_message(d, "takes 1 argument, found 2");
+    assert_style(d);
+}
+
+#[test]
+fn unknown_function() {
+    let path = format!("{GET}/done/value/price");
+    let l = load_with(|v| at(v, GET)["done"]["value"]["price"] = json!("lower(input.id)"));
+    let d = only_error(&l, "unknown-function", &path);
+    assert_message(d, "`lower`");
+    assert_help(d, "did you mean `lowerAscii`?");
+    assert_eq!(d.span, Some([0, 15]));
+}
+
+#[test]
+fn unknown_field() {
+    // In `where`.
+    let l = load_with(|v| at(v, GET)["product"]["where"] = json!({"idd": "input.id"}));
+    let d = only_error(&l, "unknown-field", &format!("{GET}/product/where/idd"));
+    assert_help(d, "did you mean `id`?");
+
+    // In `values`.
+    let l = load_with(|v| {
+        let values = at(v, BODY)["order"]["values"].as_object_mut().unwrap();
+        let q = values.shift_remove("quantity").unwrap();
+        values.insert("quantit".into(), q);
+    });
+    let d = error(&l, "unknown-field", &format!("{BODY}/order/values/quantit"));
+    assert_message(d, "`Order` has no field `quantit`");
+    assert_help(d, "did you mean `quantity`?");
+
+    // In `set`.
+    let l = load_with(|v| at(v, BODY)["take"]["set"]["stok"] = json!("row.stock"));
+    let d = only_error(&l, "unknown-field", &format!("{BODY}/take/set/stok"));
+    assert_help(d, "did you mean `stock`?");
+
+    // In `orderBy`, in each of its forms.
+    let l = load_with(|v| at(v, GET)["product"]["orderBy"] = json!("prise desc"));
+    let d = only_error(&l, "unknown-field", &format!("{GET}/product/orderBy/0"));
+    assert_help(d, "did you mean `price`?");
+    let l = load_with(|v| {
+        at(v, GET)["product"]["orderBy"] = json!(["sku", {"field": "prise", "direction": "desc"}]);
+    });
+    only_error(&l, "unknown-field", &format!("{GET}/product/orderBy/1"));
+
+    // `row.nope` in an invariant.
+    let l = load_with(|v| at(v, "/entities/Product/invariants")["x"] = json!("row.nope > 0"));
+    let d = only_error(&l, "unknown-field", "/entities/Product/invariants/x");
+    assert_message(d, "`Product` has no field `nope`");
+    assert_eq!(d.span, Some([0, 8]));
+    assert_eq!(d.tool, None);
+
+    // `product.nope` where `product` is a one-row read.
+    let path = format!("{GET}/done/value/price");
+    let l = load_with(|v| at(v, GET)["done"]["value"]["price"] = json!("product.nope"));
+    let d = only_error(&l, "unknown-field", &path);
+    assert_message(d, "`Product` has no field `nope`");
+
+    // An input property the closed input schema does not declare.
+    let l = load_with(|v| at(v, GET)["done"]["value"]["price"] = json!("input.idd"));
+    let d = only_error(&l, "unknown-field", &path);
+    assert_help(d, "did you mean `id`?");
+
+    // The owner field must exist.
+    let l = load_with(|v| at(v, "/entities/Product")["owner"] = json!({"field": "sellr"}));
+    only_error(&l, "unknown-field", "/entities/Product/owner/field");
+}
+
+#[test]
+fn unknown_entity() {
+    let l = load_with(|v| at(v, GET)["product"]["entity"] = json!("Prodcut"));
+    let d = only_error(&l, "unknown-entity", &format!("{GET}/product/entity"));
+    assert_message(d, "`Prodcut`");
+    assert_help(d, "did you mean `Product`?");
+
+    let l = load_with(|v| at(v, "/entities/Order/fields/product")["entity"] = json!("Produkt"));
+    let d = only_error(
+        &l,
+        "unknown-entity",
+        "/entities/Order/fields/product/entity",
+    );
+    assert_help(d, "did you mean `Product`?");
+}
+
+#[test]
+fn unknown_role() {
+    let l = load_with(|v| at(v, "/tools/get_product/auth")["roles"] = json!(["staff", "custmer"]));
+    let d = only_error(&l, "unknown-role", "/tools/get_product/auth/roles/1");
+    assert_help(d, "did you mean `customer`?");
+
+    let l = load_with(|v| {
+        at(v, "/entities/Product")["owner"] = json!({"field": "name", "exempt": ["stuff"]});
+    });
+    let d = only_error(&l, "unknown-role", "/entities/Product/owner/exempt/0");
+    assert_help(d, "did you mean `staff`?");
+}
+
+#[test]
+fn unknown_tool() {
+    let l = load_with(|v| {
+        v["policies"] = json!({"p": {
+            "type": "rateLimit", "action": "block",
+            "tools": ["place_order", "get_prodcut"], "maxRequestsPerMinute": 5
+        }});
+    });
+    let d = only_error(&l, "unknown-tool", "/policies/p/tools/1");
+    assert_help(d, "did you mean `get_product`?");
+
+    let l = load_with(|v| {
+        v["acknowledgments"] = json!([{
+            "tool": "place_ordr", "signal": "missing-retry", "reason": "r", "by": "me"
+        }]);
+    });
+    let d = only_error(&l, "unknown-tool", "/acknowledgments/0/tool");
+    assert_help(d, "did you mean `place_order`?");
+}
+
+#[test]
+fn unknown_signal() {
+    let l = load_with(|v| {
+        v["acknowledgments"] = json!([{
+            "tool": "place_order", "signal": "missing-retyr", "reason": "r", "by": "me"
+        }]);
+    });
+    let d = only_error(&l, "unknown-signal", "/acknowledgments/0/signal");
+    assert_help(d, "did you mean `missing-retry`?");
+}
+
+#[test]
+fn unknown_node() {
+    let l = load_with(|v| at(v, PLACE)["notify"]["compensate"] = json!("refnd"));
+    let d = only_error(&l, "unknown-node", &format!("{PLACE}/notify/compensate"));
+    assert_message(d, "`refnd`");
+
+    let l = load_with(|v| {
+        v["acknowledgments"] = json!([{
+            "tool": "place_order", "signal": "missing-retry", "node": "notfy",
+            "reason": "r", "by": "me"
+        }]);
+    });
+    let d = only_error(&l, "unknown-node", "/acknowledgments/0/node");
+    assert_help(d, "did you mean `notify`?");
+}
+
+#[test]
+fn unknown_node_help_is_deterministic() {
+    let text = {
+        let mut v = base();
+        at(&mut v, PLACE)["notify"]["compensate"] = json!("zzzzzz");
+        serde_json::to_string_pretty(&v).unwrap()
+    };
+    let helps: Vec<String> = (0..20)
+        .map(|_| {
+            let l = spec::load(&text);
+            only_error(&l, "unknown-node", &format!("{PLACE}/notify/compensate"))
+                .help
+                .clone()
+        })
+        .collect();
+    assert!(helps.iter().all(|h| *h == helps[0]), "{helps:#?}");
+}
+
+#[test]
+fn unknown_external() {
+    let l = load_with(|v| at(v, PLACE)["notify"]["external"] = json!("mailr"));
+    let d = only_error(&l, "unknown-external", &format!("{PLACE}/notify/external"));
+    assert_help(d, "did you mean `mailer`?");
+}
+
+#[test]
+fn unknown_operation() {
+    let l = load_with(|v| at(v, PLACE)["notify"]["operation"] = json!("sned"));
+    let d = only_error(
+        &l,
+        "unknown-operation",
+        &format!("{PLACE}/notify/operation"),
+    );
+    assert_message(d, "`mailer` has no operation `sned`");
+    assert_help(d, "did you mean `send`?");
+
+    // `compensates` must name another operation of the same external.
+    let l = load_with(|v| {
+        at(v, "/externals/mailer/operations")["unsend"] = json!({"compensates": "sendd"})
+    });
+    only_error(
+        &l,
+        "unknown-operation",
+        "/externals/mailer/operations/unsend/compensates",
+    );
+}
+
+#[test]
+fn unknown_action() {
+    let paid = json!({"type": "transition", "entity": "Order", "id": "order.id", "action": "pya"});
+    let l = load_with(|v| {
+        let body = at(v, BODY);
+        body["take"]["next"] = json!("paid");
+        body["paid"] = paid.clone();
+    });
+    let d = only_error(&l, "unknown-action", &format!("{BODY}/paid/action"));
+    assert_help(d, "did you mean `pay`?");
+
+    // On an entity without a status machine.
+    let l = load_with(|v| {
+        let body = at(v, BODY);
+        body["take"]["next"] = json!("paid");
+        body["paid"] = paid.clone();
+        body["paid"]["entity"] = json!("Product");
+        body["paid"]["action"] = json!("pay");
+    });
+    let d = only_error(&l, "unknown-action", &format!("{BODY}/paid/action"));
+    assert_message(d, "no status machine");
+    assert_help(d, "`status`");
+}
+
+#[test]
+fn dangling_edge() {
+    let l = load_with(|v| at(v, GET)["product"]["next"] = json!("dne"));
+    let d = only_error(&l, "dangling-edge", &format!("{GET}/product/next"));
+    assert_message(d, "`dne`");
+    assert_help(d, "did you mean `done`?");
+
+    // From a transaction body to the top level.
+    let l = load_with(|v| at(v, BODY)["take"]["next"] = json!("done"));
+    let d = only_error(&l, "dangling-edge", &format!("{BODY}/take/next"));
+    assert_message(d, "another flow");
+
+    // From the top level into a body.
+    let l = load_with(|v| at(v, PLACE)["product"]["next"] = json!("order"));
+    let d = error(&l, "dangling-edge", &format!("{PLACE}/product/next"));
+    assert_message(d, "another flow");
+
+    // A flow's entry.
+    let l = load_with(|v| at(v, "/tools/get_product/flow")["entry"] = json!("prodct"));
+    let d = error(&l, "dangling-edge", "/tools/get_product/flow/entry");
+    assert_help(d, "did you mean `product`?");
+}
+
+#[test]
+fn duplicate_node() {
+    // `product` is a top-level node; the body uses the id again.
+    let l = load_with(|v| at(v, BODY)["product"] = json!({"type": "let", "values": {"a": "1"}}));
+    let d = only_error(&l, "duplicate-node", &format!("{BODY}/product"));
+    assert_message(d, &format!("`{PLACE}/product`"));
+}
+
+#[test]
+fn duplicate_route() {
+    let l = load_with(|v| {
+        at(v, "/tools/place_order/trigger")["http"] =
+            json!({"method": "GET", "path": "/products/{sku}"});
+    });
+    let d = only_error(&l, "duplicate-route", "/tools/place_order/trigger");
+    assert_message(d, "`get_product`");
+    assert_eq!(d.tool.as_deref(), Some("place_order"));
+}
+
+#[test]
+fn open_path() {
+    let l = load_with(|v| remove(v, &format!("{GET}/product"), "next"));
+    let d = error(&l, "open-path", &format!("{GET}/product"));
+    assert_message(d, "`product`");
+    assert!(
+        l.errors.iter().all(|e| e.code == "open-path"),
+        "{}",
+        list(&l.errors)
+    );
+
+    let l = load_with(|v| {
+        let n = at(v, GET);
+        n["product"]["next"] = json!("pick");
+        n["pick"] =
+            json!({"type": "switch", "cases": [{"when": "product.price > 10", "next": "done"}]});
+    });
+    let d = only_error(&l, "open-path", &format!("{GET}/pick"));
+    assert_message(d, "`default`");
+
+    // Inside a transaction body, a node without `next` just ends the body
+    // (`take` in the base spec); a top-level `if` needs no `next` either.
+    let l = load_with(|v| {
+        let n = at(v, GET);
+        n["product"]["next"] = json!("pick");
+        n["pick"] =
+            json!({"type": "if", "if": "product.stock > 0", "then": "done", "else": "missing"});
+    });
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+}
+
+#[test]
+fn reserved_field() {
+    let l = load_with(|v| {
+        at(v, "/entities/Product/fields")["created_at"] = json!({"type": "timestamp"})
+    });
+    let d = only_error(&l, "reserved-field", "/entities/Product/fields/created_at");
+    assert_message(d, "`created_at`");
+
+    // `status` is reserved once there is a status machine.
+    let l = load_with(|v| at(v, "/entities/Order/fields")["status"] = json!({"type": "string"}));
+    error(&l, "reserved-field", "/entities/Order/fields/status");
+    // Without one it is an ordinary field.
+    let l = load_with(|v| {
+        at(v, "/entities/Product/fields")["status"] = json!({"type": "string", "nullable": true});
+    });
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+}
+
+#[test]
+fn status_outside_transition() {
+    let l = load_with(|v| {
+        let body = at(v, BODY);
+        body["take"]["next"] = json!("mark");
+        body["mark"] = json!({
+            "type": "update", "entity": "Order", "where": {"id": "order.id"}, "one": true,
+            "set": {"status": "'paid'"}
+        });
+    });
+    let d = only_error(
+        &l,
+        "status-outside-transition",
+        &format!("{BODY}/mark/set/status"),
+    );
+    assert_help(d, "`transition`");
+}
+
+#[test]
+fn wrong_node_kind() {
+    let l = load_with(|v| at(v, PLACE)["notify"]["compensate"] = json!("missing"));
+    let d = only_error(&l, "wrong-node-kind", &format!("{PLACE}/notify/compensate"));
+    assert_message(d, "`missing`");
+}
+
+#[test]
+fn path_param_not_in_input() {
+    let l =
+        load_with(|v| at(v, "/tools/get_product/trigger/http")["path"] = json!("/products/{code}"));
+    let d = only_error(&l, "path-param-not-in-input", "/tools/get_product/input");
+    assert_message(d, "`code`");
+    assert_help(d, "`code`");
+
+    // With an open input schema, path parameters need no declaration.
+    let l = load_with(|v| {
+        at(v, "/tools/place_order/trigger/http")["path"] = json!("/orders/{code}");
+    });
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+}
+
+// ---------------------------------------------------------------------------
+// Warnings.
+
+#[test]
+fn unreachable_node() {
+    let l = load_with(|v| at(v, GET)["orphan"] = json!({"type": "return", "value": {}}));
+    let d = warning(&l, "unreachable-node", &format!("{GET}/orphan"));
+    assert_message(d, "`orphan`");
+    assert_eq!(d.tool.as_deref(), Some("get_product"));
+    assert_eq!(l.warnings.len(), 1);
+}
+
+#[test]
+fn unknown_external_kind() {
+    let l = load_with(|v| at(v, "/externals/mailer")["kind"] = json!("emial"));
+    let d = warning(&l, "unknown-external-kind", "/externals/mailer/kind");
+    assert_help(d, "did you mean `email`?");
+    assert_eq!(l.warnings.len(), 1);
+    // A warning, not an error: the tools are still judged.
+    let text = {
+        let mut v = base();
+        at(&mut v, "/externals/mailer")["kind"] = json!("emial");
+        serde_json::to_string(&v).unwrap()
+    };
+    assert_eq!(risk::check(&text).level, Level::Green);
+}
+
+#[test]
+fn ack_not_applicable() {
+    let mut v = base();
+    v["acknowledgments"] = json!([{
+        "tool": "place_order", "signal": "missing-retry", "reason": "we retry by hand", "by": "ops"
+    }]);
+    let text = serde_json::to_string_pretty(&v).unwrap();
+    // The loader does not judge signals; the risk engine does.
+    let loaded = load_text(&text);
+    assert!(loaded.errors.is_empty() && loaded.warnings.is_empty());
+    let report = risk::check(&text);
+    let d = find(
+        &report.warnings,
+        "warning",
+        "ack-not-applicable",
+        "/acknowledgments/0",
+    );
+    assert_message(d, "`missing-retry`");
+    assert_eq!(d.tool.as_deref(), Some("place_order"));
+    assert_eq!(report.level, Level::Green);
+
+    // Acknowledging a Red signal is not applicable either.
+    let mut v = base();
+    at(&mut v, BODY)["take"]["next"] = json!("raw");
+    at(&mut v, BODY)["raw"] = json!({"type": "sql", "statement": "SELECT 1"});
+    v["acknowledgments"] = json!([{
+        "tool": "place_order", "signal": "raw-write", "reason": "r", "by": "me"
+    }]);
+    let report = risk::check(&serde_json::to_string(&v).unwrap());
+    let d = find(
+        &report.warnings,
+        "warning",
+        "ack-not-applicable",
+        "/acknowledgments/0",
+    );
+    assert_message(d, "Red");
+    assert_eq!(report.level, Level::Red);
+}
+
+#[test]
+fn missing_value() {
+    let l = load_with(|v| remove(v, &format!("{BODY}/order/values"), "quantity"));
+    let d = warning(&l, "missing-value", &format!("{BODY}/order/values"));
+    assert_message(d, "`quantity`");
+    assert_help(d, "nullable");
+
+    // Nullable fields and fields with a default need no value.
+    let l = load_with(|v| {
+        remove(v, &format!("{BODY}/order/values"), "quantity");
+        at(v, "/entities/Order/fields/quantity")["default"] = json!(1);
+    });
+    assert!(l.warnings.is_empty(), "{}", list(&l.warnings));
+}
+
+#[test]
+fn no_transitions() {
+    let l = load_with(|v| at(v, "/entities/Order/status")["transitions"] = json!({}));
+    let d = warning(&l, "no-transitions", "/entities/Order/status");
+    assert_message(d, "`Order`");
+}
+
+// ---------------------------------------------------------------------------
+// Across codes.
+
+fn several_errors() -> Loaded {
+    load_with(|v| {
+        v["name"] = json!(5);
+        at(v, GET)["product"]["entity"] = json!("Prodcut");
+        at(v, PLACE)["notify"]["compensat"] = json!(true);
+        at(v, PLACE)["notify"]["retry"]["max"] = json!(20);
+        at(v, "/entities/Product/invariants")["x"] = json!("row.nope > 0");
+        at(v, "/externals/mailer")["kind"] = json!("emial");
+    })
+}
+
+#[test]
+fn several_independent_errors_are_all_reported() {
+    let l = several_errors();
+    let got: Vec<(&str, &str)> = l
+        .errors
+        .iter()
+        .map(|d| (d.code.as_str(), d.path.as_str()))
+        .collect();
+    let want = [
+        ("wrong-type", "/name".to_string()),
+        ("unknown-entity", format!("{GET}/product/entity")),
+        ("unknown-key", format!("{PLACE}/notify/compensat")),
+        ("invalid-value", format!("{PLACE}/notify/retry/max")),
+        (
+            "unknown-field",
+            "/entities/Product/invariants/x".to_string(),
+        ),
+    ];
+    for (code, path) in &want {
+        assert!(
+            got.contains(&(*code, path.as_str())),
+            "missing {code} at {path}:\n{}",
+            list(&l.errors)
+        );
+    }
+    assert_eq!(l.errors.len(), want.len(), "{}", list(&l.errors));
+    for d in &l.errors {
+        assert_style(d);
+    }
+    find(
+        &l.warnings,
+        "warning",
+        "unknown-external-kind",
+        "/externals/mailer/kind",
+    );
+}
+
+#[test]
+fn errors_are_sorted_by_path() {
+    let l = several_errors();
+    assert!(l.errors.len() > 2);
+    let paths: Vec<&str> = l.errors.iter().map(|d| d.path.as_str()).collect();
+    let mut sorted = paths.clone();
+    sorted.sort();
+    assert_eq!(paths, sorted);
+
+    let l = load_with(|v| {
+        at(v, GET)["z_orphan"] = json!({"type": "return"});
+        at(v, GET)["a_orphan"] = json!({"type": "return"});
+        at(v, "/entities/Order/status")["transitions"] = json!({});
+    });
+    let paths: Vec<&str> = l.warnings.iter().map(|d| d.path.as_str()).collect();
+    assert_eq!(paths.len(), 3, "{}", list(&l.warnings));
+    let mut sorted = paths.clone();
+    sorted.sort();
+    assert_eq!(paths, sorted);
+    // The risk report keeps the order.
+    let mut v = base();
+    v["name"] = json!(5);
+    at(&mut v, GET)["product"]["entity"] = json!("Prodcut");
+    let report = risk::check(&serde_json::to_string(&v).unwrap());
+    let paths: Vec<&str> = report.errors.iter().map(|d| d.path.as_str()).collect();
+    assert_eq!(paths, ["/name", &format!("{GET}/product/entity")]);
+}
+
+#[test]
+fn a_tool_with_an_error_is_invalid_and_the_others_are_still_judged() {
+    let mut v = base();
+    at(&mut v, GET)["product"]["entity"] = json!("Prodcut");
+    // Make the other tool Yellow, to see that it really is judged.
+    remove(&mut v, &format!("{PLACE}/notify"), "retry");
+    let text = serde_json::to_string_pretty(&v).unwrap();
+    let loaded = spec::load(&text);
+    assert!(!loaded.tool_is_valid("get_product"));
+    assert!(loaded.tool_is_valid("place_order"));
+    let report = risk::check(&text);
+    assert_eq!(report.level, Level::Invalid);
+    assert_eq!(report.exit_code(), 3);
+    let get = &report.tools["get_product"];
+    assert_eq!(get.level, Level::Invalid);
+    assert!(get.findings.is_empty());
+    let place = &report.tools["place_order"];
+    assert_eq!(place.level, Level::Yellow, "{}", report.to_json());
+    assert!(place.findings.iter().any(|f| f.code == "missing-retry"));
+    // The error names its tool.
+    assert_eq!(report.errors.len(), 1);
+    assert_eq!(report.errors[0].tool.as_deref(), Some("get_product"));
+}
+
+#[test]
+fn an_error_outside_every_tool_makes_every_tool_invalid() {
+    let mut v = base();
+    at(&mut v, "/entities/Product/invariants")["x"] = json!("row.nope > 0");
+    let report = risk::check(&serde_json::to_string(&v).unwrap());
+    assert_eq!(report.level, Level::Invalid);
+    assert_eq!(report.tools.len(), 2);
+    assert!(report.tools.values().all(|t| t.level == Level::Invalid));
+}
+
+#[test]
+fn a_tool_whose_trigger_does_not_decode_is_still_reported_invalid() {
+    let mut v = base();
+    at(&mut v, "/tools/get_product/trigger/http")["method"] = json!("GETT");
+    v["policies"] = json!({"p": {
+        "type": "rateLimit", "action": "block", "tools": ["get_product"], "maxRequestsPerMinute": 5
+    }});
+    let text = serde_json::to_string_pretty(&v).unwrap();
+    let report = risk::check(&text);
+    assert_eq!(
+        report.tools.get("get_product").map(|t| t.level),
+        Some(Level::Invalid),
+        "{}",
+        report.to_json()
+    );
+    assert_eq!(report.tools["place_order"].level, Level::Green);
+    // The policy names a tool that exists: the only error is the method.
+    let loaded = spec::load(&text);
+    only_error(
+        &loaded,
+        "invalid-value",
+        "/tools/get_product/trigger/http/method",
+    );
+}
+
+#[test]
+fn loading_never_panics_on_odd_documents() {
+    let texts = [
+        "null".to_string(),
+        "true".to_string(),
+        "0".to_string(),
+        "\"sinew\"".to_string(),
+        "[]".to_string(),
+        "{}".to_string(),
+        "{\"sinew\": \"0.1\"}".to_string(),
+        "{\"sinew\": \"0.1\", \"name\": \"x\", \"tools\": null}".to_string(),
+        "{\"sinew\": \"0.1\", \"name\": \"x\", \"tools\": {\"t\": {}}}".to_string(),
+        "{\"sinew\": \"0.1\", \"name\": \"x\", \"tools\": {\"t\": {\"trigger\": {}, \"flow\": {\"entry\": \"a\", \"nodes\": {}}}}}".to_string(),
+        "{\"sinew\": \"0.1\", \"name\": \"x\", \"tools\": {\"t\": {\"trigger\": {\"cron\": {\"schedule\": \"* * * * *\"}}, \"flow\": {\"entry\": \"a\", \"nodes\": {\"a\": {\"type\": \"transaction\", \"body\": {\"entry\": \"a\", \"nodes\": {\"a\": {\"type\": \"return\"}}}}}}}}}".to_string(),
+        "{\"a\": 1e999}".to_string(),
+        "{\"a\": \"\\ud800\"}".to_string(),
+        "\u{feff}{}".to_string(),
+    ];
+    for text in &texts {
+        let l = load_text(text);
+        assert!(!l.errors.is_empty(), "{text} should not load cleanly");
+        for d in &l.errors {
+            assert_style(d);
+        }
+    }
+    for bytes in [&b"\xc3"[..], b"{\"\xed\xa0\x80\": 1}", b"\x00\x00\x00{"] {
+        let bytes = bytes.to_vec();
+        let l = std::panic::catch_unwind(move || spec::load_bytes(&bytes)).expect("no panic");
+        assert!(!l.errors.is_empty());
+    }
+}

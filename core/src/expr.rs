@@ -355,6 +355,20 @@ impl fmt::Display for Lit {
     }
 }
 
+/// The target of `.`, `[…]` or a method call: a negative literal needs
+/// parentheses (`(-1).f`, not `-1.f`, which is `-(1.f)`).
+struct Postfix<'a>(&'a Expr);
+
+impl fmt::Display for Postfix<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0.kind {
+            ExprKind::Lit(Lit::Int(i)) if *i < 0 => write!(f, "({})", self.0),
+            ExprKind::Lit(Lit::Double(d)) if d.is_sign_negative() => write!(f, "({})", self.0),
+            _ => write!(f, "{}", self.0),
+        }
+    }
+}
+
 /// Prints an expression back in fully parenthesized source form, so that
 /// `parse(print(e)) == e` up to spans.
 impl fmt::Display for Expr {
@@ -362,11 +376,11 @@ impl fmt::Display for Expr {
         match &self.kind {
             ExprKind::Lit(l) => write!(f, "{l}"),
             ExprKind::Ident(n) => write!(f, "{n}"),
-            ExprKind::Member(a, n) => write!(f, "{a}.{n}"),
-            ExprKind::Index(a, b) => write!(f, "{a}[{b}]"),
+            ExprKind::Member(a, n) => write!(f, "{}.{n}", Postfix(a)),
+            ExprKind::Index(a, b) => write!(f, "{}[{b}]", Postfix(a)),
             ExprKind::Call { target, func, args } => {
                 if let Some(t) = target {
-                    write!(f, "{t}.")?;
+                    write!(f, "{}.", Postfix(t))?;
                 }
                 write!(f, "{func}(")?;
                 for (i, a) in args.iter().enumerate() {
@@ -378,7 +392,7 @@ impl fmt::Display for Expr {
                 write!(f, ")")
             }
             ExprKind::Unary(UnaryOp::Not, a) => write!(f, "(!{a})"),
-            ExprKind::Unary(UnaryOp::Neg, a) => write!(f, "(-{a})"),
+            ExprKind::Unary(UnaryOp::Neg, a) => write!(f, "(-({a}))"),
             ExprKind::Binary(op, a, b) => write!(f, "({a} {} {b})", op.symbol()),
             ExprKind::Cond(c, a, b) => write!(f, "({c} ? {a} : {b})"),
             ExprKind::List(items) => {

@@ -10,12 +10,98 @@
 //! (and of its commit) gather before going to `T`'s `onError` — or, without
 //! one, on to the enclosing transaction's `err`.
 
-use petgraph::algo::dominators;
 use petgraph::graph::{DiGraph, NodeIndex};
-use petgraph::visit::{DfsEvent, EdgeRef, depth_first_search};
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::spec::{EdgeKind, Flow, Node, NodeKind, Tool};
+
+/// A small, fast, deterministic hasher for node ids (FxHash's mixing).
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            for (w, b) in word.iter_mut().zip(chunk) {
+                *w = *b;
+            }
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u8(&mut self, b: u8) {
+        self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A map keyed by node ids.
+pub type IdMap<'s, V> = HashMap<&'s str, V, BuildHasherDefault<IdHasher>>;
+
+/// Adjacency in compressed rows: the edges of vertex `v` are
+/// `targets[offsets[v]..offsets[v + 1]]`, in the order they were added.
+#[derive(Debug, Default)]
+struct Csr {
+    offsets: Vec<u32>,
+    targets: Vec<u32>,
+    edges: Vec<Edge>,
+}
+
+impl Csr {
+    fn new(n: usize, list: impl Iterator<Item = (usize, usize, Edge)> + Clone) -> Csr {
+        let mut offsets = vec![0u32; n + 1];
+        for (from, _, _) in list.clone() {
+            if let Some(o) = offsets.get_mut(from + 1) {
+                *o += 1;
+            }
+        }
+        for i in 0..n {
+            let prev = offsets.get(i).copied().unwrap_or(0);
+            if let Some(o) = offsets.get_mut(i + 1) {
+                *o += prev;
+            }
+        }
+        let m = offsets.last().copied().unwrap_or(0) as usize;
+        let mut fill = offsets.clone();
+        let mut targets = vec![0u32; m];
+        let mut edges = vec![
+            Edge {
+                path: Path::Ok,
+                spec: None
+            };
+            m
+        ];
+        for (from, to, e) in list {
+            let Some(slot) = fill.get_mut(from) else {
+                continue;
+            };
+            let at = *slot as usize;
+            *slot += 1;
+            if let (Some(t), Some(w)) = (targets.get_mut(at), edges.get_mut(at)) {
+                *t = u32::try_from(to).unwrap_or(u32::MAX);
+                *w = e;
+            }
+        }
+        Csr {
+            offsets,
+            targets,
+            edges,
+        }
+    }
+
+    fn of(&self, v: usize) -> (&[u32], &[Edge]) {
+        let a = self.offsets.get(v).copied().unwrap_or(0) as usize;
+        let b = self.offsets.get(v + 1).copied().unwrap_or(0) as usize;
+        (
+            self.targets.get(a..b).unwrap_or_default(),
+            self.edges.get(a..b).unwrap_or_default(),
+        )
+    }
+}
 
 /// Whether an edge is taken on success or on failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +144,7 @@ pub struct ToolGraph<'s> {
     /// Every node, in document order (outer before inner).
     pub nodes: Vec<NodeInfo<'s>>,
     /// Node index by id.
-    pub by_id: HashMap<&'s str, usize>,
+    pub by_id: IdMap<'s, usize>,
     /// The flows: top level first, then bodies.
     pub flows: Vec<&'s Flow>,
     vin: Vec<NodeIndex>,
@@ -66,6 +152,8 @@ pub struct ToolGraph<'s> {
     verr: HashMap<usize, NodeIndex>,
     /// Problems with edges found while building.
     pub bad_edges: Vec<BadEdge>,
+    succ: Csr,
+    pred: Csr,
 }
 
 /// An edge that does not lead to a node of its own flow.
@@ -100,13 +188,31 @@ impl<'s> ToolGraph<'s> {
             graph: DiGraph::new(),
             start: NodeIndex::new(0),
             nodes: Vec::new(),
-            by_id: HashMap::new(),
+            by_id: IdMap::default(),
             flows: Vec::new(),
             vin: Vec::new(),
             vout: Vec::new(),
             verr: HashMap::new(),
             bad_edges: Vec::new(),
+            succ: Csr::default(),
+            pred: Csr::default(),
         };
+        let (mut count, mut txs) = (0usize, 0usize);
+        let mut pending = vec![&tool.flow];
+        while let Some(f) = pending.pop() {
+            count += f.nodes.len();
+            for n in f.nodes.values() {
+                if let NodeKind::Transaction { body, .. } = &n.kind {
+                    txs += 1;
+                    pending.push(body);
+                }
+            }
+        }
+        g.graph = DiGraph::with_capacity(2 * count + txs + 1, 4 * count + 2 * txs);
+        g.nodes.reserve(count);
+        g.vin.reserve(count);
+        g.vout.reserve(count);
+        g.by_id.reserve(count);
         g.start = g.graph.add_node(());
         // Collect nodes (outer flows first), iteratively.
         let mut queue: Vec<(&'s Flow, Option<usize>)> = vec![(&tool.flow, None)];
@@ -146,7 +252,10 @@ impl<'s> ToolGraph<'s> {
             spec: None,
         };
         // Entries.
-        for (fi, flow) in g.flows.clone().into_iter().enumerate() {
+        for fi in 0..g.flows.len() {
+            let Some(flow) = g.flows.get(fi).copied() else {
+                continue;
+            };
             let from = match flow_tx.get(fi).copied().flatten() {
                 None => g.start,
                 Some(t) => g.vin_of(t),
@@ -252,6 +361,13 @@ impl<'s> ToolGraph<'s> {
                 }
             }
         }
+        let n = g.graph.node_count();
+        let raw = g.graph.raw_edges();
+        let list = raw
+            .iter()
+            .map(|e| (e.source().index(), e.target().index(), e.weight));
+        g.succ = Csr::new(n, list.clone());
+        g.pred = Csr::new(n, list.map(|(a, b, w)| (b, a, w)));
         g
     }
 
@@ -287,64 +403,90 @@ impl<'s> ToolGraph<'s> {
 
     /// Vertices reachable from `roots`, following edges that `follow` allows.
     pub fn reachable(&self, roots: &[NodeIndex], follow: impl Fn(&Edge) -> bool) -> Vec<bool> {
-        let mut seen = vec![false; self.graph.node_count()];
-        let mut stack: Vec<NodeIndex> = roots.to_vec();
-        while let Some(v) = stack.pop() {
-            let Some(slot) = seen.get_mut(v.index()) else {
-                continue;
-            };
-            if *slot {
-                continue;
-            }
-            *slot = true;
-            for e in self.graph.edges(v) {
-                if follow(e.weight()) {
-                    stack.push(e.target());
-                }
-            }
-        }
-        seen
+        self.search(&self.succ, roots, follow)
     }
 
     /// Vertices from which some vertex of `targets` can be reached.
     pub fn reaching(&self, targets: &[NodeIndex]) -> Vec<bool> {
+        self.search(&self.pred, targets, |_| true)
+    }
+
+    fn search(&self, adj: &Csr, roots: &[NodeIndex], follow: impl Fn(&Edge) -> bool) -> Vec<bool> {
         let mut seen = vec![false; self.graph.node_count()];
-        let mut stack: Vec<NodeIndex> = targets.to_vec();
+        let mut stack: Vec<u32> = roots
+            .iter()
+            .map(|r| u32::try_from(r.index()).unwrap_or(u32::MAX))
+            .collect();
         while let Some(v) = stack.pop() {
-            let Some(slot) = seen.get_mut(v.index()) else {
+            let Some(slot) = seen.get_mut(v as usize) else {
                 continue;
             };
             if *slot {
                 continue;
             }
             *slot = true;
-            for e in self.graph.edges_directed(v, petgraph::Direction::Incoming) {
-                stack.push(e.source());
+            let (targets, edges) = adj.of(v as usize);
+            for (t, e) in targets.iter().zip(edges) {
+                if follow(e) {
+                    stack.push(*t);
+                }
             }
         }
         seen
     }
 
-    /// The edges that close cycles: one per cycle found by a depth-first
-    /// search from the start (then from any vertex not yet visited), as
-    /// (node, edge key).
+    /// Every edge as (from, to, edge), in the order added.
+    pub fn edge_list(&self) -> impl Iterator<Item = (NodeIndex, NodeIndex, &Edge)> {
+        self.graph
+            .raw_edges()
+            .iter()
+            .map(|e| (e.source(), e.target(), &e.weight))
+    }
+
+    /// The edges that close cycles: one per back edge of an iterative
+    /// depth-first search from the start (then from any vertex not yet
+    /// visited), as (node, edge key).
     pub fn cycle_edges(&self) -> Vec<(usize, EdgeKind)> {
+        const WHITE: u8 = 0;
+        const GREY: u8 = 1;
+        const BLACK: u8 = 2;
+        let mut color = vec![WHITE; self.graph.node_count()];
         let mut out = Vec::new();
         let mut starts = vec![self.start];
         starts.extend(self.vin.iter().copied());
-        depth_first_search(&self.graph, starts, |event| {
-            if let DfsEvent::BackEdge(u, v) = event {
-                if let Some(e) = self.graph.find_edge(u, v) {
-                    if let Some(w) = self.graph.edge_weight(e) {
-                        if let Some(spec) = w.spec {
-                            if !out.contains(&spec) {
-                                out.push(spec);
+        for s in starts {
+            if color.get(s.index()) != Some(&WHITE) {
+                continue;
+            }
+            let mut stack: Vec<(u32, u32)> = vec![(u32::try_from(s.index()).unwrap_or(0), 0)];
+            if let Some(c) = color.get_mut(s.index()) {
+                *c = GREY;
+            }
+            while let Some((v, i)) = stack.pop() {
+                let (targets, edges) = self.succ.of(v as usize);
+                if let (Some(&t), Some(e)) = (targets.get(i as usize), edges.get(i as usize)) {
+                    stack.push((v, i + 1));
+                    match color.get(t as usize).copied() {
+                        Some(WHITE) => {
+                            if let Some(c) = color.get_mut(t as usize) {
+                                *c = GREY;
+                            }
+                            stack.push((t, 0));
+                        }
+                        Some(GREY) => {
+                            if let Some(spec) = e.spec {
+                                if !out.contains(&spec) {
+                                    out.push(spec);
+                                }
                             }
                         }
+                        _ => {}
                     }
+                } else if let Some(c) = color.get_mut(v as usize) {
+                    *c = BLACK;
                 }
             }
-        });
+        }
         out
     }
 }
@@ -358,28 +500,120 @@ pub struct Dominance {
 }
 
 impl Dominance {
-    /// Computes dominators from the graph's start.
+    /// Computes dominators from the graph's start (Cooper, Harvey and
+    /// Kennedy's iterative algorithm over reverse postorder).
     pub fn new(g: &ToolGraph) -> Dominance {
+        const NONE: u32 = u32::MAX;
         let n = g.graph.node_count();
-        let doms = dominators::simple_fast(&g.graph, g.start);
-        let mut children: Vec<Vec<u32>> = vec![Vec::new(); n];
-        for v in g.graph.node_indices() {
-            if let Some(d) = doms.immediate_dominator(v) {
-                if let Some(c) = children.get_mut(d.index()) {
-                    c.push(u32::try_from(v.index()).unwrap_or(u32::MAX));
+        let start = u32::try_from(g.start.index()).unwrap_or(0);
+        // Postorder from the start, iteratively.
+        let mut order: Vec<u32> = Vec::with_capacity(n);
+        let mut po = vec![NONE; n];
+        let mut visited = vec![false; n];
+        let mut stack: Vec<(u32, u32)> = vec![(start, 0)];
+        if let Some(v) = visited.get_mut(start as usize) {
+            *v = true;
+        }
+        while let Some((v, i)) = stack.pop() {
+            let (targets, _) = g.succ.of(v as usize);
+            if let Some(&t) = targets.get(i as usize) {
+                stack.push((v, i + 1));
+                if let Some(seen) = visited.get_mut(t as usize) {
+                    if !*seen {
+                        *seen = true;
+                        stack.push((t, 0));
+                    }
+                }
+            } else {
+                if let Some(p) = po.get_mut(v as usize) {
+                    *p = u32::try_from(order.len()).unwrap_or(NONE);
+                }
+                order.push(v);
+            }
+        }
+        let mut idom = vec![NONE; n];
+        if let Some(d) = idom.get_mut(start as usize) {
+            *d = start;
+        }
+        let pof = |v: u32| po.get(v as usize).copied().unwrap_or(NONE);
+        let mut changed = true;
+        while changed {
+            changed = false;
+            for &v in order.iter().rev() {
+                if v == start {
+                    continue;
+                }
+                let (preds, _) = g.pred.of(v as usize);
+                let mut new = NONE;
+                for &p in preds {
+                    if idom.get(p as usize).copied().unwrap_or(NONE) == NONE {
+                        continue;
+                    }
+                    new = if new == NONE {
+                        p
+                    } else {
+                        let (mut a, mut b) = (p, new);
+                        while a != b {
+                            while pof(a) < pof(b) {
+                                a = idom.get(a as usize).copied().unwrap_or(start);
+                            }
+                            while pof(b) < pof(a) {
+                                b = idom.get(b as usize).copied().unwrap_or(start);
+                            }
+                        }
+                        a
+                    };
+                }
+                if let Some(d) = idom.get_mut(v as usize) {
+                    if new != NONE && *d != new {
+                        *d = new;
+                        changed = true;
+                    }
                 }
             }
         }
-        let mut pre = vec![u32::MAX; n];
+        // The dominator tree, numbered in pre and post order.
+        let mut child_count = vec![0u32; n + 1];
+        for (v, &d) in idom.iter().enumerate() {
+            if d != NONE && v != start as usize {
+                if let Some(c) = child_count.get_mut(d as usize + 1) {
+                    *c += 1;
+                }
+            }
+        }
+        for i in 0..n {
+            let prev = child_count.get(i).copied().unwrap_or(0);
+            if let Some(c) = child_count.get_mut(i + 1) {
+                *c += prev;
+            }
+        }
+        let offsets = child_count;
+        let mut fill = offsets.clone();
+        let mut children = vec![0u32; offsets.last().copied().unwrap_or(0) as usize];
+        for (v, &d) in idom.iter().enumerate() {
+            if d != NONE && v != start as usize {
+                if let Some(slot) = fill.get_mut(d as usize) {
+                    if let Some(c) = children.get_mut(*slot as usize) {
+                        *c = u32::try_from(v).unwrap_or(NONE);
+                    }
+                    *slot += 1;
+                }
+            }
+        }
+        let kids = |v: u32| {
+            let a = offsets.get(v as usize).copied().unwrap_or(0) as usize;
+            let b = offsets.get(v as usize + 1).copied().unwrap_or(0) as usize;
+            children.get(a..b).unwrap_or_default()
+        };
+        let mut pre = vec![NONE; n];
         let mut post = vec![0u32; n];
         let mut clock = 0u32;
-        let mut stack: Vec<(u32, usize)> = vec![(u32::try_from(g.start.index()).unwrap_or(0), 0)];
-        if let Some(p) = pre.get_mut(g.start.index()) {
+        let mut stack: Vec<(u32, usize)> = vec![(start, 0)];
+        if let Some(p) = pre.get_mut(start as usize) {
             *p = 0;
         }
         while let Some((v, next_child)) = stack.pop() {
-            let kids = children.get(v as usize).map_or(&[][..], Vec::as_slice);
-            if let Some(&c) = kids.get(next_child) {
+            if let Some(&c) = kids(v).get(next_child) {
                 stack.push((v, next_child + 1));
                 clock += 1;
                 if let Some(p) = pre.get_mut(c as usize) {

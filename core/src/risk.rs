@@ -14,6 +14,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 use crate::diag::Diagnostic;
+use crate::flow::ToolGraph;
 use crate::patch::Op;
 use crate::spec::{self, Loaded};
 
@@ -239,8 +240,14 @@ pub fn analyze(loaded: &Loaded) -> Report {
     let mut warnings = loaded.warnings.clone();
     let mut tools = BTreeMap::new();
     let global_errors = loaded.errors.iter().any(|e| e.tool.is_none());
-    let comp_ops = signals::compensating_operations(spec);
-    for (name, tool) in &spec.tools {
+    let graphs: Vec<(&String, &crate::spec::Tool, ToolGraph)> = spec
+        .tools
+        .iter()
+        .map(|(name, tool)| (name, tool, ToolGraph::build(tool)))
+        .collect();
+    let comp_ops = signals::compensating_operations(spec, graphs.iter().map(|(_, _, g)| g));
+    for (name, tool, graph) in &graphs {
+        let name: &String = name;
         if global_errors || !loaded.tool_is_valid(name) {
             tools.insert(
                 name.clone(),
@@ -251,7 +258,8 @@ pub fn analyze(loaded: &Loaded) -> Report {
             );
             continue;
         }
-        let mut findings = signals::tool_findings(spec, &loaded.source, name, tool, &comp_ops);
+        let mut findings =
+            signals::tool_findings(spec, &loaded.source, name, tool, graph, &comp_ops);
         for f in &mut findings {
             f.acknowledged = f.level == Level::Yellow
                 && spec.acknowledgments.iter().any(|a| {
@@ -321,6 +329,15 @@ pub fn analyze(loaded: &Loaded) -> Report {
                 warnings.push(d);
             }
         }
+    }
+    for name in &spec.broken_tools {
+        tools.insert(
+            name.clone(),
+            ToolReport {
+                level: Level::Invalid,
+                findings: Vec::new(),
+            },
+        );
     }
     Diagnostic::sort(&mut warnings);
     let level = if loaded.errors.is_empty() {

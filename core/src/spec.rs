@@ -104,6 +104,8 @@ pub struct Spec {
     pub externals: IndexMap<String, External>,
     /// Tools by name.
     pub tools: IndexMap<String, Tool>,
+    /// Tools too broken to decode (their errors were reported).
+    pub broken_tools: Vec<String>,
     /// Policies by name.
     pub policies: IndexMap<String, Policy>,
     /// Acknowledged Yellow signals.

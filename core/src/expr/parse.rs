@@ -127,10 +127,7 @@ impl Parser {
     /// Left-associative binary operators at or above `min` precedence.
     fn binary(&mut self, min: u8) -> Result<Parsed, ParseError> {
         let (mut lhs, mut depth) = self.unary()?;
-        loop {
-            let Some((op, prec)) = binop(self.peek().0) else {
-                break;
-            };
+        while let Some((op, prec)) = binop(self.peek().0) {
             if prec < min {
                 break;
             }
@@ -157,7 +154,12 @@ impl Parser {
         self.bump();
         self.enter(span)?;
         // `-9223372036854775808` is a literal, not a negated overflow.
-        if op == UnaryOp::Neg {
+        // Member access binds tighter than `-`: `-5.f()` is `-(5.f())`.
+        let postfix_follows = matches!(
+            self.toks.get(self.pos + 1),
+            Some((Tok::Dot | Tok::LBracket, _))
+        );
+        if op == UnaryOp::Neg && !postfix_follows {
             if let (Tok::Int(n), nspan) = self.peek() {
                 let n = *n;
                 if let Some(v) = 0i64.checked_sub_unsigned(n) {
@@ -448,6 +450,9 @@ mod tests {
         assert_eq!(show("{'k': 1}"), "{\"k\": 1}");
         assert_eq!(show("-9223372036854775808"), "-9223372036854775808");
         assert_eq!(show("0x10"), "16");
+        assert_eq!(show("-(0).a"), "(-(0.a))");
+        assert_eq!(show("-5.f()"), "(-(5.f()))");
+        assert_eq!(show("-(0)"), "(-(0))");
         assert_eq!(show("1e3"), "1000.0");
         assert_eq!(show(r#""a\n\u00e9""#), "\"a\\né\"");
         assert_eq!(show(r"r'a\n'"), "\"a\\\\n\"");

@@ -12,7 +12,10 @@ use crate::spec::{Filter, FilterOp, Limit, NodeKind, Spec, Tool};
 
 /// `(external, operation)` pairs that undo something: declared with
 /// `compensates`, or named as a `compensate` target anywhere in the spec.
-pub(super) fn compensating_operations(spec: &Spec) -> BTreeSet<(String, String)> {
+pub(super) fn compensating_operations<'g, 's: 'g>(
+    spec: &Spec,
+    graphs: impl Iterator<Item = &'g ToolGraph<'s>>,
+) -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
     for (xname, x) in &spec.externals {
         for (oname, op) in &x.operations {
@@ -21,8 +24,7 @@ pub(super) fn compensating_operations(spec: &Spec) -> BTreeSet<(String, String)>
             }
         }
     }
-    for tool in spec.tools.values() {
-        let g = ToolGraph::build(tool);
+    for g in graphs {
         for info in &g.nodes {
             if let NodeKind::Call {
                 compensate: Some(t),
@@ -87,9 +89,9 @@ pub(super) fn tool_findings(
     source: &Value,
     name: &str,
     tool: &Tool,
+    g: &ToolGraph,
     comp_ops: &BTreeSet<(String, String)>,
 ) -> Vec<Finding> {
-    let g = ToolGraph::build(tool);
     let max_rows = spec.limits.max_rows_per_write;
     let mut out = Vec::new();
 
@@ -123,7 +125,7 @@ pub(super) fn tool_findings(
         .collect();
     let mut recovery_cache: HashMap<(String, String), Vec<bool>> = HashMap::new();
 
-    let chains = write_chains(&g);
+    let chains = write_chains(g);
     let mut writes = false;
     let mut effects = false;
 
@@ -140,7 +142,7 @@ pub(super) fn tool_findings(
                     .map(|e| format!(" to `{e}`"))
                     .unwrap_or_default();
                 let (patch, summary) = match chains.get(&i) {
-                    Some(chain) => wrap_patch(&g, source, chain),
+                    Some(chain) => wrap_patch(g, source, chain),
                     None => (None, None),
                 };
                 out.push(finding(
@@ -242,21 +244,22 @@ pub(super) fn tool_findings(
                 limit,
                 one,
                 ..
-            } => {
-                if limit.is_none() && !one && !pinned(spec, entity, filters) {
-                    out.push(finding(
-                        "unbounded-read",
-                        name,
-                        id,
-                        path,
-                        format!("{name} is Yellow because node `{}` reads `{entity}` rows without a limit", info.id),
-                        Some(vec![Op::Add {
-                            path: child(path, "limit"),
-                            value: json!(100),
-                        }]),
-                        Some("add `\"limit\": 100` (and `after` for paging)".to_string()),
-                    ));
-                }
+            } if limit.is_none() && !one && !pinned(spec, entity, filters) => {
+                out.push(finding(
+                    "unbounded-read",
+                    name,
+                    id,
+                    path,
+                    format!(
+                        "{name} is Yellow because node `{}` reads `{entity}` rows without a limit",
+                        info.id
+                    ),
+                    Some(vec![Op::Add {
+                        path: child(path, "limit"),
+                        value: json!(100),
+                    }]),
+                    Some("add `\"limit\": 100` (and `after` for paging)".to_string()),
+                ));
             }
             NodeKind::Call {
                 external,
@@ -331,7 +334,7 @@ pub(super) fn tool_findings(
                     let key = (external.clone(), operation.clone());
                     let recovers = recovery_cache
                         .entry(key)
-                        .or_insert_with(|| recovery_set(&g, external, operation));
+                        .or_insert_with(|| recovery_set(g, external, operation));
                     if !recovers.get(g.vout_of(i).index()).copied().unwrap_or(false) {
                         out.push(finding(
                             "payment-without-compensation",
@@ -418,10 +421,7 @@ fn recovery_set(g: &ToolGraph, external: &str, operation: &str) -> Vec<bool> {
         .collect();
     let reach_other = g.reaching(&others);
     let mut sources = Vec::new();
-    for e in g.graph.edge_indices() {
-        let (Some(w), Some((u, v))) = (g.graph.edge_weight(e), g.graph.edge_endpoints(e)) else {
-            continue;
-        };
+    for (u, v, w) in g.edge_list() {
         if w.path == Path::Error && reach_other.get(v.index()).copied().unwrap_or(false) {
             sources.push(u);
         }

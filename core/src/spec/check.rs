@@ -266,8 +266,8 @@ pub(crate) fn check_expr(cx: &mut Cx, e: &Expression, scope: &Scope) {
                     cx,
                     "expr-type",
                     node.span,
-                    format!("`{func}` takes {n} argument(s), found {}", args.len()),
-                    String::new(),
+                    format!("`{func}` takes {n} argument{}, found {}", if n == 1 { "" } else { "s" }, args.len()),
+                    format!("call it with {n} argument{}", if n == 1 { "" } else { "s" }),
                 ),
                 Some(_) => {}
             }
@@ -368,7 +368,7 @@ pub(crate) fn check(cx: &mut Cx, spec: &Spec) {
     for policy in spec.policies.values() {
         if let Some(tools) = &policy.tools {
             for (i, t) in tools.iter().enumerate() {
-                if !spec.tools.contains_key(t) {
+                if !spec.tools.contains_key(t) && !spec.broken_tools.contains(t) {
                     cx.error(
                         Diagnostic::new(
                             "unknown-tool",
@@ -398,6 +398,9 @@ pub(crate) fn check(cx: &mut Cx, spec: &Spec) {
     }
     for ack in &spec.acknowledgments {
         let Some(tool) = spec.tools.get(&ack.tool) else {
+            if spec.broken_tools.contains(&ack.tool) {
+                continue;
+            }
             cx.error(
                 Diagnostic::new(
                     "unknown-tool",
@@ -435,7 +438,7 @@ pub(crate) fn check(cx: &mut Cx, spec: &Spec) {
                         child(&ack.path, "node"),
                         format!("`{}` has no node `{node}`", ack.tool),
                     )
-                    .help(suggest(node, g.by_id.keys().copied(), "")),
+                    .help(suggest(node, g.nodes.iter().map(|n| n.id), "")),
                 );
             }
         }
@@ -580,7 +583,7 @@ fn check_tool(cx: &mut Cx, spec: &Spec, tool: &Tool) {
                         path,
                         format!("`compensate` names `{target}`, which is not a node"),
                     )
-                    .help(suggest(target, g.by_id.keys().copied(), "")),
+                    .help(suggest(target, g.nodes.iter().map(|n| n.id), "")),
                 ),
                 Some(&t) if t == i => cx.error(
                     Diagnostic::new("invalid-value", path, "a call cannot compensate itself")

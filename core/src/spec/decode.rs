@@ -201,8 +201,14 @@ impl<'a> Obj<'a> {
 
     /// Reports keys nobody asked for (documentation and `x-` keys aside).
     fn finish(self, cx: &mut Cx) {
-        for key in self.map.keys() {
-            if self.asked.contains(&key.as_str()) || is_extra_key(key) {
+        for (key, value) in self.map {
+            if self.asked.contains(&key.as_str()) {
+                continue;
+            }
+            if is_extra_key(key) {
+                if !key.starts_with("x-") && !value.is_string() {
+                    wrong_type(cx, &self.at(key), "a string", value);
+                }
                 continue;
             }
             let help = suggest(key, self.asked.iter().copied(), "remove it");
@@ -407,9 +413,11 @@ pub(crate) fn spec(cx: &mut Cx, v: &Value) -> Spec {
         spec.roles = Some(string_list(cx, v, "/roles", true));
     }
     for (name, v, path) in object_map(cx, o.get("entities"), "/entities") {
-        let mut chars = name.chars();
-        if !chars.next().is_some_and(|c| c.is_ascii_alphabetic()) {
-            check_name(cx, &path, "-", "an entity name");
+        if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            cx.error(
+                Diagnostic::new("invalid-name", path, format!("`{name}` is not valid as an entity name"))
+                    .help("an entity name starts with a letter, then letters, digits and `_`, at most 63 characters"),
+            );
             continue;
         }
         if !check_name(cx, &path, name, "an entity name") {
@@ -422,19 +430,22 @@ pub(crate) fn spec(cx: &mut Cx, v: &Value) -> Spec {
             spec.externals.insert(name.clone(), external(cx, v, &path));
         }
     }
-    match o.req(cx, "tools") {
-        Some(tv) => {
-            for (name, v, path) in object_map(cx, Some(tv), "/tools") {
+    let raw_tools = o.req(cx, "tools");
+    {
+        {
+            for (name, v, path) in object_map(cx, raw_tools, "/tools") {
                 cx.tool = Some(name.clone());
                 if check_name(cx, &path, name, "a tool name") {
-                    if let Some(t) = tool(cx, v, &path) {
-                        spec.tools.insert(name.clone(), t);
+                    match tool(cx, v, &path) {
+                        Some(t) => {
+                            spec.tools.insert(name.clone(), t);
+                        }
+                        None => spec.broken_tools.push(name.clone()),
                     }
                 }
                 cx.tool = None;
             }
         }
-        None => {}
     }
     for (name, v, path) in object_map(cx, o.get("policies"), "/policies") {
         if check_name(cx, &path, name, "a policy name") {
@@ -1292,6 +1303,10 @@ fn filters(cx: &mut Cx, v: &Value, path: &str) -> Vec<Filter> {
                     let Some(op) = one_of(cx, &op_path, op, "comparison", FilterOp::ALL) else {
                         continue;
                     };
+                    if v.is_object() {
+                        wrong_type(cx, &op_path, "an expression, a literal or a list", v);
+                        continue;
+                    }
                     out.push(Filter {
                         field: field.clone(),
                         op,

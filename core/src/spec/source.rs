@@ -11,14 +11,18 @@ use crate::diag::{Diagnostic, Position};
 pub const MAX_SPEC_BYTES: usize = 32 << 20;
 
 /// Checks size and encoding of a spec file's bytes.
+#[expect(
+    clippy::result_large_err,
+    reason = "errors are the cold path; a spec error is one diagnostic"
+)]
 pub fn decode(bytes: &[u8]) -> Result<&str, Diagnostic> {
     if bytes.len() > MAX_SPEC_BYTES {
         return Err(Diagnostic::new(
             "too-large",
             "",
             format!(
-                "the spec is {} MiB, more than the {} MiB limit",
-                bytes.len() >> 20,
+                "the spec is {} bytes, more than the {} MiB limit ({MAX_SPEC_BYTES} bytes)",
+                bytes.len(),
                 MAX_SPEC_BYTES >> 20
             ),
         )
@@ -39,8 +43,12 @@ pub fn decode(bytes: &[u8]) -> Result<&str, Diagnostic> {
     Ok(text)
 }
 
-/// Parses JSON text strictly: one value, no duplicate keys, at most 128
-/// levels of nesting.
+/// Parses JSON text strictly: one value, no duplicate keys, at most 127
+/// levels of nesting (serde_json's recursion limit).
+#[expect(
+    clippy::result_large_err,
+    reason = "errors are the cold path; a spec error is one diagnostic"
+)]
 pub fn parse(text: &str) -> Result<Value, Diagnostic> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.trim().is_empty() {
@@ -57,7 +65,7 @@ fn syntax_error(e: &serde_json::Error) -> Diagnostic {
     let suffix = format!(" at line {} column {}", e.line(), e.column());
     let what = full.strip_suffix(&suffix).unwrap_or(&full).to_string();
     let (code, help) = if what.contains("recursion limit") {
-        ("too-deep", "a spec nests at most 128 levels deep")
+        ("too-deep", "a spec nests at most 127 levels deep")
     } else if what.starts_with("duplicate key") {
         ("duplicate-key", "each key may appear once in an object")
     } else {

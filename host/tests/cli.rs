@@ -1,0 +1,559 @@
+//! Integration tests of the `sinew` binary: exit codes, output formats, bad
+//! input and `--fix`.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn spec(rel: &str) -> PathBuf {
+    root().join(rel)
+}
+
+/// The example specs, sorted.
+fn examples() -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(root().join("specs/examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    out.sort();
+    assert!(!out.is_empty(), "no example specs");
+    out
+}
+
+/// Runs `sinew` with `args`; checks it did not panic.
+fn sinew<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = Command::new(env!("CARGO_BIN_EXE_sinew"))
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("run sinew");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "sinew panicked:\n{stderr}");
+    out
+}
+
+/// `sinew check` on `files` with extra `flags` first.
+fn check(flags: &[&str], files: &[&Path]) -> Output {
+    let mut args: Vec<std::ffi::OsString> = vec!["check".into()];
+    args.extend(flags.iter().map(Into::into));
+    args.extend(files.iter().map(|f| f.as_os_str().to_owned()));
+    sinew(args)
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().expect("sinew exited normally")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8(out.stdout.clone()).expect("stdout is UTF-8")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_str(&stdout(out))
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", stdout(out)))
+}
+
+/// A spec with one error: `Nte` (line 9) is not an entity.
+const BROKEN: &str = r#"{
+  "sinew": "0.1",
+  "name": "broken",
+  "entities": {"Note": {"fields": {"text": {"type": "string"}}}},
+  "tools": {
+    "find_note": {
+      "trigger": {"http": {"method": "GET", "path": "/notes"}},
+      "flow": {"entry": "note", "nodes": {
+        "note": {"type": "read", "entity": "Nte", "one": true, "next": "done"},
+        "done": {"type": "return", "value": {"text": "note.text"}}
+      }}
+    }
+  }
+}
+"#;
+
+/// Writes `text` to `name` in `dir`.
+fn write(dir: &tempfile::TempDir, name: &str, text: impl AsRef<[u8]>) -> PathBuf {
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+// ---------------------------------------------------------------------------
+// Verdicts and exit codes.
+
+#[test]
+fn examples_are_green() {
+    let files = examples();
+    let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let out = check(&[], &paths);
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+    let text = stdout(&out);
+    for f in &files {
+        let verdict = format!("{}: Green", f.display());
+        assert!(
+            text.lines().any(|l| l == verdict),
+            "no `{verdict}` in:\n{text}"
+        );
+    }
+    let n = files.len();
+    assert!(
+        text.contains(&format!("{n} files: {n} Green (worst: Green)")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("Invalid") && !text.contains("error["),
+        "{text}"
+    );
+    // Each one alone, too.
+    for f in &files {
+        let out = check(&[], &[f]);
+        assert_eq!(code(&out), 0, "{}: {}", f.display(), stdout(&out));
+        assert!(stdout(&out).contains(": Green"), "{}", stdout(&out));
+    }
+}
+
+#[test]
+fn yellow_exits_1() {
+    let out = check(&[], &[&spec("specs/unsafe/missing-retry.json")]);
+    assert_eq!(code(&out), 1, "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.contains("missing-retry"), "{text}");
+    assert!(text.contains("Yellow"), "{text}");
+}
+
+#[test]
+fn red_exits_2() {
+    let out = check(&[], &[&spec("specs/unsafe/raw-write.json")]);
+    assert_eq!(code(&out), 2, "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.contains("raw-write"), "{text}");
+    assert!(text.contains("Red"), "{text}");
+}
+
+#[test]
+fn spec_errors_exit_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = write(&dir, "broken.json", BROKEN);
+    let out = check(&[], &[&broken]);
+    assert_eq!(code(&out), 3, "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.contains("error[unknown-entity]"), "{text}");
+    assert!(text.contains("did you mean `Note`?"), "{text}");
+    // file:line:column of the offending value.
+    let line = BROKEN.lines().position(|l| l.contains("\"Nte\"")).unwrap() + 1;
+    assert!(
+        text.contains(&format!("broken.json:{line}:")),
+        "expected line {line}:\n{text}"
+    );
+    assert!(text.contains("Invalid"), "{text}");
+}
+
+#[test]
+fn the_worst_exit_code_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = write(&dir, "broken.json", BROKEN);
+    let shop = spec("specs/examples/shop.json");
+    let yellow = spec("specs/unsafe/missing-retry.json");
+    let red = spec("specs/unsafe/raw-write.json");
+    let cases: [(&[&Path], i32); 6] = [
+        (&[&shop, &shop], 0),
+        (&[&shop, &yellow], 1),
+        (&[&yellow, &shop], 1),
+        (&[&red, &yellow, &shop], 2),
+        (&[&shop, &yellow, &red], 2),
+        (&[&broken, &red, &yellow, &shop], 3),
+    ];
+    for (files, want) in cases {
+        let out = check(&[], files);
+        assert_eq!(code(&out), want, "{files:?}:\n{}", stdout(&out));
+    }
+    let out = check(&[], &[&red, &yellow, &shop, &broken]);
+    assert_eq!(code(&out), 3);
+    let text = stdout(&out);
+    assert!(text.contains("4 files"), "{text}");
+    assert!(text.contains("worst: Invalid"), "{text}");
+    // A file that cannot be read counts as 3 as well.
+    let out = check(&[], &[&shop, &dir.path().join("nope.json")]);
+    assert_eq!(code(&out), 3);
+}
+
+// ---------------------------------------------------------------------------
+// Formats.
+
+#[test]
+fn json_format() {
+    let out = check(&["--format", "json"], &[&spec("specs/examples/shop.json")]);
+    assert_eq!(code(&out), 0);
+    let v = json(&out);
+    for key in ["level", "errors", "warnings", "tools"] {
+        assert!(v.get(key).is_some(), "no `{key}` in {v}");
+    }
+    assert_eq!(v["level"], "green");
+    assert!(v["errors"].as_array().unwrap().is_empty());
+    assert!(v["tools"].as_object().unwrap().contains_key("place_order"));
+
+    let out = check(
+        &["--format", "json"],
+        &[&spec("specs/unsafe/raw-write.json")],
+    );
+    assert_eq!(code(&out), 2);
+    let v = json(&out);
+    assert_eq!(v["level"], "red");
+    assert_eq!(
+        v["tools"]["recount_bin"]["findings"][0]["code"],
+        "raw-write"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let broken = write(&dir, "broken.json", BROKEN);
+    let out = check(&["--format", "json"], &[&broken]);
+    assert_eq!(code(&out), 3);
+    let v = json(&out);
+    assert_eq!(v["level"], "invalid");
+    let e = &v["errors"][0];
+    assert_eq!(e["code"], "unknown-entity");
+    assert_eq!(e["path"], "/tools/find_note/flow/nodes/note/entity");
+    assert_eq!(v["tools"]["find_note"]["level"], "invalid");
+}
+
+#[test]
+fn json_format_with_several_files_is_an_array() {
+    let files = [
+        spec("specs/examples/shop.json"),
+        spec("specs/unsafe/missing-retry.json"),
+        spec("specs/unsafe/raw-write.json"),
+    ];
+    let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let out = check(&["--format", "json"], &paths);
+    assert_eq!(code(&out), 2);
+    let v = json(&out);
+    let items = v.as_array().expect("an array");
+    assert_eq!(items.len(), 3);
+    let levels = ["green", "yellow", "red"];
+    for ((item, file), level) in items.iter().zip(&files).zip(levels) {
+        assert_eq!(item["file"], file.display().to_string());
+        let report = &item["report"];
+        for key in ["level", "errors", "warnings", "tools"] {
+            assert!(report.get(key).is_some(), "no `{key}` in {report}");
+        }
+        assert_eq!(report["level"], level);
+    }
+}
+
+#[test]
+fn sarif_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = write(&dir, "broken.json", BROKEN);
+    let red = spec("specs/unsafe/raw-write.json");
+    let out = check(&["--format", "sarif"], &[&red, &broken]);
+    assert_eq!(code(&out), 3);
+    let v = json(&out);
+    assert_eq!(v["version"], "2.1.0");
+    let run = &v["runs"][0];
+    assert_eq!(run["tool"]["driver"]["name"], "sinew");
+    let results = run["results"].as_array().expect("results");
+    assert!(results.len() >= 2, "{results:#?}");
+    for r in results {
+        assert!(r["ruleId"].is_string(), "{r}");
+        let region = &r["locations"][0]["physicalLocation"]["region"];
+        assert!(region["startLine"].as_u64().is_some_and(|l| l >= 1), "{r}");
+    }
+    let rule = |id: &str| {
+        results
+            .iter()
+            .find(|r| r["ruleId"] == id)
+            .unwrap_or_else(|| panic!("no {id} result in {results:#?}"))
+    };
+    // The spec error points at the line of `"Nte"`.
+    let e = rule("unknown-entity");
+    let line = BROKEN.lines().position(|l| l.contains("\"Nte\"")).unwrap() + 1;
+    let col = BROKEN
+        .lines()
+        .nth(line - 1)
+        .unwrap()
+        .find("\"Nte\"")
+        .unwrap()
+        + 1;
+    let region = &e["locations"][0]["physicalLocation"]["region"];
+    assert_eq!(region["startLine"], line as u64, "{e}");
+    assert_eq!(region["startColumn"], col as u64, "{e}");
+    assert_eq!(e["level"], "error");
+    // The risk finding points at the `sql` node.
+    let f = rule("raw-write");
+    let text = std::fs::read_to_string(&red).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l.contains("\"recompute\":"))
+        .unwrap()
+        + 1;
+    assert_eq!(
+        f["locations"][0]["physicalLocation"]["region"]["startLine"], line as u64,
+        "{f}"
+    );
+    // Every rule referenced is declared.
+    let rules: Vec<&str> = run["tool"]["driver"]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    for r in results {
+        assert!(rules.contains(&r["ruleId"].as_str().unwrap()), "{r}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Bad input: exit 3, one clear line, no panic.
+
+/// Checks `file` and expects exit 3 and an `error[…]` line on stdout that
+/// mentions `needle`.
+fn bad_input(file: &Path, needle: &str) {
+    let out = check(&[], &[file]);
+    let text = stdout(&out);
+    assert_eq!(code(&out), 3, "{text}\n{}", stderr(&out));
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("error["))
+        .unwrap_or_else(|| panic!("no error line:\n{text}"));
+    assert!(line.contains(needle), "{line:?} should mention {needle:?}");
+    assert!(line.len() < 300, "not a short line: {line:?}");
+    assert!(text.contains("Invalid"), "{text}");
+    // JSON output says the same.
+    let out = check(&["--format", "json"], &[file]);
+    assert_eq!(code(&out), 3);
+    let v = json(&out);
+    assert_eq!(v["level"], "invalid");
+    assert!(
+        v["errors"][0]["message"].as_str().unwrap().contains(needle),
+        "{v}"
+    );
+}
+
+#[test]
+fn missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    bad_input(&dir.path().join("nope.json"), "does not exist");
+}
+
+#[test]
+fn a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    bad_input(dir.path(), "is a directory");
+}
+
+#[test]
+fn a_non_utf8_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        &dir,
+        "latin1.json",
+        b"{\"sinew\": \"0.1\", \"name\": \"caf\xe9\"}",
+    );
+    bad_input(&f, "not valid UTF-8");
+}
+
+#[test]
+fn a_50_mb_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(&dir, "huge.json", vec![b' '; 50 << 20]);
+    bad_input(&f, "50 MiB");
+    let out = check(&[], &[&f]);
+    assert!(stdout(&out).contains("32 MiB limit"), "{}", stdout(&out));
+}
+
+#[test]
+fn json_nested_100_000_deep() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        &dir,
+        "deep.json",
+        "[".repeat(100_000) + &"]".repeat(100_000),
+    );
+    bad_input(&f, "recursion limit");
+    let out = check(&[], &[&f]);
+    assert!(stdout(&out).contains("error[too-deep]"), "{}", stdout(&out));
+    let f = write(&dir, "deep2.json", "{\"a\":".repeat(100_000));
+    bad_input(&f, "recursion limit");
+}
+
+#[test]
+fn an_empty_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(&dir, "empty.json", "");
+    bad_input(&f, "the spec is empty");
+    let f = write(&dir, "blank.json", "\n  \n");
+    bad_input(&f, "the spec is empty");
+}
+
+#[test]
+fn json_syntax_error_has_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        &dir,
+        "syntax.json",
+        "{\n  \"sinew\": \"0.1\"\n  \"name\": \"x\"\n}\n",
+    );
+    let out = check(&[], &[&f]);
+    assert_eq!(code(&out), 3);
+    let text = stdout(&out);
+    assert!(text.contains("error[json-syntax]"), "{text}");
+    assert!(text.contains("syntax.json:3:3"), "{text}");
+}
+
+// ---------------------------------------------------------------------------
+// --fix.
+
+#[test]
+fn fix_rewrites_the_file_and_the_result_is_green() {
+    let dir = tempfile::tempdir().unwrap();
+    let original =
+        std::fs::read_to_string(spec("specs/unsafe/write-outside-transaction.json")).unwrap();
+    let f = write(&dir, "crm.json", &original);
+
+    let before = check(&[], &[&f]);
+    assert_eq!(code(&before), 2, "{}", stdout(&before));
+
+    let out = check(&["--fix"], &[&f]);
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.contains("applied 1 fix"), "{text}");
+    assert!(text.contains("write-outside-transaction"), "{text}");
+    assert!(text.contains("Green"), "{text}");
+
+    let fixed = std::fs::read_to_string(&f).unwrap();
+    assert_ne!(fixed, original);
+    assert!(fixed.contains("\"tx_activity\""), "{fixed}");
+    serde_json::from_str::<Value>(&fixed).expect("the fixed file is JSON");
+
+    // Checking again: Green.
+    let again = check(&[], &[&f]);
+    assert_eq!(code(&again), 0, "{}", stdout(&again));
+    assert!(stdout(&again).contains("Green"));
+
+    // What the fix does not touch stays as written.
+    let old: Vec<&str> = original.lines().collect();
+    let new: Vec<&str> = fixed.lines().collect();
+    let contact = old
+        .iter()
+        .position(|l| l.contains("\"contact\": {\"type\": \"read\""))
+        .unwrap();
+    assert!(contact > 10);
+    assert_eq!(
+        old[..=contact],
+        new[..=contact],
+        "the lines before the fix changed"
+    );
+    for needle in [
+        "\"no_contact\": {\"type\": \"fail\"",
+        "\"done\": {\"type\": \"return\", \"status\": 201,",
+        "\"description\": \"Demonstrates write-outside-transaction",
+        "\"Contact\": {",
+    ] {
+        let line = old.iter().find(|l| l.contains(needle)).unwrap();
+        assert!(new.contains(line), "line changed: {line}");
+    }
+    assert_eq!(old.last(), new.last());
+
+    // Fixing a fixed file changes nothing.
+    let out = check(&["--fix"], &[&f]);
+    assert_eq!(code(&out), 0);
+    assert!(
+        stdout(&out).contains("no mechanical fixes"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), fixed);
+}
+
+#[test]
+fn fix_dry_run_prints_a_diff_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = std::fs::read(spec("specs/unsafe/write-outside-transaction.json")).unwrap();
+    let f = write(&dir, "crm.json", &original);
+    let out = check(&["--fix", "--dry-run"], &[&f]);
+    let text = stdout(&out);
+    assert_eq!(code(&out), 2, "the file is still Red:\n{text}");
+    assert!(text.contains("would apply 1 fix"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("--- ")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("+++ ")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("@@ ")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with('+') && l.contains("tx_activity")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with('-') && l.contains("\"next\": \"activity\"")),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read(&f).unwrap(),
+        original,
+        "dry run wrote the file"
+    );
+}
+
+#[test]
+fn fix_without_a_mechanical_fix_leaves_the_file_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = std::fs::read(spec("specs/unsafe/raw-write.json")).unwrap();
+    let f = write(&dir, "raw.json", &original);
+    let out = check(&["--fix"], &[&f]);
+    assert_eq!(code(&out), 2, "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("no mechanical fixes"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(std::fs::read(&f).unwrap(), original);
+
+    // Nor does --fix touch a spec with errors.
+    let broken = write(&dir, "broken.json", BROKEN);
+    let out = check(&["--fix"], &[&broken]);
+    assert_eq!(code(&out), 3);
+    assert_eq!(std::fs::read_to_string(&broken).unwrap(), BROKEN);
+}
+
+// ---------------------------------------------------------------------------
+// Usage.
+
+#[test]
+fn dry_run_needs_fix() {
+    let out = check(&["--dry-run"], &[&spec("specs/examples/shop.json")]);
+    assert_ne!(code(&out), 0);
+    assert!(stderr(&out).contains("--fix"), "{}", stderr(&out));
+}
+
+#[test]
+fn check_needs_a_file() {
+    let out = sinew(["check"]);
+    assert_ne!(code(&out), 0);
+    assert!(stderr(&out).contains("FILE"), "{}", stderr(&out));
+}
+
+#[test]
+fn help() {
+    let out = sinew(["--help"]);
+    assert_eq!(code(&out), 0);
+    assert!(stdout(&out).contains("check"), "{}", stdout(&out));
+
+    let out = sinew(["check", "--help"]);
+    assert_eq!(code(&out), 0);
+    let text = stdout(&out);
+    assert!(text.contains("--format"), "{text}");
+    assert!(text.contains("--fix"), "{text}");
+}
