@@ -13,10 +13,14 @@
 //! assert!(parse("1 +").is_err());
 //! ```
 
+mod eval;
 mod lex;
 mod parse;
+pub mod value;
 
+pub use eval::{Env, EvalError, compare, equal, eval};
 pub use parse::{MAX_DEPTH, parse};
+pub use value::Value;
 
 use std::fmt;
 

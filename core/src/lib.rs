@@ -30,9 +30,14 @@
     clippy::indexing_slicing
 )]
 
+pub mod bundle;
+pub mod contract;
 pub mod diag;
+mod exec;
 pub mod expr;
 pub mod flow;
 pub mod patch;
+pub mod ports;
+pub mod problem;
 pub mod risk;
 pub mod spec;

@@ -488,7 +488,8 @@ pub struct Filter {
 }
 
 /// Comparison operators of `where`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FilterOp {
     /// `eq`
     Eq,
@@ -559,7 +560,8 @@ pub struct Retry {
 }
 
 /// Backoff shapes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Backoff {
     /// Doubling waits, with jitter.
     Exponential,
@@ -570,7 +572,8 @@ pub enum Backoff {
 }
 
 /// Transaction isolation levels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Isolation {
     /// Read committed (the default).
     #[default]

@@ -1,6 +1,7 @@
 //! `sinew`: check, run and serve business backends written as JSON specs.
 
 mod check;
+mod run;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -20,12 +21,26 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Check(check::Args),
+    Run(run::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Check(args) => check::run(&args),
+        Command::Run(args) => match run::run(&args) {
+            Ok(run::Outcome::Ok) => 0,
+            Ok(run::Outcome::Error) => 1,
+            Err(e) => {
+                let code = if e.downcast_ref::<run::NotRunnable>().is_some() {
+                    3
+                } else {
+                    2
+                };
+                eprintln!("error: {e:#}");
+                code
+            }
+        },
     };
     ExitCode::from(code)
 }

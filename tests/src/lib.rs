@@ -1,6 +1,7 @@
 //! Shared helpers for sinew's whole-system tests and benchmarks.
 
 pub mod generate;
+pub mod scenario;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,658 @@
+//! The execution contract: one request in, one typed response and exactly
+//! one final audit entry out, in nine visible steps.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Who is calling, as the host verified it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Auth {
+    /// The subject (`sub` claim).
+    pub sub: String,
+    /// Roles.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Every claim of the token (JSON object).
+    #[serde(default)]
+    pub claims: Value,
+}
+
+/// One call of a tool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// The tool's name.
+    pub tool: String,
+    /// The input (path parameters already merged in).
+    pub input: Value,
+    /// The verified caller; `None` for anonymous calls.
+    pub auth: Option<Auth>,
+    /// The request's id: unique per request; new row ids derive from it.
+    pub id: String,
+    /// The `Idempotency-Key` header.
+    pub idempotency_key: Option<String>,
+}
+
+/// The typed response: an HTTP status and a JSON body (RFC 9457
+/// problem+json for errors), and the final audit entry written for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// HTTP status.
+    pub status: u16,
+    /// Body: the tool's output, or a problem.
+    pub body: Value,
+    /// The final audit entry (as appended to storage, before chaining).
+    pub audit: Value,
+}
+
+use crate::bundle::{Bundle, canonical, sha256_hex};
+use crate::exec::{End, Run, calls_json, rows_json};
+use crate::expr::Value as V;
+use crate::ports::{Claim, Clock, External, Storage};
+use crate::problem::Problem;
+use crate::spec::{Limit, PolicyAction, PolicyKind};
+use serde_json::json;
+
+/// How many times an execution that hit a concurrent update (and made no
+/// external call) is run again before answering 409.
+const CONFLICT_RETRIES: u32 = 3;
+
+/// Runs one request through the nine steps of the contract:
+///
+/// 1. validate the input against the tool's schema;
+/// 2. authorize the caller (the host verified the token; roles here);
+/// 3. apply policies (after an idempotent replay is answered);
+/// 4. begin a transaction at each `transaction` node;
+/// 5. execute the flow;
+/// 6. check invariants on every written row before commit;
+/// 7. commit or roll back;
+/// 8. write exactly one final audit entry;
+/// 9. answer with a typed response (output validated before the last
+///    commit; problem+json for errors).
+pub fn execute(
+    bundle: &Bundle,
+    request: &Request,
+    storage: &mut dyn Storage,
+    clock: &mut dyn Clock,
+    external: &mut dyn External,
+) -> Response {
+    let started = clock.now_ms();
+    let mut audit = Audit::new(bundle, request, started);
+
+    // 1. validate
+    let Some((tool_name, tool, compiled)) = bundle.tool(&request.tool) else {
+        let p = Problem::new(
+            404,
+            "unknown_tool",
+            format!("there is no tool `{}`", request.tool),
+        );
+        return audit.reject(storage, clock, &p);
+    };
+    audit.tool(bundle, tool_name);
+    let violations: Vec<serde_json::Value> = compiled
+        .input
+        .iter_errors(&request.input)
+        .map(|e| json!({"pointer": e.instance_path().to_string(), "message": e.to_string()}))
+        .collect();
+    if !violations.is_empty() {
+        let p = Problem::new(
+            400,
+            "invalid_input",
+            "the input does not match the tool's schema",
+        )
+        .with_errors(violations);
+        return audit.reject(storage, clock, &p);
+    }
+
+    // 2. authorize
+    if let Some(p) = authorize(tool, request) {
+        return audit.reject(storage, clock, &p);
+    }
+    let roots = roots(request, started);
+    let probe = Run::new(
+        bundle,
+        tool_name,
+        tool,
+        compiled,
+        storage,
+        clock,
+        external,
+        request,
+        roots.clone(),
+        started,
+    );
+    if let Some(deny) = &tool.auth.deny_when {
+        match probe.eval_pub(deny) {
+            Ok(V::Bool(false)) => {}
+            Ok(V::Bool(true)) => {
+                drop(probe);
+                return audit.reject(
+                    storage,
+                    clock,
+                    &Problem::new(
+                        403,
+                        "forbidden",
+                        format!("`{tool_name}` is denied to this caller"),
+                    ),
+                );
+            }
+            Ok(_) | Err(_) => {
+                drop(probe);
+                return audit.reject(
+                    storage,
+                    clock,
+                    &Problem::new(500, "evaluation_error", "`denyWhen` did not give a bool"),
+                );
+            }
+        }
+    }
+
+    // Idempotency: a replay answers with the stored response.
+    let key = match &tool.idempotency_key {
+        Some(k) => match probe.eval_pub(k) {
+            Ok(V::Null) => None,
+            Ok(V::String(s)) if s.is_empty() => None,
+            Ok(v) => Some(v.to_string()),
+            Err(p) => {
+                drop(probe);
+                return audit.reject(storage, clock, &p);
+            }
+        },
+        None => None,
+    };
+    // 3. policies (evaluated before any storage effect)
+    let mut warned = Vec::new();
+    let mut blocked: Option<Problem> = None;
+    let mut rate_scopes = Vec::new();
+    for (name, policy) in &bundle.spec.policies {
+        if !policy
+            .tools
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|t| t == tool_name))
+        {
+            continue;
+        }
+        let triggered = match &policy.kind {
+            PolicyKind::Custom { when } => match probe.eval_pub(when) {
+                Ok(V::Bool(b)) => b,
+                Ok(_) => true,
+                Err(_) => true,
+            },
+            PolicyKind::BudgetCheck { amount, max_amount } => {
+                let max = match max_amount {
+                    Limit::Fixed(n) => Ok(V::Int(i64::try_from(*n).unwrap_or(i64::MAX))),
+                    Limit::Expr(e) => probe.eval_pub(e),
+                };
+                match (probe.eval_pub(amount), max) {
+                    (Ok(a), Ok(m)) => crate::expr::compare(&a, &m)
+                        .is_none_or(|o| o == std::cmp::Ordering::Greater),
+                    _ => true,
+                }
+            }
+            PolicyKind::RateLimit {
+                max_requests_per_minute,
+            } => {
+                rate_scopes.push((
+                    name.clone(),
+                    *max_requests_per_minute,
+                    policy.action,
+                    policy.message.clone(),
+                ));
+                false
+            }
+            PolicyKind::RowLimit { .. } => false,
+        };
+        if triggered {
+            match policy.action {
+                PolicyAction::Block => {
+                    if blocked.is_none() {
+                        let msg = policy
+                            .message
+                            .clone()
+                            .unwrap_or_else(|| format!("policy `{name}` blocks this request"));
+                        blocked = Some(Problem::new(403, "policy_denied", msg));
+                    }
+                }
+                PolicyAction::Warn => warned.push((name.clone(), "warn")),
+                PolicyAction::Escalate => warned.push((name.clone(), "escalate")),
+            }
+        }
+    }
+    drop(probe);
+    audit.policies = warned.clone();
+    if let Some(p) = blocked {
+        return audit.reject(storage, clock, &p);
+    }
+    let scope = format!(
+        "{tool_name}:{}",
+        request.auth.as_ref().map_or("", |a| a.sub.as_str())
+    );
+    if let Some(k) = &key {
+        let fingerprint = sha256_hex(canonical(&request.input).as_bytes());
+        match storage.claim_key(&scope, k, &fingerprint, started) {
+            Ok(Claim::New) => {}
+            Ok(Claim::Replay { status, body }) => {
+                return audit.replayed(storage, clock, status, body);
+            }
+            Ok(Claim::Mismatch) => {
+                let p = Problem::new(
+                    422,
+                    "idempotency_key_reused",
+                    "this idempotency key was used with another input",
+                );
+                return audit.reject(storage, clock, &p);
+            }
+            Ok(Claim::InFlight) => {
+                let p = Problem::new(
+                    409,
+                    "idempotency_in_flight",
+                    "a request with this idempotency key is still running",
+                );
+                return audit.reject(storage, clock, &p);
+            }
+            Err(e) => return audit.reject(storage, clock, &crate::exec::storage_problem_pub(e)),
+        }
+    }
+    let release = |storage: &mut dyn Storage| {
+        if let Some(k) = &key {
+            let _ = storage.release_key(&scope, k);
+        }
+    };
+    for (name, max, action, message) in rate_scopes {
+        let sub = request
+            .auth
+            .as_ref()
+            .map_or("anonymous", |a| a.sub.as_str());
+        let window = started.div_euclid(60_000) * 60_000;
+        let count = match storage.rate_hit(&format!("{name}:{sub}"), window) {
+            Ok(c) => c,
+            Err(e) => {
+                release(storage);
+                return audit.reject(storage, clock, &crate::exec::storage_problem_pub(e));
+            }
+        };
+        if count > max {
+            match action {
+                PolicyAction::Block => {
+                    release(storage);
+                    let msg = message.unwrap_or_else(|| format!("at most {max} requests a minute"));
+                    return audit.reject(storage, clock, &Problem::new(429, "rate_limited", msg));
+                }
+                PolicyAction::Warn => audit.policies.push((name, "warn")),
+                PolicyAction::Escalate => audit.policies.push((name, "escalate")),
+            }
+        }
+    }
+
+    // 4–7. begin, execute the flow, invariants, commit or roll back.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut run = Run::new(
+            bundle,
+            tool_name,
+            tool,
+            compiled,
+            storage,
+            clock,
+            external,
+            request,
+            roots.clone(),
+            started,
+        );
+        run.policies = audit.policies.clone();
+        let flow = run.run_flow(&tool.flow);
+        let outcome = match flow {
+            Ok(End::Return(value, status)) => {
+                // 9 (first half): the output is checked before the last commit.
+                let errors: Vec<serde_json::Value> = compiled
+                    .output
+                    .iter_errors(&value)
+                    .map(|e| json!({"pointer": e.instance_path().to_string(), "message": e.to_string()}))
+                    .collect();
+                if errors.is_empty() {
+                    Ok((status, value))
+                } else {
+                    if let Some(tx) = run.pending.take() {
+                        let _ = run.storage.rollback(tx.id);
+                    }
+                    Err(Problem::new(
+                        500,
+                        "invalid_output",
+                        "the tool's result does not match its output schema",
+                    )
+                    .internal(serde_json::to_string(&errors).unwrap_or_default()))
+                }
+            }
+            Ok(End::Fail(p)) => Err(p),
+            Ok(End::Body) => Err(Problem::new(
+                500,
+                "internal",
+                "the flow ended without return or fail",
+            )),
+            Err(p) => Err(p),
+        };
+        // A conflict with no external effect yet: run the request again.
+        if let Err(p) = &outcome {
+            if p.code == "conflict" && run.calls.is_empty() && attempt < CONFLICT_RETRIES {
+                if let Some(tx) = run.pending.take() {
+                    let _ = run.storage.rollback(tx.id);
+                }
+                drop(run);
+                continue;
+            }
+        }
+        // 8. audit, 7. commit, 9. respond.
+        return audit.finish(run, key.as_deref(), &scope, outcome);
+    }
+}
+
+fn authorize(tool: &crate::spec::Tool, request: &Request) -> Option<Problem> {
+    if tool.auth.public {
+        return None;
+    }
+    let Some(auth) = &request.auth else {
+        return Some(Problem::new(
+            401,
+            "unauthenticated",
+            "this tool needs a signed-in caller",
+        ));
+    };
+    if !tool.auth.roles.is_empty() && !auth.roles.iter().any(|r| tool.auth.roles.contains(r)) {
+        return Some(Problem::new(
+            403,
+            "forbidden",
+            format!(
+                "`{}` needs one of the roles {}",
+                request.tool,
+                tool.auth
+                    .roles
+                    .iter()
+                    .map(|r| format!("`{r}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    None
+}
+
+fn roots(request: &Request, now_ms: i64) -> [V; 3] {
+    let input = V::from_json(&request.input);
+    let auth = match &request.auth {
+        Some(a) => {
+            let mut m = indexmap::IndexMap::new();
+            m.insert("sub".to_string(), V::String(a.sub.clone()));
+            m.insert(
+                "roles".to_string(),
+                V::List(a.roles.iter().map(|r| V::String(r.clone())).collect()),
+            );
+            m.insert(
+                "claims".to_string(),
+                if a.claims.is_null() {
+                    V::Map(Default::default())
+                } else {
+                    V::from_json(&a.claims)
+                },
+            );
+            V::Map(m)
+        }
+        None => {
+            let mut m = indexmap::IndexMap::new();
+            m.insert("sub".to_string(), V::Null);
+            m.insert("roles".to_string(), V::List(Vec::new()));
+            m.insert("claims".to_string(), V::Map(Default::default()));
+            V::Map(m)
+        }
+    };
+    let mut r = indexmap::IndexMap::new();
+    r.insert("id".to_string(), V::String(request.id.clone()));
+    r.insert(
+        "time".to_string(),
+        V::Timestamp(now_ms.saturating_mul(1000)),
+    );
+    r.insert(
+        "idempotencyKey".to_string(),
+        request.idempotency_key.clone().map_or(V::Null, V::String),
+    );
+    [input, auth, V::Map(r)]
+}
+
+/// The final audit entry being built.
+struct Audit {
+    entry: serde_json::Map<String, serde_json::Value>,
+    started: i64,
+    policies: Vec<(String, &'static str)>,
+    execution: String,
+}
+
+fn cacheable(status: u16) -> bool {
+    status < 500 && status != 409 && status != 429
+}
+
+impl Audit {
+    fn new(bundle: &Bundle, request: &Request, started: i64) -> Audit {
+        let mut entry = serde_json::Map::new();
+        entry.insert("kind".into(), json!("final"));
+        entry.insert("execution".into(), json!(request.id));
+        entry.insert(
+            "time".into(),
+            json!(crate::expr::value::format_timestamp(
+                started.saturating_mul(1000)
+            )),
+        );
+        entry.insert("tool".into(), json!(request.tool));
+        entry.insert("bundle".into(), json!(bundle.hash));
+        entry.insert(
+            "subject".into(),
+            json!(request.auth.as_ref().map(|a| a.sub.clone())),
+        );
+        entry.insert(
+            "roles".into(),
+            json!(
+                request
+                    .auth
+                    .as_ref()
+                    .map(|a| a.roles.clone())
+                    .unwrap_or_default()
+            ),
+        );
+        entry.insert("input".into(), request.input.clone());
+        entry.insert(
+            "inputHash".into(),
+            json!(format!(
+                "sha256:{}",
+                sha256_hex(canonical(&request.input).as_bytes())
+            )),
+        );
+        Audit {
+            entry,
+            started,
+            policies: Vec::new(),
+            execution: request.id.clone(),
+        }
+    }
+
+    fn tool(&mut self, bundle: &Bundle, tool: &str) {
+        if let Some(t) = bundle.spec.tools.get(tool) {
+            let mut input = self.entry.get("input").cloned().unwrap_or_default();
+            if let serde_json::Value::Object(m) = &mut input {
+                for key in &t.sensitive {
+                    if let Some(v) = m.get_mut(key) {
+                        *v = json!(format!("sha256:{}", sha256_hex(canonical(v).as_bytes())));
+                    }
+                }
+            }
+            self.entry.insert("input".into(), input);
+        }
+        let level = bundle.report.tools.get(tool).map(|t| t.level);
+        let acks: Vec<serde_json::Value> = bundle
+            .spec
+            .acknowledgments
+            .iter()
+            .filter(|a| a.tool == tool)
+            .map(|a| json!({"tool": a.tool, "signal": a.signal, "node": a.node, "reason": a.reason, "by": a.by}))
+            .collect();
+        self.entry.insert(
+            "risk".into(),
+            json!({"level": level, "acknowledgments": acks}),
+        );
+    }
+
+    fn seal(
+        &mut self,
+        clock: &mut dyn Clock,
+        outcome: &str,
+        status: u16,
+        problem: Option<&Problem>,
+    ) -> serde_json::Value {
+        self.entry.insert("outcome".into(), json!(outcome));
+        self.entry.insert("status".into(), json!(status));
+        if let Some(p) = problem {
+            self.entry.insert("code".into(), json!(p.code));
+            self.entry.insert("detail".into(), json!(p.detail));
+            if let Some(i) = &p.internal {
+                self.entry.insert("internal".into(), json!(i));
+            }
+        }
+        self.entry.insert(
+            "policies".into(),
+            serde_json::Value::Array(
+                self.policies
+                    .iter()
+                    .map(|(n, a)| json!({"name": n, "action": a}))
+                    .collect(),
+            ),
+        );
+        self.entry.entry("rows").or_insert(json!([]));
+        self.entry.entry("calls").or_insert(json!([]));
+        self.entry.insert(
+            "durationMs".into(),
+            json!(clock.now_ms().saturating_sub(self.started).max(0)),
+        );
+        serde_json::Value::Object(self.entry.clone())
+    }
+
+    /// A request turned away before its flow ran.
+    fn reject(mut self, storage: &mut dyn Storage, clock: &mut dyn Clock, p: &Problem) -> Response {
+        let body = p.body(&self.execution);
+        let entry = self.seal(clock, "rejected", p.status, Some(p));
+        let _ = storage.append_audit(None, &entry);
+        Response {
+            status: p.status,
+            body,
+            audit: entry,
+        }
+    }
+
+    fn replayed(
+        mut self,
+        storage: &mut dyn Storage,
+        clock: &mut dyn Clock,
+        status: u16,
+        body: serde_json::Value,
+    ) -> Response {
+        let entry = self.seal(clock, "replayed", status, None);
+        let _ = storage.append_audit(None, &entry);
+        Response {
+            status,
+            body,
+            audit: entry,
+        }
+    }
+
+    /// The end of an execution that ran its flow.
+    fn finish(
+        mut self,
+        mut run: Run,
+        key: Option<&str>,
+        scope: &str,
+        outcome: Result<(u16, serde_json::Value), Problem>,
+    ) -> Response {
+        let execution = self.execution.clone();
+        match outcome {
+            Ok((status, body)) => {
+                let tx = run.pending.take();
+                let rows = tx.as_ref().map(|t| t.rows.clone()).unwrap_or_default();
+                let mut all = run.rows.clone();
+                all.extend(rows.iter().cloned());
+                self.entry.insert("rows".into(), rows_json(&all));
+                self.entry.insert("calls".into(), calls_json(&run.calls));
+                self.policies = run.policies.clone();
+                let entry = self.seal(run.clock, "ok", status, None);
+                let txid = tx.as_ref().map(|t| t.id);
+                let committed = (|| {
+                    run.storage.append_audit(txid, &entry)?;
+                    if let Some(k) = key {
+                        if cacheable(status) {
+                            run.storage.complete_key(txid, scope, k, status, &body)?;
+                        } else {
+                            run.storage.release_key(scope, k)?;
+                        }
+                    }
+                    if let Some(t) = txid {
+                        run.storage.commit(t)?;
+                    }
+                    Ok::<(), crate::ports::StorageError>(())
+                })();
+                match committed {
+                    Ok(()) => Response {
+                        status,
+                        body,
+                        audit: entry,
+                    },
+                    Err(e) => {
+                        if let Some(t) = txid {
+                            let _ = run.storage.rollback(t);
+                        }
+                        // The writes did not commit: answer with the error,
+                        // undo effects, audit on its own.
+                        let p = crate::exec::storage_problem_pub(e);
+                        run.rows.retain(|_| true);
+                        self.entry.insert("rows".into(), rows_json(&run.rows));
+                        self.fail(run, key, scope, p, &execution)
+                    }
+                }
+            }
+            Err(p) => {
+                // Writes of finished transactions stand; what is pending
+                // commits (a `fail` after a transaction does not undo it).
+                let flushed = run.flush_pending();
+                let p = match flushed {
+                    Ok(()) => p,
+                    Err(e) => e,
+                };
+                self.fail(run, key, scope, p, &execution)
+            }
+        }
+    }
+
+    fn fail(
+        mut self,
+        mut run: Run,
+        key: Option<&str>,
+        scope: &str,
+        p: Problem,
+        execution: &str,
+    ) -> Response {
+        run.compensate();
+        let _ = run.flush_pending();
+        self.entry.insert("rows".into(), rows_json(&run.rows));
+        self.entry.insert("calls".into(), calls_json(&run.calls));
+        self.policies = run.policies.clone();
+        let body = p.body(execution);
+        let entry = self.seal(run.clock, "error", p.status, Some(&p));
+        let _ = run.storage.append_audit(None, &entry);
+        if let Some(k) = key {
+            if cacheable(p.status) {
+                let _ = run.storage.complete_key(None, scope, k, p.status, &body);
+            } else {
+                let _ = run.storage.release_key(scope, k);
+            }
+        }
+        Response {
+            status: p.status,
+            body,
+            audit: entry,
+        }
+    }
+}

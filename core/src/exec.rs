@@ -1,0 +1,1271 @@
+//! The flow interpreter: walks a tool's flow graph node by node, binding
+//! each node's result to its id, running transaction bodies inside storage
+//! transactions, and recording what it wrote and called for the audit.
+//!
+//! Every value is computed here; storage only reads and writes rows.
+
+mod rows;
+
+use indexmap::IndexMap;
+use serde_json::{Map, Value as Json, json};
+use std::collections::{BTreeSet, HashMap};
+
+use crate::bundle::{Bundle, Compiled};
+use crate::contract::Request;
+use crate::expr::{self, Env, Value};
+use crate::ports::{
+    CallOutcome, CallRequest, Clock, Condition, External, Query, Row, SortKey, Storage,
+    StorageError, TxId,
+};
+use crate::problem::Problem;
+use crate::spec::{
+    Concurrency, Entity, Expression, FilterOp, Flow, Limit, Node, NodeKind, Template, Tool,
+};
+
+pub(crate) use rows::{is_uuid, normalize_row, row_to_value, uuid_from};
+
+/// How a flow (or a transaction body) ended.
+pub(crate) enum End {
+    /// A body ran out of nodes: go on after the transaction node.
+    Body,
+    /// A `return`: the output and its status.
+    Return(Json, u16),
+    /// A `fail`.
+    Fail(Problem),
+}
+
+enum Step {
+    Next(Option<String>),
+    End(End),
+}
+
+/// One row written, for the audit entry.
+#[derive(Debug, Clone)]
+pub(crate) struct RowRecord {
+    pub entity: String,
+    pub id: String,
+    pub op: &'static str,
+    pub before: Option<i64>,
+    pub after: i64,
+}
+
+/// One call made, for the audit entry.
+#[derive(Debug, Clone)]
+pub(crate) struct CallRecord {
+    pub node: String,
+    pub service: String,
+    pub operation: String,
+    pub outcome: &'static str,
+    pub attempts: usize,
+    pub compensation: bool,
+    pub result: Json,
+}
+
+/// An open transaction and what it has written.
+pub(crate) struct Tx {
+    pub id: TxId,
+    /// The latest state of every row written, for invariants.
+    pub touched: IndexMap<(String, String), Row>,
+    pub rows: Vec<RowRecord>,
+}
+
+impl Tx {
+    fn new(id: TxId) -> Tx {
+        Tx {
+            id,
+            touched: IndexMap::new(),
+            rows: Vec::new(),
+        }
+    }
+}
+
+/// The state of one execution.
+pub(crate) struct Run<'a> {
+    pub bundle: &'a Bundle,
+    pub tool_name: &'a str,
+    pub tool: &'a Tool,
+    pub compiled: &'a Compiled,
+    pub storage: &'a mut dyn Storage,
+    pub clock: &'a mut dyn Clock,
+    pub external: &'a mut dyn External,
+    pub request: &'a Request,
+    /// `input`, `auth`, `request`.
+    pub roots: [Value; 3],
+    /// Results of nodes, by id.
+    pub bound: HashMap<String, Value>,
+    /// Open transactions, outermost first.
+    pub open: Vec<Tx>,
+    /// A top-level transaction whose body finished and whose commit waits
+    /// for the end of the flow (so the final audit entry and the stored
+    /// idempotent response commit with it).
+    pub pending: Option<Tx>,
+    /// Rows written by committed transactions.
+    pub rows: Vec<RowRecord>,
+    pub calls: Vec<CallRecord>,
+    /// Succeeded calls with a `compensate`, oldest first: (call, compensating node).
+    pub compensable: Vec<(String, String)>,
+    /// Nodes that ran.
+    pub ran: BTreeSet<String>,
+    pub rows_read: u64,
+    pub rows_written: u64,
+    pub policies: Vec<(String, &'static str)>,
+    pub deadline_ms: Option<i64>,
+    /// Audit entries of intermediate commits (`kind: "commit"`).
+    pub step_entries: u32,
+    ids: HashMap<String, u32>,
+    row_limit: Option<(String, u64, crate::spec::PolicyAction)>,
+}
+
+/// The variables of an expression: the roots, the bound nodes and `row`.
+struct Scope<'s, 'r> {
+    run: &'s Run<'r>,
+    row: Option<&'s Value>,
+}
+
+impl Env for Scope<'_, '_> {
+    fn lookup(&self, name: &str) -> Option<&Value> {
+        match name {
+            "input" => self.run.roots.first(),
+            "auth" => self.run.roots.get(1),
+            "request" => self.run.roots.get(2),
+            "row" => self.row,
+            other => self.run.bound.get(other),
+        }
+    }
+}
+
+/// The problem a storage error becomes.
+pub(crate) fn storage_problem_pub(e: StorageError) -> Problem {
+    storage_problem(e)
+}
+
+fn storage_problem(e: StorageError) -> Problem {
+    match e {
+        StorageError::Conflict { message } => Problem::new(
+            409,
+            "conflict",
+            "the data changed while this request ran; retry it",
+        )
+        .fatal()
+        .internal(message),
+        StorageError::Unique { entity, field } => Problem::new(
+            409,
+            "already_exists",
+            format!("a `{entity}` with this `{field}` already exists"),
+        ),
+        StorageError::NotFound { entity, .. } => {
+            Problem::new(404, "not_found", format!("no such `{entity}`"))
+        }
+        StorageError::Unavailable { message } => Problem::new(
+            503,
+            "unavailable",
+            "the database is unavailable; retry later",
+        )
+        .fatal()
+        .internal(message),
+        StorageError::Invalid { message } => Problem::new(500, "internal", "internal error")
+            .fatal()
+            .internal(message),
+    }
+}
+
+impl<'a> Run<'a> {
+    #[expect(clippy::too_many_arguments, reason = "the ports and the request, once")]
+    pub fn new(
+        bundle: &'a Bundle,
+        tool_name: &'a str,
+        tool: &'a Tool,
+        compiled: &'a Compiled,
+        storage: &'a mut dyn Storage,
+        clock: &'a mut dyn Clock,
+        external: &'a mut dyn External,
+        request: &'a Request,
+        roots: [Value; 3],
+        started_ms: i64,
+    ) -> Run<'a> {
+        let row_limit = bundle
+            .spec
+            .policies
+            .iter()
+            .find_map(|(name, p)| match p.kind {
+                crate::spec::PolicyKind::RowLimit { max_rows }
+                    if p.tools
+                        .as_ref()
+                        .is_none_or(|t| t.iter().any(|t| t == tool_name)) =>
+                {
+                    Some((name.clone(), max_rows, p.action))
+                }
+                _ => None,
+            });
+        Run {
+            bundle,
+            tool_name,
+            tool,
+            compiled,
+            storage,
+            clock,
+            external,
+            request,
+            roots,
+            bound: HashMap::new(),
+            open: Vec::new(),
+            pending: None,
+            rows: Vec::new(),
+            calls: Vec::new(),
+            compensable: Vec::new(),
+            ran: BTreeSet::new(),
+            rows_read: 0,
+            rows_written: 0,
+            policies: Vec::new(),
+            deadline_ms: tool
+                .limits
+                .timeout_ms
+                .and_then(|t| started_ms.checked_add(i64::try_from(t).ok()?)),
+            step_entries: 0,
+            ids: HashMap::new(),
+            row_limit,
+        }
+    }
+
+    // -- expressions -------------------------------------------------------
+
+    /// Evaluates a tool-level expression (idempotency key, policies).
+    pub fn eval_pub(&self, e: &Expression) -> Result<Value, Problem> {
+        self.eval(e, None)
+    }
+
+    fn eval(&self, e: &Expression, row: Option<&Value>) -> Result<Value, Problem> {
+        let Some(ast) = &e.ast else {
+            return Err(
+                Problem::new(500, "evaluation_error", "an expression did not parse").fatal(),
+            );
+        };
+        let scope = Scope { run: self, row };
+        expr::eval(ast, &scope).map_err(|err| {
+            Problem::new(
+                500,
+                "evaluation_error",
+                format!("evaluating `{}` failed: {}", e.src, err.message),
+            )
+            .internal(e.path.clone())
+        })
+    }
+
+    fn template(&self, t: &Template, row: Option<&Value>) -> Result<Value, Problem> {
+        Ok(match t {
+            Template::Expr(e) => self.eval(e, row)?,
+            Template::Literal(v) => Value::from_json(v),
+            Template::Object(m) => Value::Map(
+                m.iter()
+                    .map(|(k, t)| self.template(t, row).map(|v| (k.clone(), v)))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Template::Array(a) => Value::List(
+                a.iter()
+                    .map(|t| self.template(t, row))
+                    .collect::<Result<_, _>>()?,
+            ),
+        })
+    }
+
+    fn json(&self, v: &Value) -> Result<Json, Problem> {
+        v.to_json()
+            .map_err(|m| Problem::new(500, "evaluation_error", m))
+    }
+
+    // -- budgets -----------------------------------------------------------
+
+    fn check_deadline(&mut self) -> Result<(), Problem> {
+        if let Some(d) = self.deadline_ms {
+            if self.clock.now_ms() > d {
+                return Err(Problem::new(
+                    504,
+                    "deadline_exceeded",
+                    format!(
+                        "`{}` ran longer than its {} ms",
+                        self.tool_name,
+                        self.tool.limits.timeout_ms.unwrap_or(0)
+                    ),
+                )
+                .fatal());
+            }
+        }
+        Ok(())
+    }
+
+    fn count_rows(&mut self, read: u64, written: u64) -> Result<(), Problem> {
+        self.rows_read += read;
+        self.rows_written += written;
+        let l = &self.tool.limits;
+        let total = self.rows_read + self.rows_written;
+        let over = |limit: Option<u64>, n: u64| limit.is_some_and(|m| n > m);
+        if over(l.max_rows, total)
+            || over(l.max_rows_read, self.rows_read)
+            || over(l.max_rows_written, self.rows_written)
+        {
+            return Err(Problem::new(
+                422,
+                "limit_exceeded",
+                format!(
+                    "`{}` touched more rows than its limits allow",
+                    self.tool_name
+                ),
+            )
+            .fatal());
+        }
+        if let Some((name, max, action)) = &self.row_limit {
+            if total > *max {
+                match action {
+                    crate::spec::PolicyAction::Block => {
+                        return Err(Problem::new(
+                            403,
+                            "policy_denied",
+                            format!("policy `{name}`: more than {max} rows"),
+                        )
+                        .fatal());
+                    }
+                    crate::spec::PolicyAction::Warn | crate::spec::PolicyAction::Escalate => {
+                        let a = if *action == crate::spec::PolicyAction::Warn {
+                            "warn"
+                        } else {
+                            "escalate"
+                        };
+                        if !self.policies.iter().any(|(n, _)| n == name) {
+                            self.policies.push((name.clone(), a));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // -- transactions ------------------------------------------------------
+
+    fn current_tx(&self) -> Option<TxId> {
+        self.open
+            .last()
+            .map(|t| t.id)
+            .or(self.pending.as_ref().map(|t| t.id))
+    }
+
+    fn write_tx(&mut self) -> Result<&mut Tx, Problem> {
+        match self.open.last_mut() {
+            Some(t) => Ok(t),
+            None => Err(Problem::new(500, "internal", "a write outside a transaction").fatal()),
+        }
+    }
+
+    /// Commits the pending top-level transaction with an intermediate audit
+    /// entry (A1: no committed write without an audit entry in its
+    /// transaction).
+    pub fn flush_pending(&mut self) -> Result<(), Problem> {
+        let Some(tx) = self.pending.take() else {
+            return Ok(());
+        };
+        self.step_entries += 1;
+        let entry = json!({
+            "kind": "commit",
+            "execution": self.request.id,
+            "tool": self.tool_name,
+            "step": self.step_entries,
+            "rows": rows_json(&tx.rows),
+        });
+        if let Err(e) = self.storage.append_audit(Some(tx.id), &entry) {
+            let _ = self.storage.rollback(tx.id);
+            return Err(storage_problem(e));
+        }
+        if let Err(e) = self.storage.commit(tx.id) {
+            let _ = self.storage.rollback(tx.id);
+            return Err(storage_problem(e));
+        }
+        self.rows.extend(tx.rows);
+        Ok(())
+    }
+
+    /// Checks the invariants of every row a top-level transaction wrote.
+    fn check_invariants(&self, tx: &Tx) -> Result<(), Problem> {
+        let mut broken = Vec::new();
+        for ((entity, id), row) in &tx.touched {
+            let Some(e) = self.bundle.spec.entities.get(entity) else {
+                continue;
+            };
+            if e.invariants.is_empty() || !row.get("deleted_at").is_none_or(Json::is_null) {
+                continue;
+            }
+            let value = row_to_value(e, row);
+            for (name, inv) in &e.invariants {
+                match self.eval(inv, Some(&value)) {
+                    Ok(Value::Bool(true)) => {}
+                    _ => broken.push(json!({"invariant": name, "entity": entity, "id": id})),
+                }
+            }
+        }
+        if broken.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = broken
+            .iter()
+            .filter_map(|b| {
+                b.get("invariant")
+                    .and_then(Json::as_str)
+                    .map(|s| format!("`{s}`"))
+            })
+            .collect();
+        Err(Problem::new(
+            422,
+            "invariant_violated",
+            format!("the change would break {}", names.join(", ")),
+        )
+        .with_errors(broken))
+    }
+
+    fn run_transaction(
+        &mut self,
+        node_id: &str,
+        body: &Flow,
+        isolation: crate::spec::Isolation,
+    ) -> Result<Step, Problem> {
+        let nested = !self.open.is_empty();
+        if !nested {
+            self.flush_pending()?;
+        }
+        let parent = self.open.last().map(|t| t.id);
+        let id = self
+            .storage
+            .begin(isolation, parent)
+            .map_err(storage_problem)?;
+        self.open.push(Tx::new(id));
+        let result = self.run_flow(body);
+        let Some(tx) = self.open.pop() else {
+            return Err(Problem::new(500, "internal", "transaction stack").fatal());
+        };
+        let _ = node_id;
+        match result {
+            Ok(End::Body) | Ok(End::Return(..)) => {
+                if nested {
+                    if let Err(e) = self.storage.commit(tx.id) {
+                        let _ = self.storage.rollback(tx.id);
+                        return Err(storage_problem(e));
+                    }
+                    if let Some(parent) = self.open.last_mut() {
+                        parent.touched.extend(tx.touched);
+                        parent.rows.extend(tx.rows);
+                    }
+                } else {
+                    if let Err(p) = self.check_invariants(&tx) {
+                        let _ = self.storage.rollback(tx.id);
+                        return Err(p);
+                    }
+                    self.pending = Some(tx);
+                }
+                match result {
+                    Ok(End::Return(v, s)) => Ok(Step::End(End::Return(v, s))),
+                    _ => Ok(Step::Next(None)),
+                }
+            }
+            Ok(End::Fail(p)) => {
+                let _ = self.storage.rollback(tx.id);
+                Ok(Step::End(End::Fail(p)))
+            }
+            Err(p) => {
+                let _ = self.storage.rollback(tx.id);
+                Err(p)
+            }
+        }
+    }
+
+    // -- the walk ----------------------------------------------------------
+
+    /// Runs a flow from its entry.
+    pub fn run_flow(&mut self, flow: &Flow) -> Result<End, Problem> {
+        let mut cur = flow.entry.clone();
+        loop {
+            let Some(node) = flow.nodes.get(&cur) else {
+                return Err(Problem::new(500, "internal", format!("no node `{cur}`")).fatal());
+            };
+            self.check_deadline()?;
+            self.ran.insert(cur.clone());
+            match self.run_node(&cur, node) {
+                Ok(Step::Next(next)) => {
+                    let next = match (&node.kind, next) {
+                        (_, Some(n)) => Some(n),
+                        (_, None) => node.next.clone(),
+                    };
+                    // A top-level transaction followed by more work that is
+                    // not pure commits now.
+                    if self.pending.is_some() && self.open.is_empty() {
+                        if let Some(n) = &next {
+                            if !pure_from(flow, n) {
+                                self.flush_pending()?;
+                            }
+                        }
+                    }
+                    match next {
+                        Some(n) => cur = n,
+                        None => return Ok(End::Body),
+                    }
+                }
+                Ok(Step::End(end)) => return Ok(end),
+                Err(p) if !p.fatal && node.on_error.is_some() => {
+                    self.bound.remove(&cur);
+                    if let Some(e) = &node.on_error {
+                        cur = e.clone();
+                    }
+                }
+                Err(p) => return Err(p),
+            }
+        }
+    }
+
+    fn run_node(&mut self, id: &str, node: &Node) -> Result<Step, Problem> {
+        match &node.kind {
+            NodeKind::Read {
+                entity,
+                filters,
+                order_by,
+                limit,
+                after,
+                one,
+                lock,
+            } => {
+                let e = self.entity(entity)?;
+                let mut conditions = self.conditions(e, entity, filters)?;
+                self.owner_filter(e, &mut conditions)?;
+                let mut order: Vec<SortKey> = order_by
+                    .iter()
+                    .map(|o| SortKey {
+                        field: o.field.clone(),
+                        desc: o.desc,
+                    })
+                    .collect();
+                if !order.iter().any(|k| k.field == "id") {
+                    order.push(SortKey {
+                        field: "id".into(),
+                        desc: false,
+                    });
+                }
+                let limit = match limit {
+                    Some(Limit::Fixed(n)) => Some(*n),
+                    Some(Limit::Expr(x)) => Some(self.positive(x)?),
+                    None => None,
+                };
+                let query_limit = if *one {
+                    Some(limit.unwrap_or(2).min(2))
+                } else {
+                    limit
+                };
+                let after = match after {
+                    Some(x) => self.cursor(e, entity, x, &order)?,
+                    None => None,
+                };
+                let lock = *lock && !self.open.is_empty();
+                let query = Query {
+                    filters: conditions,
+                    order,
+                    limit: query_limit,
+                    after,
+                    lock,
+                };
+                let tx = self.current_tx();
+                let rows = self
+                    .storage
+                    .read(tx, entity, &query)
+                    .map_err(storage_problem)?;
+                self.count_rows(rows.len() as u64, 0)?;
+                let value = if *one {
+                    match rows.as_slice() {
+                        [] => {
+                            return Err(Problem::new(
+                                404,
+                                "not_found",
+                                format!("no such `{entity}`"),
+                            ));
+                        }
+                        [row] => row_to_value(e, row),
+                        [row, ..] if limit == Some(1) => row_to_value(e, row),
+                        _ => {
+                            return Err(Problem::new(
+                                409,
+                                "not_unique",
+                                format!("more than one `{entity}` matches where one was expected"),
+                            ));
+                        }
+                    }
+                } else {
+                    Value::List(rows.iter().map(|r| row_to_value(e, r)).collect())
+                };
+                self.bound.insert(id.to_string(), value);
+                Ok(Step::Next(None))
+            }
+            NodeKind::Create { entity, values } => {
+                let e = self.entity(entity)?;
+                let mut row = Row::new();
+                let new_id = self.new_id(id);
+                let now = self.now_text();
+                row.insert("id".into(), Json::String(new_id));
+                row.insert("version".into(), json!(1));
+                row.insert("created_at".into(), Json::String(now.clone()));
+                row.insert("updated_at".into(), Json::String(now));
+                row.insert("deleted_at".into(), Json::Null);
+                if let Some(sm) = &e.status {
+                    row.insert("status".into(), Json::String(sm.initial.clone()));
+                }
+                for (f, field) in &e.fields {
+                    let v = match values.get(f) {
+                        Some(t) => {
+                            let v = self.template(t, None)?;
+                            self.json(&v)?
+                        }
+                        None => field.default.clone().unwrap_or(Json::Null),
+                    };
+                    row.insert(f.clone(), v);
+                }
+                if let Some(owner) = &e.owner {
+                    if !self.exempt(e) {
+                        let sub = self.sub().ok_or_else(|| {
+                            Problem::new(401, "unauthenticated", "sign in to create this")
+                        })?;
+                        row.insert(owner.field.clone(), Json::String(sub));
+                    }
+                }
+                rows::normalize_row(e, &mut row);
+                rows::check_fields(entity, e, &row, e.fields.keys())?;
+                let tx = self.write_tx()?.id;
+                let stored = self
+                    .storage
+                    .insert(tx, entity, &row)
+                    .map_err(storage_problem)?;
+                self.record(entity, &stored, "create", None)?;
+                self.bound.insert(id.to_string(), row_to_value(e, &stored));
+                Ok(Step::Next(None))
+            }
+            NodeKind::Update {
+                entity,
+                filters,
+                limit,
+                one,
+                set,
+            } => {
+                let e = self.entity(entity)?;
+                let mut conditions =
+                    self.conditions(e, entity, filters.as_deref().unwrap_or_default())?;
+                self.owner_filter(e, &mut conditions)?;
+                let limit = match limit {
+                    Some(Limit::Fixed(n)) => Some(*n),
+                    Some(Limit::Expr(x)) => Some(self.positive(x)?),
+                    None => None,
+                };
+                let query = Query {
+                    filters: conditions,
+                    order: vec![SortKey {
+                        field: "id".into(),
+                        desc: false,
+                    }],
+                    limit: if *one { Some(2) } else { limit },
+                    after: None,
+                    lock: self.compiled.concurrency == Concurrency::Pessimistic,
+                };
+                let tx = self.write_tx()?.id;
+                let rows = self
+                    .storage
+                    .read(Some(tx), entity, &query)
+                    .map_err(storage_problem)?;
+                if *one {
+                    match rows.len() {
+                        0 => {
+                            return Err(Problem::new(
+                                404,
+                                "not_found",
+                                format!("no such `{entity}`"),
+                            ));
+                        }
+                        1 => {}
+                        _ => {
+                            return Err(Problem::new(
+                                409,
+                                "not_unique",
+                                format!("more than one `{entity}` matches where one was expected"),
+                            ));
+                        }
+                    }
+                }
+                // Rows an update changes count as written (in `record`), not read.
+                let mut out = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let before = row_to_value(e, &row);
+                    let mut changes = Row::new();
+                    for (f, t) in set {
+                        let v = self.template(t, Some(&before))?;
+                        changes.insert(f.clone(), self.json(&v)?);
+                    }
+                    changes.insert("updated_at".into(), Json::String(self.now_text()));
+                    rows::normalize_row(e, &mut changes);
+                    let mut merged = row.clone();
+                    for (k, v) in &changes {
+                        merged.insert(k.clone(), v.clone());
+                    }
+                    rows::check_fields(entity, e, &merged, set.keys())?;
+                    let stored = self.update_row(entity, &row, &changes)?;
+                    out.push(row_to_value(e, &stored));
+                    self.record(entity, &stored, "update", version(&row))?;
+                }
+                let value = if *one {
+                    out.into_iter().next().unwrap_or(Value::Null)
+                } else {
+                    Value::List(out)
+                };
+                self.bound.insert(id.to_string(), value);
+                Ok(Step::Next(None))
+            }
+            NodeKind::Transition {
+                entity,
+                id: row_id,
+                action,
+            } => {
+                let e = self.entity(entity)?;
+                let row = self.row_by_id(e, entity, row_id)?;
+                let Some(sm) = &e.status else {
+                    return Err(Problem::new(500, "internal", "no status machine").fatal());
+                };
+                let Some(t) = sm.transitions.get(action) else {
+                    return Err(Problem::new(500, "internal", "no such transition").fatal());
+                };
+                let current = row
+                    .get("status")
+                    .and_then(Json::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                if !t.from.contains(&current) {
+                    return Err(Problem::new(
+                        409,
+                        "transition_not_allowed",
+                        format!(
+                            "cannot `{action}` a `{entity}` that is `{current}` (allowed from {})",
+                            t.from
+                                .iter()
+                                .map(|s| format!("`{s}`"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+                let mut changes = Row::new();
+                changes.insert("status".into(), Json::String(t.to.clone()));
+                changes.insert("updated_at".into(), Json::String(self.now_text()));
+                let stored = self.update_row(entity, &row, &changes)?;
+                self.record(entity, &stored, "transition", version(&row))?;
+                self.bound.insert(id.to_string(), row_to_value(e, &stored));
+                Ok(Step::Next(None))
+            }
+            NodeKind::SoftDelete { entity, id: row_id } => {
+                let e = self.entity(entity)?;
+                let row = self.row_by_id(e, entity, row_id)?;
+                let tx = self.write_tx()?.id;
+                let rid = row
+                    .get("id")
+                    .and_then(Json::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                let now = self.now_text();
+                let stored = self
+                    .storage
+                    .soft_delete(tx, entity, &rid, version(&row).unwrap_or(0), &now)
+                    .map_err(storage_problem)?;
+                self.record(entity, &stored, "soft_delete", version(&row))?;
+                self.bound.insert(id.to_string(), row_to_value(e, &stored));
+                Ok(Step::Next(None))
+            }
+            NodeKind::Delete { .. } | NodeKind::Sql { .. } | NodeKind::Invalid => {
+                Err(Problem::new(500, "internal", format!("node `{id}` cannot run")).fatal())
+            }
+            NodeKind::Let { values } => {
+                let mut m = IndexMap::new();
+                for (k, t) in values {
+                    m.insert(k.clone(), self.template(t, None)?);
+                }
+                self.bound.insert(id.to_string(), Value::Map(m));
+                Ok(Step::Next(None))
+            }
+            NodeKind::Assert {
+                that,
+                status,
+                code,
+                message,
+            } => match self.eval(that, None)? {
+                Value::Bool(true) => Ok(Step::Next(None)),
+                Value::Bool(false) => {
+                    let detail = match message {
+                        Some(m) => self.eval(m, None)?.to_string(),
+                        None => format!("`{}` does not hold", that.src),
+                    };
+                    Err(Problem::new(*status, code, detail))
+                }
+                other => Err(Problem::new(
+                    500,
+                    "evaluation_error",
+                    format!("`{}` is a {}, not a bool", that.src, other.type_name()),
+                )),
+            },
+            NodeKind::If {
+                cond,
+                then,
+                otherwise,
+            } => match self.eval(cond, None)? {
+                Value::Bool(b) => Ok(Step::Next(Some(if b {
+                    then.clone()
+                } else {
+                    otherwise.clone()
+                }))),
+                other => Err(Problem::new(
+                    500,
+                    "evaluation_error",
+                    format!("`{}` is a {}, not a bool", cond.src, other.type_name()),
+                )),
+            },
+            NodeKind::Switch { cases, default } => {
+                for c in cases {
+                    match self.eval(&c.when, None)? {
+                        Value::Bool(true) => return Ok(Step::Next(Some(c.next.clone()))),
+                        Value::Bool(false) => {}
+                        other => {
+                            return Err(Problem::new(
+                                500,
+                                "evaluation_error",
+                                format!("`{}` is a {}, not a bool", c.when.src, other.type_name()),
+                            ));
+                        }
+                    }
+                }
+                match default {
+                    Some(d) => Ok(Step::Next(Some(d.clone()))),
+                    None => Err(Problem::new(500, "internal", "no case matched").fatal()),
+                }
+            }
+            NodeKind::Call { .. } => self.run_call(id, node, false).map(|_| Step::Next(None)),
+            NodeKind::Transaction { body, isolation } => self.run_transaction(id, body, *isolation),
+            NodeKind::Return { value, status } => {
+                let v = match value {
+                    Some(t) => {
+                        let v = self.template(t, None)?;
+                        self.json(&v)?
+                    }
+                    None => Json::Null,
+                };
+                Ok(Step::End(End::Return(v, *status)))
+            }
+            NodeKind::Fail {
+                status,
+                code,
+                message,
+            } => {
+                let detail = match message {
+                    Some(m) => self.eval(m, None)?.to_string(),
+                    None => code.replace('_', " "),
+                };
+                Ok(Step::End(End::Fail(Problem::new(*status, code, detail))))
+            }
+        }
+    }
+
+    /// Runs a call node (as a step of the flow, or as a compensation).
+    pub fn run_call(&mut self, id: &str, node: &Node, compensation: bool) -> Result<(), Problem> {
+        let NodeKind::Call {
+            external,
+            operation,
+            args,
+            timeout_ms,
+            retry,
+            compensate,
+            idempotency_key,
+        } = &node.kind
+        else {
+            return Err(Problem::new(500, "internal", "not a call").fatal());
+        };
+        if let Some(max) = self.tool.limits.max_calls {
+            if self.calls.len() as u64 >= max {
+                return Err(Problem::new(
+                    422,
+                    "limit_exceeded",
+                    format!(
+                        "`{}` made more external calls than its limit of {max}",
+                        self.tool_name
+                    ),
+                )
+                .fatal());
+            }
+        }
+        let mut a = Map::new();
+        for (k, t) in args {
+            let v = self.template(t, None)?;
+            a.insert(k.clone(), self.json(&v)?);
+        }
+        let key = match idempotency_key {
+            Some(k) => Some(self.eval(k, None)?.to_string()),
+            None => Some(format!("{}:{id}", self.request.id)),
+        };
+        let request = CallRequest {
+            service: external.clone(),
+            operation: operation.clone(),
+            args: Json::Object(a),
+            timeout_ms: *timeout_ms,
+            max_attempts: retry.map_or(1, |r| r.max),
+            backoff: retry.map_or(crate::spec::Backoff::None, |r| r.backoff),
+            initial_backoff_ms: retry.and_then(|r| r.initial_ms).unwrap_or(100),
+            idempotency_key: key,
+        };
+        let result = self.external.call(&request);
+        let (outcome, value) = match &result.outcome {
+            CallOutcome::Ok { value } => ("ok", value.clone()),
+            CallOutcome::Declined { value } => ("declined", value.clone()),
+            CallOutcome::Failed { message } => ("failed", json!({"error": message})),
+        };
+        self.calls.push(CallRecord {
+            node: id.to_string(),
+            service: external.clone(),
+            operation: operation.clone(),
+            outcome,
+            attempts: result.attempts.len(),
+            compensation,
+            result: value.clone(),
+        });
+        match result.outcome {
+            CallOutcome::Ok { value } => {
+                self.bound.insert(id.to_string(), Value::from_json(&value));
+                if let (Some(c), false) = (compensate, compensation) {
+                    self.compensable.push((id.to_string(), c.clone()));
+                }
+                Ok(())
+            }
+            CallOutcome::Declined { .. } => Err(Problem::new(
+                502,
+                "external_declined",
+                format!("{external}.{operation} was declined"),
+            )),
+            CallOutcome::Failed { message } => Err(Problem::new(
+                502,
+                "external_failed",
+                format!("{external}.{operation} failed"),
+            )
+            .internal(message)),
+        }
+    }
+
+    /// Runs the compensations of every succeeded call, newest first, each
+    /// at most once, skipping those the path already ran.
+    pub fn compensate(&mut self) {
+        let pending: Vec<(String, String)> = self.compensable.drain(..).rev().collect();
+        let mut done: BTreeSet<String> = BTreeSet::new();
+        for (_, target) in pending {
+            if self.ran.contains(&target) || !done.insert(target.clone()) {
+                continue;
+            }
+            let Some(node) = find_node(&self.tool.flow, &target) else {
+                continue;
+            };
+            self.ran.insert(target.clone());
+            match &node.kind {
+                NodeKind::Call { .. } => {
+                    let _ = self.run_call(&target, node, true);
+                }
+                NodeKind::Transaction { body, isolation } => {
+                    let done = self.run_transaction(&target, body, *isolation);
+                    if done.is_ok() {
+                        let _ = self.flush_pending();
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    // -- rows --------------------------------------------------------------
+
+    fn entity(&self, name: &str) -> Result<&'a Entity, Problem> {
+        self.bundle
+            .spec
+            .entities
+            .get(name)
+            .ok_or_else(|| Problem::new(500, "internal", format!("no entity `{name}`")).fatal())
+    }
+
+    fn sub(&self) -> Option<String> {
+        self.request.auth.as_ref().map(|a| a.sub.clone())
+    }
+
+    fn exempt(&self, e: &Entity) -> bool {
+        let Some(owner) = &e.owner else { return true };
+        self.request
+            .auth
+            .as_ref()
+            .is_some_and(|a| a.roles.iter().any(|r| owner.exempt.contains(r)))
+    }
+
+    fn owner_filter(&self, e: &Entity, conditions: &mut Vec<Condition>) -> Result<(), Problem> {
+        if let Some(owner) = &e.owner {
+            if !self.exempt(e) {
+                conditions.push(Condition {
+                    field: owner.field.clone(),
+                    op: FilterOp::Eq,
+                    value: self.sub().map_or(Json::Null, Json::String),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn conditions(
+        &self,
+        e: &Entity,
+        entity: &str,
+        filters: &[crate::spec::Filter],
+    ) -> Result<Vec<Condition>, Problem> {
+        let mut out = Vec::with_capacity(filters.len());
+        for f in filters {
+            let v = self.template(&f.value, None)?;
+            let mut json = self.json(&v)?;
+            json = rows::normalize(e, &f.field, json);
+            if f.op == FilterOp::In && !json.is_array() {
+                return Err(Problem::new(
+                    500,
+                    "evaluation_error",
+                    format!("`in` on `{entity}.{}` needs a list", f.field),
+                ));
+            }
+            out.push(Condition {
+                field: f.field.clone(),
+                op: f.op,
+                value: json,
+            });
+        }
+        Ok(out)
+    }
+
+    fn positive(&self, x: &Expression) -> Result<u64, Problem> {
+        match self.eval(x, None)? {
+            Value::Int(n) if n >= 1 => Ok(u64::try_from(n).unwrap_or(1)),
+            other => Err(Problem::new(
+                400,
+                "invalid_input",
+                format!("`{}` must be a positive integer, found {other}", x.src),
+            )),
+        }
+    }
+
+    /// The keyset position after which a page starts: the `after`
+    /// expression gives the id of the last row seen (or `null` for the
+    /// first page); its sort-key values are read from storage.
+    fn cursor(
+        &mut self,
+        e: &Entity,
+        entity: &str,
+        x: &Expression,
+        order: &[SortKey],
+    ) -> Result<Option<Vec<Json>>, Problem> {
+        let id = match self.eval(x, None)? {
+            Value::Null => return Ok(None),
+            Value::String(s) if s.is_empty() => return Ok(None),
+            Value::String(s) => s,
+            other => {
+                return Err(Problem::new(
+                    400,
+                    "invalid_input",
+                    format!(
+                        "a paging cursor is the id of the last row seen, found a {}",
+                        other.type_name()
+                    ),
+                ));
+            }
+        };
+        let mut conditions = vec![Condition {
+            field: "id".into(),
+            op: FilterOp::Eq,
+            value: Json::String(id),
+        }];
+        self.owner_filter(e, &mut conditions)?;
+        let query = Query {
+            filters: conditions,
+            order: vec![SortKey {
+                field: "id".into(),
+                desc: false,
+            }],
+            limit: Some(1),
+            after: None,
+            lock: false,
+        };
+        let tx = self.current_tx();
+        let rows = self
+            .storage
+            .read(tx, entity, &query)
+            .map_err(storage_problem)?;
+        let Some(row) = rows.first() else {
+            return Err(Problem::new(
+                400,
+                "invalid_input",
+                "the paging cursor names no row",
+            ));
+        };
+        Ok(Some(
+            order
+                .iter()
+                .map(|k| row.get(&k.field).cloned().unwrap_or(Json::Null))
+                .collect(),
+        ))
+    }
+
+    /// Reads one row by id for a change: with the owner filter, locked when
+    /// the tool is pessimistic; 404 when it is missing or not the caller's.
+    fn row_by_id(&mut self, e: &Entity, entity: &str, id: &Expression) -> Result<Row, Problem> {
+        let id = match self.eval(id, None)? {
+            Value::String(s) => s,
+            other => {
+                return Err(Problem::new(
+                    404,
+                    "not_found",
+                    format!("no `{entity}` {other}"),
+                ));
+            }
+        };
+        let mut conditions = vec![Condition {
+            field: "id".into(),
+            op: FilterOp::Eq,
+            value: Json::String(id),
+        }];
+        self.owner_filter(e, &mut conditions)?;
+        let query = Query {
+            filters: conditions,
+            order: vec![SortKey {
+                field: "id".into(),
+                desc: false,
+            }],
+            limit: Some(1),
+            after: None,
+            lock: self.compiled.concurrency == Concurrency::Pessimistic,
+        };
+        let tx = self.write_tx()?.id;
+        let rows = self
+            .storage
+            .read(Some(tx), entity, &query)
+            .map_err(storage_problem)?;
+        rows.into_iter()
+            .next()
+            .ok_or_else(|| Problem::new(404, "not_found", format!("no such `{entity}`")))
+    }
+
+    fn update_row(&mut self, entity: &str, row: &Row, changes: &Row) -> Result<Row, Problem> {
+        let tx = self.write_tx()?.id;
+        let id = row.get("id").and_then(Json::as_str).unwrap_or_default();
+        self.storage
+            .update(tx, entity, id, version(row).unwrap_or(0), changes)
+            .map_err(storage_problem)
+    }
+
+    fn record(
+        &mut self,
+        entity: &str,
+        stored: &Row,
+        op: &'static str,
+        before: Option<i64>,
+    ) -> Result<(), Problem> {
+        self.count_rows(0, 1)?;
+        let id = stored
+            .get("id")
+            .and_then(Json::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let after = version(stored).unwrap_or(0);
+        let tx = self.write_tx()?;
+        tx.touched
+            .insert((entity.to_string(), id.clone()), stored.clone());
+        tx.rows.push(RowRecord {
+            entity: entity.to_string(),
+            id,
+            op,
+            before,
+            after,
+        });
+        Ok(())
+    }
+
+    fn now_text(&self) -> String {
+        match self.roots.get(2) {
+            Some(Value::Map(m)) => m.get("time").map(|t| t.to_string()).unwrap_or_default(),
+            _ => String::new(),
+        }
+    }
+
+    /// A new row id: a UUID derived from the request id, the node and a
+    /// counter, so replaying a request yields the same ids.
+    fn new_id(&mut self, node: &str) -> String {
+        let n = self.ids.entry(node.to_string()).or_insert(0);
+        *n += 1;
+        uuid_from(&format!("{}\u{0}{node}\u{0}{n}", self.request.id))
+    }
+}
+
+fn version(row: &Row) -> Option<i64> {
+    row.get("version").and_then(Json::as_i64)
+}
+
+pub(crate) fn rows_json(rows: &[RowRecord]) -> Json {
+    Json::Array(
+        rows.iter()
+            .map(|r| json!({"entity": r.entity, "id": r.id, "op": r.op, "before": r.before, "after": r.after}))
+            .collect(),
+    )
+}
+
+pub(crate) fn calls_json(calls: &[CallRecord]) -> Json {
+    Json::Array(
+        calls
+            .iter()
+            .map(|c| {
+                json!({"node": c.node, "service": c.service, "operation": c.operation, "outcome": c.outcome,
+                       "attempts": c.attempts, "compensation": c.compensation, "result": c.result})
+            })
+            .collect(),
+    )
+}
+
+/// Finds a node anywhere in a flow (bodies included).
+pub(crate) fn find_node<'f>(flow: &'f Flow, id: &str) -> Option<&'f Node> {
+    let mut stack = vec![flow];
+    while let Some(f) = stack.pop() {
+        if let Some(n) = f.nodes.get(id) {
+            return Some(n);
+        }
+        for n in f.nodes.values() {
+            if let NodeKind::Transaction { body, .. } = &n.kind {
+                stack.push(body);
+            }
+        }
+    }
+    None
+}
+
+/// Whether everything reachable from `start` in `flow` is pure: no
+/// transaction, write or call (so a finished transaction may wait to commit
+/// until the flow ends).
+fn pure_from(flow: &Flow, start: &str) -> bool {
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![start];
+    while let Some(id) = stack.pop() {
+        if !seen.insert(id) {
+            continue;
+        }
+        let Some(node) = flow.nodes.get(id) else {
+            return false;
+        };
+        if matches!(
+            node.kind,
+            NodeKind::Transaction { .. } | NodeKind::Call { .. }
+        ) || node.kind.is_write()
+        {
+            return false;
+        }
+        for (_, t) in node.edges() {
+            stack.push(t);
+        }
+    }
+    true
+}

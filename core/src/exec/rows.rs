@@ -1,0 +1,192 @@
+//! Rows: typed views for expressions, field checks before writes, ids.
+
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+
+use crate::expr::Value;
+use crate::expr::value::{format_timestamp, parse_timestamp};
+use crate::ports::Row;
+use crate::problem::Problem;
+use crate::spec::{Entity, FieldType};
+
+fn is_timestamp_column(e: &Entity, field: &str) -> bool {
+    matches!(field, "created_at" | "updated_at" | "deleted_at")
+        || e.fields
+            .get(field)
+            .is_some_and(|f| f.ty == FieldType::Timestamp)
+}
+
+/// A row as an expression value: timestamp columns become timestamps.
+pub(crate) fn row_to_value(e: &Entity, row: &Row) -> Value {
+    Value::Map(
+        row.iter()
+            .map(|(k, v)| {
+                let value = match v {
+                    Json::String(s) if is_timestamp_column(e, k) => parse_timestamp(s)
+                        .map_or_else(|| Value::String(s.clone()), Value::Timestamp),
+                    other => Value::from_json(other),
+                };
+                (k.clone(), value)
+            })
+            .collect(),
+    )
+}
+
+/// A filter value in the form rows store: timestamps in canonical RFC 3339.
+pub(crate) fn normalize(e: &Entity, field: &str, v: Json) -> Json {
+    if !is_timestamp_column(e, field) {
+        return v;
+    }
+    let one = |v: Json| match &v {
+        Json::String(s) => {
+            parse_timestamp(s).map_or(v.clone(), |t| Json::String(format_timestamp(t)))
+        }
+        _ => v,
+    };
+    match v {
+        Json::Array(a) => Json::Array(a.into_iter().map(one).collect()),
+        other => one(other),
+    }
+}
+
+/// Whether `s` is a UUID in its canonical text form.
+pub(crate) fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// A UUID (version 8, RFC 9562) derived from `seed` by SHA-256.
+pub(crate) fn uuid_from(seed: &str) -> String {
+    let d = Sha256::digest(seed.as_bytes());
+    let mut b = [0u8; 16];
+    for (o, i) in b.iter_mut().zip(d.iter()) {
+        *o = *i;
+    }
+    b[6] = (b[6] & 0x0f) | 0x80;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        hex.get(0..8).unwrap_or_default(),
+        hex.get(8..12).unwrap_or_default(),
+        hex.get(12..16).unwrap_or_default(),
+        hex.get(16..20).unwrap_or_default(),
+        hex.get(20..32).unwrap_or_default()
+    )
+}
+
+/// Checks (and normalizes) the fields `keys` of a row about to be written
+/// against their declarations: type, null, range, length, enum.
+pub(crate) fn check_fields<'k>(
+    entity: &str,
+    e: &Entity,
+    row: &Row,
+    keys: impl Iterator<Item = &'k String>,
+) -> Result<(), Problem> {
+    let mut errors = Vec::new();
+    for key in keys {
+        let Some(f) = e.fields.get(key) else { continue };
+        let v = row.get(key).unwrap_or(&Json::Null);
+        let mut fail = |why: String| errors.push((key.clone(), why));
+        if v.is_null() {
+            if !f.nullable {
+                fail("cannot be null".into());
+            }
+            continue;
+        }
+        let ok_type = match f.ty {
+            FieldType::String => v.is_string(),
+            FieldType::Integer => v.is_i64(),
+            FieldType::Number => v.is_number(),
+            FieldType::Boolean => v.is_boolean(),
+            FieldType::Timestamp => v.as_str().is_some_and(|s| parse_timestamp(s).is_some()),
+            FieldType::Uuid | FieldType::Ref => v.as_str().is_some_and(is_uuid),
+            FieldType::Json => true,
+        };
+        if !ok_type {
+            fail(format!("must be a {}", f.ty.name()));
+            continue;
+        }
+        if let Some(n) = v.as_f64() {
+            if f.minimum
+                .as_ref()
+                .and_then(serde_json::Number::as_f64)
+                .is_some_and(|m| n < m)
+            {
+                fail(format!(
+                    "must be at least {}",
+                    f.minimum
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                ));
+            }
+            if f.maximum
+                .as_ref()
+                .and_then(serde_json::Number::as_f64)
+                .is_some_and(|m| n > m)
+            {
+                fail(format!(
+                    "must be at most {}",
+                    f.maximum
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        if let (Some(max), Some(s)) = (f.max_length, v.as_str()) {
+            if s.chars().count() as u64 > max {
+                fail(format!("must be at most {max} characters"));
+            }
+        }
+        if let Some(allowed) = &f.enum_values {
+            if !allowed.contains(v) {
+                fail("is not one of the allowed values".into());
+            }
+        }
+    }
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let detail = errors
+        .iter()
+        .map(|(k, why)| format!("`{entity}.{k}` {why}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let list = errors
+        .into_iter()
+        .map(|(k, why)| serde_json::json!({"field": k, "message": why}))
+        .collect();
+    Err(Problem::new(422, "constraint_violated", detail).with_errors(list))
+}
+
+/// Normalizes the timestamp fields of a row to the canonical text form.
+pub(crate) fn normalize_row(e: &Entity, row: &mut Row) {
+    for (k, v) in row.iter_mut() {
+        if is_timestamp_column(e, k) {
+            if let Some(t) = v.as_str().and_then(parse_timestamp) {
+                *v = Json::String(format_timestamp(t));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids() {
+        let a = uuid_from("req-1\u{0}order\u{0}1");
+        assert!(is_uuid(&a), "{a}");
+        assert_eq!(a, uuid_from("req-1\u{0}order\u{0}1"));
+        assert_ne!(a, uuid_from("req-2\u{0}order\u{0}1"));
+        assert_eq!(a.as_bytes()[14], b'8');
+        assert!(!is_uuid("not-a-uuid"));
+    }
+}

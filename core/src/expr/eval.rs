@@ -1,0 +1,543 @@
+//! Evaluation: CEL semantics for the subset the parser accepts. Total and
+//! side-effect free; every failure (integer overflow, division by zero, a
+//! missing key, a type mismatch) is an [`EvalError`], never a panic.
+
+use indexmap::IndexMap;
+
+use super::value::{Value, parse_duration, parse_timestamp};
+use super::{BinaryOp, Expr, ExprKind, Lit, Span, UnaryOp};
+
+/// Names visible to an expression.
+pub trait Env {
+    /// The value bound to a root name.
+    fn lookup(&self, name: &str) -> Option<&Value>;
+}
+
+/// Why an expression could not be evaluated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct EvalError {
+    /// Lowercase, no final period.
+    pub message: String,
+    /// The sub-expression that failed.
+    pub span: Span,
+}
+
+fn err<T>(span: Span, message: impl Into<String>) -> Result<T, EvalError> {
+    Err(EvalError {
+        message: message.into(),
+        span,
+    })
+}
+
+/// Evaluates `e` in `env`.
+pub fn eval(e: &Expr, env: &dyn Env) -> Result<Value, EvalError> {
+    let span = e.span;
+    match &e.kind {
+        ExprKind::Lit(l) => Ok(match l {
+            Lit::Null => Value::Null,
+            Lit::Bool(b) => Value::Bool(*b),
+            Lit::Int(i) => Value::Int(*i),
+            Lit::Double(d) => Value::Double(*d),
+            Lit::String(s) => Value::String(s.clone()),
+        }),
+        ExprKind::Ident(name) => match env.lookup(name) {
+            Some(v) => Ok(v.clone()),
+            None => err(span, format!("`{name}` is not bound")),
+        },
+        ExprKind::Member(inner, field) => {
+            let base = eval(inner, env)?;
+            member(&base, field, span)
+        }
+        ExprKind::Index(a, i) => {
+            let base = eval(a, env)?;
+            let idx = eval(i, env)?;
+            match (&base, &idx) {
+                (Value::List(l), Value::Int(n)) => {
+                    match usize::try_from(*n).ok().and_then(|n| l.get(n)) {
+                        Some(v) => Ok(v.clone()),
+                        None => err(
+                            span,
+                            format!("index {n} is out of range for a list of {}", l.len()),
+                        ),
+                    }
+                }
+                (Value::Map(_), Value::String(k)) => member(&base, k, span),
+                _ => err(
+                    span,
+                    format!(
+                        "cannot index a {} with a {}",
+                        base.type_name(),
+                        idx.type_name()
+                    ),
+                ),
+            }
+        }
+        ExprKind::Call { target, func, args } => call(target.as_deref(), func, args, env, span),
+        ExprKind::Unary(op, a) => {
+            let v = eval(a, env)?;
+            match (op, v) {
+                (UnaryOp::Not, Value::Bool(b)) => Ok(Value::Bool(!b)),
+                (UnaryOp::Neg, Value::Int(i)) => match i.checked_neg() {
+                    Some(n) => Ok(Value::Int(n)),
+                    None => err(span, "integer overflow"),
+                },
+                (UnaryOp::Neg, Value::Double(d)) => Ok(Value::Double(-d)),
+                (UnaryOp::Neg, Value::Duration(d)) => Ok(Value::Duration(d.saturating_neg())),
+                (UnaryOp::Not, v) => {
+                    err(span, format!("`!` needs a bool, found a {}", v.type_name()))
+                }
+                (UnaryOp::Neg, v) => err(
+                    span,
+                    format!("`-` needs a number, found a {}", v.type_name()),
+                ),
+            }
+        }
+        ExprKind::Binary(op, a, b) => binary(*op, a, b, env, span),
+        ExprKind::Cond(c, a, b) => match eval(c, env)? {
+            Value::Bool(true) => eval(a, env),
+            Value::Bool(false) => eval(b, env),
+            v => err(
+                c.span,
+                format!("a condition must be a bool, found a {}", v.type_name()),
+            ),
+        },
+        ExprKind::List(items) => Ok(Value::List(
+            items
+                .iter()
+                .map(|i| eval(i, env))
+                .collect::<Result<_, _>>()?,
+        )),
+        ExprKind::Map(entries) => {
+            let mut m = IndexMap::new();
+            for (k, v) in entries {
+                let key = match eval(k, env)? {
+                    Value::String(s) => s,
+                    other => {
+                        return err(
+                            k.span,
+                            format!("map keys are strings, found a {}", other.type_name()),
+                        );
+                    }
+                };
+                m.insert(key, eval(v, env)?);
+            }
+            Ok(Value::Map(m))
+        }
+    }
+}
+
+fn member(base: &Value, field: &str, span: Span) -> Result<Value, EvalError> {
+    match base {
+        Value::Map(m) => match m.get(field) {
+            Some(v) => Ok(v.clone()),
+            None => err(
+                span,
+                format!("no key `{field}`; use `has()` to test for optional keys"),
+            ),
+        },
+        Value::Null => err(span, format!("cannot read `{field}` of null")),
+        other => err(
+            span,
+            format!("cannot read `{field}` of a {}", other.type_name()),
+        ),
+    }
+}
+
+/// Whether two values are equal (CEL: numbers compare across int and
+/// double; values of different types are not equal).
+pub fn equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Int(x), Value::Double(y)) | (Value::Double(y), Value::Int(x)) => (*x as f64) == *y,
+        (Value::List(x), Value::List(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| equal(p, q))
+        }
+        (Value::Map(x), Value::Map(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| equal(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// Orders two values of comparable types.
+pub fn compare(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
+    match (a, b) {
+        (Value::Int(x), Value::Int(y)) => Some(x.cmp(y)),
+        (Value::Double(x), Value::Double(y)) => x.partial_cmp(y),
+        (Value::Int(x), Value::Double(y)) => (*x as f64).partial_cmp(y),
+        (Value::Double(x), Value::Int(y)) => x.partial_cmp(&(*y as f64)),
+        (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
+        (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
+        (Value::Timestamp(x), Value::Timestamp(y)) | (Value::Duration(x), Value::Duration(y)) => {
+            Some(x.cmp(y))
+        }
+        (Value::Timestamp(x), Value::String(s)) => parse_timestamp(s).map(|y| x.cmp(&y)),
+        (Value::String(s), Value::Timestamp(y)) => parse_timestamp(s).map(|x| x.cmp(y)),
+        _ => None,
+    }
+}
+
+fn binary(op: BinaryOp, a: &Expr, b: &Expr, env: &dyn Env, span: Span) -> Result<Value, EvalError> {
+    // `&&` and `||` short-circuit and absorb errors on the other side when
+    // the result is decided (CEL's commutative semantics).
+    if matches!(op, BinaryOp::And | BinaryOp::Or) {
+        let decisive = op == BinaryOp::Or;
+        let l = eval(a, env);
+        if matches!(l, Ok(Value::Bool(v)) if v == decisive) {
+            return Ok(Value::Bool(decisive));
+        }
+        let r = eval(b, env);
+        if matches!(r, Ok(Value::Bool(v)) if v == decisive) {
+            return Ok(Value::Bool(decisive));
+        }
+        return match (l?, r?) {
+            (Value::Bool(_), Value::Bool(_)) => Ok(Value::Bool(!decisive)),
+            (x, y) => err(
+                span,
+                format!(
+                    "`{}` needs bools, found a {} and a {}",
+                    op.symbol(),
+                    x.type_name(),
+                    y.type_name()
+                ),
+            ),
+        };
+    }
+    let l = eval(a, env)?;
+    let r = eval(b, env)?;
+    let mismatch = || {
+        err(
+            span,
+            format!(
+                "`{}` does not apply to a {} and a {}",
+                op.symbol(),
+                l.type_name(),
+                r.type_name()
+            ),
+        )
+    };
+    let overflow = || err(span, format!("integer overflow in `{}`", op.symbol()));
+    use std::cmp::Ordering::*;
+    match op {
+        BinaryOp::Eq => Ok(Value::Bool(equal(&l, &r))),
+        BinaryOp::Ne => Ok(Value::Bool(!equal(&l, &r))),
+        BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge => match compare(&l, &r) {
+            Some(o) => Ok(Value::Bool(match op {
+                BinaryOp::Lt => o == Less,
+                BinaryOp::Le => o != Greater,
+                BinaryOp::Gt => o == Greater,
+                _ => o != Less,
+            })),
+            None => mismatch(),
+        },
+        BinaryOp::In => match &r {
+            Value::List(items) => Ok(Value::Bool(items.iter().any(|i| equal(i, &l)))),
+            Value::Map(m) => match &l {
+                Value::String(k) => Ok(Value::Bool(m.contains_key(k))),
+                _ => Ok(Value::Bool(false)),
+            },
+            _ => mismatch(),
+        },
+        BinaryOp::Add => match (&l, &r) {
+            (Value::Int(x), Value::Int(y)) => {
+                x.checked_add(*y).map(Value::Int).map_or_else(overflow, Ok)
+            }
+            (Value::String(x), Value::String(y)) => Ok(Value::String(format!("{x}{y}"))),
+            (Value::List(x), Value::List(y)) => {
+                Ok(Value::List(x.iter().chain(y).cloned().collect()))
+            }
+            (Value::Timestamp(t), Value::Duration(d))
+            | (Value::Duration(d), Value::Timestamp(t)) => t
+                .checked_add(*d)
+                .map(Value::Timestamp)
+                .map_or_else(overflow, Ok),
+            (Value::Duration(x), Value::Duration(y)) => x
+                .checked_add(*y)
+                .map(Value::Duration)
+                .map_or_else(overflow, Ok),
+            (Value::String(_), _) | (_, Value::String(_)) => err(
+                span,
+                format!(
+                    "`+` joins two strings, found a {} and a {}; convert with `string()`",
+                    l.type_name(),
+                    r.type_name()
+                ),
+            ),
+            _ => float(op, &l, &r).map_or_else(mismatch, Ok),
+        },
+        BinaryOp::Sub => match (&l, &r) {
+            (Value::Int(x), Value::Int(y)) => {
+                x.checked_sub(*y).map(Value::Int).map_or_else(overflow, Ok)
+            }
+            (Value::Timestamp(t), Value::Duration(d)) => t
+                .checked_sub(*d)
+                .map(Value::Timestamp)
+                .map_or_else(overflow, Ok),
+            (Value::Timestamp(x), Value::Timestamp(y)) => x
+                .checked_sub(*y)
+                .map(Value::Duration)
+                .map_or_else(overflow, Ok),
+            (Value::Duration(x), Value::Duration(y)) => x
+                .checked_sub(*y)
+                .map(Value::Duration)
+                .map_or_else(overflow, Ok),
+            _ => float(op, &l, &r).map_or_else(mismatch, Ok),
+        },
+        BinaryOp::Mul => match (&l, &r) {
+            (Value::Int(x), Value::Int(y)) => {
+                x.checked_mul(*y).map(Value::Int).map_or_else(overflow, Ok)
+            }
+            _ => float(op, &l, &r).map_or_else(mismatch, Ok),
+        },
+        BinaryOp::Div | BinaryOp::Rem => match (&l, &r) {
+            (Value::Int(_), Value::Int(0)) => err(span, "division by zero"),
+            (Value::Int(x), Value::Int(y)) => {
+                let v = if op == BinaryOp::Div {
+                    x.checked_div(*y)
+                } else {
+                    x.checked_rem(*y)
+                };
+                v.map(Value::Int).map_or_else(overflow, Ok)
+            }
+            _ if op == BinaryOp::Rem => mismatch(),
+            _ => float(op, &l, &r).map_or_else(mismatch, Ok),
+        },
+        BinaryOp::And | BinaryOp::Or => mismatch(),
+    }
+}
+
+/// Arithmetic on doubles (an int mixed with a double becomes a double).
+fn float(op: BinaryOp, l: &Value, r: &Value) -> Option<Value> {
+    let x = match l {
+        Value::Int(i) => *i as f64,
+        Value::Double(d) => *d,
+        _ => return None,
+    };
+    let y = match r {
+        Value::Int(i) => *i as f64,
+        Value::Double(d) => *d,
+        _ => return None,
+    };
+    Some(Value::Double(match op {
+        BinaryOp::Add => x + y,
+        BinaryOp::Sub => x - y,
+        BinaryOp::Mul => x * y,
+        BinaryOp::Div => x / y,
+        _ => return None,
+    }))
+}
+
+fn call(
+    target: Option<&Expr>,
+    func: &str,
+    args: &[Expr],
+    env: &dyn Env,
+    span: Span,
+) -> Result<Value, EvalError> {
+    if func == "has" {
+        let Some(Expr {
+            kind: ExprKind::Member(inner, field),
+            ..
+        }) = args.first()
+        else {
+            return err(span, "`has` takes a field selection");
+        };
+        return Ok(Value::Bool(match eval(inner, env)? {
+            Value::Map(m) => m.get(field).is_some_and(|v| *v != Value::Null),
+            _ => false,
+        }));
+    }
+    let recv = match target {
+        Some(t) => Some(eval(t, env)?),
+        None => None,
+    };
+    let mut vals = Vec::with_capacity(args.len() + 1);
+    if let Some(r) = recv {
+        vals.push(r);
+    }
+    for a in args {
+        vals.push(eval(a, env)?);
+    }
+    let wrong = |vals: &[Value]| {
+        let types: Vec<&str> = vals.iter().map(Value::type_name).collect();
+        err(
+            span,
+            format!("`{func}` does not apply to ({})", types.join(", ")),
+        )
+    };
+    match (func, vals.as_slice()) {
+        ("size", [Value::String(s)]) => Ok(Value::Int(
+            i64::try_from(s.chars().count()).unwrap_or(i64::MAX),
+        )),
+        ("size", [Value::List(l)]) => Ok(Value::Int(i64::try_from(l.len()).unwrap_or(i64::MAX))),
+        ("size", [Value::Map(m)]) => Ok(Value::Int(i64::try_from(m.len()).unwrap_or(i64::MAX))),
+        ("startsWith", [Value::String(s), Value::String(p)]) => {
+            Ok(Value::Bool(s.starts_with(p.as_str())))
+        }
+        ("endsWith", [Value::String(s), Value::String(p)]) => {
+            Ok(Value::Bool(s.ends_with(p.as_str())))
+        }
+        ("contains", [Value::String(s), Value::String(p)]) => {
+            Ok(Value::Bool(s.contains(p.as_str())))
+        }
+        ("lowerAscii", [Value::String(s)]) => Ok(Value::String(s.to_ascii_lowercase())),
+        ("upperAscii", [Value::String(s)]) => Ok(Value::String(s.to_ascii_uppercase())),
+        ("int", [Value::Int(i)]) => Ok(Value::Int(*i)),
+        ("int", [Value::Double(d)]) => {
+            if d.is_finite() && *d >= -9.223_372_036_854_776e18 && *d < 9.223_372_036_854_776e18 {
+                Ok(Value::Int(d.trunc() as i64))
+            } else {
+                err(span, format!("`{d}` does not fit an int"))
+            }
+        }
+        ("int", [Value::String(s)]) => match s.trim().parse::<i64>() {
+            Ok(i) => Ok(Value::Int(i)),
+            Err(_) => err(span, format!("`{s}` is not an integer")),
+        },
+        ("int", [Value::Timestamp(t)]) => Ok(Value::Int(t.div_euclid(1_000_000))),
+        ("double", [Value::Int(i)]) => Ok(Value::Double(*i as f64)),
+        ("double", [Value::Double(d)]) => Ok(Value::Double(*d)),
+        ("double", [Value::String(s)]) => match s.trim().parse::<f64>() {
+            Ok(d) if d.is_finite() => Ok(Value::Double(d)),
+            _ => err(span, format!("`{s}` is not a number")),
+        },
+        (
+            "string",
+            [
+                v @ (Value::Int(_)
+                | Value::Double(_)
+                | Value::Bool(_)
+                | Value::String(_)
+                | Value::Timestamp(_)
+                | Value::Duration(_)),
+            ],
+        ) => Ok(Value::String(v.to_string())),
+        ("string", [Value::Null]) => Ok(Value::String("null".into())),
+        ("timestamp", [Value::String(s)]) => match parse_timestamp(s) {
+            Some(t) => Ok(Value::Timestamp(t)),
+            None => err(span, format!("`{s}` is not an RFC 3339 timestamp")),
+        },
+        ("timestamp", [Value::Timestamp(t)]) => Ok(Value::Timestamp(*t)),
+        ("duration", [Value::String(s)]) => match parse_duration(s) {
+            Some(d) => Ok(Value::Duration(d)),
+            None => err(
+                span,
+                format!("`{s}` is not a duration (like `15m`, `1h30m`, `1.5s`)"),
+            ),
+        },
+        ("duration", [Value::Duration(d)]) => Ok(Value::Duration(*d)),
+        _ if super::function(func).is_none() => err(span, format!("unknown function `{func}`")),
+        _ => wrong(&vals),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expr::parse;
+    use std::collections::BTreeMap;
+
+    struct Vars(BTreeMap<&'static str, Value>);
+    impl Env for Vars {
+        fn lookup(&self, name: &str) -> Option<&Value> {
+            self.0.get(name)
+        }
+    }
+
+    fn run(src: &str) -> Result<Value, EvalError> {
+        let input = Value::from_json(
+            &serde_json::json!({"q": 3, "name": "Tea", "tags": ["a", "b"], "price": 2.5, "note": null}),
+        );
+        let mut vars = BTreeMap::new();
+        vars.insert("input", input);
+        vars.insert(
+            "now",
+            Value::Timestamp(parse_timestamp("2026-01-01T00:00:00Z").unwrap()),
+        );
+        eval(&parse(src).unwrap(), &Vars(vars))
+    }
+
+    #[test]
+    fn arithmetic_and_comparison() {
+        assert_eq!(run("input.q * 150 + 1"), Ok(Value::Int(451)));
+        assert_eq!(run("input.q / 2"), Ok(Value::Int(1)));
+        assert_eq!(run("-7 % 3"), Ok(Value::Int(-1)));
+        assert_eq!(run("input.price * 2"), Ok(Value::Double(5.0)));
+        assert_eq!(run("input.q == 3.0"), Ok(Value::Bool(true)));
+        assert_eq!(run("'a' < 'b' && 2 >= 2"), Ok(Value::Bool(true)));
+        assert_eq!(
+            run("'not enough stock for ' + input.name"),
+            Ok(Value::String("not enough stock for Tea".into()))
+        );
+        assert!(
+            run("9223372036854775807 + 1")
+                .unwrap_err()
+                .message
+                .contains("overflow")
+        );
+        assert!(
+            run("-9223372036854775808 * -1")
+                .unwrap_err()
+                .message
+                .contains("overflow")
+        );
+        assert!(run("1 / 0").unwrap_err().message.contains("zero"));
+        assert!(run("'a' + 1").unwrap_err().message.contains("string()"));
+        assert!(run("1 < 'a'").is_err());
+    }
+
+    #[test]
+    fn logic_short_circuits_and_absorbs_errors() {
+        assert_eq!(run("false && (1 / 0 == 1)"), Ok(Value::Bool(false)));
+        assert_eq!(run("(1 / 0 == 1) && false"), Ok(Value::Bool(false)));
+        assert_eq!(run("(1 / 0 == 1) || true"), Ok(Value::Bool(true)));
+        assert!(run("(1 / 0 == 1) || false").is_err());
+        assert_eq!(
+            run("'a' in input.tags && !('c' in input.tags)"),
+            Ok(Value::Bool(true))
+        );
+        assert_eq!(
+            run("input.q > 2 ? 'big' : 'small'"),
+            Ok(Value::String("big".into()))
+        );
+    }
+
+    #[test]
+    fn functions_and_fields() {
+        assert_eq!(
+            run("size(input.tags) + input.name.size()"),
+            Ok(Value::Int(5))
+        );
+        assert_eq!(
+            run("has(input.q) && !has(input.note) && !has(input.zzz)"),
+            Ok(Value::Bool(true))
+        );
+        assert_eq!(
+            run("input.name.startsWith('T') && input.name.lowerAscii() == 'tea'"),
+            Ok(Value::Bool(true))
+        );
+        assert_eq!(run("int('42') + int(2.9)"), Ok(Value::Int(44)));
+        assert_eq!(run("string(input.q) + 'x'"), Ok(Value::String("3x".into())));
+        assert!(run("input.missing").unwrap_err().message.contains("has()"));
+        assert!(run("input.note.x").is_err());
+        assert!(run("input.tags[5]").is_err());
+        assert_eq!(run("input.tags[1]"), Ok(Value::String("b".into())));
+        assert_eq!(run("{'k': input.q}.k"), Ok(Value::Int(3)));
+    }
+
+    #[test]
+    fn time() {
+        let later = run("now + duration('15m')").unwrap();
+        assert_eq!(
+            later.to_json().unwrap(),
+            serde_json::json!("2026-01-01T00:15:00Z")
+        );
+        assert_eq!(run("now < now + duration('1s')"), Ok(Value::Bool(true)));
+        assert_eq!(run("now < '2026-01-02T00:00:00Z'"), Ok(Value::Bool(true)));
+        assert_eq!(
+            run("timestamp('2026-01-01T01:00:00Z') - now"),
+            Ok(Value::Duration(3_600_000_000))
+        );
+        assert!(run("timestamp('yesterday')").is_err());
+    }
+}

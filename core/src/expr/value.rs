@@ -1,0 +1,341 @@
+//! Runtime values of the expression language, and their JSON form.
+
+use indexmap::IndexMap;
+use serde_json::Number;
+use std::fmt;
+
+/// A value computed by an expression.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// `null`
+    Null,
+    /// `true` / `false`
+    Bool(bool),
+    /// A 64-bit signed integer.
+    Int(i64),
+    /// A double.
+    Double(f64),
+    /// Text.
+    String(String),
+    /// A list.
+    List(Vec<Value>),
+    /// A map with string keys, in insertion order.
+    Map(IndexMap<String, Value>),
+    /// An instant: microseconds since the Unix epoch, UTC.
+    Timestamp(i64),
+    /// A span of time in microseconds.
+    Duration(i64),
+}
+
+impl Value {
+    /// The type's name, for messages.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Bool(_) => "bool",
+            Value::Int(_) => "int",
+            Value::Double(_) => "double",
+            Value::String(_) => "string",
+            Value::List(_) => "list",
+            Value::Map(_) => "map",
+            Value::Timestamp(_) => "timestamp",
+            Value::Duration(_) => "duration",
+        }
+    }
+
+    /// Converts JSON to a value: integral numbers that fit become `Int`,
+    /// other numbers `Double`; strings stay strings.
+    pub fn from_json(v: &serde_json::Value) -> Value {
+        match v {
+            serde_json::Value::Null => Value::Null,
+            serde_json::Value::Bool(b) => Value::Bool(*b),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => Value::Int(i),
+                None => Value::Double(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            serde_json::Value::String(s) => Value::String(s.clone()),
+            serde_json::Value::Array(a) => Value::List(a.iter().map(Value::from_json).collect()),
+            serde_json::Value::Object(m) => Value::Map(
+                m.iter()
+                    .map(|(k, v)| (k.clone(), Value::from_json(v)))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Converts to JSON: timestamps as RFC 3339 text, durations as seconds
+    /// (`"90s"`). Fails on NaN and infinities, which JSON cannot hold.
+    pub fn to_json(&self) -> Result<serde_json::Value, String> {
+        Ok(match self {
+            Value::Null => serde_json::Value::Null,
+            Value::Bool(b) => serde_json::Value::Bool(*b),
+            Value::Int(i) => serde_json::Value::Number((*i).into()),
+            Value::Double(d) => match Number::from_f64(*d) {
+                Some(n) => serde_json::Value::Number(n),
+                None => return Err(format!("`{d}` cannot be written as JSON")),
+            },
+            Value::String(s) => serde_json::Value::String(s.clone()),
+            Value::List(l) => {
+                serde_json::Value::Array(l.iter().map(Value::to_json).collect::<Result<_, _>>()?)
+            }
+            Value::Map(m) => serde_json::Value::Object(
+                m.iter()
+                    .map(|(k, v)| v.to_json().map(|j| (k.clone(), j)))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Value::Timestamp(t) => serde_json::Value::String(format_timestamp(*t)),
+            Value::Duration(d) => serde_json::Value::String(format_duration(*d)),
+        })
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Null => write!(f, "null"),
+            Value::Bool(b) => write!(f, "{b}"),
+            Value::Int(i) => write!(f, "{i}"),
+            Value::Double(d) => write!(f, "{d}"),
+            Value::String(s) => write!(f, "{s}"),
+            Value::Timestamp(t) => write!(f, "{}", format_timestamp(*t)),
+            Value::Duration(d) => write!(f, "{}", format_duration(*d)),
+            other => match other.to_json() {
+                Ok(j) => write!(f, "{j}"),
+                Err(_) => write!(f, "?"),
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Calendar arithmetic (Howard Hinnant's days_from_civil / civil_from_days).
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+/// Formats microseconds since the epoch as RFC 3339 UTC
+/// (`2026-01-01T00:00:00Z`, with a fraction only when there is one).
+pub fn format_timestamp(micros: i64) -> String {
+    let days = micros.div_euclid(MICROS_PER_DAY);
+    let rem = micros.rem_euclid(MICROS_PER_DAY);
+    let (y, m, d) = civil_from_days(days);
+    let secs = rem / 1_000_000;
+    let frac = rem % 1_000_000;
+    let (hh, mm, ss) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}");
+    if frac != 0 {
+        let digits = format!("{frac:06}");
+        out.push('.');
+        out.push_str(digits.trim_end_matches('0'));
+    }
+    out.push('Z');
+    out
+}
+
+/// Parses RFC 3339 (`2026-01-01T10:00:00Z`, `…T10:00:00.5+02:00`; a space
+/// instead of `T` and lowercase `t`/`z` are accepted) into microseconds.
+pub fn parse_timestamp(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = s.get(r)?;
+        if t.bytes().all(|c| c.is_ascii_digit()) {
+            t.parse().ok()
+        } else {
+            None
+        }
+    };
+    if b.len() < 20
+        || b.get(4) != Some(&b'-')
+        || b.get(7) != Some(&b'-')
+        || !matches!(b.get(10), Some(b'T' | b't' | b' '))
+        || b.get(13) != Some(&b':')
+        || b.get(16) != Some(&b':')
+    {
+        return None;
+    }
+    let (y, mo, d, h, mi, se) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
+    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || se > 60
+    {
+        return None;
+    }
+    let mut i = 19;
+    let mut frac = 0i64;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        let digits = s.get(start..i)?;
+        if digits.is_empty() {
+            return None;
+        }
+        let six: String = digits
+            .chars()
+            .chain(std::iter::repeat('0'))
+            .take(6)
+            .collect();
+        frac = six.parse().ok()?;
+    }
+    let offset = match b.get(i)? {
+        b'Z' | b'z' if i + 1 == b.len() => 0,
+        b'+' | b'-' if i + 6 == b.len() && b.get(i + 3) == Some(&b':') => {
+            let sign = if b.get(i) == Some(&b'-') { -1 } else { 1 };
+            let (oh, om) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            sign * (oh * 3600 + om * 60)
+        }
+        _ => return None,
+    };
+    let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se.min(59) - offset;
+    secs.checked_mul(1_000_000)?.checked_add(frac)
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Formats a duration as seconds (`"90s"`, `"1.5s"`), CEL's form.
+pub fn format_duration(micros: i64) -> String {
+    let sign = if micros < 0 { "-" } else { "" };
+    let abs = micros.unsigned_abs();
+    let (s, frac) = (abs / 1_000_000, abs % 1_000_000);
+    if frac == 0 {
+        format!("{sign}{s}s")
+    } else {
+        format!("{sign}{s}.{}s", format!("{frac:06}").trim_end_matches('0'))
+    }
+}
+
+/// Parses a duration like `15m`, `1h30m`, `1.5s`, `100ms`, `-2h` into
+/// microseconds. Units: `h`, `m`, `s`, `ms`, `us`, `ns`.
+pub fn parse_duration(s: &str) -> Option<i64> {
+    let (neg, mut rest) = match s.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total: i64 = 0;
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number = rest.get(..n)?;
+        rest = rest.get(n..)?;
+        let u = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = rest.get(..u)?;
+        rest = rest.get(u..)?;
+        // Microseconds per unit, as a fraction num/den.
+        let (num, den): (i64, i64) = match unit {
+            "h" => (3_600_000_000, 1),
+            "m" => (60_000_000, 1),
+            "s" => (1_000_000, 1),
+            "ms" => (1_000, 1),
+            "us" | "µs" => (1, 1),
+            "ns" => (1, 1_000),
+            _ => return None,
+        };
+        if number.is_empty() {
+            return None;
+        }
+        let part = if number.contains('.') {
+            let f: f64 = number.parse().ok()?;
+            let v = (f * num as f64 / den as f64).round();
+            if !v.is_finite() || v.abs() > 9.0e18 {
+                return None;
+            }
+            v as i64
+        } else {
+            let i: i64 = number.parse().ok()?;
+            i.checked_mul(num)? / den
+        };
+        total = total.checked_add(part)?;
+    }
+    Some(if neg { -total } else { total })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_roundtrip() {
+        for s in [
+            "1970-01-01T00:00:00Z",
+            "2026-11-21T05:59:50.123456Z",
+            "2000-02-29T23:59:59.5Z",
+            "1969-12-31T23:59:59Z",
+        ] {
+            let t = parse_timestamp(s).unwrap();
+            assert_eq!(format_timestamp(t), s);
+        }
+        assert_eq!(
+            parse_timestamp("2026-01-01T02:00:00+02:00"),
+            parse_timestamp("2026-01-01T00:00:00Z")
+        );
+        assert_eq!(parse_timestamp("1970-01-01T00:00:01Z"), Some(1_000_000));
+        for bad in [
+            "2026-02-30T00:00:00Z",
+            "2026-01-01",
+            "2026-01-01T00:00:00",
+            "2026-13-01T00:00:00Z",
+            "x",
+        ] {
+            assert_eq!(parse_timestamp(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("15m"), Some(900_000_000));
+        assert_eq!(parse_duration("1h30m"), Some(5_400_000_000));
+        assert_eq!(parse_duration("1.5s"), Some(1_500_000));
+        assert_eq!(parse_duration("-2ms"), Some(-2_000));
+        assert_eq!(parse_duration("10x"), None);
+        assert_eq!(parse_duration("2500ns"), Some(2));
+        assert_eq!(parse_duration("1h1ms"), Some(3_600_001_000));
+        assert_eq!(parse_duration(""), None);
+        assert_eq!(format_duration(1_500_000), "1.5s");
+        assert_eq!(format_duration(-60_000_000), "-60s");
+    }
+}

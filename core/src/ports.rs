@@ -1,0 +1,270 @@
+//! The core's only ways to touch the world: three traits that mirror the WIT
+//! interfaces `storage`, `clock` and `external`.
+//!
+//! The core never builds SQL: it sends typed operations (an entity, filters,
+//! an order, a limit, a lock) and JSON rows, and the storage turns them into
+//! whatever its backend speaks. Every value is computed in the core; storage
+//! only reads and writes rows.
+
+pub mod memory;
+pub mod script;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+pub use crate::spec::{FilterOp, Isolation};
+
+/// A row: a JSON object with the implicit columns (`id`, `version`,
+/// `created_at`, `updated_at`, `deleted_at`, and `status` for entities with
+/// a status machine) and the declared fields. Timestamps are RFC 3339 text.
+pub type Row = Map<String, Value>;
+
+/// A handle to an open transaction (or a savepoint inside one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TxId(pub u64);
+
+/// One condition of a query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Condition {
+    /// The column.
+    pub field: String,
+    /// The comparison.
+    pub op: FilterOp,
+    /// The value (a JSON array for `in`; `null` only with `eq`/`ne`).
+    pub value: Value,
+}
+
+/// One sort key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SortKey {
+    /// The column.
+    pub field: String,
+    /// Descending?
+    pub desc: bool,
+}
+
+/// A typed query. Rows are returned in `order` (which always ends with
+/// `id`, so the order is total), soft-deleted rows excluded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Query {
+    /// All must hold.
+    pub filters: Vec<Condition>,
+    /// Sort keys.
+    pub order: Vec<SortKey>,
+    /// At most this many rows.
+    pub limit: Option<u64>,
+    /// Keyset cursor: the values of the `order` keys of the last row seen;
+    /// only rows strictly after it are returned.
+    pub after: Option<Vec<Value>>,
+    /// Lock the rows read until the transaction ends (`FOR UPDATE`).
+    pub lock: bool,
+}
+
+/// Why a storage operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum StorageError {
+    /// A concurrent transaction got there first: serialization failure,
+    /// deadlock, a row version that changed, a row locked by another
+    /// transaction. Retrying may succeed.
+    #[error("concurrent update: {message}")]
+    Conflict {
+        /// What happened.
+        message: String,
+    },
+    /// A `unique` field already has this value.
+    #[error("`{entity}.{field}` must be unique")]
+    Unique {
+        /// The entity.
+        entity: String,
+        /// The field.
+        field: String,
+    },
+    /// The row does not exist (or is soft-deleted).
+    #[error("no `{entity}` row `{id}`")]
+    NotFound {
+        /// The entity.
+        entity: String,
+        /// The id.
+        id: String,
+    },
+    /// The backend is unreachable or failed; nothing was done.
+    #[error("storage unavailable: {message}")]
+    Unavailable {
+        /// What happened.
+        message: String,
+    },
+    /// The operation was malformed (a bug in the caller).
+    #[error("invalid storage operation: {message}")]
+    Invalid {
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// The state of an idempotency key when a request claims it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum Claim {
+    /// First use: the caller now holds the key until it completes or
+    /// releases it.
+    New,
+    /// Used before with the same input: the stored response.
+    Replay {
+        /// HTTP status.
+        status: u16,
+        /// Response body.
+        body: Value,
+    },
+    /// Used before with another input.
+    Mismatch,
+    /// Another request holding the key has not finished.
+    InFlight,
+}
+
+/// Typed database operations. Writes happen inside a transaction; reads may
+/// happen outside one (`tx` is `None`).
+pub trait Storage {
+    /// Starts a transaction, or (with `parent`) a savepoint inside one.
+    fn begin(&mut self, isolation: Isolation, parent: Option<TxId>) -> Result<TxId, StorageError>;
+    /// Reads rows of `entity`.
+    fn read(
+        &mut self,
+        tx: Option<TxId>,
+        entity: &str,
+        query: &Query,
+    ) -> Result<Vec<Row>, StorageError>;
+    /// Inserts a complete row (the core has set every column, `version` 1).
+    fn insert(&mut self, tx: TxId, entity: &str, row: &Row) -> Result<Row, StorageError>;
+    /// Changes columns of row `id` if its version is still
+    /// `expected_version`; the storage sets `version` to one more.
+    /// Returns the new row.
+    fn update(
+        &mut self,
+        tx: TxId,
+        entity: &str,
+        id: &str,
+        expected_version: i64,
+        changes: &Row,
+    ) -> Result<Row, StorageError>;
+    /// Soft-deletes row `id` (sets `deleted_at`) if its version is still
+    /// `expected_version`; returns the new row.
+    fn soft_delete(
+        &mut self,
+        tx: TxId,
+        entity: &str,
+        id: &str,
+        expected_version: i64,
+        deleted_at: &str,
+    ) -> Result<Row, StorageError>;
+    /// Commits a transaction (or releases a savepoint).
+    fn commit(&mut self, tx: TxId) -> Result<(), StorageError>;
+    /// Rolls a transaction (or a savepoint) back.
+    fn rollback(&mut self, tx: TxId) -> Result<(), StorageError>;
+    /// Appends an audit entry, in `tx` or (with `None`) in a transaction of
+    /// its own. The storage chains entries: it sets `prev` to the hash of the
+    /// previous entry and `hash` to this one's.
+    fn append_audit(&mut self, tx: Option<TxId>, entry: &Value) -> Result<(), StorageError>;
+    /// Claims an idempotency key for `scope` (tool and subject) with the
+    /// input's fingerprint. Keys older than 24 hours at `now_ms` are
+    /// forgotten.
+    fn claim_key(
+        &mut self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+        now_ms: i64,
+    ) -> Result<Claim, StorageError>;
+    /// Stores the response of a claimed key (in `tx`, atomically with the
+    /// writes, or on its own).
+    fn complete_key(
+        &mut self,
+        tx: Option<TxId>,
+        scope: &str,
+        key: &str,
+        status: u16,
+        body: &Value,
+    ) -> Result<(), StorageError>;
+    /// Releases a claimed key without a response (the request may be
+    /// retried).
+    fn release_key(&mut self, scope: &str, key: &str) -> Result<(), StorageError>;
+    /// Counts one hit for `scope` in the minute starting at `window_ms` and
+    /// returns the count so far, this hit included.
+    fn rate_hit(&mut self, scope: &str, window_ms: i64) -> Result<u64, StorageError>;
+}
+
+/// The clock: the only source of time.
+pub trait Clock {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&mut self) -> i64;
+}
+
+/// One outbound call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallRequest {
+    /// The external's name in the spec.
+    pub service: String,
+    /// The operation.
+    pub operation: String,
+    /// Arguments (JSON object).
+    pub args: Value,
+    /// Per-attempt timeout.
+    pub timeout_ms: Option<u64>,
+    /// Attempts in all (1 without retry).
+    pub max_attempts: u32,
+    /// Backoff between attempts.
+    pub backoff: crate::spec::Backoff,
+    /// First wait.
+    pub initial_backoff_ms: u64,
+    /// The key the service should deduplicate on.
+    pub idempotency_key: Option<String>,
+}
+
+/// How a call (after all its attempts) ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum CallOutcome {
+    /// The service answered with success.
+    Ok {
+        /// Its JSON answer.
+        value: Value,
+    },
+    /// The service answered with a refusal (a declined card): not retried.
+    Declined {
+        /// Its JSON answer, if any.
+        value: Value,
+    },
+    /// Every attempt failed (timeouts, 5xx, connection errors).
+    Failed {
+        /// The last error.
+        message: String,
+    },
+}
+
+/// One attempt of a call, as the host made it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// HTTP status, when there was an answer.
+    pub status: Option<u16>,
+    /// What went wrong, when something did.
+    pub error: Option<String>,
+    /// How long it took.
+    pub duration_ms: u64,
+}
+
+/// The result of a call: the outcome and every attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallResult {
+    /// How it ended.
+    #[serde(flatten)]
+    pub outcome: CallOutcome,
+    /// Every attempt, in order.
+    pub attempts: Vec<Attempt>,
+}
+
+/// Outbound calls to external services. The implementation performs the
+/// attempts, waits and timeouts.
+pub trait External {
+    /// Calls an operation.
+    fn call(&mut self, request: &CallRequest) -> CallResult;
+}
