@@ -91,7 +91,7 @@ pub fn execute(
     let violations: Vec<serde_json::Value> = compiled
         .input
         .iter_errors(&request.input)
-        .map(|e| json!({"pointer": e.instance_path().to_string(), "message": e.to_string()}))
+        .map(|e| violation(&e))
         .collect();
     if !violations.is_empty() {
         let p = Problem::new(
@@ -346,6 +346,18 @@ pub fn execute(
     }
 }
 
+/// One schema violation: a JSON Pointer to the offending value (for a
+/// missing property, where it should be) and a message.
+fn violation(e: &jsonschema::ValidationError) -> serde_json::Value {
+    let mut pointer = e.instance_path().to_string();
+    if let jsonschema::error::ValidationErrorKind::Required { property } = e.kind() {
+        if let Some(p) = property.as_str() {
+            pointer = crate::diag::child(&pointer, p);
+        }
+    }
+    json!({"pointer": pointer, "message": e.to_string()})
+}
+
 fn authorize(tool: &crate::spec::Tool, request: &Request) -> Option<Problem> {
     if tool.auth.public {
         return None;
@@ -380,7 +392,7 @@ fn roots(request: &Request, now_ms: i64) -> [V; 3] {
     let input = V::from_json(&request.input);
     let auth = match &request.auth {
         Some(a) => {
-            let mut m = indexmap::IndexMap::new();
+            let mut m = crate::expr::value::Map::default();
             m.insert("sub".to_string(), V::String(a.sub.clone()));
             m.insert(
                 "roles".to_string(),
@@ -397,14 +409,14 @@ fn roots(request: &Request, now_ms: i64) -> [V; 3] {
             V::Map(m)
         }
         None => {
-            let mut m = indexmap::IndexMap::new();
+            let mut m = crate::expr::value::Map::default();
             m.insert("sub".to_string(), V::Null);
             m.insert("roles".to_string(), V::List(Vec::new()));
             m.insert("claims".to_string(), V::Map(Default::default()));
             V::Map(m)
         }
     };
-    let mut r = indexmap::IndexMap::new();
+    let mut r = crate::expr::value::Map::default();
     r.insert("id".to_string(), V::String(request.id.clone()));
     r.insert(
         "time".to_string(),
@@ -601,13 +613,15 @@ impl Audit {
                         audit: entry,
                     },
                     Err(e) => {
+                        if let serde_json::Value::Object(m) = entry {
+                            self.entry = m;
+                        }
                         if let Some(t) = txid {
                             let _ = run.storage.rollback(t);
                         }
                         // The writes did not commit: answer with the error,
                         // undo effects, audit on its own.
                         let p = crate::exec::storage_problem_pub(e);
-                        run.rows.retain(|_| true);
                         self.entry.insert("rows".into(), rows_json(&run.rows));
                         self.fail(run, key, scope, p, &execution)
                     }

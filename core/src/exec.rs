@@ -780,7 +780,7 @@ impl<'a> Run<'a> {
                 Err(Problem::new(500, "internal", format!("node `{id}` cannot run")).fatal())
             }
             NodeKind::Let { values } => {
-                let mut m = IndexMap::new();
+                let mut m = crate::expr::value::Map::default();
                 for (k, t) in values {
                     m.insert(k.clone(), self.template(t, None)?);
                 }

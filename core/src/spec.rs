@@ -13,6 +13,11 @@ pub mod source;
 
 use indexmap::IndexMap;
 use serde_json::Value;
+use std::hash::BuildHasherDefault;
+
+/// The maps of the model, keyed by names, in document order (hashed with a
+/// small fast deterministic hasher).
+pub type NameMap<V> = IndexMap<String, V, BuildHasherDefault<crate::flow::IdHasher>>;
 
 use crate::diag::Diagnostic;
 use crate::expr::Expr;
@@ -99,15 +104,15 @@ pub struct Spec {
     /// name is accepted).
     pub roles: Option<Vec<String>>,
     /// Entities by name, in document order.
-    pub entities: IndexMap<String, Entity>,
+    pub entities: NameMap<Entity>,
     /// External services by name.
-    pub externals: IndexMap<String, External>,
+    pub externals: NameMap<External>,
     /// Tools by name.
-    pub tools: IndexMap<String, Tool>,
+    pub tools: NameMap<Tool>,
     /// Tools too broken to decode (their errors were reported).
     pub broken_tools: Vec<String>,
     /// Policies by name.
-    pub policies: IndexMap<String, Policy>,
+    pub policies: NameMap<Policy>,
     /// Acknowledged Yellow signals.
     pub acknowledgments: Vec<Acknowledgment>,
     /// Bundle-wide limits.
@@ -148,7 +153,7 @@ pub enum Template {
     /// A literal number, boolean or null.
     Literal(Value),
     /// An object of templates.
-    Object(IndexMap<String, Template>),
+    Object(NameMap<Template>),
     /// An array of templates.
     Array(Vec<Template>),
 }
@@ -175,13 +180,13 @@ impl Template {
 pub struct Entity {
     /// Declared fields (the implicit `id`, `version`, timestamps and
     /// `status` are not listed).
-    pub fields: IndexMap<String, Field>,
+    pub fields: NameMap<Field>,
     /// Row ownership.
     pub owner: Option<Owner>,
     /// The status machine.
     pub status: Option<StatusMachine>,
     /// Named invariants over `row`.
-    pub invariants: IndexMap<String, Expression>,
+    pub invariants: NameMap<Expression>,
     /// JSON Pointer of the entity.
     pub path: String,
 }
@@ -296,7 +301,7 @@ pub struct StatusMachine {
     /// The state of a new row.
     pub initial: String,
     /// Transitions by action name.
-    pub transitions: IndexMap<String, Transition>,
+    pub transitions: NameMap<Transition>,
 }
 
 impl StatusMachine {
@@ -329,7 +334,7 @@ pub struct External {
     /// Its kind (`payment`, `email`, `http`, …).
     pub kind: String,
     /// Operations by name.
-    pub operations: IndexMap<String, Operation>,
+    pub operations: NameMap<Operation>,
 }
 
 /// The external kinds the engine knows.
@@ -458,7 +463,7 @@ pub struct Flow {
     /// The first node.
     pub entry: String,
     /// Nodes by id, in document order.
-    pub nodes: IndexMap<String, Node>,
+    pub nodes: NameMap<Node>,
     /// JSON Pointer of the flow object.
     pub path: String,
 }
@@ -618,7 +623,7 @@ pub enum NodeKind {
         /// The entity.
         entity: String,
         /// Field values.
-        values: IndexMap<String, Template>,
+        values: NameMap<Template>,
     },
     /// Change matching rows.
     Update {
@@ -631,7 +636,7 @@ pub enum NodeKind {
         /// Exactly one row, else not found.
         one: bool,
         /// New values (may use `row`).
-        set: IndexMap<String, Template>,
+        set: NameMap<Template>,
     },
     /// Move a row along its status machine.
     Transition {
@@ -664,7 +669,7 @@ pub enum NodeKind {
     /// Compute named values.
     Let {
         /// The values.
-        values: IndexMap<String, Template>,
+        values: NameMap<Template>,
     },
     /// Fail unless a condition holds.
     Assert {
@@ -700,7 +705,7 @@ pub enum NodeKind {
         /// Its operation.
         operation: String,
         /// Arguments.
-        args: IndexMap<String, Template>,
+        args: NameMap<Template>,
         /// Per-attempt timeout.
         timeout_ms: Option<u64>,
         /// Retry policy.

@@ -197,7 +197,7 @@ pub fn run(args: &Args) -> Result<Outcome> {
     let id = args
         .request_id
         .clone()
-        .unwrap_or_else(|| format!("run-{now_ms}-{}", storage.audit().len() + 1));
+        .unwrap_or_else(|| format!("run-{now_ms}-{}", storage.audit_len() + 1));
     let request = Request {
         tool: args.tool.clone(),
         input,

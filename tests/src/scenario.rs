@@ -456,6 +456,6 @@ impl Target for Native {
     }
 
     fn audit(&mut self) -> Result<Vec<Value>, String> {
-        Ok(self.storage.audit().to_vec())
+        Ok(self.storage.audit())
     }
 }

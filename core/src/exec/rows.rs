@@ -16,14 +16,22 @@ fn is_timestamp_column(e: &Entity, field: &str) -> bool {
             .is_some_and(|f| f.ty == FieldType::Timestamp)
 }
 
+/// A cheap shape test before the column lookup: `YYYY-MM-DDT…`.
+fn looks_like_timestamp(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() >= 20 && b.get(4) == Some(&b'-') && b.get(7) == Some(&b'-')
+}
+
 /// A row as an expression value: timestamp columns become timestamps.
 pub(crate) fn row_to_value(e: &Entity, row: &Row) -> Value {
     Value::Map(
         row.iter()
             .map(|(k, v)| {
                 let value = match v {
-                    Json::String(s) if is_timestamp_column(e, k) => parse_timestamp(s)
-                        .map_or_else(|| Value::String(s.clone()), Value::Timestamp),
+                    Json::String(s) if looks_like_timestamp(s) && is_timestamp_column(e, k) => {
+                        parse_timestamp(s)
+                            .map_or_else(|| Value::String(s.clone()), Value::Timestamp)
+                    }
                     other => Value::from_json(other),
                 };
                 (k.clone(), value)
@@ -68,7 +76,7 @@ pub(crate) fn uuid_from(seed: &str) -> String {
     }
     b[6] = (b[6] & 0x0f) | 0x80;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let hex = crate::bundle::hex(&b);
     format!(
         "{}-{}-{}-{}-{}",
         hex.get(0..8).unwrap_or_default(),

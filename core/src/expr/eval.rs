@@ -2,7 +2,7 @@
 //! side-effect free; every failure (integer overflow, division by zero, a
 //! missing key, a type mismatch) is an [`EvalError`], never a panic.
 
-use indexmap::IndexMap;
+use std::borrow::Cow;
 
 use super::value::{Value, parse_duration, parse_timestamp};
 use super::{BinaryOp, Expr, ExprKind, Lit, Span, UnaryOp};
@@ -32,6 +32,27 @@ fn err<T>(span: Span, message: impl Into<String>) -> Result<T, EvalError> {
 
 /// Evaluates `e` in `env`.
 pub fn eval(e: &Expr, env: &dyn Env) -> Result<Value, EvalError> {
+    eval_ref(e, env).map(Cow::into_owned)
+}
+
+/// Evaluates `e`, borrowing from the environment where it can: a name or a
+/// field of one (`product.price_cents`) is not copied.
+fn eval_ref<'v>(e: &Expr, env: &'v dyn Env) -> Result<Cow<'v, Value>, EvalError> {
+    let span = e.span;
+    match &e.kind {
+        ExprKind::Ident(name) => match env.lookup(name) {
+            Some(v) => Ok(Cow::Borrowed(v)),
+            None => err(span, format!("`{name}` is not bound")),
+        },
+        ExprKind::Member(inner, field) => match eval_ref(inner, env)? {
+            Cow::Borrowed(base) => member_ref(base, field, span).map(Cow::Borrowed),
+            Cow::Owned(base) => member_ref(&base, field, span).map(|v| Cow::Owned(v.clone())),
+        },
+        _ => eval_owned(e, env).map(Cow::Owned),
+    }
+}
+
+fn eval_owned(e: &Expr, env: &dyn Env) -> Result<Value, EvalError> {
     let span = e.span;
     match &e.kind {
         ExprKind::Lit(l) => Ok(match l {
@@ -41,18 +62,11 @@ pub fn eval(e: &Expr, env: &dyn Env) -> Result<Value, EvalError> {
             Lit::Double(d) => Value::Double(*d),
             Lit::String(s) => Value::String(s.clone()),
         }),
-        ExprKind::Ident(name) => match env.lookup(name) {
-            Some(v) => Ok(v.clone()),
-            None => err(span, format!("`{name}` is not bound")),
-        },
-        ExprKind::Member(inner, field) => {
-            let base = eval(inner, env)?;
-            member(&base, field, span)
-        }
+        ExprKind::Ident(_) | ExprKind::Member(..) => eval_ref(e, env).map(Cow::into_owned),
         ExprKind::Index(a, i) => {
-            let base = eval(a, env)?;
-            let idx = eval(i, env)?;
-            match (&base, &idx) {
+            let base = eval_ref(a, env)?;
+            let idx = eval_ref(i, env)?;
+            match (base.as_ref(), idx.as_ref()) {
                 (Value::List(l), Value::Int(n)) => {
                     match usize::try_from(*n).ok().and_then(|n| l.get(n)) {
                         Some(v) => Ok(v.clone()),
@@ -62,20 +76,16 @@ pub fn eval(e: &Expr, env: &dyn Env) -> Result<Value, EvalError> {
                         ),
                     }
                 }
-                (Value::Map(_), Value::String(k)) => member(&base, k, span),
-                _ => err(
+                (Value::Map(_), Value::String(k)) => member_ref(&base, k, span).cloned(),
+                (b, i) => err(
                     span,
-                    format!(
-                        "cannot index a {} with a {}",
-                        base.type_name(),
-                        idx.type_name()
-                    ),
+                    format!("cannot index a {} with a {}", b.type_name(), i.type_name()),
                 ),
             }
         }
         ExprKind::Call { target, func, args } => call(target.as_deref(), func, args, env, span),
         ExprKind::Unary(op, a) => {
-            let v = eval(a, env)?;
+            let v = eval_owned(a, env)?;
             match (op, v) {
                 (UnaryOp::Not, Value::Bool(b)) => Ok(Value::Bool(!b)),
                 (UnaryOp::Neg, Value::Int(i)) => match i.checked_neg() {
@@ -94,9 +104,9 @@ pub fn eval(e: &Expr, env: &dyn Env) -> Result<Value, EvalError> {
             }
         }
         ExprKind::Binary(op, a, b) => binary(*op, a, b, env, span),
-        ExprKind::Cond(c, a, b) => match eval(c, env)? {
-            Value::Bool(true) => eval(a, env),
-            Value::Bool(false) => eval(b, env),
+        ExprKind::Cond(c, a, b) => match eval_ref(c, env)?.as_ref() {
+            Value::Bool(true) => eval_owned(a, env),
+            Value::Bool(false) => eval_owned(b, env),
             v => err(
                 c.span,
                 format!("a condition must be a bool, found a {}", v.type_name()),
@@ -105,13 +115,13 @@ pub fn eval(e: &Expr, env: &dyn Env) -> Result<Value, EvalError> {
         ExprKind::List(items) => Ok(Value::List(
             items
                 .iter()
-                .map(|i| eval(i, env))
+                .map(|i| eval_owned(i, env))
                 .collect::<Result<_, _>>()?,
         )),
         ExprKind::Map(entries) => {
-            let mut m = IndexMap::new();
+            let mut m = super::value::Map::default();
             for (k, v) in entries {
-                let key = match eval(k, env)? {
+                let key = match eval_owned(k, env)? {
                     Value::String(s) => s,
                     other => {
                         return err(
@@ -120,17 +130,17 @@ pub fn eval(e: &Expr, env: &dyn Env) -> Result<Value, EvalError> {
                         );
                     }
                 };
-                m.insert(key, eval(v, env)?);
+                m.insert(key, eval_owned(v, env)?);
             }
             Ok(Value::Map(m))
         }
     }
 }
 
-fn member(base: &Value, field: &str, span: Span) -> Result<Value, EvalError> {
+fn member_ref<'b>(base: &'b Value, field: &str, span: Span) -> Result<&'b Value, EvalError> {
     match base {
         Value::Map(m) => match m.get(field) {
-            Some(v) => Ok(v.clone()),
+            Some(v) => Ok(v),
             None => err(
                 span,
                 format!("no key `{field}`; use `has()` to test for optional keys"),
@@ -182,15 +192,15 @@ fn binary(op: BinaryOp, a: &Expr, b: &Expr, env: &dyn Env, span: Span) -> Result
     // the result is decided (CEL's commutative semantics).
     if matches!(op, BinaryOp::And | BinaryOp::Or) {
         let decisive = op == BinaryOp::Or;
-        let l = eval(a, env);
-        if matches!(l, Ok(Value::Bool(v)) if v == decisive) {
+        let l = eval_ref(a, env);
+        if matches!(l.as_deref(), Ok(Value::Bool(v)) if *v == decisive) {
             return Ok(Value::Bool(decisive));
         }
-        let r = eval(b, env);
-        if matches!(r, Ok(Value::Bool(v)) if v == decisive) {
+        let r = eval_ref(b, env);
+        if matches!(r.as_deref(), Ok(Value::Bool(v)) if *v == decisive) {
             return Ok(Value::Bool(decisive));
         }
-        return match (l?, r?) {
+        return match (l?.as_ref(), r?.as_ref()) {
             (Value::Bool(_), Value::Bool(_)) => Ok(Value::Bool(!decisive)),
             (x, y) => err(
                 span,
@@ -203,8 +213,9 @@ fn binary(op: BinaryOp, a: &Expr, b: &Expr, env: &dyn Env, span: Span) -> Result
             ),
         };
     }
-    let l = eval(a, env)?;
-    let r = eval(b, env)?;
+    let l = eval_ref(a, env)?;
+    let r = eval_ref(b, env)?;
+    let (l, r) = (l.as_ref(), r.as_ref());
     let mismatch = || {
         err(
             span,
@@ -219,9 +230,9 @@ fn binary(op: BinaryOp, a: &Expr, b: &Expr, env: &dyn Env, span: Span) -> Result
     let overflow = || err(span, format!("integer overflow in `{}`", op.symbol()));
     use std::cmp::Ordering::*;
     match op {
-        BinaryOp::Eq => Ok(Value::Bool(equal(&l, &r))),
-        BinaryOp::Ne => Ok(Value::Bool(!equal(&l, &r))),
-        BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge => match compare(&l, &r) {
+        BinaryOp::Eq => Ok(Value::Bool(equal(l, r))),
+        BinaryOp::Ne => Ok(Value::Bool(!equal(l, r))),
+        BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge => match compare(l, r) {
             Some(o) => Ok(Value::Bool(match op {
                 BinaryOp::Lt => o == Less,
                 BinaryOp::Le => o != Greater,
@@ -230,15 +241,15 @@ fn binary(op: BinaryOp, a: &Expr, b: &Expr, env: &dyn Env, span: Span) -> Result
             })),
             None => mismatch(),
         },
-        BinaryOp::In => match &r {
-            Value::List(items) => Ok(Value::Bool(items.iter().any(|i| equal(i, &l)))),
-            Value::Map(m) => match &l {
+        BinaryOp::In => match r {
+            Value::List(items) => Ok(Value::Bool(items.iter().any(|i| equal(i, l)))),
+            Value::Map(m) => match l {
                 Value::String(k) => Ok(Value::Bool(m.contains_key(k))),
                 _ => Ok(Value::Bool(false)),
             },
             _ => mismatch(),
         },
-        BinaryOp::Add => match (&l, &r) {
+        BinaryOp::Add => match (l, r) {
             (Value::Int(x), Value::Int(y)) => {
                 x.checked_add(*y).map(Value::Int).map_or_else(overflow, Ok)
             }
@@ -263,9 +274,9 @@ fn binary(op: BinaryOp, a: &Expr, b: &Expr, env: &dyn Env, span: Span) -> Result
                     r.type_name()
                 ),
             ),
-            _ => float(op, &l, &r).map_or_else(mismatch, Ok),
+            _ => float(op, l, r).map_or_else(mismatch, Ok),
         },
-        BinaryOp::Sub => match (&l, &r) {
+        BinaryOp::Sub => match (l, r) {
             (Value::Int(x), Value::Int(y)) => {
                 x.checked_sub(*y).map(Value::Int).map_or_else(overflow, Ok)
             }
@@ -281,15 +292,15 @@ fn binary(op: BinaryOp, a: &Expr, b: &Expr, env: &dyn Env, span: Span) -> Result
                 .checked_sub(*y)
                 .map(Value::Duration)
                 .map_or_else(overflow, Ok),
-            _ => float(op, &l, &r).map_or_else(mismatch, Ok),
+            _ => float(op, l, r).map_or_else(mismatch, Ok),
         },
-        BinaryOp::Mul => match (&l, &r) {
+        BinaryOp::Mul => match (l, r) {
             (Value::Int(x), Value::Int(y)) => {
                 x.checked_mul(*y).map(Value::Int).map_or_else(overflow, Ok)
             }
-            _ => float(op, &l, &r).map_or_else(mismatch, Ok),
+            _ => float(op, l, r).map_or_else(mismatch, Ok),
         },
-        BinaryOp::Div | BinaryOp::Rem => match (&l, &r) {
+        BinaryOp::Div | BinaryOp::Rem => match (l, r) {
             (Value::Int(_), Value::Int(0)) => err(span, "division by zero"),
             (Value::Int(x), Value::Int(y)) => {
                 let v = if op == BinaryOp::Div {
@@ -300,7 +311,7 @@ fn binary(op: BinaryOp, a: &Expr, b: &Expr, env: &dyn Env, span: Span) -> Result
                 v.map(Value::Int).map_or_else(overflow, Ok)
             }
             _ if op == BinaryOp::Rem => mismatch(),
-            _ => float(op, &l, &r).map_or_else(mismatch, Ok),
+            _ => float(op, l, r).map_or_else(mismatch, Ok),
         },
         BinaryOp::And | BinaryOp::Or => mismatch(),
     }

@@ -2,6 +2,11 @@
 
 use indexmap::IndexMap;
 use serde_json::Number;
+use std::hash::BuildHasherDefault;
+
+/// The maps of the expression language: string keys in insertion order,
+/// hashed with a small fast deterministic hasher.
+pub type Map = IndexMap<String, Value, BuildHasherDefault<crate::flow::IdHasher>>;
 use std::fmt;
 
 /// A value computed by an expression.
@@ -20,7 +25,7 @@ pub enum Value {
     /// A list.
     List(Vec<Value>),
     /// A map with string keys, in insertion order.
-    Map(IndexMap<String, Value>),
+    Map(Map),
     /// An instant: microseconds since the Unix epoch, UTC.
     Timestamp(i64),
     /// A span of time in microseconds.
@@ -138,17 +143,23 @@ const MICROS_PER_DAY: i64 = 86_400_000_000;
 /// Formats microseconds since the epoch as RFC 3339 UTC
 /// (`2026-01-01T00:00:00Z`, with a fraction only when there is one).
 pub fn format_timestamp(micros: i64) -> String {
+    use std::fmt::Write;
     let days = micros.div_euclid(MICROS_PER_DAY);
     let rem = micros.rem_euclid(MICROS_PER_DAY);
     let (y, m, d) = civil_from_days(days);
     let secs = rem / 1_000_000;
     let frac = rem % 1_000_000;
     let (hh, mm, ss) = (secs / 3600, secs / 60 % 60, secs % 60);
-    let mut out = format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}");
+    let mut out = String::with_capacity(27);
+    let _ = write!(out, "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}");
     if frac != 0 {
-        let digits = format!("{frac:06}");
-        out.push('.');
-        out.push_str(digits.trim_end_matches('0'));
+        let mut f = frac;
+        let mut digits = 6;
+        while f % 10 == 0 {
+            f /= 10;
+            digits -= 1;
+        }
+        let _ = write!(out, ".{f:0digits$}");
     }
     out.push('Z');
     out

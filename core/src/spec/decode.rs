@@ -1,7 +1,6 @@
 //! Decoding a JSON value into the spec model, collecting every format error
 //! with its JSON Pointer instead of stopping at the first.
 
-use indexmap::IndexMap;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 
@@ -330,18 +329,15 @@ fn template(cx: &mut Cx, v: &Value, path: &str) -> Template {
     }
 }
 
-fn template_map(
-    cx: &mut Cx,
-    v: Option<&Value>,
-    path: &str,
-    names: bool,
-) -> IndexMap<String, Template> {
-    let Some(v) = v else { return IndexMap::new() };
+fn template_map(cx: &mut Cx, v: Option<&Value>, path: &str, names: bool) -> NameMap<Template> {
+    let Some(v) = v else {
+        return NameMap::default();
+    };
     let Value::Object(m) = v else {
         wrong_type(cx, path, "an object", v);
-        return IndexMap::new();
+        return NameMap::default();
     };
-    let mut out = IndexMap::new();
+    let mut out = NameMap::default();
     for (k, v) in m {
         let p = child(path, k);
         if names && !check_name(cx, &p, k, "a field name") {
@@ -609,7 +605,7 @@ fn field(cx: &mut Cx, v: &Value, path: &str) -> Option<Field> {
 fn status_machine(cx: &mut Cx, v: &Value, path: &str) -> Option<StatusMachine> {
     let mut o = Obj::new(cx, v, path, "an object (a status machine)")?;
     let initial = o.string(cx, "initial", true);
-    let mut transitions = IndexMap::new();
+    let mut transitions = NameMap::default();
     let tpath = o.at("transitions");
     let raw = o.req(cx, "transitions");
     for (action, v, p) in object_map(cx, raw, &tpath) {
@@ -928,7 +924,7 @@ fn flow(cx: &mut Cx, v: &Value, path: &str, ids: &mut HashMap<String, String>) -
     let mut o = Obj::new(cx, v, path, "an object (`{\"entry\": …, \"nodes\": {…}}`)")?;
     let entry = o.string(cx, "entry", true);
     let npath = o.at("nodes");
-    let mut nodes = IndexMap::new();
+    let mut nodes = NameMap::default();
     let raw = o.req(cx, "nodes");
     if let Some(Value::Object(m)) = raw {
         if m.is_empty() {
