@@ -1,7 +1,6 @@
 //! `sinew`: check, run and serve business backends written as JSON specs.
 
-mod check;
-mod run;
+use sinew_host::{check, run};
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -459,3 +459,139 @@ impl Target for Native {
         Ok(self.storage.audit())
     }
 }
+
+/// The component engine: the core's WebAssembly component in wasmtime
+/// (through the host's runtime), on the same in-memory store, clock and
+/// scripted externals as [`Native`].
+pub struct Wasm {
+    engine: std::sync::Arc<sinew_host::runtime::Engine>,
+    rt: tokio::runtime::Runtime,
+    executor: Option<sinew_host::runtime::Executor>,
+    storage: sinew_host::runtime::storage::MemoryBackend,
+    clock: std::sync::Arc<sinew_host::runtime::clock::ManualClock>,
+}
+
+impl Wasm {
+    /// A target on a compiled component (share one engine across targets:
+    /// compiling takes a while).
+    pub fn new(engine: std::sync::Arc<sinew_host::runtime::Engine>) -> Wasm {
+        Wasm {
+            engine,
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime"),
+            executor: None,
+            storage: Default::default(),
+            clock: Default::default(),
+        }
+    }
+
+    /// The engine compiled once per test process (cached in
+    /// `target/component-cache`).
+    pub fn engine() -> std::sync::Arc<sinew_host::runtime::Engine> {
+        static ENGINE: std::sync::OnceLock<std::sync::Arc<sinew_host::runtime::Engine>> =
+            std::sync::OnceLock::new();
+        ENGINE
+            .get_or_init(|| {
+                sinew_host::runtime::Engine::new(Some(&root().join("target/component-cache")))
+                    .expect("the component compiles")
+            })
+            .clone()
+    }
+
+    /// The risk report of a spec, computed inside the component.
+    pub fn analyze(&mut self, spec: &str) -> Result<String, String> {
+        let ex = self.executor.as_ref().ok_or("not started")?;
+        self.rt
+            .block_on(ex.analyze(spec))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Loads a spec into a fresh executor (for analyze-only use).
+    pub fn load(&mut self, spec: &str) -> Result<(), String> {
+        let backends = sinew_host::runtime::Backends {
+            storage: std::sync::Arc::new(self.storage.clone()),
+            clock: self.clock.clone(),
+            external: std::sync::Arc::new(sinew_host::runtime::external::Scripted(
+                std::sync::Mutex::new(ScriptedExternal::default()),
+            )),
+        };
+        let ex = self
+            .rt
+            .block_on(sinew_host::runtime::Executor::new(
+                self.engine.clone(),
+                spec.to_string(),
+                backends,
+            ))
+            .map_err(|e| format!("{}: {}", e.code, e.message))?;
+        self.executor = Some(ex);
+        Ok(())
+    }
+}
+
+impl Target for Wasm {
+    fn start(&mut self, scenario: &Scenario) -> Result<(), String> {
+        let bundle =
+            Bundle::load(&scenario.spec).map_err(|e| format!("the spec does not load: {e}"))?;
+        let mut storage = MemoryStorage::default();
+        for (name, entity) in &bundle.spec.entities {
+            for (f, field) in &entity.fields {
+                if field.unique {
+                    storage.set_unique(name, f);
+                }
+            }
+        }
+        for (entity, rows) in &scenario.seed {
+            for row in rows {
+                let row = bundle
+                    .complete_row(entity, row, scenario.clock_ms)
+                    .map_err(|e| format!("seed: {e}"))?;
+                storage
+                    .seed(entity, row)
+                    .map_err(|e| format!("seed: {e}"))?;
+            }
+        }
+        self.storage = sinew_host::runtime::storage::MemoryBackend(std::sync::Arc::new(
+            std::sync::Mutex::new(storage),
+        ));
+        self.clock = Default::default();
+        self.clock
+            .0
+            .store(scenario.clock_ms, std::sync::atomic::Ordering::SeqCst);
+        let external = ScriptedExternal::from_json(&scenario.externals)?;
+        let backends = sinew_host::runtime::Backends {
+            storage: std::sync::Arc::new(self.storage.clone()),
+            clock: self.clock.clone(),
+            external: std::sync::Arc::new(sinew_host::runtime::external::Scripted(
+                std::sync::Mutex::new(external),
+            )),
+        };
+        let ex = self
+            .rt
+            .block_on(sinew_host::runtime::Executor::new(
+                self.engine.clone(),
+                scenario.spec.clone(),
+                backends,
+            ))
+            .map_err(|e| format!("{}: {}", e.code, e.message))?;
+        self.executor = Some(ex);
+        Ok(())
+    }
+
+    fn send(&mut self, request: &Request, at_ms: i64) -> Result<Response, String> {
+        self.clock
+            .0
+            .store(at_ms, std::sync::atomic::Ordering::SeqCst);
+        let ex = self.executor.as_ref().ok_or("not started")?;
+        Ok(self.rt.block_on(ex.execute(request)))
+    }
+
+    fn rows(&mut self, entity: &str) -> Result<Vec<Row>, String> {
+        Ok(self.storage.0.lock().map_err(|_| "poisoned")?.rows(entity))
+    }
+
+    fn audit(&mut self) -> Result<Vec<Value>, String> {
+        Ok(self.storage.0.lock().map_err(|_| "poisoned")?.audit())
+    }
+}

@@ -1,0 +1,188 @@
+//! The WebAssembly component glue of `sinew-core`: it adapts the WIT
+//! interfaces of `wit/` to the core's ports and exports, and nothing clever
+//! lives here. Compiled only for `wasm32`; natively this crate is empty.
+//!
+//! Build: `cargo build -p sinew-host` builds it (see `host/build.rs`), or
+//! `cargo build -p sinew-component --target wasm32-unknown-unknown --release`
+//! followed by componentization.
+#![cfg(target_arch = "wasm32")]
+
+mod ports;
+
+use std::cell::RefCell;
+
+use serde_json::Value;
+use sinew_core::bundle::{Bundle, BundleError};
+use sinew_core::contract::{self, Auth, Request};
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "core",
+});
+
+use exports::sinew::executor::executor::{
+    BundleInfo, Error, Guest as ExecutorGuest, Request as WitRequest, Response,
+};
+use exports::sinew::executor::risk::{Applied, Fixed, Guest as RiskGuest};
+
+/// The largest spec `load` accepts.
+const MAX_SPEC_BYTES: usize = sinew_core::spec::source::MAX_SPEC_BYTES;
+/// The largest request input `execute` accepts.
+const MAX_INPUT_BYTES: usize = 16 << 20;
+
+thread_local! {
+    /// The loaded bundle: set by `load`, read by every `execute`. The core
+    /// keeps no per-request state besides it.
+    static BUNDLE: RefCell<Option<Bundle>> = const { RefCell::new(None) };
+}
+
+struct Component;
+
+export!(Component);
+
+fn error(code: &str, message: impl Into<String>, pointer: &str) -> Error {
+    Error {
+        code: code.to_string(),
+        message: message.into(),
+        pointer: pointer.to_string(),
+    }
+}
+
+impl ExecutorGuest for Component {
+    fn load(spec: String) -> Result<BundleInfo, Error> {
+        if spec.len() > MAX_SPEC_BYTES {
+            return Err(error(
+                "too-large",
+                format!(
+                    "the spec is {} bytes, more than the {} MiB limit",
+                    spec.len(),
+                    MAX_SPEC_BYTES >> 20
+                ),
+                "",
+            ));
+        }
+        let bundle = Bundle::load(&spec).map_err(|e| match &e {
+            BundleError::Invalid(list) => {
+                let first = list.first();
+                let code = if first.is_some_and(|d| {
+                    matches!(
+                        d.code.as_str(),
+                        "json-syntax" | "empty" | "too-deep" | "duplicate-key"
+                    )
+                }) {
+                    "invalid-json"
+                } else {
+                    "spec-errors"
+                };
+                error(code, e.to_string(), first.map_or("", |d| d.path.as_str()))
+            }
+            BundleError::Blocked { tool, .. } => {
+                error("blocked", e.to_string(), &format!("/tools/{tool}"))
+            }
+            BundleError::Schema { tool, which, .. } => {
+                error("schema", e.to_string(), &format!("/tools/{tool}/{which}"))
+            }
+        })?;
+        let info = BundleInfo {
+            name: bundle.spec.name.clone(),
+            hash: bundle.hash.clone(),
+            tools: bundle.spec.tools.keys().cloned().collect(),
+        };
+        BUNDLE.with(|b| *b.borrow_mut() = Some(bundle));
+        Ok(info)
+    }
+
+    fn execute(request: WitRequest) -> Result<Response, Error> {
+        if request.input.len() > MAX_INPUT_BYTES {
+            return Err(error(
+                "too-large",
+                format!(
+                    "the input is {} bytes, more than {} MiB",
+                    request.input.len(),
+                    MAX_INPUT_BYTES >> 20
+                ),
+                "",
+            ));
+        }
+        let input: Value = serde_json::from_str(&request.input)
+            .map_err(|e| error("invalid-json", format!("the input is not JSON: {e}"), ""))?;
+        let auth = match request.auth {
+            None => None,
+            Some(c) => Some(Auth {
+                sub: c.sub,
+                roles: c.roles,
+                claims: serde_json::from_str(&c.claims).unwrap_or(Value::Null),
+            }),
+        };
+        let req = Request {
+            tool: request.tool,
+            input,
+            auth,
+            id: request.id,
+            idempotency_key: request.idempotency_key,
+        };
+        BUNDLE.with(|b| {
+            let guard = b.borrow();
+            let Some(bundle) = guard.as_ref() else {
+                return Err(error(
+                    "not-loaded",
+                    "no bundle is loaded: call `load` first",
+                    "",
+                ));
+            };
+            let mut storage = ports::WitStorage::default();
+            let r = contract::execute(
+                bundle,
+                &req,
+                &mut storage,
+                &mut ports::WitClock,
+                &mut ports::WitExternal,
+            );
+            Ok(Response {
+                status: r.status,
+                body: r.body.to_string(),
+                audit: r.audit.to_string(),
+            })
+        })
+    }
+}
+
+impl RiskGuest for Component {
+    fn analyze(spec: String) -> String {
+        sinew_core::risk::check(&spec).to_json()
+    }
+
+    fn fix(spec: String) -> Fixed {
+        let out = sinew_core::risk::fix(&spec);
+        Fixed {
+            spec: out.text,
+            applied: out
+                .applied
+                .into_iter()
+                .map(|a| Applied {
+                    code: a.code,
+                    tool: a.tool,
+                    path: a.path,
+                    summary: a.summary,
+                })
+                .collect(),
+            report: out.report.to_json(),
+        }
+    }
+}
+
+/// getrandom's custom backend: the component has no source of randomness,
+/// by design. Only `ahash` (inside jsonschema) asks, to seed hash maps; a
+/// constant seed keeps every run identical.
+///
+/// # Safety
+/// getrandom calls it with a valid, writable buffer of `len` bytes.
+#[unsafe(no_mangle)]
+unsafe extern "Rust" fn __getrandom_v03_custom(
+    dest: *mut u8,
+    len: usize,
+) -> Result<(), getrandom::Error> {
+    // SAFETY: getrandom guarantees `dest` is valid for `len` writable bytes.
+    unsafe { std::ptr::write_bytes(dest, 0x5a, len) };
+    Ok(())
+}

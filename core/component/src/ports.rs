@@ -1,0 +1,290 @@
+//! The core's ports on top of the imported WIT interfaces.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use sinew_core::ports::{
+    self, CallOutcome, CallRequest, CallResult, Claim, Condition, Query, Row, StorageError, TxId,
+};
+use sinew_core::spec::{Backoff, FilterOp, Isolation};
+
+use crate::sinew::executor::{clock, external, storage, types};
+
+/// Storage through the `storage` import. Transactions are WIT resources;
+/// the core names them by `TxId`.
+#[derive(Default)]
+pub struct WitStorage {
+    txs: BTreeMap<u64, storage::Transaction>,
+    next: u64,
+}
+
+fn isolation(i: Isolation) -> types::Isolation {
+    match i {
+        Isolation::ReadCommitted => types::Isolation::ReadCommitted,
+        Isolation::RepeatableRead => types::Isolation::RepeatableRead,
+        Isolation::Serializable => types::Isolation::Serializable,
+    }
+}
+
+fn op(o: FilterOp) -> types::FilterOp {
+    match o {
+        FilterOp::Eq => types::FilterOp::Eq,
+        FilterOp::Ne => types::FilterOp::Ne,
+        FilterOp::Lt => types::FilterOp::Lt,
+        FilterOp::Lte => types::FilterOp::Lte,
+        FilterOp::Gt => types::FilterOp::Gt,
+        FilterOp::Gte => types::FilterOp::Gte,
+        FilterOp::In => types::FilterOp::In,
+    }
+}
+
+fn query(q: &Query) -> types::Query {
+    types::Query {
+        filters: q
+            .filters
+            .iter()
+            .map(|c: &Condition| types::Condition {
+                field: c.field.clone(),
+                op: op(c.op),
+                value: c.value.to_string(),
+            })
+            .collect(),
+        order: q
+            .order
+            .iter()
+            .map(|k| types::SortKey {
+                field: k.field.clone(),
+                desc: k.desc,
+            })
+            .collect(),
+        limit: q.limit,
+        after: q
+            .after
+            .as_ref()
+            .map(|a| a.iter().map(Value::to_string).collect()),
+        lock: q.lock,
+    }
+}
+
+fn error(e: types::StorageError) -> StorageError {
+    match e {
+        types::StorageError::Conflict(message) => StorageError::Conflict { message },
+        types::StorageError::Unique(u) => StorageError::Unique {
+            entity: u.entity,
+            field: u.field,
+        },
+        types::StorageError::NotFound(r) => StorageError::NotFound {
+            entity: r.entity,
+            id: r.id,
+        },
+        types::StorageError::Unavailable(message) => StorageError::Unavailable { message },
+        types::StorageError::Invalid(message) => StorageError::Invalid { message },
+    }
+}
+
+fn row(text: &str) -> Result<Row, StorageError> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err(StorageError::Invalid {
+            message: "the host returned a row that is not a JSON object".into(),
+        }),
+    }
+}
+
+fn rows(list: Vec<String>) -> Result<Vec<Row>, StorageError> {
+    list.iter().map(|t| row(t)).collect()
+}
+
+impl WitStorage {
+    fn tx(&self, tx: TxId) -> Result<&storage::Transaction, StorageError> {
+        self.txs.get(&tx.0).ok_or_else(|| StorageError::Invalid {
+            message: format!("transaction {} is unknown or finished", tx.0),
+        })
+    }
+
+    fn keep(&mut self, t: storage::Transaction) -> TxId {
+        self.next += 1;
+        self.txs.insert(self.next, t);
+        TxId(self.next)
+    }
+}
+
+impl ports::Storage for WitStorage {
+    fn begin(&mut self, level: Isolation, parent: Option<TxId>) -> Result<TxId, StorageError> {
+        let t = match parent {
+            None => storage::begin(isolation(level)).map_err(error)?,
+            Some(p) => self.tx(p)?.savepoint(isolation(level)).map_err(error)?,
+        };
+        Ok(self.keep(t))
+    }
+
+    fn read(
+        &mut self,
+        tx: Option<TxId>,
+        entity: &str,
+        q: &Query,
+    ) -> Result<Vec<Row>, StorageError> {
+        let q = query(q);
+        let list = match tx {
+            Some(t) => self.tx(t)?.read(entity, &q),
+            None => storage::read(entity, &q),
+        };
+        rows(list.map_err(error)?)
+    }
+
+    fn insert(&mut self, tx: TxId, entity: &str, r: &Row) -> Result<Row, StorageError> {
+        let text = Value::Object(r.clone()).to_string();
+        row(&self.tx(tx)?.insert(entity, &text).map_err(error)?)
+    }
+
+    fn update(
+        &mut self,
+        tx: TxId,
+        entity: &str,
+        id: &str,
+        expected_version: i64,
+        changes: &Row,
+    ) -> Result<Row, StorageError> {
+        let text = Value::Object(changes.clone()).to_string();
+        row(&self
+            .tx(tx)?
+            .update(entity, id, expected_version, &text)
+            .map_err(error)?)
+    }
+
+    fn soft_delete(
+        &mut self,
+        tx: TxId,
+        entity: &str,
+        id: &str,
+        expected_version: i64,
+        deleted_at: &str,
+    ) -> Result<Row, StorageError> {
+        row(&self
+            .tx(tx)?
+            .soft_delete(entity, id, expected_version, deleted_at)
+            .map_err(error)?)
+    }
+
+    fn commit(&mut self, tx: TxId) -> Result<(), StorageError> {
+        let t = self
+            .txs
+            .remove(&tx.0)
+            .ok_or_else(|| StorageError::Invalid {
+                message: format!("transaction {} is unknown or finished", tx.0),
+            })?;
+        t.commit().map_err(error)
+    }
+
+    fn rollback(&mut self, tx: TxId) -> Result<(), StorageError> {
+        let t = self
+            .txs
+            .remove(&tx.0)
+            .ok_or_else(|| StorageError::Invalid {
+                message: format!("transaction {} is unknown or finished", tx.0),
+            })?;
+        t.rollback().map_err(error)
+    }
+
+    fn append_audit(&mut self, tx: Option<TxId>, entry: &Value) -> Result<(), StorageError> {
+        let text = entry.to_string();
+        match tx {
+            Some(t) => self.tx(t)?.append_audit(&text),
+            None => storage::append_audit(&text),
+        }
+        .map_err(error)
+    }
+
+    fn claim_key(
+        &mut self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+        now_ms: i64,
+    ) -> Result<Claim, StorageError> {
+        Ok(
+            match storage::claim_key(scope, key, fingerprint, now_ms).map_err(error)? {
+                types::Claim::New => Claim::New,
+                types::Claim::Replay(r) => Claim::Replay {
+                    status: r.status,
+                    body: serde_json::from_str(&r.body).unwrap_or(Value::Null),
+                },
+                types::Claim::Mismatch => Claim::Mismatch,
+                types::Claim::InFlight => Claim::InFlight,
+            },
+        )
+    }
+
+    fn complete_key(
+        &mut self,
+        tx: Option<TxId>,
+        scope: &str,
+        key: &str,
+        status: u16,
+        body: &Value,
+    ) -> Result<(), StorageError> {
+        let text = body.to_string();
+        match tx {
+            Some(t) => self.tx(t)?.complete_key(scope, key, status, &text),
+            None => storage::complete_key(scope, key, status, &text),
+        }
+        .map_err(error)
+    }
+
+    fn release_key(&mut self, scope: &str, key: &str) -> Result<(), StorageError> {
+        storage::release_key(scope, key).map_err(error)
+    }
+
+    fn rate_hit(&mut self, scope: &str, window_ms: i64) -> Result<u64, StorageError> {
+        storage::rate_hit(scope, window_ms).map_err(error)
+    }
+}
+
+/// The clock through the `clock` import.
+pub struct WitClock;
+
+impl ports::Clock for WitClock {
+    fn now_ms(&mut self) -> i64 {
+        clock::now_ms()
+    }
+}
+
+/// External calls through the `external` import.
+pub struct WitExternal;
+
+impl ports::External for WitExternal {
+    fn call(&mut self, r: &CallRequest) -> CallResult {
+        let request = external::CallRequest {
+            service: r.service.clone(),
+            operation: r.operation.clone(),
+            args: r.args.to_string(),
+            timeout_ms: r.timeout_ms,
+            max_attempts: r.max_attempts,
+            backoff: match r.backoff {
+                Backoff::Exponential => external::Backoff::Exponential,
+                Backoff::Fixed => external::Backoff::Fixed,
+                Backoff::None => external::Backoff::None,
+            },
+            initial_backoff_ms: r.initial_backoff_ms,
+            idempotency_key: r.idempotency_key.clone(),
+        };
+        let result = external::call(&request);
+        let parse = |t: &str| serde_json::from_str(t).unwrap_or(Value::Null);
+        CallResult {
+            outcome: match &result.outcome {
+                external::CallOutcome::Ok(v) => CallOutcome::Ok { value: parse(v) },
+                external::CallOutcome::Declined(v) => CallOutcome::Declined { value: parse(v) },
+                external::CallOutcome::Failed(m) => CallOutcome::Failed { message: m.clone() },
+            },
+            attempts: result
+                .attempts
+                .iter()
+                .map(|a| sinew_core::ports::Attempt {
+                    status: a.status,
+                    error: a.error.clone(),
+                    duration_ms: a.duration_ms,
+                })
+                .collect(),
+        }
+    }
+}

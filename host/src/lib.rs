@@ -1,0 +1,10 @@
+//! The sinew host: the `sinew` command's library. It checks specs, runs
+//! them in memory, and runs the core's WebAssembly component in wasmtime.
+
+pub mod check;
+pub mod run;
+pub mod runtime;
+
+/// The core's WebAssembly component, built from the current sources by
+/// `build.rs`.
+pub static COMPONENT: &[u8] = include_bytes!(env!("SINEW_COMPONENT_PATH"));

@@ -1,0 +1,399 @@
+//! The component runtime: wasmtime running the core's component, with the
+//! three imported interfaces implemented on host backends.
+//!
+//! One [`Engine`] per process (the component compiled ahead of time and
+//! cached as `.cwasm`); one [`Executor`] per loaded spec, keeping a pool of
+//! instances that loaded the spec once (the core keeps no per-request state
+//! besides the bundle), discarded after any trap.
+
+pub mod bindings;
+pub mod cache;
+pub mod clock;
+pub mod external;
+pub mod storage;
+
+use anyhow::{Context, Result, anyhow};
+use serde_json::{Value, json};
+use sinew_core::contract::{Request, Response};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{
+    Config, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder,
+};
+
+use bindings::{Core, CorePre};
+
+/// Epoch ticks per second: the granularity of guest deadlines.
+const TICKS_PER_SECOND: u64 = 100;
+/// The most linear memory one instance may use.
+pub const MAX_MEMORY: usize = 512 << 20;
+/// The deadline of a request whose tool sets no `timeoutMs`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Per-store host state: the resource table, limits and the backends.
+pub struct HostState {
+    pub(crate) table: ResourceTable,
+    limits: StoreLimits,
+    pub(crate) backends: Backends,
+    /// Transactions opened by the guest and not finished yet (rolled back
+    /// if the guest traps).
+    pub(crate) open: Vec<u64>,
+}
+
+/// What the imports run on.
+#[derive(Clone)]
+pub struct Backends {
+    /// Storage (in memory, or Postgres).
+    pub storage: Arc<dyn storage::StorageBackend>,
+    /// Time.
+    pub clock: Arc<dyn clock::ClockBackend>,
+    /// Outbound calls.
+    pub external: Arc<dyn external::ExternalBackend>,
+}
+
+/// The compiled component, ready to instantiate.
+pub struct Engine {
+    engine: wasmtime::Engine,
+    pre: CorePre<HostState>,
+    /// `sha256:` + hex of the component's bytes.
+    pub component_hash: String,
+    /// Whether the compiled component came from the cache.
+    pub from_cache: bool,
+}
+
+impl Engine {
+    /// Compiles (or loads from `cache_dir`) the embedded component.
+    pub fn new(cache_dir: Option<&std::path::Path>) -> Result<Arc<Engine>> {
+        Engine::from_bytes(crate::COMPONENT, cache_dir)
+    }
+
+    /// Compiles (or loads from the cache) a component.
+    pub fn from_bytes(
+        component: &[u8],
+        cache_dir: Option<&std::path::Path>,
+    ) -> Result<Arc<Engine>> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(1000)
+            .total_core_instances(1000)
+            .total_memories(1000)
+            .max_memory_size(MAX_MEMORY);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = wasmtime::Engine::new(&config).map_err(|e| anyhow!("{e:?}"))?;
+        let (compiled, from_cache) = cache::load_or_compile(&engine, component, cache_dir)?;
+        let mut linker: Linker<HostState> = Linker::new(&engine);
+        Core::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| anyhow!("{e:?}"))?;
+        let pre = linker
+            .instantiate_pre(&compiled)
+            .map_err(|e| anyhow!("{e:?}"))?;
+        let pre = CorePre::new(pre).map_err(|e| anyhow!("{e:?}"))?;
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("sinew-epoch".into())
+            .spawn(move || {
+                while let Some(e) = ticker.upgrade() {
+                    e.increment_epoch();
+                    drop(e);
+                    std::thread::sleep(Duration::from_millis(1000 / TICKS_PER_SECOND));
+                }
+            })
+            .context("starting the epoch ticker")?;
+        Ok(Arc::new(Engine {
+            engine,
+            pre,
+            component_hash: format!("sha256:{}", sinew_core::bundle::sha256_hex(component)),
+            from_cache,
+        }))
+    }
+
+    fn store(&self, backends: &Backends) -> Store<HostState> {
+        let state = HostState {
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(MAX_MEMORY)
+                .trap_on_grow_failure(true)
+                .build(),
+            backends: backends.clone(),
+            open: Vec::new(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        store
+    }
+
+    /// A fresh instance (for measurements: how long instantiation takes).
+    pub async fn instantiate(&self, backends: &Backends) -> Result<(Store<HostState>, Core)> {
+        let mut store = self.store(backends);
+        store.set_epoch_deadline(DEFAULT_TIMEOUT.as_secs() * TICKS_PER_SECOND);
+        let core = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| anyhow!("{e:?}"))?;
+        Ok((store, core))
+    }
+}
+
+/// Why a spec could not be loaded into the component.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct LoadError {
+    /// Stable code (see `wit/world.wit`).
+    pub code: String,
+    /// One sentence.
+    pub message: String,
+    /// JSON Pointer into the spec.
+    pub pointer: String,
+}
+
+struct Pooled {
+    store: Store<HostState>,
+    core: Core,
+}
+
+/// A spec loaded into the component, serving requests.
+pub struct Executor {
+    engine: Arc<Engine>,
+    spec: String,
+    backends: Backends,
+    pool: Mutex<Vec<Pooled>>,
+    /// Each tool's deadline.
+    timeouts: std::collections::HashMap<String, Duration>,
+    /// The bundle's hash, for audit entries the host writes itself.
+    pub bundle_hash: String,
+}
+
+impl Executor {
+    /// Loads `spec` into a first instance (checking that it can run).
+    pub async fn new(
+        engine: Arc<Engine>,
+        spec: String,
+        backends: Backends,
+    ) -> Result<Executor, LoadError> {
+        let bundle = sinew_core::bundle::Bundle::load(&spec);
+        let timeouts = match &bundle {
+            Ok(b) => b
+                .spec
+                .tools
+                .iter()
+                .map(|(n, t)| {
+                    (
+                        n.clone(),
+                        t.limits
+                            .timeout_ms
+                            .map_or(DEFAULT_TIMEOUT, Duration::from_millis),
+                    )
+                })
+                .collect(),
+            Err(_) => Default::default(),
+        };
+        let mut ex = Executor {
+            engine,
+            spec,
+            backends,
+            pool: Mutex::new(Vec::new()),
+            timeouts,
+            bundle_hash: String::new(),
+        };
+        let first = ex.fresh().await?;
+        ex.bundle_hash = bundle.map(|b| b.hash).unwrap_or_default();
+        ex.put(first);
+        Ok(ex)
+    }
+
+    async fn fresh(&self) -> Result<Pooled, LoadError> {
+        let internal = |e: anyhow::Error| LoadError {
+            code: "internal".into(),
+            message: format!("{e:#}"),
+            pointer: String::new(),
+        };
+        let (mut store, core) = self
+            .engine
+            .instantiate(&self.backends)
+            .await
+            .map_err(internal)?;
+        store.set_epoch_deadline(DEFAULT_TIMEOUT.as_secs() * TICKS_PER_SECOND);
+        let loaded = core
+            .sinew_executor_executor()
+            .call_load(&mut store, &self.spec)
+            .await
+            .map_err(|e| internal(anyhow!("{e:?}")))?;
+        match loaded {
+            Ok(_) => Ok(Pooled { store, core }),
+            Err(e) => Err(LoadError {
+                code: e.code,
+                message: e.message,
+                pointer: e.pointer,
+            }),
+        }
+    }
+
+    fn take(&self) -> Option<Pooled> {
+        self.pool.lock().ok()?.pop()
+    }
+
+    fn put(&self, p: Pooled) {
+        if let Ok(mut pool) = self.pool.lock() {
+            pool.push(p);
+        }
+    }
+
+    /// Runs one request. A trap (a bug, the deadline, memory) rolls back
+    /// what the guest had open, answers 500 or 504, writes the final audit
+    /// entry itself, and discards the instance.
+    pub async fn execute(&self, request: &Request) -> Response {
+        let mut p = match self.take() {
+            Some(p) => p,
+            None => match self.fresh().await {
+                Ok(p) => p,
+                Err(e) => {
+                    return self
+                        .host_failure(
+                            request,
+                            500,
+                            "internal",
+                            &format!("could not start an executor: {}", e.message),
+                        )
+                        .await;
+                }
+            },
+        };
+        let timeout = self
+            .timeouts
+            .get(&request.tool)
+            .copied()
+            .unwrap_or(DEFAULT_TIMEOUT);
+        let ticks = (timeout.as_millis() as u64 * TICKS_PER_SECOND)
+            .div_ceil(1000)
+            .max(1)
+            + 1;
+        p.store.set_epoch_deadline(ticks);
+        let wit = bindings::request(request);
+        let started = Instant::now();
+        let result = p
+            .core
+            .sinew_executor_executor()
+            .call_execute(&mut p.store, &wit)
+            .await;
+        match result {
+            Ok(Ok(r)) => {
+                let response = Response {
+                    status: r.status,
+                    body: serde_json::from_str(&r.body).unwrap_or(Value::Null),
+                    audit: serde_json::from_str(&r.audit).unwrap_or(Value::Null),
+                };
+                p.store.data_mut().open.clear();
+                self.put(p);
+                response
+            }
+            Ok(Err(e)) => {
+                self.put(p);
+                self.host_failure(request, 500, "internal", &e.message)
+                    .await
+            }
+            Err(trap) => {
+                let open = std::mem::take(&mut p.store.data_mut().open);
+                for tx in open.into_iter().rev() {
+                    let _ = self.backends.storage.rollback(tx).await;
+                }
+                let deadline = matches!(
+                    trap.downcast_ref::<wasmtime::Trap>(),
+                    Some(wasmtime::Trap::Interrupt)
+                ) || started.elapsed() >= timeout;
+                drop(p);
+                if deadline {
+                    self.host_failure(
+                        request,
+                        504,
+                        "deadline_exceeded",
+                        &format!(
+                            "`{}` ran longer than {} ms",
+                            request.tool,
+                            timeout.as_millis()
+                        ),
+                    )
+                    .await
+                } else {
+                    self.host_failure(
+                        request,
+                        500,
+                        "internal",
+                        &format!("the executor stopped: {trap:?}"),
+                    )
+                    .await
+                }
+            }
+        }
+    }
+
+    /// The response and final audit entry for a request the guest could not
+    /// answer (it trapped).
+    async fn host_failure(
+        &self,
+        request: &Request,
+        status: u16,
+        code: &str,
+        internal: &str,
+    ) -> Response {
+        let problem = sinew_core::problem::Problem::new(
+            status,
+            code,
+            if status == 504 {
+                "the request ran out of time; nothing was changed"
+            } else {
+                "internal error"
+            },
+        )
+        .internal(internal.to_string());
+        let now = self.backends.clock.now_ms();
+        let body = problem.body(&request.id);
+        let audit = json!({
+            "kind": "final",
+            "execution": request.id,
+            "time": sinew_core::expr::value::format_timestamp(now.saturating_mul(1000)),
+            "tool": request.tool,
+            "bundle": self.bundle_hash,
+            "subject": request.auth.as_ref().map(|a| a.sub.clone()),
+            "roles": request.auth.as_ref().map(|a| a.roles.clone()).unwrap_or_default(),
+            "input": request.input,
+            "outcome": "error",
+            "status": status,
+            "code": code,
+            "detail": problem.detail,
+            "internal": internal,
+            "rows": [],
+            "calls": [],
+            "policies": [],
+        });
+        let _ = self.backends.storage.append_audit(None, &audit).await;
+        Response {
+            status,
+            body,
+            audit,
+        }
+    }
+
+    /// Risk report through the component (same engine as `execute`).
+    pub async fn analyze(&self, spec: &str) -> Result<String> {
+        let mut p = match self.take() {
+            Some(p) => p,
+            None => self.fresh().await.map_err(|e| anyhow!("{}", e.message))?,
+        };
+        let out = p
+            .core
+            .sinew_executor_risk()
+            .call_analyze(&mut p.store, spec)
+            .await
+            .map_err(|e| anyhow!("{e:?}"))?;
+        self.put(p);
+        Ok(out)
+    }
+}

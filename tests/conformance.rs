@@ -1,0 +1,83 @@
+//! Conformance: the component (in wasmtime) and the native core give
+//! byte-identical responses, state and audit entries on every scenario, and
+//! byte-identical risk reports on every spec under `specs/`.
+
+use sinew_tests::scenario::{Native, Scenario, Trace, Wasm, corpus, run, trace};
+use sinew_tests::specs_in;
+
+fn bytes(t: &Trace) -> String {
+    let responses: Vec<_> = t
+        .responses
+        .iter()
+        .map(|r| serde_json::json!([r.status, r.body, r.audit]))
+        .collect();
+    serde_json::to_string_pretty(
+        &serde_json::json!({"responses": responses, "state": t.state, "audit": t.audit}),
+    )
+    .unwrap()
+}
+
+#[test]
+fn scenarios_are_byte_identical_on_the_component() {
+    let engine = Wasm::engine();
+    let mut failures = Vec::new();
+    for path in corpus() {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let sc = Scenario::read(&path).unwrap();
+        let native = trace(&sc, &mut Native::default()).unwrap();
+        let mut wasm = Wasm::new(engine.clone());
+        match run(&sc, &mut wasm) {
+            Err(e) => failures.push(format!(
+                "--- {name}: expectations fail on the component\n{e}"
+            )),
+            Ok(component) => {
+                let (a, b) = (bytes(&native), bytes(&component));
+                if a != b {
+                    let first = a
+                        .lines()
+                        .zip(b.lines())
+                        .enumerate()
+                        .find(|(_, (x, y))| x != y);
+                    failures.push(format!(
+                        "--- {name}: native and component differ at {first:?}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn risk_reports_are_byte_identical_on_the_component() {
+    let mut wasm = Wasm::new(Wasm::engine());
+    let shop =
+        std::fs::read_to_string(sinew_tests::root().join("specs/examples/shop.json")).unwrap();
+    wasm.load(&shop).unwrap();
+    let mut n = 0;
+    for path in specs_in("specs/examples")
+        .into_iter()
+        .chain(specs_in("specs/unsafe"))
+    {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let native = sinew_core::risk::check(&text).to_json();
+        let component = wasm.analyze(&text).unwrap();
+        assert_eq!(native, component, "{}", path.display());
+        n += 1;
+    }
+    // Broken specs too: errors and their pointers agree.
+    for text in [
+        "",
+        "{",
+        r#"{"sinew": "0.1"}"#,
+        "[1, 2]",
+        r#"{"sinew": "0.1", "name": "x", "tools": {"t": {"flow": 3}}}"#,
+    ] {
+        assert_eq!(
+            sinew_core::risk::check(text).to_json(),
+            wasm.analyze(text).unwrap(),
+            "{text}"
+        );
+    }
+    assert!(n >= 20);
+}
