@@ -21,12 +21,40 @@ struct Cli {
 enum Command {
     Check(check::Args),
     Run(run::Args),
+    Component(ComponentArgs),
+}
+
+/// Write the core's WebAssembly component (built from these sources) to a
+/// file, for other runtimes (wasmtime CLI, jco for Node and the browser).
+///
+/// The component imports only `sinew:executor/storage`, `clock` and
+/// `external`, and exports `executor` and `risk` (see `wit/`).
+#[derive(clap::Args)]
+struct ComponentArgs {
+    /// Where to write it.
+    #[arg(long, default_value = "sinew.component.wasm")]
+    out: std::path::PathBuf,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Check(args) => check::run(&args),
+        Command::Component(args) => match std::fs::write(&args.out, sinew_host::COMPONENT) {
+            Ok(()) => {
+                println!(
+                    "wrote {} ({} bytes, sha256:{})",
+                    args.out.display(),
+                    sinew_host::COMPONENT.len(),
+                    sinew_core::bundle::sha256_hex(sinew_host::COMPONENT)
+                );
+                0
+            }
+            Err(e) => {
+                eprintln!("error: cannot write `{}`: {e}", args.out.display());
+                2
+            }
+        },
         Command::Run(args) => match run::run(&args) {
             Ok(run::Outcome::Ok) => 0,
             Ok(run::Outcome::Error) => 1,

@@ -29,6 +29,8 @@ use bindings::{Core, CorePre};
 const TICKS_PER_SECOND: u64 = 100;
 /// The most linear memory one instance may use.
 pub const MAX_MEMORY: usize = 512 << 20;
+/// The largest input an audit entry written by the host copies.
+const MAX_AUDITED_INPUT: usize = 64 << 10;
 /// The deadline of a request whose tool sets no `timeoutMs`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -56,6 +58,7 @@ pub struct Backends {
 /// The compiled component, ready to instantiate.
 pub struct Engine {
     engine: wasmtime::Engine,
+    max_memory: usize,
     pre: CorePre<HostState>,
     /// `sha256:` + hex of the component's bytes.
     pub component_hash: String,
@@ -74,13 +77,22 @@ impl Engine {
         component: &[u8],
         cache_dir: Option<&std::path::Path>,
     ) -> Result<Arc<Engine>> {
+        Engine::with_memory(component, cache_dir, MAX_MEMORY)
+    }
+
+    /// Like [`Engine::from_bytes`], with a per-instance memory limit.
+    pub fn with_memory(
+        component: &[u8],
+        cache_dir: Option<&std::path::Path>,
+        max_memory: usize,
+    ) -> Result<Arc<Engine>> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(1000)
             .total_core_instances(1000)
             .total_memories(1000)
-            .max_memory_size(MAX_MEMORY);
+            .max_memory_size(max_memory);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = wasmtime::Engine::new(&config).map_err(|e| anyhow!("{e:?}"))?;
         let (compiled, from_cache) = cache::load_or_compile(&engine, component, cache_dir)?;
@@ -107,6 +119,7 @@ impl Engine {
             .context("starting the epoch ticker")?;
         Ok(Arc::new(Engine {
             engine,
+            max_memory,
             pre,
             component_hash: format!("sha256:{}", sinew_core::bundle::sha256_hex(component)),
             from_cache,
@@ -117,7 +130,7 @@ impl Engine {
         let state = HostState {
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
-                .memory_size(MAX_MEMORY)
+                .memory_size(self.max_memory)
                 .trap_on_grow_failure(true)
                 .build(),
             backends: backends.clone(),
@@ -296,8 +309,12 @@ impl Executor {
             }
             Ok(Err(e)) => {
                 self.put(p);
-                self.host_failure(request, 500, "internal", &e.message)
-                    .await
+                let (status, code) = match e.code.as_str() {
+                    "too-large" => (413, "too_large"),
+                    "invalid-json" => (400, "invalid_json"),
+                    _ => (500, "internal"),
+                };
+                self.host_failure(request, status, code, &e.message).await
             }
             Err(trap) => {
                 let open = std::mem::take(&mut p.store.data_mut().open);
@@ -343,18 +360,16 @@ impl Executor {
         code: &str,
         internal: &str,
     ) -> Response {
-        let problem = sinew_core::problem::Problem::new(
-            status,
-            code,
-            if status == 504 {
-                "the request ran out of time; nothing was changed"
-            } else {
-                "internal error"
-            },
-        )
-        .internal(internal.to_string());
+        let detail = match status {
+            504 => "the request ran out of time; nothing was changed".to_string(),
+            500 => "internal error".to_string(),
+            _ => internal.to_string(),
+        };
+        let problem =
+            sinew_core::problem::Problem::new(status, code, detail).internal(internal.to_string());
         let now = self.backends.clock.now_ms();
         let body = problem.body(&request.id);
+        let input_text = sinew_core::bundle::canonical(&request.input);
         let audit = json!({
             "kind": "final",
             "execution": request.id,
@@ -363,7 +378,9 @@ impl Executor {
             "bundle": self.bundle_hash,
             "subject": request.auth.as_ref().map(|a| a.sub.clone()),
             "roles": request.auth.as_ref().map(|a| a.roles.clone()).unwrap_or_default(),
-            "input": request.input,
+            // A large input is kept as its hash only.
+            "input": if input_text.len() <= MAX_AUDITED_INPUT { request.input.clone() } else { json!({"omitted": format!("{} bytes", input_text.len())}) },
+            "inputHash": format!("sha256:{}", sinew_core::bundle::sha256_hex(input_text.as_bytes())),
             "outcome": "error",
             "status": status,
             "code": code,
