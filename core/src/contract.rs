@@ -307,7 +307,7 @@ pub fn execute(
                 let errors: Vec<serde_json::Value> = compiled
                     .output
                     .iter_errors(&value)
-                    .map(|e| json!({"pointer": e.instance_path().to_string(), "message": e.to_string()}))
+                    .map(|e| violation(&e))
                     .collect();
                 if errors.is_empty() {
                     Ok((status, value))

@@ -393,6 +393,30 @@ pub fn corpus() -> Vec<PathBuf> {
     crate::specs_in("tests/scenarios")
 }
 
+/// A fresh in-memory store for a scenario: unique fields declared, seed
+/// rows completed and inserted.
+pub fn seeded_store(bundle: &Bundle, scenario: &Scenario) -> Result<MemoryStorage, String> {
+    let mut storage = MemoryStorage::default();
+    for (name, entity) in &bundle.spec.entities {
+        for (f, field) in &entity.fields {
+            if field.unique {
+                storage.set_unique(name, f);
+            }
+        }
+    }
+    for (entity, rows) in &scenario.seed {
+        for row in rows {
+            let row = bundle
+                .complete_row(entity, row, scenario.clock_ms)
+                .map_err(|e| format!("seed: {e}"))?;
+            storage
+                .seed(entity, row)
+                .map_err(|e| format!("seed: {e}"))?;
+        }
+    }
+    Ok(storage)
+}
+
 /// The native engine: the interpreter in this process, the in-memory store,
 /// a fixed clock, scripted externals.
 #[derive(Default)]
@@ -414,24 +438,7 @@ impl Target for Native {
     fn start(&mut self, scenario: &Scenario) -> Result<(), String> {
         let bundle =
             Bundle::load(&scenario.spec).map_err(|e| format!("the spec does not load: {e}"))?;
-        let mut storage = MemoryStorage::default();
-        for (name, entity) in &bundle.spec.entities {
-            for (f, field) in &entity.fields {
-                if field.unique {
-                    storage.set_unique(name, f);
-                }
-            }
-        }
-        for (entity, rows) in &scenario.seed {
-            for row in rows {
-                let row = bundle
-                    .complete_row(entity, row, scenario.clock_ms)
-                    .map_err(|e| format!("seed: {e}"))?;
-                storage
-                    .seed(entity, row)
-                    .map_err(|e| format!("seed: {e}"))?;
-            }
-        }
+        let storage = seeded_store(&bundle, scenario)?;
         self.storage = storage;
         self.clock = FixedClock::new(scenario.clock_ms);
         self.external = ScriptedExternal::from_json(&scenario.externals)?;
@@ -534,24 +541,7 @@ impl Target for Wasm {
     fn start(&mut self, scenario: &Scenario) -> Result<(), String> {
         let bundle =
             Bundle::load(&scenario.spec).map_err(|e| format!("the spec does not load: {e}"))?;
-        let mut storage = MemoryStorage::default();
-        for (name, entity) in &bundle.spec.entities {
-            for (f, field) in &entity.fields {
-                if field.unique {
-                    storage.set_unique(name, f);
-                }
-            }
-        }
-        for (entity, rows) in &scenario.seed {
-            for row in rows {
-                let row = bundle
-                    .complete_row(entity, row, scenario.clock_ms)
-                    .map_err(|e| format!("seed: {e}"))?;
-                storage
-                    .seed(entity, row)
-                    .map_err(|e| format!("seed: {e}"))?;
-            }
-        }
+        let storage = seeded_store(&bundle, scenario)?;
         self.storage = sinew_host::runtime::storage::MemoryBackend(std::sync::Arc::new(
             std::sync::Mutex::new(storage),
         ));
