@@ -29,6 +29,9 @@ use bindings::{Core, CorePre};
 const TICKS_PER_SECOND: u64 = 100;
 /// The most linear memory one instance may use.
 pub const MAX_MEMORY: usize = 512 << 20;
+/// How many instances may exist at once (the pooling allocator reserves
+/// address space for each up front).
+pub const MAX_INSTANCES: u32 = 128;
 /// The largest input an audit entry written by the host copies.
 const MAX_AUDITED_INPUT: usize = 64 << 10;
 /// The deadline of a request whose tool sets no `timeoutMs`.
@@ -89,9 +92,9 @@ impl Engine {
         let mut config = Config::new();
         config.epoch_interruption(true);
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(1000)
-            .total_core_instances(1000)
-            .total_memories(1000)
+        pool.total_component_instances(MAX_INSTANCES)
+            .total_core_instances(MAX_INSTANCES)
+            .total_memories(MAX_INSTANCES)
             .max_memory_size(max_memory);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = wasmtime::Engine::new(&config).map_err(|e| anyhow!("{e:?}"))?;

@@ -183,8 +183,13 @@ fn a_corrupted_cwasm_cache_is_detected_and_rebuilt() {
     if std::fs::copy(&shared, &path).is_ok() {
         std::fs::copy(sum(&shared), sum(&path)).unwrap();
     }
+    // A stale file of another build is pruned when the cache is written.
+    let stale = dir.join("sinew-00000000000000000000000000000000-wasmtime-48.0.8.cwasm");
+    std::fs::write(&stale, b"old").unwrap();
+    let _ = std::fs::remove_file(&path);
     let e = Engine::new(Some(&dir)).unwrap();
     drop(e);
+    assert!(!stale.exists(), "stale cache files are pruned");
     assert!(
         Engine::new(Some(&dir)).unwrap().from_cache,
         "a good cache is used"

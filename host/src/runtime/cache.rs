@@ -61,6 +61,7 @@ pub fn load_or_compile(
                     checksum_path(&path),
                     sinew_core::bundle::sha256_hex(&compiled),
                 );
+                prune(dir, &path);
             }
         }
         #[expect(
@@ -74,4 +75,21 @@ pub fn load_or_compile(
     }
     let c = Component::new(engine, component).map_err(|e| anyhow!("{e:?}"))?;
     Ok((c, false))
+}
+
+/// Removes the cache files of other components (older builds) from `dir`.
+fn prune(dir: &Path, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let keep_sum = checksum_path(keep);
+    for e in entries.flatten() {
+        let p = e.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let ours = name.starts_with("sinew-")
+            && (name.ends_with(".cwasm") || name.ends_with(".cwasm.sha256"));
+        if ours && p != keep && p != keep_sum {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
 }
