@@ -42,6 +42,24 @@ fn golden_reports_and_fixed_specs() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// The Postgres schema planned for each example (`sinew_core::migrate`).
+#[test]
+fn golden_schemas_of_the_examples() {
+    let mut failures = Vec::new();
+    for spec in specs_in("specs/examples") {
+        let loaded = sinew_core::spec::load(&read(&spec));
+        assert!(loaded.errors.is_empty());
+        let sql = sinew_core::migrate::plan(&loaded.spec);
+        let path = root()
+            .join("specs/examples/expected")
+            .join(format!("{}.sql", stem(&spec)));
+        if let Err(e) = golden(&path, &sql) {
+            failures.push(e);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 #[test]
 fn every_signal_fires_on_its_own_spec_and_only_there() {
     for s in SIGNALS {

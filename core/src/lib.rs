@@ -36,6 +36,7 @@ pub mod diag;
 mod exec;
 pub mod expr;
 pub mod flow;
+pub mod migrate;
 pub mod patch;
 pub mod ports;
 pub mod problem;

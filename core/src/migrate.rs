@@ -1,0 +1,225 @@
+//! Schema planning: the Postgres DDL a spec needs, as plain SQL the user
+//! owns. One table per entity (implicit columns, typed fields with their
+//! constraints as `CHECK`s, a `CHECK` of the status machine's states),
+//! indexes on refs, owner and unique fields, and the `sinew_*` tables: the
+//! append-only audit log (protected by triggers), idempotency keys and rate
+//! counters. Every statement is idempotent (`IF NOT EXISTS`, `OR REPLACE`),
+//! so applying the plan twice is a no-op.
+//!
+//! ```
+//! let loaded = sinew_core::spec::load(r#"{"sinew": "0.1", "name": "n", "tools": {},
+//!   "entities": {"Note": {"fields": {"text": {"type": "string", "maxLength": 200}}}}}"#);
+//! let sql = sinew_core::migrate::plan(&loaded.spec);
+//! assert!(sql.contains(r#"CREATE TABLE IF NOT EXISTS "note""#));
+//! ```
+
+use serde_json::Value;
+use std::fmt::Write;
+
+use crate::spec::{Entity, Field, FieldType, Spec};
+
+/// The table of an entity: its name in snake case (`OrderItem` →
+/// `order_item`).
+pub fn table_name(entity: &str) -> String {
+    let mut out = String::with_capacity(entity.len() + 4);
+    let mut prev_lower = false;
+    for c in entity.chars() {
+        if c.is_ascii_uppercase() {
+            if prev_lower {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+            prev_lower = false;
+        } else {
+            out.push(c);
+            prev_lower = c.is_ascii_lowercase() || c.is_ascii_digit();
+        }
+    }
+    out
+}
+
+/// A quoted SQL identifier.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A SQL string literal.
+pub fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The Postgres type of a field type.
+pub fn sql_type(t: FieldType) -> &'static str {
+    match t {
+        FieldType::String => "text",
+        FieldType::Integer => "bigint",
+        FieldType::Boolean => "boolean",
+        FieldType::Number => "double precision",
+        FieldType::Timestamp => "timestamptz",
+        FieldType::Uuid | FieldType::Ref => "uuid",
+        FieldType::Json => "jsonb",
+    }
+}
+
+/// A JSON value as a SQL constant of a field's type.
+fn constant(f: &Field, v: &Value) -> String {
+    match (f.ty, v) {
+        (_, Value::Null) => "NULL".to_string(),
+        (FieldType::Json, v) => format!("{}::jsonb", literal(&v.to_string())),
+        (_, Value::String(s)) => literal(s),
+        (_, Value::Bool(b)) => b.to_string(),
+        (_, Value::Number(n)) => n.to_string(),
+        (_, other) => format!("{}::jsonb", literal(&other.to_string())),
+    }
+}
+
+fn column(name: &str, f: &Field) -> (String, Vec<String>) {
+    let col = ident(name);
+    let mut def = format!("{col} {}", sql_type(f.ty));
+    if !f.nullable {
+        def.push_str(" NOT NULL");
+    }
+    if let Some(d) = &f.default {
+        let _ = write!(def, " DEFAULT {}", constant(f, d));
+    }
+    let mut checks = Vec::new();
+    if let Some(min) = &f.minimum {
+        checks.push(format!("{col} >= {min}"));
+    }
+    if let Some(max) = &f.maximum {
+        checks.push(format!("{col} <= {max}"));
+    }
+    if let Some(n) = f.max_length {
+        checks.push(format!("char_length({col}) <= {n}"));
+    }
+    if let Some(values) = &f.enum_values {
+        let list: Vec<String> = values.iter().map(|v| constant(f, v)).collect();
+        checks.push(format!("{col} IN ({})", list.join(", ")));
+    }
+    (def, checks)
+}
+
+fn entity_ddl(out: &mut String, name: &str, e: &Entity) {
+    let table = table_name(name);
+    let t = ident(&table);
+    let _ = writeln!(out, "-- {name}");
+    let mut lines = vec![
+        "\"id\" uuid PRIMARY KEY".to_string(),
+        "\"version\" bigint NOT NULL CHECK (\"version\" >= 1)".to_string(),
+        "\"created_at\" timestamptz NOT NULL".to_string(),
+        "\"updated_at\" timestamptz NOT NULL".to_string(),
+        "\"deleted_at\" timestamptz".to_string(),
+    ];
+    if let Some(sm) = &e.status {
+        let states: Vec<String> = sm.states().iter().map(|s| literal(s)).collect();
+        lines.push(format!(
+            "\"status\" text NOT NULL DEFAULT {} CHECK (\"status\" IN ({}))",
+            literal(&sm.initial),
+            states.join(", ")
+        ));
+    }
+    let mut checks = Vec::new();
+    for (fname, f) in &e.fields {
+        let (def, c) = column(fname, f);
+        lines.push(def);
+        checks.extend(c);
+    }
+    for c in checks {
+        lines.push(format!("CHECK ({c})"));
+    }
+    let _ = writeln!(
+        out,
+        "CREATE TABLE IF NOT EXISTS {t} (\n  {}\n);",
+        lines.join(",\n  ")
+    );
+    for (fname, f) in &e.fields {
+        let col = ident(fname);
+        if f.unique {
+            let idx = ident(&format!("{table}_{fname}_key"));
+            let _ = writeln!(
+                out,
+                "CREATE UNIQUE INDEX IF NOT EXISTS {idx} ON {t} ({col}) WHERE \"deleted_at\" IS NULL;"
+            );
+        } else if f.ty == FieldType::Ref || e.owner.as_ref().is_some_and(|o| o.field == *fname) {
+            let idx = ident(&format!("{table}_{fname}_idx"));
+            let _ = writeln!(out, "CREATE INDEX IF NOT EXISTS {idx} ON {t} ({col});");
+        }
+    }
+    out.push('\n');
+}
+
+/// The tables every sinew database has.
+pub const SINEW_TABLES: &str = r#"-- sinew: the audit log, append-only (A3): the database refuses updates,
+-- deletes and truncation; each entry carries the hash of the previous one (A4).
+CREATE TABLE IF NOT EXISTS "sinew_audit" (
+  "seq" bigint PRIMARY KEY,
+  "execution" text NOT NULL,
+  "kind" text NOT NULL,
+  "entry" jsonb NOT NULL,
+  "prev" text NOT NULL,
+  "hash" text NOT NULL UNIQUE,
+  "recorded_at" timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS "sinew_audit_execution_idx" ON "sinew_audit" ("execution");
+CREATE OR REPLACE FUNCTION "sinew_audit_append_only"() RETURNS trigger
+  LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION 'sinew_audit is append-only: % is refused', TG_OP;
+END
+$$;
+CREATE OR REPLACE TRIGGER "sinew_audit_no_update_delete"
+  BEFORE UPDATE OR DELETE ON "sinew_audit"
+  FOR EACH ROW EXECUTE FUNCTION "sinew_audit_append_only"();
+CREATE OR REPLACE TRIGGER "sinew_audit_no_truncate"
+  BEFORE TRUNCATE ON "sinew_audit"
+  FOR EACH STATEMENT EXECUTE FUNCTION "sinew_audit_append_only"();
+
+-- sinew: idempotency keys (kept 24 hours).
+CREATE TABLE IF NOT EXISTS "sinew_idempotency" (
+  "scope" text NOT NULL,
+  "key" text NOT NULL,
+  "fingerprint" text NOT NULL,
+  "claimed_at" timestamptz NOT NULL,
+  "status" integer,
+  "body" jsonb,
+  PRIMARY KEY ("scope", "key")
+);
+
+-- sinew: rate-limit counters, one row per scope and minute.
+CREATE TABLE IF NOT EXISTS "sinew_rate" (
+  "scope" text NOT NULL,
+  "window_start" timestamptz NOT NULL,
+  "hits" bigint NOT NULL,
+  PRIMARY KEY ("scope", "window_start")
+);
+"#;
+
+/// The whole schema of a spec for an empty database, as plain SQL.
+pub fn plan(spec: &Spec) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "-- sinew schema for spec {}", literal(&spec.name));
+    let _ = writeln!(
+        out,
+        "-- Every statement is idempotent: applying this twice changes nothing.\n"
+    );
+    for (name, e) in &spec.entities {
+        entity_ddl(&mut out, name, e);
+    }
+    out.push_str(SINEW_TABLES);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_literals() {
+        assert_eq!(table_name("Product"), "product");
+        assert_eq!(table_name("OrderItem"), "order_item");
+        assert_eq!(table_name("HTTPLog2Entry"), "httplog2_entry");
+        assert_eq!(table_name("already_snake"), "already_snake");
+        assert_eq!(ident("order"), "\"order\"");
+        assert_eq!(literal("it's"), "'it''s'");
+    }
+}

@@ -1,0 +1,88 @@
+-- sinew schema for spec 'bank'
+-- Every statement is idempotent: applying this twice changes nothing.
+
+-- Account
+CREATE TABLE IF NOT EXISTS "account" (
+  "id" uuid PRIMARY KEY,
+  "version" bigint NOT NULL CHECK ("version" >= 1),
+  "created_at" timestamptz NOT NULL,
+  "updated_at" timestamptz NOT NULL,
+  "deleted_at" timestamptz,
+  "holder" text NOT NULL,
+  "name" text NOT NULL,
+  "currency" text NOT NULL,
+  "balance" bigint NOT NULL,
+  CHECK (char_length("holder") <= 128),
+  CHECK (char_length("name") <= 100),
+  CHECK (char_length("currency") <= 3),
+  CHECK ("currency" IN ('EUR', 'USD', 'GBP', 'CHF'))
+);
+CREATE INDEX IF NOT EXISTS "account_holder_idx" ON "account" ("holder");
+
+-- Transfer
+CREATE TABLE IF NOT EXISTS "transfer" (
+  "id" uuid PRIMARY KEY,
+  "version" bigint NOT NULL CHECK ("version" >= 1),
+  "created_at" timestamptz NOT NULL,
+  "updated_at" timestamptz NOT NULL,
+  "deleted_at" timestamptz,
+  "kind" text NOT NULL,
+  "from_account" uuid,
+  "to_account" uuid NOT NULL,
+  "amount_cents" bigint NOT NULL,
+  "currency" text NOT NULL,
+  "reference" text NOT NULL,
+  "initiated_by" text NOT NULL,
+  CHECK ("kind" IN ('transfer', 'deposit')),
+  CHECK ("amount_cents" >= 1),
+  CHECK (char_length("currency") <= 3),
+  CHECK ("currency" IN ('EUR', 'USD', 'GBP', 'CHF')),
+  CHECK (char_length("reference") <= 140),
+  CHECK (char_length("initiated_by") <= 128)
+);
+CREATE INDEX IF NOT EXISTS "transfer_from_account_idx" ON "transfer" ("from_account");
+CREATE INDEX IF NOT EXISTS "transfer_to_account_idx" ON "transfer" ("to_account");
+
+-- sinew: the audit log, append-only (A3): the database refuses updates,
+-- deletes and truncation; each entry carries the hash of the previous one (A4).
+CREATE TABLE IF NOT EXISTS "sinew_audit" (
+  "seq" bigint PRIMARY KEY,
+  "execution" text NOT NULL,
+  "kind" text NOT NULL,
+  "entry" jsonb NOT NULL,
+  "prev" text NOT NULL,
+  "hash" text NOT NULL UNIQUE,
+  "recorded_at" timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS "sinew_audit_execution_idx" ON "sinew_audit" ("execution");
+CREATE OR REPLACE FUNCTION "sinew_audit_append_only"() RETURNS trigger
+  LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION 'sinew_audit is append-only: % is refused', TG_OP;
+END
+$$;
+CREATE OR REPLACE TRIGGER "sinew_audit_no_update_delete"
+  BEFORE UPDATE OR DELETE ON "sinew_audit"
+  FOR EACH ROW EXECUTE FUNCTION "sinew_audit_append_only"();
+CREATE OR REPLACE TRIGGER "sinew_audit_no_truncate"
+  BEFORE TRUNCATE ON "sinew_audit"
+  FOR EACH STATEMENT EXECUTE FUNCTION "sinew_audit_append_only"();
+
+-- sinew: idempotency keys (kept 24 hours).
+CREATE TABLE IF NOT EXISTS "sinew_idempotency" (
+  "scope" text NOT NULL,
+  "key" text NOT NULL,
+  "fingerprint" text NOT NULL,
+  "claimed_at" timestamptz NOT NULL,
+  "status" integer,
+  "body" jsonb,
+  PRIMARY KEY ("scope", "key")
+);
+
+-- sinew: rate-limit counters, one row per scope and minute.
+CREATE TABLE IF NOT EXISTS "sinew_rate" (
+  "scope" text NOT NULL,
+  "window_start" timestamptz NOT NULL,
+  "hits" bigint NOT NULL,
+  PRIMARY KEY ("scope", "window_start")
+);

@@ -1,0 +1,111 @@
+-- sinew schema for spec 'booking'
+-- Every statement is idempotent: applying this twice changes nothing.
+
+-- Room
+CREATE TABLE IF NOT EXISTS "room" (
+  "id" uuid PRIMARY KEY,
+  "version" bigint NOT NULL CHECK ("version" >= 1),
+  "created_at" timestamptz NOT NULL,
+  "updated_at" timestamptz NOT NULL,
+  "deleted_at" timestamptz,
+  "number" text NOT NULL,
+  "name" text NOT NULL,
+  "capacity" bigint NOT NULL,
+  "nightly_rate_cents" bigint NOT NULL,
+  "active" boolean NOT NULL,
+  CHECK (char_length("number") <= 16),
+  CHECK (char_length("name") <= 100),
+  CHECK ("capacity" >= 1),
+  CHECK ("capacity" <= 20),
+  CHECK ("nightly_rate_cents" >= 1)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS "room_number_key" ON "room" ("number") WHERE "deleted_at" IS NULL;
+
+-- Hold
+CREATE TABLE IF NOT EXISTS "hold" (
+  "id" uuid PRIMARY KEY,
+  "version" bigint NOT NULL CHECK ("version" >= 1),
+  "created_at" timestamptz NOT NULL,
+  "updated_at" timestamptz NOT NULL,
+  "deleted_at" timestamptz,
+  "status" text NOT NULL DEFAULT 'held' CHECK ("status" IN ('held', 'confirmed', 'expired', 'cancelled')),
+  "guest" text NOT NULL,
+  "contact_email" text NOT NULL,
+  "room" uuid NOT NULL,
+  "guests" bigint NOT NULL,
+  "check_in" timestamptz NOT NULL,
+  "check_out" timestamptz NOT NULL,
+  "nights" bigint NOT NULL,
+  "total_cents" bigint NOT NULL,
+  "expires_at" timestamptz NOT NULL,
+  "payment_id" text,
+  CHECK (char_length("guest") <= 128),
+  CHECK (char_length("contact_email") <= 254),
+  CHECK ("guests" >= 1),
+  CHECK ("guests" <= 20),
+  CHECK ("nights" >= 1),
+  CHECK ("nights" <= 30),
+  CHECK ("total_cents" >= 1)
+);
+CREATE INDEX IF NOT EXISTS "hold_guest_idx" ON "hold" ("guest");
+CREATE INDEX IF NOT EXISTS "hold_room_idx" ON "hold" ("room");
+
+-- Occupancy
+CREATE TABLE IF NOT EXISTS "occupancy" (
+  "id" uuid PRIMARY KEY,
+  "version" bigint NOT NULL CHECK ("version" >= 1),
+  "created_at" timestamptz NOT NULL,
+  "updated_at" timestamptz NOT NULL,
+  "deleted_at" timestamptz,
+  "room" uuid NOT NULL,
+  "hold" uuid NOT NULL,
+  "check_in" timestamptz NOT NULL,
+  "check_out" timestamptz NOT NULL,
+  "blocks_until" timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS "occupancy_room_idx" ON "occupancy" ("room");
+CREATE UNIQUE INDEX IF NOT EXISTS "occupancy_hold_key" ON "occupancy" ("hold") WHERE "deleted_at" IS NULL;
+
+-- sinew: the audit log, append-only (A3): the database refuses updates,
+-- deletes and truncation; each entry carries the hash of the previous one (A4).
+CREATE TABLE IF NOT EXISTS "sinew_audit" (
+  "seq" bigint PRIMARY KEY,
+  "execution" text NOT NULL,
+  "kind" text NOT NULL,
+  "entry" jsonb NOT NULL,
+  "prev" text NOT NULL,
+  "hash" text NOT NULL UNIQUE,
+  "recorded_at" timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS "sinew_audit_execution_idx" ON "sinew_audit" ("execution");
+CREATE OR REPLACE FUNCTION "sinew_audit_append_only"() RETURNS trigger
+  LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION 'sinew_audit is append-only: % is refused', TG_OP;
+END
+$$;
+CREATE OR REPLACE TRIGGER "sinew_audit_no_update_delete"
+  BEFORE UPDATE OR DELETE ON "sinew_audit"
+  FOR EACH ROW EXECUTE FUNCTION "sinew_audit_append_only"();
+CREATE OR REPLACE TRIGGER "sinew_audit_no_truncate"
+  BEFORE TRUNCATE ON "sinew_audit"
+  FOR EACH STATEMENT EXECUTE FUNCTION "sinew_audit_append_only"();
+
+-- sinew: idempotency keys (kept 24 hours).
+CREATE TABLE IF NOT EXISTS "sinew_idempotency" (
+  "scope" text NOT NULL,
+  "key" text NOT NULL,
+  "fingerprint" text NOT NULL,
+  "claimed_at" timestamptz NOT NULL,
+  "status" integer,
+  "body" jsonb,
+  PRIMARY KEY ("scope", "key")
+);
+
+-- sinew: rate-limit counters, one row per scope and minute.
+CREATE TABLE IF NOT EXISTS "sinew_rate" (
+  "scope" text NOT NULL,
+  "window_start" timestamptz NOT NULL,
+  "hits" bigint NOT NULL,
+  PRIMARY KEY ("scope", "window_start")
+);

@@ -1,0 +1,82 @@
+-- sinew schema for spec 'shop'
+-- Every statement is idempotent: applying this twice changes nothing.
+
+-- Product
+CREATE TABLE IF NOT EXISTS "product" (
+  "id" uuid PRIMARY KEY,
+  "version" bigint NOT NULL CHECK ("version" >= 1),
+  "created_at" timestamptz NOT NULL,
+  "updated_at" timestamptz NOT NULL,
+  "deleted_at" timestamptz,
+  "sku" text NOT NULL,
+  "name" text NOT NULL,
+  "price_cents" bigint NOT NULL,
+  "stock" bigint NOT NULL,
+  CHECK (char_length("sku") <= 64),
+  CHECK (char_length("name") <= 200),
+  CHECK ("price_cents" >= 0)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS "product_sku_key" ON "product" ("sku") WHERE "deleted_at" IS NULL;
+
+-- Order
+CREATE TABLE IF NOT EXISTS "order" (
+  "id" uuid PRIMARY KEY,
+  "version" bigint NOT NULL CHECK ("version" >= 1),
+  "created_at" timestamptz NOT NULL,
+  "updated_at" timestamptz NOT NULL,
+  "deleted_at" timestamptz,
+  "status" text NOT NULL DEFAULT 'pending' CHECK ("status" IN ('pending', 'paid', 'shipped', 'cancelled')),
+  "customer" text NOT NULL,
+  "product" uuid NOT NULL,
+  "quantity" bigint NOT NULL,
+  "total_cents" bigint NOT NULL,
+  "payment_id" text,
+  CHECK ("quantity" >= 1),
+  CHECK ("quantity" <= 100)
+);
+CREATE INDEX IF NOT EXISTS "order_customer_idx" ON "order" ("customer");
+CREATE INDEX IF NOT EXISTS "order_product_idx" ON "order" ("product");
+
+-- sinew: the audit log, append-only (A3): the database refuses updates,
+-- deletes and truncation; each entry carries the hash of the previous one (A4).
+CREATE TABLE IF NOT EXISTS "sinew_audit" (
+  "seq" bigint PRIMARY KEY,
+  "execution" text NOT NULL,
+  "kind" text NOT NULL,
+  "entry" jsonb NOT NULL,
+  "prev" text NOT NULL,
+  "hash" text NOT NULL UNIQUE,
+  "recorded_at" timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS "sinew_audit_execution_idx" ON "sinew_audit" ("execution");
+CREATE OR REPLACE FUNCTION "sinew_audit_append_only"() RETURNS trigger
+  LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION 'sinew_audit is append-only: % is refused', TG_OP;
+END
+$$;
+CREATE OR REPLACE TRIGGER "sinew_audit_no_update_delete"
+  BEFORE UPDATE OR DELETE ON "sinew_audit"
+  FOR EACH ROW EXECUTE FUNCTION "sinew_audit_append_only"();
+CREATE OR REPLACE TRIGGER "sinew_audit_no_truncate"
+  BEFORE TRUNCATE ON "sinew_audit"
+  FOR EACH STATEMENT EXECUTE FUNCTION "sinew_audit_append_only"();
+
+-- sinew: idempotency keys (kept 24 hours).
+CREATE TABLE IF NOT EXISTS "sinew_idempotency" (
+  "scope" text NOT NULL,
+  "key" text NOT NULL,
+  "fingerprint" text NOT NULL,
+  "claimed_at" timestamptz NOT NULL,
+  "status" integer,
+  "body" jsonb,
+  PRIMARY KEY ("scope", "key")
+);
+
+-- sinew: rate-limit counters, one row per scope and minute.
+CREATE TABLE IF NOT EXISTS "sinew_rate" (
+  "scope" text NOT NULL,
+  "window_start" timestamptz NOT NULL,
+  "hits" bigint NOT NULL,
+  PRIMARY KEY ("scope", "window_start")
+);
