@@ -9,7 +9,8 @@ use sha2::{Digest, Sha256};
 
 use crate::diag::Diagnostic;
 use crate::risk::{self, Level, Report};
-use crate::spec::{self, Concurrency, NodeKind, Spec, Tool};
+use crate::spec::{self, Concurrency, NodeKind, PolicyAction, PolicyKind, Spec, Tool};
+use std::collections::{BTreeSet, HashMap};
 
 /// Why a spec cannot run.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -47,6 +48,53 @@ pub struct Compiled {
     pub output: jsonschema::Validator,
     /// The concurrency strategy in force (declared, or the default).
     pub concurrency: Concurrency,
+    /// Indexes (into `spec.policies`) of the policies that apply to the
+    /// tool, in spec order.
+    pub policies: Vec<usize>,
+    /// The `rowLimit` policy that applies, if any: name, limit, action.
+    pub row_limit: Option<(String, u64, PolicyAction)>,
+    /// The audit entry's `risk`: the tool's level and its acknowledgments.
+    pub risk: Value,
+    /// Top-level nodes from which no transaction, write or call can follow:
+    /// a finished transaction before them may commit when the flow ends,
+    /// with the final audit entry.
+    pub pure: BTreeSet<String>,
+}
+
+/// The top-level nodes of a flow from which everything reachable is pure
+/// (no transaction, write or call): impurity propagates backwards along
+/// the edges, once.
+fn pure_nodes(flow: &crate::spec::Flow) -> BTreeSet<String> {
+    let impure_here = |n: &crate::spec::Node| {
+        matches!(n.kind, NodeKind::Transaction { .. } | NodeKind::Call { .. }) || n.kind.is_write()
+    };
+    let mut preds: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (id, n) in &flow.nodes {
+        for (_, t) in n.edges() {
+            preds.entry(t).or_default().push(id);
+        }
+    }
+    // Edges to missing nodes make their source impure (cannot happen in a
+    // loaded bundle, but stay safe).
+    let mut stack: Vec<&str> = flow
+        .nodes
+        .iter()
+        .filter(|(_, n)| {
+            impure_here(n) || n.edges().iter().any(|(_, t)| !flow.nodes.contains_key(*t))
+        })
+        .map(|(id, _)| id.as_str())
+        .collect();
+    let mut impure: BTreeSet<&str> = BTreeSet::new();
+    while let Some(id) = stack.pop() {
+        if impure.insert(id) {
+            stack.extend(preds.get(id).into_iter().flatten().copied());
+        }
+    }
+    flow.nodes
+        .keys()
+        .filter(|id| !impure.contains(id.as_str()))
+        .cloned()
+        .collect()
 }
 
 /// A spec ready to run.
@@ -218,6 +266,29 @@ impl Bundle {
                     input: compile("input", &tool.input)?,
                     output: compile("output", &tool.output)?,
                     concurrency: effective_concurrency(&spec, tool),
+                    policies: spec
+                        .policies
+                        .values()
+                        .enumerate()
+                        .filter(|(_, p)| p.tools.as_ref().is_none_or(|t| t.iter().any(|t| t == name)))
+                        .map(|(i, _)| i)
+                        .collect(),
+                    row_limit: spec.policies.iter().find_map(|(pname, p)| match p.kind {
+                        PolicyKind::RowLimit { max_rows } if p.tools.as_ref().is_none_or(|t| t.iter().any(|t| t == name)) => {
+                            Some((pname.clone(), max_rows, p.action))
+                        }
+                        _ => None,
+                    }),
+                    risk: serde_json::json!({
+                        "level": report.tools.get(name).map(|t| t.level),
+                        "acknowledgments": spec
+                            .acknowledgments
+                            .iter()
+                            .filter(|a| a.tool == *name)
+                            .map(|a| serde_json::json!({"tool": a.tool, "signal": a.signal, "node": a.node, "reason": a.reason, "by": a.by}))
+                            .collect::<Vec<_>>(),
+                    }),
+                    pure: pure_nodes(&tool.flow),
                 },
             );
         }

@@ -52,6 +52,10 @@ use crate::problem::Problem;
 use crate::spec::{Limit, PolicyAction, PolicyKind};
 use serde_json::json;
 
+/// The largest input an audit entry copies; a larger one is recorded by its
+/// hash (`inputHash`) only.
+pub const MAX_AUDITED_INPUT: usize = 64 << 10;
+
 /// How many times an execution that hit a concurrent update (and made no
 /// external call) is run again before answering 409.
 const CONFLICT_RETRIES: u32 = 3;
@@ -76,7 +80,7 @@ pub fn execute(
     external: &mut dyn External,
 ) -> Response {
     let started = clock.now_ms();
-    let mut audit = Audit::new(bundle, request, started);
+    let mut audit = Audit::new(&bundle.hash, request, started);
 
     // 1. validate
     let Some((tool_name, tool, compiled)) = bundle.tool(&request.tool) else {
@@ -87,7 +91,7 @@ pub fn execute(
         );
         return audit.reject(storage, clock, &p);
     };
-    audit.tool(bundle, tool_name);
+    audit.tool(tool, compiled);
     let violations: Vec<serde_json::Value> = compiled
         .input
         .iter_errors(&request.input)
@@ -163,14 +167,10 @@ pub fn execute(
     let mut warned = Vec::new();
     let mut blocked: Option<Problem> = None;
     let mut rate_scopes = Vec::new();
-    for (name, policy) in &bundle.spec.policies {
-        if !policy
-            .tools
-            .as_ref()
-            .is_none_or(|t| t.iter().any(|t| t == tool_name))
-        {
+    for &i in &compiled.policies {
+        let Some((name, policy)) = bundle.spec.policies.get_index(i) else {
             continue;
-        }
+        };
         let triggered = match &policy.kind {
             PolicyKind::Custom { when } => match probe.eval_pub(when) {
                 Ok(V::Bool(b)) => b,
@@ -358,6 +358,26 @@ fn violation(e: &jsonschema::ValidationError) -> serde_json::Value {
     json!({"pointer": pointer, "message": e.to_string()})
 }
 
+/// The response and final audit entry (outcome `error`) for a request the
+/// executor could not finish: what a host writes itself when the guest
+/// trapped or ran out of time. The caller appends the entry.
+pub fn failed(bundle_hash: &str, request: &Request, problem: &Problem, now_ms: i64) -> Response {
+    struct At(i64);
+    impl Clock for At {
+        fn now_ms(&mut self) -> i64 {
+            self.0
+        }
+    }
+    let mut audit = Audit::new(bundle_hash, request, now_ms);
+    let body = problem.body(&request.id);
+    let entry = audit.seal(&mut At(now_ms), "error", problem.status, Some(problem));
+    Response {
+        status: problem.status,
+        body,
+        audit: entry,
+    }
+}
+
 fn authorize(tool: &crate::spec::Tool, request: &Request) -> Option<Problem> {
     if tool.auth.public {
         return None;
@@ -442,7 +462,7 @@ fn cacheable(status: u16) -> bool {
 }
 
 impl Audit {
-    fn new(bundle: &Bundle, request: &Request, started: i64) -> Audit {
+    fn new(bundle_hash: &str, request: &Request, started: i64) -> Audit {
         let mut entry = serde_json::Map::new();
         entry.insert("kind".into(), json!("final"));
         entry.insert("execution".into(), json!(request.id));
@@ -453,7 +473,7 @@ impl Audit {
             )),
         );
         entry.insert("tool".into(), json!(request.tool));
-        entry.insert("bundle".into(), json!(bundle.hash));
+        entry.insert("bundle".into(), json!(bundle_hash));
         entry.insert(
             "subject".into(),
             json!(request.auth.as_ref().map(|a| a.sub.clone())),
@@ -468,13 +488,16 @@ impl Audit {
                     .unwrap_or_default()
             ),
         );
-        entry.insert("input".into(), request.input.clone());
+        let input_text = canonical(&request.input);
+        let input = if input_text.len() <= MAX_AUDITED_INPUT {
+            request.input.clone()
+        } else {
+            json!({"omitted": format!("{} bytes", input_text.len())})
+        };
+        entry.insert("input".into(), input);
         entry.insert(
             "inputHash".into(),
-            json!(format!(
-                "sha256:{}",
-                sha256_hex(canonical(&request.input).as_bytes())
-            )),
+            json!(format!("sha256:{}", sha256_hex(input_text.as_bytes()))),
         );
         Audit {
             entry,
@@ -484,30 +507,15 @@ impl Audit {
         }
     }
 
-    fn tool(&mut self, bundle: &Bundle, tool: &str) {
-        if let Some(t) = bundle.spec.tools.get(tool) {
-            let mut input = self.entry.get("input").cloned().unwrap_or_default();
-            if let serde_json::Value::Object(m) = &mut input {
-                for key in &t.sensitive {
-                    if let Some(v) = m.get_mut(key) {
-                        *v = json!(format!("sha256:{}", sha256_hex(canonical(v).as_bytes())));
-                    }
+    fn tool(&mut self, tool: &crate::spec::Tool, compiled: &crate::bundle::Compiled) {
+        if let Some(serde_json::Value::Object(m)) = self.entry.get_mut("input") {
+            for key in &tool.sensitive {
+                if let Some(v) = m.get_mut(key) {
+                    *v = json!(format!("sha256:{}", sha256_hex(canonical(v).as_bytes())));
                 }
             }
-            self.entry.insert("input".into(), input);
         }
-        let level = bundle.report.tools.get(tool).map(|t| t.level);
-        let acks: Vec<serde_json::Value> = bundle
-            .spec
-            .acknowledgments
-            .iter()
-            .filter(|a| a.tool == tool)
-            .map(|a| json!({"tool": a.tool, "signal": a.signal, "node": a.node, "reason": a.reason, "by": a.by}))
-            .collect();
-        self.entry.insert(
-            "risk".into(),
-            json!({"level": level, "acknowledgments": acks}),
-        );
+        self.entry.insert("risk".into(), compiled.risk.clone());
     }
 
     fn seal(

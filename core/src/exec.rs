@@ -113,7 +113,6 @@ pub(crate) struct Run<'a> {
     /// Audit entries of intermediate commits (`kind: "commit"`).
     pub step_entries: u32,
     ids: HashMap<String, u32>,
-    row_limit: Option<(String, u64, crate::spec::PolicyAction)>,
 }
 
 /// The variables of an expression: the roots, the bound nodes and `row`.
@@ -183,20 +182,6 @@ impl<'a> Run<'a> {
         roots: [Value; 3],
         started_ms: i64,
     ) -> Run<'a> {
-        let row_limit = bundle
-            .spec
-            .policies
-            .iter()
-            .find_map(|(name, p)| match p.kind {
-                crate::spec::PolicyKind::RowLimit { max_rows }
-                    if p.tools
-                        .as_ref()
-                        .is_none_or(|t| t.iter().any(|t| t == tool_name)) =>
-                {
-                    Some((name.clone(), max_rows, p.action))
-                }
-                _ => None,
-            });
         Run {
             bundle,
             tool_name,
@@ -223,7 +208,6 @@ impl<'a> Run<'a> {
                 .and_then(|t| started_ms.checked_add(i64::try_from(t).ok()?)),
             step_entries: 0,
             ids: HashMap::new(),
-            row_limit,
         }
     }
 
@@ -313,7 +297,7 @@ impl<'a> Run<'a> {
             )
             .fatal());
         }
-        if let Some((name, max, action)) = &self.row_limit {
+        if let Some((name, max, action)) = &self.compiled.row_limit {
             if total > *max {
                 match action {
                     crate::spec::PolicyAction::Block => {
@@ -496,7 +480,7 @@ impl<'a> Run<'a> {
                     // not pure commits now.
                     if self.pending.is_some() && self.open.is_empty() {
                         if let Some(n) = &next {
-                            if !pure_from(flow, n) {
+                            if !self.compiled.pure.contains(n) {
                                 self.flush_pending()?;
                             }
                         }
@@ -960,7 +944,7 @@ impl<'a> Run<'a> {
             if self.ran.contains(&target) || !done.insert(target.clone()) {
                 continue;
             }
-            let Some(node) = find_node(&self.tool.flow, &target) else {
+            let Some(node) = self.tool.flow.find(&target) else {
                 continue;
             };
             self.ran.insert(target.clone());
@@ -1077,27 +1061,8 @@ impl<'a> Run<'a> {
                 ));
             }
         };
-        let mut conditions = vec![Condition {
-            field: "id".into(),
-            op: FilterOp::Eq,
-            value: Json::String(id),
-        }];
-        self.owner_filter(e, &mut conditions)?;
-        let query = Query {
-            filters: conditions,
-            order: vec![SortKey {
-                field: "id".into(),
-                desc: false,
-            }],
-            limit: Some(1),
-            after: None,
-            lock: false,
-        };
         let tx = self.current_tx();
-        let rows = self
-            .storage
-            .read(tx, entity, &query)
-            .map_err(storage_problem)?;
+        let rows = self.read_by_id(e, entity, id, tx, false)?;
         let Some(row) = rows.first() else {
             return Err(Problem::new(
                 400,
@@ -1126,6 +1091,24 @@ impl<'a> Run<'a> {
                 ));
             }
         };
+        let tx = self.write_tx()?.id;
+        let lock = self.compiled.concurrency == Concurrency::Pessimistic;
+        let rows = self.read_by_id(e, entity, id, Some(tx), lock)?;
+        rows.into_iter()
+            .next()
+            .ok_or_else(|| Problem::new(404, "not_found", format!("no such `{entity}`")))
+    }
+
+    /// Reads the row `id` of `entity` that the caller may see (owner
+    /// filter applied).
+    fn read_by_id(
+        &mut self,
+        e: &Entity,
+        entity: &str,
+        id: String,
+        tx: Option<TxId>,
+        lock: bool,
+    ) -> Result<Vec<Row>, Problem> {
         let mut conditions = vec![Condition {
             field: "id".into(),
             op: FilterOp::Eq,
@@ -1140,16 +1123,11 @@ impl<'a> Run<'a> {
             }],
             limit: Some(1),
             after: None,
-            lock: self.compiled.concurrency == Concurrency::Pessimistic,
+            lock,
         };
-        let tx = self.write_tx()?.id;
-        let rows = self
-            .storage
-            .read(Some(tx), entity, &query)
-            .map_err(storage_problem)?;
-        rows.into_iter()
-            .next()
-            .ok_or_else(|| Problem::new(404, "not_found", format!("no such `{entity}`")))
+        self.storage
+            .read(tx, entity, &query)
+            .map_err(storage_problem)
     }
 
     fn update_row(&mut self, entity: &str, row: &Row, changes: &Row) -> Result<Row, Problem> {
@@ -1225,47 +1203,4 @@ pub(crate) fn calls_json(calls: &[CallRecord]) -> Json {
             })
             .collect(),
     )
-}
-
-/// Finds a node anywhere in a flow (bodies included).
-pub(crate) fn find_node<'f>(flow: &'f Flow, id: &str) -> Option<&'f Node> {
-    let mut stack = vec![flow];
-    while let Some(f) = stack.pop() {
-        if let Some(n) = f.nodes.get(id) {
-            return Some(n);
-        }
-        for n in f.nodes.values() {
-            if let NodeKind::Transaction { body, .. } = &n.kind {
-                stack.push(body);
-            }
-        }
-    }
-    None
-}
-
-/// Whether everything reachable from `start` in `flow` is pure: no
-/// transaction, write or call (so a finished transaction may wait to commit
-/// until the flow ends).
-fn pure_from(flow: &Flow, start: &str) -> bool {
-    let mut seen = BTreeSet::new();
-    let mut stack = vec![start];
-    while let Some(id) = stack.pop() {
-        if !seen.insert(id) {
-            continue;
-        }
-        let Some(node) = flow.nodes.get(id) else {
-            return false;
-        };
-        if matches!(
-            node.kind,
-            NodeKind::Transaction { .. } | NodeKind::Call { .. }
-        ) || node.kind.is_write()
-        {
-            return false;
-        }
-        for (_, t) in node.edges() {
-            stack.push(t);
-        }
-    }
-    true
 }

@@ -468,6 +468,42 @@ pub struct Flow {
     pub path: String,
 }
 
+impl Flow {
+    /// Finds a node anywhere in this flow, transaction bodies included.
+    pub fn find(&self, id: &str) -> Option<&Node> {
+        let mut stack = vec![self];
+        while let Some(f) = stack.pop() {
+            if let Some(n) = f.nodes.get(id) {
+                return Some(n);
+            }
+            for n in f.nodes.values() {
+                if let NodeKind::Transaction { body, .. } = &n.kind {
+                    stack.push(body);
+                }
+            }
+        }
+        None
+    }
+
+    /// Every node id, transaction bodies included, in document order
+    /// (outer flows first).
+    pub fn ids(&self) -> Vec<&str> {
+        let mut out = Vec::new();
+        let mut queue = vec![self];
+        let mut i = 0;
+        while let Some(f) = queue.get(i).copied() {
+            i += 1;
+            for (id, n) in &f.nodes {
+                out.push(id.as_str());
+                if let NodeKind::Transaction { body, .. } = &n.kind {
+                    queue.push(body);
+                }
+            }
+        }
+        out
+    }
+}
+
 /// A node of a flow.
 #[derive(Debug, Clone)]
 pub struct Node {

@@ -13,7 +13,7 @@ pub mod external;
 pub mod storage;
 
 use anyhow::{Context, Result, anyhow};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sinew_core::contract::{Request, Response};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,8 +32,6 @@ pub const MAX_MEMORY: usize = 512 << 20;
 /// How many instances may exist at once (the pooling allocator reserves
 /// address space for each up front).
 pub const MAX_INSTANCES: u32 = 128;
-/// The largest input an audit entry written by the host copies.
-const MAX_AUDITED_INPUT: usize = 64 << 10;
 /// The deadline of a request whose tool sets no `timeoutMs`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -194,38 +192,41 @@ impl Executor {
         spec: String,
         backends: Backends,
     ) -> Result<Executor, LoadError> {
-        let bundle = sinew_core::bundle::Bundle::load(&spec);
-        let timeouts = match &bundle {
-            Ok(b) => b
-                .spec
-                .tools
-                .iter()
-                .map(|(n, t)| {
-                    (
-                        n.clone(),
-                        t.limits
-                            .timeout_ms
-                            .map_or(DEFAULT_TIMEOUT, Duration::from_millis),
-                    )
-                })
-                .collect(),
-            Err(_) => Default::default(),
-        };
         let mut ex = Executor {
             engine,
             spec,
             backends,
             pool: Mutex::new(Vec::new()),
-            timeouts,
+            timeouts: Default::default(),
             bundle_hash: String::new(),
         };
-        let first = ex.fresh().await?;
-        ex.bundle_hash = bundle.map(|b| b.hash).unwrap_or_default();
+        // The first instance's `load` checks the spec and says what the
+        // host needs (hash, deadlines): the spec is parsed only there.
+        let (first, info) = ex.fresh().await?;
+        ex.bundle_hash = info.hash;
+        ex.timeouts = info
+            .tools
+            .into_iter()
+            .map(|t| {
+                (
+                    t.name,
+                    t.timeout_ms.map_or(DEFAULT_TIMEOUT, Duration::from_millis),
+                )
+            })
+            .collect();
         ex.put(first);
         Ok(ex)
     }
 
-    async fn fresh(&self) -> Result<Pooled, LoadError> {
+    async fn fresh(
+        &self,
+    ) -> Result<
+        (
+            Pooled,
+            bindings::exports::sinew::executor::executor::BundleInfo,
+        ),
+        LoadError,
+    > {
         let internal = |e: anyhow::Error| LoadError {
             code: "internal".into(),
             message: format!("{e:#}"),
@@ -243,7 +244,7 @@ impl Executor {
             .await
             .map_err(|e| internal(anyhow!("{e:?}")))?;
         match loaded {
-            Ok(_) => Ok(Pooled { store, core }),
+            Ok(info) => Ok((Pooled { store, core }, info)),
             Err(e) => Err(LoadError {
                 code: e.code,
                 message: e.message,
@@ -269,7 +270,7 @@ impl Executor {
         let mut p = match self.take() {
             Some(p) => p,
             None => match self.fresh().await {
-                Ok(p) => p,
+                Ok((p, _)) => p,
                 Err(e) => {
                     return self
                         .host_failure(
@@ -371,41 +372,20 @@ impl Executor {
         let problem =
             sinew_core::problem::Problem::new(status, code, detail).internal(internal.to_string());
         let now = self.backends.clock.now_ms();
-        let body = problem.body(&request.id);
-        let input_text = sinew_core::bundle::canonical(&request.input);
-        let audit = json!({
-            "kind": "final",
-            "execution": request.id,
-            "time": sinew_core::expr::value::format_timestamp(now.saturating_mul(1000)),
-            "tool": request.tool,
-            "bundle": self.bundle_hash,
-            "subject": request.auth.as_ref().map(|a| a.sub.clone()),
-            "roles": request.auth.as_ref().map(|a| a.roles.clone()).unwrap_or_default(),
-            // A large input is kept as its hash only.
-            "input": if input_text.len() <= MAX_AUDITED_INPUT { request.input.clone() } else { json!({"omitted": format!("{} bytes", input_text.len())}) },
-            "inputHash": format!("sha256:{}", sinew_core::bundle::sha256_hex(input_text.as_bytes())),
-            "outcome": "error",
-            "status": status,
-            "code": code,
-            "detail": problem.detail,
-            "internal": internal,
-            "rows": [],
-            "calls": [],
-            "policies": [],
-        });
-        let _ = self.backends.storage.append_audit(None, &audit).await;
-        Response {
-            status,
-            body,
-            audit,
-        }
+        let response = sinew_core::contract::failed(&self.bundle_hash, request, &problem, now);
+        let _ = self
+            .backends
+            .storage
+            .append_audit(None, &response.audit)
+            .await;
+        response
     }
 
     /// Risk report through the component (same engine as `execute`).
     pub async fn analyze(&self, spec: &str) -> Result<String> {
         let mut p = match self.take() {
             Some(p) => p,
-            None => self.fresh().await.map_err(|e| anyhow!("{}", e.message))?,
+            None => self.fresh().await.map_err(|e| anyhow!("{}", e.message))?.0,
         };
         let out = p
             .core

@@ -32,6 +32,8 @@ pub struct Scenario {
     pub requests: Vec<(Request, i64, Value)>,
     /// Expectations on the end state.
     pub expect: Value,
+    /// The spec's entities, in spec order.
+    pub entities: Vec<String>,
 }
 
 /// What a run produced: compared byte for byte across engines.
@@ -152,23 +154,19 @@ impl Scenario {
         }
         Ok(Scenario {
             path: path.to_path_buf(),
-            spec,
             clock_ms,
             seed,
             externals: v.get("externals").cloned().unwrap_or(json!({})),
             requests,
             expect: v.get("expect").cloned().unwrap_or(json!({})),
+            entities: sinew_core::spec::load(&spec)
+                .spec
+                .entities
+                .keys()
+                .cloned()
+                .collect(),
+            spec,
         })
-    }
-
-    /// Every entity of the spec.
-    pub fn entities(&self) -> Vec<String> {
-        sinew_core::spec::load(&self.spec)
-            .spec
-            .entities
-            .keys()
-            .cloned()
-            .collect()
     }
 }
 
@@ -325,17 +323,17 @@ fn run_inner(scenario: &Scenario, target: &mut dyn Target) -> Result<(Trace, Vec
         responses.push(response);
     }
     let mut state = Map::new();
-    for entity in scenario.entities() {
-        let rows = target.rows(&entity)?;
+    for entity in &scenario.entities {
+        let rows = target.rows(entity)?;
         if let Some(Value::Array(expected)) =
-            scenario.expect.get("state").and_then(|s| s.get(&entity))
+            scenario.expect.get("state").and_then(|s| s.get(entity))
         {
-            if let Err(e) = matches_rows(expected, &rows, &entity) {
+            if let Err(e) = matches_rows(expected, &rows, entity) {
                 problems.push(format!("state: {e}"));
             }
         }
         state.insert(
-            entity,
+            entity.clone(),
             Value::Array(rows.into_iter().map(Value::Object).collect()),
         );
     }

@@ -21,7 +21,7 @@ wit_bindgen::generate!({
 });
 
 use exports::sinew::executor::executor::{
-    BundleInfo, Error, Guest as ExecutorGuest, Request as WitRequest, Response,
+    BundleInfo, Error, Guest as ExecutorGuest, Request as WitRequest, Response, ToolInfo,
 };
 use exports::sinew::executor::risk::{Applied, Fixed, Guest as RiskGuest};
 
@@ -86,7 +86,15 @@ impl ExecutorGuest for Component {
         let info = BundleInfo {
             name: bundle.spec.name.clone(),
             hash: bundle.hash.clone(),
-            tools: bundle.spec.tools.keys().cloned().collect(),
+            tools: bundle
+                .spec
+                .tools
+                .iter()
+                .map(|(name, t)| ToolInfo {
+                    name: name.clone(),
+                    timeout_ms: t.limits.timeout_ms,
+                })
+                .collect(),
         };
         BUNDLE.with(|b| *b.borrow_mut() = Some(bundle));
         Ok(info)

@@ -96,10 +96,19 @@ fn rows(list: Vec<String>) -> Result<Vec<Row>, StorageError> {
 }
 
 impl WitStorage {
-    fn tx(&self, tx: TxId) -> Result<&storage::Transaction, StorageError> {
-        self.txs.get(&tx.0).ok_or_else(|| StorageError::Invalid {
+    fn unknown(tx: TxId) -> StorageError {
+        StorageError::Invalid {
             message: format!("transaction {} is unknown or finished", tx.0),
-        })
+        }
+    }
+
+    fn tx(&self, tx: TxId) -> Result<&storage::Transaction, StorageError> {
+        self.txs.get(&tx.0).ok_or_else(|| Self::unknown(tx))
+    }
+
+    /// Takes a transaction out of the table, to commit or roll it back.
+    fn finish(&mut self, tx: TxId) -> Result<storage::Transaction, StorageError> {
+        self.txs.remove(&tx.0).ok_or_else(|| Self::unknown(tx))
     }
 
     fn keep(&mut self, t: storage::Transaction) -> TxId {
@@ -167,23 +176,11 @@ impl ports::Storage for WitStorage {
     }
 
     fn commit(&mut self, tx: TxId) -> Result<(), StorageError> {
-        let t = self
-            .txs
-            .remove(&tx.0)
-            .ok_or_else(|| StorageError::Invalid {
-                message: format!("transaction {} is unknown or finished", tx.0),
-            })?;
-        t.commit().map_err(error)
+        self.finish(tx)?.commit().map_err(error)
     }
 
     fn rollback(&mut self, tx: TxId) -> Result<(), StorageError> {
-        let t = self
-            .txs
-            .remove(&tx.0)
-            .ok_or_else(|| StorageError::Invalid {
-                message: format!("transaction {} is unknown or finished", tx.0),
-            })?;
-        t.rollback().map_err(error)
+        self.finish(tx)?.rollback().map_err(error)
     }
 
     fn append_audit(&mut self, tx: Option<TxId>, entry: &Value) -> Result<(), StorageError> {

@@ -1110,14 +1110,7 @@ impl MemoryStorage {
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
             seq += 1;
-            let Value::Object(mut map) = entry else {
-                return Err(invalid("an audit entry must be a JSON object"));
-            };
-            map.shift_remove("hash");
-            map.insert("seq".into(), Value::from(seq));
-            map.insert("prev".into(), Value::from(prev.as_str()));
-            let text = canonical_json(&Value::Object(map));
-            let hash = sha256_hex(text.as_bytes());
+            let (text, hash) = seal_entry(entry, seq, &prev).map_err(invalid)?;
             prev.clone_from(&hash);
             out.push(AuditRecord { text, hash });
         }
@@ -1652,6 +1645,17 @@ pub fn chain_audit_entry(entry: &Value, seq: u64, prev: &str) -> Result<Value, S
 
 /// [`chain_audit_entry`] on an entry the caller owns: no copy is made.
 pub fn chain_owned(entry: Value, seq: u64, prev: &str) -> Result<Value, String> {
+    let (text, hash) = seal_entry(entry, seq, prev)?;
+    let mut value: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    if let Value::Object(m) = &mut value {
+        m.insert("hash".into(), Value::from(hash));
+    }
+    Ok(value)
+}
+
+/// The chained form of an entry: the canonical JSON of the entry with `seq`
+/// and `prev` (and without `hash`), and its SHA-256 — what the `hash` is.
+fn seal_entry(entry: Value, seq: u64, prev: &str) -> Result<(String, String), String> {
     let Value::Object(mut map) = entry else {
         return Err(format!(
             "an audit entry must be a JSON object, not {}",
@@ -1661,12 +1665,9 @@ pub fn chain_owned(entry: Value, seq: u64, prev: &str) -> Result<Value, String> 
     map.shift_remove("hash");
     map.insert("seq".into(), Value::from(seq));
     map.insert("prev".into(), Value::from(prev));
-    let mut value = Value::Object(map);
-    let hash = sha256_hex(canonical_json(&value).as_bytes());
-    if let Value::Object(m) = &mut value {
-        m.insert("hash".into(), Value::from(hash));
-    }
-    Ok(value)
+    let text = canonical_json(&Value::Object(map));
+    let hash = sha256_hex(text.as_bytes());
+    Ok((text, hash))
 }
 
 /// Walks an audit chain: every entry is an object with `seq` = its position

@@ -430,15 +430,14 @@ pub(crate) fn check(cx: &mut Cx, spec: &Spec) {
             );
         }
         if let Some(node) = &ack.node {
-            let g = ToolGraph::build(tool);
-            if !g.by_id.contains_key(node.as_str()) {
+            if tool.flow.find(node).is_none() {
                 cx.error(
                     Diagnostic::new(
                         "unknown-node",
                         child(&ack.path, "node"),
                         format!("`{}` has no node `{node}`", ack.tool),
                     )
-                    .help(suggest(node, g.nodes.iter().map(|n| n.id), "")),
+                    .help(suggest(node, tool.flow.ids(), "")),
                 );
             }
         }
