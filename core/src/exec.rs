@@ -22,7 +22,8 @@ use crate::spec::{
     Concurrency, Entity, Expression, FilterOp, Flow, Limit, Node, NodeKind, Template, Tool,
 };
 
-pub(crate) use rows::{is_uuid, normalize_row, row_to_value, uuid_from};
+pub use rows::is_uuid;
+pub(crate) use rows::{normalize_row, row_to_value, uuid_from};
 
 /// How a flow (or a transaction body) ended.
 pub(crate) enum End {

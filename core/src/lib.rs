@@ -33,7 +33,7 @@
 pub mod bundle;
 pub mod contract;
 pub mod diag;
-mod exec;
+pub mod exec;
 pub mod expr;
 pub mod flow;
 pub mod migrate;

@@ -148,14 +148,79 @@ fn entity_ddl(out: &mut String, name: &str, e: &Entity) {
     out.push('\n');
 }
 
+/// A column an entity's table has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnPlan {
+    /// The column's name.
+    pub name: String,
+    /// Its Postgres type, as `information_schema.columns.data_type` names it.
+    pub sql_type: &'static str,
+    /// Whether it is `NOT NULL`.
+    pub not_null: bool,
+    /// Its definition for `ALTER TABLE … ADD COLUMN`, constraints inline.
+    pub definition: String,
+}
+
+/// Every column of an entity's table, in table order.
+pub fn columns(e: &Entity) -> Vec<ColumnPlan> {
+    let fixed = |name: &str, ty: &'static str, not_null: bool| ColumnPlan {
+        name: name.to_owned(),
+        sql_type: ty,
+        not_null,
+        definition: format!(
+            "{} {ty}{}",
+            ident(name),
+            if not_null { " NOT NULL" } else { "" }
+        ),
+    };
+    let mut out = vec![
+        fixed("id", "uuid", true),
+        fixed("version", "bigint", true),
+        fixed("created_at", "timestamp with time zone", true),
+        fixed("updated_at", "timestamp with time zone", true),
+        fixed("deleted_at", "timestamp with time zone", false),
+    ];
+    if let Some(sm) = &e.status {
+        let states: Vec<String> = sm.states().iter().map(|s| literal(s)).collect();
+        out.push(ColumnPlan {
+            name: "status".into(),
+            sql_type: "text",
+            not_null: true,
+            definition: format!(
+                "\"status\" text NOT NULL DEFAULT {} CHECK (\"status\" IN ({}))",
+                literal(&sm.initial),
+                states.join(", ")
+            ),
+        });
+    }
+    for (name, f) in &e.fields {
+        let (mut def, checks) = column(name, f);
+        for c in checks {
+            let _ = write!(def, " CHECK ({c})");
+        }
+        out.push(ColumnPlan {
+            name: name.clone(),
+            sql_type: match f.ty {
+                FieldType::Timestamp => "timestamp with time zone",
+                t => sql_type(t),
+            },
+            not_null: !f.nullable,
+            definition: def,
+        });
+    }
+    out
+}
+
 /// The tables every sinew database has.
 pub const SINEW_TABLES: &str = r#"-- sinew: the audit log, append-only (A3): the database refuses updates,
 -- deletes and truncation; each entry carries the hash of the previous one (A4).
+-- `entry` is the exact canonical JSON text that `hash` is the SHA-256 of
+-- (query it as `entry::jsonb`).
 CREATE TABLE IF NOT EXISTS "sinew_audit" (
   "seq" bigint PRIMARY KEY,
   "execution" text NOT NULL,
   "kind" text NOT NULL,
-  "entry" jsonb NOT NULL,
+  "entry" text NOT NULL,
   "prev" text NOT NULL,
   "hash" text NOT NULL UNIQUE,
   "recorded_at" timestamptz NOT NULL DEFAULT now()
@@ -181,7 +246,7 @@ CREATE TABLE IF NOT EXISTS "sinew_idempotency" (
   "fingerprint" text NOT NULL,
   "claimed_at" timestamptz NOT NULL,
   "status" integer,
-  "body" jsonb,
+  "body" text,
   PRIMARY KEY ("scope", "key")
 );
 

@@ -1,7 +1,14 @@
 //! The sinew host: the `sinew` command's library. It checks specs, runs
 //! them in memory, and runs the core's WebAssembly component in wasmtime.
 
+pub mod admin;
 pub mod check;
+pub mod http_external;
+pub mod jwt;
+pub mod openapi;
+pub mod pg;
+pub mod serve;
+
 pub mod run;
 pub mod runtime;
 

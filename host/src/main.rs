@@ -1,6 +1,6 @@
 //! `sinew`: check, run and serve business backends written as JSON specs.
 
-use sinew_host::{check, run};
+use sinew_host::{admin, check, run, serve};
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -21,6 +21,10 @@ struct Cli {
 enum Command {
     Check(check::Args),
     Run(run::Args),
+    Serve(serve::Args),
+    Migrate(admin::MigrateArgs),
+    Audit(admin::AuditArgs),
+    Token(admin::TokenArgs),
     Component(ComponentArgs),
 }
 
@@ -55,6 +59,10 @@ fn main() -> ExitCode {
                 2
             }
         },
+        Command::Serve(args) => exit(serve::run(&args)),
+        Command::Migrate(args) => exit(admin::migrate(&args)),
+        Command::Audit(args) => exit(admin::audit(&args)),
+        Command::Token(args) => exit(admin::token(&args)),
         Command::Run(args) => match run::run(&args) {
             Ok(run::Outcome::Ok) => 0,
             Ok(run::Outcome::Error) => 1,
@@ -70,4 +78,14 @@ fn main() -> ExitCode {
         },
     };
     ExitCode::from(code)
+}
+
+fn exit(r: anyhow::Result<u8>) -> u8 {
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    }
 }

@@ -32,6 +32,8 @@ pub const MAX_MEMORY: usize = 512 << 20;
 /// How many instances may exist at once (the pooling allocator reserves
 /// address space for each up front).
 pub const MAX_INSTANCES: u32 = 128;
+/// How long past its deadline a request waiting on the host is given.
+const HOST_GRACE: Duration = Duration::from_millis(250);
 /// The deadline of a request whose tool sets no `timeoutMs`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -295,11 +297,16 @@ impl Executor {
         p.store.set_epoch_deadline(ticks);
         let wit = bindings::request(request);
         let started = Instant::now();
-        let result = p
-            .core
-            .sinew_executor_executor()
-            .call_execute(&mut p.store, &wit)
-            .await;
+        // The epoch deadline stops guest code; this one also stops a host
+        // call that waits (a lock, a slow database).
+        let result = tokio::time::timeout(
+            timeout + HOST_GRACE,
+            p.core
+                .sinew_executor_executor()
+                .call_execute(&mut p.store, &wit),
+        )
+        .await
+        .unwrap_or_else(|_| Err(wasmtime::Trap::Interrupt.into()));
         match result {
             Ok(Ok(r)) => {
                 let response = Response {
@@ -323,7 +330,8 @@ impl Executor {
             Err(trap) => {
                 let open = std::mem::take(&mut p.store.data_mut().open);
                 for tx in open.into_iter().rev() {
-                    let _ = self.backends.storage.rollback(tx).await;
+                    let rollback = self.backends.storage.rollback(tx);
+                    let _ = tokio::time::timeout(Duration::from_secs(5), rollback).await;
                 }
                 let deadline = matches!(
                     trap.downcast_ref::<wasmtime::Trap>(),
@@ -379,6 +387,26 @@ impl Executor {
             .append_audit(None, &response.audit)
             .await;
         response
+    }
+
+    /// Turns a request away before it reaches the component (a bad token,
+    /// body or content type): the problem response, and its final audit
+    /// entry written in a transaction of its own.
+    pub async fn reject(&self, request: &Request, status: u16, code: &str, detail: &str) -> Response {
+        let problem = sinew_core::problem::Problem::new(status, code, detail.to_string());
+        let now = self.backends.clock.now_ms();
+        let response = sinew_core::contract::failed(&self.bundle_hash, request, &problem, now);
+        let _ = self
+            .backends
+            .storage
+            .append_audit(None, &response.audit)
+            .await;
+        response
+    }
+
+    /// Whether the spec has a tool of this name.
+    pub fn has_tool(&self, tool: &str) -> bool {
+        self.timeouts.contains_key(tool)
     }
 
     /// Risk report through the component (same engine as `execute`).

@@ -58,7 +58,7 @@ pub(crate) fn normalize(e: &Entity, field: &str, v: Json) -> Json {
 }
 
 /// Whether `s` is a UUID in its canonical text form.
-pub(crate) fn is_uuid(s: &str) -> bool {
+pub fn is_uuid(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() == 36
         && b.iter().enumerate().all(|(i, c)| match i {

@@ -1655,7 +1655,8 @@ pub fn chain_owned(entry: Value, seq: u64, prev: &str) -> Result<Value, String> 
 
 /// The chained form of an entry: the canonical JSON of the entry with `seq`
 /// and `prev` (and without `hash`), and its SHA-256 — what the `hash` is.
-fn seal_entry(entry: Value, seq: u64, prev: &str) -> Result<(String, String), String> {
+/// Every storage stores exactly this text, so chains agree across backends.
+pub fn seal_entry(entry: Value, seq: u64, prev: &str) -> Result<(String, String), String> {
     let Value::Object(mut map) = entry else {
         return Err(format!(
             "an audit entry must be a JSON object, not {}",

@@ -1,0 +1,176 @@
+//! The operator's commands beside `serve`: `sinew migrate`, `sinew audit
+//! verify` and `sinew token`.
+
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+
+use crate::serve::Database;
+
+/// Print (or apply) the Postgres schema a spec needs.
+///
+/// Prints plain SQL you own: tables, CHECKs, indexes and the sinew_* tables
+/// with their triggers. With DATABASE_URL (or an embedded database in
+/// --data-dir) it also compares with what exists: new columns are added;
+/// a change that drops or narrows a column is refused unless
+/// --allow-destructive. Every statement is idempotent, so re-running is a
+/// no-op.
+#[derive(clap::Args, Debug)]
+pub struct MigrateArgs {
+    /// The spec.
+    pub spec: PathBuf,
+    /// Run the SQL, in one transaction.
+    #[arg(long)]
+    pub apply: bool,
+    /// Allow changes that lose data (dropped columns, changed types, new
+    /// NOT NULLs).
+    #[arg(long)]
+    pub allow_destructive: bool,
+    /// The database (absent: the embedded one in --data-dir when it exists,
+    /// else only print the plan for an empty database).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Where the embedded Postgres lives.
+    #[arg(long, env = "SINEW_DATA_DIR", default_value = ".sinew")]
+    pub data_dir: PathBuf,
+}
+
+/// Migrates; returns the exit code (0 done, 1 refused).
+pub fn migrate(args: &MigrateArgs) -> Result<u8> {
+    let text = std::fs::read_to_string(&args.spec)
+        .with_context(|| format!("cannot read the spec `{}`", args.spec.display()))?;
+    let loaded = sinew_core::spec::load(&text);
+    if let Some(d) = loaded.errors.first() {
+        anyhow::bail!(
+            "`{}` is not a valid spec: {} at {} (run `sinew check`)",
+            args.spec.display(),
+            d.message,
+            d.path
+        );
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let embedded_exists = args.data_dir.join("pg").join("PG_VERSION").is_file();
+        let db = if args.database_url.is_some() || embedded_exists || args.apply {
+            Some(Database::open(args.database_url.as_deref(), &args.data_dir)?)
+        } else {
+            None
+        };
+        let mut client = match &db {
+            Some(db) => Some(db.connect().await?),
+            None => None,
+        };
+        let m = crate::pg::migrate::plan(client.as_ref(), &loaded.spec, args.allow_destructive)
+            .await?;
+        if !m.destructive.is_empty() && !args.allow_destructive {
+            eprintln!("refused: migrating would lose data:");
+            for d in &m.destructive {
+                eprintln!("  - {d}");
+            }
+            eprintln!("review, then run again with --allow-destructive");
+            return Ok(1);
+        }
+        if args.apply {
+            let Some(client) = client.as_mut() else {
+                anyhow::bail!("no database to apply to");
+            };
+            crate::pg::migrate::apply(client, &m.sql).await?;
+            eprintln!(
+                "applied: {} change(s) to existing tables; everything else already existed or was created",
+                m.changes
+            );
+        } else {
+            print!("{}", m.sql);
+        }
+        Ok(0)
+    })
+}
+
+/// Audit log commands.
+#[derive(clap::Args, Debug)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    command: AuditCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum AuditCommand {
+    /// Walk the hash chain of `sinew_audit` and report the first broken
+    /// link (exit 1) or the number of entries (exit 0).
+    Verify {
+        /// The database (absent: the embedded one in --data-dir).
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        /// Where the embedded Postgres lives.
+        #[arg(long, env = "SINEW_DATA_DIR", default_value = ".sinew")]
+        data_dir: PathBuf,
+    },
+}
+
+/// Runs an audit command; returns the exit code.
+pub fn audit(args: &AuditArgs) -> Result<u8> {
+    let AuditCommand::Verify {
+        database_url,
+        data_dir,
+    } = &args.command;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let db = Database::open(database_url.as_deref(), data_dir)?;
+        let client = db.connect().await?;
+        match crate::pg::verify_audit(&client).await? {
+            Ok(n) => {
+                println!("audit chain intact: {n} entries");
+                Ok(0)
+            }
+            Err(broken) => {
+                println!("audit chain broken: {broken}");
+                Ok(1)
+            }
+        }
+    })
+}
+
+/// Mint a development token (HS256, signed with SINEW_JWT_SECRET).
+#[derive(clap::Args, Debug)]
+pub struct TokenArgs {
+    /// The subject (`sub`).
+    #[arg(long)]
+    pub sub: String,
+    /// Roles, comma-separated or repeated.
+    #[arg(long, value_delimiter = ',')]
+    pub roles: Vec<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: u64,
+    /// The secret.
+    #[arg(long, env = "SINEW_JWT_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// `iss` to set.
+    #[arg(long, env = "SINEW_JWT_ISSUER")]
+    pub issuer: Option<String>,
+    /// `aud` to set.
+    #[arg(long, env = "SINEW_JWT_AUDIENCE")]
+    pub audience: Option<String>,
+    /// The roles claim's name.
+    #[arg(long, env = "SINEW_JWT_ROLES_CLAIM", default_value = "roles")]
+    pub roles_claim: String,
+}
+
+/// Prints a token.
+pub fn token(args: &TokenArgs) -> Result<u8> {
+    let jwt = crate::jwt::JwtConfig {
+        secret: args.secret.clone().filter(|s| !s.is_empty()),
+        keys: Vec::new(),
+        issuer: args.issuer.clone().filter(|s| !s.is_empty()),
+        audience: args.audience.clone().filter(|s| !s.is_empty()),
+        roles_claim: args.roles_claim.clone(),
+    };
+    println!(
+        "{}",
+        jwt.mint(&args.sub, &args.roles, args.ttl, crate::jwt::now_secs())?
+    );
+    Ok(0)
+}

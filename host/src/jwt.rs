@@ -1,0 +1,203 @@
+//! Verifying bearer tokens. The algorithm comes from the configuration
+//! (HS256 with a shared secret; RS256/ES256 for keys of a JWKS, per key),
+//! never from the token. `exp` is required, `nbf` checked, leeway at most
+//! 30 s; `iss` and `aud` are required when configured — a token *without*
+//! `aud` is refused when an audience is set.
+
+use anyhow::{Context, Result, bail};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::Value;
+use sinew_core::contract::Auth;
+
+/// Clock skew allowed on `exp` and `nbf`.
+pub const LEEWAY_SECS: u64 = 30;
+
+/// How tokens are verified.
+#[derive(Clone, Default)]
+pub struct JwtConfig {
+    /// The HS256 secret.
+    pub secret: Option<String>,
+    /// Keys by `kid`, each with its pinned algorithm.
+    pub keys: Vec<(Option<String>, Algorithm, DecodingKey)>,
+    /// Required `iss`.
+    pub issuer: Option<String>,
+    /// Required `aud`.
+    pub audience: Option<String>,
+    /// The claim holding the roles (default `roles`).
+    pub roles_claim: String,
+}
+
+/// Why a token was refused (the 401's detail).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+impl JwtConfig {
+    /// Reads a JWKS document (a file's text).
+    pub fn add_jwks(&mut self, text: &str) -> Result<()> {
+        let set: JwkSet = serde_json::from_str(text).context("the JWKS is not a JWK set")?;
+        for jwk in &set.keys {
+            let alg = match &jwk.algorithm {
+                AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
+                    Algorithm::ES256
+                }
+                _ => continue,
+            };
+            let key = DecodingKey::from_jwk(jwk).context("a key of the JWKS is malformed")?;
+            self.keys.push((jwk.common.key_id.clone(), alg, key));
+        }
+        if self.keys.is_empty() {
+            bail!("the JWKS has no RSA or P-256 key");
+        }
+        Ok(())
+    }
+
+    /// Whether any way of verifying tokens is configured.
+    pub fn enabled(&self) -> bool {
+        self.secret.is_some() || !self.keys.is_empty()
+    }
+
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut v = Validation::new(alg);
+        v.algorithms = vec![alg];
+        v.leeway = LEEWAY_SECS;
+        v.validate_exp = true;
+        v.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        match &self.issuer {
+            Some(iss) => {
+                v.set_issuer(&[iss]);
+                required.push("iss");
+            }
+            None => {}
+        }
+        match &self.audience {
+            Some(aud) => {
+                v.set_audience(&[aud]);
+                required.push("aud");
+            }
+            None => v.validate_aud = false,
+        }
+        v.set_required_spec_claims(&required);
+        v
+    }
+
+    /// Verifies a bearer token and returns the caller.
+    pub fn verify(&self, token: &str) -> Result<Auth, Refused> {
+        if !self.enabled() {
+            return Err(Refused(
+                "this server accepts no tokens (no SINEW_JWT_SECRET or SINEW_JWT_JWKS)".into(),
+            ));
+        }
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| Refused(format!("the token is malformed: {e}")))?;
+        let (alg, key) = match (&header.kid, header.alg) {
+            (Some(kid), _) if self.keys.iter().any(|(k, ..)| k.as_deref() == Some(kid)) => {
+                let Some((_, alg, key)) = self.keys.iter().find(|(k, ..)| k.as_deref() == Some(kid))
+                else {
+                    return Err(Refused("unknown key".into()));
+                };
+                (*alg, key.clone())
+            }
+            (_, Algorithm::HS256) if self.secret.is_some() => (
+                Algorithm::HS256,
+                DecodingKey::from_secret(self.secret.as_deref().unwrap_or("").as_bytes()),
+            ),
+            (None, _) if self.keys.len() == 1 && self.secret.is_none() => {
+                let Some((_, alg, key)) = self.keys.first() else {
+                    return Err(Refused("unknown key".into()));
+                };
+                (*alg, key.clone())
+            }
+            _ => {
+                return Err(Refused(format!(
+                    "tokens signed with {:?}{} are not accepted here",
+                    header.alg,
+                    header
+                        .kid
+                        .as_ref()
+                        .map(|k| format!(" (key `{k}`)"))
+                        .unwrap_or_default()
+                )));
+            }
+        };
+        let data = jsonwebtoken::decode::<Value>(token, &key, &self.validation(alg))
+            .map_err(|e| Refused(describe(&e)))?;
+        let claims = data.claims;
+        let sub = match claims.get("sub") {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            _ => return Err(Refused("the token's `sub` must be a non-empty string".into())),
+        };
+        let roles = match claims.get(&self.roles_claim) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(list)) => {
+                let mut roles = Vec::with_capacity(list.len());
+                for r in list {
+                    match r {
+                        Value::String(s) => roles.push(s.clone()),
+                        _ => {
+                            return Err(Refused(format!(
+                                "the `{}` claim must be an array of strings",
+                                self.roles_claim
+                            )));
+                        }
+                    }
+                }
+                roles
+            }
+            Some(_) => {
+                return Err(Refused(format!(
+                    "the `{}` claim must be an array of strings",
+                    self.roles_claim
+                )));
+            }
+        };
+        Ok(Auth { sub, roles, claims })
+    }
+
+    /// Mints an HS256 token (for trying things locally).
+    pub fn mint(&self, sub: &str, roles: &[String], ttl_secs: u64, now_secs: u64) -> Result<String> {
+        let Some(secret) = &self.secret else {
+            bail!("set SINEW_JWT_SECRET (or --secret) to mint a token");
+        };
+        let mut claims = serde_json::Map::new();
+        claims.insert("sub".into(), Value::from(sub));
+        claims.insert(self.roles_claim.clone(), Value::from(roles.to_vec()));
+        claims.insert("iat".into(), Value::from(now_secs));
+        claims.insert("exp".into(), Value::from(now_secs + ttl_secs));
+        if let Some(iss) = &self.issuer {
+            claims.insert("iss".into(), Value::from(iss.clone()));
+        }
+        if let Some(aud) = &self.audience {
+            claims.insert("aud".into(), Value::from(aud.clone()));
+        }
+        Ok(jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &Value::Object(claims),
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )?)
+    }
+}
+
+fn describe(e: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::ExpiredSignature => "the token has expired".into(),
+        K::ImmatureSignature => "the token is not valid yet (`nbf`)".into(),
+        K::InvalidSignature => "the token's signature is invalid".into(),
+        K::InvalidIssuer => "the token's issuer (`iss`) is not accepted".into(),
+        K::InvalidAudience => "the token's audience (`aud`) is not accepted".into(),
+        K::MissingRequiredClaim(c) => format!("the token has no `{c}` claim"),
+        K::InvalidAlgorithm => "the token's algorithm is not accepted".into(),
+        _ => format!("the token is invalid: {e}"),
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,908 @@
+//! Storage on Postgres: each typed operation of the `storage` import becomes
+//! one parameterized statement (prepared once per connection), each
+//! transaction holds one pooled connection until it commits or rolls back.
+//!
+//! The audit chain (A1–A4 of the architecture) lives in `sinew_audit`: an
+//! entry is appended in the transaction of the writes it records, under a
+//! transaction-scoped advisory lock that orders appenders, so `seq` has no
+//! gaps and each `prev` is the hash of the entry before it, across any number
+//! of server processes.
+
+pub mod embedded;
+pub mod migrate;
+pub mod pool;
+pub mod schema;
+
+use serde_json::Value;
+use sinew_core::ports::memory::{GENESIS_HASH, IDEMPOTENCY_TTL_MS, seal_entry};
+use sinew_core::ports::{Claim, FilterOp, Isolation, Query, Row, StorageError};
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+
+use crate::runtime::storage::StorageBackend;
+use pool::{Conn, Pool, unavailable};
+use schema::{Schema, Table, Ty};
+
+/// The advisory lock key that orders audit appends (`'sinew'` in ASCII).
+const AUDIT_LOCK: i64 = 0x7369_6e65_77;
+
+/// A root transaction: its connection, held until it ends.
+struct Root {
+    conn: tokio::sync::Mutex<Option<Conn>>,
+    isolation: Isolation,
+    /// Set while a statement runs: still set at rollback means the request
+    /// was abandoned mid-statement (its deadline), and the statement must
+    /// be cancelled rather than waited for.
+    busy: std::sync::atomic::AtomicBool,
+    /// The chain head after this transaction's own appends.
+    head: Mutex<Option<(u64, String)>>,
+}
+
+/// A transaction handle: a root, or a savepoint inside one.
+struct Handle {
+    root: Arc<Root>,
+    savepoint: Option<String>,
+}
+
+/// The Postgres backend.
+pub struct PgBackend {
+    pool: Pool,
+    schema: Schema,
+    txs: Mutex<HashMap<u64, Arc<Handle>>>,
+    next: AtomicU64,
+    /// A connection outside the pool that reads the chain head for
+    /// transactions whose snapshot would not show it.
+    chain: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+    /// The component hash, added to every audit entry.
+    component: Option<String>,
+}
+
+type Params = Vec<Option<String>>;
+
+fn refs(p: &Params) -> Vec<&(dyn ToSql + Sync)> {
+    p.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
+}
+
+fn invalid(message: impl Into<String>) -> StorageError {
+    StorageError::Invalid {
+        message: message.into(),
+    }
+}
+
+impl PgBackend {
+    /// A backend for `spec`'s tables on the database `config` names, with at
+    /// most `pool_size` connections.
+    pub fn new(
+        config: tokio_postgres::Config,
+        spec: &sinew_core::spec::Spec,
+        pool_size: usize,
+        component: Option<String>,
+    ) -> PgBackend {
+        PgBackend {
+            pool: Pool::new(config, pool_size),
+            schema: Schema::of(spec),
+            txs: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+            chain: tokio::sync::Mutex::new(None),
+            component,
+        }
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        let mut conn = self.pool.get().await?;
+        let r = conn.client.simple_query("SELECT 1").await;
+        let r = self.check(&mut conn, r.map(|_| ()));
+        self.pool.put(conn);
+        r
+    }
+
+    /// Deletes idempotency keys and rate windows that can no longer matter.
+    pub async fn prune(&self, now_ms: i64) -> Result<u64, StorageError> {
+        let mut conn = self.pool.get().await?;
+        let keys = format!(
+            "DELETE FROM sinew_idempotency WHERE claimed_at < to_timestamp({}::bigint / 1000.0)",
+            now_ms - IDEMPOTENCY_TTL_MS
+        );
+        let rates = format!(
+            "DELETE FROM sinew_rate WHERE window_start < to_timestamp({}::bigint / 1000.0)",
+            now_ms - 3_600_000
+        );
+        let a = conn.client.execute(&keys, &[]).await;
+        let a = self.check(&mut conn, a)?;
+        let b = conn.client.execute(&rates, &[]).await;
+        let b = self.check(&mut conn, b)?;
+        self.pool.put(conn);
+        Ok(a + b)
+    }
+
+    fn table(&self, entity: &str) -> Result<&Table, StorageError> {
+        self.schema
+            .table(entity)
+            .ok_or_else(|| invalid(format!("no entity `{entity}`")))
+    }
+
+    /// Maps a database error, marking the connection broken when it is.
+    fn check<T>(&self, conn: &mut Conn, r: Result<T, tokio_postgres::Error>) -> Result<T, StorageError> {
+        r.map_err(|e| {
+            let err = self.error(&e);
+            if matches!(err, StorageError::Unavailable { .. }) || conn.client.is_closed() {
+                conn.broken = true;
+            }
+            err
+        })
+    }
+
+    fn error(&self, e: &tokio_postgres::Error) -> StorageError {
+        let Some(db) = e.as_db_error() else {
+            return unavailable(&format!("the database connection failed: {e}"));
+        };
+        let code = db.code();
+        if *code == SqlState::T_R_SERIALIZATION_FAILURE
+            || *code == SqlState::T_R_DEADLOCK_DETECTED
+            || *code == SqlState::LOCK_NOT_AVAILABLE
+        {
+            StorageError::Conflict {
+                message: db.message().to_owned(),
+            }
+        } else if *code == SqlState::UNIQUE_VIOLATION {
+            match db.constraint().and_then(|c| self.schema.unique.get(c)) {
+                Some((entity, field)) => StorageError::Unique {
+                    entity: entity.clone(),
+                    field: field.clone(),
+                },
+                None => invalid(db.message()),
+            }
+        } else if code.code().starts_with("08")
+            || code.code().starts_with("57")
+            || code.code().starts_with("53")
+        {
+            unavailable(db.message())
+        } else {
+            invalid(format!("{} ({})", db.message(), code.code()))
+        }
+    }
+
+    fn handle(&self, tx: u64) -> Result<Arc<Handle>, StorageError> {
+        self.txs
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&tx).cloned())
+            .ok_or_else(|| invalid(format!("transaction {tx} is unknown or finished")))
+    }
+
+    fn register(&self, h: Handle) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut m) = self.txs.lock() {
+            m.insert(id, Arc::new(h));
+        }
+        id
+    }
+
+    fn forget(&self, tx: u64) {
+        if let Ok(mut m) = self.txs.lock() {
+            m.remove(&tx);
+        }
+    }
+
+    /// Runs `f` on the connection of `tx` (or a pooled one for `None`).
+    async fn on<T>(
+        &self,
+        tx: Option<u64>,
+        f: impl AsyncFnOnce(&mut Conn) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, StorageError> {
+        match tx {
+            None => {
+                let mut conn = self.pool.get().await?;
+                let r = f(&mut conn).await;
+                let r = self.check(&mut conn, r);
+                self.pool.put(conn);
+                r
+            }
+            Some(tx) => {
+                let h = self.handle(tx)?;
+                let mut guard = h.root.conn.lock().await;
+                let Some(conn) = guard.as_mut() else {
+                    return Err(unavailable("the transaction's connection was lost"));
+                };
+                h.root.busy.store(true, Ordering::SeqCst);
+                let r = f(conn).await;
+                h.root.busy.store(false, Ordering::SeqCst);
+                self.check(conn, r)
+            }
+        }
+    }
+
+    /// A write wrapped in a savepoint (pipelined: one round trip), so that a
+    /// failed write leaves the transaction usable, as the storage contract
+    /// says ("nothing was changed by it").
+    async fn write(
+        &self,
+        tx: u64,
+        sql: &str,
+        params: &Params,
+    ) -> Result<Option<tokio_postgres::Row>, StorageError> {
+        let h = self.handle(tx)?;
+        let mut guard = h.root.conn.lock().await;
+        let Some(conn) = guard.as_mut() else {
+            return Err(unavailable("the transaction's connection was lost"));
+        };
+        let stmt = conn.prepare(sql).await;
+        let stmt = self.check(conn, stmt)?;
+        h.root.busy.store(true, Ordering::SeqCst);
+        let client = &conn.client;
+        let p = refs(params);
+        let (sp, row, rel) = tokio::join!(
+            client.batch_execute("SAVEPOINT sinew_op"),
+            client.query_opt(&stmt, &p),
+            client.batch_execute("RELEASE SAVEPOINT sinew_op"),
+        );
+        h.root.busy.store(false, Ordering::SeqCst);
+        let outcome = sp.and(row.and_then(|r| rel.map(|()| r)));
+        match outcome {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                let err = self.error(&e);
+                let undo = conn
+                    .client
+                    .batch_execute("ROLLBACK TO SAVEPOINT sinew_op; RELEASE SAVEPOINT sinew_op")
+                    .await;
+                if undo.is_err() || matches!(err, StorageError::Unavailable { .. }) {
+                    conn.broken = true;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// The `WHERE … ORDER BY … LIMIT … FOR UPDATE` of a query.
+    fn query_sql(&self, table: &Table, q: &Query, params: &mut Params) -> Result<String, StorageError> {
+        let mut sql = format!("SELECT {} FROM {} WHERE \"deleted_at\" IS NULL", table.select, table.sql);
+        let column = |name: &str| {
+            table
+                .column(name)
+                .ok_or_else(|| invalid(format!("no column `{name}`")))
+        };
+        let bind = |params: &mut Params, v: String, ty: Ty| {
+            params.push(Some(v));
+            format!("${}::text::{}", params.len(), ty.sql())
+        };
+        for c in &q.filters {
+            let col = column(&c.field)?;
+            let lhs = collated(col);
+            let cond = match (&c.op, &c.value) {
+                (FilterOp::Eq, Value::Null) => format!("{} IS NULL", col.sql),
+                (FilterOp::Ne, Value::Null) => format!("{} IS NOT NULL", col.sql),
+                (FilterOp::In, Value::Array(list)) => {
+                    let mut items = Vec::new();
+                    for v in list {
+                        if let Ok(Some(text)) = col.ty.encode(v) {
+                            items.push(bind(params, text, col.ty));
+                        }
+                    }
+                    if items.is_empty() {
+                        "FALSE".to_owned()
+                    } else {
+                        format!("{} IN ({})", col.sql, items.join(", "))
+                    }
+                }
+                (FilterOp::In, _) => "FALSE".to_owned(),
+                (op, v) => match col.ty.encode(v) {
+                    // A value of another type equals nothing and orders
+                    // against nothing (as in the in-memory store).
+                    Ok(None) | Err(_) => {
+                        if *op == FilterOp::Ne { "TRUE" } else { "FALSE" }.to_owned()
+                    }
+                    Ok(Some(text)) => {
+                        let p = bind(params, text, col.ty);
+                        let p = if col.ty == Ty::Text { format!("{p} COLLATE \"C\"") } else { p };
+                        match op {
+                            FilterOp::Eq => format!("{lhs} = {p}"),
+                            FilterOp::Ne => format!("{lhs} IS DISTINCT FROM {p}"),
+                            FilterOp::Lt => format!("{lhs} < {p}"),
+                            FilterOp::Lte => format!("{lhs} <= {p}"),
+                            FilterOp::Gt => format!("{lhs} > {p}"),
+                            FilterOp::Gte => format!("{lhs} >= {p}"),
+                            FilterOp::In => "FALSE".to_owned(),
+                        }
+                    }
+                },
+            };
+            let _ = write!(sql, " AND {cond}");
+        }
+        if let Some(after) = &q.after {
+            let mut ors = Vec::new();
+            for (i, (key, v)) in q.order.iter().zip(after).enumerate() {
+                let mut ands = Vec::new();
+                let mut ok = true;
+                for (k, pv) in q.order.iter().zip(after).take(i) {
+                    let col = column(&k.field)?;
+                    match col.ty.encode(pv) {
+                        Ok(None) => ands.push(format!("{} IS NULL", col.sql)),
+                        Ok(Some(t)) => {
+                            let p = bind(params, t, col.ty);
+                            ands.push(format!("{} = {p}", collated(col)));
+                        }
+                        Err(_) => ok = false,
+                    }
+                }
+                let col = column(&key.field)?;
+                // Ascending puts nulls last, descending first.
+                let strict = match (col.ty.encode(v), key.desc) {
+                    (Ok(None), false) => None,
+                    (Ok(None), true) => Some(format!("{} IS NOT NULL", col.sql)),
+                    (Ok(Some(t)), desc) => {
+                        let p = bind(params, t, col.ty);
+                        let cmp = if desc { "<" } else { ">" };
+                        Some(if desc {
+                            format!("{} {cmp} {p}", collated(col))
+                        } else {
+                            format!("({} {cmp} {p} OR {} IS NULL)", collated(col), col.sql)
+                        })
+                    }
+                    (Err(_), _) => None,
+                };
+                if let (true, Some(s)) = (ok, strict) {
+                    ands.push(s);
+                    ors.push(format!("({})", ands.join(" AND ")));
+                }
+            }
+            let _ = write!(
+                sql,
+                " AND ({})",
+                if ors.is_empty() { "FALSE".to_owned() } else { ors.join(" OR ") }
+            );
+        }
+        let mut order: Vec<String> = Vec::new();
+        for k in &q.order {
+            let col = column(&k.field)?;
+            order.push(format!("{} {}", collated(col), if k.desc { "DESC" } else { "ASC" }));
+        }
+        if !q.order.iter().any(|k| k.field == "id") {
+            order.push("\"id\" ASC".into());
+        }
+        let _ = write!(sql, " ORDER BY {}", order.join(", "));
+        if let Some(n) = q.limit {
+            let _ = write!(sql, " LIMIT {n}");
+        }
+        if q.lock {
+            sql.push_str(" FOR UPDATE");
+        }
+        Ok(sql)
+    }
+
+    /// Why an update or delete by id and version changed nothing.
+    async fn missed(&self, tx: u64, table: &Table, entity: &str, id: &str) -> StorageError {
+        let sql = format!(
+            "SELECT \"version\" FROM {} WHERE \"id\" = $1::text::uuid AND \"deleted_at\" IS NULL",
+            table.sql
+        );
+        let params: Params = vec![Some(id.to_owned())];
+        match self
+            .on(Some(tx), async |c| {
+                let s = c.prepare(&sql).await?;
+                c.client.query_opt(&s, &refs(&params)).await
+            })
+            .await
+        {
+            Ok(Some(_)) => StorageError::Conflict {
+                message: format!("`{entity}` row `{id}` was changed by another transaction"),
+            },
+            Ok(None) => StorageError::NotFound {
+                entity: entity.to_owned(),
+                id: id.to_owned(),
+            },
+            Err(e) => e,
+        }
+    }
+
+    /// The chain head as committed: read under the advisory lock, by a
+    /// statement that sees the latest commits.
+    async fn committed_head(&self, conn: &mut Conn, isolation: Isolation) -> Result<(u64, String), StorageError> {
+        const HEAD: &str = "SELECT seq::text, hash FROM sinew_audit ORDER BY seq DESC LIMIT 1";
+        let row = if isolation == Isolation::ReadCommitted {
+            let r = conn.client.query_opt(HEAD, &[]).await;
+            self.check(conn, r)?
+        } else {
+            // A repeatable-read snapshot predates the lock: read the head on
+            // a connection of its own.
+            let mut chain = self.chain.lock().await;
+            if chain.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
+                *chain = Some(self.pool.connect().await?);
+            }
+            let Some(client) = chain.as_ref() else {
+                return Err(unavailable("no connection for the audit chain"));
+            };
+            client.query_opt(HEAD, &[]).await.map_err(|e| {
+                let err = self.error(&e);
+                err
+            })?
+        };
+        Ok(match row {
+            None => (0, GENESIS_HASH.to_owned()),
+            Some(r) => {
+                let seq: String = r.get(0);
+                (seq.parse().unwrap_or(0), r.get(1))
+            }
+        })
+    }
+
+    /// Appends an entry on `conn`, inside its open transaction.
+    async fn append_on(
+        &self,
+        conn: &mut Conn,
+        isolation: Isolation,
+        head: &Mutex<Option<(u64, String)>>,
+        entry: &Value,
+    ) -> Result<(), StorageError> {
+        let mut entry = entry.clone();
+        if let (Some(c), Value::Object(m)) = (&self.component, &mut entry) {
+            m.entry("component").or_insert_with(|| Value::from(c.clone()));
+        }
+        let execution = entry.get("execution").and_then(Value::as_str).unwrap_or("").to_owned();
+        let kind = entry.get("kind").and_then(Value::as_str).unwrap_or("final").to_owned();
+        let known = head.lock().ok().and_then(|h| h.clone());
+        let (seq, prev) = match known {
+            Some(h) => h,
+            None => {
+                let r = conn
+                    .client
+                    .execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
+                    .await;
+                self.check(conn, r)?;
+                self.committed_head(conn, isolation).await?
+            }
+        };
+        let seq = seq + 1;
+        let (text, hash) = seal_entry(entry, seq, &prev).map_err(invalid)?;
+        let stmt = conn
+            .prepare(
+                "INSERT INTO sinew_audit (seq, execution, kind, entry, prev, hash) \
+                 VALUES ($1::text::bigint, $2, $3, $4, $5, $6)",
+            )
+            .await;
+        let stmt = self.check(conn, stmt)?;
+        let params: Params = vec![
+            Some(seq.to_string()),
+            Some(execution),
+            Some(kind),
+            Some(text),
+            Some(prev),
+            Some(hash.clone()),
+        ];
+        let r = conn.client.execute(&stmt, &refs(&params)).await;
+        self.check(conn, r)?;
+        if let Ok(mut h) = head.lock() {
+            *h = Some((seq, hash));
+        }
+        Ok(())
+    }
+}
+
+/// A column for comparisons and sorting: text compares by bytes, as
+/// everywhere else in sinew.
+fn collated(c: &schema::Column) -> String {
+    if c.ty == Ty::Text {
+        format!("{} COLLATE \"C\"", c.sql)
+    } else {
+        c.sql.clone()
+    }
+}
+
+fn isolation_sql(i: Isolation) -> &'static str {
+    match i {
+        Isolation::ReadCommitted => "BEGIN ISOLATION LEVEL READ COMMITTED",
+        Isolation::RepeatableRead => "BEGIN ISOLATION LEVEL REPEATABLE READ",
+        Isolation::Serializable => "BEGIN ISOLATION LEVEL SERIALIZABLE",
+    }
+}
+
+#[async_trait::async_trait]
+impl StorageBackend for PgBackend {
+    async fn begin(&self, isolation: Isolation, parent: Option<u64>) -> Result<u64, StorageError> {
+        match parent {
+            None => {
+                let mut conn = self.pool.get().await?;
+                let r = conn.client.batch_execute(isolation_sql(isolation)).await;
+                if let Err(e) = self.check(&mut conn, r) {
+                    self.pool.put(conn);
+                    return Err(e);
+                }
+                Ok(self.register(Handle {
+                    root: Arc::new(Root {
+                        conn: tokio::sync::Mutex::new(Some(conn)),
+                        isolation,
+                        busy: Default::default(),
+                        head: Mutex::new(None),
+                    }),
+                    savepoint: None,
+                }))
+            }
+            Some(parent) => {
+                let p = self.handle(parent)?;
+                let name = format!("sinew_sp_{}", self.next.fetch_add(1, Ordering::Relaxed));
+                let sql = format!("SAVEPOINT {name}");
+                self.on(Some(parent), async |c| c.client.batch_execute(&sql).await)
+                    .await?;
+                Ok(self.register(Handle {
+                    root: p.root.clone(),
+                    savepoint: Some(name),
+                }))
+            }
+        }
+    }
+
+    async fn read(&self, tx: Option<u64>, entity: &str, q: &Query) -> Result<Vec<Row>, StorageError> {
+        let table = self.table(entity)?;
+        let mut params = Params::new();
+        let sql = self.query_sql(table, q, &mut params)?;
+        if q.lock && tx.is_none() {
+            return Err(invalid("a locking read needs a transaction"));
+        }
+        let rows = self
+            .on(tx, async |c| {
+                let s = c.prepare(&sql).await?;
+                c.client.query(&s, &refs(&params)).await
+            })
+            .await?;
+        Ok(rows.iter().map(|r| table.row(r)).collect())
+    }
+
+    async fn insert(&self, tx: u64, entity: &str, row: &Row) -> Result<Row, StorageError> {
+        let table = self.table(entity)?;
+        let mut cols = Vec::new();
+        let mut vals = Vec::new();
+        let mut params = Params::new();
+        for (k, v) in row {
+            let col = table
+                .column(k)
+                .ok_or_else(|| invalid(format!("`{entity}` has no column `{k}`")))?;
+            let text = col
+                .ty
+                .encode(v)
+                .map_err(|e| invalid(format!("`{entity}.{k}`: {e}")))?;
+            params.push(text);
+            cols.push(col.sql.clone());
+            vals.push(format!("${}::text::{}", params.len(), col.ty.sql()));
+        }
+        let sql = format!(
+            "INSERT INTO {} ({}) VALUES ({}) RETURNING {}",
+            table.sql,
+            cols.join(", "),
+            vals.join(", "),
+            table.select
+        );
+        match self.write(tx, &sql, &params).await? {
+            Some(r) => Ok(table.row(&r)),
+            None => Err(invalid("the insert returned no row")),
+        }
+    }
+
+    async fn update(
+        &self,
+        tx: u64,
+        entity: &str,
+        id: &str,
+        version: i64,
+        changes: &Row,
+    ) -> Result<Row, StorageError> {
+        let table = self.table(entity)?;
+        let mut sets = Vec::new();
+        let mut params = Params::new();
+        for (k, v) in changes {
+            if k == "id" || k == "version" {
+                continue;
+            }
+            let col = table
+                .column(k)
+                .ok_or_else(|| invalid(format!("`{entity}` has no column `{k}`")))?;
+            let text = col
+                .ty
+                .encode(v)
+                .map_err(|e| invalid(format!("`{entity}.{k}`: {e}")))?;
+            params.push(text);
+            sets.push(format!("{} = ${}::text::{}", col.sql, params.len(), col.ty.sql()));
+        }
+        sets.push("\"version\" = \"version\" + 1".into());
+        params.push(Some(id.to_owned()));
+        params.push(Some(version.to_string()));
+        let n = params.len();
+        let sql = format!(
+            "UPDATE {} SET {} WHERE \"id\" = ${}::text::uuid AND \"version\" = ${}::text::bigint \
+             AND \"deleted_at\" IS NULL RETURNING {}",
+            table.sql,
+            sets.join(", "),
+            n - 1,
+            n,
+            table.select
+        );
+        if !sinew_core::exec::is_uuid(id) {
+            return Err(StorageError::NotFound {
+                entity: entity.to_owned(),
+                id: id.to_owned(),
+            });
+        }
+        match self.write(tx, &sql, &params).await? {
+            Some(r) => Ok(table.row(&r)),
+            None => Err(self.missed(tx, table, entity, id).await),
+        }
+    }
+
+    async fn soft_delete(
+        &self,
+        tx: u64,
+        entity: &str,
+        id: &str,
+        version: i64,
+        at: &str,
+    ) -> Result<Row, StorageError> {
+        let mut changes = Row::new();
+        changes.insert("deleted_at".into(), Value::from(at));
+        self.update(tx, entity, id, version, &changes).await
+    }
+
+    async fn commit(&self, tx: u64) -> Result<(), StorageError> {
+        let h = self.handle(tx)?;
+        self.forget(tx);
+        let mut guard = h.root.conn.lock().await;
+        match &h.savepoint {
+            Some(name) => {
+                let Some(conn) = guard.as_mut() else {
+                    return Err(unavailable("the transaction's connection was lost"));
+                };
+                let r = conn.client.batch_execute(&format!("RELEASE SAVEPOINT {name}")).await;
+                self.check(conn, r)
+            }
+            None => {
+                let Some(mut conn) = guard.take() else {
+                    return Err(unavailable("the transaction's connection was lost"));
+                };
+                let r = conn.client.batch_execute("COMMIT").await;
+                let r = self.check(&mut conn, r);
+                if r.is_err() {
+                    // A failed COMMIT leaves no transaction open; a lost
+                    // connection is dropped by `put`.
+                    let _ = conn.client.batch_execute("ROLLBACK").await;
+                }
+                self.pool.put(conn);
+                r
+            }
+        }
+    }
+
+    async fn rollback(&self, tx: u64) -> Result<(), StorageError> {
+        let h = self.handle(tx)?;
+        self.forget(tx);
+        let mut guard = h.root.conn.lock().await;
+        match &h.savepoint {
+            Some(name) => {
+                let Some(conn) = guard.as_mut() else {
+                    return Ok(());
+                };
+                let r = conn
+                    .client
+                    .batch_execute(&format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"))
+                    .await;
+                // Entries appended inside the savepoint are gone: read the
+                // head again at the next append.
+                if let Ok(mut head) = h.root.head.lock() {
+                    *head = None;
+                }
+                self.check(conn, r)
+            }
+            None => {
+                let Some(mut conn) = guard.take() else {
+                    return Ok(());
+                };
+                if h.root.busy.load(Ordering::SeqCst) {
+                    // Abandoned mid-statement: cancel it and drop the
+                    // connection; the server rolls the transaction back.
+                    let _ = conn.client.cancel_token().cancel_query(tokio_postgres::NoTls).await;
+                    conn.broken = true;
+                    self.pool.put(conn);
+                    return Ok(());
+                }
+                let r = conn.client.batch_execute("ROLLBACK").await;
+                // A rollback on a lost connection succeeded: the server
+                // rolled back when it went away.
+                let _ = self.check(&mut conn, r);
+                self.pool.put(conn);
+                Ok(())
+            }
+        }
+    }
+
+    async fn append_audit(&self, tx: Option<u64>, entry: &Value) -> Result<(), StorageError> {
+        match tx {
+            Some(tx) => {
+                let h = self.handle(tx)?;
+                let mut guard = h.root.conn.lock().await;
+                let Some(conn) = guard.as_mut() else {
+                    return Err(unavailable("the transaction's connection was lost"));
+                };
+                h.root.busy.store(true, Ordering::SeqCst);
+                let r = self.append_on(conn, h.root.isolation, &h.root.head, entry).await;
+                h.root.busy.store(false, Ordering::SeqCst);
+                r
+            }
+            None => {
+                let mut conn = self.pool.get().await?;
+                let r = conn.client.batch_execute("BEGIN").await;
+                let mut r = self.check(&mut conn, r);
+                if r.is_ok() {
+                    let head = Mutex::new(None);
+                    r = self.append_on(&mut conn, Isolation::ReadCommitted, &head, entry).await;
+                }
+                let end = if r.is_ok() { "COMMIT" } else { "ROLLBACK" };
+                let e = conn.client.batch_execute(end).await;
+                let e = self.check(&mut conn, e);
+                self.pool.put(conn);
+                r.and(e)
+            }
+        }
+    }
+
+    async fn claim_key(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+        now_ms: i64,
+    ) -> Result<Claim, StorageError> {
+        const CLAIM: &str = "INSERT INTO sinew_idempotency (scope, key, fingerprint, claimed_at) \
+             VALUES ($1, $2, $3, to_timestamp($4::text::bigint / 1000.0)) \
+             ON CONFLICT (scope, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
+               claimed_at = EXCLUDED.claimed_at, status = NULL, body = NULL \
+             WHERE sinew_idempotency.claimed_at <= EXCLUDED.claimed_at - interval '24 hours' \
+             RETURNING 1";
+        const STATE: &str = "SELECT fingerprint, status::text, body FROM sinew_idempotency \
+             WHERE scope = $1 AND key = $2";
+        let params: Params = vec![
+            Some(scope.to_owned()),
+            Some(key.to_owned()),
+            Some(fingerprint.to_owned()),
+            Some(now_ms.to_string()),
+        ];
+        // The row may be released between the two statements: try again.
+        for _ in 0..3 {
+            let state = self
+                .on(None, async |c| {
+                    let s = c.prepare(CLAIM).await?;
+                    if c.client.query_opt(&s, &refs(&params)).await?.is_some() {
+                        return Ok(None);
+                    }
+                    let s = c.prepare(STATE).await?;
+                    c.client.query_opt(&s, &refs(&params[..2].to_vec())).await.map(Some)
+                })
+                .await?;
+            let row = match state {
+                None => return Ok(Claim::New),
+                Some(None) => continue,
+                Some(Some(row)) => row,
+            };
+            let fp: String = row.get(0);
+            let status: Option<String> = row.get(1);
+            let body: Option<String> = row.get(2);
+            if fp != fingerprint {
+                return Ok(Claim::Mismatch);
+            }
+            return Ok(match status.and_then(|s| s.parse::<u16>().ok()) {
+                None => Claim::InFlight,
+                Some(status) => Claim::Replay {
+                    status,
+                    body: body
+                        .and_then(|b| serde_json::from_str(&b).ok())
+                        .unwrap_or(Value::Null),
+                },
+            });
+        }
+        Err(StorageError::Conflict {
+            message: format!("idempotency key `{key}` kept changing"),
+        })
+    }
+
+    async fn complete_key(
+        &self,
+        tx: Option<u64>,
+        scope: &str,
+        key: &str,
+        status: u16,
+        body: &Value,
+    ) -> Result<(), StorageError> {
+        const SQL: &str = "UPDATE sinew_idempotency SET status = $3::text::integer, body = $4 \
+             WHERE scope = $1 AND key = $2";
+        let params: Params = vec![
+            Some(scope.to_owned()),
+            Some(key.to_owned()),
+            Some(status.to_string()),
+            Some(body.to_string()),
+        ];
+        self.on(tx, async |c| {
+            let s = c.prepare(SQL).await?;
+            c.client.execute(&s, &refs(&params)).await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn release_key(&self, scope: &str, key: &str) -> Result<(), StorageError> {
+        const SQL: &str =
+            "DELETE FROM sinew_idempotency WHERE scope = $1 AND key = $2 AND status IS NULL";
+        let params: Params = vec![Some(scope.to_owned()), Some(key.to_owned())];
+        self.on(None, async |c| {
+            let s = c.prepare(SQL).await?;
+            c.client.execute(&s, &refs(&params)).await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn rate_hit(&self, scope: &str, window_ms: i64) -> Result<u64, StorageError> {
+        const SQL: &str = "INSERT INTO sinew_rate (scope, window_start, hits) \
+             VALUES ($1, to_timestamp($2::text::bigint / 1000.0), 1) \
+             ON CONFLICT (scope, window_start) DO UPDATE SET hits = sinew_rate.hits + 1 \
+             RETURNING hits::text";
+        let params: Params = vec![Some(scope.to_owned()), Some(window_ms.to_string())];
+        let row = self
+            .on(None, async |c| {
+                let s = c.prepare(SQL).await?;
+                c.client.query_one(&s, &refs(&params)).await
+            })
+            .await?;
+        let hits: String = row.get(0);
+        Ok(hits.parse().unwrap_or(u64::MAX))
+    }
+}
+
+/// Walks the audit chain of the database: returns the number of entries,
+/// or a message naming the first broken link.
+pub async fn verify_audit(client: &tokio_postgres::Client) -> anyhow::Result<Result<u64, String>> {
+    use futures_util::TryStreamExt;
+    let stream = client
+        .query_raw(
+            "SELECT seq::text, entry, prev, hash FROM sinew_audit ORDER BY seq",
+            std::iter::empty::<Option<String>>(),
+        )
+        .await?;
+    futures_util::pin_mut!(stream);
+    let mut prev = GENESIS_HASH.to_owned();
+    let mut n: u64 = 0;
+    while let Some(row) = stream.try_next().await? {
+        n += 1;
+        let seq: String = row.get(0);
+        let text: String = row.get(1);
+        let row_prev: String = row.get(2);
+        let hash: String = row.get(3);
+        let at = format!("audit entry {n}");
+        if seq.parse::<u64>().ok() != Some(n) {
+            return Ok(Err(format!("{at}: `seq` is {seq}, expected {n} (an entry is missing)")));
+        }
+        if row_prev != prev {
+            return Ok(Err(format!(
+                "{at}: `prev` does not match the hash of the previous entry"
+            )));
+        }
+        if sinew_core::bundle::sha256_hex(text.as_bytes()) != hash {
+            return Ok(Err(format!(
+                "{at}: `hash` does not match its content (the entry was altered)"
+            )));
+        }
+        let content: Value = match serde_json::from_str(&text) {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(format!("{at}: not JSON: {e}"))),
+        };
+        if content.get("seq").and_then(Value::as_u64) != Some(n)
+            || content.get("prev").and_then(Value::as_str) != Some(prev.as_str())
+        {
+            return Ok(Err(format!(
+                "{at}: its content names another place in the chain"
+            )));
+        }
+        prev = hash;
+    }
+    Ok(Ok(n))
+}

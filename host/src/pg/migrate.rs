@@ -1,0 +1,140 @@
+//! `sinew migrate`: the DDL a database needs for a spec. Creating what is
+//! missing is always safe and idempotent; a change to an existing table that
+//! could lose data (a dropped column, a changed type, a new `NOT NULL`) is
+//! refused unless the user allows it.
+
+use anyhow::{Context, Result};
+use sinew_core::migrate::{columns, ident, table_name};
+use sinew_core::spec::Spec;
+use std::collections::HashMap;
+use std::fmt::Write;
+
+/// What migrating a database to a spec takes.
+#[derive(Debug, Clone, Default)]
+pub struct Migration {
+    /// The SQL to run, in one transaction.
+    pub sql: String,
+    /// Changes that could lose data, one sentence each (their SQL is in
+    /// `sql` only when they were allowed).
+    pub destructive: Vec<String>,
+    /// Whether the database already has everything (nothing to alter).
+    pub changes: usize,
+}
+
+struct Existing {
+    ty: String,
+    not_null: bool,
+}
+
+/// The migration of the database behind `client` to `spec`. Without a
+/// client, the plan for an empty database.
+pub async fn plan(
+    client: Option<&tokio_postgres::Client>,
+    spec: &Spec,
+    allow_destructive: bool,
+) -> Result<Migration> {
+    let mut m = Migration {
+        sql: sinew_core::migrate::plan(spec),
+        ..Migration::default()
+    };
+    let Some(client) = client else {
+        return Ok(m);
+    };
+    let rows = client
+        .query(
+            "SELECT table_name::text, column_name::text, data_type::text, is_nullable::text \
+             FROM information_schema.columns WHERE table_schema = current_schema() \
+             ORDER BY table_name, ordinal_position",
+            &[],
+        )
+        .await
+        .context("reading the database's tables")?;
+    let mut tables: HashMap<String, Vec<(String, Existing)>> = HashMap::new();
+    for r in &rows {
+        let table: String = r.get(0);
+        let nullable: String = r.get(3);
+        tables.entry(table).or_default().push((
+            r.get(1),
+            Existing {
+                ty: r.get(2),
+                not_null: nullable == "NO",
+            },
+        ));
+    }
+    let mut alters = String::new();
+    for (name, e) in &spec.entities {
+        let table = table_name(name);
+        let Some(existing) = tables.get(&table) else {
+            continue;
+        };
+        let t = ident(&table);
+        let wanted = columns(e);
+        for c in &wanted {
+            let col = ident(&c.name);
+            match existing.iter().find(|(n, _)| *n == c.name) {
+                None => {
+                    m.changes += 1;
+                    let _ = writeln!(alters, "ALTER TABLE {t} ADD COLUMN {};", c.definition);
+                }
+                Some((_, have)) => {
+                    if have.ty != c.sql_type {
+                        m.changes += 1;
+                        m.destructive.push(format!(
+                            "`{table}.{}` would change type from {} to {}",
+                            c.name, have.ty, c.sql_type
+                        ));
+                        if allow_destructive {
+                            let _ = writeln!(
+                                alters,
+                                "ALTER TABLE {t} ALTER COLUMN {col} TYPE {ty} USING {col}::{ty};",
+                                ty = c.sql_type
+                            );
+                        }
+                    }
+                    if c.not_null && !have.not_null {
+                        m.changes += 1;
+                        m.destructive.push(format!(
+                            "`{table}.{}` would become NOT NULL (rows holding null would be refused)",
+                            c.name
+                        ));
+                        if allow_destructive {
+                            let _ =
+                                writeln!(alters, "ALTER TABLE {t} ALTER COLUMN {col} SET NOT NULL;");
+                        }
+                    } else if !c.not_null && have.not_null {
+                        m.changes += 1;
+                        let _ = writeln!(alters, "ALTER TABLE {t} ALTER COLUMN {col} DROP NOT NULL;");
+                    }
+                }
+            }
+        }
+        for (n, _) in existing {
+            if !wanted.iter().any(|c| c.name == *n) {
+                m.changes += 1;
+                m.destructive.push(format!(
+                    "`{table}.{n}` is not in the spec: it would be dropped with its data"
+                ));
+                if allow_destructive {
+                    let _ = writeln!(alters, "ALTER TABLE {t} DROP COLUMN {};", ident(n));
+                }
+            }
+        }
+    }
+    if !alters.is_empty() {
+        let _ = write!(m.sql, "\n-- changes to existing tables\n{alters}");
+    }
+    Ok(m)
+}
+
+/// Runs a migration's SQL in one transaction.
+pub async fn apply(client: &mut tokio_postgres::Client, sql: &str) -> Result<()> {
+    let tx = client.transaction().await?;
+    // Two servers starting at once must not race on `CREATE … IF NOT EXISTS`.
+    tx.batch_execute("SELECT pg_advisory_xact_lock(7596835991)")
+        .await?;
+    tx.batch_execute(sql)
+        .await
+        .context("the migration failed; nothing was changed")?;
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! A small connection pool: at most `max` connections, each with its own
+//! cache of prepared statements; broken connections are dropped, not
+//! reused, so the pool recovers by itself when the database comes back.
+
+use sinew_core::ports::StorageError;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_postgres::{Client, NoTls, Statement};
+
+/// How long a request waits for a free connection before the database is
+/// reported unavailable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Prepared statements kept per connection.
+const STATEMENT_CACHE: usize = 512;
+
+/// A pooled connection with its prepared statements.
+pub struct Conn {
+    /// The client.
+    pub client: Client,
+    statements: HashMap<String, Statement>,
+    /// Set when an error showed the connection cannot be trusted.
+    pub broken: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Conn {
+    /// The prepared statement for `sql`, prepared once per connection.
+    pub async fn prepare(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql).await?;
+        if self.statements.len() >= STATEMENT_CACHE {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_owned(), s.clone());
+        Ok(s)
+    }
+}
+
+/// The pool.
+pub struct Pool {
+    config: tokio_postgres::Config,
+    idle: Mutex<Vec<(Client, HashMap<String, Statement>)>>,
+    permits: Arc<Semaphore>,
+}
+
+impl Pool {
+    /// A pool of at most `max` connections to `config`.
+    pub fn new(config: tokio_postgres::Config, max: usize) -> Pool {
+        Pool {
+            config,
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(max.max(1))),
+        }
+    }
+
+    /// A connection: an idle one, or a new one.
+    pub async fn get(&self) -> Result<Conn, StorageError> {
+        let permit = tokio::time::timeout(ACQUIRE_TIMEOUT, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| unavailable("every database connection stayed busy for 10 s"))?
+            .map_err(|_| unavailable("the connection pool is closed"))?;
+        loop {
+            let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
+            match idle {
+                Some((client, _)) if client.is_closed() => continue,
+                Some((client, statements)) => {
+                    return Ok(Conn {
+                        client,
+                        statements,
+                        broken: false,
+                        _permit: permit,
+                    });
+                }
+                None => break,
+            }
+        }
+        let client = self.connect().await?;
+        Ok(Conn {
+            client,
+            statements: HashMap::new(),
+            broken: false,
+            _permit: permit,
+        })
+    }
+
+    /// A connection outside the pool's count (the audit chain's reader).
+    pub async fn connect(&self) -> Result<Client, StorageError> {
+        let connecting = self.config.connect(NoTls);
+        let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| unavailable("connecting to the database timed out"))?
+            .map_err(|e| unavailable(&format!("cannot connect to the database: {e}")))?;
+        tokio::spawn(async move {
+            // Ends when the client is dropped or the server goes away.
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    /// Gives a connection back (or drops it if it is broken).
+    pub fn put(&self, conn: Conn) {
+        if conn.broken || conn.client.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push((conn.client, conn.statements));
+        }
+    }
+}
+
+/// An unavailable-database error.
+pub fn unavailable(message: &str) -> StorageError {
+    StorageError::Unavailable {
+        message: message.to_owned(),
+    }
+}

@@ -1,0 +1,919 @@
+//! `sinew serve`: the tools of a spec as an HTTP API on Postgres.
+//!
+//! Each request is routed by the tools' `http` triggers, its token verified,
+//! its body read (size and depth limited) and run through the core's
+//! component; every request routed to a tool leaves exactly one final audit
+//! entry, the ones turned away here included. One JSON log line per request
+//! on stdout, in the shape Cloud Logging reads.
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{Map, Value, json};
+use sinew_core::contract::{Request, Response};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+use crate::jwt::JwtConfig;
+use crate::pg::PgBackend;
+use crate::pg::embedded::Embedded;
+use crate::runtime::{Backends, Engine, Executor};
+
+/// How long in-flight requests may take to finish after SIGTERM.
+const DRAIN: Duration = Duration::from_secs(10);
+/// The longest accepted `Idempotency-Key`.
+const MAX_KEY: usize = 255;
+
+/// Serve a spec's tools over HTTP, on Postgres.
+///
+/// Without DATABASE_URL, a private Postgres is started in `<data-dir>/pg`
+/// (data kept across restarts) and stopped on exit. Migrations that lose no
+/// data are applied at start; others are refused (see `sinew migrate`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// The spec (a JSON file).
+    #[arg(env = "SINEW_SPEC")]
+    pub spec: PathBuf,
+    /// The port to listen on.
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// The address to listen on.
+    #[arg(long, env = "SINEW_LISTEN", default_value = "0.0.0.0")]
+    pub listen: IpAddr,
+    /// Postgres: a URL (`postgres://user:pass@host/db`) or key=value
+    /// settings (`host=/cloudsql/project:region:instance dbname=app`).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Where the embedded Postgres and the compiled-component cache live.
+    #[arg(long, env = "SINEW_DATA_DIR", default_value = ".sinew")]
+    pub data_dir: PathBuf,
+    /// HS256 secret for bearer tokens.
+    #[arg(long, env = "SINEW_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// A JWKS file (RS256/ES256 keys by `kid`).
+    #[arg(long, env = "SINEW_JWT_JWKS")]
+    pub jwt_jwks: Option<String>,
+    /// Required `iss` of tokens.
+    #[arg(long, env = "SINEW_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` of tokens.
+    #[arg(long, env = "SINEW_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// The claim holding the caller's roles (an array of strings).
+    #[arg(long, env = "SINEW_JWT_ROLES_CLAIM", default_value = "roles")]
+    pub jwt_roles_claim: String,
+    /// Log level: error, warn, info or debug.
+    #[arg(long, env = "SINEW_LOG", default_value = "info")]
+    pub log: String,
+    /// The largest request body, in bytes.
+    #[arg(long, env = "SINEW_MAX_BODY", default_value_t = 1 << 20)]
+    pub max_body: usize,
+    /// Database connections per process.
+    #[arg(long, env = "SINEW_POOL_SIZE", default_value_t = 16)]
+    pub pool_size: usize,
+    /// Do not apply migrations at start.
+    #[arg(long)]
+    pub no_migrate: bool,
+    /// Tests only (refused unless listening on loopback): honour
+    /// `x-sinew-test-now` (the request's clock, RFC 3339) and
+    /// `x-sinew-test-request-id`, so scenario files replay exactly.
+    #[arg(long, hide = true)]
+    pub test_hooks: bool,
+}
+
+impl Args {
+    /// The JWT settings.
+    pub fn jwt(&self) -> Result<JwtConfig> {
+        let mut jwt = JwtConfig {
+            secret: self.jwt_secret.clone().filter(|s| !s.is_empty()),
+            keys: Vec::new(),
+            issuer: self.jwt_issuer.clone().filter(|s| !s.is_empty()),
+            audience: self.jwt_audience.clone().filter(|s| !s.is_empty()),
+            roles_claim: self.jwt_roles_claim.clone(),
+        };
+        if let Some(jwks) = self.jwt_jwks.as_deref().filter(|s| !s.is_empty()) {
+            if jwks.starts_with("http://") || jwks.starts_with("https://") {
+                bail!(
+                    "SINEW_JWT_JWKS: fetching a JWKS by URL is not supported yet; \
+                     download it and give its file path"
+                );
+            }
+            let text = std::fs::read_to_string(jwks)
+                .with_context(|| format!("cannot read the JWKS `{jwks}`"))?;
+            jwt.add_jwks(&text)?;
+        }
+        Ok(jwt)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Level {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// JSON log lines on stdout.
+#[derive(Clone)]
+pub struct Log {
+    level: Level,
+    project: Option<String>,
+}
+
+impl Log {
+    fn new(level: &str) -> Log {
+        Log {
+            level: match level.to_ascii_lowercase().as_str() {
+                "debug" | "trace" => Level::Debug,
+                "warn" | "warning" => Level::Warn,
+                "error" => Level::Error,
+                _ => Level::Info,
+            },
+            project: std::env::var("GOOGLE_CLOUD_PROJECT").ok(),
+        }
+    }
+
+    fn line(&self, level: Level, mut fields: Map<String, Value>) {
+        if level < self.level {
+            return;
+        }
+        let severity = match level {
+            Level::Debug => "DEBUG",
+            Level::Info => "INFO",
+            Level::Warn => "WARNING",
+            Level::Error => "ERROR",
+        };
+        fields.insert("severity".into(), json!(severity));
+        fields.insert("time".into(), json!(sinew_core::expr::value::format_timestamp(
+            crate::runtime::clock::ClockBackend::now_ms(&crate::runtime::clock::SystemClock) * 1000
+        )));
+        println!("{}", Value::Object(fields));
+    }
+
+    /// A message.
+    pub fn info(&self, message: &str) {
+        let mut m = Map::new();
+        m.insert("message".into(), json!(message));
+        self.line(Level::Info, m);
+    }
+
+    fn error(&self, message: &str) {
+        let mut m = Map::new();
+        m.insert("message".into(), json!(message));
+        self.line(Level::Error, m);
+    }
+
+    /// The trace field from `X-Cloud-Trace-Context` or `traceparent`.
+    fn trace(&self, headers: &hyper::HeaderMap) -> Option<String> {
+        let id = headers
+            .get("x-cloud-trace-context")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split('/').next())
+            .or_else(|| {
+                headers
+                    .get("traceparent")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.split('-').nth(1))
+            })
+            .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()))?;
+        Some(match &self.project {
+            Some(p) => format!("projects/{p}/traces/{id}"),
+            None => id.to_owned(),
+        })
+    }
+}
+
+/// A route: a tool's method and path.
+struct Route {
+    method: Method,
+    segments: Vec<Segment>,
+    tool: String,
+}
+
+/// How a webhook's signature is checked: HMAC-SHA256 of the body with the
+/// secret in an environment variable, hex in a header (optionally
+/// `sha256=`-prefixed).
+#[derive(Clone)]
+struct Webhook {
+    secret: Option<Vec<u8>>,
+    variable: Option<String>,
+    header: String,
+}
+
+fn verify_signature(secret: &[u8], body: &[u8], given: &str) -> bool {
+    use hmac::{Hmac, Mac};
+    let given = given.trim();
+    let given = given.strip_prefix("sha256=").unwrap_or(given);
+    let Some(bytes) = (0..given.len())
+        .step_by(2)
+        .map(|i| given.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect::<Option<Vec<u8>>>()
+    else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(secret) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&bytes).is_ok()
+}
+
+enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+enum Found<'a> {
+    Tool(&'a str, Vec<(String, String)>),
+    WrongMethod(Vec<String>),
+    Nothing,
+}
+
+struct Router {
+    routes: Vec<Route>,
+}
+
+impl Router {
+    fn new(spec: &sinew_core::spec::Spec) -> Router {
+        let mut routes = Vec::new();
+        for (name, tool) in &spec.tools {
+            if spec.broken_tools.contains(name) {
+                continue;
+            }
+            let Some((method, path)) = tool.trigger.route() else {
+                continue;
+            };
+            let Ok(method) = Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+                continue;
+            };
+            let segments = path
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(|s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                    Some(p) => Segment::Param(p.to_owned()),
+                    None => Segment::Literal(s.to_owned()),
+                })
+                .collect();
+            routes.push(Route {
+                method,
+                segments,
+                tool: name.clone(),
+            });
+        }
+        // Literal segments win over parameters (`/orders/mine` before
+        // `/orders/{id}`).
+        routes.sort_by_key(|r| {
+            r.segments
+                .iter()
+                .map(|s| matches!(s, Segment::Param(_)))
+                .collect::<Vec<_>>()
+        });
+        Router { routes }
+    }
+
+    fn find(&self, method: &Method, path: &str) -> Found<'_> {
+        let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let mut allow = Vec::new();
+        for r in &self.routes {
+            if r.segments.len() != parts.len() {
+                continue;
+            }
+            let mut params = Vec::new();
+            let ok = r.segments.iter().zip(&parts).all(|(s, p)| match s {
+                Segment::Literal(l) => l == p,
+                Segment::Param(name) => {
+                    params.push((name.clone(), percent_decode(p)));
+                    true
+                }
+            });
+            if !ok {
+                continue;
+            }
+            if r.method == method || (method == Method::HEAD && r.method == Method::GET) {
+                return Found::Tool(&r.tool, params);
+            }
+            allow.push(r.method.to_string());
+        }
+        if allow.is_empty() {
+            Found::Nothing
+        } else {
+            allow.sort();
+            allow.dedup();
+            Found::WrongMethod(allow)
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], b.get(i + 1..i + 3)) {
+            (b'%', Some(h)) if h.iter().all(u8::is_ascii_hexdigit) => {
+                let hex = std::str::from_utf8(h).unwrap_or("00");
+                out.push(u8::from_str_radix(hex, 16).unwrap_or(0));
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A path or query parameter as the input schema's property wants it.
+fn typed(schema: Option<&Value>, raw: &str) -> Value {
+    let ty = schema.and_then(|s| s.get("type"));
+    let is = |t: &str| match ty {
+        Some(Value::String(s)) => s == t,
+        Some(Value::Array(a)) => a.iter().any(|x| x == t),
+        _ => false,
+    };
+    if is("integer")
+        && let Ok(i) = raw.parse::<i64>()
+    {
+        return json!(i);
+    }
+    if is("number")
+        && let Ok(f) = raw.parse::<f64>()
+        && let Some(n) = serde_json::Number::from_f64(f)
+    {
+        return Value::Number(n);
+    }
+    if is("boolean") && (raw == "true" || raw == "false") {
+        return json!(raw == "true");
+    }
+    json!(raw)
+}
+
+/// The server's shared state.
+pub struct App {
+    executor: Executor,
+    router: Router,
+    jwt: JwtConfig,
+    openapi: Bytes,
+    max_body: usize,
+    db: Arc<PgBackend>,
+    log: Log,
+    inputs: std::collections::HashMap<String, Value>,
+    ids: AtomicU64,
+    id_seed: String,
+    webhooks: std::collections::HashMap<String, Webhook>,
+    /// With `--test-hooks`: the clock requests set.
+    test_clock: Option<Arc<crate::runtime::clock::ManualClock>>,
+}
+
+type Body = Full<Bytes>;
+
+fn respond(status: u16, content_type: &str, body: Bytes) -> hyper::Response<Body> {
+    let mut r = hyper::Response::new(Full::new(body));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn problem(status: u16, code: &str, detail: &str) -> hyper::Response<Body> {
+    let body = sinew_core::problem::Problem::new(status, code, detail).body("");
+    respond(
+        status,
+        "application/problem+json",
+        Bytes::from(body.to_string()),
+    )
+}
+
+impl App {
+    fn request_id(&self) -> String {
+        let n = self.ids.fetch_add(1, Ordering::Relaxed);
+        let h = sinew_core::bundle::sha256_hex(format!("{}:{n}", self.id_seed).as_bytes());
+        // A UUIDv8 of the process seed and a counter: unique, and no two
+        // processes share a seed.
+        format!(
+            "{}-{}-8{}-{}{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[13..16],
+            ["8", "9", "a", "b"][usize::from(h.as_bytes()[16] % 4)],
+            &h[17..20],
+            &h[20..32]
+        )
+    }
+
+    async fn handle(self: Arc<Self>, req: hyper::Request<Incoming>, remote: SocketAddr) -> hyper::Response<Body> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        let trace = self.log.trace(req.headers());
+        let user_agent = req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let (response, tool, execution) = self.route(req).await;
+        let status = response.status().as_u16();
+        let mut m = Map::new();
+        m.insert("message".into(), json!(format!("{method} {} {status}", uri.path())));
+        m.insert(
+            "httpRequest".into(),
+            json!({
+                "requestMethod": method.as_str(),
+                "requestUrl": uri.to_string(),
+                "status": status,
+                "latency": format!("{:.6}s", started.elapsed().as_secs_f64()),
+                "remoteIp": remote.ip().to_string(),
+                "userAgent": user_agent,
+            }),
+        );
+        if let Some(t) = trace {
+            m.insert("logging.googleapis.com/trace".into(), json!(t));
+        }
+        if let Some(t) = tool {
+            m.insert("tool".into(), json!(t));
+        }
+        if let Some(e) = execution {
+            m.insert("execution".into(), json!(e));
+        }
+        let level = match status {
+            500.. => Level::Error,
+            400.. => Level::Warn,
+            _ => Level::Info,
+        };
+        // Health probes are debug noise.
+        let level = if uri.path() == "/healthz" || uri.path() == "/readyz" {
+            Level::Debug
+        } else {
+            level
+        };
+        self.log.line(level, m);
+        response
+    }
+
+    async fn route(&self, req: hyper::Request<Incoming>) -> (hyper::Response<Body>, Option<String>, Option<String>) {
+        let path = req.uri().path().to_owned();
+        match (req.method(), path.as_str()) {
+            (&Method::GET | &Method::HEAD, "/healthz") => {
+                return (respond(200, "application/json", Bytes::from_static(br#"{"status":"ok"}"#)), None, None);
+            }
+            (&Method::GET | &Method::HEAD, "/readyz") => {
+                let r = match tokio::time::timeout(Duration::from_secs(3), self.db.ping()).await {
+                    Ok(Ok(())) => respond(200, "application/json", Bytes::from(json!({"status": "ready", "bundle": self.executor.bundle_hash}).to_string())),
+                    Ok(Err(e)) => problem(503, "unavailable", &format!("the database is not reachable: {e}")),
+                    Err(_) => problem(503, "unavailable", "the database did not answer within 3 s"),
+                };
+                return (r, None, None);
+            }
+            (&Method::GET | &Method::HEAD, "/openapi.json") => {
+                return (respond(200, "application/json", self.openapi.clone()), None, None);
+            }
+            _ => {}
+        }
+        let (tool, params) = match self.router.find(req.method(), &path) {
+            Found::Tool(t, p) => (t.to_owned(), p),
+            Found::WrongMethod(allow) => {
+                let mut r = problem(405, "method_not_allowed", &format!("`{path}` answers {}", allow.join(", ")));
+                if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
+                    r.headers_mut().insert(header::ALLOW, v);
+                }
+                return (r, None, None);
+            }
+            Found::Nothing => {
+                return (problem(404, "not_found", &format!("no tool answers {} {path}", req.method())), None, None);
+            }
+        };
+        let mut id = self.request_id();
+        if let Some(clock) = &self.test_clock {
+            let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            if let Some(given) = header("x-sinew-test-request-id") {
+                id = given;
+            }
+            let now = header("x-sinew-test-now")
+                .and_then(|t| sinew_core::expr::value::parse_timestamp(&t))
+                .map(|us| us / 1000)
+                .unwrap_or_else(|| crate::runtime::clock::ClockBackend::now_ms(&crate::runtime::clock::SystemClock));
+            clock.0.store(now, Ordering::SeqCst);
+        }
+        let response = self.call(req, &tool, params, &id).await;
+        let mut r = respond(
+            response.status,
+            if response.status >= 400 { "application/problem+json" } else { "application/json" },
+            Bytes::from(response.body.to_string()),
+        );
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            r.headers_mut().insert("x-request-id", v);
+        }
+        if response.status == 401 {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        (r, Some(tool), Some(id))
+    }
+
+    /// Runs a routed request; everything turned away here is audited too.
+    async fn call(
+        &self,
+        req: hyper::Request<Incoming>,
+        tool: &str,
+        params: Vec<(String, String)>,
+        id: &str,
+    ) -> Response {
+        let (parts, body) = req.into_parts();
+        let mut request = Request {
+            tool: tool.to_owned(),
+            input: Value::Null,
+            auth: None,
+            id: id.to_owned(),
+            idempotency_key: None,
+        };
+        // Who is calling.
+        if let Some(h) = parts.headers.get(header::AUTHORIZATION) {
+            let token = h
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                .map(str::trim);
+            match token.map(|t| self.jwt.verify(t)) {
+                Some(Ok(auth)) => request.auth = Some(auth),
+                Some(Err(e)) => return self.executor.reject(&request, 401, "unauthenticated", &e.0).await,
+                None => {
+                    return self
+                        .executor
+                        .reject(&request, 401, "unauthenticated", "the Authorization header must be `Bearer <token>`")
+                        .await;
+                }
+            }
+        }
+        if let Some(k) = parts.headers.get("idempotency-key") {
+            match k.to_str() {
+                Ok(k) if !k.is_empty() && k.len() <= MAX_KEY => request.idempotency_key = Some(k.to_owned()),
+                _ => {
+                    return self
+                        .executor
+                        .reject(&request, 400, "invalid_idempotency_key", &format!("the Idempotency-Key must be 1 to {MAX_KEY} visible ASCII characters"))
+                        .await;
+                }
+            }
+        }
+        // The body.
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body as u64) {
+            return self.too_large(&request).await;
+        }
+        let bytes = match Limited::new(body, self.max_body).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                return self.too_large(&request).await;
+            }
+            Err(e) => {
+                return self.executor.reject(&request, 400, "invalid_body", &format!("the body could not be read: {e}")).await;
+            }
+        };
+        if let Some(hook) = self.webhooks.get(tool) {
+            let Some(secret) = &hook.secret else {
+                return self
+                    .executor
+                    .reject(&request, 401, "unauthenticated", &format!(
+                        "this webhook's secret is not configured (set {})",
+                        hook.variable.as_deref().unwrap_or("its `secret` variable in the spec")
+                    ))
+                    .await;
+            };
+            let given = parts.headers.get(hook.header.as_str()).and_then(|v| v.to_str().ok());
+            if !given.is_some_and(|g| verify_signature(secret, &bytes, g)) {
+                return self
+                    .executor
+                    .reject(&request, 401, "unauthenticated", &format!("the `{}` signature is missing or does not match the body", hook.header))
+                    .await;
+            }
+        }
+        let mut input = if bytes.iter().all(u8::is_ascii_whitespace) {
+            Value::Object(Map::new())
+        } else {
+            let json_type = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+            let is_json = json_type
+                .as_deref()
+                .is_some_and(|t| t == "application/json" || (t.starts_with("application/") && t.ends_with("+json")));
+            if !is_json {
+                return self
+                    .executor
+                    .reject(&request, 415, "unsupported_media_type", "the body must be JSON (Content-Type: application/json)")
+                    .await;
+            }
+            match serde_json::from_slice::<Value>(&bytes) {
+                Ok(v) => v,
+                Err(e) => {
+                    request.input = match std::str::from_utf8(&bytes) {
+                        Ok(s) => Value::String(s.to_owned()),
+                        Err(_) => Value::Null,
+                    };
+                    let detail = if e.to_string().contains("recursion limit") {
+                        "the body is nested too deeply".to_owned()
+                    } else {
+                        format!("the body is not valid JSON: {e}")
+                    };
+                    return self.executor.reject(&request, 400, "invalid_json", &detail).await;
+                }
+            }
+        };
+        // Query and path parameters join the input.
+        let schema = self.inputs.get(tool);
+        let props = schema.and_then(|s| s.get("properties"));
+        let query: Vec<(String, String)> = parts
+            .uri
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|s| !s.is_empty())
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (percent_decode(k), percent_decode(v))
+            })
+            .collect();
+        let from_url = !query.is_empty() || !params.is_empty();
+        if from_url {
+            let Value::Object(map) = &mut input else {
+                request.input = input;
+                return self
+                    .executor
+                    .reject(&request, 400, "invalid_input", "the body must be a JSON object when the path or query has parameters")
+                    .await;
+            };
+            for (k, v) in query {
+                let value = typed(props.and_then(|p| p.get(&k)), &v);
+                map.entry(k).or_insert(value);
+            }
+            for (k, v) in params {
+                let value = typed(props.and_then(|p| p.get(&k)), &v);
+                if let Some(existing) = map.get(&k).filter(|e| **e != value) {
+                    let detail = format!("`{k}` is {v} in the path but {existing} in the body");
+                    request.input = input;
+                    return self.executor.reject(&request, 400, "invalid_input", &detail).await;
+                }
+                map.insert(k, value);
+            }
+        }
+        request.input = input;
+        self.executor.execute(&request).await
+    }
+
+    async fn too_large(&self, request: &Request) -> Response {
+        self.executor
+            .reject(request, 413, "too_large", &format!("the body is larger than {} bytes", self.max_body))
+            .await
+    }
+}
+
+/// A database reached by `sinew serve`, `migrate` and `audit verify`:
+/// the configured one, or the embedded cluster.
+pub struct Database {
+    /// Connection settings.
+    pub config: tokio_postgres::Config,
+    /// The embedded cluster, when there is one (stopped on drop).
+    pub embedded: Option<Embedded>,
+}
+
+impl Database {
+    /// `url`, or the embedded cluster in `<data_dir>/pg`.
+    pub fn open(url: Option<&str>, data_dir: &std::path::Path) -> Result<Database> {
+        match url.filter(|u| !u.is_empty()) {
+            Some(url) => {
+                let config: tokio_postgres::Config = url
+                    .parse()
+                    .context("DATABASE_URL is neither a postgres:// URL nor key=value settings")?;
+                Ok(Database { config, embedded: None })
+            }
+            None => {
+                let pg = Embedded::start(&data_dir.join("pg"))?;
+                Ok(Database { config: pg.config(), embedded: Some(pg) })
+            }
+        }
+    }
+
+    /// A connection outside any pool.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client> {
+        let (client, conn) = self
+            .config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .context("cannot connect to the database")?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+}
+
+/// Runs the server until SIGTERM or SIGINT; returns the exit code.
+pub fn run(args: &Args) -> Result<u8> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: &Args) -> Result<u8> {
+    let log = Log::new(&args.log);
+    let text = std::fs::read_to_string(&args.spec)
+        .with_context(|| format!("cannot read the spec `{}`", args.spec.display()))?;
+    let loaded = sinew_core::spec::load(&text);
+    if let Some(d) = loaded.errors.first() {
+        bail!(
+            "`{}` is not a valid spec: {} at {} (run `sinew check` for all findings)",
+            args.spec.display(),
+            d.message,
+            d.path
+        );
+    }
+    let spec = loaded.spec;
+    let jwt = args.jwt()?;
+    let db = Database::open(args.database_url.as_deref(), &args.data_dir)?;
+    if let Some(pg) = &db.embedded {
+        log.info(&format!("embedded Postgres running on {} (data in {})", pg.url(), pg.data().display()));
+    }
+    if !args.no_migrate {
+        let mut client = db.connect().await?;
+        let m = crate::pg::migrate::plan(Some(&client), &spec, false).await?;
+        if !m.destructive.is_empty() {
+            bail!(
+                "the database does not match the spec, and migrating would lose data:\n  {}\n\
+                 Review `sinew migrate {}` and run it with --apply --allow-destructive",
+                m.destructive.join("\n  "),
+                args.spec.display()
+            );
+        }
+        crate::pg::migrate::apply(&mut client, &m.sql).await?;
+    }
+    let engine = Engine::new(Some(&args.data_dir.join("cache")))?;
+    let storage = Arc::new(PgBackend::new(
+        db.config.clone(),
+        &spec,
+        args.pool_size,
+        Some(engine.component_hash.clone()),
+    ));
+    if args.test_hooks && !args.listen.is_loopback() {
+        bail!("--test-hooks is for tests: it is refused unless listening on a loopback address");
+    }
+    let test_clock = args
+        .test_hooks
+        .then(|| Arc::new(crate::runtime::clock::ManualClock::default()));
+    if test_clock.is_some() {
+        log.line(Level::Warn, {
+            let mut m = Map::new();
+            m.insert("message".into(), json!("test hooks are on: requests may set the clock and their ids"));
+            m
+        });
+    }
+    let clock: Arc<dyn crate::runtime::clock::ClockBackend> = match &test_clock {
+        Some(c) => c.clone(),
+        None => Arc::new(crate::runtime::clock::SystemClock),
+    };
+    let webhooks = spec
+        .tools
+        .iter()
+        .filter_map(|(name, tool)| match &tool.trigger {
+            sinew_core::spec::Trigger::Webhook { secret, header, .. } => Some((
+                name.clone(),
+                Webhook {
+                    secret: secret
+                        .as_ref()
+                        .and_then(|v| std::env::var(v).ok())
+                        .filter(|s| !s.is_empty())
+                        .map(String::into_bytes),
+                    variable: secret.clone(),
+                    header: header.to_ascii_lowercase(),
+                },
+            )),
+            _ => None,
+        })
+        .collect();
+    let backends = Backends {
+        storage: storage.clone(),
+        clock,
+        external: Arc::new(crate::http_external::HttpExternal::from_env(&spec)),
+    };
+    let executor = Executor::new(engine, text, backends)
+        .await
+        .map_err(|e| anyhow::anyhow!("the spec cannot be served: {} (at {})", e.message, e.pointer))?;
+    let openapi = crate::openapi::document(&spec, &executor.bundle_hash);
+    let app = Arc::new(App {
+        router: Router::new(&spec),
+        inputs: spec.tools.iter().map(|(n, t)| (n.clone(), t.input.clone())).collect(),
+        executor,
+        jwt,
+        openapi: Bytes::from(openapi.to_string()),
+        max_body: args.max_body,
+        db: storage.clone(),
+        log: log.clone(),
+        ids: AtomicU64::new(0),
+        webhooks,
+        test_clock,
+        id_seed: format!(
+            "{}:{}:{}",
+            std::process::id(),
+            crate::runtime::clock::ClockBackend::now_ms(&crate::runtime::clock::SystemClock),
+            args.port
+        ),
+    });
+    let addr = SocketAddr::new(args.listen, args.port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    log.info(&format!("sinew serving `{}` ({} tools) on http://{local}", spec.name, app.router.routes.len()));
+
+    // Forget old idempotency keys and rate windows now and then.
+    let janitor = {
+        let db = storage.clone();
+        let log = log.clone();
+        tokio::spawn(async move {
+            loop {
+                let now = crate::runtime::clock::ClockBackend::now_ms(&crate::runtime::clock::SystemClock);
+                if let Err(e) = db.prune(now).await {
+                    log.error(&format!("pruning old idempotency keys failed: {e}"));
+                }
+                tokio::time::sleep(Duration::from_secs(600)).await;
+            }
+        })
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut conns = tokio::task::JoinSet::new();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, remote) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        log.error(&format!("accept failed: {e}"));
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let app = app.clone();
+                let mut stop = stop_rx.clone();
+                conns.spawn(async move {
+                    let service = service_fn(move |req| {
+                        let app = app.clone();
+                        async move { Ok::<_, std::convert::Infallible>(app.handle(req, remote).await) }
+                    });
+                    let conn = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(30))
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = stop.changed() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                });
+                while conns.try_join_next().is_some() {}
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        }
+    }
+    log.info("stopping: finishing requests in flight");
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        log.error("requests still running after 10 s were abandoned");
+        conns.abort_all();
+    }
+    janitor.abort();
+    drop(app);
+    drop(db);
+    log.info("stopped");
+    Ok(0)
+}
