@@ -40,7 +40,13 @@ pub struct HttpExternal {
 pub fn url_variable(service: &str) -> String {
     let name: String = service
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("SINEW_EXTERNAL_{name}_URL")
 }
@@ -63,17 +69,39 @@ impl HttpExternal {
         }
     }
 
-    /// The base URLs of the spec's externals from the environment.
-    pub fn from_env(spec: &sinew_core::spec::Spec) -> HttpExternal {
-        let bases = spec
+    /// The base URLs of the spec's externals: `NAME=URL` settings, then
+    /// `SINEW_EXTERNAL_<NAME>_URL` from the environment.
+    pub fn configured(
+        spec: &sinew_core::spec::Spec,
+        given: &[String],
+    ) -> anyhow::Result<HttpExternal> {
+        let mut bases: HashMap<String, String> = spec
             .externals
             .keys()
             .filter_map(|name| {
                 let url = std::env::var(url_variable(name)).ok()?;
-                Some((name.clone(), url.trim_end_matches('/').to_owned()))
+                Some((name.clone(), url))
             })
             .collect();
-        HttpExternal::new(bases)
+        for g in given {
+            let Some((name, url)) = g.split_once('=') else {
+                anyhow::bail!("--external takes NAME=URL, not `{g}`");
+            };
+            if !spec.externals.contains_key(name) {
+                anyhow::bail!("--external: the spec has no external `{name}`");
+            }
+            bases.insert(name.to_owned(), url.to_owned());
+        }
+        for (name, url) in &mut bases {
+            if !url.starts_with("http://") {
+                anyhow::bail!(
+                    "the URL of external `{name}` must start with http:// (`{url}`): \
+                     https is not supported yet; put a TLS-originating proxy in front"
+                );
+            }
+            *url = url.trim_end_matches('/').to_owned();
+        }
+        Ok(HttpExternal::new(bases))
     }
 
     /// A number in [0, 1): jitter (xorshift, not for secrets).
@@ -98,7 +126,12 @@ impl HttpExternal {
         wait / 2 + wait.mul_f64(self.random() / 2.0)
     }
 
-    async fn attempt(&self, url: &str, r: &CallRequest, n: u32) -> (Attempt, Option<Result<Value, Value>>) {
+    async fn attempt(
+        &self,
+        url: &str,
+        r: &CallRequest,
+        n: u32,
+    ) -> (Attempt, Option<Result<Value, Value>>) {
         let started = Instant::now();
         let elapsed = || started.elapsed().as_millis() as u64;
         let mut req = hyper::Request::post(url)
@@ -112,11 +145,17 @@ impl HttpExternal {
         let req = match req.body(Full::new(Bytes::from(r.args.to_string()))) {
             Ok(req) => req,
             Err(e) => {
-                let a = Attempt { status: None, error: Some(format!("bad request: {e}")), duration_ms: 0 };
+                let a = Attempt {
+                    status: None,
+                    error: Some(format!("bad request: {e}")),
+                    duration_ms: 0,
+                };
                 return (a, None);
             }
         };
-        let timeout = r.timeout_ms.map_or(DEFAULT_ATTEMPT_TIMEOUT, Duration::from_millis);
+        let timeout = r
+            .timeout_ms
+            .map_or(DEFAULT_ATTEMPT_TIMEOUT, Duration::from_millis);
         let call = async {
             let resp = self.client.request(req).await.map_err(|e| format!("{e}"))?;
             let status = resp.status().as_u16();
@@ -136,7 +175,14 @@ impl HttpExternal {
                 },
                 None,
             ),
-            Ok(Err(e)) => (Attempt { status: None, error: Some(e), duration_ms: elapsed() }, None),
+            Ok(Err(e)) => (
+                Attempt {
+                    status: None,
+                    error: Some(e),
+                    duration_ms: elapsed(),
+                },
+                None,
+            ),
             Ok(Ok((status, body))) => {
                 let value: Value = if body.is_empty() {
                     Value::Null
@@ -152,10 +198,14 @@ impl HttpExternal {
                 };
                 match status {
                     200..=299 => (attempt(None), Some(Ok(value))),
-                    408 | 429 | 500..=599 => {
-                        (attempt(Some(format!("the service answered {status}"))), None)
-                    }
-                    _ => (attempt(Some(format!("the service refused ({status})"))), Some(Err(value))),
+                    408 | 429 | 500..=599 => (
+                        attempt(Some(format!("the service answered {status}"))),
+                        None,
+                    ),
+                    _ => (
+                        attempt(Some(format!("the service refused ({status})"))),
+                        Some(Err(value)),
+                    ),
                 }
             }
         }
@@ -184,9 +234,17 @@ impl ExternalBackend for HttpExternal {
             let (attempt, answer) = self.attempt(&url, r, n).await;
             attempts.push(attempt);
             match answer {
-                Some(Ok(value)) => return CallResult { outcome: CallOutcome::Ok { value }, attempts },
+                Some(Ok(value)) => {
+                    return CallResult {
+                        outcome: CallOutcome::Ok { value },
+                        attempts,
+                    };
+                }
                 Some(Err(value)) => {
-                    return CallResult { outcome: CallOutcome::Declined { value }, attempts };
+                    return CallResult {
+                        outcome: CallOutcome::Declined { value },
+                        attempts,
+                    };
                 }
                 None if n < max => tokio::time::sleep(self.backoff(r, n)).await,
                 None => {}

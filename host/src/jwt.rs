@@ -66,12 +66,9 @@ impl JwtConfig {
         v.validate_exp = true;
         v.validate_nbf = true;
         let mut required = vec!["exp", "sub"];
-        match &self.issuer {
-            Some(iss) => {
-                v.set_issuer(&[iss]);
-                required.push("iss");
-            }
-            None => {}
+        if let Some(iss) = &self.issuer {
+            v.set_issuer(&[iss]);
+            required.push("iss");
         }
         match &self.audience {
             Some(aud) => {
@@ -95,7 +92,8 @@ impl JwtConfig {
             .map_err(|e| Refused(format!("the token is malformed: {e}")))?;
         let (alg, key) = match (&header.kid, header.alg) {
             (Some(kid), _) if self.keys.iter().any(|(k, ..)| k.as_deref() == Some(kid)) => {
-                let Some((_, alg, key)) = self.keys.iter().find(|(k, ..)| k.as_deref() == Some(kid))
+                let Some((_, alg, key)) =
+                    self.keys.iter().find(|(k, ..)| k.as_deref() == Some(kid))
                 else {
                     return Err(Refused("unknown key".into()));
                 };
@@ -128,7 +126,11 @@ impl JwtConfig {
         let claims = data.claims;
         let sub = match claims.get("sub") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            _ => return Err(Refused("the token's `sub` must be a non-empty string".into())),
+            _ => {
+                return Err(Refused(
+                    "the token's `sub` must be a non-empty string".into(),
+                ));
+            }
         };
         let roles = match claims.get(&self.roles_claim) {
             None | Some(Value::Null) => Vec::new(),
@@ -158,11 +160,29 @@ impl JwtConfig {
     }
 
     /// Mints an HS256 token (for trying things locally).
-    pub fn mint(&self, sub: &str, roles: &[String], ttl_secs: u64, now_secs: u64) -> Result<String> {
+    pub fn mint(
+        &self,
+        sub: &str,
+        roles: &[String],
+        ttl_secs: u64,
+        now_secs: u64,
+    ) -> Result<String> {
+        self.mint_with(sub, roles, &serde_json::Map::new(), ttl_secs, now_secs)
+    }
+
+    /// Mints an HS256 token with extra claims.
+    pub fn mint_with(
+        &self,
+        sub: &str,
+        roles: &[String],
+        extra: &serde_json::Map<String, Value>,
+        ttl_secs: u64,
+        now_secs: u64,
+    ) -> Result<String> {
         let Some(secret) = &self.secret else {
             bail!("set SINEW_JWT_SECRET (or --secret) to mint a token");
         };
-        let mut claims = serde_json::Map::new();
+        let mut claims = extra.clone();
         claims.insert("sub".into(), Value::from(sub));
         claims.insert(self.roles_claim.clone(), Value::from(roles.to_vec()));
         claims.insert("iat".into(), Value::from(now_secs));

@@ -52,7 +52,10 @@ pub fn document(spec: &Spec, version: &str) -> Value {
         let params: Vec<Value> = path_params(path)
             .into_iter()
             .map(|p| {
-                let schema = props.and_then(|m| m.get(p)).cloned().unwrap_or(json!({"type": "string"}));
+                let schema = props
+                    .and_then(|m| m.get(p))
+                    .cloned()
+                    .unwrap_or(json!({"type": "string"}));
                 json!({"name": p, "in": "path", "required": true, "schema": schema})
             })
             .collect();
@@ -71,7 +74,9 @@ pub fn document(spec: &Spec, version: &str) -> Value {
                         .get("required")
                         .and_then(Value::as_array)
                         .is_some_and(|r| r.iter().any(|x| x == p));
-                    query.push(json!({"name": p, "in": "query", "required": required, "schema": schema}));
+                    query.push(
+                        json!({"name": p, "in": "query", "required": required, "schema": schema}),
+                    );
                 }
                 if !query.is_empty() {
                     let all = op.entry("parameters").or_insert_with(|| json!([]));
@@ -94,14 +99,23 @@ pub fn document(spec: &Spec, version: &str) -> Value {
             );
         }
         for (status, what) in [
-            ("400", "invalid JSON or input (with the violations and their pointers)"),
+            (
+                "400",
+                "invalid JSON or input (with the violations and their pointers)",
+            ),
             ("401", "missing or invalid token"),
             ("403", "role or policy denied"),
             ("404", "a row was not found or is not the caller's"),
-            ("409", "transition not allowed, concurrent update, or idempotency key in flight"),
+            (
+                "409",
+                "transition not allowed, concurrent update, or idempotency key in flight",
+            ),
             ("413", "body too large"),
             ("415", "the body is not JSON"),
-            ("422", "invariant violated, or idempotency key reused with other input"),
+            (
+                "422",
+                "invariant violated, or idempotency key reused with other input",
+            ),
             ("429", "rate limit"),
             ("502", "an external service failed (after compensation)"),
             ("504", "deadline exceeded; nothing was changed"),
@@ -124,6 +138,34 @@ pub fn document(spec: &Spec, version: &str) -> Value {
         if let Value::Object(item) = item {
             item.insert(method, Value::Object(op));
         }
+    }
+    // Every tool by name, for agents and schedulers.
+    for (name, tool) in &spec.tools {
+        let mut responses = Map::new();
+        for status in success_statuses(tool) {
+            responses.insert(
+                status.to_string(),
+                json!({"description": "success", "content": {"application/json": {"schema": tool.output}}}),
+            );
+        }
+        responses.insert(
+            "default".into(),
+            problem_ref("an error (RFC 9457 problem details)"),
+        );
+        let mut op = json!({
+            "operationId": format!("call_{name}"),
+            "summary": format!("Call `{name}` by name"),
+            "requestBody": {"required": true, "content": {"application/json": {"schema": tool.input}}},
+            "responses": responses,
+        });
+        if tool.auth.public
+            && let Value::Object(m) = &mut op
+        {
+            m.insert("security".into(), json!([]));
+        }
+        paths
+            .entry(format!("/tools/{name}"))
+            .or_insert_with(|| json!({"post": op}));
     }
     json!({
         "openapi": "3.1.0",

@@ -28,7 +28,7 @@ use pool::{Conn, Pool, unavailable};
 use schema::{Schema, Table, Ty};
 
 /// The advisory lock key that orders audit appends (`'sinew'` in ASCII).
-const AUDIT_LOCK: i64 = 0x7369_6e65_77;
+const AUDIT_LOCK: i64 = 0x0073_696e_6577;
 
 /// A root transaction: its connection, held until it ends.
 struct Root {
@@ -127,7 +127,11 @@ impl PgBackend {
     }
 
     /// Maps a database error, marking the connection broken when it is.
-    fn check<T>(&self, conn: &mut Conn, r: Result<T, tokio_postgres::Error>) -> Result<T, StorageError> {
+    fn check<T>(
+        &self,
+        conn: &mut Conn,
+        r: Result<T, tokio_postgres::Error>,
+    ) -> Result<T, StorageError> {
         r.map_err(|e| {
             let err = self.error(&e);
             if matches!(err, StorageError::Unavailable { .. }) || conn.client.is_closed() {
@@ -260,8 +264,16 @@ impl PgBackend {
     }
 
     /// The `WHERE … ORDER BY … LIMIT … FOR UPDATE` of a query.
-    fn query_sql(&self, table: &Table, q: &Query, params: &mut Params) -> Result<String, StorageError> {
-        let mut sql = format!("SELECT {} FROM {} WHERE \"deleted_at\" IS NULL", table.select, table.sql);
+    fn query_sql(
+        &self,
+        table: &Table,
+        q: &Query,
+        params: &mut Params,
+    ) -> Result<String, StorageError> {
+        let mut sql = format!(
+            "SELECT {} FROM {} WHERE \"deleted_at\" IS NULL",
+            table.select, table.sql
+        );
         let column = |name: &str| {
             table
                 .column(name)
@@ -299,7 +311,11 @@ impl PgBackend {
                     }
                     Ok(Some(text)) => {
                         let p = bind(params, text, col.ty);
-                        let p = if col.ty == Ty::Text { format!("{p} COLLATE \"C\"") } else { p };
+                        let p = if col.ty == Ty::Text {
+                            format!("{p} COLLATE \"C\"")
+                        } else {
+                            p
+                        };
                         match op {
                             FilterOp::Eq => format!("{lhs} = {p}"),
                             FilterOp::Ne => format!("{lhs} IS DISTINCT FROM {p}"),
@@ -354,13 +370,21 @@ impl PgBackend {
             let _ = write!(
                 sql,
                 " AND ({})",
-                if ors.is_empty() { "FALSE".to_owned() } else { ors.join(" OR ") }
+                if ors.is_empty() {
+                    "FALSE".to_owned()
+                } else {
+                    ors.join(" OR ")
+                }
             );
         }
         let mut order: Vec<String> = Vec::new();
         for k in &q.order {
             let col = column(&k.field)?;
-            order.push(format!("{} {}", collated(col), if k.desc { "DESC" } else { "ASC" }));
+            order.push(format!(
+                "{} {}",
+                collated(col),
+                if k.desc { "DESC" } else { "ASC" }
+            ));
         }
         if !q.order.iter().any(|k| k.field == "id") {
             order.push("\"id\" ASC".into());
@@ -402,7 +426,11 @@ impl PgBackend {
 
     /// The chain head as committed: read under the advisory lock, by a
     /// statement that sees the latest commits.
-    async fn committed_head(&self, conn: &mut Conn, isolation: Isolation) -> Result<(u64, String), StorageError> {
+    async fn committed_head(
+        &self,
+        conn: &mut Conn,
+        isolation: Isolation,
+    ) -> Result<(u64, String), StorageError> {
         const HEAD: &str = "SELECT seq::text, hash FROM sinew_audit ORDER BY seq DESC LIMIT 1";
         let row = if isolation == Isolation::ReadCommitted {
             let r = conn.client.query_opt(HEAD, &[]).await;
@@ -417,10 +445,10 @@ impl PgBackend {
             let Some(client) = chain.as_ref() else {
                 return Err(unavailable("no connection for the audit chain"));
             };
-            client.query_opt(HEAD, &[]).await.map_err(|e| {
-                let err = self.error(&e);
-                err
-            })?
+            client
+                .query_opt(HEAD, &[])
+                .await
+                .map_err(|e| self.error(&e))?
         };
         Ok(match row {
             None => (0, GENESIS_HASH.to_owned()),
@@ -441,10 +469,19 @@ impl PgBackend {
     ) -> Result<(), StorageError> {
         let mut entry = entry.clone();
         if let (Some(c), Value::Object(m)) = (&self.component, &mut entry) {
-            m.entry("component").or_insert_with(|| Value::from(c.clone()));
+            m.entry("component")
+                .or_insert_with(|| Value::from(c.clone()));
         }
-        let execution = entry.get("execution").and_then(Value::as_str).unwrap_or("").to_owned();
-        let kind = entry.get("kind").and_then(Value::as_str).unwrap_or("final").to_owned();
+        let execution = entry
+            .get("execution")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let kind = entry
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or("final")
+            .to_owned();
         let known = head.lock().ok().and_then(|h| h.clone());
         let (seq, prev) = match known {
             Some(h) => h,
@@ -536,7 +573,12 @@ impl StorageBackend for PgBackend {
         }
     }
 
-    async fn read(&self, tx: Option<u64>, entity: &str, q: &Query) -> Result<Vec<Row>, StorageError> {
+    async fn read(
+        &self,
+        tx: Option<u64>,
+        entity: &str,
+        q: &Query,
+    ) -> Result<Vec<Row>, StorageError> {
         let table = self.table(entity)?;
         let mut params = Params::new();
         let sql = self.query_sql(table, q, &mut params)?;
@@ -605,7 +647,12 @@ impl StorageBackend for PgBackend {
                 .encode(v)
                 .map_err(|e| invalid(format!("`{entity}.{k}`: {e}")))?;
             params.push(text);
-            sets.push(format!("{} = ${}::text::{}", col.sql, params.len(), col.ty.sql()));
+            sets.push(format!(
+                "{} = ${}::text::{}",
+                col.sql,
+                params.len(),
+                col.ty.sql()
+            ));
         }
         sets.push("\"version\" = \"version\" + 1".into());
         params.push(Some(id.to_owned()));
@@ -654,7 +701,10 @@ impl StorageBackend for PgBackend {
                 let Some(conn) = guard.as_mut() else {
                     return Err(unavailable("the transaction's connection was lost"));
                 };
-                let r = conn.client.batch_execute(&format!("RELEASE SAVEPOINT {name}")).await;
+                let r = conn
+                    .client
+                    .batch_execute(&format!("RELEASE SAVEPOINT {name}"))
+                    .await;
                 self.check(conn, r)
             }
             None => {
@@ -685,7 +735,9 @@ impl StorageBackend for PgBackend {
                 };
                 let r = conn
                     .client
-                    .batch_execute(&format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"))
+                    .batch_execute(&format!(
+                        "ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"
+                    ))
                     .await;
                 // Entries appended inside the savepoint are gone: read the
                 // head again at the next append.
@@ -701,7 +753,11 @@ impl StorageBackend for PgBackend {
                 if h.root.busy.load(Ordering::SeqCst) {
                     // Abandoned mid-statement: cancel it and drop the
                     // connection; the server rolls the transaction back.
-                    let _ = conn.client.cancel_token().cancel_query(tokio_postgres::NoTls).await;
+                    let _ = conn
+                        .client
+                        .cancel_token()
+                        .cancel_query(tokio_postgres::NoTls)
+                        .await;
                     conn.broken = true;
                     self.pool.put(conn);
                     return Ok(());
@@ -725,7 +781,9 @@ impl StorageBackend for PgBackend {
                     return Err(unavailable("the transaction's connection was lost"));
                 };
                 h.root.busy.store(true, Ordering::SeqCst);
-                let r = self.append_on(conn, h.root.isolation, &h.root.head, entry).await;
+                let r = self
+                    .append_on(conn, h.root.isolation, &h.root.head, entry)
+                    .await;
                 h.root.busy.store(false, Ordering::SeqCst);
                 r
             }
@@ -735,7 +793,9 @@ impl StorageBackend for PgBackend {
                 let mut r = self.check(&mut conn, r);
                 if r.is_ok() {
                     let head = Mutex::new(None);
-                    r = self.append_on(&mut conn, Isolation::ReadCommitted, &head, entry).await;
+                    r = self
+                        .append_on(&mut conn, Isolation::ReadCommitted, &head, entry)
+                        .await;
                 }
                 let end = if r.is_ok() { "COMMIT" } else { "ROLLBACK" };
                 let e = conn.client.batch_execute(end).await;
@@ -776,7 +836,10 @@ impl StorageBackend for PgBackend {
                         return Ok(None);
                     }
                     let s = c.prepare(STATE).await?;
-                    c.client.query_opt(&s, &refs(&params[..2].to_vec())).await.map(Some)
+                    c.client
+                        .query_opt(&s, &refs(&params[..2].to_vec()))
+                        .await
+                        .map(Some)
                 })
                 .await?;
             let row = match state {
@@ -879,7 +942,9 @@ pub async fn verify_audit(client: &tokio_postgres::Client) -> anyhow::Result<Res
         let hash: String = row.get(3);
         let at = format!("audit entry {n}");
         if seq.parse::<u64>().ok() != Some(n) {
-            return Ok(Err(format!("{at}: `seq` is {seq}, expected {n} (an entry is missing)")));
+            return Ok(Err(format!(
+                "{at}: `seq` is {seq}, expected {n} (an entry is missing)"
+            )));
         }
         if row_prev != prev {
             return Ok(Err(format!(

@@ -392,7 +392,13 @@ impl Executor {
     /// Turns a request away before it reaches the component (a bad token,
     /// body or content type): the problem response, and its final audit
     /// entry written in a transaction of its own.
-    pub async fn reject(&self, request: &Request, status: u16, code: &str, detail: &str) -> Response {
+    pub async fn reject(
+        &self,
+        request: &Request,
+        status: u16,
+        code: &str,
+        detail: &str,
+    ) -> Response {
         let problem = sinew_core::problem::Problem::new(status, code, detail.to_string());
         let now = self.backends.clock.now_ms();
         let response = sinew_core::contract::failed(&self.bundle_hash, request, &problem, now);

@@ -89,6 +89,10 @@ pub struct Args {
     /// `x-sinew-test-request-id`, so scenario files replay exactly.
     #[arg(long, hide = true)]
     pub test_hooks: bool,
+    /// The base URL of an external service, `NAME=URL` (repeatable; wins
+    /// over SINEW_EXTERNAL_<NAME>_URL).
+    #[arg(long = "external", value_name = "NAME=URL")]
+    pub external: Vec<String>,
 }
 
 impl Args {
@@ -155,9 +159,13 @@ impl Log {
             Level::Error => "ERROR",
         };
         fields.insert("severity".into(), json!(severity));
-        fields.insert("time".into(), json!(sinew_core::expr::value::format_timestamp(
-            crate::runtime::clock::ClockBackend::now_ms(&crate::runtime::clock::SystemClock) * 1000
-        )));
+        fields.insert(
+            "time".into(),
+            json!(sinew_core::expr::value::format_timestamp(
+                crate::runtime::clock::ClockBackend::now_ms(&crate::runtime::clock::SystemClock)
+                    * 1000
+            )),
+        );
         println!("{}", Value::Object(fields));
     }
 
@@ -217,7 +225,11 @@ fn verify_signature(secret: &[u8], body: &[u8], given: &str) -> bool {
     let given = given.strip_prefix("sha256=").unwrap_or(given);
     let Some(bytes) = (0..given.len())
         .step_by(2)
-        .map(|i| given.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .map(|i| {
+            given
+                .get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
         .collect::<Option<Vec<u8>>>()
     else {
         return false;
@@ -260,10 +272,12 @@ impl Router {
             let segments = path
                 .split('/')
                 .filter(|s| !s.is_empty())
-                .map(|s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                    Some(p) => Segment::Param(p.to_owned()),
-                    None => Segment::Literal(s.to_owned()),
-                })
+                .map(
+                    |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                        Some(p) => Segment::Param(p.to_owned()),
+                        None => Segment::Literal(s.to_owned()),
+                    },
+                )
                 .collect();
             routes.push(Route {
                 method,
@@ -418,7 +432,11 @@ impl App {
         )
     }
 
-    async fn handle(self: Arc<Self>, req: hyper::Request<Incoming>, remote: SocketAddr) -> hyper::Response<Body> {
+    async fn handle(
+        self: Arc<Self>,
+        req: hyper::Request<Incoming>,
+        remote: SocketAddr,
+    ) -> hyper::Response<Body> {
         let started = Instant::now();
         let method = req.method().clone();
         let uri = req.uri().clone();
@@ -431,7 +449,10 @@ impl App {
         let (response, tool, execution) = self.route(req).await;
         let status = response.status().as_u16();
         let mut m = Map::new();
-        m.insert("message".into(), json!(format!("{method} {} {status}", uri.path())));
+        m.insert(
+            "message".into(),
+            json!(format!("{method} {} {status}", uri.path())),
+        );
         m.insert(
             "httpRequest".into(),
             json!({
@@ -467,61 +488,125 @@ impl App {
         response
     }
 
-    async fn route(&self, req: hyper::Request<Incoming>) -> (hyper::Response<Body>, Option<String>, Option<String>) {
+    async fn route(
+        &self,
+        req: hyper::Request<Incoming>,
+    ) -> (hyper::Response<Body>, Option<String>, Option<String>) {
         let path = req.uri().path().to_owned();
         match (req.method(), path.as_str()) {
             (&Method::GET | &Method::HEAD, "/healthz") => {
-                return (respond(200, "application/json", Bytes::from_static(br#"{"status":"ok"}"#)), None, None);
+                return (
+                    respond(
+                        200,
+                        "application/json",
+                        Bytes::from_static(br#"{"status":"ok"}"#),
+                    ),
+                    None,
+                    None,
+                );
             }
             (&Method::GET | &Method::HEAD, "/readyz") => {
                 let r = match tokio::time::timeout(Duration::from_secs(3), self.db.ping()).await {
-                    Ok(Ok(())) => respond(200, "application/json", Bytes::from(json!({"status": "ready", "bundle": self.executor.bundle_hash}).to_string())),
-                    Ok(Err(e)) => problem(503, "unavailable", &format!("the database is not reachable: {e}")),
+                    Ok(Ok(())) => respond(
+                        200,
+                        "application/json",
+                        Bytes::from(
+                            json!({"status": "ready", "bundle": self.executor.bundle_hash})
+                                .to_string(),
+                        ),
+                    ),
+                    Ok(Err(e)) => problem(
+                        503,
+                        "unavailable",
+                        &format!("the database is not reachable: {e}"),
+                    ),
                     Err(_) => problem(503, "unavailable", "the database did not answer within 3 s"),
                 };
                 return (r, None, None);
             }
             (&Method::GET | &Method::HEAD, "/openapi.json") => {
-                return (respond(200, "application/json", self.openapi.clone()), None, None);
+                return (
+                    respond(200, "application/json", self.openapi.clone()),
+                    None,
+                    None,
+                );
             }
             _ => {}
         }
         let (tool, params) = match self.router.find(req.method(), &path) {
             Found::Tool(t, p) => (t.to_owned(), p),
             Found::WrongMethod(allow) => {
-                let mut r = problem(405, "method_not_allowed", &format!("`{path}` answers {}", allow.join(", ")));
+                let mut r = problem(
+                    405,
+                    "method_not_allowed",
+                    &format!("`{path}` answers {}", allow.join(", ")),
+                );
                 if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
                     r.headers_mut().insert(header::ALLOW, v);
                 }
                 return (r, None, None);
             }
-            Found::Nothing => {
-                return (problem(404, "not_found", &format!("no tool answers {} {path}", req.method())), None, None);
-            }
+            // Every tool is also callable by name: `POST /tools/{name}`
+            // with its input as the body (agents, schedulers, queues).
+            Found::Nothing => match path
+                .strip_prefix("/tools/")
+                .filter(|t| !t.is_empty() && !t.contains('/'))
+            {
+                Some(name) if req.method() == Method::POST => (percent_decode(name), Vec::new()),
+                Some(_) => {
+                    let mut r = problem(405, "method_not_allowed", "tools are called with POST");
+                    r.headers_mut()
+                        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+                    return (r, None, None);
+                }
+                None => {
+                    return (
+                        problem(
+                            404,
+                            "not_found",
+                            &format!("no tool answers {} {path}", req.method()),
+                        ),
+                        None,
+                        None,
+                    );
+                }
+            },
         };
         let mut id = self.request_id();
         if let Some(clock) = &self.test_clock {
-            let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let header = |name: &str| {
+                req.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
             if let Some(given) = header("x-sinew-test-request-id") {
                 id = given;
             }
             let now = header("x-sinew-test-now")
                 .and_then(|t| sinew_core::expr::value::parse_timestamp(&t))
                 .map(|us| us / 1000)
-                .unwrap_or_else(|| crate::runtime::clock::ClockBackend::now_ms(&crate::runtime::clock::SystemClock));
+                .unwrap_or_else(|| {
+                    crate::runtime::clock::ClockBackend::now_ms(&crate::runtime::clock::SystemClock)
+                });
             clock.0.store(now, Ordering::SeqCst);
         }
         let response = self.call(req, &tool, params, &id).await;
         let mut r = respond(
             response.status,
-            if response.status >= 400 { "application/problem+json" } else { "application/json" },
+            if response.status >= 400 {
+                "application/problem+json"
+            } else {
+                "application/json"
+            },
             Bytes::from(response.body.to_string()),
         );
         if let Ok(v) = HeaderValue::from_str(&id) {
             r.headers_mut().insert("x-request-id", v);
         }
         if response.status == 401 {
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         (r, Some(tool), Some(id))
     }
@@ -547,22 +632,37 @@ impl App {
             let token = h
                 .to_str()
                 .ok()
-                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
                 .map(str::trim);
             match token.map(|t| self.jwt.verify(t)) {
                 Some(Ok(auth)) => request.auth = Some(auth),
-                Some(Err(e)) => return self.executor.reject(&request, 401, "unauthenticated", &e.0).await,
+                Some(Err(e)) => {
+                    return self
+                        .executor
+                        .reject(&request, 401, "unauthenticated", &e.0)
+                        .await;
+                }
                 None => {
                     return self
                         .executor
-                        .reject(&request, 401, "unauthenticated", "the Authorization header must be `Bearer <token>`")
+                        .reject(
+                            &request,
+                            401,
+                            "unauthenticated",
+                            "the Authorization header must be `Bearer <token>`",
+                        )
                         .await;
                 }
             }
         }
         if let Some(k) = parts.headers.get("idempotency-key") {
             match k.to_str() {
-                Ok(k) if !k.is_empty() && k.len() <= MAX_KEY => request.idempotency_key = Some(k.to_owned()),
+                Ok(k) if !k.is_empty() && k.len() <= MAX_KEY => {
+                    request.idempotency_key = Some(k.to_owned())
+                }
                 _ => {
                     return self
                         .executor
@@ -582,28 +682,57 @@ impl App {
         }
         let bytes = match Limited::new(body, self.max_body).collect().await {
             Ok(b) => b.to_bytes(),
-            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
                 return self.too_large(&request).await;
             }
             Err(e) => {
-                return self.executor.reject(&request, 400, "invalid_body", &format!("the body could not be read: {e}")).await;
+                return self
+                    .executor
+                    .reject(
+                        &request,
+                        400,
+                        "invalid_body",
+                        &format!("the body could not be read: {e}"),
+                    )
+                    .await;
             }
         };
         if let Some(hook) = self.webhooks.get(tool) {
             let Some(secret) = &hook.secret else {
                 return self
                     .executor
-                    .reject(&request, 401, "unauthenticated", &format!(
-                        "this webhook's secret is not configured (set {})",
-                        hook.variable.as_deref().unwrap_or("its `secret` variable in the spec")
-                    ))
+                    .reject(
+                        &request,
+                        401,
+                        "unauthenticated",
+                        &format!(
+                            "this webhook's secret is not configured (set {})",
+                            hook.variable
+                                .as_deref()
+                                .unwrap_or("its `secret` variable in the spec")
+                        ),
+                    )
                     .await;
             };
-            let given = parts.headers.get(hook.header.as_str()).and_then(|v| v.to_str().ok());
+            let given = parts
+                .headers
+                .get(hook.header.as_str())
+                .and_then(|v| v.to_str().ok());
             if !given.is_some_and(|g| verify_signature(secret, &bytes, g)) {
                 return self
                     .executor
-                    .reject(&request, 401, "unauthenticated", &format!("the `{}` signature is missing or does not match the body", hook.header))
+                    .reject(
+                        &request,
+                        401,
+                        "unauthenticated",
+                        &format!(
+                            "the `{}` signature is missing or does not match the body",
+                            hook.header
+                        ),
+                    )
                     .await;
             }
         }
@@ -614,14 +743,25 @@ impl App {
                 .headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
-                .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
-            let is_json = json_type
-                .as_deref()
-                .is_some_and(|t| t == "application/json" || (t.starts_with("application/") && t.ends_with("+json")));
+                .map(|v| {
+                    v.split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_ascii_lowercase()
+                });
+            let is_json = json_type.as_deref().is_some_and(|t| {
+                t == "application/json" || (t.starts_with("application/") && t.ends_with("+json"))
+            });
             if !is_json {
                 return self
                     .executor
-                    .reject(&request, 415, "unsupported_media_type", "the body must be JSON (Content-Type: application/json)")
+                    .reject(
+                        &request,
+                        415,
+                        "unsupported_media_type",
+                        "the body must be JSON (Content-Type: application/json)",
+                    )
                     .await;
             }
             match serde_json::from_slice::<Value>(&bytes) {
@@ -636,7 +776,10 @@ impl App {
                     } else {
                         format!("the body is not valid JSON: {e}")
                     };
-                    return self.executor.reject(&request, 400, "invalid_json", &detail).await;
+                    return self
+                        .executor
+                        .reject(&request, 400, "invalid_json", &detail)
+                        .await;
                 }
             }
         };
@@ -660,7 +803,12 @@ impl App {
                 request.input = input;
                 return self
                     .executor
-                    .reject(&request, 400, "invalid_input", "the body must be a JSON object when the path or query has parameters")
+                    .reject(
+                        &request,
+                        400,
+                        "invalid_input",
+                        "the body must be a JSON object when the path or query has parameters",
+                    )
                     .await;
             };
             for (k, v) in query {
@@ -672,7 +820,10 @@ impl App {
                 if let Some(existing) = map.get(&k).filter(|e| **e != value) {
                     let detail = format!("`{k}` is {v} in the path but {existing} in the body");
                     request.input = input;
-                    return self.executor.reject(&request, 400, "invalid_input", &detail).await;
+                    return self
+                        .executor
+                        .reject(&request, 400, "invalid_input", &detail)
+                        .await;
                 }
                 map.insert(k, value);
             }
@@ -683,7 +834,12 @@ impl App {
 
     async fn too_large(&self, request: &Request) -> Response {
         self.executor
-            .reject(request, 413, "too_large", &format!("the body is larger than {} bytes", self.max_body))
+            .reject(
+                request,
+                413,
+                "too_large",
+                &format!("the body is larger than {} bytes", self.max_body),
+            )
             .await
     }
 }
@@ -705,11 +861,17 @@ impl Database {
                 let config: tokio_postgres::Config = url
                     .parse()
                     .context("DATABASE_URL is neither a postgres:// URL nor key=value settings")?;
-                Ok(Database { config, embedded: None })
+                Ok(Database {
+                    config,
+                    embedded: None,
+                })
             }
             None => {
                 let pg = Embedded::start(&data_dir.join("pg"))?;
-                Ok(Database { config: pg.config(), embedded: Some(pg) })
+                Ok(Database {
+                    config: pg.config(),
+                    embedded: Some(pg),
+                })
             }
         }
     }
@@ -734,10 +896,26 @@ pub fn run(args: &Args) -> Result<u8> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(serve(args))
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let stop = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        serve(args, |_| {}, stop).await.map(|()| 0)
+    })
 }
 
-async fn serve(args: &Args) -> Result<u8> {
+/// Serves until `stop` completes, then drains requests in flight (at most
+/// 10 s) and stops the embedded database if it started one. `ready` is
+/// told the address once the server accepts connections.
+pub async fn serve(
+    args: &Args,
+    ready: impl FnOnce(SocketAddr),
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<()> {
     let log = Log::new(&args.log);
     let text = std::fs::read_to_string(&args.spec)
         .with_context(|| format!("cannot read the spec `{}`", args.spec.display()))?;
@@ -754,7 +932,11 @@ async fn serve(args: &Args) -> Result<u8> {
     let jwt = args.jwt()?;
     let db = Database::open(args.database_url.as_deref(), &args.data_dir)?;
     if let Some(pg) = &db.embedded {
-        log.info(&format!("embedded Postgres running on {} (data in {})", pg.url(), pg.data().display()));
+        log.info(&format!(
+            "embedded Postgres running on {} (data in {})",
+            pg.url(),
+            pg.data().display()
+        ));
     }
     if !args.no_migrate {
         let mut client = db.connect().await?;
@@ -785,7 +967,10 @@ async fn serve(args: &Args) -> Result<u8> {
     if test_clock.is_some() {
         log.line(Level::Warn, {
             let mut m = Map::new();
-            m.insert("message".into(), json!("test hooks are on: requests may set the clock and their ids"));
+            m.insert(
+                "message".into(),
+                json!("test hooks are on: requests may set the clock and their ids"),
+            );
             m
         });
     }
@@ -815,15 +1000,26 @@ async fn serve(args: &Args) -> Result<u8> {
     let backends = Backends {
         storage: storage.clone(),
         clock,
-        external: Arc::new(crate::http_external::HttpExternal::from_env(&spec)),
+        external: Arc::new(crate::http_external::HttpExternal::configured(
+            &spec,
+            &args.external,
+        )?),
     };
-    let executor = Executor::new(engine, text, backends)
-        .await
-        .map_err(|e| anyhow::anyhow!("the spec cannot be served: {} (at {})", e.message, e.pointer))?;
+    let executor = Executor::new(engine, text, backends).await.map_err(|e| {
+        anyhow::anyhow!(
+            "the spec cannot be served: {} (at {})",
+            e.message,
+            e.pointer
+        )
+    })?;
     let openapi = crate::openapi::document(&spec, &executor.bundle_hash);
     let app = Arc::new(App {
         router: Router::new(&spec),
-        inputs: spec.tools.iter().map(|(n, t)| (n.clone(), t.input.clone())).collect(),
+        inputs: spec
+            .tools
+            .iter()
+            .map(|(n, t)| (n.clone(), t.input.clone()))
+            .collect(),
         executor,
         jwt,
         openapi: Bytes::from(openapi.to_string()),
@@ -845,7 +1041,11 @@ async fn serve(args: &Args) -> Result<u8> {
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
-    log.info(&format!("sinew serving `{}` ({} tools) on http://{local}", spec.name, app.router.routes.len()));
+    log.info(&format!(
+        "sinew serving `{}` ({} tools) on http://{local}",
+        spec.name,
+        app.router.routes.len()
+    ));
 
     // Forget old idempotency keys and rate windows now and then.
     let janitor = {
@@ -853,7 +1053,9 @@ async fn serve(args: &Args) -> Result<u8> {
         let log = log.clone();
         tokio::spawn(async move {
             loop {
-                let now = crate::runtime::clock::ClockBackend::now_ms(&crate::runtime::clock::SystemClock);
+                let now = crate::runtime::clock::ClockBackend::now_ms(
+                    &crate::runtime::clock::SystemClock,
+                );
                 if let Err(e) = db.prune(now).await {
                     log.error(&format!("pruning old idempotency keys failed: {e}"));
                 }
@@ -862,9 +1064,10 @@ async fn serve(args: &Args) -> Result<u8> {
         })
     };
 
+    ready(local);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut conns = tokio::task::JoinSet::new();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -899,14 +1102,14 @@ async fn serve(args: &Args) -> Result<u8> {
                 });
                 while conns.try_join_next().is_some() {}
             }
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
+            () = &mut stop => break,
         }
     }
     log.info("stopping: finishing requests in flight");
     drop(listener);
     let _ = stop_tx.send(true);
-    let drained = tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} }).await;
+    let drained =
+        tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         log.error("requests still running after 10 s were abandoned");
         conns.abort_all();
@@ -915,5 +1118,5 @@ async fn serve(args: &Args) -> Result<u8> {
     drop(app);
     drop(db);
     log.info("stopped");
-    Ok(0)
+    Ok(())
 }

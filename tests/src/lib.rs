@@ -1,6 +1,8 @@
 //! Shared helpers for sinew's whole-system tests and benchmarks.
 
 pub mod generate;
+pub mod http_target;
+pub mod pg;
 pub mod scenario;
 
 use std::path::{Path, PathBuf};

@@ -241,7 +241,14 @@ impl Embedded {
         self.stopped = true;
         self.run(
             "pg_ctl",
-            &["-D", &self.data.to_string_lossy(), "-m", "fast", "-w", "stop"],
+            &[
+                "-D",
+                &self.data.to_string_lossy(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
         )
     }
 

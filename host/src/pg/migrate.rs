@@ -98,12 +98,15 @@ pub async fn plan(
                             c.name
                         ));
                         if allow_destructive {
-                            let _ =
-                                writeln!(alters, "ALTER TABLE {t} ALTER COLUMN {col} SET NOT NULL;");
+                            let _ = writeln!(
+                                alters,
+                                "ALTER TABLE {t} ALTER COLUMN {col} SET NOT NULL;"
+                            );
                         }
                     } else if !c.not_null && have.not_null {
                         m.changes += 1;
-                        let _ = writeln!(alters, "ALTER TABLE {t} ALTER COLUMN {col} DROP NOT NULL;");
+                        let _ =
+                            writeln!(alters, "ALTER TABLE {t} ALTER COLUMN {col} DROP NOT NULL;");
                     }
                 }
             }

@@ -244,15 +244,15 @@ mod tests {
         assert!(Ty::Integer.encode(&json!(5.5)).is_err());
         assert!(Ty::Integer.encode(&json!("5")).is_err());
         assert!(Ty::Uuid.encode(&json!("nope")).is_err());
-        assert_eq!(Ty::Json.encode(&json!({"a": [1]})).unwrap().unwrap(), r#"{"a":[1]}"#);
+        assert_eq!(
+            Ty::Json.encode(&json!({"a": [1]})).unwrap().unwrap(),
+            r#"{"a":[1]}"#
+        );
         assert_eq!(Ty::Boolean.encode(&Value::Null).unwrap(), None);
         assert_eq!(Ty::Number.decode(Some("5")), json!(5));
         assert_eq!(Ty::Number.decode(Some("2.5")), json!(2.5));
         assert_eq!(Ty::Boolean.decode(Some("false")), json!(false));
-        assert_eq!(
-            Ty::Timestamp.decode(Some("0")),
-            json!(format_timestamp(0))
-        );
+        assert_eq!(Ty::Timestamp.decode(Some("0")), json!(format_timestamp(0)));
         assert_eq!(Ty::Text.decode(None), Value::Null);
     }
 }
