@@ -431,7 +431,7 @@ impl PgBackend {
         conn: &mut Conn,
         isolation: Isolation,
     ) -> Result<(u64, String), StorageError> {
-        const HEAD: &str = "SELECT seq::text, hash FROM sinew_audit ORDER BY seq DESC LIMIT 1";
+        const HEAD: &str = "SELECT seq, hash FROM sinew_audit ORDER BY seq DESC LIMIT 1";
         let row = if isolation == Isolation::ReadCommitted {
             let r = conn.client.query_opt(HEAD, &[]).await;
             self.check(conn, r)?
@@ -453,8 +453,8 @@ impl PgBackend {
         Ok(match row {
             None => (0, GENESIS_HASH.to_owned()),
             Some(r) => {
-                let seq: String = r.get(0);
-                (seq.parse().unwrap_or(0), r.get(1))
+                let seq: i64 = r.get(0);
+                (u64::try_from(seq).unwrap_or(0), r.get(1))
             }
         })
     }
@@ -927,7 +927,7 @@ pub async fn verify_audit(client: &tokio_postgres::Client) -> anyhow::Result<Res
     use futures_util::TryStreamExt;
     let stream = client
         .query_raw(
-            "SELECT seq::text, entry, prev, hash FROM sinew_audit ORDER BY seq",
+            "SELECT seq, entry, prev, hash FROM sinew_audit ORDER BY seq",
             std::iter::empty::<Option<String>>(),
         )
         .await?;
@@ -936,12 +936,12 @@ pub async fn verify_audit(client: &tokio_postgres::Client) -> anyhow::Result<Res
     let mut n: u64 = 0;
     while let Some(row) = stream.try_next().await? {
         n += 1;
-        let seq: String = row.get(0);
+        let seq: i64 = row.get(0);
         let text: String = row.get(1);
         let row_prev: String = row.get(2);
         let hash: String = row.get(3);
         let at = format!("audit entry {n}");
-        if seq.parse::<u64>().ok() != Some(n) {
+        if u64::try_from(seq).ok() != Some(n) {
             return Ok(Err(format!(
                 "{at}: `seq` is {seq}, expected {n} (an entry is missing)"
             )));

@@ -34,6 +34,8 @@ pub const MAX_MEMORY: usize = 512 << 20;
 pub const MAX_INSTANCES: u32 = 128;
 /// How long past its deadline a request waiting on the host is given.
 const HOST_GRACE: Duration = Duration::from_millis(250);
+/// Core instances in one instance of the component (at most).
+const CORE_INSTANCES_PER_COMPONENT: u32 = 8;
 /// The deadline of a request whose tool sets no `timeoutMs`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -92,8 +94,10 @@ impl Engine {
         let mut config = Config::new();
         config.epoch_interruption(true);
         let mut pool = PoolingAllocationConfig::default();
+        // A component instance is several core instances (the core module
+        // and wit-component's shims), one memory.
         pool.total_component_instances(MAX_INSTANCES)
-            .total_core_instances(MAX_INSTANCES)
+            .total_core_instances(MAX_INSTANCES * CORE_INSTANCES_PER_COMPONENT)
             .total_memories(MAX_INSTANCES)
             .max_memory_size(max_memory);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
@@ -181,6 +185,9 @@ pub struct Executor {
     spec: String,
     backends: Backends,
     pool: Mutex<Vec<Pooled>>,
+    /// One permit per instance that may exist: requests beyond that wait
+    /// for one rather than fail.
+    permits: tokio::sync::Semaphore,
     /// Each tool's deadline.
     timeouts: std::collections::HashMap<String, Duration>,
     /// The bundle's hash, for audit entries the host writes itself.
@@ -199,6 +206,8 @@ impl Executor {
             spec,
             backends,
             pool: Mutex::new(Vec::new()),
+            // Leave room for other executors of the same engine (a reload).
+            permits: tokio::sync::Semaphore::new(MAX_INSTANCES as usize / 2),
             timeouts: Default::default(),
             bundle_hash: String::new(),
         };
@@ -269,6 +278,11 @@ impl Executor {
     /// what the guest had open, answers 500 or 504, writes the final audit
     /// entry itself, and discards the instance.
     pub async fn execute(&self, request: &Request) -> Response {
+        let Ok(_permit) = self.permits.acquire().await else {
+            return self
+                .host_failure(request, 500, "internal", "the executor is shutting down")
+                .await;
+        };
         let mut p = match self.take() {
             Some(p) => p,
             None => match self.fresh().await {
@@ -381,11 +395,14 @@ impl Executor {
             sinew_core::problem::Problem::new(status, code, detail).internal(internal.to_string());
         let now = self.backends.clock.now_ms();
         let response = sinew_core::contract::failed(&self.bundle_hash, request, &problem, now);
-        let _ = self
+        if let Err(e) = self
             .backends
             .storage
             .append_audit(None, &response.audit)
-            .await;
+            .await
+        {
+            audit_lost(request, &e);
+        }
         response
     }
 
@@ -402,11 +419,14 @@ impl Executor {
         let problem = sinew_core::problem::Problem::new(status, code, detail.to_string());
         let now = self.backends.clock.now_ms();
         let response = sinew_core::contract::failed(&self.bundle_hash, request, &problem, now);
-        let _ = self
+        if let Err(e) = self
             .backends
             .storage
             .append_audit(None, &response.audit)
-            .await;
+            .await
+        {
+            audit_lost(request, &e);
+        }
         response
     }
 
@@ -430,4 +450,15 @@ impl Executor {
         self.put(p);
         Ok(out)
     }
+}
+
+/// A final audit entry could not be written (the database is down): said
+/// loudly on the log, the only place left to say it.
+fn audit_lost(request: &Request, e: &sinew_core::ports::StorageError) {
+    let line = serde_json::json!({
+        "severity": "ERROR",
+        "message": format!("the final audit entry of `{}` could not be written: {e}", request.tool),
+        "execution": request.id,
+    });
+    println!("{line}");
 }

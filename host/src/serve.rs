@@ -57,6 +57,9 @@ pub struct Args {
     /// Where the embedded Postgres and the compiled-component cache live.
     #[arg(long, env = "SINEW_DATA_DIR", default_value = ".sinew")]
     pub data_dir: PathBuf,
+    /// Where the compiled component is cached (default `<data-dir>/cache`).
+    #[arg(long, env = "SINEW_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
     /// HS256 secret for bearer tokens.
     #[arg(long, env = "SINEW_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -951,7 +954,11 @@ pub async fn serve(
         }
         crate::pg::migrate::apply(&mut client, &m.sql).await?;
     }
-    let engine = Engine::new(Some(&args.data_dir.join("cache")))?;
+    let cache = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("cache"));
+    let engine = Engine::new(Some(&cache))?;
     let storage = Arc::new(PgBackend::new(
         db.config.clone(),
         &spec,

@@ -143,6 +143,7 @@ impl Server {
             listen: "127.0.0.1".parse().expect("ip"),
             database_url: Some(database_url.to_owned()),
             data_dir: cache_dir(),
+            cache_dir: Some(cache_dir().join("cache")),
             jwt_secret: Some(SECRET.to_owned()),
             jwt_jwks: options.jwks.clone(),
             jwt_issuer: options.issuer.clone(),

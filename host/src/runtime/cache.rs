@@ -32,6 +32,11 @@ pub fn load_or_compile(
 ) -> Result<(Component, bool)> {
     if let Some(dir) = dir {
         let path = path_for(dir, component);
+        // Processes starting together compile once: the first takes the
+        // lock file, the others wait (at most 5 minutes) for its result.
+        let _ = std::fs::create_dir_all(dir);
+        let lock = path.with_extension("cwasm.lock");
+        let _guard = CompileLock::take(&lock, &checksum_path(&path));
         if let (Ok(bytes), Ok(sum)) = (
             std::fs::read(&path),
             std::fs::read_to_string(checksum_path(&path)),
@@ -55,7 +60,7 @@ pub fn load_or_compile(
             .precompile_component(component)
             .map_err(|e| anyhow!("{e:?}"))?;
         if std::fs::create_dir_all(dir).is_ok() {
-            let tmp = path.with_extension("cwasm.tmp");
+            let tmp = path.with_extension(format!("cwasm.{}.tmp", std::process::id()));
             if std::fs::write(&tmp, &compiled).is_ok() && std::fs::rename(&tmp, &path).is_ok() {
                 let _ = std::fs::write(
                     checksum_path(&path),
@@ -77,6 +82,47 @@ pub fn load_or_compile(
     Ok((c, false))
 }
 
+/// A lock file held while one process compiles; removed on drop.
+struct CompileLock(Option<PathBuf>);
+
+impl CompileLock {
+    fn take(lock: &Path, done: &Path) -> CompileLock {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        loop {
+            if std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(lock)
+                .is_ok()
+            {
+                return CompileLock(Some(lock.to_path_buf()));
+            }
+            // A lock older than the deadline was left by a killed process.
+            let stale = std::fs::metadata(lock)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(300));
+            if stale {
+                let _ = std::fs::remove_file(lock);
+                continue;
+            }
+            if done.exists() && !lock.exists() || std::time::Instant::now() > deadline {
+                return CompileLock(None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for CompileLock {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 /// Removes the cache files of other components (older builds) from `dir`.
 fn prune(dir: &Path, keep: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -87,7 +133,8 @@ fn prune(dir: &Path, keep: &Path) {
         let p = e.path();
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let ours = name.starts_with("sinew-")
-            && (name.ends_with(".cwasm") || name.ends_with(".cwasm.sha256"));
+            && (name.ends_with(".cwasm") || name.ends_with(".cwasm.sha256"))
+            && !name.ends_with(".tmp");
         if ours && p != keep && p != keep_sum {
             let _ = std::fs::remove_file(&p);
         }
