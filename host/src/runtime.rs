@@ -229,6 +229,18 @@ impl Executor {
         Ok(ex)
     }
 
+    /// Fills the pool with `n` ready instances (each has loaded the spec),
+    /// so a burst of first requests does not pay for instantiation.
+    pub async fn warm(&self, n: usize) {
+        let have = self.pool.lock().map_or(0, |p| p.len());
+        for _ in have..n {
+            match self.fresh().await {
+                Ok((p, _)) => self.put(p),
+                Err(_) => return,
+            }
+        }
+    }
+
     async fn fresh(
         &self,
     ) -> Result<

@@ -31,6 +31,8 @@ use crate::runtime::{Backends, Engine, Executor};
 
 /// How long in-flight requests may take to finish after SIGTERM.
 const DRAIN: Duration = Duration::from_secs(10);
+/// Instances made ready in the background at start.
+const WARM_INSTANCES: usize = 16;
 /// The longest accepted `Idempotency-Key`.
 const MAX_KEY: usize = 255;
 
@@ -82,7 +84,7 @@ pub struct Args {
     #[arg(long, env = "SINEW_MAX_BODY", default_value_t = 1 << 20)]
     pub max_body: usize,
     /// Database connections per process.
-    #[arg(long, env = "SINEW_POOL_SIZE", default_value_t = 16)]
+    #[arg(long, env = "SINEW_POOL_SIZE", default_value_t = 32)]
     pub pool_size: usize,
     /// Do not apply migrations at start.
     #[arg(long)]
@@ -383,7 +385,7 @@ fn typed(schema: Option<&Value>, raw: &str) -> Value {
 
 /// The server's shared state.
 pub struct App {
-    executor: Executor,
+    executor: Arc<Executor>,
     router: Router,
     jwt: JwtConfig,
     openapi: Bytes,
@@ -1020,6 +1022,12 @@ pub async fn serve(
         )
     })?;
     let openapi = crate::openapi::document(&spec, &executor.bundle_hash);
+    let executor = Arc::new(executor);
+    // Ready instances for the first burst, made after the server is up.
+    tokio::spawn({
+        let executor = executor.clone();
+        async move { executor.warm(WARM_INSTANCES).await }
+    });
     let app = Arc::new(App {
         router: Router::new(&spec),
         inputs: spec

@@ -274,15 +274,18 @@ async fn bank_conserves_money_across_two_servers() {
         let requests = requests.clone();
         let url = url.clone();
         tasks.push(tokio::spawn(async move {
-            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (c + 1) * 0x1234_5678);
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((c + 1) * 0x1234_5678));
             let mut seen: Vec<u16> = Vec::new();
             let mut problems = Vec::new();
+            let mut latencies: Vec<(u64, u16, u64)> = Vec::new();
+            let mut auditor: Option<tokio_postgres::Client> = None;
             while Instant::now() < stop {
                 let server = &servers[rng.next(2) as usize];
                 if c < 40 {
                     let from = rng.next(8) as usize;
                     let to = (from + 1 + rng.next(7) as usize) % 8;
                     let amount = 1 + rng.next(3000);
+                    let t0 = Instant::now();
                     let (s, body) = call(
                         &http,
                         "POST",
@@ -293,8 +296,16 @@ async fn bank_conserves_money_across_two_servers() {
                     .await;
                     requests.fetch_add(1, Ordering::SeqCst);
                     seen.push(s);
+                    if s != 429 {
+                        latencies.push((t0.elapsed().as_millis() as u64, s, (stop - Instant::now()).as_millis() as u64));
+                    }
+                    if s == 429 {
+                        // A polite client backs off when rate-limited.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                     let typed = body.get("code").and_then(Value::as_str).is_some();
-                    if !(200..300).contains(&s) && !((400..500).contains(&s) && typed) {
+                    let fine = (200..300).contains(&s) || ((400..500).contains(&s) && typed);
+                    if !fine {
                         problems.push(format!("transfer answered {s}: {body}"));
                     }
                 } else if c < 45 {
@@ -310,9 +321,13 @@ async fn bank_conserves_money_across_two_servers() {
                     } else if list[0]["balance"].as_i64().unwrap_or(-1) < 0 {
                         problems.push(format!("a negative balance: {body}"));
                     }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 } else {
                     // An auditor reads every balance in one snapshot.
-                    let db = sql(&url).await;
+                    if auditor.is_none() {
+                        auditor = Some(sql(&url).await);
+                    }
+                    let Some(db) = &auditor else { continue };
                     let row = db
                         .query_one("SELECT sum(balance)::bigint, min(balance)::bigint, count(*) FROM account", &[])
                         .await
@@ -324,19 +339,35 @@ async fn bank_conserves_money_across_two_servers() {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
-            (seen, problems)
+            (seen, problems, latencies)
         }));
     }
     let mut statuses: std::collections::BTreeMap<u16, u64> = Default::default();
     let mut problems = Vec::new();
+    let mut latencies = Vec::new();
     for t in tasks {
-        let (seen, p) = t.await.unwrap();
+        let (seen, p, l) = t.await.unwrap();
+        latencies.extend(l);
         for s in seen {
             *statuses.entry(s).or_default() += 1;
         }
         problems.extend(p);
     }
     let n = requests.load(Ordering::SeqCst);
+    latencies.sort_unstable();
+    let pct = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * q) as usize)
+            .map_or(0, |l| l.0)
+    };
+    eprintln!(
+        "transfer latency (ms, rate-limited excluded): p50 {} p90 {} p99 {} max {}; slowest: {:?}",
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        pct(1.0),
+        &latencies[latencies.len().saturating_sub(5)..]
+    );
     if statuses.keys().any(|s| *s >= 500) {
         let db = sql(&url).await;
         let rows = db
@@ -347,7 +378,13 @@ async fn bank_conserves_money_across_two_servers() {
             .await
             .unwrap();
         let internal: Vec<Option<String>> = rows.iter().map(|r| r.get(0)).collect();
-        panic!("server errors {statuses:?}: {internal:?}");
+        let pglog =
+            std::fs::read_to_string(pg._dir.path().join("data/server.log")).unwrap_or_default();
+        let deadlocks = pglog.matches("deadlock detected").count();
+        let serialization = pglog.matches("could not serialize").count();
+        panic!(
+            "server errors {statuses:?}: {internal:?} (deadlocks {deadlocks}, serialization failures {serialization})"
+        );
     }
     eprintln!("bank workload: {n} requests in {seconds} s, statuses {statuses:?}");
     assert!(
