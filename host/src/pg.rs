@@ -82,6 +82,10 @@ impl PgBackend {
         pool_size: usize,
         component: Option<String>,
     ) -> PgBackend {
+        let mut config = config;
+        if config.get_application_name().is_none() {
+            config.application_name("sinew");
+        }
         PgBackend {
             pool: Pool::new(config, pool_size),
             schema: Schema::of(spec),

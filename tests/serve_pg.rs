@@ -1,0 +1,642 @@
+//! `sinew serve` on a real Postgres, turned against: bad bodies, bad
+//! tokens, other people's rows, a failing payment provider, killed
+//! connections and a restarted database. Each answer must be typed, nothing
+//! partial may be committed, every routed request must leave one audit
+//! entry, and service must come back without a restart.
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use sinew_tests::pg::{Cluster, Fake, Http, Options, Reply, SECRET, Server, connect_url, token};
+use sinew_tests::root;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const ISSUER: &str = "https://issuer.test";
+const AUDIENCE: &str = "sinew-tests";
+
+fn claims(sub: &str, roles: &[&str]) -> serde_json::Map<String, Value> {
+    let now = sinew_host::jwt::now_secs();
+    let mut m = serde_json::Map::new();
+    m.insert("sub".into(), json!(sub));
+    m.insert("roles".into(), json!(roles));
+    m.insert("iss".into(), json!(ISSUER));
+    m.insert("aud".into(), json!(AUDIENCE));
+    m.insert("iat".into(), json!(now));
+    m.insert("exp".into(), json!(now + 600));
+    m
+}
+
+fn hs256(c: &serde_json::Map<String, Value>, key: &[u8], kid: Option<&str>) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(
+        &header,
+        &Value::Object(c.clone()),
+        &jsonwebtoken::EncodingKey::from_secret(key),
+    )
+    .unwrap()
+}
+
+fn rs256(c: &serde_json::Map<String, Value>) -> String {
+    let pem = std::fs::read(root().join("tests/fixtures/jwt/rsa-private.pem")).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("test-rsa-1".into());
+    jsonwebtoken::encode(
+        &header,
+        &Value::Object(c.clone()),
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap(),
+    )
+    .unwrap()
+}
+
+fn unsigned(c: &serde_json::Map<String, Value>) -> String {
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&Value::Object(c.clone()))
+    )
+}
+
+async fn audit_finals(url: &str) -> i64 {
+    connect_url(url)
+        .await
+        .query_one("SELECT count(*) FROM sinew_audit WHERE kind = 'final'", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn verify(url: &str) -> Result<u64, String> {
+    let client = connect_url(url).await;
+    sinew_host::pg::verify_audit(&client).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_typed_answers_and_change_nothing() {
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let fake = Fake::start(HashMap::new(), true).await;
+    let jwks = root().join("tests/fixtures/jwt/jwks.json");
+    let options = Options {
+        externals: vec![("payments".into(), fake.url("payments"))],
+        max_body: Some(4096),
+        issuer: Some(ISSUER.into()),
+        audience: Some(AUDIENCE.into()),
+        jwks: Some(jwks.to_string_lossy().into_owned()),
+        ..Options::default()
+    };
+    let server = Server::start(&root().join("specs/examples/shop.json"), &url, &options).await;
+    let http = Http::default();
+    let base = &server.base;
+    let staff = hs256(&claims("sam", &["staff"]), SECRET.as_bytes(), None);
+    let alice = hs256(&claims("alice", &["customer"]), SECRET.as_bytes(), None);
+    let bob = hs256(&claims("bob", &["customer"]), SECRET.as_bytes(), None);
+    let mut routed = 0i64;
+
+    // Setup: a product with 10 in stock, one order of alice's.
+    let r = http
+        .json(
+            "POST",
+            &format!("{base}/products"),
+            Some(&staff),
+            &json!({"sku": "TEA", "name": "Tea", "price_cents": 450}),
+        )
+        .await;
+    assert!(r.status < 300, "{}", r.text);
+    let product = r.body["product"].as_str().unwrap().to_owned();
+    let r = http
+        .json(
+            "POST",
+            &format!("{base}/products/{product}/restock"),
+            Some(&staff),
+            &json!({"quantity": 10}),
+        )
+        .await;
+    assert!(r.status < 300, "{}", r.text);
+    let r = http
+        .json(
+            "POST",
+            &format!("{base}/orders"),
+            Some(&alice),
+            &json!({"product": product, "quantity": 2}),
+        )
+        .await;
+    assert!(r.status < 300, "{}", r.text);
+    let order = r.body["order"].as_str().unwrap().to_owned();
+    routed += 3;
+
+    let orders = format!("{base}/orders");
+    let body = json!({"product": product, "quantity": 1}).to_string();
+    let auth = format!("Bearer {alice}");
+    let cases: Vec<(&str, u16, &str, Vec<(&str, String)>, String)> = vec![
+        (
+            "invalid JSON",
+            400,
+            "invalid_json",
+            vec![("content-type", "application/json".into())],
+            "{\"product\": ".into(),
+        ),
+        (
+            "wrong content type",
+            415,
+            "unsupported_media_type",
+            vec![("content-type", "text/plain".into())],
+            body.clone(),
+        ),
+        (
+            "oversize body",
+            413,
+            "too_large",
+            vec![("content-type", "application/json".into())],
+            format!("{{\"pad\": \"{}\"}}", "x".repeat(5000)),
+        ),
+        (
+            "deep body",
+            400,
+            "invalid_json",
+            vec![("content-type", "application/json".into())],
+            format!("{}{}", "[".repeat(300), "]".repeat(300)),
+        ),
+        (
+            "unknown field",
+            400,
+            "invalid_input",
+            vec![("content-type", "application/json".into())],
+            json!({"product": product, "quantity": 1, "discount": 100}).to_string(),
+        ),
+        (
+            "no token",
+            401,
+            "unauthenticated",
+            vec![("content-type", "application/json".into())],
+            body.clone(),
+        ),
+    ];
+    for (what, status, code, mut headers, body) in cases {
+        if what != "no token" {
+            headers.push(("authorization", auth.clone()));
+        }
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = http.send("POST", &orders, &h, body).await;
+        routed += 1;
+        assert_eq!(r.status, status, "{what}: {}", r.text);
+        assert_eq!(r.body["code"], code, "{what}: {}", r.text);
+        assert_eq!(
+            r.headers["content-type"], "application/problem+json",
+            "{what}"
+        );
+    }
+
+    // Tokens.
+    let now = sinew_host::jwt::now_secs();
+    let with = |k: &str, v: Value| {
+        let mut c = claims("alice", &["customer"]);
+        c.insert(k.into(), v);
+        c
+    };
+    let without = |k: &str| {
+        let mut c = claims("alice", &["customer"]);
+        c.remove(k);
+        c
+    };
+    let public_pem = std::fs::read(root().join("tests/fixtures/jwt/rsa-public.pem")).unwrap();
+    let bad_tokens: Vec<(&str, String)> = vec![
+        ("alg none", unsigned(&claims("alice", &["customer"]))),
+        (
+            "HS256 signed with the RSA public key",
+            hs256(
+                &claims("alice", &["customer"]),
+                &public_pem,
+                Some("test-rsa-1"),
+            ),
+        ),
+        (
+            "HS256 with another secret",
+            hs256(&claims("alice", &["customer"]), b"not-the-secret", None),
+        ),
+        (
+            "expired",
+            hs256(&with("exp", json!(now - 120)), SECRET.as_bytes(), None),
+        ),
+        (
+            "not yet valid",
+            hs256(&with("nbf", json!(now + 120)), SECRET.as_bytes(), None),
+        ),
+        (
+            "wrong audience",
+            hs256(&with("aud", json!("someone-else")), SECRET.as_bytes(), None),
+        ),
+        (
+            "no audience",
+            hs256(&without("aud"), SECRET.as_bytes(), None),
+        ),
+        (
+            "wrong issuer",
+            hs256(
+                &with("iss", json!("https://evil.test")),
+                SECRET.as_bytes(),
+                None,
+            ),
+        ),
+        ("no issuer", hs256(&without("iss"), SECRET.as_bytes(), None)),
+        ("no expiry", hs256(&without("exp"), SECRET.as_bytes(), None)),
+        (
+            "roles not a list",
+            hs256(&with("roles", json!("customer")), SECRET.as_bytes(), None),
+        ),
+        ("garbage", "not.a.token".into()),
+    ];
+    for (what, t) in &bad_tokens {
+        let r = http
+            .json(
+                "POST",
+                &orders,
+                Some(t),
+                &json!({"product": product, "quantity": 1}),
+            )
+            .await;
+        routed += 1;
+        assert_eq!(r.status, 401, "{what}: {}", r.text);
+        assert_eq!(r.body["code"], "unauthenticated", "{what}");
+        assert_eq!(
+            r.headers.get("www-authenticate").map(String::as_str),
+            Some("Bearer"),
+            "{what}"
+        );
+    }
+    // Leeway: 20 s past expiry is still accepted.
+    let r = http
+        .json(
+            "GET",
+            &format!("{base}/orders/{order}"),
+            Some(&hs256(
+                &with("exp", json!(now - 20)),
+                SECRET.as_bytes(),
+                None,
+            )),
+            &json!({}),
+        )
+        .await;
+    routed += 1;
+    assert_eq!(r.status, 200, "leeway: {}", r.text);
+    // An RS256 token from the JWKS is accepted.
+    let r = http
+        .json(
+            "GET",
+            &format!("{base}/orders/{order}"),
+            Some(&rs256(&claims("alice", &["customer"]))),
+            &json!({}),
+        )
+        .await;
+    routed += 1;
+    assert_eq!(r.status, 200, "RS256: {}", r.text);
+
+    // Roles and ownership.
+    let r = http
+        .json(
+            "POST",
+            &format!("{base}/products"),
+            Some(&alice),
+            &json!({"sku": "X", "name": "X", "price_cents": 1}),
+        )
+        .await;
+    routed += 1;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (403, Some("forbidden")),
+        "{}",
+        r.text
+    );
+    let r = http
+        .json(
+            "GET",
+            &format!("{base}/orders/{order}"),
+            Some(&bob),
+            &json!({}),
+        )
+        .await;
+    routed += 1;
+    assert_eq!(r.status, 404, "bob reads alice's order: {}", r.text);
+    let r = http
+        .json(
+            "POST",
+            &format!("{base}/orders/{order}/cancel"),
+            Some(&bob),
+            &json!({}),
+        )
+        .await;
+    routed += 1;
+    assert_eq!(r.status, 404, "bob cancels alice's order: {}", r.text);
+
+    // Not routed: no audit entry.
+    let r = http.json("DELETE", &orders, Some(&alice), &json!({})).await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.headers["allow"], "GET, POST");
+    let r = http
+        .json("GET", &format!("{base}/nowhere"), Some(&alice), &json!({}))
+        .await;
+    assert_eq!(r.status, 404);
+    let r = http
+        .send("GET", &format!("{base}/openapi.json"), &[], "")
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["openapi"], "3.1.0");
+    assert!(
+        r.body["paths"]["/orders/{id}"]["get"].is_object(),
+        "{}",
+        r.text
+    );
+    assert!(r.body["paths"]["/tools/place_order"]["post"].is_object());
+
+    // Nothing partial: one order of 2, stock 8.
+    let db = connect_url(&url).await;
+    let stock: i64 = db
+        .query_one("SELECT stock FROM product", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stock, 8);
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM \"order\"", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    assert_eq!(
+        audit_finals(&url).await,
+        routed,
+        "one final audit entry per routed request"
+    );
+    assert_eq!(verify(&url).await, Ok(routed as u64));
+
+    // The audit log refuses changes, even from the table's owner.
+    for sql in [
+        "UPDATE sinew_audit SET kind = 'x' WHERE seq = 1",
+        "DELETE FROM sinew_audit WHERE seq = 1",
+        "TRUNCATE sinew_audit",
+    ] {
+        let e = db.batch_execute(sql).await.expect_err(sql);
+        assert!(
+            e.to_string().contains("append-only") || format!("{e:?}").contains("append-only"),
+            "{sql}: {e:?}"
+        );
+    }
+    // A superuser who disables the triggers is caught by the chain.
+    db.batch_execute(
+        "ALTER TABLE sinew_audit DISABLE TRIGGER USER; \
+         UPDATE sinew_audit SET entry = replace(entry, '\"outcome\":\"ok\"', '\"outcome\":\"rejected\"') WHERE seq = 2; \
+         ALTER TABLE sinew_audit ENABLE TRIGGER USER;",
+    )
+    .await
+    .unwrap();
+    let broken = verify(&url).await.unwrap_err();
+    assert!(broken.starts_with("audit entry 2:"), "{broken}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_failures_decline_retry_compensate_and_time_out() {
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let script = HashMap::from([(
+        "payments.charge".to_owned(),
+        vec![
+            // 1: declined.
+            Reply::Declined(json!({"reason": "card_declined"})),
+            // 2: fails twice, then succeeds (3 attempts).
+            Reply::Failed("busy".into()),
+            Reply::Failed("busy".into()),
+            Reply::Ok(json!({"id": "ch_2", "status": "succeeded"})),
+            // 3: succeeds, but the order cannot be written: refunded.
+            Reply::Ok(json!({"id": "ch_3", "status": "succeeded"})),
+            // 4: hangs: every attempt times out, past the tool's deadline.
+            Reply::Hang,
+            Reply::Hang,
+            Reply::Hang,
+        ],
+    )]);
+    let fake = Fake::start(script, true).await;
+    let options = Options {
+        externals: vec![("payments".into(), fake.url("payments"))],
+        ..Options::default()
+    };
+    let server = Server::start(&root().join("specs/examples/shop.json"), &url, &options).await;
+    let http = Http::default();
+    let base = &server.base;
+    let staff = token("sam", &["staff"]);
+    let alice = token("alice", &["customer"]);
+    let r = http
+        .json(
+            "POST",
+            &format!("{base}/products"),
+            Some(&staff),
+            &json!({"sku": "TEA", "name": "Tea", "price_cents": 450}),
+        )
+        .await;
+    let product = r.body["product"].as_str().unwrap().to_owned();
+    http.json(
+        "POST",
+        &format!("{base}/products/{product}/restock"),
+        Some(&staff),
+        &json!({"quantity": 3}),
+    )
+    .await;
+    let order = |q: i64| json!({"product": product, "quantity": q});
+
+    let r = http
+        .json("POST", &format!("{base}/orders"), Some(&alice), &order(1))
+        .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (402, Some("payment_declined")),
+        "{}",
+        r.text
+    );
+
+    let r = http
+        .json("POST", &format!("{base}/orders"), Some(&alice), &order(1))
+        .await;
+    assert!(r.status < 300, "after two failures: {}", r.text);
+    let db = connect_url(&url).await;
+    let entry: String = db
+        .query_one(
+            "SELECT entry FROM sinew_audit WHERE kind = 'final' ORDER BY seq DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let entry: Value = serde_json::from_str(&entry).unwrap();
+    assert_eq!(entry["calls"][0]["attempts"], 3, "{entry}");
+    let seen = fake.seen();
+    let keys: Vec<_> = seen[1..4].iter().map(|s| s.2.clone()).collect();
+    assert!(
+        keys[0].is_some() && keys.iter().all(|k| *k == keys[0]),
+        "one idempotency key for every attempt: {keys:?}"
+    );
+    assert_eq!(
+        seen[1..4].iter().map(|s| s.1).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+
+    // 5 ordered with 2 left: the charge is refunded, nothing is written.
+    let r = http
+        .json("POST", &format!("{base}/orders"), Some(&alice), &order(5))
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    assert!(
+        fake.seen().iter().any(|s| s.0 == "payments.refund"),
+        "no refund: {:?}",
+        fake.seen()
+    );
+
+    // A provider that never answers: the tool's 5 s deadline, rolled back.
+    let started = Instant::now();
+    let r = http
+        .json("POST", &format!("{base}/orders"), Some(&alice), &order(1))
+        .await;
+    assert_eq!(r.status, 504, "{}", r.text);
+    assert!(started.elapsed() < Duration::from_secs(8));
+    let stock: i64 = db
+        .query_one("SELECT stock FROM product", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stock, 2, "only the second order took stock");
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM \"order\"", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    assert_eq!(audit_finals(&url).await, 6);
+    assert_eq!(verify(&url).await, Ok(6));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn service_survives_killed_connections_and_a_database_restart() {
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let server = Server::start(
+        &root().join("specs/examples/shop.json"),
+        &url,
+        &Options::default(),
+    )
+    .await;
+    let http = Http::default();
+    let base = server.base.clone();
+    let staff = token("sam", &["staff"]);
+    let r = http
+        .json(
+            "POST",
+            &format!("{base}/products"),
+            Some(&staff),
+            &json!({"sku": "TEA", "name": "Tea", "price_cents": 450}),
+        )
+        .await;
+    let product = r.body["product"].as_str().unwrap().to_owned();
+    let restock = format!("{base}/products/{product}/restock");
+
+    // Restocks from 8 clients while connections are killed under them.
+    let stop = Instant::now() + Duration::from_secs(4);
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (http, restock, staff) = (http.clone(), restock.clone(), staff.clone());
+        clients.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while Instant::now() < stop {
+                let r = http
+                    .json("POST", &restock, Some(&staff), &json!({"quantity": 1}))
+                    .await;
+                statuses.push((r.status, r.body["code"].as_str().map(str::to_owned)));
+            }
+            statuses
+        }));
+    }
+    let admin = connect_url(&cluster.url("postgres")).await;
+    let mut killed = 0;
+    while Instant::now() < stop {
+        let rows = admin
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE application_name = 'sinew' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap();
+        killed += rows.len();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let mut all = Vec::new();
+    for c in clients {
+        all.extend(c.await.unwrap());
+    }
+    assert!(killed > 0, "no connection was killed");
+    for (status, code) in &all {
+        let fine = (200..300).contains(status)
+            || (*status == 503 && code.as_deref() == Some("unavailable"))
+            || *status == 409;
+        assert!(
+            fine,
+            "answer {status} {code:?} while connections were killed"
+        );
+    }
+    assert!(
+        all.iter().any(|(s, _)| *s < 300),
+        "nothing succeeded: {all:?}"
+    );
+    // After the storm, service is back at once.
+    let r = http
+        .json("POST", &restock, Some(&staff), &json!({"quantity": 1}))
+        .await;
+    assert!(r.status < 300, "{}", r.text);
+
+    // Postgres restarts (immediate: like a crash) while serving.
+    cluster.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = (0, String::new());
+    while Instant::now() < deadline {
+        let r = http
+            .json("POST", &restock, Some(&staff), &json!({"quantity": 1}))
+            .await;
+        if r.status < 300 {
+            last = (r.status, r.text);
+            break;
+        }
+        assert!(
+            r.status == 503,
+            "during the restart: {} {}",
+            r.status,
+            r.text
+        );
+        last = (r.status, r.text);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(last.0 < 300, "service did not recover: {last:?}");
+
+    // Stock equals the restocks the audit log says committed: nothing was
+    // half-written, nothing committed without its entry.
+    let db = connect_url(&url).await;
+    let stock: i64 = db
+        .query_one("SELECT stock FROM product", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let committed: i64 = db
+        .query_one(
+            "SELECT count(*) FROM sinew_audit WHERE kind = 'final' \
+             AND entry::jsonb->>'tool' = 'restock' AND entry::jsonb->>'outcome' = 'ok'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        stock, committed,
+        "stock {stock} but {committed} audited restocks"
+    );
+    assert!(verify(&url).await.is_ok());
+    server.stop().await;
+}
