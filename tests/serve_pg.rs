@@ -129,7 +129,8 @@ async fn bad_requests_get_typed_answers_and_change_nothing() {
     let orders = format!("{base}/orders");
     let body = json!({"product": product, "quantity": 1}).to_string();
     let auth = format!("Bearer {alice}");
-    let cases: Vec<(&str, u16, &str, Vec<(&str, String)>, String)> = vec![
+    type Case<'a> = (&'a str, u16, &'a str, Vec<(&'a str, String)>, String);
+    let cases: Vec<Case> = vec![
         (
             "invalid JSON",
             400,
