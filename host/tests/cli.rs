@@ -557,3 +557,57 @@ fn help() {
     assert!(text.contains("--format"), "{text}");
     assert!(text.contains("--fix"), "{text}");
 }
+
+#[test]
+fn migrate_without_a_database_prints_the_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    for example in examples() {
+        let out = Command::new(env!("CARGO_BIN_EXE_sinew"))
+            .arg("migrate")
+            .arg(&example)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stem = example.file_stem().unwrap().to_string_lossy().into_owned();
+        let golden =
+            std::fs::read_to_string(root().join(format!("specs/examples/expected/{stem}.sql")))
+                .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), golden, "{stem}");
+    }
+}
+
+#[test]
+fn token_mints_what_the_server_accepts() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sinew"))
+        .args(["token", "--sub", "alice", "--roles", "customer,staff"])
+        .env("SINEW_JWT_SECRET", "s3cret")
+        .env_remove("SINEW_JWT_ISSUER")
+        .env_remove("SINEW_JWT_AUDIENCE")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let jwt = sinew_host::jwt::JwtConfig {
+        secret: Some("s3cret".into()),
+        roles_claim: "roles".into(),
+        ..Default::default()
+    };
+    let auth = jwt.verify(&token).unwrap();
+    assert_eq!(auth.sub, "alice");
+    assert_eq!(auth.roles, vec!["customer", "staff"]);
+    // Without a secret: a clear error.
+    let out = Command::new(env!("CARGO_BIN_EXE_sinew"))
+        .args(["token", "--sub", "alice"])
+        .env_remove("SINEW_JWT_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SINEW_JWT_SECRET"));
+}

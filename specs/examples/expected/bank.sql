@@ -45,11 +45,13 @@ CREATE INDEX IF NOT EXISTS "transfer_to_account_idx" ON "transfer" ("to_account"
 
 -- sinew: the audit log, append-only (A3): the database refuses updates,
 -- deletes and truncation; each entry carries the hash of the previous one (A4).
+-- `entry` is the exact canonical JSON text that `hash` is the SHA-256 of
+-- (query it as `entry::jsonb`).
 CREATE TABLE IF NOT EXISTS "sinew_audit" (
   "seq" bigint PRIMARY KEY,
   "execution" text NOT NULL,
   "kind" text NOT NULL,
-  "entry" jsonb NOT NULL,
+  "entry" text NOT NULL,
   "prev" text NOT NULL,
   "hash" text NOT NULL UNIQUE,
   "recorded_at" timestamptz NOT NULL DEFAULT now()
@@ -75,7 +77,7 @@ CREATE TABLE IF NOT EXISTS "sinew_idempotency" (
   "fingerprint" text NOT NULL,
   "claimed_at" timestamptz NOT NULL,
   "status" integer,
-  "body" jsonb,
+  "body" text,
   PRIMARY KEY ("scope", "key")
 );
 

@@ -1,0 +1,143 @@
+//! `sinew migrate` against a real Postgres: the plan applies, re-applying
+//! changes nothing, additions are safe, and changes that lose data are
+//! refused unless allowed.
+
+use serde_json::{Value, json};
+use sinew_host::pg::migrate::{apply, plan};
+use sinew_tests::pg::{Cluster, connect_url};
+use sinew_tests::root;
+
+fn shop() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(root().join("specs/examples/shop.json")).unwrap())
+        .unwrap()
+}
+
+fn spec(v: &Value) -> sinew_core::spec::Spec {
+    let loaded = sinew_core::spec::load(&v.to_string());
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    loaded.spec
+}
+
+async fn columns(client: &tokio_postgres::Client, table: &str) -> Vec<(String, String, String)> {
+    client
+        .query(
+            "SELECT column_name::text, data_type::text, is_nullable::text FROM information_schema.columns \
+             WHERE table_name = $1 ORDER BY ordinal_position",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_apply_once_add_safely_and_refuse_losing_data() {
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let mut client = connect_url(&url).await;
+    let base = shop();
+
+    // A fresh database gets the whole plan, in one transaction.
+    let m = plan(Some(&client), &spec(&base), false).await.unwrap();
+    assert_eq!(m.changes, 0);
+    assert!(m.destructive.is_empty());
+    apply(&mut client, &m.sql).await.unwrap();
+    let product = columns(&client, "product").await;
+    assert!(
+        product
+            .iter()
+            .any(|c| c.0 == "sku" && c.1 == "text" && c.2 == "NO"),
+        "{product:?}"
+    );
+    let tables: i64 = client
+        .query_one(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name IN \
+             ('product', 'order', 'sinew_audit', 'sinew_idempotency', 'sinew_rate')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 5);
+
+    // Re-running is a no-op.
+    let again = plan(Some(&client), &spec(&base), false).await.unwrap();
+    assert_eq!(
+        (again.changes, again.destructive.len()),
+        (0, 0),
+        "{}",
+        again.sql
+    );
+    apply(&mut client, &again.sql).await.unwrap();
+    assert_eq!(columns(&client, "product").await, product);
+
+    // The CHECKs and the status machine are enforced by the database.
+    let bad = client
+        .batch_execute(
+            "INSERT INTO \"order\" (id, version, created_at, updated_at, status, customer, product, quantity, total_cents) \
+             VALUES ('00000000-0000-4000-8000-000000000001', 1, now(), now(), 'teleported', 'a', \
+             '00000000-0000-4000-8000-000000000002', 1, 1)",
+        )
+        .await;
+    let code = bad
+        .expect_err("a status outside the machine was accepted")
+        .code()
+        .cloned();
+    assert_eq!(code, Some(tokio_postgres::error::SqlState::CHECK_VIOLATION));
+
+    // A new nullable field is added without asking.
+    let mut added = base.clone();
+    added["entities"]["Product"]["fields"]["origin"] =
+        json!({"type": "string", "maxLength": 80, "nullable": true});
+    let m = plan(Some(&client), &spec(&added), false).await.unwrap();
+    assert_eq!(m.changes, 1, "{}", m.sql);
+    assert!(m.destructive.is_empty());
+    assert!(
+        m.sql
+            .contains("ALTER TABLE \"product\" ADD COLUMN \"origin\" text"),
+        "{}",
+        m.sql
+    );
+    apply(&mut client, &m.sql).await.unwrap();
+    assert!(
+        columns(&client, "product")
+            .await
+            .iter()
+            .any(|c| c.0 == "origin")
+    );
+
+    // Dropping it again would lose data: refused unless allowed.
+    let m = plan(Some(&client), &spec(&base), false).await.unwrap();
+    assert_eq!(m.destructive.len(), 1, "{:?}", m.destructive);
+    assert!(
+        m.destructive[0].contains("product.origin"),
+        "{:?}",
+        m.destructive
+    );
+    assert!(!m.sql.contains("DROP COLUMN"));
+    // Narrowing: a type change and a new NOT NULL.
+    let mut narrowed = added.clone();
+    narrowed["entities"]["Product"]["fields"]["origin"] = json!({"type": "integer"});
+    let n = plan(Some(&client), &spec(&narrowed), false).await.unwrap();
+    assert_eq!(n.destructive.len(), 2, "{:?}", n.destructive);
+    assert!(n.destructive.iter().any(|d| d.contains("change type")));
+    assert!(n.destructive.iter().any(|d| d.contains("NOT NULL")));
+
+    let allowed = plan(Some(&client), &spec(&base), true).await.unwrap();
+    assert!(
+        allowed
+            .sql
+            .contains("ALTER TABLE \"product\" DROP COLUMN \"origin\";"),
+        "{}",
+        allowed.sql
+    );
+    apply(&mut client, &allowed.sql).await.unwrap();
+    assert_eq!(columns(&client, "product").await, product);
+
+    // A failing migration changes nothing.
+    let broken = format!("{}\nSELECT no_such_function();", again.sql);
+    assert!(apply(&mut client, &broken).await.is_err());
+    assert_eq!(columns(&client, "product").await, product);
+}
