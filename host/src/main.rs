@@ -38,12 +38,38 @@ struct ComponentArgs {
     /// Where to write it.
     #[arg(long, default_value = "sinew.component.wasm")]
     out: std::path::PathBuf,
+    /// Instead, compile it ahead of time into this cache directory (what
+    /// `sinew serve --cache-dir` reads; container images bake it in).
+    #[arg(long, value_name = "DIR")]
+    precompile: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Check(args) => check::run(&args),
+        Command::Component(ComponentArgs {
+            precompile: Some(dir),
+            ..
+        }) => match sinew_host::runtime::Engine::new(Some(&dir)) {
+            Ok(engine) => {
+                println!(
+                    "compiled {} into {}{}",
+                    engine.component_hash,
+                    dir.display(),
+                    if engine.from_cache {
+                        " (already there)"
+                    } else {
+                        ""
+                    }
+                );
+                0
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                2
+            }
+        },
         Command::Component(args) => match std::fs::write(&args.out, sinew_host::COMPONENT) {
             Ok(()) => {
                 println!(

@@ -935,6 +935,16 @@ pub async fn serve(
     }
     let spec = loaded.spec;
     let jwt = args.jwt()?;
+    if !jwt.enabled() {
+        log.line(Level::Warn, {
+            let mut m = Map::new();
+            m.insert(
+                "message".into(),
+                json!("no SINEW_JWT_SECRET or SINEW_JWT_JWKS: only public tools can be called"),
+            );
+            m
+        });
+    }
     let db = Database::open(args.database_url.as_deref(), &args.data_dir)?;
     if let Some(pg) = &db.embedded {
         log.info(&format!(

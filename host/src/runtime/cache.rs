@@ -89,13 +89,18 @@ impl CompileLock {
     fn take(lock: &Path, done: &Path) -> CompileLock {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
         loop {
-            if std::fs::OpenOptions::new()
+            match std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .open(lock)
-                .is_ok()
             {
-                return CompileLock(Some(lock.to_path_buf()));
+                Ok(_) => return CompileLock(Some(lock.to_path_buf())),
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    // A read-only cache (baked into an image): no lock
+                    // needed to read it, and nothing can be written.
+                    return CompileLock(None);
+                }
+                Err(_) => {}
             }
             // A lock older than the deadline was left by a killed process.
             let stale = std::fs::metadata(lock)
