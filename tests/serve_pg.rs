@@ -641,3 +641,138 @@ async fn service_survives_killed_connections_and_a_database_restart() {
     assert!(verify(&url).await.is_ok());
     server.stop().await;
 }
+
+/// A TLS server on loopback with a certificate of a private CA: serves the
+/// JWKS fixture at `/jwks.json` and a payment provider under `/payments/`.
+async fn tls_provider() -> (String, tempfile::TempDir) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!(
+        "https://127.0.0.1:{}",
+        listener.local_addr().unwrap().port()
+    );
+    let jwks = std::fs::read_to_string(root().join("tests/fixtures/jwt/jwks.json")).unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, jwks) = (acceptor.clone(), jwks.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let body = if req.uri().path() == "/jwks.json" {
+                            jwks.clone()
+                        } else {
+                            json!({"id": "ch_tls", "status": "succeeded"}).to_string()
+                        };
+                        async move {
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from(body)),
+                            ))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (base, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_and_externals_over_https() {
+    let (base_tls, ca_dir) = tls_provider().await;
+    let ca = ca_dir.path().join("ca.pem");
+    // Untrusted without the CA.
+    let plain = sinew_host::tls::client(None).unwrap();
+    let err = sinew_host::tls::get(&plain, &format!("{base_tls}/jwks.json"))
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").to_lowercase().contains("certificate"),
+        "{err:#}"
+    );
+
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let options = Options {
+        externals: vec![("payments".into(), format!("{base_tls}/payments"))],
+        jwks: Some(format!("{base_tls}/jwks.json")),
+        ca_file: Some(ca),
+        issuer: Some(ISSUER.into()),
+        audience: Some(AUDIENCE.into()),
+        ..Options::default()
+    };
+    let server = Server::start(&root().join("specs/examples/shop.json"), &url, &options).await;
+    let http = Http::default();
+    let base = &server.base;
+    let staff = rs256(&claims("sam", &["staff"]));
+    let r = http
+        .json(
+            "POST",
+            &format!("{base}/products"),
+            Some(&staff),
+            &json!({"sku": "TLS", "name": "Tea", "price_cents": 450}),
+        )
+        .await;
+    assert!(
+        r.status < 300,
+        "RS256 token with a JWKS fetched over https: {}",
+        r.text
+    );
+    let product = r.body["product"].as_str().unwrap().to_owned();
+    http.json(
+        "POST",
+        &format!("{base}/products/{product}/restock"),
+        Some(&staff),
+        &json!({"quantity": 1}),
+    )
+    .await;
+    let alice = rs256(&claims("alice", &["customer"]));
+    let r = http
+        .json(
+            "POST",
+            &format!("{base}/orders"),
+            Some(&alice),
+            &json!({"product": product, "quantity": 1}),
+        )
+        .await;
+    assert!(r.status < 300, "charge over https: {}", r.text);
+    let payment: String = connect_url(&url)
+        .await
+        .query_one("SELECT payment_id FROM \"order\"", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(payment, "ch_tls");
+    server.stop().await;
+}

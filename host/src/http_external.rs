@@ -11,9 +11,6 @@
 use crate::runtime::external::ExternalBackend;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use sinew_core::ports::{Attempt, CallOutcome, CallRequest, CallResult};
 use sinew_core::spec::Backoff;
@@ -30,7 +27,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Calls services at configured base URLs.
 pub struct HttpExternal {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: crate::tls::HttpsClient,
     bases: HashMap<String, String>,
     seed: AtomicU64,
 }
@@ -53,12 +50,9 @@ pub fn url_variable(service: &str) -> String {
 
 impl HttpExternal {
     /// A caller with the base URL of each service.
-    pub fn new(bases: HashMap<String, String>) -> HttpExternal {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        connector.set_nodelay(true);
+    pub fn new(bases: HashMap<String, String>, client: crate::tls::HttpsClient) -> HttpExternal {
         HttpExternal {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client,
             bases,
             seed: AtomicU64::new(
                 std::time::SystemTime::now()
@@ -74,6 +68,7 @@ impl HttpExternal {
     pub fn configured(
         spec: &sinew_core::spec::Spec,
         given: &[String],
+        client: crate::tls::HttpsClient,
     ) -> anyhow::Result<HttpExternal> {
         let mut bases: HashMap<String, String> = spec
             .externals
@@ -93,15 +88,14 @@ impl HttpExternal {
             bases.insert(name.to_owned(), url.to_owned());
         }
         for (name, url) in &mut bases {
-            if !url.starts_with("http://") {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
                 anyhow::bail!(
-                    "the URL of external `{name}` must start with http:// (`{url}`): \
-                     https is not supported yet; put a TLS-originating proxy in front"
+                    "the URL of external `{name}` must start with https:// or http:// (`{url}`)"
                 );
             }
             *url = url.trim_end_matches('/').to_owned();
         }
-        Ok(HttpExternal::new(bases))
+        Ok(HttpExternal::new(bases, client))
     }
 
     /// A number in [0, 1): jitter (xorshift, not for secrets).

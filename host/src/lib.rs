@@ -8,6 +8,7 @@ pub mod jwt;
 pub mod openapi;
 pub mod pg;
 pub mod serve;
+pub mod tls;
 
 pub mod run;
 pub mod runtime;

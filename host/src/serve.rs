@@ -65,9 +65,13 @@ pub struct Args {
     /// HS256 secret for bearer tokens.
     #[arg(long, env = "SINEW_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
-    /// A JWKS file (RS256/ES256 keys by `kid`).
+    /// A JWKS: a file, or an https:// URL (fetched at start and every 10
+    /// minutes). RS256/ES256 keys by `kid`.
     #[arg(long, env = "SINEW_JWT_JWKS")]
     pub jwt_jwks: Option<String>,
+    /// Extra trusted certificates (PEM) for https to externals and JWKS.
+    #[arg(long, env = "SINEW_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Required `iss` of tokens.
     #[arg(long, env = "SINEW_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
@@ -101,8 +105,8 @@ pub struct Args {
 }
 
 impl Args {
-    /// The JWT settings.
-    pub fn jwt(&self) -> Result<JwtConfig> {
+    /// The JWT settings (fetching the JWKS when it is a URL).
+    pub async fn jwt(&self, client: &crate::tls::HttpsClient) -> Result<JwtConfig> {
         let mut jwt = JwtConfig {
             secret: self.jwt_secret.clone().filter(|s| !s.is_empty()),
             keys: Vec::new(),
@@ -111,15 +115,17 @@ impl Args {
             roles_claim: self.jwt_roles_claim.clone(),
         };
         if let Some(jwks) = self.jwt_jwks.as_deref().filter(|s| !s.is_empty()) {
-            if jwks.starts_with("http://") || jwks.starts_with("https://") {
-                bail!(
-                    "SINEW_JWT_JWKS: fetching a JWKS by URL is not supported yet; \
-                     download it and give its file path"
-                );
-            }
-            let text = std::fs::read_to_string(jwks)
-                .with_context(|| format!("cannot read the JWKS `{jwks}`"))?;
-            jwt.add_jwks(&text)?;
+            let text = if jwks.starts_with("https://") || jwks.starts_with("http://") {
+                let body = crate::tls::get(client, jwks)
+                    .await
+                    .with_context(|| format!("cannot fetch the JWKS `{jwks}`"))?;
+                String::from_utf8_lossy(&body).into_owned()
+            } else {
+                std::fs::read_to_string(jwks)
+                    .with_context(|| format!("cannot read the JWKS `{jwks}`"))?
+            };
+            jwt.add_jwks(&text)
+                .with_context(|| format!("SINEW_JWT_JWKS `{jwks}`"))?;
         }
         Ok(jwt)
     }
@@ -387,7 +393,7 @@ fn typed(schema: Option<&Value>, raw: &str) -> Value {
 pub struct App {
     executor: Arc<Executor>,
     router: Router,
-    jwt: JwtConfig,
+    jwt: std::sync::RwLock<Arc<JwtConfig>>,
     openapi: Bytes,
     max_body: usize,
     db: Arc<PgBackend>,
@@ -642,7 +648,8 @@ impl App {
                         .or_else(|| v.strip_prefix("bearer "))
                 })
                 .map(str::trim);
-            match token.map(|t| self.jwt.verify(t)) {
+            let jwt = self.jwt.read().map(|j| j.clone()).unwrap_or_default();
+            match token.map(|t| jwt.verify(t)) {
                 Some(Ok(auth)) => request.auth = Some(auth),
                 Some(Err(e)) => {
                     return self
@@ -934,7 +941,8 @@ pub async fn serve(
         );
     }
     let spec = loaded.spec;
-    let jwt = args.jwt()?;
+    let https = crate::tls::client(args.ca_file.as_deref())?;
+    let jwt = args.jwt(&https).await?;
     if !jwt.enabled() {
         log.line(Level::Warn, {
             let mut m = Map::new();
@@ -1022,6 +1030,7 @@ pub async fn serve(
         external: Arc::new(crate::http_external::HttpExternal::configured(
             &spec,
             &args.external,
+            https.clone(),
         )?),
     };
     let executor = Executor::new(engine, text, backends).await.map_err(|e| {
@@ -1046,7 +1055,7 @@ pub async fn serve(
             .map(|(n, t)| (n.clone(), t.input.clone()))
             .collect(),
         executor,
-        jwt,
+        jwt: std::sync::RwLock::new(Arc::new(jwt)),
         openapi: Bytes::from(openapi.to_string()),
         max_body: args.max_body,
         db: storage.clone(),
@@ -1071,6 +1080,29 @@ pub async fn serve(
         spec.name,
         app.router.routes.len()
     ));
+
+    // A JWKS by URL is fetched again every 10 minutes (keys rotate); a
+    // failed fetch keeps the keys in hand.
+    if args
+        .jwt_jwks
+        .as_deref()
+        .is_some_and(|j| j.starts_with("http"))
+    {
+        let (app, args, log, https) = (app.clone(), args.clone(), log.clone(), https.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(600)).await;
+                match args.jwt(&https).await {
+                    Ok(j) => {
+                        if let Ok(mut slot) = app.jwt.write() {
+                            *slot = Arc::new(j);
+                        }
+                    }
+                    Err(e) => log.error(&format!("refreshing the JWKS failed: {e:#}")),
+                }
+            }
+        });
+    }
 
     // Forget old idempotency keys and rate windows now and then.
     let janitor = {

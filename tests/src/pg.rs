@@ -125,8 +125,10 @@ pub struct Options {
     pub issuer: Option<String>,
     /// Required audience.
     pub audience: Option<String>,
-    /// A JWKS file.
+    /// A JWKS file or URL.
     pub jwks: Option<String>,
+    /// Extra trusted CA certificates (PEM file).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The directory where compiled components are cached across test servers.
@@ -146,6 +148,7 @@ impl Server {
             cache_dir: Some(cache_dir().join("cache")),
             jwt_secret: Some(SECRET.to_owned()),
             jwt_jwks: options.jwks.clone(),
+            ca_file: options.ca_file.clone(),
             jwt_issuer: options.issuer.clone(),
             jwt_audience: options.audience.clone(),
             jwt_roles_claim: "roles".into(),
