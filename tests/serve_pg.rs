@@ -776,3 +776,98 @@ async fn jwks_and_externals_over_https() {
     assert_eq!(payment, "ch_tls");
     server.stop().await;
 }
+
+/// `--native` (for benchmarks) answers as the component does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_core_answers_like_the_component() {
+    let cluster = Cluster::start();
+    let mut answers = Vec::new();
+    for native in [false, true] {
+        let url = cluster.database().await;
+        let options = Options {
+            native,
+            test_hooks: true,
+            ..Options::default()
+        };
+        let server = Server::start(&root().join("specs/examples/bank.json"), &url, &options).await;
+        let http = Http::default();
+        let base = &server.base;
+        let mut seen = Vec::new();
+        let mut send = async |path: &str, who: (&str, &str), id: &str, body: Value| {
+            let t = token(who.0, &[who.1]);
+            let auth = format!("Bearer {t}");
+            let r = http
+                .send(
+                    "POST",
+                    &format!("{base}{path}"),
+                    &[
+                        ("content-type", "application/json"),
+                        ("authorization", &auth),
+                        ("x-sinew-test-request-id", id),
+                        ("x-sinew-test-now", "2026-03-01T10:00:00Z"),
+                    ],
+                    body.to_string(),
+                )
+                .await;
+            seen.push((r.status, r.body.clone()));
+            r.body
+        };
+        let a = send(
+            "/accounts",
+            ("ann", "customer"),
+            "r1",
+            json!({"name": "a", "currency": "EUR"}),
+        )
+        .await;
+        let b = send(
+            "/accounts",
+            ("ben", "customer"),
+            "r2",
+            json!({"name": "b", "currency": "EUR"}),
+        )
+        .await;
+        let (a, b) = (
+            a["account"].as_str().unwrap().to_owned(),
+            b["account"].as_str().unwrap().to_owned(),
+        );
+        send(
+            &format!("/accounts/{a}/deposits"),
+            ("tess", "teller"),
+            "r3",
+            json!({"amount_cents": 500, "reference": "x"}),
+        )
+        .await;
+        send(
+            "/transfers",
+            ("tess", "teller"),
+            "r4",
+            json!({"from_account": a, "to_account": b, "amount_cents": 200}),
+        )
+        .await;
+        send(
+            "/transfers",
+            ("tess", "teller"),
+            "r5",
+            json!({"from_account": a, "to_account": b, "amount_cents": 900}),
+        )
+        .await;
+        send(
+            "/transfers",
+            ("ben", "customer"),
+            "r6",
+            json!({"from_account": a, "to_account": b, "amount_cents": 1}),
+        )
+        .await;
+        assert_eq!(verify(&url).await, Ok(6));
+        answers.push(seen);
+        server.stop().await;
+    }
+    assert_eq!(answers[0], answers[1]);
+    let statuses: Vec<u16> = answers[0].iter().map(|a| a.0).collect();
+    assert_eq!(
+        statuses,
+        vec![201, 201, 201, 201, 422, 404],
+        "{:?}",
+        answers[0]
+    );
+}

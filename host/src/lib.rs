@@ -5,6 +5,7 @@ pub mod admin;
 pub mod check;
 pub mod http_external;
 pub mod jwt;
+pub mod native;
 pub mod openapi;
 pub mod pg;
 pub mod serve;

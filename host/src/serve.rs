@@ -98,6 +98,11 @@ pub struct Args {
     /// `x-sinew-test-request-id`, so scenario files replay exactly.
     #[arg(long, hide = true)]
     pub test_hooks: bool,
+    /// Benchmarks only: run the interpreter compiled into this binary
+    /// instead of the WebAssembly component (no deadline enforcement, no
+    /// isolation).
+    #[arg(long, hide = true)]
+    pub native: bool,
     /// The base URL of an external service, `NAME=URL` (repeatable; wins
     /// over SINEW_EXTERNAL_<NAME>_URL).
     #[arg(long = "external", value_name = "NAME=URL")]
@@ -389,9 +394,17 @@ fn typed(schema: Option<&Value>, raw: &str) -> Value {
     json!(raw)
 }
 
+/// What runs the requests.
+enum Core {
+    /// The component in wasmtime (always, but for benchmarks).
+    Component(Arc<Executor>),
+    /// The native interpreter (`--native`).
+    Native(crate::native::Native),
+}
+
 /// The server's shared state.
 pub struct App {
-    executor: Arc<Executor>,
+    core: Core,
     router: Router,
     jwt: std::sync::RwLock<Arc<JwtConfig>>,
     openapi: Bytes,
@@ -427,6 +440,27 @@ fn problem(status: u16, code: &str, detail: &str) -> hyper::Response<Body> {
 }
 
 impl App {
+    async fn execute(&self, request: &Request) -> Response {
+        match &self.core {
+            Core::Component(e) => e.execute(request).await,
+            Core::Native(n) => n.execute(request).await,
+        }
+    }
+
+    async fn reject(&self, request: &Request, status: u16, code: &str, detail: &str) -> Response {
+        match &self.core {
+            Core::Component(e) => e.reject(request, status, code, detail).await,
+            Core::Native(n) => n.reject(request, status, code, detail).await,
+        }
+    }
+
+    fn bundle_hash(&self) -> &str {
+        match &self.core {
+            Core::Component(e) => &e.bundle_hash,
+            Core::Native(n) => n.bundle_hash(),
+        }
+    }
+
     fn request_id(&self) -> String {
         let n = self.ids.fetch_add(1, Ordering::Relaxed);
         let h = sinew_core::bundle::sha256_hex(format!("{}:{n}", self.id_seed).as_bytes());
@@ -522,8 +556,7 @@ impl App {
                         200,
                         "application/json",
                         Bytes::from(
-                            json!({"status": "ready", "bundle": self.executor.bundle_hash})
-                                .to_string(),
+                            json!({"status": "ready", "bundle": self.bundle_hash()}).to_string(),
                         ),
                     ),
                     Ok(Err(e)) => problem(
@@ -652,14 +685,10 @@ impl App {
             match token.map(|t| jwt.verify(t)) {
                 Some(Ok(auth)) => request.auth = Some(auth),
                 Some(Err(e)) => {
-                    return self
-                        .executor
-                        .reject(&request, 401, "unauthenticated", &e.0)
-                        .await;
+                    return self.reject(&request, 401, "unauthenticated", &e.0).await;
                 }
                 None => {
                     return self
-                        .executor
                         .reject(
                             &request,
                             401,
@@ -677,7 +706,6 @@ impl App {
                 }
                 _ => {
                     return self
-                        .executor
                         .reject(&request, 400, "invalid_idempotency_key", &format!("the Idempotency-Key must be 1 to {MAX_KEY} visible ASCII characters"))
                         .await;
                 }
@@ -702,7 +730,6 @@ impl App {
             }
             Err(e) => {
                 return self
-                    .executor
                     .reject(
                         &request,
                         400,
@@ -715,7 +742,6 @@ impl App {
         if let Some(hook) = self.webhooks.get(tool) {
             let Some(secret) = &hook.secret else {
                 return self
-                    .executor
                     .reject(
                         &request,
                         401,
@@ -735,7 +761,6 @@ impl App {
                 .and_then(|v| v.to_str().ok());
             if !given.is_some_and(|g| verify_signature(secret, &bytes, g)) {
                 return self
-                    .executor
                     .reject(
                         &request,
                         401,
@@ -767,7 +792,6 @@ impl App {
             });
             if !is_json {
                 return self
-                    .executor
                     .reject(
                         &request,
                         415,
@@ -788,10 +812,7 @@ impl App {
                     } else {
                         format!("the body is not valid JSON: {e}")
                     };
-                    return self
-                        .executor
-                        .reject(&request, 400, "invalid_json", &detail)
-                        .await;
+                    return self.reject(&request, 400, "invalid_json", &detail).await;
                 }
             }
         };
@@ -814,7 +835,6 @@ impl App {
             let Value::Object(map) = &mut input else {
                 request.input = input;
                 return self
-                    .executor
                     .reject(
                         &request,
                         400,
@@ -832,27 +852,23 @@ impl App {
                 if let Some(existing) = map.get(&k).filter(|e| **e != value) {
                     let detail = format!("`{k}` is {v} in the path but {existing} in the body");
                     request.input = input;
-                    return self
-                        .executor
-                        .reject(&request, 400, "invalid_input", &detail)
-                        .await;
+                    return self.reject(&request, 400, "invalid_input", &detail).await;
                 }
                 map.insert(k, value);
             }
         }
         request.input = input;
-        self.executor.execute(&request).await
+        self.execute(&request).await
     }
 
     async fn too_large(&self, request: &Request) -> Response {
-        self.executor
-            .reject(
-                request,
-                413,
-                "too_large",
-                &format!("the body is larger than {} bytes", self.max_body),
-            )
-            .await
+        self.reject(
+            request,
+            413,
+            "too_large",
+            &format!("the body is larger than {} bytes", self.max_body),
+        )
+        .await
     }
 }
 
@@ -1033,20 +1049,37 @@ pub async fn serve(
             https.clone(),
         )?),
     };
-    let executor = Executor::new(engine, text, backends).await.map_err(|e| {
-        anyhow::anyhow!(
-            "the spec cannot be served: {} (at {})",
-            e.message,
-            e.pointer
+    let core = if args.native {
+        log.line(Level::Warn, {
+            let mut m = Map::new();
+            m.insert("message".into(), json!("--native: the interpreter runs in-process, without deadlines or isolation (benchmarks only)"));
+            m
+        });
+        Core::Native(
+            crate::native::Native::new(&text, backends)
+                .map_err(|e| anyhow::anyhow!("the spec cannot be served: {e}"))?,
         )
-    })?;
-    let openapi = crate::openapi::document(&spec, &executor.bundle_hash);
-    let executor = Arc::new(executor);
-    // Ready instances for the first burst, made after the server is up.
-    tokio::spawn({
-        let executor = executor.clone();
-        async move { executor.warm(WARM_INSTANCES).await }
-    });
+    } else {
+        let executor = Executor::new(engine, text, backends).await.map_err(|e| {
+            anyhow::anyhow!(
+                "the spec cannot be served: {} (at {})",
+                e.message,
+                e.pointer
+            )
+        })?;
+        let executor = Arc::new(executor);
+        // Ready instances for the first burst, made after the server is up.
+        tokio::spawn({
+            let executor = executor.clone();
+            async move { executor.warm(WARM_INSTANCES).await }
+        });
+        Core::Component(executor)
+    };
+    let bundle_hash = match &core {
+        Core::Component(e) => e.bundle_hash.clone(),
+        Core::Native(n) => n.bundle_hash().to_owned(),
+    };
+    let openapi = crate::openapi::document(&spec, &bundle_hash);
     let app = Arc::new(App {
         router: Router::new(&spec),
         inputs: spec
@@ -1054,7 +1087,7 @@ pub async fn serve(
             .iter()
             .map(|(n, t)| (n.clone(), t.input.clone()))
             .collect(),
-        executor,
+        core,
         jwt: std::sync::RwLock::new(Arc::new(jwt)),
         openapi: Bytes::from(openapi.to_string()),
         max_body: args.max_body,

@@ -129,6 +129,8 @@ pub struct Options {
     pub jwks: Option<String>,
     /// Extra trusted CA certificates (PEM file).
     pub ca_file: Option<PathBuf>,
+    /// Run the native interpreter instead of the component.
+    pub native: bool,
 }
 
 /// The directory where compiled components are cached across test servers.
@@ -149,6 +151,7 @@ impl Server {
             jwt_secret: Some(SECRET.to_owned()),
             jwt_jwks: options.jwks.clone(),
             ca_file: options.ca_file.clone(),
+            native: options.native,
             jwt_issuer: options.issuer.clone(),
             jwt_audience: options.audience.clone(),
             jwt_roles_claim: "roles".into(),
