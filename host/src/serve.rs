@@ -345,7 +345,17 @@ impl Router {
     }
 }
 
+/// `%XX` decoding of a path segment.
 fn percent_decode(s: &str) -> String {
+    decode(s, false)
+}
+
+/// `%XX` (and `+` as a space) decoding of a query component.
+fn query_decode(s: &str) -> String {
+    decode(s, true)
+}
+
+fn decode(s: &str, plus_is_space: bool) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -356,7 +366,7 @@ fn percent_decode(s: &str) -> String {
                 out.push(u8::from_str_radix(hex, 16).unwrap_or(0));
                 i += 3;
             }
-            (b'+', _) => {
+            (b'+', _) if plus_is_space => {
                 out.push(b' ');
                 i += 1;
             }
@@ -827,7 +837,7 @@ impl App {
             .filter(|s| !s.is_empty())
             .map(|kv| {
                 let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                (percent_decode(k), percent_decode(v))
+                (query_decode(k), query_decode(v))
             })
             .collect();
         let from_url = !query.is_empty() || !params.is_empty();
@@ -1209,4 +1219,52 @@ pub async fn serve(
     drop(db);
     log.info("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoding_and_typing_parameters() {
+        assert_eq!(percent_decode("a%20b+c"), "a b+c");
+        assert_eq!(query_decode("a%20b+c"), "a b c");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        let int = json!({"type": "integer"});
+        assert_eq!(typed(Some(&int), "42"), json!(42));
+        assert_eq!(typed(Some(&int), "4x"), json!("4x"));
+        assert_eq!(
+            typed(Some(&json!({"type": ["boolean", "null"]})), "true"),
+            json!(true)
+        );
+        assert_eq!(typed(None, "7"), json!("7"));
+    }
+
+    #[test]
+    fn literal_routes_win_and_wrong_methods_say_allow() {
+        let spec = sinew_core::spec::load(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../specs/examples/booking.json"
+            ))
+            .unwrap(),
+        )
+        .spec;
+        let r = Router::new(&spec);
+        match r.find(&Method::POST, "/holds/expire") {
+            Found::Tool(t, p) => assert_eq!((t, p.len()), ("expire_holds", 0)),
+            _ => panic!("no route"),
+        }
+        match r.find(&Method::GET, "/holds/abc") {
+            Found::Tool(t, p) => {
+                assert_eq!((t, p), ("get_hold", vec![("id".into(), "abc".into())]))
+            }
+            _ => panic!("no route"),
+        }
+        match r.find(&Method::PUT, "/holds") {
+            Found::WrongMethod(allow) => assert_eq!(allow, vec!["GET", "POST"]),
+            _ => panic!("expected 405"),
+        }
+        assert!(matches!(r.find(&Method::GET, "/nowhere"), Found::Nothing));
+    }
 }
