@@ -40,6 +40,9 @@ struct Root {
     busy: std::sync::atomic::AtomicBool,
     /// The chain head after this transaction's own appends.
     head: Mutex<Option<(u64, String)>>,
+    /// Read committed: entries waiting for the commit, with the handle
+    /// that appended each (a savepoint's are dropped with it).
+    pending: Mutex<Vec<(u64, Value)>>,
 }
 
 /// A transaction handle: a root, or a savepoint inside one.
@@ -93,6 +96,14 @@ impl PgBackend {
             next: AtomicU64::new(1),
             chain: tokio::sync::Mutex::new(None),
             component,
+        }
+    }
+
+    /// Opens `n` connections ahead of the first requests.
+    pub async fn warm(&self, n: usize) {
+        let conns = futures_util::future::join_all((0..n).map(|_| self.pool.get())).await;
+        for c in conns.into_iter().flatten() {
+            self.pool.put(c);
         }
     }
 
@@ -463,11 +474,28 @@ impl PgBackend {
         })
     }
 
-    /// Appends an entry in one round trip (read-committed transactions):
-    /// the advisory lock and an `INSERT` that reads the head, splices `seq`
-    /// and `prev` into the canonical text and hashes it with Postgres's
-    /// `sha256`, pipelined.
-    async fn append_fast(&self, conn: &mut Conn, entry: Value) -> Result<(), StorageError> {
+    /// The entry with the component's hash.
+    fn stamped(&self, entry: &Value) -> Value {
+        let mut entry = entry.clone();
+        if let (Some(c), Value::Object(m)) = (&self.component, &mut entry) {
+            m.entry("component")
+                .or_insert_with(|| Value::from(c.clone()));
+        }
+        entry
+    }
+
+    /// Appends entries and ends the transaction in one round trip: the
+    /// advisory lock, an `INSERT` per entry that reads the head, splices
+    /// `seq` and `prev` into the canonical text and hashes it with
+    /// Postgres's `sha256`, and `COMMIT`, pipelined (after `BEGIN` too with
+    /// `begin`). The lock is held only while the server runs them: no
+    /// client round trip sits between taking it and committing.
+    async fn append_and_commit(
+        &self,
+        conn: &mut Conn,
+        entries: &[Value],
+        begin: bool,
+    ) -> Result<(), StorageError> {
         const LOCK: &str = "SELECT pg_advisory_xact_lock($1::text::bigint)";
         const APPEND: &str = "WITH last AS (SELECT seq, hash FROM sinew_audit ORDER BY seq DESC LIMIT 1), \
              head AS (SELECT coalesce((SELECT seq FROM last), 0) AS seq, \
@@ -476,37 +504,56 @@ impl PgBackend {
                           $1 || hash || $2 || (seq + 1)::text || $3 AS entry FROM head) \
              INSERT INTO sinew_audit (seq, execution, kind, entry, prev, hash) \
              SELECT seq, $4, $5, entry, prev, encode(sha256(convert_to(entry, 'UTF8')), 'hex') FROM t";
-        let execution = entry
-            .get("execution")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        let kind = entry
-            .get("kind")
-            .and_then(Value::as_str)
-            .unwrap_or("final")
-            .to_owned();
-        let [a, b, c] = splice_parts(&entry).map_err(invalid)?;
+        let mut all: Vec<Params> = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let text = |k: &str, default: &str| {
+                entry
+                    .get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or(default)
+                    .to_owned()
+            };
+            let [a, b, c] = splice_parts(entry).map_err(invalid)?;
+            all.push(vec![
+                Some(a),
+                Some(b),
+                Some(c),
+                Some(text("execution", "")),
+                Some(text("kind", "final")),
+                Some(GENESIS_HASH.to_owned()),
+            ]);
+        }
         let lock = conn.prepare(LOCK).await;
         let lock = self.check(conn, lock)?;
         let append = conn.prepare(APPEND).await;
         let append = self.check(conn, append)?;
         let lock_params: Params = vec![Some(AUDIT_LOCK.to_string())];
-        let params: Params = vec![
-            Some(a),
-            Some(b),
-            Some(c),
-            Some(execution),
-            Some(kind),
-            Some(GENESIS_HASH.to_owned()),
-        ];
-        let (lp, ap) = (refs(&lock_params), refs(&params));
-        let (l, r) = tokio::join!(
-            conn.client.execute(&lock, &lp),
-            conn.client.execute(&append, &ap),
+        let lp = refs(&lock_params);
+        let aps: Vec<_> = all.iter().map(refs).collect();
+        let client = &conn.client;
+        let start = async {
+            if begin {
+                client.batch_execute("BEGIN").await
+            } else {
+                Ok(())
+            }
+        };
+        let appends =
+            futures_util::future::join_all(aps.iter().map(|p| client.execute(&append, p)));
+        let (b, l, a, c) = tokio::join!(
+            start,
+            client.execute(&lock, &lp),
+            appends,
+            client.batch_execute("COMMIT"),
         );
-        let r = l.and(r);
-        self.check(conn, r).map(|_| ())
+        // After a failed statement the COMMIT only rolled back: report the
+        // first failure.
+        let first = b
+            .err()
+            .or_else(|| l.err())
+            .or_else(|| a.into_iter().find_map(Result::err))
+            .map_or(c, Err);
+        self.check(conn, first)
     }
 
     /// Appends an entry on `conn`, inside its open transaction.
@@ -517,16 +564,8 @@ impl PgBackend {
         head: &Mutex<Option<(u64, String)>>,
         entry: &Value,
     ) -> Result<(), StorageError> {
-        let mut entry = entry.clone();
-        if let (Some(c), Value::Object(m)) = (&self.component, &mut entry) {
-            m.entry("component")
-                .or_insert_with(|| Value::from(c.clone()));
-        }
-        if isolation == Isolation::ReadCommitted {
-            // Each statement sees the latest commits: the head is read by
-            // the insert itself.
-            return self.append_fast(conn, entry).await;
-        }
+        let entry = self.stamped(entry);
+
         let execution = entry
             .get("execution")
             .and_then(Value::as_str)
@@ -650,6 +689,7 @@ impl StorageBackend for PgBackend {
                         isolation,
                         busy: Default::default(),
                         head: Mutex::new(None),
+                        pending: Mutex::new(Vec::new()),
                     }),
                     savepoint: None,
                 }))
@@ -806,8 +846,20 @@ impl StorageBackend for PgBackend {
                 let Some(mut conn) = guard.take() else {
                     return Err(unavailable("the transaction's connection was lost"));
                 };
-                let r = conn.client.batch_execute("COMMIT").await;
-                let r = self.check(&mut conn, r);
+                let pending: Vec<Value> = h
+                    .root
+                    .pending
+                    .lock()
+                    .map(|mut p| p.drain(..).map(|(_, e)| e).collect())
+                    .unwrap_or_default();
+                h.root.busy.store(true, Ordering::SeqCst);
+                let r = if pending.is_empty() {
+                    let r = conn.client.batch_execute("COMMIT").await;
+                    self.check(&mut conn, r)
+                } else {
+                    self.append_and_commit(&mut conn, &pending, false).await
+                };
+                h.root.busy.store(false, Ordering::SeqCst);
                 if r.is_err() {
                     // A failed COMMIT leaves no transaction open; a lost
                     // connection is dropped by `put`.
@@ -835,9 +887,13 @@ impl StorageBackend for PgBackend {
                     ))
                     .await;
                 // Entries appended inside the savepoint are gone: read the
-                // head again at the next append.
+                // head again at the next append, and drop the ones waiting
+                // for the commit (handles at or after this savepoint's).
                 if let Ok(mut head) = h.root.head.lock() {
                     *head = None;
+                }
+                if let Ok(mut pending) = h.root.pending.lock() {
+                    pending.retain(|(handle, _)| *handle < tx);
                 }
                 self.check(conn, r)
             }
@@ -871,6 +927,13 @@ impl StorageBackend for PgBackend {
         match tx {
             Some(tx) => {
                 let h = self.handle(tx)?;
+                if h.root.isolation == Isolation::ReadCommitted {
+                    // Sent with the COMMIT (see `append_and_commit`).
+                    if let Ok(mut pending) = h.root.pending.lock() {
+                        pending.push((tx, self.stamped(entry)));
+                    }
+                    return Ok(());
+                }
                 let mut guard = h.root.conn.lock().await;
                 let Some(conn) = guard.as_mut() else {
                     return Err(unavailable("the transaction's connection was lost"));
@@ -884,19 +947,11 @@ impl StorageBackend for PgBackend {
             }
             None => {
                 let mut conn = self.pool.get().await?;
-                let r = conn.client.batch_execute("BEGIN").await;
-                let mut r = self.check(&mut conn, r);
-                if r.is_ok() {
-                    let head = Mutex::new(None);
-                    r = self
-                        .append_on(&mut conn, Isolation::ReadCommitted, &head, entry)
-                        .await;
-                }
-                let end = if r.is_ok() { "COMMIT" } else { "ROLLBACK" };
-                let e = conn.client.batch_execute(end).await;
-                let e = self.check(&mut conn, e);
+                let r = self
+                    .append_and_commit(&mut conn, &[self.stamped(entry)], true)
+                    .await;
                 self.pool.put(conn);
-                r.and(e)
+                r
             }
         }
     }

@@ -658,6 +658,14 @@ impl App {
         if let Ok(v) = HeaderValue::from_str(&id) {
             r.headers_mut().insert("x-request-id", v);
         }
+        if response.status == 429 && response.body.get("code") == Some(&json!("rate_limited")) {
+            // Rate windows are calendar minutes: the next one starts in…
+            let now =
+                crate::runtime::clock::ClockBackend::now_ms(&crate::runtime::clock::SystemClock);
+            let wait = 60 - now.div_euclid(1000).rem_euclid(60);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait.max(1)));
+        }
         if response.status == 401 {
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -1123,6 +1131,13 @@ pub async fn serve(
         spec.name,
         app.router.routes.len()
     ));
+
+    // Database connections for the first burst, too.
+    tokio::spawn({
+        let storage = storage.clone();
+        let n = args.pool_size.min(WARM_INSTANCES);
+        async move { storage.warm(n).await }
+    });
 
     // A JWKS by URL is fetched again every 10 minutes (keys rotate); a
     // failed fetch keeps the keys in hand.

@@ -1,0 +1,242 @@
+//! The bank workload on two `sinew serve` processes sharing one Postgres.
+//! A test binary of its own, so that nothing else runs beside it.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The bank workload: 8 accounts, two servers on one database, 50
+/// concurrent clients (40 transferring, 10 reading every balance).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bank_conserves_money_across_two_servers() {
+    let seconds: u64 = std::env::var("SINEW_BANK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let pg = Pg::start();
+    let url = pg.url();
+    let data = tempfile::tempdir().unwrap();
+    let spec = root().join("specs/examples/bank.json");
+    let env = [("DATABASE_URL", url.as_str())];
+    let a = Proc::start(&spec, &env, data.path());
+    let b = Proc::start(&spec, &env, data.path());
+    let servers = [a.base.clone(), b.base.clone()];
+    let http = client();
+    let teller = token("tina", &["teller"]);
+    let requests = Arc::new(AtomicU64::new(0));
+
+    // Eight accounts with 10 000 each.
+    let mut accounts = Vec::new();
+    for i in 0..8 {
+        let owner = token(&format!("holder{i}"), &["customer"]);
+        let (s, body) = call(
+            &http,
+            "POST",
+            &format!("{}/accounts", servers[i % 2]),
+            &owner,
+            &json!({"name": format!("acct {i}"), "currency": "EUR"}),
+        )
+        .await;
+        if s >= 300 {
+            let db = sql(&url).await;
+            let last: String = db
+                .query_one(
+                    "SELECT entry FROM sinew_audit WHERE entry LIKE '%\"status\":500%' LIMIT 1",
+                    &[],
+                )
+                .await
+                .map(|r| r.get(0))
+                .unwrap_or_default();
+            let pglog =
+                std::fs::read_to_string(pg._dir.path().join("data/server.log")).unwrap_or_default();
+            panic!("open_account {i}: {s} {body}\naudit: {last}\npg: {pglog}");
+        }
+        let id = body["account"].as_str().unwrap().to_owned();
+        let (s, body) = call(
+            &http,
+            "POST",
+            &format!("{}/accounts/{id}/deposits", servers[i % 2]),
+            &teller,
+            &json!({"amount_cents": 10_000, "reference": "opening"}),
+        )
+        .await;
+        assert!(s < 300, "deposit: {s} {body}");
+        accounts.push(id);
+        requests.fetch_add(2, Ordering::SeqCst);
+    }
+    let total: i64 = 80_000;
+    let accounts = Arc::new(accounts);
+    let stop = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for c in 0..50u64 {
+        let http = http.clone();
+        let servers = servers.clone();
+        let accounts = accounts.clone();
+        // One teller per client: the spec limits transfers per subject.
+        let teller = token(&format!("teller{c}"), &["teller"]);
+        let requests = requests.clone();
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((c + 1) * 0x1234_5678));
+            let mut seen: Vec<u16> = Vec::new();
+            let mut problems = Vec::new();
+            let mut latencies: Vec<(u64, u16, u64)> = Vec::new();
+            let mut auditor: Option<tokio_postgres::Client> = None;
+            while Instant::now() < stop {
+                let server = &servers[rng.next(2) as usize];
+                if c < 40 {
+                    let from = rng.next(8) as usize;
+                    let to = (from + 1 + rng.next(7) as usize) % 8;
+                    let amount = 1 + rng.next(3000);
+                    let t0 = Instant::now();
+                    let (s, body, retry) = call_with_headers(
+                        &http,
+                        "POST",
+                        &format!("{server}/transfers"),
+                        &teller,
+                        &json!({"from_account": accounts[from], "to_account": accounts[to], "amount_cents": amount}),
+                    )
+                    .await;
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    seen.push(s);
+                    if s != 429 {
+                        latencies.push((t0.elapsed().as_millis() as u64, s, (stop - Instant::now()).as_millis() as u64));
+                    }
+                    if s == 429 {
+                        // A polite client waits as long as `Retry-After`
+                        // says (the spec allows 20 transfers a minute).
+                        let Some(secs) = retry else {
+                            problems.push("429 without Retry-After".to_owned());
+                            break;
+                        };
+                        let until = (Instant::now() + Duration::from_secs(secs)).min(stop);
+                        tokio::time::sleep_until(until.into()).await;
+                    }
+                    let typed = body.get("code").and_then(Value::as_str).is_some();
+                    let fine = (200..300).contains(&s) || ((400..500).contains(&s) && typed);
+                    if !fine {
+                        problems.push(format!("transfer answered {s}: {body}"));
+                    }
+                } else if c < 45 {
+                    // A holder reads their balance over HTTP.
+                    let holder = token(&format!("holder{}", c % 8), &["customer"]);
+                    let (s, body) =
+                        call(&http, "GET", &format!("{server}/accounts"), &holder, &json!({})).await;
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    seen.push(s);
+                    let list = body["accounts"].as_array().cloned().unwrap_or_default();
+                    if s != 200 || list.len() != 1 {
+                        problems.push(format!("balances answered {s}: {body}"));
+                    } else if list[0]["balance"].as_i64().unwrap_or(-1) < 0 {
+                        problems.push(format!("a negative balance: {body}"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                } else {
+                    // An auditor reads every balance in one snapshot.
+                    if auditor.is_none() {
+                        auditor = Some(sql(&url).await);
+                    }
+                    let Some(db) = &auditor else { continue };
+                    let row = db
+                        .query_one("SELECT sum(balance)::bigint, min(balance)::bigint, count(*) FROM account", &[])
+                        .await
+                        .unwrap();
+                    let (sum, min, n): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+                    if sum != total || min < 0 || n != 8 {
+                        problems.push(format!("a snapshot saw {n} accounts totalling {sum}, min {min}"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            (seen, problems, latencies)
+        }));
+    }
+    let mut statuses: std::collections::BTreeMap<u16, u64> = Default::default();
+    let mut problems = Vec::new();
+    let mut latencies = Vec::new();
+    for t in tasks {
+        let (seen, p, l) = t.await.unwrap();
+        latencies.extend(l);
+        for s in seen {
+            *statuses.entry(s).or_default() += 1;
+        }
+        problems.extend(p);
+    }
+    let n = requests.load(Ordering::SeqCst);
+    latencies.sort_unstable();
+    let pct = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * q) as usize)
+            .map_or(0, |l| l.0)
+    };
+    eprintln!(
+        "transfer latency (ms, rate-limited excluded): p50 {} p90 {} p99 {} max {}; slowest: {:?}",
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        pct(1.0),
+        &latencies[latencies.len().saturating_sub(5)..]
+    );
+    if statuses.keys().any(|s| *s >= 500) {
+        let db = sql(&url).await;
+        let rows = db
+            .query(
+                "SELECT DISTINCT entry::jsonb->>'internal' FROM sinew_audit WHERE (entry::jsonb->>'status')::int >= 500",
+                &[],
+            )
+            .await
+            .unwrap();
+        let internal: Vec<Option<String>> = rows.iter().map(|r| r.get(0)).collect();
+        let pglog =
+            std::fs::read_to_string(pg._dir.path().join("data/server.log")).unwrap_or_default();
+        let deadlocks = pglog.matches("deadlock detected").count();
+        let serialization = pglog.matches("could not serialize").count();
+        panic!(
+            "server errors {statuses:?}: {internal:?} (deadlocks {deadlocks}, serialization failures {serialization})"
+        );
+    }
+    eprintln!("bank workload: {n} requests in {seconds} s, statuses {statuses:?}");
+    assert!(
+        problems.is_empty(),
+        "{} problems, first: {:?}",
+        problems.len(),
+        &problems[..problems.len().min(5)]
+    );
+    assert!(
+        statuses.get(&200).copied().unwrap_or(0) + statuses.get(&201).copied().unwrap_or(0) > 100,
+        "too few successes: {statuses:?}"
+    );
+
+    let db = sql(&url).await;
+    let row = db
+        .query_one(
+            "SELECT sum(balance)::bigint, min(balance)::bigint, count(*) FROM account",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), total, "money was created or lost");
+    assert!(row.get::<_, i64>(1) >= 0, "a balance went negative");
+    assert_eq!(row.get::<_, i64>(2), 8);
+    // The ledger agrees with the balances.
+    let ledger: i64 = db
+        .query_one("SELECT coalesce(sum(amount_cents) FILTER (WHERE kind = 'deposit'), 0)::bigint FROM transfer", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ledger, total);
+    let finals: i64 = db
+        .query_one("SELECT count(*) FROM sinew_audit WHERE kind = 'final'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(finals as u64, n, "audit entries != requests");
+    let (ok, out) = verify_audit(&url);
+    assert!(ok, "{out}");
+    drop(a);
+    drop(b);
+}
