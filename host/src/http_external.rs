@@ -192,13 +192,15 @@ impl HttpExternal {
                 };
                 match status {
                     200..=299 => (attempt(None), Some(Ok(value))),
-                    408 | 429 | 500..=599 => (
-                        attempt(Some(format!("the service answered {status}"))),
-                        None,
-                    ),
-                    _ => (
+                    400..=499 if status != 408 && status != 429 => (
                         attempt(Some(format!("the service refused ({status})"))),
                         Some(Err(value)),
+                    ),
+                    // 408, 429, 5xx, and anything unexpected (1xx, 3xx):
+                    // a failed attempt, retried.
+                    _ => (
+                        attempt(Some(format!("the service answered {status}"))),
+                        None,
                     ),
                 }
             }

@@ -89,6 +89,10 @@ impl PgBackend {
         if config.get_application_name().is_none() {
             config.application_name("sinew");
         }
+        // A transaction whose request is gone must not hold its locks for
+        // long: the server ends sessions idle in a transaction for 60 s.
+        let options = config.get_options().unwrap_or("").to_owned();
+        config.options(format!("{options} -c idle_in_transaction_session_timeout=60000").trim());
         PgBackend {
             pool: Pool::new(config, pool_size),
             schema: Schema::of(spec),
@@ -533,7 +537,11 @@ impl PgBackend {
         let client = &conn.client;
         let start = async {
             if begin {
-                client.batch_execute("BEGIN").await
+                // Explicitly: a database whose default isolation is higher
+                // would take the snapshot before the lock is granted.
+                client
+                    .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+                    .await
             } else {
                 Ok(())
             }
@@ -1046,12 +1054,21 @@ impl StorageBackend for PgBackend {
         const SQL: &str =
             "DELETE FROM sinew_idempotency WHERE scope = $1 AND key = $2 AND status IS NULL";
         let params: Params = vec![Some(scope.to_owned()), Some(key.to_owned())];
-        self.on(None, async |c| {
-            let s = c.prepare(SQL).await?;
-            c.client.execute(&s, &refs(&params)).await
-        })
-        .await
-        .map(|_| ())
+        // Released while the request may still hold its transaction's
+        // connection: on a connection outside the pool, so that a full pool
+        // cannot starve it.
+        let mut aux = self.chain.lock().await;
+        if aux.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
+            *aux = Some(self.pool.connect().await?);
+        }
+        let Some(client) = aux.as_ref() else {
+            return Err(unavailable("no connection to release the key"));
+        };
+        client
+            .execute(SQL, &refs(&params))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error(&e))
     }
 
     async fn rate_hit(&self, scope: &str, window_ms: i64) -> Result<u64, StorageError> {

@@ -501,7 +501,18 @@ impl App {
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let (response, tool, execution) = self.route(req).await;
+        // The request runs in a task of its own: a client that hangs up
+        // must not cancel it halfway through a transaction.
+        let app = self.clone();
+        let routed = tokio::spawn(async move { app.route(req).await }).await;
+        let (response, tool, execution) = match routed {
+            Ok(r) => r,
+            Err(e) => (
+                problem(500, "internal", &format!("the request task failed: {e}")),
+                None,
+                None,
+            ),
+        };
         let status = response.status().as_u16();
         let mut m = Map::new();
         m.insert(

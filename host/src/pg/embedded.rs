@@ -110,6 +110,26 @@ impl Embedded {
         let socket = std::env::temp_dir().join(format!("sinew-pg-{tag}"));
         std::fs::create_dir_all(&socket)
             .with_context(|| format!("cannot create `{}`", socket.display()))?;
+        // Only this user (and root) may reach the socket: the cluster
+        // trusts local connections. A directory someone else made is refused.
+        let me = std::fs::metadata("/proc/self")
+            .map(|m| m.uid())
+            .unwrap_or(0);
+        let owner = std::fs::metadata(&socket)
+            .map(|m| m.uid())
+            .unwrap_or(u32::MAX);
+        let server_uid = run_as.as_deref().and_then(user_ids).map(|(uid, _)| uid);
+        if owner != me && Some(owner) != server_uid {
+            bail!(
+                "`{}` belongs to another user; remove it or choose another data directory",
+                socket.display()
+            );
+        }
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot protect `{}`", socket.display()))?;
+        }
         if let Some(user) = &run_as
             && let Some((uid, gid)) = user_ids(user)
         {
@@ -156,7 +176,7 @@ impl Embedded {
         if !running {
             let opts = format!(
                 "-c listen_addresses='' -c unix_socket_directories='{}' -p {PORT} \
-                 -c max_connections=200 -c shared_buffers=64MB",
+                 -c max_connections=200 -c shared_buffers=64MB -c unix_socket_permissions=0700",
                 pg.socket.display()
             );
             let log = pg.data.join("server.log");
@@ -256,7 +276,7 @@ impl Embedded {
     pub fn restart(&self) -> Result<()> {
         let opts = format!(
             "-c listen_addresses='' -c unix_socket_directories='{}' -p {PORT} \
-             -c max_connections=200 -c shared_buffers=64MB",
+             -c max_connections=200 -c shared_buffers=64MB -c unix_socket_permissions=0700",
             self.socket.display()
         );
         let log = self.data.join("server.log");

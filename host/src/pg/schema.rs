@@ -198,9 +198,14 @@ impl Schema {
                     ty: Ty::of(field.ty),
                 });
                 if field.unique {
-                    schema
-                        .unique
-                        .insert(format!("{table}_{f}_key"), (name.clone(), f.clone()));
+                    // Postgres cuts identifiers to 63 bytes.
+                    let mut index = format!("{table}_{f}_key");
+                    let mut cut = index.len().min(63);
+                    while !index.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    index.truncate(cut);
+                    schema.unique.insert(index, (name.clone(), f.clone()));
                 }
             }
             let select = columns
