@@ -871,3 +871,114 @@ async fn native_core_answers_like_the_component() {
         answers[0]
     );
 }
+
+/// Clients that hang up while their transfer waits for a lock: the
+/// transfers still finish (committed and audited), and the pool is not
+/// leaked — a pool of 8 serves the next request after 10 such hang-ups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_finish_when_their_clients_hang_up() {
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let server = Server::start(
+        &root().join("specs/examples/bank.json"),
+        &url,
+        &Options::default(),
+    )
+    .await;
+    let http = Http::default();
+    let base = &server.base;
+    let teller = token("tess", &["teller"]);
+    let mut accounts = Vec::new();
+    for who in ["ann", "ben"] {
+        let r = http
+            .json(
+                "POST",
+                &format!("{base}/accounts"),
+                Some(&token(who, &["customer"])),
+                &json!({"name": who, "currency": "EUR"}),
+            )
+            .await;
+        accounts.push(r.body["account"].as_str().unwrap().to_owned());
+    }
+    let (a, b) = (accounts[0].clone(), accounts[1].clone());
+    let r = http
+        .json(
+            "POST",
+            &format!("{base}/accounts/{a}/deposits"),
+            Some(&teller),
+            &json!({"amount_cents": 1000, "reference": "x"}),
+        )
+        .await;
+    assert!(r.status < 300, "{}", r.text);
+
+    // Hold account A's row so every transfer waits inside its transaction.
+    let mut holder = connect_url(&url).await;
+    let tx = holder.transaction().await.unwrap();
+    tx.execute(
+        "SELECT 1 FROM account WHERE id = $1::text::uuid FOR UPDATE",
+        &[&a],
+    )
+    .await
+    .unwrap();
+    let transfers = format!("{base}/transfers");
+    let body = json!({"from_account": a, "to_account": b, "amount_cents": 10});
+    for _ in 0..10 {
+        let call = http.json("POST", &transfers, Some(&teller), &body);
+        // The client gives up after 200 ms and closes its connection.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), call)
+                .await
+                .is_err()
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tx.commit().await.unwrap();
+
+    // All ten finish on their own.
+    let db = connect_url(&url).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let done: i64 = db
+            .query_one(
+                "SELECT count(*) FROM sinew_audit WHERE entry::jsonb->>'tool' = 'transfer'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if done == 10 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {done} of 10 transfers finished"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let balance: i64 = db
+        .query_one(
+            "SELECT balance FROM account WHERE id = $1::text::uuid",
+            &[&a],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(balance, 1000 - 10 * 10);
+    // And the pool (8 connections) serves at once.
+    let started = Instant::now();
+    let r = http
+        .json(
+            "GET",
+            &format!(
+                "{base}/transfers/{}",
+                "00000000-0000-4000-8000-000000000000"
+            ),
+            Some(&teller),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 404, "{}", r.text);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(verify(&url).await.is_ok());
+    server.stop().await;
+}
