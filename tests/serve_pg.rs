@@ -982,3 +982,73 @@ async fn requests_finish_when_their_clients_hang_up() {
     assert!(verify(&url).await.is_ok());
     server.stop().await;
 }
+
+/// An idempotency key whose request never finished (its server died) is
+/// in flight (409) for a while, then abandoned and usable again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_idempotency_claims_expire() {
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let server = Server::start(
+        &root().join("specs/examples/bank.json"),
+        &url,
+        &Options::default(),
+    )
+    .await;
+    let http = Http::default();
+    let base = &server.base;
+    let ann = token("ann", &["customer"]);
+    let auth = format!("Bearer {ann}");
+    let open = |key: &'static str| {
+        let (http, url, auth) = (http.clone(), format!("{base}/accounts"), auth.clone());
+        async move {
+            http.send(
+                "POST",
+                &url,
+                &[
+                    ("content-type", "application/json"),
+                    ("authorization", &auth),
+                    ("idempotency-key", key),
+                ],
+                json!({"name": "a", "currency": "EUR"}).to_string(),
+            )
+            .await
+        }
+    };
+    let first = open("k1").await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    // A claim left by a crashed server: in flight.
+    let db = connect_url(&url).await;
+    let scope: String = db
+        .query_one("SELECT scope FROM sinew_idempotency WHERE key = 'k1'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    db.execute(
+        "INSERT INTO sinew_idempotency (scope, key, fingerprint, claimed_at) \
+         SELECT $1, 'k2', fingerprint, now() FROM sinew_idempotency WHERE key = 'k1'",
+        &[&scope],
+    )
+    .await
+    .unwrap();
+    let r = open("k2").await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (409, Some("idempotency_in_flight")),
+        "{}",
+        r.text
+    );
+    // 16 minutes later it is abandoned: the request runs.
+    db.execute(
+        "UPDATE sinew_idempotency SET claimed_at = now() - interval '16 minutes' WHERE key = 'k2'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let r = open("k2").await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    // A replay of a finished key still answers the stored response.
+    let again = open("k1").await;
+    assert_eq!((again.status, &again.body), (201, &first.body));
+    server.stop().await;
+}

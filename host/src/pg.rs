@@ -964,6 +964,9 @@ impl StorageBackend for PgBackend {
         }
     }
 
+    /// A key is forgotten after 24 hours; a claim still without a response
+    /// after 15 minutes (its server died mid-request) is abandoned and may
+    /// be claimed again.
     async fn claim_key(
         &self,
         scope: &str,
@@ -976,6 +979,8 @@ impl StorageBackend for PgBackend {
              ON CONFLICT (scope, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
                claimed_at = EXCLUDED.claimed_at, status = NULL, body = NULL \
              WHERE sinew_idempotency.claimed_at <= EXCLUDED.claimed_at - interval '24 hours' \
+                OR (sinew_idempotency.status IS NULL \
+                    AND sinew_idempotency.claimed_at <= EXCLUDED.claimed_at - interval '15 minutes') \
              RETURNING 1";
         const STATE: &str = "SELECT fingerprint, status::text, body FROM sinew_idempotency \
              WHERE scope = $1 AND key = $2";
