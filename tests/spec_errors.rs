@@ -518,6 +518,10 @@ fn invalid_value() {
     let l = load_with(|v| at(v, GET)["missing"]["status"] = json!(200));
     only_error(&l, "invalid-value", &format!("{GET}/missing/status"));
 
+    let l = load_with(|v| at(v, GET)["product"]["orderBy"] = json!([]));
+    let d = only_error(&l, "invalid-value", &format!("{GET}/product/orderBy"));
+    assert_help(d, "at least one field");
+
     let l = load_with(|v| at(v, GET)["product"]["type"] = json!("reed"));
     let d = only_error(&l, "invalid-value", &format!("{GET}/product/type"));
     assert_help(d, "did you mean `read`?");

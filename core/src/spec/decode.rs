@@ -1384,6 +1384,13 @@ fn order_by(cx: &mut Cx, v: &Value, path: &str) -> Vec<Order> {
         }
     };
     match v {
+        Value::Array(items) if items.is_empty() => {
+            cx.error(
+                Diagnostic::new("invalid-value", path, "an empty `orderBy` sorts by nothing")
+                    .help("name at least one field, or leave `orderBy` out"),
+            );
+            Vec::new()
+        }
         Value::Array(items) => items
             .iter()
             .enumerate()
