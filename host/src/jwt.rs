@@ -14,7 +14,7 @@ use sinew_core::contract::Auth;
 pub const LEEWAY_SECS: u64 = 30;
 
 /// How tokens are verified.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct JwtConfig {
     /// The HS256 secret.
     pub secret: Option<String>,
@@ -26,6 +26,29 @@ pub struct JwtConfig {
     pub audience: Option<String>,
     /// The claim holding the roles (default `roles`).
     pub roles_claim: String,
+}
+
+impl Default for JwtConfig {
+    /// Accepts no token; roles in the `roles` claim.
+    fn default() -> Self {
+        JwtConfig {
+            secret: None,
+            keys: Vec::new(),
+            issuer: None,
+            audience: None,
+            roles_claim: "roles".into(),
+        }
+    }
+}
+
+impl JwtConfig {
+    /// HS256 with `secret`, nothing else required.
+    pub fn hs256(secret: &str) -> JwtConfig {
+        JwtConfig {
+            secret: Some(secret.to_owned()),
+            ..JwtConfig::default()
+        }
+    }
 }
 
 /// Why a token was refused (the 401's detail).

@@ -24,6 +24,7 @@ pub struct Native {
 
 /// The async backends seen through the core's synchronous ports, from a
 /// blocking thread.
+#[derive(Clone)]
 struct Blocking<'a> {
     backends: &'a Backends,
     handle: Handle,
@@ -135,13 +136,9 @@ impl Clock for Blocking<'_> {
     }
 }
 
-struct Calls<'a>(&'a Blocking<'a>);
-
-impl External for Calls<'_> {
+impl External for Blocking<'_> {
     fn call(&mut self, request: &CallRequest) -> CallResult {
-        self.0
-            .handle
-            .block_on(self.0.backends.external.call(request))
+        self.handle.block_on(self.backends.external.call(request))
     }
 }
 
@@ -166,20 +163,14 @@ impl Native {
             (self.bundle.clone(), self.backends.clone(), request.clone());
         let handle = Handle::current();
         let done = tokio::task::spawn_blocking(move || {
-            let mut ports = Blocking {
-                backends: &backends,
-                handle: handle.clone(),
-            };
-            let mut clock = Blocking {
-                backends: &backends,
-                handle: handle.clone(),
-            };
-            let call_ports = Blocking {
+            // The contract borrows each port mutably: three handles on the
+            // same backends.
+            let mut storage = Blocking {
                 backends: &backends,
                 handle,
             };
-            let mut calls = Calls(&call_ports);
-            sinew_core::contract::execute(&bundle, &owned, &mut ports, &mut clock, &mut calls)
+            let (mut clock, mut calls) = (storage.clone(), storage.clone());
+            sinew_core::contract::execute(&bundle, &owned, &mut storage, &mut clock, &mut calls)
         })
         .await;
         match done {
@@ -215,13 +206,8 @@ impl Native {
         request: &Request,
         problem: sinew_core::problem::Problem,
     ) -> Response {
-        let now = self.backends.clock.now_ms();
-        let response = sinew_core::contract::failed(&self.bundle.hash, request, &problem, now);
-        let _ = self
-            .backends
-            .storage
-            .append_audit(None, &response.audit)
-            .await;
-        response
+        self.backends
+            .turn_away(&self.bundle.hash, request, &problem)
+            .await
     }
 }

@@ -29,6 +29,8 @@ use schema::{Schema, Table, Ty};
 
 /// The advisory lock key that orders audit appends (`'sinew'` in ASCII).
 const AUDIT_LOCK: i64 = 0x0073_696e_6577;
+/// Takes the audit chain's lock until the transaction ends.
+const LOCK_CHAIN: &str = "SELECT pg_advisory_xact_lock($1::text::bigint)";
 
 /// A root transaction: its connection, held until it ends.
 struct Root {
@@ -443,32 +445,22 @@ impl PgBackend {
         }
     }
 
-    /// The chain head as committed: read under the advisory lock, by a
-    /// statement that sees the latest commits.
-    async fn committed_head(
-        &self,
-        conn: &mut Conn,
-        isolation: Isolation,
-    ) -> Result<(u64, String), StorageError> {
+    /// The chain head as committed, for a repeatable-read or serializable
+    /// transaction holding the chain's lock: its snapshot predates the
+    /// lock, so the head is read on a connection of its own.
+    async fn committed_head(&self) -> Result<(u64, String), StorageError> {
         const HEAD: &str = "SELECT seq, hash FROM sinew_audit ORDER BY seq DESC LIMIT 1";
-        let row = if isolation == Isolation::ReadCommitted {
-            let r = conn.client.query_opt(HEAD, &[]).await;
-            self.check(conn, r)?
-        } else {
-            // A repeatable-read snapshot predates the lock: read the head on
-            // a connection of its own.
-            let mut chain = self.chain.lock().await;
-            if chain.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
-                *chain = Some(self.pool.connect().await?);
-            }
-            let Some(client) = chain.as_ref() else {
-                return Err(unavailable("no connection for the audit chain"));
-            };
-            client
-                .query_opt(HEAD, &[])
-                .await
-                .map_err(|e| self.error(&e))?
+        let mut chain = self.chain.lock().await;
+        if chain.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
+            *chain = Some(self.pool.connect().await?);
+        }
+        let Some(client) = chain.as_ref() else {
+            return Err(unavailable("no connection for the audit chain"));
         };
+        let row = client
+            .query_opt(HEAD, &[])
+            .await
+            .map_err(|e| self.error(&e))?;
         Ok(match row {
             None => (0, GENESIS_HASH.to_owned()),
             Some(r) => {
@@ -500,7 +492,6 @@ impl PgBackend {
         entries: &[Value],
         begin: bool,
     ) -> Result<(), StorageError> {
-        const LOCK: &str = "SELECT pg_advisory_xact_lock($1::text::bigint)";
         const APPEND: &str = "WITH last AS (SELECT seq, hash FROM sinew_audit ORDER BY seq DESC LIMIT 1), \
              head AS (SELECT coalesce((SELECT seq FROM last), 0) AS seq, \
                              coalesce((SELECT hash FROM last), $6) AS hash), \
@@ -527,7 +518,7 @@ impl PgBackend {
                 Some(GENESIS_HASH.to_owned()),
             ]);
         }
-        let lock = conn.prepare(LOCK).await;
+        let lock = conn.prepare(LOCK_CHAIN).await;
         let lock = self.check(conn, lock)?;
         let append = conn.prepare(APPEND).await;
         let append = self.check(conn, append)?;
@@ -564,11 +555,13 @@ impl PgBackend {
         self.check(conn, first)
     }
 
-    /// Appends an entry on `conn`, inside its open transaction.
+    /// Appends an entry on `conn`, inside its open repeatable-read or
+    /// serializable transaction (read-committed ones append at commit,
+    /// see `append_and_commit`); `head` caches the chain head after this
+    /// transaction's own entries.
     async fn append_on(
         &self,
         conn: &mut Conn,
-        isolation: Isolation,
         head: &Mutex<Option<(u64, String)>>,
         entry: &Value,
     ) -> Result<(), StorageError> {
@@ -588,12 +581,12 @@ impl PgBackend {
         let (seq, prev) = match known {
             Some(h) => h,
             None => {
-                let r = conn
-                    .client
-                    .execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
-                    .await;
+                let lock = conn.prepare(LOCK_CHAIN).await;
+                let lock = self.check(conn, lock)?;
+                let params: Params = vec![Some(AUDIT_LOCK.to_string())];
+                let r = conn.client.execute(&lock, &refs(&params)).await;
                 self.check(conn, r)?;
-                self.committed_head(conn, isolation).await?
+                self.committed_head().await?
             }
         };
         let seq = seq + 1;
@@ -660,6 +653,26 @@ pub fn splice_parts(entry: &Value) -> Result<[String; 3], String> {
         last.push('}');
     }
     <[String; 3]>::try_from(parts).map_err(|_| "could not cut the entry".to_owned())
+}
+
+/// Binds `v` as the next parameter for column `k` of `table`: the column
+/// and its placeholder (`$n::text::type`).
+fn bind<'t>(
+    table: &'t Table,
+    entity: &str,
+    k: &str,
+    v: &Value,
+    params: &mut Params,
+) -> Result<(&'t schema::Column, String), StorageError> {
+    let col = table
+        .column(k)
+        .ok_or_else(|| invalid(format!("`{entity}` has no column `{k}`")))?;
+    let text = col
+        .ty
+        .encode(v)
+        .map_err(|e| invalid(format!("`{entity}.{k}`: {e}")))?;
+    params.push(text);
+    Ok((col, format!("${}::text::{}", params.len(), col.ty.sql())))
 }
 
 /// A column for comparisons and sorting: text compares by bytes, as
@@ -743,16 +756,9 @@ impl StorageBackend for PgBackend {
         let mut vals = Vec::new();
         let mut params = Params::new();
         for (k, v) in row {
-            let col = table
-                .column(k)
-                .ok_or_else(|| invalid(format!("`{entity}` has no column `{k}`")))?;
-            let text = col
-                .ty
-                .encode(v)
-                .map_err(|e| invalid(format!("`{entity}.{k}`: {e}")))?;
-            params.push(text);
+            let (col, placeholder) = bind(table, entity, k, v, &mut params)?;
             cols.push(col.sql.clone());
-            vals.push(format!("${}::text::{}", params.len(), col.ty.sql()));
+            vals.push(placeholder);
         }
         let sql = format!(
             "INSERT INTO {} ({}) VALUES ({}) RETURNING {}",
@@ -782,20 +788,8 @@ impl StorageBackend for PgBackend {
             if k == "id" || k == "version" {
                 continue;
             }
-            let col = table
-                .column(k)
-                .ok_or_else(|| invalid(format!("`{entity}` has no column `{k}`")))?;
-            let text = col
-                .ty
-                .encode(v)
-                .map_err(|e| invalid(format!("`{entity}.{k}`: {e}")))?;
-            params.push(text);
-            sets.push(format!(
-                "{} = ${}::text::{}",
-                col.sql,
-                params.len(),
-                col.ty.sql()
-            ));
+            let (col, placeholder) = bind(table, entity, k, v, &mut params)?;
+            sets.push(format!("{} = {placeholder}", col.sql));
         }
         sets.push("\"version\" = \"version\" + 1".into());
         params.push(Some(id.to_owned()));
@@ -947,9 +941,7 @@ impl StorageBackend for PgBackend {
                     return Err(unavailable("the transaction's connection was lost"));
                 };
                 h.root.busy.store(true, Ordering::SeqCst);
-                let r = self
-                    .append_on(conn, h.root.isolation, &h.root.head, entry)
-                    .await;
+                let r = self.append_on(conn, &h.root.head, entry).await;
                 h.root.busy.store(false, Ordering::SeqCst);
                 r
             }
@@ -1104,44 +1096,32 @@ pub async fn verify_audit(client: &tokio_postgres::Client) -> anyhow::Result<Res
         )
         .await?;
     futures_util::pin_mut!(stream);
-    let mut prev = GENESIS_HASH.to_owned();
-    let mut n: u64 = 0;
+    let mut walk = sinew_core::ports::memory::ChainWalk::default();
     while let Some(row) = stream.try_next().await? {
-        n += 1;
-        let seq: i64 = row.get(0);
-        let text: String = row.get(1);
-        let row_prev: String = row.get(2);
-        let hash: String = row.get(3);
-        let at = format!("audit entry {n}");
-        if u64::try_from(seq).ok() != Some(n) {
-            return Ok(Err(format!(
-                "{at}: `seq` is {seq}, expected {n} (an entry is missing)"
-            )));
-        }
-        if row_prev != prev {
-            return Ok(Err(format!(
-                "{at}: `prev` does not match the hash of the previous entry"
-            )));
-        }
+        let (seq, text, prev, hash): (i64, String, String, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let n = walk.len() + 1;
+        let Ok(Value::Object(content)) = serde_json::from_str::<Value>(&text) else {
+            return Ok(Err(format!("audit entry {n}: not a JSON object")));
+        };
+        // The stored text itself is what was hashed (not only its meaning).
         if sinew_core::bundle::sha256_hex(text.as_bytes()) != hash {
             return Ok(Err(format!(
-                "{at}: `hash` does not match its content (the entry was altered)"
+                "audit entry {n}: `hash` does not match its content (the entry was altered)"
             )));
         }
-        let content: Value = match serde_json::from_str(&text) {
-            Ok(v) => v,
-            Err(e) => return Ok(Err(format!("{at}: not JSON: {e}"))),
-        };
-        if content.get("seq").and_then(Value::as_u64) != Some(n)
-            || content.get("prev").and_then(Value::as_str) != Some(prev.as_str())
+        if let Err(broken) = walk.next(&content, &hash) {
+            return Ok(Err(broken));
+        }
+        if u64::try_from(seq).ok() != Some(n as u64)
+            || content.get("prev") != Some(&Value::from(prev))
         {
             return Ok(Err(format!(
-                "{at}: its content names another place in the chain"
+                "audit entry {n}: its `seq` or `prev` column disagrees with its content"
             )));
         }
-        prev = hash;
     }
-    Ok(Ok(n))
+    Ok(Ok(walk.len() as u64))
 }
 
 #[cfg(test)]

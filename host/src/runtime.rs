@@ -60,6 +60,25 @@ pub struct Backends {
     pub external: Arc<dyn external::ExternalBackend>,
 }
 
+impl Backends {
+    /// The answer to a request that did not run (turned away, or its
+    /// executor failed): the problem response, and its final audit entry
+    /// written in a transaction of its own.
+    pub async fn turn_away(
+        &self,
+        bundle_hash: &str,
+        request: &Request,
+        problem: &sinew_core::problem::Problem,
+    ) -> Response {
+        let now = self.clock.now_ms();
+        let response = sinew_core::contract::failed(bundle_hash, request, problem, now);
+        if let Err(e) = self.storage.append_audit(None, &response.audit).await {
+            audit_lost(request, &e);
+        }
+        response
+    }
+}
+
 /// The compiled component, ready to instantiate.
 pub struct Engine {
     engine: wasmtime::Engine,
@@ -405,17 +424,9 @@ impl Executor {
         };
         let problem =
             sinew_core::problem::Problem::new(status, code, detail).internal(internal.to_string());
-        let now = self.backends.clock.now_ms();
-        let response = sinew_core::contract::failed(&self.bundle_hash, request, &problem, now);
-        if let Err(e) = self
-            .backends
-            .storage
-            .append_audit(None, &response.audit)
+        self.backends
+            .turn_away(&self.bundle_hash, request, &problem)
             .await
-        {
-            audit_lost(request, &e);
-        }
-        response
     }
 
     /// Turns a request away before it reaches the component (a bad token,
@@ -429,22 +440,9 @@ impl Executor {
         detail: &str,
     ) -> Response {
         let problem = sinew_core::problem::Problem::new(status, code, detail.to_string());
-        let now = self.backends.clock.now_ms();
-        let response = sinew_core::contract::failed(&self.bundle_hash, request, &problem, now);
-        if let Err(e) = self
-            .backends
-            .storage
-            .append_audit(None, &response.audit)
+        self.backends
+            .turn_away(&self.bundle_hash, request, &problem)
             .await
-        {
-            audit_lost(request, &e);
-        }
-        response
-    }
-
-    /// Whether the spec has a tool of this name.
-    pub fn has_tool(&self, tool: &str) -> bool {
-        self.timeouts.contains_key(tool)
     }
 
     /// Risk report through the component (same engine as `execute`).

@@ -29,6 +29,11 @@ use crate::pg::PgBackend;
 use crate::pg::embedded::Embedded;
 use crate::runtime::{Backends, Engine, Executor};
 
+/// The system clock, in milliseconds since the epoch.
+fn system_now_ms() -> i64 {
+    crate::runtime::clock::ClockBackend::now_ms(&crate::runtime::clock::SystemClock)
+}
+
 /// How long in-flight requests may take to finish after SIGTERM.
 const DRAIN: Duration = Duration::from_secs(10);
 /// Instances made ready in the background at start.
@@ -178,24 +183,29 @@ impl Log {
         fields.insert(
             "time".into(),
             json!(sinew_core::expr::value::format_timestamp(
-                crate::runtime::clock::ClockBackend::now_ms(&crate::runtime::clock::SystemClock)
-                    * 1000
+                system_now_ms() * 1000
             )),
         );
         println!("{}", Value::Object(fields));
     }
 
-    /// A message.
-    pub fn info(&self, message: &str) {
+    fn message(&self, level: Level, message: &str) {
         let mut m = Map::new();
         m.insert("message".into(), json!(message));
-        self.line(Level::Info, m);
+        self.line(level, m);
+    }
+
+    /// A message.
+    pub fn info(&self, message: &str) {
+        self.message(Level::Info, message);
+    }
+
+    fn warn(&self, message: &str) {
+        self.message(Level::Warn, message);
     }
 
     fn error(&self, message: &str) {
-        let mut m = Map::new();
-        m.insert("message".into(), json!(message));
-        self.line(Level::Error, m);
+        self.message(Level::Error, message);
     }
 
     /// The trace field from `X-Cloud-Trace-Context` or `traceparent`.
@@ -262,8 +272,8 @@ enum Segment {
     Param(String),
 }
 
-enum Found<'a> {
-    Tool(&'a str, Vec<(String, String)>),
+enum Found {
+    Tool(String, Vec<(String, String)>),
     WrongMethod(Vec<String>),
     Nothing,
 }
@@ -312,7 +322,9 @@ impl Router {
         Router { routes }
     }
 
-    fn find(&self, method: &Method, path: &str) -> Found<'_> {
+    /// The tool a request goes to: a route of the spec, else any tool by
+    /// name at `POST /tools/{name}` (agents, schedulers, queues).
+    fn find(&self, method: &Method, path: &str) -> Found {
         let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         let mut allow = Vec::new();
         for r in &self.routes {
@@ -331,12 +343,21 @@ impl Router {
                 continue;
             }
             if r.method == method || (method == Method::HEAD && r.method == Method::GET) {
-                return Found::Tool(&r.tool, params);
+                return Found::Tool(r.tool.clone(), params);
             }
             allow.push(r.method.to_string());
         }
         if allow.is_empty() {
-            Found::Nothing
+            match path
+                .strip_prefix("/tools/")
+                .filter(|t| !t.is_empty() && !t.contains('/'))
+            {
+                Some(name) if method == Method::POST => {
+                    Found::Tool(percent_decode(name), Vec::new())
+                }
+                Some(_) => Found::WrongMethod(vec!["POST".into()]),
+                None => Found::Nothing,
+            }
         } else {
             allow.sort();
             allow.dedup();
@@ -599,7 +620,7 @@ impl App {
             _ => {}
         }
         let (tool, params) = match self.router.find(req.method(), &path) {
-            Found::Tool(t, p) => (t.to_owned(), p),
+            Found::Tool(t, p) => (t, p),
             Found::WrongMethod(allow) => {
                 let mut r = problem(
                     405,
@@ -611,31 +632,17 @@ impl App {
                 }
                 return (r, None, None);
             }
-            // Every tool is also callable by name: `POST /tools/{name}`
-            // with its input as the body (agents, schedulers, queues).
-            Found::Nothing => match path
-                .strip_prefix("/tools/")
-                .filter(|t| !t.is_empty() && !t.contains('/'))
-            {
-                Some(name) if req.method() == Method::POST => (percent_decode(name), Vec::new()),
-                Some(_) => {
-                    let mut r = problem(405, "method_not_allowed", "tools are called with POST");
-                    r.headers_mut()
-                        .insert(header::ALLOW, HeaderValue::from_static("POST"));
-                    return (r, None, None);
-                }
-                None => {
-                    return (
-                        problem(
-                            404,
-                            "not_found",
-                            &format!("no tool answers {} {path}", req.method()),
-                        ),
-                        None,
-                        None,
-                    );
-                }
-            },
+            Found::Nothing => {
+                return (
+                    problem(
+                        404,
+                        "not_found",
+                        &format!("no tool answers {} {path}", req.method()),
+                    ),
+                    None,
+                    None,
+                );
+            }
         };
         let mut id = self.request_id();
         if let Some(clock) = &self.test_clock {
@@ -651,9 +658,7 @@ impl App {
             let now = header("x-sinew-test-now")
                 .and_then(|t| sinew_core::expr::value::parse_timestamp(&t))
                 .map(|us| us / 1000)
-                .unwrap_or_else(|| {
-                    crate::runtime::clock::ClockBackend::now_ms(&crate::runtime::clock::SystemClock)
-                });
+                .unwrap_or_else(system_now_ms);
             clock.0.store(now, Ordering::SeqCst);
         }
         let response = self.call(req, &tool, params, &id).await;
@@ -671,8 +676,7 @@ impl App {
         }
         if response.status == 429 && response.body.get("code") == Some(&json!("rate_limited")) {
             // Rate windows are calendar minutes: the next one starts in…
-            let now =
-                crate::runtime::clock::ClockBackend::now_ms(&crate::runtime::clock::SystemClock);
+            let now = system_now_ms();
             let wait = 60 - now.div_euclid(1000).rem_euclid(60);
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(wait.max(1)));
@@ -935,15 +939,7 @@ impl Database {
 
     /// A connection outside any pool.
     pub async fn connect(&self) -> Result<tokio_postgres::Client> {
-        let (client, conn) = self
-            .config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .context("cannot connect to the database")?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(client)
+        Ok(crate::pg::pool::connect(&self.config).await?)
     }
 }
 
@@ -989,14 +985,7 @@ pub async fn serve(
     let https = crate::tls::client(args.ca_file.as_deref())?;
     let jwt = args.jwt(&https).await?;
     if !jwt.enabled() {
-        log.line(Level::Warn, {
-            let mut m = Map::new();
-            m.insert(
-                "message".into(),
-                json!("no SINEW_JWT_SECRET or SINEW_JWT_JWKS: only public tools can be called"),
-            );
-            m
-        });
+        log.warn("no SINEW_JWT_SECRET or SINEW_JWT_JWKS: only public tools can be called");
     }
     let db = Database::open(args.database_url.as_deref(), &args.data_dir)?;
     if let Some(pg) = &db.embedded {
@@ -1037,14 +1026,7 @@ pub async fn serve(
         .test_hooks
         .then(|| Arc::new(crate::runtime::clock::ManualClock::default()));
     if test_clock.is_some() {
-        log.line(Level::Warn, {
-            let mut m = Map::new();
-            m.insert(
-                "message".into(),
-                json!("test hooks are on: requests may set the clock and their ids"),
-            );
-            m
-        });
+        log.warn("test hooks are on: requests may set the clock and their ids");
     }
     let clock: Arc<dyn crate::runtime::clock::ClockBackend> = match &test_clock {
         Some(c) => c.clone(),
@@ -1079,11 +1061,7 @@ pub async fn serve(
         )?),
     };
     let core = if args.native {
-        log.line(Level::Warn, {
-            let mut m = Map::new();
-            m.insert("message".into(), json!("--native: the interpreter runs in-process, without deadlines or isolation (benchmarks only)"));
-            m
-        });
+        log.warn("--native: the interpreter runs in-process, without deadlines or isolation (benchmarks only)");
         Core::Native(
             crate::native::Native::new(&text, backends)
                 .map_err(|e| anyhow::anyhow!("the spec cannot be served: {e}"))?,
@@ -1125,12 +1103,7 @@ pub async fn serve(
         ids: AtomicU64::new(0),
         webhooks,
         test_clock,
-        id_seed: format!(
-            "{}:{}:{}",
-            std::process::id(),
-            crate::runtime::clock::ClockBackend::now_ms(&crate::runtime::clock::SystemClock),
-            args.port
-        ),
+        id_seed: format!("{}:{}:{}", std::process::id(), system_now_ms(), args.port),
     });
     let addr = SocketAddr::new(args.listen, args.port);
     let listener = TcpListener::bind(addr)
@@ -1278,12 +1251,15 @@ mod tests {
         .spec;
         let r = Router::new(&spec);
         match r.find(&Method::POST, "/holds/expire") {
-            Found::Tool(t, p) => assert_eq!((t, p.len()), ("expire_holds", 0)),
+            Found::Tool(t, p) => assert_eq!((t.as_str(), p.len()), ("expire_holds", 0)),
             _ => panic!("no route"),
         }
         match r.find(&Method::GET, "/holds/abc") {
             Found::Tool(t, p) => {
-                assert_eq!((t, p), ("get_hold", vec![("id".into(), "abc".into())]))
+                assert_eq!(
+                    (t.as_str(), p),
+                    ("get_hold", vec![("id".into(), "abc".into())])
+                )
             }
             _ => panic!("no route"),
         }
@@ -1292,5 +1268,13 @@ mod tests {
             _ => panic!("expected 405"),
         }
         assert!(matches!(r.find(&Method::GET, "/nowhere"), Found::Nothing));
+        match r.find(&Method::POST, "/tools/list%5Frooms") {
+            Found::Tool(t, p) => assert_eq!((t.as_str(), p.len()), ("list_rooms", 0)),
+            _ => panic!("no route by name"),
+        }
+        match r.find(&Method::GET, "/tools/list_rooms") {
+            Found::WrongMethod(allow) => assert_eq!(allow, vec!["POST"]),
+            _ => panic!("expected 405"),
+        }
     }
 }

@@ -235,6 +235,29 @@ async fn bank_conserves_money_across_two_servers() {
         .unwrap()
         .get(0);
     assert_eq!(finals as u64, n, "audit entries != requests");
+    // The spec's 20 transfers a minute per subject held across the two
+    // servers (counted in Postgres): no teller got more through in any
+    // minute, and the limit was reached (the 429s are real).
+    let per_minute = db
+        .query(
+            "SELECT entry::jsonb->>'subject', \
+                    date_trunc('minute', (entry::jsonb->>'time')::timestamptz), count(*) \
+             FROM sinew_audit WHERE entry::jsonb->>'tool' = 'transfer' \
+               AND (entry::jsonb->>'status')::int <> 429 \
+             GROUP BY 1, 2",
+            &[],
+        )
+        .await
+        .unwrap();
+    let most = per_minute
+        .iter()
+        .map(|r| r.get::<_, i64>(2))
+        .max()
+        .unwrap_or(0);
+    assert_eq!(
+        most, 20,
+        "the most transfers one teller got through in a minute"
+    );
     let (ok, out) = verify_audit(&url);
     assert!(ok, "{out}");
     drop(a);

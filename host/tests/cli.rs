@@ -594,11 +594,7 @@ fn token_mints_what_the_server_accepts() {
         .unwrap();
     assert!(out.status.success());
     let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let jwt = sinew_host::jwt::JwtConfig {
-        secret: Some("s3cret".into()),
-        roles_claim: "roles".into(),
-        ..Default::default()
-    };
+    let jwt = sinew_host::jwt::JwtConfig::hs256("s3cret");
     let auth = jwt.verify(&token).unwrap();
     assert_eq!(auth.sub, "alice");
     assert_eq!(auth.roles, vec!["customer", "staff"]);

@@ -80,8 +80,20 @@ async fn sigterm_finishes_requests_in_flight() {
     });
     tokio::time::sleep(Duration::from_millis(400)).await;
     let started = Instant::now();
+    server.signal_term();
+    // It stops accepting at once, while the request in flight goes on.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    assert!(
+        tokio::net::TcpStream::connect(&addr).await.is_err(),
+        "a new connection was accepted after SIGTERM"
+    );
+    assert!(
+        !in_flight.is_finished(),
+        "the slow request should still be running"
+    );
     let status = tokio::task::spawn_blocking(move || {
-        let s = server.terminate();
+        let s = server.wait_exit();
         (s, server.lines.lock().unwrap().clone())
     })
     .await

@@ -16,7 +16,8 @@ use std::sync::Arc;
 
 struct Running {
     server: Server,
-    url: String,
+    /// The scenario's database, for reading state and audit back.
+    db: tokio_postgres::Client,
     spec: sinew_core::spec::Spec,
     _fake: Fake,
     _dir: TempSpec,
@@ -112,7 +113,7 @@ impl Target for HttpPg {
             }
         }
         let cluster = self.cluster.clone();
-        let (server, url, fake) = self.rt.block_on(async {
+        let (server, db, fake) = self.rt.block_on(async {
             let url = cluster.database().await;
             let fake = Fake::start(script, false).await;
             let options = Options {
@@ -147,11 +148,12 @@ impl Target for HttpPg {
                 }
                 db.commit(tx).await.map_err(|e| e.to_string())?;
             }
-            Ok::<_, String>((server, url, fake))
+            let db = crate::pg::connect_url(&url).await;
+            Ok::<_, String>((server, db, fake))
         })?;
         self.running = Some(Running {
             server,
-            url,
+            db,
             spec,
             _fake: fake,
             _dir: temp,
@@ -200,11 +202,7 @@ impl Target for HttpPg {
             ("x-sinew-test-request-id".into(), request.id.clone()),
         ];
         if let Some(auth) = &request.auth {
-            let jwt = sinew_host::jwt::JwtConfig {
-                secret: Some(SECRET.into()),
-                roles_claim: "roles".into(),
-                ..Default::default()
-            };
+            let jwt = sinew_host::jwt::JwtConfig::hs256(SECRET);
             let extra: Map<String, Value> = auth.claims.as_object().cloned().unwrap_or_default();
             let token = jwt
                 .mint_with(
@@ -229,15 +227,13 @@ impl Target for HttpPg {
             .rt
             .block_on(self.http.send(method, &url, &h, input.to_string()));
         let audit = self.rt.block_on(async {
-            let client = crate::pg::connect_url(&r.url).await;
-            client
-                .query_opt(
-                    "SELECT entry FROM sinew_audit WHERE execution = $1 AND kind = 'final' \
+            r.db.query_opt(
+                "SELECT entry FROM sinew_audit WHERE execution = $1 AND kind = 'final' \
                      ORDER BY seq DESC LIMIT 1",
-                    &[&request.id],
-                )
-                .await
-                .map_err(|e| e.to_string())
+                &[&request.id],
+            )
+            .await
+            .map_err(|e| e.to_string())
         })?;
         let audit = audit
             .map(|row| serde_json::from_str(row.get::<_, &str>(0)).unwrap_or(Value::Null))
@@ -257,8 +253,7 @@ impl Target for HttpPg {
             .ok_or_else(|| format!("no entity `{entity}`"))?;
         let sql = format!("SELECT {} FROM {} ORDER BY \"id\"", table.select, table.sql);
         self.rt.block_on(async {
-            let client = crate::pg::connect_url(&r.url).await;
-            let rows = client.query(&sql, &[]).await.map_err(|e| e.to_string())?;
+            let rows = r.db.query(&sql, &[]).await.map_err(|e| e.to_string())?;
             Ok(rows.iter().map(|row| table.row(row)).collect())
         })
     }
@@ -266,11 +261,10 @@ impl Target for HttpPg {
     fn audit(&mut self) -> Result<Vec<Value>, String> {
         let r = self.running()?;
         self.rt.block_on(async {
-            let client = crate::pg::connect_url(&r.url).await;
-            let rows = client
-                .query("SELECT entry, hash FROM sinew_audit ORDER BY seq", &[])
-                .await
-                .map_err(|e| e.to_string())?;
+            let rows =
+                r.db.query("SELECT entry, hash FROM sinew_audit ORDER BY seq", &[])
+                    .await
+                    .map_err(|e| e.to_string())?;
             Ok(rows
                 .iter()
                 .map(|row| {

@@ -281,11 +281,7 @@ impl Http {
 
 /// A token signed with [`SECRET`].
 pub fn token(sub: &str, roles: &[&str]) -> String {
-    let jwt = sinew_host::jwt::JwtConfig {
-        secret: Some(SECRET.into()),
-        roles_claim: "roles".into(),
-        ..Default::default()
-    };
+    let jwt = sinew_host::jwt::JwtConfig::hs256(SECRET);
     let roles: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
     jwt.mint(sub, &roles, 3600, sinew_host::jwt::now_secs())
         .expect("mint")

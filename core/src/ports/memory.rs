@@ -1676,41 +1676,78 @@ pub fn seal_entry(entry: Value, seq: u64, prev: &str) -> Result<(String, String)
 /// first) and a `hash` matching its content. Returns the number of entries,
 /// or a message naming the first broken link.
 pub fn verify_audit_chain(entries: &[Value]) -> Result<usize, String> {
-    let mut prev = GENESIS_HASH.to_owned();
-    for (i, entry) in entries.iter().enumerate() {
-        let n = i as u64 + 1;
+    let mut walk = ChainWalk::default();
+    for entry in entries {
         let Value::Object(map) = entry else {
-            return Err(format!("audit entry {n}: not a JSON object"));
+            return Err(format!("audit entry {}: not a JSON object", walk.len() + 1));
         };
-        match map.get("seq").and_then(Value::as_u64) {
+        let mut content = map.clone();
+        let hash = match content.shift_remove("hash") {
+            Some(Value::String(h)) => h,
+            _ => return Err(format!("audit entry {}: no `hash`", walk.len() + 1)),
+        };
+        walk.next(&content, &hash)?;
+    }
+    Ok(walk.len())
+}
+
+/// An audit chain walked one entry at a time (storages stream theirs).
+#[derive(Debug, Clone)]
+pub struct ChainWalk {
+    prev: String,
+    n: u64,
+}
+
+impl Default for ChainWalk {
+    fn default() -> Self {
+        ChainWalk {
+            prev: GENESIS_HASH.to_owned(),
+            n: 0,
+        }
+    }
+}
+
+impl ChainWalk {
+    /// Entries accepted so far.
+    pub fn len(&self) -> usize {
+        usize::try_from(self.n).unwrap_or(usize::MAX)
+    }
+
+    /// Whether no entry was accepted yet.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Checks the next entry: `content` is the entry without `hash` (with
+    /// its `seq` and `prev`), `hash` the one stored beside it.
+    pub fn next(&mut self, content: &Map<String, Value>, hash: &str) -> Result<(), String> {
+        let n = self.n + 1;
+        match content.get("seq").and_then(Value::as_u64) {
             Some(seq) if seq == n => {}
             _ => {
                 return Err(format!(
-                    "audit entry {n}: `seq` is {}, expected {n}",
-                    map.get("seq")
+                    "audit entry {n}: `seq` is {}, expected {n} (an entry is missing)",
+                    content
+                        .get("seq")
                         .map_or_else(|| "missing".to_owned(), Value::to_string)
                 ));
             }
         }
-        if map.get("prev").and_then(Value::as_str) != Some(prev.as_str()) {
+        if content.get("prev").and_then(Value::as_str) != Some(self.prev.as_str()) {
             return Err(format!(
                 "audit entry {n}: `prev` does not match the hash of the previous entry"
             ));
         }
-        let Some(hash) = map.get("hash").and_then(Value::as_str) else {
-            return Err(format!("audit entry {n}: no `hash`"));
-        };
-        let mut content = map.clone();
-        content.shift_remove("hash");
-        let expected = sha256_hex(canonical_json(&Value::Object(content)).as_bytes());
+        let expected = sha256_hex(canonical_json(&Value::Object(content.clone())).as_bytes());
         if expected != hash {
             return Err(format!(
                 "audit entry {n}: `hash` does not match its content (the entry was altered)"
             ));
         }
-        prev = hash.to_owned();
+        self.prev = hash.to_owned();
+        self.n = n;
+        Ok(())
     }
-    Ok(entries.len())
 }
 
 /// Lowercase hex SHA-256 (the `sha2` crate).

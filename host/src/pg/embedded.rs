@@ -174,28 +174,7 @@ impl Embedded {
             let _ = std::fs::write(&owner_file, std::process::id().to_string());
         }
         if !running {
-            let opts = format!(
-                "-c listen_addresses='' -c unix_socket_directories='{}' -p {PORT} \
-                 -c max_connections=200 -c shared_buffers=64MB -c unix_socket_permissions=0700",
-                pg.socket.display()
-            );
-            let log = pg.data.join("server.log");
-            pg.run(
-                "pg_ctl",
-                &[
-                    "-D",
-                    &pg.data.to_string_lossy(),
-                    "-o",
-                    &opts,
-                    "-l",
-                    &log.to_string_lossy(),
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                ],
-            )
-            .with_context(|| format!("see `{}`", log.display()))?;
+            pg.pg_ctl(&["-t", "60", "start"])?;
         }
         Ok(pg)
     }
@@ -274,27 +253,23 @@ impl Embedded {
 
     /// Stops the server abruptly and starts it again (tests of recovery).
     pub fn restart(&self) -> Result<()> {
+        self.pg_ctl(&["-m", "immediate", "restart"])
+    }
+
+    /// `pg_ctl` on this cluster with its server options, waiting for the
+    /// action to finish, the server's output in `server.log`.
+    fn pg_ctl(&self, action: &[&str]) -> Result<()> {
         let opts = format!(
             "-c listen_addresses='' -c unix_socket_directories='{}' -p {PORT} \
              -c max_connections=200 -c shared_buffers=64MB -c unix_socket_permissions=0700",
             self.socket.display()
         );
         let log = self.data.join("server.log");
-        self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                &self.data.to_string_lossy(),
-                "-m",
-                "immediate",
-                "-o",
-                &opts,
-                "-l",
-                &log.to_string_lossy(),
-                "-w",
-                "restart",
-            ],
-        )
+        let (data, log_path) = (self.data.to_string_lossy(), log.to_string_lossy());
+        let mut args = vec!["-D", &data, "-o", &opts, "-l", &log_path, "-w"];
+        args.extend_from_slice(action);
+        self.run("pg_ctl", &args)
+            .with_context(|| format!("see `{}`", log.display()))
     }
 }
 

@@ -91,16 +91,7 @@ impl Pool {
 
     /// A connection outside the pool's count (the audit chain's reader).
     pub async fn connect(&self) -> Result<Client, StorageError> {
-        let connecting = self.config.connect(NoTls);
-        let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-            .await
-            .map_err(|_| unavailable("connecting to the database timed out"))?
-            .map_err(|e| unavailable(&format!("cannot connect to the database: {e}")))?;
-        tokio::spawn(async move {
-            // Ends when the client is dropped or the server goes away.
-            let _ = connection.await;
-        });
-        Ok(client)
+        connect(&self.config).await
     }
 
     /// Gives a connection back (or drops it if it is broken).
@@ -112,6 +103,19 @@ impl Pool {
             idle.push((conn.client, conn.statements));
         }
     }
+}
+
+/// A connection to `config` (at most 5 s to connect), its connection task
+/// spawned: it ends when the client is dropped or the server goes away.
+pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, StorageError> {
+    let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(NoTls))
+        .await
+        .map_err(|_| unavailable("connecting to the database timed out"))?
+        .map_err(|e| unavailable(&format!("cannot connect to the database: {e}")))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
 }
 
 /// An unavailable-database error.

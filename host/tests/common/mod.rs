@@ -111,9 +111,19 @@ impl Proc {
     }
 
     pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal_term();
+        self.wait_exit()
+    }
+
+    /// Sends SIGTERM.
+    pub fn signal_term(&self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
+    }
+
+    /// Waits (at most 20 s) for the process to exit.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
@@ -142,11 +152,7 @@ pub fn client() -> Http {
 }
 
 pub fn token(sub: &str, roles: &[&str]) -> String {
-    let jwt = sinew_host::jwt::JwtConfig {
-        secret: Some(SECRET.into()),
-        roles_claim: "roles".into(),
-        ..Default::default()
-    };
+    let jwt = sinew_host::jwt::JwtConfig::hs256(SECRET);
     let roles: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
     jwt.mint(sub, &roles, 3600, sinew_host::jwt::now_secs())
         .unwrap()
