@@ -18,7 +18,7 @@ use crate::flow::ToolGraph;
 use crate::patch::Op;
 use crate::spec::{self, Loaded};
 
-pub use fix::{Applied, FixOutcome, fix};
+pub use fix::{Applied, FixOutcome, apply_patch, fix};
 
 /// Risk levels, from best to worst; `Invalid` is a spec with errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

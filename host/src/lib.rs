@@ -9,6 +9,7 @@ pub mod native;
 pub mod openapi;
 pub mod pg;
 pub mod serve;
+pub mod studio;
 pub mod tls;
 
 pub mod run;

@@ -1,6 +1,6 @@
 //! `sinew`: check, run and serve business backends written as JSON specs.
 
-use sinew_host::{admin, check, run, serve};
+use sinew_host::{admin, check, run, serve, studio};
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -22,6 +22,7 @@ enum Command {
     Check(check::Args),
     Run(run::Args),
     Serve(serve::Args),
+    Preview(studio::Args),
     Migrate(admin::MigrateArgs),
     Audit(admin::AuditArgs),
     Token(admin::TokenArgs),
@@ -86,6 +87,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve(args) => exit(serve::run(&args)),
+        Command::Preview(args) => exit(studio::run(&args)),
         Command::Migrate(args) => exit(admin::migrate(&args)),
         Command::Audit(args) => exit(admin::audit(&args)),
         Command::Token(args) => exit(admin::token(&args)),

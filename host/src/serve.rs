@@ -112,6 +112,10 @@ pub struct Args {
     /// over SINEW_EXTERNAL_<NAME>_URL).
     #[arg(long = "external", value_name = "NAME=URL")]
     pub external: Vec<String>,
+    /// Do not serve the browser risk preview at `/studio/` (it shows the
+    /// served spec to anyone who can reach the server).
+    #[arg(long, env = "SINEW_NO_STUDIO")]
+    pub no_studio: bool,
 }
 
 impl Args {
@@ -448,6 +452,13 @@ pub struct App {
     webhooks: std::collections::HashMap<String, Webhook>,
     /// With `--test-hooks`: the clock requests set.
     test_clock: Option<Arc<crate::runtime::clock::ManualClock>>,
+    /// The browser preview at `/studio/`, opening the served spec; built
+    /// (the component transpiled) when first asked for. `None` with
+    /// `--no-studio`.
+    studio: Option<(
+        crate::studio::Startup,
+        tokio::sync::OnceCell<Arc<crate::studio::Studio>>,
+    )>,
 }
 
 type Body = Full<Bytes>;
@@ -483,6 +494,38 @@ impl App {
             Core::Component(e) => e.reject(request, status, code, detail).await,
             Core::Native(n) => n.reject(request, status, code, detail).await,
         }
+    }
+
+    /// `/studio` and below, or `None` when the studio is off (then the
+    /// path is an ordinary route).
+    async fn studio(&self, method: &Method, path: &str) -> Option<hyper::Response<Body>> {
+        let (startup, cell) = self.studio.as_ref()?;
+        let Some(rest) = path.strip_prefix("/studio/") else {
+            // Relative URLs in the page need the trailing slash.
+            let mut r = respond(308, "text/plain", Bytes::from_static(b"/studio/\n"));
+            r.headers_mut()
+                .insert(header::LOCATION, HeaderValue::from_static("/studio/"));
+            return Some(r);
+        };
+        let studio = cell
+            .get_or_try_init(|| async {
+                let startup = startup.clone();
+                tokio::task::spawn_blocking(move || crate::studio::Studio::new(&startup))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .map(Arc::new)
+            })
+            .await;
+        Some(match studio {
+            Ok(s) => s.response(method, rest).unwrap_or_else(|| {
+                problem(404, "not_found", &format!("the studio has no `{rest}`"))
+            }),
+            Err(e) => problem(
+                500,
+                "internal",
+                &format!("the studio failed to start: {e:#}"),
+            ),
+        })
     }
 
     fn bundle_hash(&self) -> &str {
@@ -609,6 +652,15 @@ impl App {
                     Err(_) => problem(503, "unavailable", "the database did not answer within 3 s"),
                 };
                 return (r, None, None);
+            }
+            // A tool of the spec's own under /studio wins.
+            (&Method::GET | &Method::HEAD, p)
+                if (p == "/studio" || p.starts_with("/studio/"))
+                    && matches!(self.router.find(req.method(), p), Found::Nothing) =>
+            {
+                if let Some(r) = self.studio(req.method(), p).await {
+                    return (r, None, None);
+                }
             }
             (&Method::GET | &Method::HEAD, "/openapi.json") => {
                 return (
@@ -1067,13 +1119,15 @@ pub async fn serve(
                 .map_err(|e| anyhow::anyhow!("the spec cannot be served: {e}"))?,
         )
     } else {
-        let executor = Executor::new(engine, text, backends).await.map_err(|e| {
-            anyhow::anyhow!(
-                "the spec cannot be served: {} (at {})",
-                e.message,
-                e.pointer
-            )
-        })?;
+        let executor = Executor::new(engine, text.clone(), backends)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "the spec cannot be served: {} (at {})",
+                    e.message,
+                    e.pointer
+                )
+            })?;
         let executor = Arc::new(executor);
         // Ready instances for the first burst, made after the server is up.
         tokio::spawn({
@@ -1087,6 +1141,16 @@ pub async fn serve(
         Core::Native(n) => n.bundle_hash().to_owned(),
     };
     let openapi = crate::openapi::document(&spec, &bundle_hash);
+    let studio = (!args.no_studio).then(|| {
+        let name = args
+            .spec
+            .file_name()
+            .map_or_else(|| "spec.json".into(), |n| n.to_string_lossy().into_owned());
+        (
+            crate::studio::Startup { name, text },
+            tokio::sync::OnceCell::new(),
+        )
+    });
     let app = Arc::new(App {
         router: Router::new(&spec),
         inputs: spec
@@ -1103,6 +1167,7 @@ pub async fn serve(
         ids: AtomicU64::new(0),
         webhooks,
         test_clock,
+        studio,
         id_seed: format!("{}:{}:{}", std::process::id(), system_now_ms(), args.port),
     });
     let addr = SocketAddr::new(args.listen, args.port);

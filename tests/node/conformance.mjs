@@ -27,8 +27,8 @@ import { join, dirname, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { transpile } from '@bytecodealliance/jco';
 
-import { FixedClock, MemoryStorage, ScriptedExternal, makeImports } from './storage.mjs';
-import { JsonNumber, parse, parseOr, stringify } from './json.mjs';
+import { FixedClock, MemoryStorage, ScriptedExternal, makeImports } from '../../web/src/storage.mjs';
+import { JsonNumber, parse, parseOr, stringify } from '../../web/src/json.mjs';
 
 // ---------------------------------------------------------------------------
 // Comparison

@@ -165,6 +165,7 @@ impl Server {
                 .iter()
                 .map(|(s, u)| format!("{s}={u}"))
                 .collect(),
+            no_studio: false,
         };
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -23,7 +23,7 @@ wit_bindgen::generate!({
 use exports::sinew::executor::executor::{
     BundleInfo, Error, Guest as ExecutorGuest, Request as WitRequest, Response, ToolInfo,
 };
-use exports::sinew::executor::risk::{Applied, Fixed, Guest as RiskGuest};
+use exports::sinew::executor::risk::{Applied, Fixed, Guest as RiskGuest, Place};
 
 /// The largest spec `load` accepts.
 const MAX_SPEC_BYTES: usize = sinew_core::spec::source::MAX_SPEC_BYTES;
@@ -100,6 +100,19 @@ impl ExecutorGuest for Component {
         Ok(info)
     }
 
+    fn complete_row(entity: String, row: String, now_ms: i64) -> Result<String, Error> {
+        let given: sinew_core::ports::Row = match serde_json::from_str(&row) {
+            Ok(Value::Object(m)) => m,
+            _ => return Err(error("seed", "a seed row must be a JSON object", "")),
+        };
+        Self::with_bundle(|bundle| {
+            bundle
+                .complete_row(&entity, &given, now_ms)
+                .map(|r| Value::Object(r).to_string())
+                .map_err(|m| error("seed", m, &format!("/entities/{entity}")))
+        })
+    }
+
     fn execute(request: WitRequest) -> Result<Response, Error> {
         if request.input.len() > MAX_INPUT_BYTES {
             return Err(error(
@@ -129,15 +142,7 @@ impl ExecutorGuest for Component {
             id: request.id,
             idempotency_key: request.idempotency_key,
         };
-        BUNDLE.with(|b| {
-            let guard = b.borrow();
-            let Some(bundle) = guard.as_ref() else {
-                return Err(error(
-                    "not-loaded",
-                    "no bundle is loaded: call `load` first",
-                    "",
-                ));
-            };
+        Self::with_bundle(|bundle| {
             let mut storage = ports::WitStorage::default();
             let r = contract::execute(
                 bundle,
@@ -151,6 +156,19 @@ impl ExecutorGuest for Component {
                 body: r.body.to_string(),
                 audit: r.audit.to_string(),
             })
+        })
+    }
+}
+
+impl Component {
+    fn with_bundle<T>(f: impl FnOnce(&Bundle) -> Result<T, Error>) -> Result<T, Error> {
+        BUNDLE.with(|b| match b.borrow().as_ref() {
+            Some(bundle) => f(bundle),
+            None => Err(error(
+                "not-loaded",
+                "no bundle is loaded: call `load` first",
+                "",
+            )),
         })
     }
 }
@@ -176,6 +194,28 @@ impl RiskGuest for Component {
                 .collect(),
             report: out.report.to_json(),
         }
+    }
+
+    fn apply(spec: String, patch: String) -> Result<String, String> {
+        let ops: Vec<sinew_core::patch::Op> = serde_json::from_str(&patch)
+            .map_err(|e| format!("the patch is not a JSON Patch: {e}"))?;
+        sinew_core::risk::apply_patch(&spec, &ops).map(|(text, _)| text)
+    }
+
+    fn locate(spec: String, pointers: Vec<String>) -> Vec<Place> {
+        let list: Vec<&str> = pointers.iter().map(String::as_str).collect();
+        // Offsets fit: a spec is at most MAX_SPEC_BYTES.
+        let n = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);
+        sinew_core::spec::location::places(&spec, &list)
+            .into_iter()
+            .map(|p| Place {
+                mark_start: n(p.mark.start),
+                mark_end: n(p.mark.end),
+                value_start: n(p.value.start),
+                value_end: n(p.value.end),
+                exact: p.exact,
+            })
+            .collect()
     }
 }
 

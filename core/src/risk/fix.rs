@@ -34,6 +34,22 @@ pub struct FixOutcome {
     pub reformatted: bool,
 }
 
+/// Applies one JSON Patch to a spec's text: in place, keeping the rest of
+/// the formatting, when it can; else by re-serializing the patched value
+/// (`true` in the answer says so). Fails when the text is not JSON or the
+/// patch does not apply to it.
+pub fn apply_patch(text: &str, patch: &[crate::patch::Op]) -> Result<(String, bool), String> {
+    if let Some(t) = apply_text(text, patch) {
+        return Ok((t, false));
+    }
+    let mut v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("the spec is not JSON: {e}"))?;
+    apply(&mut v, patch).map_err(|e| e.to_string())?;
+    let mut s = serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?;
+    s.push('\n');
+    Ok((s, true))
+}
+
 /// The most fixes applied to one spec: a bound, not an expected number.
 const MAX_FIXES: usize = 1000;
 
@@ -53,21 +69,10 @@ pub fn fix(text: &str) -> FixOutcome {
         let Some(f) = next.cloned() else { break };
         tried.insert((f.code.clone(), f.path.clone()));
         let Some(patch) = &f.fix.patch else { break };
-        let new = match apply_text(&cur, patch) {
-            Some(t) => t,
-            None => {
-                let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&cur) else {
-                    break;
-                };
-                if apply(&mut v, patch).is_err() {
-                    continue;
-                }
-                reformatted = true;
-                let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
-                s.push('\n');
-                s
-            }
+        let Ok((new, re)) = apply_patch(&cur, patch) else {
+            continue;
         };
+        reformatted |= re;
         cur = new;
         applied.push(super::Applied {
             code: f.code.clone(),

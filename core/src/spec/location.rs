@@ -72,6 +72,117 @@ pub fn find(text: &str, pointer: &str) -> Option<Span> {
     Some(Span { start: pos, end })
 }
 
+/// Where a JSON Pointer is shown in an editor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    /// The member's key (quotes included) when the pointer names an object
+    /// member, else the value's first line.
+    pub mark: Span,
+    /// The value.
+    pub value: Span,
+    /// Whether the pointer itself is in the text; `false` when the place is
+    /// its nearest existing ancestor's (a member a fix would add).
+    pub exact: bool,
+}
+
+/// The places of many pointers in one walk over the text (an editor asks
+/// for every finding on every keystroke). Pointers are not unescaped: each
+/// member's pointer is built with `~0`/`~1` escaping and compared as text.
+/// A pointer not in the text gets its nearest existing ancestor's place;
+/// text that is not JSON gives the document's first byte for all.
+pub fn places(text: &str, pointers: &[&str]) -> Vec<Place> {
+    use std::collections::{HashMap, HashSet};
+    // Every prefix of a wanted pointer is wanted too (for the fallback).
+    let mut wanted: HashSet<&str> = HashSet::new();
+    for p in pointers {
+        let mut q = *p;
+        while wanted.insert(q) {
+            match q.rfind('/') {
+                Some(i) => q = q.get(..i).unwrap_or_default(),
+                None => break,
+            }
+        }
+    }
+    let mut found: HashMap<String, Place> = HashMap::new();
+    let root = skip_ws(text, 0);
+    let first_line = |s: Span| Span {
+        start: s.start,
+        end: text
+            .get(s.start..s.end)
+            .and_then(|v| v.find('\n'))
+            .map_or(s.end, |n| s.start + n),
+    };
+    if let Some(end) = skip_value(text, root) {
+        let value = Span { start: root, end };
+        let whole = Place {
+            mark: first_line(value),
+            value,
+            exact: true,
+        };
+        found.insert(String::new(), whole);
+        // Depth-first, iteratively, into the containers someone asked about.
+        let mut stack = vec![(String::new(), root)];
+        while let Some((pointer, at)) = stack.pop() {
+            let Some(list) = members(text, at) else {
+                continue;
+            };
+            for (i, m) in list.into_iter().enumerate() {
+                let child = match &m.key {
+                    Some(k) => format!("{pointer}/{}", k.replace('~', "~0").replace('/', "~1")),
+                    None => format!("{pointer}/{i}"),
+                };
+                if !wanted.contains(child.as_str()) {
+                    continue;
+                }
+                let mark = match m.key {
+                    Some(_) => Span {
+                        start: m.start,
+                        end: skip_string(text, m.start).unwrap_or(m.start),
+                    },
+                    None => first_line(m.value),
+                };
+                found.insert(
+                    child.clone(),
+                    Place {
+                        mark,
+                        value: m.value,
+                        exact: true,
+                    },
+                );
+                stack.push((child, m.value.start));
+            }
+        }
+    }
+    let start = Span {
+        start: root.min(text.len()),
+        end: root.min(text.len()),
+    };
+    pointers
+        .iter()
+        .map(|p| {
+            let mut q = *p;
+            loop {
+                if let Some(place) = found.get(q) {
+                    return Place {
+                        exact: q.len() == p.len(),
+                        ..*place
+                    };
+                }
+                match q.rfind('/') {
+                    Some(i) => q = q.get(..i).unwrap_or_default(),
+                    None => {
+                        return Place {
+                            mark: start,
+                            value: start,
+                            exact: false,
+                        };
+                    }
+                }
+            }
+        })
+        .collect()
+}
+
 /// The members of the object or array starting at byte `at`.
 pub fn members(text: &str, at: usize) -> Option<Vec<Member>> {
     let bytes = text.as_bytes();
@@ -131,7 +242,7 @@ pub fn skip_ws(text: &str, mut i: usize) -> usize {
     i
 }
 
-fn skip_string(text: &str, i: usize) -> Option<usize> {
+pub(crate) fn skip_string(text: &str, i: usize) -> Option<usize> {
     let bytes = text.as_bytes();
     if bytes.get(i) != Some(&b'"') {
         return None;
@@ -212,5 +323,41 @@ mod tests {
         assert_eq!(m[1].key.as_deref(), Some("d"));
         assert_eq!(members("[]", 0).unwrap().len(), 0);
         assert_eq!(members("{ }", 0).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn places_pointers_for_editors() {
+        let got = places(
+            DOC,
+            &["/a/b~0~1/1/c", "/d", "/a/b~0~1/1", "/a/nope/x", "", "/zz"],
+        );
+        let text = |s: Span| &DOC[s.start..s.end];
+        assert_eq!(text(got[0].mark), "\"c\"");
+        assert_eq!(text(got[0].value), "\"x\\\"}\"");
+        assert!(got[0].exact);
+        assert_eq!(text(got[1].mark), "\"d\"");
+        assert_eq!(text(got[1].value), "true");
+        // An array element is marked by its value's first line.
+        assert_eq!(text(got[2].mark), "{\"c\": \"x\\\"}\"}");
+        // Missing: the nearest ancestor, not exact.
+        assert_eq!(text(got[3].mark), "\"a\"");
+        assert!(!got[3].exact);
+        assert_eq!(text(got[4].mark), "{");
+        assert_eq!(got[4].value.end, DOC.len());
+        assert_eq!(text(got[5].mark), "{");
+        assert!(!got[5].exact);
+        // Not JSON: everything at the start, nothing found.
+        let bad = places("  {\"a\": ", &["/a"]);
+        assert_eq!((bad[0].mark.start, bad[0].exact), (2, false));
+        // Agrees with `find` on every value of a real spec.
+        let spec = include_str!("../../../specs/examples/shop.json");
+        let ptrs = [
+            "/tools/place_order/flow/nodes",
+            "/entities",
+            "/tools/place_order/input",
+        ];
+        for (p, place) in ptrs.iter().zip(places(spec, &ptrs)) {
+            assert_eq!(Some(place.value), find(spec, p), "{p}");
+        }
     }
 }

@@ -1,6 +1,7 @@
-// The world of the component under Node: an in-memory storage, a settable
-// clock and scripted externals, written in JavaScript, and the import
-// objects that hand them to a jco-transpiled component.
+// The world of the component in JavaScript (the browser preview, and the
+// Node conformance test in tests/node): an in-memory storage, a settable
+// clock and scripted externals, and the import objects that hand them to a
+// jco-transpiled component. No Node or browser API: it runs in both.
 //
 // They are line-by-line ports of the Rust reference implementations, and
 // must behave exactly like them:
@@ -24,7 +25,7 @@
 //
 // Deterministic: no `Date.now`, no `Math.random`, no I/O.
 
-import { createHash } from 'node:crypto';
+import { sha256Hex } from './sha256.mjs';
 import {
   JsonNumber,
   parse,
@@ -42,10 +43,7 @@ export const IDEMPOTENCY_TTL_MS = 24 * 60 * 60 * 1000;
 /** The `prev` of the first audit entry. */
 export const GENESIS_HASH = '0'.repeat(64);
 
-/** Lowercase hex SHA-256 of a string's UTF-8 bytes. */
-export function sha256Hex(text) {
-  return createHash('sha256').update(text, 'utf8').digest('hex');
-}
+export { sha256Hex };
 
 // ---------------------------------------------------------------------------
 // Errors

@@ -1,0 +1,141 @@
+//! The studio (browser risk preview) end to end: the real `sinew preview`
+//! serves the page, and `web/e2e/e2e.mjs` drives it in the machine's
+//! headless Chromium with playwright-core (installed from `web/`'s
+//! lockfile when missing; the browser is never downloaded).
+//!
+//! Screenshots go to `target/studio-e2e/`. Without Chromium the test fails
+//! under CI and is skipped, saying so, elsewhere.
+
+mod common;
+
+use common::root;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+struct Preview(Child);
+
+impl Drop for Preview {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn chromium() -> Option<String> {
+    if let Ok(p) = std::env::var("CHROMIUM") {
+        return Some(p);
+    }
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .map(str::to_owned)
+}
+
+fn npm_install(dir: &std::path::Path) {
+    if dir.join("node_modules/playwright-core").exists() {
+        return;
+    }
+    let npm = |args: &[&str]| {
+        Command::new("npm")
+            .args(args)
+            .current_dir(dir)
+            .status()
+            .expect("npm runs (install Node.js and npm)")
+    };
+    if !npm(&["ci", "--no-audit", "--no-fund"]).success() {
+        assert!(
+            npm(&["install", "--no-audit", "--no-fund"]).success(),
+            "`npm install` in web/ failed"
+        );
+    }
+}
+
+#[test]
+fn the_studio_works_in_headless_chromium() {
+    let Some(browser) = chromium() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "Chromium is missing (CI installs Debian's `chromium`)"
+        );
+        eprintln!("skipped: no Chromium at /usr/bin/chromium (apt-get install chromium)");
+        return;
+    };
+    let web = root().join("web");
+    npm_install(&web);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sinew"))
+        .args(["preview", "--port", "0"])
+        .arg(root().join("specs/examples/shop.json"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starts sinew preview");
+    let stdout = child.stdout.take().unwrap();
+    let preview = Preview(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    // "sinew preview on http://127.0.0.1:PORT/ (…)"
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in `{line}`"))
+        .to_owned();
+    println!("{}", line.trim());
+
+    let out = root().join("target/studio-e2e");
+    let output = Command::new("node")
+        .arg(web.join("e2e/e2e.mjs"))
+        .arg(&url)
+        .arg(&out)
+        .env("CHROMIUM", browser)
+        .output()
+        .expect("node runs (install Node.js)");
+    drop(preview);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "the studio's end-to-end run failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    for shot in ["studio-green.png", "studio-red.png", "studio-flow.png"] {
+        assert!(out.join(shot).exists(), "{shot} was not saved");
+    }
+}
+
+/// `sinew preview --export` writes a static site that holds the same files
+/// the server answers with.
+#[test]
+fn the_page_exports_for_a_static_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_sinew"))
+        .args(["preview", "--export"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for f in [
+        "index.html",
+        "manifest.json",
+        "src/app.mjs",
+        "vendor/codemirror.js",
+        "component/sinew.js",
+        "component/sinew.core.wasm",
+    ] {
+        assert!(dir.path().join(f).is_file(), "{f} missing");
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["startup"]["name"], "shop.json");
+    // A spec that cannot be read is a clear error, not a page.
+    let out = Command::new(env!("CARGO_BIN_EXE_sinew"))
+        .args(["preview", "--export"])
+        .arg(dir.path())
+        .arg("no/such/spec.json")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read `no/such/spec.json`"));
+}
