@@ -350,6 +350,42 @@ async fn bad_requests_get_typed_answers_and_change_nothing() {
     );
     assert!(r.body["paths"]["/tools/place_order"]["post"].is_object());
 
+    // The browser preview of the served spec, not a tool: no audit entry.
+    let r = http.send("GET", &format!("{base}/studio"), &[], "").await;
+    assert_eq!(r.status, 308);
+    assert_eq!(r.headers["location"], "/studio/");
+    let r = http.send("GET", &format!("{base}/studio/"), &[], "").await;
+    assert_eq!(r.status, 200);
+    assert!(r.headers["content-type"].starts_with("text/html"));
+    assert!(r.text.contains("data-core-module"), "{}", r.text);
+    let r = http
+        .send("GET", &format!("{base}/studio/manifest.json"), &[], "")
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.body["startup"]["text"].as_str(),
+        Some(
+            std::fs::read_to_string(root().join("specs/examples/shop.json"))
+                .unwrap()
+                .as_str()
+        )
+    );
+    let r = http
+        .send(
+            "GET",
+            &format!("{base}/studio/component/sinew.core.wasm"),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(r.headers["content-type"], "application/wasm");
+    let r = http
+        .send("GET", &format!("{base}/studio/nothing.js"), &[], "")
+        .await;
+    assert_eq!(r.status, 404);
+    let r = http.send("POST", &format!("{base}/studio/"), &[], "").await;
+    assert_eq!(r.status, 404, "the studio only answers GET");
+
     // Nothing partial: one order of 2, stock 8.
     let db = connect_url(&url).await;
     let stock: i64 = db

@@ -138,6 +138,26 @@ try {
   );
   await page.screenshot({ path: join(outDir, 'studio-green.png') });
 
+  // Dropping a file on the page opens it.
+  const bank = await readFile(join(root, 'specs/examples/bank.json'), 'utf8');
+  const dropped = await page.evaluateHandle((text) => {
+    const data = new DataTransfer();
+    data.items.add(new File([text], 'dropped.json', { type: 'application/json' }));
+    return data;
+  }, bank);
+  await page.dispatchEvent('body', 'dragenter', { dataTransfer: dropped });
+  check('dragging a file over the page offers to open it', await page.isVisible('#drop'));
+  n = await analyses();
+  await page.dispatchEvent('body', 'drop', { dataTransfer: dropped });
+  await analyzedAfter(n);
+  check(
+    'a dropped file is opened and judged',
+    (await badgeText('#spec-name')) === 'dropped.json' && (await editorText()) === bank && !(await page.isVisible('#drop')),
+  );
+  n = await analyses();
+  await page.setInputFiles('#file', shopPath);
+  await analyzedAfter(n);
+
   // -- 3. An unsafe spec: Red, with the findings where they belong ---------
   const unsafe = JSON.parse(shop);
   const po = unsafe.tools.place_order.flow.nodes;
