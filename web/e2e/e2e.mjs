@@ -138,6 +138,19 @@ try {
   );
   await page.screenshot({ path: join(outDir, 'studio-green.png') });
 
+  // An acknowledged signal is shown as such and does not raise the level.
+  n = await analyses();
+  await page.selectOption('#example', 'booking');
+  await analyzedAfter(n);
+  const ack = await page.$('.tool[data-tool=confirm_hold] .finding.acknowledged[data-code=external-in-transition]');
+  check(
+    'an acknowledged signal is marked acknowledged, its tool Green',
+    ack !== null &&
+      /acknowledged/.test(await ack.$eval('.badge', (b) => b.textContent)) &&
+      (await badgeText('.tool[data-tool=confirm_hold] header .badge')) === 'Green',
+  );
+  check('an acknowledged signal has no Apply button', ack !== null && (await ack.$('button.apply')) === null);
+
   // Dropping a file on the page opens it.
   const bank = await readFile(join(root, 'specs/examples/bank.json'), 'utf8');
   const dropped = await page.evaluateHandle((text) => {
