@@ -231,11 +231,12 @@ impl Studio {
     }
 }
 
-/// Open the browser risk preview: edit a spec and see its risk report,
-/// fixes, flow pictures and simulated calls, computed in the page by the
-/// same component `sinew serve` runs.
+/// Edit a spec in the browser and see its risk as you type
 ///
-/// Serves a static page on 127.0.0.1 (the spec never leaves the browser).
+/// The page shows the risk report, applies fixes, draws flows and simulates
+/// calls, all computed in the page by the same component `sinew serve`
+/// runs. It is a static page served on 127.0.0.1; the spec never leaves the
+/// browser.
 ///
 /// Examples:
 ///   sinew preview                          # the shop example, port 8700
