@@ -4,30 +4,9 @@
 // the editor, the report panel, the flow picture. Everything runs here;
 // nothing is sent anywhere.
 
-import {
-  EditorState,
-  EditorView,
-  keymap,
-  lineNumbers,
-  highlightActiveLine,
-  highlightActiveLineGutter,
-  drawSelection,
-  defaultKeymap,
-  history,
-  historyKeymap,
-  syntaxHighlighting,
-  defaultHighlightStyle,
-  bracketMatching,
-  foldGutter,
-  foldKeymap,
-  indentOnInput,
-  lintGutter,
-  lintKeymap,
-  setDiagnostics,
-  searchKeymap,
-  highlightSelectionMatches,
-  json,
-} from '../vendor/codemirror.js';
+// CodeMirror (the largest script) loads while the component compiles; the
+// first report is shown before the editor is ready.
+const codemirror = import('../vendor/codemirror.js');
 import { exportError, loadCore } from './core.mjs';
 import { byteOffsets, lineColumnOffset } from './text.mjs';
 import { levelWord, renderReport, reportItems } from './report.mjs';
@@ -60,6 +39,12 @@ window.sinewStudio = studio;
 
 let core;
 let view;
+/** CodeMirror's exports, once loaded. */
+let cm;
+/** The spec's text until the editor holds it. */
+let startupText = '';
+/** The last analysis' editor diagnostics. */
+let lastDiagnostics = [];
 let simulator;
 let exampleName = null;
 let selectedTool = null;
@@ -67,6 +52,11 @@ let timer = null;
 
 // ---------------------------------------------------------------------------
 // Analysis
+
+/** The spec's text: the editor's, or the startup spec's before it exists. */
+function specText() {
+  return view ? view.state.doc.toString() : startupText;
+}
 
 /**
  * Judges `text`: the report, its items with their places, and the editor
@@ -118,7 +108,7 @@ function analyze(text) {
 function refresh() {
   clearTimeout(timer);
   timer = null;
-  const text = view.state.doc.toString();
+  const text = specText();
   const t0 = performance.now();
   let result;
   try {
@@ -128,7 +118,8 @@ function refresh() {
     return;
   }
   const ms = performance.now() - t0;
-  view.dispatch(setDiagnostics(view.state, result.diagnostics));
+  lastDiagnostics = result.diagnostics;
+  if (view) view.dispatch(cm.setDiagnostics(view.state, result.diagnostics));
   studio.report = result.report;
   studio.items = result.items;
   studio.analyses += 1;
@@ -200,7 +191,7 @@ function fillSelect(select, names, chosen) {
   if (chosen !== null && chosen !== undefined) select.value = chosen;
 }
 
-function drawFlow(spec = specValue(view.state.doc.toString())) {
+function drawFlow(spec = specValue(specText())) {
   const root = $('flow');
   const badgeEl = $('flow-level');
   if (!selectedTool || !spec?.tools?.[selectedTool]) {
@@ -216,8 +207,8 @@ function drawFlow(spec = specValue(view.state.doc.toString())) {
   badgeEl.dataset.level = toolReport?.level ?? 'none';
   badgeEl.textContent = toolReport ? levelWord(toolReport.level) : '';
   renderFlow(root, selectedTool, spec.tools[selectedTool], nodeLevels(toolReport), (pointer) => {
-    const [place] = core.risk.locate(view.state.doc.toString(), [pointer]);
-    const toIndex = byteOffsets(view.state.doc.toString());
+    const [place] = core.risk.locate(specText(), [pointer]);
+    const toIndex = byteOffsets(specText());
     jump(toIndex(place.markStart), toIndex(place.markEnd));
   });
 }
@@ -233,7 +224,7 @@ function selectTool(name) {
 
 /** Replaces the editor's text by `next`, changing only the span that differs. */
 function replaceText(next) {
-  const cur = view.state.doc.toString();
+  const cur = specText();
   if (cur === next) return;
   let start = 0;
   while (start < cur.length && start < next.length && cur[start] === next[start]) start++;
@@ -251,7 +242,7 @@ function replaceText(next) {
 }
 
 function applyFix(item) {
-  const text = view.state.doc.toString();
+  const text = specText();
   try {
     replaceText(core.risk.apply(text, JSON.stringify(item.fix.patch)));
   } catch (e) {
@@ -262,7 +253,7 @@ function applyFix(item) {
 }
 
 function applyAll() {
-  const out = core.risk.fix(view.state.doc.toString());
+  const out = core.risk.fix(specText());
   replaceText(out.spec);
   refresh();
   $('timing').textContent = out.applied.length === 0
@@ -271,7 +262,7 @@ function applyAll() {
 }
 
 function jump(from, to) {
-  if (from === undefined) return;
+  if (from === undefined || !view) return;
   view.dispatch({ selection: { anchor: from, head: to ?? from }, scrollIntoView: true });
   view.focus();
 }
@@ -281,7 +272,8 @@ function open(name, text, example = null) {
   studio.name = name;
   exampleName = example;
   $('spec-name').textContent = name;
-  if (view.state.doc.toString() !== text) {
+  if (!view) startupText = text;
+  else if (specText() !== text) {
     view.dispatch({ changes: { from: 0, to: view.state.doc.length, insert: text }, selection: { anchor: 0 } });
   }
   simulator?.reset();
@@ -317,7 +309,7 @@ function seedPreset() {
 /** Fills the call's fields for the chosen tool. */
 function draftCall() {
   const tool = $('sim-tool').value;
-  const spec = specValue(view.state.doc.toString());
+  const spec = specValue(specText());
   const def = spec?.tools?.[tool];
   const preset = exampleName ? PRESETS[exampleName] : undefined;
   if (preset && preset.tool === tool) {
@@ -338,7 +330,7 @@ async function runSimulation() {
   const out = $('sim-result');
   status.textContent = 'running…';
   const call = {
-    specText: view.state.doc.toString(),
+    specText: specText(),
     seedText: $('sim-seed').value,
     externalsText: $('sim-externals').value,
     tool: $('sim-tool').value,
@@ -451,8 +443,8 @@ function wireFiles() {
 
 async function main() {
   const base = new URL('../', import.meta.url);
-  // The component compiles (off the main thread) while the editor opens
-  // the startup spec.
+  // The component compiles (off the main thread) while the page loads;
+  // its first report is drawn before the editor exists.
   const coreP = loadCore(base, studio.timings);
   const manifest = await (globalThis.sinewBoot?.manifest ??
     fetch(new URL('manifest.json', base)).then((r) => r.json()));
@@ -466,10 +458,45 @@ async function main() {
   });
 
   $('spec-name').textContent = startup.name;
+  core = await coreP;
+  simulator = new Simulator(core);
+  studio.timings.coreReady = performance.now();
+  // The first report, before the editor exists; `open` analyzes at once.
+  const example = Object.entries(manifest.examples).find(([, t]) => t === startup.text)?.[0] ?? null;
+  if (example) examples.value = example;
+  open(startup.name, startup.text, example);
+
+  studio.timings.load = performance.now() - booted;
+  studio.timings.firstReport = performance.now();
+
+  cm = await codemirror;
+  const {
+    EditorState,
+    EditorView,
+    keymap,
+    lineNumbers,
+    highlightActiveLine,
+    highlightActiveLineGutter,
+    drawSelection,
+    defaultKeymap,
+    history,
+    historyKeymap,
+    syntaxHighlighting,
+    defaultHighlightStyle,
+    bracketMatching,
+    foldGutter,
+    foldKeymap,
+    indentOnInput,
+    lintGutter,
+    lintKeymap,
+    searchKeymap,
+    highlightSelectionMatches,
+    json,
+  } = cm;
   view = new EditorView({
     parent: $('editor'),
     state: EditorState.create({
-      doc: startup.text,
+      doc: startupText,
       extensions: [
         lineNumbers(),
         highlightActiveLineGutter(),
@@ -493,17 +520,8 @@ async function main() {
       ],
     }),
   });
+  view.dispatch(cm.setDiagnostics(view.state, lastDiagnostics));
   studio.timings.editorReady = performance.now();
-  core = await coreP;
-  simulator = new Simulator(core);
-  studio.timings.coreReady = performance.now();
-  // Doc changes from `open` schedule an analysis; `open` runs it at once.
-  const example = Object.entries(manifest.examples).find(([, t]) => t === startup.text)?.[0] ?? null;
-  if (example) examples.value = example;
-  open(startup.name, startup.text, example);
-
-  studio.timings.load = performance.now() - booted;
-  studio.timings.firstReport = performance.now();
 
   wireTabs();
   wireFiles();

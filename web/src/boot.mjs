@@ -28,5 +28,7 @@ const listed = [...document.querySelectorAll('link[data-core-module]')].map((l) 
 globalThis.sinewBoot.modules =
   listed.length > 0 ? compile(listed) : globalThis.sinewBoot.manifest.then((m) => compile(m.component.modules));
 globalThis.sinewBoot.compiled = globalThis.sinewBoot.modules.then(() => performance.now());
+// The transpiled glue is a large script: parse it while the modules compile.
+globalThis.sinewBoot.glue = import(new URL('component/sinew.js', base).href);
 
 import('./app.mjs');

@@ -34,7 +34,7 @@ export async function loadCore(base, timings = {}) {
         ]),
       ),
     );
-  const glue = import(new URL('component/sinew.js', base).href);
+  const glue = boot?.glue ?? import(new URL('component/sinew.js', base).href);
   const [manifest, modules, { instantiate }] = await Promise.all([manifestP, modulesP, glue]);
   timings.compiled = boot ? await boot.compiled : performance.now();
   const compiled = new Map(modules);
