@@ -1,0 +1,218 @@
+//! A closed-loop load generator: `clients` tasks, each with one keep-alive
+//! HTTP/1 connection, sending a request as soon as the previous answer is
+//! read. Requests that start after the warm-up and end before the deadline
+//! are measured.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::TokioIo;
+
+/// What the clients ask for.
+#[derive(Clone, Copy, Debug)]
+pub enum Workload {
+    /// The bank's `transfer` (write path): 1 cent between two random
+    /// accounts of the 1 000, each request with its own idempotency key and
+    /// its own teller (the spec limits each subject to 20 transfers a
+    /// minute).
+    Transfer,
+    /// The bank's `account_history` of a random account (3 bounded reads and
+    /// the audit entry).
+    History,
+}
+
+impl Workload {
+    /// Its name in the tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Transfer => "transfer",
+            Workload::History => "history",
+        }
+    }
+}
+
+/// One run's figures.
+#[derive(Debug, Clone, Copy)]
+pub struct Stats {
+    /// Measured answers per second.
+    pub throughput: f64,
+    /// Median latency.
+    pub p50_ms: f64,
+    /// 99th percentile latency.
+    pub p99_ms: f64,
+    /// Measured answers that were not 2xx.
+    pub errors: u64,
+    /// Measured answers.
+    pub completed: u64,
+}
+
+/// An HS256 token for `sub` with `roles`, valid for an hour.
+pub fn token(secret: &str, sub: &str, roles: &[&str]) -> String {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        + 3600;
+    let claims = serde_json::json!({"sub": sub, "roles": roles, "exp": exp});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap_or_default()
+}
+
+fn authority(base: &str) -> &str {
+    base.trim_start_matches("http://")
+}
+
+/// The status of one GET on a fresh connection, or `None` if it failed.
+pub async fn get_status(base: &str, path: &str, token: Option<&str>) -> Option<u16> {
+    let stream = tokio::net::TcpStream::connect(authority(base)).await.ok()?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::get(path).header("host", authority(base));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = send
+        .send_request(req.body(Empty::<Bytes>::new()).ok()?)
+        .await
+        .ok()?;
+    let status = resp.status().as_u16();
+    let _ = resp.into_body().collect().await;
+    Some(status)
+}
+
+fn account(i: u64) -> String {
+    format!("00000000-0000-4000-8000-{i:012}")
+}
+
+/// xorshift64*: cheap, per client, reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+/// Distinguishes the keys and subjects of every run against one database.
+static RUN: AtomicU64 = AtomicU64::new(0);
+
+/// Runs `workload` against `base` with `clients` connections.
+pub async fn run(
+    base: &str,
+    workload: Workload,
+    clients: usize,
+    warmup: Duration,
+    measure: Duration,
+    secret: &str,
+    accounts: usize,
+) -> Result<Stats> {
+    let run = RUN.fetch_add(1, Ordering::Relaxed);
+    let nonce = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let start = Instant::now();
+    let measured_from = start + warmup;
+    let end = measured_from + measure;
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let base = base.to_owned();
+        let secret = secret.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(authority(&base))
+                .await
+                .context("connecting")?;
+            stream.set_nodelay(true)?;
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((client as u64 + 1) * 0x1000_0000_01B3));
+            let reader = token(&secret, &format!("reader-{client}"), &["teller"]);
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            let mut n = 0u64;
+            let n_accounts = accounts as u64;
+            while Instant::now() < end {
+                n += 1;
+                let req = match workload {
+                    Workload::Transfer => {
+                        let a = rng.next() % n_accounts + 1;
+                        let mut b = rng.next() % n_accounts + 1;
+                        if b == a {
+                            b = a % n_accounts + 1;
+                        }
+                        let sub = format!("teller-{nonce}-{run}-{client}-{n}");
+                        let body = format!(
+                            r#"{{"from_account":"{}","to_account":"{}","amount_cents":1}}"#,
+                            account(a),
+                            account(b)
+                        );
+                        hyper::Request::post("/transfers")
+                            .header("host", authority(&base))
+                            .header(
+                                "authorization",
+                                format!("Bearer {}", token(&secret, &sub, &["teller"])),
+                            )
+                            .header("content-type", "application/json")
+                            .header("idempotency-key", format!("{nonce}-{run}-{client}-{n}"))
+                            .body(Full::new(Bytes::from(body)))?
+                    }
+                    Workload::History => {
+                        let a = rng.next() % n_accounts + 1;
+                        hyper::Request::get(format!("/accounts/{}/transfers", account(a)))
+                            .header("host", authority(&base))
+                            .header("authorization", format!("Bearer {reader}"))
+                            .body(Full::new(Bytes::new()))?
+                    }
+                };
+                let t0 = Instant::now();
+                send.ready().await?;
+                let resp = send.send_request(req).await?;
+                let status = resp.status();
+                resp.into_body().collect().await?;
+                let t1 = Instant::now();
+                if t0 >= measured_from && t1 <= end {
+                    latencies.push((t1 - t0).as_secs_f64() * 1000.0);
+                    if !status.is_success() {
+                        errors += 1;
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>((latencies, errors))
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await??;
+        all.extend(l);
+        errors += e;
+    }
+    all.sort_by(f64::total_cmp);
+    let pick = |q: f64| {
+        if all.is_empty() {
+            f64::NAN
+        } else {
+            all[((all.len() as f64 - 1.0) * q).round() as usize]
+        }
+    };
+    Ok(Stats {
+        throughput: all.len() as f64 / measure.as_secs_f64(),
+        p50_ms: pick(0.5),
+        p99_ms: pick(0.99),
+        errors,
+        completed: all.len() as u64,
+    })
+}

@@ -1,0 +1,512 @@
+//! `sinew-bench`: sinew side by side with the code users would otherwise
+//! write, on the same machine, in the same run.
+//!
+//!   cargo run --release -p sinew-bench              # everything (~8 min)
+//!   cargo run --release -p sinew-bench -- --quick   # one short round
+//!
+//! It starts a private Postgres, gives each server a database of its own
+//! (the bank spec's schema from `sinew migrate`, 1 000 seeded accounts), and
+//! starts, as separate processes of this binary:
+//!
+//! - (A) `sinew serve` with the component engine (the code of the `sinew`
+//!   binary, linked in: `sinew-bench serve …` is `sinew serve …`),
+//! - (B) the same with the native core (`--native`), pricing the wasm
+//!   boundary,
+//! - (C) a hand-written hyper + tokio-postgres server (`baseline.rs`) that
+//!   issues the same statements for the same requests.
+//!
+//! Then, interleaved round by round, it drives each with a closed-loop load
+//! generator (one keep-alive connection per client) at concurrency 1, 16 and
+//! 64, for the bank's `transfer` (write path) and `account_history` (a
+//! bounded read), excluding warm-up, and prints medians over rounds of
+//! throughput, p50 and p99, with the ratios A/C and B/C. It also measures
+//! cold start and the servers' memory.
+
+mod baseline;
+mod load;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use load::{Stats, Workload};
+
+#[derive(Parser)]
+#[command(
+    name = "sinew-bench",
+    about = "sinew vs hand-written code, side by side"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    opts: Opts,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+struct Opts {
+    /// Rounds (each runs every engine, interleaved); medians are over rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Measured seconds per run.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Warm-up seconds per run (not measured).
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Client counts.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 16, 64])]
+    concurrency: Vec<usize>,
+    /// Cold starts to time (precompiled component).
+    #[arg(long, default_value_t = 20)]
+    cold_runs: usize,
+    /// One short round: 1 s warm-up, 2 s measured, 5 cold starts.
+    #[arg(long)]
+    quick: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// `sinew serve`, exactly (the host library's code), for (A) and (B).
+    Serve(Box<ServeCmd>),
+    /// (C): the hand-written server.
+    Baseline {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        database_url: String,
+        #[arg(long)]
+        secret: String,
+        #[arg(long, default_value_t = 32)]
+        pool_size: usize,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeCmd {
+    #[command(flatten)]
+    args: sinew_host::serve::Args,
+}
+
+const SECRET: &str = "bench-secret";
+const ACCOUNTS: usize = 1000;
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Cmd::Serve(s)) => {
+            let code = sinew_host::serve::run(&s.args)?;
+            std::process::exit(i32::from(code));
+        }
+        Some(Cmd::Baseline {
+            port,
+            database_url,
+            secret,
+            pool_size,
+        }) => baseline::run(port, &database_url, &secret, pool_size),
+        None => {
+            let mut opts = cli.opts;
+            if opts.quick {
+                opts.rounds = 1;
+                opts.seconds = 2.0;
+                opts.warmup = 1.0;
+                opts.cold_runs = 5;
+            }
+            bench(&opts)
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A server process, killed on drop.
+struct Server {
+    name: &'static str,
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn rss_kib(&self) -> Option<u64> {
+        rss_kib(self.child.id())
+    }
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The arguments of `sinew serve` for the bank on `url`.
+fn serve_args(port: u16, url: &str, cache: &Path, data: &Path, native: bool) -> Vec<String> {
+    let mut a = vec![
+        "serve".to_string(),
+        root()
+            .join("specs/examples/bank.json")
+            .to_string_lossy()
+            .into_owned(),
+        "--port".into(),
+        port.to_string(),
+        "--listen".into(),
+        "127.0.0.1".into(),
+        "--database-url".into(),
+        url.into(),
+        "--jwt-secret".into(),
+        SECRET.into(),
+        "--log".into(),
+        "error".into(),
+        "--cache-dir".into(),
+        cache.to_string_lossy().into_owned(),
+        "--data-dir".into(),
+        data.to_string_lossy().into_owned(),
+    ];
+    if native {
+        a.push("--native".into());
+    }
+    a
+}
+
+fn spawn(name: &'static str, args: &[String]) -> Result<Server> {
+    let port: u16 = args
+        .iter()
+        .position(|a| a == "--port")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|p| p.parse().ok())
+        .context("a port")?;
+    let child = Command::new(std::env::current_exe()?)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    Ok(Server {
+        name,
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    })
+}
+
+async fn wait_ready(base: &str, limit: Duration) -> Result<()> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if load::get_status(base, "/healthz", None).await == Some(200) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("{base} did not become ready within {limit:?}")
+}
+
+async fn sql(url: &str, text: &str) -> Result<()> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    client.batch_execute(text).await?;
+    Ok(())
+}
+
+fn db_url(base: &str, db: &str) -> String {
+    base.replacen("/postgres?", &format!("/{db}?"), 1)
+}
+
+/// A database with the bank's schema and `ACCOUNTS` accounts.
+async fn prepare_db(admin: &str, db: &str) -> Result<String> {
+    // Two statements: CREATE DATABASE cannot run in a transaction block.
+    sql(admin, &format!("DROP DATABASE IF EXISTS {db}")).await?;
+    sql(admin, &format!("CREATE DATABASE {db}")).await?;
+    let url = db_url(admin, db);
+    let text = std::fs::read_to_string(root().join("specs/examples/bank.json"))?;
+    let spec = sinew_core::spec::load(&text).spec;
+    let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let m = sinew_host::pg::migrate::plan(Some(&client), &spec, false).await?;
+    sinew_host::pg::migrate::apply(&mut client, &m.sql).await?;
+    client
+        .batch_execute(&format!(
+            "INSERT INTO account (id, version, created_at, updated_at, deleted_at, holder, name, currency, balance) \
+             SELECT format('00000000-0000-4000-8000-%s', lpad(i::text, 12, '0'))::uuid, 1, now(), now(), NULL, \
+                    'holder' || i, 'Account ' || i, 'EUR', 1000000000000 \
+             FROM generate_series(1, {ACCOUNTS}) AS i"
+        ))
+        .await?;
+    Ok(url)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[derive(Default, Clone)]
+struct Cell {
+    throughput: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    errors: u64,
+    total: u64,
+}
+
+fn bench(opts: &Opts) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let dir = tempfile::tempdir()?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    }
+    println!("starting a private Postgres…");
+    let pg = sinew_host::pg::embedded::Embedded::start(&dir.path().join("pg"))?;
+    let admin = pg.url();
+    let cache = dir.path().join("cache");
+    let result = rt.block_on(async {
+        let urls = [
+            prepare_db(&admin, "bench_a").await?,
+            prepare_db(&admin, "bench_b").await?,
+            prepare_db(&admin, "bench_c").await?,
+        ];
+        // Compile the component into the cache once (what a deployment does).
+        let pre = spawn(
+            "precompile",
+            &serve_args(free_port()?, &urls[0], &cache, dir.path(), false),
+        )?;
+        wait_ready(&pre.base, Duration::from_secs(300)).await?;
+        drop(pre);
+
+        let servers = [
+            spawn("A component", &serve_args(free_port()?, &urls[0], &cache, dir.path(), false))?,
+            spawn("B native", &serve_args(free_port()?, &urls[1], &cache, dir.path(), true))?,
+            spawn(
+                "C hand-written",
+                &[
+                    "baseline".into(),
+                    "--port".into(),
+                    free_port()?.to_string(),
+                    "--database-url".into(),
+                    urls[2].clone(),
+                    "--secret".into(),
+                    SECRET.into(),
+                ],
+            )?,
+        ];
+        for s in &servers {
+            wait_ready(&s.base, Duration::from_secs(120)).await?;
+        }
+        // The component server warms instances in the background.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let idle_rss: Vec<Option<u64>> = servers.iter().map(Server::rss_kib).collect();
+
+        let workloads = [Workload::Transfer, Workload::History];
+        let mut cells: Vec<Vec<Vec<Cell>>> =
+            vec![vec![vec![Cell::default(); servers.len()]; opts.concurrency.len()]; workloads.len()];
+        let mut peak_rss = vec![0u64; servers.len()];
+        for round in 0..opts.rounds {
+            for (w, workload) in workloads.iter().enumerate() {
+                for (ci, &c) in opts.concurrency.iter().enumerate() {
+                    for k in 0..servers.len() {
+                        let si = (k + round + ci) % servers.len();
+                        let s = &servers[si];
+                        let pid = s.child.id();
+                        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+                        let sampler = tokio::spawn({
+                            let peak = peak.clone();
+                            async move {
+                                loop {
+                                    if let Some(r) = rss_kib(pid) {
+                                        peak.fetch_max(r, std::sync::atomic::Ordering::Relaxed);
+                                    }
+                                    tokio::time::sleep(Duration::from_millis(100)).await;
+                                }
+                            }
+                        });
+                        let stats: Stats = load::run(
+                            &s.base,
+                            *workload,
+                            c,
+                            Duration::from_secs_f64(opts.warmup),
+                            Duration::from_secs_f64(opts.seconds),
+                            SECRET,
+                            ACCOUNTS,
+                        )
+                        .await?;
+                        sampler.abort();
+                        peak_rss[si] = peak_rss[si]
+                            .max(peak.load(std::sync::atomic::Ordering::Relaxed))
+                            .max(s.rss_kib().unwrap_or(0));
+                        println!(
+                            "round {} {:<16} {:<8} c={:<3} {:>8.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
+                            round + 1,
+                            s.name,
+                            workload.name(),
+                            c,
+                            stats.throughput,
+                            stats.p50_ms,
+                            stats.p99_ms,
+                            stats.errors
+                        );
+                        let cell = &mut cells[w][ci][si];
+                        cell.throughput.push(stats.throughput);
+                        cell.p50.push(stats.p50_ms);
+                        cell.p99.push(stats.p99_ms);
+                        cell.errors += stats.errors;
+                        cell.total += stats.completed;
+                    }
+                }
+            }
+        }
+        drop(servers);
+
+        println!();
+        println!(
+            "medians of {} round(s), {:.0} s measured after {:.0} s warm-up; the load generator, the servers and Postgres share this machine",
+            opts.rounds, opts.seconds, opts.warmup
+        );
+        println!(
+            "| tool | clients | A component req/s | B native req/s | C hand-written req/s | A/C | B/C | p50 A / B / C (ms) | p99 A / B / C (ms) | p99 A/C |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for (w, workload) in workloads.iter().enumerate() {
+            for (ci, c) in opts.concurrency.iter().enumerate() {
+                let m = |si: usize, f: fn(&Cell) -> &Vec<f64>| median(f(&cells[w][ci][si]).clone());
+                let t = |si| m(si, |c| &c.throughput);
+                let p50 = |si| m(si, |c| &c.p50);
+                let p99 = |si| m(si, |c| &c.p99);
+                println!(
+                    "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {:.2} |",
+                    workload.name(),
+                    c,
+                    t(0),
+                    t(1),
+                    t(2),
+                    t(0) / t(2),
+                    t(1) / t(2),
+                    p50(0),
+                    p50(1),
+                    p50(2),
+                    p99(0),
+                    p99(1),
+                    p99(2),
+                    p99(0) / p99(2),
+                );
+            }
+        }
+        let errors: u64 = cells.iter().flatten().flatten().map(|c| c.errors).sum();
+        let total: u64 = cells.iter().flatten().flatten().map(|c| c.total).sum();
+        println!("answers that were not 2xx: {errors} of {total}");
+        println!();
+        let names = ["A component", "B native", "C hand-written"];
+        for (i, n) in names.iter().enumerate() {
+            println!(
+                "RSS {n}: idle {} MiB, peak under load {:.1} MiB",
+                idle_rss[i].map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
+                peak_rss[i] as f64 / 1024.0,
+            );
+        }
+
+        // Every engine did the work it answered for: money is conserved and
+        // every audit chain verifies.
+        for (name, url) in ["A component", "B native", "C hand-written"].iter().zip(&urls) {
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            let total: String = client
+                .query_one("SELECT sum(balance)::text FROM account", &[])
+                .await?
+                .get(0);
+            let moved: i64 = client
+                .query_one("SELECT count(*) FROM transfer", &[])
+                .await?
+                .get(0);
+            let chain = sinew_host::pg::verify_audit(&client).await?;
+            let expected = (ACCOUNTS as u128 * 1_000_000_000_000).to_string();
+            println!(
+                "{name}: {moved} transfers, balances sum {} ({}), audit chain {}",
+                total,
+                if total == expected { "conserved" } else { "NOT CONSERVED" },
+                match &chain {
+                    Ok(n) => format!("verified ({n} entries)"),
+                    Err(e) => format!("BROKEN: {e}"),
+                }
+            );
+            if total != expected || chain.is_err() {
+                bail!("{name} lost money or broke its audit chain");
+            }
+        }
+
+        cold_start(opts, &urls[0], &cache, dir.path()).await?;
+        if errors * 100 > total.max(1) {
+            bail!("more than 1% of the answers were errors");
+        }
+        Ok::<(), anyhow::Error>(())
+    });
+    drop(pg);
+    result
+}
+
+/// From `exec` of `sinew serve` to the first 200 of a tool, with the
+/// component compiled ahead of time (the cache a deployment bakes in), and
+/// with a cold cache.
+async fn cold_start(opts: &Opts, url: &str, cache: &Path, data: &Path) -> Result<()> {
+    let token = load::token(SECRET, "bench-cold", &["teller"]);
+    let path = "/accounts/00000000-0000-4000-8000-000000000001/transfers";
+    let time = |cache: PathBuf| {
+        let token = token.clone();
+        async move {
+            let port = free_port()?;
+            let started = Instant::now();
+            let s = spawn("cold", &serve_args(port, url, &cache, data, false))?;
+            loop {
+                if load::get_status(&s.base, path, Some(&token)).await == Some(200) {
+                    break;
+                }
+                if started.elapsed() > Duration::from_secs(300) {
+                    bail!("no answer within 300 s");
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let t = started.elapsed().as_secs_f64() * 1000.0;
+            drop(s);
+            Ok::<f64, anyhow::Error>(t)
+        }
+    };
+    let mut warm = Vec::new();
+    for _ in 0..opts.cold_runs {
+        warm.push(time(cache.to_path_buf()).await?);
+    }
+    let mut cold = Vec::new();
+    for i in 0..3.min(opts.cold_runs) {
+        let empty = data.join(format!("cold-cache-{i}"));
+        cold.push(time(empty).await?);
+    }
+    println!();
+    println!(
+        "cold start, exec → first 200 of a tool: {:.1} ms median of {} (precompiled component; min {:.1}, max {:.1}); {:.0} ms with a cold .cwasm cache (median of {})",
+        median(warm.clone()),
+        warm.len(),
+        warm.iter().copied().fold(f64::INFINITY, f64::min),
+        warm.iter().copied().fold(0.0, f64::max),
+        median(cold.clone()),
+        cold.len()
+    );
+    Ok(())
+}
