@@ -78,6 +78,13 @@ fn main() {
         .encode()
         .expect("the module becomes a component");
     let dest = out.join("sinew.component.wasm");
+    // Its hash, computed once here rather than at every start.
+    use sha2::Digest;
+    let hash: String = sha2::Sha256::digest(&component)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    println!("cargo:rustc-env=SINEW_COMPONENT_SHA256={hash}");
     std::fs::write(&dest, component).expect("writes the component");
     println!("cargo:rustc-env=SINEW_COMPONENT_PATH={}", dest.display());
 }

@@ -18,3 +18,16 @@ pub mod runtime;
 /// The core's WebAssembly component, built from the current sources by
 /// `build.rs`.
 pub static COMPONENT: &[u8] = include_bytes!(env!("SINEW_COMPONENT_PATH"));
+
+/// Lowercase hex SHA-256 of [`COMPONENT`], computed by `build.rs`.
+pub const COMPONENT_SHA256: &str = env!("SINEW_COMPONENT_SHA256");
+
+/// Lowercase hex SHA-256 of a component: [`COMPONENT_SHA256`] for the
+/// embedded one (no hashing at start), computed for any other.
+pub fn component_sha256(component: &[u8]) -> String {
+    if std::ptr::eq(component, COMPONENT) {
+        COMPONENT_SHA256.to_owned()
+    } else {
+        sinew_core::bundle::sha256_hex(component)
+    }
+}

@@ -147,7 +147,7 @@ impl Engine {
             engine,
             max_memory,
             pre,
-            component_hash: format!("sha256:{}", sinew_core::bundle::sha256_hex(component)),
+            component_hash: format!("sha256:{}", crate::component_sha256(component)),
             from_cache,
         }))
     }

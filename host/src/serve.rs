@@ -208,6 +208,17 @@ impl Log {
         self.message(Level::Warn, message);
     }
 
+    /// A start-up phase and the time since `started` (debug level).
+    fn phase(&self, started: Instant, what: &str) {
+        self.message(
+            Level::Debug,
+            &format!(
+                "start: {what} at {:.1} ms",
+                started.elapsed().as_secs_f64() * 1000.0
+            ),
+        );
+    }
+
     fn error(&self, message: &str) {
         self.message(Level::Error, message);
     }
@@ -1021,6 +1032,7 @@ pub async fn serve(
     ready: impl FnOnce(SocketAddr),
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
+    let started = Instant::now();
     let log = Log::new(&args.log);
     let text = std::fs::read_to_string(&args.spec)
         .with_context(|| format!("cannot read the spec `{}`", args.spec.display()))?;
@@ -1034,8 +1046,10 @@ pub async fn serve(
         );
     }
     let spec = loaded.spec;
+    log.phase(started, "spec loaded");
     let https = crate::tls::client(args.ca_file.as_deref())?;
     let jwt = args.jwt(&https).await?;
+    log.phase(started, "TLS roots and JWT keys ready");
     if !jwt.enabled() {
         log.warn("no SINEW_JWT_SECRET or SINEW_JWT_JWKS: only public tools can be called");
     }
@@ -1047,6 +1061,13 @@ pub async fn serve(
             pg.data().display()
         ));
     }
+    log.phase(started, "database opened");
+    // The component loads (CPU) while the database is migrated (I/O).
+    let cache = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("cache"));
+    let engine = tokio::task::spawn_blocking(move || Engine::new(Some(&cache)));
     if !args.no_migrate {
         let mut client = db.connect().await?;
         let m = crate::pg::migrate::plan(Some(&client), &spec, false).await?;
@@ -1058,13 +1079,15 @@ pub async fn serve(
                 args.spec.display()
             );
         }
+        log.phase(started, "migration planned");
         crate::pg::migrate::apply(&mut client, &m.sql).await?;
+        log.phase(started, "migration applied");
     }
-    let cache = args
-        .cache_dir
-        .clone()
-        .unwrap_or_else(|| args.data_dir.join("cache"));
-    let engine = Engine::new(Some(&cache))?;
+    let engine = engine.await.context("loading the component")??;
+    log.phase(
+        started,
+        "component ready (compiled or loaded from the cache)",
+    );
     let storage = Arc::new(PgBackend::new(
         db.config.clone(),
         &spec,
@@ -1128,6 +1151,7 @@ pub async fn serve(
                     e.pointer
                 )
             })?;
+        log.phase(started, "bundle loaded into the first instance");
         let executor = Arc::new(executor);
         // Ready instances for the first burst, made after the server is up.
         tokio::spawn({
@@ -1176,9 +1200,10 @@ pub async fn serve(
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     log.info(&format!(
-        "sinew serving `{}` ({} tools) on http://{local}",
+        "sinew serving `{}` ({} tools) on http://{local}, ready in {:.0} ms",
         spec.name,
-        app.router.routes.len()
+        app.router.routes.len(),
+        started.elapsed().as_secs_f64() * 1000.0
     ));
 
     // Database connections for the first burst, too.

@@ -160,7 +160,7 @@ impl Studio {
             .collect();
         let manifest = serde_json::json!({
             "component": {
-                "hash": format!("sha256:{}", sinew_core::bundle::sha256_hex(crate::COMPONENT)),
+                "hash": format!("sha256:{}", crate::COMPONENT_SHA256),
                 "modules": modules,
             },
             "version": env!("CARGO_PKG_VERSION"),
