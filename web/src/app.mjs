@@ -224,6 +224,11 @@ function selectTool(name) {
 
 /** Replaces the editor's text by `next`, changing only the span that differs. */
 function replaceText(next) {
+  if (!view) {
+    // The editor is still loading: it will open with this text.
+    startupText = next;
+    return;
+  }
   const cur = specText();
   if (cur === next) return;
   let start = 0;
