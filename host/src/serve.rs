@@ -1200,7 +1200,7 @@ pub async fn serve(
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     log.info(&format!(
-        "sinew serving `{}` ({} tools) on http://{local}, ready in {:.0} ms",
+        "sinew serving `{}` ({} tools), ready in {:.0} ms, on http://{local}",
         spec.name,
         app.router.routes.len(),
         started.elapsed().as_secs_f64() * 1000.0
