@@ -270,6 +270,33 @@ const TRANSFER_NAMES: &[&str] = &[
     "initiated_by",
 ];
 
+/// What a successful call's final audit entry records.
+struct Final<'a> {
+    execution: &'a str,
+    tool: &'a str,
+    input: &'a Value,
+    input_hash: String,
+    claims: &'a Claims,
+    rows: Value,
+    status: u16,
+    at: &'a str,
+    started: Instant,
+}
+
+/// The final audit entry, with the fields sinew's entries have.
+fn final_entry(f: Final<'_>) -> Value {
+    json!({
+        "bundle": "baseline", "calls": [], "component": "baseline",
+        "durationMs": u64::try_from(f.started.elapsed().as_millis()).unwrap_or(0),
+        "execution": f.execution, "input": f.input,
+        "inputHash": format!("sha256:{}", f.input_hash),
+        "kind": "final", "outcome": "ok", "policies": [],
+        "risk": {"acknowledgments": [], "level": "green"},
+        "roles": f.claims.roles, "rows": f.rows, "status": f.status,
+        "subject": f.claims.sub, "time": f.at, "tool": f.tool,
+    })
+}
+
 impl App {
     fn id(&self) -> String {
         let n = self.ids.fetch_add(1, Ordering::Relaxed);
@@ -572,16 +599,17 @@ impl App {
                 .await?;
         }
         let execution = self.id();
-        let input_value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-        let entry = json!({
-            "bundle": "baseline", "calls": [], "component": "baseline",
-            "durationMs": u64::try_from(started.elapsed().as_millis()).unwrap_or(0),
-            "execution": execution, "input": input_value,
-            "inputHash": format!("sha256:{}", sha256_hex(body)),
-            "kind": "final", "outcome": "ok", "policies": [],
-            "risk": {"acknowledgments": [], "level": "green"},
-            "roles": claims.roles, "rows": rows, "status": 201,
-            "subject": claims.sub, "time": at, "tool": "transfer",
+        let input: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let entry = final_entry(Final {
+            execution: &execution,
+            tool: "transfer",
+            input: &input,
+            input_hash: sha256_hex(body),
+            claims,
+            rows: Value::Array(rows),
+            status: 201,
+            at: &at,
+            started,
         });
         self.audit(conn, &entry, &execution).await?;
         Ok(respond(201, "application/json", output))
@@ -619,15 +647,16 @@ impl App {
             .to_string();
             let execution = self.id();
             let input = json!({"id": id});
-            let entry = json!({
-                "bundle": "baseline", "calls": [], "component": "baseline",
-                "durationMs": u64::try_from(started.elapsed().as_millis()).unwrap_or(0),
-                "execution": execution, "input": input,
-                "inputHash": format!("sha256:{}", sha256_hex(input.to_string().as_bytes())),
-                "kind": "final", "outcome": "ok", "policies": [],
-                "risk": {"acknowledgments": [], "level": "green"},
-                "roles": claims.roles, "rows": [], "status": 200,
-                "subject": claims.sub, "time": at, "tool": "account_history",
+            let entry = final_entry(Final {
+                execution: &execution,
+                tool: "account_history",
+                input: &input,
+                input_hash: sha256_hex(input.to_string().as_bytes()),
+                claims: &claims,
+                rows: json!([]),
+                status: 200,
+                at: &at,
+                started,
             });
             c.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED").await?;
             self.audit(&conn, &entry, &execution).await?;

@@ -1166,12 +1166,8 @@ pub async fn serve(
     };
     let openapi = crate::openapi::document(&spec, &bundle_hash);
     let studio = (!args.no_studio).then(|| {
-        let name = args
-            .spec
-            .file_name()
-            .map_or_else(|| "spec.json".into(), |n| n.to_string_lossy().into_owned());
         (
-            crate::studio::Startup { name, text },
+            crate::studio::Startup::named(&args.spec, text),
             tokio::sync::OnceCell::new(),
         )
     });

@@ -78,10 +78,15 @@ impl Startup {
     pub fn read(path: &Path) -> Result<Startup> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read `{}`", path.display()))?;
+        Ok(Startup::named(path, text))
+    }
+
+    /// A spec's text, named after its file.
+    pub fn named(path: &Path, text: String) -> Startup {
         let name = path
             .file_name()
             .map_or_else(|| "spec.json".into(), |n| n.to_string_lossy().into_owned());
-        Ok(Startup { name, text })
+        Startup { name, text }
     }
 }
 

@@ -207,8 +207,9 @@ function drawFlow(spec = specValue(specText())) {
   badgeEl.dataset.level = toolReport?.level ?? 'none';
   badgeEl.textContent = toolReport ? levelWord(toolReport.level) : '';
   renderFlow(root, selectedTool, spec.tools[selectedTool], nodeLevels(toolReport), (pointer) => {
-    const [place] = core.risk.locate(specText(), [pointer]);
-    const toIndex = byteOffsets(specText());
+    const text = specText();
+    const [place] = core.risk.locate(text, [pointer]);
+    const toIndex = byteOffsets(text);
     jump(toIndex(place.markStart), toIndex(place.markEnd));
   });
 }
