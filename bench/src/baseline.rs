@@ -58,8 +58,6 @@ struct Stmts {
     lock_both: Statement,
     /// One account (plain read).
     account: Statement,
-    /// One account, locked (the update's read of its row).
-    lock_one: Statement,
     update_balance: Statement,
     insert_transfer: Statement,
     outgoing: Statement,
@@ -95,10 +93,6 @@ impl Conn {
             .await?,
             account: p(format!(
                 r#"SELECT {ACCOUNT_COLUMNS} FROM "account" WHERE "deleted_at" IS NULL AND "id" = $1::text::uuid ORDER BY "id" ASC LIMIT 1"#
-            ))
-            .await?,
-            lock_one: p(format!(
-                r#"SELECT {ACCOUNT_COLUMNS} FROM "account" WHERE "deleted_at" IS NULL AND "id" = $1::text::uuid ORDER BY "id" ASC LIMIT 2 FOR UPDATE"#
             ))
             .await?,
             update_balance: p(format!(
@@ -513,8 +507,18 @@ impl App {
                 "source or target account not found",
             ));
         }
-        let source = c.query_one(&s.account, &[&input.from_account]).await?;
-        let target = c.query_one(&s.account, &[&input.to_account]).await?;
+        // The rows are locked: sinew reads them again from what the lock
+        // returned (`PgBackend`'s locked rows), so does this handler.
+        let named = |id: &str| {
+            locked
+                .iter()
+                .find(|r| r.get::<_, String>(0).eq_ignore_ascii_case(id))
+        };
+        let (Some(source), Some(target)) = (named(&input.from_account), named(&input.to_account))
+        else {
+            c.batch_execute("ROLLBACK").await?;
+            return Ok(problem(404, "not_found", "no such `Account`"));
+        };
         let (s_cur, t_cur): (String, String) = (source.get(7), target.get(7));
         if s_cur != t_cur {
             c.batch_execute("ROLLBACK").await?;
@@ -526,21 +530,20 @@ impl App {
         }
         let balance = |r: &tokio_postgres::Row| r.get::<_, String>(8).parse::<i64>().unwrap_or(0);
         let version = |r: &tokio_postgres::Row| r.get::<_, String>(1).parse::<i64>().unwrap_or(0);
-        if balance(&source) < input.amount_cents {
+        if balance(source) < input.amount_cents {
             c.batch_execute("ROLLBACK").await?;
             return Ok(problem(422, "insufficient_funds", "insufficient funds"));
         }
-        // Debit, then credit: each row read locked, then updated if its
-        // version is unchanged, under a savepoint (one round trip).
+        // Debit, then credit: each row updated if its version is unchanged,
+        // under a savepoint (one round trip).
         let mut rows = Vec::new();
         let mut new_balance = 0;
-        for (id, delta) in [
-            (&input.from_account, -input.amount_cents),
-            (&input.to_account, input.amount_cents),
+        for (id, row, delta) in [
+            (&input.from_account, source, -input.amount_cents),
+            (&input.to_account, target, input.amount_cents),
         ] {
-            let row = c.query_one(&s.lock_one, &[id]).await?;
-            let v = version(&row);
-            let amount = (balance(&row) + delta).to_string();
+            let v = version(row);
+            let amount = (balance(row) + delta).to_string();
             let expected = v.to_string();
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
                 [&amount, &at, id, &expected];
@@ -556,7 +559,7 @@ impl App {
                 return Ok(problem(409, "conflict", "the row changed"));
             }
             if delta < 0 {
-                new_balance = balance(&row) + delta;
+                new_balance = balance(row) + delta;
             }
             rows.push(
                 json!({"after": v + 1, "before": v, "entity": "Account", "id": id, "op": "update"}),

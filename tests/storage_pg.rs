@@ -1,0 +1,171 @@
+//! The Postgres backend's reads of rows a transaction holds locked: they are
+//! answered without a round trip, and always as the database would answer
+//! them (after the transaction's own updates, after a savepoint rolled
+//! back, with filters the row fails, for a deleted row, under other
+//! isolation levels).
+
+use serde_json::{Value, json};
+use sinew_core::ports::{Condition, FilterOp, Query, Row, SortKey};
+use sinew_core::spec::Isolation;
+use sinew_host::pg::PgBackend;
+use sinew_host::runtime::storage::StorageBackend;
+use sinew_tests::pg::{Cluster, connect_url};
+use sinew_tests::root;
+
+const ID: &str = "0b9f3c4e-6a1d-4f43-9c55-2f1f0d3e7a10";
+
+fn by_id(id: &str, lock: bool, more: &[(&str, Value)]) -> Query {
+    let mut filters = vec![Condition {
+        field: "id".into(),
+        op: FilterOp::Eq,
+        value: Value::from(id),
+    }];
+    for (f, v) in more {
+        filters.push(Condition {
+            field: (*f).into(),
+            op: FilterOp::Eq,
+            value: v.clone(),
+        });
+    }
+    Query {
+        filters,
+        order: vec![SortKey {
+            field: "id".into(),
+            desc: false,
+        }],
+        limit: Some(1),
+        after: None,
+        lock,
+    }
+}
+
+fn balance(rows: &[Row]) -> Option<i64> {
+    rows.first()
+        .and_then(|r| r.get("balance"))
+        .and_then(Value::as_i64)
+}
+
+fn changes(v: Value) -> Row {
+    v.as_object().unwrap().clone()
+}
+
+#[test]
+fn reads_of_locked_rows_are_answered_as_the_database_would() {
+    let cluster = Cluster::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let text = std::fs::read_to_string(root().join("specs/examples/bank.json")).unwrap();
+        let loaded = sinew_core::spec::load(&text);
+        assert!(loaded.errors.is_empty());
+        let spec = loaded.spec;
+        let url = cluster.database().await;
+        let mut admin = connect_url(&url).await;
+        let plan = sinew_host::pg::migrate::plan(None, &spec, false).await.unwrap();
+        sinew_host::pg::migrate::apply(&mut admin, &plan.sql).await.unwrap();
+        let db = PgBackend::new(url.parse().unwrap(), &spec, 4, None);
+        let bundle = sinew_core::bundle::Bundle::load(&text).unwrap();
+        let seed = bundle
+            .complete_row(
+                "Account",
+                &changes(json!({"id": ID, "holder": "ann", "name": "a", "currency": "EUR", "balance": 100})),
+                1_700_000_000_000,
+            )
+            .unwrap();
+        let tx = db.begin(Isolation::ReadCommitted, None).await.unwrap();
+        db.insert(tx, "Account", &seed).await.unwrap();
+        db.commit(tx).await.unwrap();
+
+        // Locked, then updated: later reads by id see the update, without a
+        // round trip, and the row really is locked meanwhile.
+        let tx = db.begin(Isolation::ReadCommitted, None).await.unwrap();
+        let rows = db.read(Some(tx), "Account", &by_id(ID, true, &[])).await.unwrap();
+        assert_eq!(balance(&rows), Some(100));
+        let version = rows[0]["version"].as_i64().unwrap();
+        let before = db.recalled();
+        assert_eq!(
+            balance(&db.read(Some(tx), "Account", &by_id(ID, false, &[])).await.unwrap()),
+            Some(100)
+        );
+        assert_eq!(db.recalled(), before + 1, "a read of a locked row by id is recalled");
+        db.update(tx, "Account", ID, version, &changes(json!({"balance": 70})))
+            .await
+            .unwrap();
+        let rows = db.read(Some(tx), "Account", &by_id(ID, true, &[])).await.unwrap();
+        assert_eq!(balance(&rows), Some(70));
+        assert_eq!(rows[0]["version"].as_i64(), Some(version + 1));
+        assert_eq!(db.recalled(), before + 2);
+        let other = connect_url(&url).await;
+        let err = other
+            .batch_execute(&format!(
+                "SELECT 1 FROM account WHERE id = '{ID}' FOR UPDATE NOWAIT"
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE),
+            "{err:?}"
+        );
+
+        // A filter the row fails (another holder) goes to the database
+        // and finds nothing; one it meets is recalled.
+        let before = db.recalled();
+        let rows = db
+            .read(Some(tx), "Account", &by_id(ID, false, &[("holder", json!("bob"))]))
+            .await
+            .unwrap();
+        assert!(rows.is_empty());
+        let rows = db
+            .read(Some(tx), "Account", &by_id(ID, false, &[("holder", json!("ann"))]))
+            .await
+            .unwrap();
+        assert_eq!(balance(&rows), Some(70));
+        assert_eq!(db.recalled(), before + 1);
+        // An id spelled differently is the same row to Postgres.
+        let rows = db
+            .read(Some(tx), "Account", &by_id(&ID.to_uppercase(), false, &[]))
+            .await
+            .unwrap();
+        assert_eq!(balance(&rows), Some(70));
+
+        // A savepoint's update rolled back: the read sees the row as it was
+        // before the savepoint.
+        let sp = db.begin(Isolation::ReadCommitted, Some(tx)).await.unwrap();
+        db.update(sp, "Account", ID, version + 1, &changes(json!({"balance": 5})))
+            .await
+            .unwrap();
+        assert_eq!(
+            balance(&db.read(Some(sp), "Account", &by_id(ID, false, &[])).await.unwrap()),
+            Some(5)
+        );
+        db.rollback(sp).await.unwrap();
+        assert_eq!(
+            balance(&db.read(Some(tx), "Account", &by_id(ID, true, &[])).await.unwrap()),
+            Some(70)
+        );
+
+        // Deleted in this transaction: gone for its reads.
+        let row = db
+            .soft_delete(tx, "Account", ID, version + 1, "2026-01-01T00:00:00Z")
+            .await
+            .unwrap();
+        assert!(row["deleted_at"].is_string());
+        assert!(db.read(Some(tx), "Account", &by_id(ID, false, &[])).await.unwrap().is_empty());
+        db.rollback(tx).await.unwrap();
+
+        // Nothing is remembered across transactions, nor under repeatable
+        // read (its snapshot rules are the database's to apply).
+        let other_tx = db.begin(Isolation::ReadCommitted, None).await.unwrap();
+        let before = db.recalled();
+        assert_eq!(
+            balance(&db.read(Some(other_tx), "Account", &by_id(ID, false, &[])).await.unwrap()),
+            Some(100)
+        );
+        db.rollback(other_tx).await.unwrap();
+        let rr = db.begin(Isolation::RepeatableRead, None).await.unwrap();
+        db.read(Some(rr), "Account", &by_id(ID, true, &[])).await.unwrap();
+        db.read(Some(rr), "Account", &by_id(ID, false, &[])).await.unwrap();
+        db.rollback(rr).await.unwrap();
+        assert_eq!(db.recalled(), before);
+    });
+}
