@@ -20,10 +20,13 @@
 //! 64, for the bank's `transfer` (write path) and `account_history` (a
 //! bounded read), excluding warm-up, and prints medians over rounds of
 //! throughput, p50 and p99, with the ratios A/C and B/C. It also measures
-//! cold start and the servers' memory.
+//! cold start and the servers' memory, and, without network or database
+//! (`micro.rs`, alone: `sinew-bench micro`), instantiation, the boundary,
+//! native vs component, 1/50/500 tools and the risk engine.
 
 mod baseline;
 mod load;
+mod micro;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -82,6 +85,13 @@ enum Cmd {
         #[arg(long, default_value_t = 32)]
         pool_size: usize,
     },
+    /// Only the figures without network or database: instantiation, the
+    /// boundary, native vs component, 1/50/500 tools, the risk engine.
+    Micro {
+        /// Fewer requests.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -106,6 +116,7 @@ fn main() -> Result<()> {
             secret,
             pool_size,
         }) => baseline::run(port, &database_url, &secret, pool_size),
+        Some(Cmd::Micro { quick }) => micro::run(quick),
         None => {
             let mut opts = cli.opts;
             if opts.quick {
@@ -460,7 +471,8 @@ fn bench(opts: &Opts) -> Result<()> {
         Ok::<(), anyhow::Error>(())
     });
     drop(pg);
-    result
+    result?;
+    micro::run(opts.quick)
 }
 
 /// From `exec` of `sinew serve` to the first 200 of a tool, with the

@@ -1,0 +1,390 @@
+//! Figures without a network or a database: the component's costs
+//! (compiling, loading the cached `.cwasm`, instantiating, a call across
+//! the boundary, a `transfer` natively vs inside the component), the
+//! per-request cost as a spec grows from 1 to 50 to 500 tools, and the risk
+//! engine on flows of 1 000, 10 000 and 100 000 nodes.
+//!
+//! Requests run against the in-memory store, so what is measured is the
+//! interpreter and the boundary, not Postgres. Every figure is a median.
+
+use anyhow::{Context, Result, anyhow, ensure};
+use serde_json::{Value, json};
+use sinew_core::bundle::Bundle;
+use sinew_core::contract::{Auth, Request, execute};
+use sinew_core::ports::memory::{FixedClock, MemoryStorage};
+use sinew_core::ports::script::ScriptedExternal;
+use sinew_host::runtime::clock::ManualClock;
+use sinew_host::runtime::external::Scripted;
+use sinew_host::runtime::storage::MemoryBackend;
+use sinew_host::runtime::{Backends, Engine, Executor};
+use sinew_tests::generate::{large_spec, many_tools};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const NOW_MS: i64 = 1_767_225_600_000;
+const A: &str = "00000000-0000-4000-8000-0000000000a1";
+const B: &str = "00000000-0000-4000-8000-0000000000b2";
+const ITEM: &str = "00000000-0000-4000-8000-0000000000c3";
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// How many requests per batch and how many batches.
+#[derive(Clone, Copy)]
+struct Size {
+    batch: usize,
+    batches: usize,
+}
+
+/// A spec and its seeded in-memory store, run natively and through the
+/// component.
+struct World {
+    spec: String,
+    bundle: Bundle,
+    seed: Vec<(&'static str, Value)>,
+}
+
+impl World {
+    fn new(spec: String, seed: Vec<(&'static str, Value)>) -> Result<World> {
+        let bundle = Bundle::load(&spec).map_err(|e| anyhow!("{e:?}"))?;
+        Ok(World { spec, bundle, seed })
+    }
+
+    fn store(&self) -> Result<MemoryStorage> {
+        let mut s = MemoryStorage::default();
+        for (entity, row) in &self.seed {
+            let row = self
+                .bundle
+                .complete_row(entity, row.as_object().context("a row")?, 0)
+                .map_err(|e| anyhow!(e))?;
+            s.seed(entity, row).map_err(|e| anyhow!("{e}"))?;
+        }
+        Ok(s)
+    }
+
+    fn backends(&self) -> Result<Backends> {
+        Ok(Backends {
+            storage: Arc::new(MemoryBackend(Arc::new(Mutex::new(self.store()?)))),
+            clock: Arc::new(ManualClock(NOW_MS.into())),
+            external: Arc::new(Scripted(Mutex::new(ScriptedExternal::default()))),
+        })
+    }
+
+    /// Median µs per request natively, over batches after one batch of
+    /// warm-up; every response must have status `expect`.
+    fn native(&self, size: Size, expect: u16, make: &dyn Fn(usize) -> Request) -> Result<f64> {
+        let mut s = self.store()?;
+        let mut clock = FixedClock::new(NOW_MS);
+        let mut ext = ScriptedExternal::default();
+        batches(size, expect, make, &mut |r| {
+            execute(&self.bundle, r, &mut s, &mut clock, &mut ext).status
+        })
+    }
+
+    /// The same through the component (a pooled, loaded instance).
+    fn component(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        engine: &Arc<Engine>,
+        size: Size,
+        expect: u16,
+        make: &dyn Fn(usize) -> Request,
+    ) -> Result<f64> {
+        let ex = rt
+            .block_on(Executor::new(
+                engine.clone(),
+                self.spec.clone(),
+                self.backends()?,
+            ))
+            .map_err(|e| anyhow!("{}", e.message))?;
+        batches(size, expect, make, &mut |r| {
+            rt.block_on(ex.execute(r)).status
+        })
+    }
+}
+
+fn batches(
+    size: Size,
+    expect: u16,
+    make: &dyn Fn(usize) -> Request,
+    call: &mut dyn FnMut(&Request) -> u16,
+) -> Result<f64> {
+    let mut n = 0;
+    for _ in 0..size.batch {
+        let status = call(&make(n));
+        ensure!(status == expect, "warm-up request {n} answered {status}");
+        n += 1;
+    }
+    let mut per = Vec::new();
+    for _ in 0..size.batches {
+        let requests: Vec<Request> = (0..size.batch).map(|i| make(n + i)).collect();
+        n += size.batch;
+        let t = Instant::now();
+        let mut wrong = 0;
+        for r in &requests {
+            wrong += usize::from(call(r) != expect);
+        }
+        per.push(t.elapsed() / size.batch as u32);
+        ensure!(wrong == 0, "{wrong} requests did not answer {expect}");
+    }
+    Ok(us(median(per)))
+}
+
+/// A teller's transfer of one cent from A to B (a teller per request: the
+/// spec allows 20 transfers a minute per caller).
+fn transfer(i: usize) -> Request {
+    Request {
+        tool: "transfer".into(),
+        input: json!({"from_account": A, "to_account": B, "amount_cents": 1}),
+        auth: Some(Auth {
+            sub: format!("teller{i}"),
+            roles: vec!["teller".into()],
+            claims: json!({}),
+        }),
+        id: format!("tr-{i}"),
+        idempotency_key: Some(format!("k-{i}")),
+    }
+}
+
+fn bank() -> Result<World> {
+    let spec = std::fs::read_to_string(crate::root().join("specs/examples/bank.json"))?;
+    World::new(
+        spec,
+        vec![
+            (
+                "Account",
+                json!({"id": A, "holder": "alice", "name": "main", "currency": "EUR", "balance": 1_000_000_000_000i64}),
+            ),
+            (
+                "Account",
+                json!({"id": B, "holder": "alice", "name": "savings", "currency": "EUR", "balance": 0}),
+            ),
+        ],
+    )
+}
+
+/// Prints every figure; `quick` measures fewer requests.
+pub fn run(quick: bool) -> Result<()> {
+    let size = if quick {
+        Size {
+            batch: 300,
+            batches: 5,
+        }
+    } else {
+        Size {
+            batch: 2_000,
+            batches: 9,
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let cache = tempfile::tempdir()?;
+
+    println!("\n== the component (in-memory store: interpreter and boundary only)");
+    println!(
+        "component: {:.2} MB",
+        sinew_host::COMPONENT.len() as f64 / 1e6
+    );
+    let t = Instant::now();
+    let cold = Engine::new(Some(cache.path()))?;
+    let compile = t.elapsed();
+    ensure!(!cold.from_cache, "the cache directory was not empty");
+    drop(cold);
+    let mut loads = Vec::new();
+    let mut engine = None;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let e = Engine::new(Some(cache.path()))?;
+        loads.push(t.elapsed());
+        ensure!(e.from_cache, "the .cwasm was not reused");
+        engine = Some(e);
+    }
+    let engine = engine.context("an engine")?;
+
+    let world = bank()?;
+    let backends = world.backends()?;
+    let n = if quick { 300 } else { 2_000 };
+    let mut inst = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let pair = rt.block_on(engine.instantiate(&backends))?;
+        inst.push(t.elapsed());
+        drop(pair);
+    }
+    // One call across the boundary and back that does nothing: an empty
+    // `risk.locate`.
+    let (mut store, core) = rt.block_on(engine.instantiate(&backends))?;
+    let mut calls = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let places = rt.block_on(core.sinew_executor_risk().call_locate(&mut store, "", &[]))?;
+        calls.push(t.elapsed());
+        ensure!(places.is_empty(), "an empty locate found places");
+    }
+    drop((store, core));
+    let mut bundle_loads = Vec::new();
+    for _ in 0..if quick { 5 } else { 20 } {
+        let t = Instant::now();
+        let ex = rt
+            .block_on(Executor::new(
+                engine.clone(),
+                world.spec.clone(),
+                world.backends()?,
+            ))
+            .map_err(|e| anyhow!("{}", e.message))?;
+        bundle_loads.push(t.elapsed());
+        drop(ex);
+    }
+    let native = world.native(size, 201, &transfer)?;
+    let component = world.component(&rt, &engine, size, 201, &transfer)?;
+
+    println!("{:<56} {:>12} {:>10}", "measure", "median", "target");
+    println!(
+        "{:<56} {:>9.0} ms {:>10}",
+        "compile the component (cold .cwasm cache)",
+        ms(compile),
+        ""
+    );
+    println!(
+        "{:<56} {:>9.2} ms {:>10}",
+        "load the cached .cwasm",
+        ms(median(loads)),
+        ""
+    );
+    println!(
+        "{:<56} {:>9.1} µs {:>10}",
+        "instantiate (pooling allocator, InstancePre)",
+        us(median(inst)),
+        "≤ 10 µs"
+    );
+    println!(
+        "{:<56} {:>9.2} µs {:>10}",
+        "host → guest → host call (empty `risk.locate`)",
+        us(median(calls)),
+        ""
+    );
+    println!(
+        "{:<56} {:>9.2} ms {:>10}",
+        "instantiate + load the bank bundle",
+        ms(median(bundle_loads)),
+        ""
+    );
+    println!(
+        "{:<56} {:>9.1} µs {:>10}",
+        "transfer, native core", native, ""
+    );
+    println!(
+        "{:<56} {:>9.1} µs {:>10}",
+        "transfer, component (pooled, loaded instance)", component, ""
+    );
+    println!(
+        "component / native on transfer: ×{:.2} ({:.1} µs of boundary per transfer)",
+        component / native,
+        component - native
+    );
+
+    println!("\n== per-request cost as the spec grows (tool_0, in-memory store)");
+    println!(
+        "{:<10} {:>10} {:>12} {:>14}",
+        "tools", "spec KB", "native µs", "component µs"
+    );
+    let clerk = Some(Auth {
+        sub: "clerk".into(),
+        roles: vec!["clerk".into()],
+        claims: json!({}),
+    });
+    let mut flat = Vec::new();
+    for tools in [1usize, 50, 500] {
+        let spec = serde_json::to_string(&many_tools(tools))?;
+        let kb = spec.len() / 1024;
+        let w = World::new(
+            spec,
+            vec![(
+                "Item",
+                json!({"id": ITEM, "sku": "X", "stock": i64::MAX / 2}),
+            )],
+        )?;
+        let make = |i: usize| Request {
+            tool: "tool_0".into(),
+            input: json!({"id": ITEM}),
+            auth: clerk.clone(),
+            id: format!("t-{i}"),
+            idempotency_key: Some(format!("k-{i}")),
+        };
+        let n = w.native(size, 200, &make)?;
+        let c = w.component(&rt, &engine, size, 200, &make)?;
+        println!("{tools:<10} {kb:>10} {n:>12.2} {c:>14.2}");
+        flat.push((n, c));
+    }
+    if let (Some(first), Some(last)) = (flat.first(), flat.last()) {
+        println!(
+            "500 tools / 1 tool: native ×{:.2}, component ×{:.2} (target: flat)",
+            last.0 / first.0,
+            last.1 / first.1
+        );
+    }
+
+    println!("\n== the risk engine on one flow of n nodes (parse, load, analyze)");
+    println!(
+        "{:>8} {:>10} {:>10} {:>10} {:>12} {:>12}",
+        "nodes", "KB", "parse ms", "load ms", "analyze ms", "µs / node"
+    );
+    let mut prev: Option<(usize, f64)> = None;
+    let mut growth = Vec::new();
+    for nodes in [1_000usize, 10_000, 100_000] {
+        let text = serde_json::to_string(&large_spec(nodes))?;
+        let runs = match (quick, nodes >= 100_000) {
+            (true, _) => 3,
+            (false, true) => 5,
+            (false, false) => 21,
+        };
+        let (mut parse, mut load, mut analyze) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let t = Instant::now();
+            let value = sinew_core::spec::source::parse(&text).map_err(|e| anyhow!("{e:?}"))?;
+            parse.push(t.elapsed());
+            let t = Instant::now();
+            let loaded = sinew_core::spec::load_value(value);
+            load.push(t.elapsed());
+            let t = Instant::now();
+            let report = sinew_core::risk::analyze(&loaded);
+            analyze.push(t.elapsed());
+            ensure!(
+                report.level == sinew_core::risk::Level::Green,
+                "the generated spec is {:?}",
+                report.level
+            );
+        }
+        let a = ms(median(analyze));
+        println!(
+            "{nodes:>8} {:>10} {:>10.2} {:>10.2} {a:>12.2} {:>12.3}",
+            text.len() / 1024,
+            ms(median(parse)),
+            ms(median(load)),
+            a * 1e3 / nodes as f64
+        );
+        if let Some((pn, pa)) = prev {
+            growth.push(format!(
+                "{pn} → {nodes} nodes: ×{:.1} analyze time for ×{} nodes",
+                a / pa,
+                nodes / pn
+            ));
+        }
+        prev = Some((nodes, a));
+    }
+    for g in growth {
+        println!("{g} (target: linear; 10 000 nodes in ≤ 10 ms)");
+    }
+    Ok(())
+}
