@@ -547,14 +547,10 @@ impl App {
             let expected = v.to_string();
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
                 [&amount, &at, id, &expected];
-            let (sp, updated, rel) = tokio::join!(
-                c.batch_execute("SAVEPOINT sinew_op"),
-                c.query_opt(&s.update_balance, &params),
-                c.batch_execute("RELEASE SAVEPOINT sinew_op"),
-            );
-            sp?;
-            rel?;
-            if updated?.is_none() {
+            if in_savepoint(c, c.query_opt(&s.update_balance, &params))
+                .await?
+                .is_none()
+            {
                 c.batch_execute("ROLLBACK").await?;
                 return Ok(problem(409, "conflict", "the row changed"));
             }
@@ -587,14 +583,7 @@ impl App {
             &reference,
             &claims.sub,
         ];
-        let (sp, inserted, rel) = tokio::join!(
-            c.batch_execute("SAVEPOINT sinew_op"),
-            c.query_one(&s.insert_transfer, &params),
-            c.batch_execute("RELEASE SAVEPOINT sinew_op"),
-        );
-        sp?;
-        inserted?;
-        rel?;
+        in_savepoint(c, c.query_one(&s.insert_transfer, &params)).await?;
         rows.push(json!({"after": 1, "before": null, "entity": "Transfer", "id": transfer_id, "op": "create"}));
         let output = json!({"transfer": transfer_id, "balance": new_balance}).to_string();
         if let Some(key) = key {
@@ -731,4 +720,21 @@ pub fn run(port: u16, database_url: &str, secret: &str, pool_size: usize) -> Res
             });
         }
     })
+}
+
+/// A write wrapped in a savepoint, pipelined into one round trip, as
+/// `PgBackend::write` does.
+async fn in_savepoint<T>(
+    c: &tokio_postgres::Client,
+    write: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, tokio_postgres::Error> {
+    let (sp, written, rel) = tokio::join!(
+        c.batch_execute("SAVEPOINT sinew_op"),
+        write,
+        c.batch_execute("RELEASE SAVEPOINT sinew_op"),
+    );
+    sp?;
+    let written = written?;
+    rel?;
+    Ok(written)
 }

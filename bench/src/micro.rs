@@ -250,43 +250,39 @@ pub fn run(quick: bool) -> Result<()> {
     let component = world.component(&rt, &engine, size, 201, &transfer)?;
 
     println!("{:<56} {:>12} {:>10}", "measure", "median", "target");
-    println!(
-        "{:<56} {:>9.0} ms {:>10}",
+    let line = |what: &str, value: String, target: &str| {
+        println!("{what:<56} {value:>12} {target:>10}");
+    };
+    line(
         "compile the component (cold .cwasm cache)",
-        ms(compile),
-        ""
+        format!("{:.0} ms", ms(compile)),
+        "",
     );
-    println!(
-        "{:<56} {:>9.2} ms {:>10}",
+    line(
         "load the cached .cwasm",
-        ms(median(loads)),
-        ""
+        format!("{:.2} ms", ms(median(loads))),
+        "",
     );
-    println!(
-        "{:<56} {:>9.1} µs {:>10}",
+    line(
         "instantiate (pooling allocator, InstancePre)",
-        us(median(inst)),
-        "≤ 10 µs"
+        format!("{:.1} µs", us(median(inst))),
+        "≤ 10 µs",
     );
-    println!(
-        "{:<56} {:>9.2} µs {:>10}",
+    line(
         "host → guest → host call (empty `risk.locate`)",
-        us(median(calls)),
-        ""
+        format!("{:.2} µs", us(median(calls))),
+        "",
     );
-    println!(
-        "{:<56} {:>9.2} ms {:>10}",
+    line(
         "instantiate + load the bank bundle",
-        ms(median(bundle_loads)),
-        ""
+        format!("{:.2} ms", ms(median(bundle_loads))),
+        "",
     );
-    println!(
-        "{:<56} {:>9.1} µs {:>10}",
-        "transfer, native core", native, ""
-    );
-    println!(
-        "{:<56} {:>9.1} µs {:>10}",
-        "transfer, component (pooled, loaded instance)", component, ""
+    line("transfer, native core", format!("{native:.1} µs"), "");
+    line(
+        "transfer, component (pooled, loaded instance)",
+        format!("{component:.1} µs"),
+        "",
     );
     println!(
         "component / native on transfer: ×{:.2} ({:.1} µs of boundary per transfer)",

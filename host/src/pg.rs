@@ -891,7 +891,9 @@ impl StorageBackend for PgBackend {
             Some(r) => {
                 // The update holds the row's lock until the transaction ends.
                 let row = table.row(&r);
-                self.handle(tx)?.root.remember(entity, [&row]);
+                if let Ok(h) = self.handle(tx) {
+                    h.root.remember(entity, [&row]);
+                }
                 Ok(row)
             }
             None => Err(self.missed(tx, table, entity, id).await),
