@@ -3,7 +3,7 @@
 //! refused unless allowed.
 
 use serde_json::{Value, json};
-use sinew_host::pg::migrate::{apply, plan};
+use sinew_host::pg::migrate::{Migration, apply, plan, recorded};
 use sinew_tests::pg::{Cluster, connect_url};
 use sinew_tests::root;
 
@@ -43,7 +43,10 @@ async fn migrations_apply_once_add_safely_and_refuse_losing_data() {
     let m = plan(Some(&client), &spec(&base), false).await.unwrap();
     assert_eq!(m.changes, 0);
     assert!(m.destructive.is_empty());
-    apply(&mut client, &m.sql).await.unwrap();
+    assert!(!recorded(&client, &spec(&base)).await);
+    apply(&mut client, &spec(&base), &m).await.unwrap();
+    // Recorded: `sinew serve` starts without planning again.
+    assert!(recorded(&client, &spec(&base)).await);
     let product = columns(&client, "product").await;
     assert!(
         product
@@ -70,7 +73,7 @@ async fn migrations_apply_once_add_safely_and_refuse_losing_data() {
         "{}",
         again.sql
     );
-    apply(&mut client, &again.sql).await.unwrap();
+    apply(&mut client, &spec(&base), &again).await.unwrap();
     assert_eq!(columns(&client, "product").await, product);
 
     // The CHECKs and the status machine are enforced by the database.
@@ -100,7 +103,9 @@ async fn migrations_apply_once_add_safely_and_refuse_losing_data() {
         "{}",
         m.sql
     );
-    apply(&mut client, &m.sql).await.unwrap();
+    assert!(!recorded(&client, &spec(&added)).await);
+    apply(&mut client, &spec(&added), &m).await.unwrap();
+    assert!(recorded(&client, &spec(&added)).await);
     assert!(
         columns(&client, "product")
             .await
@@ -133,11 +138,18 @@ async fn migrations_apply_once_add_safely_and_refuse_losing_data() {
         "{}",
         allowed.sql
     );
-    apply(&mut client, &allowed.sql).await.unwrap();
+    apply(&mut client, &spec(&base), &allowed).await.unwrap();
     assert_eq!(columns(&client, "product").await, product);
 
     // A failing migration changes nothing.
-    let broken = format!("{}\nSELECT no_such_function();", again.sql);
-    assert!(apply(&mut client, &broken).await.is_err());
+    let broken = Migration {
+        sql: format!("{}\nSELECT no_such_function();", again.sql),
+        ..again.clone()
+    };
+    assert!(apply(&mut client, &spec(&narrowed), &broken).await.is_err());
+    assert!(
+        !recorded(&client, &spec(&narrowed)).await,
+        "recorded, not applied"
+    );
     assert_eq!(columns(&client, "product").await, product);
 }

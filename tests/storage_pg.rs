@@ -61,7 +61,7 @@ fn reads_of_locked_rows_are_answered_as_the_database_would() {
         let url = cluster.database().await;
         let mut admin = connect_url(&url).await;
         let plan = sinew_host::pg::migrate::plan(None, &spec, false).await.unwrap();
-        sinew_host::pg::migrate::apply(&mut admin, &plan.sql).await.unwrap();
+        sinew_host::pg::migrate::apply(&mut admin, &spec, &plan).await.unwrap();
         let db = PgBackend::new(url.parse().unwrap(), &spec, 4, None);
         let bundle = sinew_core::bundle::Bundle::load(&text).unwrap();
         let seed = bundle

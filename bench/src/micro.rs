@@ -246,6 +246,31 @@ pub fn run(quick: bool) -> Result<()> {
         bundle_loads.push(t.elapsed());
         drop(ex);
     }
+    // The bank spec loaded and snapshotted (what `sinew serve` builds in the
+    // background on a spec's first start), then found in the cache.
+    let t = Instant::now();
+    let built = rt.block_on(engine.snapshot(&world.spec, &backends, Some(cache.path())))?;
+    let snapshot_build = t.elapsed();
+    ensure!(!built.from_cache, "the snapshot was already cached");
+    drop(built);
+    let mut snapshot_loads = Vec::new();
+    let mut snapshot = None;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let s = engine
+            .cached_snapshot(&world.spec, cache.path())
+            .context("the snapshot was not cached")?;
+        snapshot_loads.push(t.elapsed());
+        snapshot = Some(s);
+    }
+    let snapshot = snapshot.context("a snapshot")?;
+    let mut snapshot_inst = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let pair = rt.block_on(engine.instantiate_snapshot(&snapshot, &backends))?;
+        snapshot_inst.push(t.elapsed());
+        drop(pair);
+    }
     let native = world.native(size, 201, &transfer)?;
     let component = world.component(&rt, &engine, size, 201, &transfer)?;
 
@@ -276,6 +301,21 @@ pub fn run(quick: bool) -> Result<()> {
     line(
         "instantiate + load the bank bundle",
         format!("{:.2} ms", ms(median(bundle_loads))),
+        "",
+    );
+    line(
+        "snapshot the loaded bank spec (instrument, load, 2 compiles)",
+        format!("{:.0} ms", ms(snapshot_build)),
+        "",
+    );
+    line(
+        "load the cached snapshot",
+        format!("{:.2} ms", ms(median(snapshot_loads))),
+        "",
+    );
+    line(
+        "instantiate the snapshot (bank bundle loaded)",
+        format!("{:.1} µs", us(median(snapshot_inst))),
         "",
     );
     line("transfer, native core", format!("{native:.1} µs"), "");

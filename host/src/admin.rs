@@ -75,7 +75,7 @@ pub fn migrate(args: &MigrateArgs) -> Result<u8> {
             let Some(client) = client.as_mut() else {
                 anyhow::bail!("no database to apply to");
             };
-            crate::pg::migrate::apply(client, &m.sql).await?;
+            crate::pg::migrate::apply(client, &loaded.spec, &m).await?;
             eprintln!(
                 "applied: {} change(s) to existing tables; everything else already existed or was created",
                 m.changes

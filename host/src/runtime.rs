@@ -10,6 +10,7 @@ pub mod bindings;
 pub mod cache;
 pub mod clock;
 pub mod external;
+pub mod snapshot;
 pub mod storage;
 
 use anyhow::{Context, Result, anyhow};
@@ -84,6 +85,7 @@ pub struct Engine {
     engine: wasmtime::Engine,
     max_memory: usize,
     pre: CorePre<HostState>,
+    linker: Linker<HostState>,
     /// `sha256:` + hex of the component's bytes.
     pub component_hash: String,
     /// Whether the compiled component came from the cache.
@@ -112,6 +114,11 @@ impl Engine {
     ) -> Result<Arc<Engine>> {
         let mut config = Config::new();
         config.epoch_interruption(true);
+        // `perf record` can name the guest's functions with
+        // SINEW_WASM_PROFILER=perfmap (written to /tmp/perf-PID.map).
+        if std::env::var_os("SINEW_WASM_PROFILER").is_some_and(|v| v == "perfmap") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let mut pool = PoolingAllocationConfig::default();
         // A component instance is several core instances (the core module
         // and wit-component's shims), one memory.
@@ -147,6 +154,7 @@ impl Engine {
             engine,
             max_memory,
             pre,
+            linker,
             component_hash: format!("sha256:{}", crate::component_sha256(component)),
             from_cache,
         }))
@@ -168,17 +176,177 @@ impl Engine {
         store
     }
 
-    /// A fresh instance (for measurements: how long instantiation takes).
-    pub async fn instantiate(&self, backends: &Backends) -> Result<(Store<HostState>, Core)> {
+    /// The cache key of the snapshot of `spec`: the component's hash and
+    /// the spec's text.
+    fn snapshot_key(&self, spec: &str) -> String {
+        sinew_core::bundle::sha256_hex(format!("{}\n{spec}", self.component_hash).as_bytes())
+    }
+
+    /// The snapshot of `spec` built earlier into `cache_dir`, if there is
+    /// one (a few milliseconds: the file is mapped, not compiled).
+    pub fn cached_snapshot(&self, spec: &str, cache_dir: &std::path::Path) -> Option<Snapshot> {
+        let path = cache::keyed_path(cache_dir, cache::Kind::Snapshot, &self.snapshot_key(spec));
+        let info: SnapshotInfo =
+            serde_json::from_slice(&std::fs::read(path.with_extension("cwasm.json")).ok()?).ok()?;
+        if !path.exists() {
+            return None;
+        }
+        let (component, from_cache) = cache::load_or_compile_keyed(
+            &self.engine,
+            cache::Kind::Snapshot,
+            &self.snapshot_key(spec),
+            Some(cache_dir),
+            || Err(anyhow!("no snapshot cached")),
+        )
+        .ok()?;
+        let pre = self.linker.instantiate_pre(&component).ok()?;
+        Some(Snapshot {
+            pre: CorePre::new(pre).ok()?,
+            info,
+            from_cache,
+        })
+    }
+
+    /// The component with `spec` already loaded: its memory after `load`,
+    /// snapshotted (Wizer) into a component of its own and compiled, or
+    /// found in `cache_dir`. Its instances start with the bundle in memory
+    /// (a copy-on-write image), so none of them parses the spec again.
+    ///
+    /// Seconds of CPU when not cached (two compilations of the component):
+    /// run it off the request path.
+    pub async fn snapshot(
+        &self,
+        spec: &str,
+        backends: &Backends,
+        cache_dir: Option<&std::path::Path>,
+    ) -> Result<Snapshot> {
+        if let Some(s) = cache_dir.and_then(|d| self.cached_snapshot(spec, d)) {
+            return Ok(s);
+        }
+        let wizer = wasmtime_wizer::Wizer::new();
+        let (cx, instrumented) = wizer
+            .instrument_component(crate::COMPONENT)
+            .map_err(|e| anyhow!("instrumenting the component: {e:?}"))?;
+        let (component, _) = cache::load_or_compile_keyed(
+            &self.engine,
+            cache::Kind::Instrumented,
+            &crate::component_sha256(crate::COMPONENT),
+            cache_dir,
+            || Ok(instrumented.clone()),
+        )?;
         let mut store = self.store(backends);
         store.set_epoch_deadline(DEFAULT_TIMEOUT.as_secs() * TICKS_PER_SECOND);
-        let core = self
-            .pre
+        let instance = self
+            .linker
+            .instantiate_async(&mut store, &component)
+            .await
+            .map_err(|e| anyhow!("{e:?}"))?;
+        let core = Core::new(&mut store, &instance).map_err(|e| anyhow!("{e:?}"))?;
+        let loaded = core
+            .sinew_executor_executor()
+            .call_load(&mut store, &spec.to_owned())
+            .await
+            .map_err(|e| anyhow!("{e:?}"))?
+            .map_err(|e| anyhow!("{}", e.message))?;
+        let info = SnapshotInfo::of(loaded);
+        let bytes = wizer
+            .snapshot_component(
+                &cx,
+                &mut snapshot::State {
+                    store: &mut store,
+                    instance,
+                },
+            )
+            .await
+            .map_err(|e| anyhow!("snapshotting the component: {e:?}"))?;
+        let key = self.snapshot_key(spec);
+        let (component, _) = cache::load_or_compile_keyed(
+            &self.engine,
+            cache::Kind::Snapshot,
+            &key,
+            cache_dir,
+            || Ok(bytes),
+        )?;
+        if let Some(dir) = cache_dir {
+            // Written after the compiled snapshot: a snapshot is used only
+            // when both are there.
+            let path = cache::keyed_path(dir, cache::Kind::Snapshot, &key);
+            let _ = std::fs::write(
+                path.with_extension("cwasm.json"),
+                serde_json::to_vec(&info).unwrap_or_default(),
+            );
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| anyhow!("{e:?}"))?;
+        Ok(Snapshot {
+            pre: CorePre::new(pre).map_err(|e| anyhow!("{e:?}"))?,
+            info,
+            from_cache: false,
+        })
+    }
+
+    /// A fresh instance (for measurements: how long instantiation takes).
+    pub async fn instantiate(&self, backends: &Backends) -> Result<(Store<HostState>, Core)> {
+        self.instantiate_from(&self.pre, backends).await
+    }
+
+    /// A fresh instance of a snapshot (for measurements).
+    pub async fn instantiate_snapshot(
+        &self,
+        snapshot: &Snapshot,
+        backends: &Backends,
+    ) -> Result<(Store<HostState>, Core)> {
+        self.instantiate_from(&snapshot.pre, backends).await
+    }
+
+    /// A fresh instance of `pre` (the component, or a snapshot of it).
+    async fn instantiate_from(
+        &self,
+        pre: &CorePre<HostState>,
+        backends: &Backends,
+    ) -> Result<(Store<HostState>, Core)> {
+        let mut store = self.store(backends);
+        store.set_epoch_deadline(DEFAULT_TIMEOUT.as_secs() * TICKS_PER_SECOND);
+        let core = pre
             .instantiate_async(&mut store)
             .await
             .map_err(|e| anyhow!("{e:?}"))?;
         Ok((store, core))
     }
+}
+
+/// What the host needs to know of a loaded spec.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotInfo {
+    /// The bundle's hash.
+    pub hash: String,
+    /// Each tool's `timeoutMs`, if it sets one.
+    pub timeouts: Vec<(String, Option<u64>)>,
+}
+
+impl SnapshotInfo {
+    fn of(info: bindings::exports::sinew::executor::executor::BundleInfo) -> SnapshotInfo {
+        SnapshotInfo {
+            hash: info.hash,
+            timeouts: info
+                .tools
+                .into_iter()
+                .map(|t| (t.name, t.timeout_ms))
+                .collect(),
+        }
+    }
+}
+
+/// A spec loaded into the component and snapshotted (see
+/// [`Engine::snapshot`]): ready to instantiate.
+pub struct Snapshot {
+    pre: CorePre<HostState>,
+    /// The loaded spec's hash and deadlines.
+    pub info: SnapshotInfo,
+    /// Whether it came from the cache.
+    pub from_cache: bool,
 }
 
 /// Why a spec could not be loaded into the component.
@@ -204,6 +372,9 @@ pub struct Executor {
     spec: String,
     backends: Backends,
     pool: Mutex<Vec<Pooled>>,
+    /// The spec loaded and snapshotted, once there is one: new instances
+    /// come from it instead of loading the spec themselves.
+    snapshot: std::sync::RwLock<Option<Arc<Snapshot>>>,
     /// One permit per instance that may exist: requests beyond that wait
     /// for one rather than fail.
     permits: tokio::sync::Semaphore,
@@ -225,6 +396,7 @@ impl Executor {
             spec,
             backends,
             pool: Mutex::new(Vec::new()),
+            snapshot: Default::default(),
             // Leave room for other executors of the same engine (a reload).
             permits: tokio::sync::Semaphore::new(MAX_INSTANCES as usize / 2),
             timeouts: Default::default(),
@@ -233,19 +405,73 @@ impl Executor {
         // The first instance's `load` checks the spec and says what the
         // host needs (hash, deadlines): the spec is parsed only there.
         let (first, info) = ex.fresh().await?;
-        ex.bundle_hash = info.hash;
-        ex.timeouts = info
-            .tools
-            .into_iter()
-            .map(|t| {
-                (
-                    t.name,
-                    t.timeout_ms.map_or(DEFAULT_TIMEOUT, Duration::from_millis),
-                )
-            })
-            .collect();
+        ex.know(info);
         ex.put(first);
         Ok(ex)
+    }
+
+    /// An executor whose instances come from `snapshot` (a spec loaded
+    /// earlier, see [`Engine::snapshot`]), with no spec parsed now.
+    pub fn from_snapshot(
+        engine: Arc<Engine>,
+        spec: String,
+        backends: Backends,
+        snapshot: Snapshot,
+    ) -> Executor {
+        let mut ex = Executor {
+            engine,
+            spec,
+            backends,
+            pool: Mutex::new(Vec::new()),
+            snapshot: Default::default(),
+            permits: tokio::sync::Semaphore::new(MAX_INSTANCES as usize / 2),
+            timeouts: Default::default(),
+            bundle_hash: String::new(),
+        };
+        ex.know(snapshot.info.clone());
+        ex.install(snapshot);
+        ex
+    }
+
+    fn know(&mut self, info: SnapshotInfo) {
+        self.bundle_hash = info.hash;
+        self.timeouts = info
+            .timeouts
+            .into_iter()
+            .map(|(name, ms)| (name, ms.map_or(DEFAULT_TIMEOUT, Duration::from_millis)))
+            .collect();
+    }
+
+    /// From now on, new instances come from `snapshot` (of this executor's
+    /// spec).
+    pub fn install(&self, snapshot: Snapshot) {
+        if let Ok(mut s) = self.snapshot.write() {
+            *s = Some(Arc::new(snapshot));
+        }
+    }
+
+    /// Whether new instances come from a snapshot.
+    pub fn snapshotted(&self) -> bool {
+        self.snapshot.read().is_ok_and(|s| s.is_some())
+    }
+
+    /// Builds the snapshot of this executor's spec (or finds it in
+    /// `cache_dir`) and installs it. Seconds of CPU the first time: call it
+    /// off the request path.
+    pub async fn snapshot(&self, cache_dir: Option<&std::path::Path>) -> Result<bool> {
+        let s = self
+            .engine
+            .snapshot(&self.spec, &self.backends, cache_dir)
+            .await?;
+        anyhow::ensure!(
+            s.info.hash == self.bundle_hash,
+            "the snapshot holds another bundle ({} instead of {})",
+            s.info.hash,
+            self.bundle_hash
+        );
+        let cached = s.from_cache;
+        self.install(s);
+        Ok(cached)
     }
 
     /// Fills the pool with `n` ready instances (each has loaded the spec),
@@ -260,20 +486,21 @@ impl Executor {
         }
     }
 
-    async fn fresh(
-        &self,
-    ) -> Result<
-        (
-            Pooled,
-            bindings::exports::sinew::executor::executor::BundleInfo,
-        ),
-        LoadError,
-    > {
+    async fn fresh(&self) -> Result<(Pooled, SnapshotInfo), LoadError> {
         let internal = |e: anyhow::Error| LoadError {
             code: "internal".into(),
             message: format!("{e:#}"),
             pointer: String::new(),
         };
+        let snapshot = self.snapshot.read().ok().and_then(|s| s.clone());
+        if let Some(snapshot) = snapshot {
+            let (store, core) = self
+                .engine
+                .instantiate_from(&snapshot.pre, &self.backends)
+                .await
+                .map_err(internal)?;
+            return Ok((Pooled { store, core }, snapshot.info.clone()));
+        }
         let (mut store, core) = self
             .engine
             .instantiate(&self.backends)
@@ -286,7 +513,7 @@ impl Executor {
             .await
             .map_err(|e| internal(anyhow!("{e:?}")))?;
         match loaded {
-            Ok(info) => Ok((Pooled { store, core }, info)),
+            Ok(info) => Ok((Pooled { store, core }, SnapshotInfo::of(info))),
             Err(e) => Err(LoadError {
                 code: e.code,
                 message: e.message,

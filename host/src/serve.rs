@@ -116,6 +116,12 @@ pub struct Args {
     /// served spec to anyone who can reach the server).
     #[arg(long, env = "SINEW_NO_STUDIO")]
     pub no_studio: bool,
+    /// Do not snapshot the component with the spec loaded. By default the
+    /// first start of a spec builds, in the background, a pre-initialized
+    /// copy of the component (cached beside the compiled one): later starts
+    /// and new instances then skip parsing the spec.
+    #[arg(long, env = "SINEW_NO_SNAPSHOT")]
+    pub no_snapshot: bool,
 }
 
 impl Args {
@@ -968,6 +974,38 @@ impl App {
     }
 }
 
+/// Builds the snapshot of the served spec on a thread of its own (two
+/// compilations of the component: seconds of CPU, once per spec and
+/// component, then cached) and installs it when done.
+fn build_snapshot(executor: Arc<Executor>, cache: std::path::PathBuf, log: Log) {
+    let thread_log = log.clone();
+    let spawned = std::thread::Builder::new()
+        .name("sinew-snapshot".into())
+        .spawn(move || {
+            let log = thread_log;
+            let started = Instant::now();
+            let built = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(executor.snapshot(Some(&cache))));
+            match built {
+                Ok(_) => log.info(&format!(
+                    "new instances now start from a snapshot of the loaded spec (built in {:.1} s; \
+                     later starts load it from {})",
+                    started.elapsed().as_secs_f64(),
+                    cache.display()
+                )),
+                Err(e) => log.warn(&format!(
+                    "the spec could not be snapshotted, instances keep loading it: {e:#}"
+                )),
+            }
+        });
+    if let Err(e) = spawned {
+        log.warn(&format!("the snapshot thread could not start: {e}"));
+    }
+}
+
 /// A database reached by `sinew serve`, `migrate` and `audit verify`:
 /// the configured one, or the embedded cluster.
 pub struct Database {
@@ -1067,23 +1105,36 @@ pub async fn serve(
         .cache_dir
         .clone()
         .unwrap_or_else(|| args.data_dir.join("cache"));
-    let engine = tokio::task::spawn_blocking(move || Engine::new(Some(&cache)));
+    let engine = tokio::task::spawn_blocking({
+        let (cache, text, snapshots) = (cache.clone(), text.clone(), !args.no_snapshot);
+        move || -> Result<_> {
+            let engine = Engine::new(Some(&cache))?;
+            let snapshot = snapshots
+                .then(|| engine.cached_snapshot(&text, &cache))
+                .flatten();
+            Ok((engine, snapshot))
+        }
+    });
     if !args.no_migrate {
         let mut client = db.connect().await?;
-        let m = crate::pg::migrate::plan(Some(&client), &spec, false).await?;
-        if !m.destructive.is_empty() {
-            bail!(
-                "the database does not match the spec, and migrating would lose data:\n  {}\n\
-                 Review `sinew migrate {}` and run it with --apply --allow-destructive",
-                m.destructive.join("\n  "),
-                args.spec.display()
-            );
+        if crate::pg::migrate::recorded(&client, &spec).await {
+            log.phase(started, "schema already migrated to this spec");
+        } else {
+            let m = crate::pg::migrate::plan(Some(&client), &spec, false).await?;
+            if !m.destructive.is_empty() {
+                bail!(
+                    "the database does not match the spec, and migrating would lose data:\n  {}\n\
+                     Review `sinew migrate {}` and run it with --apply --allow-destructive",
+                    m.destructive.join("\n  "),
+                    args.spec.display()
+                );
+            }
+            log.phase(started, "migration planned");
+            crate::pg::migrate::apply(&mut client, &spec, &m).await?;
+            log.phase(started, "migration applied");
         }
-        log.phase(started, "migration planned");
-        crate::pg::migrate::apply(&mut client, &m.sql).await?;
-        log.phase(started, "migration applied");
     }
-    let engine = engine.await.context("loading the component")??;
+    let (engine, snapshot) = engine.await.context("loading the component")??;
     log.phase(
         started,
         "component ready (compiled or loaded from the cache)",
@@ -1142,17 +1193,30 @@ pub async fn serve(
                 .map_err(|e| anyhow::anyhow!("the spec cannot be served: {e}"))?,
         )
     } else {
-        let executor = Executor::new(engine, text.clone(), backends)
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "the spec cannot be served: {} (at {})",
-                    e.message,
-                    e.pointer
-                )
-            })?;
-        log.phase(started, "bundle loaded into the first instance");
+        let executor = match snapshot {
+            Some(s) => {
+                let e = Executor::from_snapshot(engine, text.clone(), backends, s);
+                log.phase(started, "snapshot of the loaded spec ready");
+                e
+            }
+            None => {
+                let e = Executor::new(engine, text.clone(), backends)
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "the spec cannot be served: {} (at {})",
+                            e.message,
+                            e.pointer
+                        )
+                    })?;
+                log.phase(started, "bundle loaded into the first instance");
+                e
+            }
+        };
         let executor = Arc::new(executor);
+        if !args.no_snapshot && !executor.snapshotted() {
+            build_snapshot(executor.clone(), cache.clone(), log.clone());
+        }
         // Ready instances for the first burst, made after the server is up.
         tokio::spawn({
             let executor = executor.clone();
@@ -1195,8 +1259,12 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
+    let from = match &app.core {
+        Core::Component(e) if e.snapshotted() => ", instances from a snapshot",
+        _ => "",
+    };
     log.info(&format!(
-        "sinew serving `{}` ({} tools), ready in {:.0} ms, on http://{local}",
+        "sinew serving `{}` ({} tools), ready in {:.0} ms{from}, on http://{local}",
         spec.name,
         app.router.routes.len(),
         started.elapsed().as_secs_f64() * 1000.0

@@ -174,3 +174,159 @@ async fn embedded_postgres_keeps_data_across_restarts() {
         "the embedded Postgres is still running"
     );
 }
+
+/// The first start of a spec snapshots the component with the spec loaded
+/// (in the background); the next start maps that snapshot instead of loading
+/// the spec and serves from it; another spec is not served from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_starts_serve_from_a_snapshot_of_the_loaded_spec() {
+    let pg = Pg::start();
+    let url = pg.url();
+    let data = tempfile::tempdir().unwrap();
+    // A cache of its own, with the compiled component of the shared one
+    // (this test is about the snapshot, not about compiling the component).
+    let cache = data.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    for e in std::fs::read_dir(root().join("target/test-sinew-data/cache")).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_str().unwrap().to_owned();
+        if name.starts_with("sinew-") && !name.ends_with(".lock") {
+            std::fs::copy(&p, cache.join(&name)).unwrap();
+        }
+    }
+    let spec = root().join("specs/examples/shop.json");
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("SINEW_NO_SNAPSHOT", "false"),
+        ("SINEW_CACHE_DIR", cache.to_str().unwrap()),
+    ];
+    let ready_line = |p: &Proc| {
+        p.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains("ready in"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let http = client();
+    let staff = token("sam", &["staff"]);
+
+    let mut first = Proc::start(&spec, &env, data.path());
+    assert!(
+        !ready_line(&first).contains("snapshot"),
+        "{}",
+        ready_line(&first)
+    );
+    let (s, body) = call(
+        &http,
+        "POST",
+        &format!("{}/products", first.base),
+        &staff,
+        &json!({"sku": "S1", "name": "Snap", "price_cents": 100}),
+    )
+    .await;
+    assert!(s < 300, "{s} {body}");
+    let product = body["product"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !first
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("start from a snapshot"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot was built:\n{}",
+            first.lines.lock().unwrap().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let code = tokio::task::spawn_blocking(move || first.terminate())
+        .await
+        .unwrap();
+    assert!(code.success());
+    let snapshots = std::fs::read_dir(&cache)
+        .unwrap()
+        .filter(|e| {
+            let n = e.as_ref().unwrap().file_name();
+            let n = n.to_str().unwrap();
+            n.starts_with("snapshot-") && n.ends_with(".cwasm")
+        })
+        .count();
+    assert_eq!(snapshots, 1);
+
+    // The next start serves from the snapshot: reads what the first wrote,
+    // writes, and its audit chain goes on.
+    let second = Proc::start(&spec, &env, data.path());
+    assert!(
+        ready_line(&second).contains("instances from a snapshot"),
+        "{}\n{:?}",
+        second.lines.lock().unwrap().join("\n"),
+        std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect::<Vec<_>>()
+    );
+    let (s, body) = call(
+        &http,
+        "POST",
+        &format!("{}/products/{product}/restock", second.base),
+        &staff,
+        &json!({"quantity": 7}),
+    )
+    .await;
+    assert!(s < 300, "{s} {body}");
+    let (s, body) = call(
+        &http,
+        "GET",
+        &format!("{}/products", second.base),
+        &staff,
+        &json!({}),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["products"][0]["sku"], "S1", "{body}");
+    assert_eq!(body["products"][0]["stock"], 7, "{body}");
+    let (s, body) = call(
+        &http,
+        "POST",
+        &format!("{}/products", second.base),
+        &staff,
+        &json!({"sku": "S1", "name": "Again", "price_cents": 100}),
+    )
+    .await;
+    assert_eq!(s, 409, "a unique sku again: {body}");
+    drop(second);
+    let db = sql(&url).await;
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM sinew_audit", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(n >= 4, "{n} audit entries");
+
+    // Another spec (here: the same with one more space) is not the snapshot's.
+    let other = data.path().join("shop2.json");
+    std::fs::write(
+        &other,
+        format!("{} ", std::fs::read_to_string(&spec).unwrap()),
+    )
+    .unwrap();
+    let third = Proc::start(&other, &env, data.path());
+    assert!(
+        !ready_line(&third).contains("snapshot"),
+        "{}",
+        ready_line(&third)
+    );
+    let (s, body) = call(
+        &http,
+        "GET",
+        &format!("{}/products", third.base),
+        &staff,
+        &json!({}),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+}

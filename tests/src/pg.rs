@@ -131,6 +131,10 @@ pub struct Options {
     pub ca_file: Option<PathBuf>,
     /// Run the native interpreter instead of the component.
     pub native: bool,
+    /// Snapshot the loaded spec, as `sinew serve` does by default. Off for
+    /// most tests: each new spec would cost seconds of CPU in the
+    /// background.
+    pub snapshot: bool,
 }
 
 /// The directory where compiled components are cached across test servers.
@@ -166,6 +170,7 @@ impl Server {
                 .map(|(s, u)| format!("{s}={u}"))
                 .collect(),
             no_studio: false,
+            no_snapshot: !options.snapshot,
         };
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

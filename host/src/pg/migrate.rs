@@ -19,6 +19,9 @@ pub struct Migration {
     pub destructive: Vec<String>,
     /// Whether the database already has everything (nothing to alter).
     pub changes: usize,
+    /// Whether `sql` leaves the database matching the spec (no change that
+    /// could lose data was left out).
+    pub complete: bool,
 }
 
 struct Existing {
@@ -126,18 +129,54 @@ pub async fn plan(
     if !alters.is_empty() {
         let _ = write!(m.sql, "\n-- changes to existing tables\n{alters}");
     }
+    m.complete = m.destructive.is_empty() || allow_destructive;
     Ok(m)
 }
 
-/// Runs a migration's SQL in one transaction.
-pub async fn apply(client: &mut tokio_postgres::Client, sql: &str) -> Result<()> {
+/// The table where applied migrations are recorded: the SHA-256 of the
+/// spec's schema DDL (`sinew_core::migrate::plan`, so a change of the spec
+/// or of sinew's own tables is a new entry).
+const RECORD: &str = "CREATE TABLE IF NOT EXISTS sinew_schema (\
+     plan text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())";
+
+fn plan_key(spec: &Spec) -> String {
+    sinew_core::bundle::sha256_hex(sinew_core::migrate::plan(spec).as_bytes())
+}
+
+/// Whether the database was migrated to `spec`'s schema before (by `sinew
+/// migrate --apply` or an earlier `sinew serve`): one indexed read, where
+/// planning reads the catalog. A change made to the tables by hand since is
+/// not seen; `sinew migrate` always compares.
+pub async fn recorded(client: &tokio_postgres::Client, spec: &Spec) -> bool {
+    // The key is hex: nothing to quote. A missing table is an error: false.
+    let query = format!(
+        "SELECT 1 FROM sinew_schema WHERE plan = '{}'",
+        plan_key(spec)
+    );
+    client.simple_query(&query).await.is_ok_and(|rows| {
+        rows.iter()
+            .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+    })
+}
+
+/// Runs a migration's SQL in one transaction and, when it makes the
+/// database match the spec, records that (see [`recorded`]).
+pub async fn apply(client: &mut tokio_postgres::Client, spec: &Spec, m: &Migration) -> Result<()> {
     let tx = client.transaction().await?;
     // Two servers starting at once must not race on `CREATE … IF NOT EXISTS`.
     tx.batch_execute("SELECT pg_advisory_xact_lock(7596835991)")
         .await?;
-    tx.batch_execute(sql)
+    tx.batch_execute(&m.sql)
         .await
         .context("the migration failed; nothing was changed")?;
+    if m.complete {
+        tx.batch_execute(&format!(
+            "{RECORD}; INSERT INTO sinew_schema (plan) VALUES ('{}') ON CONFLICT DO NOTHING",
+            plan_key(spec)
+        ))
+        .await
+        .context("recording the migration")?;
+    }
     tx.commit().await?;
     Ok(())
 }

@@ -12,12 +12,48 @@ use wasmtime::component::Component;
 /// The wasmtime version the cache key includes.
 pub const WASMTIME_VERSION: &str = "48.0.8";
 
+/// What a cache file holds; each kind has its own file names and is pruned
+/// on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The core component (one: older builds are removed).
+    Component,
+    /// The component instrumented for snapshotting (one).
+    Instrumented,
+    /// A snapshot of the component with one spec loaded (the newest few,
+    /// so that switching between specs does not rebuild them).
+    Snapshot,
+}
+
+impl Kind {
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::Component => "sinew-",
+            Kind::Instrumented => "wizer-",
+            Kind::Snapshot => "snapshot-",
+        }
+    }
+
+    /// How many files of this kind are kept.
+    fn keep(self) -> usize {
+        match self {
+            Kind::Component | Kind::Instrumented => 1,
+            Kind::Snapshot => 4,
+        }
+    }
+}
+
 /// The cache file for a component.
 pub fn path_for(dir: &Path, component: &[u8]) -> PathBuf {
-    let hash = crate::component_sha256(component);
+    keyed_path(dir, Kind::Component, &crate::component_sha256(component))
+}
+
+/// The cache file of `kind` for `key` (a hex digest).
+pub fn keyed_path(dir: &Path, kind: Kind, key: &str) -> PathBuf {
     dir.join(format!(
-        "sinew-{}-wasmtime-{WASMTIME_VERSION}.cwasm",
-        hash.get(..32).unwrap_or(&hash)
+        "{}{}-wasmtime-{WASMTIME_VERSION}.cwasm",
+        kind.prefix(),
+        key.get(..32).unwrap_or(key)
     ))
 }
 
@@ -52,8 +88,28 @@ pub fn load_or_compile(
     component: &[u8],
     dir: Option<&Path>,
 ) -> Result<(Component, bool)> {
+    let key = crate::component_sha256(component);
+    load_or_compile_keyed(
+        engine,
+        Kind::Component,
+        &key,
+        dir,
+        || Ok(component.to_vec()),
+    )
+}
+
+/// Loads the compiled component of `kind` cached under `key`, or makes its
+/// bytes with `make`, compiles them and caches the result. Returns whether
+/// it came from the cache.
+pub fn load_or_compile_keyed(
+    engine: &wasmtime::Engine,
+    kind: Kind,
+    key: &str,
+    dir: Option<&Path>,
+    make: impl FnOnce() -> Result<Vec<u8>>,
+) -> Result<(Component, bool)> {
     if let Some(dir) = dir {
-        let path = path_for(dir, component);
+        let path = keyed_path(dir, kind, key);
         // Processes starting together compile once: the first takes the
         // lock file, the others wait (at most 5 minutes) for its result.
         let _ = std::fs::create_dir_all(dir);
@@ -78,13 +134,13 @@ pub fn load_or_compile(
             }
         }
         let compiled = engine
-            .precompile_component(component)
+            .precompile_component(&make()?)
             .map_err(|e| anyhow!("{e:?}"))?;
         if std::fs::create_dir_all(dir).is_ok() {
             let tmp = path.with_extension(format!("cwasm.{}.tmp", std::process::id()));
             if std::fs::write(&tmp, &compiled).is_ok() && std::fs::rename(&tmp, &path).is_ok() {
                 let _ = std::fs::write(checksum_path(&path), crc32(&compiled));
-                prune(dir, &path);
+                prune(dir, kind, &path);
             }
         }
         #[expect(
@@ -96,7 +152,7 @@ pub fn load_or_compile(
             unsafe { Component::deserialize(engine, &compiled) }.map_err(|e| anyhow!("{e:?}"))?;
         return Ok((c, false));
     }
-    let c = Component::new(engine, component).map_err(|e| anyhow!("{e:?}"))?;
+    let c = Component::new(engine, make()?).map_err(|e| anyhow!("{e:?}"))?;
     Ok((c, false))
 }
 
@@ -146,22 +202,34 @@ impl Drop for CompileLock {
     }
 }
 
-/// Removes the cache files of other components (older builds) from `dir`.
-fn prune(dir: &Path, keep: &Path) {
+/// Removes the cache files of `kind` beyond the newest it keeps (older
+/// builds, other specs), never `keep` itself.
+fn prune(dir: &Path, kind: Kind, keep: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
-    let keep_sum = checksum_path(keep);
-    for e in entries.flatten() {
-        let p = e.path();
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        let ours = name.starts_with("sinew-")
-            && (name.ends_with(".cwasm")
-                || name.ends_with(".cwasm.crc32")
-                || name.ends_with(".cwasm.sha256"))
-            && !name.ends_with(".tmp");
-        if ours && p != keep && p != keep_sum {
-            let _ = std::fs::remove_file(&p);
-        }
+    let mut ours: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(kind.prefix()) && n.ends_with(".cwasm"))
+                && p != keep
+        })
+        .map(|p| {
+            let t = std::fs::metadata(&p)
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            (t, p)
+        })
+        .collect();
+    // Newest first; `keep` is one of those kept.
+    ours.sort_by_key(|f| std::cmp::Reverse(f.0));
+    for (_, p) in ours.into_iter().skip(kind.keep() - 1) {
+        let _ = std::fs::remove_file(checksum_path(&p));
+        let _ = std::fs::remove_file(p.with_extension("cwasm.sha256"));
+        let _ = std::fs::remove_file(p.with_extension("cwasm.json"));
+        let _ = std::fs::remove_file(&p);
     }
 }

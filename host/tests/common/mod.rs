@@ -71,6 +71,9 @@ impl Proc {
                 root().join("target/test-sinew-data/cache"),
             )
             .env_remove("DATABASE_URL")
+            // Snapshots cost seconds of CPU per new spec in the background;
+            // the tests that want one say SINEW_NO_SNAPSHOT=false.
+            .env("SINEW_NO_SNAPSHOT", "true")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in envs {
