@@ -258,7 +258,7 @@ pub fn run(quick: bool) -> Result<()> {
     for _ in 0..5 {
         let t = Instant::now();
         let s = engine
-            .cached_snapshot(&world.spec, cache.path())
+            .cached_snapshot(&world.spec, cache.path())?
             .context("the snapshot was not cached")?;
         snapshot_loads.push(t.elapsed());
         snapshot = Some(s);

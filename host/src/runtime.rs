@@ -183,28 +183,36 @@ impl Engine {
     }
 
     /// The snapshot of `spec` built earlier into `cache_dir`, if there is
-    /// one (a few milliseconds: the file is mapped, not compiled).
-    pub fn cached_snapshot(&self, spec: &str, cache_dir: &std::path::Path) -> Option<Snapshot> {
-        let path = cache::keyed_path(cache_dir, cache::Kind::Snapshot, &self.snapshot_key(spec));
+    /// one (a few milliseconds: the file is mapped, not compiled). An error
+    /// says why one that is there cannot be used (it is then rebuilt).
+    pub fn cached_snapshot(
+        &self,
+        spec: &str,
+        cache_dir: &std::path::Path,
+    ) -> Result<Option<Snapshot>> {
+        let key = self.snapshot_key(spec);
+        let path = cache::keyed_path(cache_dir, cache::Kind::Snapshot, &key);
+        let Ok(info) = std::fs::read(path.with_extension("cwasm.json")) else {
+            return Ok(None);
+        };
         let info: SnapshotInfo =
-            serde_json::from_slice(&std::fs::read(path.with_extension("cwasm.json")).ok()?).ok()?;
-        if !path.exists() {
-            return None;
-        }
+            serde_json::from_slice(&info).context("reading the snapshot's description")?;
         let (component, from_cache) = cache::load_or_compile_keyed(
             &self.engine,
             cache::Kind::Snapshot,
-            &self.snapshot_key(spec),
+            &key,
             Some(cache_dir),
-            || Err(anyhow!("no snapshot cached")),
-        )
-        .ok()?;
-        let pre = self.linker.instantiate_pre(&component).ok()?;
-        Some(Snapshot {
-            pre: CorePre::new(pre).ok()?,
+            || Err(anyhow!("`{}` is missing or damaged", path.display())),
+        )?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| anyhow!("{e:?}"))?;
+        Ok(Some(Snapshot {
+            pre: CorePre::new(pre).map_err(|e| anyhow!("{e:?}"))?,
             info,
             from_cache,
-        })
+        }))
     }
 
     /// The component with `spec` already loaded: its memory after `load`,
@@ -220,7 +228,7 @@ impl Engine {
         backends: &Backends,
         cache_dir: Option<&std::path::Path>,
     ) -> Result<Snapshot> {
-        if let Some(s) = cache_dir.and_then(|d| self.cached_snapshot(spec, d)) {
+        if let Some(s) = cache_dir.and_then(|d| self.cached_snapshot(spec, d).ok().flatten()) {
             return Ok(s);
         }
         let wizer = wasmtime_wizer::Wizer::new();

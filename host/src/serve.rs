@@ -1109,9 +1109,10 @@ pub async fn serve(
         let (cache, text, snapshots) = (cache.clone(), text.clone(), !args.no_snapshot);
         move || -> Result<_> {
             let engine = Engine::new(Some(&cache))?;
-            let snapshot = snapshots
-                .then(|| engine.cached_snapshot(&text, &cache))
-                .flatten();
+            let snapshot = match snapshots {
+                true => engine.cached_snapshot(&text, &cache),
+                false => Ok(None),
+            };
             Ok((engine, snapshot))
         }
     });
@@ -1135,6 +1136,12 @@ pub async fn serve(
         }
     }
     let (engine, snapshot) = engine.await.context("loading the component")??;
+    let snapshot = snapshot.unwrap_or_else(|e| {
+        log.warn(&format!(
+            "the cached snapshot of this spec cannot be used, it is built again: {e:#}"
+        ));
+        None
+    });
     log.phase(
         started,
         "component ready (compiled or loaded from the cache)",
