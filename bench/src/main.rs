@@ -1,7 +1,7 @@
 //! `sinew-bench`: sinew side by side with the code users would otherwise
 //! write, on the same machine, in the same run.
 //!
-//!   cargo run --release -p sinew-bench              # everything (~8 min)
+//!   cargo run --release -p sinew-bench              # everything (~13 min)
 //!   cargo run --release -p sinew-bench -- --quick   # one short round
 //!
 //! It starts a private Postgres, gives each server a database of its own

@@ -399,17 +399,7 @@ impl Executor {
         spec: String,
         backends: Backends,
     ) -> Result<Executor, LoadError> {
-        let mut ex = Executor {
-            engine,
-            spec,
-            backends,
-            pool: Mutex::new(Vec::new()),
-            snapshot: Default::default(),
-            // Leave room for other executors of the same engine (a reload).
-            permits: tokio::sync::Semaphore::new(MAX_INSTANCES as usize / 2),
-            timeouts: Default::default(),
-            bundle_hash: String::new(),
-        };
+        let mut ex = Executor::empty(engine, spec, backends);
         // The first instance's `load` checks the spec and says what the
         // host needs (hash, deadlines): the spec is parsed only there.
         let (first, info) = ex.fresh().await?;
@@ -426,21 +416,28 @@ impl Executor {
         backends: Backends,
         snapshot: Snapshot,
     ) -> Executor {
-        let mut ex = Executor {
-            engine,
-            spec,
-            backends,
-            pool: Mutex::new(Vec::new()),
-            snapshot: Default::default(),
-            permits: tokio::sync::Semaphore::new(MAX_INSTANCES as usize / 2),
-            timeouts: Default::default(),
-            bundle_hash: String::new(),
-        };
+        let mut ex = Executor::empty(engine, spec, backends);
         ex.know(snapshot.info.clone());
         ex.install(snapshot);
         ex
     }
 
+    /// No instance, no snapshot, nothing known of the spec yet.
+    fn empty(engine: Arc<Engine>, spec: String, backends: Backends) -> Executor {
+        Executor {
+            engine,
+            spec,
+            backends,
+            pool: Mutex::new(Vec::new()),
+            snapshot: Default::default(),
+            // Leave room for other executors of the same engine (a reload).
+            permits: tokio::sync::Semaphore::new(MAX_INSTANCES as usize / 2),
+            timeouts: Default::default(),
+            bundle_hash: String::new(),
+        }
+    }
+
+    /// The loaded spec's hash and deadlines.
     fn know(&mut self, info: SnapshotInfo) {
         self.bundle_hash = info.hash;
         self.timeouts = info
