@@ -113,6 +113,21 @@ impl Proc {
         }
     }
 
+    /// The first log line so far that contains `needle`.
+    pub fn line(&self, needle: &str) -> Option<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(needle))
+            .cloned()
+    }
+
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         self.signal_term();
         self.wait_exit()
