@@ -169,3 +169,76 @@ fn reads_of_locked_rows_are_answered_as_the_database_would() {
         assert_eq!(db.recalled(), before);
     });
 }
+
+/// The connections open to `url`'s database under `name`.
+async fn open_as(admin: &tokio_postgres::Client, name: &str) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn the_pool_warms_up_within_its_size_and_hands_out_what_it_opened() {
+    use sinew_host::pg::pool::Pool;
+    let cluster = Cluster::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let url = cluster.database().await;
+        let admin = connect_url(&url).await;
+        let mut config: tokio_postgres::Config = url.parse().unwrap();
+        config.application_name("pool-under-test");
+        let pool = Pool::new(config, 3);
+
+        // Asked for more than it may hold, it opens its size and stops.
+        pool.fill(5).await.unwrap();
+        assert_eq!(open_as(&admin, "pool-under-test").await, 3);
+        pool.fill(2).await.unwrap();
+        assert_eq!(
+            open_as(&admin, "pool-under-test").await,
+            3,
+            "enough are idle"
+        );
+
+        // What it opened serves without new connections, and works.
+        let mut a = pool.get().await.unwrap();
+        let b = pool.get().await.unwrap();
+        let c = pool.get().await.unwrap();
+        assert_eq!(open_as(&admin, "pool-under-test").await, 3);
+        let one: i32 = a.client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+        assert_eq!(one, 1);
+        a.prepare("SELECT 2").await.unwrap();
+
+        // With every connection busy there is no room to warm up.
+        pool.fill(3).await.unwrap();
+        assert_eq!(open_as(&admin, "pool-under-test").await, 3);
+
+        // Connections dropped instead of given back free their places:
+        // warming opens new ones, and those work.
+        drop(b);
+        drop(c);
+        pool.put(a);
+        let started = std::time::Instant::now();
+        while open_as(&admin, "pool-under-test").await != 1 {
+            assert!(
+                started.elapsed().as_secs() < 10,
+                "dropped connections stay open"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        pool.fill(3).await.unwrap();
+        assert_eq!(open_as(&admin, "pool-under-test").await, 3);
+        let mut all = Vec::new();
+        for _ in 0..3 {
+            let conn = pool.get().await.unwrap();
+            let two: i32 = conn.client.query_one("SELECT 2", &[]).await.unwrap().get(0);
+            assert_eq!(two, 2);
+            all.push(conn);
+        }
+        assert_eq!(open_as(&admin, "pool-under-test").await, 3);
+    });
+}

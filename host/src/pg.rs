@@ -171,12 +171,22 @@ impl PgBackend {
         self.recalled.load(Ordering::Relaxed)
     }
 
-    /// Opens `n` connections ahead of the first requests.
+    /// Opens connections ahead of the first requests, one at a time,
+    /// until `n` are idle (see [`Pool::fill`]).
     pub async fn warm(&self, n: usize) {
-        let conns = futures_util::future::join_all((0..n).map(|_| self.pool.get())).await;
-        for c in conns.into_iter().flatten() {
-            self.pool.put(c);
-        }
+        let _ = self.pool.fill(n).await;
+    }
+
+    /// A connection of the pool, for work outside a request (the
+    /// migration at start): give it back with [`PgBackend::give_back`], and
+    /// it serves the first request without a new connection.
+    pub async fn connection(&self) -> Result<Conn, StorageError> {
+        self.pool.get().await
+    }
+
+    /// Returns a connection taken with [`PgBackend::connection`].
+    pub fn give_back(&self, conn: Conn) {
+        self.pool.put(conn);
     }
 
     /// Whether the database answers.

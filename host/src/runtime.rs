@@ -125,6 +125,9 @@ impl Engine {
         pool.total_component_instances(MAX_INSTANCES)
             .total_core_instances(MAX_INSTANCES * CORE_INSTANCES_PER_COMPONENT)
             .total_memories(MAX_INSTANCES)
+            // One async stack per instance running at once (the default,
+            // 1000, costs an mprotect each when the engine starts).
+            .total_stacks(MAX_INSTANCES)
             .max_memory_size(max_memory);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = wasmtime::Engine::new(&config).map_err(|e| anyhow!("{e:?}"))?;
@@ -541,24 +544,49 @@ impl Executor {
     /// what the guest had open, answers 500 or 504, writes the final audit
     /// entry itself, and discards the instance.
     pub async fn execute(&self, request: &Request) -> Response {
+        match self.run(request).await {
+            Ran::Guest(r) => Response {
+                status: r.status,
+                body: serde_json::from_str(&r.body).unwrap_or(Value::Null),
+                audit: serde_json::from_str(&r.audit).unwrap_or(Value::Null),
+            },
+            Ran::Host(r) => r,
+        }
+    }
+
+    /// Like [`Executor::execute`], with the body as the guest wrote it:
+    /// what a server sends, without parsing and writing the JSON again.
+    pub async fn reply(&self, request: &Request) -> Reply {
+        match self.run(request).await {
+            Ran::Guest(r) => Reply {
+                status: r.status,
+                body: r.body,
+            },
+            Ran::Host(r) => r.into(),
+        }
+    }
+
+    async fn run(&self, request: &Request) -> Ran {
         let Ok(_permit) = self.permits.acquire().await else {
-            return self
-                .host_failure(request, 500, "internal", "the executor is shutting down")
-                .await;
+            return Ran::Host(
+                self.host_failure(request, 500, "internal", "the executor is shutting down")
+                    .await,
+            );
         };
         let mut p = match self.take() {
             Some(p) => p,
             None => match self.fresh().await {
                 Ok((p, _)) => p,
                 Err(e) => {
-                    return self
-                        .host_failure(
+                    return Ran::Host(
+                        self.host_failure(
                             request,
                             500,
                             "internal",
                             &format!("could not start an executor: {}", e.message),
                         )
-                        .await;
+                        .await,
+                    );
                 }
             },
         };
@@ -586,14 +614,9 @@ impl Executor {
         .unwrap_or_else(|_| Err(wasmtime::Trap::Interrupt.into()));
         match result {
             Ok(Ok(r)) => {
-                let response = Response {
-                    status: r.status,
-                    body: serde_json::from_str(&r.body).unwrap_or(Value::Null),
-                    audit: serde_json::from_str(&r.audit).unwrap_or(Value::Null),
-                };
                 p.store.data_mut().open.clear();
                 self.put(p);
-                response
+                Ran::Guest(r)
             }
             Ok(Err(e)) => {
                 self.put(p);
@@ -602,7 +625,7 @@ impl Executor {
                     "invalid-json" => (400, "invalid_json"),
                     _ => (500, "internal"),
                 };
-                self.host_failure(request, status, code, &e.message).await
+                Ran::Host(self.host_failure(request, status, code, &e.message).await)
             }
             Err(trap) => {
                 let open = std::mem::take(&mut p.store.data_mut().open);
@@ -615,7 +638,7 @@ impl Executor {
                     Some(wasmtime::Trap::Interrupt)
                 ) || started.elapsed() >= timeout;
                 drop(p);
-                if deadline {
+                Ran::Host(if deadline {
                     self.host_failure(
                         request,
                         504,
@@ -635,7 +658,7 @@ impl Executor {
                         &format!("the executor stopped: {trap:?}"),
                     )
                     .await
-                }
+                })
             }
         }
     }
@@ -692,6 +715,31 @@ impl Executor {
         self.put(p);
         Ok(out)
     }
+}
+
+/// A response as a server sends it: the status and the body's JSON text.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// The body, JSON text.
+    pub body: String,
+}
+
+impl From<Response> for Reply {
+    fn from(r: Response) -> Reply {
+        Reply {
+            status: r.status,
+            body: r.body.to_string(),
+        }
+    }
+}
+
+/// How a request ended: answered by the guest (its JSON as written), or by
+/// the host when the guest could not answer.
+enum Ran {
+    Guest(bindings::exports::sinew::executor::executor::Response),
+    Host(Response),
 }
 
 /// A final audit entry could not be written (the database is down): said

@@ -6,6 +6,7 @@
 //! entry, the ones turned away here included. One JSON log line per request
 //! on stdout, in the shape Cloud Logging reads.
 
+use crate::runtime::Reply;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -16,7 +17,7 @@ use hyper::service::service_fn;
 use hyper::{Method, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Map, Value, json};
-use sinew_core::contract::{Request, Response};
+use sinew_core::contract::Request;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -499,18 +500,19 @@ fn problem(status: u16, code: &str, detail: &str) -> hyper::Response<Body> {
 }
 
 impl App {
-    async fn execute(&self, request: &Request) -> Response {
+    async fn execute(&self, request: &Request) -> Reply {
         match &self.core {
-            Core::Component(e) => e.execute(request).await,
-            Core::Native(n) => n.execute(request).await,
+            Core::Component(e) => e.reply(request).await,
+            Core::Native(n) => n.execute(request).await.into(),
         }
     }
 
-    async fn reject(&self, request: &Request, status: u16, code: &str, detail: &str) -> Response {
+    async fn reject(&self, request: &Request, status: u16, code: &str, detail: &str) -> Reply {
         match &self.core {
             Core::Component(e) => e.reject(request, status, code, detail).await,
             Core::Native(n) => n.reject(request, status, code, detail).await,
         }
+        .into()
     }
 
     /// `/studio` and below, or `None` when the studio is off (then the
@@ -731,26 +733,32 @@ impl App {
             clock.0.store(now, Ordering::SeqCst);
         }
         let response = self.call(req, &tool, params, &id).await;
+        // Only a 429's body is read again (the rate limit's says when to
+        // retry); every other body goes out as the executor wrote it.
+        let rate_limited = response.status == 429
+            && serde_json::from_str::<Value>(&response.body)
+                .is_ok_and(|b| b.get("code") == Some(&json!("rate_limited")));
+        let status = response.status;
         let mut r = respond(
-            response.status,
-            if response.status >= 400 {
+            status,
+            if status >= 400 {
                 "application/problem+json"
             } else {
                 "application/json"
             },
-            Bytes::from(response.body.to_string()),
+            Bytes::from(response.body),
         );
         if let Ok(v) = HeaderValue::from_str(&id) {
             r.headers_mut().insert("x-request-id", v);
         }
-        if response.status == 429 && response.body.get("code") == Some(&json!("rate_limited")) {
+        if rate_limited {
             // Rate windows are calendar minutes: the next one starts in…
             let now = system_now_ms();
             let wait = 60 - now.div_euclid(1000).rem_euclid(60);
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(wait.max(1)));
         }
-        if response.status == 401 {
+        if status == 401 {
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
@@ -764,7 +772,7 @@ impl App {
         tool: &str,
         params: Vec<(String, String)>,
         id: &str,
-    ) -> Response {
+    ) -> Reply {
         let (parts, body) = req.into_parts();
         let mut request = Request {
             tool: tool.to_owned(),
@@ -963,7 +971,7 @@ impl App {
         self.execute(&request).await
     }
 
-    async fn too_large(&self, request: &Request) -> Response {
+    async fn too_large(&self, request: &Request) -> Reply {
         self.reject(
             request,
             413,
@@ -1116,12 +1124,23 @@ pub async fn serve(
             Ok((engine, snapshot))
         }
     });
+    let storage = Arc::new(PgBackend::new(
+        db.config.clone(),
+        &spec,
+        args.pool_size,
+        Some(format!("sha256:{}", crate::COMPONENT_SHA256)),
+    ));
     if !args.no_migrate {
-        let mut client = db.connect().await?;
-        if crate::pg::migrate::recorded(&client, &spec).await {
+        // A connection of the pool: the first request finds it open.
+        let mut conn = storage
+            .connection()
+            .await
+            .context("connecting to the database")?;
+        let client = &mut conn.client;
+        if crate::pg::migrate::recorded(client, &spec).await {
             log.phase(started, "schema already migrated to this spec");
         } else {
-            let m = crate::pg::migrate::plan(Some(&client), &spec, false).await?;
+            let m = crate::pg::migrate::plan(Some(client), &spec, false).await?;
             if !m.destructive.is_empty() {
                 bail!(
                     "the database does not match the spec, and migrating would lose data:\n  {}\n\
@@ -1131,9 +1150,10 @@ pub async fn serve(
                 );
             }
             log.phase(started, "migration planned");
-            crate::pg::migrate::apply(&mut client, &spec, &m).await?;
+            crate::pg::migrate::apply(client, &spec, &m).await?;
             log.phase(started, "migration applied");
         }
+        storage.give_back(conn);
     }
     let (engine, snapshot) = engine.await.context("loading the component")??;
     let snapshot = snapshot.unwrap_or_else(|e| {
@@ -1146,12 +1166,6 @@ pub async fn serve(
         started,
         "component ready (compiled or loaded from the cache)",
     );
-    let storage = Arc::new(PgBackend::new(
-        db.config.clone(),
-        &spec,
-        args.pool_size,
-        Some(engine.component_hash.clone()),
-    ));
     if args.test_hooks && !args.listen.is_loopback() {
         bail!("--test-hooks is for tests: it is refused unless listening on a loopback address");
     }
@@ -1307,11 +1321,14 @@ pub async fn serve(
         });
     }
 
-    // Forget old idempotency keys and rate windows now and then.
+    // Forget old idempotency keys and rate windows now and then; the first
+    // time a few seconds after the start, so the connection the start
+    // leaves open serves the first request instead.
     let janitor = {
         let db = storage.clone();
         let log = log.clone();
         tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
             loop {
                 let now = crate::runtime::clock::ClockBackend::now_ms(
                     &crate::runtime::clock::SystemClock,

@@ -47,6 +47,7 @@ pub struct Pool {
     config: tokio_postgres::Config,
     idle: Mutex<Vec<(Client, HashMap<String, Statement>)>>,
     permits: Arc<Semaphore>,
+    max: usize,
 }
 
 impl Pool {
@@ -56,6 +57,7 @@ impl Pool {
             config,
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(max.max(1))),
+            max: max.max(1),
         }
     }
 
@@ -87,6 +89,30 @@ impl Pool {
             broken: false,
             _permit: permit,
         })
+    }
+
+    /// Opens connections, one at a time, until `n` are idle (or the pool
+    /// is full, or the database refuses). One at a time: each new backend
+    /// is a process the server forks, and a burst of them would take the
+    /// CPU from the first requests. Each is usable as soon as it is open.
+    pub async fn fill(&self, n: usize) -> Result<(), StorageError> {
+        let max = self.max;
+        loop {
+            let idle = self.idle.lock().map_or(n, |v| v.len());
+            let busy = max - self.permits.available_permits();
+            if idle >= n || idle + busy >= max {
+                return Ok(());
+            }
+            // A permit while connecting keeps the count of open
+            // connections within `max`.
+            let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
+                return Ok(());
+            };
+            let client = self.connect().await?;
+            if let Ok(mut idle) = self.idle.lock() {
+                idle.push((client, HashMap::new()));
+            }
+        }
     }
 
     /// A connection outside the pool's count (the audit chain's reader).
