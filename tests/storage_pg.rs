@@ -182,6 +182,14 @@ async fn open_as(admin: &tokio_postgres::Client, name: &str) -> i64 {
         .get(0)
 }
 
+async fn backend(conn: &sinew_host::pg::pool::Conn) -> i32 {
+    conn.client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 #[test]
 fn the_pool_warms_up_within_its_size_and_hands_out_what_it_opened() {
     use sinew_host::pg::pool::Pool;
@@ -221,6 +229,7 @@ fn the_pool_warms_up_within_its_size_and_hands_out_what_it_opened() {
         // warming opens new ones, and those work.
         drop(b);
         drop(c);
+        let served = backend(&a).await;
         pool.put(a);
         let started = std::time::Instant::now();
         while open_as(&admin, "pool-under-test").await != 1 {
@@ -232,6 +241,11 @@ fn the_pool_warms_up_within_its_size_and_hands_out_what_it_opened() {
         }
         pool.fill(3).await.unwrap();
         assert_eq!(open_as(&admin, "pool-under-test").await, 3);
+        // The connection that has served goes out first (its statements
+        // prepared, its catalog loaded), before the two just opened.
+        let first = pool.get().await.unwrap();
+        assert_eq!(backend(&first).await, served);
+        pool.put(first);
         let mut all = Vec::new();
         for _ in 0..3 {
             let conn = pool.get().await.unwrap();

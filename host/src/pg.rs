@@ -184,6 +184,27 @@ impl PgBackend {
         self.pool.get().await
     }
 
+    /// Has the server behind `conn` load its catalog for every table the
+    /// spec's requests touch (each `SELECT … LIMIT 0` is planned, not run),
+    /// in one round trip: a new backend otherwise pays for that during its
+    /// first request. Best effort: a table that is missing (`--no-migrate`)
+    /// only ends the warm-up.
+    pub async fn warm_catalog(&self, conn: &mut Conn) {
+        let mut sql = String::new();
+        for table in self.schema.tables() {
+            sql.push_str(&format!(
+                "SELECT {} FROM {} LIMIT 0;",
+                table.select, table.sql
+            ));
+        }
+        sql.push_str(
+            "SELECT seq, hash FROM sinew_audit ORDER BY seq DESC LIMIT 0;\
+             SELECT status, body FROM sinew_idempotency LIMIT 0;\
+             SELECT hits FROM sinew_rate LIMIT 0;",
+        );
+        let _ = conn.client.batch_execute(&sql).await;
+    }
+
     /// Returns a connection taken with [`PgBackend::connection`].
     pub fn give_back(&self, conn: Conn) {
         self.pool.put(conn);

@@ -1153,6 +1153,9 @@ pub async fn serve(
             crate::pg::migrate::apply(client, &spec, &m).await?;
             log.phase(started, "migration applied");
         }
+        // Free while the component is still loading.
+        storage.warm_catalog(&mut conn).await;
+        log.phase(started, "database catalog warmed up");
         storage.give_back(conn);
     }
     let (engine, snapshot) = engine.await.context("loading the component")??;

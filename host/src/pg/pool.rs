@@ -110,7 +110,9 @@ impl Pool {
             };
             let client = self.connect().await?;
             if let Ok(mut idle) = self.idle.lock() {
-                idle.push((client, HashMap::new()));
+                // At the bottom: connections that have served (their
+                // statements prepared, their catalog loaded) go out first.
+                idle.insert(0, (client, HashMap::new()));
             }
         }
     }

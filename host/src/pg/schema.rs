@@ -235,6 +235,11 @@ impl Schema {
     pub fn table(&self, entity: &str) -> Option<&Table> {
         self.tables.get(entity)
     }
+
+    /// Every table.
+    pub fn tables(&self) -> impl Iterator<Item = &Table> {
+        self.tables.values()
+    }
 }
 
 #[cfg(test)]
