@@ -63,6 +63,15 @@ fn reads_of_locked_rows_are_answered_as_the_database_would() {
         let plan = sinew_host::pg::migrate::plan(None, &spec, false).await.unwrap();
         sinew_host::pg::migrate::apply(&mut admin, &spec, &plan).await.unwrap();
         let db = PgBackend::new(url.parse().unwrap(), &spec, 4, None);
+        // The start's catalog warm-up names every table and column the
+        // migration made: it plans without an error here, and fails where
+        // the tables are missing.
+        let mut conn = db.connection().await.unwrap();
+        db.warm_catalog(&mut conn).await.unwrap();
+        db.give_back(conn);
+        let bare = PgBackend::new(cluster.database().await.parse().unwrap(), &spec, 1, None);
+        let mut conn = bare.connection().await.unwrap();
+        assert!(bare.warm_catalog(&mut conn).await.is_err());
         let bundle = sinew_core::bundle::Bundle::load(&text).unwrap();
         let seed = bundle
             .complete_row(

@@ -31,3 +31,9 @@ pub fn component_sha256(component: &[u8]) -> String {
         sinew_core::bundle::sha256_hex(component)
     }
 }
+
+/// A component's identity in audit entries and snapshot keys: `sha256:` and
+/// the hex of [`component_sha256`].
+pub fn component_hash(component: &[u8]) -> String {
+    format!("sha256:{}", component_sha256(component))
+}

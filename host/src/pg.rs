@@ -187,9 +187,8 @@ impl PgBackend {
     /// Has the server behind `conn` load its catalog for every table the
     /// spec's requests touch (each `SELECT … LIMIT 0` is planned, not run),
     /// in one round trip: a new backend otherwise pays for that during its
-    /// first request. Best effort: a table that is missing (`--no-migrate`)
-    /// only ends the warm-up.
-    pub async fn warm_catalog(&self, conn: &mut Conn) {
+    /// first request. Only an optimization: the caller may ignore an error.
+    pub async fn warm_catalog(&self, conn: &mut Conn) -> Result<(), tokio_postgres::Error> {
         let mut sql = String::new();
         for table in self.schema.tables() {
             sql.push_str(&format!(
@@ -202,7 +201,7 @@ impl PgBackend {
              SELECT status, body FROM sinew_idempotency LIMIT 0;\
              SELECT hits FROM sinew_rate LIMIT 0;",
         );
-        let _ = conn.client.batch_execute(&sql).await;
+        conn.client.batch_execute(&sql).await
     }
 
     /// Returns a connection taken with [`PgBackend::connection`].

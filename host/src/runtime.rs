@@ -158,7 +158,7 @@ impl Engine {
             max_memory,
             pre,
             linker,
-            component_hash: format!("sha256:{}", crate::component_sha256(component)),
+            component_hash: crate::component_hash(component),
             from_cache,
         }))
     }
@@ -207,15 +207,25 @@ impl Engine {
             Some(cache_dir),
             || Err(anyhow!("`{}` is missing or damaged", path.display())),
         )?;
+        self.ready_snapshot(&component, info, from_cache).map(Some)
+    }
+
+    /// A compiled snapshot, linked and ready to instantiate.
+    fn ready_snapshot(
+        &self,
+        component: &wasmtime::component::Component,
+        info: SnapshotInfo,
+        from_cache: bool,
+    ) -> Result<Snapshot> {
         let pre = self
             .linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .map_err(|e| anyhow!("{e:?}"))?;
-        Ok(Some(Snapshot {
+        Ok(Snapshot {
             pre: CorePre::new(pre).map_err(|e| anyhow!("{e:?}"))?,
             info,
             from_cache,
-        }))
+        })
     }
 
     /// The component with `spec` already loaded: its memory after `load`,
@@ -287,15 +297,7 @@ impl Engine {
                 serde_json::to_vec(&info).unwrap_or_default(),
             );
         }
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| anyhow!("{e:?}"))?;
-        Ok(Snapshot {
-            pre: CorePre::new(pre).map_err(|e| anyhow!("{e:?}"))?,
-            info,
-            from_cache: false,
-        })
+        self.ready_snapshot(&component, info, false)
     }
 
     /// A fresh instance (for measurements: how long instantiation takes).

@@ -1128,7 +1128,7 @@ pub async fn serve(
         db.config.clone(),
         &spec,
         args.pool_size,
-        Some(format!("sha256:{}", crate::COMPONENT_SHA256)),
+        Some(crate::component_hash(crate::COMPONENT)),
     ));
     if !args.no_migrate {
         // A connection of the pool: the first request finds it open.
@@ -1154,8 +1154,10 @@ pub async fn serve(
             log.phase(started, "migration applied");
         }
         // Free while the component is still loading.
-        storage.warm_catalog(&mut conn).await;
-        log.phase(started, "database catalog warmed up");
+        match storage.warm_catalog(&mut conn).await {
+            Ok(()) => log.phase(started, "database catalog warmed up"),
+            Err(e) => log.warn(&format!("warming up the database catalog failed: {e}")),
+        }
         storage.give_back(conn);
     }
     let (engine, snapshot) = engine.await.context("loading the component")??;
