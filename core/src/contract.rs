@@ -79,6 +79,9 @@ pub fn execute(
     clock: &mut dyn Clock,
     external: &mut dyn External,
 ) -> Response {
+    // The request's time (its audit `time`, its rate window): the first
+    // reading of the clock, which a host reuses for the entry it writes
+    // itself if the executor traps.
     let started = clock.now_ms();
     let mut audit = Audit::new(&bundle.hash, request, started);
 
@@ -360,15 +363,23 @@ fn violation(e: &jsonschema::ValidationError) -> serde_json::Value {
 
 /// The response and final audit entry (outcome `error`) for a request the
 /// executor could not finish: what a host writes itself when the guest
-/// trapped or ran out of time. The caller appends the entry.
-pub fn failed(bundle_hash: &str, request: &Request, problem: &Problem, now_ms: i64) -> Response {
+/// trapped or ran out of time. The entry's `time` is `started_ms` (the
+/// time [`execute`] stamped the request with, or `now_ms` if it never ran)
+/// and its duration runs to `now_ms`. The caller appends the entry.
+pub fn failed(
+    bundle_hash: &str,
+    request: &Request,
+    problem: &Problem,
+    started_ms: i64,
+    now_ms: i64,
+) -> Response {
     struct At(i64);
     impl Clock for At {
         fn now_ms(&mut self) -> i64 {
             self.0
         }
     }
-    let mut audit = Audit::new(bundle_hash, request, now_ms);
+    let mut audit = Audit::new(bundle_hash, request, started_ms);
     let body = problem.body(&request.id);
     let entry = audit.seal(&mut At(now_ms), "error", problem.status, Some(problem));
     Response {

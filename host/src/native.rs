@@ -207,7 +207,7 @@ impl Native {
         problem: sinew_core::problem::Problem,
     ) -> Response {
         self.backends
-            .turn_away(&self.bundle.hash, request, &problem)
+            .turn_away(&self.bundle.hash, request, &problem, None)
             .await
     }
 }

@@ -45,9 +45,25 @@ pub struct HostState {
     pub(crate) table: ResourceTable,
     limits: StoreLimits,
     pub(crate) backends: Backends,
-    /// Transactions opened by the guest and not finished yet (rolled back
-    /// if the guest traps).
+    /// What the running call left in the world, for the host to clean up
+    /// if the guest traps.
+    pub(crate) call: Call,
+}
+
+/// What one call of the guest has started and not finished: what a trap
+/// leaves behind.
+#[derive(Default)]
+pub(crate) struct Call {
+    /// The first clock reading of the call: the time the contract stamps
+    /// the request with (its audit `time`, its rate window). A final entry
+    /// the host writes after a trap carries the same time.
+    pub(crate) started: Option<i64>,
+    /// Transactions opened and not finished yet (rolled back after a trap).
     pub(crate) open: Vec<u64>,
+    /// Idempotency keys claimed and not yet completed or released
+    /// (released after a trap, so that a retry runs instead of waiting
+    /// out the in-flight claim).
+    pub(crate) claimed: Vec<(String, String)>,
 }
 
 /// What the imports run on.
@@ -64,15 +80,20 @@ pub struct Backends {
 impl Backends {
     /// The answer to a request that did not run (turned away, or its
     /// executor failed): the problem response, and its final audit entry
-    /// written in a transaction of its own.
+    /// written in a transaction of its own. `started` is the time the
+    /// executor stamped the request with, if it got that far (the entry's
+    /// `time`, so that it falls in the same minute as the request's rate
+    /// window); otherwise now.
     pub async fn turn_away(
         &self,
         bundle_hash: &str,
         request: &Request,
         problem: &sinew_core::problem::Problem,
+        started: Option<i64>,
     ) -> Response {
         let now = self.clock.now_ms();
-        let response = sinew_core::contract::failed(bundle_hash, request, problem, now);
+        let started = started.unwrap_or(now);
+        let response = sinew_core::contract::failed(bundle_hash, request, problem, started, now);
         if let Err(e) = self.storage.append_audit(None, &response.audit).await {
             audit_lost(request, &e);
         }
@@ -171,7 +192,7 @@ impl Engine {
                 .trap_on_grow_failure(true)
                 .build(),
             backends: backends.clone(),
-            open: Vec::new(),
+            call: Call::default(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -571,8 +592,14 @@ impl Executor {
     async fn run(&self, request: &Request) -> Ran {
         let Ok(_permit) = self.permits.acquire().await else {
             return Ran::Host(
-                self.host_failure(request, 500, "internal", "the executor is shutting down")
-                    .await,
+                self.host_failure(
+                    request,
+                    None,
+                    500,
+                    "internal",
+                    "the executor is shutting down",
+                )
+                .await,
             );
         };
         let mut p = match self.take() {
@@ -583,6 +610,7 @@ impl Executor {
                     return Ran::Host(
                         self.host_failure(
                             request,
+                            None,
                             500,
                             "internal",
                             &format!("could not start an executor: {}", e.message),
@@ -603,6 +631,7 @@ impl Executor {
             + 1;
         p.store.set_epoch_deadline(ticks);
         let wit = bindings::request(request);
+        p.store.data_mut().call = Call::default();
         let started = Instant::now();
         // The epoch deadline stops guest code; this one also stops a host
         // call that waits (a lock, a slow database).
@@ -614,9 +643,9 @@ impl Executor {
         )
         .await
         .unwrap_or_else(|_| Err(wasmtime::Trap::Interrupt.into()));
+        let call = std::mem::take(&mut p.store.data_mut().call);
         match result {
             Ok(Ok(r)) => {
-                p.store.data_mut().open.clear();
                 self.put(p);
                 Ran::Guest(r)
             }
@@ -627,22 +656,21 @@ impl Executor {
                     "invalid-json" => (400, "invalid_json"),
                     _ => (500, "internal"),
                 };
-                Ran::Host(self.host_failure(request, status, code, &e.message).await)
+                let failure = self.host_failure(request, call.started, status, code, &e.message);
+                Ran::Host(failure.await)
             }
             Err(trap) => {
-                let open = std::mem::take(&mut p.store.data_mut().open);
-                for tx in open.into_iter().rev() {
-                    let rollback = self.backends.storage.rollback(tx);
-                    let _ = tokio::time::timeout(Duration::from_secs(5), rollback).await;
-                }
+                drop(p);
                 let deadline = matches!(
                     trap.downcast_ref::<wasmtime::Trap>(),
                     Some(wasmtime::Trap::Interrupt)
                 ) || started.elapsed() >= timeout;
-                drop(p);
+                let at = call.started;
+                self.clean_up(request, call).await;
                 Ran::Host(if deadline {
                     self.host_failure(
                         request,
+                        at,
                         504,
                         "deadline_exceeded",
                         &format!(
@@ -655,6 +683,7 @@ impl Executor {
                 } else {
                     self.host_failure(
                         request,
+                        at,
                         500,
                         "internal",
                         &format!("the executor stopped: {trap:?}"),
@@ -665,11 +694,33 @@ impl Executor {
         }
     }
 
+    /// Undoes what a trapped call left: rolls back its open transactions
+    /// (innermost first) and releases the idempotency keys it claimed and
+    /// did not complete (a completed key is kept: releasing deletes only
+    /// in-flight claims).
+    async fn clean_up(&self, request: &Request, call: Call) {
+        let storage = &self.backends.storage;
+        for tx in call.open.into_iter().rev() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), storage.rollback(tx)).await;
+        }
+        for (scope, key) in call.claimed {
+            let release = storage.release_key(&scope, &key);
+            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), release).await {
+                log_error(
+                    request,
+                    &format!("releasing the idempotency key `{key}` after a trap failed: {e}"),
+                );
+            }
+        }
+    }
+
     /// The response and final audit entry for a request the guest could not
-    /// answer (it trapped).
+    /// answer (it trapped), stamped with the time the guest gave the request
+    /// if it got that far.
     async fn host_failure(
         &self,
         request: &Request,
+        started: Option<i64>,
         status: u16,
         code: &str,
         internal: &str,
@@ -682,7 +733,7 @@ impl Executor {
         let problem =
             sinew_core::problem::Problem::new(status, code, detail).internal(internal.to_string());
         self.backends
-            .turn_away(&self.bundle_hash, request, &problem)
+            .turn_away(&self.bundle_hash, request, &problem, started)
             .await
     }
 
@@ -698,7 +749,7 @@ impl Executor {
     ) -> Response {
         let problem = sinew_core::problem::Problem::new(status, code, detail.to_string());
         self.backends
-            .turn_away(&self.bundle_hash, request, &problem)
+            .turn_away(&self.bundle_hash, request, &problem, None)
             .await
     }
 
@@ -747,9 +798,18 @@ enum Ran {
 /// A final audit entry could not be written (the database is down): said
 /// loudly on the log, the only place left to say it.
 fn audit_lost(request: &Request, e: &sinew_core::ports::StorageError) {
+    let message = format!(
+        "the final audit entry of `{}` could not be written: {e}",
+        request.tool
+    );
+    log_error(request, &message);
+}
+
+/// One structured error line about a request, in `serve`'s log format.
+fn log_error(request: &Request, message: &str) {
     let line = serde_json::json!({
         "severity": "ERROR",
-        "message": format!("the final audit entry of `{}` could not be written: {e}", request.tool),
+        "message": message,
         "execution": request.id,
     });
     println!("{line}");

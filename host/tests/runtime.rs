@@ -5,11 +5,12 @@ use sinew_core::bundle::Bundle;
 use sinew_core::contract::{Auth, Request};
 use sinew_core::ports::memory::MemoryStorage;
 use sinew_core::ports::script::ScriptedExternal;
-use sinew_host::runtime::clock::ManualClock;
+use sinew_host::runtime::clock::{ClockBackend, ManualClock};
 use sinew_host::runtime::external::Scripted;
 use sinew_host::runtime::storage::MemoryBackend;
 use sinew_host::runtime::{Backends, Engine, Executor, cache};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 fn cache_dir() -> PathBuf {
@@ -52,7 +53,28 @@ fn spec(timeout_ms: u64) -> String {
     .to_string()
 }
 
+/// The start of the tests' time (2026-01-01).
+const T0: i64 = 1_767_225_600_000;
+
+/// A clock that moves one second on every reading.
+struct Ticking(AtomicI64);
+
+impl ClockBackend for Ticking {
+    fn now_ms(&self) -> i64 {
+        self.0.fetch_add(1000, Ordering::SeqCst)
+    }
+}
+
 fn backends(spec: &str, items: usize, blob: usize) -> (Backends, MemoryBackend) {
+    backends_at(spec, items, blob, Arc::new(ManualClock(T0.into())))
+}
+
+fn backends_at(
+    spec: &str,
+    items: usize,
+    blob: usize,
+    clock: Arc<dyn ClockBackend>,
+) -> (Backends, MemoryBackend) {
     let bundle = Bundle::load(spec).unwrap();
     let mut s = MemoryStorage::default();
     let filler = "x".repeat(blob);
@@ -69,7 +91,7 @@ fn backends(spec: &str, items: usize, blob: usize) -> (Backends, MemoryBackend) 
     let memory = MemoryBackend(Arc::new(Mutex::new(s)));
     let b = Backends {
         storage: Arc::new(memory.clone()),
-        clock: Arc::new(ManualClock(1_767_225_600_000.into())),
+        clock,
         external: Arc::new(Scripted(Mutex::new(ScriptedExternal::default()))),
     };
     (b, memory)
@@ -119,18 +141,27 @@ async fn a_runaway_execution_is_stopped_rolled_back_and_audited() {
     assert_eq!(f.len(), 1);
     assert_eq!(f[0]["status"], 504);
     assert_eq!(f[0]["outcome"], "error");
+    // The trap released the idempotency key it had claimed: the same
+    // request again runs (and runs out of time again) instead of waiting
+    // out an in-flight claim.
+    let r = ex.execute(&request("scan", "r1")).await;
+    assert_eq!(r.body["code"], "deadline_exceeded", "{}", r.body);
+    assert_eq!(finals(&memory).len(), 2);
     // The next request gets a fresh instance and works.
     let r = ex.execute(&request("count", "r2")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["count"], 3);
-    assert_eq!(finals(&memory).len(), 2);
+    assert_eq!(finals(&memory).len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_out_of_memory_is_an_audited_500_and_the_host_survives() {
     let engine = Engine::with_memory(sinew_host::COMPONENT, Some(&cache_dir()), 96 << 20).unwrap();
     let spec = spec(60_000);
-    let (b, memory) = backends(&spec, 20_000, 4_000);
+    // Time moves on each reading: the entry the host writes must carry the
+    // time the executor gave the request (the first reading), not the time
+    // of the trap, or it lands in another rate window than the request.
+    let (b, memory) = backends_at(&spec, 20_000, 4_000, Arc::new(Ticking(T0.into())));
     let ex = Executor::new(engine, spec, b).await.unwrap();
     let r = ex.execute(&request("scan", "r1")).await;
     assert_eq!(r.status, 500, "{}", r.body);
@@ -144,6 +175,13 @@ async fn a_guest_out_of_memory_is_an_audited_500_and_the_host_survives() {
     let f = finals(&memory);
     assert_eq!(f.len(), 1);
     assert_eq!(f[0]["status"], 500);
+    assert_eq!(f[0]["time"], "2026-01-01T00:00:00Z", "{}", f[0]);
+    let took = f[0]["durationMs"].as_i64().unwrap();
+    assert!(took >= 1000, "the duration runs to the trap: {}", f[0]);
+    // The claimed key was released: a retry runs again (and fails the same
+    // way), not a 409 for a claim nobody holds.
+    let r = ex.execute(&request("scan", "r1")).await;
+    assert_eq!(r.status, 500, "{}", r.body);
     let r = ex.execute(&request("count", "r2")).await;
     assert_eq!(r.status, 200, "{}", r.body);
 }

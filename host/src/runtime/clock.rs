@@ -33,6 +33,8 @@ impl ClockBackend for ManualClock {
 
 impl Host for HostState {
     async fn now_ms(&mut self) -> wasmtime::Result<i64> {
-        Ok(self.backends.clock.now_ms())
+        let now = self.backends.clock.now_ms();
+        self.call.started.get_or_insert(now);
+        Ok(now)
     }
 }

@@ -261,7 +261,7 @@ impl HostState {
     async fn open(&mut self, r: Result<u64, StorageError>) -> Res<Resource<Tx>> {
         match r {
             Ok(id) => {
-                self.open.push(id);
+                self.call.open.push(id);
                 Ok(Ok(self.table.push(Tx { id })?))
             }
             Err(e) => Ok(Err(error(e))),
@@ -387,21 +387,21 @@ impl HostTransaction for HostState {
 
     async fn commit(&mut self, t: Resource<Tx>) -> Res<()> {
         let id = self.tx_id(&t)?;
-        self.open.retain(|x| *x != id);
+        self.call.open.retain(|x| *x != id);
         Ok(self.backends.storage.commit(id).await.map_err(error))
     }
 
     async fn rollback(&mut self, t: Resource<Tx>) -> Res<()> {
         let id = self.tx_id(&t)?;
-        self.open.retain(|x| *x != id);
+        self.call.open.retain(|x| *x != id);
         Ok(self.backends.storage.rollback(id).await.map_err(error))
     }
 
     async fn drop(&mut self, t: Resource<Tx>) -> wasmtime::Result<()> {
         let tx = self.table.delete(t)?;
         // Dropped without commit: roll back.
-        if self.open.contains(&tx.id) {
-            self.open.retain(|x| *x != tx.id);
+        if self.call.open.contains(&tx.id) {
+            self.call.open.retain(|x| *x != tx.id);
             let _ = self.backends.storage.rollback(tx.id).await;
         }
         Ok(())
@@ -448,11 +448,17 @@ impl Host for HostState {
         fingerprint: String,
         now_ms: i64,
     ) -> Res<wit::Claim> {
-        Ok(self
+        let claim = self
             .backends
             .storage
             .claim_key(&scope, &key, &fingerprint, now_ms)
-            .await
+            .await;
+        if let Ok(Claim::New) = claim {
+            // Kept until the call ends: a trap releases it (completing it
+            // first makes that a no-op).
+            self.call.claimed.push((scope, key));
+        }
+        Ok(claim
             .map(|c| match c {
                 Claim::New => wit::Claim::New,
                 Claim::Replay { status, body } => wit::Claim::Replay(wit::StoredResponse {
@@ -485,6 +491,7 @@ impl Host for HostState {
     }
 
     async fn release_key(&mut self, scope: String, key: String) -> Res<()> {
+        self.call.claimed.retain(|(s, k)| *s != scope || *k != key);
         Ok(self
             .backends
             .storage
