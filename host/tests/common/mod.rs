@@ -86,12 +86,16 @@ impl Proc {
         let sink = lines.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(i) = line.find("on http://") {
+                let addr = line.find("on http://").map(|i| {
                     let rest = &line[i + "on http://".len()..];
-                    let addr: String = rest.chars().take_while(|c| *c != '"').collect();
+                    rest.chars().take_while(|c| *c != '"').collect::<String>()
+                });
+                // Kept before the address is announced: a caller that reads
+                // the ready line right after `start` finds it.
+                sink.lock().unwrap().push(line);
+                if let Some(addr) = addr {
                     let _ = tx.send(addr);
                 }
-                sink.lock().unwrap().push(line);
             }
         });
         let addr = match rx.recv_timeout(Duration::from_secs(120)) {
