@@ -9,6 +9,12 @@
 
 mod ports;
 
+/// The guest's allocator: talc, faster than Rust's default dlmalloc for the
+/// many small, short-lived allocations of a request (the component is
+/// single-threaded; memory grows through `memory.grow` as before).
+#[global_allocator]
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
 use std::cell::RefCell;
 
 use serde_json::Value;
