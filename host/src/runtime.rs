@@ -644,11 +644,12 @@ impl Executor {
         .await
         .unwrap_or_else(|_| Err(wasmtime::Trap::Interrupt.into()));
         let call = std::mem::take(&mut p.store.data_mut().call);
-        match result {
+        let (status, code, internal) = match result {
             Ok(Ok(r)) => {
                 self.put(p);
-                Ran::Guest(r)
+                return Ran::Guest(r);
             }
+            // The guest refused the request (before the contract ran).
             Ok(Err(e)) => {
                 self.put(p);
                 let (status, code) = match e.code.as_str() {
@@ -656,8 +657,7 @@ impl Executor {
                     "invalid-json" => (400, "invalid_json"),
                     _ => (500, "internal"),
                 };
-                let failure = self.host_failure(request, call.started, status, code, &e.message);
-                Ran::Host(failure.await)
+                (status, code, e.message)
             }
             Err(trap) => {
                 drop(p);
@@ -665,39 +665,27 @@ impl Executor {
                     trap.downcast_ref::<wasmtime::Trap>(),
                     Some(wasmtime::Trap::Interrupt)
                 ) || started.elapsed() >= timeout;
-                let at = call.started;
-                self.clean_up(request, call).await;
-                Ran::Host(if deadline {
-                    self.host_failure(
-                        request,
-                        at,
-                        504,
-                        "deadline_exceeded",
-                        &format!(
-                            "`{}` ran longer than {} ms",
-                            request.tool,
-                            timeout.as_millis()
-                        ),
-                    )
-                    .await
+                if deadline {
+                    let ms = timeout.as_millis();
+                    let message = format!("`{}` ran longer than {ms} ms", request.tool);
+                    (504, "deadline_exceeded", message)
                 } else {
-                    self.host_failure(
-                        request,
-                        at,
-                        500,
-                        "internal",
-                        &format!("the executor stopped: {trap:?}"),
-                    )
-                    .await
-                })
+                    (500, "internal", format!("the executor stopped: {trap:?}"))
+                }
             }
-        }
+        };
+        let at = call.started;
+        self.clean_up(request, call).await;
+        Ran::Host(
+            self.host_failure(request, at, status, code, &internal)
+                .await,
+        )
     }
 
-    /// Undoes what a trapped call left: rolls back its open transactions
-    /// (innermost first) and releases the idempotency keys it claimed and
-    /// did not complete (a completed key is kept: releasing deletes only
-    /// in-flight claims).
+    /// Undoes what a call that did not answer left (nothing, unless it
+    /// trapped): rolls back its open transactions (innermost first) and
+    /// releases the idempotency keys it claimed and did not complete (a
+    /// completed key is kept: releasing deletes only in-flight claims).
     async fn clean_up(&self, request: &Request, call: Call) {
         let storage = &self.backends.storage;
         for tx in call.open.into_iter().rev() {
@@ -708,7 +696,9 @@ impl Executor {
             if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), release).await {
                 log_error(
                     request,
-                    &format!("releasing the idempotency key `{key}` after a trap failed: {e}"),
+                    &format!(
+                        "could not release the idempotency key `{key}` after the call failed: {e}"
+                    ),
                 );
             }
         }
