@@ -184,17 +184,17 @@ fn mutate(doc: &mut Value, pick: prop::sample::Index, m: &Mutation) {
         }
         Mutation::Remove | Mutation::RenameKey(_) => match doc.pointer_mut(&parent) {
             Some(Value::Object(o)) => {
-                if let Some(v) = o.shift_remove(&key) {
-                    if let Mutation::RenameKey(new) = m {
-                        o.insert(new.clone(), v);
-                    }
+                if let Some(v) = o.shift_remove(&key)
+                    && let Mutation::RenameKey(new) = m
+                {
+                    o.insert(new.clone(), v);
                 }
             }
             Some(Value::Array(a)) => {
-                if let Ok(i) = key.parse::<usize>() {
-                    if i < a.len() {
-                        a.remove(i);
-                    }
+                if let Ok(i) = key.parse::<usize>()
+                    && i < a.len()
+                {
+                    a.remove(i);
                 }
             }
             _ => {}

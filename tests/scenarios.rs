@@ -68,9 +68,8 @@ proptest! {
         for (n, (pick, who, key, gap)) in picks.iter().enumerate() {
             let (mut r, at, _) = pick.get(&pool).clone();
             r.id = format!("p-{n}");
-            if let Some(a) = &mut r.auth {
-                if *who == 3 { a.sub = "mallory".into(); }
-            }
+            if let Some(a) = &mut r.auth
+                && *who == 3 { a.sub = "mallory".into(); }
             r.idempotency_key = match key { 0 => None, 1 => Some("k-same".into()), _ => Some(format!("k-{n}")) };
             requests.push((r, at + i64::from(*gap) * 30_000, serde_json::json!({})));
         }

@@ -206,10 +206,10 @@ pub fn effective_concurrency(spec: &Spec, tool: &Tool) -> Concurrency {
                 }
                 _ => {}
             }
-            if node.kind.is_write() {
-                if let Some(e) = node.kind.entity() {
-                    written.insert(e.to_string());
-                }
+            if node.kind.is_write()
+                && let Some(e) = node.kind.entity()
+            {
+                written.insert(e.to_string());
             }
         }
     }

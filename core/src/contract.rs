@@ -335,14 +335,16 @@ pub fn execute(
             Err(p) => Err(p),
         };
         // A conflict with no external effect yet: run the request again.
-        if let Err(p) = &outcome {
-            if p.code == "conflict" && run.calls.is_empty() && attempt < CONFLICT_RETRIES {
-                if let Some(tx) = run.pending.take() {
-                    let _ = run.storage.rollback(tx.id);
-                }
-                drop(run);
-                continue;
+        if let Err(p) = &outcome
+            && p.code == "conflict"
+            && run.calls.is_empty()
+            && attempt < CONFLICT_RETRIES
+        {
+            if let Some(tx) = run.pending.take() {
+                let _ = run.storage.rollback(tx.id);
             }
+            drop(run);
+            continue;
         }
         // 8. audit, 7. commit, 9. respond.
         return audit.finish(run, key.as_deref(), &scope, outcome);
@@ -353,10 +355,10 @@ pub fn execute(
 /// missing property, where it should be) and a message.
 fn violation(e: &jsonschema::ValidationError) -> serde_json::Value {
     let mut pointer = e.instance_path().to_string();
-    if let jsonschema::error::ValidationErrorKind::Required { property } = e.kind() {
-        if let Some(p) = property.as_str() {
-            pointer = crate::diag::child(&pointer, p);
-        }
+    if let jsonschema::error::ValidationErrorKind::Required { property } = e.kind()
+        && let Some(p) = property.as_str()
+    {
+        pointer = crate::diag::child(&pointer, p);
     }
     json!({"pointer": pointer, "message": e.to_string()})
 }

@@ -261,19 +261,19 @@ impl<'a> Run<'a> {
     // -- budgets -----------------------------------------------------------
 
     fn check_deadline(&mut self) -> Result<(), Problem> {
-        if let Some(d) = self.deadline_ms {
-            if self.clock.now_ms() > d {
-                return Err(Problem::new(
-                    504,
-                    "deadline_exceeded",
-                    format!(
-                        "`{}` ran longer than its {} ms",
-                        self.tool_name,
-                        self.tool.limits.timeout_ms.unwrap_or(0)
-                    ),
-                )
-                .fatal());
-            }
+        if let Some(d) = self.deadline_ms
+            && self.clock.now_ms() > d
+        {
+            return Err(Problem::new(
+                504,
+                "deadline_exceeded",
+                format!(
+                    "`{}` ran longer than its {} ms",
+                    self.tool_name,
+                    self.tool.limits.timeout_ms.unwrap_or(0)
+                ),
+            )
+            .fatal());
         }
         Ok(())
     }
@@ -298,26 +298,26 @@ impl<'a> Run<'a> {
             )
             .fatal());
         }
-        if let Some((name, max, action)) = &self.compiled.row_limit {
-            if total > *max {
-                match action {
-                    crate::spec::PolicyAction::Block => {
-                        return Err(Problem::new(
-                            403,
-                            "policy_denied",
-                            format!("policy `{name}`: more than {max} rows"),
-                        )
-                        .fatal());
-                    }
-                    crate::spec::PolicyAction::Warn | crate::spec::PolicyAction::Escalate => {
-                        let a = if *action == crate::spec::PolicyAction::Warn {
-                            "warn"
-                        } else {
-                            "escalate"
-                        };
-                        if !self.policies.iter().any(|(n, _)| n == name) {
-                            self.policies.push((name.clone(), a));
-                        }
+        if let Some((name, max, action)) = &self.compiled.row_limit
+            && total > *max
+        {
+            match action {
+                crate::spec::PolicyAction::Block => {
+                    return Err(Problem::new(
+                        403,
+                        "policy_denied",
+                        format!("policy `{name}`: more than {max} rows"),
+                    )
+                    .fatal());
+                }
+                crate::spec::PolicyAction::Warn | crate::spec::PolicyAction::Escalate => {
+                    let a = if *action == crate::spec::PolicyAction::Warn {
+                        "warn"
+                    } else {
+                        "escalate"
+                    };
+                    if !self.policies.iter().any(|(n, _)| n == name) {
+                        self.policies.push((name.clone(), a));
                     }
                 }
             }
@@ -479,12 +479,12 @@ impl<'a> Run<'a> {
                     };
                     // A top-level transaction followed by more work that is
                     // not pure commits now.
-                    if self.pending.is_some() && self.open.is_empty() {
-                        if let Some(n) = &next {
-                            if !self.compiled.pure.contains(n) {
-                                self.flush_pending()?;
-                            }
-                        }
+                    if self.pending.is_some()
+                        && self.open.is_empty()
+                        && let Some(n) = &next
+                        && !self.compiled.pure.contains(n)
+                    {
+                        self.flush_pending()?;
                     }
                     match next {
                         Some(n) => cur = n,
@@ -606,13 +606,13 @@ impl<'a> Run<'a> {
                     };
                     row.insert(f.clone(), v);
                 }
-                if let Some(owner) = &e.owner {
-                    if !self.exempt(e) {
-                        let sub = self.sub().ok_or_else(|| {
-                            Problem::new(401, "unauthenticated", "sign in to create this")
-                        })?;
-                        row.insert(owner.field.clone(), Json::String(sub));
-                    }
+                if let Some(owner) = &e.owner
+                    && !self.exempt(e)
+                {
+                    let sub = self.sub().ok_or_else(|| {
+                        Problem::new(401, "unauthenticated", "sign in to create this")
+                    })?;
+                    row.insert(owner.field.clone(), Json::String(sub));
                 }
                 rows::normalize_row(e, &mut row);
                 rows::check_fields(entity, e, &row, e.fields.keys())?;
@@ -867,18 +867,18 @@ impl<'a> Run<'a> {
         else {
             return Err(Problem::new(500, "internal", "not a call").fatal());
         };
-        if let Some(max) = self.tool.limits.max_calls {
-            if self.calls.len() as u64 >= max {
-                return Err(Problem::new(
-                    422,
-                    "limit_exceeded",
-                    format!(
-                        "`{}` made more external calls than its limit of {max}",
-                        self.tool_name
-                    ),
-                )
-                .fatal());
-            }
+        if let Some(max) = self.tool.limits.max_calls
+            && self.calls.len() as u64 >= max
+        {
+            return Err(Problem::new(
+                422,
+                "limit_exceeded",
+                format!(
+                    "`{}` made more external calls than its limit of {max}",
+                    self.tool_name
+                ),
+            )
+            .fatal());
         }
         let mut a = Map::new();
         for (k, t) in args {
@@ -987,14 +987,14 @@ impl<'a> Run<'a> {
     }
 
     fn owner_filter(&self, e: &Entity, conditions: &mut Vec<Condition>) -> Result<(), Problem> {
-        if let Some(owner) = &e.owner {
-            if !self.exempt(e) {
-                conditions.push(Condition {
-                    field: owner.field.clone(),
-                    op: FilterOp::Eq,
-                    value: self.sub().map_or(Json::Null, Json::String),
-                });
-            }
+        if let Some(owner) = &e.owner
+            && !self.exempt(e)
+        {
+            conditions.push(Condition {
+                field: owner.field.clone(),
+                op: FilterOp::Eq,
+                value: self.sub().map_or(Json::Null, Json::String),
+            });
         }
         Ok(())
     }

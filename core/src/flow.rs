@@ -474,10 +474,10 @@ impl<'s> ToolGraph<'s> {
                             stack.push((t, 0));
                         }
                         Some(GREY) => {
-                            if let Some(spec) = e.spec {
-                                if !out.contains(&spec) {
-                                    out.push(spec);
-                                }
+                            if let Some(spec) = e.spec
+                                && !out.contains(&spec)
+                            {
+                                out.push(spec);
                             }
                         }
                         _ => {}
@@ -518,11 +518,11 @@ impl Dominance {
             let (targets, _) = g.succ.of(v as usize);
             if let Some(&t) = targets.get(i as usize) {
                 stack.push((v, i + 1));
-                if let Some(seen) = visited.get_mut(t as usize) {
-                    if !*seen {
-                        *seen = true;
-                        stack.push((t, 0));
-                    }
+                if let Some(seen) = visited.get_mut(t as usize)
+                    && !*seen
+                {
+                    *seen = true;
+                    stack.push((t, 0));
                 }
             } else {
                 if let Some(p) = po.get_mut(v as usize) {
@@ -564,21 +564,23 @@ impl Dominance {
                         a
                     };
                 }
-                if let Some(d) = idom.get_mut(v as usize) {
-                    if new != NONE && *d != new {
-                        *d = new;
-                        changed = true;
-                    }
+                if let Some(d) = idom.get_mut(v as usize)
+                    && new != NONE
+                    && *d != new
+                {
+                    *d = new;
+                    changed = true;
                 }
             }
         }
         // The dominator tree, numbered in pre and post order.
         let mut child_count = vec![0u32; n + 1];
         for (v, &d) in idom.iter().enumerate() {
-            if d != NONE && v != start as usize {
-                if let Some(c) = child_count.get_mut(d as usize + 1) {
-                    *c += 1;
-                }
+            if d != NONE
+                && v != start as usize
+                && let Some(c) = child_count.get_mut(d as usize + 1)
+            {
+                *c += 1;
             }
         }
         for i in 0..n {
@@ -591,13 +593,14 @@ impl Dominance {
         let mut fill = offsets.clone();
         let mut children = vec![0u32; offsets.last().copied().unwrap_or(0) as usize];
         for (v, &d) in idom.iter().enumerate() {
-            if d != NONE && v != start as usize {
-                if let Some(slot) = fill.get_mut(d as usize) {
-                    if let Some(c) = children.get_mut(*slot as usize) {
-                        *c = u32::try_from(v).unwrap_or(NONE);
-                    }
-                    *slot += 1;
+            if d != NONE
+                && v != start as usize
+                && let Some(slot) = fill.get_mut(d as usize)
+            {
+                if let Some(c) = children.get_mut(*slot as usize) {
+                    *c = u32::try_from(v).unwrap_or(NONE);
                 }
+                *slot += 1;
             }
         }
         let kids = |v: u32| {

@@ -141,21 +141,22 @@ pub fn run(args: &Args) -> u8 {
         if args.fix && report.level != Level::Invalid {
             let outcome = risk::fix(&text);
             human::fix_summary(&mut out, path, &text, &outcome, args.dry_run, color);
-            if !args.dry_run && outcome.text != text {
-                if let Err(e) = std::fs::write(path, &outcome.text) {
-                    let d = Diagnostic::new(
-                        "unwritable",
-                        "",
-                        format!("cannot write `{}`: {e}", path.display()),
-                    )
-                    .help("check the file's permissions");
-                    checked.push(Checked {
-                        path: path.clone(),
-                        text,
-                        report: invalid(d),
-                    });
-                    continue;
-                }
+            if !args.dry_run
+                && outcome.text != text
+                && let Err(e) = std::fs::write(path, &outcome.text)
+            {
+                let d = Diagnostic::new(
+                    "unwritable",
+                    "",
+                    format!("cannot write `{}`: {e}", path.display()),
+                )
+                .help("check the file's permissions");
+                checked.push(Checked {
+                    path: path.clone(),
+                    text,
+                    report: invalid(d),
+                });
+                continue;
             }
             if !args.dry_run {
                 checked.push(Checked {

@@ -293,32 +293,32 @@ fn run_inner(scenario: &Scenario, target: &mut dyn Target) -> Result<(Trace, Vec
     for (i, (request, at, expect)) in scenario.requests.iter().enumerate() {
         let response = target.send(request, *at)?;
         let here = format!("request {} ({})", i + 1, request.tool);
-        if let Some(s) = expect.get("status") {
-            if *s != json!(response.status) {
-                problems.push(format!(
-                    "{here}: status {} instead of {s}: {}",
-                    response.status, response.body
-                ));
-            }
+        if let Some(s) = expect.get("status")
+            && *s != json!(response.status)
+        {
+            problems.push(format!(
+                "{here}: status {} instead of {s}: {}",
+                response.status, response.body
+            ));
         }
-        if let Some(code) = expect.get("code") {
-            if response.body.get("code") != Some(code) {
-                problems.push(format!(
-                    "{here}: code {} instead of {code}: {}",
-                    response.body.get("code").unwrap_or(&Value::Null),
-                    response.body
-                ));
-            }
+        if let Some(code) = expect.get("code")
+            && response.body.get("code") != Some(code)
+        {
+            problems.push(format!(
+                "{here}: code {} instead of {code}: {}",
+                response.body.get("code").unwrap_or(&Value::Null),
+                response.body
+            ));
         }
-        if let Some(body) = expect.get("body") {
-            if let Err(e) = matches(body, Some(&response.body), "body") {
-                problems.push(format!("{here}: {e}"));
-            }
+        if let Some(body) = expect.get("body")
+            && let Err(e) = matches(body, Some(&response.body), "body")
+        {
+            problems.push(format!("{here}: {e}"));
         }
-        if let Some(audit) = expect.get("audit") {
-            if let Err(e) = matches(audit, Some(&response.audit), "audit") {
-                problems.push(format!("{here}: {e}"));
-            }
+        if let Some(audit) = expect.get("audit")
+            && let Err(e) = matches(audit, Some(&response.audit), "audit")
+        {
+            problems.push(format!("{here}: {e}"));
         }
         responses.push(response);
     }
@@ -327,10 +327,9 @@ fn run_inner(scenario: &Scenario, target: &mut dyn Target) -> Result<(Trace, Vec
         let rows = target.rows(entity)?;
         if let Some(Value::Array(expected)) =
             scenario.expect.get("state").and_then(|s| s.get(entity))
+            && let Err(e) = matches_rows(expected, &rows, entity)
         {
-            if let Err(e) = matches_rows(expected, &rows, entity) {
-                problems.push(format!("state: {e}"));
-            }
+            problems.push(format!("state: {e}"));
         }
         state.insert(
             entity.clone(),
@@ -357,13 +356,13 @@ fn run_inner(scenario: &Scenario, target: &mut dyn Target) -> Result<(Trace, Vec
         ));
     }
     if let Some(a) = scenario.expect.get("audit") {
-        if let Some(n) = a.get("count") {
-            if *n != json!(finals.len()) {
-                problems.push(format!(
-                    "audit: {} final entries, expected {n}",
-                    finals.len()
-                ));
-            }
+        if let Some(n) = a.get("count")
+            && *n != json!(finals.len())
+        {
+            problems.push(format!(
+                "audit: {} final entries, expected {n}",
+                finals.len()
+            ));
         }
         if let Some(Value::Array(entries)) = a.get("entries") {
             let actual: Vec<Value> = finals.iter().map(|v| (*v).clone()).collect();

@@ -147,15 +147,15 @@ pub(crate) fn check_fields<'k>(
                 ));
             }
         }
-        if let (Some(max), Some(s)) = (f.max_length, v.as_str()) {
-            if s.chars().count() as u64 > max {
-                fail(format!("must be at most {max} characters"));
-            }
+        if let (Some(max), Some(s)) = (f.max_length, v.as_str())
+            && s.chars().count() as u64 > max
+        {
+            fail(format!("must be at most {max} characters"));
         }
-        if let Some(allowed) = &f.enum_values {
-            if !allowed.contains(v) {
-                fail("is not one of the allowed values".into());
-            }
+        if let Some(allowed) = &f.enum_values
+            && !allowed.contains(v)
+        {
+            fail("is not one of the allowed values".into());
         }
     }
     if errors.is_empty() {
@@ -176,10 +176,10 @@ pub(crate) fn check_fields<'k>(
 /// Normalizes the timestamp fields of a row to the canonical text form.
 pub(crate) fn normalize_row(e: &Entity, row: &mut Row) {
     for (k, v) in row.iter_mut() {
-        if is_timestamp_column(e, k) {
-            if let Some(t) = v.as_str().and_then(parse_timestamp) {
-                *v = Json::String(format_timestamp(t));
-            }
+        if is_timestamp_column(e, k)
+            && let Some(t) = v.as_str().and_then(parse_timestamp)
+        {
+            *v = Json::String(format_timestamp(t));
         }
     }
 }

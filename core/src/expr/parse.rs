@@ -159,18 +159,19 @@ impl Parser {
             self.toks.get(self.pos + 1),
             Some((Tok::Dot | Tok::LBracket, _))
         );
-        if op == UnaryOp::Neg && !postfix_follows {
-            if let (Tok::Int(n), nspan) = self.peek() {
-                let n = *n;
-                if let Some(v) = 0i64.checked_sub_unsigned(n) {
-                    self.bump();
-                    self.leave();
-                    let e = Expr {
-                        kind: ExprKind::Lit(Lit::Int(v)),
-                        span: span.to(nspan),
-                    };
-                    return self.postfix_on(e, 1);
-                }
+        if op == UnaryOp::Neg
+            && !postfix_follows
+            && let (Tok::Int(n), nspan) = self.peek()
+        {
+            let n = *n;
+            if let Some(v) = 0i64.checked_sub_unsigned(n) {
+                self.bump();
+                self.leave();
+                let e = Expr {
+                    kind: ExprKind::Lit(Lit::Int(v)),
+                    span: span.to(nspan),
+                };
+                return self.postfix_on(e, 1);
             }
         }
         let (inner, d) = self.unary()?;

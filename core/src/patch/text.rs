@@ -98,12 +98,10 @@ fn one(text: &str, op: &Op) -> Option<String> {
             let parent = find(text, &parent_path)?;
             let ms = members(text, parent.start)?;
             let is_obj = text.as_bytes().get(parent.start) == Some(&b'{');
-            if is_obj {
-                if let Some(m) = ms.iter().find(|m| m.key.as_deref() == Some(key.as_str())) {
-                    let indent = line_indent(text, m.start).to_string();
-                    let col = column(text, m.value.start);
-                    return splice(text, m.value, &render(value, &indent, "  ", col));
-                }
+            if is_obj && let Some(m) = ms.iter().find(|m| m.key.as_deref() == Some(key.as_str())) {
+                let indent = line_indent(text, m.start).to_string();
+                let col = column(text, m.value.start);
+                return splice(text, m.value, &render(value, &indent, "  ", col));
             }
             let lay = layout(text, parent, &ms);
             let head = if is_obj {

@@ -551,21 +551,22 @@ impl MemoryStorage {
                 let Some(id) = row.get("id").and_then(Value::as_str) else {
                     return Err(format!("`{at}` has no string `id`"));
                 };
-                if let Some(version) = row.get("version") {
-                    if version.as_i64().is_none() {
-                        return Err(format!(
-                            "`{at}.version` must be an integer, not {}",
-                            type_name(version)
-                        ));
-                    }
+                if let Some(version) = row.get("version")
+                    && version.as_i64().is_none()
+                {
+                    return Err(format!(
+                        "`{at}.version` must be an integer, not {}",
+                        type_name(version)
+                    ));
                 }
-                if let Some(deleted) = row.get("deleted_at") {
-                    if !deleted.is_null() && !deleted.is_string() {
-                        return Err(format!(
-                            "`{at}.deleted_at` must be null or a timestamp, not {}",
-                            type_name(deleted)
-                        ));
-                    }
+                if let Some(deleted) = row.get("deleted_at")
+                    && !deleted.is_null()
+                    && !deleted.is_string()
+                {
+                    return Err(format!(
+                        "`{at}.deleted_at` must be null or a timestamp, not {}",
+                        type_name(deleted)
+                    ));
                 }
                 if table.contains_key(id) {
                     return Err(format!("`{at}`: duplicate id `{id}`"));
@@ -801,14 +802,13 @@ impl MemoryStorage {
     /// Fails if the row is locked by a transaction other than `root`'s
     /// (`None`: outside any transaction).
     fn check_lock(&self, root: Option<u64>, entity: &str, id: &str) -> Result<(), StorageError> {
-        if let Some(owner) = self.locks.get(&row_key(entity, id)) {
-            if let Some(t) = self.txs.get(owner) {
-                if Some(t.root) != root {
-                    return Err(conflict(format!(
-                        "`{entity}` row `{id}` is locked by another transaction"
-                    )));
-                }
-            }
+        if let Some(owner) = self.locks.get(&row_key(entity, id))
+            && let Some(t) = self.txs.get(owner)
+            && Some(t.root) != root
+        {
+            return Err(conflict(format!(
+                "`{entity}` row `{id}` is locked by another transaction"
+            )));
         }
         Ok(())
     }
@@ -1026,10 +1026,11 @@ impl MemoryStorage {
                 }
             }
         }
-        if matches!(t.isolation, Isolation::Serializable) && !t.writes.is_empty() {
-            if let Some(snapshot) = t.snapshot {
-                self.validate_reads(t, snapshot)?;
-            }
+        if matches!(t.isolation, Isolation::Serializable)
+            && !t.writes.is_empty()
+            && let Some(snapshot) = t.snapshot
+        {
+            self.validate_reads(t, snapshot)?;
         }
         for (entity, rows) in &t.writes {
             let Some(fields) = self.unique.get(entity) else {
@@ -1145,10 +1146,10 @@ impl MemoryStorage {
         }
         self.audit.extend(audit);
         for k in t.keys {
-            if let Some(record) = self.keys.get_mut(&(k.scope, k.key)) {
-                if record.response.is_none() {
-                    record.response = Some((k.status, k.body));
-                }
+            if let Some(record) = self.keys.get_mut(&(k.scope, k.key))
+                && record.response.is_none()
+            {
+                record.response = Some((k.status, k.body));
             }
         }
         self.discard(id);
@@ -1322,10 +1323,10 @@ impl Storage for MemoryStorage {
     fn rollback(&mut self, tx: TxId) -> Result<(), StorageError> {
         let parent = self.get_tx(tx.0)?.parent;
         self.discard(tx.0);
-        if let Some(p) = parent {
-            if let Some(t) = self.txs.get_mut(&p) {
-                t.child = None;
-            }
+        if let Some(p) = parent
+            && let Some(t) = self.txs.get_mut(&p)
+        {
+            t.child = None;
         }
         Ok(())
     }
@@ -1461,14 +1462,14 @@ fn check_query(query: &Query) -> Result<(), StorageError> {
             )));
         }
     }
-    if let Some(after) = &query.after {
-        if after.len() != query.order.len() {
-            return Err(invalid(format!(
-                "the cursor has {} values for {} sort keys",
-                after.len(),
-                query.order.len()
-            )));
-        }
+    if let Some(after) = &query.after
+        && after.len() != query.order.len()
+    {
+        return Err(invalid(format!(
+            "the cursor has {} values for {} sort keys",
+            after.len(),
+            query.order.len()
+        )));
     }
     Ok(())
 }

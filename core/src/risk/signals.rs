@@ -30,8 +30,7 @@ pub(super) fn compensating_operations<'g, 's: 'g>(
                 compensate: Some(t),
                 ..
             } = &info.node.kind
-            {
-                if let Some(NodeKind::Call {
+                && let Some(NodeKind::Call {
                     external,
                     operation,
                     ..
@@ -40,9 +39,8 @@ pub(super) fn compensating_operations<'g, 's: 'g>(
                     .get(t.as_str())
                     .and_then(|&i| g.nodes.get(i))
                     .map(|n| &n.node.kind)
-                {
-                    out.insert((external.clone(), operation.clone()));
-                }
+            {
+                out.insert((external.clone(), operation.clone()));
             }
         }
     }
@@ -454,10 +452,10 @@ fn write_chains(g: &ToolGraph) -> HashMap<usize, Vec<usize>> {
     };
     let mut continued: BTreeSet<usize> = BTreeSet::new();
     for i in 0..g.nodes.len() {
-        if top_write(i) {
-            if let Some(t) = next_in_chain(i) {
-                continued.insert(t);
-            }
+        if top_write(i)
+            && let Some(t) = next_in_chain(i)
+        {
+            continued.insert(t);
         }
     }
     let mut out = HashMap::new();

@@ -196,8 +196,8 @@ pub(crate) fn check_expr(cx: &mut Cx, e: &Expression, scope: &Scope) {
             let root = inner.as_path().map(|(r, _)| r.to_string()).unwrap_or_default();
             match binding {
                 Binding::Row(ent) => {
-                    if let Some(entity) = scope.spec.entities.get(&ent) {
-                        if !entity.has_column(field) {
+                    if let Some(entity) = scope.spec.entities.get(&ent)
+                        && !entity.has_column(field) {
                             report(
                                 cx,
                                 "unknown-field",
@@ -206,7 +206,6 @@ pub(crate) fn check_expr(cx: &mut Cx, e: &Expression, scope: &Scope) {
                                 suggest(field, entity.columns(), ""),
                             );
                         }
-                    }
                 }
                 Binding::Rows(ent) => report(
                     cx,
@@ -292,21 +291,21 @@ fn check_template(cx: &mut Cx, t: &Template, scope: &Scope) {
 }
 
 fn check_role(cx: &mut Cx, spec: &Spec, path: &str, role: &str) {
-    if let Some(roles) = &spec.roles {
-        if !roles.iter().any(|r| r == role) {
-            cx.error(
-                Diagnostic::new(
-                    "unknown-role",
-                    path,
-                    format!("role `{role}` is not declared"),
-                )
-                .help(suggest(
-                    role,
-                    roles.iter().map(String::as_str),
-                    "declare it in the top-level `roles`",
-                )),
-            );
-        }
+    if let Some(roles) = &spec.roles
+        && !roles.iter().any(|r| r == role)
+    {
+        cx.error(
+            Diagnostic::new(
+                "unknown-role",
+                path,
+                format!("role `{role}` is not declared"),
+            )
+            .help(suggest(
+                role,
+                roles.iter().map(String::as_str),
+                "declare it in the top-level `roles`",
+            )),
+        );
     }
 }
 
@@ -327,13 +326,13 @@ fn entity_ref<'s>(cx: &mut Cx, spec: &'s Spec, path: &str, name: &str) -> Option
 pub(crate) fn check(cx: &mut Cx, spec: &Spec) {
     for (xname, x) in &spec.externals {
         for (oname, op) in &x.operations {
-            if let Some(target) = &op.compensates {
-                if target == oname || !x.operations.contains_key(target) {
-                    cx.error(
+            if let Some(target) = &op.compensates
+                && (target == oname || !x.operations.contains_key(target))
+            {
+                cx.error(
                         Diagnostic::new("unknown-operation", format!("/externals/{xname}/operations/{oname}/compensates"), format!("`{xname}` has no other operation `{target}` for `{oname}` to compensate"))
                             .help(suggest(target, x.operations.keys().map(String::as_str), "")),
                     );
-                }
             }
         }
     }
@@ -429,17 +428,17 @@ pub(crate) fn check(cx: &mut Cx, spec: &Spec) {
                 )),
             );
         }
-        if let Some(node) = &ack.node {
-            if tool.flow.find(node).is_none() {
-                cx.error(
-                    Diagnostic::new(
-                        "unknown-node",
-                        child(&ack.path, "node"),
-                        format!("`{}` has no node `{node}`", ack.tool),
-                    )
-                    .help(suggest(node, tool.flow.ids(), "")),
-                );
-            }
+        if let Some(node) = &ack.node
+            && tool.flow.find(node).is_none()
+        {
+            cx.error(
+                Diagnostic::new(
+                    "unknown-node",
+                    child(&ack.path, "node"),
+                    format!("`{}` has no node `{node}`", ack.tool),
+                )
+                .help(suggest(node, tool.flow.ids(), "")),
+            );
         }
     }
 }
@@ -489,17 +488,17 @@ fn check_entity(cx: &mut Cx, spec: &Spec, name: &str, e: &Entity) {
             check_role(cx, spec, &format!("{opath}/exempt/{i}"), r);
         }
     }
-    if let Some(sm) = &e.status {
-        if sm.transitions.is_empty() {
-            cx.warn(
-                Diagnostic::new(
-                    "no-transitions",
-                    child(&e.path, "status"),
-                    format!("`{name}` has a status machine with no transitions"),
-                )
-                .help("add transitions, or remove the status machine"),
-            );
-        }
+    if let Some(sm) = &e.status
+        && sm.transitions.is_empty()
+    {
+        cx.warn(
+            Diagnostic::new(
+                "no-transitions",
+                child(&e.path, "status"),
+                format!("`{name}` has a status machine with no transitions"),
+            )
+            .help("add transitions, or remove the status machine"),
+        );
     }
     let scope = Scope::row_only(spec, name);
     for inv in e.invariants.values() {
@@ -518,15 +517,15 @@ fn check_tool(cx: &mut Cx, spec: &Spec, tool: &Tool) {
     if let Some(e) = &tool.auth.deny_when {
         check_expr(cx, e, &base);
     }
-    if let Some((_, path)) = tool.trigger.route() {
-        if let Some(fields) = base.input_fields() {
-            for p in path_params(path).unwrap_or_default() {
-                if !fields.contains(&p) {
-                    cx.error(
+    if let Some((_, path)) = tool.trigger.route()
+        && let Some(fields) = base.input_fields()
+    {
+        for p in path_params(path).unwrap_or_default() {
+            if !fields.contains(&p) {
+                cx.error(
                         Diagnostic::new("path-param-not-in-input", child(&tool.path, "input"), format!("the path parameter `{p}` is not a property of the input schema"))
                             .help(format!("path parameters are merged into the input: declare `{p}` under `properties`")),
                     );
-                }
             }
         }
     }

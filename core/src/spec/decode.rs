@@ -444,10 +444,10 @@ pub(crate) fn spec(cx: &mut Cx, v: &Value) -> Spec {
         }
     }
     for (name, v, path) in object_map(cx, o.get("policies"), "/policies") {
-        if check_name(cx, &path, name, "a policy name") {
-            if let Some(p) = policy(cx, v, &path) {
-                spec.policies.insert(name.clone(), p);
-            }
+        if check_name(cx, &path, name, "a policy name")
+            && let Some(p) = policy(cx, v, &path)
+        {
+            spec.policies.insert(name.clone(), p);
         }
     }
     if let Some(v) = o.get("acknowledgments") {
@@ -463,13 +463,13 @@ pub(crate) fn spec(cx: &mut Cx, v: &Value) -> Spec {
             other => wrong_type(cx, "/acknowledgments", "an array", other),
         }
     }
-    if let Some(v) = o.get("limits") {
-        if let Some(mut l) = Obj::new(cx, v, "/limits", "an object") {
-            if let Some(n) = l.uint(cx, "maxRowsPerWrite", 1, u64::from(u32::MAX)) {
-                spec.limits.max_rows_per_write = n;
-            }
-            l.finish(cx);
+    if let Some(v) = o.get("limits")
+        && let Some(mut l) = Obj::new(cx, v, "/limits", "an object")
+    {
+        if let Some(n) = l.uint(cx, "maxRowsPerWrite", 1, u64::from(u32::MAX)) {
+            spec.limits.max_rows_per_write = n;
         }
+        l.finish(cx);
     }
     o.finish(cx);
     spec
@@ -486,10 +486,10 @@ fn entity(cx: &mut Cx, v: &Value, path: &str) -> Entity {
     let fields_path = o.at("fields");
     let raw = o.req(cx, "fields");
     for (name, v, p) in object_map(cx, raw, &fields_path) {
-        if check_name(cx, &p, name, "a field name") {
-            if let Some(f) = field(cx, v, &p) {
-                e.fields.insert(name.clone(), f);
-            }
+        if check_name(cx, &p, name, "a field name")
+            && let Some(f) = field(cx, v, &p)
+        {
+            e.fields.insert(name.clone(), f);
         }
     }
     if let Some(v) = o.get("owner") {
@@ -509,10 +509,10 @@ fn entity(cx: &mut Cx, v: &Value, path: &str) -> Entity {
     }
     let inv_path = o.at("invariants");
     for (name, v, p) in object_map(cx, o.get("invariants"), &inv_path) {
-        if check_name(cx, &p, name, "an invariant name") {
-            if let Some(x) = expression(cx, v, &p) {
-                e.invariants.insert(name.clone(), x);
-            }
+        if check_name(cx, &p, name, "an invariant name")
+            && let Some(x) = expression(cx, v, &p)
+        {
+            e.invariants.insert(name.clone(), x);
         }
     }
     o.finish(cx);
@@ -926,17 +926,17 @@ fn flow(cx: &mut Cx, v: &Value, path: &str, ids: &mut HashMap<String, String>) -
     let npath = o.at("nodes");
     let mut nodes = NameMap::default();
     let raw = o.req(cx, "nodes");
-    if let Some(Value::Object(m)) = raw {
-        if m.is_empty() {
-            cx.error(
-                Diagnostic::new(
-                    "invalid-value",
-                    npath.clone(),
-                    "a flow needs at least one node",
-                )
-                .help("add nodes"),
-            );
-        }
+    if let Some(Value::Object(m)) = raw
+        && m.is_empty()
+    {
+        cx.error(
+            Diagnostic::new(
+                "invalid-value",
+                npath.clone(),
+                "a flow needs at least one node",
+            )
+            .help("add nodes"),
+        );
     }
     for (id, v, p) in object_map(cx, raw, &npath) {
         if !check_name(cx, &p, id, "a node id") {
