@@ -110,28 +110,15 @@ pub fn load_or_compile_keyed(
 ) -> Result<(Component, bool)> {
     if let Some(dir) = dir {
         let path = keyed_path(dir, kind, key);
+        if let Some(c) = load_checked(engine, &path) {
+            return Ok((c, true));
+        }
         // Processes starting together compile once: the first takes the
-        // lock file, the others wait (at most 5 minutes) for its result.
+        // lock, the others wait (at most 5 minutes) and load its result.
         let _ = std::fs::create_dir_all(dir);
-        let lock = path.with_extension("cwasm.lock");
-        let _guard = CompileLock::take(&lock, &checksum_path(&path));
-        if let Ok(sum) = std::fs::read_to_string(checksum_path(&path))
-            && file_crc32(&path).is_some_and(|c| c == sum.trim())
-        {
-            // SAFETY: the file is what `precompile_component` wrote for this
-            // component and wasmtime version (its checksum matches the one
-            // written with it), wasmtime checks the engine configuration in
-            // its header, and it is mapped privately: later writes to the
-            // path (another process's rebuild renames a new file over it)
-            // do not change this mapping.
-            #[expect(
-                unsafe_code,
-                reason = "deserializing our own precompiled component, checksum verified"
-            )]
-            let loaded = unsafe { Component::deserialize_file(engine, &path) };
-            if let Ok(c) = loaded {
-                return Ok((c, true));
-            }
+        let _guard = CompileLock::take(&path.with_extension("cwasm.lock"));
+        if let Some(c) = load_checked(engine, &path) {
+            return Ok((c, true));
         }
         let compiled = engine
             .precompile_component(&make()?)
@@ -156,48 +143,59 @@ pub fn load_or_compile_keyed(
     Ok((c, false))
 }
 
-/// A lock file held while one process compiles; removed on drop.
-struct CompileLock(Option<PathBuf>);
-
-impl CompileLock {
-    fn take(lock: &Path, done: &Path) -> CompileLock {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-        loop {
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(lock)
-            {
-                Ok(_) => return CompileLock(Some(lock.to_path_buf())),
-                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                    // A read-only cache (baked into an image): no lock
-                    // needed to read it, and nothing can be written.
-                    return CompileLock(None);
-                }
-                Err(_) => {}
-            }
-            // A lock older than the deadline was left by a killed process.
-            let stale = std::fs::metadata(lock)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > std::time::Duration::from_secs(300));
-            if stale {
-                let _ = std::fs::remove_file(lock);
-                continue;
-            }
-            if done.exists() && !lock.exists() || std::time::Instant::now() > deadline {
-                return CompileLock(None);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+/// The cache file at `path`, if its checksum matches.
+fn load_checked(engine: &wasmtime::Engine, path: &Path) -> Option<Component> {
+    let sum = std::fs::read_to_string(checksum_path(path)).ok()?;
+    if file_crc32(path)? != sum.trim() {
+        return None;
     }
+    // SAFETY: the file is what `precompile_component` wrote for this
+    // component and wasmtime version (its checksum matches the one written
+    // with it), wasmtime checks the engine configuration in its header, and
+    // it is mapped privately: later writes to the path (another process's
+    // rebuild renames a new file over it) do not change this mapping.
+    #[expect(
+        unsafe_code,
+        reason = "deserializing our own precompiled component, checksum verified"
+    )]
+    let loaded = unsafe { Component::deserialize_file(engine, path) };
+    loaded.ok()
 }
 
-impl Drop for CompileLock {
-    fn drop(&mut self) {
-        if let Some(p) = &self.0 {
-            let _ = std::fs::remove_file(p);
+/// An advisory lock (`flock`) on a file beside the cache entry, held while
+/// one process compiles. The kernel releases it when its holder exits, even
+/// when killed: a compile cut short never holds up the next start. The
+/// file itself stays (removing it would let two processes lock two
+/// different files of the same name).
+struct CompileLock {
+    /// The locked file: closing it releases the lock.
+    _held: Option<std::fs::File>,
+}
+
+impl CompileLock {
+    fn take(lock: &Path) -> CompileLock {
+        let Ok(file) = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(lock)
+        else {
+            // A read-only cache (baked into an image): nothing can be
+            // written, so there is nothing to lock.
+            return CompileLock { _held: None };
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        loop {
+            match file.try_lock() {
+                Ok(()) => return CompileLock { _held: Some(file) },
+                // A file system without locks: compile without one.
+                Err(std::fs::TryLockError::Error(_)) => return CompileLock { _held: None },
+                Err(std::fs::TryLockError::WouldBlock) => {}
+            }
+            if std::time::Instant::now() > deadline {
+                return CompileLock { _held: None };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
 }
@@ -230,6 +228,84 @@ fn prune(dir: &Path, kind: Kind, keep: &Path) {
         let _ = std::fs::remove_file(checksum_path(&p));
         let _ = std::fs::remove_file(p.with_extension("cwasm.sha256"));
         let _ = std::fs::remove_file(p.with_extension("cwasm.json"));
+        let _ = std::fs::remove_file(p.with_extension("cwasm.lock"));
         let _ = std::fs::remove_file(&p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    /// The smallest component: the preamble, no sections.
+    const EMPTY: &[u8] = b"\0asm\x0d\x00\x01\x00";
+
+    fn load(dir: &Path) -> bool {
+        let engine = wasmtime::Engine::default();
+        load_or_compile_keyed(&engine, Kind::Snapshot, "00ff", Some(dir), || {
+            Ok(EMPTY.to_vec())
+        })
+        .expect("compiles")
+        .1
+    }
+
+    #[test]
+    fn a_lock_file_left_by_a_killed_process_holds_nothing_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = keyed_path(dir.path(), Kind::Snapshot, "00ff");
+        // What a process killed while compiling leaves: the lock file, its
+        // lock gone with the process.
+        std::fs::write(path.with_extension("cwasm.lock"), "").unwrap();
+        let started = Instant::now();
+        assert!(!load(dir.path()), "nothing was cached yet");
+        // The old lock (a file whose existence was the lock) made this
+        // wait until the file was 5 minutes old.
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "compiling waited {:?} for a lock nobody held",
+            started.elapsed()
+        );
+        assert!(load(dir.path()), "the second load comes from the cache");
+    }
+
+    #[test]
+    fn a_held_lock_makes_others_wait_and_then_load_the_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = keyed_path(dir.path(), Kind::Snapshot, "00ff");
+        let holder = CompileLock::take(&path.with_extension("cwasm.lock"));
+        assert!(holder._held.is_some(), "the first takes the lock");
+        let (tx, rx) = mpsc::channel();
+        let waiter = std::thread::spawn({
+            let dir = dir.path().to_path_buf();
+            move || tx.send(load(&dir)).unwrap()
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_millis(500)).is_err(),
+            "a second process compiled while the first held the lock"
+        );
+        // The holder finishes: it writes the cache, then releases the lock.
+        let engine = wasmtime::Engine::default();
+        let compiled = engine.precompile_component(EMPTY).unwrap();
+        std::fs::write(&path, &compiled).unwrap();
+        std::fs::write(checksum_path(&path), crc32(&compiled)).unwrap();
+        drop(holder);
+        let from_cache = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        assert!(from_cache, "the waiter loads what the holder wrote");
+        waiter.join().unwrap();
+    }
+
+    #[test]
+    fn a_damaged_cache_file_is_compiled_again() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!load(dir.path()));
+        let path = keyed_path(dir.path(), Kind::Snapshot, "00ff");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(!load(dir.path()), "a damaged file is not loaded");
+        assert!(load(dir.path()), "and the rewritten one is");
     }
 }
