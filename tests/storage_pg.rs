@@ -65,13 +65,16 @@ fn reads_of_locked_rows_are_answered_as_the_database_would() {
         let db = PgBackend::new(url.parse().unwrap(), &spec, 4, None);
         // The start's catalog warm-up names every table and column the
         // migration made: it plans without an error here, and fails where
-        // the tables are missing.
+        // the tables are missing. It also prepares the statements nearly
+        // every request runs, for the connection to keep.
         let mut conn = db.connection().await.unwrap();
-        db.warm_catalog(&mut conn).await.unwrap();
+        let prepared = db.warm_catalog(&conn.client).await.unwrap();
+        assert_eq!(prepared.len(), 3, "audit lock, audit append, key claim");
+        conn.remember(prepared);
         db.give_back(conn);
         let bare = PgBackend::new(cluster.database().await.parse().unwrap(), &spec, 1, None);
-        let mut conn = bare.connection().await.unwrap();
-        assert!(bare.warm_catalog(&mut conn).await.is_err());
+        let conn = bare.connection().await.unwrap();
+        assert!(bare.warm_catalog(&conn.client).await.is_err());
         let bundle = sinew_core::bundle::Bundle::load(&text).unwrap();
         let seed = bundle
             .complete_row(

@@ -199,7 +199,7 @@ pub fn run(quick: bool) -> Result<()> {
     let t = Instant::now();
     let cold = Engine::new(Some(cache.path()))?;
     let compile = t.elapsed();
-    ensure!(!cold.from_cache, "the cache directory was not empty");
+    ensure!(!cold.from_cache(), "the cache directory was not empty");
     drop(cold);
     let mut loads = Vec::new();
     let mut engine = None;
@@ -207,7 +207,7 @@ pub fn run(quick: bool) -> Result<()> {
         let t = Instant::now();
         let e = Engine::new(Some(cache.path()))?;
         loads.push(t.elapsed());
-        ensure!(e.from_cache, "the .cwasm was not reused");
+        ensure!(e.from_cache(), "the .cwasm was not reused");
         engine = Some(e);
     }
     let engine = engine.context("an engine")?;

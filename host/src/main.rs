@@ -64,7 +64,7 @@ fn main() -> ExitCode {
                     "compiled {} into {}{}",
                     engine.component_hash,
                     dir.display(),
-                    if engine.from_cache {
+                    if engine.from_cache() {
                         " (already there)"
                     } else {
                         ""

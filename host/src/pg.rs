@@ -31,6 +31,27 @@ use schema::{Schema, Table, Ty};
 const AUDIT_LOCK: i64 = 0x0073_696e_6577;
 /// Takes the audit chain's lock until the transaction ends.
 const LOCK_CHAIN: &str = "SELECT pg_advisory_xact_lock($1::text::bigint)";
+/// Appends one entry to the audit chain, after the head it reads (under
+/// the chain's lock): `$1 || prev || $2 || seq || $3` is the entry's text.
+const APPEND: &str = "WITH last AS (SELECT seq, hash FROM sinew_audit ORDER BY seq DESC LIMIT 1), \
+             head AS (SELECT coalesce((SELECT seq FROM last), 0) AS seq, \
+                             coalesce((SELECT hash FROM last), $6) AS hash), \
+             t AS (SELECT seq + 1 AS seq, hash AS prev, \
+                          $1 || hash || $2 || (seq + 1)::text || $3 AS entry FROM head) \
+             INSERT INTO sinew_audit (seq, execution, kind, entry, prev, hash) \
+             SELECT seq, $4, $5, entry, prev, encode(sha256(convert_to(entry, 'UTF8')), 'hex') FROM t";
+/// Claims an idempotency key: a row back means the claim is new.
+const CLAIM: &str = "INSERT INTO sinew_idempotency (scope, key, fingerprint, claimed_at) \
+             VALUES ($1, $2, $3, to_timestamp($4::text::bigint / 1000.0)) \
+             ON CONFLICT (scope, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
+               claimed_at = EXCLUDED.claimed_at, status = NULL, body = NULL \
+             WHERE sinew_idempotency.claimed_at <= EXCLUDED.claimed_at - interval '24 hours' \
+                OR (sinew_idempotency.status IS NULL \
+                    AND sinew_idempotency.claimed_at <= EXCLUDED.claimed_at - interval '15 minutes') \
+             RETURNING 1";
+/// The statements nearly every request runs, prepared on the connection
+/// the server starts with (see [`PgBackend::warm_catalog`]).
+const WARM_STATEMENTS: [&str; 3] = [LOCK_CHAIN, APPEND, CLAIM];
 
 /// A root transaction: its connection, held until it ends.
 struct Root {
@@ -184,11 +205,17 @@ impl PgBackend {
         self.pool.get().await
     }
 
-    /// Has the server behind `conn` load its catalog for every table the
-    /// spec's requests touch (each `SELECT … LIMIT 0` is planned, not run),
-    /// in one round trip: a new backend otherwise pays for that during its
-    /// first request. Only an optimization: the caller may ignore an error.
-    pub async fn warm_catalog(&self, conn: &mut Conn) -> Result<(), tokio_postgres::Error> {
+    /// Has the server behind `client` load its catalog for every table the
+    /// spec's requests touch (each `SELECT … LIMIT 0` is planned, not run)
+    /// and prepares the statements nearly every request runs, all in one
+    /// round trip: a new backend otherwise pays for that during its first
+    /// request. Give the statements to the connection with
+    /// [`Conn::remember`]. Only an optimization: the caller may ignore an
+    /// error (a database not migrated yet has none of the tables).
+    pub async fn warm_catalog(
+        &self,
+        client: &tokio_postgres::Client,
+    ) -> Result<Vec<(&'static str, tokio_postgres::Statement)>, tokio_postgres::Error> {
         let mut sql = String::new();
         for table in self.schema.tables() {
             sql.push_str(&format!(
@@ -201,7 +228,17 @@ impl PgBackend {
              SELECT status, body FROM sinew_idempotency LIMIT 0;\
              SELECT hits FROM sinew_rate LIMIT 0;",
         );
-        conn.client.batch_execute(&sql).await
+        // Sent together: the client pipelines them on the connection.
+        let (catalog, prepared) = tokio::join!(
+            client.batch_execute(&sql),
+            futures_util::future::join_all(WARM_STATEMENTS.map(|q| client.prepare(q)))
+        );
+        catalog?;
+        WARM_STATEMENTS
+            .into_iter()
+            .zip(prepared)
+            .map(|(q, s)| s.map(|s| (q, s)))
+            .collect()
     }
 
     /// Returns a connection taken with [`PgBackend::connection`].
@@ -588,13 +625,6 @@ impl PgBackend {
         entries: &[Value],
         begin: bool,
     ) -> Result<(), StorageError> {
-        const APPEND: &str = "WITH last AS (SELECT seq, hash FROM sinew_audit ORDER BY seq DESC LIMIT 1), \
-             head AS (SELECT coalesce((SELECT seq FROM last), 0) AS seq, \
-                             coalesce((SELECT hash FROM last), $6) AS hash), \
-             t AS (SELECT seq + 1 AS seq, hash AS prev, \
-                          $1 || hash || $2 || (seq + 1)::text || $3 AS entry FROM head) \
-             INSERT INTO sinew_audit (seq, execution, kind, entry, prev, hash) \
-             SELECT seq, $4, $5, entry, prev, encode(sha256(convert_to(entry, 'UTF8')), 'hex') FROM t";
         let mut all: Vec<Params> = Vec::with_capacity(entries.len());
         for entry in entries {
             let text = |k: &str, default: &str| {
@@ -1084,14 +1114,6 @@ impl StorageBackend for PgBackend {
         fingerprint: &str,
         now_ms: i64,
     ) -> Result<Claim, StorageError> {
-        const CLAIM: &str = "INSERT INTO sinew_idempotency (scope, key, fingerprint, claimed_at) \
-             VALUES ($1, $2, $3, to_timestamp($4::text::bigint / 1000.0)) \
-             ON CONFLICT (scope, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
-               claimed_at = EXCLUDED.claimed_at, status = NULL, body = NULL \
-             WHERE sinew_idempotency.claimed_at <= EXCLUDED.claimed_at - interval '24 hours' \
-                OR (sinew_idempotency.status IS NULL \
-                    AND sinew_idempotency.claimed_at <= EXCLUDED.claimed_at - interval '15 minutes') \
-             RETURNING 1";
         const STATE: &str = "SELECT fingerprint, status::text, body FROM sinew_idempotency \
              WHERE scope = $1 AND key = $2";
         let params: Params = vec![

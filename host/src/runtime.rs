@@ -16,7 +16,7 @@ pub mod storage;
 use anyhow::{Context, Result, anyhow};
 use serde_json::Value;
 use sinew_core::contract::{Request, Response};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{
@@ -105,12 +105,21 @@ impl Backends {
 pub struct Engine {
     engine: wasmtime::Engine,
     max_memory: usize,
-    pre: CorePre<HostState>,
     linker: Linker<HostState>,
+    component: &'static [u8],
+    cache_dir: Option<std::path::PathBuf>,
+    /// The component itself, compiled or loaded from the cache on first
+    /// use: a server whose instances come from a snapshot never needs it.
+    plain: OnceLock<Result<Plain, String>>,
     /// `sha256:` + hex of the component's bytes.
     pub component_hash: String,
+}
+
+/// The component, linked.
+struct Plain {
+    pre: CorePre<HostState>,
     /// Whether the compiled component came from the cache.
-    pub from_cache: bool,
+    from_cache: bool,
 }
 
 impl Engine {
@@ -121,7 +130,7 @@ impl Engine {
 
     /// Compiles (or loads from the cache) a component.
     pub fn from_bytes(
-        component: &[u8],
+        component: &'static [u8],
         cache_dir: Option<&std::path::Path>,
     ) -> Result<Arc<Engine>> {
         Engine::with_memory(component, cache_dir, MAX_MEMORY)
@@ -129,7 +138,24 @@ impl Engine {
 
     /// Like [`Engine::from_bytes`], with a per-instance memory limit.
     pub fn with_memory(
-        component: &[u8],
+        component: &'static [u8],
+        cache_dir: Option<&std::path::Path>,
+        max_memory: usize,
+    ) -> Result<Arc<Engine>> {
+        let engine = Engine::deferred_with(component, cache_dir, max_memory)?;
+        engine.load()?;
+        Ok(engine)
+    }
+
+    /// The engine for the embedded component, which is compiled or loaded
+    /// from `cache_dir` only when first needed (see [`Engine::load`]): a
+    /// start that finds a cached snapshot does not pay for it.
+    pub fn deferred(cache_dir: Option<&std::path::Path>) -> Result<Arc<Engine>> {
+        Engine::deferred_with(crate::COMPONENT, cache_dir, MAX_MEMORY)
+    }
+
+    fn deferred_with(
+        component: &'static [u8],
         cache_dir: Option<&std::path::Path>,
         max_memory: usize,
     ) -> Result<Arc<Engine>> {
@@ -152,17 +178,12 @@ impl Engine {
             .max_memory_size(max_memory);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = wasmtime::Engine::new(&config).map_err(|e| anyhow!("{e:?}"))?;
-        let (compiled, from_cache) = cache::load_or_compile(&engine, component, cache_dir)?;
         let mut linker: Linker<HostState> = Linker::new(&engine);
         Core::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
             &mut linker,
             |s| s,
         )
         .map_err(|e| anyhow!("{e:?}"))?;
-        let pre = linker
-            .instantiate_pre(&compiled)
-            .map_err(|e| anyhow!("{e:?}"))?;
-        let pre = CorePre::new(pre).map_err(|e| anyhow!("{e:?}"))?;
         let ticker = engine.weak();
         std::thread::Builder::new()
             .name("sinew-epoch".into())
@@ -177,11 +198,40 @@ impl Engine {
         Ok(Arc::new(Engine {
             engine,
             max_memory,
-            pre,
             linker,
+            component,
+            cache_dir: cache_dir.map(std::path::Path::to_path_buf),
+            plain: OnceLock::new(),
             component_hash: crate::component_hash(component),
-            from_cache,
         }))
+    }
+
+    /// Compiles the component, or loads it from the cache, if that was not
+    /// done yet: seconds of CPU on a cold cache, so not on a request's
+    /// thread. An error is kept: every later use reports it.
+    pub fn load(&self) -> Result<()> {
+        self.plain().map(|_| ())
+    }
+
+    fn plain(&self) -> Result<&Plain> {
+        let loaded = self.plain.get_or_init(|| {
+            let (compiled, from_cache) =
+                cache::load_or_compile(&self.engine, self.component, self.cache_dir.as_deref())
+                    .map_err(|e| format!("{e:#}"))?;
+            let pre = self
+                .linker
+                .instantiate_pre(&compiled)
+                .map_err(|e| format!("{e:?}"))?;
+            let pre = CorePre::new(pre).map_err(|e| format!("{e:?}"))?;
+            Ok(Plain { pre, from_cache })
+        });
+        loaded.as_ref().map_err(|e| anyhow!("{e}"))
+    }
+
+    /// Whether the compiled component came from the cache (loading it if
+    /// that was not done yet).
+    pub fn from_cache(&self) -> bool {
+        self.plain().is_ok_and(|p| p.from_cache)
     }
 
     fn store(&self, backends: &Backends) -> Store<HostState> {
@@ -323,7 +373,7 @@ impl Engine {
 
     /// A fresh instance (for measurements: how long instantiation takes).
     pub async fn instantiate(&self, backends: &Backends) -> Result<(Store<HostState>, Core)> {
-        self.instantiate_from(&self.pre, backends).await
+        self.instantiate_from(&self.plain()?.pre, backends).await
     }
 
     /// A fresh instance of a snapshot (for measurements).

@@ -467,6 +467,10 @@ pub struct App {
     inputs: std::collections::HashMap<String, Value>,
     ids: AtomicU64,
     id_seed: String,
+    /// Told once, when the first response is written (see the pool's
+    /// warm-up in [`serve`]).
+    first_answer: Arc<tokio::sync::Notify>,
+    answered: std::sync::atomic::AtomicBool,
     webhooks: std::collections::HashMap<String, Webhook>,
     /// With `--test-hooks`: the clock requests set.
     test_clock: Option<Arc<crate::runtime::clock::ManualClock>>,
@@ -634,6 +638,9 @@ impl App {
             level
         };
         self.log.line(level, m);
+        if !self.answered.swap(true, Ordering::Relaxed) {
+            self.first_answer.notify_one();
+        }
         response
     }
 
@@ -1093,6 +1100,16 @@ pub async fn serve(
     }
     let spec = loaded.spec;
     log.phase(started, "spec loaded");
+    if args.test_hooks && !args.listen.is_loopback() {
+        bail!("--test-hooks is for tests: it is refused unless listening on a loopback address");
+    }
+    // Listening first: a client that connects while the server starts
+    // waits in the socket's backlog and is answered once it is ready,
+    // instead of being refused and trying again.
+    let addr = SocketAddr::new(args.listen, args.port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
     let https = crate::tls::client(args.ca_file.as_deref())?;
     let jwt = args.jwt(&https).await?;
     log.phase(started, "TLS roots and JWT keys ready");
@@ -1115,12 +1132,18 @@ pub async fn serve(
         .unwrap_or_else(|| args.data_dir.join("cache"));
     let engine = tokio::task::spawn_blocking({
         let (cache, text, snapshots) = (cache.clone(), text.clone(), !args.no_snapshot);
+        let log = log.clone();
         move || -> Result<_> {
-            let engine = Engine::new(Some(&cache))?;
+            let engine = Engine::deferred(Some(&cache))?;
             let snapshot = match snapshots {
                 true => engine.cached_snapshot(&text, &cache),
                 false => Ok(None),
             };
+            // Without a snapshot, instances come from the component itself.
+            if !matches!(snapshot, Ok(Some(_))) {
+                engine.load()?;
+            }
+            log.phase(started, "component loaded (another thread)");
             Ok((engine, snapshot))
         }
     });
@@ -1136,10 +1159,19 @@ pub async fn serve(
             .connection()
             .await
             .context("connecting to the database")?;
-        let client = &mut conn.client;
-        if crate::pg::migrate::recorded(client, &spec).await {
+        log.phase(started, "connected to the database");
+        // Whether the schema is current and the catalog warm-up, together:
+        // on a migrated database (every start but the first) the warm-up
+        // is what the start needs, one round trip sooner.
+        let (migrated, warm) = tokio::join!(
+            crate::pg::migrate::recorded(&conn.client, &spec),
+            storage.warm_catalog(&conn.client)
+        );
+        let warm = if migrated {
             log.phase(started, "schema already migrated to this spec");
+            warm
         } else {
+            let client = &mut conn.client;
             let m = crate::pg::migrate::plan(Some(client), &spec, false).await?;
             if !m.destructive.is_empty() {
                 bail!(
@@ -1152,10 +1184,13 @@ pub async fn serve(
             log.phase(started, "migration planned");
             crate::pg::migrate::apply(client, &spec, &m).await?;
             log.phase(started, "migration applied");
-        }
-        // Free while the component is still loading.
-        match storage.warm_catalog(&mut conn).await {
-            Ok(()) => log.phase(started, "database catalog warmed up"),
+            storage.warm_catalog(&conn.client).await
+        };
+        match warm {
+            Ok(prepared) => {
+                conn.remember(prepared);
+                log.phase(started, "database catalog warmed up");
+            }
             Err(e) => log.warn(&format!("warming up the database catalog failed: {e}")),
         }
         storage.give_back(conn);
@@ -1171,9 +1206,6 @@ pub async fn serve(
         started,
         "component ready (compiled or loaded from the cache)",
     );
-    if args.test_hooks && !args.listen.is_loopback() {
-        bail!("--test-hooks is for tests: it is refused unless listening on a loopback address");
-    }
     let test_clock = args
         .test_hooks
         .then(|| Arc::new(crate::runtime::clock::ManualClock::default()));
@@ -1279,11 +1311,9 @@ pub async fn serve(
         test_clock,
         studio,
         id_seed: format!("{}:{}:{}", std::process::id(), system_now_ms(), args.port),
+        first_answer: Arc::new(tokio::sync::Notify::new()),
+        answered: std::sync::atomic::AtomicBool::new(false),
     });
-    let addr = SocketAddr::new(args.listen, args.port);
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     let from = match &app.core {
         Core::Component(e) if e.snapshotted() => ", instances from a snapshot",
@@ -1296,11 +1326,18 @@ pub async fn serve(
         started.elapsed().as_secs_f64() * 1000.0
     ));
 
-    // Database connections for the first burst, too.
+    // Database connections for the first burst, too, opened once the first
+    // response is out (or after a quiet second): each is a backend process
+    // the database forks, and the first request should not wait for the
+    // CPU behind a dozen of them. Requests before then connect as needed.
     tokio::spawn({
         let storage = storage.clone();
         let n = args.pool_size.min(WARM_INSTANCES);
-        async move { storage.warm(n).await }
+        let first = app.first_answer.clone();
+        async move {
+            let _ = tokio::time::timeout(Duration::from_secs(1), first.notified()).await;
+            storage.warm(n).await
+        }
     });
 
     // A JWKS by URL is fetched again every 10 minutes (keys rotate); a

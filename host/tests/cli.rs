@@ -607,3 +607,78 @@ fn token_mints_what_the_server_accepts() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("SINEW_JWT_SECRET"));
 }
+
+/// `sinew serve` listens before it connects to the database: a client that
+/// connects during the start waits in the backlog instead of being refused.
+/// Here the "database" accepts connections and never answers, so the start
+/// hangs on it until the connect timeout and then fails; the client's
+/// connection is taken all along, and closed when the server gives up.
+#[test]
+fn serve_listens_before_the_database_answers() {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::{Duration, Instant};
+
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let db_port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sinew"))
+        .arg("serve")
+        .arg(spec("specs/examples/shop.json"))
+        .args(["--port", &port.to_string(), "--listen", "127.0.0.1"])
+        .arg("--database-url")
+        .arg(format!("postgres://sinew@127.0.0.1:{db_port}/shop"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("SINEW_JWT_SECRET", "a-test-secret")
+        .env("SINEW_NO_SNAPSHOT", "true")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut client = loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(
+                    child.try_wait().unwrap().is_none(),
+                    "the server exited before it listened"
+                );
+                assert!(Instant::now() < deadline, "never listened: {e}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    };
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the server is still starting (its database never answers)"
+    );
+    client
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = client.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "answered without a database: {answer:?}");
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("connecting to the database"),
+        "stderr: {stderr}"
+    );
+}

@@ -230,7 +230,7 @@ fn a_corrupted_cwasm_cache_is_detected_and_rebuilt() {
     drop(e);
     assert!(!stale.exists(), "stale cache files are pruned");
     assert!(
-        Engine::new(Some(&dir)).unwrap().from_cache,
+        Engine::new(Some(&dir)).unwrap().from_cache(),
         "a good cache is used"
     );
     // Flip bytes in the middle: the checksum no longer matches.
@@ -241,18 +241,18 @@ fn a_corrupted_cwasm_cache_is_detected_and_rebuilt() {
     }
     std::fs::write(&path, &bytes).unwrap();
     let e = Engine::new(Some(&dir)).unwrap();
-    assert!(!e.from_cache, "a corrupted file is never loaded");
+    assert!(!e.from_cache(), "a corrupted file is never loaded");
     drop(e);
     assert!(
-        Engine::new(Some(&dir)).unwrap().from_cache,
+        Engine::new(Some(&dir)).unwrap().from_cache(),
         "and it was rebuilt"
     );
     // A truncated file, a missing checksum: rebuilt too.
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
-    assert!(!Engine::new(Some(&dir)).unwrap().from_cache);
+    assert!(!Engine::new(Some(&dir)).unwrap().from_cache());
     std::fs::remove_file(sum(&path)).unwrap();
-    assert!(!Engine::new(Some(&dir)).unwrap().from_cache);
-    assert!(Engine::new(Some(&dir)).unwrap().from_cache);
+    assert!(!Engine::new(Some(&dir)).unwrap().from_cache());
+    assert!(Engine::new(Some(&dir)).unwrap().from_cache());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -40,6 +40,13 @@ impl Conn {
         self.statements.insert(sql.to_owned(), s.clone());
         Ok(s)
     }
+
+    /// Keeps statements prepared elsewhere on this connection's client.
+    pub fn remember(&mut self, prepared: Vec<(&str, Statement)>) {
+        for (sql, s) in prepared {
+            self.statements.insert(sql.to_owned(), s);
+        }
+    }
 }
 
 /// The pool.
