@@ -51,29 +51,57 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
     #[command(flatten)]
-    opts: Opts,
+    opts: Flags,
 }
 
 #[derive(clap::Args, Clone, Debug)]
-struct Opts {
-    /// Rounds (each runs every engine, interleaved); medians are over rounds.
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
-    /// Measured seconds per run.
-    #[arg(long, default_value_t = 5.0)]
-    seconds: f64,
-    /// Warm-up seconds per run (not measured).
-    #[arg(long, default_value_t = 2.0)]
-    warmup: f64,
+struct Flags {
+    /// Rounds (each runs every engine, interleaved); medians are over
+    /// rounds [default: 3; 1 with --quick].
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Measured seconds per run [default: 5; 2 with --quick].
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Warm-up seconds per run, not measured [default: 2; 1 with --quick].
+    #[arg(long)]
+    warmup: Option<f64>,
     /// Client counts.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1, 16, 64])]
     concurrency: Vec<usize>,
-    /// Cold starts to time (precompiled component).
-    #[arg(long, default_value_t = 20)]
-    cold_runs: usize,
-    /// One short round: 1 s warm-up, 2 s measured, 5 cold starts.
+    /// Cold starts to time, with the precompiled component [default: 20;
+    /// 5 with --quick].
+    #[arg(long)]
+    cold_runs: Option<usize>,
+    /// One short round, and fewer requests for the micro figures; the
+    /// flags above still win.
     #[arg(long)]
     quick: bool,
+}
+
+/// What one run measures: the flags, with their defaults.
+#[derive(Clone, Debug)]
+struct Opts {
+    rounds: usize,
+    seconds: f64,
+    warmup: f64,
+    concurrency: Vec<usize>,
+    cold_runs: usize,
+    quick: bool,
+}
+
+impl Flags {
+    fn opts(self) -> Opts {
+        let q = self.quick;
+        Opts {
+            rounds: self.rounds.unwrap_or(if q { 1 } else { 3 }),
+            seconds: self.seconds.unwrap_or(if q { 2.0 } else { 5.0 }),
+            warmup: self.warmup.unwrap_or(if q { 1.0 } else { 2.0 }),
+            concurrency: self.concurrency,
+            cold_runs: self.cold_runs.unwrap_or(if q { 5 } else { 20 }),
+            quick: q,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -124,13 +152,7 @@ fn main() -> Result<()> {
         }) => baseline::run(port, &database_url, &secret, pool_size),
         Some(Cmd::Micro { quick }) => micro::run(quick),
         None => {
-            let mut opts = cli.opts;
-            if opts.quick {
-                opts.rounds = 1;
-                opts.seconds = 2.0;
-                opts.warmup = 1.0;
-                opts.cold_runs = 5;
-            }
+            let opts = cli.opts.opts();
             bench(&opts)
         }
     }
