@@ -467,10 +467,9 @@ pub struct App {
     inputs: std::collections::HashMap<String, Value>,
     ids: AtomicU64,
     id_seed: String,
-    /// Told once, when the first response is written (see the pool's
-    /// warm-up in [`serve`]).
+    /// Told at every response; the pool's warm-up in [`serve`] waits for
+    /// the first (a notification with nobody waiting is one atomic store).
     first_answer: Arc<tokio::sync::Notify>,
-    answered: std::sync::atomic::AtomicBool,
     webhooks: std::collections::HashMap<String, Webhook>,
     /// With `--test-hooks`: the clock requests set.
     test_clock: Option<Arc<crate::runtime::clock::ManualClock>>,
@@ -638,9 +637,7 @@ impl App {
             level
         };
         self.log.line(level, m);
-        if !self.answered.swap(true, Ordering::Relaxed) {
-            self.first_answer.notify_one();
-        }
+        self.first_answer.notify_one();
         response
     }
 
@@ -1143,7 +1140,7 @@ pub async fn serve(
             if !matches!(snapshot, Ok(Some(_))) {
                 engine.load()?;
             }
-            log.phase(started, "component loaded (another thread)");
+            log.phase(started, "snapshot or component loaded (another thread)");
             Ok((engine, snapshot))
         }
     });
@@ -1312,7 +1309,6 @@ pub async fn serve(
         studio,
         id_seed: format!("{}:{}:{}", std::process::id(), system_now_ms(), args.port),
         first_answer: Arc::new(tokio::sync::Notify::new()),
-        answered: std::sync::atomic::AtomicBool::new(false),
     });
     let local = listener.local_addr()?;
     let from = match &app.core {

@@ -115,7 +115,7 @@ pub fn load_or_compile_keyed(
         }
         // Processes starting together compile once: the first takes the
         // lock, the others wait (at most 5 minutes) and load its result.
-        let _ = std::fs::create_dir_all(dir);
+        let writable = std::fs::create_dir_all(dir).is_ok();
         let _guard = CompileLock::take(&path.with_extension("cwasm.lock"));
         if let Some(c) = load_checked(engine, &path) {
             return Ok((c, true));
@@ -123,7 +123,7 @@ pub fn load_or_compile_keyed(
         let compiled = engine
             .precompile_component(&make()?)
             .map_err(|e| anyhow!("{e:?}"))?;
-        if std::fs::create_dir_all(dir).is_ok() {
+        if writable {
             let tmp = path.with_extension(format!("cwasm.{}.tmp", std::process::id()));
             if std::fs::write(&tmp, &compiled).is_ok() && std::fs::rename(&tmp, &path).is_ok() {
                 let _ = std::fs::write(checksum_path(&path), crc32(&compiled));
