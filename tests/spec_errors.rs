@@ -1297,3 +1297,92 @@ fn loading_never_panics_on_odd_documents() {
         assert!(!l.errors.is_empty());
     }
 }
+
+// ---------------------------------------------------------------------------
+// Issue 14: what the checker could know, and messages that name the cause.
+
+#[test]
+fn expr_type_where_an_id_is_needed() {
+    // A whole row where a row id is needed: at run time it was a 404 that
+    // quoted the whole row.
+    let l = load_with(|v| {
+        *at(v, &format!("{BODY}/take")) =
+            json!({"type": "soft_delete", "entity": "Product", "id": "product"});
+    });
+    let d = only_error(&l, "expr-type", &format!("{BODY}/take/id"));
+    assert_help(d, "product.id");
+    assert_message(d, "whole `Product` row");
+}
+
+#[test]
+fn expr_type_where_a_count_or_a_bool_is_needed() {
+    let l = load_with(|v| at(v, &format!("{GET}/product"))["limit"] = json!("'ten'"));
+    only_error(&l, "expr-type", &format!("{GET}/product/limit"));
+    let l = load_with(|v| at(v, &format!("{GET}/product"))["limit"] = json!("input.id == 'x'"));
+    only_error(&l, "expr-type", &format!("{GET}/product/limit"));
+    let l = load_with(|v| {
+        at(v, "/tools/get_product/auth")["denyWhen"] = json!("'yes'");
+    });
+    only_error(&l, "expr-type", "/tools/get_product/auth/denyWhen");
+    // What only running can tell is not guessed at.
+    let l = load_with(|v| at(v, &format!("{GET}/product"))["limit"] = json!("size(input.id)"));
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+}
+
+#[test]
+fn limit_a_path_certainly_exceeds() {
+    // place_order: `product` reads one row, `save` creates one and updates
+    // one: 3 rows on every path through `save`.
+    let l = load_with(|v| at(v, "/tools/place_order")["limits"] = json!({"maxRows": 2}));
+    let d = only_error(&l, "limit-exceeded", "/tools/place_order/limits/maxRows");
+    assert_message(d, "`product`, `save`");
+    assert_help(d, "at least 3");
+    let l = load_with(|v| at(v, "/tools/place_order")["limits"] = json!({"maxRowsWritten": 1}));
+    only_error(
+        &l,
+        "limit-exceeded",
+        "/tools/place_order/limits/maxRowsWritten",
+    );
+    // Enough for the longest path: fine.
+    let l = load_with(|v| {
+        at(v, "/tools/place_order")["limits"] =
+            json!({"maxRows": 3, "maxRowsWritten": 2, "maxCalls": 1})
+    });
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+}
+
+#[test]
+fn a_missing_else_is_reported_once() {
+    // The node that did not load leaves its successors unreachable and
+    // their names unbound in the graph: nothing of that cascade is said.
+    let l = load_with(|v| {
+        at(v, &format!("{GET}/product"))["next"] = json!("check");
+        at(v, GET)["check"] = json!({"type": "if", "if": "product.price > 0", "then": "done"});
+    });
+    let d = only_error(&l, "missing-key", &format!("{GET}/check"));
+    assert_message(d, "else");
+    assert!(
+        l.warnings.is_empty(),
+        "no cascading warnings:\n{}",
+        list(&l.warnings)
+    );
+}
+
+#[test]
+fn an_unquoted_state_is_said_to_need_quotes() {
+    let l = load_with(|v| {
+        at(v, &format!("{PLACE}/done"))["value"]["paid"] = json!("order.status == paid");
+    });
+    let d = only_error(&l, "expr-scope", &format!("{PLACE}/done/value/paid"));
+    assert_help(d, "'paid'");
+    assert_help(d, "state of `Order`");
+}
+
+#[test]
+fn messages_use_the_right_article() {
+    assert_eq!(sinew_core::diag::a("integer"), "an integer");
+    assert_eq!(sinew_core::diag::a("string"), "a string");
+    assert_eq!(sinew_core::diag::a_code("Appointment"), "an `Appointment`");
+    assert_eq!(sinew_core::diag::a_code("Order"), "an `Order`");
+    assert_eq!(sinew_core::diag::a_code("Product"), "a `Product`");
+}

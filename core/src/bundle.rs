@@ -10,7 +10,6 @@ use sha2::{Digest, Sha256};
 use crate::diag::Diagnostic;
 use crate::risk::{self, Level, Report};
 use crate::spec::{self, Concurrency, NodeKind, PolicyAction, PolicyKind, Spec, Tool};
-use std::collections::{BTreeSet, HashMap};
 
 /// Why a spec cannot run.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -55,46 +54,9 @@ pub struct Compiled {
     pub row_limit: Option<(String, u64, PolicyAction)>,
     /// The audit entry's `risk`: the tool's level and its acknowledgments.
     pub risk: Value,
-    /// Top-level nodes from which no transaction, write or call can follow:
-    /// a finished transaction before them may commit when the flow ends,
-    /// with the final audit entry.
-    pub pure: BTreeSet<String>,
-}
-
-/// The top-level nodes of a flow from which everything reachable is pure
-/// (no transaction, write or call): impurity propagates backwards along
-/// the edges, once.
-fn pure_nodes(flow: &crate::spec::Flow) -> BTreeSet<String> {
-    let impure_here = |n: &crate::spec::Node| {
-        matches!(n.kind, NodeKind::Transaction { .. } | NodeKind::Call { .. }) || n.kind.is_write()
-    };
-    let mut preds: HashMap<&str, Vec<&str>> = HashMap::new();
-    for (id, n) in &flow.nodes {
-        for (_, t) in n.edges() {
-            preds.entry(t).or_default().push(id);
-        }
-    }
-    // Edges to missing nodes make their source impure (cannot happen in a
-    // loaded bundle, but stay safe).
-    let mut stack: Vec<&str> = flow
-        .nodes
-        .iter()
-        .filter(|(_, n)| {
-            impure_here(n) || n.edges().iter().any(|(_, t)| !flow.nodes.contains_key(*t))
-        })
-        .map(|(id, _)| id.as_str())
-        .collect();
-    let mut impure: BTreeSet<&str> = BTreeSet::new();
-    while let Some(id) = stack.pop() {
-        if impure.insert(id) {
-            stack.extend(preds.get(id).into_iter().flatten().copied());
-        }
-    }
-    flow.nodes
-        .keys()
-        .filter(|id| !impure.contains(id.as_str()))
-        .cloned()
-        .collect()
+    /// The idempotency key comes from the `Idempotency-Key` header, which
+    /// is then required.
+    pub key_header: bool,
 }
 
 /// A spec ready to run.
@@ -254,11 +216,19 @@ impl Bundle {
         let mut tools = IndexMap::new();
         for (name, tool) in &spec.tools {
             let compile = |which: &'static str, schema: &Value| {
-                jsonschema::draft202012::new(schema).map_err(|e| BundleError::Schema {
-                    tool: name.clone(),
-                    which,
-                    message: e.to_string(),
-                })
+                // An input's `format` is asserted (`date-time`, `date`,
+                // `uuid`, `email`, `uri`, …): callers and the OpenAPI
+                // document expect it, and a value the flow cannot use is a
+                // 400, not a failure inside the flow. The output's stays an
+                // annotation.
+                jsonschema::draft202012::options()
+                    .should_validate_formats(which == "input")
+                    .build(schema)
+                    .map_err(|e| BundleError::Schema {
+                        tool: name.clone(),
+                        which,
+                        message: e.to_string(),
+                    })
             };
             tools.insert(
                 name.clone(),
@@ -288,7 +258,7 @@ impl Bundle {
                             .map(|a| serde_json::json!({"tool": a.tool, "signal": a.signal, "node": a.node, "reason": a.reason, "by": a.by}))
                             .collect::<Vec<_>>(),
                     }),
-                    pure: pure_nodes(&tool.flow),
+                    key_header: tool.key_from_header(),
                 },
             );
         }
@@ -327,9 +297,12 @@ impl Bundle {
         let id = given
             .get("id")
             .and_then(Value::as_str)
-            .ok_or_else(|| format!("a `{entity}` row has no `id`"))?;
+            .ok_or_else(|| format!("{} row has no `id`", crate::diag::a_code(entity)))?;
         if !crate::exec::is_uuid(id) {
-            return Err(format!("`{id}` is not a UUID (a `{entity}` row's id)"));
+            return Err(format!(
+                "`{id}` is not a UUID ({} row's id)",
+                crate::diag::a_code(entity)
+            ));
         }
         let now = Value::String(crate::expr::value::format_timestamp(
             now_ms.saturating_mul(1000),

@@ -1,6 +1,8 @@
 //! The execution contract: one request in, one typed response and exactly
 //! one final audit entry out, in nine visible steps.
 
+pub(crate) mod input;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -83,6 +85,17 @@ pub fn execute(
     // reading of the clock, which a host reuses for the entry it writes
     // itself if the executor traps.
     let started = clock.now_ms();
+    // Whole numbers written as decimals (`5.0`, `1e2`) are integers, as
+    // JSON Schema reads them: normalised once, for every step after.
+    let normalized;
+    let request = if input::has_whole_decimal(&request.input) {
+        let mut r = request.clone();
+        input::normalize_numbers(&mut r.input);
+        normalized = r;
+        &normalized
+    } else {
+        request
+    };
     let mut audit = Audit::new(&bundle.hash, request, started);
 
     // 1. validate
@@ -95,23 +108,38 @@ pub fn execute(
         return audit.reject(storage, clock, &p);
     };
     audit.tool(tool, compiled);
-    let violations: Vec<serde_json::Value> = compiled
-        .input
-        .iter_errors(&request.input)
-        .map(|e| violation(&e))
-        .collect();
-    if !violations.is_empty() {
-        let p = Problem::new(
-            400,
-            "invalid_input",
-            "the input does not match the tool's schema",
-        )
-        .with_errors(violations);
+    // Who may call comes first: an anonymous caller, or one without the
+    // tool's roles, learns nothing of its input schema.
+    if let Some(p) = authorize(tool, request) {
         return audit.reject(storage, clock, &p);
     }
-
-    // 2. authorize
-    if let Some(p) = authorize(tool, request) {
+    // Postgres cannot store U+0000 in text: no engine accepts it anywhere.
+    let (nul, n) = input::nul_characters(&request.input);
+    if n > 0 {
+        let p = input::invalid("the input contains a NUL character", nul, n);
+        return audit.reject(storage, clock, &p);
+    }
+    let (violations, n) = input::violations(&compiled.input, &request.input);
+    if n > 0 {
+        let p = input::invalid("the input does not match the tool's schema", violations, n);
+        return audit.reject(storage, clock, &p);
+    }
+    if let Some(k) = &request.idempotency_key
+        && (k.is_empty() || k.contains('\0'))
+    {
+        let p = Problem::new(
+            400,
+            "invalid_idempotency_key",
+            "the Idempotency-Key must be non-empty text without NUL characters",
+        );
+        return audit.reject(storage, clock, &p);
+    }
+    if compiled.key_header && request.idempotency_key.is_none() {
+        let p = Problem::new(
+            400,
+            "idempotency_key_required",
+            format!("`{tool_name}` needs an Idempotency-Key header"),
+        );
         return audit.reject(storage, clock, &p);
     }
     let roots = roots(request, started);
@@ -142,13 +170,18 @@ pub fn execute(
                     ),
                 );
             }
-            Ok(_) | Err(_) => {
+            Ok(other) => {
                 drop(probe);
-                return audit.reject(
-                    storage,
-                    clock,
-                    &Problem::new(500, "evaluation_error", "`denyWhen` did not give a bool"),
-                );
+                let p = Problem::spec_error(format!(
+                    "`denyWhen` at {} gave {}, not a bool",
+                    deny.path,
+                    other.a_type()
+                ));
+                return audit.reject(storage, clock, &p);
+            }
+            Err(p) => {
+                drop(probe);
+                return audit.reject(storage, clock, &p);
             }
         }
     }
@@ -174,11 +207,17 @@ pub fn execute(
         let Some((name, policy)) = bundle.spec.policies.get_index(i) else {
             continue;
         };
+        // A policy whose expression fails is a mistake of the spec, not a
+        // verdict on the caller: 500 `spec_error`, never a 403.
         let triggered = match &policy.kind {
             PolicyKind::Custom { when } => match probe.eval_pub(when) {
-                Ok(V::Bool(b)) => b,
-                Ok(_) => true,
-                Err(_) => true,
+                Ok(V::Bool(b)) => Ok(b),
+                Ok(other) => Err(Problem::spec_error(format!(
+                    "policy `{name}`: `when` at {} gave {}, not a bool",
+                    when.path,
+                    other.a_type()
+                ))),
+                Err(p) => Err(p),
             },
             PolicyKind::BudgetCheck { amount, max_amount } => {
                 let max = match max_amount {
@@ -186,9 +225,15 @@ pub fn execute(
                     Limit::Expr(e) => probe.eval_pub(e),
                 };
                 match (probe.eval_pub(amount), max) {
-                    (Ok(a), Ok(m)) => crate::expr::compare(&a, &m)
-                        .is_none_or(|o| o == std::cmp::Ordering::Greater),
-                    _ => true,
+                    (Ok(a), Ok(m)) => match crate::expr::compare(&a, &m) {
+                        Some(o) => Ok(o == std::cmp::Ordering::Greater),
+                        None => Err(Problem::spec_error(format!(
+                            "policy `{name}`: {} amount cannot be compared with {} maximum",
+                            a.a_type(),
+                            m.a_type()
+                        ))),
+                    },
+                    (Err(p), _) | (_, Err(p)) => Err(p),
                 }
             }
             PolicyKind::RateLimit {
@@ -200,9 +245,16 @@ pub fn execute(
                     policy.action,
                     policy.message.clone(),
                 ));
-                false
+                Ok(false)
             }
-            PolicyKind::RowLimit { .. } => false,
+            PolicyKind::RowLimit { .. } => Ok(false),
+        };
+        let triggered = match triggered {
+            Ok(t) => t,
+            Err(p) => {
+                drop(probe);
+                return audit.reject(storage, clock, &p);
+            }
         };
         if triggered {
             match policy.action {
@@ -307,12 +359,8 @@ pub fn execute(
         let outcome = match flow {
             Ok(End::Return(value, status)) => {
                 // 9 (first half): the output is checked before the last commit.
-                let errors: Vec<serde_json::Value> = compiled
-                    .output
-                    .iter_errors(&value)
-                    .map(|e| violation(&e))
-                    .collect();
-                if errors.is_empty() {
+                let (errors, n) = input::violations(&compiled.output, &value);
+                if n == 0 {
                     Ok((status, value))
                 } else {
                     if let Some(tx) = run.pending.take() {
@@ -338,6 +386,7 @@ pub fn execute(
         if let Err(p) = &outcome
             && p.code == "conflict"
             && run.calls.is_empty()
+            && run.rows.is_empty()
             && attempt < CONFLICT_RETRIES
         {
             if let Some(tx) = run.pending.take() {
@@ -349,18 +398,6 @@ pub fn execute(
         // 8. audit, 7. commit, 9. respond.
         return audit.finish(run, key.as_deref(), &scope, outcome);
     }
-}
-
-/// One schema violation: a JSON Pointer to the offending value (for a
-/// missing property, where it should be) and a message.
-fn violation(e: &jsonschema::ValidationError) -> serde_json::Value {
-    let mut pointer = e.instance_path().to_string();
-    if let jsonschema::error::ValidationErrorKind::Required { property } = e.kind()
-        && let Some(p) = property.as_str()
-    {
-        pointer = crate::diag::child(&pointer, p);
-    }
-    json!({"pointer": pointer, "message": e.to_string()})
 }
 
 /// The response and final audit entry (outcome `error`) for a request the
@@ -392,6 +429,19 @@ pub fn failed(
 }
 
 fn authorize(tool: &crate::spec::Tool, request: &Request) -> Option<Problem> {
+    // Nothing with a NUL character reaches the flow (Postgres cannot
+    // store it), not even from a verified token.
+    if let Some(auth) = &request.auth
+        && (auth.sub.contains('\0')
+            || auth.roles.iter().any(|r| r.contains('\0'))
+            || input::has_nul(&auth.claims))
+    {
+        return Some(Problem::new(
+            401,
+            "unauthenticated",
+            "the token's claims contain a NUL character",
+        ));
+    }
     if tool.auth.public {
         return None;
     }
@@ -402,6 +452,7 @@ fn authorize(tool: &crate::spec::Tool, request: &Request) -> Option<Problem> {
             "this tool needs a signed-in caller",
         ));
     };
+
     if !tool.auth.roles.is_empty() && !auth.roles.iter().any(|r| tool.auth.roles.contains(r)) {
         return Some(Problem::new(
             403,
@@ -649,13 +700,13 @@ impl Audit {
                 }
             }
             Err(p) => {
-                // Writes of finished transactions stand; what is pending
-                // commits (a `fail` after a transaction does not undo it).
-                let flushed = run.flush_pending();
-                let p = match flushed {
-                    Ok(()) => p,
-                    Err(e) => e,
-                };
+                // A failure rolls back the transaction whose commit was
+                // still pending; transactions that committed before (ahead
+                // of an external call, or of another transaction) stand,
+                // and the answer says so (`committed`).
+                if let Some(tx) = run.pending.take() {
+                    let _ = run.storage.rollback(tx.id);
+                }
                 self.fail(run, key, scope, p, &execution)
             }
         }
@@ -666,11 +717,17 @@ impl Audit {
         mut run: Run,
         key: Option<&str>,
         scope: &str,
-        p: Problem,
+        mut p: Problem,
         execution: &str,
     ) -> Response {
         run.compensate();
         let _ = run.flush_pending();
+        if !run.rows.is_empty() {
+            // Some writes of this request committed before it failed (and
+            // compensations may have written too): the audit entry lists
+            // them; a client must not take this error for "nothing changed".
+            p.extra.insert("committed".into(), json!(true));
+        }
         self.entry.insert("rows".into(), rows_json(&run.rows));
         self.entry.insert("calls".into(), calls_json(&run.calls));
         self.policies = run.policies.clone();

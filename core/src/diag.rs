@@ -127,6 +127,19 @@ pub fn suggest<'a>(
     }
 }
 
+/// `word` with its indefinite article, as English reads it: `an integer`,
+/// `a string`, and for a name in backticks `` an `Appointment` ``.
+pub fn a(word: &str) -> String {
+    let first = word.trim_start_matches('`').chars().next();
+    let vowel = first.is_some_and(|c| "aeiouAEIOU".contains(c));
+    format!("{} {word}", if vowel { "an" } else { "a" })
+}
+
+/// A name in backticks with its article: `` a(`Order`) `` → `` a `Order` ``.
+pub fn a_code(name: &str) -> String {
+    a(&format!("`{name}`"))
+}
+
 /// Escapes one JSON Pointer reference token (`~` → `~0`, `/` → `~1`).
 pub fn escape_token(token: &str) -> String {
     if token.contains(['~', '/']) {

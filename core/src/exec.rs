@@ -151,7 +151,10 @@ fn storage_problem(e: StorageError) -> Problem {
         StorageError::Unique { entity, field } => Problem::new(
             409,
             "already_exists",
-            format!("a `{entity}` with this `{field}` already exists"),
+            format!(
+                "{} with this `{field}` already exists",
+                crate::diag::a_code(&entity)
+            ),
         ),
         StorageError::NotFound { entity, .. } => {
             Problem::new(404, "not_found", format!("no such `{entity}`"))
@@ -221,18 +224,17 @@ impl<'a> Run<'a> {
 
     fn eval(&self, e: &Expression, row: Option<&Value>) -> Result<Value, Problem> {
         let Some(ast) = &e.ast else {
-            return Err(
-                Problem::new(500, "evaluation_error", "an expression did not parse").fatal(),
-            );
+            return Err(Problem::spec_error(format!(
+                "`{}` at {} did not parse",
+                e.src, e.path
+            )));
         };
         let scope = Scope { run: self, row };
         expr::eval(ast, &scope).map_err(|err| {
-            Problem::new(
-                500,
-                "evaluation_error",
-                format!("evaluating `{}` failed: {}", e.src, err.message),
-            )
-            .internal(e.path.clone())
+            Problem::spec_error(format!(
+                "evaluating `{}` at {} failed: {}",
+                e.src, e.path, err.message
+            ))
         })
     }
 
@@ -255,7 +257,7 @@ impl<'a> Run<'a> {
 
     fn json(&self, v: &Value) -> Result<Json, Problem> {
         v.to_json()
-            .map_err(|m| Problem::new(500, "evaluation_error", m))
+            .map_err(|m| Problem::spec_error(format!("a value cannot be written as JSON: {m}")))
     }
 
     // -- budgets -----------------------------------------------------------
@@ -470,6 +472,18 @@ impl<'a> Run<'a> {
                 return Err(Problem::new(500, "internal", format!("no node `{cur}`")).fatal());
             };
             self.check_deadline()?;
+            // A finished top-level transaction commits as late as it can:
+            // before an external call (which must not run while its rows
+            // are uncommitted) or the next transaction (which flushes it
+            // itself), else with the final audit entry. A failure before
+            // then rolls it back, so an error answer never stands beside
+            // writes it did not mention.
+            if self.pending.is_some()
+                && self.open.is_empty()
+                && matches!(node.kind, NodeKind::Call { .. })
+            {
+                self.flush_pending()?;
+            }
             self.ran.insert(cur.clone());
             match self.run_node(&cur, node) {
                 Ok(Step::Next(next)) => {
@@ -477,15 +491,6 @@ impl<'a> Run<'a> {
                         (_, Some(n)) => Some(n),
                         (_, None) => node.next.clone(),
                     };
-                    // A top-level transaction followed by more work that is
-                    // not pure commits now.
-                    if self.pending.is_some()
-                        && self.open.is_empty()
-                        && let Some(n) = &next
-                        && !self.compiled.pure.contains(n)
-                    {
-                        self.flush_pending()?;
-                    }
                     match next {
                         Some(n) => cur = n,
                         None => return Ok(End::Body),
@@ -606,8 +611,12 @@ impl<'a> Run<'a> {
                     };
                     row.insert(f.clone(), v);
                 }
+                // The caller owns what they create. An exempt role widens
+                // what a caller sees; it changes what a create records only
+                // where the spec sets the owner field itself (staff opening
+                // an account for a customer).
                 if let Some(owner) = &e.owner
-                    && !self.exempt(e)
+                    && !(self.exempt(e) && values.contains_key(&owner.field))
                 {
                     let sub = self.sub().ok_or_else(|| {
                         Problem::new(401, "unauthenticated", "sign in to create this")
@@ -726,7 +735,8 @@ impl<'a> Run<'a> {
                         409,
                         "transition_not_allowed",
                         format!(
-                            "cannot `{action}` a `{entity}` that is `{current}` (allowed from {})",
+                            "cannot `{action}` {} that is `{current}` (allowed from {})",
+                            crate::diag::a_code(entity),
                             t.from
                                 .iter()
                                 .map(|s| format!("`{s}`"))
@@ -786,11 +796,7 @@ impl<'a> Run<'a> {
                     };
                     Err(Problem::new(*status, code, detail))
                 }
-                other => Err(Problem::new(
-                    500,
-                    "evaluation_error",
-                    format!("`{}` is a {}, not a bool", that.src, other.type_name()),
-                )),
+                other => Err(not_bool(that, &other)),
             },
             NodeKind::If {
                 cond,
@@ -802,24 +808,14 @@ impl<'a> Run<'a> {
                 } else {
                     otherwise.clone()
                 }))),
-                other => Err(Problem::new(
-                    500,
-                    "evaluation_error",
-                    format!("`{}` is a {}, not a bool", cond.src, other.type_name()),
-                )),
+                other => Err(not_bool(cond, &other)),
             },
             NodeKind::Switch { cases, default } => {
                 for c in cases {
                     match self.eval(&c.when, None)? {
                         Value::Bool(true) => return Ok(Step::Next(Some(c.next.clone()))),
                         Value::Bool(false) => {}
-                        other => {
-                            return Err(Problem::new(
-                                500,
-                                "evaluation_error",
-                                format!("`{}` is a {}, not a bool", c.when.src, other.type_name()),
-                            ));
-                        }
+                        other => return Err(not_bool(&c.when, &other)),
                     }
                 }
                 match default {
@@ -899,7 +895,16 @@ impl<'a> Run<'a> {
             initial_backoff_ms: retry.and_then(|r| r.initial_ms).unwrap_or(100),
             idempotency_key: key,
         };
-        let result = self.external.call(&request);
+        let mut result = self.external.call(&request);
+        // Text with a NUL character cannot be stored (Postgres refuses it):
+        // such an answer is a failed call on every engine.
+        if let CallOutcome::Ok { value } | CallOutcome::Declined { value } = &result.outcome
+            && crate::contract::input::has_nul(value)
+        {
+            result.outcome = CallOutcome::Failed {
+                message: "the answer contains a NUL character (U+0000)".into(),
+            };
+        }
         let (outcome, value) = match &result.outcome {
             CallOutcome::Ok { value } => ("ok", value.clone()),
             CallOutcome::Declined { value } => ("declined", value.clone()),
@@ -1011,11 +1016,11 @@ impl<'a> Run<'a> {
             let mut json = self.json(&v)?;
             json = rows::normalize(e, &f.field, json);
             if f.op == FilterOp::In && !json.is_array() {
-                return Err(Problem::new(
-                    500,
-                    "evaluation_error",
-                    format!("`in` on `{entity}.{}` needs a list", f.field),
-                ));
+                return Err(Problem::spec_error(format!(
+                    "`in` on `{entity}.{}` needs a list, found {}",
+                    f.field,
+                    v.a_type()
+                )));
             }
             out.push(Condition {
                 field: f.field.clone(),
@@ -1029,11 +1034,18 @@ impl<'a> Run<'a> {
     fn positive(&self, x: &Expression) -> Result<u64, Problem> {
         match self.eval(x, None)? {
             Value::Int(n) if n >= 1 => Ok(u64::try_from(n).unwrap_or(1)),
-            other => Err(Problem::new(
+            // A number the caller chose (the spec's schema let it through).
+            Value::Int(n) => Err(Problem::new(
                 400,
                 "invalid_input",
-                format!("`{}` must be a positive integer, found {other}", x.src),
+                format!("a page size must be at least 1, found {n}"),
             )),
+            other => Err(Problem::spec_error(format!(
+                "`{}` at {} must give a positive integer, gave {}",
+                x.src,
+                x.path,
+                other.a_type()
+            ))),
         }
     }
 
@@ -1056,8 +1068,8 @@ impl<'a> Run<'a> {
                     400,
                     "invalid_input",
                     format!(
-                        "a paging cursor is the id of the last row seen, found a {}",
-                        other.type_name()
+                        "a paging cursor is the id of the last row seen, found {}",
+                        other.a_type()
                     ),
                 ));
             }
@@ -1084,12 +1096,21 @@ impl<'a> Run<'a> {
     fn row_by_id(&mut self, e: &Entity, entity: &str, id: &Expression) -> Result<Row, Problem> {
         let id = match self.eval(id, None)? {
             Value::String(s) => s,
-            other => {
+            // An optional input left out: no such row.
+            Value::Null => {
                 return Err(Problem::new(
                     404,
                     "not_found",
-                    format!("no `{entity}` {other}"),
+                    format!("no such `{entity}`"),
                 ));
+            }
+            other => {
+                return Err(Problem::spec_error(format!(
+                    "the id `{}` at {} gave {}, not a string",
+                    id.src,
+                    id.path,
+                    other.a_type()
+                )));
             }
         };
         let tx = self.write_tx()?.id;
@@ -1180,6 +1201,16 @@ impl<'a> Run<'a> {
         *n += 1;
         uuid_from(&format!("{}\u{0}{node}\u{0}{n}", self.request.id))
     }
+}
+
+/// A condition that gave something other than a bool: a spec error.
+fn not_bool(e: &Expression, v: &Value) -> Problem {
+    Problem::spec_error(format!(
+        "`{}` at {} gave {}, not a bool",
+        e.src,
+        e.path,
+        v.a_type()
+    ))
 }
 
 fn version(row: &Row) -> Option<i64> {

@@ -17,6 +17,9 @@ pub struct Problem {
     pub fatal: bool,
     /// What operators need and callers must not see (kept in the audit).
     pub internal: Option<String>,
+    /// Extension members of the body (RFC 9457 §3.2): `errorCount`,
+    /// `committed`.
+    pub extra: Map<String, Value>,
 }
 
 impl Problem {
@@ -29,7 +32,23 @@ impl Problem {
             errors: Vec::new(),
             fatal: false,
             internal: None,
+            extra: Map::new(),
         }
+    }
+
+    /// A mistake of the spec found while running (an expression that
+    /// failed or gave the wrong type): `500 spec_error`, never blamed on
+    /// the caller, never caught by `onError`, and its body says nothing of
+    /// the spec or the data; `internal` (the expression, where it stands,
+    /// what went wrong) goes to the audit entry and the server's log.
+    pub fn spec_error(internal: impl Into<String>) -> Problem {
+        Problem::new(
+            500,
+            "spec_error",
+            "the tool stopped on a mistake in its spec; the operators have the details",
+        )
+        .fatal()
+        .internal(internal)
     }
 
     /// Marks it as not catchable by `onError`.
@@ -75,6 +94,9 @@ impl Problem {
         );
         if !self.errors.is_empty() {
             m.insert("errors".into(), Value::Array(self.errors.clone()));
+        }
+        for (k, v) in &self.extra {
+            m.insert(k.clone(), v.clone());
         }
         Value::Object(m)
     }

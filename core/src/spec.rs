@@ -352,6 +352,8 @@ pub struct Operation {
 /// A tool: one API endpoint.
 #[derive(Debug, Clone)]
 pub struct Tool {
+    /// What it does, for people (the OpenAPI operation's description).
+    pub description: Option<String>,
     /// How it is invoked.
     pub trigger: Trigger,
     /// Who may call it.
@@ -372,6 +374,28 @@ pub struct Tool {
     pub flow: Flow,
     /// JSON Pointer of the tool.
     pub path: String,
+}
+
+impl Tool {
+    /// Whether its idempotency key comes from the `Idempotency-Key` header
+    /// (the expression reads `request.idempotencyKey`): then the header is
+    /// required, and a call without it is refused (400
+    /// `idempotency_key_required`) instead of running unprotected.
+    pub fn key_from_header(&self) -> bool {
+        let Some(ast) = self.idempotency_key.as_ref().and_then(|k| k.ast.as_ref()) else {
+            return false;
+        };
+        let mut found = false;
+        ast.walk(|e| {
+            if let crate::expr::ExprKind::Member(inner, field) = &e.kind
+                && field == "idempotencyKey"
+                && matches!(&inner.kind, crate::expr::ExprKind::Ident(r) if r == "request")
+            {
+                found = true;
+            }
+        });
+        found
+    }
 }
 
 /// How a tool is invoked.

@@ -47,7 +47,9 @@ pub struct Args {
     /// The state file (created when missing, rewritten after the call).
     #[arg(long)]
     state: Option<PathBuf>,
-    /// The request's Idempotency-Key.
+    /// The request's Idempotency-Key. Default, for a tool whose key is
+    /// that header (which the contract then requires): the request id, so
+    /// every run is a new request; give one to try a retry.
     #[arg(long)]
     idempotency_key: Option<String>,
     /// The request id (new row ids derive from it). Default: derived from
@@ -198,12 +200,21 @@ pub fn run(args: &Args) -> Result<Outcome> {
         .request_id
         .clone()
         .unwrap_or_else(|| format!("run-{now_ms}-{}", storage.audit_len() + 1));
+    let key_from_header = bundle
+        .spec
+        .tools
+        .get(&args.tool)
+        .is_some_and(sinew_core::spec::Tool::key_from_header);
+    let idempotency_key = args
+        .idempotency_key
+        .clone()
+        .or_else(|| key_from_header.then(|| id.clone()));
     let request = Request {
         tool: args.tool.clone(),
         input,
         auth,
         id,
-        idempotency_key: args.idempotency_key.clone(),
+        idempotency_key,
     };
     let mut clock = FixedClock::new(now_ms);
     let response = execute(&bundle, &request, &mut storage, &mut clock, &mut external);
@@ -219,7 +230,8 @@ pub fn run(args: &Args) -> Result<Outcome> {
             .with_context(|| format!("cannot replace `{}`", path.display()))?;
     }
     let out = json!({"status": response.status, "body": response.body, "audit": response.audit});
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    crate::write_stdout(&(serde_json::to_string_pretty(&out)? + "\n"))
+        .context("cannot write the response to stdout")?;
     Ok(if (200..300).contains(&response.status) {
         Outcome::Ok
     } else {

@@ -131,6 +131,8 @@ pub struct Options {
     pub ca_file: Option<PathBuf>,
     /// Run the native interpreter instead of the component.
     pub native: bool,
+    /// Serve the studio at `/studio/` (`--studio`; off by default).
+    pub studio: bool,
     /// Snapshot the loaded spec, as `sinew serve` does by default. Off for
     /// most tests: each new spec would cost seconds of CPU in the
     /// background.
@@ -145,6 +147,18 @@ pub fn cache_dir() -> PathBuf {
 impl Server {
     /// Serves `spec_path` on `database_url`.
     pub async fn start(spec_path: &Path, database_url: &str, options: &Options) -> Server {
+        match Server::try_start(spec_path, database_url, options).await {
+            Ok(s) => s,
+            Err(e) => panic!("the server did not start: {e}"),
+        }
+    }
+
+    /// Serves `spec_path` on `database_url`, or says why the start failed.
+    pub async fn try_start(
+        spec_path: &Path,
+        database_url: &str,
+        options: &Options,
+    ) -> Result<Server, String> {
         let args = sinew_host::serve::Args {
             spec: spec_path.to_path_buf(),
             port: 0,
@@ -169,6 +183,7 @@ impl Server {
                 .iter()
                 .map(|(s, u)| format!("{s}={u}"))
                 .collect(),
+            studio: options.studio,
             no_studio: false,
             no_snapshot: !options.snapshot,
         };
@@ -188,13 +203,18 @@ impl Server {
         });
         let addr: SocketAddr = match ready_rx.await {
             Ok(a) => a,
-            Err(_) => panic!("the server did not start: {:?}", task.await),
+            Err(_) => {
+                return Err(match task.await {
+                    Ok(Err(e)) => format!("{e:#}"),
+                    other => format!("{other:?}"),
+                });
+            }
         };
-        Server {
+        Ok(Server {
             base: format!("http://{addr}"),
             stop: Some(stop_tx),
             task: Some(task),
-        }
+        })
     }
 
     /// Stops it and waits.
@@ -274,12 +294,24 @@ impl Http {
         }
     }
 
-    /// A JSON request with an optional bearer token.
+    /// A JSON request with an optional bearer token, and (for any method
+    /// but GET) a fresh `Idempotency-Key`, as a well-behaved client sends:
+    /// tools whose key is that header require it. Tests of the key itself
+    /// use [`Http::send`].
     pub async fn json(&self, method: &str, url: &str, token: Option<&str>, body: &Value) -> Answer {
+        static KEYS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let auth = token.map(|t| format!("Bearer {t}"));
+        let key = format!(
+            "json-{}-{}",
+            std::process::id(),
+            KEYS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let mut headers = vec![("content-type", "application/json")];
         if let Some(a) = &auth {
             headers.push(("authorization", a.as_str()));
+        }
+        if method != "GET" {
+            headers.push(("idempotency-key", key.as_str()));
         }
         self.send(method, url, &headers, body.to_string()).await
     }

@@ -116,7 +116,7 @@ pub(crate) fn check_fields<'k>(
             FieldType::Json => true,
         };
         if !ok_type {
-            fail(format!("must be a {}", f.ty.name()));
+            fail(format!("must be {}", crate::diag::a(f.ty.name())));
             continue;
         }
         if let Some(n) = v.as_f64() {

@@ -79,7 +79,7 @@ fn eval_owned(e: &Expr, env: &dyn Env) -> Result<Value, EvalError> {
                 (Value::Map(_), Value::String(k)) => member_ref(&base, k, span).cloned(),
                 (b, i) => err(
                     span,
-                    format!("cannot index a {} with a {}", b.type_name(), i.type_name()),
+                    format!("cannot index {} with {}", b.a_type(), i.a_type()),
                 ),
             }
         }
@@ -95,11 +95,11 @@ fn eval_owned(e: &Expr, env: &dyn Env) -> Result<Value, EvalError> {
                 (UnaryOp::Neg, Value::Double(d)) => Ok(Value::Double(-d)),
                 (UnaryOp::Neg, Value::Duration(d)) => Ok(Value::Duration(d.saturating_neg())),
                 (UnaryOp::Not, v) => {
-                    err(span, format!("`!` needs a bool, found a {}", v.type_name()))
+                    err(span, format!("`!` needs a bool, found {}", v.a_type()))
                 }
                 (UnaryOp::Neg, v) => err(
                     span,
-                    format!("`-` needs a number, found a {}", v.type_name()),
+                    format!("`-` needs a number, found {}", v.a_type()),
                 ),
             }
         }
@@ -109,7 +109,7 @@ fn eval_owned(e: &Expr, env: &dyn Env) -> Result<Value, EvalError> {
             Value::Bool(false) => eval_owned(b, env),
             v => err(
                 c.span,
-                format!("a condition must be a bool, found a {}", v.type_name()),
+                format!("a condition must be a bool, found {}", v.a_type()),
             ),
         },
         ExprKind::List(items) => Ok(Value::List(
@@ -126,7 +126,7 @@ fn eval_owned(e: &Expr, env: &dyn Env) -> Result<Value, EvalError> {
                     other => {
                         return err(
                             k.span,
-                            format!("map keys are strings, found a {}", other.type_name()),
+                            format!("map keys are strings, found {}", other.a_type()),
                         );
                     }
                 };
@@ -149,7 +149,7 @@ fn member_ref<'b>(base: &'b Value, field: &str, span: Span) -> Result<&'b Value,
         Value::Null => err(span, format!("cannot read `{field}` of null")),
         other => err(
             span,
-            format!("cannot read `{field}` of a {}", other.type_name()),
+            format!("cannot read `{field}` of {}", other.a_type()),
         ),
     }
 }
@@ -205,10 +205,10 @@ fn binary(op: BinaryOp, a: &Expr, b: &Expr, env: &dyn Env, span: Span) -> Result
             (x, y) => err(
                 span,
                 format!(
-                    "`{}` needs bools, found a {} and a {}",
+                    "`{}` needs bools, found {} and {}",
                     op.symbol(),
-                    x.type_name(),
-                    y.type_name()
+                    x.a_type(),
+                    y.a_type()
                 ),
             ),
         };
@@ -220,10 +220,10 @@ fn binary(op: BinaryOp, a: &Expr, b: &Expr, env: &dyn Env, span: Span) -> Result
         err(
             span,
             format!(
-                "`{}` does not apply to a {} and a {}",
+                "`{}` does not apply to {} and {}",
                 op.symbol(),
-                l.type_name(),
-                r.type_name()
+                l.a_type(),
+                r.a_type()
             ),
         )
     };
@@ -269,9 +269,9 @@ fn binary(op: BinaryOp, a: &Expr, b: &Expr, env: &dyn Env, span: Span) -> Result
             (Value::String(_), _) | (_, Value::String(_)) => err(
                 span,
                 format!(
-                    "`+` joins two strings, found a {} and a {}; convert with `string()`",
-                    l.type_name(),
-                    r.type_name()
+                    "`+` joins two strings, found {} and {}; convert with `string()`",
+                    l.a_type(),
+                    r.a_type()
                 ),
             ),
             _ => float(op, l, r).map_or_else(mismatch, Ok),

@@ -48,6 +48,22 @@ impl Value {
         }
     }
 
+    /// The type's name with its article (`an int`, `a string`), for
+    /// messages.
+    pub fn a_type(&self) -> &'static str {
+        match self {
+            Value::Null => "a null",
+            Value::Bool(_) => "a bool",
+            Value::Int(_) => "an int",
+            Value::Double(_) => "a double",
+            Value::String(_) => "a string",
+            Value::List(_) => "a list",
+            Value::Map(_) => "a map",
+            Value::Timestamp(_) => "a timestamp",
+            Value::Duration(_) => "a duration",
+        }
+    }
+
     /// Converts JSON to a value: integral numbers that fit become `Int`,
     /// other numbers `Double`; strings stay strings.
     pub fn from_json(v: &serde_json::Value) -> Value {

@@ -864,7 +864,8 @@ impl MemoryStorage {
                 .any(|w| w.iter().any(|(other, r)| taken((other, r))));
             if pending {
                 return Err(conflict(format!(
-                    "another transaction is writing a `{entity}` row with the same `{field}`"
+                    "another transaction is writing {} row with the same `{field}`",
+                    crate::diag::a_code(entity)
                 )));
             }
         }
@@ -1264,7 +1265,7 @@ impl Storage for MemoryStorage {
         let root = self.get_tx(tx.0)?.root;
         self.read_seq(root)?;
         let Some(id) = row.get("id").and_then(Value::as_str) else {
-            return Err(invalid(format!("a `{entity}` row needs a string `id`")));
+            return Err(invalid(format!("{} row needs a string `id`", crate::diag::a_code(entity))));
         };
         self.check_lock(Some(root), entity, id)?;
         if self.latest(entity, id).is_some() || self.overlay_row(&chain, entity, id).is_some() {

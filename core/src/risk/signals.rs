@@ -176,8 +176,9 @@ pub(super) fn tool_findings(
                 id,
                 path,
                 format!(
-                    "{name} is Red because node `{}` permanently deletes a `{entity}` row",
-                    info.id
+                    "{name} is Red because node `{}` permanently deletes {} row",
+                    info.id,
+                    crate::diag::a_code(entity)
                 ),
                 Some(vec![Op::Replace {
                     path: child(path, "type"),

@@ -157,6 +157,32 @@ impl<'a> Scope<'a> {
     }
 }
 
+/// What `word` is when it is a state of a status machine or a text value
+/// of an `enum` field: a word meant as text, written without quotes.
+fn literal_word(spec: &Spec, word: &str) -> Option<String> {
+    for (name, e) in &spec.entities {
+        if let Some(sm) = &e.status {
+            let is_state = sm.initial == word
+                || sm
+                    .transitions
+                    .values()
+                    .any(|t| t.to == word || t.from.iter().any(|f| f == word));
+            if is_state {
+                return Some(format!("a state of `{name}`"));
+            }
+        }
+        for (fname, f) in &e.fields {
+            if f.enum_values
+                .as_ref()
+                .is_some_and(|vs| vs.iter().any(|v| v.as_str() == Some(word)))
+            {
+                return Some(format!("a value of `{name}.{fname}`"));
+            }
+        }
+    }
+    None
+}
+
 /// Checks every expression of `e` against `scope`.
 pub(crate) fn check_expr(cx: &mut Cx, e: &Expression, scope: &Scope) {
     let Some(ast) = &e.ast else { return };
@@ -170,7 +196,12 @@ pub(crate) fn check_expr(cx: &mut Cx, e: &Expression, scope: &Scope) {
     ast.walk(|node| match &node.kind {
         ExprKind::Ident(name) => {
             if let Err(msg) = scope.lookup(name) {
-                let help = suggest(name, scope.candidates(), "no names are in scope here");
+                let help = match literal_word(scope.spec, name) {
+                    // `"status": "requested"`: a state or enum value written
+                    // without quotes is text, not a name.
+                    Some(what) => format!("`{name}` is {what}: as text it is quoted, `'{name}'`"),
+                    None => suggest(name, scope.candidates(), "no names are in scope here"),
+                };
                 report(cx, "expr-scope", node.span, msg, help);
             }
         }
@@ -284,6 +315,207 @@ pub(crate) fn check_expr(cx: &mut Cx, e: &Expression, scope: &Scope) {
     });
 }
 
+/// The least a node certainly adds to one of a tool's budgets when it
+/// succeeds: `(rows read, rows written, external calls)`.
+fn certain_cost(node: &Node) -> [u64; 3] {
+    match &node.kind {
+        NodeKind::Read { one: true, .. } => [1, 0, 0],
+        NodeKind::Update { one: true, .. }
+        | NodeKind::Create { .. }
+        | NodeKind::Transition { .. }
+        | NodeKind::SoftDelete { .. }
+        | NodeKind::Delete { .. } => [0, 1, 0],
+        NodeKind::Call { .. } => [0, 0, 1],
+        NodeKind::Transaction { body, .. } => {
+            let mut best = [0; 3];
+            for (m, b) in best.iter_mut().enumerate() {
+                *b = most_certain(body, m, &mut HashMap::new()).0;
+            }
+            best
+        }
+        _ => [0, 0, 0],
+    }
+}
+
+/// The largest certain cost in budget `m` (0 rows read, 1 rows written,
+/// 2 calls, 3 rows read and written) over the paths from `flow`'s entry,
+/// and one such path. Cycles count once (they are reported elsewhere).
+fn most_certain(
+    flow: &Flow,
+    m: usize,
+    memo: &mut HashMap<String, (u64, Vec<String>)>,
+) -> (u64, Vec<String>) {
+    fn visit(
+        flow: &Flow,
+        id: &str,
+        m: usize,
+        memo: &mut HashMap<String, (u64, Vec<String>)>,
+        on_stack: &mut Vec<String>,
+    ) -> (u64, Vec<String>) {
+        if let Some(done) = memo.get(id) {
+            return done.clone();
+        }
+        let Some(node) = flow.nodes.get(id) else {
+            return (0, Vec::new());
+        };
+        if on_stack.iter().any(|s| s == id) {
+            return (0, Vec::new());
+        }
+        on_stack.push(id.to_string());
+        let cost = certain_cost(node);
+        let own = match m {
+            3 => cost[0] + cost[1],
+            i => cost.get(i).copied().unwrap_or(0),
+        };
+        let mut best = (own, vec![id.to_string()]);
+        for (kind, target) in node.edges() {
+            let (after, path) = visit(flow, target, m, memo, on_stack);
+            // Along `onError` the node failed: it added nothing certain.
+            let here = if kind == EdgeKind::OnError { 0 } else { own };
+            if here + after > best.0 {
+                let mut p = vec![id.to_string()];
+                p.extend(path);
+                best = (here + after, p);
+            }
+        }
+        on_stack.pop();
+        memo.insert(id.to_string(), best.clone());
+        best
+    }
+    visit(flow, &flow.entry, m, memo, &mut Vec::new())
+}
+
+/// A budget of `limits` that some path of the flow certainly exceeds: every
+/// call taking that path would fail with `limit_exceeded`, so the spec is
+/// refused before it is deployed.
+fn check_limits(cx: &mut Cx, tool: &Tool) {
+    let l = &tool.limits;
+    let budgets = [
+        (l.max_rows_read, 0, "maxRowsRead", "rows read"),
+        (l.max_rows_written, 1, "maxRowsWritten", "rows written"),
+        (l.max_calls, 2, "maxCalls", "external calls"),
+        (l.max_rows, 3, "maxRows", "rows read and written"),
+    ];
+    for (limit, m, key, what) in budgets {
+        let Some(limit) = limit else { continue };
+        let (n, path) = most_certain(&tool.flow, m, &mut HashMap::new());
+        if n > limit {
+            cx.error(
+                Diagnostic::new(
+                    "limit-exceeded",
+                    format!("{}/limits/{key}", tool.path),
+                    format!(
+                        "`limits.{key}` is {limit}, but the path through {} certainly makes {n} {what}: every call taking it would fail",
+                        path.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ")
+                    ),
+                )
+                .help(format!("raise `{key}` to at least {n}, or take fewer steps on that path")),
+            );
+        }
+    }
+}
+
+/// What the format needs an expression to give at one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Want {
+    /// A row id: `transition`, `soft_delete`, `delete`.
+    Id,
+    /// A row count: `limit`.
+    Count,
+    /// A condition: `if`, `assert`, `switch`, `denyWhen`, `when`.
+    Bool,
+}
+
+/// Reports an expression that certainly gives the wrong kind of value
+/// where `want` is needed (a literal of another type, a whole row where an
+/// id is needed, a comparison where a count is): what would otherwise be a
+/// `spec_error` on every call is found before deployment.
+pub(crate) fn check_shape(cx: &mut Cx, e: &Expression, scope: &Scope, want: Want) {
+    use crate::expr::{BinaryOp, Lit};
+    let Some(ast) = &e.ast else { return };
+    let needed = match want {
+        Want::Id => "a row id (a string)",
+        Want::Count => "a positive integer",
+        Want::Bool => "a bool",
+    };
+    let found: Option<(String, String)> = match &ast.kind {
+        ExprKind::Lit(l) => {
+            let fits = match (want, l) {
+                (Want::Id, Lit::String(_) | Lit::Null) | (Want::Bool, Lit::Bool(_)) => true,
+                (Want::Count, Lit::Int(n)) => *n >= 1,
+                _ => false,
+            };
+            (!fits).then(|| {
+                (
+                    format!("`{}` is a literal that is not one", e.src.trim()),
+                    match want {
+                        Want::Count => "write a whole number of at least 1 (`10`), or an expression over the input".to_string(),
+                        Want::Id => "write the id's expression (`input.id`, `order.id`)".to_string(),
+                        Want::Bool => "write a condition (`input.amount > 0`)".to_string(),
+                    },
+                )
+            })
+        }
+        ExprKind::Ident(name) => match scope.lookup(name) {
+            Ok(Binding::Row(ent)) => Some((
+                format!("`{name}` is a whole `{ent}` row"),
+                if want == Want::Id {
+                    format!("use `{name}.id`")
+                } else {
+                    format!("use one of its fields (`{name}.…`)")
+                },
+            )),
+            Ok(Binding::Rows(ent)) => Some((
+                format!("`{name}` is a list of `{ent}` rows"),
+                if want == Want::Count {
+                    format!("use `size({name})`")
+                } else {
+                    format!("use `{name}[0].…`, or set `\"one\": true` on `{name}`")
+                },
+            )),
+            Ok(Binding::Object(_)) => Some((
+                format!("`{name}` is an object"),
+                format!("use one of its fields (`{name}.…`)"),
+            )),
+            _ => None,
+        },
+        ExprKind::List(_) => Some((
+            "this is a list".to_string(),
+            format!("write an expression that gives {needed}"),
+        )),
+        ExprKind::Map(_) => Some((
+            "this is a map".to_string(),
+            format!("write an expression that gives {needed}"),
+        )),
+        ExprKind::Binary(
+            BinaryOp::Or
+            | BinaryOp::And
+            | BinaryOp::Eq
+            | BinaryOp::Ne
+            | BinaryOp::Lt
+            | BinaryOp::Le
+            | BinaryOp::Gt
+            | BinaryOp::Ge
+            | BinaryOp::In,
+            ..,
+        ) if want != Want::Bool => Some((
+            "this is a condition, which gives a bool".to_string(),
+            format!("write an expression that gives {needed}"),
+        )),
+        _ => None,
+    };
+    if let Some((found, help)) = found {
+        cx.error(
+            Diagnostic::new(
+                "expr-type",
+                e.path.clone(),
+                format!("in `{}`: {needed} is needed here, but {found}", e.src),
+            )
+            .help(help),
+        );
+    }
+}
+
 fn check_template(cx: &mut Cx, t: &Template, scope: &Scope) {
     for e in t.expressions() {
         check_expr(cx, e, scope);
@@ -391,7 +623,10 @@ pub(crate) fn check(cx: &mut Cx, spec: &Spec) {
                     check_expr(cx, e, &scope);
                 }
             }
-            PolicyKind::Custom { when } => check_expr(cx, when, &scope),
+            PolicyKind::Custom { when } => {
+                check_expr(cx, when, &scope);
+                check_shape(cx, when, &scope, Want::Bool);
+            }
             _ => {}
         }
     }
@@ -516,6 +751,7 @@ fn check_tool(cx: &mut Cx, spec: &Spec, tool: &Tool) {
     }
     if let Some(e) = &tool.auth.deny_when {
         check_expr(cx, e, &base);
+        check_shape(cx, e, &base, Want::Bool);
     }
     if let Some((_, path)) = tool.trigger.route()
         && let Some(fields) = base.input_fields()
@@ -529,6 +765,8 @@ fn check_tool(cx: &mut Cx, spec: &Spec, tool: &Tool) {
             }
         }
     }
+
+    check_limits(cx, tool);
 
     let g = ToolGraph::build(tool);
     for bad in &g.bad_edges {
@@ -611,6 +849,14 @@ fn check_tool(cx: &mut Cx, spec: &Spec, tool: &Tool) {
     let comp_roots: Vec<NodeIndex> = compensates.keys().map(|&t| g.vin_of(t)).collect();
     let from_comp = g.reachable(&comp_roots, |_| true);
 
+    // A node that did not load (an `if` without `else`, …) or an edge to
+    // nowhere leaves the graph incomplete: what follows it would look
+    // unreachable and its names unbound. The cause is reported once; no
+    // cascade of warnings and scope errors follows from it.
+    let incomplete = !g.bad_edges.is_empty()
+        || g.nodes
+            .iter()
+            .any(|n| matches!(n.node.kind, NodeKind::Invalid));
     for (i, info) in g.nodes.iter().enumerate() {
         let node = info.node;
         let vin = g.vin_of(i);
@@ -622,7 +868,7 @@ fn check_tool(cx: &mut Cx, spec: &Spec, tool: &Tool) {
                     && !from_comp.get(g.vin_of(t).index()).copied().unwrap_or(false)
             });
             let as_comp = from_comp.get(vin.index()).copied().unwrap_or(false);
-            if !as_comp && !in_dead_tx {
+            if !as_comp && !in_dead_tx && !incomplete {
                 cx.warn(
                     Diagnostic::new(
                         "unreachable-node",
@@ -662,10 +908,10 @@ fn check_tool(cx: &mut Cx, spec: &Spec, tool: &Tool) {
         }
         // Scope for this node's expressions.
         let mut at = Vec::new();
-        if reachable {
+        if reachable && !incomplete {
             at.push(vin);
         }
-        if let Some(calls) = compensates.get(&i) {
+        if let Some(calls) = compensates.get(&i).filter(|_| !incomplete) {
             at.extend(calls.iter().map(|&c| g.vout_of(c)));
         }
         let scope = |row: Option<&'_ str>| Scope {
@@ -799,6 +1045,7 @@ fn check_node(cx: &mut Cx, spec: &Spec, scope: &Scope, row_scope: &Scope, node: 
             }
             if let Some(Limit::Expr(x)) = limit {
                 check_expr(cx, x, scope);
+                check_shape(cx, x, scope, Want::Count);
             }
             if let Some(x) = after {
                 check_expr(cx, x, scope);
@@ -863,10 +1110,12 @@ fn check_node(cx: &mut Cx, spec: &Spec, scope: &Scope, row_scope: &Scope, node: 
             }
             if let Some(Limit::Expr(x)) = limit {
                 check_expr(cx, x, scope);
+                check_shape(cx, x, scope, Want::Count);
             }
         }
         NodeKind::Transition { entity, id, action } => {
             check_expr(cx, id, scope);
+            check_shape(cx, id, scope, Want::Id);
             if let Some(e) = ent(cx, entity) {
                 match &e.status {
                     None => cx.error(
@@ -897,6 +1146,7 @@ fn check_node(cx: &mut Cx, spec: &Spec, scope: &Scope, row_scope: &Scope, node: 
         }
         NodeKind::SoftDelete { entity, id } | NodeKind::Delete { entity, id } => {
             check_expr(cx, id, scope);
+            check_shape(cx, id, scope, Want::Id);
             ent(cx, entity);
         }
         NodeKind::Let { values } => {
@@ -906,14 +1156,19 @@ fn check_node(cx: &mut Cx, spec: &Spec, scope: &Scope, row_scope: &Scope, node: 
         }
         NodeKind::Assert { that, message, .. } => {
             check_expr(cx, that, scope);
+            check_shape(cx, that, scope, Want::Bool);
             if let Some(m) = message {
                 check_expr(cx, m, scope);
             }
         }
-        NodeKind::If { cond, .. } => check_expr(cx, cond, scope),
+        NodeKind::If { cond, .. } => {
+            check_expr(cx, cond, scope);
+            check_shape(cx, cond, scope, Want::Bool);
+        }
         NodeKind::Switch { cases, .. } => {
             for c in cases {
                 check_expr(cx, &c.when, scope);
+                check_shape(cx, &c.when, scope, Want::Bool);
             }
         }
         NodeKind::Call {

@@ -836,6 +836,10 @@ fn trigger(cx: &mut Cx, v: &Value, path: &str) -> Option<Trigger> {
 
 fn tool(cx: &mut Cx, v: &Value, path: &str) -> Option<Tool> {
     let mut o = Obj::new(cx, v, path, "an object (a tool)")?;
+    let description = o
+        .get("description")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let trigger = o.req(cx, "trigger").and_then(|v| {
         let p = child(path, "trigger");
         trigger(cx, v, &p)
@@ -904,6 +908,7 @@ fn tool(cx: &mut Cx, v: &Value, path: &str) -> Option<Tool> {
     });
     o.finish(cx);
     Some(Tool {
+        description,
         trigger: trigger?,
         auth,
         idempotency_key,

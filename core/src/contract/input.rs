@@ -1,0 +1,249 @@
+//! What the contract does to a request's input before the flow sees it:
+//! whole numbers written as decimals become integers, text with a NUL
+//! character is refused, and schema violations are reported in bounded,
+//! readable form.
+
+use serde_json::{Value, json};
+
+/// The most violations one `400 invalid_input` lists; `errorCount` gives
+/// the total when there are more.
+pub const MAX_VIOLATIONS: usize = 10;
+
+/// The longest excerpt of a value quoted in a message, in characters.
+const MAX_QUOTE: usize = 40;
+
+/// The longest message of one violation, in characters.
+const MAX_MESSAGE: usize = 200;
+
+/// Rewrites every number with no fractional part that fits in an `i64`
+/// (`5.0`, `1e2`) as that integer, as JSON Schema counts them: the input
+/// schema's `integer` and the entity's `integer` field then agree. Returns
+/// whether anything changed.
+pub fn normalize_numbers(v: &mut Value) -> bool {
+    match v {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => {
+            let Some(f) = n.as_f64() else { return false };
+            // -2^63 ≤ f < 2^63 and whole: exactly representable as i64.
+            if f.fract() == 0.0
+                && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&f)
+            {
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    reason = "whole and within the range of i64, checked above"
+                )]
+                let i = f as i64;
+                *v = Value::from(i);
+                true
+            } else {
+                false
+            }
+        }
+        Value::Array(a) => a.iter_mut().fold(false, |c, x| normalize_numbers(x) | c),
+        Value::Object(m) => m.values_mut().fold(false, |c, x| normalize_numbers(x) | c),
+        _ => false,
+    }
+}
+
+/// Whether [`normalize_numbers`] would change anything.
+pub fn has_whole_decimal(v: &Value) -> bool {
+    match v {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => n.as_f64().is_some_and(|f| {
+            f.fract() == 0.0 && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&f)
+        }),
+        Value::Array(a) => a.iter().any(has_whole_decimal),
+        Value::Object(m) => m.values().any(has_whole_decimal),
+        _ => false,
+    }
+}
+
+/// The JSON Pointers of every string (and object key) holding a NUL
+/// character, at most [`MAX_VIOLATIONS`] of them, and how many there are.
+/// Postgres cannot store U+0000 in text, so no engine accepts it.
+pub fn nul_characters(v: &Value) -> (Vec<Value>, usize) {
+    fn hit(at: &str, out: &mut Vec<Value>, n: &mut usize) {
+        *n += 1;
+        if out.len() < MAX_VIOLATIONS {
+            out.push(json!({
+                "pointer": at,
+                "message": "text may not contain the NUL character (U+0000)"
+            }));
+        }
+    }
+    fn walk(v: &Value, at: &mut String, out: &mut Vec<Value>, n: &mut usize) {
+        match v {
+            Value::String(s) if s.contains('\0') => hit(at, out, n),
+            Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    let len = at.len();
+                    at.push('/');
+                    at.push_str(&i.to_string());
+                    walk(x, at, out, n);
+                    at.truncate(len);
+                }
+            }
+            Value::Object(m) => {
+                for (k, x) in m {
+                    let len = at.len();
+                    at.push('/');
+                    at.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                    if k.contains('\0') {
+                        hit(at, out, n);
+                    }
+                    walk(x, at, out, n);
+                    at.truncate(len);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    let mut n = 0;
+    walk(v, &mut String::new(), &mut out, &mut n);
+    (out, n)
+}
+
+/// Whether any string (or key) of `v` holds a NUL character.
+pub fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(m) => m.iter().any(|(k, x)| k.contains('\0') || has_nul(x)),
+        _ => false,
+    }
+}
+
+/// A short quotation of a value for a message: its JSON text, cut to
+/// [`MAX_QUOTE`] characters with the full size said.
+pub fn quote(v: &Value) -> String {
+    match v {
+        Value::String(s) if s.chars().count() > MAX_QUOTE => {
+            let head: String = s.chars().take(MAX_QUOTE).collect();
+            format!(
+                "{}… ({} characters)",
+                Value::String(head),
+                s.chars().count()
+            )
+        }
+        Value::Array(a) if a.len() > 3 => format!("an array of {} items", a.len()),
+        Value::Object(m) if m.len() > 3 => format!("an object of {} properties", m.len()),
+        other => {
+            let text = other.to_string();
+            if text.chars().count() > MAX_QUOTE {
+                let head: String = text.chars().take(MAX_QUOTE).collect();
+                format!("{head}…")
+            } else {
+                text
+            }
+        }
+    }
+}
+
+fn cut(s: String) -> String {
+    if s.chars().count() > MAX_MESSAGE {
+        let mut head: String = s.chars().take(MAX_MESSAGE).collect();
+        head.push('…');
+        head
+    } else {
+        s
+    }
+}
+
+/// One schema violation: a JSON Pointer to the offending value (for a
+/// missing property, where it should be) and a message that quotes at
+/// most a short excerpt of the value.
+pub fn violation(e: &jsonschema::ValidationError) -> Value {
+    let mut pointer = e.instance_path().to_string();
+    if let jsonschema::error::ValidationErrorKind::Required { property } = e.kind()
+        && let Some(p) = property.as_str()
+    {
+        pointer = crate::diag::child(&pointer, p);
+    }
+    let message = cut(e.masked_with(quote(e.instance())).to_string());
+    json!({"pointer": pointer, "message": message})
+}
+
+/// The violations of `input` against `schema`: at most [`MAX_VIOLATIONS`],
+/// and how many there are in all.
+pub fn violations(schema: &jsonschema::Validator, input: &Value) -> (Vec<Value>, usize) {
+    let mut out = Vec::new();
+    let mut n = 0;
+    for e in schema.iter_errors(input) {
+        n += 1;
+        if out.len() < MAX_VIOLATIONS {
+            out.push(violation(&e));
+        }
+    }
+    (out, n)
+}
+
+/// The `400 invalid_input` problem for `n` violations of which `listed`
+/// are given.
+pub fn invalid(detail: &str, listed: Vec<Value>, n: usize) -> crate::problem::Problem {
+    let mut p = crate::problem::Problem::new(400, "invalid_input", detail);
+    if n > listed.len() {
+        p.detail = format!(
+            "{detail} ({n} violations, the first {} listed)",
+            listed.len()
+        );
+        p.extra.insert("errorCount".into(), json!(n));
+    }
+    p.with_errors(listed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_decimals_become_integers() {
+        let mut v = json!({"a": 5.0, "b": [1e2, 2.5], "c": 1e300, "d": -0.0, "e": 7});
+        assert!(normalize_numbers(&mut v));
+        assert_eq!(
+            v,
+            json!({"a": 5, "b": [100, 2.5], "c": 1e300, "d": 0, "e": 7})
+        );
+        let mut w = json!({"x": 1, "y": "5.0"});
+        assert!(!normalize_numbers(&mut w));
+    }
+
+    #[test]
+    fn nul_characters_are_found_in_values_and_keys() {
+        let v = json!({"sku": "N\u{0}", "ok": "fine", "list": ["a", "\u{0}"], "k\u{0}": 1});
+        let (found, n) = nul_characters(&v);
+        assert_eq!(n, 3);
+        let pointers: Vec<&str> = found.iter().filter_map(|f| f["pointer"].as_str()).collect();
+        assert!(pointers.contains(&"/sku"));
+        assert!(pointers.contains(&"/list/1"));
+        assert!(has_nul(&v));
+        assert!(!has_nul(&json!({"a": ["b"]})));
+    }
+
+    #[test]
+    fn quotes_are_short() {
+        let long = Value::String("x".repeat(900_000));
+        let q = quote(&long);
+        assert!(q.len() < 80, "{q}");
+        assert!(q.contains("900000 characters"));
+        assert_eq!(quote(&json!(5)), "5");
+    }
+
+    #[test]
+    fn violations_are_bounded() {
+        let schema = jsonschema::draft202012::new(&json!({
+            "type": "object",
+            "properties": {"notes": {"type": "string", "maxLength": 10}},
+            "additionalProperties": {"type": "integer"}
+        }))
+        .unwrap();
+        let mut input = serde_json::Map::new();
+        input.insert("notes".into(), json!("n".repeat(900_000)));
+        for i in 0..50 {
+            input.insert(format!("p{i}"), json!("s"));
+        }
+        let (listed, n) = violations(&schema, &Value::Object(input));
+        assert_eq!(n, 51);
+        assert_eq!(listed.len(), MAX_VIOLATIONS);
+        let text = serde_json::to_string(&listed).unwrap();
+        assert!(text.len() < 3000, "{} bytes", text.len());
+    }
+}
