@@ -115,13 +115,13 @@ pub struct Args {
     pub external: Vec<String>,
     /// Do not serve the browser risk preview at `/studio/` (it shows the
     /// served spec to anyone who can reach the server).
-    #[arg(long, env = "SINEW_NO_STUDIO")]
+    #[arg(long, env = "SINEW_NO_STUDIO", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub no_studio: bool,
     /// Do not snapshot the component with the spec loaded. By default the
     /// first start of a spec builds, in the background, a pre-initialized
     /// copy of the component (cached beside the compiled one): later starts
     /// and new instances then skip parsing the spec.
-    #[arg(long, env = "SINEW_NO_SNAPSHOT")]
+    #[arg(long, env = "SINEW_NO_SNAPSHOT", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub no_snapshot: bool,
 }
 

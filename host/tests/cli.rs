@@ -682,3 +682,35 @@ fn serve_listens_before_the_database_answers() {
         "stderr: {stderr}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Output to a reader that went away, SARIF locations, boolean switches.
+
+/// The boolean environment switches take what people write: 1/0, yes/no,
+/// on/off, true/false (any case); anything else is refused by name.
+/// (`serve` on a spec that does not exist: the switches are parsed, then
+/// the start fails at once.)
+#[test]
+fn boolean_environment_switches_take_what_people_write() {
+    let serve = |var: &str, value: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_sinew"))
+            .args(["serve", "/nonexistent/spec.json"])
+            .env(var, value)
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap();
+        (code(&out), stderr(&out))
+    };
+    for var in ["SINEW_NO_SNAPSHOT", "SINEW_NO_STUDIO"] {
+        for value in [
+            "1", "0", "yes", "no", "on", "off", "true", "false", "TRUE", "Yes",
+        ] {
+            let (code, err) = serve(var, value);
+            assert_eq!(code, 2, "{var}={value}: {err}");
+            assert!(err.contains("cannot read the spec"), "{var}={value}: {err}");
+        }
+        let (code, err) = serve(var, "maybe");
+        assert_eq!(code, 2, "{var}=maybe: {err}");
+        assert!(err.contains("invalid value 'maybe'"), "{var}=maybe: {err}");
+    }
+}
