@@ -81,7 +81,7 @@ pub fn migrate(args: &MigrateArgs) -> Result<u8> {
                 m.changes
             );
         } else {
-            print!("{}", m.sql);
+            crate::write_stdout(&m.sql).context("cannot write the plan to stdout")?;
         }
         Ok(0)
     })
@@ -122,11 +122,11 @@ pub fn audit(args: &AuditArgs) -> Result<u8> {
         let client = db.connect().await?;
         match crate::pg::verify_audit(&client).await? {
             Ok(n) => {
-                println!("audit chain intact: {n} entries");
+                crate::write_stdout(&format!("audit chain intact: {n} entries\n"))?;
                 Ok(0)
             }
             Err(broken) => {
-                println!("audit chain broken: {broken}");
+                crate::write_stdout(&format!("audit chain broken: {broken}\n"))?;
                 Ok(1)
             }
         }
@@ -168,9 +168,7 @@ pub fn token(args: &TokenArgs) -> Result<u8> {
         audience: args.audience.clone().filter(|s| !s.is_empty()),
         roles_claim: args.roles_claim.clone(),
     };
-    println!(
-        "{}",
-        jwt.mint(&args.sub, &args.roles, args.ttl, crate::jwt::now_secs())?
-    );
+    let token = jwt.mint(&args.sub, &args.roles, args.ttl, crate::jwt::now_secs())?;
+    crate::write_stdout(&format!("{token}\n"))?;
     Ok(0)
 }

@@ -7,7 +7,7 @@ use clap::{Args as ClapArgs, ValueEnum};
 use sinew_core::diag::Diagnostic;
 use sinew_core::risk::{self, Level, Report};
 use sinew_core::spec;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 /// Judge specs: spec errors, then every tool Green, Yellow or Red.
@@ -201,9 +201,9 @@ pub fn run(args: &Args) -> u8 {
             out.push('\n');
         }
     }
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(out.as_bytes());
-    let _ = stdout.flush();
+    if let Err(e) = crate::write_stdout(&out) {
+        eprintln!("error: cannot write the report to stdout: {e}");
+    }
     checked
         .iter()
         .map(|c| c.report.exit_code())

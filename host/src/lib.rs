@@ -15,6 +15,18 @@ pub mod tls;
 pub mod run;
 pub mod runtime;
 
+/// Writes a command's output to stdout. A reader that went away (`sinew run
+/// … | head`) is not an error: the rest of the output is dropped and the
+/// command ends as it would have, quietly. Other write errors are returned.
+pub fn write_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
+    }
+}
+
 /// The core's WebAssembly component, built from the current sources by
 /// `build.rs`.
 pub static COMPONENT: &[u8] = include_bytes!(env!("SINEW_COMPONENT_PATH"));

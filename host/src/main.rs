@@ -59,34 +59,28 @@ fn main() -> ExitCode {
             precompile: Some(dir),
             ..
         }) => match sinew_host::runtime::Engine::new(Some(&dir)) {
-            Ok(engine) => {
-                println!(
-                    "compiled {} into {}{}",
-                    engine.component_hash,
-                    dir.display(),
-                    if engine.from_cache() {
-                        " (already there)"
-                    } else {
-                        ""
-                    }
-                );
-                0
-            }
+            Ok(engine) => print(&format!(
+                "compiled {} into {}{}\n",
+                engine.component_hash,
+                dir.display(),
+                if engine.from_cache() {
+                    " (already there)"
+                } else {
+                    ""
+                }
+            )),
             Err(e) => {
                 eprintln!("error: {e:#}");
                 2
             }
         },
         Command::Component(args) => match std::fs::write(&args.out, sinew_host::COMPONENT) {
-            Ok(()) => {
-                println!(
-                    "wrote {} ({} bytes, sha256:{})",
-                    args.out.display(),
-                    sinew_host::COMPONENT.len(),
-                    sinew_core::bundle::sha256_hex(sinew_host::COMPONENT)
-                );
-                0
-            }
+            Ok(()) => print(&format!(
+                "wrote {} ({} bytes, sha256:{})\n",
+                args.out.display(),
+                sinew_host::COMPONENT.len(),
+                sinew_core::bundle::sha256_hex(sinew_host::COMPONENT)
+            )),
             Err(e) => {
                 eprintln!("error: cannot write `{}`: {e}", args.out.display());
                 2
@@ -112,6 +106,18 @@ fn main() -> ExitCode {
         },
     };
     ExitCode::from(code)
+}
+
+/// Prints a command's output (see [`sinew_host::write_stdout`]): 0, or 2
+/// when it cannot be written.
+fn print(text: &str) -> u8 {
+    match sinew_host::write_stdout(text) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: cannot write to stdout: {e}");
+            2
+        }
+    }
 }
 
 fn exit(r: anyhow::Result<u8>) -> u8 {

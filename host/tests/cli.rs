@@ -686,6 +686,88 @@ fn serve_listens_before_the_database_answers() {
 // ---------------------------------------------------------------------------
 // Output to a reader that went away, SARIF locations, boolean switches.
 
+/// `sinew run … | head` and `sinew check … | head`: a stdout whose reader is
+/// gone (here closed before the command writes) ends the command quietly,
+/// with its usual exit status and no panic.
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let closed = || {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        writer
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let runs: [(Vec<std::ffi::OsString>, i32); 6] = [
+        (
+            vec![
+                "run".into(),
+                spec("specs/examples/shop.json").into(),
+                "--tool".into(),
+                "list_products".into(),
+                "--state".into(),
+                dir.path().join("state.json").into(),
+            ],
+            0,
+        ),
+        (
+            vec!["check".into(), spec("specs/examples/shop.json").into()],
+            0,
+        ),
+        (
+            vec![
+                "check".into(),
+                "--format".into(),
+                "sarif".into(),
+                spec("specs/unsafe/raw-write.json").into(),
+            ],
+            2,
+        ),
+        (
+            vec![
+                "component".into(),
+                "--out".into(),
+                dir.path().join("c.wasm").into(),
+            ],
+            0,
+        ),
+        (
+            vec![
+                "migrate".into(),
+                spec("specs/examples/shop.json").into(),
+                "--data-dir".into(),
+                dir.path().join("none").into(),
+            ],
+            0,
+        ),
+        (
+            vec![
+                "token".into(),
+                "--sub".into(),
+                "alice".into(),
+                "--secret".into(),
+                "s3cret".into(),
+            ],
+            0,
+        ),
+    ];
+    for (args, expected) in runs {
+        let out = Command::new(env!("CARGO_BIN_EXE_sinew"))
+            .args(&args)
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("DATABASE_URL")
+            .stdout(closed())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(out.status.code(), Some(expected), "{args:?}: {err}");
+    }
+}
+
 /// The boolean environment switches take what people write: 1/0, yes/no,
 /// on/off, true/false (any case); anything else is refused by name.
 /// (`serve` on a spec that does not exist: the switches are parsed, then
