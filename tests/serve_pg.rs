@@ -84,6 +84,7 @@ async fn bad_requests_get_typed_answers_and_change_nothing() {
         issuer: Some(ISSUER.into()),
         audience: Some(AUDIENCE.into()),
         jwks: Some(jwks.to_string_lossy().into_owned()),
+        studio: true,
         ..Options::default()
     };
     let server = Server::start(&root().join("specs/examples/shop.json"), &url, &options).await;
@@ -350,7 +351,8 @@ async fn bad_requests_get_typed_answers_and_change_nothing() {
     );
     assert!(r.body["paths"]["/tools/place_order"]["post"].is_object());
 
-    // The browser preview of the served spec, not a tool: no audit entry.
+    // The browser preview of the served spec (with `--studio`), not a
+    // tool: no audit entry.
     let r = http.send("GET", &format!("{base}/studio"), &[], "").await;
     assert_eq!(r.status, 308);
     assert_eq!(r.headers["location"], "/studio/");

@@ -113,9 +113,14 @@ pub struct Args {
     /// over SINEW_EXTERNAL_<NAME>_URL).
     #[arg(long = "external", value_name = "NAME=URL")]
     pub external: Vec<String>,
-    /// Do not serve the browser risk preview at `/studio/` (it shows the
-    /// served spec to anyone who can reach the server).
-    #[arg(long, env = "SINEW_NO_STUDIO", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    /// Serve the browser risk preview at `/studio/`. Off unless asked for:
+    /// it shows the whole served spec (entities, tools, policies) to anyone
+    /// who can reach the server.
+    #[arg(long, env = "SINEW_STUDIO", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    pub studio: bool,
+    /// Deprecated: the studio is off unless `--studio`. Still accepted (and
+    /// wins over `--studio`) so that existing command lines keep working.
+    #[arg(long, hide = true)]
     pub no_studio: bool,
     /// Do not snapshot the component with the spec loaded. By default the
     /// first start of a spec builds, in the background, a pre-initialized
@@ -474,8 +479,8 @@ pub struct App {
     /// With `--test-hooks`: the clock requests set.
     test_clock: Option<Arc<crate::runtime::clock::ManualClock>>,
     /// The browser preview at `/studio/`, opening the served spec; built
-    /// (the component transpiled) when first asked for. `None` with
-    /// `--no-studio`.
+    /// (the component transpiled) when first asked for. `None` unless
+    /// `--studio`.
     studio: Option<(
         crate::studio::Startup,
         tokio::sync::OnceCell<Arc<crate::studio::Studio>>,
@@ -1284,7 +1289,12 @@ pub async fn serve(
         Core::Native(n) => n.bundle_hash().to_owned(),
     };
     let openapi = crate::openapi::document(&spec, &bundle_hash);
-    let studio = (!args.no_studio).then(|| {
+    if args.no_studio {
+        log.warn("--no-studio is deprecated: the studio is off unless --studio");
+    } else if args.studio {
+        log.info("the studio is on at /studio/: it shows the spec to whoever can reach the server");
+    }
+    let studio = (args.studio && !args.no_studio).then(|| {
         (
             crate::studio::Startup::named(&args.spec, text),
             tokio::sync::OnceCell::new(),

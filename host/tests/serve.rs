@@ -144,12 +144,33 @@ async fn embedded_postgres_keeps_data_across_restarts() {
     )
     .await;
     assert!(s < 300, "{s} {body}");
+    // The studio (it shows the whole spec) is off unless asked for.
+    for path in ["/studio", "/studio/"] {
+        let (s, body) = call(
+            &http,
+            "GET",
+            &format!("{}{path}", first.base),
+            "",
+            &json!({}),
+        )
+        .await;
+        assert_eq!(s, 404, "{path}: {body}");
+    }
     let code = tokio::task::spawn_blocking(move || first.terminate())
         .await
         .unwrap();
     assert!(code.success());
     assert!(data.path().join("pg/PG_VERSION").is_file());
-    let second = Proc::start(&spec, &[], data.path());
+    let second = Proc::start(&spec, &[("SINEW_STUDIO", "1")], data.path());
+    let (s, _) = call(
+        &http,
+        "GET",
+        &format!("{}/studio", second.base),
+        "",
+        &json!({}),
+    )
+    .await;
+    assert_eq!(s, 308, "SINEW_STUDIO=1 serves the studio");
     let (s, body) = call(
         &http,
         "GET",
