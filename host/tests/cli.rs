@@ -768,6 +768,72 @@ fn a_closed_stdout_ends_the_command_quietly() {
     }
 }
 
+/// SARIF: `artifactLocation.uri` is a percent-encoded URI reference, and
+/// columns are counted in Unicode code points, as `columnKind` says.
+#[test]
+fn sarif_uris_are_encoded_and_columns_are_code_points() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("dir with space")).unwrap();
+    // `é` and `😀` are 2 and 4 bytes, one code point each, before "Nte".
+    let one_line = BROKEN
+        .replace('\n', " ")
+        .replace("\"broken\"", "\"brøken 😀\"");
+    std::fs::write(dir.path().join("dir with space/ok.json"), &one_line).unwrap();
+    // A syntax error after non-ASCII text on its line.
+    std::fs::write(
+        dir.path().join("dir with space/syntax.json"),
+        "{\"name\": \"é😀\" \"x\": 1}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sinew"))
+        .current_dir(dir.path())
+        .args([
+            "check",
+            "--format",
+            "sarif",
+            "dir with space/ok.json",
+            "dir with space/syntax.json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let v = json(&out);
+    let run = &v["runs"][0];
+    assert_eq!(run["columnKind"], "unicodeCodePoints", "{run}");
+    let results = run["results"].as_array().unwrap();
+    let find = |id: &str| {
+        results
+            .iter()
+            .find(|r| r["ruleId"] == id)
+            .unwrap_or_else(|| panic!("no {id} in {results:#?}"))
+    };
+    let e = &find("unknown-entity")["locations"][0]["physicalLocation"];
+    assert_eq!(e["artifactLocation"]["uri"], "dir%20with%20space/ok.json");
+    let chars: Vec<char> = one_line.chars().collect();
+    let col = (0..chars.len())
+        .find(|&i| chars[i..].starts_with(&['"', 'N', 't', 'e', '"']))
+        .unwrap()
+        + 1;
+    assert_eq!(e["region"]["startLine"], 1, "{e}");
+    assert_eq!(e["region"]["startColumn"], col as u64, "{e}");
+    let s = &find("json-syntax")["locations"][0]["physicalLocation"];
+    assert_eq!(
+        s["artifactLocation"]["uri"],
+        "dir%20with%20space/syntax.json"
+    );
+    // `"x"` is the 15th code point of the line (its 19th byte).
+    assert_eq!(s["region"]["startColumn"], 15, "{s}");
+    // The human report says the same.
+    let out = Command::new(env!("CARGO_BIN_EXE_sinew"))
+        .current_dir(dir.path())
+        .args(["check", "dir with space/syntax.json"])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(text.contains("dir with space/syntax.json:1:15"), "{text}");
+    assert!(text.contains("line 1, column 15"), "{text}");
+}
+
 /// The boolean environment switches take what people write: 1/0, yes/no,
 /// on/off, true/false (any case); anything else is refused by name.
 /// (`serve` on a spec that does not exist: the switches are parsed, then

@@ -57,11 +57,13 @@ pub fn parse(text: &str) -> Result<Value, Diagnostic> {
     }
     let mut de = serde_json::Deserializer::from_str(text);
     let result = Strict::deserialize(&mut de).and_then(|Strict(v)| de.end().map(|()| v));
-    result.map_err(|e| syntax_error(&e))
+    result.map_err(|e| syntax_error(&e, text))
 }
 
-fn syntax_error(e: &serde_json::Error) -> Diagnostic {
+fn syntax_error(e: &serde_json::Error, text: &str) -> Diagnostic {
     let full = e.to_string();
+    // serde_json counts columns in bytes; positions here count characters.
+    let column = char_column(text, e.line(), e.column());
     let suffix = format!(" at line {} column {}", e.line(), e.column());
     let what = full.strip_suffix(&suffix).unwrap_or(&full).to_string();
     let (code, help) = if what.contains("recursion limit") {
@@ -74,18 +76,30 @@ fn syntax_error(e: &serde_json::Error) -> Diagnostic {
     let mut d = Diagnostic::new(
         code,
         "",
-        format!(
-            "invalid JSON at line {}, column {}: {what}",
-            e.line(),
-            e.column()
-        ),
+        format!("invalid JSON at line {}, column {column}: {what}", e.line()),
     )
     .help(help);
     d.at = Some(Position {
         line: u32::try_from(e.line()).unwrap_or(u32::MAX),
-        column: u32::try_from(e.column()).unwrap_or(u32::MAX),
+        column: u32::try_from(column).unwrap_or(u32::MAX),
     });
     d
+}
+
+/// The 1-based column, in characters, of the 1-based `byte_column` of
+/// `line` (0 stays 0: serde_json's column before a line's first byte).
+fn char_column(text: &str, line: usize, byte_column: usize) -> usize {
+    let Some(l) = text.split('\n').nth(line.saturating_sub(1)) else {
+        return byte_column;
+    };
+    if byte_column == 0 {
+        return 0;
+    }
+    let mut end = (byte_column - 1).min(l.len());
+    while !l.is_char_boundary(end) {
+        end -= 1;
+    }
+    l.get(..end).map_or(0, |p| p.chars().count()) + 1
 }
 
 /// The 1-based line and column of byte `offset` in `text`.
@@ -185,5 +199,14 @@ mod tests {
     fn positions() {
         let p = position_of("ab\ncdé\nx", 7);
         assert_eq!((p.line, p.column), (2, 4));
+        // A syntax error's column counts characters too (serde_json's
+        // counts bytes): the quote opening `"x"` is the 10th character, the
+        // 14th byte.
+        let d = parse("{\"é😀\": 1 \"x\": 2}").unwrap_err();
+        let at = d.at.unwrap();
+        assert_eq!((at.line, at.column), (1, 10), "{}", d.message);
+        assert!(d.message.contains("line 1, column 10"), "{}", d.message);
+        assert_eq!(char_column("é\nab", 9, 3), 3, "no such line");
+        assert_eq!(char_column("ab", 1, 0), 0);
     }
 }

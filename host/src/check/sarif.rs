@@ -2,6 +2,9 @@
 
 use serde_json::{Value, json};
 use sinew_core::risk::{Level, SIGNALS};
+use std::fmt::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 use super::Checked;
 use super::human::position;
@@ -11,6 +14,28 @@ fn level(l: Level) -> &'static str {
         Level::Red | Level::Invalid => "error",
         Level::Yellow => "warning",
         Level::Green => "note",
+    }
+}
+
+/// A file's path as an RFC 3986 URI reference, as SARIF's
+/// `artifactLocation.uri` wants: a relative path stays a relative reference
+/// (`dir with space/ok.json` → `dir%20with%20space/ok.json`), an absolute
+/// one becomes a `file://` URI. Every byte but the unreserved characters
+/// and `/` is percent-encoded (a `:` too, so that no first segment reads as
+/// a scheme; file names that are not UTF-8 keep their bytes).
+fn uri(path: &Path) -> String {
+    let mut out = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    if path.is_absolute() {
+        format!("file://{out}")
+    } else {
+        out
     }
 }
 
@@ -42,7 +67,7 @@ pub fn log(checked: &[Checked]) -> Value {
     let mut seen: Vec<String> = SIGNALS.iter().map(|s| s.code.to_string()).collect();
     let mut results = Vec::new();
     for c in checked {
-        let file = c.path.display().to_string().replace('\\', "/");
+        let file = uri(&c.path);
         let all = c
             .report
             .errors
@@ -94,7 +119,31 @@ pub fn log(checked: &[Checked]) -> Value {
                 "informationUri": "https://github.com/sinew-dev/sinew",
                 "rules": rules
             }},
+            // Columns count characters (see `human::position`), as
+            // editors do: said here, so no consumer reads UTF-16 units.
+            "columnKind": "unicodeCodePoints",
             "results": results
         }]
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::uri;
+    use std::path::Path;
+
+    #[test]
+    fn uris_are_percent_encoded_references() {
+        let cases = [
+            ("ok.json", "ok.json"),
+            ("dir with space/ok.json", "dir%20with%20space/ok.json"),
+            ("specs/café #1.json", "specs/caf%C3%A9%20%231.json"),
+            ("a:b/c%d.json", "a%3Ab/c%25d.json"),
+            ("back\\slash.json", "back%5Cslash.json"),
+            ("/tmp/a b.json", "file:///tmp/a%20b.json"),
+        ];
+        for (path, expected) in cases {
+            assert_eq!(uri(Path::new(path)), expected, "{path}");
+        }
+    }
 }
