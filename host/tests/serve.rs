@@ -161,6 +161,26 @@ async fn embedded_postgres_keeps_data_across_restarts() {
         .unwrap();
     assert!(code.success());
     assert!(data.path().join("pg/PG_VERSION").is_file());
+    // A clean stop leaves nothing in the temp dir: the socket's directory
+    // (`sinew-pg-<hash of the data dir>`) and its `.owner` file are gone.
+    let tag = &sinew_core::bundle::sha256_hex(
+        data.path()
+            .join("pg")
+            .canonicalize()
+            .unwrap()
+            .to_string_lossy()
+            .as_bytes(),
+    )[..16];
+    let socket = std::env::temp_dir().join(format!("sinew-pg-{tag}"));
+    let owner = socket.with_extension("owner");
+    let left = || [&socket, &owner].into_iter().filter(|p| p.exists()).count();
+    assert_eq!(
+        left(),
+        0,
+        "{} or {} left behind",
+        socket.display(),
+        owner.display()
+    );
     let second = Proc::start(&spec, &[("SINEW_STUDIO", "1")], data.path());
     let (s, _) = call(
         &http,
@@ -193,6 +213,13 @@ async fn embedded_postgres_keeps_data_across_restarts() {
     assert!(
         !data.path().join("pg/postmaster.pid").exists(),
         "the embedded Postgres is still running"
+    );
+    assert_eq!(
+        left(),
+        0,
+        "{} or {} left behind",
+        socket.display(),
+        owner.display()
     );
 }
 

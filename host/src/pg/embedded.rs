@@ -232,7 +232,8 @@ impl Embedded {
         &self.data
     }
 
-    /// Stops the server (fast shutdown: open transactions roll back).
+    /// Stops the server (fast shutdown: open transactions roll back), then
+    /// removes what it left in the temp dir (see [`Embedded::clean_up`]).
     pub fn stop(&mut self) -> Result<()> {
         if self.stopped || !self.owned {
             return Ok(());
@@ -248,7 +249,24 @@ impl Embedded {
                 "-w",
                 "stop",
             ],
-        )
+        )?;
+        self.clean_up();
+        Ok(())
+    }
+
+    /// After a clean stop: the socket's directory and the `.owner` file
+    /// beside it are removed, but only while the owner file still names
+    /// this process (another sinew that took the cluster over since keeps
+    /// both), and the directory only when empty (the stopped server has
+    /// removed its socket and lock file; anything else there is left).
+    fn clean_up(&self) {
+        let owner_file = socket_owner_file(&self.socket);
+        let mine = std::fs::read_to_string(&owner_file)
+            .is_ok_and(|p| p.trim() == std::process::id().to_string());
+        if mine {
+            let _ = std::fs::remove_dir(&self.socket);
+            let _ = std::fs::remove_file(&owner_file);
+        }
     }
 
     /// Stops the server abruptly and starts it again (tests of recovery).
