@@ -1,6 +1,7 @@
 //! `sinew migrate` against a real Postgres: the plan applies, re-applying
-//! changes nothing, additions are safe, and changes that lose data are
-//! refused unless allowed.
+//! changes nothing, additions are safe, columns the spec lacks are kept
+//! when inserts can leave them out, and changes that lose data are refused
+//! unless allowed.
 
 use serde_json::{Value, json};
 use sinew_host::pg::migrate::{Migration, apply, plan, recorded};
@@ -113,15 +114,15 @@ async fn migrations_apply_once_add_safely_and_refuse_losing_data() {
             .any(|c| c.0 == "origin")
     );
 
-    // Dropping it again would lose data: refused unless allowed.
-    let m = plan(Some(&client), &spec(&base), false).await.unwrap();
-    assert_eq!(m.destructive.len(), 1, "{:?}", m.destructive);
-    assert!(
-        m.destructive[0].contains("product.origin"),
-        "{:?}",
-        m.destructive
-    );
-    assert!(!m.sql.contains("DROP COLUMN"));
+    // Removed from the spec again, the nullable column is kept with its
+    // data (rows can still be inserted without it), allowed or not.
+    for allow in [false, true] {
+        let m = plan(Some(&client), &spec(&base), allow).await.unwrap();
+        assert!(m.destructive.is_empty(), "{:?}", m.destructive);
+        assert_eq!(m.kept.len(), 1, "{:?}", m.kept);
+        assert!(m.kept[0].contains("product.origin"), "{:?}", m.kept);
+        assert!(!m.sql.contains("DROP COLUMN"), "{}", m.sql);
+    }
     // Narrowing: a type change and a new NOT NULL.
     let mut narrowed = added.clone();
     narrowed["entities"]["Product"]["fields"]["origin"] = json!({"type": "integer"});
@@ -130,6 +131,20 @@ async fn migrations_apply_once_add_safely_and_refuse_losing_data() {
     assert!(n.destructive.iter().any(|d| d.contains("change type")));
     assert!(n.destructive.iter().any(|d| d.contains("NOT NULL")));
 
+    // NOT NULL without a default, it would make every insert fail:
+    // refused, and dropped (with its data) only when allowed.
+    client
+        .batch_execute("ALTER TABLE product ALTER COLUMN origin SET NOT NULL")
+        .await
+        .unwrap();
+    let m = plan(Some(&client), &spec(&base), false).await.unwrap();
+    assert_eq!(m.destructive.len(), 1, "{:?}", m.destructive);
+    assert!(
+        m.destructive[0].contains("product.origin") && m.destructive[0].contains("NOT NULL"),
+        "{:?}",
+        m.destructive
+    );
+    assert!(!m.sql.contains("DROP COLUMN"));
     let allowed = plan(Some(&client), &spec(&base), true).await.unwrap();
     assert!(
         allowed

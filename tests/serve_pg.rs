@@ -1090,3 +1090,129 @@ async fn abandoned_idempotency_claims_expire() {
     assert_eq!((again.status, &again.body), (201, &first.body));
     server.stop().await;
 }
+
+/// A column of an entity's table that the spec does not have (a field
+/// removed from the spec, or a column added by hand): `serve` and `migrate`
+/// apply one rule. Rows can still be inserted without it (it is nullable,
+/// or has a default): both keep it, with its data. It is NOT NULL without
+/// a default (every insert would fail): both refuse, with the same words,
+/// whether or not the schema was recorded as migrated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_and_migrate_agree_on_columns_the_spec_lacks() {
+    use sinew_host::pg::migrate::{Migration, apply, plan};
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let path = root().join("specs/examples/shop.json");
+    let loaded = sinew_core::spec::load(&std::fs::read_to_string(&path).unwrap());
+    assert!(loaded.errors.is_empty());
+    let shop = loaded.spec;
+    let http = Http::default();
+    let staff = token("sam", &["staff"]);
+    let create = |server: &Server, sku: &str| {
+        let (http, url) = (http.clone(), format!("{}/products", server.base));
+        let auth = format!("Bearer {staff}");
+        let body = json!({"sku": sku, "name": "Tea", "price_cents": 450}).to_string();
+        let key = format!("create-{sku}");
+        async move {
+            let headers = [
+                ("content-type", "application/json"),
+                ("authorization", auth.as_str()),
+                ("idempotency-key", key.as_str()),
+            ];
+            http.send("POST", &url, &headers, body).await
+        }
+    };
+    Server::start(&path, &url, &Options::default())
+        .await
+        .stop()
+        .await;
+    let mut db = connect_url(&url).await;
+    db.batch_execute(
+        "ALTER TABLE product ADD COLUMN legacy text; \
+         ALTER TABLE product ADD COLUMN region text NOT NULL DEFAULT 'eu'; \
+         ALTER TABLE product ADD COLUMN serial bigint GENERATED ALWAYS AS IDENTITY",
+    )
+    .await
+    .unwrap();
+    // Kept: migrate has nothing to refuse, and drops nothing even when
+    // allowed to.
+    for allow in [false, true] {
+        let m = plan(Some(&db), &shop, allow).await.unwrap();
+        assert!(m.destructive.is_empty(), "{:?}", m.destructive);
+        assert!(!m.sql.contains("DROP COLUMN"), "{}", m.sql);
+    }
+    // Serve starts, recorded as migrated or not, and inserts rows.
+    for (sku, forget) in [("A1", false), ("A2", true)] {
+        if forget {
+            db.batch_execute("DELETE FROM sinew_schema").await.unwrap();
+        }
+        let server = Server::start(&path, &url, &Options::default()).await;
+        let r = create(&server, sku).await;
+        assert!(r.status < 300, "{} {}", r.status, r.text);
+        server.stop().await;
+    }
+    let kept: i64 = db
+        .query_one(
+            "SELECT count(*) FROM product WHERE legacy IS NULL AND region = 'eu' AND serial > 0",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 2);
+
+    // NOT NULL without a default: refused by both, in the same words.
+    db.batch_execute(
+        "ALTER TABLE product ADD COLUMN code text NOT NULL DEFAULT 'x'; \
+         ALTER TABLE product ALTER COLUMN code DROP DEFAULT",
+    )
+    .await
+    .unwrap();
+    let m = plan(Some(&db), &shop, false).await.unwrap();
+    assert_eq!(m.destructive.len(), 1, "{:?}", m.destructive);
+    let refusal = &m.destructive[0];
+    assert!(refusal.contains("product.code"), "{refusal}");
+    // Not recorded: the start plans, and refuses.
+    let e = Server::try_start(&path, &url, &Options::default())
+        .await
+        .err()
+        .expect("served a table whose inserts fail");
+    assert!(e.contains(refusal.as_str()), "{e}");
+    // Recorded (the column added after the last migration): the same.
+    apply(
+        &mut db,
+        &shop,
+        &Migration {
+            complete: true,
+            ..Migration::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(sinew_host::pg::migrate::recorded(&db, &shop).await);
+    let e = Server::try_start(&path, &url, &Options::default())
+        .await
+        .err()
+        .expect("served a table whose inserts fail");
+    assert!(e.contains(refusal.as_str()), "{e}");
+    // Allowed, migrate drops that column, and only that one.
+    let allowed = plan(Some(&db), &shop, true).await.unwrap();
+    assert!(
+        allowed
+            .sql
+            .contains("ALTER TABLE \"product\" DROP COLUMN \"code\";"),
+        "{}",
+        allowed.sql
+    );
+    assert_eq!(
+        allowed.sql.matches("DROP COLUMN").count(),
+        1,
+        "{}",
+        allowed.sql
+    );
+    apply(&mut db, &shop, &allowed).await.unwrap();
+    let server = Server::start(&path, &url, &Options::default()).await;
+    let r = create(&server, "A3").await;
+    assert!(r.status < 300, "{} {}", r.status, r.text);
+    server.stop().await;
+}

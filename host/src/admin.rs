@@ -11,8 +11,11 @@ use crate::serve::Database;
 /// Prints plain SQL you own: tables, CHECKs, indexes and the sinew_* tables
 /// with their triggers. With DATABASE_URL (or an embedded database in
 /// --data-dir) it also compares with what exists: new columns are added;
-/// a change that drops or narrows a column is refused unless
-/// --allow-destructive. Every statement is idempotent, so re-running is a
+/// a change that narrows a column is refused unless --allow-destructive.
+/// A column the spec lacks is kept when inserts can leave it out (nullable,
+/// or with a default), else refused (NOT NULL without a default: inserts
+/// would fail) and dropped only with --allow-destructive; `sinew serve`
+/// applies the same rule. Every statement is idempotent, so re-running is a
 /// no-op.
 #[derive(clap::Args, Debug)]
 pub struct MigrateArgs {
@@ -21,8 +24,8 @@ pub struct MigrateArgs {
     /// Run the SQL, in one transaction.
     #[arg(long)]
     pub apply: bool,
-    /// Allow changes that lose data (dropped columns, changed types, new
-    /// NOT NULLs).
+    /// Allow changes that lose data (changed types, new NOT NULLs, dropping
+    /// a NOT NULL column without a default that the spec lacks).
     #[arg(long)]
     pub allow_destructive: bool,
     /// The database (absent: the embedded one in --data-dir when it exists,
@@ -63,6 +66,9 @@ pub fn migrate(args: &MigrateArgs) -> Result<u8> {
         };
         let m = crate::pg::migrate::plan(client.as_ref(), &loaded.spec, args.allow_destructive)
             .await?;
+        for note in &m.kept {
+            eprintln!("note: {note}");
+        }
         if !m.destructive.is_empty() && !args.allow_destructive {
             eprintln!("refused: migrating would lose data:");
             for d in &m.destructive {

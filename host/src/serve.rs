@@ -1165,23 +1165,37 @@ pub async fn serve(
         // Whether the schema is current and the catalog warm-up, together:
         // on a migrated database (every start but the first) the warm-up
         // is what the start needs, one round trip sooner.
-        let (migrated, warm) = tokio::join!(
+        // A recorded schema is not compared again, but a column the spec
+        // lacks that makes inserts fail (added by hand since) is refused as
+        // `sinew migrate` refuses it (`migrate::unknown_column`).
+        let (migrated, warm, refused) = tokio::join!(
             crate::pg::migrate::recorded(&conn.client, &spec),
-            storage.warm_catalog(&conn.client)
+            storage.warm_catalog(&conn.client),
+            crate::pg::migrate::refused_columns(&conn.client, &spec)
         );
+        let refuse = |refusals: &[String]| {
+            anyhow::anyhow!(
+                "the database does not match the spec, and migrating would lose data:\n  {}\n\
+                 Review `sinew migrate {}` and run it with --apply --allow-destructive",
+                refusals.join("\n  "),
+                args.spec.display()
+            )
+        };
         let warm = if migrated {
+            let refused = refused?;
+            if !refused.is_empty() {
+                return Err(refuse(&refused));
+            }
             log.phase(started, "schema already migrated to this spec");
             warm
         } else {
             let client = &mut conn.client;
             let m = crate::pg::migrate::plan(Some(client), &spec, false).await?;
             if !m.destructive.is_empty() {
-                bail!(
-                    "the database does not match the spec, and migrating would lose data:\n  {}\n\
-                     Review `sinew migrate {}` and run it with --apply --allow-destructive",
-                    m.destructive.join("\n  "),
-                    args.spec.display()
-                );
+                return Err(refuse(&m.destructive));
+            }
+            for note in &m.kept {
+                log.info(note);
             }
             log.phase(started, "migration planned");
             crate::pg::migrate::apply(client, &spec, &m).await?;

@@ -1,7 +1,9 @@
 //! `sinew migrate`: the DDL a database needs for a spec. Creating what is
 //! missing is always safe and idempotent; a change to an existing table that
-//! could lose data (a dropped column, a changed type, a new `NOT NULL`) is
-//! refused unless the user allows it.
+//! could lose data (a changed type, a new `NOT NULL`, dropping a column the
+//! spec lacks that would make inserts fail) is refused unless the user
+//! allows it. A column the spec lacks that inserts can leave out is kept
+//! (see [`unknown_column`]).
 
 use anyhow::{Context, Result};
 use sinew_core::migrate::{columns, ident, table_name};
@@ -22,11 +24,92 @@ pub struct Migration {
     /// Whether `sql` leaves the database matching the spec (no change that
     /// could lose data was left out).
     pub complete: bool,
+    /// Columns the spec lacks that are kept as they are, one sentence each
+    /// (see [`unknown_column`]).
+    pub kept: Vec<String>,
 }
 
 struct Existing {
     ty: String,
     not_null: bool,
+    /// Whether the database fills it in when an insert leaves it out (a
+    /// default, an identity, a generated column).
+    filled: bool,
+}
+
+/// The one rule for a column of an entity's table that the spec does not
+/// have (a field removed from the spec, or a column added by hand), which
+/// `sinew migrate` and `sinew serve` both apply, in the same words.
+///
+/// sinew never reads or writes such a column, and its inserts name their
+/// columns, so rows can still be inserted when it is nullable or filled in
+/// by the database (a default, an identity, a generated column): then it is
+/// kept, with its data (`Ok`, a note). Dropping it is the owner's call:
+/// another program may use it, and during a rolling deploy that removes a
+/// field the servers of the previous spec still write it. A `NOT NULL`
+/// column without a default would make every insert fail: that is refused
+/// (`Err`), and only `--allow-destructive` drops it.
+pub fn unknown_column(
+    table: &str,
+    column: &str,
+    not_null: bool,
+    filled: bool,
+) -> Result<String, String> {
+    if !not_null || filled {
+        Ok(format!(
+            "`{table}.{column}` is not in the spec: kept, with its data \
+             (sinew neither reads nor writes it; new rows get its default or null)"
+        ))
+    } else {
+        Err(format!(
+            "`{table}.{column}` is not in the spec and is NOT NULL without a default: \
+             every insert would fail (give it a default, drop its NOT NULL, \
+             or drop the column with its data)"
+        ))
+    }
+}
+
+/// The refusals of [`unknown_column`] in the database behind `client`, in
+/// one catalog query (no prepared statement): what a start whose schema is
+/// [`recorded`] as migrated checks, so that a column added by hand since
+/// is refused by `sinew serve` as by `sinew migrate`.
+pub async fn refused_columns(client: &tokio_postgres::Client, spec: &Spec) -> Result<Vec<String>> {
+    let messages = client
+        .simple_query(
+            "SELECT c.relname::text, a.attname::text \
+             FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+             WHERE c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace \
+                                     WHERE nspname = current_schema()) \
+               AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped \
+               AND a.attnotnull AND NOT a.atthasdef AND a.attidentity = '' \
+               AND a.attgenerated = '' \
+             ORDER BY c.relname, a.attnum",
+        )
+        .await
+        .context("reading the database's NOT NULL columns")?;
+    let mut refused = Vec::new();
+    for m in &messages {
+        let tokio_postgres::SimpleQueryMessage::Row(r) = m else {
+            continue;
+        };
+        let (Some(table), Some(column)) = (r.get(0), r.get(1)) else {
+            continue;
+        };
+        let Some(entity) = spec
+            .entities
+            .iter()
+            .find_map(|(name, e)| (table_name(name) == table).then_some(e))
+        else {
+            continue;
+        };
+        if columns(entity).iter().any(|c| c.name == column) {
+            continue;
+        }
+        if let Err(refusal) = unknown_column(table, column, true, false) {
+            refused.push(refusal);
+        }
+    }
+    Ok(refused)
 }
 
 /// The migration of the database behind `client` to `spec`. Without a
@@ -45,7 +128,8 @@ pub async fn plan(
     };
     let rows = client
         .query(
-            "SELECT table_name::text, column_name::text, data_type::text, is_nullable::text \
+            "SELECT table_name::text, column_name::text, data_type::text, is_nullable::text, \
+             column_default IS NOT NULL OR is_identity = 'YES' OR is_generated = 'ALWAYS' \
              FROM information_schema.columns WHERE table_schema = current_schema() \
              ORDER BY table_name, ordinal_position",
             &[],
@@ -61,6 +145,7 @@ pub async fn plan(
             Existing {
                 ty: r.get(2),
                 not_null: nullable == "NO",
+                filled: r.get(4),
             },
         ));
     }
@@ -114,14 +199,18 @@ pub async fn plan(
                 }
             }
         }
-        for (n, _) in existing {
-            if !wanted.iter().any(|c| c.name == *n) {
-                m.changes += 1;
-                m.destructive.push(format!(
-                    "`{table}.{n}` is not in the spec: it would be dropped with its data"
-                ));
-                if allow_destructive {
-                    let _ = writeln!(alters, "ALTER TABLE {t} DROP COLUMN {};", ident(n));
+        for (n, have) in existing {
+            if wanted.iter().any(|c| c.name == *n) {
+                continue;
+            }
+            match unknown_column(&table, n, have.not_null, have.filled) {
+                Ok(note) => m.kept.push(note),
+                Err(refusal) => {
+                    m.changes += 1;
+                    m.destructive.push(refusal);
+                    if allow_destructive {
+                        let _ = writeln!(alters, "ALTER TABLE {t} DROP COLUMN {};", ident(n));
+                    }
                 }
             }
         }
