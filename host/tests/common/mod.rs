@@ -193,11 +193,19 @@ pub async fn call_with_headers(
     token: &str,
     body: &Value,
 ) -> (u16, Value, Option<u64>) {
-    let req = hyper::Request::builder()
+    // A fresh Idempotency-Key on every write, as a well-behaved client
+    // sends (tools whose key is that header require it).
+    static KEYS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut req = hyper::Request::builder()
         .method(method)
         .uri(url)
         .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {token}"))
+        .header("authorization", format!("Bearer {token}"));
+    if method != "GET" {
+        let n = KEYS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        req = req.header("idempotency-key", format!("call-{}-{n}", std::process::id()));
+    }
+    let req = req
         .body(Full::new(bytes::Bytes::from(body.to_string())))
         .unwrap();
     let resp = http.request(req).await.unwrap();
