@@ -204,7 +204,7 @@ fn respond(status: u16, ctype: &'static str, body: String) -> Response<Full<Byte
 }
 
 fn is_uuid(s: &str) -> bool {
-    sinew_core::exec::is_uuid(s)
+    sinew_core::hash::is_uuid(s)
 }
 
 fn now_ms() -> i64 {
@@ -214,7 +214,7 @@ fn now_ms() -> i64 {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    sinew_core::bundle::sha256_hex(bytes)
+    sinew_core::hash::sha256_hex(bytes)
 }
 
 /// A row of text columns as JSON: numbers for the `numeric` names,

@@ -3,9 +3,9 @@
 //! input and output schemas compiled, so per-request work does not grow
 //! with the spec's size.
 
+use crate::hash::{canonical, sha256_hex};
 use indexmap::IndexMap;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::diag::Diagnostic;
 use crate::risk::{self, Level, Report};
@@ -77,65 +77,6 @@ impl std::fmt::Debug for Bundle {
             .field("hash", &self.hash)
             .finish_non_exhaustive()
     }
-}
-
-/// Canonical JSON: object keys sorted at every level, no spaces. Written
-/// directly (no sorted copy of the value is built).
-pub fn canonical(v: &Value) -> String {
-    let mut out = Vec::with_capacity(256);
-    write_canonical(v, &mut out);
-    String::from_utf8(out).unwrap_or_default()
-}
-
-fn write_canonical(v: &Value, out: &mut Vec<u8>) {
-    match v {
-        Value::Object(m) => {
-            let mut keys: Vec<(&String, &Value)> = m.iter().collect();
-            keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            out.push(b'{');
-            for (i, (k, x)) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                let _ = serde_json::to_writer(&mut *out, k);
-                out.push(b':');
-                write_canonical(x, out);
-            }
-            out.push(b'}');
-        }
-        Value::Array(a) => {
-            out.push(b'[');
-            for (i, x) in a.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(x, out);
-            }
-            out.push(b']');
-        }
-        other => {
-            let _ = serde_json::to_writer(&mut *out, other);
-        }
-    }
-}
-
-/// Lowercase hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        for nibble in [b >> 4, b & 0x0f] {
-            s.push(char::from(
-                HEX.get(usize::from(nibble)).copied().unwrap_or(b'0'),
-            ));
-        }
-    }
-    s
-}
-
-/// Lowercase hex SHA-256.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
 }
 
 /// The concurrency strategy a tool runs with: the declared one, else
@@ -298,7 +239,7 @@ impl Bundle {
             .get("id")
             .and_then(Value::as_str)
             .ok_or_else(|| format!("{} row has no `id`", crate::diag::a_code(entity)))?;
-        if !crate::exec::is_uuid(id) {
+        if !crate::hash::is_uuid(id) {
             return Err(format!(
                 "`{id}` is not a UUID ({} row's id)",
                 crate::diag::a_code(entity)
@@ -325,7 +266,7 @@ impl Bundle {
             }
             row.insert(k.clone(), v.clone());
         }
-        crate::exec::normalize_row(e, &mut row);
+        crate::row::normalize_row(e, &mut row);
         Ok(row)
     }
 }

@@ -1,57 +1,16 @@
 //! The execution contract: one request in, one typed response and exactly
 //! one final audit entry out, in nine visible steps.
 
-pub(crate) mod input;
+pub use crate::request::{Auth, Request, Response};
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-
-/// Who is calling, as the host verified it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct Auth {
-    /// The subject (`sub` claim).
-    pub sub: String,
-    /// Roles.
-    #[serde(default)]
-    pub roles: Vec<String>,
-    /// Every claim of the token (JSON object).
-    #[serde(default)]
-    pub claims: Value,
-}
-
-/// One call of a tool.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Request {
-    /// The tool's name.
-    pub tool: String,
-    /// The input (path parameters already merged in).
-    pub input: Value,
-    /// The verified caller; `None` for anonymous calls.
-    pub auth: Option<Auth>,
-    /// The request's id: unique per request; new row ids derive from it.
-    pub id: String,
-    /// The `Idempotency-Key` header.
-    pub idempotency_key: Option<String>,
-}
-
-/// The typed response: an HTTP status and a JSON body (RFC 9457
-/// problem+json for errors), and the final audit entry written for it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Response {
-    /// HTTP status.
-    pub status: u16,
-    /// Body: the tool's output, or a problem.
-    pub body: Value,
-    /// The final audit entry (as appended to storage, before chaining).
-    pub audit: Value,
-}
-
-use crate::bundle::{Bundle, canonical, sha256_hex};
+use crate::bundle::Bundle;
 use crate::exec::{End, Run, calls_json, rows_json};
 use crate::expr::Value as V;
+use crate::hash::{canonical, sha256_hex};
+use crate::input;
+use crate::model::{Limit, PolicyAction, PolicyKind};
 use crate::ports::{Claim, Clock, External, Storage};
 use crate::problem::Problem;
-use crate::spec::{Limit, PolicyAction, PolicyKind};
 use serde_json::json;
 
 /// The largest input an audit entry copies; a larger one is recorded by its
@@ -428,7 +387,7 @@ pub fn failed(
     }
 }
 
-fn authorize(tool: &crate::spec::Tool, request: &Request) -> Option<Problem> {
+fn authorize(tool: &crate::model::Tool, request: &Request) -> Option<Problem> {
     // Nothing with a NUL character reaches the flow (Postgres cannot
     // store it), not even from a verified token.
     if let Some(auth) = &request.auth
@@ -571,7 +530,7 @@ impl Audit {
         }
     }
 
-    fn tool(&mut self, tool: &crate::spec::Tool, compiled: &crate::bundle::Compiled) {
+    fn tool(&mut self, tool: &crate::model::Tool, compiled: &crate::bundle::Compiled) {
         if let Some(serde_json::Value::Object(m)) = self.entry.get_mut("input") {
             for key in &tool.sensitive {
                 if let Some(v) = m.get_mut(key) {

@@ -4,26 +4,24 @@
 //!
 //! Every value is computed here; storage only reads and writes rows.
 
-mod rows;
-
 use indexmap::IndexMap;
 use serde_json::{Map, Value as Json, json};
 use std::collections::{BTreeSet, HashMap};
 
 use crate::bundle::{Bundle, Compiled};
-use crate::contract::Request;
 use crate::expr::{self, Env, Value};
+use crate::model::{
+    Concurrency, Entity, Expression, FilterOp, Flow, Limit, Node, NodeKind, Template, Tool,
+};
 use crate::ports::{
     CallOutcome, CallRequest, Clock, Condition, External, Query, Row, SortKey, Storage,
     StorageError, TxId,
 };
 use crate::problem::Problem;
-use crate::spec::{
-    Concurrency, Entity, Expression, FilterOp, Flow, Limit, Node, NodeKind, Template, Tool,
-};
+use crate::request::Request;
 
-pub use rows::is_uuid;
-pub(crate) use rows::{normalize_row, row_to_value, uuid_from};
+use crate::hash::uuid_from;
+use crate::row::{self as rows, row_to_value};
 
 /// How a flow (or a transaction body) ended.
 pub(crate) enum End {
@@ -304,7 +302,7 @@ impl<'a> Run<'a> {
             && total > *max
         {
             match action {
-                crate::spec::PolicyAction::Block => {
+                crate::model::PolicyAction::Block => {
                     return Err(Problem::new(
                         403,
                         "policy_denied",
@@ -312,8 +310,8 @@ impl<'a> Run<'a> {
                     )
                     .fatal());
                 }
-                crate::spec::PolicyAction::Warn | crate::spec::PolicyAction::Escalate => {
-                    let a = if *action == crate::spec::PolicyAction::Warn {
+                crate::model::PolicyAction::Warn | crate::model::PolicyAction::Escalate => {
+                    let a = if *action == crate::model::PolicyAction::Warn {
                         "warn"
                     } else {
                         "escalate"
@@ -411,7 +409,7 @@ impl<'a> Run<'a> {
         &mut self,
         node_id: &str,
         body: &Flow,
-        isolation: crate::spec::Isolation,
+        isolation: crate::model::Isolation,
     ) -> Result<Step, Problem> {
         let nested = !self.open.is_empty();
         if !nested {
@@ -891,7 +889,7 @@ impl<'a> Run<'a> {
             args: Json::Object(a),
             timeout_ms: *timeout_ms,
             max_attempts: retry.map_or(1, |r| r.max),
-            backoff: retry.map_or(crate::spec::Backoff::None, |r| r.backoff),
+            backoff: retry.map_or(crate::model::Backoff::None, |r| r.backoff),
             initial_backoff_ms: retry.and_then(|r| r.initial_ms).unwrap_or(100),
             idempotency_key: key,
         };
@@ -899,7 +897,7 @@ impl<'a> Run<'a> {
         // Text with a NUL character cannot be stored (Postgres refuses it):
         // such an answer is a failed call on every engine.
         if let CallOutcome::Ok { value } | CallOutcome::Declined { value } = &result.outcome
-            && crate::contract::input::has_nul(value)
+            && crate::input::has_nul(value)
         {
             result.outcome = CallOutcome::Failed {
                 message: "the answer contains a NUL character (U+0000)".into(),
@@ -1008,7 +1006,7 @@ impl<'a> Run<'a> {
         &self,
         e: &Entity,
         entity: &str,
-        filters: &[crate::spec::Filter],
+        filters: &[crate::model::Filter],
     ) -> Result<Vec<Condition>, Problem> {
         let mut out = Vec::with_capacity(filters.len());
         for f in filters {

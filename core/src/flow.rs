@@ -12,32 +12,11 @@
 
 use petgraph::graph::{DiGraph, NodeIndex};
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 
-use crate::spec::{EdgeKind, Flow, Node, NodeKind, Tool};
+use crate::hash::IdHasher;
 
-/// A small, fast, deterministic hasher for node ids (FxHash's mixing).
-#[derive(Default, Clone, Copy)]
-pub struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            for (w, b) in word.iter_mut().zip(chunk) {
-                *w = *b;
-            }
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
-                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-    fn write_u8(&mut self, b: u8) {
-        self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
+use crate::model::{EdgeKind, Flow, Node, NodeKind, Tool};
 
 /// A map keyed by node ids.
 pub type IdMap<'s, V> = HashMap<&'s str, V, BuildHasherDefault<IdHasher>>;

@@ -16,7 +16,7 @@
 use serde_json::Value;
 use std::fmt::Write;
 
-use crate::spec::{Entity, Field, FieldType, Spec};
+use crate::model::{Entity, Field, FieldType, Spec};
 
 /// The table of an entity: its name in snake case (`OrderItem` →
 /// `order_item`).

@@ -12,7 +12,7 @@ pub mod script;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-pub use crate::spec::{FilterOp, Isolation};
+pub use crate::model::{FilterOp, Isolation};
 
 /// A row: a JSON object with the implicit columns (`id`, `version`,
 /// `created_at`, `updated_at`, `deleted_at`, and `status` for entities with
@@ -213,7 +213,7 @@ pub struct CallRequest {
     /// Attempts in all (1 without retry).
     pub max_attempts: u32,
     /// Backoff between attempts.
-    pub backoff: crate::spec::Backoff,
+    pub backoff: crate::model::Backoff,
     /// First wait.
     pub initial_backoff_ms: u64,
     /// The key the service should deduplicate on.

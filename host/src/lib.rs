@@ -40,7 +40,7 @@ pub fn component_sha256(component: &[u8]) -> String {
     if std::ptr::eq(component, COMPONENT) {
         COMPONENT_SHA256.to_owned()
     } else {
-        sinew_core::bundle::sha256_hex(component)
+        sinew_core::hash::sha256_hex(component)
     }
 }
 

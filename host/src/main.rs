@@ -79,7 +79,7 @@ fn main() -> ExitCode {
                 "wrote {} ({} bytes, sha256:{})\n",
                 args.out.display(),
                 sinew_host::COMPONENT.len(),
-                sinew_core::bundle::sha256_hex(sinew_host::COMPONENT)
+                sinew_core::hash::sha256_hex(sinew_host::COMPONENT)
             )),
             Err(e) => {
                 eprintln!("error: cannot write `{}`: {e}", args.out.display());

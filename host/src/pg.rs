@@ -751,7 +751,7 @@ pub fn splice_parts(entry: &Value) -> Result<[String; 3], String> {
     let mut items: Vec<(&str, Option<String>)> = m
         .iter()
         .filter(|(k, _)| !matches!(k.as_str(), "hash" | "seq" | "prev"))
-        .map(|(k, v)| (k.as_str(), Some(sinew_core::bundle::canonical(v))))
+        .map(|(k, v)| (k.as_str(), Some(sinew_core::hash::canonical(v))))
         .collect();
     items.push(("prev", None));
     items.push(("seq", None));
@@ -941,7 +941,7 @@ impl StorageBackend for PgBackend {
             n,
             table.select
         );
-        if !sinew_core::exec::is_uuid(id) {
+        if !sinew_core::hash::is_uuid(id) {
             return Err(StorageError::NotFound {
                 entity: entity.to_owned(),
                 id: id.to_owned(),
@@ -1245,7 +1245,7 @@ pub async fn verify_audit(client: &tokio_postgres::Client) -> anyhow::Result<Res
             return Ok(Err(format!("audit entry {n}: not a JSON object")));
         };
         // The stored text itself is what was hashed (not only its meaning).
-        if sinew_core::bundle::sha256_hex(text.as_bytes()) != hash {
+        if sinew_core::hash::sha256_hex(text.as_bytes()) != hash {
             return Ok(Err(format!(
                 "audit entry {n}: `hash` does not match its content (the entry was altered)"
             )));
@@ -1281,7 +1281,7 @@ mod tests {
             for (seq, prev) in [(1u64, GENESIS_HASH), (12345, "abc")] {
                 let (text, hash) = seal_entry(entry.clone(), seq, prev).unwrap();
                 assert_eq!(format!("{a}{prev}{b}{seq}{c}"), text);
-                assert_eq!(sinew_core::bundle::sha256_hex(text.as_bytes()), hash);
+                assert_eq!(sinew_core::hash::sha256_hex(text.as_bytes()), hash);
             }
         }
     }

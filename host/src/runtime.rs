@@ -253,7 +253,7 @@ impl Engine {
     /// The cache key of the snapshot of `spec`: the component's hash and
     /// the spec's text.
     fn snapshot_key(&self, spec: &str) -> String {
-        sinew_core::bundle::sha256_hex(format!("{}\n{spec}", self.component_hash).as_bytes())
+        sinew_core::hash::sha256_hex(format!("{}\n{spec}", self.component_hash).as_bytes())
     }
 
     /// The snapshot of `spec` built earlier into `cache_dir`, if there is
@@ -632,6 +632,7 @@ impl Executor {
     pub async fn reply(&self, request: &Request) -> Reply {
         match self.run(request).await {
             Ran::Guest(r) => Reply {
+                internal: internal_of(r.status, &r.audit),
                 status: r.status,
                 body: r.body,
             },
@@ -817,15 +818,32 @@ pub struct Reply {
     pub status: u16,
     /// The body, JSON text.
     pub body: String,
+    /// For a 5xx, what operators need and the body must not say (the
+    /// audit entry's `internal`: the failed expression, the storage
+    /// error), for the server's log.
+    pub internal: Option<String>,
 }
 
 impl From<Response> for Reply {
     fn from(r: Response) -> Reply {
         Reply {
+            internal: (r.status >= 500)
+                .then(|| r.audit.get("internal").and_then(Value::as_str).map(str::to_owned))
+                .flatten(),
             status: r.status,
             body: r.body.to_string(),
         }
     }
+}
+
+/// The `internal` of a 5xx's audit entry (JSON text as the guest wrote
+/// it); other answers are not parsed.
+fn internal_of(status: u16, audit: &str) -> Option<String> {
+    if status < 500 {
+        return None;
+    }
+    let entry: Value = serde_json::from_str(audit).ok()?;
+    entry.get("internal").and_then(Value::as_str).map(str::to_owned)
 }
 
 /// How a request ended: answered by the guest (its JSON as written), or by

@@ -564,7 +564,7 @@ impl App {
 
     fn request_id(&self) -> String {
         let n = self.ids.fetch_add(1, Ordering::Relaxed);
-        let h = sinew_core::bundle::sha256_hex(format!("{}:{n}", self.id_seed).as_bytes());
+        let h = sinew_core::hash::sha256_hex(format!("{}:{n}", self.id_seed).as_bytes());
         // A UUIDv8 of the process seed and a counter: unique, and no two
         // processes share a seed.
         format!(

@@ -163,7 +163,7 @@ async fn embedded_postgres_keeps_data_across_restarts() {
     assert!(data.path().join("pg/PG_VERSION").is_file());
     // A clean stop leaves nothing in the temp dir: the socket's directory
     // (`sinew-pg-<hash of the data dir>`) and its `.owner` file are gone.
-    let tag = &sinew_core::bundle::sha256_hex(
+    let tag = &sinew_core::hash::sha256_hex(
         data.path()
             .join("pg")
             .canonicalize()

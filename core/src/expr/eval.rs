@@ -94,13 +94,8 @@ fn eval_owned(e: &Expr, env: &dyn Env) -> Result<Value, EvalError> {
                 },
                 (UnaryOp::Neg, Value::Double(d)) => Ok(Value::Double(-d)),
                 (UnaryOp::Neg, Value::Duration(d)) => Ok(Value::Duration(d.saturating_neg())),
-                (UnaryOp::Not, v) => {
-                    err(span, format!("`!` needs a bool, found {}", v.a_type()))
-                }
-                (UnaryOp::Neg, v) => err(
-                    span,
-                    format!("`-` needs a number, found {}", v.a_type()),
-                ),
+                (UnaryOp::Not, v) => err(span, format!("`!` needs a bool, found {}", v.a_type())),
+                (UnaryOp::Neg, v) => err(span, format!("`-` needs a number, found {}", v.a_type())),
             }
         }
         ExprKind::Binary(op, a, b) => binary(*op, a, b, env, span),
@@ -147,10 +142,7 @@ fn member_ref<'b>(base: &'b Value, field: &str, span: Span) -> Result<&'b Value,
             ),
         },
         Value::Null => err(span, format!("cannot read `{field}` of null")),
-        other => err(
-            span,
-            format!("cannot read `{field}` of {}", other.a_type()),
-        ),
+        other => err(span, format!("cannot read `{field}` of {}", other.a_type())),
     }
 }
 

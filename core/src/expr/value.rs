@@ -6,7 +6,7 @@ use std::hash::BuildHasherDefault;
 
 /// The maps of the expression language: string keys in insertion order,
 /// hashed with a small fast deterministic hasher.
-pub type Map = IndexMap<String, Value, BuildHasherDefault<crate::flow::IdHasher>>;
+pub type Map = IndexMap<String, Value, BuildHasherDefault<crate::hash::IdHasher>>;
 use std::fmt;
 
 /// A value computed by an expression.

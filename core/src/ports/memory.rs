@@ -1265,7 +1265,10 @@ impl Storage for MemoryStorage {
         let root = self.get_tx(tx.0)?.root;
         self.read_seq(root)?;
         let Some(id) = row.get("id").and_then(Value::as_str) else {
-            return Err(invalid(format!("{} row needs a string `id`", crate::diag::a_code(entity))));
+            return Err(invalid(format!(
+                "{} row needs a string `id`",
+                crate::diag::a_code(entity)
+            )));
         };
         self.check_lock(Some(root), entity, id)?;
         if self.latest(entity, id).is_some() || self.overlay_row(&chain, entity, id).is_some() {
@@ -1634,7 +1637,7 @@ fn get_str<'a>(m: &'a Map<String, Value>, at: &str, key: &str) -> Result<&'a str
 /// The canonical JSON text of a value: compact, object keys sorted
 /// (by bytes) at every level. What audit hashes are computed over.
 pub fn canonical_json(value: &Value) -> String {
-    crate::bundle::canonical(value)
+    crate::hash::canonical(value)
 }
 
 /// Chains an audit entry: returns it with `seq`, `prev` and `hash` set, where
@@ -1754,7 +1757,7 @@ impl ChainWalk {
 
 /// Lowercase hex SHA-256 (the `sha2` crate).
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    crate::bundle::sha256_hex(bytes)
+    crate::hash::sha256_hex(bytes)
 }
 
 #[cfg(test)]

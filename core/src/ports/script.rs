@@ -273,7 +273,7 @@ impl External for ScriptedExternal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::Backoff;
+    use crate::model::Backoff;
     use serde_json::json;
 
     fn request(service: &str, operation: &str, max_attempts: u32) -> CallRequest {

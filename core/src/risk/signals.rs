@@ -7,8 +7,8 @@ use std::collections::{BTreeSet, HashMap};
 use super::{Finding, Fix, Level, signal};
 use crate::diag::child;
 use crate::flow::{NodeInfo, Path, ToolGraph};
+use crate::model::{Filter, FilterOp, Limit, NodeKind, Spec, Tool};
 use crate::patch::Op;
-use crate::spec::{Filter, FilterOp, Limit, NodeKind, Spec, Tool};
 
 /// `(external, operation)` pairs that undo something: declared with
 /// `compensates`, or named as a `compensate` target anywhere in the spec.

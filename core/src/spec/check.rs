@@ -649,7 +649,7 @@ pub(crate) fn check(cx: &mut Cx, spec: &Spec) {
             );
             continue;
         };
-        if !crate::risk::SIGNALS.iter().any(|s| s.code == ack.signal) {
+        if !crate::signal::SIGNALS.iter().any(|s| s.code == ack.signal) {
             cx.error(
                 Diagnostic::new(
                     "unknown-signal",
@@ -658,7 +658,7 @@ pub(crate) fn check(cx: &mut Cx, spec: &Spec) {
                 )
                 .help(suggest(
                     &ack.signal,
-                    crate::risk::SIGNALS.iter().map(|s| s.code),
+                    crate::signal::SIGNALS.iter().map(|s| s.code),
                     "",
                 )),
             );

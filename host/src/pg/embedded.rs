@@ -106,7 +106,7 @@ impl Embedded {
         };
         // Unix socket paths are short (107 bytes): the socket lives in a
         // directory of its own under the temp dir, named after the data dir.
-        let tag = &sinew_core::bundle::sha256_hex(data.to_string_lossy().as_bytes())[..16];
+        let tag = &sinew_core::hash::sha256_hex(data.to_string_lossy().as_bytes())[..16];
         let socket = std::env::temp_dir().join(format!("sinew-pg-{tag}"));
         std::fs::create_dir_all(&socket)
             .with_context(|| format!("cannot create `{}`", socket.display()))?;

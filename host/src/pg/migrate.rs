@@ -229,7 +229,7 @@ const RECORD: &str = "CREATE TABLE IF NOT EXISTS sinew_schema (\
      plan text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())";
 
 fn plan_key(spec: &Spec) -> String {
-    sinew_core::bundle::sha256_hex(sinew_core::migrate::plan(spec).as_bytes())
+    sinew_core::hash::sha256_hex(sinew_core::migrate::plan(spec).as_bytes())
 }
 
 /// Whether the database was migrated to `spec`'s schema before (by `sinew

@@ -65,7 +65,7 @@ impl Ty {
             (_, Value::Null) => return Ok(None),
             (Ty::Json, v) => v.to_string(),
             (Ty::Text, Value::String(s)) => s.clone(),
-            (Ty::Uuid, Value::String(s)) if sinew_core::exec::is_uuid(s) => s.clone(),
+            (Ty::Uuid, Value::String(s)) if sinew_core::hash::is_uuid(s) => s.clone(),
             (Ty::Integer, Value::Number(n)) => match n.as_i64() {
                 Some(i) => i.to_string(),
                 None => match n.as_f64() {

@@ -1,13 +1,14 @@
-//! Rows: typed views for expressions, field checks before writes, ids.
+//! Rows: typed views for expressions, field checks before writes, the
+//! normal form of values as stored.
 
+use crate::hash::is_uuid;
 use serde_json::Value as Json;
-use sha2::{Digest, Sha256};
 
 use crate::expr::Value;
 use crate::expr::value::{format_timestamp, parse_timestamp};
+use crate::model::{Entity, FieldType};
 use crate::ports::Row;
 use crate::problem::Problem;
-use crate::spec::{Entity, FieldType};
 
 fn is_timestamp_column(e: &Entity, field: &str) -> bool {
     matches!(field, "created_at" | "updated_at" | "deleted_at")
@@ -55,36 +56,6 @@ pub(crate) fn normalize(e: &Entity, field: &str, v: Json) -> Json {
         Json::Array(a) => Json::Array(a.into_iter().map(one).collect()),
         other => one(other),
     }
-}
-
-/// Whether `s` is a UUID in its canonical text form.
-pub fn is_uuid(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 36
-        && b.iter().enumerate().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => *c == b'-',
-            _ => c.is_ascii_hexdigit(),
-        })
-}
-
-/// A UUID (version 8, RFC 9562) derived from `seed` by SHA-256.
-pub(crate) fn uuid_from(seed: &str) -> String {
-    let d = Sha256::digest(seed.as_bytes());
-    let mut b = [0u8; 16];
-    for (o, i) in b.iter_mut().zip(d.iter()) {
-        *o = *i;
-    }
-    b[6] = (b[6] & 0x0f) | 0x80;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let hex = crate::bundle::hex(&b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        hex.get(0..8).unwrap_or_default(),
-        hex.get(8..12).unwrap_or_default(),
-        hex.get(12..16).unwrap_or_default(),
-        hex.get(16..20).unwrap_or_default(),
-        hex.get(20..32).unwrap_or_default()
-    )
 }
 
 /// Checks (and normalizes) the fields `keys` of a row about to be written
@@ -187,6 +158,7 @@ pub(crate) fn normalize_row(e: &Entity, row: &mut Row) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hash::uuid_from;
 
     #[test]
     fn uuids() {

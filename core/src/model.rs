@@ -1,0 +1,919 @@
+//! The spec model: what a loaded spec is (entities, tools, flows, nodes,
+//! policies), as plain data. The `spec` module builds it from JSON and
+//! re-exports it; the other modules read it.
+
+use indexmap::IndexMap;
+use serde_json::Value;
+use std::hash::BuildHasherDefault;
+
+use crate::expr::Expr;
+
+/// The maps of the model, keyed by names, in document order (hashed with a
+/// small fast deterministic hasher).
+pub type NameMap<V> = IndexMap<String, V, BuildHasherDefault<crate::hash::IdHasher>>;
+
+/// A whole backend.
+#[derive(Debug, Clone, Default)]
+pub struct Spec {
+    /// The spec's name.
+    pub name: String,
+    /// Declared roles; `None` when the spec declares none (then any role
+    /// name is accepted).
+    pub roles: Option<Vec<String>>,
+    /// Entities by name, in document order.
+    pub entities: NameMap<Entity>,
+    /// External services by name.
+    pub externals: NameMap<External>,
+    /// Tools by name.
+    pub tools: NameMap<Tool>,
+    /// Tools too broken to decode (their errors were reported).
+    pub broken_tools: Vec<String>,
+    /// Policies by name.
+    pub policies: NameMap<Policy>,
+    /// Acknowledged Yellow signals.
+    pub acknowledgments: Vec<Acknowledgment>,
+    /// Bundle-wide limits.
+    pub limits: BundleLimits,
+}
+
+/// Bundle-wide limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BundleLimits {
+    /// A write that can touch more rows than this is Yellow.
+    pub max_rows_per_write: u64,
+}
+
+impl Default for BundleLimits {
+    fn default() -> Self {
+        BundleLimits {
+            max_rows_per_write: 100,
+        }
+    }
+}
+
+/// An expression string, parsed, with where it came from.
+#[derive(Debug, Clone)]
+pub struct Expression {
+    /// The source text.
+    pub src: String,
+    /// The parsed form; `None` when it did not parse (an error was reported).
+    pub ast: Option<Expr>,
+    /// JSON Pointer of the string.
+    pub path: String,
+}
+
+/// A template: strings are expressions, other JSON is literal.
+#[derive(Debug, Clone)]
+pub enum Template {
+    /// An expression.
+    Expr(Expression),
+    /// A literal number, boolean or null.
+    Literal(Value),
+    /// An object of templates.
+    Object(NameMap<Template>),
+    /// An array of templates.
+    Array(Vec<Template>),
+}
+
+impl Template {
+    /// Every expression inside, in document order.
+    pub fn expressions(&self) -> Vec<&Expression> {
+        let mut out = Vec::new();
+        let mut stack = vec![self];
+        while let Some(t) = stack.pop() {
+            match t {
+                Template::Expr(e) => out.push(e),
+                Template::Literal(_) => {}
+                Template::Object(m) => stack.extend(m.values().rev()),
+                Template::Array(a) => stack.extend(a.iter().rev()),
+            }
+        }
+        out
+    }
+}
+
+/// An entity: a table.
+#[derive(Debug, Clone, Default)]
+pub struct Entity {
+    /// Declared fields (the implicit `id`, `version`, timestamps and
+    /// `status` are not listed).
+    pub fields: NameMap<Field>,
+    /// Row ownership.
+    pub owner: Option<Owner>,
+    /// The status machine.
+    pub status: Option<StatusMachine>,
+    /// Named invariants over `row`.
+    pub invariants: NameMap<Expression>,
+    /// JSON Pointer of the entity.
+    pub path: String,
+}
+
+/// The implicit columns of every entity.
+pub const IMPLICIT_FIELDS: &[&str] = &["id", "version", "created_at", "updated_at", "deleted_at"];
+
+impl Entity {
+    /// Whether `name` is a column of this entity (declared or implicit).
+    pub fn has_column(&self, name: &str) -> bool {
+        self.fields.contains_key(name)
+            || IMPLICIT_FIELDS.contains(&name)
+            || (name == "status" && self.status.is_some())
+    }
+
+    /// Every column name, declared first.
+    pub fn columns(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = self.fields.keys().map(String::as_str).collect();
+        out.extend(IMPLICIT_FIELDS);
+        if self.status.is_some() {
+            out.push("status");
+        }
+        out
+    }
+
+    /// Whether an equality on `name` pins at most one row.
+    pub fn is_unique(&self, name: &str) -> bool {
+        name == "id" || self.fields.get(name).is_some_and(|f| f.unique)
+    }
+}
+
+/// Field types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldType {
+    /// Text.
+    String,
+    /// A 64-bit integer (money is integer minor units).
+    Integer,
+    /// true / false.
+    Boolean,
+    /// A double; never for money.
+    Number,
+    /// An RFC 3339 instant.
+    Timestamp,
+    /// A UUID.
+    Uuid,
+    /// Any JSON.
+    Json,
+    /// Another entity's id.
+    Ref,
+}
+
+impl FieldType {
+    /// Every type, with its name in the format.
+    pub const ALL: &[(&'static str, FieldType)] = &[
+        ("string", FieldType::String),
+        ("integer", FieldType::Integer),
+        ("boolean", FieldType::Boolean),
+        ("number", FieldType::Number),
+        ("timestamp", FieldType::Timestamp),
+        ("uuid", FieldType::Uuid),
+        ("json", FieldType::Json),
+        ("ref", FieldType::Ref),
+    ];
+
+    /// The name in the format.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, t)| *t == self)
+            .map_or("json", |(n, _)| n)
+    }
+}
+
+/// A declared field.
+#[derive(Debug, Clone)]
+pub struct Field {
+    /// Its type.
+    pub ty: FieldType,
+    /// For `ref`: the entity referred to.
+    pub entity: Option<String>,
+    /// Smallest allowed value.
+    pub minimum: Option<serde_json::Number>,
+    /// Largest allowed value.
+    pub maximum: Option<serde_json::Number>,
+    /// Longest allowed string, in characters.
+    pub max_length: Option<u64>,
+    /// The allowed values.
+    pub enum_values: Option<Vec<Value>>,
+    /// Whether null is allowed.
+    pub nullable: bool,
+    /// Whether values are unique across rows.
+    pub unique: bool,
+    /// Whether audit entries hash the value instead of copying it.
+    pub sensitive: bool,
+    /// Value used when a create does not set the field.
+    pub default: Option<Value>,
+}
+
+/// Row ownership.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    /// The field holding the owner's subject.
+    pub field: String,
+    /// Roles that see and change every row.
+    pub exempt: Vec<String>,
+}
+
+/// A status machine.
+#[derive(Debug, Clone, Default)]
+pub struct StatusMachine {
+    /// The state of a new row.
+    pub initial: String,
+    /// Transitions by action name.
+    pub transitions: NameMap<Transition>,
+}
+
+impl StatusMachine {
+    /// Every state, in order of first mention.
+    pub fn states(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = vec![self.initial.as_str()];
+        for t in self.transitions.values() {
+            for s in t.from.iter().chain(std::iter::once(&t.to)) {
+                if !out.contains(&s.as_str()) {
+                    out.push(s);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// One transition of a status machine.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    /// States it may start from.
+    pub from: Vec<String>,
+    /// The state it leads to.
+    pub to: String,
+}
+
+/// An external service.
+#[derive(Debug, Clone, Default)]
+pub struct External {
+    /// Its kind (`payment`, `email`, `http`, …).
+    pub kind: String,
+    /// Operations by name.
+    pub operations: NameMap<Operation>,
+}
+
+/// The external kinds the engine knows.
+pub const EXTERNAL_KINDS: &[&str] = &["payment", "email", "http", "sms", "queue"];
+
+/// An operation of an external service.
+#[derive(Debug, Clone)]
+pub struct Operation {
+    /// Whether calling it changes the world (default true).
+    pub side_effects: bool,
+    /// The operation this one undoes (`refund` compensates `charge`).
+    pub compensates: Option<String>,
+}
+
+/// A tool: one API endpoint.
+#[derive(Debug, Clone)]
+pub struct Tool {
+    /// What it does, for people (the OpenAPI operation's description).
+    pub description: Option<String>,
+    /// How it is invoked.
+    pub trigger: Trigger,
+    /// Who may call it.
+    pub auth: Auth,
+    /// The idempotency key expression.
+    pub idempotency_key: Option<Expression>,
+    /// The concurrency strategy, when declared.
+    pub concurrency: Option<Concurrency>,
+    /// JSON Schema of the input.
+    pub input: Value,
+    /// JSON Schema of the output.
+    pub output: Value,
+    /// Input properties hashed in the audit.
+    pub sensitive: Vec<String>,
+    /// Per-execution budgets.
+    pub limits: ToolLimits,
+    /// The flow graph.
+    pub flow: Flow,
+    /// JSON Pointer of the tool.
+    pub path: String,
+}
+
+impl Tool {
+    /// Whether its idempotency key comes from the `Idempotency-Key` header
+    /// (the expression reads `request.idempotencyKey`): then the header is
+    /// required, and a call without it is refused (400
+    /// `idempotency_key_required`) instead of running unprotected.
+    pub fn key_from_header(&self) -> bool {
+        let Some(ast) = self.idempotency_key.as_ref().and_then(|k| k.ast.as_ref()) else {
+            return false;
+        };
+        let mut found = false;
+        ast.walk(|e| {
+            if let crate::expr::ExprKind::Member(inner, field) = &e.kind
+                && field == "idempotencyKey"
+                && matches!(&inner.kind, crate::expr::ExprKind::Ident(r) if r == "request")
+            {
+                found = true;
+            }
+        });
+        found
+    }
+}
+
+/// How a tool is invoked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// An HTTP route.
+    Http {
+        /// `GET`, `POST`, …
+        method: String,
+        /// `/orders/{id}`
+        path: String,
+    },
+    /// An HTTP route with a verified signature.
+    Webhook {
+        /// Default `POST`.
+        method: String,
+        /// The route.
+        path: String,
+        /// Environment variable holding the secret.
+        secret: Option<String>,
+        /// Header carrying the signature.
+        header: String,
+    },
+    /// A schedule.
+    Cron {
+        /// Five-field cron expression.
+        schedule: String,
+    },
+    /// A queue consumer.
+    Queue {
+        /// The queue's name.
+        name: String,
+    },
+}
+
+impl Trigger {
+    /// The HTTP method and path, for triggers that have one.
+    pub fn route(&self) -> Option<(&str, &str)> {
+        match self {
+            Trigger::Http { method, path } | Trigger::Webhook { method, path, .. } => {
+                Some((method, path))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Who may call a tool.
+#[derive(Debug, Clone, Default)]
+pub struct Auth {
+    /// Allowed roles; empty means any authenticated caller.
+    pub roles: Vec<String>,
+    /// No token required.
+    pub public: bool,
+    /// A condition that denies the call (403).
+    pub deny_when: Option<Expression>,
+}
+
+/// Concurrency strategies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Concurrency {
+    /// Reads only.
+    None,
+    /// Version checks on update.
+    Optimistic,
+    /// Row locks.
+    Pessimistic,
+}
+
+/// Per-execution budgets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ToolLimits {
+    /// Rows read plus written.
+    pub max_rows: Option<u64>,
+    /// Rows read.
+    pub max_rows_read: Option<u64>,
+    /// Rows written.
+    pub max_rows_written: Option<u64>,
+    /// External calls.
+    pub max_calls: Option<u64>,
+    /// Wall time.
+    pub timeout_ms: Option<u64>,
+}
+
+/// A flow: an entry and nodes, at the top of a tool or inside a
+/// transaction.
+#[derive(Debug, Clone, Default)]
+pub struct Flow {
+    /// The first node.
+    pub entry: String,
+    /// Nodes by id, in document order.
+    pub nodes: NameMap<Node>,
+    /// JSON Pointer of the flow object.
+    pub path: String,
+}
+
+impl Flow {
+    /// Finds a node anywhere in this flow, transaction bodies included.
+    pub fn find(&self, id: &str) -> Option<&Node> {
+        let mut stack = vec![self];
+        while let Some(f) = stack.pop() {
+            if let Some(n) = f.nodes.get(id) {
+                return Some(n);
+            }
+            for n in f.nodes.values() {
+                if let NodeKind::Transaction { body, .. } = &n.kind {
+                    stack.push(body);
+                }
+            }
+        }
+        None
+    }
+
+    /// Every node id, transaction bodies included, in document order
+    /// (outer flows first).
+    pub fn ids(&self) -> Vec<&str> {
+        let mut out = Vec::new();
+        let mut queue = vec![self];
+        let mut i = 0;
+        while let Some(f) = queue.get(i).copied() {
+            i += 1;
+            for (id, n) in &f.nodes {
+                out.push(id.as_str());
+                if let NodeKind::Transaction { body, .. } = &n.kind {
+                    queue.push(body);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A node of a flow.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// What it does.
+    pub kind: NodeKind,
+    /// Where execution goes on success.
+    pub next: Option<String>,
+    /// Where execution goes when it fails.
+    pub on_error: Option<String>,
+    /// JSON Pointer of the node.
+    pub path: String,
+}
+
+/// A `where` condition on one field.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    /// The column.
+    pub field: String,
+    /// The comparison.
+    pub op: FilterOp,
+    /// The value (or list, for `in`).
+    pub value: Template,
+}
+
+/// Comparison operators of `where`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilterOp {
+    /// `eq`
+    Eq,
+    /// `ne`
+    Ne,
+    /// `lt`
+    Lt,
+    /// `lte`
+    Lte,
+    /// `gt`
+    Gt,
+    /// `gte`
+    Gte,
+    /// `in`
+    In,
+}
+
+impl FilterOp {
+    /// Every operator with its name.
+    pub const ALL: &[(&'static str, FilterOp)] = &[
+        ("eq", FilterOp::Eq),
+        ("ne", FilterOp::Ne),
+        ("lt", FilterOp::Lt),
+        ("lte", FilterOp::Lte),
+        ("gt", FilterOp::Gt),
+        ("gte", FilterOp::Gte),
+        ("in", FilterOp::In),
+    ];
+}
+
+/// One `orderBy` key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Order {
+    /// The column.
+    pub field: String,
+    /// Descending?
+    pub desc: bool,
+}
+
+/// A row limit: a number, or an expression evaluated at run time.
+#[derive(Debug, Clone)]
+pub enum Limit {
+    /// A fixed number.
+    Fixed(u64),
+    /// An expression.
+    Expr(Expression),
+}
+
+impl Limit {
+    /// The fixed number, if it is one.
+    pub fn fixed(&self) -> Option<u64> {
+        match self {
+            Limit::Fixed(n) => Some(*n),
+            Limit::Expr(_) => None,
+        }
+    }
+}
+
+/// Retry policy of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// Attempts in all.
+    pub max: u32,
+    /// How waits grow.
+    pub backoff: Backoff,
+    /// First wait.
+    pub initial_ms: Option<u64>,
+}
+
+/// Backoff shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backoff {
+    /// Doubling waits, with jitter.
+    Exponential,
+    /// Equal waits.
+    Fixed,
+    /// No wait.
+    None,
+}
+
+/// Transaction isolation levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// Read committed (the default).
+    #[default]
+    ReadCommitted,
+    /// Repeatable read.
+    RepeatableRead,
+    /// Serializable.
+    Serializable,
+}
+
+/// A `switch` case.
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// The condition.
+    pub when: Expression,
+    /// Where to go.
+    pub next: String,
+}
+
+/// What a node does.
+#[derive(Debug, Clone)]
+pub enum NodeKind {
+    /// Select rows.
+    Read {
+        /// The entity.
+        entity: String,
+        /// Conditions, all of which must hold.
+        filters: Vec<Filter>,
+        /// Sort keys.
+        order_by: Vec<Order>,
+        /// At most this many rows.
+        limit: Option<Limit>,
+        /// Cursor.
+        after: Option<Expression>,
+        /// Exactly one row, else not found.
+        one: bool,
+        /// FOR UPDATE.
+        lock: bool,
+    },
+    /// Insert one row.
+    Create {
+        /// The entity.
+        entity: String,
+        /// Field values.
+        values: NameMap<Template>,
+    },
+    /// Change matching rows.
+    Update {
+        /// The entity.
+        entity: String,
+        /// Conditions; `None` when absent.
+        filters: Option<Vec<Filter>>,
+        /// At most this many rows.
+        limit: Option<Limit>,
+        /// Exactly one row, else not found.
+        one: bool,
+        /// New values (may use `row`).
+        set: NameMap<Template>,
+    },
+    /// Move a row along its status machine.
+    Transition {
+        /// The entity.
+        entity: String,
+        /// The row's id.
+        id: Expression,
+        /// The transition's action.
+        action: String,
+    },
+    /// Set `deleted_at`.
+    SoftDelete {
+        /// The entity.
+        entity: String,
+        /// The row's id.
+        id: Expression,
+    },
+    /// Hard delete (always Red).
+    Delete {
+        /// The entity.
+        entity: String,
+        /// The row's id.
+        id: Expression,
+    },
+    /// Raw SQL (always Red, never executed).
+    Sql {
+        /// The statement.
+        statement: String,
+    },
+    /// Compute named values.
+    Let {
+        /// The values.
+        values: NameMap<Template>,
+    },
+    /// Fail unless a condition holds.
+    Assert {
+        /// The condition.
+        that: Expression,
+        /// HTTP status of the failure.
+        status: u16,
+        /// Error code.
+        code: String,
+        /// Error message.
+        message: Option<Expression>,
+    },
+    /// Two-way branch.
+    If {
+        /// The condition.
+        cond: Expression,
+        /// Where to go when true.
+        then: String,
+        /// Where to go when false.
+        otherwise: String,
+    },
+    /// Many-way branch.
+    Switch {
+        /// Cases, first match wins.
+        cases: Vec<Case>,
+        /// Where to go when no case matches.
+        default: Option<String>,
+    },
+    /// Call an external operation.
+    Call {
+        /// The external.
+        external: String,
+        /// Its operation.
+        operation: String,
+        /// Arguments.
+        args: NameMap<Template>,
+        /// Per-attempt timeout.
+        timeout_ms: Option<u64>,
+        /// Retry policy.
+        retry: Option<Retry>,
+        /// The node that undoes this call.
+        compensate: Option<String>,
+        /// The key sent to the service.
+        idempotency_key: Option<Expression>,
+    },
+    /// A nested flow in one database transaction.
+    Transaction {
+        /// The body.
+        body: Flow,
+        /// Isolation level.
+        isolation: Isolation,
+    },
+    /// End with the output value.
+    Return {
+        /// The value.
+        value: Option<Template>,
+        /// HTTP status (default 200).
+        status: u16,
+    },
+    /// End with a typed error.
+    Fail {
+        /// HTTP status.
+        status: u16,
+        /// Error code.
+        code: String,
+        /// Message.
+        message: Option<Expression>,
+    },
+    /// A node that did not decode (errors were reported).
+    Invalid,
+}
+
+impl NodeKind {
+    /// The `type` name in the format.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            NodeKind::Read { .. } => "read",
+            NodeKind::Create { .. } => "create",
+            NodeKind::Update { .. } => "update",
+            NodeKind::Transition { .. } => "transition",
+            NodeKind::SoftDelete { .. } => "soft_delete",
+            NodeKind::Delete { .. } => "delete",
+            NodeKind::Sql { .. } => "sql",
+            NodeKind::Let { .. } => "let",
+            NodeKind::Assert { .. } => "assert",
+            NodeKind::If { .. } => "if",
+            NodeKind::Switch { .. } => "switch",
+            NodeKind::Call { .. } => "call",
+            NodeKind::Transaction { .. } => "transaction",
+            NodeKind::Return { .. } => "return",
+            NodeKind::Fail { .. } => "fail",
+            NodeKind::Invalid => "invalid",
+        }
+    }
+
+    /// Whether the node writes to the database.
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self,
+            NodeKind::Create { .. }
+                | NodeKind::Update { .. }
+                | NodeKind::Transition { .. }
+                | NodeKind::SoftDelete { .. }
+                | NodeKind::Delete { .. }
+                | NodeKind::Sql { .. }
+        )
+    }
+
+    /// Whether the node ends the flow.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, NodeKind::Return { .. } | NodeKind::Fail { .. })
+    }
+
+    /// The entity the node works on.
+    pub fn entity(&self) -> Option<&str> {
+        match self {
+            NodeKind::Read { entity, .. }
+            | NodeKind::Create { entity, .. }
+            | NodeKind::Update { entity, .. }
+            | NodeKind::Transition { entity, .. }
+            | NodeKind::SoftDelete { entity, .. }
+            | NodeKind::Delete { entity, .. } => Some(entity),
+            _ => None,
+        }
+    }
+}
+
+impl Node {
+    /// Every successor edge with its kind, in a fixed order.
+    pub fn edges(&self) -> Vec<(EdgeKind, &str)> {
+        let mut out = Vec::new();
+        if let Some(n) = &self.next {
+            out.push((EdgeKind::Next, n.as_str()));
+        }
+        match &self.kind {
+            NodeKind::If {
+                then, otherwise, ..
+            } => {
+                out.push((EdgeKind::Then, then.as_str()));
+                out.push((EdgeKind::Else, otherwise.as_str()));
+            }
+            NodeKind::Switch { cases, default } => {
+                for (i, c) in cases.iter().enumerate() {
+                    out.push((EdgeKind::Case(i), c.next.as_str()));
+                }
+                if let Some(d) = default {
+                    out.push((EdgeKind::Default, d.as_str()));
+                }
+            }
+            _ => {}
+        }
+        if let Some(e) = &self.on_error {
+            out.push((EdgeKind::OnError, e.as_str()));
+        }
+        out
+    }
+}
+
+/// The kinds of edges between nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeKind {
+    /// `next`
+    Next,
+    /// `onError`
+    OnError,
+    /// `then` of an `if`
+    Then,
+    /// `else` of an `if`
+    Else,
+    /// `cases[i].next` of a `switch`
+    Case(usize),
+    /// `default` of a `switch`
+    Default,
+}
+
+impl EdgeKind {
+    /// The JSON Pointer suffix of the edge within its node.
+    pub fn pointer_suffix(self) -> String {
+        match self {
+            EdgeKind::Next => "/next".to_string(),
+            EdgeKind::OnError => "/onError".to_string(),
+            EdgeKind::Then => "/then".to_string(),
+            EdgeKind::Else => "/else".to_string(),
+            EdgeKind::Case(i) => format!("/cases/{i}/next"),
+            EdgeKind::Default => "/default".to_string(),
+        }
+    }
+
+    /// The key as written in the format.
+    pub fn key(self) -> &'static str {
+        match self {
+            EdgeKind::Next => "next",
+            EdgeKind::OnError => "onError",
+            EdgeKind::Then => "then",
+            EdgeKind::Else => "else",
+            EdgeKind::Case(_) => "cases",
+            EdgeKind::Default => "default",
+        }
+    }
+}
+
+/// A policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// What it checks.
+    pub kind: PolicyKind,
+    /// What happens when it triggers.
+    pub action: PolicyAction,
+    /// The tools it applies to; `None` means every tool.
+    pub tools: Option<Vec<String>>,
+    /// The message shown when it triggers.
+    pub message: Option<String>,
+    /// JSON Pointer of the policy.
+    pub path: String,
+}
+
+/// Policy types.
+#[derive(Debug, Clone)]
+pub enum PolicyKind {
+    /// Rows per execution.
+    RowLimit {
+        /// The limit.
+        max_rows: u64,
+    },
+    /// An amount against a budget.
+    BudgetCheck {
+        /// The amount.
+        amount: Expression,
+        /// The budget.
+        max_amount: Limit,
+    },
+    /// Requests per minute per subject.
+    RateLimit {
+        /// The limit.
+        max_requests_per_minute: u64,
+    },
+    /// A custom condition.
+    Custom {
+        /// When it triggers.
+        when: Expression,
+    },
+}
+
+/// Policy actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyAction {
+    /// Reject the call.
+    Block,
+    /// Run, and mark the audit entry.
+    Warn,
+    /// Run, mark the audit entry, emit an alert.
+    Escalate,
+}
+
+/// An acknowledged Yellow signal.
+#[derive(Debug, Clone)]
+pub struct Acknowledgment {
+    /// The tool.
+    pub tool: String,
+    /// The signal's code.
+    pub signal: String,
+    /// The node, when the acknowledgment is for one node only.
+    pub node: Option<String>,
+    /// Why it is acceptable.
+    pub reason: String,
+    /// Who decided.
+    pub by: String,
+    /// JSON Pointer of the acknowledgment.
+    pub path: String,
+}
