@@ -287,7 +287,7 @@ pub(crate) fn expression(cx: &mut Cx, v: &Value, path: &str) -> Option<Expressio
             let help = if src.contains(' ') && !src.contains('\'') && !src.contains('"') {
                 "this is an expression: to write text, quote it as a string literal, e.g. `'payment declined'`"
             } else {
-                "expressions use a CEL subset: see docs/format-precisions.md"
+                "expressions use a CEL subset: see docs/format.md#expressions"
             };
             cx.error(
                 Diagnostic::new(
