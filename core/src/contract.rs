@@ -11,7 +11,7 @@ use crate::input;
 use crate::model::{Limit, PolicyAction, PolicyKind};
 use crate::ports::{Claim, Clock, External, Storage};
 use crate::problem::Problem;
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// The largest input an audit entry copies; a larger one is recorded by its
 /// hash (`inputHash`) only.
@@ -21,14 +21,14 @@ pub const MAX_AUDITED_INPUT: usize = 64 << 10;
 /// external call) is run again before answering 409.
 const CONFLICT_RETRIES: u32 = 3;
 
-/// Runs one request through the nine steps of the contract:
+/// Runs one request through the steps of the contract (docs/contract.md):
 ///
-/// 1. validate the input against the tool's schema;
-/// 2. authorize the caller (the host verified the token; roles here);
-/// 3. apply policies (after an idempotent replay is answered);
-/// 4. begin a transaction at each `transaction` node;
-/// 5. execute the flow;
-/// 6. check invariants on every written row before commit;
+/// 1. who is calling: 401 without a token, 403 without the tool's roles;
+/// 2. validate the input and the idempotency key;
+/// 3. `denyWhen` and policies, before any storage effect;
+/// 4. an idempotent replay is answered; rate limits are counted;
+/// 5. run the flow, each `transaction` node in a storage transaction;
+/// 6. check invariants on every written row before its commit;
 /// 7. commit or roll back;
 /// 8. write exactly one final audit entry;
 /// 9. answer with a typed response (output validated before the last
@@ -46,316 +46,379 @@ pub fn execute(
     let started = clock.now_ms();
     // Whole numbers written as decimals (`5.0`, `1e2`) are integers, as
     // JSON Schema reads them: normalised once, for every step after.
-    let normalized;
-    let request = if input::has_whole_decimal(&request.input) {
-        let mut r = request.clone();
-        input::normalize_numbers(&mut r.input);
-        normalized = r;
-        &normalized
-    } else {
-        request
-    };
+    let request = &*normalized(request);
     let mut audit = Audit::new(&bundle.hash, request, started);
-
-    // 1. validate
     let Some((tool_name, tool, compiled)) = bundle.tool(&request.tool) else {
-        let p = Problem::new(
-            404,
-            "unknown_tool",
-            format!("there is no tool `{}`", request.tool),
-        );
-        return audit.reject(storage, clock, &p);
+        let detail = format!("there is no tool `{}`", request.tool);
+        return audit.reject(storage, clock, &Problem::new(404, "unknown_tool", detail));
     };
     audit.tool(tool, compiled);
-    // Who may call comes first: an anonymous caller, or one without the
-    // tool's roles, learns nothing of its input schema.
-    if let Some(p) = authorize(tool, request) {
-        return audit.reject(storage, clock, &p);
-    }
-    // Postgres cannot store U+0000 in text: no engine accepts it anywhere.
-    let (nul, n) = input::nul_characters(&request.input);
-    if n > 0 {
-        let p = input::invalid("the input contains a NUL character", nul, n);
-        return audit.reject(storage, clock, &p);
-    }
-    let (violations, n) = input::violations(&compiled.input, &request.input);
-    if n > 0 {
-        let p = input::invalid("the input does not match the tool's schema", violations, n);
-        return audit.reject(storage, clock, &p);
-    }
-    if let Some(k) = &request.idempotency_key
-        && (k.is_empty() || k.contains('\0'))
-    {
-        let p = Problem::new(
-            400,
-            "invalid_idempotency_key",
-            "the Idempotency-Key must be non-empty text without NUL characters",
-        );
-        return audit.reject(storage, clock, &p);
-    }
-    if compiled.key_header && request.idempotency_key.is_none() {
-        let p = Problem::new(
-            400,
-            "idempotency_key_required",
-            format!("`{tool_name}` needs an Idempotency-Key header"),
-        );
-        return audit.reject(storage, clock, &p);
-    }
-    let roots = roots(request, started);
-    let probe = Run::new(
+    let call = Call {
         bundle,
         tool_name,
         tool,
         compiled,
-        storage,
-        clock,
-        external,
         request,
-        roots.clone(),
         started,
-    );
-    if let Some(deny) = &tool.auth.deny_when {
-        match probe.eval_pub(deny) {
-            Ok(V::Bool(false)) => {}
-            Ok(V::Bool(true)) => {
-                drop(probe);
-                return audit.reject(
-                    storage,
-                    clock,
-                    &Problem::new(
-                        403,
-                        "forbidden",
-                        format!("`{tool_name}` is denied to this caller"),
-                    ),
-                );
-            }
-            Ok(other) => {
-                drop(probe);
-                let p = Problem::spec_error(format!(
-                    "`denyWhen` at {} gave {}, not a bool",
-                    deny.path,
-                    other.a_type()
-                ));
-                return audit.reject(storage, clock, &p);
-            }
-            Err(p) => {
-                drop(probe);
-                return audit.reject(storage, clock, &p);
-            }
+        roots: roots(request, started),
+    };
+    // 1–2. who is calling, and what they send.
+    if let Err(p) = call.admit() {
+        return audit.reject(storage, clock, &p);
+    }
+    // 3. `denyWhen`, the idempotency key and policies.
+    let screened = call.screen(&call.run(storage, clock, external));
+    let Screened { key, warned, rates } = match screened {
+        Ok(s) => s,
+        Err(p) => return audit.reject(storage, clock, &p),
+    };
+    audit.policies = warned;
+    // 4. a replay answers with the stored response; then rate limits.
+    let scope = call.scope();
+    match call.claim(storage, key.as_deref(), &scope) {
+        Ok(None) => {}
+        Ok(Some((status, body))) => return audit.replayed(storage, clock, status, body),
+        Err(p) => return audit.reject(storage, clock, &p),
+    }
+    if let Err(p) = call.count_rates(storage, rates, &mut audit.policies) {
+        if let Some(k) = &key {
+            let _ = storage.release_key(&scope, k);
         }
+        return audit.reject(storage, clock, &p);
+    }
+    // 5–9. the flow, invariants, commit or roll back, audit, answer.
+    call.run_flow(storage, clock, external, audit, key.as_deref(), &scope)
+}
+
+/// The request with its whole decimals as integers (a copy only when one
+/// changes).
+fn normalized(request: &Request) -> std::borrow::Cow<'_, Request> {
+    if !input::has_whole_decimal(&request.input) {
+        return std::borrow::Cow::Borrowed(request);
+    }
+    let mut r = request.clone();
+    input::normalize_numbers(&mut r.input);
+    std::borrow::Cow::Owned(r)
+}
+
+/// One call of one tool, while the contract runs it.
+struct Call<'a> {
+    bundle: &'a Bundle,
+    tool_name: &'a str,
+    tool: &'a crate::model::Tool,
+    compiled: &'a crate::bundle::Compiled,
+    request: &'a Request,
+    started: i64,
+    /// `input`, `auth`, `request`.
+    roots: [V; 3],
+}
+
+/// What the screening before any storage effect found.
+struct Screened {
+    /// The idempotency key, when the tool has one and it is not empty.
+    key: Option<String>,
+    /// Policies that warned or escalated.
+    warned: Vec<(String, &'static str)>,
+    /// Rate limits to count: name, per-minute maximum, action, message.
+    rates: Vec<(String, u64, PolicyAction, Option<String>)>,
+}
+
+impl<'a> Call<'a> {
+    /// An execution of this call on the given ports.
+    fn run<'r>(
+        &'r self,
+        storage: &'r mut dyn Storage,
+        clock: &'r mut dyn Clock,
+        external: &'r mut dyn External,
+    ) -> Run<'r> {
+        Run::new(
+            self.bundle,
+            self.tool_name,
+            self.tool,
+            self.compiled,
+            storage,
+            clock,
+            external,
+            self.request,
+            self.roots.clone(),
+            self.started,
+        )
     }
 
-    // Idempotency: a replay answers with the stored response.
-    let key = match &tool.idempotency_key {
-        Some(k) => match probe.eval_pub(k) {
-            Ok(V::Null) => None,
-            Ok(V::String(s)) if s.is_empty() => None,
-            Ok(v) => Some(v.to_string()),
-            Err(p) => {
-                drop(probe);
-                return audit.reject(storage, clock, &p);
-            }
-        },
-        None => None,
-    };
-    // 3. policies (evaluated before any storage effect)
-    let mut warned = Vec::new();
-    let mut blocked: Option<Problem> = None;
-    let mut rate_scopes = Vec::new();
-    for &i in &compiled.policies {
-        let Some((name, policy)) = bundle.spec.policies.get_index(i) else {
-            continue;
-        };
-        // A policy whose expression fails is a mistake of the spec, not a
-        // verdict on the caller: 500 `spec_error`, never a 403.
-        let triggered = match &policy.kind {
-            PolicyKind::Custom { when } => match probe.eval_pub(when) {
-                Ok(V::Bool(b)) => Ok(b),
-                Ok(other) => Err(Problem::spec_error(format!(
-                    "policy `{name}`: `when` at {} gave {}, not a bool",
-                    when.path,
-                    other.a_type()
-                ))),
-                Err(p) => Err(p),
-            },
-            PolicyKind::BudgetCheck { amount, max_amount } => {
-                let max = match max_amount {
-                    Limit::Fixed(n) => Ok(V::Int(i64::try_from(*n).unwrap_or(i64::MAX))),
-                    Limit::Expr(e) => probe.eval_pub(e),
-                };
-                match (probe.eval_pub(amount), max) {
-                    (Ok(a), Ok(m)) => match crate::expr::compare(&a, &m) {
-                        Some(o) => Ok(o == std::cmp::Ordering::Greater),
-                        None => Err(Problem::spec_error(format!(
-                            "policy `{name}`: {} amount cannot be compared with {} maximum",
-                            a.a_type(),
-                            m.a_type()
-                        ))),
-                    },
-                    (Err(p), _) | (_, Err(p)) => Err(p),
+    /// Who is calling (first: a caller who may not call learns nothing of
+    /// the input schema), then the input and the idempotency key.
+    fn admit(&self) -> Result<(), Problem> {
+        if let Some(p) = authorize(self.tool, self.request) {
+            return Err(p);
+        }
+        let request = self.request;
+        // Postgres cannot store U+0000 in text: no engine accepts it anywhere.
+        let (nul, n) = input::nul_characters(&request.input);
+        if n > 0 {
+            return Err(input::invalid("the input contains a NUL character", nul, n));
+        }
+        let (violations, n) = input::violations(&self.compiled.input, &request.input);
+        if n > 0 {
+            let detail = "the input does not match the tool's schema";
+            return Err(input::invalid(detail, violations, n));
+        }
+        if let Some(k) = &request.idempotency_key
+            && (k.is_empty() || k.contains('\0'))
+        {
+            return Err(Problem::new(
+                400,
+                "invalid_idempotency_key",
+                "the Idempotency-Key must be non-empty text without NUL characters",
+            ));
+        }
+        if self.compiled.key_header && request.idempotency_key.is_none() {
+            return Err(Problem::new(
+                400,
+                "idempotency_key_required",
+                format!("`{}` needs an Idempotency-Key header", self.tool_name),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `denyWhen`, the idempotency key's value and the policies, evaluated
+    /// before any storage effect. A policy whose expression fails is a
+    /// mistake of the spec, not a verdict on the caller: 500 `spec_error`,
+    /// never a 403.
+    fn screen(&self, probe: &Run) -> Result<Screened, Problem> {
+        if let Some(deny) = &self.tool.auth.deny_when {
+            match probe.eval_tool_level(deny)? {
+                V::Bool(false) => {}
+                V::Bool(true) => {
+                    let detail = format!("`{}` is denied to this caller", self.tool_name);
+                    return Err(Problem::new(403, "forbidden", detail));
+                }
+                other => {
+                    return Err(Problem::spec_error(format!(
+                        "`denyWhen` at {} gave {}, not a bool",
+                        deny.path,
+                        other.a_type()
+                    )));
                 }
             }
-            PolicyKind::RateLimit {
-                max_requests_per_minute,
-            } => {
-                rate_scopes.push((
-                    name.clone(),
-                    *max_requests_per_minute,
-                    policy.action,
-                    policy.message.clone(),
-                ));
-                Ok(false)
-            }
-            PolicyKind::RowLimit { .. } => Ok(false),
+        }
+        let key = match &self.tool.idempotency_key {
+            Some(k) => match probe.eval_tool_level(k)? {
+                V::Null => None,
+                V::String(s) if s.is_empty() => None,
+                v => Some(v.to_string()),
+            },
+            None => None,
         };
-        let triggered = match triggered {
-            Ok(t) => t,
-            Err(p) => {
-                drop(probe);
-                return audit.reject(storage, clock, &p);
-            }
+        let mut screened = Screened {
+            key,
+            warned: Vec::new(),
+            rates: Vec::new(),
         };
-        if triggered {
+        let mut blocked = None;
+        for &i in &self.compiled.policies {
+            let Some((name, policy)) = self.bundle.spec.policies.get_index(i) else {
+                continue;
+            };
+            if !policy_fires(probe, name, policy, &mut screened.rates)? {
+                continue;
+            }
             match policy.action {
                 PolicyAction::Block => {
-                    if blocked.is_none() {
+                    blocked = blocked.or_else(|| {
                         let msg = policy
                             .message
                             .clone()
                             .unwrap_or_else(|| format!("policy `{name}` blocks this request"));
-                        blocked = Some(Problem::new(403, "policy_denied", msg));
-                    }
+                        Some(Problem::new(403, "policy_denied", msg))
+                    });
                 }
-                PolicyAction::Warn => warned.push((name.clone(), "warn")),
-                PolicyAction::Escalate => warned.push((name.clone(), "escalate")),
+                PolicyAction::Warn => screened.warned.push((name.clone(), "warn")),
+                PolicyAction::Escalate => screened.warned.push((name.clone(), "escalate")),
             }
         }
-    }
-    drop(probe);
-    audit.policies = warned.clone();
-    if let Some(p) = blocked {
-        return audit.reject(storage, clock, &p);
-    }
-    let scope = format!(
-        "{tool_name}:{}",
-        request.auth.as_ref().map_or("", |a| a.sub.as_str())
-    );
-    if let Some(k) = &key {
-        let fingerprint = sha256_hex(canonical(&request.input).as_bytes());
-        match storage.claim_key(&scope, k, &fingerprint, started) {
-            Ok(Claim::New) => {}
-            Ok(Claim::Replay { status, body }) => {
-                return audit.replayed(storage, clock, status, body);
-            }
-            Ok(Claim::Mismatch) => {
-                let p = Problem::new(
-                    422,
-                    "idempotency_key_reused",
-                    "this idempotency key was used with another input",
-                );
-                return audit.reject(storage, clock, &p);
-            }
-            Ok(Claim::InFlight) => {
-                let p = Problem::new(
-                    409,
-                    "idempotency_in_flight",
-                    "a request with this idempotency key is still running",
-                );
-                return audit.reject(storage, clock, &p);
-            }
-            Err(e) => return audit.reject(storage, clock, &crate::exec::storage_problem_pub(e)),
-        }
-    }
-    let release = |storage: &mut dyn Storage| {
-        if let Some(k) = &key {
-            let _ = storage.release_key(&scope, k);
-        }
-    };
-    for (name, max, action, message) in rate_scopes {
-        let sub = request
-            .auth
-            .as_ref()
-            .map_or("anonymous", |a| a.sub.as_str());
-        let window = started.div_euclid(60_000) * 60_000;
-        let count = match storage.rate_hit(&format!("{name}:{sub}"), window) {
-            Ok(c) => c,
-            Err(e) => {
-                release(storage);
-                return audit.reject(storage, clock, &crate::exec::storage_problem_pub(e));
-            }
-        };
-        if count > max {
-            match action {
-                PolicyAction::Block => {
-                    release(storage);
-                    let msg = message.unwrap_or_else(|| format!("at most {max} requests a minute"));
-                    return audit.reject(storage, clock, &Problem::new(429, "rate_limited", msg));
-                }
-                PolicyAction::Warn => audit.policies.push((name, "warn")),
-                PolicyAction::Escalate => audit.policies.push((name, "escalate")),
-            }
+        match blocked {
+            Some(p) => Err(p),
+            None => Ok(screened),
         }
     }
 
-    // 4–7. begin, execute the flow, invariants, commit or roll back.
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let mut run = Run::new(
-            bundle,
-            tool_name,
-            tool,
-            compiled,
-            storage,
-            clock,
-            external,
-            request,
-            roots.clone(),
-            started,
-        );
-        run.policies = audit.policies.clone();
-        let flow = run.run_flow(&tool.flow);
-        let outcome = match flow {
-            Ok(End::Return(value, status)) => {
-                // 9 (first half): the output is checked before the last commit.
-                let (errors, n) = input::violations(&compiled.output, &value);
-                if n == 0 {
-                    Ok((status, value))
-                } else {
-                    if let Some(tx) = run.pending.take() {
-                        let _ = run.storage.rollback(tx.id);
-                    }
-                    Err(Problem::new(
-                        500,
-                        "invalid_output",
-                        "the tool's result does not match its output schema",
-                    )
-                    .internal(serde_json::to_string(&errors).unwrap_or_default()))
-                }
-            }
-            Ok(End::Fail(p)) => Err(p),
-            Ok(End::Body) => Err(Problem::new(
-                500,
-                "internal",
-                "the flow ended without return or fail",
+    /// The scope of the idempotency key: the tool and the caller.
+    fn scope(&self) -> String {
+        let sub = self.request.auth.as_ref().map_or("", |a| a.sub.as_str());
+        format!("{}:{sub}", self.tool_name)
+    }
+
+    /// Claims the idempotency key: `None` for a new request, the stored
+    /// status and body for a replay.
+    fn claim(
+        &self,
+        storage: &mut dyn Storage,
+        key: Option<&str>,
+        scope: &str,
+    ) -> Result<Option<(u16, Value)>, Problem> {
+        let Some(k) = key else { return Ok(None) };
+        let fingerprint = sha256_hex(canonical(&self.request.input).as_bytes());
+        match storage.claim_key(scope, k, &fingerprint, self.started) {
+            Ok(Claim::New) => Ok(None),
+            Ok(Claim::Replay { status, body }) => Ok(Some((status, body))),
+            Ok(Claim::Mismatch) => Err(Problem::new(
+                422,
+                "idempotency_key_reused",
+                "this idempotency key was used with another input",
             )),
-            Err(p) => Err(p),
-        };
-        // A conflict with no external effect yet: run the request again.
-        if let Err(p) = &outcome
-            && p.code == "conflict"
-            && run.calls.is_empty()
-            && run.rows.is_empty()
-            && attempt < CONFLICT_RETRIES
-        {
-            if let Some(tx) = run.pending.take() {
-                let _ = run.storage.rollback(tx.id);
-            }
-            drop(run);
-            continue;
+            Ok(Claim::InFlight) => Err(Problem::new(
+                409,
+                "idempotency_in_flight",
+                "a request with this idempotency key is still running",
+            )),
+            Err(e) => Err(crate::exec::storage_problem(e)),
         }
-        // 8. audit, 7. commit, 9. respond.
-        return audit.finish(run, key.as_deref(), &scope, outcome);
+    }
+
+    /// Counts this request in every rate window it belongs to: a `block`
+    /// limit past its maximum is 429; `warn` and `escalate` are recorded.
+    fn count_rates(
+        &self,
+        storage: &mut dyn Storage,
+        rates: Vec<(String, u64, PolicyAction, Option<String>)>,
+        policies: &mut Vec<(String, &'static str)>,
+    ) -> Result<(), Problem> {
+        let sub = self
+            .request
+            .auth
+            .as_ref()
+            .map_or("anonymous", |a| a.sub.as_str());
+        let window = self.started.div_euclid(60_000) * 60_000;
+        for (name, max, action, message) in rates {
+            let count = storage
+                .rate_hit(&format!("{name}:{sub}"), window)
+                .map_err(crate::exec::storage_problem)?;
+            if count <= max {
+                continue;
+            }
+            match action {
+                PolicyAction::Block => {
+                    let msg = message.unwrap_or_else(|| format!("at most {max} requests a minute"));
+                    return Err(Problem::new(429, "rate_limited", msg));
+                }
+                PolicyAction::Warn => policies.push((name, "warn")),
+                PolicyAction::Escalate => policies.push((name, "escalate")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the flow (again, after a conflict with no effect outside the
+    /// database yet), checks the output before the last commit, and ends
+    /// with the final audit entry and the answer.
+    fn run_flow(
+        &self,
+        storage: &mut dyn Storage,
+        clock: &mut dyn Clock,
+        external: &mut dyn External,
+        audit: Audit,
+        key: Option<&str>,
+        scope: &str,
+    ) -> Response {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut run = self.run(storage, clock, external);
+            run.policies = audit.policies.clone();
+            let outcome = match run.run_flow(&self.tool.flow) {
+                Ok(End::Return(value, status)) => self.checked_output(&mut run, value, status),
+                Ok(End::Fail(p)) | Err(p) => Err(p),
+                Ok(End::Body) => Err(Problem::new(
+                    500,
+                    "internal",
+                    "the flow ended without return or fail",
+                )),
+            };
+            // A conflict with no effect yet: run the request again.
+            if let Err(p) = &outcome
+                && p.code == "conflict"
+                && run.calls.is_empty()
+                && run.rows.is_empty()
+                && attempt < CONFLICT_RETRIES
+            {
+                if let Some(tx) = run.pending.take() {
+                    let _ = run.storage.rollback(tx.id);
+                }
+                continue;
+            }
+            return audit.finish(run, key, scope, outcome);
+        }
+    }
+
+    /// The output, checked against the output schema before the last
+    /// commit: a spec bug never commits data it cannot report.
+    fn checked_output(
+        &self,
+        run: &mut Run,
+        value: Value,
+        status: u16,
+    ) -> Result<(u16, Value), Problem> {
+        let (errors, n) = input::violations(&self.compiled.output, &value);
+        if n == 0 {
+            return Ok((status, value));
+        }
+        if let Some(tx) = run.pending.take() {
+            let _ = run.storage.rollback(tx.id);
+        }
+        Err(Problem::new(
+            500,
+            "invalid_output",
+            "the tool's result does not match its output schema",
+        )
+        .internal(serde_json::to_string(&errors).unwrap_or_default()))
+    }
+}
+
+/// Whether a `custom` or `budgetCheck` policy fires; a `rateLimit` is
+/// queued in `rates` to be counted after the replay check.
+fn policy_fires(
+    probe: &Run,
+    name: &str,
+    policy: &crate::model::Policy,
+    rates: &mut Vec<(String, u64, PolicyAction, Option<String>)>,
+) -> Result<bool, Problem> {
+    match &policy.kind {
+        PolicyKind::Custom { when } => match probe.eval_tool_level(when)? {
+            V::Bool(b) => Ok(b),
+            other => Err(Problem::spec_error(format!(
+                "policy `{name}`: `when` at {} gave {}, not a bool",
+                when.path,
+                other.a_type()
+            ))),
+        },
+        PolicyKind::BudgetCheck { amount, max_amount } => {
+            let max = match max_amount {
+                Limit::Fixed(n) => V::Int(i64::try_from(*n).unwrap_or(i64::MAX)),
+                Limit::Expr(e) => probe.eval_tool_level(e)?,
+            };
+            let amount = probe.eval_tool_level(amount)?;
+            match crate::expr::compare(&amount, &max) {
+                Some(o) => Ok(o == std::cmp::Ordering::Greater),
+                None => Err(Problem::spec_error(format!(
+                    "policy `{name}`: {} amount cannot be compared with {} maximum",
+                    amount.a_type(),
+                    max.a_type()
+                ))),
+            }
+        }
+        PolicyKind::RateLimit {
+            max_requests_per_minute,
+        } => {
+            rates.push((
+                name.to_string(),
+                *max_requests_per_minute,
+                policy.action,
+                policy.message.clone(),
+            ));
+            Ok(false)
+        }
+        PolicyKind::RowLimit { .. } => Ok(false),
     }
 }
 
@@ -652,7 +715,7 @@ impl Audit {
                         }
                         // The writes did not commit: answer with the error,
                         // undo effects, audit on its own.
-                        let p = crate::exec::storage_problem_pub(e);
+                        let p = crate::exec::storage_problem(e);
                         self.entry.insert("rows".into(), rows_json(&run.rows));
                         self.fail(run, key, scope, p, &execution)
                     }

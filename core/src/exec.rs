@@ -133,11 +133,7 @@ impl Env for Scope<'_, '_> {
 }
 
 /// The problem a storage error becomes.
-pub(crate) fn storage_problem_pub(e: StorageError) -> Problem {
-    storage_problem(e)
-}
-
-fn storage_problem(e: StorageError) -> Problem {
+pub(crate) fn storage_problem(e: StorageError) -> Problem {
     match e {
         StorageError::Conflict { message } => Problem::new(
             409,
@@ -215,8 +211,9 @@ impl<'a> Run<'a> {
 
     // -- expressions -------------------------------------------------------
 
-    /// Evaluates a tool-level expression (idempotency key, policies).
-    pub fn eval_pub(&self, e: &Expression) -> Result<Value, Problem> {
+    /// Evaluates a tool-level expression (`denyWhen`, the idempotency
+    /// key, policies): no `row`, no node results yet.
+    pub fn eval_tool_level(&self, e: &Expression) -> Result<Value, Problem> {
         self.eval(e, None)
     }
 
@@ -507,7 +504,7 @@ impl<'a> Run<'a> {
     }
 
     fn run_node(&mut self, id: &str, node: &Node) -> Result<Step, Problem> {
-        match &node.kind {
+        let bound = match &node.kind {
             NodeKind::Read {
                 entity,
                 filters,
@@ -516,122 +513,16 @@ impl<'a> Run<'a> {
                 after,
                 one,
                 lock,
-            } => {
-                let e = self.entity(entity)?;
-                let mut conditions = self.conditions(e, entity, filters)?;
-                self.owner_filter(e, &mut conditions)?;
-                let mut order: Vec<SortKey> = order_by
-                    .iter()
-                    .map(|o| SortKey {
-                        field: o.field.clone(),
-                        desc: o.desc,
-                    })
-                    .collect();
-                if !order.iter().any(|k| k.field == "id") {
-                    order.push(SortKey {
-                        field: "id".into(),
-                        desc: false,
-                    });
-                }
-                let limit = match limit {
-                    Some(Limit::Fixed(n)) => Some(*n),
-                    Some(Limit::Expr(x)) => Some(self.positive(x)?),
-                    None => None,
-                };
-                let query_limit = if *one {
-                    Some(limit.unwrap_or(2).min(2))
-                } else {
-                    limit
-                };
-                let after = match after {
-                    Some(x) => self.cursor(e, entity, x, &order)?,
-                    None => None,
-                };
-                let lock = *lock && !self.open.is_empty();
-                let query = Query {
-                    filters: conditions,
-                    order,
-                    limit: query_limit,
-                    after,
-                    lock,
-                };
-                let tx = self.current_tx();
-                let rows = self
-                    .storage
-                    .read(tx, entity, &query)
-                    .map_err(storage_problem)?;
-                self.count_rows(rows.len() as u64, 0)?;
-                let value = if *one {
-                    match rows.as_slice() {
-                        [] => {
-                            return Err(Problem::new(
-                                404,
-                                "not_found",
-                                format!("no such `{entity}`"),
-                            ));
-                        }
-                        [row] => row_to_value(e, row),
-                        [row, ..] if limit == Some(1) => row_to_value(e, row),
-                        _ => {
-                            return Err(Problem::new(
-                                409,
-                                "not_unique",
-                                format!("more than one `{entity}` matches where one was expected"),
-                            ));
-                        }
-                    }
-                } else {
-                    Value::List(rows.iter().map(|r| row_to_value(e, r)).collect())
-                };
-                self.bound.insert(id.to_string(), value);
-                Ok(Step::Next(None))
-            }
-            NodeKind::Create { entity, values } => {
-                let e = self.entity(entity)?;
-                let mut row = Row::new();
-                let new_id = self.new_id(id);
-                let now = self.now_text();
-                row.insert("id".into(), Json::String(new_id));
-                row.insert("version".into(), json!(1));
-                row.insert("created_at".into(), Json::String(now.clone()));
-                row.insert("updated_at".into(), Json::String(now));
-                row.insert("deleted_at".into(), Json::Null);
-                if let Some(sm) = &e.status {
-                    row.insert("status".into(), Json::String(sm.initial.clone()));
-                }
-                for (f, field) in &e.fields {
-                    let v = match values.get(f) {
-                        Some(t) => {
-                            let v = self.template(t, None)?;
-                            self.json(&v)?
-                        }
-                        None => field.default.clone().unwrap_or(Json::Null),
-                    };
-                    row.insert(f.clone(), v);
-                }
-                // The caller owns what they create. An exempt role widens
-                // what a caller sees; it changes what a create records only
-                // where the spec sets the owner field itself (staff opening
-                // an account for a customer).
-                if let Some(owner) = &e.owner
-                    && !(self.exempt(e) && values.contains_key(&owner.field))
-                {
-                    let sub = self.sub().ok_or_else(|| {
-                        Problem::new(401, "unauthenticated", "sign in to create this")
-                    })?;
-                    row.insert(owner.field.clone(), Json::String(sub));
-                }
-                rows::normalize_row(e, &mut row);
-                rows::check_fields(entity, e, &row, e.fields.keys())?;
-                let tx = self.write_tx()?.id;
-                let stored = self
-                    .storage
-                    .insert(tx, entity, &row)
-                    .map_err(storage_problem)?;
-                self.record(entity, &stored, "create", None)?;
-                self.bound.insert(id.to_string(), row_to_value(e, &stored));
-                Ok(Step::Next(None))
-            }
+            } => self.read(
+                entity,
+                filters,
+                order_by,
+                limit.as_ref(),
+                after.as_ref(),
+                *one,
+                *lock,
+            )?,
+            NodeKind::Create { entity, values } => self.create(id, entity, values)?,
             NodeKind::Update {
                 entity,
                 filters,
@@ -639,212 +530,409 @@ impl<'a> Run<'a> {
                 one,
                 set,
             } => {
-                let e = self.entity(entity)?;
-                let mut conditions =
-                    self.conditions(e, entity, filters.as_deref().unwrap_or_default())?;
-                self.owner_filter(e, &mut conditions)?;
-                let limit = match limit {
-                    Some(Limit::Fixed(n)) => Some(*n),
-                    Some(Limit::Expr(x)) => Some(self.positive(x)?),
-                    None => None,
-                };
-                let query = Query {
-                    filters: conditions,
-                    order: vec![SortKey {
-                        field: "id".into(),
-                        desc: false,
-                    }],
-                    limit: if *one { Some(2) } else { limit },
-                    after: None,
-                    lock: self.compiled.concurrency == Concurrency::Pessimistic,
-                };
-                let tx = self.write_tx()?.id;
-                let rows = self
-                    .storage
-                    .read(Some(tx), entity, &query)
-                    .map_err(storage_problem)?;
-                if *one {
-                    match rows.len() {
-                        0 => {
-                            return Err(Problem::new(
-                                404,
-                                "not_found",
-                                format!("no such `{entity}`"),
-                            ));
-                        }
-                        1 => {}
-                        _ => {
-                            return Err(Problem::new(
-                                409,
-                                "not_unique",
-                                format!("more than one `{entity}` matches where one was expected"),
-                            ));
-                        }
-                    }
-                }
-                // Rows an update changes count as written (in `record`), not read.
-                let mut out = Vec::with_capacity(rows.len());
-                for row in rows {
-                    let before = row_to_value(e, &row);
-                    let mut changes = Row::new();
-                    for (f, t) in set {
-                        let v = self.template(t, Some(&before))?;
-                        changes.insert(f.clone(), self.json(&v)?);
-                    }
-                    changes.insert("updated_at".into(), Json::String(self.now_text()));
-                    rows::normalize_row(e, &mut changes);
-                    let mut merged = row.clone();
-                    for (k, v) in &changes {
-                        merged.insert(k.clone(), v.clone());
-                    }
-                    rows::check_fields(entity, e, &merged, set.keys())?;
-                    let stored = self.update_row(entity, &row, &changes)?;
-                    out.push(row_to_value(e, &stored));
-                    self.record(entity, &stored, "update", version(&row))?;
-                }
-                let value = if *one {
-                    out.into_iter().next().unwrap_or(Value::Null)
-                } else {
-                    Value::List(out)
-                };
-                self.bound.insert(id.to_string(), value);
-                Ok(Step::Next(None))
+                let filters = filters.as_deref().unwrap_or_default();
+                self.update(entity, filters, limit.as_ref(), *one, set)?
             }
             NodeKind::Transition {
                 entity,
                 id: row_id,
                 action,
-            } => {
-                let e = self.entity(entity)?;
-                let row = self.row_by_id(e, entity, row_id)?;
-                let Some(sm) = &e.status else {
-                    return Err(Problem::new(500, "internal", "no status machine").fatal());
-                };
-                let Some(t) = sm.transitions.get(action) else {
-                    return Err(Problem::new(500, "internal", "no such transition").fatal());
-                };
-                let current = row
-                    .get("status")
-                    .and_then(Json::as_str)
-                    .unwrap_or_default()
-                    .to_string();
-                if !t.from.contains(&current) {
-                    return Err(Problem::new(
-                        409,
-                        "transition_not_allowed",
-                        format!(
-                            "cannot `{action}` {} that is `{current}` (allowed from {})",
-                            crate::diag::a_code(entity),
-                            t.from
-                                .iter()
-                                .map(|s| format!("`{s}`"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    ));
-                }
-                let mut changes = Row::new();
-                changes.insert("status".into(), Json::String(t.to.clone()));
-                changes.insert("updated_at".into(), Json::String(self.now_text()));
-                let stored = self.update_row(entity, &row, &changes)?;
-                self.record(entity, &stored, "transition", version(&row))?;
-                self.bound.insert(id.to_string(), row_to_value(e, &stored));
-                Ok(Step::Next(None))
-            }
-            NodeKind::SoftDelete { entity, id: row_id } => {
-                let e = self.entity(entity)?;
-                let row = self.row_by_id(e, entity, row_id)?;
-                let tx = self.write_tx()?.id;
-                let rid = row
-                    .get("id")
-                    .and_then(Json::as_str)
-                    .unwrap_or_default()
-                    .to_string();
-                let now = self.now_text();
-                let stored = self
-                    .storage
-                    .soft_delete(tx, entity, &rid, version(&row).unwrap_or(0), &now)
-                    .map_err(storage_problem)?;
-                self.record(entity, &stored, "soft_delete", version(&row))?;
-                self.bound.insert(id.to_string(), row_to_value(e, &stored));
-                Ok(Step::Next(None))
-            }
+            } => self.transition(entity, row_id, action)?,
+            NodeKind::SoftDelete { entity, id: row_id } => self.soft_delete(entity, row_id)?,
+            NodeKind::Let { values } => self.let_values(values)?,
             NodeKind::Delete { .. } | NodeKind::Sql { .. } | NodeKind::Invalid => {
-                Err(Problem::new(500, "internal", format!("node `{id}` cannot run")).fatal())
-            }
-            NodeKind::Let { values } => {
-                let mut m = crate::expr::value::Map::default();
-                for (k, t) in values {
-                    m.insert(k.clone(), self.template(t, None)?);
-                }
-                self.bound.insert(id.to_string(), Value::Map(m));
-                Ok(Step::Next(None))
+                return Err(
+                    Problem::new(500, "internal", format!("node `{id}` cannot run")).fatal(),
+                );
             }
             NodeKind::Assert {
                 that,
                 status,
                 code,
                 message,
-            } => match self.eval(that, None)? {
-                Value::Bool(true) => Ok(Step::Next(None)),
-                Value::Bool(false) => {
-                    let detail = match message {
-                        Some(m) => self.eval(m, None)?.to_string(),
-                        None => format!("`{}` does not hold", that.src),
-                    };
-                    Err(Problem::new(*status, code, detail))
-                }
-                other => Err(not_bool(that, &other)),
-            },
+            } => return self.assert(that, *status, code, message.as_ref()),
             NodeKind::If {
                 cond,
                 then,
                 otherwise,
-            } => match self.eval(cond, None)? {
-                Value::Bool(b) => Ok(Step::Next(Some(if b {
-                    then.clone()
-                } else {
-                    otherwise.clone()
-                }))),
-                other => Err(not_bool(cond, &other)),
-            },
-            NodeKind::Switch { cases, default } => {
-                for c in cases {
-                    match self.eval(&c.when, None)? {
-                        Value::Bool(true) => return Ok(Step::Next(Some(c.next.clone()))),
-                        Value::Bool(false) => {}
-                        other => return Err(not_bool(&c.when, &other)),
-                    }
-                }
-                match default {
-                    Some(d) => Ok(Step::Next(Some(d.clone()))),
-                    None => Err(Problem::new(500, "internal", "no case matched").fatal()),
-                }
+            } => return self.branch(cond, then, otherwise),
+            NodeKind::Switch { cases, default } => return self.switch(cases, default.as_deref()),
+            NodeKind::Call { .. } => {
+                return self.run_call(id, node, false).map(|()| Step::Next(None));
             }
-            NodeKind::Call { .. } => self.run_call(id, node, false).map(|_| Step::Next(None)),
-            NodeKind::Transaction { body, isolation } => self.run_transaction(id, body, *isolation),
-            NodeKind::Return { value, status } => {
-                let v = match value {
-                    Some(t) => {
-                        let v = self.template(t, None)?;
-                        self.json(&v)?
-                    }
-                    None => Json::Null,
-                };
-                Ok(Step::End(End::Return(v, *status)))
+            NodeKind::Transaction { body, isolation } => {
+                return self.run_transaction(id, body, *isolation);
             }
+            NodeKind::Return { value, status } => return self.ret(value.as_ref(), *status),
             NodeKind::Fail {
                 status,
                 code,
                 message,
-            } => {
-                let detail = match message {
-                    Some(m) => self.eval(m, None)?.to_string(),
-                    None => code.replace('_', " "),
-                };
-                Ok(Step::End(End::Fail(Problem::new(*status, code, detail))))
+            } => return self.fail(*status, code, message.as_ref()),
+        };
+        self.bound.insert(id.to_string(), bound);
+        Ok(Step::Next(None))
+    }
+
+    // -- one method per kind of node ---------------------------------------
+
+    /// `read`: the rows (or with `one`, the row) the caller may see.
+    #[expect(clippy::too_many_arguments, reason = "the keys of a read node, once")]
+    fn read(
+        &mut self,
+        entity: &str,
+        filters: &[crate::model::Filter],
+        order_by: &[crate::model::Order],
+        limit: Option<&Limit>,
+        after: Option<&Expression>,
+        one: bool,
+        lock: bool,
+    ) -> Result<Value, Problem> {
+        let e = self.entity(entity)?;
+        let mut conditions = self.conditions(e, entity, filters)?;
+        self.owner_filter(e, &mut conditions)?;
+        let mut order: Vec<SortKey> = order_by
+            .iter()
+            .map(|o| SortKey {
+                field: o.field.clone(),
+                desc: o.desc,
+            })
+            .collect();
+        if !order.iter().any(|k| k.field == "id") {
+            order.push(SortKey {
+                field: "id".into(),
+                desc: false,
+            });
+        }
+        let limit = match limit {
+            Some(Limit::Fixed(n)) => Some(*n),
+            Some(Limit::Expr(x)) => Some(self.positive(x)?),
+            None => None,
+        };
+        let query_limit = if one {
+            Some(limit.unwrap_or(2).min(2))
+        } else {
+            limit
+        };
+        let after = match after {
+            Some(x) => self.cursor(e, entity, x, &order)?,
+            None => None,
+        };
+        let lock = lock && !self.open.is_empty();
+        let query = Query {
+            filters: conditions,
+            order,
+            limit: query_limit,
+            after,
+            lock,
+        };
+        let tx = self.current_tx();
+        let rows = self
+            .storage
+            .read(tx, entity, &query)
+            .map_err(storage_problem)?;
+        self.count_rows(rows.len() as u64, 0)?;
+        let value = if one {
+            match rows.as_slice() {
+                [] => {
+                    return Err(Problem::new(
+                        404,
+                        "not_found",
+                        format!("no such `{entity}`"),
+                    ));
+                }
+                [row] => row_to_value(e, row),
+                [row, ..] if limit == Some(1) => row_to_value(e, row),
+                _ => {
+                    return Err(Problem::new(
+                        409,
+                        "not_unique",
+                        format!("more than one `{entity}` matches where one was expected"),
+                    ));
+                }
+            }
+        } else {
+            Value::List(rows.iter().map(|r| row_to_value(e, r)).collect())
+        };
+        Ok(value)
+    }
+
+    /// `create`: one new row, owned by the caller where the entity is owned.
+    fn create(
+        &mut self,
+        id: &str,
+        entity: &str,
+        values: &crate::model::NameMap<Template>,
+    ) -> Result<Value, Problem> {
+        let e = self.entity(entity)?;
+        let mut row = Row::new();
+        let new_id = self.new_id(id);
+        let now = self.now_text();
+        row.insert("id".into(), Json::String(new_id));
+        row.insert("version".into(), json!(1));
+        row.insert("created_at".into(), Json::String(now.clone()));
+        row.insert("updated_at".into(), Json::String(now));
+        row.insert("deleted_at".into(), Json::Null);
+        if let Some(sm) = &e.status {
+            row.insert("status".into(), Json::String(sm.initial.clone()));
+        }
+        for (f, field) in &e.fields {
+            let v = match values.get(f) {
+                Some(t) => {
+                    let v = self.template(t, None)?;
+                    self.json(&v)?
+                }
+                None => field.default.clone().unwrap_or(Json::Null),
+            };
+            row.insert(f.clone(), v);
+        }
+        // The caller owns what they create. An exempt role widens
+        // what a caller sees; it changes what a create records only
+        // where the spec sets the owner field itself (staff opening
+        // an account for a customer).
+        if let Some(owner) = &e.owner
+            && !(self.exempt(e) && values.contains_key(&owner.field))
+        {
+            let sub = self
+                .sub()
+                .ok_or_else(|| Problem::new(401, "unauthenticated", "sign in to create this"))?;
+            row.insert(owner.field.clone(), Json::String(sub));
+        }
+        rows::normalize_row(e, &mut row);
+        rows::check_fields(entity, e, &row, e.fields.keys())?;
+        let tx = self.write_tx()?.id;
+        let stored = self
+            .storage
+            .insert(tx, entity, &row)
+            .map_err(storage_problem)?;
+        self.record(entity, &stored, "create", None)?;
+        Ok(row_to_value(e, &stored))
+    }
+
+    /// `update`: the matching rows, each changed by `set` (with `row`).
+    fn update(
+        &mut self,
+        entity: &str,
+        filters: &[crate::model::Filter],
+        limit: Option<&Limit>,
+        one: bool,
+        set: &crate::model::NameMap<Template>,
+    ) -> Result<Value, Problem> {
+        let e = self.entity(entity)?;
+        let mut conditions = self.conditions(e, entity, filters)?;
+        self.owner_filter(e, &mut conditions)?;
+        let limit = match limit {
+            Some(Limit::Fixed(n)) => Some(*n),
+            Some(Limit::Expr(x)) => Some(self.positive(x)?),
+            None => None,
+        };
+        let query = Query {
+            filters: conditions,
+            order: vec![SortKey {
+                field: "id".into(),
+                desc: false,
+            }],
+            limit: if one { Some(2) } else { limit },
+            after: None,
+            lock: self.compiled.concurrency == Concurrency::Pessimistic,
+        };
+        let tx = self.write_tx()?.id;
+        let rows = self
+            .storage
+            .read(Some(tx), entity, &query)
+            .map_err(storage_problem)?;
+        if one {
+            match rows.len() {
+                0 => {
+                    return Err(Problem::new(
+                        404,
+                        "not_found",
+                        format!("no such `{entity}`"),
+                    ));
+                }
+                1 => {}
+                _ => {
+                    return Err(Problem::new(
+                        409,
+                        "not_unique",
+                        format!("more than one `{entity}` matches where one was expected"),
+                    ));
+                }
             }
         }
+        // Rows an update changes count as written (in `record`), not read.
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let before = row_to_value(e, &row);
+            let mut changes = Row::new();
+            for (f, t) in set {
+                let v = self.template(t, Some(&before))?;
+                changes.insert(f.clone(), self.json(&v)?);
+            }
+            changes.insert("updated_at".into(), Json::String(self.now_text()));
+            rows::normalize_row(e, &mut changes);
+            let mut merged = row.clone();
+            for (k, v) in &changes {
+                merged.insert(k.clone(), v.clone());
+            }
+            rows::check_fields(entity, e, &merged, set.keys())?;
+            let stored = self.update_row(entity, &row, &changes)?;
+            out.push(row_to_value(e, &stored));
+            self.record(entity, &stored, "update", version(&row))?;
+        }
+        let value = if one {
+            out.into_iter().next().unwrap_or(Value::Null)
+        } else {
+            Value::List(out)
+        };
+        Ok(value)
+    }
+
+    /// `transition`: one row along its status machine.
+    fn transition(
+        &mut self,
+        entity: &str,
+        row_id: &Expression,
+        action: &str,
+    ) -> Result<Value, Problem> {
+        let e = self.entity(entity)?;
+        let row = self.row_by_id(e, entity, row_id)?;
+        let Some(sm) = &e.status else {
+            return Err(Problem::new(500, "internal", "no status machine").fatal());
+        };
+        let Some(t) = sm.transitions.get(action) else {
+            return Err(Problem::new(500, "internal", "no such transition").fatal());
+        };
+        let current = row
+            .get("status")
+            .and_then(Json::as_str)
+            .unwrap_or_default()
+            .to_string();
+        if !t.from.contains(&current) {
+            return Err(Problem::new(
+                409,
+                "transition_not_allowed",
+                format!(
+                    "cannot `{action}` {} that is `{current}` (allowed from {})",
+                    crate::diag::a_code(entity),
+                    t.from
+                        .iter()
+                        .map(|s| format!("`{s}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        let mut changes = Row::new();
+        changes.insert("status".into(), Json::String(t.to.clone()));
+        changes.insert("updated_at".into(), Json::String(self.now_text()));
+        let stored = self.update_row(entity, &row, &changes)?;
+        self.record(entity, &stored, "transition", version(&row))?;
+        Ok(row_to_value(e, &stored))
+    }
+
+    /// `soft_delete`: sets one row's `deleted_at`.
+    fn soft_delete(&mut self, entity: &str, row_id: &Expression) -> Result<Value, Problem> {
+        let e = self.entity(entity)?;
+        let row = self.row_by_id(e, entity, row_id)?;
+        let tx = self.write_tx()?.id;
+        let rid = row
+            .get("id")
+            .and_then(Json::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let now = self.now_text();
+        let stored = self
+            .storage
+            .soft_delete(tx, entity, &rid, version(&row).unwrap_or(0), &now)
+            .map_err(storage_problem)?;
+        self.record(entity, &stored, "soft_delete", version(&row))?;
+        Ok(row_to_value(e, &stored))
+    }
+
+    /// `let`: an object of computed values.
+    fn let_values(&mut self, values: &crate::model::NameMap<Template>) -> Result<Value, Problem> {
+        let mut m = crate::expr::value::Map::default();
+        for (k, t) in values {
+            m.insert(k.clone(), self.template(t, None)?);
+        }
+        Ok(Value::Map(m))
+    }
+
+    /// `assert`: on, or a typed error.
+    fn assert(
+        &mut self,
+        that: &Expression,
+        status: u16,
+        code: &str,
+        message: Option<&Expression>,
+    ) -> Result<Step, Problem> {
+        match self.eval(that, None)? {
+            Value::Bool(true) => Ok(Step::Next(None)),
+            Value::Bool(false) => {
+                let detail = match message {
+                    Some(m) => self.eval(m, None)?.to_string(),
+                    None => format!("`{}` does not hold", that.src),
+                };
+                Err(Problem::new(status, code, detail))
+            }
+            other => Err(not_bool(that, &other)),
+        }
+    }
+
+    /// `if`: `then` or `else`.
+    fn branch(&mut self, cond: &Expression, then: &str, otherwise: &str) -> Result<Step, Problem> {
+        match self.eval(cond, None)? {
+            Value::Bool(b) => Ok(Step::Next(Some(
+                if b { then } else { otherwise }.to_string(),
+            ))),
+            other => Err(not_bool(cond, &other)),
+        }
+    }
+
+    /// `switch`: the first case that holds, else `default`.
+    fn switch(
+        &mut self,
+        cases: &[crate::model::Case],
+        default: Option<&str>,
+    ) -> Result<Step, Problem> {
+        for c in cases {
+            match self.eval(&c.when, None)? {
+                Value::Bool(true) => return Ok(Step::Next(Some(c.next.clone()))),
+                Value::Bool(false) => {}
+                other => return Err(not_bool(&c.when, &other)),
+            }
+        }
+        match default {
+            Some(d) => Ok(Step::Next(Some(d.to_string()))),
+            None => Err(Problem::new(500, "internal", "no case matched").fatal()),
+        }
+    }
+
+    /// `return`: the output and its status.
+    fn ret(&mut self, value: Option<&Template>, status: u16) -> Result<Step, Problem> {
+        let v = match value {
+            Some(t) => {
+                let v = self.template(t, None)?;
+                self.json(&v)?
+            }
+            None => Json::Null,
+        };
+        Ok(Step::End(End::Return(v, status)))
+    }
+
+    /// `fail`: a typed error.
+    fn fail(
+        &mut self,
+        status: u16,
+        code: &str,
+        message: Option<&Expression>,
+    ) -> Result<Step, Problem> {
+        let detail = match message {
+            Some(m) => self.eval(m, None)?.to_string(),
+            None => code.replace('_', " "),
+        };
+        Ok(Step::End(End::Fail(Problem::new(status, code, detail))))
     }
 
     /// Runs a call node (as a step of the flow, or as a compensation).
@@ -861,8 +949,11 @@ impl<'a> Run<'a> {
         else {
             return Err(Problem::new(500, "internal", "not a call").fatal());
         };
+        // A compensation always runs (it undoes an effect that happened):
+        // it is audited, but not held to `maxCalls`.
         if let Some(max) = self.tool.limits.max_calls
-            && self.calls.len() as u64 >= max
+            && !compensation
+            && self.calls.iter().filter(|c| !c.compensation).count() as u64 >= max
         {
             return Err(Problem::new(
                 422,

@@ -298,14 +298,6 @@ impl Expr {
         }
     }
 
-    /// The literal integer this expression is, if it is one.
-    pub fn as_int(&self) -> Option<i64> {
-        match &self.kind {
-            ExprKind::Lit(Lit::Int(i)) => Some(*i),
-            _ => None,
-        }
-    }
-
     /// The root name and the field path of a plain selection chain
     /// (`input.a.b` → `("input", ["a", "b"])`).
     pub fn as_path(&self) -> Option<(&str, Vec<&str>)> {

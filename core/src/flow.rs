@@ -369,17 +369,6 @@ impl<'s> ToolGraph<'s> {
         self.verr.get(&i).copied().unwrap_or(self.start)
     }
 
-    /// Node index of an "entered" or "succeeded" vertex.
-    pub fn node_of(&self, v: NodeIndex) -> Option<usize> {
-        // Vertices are allocated per node as (in, out[, err]); search the
-        // compact vectors by binary search since both are increasing.
-        let pos = self.vin.partition_point(|x| x.index() <= v.index());
-        let i = pos.checked_sub(1)?;
-        let vin = self.vin.get(i)?;
-        let vout = self.vout.get(i)?;
-        (v == *vin || v == *vout || self.verr.get(&i) == Some(&v)).then_some(i)
-    }
-
     /// Vertices reachable from `roots`, following edges that `follow` allows.
     pub fn reachable(&self, roots: &[NodeIndex], follow: impl Fn(&Edge) -> bool) -> Vec<bool> {
         self.search(&self.succ, roots, follow)

@@ -90,17 +90,6 @@ pub(super) fn tool_findings(
     g: &ToolGraph,
     comp_ops: &BTreeSet<(String, String)>,
 ) -> Vec<Finding> {
-    let max_rows = spec.limits.max_rows_per_write;
-    let mut out = Vec::new();
-
-    let side_effects = |ext: &str, op: &str| {
-        spec.externals
-            .get(ext)
-            .and_then(|x| x.operations.get(op))
-            .is_none_or(|o| o.side_effects)
-    };
-    let is_payment = |ext: &str| spec.externals.get(ext).is_some_and(|x| x.kind == "payment");
-
     // Vertices from which a transition can still happen.
     let transitions: Vec<NodeIndex> = g
         .nodes
@@ -109,303 +98,396 @@ pub(super) fn tool_findings(
         .filter(|(_, n)| matches!(n.node.kind, NodeKind::Transition { .. }))
         .map(|(i, _)| g.vin_of(i))
         .collect();
-    let before_transition = g.reaching(&transitions);
-    let comp_targets: BTreeSet<&str> = g
-        .nodes
-        .iter()
-        .filter_map(|n| match &n.node.kind {
-            NodeKind::Call {
-                compensate: Some(t),
-                ..
-            } => Some(t.as_str()),
-            _ => None,
-        })
-        .collect();
-    let mut recovery_cache: HashMap<(String, String), Vec<bool>> = HashMap::new();
-
+    let mut t = ToolSignals {
+        spec,
+        name,
+        tool,
+        g,
+        comp_ops,
+        max_rows: spec.limits.max_rows_per_write,
+        before_transition: g.reaching(&transitions),
+        comp_targets: g
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.node.kind {
+                NodeKind::Call {
+                    compensate: Some(t),
+                    ..
+                } => Some(t.as_str()),
+                _ => None,
+            })
+            .collect(),
+        recovery: HashMap::new(),
+        out: Vec::new(),
+    };
     let chains = write_chains(g);
-    let mut writes = false;
-    let mut effects = false;
-
+    let (mut writes, mut effects) = (false, false);
     for (i, info) in g.nodes.iter().enumerate() {
-        let node = info.node;
-        let path = node.path.as_str();
-        let id = Some(info.id);
-        if node.kind.is_write() {
+        if info.node.kind.is_write() {
             writes = true;
             if info.tx.is_none() {
-                let entity = node
-                    .kind
-                    .entity()
-                    .map(|e| format!(" to `{e}`"))
-                    .unwrap_or_default();
-                let (patch, summary) = match chains.get(&i) {
-                    Some(chain) => wrap_patch(g, source, chain),
-                    None => (None, None),
-                };
-                out.push(finding(
-                    "write-outside-transaction",
-                    name,
-                    id,
-                    path,
-                    format!(
-                        "{name} is Red because node `{}` writes{entity} outside a transaction",
-                        info.id
-                    ),
-                    patch,
-                    summary,
-                ));
+                t.write_outside_transaction(info, chains.get(&i).map(|c| (source, c)));
             }
         }
-        match &node.kind {
-            NodeKind::Sql { .. } => out.push(finding(
-                "raw-write",
-                name,
-                id,
-                path,
-                format!(
-                    "{name} is Red because node `{}` runs raw SQL instead of an entity action",
-                    info.id
-                ),
-                None,
-                None,
-            )),
-            NodeKind::Delete { entity, .. } => out.push(finding(
-                "hard-delete",
-                name,
-                id,
-                path,
-                format!(
-                    "{name} is Red because node `{}` permanently deletes {} row",
-                    info.id,
-                    crate::diag::a_code(entity)
-                ),
-                Some(vec![Op::Replace {
-                    path: child(path, "type"),
-                    value: json!("soft_delete"),
-                }]),
-                Some("convert to `soft_delete` (sets `deleted_at`)".to_string()),
-            )),
+        match &info.node.kind {
+            NodeKind::Sql { .. } => t.raw_write(info),
+            NodeKind::Delete { entity, .. } => t.hard_delete(info, entity),
             NodeKind::Update {
                 entity,
                 filters,
                 limit,
-                one,
+                one: false,
                 ..
-            } => {
-                let no_where = filters.as_ref().is_none_or(Vec::is_empty);
-                if no_where && limit.is_none() && !one {
-                    out.push(finding(
-                        "unbounded-update",
-                        name,
-                        id,
-                        path,
-                        format!("{name} is Red because node `{}` updates `{entity}` rows with neither `where` nor `limit`, so it can change every row", info.id),
-                        Some(vec![Op::Add {
-                            path: child(path, "limit"),
-                            value: json!(max_rows),
-                        }]),
-                        Some(format!("add a row limit (`\"limit\": {max_rows}`), or a `where` condition")),
-                    ));
-                } else if !one {
-                    let too_many = match limit {
-                        Some(Limit::Fixed(n)) => *n > max_rows,
-                        Some(Limit::Expr(_)) => true,
-                        None => !pinned(spec, entity, filters.as_deref().unwrap_or_default()),
-                    };
-                    if too_many {
-                        let op = if limit.is_some() {
-                            Op::Replace {
-                                path: child(path, "limit"),
-                                value: json!(max_rows),
-                            }
-                        } else {
-                            Op::Add {
-                                path: child(path, "limit"),
-                                value: json!(max_rows),
-                            }
-                        };
-                        out.push(finding(
-                            "high-row-impact",
-                            name,
-                            id,
-                            path,
-                            format!("{name} is Yellow because node `{}` can change more than {max_rows} `{entity}` rows at once", info.id),
-                            Some(vec![op]),
-                            Some(format!("limit the update to {max_rows} rows (`\"limit\": {max_rows}`), or acknowledge")),
-                        ));
-                    }
-                }
-            }
+            } => t.update_impact(
+                info,
+                entity,
+                filters.as_deref().unwrap_or_default(),
+                limit.as_ref(),
+            ),
             NodeKind::Read {
                 entity,
                 filters,
-                limit,
-                one,
+                limit: None,
+                one: false,
                 ..
-            } if limit.is_none() && !one && !pinned(spec, entity, filters) => {
-                out.push(finding(
-                    "unbounded-read",
-                    name,
-                    id,
-                    path,
-                    format!(
-                        "{name} is Yellow because node `{}` reads `{entity}` rows without a limit",
-                        info.id
-                    ),
-                    Some(vec![Op::Add {
-                        path: child(path, "limit"),
-                        value: json!(100),
-                    }]),
-                    Some("add `\"limit\": 100` (and `after` for paging)".to_string()),
-                ));
-            }
-            NodeKind::Call {
-                external,
-                operation,
-                timeout_ms,
-                retry,
-                compensate,
-                ..
-            } => {
-                let what = format!("{external}.{operation}");
-                let effects_here = side_effects(external, operation);
-                effects |= effects_here;
-                if retry.is_none() {
-                    out.push(finding(
-                        "missing-retry",
-                        name,
-                        id,
-                        path,
-                        format!("{name} is Yellow because it calls {what} without a retry"),
-                        Some(vec![Op::Add {
-                            path: child(path, "retry"),
-                            value: json!({"max": 3, "backoff": "exponential"}),
-                        }]),
-                        Some("add retry (max 3 attempts, exponential backoff)".to_string()),
-                    ));
-                }
-                if timeout_ms.is_none() {
-                    let ms = tool.limits.timeout_ms.map_or(3000, |t| t.min(3000));
-                    out.push(finding(
-                        "missing-timeout",
-                        name,
-                        id,
-                        path,
-                        format!("{name} is Yellow because it calls {what} without a timeout"),
-                        Some(vec![Op::Add {
-                            path: child(path, "timeoutMs"),
-                            value: json!(ms),
-                        }]),
-                        Some(format!("add `\"timeoutMs\": {ms}`")),
-                    ));
-                }
-                if effects_here && info.tx.is_some() {
-                    out.push(finding(
-                        "external-in-transaction",
-                        name,
-                        id,
-                        path,
-                        format!("{name} is Red because it calls {what} inside a database transaction, where a rollback cannot undo it"),
-                        None,
-                        None,
-                    ));
-                }
-                if effects_here
-                    && before_transition
-                        .get(g.vout_of(i).index())
-                        .copied()
-                        .unwrap_or(false)
-                {
-                    out.push(finding(
-                        "external-in-transition",
-                        name,
-                        id,
-                        path,
-                        format!("{name} is Yellow because it calls {what} before a status transition commits"),
-                        None,
-                        None,
-                    ));
-                }
-                let is_comp = comp_targets.contains(info.id)
-                    || comp_ops.contains(&(external.clone(), operation.clone()));
-                if effects_here && is_payment(external) && compensate.is_none() && !is_comp {
-                    let key = (external.clone(), operation.clone());
-                    let recovers = recovery_cache
-                        .entry(key)
-                        .or_insert_with(|| recovery_set(g, external, operation));
-                    if !recovers.get(g.vout_of(i).index()).copied().unwrap_or(false) {
-                        out.push(finding(
-                            "payment-without-compensation",
-                            name,
-                            id,
-                            path,
-                            format!("{name} is Red because it calls {what} and nothing undoes that payment if a later step fails"),
-                            None,
-                            None,
-                        ));
-                    }
-                }
-            }
+            } if !pinned(spec, entity, filters) => t.unbounded_read(info, entity),
+            NodeKind::Call { .. } => effects |= t.call(i, info),
             _ => {}
         }
     }
+    t.cycles();
+    t.tool_level(writes, effects);
+    t.out
+}
 
-    for (i, kind) in g.cycle_edges() {
-        let Some(info) = g.nodes.get(i) else { continue };
-        let target = info
-            .node
-            .edges()
-            .into_iter()
-            .find(|(k, _)| *k == kind)
-            .map(|(_, t)| t.to_string())
-            .unwrap_or_default();
-        out.push(finding(
-            "cycle",
-            name,
-            Some(info.id),
-            &info.node.path,
-            format!("{name} is Red because its flow loops: the `{}` edge from `{}` back to `{target}` closes a cycle", kind.key(), info.id),
-            None,
-            Some(format!("break the cycle: remove or redirect `{}` of `{}`", kind.key(), info.id)),
-        ));
-    }
+/// The signals of one tool, gathered node by node.
+struct ToolSignals<'a, 's> {
+    spec: &'a Spec,
+    name: &'a str,
+    tool: &'a Tool,
+    g: &'a ToolGraph<'s>,
+    comp_ops: &'a BTreeSet<(String, String)>,
+    /// `limits.maxRowsPerWrite` of the spec.
+    max_rows: u64,
+    /// Vertices from which a transition can still happen.
+    before_transition: Vec<bool>,
+    /// Nodes named as some call's `compensate`.
+    comp_targets: BTreeSet<&'s str>,
+    /// Per (external, operation): the vertices from which a recovery call
+    /// can follow.
+    recovery: HashMap<(String, String), Vec<bool>>,
+    out: Vec<Finding>,
+}
 
-    if (writes || effects) && tool.idempotency_key.is_none() {
-        let what = if writes {
-            "writes"
-        } else {
-            "calls an external with side effects"
+impl ToolSignals<'_, '_> {
+    fn push(
+        &mut self,
+        code: &str,
+        info: Option<&NodeInfo>,
+        message: String,
+        patch: Option<Vec<Op>>,
+        summary: Option<String>,
+    ) {
+        let (node, path) = match info {
+            Some(i) => (Some(i.id), i.node.path.as_str()),
+            None => (None, self.tool.path.as_str()),
         };
-        out.push(finding(
-            "missing-idempotency-key",
-            name,
-            None,
-            &tool.path,
-            format!("{name} is Yellow because it {what} without an idempotency key, so a retried request could run twice"),
-            Some(vec![Op::Add {
-                path: child(&tool.path, "idempotencyKey"),
+        self.out.push(finding(
+            code, self.name, node, path, message, patch, summary,
+        ));
+    }
+
+    /// `write-outside-transaction`, with a patch that wraps the chain of
+    /// writes in a transaction when there is one.
+    fn write_outside_transaction(&mut self, info: &NodeInfo, chain: Option<(&Value, &Vec<usize>)>) {
+        let entity = info
+            .node
+            .kind
+            .entity()
+            .map(|e| format!(" to `{e}`"))
+            .unwrap_or_default();
+        let (patch, summary) = match chain {
+            Some((source, chain)) => wrap_patch(self.g, source, chain),
+            None => (None, None),
+        };
+        let name = self.name;
+        let message = format!(
+            "{name} is Red because node `{}` writes{entity} outside a transaction",
+            info.id
+        );
+        self.push(
+            "write-outside-transaction",
+            Some(info),
+            message,
+            patch,
+            summary,
+        );
+    }
+
+    fn raw_write(&mut self, info: &NodeInfo) {
+        let message = format!(
+            "{} is Red because node `{}` runs raw SQL instead of an entity action",
+            self.name, info.id
+        );
+        self.push("raw-write", Some(info), message, None, None);
+    }
+
+    fn hard_delete(&mut self, info: &NodeInfo, entity: &str) {
+        let message = format!(
+            "{} is Red because node `{}` permanently deletes {} row",
+            self.name,
+            info.id,
+            crate::diag::a_code(entity)
+        );
+        let patch = vec![Op::Replace {
+            path: child(&info.node.path, "type"),
+            value: json!("soft_delete"),
+        }];
+        let summary = "convert to `soft_delete` (sets `deleted_at`)".to_string();
+        self.push(
+            "hard-delete",
+            Some(info),
+            message,
+            Some(patch),
+            Some(summary),
+        );
+    }
+
+    /// `unbounded-update` (no `where`, no `limit`) or `high-row-impact`
+    /// (more rows than `maxRowsPerWrite` may change at once).
+    fn update_impact(
+        &mut self,
+        info: &NodeInfo,
+        entity: &str,
+        filters: &[Filter],
+        limit: Option<&Limit>,
+    ) {
+        let (name, max_rows, path) = (self.name, self.max_rows, info.node.path.as_str());
+        if filters.is_empty() && limit.is_none() {
+            let message = format!(
+                "{name} is Red because node `{}` updates `{entity}` rows with neither `where` nor `limit`, so it can change every row",
+                info.id
+            );
+            let patch = vec![Op::Add {
+                path: child(path, "limit"),
+                value: json!(max_rows),
+            }];
+            let summary =
+                format!("add a row limit (`\"limit\": {max_rows}`), or a `where` condition");
+            self.push(
+                "unbounded-update",
+                Some(info),
+                message,
+                Some(patch),
+                Some(summary),
+            );
+            return;
+        }
+        let too_many = match limit {
+            Some(Limit::Fixed(n)) => *n > max_rows,
+            Some(Limit::Expr(_)) => true,
+            None => !pinned(self.spec, entity, filters),
+        };
+        if !too_many {
+            return;
+        }
+        let (at, value) = (child(path, "limit"), json!(max_rows));
+        let op = if limit.is_some() {
+            Op::Replace { path: at, value }
+        } else {
+            Op::Add { path: at, value }
+        };
+        let message = format!(
+            "{name} is Yellow because node `{}` can change more than {max_rows} `{entity}` rows at once",
+            info.id
+        );
+        let summary = format!(
+            "limit the update to {max_rows} rows (`\"limit\": {max_rows}`), or acknowledge"
+        );
+        self.push(
+            "high-row-impact",
+            Some(info),
+            message,
+            Some(vec![op]),
+            Some(summary),
+        );
+    }
+
+    fn unbounded_read(&mut self, info: &NodeInfo, entity: &str) {
+        let message = format!(
+            "{} is Yellow because node `{}` reads `{entity}` rows without a limit",
+            self.name, info.id
+        );
+        let patch = vec![Op::Add {
+            path: child(&info.node.path, "limit"),
+            value: json!(100),
+        }];
+        let summary = "add `\"limit\": 100` (and `after` for paging)".to_string();
+        self.push(
+            "unbounded-read",
+            Some(info),
+            message,
+            Some(patch),
+            Some(summary),
+        );
+    }
+
+    /// The signals of a `call` node; whether it has side effects.
+    fn call(&mut self, i: usize, info: &NodeInfo) -> bool {
+        let NodeKind::Call {
+            external,
+            operation,
+            timeout_ms,
+            retry,
+            compensate,
+            ..
+        } = &info.node.kind
+        else {
+            return false;
+        };
+        let (name, path) = (self.name, info.node.path.as_str());
+        let what = format!("{external}.{operation}");
+        let ext = self.spec.externals.get(external);
+        let effects = ext
+            .and_then(|x| x.operations.get(operation))
+            .is_none_or(|o| o.side_effects);
+        if retry.is_none() {
+            let patch = vec![Op::Add {
+                path: child(path, "retry"),
+                value: json!({"max": 3, "backoff": "exponential"}),
+            }];
+            let message = format!("{name} is Yellow because it calls {what} without a retry");
+            let summary = "add retry (max 3 attempts, exponential backoff)".to_string();
+            self.push(
+                "missing-retry",
+                Some(info),
+                message,
+                Some(patch),
+                Some(summary),
+            );
+        }
+        if timeout_ms.is_none() {
+            let ms = self.tool.limits.timeout_ms.map_or(3000, |t| t.min(3000));
+            let patch = vec![Op::Add {
+                path: child(path, "timeoutMs"),
+                value: json!(ms),
+            }];
+            let message = format!("{name} is Yellow because it calls {what} without a timeout");
+            self.push(
+                "missing-timeout",
+                Some(info),
+                message,
+                Some(patch),
+                Some(format!("add `\"timeoutMs\": {ms}`")),
+            );
+        }
+        if !effects {
+            return false;
+        }
+        let vout = self.g.vout_of(i).index();
+        if info.tx.is_some() {
+            let message = format!(
+                "{name} is Red because it calls {what} inside a database transaction, where a rollback cannot undo it"
+            );
+            self.push("external-in-transaction", Some(info), message, None, None);
+        }
+        if self.before_transition.get(vout).copied().unwrap_or(false) {
+            let message = format!(
+                "{name} is Yellow because it calls {what} before a status transition commits"
+            );
+            self.push("external-in-transition", Some(info), message, None, None);
+        }
+        let is_payment = ext.is_some_and(|x| x.kind == "payment");
+        let is_comp = self.comp_targets.contains(info.id)
+            || self
+                .comp_ops
+                .contains(&(external.clone(), operation.clone()));
+        if is_payment && compensate.is_none() && !is_comp {
+            let g = self.g;
+            let recovers = self
+                .recovery
+                .entry((external.clone(), operation.clone()))
+                .or_insert_with(|| recovery_set(g, external, operation));
+            if !recovers.get(vout).copied().unwrap_or(false) {
+                let message = format!(
+                    "{name} is Red because it calls {what} and nothing undoes that payment if a later step fails"
+                );
+                self.push(
+                    "payment-without-compensation",
+                    Some(info),
+                    message,
+                    None,
+                    None,
+                );
+            }
+        }
+        true
+    }
+
+    /// `cycle`: each edge that closes a loop.
+    fn cycles(&mut self) {
+        let g = self.g;
+        for (i, kind) in g.cycle_edges() {
+            let Some(info) = g.nodes.get(i) else { continue };
+            let target = info
+                .node
+                .edges()
+                .into_iter()
+                .find(|(k, _)| *k == kind)
+                .map(|(_, t)| t.to_string())
+                .unwrap_or_default();
+            let message = format!(
+                "{} is Red because its flow loops: the `{}` edge from `{}` back to `{target}` closes a cycle",
+                self.name,
+                kind.key(),
+                info.id
+            );
+            let summary = format!(
+                "break the cycle: remove or redirect `{}` of `{}`",
+                kind.key(),
+                info.id
+            );
+            self.push("cycle", Some(info), message, None, Some(summary));
+        }
+    }
+
+    /// The tool-level signals: `missing-idempotency-key`, `public-write`.
+    fn tool_level(&mut self, writes: bool, effects: bool) {
+        let (name, path) = (self.name, self.tool.path.clone());
+        if (writes || effects) && self.tool.idempotency_key.is_none() {
+            let what = if writes {
+                "writes"
+            } else {
+                "calls an external with side effects"
+            };
+            let message = format!(
+                "{name} is Yellow because it {what} without an idempotency key, so a retried request could run twice"
+            );
+            let patch = vec![Op::Add {
+                path: child(&path, "idempotencyKey"),
                 value: json!("request.idempotencyKey"),
-            }]),
-            Some("add `\"idempotencyKey\": \"request.idempotencyKey\"`".to_string()),
-        ));
-    }
-    if writes && tool.auth.public {
-        out.push(finding(
-            "public-write",
-            name,
-            None,
-            &tool.path,
-            format!(
+            }];
+            let summary = "add `\"idempotencyKey\": \"request.idempotencyKey\"`".to_string();
+            self.push(
+                "missing-idempotency-key",
+                None,
+                message,
+                Some(patch),
+                Some(summary),
+            );
+        }
+        if writes && self.tool.auth.public {
+            let message = format!(
                 "{name} is Yellow because anyone can call it without signing in, and it writes data"
-            ),
-            Some(vec![Op::Remove {
-                path: child(&child(&tool.path, "auth"), "public"),
-            }]),
-            Some("remove `\"public\": true`, so only signed-in callers may write".to_string()),
-        ));
+            );
+            let patch = vec![Op::Remove {
+                path: child(&child(&path, "auth"), "public"),
+            }];
+            let summary =
+                "remove `\"public\": true`, so only signed-in callers may write".to_string();
+            self.push("public-write", None, message, Some(patch), Some(summary));
+        }
     }
-    out
 }
 
 /// Vertices from which a path taking an error edge reaches a call to
