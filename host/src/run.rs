@@ -128,13 +128,7 @@ fn fresh(bundle: &Bundle, state: &Value, now_ms: i64) -> Result<(MemoryStorage, 
         .and_then(|m| m.remove("externals"))
         .unwrap_or(json!({}));
     let mut storage = MemoryStorage::from_json(&state).map_err(|e| anyhow!("{e}"))?;
-    for (name, entity) in &bundle.spec.entities {
-        for (f, field) in &entity.fields {
-            if field.unique {
-                storage.set_unique(name, f);
-            }
-        }
-    }
+    storage.declare(&bundle.spec);
     let external =
         ScriptedExternal::from_json(&externals).map_err(|e| anyhow!("`externals`: {e}"))?;
     Ok((storage, external))

@@ -390,17 +390,11 @@ pub fn corpus() -> Vec<PathBuf> {
     crate::specs_in("tests/scenarios")
 }
 
-/// A fresh in-memory store for a scenario: unique fields declared, seed
-/// rows completed and inserted.
+/// A fresh in-memory store for a scenario: unique and timestamp fields
+/// declared, seed rows completed and inserted.
 pub fn seeded_store(bundle: &Bundle, scenario: &Scenario) -> Result<MemoryStorage, String> {
     let mut storage = MemoryStorage::default();
-    for (name, entity) in &bundle.spec.entities {
-        for (f, field) in &entity.fields {
-            if field.unique {
-                storage.set_unique(name, f);
-            }
-        }
-    }
+    storage.declare(&bundle.spec);
     for (entity, rows) in &scenario.seed {
         for row in rows {
             let row = bundle

@@ -48,7 +48,13 @@
 //! ordering comparisons with `null`, or between values of different types,
 //! are false; numbers compare numerically, strings by bytes, `false <
 //! true`; `in` matches a non-null value equal to a non-null element (SQL:
-//! `null` never matches `in`). A missing column is `null`. Sorting puts
+//! `null` never matches `in`). A timestamp column (the implicit
+//! `created_at`, `updated_at` and `deleted_at`, and the fields declared
+//! with [`MemoryStorage::set_timestamp`] or [`MemoryStorage::declare`])
+//! compares and sorts instants, as Postgres' `timestamptz` does (`…:00Z` <
+//! `…:00.12Z` < `…:00.123Z` < `…:00.5Z`, whereas as text `.123` < `.12` <
+//! `.5` < `Z`), and a string there that is no RFC 3339 timestamp equals and
+//! orders against nothing. A missing column is `null`. Sorting puts
 //! `null` last ascending and first descending (like Postgres); values of
 //! different types sort boolean < number < string < array < object < null.
 //! The `after` cursor uses the same order and must have one value per sort
@@ -62,6 +68,8 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Number, Value};
+
+use crate::expr::value::parse_timestamp;
 
 use super::{
     Claim, Clock, Condition, FilterOp, Isolation, Query, Row, SortKey, Storage, StorageError, TxId,
@@ -196,6 +204,9 @@ pub struct MemoryStorage {
     tables: BTreeMap<String, BTreeMap<String, Vec<Version>>>,
     /// entity → unique fields.
     unique: BTreeMap<String, BTreeSet<String>>,
+    /// entity → declared timestamp fields (the implicit `created_at`,
+    /// `updated_at` and `deleted_at` are timestamps in every entity).
+    timestamps: BTreeMap<String, BTreeSet<String>>,
     /// The durable audit chain, compact: each entry's canonical JSON
     /// (with `seq` and `prev`, without `hash`) and its hash.
     audit: Vec<AuditRecord>,
@@ -330,6 +341,48 @@ impl MemoryStorage {
             .insert(field.to_owned());
     }
 
+    /// Declares `entity.field` a timestamp (builder form of
+    /// [`Self::set_timestamp`]).
+    #[must_use]
+    pub fn with_timestamp(mut self, entity: &str, field: &str) -> Self {
+        self.set_timestamp(entity, field);
+        self
+    }
+
+    /// Declares `entity.field` a timestamp column: filters and sorting
+    /// compare its values as instants, not as text. The implicit
+    /// `created_at`, `updated_at` and `deleted_at` need no declaration.
+    pub fn set_timestamp(&mut self, entity: &str, field: &str) {
+        self.timestamps
+            .entry(entity.to_owned())
+            .or_default()
+            .insert(field.to_owned());
+    }
+
+    /// Declares what the store must know of a spec's entities: their
+    /// `unique` fields and their `timestamp` fields. Every engine built on
+    /// this store (`sinew run`, the scenario tests, the components) calls
+    /// it, so they cannot disagree.
+    pub fn declare(&mut self, spec: &crate::model::Spec) {
+        for (name, entity) in &spec.entities {
+            for (f, field) in &entity.fields {
+                if field.unique {
+                    self.set_unique(name, f);
+                }
+                if field.ty == crate::model::FieldType::Timestamp {
+                    self.set_timestamp(name, f);
+                }
+            }
+        }
+    }
+
+    /// The column types of `entity` that comparisons need.
+    fn columns(&self, entity: &str) -> Columns<'_> {
+        Columns {
+            timestamps: self.timestamps.get(entity),
+        }
+    }
+
     /// Inserts a committed row directly (test seeds, `sinew run`). The row
     /// needs a string `id` that is not taken (`Invalid`, `Conflict`) and must
     /// respect the unique fields among committed live rows (`Unique`).
@@ -345,12 +398,14 @@ impl MemoryStorage {
         let fields = self.unique.get(entity).filter(|f| !f.is_empty());
         if let (true, Some(fields)) = (is_live(&row), fields) {
             let committed = self.merged(&[], entity, self.seq);
+            let cols = self.columns(entity);
             for field in fields {
                 let value = column(&row, field);
+                let ts = cols.is_timestamp(field);
                 if !value.is_null()
-                    && committed
-                        .values()
-                        .any(|other| is_live(other) && values_equal(column(other, field), value))
+                    && committed.values().any(|other| {
+                        is_live(other) && values_equal(column(other, field), value, ts)
+                    })
                 {
                     return Err(StorageError::Unique {
                         entity: entity.to_owned(),
@@ -418,8 +473,9 @@ impl MemoryStorage {
     /// `{"rows": {"Entity": [row, …]}, "audit": [entry, …], "idempotency":
     /// [{"scope", "key", "fingerprint", "claimed_ms", "response": null |
     /// {"status", "body"}}, …], "rate": [{"scope", "window_ms", "count"}, …],
-    /// "unique": {"Entity": ["field", …]}}`, entities and fields in name
-    /// order, rows in id order. Open transactions are not included.
+    /// "unique": {"Entity": ["field", …]}, "timestamps": {"Entity":
+    /// ["field", …]}}`, entities and fields in name order, rows in id order.
+    /// Open transactions are not included.
     pub fn to_json(&self) -> Value {
         let mut rows = Map::new();
         for (entity, table) in &self.tables {
@@ -466,19 +522,23 @@ impl MemoryStorage {
                 Value::Object(m)
             })
             .collect();
-        let mut unique = Map::new();
-        for (entity, fields) in &self.unique {
-            unique.insert(
-                entity.clone(),
-                Value::Array(fields.iter().cloned().map(Value::from).collect()),
-            );
-        }
+        let fields_json = |map: &BTreeMap<String, BTreeSet<String>>| {
+            let mut out = Map::new();
+            for (entity, fields) in map {
+                out.insert(
+                    entity.clone(),
+                    Value::Array(fields.iter().cloned().map(Value::from).collect()),
+                );
+            }
+            Value::Object(out)
+        };
         let mut out = Map::new();
         out.insert("rows".into(), Value::Object(rows));
         out.insert("audit".into(), Value::Array(self.audit()));
         out.insert("idempotency".into(), Value::Array(idempotency));
         out.insert("rate".into(), Value::Array(rate));
-        out.insert("unique".into(), Value::Object(unique));
+        out.insert("unique".into(), fields_json(&self.unique));
+        out.insert("timestamps".into(), fields_json(&self.timestamps));
         Value::Object(out)
     }
 
@@ -516,11 +576,13 @@ impl MemoryStorage {
                 }
                 "idempotency" => store.load_keys(value)?,
                 "rate" => store.load_rate(value)?,
-                "unique" => store.load_unique(value)?,
+                "unique" => load_fields("unique", value, &mut store.unique)?,
+                "timestamps" => load_fields("timestamps", value, &mut store.timestamps)?,
                 other => {
                     return Err(format!(
                         "unknown section `{other}` in the storage state \
-                         (expected `rows`, `audit`, `idempotency`, `rate`, `unique`)"
+                         (expected `rows`, `audit`, `idempotency`, `rate`, `unique`, \
+                         `timestamps`)"
                     ));
                 }
             }
@@ -673,34 +735,6 @@ impl MemoryStorage {
         Ok(())
     }
 
-    fn load_unique(&mut self, value: &Value) -> Result<(), String> {
-        let Value::Object(entities) = value else {
-            return Err(format!(
-                "`unique` must be an object of entity → array of fields, not {}",
-                type_name(value)
-            ));
-        };
-        for (entity, fields) in entities {
-            let Value::Array(fields) = fields else {
-                return Err(format!(
-                    "`unique.{entity}` must be an array of field names, not {}",
-                    type_name(fields)
-                ));
-            };
-            let set = self.unique.entry(entity.clone()).or_default();
-            for (i, field) in fields.iter().enumerate() {
-                let Some(field) = field.as_str() else {
-                    return Err(format!(
-                        "`unique.{entity}[{i}]` must be a field name, not {}",
-                        type_name(field)
-                    ));
-                };
-                set.insert(field.to_owned());
-            }
-        }
-        Ok(())
-    }
-
     // -- transactions -------------------------------------------------------
 
     fn get_tx(&self, id: u64) -> Result<&Tx, StorageError> {
@@ -842,13 +876,15 @@ impl MemoryStorage {
             return Ok(());
         }
         let merged = self.merged(chain, entity, self.seq);
+        let cols = self.columns(entity);
         for field in fields {
             let value = column(row, field);
             if value.is_null() {
                 continue;
             }
+            let ts = cols.is_timestamp(field);
             let taken = |(other, r): (&str, &Row)| {
-                other != id && is_live(r) && values_equal(column(r, field), value)
+                other != id && is_live(r) && values_equal(column(r, field), value, ts)
             };
             if merged.iter().any(|(other, r)| taken((other, r))) {
                 return Err(StorageError::Unique {
@@ -1052,13 +1088,14 @@ impl MemoryStorage {
                     .filter(|r| is_live(r));
                 for field in fields {
                     let value = column(row, field);
+                    let ts = self.columns(entity).is_timestamp(field);
                     if value.is_null()
-                        || before.is_some_and(|b| values_equal(column(b, field), value))
+                        || before.is_some_and(|b| values_equal(column(b, field), value, ts))
                     {
                         continue;
                     }
                     let taken = merged.iter().any(|(other, r)| {
-                        other != id && is_live(r) && values_equal(column(r, field), value)
+                        other != id && is_live(r) && values_equal(column(r, field), value, ts)
                     });
                     if taken {
                         return Err(StorageError::Unique {
@@ -1088,9 +1125,10 @@ impl MemoryStorage {
                 if latest.seq <= snapshot || own.is_some_and(|w| w.contains_key(id)) {
                     continue;
                 }
+                let cols = self.columns(entity);
                 let before = version_at(versions, snapshot)
-                    .is_some_and(|v| is_live(&v.row) && matches_all(&v.row, filters));
-                let after = is_live(&latest.row) && matches_all(&latest.row, filters);
+                    .is_some_and(|v| is_live(&v.row) && matches_all(&v.row, filters, cols));
+                let after = is_live(&latest.row) && matches_all(&latest.row, filters, cols);
                 if before || after {
                     return Err(conflict(format!(
                         "could not serialize access: `{entity}` rows read by this transaction \
@@ -1214,14 +1252,15 @@ impl Storage for MemoryStorage {
                     .collect(),
                 None => self.merged(&chain, entity, seq).into_iter().collect(),
             };
+            let cols = self.columns(entity);
             let mut rows: Vec<(&str, &Row)> = candidates
                 .into_iter()
-                .filter(|(_, row)| is_live(row) && matches_all(row, &query.filters))
+                .filter(|(_, row)| is_live(row) && matches_all(row, &query.filters, cols))
                 .collect();
-            rows.sort_by(|a, b| compare_rows(a.1, b.1, &query.order));
+            rows.sort_by(|a, b| compare_rows(a.1, b.1, &query.order, cols));
             if let Some(after) = &query.after {
                 rows.retain(|(_, row)| {
-                    compare_to_cursor(row, after, &query.order) == Ordering::Greater
+                    compare_to_cursor(row, after, &query.order, cols) == Ordering::Greater
                 });
             }
             if let Some(limit) = query.limit {
@@ -1492,6 +1531,39 @@ fn id_candidates(filters: &[Condition]) -> Option<BTreeSet<&str>> {
         })
 }
 
+/// Loads a state's `unique` or `timestamps` section: entity → field names.
+fn load_fields(
+    section: &str,
+    value: &Value,
+    into: &mut BTreeMap<String, BTreeSet<String>>,
+) -> Result<(), String> {
+    let Value::Object(entities) = value else {
+        return Err(format!(
+            "`{section}` must be an object of entity → array of fields, not {}",
+            type_name(value)
+        ));
+    };
+    for (entity, fields) in entities {
+        let Value::Array(fields) = fields else {
+            return Err(format!(
+                "`{section}.{entity}` must be an array of field names, not {}",
+                type_name(fields)
+            ));
+        };
+        let set = into.entry(entity.clone()).or_default();
+        for (i, field) in fields.iter().enumerate() {
+            let Some(field) = field.as_str() else {
+                return Err(format!(
+                    "`{section}.{entity}[{i}]` must be a field name, not {}",
+                    type_name(field)
+                ));
+            };
+            set.insert(field.to_owned());
+        }
+    }
+    Ok(())
+}
+
 fn num_cmp(a: &Number, b: &Number) -> Ordering {
     match (a.as_i64(), b.as_i64(), a.as_u64(), b.as_u64()) {
         (Some(x), Some(y), _, _) => x.cmp(&y),
@@ -1507,10 +1579,30 @@ fn num_cmp(a: &Number, b: &Number) -> Ordering {
     }
 }
 
-/// The SQL-like comparison of two values: `None` when either is null or
-/// their types differ (or are not ordered: arrays, objects).
-fn sql_cmp(a: &Value, b: &Value) -> Option<Ordering> {
+/// What comparisons need to know of an entity's columns.
+#[derive(Debug, Clone, Copy)]
+struct Columns<'a> {
+    /// The declared timestamp fields.
+    timestamps: Option<&'a BTreeSet<String>>,
+}
+
+impl Columns<'_> {
+    /// Is `field` a timestamp column (implicit or declared)?
+    fn is_timestamp(self, field: &str) -> bool {
+        matches!(field, "created_at" | "updated_at" | "deleted_at")
+            || self.timestamps.is_some_and(|t| t.contains(field))
+    }
+}
+
+/// The SQL-like comparison of two values of a column (`timestamp`: a
+/// timestamp column, whose strings compare as instants): `None` when either
+/// is null or their types differ (or are not ordered: arrays, objects), or
+/// in a timestamp column when either is not an RFC 3339 timestamp.
+fn sql_cmp(a: &Value, b: &Value, timestamp: bool) -> Option<Ordering> {
     match (a, b) {
+        (Value::String(x), Value::String(y)) if timestamp => {
+            Some(parse_timestamp(x)?.cmp(&parse_timestamp(y)?))
+        }
         (Value::Number(x), Value::Number(y)) => Some(num_cmp(x, y)),
         (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
         (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
@@ -1519,39 +1611,43 @@ fn sql_cmp(a: &Value, b: &Value) -> Option<Ordering> {
 }
 
 /// Equality of filters and unique fields: `null` equals only `null`,
-/// numbers compare numerically.
-fn values_equal(a: &Value, b: &Value) -> bool {
+/// numbers compare numerically, timestamps as instants.
+fn values_equal(a: &Value, b: &Value, timestamp: bool) -> bool {
     match (a, b) {
         (Value::Null, Value::Null) => true,
         (Value::Null, _) | (_, Value::Null) => false,
         (Value::Array(_), _) | (Value::Object(_), _) => a == b,
-        _ => sql_cmp(a, b) == Some(Ordering::Equal),
+        _ => sql_cmp(a, b, timestamp) == Some(Ordering::Equal),
     }
 }
 
-fn matches(row: &Row, c: &Condition) -> bool {
+fn matches(row: &Row, c: &Condition, cols: Columns<'_>) -> bool {
     let v = column(row, &c.field);
+    let ts = cols.is_timestamp(&c.field);
     match c.op {
-        FilterOp::Eq => values_equal(v, &c.value),
-        FilterOp::Ne => !values_equal(v, &c.value),
-        FilterOp::Lt => sql_cmp(v, &c.value) == Some(Ordering::Less),
-        FilterOp::Lte => matches!(sql_cmp(v, &c.value), Some(Ordering::Less | Ordering::Equal)),
-        FilterOp::Gt => sql_cmp(v, &c.value) == Some(Ordering::Greater),
+        FilterOp::Eq => values_equal(v, &c.value, ts),
+        FilterOp::Ne => !values_equal(v, &c.value, ts),
+        FilterOp::Lt => sql_cmp(v, &c.value, ts) == Some(Ordering::Less),
+        FilterOp::Lte => matches!(
+            sql_cmp(v, &c.value, ts),
+            Some(Ordering::Less | Ordering::Equal)
+        ),
+        FilterOp::Gt => sql_cmp(v, &c.value, ts) == Some(Ordering::Greater),
         FilterOp::Gte => matches!(
-            sql_cmp(v, &c.value),
+            sql_cmp(v, &c.value, ts),
             Some(Ordering::Greater | Ordering::Equal)
         ),
         FilterOp::In => {
             !v.is_null()
                 && c.value
                     .as_array()
-                    .is_some_and(|list| list.iter().any(|x| !x.is_null() && values_equal(v, x)))
+                    .is_some_and(|list| list.iter().any(|x| !x.is_null() && values_equal(v, x, ts)))
         }
     }
 }
 
-fn matches_all(row: &Row, filters: &[Condition]) -> bool {
-    filters.iter().all(|c| matches(row, c))
+fn matches_all(row: &Row, filters: &[Condition], cols: Columns<'_>) -> bool {
+    filters.iter().all(|c| matches(row, c, cols))
 }
 
 fn type_rank(v: &Value) -> u8 {
@@ -1566,8 +1662,8 @@ fn type_rank(v: &Value) -> u8 {
 }
 
 /// The total ascending order of sort keys: nulls last.
-fn sort_cmp(a: &Value, b: &Value) -> Ordering {
-    match sql_cmp(a, b) {
+fn sort_cmp(a: &Value, b: &Value, timestamp: bool) -> Ordering {
+    match sql_cmp(a, b, timestamp) {
         Some(o) => o,
         None => type_rank(a).cmp(&type_rank(b)).then_with(|| match (a, b) {
             (Value::Array(_), Value::Array(_)) | (Value::Object(_), Value::Object(_)) => {
@@ -1578,24 +1674,24 @@ fn sort_cmp(a: &Value, b: &Value) -> Ordering {
     }
 }
 
-fn key_cmp(a: &Value, b: &Value, key: &SortKey) -> Ordering {
-    let o = sort_cmp(a, b);
+fn key_cmp(a: &Value, b: &Value, key: &SortKey, cols: Columns<'_>) -> Ordering {
+    let o = sort_cmp(a, b, cols.is_timestamp(&key.field));
     if key.desc { o.reverse() } else { o }
 }
 
-fn compare_rows(a: &Row, b: &Row, order: &[SortKey]) -> Ordering {
+fn compare_rows(a: &Row, b: &Row, order: &[SortKey], cols: Columns<'_>) -> Ordering {
     order
         .iter()
-        .map(|k| key_cmp(column(a, &k.field), column(b, &k.field), k))
+        .map(|k| key_cmp(column(a, &k.field), column(b, &k.field), k, cols))
         .find(|o| *o != Ordering::Equal)
         .unwrap_or(Ordering::Equal)
 }
 
-fn compare_to_cursor(row: &Row, after: &[Value], order: &[SortKey]) -> Ordering {
+fn compare_to_cursor(row: &Row, after: &[Value], order: &[SortKey], cols: Columns<'_>) -> Ordering {
     order
         .iter()
         .zip(after)
-        .map(|(k, v)| key_cmp(column(row, &k.field), v, k))
+        .map(|(k, v)| key_cmp(column(row, &k.field), v, k, cols))
         .find(|o| *o != Ordering::Equal)
         .unwrap_or(Ordering::Equal)
 }
@@ -2786,6 +2882,125 @@ mod tests {
     }
 
     #[test]
+    fn timestamps_compare_as_instants() {
+        // Instants of one second whose fractions differ in length: as text
+        // they would sort `.123Z` < `.12Z` < `.1Z` < `.5Z` < `Z`.
+        let at = |f: &str| json!(format!("2026-03-01T10:00:00{f}Z"));
+        let mut s = MemoryStorage::new().with_timestamp(E, "due");
+        for (id, f) in [
+            ("a", ".5"),
+            ("b", ".12"),
+            ("c", ".123"),
+            ("d", ""),
+            ("e", ".1"),
+        ] {
+            s.seed(
+                E,
+                item(
+                    id,
+                    json!({"due": at(f), "created_at": at(f), "label": at(f)}),
+                ),
+            )
+            .unwrap();
+        }
+        let sorted = |keys: Vec<SortKey>| Query {
+            order: keys,
+            ..all()
+        };
+        let paged = |keys: Vec<SortKey>, after: Vec<Value>| Query {
+            order: keys,
+            after: Some(after),
+            ..all()
+        };
+        let one = |field: &str, op: FilterOp, v: Value| filtered(vec![cond(field, op, v)]);
+        // A declared field and an implicit one.
+        for f in ["due", "created_at"] {
+            let order = vec![asc(f), asc("id")];
+            assert_eq!(
+                read_ids(&mut s, None, &sorted(order.clone())),
+                ["d", "e", "b", "c", "a"],
+                "{f}"
+            );
+            let order_desc = vec![desc(f), asc("id")];
+            assert_eq!(
+                read_ids(&mut s, None, &sorted(order_desc.clone())),
+                ["a", "c", "b", "e", "d"],
+                "{f}"
+            );
+            let cases = [
+                (FilterOp::Gt, at(".12"), vec!["a", "c"]),
+                (FilterOp::Gte, at(".12"), vec!["a", "b", "c"]),
+                (FilterOp::Lt, at(".12"), vec!["d", "e"]),
+                (FilterOp::Lte, at(".12"), vec!["b", "d", "e"]),
+                (FilterOp::Eq, at(".120"), vec!["b"]),
+                (FilterOp::Ne, at(".500000"), vec!["b", "c", "d", "e"]),
+                (FilterOp::In, json!([at(".1000"), at(".0")]), vec!["d", "e"]),
+                // In a timestamp column, text that is no timestamp equals
+                // and orders against nothing (Postgres cannot cast it).
+                (FilterOp::Gt, json!("soon"), vec![]),
+                (FilterOp::Eq, json!("soon"), vec![]),
+                (FilterOp::Ne, json!("soon"), vec!["a", "b", "c", "d", "e"]),
+            ];
+            for (op, v, want) in cases {
+                assert_eq!(
+                    read_ids(&mut s, None, &one(f, op, v.clone())),
+                    want,
+                    "{f} {op:?} {v}"
+                );
+            }
+            assert_eq!(
+                read_ids(&mut s, None, &paged(order, vec![at(".12"), json!("b")])),
+                ["c", "a"],
+                "{f}"
+            );
+            assert_eq!(
+                read_ids(
+                    &mut s,
+                    None,
+                    &paged(order_desc, vec![at(".12"), json!("b")])
+                ),
+                ["e", "d"],
+                "{f}"
+            );
+        }
+        // A text column compares by bytes, as Postgres' `text COLLATE "C"`.
+        assert_eq!(
+            read_ids(&mut s, None, &sorted(vec![asc("label"), asc("id")])),
+            ["c", "b", "e", "a", "d"]
+        );
+        assert_eq!(
+            read_ids(&mut s, None, &one("label", FilterOp::Gt, at(".12"))),
+            ["a", "d", "e"]
+        );
+        // The declaration is part of the state.
+        let state = s.to_json();
+        assert_eq!(state["timestamps"], json!({"Item": ["due"]}));
+        let mut loaded = MemoryStorage::from_json(&state).unwrap();
+        assert_eq!(
+            read_ids(&mut loaded, None, &sorted(vec![asc("due"), asc("id")])),
+            ["d", "e", "b", "c", "a"]
+        );
+    }
+
+    #[test]
+    fn a_spec_declares_unique_and_timestamp_fields() {
+        let loaded = crate::spec::load(
+            r#"{"sinew": "0.1", "name": "n", "entities": {"Item": {"fields": {
+                "code": {"type": "string", "unique": true},
+                "due": {"type": "timestamp"},
+                "label": {"type": "string"}}}},
+              "tools": {"t": {"trigger": {"http": {"method": "GET", "path": "/t"}},
+                "flow": {"entry": "done", "nodes": {"done": {"type": "return", "value": {}}}}}}}"#,
+        );
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let mut s = MemoryStorage::new();
+        s.declare(&loaded.spec);
+        let state = s.to_json();
+        assert_eq!(state["unique"], json!({"Item": ["code"]}));
+        assert_eq!(state["timestamps"], json!({"Item": ["due"]}));
+    }
+
+    #[test]
     fn keyset_cursor() {
         let mut s = query_fixture();
         let q = |keys: Vec<SortKey>, after: Vec<Value>, limit: Option<u64>| Query {
@@ -3275,7 +3490,8 @@ mod tests {
     fn full_state() -> MemoryStorage {
         let mut s = MemoryStorage::new()
             .with_unique(E, "email")
-            .with_unique(E, "code");
+            .with_unique(E, "code")
+            .with_timestamp("Order", "due");
         s.set_unique("Order", "number");
         s.seed(E, item("b", json!({"email": "b@x", "n": 1.5})))
             .unwrap();
@@ -3325,7 +3541,8 @@ mod tests {
                     {"scope": "s", "key": "k1", "fingerprint": "f1", "claimed_ms": 10, "response": null}
                 ],
                 "rate": [{"scope": "t:alice", "window_ms": 60_000, "count": 2}],
-                "unique": {"Item": ["code", "email"], "Order": ["number"]}
+                "unique": {"Item": ["code", "email"], "Order": ["number"]},
+                "timestamps": {"Order": ["due"]}
             })
         );
         let loaded = MemoryStorage::from_json(&state).unwrap();
@@ -3365,7 +3582,7 @@ mod tests {
         let empty = MemoryStorage::from_json(&json!({})).unwrap();
         assert_eq!(
             empty.to_json(),
-            json!({"rows": {}, "audit": [], "idempotency": [], "rate": [], "unique": {}})
+            json!({"rows": {}, "audit": [], "idempotency": [], "rate": [], "unique": {}, "timestamps": {}})
         );
         let rows_only =
             MemoryStorage::from_json(&json!({"rows": {"E": [{"id": "z"}, {"id": "y"}], "F": []}}))
@@ -3473,6 +3690,11 @@ mod tests {
             (
                 json!({"unique": {"E": ["email", 3]}}),
                 "`unique.E[1]` must be a field name",
+            ),
+            (json!({"timestamps": []}), "`timestamps` must be an object"),
+            (
+                json!({"timestamps": {"E": ["due", null]}}),
+                "`timestamps.E[1]` must be a field name",
             ),
         ];
         for (state, expected) in cases {
