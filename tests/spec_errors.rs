@@ -983,6 +983,33 @@ fn open_path() {
 }
 
 #[test]
+fn a_switch_without_default_in_a_body_may_end_it() {
+    // Inside a transaction body, a `switch` needs no `default`: when no
+    // case holds, the body ends there, as after a node without `next`.
+    let route = |v: &mut Value| {
+        at(v, BODY)["route"] =
+            json!({"type": "switch", "cases": [{"when": "input.quantity > 1", "next": "order"}]});
+        at(v, "/tools/place_order/flow/nodes/save/body")["entry"] = json!("route");
+    };
+    // So `order` is not certainly bound after the transaction: reading it
+    // there would fail at run time whenever no case held.
+    let l = load_with(route);
+    let d = error(&l, "expr-scope", &format!("{PLACE}/done/value/order"));
+    assert_message(d, "`order`");
+    assert_message(d, "not certainly bound");
+    error(&l, "expr-scope", &format!("{PLACE}/notify/args/order"));
+    assert_eq!(l.errors.len(), 2, "{}", list(&l.errors));
+    // Read only inside the body, it is valid, and runs (the scenario
+    // `router-switch-without-default-ends-the-body`).
+    let l = load_with(|v| {
+        route(v);
+        at(v, PLACE)["done"]["value"] = json!({"total": "product.price * input.quantity"});
+        at(v, PLACE)["notify"]["args"] = json!({"product": "product.id"});
+    });
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+}
+
+#[test]
 fn reserved_field() {
     let l = load_with(|v| {
         at(v, "/entities/Product/fields")["created_at"] = json!({"type": "timestamp"})

@@ -890,7 +890,8 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// `switch`: the first case that holds, else `default`.
+    /// `switch`: the first case that holds, else `default`; without one
+    /// (only inside a body), the body ends.
     fn switch(
         &mut self,
         cases: &[crate::model::Case],
@@ -905,7 +906,7 @@ impl<'a> Run<'a> {
         }
         match default {
             Some(d) => Ok(Step::Next(Some(d.to_string()))),
-            None => Err(Problem::new(500, "internal", "no case matched").fatal()),
+            None => Ok(Step::Next(None)),
         }
     }
 

@@ -297,12 +297,14 @@ impl<'s> ToolGraph<'s> {
                     );
                 }
             }
-            // Inside a body: a node with no way on ends the body; failures
+            // Inside a body: a node with no way on ends the body, and so
+            // does a `switch` without `default` when no case holds; failures
             // go to the transaction's `err`.
             if let Some(t) = info.tx {
                 let terr = g.err_of(t);
                 let branches = matches!(kind, NodeKind::If { .. } | NodeKind::Switch { .. });
-                if !has_success_edge && !kind.is_terminal() && !branches {
+                let no_default = matches!(kind, NodeKind::Switch { default: None, .. });
+                if (!has_success_edge && !kind.is_terminal() && !branches) || no_default {
                     let tout = g.vout_of(t);
                     g.graph.add_edge(vout, tout, ok);
                     g.graph.add_edge(vout, terr, fail);
