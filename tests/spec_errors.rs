@@ -1010,6 +1010,74 @@ fn a_switch_without_default_in_a_body_may_end_it() {
 }
 
 #[test]
+fn invalid_schema() {
+    // A schema that does not compile is refused by `sinew check`, where it
+    // is wrong, as the bundle would refuse it when loading it to run.
+    let l = load_with(|v| at(v, "/tools/get_product/input")["type"] = json!("objectx"));
+    let d = only_error(&l, "invalid-schema", "/tools/get_product/input/type");
+    assert_message(d, "the input schema is not a valid JSON Schema");
+    assert_message(d, "objectx");
+    assert_eq!(d.tool.as_deref(), Some("get_product"));
+
+    let l = load_with(|v| {
+        at(v, "/tools/get_product")["output"] =
+            json!({"type": "object", "properties": {"price": {"minimum": "zero"}}});
+    });
+    let d = only_error(
+        &l,
+        "invalid-schema",
+        "/tools/get_product/output/properties/price/minimum",
+    );
+    assert_message(d, "the output schema");
+
+    // A `pattern` that is not a regular expression: the compiler refuses it.
+    let l = load_with(|v| {
+        at(v, "/tools/get_product/input/properties")["id"] =
+            json!({"type": "string", "pattern": "(unclosed"});
+    });
+    let d = only_error(
+        &l,
+        "invalid-schema",
+        "/tools/get_product/input/properties/id/pattern",
+    );
+    assert_message(d, "regex");
+    // A `$ref` to nothing, here or elsewhere (nothing is fetched): the
+    // whole schema.
+    for target in ["#/$defs/missing", "https://example.com/schema.json"] {
+        let l = load_with(|v| at(v, "/tools/get_product")["input"] = json!({"$ref": target}));
+        let d = only_error(&l, "invalid-schema", "/tools/get_product/input");
+        assert_message(d, target.trim_start_matches('#'));
+    }
+
+    // Whatever the loader accepts, the bundle compiles, and the other way
+    // round: the loader's verdict is the bundle's.
+    for (schema, valid) in [
+        (json!({"type": "objectx"}), false),
+        (json!({"type": "string", "format": "uuid"}), true),
+        (json!({"type": "string", "format": "no-such-format"}), true),
+        (json!({"$ref": "#/$defs/missing"}), false),
+        (json!({"required": "id"}), false),
+        (json!({"$ref": "https://example.com/schema.json"}), false),
+        (json!(true), true),
+        (json!(false), true),
+    ] {
+        let mut v = base();
+        at(&mut v, "/tools/get_product")["input"] = schema.clone();
+        let text = serde_json::to_string(&v).unwrap();
+        let loaded = spec::load(&text);
+        let refused = loaded.errors.iter().any(|e| e.code == "invalid-schema");
+        assert_eq!(!refused, valid, "{schema}: {}", list(&loaded.errors));
+        match sinew_core::bundle::Bundle::load(&text) {
+            Ok(_) => assert!(valid, "{schema} runs"),
+            Err(e) => assert!(
+                !valid && matches!(e, sinew_core::bundle::BundleError::Invalid(_)),
+                "{schema}: {e}"
+            ),
+        }
+    }
+}
+
+#[test]
 fn reserved_field() {
     let l = load_with(|v| {
         at(v, "/entities/Product/fields")["created_at"] = json!({"type": "timestamp"})

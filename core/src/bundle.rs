@@ -8,6 +8,7 @@ use indexmap::IndexMap;
 use serde_json::Value;
 
 use crate::diag::Diagnostic;
+use crate::input::{Side, compile_schema};
 use crate::risk::{self, Level, Report};
 use crate::spec::{self, Concurrency, NodeKind, PolicyAction, PolicyKind, Spec, Tool};
 
@@ -156,26 +157,20 @@ impl Bundle {
         let spec = loaded.spec;
         let mut tools = IndexMap::new();
         for (name, tool) in &spec.tools {
-            let compile = |which: &'static str, schema: &Value| {
-                // An input's `format` is asserted (`date-time`, `date`,
-                // `uuid`, `email`, `uri`, …): callers and the OpenAPI
-                // document expect it, and a value the flow cannot use is a
-                // 400, not a failure inside the flow. The output's stays an
-                // annotation.
-                jsonschema::draft202012::options()
-                    .should_validate_formats(which == "input")
-                    .build(schema)
-                    .map_err(|e| BundleError::Schema {
-                        tool: name.clone(),
-                        which,
-                        message: e.to_string(),
-                    })
+            // The loader has compiled them already (`invalid-schema`), with
+            // the same helper.
+            let compile = |side: Side, schema: &Value| {
+                compile_schema(schema, side).map_err(|e| BundleError::Schema {
+                    tool: name.clone(),
+                    which: side.key(),
+                    message: e.message,
+                })
             };
             tools.insert(
                 name.clone(),
                 Compiled {
-                    input: compile("input", &tool.input)?,
-                    output: compile("output", &tool.output)?,
+                    input: compile(Side::Input, &tool.input)?,
+                    output: compile(Side::Output, &tool.output)?,
                     concurrency: effective_concurrency(&spec, tool),
                     policies: spec
                         .policies

@@ -15,6 +15,52 @@ const MAX_QUOTE: usize = 40;
 /// The longest message of one violation, in characters.
 const MAX_MESSAGE: usize = 200;
 
+/// Which side of a tool a JSON Schema checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The input: `format` is asserted.
+    Input,
+    /// The output: `format` stays an annotation.
+    Output,
+}
+
+impl Side {
+    /// `input` or `output`, the tool's key.
+    pub fn key(self) -> &'static str {
+        match self {
+            Side::Input => "input",
+            Side::Output => "output",
+        }
+    }
+}
+
+/// Why a schema does not compile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaError {
+    /// Where in the schema, as a JSON Pointer relative to the schema (empty
+    /// for the whole schema).
+    pub pointer: String,
+    /// What the compiler said.
+    pub message: String,
+}
+
+/// Compiles a tool's input or output schema (JSON Schema 2020-12) exactly
+/// as every engine runs it. An input's `format` is asserted (`date-time`,
+/// `date`, `uuid`, `email`, `uri`, …): callers and the OpenAPI document
+/// expect it, and a value the flow cannot use is a 400, not a failure
+/// inside the flow. The output's stays an annotation. The loader compiles
+/// with it to report a schema that does not compile (`invalid-schema`), and
+/// the bundle to run, so the two cannot disagree.
+pub fn compile_schema(schema: &Value, side: Side) -> Result<jsonschema::Validator, SchemaError> {
+    jsonschema::draft202012::options()
+        .should_validate_formats(side == Side::Input)
+        .build(schema)
+        .map_err(|e| SchemaError {
+            pointer: e.instance_path().to_string(),
+            message: e.to_string().trim_end_matches('.').to_string(),
+        })
+}
+
 /// Rewrites every number with no fractional part that fits in an `i64`
 /// (`5.0`, `1e2`) as that integer, as JSON Schema counts them: the input
 /// schema's `integer` and the entity's `integer` field then agree. Returns

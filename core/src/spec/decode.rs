@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use super::*;
 use crate::diag::{Diagnostic, child, suggest};
 use crate::expr;
+use crate::input::{Side, compile_schema};
 
 /// The decoding context: diagnostics found so far and the tool being
 /// decoded (errors inside a tool are tagged with it).
@@ -879,6 +880,27 @@ fn tool(cx: &mut Cx, v: &Value, path: &str) -> Option<Tool> {
     };
     let input = schema(cx, &mut o, "input");
     let output = schema(cx, &mut o, "output");
+    // A schema that does not compile would be refused when the spec is
+    // loaded to run: compile it here, as the bundle does.
+    for (side, s) in [(Side::Input, &input), (Side::Output, &output)] {
+        if o.get(side.key()).is_none() {
+            continue;
+        }
+        if let Err(e) = compile_schema(s, side) {
+            cx.error(
+                Diagnostic::new(
+                    "invalid-schema",
+                    format!("{}{}", o.at(side.key()), e.pointer),
+                    format!(
+                        "the {} schema is not a valid JSON Schema (2020-12): {}",
+                        side.key(),
+                        e.message
+                    ),
+                )
+                .help("fix the schema here; https://json-schema.org/draft/2020-12 has the keywords and what each takes"),
+            );
+        }
+    }
     let sensitive = match o.get("sensitive") {
         Some(v) => {
             let p = o.at("sensitive");
