@@ -690,6 +690,23 @@ fn expr_type() {
 }
 
 #[test]
+fn expr_type_of_an_invariant() {
+    // An invariant is a condition: one that certainly gives no bool would
+    // be a `spec_error` on every write of the entity.
+    let path = "/entities/Product/invariants/stock_ok";
+    for (inv, found) in [("'yes'", "literal"), ("row", "whole `Product` row")] {
+        let l = load_with(|v| at(v, "/entities/Product/invariants")["stock_ok"] = json!(inv));
+        let d = only_error(&l, "expr-type", path);
+        assert_message(d, "a bool is needed here");
+        assert_message(d, found);
+    }
+    let l = load_with(|v| {
+        at(v, "/entities/Product/invariants")["stock_ok"] = json!("true");
+    });
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+}
+
+#[test]
 fn expr_type_wrong_arity_has_help() {
     let path = format!("{GET}/done/value/price");
     let l = load_with(|v| at(v, GET)["done"]["value"]["price"] = json!("size(input.id, 1)"));

@@ -377,9 +377,12 @@ impl<'a> Run<'a> {
             }
             let value = row_to_value(e, row);
             for (name, inv) in &e.invariants {
-                match self.eval(inv, Some(&value)) {
-                    Ok(Value::Bool(true)) => {}
-                    _ => broken.push(json!({"invariant": name, "entity": entity, "id": id})),
+                match self.eval(inv, Some(&value))? {
+                    Value::Bool(true) => {}
+                    Value::Bool(false) => {
+                        broken.push(json!({"invariant": name, "entity": entity, "id": id}));
+                    }
+                    other => return Err(not_bool(inv, &other)),
                 }
             }
         }

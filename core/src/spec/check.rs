@@ -422,7 +422,8 @@ pub(crate) enum Want {
     Id,
     /// A row count: `limit`.
     Count,
-    /// A condition: `if`, `assert`, `switch`, `denyWhen`, `when`.
+    /// A condition: `if`, `assert`, `switch`, `denyWhen`, `when`, an
+    /// invariant.
     Bool,
 }
 
@@ -738,6 +739,7 @@ fn check_entity(cx: &mut Cx, spec: &Spec, name: &str, e: &Entity) {
     let scope = Scope::row_only(spec, name);
     for inv in e.invariants.values() {
         check_expr(cx, inv, &scope);
+        check_shape(cx, inv, &scope, Want::Bool);
     }
 }
 
