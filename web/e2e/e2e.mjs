@@ -69,6 +69,16 @@ page.on('request', (r) => {
   if (!r.url().startsWith(url) && !r.url().startsWith('data:')) foreign.push(r.url());
 });
 
+// What the page transfers while it starts (every response until the network
+// is idle after the first report): bytes of bodies and headers, per file.
+const transfers = new Map();
+let counting = true;
+page.on('requestfinished', async (r) => {
+  if (!counting) return;
+  const sizes = await r.sizes().catch(() => undefined);
+  if (sizes) transfers.set(r.url(), sizes.responseBodySize + sizes.responseHeadersSize);
+});
+
 const analyses = () => page.evaluate(() => window.sinewStudio.analyses);
 /** Waits until the page has analyzed more than `n` times. */
 const analyzedAfter = (n) =>
@@ -116,6 +126,8 @@ try {
   await page.waitForSelector('body[data-ready=true]', { timeout: 20_000 });
   const t = await page.evaluate(() => window.sinewStudio.timings);
   Object.assign(timings, t);
+  await page.waitForLoadState('networkidle');
+  counting = false;
   check('page loads and shows the startup spec Green', (await badgeText('#bundle-level')) === 'Green');
   check('startup spec is shop.json', (await badgeText('#spec-name')) === 'shop.json');
 
@@ -372,6 +384,16 @@ console.log('');
 console.log('speed (headless Chromium, this machine):');
 console.log(`  component load and first report: ${f(timings.firstReport)} from navigation start (target < 300 ms)`);
 console.log(`    component compiled at ${f(timings.compiled)}, instantiated at ${f(timings.instantiated)}; first script to first report ${f(timings.load)}`);
+{
+  const kb = (b) => `${(b / 1024).toFixed(0)} KiB`;
+  let total = 0;
+  let component = 0;
+  for (const [u, b] of transfers) {
+    total += b;
+    if (new URL(u).pathname.includes('/component/')) component += b;
+  }
+  console.log(`  transferred at start: ${kb(total)} in ${transfers.size} responses (the component: ${kb(component)})`);
+}
 for (const [name, ms] of Object.entries(timings.speed ?? {})) {
   const target = name === '500 nodes' ? 16 : 5;
   console.log(`  re-analysis of ${name}: ${f(ms)} median of 21 (target < ${target} ms)`);
