@@ -28,6 +28,48 @@ fn the_component_imports_only_sinew_interfaces() {
     println!("component size: {} bytes", sinew_host::COMPONENT.len());
 }
 
+/// The core composed onto the in-memory world (the browser preview's and
+/// the Node test's component) imports the clock and nothing else, and
+/// exports the core's interfaces and the world's `memory`.
+#[test]
+fn the_composed_component_imports_only_the_clock() {
+    assert_eq!(
+        component_imports(sinew_host::COMPOSED),
+        ["sinew:executor/clock@0.1.0"]
+    );
+    let mut exports = component_exports(sinew_host::COMPOSED);
+    exports.sort();
+    assert_eq!(
+        exports,
+        [
+            "sinew:executor/executor@0.1.0",
+            "sinew:executor/memory@0.1.0",
+            "sinew:executor/risk@0.1.0"
+        ]
+    );
+    println!("composed size: {} bytes", sinew_host::COMPOSED.len());
+}
+
+/// The top-level exports of a component, read with wasmparser.
+fn component_exports(bytes: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut depth = 0;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload.expect("the component parses") {
+            wasmparser::Payload::ModuleSection { .. }
+            | wasmparser::Payload::ComponentSection { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth -= 1,
+            wasmparser::Payload::ComponentExportSection(reader) if depth == 0 => {
+                for export in reader {
+                    out.push(export.expect("an export").name.0.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// The top-level imports of a component, read with wasmparser.
 fn component_imports(bytes: &[u8]) -> Vec<String> {
     let mut out = Vec::new();

@@ -8,6 +8,7 @@
 
 pub mod memory;
 pub mod script;
+pub mod world;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

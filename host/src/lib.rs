@@ -34,6 +34,15 @@ pub static COMPONENT: &[u8] = include_bytes!(env!("SINEW_COMPONENT_PATH"));
 /// Lowercase hex SHA-256 of [`COMPONENT`], computed by `build.rs`.
 pub const COMPONENT_SHA256: &str = env!("SINEW_COMPONENT_SHA256");
 
+/// [`COMPONENT`] composed onto the in-memory world (`core/world`) by
+/// `build.rs`: one component that imports only `sinew:executor/clock` and
+/// exports `executor`, `risk` and `memory` (world `core-in-memory` of
+/// `wit/memory.wit`). The browser preview and the Node test run it.
+pub static COMPOSED: &[u8] = include_bytes!(env!("SINEW_COMPOSED_PATH"));
+
+/// Lowercase hex SHA-256 of [`COMPOSED`], computed by `build.rs`.
+pub const COMPOSED_SHA256: &str = env!("SINEW_COMPOSED_SHA256");
+
 /// Lowercase hex SHA-256 of a component: [`COMPONENT_SHA256`] for the
 /// embedded one (no hashing at start), computed for any other.
 pub fn component_sha256(component: &[u8]) -> String {

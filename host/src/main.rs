@@ -39,12 +39,19 @@ enum Command {
 /// file, for other runtimes (wasmtime CLI, jco for Node and the browser).
 ///
 /// The component imports only `sinew:executor/storage`, `clock` and
-/// `external`, and exports `executor` and `risk` (see `wit/`).
+/// `external`, and exports `executor` and `risk` (see `wit/`). With
+/// `--composed`, the core composed onto the in-memory world instead: it
+/// imports only `clock` and also exports `memory` (`wit/memory.wit`), as
+/// the browser preview runs it.
 #[derive(clap::Args)]
 struct ComponentArgs {
-    /// Where to write it.
-    #[arg(long, default_value = "sinew.component.wasm")]
-    out: std::path::PathBuf,
+    /// Where to write it (default: `sinew.component.wasm`, or
+    /// `sinew.composed.wasm` with `--composed`).
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// Write the core composed onto the in-memory world.
+    #[arg(long, conflicts_with = "precompile")]
+    composed: bool,
     /// Instead, compile it ahead of time into this cache directory (what
     /// `sinew serve --cache-dir` reads; container images bake it in).
     #[arg(long, value_name = "DIR")]
@@ -74,18 +81,33 @@ fn main() -> ExitCode {
                 2
             }
         },
-        Command::Component(args) => match std::fs::write(&args.out, sinew_host::COMPONENT) {
-            Ok(()) => print(&format!(
-                "wrote {} ({} bytes, sha256:{})\n",
-                args.out.display(),
-                sinew_host::COMPONENT.len(),
-                sinew_core::hash::sha256_hex(sinew_host::COMPONENT)
-            )),
-            Err(e) => {
-                eprintln!("error: cannot write `{}`: {e}", args.out.display());
-                2
+        Command::Component(args) => {
+            let (bytes, hash, default) = if args.composed {
+                (
+                    sinew_host::COMPOSED,
+                    sinew_host::COMPOSED_SHA256,
+                    "sinew.composed.wasm",
+                )
+            } else {
+                (
+                    sinew_host::COMPONENT,
+                    sinew_host::COMPONENT_SHA256,
+                    "sinew.component.wasm",
+                )
+            };
+            let out = args.out.unwrap_or_else(|| default.into());
+            match std::fs::write(&out, bytes) {
+                Ok(()) => print(&format!(
+                    "wrote {} ({} bytes, sha256:{hash})\n",
+                    out.display(),
+                    bytes.len(),
+                )),
+                Err(e) => {
+                    eprintln!("error: cannot write `{}`: {e}", out.display());
+                    2
+                }
             }
-        },
+        }
         Command::Serve(args) => exit(serve::run(&args)),
         Command::Preview(args) => exit(studio::run(&args)),
         Command::Migrate(args) => exit(admin::migrate(&args)),

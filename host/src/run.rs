@@ -8,6 +8,7 @@ use sinew_core::contract::{Auth, Request, execute};
 use sinew_core::expr::value::parse_timestamp;
 use sinew_core::ports::memory::{FixedClock, MemoryStorage};
 use sinew_core::ports::script::ScriptedExternal;
+use sinew_core::ports::world::World;
 use std::path::{Path, PathBuf};
 
 /// Run one tool call without a database: a dry run in memory.
@@ -123,14 +124,11 @@ fn fresh(bundle: &Bundle, state: &Value, now_ms: i64) -> Result<(MemoryStorage, 
             }
         }
     }
-    let externals = state
-        .as_object_mut()
-        .and_then(|m| m.remove("externals"))
-        .unwrap_or(json!({}));
-    let mut storage = MemoryStorage::from_json(&state).map_err(|e| anyhow!("{e}"))?;
+    let World {
+        mut storage,
+        external,
+    } = World::from_json(&state).map_err(|e| anyhow!("{e}"))?;
     storage.declare(&bundle.spec);
-    let external =
-        ScriptedExternal::from_json(&externals).map_err(|e| anyhow!("`externals`: {e}"))?;
     Ok((storage, external))
 }
 
@@ -213,10 +211,7 @@ pub fn run(args: &Args) -> Result<Outcome> {
     let mut clock = FixedClock::new(now_ms);
     let response = execute(&bundle, &request, &mut storage, &mut clock, &mut external);
     if let Some(path) = &args.state {
-        let mut state = storage.to_json();
-        if let Value::Object(m) = &mut state {
-            m.insert("externals".into(), external.to_json());
-        }
+        let state = World { storage, external }.to_json();
         let text = serde_json::to_string_pretty(&state)? + "\n";
         let tmp = path.with_extension("json.tmp");
         std::fs::write(&tmp, text).with_context(|| format!("cannot write `{}`", tmp.display()))?;

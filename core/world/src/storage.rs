@@ -1,0 +1,246 @@
+//! The exported `storage` interface on the world's [`MemoryStorage`], as
+//! wasmtime's host does it for its in-memory backend
+//! (`host/src/runtime/storage.rs`): rows cross as JSON text, storage errors
+//! are the `err` of each result, and a transaction whose handle is dropped
+//! without `commit` or `rollback` is rolled back.
+//!
+//! [`MemoryStorage`]: sinew_core::ports::memory::MemoryStorage
+
+use std::cell::Cell;
+
+use serde_json::Value;
+use sinew_core::ports::{self, Condition, Query, Row, SortKey, Storage as _, StorageError, TxId};
+use sinew_core::spec::{FilterOp, Isolation};
+
+use crate::bindings::exports::sinew::executor::storage::{
+    Guest as StorageGuest, GuestTransaction, Transaction as Handle,
+};
+use crate::bindings::exports::sinew::executor::types as wit;
+use crate::{Component, world};
+
+/// A transaction (or savepoint) the core holds: the store's id for it, and
+/// whether it has been committed or rolled back.
+pub struct Tx {
+    id: TxId,
+    finished: Cell<bool>,
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        if !self.finished.get() {
+            // Ignored, as in wasmtime's host: a savepoint whose transaction
+            // has already ended is gone with it.
+            let _ = world(|w| w.storage.rollback(self.id));
+        }
+    }
+}
+
+type Res<T> = Result<T, wit::StorageError>;
+
+fn opened(id: Result<TxId, StorageError>) -> Res<Handle> {
+    let id = id.map_err(error)?;
+    Ok(Handle::new(Tx {
+        id,
+        finished: Cell::new(false),
+    }))
+}
+
+impl GuestTransaction for Tx {
+    fn read(&self, entity: String, q: wit::Query) -> Res<Vec<String>> {
+        let q = query(q)?;
+        rows(world(|w| w.storage.read(Some(self.id), &entity, &q)))
+    }
+
+    fn insert(&self, entity: String, row: String) -> Res<String> {
+        let row = object(&row)?;
+        one(world(|w| w.storage.insert(self.id, &entity, &row)))
+    }
+
+    fn update(
+        &self,
+        entity: String,
+        id: String,
+        expected_version: i64,
+        changes: String,
+    ) -> Res<String> {
+        let changes = object(&changes)?;
+        one(world(|w| {
+            w.storage
+                .update(self.id, &entity, &id, expected_version, &changes)
+        }))
+    }
+
+    fn soft_delete(
+        &self,
+        entity: String,
+        id: String,
+        expected_version: i64,
+        deleted_at: String,
+    ) -> Res<String> {
+        one(world(|w| {
+            w.storage
+                .soft_delete(self.id, &entity, &id, expected_version, &deleted_at)
+        }))
+    }
+
+    fn append_audit(&self, entry: String) -> Res<()> {
+        let entry = json(&entry)?;
+        world(|w| w.storage.append_audit(Some(self.id), &entry)).map_err(error)
+    }
+
+    fn complete_key(&self, scope: String, key: String, status: u16, body: String) -> Res<()> {
+        let body = json(&body)?;
+        world(|w| {
+            w.storage
+                .complete_key(Some(self.id), &scope, &key, status, &body)
+        })
+        .map_err(error)
+    }
+
+    fn savepoint(&self, level: wit::Isolation) -> Res<Handle> {
+        opened(world(|w| w.storage.begin(isolation(level), Some(self.id))))
+    }
+
+    fn commit(&self) -> Res<()> {
+        self.finished.set(true);
+        world(|w| w.storage.commit(self.id)).map_err(error)
+    }
+
+    fn rollback(&self) -> Res<()> {
+        self.finished.set(true);
+        world(|w| w.storage.rollback(self.id)).map_err(error)
+    }
+}
+
+impl StorageGuest for Component {
+    type Transaction = Tx;
+
+    fn begin(level: wit::Isolation) -> Res<Handle> {
+        opened(world(|w| w.storage.begin(isolation(level), None)))
+    }
+
+    fn read(entity: String, q: wit::Query) -> Res<Vec<String>> {
+        let q = query(q)?;
+        rows(world(|w| w.storage.read(None, &entity, &q)))
+    }
+
+    fn append_audit(entry: String) -> Res<()> {
+        let entry = json(&entry)?;
+        world(|w| w.storage.append_audit(None, &entry)).map_err(error)
+    }
+
+    fn claim_key(scope: String, key: String, fingerprint: String, now_ms: i64) -> Res<wit::Claim> {
+        let claim = world(|w| w.storage.claim_key(&scope, &key, &fingerprint, now_ms));
+        Ok(match claim.map_err(error)? {
+            ports::Claim::New => wit::Claim::New,
+            ports::Claim::Replay { status, body } => wit::Claim::Replay(wit::StoredResponse {
+                status,
+                body: body.to_string(),
+            }),
+            ports::Claim::Mismatch => wit::Claim::Mismatch,
+            ports::Claim::InFlight => wit::Claim::InFlight,
+        })
+    }
+
+    fn complete_key(scope: String, key: String, status: u16, body: String) -> Res<()> {
+        let body = json(&body)?;
+        world(|w| w.storage.complete_key(None, &scope, &key, status, &body)).map_err(error)
+    }
+
+    fn release_key(scope: String, key: String) -> Res<()> {
+        world(|w| w.storage.release_key(&scope, &key)).map_err(error)
+    }
+
+    fn rate_hit(scope: String, window_ms: i64) -> Res<u64> {
+        world(|w| w.storage.rate_hit(&scope, window_ms)).map_err(error)
+    }
+}
+
+// -- WIT <-> core -------------------------------------------------------------
+
+fn isolation(i: wit::Isolation) -> Isolation {
+    match i {
+        wit::Isolation::ReadCommitted => Isolation::ReadCommitted,
+        wit::Isolation::RepeatableRead => Isolation::RepeatableRead,
+        wit::Isolation::Serializable => Isolation::Serializable,
+    }
+}
+
+fn json(text: &str) -> Res<Value> {
+    serde_json::from_str(text)
+        .map_err(|e| wit::StorageError::Invalid(format!("the guest sent invalid JSON: {e}")))
+}
+
+fn object(text: &str) -> Res<Row> {
+    match json(text)? {
+        Value::Object(m) => Ok(m),
+        _ => Err(wit::StorageError::Invalid(
+            "the guest sent a row that is not a JSON object".into(),
+        )),
+    }
+}
+
+fn query(q: wit::Query) -> Res<Query> {
+    Ok(Query {
+        filters: q
+            .filters
+            .into_iter()
+            .map(|c| {
+                Ok(Condition {
+                    field: c.field,
+                    op: match c.op {
+                        wit::FilterOp::Eq => FilterOp::Eq,
+                        wit::FilterOp::Ne => FilterOp::Ne,
+                        wit::FilterOp::Lt => FilterOp::Lt,
+                        wit::FilterOp::Lte => FilterOp::Lte,
+                        wit::FilterOp::Gt => FilterOp::Gt,
+                        wit::FilterOp::Gte => FilterOp::Gte,
+                        wit::FilterOp::In => FilterOp::In,
+                    },
+                    value: json(&c.value)?,
+                })
+            })
+            .collect::<Res<_>>()?,
+        order: q
+            .order
+            .into_iter()
+            .map(|k| SortKey {
+                field: k.field,
+                desc: k.desc,
+            })
+            .collect(),
+        limit: q.limit,
+        after: match q.after {
+            Some(list) => Some(list.iter().map(|t| json(t)).collect::<Res<_>>()?),
+            None => None,
+        },
+        lock: q.lock,
+    })
+}
+
+fn error(e: StorageError) -> wit::StorageError {
+    match e {
+        StorageError::Conflict { message } => wit::StorageError::Conflict(message),
+        StorageError::Unique { entity, field } => {
+            wit::StorageError::Unique(wit::UniqueViolation { entity, field })
+        }
+        StorageError::NotFound { entity, id } => {
+            wit::StorageError::NotFound(wit::RowRef { entity, id })
+        }
+        StorageError::Unavailable { message } => wit::StorageError::Unavailable(message),
+        StorageError::Invalid { message } => wit::StorageError::Invalid(message),
+    }
+}
+
+fn one(r: Result<Row, StorageError>) -> Res<String> {
+    r.map(|row| Value::Object(row).to_string()).map_err(error)
+}
+
+fn rows(r: Result<Vec<Row>, StorageError>) -> Res<Vec<String>> {
+    r.map(|list| {
+        list.into_iter()
+            .map(|row| Value::Object(row).to_string())
+            .collect()
+    })
+    .map_err(error)
+}
