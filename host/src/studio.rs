@@ -3,12 +3,14 @@
 //! simulated) in the page, on every edit, without being sent anywhere.
 //!
 //! The page's sources are `web/` (embedded here at compile time); the
-//! component is the one this binary runs, transpiled for the browser by
-//! jco's code generator (`js-component-bindgen`, the library behind `jco
-//! transpile`) when the studio is first asked for: one artifact, no second
-//! implementation. `sinew preview` serves it at `/`, `sinew serve` at
-//! `/studio/`, and `sinew preview --export DIR` writes it out for any static
-//! host.
+//! component is the one this binary runs, composed onto the in-memory
+//! world (the Rust in-memory storage and scripted externals, as a component
+//! of their own: [`crate::COMPOSED`]), transpiled for the browser by jco's
+//! code generator (`js-component-bindgen`, the library behind `jco
+//! transpile`) when the studio is first asked for: the same core and the
+//! same store as `sinew serve` and `sinew run`, no second implementation.
+//! `sinew preview` serves it at `/`, `sinew serve` at `/studio/`, and
+//! `sinew preview --export DIR` writes it out for any static host.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -33,15 +35,12 @@ const PAGE: &[(&str, &str)] = &[
     ("src/boot.mjs", include_str!("../../web/src/boot.mjs")),
     ("src/core.mjs", include_str!("../../web/src/core.mjs")),
     ("src/flow.mjs", include_str!("../../web/src/flow.mjs")),
-    ("src/json.mjs", include_str!("../../web/src/json.mjs")),
     ("src/presets.mjs", include_str!("../../web/src/presets.mjs")),
     ("src/report.mjs", include_str!("../../web/src/report.mjs")),
-    ("src/sha256.mjs", include_str!("../../web/src/sha256.mjs")),
     (
         "src/simulate.mjs",
         include_str!("../../web/src/simulate.mjs"),
     ),
-    ("src/storage.mjs", include_str!("../../web/src/storage.mjs")),
     ("src/text.mjs", include_str!("../../web/src/text.mjs")),
     (
         "vendor/codemirror.js",
@@ -114,12 +113,12 @@ impl Studio {
     pub fn new(startup: &Startup) -> Result<Studio> {
         let started = Instant::now();
         let transpiled = js_component_bindgen::transpile(
-            crate::COMPONENT,
+            crate::COMPOSED,
             TranspileOpts {
                 name: "sinew".into(),
                 no_typescript: true,
-                // The page passes the imports (its in-memory storage, clock
-                // and externals) and fetches the core modules itself.
+                // The page passes the one import (its clock) and fetches the
+                // core modules itself.
                 instantiation_mode: Some(InstantiationMode::Async),
                 nodejs_compat_disabled: true,
                 // Core modules as files, compiled by streaming, never inlined.
@@ -165,7 +164,7 @@ impl Studio {
             .collect();
         let manifest = serde_json::json!({
             "component": {
-                "hash": format!("sha256:{}", crate::COMPONENT_SHA256),
+                "hash": format!("sha256:{}", crate::COMPOSED_SHA256),
                 "modules": modules,
             },
             "version": env!("CARGO_PKG_VERSION"),

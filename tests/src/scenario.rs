@@ -10,6 +10,7 @@ use sinew_core::expr::value::parse_timestamp;
 use sinew_core::ports::Row;
 use sinew_core::ports::memory::{FixedClock, MemoryStorage};
 use sinew_core::ports::script::ScriptedExternal;
+use sinew_core::ports::world::World;
 use std::path::{Path, PathBuf};
 
 use crate::root;
@@ -422,6 +423,17 @@ impl Native {
     /// The store, for inspection.
     pub fn storage(&self) -> &MemoryStorage {
         &self.storage
+    }
+
+    /// The whole world as JSON, in the form of `sinew run --state` (see
+    /// [`World::to_json`]): the committed storage and the externals' script
+    /// and counters.
+    pub fn state(&self) -> Value {
+        World {
+            storage: self.storage.clone(),
+            external: self.external.clone(),
+        }
+        .to_json()
     }
 }
 

@@ -1,23 +1,40 @@
-// The core component in the page: fetched, compiled by streaming, and
-// instantiated with JavaScript imports (storage.mjs). The risk engine's
-// instance is shared; each simulation world gets an instance of its own.
-
-import { FixedClock, MemoryStorage, ScriptedExternal, makeImports } from './storage.mjs';
+// The component in the page: the core composed onto the in-memory world
+// (`sinew component --composed`), fetched, compiled by streaming and
+// instantiated with its one import, the clock. Storage and externals are
+// the Rust ones inside it (`memory` resets and reads them). The risk
+// engine's instance is shared; each simulation world gets an instance of
+// its own.
 
 /**
  * The payload of an error thrown by an export that returns a `result`
- * (jco throws `ComponentError` with the `err` value as `payload`).
+ * (jco throws `ComponentError` with the `err` value as `payload`): the
+ * executor's `error` record, or the `memory` interface's sentence.
  */
 export function exportError(e) {
-  if (e && typeof e === 'object' && 'payload' in e) return e.payload;
+  if (e && typeof e === 'object' && 'payload' in e) {
+    const p = e.payload;
+    return typeof p === 'string' ? { code: 'world', message: p, pointer: '' } : p;
+  }
   return { code: 'trap', message: String(e?.message ?? e), pointer: '' };
+}
+
+/** A clock the page sets: milliseconds since the Unix epoch. */
+export class Clock {
+  constructor(ms) {
+    this.ms = ms;
+  }
+
+  /** The `clock` import as jco wants it (versionless name, `bigint`). */
+  imports() {
+    return { 'sinew:executor/clock': { nowMs: () => BigInt(this.ms) } };
+  }
 }
 
 /**
  * Loads the component: `manifest.json` names its core modules, compiled by
- * streaming (boot.mjs starts both before the rest of the page has loaded;
+ * streaming (boot.mjs starts them before the rest of the page has loaded;
  * without it they start here), and the transpiled glue
- * (`component/sinew.js`). Returns `{manifest, risk, instantiate(world)}`;
+ * (`component/sinew.js`). Returns `{manifest, risk, instantiate(clock)}`;
  * `timings` gets `compiled` (ms since navigation start when the modules
  * were compiled) and `instantiated`.
  */
@@ -43,13 +60,9 @@ export async function loadCore(base, timings = {}) {
     if (!m) throw new Error(`the component asked for an unknown core module \`${name}\``);
     return m;
   };
-  const create = (world) => instantiate(getCoreModule, makeImports(world));
-  // The risk engine never calls its imports; it gets an empty world.
-  const judge = await create({
-    storage: new MemoryStorage(),
-    clock: new FixedClock(0),
-    external: new ScriptedExternal(),
-  });
+  const create = (clock) => instantiate(getCoreModule, clock.imports());
+  // The risk engine never reads the clock.
+  const judge = await create(new Clock(0));
   timings.instantiated = performance.now();
   return { manifest, risk: judge.risk, instantiate: create };
 }

@@ -1,19 +1,24 @@
 // Simulate: runs one call of a tool in the page, on the component's
-// executor, over storage.mjs's in-memory storage. A "world" (storage,
-// clock, externals, instance with the spec loaded and the seed rows in it)
-// lives across runs until the spec, the seed or the external answers
-// change, or the user resets it.
+// executor and the in-memory world composed into it (the Rust storage and
+// scripted externals, reset and read through its `memory` interface). A
+// "world" (an instance with the spec loaded, the seed rows in its storage,
+// and its clock) lives across runs until the spec, the seed or the
+// external answers change, or the user resets it. JSON the world keeps
+// (rows, audit entries) crosses as text and is parsed here for display only.
 
-import { exportError } from './core.mjs';
-import { FixedClock, MemoryStorage, ScriptedExternal } from './storage.mjs';
-import { parse, stringify } from './json.mjs';
+import { Clock, exportError } from './core.mjs';
 
-/** Pretty JSON of a json.mjs value (display only). */
+/** Pretty JSON of a value (display only). */
 export function pretty(value) {
+  return JSON.stringify(value, null, 2);
+}
+
+/** Fails with `what`'s message when `text` is not JSON. */
+function mustParse(text, what) {
   try {
-    return JSON.stringify(JSON.parse(stringify(value)), null, 2);
-  } catch {
-    return stringify(value);
+    return JSON.parse(text);
+  } catch (e) {
+    throw new Error(`${what} not JSON: ${e.message}`);
   }
 }
 
@@ -71,58 +76,41 @@ export class Simulator {
     const key = JSON.stringify([specText, seedText, externalsText]);
     if (this.world && this.key === key) return this.world;
     this.reset();
-    let spec;
-    try {
-      spec = JSON.parse(specText);
-    } catch (e) {
-      throw new Error(`the spec is not JSON: ${e.message}`);
-    }
-    let seed;
-    try {
-      seed = parse(seedText.trim() === '' ? '{}' : seedText);
-    } catch (e) {
-      throw new Error(`the seed rows are not JSON: ${e.message}`);
-    }
-    if (!(seed instanceof Map)) throw new Error('the seed rows must be an object of entity → array of rows');
-    let script;
-    try {
-      script = parse(externalsText.trim() === '' ? '{}' : externalsText);
-    } catch (e) {
-      throw new Error(`the external answers are not JSON: ${e.message}`);
-    }
-    const storage = new MemoryStorage();
-    for (const [entity, def] of Object.entries(spec.entities ?? {})) {
-      for (const [field, f] of Object.entries(def?.fields ?? {})) {
-        if (f?.unique === true) storage.setUnique(entity, field);
-      }
-    }
-    const clock = new FixedClock(Date.now());
-    const external = new ScriptedExternal(script);
-    const instance = await this.core.instantiate({ storage, clock, external });
-    const { executor } = instance;
+    mustParse(specText, 'the spec is');
+    const seed = seedText.trim() === '' ? '{}' : seedText;
+    const externals = externalsText.trim() === '' ? '{}' : externalsText;
+    mustParse(seed, 'the seed rows are');
+    mustParse(externals, 'the external answers are');
+    const clock = new Clock(Date.now());
+    const { executor, memory } = await this.core.instantiate(clock);
     try {
       executor.load(specText);
     } catch (e) {
       const err = exportError(e);
       throw new Error(`the spec does not load (${err.code}): ${err.message}`);
     }
-    for (const [entity, rows] of seed) {
-      if (!Array.isArray(rows)) throw new Error(`seed \`${entity}\`: expected an array of rows`);
+    try {
+      memory.reset(`{"externals": ${externals}}`);
+    } catch (e) {
+      throw new Error(`the external answers: ${exportError(e).message}`);
+    }
+    memory.declare(specText);
+    let tables;
+    try {
+      tables = memory.tables(seed);
+    } catch (e) {
+      throw new Error(exportError(e).message);
+    }
+    for (const { entity, rows } of tables) {
       rows.forEach((row, i) => {
-        let complete;
         try {
-          complete = executor.completeRow(entity, stringify(row), BigInt(clock.nowMs()));
+          memory.seed(entity, executor.completeRow(entity, row, BigInt(clock.ms)));
         } catch (e) {
           throw new Error(`seed \`${entity}[${i}]\`: ${exportError(e).message}`);
         }
-        try {
-          storage.seed(entity, parse(complete));
-        } catch (e) {
-          throw new Error(`seed \`${entity}[${i}]\`: ${e.message}`);
-        }
       });
     }
-    this.world = { storage, clock, external, executor, runs: 0 };
+    this.world = { clock, executor, memory, runs: 0 };
     this.key = key;
     return this.world;
   }
@@ -133,21 +121,17 @@ export class Simulator {
    * now. Throws an Error with a plain message when it cannot run.
    */
   async run({ specText, seedText, externalsText, tool, inputText, sub, roles, idempotencyKey }) {
-    try {
-      parse(inputText);
-    } catch (e) {
-      throw new Error(`the input is not JSON: ${e.message}`);
-    }
+    mustParse(inputText, 'the input is');
     const world = await this.worldFor(specText, seedText, externalsText);
-    world.clock.set(Date.now());
-    const before = world.storage.auditEntries().length;
+    world.clock.ms = Date.now();
+    const before = world.memory.auditLen();
     const t0 = performance.now();
     let response;
     try {
       response = world.executor.execute({
         tool,
         input: inputText,
-        auth: sub ? { sub, roles, claims: stringify(new Map([['sub', sub]])) } : undefined,
+        auth: sub ? { sub, roles, claims: JSON.stringify({ sub }) } : undefined,
         id: requestId(),
         idempotencyKey: idempotencyKey || undefined,
       });
@@ -157,16 +141,15 @@ export class Simulator {
     }
     const ms = performance.now() - t0;
     world.runs += 1;
-    const entries = world.storage.auditEntries();
-    const audit = entries.length > before ? entries[entries.length - 1] : parse(response.audit);
+    const entries = JSON.parse(world.memory.audit(before));
+    const audit = entries.length > 0 ? entries[entries.length - 1] : JSON.parse(response.audit);
+    const tables = new Map();
     const rows = [];
-    const named = audit instanceof Map ? audit.get('rows') : undefined;
-    for (const r of Array.isArray(named) ? named : []) {
-      const entity = r.get('entity');
-      const id = r.get('id');
-      const row = world.storage.rows(entity).find((x) => x.get('id') === id);
-      rows.push({ entity, id, op: r.get('op'), row });
+    for (const { entity, id, op } of Array.isArray(audit?.rows) ? audit.rows : []) {
+      if (!tables.has(entity)) tables.set(entity, JSON.parse(world.memory.rows(entity)));
+      const row = tables.get(entity).find((x) => x.id === id);
+      rows.push({ entity, id, op, row });
     }
-    return { status: response.status, body: parse(response.body), audit, rows, ms };
+    return { status: response.status, body: JSON.parse(response.body), audit, rows, ms };
   }
 }
