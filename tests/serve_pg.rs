@@ -350,6 +350,102 @@ async fn bad_requests_get_typed_answers_and_change_nothing() {
         r.text
     );
     assert!(r.body["paths"]["/tools/place_order"]["post"].is_object());
+    let doc = r.body;
+
+    // Answered before any tool runs (no audit entry), still with a request
+    // id: the problem's `instance` names the `X-Request-Id`.
+    let mut ids = std::collections::HashSet::new();
+    for (method, url, status) in [
+        ("DELETE", orders.clone(), 405),
+        ("GET", format!("{base}/nowhere"), 404),
+        ("GET", format!("{base}/studio/nothing.js"), 404),
+        ("GET", format!("{base}/healthz"), 200),
+        ("GET", format!("{base}/openapi.json"), 200),
+    ] {
+        let r = http.send(method, &url, &[], "").await;
+        assert_eq!(r.status, status, "{method} {url}: {}", r.text);
+        let id = r
+            .headers
+            .get("x-request-id")
+            .unwrap_or_else(|| panic!("{method} {url}: no X-Request-Id"));
+        assert!(ids.insert(id.clone()), "{method} {url}: {id} again");
+        if status >= 400 {
+            assert_eq!(
+                r.body["instance"],
+                format!("urn:sinew:execution:{id}"),
+                "{method} {url}"
+            );
+        }
+    }
+
+    // The Idempotency-Key is what the document's pattern says: 1 to 255
+    // visible ASCII characters. Anything else is refused before the tool
+    // runs (audited).
+    let key = &doc["paths"]["/orders"]["post"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "Idempotency-Key")
+        .unwrap()["schema"];
+    assert_eq!(key["pattern"], "^[\\x21-\\x7E]{1,255}$", "{key}");
+    let long = "k".repeat(256);
+    for bad in ["a b", "", long.as_str()] {
+        let r = http
+            .send(
+                "POST",
+                &orders,
+                &[
+                    ("content-type", "application/json"),
+                    ("authorization", &auth),
+                    ("idempotency-key", bad),
+                ],
+                body.clone(),
+            )
+            .await;
+        routed += 1;
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (400, Some("invalid_idempotency_key")),
+            "{bad:?}: {}",
+            r.text
+        );
+    }
+
+    // A body the document does not require may be left out (it is read as
+    // `{}`): cancel_order's `id` is the path's. A body it requires is
+    // refused when empty.
+    let cancel = &doc["paths"]["/orders/{id}/cancel"]["post"]["requestBody"];
+    assert_eq!(cancel["required"], false, "{cancel}");
+    let bob_auth = format!("Bearer {bob}");
+    let r = http
+        .send(
+            "POST",
+            &format!("{base}/orders/{order}/cancel"),
+            &[("authorization", &bob_auth), ("idempotency-key", "bob-1")],
+            "",
+        )
+        .await;
+    routed += 1;
+    assert_eq!(r.status, 404, "bob cancels alice's order: {}", r.text);
+    assert_eq!(
+        doc["paths"]["/orders"]["post"]["requestBody"]["required"],
+        true
+    );
+    let r = http
+        .send(
+            "POST",
+            &orders,
+            &[("authorization", &auth), ("idempotency-key", "empty-1")],
+            "",
+        )
+        .await;
+    routed += 1;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (400, Some("invalid_input")),
+        "{}",
+        r.text
+    );
 
     // The browser preview of the served spec (with `--studio`), not a
     // tool: no audit entry.

@@ -1,11 +1,28 @@
 //! The OpenAPI 3.1 document of a spec: one operation per HTTP-triggered
-//! tool, with its input and output schemas (JSON Schema 2020-12, which
-//! OpenAPI 3.1 uses as is), its success statuses, the problem+json errors
-//! the contract can answer, and the bearer-token security scheme.
+//! tool, and every tool by name at `POST /tools/{name}`, with its input and
+//! output schemas (JSON Schema 2020-12, which OpenAPI 3.1 uses as is), its
+//! success statuses, the headers the server reads (`Idempotency-Key`, a
+//! webhook's signature), the problem+json errors the server can answer for
+//! it (from its auth, its policies and the nodes of its flow, the statuses
+//! of its `fail` and `assert` nodes included), and the bearer-token
+//! security scheme.
 
 use serde_json::{Map, Value, json};
-use sinew_core::spec::{NodeKind, Spec, Tool};
-use std::collections::BTreeSet;
+use sinew_core::spec::{Flow, NodeKind, PolicyAction, PolicyKind, Spec, Tool, Trigger};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The longest `Idempotency-Key` the server accepts.
+pub const MAX_KEY: usize = 255;
+
+/// What the server accepts as an `Idempotency-Key`: 1 to [`MAX_KEY`]
+/// visible ASCII characters (0x21–0x7E: no spaces, no control characters).
+pub const KEY_PATTERN: &str = "^[\\x21-\\x7E]{1,255}$";
+
+/// Whether `key` is an `Idempotency-Key` the server accepts
+/// ([`KEY_PATTERN`]).
+pub fn valid_key(key: &[u8]) -> bool {
+    (1..=MAX_KEY).contains(&key.len()) && key.iter().all(|b| (0x21..=0x7e).contains(b))
+}
 
 /// The path parameters of a route (`/orders/{id}` → `id`).
 pub fn path_params(path: &str) -> Vec<&str> {
@@ -14,59 +31,332 @@ pub fn path_params(path: &str) -> Vec<&str> {
         .collect()
 }
 
-/// The statuses a tool's `return` nodes answer with (200 when none says).
-fn success_statuses(tool: &Tool) -> BTreeSet<u16> {
-    let mut out = BTreeSet::new();
-    for id in tool.flow.ids() {
-        if let Some(NodeKind::Return { status, .. }) = tool.flow.find(id).map(|n| &n.kind) {
-            out.insert(*status);
+/// Every node of a flow, transaction bodies included.
+fn nodes(flow: &Flow) -> Vec<&NodeKind> {
+    let mut out = Vec::new();
+    let mut stack = vec![flow];
+    while let Some(f) = stack.pop() {
+        for n in f.nodes.values() {
+            out.push(&n.kind);
+            if let NodeKind::Transaction { body, .. } = &n.kind {
+                stack.push(body);
+            }
         }
     }
+    out
+}
+
+/// The statuses a tool's `return` nodes answer with (200 when none says).
+fn success_statuses(tool: &Tool) -> BTreeSet<u16> {
+    let mut out: BTreeSet<u16> = nodes(&tool.flow)
+        .into_iter()
+        .filter_map(|n| match n {
+            NodeKind::Return { status, .. } => Some(*status),
+            _ => None,
+        })
+        .collect();
     if out.is_empty() {
         out.insert(200);
     }
     out
 }
 
-fn problem_ref(description: &str) -> Value {
+/// The error statuses the server can answer for a tool, each with why.
+fn error_statuses(spec: &Spec, name: &str, tool: &Tool) -> BTreeMap<u16, Vec<String>> {
+    let mut out: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+    let mut add = |status: u16, why: String| {
+        let reasons = out.entry(status).or_default();
+        if !reasons.contains(&why) {
+            reasons.push(why);
+        }
+    };
+    let nodes = nodes(&tool.flow);
+    add(
+        400,
+        "invalid JSON, or input that does not match the schema (the violations with their pointers)"
+            .into(),
+    );
+    if tool.key_from_header() {
+        add(
+            400,
+            format!(
+                "no `Idempotency-Key` header (`idempotency_key_required`), or one that is not 1 to {MAX_KEY} visible ASCII characters (`invalid_idempotency_key`)"
+            ),
+        );
+    }
+    if tool.auth.public {
+        add(401, "a token was sent and is not valid".into());
+    } else {
+        add(401, "no token, or one that is not valid".into());
+    }
+    if let Trigger::Webhook { header, .. } = &tool.trigger {
+        add(
+            401,
+            format!("the `{header}` signature is missing or does not match the body"),
+        );
+    }
+    if !tool.auth.roles.is_empty() {
+        add(403, "the caller has none of the tool's roles".into());
+    }
+    if tool.auth.deny_when.is_some() {
+        add(403, "`denyWhen` denies the caller".into());
+    }
+    let applies =
+        |tools: &Option<Vec<String>>| tools.as_ref().is_none_or(|t| t.iter().any(|t| t == name));
+    for (policy, p) in &spec.policies {
+        if p.action != PolicyAction::Block || !applies(&p.tools) {
+            continue;
+        }
+        match &p.kind {
+            PolicyKind::RateLimit {
+                max_requests_per_minute,
+            } => add(
+                429,
+                format!(
+                    "policy `{policy}`: more than {max_requests_per_minute} requests a minute (`Retry-After` says when the next minute starts)"
+                ),
+            ),
+            _ => add(403, format!("policy `{policy}` blocks the request")),
+        }
+    }
+    let (mut writes, mut finds, mut conflicts) = (false, false, false);
+    for n in &nodes {
+        match n {
+            NodeKind::Read { one: true, .. } => {
+                finds = true;
+                add(
+                    409,
+                    "more than one row matches where one was expected".into(),
+                );
+            }
+            NodeKind::Create { entity, .. } => {
+                writes = true;
+                if tool.auth.public && spec.entities.get(entity).is_some_and(|e| e.owner.is_some())
+                {
+                    add(
+                        401,
+                        format!("a `{entity}` is owned: creating one needs a token"),
+                    );
+                }
+            }
+            NodeKind::Update { one, .. } => {
+                (writes, finds) = (true, true);
+                if *one {
+                    add(
+                        409,
+                        "more than one row matches where one was expected".into(),
+                    );
+                }
+            }
+            NodeKind::Transition { .. } => {
+                (writes, finds) = (true, true);
+                add(409, "the row's status does not allow the transition".into());
+            }
+            NodeKind::SoftDelete { .. } | NodeKind::Delete { .. } => {
+                (writes, finds) = (true, true);
+            }
+            NodeKind::Transaction { .. } => conflicts = true,
+            NodeKind::Call { .. } => add(
+                502,
+                "an external service refused or failed (after compensation)".into(),
+            ),
+            _ => {}
+        }
+    }
+    if finds {
+        add(404, "a row was not found or is not the caller's".into());
+    }
+    if writes {
+        add(409, "a unique field's value is taken".into());
+        add(
+            422,
+            "a written row breaks a field's rules or an invariant".into(),
+        );
+    }
+    if writes || conflicts {
+        add(
+            409,
+            "the data changed while the request ran (retry it)".into(),
+        );
+    }
+    let l = &tool.limits;
+    if l.max_rows.is_some() || l.max_rows_read.is_some() || l.max_rows_written.is_some() {
+        add(422, "more rows than the tool's limits allow".into());
+    }
+    if l.max_calls.is_some() {
+        add(422, "more external calls than the tool's limit".into());
+    }
+    if tool.idempotency_key.is_some() {
+        add(
+            409,
+            "a request with the same idempotency key is still running".into(),
+        );
+        add(
+            422,
+            "the idempotency key was used with another input".into(),
+        );
+    }
+    // The flow's own errors.
+    let mut own: BTreeMap<u16, BTreeSet<&str>> = BTreeMap::new();
+    for n in &nodes {
+        if let NodeKind::Fail { status, code, .. } | NodeKind::Assert { status, code, .. } = n {
+            own.entry(*status).or_default().insert(code);
+        }
+    }
+    for (status, codes) in own {
+        let codes: Vec<String> = codes.iter().map(|c| format!("`{c}`")).collect();
+        add(status, format!("the flow's own: {}", codes.join(", ")));
+    }
+    add(413, "the body is larger than the server's limit".into());
+    add(415, "the body is not JSON".into());
+    add(
+        500,
+        "a mistake in the spec or an internal error (no internals in the body)".into(),
+    );
+    add(503, "the database is unavailable (retry later)".into());
+    add(
+        504,
+        "the tool's deadline (`limits.timeoutMs`) passed; nothing was changed".into(),
+    );
+    out
+}
+
+/// The problem+json responses of a tool.
+fn error_responses(spec: &Spec, name: &str, tool: &Tool, responses: &mut Map<String, Value>) {
+    for (status, reasons) in error_statuses(spec, name, tool) {
+        let mut r = json!({
+            "description": reasons.join("; "),
+            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        });
+        if status == 429 {
+            r["headers"] = json!({"Retry-After": {
+                "description": "seconds until the next rate window",
+                "schema": {"type": "integer", "minimum": 1}
+            }});
+        }
+        responses.insert(status.to_string(), r);
+    }
+}
+
+/// The headers the server reads for a tool: `Idempotency-Key` (required
+/// when the tool's key is the header, not offered otherwise) and a
+/// webhook's signature.
+fn header_params(tool: &Tool) -> Vec<Value> {
+    let mut out = Vec::new();
+    if tool.key_from_header() {
+        out.push(json!({
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": true,
+            "description": "The same key with the same input answers the stored response without running again (kept 24 hours); with another input 422, while the first runs 409.",
+            "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY, "pattern": KEY_PATTERN}
+        }));
+    }
+    if let Trigger::Webhook { header, secret, .. } = &tool.trigger {
+        let secret = secret.as_deref().map_or_else(
+            || "the webhook's secret".to_owned(),
+            |v| format!("the secret in `{v}`"),
+        );
+        out.push(json!({
+            "name": header,
+            "in": "header",
+            "required": true,
+            "description": format!("HMAC-SHA256 of the body with {secret}, in hex, optionally prefixed `sha256=`."),
+            "schema": {"type": "string", "pattern": "^(sha256=)?[0-9A-Fa-f]{64}$"}
+        }));
+    }
+    out
+}
+
+/// `schema` without the properties named `drop` (they come from the path).
+fn without(schema: &Value, drop: &[&str]) -> Value {
+    let mut schema = schema.clone();
+    if drop.is_empty() {
+        return schema;
+    }
+    if let Some(Value::Object(props)) = schema.get_mut("properties") {
+        props.retain(|k, _| !drop.contains(&k.as_str()));
+    }
+    if let Some(Value::Array(required)) = schema.get_mut("required") {
+        required.retain(|r| !r.as_str().is_some_and(|r| drop.contains(&r)));
+        if required.is_empty()
+            && let Value::Object(m) = &mut schema
+        {
+            m.remove("required");
+        }
+    }
+    schema
+}
+
+/// Whether a missing (or empty) body is refused: the server reads it as
+/// `{}` and validates that, so the body is required exactly when `{}` does
+/// not match the schema.
+fn empty_body_refused(schema: &Value) -> bool {
+    jsonschema::draft202012::new(schema).map_or(true, |v| !v.is_valid(&json!({})))
+}
+
+fn request_body(schema: Value) -> Value {
     json!({
-        "description": description,
-        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        "required": empty_body_refused(&schema),
+        "content": {"application/json": {"schema": schema}}
     })
+}
+
+/// The first sentence of a description, for a summary.
+fn summary(description: &str) -> String {
+    let first = description
+        .split_inclusive(". ")
+        .next()
+        .unwrap_or(description)
+        .trim();
+    let first = first.strip_suffix('.').unwrap_or(first);
+    if first.chars().count() <= 120 {
+        return first.to_owned();
+    }
+    let cut: String = first.chars().take(119).collect();
+    let cut = cut.rsplit_once(' ').map_or(cut.as_str(), |(a, _)| a);
+    format!("{cut}…")
 }
 
 /// The document; `version` is the bundle's hash.
 pub fn document(spec: &Spec, version: &str) -> Value {
     let mut paths: Map<String, Value> = Map::new();
-    for (name, tool) in &spec.tools {
+    let served = || {
+        spec.tools
+            .iter()
+            .filter(|(name, _)| !spec.broken_tools.contains(name))
+    };
+    for (name, tool) in served() {
         let Some((method, path)) = tool.trigger.route() else {
             continue;
         };
         let method = method.to_ascii_lowercase();
         let mut op = Map::new();
         op.insert("operationId".into(), json!(name));
-        if let Some(d) = tool.input.get("description").and_then(Value::as_str) {
+        let description = tool
+            .description
+            .as_deref()
+            .or_else(|| tool.input.get("description").and_then(Value::as_str));
+        if let Some(d) = description {
+            op.insert("summary".into(), json!(summary(d)));
             op.insert("description".into(), json!(d));
         }
         let props = tool.input.get("properties");
-        let params: Vec<Value> = path_params(path)
-            .into_iter()
+        let in_path = path_params(path);
+        let mut params: Vec<Value> = in_path
+            .iter()
             .map(|p| {
                 let schema = props
-                    .and_then(|m| m.get(p))
+                    .and_then(|m| m.get(*p))
                     .cloned()
                     .unwrap_or(json!({"type": "string"}));
                 json!({"name": p, "in": "path", "required": true, "schema": schema})
             })
             .collect();
-        if !params.is_empty() {
-            op.insert("parameters".into(), Value::Array(params));
-        }
         if method == "get" || method == "delete" {
             if let Some(Value::Object(props)) = props {
-                let mut query = Vec::new();
                 for (p, schema) in props {
-                    if path_params(path).contains(&p.as_str()) {
+                    if in_path.contains(&p.as_str()) {
                         continue;
                     }
                     let required = tool
@@ -74,22 +364,21 @@ pub fn document(spec: &Spec, version: &str) -> Value {
                         .get("required")
                         .and_then(Value::as_array)
                         .is_some_and(|r| r.iter().any(|x| x == p));
-                    query.push(
+                    params.push(
                         json!({"name": p, "in": "query", "required": required, "schema": schema}),
                     );
                 }
-                if !query.is_empty() {
-                    let all = op.entry("parameters").or_insert_with(|| json!([]));
-                    if let Value::Array(a) = all {
-                        a.extend(query);
-                    }
-                }
             }
         } else {
+            // Path parameters join the input from the path, not the body.
             op.insert(
                 "requestBody".into(),
-                json!({"required": true, "content": {"application/json": {"schema": tool.input}}}),
+                request_body(without(&tool.input, &in_path)),
             );
+        }
+        params.extend(header_params(tool));
+        if !params.is_empty() {
+            op.insert("parameters".into(), Value::Array(params));
         }
         let mut responses = Map::new();
         for status in success_statuses(tool) {
@@ -98,41 +387,10 @@ pub fn document(spec: &Spec, version: &str) -> Value {
                 json!({"description": "success", "content": {"application/json": {"schema": tool.output}}}),
             );
         }
-        for (status, what) in [
-            (
-                "400",
-                "invalid JSON or input (with the violations and their pointers)",
-            ),
-            ("401", "missing or invalid token"),
-            ("403", "role or policy denied"),
-            ("404", "a row was not found or is not the caller's"),
-            (
-                "409",
-                "transition not allowed, concurrent update, or idempotency key in flight",
-            ),
-            ("413", "body too large"),
-            ("415", "the body is not JSON"),
-            (
-                "422",
-                "invariant violated, or idempotency key reused with other input",
-            ),
-            ("429", "rate limit"),
-            ("502", "an external service failed (after compensation)"),
-            ("504", "deadline exceeded; nothing was changed"),
-        ] {
-            responses.insert(status.into(), problem_ref(what));
-        }
+        error_responses(spec, name, tool, &mut responses);
         op.insert("responses".into(), Value::Object(responses));
         if tool.auth.public {
             op.insert("security".into(), json!([]));
-        }
-        if tool.idempotency_key.is_some() {
-            let header = json!({"name": "Idempotency-Key", "in": "header", "required": false,
-                "schema": {"type": "string", "maxLength": 255}});
-            let all = op.entry("parameters").or_insert_with(|| json!([]));
-            if let Value::Array(a) = all {
-                a.push(header);
-            }
         }
         let item = paths.entry(path.to_string()).or_insert_with(|| json!({}));
         if let Value::Object(item) = item {
@@ -140,7 +398,7 @@ pub fn document(spec: &Spec, version: &str) -> Value {
         }
     }
     // Every tool by name, for agents and schedulers.
-    for (name, tool) in &spec.tools {
+    for (name, tool) in served() {
         let mut responses = Map::new();
         for status in success_statuses(tool) {
             responses.insert(
@@ -148,20 +406,21 @@ pub fn document(spec: &Spec, version: &str) -> Value {
                 json!({"description": "success", "content": {"application/json": {"schema": tool.output}}}),
             );
         }
-        responses.insert(
-            "default".into(),
-            problem_ref("an error (RFC 9457 problem details)"),
-        );
-        let mut op = json!({
-            "operationId": format!("call_{name}"),
-            "summary": format!("Call `{name}` by name"),
-            "requestBody": {"required": true, "content": {"application/json": {"schema": tool.input}}},
-            "responses": responses,
-        });
-        if tool.auth.public
-            && let Value::Object(m) = &mut op
-        {
-            m.insert("security".into(), json!([]));
+        error_responses(spec, name, tool, &mut responses);
+        let mut op = Map::new();
+        op.insert("operationId".into(), json!(format!("call_{name}")));
+        op.insert("summary".into(), json!(format!("Call `{name}` by name")));
+        if let Some(d) = &tool.description {
+            op.insert("description".into(), json!(d));
+        }
+        let params = header_params(tool);
+        if !params.is_empty() {
+            op.insert("parameters".into(), Value::Array(params));
+        }
+        op.insert("requestBody".into(), request_body(tool.input.clone()));
+        op.insert("responses".into(), Value::Object(responses));
+        if tool.auth.public {
+            op.insert("security".into(), json!([]));
         }
         paths
             .entry(format!("/tools/{name}"))
@@ -193,4 +452,402 @@ pub fn document(spec: &Spec, version: &str) -> Value {
         },
         "security": [{"bearer": []}]
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(name: &str) -> Spec {
+        let text = std::fs::read_to_string(format!(
+            "{}/../specs/examples/{name}.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let loaded = sinew_core::spec::load(&text);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        loaded.spec
+    }
+
+    /// A webhook whose key comes from its input, with an assert in a
+    /// transaction, and a route whose key is the header.
+    const HOOKS: &str = r#"{
+      "sinew": "0.1",
+      "name": "hooks",
+      "entities": {
+        "Event": {"fields": {
+          "ref": {"type": "string", "maxLength": 64, "unique": true},
+          "kind": {"type": "string", "maxLength": 32}
+        }}
+      },
+      "tools": {
+        "receive": {
+          "description": "A provider's event, recorded once. The provider's id is the key.",
+          "trigger": {"webhook": {"path": "/hooks/provider", "secret": "HOOK_SECRET", "header": "X-Hook-Signature"}},
+          "auth": {"public": true},
+          "idempotencyKey": "input.ref",
+          "input": {"type": "object", "required": ["ref", "kind"], "additionalProperties": false,
+            "properties": {"ref": {"type": "string", "maxLength": 64}, "kind": {"type": "string", "maxLength": 32}}},
+          "output": {"type": "object"},
+          "flow": {"entry": "write", "nodes": {
+            "write": {"type": "transaction", "next": "done", "body": {"entry": "known", "nodes": {
+              "known": {"type": "assert", "that": "input.kind != 'gone'", "status": 410, "code": "kind_gone", "next": "save"},
+              "save": {"type": "create", "entity": "Event", "values": {"ref": "input.ref", "kind": "input.kind"}}
+            }}},
+            "done": {"type": "return", "status": 202, "value": {"event": "save.id"}}
+          }}
+        },
+        "rename": {
+          "trigger": {"http": {"method": "POST", "path": "/events/{id}/kind"}},
+          "auth": {"roles": ["staff"]},
+          "idempotencyKey": "request.idempotencyKey",
+          "input": {"type": "object", "required": ["id", "kind"], "additionalProperties": false,
+            "properties": {"id": {"type": "string", "format": "uuid"}, "kind": {"type": "string", "maxLength": 32}}},
+          "output": {"type": "object"},
+          "flow": {"entry": "write", "nodes": {
+            "write": {"type": "transaction", "next": "done", "body": {"entry": "change", "nodes": {
+              "change": {"type": "update", "entity": "Event", "where": {"id": "input.id"}, "limit": 1, "one": true,
+                "set": {"kind": "input.kind"}}
+            }}},
+            "done": {"type": "return", "value": {"ok": true}}
+          }}
+        }
+      }
+    }"#;
+
+    fn hooks() -> Spec {
+        let loaded = sinew_core::spec::load(HOOKS);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        loaded.spec
+    }
+
+    fn op<'a>(doc: &'a Value, path: &str, method: &str) -> &'a Value {
+        let op = &doc["paths"][path][method];
+        assert!(op.is_object(), "no {method} {path}");
+        op
+    }
+
+    fn param<'a>(op: &'a Value, name: &str) -> Option<&'a Value> {
+        op["parameters"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == name)
+    }
+
+    fn statuses(op: &Value) -> Vec<&str> {
+        op["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// What OpenAPI 3.1 requires of the parts the document uses: unique
+    /// operation ids; every path template's parameters declared `in: path`
+    /// and required, and no other; parameters unique by name and place,
+    /// each with a schema; responses keyed by a status or `default`, each
+    /// with a description; every `$ref` resolving.
+    fn assert_structurally_valid(doc: &Value) {
+        assert_eq!(doc["openapi"], "3.1.0");
+        assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
+        let mut ids = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            assert!(path.starts_with('/'), "{path}");
+            for (method, op) in item.as_object().unwrap() {
+                let at = format!("{method} {path}");
+                assert!(
+                    [
+                        "get", "put", "post", "delete", "options", "head", "patch", "trace"
+                    ]
+                    .contains(&method.as_str()),
+                    "{at}"
+                );
+                assert!(
+                    ids.insert(op["operationId"].as_str().unwrap().to_owned()),
+                    "{at}"
+                );
+                let params = op["parameters"].as_array().cloned().unwrap_or_default();
+                let mut seen = BTreeSet::new();
+                for p in &params {
+                    let (name, place) = (p["name"].as_str().unwrap(), p["in"].as_str().unwrap());
+                    assert!(
+                        ["path", "query", "header", "cookie"].contains(&place),
+                        "{at}"
+                    );
+                    assert!(seen.insert((name, place)), "{at}: {name} twice");
+                    assert!(p["schema"].is_object(), "{at}: {name}");
+                    assert!(p["required"].is_boolean(), "{at}: {name}");
+                    if place == "path" {
+                        assert_eq!(p["required"], true, "{at}: {name}");
+                        assert!(path_params(path).contains(&name), "{at}: {name}");
+                    }
+                    if place == "header" {
+                        assert!(
+                            !["accept", "content-type", "authorization"]
+                                .contains(&name.to_ascii_lowercase().as_str()),
+                            "{at}: {name}"
+                        );
+                    }
+                }
+                for p in path_params(path) {
+                    assert!(seen.contains(&(p, "path")), "{at}: `{p}` undeclared");
+                }
+                if let Some(body) = op.get("requestBody") {
+                    assert!(body["required"].is_boolean(), "{at}");
+                    assert!(
+                        body["content"]["application/json"]["schema"].is_object(),
+                        "{at}"
+                    );
+                }
+                let responses = op["responses"].as_object().unwrap();
+                assert!(!responses.is_empty(), "{at}");
+                for (status, r) in responses {
+                    assert!(
+                        status == "default"
+                            || (status.len() == 3
+                                && status.parse::<u16>().is_ok_and(|s| (100..600).contains(&s))),
+                        "{at}: {status}"
+                    );
+                    assert!(
+                        r["description"].as_str().is_some_and(|d| !d.is_empty()),
+                        "{at}: {status}"
+                    );
+                    for media in r["content"]
+                        .as_object()
+                        .into_iter()
+                        .flat_map(|c| c.values())
+                    {
+                        if let Some(Value::String(target)) = media["schema"].get("$ref") {
+                            let pointer = target.strip_prefix('#').unwrap();
+                            assert!(doc.pointer(pointer).is_some(), "{at}: {target}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_document_is_structurally_valid() {
+        for spec in [
+            example("shop"),
+            example("bank"),
+            example("booking"),
+            hooks(),
+        ] {
+            assert_structurally_valid(&document(&spec, "v"));
+        }
+    }
+
+    #[test]
+    fn path_parameters_are_not_body_properties() {
+        let doc = document(&example("shop"), "v");
+        let restock = op(&doc, "/products/{id}/restock", "post");
+        let body = &restock["requestBody"]["content"]["application/json"]["schema"];
+        assert_eq!(body["required"], json!(["quantity"]), "{body}");
+        assert!(body["properties"].get("id").is_none(), "{body}");
+        assert_eq!(param(restock, "id").unwrap()["in"], "path");
+        // By name, there is no path: `id` is the body's.
+        let by_name = op(&doc, "/tools/restock", "post");
+        let body = &by_name["requestBody"]["content"]["application/json"]["schema"];
+        assert_eq!(body["required"], json!(["id", "quantity"]));
+    }
+
+    /// The server reads a missing body as `{}`: the body is required
+    /// exactly when `{}` is refused (400), as the document says.
+    #[test]
+    fn a_body_is_required_when_an_empty_one_is_refused() {
+        let doc = document(&example("shop"), "v");
+        let required = |path: &str| op(&doc, path, "post")["requestBody"]["required"].clone();
+        assert_eq!(required("/orders"), true);
+        assert_eq!(required("/products/{id}/restock"), true);
+        // `id` comes from the path: nothing else is required.
+        assert_eq!(required("/orders/{id}/cancel"), false);
+        assert_eq!(required("/tools/cancel_order"), true);
+        let doc = document(&example("booking"), "v");
+        assert_eq!(
+            op(&doc, "/holds/expire", "post")["requestBody"]["required"],
+            false
+        );
+    }
+
+    #[test]
+    fn every_error_the_server_answers_is_documented() {
+        let doc = document(&example("shop"), "v");
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let s = statuses(op);
+                for status in ["400", "401", "413", "415", "500", "503", "504"] {
+                    assert!(s.contains(&status), "{method} {path}: {status} in {s:?}");
+                }
+                for status in s.iter().filter(|s| s.starts_with(['4', '5'])) {
+                    assert!(
+                        op["responses"][status]["content"]["application/problem+json"].is_object(),
+                        "{method} {path}: {status}"
+                    );
+                }
+            }
+        }
+        // `fail` statuses: 402 and 409 of place_order's flow.
+        let place = op(&doc, "/orders", "post");
+        assert!(statuses(place).contains(&"402"), "{:?}", statuses(place));
+        let d = place["responses"]["402"]["description"].as_str().unwrap();
+        assert!(d.contains("`payment_declined`"), "{d}");
+        assert!(
+            place["responses"]["409"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("`out_of_stock`")
+        );
+        // An external call: 502. Roles: 403. Its custom policy: 403 too.
+        assert!(statuses(place).contains(&"502"));
+        assert!(
+            place["responses"]["403"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("bulk_orders_need_staff")
+        );
+        // A public read of a list: no 403, 404, 409, 429 or 502; 422 only
+        // for its row limit.
+        let list = op(&doc, "/products", "get");
+        for status in ["403", "404", "409", "429", "502"] {
+            assert!(!statuses(list).contains(&status), "{status}");
+        }
+        assert_eq!(
+            list["responses"]["422"]["description"],
+            "more rows than the tool's limits allow"
+        );
+        // A `one` read: 404.
+        assert!(statuses(op(&doc, "/orders/{id}", "get")).contains(&"404"));
+        // Booking: an `assert` 410 in a transaction, a rate limit (429 with
+        // Retry-After).
+        let doc = document(&example("booking"), "v");
+        let confirm = op(&doc, "/holds/{id}/confirm", "post");
+        assert!(
+            confirm["responses"]["410"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("`hold_expired`")
+        );
+        let hold = op(&doc, "/holds", "post");
+        assert!(hold["responses"]["429"]["headers"]["Retry-After"].is_object());
+        assert!(!statuses(op(&doc, "/rooms", "get")).contains(&"429"));
+        // Bank: the 422s and the 404 of transfer's asserts, in a transaction.
+        let doc = document(&example("bank"), "v");
+        let transfer = op(&doc, "/transfers", "post");
+        let d = transfer["responses"]["422"]["description"]
+            .as_str()
+            .unwrap();
+        assert!(
+            d.contains("`insufficient_funds`") && d.contains("`same_account`"),
+            "{d}"
+        );
+        assert!(
+            transfer["responses"]["404"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("`account_not_found`")
+        );
+        // The webhook's 410 assert, in a transaction, and its signature's 401.
+        let doc = document(&hooks(), "v");
+        let receive = op(&doc, "/hooks/provider", "post");
+        assert!(
+            receive["responses"]["410"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("`kind_gone`")
+        );
+        assert!(
+            receive["responses"]["401"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("X-Hook-Signature")
+        );
+        assert!(statuses(receive).contains(&"202"));
+        // An update by id: 404 and 409.
+        let rename = op(&doc, "/events/{id}/kind", "post");
+        assert!(statuses(rename).contains(&"404") && statuses(rename).contains(&"409"));
+    }
+
+    #[test]
+    fn tool_descriptions_are_used() {
+        let doc = document(&example("shop"), "v");
+        let create = op(&doc, "/products", "post");
+        assert_eq!(
+            create["description"],
+            "Staff add a product to the catalogue; the sku must be new."
+        );
+        assert_eq!(
+            create["summary"],
+            "Staff add a product to the catalogue; the sku must be new"
+        );
+        let by_name = op(&doc, "/tools/create_product", "post");
+        assert_eq!(by_name["description"], create["description"]);
+        let doc = document(&hooks(), "v");
+        assert_eq!(
+            op(&doc, "/hooks/provider", "post")["summary"],
+            "A provider's event, recorded once"
+        );
+        assert!(
+            op(&doc, "/events/{id}/kind", "post")
+                .get("summary")
+                .is_none()
+        );
+        let long = summary(&"word ".repeat(60));
+        assert!(
+            long.chars().count() <= 120 && long.ends_with("word…"),
+            "{long}"
+        );
+    }
+
+    #[test]
+    fn a_webhook_documents_its_signature_and_no_key_from_input() {
+        let doc = document(&hooks(), "v");
+        for path in ["/hooks/provider", "/tools/receive"] {
+            let receive = op(&doc, path, "post");
+            let sig = param(receive, "X-Hook-Signature").expect("the signature header");
+            assert_eq!(sig["in"], "header");
+            assert_eq!(sig["required"], true);
+            assert!(sig["description"].as_str().unwrap().contains("HOOK_SECRET"));
+            // Its key is the event's `ref`: no header to offer.
+            assert!(param(receive, "Idempotency-Key").is_none(), "{path}");
+        }
+    }
+
+    #[test]
+    fn the_idempotency_key_header_is_required_and_says_what_is_accepted() {
+        let doc = document(&example("shop"), "v");
+        for (path, method) in [
+            ("/products", "post"),
+            ("/orders/{id}/cancel", "post"),
+            ("/tools/place_order", "post"),
+        ] {
+            let key = param(op(&doc, path, method), "Idempotency-Key").expect(path);
+            assert_eq!(key["in"], "header");
+            assert_eq!(key["required"], true, "{path}");
+            assert_eq!(key["schema"]["pattern"], KEY_PATTERN);
+            assert_eq!(key["schema"]["maxLength"], 255);
+        }
+        // Reads have no key.
+        assert!(param(op(&doc, "/orders/{id}", "get"), "Idempotency-Key").is_none());
+        // The pattern and the server's check agree.
+        let schema = json!({"type": "string", "pattern": KEY_PATTERN});
+        let v = jsonschema::draft202012::new(&schema).unwrap();
+        let long = "k".repeat(255);
+        let too_long = "k".repeat(256);
+        for key in [
+            "a",
+            "order-1",
+            "~!#$%&'()*+,-./:;<=>?@[]^_`{|}",
+            long.as_str(),
+        ] {
+            assert!(valid_key(key.as_bytes()), "{key}");
+            assert!(v.is_valid(&json!(key)), "{key}");
+        }
+        for key in ["", "a b", " a", "a\tb", "é", "a\u{7f}", too_long.as_str()] {
+            assert!(!valid_key(key.as_bytes()), "{key:?}");
+            assert!(!v.is_valid(&json!(key)), "{key:?}");
+        }
+    }
 }

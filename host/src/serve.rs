@@ -39,8 +39,6 @@ fn system_now_ms() -> i64 {
 const DRAIN: Duration = Duration::from_secs(10);
 /// Instances made ready in the background at start.
 const WARM_INSTANCES: usize = 16;
-/// The longest accepted `Idempotency-Key`.
-const MAX_KEY: usize = 255;
 
 /// Serve a spec's tools over HTTP, on Postgres.
 ///
@@ -498,13 +496,19 @@ fn respond(status: u16, content_type: &str, body: Bytes) -> hyper::Response<Body
     r
 }
 
-fn problem(status: u16, code: &str, detail: &str) -> hyper::Response<Body> {
-    let body = sinew_core::problem::Problem::new(status, code, detail).body("");
-    respond(
+/// A problem answered by the server itself (no tool ran): its `instance`
+/// and its `X-Request-Id` are the request's id.
+fn problem(status: u16, code: &str, detail: &str, id: &str) -> hyper::Response<Body> {
+    let body = sinew_core::problem::Problem::new(status, code, detail).body(id);
+    let mut r = respond(
         status,
         "application/problem+json",
         Bytes::from(body.to_string()),
-    )
+    );
+    if let Ok(v) = HeaderValue::from_str(id) {
+        r.headers_mut().insert("x-request-id", v);
+    }
+    r
 }
 
 impl App {
@@ -525,7 +529,7 @@ impl App {
 
     /// `/studio` and below, or `None` when the studio is off (then the
     /// path is an ordinary route).
-    async fn studio(&self, method: &Method, path: &str) -> Option<hyper::Response<Body>> {
+    async fn studio(&self, method: &Method, path: &str, id: &str) -> Option<hyper::Response<Body>> {
         let (startup, cell) = self.studio.as_ref()?;
         let Some(rest) = path.strip_prefix("/studio/") else {
             // Relative URLs in the page need the trailing slash.
@@ -545,12 +549,13 @@ impl App {
             .await;
         Some(match studio {
             Ok(s) => s.response(method, rest).unwrap_or_else(|| {
-                problem(404, "not_found", &format!("the studio has no `{rest}`"))
+                problem(404, "not_found", &format!("the studio has no `{rest}`"), id)
             }),
             Err(e) => problem(
                 500,
                 "internal",
                 &format!("the studio failed to start: {e:#}"),
+                id,
             ),
         })
     }
@@ -592,18 +597,32 @@ impl App {
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        // Every response carries a request id (a tool's execution id, or
+        // this one).
+        let id = self.request_id();
         // The request runs in a task of its own: a client that hangs up
         // must not cancel it halfway through a transaction.
         let app = self.clone();
-        let routed = tokio::spawn(async move { app.route(req).await }).await;
-        let (response, tool, execution) = match routed {
+        let task_id = id.clone();
+        let routed = tokio::spawn(async move { app.route(req, task_id).await }).await;
+        let (mut response, tool, execution) = match routed {
             Ok(r) => r,
             Err(e) => (
-                problem(500, "internal", &format!("the request task failed: {e}")),
+                problem(
+                    500,
+                    "internal",
+                    &format!("the request task failed: {e}"),
+                    &id,
+                ),
                 None,
                 None,
             ),
         };
+        if !response.headers().contains_key("x-request-id")
+            && let Ok(v) = HeaderValue::from_str(&id)
+        {
+            response.headers_mut().insert("x-request-id", v);
+        }
         let status = response.status().as_u16();
         let mut m = Map::new();
         m.insert(
@@ -646,10 +665,29 @@ impl App {
         response
     }
 
+    /// Answers a request; `id` is its request id (a tool's execution id),
+    /// which every problem answered here carries too.
     async fn route(
         &self,
         req: hyper::Request<Incoming>,
+        mut id: String,
     ) -> (hyper::Response<Body>, Option<String>, Option<String>) {
+        if let Some(clock) = &self.test_clock {
+            let header = |name: &str| {
+                req.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            if let Some(given) = header("x-sinew-test-request-id") {
+                id = given;
+            }
+            let now = header("x-sinew-test-now")
+                .and_then(|t| sinew_core::expr::value::parse_timestamp(&t))
+                .map(|us| us / 1000)
+                .unwrap_or_else(system_now_ms);
+            clock.0.store(now, Ordering::SeqCst);
+        }
         let path = req.uri().path().to_owned();
         match (req.method(), path.as_str()) {
             (&Method::GET | &Method::HEAD, "/healthz") => {
@@ -676,8 +714,14 @@ impl App {
                         503,
                         "unavailable",
                         &format!("the database is not reachable: {e}"),
+                        &id,
                     ),
-                    Err(_) => problem(503, "unavailable", "the database did not answer within 3 s"),
+                    Err(_) => problem(
+                        503,
+                        "unavailable",
+                        "the database did not answer within 3 s",
+                        &id,
+                    ),
                 };
                 return (r, None, None);
             }
@@ -686,7 +730,7 @@ impl App {
                 if (p == "/studio" || p.starts_with("/studio/"))
                     && matches!(self.router.find(req.method(), p), Found::Nothing) =>
             {
-                if let Some(r) = self.studio(req.method(), p).await {
+                if let Some(r) = self.studio(req.method(), p, &id).await {
                     return (r, None, None);
                 }
             }
@@ -706,6 +750,7 @@ impl App {
                     405,
                     "method_not_allowed",
                     &format!("`{path}` answers {}", allow.join(", ")),
+                    &id,
                 );
                 if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
                     r.headers_mut().insert(header::ALLOW, v);
@@ -718,29 +763,13 @@ impl App {
                         404,
                         "not_found",
                         &format!("no tool answers {} {path}", req.method()),
+                        &id,
                     ),
                     None,
                     None,
                 );
             }
         };
-        let mut id = self.request_id();
-        if let Some(clock) = &self.test_clock {
-            let header = |name: &str| {
-                req.headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            };
-            if let Some(given) = header("x-sinew-test-request-id") {
-                id = given;
-            }
-            let now = header("x-sinew-test-now")
-                .and_then(|t| sinew_core::expr::value::parse_timestamp(&t))
-                .map(|us| us / 1000)
-                .unwrap_or_else(system_now_ms);
-            clock.0.store(now, Ordering::SeqCst);
-        }
         let response = self.call(req, &tool, params, &id).await;
         // Only a 429's body is read again (the rate limit's says when to
         // retry); every other body goes out as the executor wrote it.
@@ -820,12 +849,12 @@ impl App {
         }
         if let Some(k) = parts.headers.get("idempotency-key") {
             match k.to_str() {
-                Ok(k) if !k.is_empty() && k.len() <= MAX_KEY => {
+                Ok(k) if crate::openapi::valid_key(k.as_bytes()) => {
                     request.idempotency_key = Some(k.to_owned())
                 }
                 _ => {
                     return self
-                        .reject(&request, 400, "invalid_idempotency_key", &format!("the Idempotency-Key must be 1 to {MAX_KEY} visible ASCII characters"))
+                        .reject(&request, 400, "invalid_idempotency_key", &format!("the Idempotency-Key must be 1 to {} visible ASCII characters (no spaces)", crate::openapi::MAX_KEY))
                         .await;
                 }
             }
