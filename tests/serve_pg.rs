@@ -939,6 +939,7 @@ async fn native_core_answers_like_the_component() {
                         ("authorization", &auth),
                         ("x-sinew-test-request-id", id),
                         ("x-sinew-test-now", "2026-03-01T10:00:00Z"),
+                        ("idempotency-key", id),
                     ],
                     body.to_string(),
                 )
@@ -1311,4 +1312,252 @@ async fn serve_and_migrate_agree_on_columns_the_spec_lacks() {
     let r = create(&server, "A3").await;
     assert!(r.status < 300, "{} {}", r.status, r.text);
     server.stop().await;
+}
+
+/// Issue 14: what enters over HTTP (body, path, query) meets the contract's
+/// input rules on Postgres: NUL characters and malformed formats are typed
+/// 400s (never a 500 from Postgres or `timestamp()`), whole decimals are
+/// integers, errors are bounded, an anonymous caller learns nothing of the
+/// schema, and a missing required Idempotency-Key writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_edges_are_typed_and_change_nothing() {
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let server = Server::start(
+        &root().join("specs/examples/shop.json"),
+        &url,
+        &Options::default(),
+    )
+    .await;
+    let http = Http::default();
+    let base = &server.base;
+    let staff = format!("Bearer {}", token("sam", &["staff"]));
+    let alice = format!("Bearer {}", token("alice", &["customer"]));
+    let send = |method: &'static str,
+                path: String,
+                auth: Option<String>,
+                key: Option<&'static str>,
+                body: String| {
+        let http = http.clone();
+        async move {
+            let mut h = vec![("content-type", "application/json")];
+            if let Some(a) = &auth {
+                h.push(("authorization", a.as_str()));
+            }
+            if let Some(k) = key {
+                h.push(("idempotency-key", k));
+            }
+            http.send(method, &format!("{base}{path}"), &h, body).await
+        }
+    };
+    let problem = |r: &sinew_tests::pg::Answer, status: u16, code: &str, pointer: Option<&str>| {
+        assert_eq!(r.status, status, "{}", r.text);
+        assert_eq!(r.body["code"], code, "{}", r.text);
+        if let Some(p) = pointer {
+            assert!(
+                r.body["errors"]
+                    .as_array()
+                    .is_some_and(|e| e.iter().any(|e| e["pointer"] == p)),
+                "no error at {p}: {}",
+                r.text
+            );
+        }
+    };
+
+    // NUL in the query, the body and a path parameter.
+    let r = send(
+        "GET",
+        "/products?after=%00".into(),
+        None,
+        None,
+        String::new(),
+    )
+    .await;
+    problem(&r, 400, "invalid_input", Some("/after"));
+    let body = json!({"sku": "N\u{0}", "name": "Tea", "price_cents": 450}).to_string();
+    let r = send(
+        "POST",
+        "/products".into(),
+        Some(staff.clone()),
+        Some("nul-1"),
+        body,
+    )
+    .await;
+    problem(&r, 400, "invalid_input", Some("/sku"));
+    let r = send(
+        "POST",
+        "/products/a%00b/restock".into(),
+        Some(staff.clone()),
+        Some("nul-2"),
+        r#"{"quantity": 1}"#.into(),
+    )
+    .await;
+    problem(&r, 400, "invalid_input", Some("/id"));
+    // A date-time that is not one: 400 at its pointer, not a 500 from
+    // `timestamp()` with the expression in the body.
+    let r = send(
+        "GET",
+        "/orders?before=garbage".into(),
+        Some(alice.clone()),
+        None,
+        String::new(),
+    )
+    .await;
+    problem(&r, 400, "invalid_input", Some("/before"));
+    assert!(!r.text.contains("timestamp("), "{}", r.text);
+    // A huge value is quoted by a short prefix only.
+    let body = json!({"sku": "BIG", "name": "n".repeat(900_000), "price_cents": 1}).to_string();
+    let r = send(
+        "POST",
+        "/products".into(),
+        Some(staff.clone()),
+        Some("big-1"),
+        body,
+    )
+    .await;
+    problem(&r, 400, "invalid_input", Some("/name"));
+    assert!(r.text.len() < 2048, "a {}-byte error body", r.text.len());
+    // Anonymous: 401 before the schema is looked at.
+    let r = send(
+        "POST",
+        "/products".into(),
+        None,
+        Some("anon-1"),
+        r#"{"sku": 5}"#.into(),
+    )
+    .await;
+    problem(&r, 401, "unauthenticated", None);
+    assert!(r.body.get("errors").is_none(), "{}", r.text);
+    // The key is the header: without it, 400 and nothing written.
+    let body = json!({"sku": "TEA", "name": "Tea", "price_cents": 450}).to_string();
+    for _ in 0..2 {
+        let r = send(
+            "POST",
+            "/products".into(),
+            Some(staff.clone()),
+            None,
+            body.clone(),
+        )
+        .await;
+        problem(&r, 400, "idempotency_key_required", None);
+    }
+    // Whole decimals are integers, in the body and in the query.
+    let body = json!({"sku": "TEA", "name": "Tea", "price_cents": 450.0, "stock": 1e1}).to_string();
+    let r = send(
+        "POST",
+        "/products".into(),
+        Some(staff.clone()),
+        Some("tea-1"),
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let db = connect_url(&url).await;
+    let rows = db
+        .query("SELECT sku, price_cents, stock FROM product", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "only the valid create wrote");
+    assert_eq!(rows[0].get::<_, i64>(1), 450);
+    assert_eq!(rows[0].get::<_, i64>(2), 10);
+    // One final audit entry for each of the 9 requests, chained.
+    assert_eq!(verify(&url).await, Ok(9));
+}
+
+/// Issue 14: every request is answered within its tool's deadline plus a
+/// second, even when the database stops answering: here an operator's
+/// session holds the audit log locked, so every write waits on it. The
+/// caller gets a 503 saying the outcome is not known yet; the request goes
+/// on in the server, and once the lock is gone it ends and leaves its audit
+/// entry; a retry with the same key then runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_is_answered_within_its_deadline_plus_a_second() {
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let server = Server::start(
+        &root().join("specs/examples/shop.json"),
+        &url,
+        &Options::default(),
+    )
+    .await;
+    let http = Http::default();
+    let base = &server.base;
+    let staff = token("sam", &["staff"]);
+    let r = http
+        .json(
+            "POST",
+            &format!("{base}/products"),
+            Some(&staff),
+            &json!({"sku": "TEA", "name": "Tea", "price_cents": 450}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let restock = format!(
+        "{base}/products/{}/restock",
+        r.body["product"].as_str().unwrap()
+    );
+
+    let admin = connect_url(&url).await;
+    admin
+        .batch_execute("BEGIN; LOCK TABLE sinew_audit IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let auth = format!("Bearer {staff}");
+    let headers = [
+        ("content-type", "application/json"),
+        ("authorization", auth.as_str()),
+        ("idempotency-key", "late-1"),
+    ];
+    let t0 = Instant::now();
+    let r = tokio::time::timeout(
+        Duration::from_secs(12),
+        http.send("POST", &restock, &headers, r#"{"quantity": 1}"#),
+    )
+    .await
+    .expect("no answer within 12 s while the database did not answer");
+    let took = t0.elapsed();
+    // `restock` has `timeoutMs: 2000`: answered by 3 s (a little slack for
+    // a busy machine), not before its deadline.
+    assert!(
+        took >= Duration::from_millis(2_000) && took < Duration::from_millis(4_500),
+        "answered after {took:?}"
+    );
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(r.body["code"], "unavailable", "{}", r.text);
+    assert_eq!(r.headers.get("retry-after").map(String::as_str), Some("1"));
+    let execution = r
+        .headers
+        .get("x-request-id")
+        .cloned()
+        .expect("a request id");
+    assert!(r.text.contains(&execution), "{}", r.text);
+
+    // The lock goes: the request ends in the server and is audited.
+    admin.batch_execute("ROLLBACK").await.unwrap();
+    let db = connect_url(&url).await;
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let n: i64 = db
+            .query_one(
+                "SELECT count(*) FROM sinew_audit WHERE execution = $1 AND kind = 'final'",
+                &[&execution],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the late request left no audit entry"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its key was released with it (it did not commit): the retry runs.
+    let r = http
+        .send("POST", &restock, &headers, r#"{"quantity": 1}"#)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(verify(&url).await.is_ok());
 }

@@ -631,11 +631,15 @@ impl Executor {
     /// what a server sends, without parsing and writing the JSON again.
     pub async fn reply(&self, request: &Request) -> Reply {
         match self.run(request).await {
-            Ran::Guest(r) => Reply {
-                internal: internal_of(r.status, &r.audit),
-                status: r.status,
-                body: r.body,
-            },
+            Ran::Guest(r) => {
+                let (internal, escalated) = for_the_log(r.status, &r.audit);
+                Reply {
+                    internal,
+                    escalated,
+                    status: r.status,
+                    body: r.body,
+                }
+            }
             Ran::Host(r) => r.into(),
         }
     }
@@ -767,7 +771,7 @@ impl Executor {
         internal: &str,
     ) -> Response {
         let detail = match status {
-            504 => "the request ran out of time; nothing was changed".to_string(),
+            504 => "the request ran out of time; what it had not committed was rolled back (the audit entry says what committed)".to_string(),
             500 => "internal error".to_string(),
             _ => internal.to_string(),
         };
@@ -822,28 +826,61 @@ pub struct Reply {
     /// audit entry's `internal`: the failed expression, the storage
     /// error), for the server's log.
     pub internal: Option<String>,
+    /// The `escalate` policies that fired (from the audit entry), for the
+    /// server's alert line.
+    pub escalated: Vec<String>,
 }
 
 impl From<Response> for Reply {
     fn from(r: Response) -> Reply {
         Reply {
             internal: (r.status >= 500)
-                .then(|| r.audit.get("internal").and_then(Value::as_str).map(str::to_owned))
+                .then(|| {
+                    r.audit
+                        .get("internal")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
                 .flatten(),
+            escalated: escalated(&r.audit),
             status: r.status,
             body: r.body.to_string(),
         }
     }
 }
 
-/// The `internal` of a 5xx's audit entry (JSON text as the guest wrote
-/// it); other answers are not parsed.
-fn internal_of(status: u16, audit: &str) -> Option<String> {
-    if status < 500 {
-        return None;
+/// What the server's log needs from an audit entry (JSON text as the guest
+/// wrote it): a 5xx's `internal`, and the `escalate` policies that fired.
+/// Only entries that can hold either are parsed (`"escalate"` is looked
+/// for in the text first).
+fn for_the_log(status: u16, audit: &str) -> (Option<String>, Vec<String>) {
+    if status < 500 && !audit.contains("\"escalate\"") {
+        return (None, Vec::new());
     }
-    let entry: Value = serde_json::from_str(audit).ok()?;
-    entry.get("internal").and_then(Value::as_str).map(str::to_owned)
+    let Ok(entry) = serde_json::from_str::<Value>(audit) else {
+        return (None, Vec::new());
+    };
+    let internal = (status >= 500)
+        .then(|| {
+            entry
+                .get("internal")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .flatten();
+    (internal, escalated(&entry))
+}
+
+/// The names of the `escalate` policies of an audit entry.
+fn escalated(entry: &Value) -> Vec<String> {
+    entry
+        .get("policies")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|p| p.get("action").and_then(Value::as_str) == Some("escalate"))
+        .filter_map(|p| p.get("name").and_then(Value::as_str).map(str::to_owned))
+        .collect()
 }
 
 /// How a request ended: answered by the guest (its JSON as written), or by

@@ -438,6 +438,15 @@ fn typed(schema: Option<&Value>, raw: &str) -> Value {
     {
         return json!(i);
     }
+    // `5.0`, `1e2`: whole numbers written as decimals are integers, as in
+    // a body (the contract normalises them).
+    if is("integer")
+        && let Ok(f) = raw.parse::<f64>()
+        && f.is_finite()
+        && let Some(n) = serde_json::Number::from_f64(f)
+    {
+        return Value::Number(n);
+    }
     if is("number")
         && let Ok(f) = raw.parse::<f64>()
         && let Some(n) = serde_json::Number::from_f64(f)
@@ -468,6 +477,8 @@ pub struct App {
     db: Arc<PgBackend>,
     log: Log,
     inputs: std::collections::HashMap<String, Value>,
+    /// Each tool's deadline (`limits.timeoutMs`).
+    deadlines: std::collections::HashMap<String, Duration>,
     ids: AtomicU64,
     id_seed: String,
     /// Told at every response; the pool's warm-up in [`serve`] waits for
@@ -493,6 +504,30 @@ fn respond(status: u16, content_type: &str, body: Bytes) -> hyper::Response<Body
     if let Ok(v) = HeaderValue::from_str(content_type) {
         r.headers_mut().insert(header::CONTENT_TYPE, v);
     }
+    r
+}
+
+/// How long past its tool's deadline a request is answered at the latest.
+const ANSWER_GRACE: Duration = Duration::from_secs(1);
+
+/// A 5xx's detail for the log (never in the body), riding on the response.
+#[derive(Clone)]
+struct Internal(String);
+
+/// The `escalate` policies a request triggered, for the alert line.
+#[derive(Clone)]
+struct Escalated(Vec<String>);
+
+/// The answer to a request still running past its deadline and grace.
+fn late(id: &str) -> hyper::Response<Body> {
+    let mut r = problem(
+        503,
+        "unavailable",
+        "the request did not finish in time (the database is not answering); its outcome is not known yet: retry with the same Idempotency-Key to learn it",
+        id,
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     r
 }
 
@@ -560,6 +595,19 @@ impl App {
         })
     }
 
+    /// The deadline of what a request asks for: its tool's `timeoutMs`
+    /// (30 s by default), and 30 s for everything else.
+    fn deadline(&self, method: &Method, path: &str) -> Duration {
+        match self.router.find(method, path) {
+            Found::Tool(tool, _) => self
+                .deadlines
+                .get(&tool)
+                .copied()
+                .unwrap_or(crate::runtime::DEFAULT_TIMEOUT),
+            _ => crate::runtime::DEFAULT_TIMEOUT,
+        }
+    }
+
     fn bundle_hash(&self) -> &str {
         match &self.core {
             Core::Component(e) => &e.bundle_hash,
@@ -604,7 +652,17 @@ impl App {
         // must not cancel it halfway through a transaction.
         let app = self.clone();
         let task_id = id.clone();
-        let routed = tokio::spawn(async move { app.route(req, task_id).await }).await;
+        // Every request is answered within its tool's deadline plus a
+        // second, even when the database stops answering (killed backends,
+        // a lock, a failover): past that, the caller gets a 503 saying the
+        // outcome is not known yet, while the request goes on in its task,
+        // commits or rolls back, and writes its audit entry.
+        let budget = self.deadline(req.method(), uri.path()) + ANSWER_GRACE;
+        let mut task = tokio::spawn(async move { app.route(req, task_id).await });
+        let routed = match tokio::time::timeout(budget, &mut task).await {
+            Ok(joined) => joined,
+            Err(_) => Ok((late(&id), None, Some(id.clone()))),
+        };
         let (mut response, tool, execution) = match routed {
             Ok(r) => r,
             Err(e) => (
@@ -648,6 +706,24 @@ impl App {
         }
         if let Some(e) = execution {
             m.insert("execution".into(), json!(e));
+        }
+        // What the body of a 5xx must not say (the failed expression, the
+        // storage error) is for the operators: here, and in the audit entry.
+        if let Some(Internal(detail)) = response.extensions_mut().remove::<Internal>() {
+            m.insert("internal".into(), json!(detail));
+        }
+        if let Some(Escalated(policies)) = response.extensions_mut().remove::<Escalated>() {
+            let mut alert = m.clone();
+            alert.insert(
+                "message".into(),
+                json!(format!(
+                    "escalated: policy {} on {method} {}",
+                    policies.join(", "),
+                    uri.path()
+                )),
+            );
+            alert.insert("alert".into(), json!({"escalated": policies}));
+            self.log.line(Level::Warn, alert);
         }
         let level = match status {
             500.. => Level::Error,
@@ -799,6 +875,12 @@ impl App {
         if status == 401 {
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(detail) = response.internal {
+            r.extensions_mut().insert(Internal(detail));
+        }
+        if !response.escalated.is_empty() {
+            r.extensions_mut().insert(Escalated(response.escalated));
         }
         (r, Some(tool), Some(id))
     }
@@ -1350,6 +1432,11 @@ pub async fn serve(
             .iter()
             .map(|(n, t)| (n.clone(), t.input.clone()))
             .collect(),
+        deadlines: spec
+            .tools
+            .iter()
+            .filter_map(|(n, t)| Some((n.clone(), Duration::from_millis(t.limits.timeout_ms?))))
+            .collect(),
         core,
         jwt: std::sync::RwLock::new(Arc::new(jwt)),
         openapi: Bytes::from(openapi.to_string()),
@@ -1369,9 +1456,16 @@ pub async fn serve(
         _ => "",
     };
     log.info(&format!(
-        "sinew serving `{}` ({} tools), ready in {:.0} ms{from}, on http://{local}",
+        "sinew serving `{}` ({} tool{}, {} route{}), ready in {:.0} ms{from}, on http://{local}",
         spec.name,
+        spec.tools.len(),
+        if spec.tools.len() == 1 { "" } else { "s" },
         app.router.routes.len(),
+        if app.router.routes.len() == 1 {
+            ""
+        } else {
+            "s"
+        },
         started.elapsed().as_secs_f64() * 1000.0
     ));
 
@@ -1501,6 +1595,10 @@ mod tests {
         let int = json!({"type": "integer"});
         assert_eq!(typed(Some(&int), "42"), json!(42));
         assert_eq!(typed(Some(&int), "4x"), json!("4x"));
+        // Whole decimals reach the contract as numbers, which reads them as
+        // integers; `inf` stays text.
+        assert_eq!(typed(Some(&int), "5.0"), json!(5.0));
+        assert_eq!(typed(Some(&int), "inf"), json!("inf"));
         assert_eq!(
             typed(Some(&json!({"type": ["boolean", "null"]})), "true"),
             json!(true)

@@ -203,7 +203,10 @@ pub async fn call_with_headers(
         .header("authorization", format!("Bearer {token}"));
     if method != "GET" {
         let n = KEYS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        req = req.header("idempotency-key", format!("call-{}-{n}", std::process::id()));
+        req = req.header(
+            "idempotency-key",
+            format!("call-{}-{n}", std::process::id()),
+        );
     }
     let req = req
         .body(Full::new(bytes::Bytes::from(body.to_string())))
