@@ -35,16 +35,11 @@ use tokio_postgres::{Client, NoTls, Statement};
 const ACCOUNT_COLUMNS: &str = r#""id"::text, "version"::text, floor(extract(epoch from "created_at") * 1000000)::bigint::text, floor(extract(epoch from "updated_at") * 1000000)::bigint::text, floor(extract(epoch from "deleted_at") * 1000000)::bigint::text, "holder"::text, "name"::text, "currency"::text, "balance"::text"#;
 const TRANSFER_COLUMNS: &str = r#""id"::text, "version"::text, floor(extract(epoch from "created_at") * 1000000)::bigint::text, floor(extract(epoch from "updated_at") * 1000000)::bigint::text, floor(extract(epoch from "deleted_at") * 1000000)::bigint::text, "kind"::text, "from_account"::text, "to_account"::text, "amount_cents"::text, "currency"::text, "reference"::text, "initiated_by"::text"#;
 
-const CLAIM: &str = "INSERT INTO sinew_idempotency (scope, key, fingerprint, claimed_at) VALUES ($1, $2, $3, to_timestamp($4::text::bigint / 1000.0)) ON CONFLICT (scope, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, claimed_at = EXCLUDED.claimed_at, status = NULL, body = NULL WHERE sinew_idempotency.claimed_at <= EXCLUDED.claimed_at - interval '24 hours' OR (sinew_idempotency.status IS NULL AND sinew_idempotency.claimed_at <= EXCLUDED.claimed_at - interval '15 minutes') RETURNING 1";
-const STORED: &str =
-    "SELECT fingerprint, status, body FROM sinew_idempotency WHERE scope = $1 AND key = $2";
-const COMPLETE: &str = "UPDATE sinew_idempotency SET status = $3::text::integer, body = $4 WHERE scope = $1 AND key = $2";
-const RATE: &str = "INSERT INTO sinew_rate (scope, window_start, hits) VALUES ($1, to_timestamp($2::text::bigint / 1000.0), 1) ON CONFLICT (scope, window_start) DO UPDATE SET hits = sinew_rate.hits + 1 RETURNING hits::text";
-const LOCK_CHAIN: &str = "SELECT pg_advisory_xact_lock($1::text::bigint)";
-/// sinew's key for the audit chain's advisory lock.
-const CHAIN_KEY: &str = "495690081655";
-const AUDIT: &str = "WITH last AS (SELECT seq, hash FROM sinew_audit ORDER BY seq DESC LIMIT 1), head AS (SELECT coalesce((SELECT seq FROM last), 0) AS seq, coalesce((SELECT hash FROM last), $6) AS hash), t AS (SELECT seq + 1 AS seq, hash AS prev, $1 || hash || $2 || (seq + 1)::text || $3 AS entry FROM head) INSERT INTO sinew_audit (seq, execution, kind, entry, prev, hash) SELECT seq, $4, $5, entry, prev, encode(sha256(convert_to(entry, 'UTF8')), 'hex') FROM t";
-const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+// sinew's own statements, exactly as the server issues them.
+use sinew_core::ports::memory::GENESIS_HASH as GENESIS;
+use sinew_host::pg::sql::{
+    APPEND as AUDIT, AUDIT_LOCK, CLAIM, COMPLETE, LOCK_CHAIN, RATE, STATE as STORED,
+};
 
 /// The prepared statements of one connection.
 struct Stmts {
@@ -337,7 +332,8 @@ impl App {
     ) -> Result<(), tokio_postgres::Error> {
         let [a, b, c] = sinew_host::pg::splice_parts(entry).unwrap_or_default();
         let kind = "final";
-        let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&CHAIN_KEY];
+        let chain_key = AUDIT_LOCK.to_string();
+        let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&chain_key];
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
             [&a, &b, &c, &execution, &kind, &GENESIS];
         let lock = conn.client.execute(&conn.stmts.lock_chain, &lock_params);
@@ -409,8 +405,9 @@ impl App {
                         .await
                     {
                         Ok(Some(row)) => {
-                            let (fp, status, body): (String, Option<i32>, Option<String>) =
+                            let (fp, status, body): (String, Option<String>, Option<String>) =
                                 (row.get(0), row.get(1), row.get(2));
+                            let status = status.and_then(|s| s.parse::<i32>().ok());
                             match (fp == fingerprint, status, body) {
                                 (false, _, _) => problem(
                                     422,

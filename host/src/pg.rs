@@ -27,28 +27,50 @@ use crate::runtime::storage::StorageBackend;
 use pool::{Conn, Pool, unavailable};
 use schema::{Schema, Table, Ty};
 
-/// The advisory lock key that orders audit appends (`'sinew'` in ASCII).
-const AUDIT_LOCK: i64 = 0x0073_696e_6577;
-/// Takes the audit chain's lock until the transaction ends.
-const LOCK_CHAIN: &str = "SELECT pg_advisory_xact_lock($1::text::bigint)";
-/// Appends one entry to the audit chain, after the head it reads (under
-/// the chain's lock): `$1 || prev || $2 || seq || $3` is the entry's text.
-const APPEND: &str = "WITH last AS (SELECT seq, hash FROM sinew_audit ORDER BY seq DESC LIMIT 1), \
-             head AS (SELECT coalesce((SELECT seq FROM last), 0) AS seq, \
-                             coalesce((SELECT hash FROM last), $6) AS hash), \
-             t AS (SELECT seq + 1 AS seq, hash AS prev, \
-                          $1 || hash || $2 || (seq + 1)::text || $3 AS entry FROM head) \
-             INSERT INTO sinew_audit (seq, execution, kind, entry, prev, hash) \
-             SELECT seq, $4, $5, entry, prev, encode(sha256(convert_to(entry, 'UTF8')), 'hex') FROM t";
-/// Claims an idempotency key: a row back means the claim is new.
-const CLAIM: &str = "INSERT INTO sinew_idempotency (scope, key, fingerprint, claimed_at) \
-             VALUES ($1, $2, $3, to_timestamp($4::text::bigint / 1000.0)) \
-             ON CONFLICT (scope, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
-               claimed_at = EXCLUDED.claimed_at, status = NULL, body = NULL \
-             WHERE sinew_idempotency.claimed_at <= EXCLUDED.claimed_at - interval '24 hours' \
-                OR (sinew_idempotency.status IS NULL \
-                    AND sinew_idempotency.claimed_at <= EXCLUDED.claimed_at - interval '15 minutes') \
-             RETURNING 1";
+/// The statements of sinew's own tables (audit chain, idempotency keys,
+/// rate windows), public so that the benchmark's hand-written baseline
+/// issues exactly these.
+pub mod sql {
+    /// The advisory lock key that orders audit appends (`'sinew'` in ASCII).
+    pub const AUDIT_LOCK: i64 = 0x0073_696e_6577;
+    /// Takes the audit chain's lock until the transaction ends.
+    pub const LOCK_CHAIN: &str = "SELECT pg_advisory_xact_lock($1::text::bigint)";
+    /// Appends one entry to the audit chain, after the head it reads (under
+    /// the chain's lock): `$1 || prev || $2 || seq || $3` is the entry's text.
+    pub const APPEND: &str = "WITH last AS (SELECT seq, hash FROM sinew_audit ORDER BY seq DESC LIMIT 1), \
+                 head AS (SELECT coalesce((SELECT seq FROM last), 0) AS seq, \
+                                 coalesce((SELECT hash FROM last), $6) AS hash), \
+                 t AS (SELECT seq + 1 AS seq, hash AS prev, \
+                              $1 || hash || $2 || (seq + 1)::text || $3 AS entry FROM head) \
+                 INSERT INTO sinew_audit (seq, execution, kind, entry, prev, hash) \
+                 SELECT seq, $4, $5, entry, prev, encode(sha256(convert_to(entry, 'UTF8')), 'hex') FROM t";
+    /// Claims an idempotency key: a row back means the claim is new.
+    pub const CLAIM: &str = "INSERT INTO sinew_idempotency (scope, key, fingerprint, claimed_at) \
+                 VALUES ($1, $2, $3, to_timestamp($4::text::bigint / 1000.0)) \
+                 ON CONFLICT (scope, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
+                   claimed_at = EXCLUDED.claimed_at, status = NULL, body = NULL \
+                 WHERE sinew_idempotency.claimed_at <= EXCLUDED.claimed_at - interval '24 hours' \
+                    OR (sinew_idempotency.status IS NULL \
+                        AND sinew_idempotency.claimed_at <= EXCLUDED.claimed_at - interval '15 minutes') \
+                 RETURNING 1";
+    /// The state of a key whose claim was not new.
+    pub const STATE: &str = "SELECT fingerprint, status::text, body FROM sinew_idempotency \
+             WHERE scope = $1 AND key = $2";
+    /// Stores a finished request's answer under its key.
+    pub const COMPLETE: &str = "UPDATE sinew_idempotency SET status = $3::text::integer, body = $4 \
+             WHERE scope = $1 AND key = $2";
+    /// Releases a claim that did not finish (a stored answer is kept).
+    pub const RELEASE: &str =
+        "DELETE FROM sinew_idempotency WHERE scope = $1 AND key = $2 AND status IS NULL";
+    /// Counts one request in a subject's rate window.
+    pub const RATE: &str = "INSERT INTO sinew_rate (scope, window_start, hits) \
+             VALUES ($1, to_timestamp($2::text::bigint / 1000.0), 1) \
+             ON CONFLICT (scope, window_start) DO UPDATE SET hits = sinew_rate.hits + 1 \
+             RETURNING hits::text";
+}
+
+use sql::{APPEND, AUDIT_LOCK, CLAIM, COMPLETE, LOCK_CHAIN, RATE, RELEASE, STATE};
+
 /// The statements nearly every request runs, prepared on the connection
 /// the server starts with (see [`PgBackend::warm_catalog`]).
 const WARM_STATEMENTS: [&str; 3] = [LOCK_CHAIN, APPEND, CLAIM];
@@ -1114,8 +1136,6 @@ impl StorageBackend for PgBackend {
         fingerprint: &str,
         now_ms: i64,
     ) -> Result<Claim, StorageError> {
-        const STATE: &str = "SELECT fingerprint, status::text, body FROM sinew_idempotency \
-             WHERE scope = $1 AND key = $2";
         let params: Params = vec![
             Some(scope.to_owned()),
             Some(key.to_owned()),
@@ -1171,8 +1191,6 @@ impl StorageBackend for PgBackend {
         status: u16,
         body: &Value,
     ) -> Result<(), StorageError> {
-        const SQL: &str = "UPDATE sinew_idempotency SET status = $3::text::integer, body = $4 \
-             WHERE scope = $1 AND key = $2";
         let params: Params = vec![
             Some(scope.to_owned()),
             Some(key.to_owned()),
@@ -1180,7 +1198,7 @@ impl StorageBackend for PgBackend {
             Some(body.to_string()),
         ];
         self.on(tx, async |c| {
-            let s = c.prepare(SQL).await?;
+            let s = c.prepare(COMPLETE).await?;
             c.client.execute(&s, &refs(&params)).await
         })
         .await
@@ -1188,8 +1206,6 @@ impl StorageBackend for PgBackend {
     }
 
     async fn release_key(&self, scope: &str, key: &str) -> Result<(), StorageError> {
-        const SQL: &str =
-            "DELETE FROM sinew_idempotency WHERE scope = $1 AND key = $2 AND status IS NULL";
         let params: Params = vec![Some(scope.to_owned()), Some(key.to_owned())];
         // Released while the request may still hold its transaction's
         // connection: on a connection outside the pool, so that a full pool
@@ -1202,21 +1218,17 @@ impl StorageBackend for PgBackend {
             return Err(unavailable("no connection to release the key"));
         };
         client
-            .execute(SQL, &refs(&params))
+            .execute(RELEASE, &refs(&params))
             .await
             .map(|_| ())
             .map_err(|e| self.error(&e))
     }
 
     async fn rate_hit(&self, scope: &str, window_ms: i64) -> Result<u64, StorageError> {
-        const SQL: &str = "INSERT INTO sinew_rate (scope, window_start, hits) \
-             VALUES ($1, to_timestamp($2::text::bigint / 1000.0), 1) \
-             ON CONFLICT (scope, window_start) DO UPDATE SET hits = sinew_rate.hits + 1 \
-             RETURNING hits::text";
         let params: Params = vec![Some(scope.to_owned()), Some(window_ms.to_string())];
         let row = self
             .on(None, async |c| {
-                let s = c.prepare(SQL).await?;
+                let s = c.prepare(RATE).await?;
                 c.client.query_one(&s, &refs(&params)).await
             })
             .await?;

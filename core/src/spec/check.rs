@@ -1021,67 +1021,8 @@ fn check_node(cx: &mut Cx, spec: &Spec, scope: &Scope, row_scope: &Scope, node: 
     let path = node.path.as_str();
     let ent = |cx: &mut Cx, name: &str| entity_ref(cx, spec, &child(path, "entity"), name);
     match &node.kind {
-        NodeKind::Read {
-            entity,
-            filters,
-            order_by,
-            limit,
-            after,
-            ..
-        } => {
-            let e = ent(cx, entity);
-            check_filters(cx, spec, e, entity, path, filters, scope);
-            if let Some(e) = e {
-                for (i, o) in order_by.iter().enumerate() {
-                    if !e.has_column(&o.field) {
-                        cx.error(
-                            Diagnostic::new(
-                                "unknown-field",
-                                format!("{path}/orderBy/{i}"),
-                                format!("`{entity}` has no field `{}`", o.field),
-                            )
-                            .help(suggest(&o.field, e.columns(), "")),
-                        );
-                    }
-                }
-            }
-            if let Some(Limit::Expr(x)) = limit {
-                check_expr(cx, x, scope);
-                check_shape(cx, x, scope, Want::Count);
-            }
-            if let Some(x) = after {
-                check_expr(cx, x, scope);
-            }
-        }
-        NodeKind::Create { entity, values } => {
-            let e = ent(cx, entity);
-            check_fields(
-                cx,
-                e,
-                entity,
-                &child(path, "values"),
-                values.keys().cloned(),
-                true,
-            );
-            for t in values.values() {
-                check_template(cx, t, scope);
-            }
-            if let Some(e) = e {
-                let owner = e.owner.as_ref().map(|o| o.field.as_str());
-                for (fname, f) in &e.fields {
-                    if !f.nullable
-                        && f.default.is_none()
-                        && !values.contains_key(fname)
-                        && Some(fname.as_str()) != owner
-                    {
-                        cx.warn(
-                            Diagnostic::new("missing-value", child(path, "values"), format!("`{fname}` is not nullable and has no default, but this create does not set it"))
-                                .help(format!("set `{fname}`, or mark the field `nullable` or give it a `default`")),
-                        );
-                    }
-                }
-            }
-        }
+        NodeKind::Read { .. } => check_read(cx, spec, scope, node),
+        NodeKind::Create { .. } => check_create(cx, spec, scope, node),
         NodeKind::Update {
             entity,
             filters,
@@ -1115,37 +1056,7 @@ fn check_node(cx: &mut Cx, spec: &Spec, scope: &Scope, row_scope: &Scope, node: 
                 check_shape(cx, x, scope, Want::Count);
             }
         }
-        NodeKind::Transition { entity, id, action } => {
-            check_expr(cx, id, scope);
-            check_shape(cx, id, scope, Want::Id);
-            if let Some(e) = ent(cx, entity) {
-                match &e.status {
-                    None => cx.error(
-                        Diagnostic::new(
-                            "unknown-action",
-                            child(path, "action"),
-                            format!(
-                                "`{entity}` has no status machine, so it has no action `{action}`"
-                            ),
-                        )
-                        .help(format!("add `status` with transitions to `{entity}`")),
-                    ),
-                    Some(sm) if !sm.transitions.contains_key(action) => cx.error(
-                        Diagnostic::new(
-                            "unknown-action",
-                            child(path, "action"),
-                            format!("`{entity}` has no transition `{action}`"),
-                        )
-                        .help(suggest(
-                            action,
-                            sm.transitions.keys().map(String::as_str),
-                            "",
-                        )),
-                    ),
-                    Some(_) => {}
-                }
-            }
-        }
+        NodeKind::Transition { .. } => check_transition(cx, spec, scope, node),
         NodeKind::SoftDelete { entity, id } | NodeKind::Delete { entity, id } => {
             check_expr(cx, id, scope);
             check_shape(cx, id, scope, Want::Id);
@@ -1173,47 +1084,7 @@ fn check_node(cx: &mut Cx, spec: &Spec, scope: &Scope, row_scope: &Scope, node: 
                 check_shape(cx, &c.when, scope, Want::Bool);
             }
         }
-        NodeKind::Call {
-            external,
-            operation,
-            args,
-            idempotency_key,
-            ..
-        } => {
-            match spec.externals.get(external) {
-                None => cx.error(
-                    Diagnostic::new(
-                        "unknown-external",
-                        child(path, "external"),
-                        format!("no external `{external}`"),
-                    )
-                    .help(suggest(
-                        external,
-                        spec.externals.keys().map(String::as_str),
-                        "declare it under `externals`",
-                    )),
-                ),
-                Some(x) if !x.operations.contains_key(operation) => cx.error(
-                    Diagnostic::new(
-                        "unknown-operation",
-                        child(path, "operation"),
-                        format!("`{external}` has no operation `{operation}`"),
-                    )
-                    .help(suggest(
-                        operation,
-                        x.operations.keys().map(String::as_str),
-                        "declare it under the external's `operations`",
-                    )),
-                ),
-                Some(_) => {}
-            }
-            for t in args.values() {
-                check_template(cx, t, scope);
-            }
-            if let Some(k) = idempotency_key {
-                check_expr(cx, k, scope);
-            }
-        }
+        NodeKind::Call { .. } => check_call(cx, spec, scope, node),
         NodeKind::Return { value, .. } => {
             if let Some(v) = value {
                 check_template(cx, v, scope);
@@ -1225,5 +1096,165 @@ fn check_node(cx: &mut Cx, spec: &Spec, scope: &Scope, row_scope: &Scope, node: 
             }
         }
         NodeKind::Sql { .. } | NodeKind::Transaction { .. } | NodeKind::Invalid => {}
+    }
+}
+
+/// `read`: entity, filters, orderBy, limit and cursor.
+fn check_read(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
+    let NodeKind::Read {
+        entity,
+        filters,
+        order_by,
+        limit,
+        after,
+        ..
+    } = &node.kind
+    else {
+        return;
+    };
+    let path = node.path.as_str();
+    let ent = |cx: &mut Cx, name: &str| entity_ref(cx, spec, &child(path, "entity"), name);
+    let e = ent(cx, entity);
+    check_filters(cx, spec, e, entity, path, filters, scope);
+    if let Some(e) = e {
+        for (i, o) in order_by.iter().enumerate() {
+            if !e.has_column(&o.field) {
+                cx.error(
+                    Diagnostic::new(
+                        "unknown-field",
+                        format!("{path}/orderBy/{i}"),
+                        format!("`{entity}` has no field `{}`", o.field),
+                    )
+                    .help(suggest(&o.field, e.columns(), "")),
+                );
+            }
+        }
+    }
+    if let Some(Limit::Expr(x)) = limit {
+        check_expr(cx, x, scope);
+        check_shape(cx, x, scope, Want::Count);
+    }
+    if let Some(x) = after {
+        check_expr(cx, x, scope);
+    }
+}
+
+/// `create`: entity, values, and the fields it leaves unset.
+fn check_create(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
+    let NodeKind::Create { entity, values } = &node.kind else {
+        return;
+    };
+    let path = node.path.as_str();
+    let ent = |cx: &mut Cx, name: &str| entity_ref(cx, spec, &child(path, "entity"), name);
+    let e = ent(cx, entity);
+    check_fields(
+        cx,
+        e,
+        entity,
+        &child(path, "values"),
+        values.keys().cloned(),
+        true,
+    );
+    for t in values.values() {
+        check_template(cx, t, scope);
+    }
+    if let Some(e) = e {
+        let owner = e.owner.as_ref().map(|o| o.field.as_str());
+        for (fname, f) in &e.fields {
+            if !f.nullable
+                && f.default.is_none()
+                && !values.contains_key(fname)
+                && Some(fname.as_str()) != owner
+            {
+                cx.warn(
+                    Diagnostic::new("missing-value", child(path, "values"), format!("`{fname}` is not nullable and has no default, but this create does not set it"))
+                        .help(format!("set `{fname}`, or mark the field `nullable` or give it a `default`")),
+                );
+            }
+        }
+    }
+}
+
+/// `transition`: the row id and the action of the entity's status machine.
+fn check_transition(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
+    let NodeKind::Transition { entity, id, action } = &node.kind else {
+        return;
+    };
+    let path = node.path.as_str();
+    let ent = |cx: &mut Cx, name: &str| entity_ref(cx, spec, &child(path, "entity"), name);
+    check_expr(cx, id, scope);
+    check_shape(cx, id, scope, Want::Id);
+    if let Some(e) = ent(cx, entity) {
+        match &e.status {
+            None => cx.error(
+                Diagnostic::new(
+                    "unknown-action",
+                    child(path, "action"),
+                    format!("`{entity}` has no status machine, so it has no action `{action}`"),
+                )
+                .help(format!("add `status` with transitions to `{entity}`")),
+            ),
+            Some(sm) if !sm.transitions.contains_key(action) => cx.error(
+                Diagnostic::new(
+                    "unknown-action",
+                    child(path, "action"),
+                    format!("`{entity}` has no transition `{action}`"),
+                )
+                .help(suggest(
+                    action,
+                    sm.transitions.keys().map(String::as_str),
+                    "",
+                )),
+            ),
+            Some(_) => {}
+        }
+    }
+}
+
+/// `call`: the external, its operation, arguments and key.
+fn check_call(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
+    let NodeKind::Call {
+        external,
+        operation,
+        args,
+        idempotency_key,
+        ..
+    } = &node.kind
+    else {
+        return;
+    };
+    let path = node.path.as_str();
+    match spec.externals.get(external) {
+        None => cx.error(
+            Diagnostic::new(
+                "unknown-external",
+                child(path, "external"),
+                format!("no external `{external}`"),
+            )
+            .help(suggest(
+                external,
+                spec.externals.keys().map(String::as_str),
+                "declare it under `externals`",
+            )),
+        ),
+        Some(x) if !x.operations.contains_key(operation) => cx.error(
+            Diagnostic::new(
+                "unknown-operation",
+                child(path, "operation"),
+                format!("`{external}` has no operation `{operation}`"),
+            )
+            .help(suggest(
+                operation,
+                x.operations.keys().map(String::as_str),
+                "declare it under the external's `operations`",
+            )),
+        ),
+        Some(_) => {}
+    }
+    for t in args.values() {
+        check_template(cx, t, scope);
+    }
+    if let Some(k) = idempotency_key {
+        check_expr(cx, k, scope);
     }
 }
