@@ -1076,6 +1076,94 @@ fn entity_id_node(cx: &mut Cx, o: &mut Obj) -> Option<(String, Expression)> {
     Some((entity?, id?))
 }
 
+/// An `if` node's condition: `if`, or its alias `condition` (not both).
+fn if_condition(cx: &mut Cx, o: &mut Obj, path: &str) -> Option<Expression> {
+    match (o.map.contains_key("if"), o.map.contains_key("condition")) {
+        (true, true) => {
+            o.asked.push("if");
+            o.asked.push("condition");
+            cx.error(
+                Diagnostic::new(
+                    "invalid-value",
+                    path,
+                    "an `if` node has both `if` and `condition`",
+                )
+                .help("keep one: `condition` is an alias of `if`"),
+            );
+            None
+        }
+        (false, true) => o.expr(cx, "condition", true),
+        _ => o.expr(cx, "if", true),
+    }
+}
+
+/// A `switch` node's `cases`: `[{when, next}]`; a broken case is reported
+/// and left out.
+fn cases(cx: &mut Cx, o: &mut Obj, path: &str) -> Vec<Case> {
+    let mut cases = Vec::new();
+    let cpath = child(path, "cases");
+    match o.req(cx, "cases") {
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let p = child(&cpath, &i.to_string());
+                let Some(mut c) =
+                    Obj::new(cx, item, &p, "an object (`{\"when\": …, \"next\": …}`)")
+                else {
+                    continue;
+                };
+                let when = c.expr(cx, "when", true);
+                let next = c.name(cx, "next", true);
+                c.finish(cx);
+                if let (Some(when), Some(next)) = (when, next) {
+                    cases.push(Case { when, next });
+                }
+            }
+        }
+        Some(other) => wrong_type(cx, &cpath, "an array of cases", other),
+        None => {}
+    }
+    cases
+}
+
+/// A `call` node.
+fn call_node(cx: &mut Cx, o: &mut Obj, path: &str) -> Option<NodeKind> {
+    let external = o.name(cx, "external", true);
+    let operation = o.name(cx, "operation", true);
+    let args = template_map(cx, o.get("args"), &child(path, "args"), false);
+    let timeout_ms = o.uint(cx, "timeoutMs", 1, 24 * 3600 * 1000);
+    let retry = o
+        .get("retry")
+        .and_then(|v| retry(cx, v, &child(path, "retry")));
+    let compensate = o.name(cx, "compensate", false);
+    let idempotency_key = o.expr(cx, "idempotencyKey", false);
+    Some(NodeKind::Call {
+        external: external?,
+        operation: operation?,
+        args,
+        timeout_ms,
+        retry,
+        compensate,
+        idempotency_key,
+    })
+}
+
+/// A `transaction` node's `isolation`.
+fn isolation(cx: &mut Cx, o: &mut Obj, path: &str) -> Option<Isolation> {
+    o.string(cx, "isolation", false).and_then(|s| {
+        one_of(
+            cx,
+            &child(path, "isolation"),
+            &s,
+            "isolation level",
+            &[
+                ("read_committed", Isolation::ReadCommitted),
+                ("repeatable_read", Isolation::RepeatableRead),
+                ("serializable", Isolation::Serializable),
+            ],
+        )
+    })
+}
+
 fn node_kind(
     cx: &mut Cx,
     o: &mut Obj,
@@ -1174,25 +1262,7 @@ fn node_kind(
             }
         }
         "if" => {
-            let has_if = o.map.contains_key("if");
-            let has_cond = o.map.contains_key("condition");
-            let cond = match (has_if, has_cond) {
-                (true, true) => {
-                    o.asked.push("if");
-                    o.asked.push("condition");
-                    cx.error(
-                        Diagnostic::new(
-                            "invalid-value",
-                            path,
-                            "an `if` node has both `if` and `condition`",
-                        )
-                        .help("keep one: `condition` is an alias of `if`"),
-                    );
-                    None
-                }
-                (false, true) => o.expr(cx, "condition", true),
-                _ => o.expr(cx, "if", true),
-            };
+            let cond = if_condition(cx, o, path);
             let then = o.name(cx, "then", true);
             let otherwise = o.name(cx, "else", true);
             NodeKind::If {
@@ -1202,65 +1272,13 @@ fn node_kind(
             }
         }
         "switch" => {
-            let mut cases = Vec::new();
-            let cpath = child(path, "cases");
-            match o.req(cx, "cases") {
-                Some(Value::Array(items)) => {
-                    for (i, item) in items.iter().enumerate() {
-                        let p = child(&cpath, &i.to_string());
-                        let Some(mut c) =
-                            Obj::new(cx, item, &p, "an object (`{\"when\": …, \"next\": …}`)")
-                        else {
-                            continue;
-                        };
-                        let when = c.expr(cx, "when", true);
-                        let next = c.name(cx, "next", true);
-                        c.finish(cx);
-                        if let (Some(when), Some(next)) = (when, next) {
-                            cases.push(Case { when, next });
-                        }
-                    }
-                }
-                Some(other) => wrong_type(cx, &cpath, "an array of cases", other),
-                None => {}
-            }
+            let cases = cases(cx, o, path);
             let default = o.name(cx, "default", false);
             NodeKind::Switch { cases, default }
         }
-        "call" => {
-            let external = o.name(cx, "external", true);
-            let operation = o.name(cx, "operation", true);
-            let args = template_map(cx, o.get("args"), &child(path, "args"), false);
-            let timeout_ms = o.uint(cx, "timeoutMs", 1, 24 * 3600 * 1000);
-            let retry = o
-                .get("retry")
-                .and_then(|v| retry(cx, v, &child(path, "retry")));
-            let compensate = o.name(cx, "compensate", false);
-            let idempotency_key = o.expr(cx, "idempotencyKey", false);
-            NodeKind::Call {
-                external: external?,
-                operation: operation?,
-                args,
-                timeout_ms,
-                retry,
-                compensate,
-                idempotency_key,
-            }
-        }
+        "call" => call_node(cx, o, path)?,
         "transaction" => {
-            let isolation = o.string(cx, "isolation", false).and_then(|s| {
-                one_of(
-                    cx,
-                    &child(path, "isolation"),
-                    &s,
-                    "isolation level",
-                    &[
-                        ("read_committed", Isolation::ReadCommitted),
-                        ("repeatable_read", Isolation::RepeatableRead),
-                        ("serializable", Isolation::Serializable),
-                    ],
-                )
-            });
+            let isolation = isolation(cx, o, path);
             let body = o
                 .req(cx, "body")
                 .and_then(|v| flow(cx, v, &child(path, "body"), ids));
