@@ -61,6 +61,33 @@ pub fn compile_schema(schema: &Value, side: Side) -> Result<jsonschema::Validato
         })
 }
 
+/// Whether a schema compiles, as [`compile_schema`] would say, remembered
+/// by its canonical text: the loader asks on every analysis (the browser
+/// preview analyses the spec at each edit), and compiling a schema costs
+/// about a millisecond where looking it up costs microseconds. At most
+/// 1024 schemas are remembered (the memory is dropped past that).
+pub fn schema_error(schema: &Value, side: Side) -> Option<SchemaError> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Seen = HashMap<(bool, String), Option<SchemaError>>;
+    static SEEN: OnceLock<Mutex<Seen>> = OnceLock::new();
+    let key = (side == Side::Input, crate::hash::canonical(schema));
+    let seen = SEEN.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Ok(map) = seen.lock()
+        && let Some(known) = map.get(&key)
+    {
+        return known.clone();
+    }
+    let error = compile_schema(schema, side).err();
+    if let Ok(mut map) = seen.lock() {
+        if map.len() >= 1024 {
+            map.clear();
+        }
+        map.insert(key, error.clone());
+    }
+    error
+}
+
 /// Rewrites every number with no fractional part that fits in an `i64`
 /// (`5.0`, `1e2`) as that integer, as JSON Schema counts them: the input
 /// schema's `integer` and the entity's `integer` field then agree. Returns

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use super::*;
 use crate::diag::{Diagnostic, child, suggest};
 use crate::expr;
-use crate::input::{Side, compile_schema};
+use crate::input::{Side, schema_error};
 
 /// The decoding context: diagnostics found so far and the tool being
 /// decoded (errors inside a tool are tagged with it).
@@ -886,7 +886,7 @@ fn tool(cx: &mut Cx, v: &Value, path: &str) -> Option<Tool> {
         if o.get(side.key()).is_none() {
             continue;
         }
-        if let Err(e) = compile_schema(s, side) {
+        if let Some(e) = schema_error(s, side) {
             cx.error(
                 Diagnostic::new(
                     "invalid-schema",
