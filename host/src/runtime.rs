@@ -64,6 +64,37 @@ pub(crate) struct Call {
     /// (released after a trap, so that a retry runs instead of waiting
     /// out the in-flight claim).
     pub(crate) claimed: Vec<(String, String)>,
+    /// The final audit entry the guest wrote in a transaction not yet
+    /// committed, by transaction.
+    pub(crate) pending_final: Vec<(u64, Value)>,
+    /// The final audit entry the guest made durable (written on its own,
+    /// or committed with its transaction): the request's outcome is
+    /// recorded, and a trap after it must not record another.
+    pub(crate) final_entry: Option<Value>,
+}
+
+impl Call {
+    /// Notes an audit entry the guest appended (`tx` `None`: durable now).
+    pub(crate) fn appended(&mut self, tx: Option<u64>, entry: &Value) {
+        if entry.get("kind").and_then(Value::as_str) != Some("final") {
+            return;
+        }
+        match tx {
+            None => self.final_entry = Some(entry.clone()),
+            Some(t) => self.pending_final.push((t, entry.clone())),
+        }
+    }
+
+    /// Notes the end of a transaction: a final entry in it is durable when
+    /// it committed, gone when it rolled back.
+    pub(crate) fn ended(&mut self, tx: u64, committed: bool) {
+        if let Some(i) = self.pending_final.iter().position(|(t, _)| *t == tx) {
+            let (_, entry) = self.pending_final.swap_remove(i);
+            if committed {
+                self.final_entry = Some(entry);
+            }
+        }
+    }
 }
 
 /// What the imports run on.
@@ -730,7 +761,13 @@ impl Executor {
             }
         };
         let at = call.started;
+        let recorded = call.final_entry.clone();
         self.clean_up(request, call).await;
+        // The guest had recorded its outcome (the trap came while it was
+        // finishing): answer with that outcome, and record no second one.
+        if let Some(entry) = recorded {
+            return Ran::Host(recorded_outcome(request, entry));
+        }
         Ran::Host(
             self.host_failure(request, at, status, code, &internal)
                 .await,
@@ -812,6 +849,41 @@ impl Executor {
             .map_err(|e| anyhow!("{e:?}"))?;
         self.put(p);
         Ok(out)
+    }
+}
+
+/// The answer to a request whose guest trapped after its final audit entry
+/// was durable: the entry's error, as the guest would have answered it; for
+/// a success whose answer was lost, a 503 that says it committed (a retry
+/// with the same key replays the stored answer).
+fn recorded_outcome(request: &Request, entry: Value) -> Response {
+    let status = entry
+        .get("status")
+        .and_then(Value::as_u64)
+        .and_then(|s| u16::try_from(s).ok())
+        .unwrap_or(500);
+    let text = |k: &str| {
+        entry
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let problem = if status >= 400 {
+        sinew_core::problem::Problem::new(status, &text("code"), text("detail"))
+    } else {
+        let mut p = sinew_core::problem::Problem::new(
+            503,
+            "unavailable",
+            "the request completed, but its answer was lost: retry with the same Idempotency-Key to get it",
+        );
+        p.extra.insert("committed".into(), Value::Bool(true));
+        p
+    };
+    Response {
+        status: problem.status,
+        body: problem.body(&request.id),
+        audit: entry,
     }
 }
 
@@ -908,4 +980,52 @@ fn log_error(request: &Request, message: &str) {
         "execution": request.id,
     });
     println!("{line}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A trap that comes after the guest's final entry is durable must not
+    /// record a second one (the bank test saw 3 entries too many under
+    /// load): the bookkeeping that tells when it is durable.
+    #[test]
+    fn a_final_entry_is_durable_when_written_alone_or_committed() {
+        let fin = json!({"kind": "final", "status": 422, "code": "limit_exceeded", "detail": "d"});
+        let mut c = Call::default();
+        c.appended(Some(7), &json!({"kind": "commit"}));
+        c.appended(Some(7), &fin);
+        assert!(c.final_entry.is_none(), "not durable before its commit");
+        c.ended(7, false);
+        assert!(c.final_entry.is_none(), "gone with its rollback");
+        c.appended(Some(8), &fin);
+        c.ended(8, true);
+        assert_eq!(c.final_entry.as_ref(), Some(&fin));
+        let mut alone = Call::default();
+        alone.appended(None, &fin);
+        assert_eq!(alone.final_entry.as_ref(), Some(&fin));
+    }
+
+    #[test]
+    fn a_recorded_outcome_is_answered_as_recorded() {
+        let request = Request {
+            tool: "t".into(),
+            input: json!({}),
+            auth: None,
+            id: "r1".into(),
+            idempotency_key: None,
+        };
+        let r = recorded_outcome(
+            &request,
+            json!({"kind": "final", "status": 504, "code": "deadline_exceeded", "detail": "late"}),
+        );
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (504, Some("deadline_exceeded"))
+        );
+        let ok = recorded_outcome(&request, json!({"kind": "final", "status": 200}));
+        assert_eq!(ok.status, 503);
+        assert_eq!(ok.body["committed"], json!(true));
+    }
 }

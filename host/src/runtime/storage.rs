@@ -346,12 +346,11 @@ impl HostTransaction for HostState {
             Ok(e) => e,
             Err(e) => return Ok(Err(error(e))),
         };
-        Ok(self
-            .backends
-            .storage
-            .append_audit(Some(id), &entry)
-            .await
-            .map_err(error))
+        let r = self.backends.storage.append_audit(Some(id), &entry).await;
+        if r.is_ok() {
+            self.call.appended(Some(id), &entry);
+        }
+        Ok(r.map_err(error))
     }
 
     async fn complete_key(
@@ -388,12 +387,15 @@ impl HostTransaction for HostState {
     async fn commit(&mut self, t: Resource<Tx>) -> Res<()> {
         let id = self.tx_id(&t)?;
         self.call.open.retain(|x| *x != id);
-        Ok(self.backends.storage.commit(id).await.map_err(error))
+        let r = self.backends.storage.commit(id).await;
+        self.call.ended(id, r.is_ok());
+        Ok(r.map_err(error))
     }
 
     async fn rollback(&mut self, t: Resource<Tx>) -> Res<()> {
         let id = self.tx_id(&t)?;
         self.call.open.retain(|x| *x != id);
+        self.call.ended(id, false);
         Ok(self.backends.storage.rollback(id).await.map_err(error))
     }
 
@@ -402,6 +404,7 @@ impl HostTransaction for HostState {
         // Dropped without commit: roll back.
         if self.call.open.contains(&tx.id) {
             self.call.open.retain(|x| *x != tx.id);
+            self.call.ended(tx.id, false);
             let _ = self.backends.storage.rollback(tx.id).await;
         }
         Ok(())
@@ -433,12 +436,11 @@ impl Host for HostState {
             Ok(e) => e,
             Err(e) => return Ok(Err(error(e))),
         };
-        Ok(self
-            .backends
-            .storage
-            .append_audit(None, &entry)
-            .await
-            .map_err(error))
+        let r = self.backends.storage.append_audit(None, &entry).await;
+        if r.is_ok() {
+            self.call.appended(None, &entry);
+        }
+        Ok(r.map_err(error))
     }
 
     async fn claim_key(
