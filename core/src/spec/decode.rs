@@ -837,7 +837,10 @@ fn trigger(cx: &mut Cx, v: &Value, path: &str) -> Option<Trigger> {
 
 fn tool(cx: &mut Cx, v: &Value, path: &str) -> Option<Tool> {
     let mut o = Obj::new(cx, v, path, "an object (a tool)")?;
+    // Read without marking it asked: `finish` checks it is text, as for
+    // every `description`.
     let description = o
+        .map
         .get("description")
         .and_then(Value::as_str)
         .map(str::to_owned);
