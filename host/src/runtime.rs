@@ -905,16 +905,10 @@ pub struct Reply {
 
 impl From<Response> for Reply {
     fn from(r: Response) -> Reply {
+        let (internal, escalated) = log_fields(r.status, &r.audit);
         Reply {
-            internal: (r.status >= 500)
-                .then(|| {
-                    r.audit
-                        .get("internal")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                })
-                .flatten(),
-            escalated: escalated(&r.audit),
+            internal,
+            escalated,
             status: r.status,
             body: r.body.to_string(),
         }
@@ -922,37 +916,34 @@ impl From<Response> for Reply {
 }
 
 /// What the server's log needs from an audit entry (JSON text as the guest
-/// wrote it): a 5xx's `internal`, and the `escalate` policies that fired.
-/// Only entries that can hold either are parsed (`"escalate"` is looked
-/// for in the text first).
+/// wrote it): see [`log_fields`]. Only entries that can hold either are
+/// parsed (`"escalate"` is looked for in the text first).
 fn for_the_log(status: u16, audit: &str) -> (Option<String>, Vec<String>) {
     if status < 500 && !audit.contains("\"escalate\"") {
         return (None, Vec::new());
     }
-    let Ok(entry) = serde_json::from_str::<Value>(audit) else {
-        return (None, Vec::new());
-    };
-    let internal = (status >= 500)
-        .then(|| {
-            entry
-                .get("internal")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
-        .flatten();
-    (internal, escalated(&entry))
+    match serde_json::from_str::<Value>(audit) {
+        Ok(entry) => log_fields(status, &entry),
+        Err(_) => (None, Vec::new()),
+    }
 }
 
-/// The names of the `escalate` policies of an audit entry.
-fn escalated(entry: &Value) -> Vec<String> {
-    entry
+/// A 5xx's `internal`, and the names of the `escalate` policies that
+/// fired, of an audit entry.
+fn log_fields(status: u16, entry: &Value) -> (Option<String>, Vec<String>) {
+    let internal = (status >= 500)
+        .then(|| entry.get("internal").and_then(Value::as_str))
+        .flatten()
+        .map(str::to_owned);
+    let escalated = entry
         .get("policies")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .filter(|p| p.get("action").and_then(Value::as_str) == Some("escalate"))
         .filter_map(|p| p.get("name").and_then(Value::as_str).map(str::to_owned))
-        .collect()
+        .collect();
+    (internal, escalated)
 }
 
 /// How a request ended: answered by the guest (its JSON as written), or by

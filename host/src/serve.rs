@@ -595,17 +595,14 @@ impl App {
         })
     }
 
-    /// The deadline of what a request asks for: its tool's `timeoutMs`
-    /// (30 s by default), and 30 s for everything else.
-    fn deadline(&self, method: &Method, path: &str) -> Duration {
-        match self.router.find(method, path) {
-            Found::Tool(tool, _) => self
-                .deadlines
-                .get(&tool)
-                .copied()
-                .unwrap_or(crate::runtime::DEFAULT_TIMEOUT),
-            _ => crate::runtime::DEFAULT_TIMEOUT,
+    /// The deadline of what a request was routed to: its tool's
+    /// `timeoutMs` (30 s by default), and 30 s for everything else.
+    fn deadline(&self, found: &Found) -> Duration {
+        match found {
+            Found::Tool(tool, _) => self.deadlines.get(tool).copied(),
+            _ => None,
         }
+        .unwrap_or(crate::runtime::DEFAULT_TIMEOUT)
     }
 
     fn bundle_hash(&self) -> &str {
@@ -657,8 +654,10 @@ impl App {
         // a lock, a failover): past that, the caller gets a 503 saying the
         // outcome is not known yet, while the request goes on in its task,
         // commits or rolls back, and writes its audit entry.
-        let budget = self.deadline(req.method(), uri.path()) + ANSWER_GRACE;
-        let mut task = tokio::spawn(async move { app.route(req, task_id).await });
+        // The route is found once: it gives the deadline and the tool.
+        let found = self.router.find(req.method(), uri.path());
+        let budget = self.deadline(&found) + ANSWER_GRACE;
+        let mut task = tokio::spawn(async move { app.route(req, task_id, found).await });
         let routed = match tokio::time::timeout(budget, &mut task).await {
             Ok(joined) => joined,
             Err(_) => Ok((late(&id), None, Some(id.clone()))),
@@ -742,11 +741,13 @@ impl App {
     }
 
     /// Answers a request; `id` is its request id (a tool's execution id),
-    /// which every problem answered here carries too.
+    /// which every problem answered here carries too; `found` is where the
+    /// router sends it.
     async fn route(
         &self,
         req: hyper::Request<Incoming>,
         mut id: String,
+        found: Found,
     ) -> (hyper::Response<Body>, Option<String>, Option<String>) {
         if let Some(clock) = &self.test_clock {
             let header = |name: &str| {
@@ -804,7 +805,7 @@ impl App {
             // A tool of the spec's own under /studio wins.
             (&Method::GET | &Method::HEAD, p)
                 if (p == "/studio" || p.starts_with("/studio/"))
-                    && matches!(self.router.find(req.method(), p), Found::Nothing) =>
+                    && matches!(found, Found::Nothing) =>
             {
                 if let Some(r) = self.studio(req.method(), p, &id).await {
                     return (r, None, None);
@@ -819,7 +820,7 @@ impl App {
             }
             _ => {}
         }
-        let (tool, params) = match self.router.find(req.method(), &path) {
+        let (tool, params) = match found {
             Found::Tool(t, p) => (t, p),
             Found::WrongMethod(allow) => {
                 let mut r = problem(
