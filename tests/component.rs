@@ -50,29 +50,9 @@ fn the_composed_component_imports_only_the_clock() {
     println!("composed size: {} bytes", sinew_host::COMPOSED.len());
 }
 
-/// The top-level exports of a component, read with wasmparser.
-fn component_exports(bytes: &[u8]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut depth = 0;
-    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
-        match payload.expect("the component parses") {
-            wasmparser::Payload::ModuleSection { .. }
-            | wasmparser::Payload::ComponentSection { .. } => depth += 1,
-            wasmparser::Payload::End(_) => depth -= 1,
-            wasmparser::Payload::ComponentExportSection(reader) if depth == 0 => {
-                for export in reader {
-                    out.push(export.expect("an export").name.0.to_string());
-                }
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
-/// The top-level imports of a component, read with wasmparser.
-fn component_imports(bytes: &[u8]) -> Vec<String> {
-    let mut out = Vec::new();
+/// The top-level imports and exports of a component, read with wasmparser.
+fn component_names(bytes: &[u8]) -> (Vec<String>, Vec<String>) {
+    let (mut imports, mut exports) = (Vec::new(), Vec::new());
     let mut depth = 0;
     for payload in wasmparser::Parser::new(0).parse_all(bytes) {
         match payload.expect("the component parses") {
@@ -81,13 +61,26 @@ fn component_imports(bytes: &[u8]) -> Vec<String> {
             wasmparser::Payload::End(_) => depth -= 1,
             wasmparser::Payload::ComponentImportSection(reader) if depth == 0 => {
                 for import in reader {
-                    out.push(import.expect("an import").name.0.to_string());
+                    imports.push(import.expect("an import").name.0.to_string());
+                }
+            }
+            wasmparser::Payload::ComponentExportSection(reader) if depth == 0 => {
+                for export in reader {
+                    exports.push(export.expect("an export").name.0.to_string());
                 }
             }
             _ => {}
         }
     }
-    out
+    (imports, exports)
+}
+
+fn component_imports(bytes: &[u8]) -> Vec<String> {
+    component_names(bytes).0
+}
+
+fn component_exports(bytes: &[u8]) -> Vec<String> {
+    component_names(bytes).1
 }
 
 #[test]
