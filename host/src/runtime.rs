@@ -16,6 +16,7 @@ pub mod storage;
 use anyhow::{Context, Result, anyhow};
 use serde_json::Value;
 use sinew_core::contract::{Request, Response};
+use sinew_core::ports::StorageError;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Linker, ResourceTable};
@@ -71,9 +72,65 @@ pub(crate) struct Call {
     /// or committed with its transaction): the request's outcome is
     /// recorded, and a trap after it must not record another.
     pub(crate) final_entry: Option<Value>,
+    /// A commit, or an audit entry written on its own, that the guest was
+    /// waiting for. It runs in a task of its own, so stopping the guest
+    /// (a deadline) does not stop it halfway: a COMMIT already sent may
+    /// still take effect, and until it ends nobody knows whether the
+    /// request's outcome was recorded. A trap waits for it (`settle`).
+    pub(crate) ending: Option<Ending>,
+}
+
+/// A durable step in flight (see [`Call::ending`]).
+pub(crate) struct Ending {
+    what: Ends,
+    task: tokio::task::JoinHandle<Result<(), StorageError>>,
+}
+
+/// What an [`Ending`] makes durable.
+pub(crate) enum Ends {
+    /// The commit of this transaction.
+    Commit(u64),
+    /// This audit entry, written in a transaction of its own.
+    Entry(Value),
 }
 
 impl Call {
+    /// Runs a durable step to its end even if the guest is stopped while
+    /// waiting for it, and notes its outcome.
+    pub(crate) async fn end_with(
+        &mut self,
+        what: Ends,
+        step: impl std::future::Future<Output = Result<(), StorageError>> + Send + 'static,
+    ) -> Result<(), StorageError> {
+        let ending = self.ending.insert(Ending {
+            what,
+            task: tokio::spawn(step),
+        });
+        // Cancel-safe: dropped here, the task goes on and `ending` stays.
+        let r = joined((&mut ending.task).await);
+        if let Some(e) = self.ending.take() {
+            self.note(e.what, r.is_ok());
+        }
+        r
+    }
+
+    /// Waits for the durable step the guest was stopped in, if any, and
+    /// notes its outcome.
+    pub(crate) async fn settle(&mut self) {
+        if let Some(e) = self.ending.take() {
+            let ok = joined(e.task.await).is_ok();
+            self.note(e.what, ok);
+        }
+    }
+
+    fn note(&mut self, what: Ends, ok: bool) {
+        match what {
+            Ends::Commit(tx) => self.ended(tx, ok),
+            Ends::Entry(entry) if ok => self.appended(None, &entry),
+            Ends::Entry(_) => {}
+        }
+    }
+
     /// Notes an audit entry the guest appended (`tx` `None`: durable now).
     pub(crate) fn appended(&mut self, tx: Option<u64>, entry: &Value) {
         if entry.get("kind").and_then(Value::as_str) != Some("final") {
@@ -95,6 +152,14 @@ impl Call {
             }
         }
     }
+}
+
+fn joined(r: Result<Result<(), StorageError>, tokio::task::JoinError>) -> Result<(), StorageError> {
+    r.unwrap_or_else(|e| {
+        Err(StorageError::Unavailable {
+            message: format!("the storage task failed: {e}"),
+        })
+    })
 }
 
 /// What the imports run on.
@@ -729,7 +794,7 @@ impl Executor {
         )
         .await
         .unwrap_or_else(|_| Err(wasmtime::Trap::Interrupt.into()));
-        let call = std::mem::take(&mut p.store.data_mut().call);
+        let mut call = std::mem::take(&mut p.store.data_mut().call);
         let (status, code, internal) = match result {
             Ok(Ok(r)) => {
                 self.put(p);
@@ -760,6 +825,9 @@ impl Executor {
                 }
             }
         };
+        // A commit the guest was waiting for goes on: its outcome decides
+        // whether the request's outcome is recorded already.
+        call.settle().await;
         let at = call.started;
         let recorded = call.final_entry.clone();
         self.clean_up(request, call).await;
@@ -996,6 +1064,37 @@ mod tests {
         let mut alone = Call::default();
         alone.appended(None, &fin);
         assert_eq!(alone.final_entry.as_ref(), Some(&fin));
+    }
+
+    /// A deadline that stops the guest while its commit waits (on a lock)
+    /// does not stop the commit: the host waits for it and learns whether
+    /// the final entry it carried was recorded (the deadline test once saw
+    /// a 504 recorded beside a committed success).
+    #[tokio::test]
+    async fn a_commit_the_guest_was_stopped_in_is_awaited() {
+        let fin = json!({"kind": "final", "status": 200});
+        for committed in [true, false] {
+            let mut c = Call::default();
+            c.appended(Some(3), &fin);
+            let (go, wait) = tokio::sync::oneshot::channel::<bool>();
+            let step = async move {
+                match wait.await {
+                    Ok(true) => Ok(()),
+                    _ => Err(StorageError::Unavailable {
+                        message: "rolled back".into(),
+                    }),
+                }
+            };
+            let stopped =
+                tokio::time::timeout(Duration::from_millis(20), c.end_with(Ends::Commit(3), step))
+                    .await;
+            assert!(stopped.is_err(), "the commit was still waiting");
+            assert!(c.final_entry.is_none(), "not known before it ends");
+            go.send(committed).unwrap();
+            c.settle().await;
+            assert_eq!(c.final_entry.is_some(), committed);
+            assert!(c.pending_final.is_empty() && c.ending.is_none());
+        }
     }
 
     #[test]

@@ -8,9 +8,9 @@ use sinew_core::spec::{FilterOp, Isolation};
 use std::sync::{Arc, Mutex};
 use wasmtime::component::Resource;
 
-use super::HostState;
 use super::bindings::sinew::executor::storage::{Host, HostTransaction};
 use super::bindings::sinew::executor::types::{self as wit, Host as TypesHost};
+use super::{Ends, HostState};
 
 /// A transaction resource: the backend's id for it.
 pub struct Tx {
@@ -387,8 +387,11 @@ impl HostTransaction for HostState {
     async fn commit(&mut self, t: Resource<Tx>) -> Res<()> {
         let id = self.tx_id(&t)?;
         self.call.open.retain(|x| *x != id);
-        let r = self.backends.storage.commit(id).await;
-        self.call.ended(id, r.is_ok());
+        let storage = self.backends.storage.clone();
+        let r = self
+            .call
+            .end_with(Ends::Commit(id), async move { storage.commit(id).await })
+            .await;
         Ok(r.map_err(error))
     }
 
@@ -436,10 +439,12 @@ impl Host for HostState {
             Ok(e) => e,
             Err(e) => return Ok(Err(error(e))),
         };
-        let r = self.backends.storage.append_audit(None, &entry).await;
-        if r.is_ok() {
-            self.call.appended(None, &entry);
-        }
+        let storage = self.backends.storage.clone();
+        let step = {
+            let entry = entry.clone();
+            async move { storage.append_audit(None, &entry).await }
+        };
+        let r = self.call.end_with(Ends::Entry(entry), step).await;
         Ok(r.map_err(error))
     }
 
