@@ -10,7 +10,7 @@ use crate::hash::{canonical, sha256_hex};
 use crate::input;
 use crate::model::{Limit, PolicyAction, PolicyKind};
 use crate::ports::{Claim, Clock, External, Storage};
-use crate::problem::Problem;
+use crate::problem::{Code, Problem};
 use serde_json::{Value, json};
 
 /// The largest input an audit entry copies; a larger one is recorded by its
@@ -50,7 +50,7 @@ pub fn execute(
     let mut audit = Audit::new(&bundle.hash, request, started);
     let Some((tool_name, tool, compiled)) = bundle.tool(&request.tool) else {
         let detail = format!("there is no tool `{}`", request.tool);
-        return audit.reject(storage, clock, &Problem::new(404, "unknown_tool", detail));
+        return audit.reject(storage, clock, &Problem::new(Code::UnknownTool, detail));
     };
     audit.tool(tool, compiled);
     let call = Call {
@@ -166,15 +166,13 @@ impl<'a> Call<'a> {
             && (k.is_empty() || k.contains('\0'))
         {
             return Err(Problem::new(
-                400,
-                "invalid_idempotency_key",
+                Code::InvalidIdempotencyKey,
                 "the Idempotency-Key must be non-empty text without NUL characters",
             ));
         }
         if self.compiled.key_header && request.idempotency_key.is_none() {
             return Err(Problem::new(
-                400,
-                "idempotency_key_required",
+                Code::IdempotencyKeyRequired,
                 format!("`{}` needs an Idempotency-Key header", self.tool_name),
             ));
         }
@@ -191,7 +189,7 @@ impl<'a> Call<'a> {
                 V::Bool(false) => {}
                 V::Bool(true) => {
                     let detail = format!("`{}` is denied to this caller", self.tool_name);
-                    return Err(Problem::new(403, "forbidden", detail));
+                    return Err(Problem::new(Code::Forbidden, detail));
                 }
                 other => {
                     return Err(Problem::spec_error(format!(
@@ -230,7 +228,7 @@ impl<'a> Call<'a> {
                             .message
                             .clone()
                             .unwrap_or_else(|| format!("policy `{name}` blocks this request"));
-                        Some(Problem::new(403, "policy_denied", msg))
+                        Some(Problem::new(Code::PolicyDenied, msg))
                     });
                 }
                 PolicyAction::Warn => screened.warned.push((name.clone(), "warn")),
@@ -263,13 +261,11 @@ impl<'a> Call<'a> {
             Ok(Claim::New) => Ok(None),
             Ok(Claim::Replay { status, body }) => Ok(Some((status, body))),
             Ok(Claim::Mismatch) => Err(Problem::new(
-                422,
-                "idempotency_key_reused",
+                Code::IdempotencyKeyReused,
                 "this idempotency key was used with another input",
             )),
             Ok(Claim::InFlight) => Err(Problem::new(
-                409,
-                "idempotency_in_flight",
+                Code::IdempotencyInFlight,
                 "a request with this idempotency key is still running",
             )),
             Err(e) => Err(crate::exec::storage_problem(e)),
@@ -300,7 +296,7 @@ impl<'a> Call<'a> {
             match action {
                 PolicyAction::Block => {
                     let msg = message.unwrap_or_else(|| format!("at most {max} requests a minute"));
-                    return Err(Problem::new(429, "rate_limited", msg));
+                    return Err(Problem::new(Code::RateLimited, msg));
                 }
                 PolicyAction::Warn => policies.push((name, "warn")),
                 PolicyAction::Escalate => policies.push((name, "escalate")),
@@ -330,14 +326,13 @@ impl<'a> Call<'a> {
                 Ok(End::Return(value, status)) => self.checked_output(&mut run, value, status),
                 Ok(End::Fail(p)) | Err(p) => Err(p),
                 Ok(End::Body) => Err(Problem::new(
-                    500,
-                    "internal",
+                    Code::Internal,
                     "the flow ended without return or fail",
                 )),
             };
             // A conflict with no effect yet: run the request again.
             if let Err(p) = &outcome
-                && p.code == "conflict"
+                && p.is(Code::Conflict)
                 && run.calls.is_empty()
                 && run.rows.is_empty()
                 && attempt < CONFLICT_RETRIES
@@ -367,8 +362,7 @@ impl<'a> Call<'a> {
             let _ = run.storage.rollback(tx.id);
         }
         Err(Problem::new(
-            500,
-            "invalid_output",
+            Code::InvalidOutput,
             "the tool's result does not match its output schema",
         )
         .internal(serde_json::to_string(&errors).unwrap_or_default()))
@@ -459,8 +453,7 @@ fn authorize(tool: &crate::model::Tool, request: &Request) -> Option<Problem> {
             || input::has_nul(&auth.claims))
     {
         return Some(Problem::new(
-            401,
-            "unauthenticated",
+            Code::Unauthenticated,
             "the token's claims contain a NUL character",
         ));
     }
@@ -469,16 +462,14 @@ fn authorize(tool: &crate::model::Tool, request: &Request) -> Option<Problem> {
     }
     let Some(auth) = &request.auth else {
         return Some(Problem::new(
-            401,
-            "unauthenticated",
+            Code::Unauthenticated,
             "this tool needs a signed-in caller",
         ));
     };
 
     if !tool.auth.roles.is_empty() && !auth.roles.iter().any(|r| tool.auth.roles.contains(r)) {
         return Some(Problem::new(
-            403,
-            "forbidden",
+            Code::Forbidden,
             format!(
                 "`{}` needs one of the roles {}",
                 request.tool,

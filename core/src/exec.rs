@@ -17,7 +17,7 @@ use crate::ports::{
     CallOutcome, CallRequest, Clock, Condition, External, Query, Row, SortKey, Storage,
     StorageError, TxId,
 };
-use crate::problem::Problem;
+use crate::problem::{Code, Problem};
 use crate::request::Request;
 
 use crate::hash::uuid_from;
@@ -136,31 +136,28 @@ impl Env for Scope<'_, '_> {
 pub(crate) fn storage_problem(e: StorageError) -> Problem {
     match e {
         StorageError::Conflict { message } => Problem::new(
-            409,
-            "conflict",
+            Code::Conflict,
             "the data changed while this request ran; retry it",
         )
         .fatal()
         .internal(message),
         StorageError::Unique { entity, field } => Problem::new(
-            409,
-            "already_exists",
+            Code::AlreadyExists,
             format!(
                 "{} with this `{field}` already exists",
                 crate::diag::a_code(&entity)
             ),
         ),
         StorageError::NotFound { entity, .. } => {
-            Problem::new(404, "not_found", format!("no such `{entity}`"))
+            Problem::new(Code::NotFound, format!("no such `{entity}`"))
         }
         StorageError::Unavailable { message } => Problem::new(
-            503,
-            "unavailable",
+            Code::Unavailable,
             "the database is unavailable; retry later",
         )
         .fatal()
         .internal(message),
-        StorageError::Invalid { message } => Problem::new(500, "internal", "internal error")
+        StorageError::Invalid { message } => Problem::new(Code::Internal, "internal error")
             .fatal()
             .internal(message),
     }
@@ -262,8 +259,7 @@ impl<'a> Run<'a> {
             && self.clock.now_ms() > d
         {
             return Err(Problem::new(
-                504,
-                "deadline_exceeded",
+                Code::DeadlineExceeded,
                 format!(
                     "`{}` ran longer than its {} ms",
                     self.tool_name,
@@ -286,8 +282,7 @@ impl<'a> Run<'a> {
             || over(l.max_rows_written, self.rows_written)
         {
             return Err(Problem::new(
-                422,
-                "limit_exceeded",
+                Code::LimitExceeded,
                 format!(
                     "`{}` touched more rows than its limits allow",
                     self.tool_name
@@ -301,8 +296,7 @@ impl<'a> Run<'a> {
             match action {
                 crate::model::PolicyAction::Block => {
                     return Err(Problem::new(
-                        403,
-                        "policy_denied",
+                        Code::PolicyDenied,
                         format!("policy `{name}`: more than {max} rows"),
                     )
                     .fatal());
@@ -334,7 +328,7 @@ impl<'a> Run<'a> {
     fn write_tx(&mut self) -> Result<&mut Tx, Problem> {
         match self.open.last_mut() {
             Some(t) => Ok(t),
-            None => Err(Problem::new(500, "internal", "a write outside a transaction").fatal()),
+            None => Err(Problem::new(Code::Internal, "a write outside a transaction").fatal()),
         }
     }
 
@@ -398,8 +392,7 @@ impl<'a> Run<'a> {
             })
             .collect();
         Err(Problem::new(
-            422,
-            "invariant_violated",
+            Code::InvariantViolated,
             format!("the change would break {}", names.join(", ")),
         )
         .with_errors(broken))
@@ -423,7 +416,7 @@ impl<'a> Run<'a> {
         self.open.push(Tx::new(id));
         let result = self.run_flow(body);
         let Some(tx) = self.open.pop() else {
-            return Err(Problem::new(500, "internal", "transaction stack").fatal());
+            return Err(Problem::new(Code::Internal, "transaction stack").fatal());
         };
         let _ = node_id;
         match result {
@@ -467,7 +460,7 @@ impl<'a> Run<'a> {
         let mut cur = flow.entry.clone();
         loop {
             let Some(node) = flow.nodes.get(&cur) else {
-                return Err(Problem::new(500, "internal", format!("no node `{cur}`")).fatal());
+                return Err(Problem::new(Code::Internal, format!("no node `{cur}`")).fatal());
             };
             self.check_deadline()?;
             // A finished top-level transaction commits as late as it can:
@@ -545,7 +538,7 @@ impl<'a> Run<'a> {
             NodeKind::Let { values } => self.let_values(values)?,
             NodeKind::Delete { .. } | NodeKind::Sql { .. } | NodeKind::Invalid => {
                 return Err(
-                    Problem::new(500, "internal", format!("node `{id}` cannot run")).fatal(),
+                    Problem::new(Code::Internal, format!("node `{id}` cannot run")).fatal(),
                 );
             }
             NodeKind::Assert {
@@ -638,18 +631,13 @@ impl<'a> Run<'a> {
         let value = if one {
             match rows.as_slice() {
                 [] => {
-                    return Err(Problem::new(
-                        404,
-                        "not_found",
-                        format!("no such `{entity}`"),
-                    ));
+                    return Err(Problem::new(Code::NotFound, format!("no such `{entity}`")));
                 }
                 [row] => row_to_value(e, row),
                 [row, ..] if limit == Some(1) => row_to_value(e, row),
                 _ => {
                     return Err(Problem::new(
-                        409,
-                        "not_unique",
+                        Code::NotUnique,
                         format!("more than one `{entity}` matches where one was expected"),
                     ));
                 }
@@ -698,7 +686,7 @@ impl<'a> Run<'a> {
         {
             let sub = self
                 .sub()
-                .ok_or_else(|| Problem::new(401, "unauthenticated", "sign in to create this"))?;
+                .ok_or_else(|| Problem::new(Code::Unauthenticated, "sign in to create this"))?;
             row.insert(owner.field.clone(), Json::String(sub));
         }
         rows::normalize_row(e, &mut row);
@@ -747,17 +735,12 @@ impl<'a> Run<'a> {
         if one {
             match rows.len() {
                 0 => {
-                    return Err(Problem::new(
-                        404,
-                        "not_found",
-                        format!("no such `{entity}`"),
-                    ));
+                    return Err(Problem::new(Code::NotFound, format!("no such `{entity}`")));
                 }
                 1 => {}
                 _ => {
                     return Err(Problem::new(
-                        409,
-                        "not_unique",
+                        Code::NotUnique,
                         format!("more than one `{entity}` matches where one was expected"),
                     ));
                 }
@@ -801,10 +784,10 @@ impl<'a> Run<'a> {
         let e = self.entity(entity)?;
         let row = self.row_by_id(e, entity, row_id)?;
         let Some(sm) = &e.status else {
-            return Err(Problem::new(500, "internal", "no status machine").fatal());
+            return Err(Problem::new(Code::Internal, "no status machine").fatal());
         };
         let Some(t) = sm.transitions.get(action) else {
-            return Err(Problem::new(500, "internal", "no such transition").fatal());
+            return Err(Problem::new(Code::Internal, "no such transition").fatal());
         };
         let current = row
             .get("status")
@@ -813,8 +796,7 @@ impl<'a> Run<'a> {
             .to_string();
         if !t.from.contains(&current) {
             return Err(Problem::new(
-                409,
-                "transition_not_allowed",
+                Code::TransitionNotAllowed,
                 format!(
                     "cannot `{action}` {} that is `{current}` (allowed from {})",
                     crate::diag::a_code(entity),
@@ -877,7 +859,7 @@ impl<'a> Run<'a> {
                     Some(m) => self.eval(m, None)?.to_string(),
                     None => format!("`{}` does not hold", that.src),
                 };
-                Err(Problem::new(status, code, detail))
+                Err(Problem::custom(status, code, detail))
             }
             other => Err(not_bool(that, &other)),
         }
@@ -936,7 +918,7 @@ impl<'a> Run<'a> {
             Some(m) => self.eval(m, None)?.to_string(),
             None => code.replace('_', " "),
         };
-        Ok(Step::End(End::Fail(Problem::new(status, code, detail))))
+        Ok(Step::End(End::Fail(Problem::custom(status, code, detail))))
     }
 
     /// Runs a call node (as a step of the flow, or as a compensation).
@@ -951,7 +933,7 @@ impl<'a> Run<'a> {
             idempotency_key,
         } = &node.kind
         else {
-            return Err(Problem::new(500, "internal", "not a call").fatal());
+            return Err(Problem::new(Code::Internal, "not a call").fatal());
         };
         // A compensation always runs (it undoes an effect that happened):
         // it is audited, but not held to `maxCalls`.
@@ -960,8 +942,7 @@ impl<'a> Run<'a> {
             && self.calls.iter().filter(|c| !c.compensation).count() as u64 >= max
         {
             return Err(Problem::new(
-                422,
-                "limit_exceeded",
+                Code::LimitExceeded,
                 format!(
                     "`{}` made more external calls than its limit of {max}",
                     self.tool_name
@@ -1021,13 +1002,11 @@ impl<'a> Run<'a> {
                 Ok(())
             }
             CallOutcome::Declined { .. } => Err(Problem::new(
-                502,
-                "external_declined",
+                Code::ExternalDeclined,
                 format!("{external}.{operation} was declined"),
             )),
             CallOutcome::Failed { message } => Err(Problem::new(
-                502,
-                "external_failed",
+                Code::ExternalFailed,
                 format!("{external}.{operation} failed"),
             )
             .internal(message)),
@@ -1069,7 +1048,7 @@ impl<'a> Run<'a> {
             .spec
             .entities
             .get(name)
-            .ok_or_else(|| Problem::new(500, "internal", format!("no entity `{name}`")).fatal())
+            .ok_or_else(|| Problem::new(Code::Internal, format!("no entity `{name}`")).fatal())
     }
 
     fn sub(&self) -> Option<String> {
@@ -1129,8 +1108,7 @@ impl<'a> Run<'a> {
             Value::Int(n) if n >= 1 => Ok(u64::try_from(n).unwrap_or(1)),
             // A number the caller chose (the spec's schema let it through).
             Value::Int(n) => Err(Problem::new(
-                400,
-                "invalid_input",
+                Code::InvalidInput,
                 format!("a page size must be at least 1, found {n}"),
             )),
             other => Err(Problem::spec_error(format!(
@@ -1158,8 +1136,7 @@ impl<'a> Run<'a> {
             Value::String(s) => s,
             other => {
                 return Err(Problem::new(
-                    400,
-                    "invalid_input",
+                    Code::InvalidInput,
                     format!(
                         "a paging cursor is the id of the last row seen, found {}",
                         other.a_type()
@@ -1171,8 +1148,7 @@ impl<'a> Run<'a> {
         let rows = self.read_by_id(e, entity, id, tx, false)?;
         let Some(row) = rows.first() else {
             return Err(Problem::new(
-                400,
-                "invalid_input",
+                Code::InvalidInput,
                 "the paging cursor names no row",
             ));
         };
@@ -1191,11 +1167,7 @@ impl<'a> Run<'a> {
             Value::String(s) => s,
             // An optional input left out: no such row.
             Value::Null => {
-                return Err(Problem::new(
-                    404,
-                    "not_found",
-                    format!("no such `{entity}`"),
-                ));
+                return Err(Problem::new(Code::NotFound, format!("no such `{entity}`")));
             }
             other => {
                 return Err(Problem::spec_error(format!(
@@ -1211,7 +1183,7 @@ impl<'a> Run<'a> {
         let rows = self.read_by_id(e, entity, id, Some(tx), lock)?;
         rows.into_iter()
             .next()
-            .ok_or_else(|| Problem::new(404, "not_found", format!("no such `{entity}`")))
+            .ok_or_else(|| Problem::new(Code::NotFound, format!("no such `{entity}`")))
     }
 
     /// Reads the row `id` of `entity` that the caller may see (owner

@@ -252,7 +252,7 @@ pub fn violations(schema: &jsonschema::Validator, input: &Value) -> (Vec<Value>,
 /// The `400 invalid_input` problem for `n` violations of which `listed`
 /// are given.
 pub fn invalid(detail: &str, listed: Vec<Value>, n: usize) -> crate::problem::Problem {
-    let mut p = crate::problem::Problem::new(400, "invalid_input", detail);
+    let mut p = crate::problem::Problem::new(crate::problem::Code::InvalidInput, detail);
     if n > listed.len() {
         p.detail = format!(
             "{detail} ({n} violations, the first {} listed)",

@@ -2,6 +2,111 @@
 
 use serde_json::{Map, Value, json};
 
+/// Declares [`Code`]: each problem sinew itself answers with, its status
+/// and its stable code, in one place (the table in `docs/contract.md`
+/// lists the same, and a test holds them together).
+macro_rules! codes {
+    ($($(#[doc = $doc:literal])* $name:ident = $status:literal $code:literal,)*) => {
+        /// A problem the executor or the server answers with (a spec's
+        /// `fail` and `assert` nodes name their own: [`Problem::custom`]).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Code {
+            $($(#[doc = $doc])* $name,)*
+        }
+
+        impl Code {
+            /// Every code, in the order of the documentation's table.
+            pub const ALL: &[Code] = &[$(Code::$name,)*];
+
+            /// The HTTP status it is answered with.
+            pub const fn status(self) -> u16 {
+                match self {
+                    $(Code::$name => $status,)*
+                }
+            }
+
+            /// The stable machine-readable code (`not_found`).
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Code::$name => $code,)*
+                }
+            }
+        }
+    };
+}
+
+codes! {
+    /// The input does not match the tool's schema.
+    InvalidInput = 400 "invalid_input",
+    /// The body is not JSON, or nests too deeply.
+    InvalidJson = 400 "invalid_json",
+    /// The body could not be read.
+    InvalidBody = 400 "invalid_body",
+    /// The tool's key is the `Idempotency-Key` header, and it is missing.
+    IdempotencyKeyRequired = 400 "idempotency_key_required",
+    /// The idempotency key is malformed.
+    InvalidIdempotencyKey = 400 "invalid_idempotency_key",
+    /// No token where one is needed, or a bad one.
+    Unauthenticated = 401 "unauthenticated",
+    /// The caller lacks the tool's roles, or `denyWhen` holds.
+    Forbidden = 403 "forbidden",
+    /// A blocking policy fired.
+    PolicyDenied = 403 "policy_denied",
+    /// No tool has that name.
+    UnknownTool = 404 "unknown_tool",
+    /// No such row (or not the caller's), or no such path.
+    NotFound = 404 "not_found",
+    /// A known path with another method.
+    MethodNotAllowed = 405 "method_not_allowed",
+    /// The row's status is not one of the action's `from` states.
+    TransitionNotAllowed = 409 "transition_not_allowed",
+    /// A `unique` field already has that value.
+    AlreadyExists = 409 "already_exists",
+    /// A read or update with `one` matched more than one row.
+    NotUnique = 409 "not_unique",
+    /// A concurrent transaction changed or locked the same rows.
+    Conflict = 409 "conflict",
+    /// A call with the same idempotency key is still running.
+    IdempotencyInFlight = 409 "idempotency_in_flight",
+    /// The body is too large.
+    TooLarge = 413 "too_large",
+    /// A body that is not JSON by its `Content-Type`.
+    UnsupportedMediaType = 415 "unsupported_media_type",
+    /// A written row breaks an entity invariant.
+    InvariantViolated = 422 "invariant_violated",
+    /// A written value breaks its field's constraints.
+    ConstraintViolated = 422 "constraint_violated",
+    /// The idempotency key was used before with another input.
+    IdempotencyKeyReused = 422 "idempotency_key_reused",
+    /// The call exceeded one of its tool's limits.
+    LimitExceeded = 422 "limit_exceeded",
+    /// An `assert` without its own code did not hold (its node may set
+    /// another status).
+    AssertionFailed = 422 "assertion_failed",
+    /// A blocking `rateLimit` policy.
+    RateLimited = 429 "rate_limited",
+    /// A mistake of the spec found while running.
+    SpecError = 500 "spec_error",
+    /// The result does not match the output schema.
+    InvalidOutput = 500 "invalid_output",
+    /// A bug, a storage failure, a trap of the component.
+    Internal = 500 "internal",
+    /// An external service refused the call.
+    ExternalDeclined = 502 "external_declined",
+    /// An external call failed after all its attempts.
+    ExternalFailed = 502 "external_failed",
+    /// The database is unreachable.
+    Unavailable = 503 "unavailable",
+    /// The call ran past its deadline.
+    DeadlineExceeded = 504 "deadline_exceeded",
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A typed error of an execution.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Problem {
@@ -9,6 +114,9 @@ pub struct Problem {
     pub status: u16,
     /// Stable machine-readable code (`not_found`, or a spec's `fail` code).
     pub code: String,
+    /// The built-in code it is, if it is one (a spec's `fail` may reuse a
+    /// built-in code's text; it is still the spec's, not sinew's).
+    builtin: Option<Code>,
     /// One sentence for the caller.
     pub detail: String,
     /// Details per item (input violations with pointers, broken invariants).
@@ -23,17 +131,32 @@ pub struct Problem {
 }
 
 impl Problem {
-    /// A problem with a status, a code and a detail.
-    pub fn new(status: u16, code: &str, detail: impl Into<String>) -> Problem {
+    /// A built-in problem: its status comes with its code.
+    pub fn new(code: Code, detail: impl Into<String>) -> Problem {
+        Problem {
+            builtin: Some(code),
+            ..Problem::custom(code.status(), code.as_str(), detail)
+        }
+    }
+
+    /// A problem a spec names (`fail`, `assert`), or one read back from an
+    /// audit entry: any status and code.
+    pub fn custom(status: u16, code: &str, detail: impl Into<String>) -> Problem {
         Problem {
             status,
             code: code.to_string(),
+            builtin: None,
             detail: detail.into(),
             errors: Vec::new(),
             fatal: false,
             internal: None,
             extra: Map::new(),
         }
+    }
+
+    /// Whether it is this built-in problem.
+    pub fn is(&self, code: Code) -> bool {
+        self.builtin == Some(code)
     }
 
     /// A mistake of the spec found while running (an expression that
@@ -43,8 +166,7 @@ impl Problem {
     /// what went wrong) goes to the audit entry and the server's log.
     pub fn spec_error(internal: impl Into<String>) -> Problem {
         Problem::new(
-            500,
-            "spec_error",
+            Code::SpecError,
             "the tool stopped on a mistake in its spec; the operators have the details",
         )
         .fatal()
@@ -82,7 +204,7 @@ impl Problem {
         m.insert("title".into(), json!(title(self.status)));
         m.insert("status".into(), json!(self.status));
         m.insert("code".into(), json!(self.code));
-        let detail = if self.status >= 500 && self.code == "internal" {
+        let detail = if self.status >= 500 && self.code == Code::Internal.as_str() {
             "internal error".to_string()
         } else {
             self.detail.clone()

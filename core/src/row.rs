@@ -8,7 +8,7 @@ use crate::expr::Value;
 use crate::expr::value::{format_timestamp, parse_timestamp};
 use crate::model::{Entity, FieldType};
 use crate::ports::Row;
-use crate::problem::Problem;
+use crate::problem::{Code, Problem};
 
 fn is_timestamp_column(e: &Entity, field: &str) -> bool {
     matches!(field, "created_at" | "updated_at" | "deleted_at")
@@ -141,7 +141,7 @@ pub(crate) fn check_fields<'k>(
         .into_iter()
         .map(|(k, why)| serde_json::json!({"field": k, "message": why}))
         .collect();
-    Err(Problem::new(422, "constraint_violated", detail).with_errors(list))
+    Err(Problem::new(Code::ConstraintViolated, detail).with_errors(list))
 }
 
 /// Normalizes the timestamp fields of a row to the canonical text form.

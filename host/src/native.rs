@@ -11,6 +11,7 @@ use sinew_core::ports::{
     CallRequest, CallResult, Claim, Clock, External, Isolation, Query, Row, Storage, StorageError,
     TxId,
 };
+use sinew_core::problem::{Code, Problem};
 use std::sync::Arc;
 use tokio::runtime::Handle;
 
@@ -178,7 +179,7 @@ impl Native {
             Err(e) => {
                 self.reject_with(
                     request,
-                    sinew_core::problem::Problem::new(500, "internal", "internal error")
+                    Problem::new(Code::Internal, "internal error")
                         .internal(format!("the native executor failed: {e}")),
                 )
                 .await
@@ -194,18 +195,11 @@ impl Native {
         code: &str,
         detail: &str,
     ) -> Response {
-        self.reject_with(
-            request,
-            sinew_core::problem::Problem::new(status, code, detail.to_string()),
-        )
-        .await
+        self.reject_with(request, Problem::custom(status, code, detail))
+            .await
     }
 
-    async fn reject_with(
-        &self,
-        request: &Request,
-        problem: sinew_core::problem::Problem,
-    ) -> Response {
+    async fn reject_with(&self, request: &Request, problem: Problem) -> Response {
         self.backends
             .turn_away(&self.bundle.hash, request, &problem, None)
             .await

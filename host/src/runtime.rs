@@ -17,6 +17,7 @@ use anyhow::{Context, Result, anyhow};
 use serde_json::Value;
 use sinew_core::contract::{Request, Response};
 use sinew_core::ports::StorageError;
+use sinew_core::problem::{Code, Problem};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Linker, ResourceTable};
@@ -746,8 +747,7 @@ impl Executor {
                 self.host_failure(
                     request,
                     None,
-                    500,
-                    "internal",
+                    Code::Internal,
                     "the executor is shutting down",
                 )
                 .await,
@@ -762,8 +762,7 @@ impl Executor {
                         self.host_failure(
                             request,
                             None,
-                            500,
-                            "internal",
+                            Code::Internal,
                             &format!("could not start an executor: {}", e.message),
                         )
                         .await,
@@ -795,7 +794,7 @@ impl Executor {
         .await
         .unwrap_or_else(|_| Err(wasmtime::Trap::Interrupt.into()));
         let mut call = std::mem::take(&mut p.store.data_mut().call);
-        let (status, code, internal) = match result {
+        let (code, internal) = match result {
             Ok(Ok(r)) => {
                 self.put(p);
                 return Ran::Guest(r);
@@ -803,12 +802,12 @@ impl Executor {
             // The guest refused the request (before the contract ran).
             Ok(Err(e)) => {
                 self.put(p);
-                let (status, code) = match e.code.as_str() {
-                    "too-large" => (413, "too_large"),
-                    "invalid-json" => (400, "invalid_json"),
-                    _ => (500, "internal"),
+                let code = match e.code.as_str() {
+                    "too-large" => Code::TooLarge,
+                    "invalid-json" => Code::InvalidJson,
+                    _ => Code::Internal,
                 };
-                (status, code, e.message)
+                (code, e.message)
             }
             Err(trap) => {
                 drop(p);
@@ -819,9 +818,9 @@ impl Executor {
                 if deadline {
                     let ms = timeout.as_millis();
                     let message = format!("`{}` ran longer than {ms} ms", request.tool);
-                    (504, "deadline_exceeded", message)
+                    (Code::DeadlineExceeded, message)
                 } else {
-                    (500, "internal", format!("the executor stopped: {trap:?}"))
+                    (Code::Internal, format!("the executor stopped: {trap:?}"))
                 }
             }
         };
@@ -836,10 +835,7 @@ impl Executor {
         if let Some(entry) = recorded {
             return Ran::Host(recorded_outcome(request, entry));
         }
-        Ran::Host(
-            self.host_failure(request, at, status, code, &internal)
-                .await,
-        )
+        Ran::Host(self.host_failure(request, at, code, &internal).await)
     }
 
     /// Undoes what a call that did not answer left (nothing, unless it
@@ -871,17 +867,17 @@ impl Executor {
         &self,
         request: &Request,
         started: Option<i64>,
-        status: u16,
-        code: &str,
+        code: Code,
         internal: &str,
     ) -> Response {
-        let detail = match status {
-            504 => "the request ran out of time; what it had not committed was rolled back (the audit entry says what committed)".to_string(),
-            500 => "internal error".to_string(),
-            _ => internal.to_string(),
+        let detail = match code {
+            Code::DeadlineExceeded => {
+                "the request ran out of time; what it had not committed was rolled back (the audit entry says what committed)"
+            }
+            Code::Internal => "internal error",
+            _ => internal,
         };
-        let problem =
-            sinew_core::problem::Problem::new(status, code, detail).internal(internal.to_string());
+        let problem = Problem::new(code, detail).internal(internal);
         self.backends
             .turn_away(&self.bundle_hash, request, &problem, started)
             .await
@@ -897,7 +893,7 @@ impl Executor {
         code: &str,
         detail: &str,
     ) -> Response {
-        let problem = sinew_core::problem::Problem::new(status, code, detail.to_string());
+        let problem = Problem::custom(status, code, detail);
         self.backends
             .turn_away(&self.bundle_hash, request, &problem, None)
             .await
@@ -938,11 +934,10 @@ fn recorded_outcome(request: &Request, entry: Value) -> Response {
             .to_owned()
     };
     let problem = if status >= 400 {
-        sinew_core::problem::Problem::new(status, &text("code"), text("detail"))
+        Problem::custom(status, &text("code"), text("detail"))
     } else {
-        let mut p = sinew_core::problem::Problem::new(
-            503,
-            "unavailable",
+        let mut p = Problem::new(
+            Code::Unavailable,
             "the request completed, but its answer was lost: retry with the same Idempotency-Key to get it",
         );
         p.extra.insert("committed".into(), Value::Bool(true));

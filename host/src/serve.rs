@@ -534,7 +534,7 @@ fn late(id: &str) -> hyper::Response<Body> {
 /// A problem answered by the server itself (no tool ran): its `instance`
 /// and its `X-Request-Id` are the request's id.
 fn problem(status: u16, code: &str, detail: &str, id: &str) -> hyper::Response<Body> {
-    let body = sinew_core::problem::Problem::new(status, code, detail).body(id);
+    let body = sinew_core::problem::Problem::custom(status, code, detail).body(id);
     let mut r = respond(
         status,
         "application/problem+json",
