@@ -36,7 +36,7 @@ const ACCOUNT_COLUMNS: &str = r#""id"::text, "version"::text, floor(extract(epoc
 const TRANSFER_COLUMNS: &str = r#""id"::text, "version"::text, floor(extract(epoch from "created_at") * 1000000)::bigint::text, floor(extract(epoch from "updated_at") * 1000000)::bigint::text, floor(extract(epoch from "deleted_at") * 1000000)::bigint::text, "kind"::text, "from_account"::text, "to_account"::text, "amount_cents"::text, "currency"::text, "reference"::text, "initiated_by"::text"#;
 
 // sinew's own statements, exactly as the server issues them.
-use sinew_core::ports::memory::GENESIS_HASH as GENESIS;
+use sinew_core::chain::GENESIS_HASH as GENESIS;
 use sinew_host::pg::sql::{
     APPEND as AUDIT, AUDIT_LOCK, CLAIM, COMPLETE, LOCK_CHAIN, RATE, STATE as STORED,
 };

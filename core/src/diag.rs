@@ -140,6 +140,19 @@ pub fn a_code(name: &str) -> String {
     a(&format!("`{name}`"))
 }
 
+/// What kind of JSON value `v` is, with its article (`a string`, `null`).
+pub fn a_json(v: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// Escapes one JSON Pointer reference token (`~` → `~0`, `/` → `~1`).
 pub fn escape_token(token: &str) -> String {
     if token.contains(['~', '/']) {

@@ -31,6 +31,7 @@
 )]
 
 pub mod bundle;
+pub mod chain;
 pub mod contract;
 pub mod diag;
 pub mod exec;

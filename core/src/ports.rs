@@ -13,6 +13,14 @@ pub mod world;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// How long an idempotency key is remembered after it was claimed (every
+/// storage forgets it then: a new claim with any input is new).
+pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// How long a claim may stay without an answer before it counts as
+/// abandoned (its server died mid-request) and may be claimed again.
+pub const ABANDONED_AFTER_MS: i64 = 15 * 60 * 1000;
+
 pub use crate::model::{FilterOp, Isolation};
 
 /// A row: a JSON object with the implicit columns (`id`, `version`,

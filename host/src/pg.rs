@@ -14,7 +14,8 @@ pub mod pool;
 pub mod schema;
 
 use serde_json::Value;
-use sinew_core::ports::memory::{GENESIS_HASH, IDEMPOTENCY_TTL_MS, seal_entry};
+use sinew_core::chain::{GENESIS_HASH, seal_entry};
+use sinew_core::ports::IDEMPOTENCY_TTL_MS;
 use sinew_core::ports::{Claim, FilterOp, Isolation, Query, Row, StorageError};
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -1248,7 +1249,7 @@ pub async fn verify_audit(client: &tokio_postgres::Client) -> anyhow::Result<Res
         )
         .await?;
     futures_util::pin_mut!(stream);
-    let mut walk = sinew_core::ports::memory::ChainWalk::default();
+    let mut walk = sinew_core::chain::ChainWalk::default();
     while let Some(row) = stream.try_next().await? {
         let (seq, text, prev, hash): (i64, String, String, String) =
             (row.get(0), row.get(1), row.get(2), row.get(3));
@@ -1280,6 +1281,17 @@ pub async fn verify_audit(client: &tokio_postgres::Client) -> anyhow::Result<Res
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The claim's SQL forgets and abandons keys when the in-memory store
+    /// does (the constants every storage shares).
+    #[test]
+    fn claims_expire_when_every_storage_says() {
+        use sinew_core::ports::ABANDONED_AFTER_MS;
+        assert_eq!(IDEMPOTENCY_TTL_MS, 24 * 3_600_000);
+        assert!(sql::CLAIM.contains("- interval '24 hours'"));
+        assert_eq!(ABANDONED_AFTER_MS, 15 * 60_000);
+        assert!(sql::CLAIM.contains("- interval '15 minutes'"));
+    }
 
     #[test]
     fn spliced_text_is_the_sealed_text() {

@@ -69,17 +69,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Number, Value};
 
+use crate::chain::{GENESIS_HASH, seal_entry, verify_audit_chain};
 use crate::expr::value::parse_timestamp;
+use crate::hash::canonical as canonical_json;
 
 use super::{
-    Claim, Clock, Condition, FilterOp, Isolation, Query, Row, SortKey, Storage, StorageError, TxId,
+    ABANDONED_AFTER_MS, Claim, Clock, Condition, FilterOp, IDEMPOTENCY_TTL_MS, Isolation, Query,
+    Row, SortKey, Storage, StorageError, TxId,
 };
-
-/// How long an idempotency key is remembered after it was claimed.
-pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
-
-/// The `prev` of the first audit entry.
-pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 // ---------------------------------------------------------------------------
 // Clock
@@ -550,7 +547,7 @@ impl MemoryStorage {
         let Value::Object(top) = state else {
             return Err(format!(
                 "the storage state must be a JSON object, not {}",
-                type_name(state)
+                crate::diag::a_json(state)
             ));
         };
         let mut store = MemoryStorage::new();
@@ -561,14 +558,14 @@ impl MemoryStorage {
                     let Value::Array(entries) = value else {
                         return Err(format!(
                             "`audit` must be an array, not {}",
-                            type_name(value)
+                            crate::diag::a_json(value)
                         ));
                     };
                     for (i, entry) in entries.iter().enumerate() {
                         if !entry.is_object() {
                             return Err(format!(
                                 "`audit[{i}]` must be an object, not {}",
-                                type_name(entry)
+                                crate::diag::a_json(entry)
                             ));
                         }
                     }
@@ -594,21 +591,24 @@ impl MemoryStorage {
         let Value::Object(entities) = value else {
             return Err(format!(
                 "`rows` must be an object of entity → array of rows, not {}",
-                type_name(value)
+                crate::diag::a_json(value)
             ));
         };
         for (entity, list) in entities {
             let Value::Array(list) = list else {
                 return Err(format!(
                     "`rows.{entity}` must be an array of rows, not {}",
-                    type_name(list)
+                    crate::diag::a_json(list)
                 ));
             };
             let table = self.tables.entry(entity.clone()).or_default();
             for (i, row) in list.iter().enumerate() {
                 let at = format!("rows.{entity}[{i}]");
                 let Value::Object(row) = row else {
-                    return Err(format!("`{at}` must be an object, not {}", type_name(row)));
+                    return Err(format!(
+                        "`{at}` must be an object, not {}",
+                        crate::diag::a_json(row)
+                    ));
                 };
                 let Some(id) = row.get("id").and_then(Value::as_str) else {
                     return Err(format!("`{at}` has no string `id`"));
@@ -618,7 +618,7 @@ impl MemoryStorage {
                 {
                     return Err(format!(
                         "`{at}.version` must be an integer, not {}",
-                        type_name(version)
+                        crate::diag::a_json(version)
                     ));
                 }
                 if let Some(deleted) = row.get("deleted_at")
@@ -627,7 +627,7 @@ impl MemoryStorage {
                 {
                     return Err(format!(
                         "`{at}.deleted_at` must be null or a timestamp, not {}",
-                        type_name(deleted)
+                        crate::diag::a_json(deleted)
                     ));
                 }
                 if table.contains_key(id) {
@@ -649,13 +649,16 @@ impl MemoryStorage {
         let Value::Array(list) = value else {
             return Err(format!(
                 "`idempotency` must be an array, not {}",
-                type_name(value)
+                crate::diag::a_json(value)
             ));
         };
         for (i, item) in list.iter().enumerate() {
             let at = format!("idempotency[{i}]");
             let Value::Object(m) = item else {
-                return Err(format!("`{at}` must be an object, not {}", type_name(item)));
+                return Err(format!(
+                    "`{at}` must be an object, not {}",
+                    crate::diag::a_json(item)
+                ));
             };
             check_keys(
                 m,
@@ -685,7 +688,7 @@ impl MemoryStorage {
                 Some(other) => {
                     return Err(format!(
                         "`{at}.response` must be null or an object, not {}",
-                        type_name(other)
+                        crate::diag::a_json(other)
                     ));
                 }
             };
@@ -707,12 +710,18 @@ impl MemoryStorage {
 
     fn load_rate(&mut self, value: &Value) -> Result<(), String> {
         let Value::Array(list) = value else {
-            return Err(format!("`rate` must be an array, not {}", type_name(value)));
+            return Err(format!(
+                "`rate` must be an array, not {}",
+                crate::diag::a_json(value)
+            ));
         };
         for (i, item) in list.iter().enumerate() {
             let at = format!("rate[{i}]");
             let Value::Object(m) = item else {
-                return Err(format!("`{at}` must be an object, not {}", type_name(item)));
+                return Err(format!(
+                    "`{at}` must be an object, not {}",
+                    crate::diag::a_json(item)
+                ));
             };
             check_keys(m, &at, &["scope", "window_ms", "count"])?;
             let scope = get_str(m, &at, "scope")?;
@@ -1404,10 +1413,12 @@ impl Storage for MemoryStorage {
             self.swept_ms = now_ms;
         }
         let k = (scope.to_owned(), key.to_owned());
-        let live = self
-            .keys
-            .get(&k)
-            .filter(|r| now_ms.saturating_sub(r.claimed_ms) < IDEMPOTENCY_TTL_MS);
+        // Forgotten after a day; a claim still without an answer after 15
+        // minutes was abandoned (its server died mid-request).
+        let live = self.keys.get(&k).filter(|r| {
+            let age = now_ms.saturating_sub(r.claimed_ms);
+            age < IDEMPOTENCY_TTL_MS && (r.response.is_some() || age < ABANDONED_AFTER_MS)
+        });
         let Some(record) = live else {
             self.keys.insert(
                 k,
@@ -1501,7 +1512,7 @@ fn check_query(query: &Query) -> Result<(), StorageError> {
             return Err(invalid(format!(
                 "`in` on `{}` needs an array, not {}",
                 c.field,
-                type_name(&c.value)
+                crate::diag::a_json(&c.value)
             )));
         }
     }
@@ -1540,14 +1551,14 @@ fn load_fields(
     let Value::Object(entities) = value else {
         return Err(format!(
             "`{section}` must be an object of entity → array of fields, not {}",
-            type_name(value)
+            crate::diag::a_json(value)
         ));
     };
     for (entity, fields) in entities {
         let Value::Array(fields) = fields else {
             return Err(format!(
                 "`{section}.{entity}` must be an array of field names, not {}",
-                type_name(fields)
+                crate::diag::a_json(fields)
             ));
         };
         let set = into.entry(entity.clone()).or_default();
@@ -1555,7 +1566,7 @@ fn load_fields(
             let Some(field) = field.as_str() else {
                 return Err(format!(
                     "`{section}.{entity}[{i}]` must be a field name, not {}",
-                    type_name(field)
+                    crate::diag::a_json(field)
                 ));
             };
             set.insert(field.to_owned());
@@ -1696,17 +1707,6 @@ fn compare_to_cursor(row: &Row, after: &[Value], order: &[SortKey], cols: Column
         .unwrap_or(Ordering::Equal)
 }
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 fn check_keys(m: &Map<String, Value>, at: &str, allowed: &[&str]) -> Result<(), String> {
     match m.keys().find(|k| !allowed.contains(&k.as_str())) {
         Some(k) => Err(format!(
@@ -1727,139 +1727,20 @@ fn get_str<'a>(m: &'a Map<String, Value>, at: &str, key: &str) -> Result<&'a str
         .ok_or_else(|| format!("`{at}.{key}` must be a string"))
 }
 
-// ---------------------------------------------------------------------------
-// Audit chain
-
-/// The canonical JSON text of a value: compact, object keys sorted
-/// (by bytes) at every level. What audit hashes are computed over.
-pub fn canonical_json(value: &Value) -> String {
-    crate::hash::canonical(value)
-}
-
-/// Chains an audit entry: returns it with `seq`, `prev` and `hash` set, where
-/// `hash` is the SHA-256 (lowercase hex) of the canonical JSON of the entry
-/// with `seq` and `prev` and without `hash`. Shared by every storage so the
-/// chains agree.
-pub fn chain_audit_entry(entry: &Value, seq: u64, prev: &str) -> Result<Value, String> {
-    chain_owned(entry.clone(), seq, prev)
-}
-
-/// [`chain_audit_entry`] on an entry the caller owns: no copy is made.
-pub fn chain_owned(entry: Value, seq: u64, prev: &str) -> Result<Value, String> {
-    let (text, hash) = seal_entry(entry, seq, prev)?;
-    let mut value: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    if let Value::Object(m) = &mut value {
-        m.insert("hash".into(), Value::from(hash));
-    }
-    Ok(value)
-}
-
-/// The chained form of an entry: the canonical JSON of the entry with `seq`
-/// and `prev` (and without `hash`), and its SHA-256 — what the `hash` is.
-/// Every storage stores exactly this text, so chains agree across backends.
-pub fn seal_entry(entry: Value, seq: u64, prev: &str) -> Result<(String, String), String> {
-    let Value::Object(mut map) = entry else {
-        return Err(format!(
-            "an audit entry must be a JSON object, not {}",
-            type_name(&entry)
-        ));
-    };
-    map.shift_remove("hash");
-    map.insert("seq".into(), Value::from(seq));
-    map.insert("prev".into(), Value::from(prev));
-    let text = canonical_json(&Value::Object(map));
-    let hash = sha256_hex(text.as_bytes());
-    Ok((text, hash))
-}
-
-/// Walks an audit chain: every entry is an object with `seq` = its position
-/// (from 1), `prev` = the previous entry's `hash` ([`GENESIS_HASH`] for the
-/// first) and a `hash` matching its content. Returns the number of entries,
-/// or a message naming the first broken link.
-pub fn verify_audit_chain(entries: &[Value]) -> Result<usize, String> {
-    let mut walk = ChainWalk::default();
-    for entry in entries {
-        let Value::Object(map) = entry else {
-            return Err(format!("audit entry {}: not a JSON object", walk.len() + 1));
-        };
-        let mut content = map.clone();
-        let hash = match content.shift_remove("hash") {
-            Some(Value::String(h)) => h,
-            _ => return Err(format!("audit entry {}: no `hash`", walk.len() + 1)),
-        };
-        walk.next(&content, &hash)?;
-    }
-    Ok(walk.len())
-}
-
-/// An audit chain walked one entry at a time (storages stream theirs).
-#[derive(Debug, Clone)]
-pub struct ChainWalk {
-    prev: String,
-    n: u64,
-}
-
-impl Default for ChainWalk {
-    fn default() -> Self {
-        ChainWalk {
-            prev: GENESIS_HASH.to_owned(),
-            n: 0,
-        }
-    }
-}
-
-impl ChainWalk {
-    /// Entries accepted so far.
-    pub fn len(&self) -> usize {
-        usize::try_from(self.n).unwrap_or(usize::MAX)
-    }
-
-    /// Whether no entry was accepted yet.
-    pub fn is_empty(&self) -> bool {
-        self.n == 0
-    }
-
-    /// Checks the next entry: `content` is the entry without `hash` (with
-    /// its `seq` and `prev`), `hash` the one stored beside it.
-    pub fn next(&mut self, content: &Map<String, Value>, hash: &str) -> Result<(), String> {
-        let n = self.n + 1;
-        match content.get("seq").and_then(Value::as_u64) {
-            Some(seq) if seq == n => {}
-            _ => {
-                return Err(format!(
-                    "audit entry {n}: `seq` is {}, expected {n} (an entry is missing)",
-                    content
-                        .get("seq")
-                        .map_or_else(|| "missing".to_owned(), Value::to_string)
-                ));
-            }
-        }
-        if content.get("prev").and_then(Value::as_str) != Some(self.prev.as_str()) {
-            return Err(format!(
-                "audit entry {n}: `prev` does not match the hash of the previous entry"
-            ));
-        }
-        let expected = sha256_hex(canonical_json(&Value::Object(content.clone())).as_bytes());
-        if expected != hash {
-            return Err(format!(
-                "audit entry {n}: `hash` does not match its content (the entry was altered)"
-            ));
-        }
-        self.prev = hash.to_owned();
-        self.n = n;
-        Ok(())
-    }
-}
-
-/// Lowercase hex SHA-256 (the `sha2` crate).
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    crate::hash::sha256_hex(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    use crate::hash::sha256_hex;
+
+    /// An entry as the chain stores it: with `seq`, `prev` and `hash`.
+    fn chain_audit_entry(entry: &Value, seq: u64, prev: &str) -> Result<Value, String> {
+        let (text, hash) = seal_entry(entry.clone(), seq, prev)?;
+        let mut value: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        value["hash"] = Value::from(hash);
+        Ok(value)
+    }
 
     const E: &str = "Item";
 
@@ -3417,6 +3298,28 @@ mod tests {
             Claim::New
         );
         assert_eq!(s.keys.len(), 2);
+    }
+
+    /// As on Postgres: a claim still without an answer after 15 minutes
+    /// was abandoned (its server died mid-request) and may be claimed again,
+    /// with any input; an answered one is kept for the day.
+    #[test]
+    fn abandoned_claims_may_be_claimed_again() {
+        let mut s = MemoryStorage::new();
+        s.claim_key("s", "k", "f", 0).unwrap();
+        s.claim_key("s", "done", "f", 0).unwrap();
+        s.complete_key(None, "s", "done", 201, &json!(1)).unwrap();
+        let later = ABANDONED_AFTER_MS;
+        assert_eq!(
+            s.claim_key("s", "k", "f", later - 1).unwrap(),
+            Claim::InFlight
+        );
+        assert_eq!(s.claim_key("s", "k", "g", later).unwrap(), Claim::New);
+        assert_eq!(s.claim_key("s", "k", "g", later).unwrap(), Claim::InFlight);
+        assert!(matches!(
+            s.claim_key("s", "done", "f", later * 4).unwrap(),
+            Claim::Replay { status: 201, .. }
+        ));
     }
 
     #[test]

@@ -34,23 +34,12 @@ impl Cx {
     }
 }
 
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 fn wrong_type(cx: &mut Cx, path: &str, want: &str, v: &Value) {
     cx.error(
         Diagnostic::new(
             "wrong-type",
             path,
-            format!("expected {want}, found {}", kind_of(v)),
+            format!("expected {want}, found {}", crate::diag::a_json(v)),
         )
         .help(format!("write {want} here")),
     );
