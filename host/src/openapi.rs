@@ -61,23 +61,44 @@ fn success_statuses(tool: &Tool) -> BTreeSet<u16> {
     out
 }
 
-/// The error statuses the server can answer for a tool, each with why.
-fn error_statuses(spec: &Spec, name: &str, tool: &Tool) -> BTreeMap<u16, Vec<String>> {
-    let mut out: BTreeMap<u16, Vec<String>> = BTreeMap::new();
-    let mut add = |status: u16, why: String| {
-        let reasons = out.entry(status).or_default();
+/// Why the server may answer each error status, the reasons of a status in
+/// the order they were found (its description joins them).
+#[derive(Default)]
+struct Reasons(BTreeMap<u16, Vec<String>>);
+
+impl Reasons {
+    /// Adds `why` to the reasons for `status`, unless it is there already.
+    fn add(&mut self, status: u16, why: impl Into<String>) {
+        let why = why.into();
+        let reasons = self.0.entry(status).or_default();
         if !reasons.contains(&why) {
             reasons.push(why);
         }
-    };
+    }
+}
+
+/// The error statuses the server can answer for a tool, each with why.
+fn error_statuses(spec: &Spec, name: &str, tool: &Tool) -> BTreeMap<u16, Vec<String>> {
+    let mut out = Reasons::default();
     let nodes = nodes(&tool.flow);
-    add(
+    request_errors(tool, &mut out);
+    policy_errors(spec, name, &mut out);
+    data_errors(spec, tool, &nodes, &mut out);
+    limit_errors(tool, &mut out);
+    flow_errors(&nodes, &mut out);
+    server_errors(&mut out);
+    out.0
+}
+
+/// The input, the `Idempotency-Key` header, the token, a webhook's
+/// signature and the tool's `auth`.
+fn request_errors(tool: &Tool, out: &mut Reasons) {
+    out.add(
         400,
-        "invalid JSON, or input that does not match the schema (the violations with their pointers)"
-            .into(),
+        "invalid JSON, or input that does not match the schema (the violations with their pointers)",
     );
     if tool.key_from_header() {
-        add(
+        out.add(
             400,
             format!(
                 "no `Idempotency-Key` header (`idempotency_key_required`), or one that is not 1 to {MAX_KEY} visible ASCII characters (`invalid_idempotency_key`)"
@@ -85,22 +106,26 @@ fn error_statuses(spec: &Spec, name: &str, tool: &Tool) -> BTreeMap<u16, Vec<Str
         );
     }
     if tool.auth.public {
-        add(401, "a token was sent and is not valid".into());
+        out.add(401, "a token was sent and is not valid");
     } else {
-        add(401, "no token, or one that is not valid".into());
+        out.add(401, "no token, or one that is not valid");
     }
     if let Trigger::Webhook { header, .. } = &tool.trigger {
-        add(
+        out.add(
             401,
             format!("the `{header}` signature is missing or does not match the body"),
         );
     }
     if !tool.auth.roles.is_empty() {
-        add(403, "the caller has none of the tool's roles".into());
+        out.add(403, "the caller has none of the tool's roles");
     }
     if tool.auth.deny_when.is_some() {
-        add(403, "`denyWhen` denies the caller".into());
+        out.add(403, "`denyWhen` denies the caller");
     }
+}
+
+/// The blocking policies that apply to the tool `name`.
+fn policy_errors(spec: &Spec, name: &str, out: &mut Reasons) {
     let applies =
         |tools: &Option<Vec<String>>| tools.as_ref().is_none_or(|t| t.iter().any(|t| t == name));
     for (policy, p) in &spec.policies {
@@ -110,30 +135,31 @@ fn error_statuses(spec: &Spec, name: &str, tool: &Tool) -> BTreeMap<u16, Vec<Str
         match &p.kind {
             PolicyKind::RateLimit {
                 max_requests_per_minute,
-            } => add(
+            } => out.add(
                 429,
                 format!(
                     "policy `{policy}`: more than {max_requests_per_minute} requests a minute (`Retry-After` says when the next minute starts)"
                 ),
             ),
-            _ => add(403, format!("policy `{policy}` blocks the request")),
+            _ => out.add(403, format!("policy `{policy}` blocks the request")),
         }
     }
+}
+
+/// What the flow's reads, writes and transactions can run into.
+fn data_errors(spec: &Spec, tool: &Tool, nodes: &[&NodeKind], out: &mut Reasons) {
     let (mut writes, mut finds, mut conflicts) = (false, false, false);
-    for n in &nodes {
+    for n in nodes {
         match n {
             NodeKind::Read { one: true, .. } => {
                 finds = true;
-                add(
-                    409,
-                    "more than one row matches where one was expected".into(),
-                );
+                out.add(409, "more than one row matches where one was expected");
             }
             NodeKind::Create { entity, .. } => {
                 writes = true;
                 if tool.auth.public && spec.entities.get(entity).is_some_and(|e| e.owner.is_some())
                 {
-                    add(
+                    out.add(
                         401,
                         format!("a `{entity}` is owned: creating one needs a token"),
                     );
@@ -142,83 +168,82 @@ fn error_statuses(spec: &Spec, name: &str, tool: &Tool) -> BTreeMap<u16, Vec<Str
             NodeKind::Update { one, .. } => {
                 (writes, finds) = (true, true);
                 if *one {
-                    add(
-                        409,
-                        "more than one row matches where one was expected".into(),
-                    );
+                    out.add(409, "more than one row matches where one was expected");
                 }
             }
             NodeKind::Transition { .. } => {
                 (writes, finds) = (true, true);
-                add(409, "the row's status does not allow the transition".into());
+                out.add(409, "the row's status does not allow the transition");
             }
             NodeKind::SoftDelete { .. } | NodeKind::Delete { .. } => {
                 (writes, finds) = (true, true);
             }
             NodeKind::Transaction { .. } => conflicts = true,
-            NodeKind::Call { .. } => add(
+            NodeKind::Call { .. } => out.add(
                 502,
-                "an external service refused or failed (after compensation)".into(),
+                "an external service refused or failed (after compensation)",
             ),
             _ => {}
         }
     }
     if finds {
-        add(404, "a row was not found or is not the caller's".into());
+        out.add(404, "a row was not found or is not the caller's");
     }
     if writes {
-        add(409, "a unique field's value is taken".into());
-        add(
-            422,
-            "a written row breaks a field's rules or an invariant".into(),
-        );
+        out.add(409, "a unique field's value is taken");
+        out.add(422, "a written row breaks a field's rules or an invariant");
     }
     if writes || conflicts {
-        add(
-            409,
-            "the data changed while the request ran (retry it)".into(),
-        );
+        out.add(409, "the data changed while the request ran (retry it)");
     }
+}
+
+/// The tool's `limits` and its idempotency key.
+fn limit_errors(tool: &Tool, out: &mut Reasons) {
     let l = &tool.limits;
     if l.max_rows.is_some() || l.max_rows_read.is_some() || l.max_rows_written.is_some() {
-        add(422, "more rows than the tool's limits allow".into());
+        out.add(422, "more rows than the tool's limits allow");
     }
     if l.max_calls.is_some() {
-        add(422, "more external calls than the tool's limit".into());
+        out.add(422, "more external calls than the tool's limit");
     }
     if tool.idempotency_key.is_some() {
-        add(
+        out.add(
             409,
-            "a request with the same idempotency key is still running".into(),
+            "a request with the same idempotency key is still running",
         );
-        add(
-            422,
-            "the idempotency key was used with another input".into(),
-        );
+        out.add(422, "the idempotency key was used with another input");
     }
-    // The flow's own errors.
+}
+
+/// The flow's own errors: the statuses and codes of its `fail` and
+/// `assert` nodes.
+fn flow_errors(nodes: &[&NodeKind], out: &mut Reasons) {
     let mut own: BTreeMap<u16, BTreeSet<&str>> = BTreeMap::new();
-    for n in &nodes {
+    for n in nodes {
         if let NodeKind::Fail { status, code, .. } | NodeKind::Assert { status, code, .. } = n {
             own.entry(*status).or_default().insert(code);
         }
     }
     for (status, codes) in own {
         let codes: Vec<String> = codes.iter().map(|c| format!("`{c}`")).collect();
-        add(status, format!("the flow's own: {}", codes.join(", ")));
+        out.add(status, format!("the flow's own: {}", codes.join(", ")));
     }
-    add(413, "the body is larger than the server's limit".into());
-    add(415, "the body is not JSON".into());
-    add(
+}
+
+/// What any request can meet: the server's limits and failures.
+fn server_errors(out: &mut Reasons) {
+    out.add(413, "the body is larger than the server's limit");
+    out.add(415, "the body is not JSON");
+    out.add(
         500,
-        "a mistake in the spec or an internal error (no internals in the body)".into(),
+        "a mistake in the spec or an internal error (no internals in the body)",
     );
-    add(503, "the database is unavailable (retry later)".into());
-    add(
+    out.add(503, "the database is unavailable (retry later)");
+    out.add(
         504,
-        "the tool's deadline (`limits.timeoutMs`) passed; nothing was changed".into(),
+        "the tool's deadline (`limits.timeoutMs`) passed; nothing was changed",
     );
-    out
 }
 
 /// The problem+json responses of a tool.
