@@ -343,6 +343,116 @@ fn summary(description: &str) -> String {
     format!("{cut}…")
 }
 
+/// A tool's responses: its success statuses with its output schema, then
+/// its problem+json errors.
+fn responses(spec: &Spec, name: &str, tool: &Tool) -> Value {
+    let mut responses = Map::new();
+    for status in success_statuses(tool) {
+        responses.insert(
+            status.to_string(),
+            json!({"description": "success", "content": {"application/json": {"schema": tool.output}}}),
+        );
+    }
+    error_responses(spec, name, tool, &mut responses);
+    Value::Object(responses)
+}
+
+/// The path parameters of a route (`in_path`), each with its input
+/// property's schema (text when the input has no such property).
+fn path_parameters(tool: &Tool, in_path: &[&str]) -> Vec<Value> {
+    let props = tool.input.get("properties");
+    in_path
+        .iter()
+        .map(|p| {
+            let schema = props
+                .and_then(|m| m.get(*p))
+                .cloned()
+                .unwrap_or(json!({"type": "string"}));
+            json!({"name": p, "in": "path", "required": true, "schema": schema})
+        })
+        .collect()
+}
+
+/// The query parameters of a route without a body: the input's properties
+/// that are not in the path.
+fn query_parameters(tool: &Tool, in_path: &[&str]) -> Vec<Value> {
+    let mut params = Vec::new();
+    if let Some(Value::Object(props)) = tool.input.get("properties") {
+        for (p, schema) in props {
+            if in_path.contains(&p.as_str()) {
+                continue;
+            }
+            let required = tool
+                .input
+                .get("required")
+                .and_then(Value::as_array)
+                .is_some_and(|r| r.iter().any(|x| x == p));
+            params.push(json!({"name": p, "in": "query", "required": required, "schema": schema}));
+        }
+    }
+    params
+}
+
+/// The operation of a tool at its own route (`method` in lowercase).
+fn route_operation(
+    spec: &Spec,
+    name: &str,
+    tool: &Tool,
+    method: &str,
+    path: &str,
+) -> Map<String, Value> {
+    let mut op = Map::new();
+    op.insert("operationId".into(), json!(name));
+    let description = tool
+        .description
+        .as_deref()
+        .or_else(|| tool.input.get("description").and_then(Value::as_str));
+    if let Some(d) = description {
+        op.insert("summary".into(), json!(summary(d)));
+        op.insert("description".into(), json!(d));
+    }
+    let in_path = path_params(path);
+    let mut params = path_parameters(tool, &in_path);
+    if method == "get" || method == "delete" {
+        params.extend(query_parameters(tool, &in_path));
+    } else {
+        // Path parameters join the input from the path, not the body.
+        op.insert(
+            "requestBody".into(),
+            request_body(without(&tool.input, &in_path)),
+        );
+    }
+    params.extend(header_params(tool));
+    if !params.is_empty() {
+        op.insert("parameters".into(), Value::Array(params));
+    }
+    op.insert("responses".into(), responses(spec, name, tool));
+    if tool.auth.public {
+        op.insert("security".into(), json!([]));
+    }
+    op
+}
+
+/// The operation of a tool by name, at `POST /tools/{name}`.
+fn by_name_operation(spec: &Spec, name: &str, tool: &Tool) -> Map<String, Value> {
+    let mut op = Map::new();
+    op.insert("operationId".into(), json!(format!("call_{name}")));
+    op.insert("summary".into(), json!(format!("Call `{name}` by name")));
+    if let Some(d) = &tool.description {
+        op.insert("description".into(), json!(d));
+    }
+    let params = header_params(tool);
+    if !params.is_empty() {
+        op.insert("parameters".into(), Value::Array(params));
+    }
+    op.insert("requestBody".into(), request_body(tool.input.clone()));
+    op.insert("responses".into(), responses(spec, name, tool));
+    if tool.auth.public {
+        op.insert("security".into(), json!([]));
+    }
+    op
+}
+
 /// The document; `version` is the bundle's hash.
 pub fn document(spec: &Spec, version: &str) -> Value {
     let mut paths: Map<String, Value> = Map::new();
@@ -356,67 +466,7 @@ pub fn document(spec: &Spec, version: &str) -> Value {
             continue;
         };
         let method = method.to_ascii_lowercase();
-        let mut op = Map::new();
-        op.insert("operationId".into(), json!(name));
-        let description = tool
-            .description
-            .as_deref()
-            .or_else(|| tool.input.get("description").and_then(Value::as_str));
-        if let Some(d) = description {
-            op.insert("summary".into(), json!(summary(d)));
-            op.insert("description".into(), json!(d));
-        }
-        let props = tool.input.get("properties");
-        let in_path = path_params(path);
-        let mut params: Vec<Value> = in_path
-            .iter()
-            .map(|p| {
-                let schema = props
-                    .and_then(|m| m.get(*p))
-                    .cloned()
-                    .unwrap_or(json!({"type": "string"}));
-                json!({"name": p, "in": "path", "required": true, "schema": schema})
-            })
-            .collect();
-        if method == "get" || method == "delete" {
-            if let Some(Value::Object(props)) = props {
-                for (p, schema) in props {
-                    if in_path.contains(&p.as_str()) {
-                        continue;
-                    }
-                    let required = tool
-                        .input
-                        .get("required")
-                        .and_then(Value::as_array)
-                        .is_some_and(|r| r.iter().any(|x| x == p));
-                    params.push(
-                        json!({"name": p, "in": "query", "required": required, "schema": schema}),
-                    );
-                }
-            }
-        } else {
-            // Path parameters join the input from the path, not the body.
-            op.insert(
-                "requestBody".into(),
-                request_body(without(&tool.input, &in_path)),
-            );
-        }
-        params.extend(header_params(tool));
-        if !params.is_empty() {
-            op.insert("parameters".into(), Value::Array(params));
-        }
-        let mut responses = Map::new();
-        for status in success_statuses(tool) {
-            responses.insert(
-                status.to_string(),
-                json!({"description": "success", "content": {"application/json": {"schema": tool.output}}}),
-            );
-        }
-        error_responses(spec, name, tool, &mut responses);
-        op.insert("responses".into(), Value::Object(responses));
-        if tool.auth.public {
-            op.insert("security".into(), json!([]));
-        }
+        let op = route_operation(spec, name, tool, &method, path);
         let item = paths.entry(path.to_string()).or_insert_with(|| json!({}));
         if let Value::Object(item) = item {
             item.insert(method, Value::Object(op));
@@ -424,32 +474,9 @@ pub fn document(spec: &Spec, version: &str) -> Value {
     }
     // Every tool by name, for agents and schedulers.
     for (name, tool) in served() {
-        let mut responses = Map::new();
-        for status in success_statuses(tool) {
-            responses.insert(
-                status.to_string(),
-                json!({"description": "success", "content": {"application/json": {"schema": tool.output}}}),
-            );
-        }
-        error_responses(spec, name, tool, &mut responses);
-        let mut op = Map::new();
-        op.insert("operationId".into(), json!(format!("call_{name}")));
-        op.insert("summary".into(), json!(format!("Call `{name}` by name")));
-        if let Some(d) = &tool.description {
-            op.insert("description".into(), json!(d));
-        }
-        let params = header_params(tool);
-        if !params.is_empty() {
-            op.insert("parameters".into(), Value::Array(params));
-        }
-        op.insert("requestBody".into(), request_body(tool.input.clone()));
-        op.insert("responses".into(), Value::Object(responses));
-        if tool.auth.public {
-            op.insert("security".into(), json!([]));
-        }
         paths
             .entry(format!("/tools/{name}"))
-            .or_insert_with(|| json!({"post": op}));
+            .or_insert_with(|| json!({"post": by_name_operation(spec, name, tool)}));
     }
     json!({
         "openapi": "3.1.0",
