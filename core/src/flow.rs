@@ -160,6 +160,36 @@ pub fn can_fail(kind: &NodeKind) -> bool {
     )
 }
 
+/// A success edge the spec does not name (an entry, through a node, out of
+/// a body).
+const OK: Edge = Edge {
+    path: Path::Ok,
+    spec: None,
+};
+
+/// A failure edge the spec does not name (to a transaction's `err`).
+const FAIL: Edge = Edge {
+    path: Path::Error,
+    spec: None,
+};
+
+/// How many nodes a tool has (bodies included), and how many of them are
+/// transactions: what the graph's storage is sized for.
+fn sizes(tool: &Tool) -> (usize, usize) {
+    let (mut count, mut txs) = (0usize, 0usize);
+    let mut pending = vec![&tool.flow];
+    while let Some(f) = pending.pop() {
+        count += f.nodes.len();
+        for n in f.nodes.values() {
+            if let NodeKind::Transaction { body, .. } = &n.kind {
+                txs += 1;
+                pending.push(body);
+            }
+        }
+    }
+    (count, txs)
+}
+
 impl<'s> ToolGraph<'s> {
     /// Builds the graph of a tool.
     pub fn build(tool: &'s Tool) -> ToolGraph<'s> {
@@ -176,76 +206,75 @@ impl<'s> ToolGraph<'s> {
             succ: Csr::default(),
             pred: Csr::default(),
         };
-        let (mut count, mut txs) = (0usize, 0usize);
-        let mut pending = vec![&tool.flow];
-        while let Some(f) = pending.pop() {
-            count += f.nodes.len();
-            for n in f.nodes.values() {
-                if let NodeKind::Transaction { body, .. } = &n.kind {
-                    txs += 1;
-                    pending.push(body);
-                }
-            }
-        }
+        let (count, txs) = sizes(tool);
         g.graph = DiGraph::with_capacity(2 * count + txs + 1, 4 * count + 2 * txs);
         g.nodes.reserve(count);
         g.vin.reserve(count);
         g.vout.reserve(count);
         g.by_id.reserve(count);
         g.start = g.graph.add_node(());
-        // Collect nodes (outer flows first), iteratively.
+        let flow_tx = g.collect(tool);
+        g.add_entries(&flow_tx);
+        for i in 0..g.nodes.len() {
+            g.add_node_edges(i);
+        }
+        g.index();
+        g
+    }
+
+    /// Collects the nodes of every flow (outer flows first) with their
+    /// vertices; returns each flow's transaction (`None`: the top level).
+    fn collect(&mut self, tool: &'s Tool) -> Vec<Option<usize>> {
         let mut queue: Vec<(&'s Flow, Option<usize>)> = vec![(&tool.flow, None)];
         let mut flow_tx: Vec<Option<usize>> = Vec::new();
         let mut qi = 0;
         while let Some(&(flow, tx)) = queue.get(qi) {
             qi += 1;
-            let fi = g.flows.len();
-            g.flows.push(flow);
+            let fi = self.flows.len();
+            self.flows.push(flow);
             flow_tx.push(tx);
             for (id, node) in &flow.nodes {
-                let idx = g.nodes.len();
-                g.by_id.insert(id.as_str(), idx);
-                g.nodes.push(NodeInfo {
+                let idx = self.nodes.len();
+                self.by_id.insert(id.as_str(), idx);
+                self.nodes.push(NodeInfo {
                     id,
                     node,
                     tx,
                     flow: fi,
                 });
-                let vin = g.graph.add_node(());
-                let vout = g.graph.add_node(());
-                g.vin.push(vin);
-                g.vout.push(vout);
+                let vin = self.graph.add_node(());
+                let vout = self.graph.add_node(());
+                self.vin.push(vin);
+                self.vout.push(vout);
                 if let NodeKind::Transaction { body, .. } = &node.kind {
-                    let err = g.graph.add_node(());
-                    g.verr.insert(idx, err);
+                    let err = self.graph.add_node(());
+                    self.verr.insert(idx, err);
                     queue.push((body, Some(idx)));
                 }
             }
         }
-        let ok = Edge {
-            path: Path::Ok,
-            spec: None,
-        };
-        let fail = Edge {
-            path: Path::Error,
-            spec: None,
-        };
-        // Entries.
-        for fi in 0..g.flows.len() {
-            let Some(flow) = g.flows.get(fi).copied() else {
+        flow_tx
+    }
+
+    /// The edge into each flow's entry (from the start, or from its
+    /// transaction's "entered" vertex); an entry naming no node of its flow
+    /// is a bad edge.
+    fn add_entries(&mut self, flow_tx: &[Option<usize>]) {
+        for fi in 0..self.flows.len() {
+            let Some(flow) = self.flows.get(fi).copied() else {
                 continue;
             };
             let from = match flow_tx.get(fi).copied().flatten() {
-                None => g.start,
-                Some(t) => g.vin_of(t),
+                None => self.start,
+                Some(t) => self.vin_of(t),
             };
-            match g.local(fi, &flow.entry) {
+            match self.local(fi, &flow.entry) {
                 Some(e) => {
-                    let to = g.vin_of(e);
-                    g.graph.add_edge(from, to, ok);
+                    let to = self.vin_of(e);
+                    self.graph.add_edge(from, to, OK);
                 }
                 None if flow.entry.is_empty() => {}
-                None => g.bad_edges.push(BadEdge {
+                None => self.bad_edges.push(BadEdge {
                     from: None,
                     flow: fi,
                     kind: None,
@@ -253,103 +282,108 @@ impl<'s> ToolGraph<'s> {
                 }),
             }
         }
-        // Node edges.
-        for i in 0..g.nodes.len() {
-            let Some(info) = g.nodes.get(i).cloned() else {
+    }
+
+    /// The edges of node `i`: through it, along its spec's edges, out of a
+    /// transaction body, and from a transaction's `err`.
+    fn add_node_edges(&mut self, i: usize) {
+        let Some(info) = self.nodes.get(i).cloned() else {
+            return;
+        };
+        let (vin, vout) = (self.vin_of(i), self.vout_of(i));
+        let kind = &info.node.kind;
+        // A transaction's own `out` is reached through its body.
+        if !kind.is_terminal() && !matches!(kind, NodeKind::Transaction { .. }) {
+            self.graph.add_edge(vin, vout, OK);
+        }
+        let mut has_success_edge = false;
+        for (ek, target) in info.node.edges() {
+            let Some(t) = self.local(info.flow, target) else {
+                self.bad_edges.push(BadEdge {
+                    from: Some(i),
+                    flow: info.flow,
+                    kind: Some(ek),
+                    target: target.to_string(),
+                });
                 continue;
             };
-            let (vin, vout) = (g.vin_of(i), g.vout_of(i));
-            let kind = &info.node.kind;
-            // A transaction's own `out` is reached through its body.
-            if !kind.is_terminal() && !matches!(kind, NodeKind::Transaction { .. }) {
-                g.graph.add_edge(vin, vout, ok);
+            let tin = self.vin_of(t);
+            if ek == EdgeKind::OnError {
+                self.graph.add_edge(
+                    vin,
+                    tin,
+                    Edge {
+                        path: Path::Error,
+                        spec: Some((i, ek)),
+                    },
+                );
+            } else {
+                has_success_edge = true;
+                self.graph.add_edge(
+                    vout,
+                    tin,
+                    Edge {
+                        path: Path::Ok,
+                        spec: Some((i, ek)),
+                    },
+                );
             }
-            let mut has_success_edge = false;
-            for (ek, target) in info.node.edges() {
-                let Some(t) = g.local(info.flow, target) else {
-                    g.bad_edges.push(BadEdge {
-                        from: Some(i),
-                        flow: info.flow,
-                        kind: Some(ek),
-                        target: target.to_string(),
-                    });
-                    continue;
-                };
-                let tin = g.vin_of(t);
-                if ek == EdgeKind::OnError {
-                    g.graph.add_edge(
-                        vin,
-                        tin,
+        }
+        // Inside a body: a node with no way on ends the body, and so
+        // does a `switch` without `default` when no case holds; failures
+        // go to the transaction's `err`.
+        if let Some(t) = info.tx {
+            let terr = self.err_of(t);
+            let branches = matches!(kind, NodeKind::If { .. } | NodeKind::Switch { .. });
+            let no_default = matches!(kind, NodeKind::Switch { default: None, .. });
+            if (!has_success_edge && !kind.is_terminal() && !branches) || no_default {
+                let tout = self.vout_of(t);
+                self.graph.add_edge(vout, tout, OK);
+                self.graph.add_edge(vout, terr, FAIL);
+            }
+            if can_fail(kind) && info.node.on_error.is_none() {
+                self.graph.add_edge(vin, terr, FAIL);
+            }
+        }
+        // A transaction's `err` leads to its `onError`, else outwards.
+        if let NodeKind::Transaction { .. } = kind {
+            let terr = self.err_of(i);
+            match info
+                .node
+                .on_error
+                .as_deref()
+                .and_then(|e| self.local(info.flow, e))
+            {
+                Some(e) => {
+                    let ein = self.vin_of(e);
+                    self.graph.add_edge(
+                        terr,
+                        ein,
                         Edge {
                             path: Path::Error,
-                            spec: Some((i, ek)),
-                        },
-                    );
-                } else {
-                    has_success_edge = true;
-                    g.graph.add_edge(
-                        vout,
-                        tin,
-                        Edge {
-                            path: Path::Ok,
-                            spec: Some((i, ek)),
+                            spec: Some((i, EdgeKind::OnError)),
                         },
                     );
                 }
-            }
-            // Inside a body: a node with no way on ends the body, and so
-            // does a `switch` without `default` when no case holds; failures
-            // go to the transaction's `err`.
-            if let Some(t) = info.tx {
-                let terr = g.err_of(t);
-                let branches = matches!(kind, NodeKind::If { .. } | NodeKind::Switch { .. });
-                let no_default = matches!(kind, NodeKind::Switch { default: None, .. });
-                if (!has_success_edge && !kind.is_terminal() && !branches) || no_default {
-                    let tout = g.vout_of(t);
-                    g.graph.add_edge(vout, tout, ok);
-                    g.graph.add_edge(vout, terr, fail);
-                }
-                if can_fail(kind) && info.node.on_error.is_none() {
-                    g.graph.add_edge(vin, terr, fail);
-                }
-            }
-            // A transaction's `err` leads to its `onError`, else outwards.
-            if let NodeKind::Transaction { .. } = kind {
-                let terr = g.err_of(i);
-                match info
-                    .node
-                    .on_error
-                    .as_deref()
-                    .and_then(|e| g.local(info.flow, e))
-                {
-                    Some(e) => {
-                        let ein = g.vin_of(e);
-                        g.graph.add_edge(
-                            terr,
-                            ein,
-                            Edge {
-                                path: Path::Error,
-                                spec: Some((i, EdgeKind::OnError)),
-                            },
-                        );
-                    }
-                    None => {
-                        if let Some(outer) = info.tx {
-                            let oerr = g.err_of(outer);
-                            g.graph.add_edge(terr, oerr, fail);
-                        }
+                None => {
+                    if let Some(outer) = info.tx {
+                        let oerr = self.err_of(outer);
+                        self.graph.add_edge(terr, oerr, FAIL);
                     }
                 }
             }
         }
-        let n = g.graph.node_count();
-        let raw = g.graph.raw_edges();
+    }
+
+    /// The successor and predecessor lists the analyses walk.
+    fn index(&mut self) {
+        let n = self.graph.node_count();
+        let raw = self.graph.raw_edges();
         let list = raw
             .iter()
             .map(|e| (e.source().index(), e.target().index(), e.weight));
-        g.succ = Csr::new(n, list.clone());
-        g.pred = Csr::new(n, list.map(|(a, b, w)| (b, a, w)));
-        g
+        self.succ = Csr::new(n, list.clone());
+        self.pred = Csr::new(n, list.map(|(a, b, w)| (b, a, w)));
     }
 
     fn local(&self, flow: usize, id: &str) -> Option<usize> {

@@ -744,16 +744,67 @@ fn check_entity(cx: &mut Cx, spec: &Spec, name: &str, e: &Entity) {
 }
 
 fn check_tool(cx: &mut Cx, spec: &Spec, tool: &Tool) {
+    let base = Scope::base(spec, Some(tool));
+    check_tool_header(cx, spec, tool, &base);
+    check_limits(cx, tool);
+
+    let g = ToolGraph::build(tool);
+    report_bad_edges(cx, &g);
+    let dom = Dominance::new(&g);
+    let compensates = compensations(cx, &g);
+    let comp_roots: Vec<NodeIndex> = compensates.keys().map(|&t| g.vin_of(t)).collect();
+    let from_comp = g.reachable(&comp_roots, |_| true);
+
+    // A node that did not load (an `if` without `else`, …) or an edge to
+    // nowhere leaves the graph incomplete: what follows it would look
+    // unreachable and its names unbound. The cause is reported once; no
+    // cascade of warnings and scope errors follows from it.
+    let incomplete = !g.bad_edges.is_empty()
+        || g.nodes
+            .iter()
+            .any(|n| matches!(n.node.kind, NodeKind::Invalid));
+    for (i, info) in g.nodes.iter().enumerate() {
+        let node = info.node;
+        let vin = g.vin_of(i);
+        let reachable = dom.is_reachable(vin);
+        check_reached(cx, &g, &dom, &from_comp, incomplete, i);
+        // Scope for this node's expressions.
+        let mut at = Vec::new();
+        if reachable && !incomplete {
+            at.push(vin);
+        }
+        if let Some(calls) = compensates.get(&i).filter(|_| !incomplete) {
+            at.extend(calls.iter().map(|&c| g.vout_of(c)));
+        }
+        let scope = |row: Option<&'_ str>| Scope {
+            spec,
+            roots: true,
+            tool: Some(tool),
+            row: row.map(|r| {
+                // Lifetimes: the entity name lives in the spec.
+                spec.entities
+                    .get_key_value(r)
+                    .map_or("", |(k, _)| k.as_str())
+            }),
+            graph: Some((&g, &dom)),
+            at: at.clone(),
+        };
+        check_node(cx, spec, &scope(None), &scope(node.kind.entity()), node);
+    }
+}
+
+/// What a tool declares around its flow: roles, the idempotency key,
+/// `denyWhen`, and path parameters the input must have.
+fn check_tool_header(cx: &mut Cx, spec: &Spec, tool: &Tool, base: &Scope) {
     for (i, r) in tool.auth.roles.iter().enumerate() {
         check_role(cx, spec, &format!("{}/auth/roles/{i}", tool.path), r);
     }
-    let base = Scope::base(spec, Some(tool));
     if let Some(e) = &tool.idempotency_key {
-        check_expr(cx, e, &base);
+        check_expr(cx, e, base);
     }
     if let Some(e) = &tool.auth.deny_when {
-        check_expr(cx, e, &base);
-        check_shape(cx, e, &base, Want::Bool);
+        check_expr(cx, e, base);
+        check_shape(cx, e, base, Want::Bool);
     }
     if let Some((_, path)) = tool.trigger.route()
         && let Some(fields) = base.input_fields()
@@ -767,10 +818,10 @@ fn check_tool(cx: &mut Cx, spec: &Spec, tool: &Tool) {
             }
         }
     }
+}
 
-    check_limits(cx, tool);
-
-    let g = ToolGraph::build(tool);
+/// An edge (or a flow's entry) that leads to no node of its flow.
+fn report_bad_edges(cx: &mut Cx, g: &ToolGraph) {
     for bad in &g.bad_edges {
         let flow = g.flows.get(bad.flow).copied();
         let (path, key) = match (bad.from, bad.kind) {
@@ -803,9 +854,11 @@ fn check_tool(cx: &mut Cx, spec: &Spec, tool: &Tool) {
         };
         cx.error(Diagnostic::new("dangling-edge", path, message).help(help));
     }
+}
 
-    let dom = Dominance::new(&g);
-    // Compensation: which calls each node compensates.
+/// Checks each `compensate` and returns, per compensating node, the calls
+/// it compensates.
+fn compensations(cx: &mut Cx, g: &ToolGraph) -> HashMap<usize, Vec<usize>> {
     let mut compensates: HashMap<usize, Vec<usize>> = HashMap::new();
     for (i, info) in g.nodes.iter().enumerate() {
         if let NodeKind::Call {
@@ -848,88 +901,69 @@ fn check_tool(cx: &mut Cx, spec: &Spec, tool: &Tool) {
             }
         }
     }
-    let comp_roots: Vec<NodeIndex> = compensates.keys().map(|&t| g.vin_of(t)).collect();
-    let from_comp = g.reachable(&comp_roots, |_| true);
+    compensates
+}
 
-    // A node that did not load (an `if` without `else`, …) or an edge to
-    // nowhere leaves the graph incomplete: what follows it would look
-    // unreachable and its names unbound. The cause is reported once; no
-    // cascade of warnings and scope errors follows from it.
-    let incomplete = !g.bad_edges.is_empty()
-        || g.nodes
-            .iter()
-            .any(|n| matches!(n.node.kind, NodeKind::Invalid));
-    for (i, info) in g.nodes.iter().enumerate() {
-        let node = info.node;
-        let vin = g.vin_of(i);
-        let reachable = dom.is_reachable(vin);
-        // Reachability and open paths.
-        if !reachable {
-            let in_dead_tx = info.tx.is_some_and(|t| {
-                !dom.is_reachable(g.vin_of(t))
-                    && !from_comp.get(g.vin_of(t).index()).copied().unwrap_or(false)
-            });
-            let as_comp = from_comp.get(vin.index()).copied().unwrap_or(false);
-            if !as_comp && !in_dead_tx && !incomplete {
-                cx.warn(
-                    Diagnostic::new(
-                        "unreachable-node",
-                        node.path.clone(),
-                        format!("node `{}` can never run", info.id),
-                    )
-                    .help("connect it with `next`/`onError`, or remove it"),
-                );
-            }
-        } else if info.tx.is_none() {
-            let open = match &node.kind {
-                NodeKind::Return { .. }
-                | NodeKind::Fail { .. }
-                | NodeKind::Invalid
-                | NodeKind::If { .. } => false,
-                NodeKind::Switch { default, .. } => default.is_none(),
-                _ => node.next.is_none(),
-            };
-            if open {
-                let what = if matches!(node.kind, NodeKind::Switch { .. }) {
-                    "has no `default`: when no case matches,"
-                } else {
-                    "has no `next`: after it"
-                };
-                cx.error(
-                    Diagnostic::new(
-                        "open-path",
-                        node.path.clone(),
-                        format!(
-                            "node `{}` {what} the flow ends without `return` or `fail`",
-                            info.id
-                        ),
-                    )
-                    .help("every path at the top level ends in a `return` or `fail` node"),
-                );
-            }
+/// Node `i` can run (`unreachable-node` unless it is a compensation or in
+/// a dead transaction), and at the top level its paths end (`open-path`).
+fn check_reached(
+    cx: &mut Cx,
+    g: &ToolGraph,
+    dom: &Dominance,
+    from_comp: &[bool],
+    incomplete: bool,
+    i: usize,
+) {
+    let Some(info) = g.nodes.get(i) else {
+        return;
+    };
+    let node = info.node;
+    let vin = g.vin_of(i);
+    let reachable = dom.is_reachable(vin);
+    // Reachability and open paths.
+    if !reachable {
+        let in_dead_tx = info.tx.is_some_and(|t| {
+            !dom.is_reachable(g.vin_of(t))
+                && !from_comp.get(g.vin_of(t).index()).copied().unwrap_or(false)
+        });
+        let as_comp = from_comp.get(vin.index()).copied().unwrap_or(false);
+        if !as_comp && !in_dead_tx && !incomplete {
+            cx.warn(
+                Diagnostic::new(
+                    "unreachable-node",
+                    node.path.clone(),
+                    format!("node `{}` can never run", info.id),
+                )
+                .help("connect it with `next`/`onError`, or remove it"),
+            );
         }
-        // Scope for this node's expressions.
-        let mut at = Vec::new();
-        if reachable && !incomplete {
-            at.push(vin);
-        }
-        if let Some(calls) = compensates.get(&i).filter(|_| !incomplete) {
-            at.extend(calls.iter().map(|&c| g.vout_of(c)));
-        }
-        let scope = |row: Option<&'_ str>| Scope {
-            spec,
-            roots: true,
-            tool: Some(tool),
-            row: row.map(|r| {
-                // Lifetimes: the entity name lives in the spec.
-                spec.entities
-                    .get_key_value(r)
-                    .map_or("", |(k, _)| k.as_str())
-            }),
-            graph: Some((&g, &dom)),
-            at: at.clone(),
+    } else if info.tx.is_none() {
+        let open = match &node.kind {
+            NodeKind::Return { .. }
+            | NodeKind::Fail { .. }
+            | NodeKind::Invalid
+            | NodeKind::If { .. } => false,
+            NodeKind::Switch { default, .. } => default.is_none(),
+            _ => node.next.is_none(),
         };
-        check_node(cx, spec, &scope(None), &scope(node.kind.entity()), node);
+        if open {
+            let what = if matches!(node.kind, NodeKind::Switch { .. }) {
+                "has no `default`: when no case matches,"
+            } else {
+                "has no `next`: after it"
+            };
+            cx.error(
+                Diagnostic::new(
+                    "open-path",
+                    node.path.clone(),
+                    format!(
+                        "node `{}` {what} the flow ends without `return` or `fail`",
+                        info.id
+                    ),
+                )
+                .help("every path at the top level ends in a `return` or `fail` node"),
+            );
+        }
     }
 }
 
