@@ -11,13 +11,14 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::http::request::Parts;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Map, Value, json};
-use sinew_core::contract::Request;
+use sinew_core::contract::{Auth, Request};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -290,6 +291,68 @@ fn verify_signature(secret: &[u8], body: &[u8], given: &str) -> bool {
     };
     mac.update(body);
     mac.verify_slice(&bytes).is_ok()
+}
+
+/// Why a routed request is turned away before its tool runs; the tool's
+/// final audit entry records it ([`App::reject`]).
+struct Refusal {
+    status: u16,
+    code: &'static str,
+    detail: String,
+    /// The input the audit entry records, when the refusal knows it.
+    input: Option<Value>,
+}
+
+impl Refusal {
+    fn new(status: u16, code: &'static str, detail: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            code,
+            detail: detail.into(),
+            input: None,
+        }
+    }
+
+    /// The same refusal, recording `input` in the audit entry.
+    fn with_input(self, input: Value) -> Refusal {
+        Refusal {
+            input: Some(input),
+            ..self
+        }
+    }
+}
+
+impl Webhook {
+    /// Whether the request carries the body's signature, made with the
+    /// webhook's secret (a webhook whose secret is not set takes nothing).
+    fn check(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Refusal> {
+        let Some(secret) = &self.secret else {
+            return Err(Refusal::new(
+                401,
+                "unauthenticated",
+                format!(
+                    "this webhook's secret is not configured (set {})",
+                    self.variable
+                        .as_deref()
+                        .unwrap_or("its `secret` variable in the spec")
+                ),
+            ));
+        };
+        let given = headers
+            .get(self.header.as_str())
+            .and_then(|v| v.to_str().ok());
+        if !given.is_some_and(|g| verify_signature(secret, body, g)) {
+            return Err(Refusal::new(
+                401,
+                "unauthenticated",
+                format!(
+                    "the `{}` signature is missing or does not match the body",
+                    self.header
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 enum Segment {
@@ -902,157 +965,114 @@ impl App {
             id: id.to_owned(),
             idempotency_key: None,
         };
-        // Who is calling.
-        if let Some(h) = parts.headers.get(header::AUTHORIZATION) {
-            let token = h
-                .to_str()
-                .ok()
-                .and_then(|v| {
-                    v.strip_prefix("Bearer ")
-                        .or_else(|| v.strip_prefix("bearer "))
-                })
-                .map(str::trim);
-            let jwt = self.jwt.read().map(|j| j.clone()).unwrap_or_default();
-            match token.map(|t| jwt.verify(t)) {
-                Some(Ok(auth)) => request.auth = Some(auth),
-                Some(Err(e)) => {
-                    return self.reject(&request, 401, "unauthenticated", &e.0).await;
+        match self.admit(&mut request, &parts, body, params).await {
+            Ok(()) => self.execute(&request).await,
+            Err(refused) => {
+                if let Some(input) = refused.input {
+                    request.input = input;
                 }
-                None => {
-                    return self
-                        .reject(
-                            &request,
-                            401,
-                            "unauthenticated",
-                            "the Authorization header must be `Bearer <token>`",
-                        )
-                        .await;
-                }
+                self.reject(&request, refused.status, refused.code, &refused.detail)
+                    .await
             }
         }
-        if let Some(k) = parts.headers.get("idempotency-key") {
-            match k.to_str() {
-                Ok(k) if crate::openapi::valid_key(k.as_bytes()) => {
-                    request.idempotency_key = Some(k.to_owned())
-                }
-                _ => {
-                    return self
-                        .reject(&request, 400, "invalid_idempotency_key", &format!("the Idempotency-Key must be 1 to {} visible ASCII characters (no spaces)", crate::openapi::MAX_KEY))
-                        .await;
-                }
-            }
+    }
+
+    /// Fills in `request` from the HTTP request, checking in this order:
+    /// the caller's token (a bad one is a 401 before anything about the
+    /// body), the Idempotency-Key, the body's size, a webhook's signature,
+    /// the body's JSON, then the path and query parameters joining it. A
+    /// refusal is audited with what `request` holds by then.
+    async fn admit(
+        &self,
+        request: &mut Request,
+        parts: &Parts,
+        body: Incoming,
+        params: Vec<(String, String)>,
+    ) -> Result<(), Refusal> {
+        request.auth = self.authenticate(&parts.headers)?;
+        request.idempotency_key = idempotency_key(&parts.headers)?;
+        let bytes = self.read_body(&parts.headers, body).await?;
+        if let Some(hook) = self.webhooks.get(&request.tool) {
+            hook.check(&parts.headers, &bytes)?;
         }
-        // The body.
-        let declared = parts
-            .headers
+        let input = parse_body(&parts.headers, &bytes)?;
+        request.input = self.with_url_params(&request.tool, parts.uri.query(), params, input)?;
+        Ok(())
+    }
+
+    /// Who is calling: the caller a bearer token names, or nobody when
+    /// there is no Authorization header.
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Auth>, Refusal> {
+        let Some(h) = headers.get(header::AUTHORIZATION) else {
+            return Ok(None);
+        };
+        let token = h
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        let jwt = self.jwt.read().map(|j| j.clone()).unwrap_or_default();
+        match token.map(|t| jwt.verify(t)) {
+            Some(Ok(auth)) => Ok(Some(auth)),
+            Some(Err(e)) => Err(Refusal::new(401, "unauthenticated", e.0)),
+            None => Err(Refusal::new(
+                401,
+                "unauthenticated",
+                "the Authorization header must be `Bearer <token>`",
+            )),
+        }
+    }
+
+    /// The body, at most `--max-body` bytes: refused by its declared length
+    /// before it is read, else once reading it passes the limit.
+    async fn read_body(&self, headers: &HeaderMap, body: Incoming) -> Result<Bytes, Refusal> {
+        let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_body as u64) {
-            return self.too_large(&request).await;
+            return Err(self.too_large());
         }
-        let bytes = match Limited::new(body, self.max_body).collect().await {
-            Ok(b) => b.to_bytes(),
+        match Limited::new(body, self.max_body).collect().await {
+            Ok(b) => Ok(b.to_bytes()),
             Err(e)
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
                     .is_some() =>
             {
-                return self.too_large(&request).await;
+                Err(self.too_large())
             }
-            Err(e) => {
-                return self
-                    .reject(
-                        &request,
-                        400,
-                        "invalid_body",
-                        &format!("the body could not be read: {e}"),
-                    )
-                    .await;
-            }
-        };
-        if let Some(hook) = self.webhooks.get(tool) {
-            let Some(secret) = &hook.secret else {
-                return self
-                    .reject(
-                        &request,
-                        401,
-                        "unauthenticated",
-                        &format!(
-                            "this webhook's secret is not configured (set {})",
-                            hook.variable
-                                .as_deref()
-                                .unwrap_or("its `secret` variable in the spec")
-                        ),
-                    )
-                    .await;
-            };
-            let given = parts
-                .headers
-                .get(hook.header.as_str())
-                .and_then(|v| v.to_str().ok());
-            if !given.is_some_and(|g| verify_signature(secret, &bytes, g)) {
-                return self
-                    .reject(
-                        &request,
-                        401,
-                        "unauthenticated",
-                        &format!(
-                            "the `{}` signature is missing or does not match the body",
-                            hook.header
-                        ),
-                    )
-                    .await;
-            }
+            Err(e) => Err(Refusal::new(
+                400,
+                "invalid_body",
+                format!("the body could not be read: {e}"),
+            )),
         }
-        let mut input = if bytes.iter().all(u8::is_ascii_whitespace) {
-            Value::Object(Map::new())
-        } else {
-            let json_type = parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| {
-                    v.split(';')
-                        .next()
-                        .unwrap_or("")
-                        .trim()
-                        .to_ascii_lowercase()
-                });
-            let is_json = json_type.as_deref().is_some_and(|t| {
-                t == "application/json" || (t.starts_with("application/") && t.ends_with("+json"))
-            });
-            if !is_json {
-                return self
-                    .reject(
-                        &request,
-                        415,
-                        "unsupported_media_type",
-                        "the body must be JSON (Content-Type: application/json)",
-                    )
-                    .await;
-            }
-            match serde_json::from_slice::<Value>(&bytes) {
-                Ok(v) => v,
-                Err(e) => {
-                    request.input = match std::str::from_utf8(&bytes) {
-                        Ok(s) => Value::String(s.to_owned()),
-                        Err(_) => Value::Null,
-                    };
-                    let detail = if e.to_string().contains("recursion limit") {
-                        "the body is nested too deeply".to_owned()
-                    } else {
-                        format!("the body is not valid JSON: {e}")
-                    };
-                    return self.reject(&request, 400, "invalid_json", &detail).await;
-                }
-            }
-        };
-        // Query and path parameters join the input.
+    }
+
+    fn too_large(&self) -> Refusal {
+        Refusal::new(
+            413,
+            "too_large",
+            format!("the body is larger than {} bytes", self.max_body),
+        )
+    }
+
+    /// `input` with the query and path parameters joined, typed as the
+    /// tool's input schema says: the body's value wins over a query
+    /// parameter's, and a path parameter must agree with the body.
+    fn with_url_params(
+        &self,
+        tool: &str,
+        query: Option<&str>,
+        params: Vec<(String, String)>,
+        mut input: Value,
+    ) -> Result<Value, Refusal> {
         let schema = self.inputs.get(tool);
         let props = schema.and_then(|s| s.get("properties"));
-        let query: Vec<(String, String)> = parts
-            .uri
-            .query()
+        let query: Vec<(String, String)> = query
             .unwrap_or("")
             .split('&')
             .filter(|s| !s.is_empty())
@@ -1061,46 +1081,91 @@ impl App {
                 (query_decode(k), query_decode(v))
             })
             .collect();
-        let from_url = !query.is_empty() || !params.is_empty();
-        if from_url {
-            let Value::Object(map) = &mut input else {
-                request.input = input;
-                return self
-                    .reject(
-                        &request,
-                        400,
-                        "invalid_input",
-                        "the body must be a JSON object when the path or query has parameters",
-                    )
-                    .await;
-            };
-            for (k, v) in query {
-                let value = typed(props.and_then(|p| p.get(&k)), &v);
-                map.entry(k).or_insert(value);
-            }
-            for (k, v) in params {
-                let value = typed(props.and_then(|p| p.get(&k)), &v);
-                if let Some(existing) = map.get(&k).filter(|e| **e != value) {
-                    let detail = format!("`{k}` is {v} in the path but {existing} in the body");
-                    request.input = input;
-                    return self.reject(&request, 400, "invalid_input", &detail).await;
-                }
-                map.insert(k, value);
-            }
+        if query.is_empty() && params.is_empty() {
+            return Ok(input);
         }
-        request.input = input;
-        self.execute(&request).await
+        let Value::Object(map) = &mut input else {
+            return Err(Refusal::new(
+                400,
+                "invalid_input",
+                "the body must be a JSON object when the path or query has parameters",
+            )
+            .with_input(input));
+        };
+        for (k, v) in query {
+            let value = typed(props.and_then(|p| p.get(&k)), &v);
+            map.entry(k).or_insert(value);
+        }
+        for (k, v) in params {
+            let value = typed(props.and_then(|p| p.get(&k)), &v);
+            if let Some(existing) = map.get(&k).filter(|e| **e != value) {
+                let detail = format!("`{k}` is {v} in the path but {existing} in the body");
+                return Err(Refusal::new(400, "invalid_input", detail).with_input(input));
+            }
+            map.insert(k, value);
+        }
+        Ok(input)
     }
+}
 
-    async fn too_large(&self, request: &Request) -> Reply {
-        self.reject(
-            request,
-            413,
-            "too_large",
-            &format!("the body is larger than {} bytes", self.max_body),
-        )
-        .await
+/// The Idempotency-Key header, if there is one: it must be 1 to
+/// [`crate::openapi::MAX_KEY`] visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Refusal> {
+    let Some(k) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match k.to_str() {
+        Ok(k) if crate::openapi::valid_key(k.as_bytes()) => Ok(Some(k.to_owned())),
+        _ => Err(Refusal::new(
+            400,
+            "invalid_idempotency_key",
+            format!(
+                "the Idempotency-Key must be 1 to {} visible ASCII characters (no spaces)",
+                crate::openapi::MAX_KEY
+            ),
+        )),
     }
+}
+
+/// The input a body holds: `{}` when it is empty (or blank), else its JSON,
+/// which its Content-Type must say it is.
+fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, Refusal> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Object(Map::new()));
+    }
+    let json_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    let is_json = json_type.as_deref().is_some_and(|t| {
+        t == "application/json" || (t.starts_with("application/") && t.ends_with("+json"))
+    });
+    if !is_json {
+        return Err(Refusal::new(
+            415,
+            "unsupported_media_type",
+            "the body must be JSON (Content-Type: application/json)",
+        ));
+    }
+    serde_json::from_slice::<Value>(bytes).map_err(|e| {
+        let detail = if e.to_string().contains("recursion limit") {
+            "the body is nested too deeply".to_owned()
+        } else {
+            format!("the body is not valid JSON: {e}")
+        };
+        // The audit entry keeps the body that is not JSON, as text.
+        let body = match std::str::from_utf8(bytes) {
+            Ok(s) => Value::String(s.to_owned()),
+            Err(_) => Value::Null,
+        };
+        Refusal::new(400, "invalid_json", detail).with_input(body)
+    })
 }
 
 /// Builds the snapshot of the served spec on a thread of its own (two
