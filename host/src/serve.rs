@@ -813,140 +813,77 @@ impl App {
         found: Found,
     ) -> (hyper::Response<Body>, Option<String>, Option<String>) {
         if let Some(clock) = &self.test_clock {
-            let header = |name: &str| {
-                req.headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            };
-            if let Some(given) = header("x-sinew-test-request-id") {
-                id = given;
-            }
-            let now = header("x-sinew-test-now")
-                .and_then(|t| sinew_core::expr::value::parse_timestamp(&t))
-                .map(|us| us / 1000)
-                .unwrap_or_else(system_now_ms);
-            clock.0.store(now, Ordering::SeqCst);
+            apply_test_hooks(clock, req.headers(), &mut id);
         }
         let path = req.uri().path().to_owned();
-        match (req.method(), path.as_str()) {
-            (&Method::GET | &Method::HEAD, "/healthz") => {
-                return (
-                    respond(
-                        200,
-                        "application/json",
-                        Bytes::from_static(br#"{"status":"ok"}"#),
-                    ),
-                    None,
-                    None,
-                );
+        if let Some(r) = self.built_in(req.method(), &path, &found, &id).await {
+            return (r, None, None);
+        }
+        let (tool, params) = match found {
+            Found::Tool(t, p) => (t, p),
+            Found::WrongMethod(allow) => {
+                return (method_not_allowed(&path, &allow, &id), None, None);
             }
-            (&Method::GET | &Method::HEAD, "/readyz") => {
-                let r = match tokio::time::timeout(Duration::from_secs(3), self.db.ping()).await {
-                    Ok(Ok(())) => respond(
-                        200,
-                        "application/json",
-                        Bytes::from(
-                            json!({"status": "ready", "bundle": self.bundle_hash()}).to_string(),
-                        ),
-                    ),
-                    Ok(Err(e)) => problem(
-                        503,
-                        "unavailable",
-                        &format!("the database is not reachable: {e}"),
-                        &id,
-                    ),
-                    Err(_) => problem(
-                        503,
-                        "unavailable",
-                        "the database did not answer within 3 s",
-                        &id,
-                    ),
-                };
-                return (r, None, None);
+            Found::Nothing => {
+                let detail = format!("no tool answers {} {path}", req.method());
+                return (problem(404, "not_found", &detail, &id), None, None);
             }
+        };
+        let reply = self.call(req, &tool, params, &id).await;
+        (tool_response(reply, &id), Some(tool), Some(id))
+    }
+
+    /// The server's own paths (health, readiness, the studio, the OpenAPI
+    /// document), or `None` when the request is for the tools.
+    async fn built_in(
+        &self,
+        method: &Method,
+        path: &str,
+        found: &Found,
+        id: &str,
+    ) -> Option<hyper::Response<Body>> {
+        match (method, path) {
+            (&Method::GET | &Method::HEAD, "/healthz") => Some(respond(
+                200,
+                "application/json",
+                Bytes::from_static(br#"{"status":"ok"}"#),
+            )),
+            (&Method::GET | &Method::HEAD, "/readyz") => Some(self.readiness(id).await),
             // A tool of the spec's own under /studio wins.
             (&Method::GET | &Method::HEAD, p)
                 if (p == "/studio" || p.starts_with("/studio/"))
                     && matches!(found, Found::Nothing) =>
             {
-                if let Some(r) = self.studio(req.method(), p, &id).await {
-                    return (r, None, None);
-                }
+                self.studio(method, p, id).await
             }
             (&Method::GET | &Method::HEAD, "/openapi.json") => {
-                return (
-                    respond(200, "application/json", self.openapi.clone()),
-                    None,
-                    None,
-                );
+                Some(respond(200, "application/json", self.openapi.clone()))
             }
-            _ => {}
+            _ => None,
         }
-        let (tool, params) = match found {
-            Found::Tool(t, p) => (t, p),
-            Found::WrongMethod(allow) => {
-                let mut r = problem(
-                    405,
-                    "method_not_allowed",
-                    &format!("`{path}` answers {}", allow.join(", ")),
-                    &id,
-                );
-                if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
-                    r.headers_mut().insert(header::ALLOW, v);
-                }
-                return (r, None, None);
-            }
-            Found::Nothing => {
-                return (
-                    problem(
-                        404,
-                        "not_found",
-                        &format!("no tool answers {} {path}", req.method()),
-                        &id,
-                    ),
-                    None,
-                    None,
-                );
-            }
-        };
-        let response = self.call(req, &tool, params, &id).await;
-        // Only a 429's body is read again (the rate limit's says when to
-        // retry); every other body goes out as the executor wrote it.
-        let rate_limited = response.status == 429
-            && serde_json::from_str::<Value>(&response.body)
-                .is_ok_and(|b| b.get("code") == Some(&json!("rate_limited")));
-        let status = response.status;
-        let mut r = respond(
-            status,
-            if status >= 400 {
-                "application/problem+json"
-            } else {
-                "application/json"
-            },
-            Bytes::from(response.body),
-        );
-        if let Ok(v) = HeaderValue::from_str(&id) {
-            r.headers_mut().insert("x-request-id", v);
+    }
+
+    /// `/readyz`: ready when the database answers within 3 s.
+    async fn readiness(&self, id: &str) -> hyper::Response<Body> {
+        match tokio::time::timeout(Duration::from_secs(3), self.db.ping()).await {
+            Ok(Ok(())) => respond(
+                200,
+                "application/json",
+                Bytes::from(json!({"status": "ready", "bundle": self.bundle_hash()}).to_string()),
+            ),
+            Ok(Err(e)) => problem(
+                503,
+                "unavailable",
+                &format!("the database is not reachable: {e}"),
+                id,
+            ),
+            Err(_) => problem(
+                503,
+                "unavailable",
+                "the database did not answer within 3 s",
+                id,
+            ),
         }
-        if rate_limited {
-            // Rate windows are calendar minutes: the next one starts in…
-            let now = system_now_ms();
-            let wait = 60 - now.div_euclid(1000).rem_euclid(60);
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(wait.max(1)));
-        }
-        if status == 401 {
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        if let Some(detail) = response.internal {
-            r.extensions_mut().insert(Internal(detail));
-        }
-        if !response.escalated.is_empty() {
-            r.extensions_mut().insert(Escalated(response.escalated));
-        }
-        (r, Some(tool), Some(id))
     }
 
     /// Runs a routed request; everything turned away here is audited too.
@@ -1166,6 +1103,83 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, Refusal> {
         };
         Refusal::new(400, "invalid_json", detail).with_input(body)
     })
+}
+
+/// With `--test-hooks`: the request's id and the clock, as the
+/// `x-sinew-test-request-id` and `x-sinew-test-now` headers set them.
+fn apply_test_hooks(
+    clock: &crate::runtime::clock::ManualClock,
+    headers: &HeaderMap,
+    id: &mut String,
+) {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    if let Some(given) = header("x-sinew-test-request-id") {
+        *id = given;
+    }
+    let now = header("x-sinew-test-now")
+        .and_then(|t| sinew_core::expr::value::parse_timestamp(&t))
+        .map(|us| us / 1000)
+        .unwrap_or_else(system_now_ms);
+    clock.0.store(now, Ordering::SeqCst);
+}
+
+/// A 405 naming the methods `path` answers, in its `Allow` header too.
+fn method_not_allowed(path: &str, allow: &[String], id: &str) -> hyper::Response<Body> {
+    let mut r = problem(
+        405,
+        "method_not_allowed",
+        &format!("`{path}` answers {}", allow.join(", ")),
+        id,
+    );
+    if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
+        r.headers_mut().insert(header::ALLOW, v);
+    }
+    r
+}
+
+/// The HTTP response of a tool's reply; `id` is the request's id.
+fn tool_response(reply: Reply, id: &str) -> hyper::Response<Body> {
+    // Only a 429's body is read again (the rate limit's says when to
+    // retry); every other body goes out as the executor wrote it.
+    let rate_limited = reply.status == 429
+        && serde_json::from_str::<Value>(&reply.body)
+            .is_ok_and(|b| b.get("code") == Some(&json!("rate_limited")));
+    let status = reply.status;
+    let mut r = respond(
+        status,
+        if status >= 400 {
+            "application/problem+json"
+        } else {
+            "application/json"
+        },
+        Bytes::from(reply.body),
+    );
+    if let Ok(v) = HeaderValue::from_str(id) {
+        r.headers_mut().insert("x-request-id", v);
+    }
+    if rate_limited {
+        // Rate windows are calendar minutes: the next one starts in…
+        let now = system_now_ms();
+        let wait = 60 - now.div_euclid(1000).rem_euclid(60);
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(wait.max(1)));
+    }
+    if status == 401 {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if let Some(detail) = reply.internal {
+        r.extensions_mut().insert(Internal(detail));
+    }
+    if !reply.escalated.is_empty() {
+        r.extensions_mut().insert(Escalated(reply.escalated));
+    }
+    r
 }
 
 /// Builds the snapshot of the served spec on a thread of its own (two
