@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use crate::jwt::JwtConfig;
 use crate::pg::PgBackend;
 use crate::pg::embedded::Embedded;
-use crate::runtime::{Backends, Engine, Executor};
+use crate::runtime::{Backends, Engine, Executor, Snapshot};
 
 /// The system clock, in milliseconds since the epoch.
 fn system_now_ms() -> i64 {
@@ -1278,21 +1278,14 @@ pub async fn serve(
     ready: impl FnOnce(SocketAddr),
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    let started = Instant::now();
-    let log = Log::new(&args.log);
-    let text = std::fs::read_to_string(&args.spec)
-        .with_context(|| format!("cannot read the spec `{}`", args.spec.display()))?;
-    let loaded = sinew_core::spec::load(&text);
-    if let Some(d) = loaded.errors.first() {
-        bail!(
-            "`{}` is not a valid spec: {} at {} (run `sinew check` for all findings)",
-            args.spec.display(),
-            d.message,
-            d.path
-        );
-    }
-    let spec = loaded.spec;
-    log.phase(started, "spec loaded");
+    let start = Start {
+        args,
+        log: Log::new(&args.log),
+        started: Instant::now(),
+    };
+    let log = &start.log;
+    let (text, spec) = read_spec(&args.spec)?;
+    start.phase("spec loaded");
     if args.test_hooks && !args.listen.is_loopback() {
         bail!("--test-hooks is for tests: it is refused unless listening on a loopback address");
     }
@@ -1305,28 +1298,137 @@ pub async fn serve(
         .with_context(|| format!("cannot listen on {addr}"))?;
     let https = crate::tls::client(args.ca_file.as_deref())?;
     let jwt = args.jwt(&https).await?;
-    log.phase(started, "TLS roots and JWT keys ready");
+    start.phase("TLS roots and JWT keys ready");
     if !jwt.enabled() {
         log.warn("no SINEW_JWT_SECRET or SINEW_JWT_JWKS: only public tools can be called");
     }
-    let db = Database::open(args.database_url.as_deref(), &args.data_dir)?;
-    if let Some(pg) = &db.embedded {
-        log.info(&format!(
-            "embedded Postgres running on {} (data in {})",
-            pg.url(),
-            pg.data().display()
-        ));
-    }
-    log.phase(started, "database opened");
+    let db = start.open_database()?;
     // The component loads (CPU) while the database is migrated (I/O).
     let cache = args
         .cache_dir
         .clone()
         .unwrap_or_else(|| args.data_dir.join("cache"));
-    let engine = tokio::task::spawn_blocking({
-        let (cache, text, snapshots) = (cache.clone(), text.clone(), !args.no_snapshot);
-        let log = log.clone();
-        move || -> Result<_> {
+    let engine = start.load_engine(&cache, &text);
+    let storage = Arc::new(PgBackend::new(
+        db.config.clone(),
+        &spec,
+        args.pool_size,
+        Some(crate::component_hash(crate::COMPONENT)),
+    ));
+    if !args.no_migrate {
+        start.migrate(&spec, &storage).await?;
+    }
+    let (engine, snapshot) = engine.await.context("loading the component")??;
+    let snapshot = snapshot.unwrap_or_else(|e| {
+        log.warn(&format!(
+            "the cached snapshot of this spec cannot be used, it is built again: {e:#}"
+        ));
+        None
+    });
+    start.phase("component ready (compiled or loaded from the cache)");
+    let test_clock = args
+        .test_hooks
+        .then(|| Arc::new(crate::runtime::clock::ManualClock::default()));
+    if test_clock.is_some() {
+        log.warn("test hooks are on: requests may set the clock and their ids");
+    }
+    let backends = start.backends(&spec, &storage, test_clock.as_ref(), &https)?;
+    let core = if args.native {
+        start.native(&text, backends)?
+    } else {
+        let executor = start
+            .component(engine, snapshot, &text, backends, &cache)
+            .await?;
+        Core::Component(executor)
+    };
+    let app = Arc::new(start.app(&spec, text, core, jwt, &storage, test_clock));
+    let local = listener.local_addr()?;
+    start.ready_line(&spec, &app, local);
+    warm_pool(storage.clone(), args.pool_size, app.first_answer.clone());
+    // A JWKS by URL is fetched again every 10 minutes (keys rotate).
+    if args
+        .jwt_jwks
+        .as_deref()
+        .is_some_and(|j| j.starts_with("http"))
+    {
+        refresh_jwks(app.clone(), args.clone(), log.clone(), https.clone());
+    }
+    let janitor = janitor(storage.clone(), log.clone());
+
+    ready(local);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let conns = accept(&listener, &app, &stop_rx, stop, log).await;
+    log.info("stopping: finishing requests in flight");
+    drop(listener);
+    let _ = stop_tx.send(true);
+    drain(conns, log).await;
+    janitor.abort();
+    drop(app);
+    drop(db);
+    log.info("stopped");
+    Ok(())
+}
+
+/// The spec's text and model; a spec with errors is refused with its
+/// first.
+fn read_spec(path: &std::path::Path) -> Result<(String, sinew_core::spec::Spec)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the spec `{}`", path.display()))?;
+    let loaded = sinew_core::spec::load(&text);
+    if let Some(d) = loaded.errors.first() {
+        bail!(
+            "`{}` is not a valid spec: {} at {} (run `sinew check` for all findings)",
+            path.display(),
+            d.message,
+            d.path
+        );
+    }
+    Ok((text, loaded.spec))
+}
+
+/// The component loaded, and the cached snapshot of the spec if there is
+/// one (an error says why the one there cannot be used).
+type Loaded = (Arc<Engine>, Result<Option<Snapshot>>);
+
+/// What the steps of [`serve`]'s start share: the options, the log, and
+/// when the start began (the debug log times each phase from it).
+struct Start<'a> {
+    args: &'a Args,
+    log: Log,
+    started: Instant,
+}
+
+impl Start<'_> {
+    /// Logs that a phase of the start is done, and when (debug level).
+    fn phase(&self, what: &str) {
+        self.log.phase(self.started, what);
+    }
+
+    /// The database of DATABASE_URL, or the embedded one it starts.
+    fn open_database(&self) -> Result<Database> {
+        let db = Database::open(self.args.database_url.as_deref(), &self.args.data_dir)?;
+        if let Some(pg) = &db.embedded {
+            self.log.info(&format!(
+                "embedded Postgres running on {} (data in {})",
+                pg.url(),
+                pg.data().display()
+            ));
+        }
+        self.phase("database opened");
+        Ok(db)
+    }
+
+    /// Loads, on a blocking thread, the component (compiled or from
+    /// `cache`) and the cached snapshot of the spec `text`, if any.
+    fn load_engine(
+        &self,
+        cache: &std::path::Path,
+        text: &str,
+    ) -> tokio::task::JoinHandle<Result<Loaded>> {
+        let (cache, text, snapshots) = (cache.to_owned(), text.to_owned(), !self.args.no_snapshot);
+        let log = self.log.clone();
+        let started = self.started;
+        tokio::task::spawn_blocking(move || -> Result<_> {
             let engine = Engine::deferred(Some(&cache))?;
             let snapshot = match snapshots {
                 true => engine.cached_snapshot(&text, &cache),
@@ -1338,21 +1440,19 @@ pub async fn serve(
             }
             log.phase(started, "snapshot or component loaded (another thread)");
             Ok((engine, snapshot))
-        }
-    });
-    let storage = Arc::new(PgBackend::new(
-        db.config.clone(),
-        &spec,
-        args.pool_size,
-        Some(crate::component_hash(crate::COMPONENT)),
-    ));
-    if !args.no_migrate {
-        // A connection of the pool: the first request finds it open.
+        })
+    }
+
+    /// Migrates the database to the spec (refusing a migration that
+    /// loses data) and warms up the catalog, on a connection of the pool:
+    /// the first request finds it open.
+    async fn migrate(&self, spec: &sinew_core::spec::Spec, storage: &PgBackend) -> Result<()> {
+        let log = &self.log;
         let mut conn = storage
             .connection()
             .await
             .context("connecting to the database")?;
-        log.phase(started, "connected to the database");
+        self.phase("connected to the database");
         // Whether the schema is current and the catalog warm-up, together:
         // on a migrated database (every start but the first) the warm-up
         // is what the start needs, one round trip sooner.
@@ -1360,16 +1460,16 @@ pub async fn serve(
         // lacks that makes inserts fail (added by hand since) is refused as
         // `sinew migrate` refuses it (`migrate::unknown_column`).
         let (migrated, warm, refused) = tokio::join!(
-            crate::pg::migrate::recorded(&conn.client, &spec),
+            crate::pg::migrate::recorded(&conn.client, spec),
             storage.warm_catalog(&conn.client),
-            crate::pg::migrate::refused_columns(&conn.client, &spec)
+            crate::pg::migrate::refused_columns(&conn.client, spec)
         );
         let refuse = |refusals: &[String]| {
             anyhow::anyhow!(
                 "the database does not match the spec, and migrating would lose data:\n  {}\n\
                  Review `sinew migrate {}` and run it with --apply --allow-destructive",
                 refusals.join("\n  "),
-                args.spec.display()
+                self.args.spec.display()
             )
         };
         let warm = if migrated {
@@ -1377,54 +1477,194 @@ pub async fn serve(
             if !refused.is_empty() {
                 return Err(refuse(&refused));
             }
-            log.phase(started, "schema already migrated to this spec");
+            self.phase("schema already migrated to this spec");
             warm
         } else {
             let client = &mut conn.client;
-            let m = crate::pg::migrate::plan(Some(client), &spec, false).await?;
+            let m = crate::pg::migrate::plan(Some(client), spec, false).await?;
             if !m.destructive.is_empty() {
                 return Err(refuse(&m.destructive));
             }
             for note in &m.kept {
                 log.info(note);
             }
-            log.phase(started, "migration planned");
-            crate::pg::migrate::apply(client, &spec, &m).await?;
-            log.phase(started, "migration applied");
+            self.phase("migration planned");
+            crate::pg::migrate::apply(client, spec, &m).await?;
+            self.phase("migration applied");
             storage.warm_catalog(&conn.client).await
         };
         match warm {
             Ok(prepared) => {
                 conn.remember(prepared);
-                log.phase(started, "database catalog warmed up");
+                self.phase("database catalog warmed up");
             }
             Err(e) => log.warn(&format!("warming up the database catalog failed: {e}")),
         }
         storage.give_back(conn);
+        Ok(())
     }
-    let (engine, snapshot) = engine.await.context("loading the component")??;
-    let snapshot = snapshot.unwrap_or_else(|e| {
-        log.warn(&format!(
-            "the cached snapshot of this spec cannot be used, it is built again: {e:#}"
+
+    /// What the core runs on: the database, the clock (the test hooks'
+    /// when on) and the external services over `https`.
+    fn backends(
+        &self,
+        spec: &sinew_core::spec::Spec,
+        storage: &Arc<PgBackend>,
+        test_clock: Option<&Arc<crate::runtime::clock::ManualClock>>,
+        https: &crate::tls::HttpsClient,
+    ) -> Result<Backends> {
+        let clock: Arc<dyn crate::runtime::clock::ClockBackend> = match test_clock {
+            Some(c) => c.clone(),
+            None => Arc::new(crate::runtime::clock::SystemClock),
+        };
+        Ok(Backends {
+            storage: storage.clone(),
+            clock,
+            external: Arc::new(crate::http_external::HttpExternal::configured(
+                spec,
+                &self.args.external,
+                https.clone(),
+            )?),
+        })
+    }
+
+    /// The interpreter compiled into this binary (`--native`).
+    fn native(&self, text: &str, backends: Backends) -> Result<Core> {
+        self.log.warn("--native: the interpreter runs in-process, without deadlines or isolation (benchmarks only)");
+        Ok(Core::Native(
+            crate::native::Native::new(text, backends)
+                .map_err(|e| anyhow::anyhow!("the spec cannot be served: {e}"))?,
+        ))
+    }
+
+    /// The component's executor: from `snapshot`, else with the spec
+    /// loaded into a first instance (and a snapshot then built in the
+    /// background, unless `--no-snapshot`); instances for the first burst
+    /// are made once the server is up.
+    async fn component(
+        &self,
+        engine: Arc<Engine>,
+        snapshot: Option<Snapshot>,
+        text: &str,
+        backends: Backends,
+        cache: &std::path::Path,
+    ) -> Result<Arc<Executor>> {
+        let executor = match snapshot {
+            Some(s) => {
+                let e = Executor::from_snapshot(engine, text.to_owned(), backends, s);
+                self.phase("snapshot of the loaded spec ready");
+                e
+            }
+            None => {
+                let e = Executor::new(engine, text.to_owned(), backends)
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "the spec cannot be served: {} (at {})",
+                            e.message,
+                            e.pointer
+                        )
+                    })?;
+                self.phase("bundle loaded into the first instance");
+                e
+            }
+        };
+        let executor = Arc::new(executor);
+        if !self.args.no_snapshot && !executor.snapshotted() {
+            build_snapshot(executor.clone(), cache.to_owned(), self.log.clone());
+        }
+        // Ready instances for the first burst, made after the server is up.
+        tokio::spawn({
+            let executor = executor.clone();
+            async move { executor.warm(WARM_INSTANCES).await }
+        });
+        Ok(executor)
+    }
+
+    /// The server's state: the routes, each tool's input schema, deadline
+    /// and webhook, the OpenAPI document, and the studio when it is on.
+    fn app(
+        &self,
+        spec: &sinew_core::spec::Spec,
+        text: String,
+        core: Core,
+        jwt: JwtConfig,
+        storage: &Arc<PgBackend>,
+        test_clock: Option<Arc<crate::runtime::clock::ManualClock>>,
+    ) -> App {
+        let args = self.args;
+        let bundle_hash = match &core {
+            Core::Component(e) => e.bundle_hash.clone(),
+            Core::Native(n) => n.bundle_hash().to_owned(),
+        };
+        let openapi = crate::openapi::document(spec, &bundle_hash);
+        if args.no_studio {
+            self.log
+                .warn("--no-studio is deprecated: the studio is off unless --studio");
+        } else if args.studio {
+            self.log.info(
+                "the studio is on at /studio/: it shows the spec to whoever can reach the server",
+            );
+        }
+        let studio = (args.studio && !args.no_studio).then(|| {
+            (
+                crate::studio::Startup::named(&args.spec, text),
+                tokio::sync::OnceCell::new(),
+            )
+        });
+        App {
+            router: Router::new(spec),
+            inputs: spec
+                .tools
+                .iter()
+                .map(|(n, t)| (n.clone(), t.input.clone()))
+                .collect(),
+            deadlines: spec
+                .tools
+                .iter()
+                .filter_map(|(n, t)| Some((n.clone(), Duration::from_millis(t.limits.timeout_ms?))))
+                .collect(),
+            core,
+            jwt: std::sync::RwLock::new(Arc::new(jwt)),
+            openapi: Bytes::from(openapi.to_string()),
+            max_body: args.max_body,
+            db: storage.clone(),
+            log: self.log.clone(),
+            ids: AtomicU64::new(0),
+            webhooks: webhooks(spec),
+            test_clock,
+            studio,
+            id_seed: format!("{}:{}:{}", std::process::id(), system_now_ms(), args.port),
+            first_answer: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// The start-up line: what is served, how fast it started, where.
+    fn ready_line(&self, spec: &sinew_core::spec::Spec, app: &App, local: SocketAddr) {
+        let from = match &app.core {
+            Core::Component(e) if e.snapshotted() => ", instances from a snapshot",
+            _ => "",
+        };
+        self.log.info(&format!(
+            "sinew serving `{}` ({} tool{}, {} route{}), ready in {:.0} ms{from}, on http://{local}",
+            spec.name,
+            spec.tools.len(),
+            if spec.tools.len() == 1 { "" } else { "s" },
+            app.router.routes.len(),
+            if app.router.routes.len() == 1 {
+                ""
+            } else {
+                "s"
+            },
+            self.started.elapsed().as_secs_f64() * 1000.0
         ));
-        None
-    });
-    log.phase(
-        started,
-        "component ready (compiled or loaded from the cache)",
-    );
-    let test_clock = args
-        .test_hooks
-        .then(|| Arc::new(crate::runtime::clock::ManualClock::default()));
-    if test_clock.is_some() {
-        log.warn("test hooks are on: requests may set the clock and their ids");
     }
-    let clock: Arc<dyn crate::runtime::clock::ClockBackend> = match &test_clock {
-        Some(c) => c.clone(),
-        None => Arc::new(crate::runtime::clock::SystemClock),
-    };
-    let webhooks = spec
-        .tools
+}
+
+/// Each webhook tool's signature check, its secret read from the
+/// environment variable the spec names.
+fn webhooks(spec: &sinew_core::spec::Spec) -> std::collections::HashMap<String, Webhook> {
+    spec.tools
         .iter()
         .filter_map(|(name, tool)| match &tool.trigger {
             sinew_core::spec::Trigger::Webhook { secret, header, .. } => Some((
@@ -1441,173 +1681,66 @@ pub async fn serve(
             )),
             _ => None,
         })
-        .collect();
-    let backends = Backends {
-        storage: storage.clone(),
-        clock,
-        external: Arc::new(crate::http_external::HttpExternal::configured(
-            &spec,
-            &args.external,
-            https.clone(),
-        )?),
-    };
-    let core = if args.native {
-        log.warn("--native: the interpreter runs in-process, without deadlines or isolation (benchmarks only)");
-        Core::Native(
-            crate::native::Native::new(&text, backends)
-                .map_err(|e| anyhow::anyhow!("the spec cannot be served: {e}"))?,
-        )
-    } else {
-        let executor = match snapshot {
-            Some(s) => {
-                let e = Executor::from_snapshot(engine, text.clone(), backends, s);
-                log.phase(started, "snapshot of the loaded spec ready");
-                e
-            }
-            None => {
-                let e = Executor::new(engine, text.clone(), backends)
-                    .await
-                    .map_err(|e| {
-                        anyhow::anyhow!(
-                            "the spec cannot be served: {} (at {})",
-                            e.message,
-                            e.pointer
-                        )
-                    })?;
-                log.phase(started, "bundle loaded into the first instance");
-                e
-            }
-        };
-        let executor = Arc::new(executor);
-        if !args.no_snapshot && !executor.snapshotted() {
-            build_snapshot(executor.clone(), cache.clone(), log.clone());
-        }
-        // Ready instances for the first burst, made after the server is up.
-        tokio::spawn({
-            let executor = executor.clone();
-            async move { executor.warm(WARM_INSTANCES).await }
-        });
-        Core::Component(executor)
-    };
-    let bundle_hash = match &core {
-        Core::Component(e) => e.bundle_hash.clone(),
-        Core::Native(n) => n.bundle_hash().to_owned(),
-    };
-    let openapi = crate::openapi::document(&spec, &bundle_hash);
-    if args.no_studio {
-        log.warn("--no-studio is deprecated: the studio is off unless --studio");
-    } else if args.studio {
-        log.info("the studio is on at /studio/: it shows the spec to whoever can reach the server");
-    }
-    let studio = (args.studio && !args.no_studio).then(|| {
-        (
-            crate::studio::Startup::named(&args.spec, text),
-            tokio::sync::OnceCell::new(),
-        )
-    });
-    let app = Arc::new(App {
-        router: Router::new(&spec),
-        inputs: spec
-            .tools
-            .iter()
-            .map(|(n, t)| (n.clone(), t.input.clone()))
-            .collect(),
-        deadlines: spec
-            .tools
-            .iter()
-            .filter_map(|(n, t)| Some((n.clone(), Duration::from_millis(t.limits.timeout_ms?))))
-            .collect(),
-        core,
-        jwt: std::sync::RwLock::new(Arc::new(jwt)),
-        openapi: Bytes::from(openapi.to_string()),
-        max_body: args.max_body,
-        db: storage.clone(),
-        log: log.clone(),
-        ids: AtomicU64::new(0),
-        webhooks,
-        test_clock,
-        studio,
-        id_seed: format!("{}:{}:{}", std::process::id(), system_now_ms(), args.port),
-        first_answer: Arc::new(tokio::sync::Notify::new()),
-    });
-    let local = listener.local_addr()?;
-    let from = match &app.core {
-        Core::Component(e) if e.snapshotted() => ", instances from a snapshot",
-        _ => "",
-    };
-    log.info(&format!(
-        "sinew serving `{}` ({} tool{}, {} route{}), ready in {:.0} ms{from}, on http://{local}",
-        spec.name,
-        spec.tools.len(),
-        if spec.tools.len() == 1 { "" } else { "s" },
-        app.router.routes.len(),
-        if app.router.routes.len() == 1 {
-            ""
-        } else {
-            "s"
-        },
-        started.elapsed().as_secs_f64() * 1000.0
-    ));
+        .collect()
+}
 
-    // Database connections for the first burst, too, opened once the first
-    // response is out (or after a quiet second): each is a backend process
-    // the database forks, and the first request should not wait for the
-    // CPU behind a dozen of them. Requests before then connect as needed.
-    tokio::spawn({
-        let storage = storage.clone();
-        let n = args.pool_size.min(WARM_INSTANCES);
-        let first = app.first_answer.clone();
-        async move {
-            let _ = tokio::time::timeout(Duration::from_secs(1), first.notified()).await;
-            storage.warm(n).await
-        }
+/// Opens database connections for the first burst too, once the first
+/// response is out (`first` is told) or after a quiet second: each is a
+/// backend process the database forks, and the first request should not
+/// wait for the CPU behind a dozen of them. Requests before then connect
+/// as needed.
+fn warm_pool(storage: Arc<PgBackend>, pool_size: usize, first: Arc<tokio::sync::Notify>) {
+    let n = pool_size.min(WARM_INSTANCES);
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(1), first.notified()).await;
+        storage.warm(n).await
     });
+}
 
-    // A JWKS by URL is fetched again every 10 minutes (keys rotate); a
-    // failed fetch keeps the keys in hand.
-    if args
-        .jwt_jwks
-        .as_deref()
-        .is_some_and(|j| j.starts_with("http"))
-    {
-        let (app, args, log, https) = (app.clone(), args.clone(), log.clone(), https.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(600)).await;
-                match args.jwt(&https).await {
-                    Ok(j) => {
-                        if let Ok(mut slot) = app.jwt.write() {
-                            *slot = Arc::new(j);
-                        }
+/// Fetches the JWKS (a URL) again every 10 minutes, as keys rotate; a
+/// failed fetch keeps the keys in hand.
+fn refresh_jwks(app: Arc<App>, args: Args, log: Log, https: crate::tls::HttpsClient) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            match args.jwt(&https).await {
+                Ok(j) => {
+                    if let Ok(mut slot) = app.jwt.write() {
+                        *slot = Arc::new(j);
                     }
-                    Err(e) => log.error(&format!("refreshing the JWKS failed: {e:#}")),
                 }
+                Err(e) => log.error(&format!("refreshing the JWKS failed: {e:#}")),
             }
-        });
-    }
+        }
+    });
+}
 
-    // Forget old idempotency keys and rate windows now and then; the first
-    // time a few seconds after the start, so the connection the start
-    // leaves open serves the first request instead.
-    let janitor = {
-        let db = storage.clone();
-        let log = log.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            loop {
-                let now = crate::runtime::clock::ClockBackend::now_ms(
-                    &crate::runtime::clock::SystemClock,
-                );
-                if let Err(e) = db.prune(now).await {
-                    log.error(&format!("pruning old idempotency keys failed: {e}"));
-                }
-                tokio::time::sleep(Duration::from_secs(600)).await;
+/// Forgets old idempotency keys and rate windows every 10 minutes; the
+/// first time a few seconds after the start, so the connection the start
+/// leaves open serves the first request instead.
+fn janitor(db: Arc<PgBackend>, log: Log) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        loop {
+            let now =
+                crate::runtime::clock::ClockBackend::now_ms(&crate::runtime::clock::SystemClock);
+            if let Err(e) = db.prune(now).await {
+                log.error(&format!("pruning old idempotency keys failed: {e}"));
             }
-        })
-    };
+            tokio::time::sleep(Duration::from_secs(600)).await;
+        }
+    })
+}
 
-    ready(local);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+/// Accepts connections until `stop` completes, each served in a task of
+/// the set returned; they shut down gracefully once `stop_rx` changes.
+async fn accept(
+    listener: &TcpListener,
+    app: &Arc<App>,
+    stop_rx: &tokio::sync::watch::Receiver<bool>,
+    stop: impl std::future::Future<Output = ()>,
+    log: &Log,
+) -> tokio::task::JoinSet<()> {
     let mut conns = tokio::task::JoinSet::new();
     tokio::pin!(stop);
     loop {
@@ -1622,45 +1755,50 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let app = app.clone();
-                let mut stop = stop_rx.clone();
-                conns.spawn(async move {
-                    let service = service_fn(move |req| {
-                        let app = app.clone();
-                        async move { Ok::<_, std::convert::Infallible>(app.handle(req, remote).await) }
-                    });
-                    let conn = http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(30))
-                        .serve_connection(TokioIo::new(stream), service);
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        _ = conn.as_mut() => {}
-                        _ = stop.changed() => {
-                            conn.as_mut().graceful_shutdown();
-                            let _ = conn.await;
-                        }
-                    }
-                });
+                conns.spawn(connection(app.clone(), stream, remote, stop_rx.clone()));
                 while conns.try_join_next().is_some() {}
             }
             () = &mut stop => break,
         }
     }
-    log.info("stopping: finishing requests in flight");
-    drop(listener);
-    let _ = stop_tx.send(true);
+    conns
+}
+
+/// Serves one connection's requests until it closes, or until `stop`
+/// changes: then it finishes the request in flight and closes.
+async fn connection(
+    app: Arc<App>,
+    stream: tokio::net::TcpStream,
+    remote: SocketAddr,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let service = service_fn(move |req| {
+        let app = app.clone();
+        async move { Ok::<_, std::convert::Infallible>(app.handle(req, remote).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Waits for the connections to finish, at most [`DRAIN`]; those still
+/// running then are abandoned.
+async fn drain(mut conns: tokio::task::JoinSet<()>, log: &Log) {
     let drained =
         tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         log.error("requests still running after 10 s were abandoned");
         conns.abort_all();
     }
-    janitor.abort();
-    drop(app);
-    drop(db);
-    log.info("stopped");
-    Ok(())
 }
 
 #[cfg(test)]
