@@ -3,7 +3,7 @@
 //! loopback port, and a fake provider for its externals; requests go over
 //! HTTP with signed tokens, and state and audit are read back with SQL.
 
-use crate::pg::{Cluster, Fake, Http, Options, Reply, SECRET, Server};
+use crate::pg::{Cluster, Fake, Http, Options, Reply, SECRET, Server, mint};
 use crate::scenario::{Scenario, Target};
 use serde_json::{Map, Value, json};
 use sinew_core::bundle::Bundle;
@@ -202,17 +202,9 @@ impl Target for HttpPg {
             ("x-sinew-test-request-id".into(), request.id.clone()),
         ];
         if let Some(auth) = &request.auth {
-            let jwt = sinew_host::jwt::JwtConfig::hs256(SECRET);
             let extra: Map<String, Value> = auth.claims.as_object().cloned().unwrap_or_default();
-            let token = jwt
-                .mint_with(
-                    &auth.sub,
-                    &auth.roles,
-                    &extra,
-                    3600,
-                    sinew_host::jwt::now_secs(),
-                )
-                .map_err(|e| e.to_string())?;
+            let roles: Vec<&str> = auth.roles.iter().map(String::as_str).collect();
+            let token = mint(SECRET, &auth.sub, &roles, &extra);
             headers.push(("authorization".into(), format!("Bearer {token}")));
         }
         if let Some(k) = &request.idempotency_key {

@@ -1,8 +1,14 @@
-//! Shared helpers for sinew's whole-system tests and benchmarks.
+//! The one test-support library of sinew: the whole-system tests here, the
+//! host's integration tests (`host/tests`, a dev-dependency) and the
+//! benchmarks use it. A throwaway Postgres cluster, `sinew serve` in this
+//! process ([`pg::Server`]) or as a child process ([`process::Proc`]), an
+//! HTTP client that sends an `Idempotency-Key` on writes, test tokens, the
+//! repository's paths and golden files.
 
 pub mod generate;
 pub mod http_target;
 pub mod pg;
+pub mod process;
 pub mod scenario;
 
 use std::path::{Path, PathBuf};
@@ -10,6 +16,11 @@ use std::path::{Path, PathBuf};
 /// The repository root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Where the tests' compiled components are cached (`target/component-cache`).
+pub fn component_cache() -> PathBuf {
+    root().join("target/component-cache")
 }
 
 /// The spec files (`*.json`) directly inside `dir` (relative to the root),
@@ -66,4 +77,17 @@ fn similar_lines(expected: &str, actual: &str) -> String {
         out.push_str(&format!("({ne} lines expected, {na} produced)\n"));
     }
     out
+}
+
+/// A small reproducible random number generator (xorshift) for workloads.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A number in `0..n`.
+    pub fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
 }

@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use sinew_host::pg::embedded::Embedded;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -73,6 +73,11 @@ impl Cluster {
     /// Restarts the server abruptly (`-m immediate`).
     pub fn restart(&self) {
         self.pg().restart().expect("restart");
+    }
+
+    /// The server's log so far (empty when unreadable).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.pg().data().join("server.log")).unwrap_or_default()
     }
 }
 
@@ -317,11 +322,23 @@ impl Http {
     }
 }
 
-/// A token signed with [`SECRET`].
+/// [`Http::json`] with a bearer token: the status and the JSON body.
+pub async fn call(http: &Http, method: &str, url: &str, token: &str, body: &Value) -> (u16, Value) {
+    let answer = http.json(method, url, Some(token), body).await;
+    (answer.status, answer.body)
+}
+
+/// A token signed with [`SECRET`], valid for an hour.
 pub fn token(sub: &str, roles: &[&str]) -> String {
-    let jwt = sinew_host::jwt::JwtConfig::hs256(SECRET);
+    mint(SECRET, sub, roles, &Map::new())
+}
+
+/// An HS256 token signed with `secret` for `sub` with `roles` and `extra`
+/// claims, valid for an hour, as `sinew token` mints it.
+pub fn mint(secret: &str, sub: &str, roles: &[&str], extra: &Map<String, Value>) -> String {
+    let jwt = sinew_host::jwt::JwtConfig::hs256(secret);
     let roles: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
-    jwt.mint(sub, &roles, 3600, sinew_host::jwt::now_secs())
+    jwt.mint_with(sub, &roles, extra, 3600, sinew_host::jwt::now_secs())
         .expect("mint")
 }
 

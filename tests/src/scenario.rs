@@ -504,7 +504,7 @@ impl Wasm {
             std::sync::OnceLock::new();
         ENGINE
             .get_or_init(|| {
-                sinew_host::runtime::Engine::new(Some(&root().join("target/component-cache")))
+                sinew_host::runtime::Engine::new(Some(&crate::component_cache()))
                     .expect("the component compiles")
             })
             .clone()
