@@ -1,13 +1,15 @@
 //! The bank workload on two `sinew serve` processes sharing one Postgres.
 //! A test binary of its own, so that nothing else runs beside it.
 
-mod common;
-
-use common::*;
 use serde_json::{Value, json};
+use sinew_tests::pg::{Cluster, Http, call, connect_url, token};
+use sinew_tests::process::{Proc, verify_audit};
+use sinew_tests::{Rng, root};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+const SINEW: &str = env!("CARGO_BIN_EXE_sinew");
 
 /// The bank workload: 8 accounts, two servers on one database, 50
 /// concurrent clients (40 transferring, 10 reading every balance).
@@ -17,15 +19,15 @@ async fn bank_conserves_money_across_two_servers() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    let pg = Pg::start();
-    let url = pg.url();
+    let pg = Cluster::start();
+    let url = pg.url("postgres");
     let data = tempfile::tempdir().unwrap();
     let spec = root().join("specs/examples/bank.json");
     let env = [("DATABASE_URL", url.as_str())];
-    let a = Proc::start(&spec, &env, data.path());
-    let b = Proc::start(&spec, &env, data.path());
+    let a = Proc::start(SINEW, &spec, &env, data.path());
+    let b = Proc::start(SINEW, &spec, &env, data.path());
     let servers = [a.base.clone(), b.base.clone()];
-    let http = client();
+    let http = Http::default();
     let teller = token("tina", &["teller"]);
     let requests = Arc::new(AtomicU64::new(0));
     // Transfers answered a typed 504: the spec's deadline (see below).
@@ -44,7 +46,7 @@ async fn bank_conserves_money_across_two_servers() {
         )
         .await;
         if s >= 300 {
-            let db = sql(&url).await;
+            let db = connect_url(&url).await;
             let last: String = db
                 .query_one(
                     "SELECT entry FROM sinew_audit WHERE entry LIKE '%\"status\":500%' LIMIT 1",
@@ -53,8 +55,7 @@ async fn bank_conserves_money_across_two_servers() {
                 .await
                 .map(|r| r.get(0))
                 .unwrap_or_default();
-            let pglog =
-                std::fs::read_to_string(pg._dir.path().join("data/server.log")).unwrap_or_default();
+            let pglog = pg.log();
             panic!("open_account {i}: {s} {body}\naudit: {last}\npg: {pglog}");
         }
         let id = body["account"].as_str().unwrap().to_owned();
@@ -96,14 +97,17 @@ async fn bank_conserves_money_across_two_servers() {
                     let to = (from + 1 + rng.next(7) as usize) % 8;
                     let amount = 1 + rng.next(3000);
                     let t0 = Instant::now();
-                    let (s, body, retry) = call_with_headers(
-                        &http,
-                        "POST",
-                        &format!("{server}/transfers"),
-                        &teller,
-                        &json!({"from_account": accounts[from], "to_account": accounts[to], "amount_cents": amount}),
-                    )
-                    .await;
+                    let answer = http
+                        .json(
+                            "POST",
+                            &format!("{server}/transfers"),
+                            Some(&teller),
+                            &json!({"from_account": accounts[from], "to_account": accounts[to], "amount_cents": amount}),
+                        )
+                        .await;
+                    let retry: Option<u64> =
+                        answer.headers.get("retry-after").and_then(|v| v.parse().ok());
+                    let (s, body) = (answer.status, answer.body);
                     requests.fetch_add(1, Ordering::SeqCst);
                     // The spec gives a transfer 3 s. Under this contention
                     // (40 clients on 8 rows, a lock convoy) on a small
@@ -151,7 +155,7 @@ async fn bank_conserves_money_across_two_servers() {
                 } else {
                     // An auditor reads every balance in one snapshot.
                     if auditor.is_none() {
-                        auditor = Some(sql(&url).await);
+                        auditor = Some(connect_url(&url).await);
                     }
                     let Some(db) = &auditor else { continue };
                     let row = db
@@ -196,7 +200,7 @@ async fn bank_conserves_money_across_two_servers() {
     );
     let deadlines = deadlines.load(Ordering::SeqCst);
     if statuses.keys().any(|s| *s >= 500) {
-        let db = sql(&url).await;
+        let db = connect_url(&url).await;
         let rows = db
             .query(
                 "SELECT DISTINCT entry::jsonb->>'internal' FROM sinew_audit WHERE (entry::jsonb->>'status')::int >= 500",
@@ -205,8 +209,7 @@ async fn bank_conserves_money_across_two_servers() {
             .await
             .unwrap();
         let internal: Vec<Option<String>> = rows.iter().map(|r| r.get(0)).collect();
-        let pglog =
-            std::fs::read_to_string(pg._dir.path().join("data/server.log")).unwrap_or_default();
+        let pglog = pg.log();
         let deadlocks = pglog.matches("deadlock detected").count();
         let serialization = pglog.matches("could not serialize").count();
         panic!(
@@ -235,7 +238,7 @@ async fn bank_conserves_money_across_two_servers() {
         "too few successes: {statuses:?}"
     );
 
-    let db = sql(&url).await;
+    let db = connect_url(&url).await;
     let row = db
         .query_one(
             "SELECT sum(balance)::bigint, min(balance)::bigint, count(*) FROM account",
@@ -282,7 +285,7 @@ async fn bank_conserves_money_across_two_servers() {
         most, 20,
         "the most transfers one teller got through in a minute"
     );
-    let (ok, out) = verify_audit(&url);
+    let (ok, out) = verify_audit(SINEW, &url);
     assert!(ok, "{out}");
     drop(a);
     drop(b);

@@ -2,13 +2,9 @@
 //! input and `--fix`.
 
 use serde_json::Value;
+use sinew_tests::{root, specs_in};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-/// The repository root.
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn spec(rel: &str) -> PathBuf {
     root().join(rel)
@@ -16,12 +12,7 @@ fn spec(rel: &str) -> PathBuf {
 
 /// The example specs, sorted.
 fn examples() -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(root().join("specs/examples"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    out.sort();
+    let out = specs_in("specs/examples");
     assert!(!out.is_empty(), "no example specs");
     out
 }

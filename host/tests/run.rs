@@ -1,12 +1,8 @@
 //! `sinew run`: a dry run in memory against a JSON state file.
 
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use sinew_tests::root;
 use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn example(name: &str) -> String {
     root()

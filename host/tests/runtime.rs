@@ -9,13 +9,10 @@ use sinew_host::runtime::clock::{ClockBackend, ManualClock};
 use sinew_host::runtime::external::Scripted;
 use sinew_host::runtime::storage::MemoryBackend;
 use sinew_host::runtime::{Backends, Engine, Executor, cache};
-use std::path::{Path, PathBuf};
+use sinew_tests::component_cache;
+use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-
-fn cache_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/component-cache")
-}
 
 /// A spec whose `scan` tool writes a marker and then reads every item, in
 /// one transaction, with a 1 ms budget: it cannot finish in time.
@@ -122,7 +119,7 @@ fn finals(m: &MemoryBackend) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runaway_execution_is_stopped_rolled_back_and_audited() {
-    let engine = Engine::new(Some(&cache_dir())).unwrap();
+    let engine = Engine::new(Some(&component_cache())).unwrap();
     let spec = spec(1);
     let (b, memory) = backends(&spec, 60_000, 64);
     let ex = Executor::new(engine, spec, b).await.unwrap();
@@ -156,7 +153,8 @@ async fn a_runaway_execution_is_stopped_rolled_back_and_audited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_out_of_memory_is_an_audited_500_and_the_host_survives() {
-    let engine = Engine::with_memory(sinew_host::COMPONENT, Some(&cache_dir()), 96 << 20).unwrap();
+    let engine =
+        Engine::with_memory(sinew_host::COMPONENT, Some(&component_cache()), 96 << 20).unwrap();
     let spec = spec(60_000);
     // Time moves on each reading: the entry the host writes must carry the
     // time the executor gave the request (the first reading), not the time
@@ -188,7 +186,7 @@ async fn a_guest_out_of_memory_is_an_audited_500_and_the_host_survives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_malformed_input_are_clear_errors() {
-    let engine = Engine::new(Some(&cache_dir())).unwrap();
+    let engine = Engine::new(Some(&component_cache())).unwrap();
     let spec = spec(1000);
     let (b, memory) = backends(&spec, 1, 1);
     let ex = Executor::new(engine, spec, b).await.unwrap();
@@ -215,7 +213,7 @@ fn a_corrupted_cwasm_cache_is_detected_and_rebuilt() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     // Seed the cache from the shared one when present (compiling is slow).
-    let shared = cache::path_for(&cache_dir(), sinew_host::COMPONENT);
+    let shared = cache::path_for(&component_cache(), sinew_host::COMPONENT);
     let path = cache::path_for(&dir, sinew_host::COMPONENT);
     let sum = |p: &Path| p.with_extension("cwasm.crc32");
     if std::fs::copy(&shared, &path).is_ok() {

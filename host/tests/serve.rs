@@ -1,19 +1,21 @@
 //! `sinew serve` as a process: graceful SIGTERM and the embedded default.
 //! Each test starts its own throwaway Postgres cluster.
 
-mod common;
-
-use common::*;
 use http_body_util::Full;
 use serde_json::{Value, json};
+use sinew_tests::pg::{Cluster, Http, cache_dir, call, connect_url, token};
+use sinew_tests::process::Proc;
+use sinew_tests::root;
 use std::time::{Duration, Instant};
+
+const SINEW: &str = env!("CARGO_BIN_EXE_sinew");
 
 /// SIGTERM: the server stops accepting, finishes the request in flight and
 /// exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_requests_in_flight() {
-    let pg = Pg::start();
-    let url = pg.url();
+    let pg = Cluster::start();
+    let url = pg.url("postgres");
     let data = tempfile::tempdir().unwrap();
     // A provider that answers after 1.5 s.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -41,8 +43,8 @@ async fn sigterm_finishes_requests_in_flight() {
         ("DATABASE_URL", url.as_str()),
         ("SINEW_EXTERNAL_PAYMENTS_URL", provider.as_str()),
     ];
-    let mut server = Proc::start(&spec, &env, data.path());
-    let http = client();
+    let mut server = Proc::start(SINEW, &spec, &env, data.path());
+    let http = Http::default();
     let staff = token("sam", &["staff"]);
     let (s, body) = call(
         &http,
@@ -115,7 +117,7 @@ async fn sigterm_finishes_requests_in_flight() {
         let v: Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
         assert!(v.get("severity").is_some(), "{line}");
     }
-    let db = sql(&url).await;
+    let db = connect_url(&url).await;
     let orders: i64 = db
         .query_one("SELECT count(*) FROM \"order\"", &[])
         .await
@@ -133,8 +135,8 @@ async fn embedded_postgres_keeps_data_across_restarts() {
     std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let spec = root().join("specs/examples/shop.json");
     let staff = token("sam", &["staff"]);
-    let http = client();
-    let mut first = Proc::start(&spec, &[], data.path());
+    let http = Http::default();
+    let mut first = Proc::start(SINEW, &spec, &[], data.path());
     let (s, body) = call(
         &http,
         "POST",
@@ -181,7 +183,7 @@ async fn embedded_postgres_keeps_data_across_restarts() {
         socket.display(),
         owner.display()
     );
-    let second = Proc::start(&spec, &[("SINEW_STUDIO", "1")], data.path());
+    let second = Proc::start(SINEW, &spec, &[("SINEW_STUDIO", "1")], data.path());
     let (s, _) = call(
         &http,
         "GET",
@@ -203,7 +205,7 @@ async fn embedded_postgres_keeps_data_across_restarts() {
     assert_eq!(body["products"][0]["sku"], "KEEP", "{body}");
     drop(second);
     // The killed server's Postgres is adopted and stopped by the next one.
-    let mut third = Proc::start(&spec, &[], data.path());
+    let mut third = Proc::start(SINEW, &spec, &[], data.path());
     assert!(
         tokio::task::spawn_blocking(move || third.terminate())
             .await
@@ -228,14 +230,14 @@ async fn embedded_postgres_keeps_data_across_restarts() {
 /// the spec and serves from it; another spec is not served from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn later_starts_serve_from_a_snapshot_of_the_loaded_spec() {
-    let pg = Pg::start();
-    let url = pg.url();
+    let pg = Cluster::start();
+    let url = pg.url("postgres");
     let data = tempfile::tempdir().unwrap();
     // A cache of its own, with the compiled component of the shared one
     // (this test is about the snapshot, not about compiling the component).
     let cache = data.path().join("cache");
     std::fs::create_dir_all(&cache).unwrap();
-    for e in std::fs::read_dir(root().join("target/test-sinew-data/cache")).unwrap() {
+    for e in std::fs::read_dir(cache_dir().join("cache")).unwrap() {
         let p = e.unwrap().path();
         let name = p.file_name().unwrap().to_str().unwrap().to_owned();
         if name.starts_with("sinew-") && !name.ends_with(".lock") {
@@ -249,10 +251,10 @@ async fn later_starts_serve_from_a_snapshot_of_the_loaded_spec() {
         ("SINEW_CACHE_DIR", cache.to_str().unwrap()),
     ];
     let ready_line = |p: &Proc| p.line("ready in").unwrap_or_default();
-    let http = client();
+    let http = Http::default();
     let staff = token("sam", &["staff"]);
 
-    let mut first = Proc::start(&spec, &env, data.path());
+    let mut first = Proc::start(SINEW, &spec, &env, data.path());
     assert!(
         !ready_line(&first).contains("snapshot"),
         "{}",
@@ -293,7 +295,7 @@ async fn later_starts_serve_from_a_snapshot_of_the_loaded_spec() {
 
     // The next start serves from the snapshot: reads what the first wrote,
     // writes, and its audit chain goes on.
-    let second = Proc::start(&spec, &env, data.path());
+    let second = Proc::start(SINEW, &spec, &env, data.path());
     assert!(
         ready_line(&second).contains("instances from a snapshot"),
         "{}\n{:?}",
@@ -333,7 +335,7 @@ async fn later_starts_serve_from_a_snapshot_of_the_loaded_spec() {
     .await;
     assert_eq!(s, 409, "a unique sku again: {body}");
     drop(second);
-    let db = sql(&url).await;
+    let db = connect_url(&url).await;
     // One chain across both processes: every link verifies, and the four
     // requests left their entries.
     let n = sinew_host::pg::verify_audit(&db)
@@ -349,7 +351,7 @@ async fn later_starts_serve_from_a_snapshot_of_the_loaded_spec() {
         format!("{} ", std::fs::read_to_string(&spec).unwrap()),
     )
     .unwrap();
-    let third = Proc::start(&other, &env, data.path());
+    let third = Proc::start(SINEW, &other, &env, data.path());
     assert!(
         !ready_line(&third).contains("snapshot"),
         "{}",

@@ -6,9 +6,7 @@
 //! Screenshots go to `target/studio-e2e/`. Without Chromium the test fails
 //! under CI and is skipped, saying so, elsewhere.
 
-mod common;
-
-use common::root;
+use sinew_tests::root;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
