@@ -10,6 +10,8 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
+use serde_json::Map;
+use sinew_tests::pg::mint;
 
 /// What the clients ask for.
 #[derive(Clone, Copy, Debug)]
@@ -47,21 +49,6 @@ pub struct Stats {
     pub errors: u64,
     /// Measured answers.
     pub completed: u64,
-}
-
-/// An HS256 token for `sub` with `roles`, valid for an hour.
-pub fn token(secret: &str, sub: &str, roles: &[&str]) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-        + 3600;
-    let claims = serde_json::json!({"sub": sub, "roles": roles, "exp": exp});
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap_or_default()
 }
 
 fn authority(base: &str) -> &str {
@@ -139,7 +126,12 @@ pub async fn run(
                 hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
             tokio::spawn(conn);
             let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((client as u64 + 1) * 0x1000_0000_01B3));
-            let reader = token(&secret, &format!("reader-{client}"), &["teller"]);
+            let reader = mint(
+                &secret,
+                &format!("reader-{client}"),
+                &["teller"],
+                &Map::new(),
+            );
             let mut latencies = Vec::new();
             let mut errors = 0u64;
             let mut n = 0u64;
@@ -163,7 +155,7 @@ pub async fn run(
                             .header("host", authority(&base))
                             .header(
                                 "authorization",
-                                format!("Bearer {}", token(&secret, &sub, &["teller"])),
+                                format!("Bearer {}", mint(&secret, &sub, &["teller"], &Map::new())),
                             )
                             .header("content-type", "application/json")
                             .header("idempotency-key", format!("{nonce}-{run}-{client}-{n}"))

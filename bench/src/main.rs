@@ -35,6 +35,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, Subcommand};
 use load::{Stats, Workload};
+use sinew_tests::pg::{Cluster, mint};
+use sinew_tests::root;
 
 /// The allocator the `sinew` binary ships with, so (A) and (B), which run
 /// as `sinew-bench serve`, and the micro figures measure what users run.
@@ -158,10 +160,6 @@ fn main() -> Result<()> {
     }
 }
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -261,16 +259,13 @@ async fn sql(url: &str, text: &str) -> Result<()> {
     Ok(())
 }
 
-fn db_url(base: &str, db: &str) -> String {
-    base.replacen("/postgres?", &format!("/{db}?"), 1)
-}
-
 /// A database with the bank's schema and `ACCOUNTS` accounts.
-async fn prepare_db(admin: &str, db: &str) -> Result<String> {
+async fn prepare_db(pg: &Cluster, db: &str) -> Result<String> {
+    let admin = pg.url("postgres");
     // Two statements: CREATE DATABASE cannot run in a transaction block.
-    sql(admin, &format!("DROP DATABASE IF EXISTS {db}")).await?;
-    sql(admin, &format!("CREATE DATABASE {db}")).await?;
-    let url = db_url(admin, db);
+    sql(&admin, &format!("DROP DATABASE IF EXISTS {db}")).await?;
+    sql(&admin, &format!("CREATE DATABASE {db}")).await?;
+    let url = pg.url(db);
     let text = std::fs::read_to_string(root().join("specs/examples/bank.json"))?;
     let spec = sinew_core::spec::load(&text).spec;
     let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
@@ -311,19 +306,14 @@ fn bench(opts: &Opts) -> Result<()> {
         .enable_all()
         .build()?;
     let dir = tempfile::tempdir()?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
-    }
     println!("starting a private Postgres…");
-    let pg = sinew_host::pg::embedded::Embedded::start(&dir.path().join("pg"))?;
-    let admin = pg.url();
+    let pg = Cluster::start();
     let cache = dir.path().join("cache");
     let result = rt.block_on(async {
         let urls = [
-            prepare_db(&admin, "bench_a").await?,
-            prepare_db(&admin, "bench_b").await?,
-            prepare_db(&admin, "bench_c").await?,
+            prepare_db(&pg, "bench_a").await?,
+            prepare_db(&pg, "bench_b").await?,
+            prepare_db(&pg, "bench_c").await?,
         ];
         // Compile the component into the cache once (what a deployment does).
         let pre = spawn(
@@ -524,7 +514,7 @@ fn bench(opts: &Opts) -> Result<()> {
 /// component compiled ahead of time (the cache a deployment bakes in), and
 /// with a cold cache.
 async fn cold_start(opts: &Opts, url: &str, cache: &Path, data: &Path) -> Result<()> {
-    let token = load::token(SECRET, "bench-cold", &["teller"]);
+    let token = mint(SECRET, "bench-cold", &["teller"], &serde_json::Map::new());
     let path = "/accounts/00000000-0000-4000-8000-000000000001/transfers";
     let time = |cache: PathBuf| {
         let token = token.clone();
