@@ -188,15 +188,8 @@ impl Native {
     }
 
     /// Turns a request away before it runs (see `Executor::reject`).
-    pub async fn reject(
-        &self,
-        request: &Request,
-        status: u16,
-        code: &str,
-        detail: &str,
-    ) -> Response {
-        self.reject_with(request, Problem::custom(status, code, detail))
-            .await
+    pub async fn reject(&self, request: &Request, code: Code, detail: &str) -> Response {
+        self.reject_with(request, Problem::new(code, detail)).await
     }
 
     async fn reject_with(&self, request: &Request, problem: Problem) -> Response {

@@ -886,14 +886,8 @@ impl Executor {
     /// Turns a request away before it reaches the component (a bad token,
     /// body or content type): the problem response, and its final audit
     /// entry written in a transaction of its own.
-    pub async fn reject(
-        &self,
-        request: &Request,
-        status: u16,
-        code: &str,
-        detail: &str,
-    ) -> Response {
-        let problem = Problem::custom(status, code, detail);
+    pub async fn reject(&self, request: &Request, code: Code, detail: &str) -> Response {
+        let problem = Problem::new(code, detail);
         self.backends
             .turn_away(&self.bundle_hash, request, &problem, None)
             .await

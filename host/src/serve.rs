@@ -19,6 +19,7 @@ use hyper::{Method, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Map, Value, json};
 use sinew_core::contract::{Auth, Request};
+use sinew_core::problem::{Code, Problem};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -296,17 +297,15 @@ fn verify_signature(secret: &[u8], body: &[u8], given: &str) -> bool {
 /// Why a routed request is turned away before its tool runs; the tool's
 /// final audit entry records it ([`App::reject`]).
 struct Refusal {
-    status: u16,
-    code: &'static str,
+    code: Code,
     detail: String,
     /// The input the audit entry records, when the refusal knows it.
     input: Option<Value>,
 }
 
 impl Refusal {
-    fn new(status: u16, code: &'static str, detail: impl Into<String>) -> Refusal {
+    fn new(code: Code, detail: impl Into<String>) -> Refusal {
         Refusal {
-            status,
             code,
             detail: detail.into(),
             input: None,
@@ -328,8 +327,7 @@ impl Webhook {
     fn check(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Refusal> {
         let Some(secret) = &self.secret else {
             return Err(Refusal::new(
-                401,
-                "unauthenticated",
+                Code::Unauthenticated,
                 format!(
                     "this webhook's secret is not configured (set {})",
                     self.variable
@@ -343,8 +341,7 @@ impl Webhook {
             .and_then(|v| v.to_str().ok());
         if !given.is_some_and(|g| verify_signature(secret, body, g)) {
             return Err(Refusal::new(
-                401,
-                "unauthenticated",
+                Code::Unauthenticated,
                 format!(
                     "the `{}` signature is missing or does not match the body",
                     self.header
@@ -584,8 +581,7 @@ struct Escalated(Vec<String>);
 /// The answer to a request still running past its deadline and grace.
 fn late(id: &str) -> hyper::Response<Body> {
     let mut r = problem(
-        503,
-        "unavailable",
+        Code::Unavailable,
         "the request did not finish in time (the database is not answering); its outcome is not known yet: retry with the same Idempotency-Key to learn it",
         id,
     );
@@ -596,10 +592,10 @@ fn late(id: &str) -> hyper::Response<Body> {
 
 /// A problem answered by the server itself (no tool ran): its `instance`
 /// and its `X-Request-Id` are the request's id.
-fn problem(status: u16, code: &str, detail: &str, id: &str) -> hyper::Response<Body> {
-    let body = sinew_core::problem::Problem::custom(status, code, detail).body(id);
+fn problem(code: Code, detail: &str, id: &str) -> hyper::Response<Body> {
+    let body = Problem::new(code, detail).body(id);
     let mut r = respond(
-        status,
+        code.status(),
         "application/problem+json",
         Bytes::from(body.to_string()),
     );
@@ -617,10 +613,10 @@ impl App {
         }
     }
 
-    async fn reject(&self, request: &Request, status: u16, code: &str, detail: &str) -> Reply {
+    async fn reject(&self, request: &Request, code: Code, detail: &str) -> Reply {
         match &self.core {
-            Core::Component(e) => e.reject(request, status, code, detail).await,
-            Core::Native(n) => n.reject(request, status, code, detail).await,
+            Core::Component(e) => e.reject(request, code, detail).await,
+            Core::Native(n) => n.reject(request, code, detail).await,
         }
         .into()
     }
@@ -647,11 +643,10 @@ impl App {
             .await;
         Some(match studio {
             Ok(s) => s.response(method, rest).unwrap_or_else(|| {
-                problem(404, "not_found", &format!("the studio has no `{rest}`"), id)
+                problem(Code::NotFound, &format!("the studio has no `{rest}`"), id)
             }),
             Err(e) => problem(
-                500,
-                "internal",
+                Code::Internal,
                 &format!("the studio failed to start: {e:#}"),
                 id,
             ),
@@ -729,8 +724,7 @@ impl App {
             Ok(r) => r,
             Err(e) => (
                 problem(
-                    500,
-                    "internal",
+                    Code::Internal,
                     &format!("the request task failed: {e}"),
                     &id,
                 ),
@@ -826,7 +820,7 @@ impl App {
             }
             Found::Nothing => {
                 let detail = format!("no tool answers {} {path}", req.method());
-                return (problem(404, "not_found", &detail, &id), None, None);
+                return (problem(Code::NotFound, &detail, &id), None, None);
             }
         };
         let reply = self.call(req, &tool, params, &id).await;
@@ -872,14 +866,12 @@ impl App {
                 Bytes::from(json!({"status": "ready", "bundle": self.bundle_hash()}).to_string()),
             ),
             Ok(Err(e)) => problem(
-                503,
-                "unavailable",
+                Code::Unavailable,
                 &format!("the database is not reachable: {e}"),
                 id,
             ),
             Err(_) => problem(
-                503,
-                "unavailable",
+                Code::Unavailable,
                 "the database did not answer within 3 s",
                 id,
             ),
@@ -908,8 +900,7 @@ impl App {
                 if let Some(input) = refused.input {
                     request.input = input;
                 }
-                self.reject(&request, refused.status, refused.code, &refused.detail)
-                    .await
+                self.reject(&request, refused.code, &refused.detail).await
             }
         }
     }
@@ -954,10 +945,9 @@ impl App {
         let jwt = self.jwt.read().map(|j| j.clone()).unwrap_or_default();
         match token.map(|t| jwt.verify(t)) {
             Some(Ok(auth)) => Ok(Some(auth)),
-            Some(Err(e)) => Err(Refusal::new(401, "unauthenticated", e.0)),
+            Some(Err(e)) => Err(Refusal::new(Code::Unauthenticated, e.0)),
             None => Err(Refusal::new(
-                401,
-                "unauthenticated",
+                Code::Unauthenticated,
                 "the Authorization header must be `Bearer <token>`",
             )),
         }
@@ -982,8 +972,7 @@ impl App {
                 Err(self.too_large())
             }
             Err(e) => Err(Refusal::new(
-                400,
-                "invalid_body",
+                Code::InvalidBody,
                 format!("the body could not be read: {e}"),
             )),
         }
@@ -991,8 +980,7 @@ impl App {
 
     fn too_large(&self) -> Refusal {
         Refusal::new(
-            413,
-            "too_large",
+            Code::TooLarge,
             format!("the body is larger than {} bytes", self.max_body),
         )
     }
@@ -1023,8 +1011,7 @@ impl App {
         }
         let Value::Object(map) = &mut input else {
             return Err(Refusal::new(
-                400,
-                "invalid_input",
+                Code::InvalidInput,
                 "the body must be a JSON object when the path or query has parameters",
             )
             .with_input(input));
@@ -1037,7 +1024,7 @@ impl App {
             let value = typed(props.and_then(|p| p.get(&k)), &v);
             if let Some(existing) = map.get(&k).filter(|e| **e != value) {
                 let detail = format!("`{k}` is {v} in the path but {existing} in the body");
-                return Err(Refusal::new(400, "invalid_input", detail).with_input(input));
+                return Err(Refusal::new(Code::InvalidInput, detail).with_input(input));
             }
             map.insert(k, value);
         }
@@ -1054,8 +1041,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Refusal> {
     match k.to_str() {
         Ok(k) if crate::openapi::valid_key(k.as_bytes()) => Ok(Some(k.to_owned())),
         _ => Err(Refusal::new(
-            400,
-            "invalid_idempotency_key",
+            Code::InvalidIdempotencyKey,
             format!(
                 "the Idempotency-Key must be 1 to {} visible ASCII characters (no spaces)",
                 crate::openapi::MAX_KEY
@@ -1085,8 +1071,7 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, Refusal> {
     });
     if !is_json {
         return Err(Refusal::new(
-            415,
-            "unsupported_media_type",
+            Code::UnsupportedMediaType,
             "the body must be JSON (Content-Type: application/json)",
         ));
     }
@@ -1101,7 +1086,7 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, Refusal> {
             Ok(s) => Value::String(s.to_owned()),
             Err(_) => Value::Null,
         };
-        Refusal::new(400, "invalid_json", detail).with_input(body)
+        Refusal::new(Code::InvalidJson, detail).with_input(body)
     })
 }
 
@@ -1131,8 +1116,7 @@ fn apply_test_hooks(
 /// A 405 naming the methods `path` answers, in its `Allow` header too.
 fn method_not_allowed(path: &str, allow: &[String], id: &str) -> hyper::Response<Body> {
     let mut r = problem(
-        405,
-        "method_not_allowed",
+        Code::MethodNotAllowed,
         &format!("`{path}` answers {}", allow.join(", ")),
         id,
     );
