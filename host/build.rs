@@ -58,7 +58,16 @@ fn main() {
         .env("CARGO_TARGET_DIR", &target_dir)
         // Small and fast: whole-program LTO, no symbol names (4.0 MB).
         .env("CARGO_PROFILE_RELEASE_LTO", "fat")
-        .env("CARGO_PROFILE_RELEASE_STRIP", "symbols")
+        // SINEW_COMPONENT_PROFILE=symbols keeps the functions' names, for
+        // profiles (`SINEW_WASM_PROFILER=perfmap` then names them).
+        .env(
+            "CARGO_PROFILE_RELEASE_STRIP",
+            if std::env::var_os("SINEW_COMPONENT_PROFILE").is_some_and(|v| v == "symbols") {
+                "none"
+            } else {
+                "symbols"
+            },
+        )
         .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
         // Settings of the outer build that must not leak into the guest's.
         .env_remove("CARGO_ENCODED_RUSTFLAGS")

@@ -128,6 +128,19 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Runs `n` in-memory requests of one tool on one engine, for
+    /// instruction counts: `valgrind --tool=callgrind --collect-atstart=no
+    /// --toggle-collect='*measured*' sinew-bench count component transfer
+    /// 200`, and again with another `n` (the difference is per request).
+    Count {
+        /// The engine.
+        #[arg(value_enum)]
+        engine: micro::Which,
+        /// `transfer` or `history` (a read of 50 rows).
+        tool: String,
+        /// How many requests are counted.
+        n: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -153,6 +166,7 @@ fn main() -> Result<()> {
             pool_size,
         }) => baseline::run(port, &database_url, &secret, pool_size),
         Some(Cmd::Micro { quick }) => micro::run(quick),
+        Some(Cmd::Count { engine, tool, n }) => micro::count(engine, &tool, n),
         None => {
             let opts = cli.opts.opts();
             bench(&opts)

@@ -424,3 +424,91 @@ pub fn run(quick: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// A customer's view of account B (50 incoming transfers, once at least
+/// 50 transfers have run): the bank's bounded read.
+fn history(i: usize) -> Request {
+    Request {
+        tool: "account_history".into(),
+        input: json!({"id": B}),
+        auth: Some(Auth {
+            sub: "alice".into(),
+            roles: vec!["customer".into()],
+            claims: json!({}),
+        }),
+        id: format!("h-{i}"),
+        idempotency_key: None,
+    }
+}
+
+/// What `count` runs.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Which {
+    /// The interpreter compiled in.
+    Native,
+    /// The component in wasmtime, on the same in-memory store.
+    Component,
+}
+
+/// Runs `n` requests of `tool` (`transfer` or `history`) on one engine
+/// after a warm-up of 60 transfers (so that a history reads 50 rows), the
+/// measured part alone in [`measured`]: for instruction counts, run it
+/// twice under callgrind with different `n` and take the difference
+/// (`valgrind --tool=callgrind --collect-atstart=no
+/// --toggle-collect='*micro*measured*' sinew-bench count ...`).
+pub fn count(engine: Which, tool: &str, n: usize) -> Result<()> {
+    let make: &dyn Fn(usize) -> Request = match tool {
+        "transfer" => &transfer,
+        "history" => &history,
+        other => anyhow::bail!("no tool `{other}` to count (transfer, history)"),
+    };
+    let expect = if tool == "transfer" { 201 } else { 200 };
+    let world = bank()?;
+    let warm = 60;
+    match engine {
+        Which::Native => {
+            let mut s = world.store()?;
+            let mut clock = FixedClock::new(NOW_MS);
+            let mut ext = ScriptedExternal::default();
+            let mut call =
+                |r: &Request| execute(&world.bundle, r, &mut s, &mut clock, &mut ext).status;
+            for i in 0..warm {
+                ensure!(call(&transfer(i)) == 201, "warm-up transfer {i} failed");
+            }
+            ensure!(call(&make(0)) == expect, "the first {tool} failed");
+            measured(n, make, expect, &mut call)
+        }
+        Which::Component => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            // The compiled component is kept between runs: compiling it
+            // under valgrind takes minutes.
+            let engine = Engine::new(Some(&sinew_tests::component_cache()))?;
+            let ex = rt
+                .block_on(Executor::new(engine, world.spec.clone(), world.backends()?))
+                .map_err(|e| anyhow!("{}", e.message))?;
+            let mut call = |r: &Request| rt.block_on(ex.execute(r)).status;
+            for i in 0..warm {
+                ensure!(call(&transfer(i)) == 201, "warm-up transfer {i} failed");
+            }
+            ensure!(call(&make(0)) == expect, "the first {tool} failed");
+            measured(n, make, expect, &mut call)
+        }
+    }
+}
+
+/// The counted part of [`count`]: `n` requests, each checked.
+#[inline(never)]
+fn measured(
+    n: usize,
+    make: &dyn Fn(usize) -> Request,
+    expect: u16,
+    call: &mut dyn FnMut(&Request) -> u16,
+) -> Result<()> {
+    for i in 0..n {
+        let status = call(&make(1_000 + i));
+        ensure!(status == expect, "request {i} answered {status}");
+    }
+    Ok(())
+}

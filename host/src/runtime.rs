@@ -273,7 +273,14 @@ impl Engine {
             // 1000, costs an mprotect each when the engine starts).
             .total_stacks(MAX_INSTANCES)
             .max_memory_size(max_memory);
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // SINEW_WASM_ALLOCATOR=on-demand maps each instance's memory when
+        // it is made instead of reserving a pool up front (valgrind cannot
+        // map the pool); the compiled code is the same.
+        if std::env::var_os("SINEW_WASM_ALLOCATOR").is_some_and(|v| v == "on-demand") {
+            config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+        } else {
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
         let engine = wasmtime::Engine::new(&config).map_err(|e| anyhow!("{e:?}"))?;
         let mut linker: Linker<HostState> = Linker::new(&engine);
         Core::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
