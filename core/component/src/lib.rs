@@ -7,13 +7,16 @@
 //! followed by componentization.
 #![cfg(target_arch = "wasm32")]
 
+mod alloc;
 mod ports;
 
-/// The guest's allocator: talc, faster than Rust's default dlmalloc for the
-/// many small, short-lived allocations of a request (the component is
+/// The guest's allocator: free lists of small blocks (`alloc.rs`) in front
+/// of talc, which was faster than Rust's default dlmalloc for the many
+/// small, short-lived allocations of a request (the component is
 /// single-threaded; memory grows through `memory.grow` as before).
 #[global_allocator]
-static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+static ALLOCATOR: alloc::Classes<talc::wasm::WasmDynamicTalc> =
+    alloc::Classes::new(talc::wasm::new_wasm_dynamic_allocator());
 
 use std::cell::RefCell;
 
@@ -114,7 +117,7 @@ impl ExecutorGuest for Component {
         Self::with_bundle(|bundle| {
             bundle
                 .complete_row(&entity, &given, now_ms)
-                .map(|r| Value::Object(r).to_string())
+                .map(|r| ports::json_row(&r))
                 .map_err(|m| error("seed", m, &format!("/entities/{entity}")))
         })
     }
@@ -159,8 +162,8 @@ impl ExecutorGuest for Component {
             );
             Ok(Response {
                 status: r.status,
-                body: r.body.to_string(),
-                audit: r.audit.to_string(),
+                body: ports::json(&r.body),
+                audit: ports::json(&r.audit),
             })
         })
     }

@@ -46,7 +46,7 @@ fn query(q: &Query) -> types::Query {
             .map(|c: &Condition| types::Condition {
                 field: c.field.clone(),
                 op: op(c.op),
-                value: c.value.to_string(),
+                value: json(&c.value),
             })
             .collect(),
         order: q
@@ -58,12 +58,21 @@ fn query(q: &Query) -> types::Query {
             })
             .collect(),
         limit: q.limit,
-        after: q
-            .after
-            .as_ref()
-            .map(|a| a.iter().map(Value::to_string).collect()),
+        after: q.after.as_ref().map(|a| a.iter().map(json).collect()),
         lock: q.lock,
     }
+}
+
+/// The JSON text of a value, written straight into a buffer (`to_string`
+/// goes through `Display` and the formatter: a call per token, a fifth of
+/// the guest's instructions on a `transfer`).
+pub(crate) fn json(v: &Value) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// The JSON text of a row (without copying it into a `Value` first).
+pub(crate) fn json_row(r: &Row) -> String {
+    serde_json::to_string(r).unwrap_or_default()
 }
 
 fn error(e: types::StorageError) -> StorageError {
@@ -142,7 +151,7 @@ impl ports::Storage for WitStorage {
     }
 
     fn insert(&mut self, tx: TxId, entity: &str, r: &Row) -> Result<Row, StorageError> {
-        let text = Value::Object(r.clone()).to_string();
+        let text = json_row(r);
         row(&self.tx(tx)?.insert(entity, &text).map_err(error)?)
     }
 
@@ -154,7 +163,7 @@ impl ports::Storage for WitStorage {
         expected_version: i64,
         changes: &Row,
     ) -> Result<Row, StorageError> {
-        let text = Value::Object(changes.clone()).to_string();
+        let text = json_row(changes);
         row(&self
             .tx(tx)?
             .update(entity, id, expected_version, &text)
@@ -184,7 +193,7 @@ impl ports::Storage for WitStorage {
     }
 
     fn append_audit(&mut self, tx: Option<TxId>, entry: &Value) -> Result<(), StorageError> {
-        let text = entry.to_string();
+        let text = json(entry);
         match tx {
             Some(t) => self.tx(t)?.append_audit(&text),
             None => storage::append_audit(&text),
@@ -220,7 +229,7 @@ impl ports::Storage for WitStorage {
         status: u16,
         body: &Value,
     ) -> Result<(), StorageError> {
-        let text = body.to_string();
+        let text = json(body);
         match tx {
             Some(t) => self.tx(t)?.complete_key(scope, key, status, &text),
             None => storage::complete_key(scope, key, status, &text),
@@ -254,7 +263,7 @@ impl ports::External for WitExternal {
         let request = external::CallRequest {
             service: r.service.clone(),
             operation: r.operation.clone(),
-            args: r.args.to_string(),
+            args: json(&r.args),
             timeout_ms: r.timeout_ms,
             max_attempts: r.max_attempts,
             backoff: match r.backoff {

@@ -135,7 +135,7 @@ impl StorageGuest for Component {
             ports::Claim::New => wit::Claim::New,
             ports::Claim::Replay { status, body } => wit::Claim::Replay(wit::StoredResponse {
                 status,
-                body: body.to_string(),
+                body: serde_json::to_string(&body).unwrap_or_default(),
             }),
             ports::Claim::Mismatch => wit::Claim::Mismatch,
             ports::Claim::InFlight => wit::Claim::InFlight,
@@ -233,13 +233,14 @@ fn error(e: StorageError) -> wit::StorageError {
 }
 
 fn one(r: Result<Row, StorageError>) -> Res<String> {
-    r.map(|row| Value::Object(row).to_string()).map_err(error)
+    r.map(|row| serde_json::to_string(&row).unwrap_or_default())
+        .map_err(error)
 }
 
 fn rows(r: Result<Vec<Row>, StorageError>) -> Res<Vec<String>> {
     r.map(|list| {
         list.into_iter()
-            .map(|row| Value::Object(row).to_string())
+            .map(|row| serde_json::to_string(&row).unwrap_or_default())
             .collect()
     })
     .map_err(error)

@@ -245,8 +245,10 @@ fn error(e: StorageError) -> wit::StorageError {
     }
 }
 
+/// A row's JSON text, written straight into a buffer (`to_string` goes
+/// through `Display` and the formatter, a call per token).
 fn text(r: Row) -> String {
-    Value::Object(r).to_string()
+    serde_json::to_string(&r).unwrap_or_default()
 }
 
 type Res<T> = wasmtime::Result<Result<T, wit::StorageError>>;
@@ -470,7 +472,7 @@ impl Host for HostState {
                 Claim::New => wit::Claim::New,
                 Claim::Replay { status, body } => wit::Claim::Replay(wit::StoredResponse {
                     status,
-                    body: body.to_string(),
+                    body: serde_json::to_string(&body).unwrap_or_default(),
                 }),
                 Claim::Mismatch => wit::Claim::Mismatch,
                 Claim::InFlight => wit::Claim::InFlight,
