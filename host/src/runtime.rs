@@ -1034,7 +1034,15 @@ fn log_error(request: &Request, message: &str) {
         "message": message,
         "execution": request.id,
     });
-    println!("{line}");
+    log_line(&line.to_string());
+}
+
+/// Writes one log line to standard output. A closed stdout (its reader went
+/// away) loses the line, never the request: `println!` would panic in the
+/// middle of answering it.
+pub fn log_line(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
 #[cfg(test)]

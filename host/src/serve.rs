@@ -202,7 +202,7 @@ impl Log {
                 system_now_ms() * 1000
             )),
         );
-        println!("{}", Value::Object(fields));
+        crate::runtime::log_line(&Value::Object(fields).to_string());
     }
 
     fn message(&self, level: Level, message: &str) {

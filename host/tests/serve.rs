@@ -367,3 +367,52 @@ async fn later_starts_serve_from_a_snapshot_of_the_loaded_spec() {
     .await;
     assert_eq!(s, 200, "{body}");
 }
+
+/// A server whose log reader went away (a dead log collector, a closed
+/// pipe) keeps answering: a log line it cannot write is lost, the request
+/// is not (`println!` panicked mid-request on the broken pipe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_loses_log_lines_not_requests() {
+    let pg = Cluster::start();
+    let url = pg.url("postgres");
+    let data = tempfile::tempdir().unwrap();
+    let spec = root().join("specs/examples/shop.json");
+    let server = Proc::start(SINEW, &spec, &[("DATABASE_URL", url.as_str())], data.path());
+    let http = Http::default();
+    server.close_stdout();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server.hung_up() {
+        assert!(Instant::now() < deadline, "stdout was not closed");
+        // A 404 is logged (health checks are not).
+        let _ = http
+            .send("GET", &format!("{}/not-yet", server.base), &[], "")
+            .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let staff = token("sam", &["staff"]);
+    for i in 0..3 {
+        let (s, body) = call(
+            &http,
+            "POST",
+            &format!("{}/products", server.base),
+            &staff,
+            &json!({"sku": format!("T{i}"), "name": "Tea", "price_cents": 300}),
+        )
+        .await;
+        assert_eq!(s, 201, "{body}");
+    }
+    // A refusal and an unknown path log too.
+    let (s, _) = call(
+        &http,
+        "POST",
+        &format!("{}/products", server.base),
+        "bad",
+        &json!({}),
+    )
+    .await;
+    assert_eq!(s, 401);
+    let r = http
+        .send("GET", &format!("{}/nowhere", server.base), &[], "")
+        .await;
+    assert_eq!(r.status, 404);
+}

@@ -7,6 +7,7 @@ use crate::pg::{SECRET, cache_dir};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,10 @@ pub struct Proc {
     pub base: String,
     /// Its standard output, line by line, so far.
     pub lines: Arc<Mutex<Vec<String>>>,
+    /// Set: the reader closes the server's stdout after the next line.
+    hang_up: Arc<AtomicBool>,
+    /// Set once the reader has closed it.
+    hung_up: Arc<AtomicBool>,
 }
 
 impl Proc {
@@ -46,8 +51,14 @@ impl Proc {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = lines.clone();
+        let hang_up = Arc::new(AtomicBool::new(false));
+        let hung_up = Arc::new(AtomicBool::new(false));
+        let (hang, hung) = (hang_up.clone(), hung_up.clone());
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if hang.load(Ordering::SeqCst) {
+                    break;
+                }
                 let addr = line.find("on http://").map(|i| {
                     let rest = &line[i + "on http://".len()..];
                     rest.chars().take_while(|c| *c != '"').collect::<String>()
@@ -59,6 +70,8 @@ impl Proc {
                     let _ = tx.send(addr);
                 }
             }
+            // The reader is gone: the pipe's read end closes with it.
+            hung.store(true, Ordering::SeqCst);
         });
         let addr = match rx.recv_timeout(Duration::from_secs(120)) {
             Ok(a) => a,
@@ -76,6 +89,8 @@ impl Proc {
             child,
             base: format!("http://{addr}"),
             lines,
+            hang_up,
+            hung_up,
         }
     }
 
@@ -87,6 +102,17 @@ impl Proc {
             .iter()
             .find(|l| l.contains(needle))
             .cloned()
+    }
+
+    /// Closes the server's standard output once it writes its next line
+    /// (as a log collector that died would); see [`Proc::hung_up`].
+    pub fn close_stdout(&self) {
+        self.hang_up.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether its standard output is closed.
+    pub fn hung_up(&self) -> bool {
+        self.hung_up.load(Ordering::SeqCst)
     }
 
     /// Everything logged so far.
