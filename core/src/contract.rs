@@ -436,9 +436,9 @@ pub fn failed(
     }
     let mut audit = Audit::new(bundle_hash, request, started_ms);
     let body = problem.body(&request.id);
-    let entry = audit.seal(&mut At(now_ms), "error", problem.status, Some(problem));
+    let entry = audit.seal(&mut At(now_ms), "error", problem.status(), Some(problem));
     Response {
-        status: problem.status,
+        status: problem.status(),
         body,
         audit: entry,
     }
@@ -605,7 +605,7 @@ impl Audit {
         self.entry.insert("outcome".into(), json!(outcome));
         self.entry.insert("status".into(), json!(status));
         if let Some(p) = problem {
-            self.entry.insert("code".into(), json!(p.code));
+            self.entry.insert("code".into(), json!(p.code()));
             self.entry.insert("detail".into(), json!(p.detail));
             if let Some(i) = &p.internal {
                 self.entry.insert("internal".into(), json!(i));
@@ -632,10 +632,10 @@ impl Audit {
     /// A request turned away before its flow ran.
     fn reject(mut self, storage: &mut dyn Storage, clock: &mut dyn Clock, p: &Problem) -> Response {
         let body = p.body(&self.execution);
-        let entry = self.seal(clock, "rejected", p.status, Some(p));
+        let entry = self.seal(clock, "rejected", p.status(), Some(p));
         let _ = storage.append_audit(None, &entry);
         Response {
-            status: p.status,
+            status: p.status(),
             body,
             audit: entry,
         }
@@ -745,17 +745,17 @@ impl Audit {
         self.entry.insert("calls".into(), calls_json(&run.calls));
         self.policies = run.policies.clone();
         let body = p.body(execution);
-        let entry = self.seal(run.clock, "error", p.status, Some(&p));
+        let entry = self.seal(run.clock, "error", p.status(), Some(&p));
         let _ = run.storage.append_audit(None, &entry);
         if let Some(k) = key {
-            if cacheable(p.status) {
-                let _ = run.storage.complete_key(None, scope, k, p.status, &body);
+            if cacheable(p.status()) {
+                let _ = run.storage.complete_key(None, scope, k, p.status(), &body);
             } else {
                 let _ = run.storage.release_key(scope, k);
             }
         }
         Response {
-            status: p.status,
+            status: p.status(),
             body,
             audit: entry,
         }

@@ -107,16 +107,25 @@ impl std::fmt::Display for Code {
     }
 }
 
+/// Whose a problem's code is.
+#[derive(Debug, Clone, PartialEq)]
+enum Kind {
+    /// sinew's own: its status comes with it.
+    Builtin(Code),
+    /// A spec's (`fail`, `assert`), or one read back from an audit entry; a
+    /// spec may reuse a built-in code's text, it is still the spec's.
+    Custom {
+        /// HTTP status.
+        status: u16,
+        /// The code.
+        code: String,
+    },
+}
+
 /// A typed error of an execution.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Problem {
-    /// HTTP status.
-    pub status: u16,
-    /// Stable machine-readable code (`not_found`, or a spec's `fail` code).
-    pub code: String,
-    /// The built-in code it is, if it is one (a spec's `fail` may reuse a
-    /// built-in code's text; it is still the spec's, not sinew's).
-    builtin: Option<Code>,
+    kind: Kind,
     /// One sentence for the caller.
     pub detail: String,
     /// Details per item (input violations with pointers, broken invariants).
@@ -133,20 +142,20 @@ pub struct Problem {
 impl Problem {
     /// A built-in problem: its status comes with its code.
     pub fn new(code: Code, detail: impl Into<String>) -> Problem {
-        Problem {
-            builtin: Some(code),
-            ..Problem::custom(code.status(), code.as_str(), detail)
-        }
+        Problem::of(Kind::Builtin(code), detail.into())
     }
 
     /// A problem a spec names (`fail`, `assert`), or one read back from an
     /// audit entry: any status and code.
     pub fn custom(status: u16, code: &str, detail: impl Into<String>) -> Problem {
+        let code = code.to_string();
+        Problem::of(Kind::Custom { status, code }, detail.into())
+    }
+
+    fn of(kind: Kind, detail: String) -> Problem {
         Problem {
-            status,
-            code: code.to_string(),
-            builtin: None,
-            detail: detail.into(),
+            kind,
+            detail,
             errors: Vec::new(),
             fatal: false,
             internal: None,
@@ -154,9 +163,25 @@ impl Problem {
         }
     }
 
+    /// HTTP status.
+    pub fn status(&self) -> u16 {
+        match &self.kind {
+            Kind::Builtin(c) => c.status(),
+            Kind::Custom { status, .. } => *status,
+        }
+    }
+
+    /// Stable machine-readable code (`not_found`, or a spec's `fail` code).
+    pub fn code(&self) -> &str {
+        match &self.kind {
+            Kind::Builtin(c) => c.as_str(),
+            Kind::Custom { code, .. } => code,
+        }
+    }
+
     /// Whether it is this built-in problem.
     pub fn is(&self, code: Code) -> bool {
-        self.builtin == Some(code)
+        self.kind == Kind::Builtin(code)
     }
 
     /// A mistake of the spec found while running (an expression that
@@ -198,13 +223,13 @@ impl Problem {
             "type".into(),
             json!(format!(
                 "https://sinew.dev/problems/{}",
-                self.code.replace('_', "-")
+                self.code().replace('_', "-")
             )),
         );
-        m.insert("title".into(), json!(title(self.status)));
-        m.insert("status".into(), json!(self.status));
-        m.insert("code".into(), json!(self.code));
-        let detail = if self.status >= 500 && self.code == Code::Internal.as_str() {
+        m.insert("title".into(), json!(title(self.status())));
+        m.insert("status".into(), json!(self.status()));
+        m.insert("code".into(), json!(self.code()));
+        let detail = if self.status() >= 500 && self.code() == Code::Internal.as_str() {
             "internal error".to_string()
         } else {
             self.detail.clone()

@@ -945,7 +945,7 @@ fn recorded_outcome(request: &Request, entry: Value) -> Response {
         p
     };
     Response {
-        status: problem.status,
+        status: problem.status(),
         body: problem.body(&request.id),
         audit: entry,
     }
