@@ -464,19 +464,14 @@ pub fn count(engine: Which, tool: &str, n: usize) -> Result<()> {
     };
     let expect = if tool == "transfer" { 201 } else { 200 };
     let world = bank()?;
-    let warm = 60;
     match engine {
         Which::Native => {
             let mut s = world.store()?;
             let mut clock = FixedClock::new(NOW_MS);
             let mut ext = ScriptedExternal::default();
-            let mut call =
-                |r: &Request| execute(&world.bundle, r, &mut s, &mut clock, &mut ext).status;
-            for i in 0..warm {
-                ensure!(call(&transfer(i)) == 201, "warm-up transfer {i} failed");
-            }
-            ensure!(call(&make(0)) == expect, "the first {tool} failed");
-            measured(n, make, expect, &mut call)
+            counted(n, make, expect, &mut |r| {
+                execute(&world.bundle, r, &mut s, &mut clock, &mut ext).status
+            })
         }
         Which::Component => {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -488,14 +483,24 @@ pub fn count(engine: Which, tool: &str, n: usize) -> Result<()> {
             let ex = rt
                 .block_on(Executor::new(engine, world.spec.clone(), world.backends()?))
                 .map_err(|e| anyhow!("{}", e.message))?;
-            let mut call = |r: &Request| rt.block_on(ex.execute(r)).status;
-            for i in 0..warm {
-                ensure!(call(&transfer(i)) == 201, "warm-up transfer {i} failed");
-            }
-            ensure!(call(&make(0)) == expect, "the first {tool} failed");
-            measured(n, make, expect, &mut call)
+            counted(n, make, expect, &mut |r| rt.block_on(ex.execute(r)).status)
         }
     }
+}
+
+/// 60 warm-up transfers (so that a history reads 50 rows) and one request
+/// of the tool, then [`measured`].
+fn counted(
+    n: usize,
+    make: &dyn Fn(usize) -> Request,
+    expect: u16,
+    call: &mut dyn FnMut(&Request) -> u16,
+) -> Result<()> {
+    for i in 0..60 {
+        ensure!(call(&transfer(i)) == 201, "warm-up transfer {i} failed");
+    }
+    ensure!(call(&make(0)) == expect, "the first request failed");
+    measured(n, make, expect, call)
 }
 
 /// The counted part of [`count`]: `n` requests, each checked.

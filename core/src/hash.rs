@@ -30,6 +30,14 @@ impl Hasher for IdHasher {
     }
 }
 
+/// The compact JSON text of a value, written straight into a buffer.
+/// `Value::to_string` goes through `Display` and the formatter, a call per
+/// token: a fifth of the guest's instructions on a `transfer` when rows and
+/// entries crossed the component's boundary that way.
+pub fn json_text<T: serde::Serialize + ?Sized>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
 /// Canonical JSON: object keys sorted at every level, no spaces. Written
 /// directly (no sorted copy of the value is built).
 pub fn canonical(v: &Value) -> String {

@@ -117,7 +117,7 @@ impl ExecutorGuest for Component {
         Self::with_bundle(|bundle| {
             bundle
                 .complete_row(&entity, &given, now_ms)
-                .map(|r| ports::json_row(&r))
+                .map(|r| ports::json(&r))
                 .map_err(|m| error("seed", m, &format!("/entities/{entity}")))
         })
     }

@@ -63,17 +63,7 @@ fn query(q: &Query) -> types::Query {
     }
 }
 
-/// The JSON text of a value, written straight into a buffer (`to_string`
-/// goes through `Display` and the formatter: a call per token, a fifth of
-/// the guest's instructions on a `transfer`).
-pub(crate) fn json(v: &Value) -> String {
-    serde_json::to_string(v).unwrap_or_default()
-}
-
-/// The JSON text of a row (without copying it into a `Value` first).
-pub(crate) fn json_row(r: &Row) -> String {
-    serde_json::to_string(r).unwrap_or_default()
-}
+pub(crate) use sinew_core::hash::json_text as json;
 
 fn error(e: types::StorageError) -> StorageError {
     match e {
@@ -151,7 +141,7 @@ impl ports::Storage for WitStorage {
     }
 
     fn insert(&mut self, tx: TxId, entity: &str, r: &Row) -> Result<Row, StorageError> {
-        let text = json_row(r);
+        let text = json(r);
         row(&self.tx(tx)?.insert(entity, &text).map_err(error)?)
     }
 
@@ -163,7 +153,7 @@ impl ports::Storage for WitStorage {
         expected_version: i64,
         changes: &Row,
     ) -> Result<Row, StorageError> {
-        let text = json_row(changes);
+        let text = json(changes);
         row(&self
             .tx(tx)?
             .update(entity, id, expected_version, &text)

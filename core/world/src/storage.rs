@@ -135,7 +135,7 @@ impl StorageGuest for Component {
             ports::Claim::New => wit::Claim::New,
             ports::Claim::Replay { status, body } => wit::Claim::Replay(wit::StoredResponse {
                 status,
-                body: serde_json::to_string(&body).unwrap_or_default(),
+                body: sinew_core::hash::json_text(&body),
             }),
             ports::Claim::Mismatch => wit::Claim::Mismatch,
             ports::Claim::InFlight => wit::Claim::InFlight,
@@ -233,14 +233,14 @@ fn error(e: StorageError) -> wit::StorageError {
 }
 
 fn one(r: Result<Row, StorageError>) -> Res<String> {
-    r.map(|row| serde_json::to_string(&row).unwrap_or_default())
+    r.map(|row| sinew_core::hash::json_text(&row))
         .map_err(error)
 }
 
 fn rows(r: Result<Vec<Row>, StorageError>) -> Res<Vec<String>> {
     r.map(|list| {
         list.into_iter()
-            .map(|row| serde_json::to_string(&row).unwrap_or_default())
+            .map(|row| sinew_core::hash::json_text(&row))
             .collect()
     })
     .map_err(error)

@@ -20,7 +20,7 @@ pub use exports::sinew::executor::executor::Request as WitRequest;
 pub fn request(r: &Request) -> WitRequest {
     WitRequest {
         tool: r.tool.clone(),
-        input: serde_json::to_string(&r.input).unwrap_or_default(),
+        input: sinew_core::hash::json_text(&r.input),
         auth: r
             .auth
             .as_ref()

@@ -245,10 +245,9 @@ fn error(e: StorageError) -> wit::StorageError {
     }
 }
 
-/// A row's JSON text, written straight into a buffer (`to_string` goes
-/// through `Display` and the formatter, a call per token).
+/// A row's JSON text.
 fn text(r: Row) -> String {
-    serde_json::to_string(&r).unwrap_or_default()
+    sinew_core::hash::json_text(&r)
 }
 
 type Res<T> = wasmtime::Result<Result<T, wit::StorageError>>;
@@ -472,7 +471,7 @@ impl Host for HostState {
                 Claim::New => wit::Claim::New,
                 Claim::Replay { status, body } => wit::Claim::Replay(wit::StoredResponse {
                     status,
-                    body: serde_json::to_string(&body).unwrap_or_default(),
+                    body: sinew_core::hash::json_text(&body),
                 }),
                 Claim::Mismatch => wit::Claim::Mismatch,
                 Claim::InFlight => wit::Claim::InFlight,
