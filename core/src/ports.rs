@@ -277,3 +277,95 @@ pub trait External {
     /// Calls an operation.
     fn call(&mut self, request: &CallRequest) -> CallResult;
 }
+
+/// The conversions between the WIT `storage` types and the core's, for a
+/// crate that has its generated bindings of `sinew:executor/types` in scope
+/// as `wit`: `isolation`, `json` and `object` (JSON text from the guest),
+/// `query`, and `error` (to WIT). The host's imports and the in-memory
+/// world's exports are generated separately from the same WIT, so they
+/// share this text rather than functions.
+#[macro_export]
+macro_rules! wit_storage_conversions {
+    () => {
+        fn isolation(i: wit::Isolation) -> $crate::spec::Isolation {
+            match i {
+                wit::Isolation::ReadCommitted => $crate::spec::Isolation::ReadCommitted,
+                wit::Isolation::RepeatableRead => $crate::spec::Isolation::RepeatableRead,
+                wit::Isolation::Serializable => $crate::spec::Isolation::Serializable,
+            }
+        }
+
+        fn json(text: &str) -> Result<::serde_json::Value, $crate::ports::StorageError> {
+            ::serde_json::from_str(text).map_err(|e| $crate::ports::StorageError::Invalid {
+                message: format!("the guest sent invalid JSON: {e}"),
+            })
+        }
+
+        fn object(text: &str) -> Result<$crate::ports::Row, $crate::ports::StorageError> {
+            match json(text)? {
+                ::serde_json::Value::Object(m) => Ok(m),
+                _ => Err($crate::ports::StorageError::Invalid {
+                    message: "the guest sent a row that is not a JSON object".into(),
+                }),
+            }
+        }
+
+        fn query(q: wit::Query) -> Result<$crate::ports::Query, $crate::ports::StorageError> {
+            Ok($crate::ports::Query {
+                filters: q
+                    .filters
+                    .into_iter()
+                    .map(|c| {
+                        Ok($crate::ports::Condition {
+                            field: c.field,
+                            op: match c.op {
+                                wit::FilterOp::Eq => $crate::spec::FilterOp::Eq,
+                                wit::FilterOp::Ne => $crate::spec::FilterOp::Ne,
+                                wit::FilterOp::Lt => $crate::spec::FilterOp::Lt,
+                                wit::FilterOp::Lte => $crate::spec::FilterOp::Lte,
+                                wit::FilterOp::Gt => $crate::spec::FilterOp::Gt,
+                                wit::FilterOp::Gte => $crate::spec::FilterOp::Gte,
+                                wit::FilterOp::In => $crate::spec::FilterOp::In,
+                            },
+                            value: json(&c.value)?,
+                        })
+                    })
+                    .collect::<Result<_, $crate::ports::StorageError>>()?,
+                order: q
+                    .order
+                    .into_iter()
+                    .map(|k| $crate::ports::SortKey {
+                        field: k.field,
+                        desc: k.desc,
+                    })
+                    .collect(),
+                limit: q.limit,
+                after: match q.after {
+                    Some(list) => Some(list.iter().map(|t| json(t)).collect::<Result<_, _>>()?),
+                    None => None,
+                },
+                lock: q.lock,
+            })
+        }
+
+        fn error(e: $crate::ports::StorageError) -> wit::StorageError {
+            match e {
+                $crate::ports::StorageError::Conflict { message } => {
+                    wit::StorageError::Conflict(message)
+                }
+                $crate::ports::StorageError::Unique { entity, field } => {
+                    wit::StorageError::Unique(wit::UniqueViolation { entity, field })
+                }
+                $crate::ports::StorageError::NotFound { entity, id } => {
+                    wit::StorageError::NotFound(wit::RowRef { entity, id })
+                }
+                $crate::ports::StorageError::Unavailable { message } => {
+                    wit::StorageError::Unavailable(message)
+                }
+                $crate::ports::StorageError::Invalid { message } => {
+                    wit::StorageError::Invalid(message)
+                }
+            }
+        }
+    };
+}

@@ -8,9 +8,7 @@
 
 use std::cell::Cell;
 
-use serde_json::Value;
-use sinew_core::ports::{self, Condition, Query, Row, SortKey, Storage as _, StorageError, TxId};
-use sinew_core::spec::{FilterOp, Isolation};
+use sinew_core::ports::{self, Row, Storage as _, StorageError, TxId};
 
 use crate::bindings::exports::sinew::executor::storage::{
     Guest as StorageGuest, GuestTransaction, Transaction as Handle,
@@ -158,77 +156,12 @@ impl StorageGuest for Component {
 
 // -- WIT <-> core -------------------------------------------------------------
 
-fn isolation(i: wit::Isolation) -> Isolation {
-    match i {
-        wit::Isolation::ReadCommitted => Isolation::ReadCommitted,
-        wit::Isolation::RepeatableRead => Isolation::RepeatableRead,
-        wit::Isolation::Serializable => Isolation::Serializable,
-    }
-}
+sinew_core::wit_storage_conversions!();
 
-fn json(text: &str) -> Res<Value> {
-    serde_json::from_str(text)
-        .map_err(|e| wit::StorageError::Invalid(format!("the guest sent invalid JSON: {e}")))
-}
-
-fn object(text: &str) -> Res<Row> {
-    match json(text)? {
-        Value::Object(m) => Ok(m),
-        _ => Err(wit::StorageError::Invalid(
-            "the guest sent a row that is not a JSON object".into(),
-        )),
-    }
-}
-
-fn query(q: wit::Query) -> Res<Query> {
-    Ok(Query {
-        filters: q
-            .filters
-            .into_iter()
-            .map(|c| {
-                Ok(Condition {
-                    field: c.field,
-                    op: match c.op {
-                        wit::FilterOp::Eq => FilterOp::Eq,
-                        wit::FilterOp::Ne => FilterOp::Ne,
-                        wit::FilterOp::Lt => FilterOp::Lt,
-                        wit::FilterOp::Lte => FilterOp::Lte,
-                        wit::FilterOp::Gt => FilterOp::Gt,
-                        wit::FilterOp::Gte => FilterOp::Gte,
-                        wit::FilterOp::In => FilterOp::In,
-                    },
-                    value: json(&c.value)?,
-                })
-            })
-            .collect::<Res<_>>()?,
-        order: q
-            .order
-            .into_iter()
-            .map(|k| SortKey {
-                field: k.field,
-                desc: k.desc,
-            })
-            .collect(),
-        limit: q.limit,
-        after: match q.after {
-            Some(list) => Some(list.iter().map(|t| json(t)).collect::<Res<_>>()?),
-            None => None,
-        },
-        lock: q.lock,
-    })
-}
-
-fn error(e: StorageError) -> wit::StorageError {
-    match e {
-        StorageError::Conflict { message } => wit::StorageError::Conflict(message),
-        StorageError::Unique { entity, field } => {
-            wit::StorageError::Unique(wit::UniqueViolation { entity, field })
-        }
-        StorageError::NotFound { entity, id } => {
-            wit::StorageError::NotFound(wit::RowRef { entity, id })
-        }
-        StorageError::Unavailable { message } => wit::StorageError::Unavailable(message),
-        StorageError::Invalid { message } => wit::StorageError::Invalid(message),
+/// A storage error as the WIT says it (for `?` in the exports).
+impl From<StorageError> for wit::StorageError {
+    fn from(e: StorageError) -> Self {
+        error(e)
     }
 }
 

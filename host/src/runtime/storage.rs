@@ -3,8 +3,8 @@
 
 use serde_json::Value;
 use sinew_core::ports::memory::MemoryStorage;
-use sinew_core::ports::{self, Claim, Condition, Query, Row, SortKey, StorageError, TxId};
-use sinew_core::spec::{FilterOp, Isolation};
+use sinew_core::ports::{self, Claim, Query, Row, StorageError, TxId};
+use sinew_core::spec::Isolation;
 use std::sync::{Arc, Mutex};
 use wasmtime::component::Resource;
 
@@ -170,80 +170,7 @@ impl StorageBackend for MemoryBackend {
 
 // -- WIT <-> core -----------------------------------------------------------
 
-fn isolation(i: wit::Isolation) -> Isolation {
-    match i {
-        wit::Isolation::ReadCommitted => Isolation::ReadCommitted,
-        wit::Isolation::RepeatableRead => Isolation::RepeatableRead,
-        wit::Isolation::Serializable => Isolation::Serializable,
-    }
-}
-
-fn json(text: &str) -> Result<Value, StorageError> {
-    serde_json::from_str(text).map_err(|e| StorageError::Invalid {
-        message: format!("the guest sent invalid JSON: {e}"),
-    })
-}
-
-fn object(text: &str) -> Result<Row, StorageError> {
-    match json(text)? {
-        Value::Object(m) => Ok(m),
-        _ => Err(StorageError::Invalid {
-            message: "the guest sent a row that is not a JSON object".into(),
-        }),
-    }
-}
-
-fn query(q: wit::Query) -> Result<Query, StorageError> {
-    Ok(Query {
-        filters: q
-            .filters
-            .into_iter()
-            .map(|c| {
-                Ok(Condition {
-                    field: c.field,
-                    op: match c.op {
-                        wit::FilterOp::Eq => FilterOp::Eq,
-                        wit::FilterOp::Ne => FilterOp::Ne,
-                        wit::FilterOp::Lt => FilterOp::Lt,
-                        wit::FilterOp::Lte => FilterOp::Lte,
-                        wit::FilterOp::Gt => FilterOp::Gt,
-                        wit::FilterOp::Gte => FilterOp::Gte,
-                        wit::FilterOp::In => FilterOp::In,
-                    },
-                    value: json(&c.value)?,
-                })
-            })
-            .collect::<Result<_, StorageError>>()?,
-        order: q
-            .order
-            .into_iter()
-            .map(|k| SortKey {
-                field: k.field,
-                desc: k.desc,
-            })
-            .collect(),
-        limit: q.limit,
-        after: match q.after {
-            Some(list) => Some(list.iter().map(|t| json(t)).collect::<Result<_, _>>()?),
-            None => None,
-        },
-        lock: q.lock,
-    })
-}
-
-fn error(e: StorageError) -> wit::StorageError {
-    match e {
-        StorageError::Conflict { message } => wit::StorageError::Conflict(message),
-        StorageError::Unique { entity, field } => {
-            wit::StorageError::Unique(wit::UniqueViolation { entity, field })
-        }
-        StorageError::NotFound { entity, id } => {
-            wit::StorageError::NotFound(wit::RowRef { entity, id })
-        }
-        StorageError::Unavailable { message } => wit::StorageError::Unavailable(message),
-        StorageError::Invalid { message } => wit::StorageError::Invalid(message),
-    }
-}
+sinew_core::wit_storage_conversions!();
 
 /// A row's JSON text.
 fn text(r: Row) -> String {
