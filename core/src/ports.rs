@@ -369,3 +369,53 @@ macro_rules! wit_storage_conversions {
         }
     };
 }
+
+/// The conversions between the WIT `external` types and the core's, for a
+/// crate that has its generated bindings of `sinew:executor/external` in
+/// scope as `wit`: `call_request` (from WIT) and `call_result` (to WIT).
+/// Shared as text for the same reason as [`wit_storage_conversions!`].
+#[macro_export]
+macro_rules! wit_external_conversions {
+    () => {
+        fn call_request(r: wit::CallRequest) -> $crate::ports::CallRequest {
+            $crate::ports::CallRequest {
+                service: r.service,
+                operation: r.operation,
+                args: ::serde_json::from_str(&r.args).unwrap_or(::serde_json::Value::Null),
+                timeout_ms: r.timeout_ms,
+                max_attempts: r.max_attempts,
+                backoff: match r.backoff {
+                    wit::Backoff::Exponential => $crate::spec::Backoff::Exponential,
+                    wit::Backoff::Fixed => $crate::spec::Backoff::Fixed,
+                    wit::Backoff::None => $crate::spec::Backoff::None,
+                },
+                initial_backoff_ms: r.initial_backoff_ms,
+                idempotency_key: r.idempotency_key,
+            }
+        }
+
+        fn call_result(r: $crate::ports::CallResult) -> wit::CallResult {
+            use $crate::ports::CallOutcome;
+            wit::CallResult {
+                outcome: match r.outcome {
+                    CallOutcome::Ok { value } => {
+                        wit::CallOutcome::Ok($crate::hash::json_text(&value))
+                    }
+                    CallOutcome::Declined { value } => {
+                        wit::CallOutcome::Declined($crate::hash::json_text(&value))
+                    }
+                    CallOutcome::Failed { message } => wit::CallOutcome::Failed(message),
+                },
+                attempts: r
+                    .attempts
+                    .into_iter()
+                    .map(|a| wit::Attempt {
+                        status: a.status,
+                        error: a.error,
+                        duration_ms: a.duration_ms,
+                    })
+                    .collect(),
+            }
+        }
+    };
+}

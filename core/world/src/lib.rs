@@ -39,9 +39,7 @@ mod bindings {
     export!(Component);
 }
 
-use bindings::exports::sinew::executor::external::{
-    Attempt, Backoff, CallOutcome, CallRequest, CallResult, Guest as ExternalGuest,
-};
+use bindings::exports::sinew::executor::external::{self as wit, Guest as ExternalGuest};
 use bindings::exports::sinew::executor::memory::{Guest as MemoryGuest, Table};
 
 thread_local! {
@@ -133,38 +131,11 @@ impl MemoryGuest for Component {
     }
 }
 
+sinew_core::wit_external_conversions!();
+
 impl ExternalGuest for Component {
-    fn call(r: CallRequest) -> CallResult {
-        let request = ports::CallRequest {
-            service: r.service,
-            operation: r.operation,
-            args: serde_json::from_str(&r.args).unwrap_or(Value::Null),
-            timeout_ms: r.timeout_ms,
-            max_attempts: r.max_attempts,
-            backoff: match r.backoff {
-                Backoff::Exponential => sinew_core::spec::Backoff::Exponential,
-                Backoff::Fixed => sinew_core::spec::Backoff::Fixed,
-                Backoff::None => sinew_core::spec::Backoff::None,
-            },
-            initial_backoff_ms: r.initial_backoff_ms,
-            idempotency_key: r.idempotency_key,
-        };
-        let result = world(|w| ports::External::call(&mut w.external, &request));
-        CallResult {
-            outcome: match result.outcome {
-                ports::CallOutcome::Ok { value } => CallOutcome::Ok(value.to_string()),
-                ports::CallOutcome::Declined { value } => CallOutcome::Declined(value.to_string()),
-                ports::CallOutcome::Failed { message } => CallOutcome::Failed(message),
-            },
-            attempts: result
-                .attempts
-                .into_iter()
-                .map(|a| Attempt {
-                    status: a.status,
-                    error: a.error,
-                    duration_ms: a.duration_ms,
-                })
-                .collect(),
-        }
+    fn call(r: wit::CallRequest) -> wit::CallResult {
+        let request = call_request(r);
+        call_result(world(|w| ports::External::call(&mut w.external, &request)))
     }
 }

@@ -2,9 +2,7 @@
 
 use super::HostState;
 use super::bindings::sinew::executor::external::{self as wit, Host};
-use serde_json::Value;
 use sinew_core::ports::{self, CallOutcome, CallRequest, CallResult};
-use sinew_core::spec::Backoff;
 
 /// Where outbound calls go.
 #[async_trait::async_trait]
@@ -31,38 +29,11 @@ impl ExternalBackend for Scripted {
     }
 }
 
+sinew_core::wit_external_conversions!();
+
 impl Host for HostState {
     async fn call(&mut self, r: wit::CallRequest) -> wasmtime::Result<wit::CallResult> {
-        let request = CallRequest {
-            service: r.service,
-            operation: r.operation,
-            args: serde_json::from_str(&r.args).unwrap_or(Value::Null),
-            timeout_ms: r.timeout_ms,
-            max_attempts: r.max_attempts,
-            backoff: match r.backoff {
-                wit::Backoff::Exponential => Backoff::Exponential,
-                wit::Backoff::Fixed => Backoff::Fixed,
-                wit::Backoff::None => Backoff::None,
-            },
-            initial_backoff_ms: r.initial_backoff_ms,
-            idempotency_key: r.idempotency_key,
-        };
-        let result = self.backends.external.call(&request).await;
-        Ok(wit::CallResult {
-            outcome: match result.outcome {
-                CallOutcome::Ok { value } => wit::CallOutcome::Ok(value.to_string()),
-                CallOutcome::Declined { value } => wit::CallOutcome::Declined(value.to_string()),
-                CallOutcome::Failed { message } => wit::CallOutcome::Failed(message),
-            },
-            attempts: result
-                .attempts
-                .into_iter()
-                .map(|a| wit::Attempt {
-                    status: a.status,
-                    error: a.error,
-                    duration_ms: a.duration_ms,
-                })
-                .collect(),
-        })
+        let request = call_request(r);
+        Ok(call_result(self.backends.external.call(&request).await))
     }
 }
