@@ -80,7 +80,7 @@ fn format_violations_are_rejected_by_both() {
         ),
         (
             "unsupported version",
-            Box::new(|s| set(s, "/sinew", json!("0.2"))),
+            Box::new(|s| set(s, "/sinew", json!("0.3"))),
         ),
         ("missing tools", Box::new(|s| remove(s, "/tools"))),
         (
@@ -160,6 +160,30 @@ fn format_violations_are_rejected_by_both() {
                     s,
                     "/tools/place_order/trigger/cron",
                     json!({"schedule": "* * * * *"}),
+                )
+            }),
+        ),
+        (
+            "combinator as a field name",
+            Box::new(|s| set(s, "/entities/Product/fields/or", json!({"type": "string"}))),
+        ),
+        (
+            "unknown where operator",
+            Box::new(|s| {
+                set(
+                    s,
+                    &format!("{NODES}/product/where"),
+                    json!({"sku": {"like": "'A%'"}}),
+                )
+            }),
+        ),
+        (
+            "or that is not a list",
+            Box::new(|s| {
+                set(
+                    s,
+                    &format!("{NODES}/product/where"),
+                    json!({"or": {"sku": "'A'"}}),
                 )
             }),
         ),

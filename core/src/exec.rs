@@ -14,7 +14,7 @@ use crate::model::{
     Concurrency, Entity, Expression, FilterOp, Flow, Limit, Node, NodeKind, Template, Tool,
 };
 use crate::ports::{
-    CallOutcome, CallRequest, Clock, Condition, External, Query, Row, SortKey, Storage,
+    CallOutcome, CallRequest, Clock, Condition, External, Predicate, Query, Row, SortKey, Storage,
     StorageError, TxId,
 };
 use crate::problem::{Code, Problem};
@@ -577,7 +577,7 @@ impl<'a> Run<'a> {
     fn read(
         &mut self,
         entity: &str,
-        filters: &[crate::model::Filter],
+        filters: &[crate::model::Where],
         order_by: &[crate::model::Order],
         limit: Option<&Limit>,
         after: Option<&Expression>,
@@ -704,7 +704,7 @@ impl<'a> Run<'a> {
     fn update(
         &mut self,
         entity: &str,
-        filters: &[crate::model::Filter],
+        filters: &[crate::model::Where],
         limit: Option<&Limit>,
         one: bool,
         set: &crate::model::NameMap<Template>,
@@ -1063,44 +1063,108 @@ impl<'a> Run<'a> {
             .is_some_and(|a| a.roles.iter().any(|r| owner.exempt.contains(r)))
     }
 
-    fn owner_filter(&self, e: &Entity, conditions: &mut Vec<Condition>) -> Result<(), Problem> {
+    fn owner_filter(&self, e: &Entity, conditions: &mut Vec<Predicate>) -> Result<(), Problem> {
         if let Some(owner) = &e.owner
             && !self.exempt(e)
         {
-            conditions.push(Condition {
-                field: owner.field.clone(),
-                op: FilterOp::Eq,
-                value: self.sub().map_or(Json::Null, Json::String),
-            });
+            conditions.push(
+                Condition {
+                    field: owner.field.clone(),
+                    op: FilterOp::Eq,
+                    value: self.sub().map_or(Json::Null, Json::String),
+                }
+                .into(),
+            );
         }
         Ok(())
     }
 
+    /// A `where`'s members as the storage's predicates: each value
+    /// evaluated, each member whose `when` is false left out (a combinator
+    /// left without members is left out too).
     fn conditions(
         &self,
         e: &Entity,
         entity: &str,
-        filters: &[crate::model::Filter],
-    ) -> Result<Vec<Condition>, Problem> {
+        filters: &[crate::model::Where],
+    ) -> Result<Vec<Predicate>, Problem> {
         let mut out = Vec::with_capacity(filters.len());
-        for f in filters {
-            let v = self.template(&f.value, None)?;
-            let mut json = self.json(&v)?;
-            json = rows::normalize(e, &f.field, json);
-            if f.op == FilterOp::In && !json.is_array() {
-                return Err(Problem::spec_error(format!(
-                    "`in` on `{entity}.{}` needs a list, found {}",
-                    f.field,
-                    v.a_type()
-                )));
+        for w in filters {
+            if let Some(p) = self.predicate(e, entity, w)? {
+                out.push(p);
             }
-            out.push(Condition {
-                field: f.field.clone(),
-                op: f.op,
-                value: json,
-            });
         }
         Ok(out)
+    }
+
+    fn predicate(
+        &self,
+        e: &Entity,
+        entity: &str,
+        w: &crate::model::Where,
+    ) -> Result<Option<Predicate>, Problem> {
+        use crate::model::Where;
+        Ok(match w {
+            Where::Field(f) => self.comparison(e, entity, f)?.map(Predicate::Is),
+            Where::All(list) | Where::Any(list) => {
+                let members = self.conditions(e, entity, list)?;
+                match (members.len(), w) {
+                    (0, _) => None,
+                    (1, _) => members.into_iter().next(),
+                    (_, Where::All(_)) => Some(Predicate::All(members)),
+                    _ => Some(Predicate::Any(members)),
+                }
+            }
+            Where::Not(inner) => self
+                .predicate(e, entity, inner)?
+                .map(|p| Predicate::Not(Box::new(p))),
+        })
+    }
+
+    /// One field's comparison, or `None` when its `when` is false.
+    fn comparison(
+        &self,
+        e: &Entity,
+        entity: &str,
+        f: &crate::model::Filter,
+    ) -> Result<Option<Condition>, Problem> {
+        if let Some(when) = &f.when {
+            match self.eval(when, None)? {
+                Value::Bool(true) => {}
+                Value::Bool(false) => return Ok(None),
+                other => return Err(not_bool(when, &other)),
+            }
+        }
+        let v = self.template(&f.value, None)?;
+        let mut json = self.json(&v)?;
+        if !f.op.on_text() && f.op != FilterOp::IsNull {
+            json = rows::normalize(e, &f.field, json);
+        }
+        let need = match f.op {
+            FilterOp::In | FilterOp::NotIn if !json.is_array() => Some("a list"),
+            FilterOp::IsNull if !json.is_boolean() => Some("true or false"),
+            _ => None,
+        };
+        if let Some(need) = need {
+            return Err(Problem::spec_error(format!(
+                "`{}` on `{entity}.{}` needs {need}, found {}",
+                f.op.name(),
+                f.field,
+                v.a_type()
+            )));
+        }
+        if f.op.on_text() && e.column_type(&f.field) != Some(crate::model::FieldType::String) {
+            return Err(Problem::spec_error(format!(
+                "`{}` compares text, and `{entity}.{}` is not a string field",
+                f.op.name(),
+                f.field
+            )));
+        }
+        Ok(Some(Condition {
+            field: f.field.clone(),
+            op: f.op,
+            value: json,
+        }))
     }
 
     fn positive(&self, x: &Expression) -> Result<u64, Problem> {
@@ -1196,11 +1260,11 @@ impl<'a> Run<'a> {
         tx: Option<TxId>,
         lock: bool,
     ) -> Result<Vec<Row>, Problem> {
-        let mut conditions = vec![Condition {
+        let mut conditions = vec![Predicate::Is(Condition {
             field: "id".into(),
             op: FilterOp::Eq,
             value: Json::String(id),
-        }];
+        })];
         self.owner_filter(e, &mut conditions)?;
         let query = Query {
             filters: conditions,

@@ -133,6 +133,17 @@ impl Entity {
     pub fn is_unique(&self, name: &str) -> bool {
         name == "id" || self.fields.get(name).is_some_and(|f| f.unique)
     }
+
+    /// The type of a column, declared or implicit (`status` is a string).
+    pub fn column_type(&self, name: &str) -> Option<FieldType> {
+        match name {
+            "id" => Some(FieldType::Uuid),
+            "version" => Some(FieldType::Integer),
+            "created_at" | "updated_at" | "deleted_at" => Some(FieldType::Timestamp),
+            "status" if self.status.is_some() => Some(FieldType::String),
+            _ => self.fields.get(name).map(|f| f.ty),
+        }
+    }
 }
 
 /// Field types.
@@ -465,28 +476,118 @@ pub struct Filter {
     pub field: String,
     /// The comparison.
     pub op: FilterOp,
-    /// The value (or list, for `in`).
+    /// The value (or list, for `in` and `notIn`; a boolean for `isNull`).
     pub value: Template,
+    /// JSON Pointer of the field's key in the `where`.
+    pub path: String,
+    /// The condition applies only when this is true (`"when"` in the
+    /// field's object form); its operands are not evaluated otherwise.
+    pub when: Option<Expression>,
+}
+
+/// A `where`: conditions on fields and their combinations. A node's
+/// `where` object is the list of its members, all of which must hold.
+#[derive(Debug, Clone)]
+pub enum Where {
+    /// One comparison on a field.
+    Field(Filter),
+    /// `and`: every member holds.
+    All(Vec<Where>),
+    /// `or`: at least one member holds.
+    Any(Vec<Where>),
+    /// `not`: the member does not hold.
+    Not(Box<Where>),
+}
+
+impl Where {
+    /// Every field comparison inside, at any depth, in order.
+    pub fn fields(&self) -> Vec<&Filter> {
+        let mut out = Vec::new();
+        self.collect(&mut out);
+        out
+    }
+
+    fn collect<'a>(&'a self, out: &mut Vec<&'a Filter>) {
+        match self {
+            Where::Field(f) => out.push(f),
+            Where::All(list) | Where::Any(list) => {
+                for w in list {
+                    w.collect(out);
+                }
+            }
+            Where::Not(w) => w.collect(out),
+        }
+    }
+
+    /// Every field comparison of a list of members, at any depth.
+    pub fn all_fields(list: &[Where]) -> Vec<&Filter> {
+        let mut out = Vec::new();
+        for w in list {
+            w.collect(&mut out);
+        }
+        out
+    }
+
+    /// Whether this member restricts rows on every call, whatever its
+    /// `when`s: a comparison without `when`, or a combinator with such a
+    /// member.
+    pub fn always_applies(&self) -> bool {
+        match self {
+            Where::Field(f) => f.when.is_none(),
+            Where::All(list) | Where::Any(list) => list.iter().any(Where::always_applies),
+            Where::Not(w) => w.always_applies(),
+        }
+    }
+
+    /// The comparison, when this member is a plain one that always applies
+    /// (no `when`): what a list of members certainly requires.
+    pub fn required(&self) -> Option<&Filter> {
+        match self {
+            Where::Field(f) if f.when.is_none() => Some(f),
+            _ => None,
+        }
+    }
 }
 
 /// Comparison operators of `where`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
 pub enum FilterOp {
     /// `eq`
+    #[serde(rename = "eq")]
     Eq,
     /// `ne`
+    #[serde(rename = "ne")]
     Ne,
     /// `lt`
+    #[serde(rename = "lt")]
     Lt,
     /// `lte`
+    #[serde(rename = "lte")]
     Lte,
     /// `gt`
+    #[serde(rename = "gt")]
     Gt,
     /// `gte`
+    #[serde(rename = "gte")]
     Gte,
-    /// `in`
+    /// `in`: equal to one of a list's values.
+    #[serde(rename = "in")]
     In,
+    /// `notIn`: equal to none of a list's values.
+    #[serde(rename = "notIn")]
+    NotIn,
+    /// `isNull`: the value is null (`true`) or not (`false`).
+    #[serde(rename = "isNull")]
+    IsNull,
+    /// `startsWith`: a string beginning with the value.
+    #[serde(rename = "startsWith")]
+    StartsWith,
+    /// `contains`: a string containing the value.
+    #[serde(rename = "contains")]
+    Contains,
+    /// `icontains`: `contains`, ignoring the case of ASCII letters.
+    #[serde(rename = "icontains")]
+    IContains,
 }
 
 impl FilterOp {
@@ -499,7 +600,41 @@ impl FilterOp {
         ("gt", FilterOp::Gt),
         ("gte", FilterOp::Gte),
         ("in", FilterOp::In),
+        ("notIn", FilterOp::NotIn),
+        ("isNull", FilterOp::IsNull),
+        ("startsWith", FilterOp::StartsWith),
+        ("contains", FilterOp::Contains),
+        ("icontains", FilterOp::IContains),
     ];
+
+    /// Its name in the format.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, op)| *op == self)
+            .map_or("eq", |(n, _)| n)
+    }
+
+    /// Takes a list of values (`in`, `notIn`).
+    pub fn takes_list(self) -> bool {
+        matches!(self, FilterOp::In | FilterOp::NotIn)
+    }
+
+    /// Compares text (`startsWith`, `contains`, `icontains`).
+    pub fn on_text(self) -> bool {
+        matches!(
+            self,
+            FilterOp::StartsWith | FilterOp::Contains | FilterOp::IContains
+        )
+    }
+
+    /// Orders values (`lt`, `lte`, `gt`, `gte`).
+    pub fn orders(self) -> bool {
+        matches!(
+            self,
+            FilterOp::Lt | FilterOp::Lte | FilterOp::Gt | FilterOp::Gte
+        )
+    }
 }
 
 /// One `orderBy` key.
@@ -583,7 +718,7 @@ pub enum NodeKind {
         /// The entity.
         entity: String,
         /// Conditions, all of which must hold.
-        filters: Vec<Filter>,
+        filters: Vec<Where>,
         /// Sort keys.
         order_by: Vec<Order>,
         /// At most this many rows.
@@ -607,7 +742,7 @@ pub enum NodeKind {
         /// The entity.
         entity: String,
         /// Conditions; `None` when absent.
-        filters: Option<Vec<Filter>>,
+        filters: Option<Vec<Where>>,
         /// At most this many rows.
         limit: Option<Limit>,
         /// Exactly one row, else not found.

@@ -32,15 +32,144 @@ pub type Row = Map<String, Value>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TxId(pub u64);
 
-/// One condition of a query.
+/// One comparison of a query: `field op value`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Condition {
     /// The column.
     pub field: String,
     /// The comparison.
     pub op: FilterOp,
-    /// The value (a JSON array for `in`; `null` only with `eq`/`ne`).
+    /// The value: a JSON array for `in` and `notIn`, a boolean for
+    /// `isNull`; with `eq`/`ne`, `null` equals only `null`.
     pub value: Value,
+}
+
+/// A condition of a query: a comparison, or a combination of conditions.
+///
+/// Every engine reads it with two values, true and false: a comparison with
+/// a null column (other than `eq`/`ne`/`isNull` against null) or with a
+/// value of another type is false, and `not` of it is true.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Predicate {
+    /// One comparison.
+    Is(Condition),
+    /// Every member holds (`true` when there is none).
+    All(Vec<Predicate>),
+    /// At least one member holds (`false` when there is none).
+    Any(Vec<Predicate>),
+    /// The member does not hold.
+    Not(Box<Predicate>),
+}
+
+impl From<Condition> for Predicate {
+    fn from(c: Condition) -> Predicate {
+        Predicate::Is(c)
+    }
+}
+
+impl Predicate {
+    /// Every comparison inside, at any depth.
+    pub fn conditions(&self) -> Vec<&Condition> {
+        fn walk<'a>(p: &'a Predicate, out: &mut Vec<&'a Condition>) {
+            match p {
+                Predicate::Is(c) => out.push(c),
+                Predicate::All(list) | Predicate::Any(list) => {
+                    for p in list {
+                        walk(p, out);
+                    }
+                }
+                Predicate::Not(p) => walk(p, out),
+            }
+        }
+        let mut out = Vec::new();
+        walk(self, &mut out);
+        out
+    }
+}
+
+/// A [`Predicate`] written flat, in prefix order, as it crosses the WIT
+/// boundary (WIT types cannot nest themselves): `All(n)` and `Any(n)` are
+/// followed by their `n` members, `Not` by its one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Token {
+    /// A comparison.
+    Is(Condition),
+    /// `all` of the next `n` predicates.
+    All(u32),
+    /// `any` of the next `n` predicates.
+    Any(u32),
+    /// `not` the next predicate.
+    Not,
+}
+
+/// The tokens of a list of predicates (each written whole, one after the
+/// other).
+pub fn to_tokens(filters: &[Predicate]) -> Vec<Token> {
+    fn put(p: &Predicate, out: &mut Vec<Token>) {
+        match p {
+            Predicate::Is(c) => out.push(Token::Is(c.clone())),
+            Predicate::All(list) | Predicate::Any(list) => {
+                let n = u32::try_from(list.len()).unwrap_or(u32::MAX);
+                out.push(if matches!(p, Predicate::All(_)) {
+                    Token::All(n)
+                } else {
+                    Token::Any(n)
+                });
+                for p in list {
+                    put(p, out);
+                }
+            }
+            Predicate::Not(p) => {
+                out.push(Token::Not);
+                put(p, out);
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(filters.len());
+    for p in filters {
+        put(p, &mut out);
+    }
+    out
+}
+
+/// The predicates written by [`to_tokens`].
+///
+/// # Errors
+/// [`StorageError::Invalid`] for tokens that do not spell whole predicates.
+pub fn from_tokens(tokens: Vec<Token>) -> Result<Vec<Predicate>, StorageError> {
+    fn take(it: &mut std::vec::IntoIter<Token>, depth: usize) -> Result<Predicate, StorageError> {
+        let bad = |m: &str| StorageError::Invalid {
+            message: format!("filters: {m}"),
+        };
+        if depth > 64 {
+            return Err(bad("nested too deep"));
+        }
+        match it.next() {
+            None => Err(bad("a combinator lacks members")),
+            Some(Token::Is(c)) => Ok(Predicate::Is(c)),
+            Some(Token::Not) => Ok(Predicate::Not(Box::new(take(it, depth + 1)?))),
+            Some(t @ (Token::All(n) | Token::Any(n))) => {
+                if n as usize > it.len() {
+                    return Err(bad("a combinator lacks members"));
+                }
+                let members = (0..n)
+                    .map(|_| take(it, depth + 1))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(if matches!(t, Token::All(_)) {
+                    Predicate::All(members)
+                } else {
+                    Predicate::Any(members)
+                })
+            }
+        }
+    }
+    let mut it = tokens.into_iter();
+    let mut out = Vec::new();
+    while it.len() > 0 {
+        out.push(take(&mut it, 0)?);
+    }
+    Ok(out)
 }
 
 /// One sort key.
@@ -57,7 +186,7 @@ pub struct SortKey {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Query {
     /// All must hold.
-    pub filters: Vec<Condition>,
+    pub filters: Vec<Predicate>,
     /// Sort keys.
     pub order: Vec<SortKey>,
     /// At most this many rows.
@@ -312,25 +441,44 @@ macro_rules! wit_storage_conversions {
 
         fn query(q: wit::Query) -> Result<$crate::ports::Query, $crate::ports::StorageError> {
             Ok($crate::ports::Query {
-                filters: q
-                    .filters
-                    .into_iter()
-                    .map(|c| {
-                        Ok($crate::ports::Condition {
-                            field: c.field,
-                            op: match c.op {
-                                wit::FilterOp::Eq => $crate::spec::FilterOp::Eq,
-                                wit::FilterOp::Ne => $crate::spec::FilterOp::Ne,
-                                wit::FilterOp::Lt => $crate::spec::FilterOp::Lt,
-                                wit::FilterOp::Lte => $crate::spec::FilterOp::Lte,
-                                wit::FilterOp::Gt => $crate::spec::FilterOp::Gt,
-                                wit::FilterOp::Gte => $crate::spec::FilterOp::Gte,
-                                wit::FilterOp::In => $crate::spec::FilterOp::In,
-                            },
-                            value: json(&c.value)?,
+                filters: $crate::ports::from_tokens(
+                    q.filters
+                        .into_iter()
+                        .map(|t| {
+                            Ok(match t {
+                                wit::Filter::Is(c) => {
+                                    $crate::ports::Token::Is($crate::ports::Condition {
+                                        field: c.field,
+                                        op: match c.op {
+                                            wit::FilterOp::Eq => $crate::spec::FilterOp::Eq,
+                                            wit::FilterOp::Ne => $crate::spec::FilterOp::Ne,
+                                            wit::FilterOp::Lt => $crate::spec::FilterOp::Lt,
+                                            wit::FilterOp::Lte => $crate::spec::FilterOp::Lte,
+                                            wit::FilterOp::Gt => $crate::spec::FilterOp::Gt,
+                                            wit::FilterOp::Gte => $crate::spec::FilterOp::Gte,
+                                            wit::FilterOp::In => $crate::spec::FilterOp::In,
+                                            wit::FilterOp::NotIn => $crate::spec::FilterOp::NotIn,
+                                            wit::FilterOp::IsNull => $crate::spec::FilterOp::IsNull,
+                                            wit::FilterOp::StartsWith => {
+                                                $crate::spec::FilterOp::StartsWith
+                                            }
+                                            wit::FilterOp::Contains => {
+                                                $crate::spec::FilterOp::Contains
+                                            }
+                                            wit::FilterOp::Icontains => {
+                                                $crate::spec::FilterOp::IContains
+                                            }
+                                        },
+                                        value: json(&c.value)?,
+                                    })
+                                }
+                                wit::Filter::All(n) => $crate::ports::Token::All(n),
+                                wit::Filter::Any(n) => $crate::ports::Token::Any(n),
+                                wit::Filter::Not => $crate::ports::Token::Not,
+                            })
                         })
-                    })
-                    .collect::<Result<_, $crate::ports::StorageError>>()?,
+                        .collect::<Result<_, $crate::ports::StorageError>>()?,
+                )?,
                 order: q
                     .order
                     .into_iter()

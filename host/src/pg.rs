@@ -16,7 +16,7 @@ pub mod schema;
 use serde_json::Value;
 use sinew_core::chain::{GENESIS_HASH, seal_entry};
 use sinew_core::ports::IDEMPOTENCY_TTL_MS;
-use sinew_core::ports::{Claim, FilterOp, Isolation, Query, Row, StorageError};
+use sinew_core::ports::{Claim, FilterOp, Isolation, Predicate, Query, Row, StorageError};
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -127,7 +127,16 @@ impl Root {
         if !self.remembers() || q.after.is_some() || q.limit == Some(0) {
             return None;
         }
-        let id = q.filters.iter().find_map(|c| match (&c.op, &c.value) {
+        // Only plain comparisons (no `and`/`or`/`not`) are answered here.
+        let conditions = q
+            .filters
+            .iter()
+            .map(|p| match p {
+                Predicate::Is(c) => Some(c),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let id = conditions.iter().find_map(|c| match (&c.op, &c.value) {
             (FilterOp::Eq, Value::String(id)) if c.field == "id" => Some(id),
             _ => None,
         })?;
@@ -136,7 +145,7 @@ impl Root {
         if !row.get("deleted_at").is_none_or(Value::is_null) {
             return None;
         }
-        let exact = q.filters.iter().all(|c| {
+        let exact = conditions.iter().all(|c| {
             c.op == FilterOp::Eq
                 && table
                     .column(&c.field)
@@ -460,51 +469,8 @@ impl PgBackend {
             params.push(Some(v));
             format!("${}::text::{}", params.len(), ty.sql())
         };
-        for c in &q.filters {
-            let col = column(&c.field)?;
-            let lhs = collated(col);
-            let cond = match (&c.op, &c.value) {
-                (FilterOp::Eq, Value::Null) => format!("{} IS NULL", col.sql),
-                (FilterOp::Ne, Value::Null) => format!("{} IS NOT NULL", col.sql),
-                (FilterOp::In, Value::Array(list)) => {
-                    let mut items = Vec::new();
-                    for v in list {
-                        if let Ok(Some(text)) = col.ty.encode(v) {
-                            items.push(bind(params, text, col.ty));
-                        }
-                    }
-                    if items.is_empty() {
-                        "FALSE".to_owned()
-                    } else {
-                        format!("{} IN ({})", col.sql, items.join(", "))
-                    }
-                }
-                (FilterOp::In, _) => "FALSE".to_owned(),
-                (op, v) => match col.ty.encode(v) {
-                    // A value of another type equals nothing and orders
-                    // against nothing (as in the in-memory store).
-                    Ok(None) | Err(_) => {
-                        if *op == FilterOp::Ne { "TRUE" } else { "FALSE" }.to_owned()
-                    }
-                    Ok(Some(text)) => {
-                        let p = bind(params, text, col.ty);
-                        let p = if col.ty == Ty::Text {
-                            format!("{p} COLLATE \"C\"")
-                        } else {
-                            p
-                        };
-                        match op {
-                            FilterOp::Eq => format!("{lhs} = {p}"),
-                            FilterOp::Ne => format!("{lhs} IS DISTINCT FROM {p}"),
-                            FilterOp::Lt => format!("{lhs} < {p}"),
-                            FilterOp::Lte => format!("{lhs} <= {p}"),
-                            FilterOp::Gt => format!("{lhs} > {p}"),
-                            FilterOp::Gte => format!("{lhs} >= {p}"),
-                            FilterOp::In => "FALSE".to_owned(),
-                        }
-                    }
-                },
-            };
+        for p in &q.filters {
+            let cond = predicate_sql(table, p, false, params)?;
             let _ = write!(sql, " AND {cond}");
         }
         if let Some(after) = &q.after {
@@ -826,6 +792,147 @@ fn bind<'t>(
 
 /// A column for comparisons and sorting: text compares by bytes, as
 /// everywhere else in sinew.
+/// The SQL of a predicate, read with two values as every engine reads it:
+/// under `not` (`negated`), a comparison that SQL would find unknown
+/// (a null column) counts as false before it is negated, so `not` of it
+/// is true. Outside `not`, unknown and false both leave a row out.
+fn predicate_sql(
+    table: &Table,
+    p: &Predicate,
+    negated: bool,
+    params: &mut Params,
+) -> Result<String, StorageError> {
+    Ok(match p {
+        Predicate::Is(c) => {
+            let sql = condition_sql(table, c, params)?;
+            if negated {
+                format!("({sql}) IS NOT TRUE")
+            } else {
+                sql
+            }
+        }
+        Predicate::All(list) | Predicate::Any(list) => {
+            // De Morgan: `not all` is `any not`, `not any` is `all not`.
+            let all = matches!(p, Predicate::All(_)) != negated;
+            if list.is_empty() {
+                return Ok(if all { "TRUE" } else { "FALSE" }.to_owned());
+            }
+            let parts = list
+                .iter()
+                .map(|p| predicate_sql(table, p, negated, params))
+                .collect::<Result<Vec<_>, _>>()?;
+            format!("({})", parts.join(if all { " AND " } else { " OR " }))
+        }
+        Predicate::Not(p) => predicate_sql(table, p, !negated, params)?,
+    })
+}
+
+/// One comparison, as SQL that is true or false, or unknown only where
+/// false would do (a null column).
+fn condition_sql(
+    table: &Table,
+    c: &sinew_core::ports::Condition,
+    params: &mut Params,
+) -> Result<String, StorageError> {
+    let col = table
+        .column(&c.field)
+        .ok_or_else(|| invalid(format!("no column `{}`", c.field)))?;
+    let bind = |params: &mut Params, v: String, ty: Ty| {
+        params.push(Some(v));
+        format!("${}::text::{}", params.len(), ty.sql())
+    };
+    let lhs = collated(col);
+    let in_list = |params: &mut Params, list: &[Value]| {
+        let mut items = Vec::new();
+        for v in list {
+            if let Ok(Some(text)) = col.ty.encode(v) {
+                items.push(bind(params, text, col.ty));
+            }
+        }
+        items
+    };
+    Ok(match (&c.op, &c.value) {
+        (FilterOp::Eq, Value::Null) => format!("{} IS NULL", col.sql),
+        (FilterOp::Ne, Value::Null) => format!("{} IS NOT NULL", col.sql),
+        (FilterOp::IsNull, Value::Bool(true)) => format!("{} IS NULL", col.sql),
+        (FilterOp::IsNull, Value::Bool(false)) => format!("{} IS NOT NULL", col.sql),
+        (FilterOp::In, Value::Array(list)) => {
+            let items = in_list(params, list);
+            if items.is_empty() {
+                "FALSE".to_owned()
+            } else {
+                format!("{} IN ({})", col.sql, items.join(", "))
+            }
+        }
+        (FilterOp::NotIn, Value::Array(list)) => {
+            // A null column is in no list, so it is in none of them either.
+            let items = in_list(params, list);
+            if items.is_empty() {
+                "TRUE".to_owned()
+            } else {
+                format!("({} IN ({})) IS NOT TRUE", col.sql, items.join(", "))
+            }
+        }
+        (FilterOp::In | FilterOp::NotIn | FilterOp::IsNull, v) => {
+            return Err(invalid(format!(
+                "`{}` on `{}` cannot take {}",
+                c.op.name(),
+                c.field,
+                sinew_core::diag::a_json(v)
+            )));
+        }
+        (FilterOp::StartsWith | FilterOp::Contains | FilterOp::IContains, v) => {
+            let (Value::String(needle), Ty::Text) = (v, col.ty) else {
+                // Not text on both sides: contains nothing (as in memory).
+                return Ok("FALSE".to_owned());
+            };
+            match c.op {
+                FilterOp::StartsWith => {
+                    let p = bind(params, needle.clone(), Ty::Text);
+                    format!("starts_with({}, {p})", col.sql)
+                }
+                FilterOp::Contains => {
+                    let p = bind(params, needle.clone(), Ty::Text);
+                    format!("strpos({}, {p}) > 0", col.sql)
+                }
+                _ => {
+                    // ASCII letters only, on both sides, so that every
+                    // engine agrees whatever the database's locale.
+                    let p = bind(params, needle.to_ascii_lowercase(), Ty::Text);
+                    format!(
+                        "strpos(translate({}, '{ASCII_UPPER}', '{ASCII_LOWER}'), {p}) > 0",
+                        col.sql
+                    )
+                }
+            }
+        }
+        (op, v) => match col.ty.encode(v) {
+            // A value of another type equals nothing and orders against
+            // nothing (as in the in-memory store).
+            Ok(None) | Err(_) => if *op == FilterOp::Ne { "TRUE" } else { "FALSE" }.to_owned(),
+            Ok(Some(text)) => {
+                let p = bind(params, text, col.ty);
+                let p = if col.ty == Ty::Text {
+                    format!("{p} COLLATE \"C\"")
+                } else {
+                    p
+                };
+                match op {
+                    FilterOp::Ne => format!("{lhs} IS DISTINCT FROM {p}"),
+                    FilterOp::Lt => format!("{lhs} < {p}"),
+                    FilterOp::Lte => format!("{lhs} <= {p}"),
+                    FilterOp::Gt => format!("{lhs} > {p}"),
+                    FilterOp::Gte => format!("{lhs} >= {p}"),
+                    _ => format!("{lhs} = {p}"),
+                }
+            }
+        },
+    })
+}
+
+const ASCII_UPPER: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+const ASCII_LOWER: &str = "abcdefghijklmnopqrstuvwxyz";
+
 fn collated(c: &schema::Column) -> String {
     if c.ty == Ty::Text {
         format!("{} COLLATE \"C\"", c.sql)

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 use sinew_core::ports::{
-    self, CallOutcome, CallRequest, CallResult, Claim, Condition, Query, Row, StorageError, TxId,
+    self, CallOutcome, CallRequest, CallResult, Claim, Query, Row, StorageError, Token, TxId,
 };
 use sinew_core::spec::{Backoff, FilterOp, Isolation};
 
@@ -35,18 +35,27 @@ fn op(o: FilterOp) -> types::FilterOp {
         FilterOp::Gt => types::FilterOp::Gt,
         FilterOp::Gte => types::FilterOp::Gte,
         FilterOp::In => types::FilterOp::In,
+        FilterOp::NotIn => types::FilterOp::NotIn,
+        FilterOp::IsNull => types::FilterOp::IsNull,
+        FilterOp::StartsWith => types::FilterOp::StartsWith,
+        FilterOp::Contains => types::FilterOp::Contains,
+        FilterOp::IContains => types::FilterOp::Icontains,
     }
 }
 
 fn query(q: &Query) -> types::Query {
     types::Query {
-        filters: q
-            .filters
-            .iter()
-            .map(|c: &Condition| types::Condition {
-                field: c.field.clone(),
-                op: op(c.op),
-                value: json(&c.value),
+        filters: ports::to_tokens(&q.filters)
+            .into_iter()
+            .map(|t| match t {
+                Token::Is(c) => types::Filter::Is(types::Condition {
+                    field: c.field,
+                    op: op(c.op),
+                    value: json(&c.value),
+                }),
+                Token::All(n) => types::Filter::All(n),
+                Token::Any(n) => types::Filter::Any(n),
+                Token::Not => types::Filter::Not,
             })
             .collect(),
         order: q

@@ -74,8 +74,8 @@ use crate::expr::value::parse_timestamp;
 use crate::hash::canonical as canonical_json;
 
 use super::{
-    ABANDONED_AFTER_MS, Claim, Clock, Condition, FilterOp, IDEMPOTENCY_TTL_MS, Isolation, Query,
-    Row, SortKey, Storage, StorageError, TxId,
+    ABANDONED_AFTER_MS, Claim, Clock, Condition, FilterOp, IDEMPOTENCY_TTL_MS, Isolation,
+    Predicate, Query, Row, SortKey, Storage, StorageError, TxId,
 };
 
 // ---------------------------------------------------------------------------
@@ -169,7 +169,7 @@ struct Tx {
     /// Idempotency responses stored by the commit.
     keys: Vec<PendingKey>,
     /// Filters of the reads of a serializable transaction (kept at the root).
-    reads: Vec<(String, Vec<Condition>)>,
+    reads: Vec<(String, Vec<Predicate>)>,
 }
 
 impl Tx {
@@ -1507,13 +1507,9 @@ impl Storage for MemoryStorage {
 // Queries
 
 fn check_query(query: &Query) -> Result<(), StorageError> {
-    for c in &query.filters {
-        if c.op == FilterOp::In && !c.value.is_array() {
-            return Err(invalid(format!(
-                "`in` on `{}` needs an array, not {}",
-                c.field,
-                crate::diag::a_json(&c.value)
-            )));
+    for p in &query.filters {
+        for c in p.conditions() {
+            check_condition(c)?;
         }
     }
     if let Some(after) = &query.after
@@ -1528,11 +1524,34 @@ fn check_query(query: &Query) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// A comparison's value has the shape its operator needs (every engine
+/// refuses the same ones).
+pub(crate) fn check_condition(c: &Condition) -> Result<(), StorageError> {
+    let bad = match c.op {
+        FilterOp::In | FilterOp::NotIn if !c.value.is_array() => Some("an array"),
+        FilterOp::IsNull if !c.value.is_boolean() => Some("true or false"),
+        _ => None,
+    };
+    match bad {
+        Some(want) => Err(invalid(format!(
+            "`{}` on `{}` needs {want}, not {}",
+            c.op.name(),
+            c.field,
+            crate::diag::a_json(&c.value)
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The only ids a query can match, when it filters `id` with `eq` or `in`
 /// (ids are strings).
-fn id_candidates(filters: &[Condition]) -> Option<BTreeSet<&str>> {
+fn id_candidates(filters: &[Predicate]) -> Option<BTreeSet<&str>> {
     filters
         .iter()
+        .filter_map(|p| match p {
+            Predicate::Is(c) => Some(c),
+            _ => None,
+        })
         .find_map(|c| match (c.field.as_str(), c.op, &c.value) {
             ("id", FilterOp::Eq, Value::String(id)) => Some(BTreeSet::from([id.as_str()])),
             ("id", FilterOp::In, Value::Array(items)) => {
@@ -1648,17 +1667,42 @@ fn matches(row: &Row, c: &Condition, cols: Columns<'_>) -> bool {
             sql_cmp(v, &c.value, ts),
             Some(Ordering::Greater | Ordering::Equal)
         ),
-        FilterOp::In => {
-            !v.is_null()
-                && c.value
-                    .as_array()
-                    .is_some_and(|list| list.iter().any(|x| !x.is_null() && values_equal(v, x, ts)))
-        }
+        FilterOp::In => in_list(v, &c.value, ts),
+        FilterOp::NotIn => !in_list(v, &c.value, ts),
+        FilterOp::IsNull => c.value.as_bool() == Some(v.is_null()),
+        FilterOp::StartsWith => text_pair(v, &c.value).is_some_and(|(s, p)| s.starts_with(p)),
+        FilterOp::Contains => text_pair(v, &c.value).is_some_and(|(s, p)| s.contains(p)),
+        FilterOp::IContains => text_pair(v, &c.value).is_some_and(|(s, p)| {
+            s.to_ascii_lowercase()
+                .contains(p.to_ascii_lowercase().as_str())
+        }),
     }
 }
 
-fn matches_all(row: &Row, filters: &[Condition], cols: Columns<'_>) -> bool {
-    filters.iter().all(|c| matches(row, c, cols))
+/// `in`: a non-null value equal to a non-null item of the list.
+fn in_list(v: &Value, list: &Value, ts: bool) -> bool {
+    !v.is_null()
+        && list
+            .as_array()
+            .is_some_and(|list| list.iter().any(|x| !x.is_null() && values_equal(v, x, ts)))
+}
+
+/// The column's text and the operand's, when both are strings.
+fn text_pair<'a>(v: &'a Value, operand: &'a Value) -> Option<(&'a str, &'a str)> {
+    Some((v.as_str()?, operand.as_str()?))
+}
+
+fn holds(row: &Row, p: &Predicate, cols: Columns<'_>) -> bool {
+    match p {
+        Predicate::Is(c) => matches(row, c, cols),
+        Predicate::All(list) => list.iter().all(|p| holds(row, p, cols)),
+        Predicate::Any(list) => list.iter().any(|p| holds(row, p, cols)),
+        Predicate::Not(p) => !holds(row, p, cols),
+    }
+}
+
+fn matches_all(row: &Row, filters: &[Predicate], cols: Columns<'_>) -> bool {
+    filters.iter().all(|p| holds(row, p, cols))
 }
 
 fn type_rank(v: &Value) -> u8 {
@@ -1789,7 +1833,10 @@ mod tests {
     }
 
     fn filtered(filters: Vec<Condition>) -> Query {
-        Query { filters, ..all() }
+        Query {
+            filters: filters.into_iter().map(Predicate::from).collect(),
+            ..all()
+        }
     }
 
     fn locked() -> Query {
@@ -2968,7 +3015,7 @@ mod tests {
             vec![json!(-5), json!("")],
             Some(1),
         );
-        page.filters = vec![cond("ok", FilterOp::Eq, json!(true))];
+        page.filters = vec![cond("ok", FilterOp::Eq, json!(true)).into()];
         assert_eq!(read_ids(&mut s, None, &page), ["r5"]);
     }
 
@@ -3692,12 +3739,48 @@ mod tests {
             FilterOp::Lte => matches!(o, Some(Ordering::Less | Ordering::Equal)),
             FilterOp::Gt => o == Some(Ordering::Greater),
             FilterOp::Gte => matches!(o, Some(Ordering::Greater | Ordering::Equal)),
-            FilterOp::In => c
-                .value
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|x| !x.is_null() && !v.is_null() && model_eq(&v, x)),
+            FilterOp::In | FilterOp::NotIn => {
+                let found = c
+                    .value
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| !x.is_null() && !v.is_null() && model_eq(&v, x));
+                found == (c.op == FilterOp::In)
+            }
+            FilterOp::IsNull => v.is_null() == c.value.as_bool().unwrap(),
+            FilterOp::StartsWith | FilterOp::Contains | FilterOp::IContains => {
+                let (Value::String(s), Value::String(n)) = (&v, &c.value) else {
+                    return false;
+                };
+                let lower = |s: &str| -> String {
+                    s.chars()
+                        .map(|ch| {
+                            if ch.is_ascii_uppercase() {
+                                ((ch as u8) + 32) as char
+                            } else {
+                                ch
+                            }
+                        })
+                        .collect()
+                };
+                match c.op {
+                    FilterOp::StartsWith => s.get(..n.len()) == Some(n.as_str()),
+                    FilterOp::Contains => {
+                        (0..=s.len()).any(|i| s.get(i..).is_some_and(|t| t.starts_with(n.as_str())))
+                    }
+                    _ => lower(s).contains(&lower(n)),
+                }
+            }
+        }
+    }
+
+    fn model_holds(r: &Row, p: &Predicate) -> bool {
+        match p {
+            Predicate::Is(c) => model_matches(r, c),
+            Predicate::All(l) => l.iter().all(|p| model_holds(r, p)),
+            Predicate::Any(l) => l.iter().any(|p| model_holds(r, p)),
+            Predicate::Not(p) => !model_holds(r, p),
         }
     }
 
@@ -3732,7 +3815,7 @@ mod tests {
                     json!(rng.below(6) as i64 - 2)
                 }
             }
-            "b" => json!(*rng.pick(&["x", "y", "z", "xy"])),
+            "b" => json!(*rng.pick(&["x", "y", "z", "xy", "Xy", "yX", ""])),
             "u" => {
                 if rng.chance(30) {
                     Value::Null
@@ -3744,30 +3827,81 @@ mod tests {
         }
     }
 
-    fn random_query(rng: &mut Lcg, live: &[Row]) -> (Query, Option<String>) {
-        let mut filters = Vec::new();
-        for _ in 0..rng.below(3) {
-            let field = *rng.pick(&["a", "b", "u", "id"]);
-            let op = *rng.pick(&[
-                FilterOp::Eq,
-                FilterOp::Ne,
-                FilterOp::Lt,
-                FilterOp::Lte,
-                FilterOp::Gt,
-                FilterOp::Gte,
-                FilterOp::In,
-            ]);
-            let value = if op == FilterOp::In {
-                Value::Array(
-                    (0..rng.below(4))
-                        .map(|_| random_value(rng, field))
-                        .collect(),
-                )
-            } else {
-                random_value(rng, field)
-            };
-            filters.push(cond(field, op, value));
+    fn random_condition(rng: &mut Lcg) -> Condition {
+        let field = *rng.pick(&["a", "b", "u", "id"]);
+        let op = *rng.pick(&[
+            FilterOp::Eq,
+            FilterOp::Ne,
+            FilterOp::Lt,
+            FilterOp::Lte,
+            FilterOp::Gt,
+            FilterOp::Gte,
+            FilterOp::In,
+            FilterOp::NotIn,
+            FilterOp::IsNull,
+            FilterOp::StartsWith,
+            FilterOp::Contains,
+            FilterOp::IContains,
+        ]);
+        let value = match op {
+            FilterOp::In | FilterOp::NotIn => Value::Array(
+                (0..rng.below(4))
+                    .map(|_| random_value(rng, field))
+                    .collect(),
+            ),
+            FilterOp::IsNull => json!(rng.chance(50)),
+            op if op.on_text() => json!(*rng.pick(&["x", "X", "y", "", "xy", "r0", "u"])),
+            _ => random_value(rng, field),
+        };
+        cond(field, op, value)
+    }
+
+    /// A random predicate: mostly comparisons, sometimes `and`, `or`, `not`.
+    pub(super) fn random_predicate(rng: &mut Lcg, depth: u32) -> Predicate {
+        if depth >= 2 || rng.chance(60) {
+            return random_condition(rng).into();
         }
+        match rng.below(3) {
+            0 => Predicate::Not(Box::new(random_predicate(rng, depth + 1))),
+            k => {
+                let members = (0..rng.below(3))
+                    .map(|_| random_predicate(rng, depth + 1))
+                    .collect();
+                if k == 1 {
+                    Predicate::All(members)
+                } else {
+                    Predicate::Any(members)
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn predicates_cross_the_boundary_as_tokens_unchanged() {
+        let mut rng = Lcg(7);
+        for _ in 0..2000 {
+            let list: Vec<Predicate> = (0..rng.below(4))
+                .map(|_| random_predicate(&mut rng, 0))
+                .collect();
+            let tokens = crate::ports::to_tokens(&list);
+            assert_eq!(crate::ports::from_tokens(tokens).unwrap(), list);
+        }
+        // Tokens that do not spell whole predicates are refused.
+        use crate::ports::Token;
+        for bad in [vec![Token::Not], vec![Token::All(2), Token::Not]] {
+            assert!(crate::ports::from_tokens(bad).is_err());
+        }
+        let c = cond("a", FilterOp::Eq, json!(1));
+        assert_eq!(
+            crate::ports::from_tokens(vec![Token::Any(0), Token::Is(c.clone())]).unwrap(),
+            vec![Predicate::Any(vec![]), Predicate::Is(c)]
+        );
+    }
+
+    fn random_query(rng: &mut Lcg, live: &[Row]) -> (Query, Option<String>) {
+        let filters: Vec<Predicate> = (0..rng.below(3))
+            .map(|_| random_predicate(rng, 0))
+            .collect();
         let mut order = Vec::new();
         for _ in 0..rng.below(3) {
             let field = *rng.pick(&["a", "b", "u"]);
@@ -3821,7 +3955,7 @@ mod tests {
         };
         let mut out: Vec<Row> = live[start..]
             .iter()
-            .filter(|r| query.filters.iter().all(|c| model_matches(r, c)))
+            .filter(|r| query.filters.iter().all(|p| model_holds(r, p)))
             .cloned()
             .collect();
         if let Some(l) = query.limit {

@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use super::{Finding, Fix, Level, signal};
 use crate::diag::child;
 use crate::flow::{NodeInfo, Path, ToolGraph};
-use crate::model::{Filter, FilterOp, Limit, NodeKind, Spec, Tool};
+use crate::model::{FilterOp, Limit, NodeKind, Spec, Tool, Where};
 use crate::patch::Op;
 
 /// `(external, operation)` pairs that undo something: declared with
@@ -73,12 +73,13 @@ fn finding(
 }
 
 /// Whether an equality on `id` or a unique field pins the filters to one row.
-fn pinned(spec: &Spec, entity: &str, filters: &[Filter]) -> bool {
+fn pinned(spec: &Spec, entity: &str, filters: &[Where]) -> bool {
     let Some(e) = spec.entities.get(entity) else {
         return false;
     };
     filters
         .iter()
+        .filter_map(Where::required)
         .any(|f| f.op == FilterOp::Eq && e.is_unique(&f.field))
 }
 
@@ -259,15 +260,22 @@ impl ToolSignals<'_, '_> {
         &mut self,
         info: &NodeInfo,
         entity: &str,
-        filters: &[Filter],
+        filters: &[Where],
         limit: Option<&Limit>,
     ) {
         let (name, max_rows, path) = (self.name, self.max_rows, info.node.path.as_str());
-        if filters.is_empty() && limit.is_none() {
-            let message = format!(
-                "{name} is Red because node `{}` updates `{entity}` rows with neither `where` nor `limit`, so it can change every row",
-                info.id
-            );
+        if !filters.iter().any(Where::always_applies) && limit.is_none() {
+            let message = if filters.is_empty() {
+                format!(
+                    "{name} is Red because node `{}` updates `{entity}` rows with neither `where` nor `limit`, so it can change every row",
+                    info.id
+                )
+            } else {
+                format!(
+                    "{name} is Red because node `{}` updates `{entity}` rows with no `limit`, and every condition of its `where` has a `when` that may leave it out, so it can change every row",
+                    info.id
+                )
+            };
             let patch = vec![Op::Add {
                 path: child(path, "limit"),
                 value: json!(max_rows),

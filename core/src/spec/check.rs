@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::decode::{Cx, path_params};
 use super::*;
-use crate::diag::{Diagnostic, child, suggest};
+use crate::diag::{Diagnostic, a_json, child, suggest};
 use crate::expr::{self, ExprKind};
 use crate::flow::{Dominance, ToolGraph};
 
@@ -688,6 +688,16 @@ fn check_entity(cx: &mut Cx, spec: &Spec, name: &str, e: &Entity) {
                     .help("remove it: `id`, `version`, `created_at`, `updated_at`, `deleted_at` (and `status` with a status machine) are implicit"),
             );
         }
+        if super::decode::COMBINATORS.contains(&fname.as_str()) {
+            cx.error(
+                Diagnostic::new(
+                    "reserved-field",
+                    fpath.clone(),
+                    format!("`{fname}` is a combinator of `where` and cannot name a field"),
+                )
+                .help("rename the field: `and`, `or` and `not` are reserved"),
+            );
+        }
         if let Some(target) = &f.entity {
             entity_ref(cx, spec, &child(&fpath, "entity"), target);
         }
@@ -1033,21 +1043,99 @@ fn check_filters(
     spec: &Spec,
     entity: Option<&Entity>,
     ename: &str,
-    path: &str,
-    filters: &[Filter],
+    filters: &[Where],
     scope: &Scope,
 ) {
-    check_fields(
-        cx,
-        entity,
-        ename,
-        &child(path, "where"),
-        filters.iter().map(|f| f.field.clone()),
-        false,
-    );
     let _ = spec;
-    for f in filters {
+    for f in Where::all_fields(filters) {
+        let parent = f.path.rsplit_once('/').map_or("", |(p, _)| p);
+        check_fields(
+            cx,
+            entity,
+            ename,
+            parent,
+            std::iter::once(f.field.clone()),
+            false,
+        );
         check_template(cx, &f.value, scope);
+        if let Some(w) = &f.when {
+            check_expr(cx, w, scope);
+            check_shape(cx, w, scope, Want::Bool);
+        }
+        check_operand(cx, entity, ename, f, scope);
+    }
+}
+
+/// An operand that certainly does not fit its comparison: a literal that
+/// is not a list for `in`/`notIn`, not a bool for `isNull`, a text
+/// comparison on a field that is not a string or with a literal that is
+/// not one.
+fn check_operand(cx: &mut Cx, entity: Option<&Entity>, ename: &str, f: &Filter, scope: &Scope) {
+    let at = child(&f.path, f.op.name());
+    let literal = match &f.value {
+        Template::Literal(v) => Some(a_json(v).to_owned()),
+        Template::Object(_) => Some("an object".to_owned()),
+        Template::Array(_) => Some("a list".to_owned()),
+        Template::Expr(_) => None,
+    };
+    let wrong = |cx: &mut Cx, need: &str, found: &str, help: &str| {
+        cx.error(
+            Diagnostic::new(
+                "wrong-type",
+                at.clone(),
+                format!("`{}` needs {need}, and this is {found}", f.op.name()),
+            )
+            .help(help),
+        );
+    };
+    match f.op {
+        FilterOp::In | FilterOp::NotIn => {
+            if let Some(found) = literal.filter(|_| !matches!(f.value, Template::Array(_))) {
+                wrong(
+                    cx,
+                    "a list",
+                    &found,
+                    "write a list (`[\"'a'\", \"'b'\"]`) or an expression that gives one (`input.statuses`)",
+                );
+            }
+        }
+        FilterOp::IsNull => match &f.value {
+            Template::Literal(Value::Bool(_)) => {}
+            Template::Expr(x) => check_shape(cx, x, scope, Want::Bool),
+            _ => wrong(
+                cx,
+                "true or false",
+                literal.as_deref().unwrap_or("something else"),
+                "write `{\"isNull\": true}` (the field is null) or `{\"isNull\": false}`",
+            ),
+        },
+        FilterOp::StartsWith | FilterOp::Contains | FilterOp::IContains => {
+            if let Some(found) = literal {
+                wrong(
+                    cx,
+                    "a string",
+                    &found,
+                    "write a string expression (`input.q`, `'abc'`)",
+                );
+            }
+            if let Some(ty) = entity.and_then(|e| e.column_type(&f.field))
+                && ty != FieldType::String
+            {
+                cx.error(
+                    Diagnostic::new(
+                        "wrong-type",
+                        at.clone(),
+                        format!(
+                            "`{}` compares text, and `{ename}.{}` is not a string field",
+                            f.op.name(),
+                            f.field
+                        ),
+                    )
+                    .help("use it on a `string` field, or compare this one with eq, in, lt…"),
+                );
+            }
+        }
+        _ => {}
     }
 }
 
@@ -1070,7 +1158,6 @@ fn check_node(cx: &mut Cx, spec: &Spec, scope: &Scope, row_scope: &Scope, node: 
                 spec,
                 e,
                 entity,
-                path,
                 filters.as_deref().unwrap_or_default(),
                 scope,
             );
@@ -1149,7 +1236,7 @@ fn check_read(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
     let path = node.path.as_str();
     let ent = |cx: &mut Cx, name: &str| entity_ref(cx, spec, &child(path, "entity"), name);
     let e = ent(cx, entity);
-    check_filters(cx, spec, e, entity, path, filters, scope);
+    check_filters(cx, spec, e, entity, filters, scope);
     if let Some(e) = e {
         for (i, o) in order_by.iter().enumerate() {
             if !e.has_column(&o.field) {

@@ -383,14 +383,16 @@ pub(crate) fn spec(cx: &mut Cx, v: &Value) -> Spec {
     };
     o.asked.push("$schema");
     match o.req(cx, "sinew") {
-        Some(Value::String(s)) if s == "0.1" => {}
+        // 0.2 adds constructs and changes none of 0.1's meaning: a spec
+        // may use what this sinew implements under either version.
+        Some(Value::String(s)) if s == "0.1" || s == "0.2" => {}
         Some(other) => cx.error(
             Diagnostic::new(
                 "unsupported-version",
                 "/sinew",
                 format!("unsupported format version {other}"),
             )
-            .help("this sinew reads format `\"0.1\"`"),
+            .help("this sinew reads formats `\"0.1\"` and `\"0.2\"`"),
         ),
         None => {}
     }
@@ -1312,50 +1314,119 @@ fn limit(cx: &mut Cx, o: &mut Obj) -> Option<Limit> {
     }
 }
 
-fn filters(cx: &mut Cx, v: &Value, path: &str) -> Vec<Filter> {
+/// The names a `where` object gives its combinators (never field names).
+pub(crate) const COMBINATORS: [&str; 3] = ["and", "or", "not"];
+
+/// A `where` object: its members, all of which must hold.
+fn filters(cx: &mut Cx, v: &Value, path: &str) -> Vec<Where> {
+    filters_at(cx, v, path, 0)
+}
+
+/// How deep `and`/`or`/`not` may nest (a guard against runaway specs).
+const MAX_WHERE_DEPTH: usize = 8;
+
+fn filters_at(cx: &mut Cx, v: &Value, path: &str, depth: usize) -> Vec<Where> {
     let Value::Object(m) = v else {
         wrong_type(cx, path, "an object (`{\"field\": expression}`)", v);
         return Vec::new();
     };
+    if depth > MAX_WHERE_DEPTH {
+        cx.error(Diagnostic::new(
+            "invalid-value",
+            path,
+            format!("`and`, `or` and `not` nest at most {MAX_WHERE_DEPTH} deep"),
+        ));
+        return Vec::new();
+    }
     let mut out = Vec::new();
-    for (field, v) in m {
-        let p = child(path, field);
-        if !check_name(cx, &p, field, "a field name") {
-            continue;
-        }
-        match v {
-            Value::Object(ops) => {
-                if ops.is_empty() {
+    for (key, v) in m {
+        let p = child(path, key);
+        match key.as_str() {
+            "and" | "or" => {
+                let Value::Array(items) = v else {
+                    wrong_type(cx, &p, "a list of `where` objects", v);
+                    continue;
+                };
+                if items.is_empty() {
                     cx.error(
-                        Diagnostic::new("invalid-value", p.clone(), "an empty condition")
-                            .help("write `{\"gte\": expression}` or another of eq, ne, lt, lte, gt, gte, in"),
+                        Diagnostic::new("invalid-value", p.clone(), format!("an empty `{key}`"))
+                            .help("give it at least one `where` object"),
                     );
                 }
-                for (op, v) in ops {
-                    let op_path = child(&p, op);
-                    let Some(op) = one_of(cx, &op_path, op, "comparison", FilterOp::ALL) else {
-                        continue;
-                    };
-                    if v.is_object() {
-                        wrong_type(cx, &op_path, "an expression, a literal or a list", v);
-                        continue;
-                    }
-                    out.push(Filter {
-                        field: field.clone(),
-                        op,
-                        value: template(cx, v, &op_path),
-                    });
+                let members = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| {
+                        Where::All(filters_at(cx, item, &child(&p, &i.to_string()), depth + 1))
+                    })
+                    .collect();
+                out.push(if key == "and" {
+                    Where::All(members)
+                } else {
+                    Where::Any(members)
+                });
+            }
+            "not" => out.push(Where::Not(Box::new(Where::All(filters_at(
+                cx,
+                v,
+                &p,
+                depth + 1,
+            ))))),
+            field => {
+                if check_name(cx, &p, field, "a field name") {
+                    field_filters(cx, field, v, &p, &mut out);
                 }
             }
-            Value::Array(_) => wrong_type(cx, &p, "an expression or `{\"in\": …}`", v),
-            other => out.push(Filter {
-                field: field.clone(),
-                op: FilterOp::Eq,
-                value: template(cx, other, &p),
-            }),
         }
     }
     out
+}
+
+/// The conditions on one field: an expression (equality) or an object of
+/// comparisons, with an optional `when`.
+fn field_filters(cx: &mut Cx, field: &str, v: &Value, p: &str, out: &mut Vec<Where>) {
+    match v {
+        Value::Object(ops) => {
+            let when = ops
+                .get("when")
+                .and_then(|w| expression(cx, w, &child(p, "when")));
+            if ops.keys().all(|k| k == "when") {
+                cx.error(
+                    Diagnostic::new("invalid-value", p, "an empty condition").help(
+                        "write `{\"gte\": expression}` or another of eq, ne, lt, lte, gt, gte, in, notIn, isNull, startsWith, contains, icontains",
+                    ),
+                );
+            }
+            for (op, v) in ops {
+                if op == "when" {
+                    continue;
+                }
+                let op_path = child(p, op);
+                let Some(op) = one_of(cx, &op_path, op, "comparison", FilterOp::ALL) else {
+                    continue;
+                };
+                if v.is_object() {
+                    wrong_type(cx, &op_path, "an expression, a literal or a list", v);
+                    continue;
+                }
+                out.push(Where::Field(Filter {
+                    field: field.to_owned(),
+                    op,
+                    value: template(cx, v, &op_path),
+                    path: p.to_owned(),
+                    when: when.clone(),
+                }));
+            }
+        }
+        Value::Array(_) => wrong_type(cx, p, "an expression or `{\"in\": …}`", v),
+        other => out.push(Where::Field(Filter {
+            field: field.to_owned(),
+            op: FilterOp::Eq,
+            value: template(cx, other, p),
+            path: p.to_owned(),
+            when: None,
+        })),
+    }
 }
 
 fn order_by(cx: &mut Cx, v: &Value, path: &str) -> Vec<Order> {
