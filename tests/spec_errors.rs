@@ -584,10 +584,13 @@ fn duplicate_name() {
 
 #[test]
 fn unsupported_version() {
-    let l = load_with(|v| v["sinew"] = json!("0.2"));
+    let l = load_with(|v| v["sinew"] = json!("0.3"));
     let d = only_error(&l, "unsupported-version", "/sinew");
-    assert_message(d, "\"0.2\"");
-    assert_help(d, "0.1");
+    assert_message(d, "\"0.3\"");
+    assert_help(d, "\"0.2\"");
+    // 0.2 is read, with 0.1's meaning unchanged.
+    let l = load_with(|v| v["sinew"] = json!("0.2"));
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
 
     let l = load_with(|v| v["sinew"] = json!(0.1));
     only_error(&l, "unsupported-version", "/sinew");
@@ -1497,4 +1500,81 @@ fn messages_use_the_right_article() {
     assert_eq!(sinew_core::diag::a_code("Appointment"), "an `Appointment`");
     assert_eq!(sinew_core::diag::a_code("Order"), "an `Order`");
     assert_eq!(sinew_core::diag::a_code("Product"), "a `Product`");
+}
+
+/// Format 0.2's `where`: each mistake is found where it is, once, however
+/// deep it sits in `and`/`or`/`not`.
+#[test]
+fn where_operands_are_checked_at_their_pointers() {
+    let w = format!("{GET}/product/where");
+    let set = |w0: Value| {
+        load_with(move |v| {
+            at(v, &format!("{GET}/product"))["where"] = w0;
+        })
+    };
+    // An unknown field inside `or`, with the did-you-mean.
+    let l = set(json!({"or": [{"id": "input.id"}, {"skuu": {"startsWith": "'A'"}}]}));
+    let d = only_error(&l, "unknown-field", &format!("{w}/or/1/skuu"));
+    assert_help(d, "sku");
+    // A text comparison on an integer field.
+    let l = set(json!({"id": "input.id", "price": {"contains": "'1'"}}));
+    let d = only_error(&l, "expr-type", &format!("{w}/price/contains"));
+    assert_message(d, "not a string field");
+    // A literal that is not a list for notIn, under `not`.
+    let l = set(json!({"id": "input.id", "not": {"stock": {"notIn": 3}}}));
+    let d = only_error(&l, "expr-type", &format!("{w}/not/stock/notIn"));
+    assert_message(d, "a list");
+    // isNull takes true or false.
+    let l = set(json!({"id": "input.id", "name": {"isNull": 1}}));
+    only_error(&l, "expr-type", &format!("{w}/name/isNull"));
+    // `when` must be a condition.
+    let l = set(json!({"id": "input.id", "stock": {"gt": 0, "when": "5"}}));
+    only_error(&l, "expr-type", &format!("{w}/stock/when"));
+    // An unknown operator, with the list of the known ones.
+    let l = set(json!({"id": "input.id", "name": {"like": "'A%'"}}));
+    let d = error(&l, "invalid-value", &format!("{w}/name/like"));
+    assert_help(d, "startsWith");
+    // `or` takes a list, and not an empty one.
+    let l = set(json!({"id": "input.id", "or": {"sku": "'A'"}}));
+    only_error(&l, "wrong-type", &format!("{w}/or"));
+    let l = set(json!({"id": "input.id", "or": []}));
+    only_error(&l, "invalid-value", &format!("{w}/or"));
+    // All of it together, written right, loads and stays Green.
+    let l = set(json!({
+        "id": "input.id",
+        "or": [{"name": {"icontains": "'tea'"}}, {"sku": {"startsWith": "'T'"}}],
+        "not": {"stock": {"lt": 1, "when": "has(input.id)"}},
+        "sku": {"notIn": ["'X'"], "when": "true"},
+        "and": [{"name": {"isNull": false}}]
+    }));
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    assert_eq!(risk::analyze(&l).level, Level::Green);
+}
+
+#[test]
+fn a_combinator_cannot_name_a_field() {
+    let l = load_with(|v| {
+        at(v, "/entities/Product/fields")["not"] = json!({"type": "string"});
+    });
+    only_error(&l, "reserved-field", "/entities/Product/fields/not");
+}
+
+/// An update whose every condition may be left out by its `when` can
+/// change every row: Red, as with no `where` at all.
+#[test]
+fn an_update_whose_where_may_vanish_is_unbounded() {
+    let l = load_with(|v| {
+        at(v, &format!("{BODY}/take"))["where"] =
+            json!({"id": {"eq": "product.id", "when": "has(input.sku)"}});
+        at(v, &format!("{BODY}/take"))["one"] = json!(false);
+    });
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    let report = risk::analyze(&l);
+    let codes: Vec<&str> = report
+        .findings()
+        .filter(|f| f.tool == "place_order")
+        .map(|f| f.code.as_str())
+        .collect();
+    assert!(codes.contains(&"unbounded-update"), "{codes:?}");
+    assert_eq!(report.level, Level::Red);
 }

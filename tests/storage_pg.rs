@@ -295,8 +295,20 @@ impl Lcg {
     }
 }
 
-const TEXTS: &[&str] = &["Alpha", "alpha", "ALPHA beta", "bet", "", "Äpfel", "äpfel", "x%_y", "a\\b"];
-const NEEDLES: &[&str] = &["a", "A", "alp", "ALP", "", "ä", "Ä", "%", "_", "\\", "et", "zz"];
+const TEXTS: &[&str] = &[
+    "Alpha",
+    "alpha",
+    "ALPHA beta",
+    "bet",
+    "",
+    "Äpfel",
+    "äpfel",
+    "x%_y",
+    "a\\b",
+];
+const NEEDLES: &[&str] = &[
+    "a", "A", "alp", "ALP", "", "ä", "Ä", "%", "_", "\\", "et", "zz",
+];
 
 fn value_for(rng: &mut Lcg, field: &str) -> Value {
     match field {
@@ -397,8 +409,12 @@ fn where_finds_the_rows_the_in_memory_store_finds() {
         let spec = loaded.spec;
         let url = cluster.database().await;
         let mut admin = connect_url(&url).await;
-        let plan = sinew_host::pg::migrate::plan(None, &spec, false).await.unwrap();
-        sinew_host::pg::migrate::apply(&mut admin, &spec, &plan).await.unwrap();
+        let plan = sinew_host::pg::migrate::plan(None, &spec, false)
+            .await
+            .unwrap();
+        sinew_host::pg::migrate::apply(&mut admin, &spec, &plan)
+            .await
+            .unwrap();
         let db = PgBackend::new(url.parse().unwrap(), &spec, 2, None);
         let mut memory = sinew_core::ports::memory::MemoryStorage::new();
         memory.declare(&spec);

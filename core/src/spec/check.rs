@@ -1081,7 +1081,7 @@ fn check_operand(cx: &mut Cx, entity: Option<&Entity>, ename: &str, f: &Filter, 
     let wrong = |cx: &mut Cx, need: &str, found: &str, help: &str| {
         cx.error(
             Diagnostic::new(
-                "wrong-type",
+                "expr-type",
                 at.clone(),
                 format!("`{}` needs {need}, and this is {found}", f.op.name()),
             )
@@ -1123,7 +1123,7 @@ fn check_operand(cx: &mut Cx, entity: Option<&Entity>, ename: &str, f: &Filter, 
             {
                 cx.error(
                     Diagnostic::new(
-                        "wrong-type",
+                        "expr-type",
                         at.clone(),
                         format!(
                             "`{}` compares text, and `{ename}.{}` is not a string field",

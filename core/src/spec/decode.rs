@@ -1402,7 +1402,21 @@ fn field_filters(cx: &mut Cx, field: &str, v: &Value, p: &str, out: &mut Vec<Whe
                     continue;
                 }
                 let op_path = child(p, op);
-                let Some(op) = one_of(cx, &op_path, op, "comparison", FilterOp::ALL) else {
+                let Some(op) = FilterOp::ALL.iter().find(|(n, _)| n == op).map(|(_, o)| *o) else {
+                    let names: Vec<&str> = FilterOp::ALL.iter().map(|(n, _)| *n).collect();
+                    let mut help = suggest(op, names.iter().copied(), "");
+                    if !help.starts_with("did you mean") {
+                        let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+                        help = format!("use one of {}, and `when`", quoted.join(", "));
+                    }
+                    cx.error(
+                        Diagnostic::new(
+                            "invalid-value",
+                            op_path,
+                            format!("`{op}` is not a comparison"),
+                        )
+                        .help(help),
+                    );
                     continue;
                 };
                 if v.is_object() {
