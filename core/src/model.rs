@@ -490,7 +490,7 @@ pub struct Filter {
 #[derive(Debug, Clone)]
 pub enum Where {
     /// One comparison on a field.
-    Field(Filter),
+    Field(Box<Filter>),
     /// `and`: every member holds.
     All(Vec<Where>),
     /// `or`: at least one member holds.

@@ -3857,7 +3857,7 @@ mod tests {
     }
 
     /// A random predicate: mostly comparisons, sometimes `and`, `or`, `not`.
-    pub(super) fn random_predicate(rng: &mut Lcg, depth: u32) -> Predicate {
+    fn random_predicate(rng: &mut Lcg, depth: u32) -> Predicate {
         if depth >= 2 || rng.chance(60) {
             return random_condition(rng).into();
         }

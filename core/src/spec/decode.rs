@@ -1423,23 +1423,23 @@ fn field_filters(cx: &mut Cx, field: &str, v: &Value, p: &str, out: &mut Vec<Whe
                     wrong_type(cx, &op_path, "an expression, a literal or a list", v);
                     continue;
                 }
-                out.push(Where::Field(Filter {
+                out.push(Where::Field(Box::new(Filter {
                     field: field.to_owned(),
                     op,
                     value: template(cx, v, &op_path),
                     path: p.to_owned(),
                     when: when.clone(),
-                }));
+                })));
             }
         }
         Value::Array(_) => wrong_type(cx, p, "an expression or `{\"in\": …}`", v),
-        other => out.push(Where::Field(Filter {
+        other => out.push(Where::Field(Box::new(Filter {
             field: field.to_owned(),
             op: FilterOp::Eq,
             value: template(cx, other, p),
             path: p.to_owned(),
             when: None,
-        })),
+        }))),
     }
 }
 
