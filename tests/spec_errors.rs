@@ -1578,3 +1578,26 @@ fn an_update_whose_where_may_vanish_is_unbounded() {
     assert!(codes.contains(&"unbounded-update"), "{codes:?}");
     assert_eq!(report.level, Level::Red);
 }
+
+#[test]
+fn count_needs_a_page_and_a_page_is_not_one_row() {
+    let l = load_with(|v| {
+        at(v, &format!("{GET}/product"))["count"] = json!(true);
+    });
+    let d = only_error(&l, "invalid-value", &format!("{GET}/product/count"));
+    assert_help(d, "\"page\": true");
+    let l = load_with(|v| {
+        at(v, &format!("{GET}/product"))["page"] = json!(true);
+    });
+    only_error(&l, "invalid-value", &format!("{GET}/product/page"));
+    // A paged read binds `rows`, `next` (and `total` with `count`).
+    let l = load_with(|v| {
+        let read = at(v, &format!("{GET}/product"));
+        read["one"] = json!(false);
+        read["page"] = json!(true);
+        read["limit"] = json!(10);
+        at(v, &format!("{GET}/done"))["value"] = json!({"price": "product.total"});
+    });
+    let d = only_error(&l, "unknown-field", &format!("{GET}/done/value/price"));
+    assert_help(d, "rows");
+}

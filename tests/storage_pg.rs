@@ -391,7 +391,8 @@ fn random_predicate(rng: &mut Lcg, depth: u32) -> Predicate {
     }
 }
 
-/// `where` on Postgres finds exactly the rows the in-memory store finds,
+/// `where` on Postgres finds exactly the rows the in-memory store finds
+/// (and counts them alike: `read_counted`),
 /// for random predicates over text, nullable text, nullable integers and
 /// ids: every operator (`%`, `_` and `\\` in a needle are plain
 /// characters, `icontains` folds ASCII letters only), `and`/`or`/`not`
@@ -462,7 +463,46 @@ fn where_finds_the_rows_the_in_memory_store_finds() {
             let got = ids(db.read(None, "Item", &q).await.unwrap());
             assert_eq!(got, want, "case {case}: {:?}", q.filters);
             nonempty += usize::from(!want.is_empty() && want.len() < 12);
+            // Counted, after a cursor and under a limit: the same page and
+            // the same total (which ignores both), from one statement.
+            let q = Query {
+                limit: Some(rng.below(4)),
+                after: Some(vec![json!(format!(
+                    "00000000-0000-4000-8000-{:012}",
+                    rng.below(12)
+                ))]),
+                ..q
+            };
+            let (rows, total) = memory.read_counted(None, "Item", &q).unwrap();
+            let (got_rows, got_total) = db.read_counted(None, "Item", &q).await.unwrap();
+            assert_eq!(
+                (ids(got_rows), got_total),
+                (ids(rows), total),
+                "counted case {case}: {:?}",
+                q
+            );
+            assert_eq!(
+                total as usize,
+                want.len(),
+                "the total ignores cursor and limit"
+            );
         }
+        // A locking page with its count: Postgres takes FOR UPDATE inside
+        // the lateral page of the one statement.
+        let q = Query {
+            filters: vec![],
+            order: vec![SortKey {
+                field: "id".into(),
+                desc: true,
+            }],
+            limit: Some(2),
+            after: None,
+            lock: true,
+        };
+        let tx = db.begin(Isolation::ReadCommitted, None).await.unwrap();
+        let (rows, total) = db.read_counted(Some(tx), "Item", &q).await.unwrap();
+        assert_eq!((rows.len(), total), (2, 12));
+        db.rollback(tx).await.unwrap();
         // The cases are not all trivially empty or full.
         assert!(nonempty > 100, "only {nonempty} discriminating cases");
     });

@@ -501,23 +501,7 @@ impl<'a> Run<'a> {
 
     fn run_node(&mut self, id: &str, node: &Node) -> Result<Step, Problem> {
         let bound = match &node.kind {
-            NodeKind::Read {
-                entity,
-                filters,
-                order_by,
-                limit,
-                after,
-                one,
-                lock,
-            } => self.read(
-                entity,
-                filters,
-                order_by,
-                limit.as_ref(),
-                after.as_ref(),
-                *one,
-                *lock,
-            )?,
+            NodeKind::Read { .. } => self.read(node)?,
             NodeKind::Create { entity, values } => self.create(id, entity, values)?,
             NodeKind::Update {
                 entity,
@@ -572,18 +556,24 @@ impl<'a> Run<'a> {
 
     // -- one method per kind of node ---------------------------------------
 
-    /// `read`: the rows (or with `one`, the row) the caller may see.
-    #[expect(clippy::too_many_arguments, reason = "the keys of a read node, once")]
-    fn read(
-        &mut self,
-        entity: &str,
-        filters: &[crate::model::Where],
-        order_by: &[crate::model::Order],
-        limit: Option<&Limit>,
-        after: Option<&Expression>,
-        one: bool,
-        lock: bool,
-    ) -> Result<Value, Problem> {
+    /// `read`: the rows (or with `one`, the row; with `page`, a page of
+    /// them) the caller may see.
+    fn read(&mut self, node: &Node) -> Result<Value, Problem> {
+        let NodeKind::Read {
+            entity,
+            filters,
+            order_by,
+            limit,
+            after,
+            one,
+            lock,
+            page,
+            count,
+        } = &node.kind
+        else {
+            return Err(Problem::spec_error("not a read node"));
+        };
+        let (one, page) = (*one, *page);
         let e = self.entity(entity)?;
         let mut conditions = self.conditions(e, entity, filters)?;
         self.owner_filter(e, &mut conditions)?;
@@ -607,14 +597,19 @@ impl<'a> Run<'a> {
         };
         let query_limit = if one {
             Some(limit.unwrap_or(2).min(2))
+        } else if page {
+            // One more than the page: whether there is a next one.
+            limit.map(|n| n.saturating_add(1))
         } else {
             limit
         };
-        let after = match after {
-            Some(x) => self.cursor(e, entity, x, &order)?,
-            None => None,
+        let read_id = page.then(|| crate::cursor::read_id(&node.path, entity, &order));
+        let after = match (after, &read_id) {
+            (Some(x), Some(id)) => self.page_cursor(x, id, order.len())?,
+            (Some(x), None) => self.cursor(e, entity, x, &order)?,
+            (None, _) => None,
         };
-        let lock = lock && !self.open.is_empty();
+        let lock = *lock && !self.open.is_empty();
         let query = Query {
             filters: conditions,
             order,
@@ -623,11 +618,49 @@ impl<'a> Run<'a> {
             lock,
         };
         let tx = self.current_tx();
-        let rows = self
-            .storage
-            .read(tx, entity, &query)
-            .map_err(storage_problem)?;
+        let (mut rows, total) = if *count {
+            let (rows, total) = self
+                .storage
+                .read_counted(tx, entity, &query)
+                .map_err(storage_problem)?;
+            (rows, Some(total))
+        } else {
+            let rows = self
+                .storage
+                .read(tx, entity, &query)
+                .map_err(storage_problem)?;
+            (rows, None)
+        };
         self.count_rows(rows.len() as u64, 0)?;
+        if let Some(read_id) = read_id {
+            let next = match limit {
+                Some(n) if rows.len() as u64 > n => {
+                    rows.truncate(usize::try_from(n).unwrap_or(usize::MAX));
+                    rows.last().map(|last| {
+                        let keys = query
+                            .order
+                            .iter()
+                            .map(|k| last.get(&k.field).cloned().unwrap_or(Json::Null))
+                            .collect();
+                        Value::String(crate::cursor::encode(&read_id, keys))
+                    })
+                }
+                _ => None,
+            };
+            let mut m = crate::expr::value::Map::default();
+            m.insert(
+                "rows".into(),
+                Value::List(rows.iter().map(|r| row_to_value(e, r)).collect()),
+            );
+            m.insert("next".into(), next.unwrap_or(Value::Null));
+            if let Some(total) = total {
+                m.insert(
+                    "total".into(),
+                    Value::Int(i64::try_from(total).unwrap_or(i64::MAX)),
+                );
+            }
+            return Ok(Value::Map(m));
+        }
         let value = if one {
             match rows.as_slice() {
                 [] => {
@@ -646,6 +679,30 @@ impl<'a> Run<'a> {
             Value::List(rows.iter().map(|r| row_to_value(e, r)).collect())
         };
         Ok(value)
+    }
+
+    /// The sort keys a paged read's `after` names: none for the first page
+    /// (`null`, absent, `""`), else those of a `next` this read gave.
+    fn page_cursor(
+        &self,
+        x: &Expression,
+        read_id: &str,
+        keys: usize,
+    ) -> Result<Option<Vec<Json>>, Problem> {
+        match self.eval(x, None)? {
+            Value::Null => Ok(None),
+            Value::String(s) if s.is_empty() => Ok(None),
+            Value::String(s) => crate::cursor::decode(read_id, &s, keys)
+                .map(Some)
+                .map_err(|why| Problem::new(Code::InvalidCursor, why)),
+            other => Err(Problem::new(
+                Code::InvalidCursor,
+                format!(
+                    "a paging cursor is the `next` of a page, a string; found {}",
+                    other.a_type()
+                ),
+            )),
+        }
     }
 
     /// `create`: one new row, owned by the caller where the entity is owned.

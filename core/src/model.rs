@@ -723,12 +723,18 @@ pub enum NodeKind {
         order_by: Vec<Order>,
         /// At most this many rows.
         limit: Option<Limit>,
-        /// Cursor.
+        /// Cursor: with `page`, the `next` of the previous page; without,
+        /// the id of the last row seen.
         after: Option<Expression>,
         /// Exactly one row, else not found.
         one: bool,
         /// FOR UPDATE.
         lock: bool,
+        /// Binds `{"rows", "next"}` (and `"total"` with `count`) instead
+        /// of the list of rows.
+        page: bool,
+        /// With `page`: `"total"`, the number of rows the `where` matches.
+        count: bool,
     },
     /// Insert one row.
     Create {

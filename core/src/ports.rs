@@ -272,6 +272,15 @@ pub trait Storage {
         entity: &str,
         query: &Query,
     ) -> Result<Vec<Row>, StorageError>;
+    /// Reads rows of `entity` as [`Storage::read`] does, and counts the
+    /// live rows its filters match, ignoring its cursor and its limit, in
+    /// the same snapshot (on Postgres, one statement).
+    fn read_counted(
+        &mut self,
+        tx: Option<TxId>,
+        entity: &str,
+        query: &Query,
+    ) -> Result<(Vec<Row>, u64), StorageError>;
     /// Inserts a complete row (the core has set every column, `version` 1).
     fn insert(&mut self, tx: TxId, entity: &str, row: &Row) -> Result<Row, StorageError>;
     /// Changes columns of row `id` if its version is still

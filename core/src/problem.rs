@@ -38,6 +38,9 @@ macro_rules! codes {
 codes! {
     /// The input does not match the tool's schema.
     InvalidInput = 400 "invalid_input",
+    /// A paging cursor that no page of this read gave (tampered with, cut,
+    /// or from another read or spec).
+    InvalidCursor = 400 "invalid_cursor",
     /// The body is not JSON, or nests too deeply.
     InvalidJson = 400 "invalid_json",
     /// The body could not be read.

@@ -46,6 +46,18 @@ impl Storage for Blocking<'_> {
         self.handle
             .block_on(self.backends.storage.read(tx.map(|t| t.0), entity, q))
     }
+    fn read_counted(
+        &mut self,
+        tx: Option<TxId>,
+        entity: &str,
+        q: &Query,
+    ) -> Result<(Vec<Row>, u64), StorageError> {
+        self.handle.block_on(
+            self.backends
+                .storage
+                .read_counted(tx.map(|t| t.0), entity, q),
+        )
+    }
     fn insert(&mut self, tx: TxId, entity: &str, row: &Row) -> Result<Row, StorageError> {
         self.handle
             .block_on(self.backends.storage.insert(tx.0, entity, row))

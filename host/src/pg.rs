@@ -456,10 +456,8 @@ impl PgBackend {
         q: &Query,
         params: &mut Params,
     ) -> Result<String, StorageError> {
-        let mut sql = format!(
-            "SELECT {} FROM {} WHERE \"deleted_at\" IS NULL",
-            table.select, table.sql
-        );
+        let filters = where_sql(table, q, params)?;
+        let mut sql = format!("SELECT {} FROM {} WHERE {filters}", table.select, table.sql);
         let column = |name: &str| {
             table
                 .column(name)
@@ -469,10 +467,6 @@ impl PgBackend {
             params.push(Some(v));
             format!("${}::text::{}", params.len(), ty.sql())
         };
-        for p in &q.filters {
-            let cond = predicate_sql(table, p, false, params)?;
-            let _ = write!(sql, " AND {cond}");
-        }
         if let Some(after) = &q.after {
             let mut ors = Vec::new();
             for (i, (key, v)) in q.order.iter().zip(after).enumerate() {
@@ -792,6 +786,16 @@ fn bind<'t>(
 
 /// A column for comparisons and sorting: text compares by bytes, as
 /// everywhere else in sinew.
+/// The conditions of a query's rows: live, and its filters.
+fn where_sql(table: &Table, q: &Query, params: &mut Params) -> Result<String, StorageError> {
+    let mut sql = "\"deleted_at\" IS NULL".to_owned();
+    for p in &q.filters {
+        let cond = predicate_sql(table, p, false, params)?;
+        let _ = write!(sql, " AND {cond}");
+    }
+    Ok(sql)
+}
+
 /// The SQL of a predicate, read with two values as every engine reads it:
 /// under `not` (`negated`), a comparison that SQL would find unknown
 /// (a null column) counts as false before it is negated, so `not` of it
@@ -1015,6 +1019,51 @@ impl StorageBackend for PgBackend {
             root.remember(entity, &rows);
         }
         Ok(rows)
+    }
+
+    async fn read_counted(
+        &self,
+        tx: Option<u64>,
+        entity: &str,
+        q: &Query,
+    ) -> Result<(Vec<Row>, u64), StorageError> {
+        let table = self.table(entity)?;
+        let mut params = Params::new();
+        let page = self.query_sql(table, q, &mut params)?;
+        let matching = where_sql(table, q, &mut params)?;
+        // One statement: the count always gives one row, and the page joins
+        // it (none of its columns set when the page is empty).
+        let sql = format!(
+            "SELECT r.*, c.total FROM (SELECT count(*)::text AS total FROM {} WHERE {matching}) AS c \
+             LEFT JOIN LATERAL ({page}) AS r ON TRUE",
+            table.sql
+        );
+        let root = match tx {
+            Some(tx) => Some(self.handle(tx)?.root.clone()),
+            None if q.lock => return Err(invalid("a locking read needs a transaction")),
+            None => None,
+        };
+        let found = self
+            .on(tx, async |c| {
+                let s = c.prepare(&sql).await?;
+                c.client.query(&s, &refs(&params)).await
+            })
+            .await?;
+        let width = table.width();
+        let total = found
+            .first()
+            .and_then(|r| r.try_get::<_, Option<&str>>(width).ok().flatten())
+            .and_then(|t| t.parse::<u64>().ok())
+            .ok_or_else(|| invalid("the count did not come back"))?;
+        let rows: Vec<Row> = found
+            .iter()
+            .filter(|r| r.try_get::<_, Option<&str>>(0).ok().flatten().is_some())
+            .map(|r| table.row(r))
+            .collect();
+        if let (Some(root), true) = (&root, q.lock) {
+            root.remember(entity, &rows);
+        }
+        Ok((rows, total))
     }
 
     async fn insert(&self, tx: u64, entity: &str, row: &Row) -> Result<Row, StorageError> {

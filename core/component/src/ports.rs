@@ -149,6 +149,21 @@ impl ports::Storage for WitStorage {
         rows(list.map_err(error)?)
     }
 
+    fn read_counted(
+        &mut self,
+        tx: Option<TxId>,
+        entity: &str,
+        q: &Query,
+    ) -> Result<(Vec<Row>, u64), StorageError> {
+        let q = query(q);
+        let counted = match tx {
+            Some(t) => self.tx(t)?.read_counted(entity, &q),
+            None => storage::read_counted(entity, &q),
+        }
+        .map_err(error)?;
+        Ok((rows(counted.rows)?, counted.total))
+    }
+
     fn insert(&mut self, tx: TxId, entity: &str, r: &Row) -> Result<Row, StorageError> {
         let text = json(r);
         row(&self.tx(tx)?.insert(entity, &text).map_err(error)?)

@@ -380,6 +380,82 @@ impl MemoryStorage {
         }
     }
 
+    /// The rows a query reads, and how many live rows its filters match
+    /// (before its cursor and its limit).
+    fn read_and_count(
+        &mut self,
+        tx: Option<TxId>,
+        entity: &str,
+        query: &Query,
+    ) -> Result<(Vec<Row>, u64), StorageError> {
+        check_query(query)?;
+        let (chain, root, seq) = match tx {
+            None => (Vec::new(), None, self.seq),
+            Some(t) => {
+                let chain = self.chain(t.0)?;
+                let root = self.get_tx(t.0)?.root;
+                let seq = self.read_seq(root)?;
+                (chain, Some(root), seq)
+            }
+        };
+        let total;
+        let rows: Vec<(String, Row)> = {
+            let candidates: Vec<(&str, &Row)> = match id_candidates(&query.filters) {
+                // A lookup by id: no scan.
+                Some(ids) => ids
+                    .into_iter()
+                    .filter_map(|id| self.visible(&chain, entity, id, seq).map(|r| (id, r)))
+                    .collect(),
+                None => self.merged(&chain, entity, seq).into_iter().collect(),
+            };
+            let cols = self.columns(entity);
+            let mut rows: Vec<(&str, &Row)> = candidates
+                .into_iter()
+                .filter(|(_, row)| is_live(row) && matches_all(row, &query.filters, cols))
+                .collect();
+            rows.sort_by(|a, b| compare_rows(a.1, b.1, &query.order, cols));
+            total = rows.len() as u64;
+            if let Some(after) = &query.after {
+                rows.retain(|(_, row)| {
+                    compare_to_cursor(row, after, &query.order, cols) == Ordering::Greater
+                });
+            }
+            if let Some(limit) = query.limit {
+                rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            }
+            rows.into_iter()
+                .map(|(id, row)| (id.to_owned(), row.clone()))
+                .collect()
+        };
+        if query.lock {
+            let repeatable = match root {
+                Some(r) => self.get_tx(r)?.repeatable(),
+                None => false,
+            };
+            for (id, _) in &rows {
+                self.check_lock(root, entity, id)?;
+                if repeatable
+                    && self.overlay_row(&chain, entity, id).is_none()
+                    && self.latest(entity, id).is_some_and(|v| v.seq > seq)
+                {
+                    return Err(conflict(format!(
+                        "could not serialize access: `{entity}` row `{id}` was changed by a concurrent transaction"
+                    )));
+                }
+            }
+            for (id, _) in &rows {
+                self.take_lock(&chain, entity, id);
+            }
+        }
+        if let Some(r) = root {
+            let t = self.get_tx_mut(r)?;
+            if matches!(t.isolation, Isolation::Serializable) {
+                t.reads.push((entity.to_owned(), query.filters.clone()));
+            }
+        }
+        Ok((rows.into_iter().map(|(_, row)| row).collect(), total))
+    }
+
     /// Inserts a committed row directly (test seeds, `sinew run`). The row
     /// needs a string `id` that is not taken (`Invalid`, `Conflict`) and must
     /// respect the unique fields among committed live rows (`Unique`).
@@ -1242,70 +1318,16 @@ impl Storage for MemoryStorage {
         entity: &str,
         query: &Query,
     ) -> Result<Vec<Row>, StorageError> {
-        check_query(query)?;
-        let (chain, root, seq) = match tx {
-            None => (Vec::new(), None, self.seq),
-            Some(t) => {
-                let chain = self.chain(t.0)?;
-                let root = self.get_tx(t.0)?.root;
-                let seq = self.read_seq(root)?;
-                (chain, Some(root), seq)
-            }
-        };
-        let rows: Vec<(String, Row)> = {
-            let candidates: Vec<(&str, &Row)> = match id_candidates(&query.filters) {
-                // A lookup by id: no scan.
-                Some(ids) => ids
-                    .into_iter()
-                    .filter_map(|id| self.visible(&chain, entity, id, seq).map(|r| (id, r)))
-                    .collect(),
-                None => self.merged(&chain, entity, seq).into_iter().collect(),
-            };
-            let cols = self.columns(entity);
-            let mut rows: Vec<(&str, &Row)> = candidates
-                .into_iter()
-                .filter(|(_, row)| is_live(row) && matches_all(row, &query.filters, cols))
-                .collect();
-            rows.sort_by(|a, b| compare_rows(a.1, b.1, &query.order, cols));
-            if let Some(after) = &query.after {
-                rows.retain(|(_, row)| {
-                    compare_to_cursor(row, after, &query.order, cols) == Ordering::Greater
-                });
-            }
-            if let Some(limit) = query.limit {
-                rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-            }
-            rows.into_iter()
-                .map(|(id, row)| (id.to_owned(), row.clone()))
-                .collect()
-        };
-        if query.lock {
-            let repeatable = match root {
-                Some(r) => self.get_tx(r)?.repeatable(),
-                None => false,
-            };
-            for (id, _) in &rows {
-                self.check_lock(root, entity, id)?;
-                if repeatable
-                    && self.overlay_row(&chain, entity, id).is_none()
-                    && self.latest(entity, id).is_some_and(|v| v.seq > seq)
-                {
-                    return Err(conflict(format!(
-                        "could not serialize access: `{entity}` row `{id}` was changed by a concurrent transaction"
-                    )));
-                }
-            }
-            for (id, _) in &rows {
-                self.take_lock(&chain, entity, id);
-            }
-        }
-        if let Some(r) = root {
-            let t = self.get_tx_mut(r)?;
-            if matches!(t.isolation, Isolation::Serializable) {
-                t.reads.push((entity.to_owned(), query.filters.clone()));
-            }
-        }
-        Ok(rows.into_iter().map(|(_, row)| row).collect())
+        Ok(self.read_and_count(tx, entity, query)?.0)
+    }
+
+    fn read_counted(
+        &mut self,
+        tx: Option<TxId>,
+        entity: &str,
+        query: &Query,
+    ) -> Result<(Vec<Row>, u64), StorageError> {
+        self.read_and_count(tx, entity, query)
     }
 
     fn insert(&mut self, tx: TxId, entity: &str, row: &Row) -> Result<Row, StorageError> {

@@ -107,6 +107,19 @@ impl<'a> Scope<'a> {
             return Ok(Binding::Any);
         };
         Ok(match &info.node.kind {
+            // (`page` with `one` is an error of its own: read as `one`.)
+            NodeKind::Read {
+                page: true,
+                one: false,
+                count,
+                ..
+            } => {
+                let mut keys = vec!["rows".to_owned(), "next".to_owned()];
+                if *count {
+                    keys.push("total".to_owned());
+                }
+                Binding::Object(keys)
+            }
             NodeKind::Read { entity, one, .. } | NodeKind::Update { entity, one, .. } => {
                 if *one {
                     Binding::Row(entity.clone())

@@ -1178,6 +1178,28 @@ fn node_kind(
             let after = o.expr(cx, "after", false);
             let one = o.bool(cx, "one");
             let lock = o.bool(cx, "lock");
+            let page = o.bool(cx, "page");
+            let count = o.bool(cx, "count");
+            if count && !page {
+                cx.error(
+                    Diagnostic::new(
+                        "invalid-value",
+                        child(path, "count"),
+                        "`count` counts the rows of a paged read",
+                    )
+                    .help("add `\"page\": true` (the read then binds `rows`, `next` and `total`)"),
+                );
+            }
+            if page && one {
+                cx.error(
+                    Diagnostic::new(
+                        "invalid-value",
+                        child(path, "page"),
+                        "a read is either `one` row or a `page` of rows",
+                    )
+                    .help("remove `one` or `page`"),
+                );
+            }
             NodeKind::Read {
                 entity: entity?,
                 filters: filters.unwrap_or_default(),
@@ -1186,6 +1208,8 @@ fn node_kind(
                 after,
                 one,
                 lock,
+                page,
+                count,
             }
         }
         "create" => {

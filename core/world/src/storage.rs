@@ -49,6 +49,13 @@ impl GuestTransaction for Tx {
         rows(world(|w| w.storage.read(Some(self.id), &entity, &q)))
     }
 
+    fn read_counted(&self, entity: String, q: wit::Query) -> Res<wit::Counted> {
+        let q = query(q)?;
+        counted(world(|w| {
+            w.storage.read_counted(Some(self.id), &entity, &q)
+        }))
+    }
+
     fn insert(&self, entity: String, row: String) -> Res<String> {
         let row = object(&row)?;
         one(world(|w| w.storage.insert(self.id, &entity, &row)))
@@ -122,6 +129,11 @@ impl StorageGuest for Component {
         rows(world(|w| w.storage.read(None, &entity, &q)))
     }
 
+    fn read_counted(entity: String, q: wit::Query) -> Res<wit::Counted> {
+        let q = query(q)?;
+        counted(world(|w| w.storage.read_counted(None, &entity, &q)))
+    }
+
     fn append_audit(entry: String) -> Res<()> {
         let entry = json(&entry)?;
         world(|w| w.storage.append_audit(None, &entry)).map_err(error)
@@ -168,6 +180,14 @@ impl From<StorageError> for wit::StorageError {
 fn one(r: Result<Row, StorageError>) -> Res<String> {
     r.map(|row| sinew_core::hash::json_text(&row))
         .map_err(error)
+}
+
+fn counted(r: Result<(Vec<Row>, u64), StorageError>) -> Res<wit::Counted> {
+    let (list, total) = r.map_err(error)?;
+    Ok(wit::Counted {
+        rows: rows(Ok(list))?,
+        total,
+    })
 }
 
 fn rows(r: Result<Vec<Row>, StorageError>) -> Res<Vec<String>> {

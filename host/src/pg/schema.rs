@@ -145,6 +145,11 @@ impl Table {
         self.index.get(name).and_then(|&i| self.columns.get(i))
     }
 
+    /// How many columns [`Table::row`] reads (the first ones of a result).
+    pub fn width(&self) -> usize {
+        self.columns.len()
+    }
+
     /// A row from a result row whose columns are the select list.
     pub fn row(&self, r: &tokio_postgres::Row) -> sinew_core::ports::Row {
         let mut row = sinew_core::ports::Row::with_capacity(self.columns.len());

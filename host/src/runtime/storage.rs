@@ -29,6 +29,13 @@ pub trait StorageBackend: Send + Sync + 'static {
         entity: &str,
         q: &Query,
     ) -> Result<Vec<Row>, StorageError>;
+    /// Reads rows and counts the rows the filters match (one statement).
+    async fn read_counted(
+        &self,
+        tx: Option<u64>,
+        entity: &str,
+        q: &Query,
+    ) -> Result<(Vec<Row>, u64), StorageError>;
     /// Inserts a row.
     async fn insert(&self, tx: u64, entity: &str, row: &Row) -> Result<Row, StorageError>;
     /// Updates a row by id and version.
@@ -108,6 +115,14 @@ impl StorageBackend for MemoryBackend {
         q: &Query,
     ) -> Result<Vec<Row>, StorageError> {
         self.with(|s| ports::Storage::read(s, tx.map(TxId), entity, q))
+    }
+    async fn read_counted(
+        &self,
+        tx: Option<u64>,
+        entity: &str,
+        q: &Query,
+    ) -> Result<(Vec<Row>, u64), StorageError> {
+        self.with(|s| ports::Storage::read_counted(s, tx.map(TxId), entity, q))
     }
     async fn insert(&self, tx: u64, entity: &str, row: &Row) -> Result<Row, StorageError> {
         self.with(|s| ports::Storage::insert(s, TxId(tx), entity, row))
@@ -197,6 +212,13 @@ impl HostState {
     }
 }
 
+fn counted((rows, total): (Vec<Row>, u64)) -> wit::Counted {
+    wit::Counted {
+        rows: rows.into_iter().map(text).collect(),
+        total,
+    }
+}
+
 impl HostTransaction for HostState {
     async fn read(&mut self, t: Resource<Tx>, entity: String, q: wit::Query) -> Res<Vec<String>> {
         let id = self.tx_id(&t)?;
@@ -210,6 +232,26 @@ impl HostTransaction for HostState {
             .read(Some(id), &entity, &q)
             .await
             .map(|rows| rows.into_iter().map(text).collect())
+            .map_err(error))
+    }
+
+    async fn read_counted(
+        &mut self,
+        t: Resource<Tx>,
+        entity: String,
+        q: wit::Query,
+    ) -> Res<wit::Counted> {
+        let id = self.tx_id(&t)?;
+        let q = match query(q) {
+            Ok(q) => q,
+            Err(e) => return Ok(Err(error(e))),
+        };
+        Ok(self
+            .backends
+            .storage
+            .read_counted(Some(id), &entity, &q)
+            .await
+            .map(counted)
             .map_err(error))
     }
 
@@ -359,6 +401,20 @@ impl Host for HostState {
             .read(None, &entity, &q)
             .await
             .map(|rows| rows.into_iter().map(text).collect())
+            .map_err(error))
+    }
+
+    async fn read_counted(&mut self, entity: String, q: wit::Query) -> Res<wit::Counted> {
+        let q = match query(q) {
+            Ok(q) => q,
+            Err(e) => return Ok(Err(error(e))),
+        };
+        Ok(self
+            .backends
+            .storage
+            .read_counted(None, &entity, &q)
+            .await
+            .map(counted)
             .map_err(error))
     }
 
