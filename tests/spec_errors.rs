@@ -1601,3 +1601,61 @@ fn count_needs_a_page_and_a_page_is_not_one_row() {
     let d = only_error(&l, "unknown-field", &format!("{GET}/done/value/price"));
     assert_help(d, "rows");
 }
+
+#[test]
+fn index_columns_are_checked() {
+    let l = load_with(|v| {
+        at(v, "/entities/Product")["indexes"] = json!([{"fields": ["nmae"]}, {"fields": []}, {"fields": ["price", "price"], "unique": true}]);
+    });
+    let d = error(&l, "unknown-field", "/entities/Product/indexes/0/fields/0");
+    assert_help(d, "name");
+    error(&l, "invalid-value", "/entities/Product/indexes/1/fields");
+    error(&l, "duplicate-name", "/entities/Product/indexes/2/fields/1");
+    assert_eq!(l.errors.len(), 3, "{}", list(&l.errors));
+    let l = load_with(|v| {
+        at(v, "/entities/Product")["indexes"] = json!([{"fields": ["name"], "uniqe": true}]);
+    });
+    only_error(&l, "unknown-key", "/entities/Product/indexes/0/uniqe");
+}
+
+/// A read that filters or orders only on columns no index leads with is
+/// warned about; an index leading with one of them (declared, or implied
+/// by `id`, `unique`, `ref` and the owner) silences it.
+#[test]
+fn a_read_no_index_serves_is_unindexed() {
+    let l = load_with(|v| {
+        let read = at(v, &format!("{GET}/product"));
+        read["where"] = json!({"name": "input.id", "price": {"gt": 0}});
+        read["orderBy"] = json!("stock");
+    });
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    let w: Vec<&Diagnostic> = l
+        .warnings
+        .iter()
+        .filter(|d| d.code == "unindexed-read")
+        .collect();
+    assert_eq!(w.len(), 1, "{}", list(&l.warnings));
+    assert_eq!(w[0].path, format!("{GET}/product"));
+    assert_message(w[0], "`name`, `price`, `stock`");
+    assert_help(w[0], "\"indexes\": [{\"fields\": [\"name\"]}]");
+    // Declared, leading with one of them: no warning (a later column does
+    // not lead, so an index on [sku, price] would not do).
+    for (fields, warned) in [
+        (json!(["price", "name"]), false),
+        (json!(["sku", "price"]), true),
+    ] {
+        let l = load_with(|v| {
+            let read = at(v, &format!("{GET}/product"));
+            read["where"] = json!({"name": "input.id", "price": {"gt": 0}});
+            at(v, "/entities/Product")["indexes"] = json!([{"fields": fields}]);
+        });
+        let n = l
+            .warnings
+            .iter()
+            .filter(|d| d.code == "unindexed-read")
+            .count();
+        assert_eq!(n, usize::from(warned), "{}", list(&l.warnings));
+    }
+    // The base spec reads by `id` and by the unique `sku`: no warning.
+    assert!(load_with(|_| {}).warnings.is_empty());
+}

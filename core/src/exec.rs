@@ -143,10 +143,18 @@ pub(crate) fn storage_problem(e: StorageError) -> Problem {
         .internal(message),
         StorageError::Unique { entity, field } => Problem::new(
             Code::AlreadyExists,
-            format!(
-                "{} with this `{field}` already exists",
-                crate::diag::a_code(&entity)
-            ),
+            if field.contains(',') {
+                format!(
+                    "{} with these `{}` already exists",
+                    crate::diag::a_code(&entity),
+                    field.replace(',', "`, `")
+                )
+            } else {
+                format!(
+                    "{} with this `{field}` already exists",
+                    crate::diag::a_code(&entity)
+                )
+            },
         ),
         StorageError::NotFound { entity, .. } => {
             Problem::new(Code::NotFound, format!("no such `{entity}`"))

@@ -145,7 +145,37 @@ fn entity_ddl(out: &mut String, name: &str, e: &Entity) {
             let _ = writeln!(out, "CREATE INDEX IF NOT EXISTS {idx} ON {t} ({col});");
         }
     }
+    for ix in &e.indexes {
+        let idx = ident(&index_name(&table, &ix.fields, ix.unique));
+        let cols: Vec<String> = ix.fields.iter().map(|f| ident(f)).collect();
+        let cols = cols.join(", ");
+        if ix.unique {
+            let _ = writeln!(
+                out,
+                "CREATE UNIQUE INDEX IF NOT EXISTS {idx} ON {t} ({cols}) WHERE \"deleted_at\" IS NULL;"
+            );
+        } else {
+            let _ = writeln!(out, "CREATE INDEX IF NOT EXISTS {idx} ON {t} ({cols});");
+        }
+    }
     out.push('\n');
+}
+
+/// The name of a declared index: `{table}_{fields}_key` (unique) or
+/// `_idx`, shortened with a hash of the whole name where Postgres would cut
+/// it (63 bytes), so two indexes never share a name.
+pub fn index_name(table: &str, fields: &[String], unique: bool) -> String {
+    let suffix = if unique { "key" } else { "idx" };
+    let name = format!("{table}_{}_{suffix}", fields.join("_"));
+    if name.len() <= 63 {
+        return name;
+    }
+    let hash = &crate::hash::sha256_hex(name.as_bytes())[..8];
+    let mut cut = 50;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}_{hash}_{suffix}", &name[..cut])
 }
 
 /// A column an entity's table has.

@@ -104,7 +104,22 @@ pub struct Entity {
     pub status: Option<StatusMachine>,
     /// Named invariants over `row`.
     pub invariants: NameMap<Expression>,
+    /// Declared indexes (format 0.2).
+    pub indexes: Vec<Index>,
     /// JSON Pointer of the entity.
+    pub path: String,
+}
+
+/// An index an entity declares: its columns in order, and whether no two
+/// live rows may share their values (rows with a null among them take no
+/// value, as in SQL).
+#[derive(Debug, Clone, Default)]
+pub struct Index {
+    /// The columns, leading one first.
+    pub fields: Vec<String>,
+    /// Unique among live rows.
+    pub unique: bool,
+    /// JSON Pointer of the index.
     pub path: String,
 }
 

@@ -330,7 +330,9 @@ impl MemoryStorage {
     }
 
     /// Declares `entity.field` unique: no two live rows may have the same
-    /// non-null value. Existing rows are not checked.
+    /// non-null value. Existing rows are not checked. `field` may also be
+    /// fields joined by `,`: no two live rows may have the same values in
+    /// all of them (a row with a null among them takes no value).
     pub fn set_unique(&mut self, entity: &str, field: &str) {
         self.unique
             .entry(entity.to_owned())
@@ -369,6 +371,11 @@ impl MemoryStorage {
                 if field.ty == crate::model::FieldType::Timestamp {
                     self.set_timestamp(name, f);
                 }
+            }
+            // A unique index is one key of its fields joined by `,` (field
+            // names have no comma).
+            for ix in entity.indexes.iter().filter(|ix| ix.unique) {
+                self.set_unique(name, &ix.fields.join(","));
             }
         }
     }
@@ -473,12 +480,10 @@ impl MemoryStorage {
             let committed = self.merged(&[], entity, self.seq);
             let cols = self.columns(entity);
             for field in fields {
-                let value = column(&row, field);
-                let ts = cols.is_timestamp(field);
-                if !value.is_null()
-                    && committed.values().any(|other| {
-                        is_live(other) && values_equal(column(other, field), value, ts)
-                    })
+                if !has_null_key(&row, field)
+                    && committed
+                        .values()
+                        .any(|other| is_live(other) && same_key(other, &row, field, cols))
                 {
                     return Err(StorageError::Unique {
                         entity: entity.to_owned(),
@@ -963,13 +968,11 @@ impl MemoryStorage {
         let merged = self.merged(chain, entity, self.seq);
         let cols = self.columns(entity);
         for field in fields {
-            let value = column(row, field);
-            if value.is_null() {
+            if has_null_key(row, field) {
                 continue;
             }
-            let ts = cols.is_timestamp(field);
             let taken = |(other, r): (&str, &Row)| {
-                other != id && is_live(r) && values_equal(column(r, field), value, ts)
+                other != id && is_live(r) && same_key(r, row, field, cols)
             };
             if merged.iter().any(|(other, r)| taken((other, r))) {
                 return Err(StorageError::Unique {
@@ -1171,16 +1174,15 @@ impl MemoryStorage {
                     .latest(entity, id)
                     .map(|v| &v.row)
                     .filter(|r| is_live(r));
+                let cols = self.columns(entity);
                 for field in fields {
-                    let value = column(row, field);
-                    let ts = self.columns(entity).is_timestamp(field);
-                    if value.is_null()
-                        || before.is_some_and(|b| values_equal(column(b, field), value, ts))
+                    if has_null_key(row, field)
+                        || before.is_some_and(|b| same_key(b, row, field, cols))
                     {
                         continue;
                     }
                     let taken = merged.iter().any(|(other, r)| {
-                        other != id && is_live(r) && values_equal(column(r, field), value, ts)
+                        other != id && is_live(r) && same_key(r, row, field, cols)
                     });
                     if taken {
                         return Err(StorageError::Unique {
@@ -1660,6 +1662,21 @@ fn sql_cmp(a: &Value, b: &Value, timestamp: bool) -> Option<Ordering> {
         (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
         _ => None,
     }
+}
+
+/// Whether a unique key of a row (a field, or fields joined by `,` for an
+/// entity's `unique` index) has a null part: such a row takes no key
+/// (nulls are distinct, as in SQL).
+fn has_null_key(row: &Row, key: &str) -> bool {
+    key.split(',').any(|f| column(row, f).is_null())
+}
+
+/// Whether two rows have the same unique key (every part equal).
+fn same_key(a: &Row, b: &Row, key: &str, cols: Columns<'_>) -> bool {
+    key.split(',').all(|f| {
+        let (x, y) = (column(a, f), column(b, f));
+        !x.is_null() && values_equal(x, y, cols.is_timestamp(f))
+    })
 }
 
 /// Equality of filters and unique fields: `null` equals only `null`,

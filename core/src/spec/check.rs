@@ -693,6 +693,7 @@ pub(crate) fn check(cx: &mut Cx, spec: &Spec) {
 }
 
 fn check_entity(cx: &mut Cx, spec: &Spec, name: &str, e: &Entity) {
+    check_indexes(cx, name, e);
     for (fname, f) in &e.fields {
         let fpath = child(&child(&e.path, "fields"), fname);
         if IMPLICIT_FIELDS.contains(&fname.as_str()) || (fname == "status" && e.status.is_some()) {
@@ -1051,6 +1052,79 @@ fn check_fields(
     }
 }
 
+/// `unindexed-read`: a read that filters or orders its entity on columns
+/// none of which leads an index (`id`, the owner field, `ref` and `unique`
+/// fields, and the first column of each declared index do), so Postgres
+/// reads the whole table to answer it.
+fn check_indexed(
+    cx: &mut Cx,
+    entity: &str,
+    e: &Entity,
+    path: &str,
+    filters: &[Where],
+    order_by: &[crate::model::Order],
+) {
+    let leads = |f: &str| {
+        f == "id"
+            || e.owner.as_ref().is_some_and(|o| o.field == f)
+            || e.fields
+                .get(f)
+                .is_some_and(|d| d.unique || d.ty == FieldType::Ref)
+            || e.indexes
+                .iter()
+                .any(|ix| ix.fields.first().is_some_and(|l| l == f))
+    };
+    let mut used: Vec<&str> = Where::all_fields(filters)
+        .iter()
+        .map(|f| f.field.as_str())
+        .collect();
+    used.extend(order_by.iter().map(|o| o.field.as_str()));
+    used.retain(|f| e.has_column(f));
+    if used.is_empty() || used.iter().any(|f| leads(f)) {
+        return;
+    }
+    used.dedup();
+    let first = used[0];
+    let names: Vec<String> = used.iter().map(|f| format!("`{f}`")).collect();
+    cx.warn(
+        Diagnostic::new(
+            "unindexed-read",
+            path,
+            format!(
+                "this read of `{entity}` filters or orders on {} and no index leads with any of them: on Postgres it reads the whole table",
+                names.join(", ")
+            ),
+        )
+        .help(format!(
+            "declare an index on `{entity}`: `\"indexes\": [{{\"fields\": [\"{first}\"]}}]`"
+        )),
+    );
+}
+
+/// An entity's `indexes`: at least one column each, every one a column of
+/// the entity.
+fn check_indexes(cx: &mut Cx, name: &str, e: &Entity) {
+    for ix in &e.indexes {
+        let fpath = child(&ix.path, "fields");
+        if ix.fields.is_empty() {
+            cx.error(
+                Diagnostic::new("invalid-value", fpath.clone(), "an index of no column")
+                    .help("name its columns, leading one first: `[\"therapist\", \"start_at\"]`"),
+            );
+        }
+        for (i, f) in ix.fields.iter().enumerate() {
+            let p = child(&fpath, &i.to_string());
+            // (A column named twice is `duplicate-name`, from the decoder.)
+            if !e.has_column(f) {
+                cx.error(
+                    Diagnostic::new("unknown-field", p, format!("`{name}` has no field `{f}`"))
+                        .help(suggest(f, e.columns(), "")),
+                );
+            }
+        }
+    }
+}
+
 fn check_filters(
     cx: &mut Cx,
     spec: &Spec,
@@ -1251,6 +1325,7 @@ fn check_read(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
     let e = ent(cx, entity);
     check_filters(cx, spec, e, entity, filters, scope);
     if let Some(e) = e {
+        check_indexed(cx, entity, e, path, filters, order_by);
         for (i, o) in order_by.iter().enumerate() {
             if !e.has_column(&o.field) {
                 cx.error(

@@ -495,6 +495,9 @@ fn entity(cx: &mut Cx, v: &Value, path: &str) -> Entity {
             }
         }
     }
+    if let Some(v) = o.get("indexes") {
+        e.indexes = indexes(cx, v, &o.at("indexes"));
+    }
     if let Some(v) = o.get("status") {
         let p = o.at("status");
         e.status = status_machine(cx, v, &p);
@@ -1336,6 +1339,39 @@ fn limit(cx: &mut Cx, o: &mut Obj) -> Option<Limit> {
             .uint(cx, "limit", 1, u64::from(u32::MAX))
             .map(Limit::Fixed),
     }
+}
+
+/// An entity's `indexes`: `[{"fields": [...], "unique": bool}]`.
+fn indexes(cx: &mut Cx, v: &Value, path: &str) -> Vec<Index> {
+    let Value::Array(items) = v else {
+        wrong_type(
+            cx,
+            path,
+            "a list of indexes (`[{\"fields\": [\"a\", \"b\"]}]`)",
+            v,
+        );
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let p = child(path, &i.to_string());
+        let Some(mut o) = Obj::new(cx, item, &p, "an object (`{\"fields\": […]}`)") else {
+            continue;
+        };
+        let fields = o
+            .req(cx, "fields")
+            .map(|f| string_list(cx, f, &child(&p, "fields"), true));
+        let unique = o.bool(cx, "unique");
+        o.finish(cx);
+        if let Some(fields) = fields {
+            out.push(Index {
+                fields,
+                unique,
+                path: p,
+            });
+        }
+    }
+    out
 }
 
 /// The names a `where` object gives its combinators (never field names).

@@ -213,6 +213,12 @@ impl Schema {
                     schema.unique.insert(index, (name.clone(), f.clone()));
                 }
             }
+            for ix in e.indexes.iter().filter(|ix| ix.unique) {
+                let index = sinew_core::migrate::index_name(&table, &ix.fields, true);
+                schema
+                    .unique
+                    .insert(index, (name.clone(), ix.fields.join(",")));
+            }
             let select = columns
                 .iter()
                 .map(|c| c.ty.select(&c.sql))

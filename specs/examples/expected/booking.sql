@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS "hold" (
 );
 CREATE INDEX IF NOT EXISTS "hold_guest_idx" ON "hold" ("guest");
 CREATE INDEX IF NOT EXISTS "hold_room_idx" ON "hold" ("room");
+CREATE INDEX IF NOT EXISTS "hold_status_expires_at_idx" ON "hold" ("status", "expires_at");
 
 -- Occupancy
 CREATE TABLE IF NOT EXISTS "occupancy" (
