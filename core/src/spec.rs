@@ -8,7 +8,7 @@
 //! can still be judged.
 
 mod check;
-mod decode;
+pub(crate) mod decode;
 pub mod location;
 pub mod source;
 

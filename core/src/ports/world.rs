@@ -56,24 +56,20 @@ impl World {
         Ok(World { storage, external })
     }
 
-    /// Declares what the store must know of a spec's entities, read from
-    /// the spec's JSON (a spec that loads): its `unique` fields and its
-    /// `timestamp` fields, as [`MemoryStorage::declare`] does from the
-    /// loaded spec. For hosts that hold the spec as text only (the
-    /// in-memory component, whose core has the loaded spec).
+    /// Declares what the store must know of a spec's entities, from the
+    /// spec's JSON: [`MemoryStorage::declare`] on its decoded entities
+    /// (their `unique` fields and indexes, their `timestamp` fields). For
+    /// hosts that hold the spec as text only (the in-memory component,
+    /// whose core has the loaded spec). Only the entities are decoded (the
+    /// world carries no JSON Schema compiler); a spec with errors declares
+    /// what its entities decode to.
     pub fn declare(&mut self, spec: &Value) {
-        let entities = spec.get("entities").and_then(Value::as_object);
-        for (name, entity) in entities.into_iter().flatten() {
-            let fields = entity.get("fields").and_then(Value::as_object);
-            for (f, field) in fields.into_iter().flatten() {
-                if field.get("unique") == Some(&Value::Bool(true)) {
-                    self.storage.set_unique(name, f);
-                }
-                if field.get("type").and_then(Value::as_str) == Some("timestamp") {
-                    self.storage.set_timestamp(name, f);
-                }
-            }
-        }
+        let mut cx = crate::spec::decode::Cx::default();
+        let decoded = crate::model::Spec {
+            entities: crate::spec::decode::entities(&mut cx, spec.get("entities")),
+            ..crate::model::Spec::default()
+        };
+        self.storage.declare(&decoded);
     }
 
     /// The state, in the form [`Self::from_json`] reads: the committed
@@ -96,7 +92,11 @@ mod tests {
     /// [`MemoryStorage::declare`] declares from the loaded spec.
     #[test]
     fn declares_as_the_loaded_spec_does() {
+        let indexed = r#"{"sinew": "0.2", "name": "i", "tools": {}, "entities": {"Slot": {
+            "fields": {"a": {"type": "string", "unique": true}, "b": {"type": "timestamp"}},
+            "indexes": [{"fields": ["a", "b"], "unique": true}, {"fields": ["b"]}]}}}"#;
         for text in [
+            indexed,
             include_str!("../../../specs/examples/shop.json"),
             include_str!("../../../specs/examples/bank.json"),
             include_str!("../../../specs/examples/booking.json"),

@@ -400,19 +400,7 @@ pub(crate) fn spec(cx: &mut Cx, v: &Value) -> Spec {
     if let Some(v) = o.get("roles") {
         spec.roles = Some(string_list(cx, v, "/roles", true));
     }
-    for (name, v, path) in object_map(cx, o.get("entities"), "/entities") {
-        if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
-            cx.error(
-                Diagnostic::new("invalid-name", path, format!("`{name}` is not valid as an entity name"))
-                    .help("an entity name starts with a letter, then letters, digits and `_`, at most 63 characters"),
-            );
-            continue;
-        }
-        if !check_name(cx, &path, name, "an entity name") {
-            continue;
-        }
-        spec.entities.insert(name.clone(), entity(cx, v, &path));
-    }
+    spec.entities = entities(cx, o.get("entities"));
     for (name, v, path) in object_map(cx, o.get("externals"), "/externals") {
         if check_name(cx, &path, name, "an external's name") {
             spec.externals.insert(name.clone(), external(cx, v, &path));
@@ -465,6 +453,26 @@ pub(crate) fn spec(cx: &mut Cx, v: &Value) -> Spec {
     }
     o.finish(cx);
     spec
+}
+
+/// A spec's `entities` (decoded alone by the in-memory world, which needs
+/// no more of a spec to declare its store).
+pub(crate) fn entities(cx: &mut Cx, v: Option<&Value>) -> NameMap<Entity> {
+    let mut out = NameMap::default();
+    for (name, v, path) in object_map(cx, v, "/entities") {
+        if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            cx.error(
+                Diagnostic::new("invalid-name", path, format!("`{name}` is not valid as an entity name"))
+                    .help("an entity name starts with a letter, then letters, digits and `_`, at most 63 characters"),
+            );
+            continue;
+        }
+        if !check_name(cx, &path, name, "an entity name") {
+            continue;
+        }
+        out.insert(name.clone(), entity(cx, v, &path));
+    }
+    out
 }
 
 fn entity(cx: &mut Cx, v: &Value, path: &str) -> Entity {
