@@ -1083,8 +1083,13 @@ fn check_indexed(
     if used.is_empty() || used.iter().any(|f| leads(f)) {
         return;
     }
-    used.dedup();
-    let first = used[0];
+    let mut seen: Vec<&str> = Vec::new();
+    used.retain(|f| {
+        let new = !seen.contains(f);
+        seen.push(f);
+        new
+    });
+    let Some(&first) = used.first() else { return };
     let names: Vec<String> = used.iter().map(|f| format!("`{f}`")).collect();
     cx.warn(
         Diagnostic::new(
