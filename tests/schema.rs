@@ -42,6 +42,32 @@ fn every_spec_validates_and_loads() {
     }
 }
 
+/// The scenario corpus's inline specs (where format 0.2's constructs are
+/// exercised) validate against the schema too.
+#[test]
+fn inline_specs_of_the_scenarios_validate() {
+    let v = validator();
+    let mut n = 0;
+    for entry in std::fs::read_dir(root().join("tests/scenarios")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let scenario: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let Some(spec) = scenario.get("spec").filter(|s| s.is_object()) else {
+            continue;
+        };
+        let errors: Vec<String> = v
+            .iter_errors(spec)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+        n += 1;
+    }
+    assert!(n >= 10, "only {n} inline specs");
+}
+
 fn shop() -> Value {
     serde_json::from_str(&std::fs::read_to_string(root().join("specs/examples/shop.json")).unwrap())
         .unwrap()

@@ -1659,3 +1659,94 @@ fn a_read_no_index_serves_is_unindexed() {
     // The base spec reads by `id` and by the unique `sku`: no warning.
     assert!(load_with(|_| {}).warnings.is_empty());
 }
+
+/// `aggregate`: measures on fields of the types they take, groups on
+/// fields that make groups, an order over groups or measures.
+#[test]
+fn aggregate_mistakes_are_found_where_they_are() {
+    let node = |v: &mut Value, agg: Value| {
+        at(v, &format!("{GET}/product"))
+            .as_object_mut()
+            .unwrap()
+            .clear();
+        let mut agg = agg;
+        agg["type"] = json!("aggregate");
+        agg["entity"] = json!("Product");
+        agg["next"] = json!("done");
+        at(v, GET)["product"] = agg;
+        at(v, &format!("{GET}/done"))["value"] = json!({"ok": "true"});
+        at(v, GET).as_object_mut().unwrap().remove("missing");
+    };
+    let p = format!("{GET}/product");
+    let l = load_with(|v| {
+        node(
+            v,
+            json!({"measures": {"n": {"count": "*"}, "s": {"sum": "name"}}}),
+        )
+    });
+    let d = only_error(&l, "expr-type", &format!("{p}/measures/s/sum"));
+    assert_help(d, "integer");
+    let l = load_with(|v| node(v, json!({"measures": {"n": {"avg": "*"}}})));
+    only_error(&l, "invalid-value", &format!("{p}/measures/n/avg"));
+    let l = load_with(|v| {
+        node(
+            v,
+            json!({"measures": {"n": {"count": "*"}, "m": {"max": "stok"}}}),
+        )
+    });
+    let d = only_error(&l, "unknown-field", &format!("{p}/measures/m/max"));
+    assert_help(d, "stock");
+    let l = load_with(|v| {
+        node(
+            v,
+            json!({"groupBy": ["sku"], "measures": {"n": {"count": "*"}}, "orderBy": "total desc", "limit": 5}),
+        )
+    });
+    only_error(&l, "unknown-field", &format!("{p}/orderBy/0"));
+    let l = load_with(|v| {
+        node(
+            v,
+            json!({"measures": {"n": {"count": "*", "sum": "price"}}}),
+        )
+    });
+    only_error(&l, "invalid-value", &format!("{p}/measures/n"));
+    let l = load_with(|v| {
+        node(
+            v,
+            json!({"measures": {"n": {"count": "*"}}, "scope": "everyone"}),
+        )
+    });
+    only_error(&l, "invalid-value", &format!("{p}/scope"));
+    // Without groupBy the node binds one object of its measures.
+    let l = load_with(|v| {
+        node(v, json!({"measures": {"total": {"count": "*"}}}));
+        at(v, &format!("{GET}/done"))["value"] = json!({"price": "product.n"});
+    });
+    let d = only_error(&l, "unknown-field", &format!("{GET}/done/value/price"));
+    assert_help(d, "total");
+    // Groups without a limit: unbounded-read (Yellow); with one, Green.
+    let l = load_with(|v| {
+        node(
+            v,
+            json!({"groupBy": ["sku"], "measures": {"n": {"count": "*"}}}),
+        );
+        at(v, &format!("{GET}/done"))["value"] = json!({"groups": "product"});
+    });
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    let report = risk::analyze(&l);
+    assert!(
+        report
+            .findings()
+            .any(|f| f.code == "unbounded-read" && f.path == p)
+    );
+    let l = load_with(|v| {
+        node(
+            v,
+            json!({"groupBy": ["sku"], "measures": {"n": {"count": "*"}, "most": {"max": "price"}},
+                       "orderBy": "most desc", "limit": 10}),
+        );
+        at(v, &format!("{GET}/done"))["value"] = json!({"groups": "product"});
+    });
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    assert!(!risk::analyze(&l).findings().any(|f| f.path == p));
+}

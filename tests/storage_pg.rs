@@ -5,7 +5,7 @@
 //! isolation levels).
 
 use serde_json::{Value, json};
-use sinew_core::ports::{Condition, FilterOp, Predicate, Query, Row, SortKey, Storage};
+use sinew_core::ports::{Condition, FilterOp, Predicate, Query, Row, SortKey, Storage, Tally};
 use sinew_core::spec::Isolation;
 use sinew_host::pg::PgBackend;
 use sinew_host::runtime::storage::StorageBackend;
@@ -485,6 +485,53 @@ fn where_finds_the_rows_the_in_memory_store_finds() {
                 total as usize,
                 want.len(),
                 "the total ignores cursor and limit"
+            );
+        }
+        // Aggregates: the same groups and measures (in no particular order:
+        // sorted here), with and without groups, over random filters.
+        let measures: Vec<sinew_core::ports::Measure> = [
+            ("rows", Tally::Rows, None),
+            ("notes", Tally::Count, Some("note")),
+            ("ns", Tally::Count, Some("n")),
+            ("sum", Tally::Sum, Some("n")),
+            ("least", Tally::Min, Some("n")),
+            ("most", Tally::Max, Some("n")),
+            ("first", Tally::Min, Some("title")),
+            ("last", Tally::Max, Some("note")),
+            ("early", Tally::Min, Some("created_at")),
+        ]
+        .into_iter()
+        .map(|(name, tally, field)| sinew_core::ports::Measure {
+            name: name.into(),
+            tally,
+            field: field.map(Into::into),
+        })
+        .collect();
+        let sorted = |mut rows: Vec<Row>| {
+            rows.sort_by_key(|r| serde_json::to_string(r).unwrap());
+            rows
+        };
+        for case in 0..150 {
+            let filters: Vec<Predicate> = (0..rng.below(2))
+                .map(|_| random_predicate(&mut rng, 0))
+                .collect();
+            let group_by: Vec<String> = match rng.below(4) {
+                0 => vec![],
+                1 => vec!["note".into()],
+                2 => vec!["n".into()],
+                _ => vec!["note".into(), "n".into()],
+            };
+            let want = memory
+                .aggregate(None, "Item", &filters, &group_by, &measures)
+                .unwrap();
+            let got = db
+                .aggregate(None, "Item", &filters, &group_by, &measures)
+                .await
+                .unwrap();
+            assert_eq!(
+                sorted(got),
+                sorted(want),
+                "aggregate case {case}: {filters:?} by {group_by:?}"
             );
         }
         // A locking page with its count: Postgres takes FOR UPDATE inside

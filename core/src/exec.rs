@@ -510,6 +510,7 @@ impl<'a> Run<'a> {
     fn run_node(&mut self, id: &str, node: &Node) -> Result<Step, Problem> {
         let bound = match &node.kind {
             NodeKind::Read { .. } => self.read(node)?,
+            NodeKind::Aggregate { .. } => self.aggregate(node)?,
             NodeKind::Create { entity, values } => self.create(id, entity, values)?,
             NodeKind::Update {
                 entity,
@@ -687,6 +688,144 @@ impl<'a> Run<'a> {
             Value::List(rows.iter().map(|r| row_to_value(e, r)).collect())
         };
         Ok(value)
+    }
+
+    /// `aggregate`: the measures of each group of the rows the caller may
+    /// see (or of every row, with `scope: "all"`), ordered, at most `limit`
+    /// groups; without `groupBy`, one object.
+    fn aggregate(&mut self, node: &Node) -> Result<Value, Problem> {
+        use crate::model::MeasureKind;
+        use crate::ports::{Measure, Tally};
+        let NodeKind::Aggregate {
+            entity,
+            filters,
+            group_by,
+            measures,
+            order_by,
+            limit,
+            all,
+        } = &node.kind
+        else {
+            return Err(Problem::spec_error("not an aggregate node"));
+        };
+        let e = self.entity(entity)?;
+        let mut conditions = self.conditions(e, entity, filters)?;
+        if !*all {
+            self.owner_filter(e, &mut conditions)?;
+        }
+        // An average is a sum over a count, divided here: every engine
+        // divides the same two integers the same way.
+        let mut tallies = Vec::new();
+        for (name, m) in measures {
+            let field = m.field.clone();
+            let mut push = |name: String, tally: Tally| {
+                tallies.push(Measure {
+                    name,
+                    tally,
+                    field: field.clone(),
+                });
+            };
+            match (m.kind, &m.field) {
+                (MeasureKind::Count, None) => push(name.clone(), Tally::Rows),
+                (MeasureKind::Count, Some(_)) => push(name.clone(), Tally::Count),
+                (MeasureKind::Sum, _) => push(name.clone(), Tally::Sum),
+                (MeasureKind::Min, _) => push(name.clone(), Tally::Min),
+                (MeasureKind::Max, _) => push(name.clone(), Tally::Max),
+                (MeasureKind::Avg, _) => {
+                    push(format!("sum {name}"), Tally::Sum);
+                    push(format!("count {name}"), Tally::Count);
+                }
+            }
+        }
+        let limit = match limit {
+            Some(Limit::Fixed(n)) => Some(*n),
+            Some(Limit::Expr(x)) => Some(self.positive(x)?),
+            None => None,
+        };
+        let tx = self.current_tx();
+        let found = self
+            .storage
+            .aggregate(tx, entity, &conditions, group_by, &tallies)
+            .map_err(storage_problem)?;
+        let mut groups: Vec<Row> = found
+            .into_iter()
+            .map(|mut g| {
+                let mut out = Row::new();
+                for f in group_by {
+                    out.insert(f.clone(), g.remove(f).unwrap_or(Json::Null));
+                }
+                for (name, m) in measures {
+                    let v = if m.kind == MeasureKind::Avg {
+                        let sum = g.get(&format!("sum {name}")).and_then(Json::as_i64);
+                        let n = g.get(&format!("count {name}")).and_then(Json::as_i64);
+                        match (sum, n) {
+                            #[expect(
+                                clippy::cast_precision_loss,
+                                reason = "an average is a number, a double"
+                            )]
+                            (Some(sum), Some(n)) if n > 0 => {
+                                serde_json::Number::from_f64(sum as f64 / n as f64)
+                                    .map_or(Json::Null, Json::Number)
+                            }
+                            _ => Json::Null,
+                        }
+                    } else {
+                        g.remove(name).unwrap_or(Json::Null)
+                    };
+                    out.insert(name.clone(), v);
+                }
+                out
+            })
+            .collect();
+        let ts = |f: &str| {
+            e.column_type(f) == Some(crate::model::FieldType::Timestamp)
+                || measures.get(f).is_some_and(|m| {
+                    matches!(m.kind, MeasureKind::Min | MeasureKind::Max)
+                        && m.field.as_deref().and_then(|x| e.column_type(x))
+                            == Some(crate::model::FieldType::Timestamp)
+                })
+        };
+        groups.sort_by(|a, b| {
+            let keys = order_by
+                .iter()
+                .map(|o| (o.field.as_str(), o.desc))
+                .chain(group_by.iter().map(|f| (f.as_str(), false)));
+            for (f, desc) in keys {
+                let (x, y) = (
+                    a.get(f).unwrap_or(&Json::Null),
+                    b.get(f).unwrap_or(&Json::Null),
+                );
+                let o = rows::order_values(x, y, ts(f));
+                let o = if desc { o.reverse() } else { o };
+                if o != std::cmp::Ordering::Equal {
+                    return o;
+                }
+            }
+            std::cmp::Ordering::Equal
+        });
+        if let Some(n) = limit {
+            groups.truncate(usize::try_from(n).unwrap_or(usize::MAX));
+        }
+        self.count_rows(groups.len() as u64, 0)?;
+        let to_value = |g: &Row| {
+            Value::Map(
+                g.iter()
+                    .map(|(k, v)| {
+                        let value = match v {
+                            Json::String(s) if ts(k) => crate::expr::value::parse_timestamp(s)
+                                .map_or_else(|| Value::String(s.clone()), Value::Timestamp),
+                            other => Value::from_json(other),
+                        };
+                        (k.clone(), value)
+                    })
+                    .collect(),
+            )
+        };
+        Ok(if group_by.is_empty() {
+            groups.first().map_or(Value::Null, to_value)
+        } else {
+            Value::List(groups.iter().map(to_value).collect())
+        })
     }
 
     /// The sort keys a paged read's `after` names: none for the first page

@@ -564,6 +564,51 @@ impl Where {
     }
 }
 
+/// One measure of an `aggregate` node.
+#[derive(Debug, Clone)]
+pub struct Measure {
+    /// What it computes.
+    pub kind: MeasureKind,
+    /// The field it reads (`None`: `count` of `"*"`, every row).
+    pub field: Option<String>,
+    /// JSON Pointer of the measure.
+    pub path: String,
+}
+
+/// What a measure computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeasureKind {
+    /// Rows (`"*"`), or the non-null values of a field.
+    Count,
+    /// The sum of an integer field (0 over no row).
+    Sum,
+    /// The least value (null over no value).
+    Min,
+    /// The greatest value (null over no value).
+    Max,
+    /// The mean of an integer field, a number (null over no value).
+    Avg,
+}
+
+impl MeasureKind {
+    /// Every measure with its name in the format.
+    pub const ALL: &[(&'static str, MeasureKind)] = &[
+        ("count", MeasureKind::Count),
+        ("sum", MeasureKind::Sum),
+        ("min", MeasureKind::Min),
+        ("max", MeasureKind::Max),
+        ("avg", MeasureKind::Avg),
+    ];
+
+    /// Its name in the format.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, k)| *k == self)
+            .map_or("count", |(n, _)| n)
+    }
+}
+
 /// Comparison operators of `where`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FilterOp {
@@ -751,6 +796,23 @@ pub enum NodeKind {
         /// With `page`: `"total"`, the number of rows the `where` matches.
         count: bool,
     },
+    /// Counts, sums, minimums, maximums and averages over rows, by group.
+    Aggregate {
+        /// The entity.
+        entity: String,
+        /// Conditions, all of which must hold.
+        filters: Vec<Where>,
+        /// The fields that make a group (none: one object).
+        group_by: Vec<String>,
+        /// The measures, by name.
+        measures: NameMap<Measure>,
+        /// The order of the groups (group fields or measure names).
+        order_by: Vec<Order>,
+        /// At most this many groups.
+        limit: Option<Limit>,
+        /// `scope: "all"`: across owners.
+        all: bool,
+    },
     /// Insert one row.
     Create {
         /// The entity.
@@ -880,6 +942,7 @@ impl NodeKind {
     pub fn type_name(&self) -> &'static str {
         match self {
             NodeKind::Read { .. } => "read",
+            NodeKind::Aggregate { .. } => "aggregate",
             NodeKind::Create { .. } => "create",
             NodeKind::Update { .. } => "update",
             NodeKind::Transition { .. } => "transition",
@@ -920,6 +983,7 @@ impl NodeKind {
     pub fn entity(&self) -> Option<&str> {
         match self {
             NodeKind::Read { entity, .. }
+            | NodeKind::Aggregate { entity, .. }
             | NodeKind::Create { entity, .. }
             | NodeKind::Update { entity, .. }
             | NodeKind::Transition { entity, .. }

@@ -198,6 +198,35 @@ pub struct Query {
     pub lock: bool,
 }
 
+/// What one measure of an aggregate computes, as the storage does it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tally {
+    /// Rows in the group.
+    Rows,
+    /// Non-null values of the field.
+    Count,
+    /// The sum of an integer field's non-null values (0 for none); a sum
+    /// that does not fit 64 bits is [`StorageError::Invalid`].
+    Sum,
+    /// The least non-null value (null for none).
+    Min,
+    /// The greatest non-null value (null for none).
+    Max,
+}
+
+/// One measure of an aggregate: its name in the result, what it computes,
+/// on which field (none for [`Tally::Rows`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Measure {
+    /// The key of the result.
+    pub name: String,
+    /// What it computes.
+    pub tally: Tally,
+    /// The field.
+    pub field: Option<String>,
+}
+
 /// Why a storage operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -281,6 +310,18 @@ pub trait Storage {
         entity: &str,
         query: &Query,
     ) -> Result<(Vec<Row>, u64), StorageError>;
+    /// The groups of the live rows of `entity` that `filters` match (by the
+    /// values of `group_by`; nulls make one group; no `group_by`: one group
+    /// of every row, even of none), each a row of its `group_by` values and
+    /// its `measures` by name, in no particular order.
+    fn aggregate(
+        &mut self,
+        tx: Option<TxId>,
+        entity: &str,
+        filters: &[Predicate],
+        group_by: &[String],
+        measures: &[Measure],
+    ) -> Result<Vec<Row>, StorageError>;
     /// Inserts a complete row (the core has set every column, `version` 1).
     fn insert(&mut self, tx: TxId, entity: &str, row: &Row) -> Result<Row, StorageError>;
     /// Changes columns of row `id` if its version is still
@@ -448,46 +489,65 @@ macro_rules! wit_storage_conversions {
             }
         }
 
+        fn filters(
+            list: Vec<wit::Filter>,
+        ) -> Result<Vec<$crate::ports::Predicate>, $crate::ports::StorageError> {
+            $crate::ports::from_tokens(
+                list.into_iter()
+                    .map(|t| {
+                        Ok(match t {
+                            wit::Filter::Is(c) => {
+                                $crate::ports::Token::Is($crate::ports::Condition {
+                                    field: c.field,
+                                    op: match c.op {
+                                        wit::FilterOp::Eq => $crate::spec::FilterOp::Eq,
+                                        wit::FilterOp::Ne => $crate::spec::FilterOp::Ne,
+                                        wit::FilterOp::Lt => $crate::spec::FilterOp::Lt,
+                                        wit::FilterOp::Lte => $crate::spec::FilterOp::Lte,
+                                        wit::FilterOp::Gt => $crate::spec::FilterOp::Gt,
+                                        wit::FilterOp::Gte => $crate::spec::FilterOp::Gte,
+                                        wit::FilterOp::In => $crate::spec::FilterOp::In,
+                                        wit::FilterOp::NotIn => $crate::spec::FilterOp::NotIn,
+                                        wit::FilterOp::IsNull => $crate::spec::FilterOp::IsNull,
+                                        wit::FilterOp::StartsWith => {
+                                            $crate::spec::FilterOp::StartsWith
+                                        }
+                                        wit::FilterOp::Contains => $crate::spec::FilterOp::Contains,
+                                        wit::FilterOp::Icontains => {
+                                            $crate::spec::FilterOp::IContains
+                                        }
+                                    },
+                                    value: json(&c.value)?,
+                                })
+                            }
+                            wit::Filter::All(n) => $crate::ports::Token::All(n),
+                            wit::Filter::Any(n) => $crate::ports::Token::Any(n),
+                            wit::Filter::Not => $crate::ports::Token::Not,
+                        })
+                    })
+                    .collect::<Result<_, $crate::ports::StorageError>>()?,
+            )
+        }
+
+        fn measures(list: Vec<wit::Measure>) -> Vec<$crate::ports::Measure> {
+            list.into_iter()
+                .map(|m| $crate::ports::Measure {
+                    name: m.name,
+                    tally: match m.tally {
+                        wit::Tally::Rows => $crate::ports::Tally::Rows,
+                        wit::Tally::Count => $crate::ports::Tally::Count,
+                        wit::Tally::Sum => $crate::ports::Tally::Sum,
+                        wit::Tally::Min => $crate::ports::Tally::Min,
+                        wit::Tally::Max => $crate::ports::Tally::Max,
+                    },
+                    field: m.field,
+                })
+                .collect()
+        }
+
         fn query(q: wit::Query) -> Result<$crate::ports::Query, $crate::ports::StorageError> {
             Ok($crate::ports::Query {
-                filters: $crate::ports::from_tokens(
-                    q.filters
-                        .into_iter()
-                        .map(|t| {
-                            Ok(match t {
-                                wit::Filter::Is(c) => {
-                                    $crate::ports::Token::Is($crate::ports::Condition {
-                                        field: c.field,
-                                        op: match c.op {
-                                            wit::FilterOp::Eq => $crate::spec::FilterOp::Eq,
-                                            wit::FilterOp::Ne => $crate::spec::FilterOp::Ne,
-                                            wit::FilterOp::Lt => $crate::spec::FilterOp::Lt,
-                                            wit::FilterOp::Lte => $crate::spec::FilterOp::Lte,
-                                            wit::FilterOp::Gt => $crate::spec::FilterOp::Gt,
-                                            wit::FilterOp::Gte => $crate::spec::FilterOp::Gte,
-                                            wit::FilterOp::In => $crate::spec::FilterOp::In,
-                                            wit::FilterOp::NotIn => $crate::spec::FilterOp::NotIn,
-                                            wit::FilterOp::IsNull => $crate::spec::FilterOp::IsNull,
-                                            wit::FilterOp::StartsWith => {
-                                                $crate::spec::FilterOp::StartsWith
-                                            }
-                                            wit::FilterOp::Contains => {
-                                                $crate::spec::FilterOp::Contains
-                                            }
-                                            wit::FilterOp::Icontains => {
-                                                $crate::spec::FilterOp::IContains
-                                            }
-                                        },
-                                        value: json(&c.value)?,
-                                    })
-                                }
-                                wit::Filter::All(n) => $crate::ports::Token::All(n),
-                                wit::Filter::Any(n) => $crate::ports::Token::Any(n),
-                                wit::Filter::Not => $crate::ports::Token::Not,
-                            })
-                        })
-                        .collect::<Result<_, $crate::ports::StorageError>>()?,
-                )?,
+                filters: filters(q.filters)?,
                 order: q
                     .order
                     .into_iter()

@@ -58,6 +58,22 @@ impl Storage for Blocking<'_> {
                 .read_counted(tx.map(|t| t.0), entity, q),
         )
     }
+    fn aggregate(
+        &mut self,
+        tx: Option<TxId>,
+        entity: &str,
+        filters: &[sinew_core::ports::Predicate],
+        group_by: &[String],
+        measures: &[sinew_core::ports::Measure],
+    ) -> Result<Vec<Row>, StorageError> {
+        self.handle.block_on(self.backends.storage.aggregate(
+            tx.map(|t| t.0),
+            entity,
+            filters,
+            group_by,
+            measures,
+        ))
+    }
     fn insert(&mut self, tx: TxId, entity: &str, row: &Row) -> Result<Row, StorageError> {
         self.handle
             .block_on(self.backends.storage.insert(tx.0, entity, row))

@@ -1066,6 +1066,107 @@ impl StorageBackend for PgBackend {
         Ok((rows, total))
     }
 
+    async fn aggregate(
+        &self,
+        tx: Option<u64>,
+        entity: &str,
+        filters: &[Predicate],
+        group_by: &[String],
+        measures: &[sinew_core::ports::Measure],
+    ) -> Result<Vec<Row>, StorageError> {
+        use sinew_core::ports::Tally;
+        let table = self.table(entity)?;
+        let column = |name: &str| {
+            table
+                .column(name)
+                .ok_or_else(|| invalid(format!("no column `{name}`")))
+        };
+        let mut params = Params::new();
+        let q = Query {
+            filters: filters.to_vec(),
+            order: Vec::new(),
+            limit: None,
+            after: None,
+            lock: false,
+        };
+        let cond = where_sql(table, &q, &mut params)?;
+        // Each output column, and the type it decodes as (`None`: a count
+        // or a sum, an integer).
+        let mut select: Vec<String> = Vec::new();
+        let mut types: Vec<Option<Ty>> = Vec::new();
+        let mut grouped = Vec::new();
+        for f in group_by {
+            let col = column(f)?;
+            select.push(col.ty.select(&col.sql));
+            types.push(Some(col.ty));
+            grouped.push(col.sql.clone());
+        }
+        for m in measures {
+            let col = match (&m.field, m.tally) {
+                (_, Tally::Rows) => None,
+                (Some(f), _) => Some(column(f)?),
+                (None, _) => return Err(invalid(format!("measure `{}` needs a field", m.name))),
+            };
+            let (sql, ty) = match (m.tally, col) {
+                (Tally::Rows, _) | (_, None) => ("count(*)::text".to_owned(), None),
+                (Tally::Count, Some(c)) => (format!("count({})::text", c.sql), None),
+                (Tally::Sum, Some(c)) => (format!("sum({})::text", c.sql), None),
+                (Tally::Min | Tally::Max, Some(c)) => {
+                    let f = if m.tally == Tally::Min { "min" } else { "max" };
+                    // Text by bytes, as everywhere.
+                    let arg = if c.ty == Ty::Text {
+                        format!("{} COLLATE \"C\"", c.sql)
+                    } else {
+                        c.sql.clone()
+                    };
+                    (c.ty.select(&format!("{f}({arg})")), Some(c.ty))
+                }
+            };
+            select.push(sql);
+            types.push(ty);
+        }
+        let mut sql = format!(
+            "SELECT {} FROM {} WHERE {cond}",
+            select.join(", "),
+            table.sql
+        );
+        if !grouped.is_empty() {
+            let _ = write!(sql, " GROUP BY {}", grouped.join(", "));
+        }
+        let found = self
+            .on(tx, async |c| {
+                let s = c.prepare(&sql).await?;
+                c.client.query(&s, &refs(&params)).await
+            })
+            .await?;
+        let names = group_by
+            .iter()
+            .map(String::as_str)
+            .chain(measures.iter().map(|m| m.name.as_str()));
+        let names: Vec<&str> = names.collect();
+        let mut out = Vec::with_capacity(found.len());
+        for r in &found {
+            let mut row = Row::new();
+            for (i, (name, ty)) in names.iter().zip(&types).enumerate() {
+                let text: Option<&str> = r.try_get(i).ok().flatten();
+                let v = match ty {
+                    Some(ty) => ty.decode(text),
+                    // A count, or a sum (0 over no value; past 64 bits an
+                    // error, as in memory).
+                    None => match text {
+                        None => Value::from(0),
+                        Some(t) => Value::from(t.parse::<i64>().map_err(|_| {
+                            invalid(format!("`{name}` ({t}) does not fit 64 bits"))
+                        })?),
+                    },
+                };
+                row.insert((*name).to_owned(), v);
+            }
+            out.push(row);
+        }
+        Ok(out)
+    }
+
     async fn insert(&self, tx: u64, entity: &str, row: &Row) -> Result<Row, StorageError> {
         let table = self.table(entity)?;
         let mut cols = Vec::new();

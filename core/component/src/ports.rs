@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 use sinew_core::ports::{
-    self, CallOutcome, CallRequest, CallResult, Claim, Query, Row, StorageError, Token, TxId,
+    self, CallOutcome, CallRequest, CallResult, Claim, Measure, Predicate, Query, Row,
+    StorageError, Tally, Token, TxId,
 };
 use sinew_core::spec::{Backoff, FilterOp, Isolation};
 
@@ -41,6 +42,38 @@ fn op(o: FilterOp) -> types::FilterOp {
         FilterOp::Contains => types::FilterOp::Contains,
         FilterOp::IContains => types::FilterOp::Icontains,
     }
+}
+
+fn filters(list: &[Predicate]) -> Vec<types::Filter> {
+    ports::to_tokens(list)
+        .into_iter()
+        .map(|t| match t {
+            Token::Is(c) => types::Filter::Is(types::Condition {
+                field: c.field,
+                op: op(c.op),
+                value: json(&c.value),
+            }),
+            Token::All(n) => types::Filter::All(n),
+            Token::Any(n) => types::Filter::Any(n),
+            Token::Not => types::Filter::Not,
+        })
+        .collect()
+}
+
+fn measures(list: &[Measure]) -> Vec<types::Measure> {
+    list.iter()
+        .map(|m| types::Measure {
+            name: m.name.clone(),
+            tally: match m.tally {
+                Tally::Rows => types::Tally::Rows,
+                Tally::Count => types::Tally::Count,
+                Tally::Sum => types::Tally::Sum,
+                Tally::Min => types::Tally::Min,
+                Tally::Max => types::Tally::Max,
+            },
+            field: m.field.clone(),
+        })
+        .collect()
 }
 
 fn query(q: &Query) -> types::Query {
@@ -162,6 +195,22 @@ impl ports::Storage for WitStorage {
         }
         .map_err(error)?;
         Ok((rows(counted.rows)?, counted.total))
+    }
+
+    fn aggregate(
+        &mut self,
+        tx: Option<TxId>,
+        entity: &str,
+        list: &[Predicate],
+        group_by: &[String],
+        tallies: &[Measure],
+    ) -> Result<Vec<Row>, StorageError> {
+        let (f, m) = (filters(list), measures(tallies));
+        let found = match tx {
+            Some(t) => self.tx(t)?.aggregate(entity, &f, group_by, &m),
+            None => storage::aggregate(entity, &f, group_by, &m),
+        };
+        rows(found.map_err(error)?)
     }
 
     fn insert(&mut self, tx: TxId, entity: &str, r: &Row) -> Result<Row, StorageError> {

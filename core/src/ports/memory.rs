@@ -74,8 +74,8 @@ use crate::expr::value::parse_timestamp;
 use crate::hash::canonical as canonical_json;
 
 use super::{
-    ABANDONED_AFTER_MS, Claim, Clock, Condition, FilterOp, IDEMPOTENCY_TTL_MS, Isolation,
-    Predicate, Query, Row, SortKey, Storage, StorageError, TxId,
+    ABANDONED_AFTER_MS, Claim, Clock, Condition, FilterOp, IDEMPOTENCY_TTL_MS, Isolation, Measure,
+    Predicate, Query, Row, SortKey, Storage, StorageError, Tally, TxId,
 };
 
 // ---------------------------------------------------------------------------
@@ -1332,6 +1332,59 @@ impl Storage for MemoryStorage {
         self.read_and_count(tx, entity, query)
     }
 
+    fn aggregate(
+        &mut self,
+        tx: Option<TxId>,
+        entity: &str,
+        filters: &[Predicate],
+        group_by: &[String],
+        measures: &[Measure],
+    ) -> Result<Vec<Row>, StorageError> {
+        let query = Query {
+            filters: filters.to_vec(),
+            order: vec![SortKey {
+                field: "id".into(),
+                desc: false,
+            }],
+            limit: None,
+            after: None,
+            lock: false,
+        };
+        let (rows, _) = self.read_and_count(tx, entity, &query)?;
+        let cols = self.columns(entity);
+        // Groups by the canonical text of their values (stored rows hold
+        // one spelling of each value: timestamps are normalized).
+        let mut groups: BTreeMap<String, (Vec<Value>, Vec<&Row>)> = BTreeMap::new();
+        if group_by.is_empty() {
+            // One group, even of no row.
+            groups.insert(
+                canonical_json(&Value::Array(Vec::new())),
+                (Vec::new(), Vec::new()),
+            );
+        }
+        for row in &rows {
+            let key: Vec<Value> = group_by.iter().map(|f| column(row, f).clone()).collect();
+            let text = canonical_json(&Value::Array(key.clone()));
+            groups
+                .entry(text)
+                .or_insert_with(|| (key, Vec::new()))
+                .1
+                .push(row);
+        }
+        let mut out = Vec::with_capacity(groups.len());
+        for (_, (key, members)) in groups {
+            let mut r = Row::new();
+            for (f, v) in group_by.iter().zip(key) {
+                r.insert(f.clone(), v);
+            }
+            for m in measures {
+                r.insert(m.name.clone(), tally(m, &members, cols)?);
+            }
+            out.push(r);
+        }
+        Ok(out)
+    }
+
     fn insert(&mut self, tx: TxId, entity: &str, row: &Row) -> Result<Row, StorageError> {
         let chain = self.writable(tx)?;
         let root = self.get_tx(tx.0)?.root;
@@ -1662,6 +1715,49 @@ fn sql_cmp(a: &Value, b: &Value, timestamp: bool) -> Option<Ordering> {
         (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
         _ => None,
     }
+}
+
+/// One measure over the rows of a group.
+fn tally(m: &Measure, rows: &[&Row], cols: Columns<'_>) -> Result<Value, StorageError> {
+    let field = m.field.as_deref().unwrap_or("");
+    let values = || {
+        rows.iter()
+            .map(move |r| column(r, field))
+            .filter(|v| !v.is_null())
+    };
+    Ok(match m.tally {
+        Tally::Rows => Value::from(rows.len() as u64),
+        Tally::Count => Value::from(values().count() as u64),
+        Tally::Sum => {
+            let mut sum: i128 = 0;
+            for v in values() {
+                let n = v.as_i64().ok_or_else(|| {
+                    invalid(format!(
+                        "`sum` of `{field}` needs integers, found {}",
+                        crate::diag::a_json(v)
+                    ))
+                })?;
+                sum += i128::from(n);
+            }
+            Value::from(
+                i64::try_from(sum)
+                    .map_err(|_| invalid(format!("the sum of `{field}` does not fit 64 bits")))?,
+            )
+        }
+        Tally::Min | Tally::Max => {
+            let ts = cols.is_timestamp(field);
+            let best = values().reduce(|a, b| {
+                let o = sort_cmp(b, a, ts);
+                let better = if m.tally == Tally::Min {
+                    o == Ordering::Less
+                } else {
+                    o == Ordering::Greater
+                };
+                if better { b } else { a }
+            });
+            best.cloned().unwrap_or(Value::Null)
+        }
+    })
 }
 
 /// Whether a unique key of a row (a field, or fields joined by `,` for an

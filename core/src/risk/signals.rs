@@ -152,6 +152,13 @@ pub(super) fn tool_findings(
                 one: false,
                 ..
             } if !pinned(spec, entity, filters) => t.unbounded_read(info, entity),
+            // Groups are as many as the values they are made of.
+            NodeKind::Aggregate {
+                entity,
+                group_by,
+                limit: None,
+                ..
+            } if !group_by.is_empty() => t.unbounded_read(info, entity),
             NodeKind::Call { .. } => effects |= t.call(i, info),
             _ => {}
         }

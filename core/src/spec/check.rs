@@ -120,6 +120,9 @@ impl<'a> Scope<'a> {
                 }
                 Binding::Object(keys)
             }
+            NodeKind::Aggregate {
+                group_by, measures, ..
+            } if group_by.is_empty() => Binding::Object(measures.keys().cloned().collect()),
             NodeKind::Read { entity, one, .. } | NodeKind::Update { entity, one, .. } => {
                 if *one {
                     Binding::Row(entity.clone())
@@ -1236,6 +1239,7 @@ fn check_node(cx: &mut Cx, spec: &Spec, scope: &Scope, row_scope: &Scope, node: 
     let ent = |cx: &mut Cx, name: &str| entity_ref(cx, spec, &child(path, "entity"), name);
     match &node.kind {
         NodeKind::Read { .. } => check_read(cx, spec, scope, node),
+        NodeKind::Aggregate { .. } => check_aggregate(cx, spec, scope, node),
         NodeKind::Create { .. } => check_create(cx, spec, scope, node),
         NodeKind::Update {
             entity,
@@ -1351,6 +1355,138 @@ fn check_read(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
     if let Some(x) = after {
         check_expr(cx, x, scope);
     }
+}
+
+/// `aggregate`: entity, filters, groups, measures on fields of the types
+/// they take, an order over groups or measures, limit.
+fn check_aggregate(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
+    use crate::model::MeasureKind;
+    let NodeKind::Aggregate {
+        entity,
+        filters,
+        group_by,
+        measures,
+        order_by,
+        limit,
+        ..
+    } = &node.kind
+    else {
+        return;
+    };
+    let path = node.path.as_str();
+    let e = entity_ref(cx, spec, &child(path, "entity"), entity);
+    check_filters(cx, spec, e, entity, filters, scope);
+    if let Some(e) = e {
+        let grouped: Vec<crate::model::Order> = group_by
+            .iter()
+            .map(|f| crate::model::Order {
+                field: f.clone(),
+                desc: false,
+            })
+            .collect();
+        check_indexed(cx, entity, e, path, filters, &grouped);
+        for (i, f) in group_by.iter().enumerate() {
+            let p = child(&child(path, "groupBy"), &i.to_string());
+            match e.column_type(f) {
+                None => cx.error(
+                    Diagnostic::new("unknown-field", p, format!("`{entity}` has no field `{f}`"))
+                        .help(suggest(f, e.columns(), "")),
+                ),
+                Some(FieldType::Json) => cx.error(
+                    Diagnostic::new(
+                        "expr-type",
+                        p,
+                        format!("`{entity}.{f}` is a json field: its values make no groups"),
+                    )
+                    .help("group by a field of another type"),
+                ),
+                Some(_) => {}
+            }
+        }
+        for (name, m) in measures {
+            if group_by.contains(name) {
+                cx.error(
+                    Diagnostic::new(
+                        "duplicate-name",
+                        m.path.clone(),
+                        format!("`{name}` is a `groupBy` field and a measure"),
+                    )
+                    .help("name the measure otherwise"),
+                );
+            }
+            let Some(f) = &m.field else { continue };
+            let p = child(&m.path, m.kind.name());
+            let Some(ty) = e.column_type(f) else {
+                cx.error(
+                    Diagnostic::new("unknown-field", p, format!("`{entity}` has no field `{f}`"))
+                        .help(suggest(f, e.columns(), "")),
+                );
+                continue;
+            };
+            let fits = match m.kind {
+                MeasureKind::Count => true,
+                MeasureKind::Sum | MeasureKind::Avg => ty == FieldType::Integer,
+                MeasureKind::Min | MeasureKind::Max => matches!(
+                    ty,
+                    FieldType::Integer
+                        | FieldType::Number
+                        | FieldType::String
+                        | FieldType::Timestamp
+                ),
+            };
+            if !fits {
+                let help = match m.kind {
+                    MeasureKind::Sum | MeasureKind::Avg => {
+                        "sum and avg take integer fields (money is integer minor units)"
+                    }
+                    _ => "min and max take integer, number, string and timestamp fields",
+                };
+                cx.error(
+                    Diagnostic::new(
+                        "expr-type",
+                        p,
+                        format!(
+                            "`{}` of `{entity}.{f}`, a {} field",
+                            m.kind.name(),
+                            type_name(ty)
+                        ),
+                    )
+                    .help(help),
+                );
+            }
+        }
+    }
+    for (i, o) in order_by.iter().enumerate() {
+        if !group_by.contains(&o.field) && !measures.contains_key(&o.field) {
+            let names = group_by
+                .iter()
+                .map(String::as_str)
+                .chain(measures.keys().map(String::as_str));
+            cx.error(
+                Diagnostic::new(
+                    "unknown-field",
+                    format!("{path}/orderBy/{i}"),
+                    format!("`{}` is neither a `groupBy` field nor a measure", o.field),
+                )
+                .help(suggest(
+                    &o.field,
+                    names,
+                    "order groups by their fields or measures",
+                )),
+            );
+        }
+    }
+    if let Some(Limit::Expr(x)) = limit {
+        check_expr(cx, x, scope);
+        check_shape(cx, x, scope, Want::Count);
+    }
+}
+
+fn type_name(t: FieldType) -> &'static str {
+    FieldType::ALL
+        .iter()
+        .find(|(_, x)| *x == t)
+        .map_or("json", |(n, _)| n)
 }
 
 /// `create`: entity, values, and the fields it leaves unset.

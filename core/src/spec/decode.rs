@@ -1007,8 +1007,9 @@ fn flow(cx: &mut Cx, v: &Value, path: &str, ids: &mut HashMap<String, String>) -
     })
 }
 
-const NODE_TYPES: &[(&str, ()); 15] = &[
+const NODE_TYPES: &[(&str, ()); 16] = &[
     ("read", ()),
+    ("aggregate", ()),
     ("create", ()),
     ("update", ()),
     ("transition", ()),
@@ -1223,6 +1224,7 @@ fn node_kind(
                 count,
             }
         }
+        "aggregate" => aggregate(cx, o, path)?,
         "create" => {
             let entity = o.name(cx, "entity", true);
             let raw = o.req(cx, "values");
@@ -1337,6 +1339,122 @@ fn node_kind(
             }
         }
         _ => return None,
+    })
+}
+
+/// An `aggregate` node's keys.
+fn aggregate(cx: &mut Cx, o: &mut Obj, path: &str) -> Option<NodeKind> {
+    let entity = o.name(cx, "entity", true);
+    let filters = o
+        .get("where")
+        .map(|v| filters(cx, v, &child(path, "where")))
+        .unwrap_or_default();
+    let group_by = o
+        .get("groupBy")
+        .map(|v| string_list(cx, v, &child(path, "groupBy"), true))
+        .unwrap_or_default();
+    let mut measures = NameMap::default();
+    let mpath = child(path, "measures");
+    let raw = o.req(cx, "measures");
+    if let Some(Value::Object(m)) = raw
+        && m.is_empty()
+    {
+        cx.error(
+            Diagnostic::new(
+                "invalid-value",
+                mpath.clone(),
+                "an aggregate with no measure",
+            )
+            .help("add one: `\"n\": {\"count\": \"*\"}`"),
+        );
+    }
+    for (name, v, p) in object_map(cx, raw, &mpath) {
+        if check_name(cx, &p, name, "a measure name")
+            && let Some(m) = measure(cx, v, &p)
+        {
+            measures.insert(name.clone(), m);
+        }
+    }
+    let order_by = o
+        .get("orderBy")
+        .map(|v| order_by(cx, v, &child(path, "orderBy")))
+        .unwrap_or_default();
+    let limit = limit(cx, o);
+    let all = match o.get("scope") {
+        None => false,
+        Some(Value::String(s)) if s == "all" => true,
+        Some(Value::String(s)) if s == "owner" => false,
+        Some(v) => {
+            cx.error(
+                Diagnostic::new(
+                    "invalid-value",
+                    child(path, "scope"),
+                    format!("`scope` is `\"all\"` or `\"owner\"`, not {v}"),
+                )
+                .help("`\"all\"` counts across owners (it never returns rows); leave it out for the caller's rows"),
+            );
+            false
+        }
+    };
+    Some(NodeKind::Aggregate {
+        entity: entity?,
+        filters,
+        group_by,
+        measures,
+        order_by,
+        limit,
+        all,
+    })
+}
+
+/// One measure: `{"count": "*"}`, `{"sum": "field"}`, …
+fn measure(cx: &mut Cx, v: &Value, path: &str) -> Option<Measure> {
+    let Value::Object(m) = v else {
+        wrong_type(cx, path, "an object (`{\"sum\": \"field\"}`)", v);
+        return None;
+    };
+    let found: Vec<(&String, &Value)> = m.iter().filter(|(k, _)| !is_extra_key(k)).collect();
+    let [(k, field)] = found.as_slice() else {
+        cx.error(
+            Diagnostic::new(
+                "invalid-value",
+                path,
+                "a measure is one of count, sum, min, max, avg, on one field",
+            )
+            .help(
+                "write `{\"count\": \"*\"}`, `{\"sum\": \"minutes\"}`, `{\"min\": \"start_at\"}`…",
+            ),
+        );
+        return None;
+    };
+    let kp = child(path, k);
+    let kind = one_of(cx, &kp, k, "measure", MeasureKind::ALL)?;
+    let Value::String(field) = field else {
+        wrong_type(
+            cx,
+            &kp,
+            "a field name (a string), or `\"*\"` for count",
+            field,
+        );
+        return None;
+    };
+    let field = if field == "*" {
+        if kind != MeasureKind::Count {
+            cx.error(
+                Diagnostic::new("invalid-value", kp, format!("`{k}` needs a field, not `*`"))
+                    .help("only `count` takes `\"*\"` (every row)"),
+            );
+            return None;
+        }
+        None
+    } else {
+        check_name(cx, &kp, field, "a field name").then(|| field.clone())?;
+        Some(field.clone())
+    };
+    Some(Measure {
+        kind,
+        field,
+        path: path.to_owned(),
     })
 }
 

@@ -56,6 +56,20 @@ impl GuestTransaction for Tx {
         }))
     }
 
+    fn aggregate(
+        &self,
+        entity: String,
+        list: Vec<wit::Filter>,
+        group_by: Vec<String>,
+        tallies: Vec<wit::Measure>,
+    ) -> Res<Vec<String>> {
+        let (f, m) = (filters(list)?, measures(tallies));
+        rows(world(|w| {
+            w.storage
+                .aggregate(Some(self.id), &entity, &f, &group_by, &m)
+        }))
+    }
+
     fn insert(&self, entity: String, row: String) -> Res<String> {
         let row = object(&row)?;
         one(world(|w| w.storage.insert(self.id, &entity, &row)))
@@ -132,6 +146,18 @@ impl StorageGuest for Component {
     fn read_counted(entity: String, q: wit::Query) -> Res<wit::Counted> {
         let q = query(q)?;
         counted(world(|w| w.storage.read_counted(None, &entity, &q)))
+    }
+
+    fn aggregate(
+        entity: String,
+        list: Vec<wit::Filter>,
+        group_by: Vec<String>,
+        tallies: Vec<wit::Measure>,
+    ) -> Res<Vec<String>> {
+        let (f, m) = (filters(list)?, measures(tallies));
+        rows(world(|w| {
+            w.storage.aggregate(None, &entity, &f, &group_by, &m)
+        }))
     }
 
     fn append_audit(entry: String) -> Res<()> {

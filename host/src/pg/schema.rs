@@ -84,7 +84,7 @@ impl Ty {
     }
 
     /// The select-list expression of a column of this type.
-    fn select(self, col: &str) -> String {
+    pub(crate) fn select(self, col: &str) -> String {
         match self {
             Ty::Timestamp => format!("floor(extract(epoch from {col}) * 1000000)::bigint::text"),
             _ => format!("{col}::text"),

@@ -36,6 +36,15 @@ pub trait StorageBackend: Send + Sync + 'static {
         entity: &str,
         q: &Query,
     ) -> Result<(Vec<Row>, u64), StorageError>;
+    /// The groups of an aggregate.
+    async fn aggregate(
+        &self,
+        tx: Option<u64>,
+        entity: &str,
+        filters: &[ports::Predicate],
+        group_by: &[String],
+        measures: &[ports::Measure],
+    ) -> Result<Vec<Row>, StorageError>;
     /// Inserts a row.
     async fn insert(&self, tx: u64, entity: &str, row: &Row) -> Result<Row, StorageError>;
     /// Updates a row by id and version.
@@ -123,6 +132,18 @@ impl StorageBackend for MemoryBackend {
         q: &Query,
     ) -> Result<(Vec<Row>, u64), StorageError> {
         self.with(|s| ports::Storage::read_counted(s, tx.map(TxId), entity, q))
+    }
+    async fn aggregate(
+        &self,
+        tx: Option<u64>,
+        entity: &str,
+        filters: &[ports::Predicate],
+        group_by: &[String],
+        measures: &[ports::Measure],
+    ) -> Result<Vec<Row>, StorageError> {
+        self.with(|s| {
+            ports::Storage::aggregate(s, tx.map(TxId), entity, filters, group_by, measures)
+        })
     }
     async fn insert(&self, tx: u64, entity: &str, row: &Row) -> Result<Row, StorageError> {
         self.with(|s| ports::Storage::insert(s, TxId(tx), entity, row))
@@ -212,6 +233,29 @@ impl HostState {
     }
 }
 
+impl HostState {
+    async fn aggregate_in(
+        &mut self,
+        tx: Option<u64>,
+        entity: String,
+        list: Vec<wit::Filter>,
+        group_by: Vec<String>,
+        tallies: Vec<wit::Measure>,
+    ) -> Res<Vec<String>> {
+        let f = match filters(list) {
+            Ok(f) => f,
+            Err(e) => return Ok(Err(error(e))),
+        };
+        Ok(self
+            .backends
+            .storage
+            .aggregate(tx, &entity, &f, &group_by, &measures(tallies))
+            .await
+            .map(|rows| rows.into_iter().map(text).collect())
+            .map_err(error))
+    }
+}
+
 fn counted((rows, total): (Vec<Row>, u64)) -> wit::Counted {
     wit::Counted {
         rows: rows.into_iter().map(text).collect(),
@@ -253,6 +297,19 @@ impl HostTransaction for HostState {
             .await
             .map(counted)
             .map_err(error))
+    }
+
+    async fn aggregate(
+        &mut self,
+        t: Resource<Tx>,
+        entity: String,
+        list: Vec<wit::Filter>,
+        group_by: Vec<String>,
+        tallies: Vec<wit::Measure>,
+    ) -> Res<Vec<String>> {
+        let id = self.tx_id(&t)?;
+        self.aggregate_in(Some(id), entity, list, group_by, tallies)
+            .await
     }
 
     async fn insert(&mut self, t: Resource<Tx>, entity: String, row: String) -> Res<String> {
@@ -416,6 +473,17 @@ impl Host for HostState {
             .await
             .map(counted)
             .map_err(error))
+    }
+
+    async fn aggregate(
+        &mut self,
+        entity: String,
+        list: Vec<wit::Filter>,
+        group_by: Vec<String>,
+        tallies: Vec<wit::Measure>,
+    ) -> Res<Vec<String>> {
+        self.aggregate_in(None, entity, list, group_by, tallies)
+            .await
     }
 
     async fn append_audit(&mut self, entry: String) -> Res<()> {
