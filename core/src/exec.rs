@@ -895,6 +895,7 @@ impl<'a> Run<'a> {
         }
         rows::normalize_row(e, &mut row);
         rows::check_fields(entity, e, &row, e.fields.keys())?;
+        self.check_refs(entity, e, &row, e.fields.keys(), None)?;
         let tx = self.write_tx()?.id;
         let stored = self
             .storage
@@ -966,6 +967,7 @@ impl<'a> Run<'a> {
                 merged.insert(k.clone(), v.clone());
             }
             rows::check_fields(entity, e, &merged, set.keys())?;
+            self.check_refs(entity, e, &merged, set.keys(), Some(&row))?;
             let stored = self.update_row(entity, &row, &changes)?;
             out.push(row_to_value(e, &stored));
             self.record(entity, &stored, "update", version(&row))?;
@@ -1452,6 +1454,51 @@ impl<'a> Run<'a> {
         rows.into_iter()
             .next()
             .ok_or_else(|| Problem::new(Code::NotFound, format!("no such `{entity}`")))
+    }
+
+    /// The `ref` fields among `keys` name live rows of their entities that
+    /// the caller may see (422 `unknown_reference` otherwise, naming every
+    /// field that does not); a value an update leaves as it was (`before`)
+    /// is not checked again.
+    fn check_refs<'k>(
+        &mut self,
+        entity: &str,
+        e: &Entity,
+        row: &Row,
+        keys: impl Iterator<Item = &'k String>,
+        before: Option<&Row>,
+    ) -> Result<(), Problem> {
+        let mut errors = Vec::new();
+        for key in keys {
+            let Some(f) = e.fields.get(key) else { continue };
+            let (Some(target), Some(Json::String(id))) = (&f.entity, row.get(key)) else {
+                continue;
+            };
+            if before.is_some_and(|b| b.get(key) == row.get(key)) {
+                continue;
+            }
+            let te = self.entity(target)?;
+            let tx = self.current_tx();
+            if self
+                .read_by_id(te, target, id.clone(), tx, false)?
+                .is_empty()
+            {
+                errors.push((key.clone(), target.clone()));
+            }
+        }
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let detail = errors
+            .iter()
+            .map(|(k, t)| format!("`{entity}.{k}` names no `{t}` the caller can see"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let list = errors
+            .into_iter()
+            .map(|(k, t)| json!({"pointer": format!("/{k}"), "field": k, "message": format!("names no `{t}` the caller can see")}))
+            .collect();
+        Err(Problem::new(Code::UnknownReference, detail).with_errors(list))
     }
 
     /// Reads the row `id` of `entity` that the caller may see (owner

@@ -79,6 +79,8 @@ codes! {
     InvariantViolated = 422 "invariant_violated",
     /// A written value breaks its field's constraints.
     ConstraintViolated = 422 "constraint_violated",
+    /// A `ref` field set to no live row of its entity the caller can see.
+    UnknownReference = 422 "unknown_reference",
     /// The idempotency key was used before with another input.
     IdempotencyKeyReused = 422 "idempotency_key_reused",
     /// The call exceeded one of its tool's limits.

@@ -165,6 +165,12 @@ fn data_errors(spec: &Spec, tool: &Tool, nodes: &[&NodeKind], out: &mut Reasons)
                     );
                 }
             }
+            NodeKind::Read { page: true, .. } => {
+                out.add(
+                    400,
+                    "`after` is not a cursor this read gave (`invalid_cursor`)",
+                );
+            }
             NodeKind::Update { one, .. } => {
                 (writes, finds) = (true, true);
                 if *one {
@@ -188,6 +194,19 @@ fn data_errors(spec: &Spec, tool: &Tool, nodes: &[&NodeKind], out: &mut Reasons)
     }
     if finds {
         out.add(404, "a row was not found or is not the caller's");
+    }
+    let sets_ref = nodes.iter().any(|n| match n {
+        NodeKind::Create { entity, .. } | NodeKind::Update { entity, .. } => spec
+            .entities
+            .get(entity)
+            .is_some_and(|e| e.fields.values().any(|f| f.entity.is_some())),
+        _ => false,
+    });
+    if sets_ref {
+        out.add(
+            422,
+            "a `ref` field names no row the caller can see (`unknown_reference`)",
+        );
     }
     if writes {
         out.add(409, "a unique field's value is taken");
