@@ -66,6 +66,10 @@ pub(crate) struct Tx {
     /// The latest state of every row written, for invariants.
     pub touched: IndexMap<(String, String), Row>,
     pub rows: Vec<RowRecord>,
+    /// Rows a `read` with `lock` gave the caller in this transaction, with
+    /// their owner field's value: live and the caller's while they stay
+    /// locked, so a `ref` to one needs no read to be checked.
+    pub locked: HashMap<(String, String), Json>,
 }
 
 impl Tx {
@@ -74,6 +78,7 @@ impl Tx {
             id,
             touched: IndexMap::new(),
             rows: Vec::new(),
+            locked: HashMap::new(),
         }
     }
 }
@@ -641,6 +646,17 @@ impl<'a> Run<'a> {
             (rows, None)
         };
         self.count_rows(rows.len() as u64, 0)?;
+        if lock {
+            let owner = e.owner.as_ref().map(|o| o.field.as_str());
+            if let Some(t) = self.open.last_mut() {
+                for r in &rows {
+                    if let Some(id) = r.get("id").and_then(Json::as_str) {
+                        let o = owner.and_then(|f| r.get(f)).cloned().unwrap_or(Json::Null);
+                        t.locked.insert((entity.clone(), id.to_owned()), o);
+                    }
+                }
+            }
+        }
         if let Some(read_id) = read_id {
             let next = match limit {
                 Some(n) if rows.len() as u64 > n => {
@@ -1477,6 +1493,10 @@ impl<'a> Run<'a> {
             if before.is_some_and(|b| b.get(key) == row.get(key)) {
                 continue;
             }
+            let known = (target.clone(), id.clone());
+            if self.open.iter().any(|t| t.locked.contains_key(&known)) {
+                continue;
+            }
             let te = self.entity(target)?;
             let tx = self.current_tx();
             if self
@@ -1554,6 +1574,28 @@ impl<'a> Run<'a> {
             .unwrap_or_default()
             .to_string();
         let after = version(stored).unwrap_or(0);
+        // A locked row the flow deletes, or whose owner it changes, is no
+        // longer known to be live and the caller's.
+        let owner = self
+            .bundle
+            .spec
+            .entities
+            .get(entity)
+            .and_then(|e| e.owner.as_ref())
+            .map(|o| stored.get(&o.field).cloned().unwrap_or(Json::Null));
+        let key = (entity.to_string(), id.clone());
+        for t in &mut self.open {
+            let keep = match t.locked.get(&key) {
+                None => continue,
+                Some(was) => {
+                    !matches!(op, "soft_delete" | "delete")
+                        && owner.as_ref().is_none_or(|now| now == was)
+                }
+            };
+            if !keep {
+                t.locked.remove(&key);
+            }
+        }
         let tx = self.write_tx()?;
         tx.touched
             .insert((entity.to_string(), id.clone()), stored.clone());
