@@ -1750,3 +1750,39 @@ fn aggregate_mistakes_are_found_where_they_are() {
     assert!(l.errors.is_empty(), "{}", list(&l.errors));
     assert!(!risk::analyze(&l).findings().any(|f| f.path == p));
 }
+
+#[test]
+fn on_delete_is_for_ref_fields_and_set_null_for_nullable_ones() {
+    let l = load_with(|v| {
+        at(v, "/entities/Product/fields/name")["onDelete"] = json!("cascade");
+    });
+    only_error(
+        &l,
+        "invalid-value",
+        "/entities/Product/fields/name/onDelete",
+    );
+    let l = load_with(|v| {
+        at(v, "/entities/Order/fields/product")["onDelete"] = json!("setNull");
+    });
+    let d = only_error(
+        &l,
+        "invalid-value",
+        "/entities/Order/fields/product/onDelete",
+    );
+    assert_help(d, "nullable");
+    let l = load_with(|v| {
+        at(v, "/entities/Order/fields/product")["onDelete"] = json!("cascde");
+    });
+    let d = only_error(
+        &l,
+        "invalid-value",
+        "/entities/Order/fields/product/onDelete",
+    );
+    assert_help(d, "cascade");
+    let l = load_with(|v| {
+        let f = at(v, "/entities/Order/fields/product");
+        f["onDelete"] = json!("setNull");
+        f["nullable"] = json!(true);
+    });
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+}

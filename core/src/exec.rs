@@ -1048,6 +1048,8 @@ impl<'a> Run<'a> {
             .and_then(Json::as_str)
             .unwrap_or_default()
             .to_string();
+        let mut budget = self.bundle.spec.limits.max_rows_per_write;
+        self.release(entity, &rid, &mut budget, 0)?;
         let now = self.now_text();
         let stored = self
             .storage
@@ -1055,6 +1057,117 @@ impl<'a> Run<'a> {
             .map_err(storage_problem)?;
         self.record(entity, &stored, "soft_delete", version(&row))?;
         Ok(row_to_value(e, &stored))
+    }
+
+    /// What soft-deleting row `id` of `entity` does to the live rows whose
+    /// `ref` fields name it, every referring field in spec order, their
+    /// rows in id order, whoever owns them: `restrict` refuses (409
+    /// `still_referenced`), `setNull` clears the field, `cascade`
+    /// soft-deletes them in turn (counting them against `budget`, the
+    /// spec's `maxRowsPerWrite`: 409 `cascade_too_large` past it).
+    fn release(
+        &mut self,
+        entity: &str,
+        id: &str,
+        budget: &mut u64,
+        depth: usize,
+    ) -> Result<(), Problem> {
+        use crate::model::OnDelete;
+        let spec = &self.bundle.spec;
+        let referring: Vec<(String, String, OnDelete)> = spec
+            .entities
+            .iter()
+            .flat_map(|(name, e)| {
+                e.fields
+                    .iter()
+                    .filter(move |(_, field)| field.entity.as_deref() == Some(entity))
+                    .map(move |(f, field)| (name.clone(), f.clone(), field.on_delete))
+            })
+            .collect();
+        for (other, field, on_delete) in referring {
+            let limit = match on_delete {
+                OnDelete::Restrict => 1,
+                _ => budget.saturating_add(1),
+            };
+            let query = Query {
+                filters: vec![Predicate::Is(Condition {
+                    field: field.clone(),
+                    op: FilterOp::Eq,
+                    value: Json::String(id.to_owned()),
+                })],
+                order: vec![SortKey {
+                    field: "id".into(),
+                    desc: false,
+                }],
+                limit: Some(limit),
+                after: None,
+                lock: true,
+            };
+            let tx = self.write_tx()?.id;
+            let rows = self
+                .storage
+                .read(Some(tx), &other, &query)
+                .map_err(storage_problem)?;
+            if rows.is_empty() {
+                continue;
+            }
+            match on_delete {
+                OnDelete::Restrict => {
+                    return Err(Problem::new(
+                        Code::StillReferenced,
+                        format!(
+                            "{} still refers to this `{entity}` (`{other}.{field}`)",
+                            crate::diag::a_code(&other)
+                        ),
+                    ));
+                }
+                _ if rows.len() as u64 > *budget || depth >= 8 => {
+                    return Err(self.cascade_too_large(entity));
+                }
+                OnDelete::SetNull => {
+                    for row in rows {
+                        *budget = budget
+                            .checked_sub(1)
+                            .ok_or_else(|| self.cascade_too_large(entity))?;
+                        let mut changes = Row::new();
+                        changes.insert(field.clone(), Json::Null);
+                        changes.insert("updated_at".into(), Json::String(self.now_text()));
+                        let stored = self.update_row(&other, &row, &changes)?;
+                        self.record(&other, &stored, "update", version(&row))?;
+                    }
+                }
+                OnDelete::Cascade => {
+                    for row in rows {
+                        *budget = budget
+                            .checked_sub(1)
+                            .ok_or_else(|| self.cascade_too_large(entity))?;
+                        let rid = row
+                            .get("id")
+                            .and_then(Json::as_str)
+                            .unwrap_or_default()
+                            .to_owned();
+                        self.release(&other, &rid, budget, depth + 1)?;
+                        let now = self.now_text();
+                        let stored = self
+                            .storage
+                            .soft_delete(tx, &other, &rid, version(&row).unwrap_or(0), &now)
+                            .map_err(storage_problem)?;
+                        self.record(&other, &stored, "soft_delete", version(&row))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn cascade_too_large(&self, entity: &str) -> Problem {
+        Problem::new(
+            Code::CascadeTooLarge,
+            format!(
+                "deleting this `{entity}` would change more than {} rows (`maxRowsPerWrite`)",
+                self.bundle.spec.limits.max_rows_per_write
+            ),
+        )
     }
 
     /// `let`: an object of computed values.

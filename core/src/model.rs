@@ -211,6 +211,9 @@ pub struct Field {
     pub ty: FieldType,
     /// For `ref`: the entity referred to.
     pub entity: Option<String>,
+    /// For `ref`: what a soft delete of the row referred to does to the
+    /// live rows that refer to it.
+    pub on_delete: OnDelete,
     /// Smallest allowed value.
     pub minimum: Option<serde_json::Number>,
     /// Largest allowed value.
@@ -562,6 +565,29 @@ impl Where {
             _ => None,
         }
     }
+}
+
+/// What soft-deleting a row does to the live rows whose `ref` field names
+/// it (`onDelete`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnDelete {
+    /// The soft delete fails with 409 `still_referenced` (the default).
+    #[default]
+    Restrict,
+    /// They are soft-deleted too (and theirs, in turn), at most
+    /// `limits.maxRowsPerWrite` of them.
+    Cascade,
+    /// Their field is set to null (it must be `nullable`).
+    SetNull,
+}
+
+impl OnDelete {
+    /// Every choice with its name in the format.
+    pub const ALL: &[(&'static str, OnDelete)] = &[
+        ("restrict", OnDelete::Restrict),
+        ("cascade", OnDelete::Cascade),
+        ("setNull", OnDelete::SetNull),
+    ];
 }
 
 /// One measure of an `aggregate` node.

@@ -65,6 +65,10 @@ codes! {
     TransitionNotAllowed = 409 "transition_not_allowed",
     /// A `unique` field already has that value.
     AlreadyExists = 409 "already_exists",
+    /// A soft delete of a row live rows still refer to (`onDelete: restrict`).
+    StillReferenced = 409 "still_referenced",
+    /// A soft delete would cascade to more rows than `maxRowsPerWrite`.
+    CascadeTooLarge = 409 "cascade_too_large",
     /// A read or update with `one` matched more than one row.
     NotUnique = 409 "not_unique",
     /// A concurrent transaction changed or locked the same rows.

@@ -528,6 +528,9 @@ fn field(cx: &mut Cx, v: &Value, path: &str) -> Option<Field> {
         .string(cx, "type", true)
         .and_then(|t| one_of(cx, &o.at("type"), &t, "field type", FieldType::ALL));
     let entity = o.name(cx, "entity", false);
+    let on_delete = o
+        .string(cx, "onDelete", false)
+        .and_then(|s| one_of(cx, &o.at("onDelete"), &s, "onDelete", OnDelete::ALL));
     let number = |cx: &mut Cx, o: &mut Obj, key: &'static str| match o.get(key) {
         None => None,
         Some(Value::Number(n)) => Some(n.clone()),
@@ -568,6 +571,26 @@ fn field(cx: &mut Cx, v: &Value, path: &str) -> Option<Field> {
             .help("remove it, or make the field `\"type\": \"ref\"`"),
         );
     }
+    if ty != FieldType::Ref && o.map.contains_key("onDelete") {
+        cx.error(
+            Diagnostic::new(
+                "invalid-value",
+                o.at("onDelete"),
+                "`onDelete` only applies to `ref` fields",
+            )
+            .help("remove it"),
+        );
+    }
+    if on_delete == Some(OnDelete::SetNull) && !nullable {
+        cx.error(
+            Diagnostic::new(
+                "invalid-value",
+                o.at("onDelete"),
+                "`setNull` needs a `nullable` field",
+            )
+            .help("add `\"nullable\": true`, or choose `restrict` or `cascade`"),
+        );
+    }
     if max_length.is_some() && ty != FieldType::String {
         cx.error(
             Diagnostic::new(
@@ -594,6 +617,7 @@ fn field(cx: &mut Cx, v: &Value, path: &str) -> Option<Field> {
     Some(Field {
         ty,
         entity,
+        on_delete: on_delete.unwrap_or_default(),
         minimum,
         maximum,
         max_length,
