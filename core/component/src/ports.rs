@@ -78,19 +78,7 @@ fn measures(list: &[Measure]) -> Vec<types::Measure> {
 
 fn query(q: &Query) -> types::Query {
     types::Query {
-        filters: ports::to_tokens(&q.filters)
-            .into_iter()
-            .map(|t| match t {
-                Token::Is(c) => types::Filter::Is(types::Condition {
-                    field: c.field,
-                    op: op(c.op),
-                    value: json(&c.value),
-                }),
-                Token::All(n) => types::Filter::All(n),
-                Token::Any(n) => types::Filter::Any(n),
-                Token::Not => types::Filter::Not,
-            })
-            .collect(),
+        filters: filters(&q.filters),
         order: q
             .order
             .iter()

@@ -234,6 +234,25 @@ impl HostState {
 }
 
 impl HostState {
+    async fn read_counted_in(
+        &mut self,
+        tx: Option<u64>,
+        entity: String,
+        q: wit::Query,
+    ) -> Res<wit::Counted> {
+        let q = match query(q) {
+            Ok(q) => q,
+            Err(e) => return Ok(Err(error(e))),
+        };
+        Ok(self
+            .backends
+            .storage
+            .read_counted(tx, &entity, &q)
+            .await
+            .map(counted)
+            .map_err(error))
+    }
+
     async fn aggregate_in(
         &mut self,
         tx: Option<u64>,
@@ -286,17 +305,7 @@ impl HostTransaction for HostState {
         q: wit::Query,
     ) -> Res<wit::Counted> {
         let id = self.tx_id(&t)?;
-        let q = match query(q) {
-            Ok(q) => q,
-            Err(e) => return Ok(Err(error(e))),
-        };
-        Ok(self
-            .backends
-            .storage
-            .read_counted(Some(id), &entity, &q)
-            .await
-            .map(counted)
-            .map_err(error))
+        self.read_counted_in(Some(id), entity, q).await
     }
 
     async fn aggregate(
@@ -462,17 +471,7 @@ impl Host for HostState {
     }
 
     async fn read_counted(&mut self, entity: String, q: wit::Query) -> Res<wit::Counted> {
-        let q = match query(q) {
-            Ok(q) => q,
-            Err(e) => return Ok(Err(error(e))),
-        };
-        Ok(self
-            .backends
-            .storage
-            .read_counted(None, &entity, &q)
-            .await
-            .map(counted)
-            .map_err(error))
+        self.read_counted_in(None, entity, q).await
     }
 
     async fn aggregate(
