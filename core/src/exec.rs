@@ -604,11 +604,7 @@ impl<'a> Run<'a> {
                 desc: false,
             });
         }
-        let limit = match limit {
-            Some(Limit::Fixed(n)) => Some(*n),
-            Some(Limit::Expr(x)) => Some(self.positive(x)?),
-            None => None,
-        };
+        let limit = self.limit(limit.as_ref())?;
         let query_limit = if one {
             Some(limit.unwrap_or(2).min(2))
         } else if page {
@@ -753,11 +749,7 @@ impl<'a> Run<'a> {
                 }
             }
         }
-        let limit = match limit {
-            Some(Limit::Fixed(n)) => Some(*n),
-            Some(Limit::Expr(x)) => Some(self.positive(x)?),
-            None => None,
-        };
+        let limit = self.limit(limit.as_ref())?;
         let tx = self.current_tx();
         let found = self
             .storage
@@ -933,11 +925,7 @@ impl<'a> Run<'a> {
         let e = self.entity(entity)?;
         let mut conditions = self.conditions(e, entity, filters)?;
         self.owner_filter(e, &mut conditions)?;
-        let limit = match limit {
-            Some(Limit::Fixed(n)) => Some(*n),
-            Some(Limit::Expr(x)) => Some(self.positive(x)?),
-            None => None,
-        };
+        let limit = self.limit(limit)?;
         let query = Query {
             filters: conditions,
             order: vec![SortKey {
@@ -1500,6 +1488,15 @@ impl<'a> Run<'a> {
             op: f.op,
             value: json,
         }))
+    }
+
+    /// A node's `limit`: its number, or its expression's (at least 1).
+    fn limit(&self, limit: Option<&Limit>) -> Result<Option<u64>, Problem> {
+        Ok(match limit {
+            Some(Limit::Fixed(n)) => Some(*n),
+            Some(Limit::Expr(x)) => Some(self.positive(x)?),
+            None => None,
+        })
     }
 
     fn positive(&self, x: &Expression) -> Result<u64, Problem> {
