@@ -17,6 +17,7 @@ const HEADER = 22;
 
 const KIND = {
   read: 'read',
+  aggregate: 'read',
   create: 'write',
   update: 'write',
   transition: 'write',
