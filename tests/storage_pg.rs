@@ -432,7 +432,8 @@ fn where_finds_the_rows_the_in_memory_store_finds() {
                         "note": value_for(&mut rng, "note"),
                         "n": value_for(&mut rng, "n"),
                     })),
-                    1_700_000_000_000,
+                    // Rows made at different instants (`early` below).
+                    1_700_000_000_000 + i64::from(i) * 1_500 + (rng.below(3) as i64) * 250,
                 )
                 .unwrap();
             db.insert(tx, "Item", &row).await.unwrap();
@@ -499,6 +500,7 @@ fn where_finds_the_rows_the_in_memory_store_finds() {
             ("first", Tally::Min, Some("title")),
             ("last", Tally::Max, Some("note")),
             ("early", Tally::Min, Some("created_at")),
+            ("late", Tally::Max, Some("created_at")),
         ]
         .into_iter()
         .map(|(name, tally, field)| sinew_core::ports::Measure {

@@ -803,7 +803,7 @@ impl<'a> Run<'a> {
                     a.get(f).unwrap_or(&Json::Null),
                     b.get(f).unwrap_or(&Json::Null),
                 );
-                let o = rows::order_values(x, y, ts(f));
+                let o = crate::ports::memory::sort_cmp(x, y, ts(f));
                 let o = if desc { o.reverse() } else { o };
                 if o != std::cmp::Ordering::Equal {
                     return o;
@@ -1463,12 +1463,12 @@ impl<'a> Run<'a> {
         if !f.op.on_text() && f.op != FilterOp::IsNull {
             json = rows::normalize(e, &f.field, json);
         }
-        let need = match f.op {
-            FilterOp::In | FilterOp::NotIn if !json.is_array() => Some("a list"),
-            FilterOp::IsNull if !json.is_boolean() => Some("true or false"),
-            _ => None,
+        let c = Condition {
+            field: f.field.clone(),
+            op: f.op,
+            value: json,
         };
-        if let Some(need) = need {
+        if let Some(need) = c.misshapen() {
             return Err(Problem::spec_error(format!(
                 "`{}` on `{entity}.{}` needs {need}, found {}",
                 f.op.name(),
@@ -1483,11 +1483,7 @@ impl<'a> Run<'a> {
                 f.field
             )));
         }
-        Ok(Some(Condition {
-            field: f.field.clone(),
-            op: f.op,
-            value: json,
-        }))
+        Ok(Some(c))
     }
 
     /// A node's `limit`: its number, or its expression's (at least 1).
@@ -1686,24 +1682,24 @@ impl<'a> Run<'a> {
         let after = version(stored).unwrap_or(0);
         // A locked row the flow deletes, or whose owner it changes, is no
         // longer known to be live and the caller's.
-        let owner = self
-            .bundle
-            .spec
-            .entities
-            .get(entity)
-            .and_then(|e| e.owner.as_ref())
-            .map(|o| stored.get(&o.field).cloned().unwrap_or(Json::Null));
         let key = (entity.to_string(), id.clone());
-        for t in &mut self.open {
-            let keep = match t.locked.get(&key) {
-                None => continue,
-                Some(was) => {
-                    !matches!(op, "soft_delete" | "delete")
-                        && owner.as_ref().is_none_or(|now| now == was)
+        if self.open.iter().any(|t| t.locked.contains_key(&key)) {
+            let owner = self
+                .bundle
+                .spec
+                .entities
+                .get(entity)
+                .and_then(|e| e.owner.as_ref())
+                .map(|o| stored.get(&o.field).unwrap_or(&Json::Null));
+            let deleted = matches!(op, "soft_delete" | "delete");
+            for t in &mut self.open {
+                let kept = t
+                    .locked
+                    .get(&key)
+                    .is_some_and(|was| !deleted && owner.is_none_or(|now| now == was));
+                if !kept {
+                    t.locked.remove(&key);
                 }
-            };
-            if !keep {
-                t.locked.remove(&key);
             }
         }
         let tx = self.write_tx()?;

@@ -518,13 +518,6 @@ pub enum Where {
 }
 
 impl Where {
-    /// Every field comparison inside, at any depth, in order.
-    pub fn fields(&self) -> Vec<&Filter> {
-        let mut out = Vec::new();
-        self.collect(&mut out);
-        out
-    }
-
     fn collect<'a>(&'a self, out: &mut Vec<&'a Filter>) {
         match self {
             Where::Field(f) => out.push(f),
@@ -701,24 +694,11 @@ impl FilterOp {
             .map_or("eq", |(n, _)| n)
     }
 
-    /// Takes a list of values (`in`, `notIn`).
-    pub fn takes_list(self) -> bool {
-        matches!(self, FilterOp::In | FilterOp::NotIn)
-    }
-
     /// Compares text (`startsWith`, `contains`, `icontains`).
     pub fn on_text(self) -> bool {
         matches!(
             self,
             FilterOp::StartsWith | FilterOp::Contains | FilterOp::IContains
-        )
-    }
-
-    /// Orders values (`lt`, `lte`, `gt`, `gte`).
-    pub fn orders(self) -> bool {
-        matches!(
-            self,
-            FilterOp::Lt | FilterOp::Lte | FilterOp::Gt | FilterOp::Gte
         )
     }
 }

@@ -62,6 +62,18 @@ pub enum Predicate {
     Not(Box<Predicate>),
 }
 
+impl Condition {
+    /// What its value should be when it does not have the shape its
+    /// operator needs: a list for `in` and `notIn`, a boolean for `isNull`.
+    pub fn misshapen(&self) -> Option<&'static str> {
+        match self.op {
+            FilterOp::In | FilterOp::NotIn if !self.value.is_array() => Some("a list"),
+            FilterOp::IsNull if !self.value.is_boolean() => Some("true or false"),
+            _ => None,
+        }
+    }
+}
+
 impl From<Condition> for Predicate {
     fn from(c: Condition) -> Predicate {
         Predicate::Is(c)

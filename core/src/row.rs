@@ -155,39 +155,6 @@ pub(crate) fn normalize_row(e: &Entity, row: &mut Row) {
     }
 }
 
-/// The order of two stored values of one column, as sorting puts them:
-/// nulls last, numbers by value, text by bytes, `false < true`,
-/// timestamps (`timestamp`) as instants; values of different types by type.
-pub(crate) fn order_values(a: &Json, b: &Json, timestamp: bool) -> std::cmp::Ordering {
-    use std::cmp::Ordering;
-    let rank = |v: &Json| match v {
-        Json::Bool(_) => 0,
-        Json::Number(_) => 1,
-        Json::String(_) => 2,
-        Json::Array(_) => 3,
-        Json::Object(_) => 4,
-        Json::Null => 5,
-    };
-    match (a, b) {
-        (Json::String(x), Json::String(y)) if timestamp => {
-            match (parse_timestamp(x), parse_timestamp(y)) {
-                (Some(p), Some(q)) => p.cmp(&q),
-                _ => x.cmp(y),
-            }
-        }
-        (Json::String(x), Json::String(y)) => x.cmp(y),
-        (Json::Bool(x), Json::Bool(y)) => x.cmp(y),
-        (Json::Number(x), Json::Number(y)) => match (x.as_i64(), y.as_i64()) {
-            (Some(p), Some(q)) => p.cmp(&q),
-            _ => x
-                .as_f64()
-                .unwrap_or(0.0)
-                .total_cmp(&y.as_f64().unwrap_or(0.0)),
-        },
-        _ => rank(a).cmp(&rank(b)).then(Ordering::Equal),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -463,10 +463,6 @@ impl PgBackend {
                 .column(name)
                 .ok_or_else(|| invalid(format!("no column `{name}`")))
         };
-        let bind = |params: &mut Params, v: String, ty: Ty| {
-            params.push(Some(v));
-            format!("${}::text::{}", params.len(), ty.sql())
-        };
         if let Some(after) = &q.after {
             let mut ors = Vec::new();
             for (i, (key, v)) in q.order.iter().zip(after).enumerate() {
@@ -477,7 +473,7 @@ impl PgBackend {
                     match col.ty.encode(pv) {
                         Ok(None) => ands.push(format!("{} IS NULL", col.sql)),
                         Ok(Some(t)) => {
-                            let p = bind(params, t, col.ty);
+                            let p = placeholder(params, t, col.ty);
                             ands.push(format!("{} = {p}", collated(col)));
                         }
                         Err(_) => ok = false,
@@ -489,7 +485,7 @@ impl PgBackend {
                     (Ok(None), false) => None,
                     (Ok(None), true) => Some(format!("{} IS NOT NULL", col.sql)),
                     (Ok(Some(t)), desc) => {
-                        let p = bind(params, t, col.ty);
+                        let p = placeholder(params, t, col.ty);
                         let cmp = if desc { "<" } else { ">" };
                         Some(if desc {
                             format!("{} {cmp} {p}", collated(col))
@@ -784,8 +780,13 @@ fn bind<'t>(
     Ok((col, format!("${}::text::{}", params.len(), col.ty.sql())))
 }
 
-/// A column for comparisons and sorting: text compares by bytes, as
-/// everywhere else in sinew.
+/// Binds the text `v` as the next parameter, of type `ty`: its
+/// placeholder (`$n::text::type`).
+fn placeholder(params: &mut Params, v: String, ty: Ty) -> String {
+    params.push(Some(v));
+    format!("${}::text::{}", params.len(), ty.sql())
+}
+
 /// The conditions of a query's rows: live, and its filters.
 fn where_sql(table: &Table, q: &Query, params: &mut Params) -> Result<String, StorageError> {
     let mut sql = "\"deleted_at\" IS NULL".to_owned();
@@ -841,16 +842,12 @@ fn condition_sql(
     let col = table
         .column(&c.field)
         .ok_or_else(|| invalid(format!("no column `{}`", c.field)))?;
-    let bind = |params: &mut Params, v: String, ty: Ty| {
-        params.push(Some(v));
-        format!("${}::text::{}", params.len(), ty.sql())
-    };
     let lhs = collated(col);
     let in_list = |params: &mut Params, list: &[Value]| {
         let mut items = Vec::new();
         for v in list {
             if let Ok(Some(text)) = col.ty.encode(v) {
-                items.push(bind(params, text, col.ty));
+                items.push(placeholder(params, text, col.ty));
             }
         }
         items
@@ -892,17 +889,17 @@ fn condition_sql(
             };
             match c.op {
                 FilterOp::StartsWith => {
-                    let p = bind(params, needle.clone(), Ty::Text);
+                    let p = placeholder(params, needle.clone(), Ty::Text);
                     format!("starts_with({}, {p})", col.sql)
                 }
                 FilterOp::Contains => {
-                    let p = bind(params, needle.clone(), Ty::Text);
+                    let p = placeholder(params, needle.clone(), Ty::Text);
                     format!("strpos({}, {p}) > 0", col.sql)
                 }
                 _ => {
                     // ASCII letters only, on both sides, so that every
                     // engine agrees whatever the database's locale.
-                    let p = bind(params, needle.to_ascii_lowercase(), Ty::Text);
+                    let p = placeholder(params, needle.to_ascii_lowercase(), Ty::Text);
                     format!(
                         "strpos(translate({}, '{ASCII_UPPER}', '{ASCII_LOWER}'), {p}) > 0",
                         col.sql
@@ -915,7 +912,7 @@ fn condition_sql(
             // nothing (as in the in-memory store).
             Ok(None) | Err(_) => if *op == FilterOp::Ne { "TRUE" } else { "FALSE" }.to_owned(),
             Ok(Some(text)) => {
-                let p = bind(params, text, col.ty);
+                let p = placeholder(params, text, col.ty);
                 let p = if col.ty == Ty::Text {
                     format!("{p} COLLATE \"C\"")
                 } else {
@@ -937,6 +934,8 @@ fn condition_sql(
 const ASCII_UPPER: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
 const ASCII_LOWER: &str = "abcdefghijklmnopqrstuvwxyz";
 
+/// A column for comparisons and sorting: text compares by bytes, as
+/// everywhere else in sinew.
 fn collated(c: &schema::Column) -> String {
     if c.ty == Ty::Text {
         format!("{} COLLATE \"C\"", c.sql)

@@ -1604,12 +1604,7 @@ fn check_query(query: &Query) -> Result<(), StorageError> {
 /// A comparison's value has the shape its operator needs (every engine
 /// refuses the same ones).
 pub(crate) fn check_condition(c: &Condition) -> Result<(), StorageError> {
-    let bad = match c.op {
-        FilterOp::In | FilterOp::NotIn if !c.value.is_array() => Some("an array"),
-        FilterOp::IsNull if !c.value.is_boolean() => Some("true or false"),
-        _ => None,
-    };
-    match bad {
+    match c.misshapen() {
         Some(want) => Err(invalid(format!(
             "`{}` on `{}` needs {want}, not {}",
             c.op.name(),
@@ -1851,8 +1846,10 @@ fn type_rank(v: &Value) -> u8 {
     }
 }
 
-/// The total ascending order of sort keys: nulls last.
-fn sort_cmp(a: &Value, b: &Value, timestamp: bool) -> Ordering {
+/// The total ascending order of sort keys: nulls last. Every engine's
+/// order: Postgres's `ORDER BY` agrees with it, and the core orders an
+/// aggregate's groups with it.
+pub(crate) fn sort_cmp(a: &Value, b: &Value, timestamp: bool) -> Ordering {
     match sql_cmp(a, b, timestamp) {
         Some(o) => o,
         None => type_rank(a).cmp(&type_rank(b)).then_with(|| match (a, b) {

@@ -1471,9 +1471,10 @@ fn measure(cx: &mut Cx, v: &Value, path: &str) -> Option<Measure> {
             return None;
         }
         None
-    } else {
-        check_name(cx, &kp, field, "a field name").then(|| field.clone())?;
+    } else if check_name(cx, &kp, field, "a field name") {
         Some(field.clone())
+    } else {
+        return None;
     };
     Some(Measure {
         kind,

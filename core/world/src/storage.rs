@@ -45,15 +45,11 @@ fn opened(id: Result<TxId, StorageError>) -> Res<Handle> {
 
 impl GuestTransaction for Tx {
     fn read(&self, entity: String, q: wit::Query) -> Res<Vec<String>> {
-        let q = query(q)?;
-        rows(world(|w| w.storage.read(Some(self.id), &entity, &q)))
+        read_in(Some(self.id), &entity, q)
     }
 
     fn read_counted(&self, entity: String, q: wit::Query) -> Res<wit::Counted> {
-        let q = query(q)?;
-        counted(world(|w| {
-            w.storage.read_counted(Some(self.id), &entity, &q)
-        }))
+        read_counted_in(Some(self.id), &entity, q)
     }
 
     fn aggregate(
@@ -63,11 +59,7 @@ impl GuestTransaction for Tx {
         group_by: Vec<String>,
         tallies: Vec<wit::Measure>,
     ) -> Res<Vec<String>> {
-        let (f, m) = (filters(list)?, measures(tallies));
-        rows(world(|w| {
-            w.storage
-                .aggregate(Some(self.id), &entity, &f, &group_by, &m)
-        }))
+        aggregate_in(Some(self.id), &entity, list, &group_by, tallies)
     }
 
     fn insert(&self, entity: String, row: String) -> Res<String> {
@@ -139,13 +131,11 @@ impl StorageGuest for Component {
     }
 
     fn read(entity: String, q: wit::Query) -> Res<Vec<String>> {
-        let q = query(q)?;
-        rows(world(|w| w.storage.read(None, &entity, &q)))
+        read_in(None, &entity, q)
     }
 
     fn read_counted(entity: String, q: wit::Query) -> Res<wit::Counted> {
-        let q = query(q)?;
-        counted(world(|w| w.storage.read_counted(None, &entity, &q)))
+        read_counted_in(None, &entity, q)
     }
 
     fn aggregate(
@@ -154,10 +144,7 @@ impl StorageGuest for Component {
         group_by: Vec<String>,
         tallies: Vec<wit::Measure>,
     ) -> Res<Vec<String>> {
-        let (f, m) = (filters(list)?, measures(tallies));
-        rows(world(|w| {
-            w.storage.aggregate(None, &entity, &f, &group_by, &m)
-        }))
+        aggregate_in(None, &entity, list, &group_by, tallies)
     }
 
     fn append_audit(entry: String) -> Res<()> {
@@ -206,6 +193,29 @@ impl From<StorageError> for wit::StorageError {
 fn one(r: Result<Row, StorageError>) -> Res<String> {
     r.map(|row| sinew_core::hash::json_text(&row))
         .map_err(error)
+}
+
+// The reads, in a transaction (`Some`) or outside one.
+
+fn read_in(tx: Option<TxId>, entity: &str, q: wit::Query) -> Res<Vec<String>> {
+    let q = query(q)?;
+    rows(world(|w| w.storage.read(tx, entity, &q)))
+}
+
+fn read_counted_in(tx: Option<TxId>, entity: &str, q: wit::Query) -> Res<wit::Counted> {
+    let q = query(q)?;
+    counted(world(|w| w.storage.read_counted(tx, entity, &q)))
+}
+
+fn aggregate_in(
+    tx: Option<TxId>,
+    entity: &str,
+    list: Vec<wit::Filter>,
+    group_by: &[String],
+    tallies: Vec<wit::Measure>,
+) -> Res<Vec<String>> {
+    let (f, m) = (filters(list)?, measures(tallies));
+    rows(world(|w| w.storage.aggregate(tx, entity, &f, group_by, &m)))
 }
 
 fn counted(r: Result<(Vec<Row>, u64), StorageError>) -> Res<wit::Counted> {

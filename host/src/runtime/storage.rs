@@ -233,7 +233,27 @@ impl HostState {
     }
 }
 
+/// The reads, in a transaction (`Some`) or outside one.
 impl HostState {
+    async fn read_in(
+        &mut self,
+        tx: Option<u64>,
+        entity: String,
+        q: wit::Query,
+    ) -> Res<Vec<String>> {
+        let q = match query(q) {
+            Ok(q) => q,
+            Err(e) => return Ok(Err(error(e))),
+        };
+        Ok(self
+            .backends
+            .storage
+            .read(tx, &entity, &q)
+            .await
+            .map(|rows| rows.into_iter().map(text).collect())
+            .map_err(error))
+    }
+
     async fn read_counted_in(
         &mut self,
         tx: Option<u64>,
@@ -285,17 +305,7 @@ fn counted((rows, total): (Vec<Row>, u64)) -> wit::Counted {
 impl HostTransaction for HostState {
     async fn read(&mut self, t: Resource<Tx>, entity: String, q: wit::Query) -> Res<Vec<String>> {
         let id = self.tx_id(&t)?;
-        let q = match query(q) {
-            Ok(q) => q,
-            Err(e) => return Ok(Err(error(e))),
-        };
-        Ok(self
-            .backends
-            .storage
-            .read(Some(id), &entity, &q)
-            .await
-            .map(|rows| rows.into_iter().map(text).collect())
-            .map_err(error))
+        self.read_in(Some(id), entity, q).await
     }
 
     async fn read_counted(
@@ -457,17 +467,7 @@ impl Host for HostState {
     }
 
     async fn read(&mut self, entity: String, q: wit::Query) -> Res<Vec<String>> {
-        let q = match query(q) {
-            Ok(q) => q,
-            Err(e) => return Ok(Err(error(e))),
-        };
-        Ok(self
-            .backends
-            .storage
-            .read(None, &entity, &q)
-            .await
-            .map(|rows| rows.into_iter().map(text).collect())
-            .map_err(error))
+        self.read_in(None, entity, q).await
     }
 
     async fn read_counted(&mut self, entity: String, q: wit::Query) -> Res<wit::Counted> {
