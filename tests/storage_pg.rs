@@ -42,6 +42,7 @@ fn by_id(id: &str, lock: bool, more: &[(&str, Value)]) -> Query {
         limit: Some(1),
         after: None,
         lock,
+        include: Vec::new(),
     }
 }
 
@@ -459,6 +460,7 @@ fn where_finds_the_rows_the_in_memory_store_finds() {
                 limit: None,
                 after: None,
                 lock: false,
+                include: Vec::new(),
             };
             let want = ids(memory.read(None, "Item", &q).unwrap());
             let got = ids(db.read(None, "Item", &q).await.unwrap());
@@ -547,6 +549,7 @@ fn where_finds_the_rows_the_in_memory_store_finds() {
             limit: Some(2),
             after: None,
             lock: true,
+            include: Vec::new(),
         };
         let tx = db.begin(Isolation::ReadCommitted, None).await.unwrap();
         let (rows, total) = db.read_counted(Some(tx), "Item", &q).await.unwrap();
@@ -554,5 +557,213 @@ fn where_finds_the_rows_the_in_memory_store_finds() {
         db.rollback(tx).await.unwrap();
         // The cases are not all trivially empty or full.
         assert!(nonempty > 100, "only {nonempty} discriminating cases");
+    });
+}
+
+/// A random include of `Tag` rows (by `item`) or of the `Group` an item
+/// names, with random filters, order and limit, and at depth 1 an include
+/// of its own.
+fn random_include(rng: &mut Lcg, depth: u32) -> sinew_core::ports::Include {
+    use sinew_core::ports::{Include, Link};
+    let filters: Vec<Predicate> = (0..rng.below(2))
+        .map(|_| random_predicate(rng, 1))
+        .collect();
+    if depth == 0 && rng.below(2) == 0 {
+        // A tag list, whose tags may embed their item back.
+        let order = vec![
+            SortKey {
+                field: (*rng.pick(&["n", "title", "note", "created_at"])).into(),
+                desc: rng.below(2) == 0,
+            },
+            SortKey {
+                field: "id".into(),
+                desc: false,
+            },
+        ];
+        let include = if rng.below(2) == 0 {
+            vec![Include {
+                name: "item_row".into(),
+                entity: "Item".into(),
+                link: Link::One("item".into()),
+                filters: Vec::new(),
+                order: Vec::new(),
+                limit: None,
+                include: Vec::new(),
+            }]
+        } else {
+            Vec::new()
+        };
+        return Include {
+            name: "tags".into(),
+            entity: "Tag".into(),
+            link: Link::Many("item".into()),
+            filters,
+            order,
+            limit: (rng.below(3) > 0).then(|| rng.below(4)),
+            include,
+        };
+    }
+    Include {
+        name: "group_row".into(),
+        entity: "Group".into(),
+        link: Link::One("group".into()),
+        filters,
+        order: Vec::new(),
+        limit: None,
+        include: Vec::new(),
+    }
+}
+
+/// Includes and hops (ownership through a reference) on Postgres give
+/// exactly what the in-memory store gives: the same rows, the same
+/// embedded rows in the same order with the same values, soft-deleted
+/// rows left out, nulls where a reference names nothing; a hop follows
+/// the reference to a row whether or not it is soft-deleted.
+#[test]
+fn includes_and_hops_give_what_the_in_memory_store_gives() {
+    use sinew_core::ports::Hop;
+    let cluster = Cluster::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let text = r#"{"sinew": "0.2", "name": "inc", "entities": {
+            "Group": {"fields": {"title": {"type": "string"}, "note": {"type": "string", "nullable": true},
+                "n": {"type": "integer", "nullable": true}}},
+            "Item": {"fields": {"title": {"type": "string"}, "note": {"type": "string", "nullable": true},
+                "n": {"type": "integer", "nullable": true},
+                "group": {"type": "ref", "entity": "Group", "nullable": true}}},
+            "Tag": {"fields": {"title": {"type": "string"}, "note": {"type": "string", "nullable": true},
+                "n": {"type": "integer", "nullable": true},
+                "item": {"type": "ref", "entity": "Item"}}}}, "tools": {}}"#;
+        let loaded = sinew_core::spec::load(text);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let spec = loaded.spec;
+        let url = cluster.database().await;
+        let mut admin = connect_url(&url).await;
+        let plan = sinew_host::pg::migrate::plan(None, &spec, false)
+            .await
+            .unwrap();
+        sinew_host::pg::migrate::apply(&mut admin, &spec, &plan)
+            .await
+            .unwrap();
+        let db = PgBackend::new(url.parse().unwrap(), &spec, 2, None);
+        let mut memory = sinew_core::ports::memory::MemoryStorage::new();
+        memory.declare(&spec);
+        let bundle = sinew_core::bundle::Bundle::load(text).unwrap();
+        let mut rng = Lcg(29);
+        let id = |n: u64| format!("00000000-0000-4000-8000-{n:012}");
+        let tx = db.begin(Isolation::ReadCommitted, None).await.unwrap();
+        let seed = |entity: &str, n: u64, extra: Value, rng: &mut Lcg| {
+            let mut values = json!({
+                "id": id(n),
+                "title": value_for(rng, "title"),
+                "note": value_for(rng, "note"),
+                "n": value_for(rng, "n"),
+            });
+            if let (Value::Object(v), Value::Object(e)) = (&mut values, extra) {
+                v.extend(e);
+            }
+            let mut row = bundle
+                .complete_row(
+                    entity,
+                    &changes(values),
+                    1_700_000_000_000 + (n as i64) * 1_000 + (rng.below(3) as i64) * 250,
+                )
+                .unwrap();
+            if rng.below(5) == 0 {
+                row.insert("deleted_at".into(), json!("2024-01-01T00:00:00Z"));
+            }
+            row
+        };
+        let mut rows = Vec::new();
+        for g in 100..106 {
+            rows.push(("Group", seed("Group", g, json!({}), &mut rng)));
+        }
+        for i in 0..12 {
+            let group = if rng.below(5) == 0 {
+                Value::Null
+            } else {
+                json!(id(100 + rng.below(6)))
+            };
+            rows.push(("Item", seed("Item", i, json!({ "group": group }), &mut rng)));
+        }
+        for t in 200..230 {
+            let item = json!(id(rng.below(12)));
+            rows.push(("Tag", seed("Tag", t, json!({ "item": item }), &mut rng)));
+        }
+        for (entity, row) in rows {
+            db.insert(tx, entity, &row).await.unwrap();
+            memory.seed(entity, row).unwrap();
+        }
+        db.commit(tx).await.unwrap();
+        let mut embedded = 0;
+        for case in 0..200 {
+            let mut filters: Vec<Predicate> = (0..rng.below(2))
+                .map(|_| random_predicate(&mut rng, 1))
+                .collect();
+            if rng.below(2) == 0 {
+                // A hop, as ownership through a reference is written.
+                let inner = random_predicate(&mut rng, 1);
+                let hop = Predicate::Via(
+                    Hop {
+                        field: "group".into(),
+                        entity: "Group".into(),
+                    },
+                    Box::new(inner),
+                );
+                filters.push(if rng.below(4) == 0 {
+                    Predicate::Not(Box::new(hop))
+                } else {
+                    hop
+                });
+            }
+            let include = (0..1 + rng.below(2))
+                .map(|_| random_include(&mut rng, 0))
+                .collect::<Vec<_>>();
+            // (Two includes of one name would be one key: keep the first.)
+            let mut seen = std::collections::BTreeSet::new();
+            let include: Vec<_> = include
+                .into_iter()
+                .filter(|i| seen.insert(i.name.clone()))
+                .collect();
+            let q = Query {
+                filters,
+                order: vec![
+                    SortKey {
+                        field: "n".into(),
+                        desc: rng.below(2) == 0,
+                    },
+                    SortKey {
+                        field: "id".into(),
+                        desc: false,
+                    },
+                ],
+                limit: Some(1 + rng.below(12)),
+                after: None,
+                lock: false,
+                include,
+            };
+            let want = memory.read(None, "Item", &q).unwrap();
+            let got = db.read(None, "Item", &q).await.unwrap();
+            assert_eq!(
+                serde_json::to_string(&got).unwrap(),
+                serde_json::to_string(&want).unwrap(),
+                "case {case}: {q:?}"
+            );
+            embedded += want
+                .iter()
+                .filter(|r| {
+                    r.get("tags").and_then(Value::as_array).is_some_and(|l| !l.is_empty())
+                        || r.get("group_row").is_some_and(Value::is_object)
+                })
+                .count();
+            let (rows, total) = memory.read_counted(None, "Item", &q).unwrap();
+            let (got_rows, got_total) = db.read_counted(None, "Item", &q).await.unwrap();
+            assert_eq!(
+                (serde_json::to_string(&got_rows).unwrap(), got_total),
+                (serde_json::to_string(&rows).unwrap(), total),
+                "counted case {case}"
+            );
+        }
+        assert!(embedded > 100, "only {embedded} rows embedded anything");
     });
 }

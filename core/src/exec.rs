@@ -583,6 +583,7 @@ impl<'a> Run<'a> {
             lock,
             page,
             count,
+            include,
         } = &node.kind
         else {
             return Err(Problem::spec_error("not a read node"));
@@ -620,12 +621,14 @@ impl<'a> Run<'a> {
             (None, _) => None,
         };
         let lock = *lock && !self.open.is_empty();
+        let embeds = self.includes(e, include)?;
         let query = Query {
             filters: conditions,
             order,
             limit: query_limit,
             after,
             lock,
+            include: embeds,
         };
         let tx = self.current_tx();
         let (mut rows, total) = if *count {
@@ -641,7 +644,7 @@ impl<'a> Run<'a> {
                 .map_err(storage_problem)?;
             (rows, None)
         };
-        self.count_rows(rows.len() as u64, 0)?;
+        self.count_rows(rows.len() as u64 + included_rows(&rows, include), 0)?;
         if lock {
             let owner = e.owner.as_ref().map(|o| o.field.as_str());
             if let Some(t) = self.open.last_mut() {
@@ -671,7 +674,7 @@ impl<'a> Run<'a> {
             let mut m = crate::expr::value::Map::default();
             m.insert(
                 "rows".into(),
-                Value::List(rows.iter().map(|r| row_to_value(e, r)).collect()),
+                Value::List(rows.iter().map(|r| self.row_value(e, r, include)).collect()),
             );
             m.insert("next".into(), next.unwrap_or(Value::Null));
             if let Some(total) = total {
@@ -687,8 +690,8 @@ impl<'a> Run<'a> {
                 [] => {
                     return Err(Problem::new(Code::NotFound, format!("no such `{entity}`")));
                 }
-                [row] => row_to_value(e, row),
-                [row, ..] if limit == Some(1) => row_to_value(e, row),
+                [row] => self.row_value(e, row, include),
+                [row, ..] if limit == Some(1) => self.row_value(e, row, include),
                 _ => {
                     return Err(Problem::new(
                         Code::NotUnique,
@@ -697,7 +700,7 @@ impl<'a> Run<'a> {
                 }
             }
         } else {
-            Value::List(rows.iter().map(|r| row_to_value(e, r)).collect())
+            Value::List(rows.iter().map(|r| self.row_value(e, r, include)).collect())
         };
         Ok(value)
     }
@@ -894,6 +897,7 @@ impl<'a> Run<'a> {
         // where the spec sets the owner field itself (staff opening
         // an account for a customer).
         if let Some(owner) = &e.owner
+            && !owner.by_ref
             && !(self.exempt(e) && values.contains_key(&owner.field))
         {
             let sub = self
@@ -935,6 +939,7 @@ impl<'a> Run<'a> {
             limit: if one { Some(2) } else { limit },
             after: None,
             lock: self.compiled.concurrency == Concurrency::Pessimistic,
+            include: Vec::new(),
         };
         let tx = self.write_tx()?.id;
         let rows = self
@@ -1090,6 +1095,7 @@ impl<'a> Run<'a> {
                 limit: Some(limit),
                 after: None,
                 lock: true,
+                include: Vec::new(),
             };
             let tx = self.write_tx()?.id;
             let rows = self
@@ -1387,19 +1393,142 @@ impl<'a> Run<'a> {
     }
 
     fn owner_filter(&self, e: &Entity, conditions: &mut Vec<Predicate>) -> Result<(), Problem> {
-        if let Some(owner) = &e.owner
-            && !self.exempt(e)
-        {
-            conditions.push(
-                Condition {
-                    field: owner.field.clone(),
-                    op: FilterOp::Eq,
-                    value: self.sub().map_or(Json::Null, Json::String),
-                }
-                .into(),
-            );
+        if e.owner.is_some() && !self.exempt(e) {
+            conditions.push(self.owned(e, 0)?);
         }
         Ok(())
+    }
+
+    /// "The caller owns this row of `e`": its owner field holds the
+    /// caller's subject, or (owner through a reference) the row its `ref`
+    /// names is owned by the caller, at most three hops away.
+    fn owned(&self, e: &Entity, hops: usize) -> Result<Predicate, Problem> {
+        let Some(owner) = &e.owner else {
+            return Err(Problem::spec_error(
+                "an owner reference leads to an entity without owner",
+            ));
+        };
+        if !owner.by_ref {
+            return Ok(Condition {
+                field: owner.field.clone(),
+                op: FilterOp::Eq,
+                value: self.sub().map_or(Json::Null, Json::String),
+            }
+            .into());
+        }
+        let target = e
+            .fields
+            .get(&owner.field)
+            .and_then(|f| f.entity.clone())
+            .ok_or_else(|| Problem::spec_error("an owner `ref` that is not a `ref` field"))?;
+        if hops >= crate::model::MAX_OWNER_HOPS {
+            return Err(Problem::spec_error(
+                "an owner reference chain longer than three hops",
+            ));
+        }
+        let next = self.owned(self.entity(&target)?, hops + 1)?;
+        Ok(Predicate::Via(
+            crate::ports::Hop {
+                field: owner.field.clone(),
+                entity: target,
+            },
+            Box::new(next),
+        ))
+    }
+
+    /// A read's includes as the storage takes them: each one's `where`
+    /// evaluated, its entity's owner rule added, its limit computed.
+    fn includes(
+        &self,
+        e: &Entity,
+        list: &[crate::model::Include],
+    ) -> Result<Vec<crate::ports::Include>, Problem> {
+        use crate::model::IncludeLink;
+        use crate::ports::Link;
+        let mut out = Vec::with_capacity(list.len());
+        for inc in list {
+            let (target, link) = match &inc.link {
+                IncludeLink::Ref(field) => {
+                    let target = e
+                        .fields
+                        .get(field)
+                        .and_then(|f| f.entity.clone())
+                        .ok_or_else(|| {
+                            Problem::spec_error(format!(
+                                "the include at {} follows no `ref` field",
+                                inc.path
+                            ))
+                        })?;
+                    (target, Link::One(field.clone()))
+                }
+                IncludeLink::From { entity, by } => (entity.clone(), Link::Many(by.clone())),
+            };
+            let te = self.entity(&target)?;
+            let mut filters = self.conditions(te, &target, &inc.filters)?;
+            self.owner_filter(te, &mut filters)?;
+            let mut order: Vec<SortKey> = inc
+                .order_by
+                .iter()
+                .map(|o| SortKey {
+                    field: o.field.clone(),
+                    desc: o.desc,
+                })
+                .collect();
+            if !order.iter().any(|k| k.field == "id") {
+                order.push(SortKey {
+                    field: "id".into(),
+                    desc: false,
+                });
+            }
+            let limit = self.limit(inc.limit.as_ref())?;
+            let include = self.includes(te, &inc.include)?;
+            out.push(crate::ports::Include {
+                name: inc.name.clone(),
+                entity: target,
+                link,
+                filters,
+                order,
+                limit,
+                include,
+            });
+        }
+        Ok(out)
+    }
+
+    /// A row read with includes as a value: its columns and, under each
+    /// include's name, the included row (or null) or rows, converted as
+    /// rows of their own entity.
+    fn row_value(&self, e: &Entity, row: &Row, include: &[crate::model::Include]) -> Value {
+        use crate::model::IncludeLink;
+        let mut v = row_to_value(e, row);
+        if include.is_empty() {
+            return v;
+        }
+        if let Value::Map(m) = &mut v {
+            for inc in include {
+                let target = match &inc.link {
+                    IncludeLink::Ref(field) => {
+                        e.fields.get(field).and_then(|f| f.entity.as_deref())
+                    }
+                    IncludeLink::From { entity, .. } => Some(entity.as_str()),
+                };
+                let Some(te) = target.and_then(|t| self.bundle.spec.entities.get(t)) else {
+                    continue;
+                };
+                let embedded = match row.get(&inc.name) {
+                    Some(Json::Object(r)) => self.row_value(te, r, &inc.include),
+                    Some(Json::Array(list)) => Value::List(
+                        list.iter()
+                            .filter_map(Json::as_object)
+                            .map(|r| self.row_value(te, r, &inc.include))
+                            .collect(),
+                    ),
+                    _ => Value::Null,
+                };
+                m.insert(inc.name.clone(), embedded);
+            }
+        }
+        v
     }
 
     /// A `where`'s members as the storage's predicates: each value
@@ -1652,6 +1781,7 @@ impl<'a> Run<'a> {
             limit: Some(1),
             after: None,
             lock,
+            include: Vec::new(),
         };
         self.storage
             .read(tx, entity, &query)
@@ -1763,4 +1893,24 @@ pub(crate) fn calls_json(calls: &[CallRecord]) -> Json {
             })
             .collect(),
     )
+}
+
+/// How many rows the includes of `rows` embed, at every depth.
+fn included_rows(rows: &[Row], include: &[crate::model::Include]) -> u64 {
+    let mut n = 0;
+    for inc in include {
+        for row in rows {
+            match row.get(&inc.name) {
+                Some(Json::Object(r)) => {
+                    n += 1 + included_rows(std::slice::from_ref(r), &inc.include);
+                }
+                Some(Json::Array(list)) => {
+                    let list: Vec<Row> = list.iter().filter_map(Json::as_object).cloned().collect();
+                    n += list.len() as u64 + included_rows(&list, &inc.include);
+                }
+                _ => {}
+            }
+        }
+    }
+    n
 }

@@ -165,7 +165,12 @@ fn entity_ddl(out: &mut String, name: &str, e: &Entity) {
 /// `_idx`, shortened with a hash of the whole name where Postgres would cut
 /// it (63 bytes), so two indexes never share a name.
 pub fn index_name(table: &str, fields: &[String], unique: bool) -> String {
-    let suffix = if unique { "key" } else { "idx" };
+    fitted(table, fields, if unique { "key" } else { "idx" })
+}
+
+/// `{table}_{fields}_{suffix}`, shortened with a hash of the whole name
+/// where Postgres would cut it.
+fn fitted(table: &str, fields: &[String], suffix: &str) -> String {
     let name = format!("{table}_{}_{suffix}", fields.join("_"));
     if name.len() <= 63 {
         return name;
@@ -300,8 +305,53 @@ pub fn plan(spec: &Spec) -> String {
     for (name, e) in &spec.entities {
         entity_ddl(&mut out, name, e);
     }
+    foreign_keys(&mut out, spec);
     out.push_str(SINEW_TABLES);
     out
+}
+
+/// A `FOREIGN KEY` for each `ref` field, once every table exists. Rows
+/// are soft-deleted, never removed, so a key is never in the way of
+/// sinew's own writes; it guards the table against other writers. It is
+/// added `NOT VALID`: rows written before it are not checked (a 0.1
+/// database may hold dangling references), every row written after is.
+fn foreign_keys(out: &mut String, spec: &Spec) {
+    let mut any = false;
+    for (name, e) in &spec.entities {
+        let table = table_name(name);
+        for (fname, f) in &e.fields {
+            let (FieldType::Ref, Some(target)) = (f.ty, &f.entity) else {
+                continue;
+            };
+            if !spec.entities.contains_key(target) {
+                continue;
+            }
+            if !any {
+                let _ = writeln!(out, "-- references");
+                any = true;
+            }
+            let key = foreign_key_name(&table, fname);
+            let _ = writeln!(
+                out,
+                "DO $$ BEGIN\n  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = {} AND conrelid = {}::regclass) THEN\n    ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} (\"id\") NOT VALID;\n  END IF;\nEND $$;",
+                literal(&key),
+                literal(&ident(&table)),
+                ident(&table),
+                ident(&key),
+                ident(fname),
+                ident(&table_name(target)),
+            );
+        }
+    }
+    if any {
+        out.push('\n');
+    }
+}
+
+/// The name of a `ref` field's foreign key: `{table}_{field}_fkey`,
+/// shortened as [`index_name`] shortens.
+pub fn foreign_key_name(table: &str, field: &str) -> String {
+    fitted(table, &[field.to_owned()], "fkey")
 }
 
 #[cfg(test)]

@@ -232,11 +232,18 @@ pub struct Field {
     pub default: Option<Value>,
 }
 
+/// How many `ref` hops ownership through a reference may take.
+pub const MAX_OWNER_HOPS: usize = 3;
+
 /// Row ownership.
 #[derive(Debug, Clone)]
 pub struct Owner {
-    /// The field holding the owner's subject.
+    /// The field holding the owner's subject (`{"field": …}`), or, with
+    /// `by_ref`, the `ref` field whose row's owner owns this row
+    /// (`{"ref": …}`).
     pub field: String,
+    /// Owned through the row `field` refers to.
+    pub by_ref: bool,
     /// Roles that see and change every row.
     pub exempt: Vec<String>,
 }
@@ -712,6 +719,40 @@ pub struct Order {
     pub desc: bool,
 }
 
+/// Related rows a read embeds in every row, under `name`.
+#[derive(Debug, Clone)]
+pub struct Include {
+    /// The key of the embedded row or rows (not a field name).
+    pub name: String,
+    /// Which rows.
+    pub link: IncludeLink,
+    /// `from` only: conditions the included rows meet.
+    pub filters: Vec<Where>,
+    /// `from` only: their order (then `id`).
+    pub order_by: Vec<Order>,
+    /// `from` only: at most this many rows per embedding row.
+    pub limit: Option<Limit>,
+    /// Rows embedded in each included row in turn.
+    pub include: Vec<Include>,
+    /// Its JSON pointer.
+    pub path: String,
+}
+
+/// How an include's rows relate to the row they are embedded in.
+#[derive(Debug, Clone)]
+pub enum IncludeLink {
+    /// `{"ref": field}`: the row a `ref` field of this entity names.
+    Ref(String),
+    /// `{"from": entity, "by": field}`: the rows of `entity` whose `ref`
+    /// field `by` names this row.
+    From {
+        /// The included entity.
+        entity: String,
+        /// Its `ref` field naming this row.
+        by: String,
+    },
+}
+
 /// A row limit: a number, or an expression evaluated at run time.
 #[derive(Debug, Clone)]
 pub enum Limit {
@@ -801,6 +842,8 @@ pub enum NodeKind {
         page: bool,
         /// With `page`: `"total"`, the number of rows the `where` matches.
         count: bool,
+        /// Related rows embedded in every row read, in key order.
+        include: Vec<Include>,
     },
     /// Counts, sums, minimums, maximums and averages over rows, by group.
     Aggregate {

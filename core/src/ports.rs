@@ -60,6 +60,19 @@ pub enum Predicate {
     Any(Vec<Predicate>),
     /// The member does not hold.
     Not(Box<Predicate>),
+    /// The row of `hop.entity` whose id this row's `hop.field` holds exists
+    /// (soft-deleted or not) and the member holds of it; false when the
+    /// field is null. Ownership through a reference is written with it.
+    Via(Hop, Box<Predicate>),
+}
+
+/// One step from a row to the row one of its `ref` fields names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hop {
+    /// The `ref` field of the row.
+    pub field: String,
+    /// The entity it refers to.
+    pub entity: String,
 }
 
 impl Condition {
@@ -91,7 +104,7 @@ impl Predicate {
                         walk(p, out);
                     }
                 }
-                Predicate::Not(p) => walk(p, out),
+                Predicate::Not(p) | Predicate::Via(_, p) => walk(p, out),
             }
         }
         let mut out = Vec::new();
@@ -113,6 +126,8 @@ pub enum Token {
     Any(u32),
     /// `not` the next predicate.
     Not,
+    /// The next predicate, of the row the hop leads to.
+    Via(Hop),
 }
 
 /// The tokens of a list of predicates (each written whole, one after the
@@ -134,6 +149,10 @@ pub fn to_tokens(filters: &[Predicate]) -> Vec<Token> {
             }
             Predicate::Not(p) => {
                 out.push(Token::Not);
+                put(p, out);
+            }
+            Predicate::Via(hop, p) => {
+                out.push(Token::Via(hop.clone()));
                 put(p, out);
             }
         }
@@ -161,6 +180,7 @@ pub fn from_tokens(tokens: Vec<Token>) -> Result<Vec<Predicate>, StorageError> {
             None => Err(bad("a combinator lacks members")),
             Some(Token::Is(c)) => Ok(Predicate::Is(c)),
             Some(Token::Not) => Ok(Predicate::Not(Box::new(take(it, depth + 1)?))),
+            Some(Token::Via(hop)) => Ok(Predicate::Via(hop, Box::new(take(it, depth + 1)?))),
             Some(t @ (Token::All(n) | Token::Any(n))) => {
                 if n as usize > it.len() {
                     return Err(bad("a combinator lacks members"));
@@ -182,6 +202,95 @@ pub fn from_tokens(tokens: Vec<Token>) -> Result<Vec<Predicate>, StorageError> {
         out.push(take(&mut it, 0)?);
     }
     Ok(out)
+}
+
+/// Includes written flat, as they cross the WIT boundary: each with the
+/// index of the include it is nested in (none at the top), parents before
+/// their children, and its own `include` left empty.
+pub fn flatten_includes(list: &[Include]) -> Vec<(Option<u32>, Include)> {
+    fn put(list: &[Include], parent: Option<u32>, out: &mut Vec<(Option<u32>, Include)>) {
+        for inc in list {
+            let at = u32::try_from(out.len()).unwrap_or(u32::MAX);
+            out.push((
+                parent,
+                Include {
+                    include: Vec::new(),
+                    ..inc.clone()
+                },
+            ));
+            put(&inc.include, Some(at), out);
+        }
+    }
+    let mut out = Vec::new();
+    put(list, None, &mut out);
+    out
+}
+
+/// The includes written by [`flatten_includes`].
+///
+/// # Errors
+/// [`StorageError::Invalid`] when a parent index does not name an earlier
+/// include.
+pub fn nest_includes(flat: Vec<(Option<u32>, Include)>) -> Result<Vec<Include>, StorageError> {
+    // From the last up: every include's children are complete before it.
+    let mut children: std::collections::BTreeMap<usize, Vec<Include>> = Default::default();
+    let mut top = Vec::new();
+    for (i, (parent, mut inc)) in flat.into_iter().enumerate().rev() {
+        let mut mine = children.remove(&i).unwrap_or_default();
+        mine.reverse();
+        inc.include = mine;
+        match parent.map(|p| p as usize) {
+            None => top.push(inc),
+            Some(p) if p < i => children.entry(p).or_default().push(inc),
+            Some(p) => {
+                return Err(StorageError::Invalid {
+                    message: format!(
+                        "embed {i} names embed {p} as its parent, which does not come before it"
+                    ),
+                });
+            }
+        }
+    }
+    top.reverse();
+    Ok(top)
+}
+
+#[cfg(test)]
+mod include_tests {
+    use super::*;
+
+    fn inc(name: &str, include: Vec<Include>) -> Include {
+        Include {
+            name: name.into(),
+            entity: "E".into(),
+            link: Link::Many("e".into()),
+            filters: Vec::new(),
+            order: Vec::new(),
+            limit: None,
+            include,
+        }
+    }
+
+    #[test]
+    fn includes_cross_flat_and_come_back_nested() {
+        let tree = vec![
+            inc(
+                "a",
+                vec![inc("a1", vec![inc("a11", vec![])]), inc("a2", vec![])],
+            ),
+            inc("b", vec![]),
+            inc("c", vec![inc("c1", vec![])]),
+        ];
+        let flat = flatten_includes(&tree);
+        let parents: Vec<Option<u32>> = flat.iter().map(|(p, _)| *p).collect();
+        assert_eq!(
+            parents,
+            [None, Some(0), Some(1), Some(0), None, None, Some(5)]
+        );
+        assert_eq!(nest_includes(flat).unwrap(), tree);
+        let bad = vec![(Some(0), inc("x", vec![]))];
+        assert!(nest_includes(bad).is_err());
+    }
 }
 
 /// One sort key.
@@ -208,6 +317,42 @@ pub struct Query {
     pub after: Option<Vec<Value>>,
     /// Lock the rows read until the transaction ends (`FOR UPDATE`).
     pub lock: bool,
+    /// Related rows to embed in every row read (not locked).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<Include>,
+}
+
+/// How an included entity's rows relate to the row they are embedded in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Link {
+    /// The row a `ref` field of the embedding row names (or null).
+    One(String),
+    /// The rows whose `ref` field `by` names the embedding row (a list).
+    Many(String),
+}
+
+/// Rows of another entity embedded, under `name`, in every row a query
+/// reads: live rows that meet `filters`; for [`Link::Many`], sorted by
+/// `order` (which ends with `id`) and at most `limit` of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Include {
+    /// The key the rows are embedded under (after the row's columns, in
+    /// the order of the query's includes).
+    pub name: String,
+    /// The included entity.
+    pub entity: String,
+    /// How its rows relate to the embedding row.
+    pub link: Link,
+    /// All must hold of an included row.
+    pub filters: Vec<Predicate>,
+    /// Sort keys of a list.
+    pub order: Vec<SortKey>,
+    /// At most this many rows in a list.
+    pub limit: Option<u64>,
+    /// Rows embedded in each included row in turn.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<Include>,
 }
 
 /// What one measure of an aggregate computes, as the storage does it.
@@ -535,6 +680,10 @@ macro_rules! wit_storage_conversions {
                             wit::Filter::All(n) => $crate::ports::Token::All(n),
                             wit::Filter::Any(n) => $crate::ports::Token::Any(n),
                             wit::Filter::Not => $crate::ports::Token::Not,
+                            wit::Filter::Via(h) => $crate::ports::Token::Via($crate::ports::Hop {
+                                field: h.field,
+                                entity: h.entity,
+                            }),
                         })
                     })
                     .collect::<Result<_, $crate::ports::StorageError>>()?,
@@ -557,23 +706,45 @@ macro_rules! wit_storage_conversions {
                 .collect()
         }
 
+        fn sort_keys(order: Vec<wit::SortKey>) -> Vec<$crate::ports::SortKey> {
+            order
+                .into_iter()
+                .map(|k| $crate::ports::SortKey {
+                    field: k.field,
+                    desc: k.desc,
+                })
+                .collect()
+        }
+
         fn query(q: wit::Query) -> Result<$crate::ports::Query, $crate::ports::StorageError> {
+            let mut flat = Vec::with_capacity(q.embeds.len());
+            for e in q.embeds {
+                flat.push((
+                    e.parent,
+                    $crate::ports::Include {
+                        name: e.name,
+                        entity: e.entity,
+                        link: match e.link {
+                            wit::Link::One(f) => $crate::ports::Link::One(f),
+                            wit::Link::Many(f) => $crate::ports::Link::Many(f),
+                        },
+                        filters: filters(e.filters)?,
+                        order: sort_keys(e.order),
+                        limit: e.limit,
+                        include: Vec::new(),
+                    },
+                ));
+            }
             Ok($crate::ports::Query {
                 filters: filters(q.filters)?,
-                order: q
-                    .order
-                    .into_iter()
-                    .map(|k| $crate::ports::SortKey {
-                        field: k.field,
-                        desc: k.desc,
-                    })
-                    .collect(),
+                order: sort_keys(q.order),
                 limit: q.limit,
                 after: match q.after {
                     Some(list) => Some(list.iter().map(|t| json(t)).collect::<Result<_, _>>()?),
                     None => None,
                 },
                 lock: q.lock,
+                include: $crate::ports::nest_includes(flat)?,
             })
         }
 

@@ -16,7 +16,9 @@ pub mod schema;
 use serde_json::Value;
 use sinew_core::chain::{GENESIS_HASH, seal_entry};
 use sinew_core::ports::IDEMPOTENCY_TTL_MS;
-use sinew_core::ports::{Claim, FilterOp, Isolation, Predicate, Query, Row, StorageError};
+use sinew_core::ports::{
+    Claim, FilterOp, Include, Isolation, Link, Predicate, Query, Row, StorageError,
+};
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -124,7 +126,7 @@ impl Root {
     /// equality of strings on a text or uuid column that the row meets.
     /// `None` sends the query to the database.
     fn recall(&self, entity: &str, table: &Table, q: &Query) -> Option<Vec<Row>> {
-        if !self.remembers() || q.after.is_some() || q.limit == Some(0) {
+        if !self.remembers() || q.after.is_some() || q.limit == Some(0) || !q.include.is_empty() {
             return None;
         }
         // Only plain comparisons (no `and`/`or`/`not`) are answered here.
@@ -456,8 +458,13 @@ impl PgBackend {
         q: &Query,
         params: &mut Params,
     ) -> Result<String, StorageError> {
-        let filters = where_sql(table, q, params)?;
-        let mut sql = format!("SELECT {} FROM {} WHERE {filters}", table.select, table.sql);
+        let filters = where_sql(&self.schema, table, &q.filters, params)?;
+        let mut select = table.select.clone();
+        for inc in &q.include {
+            let embed = include_sql(&self.schema, table, "s0", inc, 1, params)?;
+            let _ = write!(select, ", ({embed})::text");
+        }
+        let mut sql = format!("SELECT {select} FROM {} AS s0 WHERE {filters}", table.sql);
         let column = |name: &str| {
             table
                 .column(name)
@@ -530,6 +537,20 @@ impl PgBackend {
             sql.push_str(" FOR UPDATE");
         }
         Ok(sql)
+    }
+
+    /// A row of a query's result and its includes (the columns after the
+    /// table's).
+    fn row_with(&self, table: &Table, r: &tokio_postgres::Row, include: &[Include]) -> Row {
+        let mut row = table.row(r);
+        if !include.is_empty() {
+            let width = table.width();
+            let texts = (0..include.len())
+                .map(|i| r.try_get::<_, Option<String>>(width + i).ok().flatten())
+                .collect();
+            embed_rows(&self.schema, &mut row, include, texts);
+        }
+        row
     }
 
     /// Why an update or delete by id and version changed nothing.
@@ -788,13 +809,139 @@ fn placeholder(params: &mut Params, v: String, ty: Ty) -> String {
 }
 
 /// The conditions of a query's rows: live, and its filters.
-fn where_sql(table: &Table, q: &Query, params: &mut Params) -> Result<String, StorageError> {
+fn where_sql(
+    schema: &Schema,
+    table: &Table,
+    filters: &[Predicate],
+    params: &mut Params,
+) -> Result<String, StorageError> {
     let mut sql = "\"deleted_at\" IS NULL".to_owned();
-    for p in &q.filters {
-        let cond = predicate_sql(table, p, false, params)?;
+    for p in filters {
+        let cond = predicate_sql(schema, table, p, false, params)?;
         let _ = write!(sql, " AND {cond}");
     }
     Ok(sql)
+}
+
+/// The select-list expression of an include, embedding in each row of the
+/// table aliased `parent` its related rows as JSON: a row is an array of
+/// its columns' text (as [`Table::row`] reads them) followed by its own
+/// includes; a `many` include is an array of such rows (empty for none), a
+/// `one` include such a row or null. `depth` names the aliases.
+fn include_sql(
+    schema: &Schema,
+    parent_table: &Table,
+    parent: &str,
+    inc: &Include,
+    depth: usize,
+    params: &mut Params,
+) -> Result<String, StorageError> {
+    let table = schema
+        .table(&inc.entity)
+        .ok_or_else(|| invalid(format!("no entity `{}`", inc.entity)))?;
+    let alias = format!("s{depth}");
+    let mut parts: Vec<String> = table
+        .columns
+        .iter()
+        .map(|c| c.ty.select(&format!("{alias}.{}", c.sql)))
+        .collect();
+    for nested in &inc.include {
+        parts.push(include_sql(
+            schema,
+            table,
+            &alias,
+            nested,
+            depth + 1,
+            params,
+        )?);
+    }
+    if parts.len() > 100 {
+        return Err(invalid(format!(
+            "`{}` has too many columns to embed (at most 100 with its includes)",
+            inc.entity
+        )));
+    }
+    let tuple = format!("json_build_array({})", parts.join(", "));
+    let live = where_sql(schema, table, &inc.filters, params)?;
+    Ok(match &inc.link {
+        Link::One(field) => {
+            let col = parent_table
+                .column(field)
+                .ok_or_else(|| invalid(format!("no column `{field}`")))?;
+            format!(
+                "(SELECT {tuple} FROM {} AS {alias} WHERE \"id\" = {parent}.{} AND {live})",
+                table.sql, col.sql
+            )
+        }
+        Link::Many(by) => {
+            let col = table
+                .column(by)
+                .ok_or_else(|| invalid(format!("no column `{by}`")))?;
+            let mut order = Vec::new();
+            for k in &inc.order {
+                let c = table
+                    .column(&k.field)
+                    .ok_or_else(|| invalid(format!("no column `{}`", k.field)))?;
+                order.push(format!(
+                    "{} {}",
+                    collated(c),
+                    if k.desc { "DESC" } else { "ASC" }
+                ));
+            }
+            if !inc.order.iter().any(|k| k.field == "id") {
+                order.push("\"id\" ASC".into());
+            }
+            let order = order.join(", ");
+            let limit = inc.limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
+            format!(
+                "(SELECT coalesce(json_agg({tuple} ORDER BY {order}), '[]'::json) FROM \
+                 (SELECT * FROM {} WHERE {} = {parent}.\"id\" AND {live} ORDER BY {order}{limit}) AS {alias})",
+                table.sql, col.sql
+            )
+        }
+    })
+}
+
+/// A row's includes from the text of their columns (see [`include_sql`]).
+fn embed_rows(schema: &Schema, row: &mut Row, include: &[Include], texts: Vec<Option<String>>) {
+    for (inc, text) in include.iter().zip(texts) {
+        let v = text
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .unwrap_or(Value::Null);
+        row.insert(inc.name.clone(), embedded(schema, inc, v));
+    }
+}
+
+/// One include's JSON (an array of column texts and includes, or a list
+/// of them) as rows.
+fn embedded(schema: &Schema, inc: &Include, v: Value) -> Value {
+    let Some(table) = schema.table(&inc.entity) else {
+        return Value::Null;
+    };
+    let one = |v: Value| -> Value {
+        let Value::Array(items) = v else {
+            return Value::Null;
+        };
+        let mut items = items.into_iter();
+        let mut row = Row::with_capacity(table.columns.len() + inc.include.len());
+        for c in &table.columns {
+            let text = match items.next() {
+                Some(Value::String(t)) => Some(t),
+                _ => None,
+            };
+            row.insert(c.name.clone(), c.ty.decode(text.as_deref()));
+        }
+        for nested in &inc.include {
+            let v = items.next().unwrap_or(Value::Null);
+            row.insert(nested.name.clone(), embedded(schema, nested, v));
+        }
+        Value::Object(row)
+    };
+    match (&inc.link, v) {
+        (Link::One(_), v) => one(v),
+        (Link::Many(_), Value::Array(list)) => Value::Array(list.into_iter().map(one).collect()),
+        (Link::Many(_), _) => Value::Array(Vec::new()),
+    }
 }
 
 /// The SQL of a predicate, read with two values as every engine reads it:
@@ -802,12 +949,33 @@ fn where_sql(table: &Table, q: &Query, params: &mut Params) -> Result<String, St
 /// (a null column) counts as false before it is negated, so `not` of it
 /// is true. Outside `not`, unknown and false both leave a row out.
 fn predicate_sql(
+    schema: &Schema,
     table: &Table,
     p: &Predicate,
     negated: bool,
     params: &mut Params,
 ) -> Result<String, StorageError> {
     Ok(match p {
+        Predicate::Via(hop, inner) => {
+            let col = table
+                .column(&hop.field)
+                .ok_or_else(|| invalid(format!("no column `{}`", hop.field)))?;
+            let target = schema
+                .table(&hop.entity)
+                .ok_or_else(|| invalid(format!("no entity `{}`", hop.entity)))?;
+            let inner = predicate_sql(schema, target, inner, false, params)?;
+            // The referenced row, soft-deleted or not; a null column is in
+            // no set.
+            let sql = format!(
+                "{} IN (SELECT \"id\" FROM {} WHERE {inner})",
+                col.sql, target.sql
+            );
+            if negated {
+                format!("({sql}) IS NOT TRUE")
+            } else {
+                sql
+            }
+        }
         Predicate::Is(c) => {
             let sql = condition_sql(table, c, params)?;
             if negated {
@@ -824,11 +992,11 @@ fn predicate_sql(
             }
             let parts = list
                 .iter()
-                .map(|p| predicate_sql(table, p, negated, params))
+                .map(|p| predicate_sql(schema, table, p, negated, params))
                 .collect::<Result<Vec<_>, _>>()?;
             format!("({})", parts.join(if all { " AND " } else { " OR " }))
         }
-        Predicate::Not(p) => predicate_sql(table, p, !negated, params)?,
+        Predicate::Not(p) => predicate_sql(schema, table, p, !negated, params)?,
     })
 }
 
@@ -1013,8 +1181,13 @@ impl StorageBackend for PgBackend {
                 c.client.query(&s, &refs(&params)).await
             })
             .await?;
-        let rows: Vec<Row> = rows.iter().map(|r| table.row(r)).collect();
-        if let (Some(root), true) = (&root, q.lock) {
+        let rows: Vec<Row> = rows
+            .iter()
+            .map(|r| self.row_with(table, r, &q.include))
+            .collect();
+        // (Rows with includes are not remembered: a later read by id
+        // would get their embedded rows.)
+        if let (Some(root), true, true) = (&root, q.lock, q.include.is_empty()) {
             root.remember(entity, &rows);
         }
         Ok(rows)
@@ -1029,7 +1202,7 @@ impl StorageBackend for PgBackend {
         let table = self.table(entity)?;
         let mut params = Params::new();
         let page = self.query_sql(table, q, &mut params)?;
-        let matching = where_sql(table, q, &mut params)?;
+        let matching = where_sql(&self.schema, table, &q.filters, &mut params)?;
         // One statement: the count always gives one row, and the page joins
         // it (none of its columns set when the page is empty).
         let sql = format!(
@@ -1048,7 +1221,7 @@ impl StorageBackend for PgBackend {
                 c.client.query(&s, &refs(&params)).await
             })
             .await?;
-        let width = table.width();
+        let width = table.width() + q.include.len();
         let total = found
             .first()
             .and_then(|r| r.try_get::<_, Option<&str>>(width).ok().flatten())
@@ -1057,9 +1230,11 @@ impl StorageBackend for PgBackend {
         let rows: Vec<Row> = found
             .iter()
             .filter(|r| r.try_get::<_, Option<&str>>(0).ok().flatten().is_some())
-            .map(|r| table.row(r))
+            .map(|r| self.row_with(table, r, &q.include))
             .collect();
-        if let (Some(root), true) = (&root, q.lock) {
+        // (Rows with includes are not remembered: a later read by id
+        // would get their embedded rows.)
+        if let (Some(root), true, true) = (&root, q.lock, q.include.is_empty()) {
             root.remember(entity, &rows);
         }
         Ok((rows, total))
@@ -1081,14 +1256,7 @@ impl StorageBackend for PgBackend {
                 .ok_or_else(|| invalid(format!("no column `{name}`")))
         };
         let mut params = Params::new();
-        let q = Query {
-            filters: filters.to_vec(),
-            order: Vec::new(),
-            limit: None,
-            after: None,
-            lock: false,
-        };
-        let cond = where_sql(table, &q, &mut params)?;
+        let cond = where_sql(&self.schema, table, filters, &mut params)?;
         // Each output column, and the type it decodes as (`None`: a count
         // or a sum, an integer).
         let mut select: Vec<String> = Vec::new();

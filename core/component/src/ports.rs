@@ -56,6 +56,38 @@ fn filters(list: &[Predicate]) -> Vec<types::Filter> {
             Token::All(n) => types::Filter::All(n),
             Token::Any(n) => types::Filter::Any(n),
             Token::Not => types::Filter::Not,
+            Token::Via(hop) => types::Filter::Via(types::Hop {
+                field: hop.field,
+                entity: hop.entity,
+            }),
+        })
+        .collect()
+}
+
+fn sort_keys(order: &[sinew_core::ports::SortKey]) -> Vec<types::SortKey> {
+    order
+        .iter()
+        .map(|k| types::SortKey {
+            field: k.field.clone(),
+            desc: k.desc,
+        })
+        .collect()
+}
+
+fn embeds(include: &[sinew_core::ports::Include]) -> Vec<types::Embed> {
+    ports::flatten_includes(include)
+        .into_iter()
+        .map(|(parent, inc)| types::Embed {
+            parent,
+            name: inc.name,
+            entity: inc.entity,
+            link: match inc.link {
+                sinew_core::ports::Link::One(f) => types::Link::One(f),
+                sinew_core::ports::Link::Many(f) => types::Link::Many(f),
+            },
+            filters: filters(&inc.filters),
+            order: sort_keys(&inc.order),
+            limit: inc.limit,
         })
         .collect()
 }
@@ -79,17 +111,11 @@ fn measures(list: &[Measure]) -> Vec<types::Measure> {
 fn query(q: &Query) -> types::Query {
     types::Query {
         filters: filters(&q.filters),
-        order: q
-            .order
-            .iter()
-            .map(|k| types::SortKey {
-                field: k.field.clone(),
-                desc: k.desc,
-            })
-            .collect(),
+        order: sort_keys(&q.order),
         limit: q.limit,
         after: q.after.as_ref().map(|a| a.iter().map(json).collect()),
         lock: q.lock,
+        embeds: embeds(&q.include),
     }
 }
 

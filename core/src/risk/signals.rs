@@ -162,6 +162,9 @@ pub(super) fn tool_findings(
             NodeKind::Call { .. } => effects |= t.call(i, info),
             _ => {}
         }
+        if let NodeKind::Read { include, .. } = &info.node.kind {
+            t.unbounded_includes(info, include);
+        }
     }
     t.cycles();
     t.tool_level(writes, effects);
@@ -333,8 +336,30 @@ impl ToolSignals<'_, '_> {
             "{} is Yellow because node `{}` reads `{entity}` rows without a limit",
             self.name, info.id
         );
+        self.unbounded(info, &info.node.path, message);
+    }
+
+    /// `unbounded-read` for each list include (`from`) without a limit, at
+    /// any depth.
+    fn unbounded_includes(&mut self, info: &NodeInfo, include: &[crate::model::Include]) {
+        for inc in include {
+            if let crate::model::IncludeLink::From { entity, .. } = &inc.link
+                && inc.limit.is_none()
+            {
+                let message = format!(
+                    "{} is Yellow because node `{}` includes `{entity}` rows as `{}` without a limit",
+                    self.name, info.id, inc.name
+                );
+                self.unbounded(info, &inc.path, message);
+            }
+            self.unbounded_includes(info, &inc.include);
+        }
+    }
+
+    /// The `unbounded-read` finding, with a patch adding a limit at `path`.
+    fn unbounded(&mut self, info: &NodeInfo, path: &str, message: String) {
         let patch = vec![Op::Add {
-            path: child(&info.node.path, "limit"),
+            path: child(path, "limit"),
             value: json!(100),
         }];
         let summary = "add `\"limit\": 100` (and `after` for paging)".to_string();

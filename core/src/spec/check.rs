@@ -15,10 +15,10 @@ use crate::flow::{Dominance, ToolGraph};
 /// What a name in an expression is bound to, as far as the loader knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Binding {
-    /// One row of an entity.
-    Row(String),
-    /// A list of rows of an entity.
-    Rows(String),
+    /// One row of an entity, with the names of the rows it embeds.
+    Row(String, Vec<String>),
+    /// A list of rows of an entity, with the names of the rows each embeds.
+    Rows(String, Vec<String>),
     /// An object with these keys.
     Object(Vec<String>),
     /// Anything (an external's answer, …).
@@ -83,7 +83,7 @@ impl<'a> Scope<'a> {
             }
             "row" => {
                 return match self.row {
-                    Some(e) => Ok(Binding::Row(e.to_string())),
+                    Some(e) => Ok(Binding::Row(e.to_string(), Vec::new())),
                     None => Err(
                         "`row` is only in scope in an update's `set` and in invariants".to_string(),
                     ),
@@ -123,17 +123,30 @@ impl<'a> Scope<'a> {
             NodeKind::Aggregate {
                 group_by, measures, ..
             } if group_by.is_empty() => Binding::Object(measures.keys().cloned().collect()),
-            NodeKind::Read { entity, one, .. } | NodeKind::Update { entity, one, .. } => {
+            NodeKind::Read {
+                entity,
+                one,
+                include,
+                ..
+            } => {
+                let names = include.iter().map(|i| i.name.clone()).collect();
                 if *one {
-                    Binding::Row(entity.clone())
+                    Binding::Row(entity.clone(), names)
                 } else {
-                    Binding::Rows(entity.clone())
+                    Binding::Rows(entity.clone(), names)
+                }
+            }
+            NodeKind::Update { entity, one, .. } => {
+                if *one {
+                    Binding::Row(entity.clone(), Vec::new())
+                } else {
+                    Binding::Rows(entity.clone(), Vec::new())
                 }
             }
             NodeKind::Create { entity, .. }
             | NodeKind::Transition { entity, .. }
             | NodeKind::SoftDelete { entity, .. }
-            | NodeKind::Delete { entity, .. } => Binding::Row(entity.clone()),
+            | NodeKind::Delete { entity, .. } => Binding::Row(entity.clone(), Vec::new()),
             NodeKind::Let { values } => Binding::Object(values.keys().cloned().collect()),
             _ => Binding::Any,
         })
@@ -233,7 +246,7 @@ pub(crate) fn check_expr(cx: &mut Cx, e: &Expression, scope: &Scope) {
                 },
                 ExprKind::Index(list, _) => match &list.kind {
                     ExprKind::Ident(root) => match scope.lookup(root) {
-                        Ok(Binding::Rows(e)) => Binding::Row(e),
+                        Ok(Binding::Rows(e, names)) => Binding::Row(e, names),
                         _ => return,
                     },
                     _ => return,
@@ -242,9 +255,10 @@ pub(crate) fn check_expr(cx: &mut Cx, e: &Expression, scope: &Scope) {
             };
             let root = inner.as_path().map(|(r, _)| r.to_string()).unwrap_or_default();
             match binding {
-                Binding::Row(ent) => {
+                Binding::Row(ent, embedded) => {
                     if let Some(entity) = scope.spec.entities.get(&ent)
-                        && !entity.has_column(field) {
+                        && !entity.has_column(field)
+                        && !embedded.iter().any(|n| n == field) {
                             report(
                                 cx,
                                 "unknown-field",
@@ -254,7 +268,7 @@ pub(crate) fn check_expr(cx: &mut Cx, e: &Expression, scope: &Scope) {
                             );
                         }
                 }
-                Binding::Rows(ent) => report(
+                Binding::Rows(ent, _) => report(
                     cx,
                     "expr-type",
                     node.span,
@@ -474,7 +488,7 @@ pub(crate) fn check_shape(cx: &mut Cx, e: &Expression, scope: &Scope, want: Want
             })
         }
         ExprKind::Ident(name) => match scope.lookup(name) {
-            Ok(Binding::Row(ent)) => Some((
+            Ok(Binding::Row(ent, _)) => Some((
                 format!("`{name}` is a whole `{ent}` row"),
                 if want == Want::Id {
                     format!("use `{name}.id`")
@@ -482,7 +496,7 @@ pub(crate) fn check_shape(cx: &mut Cx, e: &Expression, scope: &Scope, want: Want
                     format!("use one of its fields (`{name}.…`)")
                 },
             )),
-            Ok(Binding::Rows(ent)) => Some((
+            Ok(Binding::Rows(ent, _)) => Some((
                 format!("`{name}` is a list of `{ent}` rows"),
                 if want == Want::Count {
                     format!("use `size({name})`")
@@ -721,31 +735,35 @@ fn check_entity(cx: &mut Cx, spec: &Spec, name: &str, e: &Entity) {
     }
     if let Some(owner) = &e.owner {
         let opath = child(&e.path, "owner");
-        match e.fields.get(&owner.field) {
-            None => cx.error(
-                Diagnostic::new(
-                    "unknown-field",
-                    child(&opath, "field"),
-                    format!("`{name}` has no field `{}`", owner.field),
-                )
-                .help(suggest(
-                    &owner.field,
-                    e.fields.keys().map(String::as_str),
-                    "declare it as a string field",
-                )),
-            ),
-            Some(f) if !matches!(f.ty, FieldType::String | FieldType::Uuid) => cx.error(
-                Diagnostic::new(
-                    "invalid-value",
-                    child(&opath, "field"),
-                    format!(
-                        "the owner field `{}` must be a `string` (it holds `auth.sub`)",
-                        owner.field
-                    ),
-                )
-                .help("make it `\"type\": \"string\"`"),
-            ),
-            Some(_) => {}
+        if owner.by_ref {
+            check_owner_ref(cx, spec, name, e, &opath);
+        } else {
+            match e.fields.get(&owner.field) {
+                None => cx.error(
+                    Diagnostic::new(
+                        "unknown-field",
+                        child(&opath, "field"),
+                        format!("`{name}` has no field `{}`", owner.field),
+                    )
+                    .help(suggest(
+                        &owner.field,
+                        e.fields.keys().map(String::as_str),
+                        "declare it as a string field",
+                    )),
+                ),
+                Some(f) if !matches!(f.ty, FieldType::String | FieldType::Uuid) => cx.error(
+                    Diagnostic::new(
+                        "invalid-value",
+                        child(&opath, "field"),
+                        format!(
+                            "the owner field `{}` must be a `string` (it holds `auth.sub`)",
+                            owner.field
+                        ),
+                    )
+                    .help("make it `\"type\": \"string\"`"),
+                ),
+                Some(_) => {}
+            }
         }
         for (i, r) in owner.exempt.iter().enumerate() {
             check_role(cx, spec, &format!("{opath}/exempt/{i}"), r);
@@ -1324,6 +1342,7 @@ fn check_read(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
         order_by,
         limit,
         after,
+        include,
         ..
     } = &node.kind
     else {
@@ -1335,18 +1354,8 @@ fn check_read(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
     check_filters(cx, spec, e, entity, filters, scope);
     if let Some(e) = e {
         check_indexed(cx, entity, e, path, filters, order_by);
-        for (i, o) in order_by.iter().enumerate() {
-            if !e.has_column(&o.field) {
-                cx.error(
-                    Diagnostic::new(
-                        "unknown-field",
-                        format!("{path}/orderBy/{i}"),
-                        format!("`{entity}` has no field `{}`", o.field),
-                    )
-                    .help(suggest(&o.field, e.columns(), "")),
-                );
-            }
-        }
+        check_order(cx, entity, e, path, order_by);
+        check_includes(cx, spec, scope, entity, e, include);
     }
     if let Some(Limit::Expr(x)) = limit {
         check_expr(cx, x, scope);
@@ -1355,6 +1364,227 @@ fn check_read(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
     if let Some(x) = after {
         check_expr(cx, x, scope);
     }
+}
+
+/// `owner: {"ref": field}`: a `ref` field, to an entity with an owner,
+/// whose chain of owner references ends at an owner field within three
+/// hops.
+fn check_owner_ref(cx: &mut Cx, spec: &Spec, name: &str, e: &Entity, opath: &str) {
+    let Some(owner) = &e.owner else { return };
+    let p = child(opath, "ref");
+    let Some(f) = e
+        .fields
+        .get(&owner.field)
+        .filter(|f| f.ty == FieldType::Ref)
+    else {
+        cx.error(
+            Diagnostic::new(
+                if e.fields.contains_key(&owner.field) {
+                    "invalid-value"
+                } else {
+                    "unknown-field"
+                },
+                p,
+                format!("`{name}.{}` is not a `ref` field", owner.field),
+            )
+            .help(suggest_ref_fields(e, &owner.field)),
+        );
+        return;
+    };
+    let mut chain = vec![name.to_owned()];
+    let mut at = f.entity.clone();
+    while let Some(target) = at {
+        let Some(te) = spec.entities.get(&target) else {
+            return;
+        };
+        if chain.contains(&target) {
+            chain.push(target);
+            cx.error(
+                Diagnostic::new(
+                    "invalid-value",
+                    p,
+                    format!("ownership goes round in a circle: {}", chain.join(" → ")),
+                )
+                .help("end the chain at an entity whose owner is a `field`"),
+            );
+            return;
+        }
+        chain.push(target.clone());
+        match &te.owner {
+            None => {
+                cx.error(
+                    Diagnostic::new(
+                        "invalid-value",
+                        p,
+                        format!("`{target}` has no owner, so it cannot give `{name}` one"),
+                    )
+                    .help(format!(
+                        "give `{target}` an `owner`, or point `ref` at a field to an owned entity"
+                    )),
+                );
+                return;
+            }
+            Some(o) if o.by_ref => {
+                at = te.fields.get(&o.field).and_then(|f| f.entity.clone());
+            }
+            Some(_) => at = None,
+        }
+        if chain.len() > crate::model::MAX_OWNER_HOPS + 1 {
+            cx.error(
+                Diagnostic::new(
+                    "invalid-value",
+                    p,
+                    format!(
+                        "ownership takes more than {} hops: {}",
+                        crate::model::MAX_OWNER_HOPS,
+                        chain.join(" → ")
+                    ),
+                )
+                .help("point `ref` at an entity nearer to the owner field"),
+            );
+            return;
+        }
+    }
+}
+
+/// An `orderBy`'s fields are columns of the entity.
+fn check_order(cx: &mut Cx, entity: &str, e: &Entity, path: &str, order_by: &[Order]) {
+    for (i, o) in order_by.iter().enumerate() {
+        if !e.has_column(&o.field) {
+            cx.error(
+                Diagnostic::new(
+                    "unknown-field",
+                    format!("{path}/orderBy/{i}"),
+                    format!("`{entity}` has no field `{}`", o.field),
+                )
+                .help(suggest(&o.field, e.columns(), "")),
+            );
+        }
+    }
+}
+
+/// A read's includes: names that are not columns, `ref` on a `ref` field,
+/// `from` an entity whose `by` is a `ref` to this one, their filters,
+/// order and limit, and their own includes.
+fn check_includes(
+    cx: &mut Cx,
+    spec: &Spec,
+    scope: &Scope,
+    entity: &str,
+    e: &Entity,
+    include: &[crate::model::Include],
+) {
+    use crate::model::IncludeLink;
+    for inc in include {
+        let p = inc.path.as_str();
+        if e.has_column(&inc.name) {
+            cx.error(
+                Diagnostic::new(
+                    "duplicate-name",
+                    p,
+                    format!(
+                        "the include `{}` has the name of a field of `{entity}`",
+                        inc.name
+                    ),
+                )
+                .help(format!("name it otherwise: `{}_row`", inc.name)),
+            );
+        }
+        let target = match &inc.link {
+            IncludeLink::Ref(field) => match e.fields.get(field) {
+                Some(f) if f.ty == FieldType::Ref => f.entity.as_deref(),
+                Some(_) => {
+                    cx.error(
+                        Diagnostic::new(
+                            "invalid-value",
+                            child(p, "ref"),
+                            format!("`{entity}.{field}` is not a `ref` field"),
+                        )
+                        .help(suggest_ref_fields(e, field)),
+                    );
+                    None
+                }
+                None => {
+                    cx.error(
+                        Diagnostic::new(
+                            "unknown-field",
+                            child(p, "ref"),
+                            format!("`{entity}` has no field `{field}`"),
+                        )
+                        .help(suggest_ref_fields(e, field)),
+                    );
+                    None
+                }
+            },
+            IncludeLink::From { entity: from, by } => {
+                let te = entity_ref(cx, spec, &child(p, "from"), from);
+                if let Some(te) = te {
+                    match te.fields.get(by) {
+                        Some(f)
+                            if f.ty == FieldType::Ref && f.entity.as_deref() == Some(entity) => {}
+                        Some(_) => cx.error(
+                            Diagnostic::new(
+                                "invalid-value",
+                                child(p, "by"),
+                                format!("`{from}.{by}` is not a `ref` to `{entity}`"),
+                            )
+                            .help(suggest_refs_to(te, entity, by)),
+                        ),
+                        None => cx.error(
+                            Diagnostic::new(
+                                "unknown-field",
+                                child(p, "by"),
+                                format!("`{from}` has no field `{by}`"),
+                            )
+                            .help(suggest_refs_to(te, entity, by)),
+                        ),
+                    }
+                }
+                te.map(|_| from.as_str())
+            }
+        };
+        let Some(tname) = target else { continue };
+        let te = spec.entities.get(tname);
+        check_filters(cx, spec, te, tname, &inc.filters, scope);
+        if let Some(Limit::Expr(x)) = &inc.limit {
+            check_expr(cx, x, scope);
+            check_shape(cx, x, scope, Want::Count);
+        }
+        if let Some(te) = te {
+            check_order(cx, tname, te, p, &inc.order_by);
+            check_includes(cx, spec, scope, tname, te, &inc.include);
+        }
+    }
+}
+
+/// "Did you mean" among an entity's `ref` fields.
+fn suggest_ref_fields(e: &Entity, field: &str) -> String {
+    let refs: Vec<&str> = e
+        .fields
+        .iter()
+        .filter(|(_, f)| f.ty == FieldType::Ref)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    suggest(
+        field,
+        refs,
+        "an include follows a `ref` field, and this entity has none",
+    )
+}
+
+/// "Did you mean" among the fields of `e` that are `ref`s to `to`.
+fn suggest_refs_to(e: &Entity, to: &str, field: &str) -> String {
+    let refs: Vec<&str> = e
+        .fields
+        .iter()
+        .filter(|(_, f)| f.ty == FieldType::Ref && f.entity.as_deref() == Some(to))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    suggest(
+        field,
+        refs,
+        &format!("`by` names a `ref` field to `{to}`, and there is none: add one"),
+    )
 }
 
 /// `aggregate`: entity, filters, groups, measures on fields of the types
@@ -1509,7 +1739,11 @@ fn check_create(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
         check_template(cx, t, scope);
     }
     if let Some(e) = e {
-        let owner = e.owner.as_ref().map(|o| o.field.as_str());
+        let owner = e
+            .owner
+            .as_ref()
+            .filter(|o| !o.by_ref)
+            .map(|o| o.field.as_str());
         for (fname, f) in &e.fields {
             if !f.nullable
                 && f.default.is_none()

@@ -495,11 +495,30 @@ fn entity(cx: &mut Cx, v: &Value, path: &str) -> Entity {
     if let Some(v) = o.get("owner") {
         let p = o.at("owner");
         if let Some(mut ow) = Obj::new(cx, v, &p, "an object (`{\"field\": …}`)") {
-            let field = ow.name(cx, "field", true);
+            let by_ref = ow.get("ref").is_some();
+            let field = if by_ref {
+                if ow.get("field").is_some() {
+                    cx.error(
+                        Diagnostic::new(
+                            "invalid-value",
+                            p.clone(),
+                            "an owner is either a `field` holding the subject or a `ref` to an owned row",
+                        )
+                        .help("keep `field` or `ref`, not both"),
+                    );
+                }
+                ow.name(cx, "ref", true)
+            } else {
+                ow.name(cx, "field", true)
+            };
             let exempt = ow.names(cx, "exempt");
             ow.finish(cx);
             if let Some(field) = field {
-                e.owner = Some(Owner { field, exempt });
+                e.owner = Some(Owner {
+                    field,
+                    by_ref,
+                    exempt,
+                });
             }
         }
     }
@@ -1216,6 +1235,10 @@ fn node_kind(
             let lock = o.bool(cx, "lock");
             let page = o.bool(cx, "page");
             let count = o.bool(cx, "count");
+            let include = o
+                .get("include")
+                .map(|v| includes(cx, v, &child(path, "include"), 1))
+                .unwrap_or_default();
             if count && !page {
                 cx.error(
                     Diagnostic::new(
@@ -1246,6 +1269,7 @@ fn node_kind(
                 lock,
                 page,
                 count,
+                include,
             }
         }
         "aggregate" => aggregate(cx, o, path)?,
@@ -1481,6 +1505,90 @@ fn measure(cx: &mut Cx, v: &Value, path: &str) -> Option<Measure> {
         field,
         path: path.to_owned(),
     })
+}
+
+/// How deep includes nest: an include, its includes, theirs.
+pub(crate) const MAX_INCLUDE_DEPTH: usize = 3;
+
+/// A read's `include`: name → `{"ref": field}` or `{"from": Entity, "by":
+/// field, "where", "orderBy", "limit", "include"}`.
+fn includes(cx: &mut Cx, v: &Value, path: &str, depth: usize) -> Vec<Include> {
+    let mut out = Vec::new();
+    for (name, v, p) in object_map(cx, Some(v), path) {
+        if !check_name(cx, &p, name, "an include name") {
+            continue;
+        }
+        let Some(mut o) = Obj::new(
+            cx,
+            v,
+            &p,
+            "an object (`{\"ref\": field}` or `{\"from\": Entity, \"by\": field, \"limit\": n}`)",
+        ) else {
+            continue;
+        };
+        let link = if o.get("ref").is_some() {
+            o.name(cx, "ref", true).map(IncludeLink::Ref)
+        } else if o.get("from").is_some() {
+            let entity = o.name(cx, "from", true);
+            let by = o.name(cx, "by", true);
+            entity
+                .zip(by)
+                .map(|(entity, by)| IncludeLink::From { entity, by })
+        } else {
+            cx.error(
+                Diagnostic::new(
+                    "missing-key",
+                    p.clone(),
+                    format!("the include `{name}` names no related rows"),
+                )
+                .help("write `{\"ref\": field}` for the row a `ref` field names, or `{\"from\": Entity, \"by\": field, \"limit\": n}` for the rows naming this one"),
+            );
+            None
+        };
+        let list = matches!(link, Some(IncludeLink::From { .. }));
+        let (filters, order_by, limit) = if list {
+            (
+                o.get("where")
+                    .map(|v| filters(cx, v, &child(&p, "where")))
+                    .unwrap_or_default(),
+                o.get("orderBy")
+                    .map(|v| order_by(cx, v, &child(&p, "orderBy")))
+                    .unwrap_or_default(),
+                limit(cx, &mut o),
+            )
+        } else {
+            (Vec::new(), Vec::new(), None)
+        };
+        let nested = match o.get("include") {
+            Some(v) if depth >= MAX_INCLUDE_DEPTH => {
+                cx.error(
+                    Diagnostic::new(
+                        "invalid-value",
+                        child(&p, "include"),
+                        format!("includes nest {MAX_INCLUDE_DEPTH} levels deep at most"),
+                    )
+                    .help("read the deeper rows with a read node of their own"),
+                );
+                let _ = v;
+                Vec::new()
+            }
+            Some(v) => includes(cx, v, &child(&p, "include"), depth + 1),
+            None => Vec::new(),
+        };
+        o.finish(cx);
+        if let Some(link) = link {
+            out.push(Include {
+                name: name.clone(),
+                link,
+                filters,
+                order_by,
+                limit,
+                include: nested,
+                path: p,
+            });
+        }
+    }
+    out
 }
 
 fn limit(cx: &mut Cx, o: &mut Obj) -> Option<Limit> {

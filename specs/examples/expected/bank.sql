@@ -43,6 +43,18 @@ CREATE TABLE IF NOT EXISTS "transfer" (
 CREATE INDEX IF NOT EXISTS "transfer_from_account_idx" ON "transfer" ("from_account");
 CREATE INDEX IF NOT EXISTS "transfer_to_account_idx" ON "transfer" ("to_account");
 
+-- references
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'transfer_from_account_fkey' AND conrelid = '"transfer"'::regclass) THEN
+    ALTER TABLE "transfer" ADD CONSTRAINT "transfer_from_account_fkey" FOREIGN KEY ("from_account") REFERENCES "account" ("id") NOT VALID;
+  END IF;
+END $$;
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'transfer_to_account_fkey' AND conrelid = '"transfer"'::regclass) THEN
+    ALTER TABLE "transfer" ADD CONSTRAINT "transfer_to_account_fkey" FOREIGN KEY ("to_account") REFERENCES "account" ("id") NOT VALID;
+  END IF;
+END $$;
+
 -- sinew: the audit log, append-only (A3): the database refuses updates,
 -- deletes and truncation; each entry carries the hash of the previous one (A4).
 -- `entry` is the exact canonical JSON text that `hash` is the SHA-256 of

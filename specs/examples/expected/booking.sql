@@ -67,6 +67,23 @@ CREATE TABLE IF NOT EXISTS "occupancy" (
 CREATE INDEX IF NOT EXISTS "occupancy_room_idx" ON "occupancy" ("room");
 CREATE UNIQUE INDEX IF NOT EXISTS "occupancy_hold_key" ON "occupancy" ("hold") WHERE "deleted_at" IS NULL;
 
+-- references
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'hold_room_fkey' AND conrelid = '"hold"'::regclass) THEN
+    ALTER TABLE "hold" ADD CONSTRAINT "hold_room_fkey" FOREIGN KEY ("room") REFERENCES "room" ("id") NOT VALID;
+  END IF;
+END $$;
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'occupancy_room_fkey' AND conrelid = '"occupancy"'::regclass) THEN
+    ALTER TABLE "occupancy" ADD CONSTRAINT "occupancy_room_fkey" FOREIGN KEY ("room") REFERENCES "room" ("id") NOT VALID;
+  END IF;
+END $$;
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'occupancy_hold_fkey' AND conrelid = '"occupancy"'::regclass) THEN
+    ALTER TABLE "occupancy" ADD CONSTRAINT "occupancy_hold_fkey" FOREIGN KEY ("hold") REFERENCES "hold" ("id") NOT VALID;
+  END IF;
+END $$;
+
 -- sinew: the audit log, append-only (A3): the database refuses updates,
 -- deletes and truncation; each entry carries the hash of the previous one (A4).
 -- `entry` is the exact canonical JSON text that `hash` is the SHA-256 of

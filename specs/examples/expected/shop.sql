@@ -37,6 +37,13 @@ CREATE TABLE IF NOT EXISTS "order" (
 CREATE INDEX IF NOT EXISTS "order_customer_idx" ON "order" ("customer");
 CREATE INDEX IF NOT EXISTS "order_product_idx" ON "order" ("product");
 
+-- references
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'order_product_fkey' AND conrelid = '"order"'::regclass) THEN
+    ALTER TABLE "order" ADD CONSTRAINT "order_product_fkey" FOREIGN KEY ("product") REFERENCES "product" ("id") NOT VALID;
+  END IF;
+END $$;
+
 -- sinew: the audit log, append-only (A3): the database refuses updates,
 -- deletes and truncation; each entry carries the hash of the previous one (A4).
 -- `entry` is the exact canonical JSON text that `hash` is the SHA-256 of

@@ -1,0 +1,135 @@
+-- sinew schema for spec 'clinic'
+-- Every statement is idempotent: applying this twice changes nothing.
+
+-- Therapist
+CREATE TABLE IF NOT EXISTS "therapist" (
+  "id" uuid PRIMARY KEY,
+  "version" bigint NOT NULL CHECK ("version" >= 1),
+  "created_at" timestamptz NOT NULL,
+  "updated_at" timestamptz NOT NULL,
+  "deleted_at" timestamptz,
+  "name" text NOT NULL,
+  "specialty" text NOT NULL,
+  "rate_cents" bigint NOT NULL,
+  CHECK (char_length("name") <= 100),
+  CHECK (char_length("specialty") <= 100),
+  CHECK ("rate_cents" >= 0)
+);
+CREATE INDEX IF NOT EXISTS "therapist_name_idx" ON "therapist" ("name");
+
+-- Patient
+CREATE TABLE IF NOT EXISTS "patient" (
+  "id" uuid PRIMARY KEY,
+  "version" bigint NOT NULL CHECK ("version" >= 1),
+  "created_at" timestamptz NOT NULL,
+  "updated_at" timestamptz NOT NULL,
+  "deleted_at" timestamptz,
+  "account" text NOT NULL,
+  "name" text NOT NULL,
+  "email" text NOT NULL,
+  CHECK (char_length("account") <= 128),
+  CHECK (char_length("name") <= 100),
+  CHECK (char_length("email") <= 254)
+);
+CREATE INDEX IF NOT EXISTS "patient_account_idx" ON "patient" ("account");
+CREATE UNIQUE INDEX IF NOT EXISTS "patient_email_key" ON "patient" ("email") WHERE "deleted_at" IS NULL;
+
+-- Appointment
+CREATE TABLE IF NOT EXISTS "appointment" (
+  "id" uuid PRIMARY KEY,
+  "version" bigint NOT NULL CHECK ("version" >= 1),
+  "created_at" timestamptz NOT NULL,
+  "updated_at" timestamptz NOT NULL,
+  "deleted_at" timestamptz,
+  "status" text NOT NULL DEFAULT 'requested' CHECK ("status" IN ('requested', 'confirmed', 'completed', 'cancelled')),
+  "patient" uuid NOT NULL,
+  "therapist" uuid NOT NULL,
+  "start_at" timestamptz NOT NULL,
+  "minutes" bigint NOT NULL,
+  "note" text NOT NULL DEFAULT '',
+  CHECK ("minutes" >= 15),
+  CHECK ("minutes" <= 240),
+  CHECK (char_length("note") <= 500)
+);
+CREATE INDEX IF NOT EXISTS "appointment_patient_idx" ON "appointment" ("patient");
+CREATE INDEX IF NOT EXISTS "appointment_therapist_idx" ON "appointment" ("therapist");
+CREATE INDEX IF NOT EXISTS "appointment_therapist_start_at_idx" ON "appointment" ("therapist", "start_at");
+CREATE INDEX IF NOT EXISTS "appointment_start_at_idx" ON "appointment" ("start_at");
+
+-- Invoice
+CREATE TABLE IF NOT EXISTS "invoice" (
+  "id" uuid PRIMARY KEY,
+  "version" bigint NOT NULL CHECK ("version" >= 1),
+  "created_at" timestamptz NOT NULL,
+  "updated_at" timestamptz NOT NULL,
+  "deleted_at" timestamptz,
+  "appointment" uuid NOT NULL,
+  "amount_cents" bigint NOT NULL,
+  "paid" boolean NOT NULL DEFAULT false,
+  CHECK ("amount_cents" >= 0)
+);
+CREATE INDEX IF NOT EXISTS "invoice_appointment_idx" ON "invoice" ("appointment");
+CREATE INDEX IF NOT EXISTS "invoice_created_at_idx" ON "invoice" ("created_at");
+
+-- references
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'appointment_patient_fkey' AND conrelid = '"appointment"'::regclass) THEN
+    ALTER TABLE "appointment" ADD CONSTRAINT "appointment_patient_fkey" FOREIGN KEY ("patient") REFERENCES "patient" ("id") NOT VALID;
+  END IF;
+END $$;
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'appointment_therapist_fkey' AND conrelid = '"appointment"'::regclass) THEN
+    ALTER TABLE "appointment" ADD CONSTRAINT "appointment_therapist_fkey" FOREIGN KEY ("therapist") REFERENCES "therapist" ("id") NOT VALID;
+  END IF;
+END $$;
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'invoice_appointment_fkey' AND conrelid = '"invoice"'::regclass) THEN
+    ALTER TABLE "invoice" ADD CONSTRAINT "invoice_appointment_fkey" FOREIGN KEY ("appointment") REFERENCES "appointment" ("id") NOT VALID;
+  END IF;
+END $$;
+
+-- sinew: the audit log, append-only (A3): the database refuses updates,
+-- deletes and truncation; each entry carries the hash of the previous one (A4).
+-- `entry` is the exact canonical JSON text that `hash` is the SHA-256 of
+-- (query it as `entry::jsonb`).
+CREATE TABLE IF NOT EXISTS "sinew_audit" (
+  "seq" bigint PRIMARY KEY,
+  "execution" text NOT NULL,
+  "kind" text NOT NULL,
+  "entry" text NOT NULL,
+  "prev" text NOT NULL,
+  "hash" text NOT NULL UNIQUE,
+  "recorded_at" timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS "sinew_audit_execution_idx" ON "sinew_audit" ("execution");
+CREATE OR REPLACE FUNCTION "sinew_audit_append_only"() RETURNS trigger
+  LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION 'sinew_audit is append-only: % is refused', TG_OP;
+END
+$$;
+CREATE OR REPLACE TRIGGER "sinew_audit_no_update_delete"
+  BEFORE UPDATE OR DELETE ON "sinew_audit"
+  FOR EACH ROW EXECUTE FUNCTION "sinew_audit_append_only"();
+CREATE OR REPLACE TRIGGER "sinew_audit_no_truncate"
+  BEFORE TRUNCATE ON "sinew_audit"
+  FOR EACH STATEMENT EXECUTE FUNCTION "sinew_audit_append_only"();
+
+-- sinew: idempotency keys (kept 24 hours).
+CREATE TABLE IF NOT EXISTS "sinew_idempotency" (
+  "scope" text NOT NULL,
+  "key" text NOT NULL,
+  "fingerprint" text NOT NULL,
+  "claimed_at" timestamptz NOT NULL,
+  "status" integer,
+  "body" text,
+  PRIMARY KEY ("scope", "key")
+);
+
+-- sinew: rate-limit counters, one row per scope and minute.
+CREATE TABLE IF NOT EXISTS "sinew_rate" (
+  "scope" text NOT NULL,
+  "window_start" timestamptz NOT NULL,
+  "hits" bigint NOT NULL,
+  PRIMARY KEY ("scope", "window_start")
+);
