@@ -1566,3 +1566,96 @@ async fn every_request_is_answered_within_its_deadline_plus_a_second() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(verify(&url).await.is_ok());
 }
+
+/// On Postgres a read node is one SQL statement, whatever its includes and
+/// the number of rows: a page of 50 appointments, each with its therapist
+/// and its invoices, owned through a reference, and counted, is read by
+/// exactly one statement (counted in the server's statement log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_with_includes_is_one_statement() {
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let mut spec: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("specs/examples/clinic.json")).unwrap(),
+    )
+    .unwrap();
+    let list = &mut spec["tools"]["list_appointments"];
+    list["input"]["properties"]["size"]["maximum"] = json!(50);
+    list["limits"]["maxRows"] = json!(400);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("clinic.json");
+    std::fs::write(&path, spec.to_string()).unwrap();
+    // The schema first (a server start migrates), then every statement
+    // of every new connection is logged.
+    Server::start(&path, &url, &Options::default())
+        .await
+        .stop()
+        .await;
+    let db = connect_url(&url).await;
+    let name: String = db
+        .query_one("SELECT current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    db.batch_execute(&format!(
+        "ALTER DATABASE {name} SET log_statement = 'all';
+         INSERT INTO therapist (id, version, created_at, updated_at, name, specialty, rate_cents)
+           SELECT md5('t' || i)::uuid, 1, now(), now(), 'T' || i, 'physio', 6000
+           FROM generate_series(1, 3) i;
+         INSERT INTO patient (id, version, created_at, updated_at, account, name, email)
+           VALUES (md5('p')::uuid, 1, now(), now(), 'ann', 'Ann', 'ann@example.com'),
+                  (md5('q')::uuid, 1, now(), now(), 'bob', 'Bob', 'bob@example.com');
+         INSERT INTO appointment (id, version, created_at, updated_at, status, patient, therapist,
+                                  start_at, minutes, note)
+           SELECT md5('a' || i)::uuid, 1, now(), now(), 'confirmed',
+                  md5(CASE WHEN i % 5 = 0 THEN 'q' ELSE 'p' END)::uuid, md5('t' || (i % 3 + 1))::uuid,
+                  timestamptz '2026-03-01 09:00Z' + i * interval '1 hour', 60, ''
+           FROM generate_series(1, 80) i;
+         INSERT INTO invoice (id, version, created_at, updated_at, appointment, amount_cents, paid)
+           SELECT md5('i' || i || '-' || k)::uuid, 1, now(), now(), md5('a' || i)::uuid, 6000, k = 1
+           FROM generate_series(1, 80) i, generate_series(1, 2) k;"
+    ))
+    .await
+    .unwrap();
+    let server = Server::start(&path, &url, &Options::default()).await;
+    let http = Http::default();
+    let ann = token("ann", &["patient"]);
+    let before = cluster.log().len();
+    let (status, body) = sinew_tests::pg::call(
+        &http,
+        "GET",
+        &format!("{}/appointments?size=50", server.base),
+        &ann,
+        &json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let rows = body["appointments"].as_array().unwrap();
+    assert_eq!(rows.len(), 50);
+    assert_eq!(body["total"], 64, "ann's 64 of the 80");
+    assert!(body["next"].is_string());
+    for r in rows {
+        assert_eq!(r["patient"], body["appointments"][0]["patient"]);
+        assert!(r["therapist_row"]["name"].is_string(), "{r}");
+        assert_eq!(r["invoices"].as_array().unwrap().len(), 2, "{r}");
+    }
+    server.stop().await;
+    let log = cluster.log();
+    let statements: Vec<&str> = log[before..]
+        .lines()
+        .filter(|l| l.contains("LOG:  execute") || l.contains("LOG:  statement:"))
+        .collect();
+    let reads: Vec<&&str> = statements
+        .iter()
+        .filter(|l| {
+            l.contains("\"appointment\"")
+                || l.contains("\"invoice\"")
+                || l.contains("\"therapist\"")
+        })
+        .collect();
+    assert_eq!(reads.len(), 1, "{reads:#?}");
+    assert!(
+        statements.len() >= 2,
+        "the log holds the request's statements"
+    );
+}

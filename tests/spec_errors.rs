@@ -1786,3 +1786,195 @@ fn on_delete_is_for_ref_fields_and_set_null_for_nullable_ones() {
     });
     assert!(l.errors.is_empty(), "{}", list(&l.errors));
 }
+
+/// `include`: a `ref` on a field that is not a `ref` (or not there), a
+/// `from` whose `by` is not a `ref` to the read entity, a name that is a
+/// field, nesting past three levels, `where` on a `ref` include: spec
+/// errors at their pointers, with "did you mean". Names of includes are
+/// fields of the bound rows.
+#[test]
+fn includes_are_checked() {
+    let read = "/tools/get_product/flow/nodes/product";
+    let with = |include: Value| {
+        load_with(move |v| {
+            at(v, "/tools/get_product/flow/nodes/product")["include"] = include;
+        })
+    };
+    // From Order's side, a read of orders embedding their product is fine.
+    let l = load_with(|v| {
+        let n = at(v, "/tools/get_product/flow/nodes/product");
+        n["entity"] = json!("Order");
+        n["include"] = json!({"product_row": {"ref": "product"}});
+        at(v, "/tools/get_product/flow/nodes/done")["value"] =
+            json!({"price": "product.product_row.price"});
+    });
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    let l = load_with(|v| {
+        let n = at(v, "/tools/get_product/flow/nodes/product");
+        n["entity"] = json!("Order");
+        n["include"] = json!({"product_row": {"ref": "prodct"}});
+        at(v, "/tools/get_product/flow/nodes/done")["value"] = json!({"n": "product.quantity"});
+    });
+    let d = only_error(
+        &l,
+        "unknown-field",
+        &format!("{read}/include/product_row/ref"),
+    );
+    assert_help(d, "product");
+    let l = load_with(|v| {
+        let n = at(v, "/tools/get_product/flow/nodes/product");
+        n["entity"] = json!("Order");
+        n["include"] = json!({"q": {"ref": "quantity"}});
+        at(v, "/tools/get_product/flow/nodes/done")["value"] = json!({"n": "product.quantity"});
+    });
+    let d = only_error(&l, "invalid-value", &format!("{read}/include/q/ref"));
+    assert_message(d, "not a `ref` field");
+    // Orders of a product: fine with a limit; `by` must be a ref to Product.
+    let l = with(
+        json!({"orders": {"from": "Order", "by": "product", "limit": 5,
+                                    "where": {"quantity": {"gt": "0"}}, "orderBy": "created_at desc"}}),
+    );
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    let l = with(json!({"orders": {"from": "Order", "by": "quantity", "limit": 5}}));
+    let d = only_error(&l, "invalid-value", &format!("{read}/include/orders/by"));
+    assert_help(d, "product");
+    let l = with(json!({"orders": {"from": "Ordr", "by": "product", "limit": 5}}));
+    let d = only_error(&l, "unknown-entity", &format!("{read}/include/orders/from"));
+    assert_help(d, "Order");
+    let l = with(
+        json!({"orders": {"from": "Order", "by": "product", "limit": 5,
+                                    "where": {"quantty": "1"}}}),
+    );
+    only_error(
+        &l,
+        "unknown-field",
+        &format!("{read}/include/orders/where/quantty"),
+    );
+    let l = with(
+        json!({"orders": {"from": "Order", "by": "product", "limit": 5,
+                                    "orderBy": "quantty"}}),
+    );
+    only_error(
+        &l,
+        "unknown-field",
+        &format!("{read}/include/orders/orderBy/0"),
+    );
+    // The name of a field of the read entity.
+    let l = with(json!({"stock": {"from": "Order", "by": "product", "limit": 5}}));
+    only_error(&l, "duplicate-name", &format!("{read}/include/stock"));
+    // Neither `ref` nor `from`; `where` on a `ref` include.
+    let l = with(json!({"orders": {"by": "product"}}));
+    only_error(&l, "missing-key", &format!("{read}/include/orders"));
+    let l = load_with(|v| {
+        let n = at(v, "/tools/get_product/flow/nodes/product");
+        n["entity"] = json!("Order");
+        n["include"] = json!({"p": {"ref": "product", "where": {"price": "1"}}});
+        at(v, "/tools/get_product/flow/nodes/done")["value"] = json!({"n": "product.quantity"});
+    });
+    only_error(&l, "unknown-key", &format!("{read}/include/p/where"));
+    // Four levels.
+    let deep = json!({"orders": {"from": "Order", "by": "product", "limit": 2, "include": {
+        "p": {"ref": "product", "include": {
+            "o": {"from": "Order", "by": "product", "limit": 2, "include": {
+                "p2": {"ref": "product"}}}}}}}});
+    let l = with(deep);
+    only_error(
+        &l,
+        "invalid-value",
+        &format!("{read}/include/orders/include/p/include/o/include"),
+    );
+    // An include name that is not one, in an expression.
+    let l = load_with(|v| {
+        let n = at(v, "/tools/get_product/flow/nodes/product");
+        n["entity"] = json!("Order");
+        n["include"] = json!({"product_row": {"ref": "product"}});
+        at(v, "/tools/get_product/flow/nodes/done")["value"] =
+            json!({"price": "product.product_rw"});
+    });
+    only_error(
+        &l,
+        "unknown-field",
+        "/tools/get_product/flow/nodes/done/value/price",
+    );
+}
+
+/// An include of a list without `limit` is Yellow `unbounded-read`, and
+/// its fix adds one at the include.
+#[test]
+fn an_include_without_limit_is_an_unbounded_read() {
+    let l = load_with(|v| {
+        at(v, "/tools/get_product/flow/nodes/product")["include"] =
+            json!({"orders": {"from": "Order", "by": "product"}});
+    });
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    let report = sinew_core::risk::analyze(&l);
+    let f = report
+        .findings()
+        .find(|f| f.code == "unbounded-read")
+        .expect("unbounded-read");
+    assert_eq!(f.tool, "get_product");
+    assert!(f.message.contains("as `orders`"), "{}", f.message);
+    let patch = serde_json::to_string(&f.fix).unwrap();
+    assert!(
+        patch.contains("/tools/get_product/flow/nodes/product/include/orders/limit"),
+        "{patch}"
+    );
+}
+
+/// `owner: {"ref": …}`: a `ref` field, to an entity with an owner, at
+/// most three hops, no circle; not both `field` and `ref`.
+#[test]
+fn owner_through_a_reference_is_checked() {
+    let owned = |v: &mut Value| {
+        at(v, "/entities/Product")["fields"]["maker"] = json!({"type": "string"});
+        at(v, "/entities/Product")["owner"] = json!({"field": "maker"});
+    };
+    let l = load_with(|v| {
+        owned(v);
+        at(v, "/entities/Order")["owner"] = json!({"ref": "product", "exempt": ["staff"]});
+    });
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    let l = load_with(|v| {
+        owned(v);
+        at(v, "/entities/Order")["owner"] = json!({"ref": "quantity"});
+    });
+    let d = only_error(&l, "invalid-value", "/entities/Order/owner/ref");
+    assert_help(d, "product");
+    let l = load_with(|v| {
+        owned(v);
+        at(v, "/entities/Order")["owner"] = json!({"ref": "prodct"});
+    });
+    only_error(&l, "unknown-field", "/entities/Order/owner/ref");
+    // The referenced entity has no owner.
+    let l = load_with(|v| {
+        at(v, "/entities/Order")["owner"] = json!({"ref": "product"});
+    });
+    let d = only_error(&l, "invalid-value", "/entities/Order/owner/ref");
+    assert_message(d, "has no owner");
+    // Both keys.
+    let l = load_with(|v| {
+        owned(v);
+        at(v, "/entities/Order")["owner"] = json!({"ref": "product", "field": "quantity"});
+    });
+    error(&l, "invalid-value", "/entities/Order/owner");
+    // A circle: Product owned through Order, Order through Product.
+    let l = load_with(|v| {
+        at(v, "/entities/Product")["fields"]["last"] =
+            json!({"type": "ref", "entity": "Order", "nullable": true});
+        at(v, "/entities/Product")["owner"] = json!({"ref": "last"});
+        at(v, "/entities/Order")["owner"] = json!({"ref": "product"});
+    });
+    let d = error(&l, "invalid-value", "/entities/Order/owner/ref");
+    assert_message(d, "circle");
+    // Four hops: D → C → B → A → Product (owned by a field).
+    let l = load_with(|v| {
+        owned(v);
+        let e = at(v, "/entities");
+        for (name, to) in [("A", "Product"), ("B", "A"), ("C", "B"), ("D", "C")] {
+            e[name] = json!({"fields": {"up": {"type": "ref", "entity": to}},
+                             "owner": {"ref": "up"}});
+        }
+    });
+    let d = only_error(&l, "invalid-value", "/entities/D/owner/ref");
+    assert_message(d, "more than 3 hops");
+}

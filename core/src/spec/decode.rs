@@ -1526,7 +1526,8 @@ fn includes(cx: &mut Cx, v: &Value, path: &str, depth: usize) -> Vec<Include> {
         ) else {
             continue;
         };
-        let link = if o.get("ref").is_some() {
+        let by_ref = o.get("ref").is_some();
+        let link = if by_ref {
             o.name(cx, "ref", true).map(IncludeLink::Ref)
         } else if o.get("from").is_some() {
             let entity = o.name(cx, "from", true);
@@ -1535,6 +1536,9 @@ fn includes(cx: &mut Cx, v: &Value, path: &str, depth: usize) -> Vec<Include> {
                 .zip(by)
                 .map(|(entity, by)| IncludeLink::From { entity, by })
         } else {
+            // (`by` and the list's keys are read below, not reported as
+            // unknown: the missing `from` is the mistake.)
+            let _ = o.get("by");
             cx.error(
                 Diagnostic::new(
                     "missing-key",
@@ -1545,8 +1549,9 @@ fn includes(cx: &mut Cx, v: &Value, path: &str, depth: usize) -> Vec<Include> {
             );
             None
         };
-        let list = matches!(link, Some(IncludeLink::From { .. }));
-        let (filters, order_by, limit) = if list {
+        let (filters, order_by, limit) = if by_ref {
+            (Vec::new(), Vec::new(), None)
+        } else {
             (
                 o.get("where")
                     .map(|v| filters(cx, v, &child(&p, "where")))
@@ -1556,8 +1561,6 @@ fn includes(cx: &mut Cx, v: &Value, path: &str, depth: usize) -> Vec<Include> {
                     .unwrap_or_default(),
                 limit(cx, &mut o),
             )
-        } else {
-            (Vec::new(), Vec::new(), None)
         };
         let nested = match o.get("include") {
             Some(v) if depth >= MAX_INCLUDE_DEPTH => {
