@@ -41,6 +41,15 @@ use sinew_host::pg::sql::{
     APPEND as AUDIT, AUDIT_LOCK, CLAIM, COMPLETE, LOCK_CHAIN, RATE, STATE as STORED,
 };
 
+/// Which backend the server is: the bank's tools or the clinic's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    /// `transfer` and `account_history`.
+    Bank,
+    /// `list_appointments` and `therapist_stats`.
+    Clinic,
+}
+
 /// The prepared statements of one connection.
 struct Stmts {
     claim: Statement,
@@ -49,6 +58,22 @@ struct Stmts {
     rate: Statement,
     lock_chain: Statement,
     audit: Statement,
+    bank: Option<BankStmts>,
+    clinic: Option<ClinicStmts>,
+}
+
+/// The clinic's reads, written as a team would write them: one statement
+/// for a page with its count, its therapists (a lateral join) and up to 5
+/// invoices per appointment (a lateral `json_agg`); ownership through the
+/// patient as a join; the statistics as two `GROUP BY` statements.
+struct ClinicStmts {
+    list: Statement,
+    by_therapist: Statement,
+    overall: Statement,
+}
+
+/// The bank's statements.
+struct BankStmts {
     /// Both accounts, locked, in id order (tellers and staff: any holder).
     lock_both: Statement,
     /// One account (plain read).
@@ -64,8 +89,13 @@ struct Conn {
     stmts: Stmts,
 }
 
+/// `created_at`-like columns as sinew gives them: epoch microseconds.
+fn ts(col: &str) -> String {
+    format!("floor(extract(epoch from {col}) * 1000000)::bigint::text")
+}
+
 impl Conn {
-    async fn open(config: &tokio_postgres::Config) -> Result<Conn> {
+    async fn open(config: &tokio_postgres::Config, kind: Kind) -> Result<Conn> {
         let (client, connection) = config.connect(NoTls).await?;
         tokio::spawn(connection);
         client
@@ -75,13 +105,8 @@ impl Conn {
             let client = &client;
             async move { client.prepare(&sql).await }
         };
-        let stmts = Stmts {
-            claim: p(CLAIM.into()).await?,
-            stored: p(STORED.into()).await?,
-            complete: p(COMPLETE.into()).await?,
-            rate: p(RATE.into()).await?,
-            lock_chain: p(LOCK_CHAIN.into()).await?,
-            audit: p(AUDIT.into()).await?,
+        let bank = if kind == Kind::Bank {
+            Some(BankStmts {
             lock_both: p(format!(
                 r#"SELECT {ACCOUNT_COLUMNS} FROM "account" WHERE "deleted_at" IS NULL AND "id" IN ($1::text::uuid, $2::text::uuid) ORDER BY "id" ASC LIMIT 2 FOR UPDATE"#
             ))
@@ -106,6 +131,61 @@ impl Conn {
                 r#"SELECT {TRANSFER_COLUMNS} FROM "transfer" WHERE "deleted_at" IS NULL AND "to_account" = $1::text::uuid AND "created_at" < $2::text::timestamptz ORDER BY "created_at" DESC, "id" ASC LIMIT 50"#
             ))
             .await?,
+            })
+        } else {
+            None
+        };
+        let clinic = if kind == Kind::Clinic {
+            let mine = "a.deleted_at IS NULL AND a.status = $2 AND p.account = $1";
+            Some(ClinicStmts {
+                list: p(format!(
+                    "SELECT a.id::text, a.version::text, {}, {}, {}, a.status, a.patient::text, \
+                       a.therapist::text, {}, a.minutes::text, a.note, t.row::text, inv.rows::text, c.total::text \
+                     FROM (SELECT count(*) AS total FROM appointment a JOIN patient p ON p.id = a.patient WHERE {mine}) c \
+                     LEFT JOIN LATERAL (SELECT a.* FROM appointment a JOIN patient p ON p.id = a.patient \
+                       WHERE {mine} ORDER BY a.start_at DESC, a.id LIMIT $3::text::bigint) a ON TRUE \
+                     LEFT JOIN LATERAL (SELECT json_build_object('id', t.id, 'version', t.version, \
+                       'created_at', t.created_at, 'updated_at', t.updated_at, 'deleted_at', t.deleted_at, \
+                       'name', t.name, 'specialty', t.specialty, 'rate_cents', t.rate_cents) AS row \
+                       FROM therapist t WHERE t.id = a.therapist AND t.deleted_at IS NULL) t ON TRUE \
+                     LEFT JOIN LATERAL (SELECT coalesce(json_agg(json_build_object('id', i.id, \
+                       'version', i.version, 'created_at', i.created_at, 'updated_at', i.updated_at, \
+                       'deleted_at', i.deleted_at, 'appointment', i.appointment, \
+                       'amount_cents', i.amount_cents, 'paid', i.paid) ORDER BY i.created_at, i.id), '[]') AS rows \
+                       FROM (SELECT * FROM invoice i WHERE i.appointment = a.id AND i.deleted_at IS NULL \
+                             ORDER BY i.created_at, i.id LIMIT 5) i) inv ON TRUE \
+                     ORDER BY a.start_at DESC, a.id",
+                    ts("a.created_at"),
+                    ts("a.updated_at"),
+                    ts("a.deleted_at"),
+                    ts("a.start_at"),
+                ))
+                .await?,
+                by_therapist: p(format!(
+                    "SELECT therapist::text, count(*)::text, sum(minutes)::text, count(minutes)::text, {} \
+                     FROM appointment WHERE deleted_at IS NULL AND status = 'completed' \
+                       AND start_at >= $1::text::timestamptz \
+                     GROUP BY therapist ORDER BY sum(minutes) DESC, therapist LIMIT 50",
+                    ts("min(start_at)")
+                ))
+                .await?,
+                overall: p("SELECT count(*)::text, coalesce(sum(minutes), 0)::text FROM appointment \
+                     WHERE deleted_at IS NULL AND status = 'completed' AND start_at >= $1::text::timestamptz"
+                    .into())
+                .await?,
+            })
+        } else {
+            None
+        };
+        let stmts = Stmts {
+            claim: p(CLAIM.into()).await?,
+            stored: p(STORED.into()).await?,
+            complete: p(COMPLETE.into()).await?,
+            rate: p(RATE.into()).await?,
+            lock_chain: p(LOCK_CHAIN.into()).await?,
+            audit: p(AUDIT.into()).await?,
+            bank,
+            clinic,
         };
         Ok(Conn { client, stmts })
     }
@@ -114,6 +194,7 @@ impl Conn {
 /// A small pool: at most `size` connections, each with its statements.
 struct Pool {
     config: tokio_postgres::Config,
+    kind: Kind,
     idle: std::sync::Mutex<Vec<Conn>>,
     permits: Semaphore,
 }
@@ -148,7 +229,7 @@ impl Pool {
         let conn = self.idle.lock().ok().and_then(|mut v| v.pop());
         let conn = match conn {
             Some(c) => c,
-            None => Conn::open(&self.config).await?,
+            None => Conn::open(&self.config, self.kind).await?,
         };
         Ok(Lease {
             pool: self,
@@ -313,7 +394,7 @@ impl App {
         if !c
             .roles
             .iter()
-            .any(|r| matches!(r.as_str(), "customer" | "teller" | "staff"))
+            .any(|r| matches!(r.as_str(), "customer" | "teller" | "staff" | "patient"))
         {
             return Err(problem(
                 403,
@@ -488,7 +569,9 @@ impl App {
         now: i64,
         started: Instant,
     ) -> Result<Response<Full<Bytes>>, tokio_postgres::Error> {
-        let s = &conn.stmts;
+        let Some(s) = &conn.stmts.bank else {
+            return Ok(problem(404, "not_found", "no such route"));
+        };
         let c = &conn.client;
         let at = format_timestamp(now * 1000);
         c.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
@@ -584,7 +667,7 @@ impl App {
         rows.push(json!({"after": 1, "before": null, "entity": "Transfer", "id": transfer_id, "op": "create"}));
         let output = json!({"transfer": transfer_id, "balance": new_balance}).to_string();
         if let Some(key) = key {
-            c.execute(&s.complete, &[&scope, &key, &"201", &output])
+            c.execute(&conn.stmts.complete, &[&scope, &key, &"201", &output])
                 .await?;
         }
         let execution = self.id();
@@ -618,7 +701,9 @@ impl App {
         };
         let now = now_ms();
         let at = format_timestamp(now * 1000);
-        let (s, c) = (&conn.stmts, &conn.client);
+        let (Some(s), c) = (&conn.stmts.bank, &conn.client) else {
+            return problem(404, "not_found", "no such route");
+        };
         let result: Result<Response<Full<Bytes>>, tokio_postgres::Error> = async {
             let Some(account) = c.query_opt(&s.account, &[&id]).await? else {
                 return Ok(problem(404, "not_found", "no such account"));
@@ -655,12 +740,201 @@ impl App {
         result.unwrap_or_else(|e| problem(503, "unavailable", &e.to_string()))
     }
 
+    /// `list_appointments`: the caller's appointments of one status,
+    /// newest first, `size` of them (default 20, at most 50), each with
+    /// its therapist and up to 5 invoices, the cursor of the next page and
+    /// the total.
+    async fn list(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let started = Instant::now();
+        let claims = match self.auth(&req) {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        let (mut size, mut status) = (20i64, None);
+        for pair in req
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            match pair.split_once('=') {
+                Some(("size", v)) => match v.parse::<i64>() {
+                    Ok(n) if (1..=50).contains(&n) => size = n,
+                    _ => return problem(400, "invalid_input", "`size` is 1 to 50"),
+                },
+                Some(("status", v))
+                    if matches!(v, "requested" | "confirmed" | "completed" | "cancelled") =>
+                {
+                    status = Some(v.to_owned());
+                }
+                _ => return problem(400, "invalid_input", "unknown or bad query parameter"),
+            }
+        }
+        let Some(status) = status else {
+            return problem(400, "invalid_input", "this baseline lists one `status`");
+        };
+        let Ok(conn) = self.pool.get().await else {
+            return problem(503, "unavailable", "no database connection");
+        };
+        let (Some(s), c) = (&conn.stmts.clinic, &conn.client) else {
+            return problem(404, "not_found", "no such route");
+        };
+        let at = format_timestamp(now_ms() * 1000);
+        let result: Result<Response<Full<Bytes>>, tokio_postgres::Error> = async {
+            let limit = (size + 1).to_string();
+            let found = c.query(&s.list, &[&claims.sub, &status, &limit]).await?;
+            let total: i64 = found
+                .first()
+                .and_then(|r| r.get::<_, Option<String>>(13))
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0);
+            let names = [
+                "id",
+                "version",
+                "created_at",
+                "updated_at",
+                "deleted_at",
+                "status",
+                "patient",
+                "therapist",
+                "start_at",
+                "minutes",
+                "note",
+            ];
+            let mut rows: Vec<Value> = Vec::with_capacity(found.len());
+            for r in found
+                .iter()
+                .filter(|r| r.get::<_, Option<String>>(0).is_some())
+            {
+                let mut row = row_json(r, &names, &["version", "minutes"]);
+                let embed = |i: usize| {
+                    r.get::<_, Option<String>>(i)
+                        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                        .unwrap_or(Value::Null)
+                };
+                row["therapist_row"] = embed(11);
+                row["invoices"] = embed(12);
+                rows.push(row);
+            }
+            let next = if rows.len() as i64 > size {
+                rows.truncate(usize::try_from(size).unwrap_or(0));
+                rows.last().map(|last| {
+                    let keys = json!([last["start_at"], last["id"]]).to_string();
+                    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, keys)
+                })
+            } else {
+                None
+            };
+            let output = json!({"appointments": rows, "next": next, "total": total}).to_string();
+            let execution = self.id();
+            let input = json!({"size": size, "status": status});
+            let entry = final_entry(Final {
+                execution: &execution,
+                tool: "list_appointments",
+                input: &input,
+                input_hash: sha256_hex(input.to_string().as_bytes()),
+                claims: &claims,
+                rows: json!([]),
+                status: 200,
+                at: &at,
+                started,
+            });
+            c.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+                .await?;
+            self.audit(&conn, &entry, &execution).await?;
+            Ok(respond(200, "application/json", output))
+        }
+        .await;
+        result.unwrap_or_else(|e| problem(503, "unavailable", &e.to_string()))
+    }
+
+    /// `therapist_stats`: per therapist and overall, completed appointments
+    /// since `from`.
+    async fn stats(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let started = Instant::now();
+        let claims = match self.auth(&req) {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        if !claims.roles.iter().any(|r| r == "staff") {
+            return problem(403, "forbidden", "staff only");
+        }
+        let from = req
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .find_map(|p| p.strip_prefix("from="))
+            .map(|v| v.replace("%3A", ":"));
+        let Some(from) = from.filter(|f| sinew_core::expr::value::parse_timestamp(f).is_some())
+        else {
+            return problem(400, "invalid_input", "`from` is a date-time");
+        };
+        let Ok(conn) = self.pool.get().await else {
+            return problem(503, "unavailable", "no database connection");
+        };
+        let (Some(s), c) = (&conn.stmts.clinic, &conn.client) else {
+            return problem(404, "not_found", "no such route");
+        };
+        let at = format_timestamp(now_ms() * 1000);
+        let result: Result<Response<Full<Bytes>>, tokio_postgres::Error> = async {
+            let groups = c.query(&s.by_therapist, &[&from]).await?;
+            let all = c.query_one(&s.overall, &[&from]).await?;
+            let int = |r: &tokio_postgres::Row, i: usize| {
+                r.get::<_, Option<String>>(i)
+                    .and_then(|t| t.parse::<i64>().ok())
+                    .unwrap_or(0)
+            };
+            let therapists: Vec<Value> = groups
+                .iter()
+                .map(|r| {
+                    let (n, minutes, counted) = (int(r, 1), int(r, 2), int(r, 3));
+                    json!({
+                        "therapist": r.get::<_, Option<String>>(0),
+                        "n": n,
+                        "minutes": minutes,
+                        "mean": if counted == 0 { Value::Null } else { json!(minutes as f64 / counted as f64) },
+                        "first": r.get::<_, Option<String>>(4)
+                            .and_then(|t| t.parse::<i64>().ok())
+                            .map(format_timestamp),
+                    })
+                })
+                .collect();
+            let output = json!({
+                "therapists": therapists,
+                "overall": {"n": int(&all, 0), "minutes": int(&all, 1)},
+            })
+            .to_string();
+            let execution = self.id();
+            let input = json!({"from": from});
+            let entry = final_entry(Final {
+                execution: &execution,
+                tool: "therapist_stats",
+                input: &input,
+                input_hash: sha256_hex(input.to_string().as_bytes()),
+                claims: &claims,
+                rows: json!([]),
+                status: 200,
+                at: &at,
+                started,
+            });
+            c.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED").await?;
+            self.audit(&conn, &entry, &execution).await?;
+            Ok(respond(200, "application/json", output))
+        }
+        .await;
+        result.unwrap_or_else(|e| problem(503, "unavailable", &e.to_string()))
+    }
+
     async fn route(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let path = req.uri().path().to_owned();
         match (req.method(), path.as_str()) {
             (&Method::GET, "/healthz") => {
                 respond(200, "application/json", r#"{"status":"ok"}"#.into())
             }
+            (&Method::GET, "/appointments") => self.list(req).await,
+            (&Method::GET, "/stats/therapists") => self.stats(req).await,
             (&Method::POST, "/transfers") => self.transfer(req).await,
             (&Method::GET, p) => match p
                 .strip_prefix("/accounts/")
@@ -678,7 +952,13 @@ impl App {
 }
 
 /// Serves until killed. Prints `listening on PORT` once ready.
-pub fn run(port: u16, database_url: &str, secret: &str, pool_size: usize) -> Result<()> {
+pub fn run(
+    port: u16,
+    database_url: &str,
+    secret: &str,
+    pool_size: usize,
+    kind: Kind,
+) -> Result<()> {
     let config: tokio_postgres::Config = database_url.parse().context("DATABASE_URL")?;
     let mut validation = Validation::new(Algorithm::HS256);
     validation.set_required_spec_claims(&["exp", "sub"]);
@@ -686,6 +966,7 @@ pub fn run(port: u16, database_url: &str, secret: &str, pool_size: usize) -> Res
     let app = Arc::new(App {
         pool: Pool {
             config,
+            kind,
             idle: std::sync::Mutex::new(Vec::new()),
             permits: Semaphore::new(pool_size),
         },

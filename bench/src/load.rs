@@ -24,6 +24,13 @@ pub enum Workload {
     /// The bank's `account_history` of a random account (3 bounded reads and
     /// the audit entry).
     History,
+    /// The clinic's `list_appointments` of a random patient's account: a
+    /// page of 50 confirmed appointments, newest first, each with its
+    /// therapist and up to 5 invoices, and the total (one statement).
+    List,
+    /// The clinic's `therapist_stats` for staff: completed appointments
+    /// per therapist and overall (two aggregates).
+    Stats,
 }
 
 impl Workload {
@@ -32,6 +39,8 @@ impl Workload {
         match self {
             Workload::Transfer => "transfer",
             Workload::History => "history",
+            Workload::List => "list",
+            Workload::Stats => "stats",
         }
     }
 }
@@ -73,6 +82,21 @@ pub async fn get_status(base: &str, path: &str, token: Option<&str>) -> Option<u
     let status = resp.status().as_u16();
     let _ = resp.into_body().collect().await;
     Some(status)
+}
+
+/// The status and JSON body of one GET on a fresh connection.
+pub async fn get_json(base: &str, path: &str, token: &str) -> Result<(u16, serde_json::Value)> {
+    let stream = tokio::net::TcpStream::connect(authority(base)).await?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header("host", authority(base))
+        .header("authorization", format!("Bearer {token}"))
+        .body(Empty::<Bytes>::new())?;
+    let resp = send.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, serde_json::from_slice(&body).unwrap_or_default()))
 }
 
 fn account(i: u64) -> String {
@@ -132,6 +156,14 @@ pub async fn run(
                 &["teller"],
                 &Map::new(),
             );
+            // The clinic's callers: each patient's account, and staff.
+            let patients: Vec<String> = match workload {
+                Workload::List => (1..=accounts)
+                    .map(|k| mint(&secret, &format!("acct-{k}"), &["patient"], &Map::new()))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let staff = mint(&secret, &format!("staff-{client}"), &["staff"], &Map::new());
             let mut latencies = Vec::new();
             let mut errors = 0u64;
             let mut n = 0u64;
@@ -166,6 +198,20 @@ pub async fn run(
                         hyper::Request::get(format!("/accounts/{}/transfers", account(a)))
                             .header("host", authority(&base))
                             .header("authorization", format!("Bearer {reader}"))
+                            .body(Full::new(Bytes::new()))?
+                    }
+                    Workload::List => {
+                        let k = rng.next() % n_accounts + 1;
+                        let patient = &patients[usize::try_from(k - 1).unwrap_or(0)];
+                        hyper::Request::get("/appointments?size=50&status=confirmed")
+                            .header("host", authority(&base))
+                            .header("authorization", format!("Bearer {patient}"))
+                            .body(Full::new(Bytes::new()))?
+                    }
+                    Workload::Stats => {
+                        hyper::Request::get("/stats/therapists?from=2026-01-01T00:00:00Z")
+                            .header("host", authority(&base))
+                            .header("authorization", format!("Bearer {staff}"))
                             .body(Full::new(Bytes::new()))?
                     }
                 };

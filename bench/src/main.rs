@@ -120,6 +120,9 @@ enum Cmd {
         secret: String,
         #[arg(long, default_value_t = 32)]
         pool_size: usize,
+        /// Which spec's tools it serves.
+        #[arg(long, value_enum, default_value = "bank")]
+        kind: baseline::Kind,
     },
     /// Only the figures without network or database: instantiation, the
     /// boundary, native vs component, 1/50/500 tools, the risk engine.
@@ -164,7 +167,8 @@ fn main() -> Result<()> {
             database_url,
             secret,
             pool_size,
-        }) => baseline::run(port, &database_url, &secret, pool_size),
+            kind,
+        }) => baseline::run(port, &database_url, &secret, pool_size, kind),
         Some(Cmd::Micro { quick }) => micro::run(quick),
         Some(Cmd::Count { engine, tool, n }) => micro::count(engine, &tool, n),
         None => {
@@ -209,10 +213,22 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 /// The arguments of `sinew serve` for the bank on `url`.
 fn serve_args(port: u16, url: &str, cache: &Path, data: &Path, native: bool) -> Vec<String> {
+    serve_spec_args("bank", port, url, cache, data, native)
+}
+
+/// The arguments of `sinew serve` for the example `spec` on `url`.
+fn serve_spec_args(
+    spec: &str,
+    port: u16,
+    url: &str,
+    cache: &Path,
+    data: &Path,
+    native: bool,
+) -> Vec<String> {
     let mut a = vec![
         "serve".to_string(),
         root()
-            .join("specs/examples/bank.json")
+            .join(format!("specs/examples/{spec}.json"))
             .to_string_lossy()
             .into_owned(),
         "--port".into(),
@@ -297,6 +313,49 @@ async fn prepare_db(pg: &Cluster, db: &str) -> Result<String> {
     Ok(url)
 }
 
+/// Patients (each its own account) of the clinic's database.
+const PATIENTS: usize = 100;
+
+/// A database with the clinic's schema: 10 therapists, `PATIENTS`
+/// patients with 80 appointments each (one in four completed, the rest
+/// confirmed), each appointment with 2 invoices.
+async fn prepare_clinic_db(pg: &Cluster, db: &str) -> Result<String> {
+    let admin = pg.url("postgres");
+    sql(&admin, &format!("DROP DATABASE IF EXISTS {db}")).await?;
+    sql(&admin, &format!("CREATE DATABASE {db}")).await?;
+    let url = pg.url(db);
+    let text = std::fs::read_to_string(root().join("specs/examples/clinic.json"))?;
+    let spec = sinew_core::spec::load(&text).spec;
+    let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let m = sinew_host::pg::migrate::plan(Some(&client), &spec, false).await?;
+    sinew_host::pg::migrate::apply(&mut client, &spec, &m).await?;
+    client
+        .batch_execute(&format!(
+            "INSERT INTO therapist (id, version, created_at, updated_at, name, specialty, rate_cents)
+               SELECT md5('t' || i)::uuid, 1, now(), now(), 'Therapist ' || i, 'physio', 6000
+               FROM generate_series(1, 10) i;
+             INSERT INTO patient (id, version, created_at, updated_at, account, name, email)
+               SELECT md5('p' || k)::uuid, 1, now(), now(), 'acct-' || k, 'Patient ' || k,
+                      'p' || k || '@example.com'
+               FROM generate_series(1, {PATIENTS}) k;
+             INSERT INTO appointment (id, version, created_at, updated_at, status, patient, therapist,
+                                      start_at, minutes, note)
+               SELECT md5('a' || k || '-' || i)::uuid, 1, now(), now(),
+                      CASE WHEN i % 4 = 0 THEN 'completed' ELSE 'confirmed' END,
+                      md5('p' || k)::uuid, md5('t' || ((k + i) % 10 + 1))::uuid,
+                      timestamptz '2026-01-05 08:00Z' + (i * 37 + k) * interval '1 hour',
+                      30 + (i % 4) * 15, 'visit ' || i
+               FROM generate_series(1, {PATIENTS}) k, generate_series(1, 80) i;
+             INSERT INTO invoice (id, version, created_at, updated_at, appointment, amount_cents, paid)
+               SELECT md5('i' || a.id || '-' || n)::uuid, 1, now(), now(), a.id, 6000, n = 1
+               FROM appointment a, generate_series(1, 2) n;
+             ANALYZE;"
+        ))
+        .await?;
+    Ok(url)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -349,8 +408,14 @@ fn bench(opts: &Opts) -> Result<()> {
         drop(pre);
 
         let servers = [
-            spawn("A component", &serve_args(free_port()?, &urls[0], &cache, dir.path(), false))?,
-            spawn("B native", &serve_args(free_port()?, &urls[1], &cache, dir.path(), true))?,
+            spawn(
+                "A component",
+                &serve_args(free_port()?, &urls[0], &cache, dir.path(), false),
+            )?,
+            spawn(
+                "B native",
+                &serve_args(free_port()?, &urls[1], &cache, dir.path(), true),
+            )?,
             spawn(
                 "C hand-written",
                 &[
@@ -372,99 +437,10 @@ fn bench(opts: &Opts) -> Result<()> {
         let idle_rss: Vec<Option<u64>> = servers.iter().map(Server::rss_kib).collect();
 
         let workloads = [Workload::Transfer, Workload::History];
-        let mut cells: Vec<Vec<Vec<Cell>>> =
-            vec![vec![vec![Cell::default(); servers.len()]; opts.concurrency.len()]; workloads.len()];
         let mut peak_rss = vec![0u64; servers.len()];
-        for round in 0..opts.rounds {
-            for (w, workload) in workloads.iter().enumerate() {
-                for (ci, &c) in opts.concurrency.iter().enumerate() {
-                    for k in 0..servers.len() {
-                        let si = (k + round + ci) % servers.len();
-                        let s = &servers[si];
-                        let pid = s.child.id();
-                        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-                        let sampler = tokio::spawn({
-                            let peak = peak.clone();
-                            async move {
-                                loop {
-                                    if let Some(r) = rss_kib(pid) {
-                                        peak.fetch_max(r, std::sync::atomic::Ordering::Relaxed);
-                                    }
-                                    tokio::time::sleep(Duration::from_millis(100)).await;
-                                }
-                            }
-                        });
-                        let stats: Stats = load::run(
-                            &s.base,
-                            *workload,
-                            c,
-                            Duration::from_secs_f64(opts.warmup),
-                            Duration::from_secs_f64(opts.seconds),
-                            SECRET,
-                            ACCOUNTS,
-                        )
-                        .await?;
-                        sampler.abort();
-                        peak_rss[si] = peak_rss[si]
-                            .max(peak.load(std::sync::atomic::Ordering::Relaxed))
-                            .max(s.rss_kib().unwrap_or(0));
-                        println!(
-                            "round {} {:<16} {:<8} c={:<3} {:>8.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
-                            round + 1,
-                            s.name,
-                            workload.name(),
-                            c,
-                            stats.throughput,
-                            stats.p50_ms,
-                            stats.p99_ms,
-                            stats.errors
-                        );
-                        let cell = &mut cells[w][ci][si];
-                        cell.throughput.push(stats.throughput);
-                        cell.p50.push(stats.p50_ms);
-                        cell.p99.push(stats.p99_ms);
-                        cell.errors += stats.errors;
-                        cell.total += stats.completed;
-                    }
-                }
-            }
-        }
+        let cells = measure(&servers, &workloads, opts, ACCOUNTS, &mut peak_rss).await?;
         drop(servers);
-
-        println!();
-        println!(
-            "medians of {} round(s), {:.0} s measured after {:.0} s warm-up; the load generator, the servers and Postgres share this machine",
-            opts.rounds, opts.seconds, opts.warmup
-        );
-        println!(
-            "| tool | clients | A component req/s | B native req/s | C hand-written req/s | A/C | B/C | p50 A / B / C (ms) | p99 A / B / C (ms) | p99 A/C |"
-        );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-        for (w, workload) in workloads.iter().enumerate() {
-            for (ci, c) in opts.concurrency.iter().enumerate() {
-                let m = |si: usize, f: fn(&Cell) -> &Vec<f64>| median(f(&cells[w][ci][si]).clone());
-                let t = |si| m(si, |c| &c.throughput);
-                let p50 = |si| m(si, |c| &c.p50);
-                let p99 = |si| m(si, |c| &c.p99);
-                println!(
-                    "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {:.2} |",
-                    workload.name(),
-                    c,
-                    t(0),
-                    t(1),
-                    t(2),
-                    t(0) / t(2),
-                    t(1) / t(2),
-                    p50(0),
-                    p50(1),
-                    p50(2),
-                    p99(0),
-                    p99(1),
-                    p99(2),
-                    p99(0) / p99(2),
-                );
-            }
-        }
+        print_table(&workloads, &cells, opts);
         let errors: u64 = cells.iter().flatten().flatten().map(|c| c.errors).sum();
         let total: u64 = cells.iter().flatten().flatten().map(|c| c.total).sum();
         println!("answers that were not 2xx: {errors} of {total}");
@@ -480,7 +456,10 @@ fn bench(opts: &Opts) -> Result<()> {
 
         // Every engine did the work it answered for: money is conserved and
         // every audit chain verifies.
-        for (name, url) in ["A component", "B native", "C hand-written"].iter().zip(&urls) {
+        for (name, url) in ["A component", "B native", "C hand-written"]
+            .iter()
+            .zip(&urls)
+        {
             let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
             tokio::spawn(conn);
             let total: String = client
@@ -496,7 +475,11 @@ fn bench(opts: &Opts) -> Result<()> {
             println!(
                 "{name}: {moved} transfers, balances sum {} ({}), audit chain {}",
                 total,
-                if total == expected { "conserved" } else { "NOT CONSERVED" },
+                if total == expected {
+                    "conserved"
+                } else {
+                    "NOT CONSERVED"
+                },
                 match &chain {
                     Ok(n) => format!("verified ({n} entries)"),
                     Err(e) => format!("BROKEN: {e}"),
@@ -505,6 +488,89 @@ fn bench(opts: &Opts) -> Result<()> {
             if total != expected || chain.is_err() {
                 bail!("{name} lost money or broke its audit chain");
             }
+        }
+
+        // The clinic: the reads that build screens, a page of 50 rows with a
+        // to-one and a to-many include and its count, owned through a
+        // reference (`list`), and two aggregates (`stats`).
+        let clinic_urls = [
+            prepare_clinic_db(&pg, "clinic_a").await?,
+            prepare_clinic_db(&pg, "clinic_b").await?,
+            prepare_clinic_db(&pg, "clinic_c").await?,
+        ];
+        let clinic = [
+            spawn(
+                "A component",
+                &serve_spec_args(
+                    "clinic",
+                    free_port()?,
+                    &clinic_urls[0],
+                    &cache,
+                    dir.path(),
+                    false,
+                ),
+            )?,
+            spawn(
+                "B native",
+                &serve_spec_args(
+                    "clinic",
+                    free_port()?,
+                    &clinic_urls[1],
+                    &cache,
+                    dir.path(),
+                    true,
+                ),
+            )?,
+            spawn(
+                "C hand-written",
+                &[
+                    "baseline".into(),
+                    "--port".into(),
+                    free_port()?.to_string(),
+                    "--database-url".into(),
+                    clinic_urls[2].clone(),
+                    "--secret".into(),
+                    SECRET.into(),
+                    "--kind".into(),
+                    "clinic".into(),
+                ],
+            )?,
+        ];
+        for s in &clinic {
+            wait_ready(&s.base, Duration::from_secs(300)).await?;
+        }
+        same_clinic_answers(&clinic).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let clinic_workloads = [Workload::List, Workload::Stats];
+        let mut clinic_rss = vec![0u64; clinic.len()];
+        let clinic_cells =
+            measure(&clinic, &clinic_workloads, opts, PATIENTS, &mut clinic_rss).await?;
+        drop(clinic);
+        println!();
+        print_table(&clinic_workloads, &clinic_cells, opts);
+        let clinic_errors: u64 = clinic_cells
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|c| c.errors)
+            .sum();
+        let clinic_total: u64 = clinic_cells
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|c| c.total)
+            .sum();
+        println!("clinic answers that were not 2xx: {clinic_errors} of {clinic_total}");
+        for (name, url) in names.iter().zip(&clinic_urls) {
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            match sinew_host::pg::verify_audit(&client).await? {
+                Ok(n) => println!("{name} (clinic): audit chain verified ({n} entries)"),
+                Err(e) => bail!("{name} (clinic): audit chain broken: {e}"),
+            }
+        }
+        if clinic_errors * 100 > clinic_total.max(1) {
+            bail!("more than 1% of the clinic's answers were errors");
         }
 
         // The load left Postgres writing back and vacuuming: a cold start
@@ -522,6 +588,153 @@ fn bench(opts: &Opts) -> Result<()> {
     drop(pg);
     result?;
     micro::run(opts.quick)
+}
+
+/// The three clinic servers give the same answers (the baseline does the
+/// same work): the same page of appointments with the same therapists and
+/// invoices and the same total, the same statistics.
+async fn same_clinic_answers(servers: &[Server]) -> Result<()> {
+    let patient = mint(SECRET, "acct-7", &["patient"], &serde_json::Map::new());
+    let staff = mint(SECRET, "staff-0", &["staff"], &serde_json::Map::new());
+    let mut seen: Vec<(String, serde_json::Value)> = Vec::new();
+    for s in servers {
+        let (st, list) =
+            load::get_json(&s.base, "/appointments?size=50&status=confirmed", &patient).await?;
+        ensure!(st == 200, "{}: list answered {st}: {list}", s.name);
+        let (st, stats) = load::get_json(
+            &s.base,
+            "/stats/therapists?from=2026-01-01T00:00:00Z",
+            &staff,
+        )
+        .await?;
+        ensure!(st == 200, "{}: stats answered {st}: {stats}", s.name);
+        let rows = list["appointments"].as_array().cloned().unwrap_or_default();
+        let digest = serde_json::json!({
+            "total": list["total"],
+            "ids": rows.iter().map(|r| r["id"].clone()).collect::<Vec<_>>(),
+            "therapists": rows.iter().map(|r| r["therapist_row"]["name"].clone()).collect::<Vec<_>>(),
+            "invoices": rows.iter().map(|r| r["invoices"].as_array().map_or(0, Vec::len)).collect::<Vec<_>>(),
+            "more": list["next"].is_string(),
+            "stats": stats["therapists"].as_array().map(|g| g.iter().map(|t| (t["therapist"].clone(), t["n"].clone(), t["minutes"].clone())).collect::<Vec<_>>()),
+            "overall": stats["overall"],
+        });
+        ensure!(rows.len() == 50, "{}: {} rows, not 50", s.name, rows.len());
+        if let Some((first, want)) = seen.first() {
+            ensure!(
+                &digest == want,
+                "{} and {first} disagree:\n{digest}\n{want}",
+                s.name
+            );
+        }
+        seen.push((s.name.to_owned(), digest));
+    }
+    Ok(())
+}
+
+/// Runs every workload on every server at every concurrency, interleaved
+/// round by round; the cells by workload, concurrency and server.
+async fn measure(
+    servers: &[Server],
+    workloads: &[Workload],
+    opts: &Opts,
+    accounts: usize,
+    peak_rss: &mut [u64],
+) -> Result<Vec<Vec<Vec<Cell>>>> {
+    let mut cells: Vec<Vec<Vec<Cell>>> =
+        vec![vec![vec![Cell::default(); servers.len()]; opts.concurrency.len()]; workloads.len()];
+    for round in 0..opts.rounds {
+        for (w, workload) in workloads.iter().enumerate() {
+            for (ci, &c) in opts.concurrency.iter().enumerate() {
+                for k in 0..servers.len() {
+                    let si = (k + round + ci) % servers.len();
+                    let s = &servers[si];
+                    let pid = s.child.id();
+                    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+                    let sampler = tokio::spawn({
+                        let peak = peak.clone();
+                        async move {
+                            loop {
+                                if let Some(r) = rss_kib(pid) {
+                                    peak.fetch_max(r, std::sync::atomic::Ordering::Relaxed);
+                                }
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        }
+                    });
+                    let stats: Stats = load::run(
+                        &s.base,
+                        *workload,
+                        c,
+                        Duration::from_secs_f64(opts.warmup),
+                        Duration::from_secs_f64(opts.seconds),
+                        SECRET,
+                        accounts,
+                    )
+                    .await?;
+                    sampler.abort();
+                    peak_rss[si] = peak_rss[si]
+                        .max(peak.load(std::sync::atomic::Ordering::Relaxed))
+                        .max(s.rss_kib().unwrap_or(0));
+                    println!(
+                        "round {} {:<16} {:<8} c={:<3} {:>8.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
+                        round + 1,
+                        s.name,
+                        workload.name(),
+                        c,
+                        stats.throughput,
+                        stats.p50_ms,
+                        stats.p99_ms,
+                        stats.errors
+                    );
+                    let cell = &mut cells[w][ci][si];
+                    cell.throughput.push(stats.throughput);
+                    cell.p50.push(stats.p50_ms);
+                    cell.p99.push(stats.p99_ms);
+                    cell.errors += stats.errors;
+                    cell.total += stats.completed;
+                }
+            }
+        }
+    }
+    Ok(cells)
+}
+
+/// The table of medians and ratios (A/C, B/C) of [`measure`]'s cells.
+fn print_table(workloads: &[Workload], cells: &[Vec<Vec<Cell>>], opts: &Opts) {
+    println!();
+    println!(
+        "medians of {} round(s), {:.0} s measured after {:.0} s warm-up; the load generator, the servers and Postgres share this machine",
+        opts.rounds, opts.seconds, opts.warmup
+    );
+    println!(
+        "| tool | clients | A component req/s | B native req/s | C hand-written req/s | A/C | B/C | p50 A / B / C (ms) | p99 A / B / C (ms) | p99 A/C |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (w, workload) in workloads.iter().enumerate() {
+        for (ci, c) in opts.concurrency.iter().enumerate() {
+            let m = |si: usize, f: fn(&Cell) -> &Vec<f64>| median(f(&cells[w][ci][si]).clone());
+            let t = |si| m(si, |c| &c.throughput);
+            let p50 = |si| m(si, |c| &c.p50);
+            let p99 = |si| m(si, |c| &c.p99);
+            println!(
+                "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {:.2} |",
+                workload.name(),
+                c,
+                t(0),
+                t(1),
+                t(2),
+                t(0) / t(2),
+                t(1) / t(2),
+                p50(0),
+                p50(1),
+                p50(2),
+                p99(0),
+                p99(1),
+                p99(2),
+                p99(0) / p99(2),
+            );
+        }
+    }
 }
 
 /// From `exec` of `sinew serve` to the first 200 of a tool, with the

@@ -1,5 +1,6 @@
 //! The benchmark harness end to end, briefly: it starts Postgres and the
-//! three servers, drives both tools at two clients, checks that each
+//! three servers, drives both tools at two clients (and the clinic's list
+//! and statistics on three more), checks that each bank
 //! database conserved its money and that its audit chain verifies (the
 //! harness fails otherwise), times a cold start, and prints every section.
 //! The figures of a debug build under test mean nothing; that the harness
@@ -23,6 +24,9 @@ fn the_harness_runs_every_section_and_checks_its_servers() {
     for needle in [
         "| transfer | 2 |",
         "| history | 2 |",
+        "| list | 2 |",
+        "| stats | 2 |",
+        "clinic answers that were not 2xx: 0 of",
         "answers that were not 2xx:",
         "cold start, exec → first 200 of a tool",
         "== the component",
@@ -36,5 +40,10 @@ fn the_harness_runs_every_section_and_checks_its_servers() {
         stdout.matches("(conserved), audit chain verified").count(),
         3,
         "each of the three databases is checked:\n{stdout}"
+    );
+    assert_eq!(
+        stdout.matches("(clinic): audit chain verified").count(),
+        3,
+        "each of the three clinic databases is checked:\n{stdout}"
     );
 }
