@@ -53,6 +53,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("shop", include_str!("../../specs/examples/shop.json")),
     ("bank", include_str!("../../specs/examples/bank.json")),
     ("booking", include_str!("../../specs/examples/booking.json")),
+    ("clinic", include_str!("../../specs/examples/clinic.json")),
 ];
 
 /// The spec the page opens with.

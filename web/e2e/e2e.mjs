@@ -356,7 +356,7 @@ try {
 
   // -- 9. Speed -----------------------------------------------------------
   const specs = {};
-  for (const name of ['shop', 'bank', 'booking']) {
+  for (const name of ['shop', 'bank', 'booking', 'clinic']) {
     specs[name] = await readFile(join(root, `specs/examples/${name}.json`), 'utf8');
   }
   specs['500 nodes'] = bigSpec(500);
@@ -368,6 +368,26 @@ try {
   await paste(specs['500 nodes']);
   check('the 500-node spec is judged', ['Green', 'Yellow', 'Red'].includes(await badgeText('#bundle-level')), await badgeText('#bundle-level'));
   timings.speed = speed;
+
+  // -- 10. The clinic (format 0.2): a page whose rows embed related rows, owned
+  // through a reference, computed by the Rust store in the page.
+  n = await analyses();
+  await page.selectOption('#example', 'clinic');
+  await analyzedAfter(n);
+  check('clinic.json is Green', (await badgeText('#bundle-level')) === 'Green');
+  await page.click('#tab-simulate');
+  await page.selectOption('#sim-tool', 'list_appointments');
+  await page.click('#sim-run');
+  await page.waitForSelector('#sim-result .result, #sim-result .problem', { timeout: 10_000 });
+  const page1 = JSON.parse((await page.textContent('#sim-result .sim-body').catch(() => 'null')) || 'null');
+  const appts = page1?.appointments ?? [];
+  check(
+    'the simulated list embeds therapists and invoices, the caller\'s rows only',
+    page1?.total === 3 && appts.length === 3 &&
+      appts[0]?.therapist_row?.name === 'Dr Bell' && appts[1]?.invoices?.length === 1 &&
+      appts[2]?.therapist_row === null && appts.every((a) => a.patient !== '00000000-0000-4000-8000-000000000012'),
+    JSON.stringify(page1).slice(0, 400),
+  );
 
   check('no foreign requests', foreign.length === 0, foreign.join(', '));
   check('no errors in the page', pageErrors.length === 0, pageErrors.join(' | '));

@@ -118,5 +118,122 @@ export const PRESETS = {
       "guest"
     ],
     "idempotencyKey": "h-1"
+  },
+  "clinic": {
+    "seed": {
+      "Therapist": [
+        {
+          "id": "00000000-0000-4000-8000-000000000001",
+          "name": "Dr Ames",
+          "specialty": "physio",
+          "rate_cents": 9000
+        },
+        {
+          "id": "00000000-0000-4000-8000-000000000002",
+          "name": "Dr Bell",
+          "specialty": "massage",
+          "rate_cents": 6000
+        },
+        {
+          "id": "00000000-0000-4000-8000-000000000003",
+          "name": "Dr Gone",
+          "specialty": "physio",
+          "rate_cents": 5000,
+          "deleted_at": "2025-12-01T00:00:00Z"
+        }
+      ],
+      "Patient": [
+        {
+          "id": "00000000-0000-4000-8000-000000000011",
+          "account": "ann",
+          "name": "Ann",
+          "email": "ann@example.com"
+        },
+        {
+          "id": "00000000-0000-4000-8000-000000000012",
+          "account": "bob",
+          "name": "Bob",
+          "email": "bob@example.com"
+        },
+        {
+          "id": "00000000-0000-4000-8000-000000000013",
+          "account": "ann",
+          "name": "Ann Jr",
+          "email": "annjr@example.com"
+        }
+      ],
+      "Appointment": [
+        {
+          "id": "00000000-0000-4000-8000-000000000021",
+          "patient": "00000000-0000-4000-8000-000000000011",
+          "therapist": "00000000-0000-4000-8000-000000000001",
+          "start_at": "2026-02-01T10:00:00Z",
+          "minutes": 60,
+          "status": "completed",
+          "note": "knee follow-up"
+        },
+        {
+          "id": "00000000-0000-4000-8000-000000000022",
+          "patient": "00000000-0000-4000-8000-000000000012",
+          "therapist": "00000000-0000-4000-8000-000000000001",
+          "start_at": "2026-02-02T10:00:00Z",
+          "minutes": 45,
+          "status": "confirmed",
+          "note": "back pain"
+        },
+        {
+          "id": "00000000-0000-4000-8000-000000000023",
+          "patient": "00000000-0000-4000-8000-000000000013",
+          "therapist": "00000000-0000-4000-8000-000000000003",
+          "start_at": "2026-01-20T09:00:00Z",
+          "minutes": 30,
+          "status": "completed",
+          "note": "Knee"
+        },
+        {
+          "id": "00000000-0000-4000-8000-000000000024",
+          "patient": "00000000-0000-4000-8000-000000000011",
+          "therapist": "00000000-0000-4000-8000-000000000002",
+          "start_at": "2026-02-03T09:00:00Z",
+          "minutes": 60,
+          "status": "requested",
+          "note": ""
+        }
+      ],
+      "Invoice": [
+        {
+          "id": "00000000-0000-4000-8000-000000000031",
+          "appointment": "00000000-0000-4000-8000-000000000021",
+          "amount_cents": 9000,
+          "paid": false
+        },
+        {
+          "id": "00000000-0000-4000-8000-000000000032",
+          "appointment": "00000000-0000-4000-8000-000000000021",
+          "amount_cents": 100,
+          "paid": true,
+          "deleted_at": "2026-01-01T00:00:00Z"
+        },
+        {
+          "id": "00000000-0000-4000-8000-000000000033",
+          "appointment": "00000000-0000-4000-8000-000000000023",
+          "amount_cents": 3000,
+          "paid": true
+        },
+        {
+          "id": "00000000-0000-4000-8000-000000000034",
+          "appointment": "00000000-0000-4000-8000-000000000022",
+          "amount_cents": 4500,
+          "paid": false
+        }
+      ]
+    },
+    "tool": "list_appointments",
+    "input": {},
+    "sub": "ann",
+    "roles": [
+      "patient"
+    ],
+    "idempotencyKey": "l-1"
   }
 };
