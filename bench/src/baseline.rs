@@ -687,6 +687,38 @@ impl App {
         Ok(respond(201, "application/json", output))
     }
 
+    /// A read's answer: its final audit entry appended and committed (in
+    /// a transaction of its own, as sinew does), then 200 with `output`.
+    #[allow(clippy::too_many_arguments)]
+    async fn answer_read(
+        &self,
+        conn: &Conn,
+        claims: &Claims,
+        tool: &str,
+        input: &Value,
+        at: &str,
+        started: Instant,
+        output: String,
+    ) -> Result<Response<Full<Bytes>>, tokio_postgres::Error> {
+        let execution = self.id();
+        let entry = final_entry(Final {
+            execution: &execution,
+            tool,
+            input,
+            input_hash: sha256_hex(input.to_string().as_bytes()),
+            claims,
+            rows: json!([]),
+            status: 200,
+            at,
+            started,
+        });
+        conn.client
+            .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .await?;
+        self.audit(conn, &entry, &execution).await?;
+        Ok(respond(200, "application/json", output))
+    }
+
     async fn history(&self, req: Request<Incoming>, id: &str) -> Response<Full<Bytes>> {
         let started = Instant::now();
         let claims = match self.auth(&req) {
@@ -719,22 +751,9 @@ impl App {
                 "incoming": inc.iter().map(|r| row_json(r, TRANSFER_NAMES, &numeric)).collect::<Vec<_>>(),
             })
             .to_string();
-            let execution = self.id();
             let input = json!({"id": id});
-            let entry = final_entry(Final {
-                execution: &execution,
-                tool: "account_history",
-                input: &input,
-                input_hash: sha256_hex(input.to_string().as_bytes()),
-                claims: &claims,
-                rows: json!([]),
-                status: 200,
-                at: &at,
-                started,
-            });
-            c.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED").await?;
-            self.audit(&conn, &entry, &execution).await?;
-            Ok(respond(200, "application/json", output))
+            self.answer_read(&conn, &claims, "account_history", &input, &at, started, output)
+                .await
         }
         .await;
         result.unwrap_or_else(|e| problem(503, "unavailable", &e.to_string()))
@@ -827,23 +846,17 @@ impl App {
                 None
             };
             let output = json!({"appointments": rows, "next": next, "total": total}).to_string();
-            let execution = self.id();
             let input = json!({"size": size, "status": status});
-            let entry = final_entry(Final {
-                execution: &execution,
-                tool: "list_appointments",
-                input: &input,
-                input_hash: sha256_hex(input.to_string().as_bytes()),
-                claims: &claims,
-                rows: json!([]),
-                status: 200,
-                at: &at,
+            self.answer_read(
+                &conn,
+                &claims,
+                "list_appointments",
+                &input,
+                &at,
                 started,
-            });
-            c.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-                .await?;
-            self.audit(&conn, &entry, &execution).await?;
-            Ok(respond(200, "application/json", output))
+                output,
+            )
+            .await
         }
         .await;
         result.unwrap_or_else(|e| problem(503, "unavailable", &e.to_string()))
@@ -906,22 +919,9 @@ impl App {
                 "overall": {"n": int(&all, 0), "minutes": int(&all, 1)},
             })
             .to_string();
-            let execution = self.id();
             let input = json!({"from": from});
-            let entry = final_entry(Final {
-                execution: &execution,
-                tool: "therapist_stats",
-                input: &input,
-                input_hash: sha256_hex(input.to_string().as_bytes()),
-                claims: &claims,
-                rows: json!([]),
-                status: 200,
-                at: &at,
-                started,
-            });
-            c.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED").await?;
-            self.audit(&conn, &entry, &execution).await?;
-            Ok(respond(200, "application/json", output))
+            self.answer_read(&conn, &claims, "therapist_stats", &input, &at, started, output)
+                .await
         }
         .await;
         result.unwrap_or_else(|e| problem(503, "unavailable", &e.to_string()))

@@ -252,6 +252,34 @@ fn serve_spec_args(
     a
 }
 
+/// (A), (B) and (C) for the example `spec`, each on its database.
+fn trio(spec: &str, urls: &[String; 3], cache: &Path, data: &Path) -> Result<[Server; 3]> {
+    Ok([
+        spawn(
+            "A component",
+            &serve_spec_args(spec, free_port()?, &urls[0], cache, data, false),
+        )?,
+        spawn(
+            "B native",
+            &serve_spec_args(spec, free_port()?, &urls[1], cache, data, true),
+        )?,
+        spawn(
+            "C hand-written",
+            &[
+                "baseline".into(),
+                "--port".into(),
+                free_port()?.to_string(),
+                "--database-url".into(),
+                urls[2].clone(),
+                "--secret".into(),
+                SECRET.into(),
+                "--kind".into(),
+                spec.into(),
+            ],
+        )?,
+    ])
+}
+
 fn spawn(name: &'static str, args: &[String]) -> Result<Server> {
     let port: u16 = args
         .iter()
@@ -289,19 +317,26 @@ async fn sql(url: &str, text: &str) -> Result<()> {
     Ok(())
 }
 
-/// A database with the bank's schema and `ACCOUNTS` accounts.
-async fn prepare_db(pg: &Cluster, db: &str) -> Result<String> {
+/// A new database `db` with the schema of the example `spec` (from
+/// `sinew migrate`): its URL and a connection to it.
+async fn fresh_db(pg: &Cluster, db: &str, spec: &str) -> Result<(String, tokio_postgres::Client)> {
     let admin = pg.url("postgres");
     // Two statements: CREATE DATABASE cannot run in a transaction block.
     sql(&admin, &format!("DROP DATABASE IF EXISTS {db}")).await?;
     sql(&admin, &format!("CREATE DATABASE {db}")).await?;
     let url = pg.url(db);
-    let text = std::fs::read_to_string(root().join("specs/examples/bank.json"))?;
+    let text = std::fs::read_to_string(root().join(format!("specs/examples/{spec}.json")))?;
     let spec = sinew_core::spec::load(&text).spec;
     let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     let m = sinew_host::pg::migrate::plan(Some(&client), &spec, false).await?;
     sinew_host::pg::migrate::apply(&mut client, &spec, &m).await?;
+    Ok((url, client))
+}
+
+/// A database with the bank's schema and `ACCOUNTS` accounts.
+async fn prepare_db(pg: &Cluster, db: &str) -> Result<String> {
+    let (url, client) = fresh_db(pg, db, "bank").await?;
     client
         .batch_execute(&format!(
             "INSERT INTO account (id, version, created_at, updated_at, deleted_at, holder, name, currency, balance) \
@@ -320,16 +355,7 @@ const PATIENTS: usize = 100;
 /// patients with 80 appointments each (one in four completed, the rest
 /// confirmed), each appointment with 2 invoices.
 async fn prepare_clinic_db(pg: &Cluster, db: &str) -> Result<String> {
-    let admin = pg.url("postgres");
-    sql(&admin, &format!("DROP DATABASE IF EXISTS {db}")).await?;
-    sql(&admin, &format!("CREATE DATABASE {db}")).await?;
-    let url = pg.url(db);
-    let text = std::fs::read_to_string(root().join("specs/examples/clinic.json"))?;
-    let spec = sinew_core::spec::load(&text).spec;
-    let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    let m = sinew_host::pg::migrate::plan(Some(&client), &spec, false).await?;
-    sinew_host::pg::migrate::apply(&mut client, &spec, &m).await?;
+    let (url, client) = fresh_db(pg, db, "clinic").await?;
     client
         .batch_execute(&format!(
             "INSERT INTO therapist (id, version, created_at, updated_at, name, specialty, rate_cents)
@@ -407,28 +433,7 @@ fn bench(opts: &Opts) -> Result<()> {
         }
         drop(pre);
 
-        let servers = [
-            spawn(
-                "A component",
-                &serve_args(free_port()?, &urls[0], &cache, dir.path(), false),
-            )?,
-            spawn(
-                "B native",
-                &serve_args(free_port()?, &urls[1], &cache, dir.path(), true),
-            )?,
-            spawn(
-                "C hand-written",
-                &[
-                    "baseline".into(),
-                    "--port".into(),
-                    free_port()?.to_string(),
-                    "--database-url".into(),
-                    urls[2].clone(),
-                    "--secret".into(),
-                    SECRET.into(),
-                ],
-            )?,
-        ];
+        let servers = trio("bank", &urls, &cache, dir.path())?;
         for s in &servers {
             wait_ready(&s.base, Duration::from_secs(120)).await?;
         }
@@ -498,44 +503,7 @@ fn bench(opts: &Opts) -> Result<()> {
             prepare_clinic_db(&pg, "clinic_b").await?,
             prepare_clinic_db(&pg, "clinic_c").await?,
         ];
-        let clinic = [
-            spawn(
-                "A component",
-                &serve_spec_args(
-                    "clinic",
-                    free_port()?,
-                    &clinic_urls[0],
-                    &cache,
-                    dir.path(),
-                    false,
-                ),
-            )?,
-            spawn(
-                "B native",
-                &serve_spec_args(
-                    "clinic",
-                    free_port()?,
-                    &clinic_urls[1],
-                    &cache,
-                    dir.path(),
-                    true,
-                ),
-            )?,
-            spawn(
-                "C hand-written",
-                &[
-                    "baseline".into(),
-                    "--port".into(),
-                    free_port()?.to_string(),
-                    "--database-url".into(),
-                    clinic_urls[2].clone(),
-                    "--secret".into(),
-                    SECRET.into(),
-                    "--kind".into(),
-                    "clinic".into(),
-                ],
-            )?,
-        ];
+        let clinic = trio("clinic", &clinic_urls, &cache, dir.path())?;
         for s in &clinic {
             wait_ready(&s.base, Duration::from_secs(300)).await?;
         }

@@ -592,19 +592,7 @@ impl<'a> Run<'a> {
         let e = self.entity(entity)?;
         let mut conditions = self.conditions(e, entity, filters)?;
         self.owner_filter(e, &mut conditions)?;
-        let mut order: Vec<SortKey> = order_by
-            .iter()
-            .map(|o| SortKey {
-                field: o.field.clone(),
-                desc: o.desc,
-            })
-            .collect();
-        if !order.iter().any(|k| k.field == "id") {
-            order.push(SortKey {
-                field: "id".into(),
-                desc: false,
-            });
-        }
+        let order = sort_keys(order_by);
         let limit = self.limit(limit.as_ref())?;
         let query_limit = if one {
             Some(limit.unwrap_or(2).min(2))
@@ -1466,20 +1454,7 @@ impl<'a> Run<'a> {
             let te = self.entity(&target)?;
             let mut filters = self.conditions(te, &target, &inc.filters)?;
             self.owner_filter(te, &mut filters)?;
-            let mut order: Vec<SortKey> = inc
-                .order_by
-                .iter()
-                .map(|o| SortKey {
-                    field: o.field.clone(),
-                    desc: o.desc,
-                })
-                .collect();
-            if !order.iter().any(|k| k.field == "id") {
-                order.push(SortKey {
-                    field: "id".into(),
-                    desc: false,
-                });
-            }
+            let order = sort_keys(&inc.order_by);
             let limit = self.limit(inc.limit.as_ref())?;
             let include = self.includes(te, &inc.include)?;
             out.push(crate::ports::Include {
@@ -1893,6 +1868,25 @@ pub(crate) fn calls_json(calls: &[CallRecord]) -> Json {
             })
             .collect(),
     )
+}
+
+/// An `orderBy` as the storage's sort keys, ending with `id` (so that the
+/// order is total).
+fn sort_keys(order_by: &[crate::model::Order]) -> Vec<SortKey> {
+    let mut order: Vec<SortKey> = order_by
+        .iter()
+        .map(|o| SortKey {
+            field: o.field.clone(),
+            desc: o.desc,
+        })
+        .collect();
+    if !order.iter().any(|k| k.field == "id") {
+        order.push(SortKey {
+            field: "id".into(),
+            desc: false,
+        });
+    }
+    order
 }
 
 /// How many rows the includes of `rows` embed, at every depth.
