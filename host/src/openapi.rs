@@ -7,6 +7,8 @@
 //! of its `fail` and `assert` nodes included), and the bearer-token
 //! security scheme.
 
+mod shapes;
+
 use serde_json::{Map, Value, json};
 use sinew_core::spec::{Flow, NodeKind, PolicyAction, PolicyKind, Spec, Tool, Trigger};
 use std::collections::{BTreeMap, BTreeSet};
@@ -366,10 +368,11 @@ fn summary(description: &str) -> String {
 /// its problem+json errors.
 fn responses(spec: &Spec, name: &str, tool: &Tool) -> Value {
     let mut responses = Map::new();
+    let output = shapes::output(spec, tool);
     for status in success_statuses(tool) {
         responses.insert(
             status.to_string(),
-            json!({"description": "success", "content": {"application/json": {"schema": tool.output}}}),
+            json!({"description": "success", "content": {"application/json": {"schema": output}}}),
         );
     }
     error_responses(spec, name, tool, &mut responses);
@@ -497,28 +500,35 @@ pub fn document(spec: &Spec, version: &str) -> Value {
             .entry(format!("/tools/{name}"))
             .or_insert_with(|| json!({"post": by_name_operation(spec, name, tool)}));
     }
+    let mut schemas = Map::new();
+    schemas.insert(
+        "Problem".into(),
+        json!({
+            "type": "object",
+            "description": "RFC 9457 problem details",
+            "properties": {
+                "type": {"type": "string"},
+                "title": {"type": "string"},
+                "status": {"type": "integer"},
+                "detail": {"type": "string"},
+                "code": {"type": "string"},
+                "instance": {"type": "string"},
+                "errors": {"type": "array"}
+            },
+            "required": ["status", "title"]
+        }),
+    );
+    // Each entity's stored row, which responses built of rows refer to.
+    for (name, e) in &spec.entities {
+        schemas.insert(shapes::row_name(name), shapes::row_schema(e));
+    }
     json!({
         "openapi": "3.1.0",
         "info": {"title": spec.name, "version": version},
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "paths": paths,
         "components": {
-            "schemas": {
-                "Problem": {
-                    "type": "object",
-                    "description": "RFC 9457 problem details",
-                    "properties": {
-                        "type": {"type": "string"},
-                        "title": {"type": "string"},
-                        "status": {"type": "integer"},
-                        "detail": {"type": "string"},
-                        "code": {"type": "string"},
-                        "instance": {"type": "string"},
-                        "errors": {"type": "array"}
-                    },
-                    "required": ["status", "title"]
-                }
-            },
+            "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
         },
         "security": [{"bearer": []}]
@@ -684,17 +694,22 @@ mod tests {
                         r["description"].as_str().is_some_and(|d| !d.is_empty()),
                         "{at}: {status}"
                     );
-                    for media in r["content"]
-                        .as_object()
-                        .into_iter()
-                        .flat_map(|c| c.values())
-                    {
-                        if let Some(Value::String(target)) = media["schema"].get("$ref") {
-                            let pointer = target.strip_prefix('#').unwrap();
-                            assert!(doc.pointer(pointer).is_some(), "{at}: {target}");
-                        }
-                    }
                 }
+            }
+        }
+        // Every `$ref`, at any depth, resolves in the document.
+        let mut stack = vec![doc];
+        while let Some(v) = stack.pop() {
+            match v {
+                Value::Object(m) => {
+                    if let Some(Value::String(target)) = m.get("$ref") {
+                        let pointer = target.strip_prefix('#').unwrap();
+                        assert!(doc.pointer(pointer).is_some(), "{target}");
+                    }
+                    stack.extend(m.values());
+                }
+                Value::Array(a) => stack.extend(a),
+                _ => {}
             }
         }
     }
@@ -705,10 +720,76 @@ mod tests {
             example("shop"),
             example("bank"),
             example("booking"),
+            example("clinic"),
             hooks(),
         ] {
             assert_structurally_valid(&document(&spec, "v"));
         }
+    }
+
+    /// A response built of rows says what they are: the page and its
+    /// embedded rows, a list of rows with a nested include, the groups of
+    /// an aggregate; the output schema as written still holds.
+    #[test]
+    fn paged_included_and_aggregated_shapes_are_described() {
+        let doc = document(&example("clinic"), "v");
+        let schema = |path: &str, method: &str| {
+            op(&doc, path, method)["responses"]["200"]["content"]["application/json"]["schema"]
+                .clone()
+        };
+        let rows = |name: &str| json!({"$ref": format!("#/components/schemas/{name}Row")});
+        let list = schema("/appointments", "get");
+        let appts = &list["properties"]["appointments"]["allOf"];
+        assert_eq!(appts[0]["items"]["required"][0], "id", "as written: {list}");
+        let item = &appts[1]["items"];
+        assert_eq!(item["allOf"][0], rows("Appointment"), "{list}");
+        assert_eq!(
+            item["properties"]["therapist_row"]["anyOf"],
+            json!([rows("Therapist"), {"type": "null"}])
+        );
+        assert_eq!(
+            item["properties"]["invoices"],
+            json!({"type": "array", "items": rows("Invoice")})
+        );
+        assert_eq!(
+            list["properties"]["next"],
+            json!({"type": ["string", "null"]}),
+            "written, kept"
+        );
+        // A loose `{"type": "array", "items": {"type": "object"}}` becomes
+        // the rows, two levels deep.
+        let invoices = schema("/invoices", "get");
+        let item = &invoices["properties"]["invoices"]["items"];
+        assert_eq!(item["allOf"][0], rows("Invoice"), "{invoices}");
+        let appt = &item["properties"]["appointment_row"]["anyOf"][0];
+        assert_eq!(appt["allOf"][0], rows("Appointment"));
+        assert_eq!(
+            appt["properties"]["therapist_row"]["anyOf"][0],
+            rows("Therapist")
+        );
+        let stats = schema("/stats/therapists", "get");
+        let group = &stats["properties"]["therapists"]["items"];
+        assert_eq!(
+            group["properties"]["therapist"]["format"], "uuid",
+            "{stats}"
+        );
+        assert_eq!(
+            group["properties"]["mean"]["type"],
+            json!(["number", "null"])
+        );
+        assert_eq!(
+            stats["properties"]["overall"]["properties"]["minutes"]["type"],
+            "integer"
+        );
+        let row = &doc["components"]["schemas"]["AppointmentRow"];
+        assert_eq!(
+            row["properties"]["status"]["enum"],
+            json!(["requested", "confirmed", "completed", "cancelled"])
+        );
+        assert_eq!(
+            row["properties"]["deleted_at"]["type"],
+            json!(["string", "null"])
+        );
     }
 
     #[test]
