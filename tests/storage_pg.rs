@@ -767,3 +767,78 @@ fn includes_and_hops_give_what_the_in_memory_store_gives() {
         assert!(embedded > 100, "only {embedded} rows embedded anything");
     });
 }
+
+/// An included entity wider than a SQL function's 100 arguments embeds
+/// whole, as in memory.
+#[test]
+fn a_wide_included_row_embeds_whole() {
+    use sinew_core::ports::{Include, Link};
+    let cluster = Cluster::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let fields: Vec<String> = (0..130)
+            .map(|i| format!(r#""f{i}": {{"type": "integer"}}"#))
+            .collect();
+        let text = format!(
+            r#"{{"sinew": "0.2", "name": "wide", "entities": {{
+                "Wide": {{"fields": {{{}}}}},
+                "Item": {{"fields": {{"wide": {{"type": "ref", "entity": "Wide"}}}}}}}}, "tools": {{}}}}"#,
+            fields.join(", ")
+        );
+        let loaded = sinew_core::spec::load(&text);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let spec = loaded.spec;
+        let url = cluster.database().await;
+        let mut admin = connect_url(&url).await;
+        let plan = sinew_host::pg::migrate::plan(None, &spec, false)
+            .await
+            .unwrap();
+        sinew_host::pg::migrate::apply(&mut admin, &spec, &plan)
+            .await
+            .unwrap();
+        let db = PgBackend::new(url.parse().unwrap(), &spec, 2, None);
+        let mut memory = sinew_core::ports::memory::MemoryStorage::new();
+        memory.declare(&spec);
+        let bundle = sinew_core::bundle::Bundle::load(&text).unwrap();
+        let mut values = serde_json::Map::new();
+        values.insert("id".into(), json!(ID));
+        for i in 0..130 {
+            values.insert(format!("f{i}"), json!(i * 7));
+        }
+        let wide = bundle
+            .complete_row("Wide", &values, 1_700_000_000_000)
+            .unwrap();
+        let item = bundle
+            .complete_row(
+                "Item",
+                &changes(json!({"id": "00000000-0000-4000-8000-000000000001", "wide": ID})),
+                1_700_000_000_000,
+            )
+            .unwrap();
+        let tx = db.begin(Isolation::ReadCommitted, None).await.unwrap();
+        db.insert(tx, "Wide", &wide).await.unwrap();
+        db.insert(tx, "Item", &item).await.unwrap();
+        db.commit(tx).await.unwrap();
+        memory.seed("Wide", wide).unwrap();
+        memory.seed("Item", item).unwrap();
+        let q = Query {
+            include: vec![Include {
+                name: "wide_row".into(),
+                entity: "Wide".into(),
+                link: Link::One("wide".into()),
+                filters: Vec::new(),
+                order: Vec::new(),
+                limit: None,
+                include: Vec::new(),
+            }],
+            ..by_id("00000000-0000-4000-8000-000000000001", false, &[])
+        };
+        let want = memory.read(None, "Item", &q).unwrap();
+        let got = db.read(None, "Item", &q).await.unwrap();
+        assert_eq!(want[0]["wide_row"]["f129"], json!(903));
+        assert_eq!(
+            serde_json::to_string(&got).unwrap(),
+            serde_json::to_string(&want).unwrap()
+        );
+    });
+}

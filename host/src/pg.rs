@@ -855,13 +855,17 @@ fn include_sql(
             params,
         )?);
     }
-    if parts.len() > 100 {
-        return Err(invalid(format!(
-            "`{}` has too many columns to embed (at most 100 with its includes)",
-            inc.entity
-        )));
-    }
-    let tuple = format!("json_build_array({})", parts.join(", "));
+    // A function takes at most 100 arguments: a wide row is built in
+    // pieces, joined as jsonb arrays (which keep their order).
+    let tuple = if parts.len() <= 100 {
+        format!("json_build_array({})", parts.join(", "))
+    } else {
+        let pieces: Vec<String> = parts
+            .chunks(100)
+            .map(|c| format!("json_build_array({})::jsonb", c.join(", ")))
+            .collect();
+        format!("({})", pieces.join(" || "))
+    };
     let live = where_sql(schema, table, &inc.filters, params)?;
     Ok(match &inc.link {
         Link::One(field) => {
