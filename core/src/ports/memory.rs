@@ -1925,23 +1925,27 @@ impl Look<'_> {
                             groups.entry(parent).or_default().push(r);
                         }
                     }
-                    for row in rows.iter_mut() {
+                    // Every parent's list, then their includes in one pass
+                    // over all of them (not one per parent).
+                    let mut sizes = Vec::with_capacity(rows.len());
+                    let mut all: Vec<Row> = Vec::new();
+                    for row in rows.iter() {
                         let id = row.get("id").and_then(Value::as_str).unwrap_or_default();
-                        let mut list: Vec<Row> = match groups.get_mut(id) {
-                            Some(members) => {
-                                members.sort_by(|a, b| compare_rows(a, b, &inc.order, cols));
-                                let n = inc.limit.map_or(members.len(), |l| {
-                                    usize::try_from(l).unwrap_or(usize::MAX)
-                                });
-                                members.iter().take(n).map(|r| (*r).clone()).collect()
-                            }
-                            None => Vec::new(),
-                        };
-                        self.embed(&mut list, &inc.include);
-                        row.insert(
-                            inc.name.clone(),
-                            Value::Array(list.into_iter().map(Value::Object).collect()),
-                        );
+                        let before = all.len();
+                        if let Some(members) = groups.get_mut(id) {
+                            members.sort_by(|a, b| compare_rows(a, b, &inc.order, cols));
+                            let n = inc.limit.map_or(members.len(), |l| {
+                                usize::try_from(l).unwrap_or(usize::MAX)
+                            });
+                            all.extend(members.iter().take(n).map(|r| (*r).clone()));
+                        }
+                        sizes.push(all.len() - before);
+                    }
+                    self.embed(&mut all, &inc.include);
+                    let mut all = all.into_iter();
+                    for (row, n) in rows.iter_mut().zip(sizes) {
+                        let list = all.by_ref().take(n).map(Value::Object).collect();
+                        row.insert(inc.name.clone(), Value::Array(list));
                     }
                 }
             }
