@@ -139,7 +139,8 @@ enum Cmd {
         /// The engine.
         #[arg(value_enum)]
         engine: micro::Which,
-        /// `transfer` or `history` (a read of 50 rows).
+        /// `transfer`, `history` (a read of 50 rows) or `list` (the
+        /// clinic's page of 50 rows, each with its therapist and invoices).
         tool: String,
         /// How many requests are counted.
         n: usize,

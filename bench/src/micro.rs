@@ -460,16 +460,23 @@ pub fn count(engine: Which, tool: &str, n: usize) -> Result<()> {
     let make: &dyn Fn(usize) -> Request = match tool {
         "transfer" => &transfer,
         "history" => &history,
-        other => anyhow::bail!("no tool `{other}` to count (transfer, history)"),
+        "list" => &list,
+        other => anyhow::bail!("no tool `{other}` to count (transfer, history, list)"),
     };
     let expect = if tool == "transfer" { 201 } else { 200 };
-    let world = bank()?;
+    // The clinic's store is seeded whole; the bank's history needs 60
+    // transfers first.
+    let (world, warm) = if tool == "list" {
+        (clinic()?, 0)
+    } else {
+        (bank()?, 60)
+    };
     match engine {
         Which::Native => {
             let mut s = world.store()?;
             let mut clock = FixedClock::new(NOW_MS);
             let mut ext = ScriptedExternal::default();
-            counted(n, make, expect, &mut |r| {
+            counted(n, warm, make, expect, &mut |r| {
                 execute(&world.bundle, r, &mut s, &mut clock, &mut ext).status
             })
         }
@@ -483,20 +490,72 @@ pub fn count(engine: Which, tool: &str, n: usize) -> Result<()> {
             let ex = rt
                 .block_on(Executor::new(engine, world.spec.clone(), world.backends()?))
                 .map_err(|e| anyhow!("{}", e.message))?;
-            counted(n, make, expect, &mut |r| rt.block_on(ex.execute(r)).status)
+            counted(n, warm, make, expect, &mut |r| {
+                rt.block_on(ex.execute(r)).status
+            })
         }
     }
 }
 
-/// 60 warm-up transfers (so that a history reads 50 rows) and one request
+/// The clinic with one patient's 60 confirmed appointments, each with 2
+/// invoices, across 3 therapists.
+fn clinic() -> Result<World> {
+    let spec = std::fs::read_to_string(crate::root().join("specs/examples/clinic.json"))?;
+    let id = |kind: u64, n: u64| format!("00000000-0000-4000-8000-{:04}{n:08}", kind);
+    let mut seed = Vec::new();
+    for t in 0..3 {
+        seed.push((
+            "Therapist",
+            json!({"id": id(1, t), "name": format!("T{t}"), "specialty": "physio", "rate_cents": 6000}),
+        ));
+    }
+    seed.push((
+        "Patient",
+        json!({"id": id(2, 0), "account": "ann", "name": "Ann", "email": "ann@example.com"}),
+    ));
+    for a in 0..60u64 {
+        seed.push((
+            "Appointment",
+            json!({"id": id(3, a), "patient": id(2, 0), "therapist": id(1, a % 3),
+                   "start_at": format!("2026-03-{:02}T{:02}:00:00Z", 1 + a / 10, 8 + a % 10),
+                   "minutes": 60, "note": "", "status": "confirmed"}),
+        ));
+        for k in 0..2 {
+            seed.push((
+                "Invoice",
+                json!({"id": id(4, a * 2 + k), "appointment": id(3, a), "amount_cents": 6000, "paid": k == 0}),
+            ));
+        }
+    }
+    World::new(spec, seed)
+}
+
+/// A page of 50 of the patient's appointments with their therapists and
+/// invoices.
+fn list(i: usize) -> Request {
+    Request {
+        tool: "list_appointments".into(),
+        input: json!({"size": 50, "status": "confirmed"}),
+        auth: Some(Auth {
+            sub: "ann".into(),
+            roles: vec!["patient".into()],
+            claims: json!({}),
+        }),
+        id: format!("l-{i}"),
+        idempotency_key: None,
+    }
+}
+
+/// `warm` warm-up transfers (60 so that a history reads 50 rows) and one request
 /// of the tool, then [`measured`].
 fn counted(
     n: usize,
+    warm: usize,
     make: &dyn Fn(usize) -> Request,
     expect: u16,
     call: &mut dyn FnMut(&Request) -> u16,
 ) -> Result<()> {
-    for i in 0..60 {
+    for i in 0..warm {
         ensure!(call(&transfer(i)) == 201, "warm-up transfer {i} failed");
     }
     ensure!(call(&make(0)) == expect, "the first request failed");
