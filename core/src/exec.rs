@@ -1475,35 +1475,32 @@ impl<'a> Run<'a> {
     /// rows of their own entity.
     fn row_value(&self, e: &Entity, row: &Row, include: &[crate::model::Include]) -> Value {
         use crate::model::IncludeLink;
-        let mut v = row_to_value(e, row);
         if include.is_empty() {
-            return v;
+            return row_to_value(e, row);
         }
-        if let Value::Map(m) = &mut v {
-            for inc in include {
-                let target = match &inc.link {
-                    IncludeLink::Ref(field) => {
-                        e.fields.get(field).and_then(|f| f.entity.as_deref())
-                    }
-                    IncludeLink::From { entity, .. } => Some(entity.as_str()),
-                };
-                let Some(te) = target.and_then(|t| self.bundle.spec.entities.get(t)) else {
-                    continue;
-                };
-                let embedded = match row.get(&inc.name) {
-                    Some(Json::Object(r)) => self.row_value(te, r, &inc.include),
-                    Some(Json::Array(list)) => Value::List(
-                        list.iter()
-                            .filter_map(Json::as_object)
-                            .map(|r| self.row_value(te, r, &inc.include))
-                            .collect(),
-                    ),
-                    _ => Value::Null,
-                };
-                m.insert(inc.name.clone(), embedded);
-            }
+        let mut m = crate::expr::value::Map::default();
+        for (k, v) in row {
+            let Some(inc) = include.iter().find(|i| i.name == *k) else {
+                m.insert(k.clone(), rows::column_value(e, k, v));
+                continue;
+            };
+            let target = match &inc.link {
+                IncludeLink::Ref(field) => e.fields.get(field).and_then(|f| f.entity.as_deref()),
+                IncludeLink::From { entity, .. } => Some(entity.as_str()),
+            };
+            let embedded = match (target.and_then(|t| self.bundle.spec.entities.get(t)), v) {
+                (Some(te), Json::Object(r)) => self.row_value(te, r, &inc.include),
+                (Some(te), Json::Array(list)) => Value::List(
+                    list.iter()
+                        .filter_map(Json::as_object)
+                        .map(|r| self.row_value(te, r, &inc.include))
+                        .collect(),
+                ),
+                _ => Value::Null,
+            };
+            m.insert(k.clone(), embedded);
         }
-        v
+        Value::Map(m)
     }
 
     /// A `where`'s members as the storage's predicates: each value

@@ -27,18 +27,20 @@ fn looks_like_timestamp(s: &str) -> bool {
 pub(crate) fn row_to_value(e: &Entity, row: &Row) -> Value {
     Value::Map(
         row.iter()
-            .map(|(k, v)| {
-                let value = match v {
-                    Json::String(s) if looks_like_timestamp(s) && is_timestamp_column(e, k) => {
-                        parse_timestamp(s)
-                            .map_or_else(|| Value::String(s.clone()), Value::Timestamp)
-                    }
-                    other => Value::from_json(other),
-                };
-                (k.clone(), value)
-            })
+            .map(|(k, v)| (k.clone(), column_value(e, k, v)))
             .collect(),
     )
+}
+
+/// One column of a row of `e` as an expression value (a timestamp column's
+/// text as a timestamp).
+pub(crate) fn column_value(e: &Entity, k: &str, v: &Json) -> Value {
+    match v {
+        Json::String(s) if looks_like_timestamp(s) && is_timestamp_column(e, k) => {
+            parse_timestamp(s).map_or_else(|| Value::String(s.clone()), Value::Timestamp)
+        }
+        other => Value::from_json(other),
+    }
 }
 
 /// A filter value in the form rows store: timestamps in canonical RFC 3339.
