@@ -96,14 +96,22 @@ impl Value {
                 None => return Err(format!("`{d}` cannot be written as JSON")),
             },
             Value::String(s) => serde_json::Value::String(s.clone()),
+            // (Sized up front: collecting through `Result` gives no size
+            // hint, and maps of rows grew and rehashed key by key.)
             Value::List(l) => {
-                serde_json::Value::Array(l.iter().map(Value::to_json).collect::<Result<_, _>>()?)
+                let mut out = Vec::with_capacity(l.len());
+                for v in l {
+                    out.push(v.to_json()?);
+                }
+                serde_json::Value::Array(out)
             }
-            Value::Map(m) => serde_json::Value::Object(
-                m.iter()
-                    .map(|(k, v)| v.to_json().map(|j| (k.clone(), j)))
-                    .collect::<Result<_, _>>()?,
-            ),
+            Value::Map(m) => {
+                let mut out = serde_json::Map::with_capacity(m.len());
+                for (k, v) in m {
+                    out.insert(k.clone(), v.to_json()?);
+                }
+                serde_json::Value::Object(out)
+            }
             Value::Timestamp(t) => serde_json::Value::String(format_timestamp(*t)),
             Value::Duration(d) => serde_json::Value::String(format_duration(*d)),
         })
