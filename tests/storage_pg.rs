@@ -279,6 +279,34 @@ fn the_pool_warms_up_within_its_size_and_hands_out_what_it_opened() {
     });
 }
 
+/// The Postgres backend on a fresh database migrated for the spec `text`,
+/// an in-memory store declared for it, and its bundle (to complete rows).
+async fn side_by_side(
+    cluster: &Cluster,
+    text: &str,
+) -> (
+    PgBackend,
+    sinew_core::ports::memory::MemoryStorage,
+    sinew_core::bundle::Bundle,
+) {
+    let loaded = sinew_core::spec::load(text);
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let spec = loaded.spec;
+    let url = cluster.database().await;
+    let mut admin = connect_url(&url).await;
+    let plan = sinew_host::pg::migrate::plan(None, &spec, false)
+        .await
+        .unwrap();
+    sinew_host::pg::migrate::apply(&mut admin, &spec, &plan)
+        .await
+        .unwrap();
+    let db = PgBackend::new(url.parse().unwrap(), &spec, 2, None);
+    let mut memory = sinew_core::ports::memory::MemoryStorage::new();
+    memory.declare(&spec);
+    let bundle = sinew_core::bundle::Bundle::load(text).unwrap();
+    (db, memory, bundle)
+}
+
 /// A small deterministic generator (no dependency, same cases every run).
 struct Lcg(u64);
 
@@ -406,21 +434,7 @@ fn where_finds_the_rows_the_in_memory_store_finds() {
         let text = r#"{"sinew": "0.2", "name": "w", "entities": {"Item": {"fields": {
             "title": {"type": "string"}, "note": {"type": "string", "nullable": true},
             "n": {"type": "integer", "nullable": true}}}}, "tools": {}}"#;
-        let loaded = sinew_core::spec::load(text);
-        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
-        let spec = loaded.spec;
-        let url = cluster.database().await;
-        let mut admin = connect_url(&url).await;
-        let plan = sinew_host::pg::migrate::plan(None, &spec, false)
-            .await
-            .unwrap();
-        sinew_host::pg::migrate::apply(&mut admin, &spec, &plan)
-            .await
-            .unwrap();
-        let db = PgBackend::new(url.parse().unwrap(), &spec, 2, None);
-        let mut memory = sinew_core::ports::memory::MemoryStorage::new();
-        memory.declare(&spec);
-        let bundle = sinew_core::bundle::Bundle::load(text).unwrap();
+        let (db, mut memory, bundle) = side_by_side(&cluster, text).await;
         let mut rng = Lcg(17);
         let tx = db.begin(Isolation::ReadCommitted, None).await.unwrap();
         for i in 0..12 {
@@ -634,21 +648,7 @@ fn includes_and_hops_give_what_the_in_memory_store_gives() {
             "Tag": {"fields": {"title": {"type": "string"}, "note": {"type": "string", "nullable": true},
                 "n": {"type": "integer", "nullable": true},
                 "item": {"type": "ref", "entity": "Item"}}}}, "tools": {}}"#;
-        let loaded = sinew_core::spec::load(text);
-        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
-        let spec = loaded.spec;
-        let url = cluster.database().await;
-        let mut admin = connect_url(&url).await;
-        let plan = sinew_host::pg::migrate::plan(None, &spec, false)
-            .await
-            .unwrap();
-        sinew_host::pg::migrate::apply(&mut admin, &spec, &plan)
-            .await
-            .unwrap();
-        let db = PgBackend::new(url.parse().unwrap(), &spec, 2, None);
-        let mut memory = sinew_core::ports::memory::MemoryStorage::new();
-        memory.declare(&spec);
-        let bundle = sinew_core::bundle::Bundle::load(text).unwrap();
+        let (db, mut memory, bundle) = side_by_side(&cluster, text).await;
         let mut rng = Lcg(29);
         let id = |n: u64| format!("00000000-0000-4000-8000-{n:012}");
         let tx = db.begin(Isolation::ReadCommitted, None).await.unwrap();
@@ -785,21 +785,7 @@ fn a_wide_included_row_embeds_whole() {
                 "Item": {{"fields": {{"wide": {{"type": "ref", "entity": "Wide"}}}}}}}}, "tools": {{}}}}"#,
             fields.join(", ")
         );
-        let loaded = sinew_core::spec::load(&text);
-        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
-        let spec = loaded.spec;
-        let url = cluster.database().await;
-        let mut admin = connect_url(&url).await;
-        let plan = sinew_host::pg::migrate::plan(None, &spec, false)
-            .await
-            .unwrap();
-        sinew_host::pg::migrate::apply(&mut admin, &spec, &plan)
-            .await
-            .unwrap();
-        let db = PgBackend::new(url.parse().unwrap(), &spec, 2, None);
-        let mut memory = sinew_core::ports::memory::MemoryStorage::new();
-        memory.declare(&spec);
-        let bundle = sinew_core::bundle::Bundle::load(&text).unwrap();
+        let (db, mut memory, bundle) = side_by_side(&cluster, &text).await;
         let mut values = serde_json::Map::new();
         values.insert("id".into(), json!(ID));
         for i in 0..130 {

@@ -1435,31 +1435,25 @@ impl<'a> Run<'a> {
         use crate::ports::Link;
         let mut out = Vec::with_capacity(list.len());
         for inc in list {
-            let (target, link) = match &inc.link {
-                IncludeLink::Ref(field) => {
-                    let target = e
-                        .fields
-                        .get(field)
-                        .and_then(|f| f.entity.clone())
-                        .ok_or_else(|| {
-                            Problem::spec_error(format!(
-                                "the include at {} follows no `ref` field",
-                                inc.path
-                            ))
-                        })?;
-                    (target, Link::One(field.clone()))
-                }
-                IncludeLink::From { entity, by } => (entity.clone(), Link::Many(by.clone())),
+            let target = inc.target(e).ok_or_else(|| {
+                Problem::spec_error(format!(
+                    "the include at {} follows no `ref` field",
+                    inc.path
+                ))
+            })?;
+            let link = match &inc.link {
+                IncludeLink::Ref(field) => Link::One(field.clone()),
+                IncludeLink::From { by, .. } => Link::Many(by.clone()),
             };
-            let te = self.entity(&target)?;
-            let mut filters = self.conditions(te, &target, &inc.filters)?;
+            let te = self.entity(target)?;
+            let mut filters = self.conditions(te, target, &inc.filters)?;
             self.owner_filter(te, &mut filters)?;
             let order = sort_keys(&inc.order_by);
             let limit = self.limit(inc.limit.as_ref())?;
             let include = self.includes(te, &inc.include)?;
             out.push(crate::ports::Include {
                 name: inc.name.clone(),
-                entity: target,
+                entity: target.to_owned(),
                 link,
                 filters,
                 order,
@@ -1474,7 +1468,6 @@ impl<'a> Run<'a> {
     /// include's name, the included row (or null) or rows, converted as
     /// rows of their own entity.
     fn row_value(&self, e: &Entity, row: &Row, include: &[crate::model::Include]) -> Value {
-        use crate::model::IncludeLink;
         if include.is_empty() {
             return row_to_value(e, row);
         }
@@ -1484,11 +1477,8 @@ impl<'a> Run<'a> {
                 m.insert(k.clone(), rows::column_value(e, k, v));
                 continue;
             };
-            let target = match &inc.link {
-                IncludeLink::Ref(field) => e.fields.get(field).and_then(|f| f.entity.as_deref()),
-                IncludeLink::From { entity, .. } => Some(entity.as_str()),
-            };
-            let embedded = match (target.and_then(|t| self.bundle.spec.entities.get(t)), v) {
+            let target = inc.target(e).and_then(|t| self.bundle.spec.entities.get(t));
+            let embedded = match (target, v) {
                 (Some(te), Json::Object(r)) => self.row_value(te, r, &inc.include),
                 (Some(te), Json::Array(list)) => Value::List(
                     list.iter()
@@ -1888,20 +1878,22 @@ fn sort_keys(order_by: &[crate::model::Order]) -> Vec<SortKey> {
 
 /// How many rows the includes of `rows` embed, at every depth.
 fn included_rows(rows: &[Row], include: &[crate::model::Include]) -> u64 {
+    rows.iter().map(|r| embedded_in(r, include)).sum()
+}
+
+/// How many rows the includes of one row embed, at every depth.
+fn embedded_in(row: &Row, include: &[crate::model::Include]) -> u64 {
     let mut n = 0;
     for inc in include {
-        for row in rows {
-            match row.get(&inc.name) {
-                Some(Json::Object(r)) => {
-                    n += 1 + included_rows(std::slice::from_ref(r), &inc.include);
-                }
-                Some(Json::Array(list)) => {
-                    let list: Vec<Row> = list.iter().filter_map(Json::as_object).cloned().collect();
-                    n += list.len() as u64 + included_rows(&list, &inc.include);
-                }
-                _ => {}
-            }
-        }
+        let nested = |r: &Json| {
+            r.as_object()
+                .map_or(0, |r| 1 + embedded_in(r, &inc.include))
+        };
+        n += match row.get(&inc.name) {
+            Some(one @ Json::Object(_)) => nested(one),
+            Some(Json::Array(list)) => list.iter().map(nested).sum(),
+            _ => 0,
+        };
     }
     n
 }

@@ -738,6 +738,17 @@ pub struct Include {
     pub path: String,
 }
 
+impl Include {
+    /// The included entity, for an include of a read of `e` (`None` when
+    /// a `ref` names no `ref` field of it: a spec error).
+    pub fn target<'a>(&'a self, e: &'a Entity) -> Option<&'a str> {
+        match &self.link {
+            IncludeLink::Ref(field) => e.fields.get(field).and_then(|f| f.entity.as_deref()),
+            IncludeLink::From { entity, .. } => Some(entity),
+        }
+    }
+}
+
 /// How an include's rows relate to the row they are embedded in.
 #[derive(Debug, Clone)]
 pub enum IncludeLink {

@@ -35,11 +35,16 @@ pub fn path_params(path: &str) -> Vec<&str> {
 
 /// Every node of a flow, transaction bodies included.
 fn nodes(flow: &Flow) -> Vec<&NodeKind> {
+    nodes_with_ids(flow).into_iter().map(|(_, n)| n).collect()
+}
+
+/// [`nodes`], each with its id.
+fn nodes_with_ids(flow: &Flow) -> Vec<(&str, &NodeKind)> {
     let mut out = Vec::new();
     let mut stack = vec![flow];
     while let Some(f) = stack.pop() {
-        for n in f.nodes.values() {
-            out.push(&n.kind);
+        for (id, n) in &f.nodes {
+            out.push((id.as_str(), &n.kind));
             if let NodeKind::Transaction { body, .. } = &n.kind {
                 stack.push(body);
             }

@@ -517,19 +517,7 @@ impl PgBackend {
                 }
             );
         }
-        let mut order: Vec<String> = Vec::new();
-        for k in &q.order {
-            let col = column(&k.field)?;
-            order.push(format!(
-                "{} {}",
-                collated(col),
-                if k.desc { "DESC" } else { "ASC" }
-            ));
-        }
-        if !q.order.iter().any(|k| k.field == "id") {
-            order.push("\"id\" ASC".into());
-        }
-        let _ = write!(sql, " ORDER BY {}", order.join(", "));
+        let _ = write!(sql, " ORDER BY {}", order_sql(table, &q.order)?);
         if let Some(n) = q.limit {
             let _ = write!(sql, " LIMIT {n}");
         }
@@ -881,21 +869,7 @@ fn include_sql(
             let col = table
                 .column(by)
                 .ok_or_else(|| invalid(format!("no column `{by}`")))?;
-            let mut order = Vec::new();
-            for k in &inc.order {
-                let c = table
-                    .column(&k.field)
-                    .ok_or_else(|| invalid(format!("no column `{}`", k.field)))?;
-                order.push(format!(
-                    "{} {}",
-                    collated(c),
-                    if k.desc { "DESC" } else { "ASC" }
-                ));
-            }
-            if !inc.order.iter().any(|k| k.field == "id") {
-                order.push("\"id\" ASC".into());
-            }
-            let order = order.join(", ");
+            let order = order_sql(table, &inc.order)?;
             let limit = inc.limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
             format!(
                 "(SELECT coalesce(json_agg({tuple} ORDER BY {order}), '[]'::json) FROM \
@@ -1105,6 +1079,25 @@ fn condition_sql(
 
 const ASCII_UPPER: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
 const ASCII_LOWER: &str = "abcdefghijklmnopqrstuvwxyz";
+
+/// The `ORDER BY` list of sort keys, ending with `id` (a total order).
+fn order_sql(table: &Table, order: &[sinew_core::ports::SortKey]) -> Result<String, StorageError> {
+    let mut out = Vec::with_capacity(order.len() + 1);
+    for k in order {
+        let col = table
+            .column(&k.field)
+            .ok_or_else(|| invalid(format!("no column `{}`", k.field)))?;
+        out.push(format!(
+            "{} {}",
+            collated(col),
+            if k.desc { "DESC" } else { "ASC" }
+        ));
+    }
+    if !order.iter().any(|k| k.field == "id") {
+        out.push("\"id\" ASC".into());
+    }
+    Ok(out.join(", "))
+}
 
 /// A column for comparisons and sorting: text compares by bytes, as
 /// everywhere else in sinew.

@@ -1563,7 +1563,7 @@ fn includes(cx: &mut Cx, v: &Value, path: &str, depth: usize) -> Vec<Include> {
             )
         };
         let nested = match o.get("include") {
-            Some(v) if depth >= MAX_INCLUDE_DEPTH => {
+            Some(_) if depth >= MAX_INCLUDE_DEPTH => {
                 cx.error(
                     Diagnostic::new(
                         "invalid-value",
@@ -1572,7 +1572,6 @@ fn includes(cx: &mut Cx, v: &Value, path: &str, depth: usize) -> Vec<Include> {
                     )
                     .help("read the deeper rows with a read node of their own"),
                 );
-                let _ = v;
                 Vec::new()
             }
             Some(v) => includes(cx, v, &child(&p, "include"), depth + 1),

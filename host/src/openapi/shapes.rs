@@ -8,7 +8,7 @@
 
 use serde_json::{Map, Value, json};
 use sinew_core::spec::{
-    Entity, FieldType, Flow, Include, IncludeLink, MeasureKind, NodeKind, Spec, Template, Tool,
+    Entity, FieldType, Include, IncludeLink, MeasureKind, NodeKind, Spec, Template, Tool,
 };
 
 /// The name of an entity's row schema under `components/schemas`.
@@ -67,16 +67,13 @@ fn row(spec: &Spec, entity: &str, include: &[Include]) -> Value {
     };
     let mut props = Map::new();
     for inc in include {
-        let s = match &inc.link {
-            IncludeLink::Ref(field) => {
-                let target = e.fields.get(field).and_then(|f| f.entity.as_deref());
-                match target {
-                    Some(t) => json!({"anyOf": [row(spec, t, &inc.include), {"type": "null"}]}),
-                    None => json!({}),
-                }
+        let s = match (&inc.link, inc.target(e)) {
+            (_, None) => json!({}),
+            (IncludeLink::Ref(_), Some(t)) => {
+                json!({"anyOf": [row(spec, t, &inc.include), {"type": "null"}]})
             }
-            IncludeLink::From { entity, .. } => {
-                json!({"type": "array", "items": row(spec, entity, &inc.include)})
+            (IncludeLink::From { .. }, Some(t)) => {
+                json!({"type": "array", "items": row(spec, t, &inc.include)})
             }
         };
         props.insert(inc.name.clone(), s);
@@ -158,21 +155,6 @@ fn binding(spec: &Spec, kind: &NodeKind, member: Option<&str>) -> Option<Value> 
     }
 }
 
-/// Every node of a flow, transaction bodies included, with its id.
-fn all_nodes(flow: &Flow) -> Vec<(&str, &NodeKind)> {
-    let mut out = Vec::new();
-    let mut stack = vec![flow];
-    while let Some(f) = stack.pop() {
-        for (id, n) in &f.nodes {
-            out.push((id.as_str(), &n.kind));
-            if let NodeKind::Transaction { body, .. } = &n.kind {
-                stack.push(body);
-            }
-        }
-    }
-    out
-}
-
 /// Whether a schema as written says no more than "an object" or "a list"
 /// (of objects): the shape can stand for it.
 fn loose(s: &Value) -> bool {
@@ -191,7 +173,7 @@ pub fn output(spec: &Spec, tool: &Tool) -> Value {
     let Some(Value::Object(props)) = out.get_mut("properties") else {
         return out;
     };
-    let nodes = all_nodes(&tool.flow);
+    let nodes = super::nodes_with_ids(&tool.flow);
     let mut objects: Vec<&sinew_core::model::NameMap<Template>> = Vec::new();
     let mut any_other = false;
     for (_, kind) in &nodes {
