@@ -8,6 +8,7 @@
 
 pub mod memory;
 pub mod script;
+pub mod wire;
 pub mod world;
 
 use serde::{Deserialize, Serialize};
@@ -616,7 +617,8 @@ pub trait External {
 
 /// The conversions between the WIT `storage` types and the core's, for a
 /// crate that has its generated bindings of `sinew:executor/types` in scope
-/// as `wit`: `isolation`, `json` and `object` (JSON text from the guest),
+/// as `wit`: `isolation`, `json` (JSON text from the guest), `value` and
+/// `object` (the row encoding, [`wire`]),
 /// `query`, and `error` (to WIT). The host's imports and the in-memory
 /// world's exports are generated separately from the same WIT, so they
 /// share this text rather than functions.
@@ -637,13 +639,16 @@ macro_rules! wit_storage_conversions {
             })
         }
 
-        fn object(text: &str) -> Result<$crate::ports::Row, $crate::ports::StorageError> {
-            match json(text)? {
-                ::serde_json::Value::Object(m) => Ok(m),
-                _ => Err($crate::ports::StorageError::Invalid {
-                    message: "the guest sent a row that is not a JSON object".into(),
-                }),
-            }
+        fn value(bytes: &[u8]) -> Result<::serde_json::Value, $crate::ports::StorageError> {
+            $crate::ports::wire::to_value(bytes).map_err(|e| $crate::ports::StorageError::Invalid {
+                message: format!("the guest sent a value that cannot be decoded: {e}"),
+            })
+        }
+
+        fn object(bytes: &[u8]) -> Result<$crate::ports::Row, $crate::ports::StorageError> {
+            $crate::ports::wire::to_row(bytes).map_err(|e| $crate::ports::StorageError::Invalid {
+                message: format!("the guest sent a row that cannot be decoded: {e}"),
+            })
         }
 
         fn filters(
@@ -674,7 +679,7 @@ macro_rules! wit_storage_conversions {
                                             $crate::spec::FilterOp::IContains
                                         }
                                     },
-                                    value: json(&c.value)?,
+                                    value: value(&c.value)?,
                                 })
                             }
                             wit::Filter::All(n) => $crate::ports::Token::All(n),
@@ -740,7 +745,7 @@ macro_rules! wit_storage_conversions {
                 order: sort_keys(q.order),
                 limit: q.limit,
                 after: match q.after {
-                    Some(list) => Some(list.iter().map(|t| json(t)).collect::<Result<_, _>>()?),
+                    Some(list) => Some(list.iter().map(|t| value(t)).collect::<Result<_, _>>()?),
                     None => None,
                 },
                 lock: q.lock,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 use sinew_core::ports::{
     self, CallOutcome, CallRequest, CallResult, Claim, Measure, Predicate, Query, Row,
-    StorageError, Tally, Token, TxId,
+    StorageError, Tally, Token, TxId, wire,
 };
 use sinew_core::spec::{Backoff, FilterOp, Isolation};
 
@@ -51,7 +51,7 @@ fn filters(list: &[Predicate]) -> Vec<types::Filter> {
             Token::Is(c) => types::Filter::Is(types::Condition {
                 field: c.field,
                 op: op(c.op),
-                value: json(&c.value),
+                value: wire::value(&c.value),
             }),
             Token::All(n) => types::Filter::All(n),
             Token::Any(n) => types::Filter::Any(n),
@@ -113,7 +113,10 @@ fn query(q: &Query) -> types::Query {
         filters: filters(&q.filters),
         order: sort_keys(&q.order),
         limit: q.limit,
-        after: q.after.as_ref().map(|a| a.iter().map(json).collect()),
+        after: q
+            .after
+            .as_ref()
+            .map(|a| a.iter().map(wire::value).collect()),
         lock: q.lock,
         embeds: embeds(&q.include),
     }
@@ -137,17 +140,18 @@ fn error(e: types::StorageError) -> StorageError {
     }
 }
 
-fn row(text: &str) -> Result<Row, StorageError> {
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(m)) => Ok(m),
-        _ => Err(StorageError::Invalid {
-            message: "the host returned a row that is not a JSON object".into(),
-        }),
-    }
+fn decoded<T>(r: Result<T, wire::WireError>) -> Result<T, StorageError> {
+    r.map_err(|e| StorageError::Invalid {
+        message: format!("the host returned rows that cannot be decoded: {e}"),
+    })
 }
 
-fn rows(list: Vec<String>) -> Result<Vec<Row>, StorageError> {
-    list.iter().map(|t| row(t)).collect()
+fn row(bytes: &[u8]) -> Result<Row, StorageError> {
+    decoded(wire::to_row(bytes))
+}
+
+fn rows(bytes: &[u8]) -> Result<Vec<Row>, StorageError> {
+    decoded(wire::to_rows(bytes))
 }
 
 impl WitStorage {
@@ -193,7 +197,7 @@ impl ports::Storage for WitStorage {
             Some(t) => self.tx(t)?.read(entity, &q),
             None => storage::read(entity, &q),
         };
-        rows(list.map_err(error)?)
+        rows(&list.map_err(error)?)
     }
 
     fn read_counted(
@@ -208,7 +212,7 @@ impl ports::Storage for WitStorage {
             None => storage::read_counted(entity, &q),
         }
         .map_err(error)?;
-        Ok((rows(counted.rows)?, counted.total))
+        Ok((rows(&counted.rows)?, counted.total))
     }
 
     fn aggregate(
@@ -224,12 +228,12 @@ impl ports::Storage for WitStorage {
             Some(t) => self.tx(t)?.aggregate(entity, &f, group_by, &m),
             None => storage::aggregate(entity, &f, group_by, &m),
         };
-        rows(found.map_err(error)?)
+        rows(&found.map_err(error)?)
     }
 
     fn insert(&mut self, tx: TxId, entity: &str, r: &Row) -> Result<Row, StorageError> {
-        let text = json(r);
-        row(&self.tx(tx)?.insert(entity, &text).map_err(error)?)
+        let bytes = wire::row(r);
+        row(&self.tx(tx)?.insert(entity, &bytes).map_err(error)?)
     }
 
     fn update(
@@ -240,10 +244,10 @@ impl ports::Storage for WitStorage {
         expected_version: i64,
         changes: &Row,
     ) -> Result<Row, StorageError> {
-        let text = json(changes);
+        let bytes = wire::row(changes);
         row(&self
             .tx(tx)?
-            .update(entity, id, expected_version, &text)
+            .update(entity, id, expected_version, &bytes)
             .map_err(error)?)
     }
 

@@ -44,7 +44,7 @@ fn opened(id: Result<TxId, StorageError>) -> Res<Handle> {
 }
 
 impl GuestTransaction for Tx {
-    fn read(&self, entity: String, q: wit::Query) -> Res<Vec<String>> {
+    fn read(&self, entity: String, q: wit::Query) -> Res<Vec<u8>> {
         read_in(Some(self.id), &entity, q)
     }
 
@@ -58,11 +58,11 @@ impl GuestTransaction for Tx {
         list: Vec<wit::Filter>,
         group_by: Vec<String>,
         tallies: Vec<wit::Measure>,
-    ) -> Res<Vec<String>> {
+    ) -> Res<Vec<u8>> {
         aggregate_in(Some(self.id), &entity, list, &group_by, tallies)
     }
 
-    fn insert(&self, entity: String, row: String) -> Res<String> {
+    fn insert(&self, entity: String, row: Vec<u8>) -> Res<Vec<u8>> {
         let row = object(&row)?;
         one(world(|w| w.storage.insert(self.id, &entity, &row)))
     }
@@ -72,8 +72,8 @@ impl GuestTransaction for Tx {
         entity: String,
         id: String,
         expected_version: i64,
-        changes: String,
-    ) -> Res<String> {
+        changes: Vec<u8>,
+    ) -> Res<Vec<u8>> {
         let changes = object(&changes)?;
         one(world(|w| {
             w.storage
@@ -87,7 +87,7 @@ impl GuestTransaction for Tx {
         id: String,
         expected_version: i64,
         deleted_at: String,
-    ) -> Res<String> {
+    ) -> Res<Vec<u8>> {
         one(world(|w| {
             w.storage
                 .soft_delete(self.id, &entity, &id, expected_version, &deleted_at)
@@ -130,7 +130,7 @@ impl StorageGuest for Component {
         opened(world(|w| w.storage.begin(isolation(level), None)))
     }
 
-    fn read(entity: String, q: wit::Query) -> Res<Vec<String>> {
+    fn read(entity: String, q: wit::Query) -> Res<Vec<u8>> {
         read_in(None, &entity, q)
     }
 
@@ -143,7 +143,7 @@ impl StorageGuest for Component {
         list: Vec<wit::Filter>,
         group_by: Vec<String>,
         tallies: Vec<wit::Measure>,
-    ) -> Res<Vec<String>> {
+    ) -> Res<Vec<u8>> {
         aggregate_in(None, &entity, list, &group_by, tallies)
     }
 
@@ -190,14 +190,13 @@ impl From<StorageError> for wit::StorageError {
     }
 }
 
-fn one(r: Result<Row, StorageError>) -> Res<String> {
-    r.map(|row| sinew_core::hash::json_text(&row))
-        .map_err(error)
+fn one(r: Result<Row, StorageError>) -> Res<Vec<u8>> {
+    r.map(|row| ports::wire::row(&row)).map_err(error)
 }
 
 // The reads, in a transaction (`Some`) or outside one.
 
-fn read_in(tx: Option<TxId>, entity: &str, q: wit::Query) -> Res<Vec<String>> {
+fn read_in(tx: Option<TxId>, entity: &str, q: wit::Query) -> Res<Vec<u8>> {
     let q = query(q)?;
     rows(world(|w| w.storage.read(tx, entity, &q)))
 }
@@ -213,7 +212,7 @@ fn aggregate_in(
     list: Vec<wit::Filter>,
     group_by: &[String],
     tallies: Vec<wit::Measure>,
-) -> Res<Vec<String>> {
+) -> Res<Vec<u8>> {
     let (f, m) = (filters(list)?, measures(tallies));
     rows(world(|w| w.storage.aggregate(tx, entity, &f, group_by, &m)))
 }
@@ -226,11 +225,6 @@ fn counted(r: Result<(Vec<Row>, u64), StorageError>) -> Res<wit::Counted> {
     })
 }
 
-fn rows(r: Result<Vec<Row>, StorageError>) -> Res<Vec<String>> {
-    r.map(|list| {
-        list.into_iter()
-            .map(|row| sinew_core::hash::json_text(&row))
-            .collect()
-    })
-    .map_err(error)
+fn rows(r: Result<Vec<Row>, StorageError>) -> Res<Vec<u8>> {
+    r.map(|list| ports::wire::rows(&list)).map_err(error)
 }

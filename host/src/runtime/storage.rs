@@ -208,9 +208,14 @@ impl StorageBackend for MemoryBackend {
 
 sinew_core::wit_storage_conversions!();
 
-/// A row's JSON text.
-fn text(r: Row) -> String {
-    sinew_core::hash::json_text(&r)
+/// A row in the row encoding.
+fn text(r: Row) -> Vec<u8> {
+    sinew_core::ports::wire::row(&r)
+}
+
+/// Rows in the row encoding.
+fn encoded(list: Vec<Row>) -> Vec<u8> {
+    sinew_core::ports::wire::rows(&list)
 }
 
 type Res<T> = wasmtime::Result<Result<T, wit::StorageError>>;
@@ -235,12 +240,7 @@ impl HostState {
 
 /// The reads, in a transaction (`Some`) or outside one.
 impl HostState {
-    async fn read_in(
-        &mut self,
-        tx: Option<u64>,
-        entity: String,
-        q: wit::Query,
-    ) -> Res<Vec<String>> {
+    async fn read_in(&mut self, tx: Option<u64>, entity: String, q: wit::Query) -> Res<Vec<u8>> {
         let q = match query(q) {
             Ok(q) => q,
             Err(e) => return Ok(Err(error(e))),
@@ -250,7 +250,7 @@ impl HostState {
             .storage
             .read(tx, &entity, &q)
             .await
-            .map(|rows| rows.into_iter().map(text).collect())
+            .map(encoded)
             .map_err(error))
     }
 
@@ -280,7 +280,7 @@ impl HostState {
         list: Vec<wit::Filter>,
         group_by: Vec<String>,
         tallies: Vec<wit::Measure>,
-    ) -> Res<Vec<String>> {
+    ) -> Res<Vec<u8>> {
         let f = match filters(list) {
             Ok(f) => f,
             Err(e) => return Ok(Err(error(e))),
@@ -290,20 +290,20 @@ impl HostState {
             .storage
             .aggregate(tx, &entity, &f, &group_by, &measures(tallies))
             .await
-            .map(|rows| rows.into_iter().map(text).collect())
+            .map(encoded)
             .map_err(error))
     }
 }
 
 fn counted((rows, total): (Vec<Row>, u64)) -> wit::Counted {
     wit::Counted {
-        rows: rows.into_iter().map(text).collect(),
+        rows: encoded(rows),
         total,
     }
 }
 
 impl HostTransaction for HostState {
-    async fn read(&mut self, t: Resource<Tx>, entity: String, q: wit::Query) -> Res<Vec<String>> {
+    async fn read(&mut self, t: Resource<Tx>, entity: String, q: wit::Query) -> Res<Vec<u8>> {
         let id = self.tx_id(&t)?;
         self.read_in(Some(id), entity, q).await
     }
@@ -325,13 +325,13 @@ impl HostTransaction for HostState {
         list: Vec<wit::Filter>,
         group_by: Vec<String>,
         tallies: Vec<wit::Measure>,
-    ) -> Res<Vec<String>> {
+    ) -> Res<Vec<u8>> {
         let id = self.tx_id(&t)?;
         self.aggregate_in(Some(id), entity, list, group_by, tallies)
             .await
     }
 
-    async fn insert(&mut self, t: Resource<Tx>, entity: String, row: String) -> Res<String> {
+    async fn insert(&mut self, t: Resource<Tx>, entity: String, row: Vec<u8>) -> Res<Vec<u8>> {
         let id = self.tx_id(&t)?;
         let row = match object(&row) {
             Ok(r) => r,
@@ -352,8 +352,8 @@ impl HostTransaction for HostState {
         entity: String,
         row_id: String,
         version: i64,
-        changes: String,
-    ) -> Res<String> {
+        changes: Vec<u8>,
+    ) -> Res<Vec<u8>> {
         let id = self.tx_id(&t)?;
         let changes = match object(&changes) {
             Ok(r) => r,
@@ -375,7 +375,7 @@ impl HostTransaction for HostState {
         row_id: String,
         version: i64,
         at: String,
-    ) -> Res<String> {
+    ) -> Res<Vec<u8>> {
         let id = self.tx_id(&t)?;
         Ok(self
             .backends
@@ -466,7 +466,7 @@ impl Host for HostState {
         self.open(r).await
     }
 
-    async fn read(&mut self, entity: String, q: wit::Query) -> Res<Vec<String>> {
+    async fn read(&mut self, entity: String, q: wit::Query) -> Res<Vec<u8>> {
         self.read_in(None, entity, q).await
     }
 
@@ -480,7 +480,7 @@ impl Host for HostState {
         list: Vec<wit::Filter>,
         group_by: Vec<String>,
         tallies: Vec<wit::Measure>,
-    ) -> Res<Vec<String>> {
+    ) -> Res<Vec<u8>> {
         self.aggregate_in(None, entity, list, group_by, tallies)
             .await
     }
