@@ -662,7 +662,11 @@ impl<'a> Run<'a> {
             let mut m = crate::expr::value::Map::default();
             m.insert(
                 "rows".into(),
-                Value::List(rows.iter().map(|r| self.row_value(e, r, include)).collect()),
+                Value::List(
+                    rows.into_iter()
+                        .map(|r| self.row_value(e, r, include))
+                        .collect(),
+                ),
             );
             m.insert("next".into(), next.unwrap_or(Value::Null));
             if let Some(total) = total {
@@ -674,21 +678,24 @@ impl<'a> Run<'a> {
             return Ok(Value::Map(m));
         }
         let value = if one {
-            match rows.as_slice() {
-                [] => {
+            if rows.len() > 1 && limit != Some(1) {
+                return Err(Problem::new(
+                    Code::NotUnique,
+                    format!("more than one `{entity}` matches where one was expected"),
+                ));
+            }
+            match rows.into_iter().next() {
+                Some(row) => self.row_value(e, row, include),
+                None => {
                     return Err(Problem::new(Code::NotFound, format!("no such `{entity}`")));
-                }
-                [row] => self.row_value(e, row, include),
-                [row, ..] if limit == Some(1) => self.row_value(e, row, include),
-                _ => {
-                    return Err(Problem::new(
-                        Code::NotUnique,
-                        format!("more than one `{entity}` matches where one was expected"),
-                    ));
                 }
             }
         } else {
-            Value::List(rows.iter().map(|r| self.row_value(e, r, include)).collect())
+            Value::List(
+                rows.into_iter()
+                    .map(|r| self.row_value(e, r, include))
+                    .collect(),
+            )
         };
         Ok(value)
     }
@@ -1467,28 +1474,32 @@ impl<'a> Run<'a> {
     /// A row read with includes as a value: its columns and, under each
     /// include's name, the included row (or null) or rows, converted as
     /// rows of their own entity.
-    fn row_value(&self, e: &Entity, row: &Row, include: &[crate::model::Include]) -> Value {
+    fn row_value(&self, e: &Entity, row: Row, include: &[crate::model::Include]) -> Value {
         if include.is_empty() {
-            return row_to_value(e, row);
+            return rows::row_into_value(e, row);
         }
-        let mut m = crate::expr::value::Map::default();
+        let mut m =
+            crate::expr::value::Map::with_capacity_and_hasher(row.len(), Default::default());
         for (k, v) in row {
-            let Some(inc) = include.iter().find(|i| i.name == *k) else {
-                m.insert(k.clone(), rows::column_value(e, k, v));
+            let Some(inc) = include.iter().find(|i| i.name == k) else {
+                let v = rows::column_into_value(e, &k, v);
+                m.insert(k, v);
                 continue;
             };
             let target = inc.target(e).and_then(|t| self.bundle.spec.entities.get(t));
             let embedded = match (target, v) {
                 (Some(te), Json::Object(r)) => self.row_value(te, r, &inc.include),
                 (Some(te), Json::Array(list)) => Value::List(
-                    list.iter()
-                        .filter_map(Json::as_object)
-                        .map(|r| self.row_value(te, r, &inc.include))
+                    list.into_iter()
+                        .filter_map(|r| match r {
+                            Json::Object(r) => Some(self.row_value(te, r, &inc.include)),
+                            _ => None,
+                        })
                         .collect(),
                 ),
                 _ => Value::Null,
             };
-            m.insert(k.clone(), embedded);
+            m.insert(k, embedded);
         }
         Value::Map(m)
     }

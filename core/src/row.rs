@@ -32,6 +32,30 @@ pub(crate) fn row_to_value(e: &Entity, row: &Row) -> Value {
     )
 }
 
+/// [`row_to_value`] of a row no longer needed: its keys and text move into
+/// the value instead of being copied.
+pub(crate) fn row_into_value(e: &Entity, row: Row) -> Value {
+    let mut m = crate::expr::value::Map::with_capacity_and_hasher(row.len(), Default::default());
+    for (k, v) in row {
+        let v = column_into_value(e, &k, v);
+        m.insert(k, v);
+    }
+    Value::Map(m)
+}
+
+/// [`column_value`] of a column no longer needed.
+pub(crate) fn column_into_value(e: &Entity, k: &str, v: Json) -> Value {
+    match v {
+        Json::String(s) if looks_like_timestamp(&s) && is_timestamp_column(e, k) => {
+            match parse_timestamp(&s) {
+                Some(t) => Value::Timestamp(t),
+                None => Value::String(s),
+            }
+        }
+        other => Value::from_json_owned(other),
+    }
+}
+
 /// One column of a row of `e` as an expression value (a timestamp column's
 /// text as a timestamp).
 pub(crate) fn column_value(e: &Entity, k: &str, v: &Json) -> Value {

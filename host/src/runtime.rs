@@ -974,7 +974,7 @@ impl From<Response> for Reply {
             internal,
             escalated,
             status: r.status,
-            body: r.body.to_string(),
+            body: sinew_core::hash::json_text(&r.body),
         }
     }
 }

@@ -117,7 +117,7 @@ impl ExecutorGuest for Component {
         Self::with_bundle(|bundle| {
             bundle
                 .complete_row(&entity, &given, now_ms)
-                .map(|r| ports::json(&r))
+                .map(|r| sinew_core::hash::object_text(&r))
                 .map_err(|m| error("seed", m, &format!("/entities/{entity}")))
         })
     }

@@ -84,6 +84,25 @@ impl Value {
         }
     }
 
+    /// [`Value::from_json`] of JSON no longer needed: strings and keys move
+    /// instead of being copied.
+    pub fn from_json_owned(v: serde_json::Value) -> Value {
+        match v {
+            serde_json::Value::String(s) => Value::String(s),
+            serde_json::Value::Array(a) => {
+                Value::List(a.into_iter().map(Value::from_json_owned).collect())
+            }
+            serde_json::Value::Object(m) => {
+                let mut out = Map::with_capacity_and_hasher(m.len(), Default::default());
+                for (k, v) in m {
+                    out.insert(k, Value::from_json_owned(v));
+                }
+                Value::Map(out)
+            }
+            other => Value::from_json(&other),
+        }
+    }
+
     /// Converts to JSON: timestamps as RFC 3339 text, durations as seconds
     /// (`"90s"`). Fails on NaN and infinities, which JSON cannot hold.
     pub fn to_json(&self) -> Result<serde_json::Value, String> {
@@ -173,38 +192,51 @@ pub fn format_timestamp(micros: i64) -> String {
     let secs = rem / 1_000_000;
     let frac = rem % 1_000_000;
     let (hh, mm, ss) = (secs / 3600, secs / 60 % 60, secs % 60);
-    let mut out = String::with_capacity(27);
     if (0..=9999).contains(&y) {
-        // Digits by hand: rows carry several timestamps each, and `write!`
-        // was a tenth of a paged read's interpreter time.
-        push_digits(&mut out, y, 4);
-        for (n, sep) in [(m, '-'), (d, '-'), (hh, 'T'), (mm, ':'), (ss, ':')] {
-            out.push(sep);
-            push_digits(&mut out, n, 2);
+        // Digits by hand into a fixed buffer: rows carry several timestamps
+        // each, and `write!` (then a `char` push per digit) was a tenth of a
+        // paged read's interpreter time.
+        let mut b = *b"0000-00-00T00:00:00.000000Z";
+        let digit = |n: i64| b'0' + (n % 10) as u8;
+        b[0] = digit(y / 1000);
+        b[1] = digit(y / 100);
+        b[2] = digit(y / 10);
+        b[3] = digit(y);
+        for (at, n) in [(5, m), (8, d), (11, hh), (14, mm), (17, ss)] {
+            b[at] = digit(n / 10);
+            b[at + 1] = digit(n);
         }
-    } else {
-        use std::fmt::Write;
-        let _ = write!(out, "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}");
+        let mut end = 19;
+        if frac != 0 {
+            let mut f = frac;
+            for at in (20..26).rev() {
+                b[at] = digit(f);
+                f /= 10;
+            }
+            end = 26;
+            while b[end - 1] == b'0' {
+                end -= 1;
+            }
+        }
+        b[end] = b'Z';
+        // Only ASCII digits and separators were written.
+        return std::str::from_utf8(&b[..=end])
+            .unwrap_or_default()
+            .to_owned();
     }
+    use std::fmt::Write;
+    let mut out = String::with_capacity(32);
+    let _ = write!(out, "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}");
     if frac != 0 {
         let (mut f, mut width) = (frac, 6);
         while f % 10 == 0 {
             f /= 10;
             width -= 1;
         }
-        out.push('.');
-        push_digits(&mut out, f, width);
+        let _ = write!(out, ".{f:0width$}");
     }
     out.push('Z');
     out
-}
-
-/// The last `width` decimal digits of `n` (≥ 0), zero-padded.
-fn push_digits(out: &mut String, n: i64, width: u32) {
-    for p in (0..width).rev() {
-        let digit = n / 10i64.pow(p) % 10;
-        out.push(char::from(b'0' + u8::try_from(digit).unwrap_or(0)));
-    }
 }
 
 /// Parses RFC 3339 (`2026-01-01T10:00:00Z`, `…T10:00:00.5+02:00`; a space
