@@ -37,63 +37,69 @@ impl Hasher for IdHasher {
 /// printing a page of rows in the component (where there is no SIMD). Here
 /// strings are scanned eight bytes at a time and copied in runs.
 pub fn json_text(v: &Value) -> String {
-    let mut out = Vec::with_capacity(128);
+    let mut out = String::with_capacity(128);
     write_json(v, &mut out);
-    // Only valid UTF-8 was written: the strings' own bytes and ASCII.
-    String::from_utf8(out).unwrap_or_default()
+    out
 }
 
-fn write_json(v: &Value, out: &mut Vec<u8>) {
+fn write_json(v: &Value, out: &mut String) {
     match v {
-        Value::Null => out.extend_from_slice(b"null"),
-        Value::Bool(true) => out.extend_from_slice(b"true"),
-        Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::Number(n) => {
-            let _ = serde_json::to_writer(&mut *out, n);
-        }
+        Value::Null => out.push_str("null"),
+        Value::Bool(true) => out.push_str("true"),
+        Value::Bool(false) => out.push_str("false"),
+        Value::Number(n) => write_number(n, out),
         Value::String(s) => write_str(s, out),
         Value::Array(a) => {
-            out.push(b'[');
+            out.push('[');
             for (i, x) in a.iter().enumerate() {
                 if i > 0 {
-                    out.push(b',');
+                    out.push(',');
                 }
                 write_json(x, out);
             }
-            out.push(b']');
+            out.push(']');
         }
         Value::Object(m) => write_object(m, out),
     }
 }
 
-fn write_object(m: &serde_json::Map<String, Value>, out: &mut Vec<u8>) {
-    out.push(b'{');
+fn write_object(m: &serde_json::Map<String, Value>, out: &mut String) {
+    out.push('{');
     for (i, (k, x)) in m.iter().enumerate() {
         if i > 0 {
-            out.push(b',');
+            out.push(',');
         }
         write_str(k, out);
-        out.push(b':');
+        out.push(':');
         write_json(x, out);
     }
-    out.push(b'}');
+    out.push('}');
 }
 
 /// [`json_text`] of an object (a row).
 pub fn object_text(m: &serde_json::Map<String, Value>) -> String {
-    let mut out = Vec::with_capacity(128);
+    let mut out = String::with_capacity(128);
     write_object(m, &mut out);
-    String::from_utf8(out).unwrap_or_default()
+    out
+}
+
+/// A number as `serde_json` writes it (through a buffer on the stack: a
+/// number is at most 24 bytes of text).
+fn write_number(n: &serde_json::Number, out: &mut String) {
+    let mut buf = std::io::Cursor::new([0u8; 40]);
+    let _ = serde_json::to_writer(&mut buf, n);
+    let len = usize::try_from(buf.position()).unwrap_or(0);
+    out.push_str(std::str::from_utf8(&buf.get_ref()[..len]).unwrap_or("0"));
 }
 
 /// A JSON string as `serde_json` writes it: `"` and `\` escaped, the
 /// control characters as `\b \t \n \f \r` or `\u00xx`, everything
 /// else (non-ASCII included) as it is.
-fn write_str(s: &str, out: &mut Vec<u8>) {
+fn write_str(s: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let b = s.as_bytes();
     out.reserve(b.len() + 2);
-    out.push(b'"');
+    out.push('"');
     let (mut start, mut i) = (0, 0);
     while i < b.len() {
         // Skip eight bytes at a time while none needs escaping: no byte
@@ -112,68 +118,70 @@ fn write_str(s: &str, out: &mut Vec<u8>) {
             i += 8;
         }
         let Some(&c) = b.get(i) else { break };
-        let escape: &[u8] = match c {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0x00..=0x1f => b"",
+        let escape = match c {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0x00..=0x1f => "",
             _ => {
                 i += 1;
                 continue;
             }
         };
-        out.extend_from_slice(&b[start..i]);
+        // `i` is at an ASCII byte, `start` just after one: both are
+        // character boundaries.
+        out.push_str(s.get(start..i).unwrap_or_default());
         if escape.is_empty() {
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[usize::from(c >> 4)]);
-            out.push(HEX[usize::from(c & 0xf)]);
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(c >> 4)]));
+            out.push(char::from(HEX[usize::from(c & 0xf)]));
         } else {
-            out.extend_from_slice(escape);
+            out.push_str(escape);
         }
         i += 1;
         start = i;
     }
-    out.extend_from_slice(&b[start..]);
-    out.push(b'"');
+    out.push_str(s.get(start..).unwrap_or_default());
+    out.push('"');
 }
 
 /// Canonical JSON: object keys sorted at every level, no spaces. Written
 /// directly (no sorted copy of the value is built).
 pub fn canonical(v: &Value) -> String {
-    let mut out = Vec::with_capacity(256);
+    let mut out = String::with_capacity(256);
     write_canonical(v, &mut out);
-    String::from_utf8(out).unwrap_or_default()
+    out
 }
 
-fn write_canonical(v: &Value, out: &mut Vec<u8>) {
+fn write_canonical(v: &Value, out: &mut String) {
     match v {
         Value::Object(m) => {
             let mut keys: Vec<(&String, &Value)> = m.iter().collect();
             keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            out.push(b'{');
+            out.push('{');
             for (i, (k, x)) in keys.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b',');
+                    out.push(',');
                 }
                 write_str(k, out);
-                out.push(b':');
+                out.push(':');
                 write_canonical(x, out);
             }
-            out.push(b'}');
+            out.push('}');
         }
         Value::Array(a) => {
-            out.push(b'[');
+            out.push('[');
             for (i, x) in a.iter().enumerate() {
                 if i > 0 {
-                    out.push(b',');
+                    out.push(',');
                 }
                 write_canonical(x, out);
             }
-            out.push(b']');
+            out.push(']');
         }
         other => write_json(other, out),
     }
