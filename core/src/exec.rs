@@ -619,27 +619,22 @@ impl<'a> Run<'a> {
             include: embeds,
         };
         let tx = self.current_tx();
-        let (mut rows, total) = if *count {
-            let (rows, total) = self
-                .storage
-                .read_counted(tx, entity, &query)
-                .map_err(storage_problem)?;
-            (rows, Some(total))
-        } else {
-            let rows = self
-                .storage
-                .read(tx, entity, &query)
-                .map_err(storage_problem)?;
-            (rows, None)
-        };
+        let shape = RowShape::new(self.bundle, e, include);
+        let (mut rows, total) = self
+            .storage
+            .read_values(tx, entity, &query, *count, &shape)
+            .map_err(storage_problem)?;
         self.count_rows(rows.len() as u64 + included_rows(&rows, include), 0)?;
         if lock {
             let owner = e.owner.as_ref().map(|o| o.field.as_str());
             if let Some(t) = self.open.last_mut() {
                 for r in &rows {
-                    if let Some(id) = r.get("id").and_then(Json::as_str) {
-                        let o = owner.and_then(|f| r.get(f)).cloned().unwrap_or(Json::Null);
-                        t.locked.insert((entity.clone(), id.to_owned()), o);
+                    if let Some(Value::String(id)) = field_of(r, "id") {
+                        let o = owner
+                            .and_then(|f| field_of(r, f))
+                            .and_then(|v| v.to_json().ok())
+                            .unwrap_or(Json::Null);
+                        t.locked.insert((entity.clone(), id.clone()), o);
                     }
                 }
             }
@@ -652,7 +647,11 @@ impl<'a> Run<'a> {
                         let keys = query
                             .order
                             .iter()
-                            .map(|k| last.get(&k.field).cloned().unwrap_or(Json::Null))
+                            .map(|k| {
+                                field_of(last, &k.field)
+                                    .and_then(|v| v.to_json().ok())
+                                    .unwrap_or(Json::Null)
+                            })
                             .collect();
                         Value::String(crate::cursor::encode(&read_id, keys))
                     })
@@ -660,14 +659,7 @@ impl<'a> Run<'a> {
                 _ => None,
             };
             let mut m = crate::expr::value::Map::default();
-            m.insert(
-                "rows".into(),
-                Value::List(
-                    rows.into_iter()
-                        .map(|r| self.row_value(e, r, include))
-                        .collect(),
-                ),
-            );
+            m.insert("rows".into(), Value::List(rows));
             m.insert("next".into(), next.unwrap_or(Value::Null));
             if let Some(total) = total {
                 m.insert(
@@ -685,17 +677,13 @@ impl<'a> Run<'a> {
                 ));
             }
             match rows.into_iter().next() {
-                Some(row) => self.row_value(e, row, include),
+                Some(row) => row,
                 None => {
                     return Err(Problem::new(Code::NotFound, format!("no such `{entity}`")));
                 }
             }
         } else {
-            Value::List(
-                rows.into_iter()
-                    .map(|r| self.row_value(e, r, include))
-                    .collect(),
-            )
+            Value::List(rows)
         };
         Ok(value)
     }
@@ -1471,39 +1459,6 @@ impl<'a> Run<'a> {
         Ok(out)
     }
 
-    /// A row read with includes as a value: its columns and, under each
-    /// include's name, the included row (or null) or rows, converted as
-    /// rows of their own entity.
-    fn row_value(&self, e: &Entity, row: Row, include: &[crate::model::Include]) -> Value {
-        if include.is_empty() {
-            return rows::row_into_value(e, row);
-        }
-        let mut m =
-            crate::expr::value::Map::with_capacity_and_hasher(row.len(), Default::default());
-        for (k, v) in row {
-            let Some(inc) = include.iter().find(|i| i.name == k) else {
-                let v = rows::column_into_value(e, &k, v);
-                m.insert(k, v);
-                continue;
-            };
-            let target = inc.target(e).and_then(|t| self.bundle.spec.entities.get(t));
-            let embedded = match (target, v) {
-                (Some(te), Json::Object(r)) => self.row_value(te, r, &inc.include),
-                (Some(te), Json::Array(list)) => Value::List(
-                    list.into_iter()
-                        .filter_map(|r| match r {
-                            Json::Object(r) => Some(self.row_value(te, r, &inc.include)),
-                            _ => None,
-                        })
-                        .collect(),
-                ),
-                _ => Value::Null,
-            };
-            m.insert(k, embedded);
-        }
-        Value::Map(m)
-    }
-
     /// A `where`'s members as the storage's predicates: each value
     /// evaluated, each member whose `when` is false left out (a combinator
     /// left without members is left out too).
@@ -1888,23 +1843,69 @@ fn sort_keys(order_by: &[crate::model::Order]) -> Vec<SortKey> {
 }
 
 /// How many rows the includes of `rows` embed, at every depth.
-fn included_rows(rows: &[Row], include: &[crate::model::Include]) -> u64 {
+fn included_rows(rows: &[Value], include: &[crate::model::Include]) -> u64 {
     rows.iter().map(|r| embedded_in(r, include)).sum()
 }
 
 /// How many rows the includes of one row embed, at every depth.
-fn embedded_in(row: &Row, include: &[crate::model::Include]) -> u64 {
+fn embedded_in(row: &Value, include: &[crate::model::Include]) -> u64 {
     let mut n = 0;
     for inc in include {
-        let nested = |r: &Json| {
-            r.as_object()
-                .map_or(0, |r| 1 + embedded_in(r, &inc.include))
+        let nested = |r: &Value| match r {
+            Value::Map(_) => 1 + embedded_in(r, &inc.include),
+            _ => 0,
         };
-        n += match row.get(&inc.name) {
-            Some(one @ Json::Object(_)) => nested(one),
-            Some(Json::Array(list)) => list.iter().map(nested).sum(),
+        n += match field_of(row, &inc.name) {
+            Some(one @ Value::Map(_)) => nested(one),
+            Some(Value::List(list)) => list.iter().map(nested).sum(),
             _ => 0,
         };
     }
     n
+}
+
+/// A column of a row read (a map value).
+fn field_of<'v>(row: &'v Value, field: &str) -> Option<&'v Value> {
+    match row {
+        Value::Map(m) => m.get(field),
+        _ => None,
+    }
+}
+
+/// The shape of a read's rows ([`crate::ports::Shape`]): its entity's
+/// timestamp columns, and its includes, each in the shape of its entity.
+struct RowShape<'a> {
+    entity: &'a Entity,
+    includes: Vec<(&'a str, Option<RowShape<'a>>)>,
+}
+
+impl<'a> RowShape<'a> {
+    fn new(bundle: &'a Bundle, e: &'a Entity, include: &'a [crate::model::Include]) -> Self {
+        RowShape {
+            entity: e,
+            includes: include
+                .iter()
+                .map(|inc| {
+                    let target = inc.target(e).and_then(|t| bundle.spec.entities.get(t));
+                    (
+                        inc.name.as_str(),
+                        target.map(|te| RowShape::new(bundle, te, &inc.include)),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+impl crate::ports::Shape for RowShape<'_> {
+    fn timestamp(&self, column: &str) -> bool {
+        rows::is_timestamp_column(self.entity, column)
+    }
+
+    fn include(&self, key: &str) -> Option<Option<&dyn crate::ports::Shape>> {
+        self.includes
+            .iter()
+            .find(|(name, _)| *name == key)
+            .map(|(_, s)| s.as_ref().map(|s| s as &dyn crate::ports::Shape))
+    }
 }

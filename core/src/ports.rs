@@ -447,6 +447,59 @@ pub enum Claim {
     InFlight,
 }
 
+/// How a read's rows become the interpreter's values: which columns hold
+/// timestamps (their RFC 3339 text becomes a timestamp) and which keys hold
+/// included rows, in a shape of their own.
+pub trait Shape {
+    /// Whether `column` holds timestamps.
+    fn timestamp(&self, column: &str) -> bool;
+    /// `None` when `key` is a column; `Some(shape)` when it holds included
+    /// rows (one object, or a list of them), `Some(None)` when those rows'
+    /// entity is unknown (they become `null`).
+    fn include(&self, key: &str) -> Option<Option<&dyn Shape>>;
+}
+
+/// A row read as the interpreter's value, in `shape`: every storage's rows
+/// become values through this or through [`wire::Decoder::shaped`], which
+/// gives the same values straight from the component's encoding.
+pub fn shaped(shape: &dyn Shape, row: Row) -> crate::expr::Value {
+    use crate::expr::Value as V;
+    let mut m = crate::expr::value::Map::with_capacity_and_hasher(row.len(), Default::default());
+    for (k, v) in row {
+        let v = match shape.include(&k) {
+            None => column(shape, &k, v),
+            Some(None) => V::Null,
+            Some(Some(inner)) => match v {
+                Value::Object(r) => shaped(inner, r),
+                Value::Array(list) => V::List(
+                    list.into_iter()
+                        .filter_map(|r| match r {
+                            Value::Object(r) => Some(shaped(inner, r)),
+                            _ => None,
+                        })
+                        .collect(),
+                ),
+                _ => V::Null,
+            },
+        };
+        m.insert(k, v);
+    }
+    V::Map(m)
+}
+
+fn column(shape: &dyn Shape, k: &str, v: Value) -> crate::expr::Value {
+    use crate::expr::value::{looks_like_timestamp, parse_timestamp};
+    match v {
+        Value::String(s) if looks_like_timestamp(&s) && shape.timestamp(k) => {
+            match parse_timestamp(&s) {
+                Some(t) => crate::expr::Value::Timestamp(t),
+                None => crate::expr::Value::String(s),
+            }
+        }
+        other => crate::expr::Value::from_json_owned(other),
+    }
+}
+
 /// Typed database operations. Writes happen inside a transaction; reads may
 /// happen outside one (`tx` is `None`).
 pub trait Storage {
@@ -468,6 +521,26 @@ pub trait Storage {
         entity: &str,
         query: &Query,
     ) -> Result<(Vec<Row>, u64), StorageError>;
+    /// `read` (or with `count`, `read_counted`), each row as the
+    /// interpreter's value in `shape`. Storages holding rows as JSON convert
+    /// them with [`shaped`] (this default); the component's decodes its
+    /// rows straight into values.
+    fn read_values(
+        &mut self,
+        tx: Option<TxId>,
+        entity: &str,
+        query: &Query,
+        count: bool,
+        shape: &dyn Shape,
+    ) -> Result<(Vec<crate::expr::Value>, Option<u64>), StorageError> {
+        let (rows, total) = if count {
+            let (rows, total) = self.read_counted(tx, entity, query)?;
+            (rows, Some(total))
+        } else {
+            (self.read(tx, entity, query)?, None)
+        };
+        Ok((rows.into_iter().map(|r| shaped(shape, r)).collect(), total))
+    }
     /// The groups of the live rows of `entity` that `filters` match (by the
     /// values of `group_by`; nulls make one group; no `group_by`: one group
     /// of every row, even of none), each a row of its `group_by` values and

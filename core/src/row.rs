@@ -5,22 +5,17 @@ use crate::hash::is_uuid;
 use serde_json::Value as Json;
 
 use crate::expr::Value;
-use crate::expr::value::{format_timestamp, parse_timestamp};
+use crate::expr::value::{format_timestamp, looks_like_timestamp, parse_timestamp};
 use crate::model::{Entity, FieldType};
 use crate::ports::Row;
 use crate::problem::{Code, Problem};
 
-fn is_timestamp_column(e: &Entity, field: &str) -> bool {
+/// Whether `field` of `e` holds timestamps (the implicit ones included).
+pub(crate) fn is_timestamp_column(e: &Entity, field: &str) -> bool {
     matches!(field, "created_at" | "updated_at" | "deleted_at")
         || e.fields
             .get(field)
             .is_some_and(|f| f.ty == FieldType::Timestamp)
-}
-
-/// A cheap shape test before the column lookup: `YYYY-MM-DDT…`.
-fn looks_like_timestamp(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() >= 20 && b.get(4) == Some(&b'-') && b.get(7) == Some(&b'-')
 }
 
 /// A row as an expression value: timestamp columns become timestamps.
@@ -30,30 +25,6 @@ pub(crate) fn row_to_value(e: &Entity, row: &Row) -> Value {
             .map(|(k, v)| (k.clone(), column_value(e, k, v)))
             .collect(),
     )
-}
-
-/// [`row_to_value`] of a row no longer needed: its keys and text move into
-/// the value instead of being copied.
-pub(crate) fn row_into_value(e: &Entity, row: Row) -> Value {
-    let mut m = crate::expr::value::Map::with_capacity_and_hasher(row.len(), Default::default());
-    for (k, v) in row {
-        let v = column_into_value(e, &k, v);
-        m.insert(k, v);
-    }
-    Value::Map(m)
-}
-
-/// [`column_value`] of a column no longer needed.
-pub(crate) fn column_into_value(e: &Entity, k: &str, v: Json) -> Value {
-    match v {
-        Json::String(s) if looks_like_timestamp(&s) && is_timestamp_column(e, k) => {
-            match parse_timestamp(&s) {
-                Some(t) => Value::Timestamp(t),
-                None => Value::String(s),
-            }
-        }
-        other => Value::from_json_owned(other),
-    }
 }
 
 /// One column of a row of `e` as an expression value (a timestamp column's

@@ -215,6 +215,34 @@ impl ports::Storage for WitStorage {
         Ok((rows(&counted.rows)?, counted.total))
     }
 
+    /// The rows decoded straight into the interpreter's values: no JSON
+    /// rows are built on this side of the boundary.
+    fn read_values(
+        &mut self,
+        tx: Option<TxId>,
+        entity: &str,
+        q: &Query,
+        count: bool,
+        shape: &dyn ports::Shape,
+    ) -> Result<(Vec<sinew_core::expr::Value>, Option<u64>), StorageError> {
+        let q = query(q);
+        let (bytes, total) = if count {
+            let counted = match tx {
+                Some(t) => self.tx(t)?.read_counted(entity, &q),
+                None => storage::read_counted(entity, &q),
+            }
+            .map_err(error)?;
+            (counted.rows, Some(counted.total))
+        } else {
+            let rows = match tx {
+                Some(t) => self.tx(t)?.read(entity, &q),
+                None => storage::read(entity, &q),
+            };
+            (rows.map_err(error)?, None)
+        };
+        Ok((decoded(wire::to_shaped_rows(&bytes, shape))?, total))
+    }
+
     fn aggregate(
         &mut self,
         tx: Option<TxId>,

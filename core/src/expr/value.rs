@@ -239,6 +239,12 @@ pub fn format_timestamp(micros: i64) -> String {
     out
 }
 
+/// A cheap shape test before a column lookup: `YYYY-MM-DDT…`.
+pub fn looks_like_timestamp(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() >= 20 && b.get(4) == Some(&b'-') && b.get(7) == Some(&b'-')
+}
+
 /// Parses RFC 3339 (`2026-01-01T10:00:00Z`, `…T10:00:00.5+02:00`; a space
 /// instead of `T` and lowercase `t`/`z` are accepted) into microseconds.
 pub fn parse_timestamp(s: &str) -> Option<i64> {
