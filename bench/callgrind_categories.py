@@ -19,7 +19,8 @@ import sys
 
 GUEST = [
     ("guest: allocator", r"talc|__rust_alloc|__rust_dealloc|__rust_realloc|no_alloc_shim|finish_grow|RawVec"),
-    ("guest: JSON text (serde_json parse/print, fmt)", r"serde_json|core3fmt|fmt5Write|Formatter|write_all|std2io|from_ascii_radix|pad_integral"),
+    ("guest: JSON text (serde_json parse/print, fmt)", r"serde_json|core3fmt|fmt5Write|Formatter|write_all|std2io|from_ascii_radix|pad_integral|4hash9write_str|4hash10write_json|write_object|write_number"),
+    ("guest: row encoding (decoding rows, encoding writes)", r"ports4wire"),
     ("guest: hashing (SipHash, SHA-256)", r"sip|sha2|hash_one|BuildHasher"),
     ("guest: maps (indexmap, hashbrown)", r"indexmap|hashbrown"),
     ("guest: copies, compares, clones, drops", r"memcmp|bcmp|memcpy|memmove|memset|memory_copy|memory_fill|Clone|clone|drop_in_place"),
@@ -27,7 +28,8 @@ GUEST = [
 ]
 HOST = [
     ("host: allocator (mimalloc)", r"mi_|_mi_"),
-    ("host: JSON text", r"serde_json|fmt|Formatter|write_str|from_ascii"),
+    ("host: JSON text", r"serde_json|fmt|Formatter|write_str|write_json|from_ascii"),
+    ("host: row encoding", r"ports::wire"),
     ("host: hashing (audit chain SHA-256, SipHash)", r"sha2|sip|hash"),
     ("host: maps", r"indexmap|hashbrown"),
     ("host: copies, compares, clones, drops", r"memcmp|memcpy|memmove|memset|clone|Clone|drop_in_place"),
