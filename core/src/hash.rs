@@ -89,7 +89,8 @@ fn write_number(n: &serde_json::Number, out: &mut String) {
     let mut buf = std::io::Cursor::new([0u8; 40]);
     let _ = serde_json::to_writer(&mut buf, n);
     let len = usize::try_from(buf.position()).unwrap_or(0);
-    out.push_str(std::str::from_utf8(&buf.get_ref()[..len]).unwrap_or("0"));
+    let text = buf.get_ref().get(..len).unwrap_or_default();
+    out.push_str(std::str::from_utf8(text).unwrap_or("0"));
 }
 
 /// A JSON string as `serde_json` writes it: `"` and `\` escaped, the
@@ -104,10 +105,8 @@ fn write_str(s: &str, out: &mut String) {
     while i < b.len() {
         // Skip eight bytes at a time while none needs escaping: no byte
         // below 0x20, no `"` (0x22), no `\` (0x5c).
-        while let Some(chunk) = b.get(i..i + 8) {
-            let w = u64::from_le_bytes([
-                chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7],
-            ]);
+        while let Some(Ok(chunk)) = b.get(i..i + 8).map(<[u8; 8]>::try_from) {
+            let w = u64::from_le_bytes(chunk);
             const ONES: u64 = 0x0101_0101_0101_0101;
             const HIGH: u64 = 0x8080_8080_8080_8080;
             let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
@@ -137,8 +136,10 @@ fn write_str(s: &str, out: &mut String) {
         out.push_str(s.get(start..i).unwrap_or_default());
         if escape.is_empty() {
             out.push_str("\\u00");
-            out.push(char::from(HEX[usize::from(c >> 4)]));
-            out.push(char::from(HEX[usize::from(c & 0xf)]));
+            for nibble in [c >> 4, c & 0xf] {
+                let h = HEX.get(usize::from(nibble)).copied().unwrap_or(b'0');
+                out.push(char::from(h));
+            }
         } else {
             out.push_str(escape);
         }

@@ -196,33 +196,51 @@ pub fn format_timestamp(micros: i64) -> String {
         // Digits by hand into a fixed buffer: rows carry several timestamps
         // each, and `write!` (then a `char` push per digit) was a tenth of a
         // paged read's interpreter time.
-        let mut b = *b"0000-00-00T00:00:00.000000Z";
         let digit = |n: i64| b'0' + (n % 10) as u8;
-        b[0] = digit(y / 1000);
-        b[1] = digit(y / 100);
-        b[2] = digit(y / 10);
-        b[3] = digit(y);
-        for (at, n) in [(5, m), (8, d), (11, hh), (14, mm), (17, ss)] {
-            b[at] = digit(n / 10);
-            b[at + 1] = digit(n);
-        }
-        let mut end = 19;
+        let d2 = |n: i64| [digit(n / 10), digit(n)];
+        let (mo, da, ho, mi, se) = (d2(m), d2(d), d2(hh), d2(mm), d2(ss));
+        let head = [
+            digit(y / 1000),
+            digit(y / 100),
+            digit(y / 10),
+            digit(y),
+            b'-',
+            mo[0],
+            mo[1],
+            b'-',
+            da[0],
+            da[1],
+            b'T',
+            ho[0],
+            ho[1],
+            b':',
+            mi[0],
+            mi[1],
+            b':',
+            se[0],
+            se[1],
+        ];
+        let mut out = String::with_capacity(28);
+        // Only ASCII digits and separators were written.
+        out.push_str(std::str::from_utf8(&head).unwrap_or_default());
         if frac != 0 {
-            let mut f = frac;
-            for at in (20..26).rev() {
-                b[at] = digit(f);
+            let (mut f, mut width) = (frac, 6);
+            while f % 10 == 0 {
+                f /= 10;
+                width -= 1;
+            }
+            let mut digits = [b'0'; 6];
+            for slot in digits.iter_mut().take(width).rev() {
+                *slot = digit(f);
                 f /= 10;
             }
-            end = 26;
-            while b[end - 1] == b'0' {
-                end -= 1;
-            }
+            out.push('.');
+            out.push_str(
+                std::str::from_utf8(digits.get(..width).unwrap_or_default()).unwrap_or_default(),
+            );
         }
-        b[end] = b'Z';
-        // Only ASCII digits and separators were written.
-        return std::str::from_utf8(&b[..=end])
-            .unwrap_or_default()
-            .to_owned();
+        out.push('Z');
+        return out;
     }
     use std::fmt::Write;
     let mut out = String::with_capacity(32);

@@ -229,7 +229,10 @@ impl<'a> Decoder<'a> {
 
     fn text(&mut self) -> Result<&'a str, WireError> {
         let n = self.count()?;
-        let bytes = &self.bytes[self.at..self.at + n];
+        let bytes = self
+            .bytes
+            .get(self.at..self.at + n)
+            .ok_or(WireError("the buffer is cut short"))?;
         self.at += n;
         std::str::from_utf8(bytes).map_err(|_| WireError("a string is not UTF-8"))
     }
@@ -396,10 +399,11 @@ impl<'a> Decoder<'a> {
         if self.peek()? == STRING {
             self.at += 1;
             let s = self.text()?;
-            if looks_like_timestamp(s) && shape.timestamp(key) {
-                if let Some(t) = parse_timestamp(s) {
-                    return Ok(ExprValue::Timestamp(t));
-                }
+            if looks_like_timestamp(s)
+                && shape.timestamp(key)
+                && let Some(t) = parse_timestamp(s)
+            {
+                return Ok(ExprValue::Timestamp(t));
             }
             return Ok(ExprValue::String(s.to_owned()));
         }
