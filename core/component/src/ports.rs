@@ -17,6 +17,10 @@ use crate::sinew::executor::{clock, external, storage, types};
 pub struct WitStorage {
     txs: BTreeMap<u64, storage::Transaction>,
     next: u64,
+    /// The text of the last final audit entry appended: the contract
+    /// answers with the entry it appended last, so the response carries
+    /// this text instead of writing the entry a second time.
+    pub final_entry: Option<String>,
 }
 
 fn isolation(i: Isolation) -> types::Isolation {
@@ -303,11 +307,15 @@ impl ports::Storage for WitStorage {
 
     fn append_audit(&mut self, tx: Option<TxId>, entry: &Value) -> Result<(), StorageError> {
         let text = json(entry);
-        match tx {
+        let r = match tx {
             Some(t) => self.tx(t)?.append_audit(&text),
             None => storage::append_audit(&text),
         }
-        .map_err(error)
+        .map_err(error);
+        if entry.get("kind").and_then(Value::as_str) == Some("final") {
+            self.final_entry = Some(text);
+        }
+        r
     }
 
     fn claim_key(
