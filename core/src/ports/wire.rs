@@ -237,6 +237,23 @@ impl<'a> Decoder<'a> {
         std::str::from_utf8(bytes).map_err(|_| WireError("a string is not UTF-8"))
     }
 
+    /// A zigzag integer's payload.
+    fn int(&mut self) -> Result<i64, WireError> {
+        let z = self.leb()?;
+        Ok((z >> 1) as i64 ^ -((z & 1) as i64))
+    }
+
+    /// A double's eight bytes.
+    fn double(&mut self) -> Result<f64, WireError> {
+        let end = self.at + 8;
+        let bytes = self
+            .bytes
+            .get(self.at..end)
+            .ok_or(WireError("the buffer is cut short"))?;
+        self.at = end;
+        Ok(f64::from_le_bytes(bytes.try_into().unwrap_or_default()))
+    }
+
     /// One value.
     pub fn value(&mut self) -> Result<Value, WireError> {
         self.nested(0)
@@ -250,21 +267,11 @@ impl<'a> Decoder<'a> {
             NULL => Value::Null,
             FALSE => Value::Bool(false),
             TRUE => Value::Bool(true),
-            INT => {
-                let z = self.leb()?;
-                Value::Number(((z >> 1) as i64 ^ -((z & 1) as i64)).into())
-            }
+            INT => Value::Number(self.int()?.into()),
             UINT => Value::Number(self.leb()?.into()),
-            DOUBLE => {
-                let end = self.at + 8;
-                let bytes = self
-                    .bytes
-                    .get(self.at..end)
-                    .ok_or(WireError("the buffer is cut short"))?;
-                self.at = end;
-                let d = f64::from_le_bytes(bytes.try_into().unwrap_or_default());
-                Value::Number(Number::from_f64(d).ok_or(WireError("a number is not finite"))?)
-            }
+            DOUBLE => Value::Number(
+                Number::from_f64(self.double()?).ok_or(WireError("a number is not finite"))?,
+            ),
             STRING => Value::String(self.text()?.to_owned()),
             ARRAY => {
                 let n = self.count()?;
@@ -419,24 +426,12 @@ impl<'a> Decoder<'a> {
             NULL => ExprValue::Null,
             FALSE => ExprValue::Bool(false),
             TRUE => ExprValue::Bool(true),
-            INT => {
-                let z = self.leb()?;
-                ExprValue::Int((z >> 1) as i64 ^ -((z & 1) as i64))
-            }
+            INT => ExprValue::Int(self.int()?),
             UINT => ExprValue::Double(self.leb()? as f64),
-            DOUBLE => {
-                let end = self.at + 8;
-                let bytes = self
-                    .bytes
-                    .get(self.at..end)
-                    .ok_or(WireError("the buffer is cut short"))?;
-                self.at = end;
-                let d = f64::from_le_bytes(bytes.try_into().unwrap_or_default());
-                if !d.is_finite() {
-                    return Err(WireError("a number is not finite"));
-                }
-                ExprValue::Double(d)
-            }
+            DOUBLE => match self.double()? {
+                d if d.is_finite() => ExprValue::Double(d),
+                _ => return Err(WireError("a number is not finite")),
+            },
             STRING => ExprValue::String(self.text()?.to_owned()),
             ARRAY => {
                 let n = self.count()?;
