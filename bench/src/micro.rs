@@ -86,8 +86,9 @@ impl World {
         let mut s = self.store()?;
         let mut clock = FixedClock::new(NOW_MS);
         let mut ext = ScriptedExternal::default();
+        // What `sinew serve --native` does with a response (as `count`).
         batches(size, expect, make, &mut |r| {
-            execute(&self.bundle, r, &mut s, &mut clock, &mut ext).status
+            Reply::from(execute(&self.bundle, r, &mut s, &mut clock, &mut ext)).status
         })
     }
 
@@ -107,9 +108,8 @@ impl World {
                 self.backends()?,
             ))
             .map_err(|e| anyhow!("{}", e.message))?;
-        batches(size, expect, make, &mut |r| {
-            rt.block_on(ex.execute(r)).status
-        })
+        // What `sinew serve` does: the guest's reply text as it is.
+        batches(size, expect, make, &mut |r| rt.block_on(ex.reply(r)).status)
     }
 }
 
@@ -144,15 +144,29 @@ fn batches(
 /// spec allows 20 transfers a minute per caller).
 fn transfer(i: usize) -> Request {
     Request {
-        tool: "transfer".into(),
-        input: json!({"from_account": A, "to_account": B, "amount_cents": 1}),
+        idempotency_key: Some(format!("k-{i}")),
+        ..request(
+            "transfer",
+            json!({"from_account": A, "to_account": B, "amount_cents": 1}),
+            &format!("teller{i}"),
+            "teller",
+            format!("tr-{i}"),
+        )
+    }
+}
+
+/// A call of `tool` by `sub` with one role, without an idempotency key.
+fn request(tool: &str, input: Value, sub: &str, role: &str, id: String) -> Request {
+    Request {
+        tool: tool.into(),
+        input,
         auth: Some(Auth {
-            sub: format!("teller{i}"),
-            roles: vec!["teller".into()],
+            sub: sub.into(),
+            roles: vec![role.into()],
             claims: json!({}),
         }),
-        id: format!("tr-{i}"),
-        idempotency_key: Some(format!("k-{i}")),
+        id,
+        idempotency_key: None,
     }
 }
 
@@ -428,17 +442,13 @@ pub fn run(quick: bool) -> Result<()> {
 /// A customer's view of account B (50 incoming transfers, once at least
 /// 50 transfers have run): the bank's bounded read.
 fn history(i: usize) -> Request {
-    Request {
-        tool: "account_history".into(),
-        input: json!({"id": B}),
-        auth: Some(Auth {
-            sub: "alice".into(),
-            roles: vec!["customer".into()],
-            claims: json!({}),
-        }),
-        id: format!("h-{i}"),
-        idempotency_key: None,
-    }
+    request(
+        "account_history",
+        json!({"id": B}),
+        "alice",
+        "customer",
+        format!("h-{i}"),
+    )
 }
 
 /// What `count` runs.
@@ -536,17 +546,13 @@ fn clinic() -> Result<World> {
 /// A page of 50 of the patient's appointments with their therapists and
 /// invoices.
 fn list(i: usize) -> Request {
-    Request {
-        tool: "list_appointments".into(),
-        input: json!({"size": 50, "status": "confirmed"}),
-        auth: Some(Auth {
-            sub: "ann".into(),
-            roles: vec!["patient".into()],
-            claims: json!({}),
-        }),
-        id: format!("l-{i}"),
-        idempotency_key: None,
-    }
+    request(
+        "list_appointments",
+        json!({"size": 50, "status": "confirmed"}),
+        "ann",
+        "patient",
+        format!("l-{i}"),
+    )
 }
 
 /// `warm` warm-up transfers (60 so that a history reads 50 rows) and one request

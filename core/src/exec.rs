@@ -897,7 +897,7 @@ impl<'a> Run<'a> {
             .insert(tx, entity, &row)
             .map_err(storage_problem)?;
         self.record(entity, &stored, "create", None)?;
-        Ok(row_to_value(e, &stored))
+        Ok(crate::ports::shaped(e, stored))
     }
 
     /// `update`: the matching rows, each changed by `set` (with `row`).
@@ -961,8 +961,8 @@ impl<'a> Run<'a> {
             rows::check_fields(entity, e, &merged, set.keys())?;
             self.check_refs(entity, e, &merged, set.keys(), Some(&row))?;
             let stored = self.update_row(entity, &row, &changes)?;
-            out.push(row_to_value(e, &stored));
             self.record(entity, &stored, "update", version(&row))?;
+            out.push(crate::ports::shaped(e, stored));
         }
         let value = if one {
             out.into_iter().next().unwrap_or(Value::Null)
@@ -1011,7 +1011,7 @@ impl<'a> Run<'a> {
         changes.insert("updated_at".into(), Json::String(self.now_text()));
         let stored = self.update_row(entity, &row, &changes)?;
         self.record(entity, &stored, "transition", version(&row))?;
-        Ok(row_to_value(e, &stored))
+        Ok(crate::ports::shaped(e, stored))
     }
 
     /// `soft_delete`: sets one row's `deleted_at`.
@@ -1032,7 +1032,7 @@ impl<'a> Run<'a> {
             .soft_delete(tx, entity, &rid, version(&row).unwrap_or(0), &now)
             .map_err(storage_problem)?;
         self.record(entity, &stored, "soft_delete", version(&row))?;
-        Ok(row_to_value(e, &stored))
+        Ok(crate::ports::shaped(e, stored))
     }
 
     /// What soft-deleting row `id` of `entity` does to the live rows whose

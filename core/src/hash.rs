@@ -38,11 +38,28 @@ impl Hasher for IdHasher {
 /// strings are scanned eight bytes at a time and copied in runs.
 pub fn json_text(v: &Value) -> String {
     let mut out = String::with_capacity(128);
-    write_json(v, &mut out);
+    write_json(v, &mut out, false);
     out
 }
 
-fn write_json(v: &Value, out: &mut String) {
+/// [`json_text`] of an object (a row).
+pub fn object_text(m: &serde_json::Map<String, Value>) -> String {
+    let mut out = String::with_capacity(128);
+    write_object(m.iter(), &mut out, false);
+    out
+}
+
+/// Canonical JSON: object keys sorted at every level, no spaces. Written
+/// directly (no sorted copy of the value is built).
+pub fn canonical(v: &Value) -> String {
+    let mut out = String::with_capacity(256);
+    write_json(v, &mut out, true);
+    out
+}
+
+/// Compact JSON text, object keys as they come or (`sorted`) sorted at
+/// every level.
+fn write_json(v: &Value, out: &mut String, sorted: bool) {
     match v {
         Value::Null => out.push_str("null"),
         Value::Bool(true) => out.push_str("true"),
@@ -55,32 +72,34 @@ fn write_json(v: &Value, out: &mut String) {
                 if i > 0 {
                     out.push(',');
                 }
-                write_json(x, out);
+                write_json(x, out, sorted);
             }
             out.push(']');
         }
-        Value::Object(m) => write_object(m, out),
+        Value::Object(m) if sorted => {
+            let mut members: Vec<(&String, &Value)> = m.iter().collect();
+            members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            write_object(members.into_iter(), out, true);
+        }
+        Value::Object(m) => write_object(m.iter(), out, false),
     }
 }
 
-fn write_object(m: &serde_json::Map<String, Value>, out: &mut String) {
+fn write_object<'v>(
+    members: impl Iterator<Item = (&'v String, &'v Value)>,
+    out: &mut String,
+    sorted: bool,
+) {
     out.push('{');
-    for (i, (k, x)) in m.iter().enumerate() {
+    for (i, (k, x)) in members.enumerate() {
         if i > 0 {
             out.push(',');
         }
         write_str(k, out);
         out.push(':');
-        write_json(x, out);
+        write_json(x, out, sorted);
     }
     out.push('}');
-}
-
-/// [`json_text`] of an object (a row).
-pub fn object_text(m: &serde_json::Map<String, Value>) -> String {
-    let mut out = String::with_capacity(128);
-    write_object(m, &mut out);
-    out
 }
 
 /// A number as `serde_json` writes it (through a buffer on the stack: a
@@ -148,44 +167,6 @@ fn write_str(s: &str, out: &mut String) {
     }
     out.push_str(s.get(start..).unwrap_or_default());
     out.push('"');
-}
-
-/// Canonical JSON: object keys sorted at every level, no spaces. Written
-/// directly (no sorted copy of the value is built).
-pub fn canonical(v: &Value) -> String {
-    let mut out = String::with_capacity(256);
-    write_canonical(v, &mut out);
-    out
-}
-
-fn write_canonical(v: &Value, out: &mut String) {
-    match v {
-        Value::Object(m) => {
-            let mut keys: Vec<(&String, &Value)> = m.iter().collect();
-            keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            out.push('{');
-            for (i, (k, x)) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_str(k, out);
-                out.push(':');
-                write_canonical(x, out);
-            }
-            out.push('}');
-        }
-        Value::Array(a) => {
-            out.push('[');
-            for (i, x) in a.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_canonical(x, out);
-            }
-            out.push(']');
-        }
-        other => write_json(other, out),
-    }
 }
 
 /// Lowercase hex of bytes.
@@ -279,9 +260,26 @@ mod tests {
             "o": {"z": {}, "a": [], "\u{1}": "\n"},
         });
         assert_eq!(json_text(&v), serde_json::to_string(&v).unwrap());
-        // Canonical: the same text once keys are sorted.
-        let sorted: Value = serde_json::from_str(&canonical(&v)).unwrap();
-        assert_eq!(sorted, v);
-        assert!(canonical(&v).starts_with("{\"b\":[true,false,null],\"n\":"));
+        // Canonical: what `serde_json` writes of a copy whose keys were
+        // inserted sorted, at every level.
+        fn sorted(v: &Value) -> Value {
+            match v {
+                Value::Object(m) => {
+                    let mut members: Vec<(&String, &Value)> = m.iter().collect();
+                    members.sort_by(|a, b| a.0.cmp(b.0));
+                    Value::Object(
+                        members
+                            .into_iter()
+                            .map(|(k, x)| (k.clone(), sorted(x)))
+                            .collect(),
+                    )
+                }
+                Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
+                other => other.clone(),
+            }
+        }
+        assert_eq!(canonical(&v), serde_json::to_string(&sorted(&v)).unwrap());
+        let Value::Object(m) = &v else { unreachable!() };
+        assert_eq!(object_text(m), serde_json::to_string(&v).unwrap());
     }
 }

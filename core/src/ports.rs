@@ -488,15 +488,23 @@ pub fn shaped(shape: &dyn Shape, row: Row) -> crate::expr::Value {
 }
 
 fn column(shape: &dyn Shape, k: &str, v: Value) -> crate::expr::Value {
-    use crate::expr::value::{looks_like_timestamp, parse_timestamp};
     match v {
-        Value::String(s) if looks_like_timestamp(&s) && shape.timestamp(k) => {
-            match parse_timestamp(&s) {
-                Some(t) => crate::expr::Value::Timestamp(t),
-                None => crate::expr::Value::String(s),
-            }
-        }
+        Value::String(s) => match timestamp_in(shape, k, &s) {
+            Some(t) => crate::expr::Value::Timestamp(t),
+            None => crate::expr::Value::String(s),
+        },
         other => crate::expr::Value::from_json_owned(other),
+    }
+}
+
+/// The instant a column's text holds, when `shape` says the column holds
+/// timestamps and the text is one (other text stays text).
+pub(crate) fn timestamp_in(shape: &dyn Shape, column: &str, text: &str) -> Option<i64> {
+    use crate::expr::value::{looks_like_timestamp, parse_timestamp};
+    if looks_like_timestamp(text) && shape.timestamp(column) {
+        parse_timestamp(text)
+    } else {
+        None
     }
 }
 

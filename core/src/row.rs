@@ -5,7 +5,7 @@ use crate::hash::is_uuid;
 use serde_json::Value as Json;
 
 use crate::expr::Value;
-use crate::expr::value::{format_timestamp, looks_like_timestamp, parse_timestamp};
+use crate::expr::value::{format_timestamp, parse_timestamp};
 use crate::model::{Entity, FieldType};
 use crate::ports::Row;
 use crate::problem::{Code, Problem};
@@ -18,24 +18,21 @@ pub(crate) fn is_timestamp_column(e: &Entity, field: &str) -> bool {
             .is_some_and(|f| f.ty == FieldType::Timestamp)
 }
 
-/// A row as an expression value: timestamp columns become timestamps.
-pub(crate) fn row_to_value(e: &Entity, row: &Row) -> Value {
-    Value::Map(
-        row.iter()
-            .map(|(k, v)| (k.clone(), column_value(e, k, v)))
-            .collect(),
-    )
+/// A row of an entity, read without includes, as the interpreter sees it:
+/// its timestamp columns hold timestamps.
+impl crate::ports::Shape for Entity {
+    fn timestamp(&self, column: &str) -> bool {
+        is_timestamp_column(self, column)
+    }
+
+    fn include(&self, _: &str) -> Option<Option<&dyn crate::ports::Shape>> {
+        None
+    }
 }
 
-/// One column of a row of `e` as an expression value (a timestamp column's
-/// text as a timestamp).
-pub(crate) fn column_value(e: &Entity, k: &str, v: &Json) -> Value {
-    match v {
-        Json::String(s) if looks_like_timestamp(s) && is_timestamp_column(e, k) => {
-            parse_timestamp(s).map_or_else(|| Value::String(s.clone()), Value::Timestamp)
-        }
-        other => Value::from_json(other),
-    }
+/// A row as an expression value: timestamp columns become timestamps.
+pub(crate) fn row_to_value(e: &Entity, row: &Row) -> Value {
+    crate::ports::shaped(e, row.clone())
 }
 
 /// A filter value in the form rows store: timestamps in canonical RFC 3339.

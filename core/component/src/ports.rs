@@ -174,6 +174,34 @@ impl WitStorage {
         self.txs.remove(&tx.0).ok_or_else(|| Self::unknown(tx))
     }
 
+    /// The `read` import, in a transaction or outside one.
+    fn read_rows(
+        &self,
+        tx: Option<TxId>,
+        entity: &str,
+        q: &types::Query,
+    ) -> Result<Vec<u8>, StorageError> {
+        match tx {
+            Some(t) => self.tx(t)?.read(entity, q),
+            None => storage::read(entity, q),
+        }
+        .map_err(error)
+    }
+
+    /// The `read-counted` import, in a transaction or outside one.
+    fn read_counted_rows(
+        &self,
+        tx: Option<TxId>,
+        entity: &str,
+        q: &types::Query,
+    ) -> Result<types::Counted, StorageError> {
+        match tx {
+            Some(t) => self.tx(t)?.read_counted(entity, q),
+            None => storage::read_counted(entity, q),
+        }
+        .map_err(error)
+    }
+
     fn keep(&mut self, t: storage::Transaction) -> TxId {
         self.next += 1;
         self.txs.insert(self.next, t);
@@ -196,12 +224,7 @@ impl ports::Storage for WitStorage {
         entity: &str,
         q: &Query,
     ) -> Result<Vec<Row>, StorageError> {
-        let q = query(q);
-        let list = match tx {
-            Some(t) => self.tx(t)?.read(entity, &q),
-            None => storage::read(entity, &q),
-        };
-        rows(&list.map_err(error)?)
+        rows(&self.read_rows(tx, entity, &query(q))?)
     }
 
     fn read_counted(
@@ -210,12 +233,7 @@ impl ports::Storage for WitStorage {
         entity: &str,
         q: &Query,
     ) -> Result<(Vec<Row>, u64), StorageError> {
-        let q = query(q);
-        let counted = match tx {
-            Some(t) => self.tx(t)?.read_counted(entity, &q),
-            None => storage::read_counted(entity, &q),
-        }
-        .map_err(error)?;
+        let counted = self.read_counted_rows(tx, entity, &query(q))?;
         Ok((rows(&counted.rows)?, counted.total))
     }
 
@@ -231,18 +249,10 @@ impl ports::Storage for WitStorage {
     ) -> Result<(Vec<sinew_core::expr::Value>, Option<u64>), StorageError> {
         let q = query(q);
         let (bytes, total) = if count {
-            let counted = match tx {
-                Some(t) => self.tx(t)?.read_counted(entity, &q),
-                None => storage::read_counted(entity, &q),
-            }
-            .map_err(error)?;
+            let counted = self.read_counted_rows(tx, entity, &q)?;
             (counted.rows, Some(counted.total))
         } else {
-            let rows = match tx {
-                Some(t) => self.tx(t)?.read(entity, &q),
-                None => storage::read(entity, &q),
-            };
-            (rows.map_err(error)?, None)
+            (self.read_rows(tx, entity, &q)?, None)
         };
         Ok((decoded(wire::to_shaped_rows(&bytes, shape))?, total))
     }

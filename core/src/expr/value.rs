@@ -192,11 +192,12 @@ pub fn format_timestamp(micros: i64) -> String {
     let secs = rem / 1_000_000;
     let frac = rem % 1_000_000;
     let (hh, mm, ss) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let digit = |n: i64| b'0' + (n % 10) as u8;
+    let mut out = String::with_capacity(28);
     if (0..=9999).contains(&y) {
-        // Digits by hand into a fixed buffer: rows carry several timestamps
-        // each, and `write!` (then a `char` push per digit) was a tenth of a
-        // paged read's interpreter time.
-        let digit = |n: i64| b'0' + (n % 10) as u8;
+        // Digits by hand: rows carry several timestamps each, and `write!`
+        // (then a `char` push per digit) was a tenth of a paged read's
+        // interpreter time.
         let d2 = |n: i64| [digit(n / 10), digit(n)];
         let (mo, da, ho, mi, se) = (d2(m), d2(d), d2(hh), d2(mm), d2(ss));
         let head = [
@@ -220,38 +221,28 @@ pub fn format_timestamp(micros: i64) -> String {
             se[0],
             se[1],
         ];
-        let mut out = String::with_capacity(28);
         // Only ASCII digits and separators were written.
         out.push_str(std::str::from_utf8(&head).unwrap_or_default());
-        if frac != 0 {
-            let (mut f, mut width) = (frac, 6);
-            while f % 10 == 0 {
-                f /= 10;
-                width -= 1;
-            }
-            let mut digits = [b'0'; 6];
-            for slot in digits.iter_mut().take(width).rev() {
-                *slot = digit(f);
-                f /= 10;
-            }
-            out.push('.');
-            out.push_str(
-                std::str::from_utf8(digits.get(..width).unwrap_or_default()).unwrap_or_default(),
-            );
-        }
-        out.push('Z');
-        return out;
+    } else {
+        use std::fmt::Write;
+        let _ = write!(out, "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}");
     }
-    use std::fmt::Write;
-    let mut out = String::with_capacity(32);
-    let _ = write!(out, "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}");
     if frac != 0 {
+        // The fraction's digits, trailing zeros dropped.
         let (mut f, mut width) = (frac, 6);
         while f % 10 == 0 {
             f /= 10;
             width -= 1;
         }
-        let _ = write!(out, ".{f:0width$}");
+        let mut digits = [b'0'; 6];
+        for slot in digits.iter_mut().take(width).rev() {
+            *slot = digit(f);
+            f /= 10;
+        }
+        out.push('.');
+        out.push_str(
+            std::str::from_utf8(digits.get(..width).unwrap_or_default()).unwrap_or_default(),
+        );
     }
     out.push('Z');
     out

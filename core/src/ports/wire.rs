@@ -34,7 +34,7 @@ use serde_json::{Map, Number, Value};
 
 use super::{Row, Shape};
 use crate::expr::Value as ExprValue;
-use crate::expr::value::{Map as ExprMap, looks_like_timestamp, parse_timestamp};
+use crate::expr::value::Map as ExprMap;
 use crate::hash::IdHasher;
 
 /// How deeply arrays and objects may nest in one value.
@@ -395,65 +395,22 @@ impl<'a> Decoder<'a> {
         }
     }
 
-    /// A column: a timestamp column's RFC 3339 text as a timestamp, any
-    /// other value as `expr::Value::from_json` converts it.
+    /// A column: as [`super::shaped`] converts it, a timestamp column's
+    /// text as a timestamp (read without building a JSON string first).
     fn column(
         &mut self,
         shape: &dyn Shape,
         key: &str,
         depth: usize,
     ) -> Result<ExprValue, WireError> {
-        if self.peek()? == STRING {
-            self.at += 1;
-            let s = self.text()?;
-            if looks_like_timestamp(s)
-                && shape.timestamp(key)
-                && let Some(t) = parse_timestamp(s)
-            {
-                return Ok(ExprValue::Timestamp(t));
-            }
-            return Ok(ExprValue::String(s.to_owned()));
+        if self.peek()? != STRING {
+            return Ok(ExprValue::from_json_owned(self.nested(depth)?));
         }
-        self.expr(depth)
-    }
-
-    /// Any value as the interpreter's (`expr::Value::from_json` of it).
-    fn expr(&mut self, depth: usize) -> Result<ExprValue, WireError> {
-        if depth > MAX_DEPTH {
-            return Err(WireError("values nest too deeply"));
-        }
-        Ok(match self.byte()? {
-            NULL => ExprValue::Null,
-            FALSE => ExprValue::Bool(false),
-            TRUE => ExprValue::Bool(true),
-            INT => ExprValue::Int(self.int()?),
-            UINT => ExprValue::Double(self.leb()? as f64),
-            DOUBLE => match self.double()? {
-                d if d.is_finite() => ExprValue::Double(d),
-                _ => return Err(WireError("a number is not finite")),
-            },
-            STRING => ExprValue::String(self.text()?.to_owned()),
-            ARRAY => {
-                let n = self.count()?;
-                let mut a = Vec::with_capacity(n);
-                for _ in 0..n {
-                    a.push(self.expr(depth + 1)?);
-                }
-                ExprValue::List(a)
-            }
-            OBJECT => {
-                let n = self.count()?;
-                let mut m = ExprMap::with_capacity_and_hasher(n, Default::default());
-                for _ in 0..n {
-                    let key = self.key()?;
-                    let v = self.expr(depth + 1)?;
-                    if m.insert(key.to_owned(), v).is_some() {
-                        return Err(WireError("an object has a key twice"));
-                    }
-                }
-                ExprValue::Map(m)
-            }
-            _ => return Err(WireError("an unknown tag")),
+        self.at += 1;
+        let s = self.text()?;
+        Ok(match super::timestamp_in(shape, key, s) {
+            Some(t) => ExprValue::Timestamp(t),
+            None => ExprValue::String(s.to_owned()),
         })
     }
 

@@ -209,7 +209,7 @@ impl StorageBackend for MemoryBackend {
 sinew_core::wit_storage_conversions!();
 
 /// A row in the row encoding.
-fn text(r: Row) -> Vec<u8> {
+fn encoded_row(r: Row) -> Vec<u8> {
     sinew_core::ports::wire::row(&r)
 }
 
@@ -342,7 +342,7 @@ impl HostTransaction for HostState {
             .storage
             .insert(id, &entity, &row)
             .await
-            .map(text)
+            .map(encoded_row)
             .map_err(error))
     }
 
@@ -364,7 +364,7 @@ impl HostTransaction for HostState {
             .storage
             .update(id, &entity, &row_id, version, &changes)
             .await
-            .map(text)
+            .map(encoded_row)
             .map_err(error))
     }
 
@@ -382,7 +382,7 @@ impl HostTransaction for HostState {
             .storage
             .soft_delete(id, &entity, &row_id, version, &at)
             .await
-            .map(text)
+            .map(encoded_row)
             .map_err(error))
     }
 
