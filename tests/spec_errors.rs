@@ -1978,3 +1978,192 @@ fn owner_through_a_reference_is_checked() {
     let d = only_error(&l, "invalid-value", "/entities/D/owner/ref");
     assert_message(d, "more than 3 hops");
 }
+
+// ---------------------------------------------------------------------------
+// `foreach` (format 0.2): its names, its scope, its row impact.
+
+/// The base's order creation as a loop over `input.lines` inside the
+/// transaction: one order per line, collecting each order's id.
+fn with_loop(v: &mut Value) {
+    let body = at(v, BODY);
+    body["order"] = json!({
+        "type": "foreach", "items": "input.lines", "as": "line", "maxItems": 20,
+        "body": {"entry": "one", "nodes": {
+            "one": {"type": "create", "entity": "Order",
+                    "values": {"product": "product.id", "quantity": "line.quantity"}}
+        }},
+        "collect": "{'order': one.id, 'at': line_index}",
+        "next": "take"
+    });
+    at(v, &format!("{PLACE}/notify"))["args"] = json!({"orders": "order"});
+    at(v, &format!("{PLACE}/done"))["value"] = json!({"orders": "order"});
+}
+
+#[test]
+fn a_loop_is_green_and_its_names_are_in_scope_inside() {
+    let mut v = base();
+    with_loop(&mut v);
+    let text = serde_json::to_string_pretty(&v).unwrap();
+    let l = load_text(&text);
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    assert!(l.warnings.is_empty(), "{}", list(&l.warnings));
+    assert_eq!(risk::check(&text).level, Level::Green);
+}
+
+#[test]
+fn what_a_loop_body_binds_is_gone_after_it() {
+    let l = load_with(|v| {
+        with_loop(v);
+        at(v, &format!("{PLACE}/done"))["value"] = json!({"orders": "one.id"});
+    });
+    let d = only_error(&l, "expr-scope", &format!("{PLACE}/done/value/orders"));
+    assert_message(d, "inside the body of the `foreach` `order`");
+}
+
+#[test]
+fn a_loop_element_is_not_in_scope_after_the_loop() {
+    let l = load_with(|v| {
+        with_loop(v);
+        at(v, &format!("{PLACE}/done"))["value"] = json!({"n": "line_index"});
+    });
+    only_error(&l, "expr-scope", &format!("{PLACE}/done/value/n"));
+}
+
+#[test]
+fn a_loop_name_must_not_hide_another() {
+    for (name, what) in [
+        ("product", "node `product`"),
+        ("input", "every expression has"),
+    ] {
+        let l = load_with(|v| {
+            with_loop(v);
+            at(v, &format!("{BODY}/order"))["as"] = json!(name);
+            at(v, &format!("{BODY}/order"))["collect"] = json!("one.id");
+            at(v, &format!("{BODY}/order/body/nodes/one/values"))["quantity"] = json!("1");
+        });
+        let d = error(&l, "duplicate-name", &format!("{BODY}/order/as"));
+        assert_message(d, what);
+    }
+    // `<as>_index` counts too.
+    let l = load_with(|v| {
+        with_loop(v);
+        at(v, &format!("{BODY}/order"))["as"] = json!("take");
+        at(v, &format!("{BODY}/order"))["collect"] = json!("one.id");
+        at(v, &format!("{BODY}/order/body/nodes/one/values"))["quantity"] = json!("1");
+    });
+    error(&l, "duplicate-name", &format!("{BODY}/order/as"));
+}
+
+#[test]
+fn a_loop_needs_max_items() {
+    let l = load_with(|v| {
+        with_loop(v);
+        remove(v, &format!("{BODY}/order"), "maxItems");
+    });
+    let d = error(&l, "missing-key", &format!("{BODY}/order"));
+    assert_message(d, "`maxItems`");
+    let l = load_with(|v| {
+        with_loop(v);
+        at(v, &format!("{BODY}/order"))["maxItems"] = json!(0);
+    });
+    error(&l, "invalid-value", &format!("{BODY}/order/maxItems"));
+}
+
+#[test]
+fn a_call_in_a_loop_cannot_name_a_compensation() {
+    let l = load_with(|v| {
+        let nodes = at(v, PLACE);
+        nodes["notify"] = json!({
+            "type": "foreach", "items": "input.emails", "as": "email", "maxItems": 5,
+            "body": {"entry": "send", "nodes": {
+                "send": {"type": "call", "external": "mailer", "operation": "send",
+                         "args": {"to": "email"}, "timeoutMs": 2000, "retry": {"max": 3},
+                         "compensate": "undo"},
+                "undo": {"type": "call", "external": "mailer", "operation": "send",
+                         "args": {"to": "email"}, "timeoutMs": 2000, "retry": {"max": 3}}
+            }},
+            "next": "done"
+        });
+    });
+    let d = error(
+        &l,
+        "compensate-in-loop",
+        &format!("{PLACE}/notify/body/nodes/send/compensate"),
+    );
+    assert_help(d, "onError");
+}
+
+/// A loop at the top level that writes is Red like any write outside a
+/// transaction, and the fix wraps the loop itself.
+#[test]
+fn a_loop_that_writes_outside_a_transaction_is_red_and_the_fix_wraps_it() {
+    let mut v = base();
+    with_loop(&mut v);
+    // Take the loop out of the transaction, to the top level.
+    let lp = at(&mut v, BODY)
+        .as_object_mut()
+        .unwrap()
+        .shift_remove("order")
+        .unwrap();
+    at(&mut v, &format!("{BODY}/take"))["where"] = json!({"id": "product.id"});
+    at(&mut v, PLACE)["loop"] = lp;
+    at(&mut v, &format!("{PLACE}/loop"))["next"] = json!("save");
+    at(&mut v, &format!("{PLACE}/product"))["next"] = json!("loop");
+    at(&mut v, "/tools/place_order/flow/nodes/save/body")["entry"] = json!("take");
+    at(&mut v, &format!("{PLACE}/notify"))["args"] = json!({"orders": "loop"});
+    at(&mut v, &format!("{PLACE}/done"))["value"] = json!({"orders": "loop"});
+    let text = serde_json::to_string_pretty(&v).unwrap();
+    let l = load_text(&text);
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    let report = risk::analyze(&l);
+    let f = report
+        .findings()
+        .find(|f| f.code == "write-outside-transaction")
+        .unwrap_or_else(|| panic!("{}", report.to_json()));
+    assert_eq!(f.node.as_deref(), Some("one"));
+    assert_eq!(report.level, Level::Red);
+    let patch = f.fix.patch.clone().expect("a mechanical fix");
+    let mut fixed = v.clone();
+    sinew_core::patch::apply(&mut fixed, &patch).unwrap();
+    let fixed_text = serde_json::to_string_pretty(&fixed).unwrap();
+    let l = load_text(&fixed_text);
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    assert_eq!(risk::check(&fixed_text).level, Level::Green);
+}
+
+/// A write in a loop may change `maxItems` rows (times an update's
+/// `limit`): above `maxRowsPerWrite` it is `high-row-impact`.
+#[test]
+fn writes_in_a_loop_multiply_by_max_items() {
+    let mut v = base();
+    with_loop(&mut v);
+    at(&mut v, &format!("{BODY}/order"))["maxItems"] = json!(101);
+    let text = serde_json::to_string_pretty(&v).unwrap();
+    let l = load_text(&text);
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    let report = risk::analyze(&l);
+    let f = report
+        .findings()
+        .find(|f| f.code == "high-row-impact")
+        .unwrap_or_else(|| panic!("{}", report.to_json()));
+    assert_eq!(f.node.as_deref(), Some("one"));
+    assert!(f.message.contains("101"), "{}", f.message);
+    assert_eq!(report.level, Level::Yellow);
+    // 100 elements of one row each stay within the default 100.
+    at(&mut v, &format!("{BODY}/order"))["maxItems"] = json!(100);
+    assert_eq!(
+        risk::check(&serde_json::to_string(&v).unwrap()).level,
+        Level::Green
+    );
+    // An update of up to 10 rows in a loop of 20: 200.
+    at(&mut v, &format!("{BODY}/order"))["maxItems"] = json!(20);
+    at(&mut v, &format!("{BODY}/order/body/nodes"))["bump"] = json!({
+        "type": "update", "entity": "Product", "where": {"price": {"gt": 0}}, "limit": 10,
+        "set": {"stock": "row.stock + 1"}
+    });
+    at(&mut v, &format!("{BODY}/order/body/nodes/one"))["next"] = json!("bump");
+    let report = risk::check(&serde_json::to_string(&v).unwrap());
+    let j = report.to_json().to_string();
+    assert!(j.contains("up to 200 `Product` rows"), "{j}");
+    assert_eq!(report.level, Level::Yellow);
+}

@@ -95,6 +95,14 @@ pub fn effective_concurrency(spec: &Spec, tool: &Tool) -> Concurrency {
         for node in flow.nodes.values() {
             match &node.kind {
                 NodeKind::Transaction { body, .. } => stack.push(body),
+                NodeKind::Foreach {
+                    body, max_items, ..
+                } => {
+                    // A loop that writes may touch `maxItems` rows and more.
+                    many |= *max_items > spec.limits.max_rows_per_write
+                        && body.nodes.values().any(|n| n.kind.is_write());
+                    stack.push(body)
+                }
                 NodeKind::Call { external, .. } => {
                     payment |= spec
                         .externals

@@ -557,6 +557,23 @@ impl<'a> Run<'a> {
             NodeKind::Transaction { body, isolation } => {
                 return self.run_transaction(id, body, *isolation);
             }
+            NodeKind::Foreach {
+                items,
+                as_name,
+                max_items,
+                body,
+                collect,
+            } => {
+                let each = Each {
+                    items,
+                    as_name,
+                    max_items: *max_items,
+                };
+                match self.foreach(&each, body, collect.as_ref())? {
+                    Ok(list) => list,
+                    Err(end) => return Ok(Step::End(end)),
+                }
+            }
             NodeKind::Return { value, status } => return self.ret(value.as_ref(), *status),
             NodeKind::Fail {
                 status,
@@ -1154,6 +1171,90 @@ impl<'a> Run<'a> {
             m.insert(k.clone(), self.template(t, None)?);
         }
         Ok(Value::Map(m))
+    }
+
+    /// The elements of a `foreach`'s `items` (or a `create`'s `each`): a
+    /// list of at most `max_items`, else 422 `too_many_items`.
+    fn elements(&self, each: &Each) -> Result<Vec<Value>, Problem> {
+        let list = match self.eval(each.items, None)? {
+            Value::List(l) => l,
+            other => {
+                return Err(Problem::spec_error(format!(
+                    "`{}` at {} gave {}, not a list",
+                    each.items.src,
+                    each.items.path,
+                    other.a_type()
+                )));
+            }
+        };
+        if list.len() as u64 > each.max_items {
+            return Err(Problem::new(
+                Code::TooManyItems,
+                format!(
+                    "`{}` has {} items; at most {} are accepted",
+                    each.items.src,
+                    list.len(),
+                    each.max_items
+                ),
+            ));
+        }
+        Ok(list)
+    }
+
+    /// `foreach`: the body once per element, in order, with `<as>` and
+    /// `<as>_index` bound; the list of `collect` values (default: the
+    /// elements), or how the flow ended when the body returned or failed.
+    /// What the body binds is gone after each element.
+    fn foreach(
+        &mut self,
+        each: &Each,
+        body: &Flow,
+        collect: Option<&Template>,
+    ) -> Result<Result<Value, End>, Problem> {
+        let list = self.elements(each)?;
+        let index_name = format!("{}_index", each.as_name);
+        let body_ids: Vec<String> = body.ids().into_iter().map(str::to_string).collect();
+        let mut out = Vec::with_capacity(list.len());
+        let mut ended = None;
+        for (i, item) in list.into_iter().enumerate() {
+            self.bound.insert(each.as_name.to_string(), item);
+            self.bound.insert(
+                index_name.clone(),
+                Value::Int(i64::try_from(i).unwrap_or(i64::MAX)),
+            );
+            let result = self.run_flow(body).and_then(|end| match end {
+                End::Body => match collect {
+                    Some(t) => self.template(t, None).map(Ok),
+                    None => Ok(Ok(self
+                        .bound
+                        .get(each.as_name)
+                        .cloned()
+                        .unwrap_or(Value::Null))),
+                },
+                other => Ok(Err(other)),
+            });
+            for id in &body_ids {
+                self.bound.remove(id);
+            }
+            match result {
+                Ok(Ok(v)) => out.push(v),
+                Ok(Err(end)) => {
+                    ended = Some(end);
+                    break;
+                }
+                Err(p) => {
+                    self.bound.remove(each.as_name);
+                    self.bound.remove(&index_name);
+                    return Err(p);
+                }
+            }
+        }
+        self.bound.remove(each.as_name);
+        self.bound.remove(&index_name);
+        Ok(match ended {
+            Some(end) => Err(end),
+            None => Ok(Value::List(out)),
+        })
     }
 
     /// `assert`: on, or a typed error.
@@ -1790,6 +1891,13 @@ impl<'a> Run<'a> {
 }
 
 /// A condition that gave something other than a bool: a spec error.
+/// What a `foreach` iterates over, or a `create` with `each`.
+struct Each<'n> {
+    items: &'n Expression,
+    as_name: &'n str,
+    max_items: u64,
+}
+
 fn not_bool(e: &Expression, v: &Value) -> Problem {
     Problem::spec_error(format!(
         "`{}` at {} gave {}, not a bool",

@@ -1,4 +1,4 @@
-//! Flow graphs: a tool's nodes, transaction bodies included, as one
+//! Flow graphs: a tool's nodes, transaction and loop bodies included, as one
 //! directed graph (petgraph), with the analyses the loader and the risk
 //! engine need: reachability, dominators (which nodes have certainly run
 //! before another) and cycles (with the edge that closes each).
@@ -109,6 +109,9 @@ pub struct NodeInfo<'s> {
     pub node: &'s Node,
     /// The index of the innermost enclosing transaction node.
     pub tx: Option<usize>,
+    /// The index of the innermost enclosing node with a body (a
+    /// transaction or a `foreach`).
+    pub parent: Option<usize>,
     /// Index of the flow (0 is the top level; each body gets the next).
     pub flow: usize,
 }
@@ -129,6 +132,7 @@ pub struct ToolGraph<'s> {
     vin: Vec<NodeIndex>,
     vout: Vec<NodeIndex>,
     verr: HashMap<usize, NodeIndex>,
+    vend: HashMap<usize, NodeIndex>,
     /// Problems with edges found while building.
     pub bad_edges: Vec<BadEdge>,
     succ: Csr,
@@ -181,8 +185,8 @@ fn sizes(tool: &Tool) -> (usize, usize) {
     while let Some(f) = pending.pop() {
         count += f.nodes.len();
         for n in f.nodes.values() {
-            if let NodeKind::Transaction { body, .. } = &n.kind {
-                txs += 1;
+            if let Some(body) = n.kind.body() {
+                txs += 2;
                 pending.push(body);
             }
         }
@@ -202,6 +206,7 @@ impl<'s> ToolGraph<'s> {
             vin: Vec::new(),
             vout: Vec::new(),
             verr: HashMap::new(),
+            vend: HashMap::new(),
             bad_edges: Vec::new(),
             succ: Csr::default(),
             pred: Csr::default(),
@@ -213,8 +218,8 @@ impl<'s> ToolGraph<'s> {
         g.vout.reserve(count);
         g.by_id.reserve(count);
         g.start = g.graph.add_node(());
-        let flow_tx = g.collect(tool);
-        g.add_entries(&flow_tx);
+        let flow_parent = g.collect(tool);
+        g.add_entries(&flow_parent);
         for i in 0..g.nodes.len() {
             g.add_node_edges(i);
         }
@@ -223,16 +228,17 @@ impl<'s> ToolGraph<'s> {
     }
 
     /// Collects the nodes of every flow (outer flows first) with their
-    /// vertices; returns each flow's transaction (`None`: the top level).
+    /// vertices; returns each flow's parent node (`None`: the top level).
     fn collect(&mut self, tool: &'s Tool) -> Vec<Option<usize>> {
-        let mut queue: Vec<(&'s Flow, Option<usize>)> = vec![(&tool.flow, None)];
-        let mut flow_tx: Vec<Option<usize>> = Vec::new();
+        type Queued<'s> = (&'s Flow, Option<usize>, Option<usize>);
+        let mut queue: Vec<Queued<'s>> = vec![(&tool.flow, None, None)];
+        let mut flow_parent: Vec<Option<usize>> = Vec::new();
         let mut qi = 0;
-        while let Some(&(flow, tx)) = queue.get(qi) {
+        while let Some(&(flow, parent, tx)) = queue.get(qi) {
             qi += 1;
             let fi = self.flows.len();
             self.flows.push(flow);
-            flow_tx.push(tx);
+            flow_parent.push(parent);
             for (id, node) in &flow.nodes {
                 let idx = self.nodes.len();
                 self.by_id.insert(id.as_str(), idx);
@@ -240,31 +246,40 @@ impl<'s> ToolGraph<'s> {
                     id,
                     node,
                     tx,
+                    parent,
                     flow: fi,
                 });
                 let vin = self.graph.add_node(());
                 let vout = self.graph.add_node(());
                 self.vin.push(vin);
                 self.vout.push(vout);
-                if let NodeKind::Transaction { body, .. } = &node.kind {
+                if let Some(body) = node.kind.body() {
                     let err = self.graph.add_node(());
                     self.verr.insert(idx, err);
-                    queue.push((body, Some(idx)));
+                    let inner_tx = match &node.kind {
+                        NodeKind::Foreach { .. } => {
+                            let end = self.graph.add_node(());
+                            self.vend.insert(idx, end);
+                            tx
+                        }
+                        _ => Some(idx),
+                    };
+                    queue.push((body, Some(idx), inner_tx));
                 }
             }
         }
-        flow_tx
+        flow_parent
     }
 
     /// The edge into each flow's entry (from the start, or from its
-    /// transaction's "entered" vertex); an entry naming no node of its flow
-    /// is a bad edge.
-    fn add_entries(&mut self, flow_tx: &[Option<usize>]) {
+    /// parent's "entered" vertex); an entry naming no node of its flow is a
+    /// bad edge.
+    fn add_entries(&mut self, flow_parent: &[Option<usize>]) {
         for fi in 0..self.flows.len() {
             let Some(flow) = self.flows.get(fi).copied() else {
                 continue;
             };
-            let from = match flow_tx.get(fi).copied().flatten() {
+            let from = match flow_parent.get(fi).copied().flatten() {
                 None => self.start,
                 Some(t) => self.vin_of(t),
             };
@@ -285,16 +300,23 @@ impl<'s> ToolGraph<'s> {
     }
 
     /// The edges of node `i`: through it, along its spec's edges, out of a
-    /// transaction body, and from a transaction's `err`.
+    /// body, and from a transaction's or a loop's `err`. A `foreach` `F`
+    /// has `F.end`, where its body's ends meet (what `collect` sees),
+    /// leading to `F.out`, and an edge `F.in -> F.out` for an empty list:
+    /// nothing its body binds is certainly bound after it.
     fn add_node_edges(&mut self, i: usize) {
         let Some(info) = self.nodes.get(i).cloned() else {
             return;
         };
         let (vin, vout) = (self.vin_of(i), self.vout_of(i));
         let kind = &info.node.kind;
-        // A transaction's own `out` is reached through its body.
+        // A transaction's own `out` is reached through its body, a loop's
+        // through its body's end or at once (no elements).
         if !kind.is_terminal() && !matches!(kind, NodeKind::Transaction { .. }) {
             self.graph.add_edge(vin, vout, OK);
+        }
+        if let Some(&end) = self.vend.get(&i) {
+            self.graph.add_edge(end, vout, OK);
         }
         let mut has_success_edge = false;
         for (ek, target) in info.node.edges() {
@@ -331,13 +353,13 @@ impl<'s> ToolGraph<'s> {
         }
         // Inside a body: a node with no way on ends the body, and so
         // does a `switch` without `default` when no case holds; failures
-        // go to the transaction's `err`.
-        if let Some(t) = info.tx {
+        // go to the parent's `err`.
+        if let Some(t) = info.parent {
             let terr = self.err_of(t);
             let branches = matches!(kind, NodeKind::If { .. } | NodeKind::Switch { .. });
             let no_default = matches!(kind, NodeKind::Switch { default: None, .. });
             if (!has_success_edge && !kind.is_terminal() && !branches) || no_default {
-                let tout = self.vout_of(t);
+                let tout = self.end_of(t);
                 self.graph.add_edge(vout, tout, OK);
                 self.graph.add_edge(vout, terr, FAIL);
             }
@@ -345,8 +367,8 @@ impl<'s> ToolGraph<'s> {
                 self.graph.add_edge(vin, terr, FAIL);
             }
         }
-        // A transaction's `err` leads to its `onError`, else outwards.
-        if let NodeKind::Transaction { .. } = kind {
+        // A body's `err` leads to its node's `onError`, else outwards.
+        if kind.body().is_some() {
             let terr = self.err_of(i);
             match info
                 .node
@@ -366,7 +388,7 @@ impl<'s> ToolGraph<'s> {
                     );
                 }
                 None => {
-                    if let Some(outer) = info.tx {
+                    if let Some(outer) = info.parent {
                         let oerr = self.err_of(outer);
                         self.graph.add_edge(terr, oerr, FAIL);
                     }
@@ -403,6 +425,15 @@ impl<'s> ToolGraph<'s> {
 
     fn err_of(&self, i: usize) -> NodeIndex {
         self.verr.get(&i).copied().unwrap_or(self.start)
+    }
+
+    /// Where the body of node `i` ends: a loop's "end" vertex (where
+    /// `collect` is evaluated), a transaction's "succeeded" vertex.
+    pub fn end_of(&self, i: usize) -> NodeIndex {
+        self.vend
+            .get(&i)
+            .copied()
+            .unwrap_or_else(|| self.vout_of(i))
     }
 
     /// Vertices reachable from `roots`, following edges that `follow` allows.

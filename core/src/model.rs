@@ -454,7 +454,7 @@ impl Flow {
                 return Some(n);
             }
             for n in f.nodes.values() {
-                if let NodeKind::Transaction { body, .. } = &n.kind {
+                if let Some(body) = n.kind.body() {
                     stack.push(body);
                 }
             }
@@ -472,7 +472,7 @@ impl Flow {
             i += 1;
             for (id, n) in &f.nodes {
                 out.push(id.as_str());
-                if let NodeKind::Transaction { body, .. } = &n.kind {
+                if let Some(body) = n.kind.body() {
                     queue.push(body);
                 }
             }
@@ -977,6 +977,21 @@ pub enum NodeKind {
         /// Isolation level.
         isolation: Isolation,
     },
+    /// Run a body once per element of a list, in order.
+    Foreach {
+        /// The list.
+        items: Expression,
+        /// The element's name inside the body and `collect` (the index is
+        /// `<as>_index`).
+        as_name: String,
+        /// The longest list accepted (longer: 422 `too_many_items`).
+        max_items: u64,
+        /// The body.
+        body: Flow,
+        /// What each element contributes to the bound list (default: the
+        /// element).
+        collect: Option<Template>,
+    },
     /// End with the output value.
     Return {
         /// The value.
@@ -1015,6 +1030,7 @@ impl NodeKind {
             NodeKind::Switch { .. } => "switch",
             NodeKind::Call { .. } => "call",
             NodeKind::Transaction { .. } => "transaction",
+            NodeKind::Foreach { .. } => "foreach",
             NodeKind::Return { .. } => "return",
             NodeKind::Fail { .. } => "fail",
             NodeKind::Invalid => "invalid",
@@ -1032,6 +1048,14 @@ impl NodeKind {
                 | NodeKind::Delete { .. }
                 | NodeKind::Sql { .. }
         )
+    }
+
+    /// The nested flow of a `transaction` or a `foreach`.
+    pub fn body(&self) -> Option<&Flow> {
+        match self {
+            NodeKind::Transaction { body, .. } | NodeKind::Foreach { body, .. } => Some(body),
+            _ => None,
+        }
     }
 
     /// Whether the node ends the flow.

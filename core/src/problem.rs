@@ -89,6 +89,9 @@ codes! {
     IdempotencyKeyReused = 422 "idempotency_key_reused",
     /// The call exceeded one of its tool's limits.
     LimitExceeded = 422 "limit_exceeded",
+    /// A `foreach` (or a `create` with `each`) was given a list longer than
+    /// its `maxItems`.
+    TooManyItems = 422 "too_many_items",
     /// An `assert` without its own code did not hold (its node may set
     /// another status).
     AssertionFailed = 422 "assertion_failed",

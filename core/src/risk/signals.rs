@@ -127,8 +127,11 @@ pub(super) fn tool_findings(
         if info.node.kind.is_write() {
             writes = true;
             if info.tx.is_none() {
-                t.write_outside_transaction(info, chains.get(&i).map(|c| (source, c)));
+                // A write in a loop's body is fixed by wrapping the loop.
+                let top = top_level(g, i);
+                t.write_outside_transaction(info, chains.get(&top).map(|c| (source, c)));
             }
+            t.loop_impact(i, info);
         }
         match &info.node.kind {
             NodeKind::Sql { .. } => t.raw_write(info),
@@ -262,6 +265,41 @@ impl ToolSignals<'_, '_> {
             Some(patch),
             Some(summary),
         );
+    }
+
+    /// `high-row-impact` for a write inside `foreach` bodies: its own bound
+    /// (1 row, or an update's fixed `limit`) times every enclosing loop's
+    /// `maxItems` exceeds `maxRowsPerWrite`. (An update's own unbounded or
+    /// too large `limit` is `update_impact`'s.)
+    fn loop_impact(&mut self, i: usize, info: &NodeInfo) {
+        let factor = loop_factor(self.g, i);
+        if factor == 1 {
+            return;
+        }
+        let own = match &info.node.kind {
+            NodeKind::Update { one: true, .. } => 1,
+            NodeKind::Update { limit, .. } => match limit.as_ref().and_then(Limit::fixed) {
+                Some(n) if n <= self.max_rows => n,
+                // Unbounded or too large on its own: reported as such.
+                _ => return,
+            },
+            NodeKind::Sql { .. } | NodeKind::Delete { .. } => return,
+            _ => 1,
+        };
+        let bound = own.saturating_mul(factor);
+        if bound <= self.max_rows {
+            return;
+        }
+        let (name, max_rows) = (self.name, self.max_rows);
+        let entity = info.node.kind.entity().unwrap_or_default();
+        let message = format!(
+            "{name} is Yellow because node `{}` runs in a `foreach` and can change up to {bound} `{entity}` rows in one call, more than {max_rows}",
+            info.id
+        );
+        let summary = format!(
+            "lower the enclosing `foreach`'s `maxItems` so that at most {max_rows} rows change, or acknowledge"
+        );
+        self.push("high-row-impact", Some(info), message, None, Some(summary));
     }
 
     /// `unbounded-update` (no `where`, no `limit`) or `high-row-impact`
@@ -550,16 +588,52 @@ fn recovery_set(g: &ToolGraph, external: &str, operation: &str) -> Vec<bool> {
     g.reaching(&sources)
 }
 
-/// Top-level writes grouped into straight `next` chains, each write mapped
-/// to the chain it belongs to.
-fn write_chains(g: &ToolGraph) -> HashMap<usize, Vec<usize>> {
-    let top_write = |i: usize| {
-        g.nodes
-            .get(i)
-            .is_some_and(|n| n.tx.is_none() && n.node.kind.is_write())
+/// The product of the `maxItems` of the `foreach` loops around node `i`
+/// (1 outside loops).
+fn loop_factor(g: &ToolGraph, i: usize) -> u64 {
+    let mut factor = 1u64;
+    let mut up = g.nodes.get(i).and_then(|n| n.parent);
+    while let Some(p) = up {
+        let Some(info) = g.nodes.get(p) else { break };
+        if let NodeKind::Foreach { max_items, .. } = &info.node.kind {
+            factor = factor.saturating_mul(*max_items);
+        }
+        up = info.parent;
+    }
+    factor
+}
+
+/// The top-level node that node `i` is, or is inside.
+fn top_level(g: &ToolGraph, i: usize) -> usize {
+    let mut at = i;
+    while let Some(p) = g.nodes.get(at).and_then(|n| n.parent) {
+        at = p;
+    }
+    at
+}
+
+/// Whether top-level node `i` writes outside a transaction: a write, or a
+/// loop with such a write in its body.
+fn writes_untransacted(g: &ToolGraph, i: usize) -> bool {
+    let Some(n) = g.nodes.get(i) else {
+        return false;
     };
+    if n.parent.is_some() {
+        return false;
+    }
+    n.node.kind.is_write()
+        || (matches!(n.node.kind, NodeKind::Foreach { .. })
+            && g.nodes.iter().enumerate().any(|(j, m)| {
+                j != i && m.tx.is_none() && m.node.kind.is_write() && top_level(g, j) == i
+            }))
+}
+
+/// Top-level writes (and loops that write) grouped into straight `next`
+/// chains, each mapped to the chain it belongs to.
+fn write_chains(g: &ToolGraph) -> HashMap<usize, Vec<usize>> {
+    let top_write = |i: usize| writes_untransacted(g, i);
     let mut preds: HashMap<usize, usize> = HashMap::new();
-    for n in g.nodes.iter().filter(|n| n.tx.is_none()) {
+    for n in g.nodes.iter().filter(|n| n.parent.is_none()) {
         for (_, t) in n.node.edges() {
             if let Some(&ti) = g.by_id.get(t) {
                 *preds.entry(ti).or_default() += 1;
@@ -620,7 +694,7 @@ fn wrap_patch(g: &ToolGraph, source: &Value, chain: &[usize]) -> (Option<Vec<Op>
         n += 1;
     }
     let mut ops = Vec::new();
-    for other in g.nodes.iter().filter(|n| n.tx.is_none()) {
+    for other in g.nodes.iter().filter(|n| n.parent.is_none()) {
         for (k, t) in other.node.edges() {
             if t == first.id && !infos.iter().any(|c| c.id == other.id) {
                 ops.push(Op::Replace {

@@ -36,6 +36,22 @@ pub struct Scope<'a> {
     graph: Option<(&'a ToolGraph<'a>, &'a Dominance)>,
     /// A node is in scope when its "succeeded" vertex dominates all of these.
     at: Vec<NodeIndex>,
+    /// The `foreach` nodes whose bodies enclose this place (innermost
+    /// first), and the names their elements are bound to.
+    loops: Vec<Loop<'a>>,
+}
+
+/// A `foreach` around the place an expression stands.
+#[derive(Clone)]
+pub struct Loop<'a> {
+    /// The `foreach` node's index in the graph.
+    node: usize,
+    /// Its `as`.
+    name: &'a str,
+    /// `<as>_index`.
+    index: String,
+    /// What an element is.
+    element: Binding,
 }
 
 impl<'a> Scope<'a> {
@@ -48,6 +64,7 @@ impl<'a> Scope<'a> {
             row: None,
             graph: None,
             at: Vec::new(),
+            loops: Vec::new(),
         }
     }
 
@@ -60,6 +77,7 @@ impl<'a> Scope<'a> {
             row: Some(entity),
             graph: None,
             at: Vec::new(),
+            loops: Vec::new(),
         }
     }
 
@@ -91,12 +109,34 @@ impl<'a> Scope<'a> {
             }
             _ => {}
         }
+        for l in &self.loops {
+            if l.name == name {
+                return Ok(l.element.clone());
+            }
+            if l.index == name {
+                return Ok(Binding::Any);
+            }
+        }
         let Some((g, dom)) = self.graph else {
             return Err(format!("unknown name `{name}`"));
         };
         let Some(&idx) = g.by_id.get(name) else {
             return Err(format!("unknown name `{name}`"));
         };
+        // A node in a loop's body is bound only inside it.
+        let mut up = g.nodes.get(idx).and_then(|n| n.parent);
+        while let Some(p) = up {
+            let Some(info) = g.nodes.get(p) else { break };
+            if matches!(info.node.kind, NodeKind::Foreach { .. })
+                && !self.loops.iter().any(|l| l.node == p)
+            {
+                return Err(format!(
+                    "`{name}` is bound inside the body of the `foreach` `{}`, and only there",
+                    info.id
+                ));
+            }
+            up = info.parent;
+        }
         let vout = g.vout_of(idx);
         if !self.at.iter().all(|&v| dom.dominates(vout, v)) {
             return Err(format!(
@@ -159,6 +199,10 @@ impl<'a> Scope<'a> {
         }
         if self.row.is_some() {
             out.push("row");
+        }
+        for l in &self.loops {
+            out.push(l.name);
+            out.push(&l.index);
         }
         if let Some((g, dom)) = self.graph {
             for (i, n) in g.nodes.iter().enumerate() {
@@ -821,7 +865,8 @@ fn check_tool(cx: &mut Cx, spec: &Spec, tool: &Tool) {
         if let Some(calls) = compensates.get(&i).filter(|_| !incomplete) {
             at.extend(calls.iter().map(|&c| g.vout_of(c)));
         }
-        let scope = |row: Option<&'_ str>| Scope {
+        let loops = enclosing_loops(spec, tool, &g, &dom, i);
+        let scope = |row: Option<&'_ str>, at: &[NodeIndex], loops| Scope {
             spec,
             roots: true,
             tool: Some(tool),
@@ -832,9 +877,148 @@ fn check_tool(cx: &mut Cx, spec: &Spec, tool: &Tool) {
                     .map_or("", |(k, _)| k.as_str())
             }),
             graph: Some((&g, &dom)),
-            at: at.clone(),
+            at: at.to_vec(),
+            loops,
         };
-        check_node(cx, spec, &scope(None), &scope(node.kind.entity()), node);
+        check_node(
+            cx,
+            spec,
+            &scope(None, &at, loops.clone()),
+            &scope(node.kind.entity(), &at, loops.clone()),
+            node,
+        );
+        if let NodeKind::Foreach {
+            as_name, collect, ..
+        } = &node.kind
+        {
+            check_loop_names(cx, &g, &loops, info.id, node, as_name);
+            if let Some(t) = collect {
+                // `collect` sees the element and what the body bound.
+                let mut inner = loops.clone();
+                inner.insert(0, loop_of(spec, tool, &g, &dom, i));
+                let end = if reachable && !incomplete {
+                    vec![g.end_of(i)]
+                } else {
+                    Vec::new()
+                };
+                check_template(cx, t, &scope(None, &end, inner));
+            }
+        }
+        if let NodeKind::Call {
+            compensate: Some(_),
+            ..
+        } = &node.kind
+            && !loops.is_empty()
+        {
+            cx.error(
+                Diagnostic::new(
+                    "compensate-in-loop",
+                    child(&node.path, "compensate"),
+                    format!(
+                        "node `{}` is inside the body of a `foreach`: a compensation would run once for all its calls",
+                        info.id
+                    ),
+                )
+                .help("compensate inside the body (an `onError` there), or move the call out of the loop"),
+            );
+        }
+    }
+}
+
+/// The `foreach` loops whose bodies enclose node `i`, innermost first.
+fn enclosing_loops<'s>(
+    spec: &'s Spec,
+    tool: &'s Tool,
+    g: &'s ToolGraph<'s>,
+    dom: &Dominance,
+    i: usize,
+) -> Vec<Loop<'s>> {
+    let mut out = Vec::new();
+    let mut up = g.nodes.get(i).and_then(|n| n.parent);
+    while let Some(p) = up {
+        let Some(info) = g.nodes.get(p) else { break };
+        if matches!(info.node.kind, NodeKind::Foreach { .. }) {
+            out.push(loop_of(spec, tool, g, dom, p));
+        }
+        up = info.parent;
+    }
+    out
+}
+
+/// The loop of `foreach` node `i`: its names, and what an element is (a
+/// row when it iterates over rows a node bound, else anything).
+fn loop_of<'s>(
+    spec: &'s Spec,
+    tool: &'s Tool,
+    g: &'s ToolGraph<'s>,
+    dom: &Dominance,
+    i: usize,
+) -> Loop<'s> {
+    let info = g.nodes.get(i);
+    let (name, items) = match info.map(|n| &n.node.kind) {
+        Some(NodeKind::Foreach { as_name, items, .. }) => (as_name.as_str(), Some(items)),
+        _ => ("", None),
+    };
+    let element = match items.and_then(|x| x.ast.as_ref()).map(|a| &a.kind) {
+        Some(ExprKind::Ident(root)) => {
+            let outer = Scope {
+                spec,
+                roots: true,
+                tool: Some(tool),
+                row: None,
+                graph: Some((g, dom)),
+                at: vec![g.vin_of(i)],
+                loops: enclosing_loops(spec, tool, g, dom, i),
+            };
+            match outer.lookup(root) {
+                Ok(Binding::Rows(e, inc)) => Binding::Row(e, inc),
+                _ => Binding::Any,
+            }
+        }
+        _ => Binding::Any,
+    };
+    Loop {
+        node: i,
+        name,
+        index: format!("{name}_index"),
+        element,
+    }
+}
+
+/// A loop's `as` (and `<as>_index`) must not hide another name.
+fn check_loop_names(
+    cx: &mut Cx,
+    g: &ToolGraph,
+    loops: &[Loop],
+    id: &str,
+    node: &Node,
+    as_name: &str,
+) {
+    let index = format!("{as_name}_index");
+    for n in [as_name, index.as_str()] {
+        let taken = if matches!(n, "input" | "auth" | "request" | "row") {
+            Some("a name every expression has".to_string())
+        } else if g.by_id.contains_key(n) {
+            Some(format!("the id of node `{n}`"))
+        } else {
+            loops
+                .iter()
+                .find(|l| l.name == n || l.index == n)
+                .and_then(|l| g.nodes.get(l.node))
+                .map(|outer| format!("a name of the enclosing `foreach` `{}`", outer.id))
+        };
+        if let Some(what) = taken {
+            cx.error(
+                Diagnostic::new(
+                    "duplicate-name",
+                    child(&node.path, "as"),
+                    format!(
+                        "the `foreach` `{id}` names its elements `{as_name}`, but `{n}` is {what}"
+                    ),
+                )
+                .help("choose another `as`"),
+            );
+        }
     }
 }
 
@@ -967,7 +1151,7 @@ fn check_reached(
     let reachable = dom.is_reachable(vin);
     // Reachability and open paths.
     if !reachable {
-        let in_dead_tx = info.tx.is_some_and(|t| {
+        let in_dead_tx = info.parent.is_some_and(|t| {
             !dom.is_reachable(g.vin_of(t))
                 && !from_comp.get(g.vin_of(t).index()).copied().unwrap_or(false)
         });
@@ -982,7 +1166,7 @@ fn check_reached(
                 .help("connect it with `next`/`onError`, or remove it"),
             );
         }
-    } else if info.tx.is_none() {
+    } else if info.parent.is_none() {
         let open = match &node.kind {
             NodeKind::Return { .. }
             | NodeKind::Fail { .. }
@@ -1329,6 +1513,9 @@ fn check_node(cx: &mut Cx, spec: &Spec, scope: &Scope, row_scope: &Scope, node: 
             if let Some(m) = message {
                 check_expr(cx, m, scope);
             }
+        }
+        NodeKind::Foreach { items, .. } => {
+            check_expr(cx, items, scope);
         }
         NodeKind::Sql { .. } | NodeKind::Transaction { .. } | NodeKind::Invalid => {}
     }

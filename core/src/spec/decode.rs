@@ -1050,7 +1050,10 @@ fn flow(cx: &mut Cx, v: &Value, path: &str, ids: &mut HashMap<String, String>) -
     })
 }
 
-const NODE_TYPES: &[(&str, ()); 16] = &[
+/// The largest `maxItems` of a `foreach`.
+pub const MAX_ITEMS: u64 = 100_000;
+
+const NODE_TYPES: &[(&str, ()); 17] = &[
     ("read", ()),
     ("aggregate", ()),
     ("create", ()),
@@ -1065,6 +1068,7 @@ const NODE_TYPES: &[(&str, ()); 16] = &[
     ("switch", ()),
     ("call", ()),
     ("transaction", ()),
+    ("foreach", ()),
     ("return", ()),
     ("fail", ()),
 ];
@@ -1108,11 +1112,7 @@ fn node(cx: &mut Cx, v: &Value, path: &str, ids: &mut HashMap<String, String>) -
     let kind = node_kind(cx, &mut o, &ty, path, ids);
     o.finish(cx);
     node.kind = match kind {
-        Some(k)
-            if cx.errors.len() == errors_before || matches!(k, NodeKind::Transaction { .. }) =>
-        {
-            k
-        }
+        Some(k) if cx.errors.len() == errors_before || k.body().is_some() => k,
         Some(k) if !matches!(k, NodeKind::Invalid) => k,
         _ => NodeKind::Invalid,
     };
@@ -1364,6 +1364,30 @@ fn node_kind(
             NodeKind::Transaction {
                 body: body.unwrap_or_default(),
                 isolation: isolation.unwrap_or_default(),
+            }
+        }
+        "foreach" => {
+            let items = o.expr(cx, "items", true);
+            let as_name = o.name(cx, "as", true);
+            if !o.map.contains_key("maxItems") {
+                o.req(cx, "maxItems");
+            }
+            let max_items = o.uint(cx, "maxItems", 1, MAX_ITEMS);
+            let collect = o
+                .get("collect")
+                .map(|v| template(cx, v, &child(path, "collect")));
+            let body = o
+                .req(cx, "body")
+                .and_then(|v| flow(cx, v, &child(path, "body"), ids));
+            match (items, as_name, max_items) {
+                (Some(items), Some(as_name), Some(max_items)) => NodeKind::Foreach {
+                    items,
+                    as_name,
+                    max_items,
+                    body: body.unwrap_or_default(),
+                    collect,
+                },
+                _ => NodeKind::Invalid,
             }
         }
         "return" => {
