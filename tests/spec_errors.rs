@@ -2163,7 +2163,182 @@ fn writes_in_a_loop_multiply_by_max_items() {
     });
     at(&mut v, &format!("{BODY}/order/body/nodes/one"))["next"] = json!("bump");
     let report = risk::check(&serde_json::to_string(&v).unwrap());
-    let j = report.to_json().to_string();
+    let j = report.to_json();
     assert!(j.contains("up to 200 `Product` rows"), "{j}");
     assert_eq!(report.level, Level::Yellow);
+}
+
+// ---------------------------------------------------------------------------
+// Writes on many rows (format 0.2): `where` on transition and soft_delete,
+// `orderBy` on update, `create` with `each`.
+
+/// The base's order creation as one create per element of `input.lines`,
+/// whose input schema bounds it with `maxItems`.
+fn with_create_each(v: &mut Value, max_items: Option<u64>) {
+    let mut lines = json!({"type": "array", "items": {
+        "type": "object", "properties": {"quantity": {"type": "integer"}}
+    }});
+    if let Some(n) = max_items {
+        lines["maxItems"] = json!(n);
+    }
+    at(v, "/tools/place_order")["input"] = json!({
+        "type": "object",
+        "properties": {"sku": {"type": "string"}, "quantity": {"type": "integer"}, "lines": lines}
+    });
+    let order = at(v, &format!("{BODY}/order"));
+    order["each"] = json!("input.lines");
+    order["as"] = json!("line");
+    order["values"] = json!({"product": "product.id", "quantity": "line.quantity"});
+    at(v, &format!("{PLACE}/notify"))["args"] = json!({"n": "size(order)"});
+    at(v, &format!("{PLACE}/done"))["value"] = json!({"orders": "order"});
+}
+
+#[test]
+fn a_create_over_a_bounded_list_is_green() {
+    let mut v = base();
+    with_create_each(&mut v, Some(20));
+    let text = serde_json::to_string_pretty(&v).unwrap();
+    let l = load_text(&text);
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    assert!(l.warnings.is_empty(), "{}", list(&l.warnings));
+    assert_eq!(risk::check(&text).level, Level::Green);
+}
+
+#[test]
+fn a_create_over_a_list_nothing_bounds_is_red_and_the_fix_bounds_the_input() {
+    let mut v = base();
+    with_create_each(&mut v, None);
+    let text = serde_json::to_string_pretty(&v).unwrap();
+    let report = risk::check(&text);
+    assert_eq!(report.level, Level::Red, "{}", report.to_json());
+    let f = report
+        .findings()
+        .find(|f| f.code == "unbounded-update")
+        .unwrap_or_else(|| panic!("{}", report.to_json()));
+    assert_eq!(f.node.as_deref(), Some("order"));
+    let patch = f.fix.patch.clone().expect("a mechanical fix");
+    let mut fixed = v.clone();
+    sinew_core::patch::apply(&mut fixed, &patch).unwrap();
+    assert_eq!(
+        fixed.pointer("/tools/place_order/input/properties/lines/maxItems"),
+        Some(&json!(100))
+    );
+    assert_eq!(
+        risk::check(&serde_json::to_string(&fixed).unwrap()).level,
+        Level::Green
+    );
+    // A bound above maxRowsPerWrite is Yellow.
+    let mut v = base();
+    with_create_each(&mut v, Some(500));
+    let report = risk::check(&serde_json::to_string(&v).unwrap());
+    assert_eq!(report.level, Level::Yellow, "{}", report.to_json());
+    assert!(report.to_json().contains("up to 500 `Order` rows"));
+}
+
+#[test]
+fn a_create_over_a_list_names_its_element() {
+    // `as` without `each`, and the other way round.
+    let l = load_with(|v| at(v, &format!("{BODY}/order"))["as"] = json!("line"));
+    let d = only_error(&l, "missing-key", &format!("{BODY}/order"));
+    assert_message(d, "`as` needs `each`");
+    // The element is not in scope after the create.
+    let l = load_with(|v| {
+        with_create_each(v, Some(20));
+        at(v, &format!("{PLACE}/done"))["value"] = json!({"q": "line.quantity"});
+    });
+    only_error(&l, "expr-scope", &format!("{PLACE}/done/value/q"));
+    // It must not hide a node.
+    let l = load_with(|v| {
+        with_create_each(v, Some(20));
+        at(v, &format!("{BODY}/order"))["as"] = json!("product");
+        at(v, &format!("{BODY}/order"))["values"] = json!({"quantity": "1"});
+    });
+    error(&l, "duplicate-name", &format!("{BODY}/order/as"));
+    // A list of rows is not a row: `order` binds the created rows.
+    let l = load_with(|v| {
+        with_create_each(v, Some(20));
+        at(v, &format!("{PLACE}/done"))["value"] = json!({"id": "order.id"});
+    });
+    let d = only_error(&l, "expr-type", &format!("{PLACE}/done/value/id"));
+    assert_help(d, "order[0]");
+}
+
+/// A transition (or soft delete) of the rows a `where` matches: the same
+/// row-impact rules as an update, and `id` or `where`, not both.
+#[test]
+fn a_transition_of_many_rows_is_bounded_like_an_update() {
+    let sweep = |v: &mut Value, target: Value| {
+        at(v, BODY)["pay"] = target;
+        at(v, &format!("{BODY}/take"))["next"] = json!("pay");
+    };
+    let l = load_with(|v| {
+        sweep(
+            v,
+            json!({"type": "transition", "entity": "Order", "action": "pay",
+                   "where": {"quantity": {"gt": 0}}, "orderBy": "quantity desc", "limit": 10}),
+        )
+    });
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    assert_eq!(risk::analyze(&l).level, Level::Green);
+    // No limit: Red, and the fix adds one.
+    let l = load_with(|v| {
+        sweep(
+            v,
+            json!({"type": "transition", "entity": "Order", "action": "pay",
+                   "where": {"quantity": {"gt": 0}}}),
+        )
+    });
+    let report = risk::analyze(&l);
+    assert!(
+        report.findings().any(|f| f.code == "unbounded-update"),
+        "{}",
+        report.to_json()
+    );
+    // A limit above maxRowsPerWrite: Yellow.
+    let l = load_with(|v| {
+        sweep(
+            v,
+            json!({"type": "soft_delete", "entity": "Order",
+                   "where": {"quantity": {"gt": 0}}, "limit": 1000}),
+        )
+    });
+    let report = risk::analyze(&l);
+    assert!(report.findings().any(|f| f.code == "high-row-impact"));
+    assert_eq!(report.level, Level::Yellow);
+    // `id` and `where` together.
+    let l = load_with(|v| {
+        sweep(
+            v,
+            json!({"type": "transition", "entity": "Order", "action": "pay",
+                   "id": "order.id", "where": {"quantity": 1}}),
+        )
+    });
+    only_error(&l, "invalid-value", &format!("{BODY}/pay/id"));
+    // `limit` without `where`.
+    let l = load_with(|v| {
+        sweep(
+            v,
+            json!({"type": "soft_delete", "entity": "Order", "id": "order.id", "limit": 3}),
+        )
+    });
+    only_error(&l, "invalid-value", &format!("{BODY}/pay/limit"));
+    // Unknown fields in `where` and `orderBy` are found.
+    let l = load_with(|v| {
+        sweep(
+            v,
+            json!({"type": "transition", "entity": "Order", "action": "pay",
+                   "where": {"qty": 1}, "orderBy": "amount", "limit": 5}),
+        )
+    });
+    error(&l, "unknown-field", &format!("{BODY}/pay/orderBy/0"));
+    // The node binds a list.
+    let l = load_with(|v| {
+        sweep(
+            v,
+            json!({"type": "transition", "entity": "Order", "action": "pay",
+                   "where": {"quantity": 1}, "limit": 5}),
+        );
+        at(v, &format!("{PLACE}/done"))["value"] = json!({"s": "pay.status"});
+    });
+    only_error(&l, "expr-type", &format!("{PLACE}/done/value/s"));
 }

@@ -116,6 +116,19 @@ pub fn effective_concurrency(spec: &Spec, tool: &Tool) -> Concurrency {
                             .and_then(spec::Limit::fixed)
                             .is_none_or(|n| n > spec.limits.max_rows_per_write);
                 }
+                NodeKind::Transition {
+                    target: spec::Target::Where { limit, .. },
+                    ..
+                }
+                | NodeKind::SoftDelete {
+                    target: spec::Target::Where { limit, .. },
+                    ..
+                } => {
+                    many |= limit
+                        .as_ref()
+                        .and_then(spec::Limit::fixed)
+                        .is_none_or(|n| n > spec.limits.max_rows_per_write);
+                }
                 _ => {}
             }
             if node.kind.is_write()

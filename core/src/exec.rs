@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use crate::bundle::{Bundle, Compiled};
 use crate::expr::{self, Env, Value};
 use crate::model::{
-    Concurrency, Entity, Expression, FilterOp, Flow, Limit, Node, NodeKind, Template, Tool,
+    Concurrency, Entity, Expression, FilterOp, Flow, Limit, Node, NodeKind, Target, Template, Tool,
 };
 use crate::ports::{
     CallOutcome, CallRequest, Clock, Condition, External, Predicate, Query, Row, SortKey, Storage,
@@ -516,23 +516,74 @@ impl<'a> Run<'a> {
         let bound = match &node.kind {
             NodeKind::Read { .. } => self.read(node)?,
             NodeKind::Aggregate { .. } => self.aggregate(node)?,
-            NodeKind::Create { entity, values } => self.create(id, entity, values)?,
+            NodeKind::Create {
+                entity,
+                values,
+                each: None,
+            } => self.create(id, entity, values)?,
+            NodeKind::Create {
+                entity,
+                values,
+                each: Some((items, as_name)),
+            } => self.create_each(id, entity, values, items, as_name)?,
             NodeKind::Update {
                 entity,
                 filters,
                 limit,
                 one,
                 set,
+                order_by,
             } => {
                 let filters = filters.as_deref().unwrap_or_default();
-                self.update(entity, filters, limit.as_ref(), *one, set)?
+                let pick = Pick {
+                    filters,
+                    order_by,
+                    limit: limit.as_ref(),
+                };
+                self.update(entity, &pick, *one, set)?
             }
             NodeKind::Transition {
                 entity,
-                id: row_id,
+                target: Target::Id(row_id),
                 action,
             } => self.transition(entity, row_id, action)?,
-            NodeKind::SoftDelete { entity, id: row_id } => self.soft_delete(entity, row_id)?,
+            NodeKind::Transition {
+                entity,
+                target:
+                    Target::Where {
+                        filters,
+                        order_by,
+                        limit,
+                    },
+                action,
+            } => {
+                let pick = Pick {
+                    filters,
+                    order_by,
+                    limit: limit.as_ref(),
+                };
+                self.transition_where(entity, &pick, action)?
+            }
+            NodeKind::SoftDelete {
+                entity,
+                target: Target::Id(row_id),
+            } => self.soft_delete(entity, row_id)?,
+            NodeKind::SoftDelete {
+                entity,
+                target:
+                    Target::Where {
+                        filters,
+                        order_by,
+                        limit,
+                    },
+            } => {
+                let pick = Pick {
+                    filters,
+                    order_by,
+                    limit: limit.as_ref(),
+                };
+                self.soft_delete_where(entity, &pick)?
+            }
             NodeKind::Let { values } => self.let_values(values)?,
             NodeKind::Delete { .. } | NodeKind::Sql { .. } | NodeKind::Invalid => {
                 return Err(
@@ -917,35 +968,85 @@ impl<'a> Run<'a> {
         Ok(crate::ports::shaped(e, stored))
     }
 
-    /// `update`: the matching rows, each changed by `set` (with `row`).
-    fn update(
+    /// `create` with `each`: one row per element of the list, in its
+    /// order, with `<as>` and `<as>_index` bound in `values`; the list of
+    /// created rows.
+    fn create_each(
         &mut self,
+        id: &str,
         entity: &str,
-        filters: &[crate::model::Where],
-        limit: Option<&Limit>,
-        one: bool,
-        set: &crate::model::NameMap<Template>,
+        values: &crate::model::NameMap<Template>,
+        items: &Expression,
+        as_name: &str,
     ) -> Result<Value, Problem> {
-        let e = self.entity(entity)?;
-        let mut conditions = self.conditions(e, entity, filters)?;
+        let each = Each {
+            items,
+            as_name,
+            max_items: u64::MAX,
+        };
+        let list = self.elements(&each)?;
+        let index_name = format!("{as_name}_index");
+        let mut out = Vec::with_capacity(list.len());
+        let mut result = Ok(());
+        for (i, item) in list.into_iter().enumerate() {
+            self.bound.insert(as_name.to_string(), item);
+            self.bound.insert(
+                index_name.clone(),
+                Value::Int(i64::try_from(i).unwrap_or(i64::MAX)),
+            );
+            match self.create(id, entity, values) {
+                Ok(row) => out.push(row),
+                Err(p) => {
+                    result = Err(p);
+                    break;
+                }
+            }
+        }
+        self.bound.remove(as_name);
+        self.bound.remove(&index_name);
+        result.map(|()| Value::List(out))
+    }
+
+    /// The rows a many-row write acts on, in the write transaction: those
+    /// `pick` matches that the caller may see (and `extra` keeps), in its
+    /// order (default `id`), up to its `limit` (with `one`: 2, to tell one
+    /// from many), locked under pessimistic concurrency.
+    fn pick_rows(
+        &mut self,
+        e: &Entity,
+        entity: &str,
+        pick: &Pick,
+        one: bool,
+        extra: Option<Predicate>,
+    ) -> Result<Vec<Row>, Problem> {
+        let mut conditions = self.conditions(e, entity, pick.filters)?;
         self.owner_filter(e, &mut conditions)?;
-        let limit = self.limit(limit)?;
+        conditions.extend(extra);
+        let limit = self.limit(pick.limit)?;
         let query = Query {
             filters: conditions,
-            order: vec![SortKey {
-                field: "id".into(),
-                desc: false,
-            }],
+            order: sort_keys(pick.order_by),
             limit: if one { Some(2) } else { limit },
             after: None,
             lock: self.compiled.concurrency == Concurrency::Pessimistic,
             include: Vec::new(),
         };
         let tx = self.write_tx()?.id;
-        let rows = self
-            .storage
+        self.storage
             .read(Some(tx), entity, &query)
-            .map_err(storage_problem)?;
+            .map_err(storage_problem)
+    }
+
+    /// `update`: the matching rows, each changed by `set` (with `row`).
+    fn update(
+        &mut self,
+        entity: &str,
+        pick: &Pick,
+        one: bool,
+        set: &crate::model::NameMap<Template>,
+    ) -> Result<Value, Problem> {
+        let e = self.entity(entity)?;
+        let rows = self.pick_rows(e, entity, pick, one, None)?;
         if one {
             match rows.len() {
                 0 => {
@@ -987,6 +1088,63 @@ impl<'a> Run<'a> {
             Value::List(out)
         };
         Ok(value)
+    }
+
+    /// `transition` with `where`: every matching row whose status allows
+    /// the action (up to `limit` of them), each along its status machine.
+    fn transition_where(
+        &mut self,
+        entity: &str,
+        pick: &Pick,
+        action: &str,
+    ) -> Result<Value, Problem> {
+        let e = self.entity(entity)?;
+        let Some(t) = e.status.as_ref().and_then(|sm| sm.transitions.get(action)) else {
+            return Err(Problem::new(Code::Internal, "no such transition").fatal());
+        };
+        let allowed = Predicate::Is(Condition {
+            field: "status".into(),
+            op: FilterOp::In,
+            value: Json::Array(t.from.iter().cloned().map(Json::String).collect()),
+        });
+        let rows = self.pick_rows(e, entity, pick, false, Some(allowed))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut changes = Row::new();
+            changes.insert("status".into(), Json::String(t.to.clone()));
+            changes.insert("updated_at".into(), Json::String(self.now_text()));
+            let stored = self.update_row(entity, &row, &changes)?;
+            self.record(entity, &stored, "transition", version(&row))?;
+            out.push(crate::ports::shaped(e, stored));
+        }
+        Ok(Value::List(out))
+    }
+
+    /// `soft_delete` with `where`: every matching row (up to `limit`), each
+    /// with what its deletion does to the rows that refer to it; one
+    /// `maxRowsPerWrite` budget for the cascades of them all.
+    fn soft_delete_where(&mut self, entity: &str, pick: &Pick) -> Result<Value, Problem> {
+        let e = self.entity(entity)?;
+        let rows = self.pick_rows(e, entity, pick, false, None)?;
+        let tx = self.write_tx()?.id;
+        let mut budget = self.bundle.spec.limits.max_rows_per_write;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let rid = row
+                .get("id")
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_string();
+            self.release(entity, &rid, &mut budget, 0)?;
+            let now = self.now_text();
+            let stored = self
+                .storage
+                .soft_delete(tx, entity, &rid, version(&row).unwrap_or(0), &now)
+                .map_err(storage_problem)?;
+            self.record(entity, &stored, "soft_delete", version(&row))?;
+            out.push(crate::ports::shaped(e, stored));
+        }
+        Ok(Value::List(out))
     }
 
     /// `transition`: one row along its status machine.
@@ -1891,6 +2049,13 @@ impl<'a> Run<'a> {
 }
 
 /// A condition that gave something other than a bool: a spec error.
+/// The rows a many-row write picks: `where`, `orderBy`, `limit`.
+struct Pick<'n> {
+    filters: &'n [crate::model::Where],
+    order_by: &'n [crate::model::Order],
+    limit: Option<&'n Limit>,
+}
+
 /// What a `foreach` iterates over, or a `create` with `each`.
 struct Each<'n> {
     items: &'n Expression,

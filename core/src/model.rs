@@ -819,6 +819,22 @@ pub enum Isolation {
     Serializable,
 }
 
+/// The rows a `transition` or `soft_delete` acts on.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// One row, by id (`id`).
+    Id(Expression),
+    /// Every matching row, up to `limit` (`where`, `orderBy`, `limit`).
+    Where {
+        /// Conditions, all of which must hold.
+        filters: Vec<Where>,
+        /// Which rows a `limit` keeps (default: `id` ascending).
+        order_by: Vec<Order>,
+        /// At most this many (eligible) rows.
+        limit: Option<Limit>,
+    },
+}
+
 /// A `switch` case.
 #[derive(Debug, Clone)]
 pub struct Case {
@@ -873,12 +889,14 @@ pub enum NodeKind {
         /// `scope: "all"`: across owners.
         all: bool,
     },
-    /// Insert one row.
+    /// Insert one row, or one per element of a list (`each`).
     Create {
         /// The entity.
         entity: String,
         /// Field values.
         values: NameMap<Template>,
+        /// `each` (the list) and `as` (the element's name in `values`).
+        each: Option<(Expression, String)>,
     },
     /// Change matching rows.
     Update {
@@ -892,22 +910,24 @@ pub enum NodeKind {
         one: bool,
         /// New values (may use `row`).
         set: NameMap<Template>,
+        /// Which rows a `limit` keeps (default: `id` ascending).
+        order_by: Vec<Order>,
     },
-    /// Move a row along its status machine.
+    /// Move a row (or every matching row) along its status machine.
     Transition {
         /// The entity.
         entity: String,
-        /// The row's id.
-        id: Expression,
+        /// The row, or the rows.
+        target: Target,
         /// The transition's action.
         action: String,
     },
-    /// Set `deleted_at`.
+    /// Set `deleted_at` on a row (or every matching row).
     SoftDelete {
         /// The entity.
         entity: String,
-        /// The row's id.
-        id: Expression,
+        /// The row, or the rows.
+        target: Target,
     },
     /// Hard delete (always Red).
     Delete {

@@ -45,7 +45,7 @@ fn nodes_with_ids(flow: &Flow) -> Vec<(&str, &NodeKind)> {
     while let Some(f) = stack.pop() {
         for (id, n) in &f.nodes {
             out.push((id.as_str(), &n.kind));
-            if let NodeKind::Transaction { body, .. } = &n.kind {
+            if let Some(body) = n.kind.body() {
                 stack.push(body);
             }
         }
@@ -184,10 +184,23 @@ fn data_errors(spec: &Spec, tool: &Tool, nodes: &[&NodeKind], out: &mut Reasons)
                     out.add(409, "more than one row matches where one was expected");
                 }
             }
-            NodeKind::Transition { .. } => {
+            NodeKind::Transition {
+                target: sinew_core::spec::Target::Id(_),
+                ..
+            } => {
                 (writes, finds) = (true, true);
                 out.add(409, "the row's status does not allow the transition");
             }
+            // A transition of the rows a `where` matches skips the others.
+            NodeKind::Transition { .. } => writes = true,
+            NodeKind::Foreach { .. } => out.add(
+                422,
+                "a list is longer than a loop's `maxItems` (`too_many_items`)",
+            ),
+            NodeKind::SoftDelete {
+                target: sinew_core::spec::Target::Where { .. },
+                ..
+            } => writes = true,
             NodeKind::SoftDelete { .. } | NodeKind::Delete { .. } => {
                 (writes, finds) = (true, true);
             }

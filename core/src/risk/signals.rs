@@ -6,8 +6,9 @@ use std::collections::{BTreeSet, HashMap};
 
 use super::{Finding, Fix, Level, signal};
 use crate::diag::child;
+use crate::expr::ExprKind;
 use crate::flow::{NodeInfo, Path, ToolGraph};
-use crate::model::{FilterOp, Limit, NodeKind, Spec, Tool, Where};
+use crate::model::{Expression, FilterOp, Limit, NodeKind, Spec, Target, Tool, Where};
 use crate::patch::Op;
 
 /// `(external, operation)` pairs that undo something: declared with
@@ -147,7 +148,22 @@ pub(super) fn tool_findings(
                 entity,
                 filters.as_deref().unwrap_or_default(),
                 limit.as_ref(),
+                false,
             ),
+            NodeKind::Transition {
+                entity,
+                target: Target::Where { filters, limit, .. },
+                ..
+            }
+            | NodeKind::SoftDelete {
+                entity,
+                target: Target::Where { filters, limit, .. },
+            } => t.update_impact(info, entity, filters, limit.as_ref(), true),
+            NodeKind::Create {
+                entity,
+                each: Some((items, _)),
+                ..
+            } => t.create_impact(info, entity, items),
             NodeKind::Read {
                 entity,
                 filters,
@@ -278,9 +294,24 @@ impl ToolSignals<'_, '_> {
         }
         let own = match &info.node.kind {
             NodeKind::Update { one: true, .. } => 1,
-            NodeKind::Update { limit, .. } => match limit.as_ref().and_then(Limit::fixed) {
+            NodeKind::Update { limit, .. }
+            | NodeKind::Transition {
+                target: Target::Where { limit, .. },
+                ..
+            }
+            | NodeKind::SoftDelete {
+                target: Target::Where { limit, .. },
+                ..
+            } => match limit.as_ref().and_then(Limit::fixed) {
                 Some(n) if n <= self.max_rows => n,
                 // Unbounded or too large on its own: reported as such.
+                _ => return,
+            },
+            NodeKind::Create {
+                each: Some((items, _)),
+                ..
+            } => match list_bound(self.tool, self.g, items) {
+                Some(n) if n <= self.max_rows => n,
                 _ => return,
             },
             NodeKind::Sql { .. } | NodeKind::Delete { .. } => return,
@@ -302,18 +333,88 @@ impl ToolSignals<'_, '_> {
         self.push("high-row-impact", Some(info), message, None, Some(summary));
     }
 
+    /// A `create` with `each`: as many rows as the list has elements, so
+    /// `unbounded-update` when nothing bounds the list's length, and
+    /// `high-row-impact` above `maxRowsPerWrite`.
+    fn create_impact(&mut self, info: &NodeInfo, entity: &str, items: &Expression) {
+        let (name, max_rows) = (self.name, self.max_rows);
+        let input_prop = input_property(items);
+        let bound = list_bound(self.tool, self.g, items);
+        let fix = |prop: Option<&str>| {
+            prop.map(|p| {
+                vec![Op::Add {
+                    path: format!("{}/input/properties/{p}/maxItems", self.tool.path),
+                    value: json!(max_rows),
+                }]
+            })
+        };
+        match bound {
+            None => {
+                let message = format!(
+                    "{name} is Red because node `{}` creates a `{entity}` row per element of `{}`, and nothing bounds how many there are",
+                    info.id, items.src
+                );
+                let summary = match input_prop {
+                    Some(p) => format!(
+                        "give the input array `{p}` a `maxItems` (`\"maxItems\": {max_rows}`)"
+                    ),
+                    None => "iterate over a list with a known bound (an input array with `maxItems`, a read with a `limit`)".to_string(),
+                };
+                let patch = fix(input_prop);
+                self.push(
+                    "unbounded-update",
+                    Some(info),
+                    message,
+                    patch,
+                    Some(summary),
+                );
+            }
+            Some(n) if n > max_rows => {
+                let message = format!(
+                    "{name} is Yellow because node `{}` can create up to {n} `{entity}` rows at once, more than {max_rows}",
+                    info.id
+                );
+                let summary = format!(
+                    "bound the list to {max_rows} elements (`\"maxItems\": {max_rows}`), or acknowledge"
+                );
+                let patch = input_prop.and_then(|p| {
+                    let schema = self.tool.input.pointer(&format!("/properties/{p}"))?;
+                    schema.get("maxItems")?;
+                    Some(vec![Op::Replace {
+                        path: format!("{}/input/properties/{p}/maxItems", self.tool.path),
+                        value: json!(max_rows),
+                    }])
+                });
+                self.push("high-row-impact", Some(info), message, patch, Some(summary));
+            }
+            Some(_) => {}
+        }
+    }
+
     /// `unbounded-update` (no `where`, no `limit`) or `high-row-impact`
-    /// (more rows than `maxRowsPerWrite` may change at once).
+    /// (more rows than `maxRowsPerWrite` may change at once). `strict` (the
+    /// 0.2 many-row `transition` and `soft_delete`): no `limit` and a
+    /// `where` that pins no single row is no static bound, so
+    /// `unbounded-update` too.
     fn update_impact(
         &mut self,
         info: &NodeInfo,
         entity: &str,
         filters: &[Where],
         limit: Option<&Limit>,
+        strict: bool,
     ) {
         let (name, max_rows, path) = (self.name, self.max_rows, info.node.path.as_str());
-        if !filters.iter().any(Where::always_applies) && limit.is_none() {
-            let message = if filters.is_empty() {
+        let no_bound = limit.is_none()
+            && (!filters.iter().any(Where::always_applies)
+                || (strict && !pinned(self.spec, entity, filters)));
+        if no_bound {
+            let message = if strict && filters.iter().any(Where::always_applies) {
+                format!(
+                    "{name} is Red because node `{}` changes every `{entity}` row its `where` matches, with no `limit`",
+                    info.id
+                )
+            } else if filters.is_empty() {
                 format!(
                     "{name} is Red because node `{}` updates `{entity}` rows with neither `where` nor `limit`, so it can change every row",
                     info.id
@@ -586,6 +687,61 @@ fn recovery_set(g: &ToolGraph, external: &str, operation: &str) -> Vec<bool> {
         }
     }
     g.reaching(&sources)
+}
+
+/// `p` when `items` is `input.p`.
+fn input_property(items: &Expression) -> Option<&str> {
+    match &items.ast.as_ref()?.kind {
+        ExprKind::Member(inner, field) if matches!(&inner.kind, ExprKind::Ident(r) if r == "input") => {
+            Some(field.as_str())
+        }
+        _ => None,
+    }
+}
+
+/// The longest a list can be, as far as the spec says: an input array's
+/// `maxItems`, a read's fixed `limit` (or page size), a `foreach`'s or a
+/// loop's bound list, a list literal's length.
+pub(crate) fn list_bound(tool: &Tool, g: &ToolGraph, items: &Expression) -> Option<u64> {
+    let ast = items.ast.as_ref()?;
+    if let Some(p) = input_property(items) {
+        return tool
+            .input
+            .pointer(&format!("/properties/{p}/maxItems"))
+            .and_then(Value::as_u64);
+    }
+    match &ast.kind {
+        ExprKind::List(elements) => Some(elements.len() as u64),
+        ExprKind::Ident(name) => {
+            let node = g.nodes.get(*g.by_id.get(name.as_str())?)?;
+            match &node.node.kind {
+                NodeKind::Read {
+                    one: false,
+                    page: false,
+                    limit,
+                    ..
+                } => limit.as_ref().and_then(Limit::fixed),
+                NodeKind::Foreach { max_items, .. } => Some(*max_items),
+                NodeKind::Update {
+                    one: false, limit, ..
+                }
+                | NodeKind::Transition {
+                    target: Target::Where { limit, .. },
+                    ..
+                }
+                | NodeKind::SoftDelete {
+                    target: Target::Where { limit, .. },
+                    ..
+                } => limit.as_ref().and_then(Limit::fixed),
+                NodeKind::Create {
+                    each: Some((inner, _)),
+                    ..
+                } => list_bound(tool, g, inner),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
 }
 
 /// The product of the `maxItems` of the `foreach` loops around node `i`

@@ -183,6 +183,20 @@ impl<'a> Scope<'a> {
                     Binding::Rows(entity.clone(), Vec::new())
                 }
             }
+            NodeKind::Create {
+                entity,
+                each: Some(_),
+                ..
+            }
+            | NodeKind::Transition {
+                entity,
+                target: Target::Where { .. },
+                ..
+            }
+            | NodeKind::SoftDelete {
+                entity,
+                target: Target::Where { .. },
+            } => Binding::Rows(entity.clone(), Vec::new()),
             NodeKind::Create { entity, .. }
             | NodeKind::Transition { entity, .. }
             | NodeKind::SoftDelete { entity, .. }
@@ -393,6 +407,16 @@ pub(crate) fn check_expr(cx: &mut Cx, e: &Expression, scope: &Scope) {
 /// succeeds: `(rows read, rows written, external calls)`.
 fn certain_cost(node: &Node) -> [u64; 3] {
     match &node.kind {
+        // Many-row writes may match no row, or be given an empty list.
+        NodeKind::Create { each: Some(_), .. }
+        | NodeKind::Transition {
+            target: Target::Where { .. },
+            ..
+        }
+        | NodeKind::SoftDelete {
+            target: Target::Where { .. },
+            ..
+        } => [0, 0, 0],
         NodeKind::Read { one: true, .. } => [1, 0, 0],
         NodeKind::Update { one: true, .. }
         | NodeKind::Create { .. }
@@ -865,7 +889,7 @@ fn check_tool(cx: &mut Cx, spec: &Spec, tool: &Tool) {
         if let Some(calls) = compensates.get(&i).filter(|_| !incomplete) {
             at.extend(calls.iter().map(|&c| g.vout_of(c)));
         }
-        let loops = enclosing_loops(spec, tool, &g, &dom, i);
+        let mut loops = enclosing_loops(spec, tool, &g, &dom, i);
         let scope = |row: Option<&'_ str>, at: &[NodeIndex], loops| Scope {
             spec,
             roots: true,
@@ -880,6 +904,16 @@ fn check_tool(cx: &mut Cx, spec: &Spec, tool: &Tool) {
             at: at.to_vec(),
             loops,
         };
+        if let NodeKind::Create {
+            each: Some((items, as_name)),
+            ..
+        } = &node.kind
+        {
+            // `each` is outside the create's own loop; `values` inside it.
+            check_expr(cx, items, &scope(None, &at, loops.clone()));
+            check_loop_names(cx, &g, &loops, info.id, node, as_name);
+            loops.insert(0, loop_of(spec, tool, &g, &dom, i));
+        }
         check_node(
             cx,
             spec,
@@ -956,7 +990,11 @@ fn loop_of<'s>(
 ) -> Loop<'s> {
     let info = g.nodes.get(i);
     let (name, items) = match info.map(|n| &n.node.kind) {
-        Some(NodeKind::Foreach { as_name, items, .. }) => (as_name.as_str(), Some(items)),
+        Some(NodeKind::Foreach { as_name, items, .. })
+        | Some(NodeKind::Create {
+            each: Some((items, as_name)),
+            ..
+        }) => (as_name.as_str(), Some(items)),
         _ => ("", None),
     };
     let element = match items.and_then(|x| x.ast.as_ref()).map(|a| &a.kind) {
@@ -1448,6 +1486,7 @@ fn check_node(cx: &mut Cx, spec: &Spec, scope: &Scope, row_scope: &Scope, node: 
             filters,
             limit,
             set,
+            order_by,
             ..
         } => {
             let e = ent(cx, entity);
@@ -1459,6 +1498,9 @@ fn check_node(cx: &mut Cx, spec: &Spec, scope: &Scope, row_scope: &Scope, node: 
                 filters.as_deref().unwrap_or_default(),
                 scope,
             );
+            if let Some(e) = e {
+                check_order(cx, entity, e, path, order_by);
+            }
             check_fields(
                 cx,
                 e,
@@ -1476,7 +1518,11 @@ fn check_node(cx: &mut Cx, spec: &Spec, scope: &Scope, row_scope: &Scope, node: 
             }
         }
         NodeKind::Transition { .. } => check_transition(cx, spec, scope, node),
-        NodeKind::SoftDelete { entity, id } | NodeKind::Delete { entity, id } => {
+        NodeKind::SoftDelete { entity, target } => {
+            let e = ent(cx, entity);
+            check_target(cx, spec, scope, e, entity, path, target);
+        }
+        NodeKind::Delete { entity, id } => {
             check_expr(cx, id, scope);
             check_shape(cx, id, scope, Want::Id);
             ent(cx, entity);
@@ -1907,8 +1953,44 @@ fn type_name(t: FieldType) -> &'static str {
 }
 
 /// `create`: entity, values, and the fields it leaves unset.
+/// The rows a `transition` or `soft_delete` acts on: an id, or a `where`
+/// with its `orderBy` and `limit`.
+fn check_target(
+    cx: &mut Cx,
+    spec: &Spec,
+    scope: &Scope,
+    e: Option<&Entity>,
+    entity: &str,
+    path: &str,
+    target: &Target,
+) {
+    match target {
+        Target::Id(id) => {
+            check_expr(cx, id, scope);
+            check_shape(cx, id, scope, Want::Id);
+        }
+        Target::Where {
+            filters,
+            order_by,
+            limit,
+        } => {
+            check_filters(cx, spec, e, entity, filters, scope);
+            if let Some(e) = e {
+                check_indexed(cx, entity, e, path, filters, order_by);
+                check_order(cx, entity, e, path, order_by);
+            }
+            if let Some(Limit::Expr(x)) = limit {
+                check_expr(cx, x, scope);
+                check_shape(cx, x, scope, Want::Count);
+            }
+        }
+    }
+}
+
+/// `create`: its values (with `each`, the element's names are in `scope`
+/// already; `each` itself is checked outside the loop's scope).
 fn check_create(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
-    let NodeKind::Create { entity, values } = &node.kind else {
+    let NodeKind::Create { entity, values, .. } = &node.kind else {
         return;
     };
     let path = node.path.as_str();
@@ -1948,14 +2030,19 @@ fn check_create(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
 
 /// `transition`: the row id and the action of the entity's status machine.
 fn check_transition(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
-    let NodeKind::Transition { entity, id, action } = &node.kind else {
+    let NodeKind::Transition {
+        entity,
+        target,
+        action,
+    } = &node.kind
+    else {
         return;
     };
     let path = node.path.as_str();
     let ent = |cx: &mut Cx, name: &str| entity_ref(cx, spec, &child(path, "entity"), name);
-    check_expr(cx, id, scope);
-    check_shape(cx, id, scope, Want::Id);
-    if let Some(e) = ent(cx, entity) {
+    let e = ent(cx, entity);
+    check_target(cx, spec, scope, e, entity, path, target);
+    if let Some(e) = e {
         match &e.status {
             None => cx.error(
                 Diagnostic::new(

@@ -1119,6 +1119,58 @@ fn node(cx: &mut Cx, v: &Value, path: &str, ids: &mut HashMap<String, String>) -
     node
 }
 
+/// The rows a `transition` or `soft_delete` acts on: `id`, or `where` with
+/// `orderBy` and `limit` (not both).
+fn target(cx: &mut Cx, o: &mut Obj, path: &str) -> Option<Target> {
+    let many = o.map.contains_key("where");
+    if many && o.map.contains_key("id") {
+        for key in ["id", "where", "orderBy", "limit"] {
+            o.get(key);
+        }
+        cx.error(
+            Diagnostic::new(
+                "invalid-value",
+                child(path, "id"),
+                "`id` and `where` are both given",
+            )
+            .help(
+                "act on one row by `id`, or on the rows `where` matches (with `limit`), not both",
+            ),
+        );
+        return None;
+    }
+    if !many {
+        for key in ["orderBy", "limit"] {
+            if o.map.contains_key(key) {
+                o.get(key);
+                cx.error(
+                    Diagnostic::new(
+                        "invalid-value",
+                        child(path, key),
+                        format!("`{key}` applies to the rows of a `where`, and this node has none"),
+                    )
+                    .help("add a `where`, or remove this key"),
+                );
+            }
+        }
+        return o.expr(cx, "id", true).map(Target::Id);
+    }
+    let filters = o
+        .get("where")
+        .map(|v| filters(cx, v, &child(path, "where")))
+        .unwrap_or_default();
+    let order_by = o
+        .get("orderBy")
+        .map(|v| order_by(cx, v, &child(path, "orderBy")))
+        .unwrap_or_default();
+    let limit = limit(cx, o);
+    Some(Target::Where {
+        filters,
+        order_by,
+        limit,
+    })
+}
+
 fn entity_id_node(cx: &mut Cx, o: &mut Obj) -> Option<(String, Expression)> {
     let entity = o.name(cx, "entity", true);
     let id = o.expr(cx, "id", true);
@@ -1277,9 +1329,38 @@ fn node_kind(
             let entity = o.name(cx, "entity", true);
             let raw = o.req(cx, "values");
             let values = template_map(cx, raw, &child(path, "values"), true);
+            let each = match (o.map.contains_key("each"), o.map.contains_key("as")) {
+                (false, false) => None,
+                (true, true) => {
+                    let items = o.expr(cx, "each", true);
+                    let name = o.name(cx, "as", true);
+                    Some((items?, name?))
+                }
+                (has_each, _) => {
+                    let (given, missing) = if has_each {
+                        ("each", "as")
+                    } else {
+                        ("as", "each")
+                    };
+                    cx.error(
+                        Diagnostic::new(
+                            "missing-key",
+                            path.to_string(),
+                            format!("`{given}` needs `{missing}`"),
+                        )
+                        .help(
+                            "a create over a list names the list (`each`) and its element (`as`)",
+                        ),
+                    );
+                    o.get("each");
+                    o.get("as");
+                    return None;
+                }
+            };
             NodeKind::Create {
                 entity: entity?,
                 values,
+                each,
             }
         }
         "update" => {
@@ -1291,27 +1372,36 @@ fn node_kind(
             let one = o.bool(cx, "one");
             let raw = o.req(cx, "set");
             let set = template_map(cx, raw, &child(path, "set"), true);
+            let order_by = o
+                .get("orderBy")
+                .map(|v| order_by(cx, v, &child(path, "orderBy")))
+                .unwrap_or_default();
             NodeKind::Update {
                 entity: entity?,
                 filters,
                 limit,
                 one,
                 set,
+                order_by,
             }
         }
         "transition" => {
-            let e = entity_id_node(cx, o);
+            let entity = o.name(cx, "entity", true);
+            let target = target(cx, o, path);
             let action = o.name(cx, "action", true);
-            let (entity, id) = e?;
             NodeKind::Transition {
-                entity,
-                id,
+                entity: entity?,
+                target: target?,
                 action: action?,
             }
         }
         "soft_delete" => {
-            let (entity, id) = entity_id_node(cx, o)?;
-            NodeKind::SoftDelete { entity, id }
+            let entity = o.name(cx, "entity", true);
+            let target = target(cx, o, path);
+            NodeKind::SoftDelete {
+                entity: entity?,
+                target: target?,
+            }
         }
         "delete" => {
             let (entity, id) = entity_id_node(cx, o)?;
