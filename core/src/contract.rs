@@ -60,7 +60,7 @@ pub fn execute(
         compiled,
         request,
         started,
-        roots: roots(request, started),
+        roots: roots(request, tool, started),
     };
     // 1–2. who is calling, and what they send.
     if let Err(p) = call.admit() {
@@ -485,8 +485,21 @@ fn authorize(tool: &crate::model::Tool, request: &Request) -> Option<Problem> {
     None
 }
 
-fn roots(request: &Request, now_ms: i64) -> [V; 3] {
-    let input = V::from_json(&request.input);
+/// `input`, `auth` and `request` as expressions see them. An optional
+/// input property the call left out reads as `null` (`has(input.x)` is
+/// false either way).
+fn roots(request: &Request, tool: &crate::model::Tool, now_ms: i64) -> [V; 3] {
+    let mut input = V::from_json(&request.input);
+    if let (V::Map(m), Some(props)) = (
+        &mut input,
+        tool.input.get("properties").and_then(|p| p.as_object()),
+    ) {
+        for name in props.keys() {
+            if !m.contains_key(name) {
+                m.insert(name.clone(), V::Null);
+            }
+        }
+    }
     let auth = match &request.auth {
         Some(a) => {
             let mut m = crate::expr::value::Map::default();
