@@ -10,6 +10,7 @@ pub mod http_target;
 pub mod pg;
 pub mod process;
 pub mod scenario;
+pub mod textproto;
 
 use std::path::{Path, PathBuf};
 
