@@ -14,6 +14,7 @@
 //! ```
 
 mod eval;
+mod ext;
 mod lex;
 mod parse;
 pub mod value;
@@ -101,10 +102,14 @@ pub enum Lit {
     Bool(bool),
     /// A 64-bit signed integer.
     Int(i64),
+    /// A 64-bit unsigned integer (`1u`).
+    Uint(u64),
     /// A double.
     Double(f64),
     /// A string.
     String(String),
+    /// Bytes (`b'…'`).
+    Bytes(Vec<u8>),
 }
 
 /// Unary operators.
@@ -171,80 +176,118 @@ impl BinaryOp {
     }
 }
 
-/// A function the language knows: name, whether it is called as a method,
-/// and how many arguments it takes (not counting the receiver).
+/// A function the language knows: its name, and how many arguments it
+/// takes as a function (`f(x, …)`) and as a method (`x.f(…)`, not counting
+/// the receiver), as inclusive ranges (`None`: not callable that way).
 #[derive(Debug, Clone, Copy)]
 pub struct Function {
-    /// Its name.
+    /// Its name (`math.greatest` for a function of a namespace).
     pub name: &'static str,
-    /// Callable as `f(x, …)`: the number of arguments.
-    pub global_arity: Option<usize>,
-    /// Callable as `x.f(…)`: the number of arguments besides `x`.
-    pub method_arity: Option<usize>,
+    /// Callable as `f(x, …)`: the least and most arguments.
+    pub global_arity: Option<(usize, usize)>,
+    /// Callable as `x.f(…)`: the least and most arguments besides `x`.
+    pub method_arity: Option<(usize, usize)>,
+}
+
+/// The namespaces of functions: `math.abs(x)` calls `math.abs`.
+pub const NAMESPACES: &[&str] = &["math", "strings"];
+
+/// The macros: `x.all(v, p)`, … bind `v` to each element of `x` (each key
+/// of a map) inside their other arguments.
+pub const MACROS: &[&str] = &["all", "exists", "exists_one", "map", "filter"];
+
+const fn global(name: &'static str, min: usize, max: usize) -> Function {
+    Function {
+        name,
+        global_arity: Some((min, max)),
+        method_arity: None,
+    }
+}
+
+const fn method(name: &'static str, min: usize, max: usize) -> Function {
+    Function {
+        name,
+        global_arity: None,
+        method_arity: Some((min, max)),
+    }
+}
+
+const fn both(name: &'static str, args: usize) -> Function {
+    Function {
+        name,
+        global_arity: Some((args + 1, args + 1)),
+        method_arity: Some((args, args)),
+    }
 }
 
 /// Every function of the language.
 pub const FUNCTIONS: &[Function] = &[
-    Function {
-        name: "size",
-        global_arity: Some(1),
-        method_arity: Some(0),
-    },
-    Function {
-        name: "has",
-        global_arity: Some(1),
-        method_arity: None,
-    },
-    Function {
-        name: "startsWith",
-        global_arity: None,
-        method_arity: Some(1),
-    },
-    Function {
-        name: "endsWith",
-        global_arity: None,
-        method_arity: Some(1),
-    },
-    Function {
-        name: "contains",
-        global_arity: None,
-        method_arity: Some(1),
-    },
-    Function {
-        name: "lowerAscii",
-        global_arity: None,
-        method_arity: Some(0),
-    },
-    Function {
-        name: "upperAscii",
-        global_arity: None,
-        method_arity: Some(0),
-    },
-    Function {
-        name: "int",
-        global_arity: Some(1),
-        method_arity: None,
-    },
-    Function {
-        name: "double",
-        global_arity: Some(1),
-        method_arity: None,
-    },
-    Function {
-        name: "string",
-        global_arity: Some(1),
-        method_arity: None,
-    },
-    Function {
-        name: "timestamp",
-        global_arity: Some(1),
-        method_arity: None,
-    },
-    Function {
-        name: "duration",
-        global_arity: Some(1),
-        method_arity: None,
-    },
+    both("size", 0),
+    global("has", 1, 1),
+    // Macros.
+    method("all", 2, 2),
+    method("exists", 2, 2),
+    method("exists_one", 2, 2),
+    method("map", 2, 3),
+    method("filter", 2, 2),
+    // Strings.
+    method("startsWith", 1, 1),
+    method("endsWith", 1, 1),
+    method("contains", 1, 1),
+    both("matches", 1),
+    method("lowerAscii", 0, 0),
+    method("upperAscii", 0, 0),
+    method("charAt", 1, 1),
+    method("indexOf", 1, 2),
+    method("lastIndexOf", 1, 2),
+    method("replace", 2, 3),
+    method("split", 1, 2),
+    method("substring", 1, 2),
+    method("trim", 0, 0),
+    method("join", 0, 1),
+    method("reverse", 0, 0),
+    method("format", 1, 1),
+    global("strings.quote", 1, 1),
+    // Conversions.
+    global("int", 1, 1),
+    global("uint", 1, 1),
+    global("double", 1, 1),
+    global("bytes", 1, 1),
+    global("string", 1, 1),
+    global("bool", 1, 1),
+    global("dyn", 1, 1),
+    global("timestamp", 1, 1),
+    global("duration", 1, 1),
+    // Math.
+    global("math.greatest", 1, usize::MAX),
+    global("math.least", 1, usize::MAX),
+    global("math.abs", 1, 1),
+    global("math.ceil", 1, 1),
+    global("math.floor", 1, 1),
+    global("math.round", 1, 1),
+    global("math.trunc", 1, 1),
+    global("math.sign", 1, 1),
+    global("math.sqrt", 1, 1),
+    global("math.isInf", 1, 1),
+    global("math.isNaN", 1, 1),
+    global("math.isFinite", 1, 1),
+    global("math.bitAnd", 2, 2),
+    global("math.bitOr", 2, 2),
+    global("math.bitXor", 2, 2),
+    global("math.bitNot", 1, 1),
+    global("math.bitShiftLeft", 2, 2),
+    global("math.bitShiftRight", 2, 2),
+    // Timestamps and durations (an optional time zone).
+    method("getFullYear", 0, 1),
+    method("getMonth", 0, 1),
+    method("getDayOfYear", 0, 1),
+    method("getDayOfMonth", 0, 1),
+    method("getDate", 0, 1),
+    method("getDayOfWeek", 0, 1),
+    method("getHours", 0, 1),
+    method("getMinutes", 0, 1),
+    method("getSeconds", 0, 1),
+    method("getMilliseconds", 0, 1),
 ];
 
 /// Looks a function up by name.
@@ -263,6 +306,27 @@ pub struct ParseError {
 }
 
 impl Expr {
+    /// The names macros bind (`o` in `orders.all(o, o.total > 0)`), each
+    /// with the span where it is bound: from the name to the macro's last
+    /// argument.
+    pub fn macro_scopes(&self) -> Vec<(&str, Span)> {
+        let mut out = Vec::new();
+        self.walk(|e| {
+            if let ExprKind::Call {
+                target: Some(_),
+                func,
+                args,
+            } = &e.kind
+                && MACROS.contains(&func.as_str())
+                && let (Some(first), Some(last)) = (args.first(), args.last())
+                && let ExprKind::Ident(v) = &first.kind
+            {
+                out.push((v.as_str(), first.span.to(last.span)));
+            }
+        });
+        out
+    }
+
     /// Visits this expression and every sub-expression, parents first.
     /// Iterative: safe on any depth.
     pub fn walk<'a>(&'a self, mut f: impl FnMut(&'a Expr)) {
@@ -325,6 +389,14 @@ impl fmt::Display for Lit {
             Lit::Null => write!(f, "null"),
             Lit::Bool(b) => write!(f, "{b}"),
             Lit::Int(i) => write!(f, "{i}"),
+            Lit::Uint(u) => write!(f, "{u}u"),
+            Lit::Bytes(b) => {
+                write!(f, "b\"")?;
+                for byte in b {
+                    write!(f, "\\x{byte:02x}")?;
+                }
+                write!(f, "\"")
+            }
             Lit::Double(d) => {
                 if d.fract() == 0.0 && d.is_finite() {
                     write!(f, "{d:.1}")

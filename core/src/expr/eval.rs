@@ -59,8 +59,10 @@ fn eval_owned(e: &Expr, env: &dyn Env) -> Result<Value, EvalError> {
             Lit::Null => Value::Null,
             Lit::Bool(b) => Value::Bool(*b),
             Lit::Int(i) => Value::Int(*i),
+            Lit::Uint(u) => Value::Uint(*u),
             Lit::Double(d) => Value::Double(*d),
             Lit::String(s) => Value::String(s.clone()),
+            Lit::Bytes(b) => Value::Bytes(b.clone()),
         }),
         ExprKind::Ident(_) | ExprKind::Member(..) => eval_ref(e, env).map(Cow::into_owned),
         ExprKind::Index(a, i) => {
@@ -146,11 +148,52 @@ fn member_ref<'b>(base: &'b Value, field: &str, span: Span) -> Result<&'b Value,
     }
 }
 
-/// Whether two values are equal (CEL: numbers compare across int and
-/// double; values of different types are not equal).
+/// Orders two numbers of any of the numeric types by their exact values
+/// (no rounding of large integers through doubles); `None` for NaN or a
+/// value that is not a number.
+fn numeric(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
+    use std::cmp::Ordering;
+    /// An integer against a double, exactly.
+    fn int_double(i: i128, d: f64) -> Option<Ordering> {
+        if d.is_nan() {
+            return None;
+        }
+        // Beyond what any i64 or u64 holds.
+        if d >= 18_446_744_073_709_551_616.0 {
+            return Some(Ordering::Less);
+        }
+        if d < -9_223_372_036_854_775_808.0 {
+            return Some(Ordering::Greater);
+        }
+        let whole = d.trunc() as i128;
+        match i.cmp(&whole) {
+            Ordering::Equal => 0.0f64.partial_cmp(&(d - d.trunc())),
+            o => Some(o),
+        }
+    }
+    match (a, b) {
+        (Value::Int(x), Value::Int(y)) => Some(x.cmp(y)),
+        (Value::Uint(x), Value::Uint(y)) => Some(x.cmp(y)),
+        (Value::Double(x), Value::Double(y)) => x.partial_cmp(y),
+        (Value::Int(x), Value::Uint(y)) => Some(i128::from(*x).cmp(&i128::from(*y))),
+        (Value::Uint(x), Value::Int(y)) => Some(i128::from(*x).cmp(&i128::from(*y))),
+        (Value::Int(x), Value::Double(y)) => int_double(i128::from(*x), *y),
+        (Value::Uint(x), Value::Double(y)) => int_double(i128::from(*x), *y),
+        (Value::Double(x), Value::Int(y)) => int_double(i128::from(*y), *x).map(Ordering::reverse),
+        (Value::Double(x), Value::Uint(y)) => int_double(i128::from(*y), *x).map(Ordering::reverse),
+        _ => None,
+    }
+}
+
+fn is_number(v: &Value) -> bool {
+    matches!(v, Value::Int(_) | Value::Uint(_) | Value::Double(_))
+}
+
+/// Whether two values are equal (CEL: numbers compare by value across int,
+/// uint and double; values of different types are not equal).
 pub fn equal(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Int(x), Value::Double(y)) | (Value::Double(y), Value::Int(x)) => (*x as f64) == *y,
+        (x, y) if is_number(x) && is_number(y) => numeric(x, y) == Some(std::cmp::Ordering::Equal),
         (Value::List(x), Value::List(y)) => {
             x.len() == y.len() && x.iter().zip(y).all(|(p, q)| equal(p, q))
         }
@@ -164,11 +207,9 @@ pub fn equal(a: &Value, b: &Value) -> bool {
 /// Orders two values of comparable types.
 pub fn compare(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
     match (a, b) {
-        (Value::Int(x), Value::Int(y)) => Some(x.cmp(y)),
-        (Value::Double(x), Value::Double(y)) => x.partial_cmp(y),
-        (Value::Int(x), Value::Double(y)) => (*x as f64).partial_cmp(y),
-        (Value::Double(x), Value::Int(y)) => x.partial_cmp(&(*y as f64)),
+        (x, y) if is_number(x) && is_number(y) => numeric(x, y),
         (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
+        (Value::Bytes(x), Value::Bytes(y)) => Some(x.cmp(y)),
         (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
         (Value::Timestamp(x), Value::Timestamp(y)) | (Value::Duration(x), Value::Duration(y)) => {
             Some(x.cmp(y))
@@ -245,6 +286,12 @@ fn binary(op: BinaryOp, a: &Expr, b: &Expr, env: &dyn Env, span: Span) -> Result
             (Value::Int(x), Value::Int(y)) => {
                 x.checked_add(*y).map(Value::Int).map_or_else(overflow, Ok)
             }
+            (Value::Uint(x), Value::Uint(y)) => {
+                x.checked_add(*y).map(Value::Uint).map_or_else(overflow, Ok)
+            }
+            (Value::Bytes(x), Value::Bytes(y)) => {
+                Ok(Value::Bytes(x.iter().chain(y).copied().collect()))
+            }
             (Value::String(x), Value::String(y)) => Ok(Value::String(format!("{x}{y}"))),
             (Value::List(x), Value::List(y)) => {
                 Ok(Value::List(x.iter().chain(y).cloned().collect()))
@@ -272,6 +319,9 @@ fn binary(op: BinaryOp, a: &Expr, b: &Expr, env: &dyn Env, span: Span) -> Result
             (Value::Int(x), Value::Int(y)) => {
                 x.checked_sub(*y).map(Value::Int).map_or_else(overflow, Ok)
             }
+            (Value::Uint(x), Value::Uint(y)) => {
+                x.checked_sub(*y).map(Value::Uint).map_or_else(overflow, Ok)
+            }
             (Value::Timestamp(t), Value::Duration(d)) => t
                 .checked_sub(*d)
                 .map(Value::Timestamp)
@@ -290,10 +340,18 @@ fn binary(op: BinaryOp, a: &Expr, b: &Expr, env: &dyn Env, span: Span) -> Result
             (Value::Int(x), Value::Int(y)) => {
                 x.checked_mul(*y).map(Value::Int).map_or_else(overflow, Ok)
             }
+            (Value::Uint(x), Value::Uint(y)) => {
+                x.checked_mul(*y).map(Value::Uint).map_or_else(overflow, Ok)
+            }
             _ => float(op, l, r).map_or_else(mismatch, Ok),
         },
         BinaryOp::Div | BinaryOp::Rem => match (l, r) {
-            (Value::Int(_), Value::Int(0)) => err(span, "division by zero"),
+            (Value::Int(_), Value::Int(0)) | (Value::Uint(_), Value::Uint(0)) => {
+                err(span, "division by zero")
+            }
+            (Value::Uint(x), Value::Uint(y)) => {
+                Ok(Value::Uint(if op == BinaryOp::Div { x / y } else { x % y }))
+            }
             (Value::Int(x), Value::Int(y)) => {
                 let v = if op == BinaryOp::Div {
                     x.checked_div(*y)
@@ -337,6 +395,11 @@ fn call(
     env: &dyn Env,
     span: Span,
 ) -> Result<Value, EvalError> {
+    if let Some(t) = target
+        && super::MACROS.contains(&func)
+    {
+        return comprehension(t, func, args, env, span);
+    }
     if func == "has" {
         let Some(Expr {
             kind: ExprKind::Member(inner, field),
@@ -374,6 +437,33 @@ fn call(
         )),
         ("size", [Value::List(l)]) => Ok(Value::Int(i64::try_from(l.len()).unwrap_or(i64::MAX))),
         ("size", [Value::Map(m)]) => Ok(Value::Int(i64::try_from(m.len()).unwrap_or(i64::MAX))),
+        ("size", [Value::Bytes(b)]) => Ok(Value::Int(i64::try_from(b.len()).unwrap_or(i64::MAX))),
+        ("int", [Value::Uint(u)]) => i64::try_from(*u)
+            .map(Value::Int)
+            .or_else(|_| err(span, format!("`{u}u` does not fit an int"))),
+        ("uint", [Value::Uint(u)]) => Ok(Value::Uint(*u)),
+        ("uint", [Value::Int(i)]) => u64::try_from(*i)
+            .map(Value::Uint)
+            .or_else(|_| err(span, format!("`{i}` does not fit a uint"))),
+        ("uint", [Value::Double(d)]) => {
+            if d.is_finite() && *d > -1.0 && *d < 18_446_744_073_709_551_616.0 {
+                Ok(Value::Uint(d.trunc() as u64))
+            } else {
+                err(span, format!("`{d}` does not fit a uint"))
+            }
+        }
+        ("uint", [Value::String(s)]) => match s.parse::<u64>() {
+            Ok(u) => Ok(Value::Uint(u)),
+            Err(_) => err(span, format!("`{s}` is not an unsigned integer")),
+        },
+        ("double", [Value::Uint(u)]) => Ok(Value::Double(*u as f64)),
+        ("string", [Value::Uint(u)]) => Ok(Value::String(u.to_string())),
+        ("string", [Value::Bytes(b)]) => match String::from_utf8(b.clone()) {
+            Ok(s) => Ok(Value::String(s)),
+            Err(_) => err(span, "the bytes are not valid UTF-8"),
+        },
+        ("bytes", [Value::String(s)]) => Ok(Value::Bytes(s.as_bytes().to_vec())),
+        ("bytes", [Value::Bytes(b)]) => Ok(Value::Bytes(b.clone())),
         ("startsWith", [Value::String(s), Value::String(p)]) => {
             Ok(Value::Bool(s.starts_with(p.as_str())))
         }
@@ -429,8 +519,152 @@ fn call(
             ),
         },
         ("duration", [Value::Duration(d)]) => Ok(Value::Duration(*d)),
-        _ if super::function(func).is_none() => err(span, format!("unknown function `{func}`")),
-        _ => wrong(&vals),
+        ("bool", [Value::Bool(b)]) => Ok(Value::Bool(*b)),
+        ("bool", [Value::String(s)]) => match s.as_str() {
+            "true" | "True" | "TRUE" | "t" | "1" => Ok(Value::Bool(true)),
+            "false" | "False" | "FALSE" | "f" | "0" => Ok(Value::Bool(false)),
+            _ => err(span, format!("`{s}` is not a bool")),
+        },
+        ("dyn", [v]) => Ok(v.clone()),
+        _ => match super::ext::call(func, &vals) {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(message)) => err(span, message),
+            None if super::function(func).is_none() => {
+                err(span, format!("unknown function `{func}`"))
+            }
+            None => wrong(&vals),
+        },
+    }
+}
+
+/// The environment inside a macro: its variable, then the outer names.
+struct Local<'a> {
+    name: &'a str,
+    value: Value,
+    outer: &'a dyn Env,
+}
+
+impl Env for Local<'_> {
+    fn lookup(&self, name: &str) -> Option<&Value> {
+        if name == self.name {
+            Some(&self.value)
+        } else {
+            self.outer.lookup(name)
+        }
+    }
+}
+
+/// The macros `all`, `exists`, `exists_one`, `filter` and `map` over a
+/// list's elements or a map's keys. `all` and `exists` absorb an error
+/// when another element decides the result, as `&&` and `||` do.
+fn comprehension(
+    target: &Expr,
+    func: &str,
+    args: &[Expr],
+    env: &dyn Env,
+    span: Span,
+) -> Result<Value, EvalError> {
+    let (
+        Some(Expr {
+            kind: ExprKind::Ident(name),
+            ..
+        }),
+        Some(step),
+    ) = (args.first(), args.get(1))
+    else {
+        return err(
+            span,
+            format!("the first argument of `{func}` names the element"),
+        );
+    };
+    let items: Vec<Value> = match eval(target, env)? {
+        Value::List(l) => l,
+        Value::Map(m) => m.into_keys().map(Value::String).collect(),
+        other => {
+            return err(
+                target.span,
+                format!(
+                    "`{func}` applies to a list or a map, found {}",
+                    other.a_type()
+                ),
+            );
+        }
+    };
+    let test = |item: Value, e: &Expr| -> Result<bool, EvalError> {
+        let local = Local {
+            name,
+            value: item,
+            outer: env,
+        };
+        match eval(e, &local)? {
+            Value::Bool(b) => Ok(b),
+            other => err(
+                e.span,
+                format!("`{func}` needs a bool here, found {}", other.a_type()),
+            ),
+        }
+    };
+    let apply = |item: Value, e: &Expr| -> Result<Value, EvalError> {
+        let local = Local {
+            name,
+            value: item,
+            outer: env,
+        };
+        eval(e, &local)
+    };
+    match func {
+        "all" | "exists" => {
+            let decisive = func == "exists";
+            let mut error = None;
+            for item in items {
+                match test(item, step) {
+                    Ok(b) if b == decisive => return Ok(Value::Bool(decisive)),
+                    Ok(_) => {}
+                    Err(e) => {
+                        error.get_or_insert(e);
+                    }
+                }
+            }
+            match error {
+                Some(e) => Err(e),
+                None => Ok(Value::Bool(!decisive)),
+            }
+        }
+        "exists_one" => {
+            let mut n = 0usize;
+            for item in items {
+                if test(item, step)? {
+                    n += 1;
+                }
+            }
+            Ok(Value::Bool(n == 1))
+        }
+        "filter" => {
+            let mut out = Vec::new();
+            for item in items {
+                if test(item.clone(), step)? {
+                    out.push(item);
+                }
+            }
+            Ok(Value::List(out))
+        }
+        _ => {
+            // `map(x, f)` or `map(x, p, f)`.
+            let (keep, f) = match args.get(2) {
+                Some(f) => (Some(step), f),
+                None => (None, step),
+            };
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                if let Some(p) = keep
+                    && !test(item.clone(), p)?
+                {
+                    continue;
+                }
+                out.push(apply(item, f)?);
+            }
+            Ok(Value::List(out))
+        }
     }
 }
 

@@ -6,8 +6,12 @@ use super::{ParseError, Span};
 pub(crate) enum Tok {
     /// An integer literal, unsigned as written (the parser applies `-`).
     Int(u64),
+    /// An unsigned integer literal (`1u`).
+    Uint(u64),
     Double(f64),
     Str(String),
+    /// A bytes literal (`b'abc'`).
+    Bytes(Vec<u8>),
     Ident(String),
     True,
     False,
@@ -44,6 +48,8 @@ impl Tok {
     pub(crate) fn describe(&self) -> String {
         match self {
             Tok::Int(i) => format!("`{i}`"),
+            Tok::Uint(i) => format!("`{i}u`"),
+            Tok::Bytes(_) => "a bytes literal".to_string(),
             Tok::Double(d) => format!("`{d}`"),
             Tok::Str(_) => "a string".to_string(),
             Tok::Ident(n) => format!("`{n}`"),
@@ -132,10 +138,22 @@ pub(crate) fn lex(src: &str) -> Result<Vec<(Tok, Span)>, ParseError> {
             b'.' if bytes.get(i + 1).is_some_and(u8::is_ascii_digit) => number(src, &mut i)?,
             b'.' => one(&mut i, Tok::Dot),
             b'0'..=b'9' => number(src, &mut i)?,
-            b'\'' | b'"' => string(src, &mut i, false)?,
-            b'r' | b'R' if matches!(bytes.get(i + 1), Some(b'\'' | b'"')) => {
-                i += 1;
-                string(src, &mut i, true)?
+            b'\'' | b'"' => string(src, &mut i, start, false, false)?,
+            // Prefixes: `r` raw, `b` bytes, both in either order.
+            b'r' | b'R' | b'b' | b'B'
+                if matches!(bytes.get(i + 1), Some(b'\'' | b'"'))
+                    || (matches!(bytes.get(i + 1), Some(b'r' | b'R' | b'b' | b'B'))
+                        && !bytes.get(i + 1).is_some_and(|c| c.eq_ignore_ascii_case(&b))
+                        && matches!(bytes.get(i + 2), Some(b'\'' | b'"'))) =>
+            {
+                let mut raw = false;
+                let mut is_bytes = false;
+                while let Some(c @ (b'r' | b'R' | b'b' | b'B')) = bytes.get(i).copied() {
+                    raw |= c.eq_ignore_ascii_case(&b'r');
+                    is_bytes |= c.eq_ignore_ascii_case(&b'b');
+                    i += 1;
+                }
+                string(src, &mut i, start, raw, is_bytes)?
             }
             b if b.is_ascii_alphabetic() || b == b'_' => {
                 while bytes
@@ -205,8 +223,12 @@ fn number(src: &str, i: &mut usize) -> Result<Tok, ParseError> {
             *i += 1;
         }
         let text = src.get(digits..*i).unwrap_or_default();
+        let unsigned = matches!(bytes.get(*i), Some(b'u' | b'U'));
+        if unsigned {
+            *i += 1;
+        }
         return u64::from_str_radix(text, 16)
-            .map(Tok::Int)
+            .map(if unsigned { Tok::Uint } else { Tok::Int })
             .map_err(|_| err("invalid hexadecimal integer", *i));
     }
     let mut is_double = false;
@@ -235,13 +257,26 @@ fn number(src: &str, i: &mut usize) -> Result<Tok, ParseError> {
             *i = save;
         }
     }
+    let text = src.get(start..*i).unwrap_or_default();
+    if !is_double && matches!(bytes.get(*i), Some(b'u' | b'U')) {
+        *i += 1;
+        if bytes
+            .get(*i)
+            .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
+        {
+            return Err(err("a number cannot run into a name", *i + 1));
+        }
+        return text
+            .parse::<u64>()
+            .map(Tok::Uint)
+            .map_err(|_| err("integer literal out of range", *i));
+    }
     if bytes
         .get(*i)
         .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
     {
         return Err(err("a number cannot run into a name", *i + 1));
     }
-    let text = src.get(start..*i).unwrap_or_default();
     if is_double {
         text.parse::<f64>()
             .map(Tok::Double)
@@ -253,67 +288,120 @@ fn number(src: &str, i: &mut usize) -> Result<Tok, ParseError> {
     }
 }
 
-fn string(src: &str, i: &mut usize, raw: bool) -> Result<Tok, ParseError> {
-    let start = if raw { *i - 1 } else { *i };
-    let rest = src.get(*i..).unwrap_or_default();
-    let mut chars = rest.char_indices();
-    let Some((_, quote)) = chars.next() else {
+/// A string or bytes literal whose opening quote is at `*i` (`start` is
+/// where its prefix began): single or triple quotes, CEL's escapes
+/// (`\a \b \f \n \r \t \v \\ \' \" \` \?`, `\xHH`, `\uHHHH`,
+/// `\UHHHHHHHH`, octal `\ooo`), none in a raw literal. In a string `\x`
+/// and octal escapes are code points; in bytes, byte values.
+fn string(
+    src: &str,
+    i: &mut usize,
+    start: usize,
+    raw: bool,
+    is_bytes: bool,
+) -> Result<Tok, ParseError> {
+    let b = src.as_bytes();
+    let Some(&quote) = b.get(*i) else {
         return Err(ParseError {
             message: "unterminated string".to_string(),
             span: Span::new(start, src.len()),
         });
     };
-    let mut out = String::new();
+    let triple = b.get(*i + 1) == Some(&quote) && b.get(*i + 2) == Some(&quote);
+    *i += if triple { 3 } else { 1 };
     let unterminated = || ParseError {
         message: "unterminated string".to_string(),
         span: Span::new(start, src.len()),
     };
+    let mut out: Vec<u8> = Vec::new();
     loop {
-        let Some((off, c)) = chars.next() else {
+        let Some(&c) = b.get(*i) else {
             return Err(unterminated());
         };
-        if c == quote {
-            *i += off + c.len_utf8();
-            return Ok(Tok::Str(out));
+        if c == quote
+            && (!triple || (b.get(*i + 1) == Some(&quote) && b.get(*i + 2) == Some(&quote)))
+        {
+            *i += if triple { 3 } else { 1 };
+            break;
         }
-        if c == '\n' {
+        if !triple && (c == b'\n' || c == b'\r') {
             return Err(unterminated());
         }
-        if c != '\\' || raw {
+        if c != b'\\' || raw {
             out.push(c);
+            *i += 1;
             continue;
         }
-        let Some((eoff, e)) = chars.next() else {
+        let at = *i;
+        let Some(&e) = b.get(*i + 1) else {
             return Err(unterminated());
         };
-        let bad = |len: usize| ParseError {
+        *i += 2;
+        let bad = |end: usize| ParseError {
             message: "invalid escape sequence".to_string(),
-            span: Span::new(*i + off, *i + eoff + len),
+            span: Span::new(at, end),
+        };
+        let push_char = |out: &mut Vec<u8>, code: u32, end: usize| match char::from_u32(code) {
+            Some(ch) => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                Ok(())
+            }
+            None => Err(bad(end)),
         };
         match e {
-            'n' => out.push('\n'),
-            't' => out.push('\t'),
-            'r' => out.push('\r'),
-            '0' => out.push('\0'),
-            '\\' | '\'' | '"' | '`' | '?' => out.push(e),
-            'u' | 'x' => {
-                let n = if e == 'u' { 4 } else { 2 };
+            b'a' => out.push(7),
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'v' => out.push(11),
+            b'\\' | b'\'' | b'"' | b'`' | b'?' => out.push(e),
+            b'x' | b'X' | b'u' | b'U' => {
+                let n = match e {
+                    b'u' => 4,
+                    b'U' => 8,
+                    _ => 2,
+                };
+                let digits = b.get(*i..*i + n).ok_or_else(|| bad(src.len()))?;
                 let mut code = 0u32;
-                for _ in 0..n {
-                    let Some((_, h)) = chars.next() else {
-                        return Err(bad(1));
-                    };
-                    let Some(d) = h.to_digit(16) else {
-                        return Err(bad(1));
-                    };
-                    code = code * 16 + d;
+                for d in digits {
+                    code = code * 16 + (*d as char).to_digit(16).ok_or_else(|| bad(*i + n))?;
                 }
-                match char::from_u32(code) {
-                    Some(ch) => out.push(ch),
-                    None => return Err(bad(n + 1)),
+                *i += n;
+                if is_bytes && matches!(e, b'x' | b'X') {
+                    out.push(u8::try_from(code).map_err(|_| bad(*i))?);
+                } else {
+                    push_char(&mut out, code, *i)?;
                 }
             }
-            _ => return Err(bad(e.len_utf8() + 1)),
+            b'0'..=b'3' => {
+                let digits = b.get(*i..*i + 2).ok_or_else(|| bad(src.len()))?;
+                let mut code = u32::from(e - b'0');
+                for d in digits {
+                    if !(b'0'..=b'7').contains(d) {
+                        return Err(bad(*i + 2));
+                    }
+                    code = code * 8 + u32::from(d - b'0');
+                }
+                *i += 2;
+                if is_bytes {
+                    out.push(u8::try_from(code).map_err(|_| bad(*i))?);
+                } else {
+                    push_char(&mut out, code, *i)?;
+                }
+            }
+            _ => return Err(bad(*i)),
         }
     }
+    if is_bytes {
+        return Ok(Tok::Bytes(out));
+    }
+    String::from_utf8(out)
+        .map(Tok::Str)
+        .map_err(|_| ParseError {
+            message: "invalid UTF-8 in a string".to_string(),
+            span: Span::new(start, *i),
+        })
 }

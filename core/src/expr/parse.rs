@@ -212,13 +212,31 @@ impl Parser {
                         let span = e.span.to(end);
                         depth = 1 + depth.max(ad);
                         check_depth(depth, span)?;
-                        e = Expr {
-                            kind: ExprKind::Call {
-                                target: Some(Box::new(e)),
-                                func: name,
-                                args,
+                        // `math.greatest(…)`: a function of a namespace,
+                        // not a method of a variable `math`.
+                        let qualified = match &e.kind {
+                            ExprKind::Ident(ns) if super::NAMESPACES.contains(&ns.as_str()) => {
+                                Some(format!("{ns}.{name}"))
+                            }
+                            _ => None,
+                        };
+                        e = match qualified {
+                            Some(func) => Expr {
+                                kind: ExprKind::Call {
+                                    target: None,
+                                    func,
+                                    args,
+                                },
+                                span,
                             },
-                            span,
+                            None => Expr {
+                                kind: ExprKind::Call {
+                                    target: Some(Box::new(e)),
+                                    func: name,
+                                    args,
+                                },
+                                span,
+                            },
                         };
                     } else {
                         let span = e.span.to(nspan);
@@ -294,6 +312,8 @@ impl Parser {
                     span,
                 }),
             },
+            Tok::Uint(u) => lit(Lit::Uint(u)),
+            Tok::Bytes(b) => lit(Lit::Bytes(b)),
             Tok::Double(d) => lit(Lit::Double(d)),
             Tok::Str(s) => lit(Lit::String(s)),
             Tok::True => lit(Lit::Bool(true)),

@@ -18,10 +18,14 @@ pub enum Value {
     Bool(bool),
     /// A 64-bit signed integer.
     Int(i64),
+    /// A 64-bit unsigned integer.
+    Uint(u64),
     /// A double.
     Double(f64),
     /// Text.
     String(String),
+    /// Bytes.
+    Bytes(Vec<u8>),
     /// A list.
     List(Vec<Value>),
     /// A map with string keys, in insertion order.
@@ -39,8 +43,10 @@ impl Value {
             Value::Null => "null",
             Value::Bool(_) => "bool",
             Value::Int(_) => "int",
+            Value::Uint(_) => "uint",
             Value::Double(_) => "double",
             Value::String(_) => "string",
+            Value::Bytes(_) => "bytes",
             Value::List(_) => "list",
             Value::Map(_) => "map",
             Value::Timestamp(_) => "timestamp",
@@ -55,8 +61,10 @@ impl Value {
             Value::Null => "a null",
             Value::Bool(_) => "a bool",
             Value::Int(_) => "an int",
+            Value::Uint(_) => "a uint",
             Value::Double(_) => "a double",
             Value::String(_) => "a string",
+            Value::Bytes(_) => "bytes",
             Value::List(_) => "a list",
             Value::Map(_) => "a map",
             Value::Timestamp(_) => "a timestamp",
@@ -110,6 +118,12 @@ impl Value {
             Value::Null => serde_json::Value::Null,
             Value::Bool(b) => serde_json::Value::Bool(*b),
             Value::Int(i) => serde_json::Value::Number((*i).into()),
+            Value::Uint(u) => serde_json::Value::Number((*u).into()),
+            // CEL's JSON form of bytes: base64.
+            Value::Bytes(b) => serde_json::Value::String({
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.encode(b)
+            }),
             Value::Double(d) => match Number::from_f64(*d) {
                 Some(n) => serde_json::Value::Number(n),
                 None => return Err(format!("`{d}` cannot be written as JSON")),
@@ -143,6 +157,8 @@ impl fmt::Display for Value {
             Value::Null => write!(f, "null"),
             Value::Bool(b) => write!(f, "{b}"),
             Value::Int(i) => write!(f, "{i}"),
+            Value::Uint(u) => write!(f, "{u}"),
+            Value::Bytes(b) => write!(f, "{}", String::from_utf8_lossy(b)),
             Value::Double(d) => write!(f, "{d}"),
             Value::String(s) => write!(f, "{s}"),
             Value::Timestamp(t) => write!(f, "{}", format_timestamp(*t)),

@@ -280,7 +280,16 @@ pub(crate) fn check_expr(cx: &mut Cx, e: &Expression, scope: &Scope) {
                 .span(span.start, span.end),
         );
     };
+    let locals = ast.macro_scopes();
+    let local = |name: &str, at: expr::Span| {
+        locals
+            .iter()
+            .any(|(v, s)| *v == name && s.start <= at.start && at.end <= s.end)
+    };
     ast.walk(|node| match &node.kind {
+        ExprKind::Ident(name) if local(name, node.span) => {}
+        ExprKind::Member(inner, _)
+            if matches!(&inner.kind, ExprKind::Ident(r) if local(r, inner.span)) => {}
         ExprKind::Ident(name) => {
             if let Err(msg) = scope.lookup(name) {
                 let help = match literal_word(scope.spec, name) {
@@ -380,14 +389,35 @@ pub(crate) fn check_expr(cx: &mut Cx, e: &Expression, scope: &Scope) {
                         format!("write `x.{func}(…)`")
                     },
                 ),
-                Some(n) if n != args.len() => report(
+                Some((min, max)) if args.len() < min || args.len() > max => {
+                    let n = if min == max {
+                        format!("{min} argument{}", if min == 1 { "" } else { "s" })
+                    } else if max == usize::MAX {
+                        format!("at least {min} argument{}", if min == 1 { "" } else { "s" })
+                    } else {
+                        format!("{min} to {max} arguments")
+                    };
+                    report(
+                        cx,
+                        "expr-type",
+                        node.span,
+                        format!("`{func}` takes {n}, found {}", args.len()),
+                        format!("call it with {n}"),
+                    );
+                }
+                Some(_) => {}
+            }
+            if expr::MACROS.contains(&func.as_str())
+                && target.is_some()
+                && !matches!(args.first().map(|a| &a.kind), Some(ExprKind::Ident(_)))
+            {
+                report(
                     cx,
                     "expr-type",
                     node.span,
-                    format!("`{func}` takes {n} argument{}, found {}", if n == 1 { "" } else { "s" }, args.len()),
-                    format!("call it with {n} argument{}", if n == 1 { "" } else { "s" }),
-                ),
-                Some(_) => {}
+                    format!("the first argument of `{func}` names the element"),
+                    format!("write `list.{func}(x, …)`, with a name for `x`"),
+                );
             }
             if func == "has" && !matches!(args.first().map(|a| &a.kind), Some(ExprKind::Member(..))) {
                 report(
