@@ -344,3 +344,92 @@ fn cel_conformance_suite() {
         fixed.join("\n")
     );
 }
+
+/// The same expressions in the component: every test without bindings
+/// becomes a tool returning `{"v": <expr>}` of one spec, run by the native
+/// engine and by the component in wasmtime; their responses (values, or
+/// the same `spec_error`) must be byte-identical. With the native run
+/// checked against the suite above, the component passes the same tests.
+#[test]
+fn the_component_evaluates_the_suite_as_the_native_core_does() {
+    use sinew_tests::scenario::{Native, Scenario, Wasm, trace};
+    let excluded = excluded();
+    let mut exprs = Vec::new();
+    for file in FILES {
+        for case in cases(file) {
+            if case.bindings.is_empty() && is_excluded(&case.name, &excluded).is_none() {
+                exprs.push(case.expr);
+            }
+        }
+    }
+    let tool = |i: usize, e: &str| {
+        serde_json::json!({
+            "trigger": {"http": {"method": "POST", "path": format!("/t{i}")}},
+            "auth": {"public": true},
+            "flow": {"entry": "r", "nodes": {"r": {"type": "return", "value": {"v": e}}}}
+        })
+    };
+    // Keep the expressions the loader accepts (some are parse or scope
+    // errors by design: those are checked natively above).
+    let mut tools = serde_json::Map::new();
+    for (i, e) in exprs.iter().enumerate() {
+        tools.insert(format!("t{i}"), tool(i, e));
+    }
+    let spec_of = |tools: &serde_json::Map<String, serde_json::Value>| serde_json::json!({"sinew": "0.2", "name": "cel", "tools": tools});
+    loop {
+        let text = serde_json::to_string(&spec_of(&tools)).unwrap();
+        let loaded = sinew_core::spec::load(&text);
+        if loaded.errors.is_empty() {
+            break;
+        }
+        let before = tools.len();
+        for d in &loaded.errors {
+            tools.remove(d.path.split('/').nth(2).unwrap_or_default());
+        }
+        assert!(
+            tools.len() < before,
+            "errors outside the tools: {:?}",
+            loaded.errors
+        );
+    }
+    assert!(
+        tools.len() > 1000,
+        "only {} expressions load as a spec",
+        tools.len()
+    );
+    let requests: Vec<serde_json::Value> = tools
+        .keys()
+        .map(|t| serde_json::json!({"tool": t, "expect": {}}))
+        .collect();
+    let sc = Scenario::from_json(
+        std::path::Path::new("cel"),
+        &serde_json::json!({"spec": spec_of(&tools), "requests": requests}),
+    )
+    .unwrap();
+    let native = trace(&sc, &mut Native::default()).unwrap();
+    let component = trace(&sc, &mut Wasm::new(Wasm::engine())).unwrap();
+    assert_eq!(native.responses.len(), tools.len());
+    let mut differ = Vec::new();
+    for ((name, a), b) in tools
+        .keys()
+        .zip(&native.responses)
+        .zip(&component.responses)
+    {
+        if (a.status, &a.body) != (b.status, &b.body) {
+            differ.push(format!(
+                "{name}: native {} {}, component {} {}",
+                a.status, a.body, b.status, b.body
+            ));
+        }
+    }
+    println!(
+        "{} expressions evaluated alike natively and in the component",
+        tools.len()
+    );
+    assert!(
+        differ.is_empty(),
+        "{} expressions differ:\n{}",
+        differ.len(),
+        differ.join("\n")
+    );
+}
