@@ -194,7 +194,27 @@ pub const NAMESPACES: &[&str] = &["math", "strings"];
 
 /// The macros: `x.all(v, p)`, … bind `v` to each element of `x` (each key
 /// of a map) inside their other arguments.
-pub const MACROS: &[&str] = &["all", "exists", "exists_one", "map", "filter"];
+pub const MACROS: &[&str] = &[
+    "all",
+    "exists",
+    "exists_one",
+    "existsOne",
+    "map",
+    "filter",
+    "transformList",
+    "transformMap",
+];
+
+/// How many names macro `func` called with `args` arguments binds: two
+/// (index or key, and value) for `transformList`, `transformMap` and the
+/// three-argument `all`, `exists`, `exists_one`/`existsOne`; else one.
+pub fn macro_names(func: &str, args: usize) -> usize {
+    match func {
+        "transformList" | "transformMap" => 2,
+        "all" | "exists" | "exists_one" | "existsOne" if args == 3 => 2,
+        _ => 1,
+    }
+}
 
 const fn global(name: &'static str, min: usize, max: usize) -> Function {
     Function {
@@ -225,11 +245,14 @@ pub const FUNCTIONS: &[Function] = &[
     both("size", 0),
     global("has", 1, 1),
     // Macros.
-    method("all", 2, 2),
-    method("exists", 2, 2),
-    method("exists_one", 2, 2),
+    method("all", 2, 3),
+    method("exists", 2, 3),
+    method("exists_one", 2, 3),
+    method("existsOne", 2, 3),
     method("map", 2, 3),
     method("filter", 2, 2),
+    method("transformList", 3, 4),
+    method("transformMap", 3, 4),
     // Strings.
     method("startsWith", 1, 1),
     method("endsWith", 1, 1),
@@ -319,9 +342,12 @@ impl Expr {
             } = &e.kind
                 && MACROS.contains(&func.as_str())
                 && let (Some(first), Some(last)) = (args.first(), args.last())
-                && let ExprKind::Ident(v) = &first.kind
             {
-                out.push((v.as_str(), first.span.to(last.span)));
+                for a in args.iter().take(macro_names(func, args.len())) {
+                    if let ExprKind::Ident(v) = &a.kind {
+                        out.push((v.as_str(), first.span.to(last.span)));
+                    }
+                }
             }
         });
         out

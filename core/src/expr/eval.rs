@@ -69,8 +69,21 @@ fn eval_owned(e: &Expr, env: &dyn Env) -> Result<Value, EvalError> {
             let base = eval_ref(a, env)?;
             let idx = eval_ref(i, env)?;
             match (base.as_ref(), idx.as_ref()) {
-                (Value::List(l), Value::Int(n)) => {
-                    match usize::try_from(*n).ok().and_then(|n| l.get(n)) {
+                (Value::List(l), n @ (Value::Int(_) | Value::Uint(_) | Value::Double(_))) => {
+                    // A double or a uint index counts when it is a whole
+                    // number (CEL's heterogeneous indexing).
+                    let n = match n {
+                        Value::Int(i) => *i,
+                        Value::Uint(u) => i64::try_from(*u).unwrap_or(i64::MAX),
+                        Value::Double(d) if d.fract() == 0.0 && d.is_finite() => *d as i64,
+                        other => {
+                            return err(
+                                span,
+                                format!("cannot index a list with {}", other.a_type()),
+                            );
+                        }
+                    };
+                    match usize::try_from(n).ok().and_then(|n| l.get(n)) {
                         Some(v) => Ok(v.clone()),
                         None => err(
                             span,
@@ -148,40 +161,51 @@ fn member_ref<'b>(base: &'b Value, field: &str, span: Span) -> Result<&'b Value,
     }
 }
 
-/// Orders two numbers of any of the numeric types by their exact values
-/// (no rounding of large integers through doubles); `None` for NaN or a
-/// value that is not a number.
+/// Orders two numbers of any of the numeric types (CEL's rule: int and
+/// uint exactly, either against a double as a double); `None` for NaN or
+/// a value that is not a number.
 fn numeric(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
-    use std::cmp::Ordering;
-    /// An integer against a double, exactly.
-    fn int_double(i: i128, d: f64) -> Option<Ordering> {
-        if d.is_nan() {
-            return None;
-        }
-        // Beyond what any i64 or u64 holds.
-        if d >= 18_446_744_073_709_551_616.0 {
-            return Some(Ordering::Less);
-        }
-        if d < -9_223_372_036_854_775_808.0 {
-            return Some(Ordering::Greater);
-        }
-        let whole = d.trunc() as i128;
-        match i.cmp(&whole) {
-            Ordering::Equal => 0.0f64.partial_cmp(&(d - d.trunc())),
-            o => Some(o),
-        }
-    }
     match (a, b) {
         (Value::Int(x), Value::Int(y)) => Some(x.cmp(y)),
         (Value::Uint(x), Value::Uint(y)) => Some(x.cmp(y)),
-        (Value::Double(x), Value::Double(y)) => x.partial_cmp(y),
         (Value::Int(x), Value::Uint(y)) => Some(i128::from(*x).cmp(&i128::from(*y))),
         (Value::Uint(x), Value::Int(y)) => Some(i128::from(*x).cmp(&i128::from(*y))),
-        (Value::Int(x), Value::Double(y)) => int_double(i128::from(*x), *y),
-        (Value::Uint(x), Value::Double(y)) => int_double(i128::from(*x), *y),
-        (Value::Double(x), Value::Int(y)) => int_double(i128::from(*y), *x).map(Ordering::reverse),
-        (Value::Double(x), Value::Uint(y)) => int_double(i128::from(*y), *x).map(Ordering::reverse),
+        _ => as_double(a)?.partial_cmp(&as_double(b)?),
+    }
+}
+
+fn as_double(v: &Value) -> Option<f64> {
+    match v {
+        Value::Int(i) => Some(*i as f64),
+        Value::Uint(u) => Some(*u as f64),
+        Value::Double(d) => Some(*d),
         _ => None,
+    }
+}
+
+/// The range of a timestamp: 0001-01-01T00:00:00Z to the last microsecond
+/// of 9999-12-31.
+const TIMESTAMP_RANGE: std::ops::RangeInclusive<i64> =
+    -62_135_596_800_000_000..=253_402_300_799_999_999;
+
+/// The range of a duration: what 64 bits of nanoseconds hold (±292
+/// years), as in CEL's implementations.
+const DURATION_RANGE: std::ops::RangeInclusive<i64> =
+    -9_223_372_036_854_775..=9_223_372_036_854_775;
+
+fn timestamp_in_range(t: i64, span: Span) -> Result<Value, EvalError> {
+    if TIMESTAMP_RANGE.contains(&t) {
+        Ok(Value::Timestamp(t))
+    } else {
+        err(span, "the timestamp is out of range (years 1 to 9999)")
+    }
+}
+
+fn duration_in_range(d: i64, span: Span) -> Result<Value, EvalError> {
+    if DURATION_RANGE.contains(&d) {
+        Ok(Value::Duration(d))
+    } else {
+        err(span, "the duration is out of range (±292 years)")
     }
 }
 
@@ -299,12 +323,10 @@ fn binary(op: BinaryOp, a: &Expr, b: &Expr, env: &dyn Env, span: Span) -> Result
             (Value::Timestamp(t), Value::Duration(d))
             | (Value::Duration(d), Value::Timestamp(t)) => t
                 .checked_add(*d)
-                .map(Value::Timestamp)
-                .map_or_else(overflow, Ok),
+                .map_or_else(overflow, |t| timestamp_in_range(t, span)),
             (Value::Duration(x), Value::Duration(y)) => x
                 .checked_add(*y)
-                .map(Value::Duration)
-                .map_or_else(overflow, Ok),
+                .map_or_else(overflow, |d| duration_in_range(d, span)),
             (Value::String(_), _) | (_, Value::String(_)) => err(
                 span,
                 format!(
@@ -324,16 +346,13 @@ fn binary(op: BinaryOp, a: &Expr, b: &Expr, env: &dyn Env, span: Span) -> Result
             }
             (Value::Timestamp(t), Value::Duration(d)) => t
                 .checked_sub(*d)
-                .map(Value::Timestamp)
-                .map_or_else(overflow, Ok),
+                .map_or_else(overflow, |t| timestamp_in_range(t, span)),
             (Value::Timestamp(x), Value::Timestamp(y)) => x
                 .checked_sub(*y)
-                .map(Value::Duration)
-                .map_or_else(overflow, Ok),
+                .map_or_else(overflow, |d| duration_in_range(d, span)),
             (Value::Duration(x), Value::Duration(y)) => x
                 .checked_sub(*y)
-                .map(Value::Duration)
-                .map_or_else(overflow, Ok),
+                .map_or_else(overflow, |d| duration_in_range(d, span)),
             _ => float(op, l, r).map_or_else(mismatch, Ok),
         },
         BinaryOp::Mul => match (l, r) {
@@ -477,7 +496,7 @@ fn call(
         ("upperAscii", [Value::String(s)]) => Ok(Value::String(s.to_ascii_uppercase())),
         ("int", [Value::Int(i)]) => Ok(Value::Int(*i)),
         ("int", [Value::Double(d)]) => {
-            if d.is_finite() && *d >= -9.223_372_036_854_776e18 && *d < 9.223_372_036_854_776e18 {
+            if d.is_finite() && *d > -9.223_372_036_854_776e18 && *d < 9.223_372_036_854_776e18 {
                 Ok(Value::Int(d.trunc() as i64))
             } else {
                 err(span, format!("`{d}` does not fit an int"))
@@ -490,9 +509,14 @@ fn call(
         ("int", [Value::Timestamp(t)]) => Ok(Value::Int(t.div_euclid(1_000_000))),
         ("double", [Value::Int(i)]) => Ok(Value::Double(*i as f64)),
         ("double", [Value::Double(d)]) => Ok(Value::Double(*d)),
-        ("double", [Value::String(s)]) => match s.trim().parse::<f64>() {
-            Ok(d) if d.is_finite() => Ok(Value::Double(d)),
-            _ => err(span, format!("`{s}` is not a number")),
+        ("double", [Value::String(s)]) => match s.trim() {
+            "NaN" => Ok(Value::Double(f64::NAN)),
+            "Infinity" | "+Infinity" => Ok(Value::Double(f64::INFINITY)),
+            "-Infinity" => Ok(Value::Double(f64::NEG_INFINITY)),
+            t => match t.parse::<f64>() {
+                Ok(d) if d.is_finite() => Ok(Value::Double(d)),
+                _ => err(span, format!("`{s}` is not a number")),
+            },
         },
         (
             "string",
@@ -506,13 +530,17 @@ fn call(
             ],
         ) => Ok(Value::String(v.to_string())),
         ("string", [Value::Null]) => Ok(Value::String("null".into())),
+        ("timestamp", [Value::Int(secs)]) => secs.checked_mul(1_000_000).map_or_else(
+            || err(span, "the timestamp is out of range"),
+            |t| timestamp_in_range(t, span),
+        ),
         ("timestamp", [Value::String(s)]) => match parse_timestamp(s) {
-            Some(t) => Ok(Value::Timestamp(t)),
+            Some(t) => timestamp_in_range(t, span),
             None => err(span, format!("`{s}` is not an RFC 3339 timestamp")),
         },
         ("timestamp", [Value::Timestamp(t)]) => Ok(Value::Timestamp(*t)),
         ("duration", [Value::String(s)]) => match parse_duration(s) {
-            Some(d) => Ok(Value::Duration(d)),
+            Some(d) => duration_in_range(d, span),
             None => err(
                 span,
                 format!("`{s}` is not a duration (like `15m`, `1h30m`, `1.5s`)"),
@@ -537,26 +565,26 @@ fn call(
     }
 }
 
-/// The environment inside a macro: its variable, then the outer names.
+/// The environment inside a macro: its variables, then the outer names.
 struct Local<'a> {
-    name: &'a str,
-    value: Value,
+    vars: [(&'a str, Value); 2],
     outer: &'a dyn Env,
 }
 
 impl Env for Local<'_> {
     fn lookup(&self, name: &str) -> Option<&Value> {
-        if name == self.name {
-            Some(&self.value)
-        } else {
-            self.outer.lookup(name)
+        match self.vars.iter().find(|(n, _)| *n == name) {
+            Some((_, v)) => Some(v),
+            None => self.outer.lookup(name),
         }
     }
 }
 
-/// The macros `all`, `exists`, `exists_one`, `filter` and `map` over a
-/// list's elements or a map's keys. `all` and `exists` absorb an error
-/// when another element decides the result, as `&&` and `||` do.
+/// The macros over a list's elements or a map's keys: `all`, `exists`,
+/// `exists_one` (`existsOne`), `filter`, `map`, and with two names (index
+/// or key, then value) `all`, `exists`, `existsOne`, `transformList`,
+/// `transformMap`. `all` and `exists` absorb an error when another element
+/// decides the result, as `&&` and `||` do.
 fn comprehension(
     target: &Expr,
     func: &str,
@@ -564,22 +592,32 @@ fn comprehension(
     env: &dyn Env,
     span: Span,
 ) -> Result<Value, EvalError> {
-    let (
-        Some(Expr {
-            kind: ExprKind::Ident(name),
-            ..
-        }),
-        Some(step),
-    ) = (args.first(), args.get(1))
-    else {
+    let names = super::macro_names(func, args.len());
+    let name_at = |i: usize| match args.get(i).map(|a| &a.kind) {
+        Some(ExprKind::Ident(n)) => Some(n.as_str()),
+        _ => None,
+    };
+    let (Some(first), second) = (name_at(0), name_at(1)) else {
         return err(
             span,
             format!("the first argument of `{func}` names the element"),
         );
     };
-    let items: Vec<Value> = match eval(target, env)? {
-        Value::List(l) => l,
-        Value::Map(m) => m.into_keys().map(Value::String).collect(),
+    if names == 2 && second.is_none() {
+        return err(
+            span,
+            format!("the second argument of `{func}` names the value"),
+        );
+    }
+    let rest = args.get(names..).unwrap_or_default();
+    // (index or key, value) pairs.
+    let items: Vec<(Value, Value)> = match eval(target, env)? {
+        Value::List(l) => l
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (Value::Int(i64::try_from(i).unwrap_or(i64::MAX)), v))
+            .collect(),
+        Value::Map(m) => m.into_iter().map(|(k, v)| (Value::String(k), v)).collect(),
         other => {
             return err(
                 target.span,
@@ -590,13 +628,25 @@ fn comprehension(
             );
         }
     };
-    let test = |item: Value, e: &Expr| -> Result<bool, EvalError> {
-        let local = Local {
-            name,
-            value: item,
-            outer: env,
-        };
-        match eval(e, &local)? {
+    let is_map_target = matches!(items.first(), Some((Value::String(_), _)));
+    let local = |(k, v): (Value, Value)| -> Local<'_> {
+        match second {
+            Some(second) if names == 2 => Local {
+                vars: [(first, k), (second, v)],
+                outer: env,
+            },
+            // One name: a list's element, or a map's key.
+            _ => Local {
+                vars: [
+                    (first, if is_map_target { k } else { v }),
+                    ("", Value::Null),
+                ],
+                outer: env,
+            },
+        }
+    };
+    let test = |item: (Value, Value), e: &Expr| -> Result<bool, EvalError> {
+        match eval(e, &local(item))? {
             Value::Bool(b) => Ok(b),
             other => err(
                 e.span,
@@ -604,13 +654,8 @@ fn comprehension(
             ),
         }
     };
-    let apply = |item: Value, e: &Expr| -> Result<Value, EvalError> {
-        let local = Local {
-            name,
-            value: item,
-            outer: env,
-        };
-        eval(e, &local)
+    let Some(step) = rest.first() else {
+        return err(span, format!("`{func}` needs an expression"));
     };
     match func {
         "all" | "exists" => {
@@ -630,7 +675,7 @@ fn comprehension(
                 None => Ok(Value::Bool(!decisive)),
             }
         }
-        "exists_one" => {
+        "exists_one" | "existsOne" => {
             let mut n = 0usize;
             for item in items {
                 if test(item, step)? {
@@ -642,28 +687,48 @@ fn comprehension(
         "filter" => {
             let mut out = Vec::new();
             for item in items {
-                if test(item.clone(), step)? {
-                    out.push(item);
+                let keep = if is_map_target {
+                    item.0.clone()
+                } else {
+                    item.1.clone()
+                };
+                if test(item, step)? {
+                    out.push(keep);
                 }
             }
             Ok(Value::List(out))
         }
         _ => {
-            // `map(x, f)` or `map(x, p, f)`.
-            let (keep, f) = match args.get(2) {
+            // `map(x, f)`, `map(x, p, f)`, `transformList(i, v, [p,] f)`,
+            // `transformMap(k, v, [p,] f)`.
+            let (keep, f) = match rest.get(1) {
                 Some(f) => (Some(step), f),
                 None => (None, step),
             };
-            let mut out = Vec::with_capacity(items.len());
+            let mut list = Vec::with_capacity(items.len());
+            let mut map = super::value::Map::default();
             for item in items {
                 if let Some(p) = keep
                     && !test(item.clone(), p)?
                 {
                     continue;
                 }
-                out.push(apply(item, f)?);
+                let key = item.0.clone();
+                let v = eval(f, &local(item))?;
+                if func == "transformMap" {
+                    let Value::String(k) = key else {
+                        return err(span, "`transformMap` applies to a map");
+                    };
+                    map.insert(k, v);
+                } else {
+                    list.push(v);
+                }
             }
-            Ok(Value::List(out))
+            Ok(if func == "transformMap" {
+                Value::Map(map)
+            } else {
+                Value::List(list)
+            })
         }
     }
 }

@@ -45,6 +45,21 @@ pub(super) fn call(func: &str, vals: &[Value]) -> Option<Result<Value, String>> 
             .map(Int)
             .ok_or_else(|| "integer overflow".to_string()),
         ("math.abs", [Double(d)]) => Ok(Double(d.abs())),
+        ("math.abs", [Value::Uint(u)]) => Ok(Value::Uint(*u)),
+        ("math.sign", [Value::Uint(u)]) => Ok(Value::Uint(u64::from(*u > 0))),
+        ("math.bitAnd", [Value::Uint(a), Value::Uint(b)]) => Ok(Value::Uint(a & b)),
+        ("math.bitOr", [Value::Uint(a), Value::Uint(b)]) => Ok(Value::Uint(a | b)),
+        ("math.bitXor", [Value::Uint(a), Value::Uint(b)]) => Ok(Value::Uint(a ^ b)),
+        ("math.bitNot", [Value::Uint(a)]) => Ok(Value::Uint(!a)),
+        ("math.bitShiftLeft" | "math.bitShiftRight", [Value::Uint(a), Int(n)]) => {
+            shift(*a as i64, *n, func == "math.bitShiftLeft").map(|v| match v {
+                Int(i) => Value::Uint(i as u64),
+                other => other,
+            })
+        }
+        ("math.isInf" | "math.isNaN", [Int(_) | Value::Uint(_)]) => Ok(Bool(false)),
+        ("math.isFinite", [Int(_) | Value::Uint(_)]) => Ok(Bool(true)),
+        ("math.sqrt", [Value::Uint(u)]) => Ok(Double((*u as f64).sqrt())),
         ("math.ceil", [Double(d)]) => Ok(Double(d.ceil())),
         ("math.floor", [Double(d)]) => Ok(Double(d.floor())),
         ("math.round", [Double(d)]) => Ok(Double(d.round())),
@@ -245,6 +260,7 @@ fn extreme(greatest: bool, vals: &[Value]) -> Result<Value, String> {
     for v in vals {
         let x = match v {
             Value::Int(i) => *i as f64,
+            Value::Uint(u) => *u as f64,
             Value::Double(d) => *d,
             other => {
                 return Err(format!(
@@ -256,12 +272,9 @@ fn extreme(greatest: bool, vals: &[Value]) -> Result<Value, String> {
         };
         let replace = match best {
             None => true,
-            Some(Value::Int(b)) => {
-                if greatest {
-                    x > *b as f64
-                } else {
-                    x < *b as f64
-                }
+            Some(b @ (Value::Int(_) | Value::Uint(_))) => {
+                let b = as_f64(b);
+                if greatest { x > b } else { x < b }
             }
             Some(Value::Double(b)) => {
                 if x.is_nan() || b.is_nan() {
@@ -410,26 +423,42 @@ fn format(f: &str, args: &[Value]) -> Result<Value, String> {
         match (verb, arg) {
             ('s', v) => out.push_str(&format_s(v)?),
             ('d', Value::Int(i)) => out.push_str(&i.to_string()),
+            ('d', Value::Uint(u)) => out.push_str(&u.to_string()),
             ('d', Value::Double(d)) if !d.is_finite() => out.push_str(&format_s(arg)?),
-            ('f', Value::Int(i)) => {
-                out.push_str(&format!("{:.*}", precision.unwrap_or(6), *i as f64))
+            ('f', Value::Int(_) | Value::Uint(_) | Value::Double(_)) => {
+                out.push_str(&fixed(as_f64(arg), precision.unwrap_or(6)))
             }
-            ('f', Value::Double(d)) => out.push_str(&fixed(*d, precision.unwrap_or(6))),
-            ('e', Value::Int(i)) => out.push_str(&sci(*i as f64, precision.unwrap_or(6))),
-            ('e', Value::Double(d)) => out.push_str(&sci(*d, precision.unwrap_or(6))),
+            ('e', Value::Int(_) | Value::Uint(_) | Value::Double(_)) => {
+                out.push_str(&sci(as_f64(arg), precision.unwrap_or(6)))
+            }
             ('x', Value::Int(i)) => out.push_str(&signed_radix(*i, 16, false)),
             ('X', Value::Int(i)) => out.push_str(&signed_radix(*i, 16, true)),
             ('o', Value::Int(i)) => out.push_str(&signed_radix(*i, 8, false)),
             ('b', Value::Int(i)) => out.push_str(&signed_radix(*i, 2, false)),
-            ('b', Value::Bool(b)) => out.push_str(if *b { "true" } else { "false" }),
+            ('x', Value::Uint(u)) => out.push_str(&format!("{u:x}")),
+            ('X', Value::Uint(u)) => out.push_str(&format!("{u:X}")),
+            ('o', Value::Uint(u)) => out.push_str(&format!("{u:o}")),
+            ('b', Value::Uint(u)) => out.push_str(&format!("{u:b}")),
+            ('b', Value::Bool(b)) => out.push(if *b { '1' } else { '0' }),
             ('x', Value::String(s)) => out.push_str(&hex(s.as_bytes(), false)),
             ('X', Value::String(s)) => out.push_str(&hex(s.as_bytes(), true)),
+            ('x', Value::Bytes(b)) => out.push_str(&hex(b, false)),
+            ('X', Value::Bytes(b)) => out.push_str(&hex(b, true)),
             (v, a) => {
                 return Err(format!("`%{v}` does not format {}", a.a_type()));
             }
         }
     }
     Ok(Value::String(out))
+}
+
+fn as_f64(v: &Value) -> f64 {
+    match v {
+        Value::Int(i) => *i as f64,
+        Value::Uint(u) => *u as f64,
+        Value::Double(d) => *d,
+        _ => f64::NAN,
+    }
 }
 
 fn fixed(d: f64, p: usize) -> String {
@@ -502,13 +531,7 @@ fn format_s(v: &Value) -> Result<String, String> {
             }
         }
         Value::List(l) => {
-            let parts: Result<Vec<String>, String> = l
-                .iter()
-                .map(|x| match x {
-                    Value::String(s) => Ok(quote(s)),
-                    other => format_s(other),
-                })
-                .collect();
+            let parts: Result<Vec<String>, String> = l.iter().map(format_s).collect();
             format!("[{}]", parts?.join(", "))
         }
         Value::Map(m) => {
@@ -516,14 +539,12 @@ fn format_s(v: &Value) -> Result<String, String> {
             let mut keys: Vec<&String> = m.keys().collect();
             keys.sort();
             for k in keys {
-                let v = m.get(k).map(|x| match x {
-                    Value::String(s) => Ok(quote(s)),
-                    other => format_s(other),
-                });
-                parts.push(format!("{}: {}", quote(k), v.unwrap_or(Ok(String::new()))?));
+                let v = m.get(k).map(format_s).unwrap_or(Ok(String::new()))?;
+                parts.push(format!("{k}: {v}"));
             }
             format!("{{{}}}", parts.join(", "))
         }
+        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
         other => other.to_string(),
     })
 }
