@@ -2342,3 +2342,50 @@ fn a_transition_of_many_rows_is_bounded_like_an_update() {
     });
     only_error(&l, "expr-type", &format!("{PLACE}/done/value/s"));
 }
+
+/// `lock-order`: two single-row locks of one entity chosen by the call, in
+/// one transaction; not when they name the same row, nor after a locking
+/// read of the entity in id order.
+#[test]
+fn rows_locked_one_by_one_in_the_callers_order() {
+    let second = |v: &mut Value| {
+        at(v, BODY)["take2"] = json!({
+            "type": "update", "entity": "Product", "where": {"id": "input.other"},
+            "one": true, "set": {"stock": "row.stock + input.quantity"}
+        });
+        at(v, &format!("{BODY}/take"))["next"] = json!("take2");
+    };
+    let l = load_with(second);
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    let report = risk::analyze(&l);
+    let f = report
+        .findings()
+        .find(|f| f.code == "lock-order")
+        .unwrap_or_else(|| panic!("{}", report.to_json()));
+    assert_eq!(f.node.as_deref(), Some("take2"));
+    assert!(f.message.contains("`take` and `take2`"), "{}", f.message);
+    assert_eq!(report.level, Level::Yellow);
+    // `product.id` names the row read by `input.sku`; `product.id` again
+    // names the same row: no order to choose.
+    let l = load_with(|v| {
+        second(v);
+        at(v, &format!("{BODY}/take2"))["where"] = json!({"id": "product.id"});
+    });
+    assert!(!risk::analyze(&l).findings().any(|f| f.code == "lock-order"));
+    // Both rows locked first, in id order: fine.
+    let l = load_with(|v| {
+        second(v);
+        at(v, BODY)["both"] = json!({
+            "type": "read", "entity": "Product", "lock": true, "orderBy": "id", "limit": 2,
+            "where": {"id": {"in": "[product.id, input.other]"}}, "next": "order"
+        });
+        at(v, "/tools/place_order/flow/nodes/save/body")["entry"] = json!("both");
+    });
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    let report = risk::analyze(&l);
+    assert!(
+        !report.findings().any(|f| f.code == "lock-order"),
+        "{}",
+        report.to_json()
+    );
+}

@@ -112,6 +112,12 @@ pub const SIGNALS: &[Signal] = &[
         fix: "lower the limit, or acknowledge",
     },
     Signal {
+        code: "lock-order",
+        level: Level::Yellow,
+        title: "rows of one entity locked one by one, in an order the call chooses",
+        fix: "lock them first in one read ordered by id",
+    },
+    Signal {
         code: "unbounded-read",
         level: Level::Yellow,
         title: "a `read` without `limit`",

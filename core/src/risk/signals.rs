@@ -186,8 +186,104 @@ pub(super) fn tool_findings(
         }
     }
     t.cycles();
+    t.lock_order(source);
     t.tool_level(writes, effects);
     t.out
+}
+
+/// The row a node locks by itself, chosen by an expression: a `transition`
+/// or `soft_delete` by `id`, an `update` with `one` whose `where` pins
+/// `id`, a locking `read` with `one` that pins `id`. Its entity and the id
+/// expression.
+fn single_lock(kind: &NodeKind) -> Option<(&str, &Expression)> {
+    fn by_id(filters: &[Where]) -> Option<&Expression> {
+        filters
+            .iter()
+            .filter_map(Where::required)
+            .find_map(|f| match (&f.op, &f.value) {
+                (FilterOp::Eq, crate::model::Template::Expr(e)) if f.field == "id" => Some(e),
+                _ => None,
+            })
+    }
+    let (entity, id) = match kind {
+        NodeKind::Transition {
+            entity,
+            target: Target::Id(e),
+            ..
+        }
+        | NodeKind::SoftDelete {
+            entity,
+            target: Target::Id(e),
+        } => (entity, e),
+        NodeKind::Update {
+            entity,
+            one: true,
+            filters: Some(filters),
+            ..
+        } => (entity, by_id(filters)?),
+        NodeKind::Read {
+            entity,
+            one: true,
+            lock: true,
+            filters,
+            ..
+        } => (entity, by_id(filters)?),
+        _ => return None,
+    };
+    // A literal id names the same row on every call: no order to choose.
+    match id.ast.as_ref().map(|a| &a.kind) {
+        Some(ExprKind::Lit(_)) | None => None,
+        _ => Some((entity.as_str(), id)),
+    }
+}
+
+/// What identifies the row an id expression names: `n.id` of a node that
+/// picked one row by an id is that id's key, of another single-row node
+/// the node itself; else the expression's text.
+fn row_key(g: &ToolGraph, e: &Expression, depth: usize) -> String {
+    if let Some(ExprKind::Member(inner, field)) = e.ast.as_ref().map(|a| &a.kind)
+        && field == "id"
+        && let ExprKind::Ident(n) = &inner.kind
+        && let Some(node) = g.by_id.get(n.as_str()).and_then(|&i| g.nodes.get(i))
+    {
+        if let Some((_, id)) = single_lock(&node.node.kind).filter(|_| depth < 8) {
+            return row_key(g, id, depth + 1);
+        }
+        if let NodeKind::Read {
+            one: true, filters, ..
+        } = &node.node.kind
+            && let Some(id) =
+                filters
+                    .iter()
+                    .filter_map(Where::required)
+                    .find_map(|f| match (&f.op, &f.value) {
+                        (FilterOp::Eq, crate::model::Template::Expr(x)) if f.field == "id" => {
+                            Some(x)
+                        }
+                        _ => None,
+                    })
+            && depth < 8
+        {
+            return row_key(g, id, depth + 1);
+        }
+        return format!("node:{n}");
+    }
+    e.src.clone()
+}
+
+/// Whether `e` reads only `input`, `auth` and `request` (so it can be
+/// evaluated anywhere in the flow).
+fn from_roots(e: &Expression) -> bool {
+    let Some(ast) = &e.ast else { return false };
+    let mut ok = true;
+    ast.walk(|x| {
+        if let ExprKind::Ident(n) = &x.kind
+            && !matches!(n.as_str(), "input" | "auth" | "request")
+        {
+            ok = false;
+        }
+    });
+    ok
 }
 
 /// The signals of one tool, gathered node by node.
@@ -281,6 +377,94 @@ impl ToolSignals<'_, '_> {
             Some(patch),
             Some(summary),
         );
+    }
+
+    /// `lock-order`: two nodes of one transaction that each lock one row
+    /// of the same entity, chosen by different expressions, with no
+    /// locking read of that entity in `id` order before them. Two calls
+    /// naming the same rows the other way round each hold one lock and
+    /// wait for the other: Postgres breaks the deadlock after a second by
+    /// failing one of them. The fix locks every row first, in one read
+    /// ordered by `id`.
+    fn lock_order(&mut self, source: &Value) {
+        let g = self.g;
+        let dom = crate::flow::Dominance::new(g);
+        // The outermost transaction around node `i`.
+        let outer_tx = |i: usize| {
+            let mut tx = g.nodes.get(i).and_then(|n| n.tx);
+            while let Some(t) = tx.and_then(|t| g.nodes.get(t)).and_then(|n| n.tx) {
+                tx = Some(t);
+            }
+            tx
+        };
+        let mut groups: Vec<((usize, &str), Vec<(usize, &Expression)>)> = Vec::new();
+        for (i, info) in g.nodes.iter().enumerate() {
+            let Some((entity, id)) = single_lock(&info.node.kind) else {
+                continue;
+            };
+            let Some(tx) = outer_tx(i) else { continue };
+            match groups.iter_mut().find(|(k, _)| *k == (tx, entity)) {
+                Some((_, list)) => list.push((i, id)),
+                None => groups.push(((tx, entity), vec![(i, id)])),
+            }
+        }
+        for ((_, entity), locks) in groups {
+            // Which row each names: `hold.id` after a read of `hold` by
+            // `input.id` is the row `input.id` names.
+            let mut keys: Vec<String> = locks.iter().map(|(_, e)| row_key(g, e, 0)).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            if keys.len() < 2 {
+                continue;
+            }
+            let mut distinct: Vec<&str> = locks
+                .iter()
+                .filter(|(_, e)| from_roots(e))
+                .map(|(_, e)| e.src.as_str())
+                .collect();
+            distinct.sort_unstable();
+            distinct.dedup();
+            // Covered: a locking read of the entity in id order that has
+            // certainly run before every one of them.
+            let covered = g.nodes.iter().enumerate().any(|(r, n)| {
+                matches!(&n.node.kind, NodeKind::Read { entity: e, lock: true, one: false, order_by, .. }
+                    if e == entity && order_by.first().is_none_or(|o| o.field == "id" && !o.desc))
+                    && locks
+                        .iter()
+                        .all(|(i, _)| dom.dominates(g.vout_of(r), g.vin_of(*i)))
+            });
+            if covered {
+                continue;
+            }
+            let (Some(&(first, _)), Some(&(second, _))) = (locks.first(), locks.get(1)) else {
+                continue;
+            };
+            let (Some(a), Some(b)) = (g.nodes.get(first), g.nodes.get(second)) else {
+                continue;
+            };
+            let message = format!(
+                "{} is Yellow because nodes `{}` and `{}` lock `{entity}` rows chosen by the call one after the other: two calls naming the same rows in the other order wait on each other (a deadlock)",
+                self.name, a.id, b.id
+            );
+            let ids: Vec<&Expression> = locks.iter().map(|(_, e)| *e).collect();
+            let patch = if ids.iter().all(|e| from_roots(e)) && distinct.len() >= 2 {
+                lock_first_patch(g, source, first, entity, &distinct, locks.len())
+            } else {
+                None
+            };
+            let summary = format!(
+                "lock the `{entity}` rows first, in one read with `\"lock\": true` ordered by `id` (as `{}`), before `{}`",
+                format_args!(
+                    "{{\"id\": {{\"in\": \"[{}]\"}}}}",
+                    ids.iter()
+                        .map(|e| e.src.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                a.id
+            );
+            self.push("lock-order", Some(b), message, patch, Some(summary));
+        }
     }
 
     /// `high-row-impact` for a write inside `foreach` bodies: its own bound
@@ -687,6 +871,58 @@ fn recovery_set(g: &ToolGraph, external: &str, operation: &str) -> Vec<bool> {
         }
     }
     g.reaching(&sources)
+}
+
+/// The patch that puts a locking read of every row the ids name, in `id`
+/// order, right before node `first` (in its flow).
+fn lock_first_patch(
+    g: &ToolGraph,
+    source: &Value,
+    first: usize,
+    entity: &str,
+    ids: &[&str],
+    rows: usize,
+) -> Option<Vec<Op>> {
+    let info = g.nodes.get(first)?;
+    let flow = g.flows.get(info.flow)?;
+    let mut name = format!("lock_{}", entity.to_lowercase());
+    let mut n = 2;
+    while g.by_id.contains_key(name.as_str()) {
+        name = format!("lock_{}_{n}", entity.to_lowercase());
+        n += 1;
+    }
+    let mut ops = Vec::new();
+    for other in g.nodes.iter().filter(|o| o.flow == info.flow) {
+        for (k, t) in other.node.edges() {
+            if t == info.id {
+                ops.push(Op::Replace {
+                    path: format!("{}{}", other.node.path, k.pointer_suffix()),
+                    value: json!(name),
+                });
+            }
+        }
+    }
+    if flow.entry == info.id {
+        ops.push(Op::Replace {
+            path: child(&flow.path, "entry"),
+            value: json!(name),
+        });
+    }
+    pointer_get(source, &info.node.path)?;
+    ops.push(Op::Add {
+        path: child(&child(&flow.path, "nodes"), &name),
+        value: json!({
+            "type": "read",
+            "description": "lock the rows in id order, so that calls wait in line instead of deadlocking",
+            "entity": entity,
+            "where": {"id": {"in": format!("[{}]", ids.join(", "))}},
+            "orderBy": "id",
+            "limit": rows,
+            "lock": true,
+            "next": info.id,
+        }),
+    });
+    Some(ops)
 }
 
 /// `p` when `items` is `input.p`.
