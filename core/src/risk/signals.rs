@@ -397,7 +397,9 @@ impl ToolSignals<'_, '_> {
             }
             tx
         };
-        let mut groups: Vec<((usize, &str), Vec<(usize, &Expression)>)> = Vec::new();
+        // (outermost transaction, entity) -> the locks (node, id).
+        type Locks<'e> = Vec<(usize, &'e Expression)>;
+        let mut groups: Vec<((usize, &str), Locks)> = Vec::new();
         for (i, info) in g.nodes.iter().enumerate() {
             let Some((entity, id)) = single_lock(&info.node.kind) else {
                 continue;
