@@ -2389,3 +2389,54 @@ fn rows_locked_one_by_one_in_the_callers_order() {
         report.to_json()
     );
 }
+
+/// What `sinew check` once called Green and then failed at run time: each
+/// is now a type error with a pointer and a help.
+#[test]
+fn type_errors_are_found_before_deployment() {
+    // A duration divided by a duration (a 500 on every call).
+    let l = load_with(|v| {
+        at(v, &format!("{PLACE}/done"))["value"] = json!({"order": "order.id", "hours": "(request.time - order.created_at) / duration('1h')"});
+    });
+    let d = only_error(&l, "expr-type", &format!("{PLACE}/done/value/hours"));
+    assert_message(d, "`/` does not apply to a duration and a duration");
+    assert_help(d, "getSeconds()");
+    // A list of rows passed as a row id (a 404 that blamed the caller).
+    let l = load_with(|v| {
+        at(v, BODY)["pay"] =
+            json!({"type": "transition", "entity": "Order", "id": "orders", "action": "pay"});
+        at(v, BODY)["orders"] =
+            json!({"type": "read", "entity": "Order", "limit": 5, "next": "pay"});
+        at(v, &format!("{BODY}/take"))["next"] = json!("orders");
+    });
+    let d = error(&l, "expr-type", &format!("{BODY}/pay/id"));
+    assert_help(d, "orders[0]");
+    // A limit that is text (a 400 that blamed the caller).
+    let l = load_with(|v| {
+        at(v, &format!("{GET}/product"))["one"] = json!(false);
+        at(v, &format!("{GET}/product"))["limit"] = json!("'ten'");
+        at(v, &format!("{GET}/done"))["value"] = json!({"n": "size(product)"});
+    });
+    error(&l, "expr-type", &format!("{GET}/product/limit"));
+    // Text written into an integer field (a 422 that blamed the caller).
+    let l = load_with(|v| {
+        at(v, &format!("{BODY}/order/values"))["quantity"] = json!("input.sku");
+        at(v, "/tools/place_order")["input"] = json!({
+            "type": "object",
+            "properties": {"sku": {"type": "string"}, "quantity": {"type": "integer"}}
+        });
+    });
+    let d = only_error(&l, "expr-type", &format!("{BODY}/order/values/quantity"));
+    assert_message(
+        d,
+        "`Order.quantity` is an integer field, but this is a string",
+    );
+    assert_help(d, "int(input.sku)");
+    // And conditions that are not bools, by their type.
+    let l = load_with(|v| {
+        at(v, &format!("{PLACE}/product"))["next"] = json!("check");
+        at(v, PLACE)["check"] = json!({"type": "assert", "that": "product.price", "next": "save"});
+    });
+    let d = error(&l, "expr-type", &format!("{PLACE}/check/that"));
+    assert_message(d, "an int");
+}

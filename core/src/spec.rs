@@ -11,6 +11,7 @@ mod check;
 pub(crate) mod decode;
 pub mod location;
 pub mod source;
+mod types;
 
 use serde_json::Value;
 

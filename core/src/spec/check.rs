@@ -229,6 +229,17 @@ impl<'a> Scope<'a> {
         out
     }
 
+    /// The schema of input property `name`, when the input schema
+    /// declares it.
+    pub(crate) fn input_property(&self, name: &str) -> Option<&'a Value> {
+        self.tool?.input.get("properties")?.get(name)
+    }
+
+    /// The type of column `field` of entity `entity`.
+    pub(crate) fn column_type(&self, entity: &str, field: &str) -> Option<FieldType> {
+        self.spec.entities.get(entity)?.column_type(field)
+    }
+
     /// The closed set of input properties, when the input schema is closed.
     fn input_fields(&self) -> Option<Vec<&'a str>> {
         let schema = self.tool.map(|t| &t.input)?;
@@ -273,6 +284,89 @@ fn literal_word(spec: &Spec, word: &str) -> Option<String> {
 /// Checks every expression of `e` against `scope`.
 pub(crate) fn check_expr(cx: &mut Cx, e: &Expression, scope: &Scope) {
     let Some(ast) = &e.ast else { return };
+    let errors_before = cx.errors.len();
+    check_names(cx, e, ast, scope);
+    // Types only where the names resolved (one error per mistake).
+    if cx.errors.len() == errors_before {
+        let mut found = Vec::new();
+        super::types::infer(ast, scope, &mut found);
+        for t in found {
+            cx.error(
+                Diagnostic::new(
+                    "expr-type",
+                    e.path.clone(),
+                    format!("in `{}`: {}", e.src, t.message),
+                )
+                .help(t.help)
+                .span(t.span.start, t.span.end),
+            );
+        }
+    }
+}
+
+/// The static type of an expression (`Dyn` when it has no syntax tree).
+pub(crate) fn type_of(e: &Expression, scope: &Scope) -> super::types::Ty {
+    match &e.ast {
+        Some(ast) => super::types::infer(ast, scope, &mut Vec::new()),
+        None => super::types::Ty::Dyn,
+    }
+}
+
+/// A value written into a column must fit its type: `values` of a create,
+/// `set` of an update.
+fn check_writes(
+    cx: &mut Cx,
+    e: Option<&Entity>,
+    entity: &str,
+    values: &NameMap<Template>,
+    scope: &Scope,
+) {
+    let Some(e) = e else { return };
+    for (field, t) in values {
+        let Some(ft) = e.column_type(field) else {
+            continue;
+        };
+        let Template::Expr(x) = t else { continue };
+        let ty = type_of(x, scope);
+        if !super::types::fits(ft, &ty) {
+            let want = match type_name(ft) {
+                n if n.starts_with(['a', 'e', 'i', 'o', 'u']) => format!("an {n}"),
+                n => format!("a {n}"),
+            };
+            let help = match (ft, &ty) {
+                (FieldType::Integer, super::types::Ty::String) => {
+                    format!("convert it: `int({})`", x.src)
+                }
+                (FieldType::Integer, _) => format!(
+                    "convert it: `int({})`, or declare the input `integer`",
+                    x.src
+                ),
+                (FieldType::String | FieldType::Uuid | FieldType::Ref, _) => {
+                    format!("convert it: `string({})`", x.src)
+                }
+                (FieldType::Number, _) => format!("convert it: `double({})`", x.src),
+                _ => format!(
+                    "write {} into `{field}`",
+                    super::types::Ty::a(&super::types::of_field(ft))
+                ),
+            };
+            cx.error(
+                Diagnostic::new(
+                    "expr-type",
+                    x.path.clone(),
+                    format!(
+                        "in `{}`: `{entity}.{field}` is {want} field, but this is {}",
+                        x.src,
+                        ty.a()
+                    ),
+                )
+                .help(help),
+            );
+        }
+    }
+}
+
+fn check_names(cx: &mut Cx, e: &Expression, ast: &expr::Expr, scope: &Scope) {
     let report = |cx: &mut Cx, code: &str, span: expr::Span, message: String, help: String| {
         cx.error(
             Diagnostic::new(code, e.path.clone(), format!("in `{}`: {message}", e.src))
@@ -633,6 +727,33 @@ pub(crate) fn check_shape(cx: &mut Cx, e: &Expression, scope: &Scope, want: Want
         )),
         _ => None,
     };
+    // Else by its static type, where the spec tells it.
+    let found = found.or_else(|| {
+        use super::types::Ty;
+        let t = type_of(e, scope);
+        let wrong = match want {
+            Want::Bool => !matches!(t, Ty::Bool | Ty::Dyn | Ty::Null),
+            Want::Count => !matches!(t, Ty::Int | Ty::Uint | Ty::Number | Ty::Dyn | Ty::Null),
+            Want::Id => !matches!(t, Ty::String | Ty::Dyn | Ty::Null),
+        };
+        wrong.then(|| {
+            (
+                format!("this is {}", t.a()),
+                match want {
+                    Want::Count => format!(
+                        "convert it (`int({})`), or write a whole number",
+                        e.src.trim()
+                    ),
+                    Want::Id => "write the id's expression (`input.id`, `order.id`)".to_string(),
+                    Want::Bool => format!(
+                        "compare it (`{} > 0`, `{} != ''`)",
+                        e.src.trim(),
+                        e.src.trim()
+                    ),
+                },
+            )
+        })
+    });
     if let Some((found, help)) = found {
         cx.error(
             Diagnostic::new(
@@ -1542,6 +1663,7 @@ fn check_node(cx: &mut Cx, spec: &Spec, scope: &Scope, row_scope: &Scope, node: 
             for t in set.values() {
                 check_template(cx, t, row_scope);
             }
+            check_writes(cx, e, entity, set, row_scope);
             if let Some(Limit::Expr(x)) = limit {
                 check_expr(cx, x, scope);
                 check_shape(cx, x, scope, Want::Count);
@@ -2037,6 +2159,7 @@ fn check_create(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
     for t in values.values() {
         check_template(cx, t, scope);
     }
+    check_writes(cx, e, entity, values, scope);
     if let Some(e) = e {
         let owner = e
             .owner

@@ -1,0 +1,379 @@
+//! Static types of expressions, as far as the spec tells them: literals,
+//! the input schema's property types, entity columns, what nodes bind, and
+//! what operators and functions give. `sinew check` uses them to refuse
+//! what would fail on every call that reaches it: an operator with no
+//! meaning for its operand types (a duration divided by a duration), a
+//! value of the wrong type written into a field, a condition that is not a
+//! bool. Where a type is only known at run time it is [`Ty::Dyn`] and the
+//! value is checked then.
+
+use serde_json::Value as Json;
+
+use super::check::{Binding, Scope};
+use crate::expr::{BinaryOp, Expr, ExprKind, Lit, UnaryOp};
+use crate::model::FieldType;
+
+/// A static type.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Ty {
+    /// Known only at run time.
+    Dyn,
+    Null,
+    Bool,
+    Int,
+    Uint,
+    Double,
+    /// An integer or a double (a JSON `number`: whole values read as
+    /// integers).
+    Number,
+    String,
+    Bytes,
+    Timestamp,
+    Duration,
+    List,
+    Map,
+    /// A row of an entity.
+    Row(String),
+}
+
+impl Ty {
+    /// The type's name with an article, for messages.
+    pub(crate) fn a(&self) -> String {
+        match self {
+            Ty::Dyn => "a value".into(),
+            Ty::Null => "null".into(),
+            Ty::Bool => "a bool".into(),
+            Ty::Int => "an int".into(),
+            Ty::Uint => "a uint".into(),
+            Ty::Double => "a double".into(),
+            Ty::Number => "a number".into(),
+            Ty::String => "a string".into(),
+            Ty::Bytes => "bytes".into(),
+            Ty::Timestamp => "a timestamp".into(),
+            Ty::Duration => "a duration".into(),
+            Ty::List => "a list".into(),
+            Ty::Map => "a map".into(),
+            Ty::Row(e) => format!("a whole `{e}` row"),
+        }
+    }
+
+    fn numeric(&self) -> bool {
+        matches!(self, Ty::Int | Ty::Uint | Ty::Double | Ty::Number)
+    }
+
+    /// Known well enough to judge an operator by.
+    fn known(&self) -> bool {
+        !matches!(self, Ty::Dyn | Ty::Null)
+    }
+}
+
+/// The type a column of `field_type` reads as.
+pub(crate) fn of_field(t: FieldType) -> Ty {
+    match t {
+        FieldType::String | FieldType::Uuid | FieldType::Ref => Ty::String,
+        FieldType::Integer => Ty::Int,
+        FieldType::Boolean => Ty::Bool,
+        FieldType::Number => Ty::Number,
+        FieldType::Timestamp => Ty::Timestamp,
+        FieldType::Json => Ty::Dyn,
+    }
+}
+
+/// The type of a JSON Schema property, as the input reads it (text stays
+/// text, whatever its `format`).
+fn of_schema(s: &Json) -> Ty {
+    match s.get("type").and_then(Json::as_str) {
+        Some("string") => Ty::String,
+        Some("integer") => Ty::Int,
+        Some("number") => Ty::Number,
+        Some("boolean") => Ty::Bool,
+        Some("array") => Ty::List,
+        Some("object") => Ty::Map,
+        _ => Ty::Dyn,
+    }
+}
+
+/// A type error found while inferring: the sub-expression's span, the
+/// message and the help.
+pub(crate) struct TypeError {
+    pub span: crate::expr::Span,
+    pub message: String,
+    pub help: String,
+}
+
+/// Infers the type of `e`, collecting the operators that cannot apply.
+pub(crate) fn infer(e: &Expr, scope: &Scope, errors: &mut Vec<TypeError>) -> Ty {
+    infer_at(e, scope, errors, &local_names(e))
+}
+
+/// Names that macros bind somewhere in `e` (their type is not known).
+fn local_names(e: &Expr) -> Vec<String> {
+    e.macro_scopes()
+        .into_iter()
+        .map(|(n, _)| n.to_string())
+        .collect()
+}
+
+fn infer_at(e: &Expr, scope: &Scope, errors: &mut Vec<TypeError>, locals: &[String]) -> Ty {
+    let sub = |x: &Expr, errors: &mut Vec<TypeError>| infer_at(x, scope, errors, locals);
+    match &e.kind {
+        ExprKind::Lit(l) => match l {
+            Lit::Null => Ty::Null,
+            Lit::Bool(_) => Ty::Bool,
+            Lit::Int(_) => Ty::Int,
+            Lit::Uint(_) => Ty::Uint,
+            Lit::Double(_) => Ty::Double,
+            Lit::String(_) => Ty::String,
+            Lit::Bytes(_) => Ty::Bytes,
+        },
+        ExprKind::Ident(name) if locals.iter().any(|l| l == name) => Ty::Dyn,
+        ExprKind::Ident(name) => match name.as_str() {
+            "input" | "auth" | "request" => Ty::Map,
+            _ => match scope.lookup(name) {
+                Ok(Binding::Row(ent, _)) => Ty::Row(ent),
+                Ok(Binding::Rows(..)) => Ty::List,
+                Ok(Binding::Object(_)) => Ty::Map,
+                _ => Ty::Dyn,
+            },
+        },
+        ExprKind::Member(inner, field) => {
+            if let ExprKind::Ident(root) = &inner.kind
+                && !locals.iter().any(|l| l == root)
+            {
+                match root.as_str() {
+                    "input" => {
+                        return scope
+                            .input_property(field)
+                            .map(of_schema)
+                            .unwrap_or(Ty::Dyn);
+                    }
+                    "request" => {
+                        return match field.as_str() {
+                            "time" => Ty::Timestamp,
+                            "id" => Ty::String,
+                            _ => Ty::Dyn,
+                        };
+                    }
+                    "auth" => {
+                        return match field.as_str() {
+                            "sub" => Ty::String,
+                            "roles" => Ty::List,
+                            "claims" => Ty::Map,
+                            _ => Ty::Dyn,
+                        };
+                    }
+                    _ => {}
+                }
+            }
+            match sub(inner, errors) {
+                Ty::Row(ent) => scope
+                    .column_type(&ent, field)
+                    .map(of_field)
+                    .unwrap_or(Ty::Dyn),
+                _ => Ty::Dyn,
+            }
+        }
+        ExprKind::Index(a, i) => {
+            sub(a, errors);
+            sub(i, errors);
+            Ty::Dyn
+        }
+        ExprKind::Unary(op, a) => {
+            let t = sub(a, errors);
+            match op {
+                UnaryOp::Not => Ty::Bool,
+                UnaryOp::Neg if t.known() && !t.numeric() && t != Ty::Duration => {
+                    errors.push(TypeError {
+                        span: e.span,
+                        message: format!("`-` does not apply to {}", t.a()),
+                        help: "negate a number or a duration".into(),
+                    });
+                    Ty::Dyn
+                }
+                UnaryOp::Neg => t,
+            }
+        }
+        ExprKind::Cond(c, a, b) => {
+            sub(c, errors);
+            let (x, y) = (sub(a, errors), sub(b, errors));
+            if x == y {
+                x
+            } else if x == Ty::Null {
+                y
+            } else if y == Ty::Null {
+                x
+            } else {
+                Ty::Dyn
+            }
+        }
+        ExprKind::List(items) => {
+            for i in items {
+                sub(i, errors);
+            }
+            Ty::List
+        }
+        ExprKind::Map(entries) => {
+            for (k, v) in entries {
+                sub(k, errors);
+                sub(v, errors);
+            }
+            Ty::Map
+        }
+        ExprKind::Call { target, func, args } => {
+            if let Some(t) = target {
+                sub(t, errors);
+            }
+            for a in args {
+                sub(a, errors);
+            }
+            call_type(func)
+        }
+        ExprKind::Binary(op, a, b) => {
+            let (x, y) = (sub(a, errors), sub(b, errors));
+            binary(*op, &x, &y).unwrap_or_else(|| {
+                errors.push(TypeError {
+                    span: e.span,
+                    message: format!(
+                        "`{}` does not apply to {} and {}",
+                        op.symbol(),
+                        x.a(),
+                        y.a()
+                    ),
+                    help: binary_help(*op, &x, &y),
+                });
+                Ty::Dyn
+            })
+        }
+    }
+}
+
+/// What a function gives, where it does not depend on its arguments.
+fn call_type(func: &str) -> Ty {
+    match func {
+        "size" | "int" | "charAt" | "indexOf" | "lastIndexOf" | "getFullYear" | "getMonth"
+        | "getDayOfYear" | "getDayOfMonth" | "getDate" | "getDayOfWeek" | "getHours"
+        | "getMinutes" | "getSeconds" | "getMilliseconds" => {
+            if func == "charAt" {
+                Ty::String
+            } else {
+                Ty::Int
+            }
+        }
+        "uint" => Ty::Uint,
+        "double" | "math.sqrt" | "math.ceil" | "math.floor" | "math.round" | "math.trunc" => {
+            Ty::Double
+        }
+        "string" | "lowerAscii" | "upperAscii" | "replace" | "substring" | "trim" | "reverse"
+        | "join" | "format" | "strings.quote" => Ty::String,
+        "bytes" => Ty::Bytes,
+        "timestamp" => Ty::Timestamp,
+        "duration" => Ty::Duration,
+        "has" | "startsWith" | "endsWith" | "contains" | "matches" | "all" | "exists"
+        | "exists_one" | "existsOne" | "bool" | "math.isInf" | "math.isNaN" | "math.isFinite" => {
+            Ty::Bool
+        }
+        "split" | "map" | "filter" | "transformList" => Ty::List,
+        "transformMap" => Ty::Map,
+        _ => Ty::Dyn,
+    }
+}
+
+/// The type of `x op y`, or `None` when the operator cannot apply to
+/// these (known) types.
+fn binary(op: BinaryOp, x: &Ty, y: &Ty) -> Option<Ty> {
+    use BinaryOp::*;
+    if matches!(op, Or | And | Eq | Ne | In) {
+        return Some(Ty::Bool);
+    }
+    if !x.known() || !y.known() {
+        // Some value at run time may fit; the interpreter checks it.
+        return Some(match op {
+            Lt | Le | Gt | Ge => Ty::Bool,
+            _ => Ty::Dyn,
+        });
+    }
+    let num = |a: &Ty, b: &Ty| -> Option<Ty> {
+        match (a, b) {
+            (Ty::Int, Ty::Int) => Some(Ty::Int),
+            (Ty::Uint, Ty::Uint) => Some(Ty::Uint),
+            // A uint mixes with neither (the interpreter refuses it).
+            (Ty::Uint, _) | (_, Ty::Uint) => None,
+            (Ty::Double, _) | (_, Ty::Double) => Some(Ty::Double),
+            _ => Some(Ty::Number),
+        }
+    };
+    match op {
+        Lt | Le | Gt | Ge => {
+            let ok = (x.numeric() && y.numeric())
+                || x == y
+                    && matches!(
+                        x,
+                        Ty::String | Ty::Bytes | Ty::Bool | Ty::Timestamp | Ty::Duration
+                    )
+                || matches!(
+                    (x, y),
+                    (Ty::Timestamp, Ty::String) | (Ty::String, Ty::Timestamp)
+                );
+            ok.then_some(Ty::Bool)
+        }
+        Add => match (x, y) {
+            (a, b) if a.numeric() && b.numeric() => num(a, b),
+            (Ty::String, Ty::String) => Some(Ty::String),
+            (Ty::Bytes, Ty::Bytes) => Some(Ty::Bytes),
+            (Ty::List, Ty::List) => Some(Ty::List),
+            (Ty::Timestamp, Ty::Duration) | (Ty::Duration, Ty::Timestamp) => Some(Ty::Timestamp),
+            (Ty::Duration, Ty::Duration) => Some(Ty::Duration),
+            _ => None,
+        },
+        Sub => match (x, y) {
+            (a, b) if a.numeric() && b.numeric() => num(a, b),
+            (Ty::Timestamp, Ty::Duration) => Some(Ty::Timestamp),
+            (Ty::Timestamp, Ty::Timestamp) | (Ty::Duration, Ty::Duration) => Some(Ty::Duration),
+            _ => None,
+        },
+        Mul | Div => (x.numeric() && y.numeric()).then(|| num(x, y)).flatten(),
+        Rem => match (x, y) {
+            (Ty::Int | Ty::Number, Ty::Int | Ty::Number) => Some(Ty::Int),
+            (Ty::Uint, Ty::Uint) => Some(Ty::Uint),
+            _ => None,
+        },
+        Or | And | Eq | Ne | In => Some(Ty::Bool),
+    }
+}
+
+fn binary_help(op: BinaryOp, x: &Ty, y: &Ty) -> String {
+    match (op, x, y) {
+        (BinaryOp::Div, Ty::Duration, _) | (BinaryOp::Mul, Ty::Duration, _) => {
+            "durations add and subtract; to divide, convert: `d.getSeconds() / 60`, `int(d.getSeconds()) * 2`".into()
+        }
+        (BinaryOp::Add, Ty::String, _) | (BinaryOp::Add, _, Ty::String) => {
+            "`+` joins two strings: convert the other side with `string()`".into()
+        }
+        (BinaryOp::Add, Ty::Timestamp, Ty::Timestamp) => {
+            "add a duration to a timestamp (`t + duration('1h')`), or subtract two timestamps".into()
+        }
+        (_, Ty::Uint, _) | (_, _, Ty::Uint) => {
+            "a uint mixes with no other number: convert with `int()` or `uint()`".into()
+        }
+        _ => "convert one side (`int()`, `double()`, `string()`, `timestamp()`, `duration()`)"
+            .into(),
+    }
+}
+
+/// Whether a value of type `t` can be written into a column of `field`
+/// type (text into a timestamp column is parsed; `null` is the column's
+/// own check).
+pub(crate) fn fits(field: FieldType, t: &Ty) -> bool {
+    match t {
+        Ty::Dyn | Ty::Null => true,
+        t => match field {
+            FieldType::Json => true,
+            FieldType::String | FieldType::Uuid | FieldType::Ref => *t == Ty::String,
+            // (A `number` may be 2.5: declare the input `integer`.)
+            FieldType::Integer => matches!(t, Ty::Int | Ty::Uint),
+            FieldType::Number => t.numeric(),
+            FieldType::Boolean => *t == Ty::Bool,
+            FieldType::Timestamp => matches!(t, Ty::Timestamp | Ty::String),
+        },
+    }
+}
