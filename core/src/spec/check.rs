@@ -1457,6 +1457,7 @@ fn check_indexed(
     path: &str,
     filters: &[Where],
     order_by: &[crate::model::Order],
+    implied: &[&str],
 ) {
     let leads = |f: &str| {
         f == "id"
@@ -1473,6 +1474,7 @@ fn check_indexed(
         .map(|f| f.field.as_str())
         .collect();
     used.extend(order_by.iter().map(|o| o.field.as_str()));
+    used.extend(implied.iter().copied());
     used.retain(|f| e.has_column(f));
     if used.is_empty() || used.iter().any(|f| leads(f)) {
         return;
@@ -1670,9 +1672,9 @@ fn check_node(cx: &mut Cx, spec: &Spec, scope: &Scope, row_scope: &Scope, node: 
             }
         }
         NodeKind::Transition { .. } => check_transition(cx, spec, scope, node),
-        NodeKind::SoftDelete { entity, target } => {
+        NodeKind::SoftDelete { entity, .. } => {
             let e = ent(cx, entity);
-            check_target(cx, spec, scope, e, entity, path, target);
+            check_target(cx, spec, scope, e, node);
         }
         NodeKind::Delete { entity, id } => {
             check_expr(cx, id, scope);
@@ -1738,7 +1740,7 @@ fn check_read(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
     let e = ent(cx, entity);
     check_filters(cx, spec, e, entity, filters, scope);
     if let Some(e) = e {
-        check_indexed(cx, entity, e, path, filters, order_by);
+        check_indexed(cx, entity, e, path, filters, order_by, &[]);
         check_order(cx, entity, e, path, order_by);
         check_includes(cx, spec, scope, entity, e, include);
     }
@@ -1999,7 +2001,7 @@ fn check_aggregate(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
                 desc: false,
             })
             .collect();
-        check_indexed(cx, entity, e, path, filters, &grouped);
+        check_indexed(cx, entity, e, path, filters, &grouped, &[]);
         for (i, f) in group_by.iter().enumerate() {
             let p = child(&child(path, "groupBy"), &i.to_string());
             match e.column_type(f) {
@@ -2107,15 +2109,14 @@ fn type_name(t: FieldType) -> &'static str {
 /// `create`: entity, values, and the fields it leaves unset.
 /// The rows a `transition` or `soft_delete` acts on: an id, or a `where`
 /// with its `orderBy` and `limit`.
-fn check_target(
-    cx: &mut Cx,
-    spec: &Spec,
-    scope: &Scope,
-    e: Option<&Entity>,
-    entity: &str,
-    path: &str,
-    target: &Target,
-) {
+fn check_target(cx: &mut Cx, spec: &Spec, scope: &Scope, e: Option<&Entity>, node: &Node) {
+    let (entity, target, implied): (&str, &Target, &[&str]) = match &node.kind {
+        // A transition of many rows filters on `status` too (its `from`).
+        NodeKind::Transition { entity, target, .. } => (entity, target, &["status"]),
+        NodeKind::SoftDelete { entity, target } => (entity, target, &[]),
+        _ => return,
+    };
+    let path = node.path.as_str();
     match target {
         Target::Id(id) => {
             check_expr(cx, id, scope);
@@ -2128,7 +2129,7 @@ fn check_target(
         } => {
             check_filters(cx, spec, e, entity, filters, scope);
             if let Some(e) = e {
-                check_indexed(cx, entity, e, path, filters, order_by);
+                check_indexed(cx, entity, e, path, filters, order_by, implied);
                 check_order(cx, entity, e, path, order_by);
             }
             if let Some(Limit::Expr(x)) = limit {
@@ -2185,7 +2186,7 @@ fn check_create(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
 fn check_transition(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
     let NodeKind::Transition {
         entity,
-        target,
+        target: _,
         action,
     } = &node.kind
     else {
@@ -2194,7 +2195,7 @@ fn check_transition(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
     let path = node.path.as_str();
     let ent = |cx: &mut Cx, name: &str| entity_ref(cx, spec, &child(path, "entity"), name);
     let e = ent(cx, entity);
-    check_target(cx, spec, scope, e, entity, path, target);
+    check_target(cx, spec, scope, e, node);
     if let Some(e) = e {
         match &e.status {
             None => cx.error(
