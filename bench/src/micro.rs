@@ -385,6 +385,8 @@ pub fn run(quick: bool) -> Result<()> {
         );
     }
 
+    expressions(&rt, &engine, size)?;
+
     println!("\n== the risk engine on one flow of n nodes (parse, load, analyze)");
     println!(
         "{:>8} {:>10} {:>10} {:>10} {:>12} {:>12}",
@@ -583,5 +585,80 @@ fn measured(
         let status = call(&make(1_000 + i));
         ensure!(status == expect, "request {i} answered {status}");
     }
+    Ok(())
+}
+
+/// The cost of a representative set of expressions (CEL's macros, the
+/// strings and math extensions, a regular expression, a time zone, a
+/// format): a tool that returns them, against one that returns `{}`, on
+/// both engines. The difference is the expressions' evaluation.
+fn expressions(rt: &tokio::runtime::Runtime, engine: &Arc<Engine>, size: Size) -> Result<()> {
+    let exprs = json!({
+        "total": "input.lines.map(l, l.quantity * l.price_cents).filter(x, x > 0).size()",
+        "all_positive": "input.lines.all(l, l.quantity > 0 && l.price_cents >= 0)",
+        "vip": "input.tags.exists(t, t.matches('^vip-[0-9]+$'))",
+        "sku": "input.lines[0].sku.lowerAscii().replace('-', '_').substring(0, 5)",
+        "parts": "input.note.split(' ').size()",
+        "hour_paris": "request.time.getHours('Europe/Paris')",
+        "weekday": "request.time.getDayOfWeek('America/New_York')",
+        "biggest": "math.greatest(input.lines.map(l, l.quantity))",
+        "label": "'%s: %d items, %.2f'.format([input.name, size(input.lines), 12.5])",
+        "due": "string(request.time + duration('36h'))"
+    });
+    let spec = json!({
+        "sinew": "0.2", "name": "exprs",
+        "tools": {
+            "exprs": {
+                "trigger": {"http": {"method": "POST", "path": "/exprs"}},
+                "auth": {"public": true},
+                "flow": {"entry": "r", "nodes": {"r": {"type": "return", "value": exprs}}}
+            },
+            "empty": {
+                "trigger": {"http": {"method": "POST", "path": "/empty"}},
+                "auth": {"public": true},
+                "flow": {"entry": "r", "nodes": {"r": {"type": "return", "value": {}}}}
+            }
+        }
+    });
+    let w = World::new(serde_json::to_string(&spec)?, Vec::new())?;
+    let input = json!({
+        "name": "Tea shop", "note": "deliver after five please", "tags": ["new", "vip-42"],
+        "lines": [
+            {"sku": "TEA-GREEN", "quantity": 2, "price_cents": 450},
+            {"sku": "CUP-WHITE", "quantity": 6, "price_cents": 900},
+            {"sku": "POT-IRON", "quantity": 1, "price_cents": 4500}
+        ]
+    });
+    let make = |tool: &'static str| {
+        let input = input.clone();
+        move |i: usize| Request {
+            tool: tool.into(),
+            input: input.clone(),
+            auth: None,
+            id: format!("e-{i}"),
+            idempotency_key: None,
+        }
+    };
+    println!(
+        "\n== 10 representative expressions in one tool (macros, strings, math, regex, time zones, format)"
+    );
+    println!("{:<12} {:>12} {:>14}", "tool", "native µs", "component µs");
+    let (exprs_tool, empty_tool) = (make("exprs"), make("empty"));
+    let (ne, ce) = (
+        w.native(size, 200, &exprs_tool)?,
+        w.component(rt, engine, size, 200, &exprs_tool)?,
+    );
+    let (n0, c0) = (
+        w.native(size, 200, &empty_tool)?,
+        w.component(rt, engine, size, 200, &empty_tool)?,
+    );
+    println!("{:<12} {ne:>12.2} {ce:>14.2}", "exprs");
+    println!("{:<12} {n0:>12.2} {c0:>14.2}", "empty");
+    println!(
+        "the 10 expressions: native {:.2} µs, component {:.2} µs (×{:.2})",
+        ne - n0,
+        ce - c0,
+        (ce - c0) / (ne - n0).max(0.01)
+    );
     Ok(())
 }

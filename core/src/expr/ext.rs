@@ -246,13 +246,31 @@ fn quote(s: &str) -> String {
 }
 
 fn matches(s: &str, re: &str) -> Result<Value, String> {
-    // Linear time whatever the pattern (the regex crate has no
-    // backtracking); a bounded compiled size keeps a hostile pattern cheap.
-    let compiled = regex::RegexBuilder::new(re)
-        .size_limit(1 << 20)
-        .build()
-        .map_err(|e| format!("`{re}` is not a valid regular expression: {e}"))?;
-    Ok(Value::Bool(compiled.is_match(s)))
+    // Patterns are compiled once per thread (a spec's patterns are few and
+    // mostly literals); the cache is emptied when it holds 256.
+    thread_local! {
+        static COMPILED: std::cell::RefCell<std::collections::HashMap<String, regex::Regex>> =
+            std::cell::RefCell::new(std::collections::HashMap::new());
+    }
+    COMPILED.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(r) = cache.get(re) {
+            return Ok(Value::Bool(r.is_match(s)));
+        }
+        // Linear time whatever the pattern (the regex crate has no
+        // backtracking); a bounded compiled size keeps a hostile pattern
+        // cheap.
+        let compiled = regex::RegexBuilder::new(re)
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|e| format!("`{re}` is not a valid regular expression: {e}"))?;
+        let found = compiled.is_match(s);
+        if cache.len() >= 256 {
+            cache.clear();
+        }
+        cache.insert(re.to_string(), compiled);
+        Ok(Value::Bool(found))
+    })
 }
 
 fn extreme(greatest: bool, vals: &[Value]) -> Result<Value, String> {
