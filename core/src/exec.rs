@@ -1110,12 +1110,7 @@ impl<'a> Run<'a> {
         let rows = self.pick_rows(e, entity, pick, false, Some(allowed))?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            let mut changes = Row::new();
-            changes.insert("status".into(), Json::String(t.to.clone()));
-            changes.insert("updated_at".into(), Json::String(self.now_text()));
-            let stored = self.update_row(entity, &row, &changes)?;
-            self.record(entity, &stored, "transition", version(&row))?;
-            out.push(crate::ports::shaped(e, stored));
+            out.push(self.move_row(e, entity, &row, &t.to)?);
         }
         Ok(Value::List(out))
     }
@@ -1126,25 +1121,53 @@ impl<'a> Run<'a> {
     fn soft_delete_where(&mut self, entity: &str, pick: &Pick) -> Result<Value, Problem> {
         let e = self.entity(entity)?;
         let rows = self.pick_rows(e, entity, pick, false, None)?;
-        let tx = self.write_tx()?.id;
         let mut budget = self.bundle.spec.limits.max_rows_per_write;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            let rid = row
-                .get("id")
-                .and_then(Json::as_str)
-                .unwrap_or_default()
-                .to_string();
-            self.release(entity, &rid, &mut budget, 0)?;
-            let now = self.now_text();
-            let stored = self
-                .storage
-                .soft_delete(tx, entity, &rid, version(&row).unwrap_or(0), &now)
-                .map_err(storage_problem)?;
-            self.record(entity, &stored, "soft_delete", version(&row))?;
-            out.push(crate::ports::shaped(e, stored));
+            out.push(self.delete_row(e, entity, &row, &mut budget)?);
         }
         Ok(Value::List(out))
+    }
+
+    /// Soft-deletes `row` after what its deletion does to the rows that
+    /// refer to it (counted against `budget`); the row as written.
+    fn delete_row(
+        &mut self,
+        e: &Entity,
+        entity: &str,
+        row: &Row,
+        budget: &mut u64,
+    ) -> Result<Value, Problem> {
+        let tx = self.write_tx()?.id;
+        let rid = row
+            .get("id")
+            .and_then(Json::as_str)
+            .unwrap_or_default()
+            .to_string();
+        self.release(entity, &rid, budget, 0)?;
+        let now = self.now_text();
+        let stored = self
+            .storage
+            .soft_delete(tx, entity, &rid, version(row).unwrap_or(0), &now)
+            .map_err(storage_problem)?;
+        self.record(entity, &stored, "soft_delete", version(row))?;
+        Ok(crate::ports::shaped(e, stored))
+    }
+
+    /// Moves `row` to status `to`; the row as written.
+    fn move_row(
+        &mut self,
+        e: &Entity,
+        entity: &str,
+        row: &Row,
+        to: &str,
+    ) -> Result<Value, Problem> {
+        let mut changes = Row::new();
+        changes.insert("status".into(), Json::String(to.to_string()));
+        changes.insert("updated_at".into(), Json::String(self.now_text()));
+        let stored = self.update_row(entity, row, &changes)?;
+        self.record(entity, &stored, "transition", version(row))?;
+        Ok(crate::ports::shaped(e, stored))
     }
 
     /// `transition`: one row along its status machine.
@@ -1181,33 +1204,15 @@ impl<'a> Run<'a> {
                 ),
             ));
         }
-        let mut changes = Row::new();
-        changes.insert("status".into(), Json::String(t.to.clone()));
-        changes.insert("updated_at".into(), Json::String(self.now_text()));
-        let stored = self.update_row(entity, &row, &changes)?;
-        self.record(entity, &stored, "transition", version(&row))?;
-        Ok(crate::ports::shaped(e, stored))
+        self.move_row(e, entity, &row, &t.to)
     }
 
     /// `soft_delete`: sets one row's `deleted_at`.
     fn soft_delete(&mut self, entity: &str, row_id: &Expression) -> Result<Value, Problem> {
         let e = self.entity(entity)?;
         let row = self.row_by_id(e, entity, row_id)?;
-        let tx = self.write_tx()?.id;
-        let rid = row
-            .get("id")
-            .and_then(Json::as_str)
-            .unwrap_or_default()
-            .to_string();
         let mut budget = self.bundle.spec.limits.max_rows_per_write;
-        self.release(entity, &rid, &mut budget, 0)?;
-        let now = self.now_text();
-        let stored = self
-            .storage
-            .soft_delete(tx, entity, &rid, version(&row).unwrap_or(0), &now)
-            .map_err(storage_problem)?;
-        self.record(entity, &stored, "soft_delete", version(&row))?;
-        Ok(crate::ports::shaped(e, stored))
+        self.delete_row(e, entity, &row, &mut budget)
     }
 
     /// What soft-deleting row `id` of `entity` does to the live rows whose

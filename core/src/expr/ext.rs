@@ -9,7 +9,7 @@
 //!
 //! Indexes into strings count Unicode code points, as in CEL.
 
-use super::value::Value;
+use super::value::{Value, civil_from_days, days_from_civil};
 
 /// The result of an extension function, or `None` when `func` applied to
 /// these values is none of them (the caller reports it).
@@ -377,31 +377,6 @@ fn timestamp_part(func: &str, t: i64, zone: Option<&str>) -> Result<Value, Strin
         "getSeconds" => secs % 60,
         _ => micros / 1000,
     }))
-}
-
-/// Howard Hinnant's `civil_from_days`: (year, month 1–12, day 1–31).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// Days since 1970-01-01 of a civil date.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// `format`: `%s`, `%d`, `%f` (and `%.Nf`), `%e`, `%x`, `%X`, `%o`, `%b`

@@ -195,16 +195,18 @@ pub(super) fn tool_findings(
 /// or `soft_delete` by `id`, an `update` with `one` whose `where` pins
 /// `id`, a locking `read` with `one` that pins `id`. Its entity and the id
 /// expression.
+/// The expression a `where` pins `id` to with an equality, if any.
+fn by_id(filters: &[Where]) -> Option<&Expression> {
+    filters
+        .iter()
+        .filter_map(Where::required)
+        .find_map(|f| match (&f.op, &f.value) {
+            (FilterOp::Eq, crate::model::Template::Expr(e)) if f.field == "id" => Some(e),
+            _ => None,
+        })
+}
+
 fn single_lock(kind: &NodeKind) -> Option<(&str, &Expression)> {
-    fn by_id(filters: &[Where]) -> Option<&Expression> {
-        filters
-            .iter()
-            .filter_map(Where::required)
-            .find_map(|f| match (&f.op, &f.value) {
-                (FilterOp::Eq, crate::model::Template::Expr(e)) if f.field == "id" => Some(e),
-                _ => None,
-            })
-    }
     let (entity, id) = match kind {
         NodeKind::Transition {
             entity,
@@ -252,16 +254,7 @@ fn row_key(g: &ToolGraph, e: &Expression, depth: usize) -> String {
         if let NodeKind::Read {
             one: true, filters, ..
         } = &node.node.kind
-            && let Some(id) =
-                filters
-                    .iter()
-                    .filter_map(Where::required)
-                    .find_map(|f| match (&f.op, &f.value) {
-                        (FilterOp::Eq, crate::model::Template::Expr(x)) if f.field == "id" => {
-                            Some(x)
-                        }
-                        _ => None,
-                    })
+            && let Some(id) = by_id(filters)
             && depth < 8
         {
             return row_key(g, id, depth + 1);
