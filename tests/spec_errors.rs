@@ -2440,3 +2440,24 @@ fn type_errors_are_found_before_deployment() {
     let d = error(&l, "expr-type", &format!("{PLACE}/check/that"));
     assert_message(d, "an int");
 }
+
+/// A `where` comparing a column with a value of another type matches no
+/// row, silently: refused before deployment.
+#[test]
+fn a_where_operand_of_another_type_than_its_column() {
+    let l = load_with(|v| {
+        at(v, &format!("{GET}/product"))["where"] = json!({"price": "input.id"});
+    });
+    let d = only_error(&l, "expr-type", &format!("{GET}/product/where/price/eq"));
+    assert_message(
+        d,
+        "`Product.price` is an integer field, and this is a string",
+    );
+    assert_help(d, "int(input.id)");
+    // Numbers compare across int and double; timestamps with text.
+    let l = load_with(|v| {
+        at(v, &format!("{GET}/product"))["where"] =
+            json!({"id": "input.id", "price": {"lt": "2.5 * 100.0"}});
+    });
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+}

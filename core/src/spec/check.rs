@@ -1623,7 +1623,41 @@ fn check_operand(cx: &mut Cx, entity: Option<&Entity>, ename: &str, f: &Filter, 
                 );
             }
         }
-        _ => {}
+        _ => {
+            // eq, ne, lt, le, gt, ge: a value of another type than the
+            // column's matches no row (and is no client's fault).
+            let (Template::Expr(x), Some(ct)) =
+                (&f.value, entity.and_then(|e| e.column_type(&f.field)))
+            else {
+                return;
+            };
+            let ty = type_of(x, scope);
+            if !super::types::comparable(ct, &ty) {
+                let column = match type_name(ct) {
+                    n if n.starts_with(['a', 'e', 'i', 'o', 'u']) => format!("an {n}"),
+                    n => format!("a {n}"),
+                };
+                cx.error(
+                    Diagnostic::new(
+                        "expr-type",
+                        at.clone(),
+                        format!(
+                            "in `{}`: `{ename}.{}` is {column} field, and this is {}: no row would ever match",
+                            x.src,
+                            f.field,
+                            ty.a()
+                        ),
+                    )
+                    .help(match ct {
+                        FieldType::Integer | FieldType::Number => format!("convert it: `int({})`", x.src),
+                        FieldType::String | FieldType::Uuid | FieldType::Ref => {
+                            format!("convert it: `string({})`", x.src)
+                        }
+                        _ => "compare it with a value of the field's type".to_string(),
+                    }),
+                );
+            }
+        }
     }
 }
 

@@ -377,3 +377,16 @@ pub(crate) fn fits(field: FieldType, t: &Ty) -> bool {
         },
     }
 }
+
+/// Whether a column of `field` type can be compared with a value of type
+/// `t` (numbers across int and double, text with timestamps).
+pub(crate) fn comparable(field: FieldType, t: &Ty) -> bool {
+    match t {
+        Ty::Dyn | Ty::Null => true,
+        t => match field {
+            FieldType::Json => true,
+            FieldType::Integer | FieldType::Number => t.numeric(),
+            _ => fits(field, t),
+        },
+    }
+}
