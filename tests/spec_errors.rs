@@ -1440,7 +1440,9 @@ fn expr_type_where_a_count_or_a_bool_is_needed() {
     });
     only_error(&l, "expr-type", "/tools/get_product/auth/denyWhen");
     // What only running can tell is not guessed at.
-    let l = load_with(|v| at(v, &format!("{GET}/product"))["limit"] = json!("size(input.id)"));
+    let l = load_with(|v| {
+        at(v, &format!("{GET}/product"))["limit"] = json!("has(input.id) ? size(input.id) : 1")
+    });
     assert!(l.errors.is_empty(), "{}", list(&l.errors));
 }
 
@@ -2183,6 +2185,7 @@ fn with_create_each(v: &mut Value, max_items: Option<u64>) {
     }
     at(v, "/tools/place_order")["input"] = json!({
         "type": "object",
+        "required": ["sku", "quantity", "lines"],
         "properties": {"sku": {"type": "string"}, "quantity": {"type": "integer"}, "lines": lines}
     });
     let order = at(v, &format!("{BODY}/order"));
@@ -2423,6 +2426,7 @@ fn type_errors_are_found_before_deployment() {
         at(v, &format!("{BODY}/order/values"))["quantity"] = json!("input.sku");
         at(v, "/tools/place_order")["input"] = json!({
             "type": "object",
+            "required": ["sku", "quantity"],
             "properties": {"sku": {"type": "string"}, "quantity": {"type": "integer"}}
         });
     });
@@ -2458,6 +2462,71 @@ fn a_where_operand_of_another_type_than_its_column() {
     let l = load_with(|v| {
         at(v, &format!("{GET}/product"))["where"] =
             json!({"id": "input.id", "price": {"lt": "2.5 * 100.0"}});
+    });
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+}
+
+/// An optional input property (or a nullable field) used where null fails
+/// is a type error unless something proves it is there: `has()` or
+/// `!= null` in a `&&`, `||` or `?:`, a filter's `when`, an `if` branch,
+/// an `assert` that ran.
+#[test]
+fn nullable_values_need_a_guard() {
+    let with_input = |v: &mut Value| {
+        at(v, "/tools/place_order")["input"] = json!({
+            "type": "object", "required": ["sku", "quantity"],
+            "properties": {"sku": {"type": "string"}, "quantity": {"type": "integer"},
+                           "note": {"type": "string"}}
+        });
+    };
+    let l = load_with(|v| {
+        with_input(v);
+        at(v, &format!("{PLACE}/done"))["value"] = json!({"n": "input.note.size()"});
+    });
+    let d = only_error(&l, "expr-type", &format!("{PLACE}/done/value/n"));
+    assert_message(d, "`input.note` may be null");
+    assert_help(d, "has(input.note)");
+    // Guarded in the expression.
+    for guarded in [
+        "has(input.note) ? input.note.size() : 0",
+        "input.note != null ? input.note.size() : 0",
+        "input.note == null ? 0 : input.note.size()",
+        "!has(input.note) ? 0 : input.note.size()",
+    ] {
+        let l = load_with(|v| {
+            with_input(v);
+            at(v, &format!("{PLACE}/done"))["value"] = json!({"n": guarded});
+        });
+        assert!(l.errors.is_empty(), "{guarded}: {}", list(&l.errors));
+    }
+    let l = load_with(|v| {
+        with_input(v);
+        at(v, &format!("{PLACE}/done"))["value"] =
+            json!({"n": "has(input.note) && input.note.size() > 3"});
+    });
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    // Guarded by the flow: an `if` branch only reached when it holds.
+    let l = load_with(|v| {
+        with_input(v);
+        at(v, &format!("{PLACE}/notify"))["next"] = json!("noted");
+        at(v, PLACE)["noted"] =
+            json!({"type": "if", "if": "has(input.note)", "then": "long", "else": "done"});
+        at(v, PLACE)["long"] = json!({"type": "return", "value": {"n": "input.note.size()"}});
+    });
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    // The other branch is not guarded.
+    let l = load_with(|v| {
+        with_input(v);
+        at(v, &format!("{PLACE}/notify"))["next"] = json!("noted");
+        at(v, PLACE)["noted"] =
+            json!({"type": "if", "if": "has(input.note)", "then": "done", "else": "long"});
+        at(v, PLACE)["long"] = json!({"type": "return", "value": {"n": "input.note.size()"}});
+    });
+    error(&l, "expr-type", &format!("{PLACE}/long/value/n"));
+    // A required property needs no guard.
+    let l = load_with(|v| {
+        with_input(v);
+        at(v, &format!("{PLACE}/done"))["value"] = json!({"n": "input.sku.size()"});
     });
     assert!(l.errors.is_empty(), "{}", list(&l.errors));
 }

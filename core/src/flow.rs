@@ -436,6 +436,11 @@ impl<'s> ToolGraph<'s> {
             .unwrap_or_else(|| self.vout_of(i))
     }
 
+    /// How many edges enter vertex `v`.
+    pub fn in_degree(&self, v: NodeIndex) -> usize {
+        self.pred.of(v.index()).0.len()
+    }
+
     /// Vertices reachable from `roots`, following edges that `follow` allows.
     pub fn reachable(&self, roots: &[NodeIndex], follow: impl Fn(&Edge) -> bool) -> Vec<bool> {
         self.search(&self.succ, roots, follow)

@@ -26,6 +26,7 @@ pub enum Binding {
 }
 
 /// The names an expression may use.
+#[derive(Clone)]
 pub struct Scope<'a> {
     spec: &'a Spec,
     /// `input`, `auth` and `request` are in scope.
@@ -39,6 +40,9 @@ pub struct Scope<'a> {
     /// The `foreach` nodes whose bodies enclose this place (innermost
     /// first), and the names their elements are bound to.
     loops: Vec<Loop<'a>>,
+    /// Paths known not to be null here (`input.from` under a filter's
+    /// `when: has(input.from)`).
+    pub(crate) guards: Vec<String>,
 }
 
 /// A `foreach` around the place an expression stands.
@@ -65,6 +69,7 @@ impl<'a> Scope<'a> {
             graph: None,
             at: Vec::new(),
             loops: Vec::new(),
+            guards: Vec::new(),
         }
     }
 
@@ -78,6 +83,7 @@ impl<'a> Scope<'a> {
             graph: None,
             at: Vec::new(),
             loops: Vec::new(),
+            guards: Vec::new(),
         }
     }
 
@@ -233,6 +239,25 @@ impl<'a> Scope<'a> {
     /// declares it.
     pub(crate) fn input_property(&self, name: &str) -> Option<&'a Value> {
         self.tool?.input.get("properties")?.get(name)
+    }
+
+    /// Whether the input schema requires property `name`.
+    pub(crate) fn input_required(&self, name: &str) -> bool {
+        self.tool
+            .and_then(|t| t.input.get("required"))
+            .and_then(Value::as_array)
+            .is_some_and(|r| r.iter().any(|x| x.as_str() == Some(name)))
+    }
+
+    /// Whether column `field` of `entity` may hold null.
+    pub(crate) fn column_nullable(&self, entity: &str, field: &str) -> bool {
+        field == "deleted_at"
+            || self
+                .spec
+                .entities
+                .get(entity)
+                .and_then(|e| e.fields.get(field))
+                .is_some_and(|f| f.nullable)
     }
 
     /// The type of column `field` of entity `entity`.
@@ -1041,6 +1066,11 @@ fn check_tool(cx: &mut Cx, spec: &Spec, tool: &Tool) {
             at.extend(calls.iter().map(|&c| g.vout_of(c)));
         }
         let mut loops = enclosing_loops(spec, tool, &g, &dom, i);
+        let guards = if reachable && !incomplete {
+            flow_guards(&g, &dom, i)
+        } else {
+            Vec::new()
+        };
         let scope = |row: Option<&'_ str>, at: &[NodeIndex], loops| Scope {
             spec,
             roots: true,
@@ -1054,6 +1084,7 @@ fn check_tool(cx: &mut Cx, spec: &Spec, tool: &Tool) {
             graph: Some((&g, &dom)),
             at: at.to_vec(),
             loops,
+            guards: guards.clone(),
         };
         if let NodeKind::Create {
             each: Some((items, as_name)),
@@ -1110,6 +1141,56 @@ fn check_tool(cx: &mut Cx, spec: &Spec, tool: &Tool) {
     }
 }
 
+/// The paths the flow has proven non-null before node `i` runs: the
+/// condition of an `assert` that certainly ran, of an `if` (or a `switch`
+/// case) whose branch node `i` is only reachable through.
+fn flow_guards(g: &ToolGraph, dom: &Dominance, i: usize) -> Vec<String> {
+    let vin = g.vin_of(i);
+    let mut out = Vec::new();
+    // A branch's target proves its condition when nothing else leads to it.
+    let through = |target: &str| {
+        g.by_id.get(target).is_some_and(|&t| {
+            let tin = g.vin_of(t);
+            g.in_degree(tin) == 1 && dom.dominates(tin, vin)
+        })
+    };
+    for (j, info) in g.nodes.iter().enumerate() {
+        let ast = |e: &Expression| e.ast.clone();
+        match &info.node.kind {
+            NodeKind::Assert { that, .. } if j != i && dom.dominates(g.vout_of(j), vin) => {
+                if let Some(a) = ast(that) {
+                    out.extend(super::types::guards_of(&a, true));
+                }
+            }
+            NodeKind::If {
+                cond,
+                then,
+                otherwise,
+            } => {
+                if let Some(a) = ast(cond) {
+                    if through(then) {
+                        out.extend(super::types::guards_of(&a, true));
+                    }
+                    if through(otherwise) {
+                        out.extend(super::types::guards_of(&a, false));
+                    }
+                }
+            }
+            NodeKind::Switch { cases, .. } => {
+                for c in cases {
+                    if let Some(a) = ast(&c.when)
+                        && through(&c.next)
+                    {
+                        out.extend(super::types::guards_of(&a, true));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// The `foreach` loops whose bodies enclose node `i`, innermost first.
 fn enclosing_loops<'s>(
     spec: &'s Spec,
@@ -1158,6 +1239,7 @@ fn loop_of<'s>(
                 graph: Some((g, dom)),
                 at: vec![g.vin_of(i)],
                 loops: enclosing_loops(spec, tool, g, dom, i),
+                guards: Vec::new(),
             };
             match outer.lookup(root) {
                 Ok(Binding::Rows(e, inc)) => Binding::Row(e, inc),
@@ -1545,12 +1627,17 @@ fn check_filters(
             std::iter::once(f.field.clone()),
             false,
         );
-        check_template(cx, &f.value, scope);
+        // A filter's operands are evaluated only when its `when` holds.
+        let mut guarded = scope.clone();
+        if let Some(ast) = f.when.as_ref().and_then(|w| w.ast.as_ref()) {
+            guarded.guards.extend(super::types::guards_of(ast, true));
+        }
+        check_template(cx, &f.value, &guarded);
         if let Some(w) = &f.when {
             check_expr(cx, w, scope);
             check_shape(cx, w, scope, Want::Bool);
         }
-        check_operand(cx, entity, ename, f, scope);
+        check_operand(cx, entity, ename, f, &guarded);
     }
 }
 

@@ -103,7 +103,91 @@ pub(crate) struct TypeError {
 
 /// Infers the type of `e`, collecting the operators that cannot apply.
 pub(crate) fn infer(e: &Expr, scope: &Scope, errors: &mut Vec<TypeError>) -> Ty {
-    infer_at(e, scope, errors, &local_names(e))
+    infer_at(e, scope, errors, &local_names(e), &scope.guards)
+}
+
+/// The path (`input.nick`, `order.note`) of `e` when it may be null: an
+/// input property the schema does not require, a nullable column of a row.
+fn nullable(e: &Expr, scope: &Scope, locals: &[String]) -> Option<String> {
+    let ExprKind::Member(inner, field) = &e.kind else {
+        return None;
+    };
+    let (root, _) = e.as_path()?;
+    if locals.iter().any(|l| l == root) {
+        return None;
+    }
+    let path = || {
+        e.as_path()
+            .map(|(r, fs)| std::iter::once(r).chain(fs).collect::<Vec<_>>().join("."))
+    };
+    match &inner.kind {
+        ExprKind::Ident(r) if r == "input" => (scope.input_property(field).is_some()
+            && !scope.input_required(field))
+        .then(path)
+        .flatten(),
+        _ => match infer_at(inner, scope, &mut Vec::new(), locals, &[]) {
+            Ty::Row(ent) if scope.column_nullable(&ent, field) => path(),
+            _ => None,
+        },
+    }
+}
+
+/// The paths a condition proves non-null when it is `holds`: `has(p)` and
+/// `p != null` when true, `p == null` when false, through `&&`, `||` and
+/// `!`.
+pub(crate) fn guards_of(c: &Expr, holds: bool) -> Vec<String> {
+    let path = |x: &Expr| {
+        x.as_path()
+            .map(|(r, fs)| std::iter::once(r).chain(fs).collect::<Vec<_>>().join("."))
+    };
+    match (&c.kind, holds) {
+        (
+            ExprKind::Call {
+                target: None,
+                func,
+                args,
+            },
+            true,
+        ) if func == "has" => args.first().and_then(path).into_iter().collect(),
+        (ExprKind::Binary(op @ (BinaryOp::Ne | BinaryOp::Eq), a, b), _)
+            if (*op == BinaryOp::Ne) == holds =>
+        {
+            match (&a.kind, &b.kind) {
+                (_, ExprKind::Lit(Lit::Null)) => path(a).into_iter().collect(),
+                (ExprKind::Lit(Lit::Null), _) => path(b).into_iter().collect(),
+                _ => Vec::new(),
+            }
+        }
+        (ExprKind::Binary(BinaryOp::And, a, b), true)
+        | (ExprKind::Binary(BinaryOp::Or, a, b), false) => {
+            let mut g = guards_of(a, holds);
+            g.extend(guards_of(b, holds));
+            g
+        }
+        (ExprKind::Unary(UnaryOp::Not, x), _) => guards_of(x, !holds),
+        _ => Vec::new(),
+    }
+}
+
+/// Reports `x` used where null fails, when it may be null and nothing
+/// guards it.
+fn not_null(
+    x: &Expr,
+    what: &str,
+    scope: &Scope,
+    errors: &mut Vec<TypeError>,
+    locals: &[String],
+    guards: &[String],
+) {
+    if let Some(p) = nullable(x, scope, locals)
+        && !guards.contains(&p)
+    {
+        errors.push(TypeError {
+            span: x.span,
+            message: format!("`{p}` may be null here (an optional input property or a nullable field), and {what} fails on null"),
+            help: format!("guard it: `has({p}) && …`, or give a default: `{p} != null ? {p} : …`"),
+        });
+    }
 }
 
 /// Names that macros bind somewhere in `e` (their type is not known).
@@ -114,8 +198,22 @@ fn local_names(e: &Expr) -> Vec<String> {
         .collect()
 }
 
-fn infer_at(e: &Expr, scope: &Scope, errors: &mut Vec<TypeError>, locals: &[String]) -> Ty {
-    let sub = |x: &Expr, errors: &mut Vec<TypeError>| infer_at(x, scope, errors, locals);
+fn infer_at(
+    e: &Expr,
+    scope: &Scope,
+    errors: &mut Vec<TypeError>,
+    locals: &[String],
+    guards: &[String],
+) -> Ty {
+    let sub = |x: &Expr, errors: &mut Vec<TypeError>| infer_at(x, scope, errors, locals, guards);
+    let guarded = |x: &Expr, extra: Vec<String>, errors: &mut Vec<TypeError>| {
+        let mut g = guards.to_vec();
+        g.extend(extra);
+        infer_at(x, scope, errors, locals, &g)
+    };
+    let check = |x: &Expr, what: &str, errors: &mut Vec<TypeError>| {
+        not_null(x, what, scope, errors, locals, guards);
+    };
     match &e.kind {
         ExprKind::Lit(l) => match l {
             Lit::Null => Ty::Null,
@@ -165,6 +263,7 @@ fn infer_at(e: &Expr, scope: &Scope, errors: &mut Vec<TypeError>, locals: &[Stri
                     _ => {}
                 }
             }
+            check(inner, "reading a field", errors);
             match sub(inner, errors) {
                 Ty::Row(ent) => scope
                     .column_type(&ent, field)
@@ -174,11 +273,17 @@ fn infer_at(e: &Expr, scope: &Scope, errors: &mut Vec<TypeError>, locals: &[Stri
             }
         }
         ExprKind::Index(a, i) => {
+            check(a, "indexing", errors);
             sub(a, errors);
             sub(i, errors);
             Ty::Dyn
         }
         ExprKind::Unary(op, a) => {
+            check(
+                a,
+                &format!("`{}`", if *op == UnaryOp::Not { "!" } else { "-" }),
+                errors,
+            );
             let t = sub(a, errors);
             match op {
                 UnaryOp::Not => Ty::Bool,
@@ -195,7 +300,10 @@ fn infer_at(e: &Expr, scope: &Scope, errors: &mut Vec<TypeError>, locals: &[Stri
         }
         ExprKind::Cond(c, a, b) => {
             sub(c, errors);
-            let (x, y) = (sub(a, errors), sub(b, errors));
+            let (x, y) = (
+                guarded(a, guards_of(c, true), errors),
+                guarded(b, guards_of(c, false), errors),
+            );
             if x == y {
                 x
             } else if x == Ty::Null {
@@ -221,7 +329,12 @@ fn infer_at(e: &Expr, scope: &Scope, errors: &mut Vec<TypeError>, locals: &[Stri
         }
         ExprKind::Call { target, func, args } => {
             if let Some(t) = target {
+                check(t, &format!("`.{func}()`"), errors);
                 sub(t, errors);
+            } else if !matches!(func.as_str(), "has" | "string" | "dyn")
+                && let Some(first) = args.first()
+            {
+                check(first, &format!("`{func}()`"), errors);
             }
             for a in args {
                 sub(a, errors);
@@ -229,7 +342,19 @@ fn infer_at(e: &Expr, scope: &Scope, errors: &mut Vec<TypeError>, locals: &[Stri
             call_type(func)
         }
         ExprKind::Binary(op, a, b) => {
-            let (x, y) = (sub(a, errors), sub(b, errors));
+            if !matches!(
+                op,
+                BinaryOp::And | BinaryOp::Or | BinaryOp::Eq | BinaryOp::Ne | BinaryOp::In
+            ) {
+                check(a, &format!("`{}`", op.symbol()), errors);
+                check(b, &format!("`{}`", op.symbol()), errors);
+            }
+            let x = sub(a, errors);
+            let y = match op {
+                BinaryOp::And => guarded(b, guards_of(a, true), errors),
+                BinaryOp::Or => guarded(b, guards_of(a, false), errors),
+                _ => sub(b, errors),
+            };
             binary(*op, &x, &y).unwrap_or_else(|| {
                 errors.push(TypeError {
                     span: e.span,
