@@ -2530,3 +2530,30 @@ fn nullable_values_need_a_guard() {
     });
     assert!(l.errors.is_empty(), "{}", list(&l.errors));
 }
+
+/// Null written into a column that does not take it would fail every call
+/// that leaves the input out: refused, unless the field is `nullable`.
+#[test]
+fn an_optional_input_written_into_a_column_that_takes_no_null() {
+    let l = load_with(|v| {
+        at(v, "/tools/place_order")["input"] = json!({
+            "type": "object", "required": ["sku"],
+            "properties": {"sku": {"type": "string"}, "quantity": {"type": "integer"}}
+        });
+        at(v, &format!("{BODY}/take/set"))["stock"] = json!("row.stock - 1");
+        at(v, &format!("{PLACE}/done"))["value"] = json!({"order": "order.id"});
+    });
+    let d = only_error(&l, "expr-type", &format!("{BODY}/order/values/quantity"));
+    assert_message(d, "`Order.quantity` does not take null");
+    assert_help(d, "nullable");
+    let l = load_with(|v| {
+        at(v, "/tools/place_order")["input"] = json!({
+            "type": "object", "required": ["sku"],
+            "properties": {"sku": {"type": "string"}, "quantity": {"type": "integer"}}
+        });
+        at(v, &format!("{BODY}/take/set"))["stock"] = json!("row.stock - 1");
+        at(v, &format!("{PLACE}/done"))["value"] = json!({"order": "order.id"});
+        at(v, "/entities/Order/fields/quantity")["nullable"] = json!(true);
+    });
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+}

@@ -352,6 +352,27 @@ fn check_writes(
             continue;
         };
         let Template::Expr(x) = t else { continue };
+        // Null into a column that does not take it (a 422 on the calls
+        // that leave the input out).
+        if let (Some(ast), Some(f)) = (&x.ast, e.fields.get(field))
+            && !f.nullable
+            && let Some(p) = super::types::unguarded_null(ast, scope)
+        {
+            cx.error(
+                Diagnostic::new(
+                    "expr-type",
+                    x.path.clone(),
+                    format!(
+                        "in `{}`: `{p}` may be null (an optional input property or a nullable field), and `{entity}.{field}` does not take null",
+                        x.src
+                    ),
+                )
+                .help(format!(
+                    "require it in the input schema, give a default (`{p} != null ? {p} : …`), or mark `{field}` `nullable`"
+                )),
+            );
+            continue;
+        }
         let ty = type_of(x, scope);
         if !super::types::fits(ft, &ty) {
             let want = match type_name(ft) {

@@ -169,6 +169,12 @@ pub(crate) fn guards_of(c: &Expr, holds: bool) -> Vec<String> {
     }
 }
 
+/// The path of `e` when it may be null here and nothing guards it (for a
+/// value written into a column that does not take null).
+pub(crate) fn unguarded_null(e: &Expr, scope: &Scope) -> Option<String> {
+    nullable(e, scope, &local_names(e)).filter(|p| !scope.guards.contains(p))
+}
+
 /// Reports `x` used where null fails, when it may be null and nothing
 /// guards it.
 fn not_null(
