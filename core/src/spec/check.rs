@@ -1063,6 +1063,7 @@ fn check_tool(cx: &mut Cx, spec: &Spec, tool: &Tool) {
     let dom = Dominance::new(&g);
     let compensates = compensations(cx, &g);
     let comp_roots: Vec<NodeIndex> = compensates.keys().map(|&t| g.vin_of(t)).collect();
+    let sources = guard_sources(&g);
     let from_comp = g.reachable(&comp_roots, |_| true);
 
     // A node that did not load (an `if` without `else`, …) or an edge to
@@ -1088,7 +1089,7 @@ fn check_tool(cx: &mut Cx, spec: &Spec, tool: &Tool) {
         }
         let mut loops = enclosing_loops(spec, tool, &g, &dom, i);
         let guards = if reachable && !incomplete {
-            flow_guards(&g, &dom, i)
+            flow_guards(&g, &dom, &sources, i)
         } else {
             Vec::new()
         };
@@ -1162,25 +1163,37 @@ fn check_tool(cx: &mut Cx, spec: &Spec, tool: &Tool) {
     }
 }
 
-/// The paths the flow has proven non-null before node `i` runs: the
-/// condition of an `assert` that certainly ran, of an `if` (or a `switch`
-/// case) whose branch node `i` is only reachable through.
-fn flow_guards(g: &ToolGraph, dom: &Dominance, i: usize) -> Vec<String> {
-    let vin = g.vin_of(i);
+/// Where the flow proves paths non-null: after an `assert` (its "succeeded"
+/// vertex), at the target of an `if` branch or a `switch` case that
+/// nothing else leads to. Each with the paths its condition proves; only
+/// conditions that prove some (`has(x)`, `x != null`, …) are kept, so a
+/// flow without such guards costs nothing more.
+fn guard_sources(g: &ToolGraph) -> Vec<(NodeIndex, Vec<String>)> {
     let mut out = Vec::new();
-    // A branch's target proves its condition when nothing else leads to it.
-    let through = |target: &str| {
-        g.by_id.get(target).is_some_and(|&t| {
+    let mut branch = |target: &str, paths: Vec<String>| {
+        if paths.is_empty() {
+            return;
+        }
+        if let Some(&t) = g.by_id.get(target) {
             let tin = g.vin_of(t);
-            g.in_degree(tin) == 1 && dom.dominates(tin, vin)
-        })
+            if g.in_degree(tin) == 1 {
+                out.push((tin, paths));
+            }
+        }
     };
+    let mut asserts = Vec::new();
     for (j, info) in g.nodes.iter().enumerate() {
-        let ast = |e: &Expression| e.ast.clone();
+        let proves = |e: &Expression, holds: bool| {
+            e.ast
+                .as_ref()
+                .map(|a| super::types::guards_of(a, holds))
+                .unwrap_or_default()
+        };
         match &info.node.kind {
-            NodeKind::Assert { that, .. } if j != i && dom.dominates(g.vout_of(j), vin) => {
-                if let Some(a) = ast(that) {
-                    out.extend(super::types::guards_of(&a, true));
+            NodeKind::Assert { that, .. } => {
+                let paths = proves(that, true);
+                if !paths.is_empty() {
+                    asserts.push((g.vout_of(j), paths));
                 }
             }
             NodeKind::If {
@@ -1188,28 +1201,35 @@ fn flow_guards(g: &ToolGraph, dom: &Dominance, i: usize) -> Vec<String> {
                 then,
                 otherwise,
             } => {
-                if let Some(a) = ast(cond) {
-                    if through(then) {
-                        out.extend(super::types::guards_of(&a, true));
-                    }
-                    if through(otherwise) {
-                        out.extend(super::types::guards_of(&a, false));
-                    }
-                }
+                branch(then, proves(cond, true));
+                branch(otherwise, proves(cond, false));
             }
             NodeKind::Switch { cases, .. } => {
                 for c in cases {
-                    if let Some(a) = ast(&c.when)
-                        && through(&c.next)
-                    {
-                        out.extend(super::types::guards_of(&a, true));
-                    }
+                    branch(&c.next, proves(&c.when, true));
                 }
             }
             _ => {}
         }
     }
+    out.extend(asserts);
     out
+}
+
+/// The paths the flow has proven non-null before node `i` runs: those of
+/// every guard source that dominates it.
+fn flow_guards(
+    g: &ToolGraph,
+    dom: &Dominance,
+    sources: &[(NodeIndex, Vec<String>)],
+    i: usize,
+) -> Vec<String> {
+    let vin = g.vin_of(i);
+    sources
+        .iter()
+        .filter(|(root, _)| dom.dominates(*root, vin))
+        .flat_map(|(_, paths)| paths.iter().cloned())
+        .collect()
 }
 
 /// The `foreach` loops whose bodies enclose node `i`, innermost first.
