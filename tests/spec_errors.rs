@@ -226,6 +226,16 @@ fn warning<'a>(l: &'a Loaded, code: &str, path: &str) -> &'a Diagnostic {
     find(&l.warnings, "warning", code, path)
 }
 
+/// `v` loads without errors or warnings, and every tool is Green.
+#[track_caller]
+fn assert_clean_and_green(v: &Value) {
+    let text = serde_json::to_string_pretty(v).unwrap();
+    let l = load_text(&text);
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    assert!(l.warnings.is_empty(), "{}", list(&l.warnings));
+    assert_eq!(risk::check(&text).level, Level::Green);
+}
+
 #[track_caller]
 fn assert_help(d: &Diagnostic, needle: &str) {
     assert!(
@@ -2005,11 +2015,7 @@ fn with_loop(v: &mut Value) {
 fn a_loop_is_green_and_its_names_are_in_scope_inside() {
     let mut v = base();
     with_loop(&mut v);
-    let text = serde_json::to_string_pretty(&v).unwrap();
-    let l = load_text(&text);
-    assert!(l.errors.is_empty(), "{}", list(&l.errors));
-    assert!(l.warnings.is_empty(), "{}", list(&l.warnings));
-    assert_eq!(risk::check(&text).level, Level::Green);
+    assert_clean_and_green(&v);
 }
 
 #[test]
@@ -2200,11 +2206,7 @@ fn with_create_each(v: &mut Value, max_items: Option<u64>) {
 fn a_create_over_a_bounded_list_is_green() {
     let mut v = base();
     with_create_each(&mut v, Some(20));
-    let text = serde_json::to_string_pretty(&v).unwrap();
-    let l = load_text(&text);
-    assert!(l.errors.is_empty(), "{}", list(&l.errors));
-    assert!(l.warnings.is_empty(), "{}", list(&l.warnings));
-    assert_eq!(risk::check(&text).level, Level::Green);
+    assert_clean_and_green(&v);
 }
 
 #[test]

@@ -544,46 +544,38 @@ impl<'a> Run<'a> {
             }
             NodeKind::Transition {
                 entity,
-                target: Target::Id(row_id),
+                target,
                 action,
-            } => self.transition(entity, row_id, action)?,
-            NodeKind::Transition {
-                entity,
-                target:
-                    Target::Where {
-                        filters,
-                        order_by,
-                        limit,
-                    },
-                action,
-            } => {
-                let pick = Pick {
+            } => match target {
+                Target::Id(row_id) => self.transition(entity, row_id, action)?,
+                Target::Where {
                     filters,
                     order_by,
-                    limit: limit.as_ref(),
-                };
-                self.transition_where(entity, &pick, action)?
-            }
-            NodeKind::SoftDelete {
-                entity,
-                target: Target::Id(row_id),
-            } => self.soft_delete(entity, row_id)?,
-            NodeKind::SoftDelete {
-                entity,
-                target:
-                    Target::Where {
+                    limit,
+                } => {
+                    let pick = Pick {
                         filters,
                         order_by,
-                        limit,
-                    },
-            } => {
-                let pick = Pick {
+                        limit: limit.as_ref(),
+                    };
+                    self.transition_where(entity, &pick, action)?
+                }
+            },
+            NodeKind::SoftDelete { entity, target } => match target {
+                Target::Id(row_id) => self.soft_delete(entity, row_id)?,
+                Target::Where {
                     filters,
                     order_by,
-                    limit: limit.as_ref(),
-                };
-                self.soft_delete_where(entity, &pick)?
-            }
+                    limit,
+                } => {
+                    let pick = Pick {
+                        filters,
+                        order_by,
+                        limit: limit.as_ref(),
+                    };
+                    self.soft_delete_where(entity, &pick)?
+                }
+            },
             NodeKind::Let { values } => self.let_values(values)?,
             NodeKind::Delete { .. } | NodeKind::Sql { .. } | NodeKind::Invalid => {
                 return Err(
@@ -984,27 +976,9 @@ impl<'a> Run<'a> {
             as_name,
             max_items: u64::MAX,
         };
-        let list = self.elements(&each)?;
-        let index_name = format!("{as_name}_index");
-        let mut out = Vec::with_capacity(list.len());
-        let mut result = Ok(());
-        for (i, item) in list.into_iter().enumerate() {
-            self.bound.insert(as_name.to_string(), item);
-            self.bound.insert(
-                index_name.clone(),
-                Value::Int(i64::try_from(i).unwrap_or(i64::MAX)),
-            );
-            match self.create(id, entity, values) {
-                Ok(row) => out.push(row),
-                Err(p) => {
-                    result = Err(p);
-                    break;
-                }
-            }
-        }
-        self.bound.remove(as_name);
-        self.bound.remove(&index_name);
-        result.map(|()| Value::List(out))
+        // A create never ends the flow: every element gives a row.
+        self.per_element(&each, |run| run.create(id, entity, values).map(Ok))
+            .map(|done| done.unwrap_or(Value::Null))
     }
 
     /// The rows a many-row write acts on, in the write transaction: those
@@ -1124,34 +1098,36 @@ impl<'a> Run<'a> {
         let mut budget = self.bundle.spec.limits.max_rows_per_write;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            out.push(self.delete_row(e, entity, &row, &mut budget)?);
+            let stored = self.delete_row(entity, &row, &mut budget, 0)?;
+            out.push(crate::ports::shaped(e, stored));
         }
         Ok(Value::List(out))
     }
 
     /// Soft-deletes `row` after what its deletion does to the rows that
-    /// refer to it (counted against `budget`); the row as written.
+    /// refer to it (`depth` levels down a cascade, counted against
+    /// `budget`); the row as stored.
     fn delete_row(
         &mut self,
-        e: &Entity,
         entity: &str,
         row: &Row,
         budget: &mut u64,
-    ) -> Result<Value, Problem> {
-        let tx = self.write_tx()?.id;
+        depth: usize,
+    ) -> Result<Row, Problem> {
         let rid = row
             .get("id")
             .and_then(Json::as_str)
             .unwrap_or_default()
             .to_string();
-        self.release(entity, &rid, budget, 0)?;
+        self.release(entity, &rid, budget, depth)?;
+        let tx = self.write_tx()?.id;
         let now = self.now_text();
         let stored = self
             .storage
             .soft_delete(tx, entity, &rid, version(row).unwrap_or(0), &now)
             .map_err(storage_problem)?;
         self.record(entity, &stored, "soft_delete", version(row))?;
-        Ok(crate::ports::shaped(e, stored))
+        Ok(stored)
     }
 
     /// Moves `row` to status `to`; the row as written.
@@ -1212,7 +1188,8 @@ impl<'a> Run<'a> {
         let e = self.entity(entity)?;
         let row = self.row_by_id(e, entity, row_id)?;
         let mut budget = self.bundle.spec.limits.max_rows_per_write;
-        self.delete_row(e, entity, &row, &mut budget)
+        let stored = self.delete_row(entity, &row, &mut budget, 0)?;
+        Ok(crate::ports::shaped(e, stored))
     }
 
     /// What soft-deleting row `id` of `entity` does to the live rows whose
@@ -1298,18 +1275,7 @@ impl<'a> Run<'a> {
                         *budget = budget
                             .checked_sub(1)
                             .ok_or_else(|| self.cascade_too_large(entity))?;
-                        let rid = row
-                            .get("id")
-                            .and_then(Json::as_str)
-                            .unwrap_or_default()
-                            .to_owned();
-                        self.release(&other, &rid, budget, depth + 1)?;
-                        let now = self.now_text();
-                        let stored = self
-                            .storage
-                            .soft_delete(tx, &other, &rid, version(&row).unwrap_or(0), &now)
-                            .map_err(storage_problem)?;
-                        self.record(&other, &stored, "soft_delete", version(&row))?;
+                        self.delete_row(&other, &row, budget, depth + 1)?;
                     }
                 }
             }
@@ -1374,21 +1340,12 @@ impl<'a> Run<'a> {
         body: &Flow,
         collect: Option<&Template>,
     ) -> Result<Result<Value, End>, Problem> {
-        let list = self.elements(each)?;
-        let index_name = format!("{}_index", each.as_name);
-        let body_ids: Vec<String> = body.ids().into_iter().map(str::to_string).collect();
-        let mut out = Vec::with_capacity(list.len());
-        let mut ended = None;
-        for (i, item) in list.into_iter().enumerate() {
-            self.bound.insert(each.as_name.to_string(), item);
-            self.bound.insert(
-                index_name.clone(),
-                Value::Int(i64::try_from(i).unwrap_or(i64::MAX)),
-            );
-            let result = self.run_flow(body).and_then(|end| match end {
+        let body_ids = body.ids();
+        self.per_element(each, |run| {
+            let result = run.run_flow(body).and_then(|end| match end {
                 End::Body => match collect {
-                    Some(t) => self.template(t, None).map(Ok),
-                    None => Ok(Ok(self
+                    Some(t) => run.template(t, None).map(Ok),
+                    None => Ok(Ok(run
                         .bound
                         .get(each.as_name)
                         .cloned()
@@ -1397,27 +1354,42 @@ impl<'a> Run<'a> {
                 other => Ok(Err(other)),
             });
             for id in &body_ids {
-                self.bound.remove(id);
+                run.bound.remove(*id);
             }
-            match result {
+            result
+        })
+    }
+
+    /// Runs `step` once per element of `each`'s list, in order, with
+    /// `<as>` and `<as>_index` bound (and unbound afterwards, whatever
+    /// happened): the list of what the steps gave, or how the flow ended
+    /// when a step ended it.
+    fn per_element(
+        &mut self,
+        each: &Each,
+        mut step: impl FnMut(&mut Self) -> Result<Result<Value, End>, Problem>,
+    ) -> Result<Result<Value, End>, Problem> {
+        let list = self.elements(each)?;
+        let index_name = format!("{}_index", each.as_name);
+        let mut out = Vec::with_capacity(list.len());
+        let mut result = Ok(Ok(()));
+        for (i, item) in list.into_iter().enumerate() {
+            self.bound.insert(each.as_name.to_string(), item);
+            self.bound.insert(
+                index_name.clone(),
+                Value::Int(i64::try_from(i).unwrap_or(i64::MAX)),
+            );
+            match step(self) {
                 Ok(Ok(v)) => out.push(v),
-                Ok(Err(end)) => {
-                    ended = Some(end);
+                other => {
+                    result = other.map(|r| r.map(|_| ()));
                     break;
-                }
-                Err(p) => {
-                    self.bound.remove(each.as_name);
-                    self.bound.remove(&index_name);
-                    return Err(p);
                 }
             }
         }
         self.bound.remove(each.as_name);
         self.bound.remove(&index_name);
-        Ok(match ended {
-            Some(end) => Err(end),
-            None => Ok(Value::List(out)),
-        })
+        result.map(|r| r.map(|()| Value::List(out)))
     }
 
     /// `assert`: on, or a typed error.

@@ -611,7 +611,10 @@ fn comprehension(
     }
     let rest = args.get(names..).unwrap_or_default();
     // (index or key, value) pairs.
-    let items: Vec<(Value, Value)> = match eval(target, env)? {
+    let range = eval(target, env)?;
+    // With one name, `x` is a list's element but a map's key.
+    let is_map_target = matches!(range, Value::Map(_));
+    let items: Vec<(Value, Value)> = match range {
         Value::List(l) => l
             .into_iter()
             .enumerate()
@@ -628,7 +631,6 @@ fn comprehension(
             );
         }
     };
-    let is_map_target = matches!(items.first(), Some((Value::String(_), _)));
     let local = |(k, v): (Value, Value)| -> Local<'_> {
         match second {
             Some(second) if names == 2 => Local {

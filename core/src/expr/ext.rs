@@ -18,17 +18,18 @@ pub(super) fn call(func: &str, vals: &[Value]) -> Option<Result<Value, String>> 
     Some(match (func, vals) {
         // -- strings -------------------------------------------------------
         ("charAt", [Str(s), Int(i)]) => char_at(s, *i),
-        ("indexOf", [Str(s), Str(sub)]) => index_of(s, sub, 0),
-        ("indexOf", [Str(s), Str(sub), Int(from)]) => index_of(s, sub, *from),
-        ("lastIndexOf", [Str(s), Str(sub)]) => last_index_of(s, sub, s.chars().count() as i64),
-        ("lastIndexOf", [Str(s), Str(sub), Int(to)]) => last_index_of(s, sub, *to),
+        ("indexOf", [Str(s), Str(sub)]) => find(s, sub, 0, false),
+        ("indexOf", [Str(s), Str(sub), Int(from)]) => find(s, sub, *from, false),
+        ("lastIndexOf", [Str(s), Str(sub)]) => find(s, sub, count(s.chars().count()), true),
+        ("lastIndexOf", [Str(s), Str(sub), Int(to)]) => find(s, sub, *to, true),
         ("replace", [Str(s), Str(a), Str(b)]) => Ok(Str(replace(s, a, b, -1))),
         ("replace", [Str(s), Str(a), Str(b), Int(n)]) => Ok(Str(replace(s, a, b, *n))),
         ("split", [Str(s), Str(sep)]) => Ok(split(s, sep, -1)),
         ("split", [Str(s), Str(sep), Int(n)]) => Ok(split(s, sep, *n)),
         ("substring", [Str(s), Int(a)]) => substring(s, *a, None),
         ("substring", [Str(s), Int(a), Int(b)]) => substring(s, *a, Some(*b)),
-        ("trim", [Str(s)]) => Ok(Str(s.trim_matches(is_cel_space).to_string())),
+        // CEL's whitespace for `trim`: Unicode's White_Space.
+        ("trim", [Str(s)]) => Ok(Str(s.trim().to_string())),
         ("reverse", [Str(s)]) => Ok(Str(s.chars().rev().collect())),
         ("join", [List(l)]) => join(l, ""),
         ("join", [List(l), Str(sep)]) => join(l, sep),
@@ -102,11 +103,6 @@ pub(super) fn call(func: &str, vals: &[Value]) -> Option<Result<Value, String>> 
     })
 }
 
-/// CEL's whitespace for `trim`: Unicode's White_Space.
-fn is_cel_space(c: char) -> bool {
-    c.is_whitespace()
-}
-
 fn count(i: usize) -> i64 {
     i64::try_from(i).unwrap_or(i64::MAX)
 }
@@ -124,35 +120,27 @@ fn char_at(s: &str, i: i64) -> Result<Value, String> {
     ))
 }
 
-fn index_of(s: &str, sub: &str, from: i64) -> Result<Value, String> {
+/// `indexOf` (the first `sub` starting at or after `at`) and, with
+/// `last`, `lastIndexOf` (the last starting at or before `at`), in code
+/// points; `-1` when there is none, an error when `at` is out of range.
+fn find(s: &str, sub: &str, at: i64, last: bool) -> Result<Value, String> {
     let chars: Vec<char> = s.chars().collect();
     let n = count(chars.len());
-    if from < 0 || from > n {
-        return Err(format!("index {from} is out of range for a string of {n}"));
+    if at < 0 || at > n {
+        return Err(format!("index {at} is out of range for a string of {n}"));
     }
     let sub: Vec<char> = sub.chars().collect();
-    let start = usize::try_from(from).unwrap_or(0);
-    let found = (start..=chars.len()).find(|&i| {
+    let at = usize::try_from(at).unwrap_or(0);
+    let here = |i: &usize| {
         chars
-            .get(i..i + sub.len())
+            .get(*i..*i + sub.len())
             .is_some_and(|w| w == sub.as_slice())
-    });
-    Ok(Value::Int(found.map_or(-1, count)))
-}
-
-fn last_index_of(s: &str, sub: &str, to: i64) -> Result<Value, String> {
-    let chars: Vec<char> = s.chars().collect();
-    let n = count(chars.len());
-    if to < 0 || to > n {
-        return Err(format!("index {to} is out of range for a string of {n}"));
-    }
-    let sub: Vec<char> = sub.chars().collect();
-    let last = usize::try_from(to).unwrap_or(0);
-    let found = (0..=last).rev().find(|&i| {
-        chars
-            .get(i..i + sub.len())
-            .is_some_and(|w| w == sub.as_slice())
-    });
+    };
+    let found = if last {
+        (0..=at).rev().find(here)
+    } else {
+        (at..=chars.len()).find(here)
+    };
     Ok(Value::Int(found.map_or(-1, count)))
 }
 

@@ -868,6 +868,49 @@ fn recovery_set(g: &ToolGraph, external: &str, operation: &str) -> Vec<bool> {
     g.reaching(&sources)
 }
 
+/// `base`, or `base_2`, `base_3`, … : a node id the tool does not use.
+fn fresh_id(g: &ToolGraph, base: &str) -> String {
+    let mut name = base.to_string();
+    let mut n = 2;
+    while g.by_id.contains_key(name.as_str()) {
+        name = format!("{base}_{n}");
+        n += 1;
+    }
+    name
+}
+
+/// The patch operations that make every edge (and the entry) of flow
+/// `flow` that leads to node `target` lead to `to` instead, but those
+/// leaving the nodes `skip` names.
+fn redirect(
+    g: &ToolGraph,
+    flow: usize,
+    target: &str,
+    to: &str,
+    skip: impl Fn(&str) -> bool,
+) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for other in g.nodes.iter().filter(|o| o.flow == flow && !skip(o.id)) {
+        for (k, t) in other.node.edges() {
+            if t == target {
+                ops.push(Op::Replace {
+                    path: format!("{}{}", other.node.path, k.pointer_suffix()),
+                    value: json!(to),
+                });
+            }
+        }
+    }
+    if let Some(f) = g.flows.get(flow)
+        && f.entry == target
+    {
+        ops.push(Op::Replace {
+            path: child(&f.path, "entry"),
+            value: json!(to),
+        });
+    }
+    ops
+}
+
 /// The patch that puts a locking read of every row the ids name, in `id`
 /// order, right before node `first` (in its flow).
 fn lock_first_patch(
@@ -880,29 +923,8 @@ fn lock_first_patch(
 ) -> Option<Vec<Op>> {
     let info = g.nodes.get(first)?;
     let flow = g.flows.get(info.flow)?;
-    let mut name = format!("lock_{}", entity.to_lowercase());
-    let mut n = 2;
-    while g.by_id.contains_key(name.as_str()) {
-        name = format!("lock_{}_{n}", entity.to_lowercase());
-        n += 1;
-    }
-    let mut ops = Vec::new();
-    for other in g.nodes.iter().filter(|o| o.flow == info.flow) {
-        for (k, t) in other.node.edges() {
-            if t == info.id {
-                ops.push(Op::Replace {
-                    path: format!("{}{}", other.node.path, k.pointer_suffix()),
-                    value: json!(name),
-                });
-            }
-        }
-    }
-    if flow.entry == info.id {
-        ops.push(Op::Replace {
-            path: child(&flow.path, "entry"),
-            value: json!(name),
-        });
-    }
+    let name = fresh_id(g, &format!("lock_{}", entity.to_lowercase()));
+    let mut ops = redirect(g, info.flow, info.id, &name, |_| false);
     pointer_get(source, &info.node.path)?;
     ops.push(Op::Add {
         path: child(&child(&flow.path, "nodes"), &name),
@@ -1074,29 +1096,10 @@ fn wrap_patch(g: &ToolGraph, source: &Value, chain: &[usize]) -> (Option<Vec<Op>
     else {
         return (None, None);
     };
-    let mut tx_id = format!("tx_{}", first.id);
-    let mut n = 2;
-    while g.by_id.contains_key(tx_id.as_str()) {
-        tx_id = format!("tx_{}_{n}", first.id);
-        n += 1;
-    }
-    let mut ops = Vec::new();
-    for other in g.nodes.iter().filter(|n| n.parent.is_none()) {
-        for (k, t) in other.node.edges() {
-            if t == first.id && !infos.iter().any(|c| c.id == other.id) {
-                ops.push(Op::Replace {
-                    path: format!("{}{}", other.node.path, k.pointer_suffix()),
-                    value: json!(tx_id),
-                });
-            }
-        }
-    }
-    if flow.entry == first.id {
-        ops.push(Op::Replace {
-            path: child(&flow.path, "entry"),
-            value: json!(tx_id),
-        });
-    }
+    let tx_id = fresh_id(g, &format!("tx_{}", first.id));
+    let mut ops = redirect(g, 0, first.id, &tx_id, |id| {
+        infos.iter().any(|c| c.id == id)
+    });
     let mut body_nodes = Map::new();
     for (k, info) in infos.iter().enumerate() {
         let Some(Value::Object(raw)) = pointer_get(source, &info.node.path) else {

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::decode::{Cx, path_params};
 use super::*;
-use crate::diag::{Diagnostic, a_json, child, suggest};
+use crate::diag::{Diagnostic, a, a_json, child, suggest};
 use crate::expr::{self, ExprKind};
 use crate::flow::{Dominance, ToolGraph};
 
@@ -375,10 +375,7 @@ fn check_writes(
         }
         let ty = type_of(x, scope);
         if !super::types::fits(ft, &ty) {
-            let want = match type_name(ft) {
-                n if n.starts_with(['a', 'e', 'i', 'o', 'u']) => format!("an {n}"),
-                n => format!("a {n}"),
-            };
+            let want = a(type_name(ft));
             let help = match (ft, &ty) {
                 (FieldType::Integer, super::types::Ty::String) => {
                     format!("convert it: `int({})`", x.src)
@@ -1761,10 +1758,7 @@ fn check_operand(cx: &mut Cx, entity: Option<&Entity>, ename: &str, f: &Filter, 
             };
             let ty = type_of(x, scope);
             if !super::types::comparable(ct, &ty) {
-                let column = match type_name(ct) {
-                    n if n.starts_with(['a', 'e', 'i', 'o', 'u']) => format!("an {n}"),
-                    n => format!("a {n}"),
-                };
+                let column = a(type_name(ct));
                 cx.error(
                     Diagnostic::new(
                         "expr-type",

@@ -188,6 +188,18 @@ impl<'a> Obj<'a> {
         expression(cx, v, &self.at(key))
     }
 
+    /// `where`, when given.
+    fn filters(&mut self, cx: &mut Cx) -> Option<Vec<Where>> {
+        let at = self.at("where");
+        self.get("where").map(|v| filters(cx, v, &at))
+    }
+
+    /// `orderBy`, when given.
+    fn order_by(&mut self, cx: &mut Cx) -> Option<Vec<Order>> {
+        let at = self.at("orderBy");
+        self.get("orderBy").map(|v| order_by(cx, v, &at))
+    }
+
     /// Reports keys nobody asked for (documentation and `x-` keys aside).
     fn finish(self, cx: &mut Cx) {
         for (key, value) in self.map {
@@ -1155,14 +1167,8 @@ fn target(cx: &mut Cx, o: &mut Obj, path: &str) -> Option<Target> {
         }
         return o.expr(cx, "id", true).map(Target::Id);
     }
-    let filters = o
-        .get("where")
-        .map(|v| filters(cx, v, &child(path, "where")))
-        .unwrap_or_default();
-    let order_by = o
-        .get("orderBy")
-        .map(|v| order_by(cx, v, &child(path, "orderBy")))
-        .unwrap_or_default();
+    let filters = o.filters(cx).unwrap_or_default();
+    let order_by = o.order_by(cx).unwrap_or_default();
     let limit = limit(cx, o);
     Some(Target::Where {
         filters,
@@ -1275,12 +1281,8 @@ fn node_kind(
     Some(match ty {
         "read" => {
             let entity = o.name(cx, "entity", true);
-            let filters = o
-                .get("where")
-                .map(|v| filters(cx, v, &child(path, "where")));
-            let order_by = o
-                .get("orderBy")
-                .map(|v| order_by(cx, v, &child(path, "orderBy")));
+            let filters = o.filters(cx);
+            let order_by = o.order_by(cx);
             let limit = limit(cx, o);
             let after = o.expr(cx, "after", false);
             let one = o.bool(cx, "one");
@@ -1365,17 +1367,12 @@ fn node_kind(
         }
         "update" => {
             let entity = o.name(cx, "entity", true);
-            let filters = o
-                .get("where")
-                .map(|v| filters(cx, v, &child(path, "where")));
+            let filters = o.filters(cx);
             let limit = limit(cx, o);
             let one = o.bool(cx, "one");
             let raw = o.req(cx, "set");
             let set = template_map(cx, raw, &child(path, "set"), true);
-            let order_by = o
-                .get("orderBy")
-                .map(|v| order_by(cx, v, &child(path, "orderBy")))
-                .unwrap_or_default();
+            let order_by = o.order_by(cx).unwrap_or_default();
             NodeKind::Update {
                 entity: entity?,
                 filters,
@@ -1507,10 +1504,7 @@ fn node_kind(
 /// An `aggregate` node's keys.
 fn aggregate(cx: &mut Cx, o: &mut Obj, path: &str) -> Option<NodeKind> {
     let entity = o.name(cx, "entity", true);
-    let filters = o
-        .get("where")
-        .map(|v| filters(cx, v, &child(path, "where")))
-        .unwrap_or_default();
+    let filters = o.filters(cx).unwrap_or_default();
     let group_by = o
         .get("groupBy")
         .map(|v| string_list(cx, v, &child(path, "groupBy"), true))
@@ -1537,10 +1531,7 @@ fn aggregate(cx: &mut Cx, o: &mut Obj, path: &str) -> Option<NodeKind> {
             measures.insert(name.clone(), m);
         }
     }
-    let order_by = o
-        .get("orderBy")
-        .map(|v| order_by(cx, v, &child(path, "orderBy")))
-        .unwrap_or_default();
+    let order_by = o.order_by(cx).unwrap_or_default();
     let limit = limit(cx, o);
     let all = match o.get("scope") {
         None => false,
@@ -1667,12 +1658,8 @@ fn includes(cx: &mut Cx, v: &Value, path: &str, depth: usize) -> Vec<Include> {
             (Vec::new(), Vec::new(), None)
         } else {
             (
-                o.get("where")
-                    .map(|v| filters(cx, v, &child(&p, "where")))
-                    .unwrap_or_default(),
-                o.get("orderBy")
-                    .map(|v| order_by(cx, v, &child(&p, "orderBy")))
-                    .unwrap_or_default(),
+                o.filters(cx).unwrap_or_default(),
+                o.order_by(cx).unwrap_or_default(),
                 limit(cx, &mut o),
             )
         };

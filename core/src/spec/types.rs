@@ -179,7 +179,7 @@ pub(crate) fn unguarded_null(e: &Expr, scope: &Scope) -> Option<String> {
 /// guards it.
 fn not_null(
     x: &Expr,
-    what: &str,
+    what: &dyn Fn() -> String,
     scope: &Scope,
     errors: &mut Vec<TypeError>,
     locals: &[String],
@@ -190,7 +190,7 @@ fn not_null(
     {
         errors.push(TypeError {
             span: x.span,
-            message: format!("`{p}` may be null here (an optional input property or a nullable field), and {what} fails on null"),
+            message: format!("`{p}` may be null here (an optional input property or a nullable field), and {} fails on null", what()),
             help: format!("guard it: `has({p}) && …`, or give a default: `{p} != null ? {p} : …`"),
         });
     }
@@ -217,7 +217,8 @@ fn infer_at(
         g.extend(extra);
         infer_at(x, scope, errors, locals, &g)
     };
-    let check = |x: &Expr, what: &str, errors: &mut Vec<TypeError>| {
+    // (`what` is written only when there is something to report.)
+    let check = |x: &Expr, what: &dyn Fn() -> String, errors: &mut Vec<TypeError>| {
         not_null(x, what, scope, errors, locals, guards);
     };
     match &e.kind {
@@ -269,7 +270,7 @@ fn infer_at(
                     _ => {}
                 }
             }
-            check(inner, "reading a field", errors);
+            check(inner, &|| "reading a field".into(), errors);
             match sub(inner, errors) {
                 Ty::Row(ent) => scope
                     .column_type(&ent, field)
@@ -279,7 +280,7 @@ fn infer_at(
             }
         }
         ExprKind::Index(a, i) => {
-            check(a, "indexing", errors);
+            check(a, &|| "indexing".into(), errors);
             sub(a, errors);
             sub(i, errors);
             Ty::Dyn
@@ -287,7 +288,7 @@ fn infer_at(
         ExprKind::Unary(op, a) => {
             check(
                 a,
-                &format!("`{}`", if *op == UnaryOp::Not { "!" } else { "-" }),
+                &|| format!("`{}`", if *op == UnaryOp::Not { "!" } else { "-" }),
                 errors,
             );
             let t = sub(a, errors);
@@ -335,12 +336,12 @@ fn infer_at(
         }
         ExprKind::Call { target, func, args } => {
             if let Some(t) = target {
-                check(t, &format!("`.{func}()`"), errors);
+                check(t, &|| format!("`.{func}()`"), errors);
                 sub(t, errors);
             } else if !matches!(func.as_str(), "has" | "string" | "dyn")
                 && let Some(first) = args.first()
             {
-                check(first, &format!("`{func}()`"), errors);
+                check(first, &|| format!("`{func}()`"), errors);
             }
             for a in args {
                 sub(a, errors);
@@ -352,8 +353,8 @@ fn infer_at(
                 op,
                 BinaryOp::And | BinaryOp::Or | BinaryOp::Eq | BinaryOp::Ne | BinaryOp::In
             ) {
-                check(a, &format!("`{}`", op.symbol()), errors);
-                check(b, &format!("`{}`", op.symbol()), errors);
+                check(a, &|| format!("`{}`", op.symbol()), errors);
+                check(b, &|| format!("`{}`", op.symbol()), errors);
             }
             let x = sub(a, errors);
             let y = match op {
@@ -381,21 +382,15 @@ fn infer_at(
 /// What a function gives, where it does not depend on its arguments.
 fn call_type(func: &str) -> Ty {
     match func {
-        "size" | "int" | "charAt" | "indexOf" | "lastIndexOf" | "getFullYear" | "getMonth"
+        "size" | "int" | "indexOf" | "lastIndexOf" | "getFullYear" | "getMonth"
         | "getDayOfYear" | "getDayOfMonth" | "getDate" | "getDayOfWeek" | "getHours"
-        | "getMinutes" | "getSeconds" | "getMilliseconds" => {
-            if func == "charAt" {
-                Ty::String
-            } else {
-                Ty::Int
-            }
-        }
+        | "getMinutes" | "getSeconds" | "getMilliseconds" => Ty::Int,
         "uint" => Ty::Uint,
         "double" | "math.sqrt" | "math.ceil" | "math.floor" | "math.round" | "math.trunc" => {
             Ty::Double
         }
-        "string" | "lowerAscii" | "upperAscii" | "replace" | "substring" | "trim" | "reverse"
-        | "join" | "format" | "strings.quote" => Ty::String,
+        "string" | "charAt" | "lowerAscii" | "upperAscii" | "replace" | "substring" | "trim"
+        | "reverse" | "join" | "format" | "strings.quote" => Ty::String,
         "bytes" => Ty::Bytes,
         "timestamp" => Ty::Timestamp,
         "duration" => Ty::Duration,
@@ -413,16 +408,6 @@ fn call_type(func: &str) -> Ty {
 /// these (known) types.
 fn binary(op: BinaryOp, x: &Ty, y: &Ty) -> Option<Ty> {
     use BinaryOp::*;
-    if matches!(op, Or | And | Eq | Ne | In) {
-        return Some(Ty::Bool);
-    }
-    if !x.known() || !y.known() {
-        // Some value at run time may fit; the interpreter checks it.
-        return Some(match op {
-            Lt | Le | Gt | Ge => Ty::Bool,
-            _ => Ty::Dyn,
-        });
-    }
     let num = |a: &Ty, b: &Ty| -> Option<Ty> {
         match (a, b) {
             (Ty::Int, Ty::Int) => Some(Ty::Int),
@@ -434,6 +419,10 @@ fn binary(op: BinaryOp, x: &Ty, y: &Ty) -> Option<Ty> {
         }
     };
     match op {
+        Or | And | Eq | Ne | In => Some(Ty::Bool),
+        // Some value at run time may fit; the interpreter checks it.
+        Lt | Le | Gt | Ge if !x.known() || !y.known() => Some(Ty::Bool),
+        _ if !x.known() || !y.known() => Some(Ty::Dyn),
         Lt | Le | Gt | Ge => {
             let ok = (x.numeric() && y.numeric())
                 || x == y
@@ -468,7 +457,6 @@ fn binary(op: BinaryOp, x: &Ty, y: &Ty) -> Option<Ty> {
             (Ty::Uint, Ty::Uint) => Some(Ty::Uint),
             _ => None,
         },
-        Or | And | Eq | Ne | In => Some(Ty::Bool),
     }
 }
 
