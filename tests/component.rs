@@ -19,10 +19,10 @@ fn the_component_imports_only_sinew_interfaces() {
     assert_eq!(
         names,
         [
-            "sinew:executor/clock@0.3.0",
-            "sinew:executor/external@0.3.0",
-            "sinew:executor/storage@0.3.0",
-            "sinew:executor/types@0.3.0"
+            "sinew:executor/clock@0.4.0",
+            "sinew:executor/external@0.4.0",
+            "sinew:executor/storage@0.4.0",
+            "sinew:executor/types@0.4.0"
         ]
     );
     println!("component size: {} bytes", sinew_host::COMPONENT.len());
@@ -35,16 +35,16 @@ fn the_component_imports_only_sinew_interfaces() {
 fn the_composed_component_imports_only_the_clock() {
     assert_eq!(
         component_imports(sinew_host::COMPOSED),
-        ["sinew:executor/clock@0.3.0"]
+        ["sinew:executor/clock@0.4.0"]
     );
     let mut exports = component_exports(sinew_host::COMPOSED);
     exports.sort();
     assert_eq!(
         exports,
         [
-            "sinew:executor/executor@0.3.0",
-            "sinew:executor/memory@0.3.0",
-            "sinew:executor/risk@0.3.0"
+            "sinew:executor/executor@0.4.0",
+            "sinew:executor/memory@0.4.0",
+            "sinew:executor/risk@0.4.0"
         ]
     );
     println!("composed size: {} bytes", sinew_host::COMPOSED.len());

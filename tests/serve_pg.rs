@@ -1657,3 +1657,106 @@ async fn a_read_with_includes_is_one_statement() {
         assert!(reads[0].contains(part), "no {part} in {}", reads[0]);
     }
 }
+
+/// A `transition`, an `update` whose `set` does not read `row` and a
+/// `soft_delete`, each with `where` and a `limit`, are one statement each
+/// on Postgres however many rows they change, every row with its version
+/// bump and its place in the audit entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_row_writes_are_one_statement_each() {
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let scenario: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/scenarios/sweeps-many-row-writes.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sweeps.json");
+    std::fs::write(&path, scenario["spec"].to_string()).unwrap();
+    Server::start(&path, &url, &Options::default())
+        .await
+        .stop()
+        .await;
+    let db = connect_url(&url).await;
+    let name: String = db
+        .query_one("SELECT current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // 300 passed, requested appointments; 40 confirmed ones.
+    db.batch_execute(&format!(
+        "ALTER DATABASE {name} SET log_statement = 'all';
+         INSERT INTO appointment (id, version, created_at, updated_at, status, label, starts_at)
+           SELECT md5('a' || i)::uuid, 1, now(), now(),
+                  CASE WHEN i <= 300 THEN 'requested' ELSE 'confirmed' END, 'a' || i,
+                  timestamptz '2026-01-01 09:00Z' + i * interval '1 minute'
+           FROM generate_series(1, 340) i;"
+    ))
+    .await
+    .unwrap();
+    let server = Server::start(&path, &url, &Options::default()).await;
+    let http = Http::default();
+    let staff = token("night", &["staff"]);
+    let statements = |from: usize| -> Vec<String> {
+        cluster.log()[from..]
+            .lines()
+            .filter(|l| l.contains("LOG:  execute") || l.contains("LOG:  statement:"))
+            .filter(|l| l.contains("\"appointment\""))
+            .map(str::to_owned)
+            .collect()
+    };
+    let cases = [
+        ("/sweeps/expire", json!({}), 2, "transition"),
+        ("/sweeps/reslot", json!({"slot": 3}), 40, "update"),
+        ("/sweeps/purge", json!({}), 2, "soft_delete"),
+    ];
+    for (route, input, rows, op) in cases {
+        let before = cluster.log().len();
+        let (status, body) = sinew_tests::pg::call(
+            &http,
+            "POST",
+            &format!("{}{route}", server.base),
+            &staff,
+            &input,
+        )
+        .await;
+        assert_eq!(status, 200, "{route}: {body}");
+        let written = statements(before);
+        assert_eq!(written.len(), 1, "{route}: {written:#?}");
+        assert!(written[0].contains("UPDATE"), "{}", written[0]);
+        let entry: String = db
+            .query_one(
+                "SELECT entry FROM sinew_audit WHERE kind = 'final' ORDER BY seq DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let entry: Value = serde_json::from_str(&entry).unwrap();
+        let audited = entry["rows"].as_array().unwrap();
+        assert_eq!(audited.len(), rows, "{route}: {entry}");
+        for r in audited {
+            assert_eq!(r["op"], op, "{r}");
+            assert_eq!(
+                r["after"].as_i64().unwrap(),
+                r["before"].as_i64().unwrap() + 1,
+                "{r}"
+            );
+        }
+    }
+    // Every confirmed row got the slot and one version more.
+    let (slotted, versions): (i64, i64) = {
+        let r = db
+            .query_one(
+                "SELECT count(*) FILTER (WHERE slot = 3), count(*) FILTER (WHERE version = 2)
+                 FROM appointment WHERE status = 'confirmed'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((slotted, versions), (40, 40));
+    server.stop().await;
+}

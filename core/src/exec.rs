@@ -981,37 +981,105 @@ impl<'a> Run<'a> {
             .map(|done| done.unwrap_or(Value::Null))
     }
 
-    /// The rows a many-row write acts on, in the write transaction: those
-    /// `pick` matches that the caller may see (and `extra` keeps), in its
-    /// order (default `id`), up to its `limit` (with `one`: 2, to tell one
-    /// from many), locked under pessimistic concurrency.
-    fn pick_rows(
+    /// The query of the rows a many-row write acts on: those `pick`
+    /// matches that the caller may see (and `extra` keeps), in its order
+    /// (default `id`), up to its `limit` (with `one`: 2, to tell one from
+    /// many), locked under pessimistic concurrency.
+    fn pick_query(
         &mut self,
         e: &Entity,
         entity: &str,
         pick: &Pick,
         one: bool,
         extra: Option<Predicate>,
-    ) -> Result<Vec<Row>, Problem> {
+    ) -> Result<Query, Problem> {
         let mut conditions = self.conditions(e, entity, pick.filters)?;
         self.owner_filter(e, &mut conditions)?;
         conditions.extend(extra);
         let limit = self.limit(pick.limit)?;
-        let query = Query {
+        Ok(Query {
             filters: conditions,
             order: sort_keys(pick.order_by),
             limit: if one { Some(2) } else { limit },
             after: None,
             lock: self.compiled.concurrency == Concurrency::Pessimistic,
             include: Vec::new(),
-        };
+        })
+    }
+
+    /// The rows [`Run::pick_query`] picks, read in the write transaction.
+    fn pick_rows(&mut self, entity: &str, query: &Query) -> Result<Vec<Row>, Problem> {
         let tx = self.write_tx()?.id;
         self.storage
-            .read(Some(tx), entity, &query)
+            .read(Some(tx), entity, query)
             .map_err(storage_problem)
     }
 
+    /// Writes the same `changes` into every row `query` picks, in one
+    /// storage operation (one statement on Postgres), and records each
+    /// row as `op`; the rows as written, in the query's order.
+    fn write_where(
+        &mut self,
+        e: &Entity,
+        entity: &str,
+        query: &Query,
+        changes: &Row,
+        op: &'static str,
+    ) -> Result<Vec<Value>, Problem> {
+        let tx = self.write_tx()?.id;
+        let rows = self
+            .storage
+            .update_where(tx, entity, query, changes)
+            .map_err(storage_problem)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for stored in rows {
+            let before = version(&stored).map(|v| v - 1);
+            self.record(entity, &stored, op, before)?;
+            out.push(crate::ports::shaped(e, stored));
+        }
+        Ok(out)
+    }
+
+    /// The changes of an `update` whose `set` does not read `row`, the
+    /// same for every row, when they evaluate and pass the field and
+    /// reference checks; `None` sends the update down the row-by-row path
+    /// (which reports a failure only if some row is there to fail on).
+    fn same_changes(
+        &mut self,
+        e: &Entity,
+        entity: &str,
+        set: &crate::model::NameMap<Template>,
+    ) -> Option<Row> {
+        let reads_row = set.values().any(|t| {
+            t.expressions().iter().any(|x| {
+                x.ast.as_ref().is_some_and(|ast| {
+                    let mut seen = false;
+                    ast.walk(|n| {
+                        seen |= matches!(&n.kind, crate::expr::ExprKind::Ident(v) if v == "row");
+                    });
+                    seen
+                })
+            })
+        });
+        if reads_row {
+            return None;
+        }
+        let mut changes = Row::new();
+        for (f, t) in set {
+            let v = self.template(t, None).ok()?;
+            changes.insert(f.clone(), self.json(&v).ok()?);
+        }
+        changes.insert("updated_at".into(), Json::String(self.now_text()));
+        rows::normalize_row(e, &mut changes);
+        rows::check_fields(entity, e, &changes, set.keys()).ok()?;
+        self.check_refs(entity, e, &changes, set.keys(), None)
+            .ok()?;
+        Some(changes)
+    }
+
     /// `update`: the matching rows, each changed by `set` (with `row`).
+    /// Without `one` and with a `set` that does not read `row`, one
+    /// storage operation writes them all.
     fn update(
         &mut self,
         entity: &str,
@@ -1020,7 +1088,13 @@ impl<'a> Run<'a> {
         set: &crate::model::NameMap<Template>,
     ) -> Result<Value, Problem> {
         let e = self.entity(entity)?;
-        let rows = self.pick_rows(e, entity, pick, one, None)?;
+        let query = self.pick_query(e, entity, pick, one, None)?;
+        if !one && let Some(changes) = self.same_changes(e, entity, set) {
+            return self
+                .write_where(e, entity, &query, &changes, "update")
+                .map(Value::List);
+        }
+        let rows = self.pick_rows(entity, &query)?;
         if one {
             match rows.len() {
                 0 => {
@@ -1065,7 +1139,8 @@ impl<'a> Run<'a> {
     }
 
     /// `transition` with `where`: every matching row whose status allows
-    /// the action (up to `limit` of them), each along its status machine.
+    /// the action (up to `limit` of them), each along its status machine,
+    /// in one storage operation.
     fn transition_where(
         &mut self,
         entity: &str,
@@ -1081,20 +1156,34 @@ impl<'a> Run<'a> {
             op: FilterOp::In,
             value: Json::Array(t.from.iter().cloned().map(Json::String).collect()),
         });
-        let rows = self.pick_rows(e, entity, pick, false, Some(allowed))?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            out.push(self.move_row(e, entity, &row, &t.to)?);
-        }
-        Ok(Value::List(out))
+        let query = self.pick_query(e, entity, pick, false, Some(allowed))?;
+        let changes = self.moved(&t.to);
+        self.write_where(e, entity, &query, &changes, "transition")
+            .map(Value::List)
     }
 
-    /// `soft_delete` with `where`: every matching row (up to `limit`), each
-    /// with what its deletion does to the rows that refer to it; one
-    /// `maxRowsPerWrite` budget for the cascades of them all.
+    /// `soft_delete` with `where`: every matching row (up to `limit`). When
+    /// no entity refers to this one, one storage operation deletes them
+    /// all; else each row in turn, after what its deletion does to the
+    /// rows that refer to it, with one `maxRowsPerWrite` budget for the
+    /// cascades of them all.
     fn soft_delete_where(&mut self, entity: &str, pick: &Pick) -> Result<Value, Problem> {
         let e = self.entity(entity)?;
-        let rows = self.pick_rows(e, entity, pick, false, None)?;
+        let query = self.pick_query(e, entity, pick, false, None)?;
+        let referred = self.bundle.spec.entities.values().any(|other| {
+            other
+                .fields
+                .values()
+                .any(|f| f.entity.as_deref() == Some(entity))
+        });
+        if !referred {
+            let mut changes = Row::new();
+            changes.insert("deleted_at".into(), Json::String(self.now_text()));
+            return self
+                .write_where(e, entity, &query, &changes, "soft_delete")
+                .map(Value::List);
+        }
+        let rows = self.pick_rows(entity, &query)?;
         let mut budget = self.bundle.spec.limits.max_rows_per_write;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
@@ -1130,6 +1219,14 @@ impl<'a> Run<'a> {
         Ok(stored)
     }
 
+    /// The changes that move a row to status `to`.
+    fn moved(&self, to: &str) -> Row {
+        let mut changes = Row::new();
+        changes.insert("status".into(), Json::String(to.to_string()));
+        changes.insert("updated_at".into(), Json::String(self.now_text()));
+        changes
+    }
+
     /// Moves `row` to status `to`; the row as written.
     fn move_row(
         &mut self,
@@ -1138,9 +1235,7 @@ impl<'a> Run<'a> {
         row: &Row,
         to: &str,
     ) -> Result<Value, Problem> {
-        let mut changes = Row::new();
-        changes.insert("status".into(), Json::String(to.to_string()));
-        changes.insert("updated_at".into(), Json::String(self.now_text()));
+        let changes = self.moved(to);
         let stored = self.update_row(entity, row, &changes)?;
         self.record(entity, &stored, "transition", version(row))?;
         Ok(crate::ports::shaped(e, stored))

@@ -574,6 +574,48 @@ pub trait Storage {
         expected_version: i64,
         changes: &Row,
     ) -> Result<Row, StorageError>;
+    /// Changes the columns in `changes` of every live row `query` picks (its
+    /// filters, order and limit; its cursor and includes are not used),
+    /// locking them; each row's version becomes one more. Returns the rows
+    /// as stored, in the query's order. All or nothing: on an error no row
+    /// was changed. On Postgres this is one statement; this default (the
+    /// in-memory store) is a locking read and one [`Storage::update`] per
+    /// row inside a savepoint.
+    fn update_where(
+        &mut self,
+        tx: TxId,
+        entity: &str,
+        query: &Query,
+        changes: &Row,
+    ) -> Result<Vec<Row>, StorageError> {
+        let sp = self.begin(Isolation::default(), Some(tx))?;
+        let apply = |s: &mut Self| -> Result<Vec<Row>, StorageError> {
+            let picked = Query {
+                lock: true,
+                after: None,
+                include: Vec::new(),
+                ..query.clone()
+            };
+            let rows = s.read(Some(sp), entity, &picked)?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                let id = row.get("id").and_then(Value::as_str).unwrap_or_default();
+                let version = row.get("version").and_then(Value::as_i64).unwrap_or(0);
+                out.push(s.update(sp, entity, id, version, changes)?);
+            }
+            Ok(out)
+        };
+        match apply(self) {
+            Ok(rows) => {
+                self.commit(sp)?;
+                Ok(rows)
+            }
+            Err(e) => {
+                let _ = self.rollback(sp);
+                Err(e)
+            }
+        }
+    }
     /// Soft-deletes row `id` (sets `deleted_at`) if its version is still
     /// `expected_version`; returns the new row.
     fn soft_delete(

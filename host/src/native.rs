@@ -94,6 +94,16 @@ impl Storage for Blocking<'_> {
             changes,
         ))
     }
+    fn update_where(
+        &mut self,
+        tx: TxId,
+        entity: &str,
+        q: &Query,
+        changes: &Row,
+    ) -> Result<Vec<Row>, StorageError> {
+        self.handle
+            .block_on(self.backends.storage.update_where(tx.0, entity, q, changes))
+    }
     fn soft_delete(
         &mut self,
         tx: TxId,

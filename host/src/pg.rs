@@ -417,7 +417,7 @@ impl PgBackend {
         tx: u64,
         sql: &str,
         params: &Params,
-    ) -> Result<Option<tokio_postgres::Row>, StorageError> {
+    ) -> Result<Vec<tokio_postgres::Row>, StorageError> {
         let h = self.handle(tx)?;
         let mut guard = h.root.conn.lock().await;
         let Some(conn) = guard.as_mut() else {
@@ -430,7 +430,7 @@ impl PgBackend {
         let p = refs(params);
         let (sp, row, rel) = tokio::join!(
             client.batch_execute("SAVEPOINT sinew_op"),
-            client.query_opt(&stmt, &p),
+            client.query(&stmt, &p),
             client.batch_execute("RELEASE SAVEPOINT sinew_op"),
         );
         h.root.busy.store(false, Ordering::SeqCst);
@@ -451,15 +451,26 @@ impl PgBackend {
         }
     }
 
-    /// The `WHERE … ORDER BY … LIMIT … FOR UPDATE` of a query.
+    /// The `SELECT … WHERE … ORDER BY … LIMIT … FOR UPDATE` of a query.
     fn query_sql(
         &self,
         table: &Table,
         q: &Query,
         params: &mut Params,
     ) -> Result<String, StorageError> {
+        self.query_sql_of(table, &table.select, q, params)
+    }
+
+    /// [`Self::query_sql`] selecting `select` (and the includes).
+    fn query_sql_of(
+        &self,
+        table: &Table,
+        select: &str,
+        q: &Query,
+        params: &mut Params,
+    ) -> Result<String, StorageError> {
         let filters = where_sql(&self.schema, table, &q.filters, params)?;
-        let mut select = table.select.clone();
+        let mut select = select.to_owned();
         for inc in &q.include {
             let embed = include_sql(&self.schema, table, "s0", inc, 1, params)?;
             let _ = write!(select, ", ({embed})::text");
@@ -1348,8 +1359,8 @@ impl StorageBackend for PgBackend {
             vals.join(", "),
             table.select
         );
-        match self.write(tx, &sql, &params).await? {
-            Some(r) => Ok(table.row(&r)),
+        match self.write(tx, &sql, &params).await?.first() {
+            Some(r) => Ok(table.row(r)),
             None => Err(invalid("the insert returned no row")),
         }
     }
@@ -1391,10 +1402,10 @@ impl StorageBackend for PgBackend {
                 id: id.to_owned(),
             });
         }
-        match self.write(tx, &sql, &params).await? {
+        match self.write(tx, &sql, &params).await?.first() {
             Some(r) => {
                 // The update holds the row's lock until the transaction ends.
-                let row = table.row(&r);
+                let row = table.row(r);
                 if let Ok(h) = self.handle(tx) {
                     h.root.remember(entity, [&row]);
                 }
@@ -1402,6 +1413,54 @@ impl StorageBackend for PgBackend {
             }
             None => Err(self.missed(tx, table, entity, id).await),
         }
+    }
+
+    /// One statement: the picked rows locked in id order of the query, the
+    /// changes written into each, the rows returned in the query's order.
+    async fn update_where(
+        &self,
+        tx: u64,
+        entity: &str,
+        q: &Query,
+        changes: &Row,
+    ) -> Result<Vec<Row>, StorageError> {
+        let table = self.table(entity)?;
+        let mut params = Params::new();
+        let picked = Query {
+            lock: true,
+            after: None,
+            include: Vec::new(),
+            ..q.clone()
+        };
+        let pick = self.query_sql_of(table, "\"id\"", &picked, &mut params)?;
+        let mut sets = Vec::new();
+        for (k, v) in changes {
+            if k == "id" || k == "version" {
+                continue;
+            }
+            let (col, placeholder) = bind(table, entity, k, v, &mut params)?;
+            sets.push(format!("{} = {placeholder}", col.sql));
+        }
+        sets.push("\"version\" = u.\"version\" + 1".into());
+        let sql = format!(
+            "WITH picked AS ({pick}), done AS (UPDATE {} AS u SET {} FROM picked \
+             WHERE u.\"id\" = picked.\"id\" RETURNING u.*) SELECT {} FROM done ORDER BY {}",
+            table.sql,
+            sets.join(", "),
+            table.select,
+            order_sql(table, &q.order)?
+        );
+        let rows: Vec<Row> = self
+            .write(tx, &sql, &params)
+            .await?
+            .iter()
+            .map(|r| table.row(r))
+            .collect();
+        // The rows stay locked until the transaction ends.
+        if let Ok(h) = self.handle(tx) {
+            h.root.remember(entity, &rows);
+        }
+        Ok(rows)
     }
 
     async fn soft_delete(

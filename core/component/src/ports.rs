@@ -293,6 +293,22 @@ impl ports::Storage for WitStorage {
             .map_err(error)?)
     }
 
+    fn update_where(
+        &mut self,
+        tx: TxId,
+        entity: &str,
+        q: &Query,
+        changes: &Row,
+    ) -> Result<Vec<Row>, StorageError> {
+        let bytes = wire::row(changes);
+        rows(
+            &self
+                .tx(tx)?
+                .update_where(entity, &query(q), &bytes)
+                .map_err(error)?,
+        )
+    }
+
     fn soft_delete(
         &mut self,
         tx: TxId,

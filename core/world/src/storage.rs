@@ -81,6 +81,13 @@ impl GuestTransaction for Tx {
         }))
     }
 
+    fn update_where(&self, entity: String, q: wit::Query, changes: Vec<u8>) -> Res<Vec<u8>> {
+        let (q, changes) = (query(q)?, object(&changes)?);
+        rows(world(|w| {
+            w.storage.update_where(self.id, &entity, &q, &changes)
+        }))
+    }
+
     fn soft_delete(
         &self,
         entity: String,

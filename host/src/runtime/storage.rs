@@ -56,6 +56,15 @@ pub trait StorageBackend: Send + Sync + 'static {
         version: i64,
         changes: &Row,
     ) -> Result<Row, StorageError>;
+    /// Writes the same changes into every row a query picks (one
+    /// statement on Postgres); the rows in the query's order.
+    async fn update_where(
+        &self,
+        tx: u64,
+        entity: &str,
+        q: &Query,
+        changes: &Row,
+    ) -> Result<Vec<Row>, StorageError>;
     /// Soft-deletes a row by id and version.
     async fn soft_delete(
         &self,
@@ -157,6 +166,15 @@ impl StorageBackend for MemoryBackend {
         changes: &Row,
     ) -> Result<Row, StorageError> {
         self.with(|s| ports::Storage::update(s, TxId(tx), entity, id, version, changes))
+    }
+    async fn update_where(
+        &self,
+        tx: u64,
+        entity: &str,
+        q: &Query,
+        changes: &Row,
+    ) -> Result<Vec<Row>, StorageError> {
+        self.with(|s| ports::Storage::update_where(s, TxId(tx), entity, q, changes))
     }
     async fn soft_delete(
         &self,
@@ -365,6 +383,27 @@ impl HostTransaction for HostState {
             .update(id, &entity, &row_id, version, &changes)
             .await
             .map(encoded_row)
+            .map_err(error))
+    }
+
+    async fn update_where(
+        &mut self,
+        t: Resource<Tx>,
+        entity: String,
+        q: wit::Query,
+        changes: Vec<u8>,
+    ) -> Res<Vec<u8>> {
+        let id = self.tx_id(&t)?;
+        let (q, changes) = match query(q).and_then(|q| object(&changes).map(|c| (q, c))) {
+            Ok(both) => both,
+            Err(e) => return Ok(Err(error(e))),
+        };
+        Ok(self
+            .backends
+            .storage
+            .update_where(id, &entity, &q, &changes)
+            .await
+            .map(encoded)
             .map_err(error))
     }
 
