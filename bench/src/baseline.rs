@@ -48,6 +48,8 @@ pub enum Kind {
     Bank,
     /// `list_appointments` and `therapist_stats`.
     Clinic,
+    /// The sweep's `close_open` and `reopen_closed`: 500 rows each.
+    Sweep,
 }
 
 /// The prepared statements of one connection.
@@ -60,6 +62,7 @@ struct Stmts {
     audit: Statement,
     bank: Option<BankStmts>,
     clinic: Option<ClinicStmts>,
+    sweep: Option<Statement>,
 }
 
 /// The clinic's reads, written as a team would write them: one statement
@@ -177,6 +180,22 @@ impl Conn {
         } else {
             None
         };
+        // The bulk transition as one `UPDATE … RETURNING`, the rows picked
+        // and locked by a subquery in id order.
+        let sweep =
+            if kind == Kind::Sweep {
+                Some(
+                p(r#"UPDATE "task" SET "status" = $1::text, "updated_at" = $2::text::timestamptz,
+                       "version" = "version" + 1
+                     WHERE "id" IN (SELECT "id" FROM "task" WHERE "deleted_at" IS NULL
+                       AND "status" = $3::text ORDER BY "id" LIMIT 500 FOR UPDATE)
+                     RETURNING "id"::text, "version""#
+                    .into())
+                .await?,
+            )
+            } else {
+                None
+            };
         let stmts = Stmts {
             claim: p(CLAIM.into()).await?,
             stored: p(STORED.into()).await?,
@@ -186,6 +205,7 @@ impl Conn {
             audit: p(AUDIT.into()).await?,
             bank,
             clinic,
+            sweep,
         };
         Ok(Conn { client, stmts })
     }
@@ -927,6 +947,104 @@ impl App {
         result.unwrap_or_else(|e| problem(503, "unavailable", &e.to_string()))
     }
 
+    /// `close_open` / `reopen_closed`: up to 500 tasks moved from
+    /// `from` to `to` by one `UPDATE … RETURNING`, each row in the audit
+    /// entry, the ids answered in id order; with the idempotency claim and
+    /// its completion, as sinew does.
+    async fn sweep(
+        &self,
+        req: Request<Incoming>,
+        tool: &str,
+        [from, to]: [&str; 2],
+    ) -> Response<Full<Bytes>> {
+        let started = Instant::now();
+        let claims = match self.auth(&req) {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        if !claims.roles.iter().any(|r| r == "staff") {
+            return problem(403, "forbidden", "staff only");
+        }
+        let key = req
+            .headers()
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let Some(key) = key else {
+            return problem(400, "idempotency_key_required", "send an Idempotency-Key");
+        };
+        let Ok(body) = req.into_body().collect().await.map(|b| b.to_bytes()) else {
+            return problem(400, "bad_request", "the body could not be read");
+        };
+        if !matches!(serde_json::from_slice::<Value>(&body), Ok(Value::Object(m)) if m.is_empty()) {
+            return problem(400, "invalid_input", "the input is an empty object");
+        }
+        let Ok(conn) = self.pool.get().await else {
+            return problem(503, "unavailable", "no database connection");
+        };
+        let Some(s) = &conn.stmts.sweep else {
+            return problem(404, "not_found", "no such route");
+        };
+        let c = &conn.client;
+        let now = now_ms();
+        let scope = format!("{tool}:{}", claims.sub);
+        let fingerprint = sha256_hex(&body);
+        match c
+            .query_opt(
+                &conn.stmts.claim,
+                &[&scope, &key, &fingerprint, &now.to_string()],
+            )
+            .await
+        {
+            Ok(Some(_)) => {}
+            Ok(None) => return problem(409, "in_progress", "this key was used before"),
+            Err(e) => return problem(503, "unavailable", &e.to_string()),
+        }
+        let at = format_timestamp(now * 1000);
+        let result: Result<Response<Full<Bytes>>, tokio_postgres::Error> = async {
+            c.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+                .await?;
+            let mut moved: Vec<(String, i64)> = in_savepoint(c, c.query(s, &[&to, &at, &from]))
+                .await?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            moved.sort();
+            let rows: Vec<Value> = moved
+                .iter()
+                .map(|(id, v)| {
+                    json!({"after": v, "before": v - 1, "entity": "Task", "id": id, "op": "transition"})
+                })
+                .collect();
+            let ids: Vec<&str> = moved.iter().map(|(id, _)| id.as_str()).collect();
+            let output = json!({"ids": ids, "moved": moved.len()}).to_string();
+            c.execute(&conn.stmts.complete, &[&scope, &key, &"200", &output])
+                .await?;
+            let execution = self.id();
+            let entry = final_entry(Final {
+                execution: &execution,
+                tool,
+                input: &json!({}),
+                input_hash: fingerprint.clone(),
+                claims: &claims,
+                rows: Value::Array(rows),
+                status: 200,
+                at: &at,
+                started,
+            });
+            self.audit(&conn, &entry, &execution).await?;
+            Ok(respond(200, "application/json", output))
+        }
+        .await;
+        match result {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = c.batch_execute("ROLLBACK").await;
+                problem(503, "unavailable", &e.to_string())
+            }
+        }
+    }
+
     async fn route(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let path = req.uri().path().to_owned();
         match (req.method(), path.as_str()) {
@@ -936,6 +1054,12 @@ impl App {
             (&Method::GET, "/appointments") => self.list(req).await,
             (&Method::GET, "/stats/therapists") => self.stats(req).await,
             (&Method::POST, "/transfers") => self.transfer(req).await,
+            (&Method::POST, "/tasks/close") => {
+                self.sweep(req, "close_open", ["open", "closed"]).await
+            }
+            (&Method::POST, "/tasks/reopen") => {
+                self.sweep(req, "reopen_closed", ["closed", "open"]).await
+            }
             (&Method::GET, p) => match p
                 .strip_prefix("/accounts/")
                 .and_then(|r| r.strip_suffix("/transfers"))

@@ -14,7 +14,7 @@ use serde_json::Map;
 use sinew_tests::pg::mint;
 
 /// What the clients ask for.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workload {
     /// The bank's `transfer` (write path): 1 cent between two random
     /// accounts of the 1 000, each request with its own idempotency key and
@@ -31,6 +31,10 @@ pub enum Workload {
     /// The clinic's `therapist_stats` for staff: completed appointments
     /// per therapist and overall (two aggregates).
     Stats,
+    /// The sweep's bulk transition: 500 tasks closed, then the same 500
+    /// reopened, alternately (one client: every request moves all of them;
+    /// an answer that moved fewer counts as an error).
+    Bulk,
 }
 
 impl Workload {
@@ -41,6 +45,7 @@ impl Workload {
             Workload::History => "history",
             Workload::List => "list",
             Workload::Stats => "stats",
+            Workload::Bulk => "bulk 500",
         }
     }
 }
@@ -119,6 +124,30 @@ impl Rng {
 
 /// Distinguishes the keys and subjects of every run against one database.
 static RUN: AtomicU64 = AtomicU64::new(0);
+
+/// The bulk requests sent to each server so far: their parity says whether
+/// its tasks are open (close next) or closed (reopen next).
+static BULK_SENT: std::sync::Mutex<Vec<(String, u64)>> = std::sync::Mutex::new(Vec::new());
+
+/// The route of the next bulk request to `base`, counted as sent.
+fn next_bulk(base: &str) -> &'static str {
+    let mut sent = BULK_SENT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let n = match sent.iter_mut().find(|(b, _)| b == base) {
+        Some((_, n)) => n,
+        None => {
+            sent.push((base.to_owned(), 0));
+            &mut sent.last_mut().expect("just pushed").1
+        }
+    };
+    *n += 1;
+    if *n % 2 == 1 {
+        "/tasks/close"
+    } else {
+        "/tasks/reopen"
+    }
+}
 
 /// Runs `workload` against `base` with `clients` connections.
 pub async fn run(
@@ -214,16 +243,25 @@ pub async fn run(
                             .header("authorization", format!("Bearer {staff}"))
                             .body(Full::new(Bytes::new()))?
                     }
+                    Workload::Bulk => hyper::Request::post(next_bulk(&base))
+                        .header("host", authority(&base))
+                        .header("authorization", format!("Bearer {staff}"))
+                        .header("content-type", "application/json")
+                        .header("idempotency-key", format!("{nonce}-{run}-{client}-{n}"))
+                        .body(Full::new(Bytes::from_static(b"{}")))?,
                 };
                 let t0 = Instant::now();
                 send.ready().await?;
                 let resp = send.send_request(req).await?;
                 let status = resp.status();
-                resp.into_body().collect().await?;
+                let body = resp.into_body().collect().await?.to_bytes();
                 let t1 = Instant::now();
+                let wrong = workload == Workload::Bulk
+                    && serde_json::from_slice::<serde_json::Value>(&body)
+                        .map_or(true, |v| v["moved"] != 500);
                 if t0 >= measured_from && t1 <= end {
                     latencies.push((t1 - t0).as_secs_f64() * 1000.0);
-                    if !status.is_success() {
+                    if !status.is_success() || wrong {
                         errors += 1;
                     }
                 }

@@ -19,7 +19,10 @@
 //! generator (one keep-alive connection per client) at concurrency 1, 16 and
 //! 64, for the bank's `transfer` (write path) and `account_history` (a
 //! bounded read), excluding warm-up, and prints medians over rounds of
-//! throughput, p50 and p99, with the ratios A/C and B/C. It also measures
+//! throughput, p50 and p99, with the ratios A/C and B/C; then the clinic's
+//! screen reads (`list`, `stats`) and a bulk write (`bench/specs/sweep.json`:
+//! one `transition` of 500 rows per request at one client, against one
+//! hand-written `UPDATE … RETURNING`; alone: `sinew-bench bulk`). It also measures
 //! cold start and the servers' memory, and, without network or database
 //! (`micro.rs`, alone: `sinew-bench micro`), instantiation, the boundary,
 //! native vs component, 1/50/500 tools and the risk engine.
@@ -131,6 +134,9 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Only the bulk write (500 rows per request, one client): a private
+    /// Postgres, (A), (B) and (C) on the sweep spec.
+    Bulk,
     /// Runs `n` in-memory requests of one tool on one engine, for
     /// instruction counts: `valgrind --tool=callgrind --collect-atstart=no
     /// --toggle-collect='*measured*' sinew-bench count component transfer
@@ -171,6 +177,18 @@ fn main() -> Result<()> {
             kind,
         }) => baseline::run(port, &database_url, &secret, pool_size, kind),
         Some(Cmd::Micro { quick }) => micro::run(quick),
+        Some(Cmd::Bulk) => {
+            let opts = cli.opts.opts();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let dir = tempfile::tempdir()?;
+            println!("starting a private Postgres…");
+            let pg = Cluster::start();
+            let cache = dir.path().join("cache");
+            rt.block_on(bulk(&pg, &cache, dir.path(), &opts))
+        }
         Some(Cmd::Count { engine, tool, n }) => micro::count(engine, &tool, n),
         None => {
             let opts = cli.opts.opts();
@@ -228,10 +246,7 @@ fn serve_spec_args(
 ) -> Vec<String> {
     let mut a = vec![
         "serve".to_string(),
-        root()
-            .join(format!("specs/examples/{spec}.json"))
-            .to_string_lossy()
-            .into_owned(),
+        spec_path(spec).to_string_lossy().into_owned(),
         "--port".into(),
         port.to_string(),
         "--listen".into(),
@@ -251,6 +266,16 @@ fn serve_spec_args(
         a.push("--native".into());
     }
     a
+}
+
+/// Where spec `name` is: the bench's own (`bench/specs/`) or an example.
+fn spec_path(name: &str) -> PathBuf {
+    let own = root().join(format!("bench/specs/{name}.json"));
+    if own.is_file() {
+        own
+    } else {
+        root().join(format!("specs/examples/{name}.json"))
+    }
 }
 
 /// (A), (B) and (C) for the example `spec`, each on its database.
@@ -326,7 +351,7 @@ async fn fresh_db(pg: &Cluster, db: &str, spec: &str) -> Result<(String, tokio_p
     sql(&admin, &format!("DROP DATABASE IF EXISTS {db}")).await?;
     sql(&admin, &format!("CREATE DATABASE {db}")).await?;
     let url = pg.url(db);
-    let text = std::fs::read_to_string(root().join(format!("specs/examples/{spec}.json")))?;
+    let text = std::fs::read_to_string(spec_path(spec))?;
     let spec = sinew_core::spec::load(&text).spec;
     let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
@@ -383,6 +408,48 @@ async fn prepare_clinic_db(pg: &Cluster, db: &str) -> Result<String> {
     Ok(url)
 }
 
+/// Tasks in the sweep's database: one bulk request moves all of them.
+const TASKS: usize = 500;
+
+/// A database with the sweep's schema and `TASKS` open tasks.
+async fn prepare_sweep_db(pg: &Cluster, db: &str) -> Result<String> {
+    let (url, client) = fresh_db(pg, db, "sweep").await?;
+    client
+        .batch_execute(&format!(
+            "INSERT INTO task (id, version, created_at, updated_at, status, title)
+               SELECT md5('task' || i)::uuid, 1, now(), now(), 'open', 'Task ' || i
+               FROM generate_series(1, {TASKS}) i;
+             ANALYZE;"
+        ))
+        .await?;
+    Ok(url)
+}
+
+/// The snapshots of loaded specs in `cache`.
+fn snapshots(cache: &Path) -> usize {
+    std::fs::read_dir(cache).map_or(0, |dir| {
+        dir.flatten()
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with("snapshot-") && name.ends_with(".cwasm.json")
+            })
+            .count()
+    })
+}
+
+/// Waits until `cache` holds `n` snapshots: a server builds the snapshot
+/// of its spec in the background after its first start, and that compile
+/// must not run during a measurement.
+async fn snapshots_at_least(cache: &Path, n: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while snapshots(cache) < n {
+        ensure!(Instant::now() < deadline, "no snapshot within 300 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -423,15 +490,7 @@ fn bench(opts: &Opts) -> Result<()> {
         wait_ready(&pre.base, Duration::from_secs(300)).await?;
         // And the snapshot of the loaded spec, which the first start builds
         // in the background.
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while !std::fs::read_dir(&cache)?.flatten().any(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with("snapshot-") && name.ends_with(".cwasm.json")
-        }) {
-            ensure!(Instant::now() < deadline, "no snapshot within 300 s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        snapshots_at_least(&cache, 1).await?;
         drop(pre);
 
         let servers = trio("bank", &urls, &cache, dir.path())?;
@@ -504,10 +563,12 @@ fn bench(opts: &Opts) -> Result<()> {
             prepare_clinic_db(&pg, "clinic_b").await?,
             prepare_clinic_db(&pg, "clinic_c").await?,
         ];
+        let known = snapshots(&cache);
         let clinic = trio("clinic", &clinic_urls, &cache, dir.path())?;
         for s in &clinic {
             wait_ready(&s.base, Duration::from_secs(300)).await?;
         }
+        snapshots_at_least(&cache, known + 1).await?;
         same_clinic_answers(&clinic).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let clinic_workloads = [Workload::List, Workload::Stats];
@@ -542,6 +603,8 @@ fn bench(opts: &Opts) -> Result<()> {
             bail!("more than 1% of the clinic's answers were errors");
         }
 
+        bulk(&pg, &cache, dir.path(), opts).await?;
+
         // The load left Postgres writing back and vacuuming: a cold start
         // is timed against a database at rest, as a deployment finds it.
         for url in &urls {
@@ -557,6 +620,71 @@ fn bench(opts: &Opts) -> Result<()> {
     drop(pg);
     result?;
     micro::run(opts.quick)
+}
+
+/// The bulk write: one transition of 500 rows per request, at one client
+/// (every request moves every task), (A) and (B) against (C)'s one
+/// hand-written `UPDATE … RETURNING`; every task ends in one state and
+/// every audit chain verifies.
+async fn bulk(pg: &Cluster, cache: &Path, data: &Path, opts: &Opts) -> Result<()> {
+    let sweep_urls = [
+        prepare_sweep_db(pg, "sweep_a").await?,
+        prepare_sweep_db(pg, "sweep_b").await?,
+        prepare_sweep_db(pg, "sweep_c").await?,
+    ];
+    let known = snapshots(cache);
+    let sweep = trio("sweep", &sweep_urls, cache, data)?;
+    for s in &sweep {
+        wait_ready(&s.base, Duration::from_secs(300)).await?;
+    }
+    snapshots_at_least(cache, known + 1).await?;
+    let one_client = Opts {
+        concurrency: vec![1],
+        ..opts.clone()
+    };
+    let mut sweep_rss = vec![0u64; sweep.len()];
+    let sweep_cells = measure(
+        &sweep,
+        &[Workload::Bulk],
+        &one_client,
+        TASKS,
+        &mut sweep_rss,
+    )
+    .await?;
+    drop(sweep);
+    println!();
+    print_table(&[Workload::Bulk], &sweep_cells, &one_client);
+    let sweep_errors: u64 = sweep_cells
+        .iter()
+        .flatten()
+        .flatten()
+        .map(|c| c.errors)
+        .sum();
+    for (name, url) in ["A component", "B native", "C hand-written"]
+        .iter()
+        .zip(&sweep_urls)
+    {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        let states: i64 = client
+            .query_one("SELECT count(DISTINCT status) FROM task", &[])
+            .await?
+            .get(0);
+        match sinew_host::pg::verify_audit(&client).await? {
+            Ok(n) if states == 1 => {
+                println!(
+                    "{name} (sweep): every task in one state, audit chain verified ({n} entries)"
+                )
+            }
+            Ok(_) => bail!("{name} (sweep): tasks left in two states"),
+            Err(e) => bail!("{name} (sweep): audit chain broken: {e}"),
+        }
+    }
+    if sweep_errors > 0 {
+        bail!("{sweep_errors} bulk answers did not move 500 rows");
+    }
+
+    Ok(())
 }
 
 /// The three clinic servers give the same answers (the baseline does the

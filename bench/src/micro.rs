@@ -469,19 +469,25 @@ pub enum Which {
 /// (`valgrind --tool=callgrind --collect-atstart=no
 /// --toggle-collect='*micro*measured*' sinew-bench count ...`).
 pub fn count(engine: Which, tool: &str, n: usize) -> Result<()> {
+    let sent = std::cell::Cell::new(0usize);
+    let bulk = |_: usize| {
+        sent.set(sent.get() + 1);
+        bulk(sent.get())
+    };
     let make: &dyn Fn(usize) -> Request = match tool {
         "transfer" => &transfer,
         "history" => &history,
         "list" => &list,
-        other => anyhow::bail!("no tool `{other}` to count (transfer, history, list)"),
+        "bulk" => &bulk,
+        other => anyhow::bail!("no tool `{other}` to count (transfer, history, list, bulk)"),
     };
     let expect = if tool == "transfer" { 201 } else { 200 };
-    // The clinic's store is seeded whole; the bank's history needs 60
-    // transfers first.
-    let (world, warm) = if tool == "list" {
-        (clinic()?, 0)
-    } else {
-        (bank()?, 60)
+    // The clinic's and the sweep's stores are seeded whole; the bank's
+    // history needs 60 transfers first.
+    let (world, warm) = match tool {
+        "list" => (clinic()?, 0),
+        "bulk" => (sweep()?, 0),
+        _ => (bank()?, 60),
     };
     match engine {
         Which::Native => {
@@ -509,6 +515,35 @@ pub fn count(engine: Which, tool: &str, n: usize) -> Result<()> {
                 rt.block_on(ex.reply(r)).status
             })
         }
+    }
+}
+
+/// The bench's sweep with 500 open tasks.
+fn sweep() -> Result<World> {
+    let spec = std::fs::read_to_string(crate::root().join("bench/specs/sweep.json"))?;
+    let seed = (0..500u64)
+        .map(|t| {
+            let id = format!("00000000-0000-4000-8000-{t:012}");
+            (
+                "Task",
+                json!({"id": id, "title": format!("Task {t}"), "status": "open"}),
+            )
+        })
+        .collect();
+    World::new(spec, seed)
+}
+
+/// The `k`-th bulk request (from 1): odd ones close the 500 tasks, even
+/// ones reopen them.
+fn bulk(k: usize) -> Request {
+    let tool = if k % 2 == 1 {
+        "close_open"
+    } else {
+        "reopen_closed"
+    };
+    Request {
+        idempotency_key: Some(format!("b-{k}")),
+        ..request(tool, json!({}), "night", "staff", format!("b-{k}"))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The benchmark harness end to end, briefly: it starts Postgres and the
 //! three servers, drives both tools at two clients (and the clinic's list
-//! and statistics on three more), checks that each bank
+//! and statistics on three more, and the bulk write of 500 rows at one
+//! client on three more), checks that each bank
 //! database conserved its money and that its audit chain verifies (the
 //! harness fails otherwise), times a cold start, and prints every section.
 //! The figures of a debug build under test mean nothing; that the harness
@@ -26,6 +27,7 @@ fn the_harness_runs_every_section_and_checks_its_servers() {
         "| history | 2 |",
         "| list | 2 |",
         "| stats | 2 |",
+        "| bulk 500 | 1 |",
         "clinic answers that were not 2xx: 0 of",
         "answers that were not 2xx:",
         "cold start, exec → first 200 of a tool",
@@ -45,5 +47,12 @@ fn the_harness_runs_every_section_and_checks_its_servers() {
         stdout.matches("(clinic): audit chain verified").count(),
         3,
         "each of the three clinic databases is checked:\n{stdout}"
+    );
+    assert_eq!(
+        stdout
+            .matches("(sweep): every task in one state, audit chain verified")
+            .count(),
+        3,
+        "each of the three sweep databases is checked:\n{stdout}"
     );
 }

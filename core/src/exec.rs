@@ -2091,9 +2091,19 @@ impl<'a> Run<'a> {
                 }
             }
         }
+        // Rows are kept for the invariants' check at commit, where there
+        // are invariants to check.
+        let checked = self
+            .bundle
+            .spec
+            .entities
+            .get(entity)
+            .is_some_and(|e| !e.invariants.is_empty());
         let tx = self.write_tx()?;
-        tx.touched
-            .insert((entity.to_string(), id.clone()), stored.clone());
+        if checked {
+            tx.touched
+                .insert((entity.to_string(), id.clone()), stored.clone());
+        }
         tx.rows.push(RowRecord {
             entity: entity.to_string(),
             id,

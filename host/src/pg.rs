@@ -121,6 +121,21 @@ impl Root {
         }
     }
 
+    /// Forgets what was remembered of `rows` (changed since).
+    fn forget(&self, entity: &str, rows: &[Row]) {
+        let Ok(mut locked) = self.locked.lock() else {
+            return;
+        };
+        if locked.is_empty() {
+            return;
+        }
+        for row in rows {
+            if let Some(Value::String(id)) = row.get("id") {
+                locked.remove(&(entity.to_owned(), id.clone()));
+            }
+        }
+    }
+
     /// The answer to `q` from the rows this transaction holds locked, when
     /// it can be given exactly: one live row named by id, every filter an
     /// equality of strings on a text or uuid column that the row meets.
@@ -1456,9 +1471,10 @@ impl StorageBackend for PgBackend {
             .iter()
             .map(|r| table.row(r))
             .collect();
-        // The rows stay locked until the transaction ends.
+        // The rows stay locked until the transaction ends, but what was
+        // remembered of them is stale.
         if let Ok(h) = self.handle(tx) {
-            h.root.remember(entity, &rows);
+            h.root.forget(entity, &rows);
         }
         Ok(rows)
     }
