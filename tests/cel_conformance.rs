@@ -136,7 +136,10 @@ fn value(t: &Text) -> Result<Value, String> {
             Text::Str(b) => Value::Bytes(b.clone()),
             other => Value::Bytes(word(other)?.into_bytes()),
         },
-        "type_value" => return Err("a type".into()),
+        "type_value" => {
+            let name = word(v)?;
+            expr::value::type_named(&name).ok_or(format!("the type {name}"))?
+        }
         "enum_value" => return Err("an enum".into()),
         other => return Err(format!("a value of kind {other}")),
     })

@@ -2559,3 +2559,41 @@ fn an_optional_input_written_into_a_column_that_takes_no_null() {
     });
     assert!(l.errors.is_empty(), "{}", list(&l.errors));
 }
+
+/// `type(x)` and the type names check clean and run: a type compares with
+/// a type name, and is written as its name.
+#[test]
+fn type_values_check_clean_and_run() {
+    let spec = r#"{"sinew": "0.2", "name": "types", "tools": {"kind": {
+        "trigger": {"http": {"method": "POST", "path": "/kind"}},
+        "auth": {"public": true},
+        "input": {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}},
+        "flow": {"entry": "r", "nodes": {"r": {"type": "return", "value": {
+            "is_int": "type(input.n) == int",
+            "name": "type(input.n)",
+            "time": "type(request.time) == google.protobuf.Timestamp",
+            "meta": "type(int) == type"}}}}}}}"#;
+    assert_clean_and_green(&serde_json::from_str(spec).unwrap());
+    let bundle = sinew_core::bundle::Bundle::load(spec).unwrap();
+    let mut store = sinew_core::ports::memory::MemoryStorage::new();
+    let mut clock = sinew_core::ports::memory::FixedClock::new(1_767_225_600_000);
+    let mut ext = sinew_core::ports::script::ScriptedExternal::new();
+    let r = sinew_core::contract::execute(
+        &bundle,
+        &sinew_core::contract::Request {
+            tool: "kind".into(),
+            input: serde_json::json!({"n": 3}),
+            auth: None,
+            id: "t-1".into(),
+            idempotency_key: None,
+        },
+        &mut store,
+        &mut clock,
+        &mut ext,
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.body,
+        serde_json::json!({"is_int": true, "name": "int", "time": true, "meta": true})
+    );
+}

@@ -279,6 +279,7 @@ pub const FUNCTIONS: &[Function] = &[
     global("string", 1, 1),
     global("bool", 1, 1),
     global("dyn", 1, 1),
+    global("type", 1, 1),
     global("timestamp", 1, 1),
     global("duration", 1, 1),
     // Math.

@@ -42,8 +42,22 @@ fn eval_ref<'v>(e: &Expr, env: &'v dyn Env) -> Result<Cow<'v, Value>, EvalError>
     match &e.kind {
         ExprKind::Ident(name) => match env.lookup(name) {
             Some(v) => Ok(Cow::Borrowed(v)),
-            None => err(span, format!("`{name}` is not bound")),
+            None => match super::value::type_named(name) {
+                Some(t) => Ok(Cow::Owned(t)),
+                None => err(span, format!("`{name}` is not bound")),
+            },
         },
+        // `google.protobuf.Timestamp` and `…Duration`, where `google` is
+        // not bound: the types.
+        ExprKind::Member(..)
+            if let Some(("google", path)) = e.as_path()
+                && env.lookup("google").is_none() =>
+        {
+            match super::value::type_named(&format!("google.{}", path.join("."))) {
+                Some(t) => Ok(Cow::Owned(t)),
+                None => err(span, "`google` is not bound"),
+            }
+        }
         ExprKind::Member(inner, field) => match eval_ref(inner, env)? {
             Cow::Borrowed(base) => member_ref(base, field, span).map(Cow::Borrowed),
             Cow::Owned(base) => member_ref(&base, field, span).map(|v| Cow::Owned(v.clone())),
@@ -554,6 +568,7 @@ fn call(
             _ => err(span, format!("`{s}` is not a bool")),
         },
         ("dyn", [v]) => Ok(v.clone()),
+        ("type", [v]) => Ok(Value::Type(v.cel_type())),
         _ => match super::ext::call(func, &vals) {
             Some(Ok(v)) => Ok(v),
             Some(Err(message)) => err(span, message),

@@ -34,6 +34,34 @@ pub enum Value {
     Timestamp(i64),
     /// A span of time in microseconds.
     Duration(i64),
+    /// A type, as `type(x)` gives it and the type names denote (`int`,
+    /// `google.protobuf.Timestamp`): CEL's name of the type.
+    Type(&'static str),
+}
+
+/// The names that denote types where nothing else is bound to them, each
+/// with CEL's name of the type.
+pub const TYPE_NAMES: &[(&str, &str)] = &[
+    ("null_type", "null_type"),
+    ("bool", "bool"),
+    ("int", "int"),
+    ("uint", "uint"),
+    ("double", "double"),
+    ("string", "string"),
+    ("bytes", "bytes"),
+    ("list", "list"),
+    ("map", "map"),
+    ("type", "type"),
+    ("google.protobuf.Timestamp", "google.protobuf.Timestamp"),
+    ("google.protobuf.Duration", "google.protobuf.Duration"),
+];
+
+/// The type a name denotes (`int`, `google.protobuf.Timestamp`), if any.
+pub fn type_named(name: &str) -> Option<Value> {
+    TYPE_NAMES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| Value::Type(t))
 }
 
 impl Value {
@@ -51,6 +79,17 @@ impl Value {
             Value::Map(_) => "map",
             Value::Timestamp(_) => "timestamp",
             Value::Duration(_) => "duration",
+            Value::Type(_) => "type",
+        }
+    }
+
+    /// CEL's name of this value's type, what `type(x)` gives.
+    pub fn cel_type(&self) -> &'static str {
+        match self {
+            Value::Null => "null_type",
+            Value::Timestamp(_) => "google.protobuf.Timestamp",
+            Value::Duration(_) => "google.protobuf.Duration",
+            other => other.type_name(),
         }
     }
 
@@ -67,6 +106,7 @@ impl Value {
             Value::Bytes(_) => "bytes",
             Value::List(_) => "a list",
             Value::Map(_) => "a map",
+            Value::Type(_) => "a type",
             Value::Timestamp(_) => "a timestamp",
             Value::Duration(_) => "a duration",
         }
@@ -147,6 +187,8 @@ impl Value {
             }
             Value::Timestamp(t) => serde_json::Value::String(format_timestamp(*t)),
             Value::Duration(d) => serde_json::Value::String(format_duration(*d)),
+            // A type is written as its name.
+            Value::Type(name) => serde_json::Value::String((*name).to_owned()),
         })
     }
 }
@@ -163,6 +205,7 @@ impl fmt::Display for Value {
             Value::String(s) => write!(f, "{s}"),
             Value::Timestamp(t) => write!(f, "{}", format_timestamp(*t)),
             Value::Duration(d) => write!(f, "{}", format_duration(*d)),
+            Value::Type(name) => write!(f, "{name}"),
             other => match other.to_json() {
                 Ok(j) => write!(f, "{j}"),
                 Err(_) => write!(f, "?"),

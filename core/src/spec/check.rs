@@ -423,8 +423,23 @@ fn check_names(cx: &mut Cx, e: &Expression, ast: &expr::Expr, scope: &Scope) {
             .iter()
             .any(|(v, s)| *v == name && s.start <= at.start && at.end <= s.end)
     };
+    // The roots of `google.protobuf.Timestamp` and `…Duration`.
+    let mut type_roots = Vec::new();
+    ast.walk(|node| {
+        if let (ExprKind::Member(..), Some(("google", path))) = (&node.kind, node.as_path())
+            && expr::value::type_named(&format!("google.{}", path.join("."))).is_some()
+        {
+            type_roots.push(node.span.start);
+        }
+    });
     ast.walk(|node| match &node.kind {
         ExprKind::Ident(name) if local(name, node.span) => {}
+        // A type's name (`int`, `google.protobuf.Timestamp`) where nothing
+        // else has it.
+        ExprKind::Ident(name)
+            if scope.lookup(name).is_err()
+                && (expr::value::type_named(name).is_some()
+                    || (name == "google" && type_roots.contains(&node.span.start))) => {}
         ExprKind::Member(inner, _)
             if matches!(&inner.kind, ExprKind::Ident(r) if local(r, inner.span)) => {}
         ExprKind::Ident(name) => {
