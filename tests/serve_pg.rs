@@ -1567,6 +1567,26 @@ async fn every_request_is_answered_within_its_deadline_plus_a_second() {
     assert!(verify(&url).await.is_ok());
 }
 
+/// The schema of the spec at `path` in database `url` (a server start
+/// migrates), then every statement of every new connection to it logged
+/// (`log_statement = all`, in the cluster's log); a connection to it.
+async fn logged_schema(path: &std::path::Path, url: &str) -> tokio_postgres::Client {
+    Server::start(path, url, &Options::default())
+        .await
+        .stop()
+        .await;
+    let db = connect_url(url).await;
+    let name: String = db
+        .query_one("SELECT current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    db.batch_execute(&format!("ALTER DATABASE {name} SET log_statement = 'all'"))
+        .await
+        .unwrap();
+    db
+}
+
 /// On Postgres a read node is one SQL statement, whatever its includes and
 /// the number of rows: a page of 50 appointments, each with its therapist
 /// and its invoices, owned through a reference, and counted, is read by
@@ -1576,21 +1596,9 @@ async fn a_read_with_includes_is_one_statement() {
     let cluster = Cluster::start();
     let url = cluster.database().await;
     let path = root().join("specs/examples/clinic.json");
-    // The schema first (a server start migrates), then every statement
-    // of every new connection is logged.
-    Server::start(&path, &url, &Options::default())
-        .await
-        .stop()
-        .await;
-    let db = connect_url(&url).await;
-    let name: String = db
-        .query_one("SELECT current_database()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    db.batch_execute(&format!(
-        "ALTER DATABASE {name} SET log_statement = 'all';
-         INSERT INTO therapist (id, version, created_at, updated_at, name, specialty, rate_cents)
+    let db = logged_schema(&path, &url).await;
+    db.batch_execute(
+        "INSERT INTO therapist (id, version, created_at, updated_at, name, specialty, rate_cents)
            SELECT md5('t' || i)::uuid, 1, now(), now(), 'T' || i, 'physio', 6000
            FROM generate_series(1, 3) i;
          INSERT INTO patient (id, version, created_at, updated_at, account, name, email)
@@ -1604,8 +1612,8 @@ async fn a_read_with_includes_is_one_statement() {
            FROM generate_series(1, 80) i;
          INSERT INTO invoice (id, version, created_at, updated_at, appointment, amount_cents, paid)
            SELECT md5('i' || i || '-' || k)::uuid, 1, now(), now(), md5('a' || i)::uuid, 6000, k = 1
-           FROM generate_series(1, 80) i, generate_series(1, 2) k;"
-    ))
+           FROM generate_series(1, 80) i, generate_series(1, 2) k;",
+    )
     .await
     .unwrap();
     let server = Server::start(&path, &url, &Options::default()).await;
@@ -1674,25 +1682,15 @@ async fn many_row_writes_are_one_statement_each() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sweeps.json");
     std::fs::write(&path, scenario["spec"].to_string()).unwrap();
-    Server::start(&path, &url, &Options::default())
-        .await
-        .stop()
-        .await;
-    let db = connect_url(&url).await;
-    let name: String = db
-        .query_one("SELECT current_database()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let db = logged_schema(&path, &url).await;
     // 300 passed, requested appointments; 40 confirmed ones.
-    db.batch_execute(&format!(
-        "ALTER DATABASE {name} SET log_statement = 'all';
-         INSERT INTO appointment (id, version, created_at, updated_at, status, label, starts_at)
+    db.batch_execute(
+        "INSERT INTO appointment (id, version, created_at, updated_at, status, label, starts_at)
            SELECT md5('a' || i)::uuid, 1, now(), now(),
                   CASE WHEN i <= 300 THEN 'requested' ELSE 'confirmed' END, 'a' || i,
                   timestamptz '2026-01-01 09:00Z' + i * interval '1 minute'
-           FROM generate_series(1, 340) i;"
-    ))
+           FROM generate_series(1, 340) i;",
+    )
     .await
     .unwrap();
     let server = Server::start(&path, &url, &Options::default()).await;

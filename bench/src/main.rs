@@ -336,9 +336,15 @@ async fn wait_ready(base: &str, limit: Duration) -> Result<()> {
     bail!("{base} did not become ready within {limit:?}")
 }
 
-async fn sql(url: &str, text: &str) -> Result<()> {
+/// A connection to `url`, its driver spawned.
+async fn connect(url: &str) -> Result<tokio_postgres::Client> {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
+    Ok(client)
+}
+
+async fn sql(url: &str, text: &str) -> Result<()> {
+    let client = connect(url).await?;
     client.batch_execute(text).await?;
     Ok(())
 }
@@ -353,8 +359,7 @@ async fn fresh_db(pg: &Cluster, db: &str, spec: &str) -> Result<(String, tokio_p
     let url = pg.url(db);
     let text = std::fs::read_to_string(spec_path(spec))?;
     let spec = sinew_core::spec::load(&text).spec;
-    let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
+    let mut client = connect(&url).await?;
     let m = sinew_host::pg::migrate::plan(Some(&client), &spec, false).await?;
     sinew_host::pg::migrate::apply(&mut client, &spec, &m).await?;
     Ok((url, client))
@@ -525,8 +530,7 @@ fn bench(opts: &Opts) -> Result<()> {
             .iter()
             .zip(&urls)
         {
-            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-            tokio::spawn(conn);
+            let client = connect(url).await?;
             let total: String = client
                 .query_one("SELECT sum(balance)::text FROM account", &[])
                 .await?
@@ -592,8 +596,7 @@ fn bench(opts: &Opts) -> Result<()> {
             .sum();
         println!("clinic answers that were not 2xx: {clinic_errors} of {clinic_total}");
         for (name, url) in names.iter().zip(&clinic_urls) {
-            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-            tokio::spawn(conn);
+            let client = connect(url).await?;
             match sinew_host::pg::verify_audit(&client).await? {
                 Ok(n) => println!("{name} (clinic): audit chain verified ({n} entries)"),
                 Err(e) => bail!("{name} (clinic): audit chain broken: {e}"),
@@ -664,8 +667,7 @@ async fn bulk(pg: &Cluster, cache: &Path, data: &Path, opts: &Opts) -> Result<()
         .iter()
         .zip(&sweep_urls)
     {
-        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-        tokio::spawn(conn);
+        let client = connect(url).await?;
         let states: i64 = client
             .query_one("SELECT count(DISTINCT status) FROM task", &[])
             .await?
