@@ -2597,3 +2597,78 @@ fn type_values_check_clean_and_run() {
         serde_json::json!({"is_int": true, "name": "int", "time": true, "meta": true})
     );
 }
+
+/// A function called with arguments none of its forms takes fails on every
+/// call that reaches it: refused before deployment, with the types, while
+/// the forms it has pass.
+#[test]
+fn function_arguments_are_typed_before_deployment() {
+    // A required `number` input property `factor`.
+    fn with_factor(v: &mut Value) {
+        let input = &mut at(v, "/tools/get_product")["input"];
+        input["properties"]["factor"] = json!({"type": "number"});
+        input["required"] = json!(["factor"]);
+    }
+    let refused = [
+        (
+            "product.price.startsWith('1')",
+            "`.startsWith()` does not apply to an int with a string",
+        ),
+        ("size(product.price)", "`size()` does not take an int"),
+        (
+            "product.name.charAt('0')",
+            "`.charAt()` does not apply to a string with a string",
+        ),
+        (
+            "request.time.getHours(2)",
+            "`.getHours()` does not apply to a timestamp with an int",
+        ),
+        (
+            "math.ceil(product.price)",
+            "`math.ceil()` does not take an int",
+        ),
+        (
+            "duration(product.price)",
+            "`duration()` does not take an int",
+        ),
+        (
+            "product.price.all(p, p > 0)",
+            "`all` applies to a list or a map, not an int",
+        ),
+    ];
+    for (expr, message) in refused {
+        let l = load_with(|v| {
+            at(v, &format!("{GET}/done"))["value"] = json!({"x": expr});
+        });
+        let d = only_error(&l, "expr-type", &format!("{GET}/done/value/x"));
+        assert_message(d, message);
+    }
+    // A `number` input is an integer when the value sent is whole: a
+    // function that takes only doubles is refused, with the reason.
+    let l = load_with(|v| {
+        with_factor(v);
+        at(v, &format!("{GET}/done"))["value"] = json!({"x": "math.round(input.factor)"});
+    });
+    let d = only_error(&l, "expr-type", &format!("{GET}/done/value/x"));
+    assert_message(
+        d,
+        "a `number` input is an integer when the value sent is whole",
+    );
+    // What the forms take is clean.
+    for expr in [
+        "product.name.startsWith('T') && size(product.name) > 2",
+        "product.name.substring(0, 2).upperAscii()",
+        "math.ceil(double(product.price) / 3.0)",
+        "math.abs(input.factor)",
+        "request.time.getHours('Europe/Paris') + duration('90m').getMinutes()",
+        "timestamp(product.price)",
+        "[1, 2].all(p, p > 0)",
+        "dyn(product.price).startsWith('1')",
+    ] {
+        let l = load_with(|v| {
+            with_factor(v);
+            at(v, &format!("{GET}/done"))["value"] = json!({"x": expr});
+        });
+        assert!(l.errors.is_empty(), "{expr}: {}", list(&l.errors));
+    }
+}

@@ -337,14 +337,32 @@ fn infer_at(
         ExprKind::Call { target, func, args } => {
             if let Some(t) = target {
                 check(t, &|| format!("`.{func}()`"), errors);
-                sub(t, errors);
             } else if !matches!(func.as_str(), "has" | "string" | "dyn")
                 && let Some(first) = args.first()
             {
                 check(first, &|| format!("`{func}()`"), errors);
             }
-            for a in args {
-                sub(a, errors);
+            let mut given = Vec::with_capacity(args.len() + 1);
+            for a in target.iter().map(|t| &**t).chain(args) {
+                given.push(sub(a, errors));
+            }
+            if let Some(t) = target
+                && crate::expr::MACROS.contains(&func.as_str())
+            {
+                let on = given.first().cloned().unwrap_or(Ty::Dyn);
+                if on.known() && !matches!(on, Ty::List | Ty::Map | Ty::Row(_)) {
+                    errors.push(TypeError {
+                        span: t.span,
+                        message: format!("`{func}` applies to a list or a map, not {}", on.a()),
+                        help: "apply it to a list (an input array, a read's rows) or a map".into(),
+                    });
+                }
+            } else if let Some(message) = refused(func, target.is_some(), &given) {
+                errors.push(TypeError {
+                    span: e.span,
+                    message,
+                    help: format!("see the signatures of `{func}` in the functions table"),
+                });
             }
             call_type(func)
         }
@@ -377,6 +395,121 @@ fn infer_at(
             })
         }
     }
+}
+
+/// An argument type in a function's signature.
+#[derive(Clone, Copy)]
+enum Arg {
+    S,
+    I,
+    U,
+    D,
+    B,
+    Bytes,
+    L,
+    M,
+    T,
+    Dur,
+}
+
+/// The argument types a function accepts (a method's receiver first), one
+/// list per form, exactly as the interpreter dispatches them; `None` for
+/// the functions not judged here (those that take anything, the macros).
+fn signatures(func: &str) -> Option<&'static [&'static [Arg]]> {
+    use Arg::*;
+    Some(match func {
+        "size" => &[&[S], &[Bytes], &[L], &[M]],
+        "startsWith" | "endsWith" | "contains" | "matches" => &[&[S, S]],
+        "charAt" => &[&[S, I]],
+        "indexOf" | "lastIndexOf" => &[&[S, S], &[S, S, I]],
+        "lowerAscii" | "upperAscii" | "trim" | "reverse" | "strings.quote" => &[&[S]],
+        "replace" => &[&[S, S, S], &[S, S, S, I]],
+        "split" => &[&[S, S], &[S, S, I]],
+        "substring" => &[&[S, I], &[S, I, I]],
+        "join" => &[&[L], &[L, S]],
+        "format" => &[&[S, L]],
+        "int" => &[&[I], &[U], &[D], &[S], &[T]],
+        "uint" | "double" => &[&[I], &[U], &[D], &[S]],
+        "bool" => &[&[B], &[S]],
+        "bytes" => &[&[S], &[Bytes]],
+        "timestamp" => &[&[S], &[I], &[T]],
+        "duration" => &[&[S], &[Dur]],
+        "math.ceil" | "math.floor" | "math.round" | "math.trunc" | "math.isInf" | "math.isNaN" => {
+            &[&[D]]
+        }
+        "math.isFinite" | "math.abs" | "math.sign" | "math.sqrt" => &[&[I], &[U], &[D]],
+        "getFullYear" | "getMonth" | "getDayOfYear" | "getDayOfMonth" | "getDate"
+        | "getDayOfWeek" => &[&[T], &[T, S]],
+        "getHours" | "getMinutes" | "getSeconds" | "getMilliseconds" => &[&[T], &[T, S], &[Dur]],
+        _ => return None,
+    })
+}
+
+fn accepts(a: Arg, t: &Ty) -> bool {
+    matches!(
+        (a, t),
+        (Arg::S, Ty::String)
+            | (Arg::I, Ty::Int)
+            | (Arg::U, Ty::Uint)
+            | (Arg::D, Ty::Double)
+            | (Arg::B, Ty::Bool)
+            | (Arg::Bytes, Ty::Bytes)
+            | (Arg::L, Ty::List)
+            | (Arg::M, Ty::Map | Ty::Row(_))
+            | (Arg::T, Ty::Timestamp)
+            | (Arg::Dur, Ty::Duration)
+    )
+}
+
+/// Why a call of `func` with arguments of types `given` (the receiver
+/// first for a `method`) fails on every call, when it does: no form of the
+/// function takes them. A `number` (an integer or a double, by the value
+/// sent) must fit both ways. Unknown types (`dyn`, null) are judged at run
+/// time.
+fn refused(func: &str, method: bool, given: &[Ty]) -> Option<String> {
+    let forms = signatures(func)?;
+    if given.iter().any(|t| !t.known()) {
+        return None;
+    }
+    let fits = |tys: &[Ty]| {
+        forms
+            .iter()
+            .any(|f| f.len() == tys.len() && f.iter().zip(tys).all(|(a, t)| accepts(*a, t)))
+    };
+    // Every reading of the `number`s: as integers and as doubles.
+    let numbers: Vec<usize> = (0..given.len())
+        .filter(|&i| given.get(i) == Some(&Ty::Number))
+        .collect();
+    let ok = (0..1u32 << numbers.len().min(8)).all(|mask| {
+        let mut tys = given.to_vec();
+        for (bit, &i) in numbers.iter().enumerate() {
+            if let Some(t) = tys.get_mut(i) {
+                *t = if mask & (1 << bit) == 0 {
+                    Ty::Int
+                } else {
+                    Ty::Double
+                };
+            }
+        }
+        fits(&tys)
+    });
+    if ok {
+        return None;
+    }
+    let list = |tys: &[Ty]| tys.iter().map(Ty::a).collect::<Vec<_>>().join(", ");
+    Some(match (method, given.split_first()) {
+        (true, Some((on, []))) => format!("`.{func}()` does not apply to {}", on.a()),
+        (true, Some((on, rest))) => format!(
+            "`.{func}()` does not apply to {} with {}",
+            on.a(),
+            list(rest)
+        ),
+        _ if given.contains(&Ty::Number) => format!(
+            "`{func}()` does not take {} (a `number` input is an integer when the value sent is whole)",
+            list(given)
+        ),
+        _ => format!("`{func}()` does not take {}", list(given)),
+    })
 }
 
 /// What a function gives, where it does not depend on its arguments.
