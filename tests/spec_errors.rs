@@ -2672,3 +2672,56 @@ fn function_arguments_are_typed_before_deployment() {
         assert!(l.errors.is_empty(), "{expr}: {}", list(&l.errors));
     }
 }
+
+/// A macro's variable over a read's rows is a row of that entity: its
+/// columns have their types (a list's index is an int), so a mistake
+/// inside `map`, `filter` or `all` is found before deployment.
+#[test]
+fn macro_variables_over_rows_are_typed() {
+    let rows = |v: &mut Value| {
+        at(v, &format!("{GET}/product"))["one"] = json!(false);
+        at(v, &format!("{GET}/product"))["limit"] = json!(5);
+    };
+    for (expr, message) in [
+        (
+            "product.map(p, p.price + 'x')",
+            "`+` does not apply to an int and a string",
+        ),
+        (
+            "product.filter(p, p.name > 3)",
+            "`>` does not apply to a string and an int",
+        ),
+        (
+            "product.all(i, p, i.startsWith('a'))",
+            "`.startsWith()` does not apply to an int",
+        ),
+        (
+            "product.exists(p, p.price.contains('1'))",
+            "`.contains()` does not apply to an int",
+        ),
+        (
+            "product.filter(p, p.price > 0).map(p, p.name - 1)",
+            "`-` does not apply to a string and an int",
+        ),
+    ] {
+        let l = load_with(|v| {
+            rows(v);
+            at(v, &format!("{GET}/done"))["value"] = json!({"x": expr});
+        });
+        let d = only_error(&l, "expr-type", &format!("{GET}/done/value/x"));
+        assert_message(d, message);
+    }
+    for expr in [
+        "product.filter(p, p.price > 0).map(p, p.name.upperAscii())",
+        "product.all(i, p, p.price >= 0 && i >= 0)",
+        "product.exists(p, p.name.startsWith('T'))",
+        "product.map(p, p.price * 2).filter(n, n > 10)",
+        "{'a': 1}.all(k, k.startsWith('a'))",
+    ] {
+        let l = load_with(|v| {
+            rows(v);
+            at(v, &format!("{GET}/done"))["value"] = json!({"x": expr});
+        });
+        assert!(l.errors.is_empty(), "{expr}: {}", list(&l.errors));
+    }
+}

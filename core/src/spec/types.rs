@@ -34,6 +34,8 @@ pub(crate) enum Ty {
     Map,
     /// A row of an entity.
     Row(String),
+    /// A list of rows of an entity (what a `read` without `one` binds).
+    Rows(String),
 }
 
 impl Ty {
@@ -54,7 +56,12 @@ impl Ty {
             Ty::List => "a list".into(),
             Ty::Map => "a map".into(),
             Ty::Row(e) => format!("a whole `{e}` row"),
+            Ty::Rows(e) => format!("a list of `{e}` rows"),
         }
+    }
+
+    fn list(&self) -> bool {
+        matches!(self, Ty::List | Ty::Rows(_))
     }
 
     fn numeric(&self) -> bool {
@@ -103,7 +110,7 @@ pub(crate) struct TypeError {
 
 /// Infers the type of `e`, collecting the operators that cannot apply.
 pub(crate) fn infer(e: &Expr, scope: &Scope, errors: &mut Vec<TypeError>) -> Ty {
-    infer_at(e, scope, errors, &local_names(e), &scope.guards)
+    infer_at(e, scope, errors, &local_names(e), &scope.guards, &[])
 }
 
 /// The path (`input.nick`, `order.note`) of `e` when it may be null: an
@@ -125,7 +132,7 @@ fn nullable(e: &Expr, scope: &Scope, locals: &[String]) -> Option<String> {
             && !scope.input_required(field))
         .then(path)
         .flatten(),
-        _ => match infer_at(inner, scope, &mut Vec::new(), locals, &[]) {
+        _ => match infer_at(inner, scope, &mut Vec::new(), locals, &[], &[]) {
             Ty::Row(ent) if scope.column_nullable(&ent, field) => path(),
             _ => None,
         },
@@ -210,12 +217,14 @@ fn infer_at(
     errors: &mut Vec<TypeError>,
     locals: &[String],
     guards: &[String],
+    vars: &[(&str, Ty)],
 ) -> Ty {
-    let sub = |x: &Expr, errors: &mut Vec<TypeError>| infer_at(x, scope, errors, locals, guards);
+    let sub =
+        |x: &Expr, errors: &mut Vec<TypeError>| infer_at(x, scope, errors, locals, guards, vars);
     let guarded = |x: &Expr, extra: Vec<String>, errors: &mut Vec<TypeError>| {
         let mut g = guards.to_vec();
         g.extend(extra);
-        infer_at(x, scope, errors, locals, &g)
+        infer_at(x, scope, errors, locals, &g, vars)
     };
     // (`what` is written only when there is something to report.)
     let check = |x: &Expr, what: &dyn Fn() -> String, errors: &mut Vec<TypeError>| {
@@ -231,12 +240,17 @@ fn infer_at(
             Lit::String(_) => Ty::String,
             Lit::Bytes(_) => Ty::Bytes,
         },
-        ExprKind::Ident(name) if locals.iter().any(|l| l == name) => Ty::Dyn,
+        // A macro's variable: its type where the macro's range tells it.
+        ExprKind::Ident(name) if locals.iter().any(|l| l == name) => vars
+            .iter()
+            .rev()
+            .find(|(v, _)| v == name)
+            .map_or(Ty::Dyn, |(_, t)| t.clone()),
         ExprKind::Ident(name) => match name.as_str() {
             "input" | "auth" | "request" => Ty::Map,
             _ => match scope.lookup(name) {
                 Ok(Binding::Row(ent, _)) => Ty::Row(ent),
-                Ok(Binding::Rows(..)) => Ty::List,
+                Ok(Binding::Rows(ent, _)) => Ty::Rows(ent),
                 Ok(Binding::Object(_)) => Ty::Map,
                 _ => Ty::Dyn,
             },
@@ -342,22 +356,51 @@ fn infer_at(
             {
                 check(first, &|| format!("`{func}()`"), errors);
             }
-            let mut given = Vec::with_capacity(args.len() + 1);
-            for a in target.iter().map(|t| &**t).chain(args) {
-                given.push(sub(a, errors));
-            }
             if let Some(t) = target
                 && crate::expr::MACROS.contains(&func.as_str())
             {
-                let on = given.first().cloned().unwrap_or(Ty::Dyn);
-                if on.known() && !matches!(on, Ty::List | Ty::Map | Ty::Row(_)) {
+                let on = sub(t, errors);
+                if on.known() && !on.list() && !matches!(on, Ty::Map | Ty::Row(_)) {
                     errors.push(TypeError {
                         span: t.span,
                         message: format!("`{func}` applies to a list or a map, not {}", on.a()),
                         help: "apply it to a list (an input array, a read's rows) or a map".into(),
                     });
                 }
-            } else if let Some(message) = refused(func, target.is_some(), &given) {
+                // The names it binds, typed by the range: a list's index
+                // and element, a map's key and value (one name: a list's
+                // element, a map's key).
+                let names = crate::expr::macro_names(func, args.len());
+                let element = match &on {
+                    Ty::Rows(ent) => Ty::Row(ent.clone()),
+                    _ => Ty::Dyn,
+                };
+                let types = match (&on, names) {
+                    (Ty::Map | Ty::Row(_), 1) => vec![Ty::String],
+                    (Ty::Map | Ty::Row(_), _) => vec![Ty::String, Ty::Dyn],
+                    (_, 1) => vec![element],
+                    (_, _) => vec![Ty::Int, element],
+                };
+                let mut inner: Vec<(&str, Ty)> = vars.to_vec();
+                for (a, ty) in args.iter().take(names).zip(types) {
+                    if let ExprKind::Ident(n) = &a.kind {
+                        inner.push((n.as_str(), ty));
+                    }
+                }
+                for a in args.iter().skip(names) {
+                    infer_at(a, scope, errors, locals, guards, &inner);
+                }
+                return match (func.as_str(), on) {
+                    // A filter keeps the rows' type.
+                    ("filter", t @ Ty::Rows(_)) => t,
+                    _ => call_type(func),
+                };
+            }
+            let mut given = Vec::with_capacity(args.len() + 1);
+            for a in target.iter().map(|t| &**t).chain(args) {
+                given.push(sub(a, errors));
+            }
+            if let Some(message) = refused(func, target.is_some(), &given) {
                 errors.push(TypeError {
                     span: e.span,
                     message,
@@ -454,7 +497,7 @@ fn accepts(a: Arg, t: &Ty) -> bool {
             | (Arg::D, Ty::Double)
             | (Arg::B, Ty::Bool)
             | (Arg::Bytes, Ty::Bytes)
-            | (Arg::L, Ty::List)
+            | (Arg::L, Ty::List | Ty::Rows(_))
             | (Arg::M, Ty::Map | Ty::Row(_))
             | (Arg::T, Ty::Timestamp)
             | (Arg::Dur, Ty::Duration)
@@ -573,7 +616,7 @@ fn binary(op: BinaryOp, x: &Ty, y: &Ty) -> Option<Ty> {
             (a, b) if a.numeric() && b.numeric() => num(a, b),
             (Ty::String, Ty::String) => Some(Ty::String),
             (Ty::Bytes, Ty::Bytes) => Some(Ty::Bytes),
-            (Ty::List, Ty::List) => Some(Ty::List),
+            (a, b) if a.list() && b.list() => Some(Ty::List),
             (Ty::Timestamp, Ty::Duration) | (Ty::Duration, Ty::Timestamp) => Some(Ty::Timestamp),
             (Ty::Duration, Ty::Duration) => Some(Ty::Duration),
             _ => None,
