@@ -1668,8 +1668,9 @@ async fn a_read_with_includes_is_one_statement() {
 
 /// A `transition`, an `update` whose `set` does not read `row` and a
 /// `soft_delete`, each with `where` and a `limit`, are one statement each
-/// on Postgres however many rows they change, every row with its version
-/// bump and its place in the audit entry.
+/// on Postgres however many rows they change; an `update` whose `set`
+/// reads `row` is two (the locking read, one write for all its rows);
+/// every row has its version bump and its place in the audit entry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_row_writes_are_one_statement_each() {
     let cluster = Cluster::start();
@@ -1705,11 +1706,12 @@ async fn many_row_writes_are_one_statement_each() {
             .collect()
     };
     let cases = [
-        ("/sweeps/expire", json!({}), 2, "transition"),
-        ("/sweeps/reslot", json!({"slot": 3}), 40, "update"),
-        ("/sweeps/purge", json!({}), 2, "soft_delete"),
+        ("/sweeps/expire", json!({}), 2, "transition", 1),
+        ("/sweeps/reslot", json!({"slot": 3}), 40, "update", 1),
+        ("/sweeps/relabel", json!({}), 40, "update", 2),
+        ("/sweeps/purge", json!({}), 2, "soft_delete", 1),
     ];
-    for (route, input, rows, op) in cases {
+    for (route, input, rows, op, count) in cases {
         let before = cluster.log().len();
         let (status, body) = sinew_tests::pg::call(
             &http,
@@ -1721,8 +1723,9 @@ async fn many_row_writes_are_one_statement_each() {
         .await;
         assert_eq!(status, 200, "{route}: {body}");
         let written = statements(before);
-        assert_eq!(written.len(), 1, "{route}: {written:#?}");
-        assert!(written[0].contains("UPDATE"), "{}", written[0]);
+        assert_eq!(written.len(), count, "{route}: {written:#?}");
+        let last = written.last().unwrap();
+        assert!(last.contains("UPDATE"), "{last}");
         let entry: String = db
             .query_one(
                 "SELECT entry FROM sinew_audit WHERE kind = 'final' ORDER BY seq DESC LIMIT 1",
@@ -1743,18 +1746,20 @@ async fn many_row_writes_are_one_statement_each() {
             );
         }
     }
-    // Every confirmed row got the slot and one version more.
-    let (slotted, versions): (i64, i64) = {
+    // Every confirmed row got the slot, then its own label and the slot
+    // after it, one version more each time.
+    let (slotted, versions, labelled): (i64, i64, i64) = {
         let r = db
             .query_one(
-                "SELECT count(*) FILTER (WHERE slot = 3), count(*) FILTER (WHERE version = 2)
+                "SELECT count(*) FILTER (WHERE slot = 4), count(*) FILTER (WHERE version = 3),
+                        count(*) FILTER (WHERE label ~ '^a[0-9]+!$')
                  FROM appointment WHERE status = 'confirmed'",
                 &[],
             )
             .await
             .unwrap();
-        (r.get(0), r.get(1))
+        (r.get(0), r.get(1), r.get(2))
     };
-    assert_eq!((slotted, versions), (40, 40));
+    assert_eq!((slotted, versions, labelled), (40, 40, 40));
     server.stop().await;
 }

@@ -828,3 +828,127 @@ fn a_wide_included_row_embeds_whole() {
         );
     });
 }
+
+/// `update-many` and `update-where` are all or nothing on Postgres as in
+/// the in-memory store: a row whose version moved (409) or that is gone
+/// (404) leaves every row of the call unchanged, and the transaction
+/// usable; on success the rows come back in the order asked.
+#[test]
+fn many_row_updates_are_all_or_nothing_on_every_store() {
+    let cluster = Cluster::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let text = std::fs::read_to_string(root().join("specs/examples/bank.json")).unwrap();
+        let (db, mut memory, bundle) = side_by_side(&cluster, &text).await;
+        let ids: Vec<String> = (1..=3)
+            .map(|i| format!("00000000-0000-4000-8000-00000000000{i}"))
+            .collect();
+        let seed: Vec<Row> = ids
+            .iter()
+            .map(|id| {
+                bundle
+                    .complete_row(
+                        "Account",
+                        &changes(json!({"id": id, "holder": "ann", "name": "a", "currency": "EUR", "balance": 100})),
+                        1_700_000_000_000,
+                    )
+                    .unwrap()
+            })
+            .collect();
+        let tx = db.begin(Isolation::ReadCommitted, None).await.unwrap();
+        let mt = memory.begin(Isolation::ReadCommitted, None).unwrap();
+        for row in &seed {
+            db.insert(tx, "Account", row).await.unwrap();
+            memory.insert(mt, "Account", row).unwrap();
+        }
+        let balances = |n: i64| changes(json!({"balance": n}));
+        // The second row's version is stale: nothing changes, on both.
+        let stale = [(ids[0].clone(), 1), (ids[1].clone(), 7), (ids[2].clone(), 1)];
+        let all = [balances(1), balances(2), balances(3)];
+        let pg = db.update_many(tx, "Account", &stale, &all).await;
+        let mem = memory.update_many(mt, "Account", &stale, &all);
+        for r in [&pg, &mem] {
+            assert!(
+                matches!(r, Err(sinew_core::ports::StorageError::Conflict { .. })),
+                "{r:?}"
+            );
+        }
+        // A row that is not there: 404, nothing changed.
+        let gone = [
+            (ids[0].clone(), 1),
+            ("00000000-0000-4000-8000-000000000009".to_owned(), 1),
+        ];
+        let two = [balances(1), balances(2)];
+        let pg = db.update_many(tx, "Account", &gone, &two).await;
+        let mem = memory.update_many(mt, "Account", &gone, &two);
+        for r in [&pg, &mem] {
+            assert!(
+                matches!(r, Err(sinew_core::ports::StorageError::NotFound { .. })),
+                "{r:?}"
+            );
+        }
+        let all_rows = Query {
+            filters: Vec::new(),
+            order: vec![SortKey {
+                field: "id".into(),
+                desc: false,
+            }],
+            limit: None,
+            after: None,
+            lock: false,
+            include: Vec::new(),
+        };
+        for rows in [
+            db.read(Some(tx), "Account", &all_rows).await.unwrap(),
+            memory.read(Some(mt), "Account", &all_rows).unwrap(),
+        ] {
+            let seen: Vec<(i64, i64)> = rows
+                .iter()
+                .map(|r| (r["balance"].as_i64().unwrap(), r["version"].as_i64().unwrap()))
+                .collect();
+            assert_eq!(seen, [(100, 1), (100, 1), (100, 1)], "nothing changed");
+        }
+        // In another order, with current versions: every row, in that order.
+        let keys = [(ids[2].clone(), 1), (ids[0].clone(), 1), (ids[1].clone(), 1)];
+        let pg = db.update_many(tx, "Account", &keys, &all).await.unwrap();
+        let mem = memory.update_many(mt, "Account", &keys, &all).unwrap();
+        for rows in [&pg, &mem] {
+            let seen: Vec<(&str, i64, i64)> = rows
+                .iter()
+                .map(|r| {
+                    (
+                        r["id"].as_str().unwrap(),
+                        r["balance"].as_i64().unwrap(),
+                        r["version"].as_i64().unwrap(),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                seen,
+                [(ids[2].as_str(), 1, 2), (ids[0].as_str(), 2, 2), (ids[1].as_str(), 3, 2)]
+            );
+        }
+        // update-where: the rows a query picks, in its order (balance
+        // descending), each with the same changes.
+        let q = Query {
+            order: vec![SortKey {
+                field: "balance".into(),
+                desc: true,
+            }],
+            limit: Some(2),
+            ..all_rows.clone()
+        };
+        let pg = db
+            .update_where(tx, "Account", &q, &changes(json!({"name": "swept"})))
+            .await
+            .unwrap();
+        let mem = memory
+            .update_where(mt, "Account", &q, &changes(json!({"name": "swept"})))
+            .unwrap();
+        assert_eq!(pg, mem);
+        let picked: Vec<i64> = pg.iter().map(|r| r["balance"].as_i64().unwrap()).collect();
+        assert_eq!(picked, [3, 2]);
+        db.rollback(tx).await.unwrap();
+        memory.rollback(mt).unwrap();
+    });
+}

@@ -1002,7 +1002,10 @@ impl<'a> Run<'a> {
             order: sort_keys(pick.order_by),
             limit: if one { Some(2) } else { limit },
             after: None,
-            lock: self.compiled.concurrency == Concurrency::Pessimistic,
+            // A write on many rows locks them whatever the concurrency: it
+            // is then one statement that cannot half-fail on a row changed
+            // since it was read.
+            lock: !one || self.compiled.concurrency == Concurrency::Pessimistic,
             include: Vec::new(),
         })
     }
@@ -1109,10 +1112,14 @@ impl<'a> Run<'a> {
                 }
             }
         }
-        // Rows an update changes count as written (in `record`), not read.
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let before = row_to_value(e, &row);
+        // Each row's changes, computed and checked before any is written;
+        // then one storage operation writes them all (one statement on
+        // Postgres). Rows an update changes count as written (in
+        // `record`), not read.
+        let mut keys = Vec::with_capacity(rows.len());
+        let mut all = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let before = row_to_value(e, row);
             let mut changes = Row::new();
             for (f, t) in set {
                 let v = self.template(t, Some(&before))?;
@@ -1125,10 +1132,28 @@ impl<'a> Run<'a> {
                 merged.insert(k.clone(), v.clone());
             }
             rows::check_fields(entity, e, &merged, set.keys())?;
-            self.check_refs(entity, e, &merged, set.keys(), Some(&row))?;
-            let stored = self.update_row(entity, &row, &changes)?;
-            self.record(entity, &stored, "update", version(&row))?;
-            out.push(crate::ports::shaped(e, stored));
+            self.check_refs(entity, e, &merged, set.keys(), Some(row))?;
+            let id = row.get("id").and_then(Json::as_str).unwrap_or_default();
+            keys.push((id.to_owned(), version(row).unwrap_or(0)));
+            all.push(changes);
+        }
+        let tx = self.write_tx()?.id;
+        let stored = match (keys.as_slice(), all.as_slice()) {
+            // One row: the plain update.
+            ([(id, v)], [changes]) => vec![
+                self.storage
+                    .update(tx, entity, id, *v, changes)
+                    .map_err(storage_problem)?,
+            ],
+            _ => self
+                .storage
+                .update_many(tx, entity, &keys, &all)
+                .map_err(storage_problem)?,
+        };
+        let mut out = Vec::with_capacity(stored.len());
+        for (row, (_, before)) in stored.into_iter().zip(&keys) {
+            self.record(entity, &row, "update", Some(*before))?;
+            out.push(crate::ports::shaped(e, row));
         }
         let value = if one {
             out.into_iter().next().unwrap_or(Value::Null)

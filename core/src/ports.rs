@@ -616,6 +616,47 @@ pub trait Storage {
             }
         }
     }
+    /// Several updates, as [`Storage::update`] does each, in order: row
+    /// `keys[i].0` if its version is still `keys[i].1` gets the columns of
+    /// `changes[i]` (every one with the same keys). Returns the rows as
+    /// stored, in that order. All or nothing: on an error no row was
+    /// changed. On Postgres this is one statement; this default is one
+    /// [`Storage::update`] per row inside a savepoint.
+    fn update_many(
+        &mut self,
+        tx: TxId,
+        entity: &str,
+        keys: &[(String, i64)],
+        changes: &[Row],
+    ) -> Result<Vec<Row>, StorageError> {
+        if keys.len() != changes.len() {
+            return Err(StorageError::Invalid {
+                message: format!(
+                    "{} rows to update and {} changes",
+                    keys.len(),
+                    changes.len()
+                ),
+            });
+        }
+        let sp = self.begin(Isolation::default(), Some(tx))?;
+        let apply = |s: &mut Self| -> Result<Vec<Row>, StorageError> {
+            let mut out = Vec::with_capacity(keys.len());
+            for ((id, version), c) in keys.iter().zip(changes) {
+                out.push(s.update(sp, entity, id, *version, c)?);
+            }
+            Ok(out)
+        };
+        match apply(self) {
+            Ok(rows) => {
+                self.commit(sp)?;
+                Ok(rows)
+            }
+            Err(e) => {
+                let _ = self.rollback(sp);
+                Err(e)
+            }
+        }
+    }
     /// Soft-deletes row `id` (sets `deleted_at`) if its version is still
     /// `expected_version`; returns the new row.
     fn soft_delete(
@@ -741,7 +782,7 @@ pub trait External {
 /// The conversions between the WIT `storage` types and the core's, for a
 /// crate that has its generated bindings of `sinew:executor/types` in scope
 /// as `wit`: `isolation`, `json` (JSON text from the guest), `value` and
-/// `object` (the row encoding, [`wire`]),
+/// `object` and `decoded_rows` (the row encoding, [`wire`]),
 /// `query`, and `error` (to WIT). The host's imports and the in-memory
 /// world's exports are generated separately from the same WIT, so they
 /// share this text rather than functions.
@@ -771,6 +812,14 @@ macro_rules! wit_storage_conversions {
         fn object(bytes: &[u8]) -> Result<$crate::ports::Row, $crate::ports::StorageError> {
             $crate::ports::wire::to_row(bytes).map_err(|e| $crate::ports::StorageError::Invalid {
                 message: format!("the guest sent a row that cannot be decoded: {e}"),
+            })
+        }
+
+        fn decoded_rows(
+            bytes: &[u8],
+        ) -> Result<Vec<$crate::ports::Row>, $crate::ports::StorageError> {
+            $crate::ports::wire::to_rows(bytes).map_err(|e| $crate::ports::StorageError::Invalid {
+                message: format!("the guest sent rows that cannot be decoded: {e}"),
             })
         }
 

@@ -94,6 +94,19 @@ impl Storage for Blocking<'_> {
             changes,
         ))
     }
+    fn update_many(
+        &mut self,
+        tx: TxId,
+        entity: &str,
+        keys: &[(String, i64)],
+        changes: &[Row],
+    ) -> Result<Vec<Row>, StorageError> {
+        self.handle.block_on(
+            self.backends
+                .storage
+                .update_many(tx.0, entity, keys, changes),
+        )
+    }
     fn update_where(
         &mut self,
         tx: TxId,

@@ -433,6 +433,16 @@ impl PgBackend {
         sql: &str,
         params: &Params,
     ) -> Result<Vec<tokio_postgres::Row>, StorageError> {
+        self.write_refs(tx, sql, &refs(params)).await
+    }
+
+    /// [`Self::write`] with parameters of any type (arrays).
+    async fn write_refs(
+        &self,
+        tx: u64,
+        sql: &str,
+        p: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StorageError> {
         let h = self.handle(tx)?;
         let mut guard = h.root.conn.lock().await;
         let Some(conn) = guard.as_mut() else {
@@ -442,10 +452,9 @@ impl PgBackend {
         let stmt = self.check(conn, stmt)?;
         h.root.busy.store(true, Ordering::SeqCst);
         let client = &conn.client;
-        let p = refs(params);
         let (sp, row, rel) = tokio::join!(
             client.batch_execute("SAVEPOINT sinew_op"),
-            client.query(&stmt, &p),
+            client.query(&stmt, p),
             client.batch_execute("RELEASE SAVEPOINT sinew_op"),
         );
         h.root.busy.store(false, Ordering::SeqCst);
@@ -589,6 +598,58 @@ impl PgBackend {
                 id: id.to_owned(),
             },
             Err(e) => e,
+        }
+    }
+
+    /// Why an update of several rows by id and version changed nothing: the
+    /// first row that is gone (404) or has another version (409).
+    async fn missed_many(
+        &self,
+        tx: u64,
+        table: &Table,
+        entity: &str,
+        keys: &[(String, i64)],
+    ) -> StorageError {
+        let sql = format!(
+            "SELECT \"id\"::text, \"version\" FROM {} \
+             WHERE \"id\" = ANY($1::text[]::uuid[]) AND \"deleted_at\" IS NULL",
+            table.sql
+        );
+        let ids: Vec<Option<String>> = keys.iter().map(|(id, _)| Some(id.clone())).collect();
+        let found = match self
+            .on(Some(tx), async |c| {
+                let s = c.prepare(&sql).await?;
+                c.client.query(&s, &[&ids]).await
+            })
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => return e,
+        };
+        let versions: HashMap<String, i64> = found
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+            .collect();
+        for (id, expected) in keys {
+            match versions.get(&id.to_ascii_lowercase()) {
+                None => {
+                    return StorageError::NotFound {
+                        entity: entity.to_owned(),
+                        id: id.clone(),
+                    };
+                }
+                Some(v) if v != expected => {
+                    return StorageError::Conflict {
+                        message: format!(
+                            "`{entity}` row `{id}` was changed by another transaction"
+                        ),
+                    };
+                }
+                Some(_) => {}
+            }
+        }
+        StorageError::Conflict {
+            message: format!("a `{entity}` row was changed by another transaction"),
         }
     }
 
@@ -1428,6 +1489,127 @@ impl StorageBackend for PgBackend {
             }
             None => Err(self.missed(tx, table, entity, id).await),
         }
+    }
+
+    /// One statement: every row's changes from arrays (`unnest`), each row
+    /// updated if its version is still the expected one; a guard makes the
+    /// statement fail (so that nothing changed) when a row missed, and the
+    /// first row that did says why. (The guard is the left side of the
+    /// final join and its value is tested, so that the planner can neither
+    /// skip it nor drop its unused output.)
+    async fn update_many(
+        &self,
+        tx: u64,
+        entity: &str,
+        keys: &[(String, i64)],
+        changes: &[Row],
+    ) -> Result<Vec<Row>, StorageError> {
+        if keys.len() != changes.len() {
+            return Err(invalid(format!(
+                "{} rows to update and {} changes",
+                keys.len(),
+                changes.len()
+            )));
+        }
+        let Some(first) = changes.first() else {
+            return Ok(Vec::new());
+        };
+        let table = self.table(entity)?;
+        if let Some((id, _)) = keys.iter().find(|(id, _)| !sinew_core::hash::is_uuid(id)) {
+            return Err(StorageError::NotFound {
+                entity: entity.to_owned(),
+                id: id.clone(),
+            });
+        }
+        let names: Vec<&String> = first
+            .keys()
+            .filter(|k| *k != "id" && *k != "version")
+            .collect();
+        let mut columns = Vec::with_capacity(names.len());
+        for name in &names {
+            let col = table
+                .column(name)
+                .ok_or_else(|| invalid(format!("`{entity}` has no column `{name}`")))?;
+            columns.push(col);
+        }
+        let mut arrays: Vec<Vec<Option<String>>> =
+            vec![Vec::with_capacity(keys.len()); names.len() + 2];
+        for ((id, version), c) in keys.iter().zip(changes) {
+            if c.keys().filter(|k| *k != "id" && *k != "version").count() != names.len() {
+                return Err(invalid(
+                    "every change of an update-many sets the same columns",
+                ));
+            }
+            if let [ids, versions, ..] = arrays.as_mut_slice() {
+                ids.push(Some(id.clone()));
+                versions.push(Some(version.to_string()));
+            }
+            for ((name, col), array) in names.iter().zip(&columns).zip(arrays.iter_mut().skip(2)) {
+                let v = c.get(*name).ok_or_else(|| {
+                    invalid("every change of an update-many sets the same columns")
+                })?;
+                array.push(
+                    col.ty
+                        .encode(v)
+                        .map_err(|e| invalid(format!("`{entity}.{name}`: {e}")))?,
+                );
+            }
+        }
+        let unnest: Vec<String> = (1..=arrays.len())
+            .map(|i| format!("${i}::text[]"))
+            .collect();
+        let aliases: Vec<String> = (0..names.len()).map(|i| format!("c{i}")).collect();
+        let sets: Vec<String> = columns
+            .iter()
+            .zip(&aliases)
+            .map(|(col, a)| format!("{} = v.{a}::{}", col.sql, col.ty.sql()))
+            .chain(std::iter::once(
+                "\"version\" = u.\"version\" + 1".to_owned(),
+            ))
+            .collect();
+        let sql = format!(
+            "WITH v AS (SELECT * FROM unnest({}) AS v(i, n{}{})), \
+             done AS (UPDATE {} AS u SET {} FROM v WHERE u.\"id\" = v.i::uuid \
+               AND u.\"version\" = v.n::bigint AND u.\"deleted_at\" IS NULL RETURNING u.*), \
+             guard AS (SELECT 1 / (CASE WHEN count(*) = {} THEN 1 ELSE 0 END) AS ok FROM done) \
+             SELECT {} FROM guard LEFT JOIN done ON TRUE WHERE guard.ok = 1",
+            unnest.join(", "),
+            if aliases.is_empty() { "" } else { ", " },
+            aliases.join(", "),
+            table.sql,
+            sets.join(", "),
+            keys.len(),
+            table.select
+        );
+        let params: Vec<&(dyn ToSql + Sync)> =
+            arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+        let written = match self.write_refs(tx, &sql, &params).await {
+            Ok(rows) => rows,
+            // The guard: some row was changed or deleted since it was read.
+            Err(StorageError::Invalid { message }) if message.ends_with("(22012)") => {
+                return Err(self.missed_many(tx, table, entity, keys).await);
+            }
+            Err(e) => return Err(e),
+        };
+        let mut by_id: HashMap<String, Row> = written
+            .iter()
+            .map(|r| table.row(r))
+            .filter_map(|r| {
+                let id = r.get("id")?.as_str()?.to_ascii_lowercase();
+                Some((id, r))
+            })
+            .collect();
+        let rows: Vec<Row> = keys
+            .iter()
+            .filter_map(|(id, _)| by_id.remove(&id.to_ascii_lowercase()))
+            .collect();
+        if rows.len() != keys.len() {
+            return Err(invalid("an update-many named a row twice"));
+        }
+        if let Ok(h) = self.handle(tx) {
+            h.root.forget(entity, &rows);
+        }
+        Ok(rows)
     }
 
     /// One statement: the picked rows locked in id order of the query, the

@@ -293,6 +293,23 @@ impl ports::Storage for WitStorage {
             .map_err(error)?)
     }
 
+    fn update_many(
+        &mut self,
+        tx: TxId,
+        entity: &str,
+        keys: &[(String, i64)],
+        changes: &[Row],
+    ) -> Result<Vec<Row>, StorageError> {
+        let (ids, versions): (Vec<String>, Vec<i64>) = keys.iter().cloned().unzip();
+        let bytes = wire::rows(changes);
+        rows(
+            &self
+                .tx(tx)?
+                .update_many(entity, &ids, &versions, &bytes)
+                .map_err(error)?,
+        )
+    }
+
     fn update_where(
         &mut self,
         tx: TxId,

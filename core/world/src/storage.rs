@@ -81,6 +81,20 @@ impl GuestTransaction for Tx {
         }))
     }
 
+    fn update_many(
+        &self,
+        entity: String,
+        ids: Vec<String>,
+        versions: Vec<i64>,
+        changes: Vec<u8>,
+    ) -> Res<Vec<u8>> {
+        let changes = decoded_rows(&changes)?;
+        let keys: Vec<(String, i64)> = ids.into_iter().zip(versions).collect();
+        rows(world(|w| {
+            w.storage.update_many(self.id, &entity, &keys, &changes)
+        }))
+    }
+
     fn update_where(&self, entity: String, q: wit::Query, changes: Vec<u8>) -> Res<Vec<u8>> {
         let (q, changes) = (query(q)?, object(&changes)?);
         rows(world(|w| {

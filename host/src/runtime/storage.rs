@@ -56,6 +56,15 @@ pub trait StorageBackend: Send + Sync + 'static {
         version: i64,
         changes: &Row,
     ) -> Result<Row, StorageError>;
+    /// Several updates by id and version, all or nothing (one statement on
+    /// Postgres); the rows in that order.
+    async fn update_many(
+        &self,
+        tx: u64,
+        entity: &str,
+        keys: &[(String, i64)],
+        changes: &[Row],
+    ) -> Result<Vec<Row>, StorageError>;
     /// Writes the same changes into every row a query picks (one
     /// statement on Postgres); the rows in the query's order.
     async fn update_where(
@@ -166,6 +175,15 @@ impl StorageBackend for MemoryBackend {
         changes: &Row,
     ) -> Result<Row, StorageError> {
         self.with(|s| ports::Storage::update(s, TxId(tx), entity, id, version, changes))
+    }
+    async fn update_many(
+        &self,
+        tx: u64,
+        entity: &str,
+        keys: &[(String, i64)],
+        changes: &[Row],
+    ) -> Result<Vec<Row>, StorageError> {
+        self.with(|s| ports::Storage::update_many(s, TxId(tx), entity, keys, changes))
     }
     async fn update_where(
         &self,
@@ -383,6 +401,29 @@ impl HostTransaction for HostState {
             .update(id, &entity, &row_id, version, &changes)
             .await
             .map(encoded_row)
+            .map_err(error))
+    }
+
+    async fn update_many(
+        &mut self,
+        t: Resource<Tx>,
+        entity: String,
+        ids: Vec<String>,
+        versions: Vec<i64>,
+        changes: Vec<u8>,
+    ) -> Res<Vec<u8>> {
+        let id = self.tx_id(&t)?;
+        let changes = match decoded_rows(&changes) {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(error(e))),
+        };
+        let keys: Vec<(String, i64)> = ids.into_iter().zip(versions).collect();
+        Ok(self
+            .backends
+            .storage
+            .update_many(id, &entity, &keys, &changes)
+            .await
+            .map(encoded)
             .map_err(error))
     }
 
