@@ -2725,3 +2725,70 @@ fn macro_variables_over_rows_are_typed() {
         assert!(l.errors.is_empty(), "{expr}: {}", list(&l.errors));
     }
 }
+
+/// An input array's elements have the type its `items` gives, and an
+/// input object's properties theirs: mistakes inside macros over them, or
+/// on an indexed element, are type errors before deployment.
+#[test]
+fn input_array_elements_are_typed() {
+    fn with_lines(v: &mut Value) {
+        let input = &mut at(v, "/tools/get_product")["input"];
+        input["properties"]["lines"] = json!({
+            "type": "array", "maxItems": 10,
+            "items": {"type": "object", "required": ["sku", "qty"],
+                      "properties": {"sku": {"type": "string"}, "qty": {"type": "integer"}}}
+        });
+        input["properties"]["tags"] = json!({"type": "array", "items": {"type": "string"}});
+        input["required"] = json!(["lines", "tags"]);
+    }
+    for (expr, message) in [
+        (
+            "input.lines.map(l, l.qty + l.sku)",
+            "`+` does not apply to an int and a string",
+        ),
+        (
+            "input.tags.exists(t, t > 3)",
+            "`>` does not apply to a string and an int",
+        ),
+        (
+            "input.lines[0].sku * 2",
+            "`*` does not apply to a string and an int",
+        ),
+        (
+            "input.lines.filter(l, l.qty > 0).map(l, l.sku.getHours())",
+            "`.getHours()` does not apply to a string",
+        ),
+        (
+            "math.ceil(input.lines[0].qty)",
+            "`math.ceil()` does not take an int",
+        ),
+        (
+            "input.lines.map(l, l.skuu)",
+            "the input schema declares no property `skuu` here",
+        ),
+    ] {
+        let l = load_with(|v| {
+            with_lines(v);
+            at(v, "/tools/get_product")["input"]["properties"]["lines"]["items"]["additionalProperties"] =
+                json!(false);
+            at(v, &format!("{GET}/done"))["value"] = json!({"x": expr});
+        });
+        let d = only_error(&l, "expr-type", &format!("{GET}/done/value/x"));
+        assert_message(d, message);
+    }
+    for expr in [
+        "input.lines.map(l, l.qty * 2).filter(n, n > 1)",
+        "input.tags.all(t, t.startsWith('vip-'))",
+        "input.lines.exists(l, l.sku == 'A' && l.qty > 0)",
+        "size(input.lines[0].sku) + input.lines[0].qty",
+        // (Not declared, but the schema lets other properties through.)
+        "input.lines.map(l, l.extra)",
+        "input.lines.exists(l, has(l.extra))",
+    ] {
+        let l = load_with(|v| {
+            with_lines(v);
+            at(v, &format!("{GET}/done"))["value"] = json!({"x": expr});
+        });
+        assert!(l.errors.is_empty(), "{expr}: {}", list(&l.errors));
+    }
+}

@@ -36,6 +36,10 @@ pub(crate) enum Ty {
     Row(String),
     /// A list of rows of an entity (what a `read` without `one` binds).
     Rows(String),
+    /// A list whose elements' type the input schema gives (`items`).
+    Items(Box<Ty>),
+    /// An object the input schema describes (its `properties`).
+    Object(Box<Json>),
 }
 
 impl Ty {
@@ -57,11 +61,30 @@ impl Ty {
             Ty::Map => "a map".into(),
             Ty::Row(e) => format!("a whole `{e}` row"),
             Ty::Rows(e) => format!("a list of `{e}` rows"),
+            Ty::Items(t) => match **t {
+                Ty::Dyn => "a list".into(),
+                ref t => format!("a list of {}", plural(t)),
+            },
+            Ty::Object(_) => "an object".into(),
         }
     }
 
     fn list(&self) -> bool {
-        matches!(self, Ty::List | Ty::Rows(_))
+        matches!(self, Ty::List | Ty::Rows(_) | Ty::Items(_))
+    }
+
+    /// A map at run time (an object, a row).
+    fn map(&self) -> bool {
+        matches!(self, Ty::Map | Ty::Row(_) | Ty::Object(_))
+    }
+
+    /// The type of a list's elements, where it is known.
+    fn element(&self) -> Ty {
+        match self {
+            Ty::Rows(ent) => Ty::Row(ent.clone()),
+            Ty::Items(t) => (**t).clone(),
+            _ => Ty::Dyn,
+        }
     }
 
     fn numeric(&self) -> bool {
@@ -86,15 +109,36 @@ pub(crate) fn of_field(t: FieldType) -> Ty {
     }
 }
 
+/// A type's name in the plural, for "a list of …".
+fn plural(t: &Ty) -> String {
+    match t {
+        Ty::Int => "ints".into(),
+        Ty::Uint => "uints".into(),
+        Ty::Double => "doubles".into(),
+        Ty::Number => "numbers".into(),
+        Ty::String => "strings".into(),
+        Ty::Bool => "bools".into(),
+        Ty::Object(_) => "objects".into(),
+        other => format!("values ({})", other.a()),
+    }
+}
+
 /// The type of a JSON Schema property, as the input reads it (text stays
-/// text, whatever its `format`).
+/// text, whatever its `format`): an array's elements by its `items`, an
+/// object's properties by its `properties`.
 fn of_schema(s: &Json) -> Ty {
     match s.get("type").and_then(Json::as_str) {
         Some("string") => Ty::String,
         Some("integer") => Ty::Int,
         Some("number") => Ty::Number,
         Some("boolean") => Ty::Bool,
-        Some("array") => Ty::List,
+        Some("array") => match s.get("items") {
+            Some(items) => Ty::Items(Box::new(of_schema(items))),
+            None => Ty::List,
+        },
+        Some("object") if s.get("properties").is_some_and(Json::is_object) => {
+            Ty::Object(Box::new(s.clone()))
+        }
         Some("object") => Ty::Map,
         _ => Ty::Dyn,
     }
@@ -290,14 +334,32 @@ fn infer_at(
                     .column_type(&ent, field)
                     .map(of_field)
                     .unwrap_or(Ty::Dyn),
+                Ty::Object(schema) => {
+                    match schema.get("properties").and_then(|p| p.get(field.as_str())) {
+                        Some(p) => of_schema(p),
+                        // Closed and not declared: never there.
+                        None if schema.get("additionalProperties") == Some(&Json::Bool(false)) => {
+                            errors.push(TypeError {
+                            span: e.span,
+                            message: format!("the input schema declares no property `{field}` here"),
+                            help: format!(
+                                "declare `{field}` in the schema's `properties`, or use one it declares"
+                            ),
+                        });
+                            Ty::Dyn
+                        }
+                        None => Ty::Dyn,
+                    }
+                }
                 _ => Ty::Dyn,
             }
         }
         ExprKind::Index(a, i) => {
             check(a, &|| "indexing".into(), errors);
-            sub(a, errors);
+            let on = sub(a, errors);
             sub(i, errors);
-            Ty::Dyn
+            // A list's element (out of range is the run's error).
+            on.element()
         }
         ExprKind::Unary(op, a) => {
             check(
@@ -360,7 +422,7 @@ fn infer_at(
                 && crate::expr::MACROS.contains(&func.as_str())
             {
                 let on = sub(t, errors);
-                if on.known() && !on.list() && !matches!(on, Ty::Map | Ty::Row(_)) {
+                if on.known() && !on.list() && !on.map() {
                     errors.push(TypeError {
                         span: t.span,
                         message: format!("`{func}` applies to a list or a map, not {}", on.a()),
@@ -371,15 +433,12 @@ fn infer_at(
                 // and element, a map's key and value (one name: a list's
                 // element, a map's key).
                 let names = crate::expr::macro_names(func, args.len());
-                let element = match &on {
-                    Ty::Rows(ent) => Ty::Row(ent.clone()),
-                    _ => Ty::Dyn,
-                };
-                let types = match (&on, names) {
-                    (Ty::Map | Ty::Row(_), 1) => vec![Ty::String],
-                    (Ty::Map | Ty::Row(_), _) => vec![Ty::String, Ty::Dyn],
-                    (_, 1) => vec![element],
-                    (_, _) => vec![Ty::Int, element],
+                let element = on.element();
+                let types = match (on.map(), names) {
+                    (true, 1) => vec![Ty::String],
+                    (true, _) => vec![Ty::String, Ty::Dyn],
+                    (false, 1) => vec![element],
+                    (false, _) => vec![Ty::Int, element],
                 };
                 let mut inner: Vec<(&str, Ty)> = vars.to_vec();
                 for (a, ty) in args.iter().take(names).zip(types) {
@@ -391,10 +450,14 @@ fn infer_at(
                     infer_at(a, scope, errors, locals, guards, &inner);
                 }
                 return match (func.as_str(), on) {
-                    // A filter keeps the rows' type.
-                    ("filter", t @ Ty::Rows(_)) => t,
+                    // A filter keeps the list's type.
+                    ("filter", t @ (Ty::Rows(_) | Ty::Items(_))) => t,
                     _ => call_type(func),
                 };
+            }
+            // `has(x.f)` tests a field: it reads nothing that could fail.
+            if func == "has" && target.is_none() {
+                return Ty::Bool;
             }
             let mut given = Vec::with_capacity(args.len() + 1);
             for a in target.iter().map(|t| &**t).chain(args) {
@@ -497,8 +560,8 @@ fn accepts(a: Arg, t: &Ty) -> bool {
             | (Arg::D, Ty::Double)
             | (Arg::B, Ty::Bool)
             | (Arg::Bytes, Ty::Bytes)
-            | (Arg::L, Ty::List | Ty::Rows(_))
-            | (Arg::M, Ty::Map | Ty::Row(_))
+            | (Arg::L, Ty::List | Ty::Rows(_) | Ty::Items(_))
+            | (Arg::M, Ty::Map | Ty::Row(_) | Ty::Object(_))
             | (Arg::T, Ty::Timestamp)
             | (Arg::Dur, Ty::Duration)
     )
