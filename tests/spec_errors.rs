@@ -2792,3 +2792,34 @@ fn input_array_elements_are_typed() {
         assert!(l.errors.is_empty(), "{expr}: {}", list(&l.errors));
     }
 }
+
+/// A `create` with `each` (and a `foreach`) over an input array binds its
+/// element with the type the array's `items` gives, and `<as>_index` as an
+/// int.
+#[test]
+fn loop_elements_over_input_arrays_are_typed() {
+    for (value, message) in [
+        (
+            "line.quantity * 'a'",
+            "`*` does not apply to an int and a string",
+        ),
+        (
+            "string(line_index)",
+            "`Order.quantity` is an integer field, but this is a string",
+        ),
+        ("size(line.quantity)", "`size()` does not take an int"),
+    ] {
+        let l = load_with(|v| {
+            with_create_each(v, Some(20));
+            at(v, &format!("{BODY}/order/values"))["quantity"] = json!(value);
+        });
+        let d = only_error(&l, "expr-type", &format!("{BODY}/order/values/quantity"));
+        assert_message(d, message);
+    }
+    for value in ["line.quantity + line_index", "line_index"] {
+        let mut v = base();
+        with_create_each(&mut v, Some(20));
+        at(&mut v, &format!("{BODY}/order/values"))["quantity"] = json!(value);
+        assert_clean_and_green(&v);
+    }
+}

@@ -18,7 +18,6 @@ use serde_json::Value;
 use crate::diag::Diagnostic;
 
 pub use crate::model::*;
-pub use check::{Binding, Scope};
 
 /// A loaded spec together with what the loader found wrong.
 #[derive(Debug, Clone)]

@@ -14,13 +14,16 @@ use crate::flow::{Dominance, ToolGraph};
 
 /// What a name in an expression is bound to, as far as the loader knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Binding {
+pub(crate) enum Binding {
     /// One row of an entity, with the names of the rows it embeds.
     Row(String, Vec<String>),
     /// A list of rows of an entity, with the names of the rows each embeds.
     Rows(String, Vec<String>),
     /// An object with these keys.
     Object(Vec<String>),
+    /// A value of a known type (a loop's element of an input array, its
+    /// index).
+    Typed(super::types::Ty),
     /// Anything (an external's answer, …).
     Any,
 }
@@ -120,7 +123,7 @@ impl<'a> Scope<'a> {
                 return Ok(l.element.clone());
             }
             if l.index == name {
-                return Ok(Binding::Any);
+                return Ok(Binding::Typed(super::types::Ty::Int));
             }
         }
         let Some((g, dom)) = self.graph else {
@@ -510,7 +513,7 @@ fn check_names(cx: &mut Cx, e: &Expression, ast: &expr::Expr, scope: &Scope) {
                         );
                     }
                 }
-                Binding::Any => {}
+                Binding::Any | Binding::Typed(_) => {}
             }
         }
         ExprKind::Call { target, func, args } => {
@@ -1297,6 +1300,26 @@ fn loop_of<'s>(
             match outer.lookup(root) {
                 Ok(Binding::Rows(e, inc)) => Binding::Row(e, inc),
                 _ => Binding::Any,
+            }
+        }
+        // Elements of an input array: the type its `items` gives.
+        Some(_) => {
+            let outer = Scope {
+                spec,
+                roots: true,
+                tool: Some(tool),
+                row: None,
+                graph: Some((g, dom)),
+                at: vec![g.vin_of(i)],
+                loops: enclosing_loops(spec, tool, g, dom, i),
+                guards: Vec::new(),
+            };
+            match items.map(|x| type_of(x, &outer)) {
+                Some(t) => match t.element() {
+                    super::types::Ty::Dyn => Binding::Any,
+                    e => Binding::Typed(e),
+                },
+                None => Binding::Any,
             }
         }
         _ => Binding::Any,

@@ -14,7 +14,7 @@ use crate::expr::{BinaryOp, Expr, ExprKind, Lit, UnaryOp};
 use crate::model::FieldType;
 
 /// A static type.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Ty {
     /// Known only at run time.
     Dyn,
@@ -79,7 +79,7 @@ impl Ty {
     }
 
     /// The type of a list's elements, where it is known.
-    fn element(&self) -> Ty {
+    pub(crate) fn element(&self) -> Ty {
         match self {
             Ty::Rows(ent) => Ty::Row(ent.clone()),
             Ty::Items(t) => (**t).clone(),
@@ -296,6 +296,7 @@ fn infer_at(
                 Ok(Binding::Row(ent, _)) => Ty::Row(ent),
                 Ok(Binding::Rows(ent, _)) => Ty::Rows(ent),
                 Ok(Binding::Object(_)) => Ty::Map,
+                Ok(Binding::Typed(t)) => t,
                 _ => Ty::Dyn,
             },
         },
