@@ -2184,7 +2184,7 @@ fn writes_in_a_loop_multiply_by_max_items() {
 /// whose input schema bounds it with `maxItems`.
 fn with_create_each(v: &mut Value, max_items: Option<u64>) {
     let mut lines = json!({"type": "array", "items": {
-        "type": "object", "properties": {"quantity": {"type": "integer"}}
+        "type": "object", "required": ["quantity"], "properties": {"quantity": {"type": "integer"}}
     }});
     if let Some(n) = max_items {
         lines["maxItems"] = json!(n);
@@ -2821,5 +2821,48 @@ fn loop_elements_over_input_arrays_are_typed() {
         with_create_each(&mut v, Some(20));
         at(&mut v, &format!("{BODY}/order/values"))["quantity"] = json!(value);
         assert_clean_and_green(&v);
+    }
+}
+
+/// A property an input object (or an array's element) does not require
+/// may be left out, and reading an absent key fails: refused unless
+/// `has()` proves it first.
+#[test]
+fn optional_properties_inside_input_objects_need_has() {
+    fn with_address(v: &mut Value) {
+        let input = &mut at(v, "/tools/get_product")["input"];
+        input["properties"]["address"] = json!({
+            "type": "object", "required": ["city"],
+            "properties": {"city": {"type": "string"}, "zip": {"type": "string"}}
+        });
+        input["properties"]["notes"] = json!({
+            "type": "array", "maxItems": 5,
+            "items": {"type": "object", "properties": {"text": {"type": "string"}}}
+        });
+        input["required"] = json!(["address", "notes"]);
+    }
+    for (expr, path) in [
+        ("input.address.zip", "input.address.zip"),
+        ("input.notes.map(n, n.text)", "n.text"),
+    ] {
+        let l = load_with(|v| {
+            with_address(v);
+            at(v, &format!("{GET}/done"))["value"] = json!({"x": expr});
+        });
+        let d = only_error(&l, "expr-type", &format!("{GET}/done/value/x"));
+        assert_message(d, &format!("`{path}` is optional in the input schema"));
+        assert_help(d, &format!("has({path})"));
+    }
+    for expr in [
+        "input.address.city",
+        "has(input.address.zip) ? input.address.zip : ''",
+        "input.notes.map(n, has(n.text) ? n.text : '')",
+        "input.notes.filter(n, has(n.text) && n.text != '')",
+    ] {
+        let l = load_with(|v| {
+            with_address(v);
+            at(v, &format!("{GET}/done"))["value"] = json!({"x": expr});
+        });
+        assert!(l.errors.is_empty(), "{expr}: {}", list(&l.errors));
     }
 }

@@ -109,6 +109,41 @@ pub(crate) fn of_field(t: FieldType) -> Ty {
     }
 }
 
+/// Inside an input object a property the schema does not require may be
+/// left out, and reading an absent key fails: `has()` must prove it first
+/// (as a guard of `e`'s path; reads that are not a plain path are judged
+/// at run time).
+fn optional_read(
+    e: &Expr,
+    schema: &Json,
+    field: &str,
+    guards: &[String],
+    errors: &mut Vec<TypeError>,
+) {
+    let required = schema
+        .get("required")
+        .and_then(Json::as_array)
+        .is_some_and(|r| r.iter().any(|x| x.as_str() == Some(field)));
+    let Some((root, fields)) = e.as_path() else {
+        return;
+    };
+    let path = std::iter::once(root)
+        .chain(fields)
+        .collect::<Vec<_>>()
+        .join(".");
+    if !required && !guards.contains(&path) {
+        errors.push(TypeError {
+            span: e.span,
+            message: format!(
+                "`{path}` is optional in the input schema: reading it fails on the calls that leave it out"
+            ),
+            help: format!(
+                "test it first: `has({path}) ? {path} : …` (or `has({path}) && …`), or list `{field}` in the schema's `required`"
+            ),
+        });
+    }
+}
+
 /// A type's name in the plural, for "a list of …".
 fn plural(t: &Ty) -> String {
     match t {
@@ -337,7 +372,10 @@ fn infer_at(
                     .unwrap_or(Ty::Dyn),
                 Ty::Object(schema) => {
                     match schema.get("properties").and_then(|p| p.get(field.as_str())) {
-                        Some(p) => of_schema(p),
+                        Some(p) => {
+                            optional_read(e, &schema, field, guards, errors);
+                            of_schema(p)
+                        }
                         // Closed and not declared: never there.
                         None if schema.get("additionalProperties") == Some(&Json::Bool(false)) => {
                             errors.push(TypeError {
