@@ -2866,3 +2866,54 @@ fn optional_properties_inside_input_objects_need_has() {
         assert!(l.errors.is_empty(), "{expr}: {}", list(&l.errors));
     }
 }
+
+/// The measures of an aggregate without `groupBy` have types (`count` and
+/// `sum` ints, `avg` a number, `min`/`max` their field's type), and
+/// `avg`, `min` and `max` are null over no row: using one where null
+/// fails needs a guard.
+#[test]
+fn aggregate_measures_are_typed_and_may_be_null() {
+    let stats = |v: &mut Value, value: &str| {
+        at(v, &format!("{GET}/product"))
+            .as_object_mut()
+            .unwrap()
+            .clear();
+        at(v, GET)["product"] = json!({
+            "type": "aggregate", "entity": "Product", "next": "done",
+            "measures": {"n": {"count": "*"}, "total": {"sum": "price"},
+                         "mean": {"avg": "price"}, "top": {"max": "price"},
+                         "first": {"min": "name"}}
+        });
+        at(v, &format!("{GET}/done"))["value"] = json!({"x": value});
+        at(v, GET).as_object_mut().unwrap().remove("missing");
+    };
+    for (value, message) in [
+        ("product.mean * 2", "`product.mean` may be null here"),
+        ("product.top + 1", "`product.top` may be null here"),
+        (
+            "product.first.upperAscii()",
+            "`product.first` may be null here",
+        ),
+        (
+            "product.n + 'x'",
+            "`+` does not apply to an int and a string",
+        ),
+        (
+            "product.first != null && product.first + 1 > 0",
+            "`+` does not apply to a string and an int",
+        ),
+    ] {
+        let l = load_with(|v| stats(v, value));
+        let d = only_error(&l, "expr-type", &format!("{GET}/done/value/x"));
+        assert_message(d, message);
+    }
+    for value in [
+        "product.n + product.total",
+        "product.mean != null ? product.mean * 2.0 : 0.0",
+        "has(product.top) && product.top > 10",
+        "product.first == null ? '' : product.first.upperAscii()",
+    ] {
+        let l = load_with(|v| stats(v, value));
+        assert!(l.errors.is_empty(), "{value}: {}", list(&l.errors));
+    }
+}

@@ -252,6 +252,33 @@ impl<'a> Scope<'a> {
             .is_some_and(|r| r.iter().any(|x| x.as_str() == Some(name)))
     }
 
+    /// The measure `field` of the aggregate node `root` without `groupBy`
+    /// (one object of measures): what it computes, and the type of the
+    /// column it reads.
+    pub(crate) fn measure(
+        &self,
+        root: &str,
+        field: &str,
+    ) -> Option<(crate::model::MeasureKind, Option<FieldType>)> {
+        let (g, _) = self.graph?;
+        let info = g.nodes.get(*g.by_id.get(root)?)?;
+        let NodeKind::Aggregate {
+            entity,
+            group_by,
+            measures,
+            ..
+        } = &info.node.kind
+        else {
+            return None;
+        };
+        if !group_by.is_empty() {
+            return None;
+        }
+        let m = measures.get(field)?;
+        let column = m.field.as_deref().and_then(|f| self.column_type(entity, f));
+        Some((m.kind, column))
+    }
+
     /// Whether column `field` of `entity` may hold null.
     pub(crate) fn column_nullable(&self, entity: &str, field: &str) -> bool {
         field == "deleted_at"
@@ -366,7 +393,7 @@ fn check_writes(
                     "expr-type",
                     x.path.clone(),
                     format!(
-                        "in `{}`: `{p}` may be null (an optional input property or a nullable field), and `{entity}.{field}` does not take null",
+                        "in `{}`: `{p}` may be null (an optional input property, a nullable field, or `avg`, `min`, `max` over no row), and `{entity}.{field}` does not take null",
                         x.src
                     ),
                 )

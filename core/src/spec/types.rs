@@ -11,7 +11,7 @@ use serde_json::Value as Json;
 
 use super::check::{Binding, Scope};
 use crate::expr::{BinaryOp, Expr, ExprKind, Lit, UnaryOp};
-use crate::model::FieldType;
+use crate::model::{FieldType, MeasureKind};
 
 /// A static type.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,6 +211,15 @@ fn nullable(e: &Expr, scope: &Scope, locals: &[String]) -> Option<String> {
             && !scope.input_required(field))
         .then(path)
         .flatten(),
+        // `avg`, `min` and `max` over no value are null.
+        ExprKind::Ident(r) if scope.lookup(r).is_ok() && scope.measure(r, field).is_some() => {
+            matches!(
+                scope.measure(r, field),
+                Some((MeasureKind::Avg | MeasureKind::Min | MeasureKind::Max, _))
+            )
+            .then(path)
+            .flatten()
+        }
         _ => match infer_at(inner, scope, &mut Vec::new(), locals, &[], &[]) {
             Ty::Row(ent) if scope.column_nullable(&ent, field) => path(),
             _ => None,
@@ -276,7 +285,7 @@ fn not_null(
     {
         errors.push(TypeError {
             span: x.span,
-            message: format!("`{p}` may be null here (an optional input property or a nullable field), and {} fails on null", what()),
+            message: format!("`{p}` may be null here (an optional input property, a nullable field, or `avg`, `min`, `max` over no row), and {} fails on null", what()),
             help: format!("guard it: `has({p}) && …`, or give a default: `{p} != null ? {p} : …`"),
         });
     }
@@ -361,7 +370,17 @@ fn infer_at(
                             _ => Ty::Dyn,
                         };
                     }
-                    _ => {}
+                    r => {
+                        if let Some((kind, column)) = scope.measure(r, field) {
+                            return match kind {
+                                MeasureKind::Count | MeasureKind::Sum => Ty::Int,
+                                MeasureKind::Avg => Ty::Number,
+                                MeasureKind::Min | MeasureKind::Max => {
+                                    column.map_or(Ty::Dyn, of_field)
+                                }
+                            };
+                        }
+                    }
                 }
             }
             check(inner, &|| "reading a field".into(), errors);
