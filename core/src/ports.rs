@@ -588,8 +588,7 @@ pub trait Storage {
         query: &Query,
         changes: &Row,
     ) -> Result<Vec<Row>, StorageError> {
-        let sp = self.begin(Isolation::default(), Some(tx))?;
-        let apply = |s: &mut Self| -> Result<Vec<Row>, StorageError> {
+        in_savepoint(self, tx, |s, sp| {
             let picked = Query {
                 lock: true,
                 after: None,
@@ -604,17 +603,7 @@ pub trait Storage {
                 out.push(s.update(sp, entity, id, version, changes)?);
             }
             Ok(out)
-        };
-        match apply(self) {
-            Ok(rows) => {
-                self.commit(sp)?;
-                Ok(rows)
-            }
-            Err(e) => {
-                let _ = self.rollback(sp);
-                Err(e)
-            }
-        }
+        })
     }
     /// Several updates, as [`Storage::update`] does each, in order: row
     /// `keys[i].0` if its version is still `keys[i].1` gets the columns of
@@ -638,24 +627,13 @@ pub trait Storage {
                 ),
             });
         }
-        let sp = self.begin(Isolation::default(), Some(tx))?;
-        let apply = |s: &mut Self| -> Result<Vec<Row>, StorageError> {
+        in_savepoint(self, tx, |s, sp| {
             let mut out = Vec::with_capacity(keys.len());
             for ((id, version), c) in keys.iter().zip(changes) {
                 out.push(s.update(sp, entity, id, *version, c)?);
             }
             Ok(out)
-        };
-        match apply(self) {
-            Ok(rows) => {
-                self.commit(sp)?;
-                Ok(rows)
-            }
-            Err(e) => {
-                let _ = self.rollback(sp);
-                Err(e)
-            }
-        }
+        })
     }
     /// Soft-deletes row `id` (sets `deleted_at`) if its version is still
     /// `expected_version`; returns the new row.
@@ -701,6 +679,27 @@ pub trait Storage {
     /// Counts one hit for `scope` in the minute starting at `window_ms` and
     /// returns the count so far, this hit included.
     fn rate_hit(&mut self, scope: &str, window_ms: i64) -> Result<u64, StorageError>;
+}
+
+/// Runs `f` in a savepoint of `tx`: released when it succeeds, rolled
+/// back when it fails, so that a failed operation of many writes changed
+/// nothing (the storage defaults of the operations on many rows).
+fn in_savepoint<S: Storage + ?Sized, T>(
+    s: &mut S,
+    tx: TxId,
+    f: impl FnOnce(&mut S, TxId) -> Result<T, StorageError>,
+) -> Result<T, StorageError> {
+    let sp = s.begin(Isolation::default(), Some(tx))?;
+    match f(s, sp) {
+        Ok(done) => {
+            s.commit(sp)?;
+            Ok(done)
+        }
+        Err(e) => {
+            let _ = s.rollback(sp);
+            Err(e)
+        }
+    }
 }
 
 /// The clock: the only source of time.

@@ -1312,8 +1312,11 @@ fn loop_of<'s>(
         }) => (as_name.as_str(), Some(items)),
         _ => ("", None),
     };
-    let element = match items.and_then(|x| x.ast.as_ref()).map(|a| &a.kind) {
-        Some(ExprKind::Ident(root)) => {
+    // What an element is, as the scope just before the loop sees `items`:
+    // a row of the rows a node bound, else the type an input array's
+    // `items` gives.
+    let element = match items {
+        Some(x) => {
             let outer = Scope {
                 spec,
                 roots: true,
@@ -1324,32 +1327,19 @@ fn loop_of<'s>(
                 loops: enclosing_loops(spec, tool, g, dom, i),
                 guards: Vec::new(),
             };
-            match outer.lookup(root) {
-                Ok(Binding::Rows(e, inc)) => Binding::Row(e, inc),
-                _ => Binding::Any,
-            }
-        }
-        // Elements of an input array: the type its `items` gives.
-        Some(_) => {
-            let outer = Scope {
-                spec,
-                roots: true,
-                tool: Some(tool),
-                row: None,
-                graph: Some((g, dom)),
-                at: vec![g.vin_of(i)],
-                loops: enclosing_loops(spec, tool, g, dom, i),
-                guards: Vec::new(),
-            };
-            match items.map(|x| type_of(x, &outer)) {
-                Some(t) => match t.element() {
+            match x.ast.as_ref().map(|a| &a.kind) {
+                Some(ExprKind::Ident(root)) => match outer.lookup(root) {
+                    Ok(Binding::Rows(e, inc)) => Binding::Row(e, inc),
+                    _ => Binding::Any,
+                },
+                Some(_) => match type_of(x, &outer).element() {
                     super::types::Ty::Dyn => Binding::Any,
                     e => Binding::Typed(e),
                 },
                 None => Binding::Any,
             }
         }
-        _ => Binding::Any,
+        None => Binding::Any,
     };
     Loop {
         node: i,
