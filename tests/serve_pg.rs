@@ -67,6 +67,19 @@ async fn audit_finals(url: &str) -> i64 {
         .get(0)
 }
 
+/// The newest final audit entry.
+async fn last_final_entry(db: &tokio_postgres::Client) -> Value {
+    let entry: String = db
+        .query_one(
+            "SELECT entry FROM sinew_audit WHERE kind = 'final' ORDER BY seq DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    serde_json::from_str(&entry).unwrap()
+}
+
 async fn verify(url: &str) -> Result<u64, String> {
     let client = connect_url(url).await;
     sinew_host::pg::verify_audit(&client).await.unwrap()
@@ -594,15 +607,7 @@ async fn external_failures_decline_retry_compensate_and_time_out() {
         .await;
     assert!(r.status < 300, "after two failures: {}", r.text);
     let db = connect_url(&url).await;
-    let entry: String = db
-        .query_one(
-            "SELECT entry FROM sinew_audit WHERE kind = 'final' ORDER BY seq DESC LIMIT 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let entry: Value = serde_json::from_str(&entry).unwrap();
+    let entry = last_final_entry(&db).await;
     assert_eq!(entry["calls"][0]["attempts"], 3, "{entry}");
     let seen = fake.seen();
     let keys: Vec<_> = seen[1..4].iter().map(|s| s.2.clone()).collect();
@@ -1726,15 +1731,7 @@ async fn many_row_writes_are_one_statement_each() {
         assert_eq!(written.len(), count, "{route}: {written:#?}");
         let last = written.last().unwrap();
         assert!(last.contains("UPDATE"), "{last}");
-        let entry: String = db
-            .query_one(
-                "SELECT entry FROM sinew_audit WHERE kind = 'final' ORDER BY seq DESC LIMIT 1",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        let entry: Value = serde_json::from_str(&entry).unwrap();
+        let entry = last_final_entry(&db).await;
         let audited = entry["rows"].as_array().unwrap();
         assert_eq!(audited.len(), rows, "{route}: {entry}");
         for r in audited {

@@ -2598,79 +2598,92 @@ fn type_values_check_clean_and_run() {
     );
 }
 
+/// `get_product` answering `{"x": expr}` (its `done` node), after `setup`:
+/// each `refused` expression must be exactly one `expr-type` error there
+/// whose message contains its text, each `clean` one no error at all. The
+/// refused ones' diagnostics, in order, for more assertions.
+fn judge(setup: impl Fn(&mut Value), refused: &[(&str, &str)], clean: &[&str]) -> Vec<Diagnostic> {
+    let answering = |expr: &str| {
+        load_with(|v| {
+            setup(v);
+            at(v, &format!("{GET}/done"))["value"] = json!({"x": expr});
+        })
+    };
+    let mut found = Vec::new();
+    for (expr, message) in refused {
+        let l = answering(expr);
+        let d = only_error(&l, "expr-type", &format!("{GET}/done/value/x"));
+        assert_message(d, message);
+        found.push(d.clone());
+    }
+    for expr in clean {
+        let l = answering(expr);
+        assert!(l.errors.is_empty(), "{expr}: {}", list(&l.errors));
+    }
+    found
+}
+
 /// A function called with arguments none of its forms takes fails on every
 /// call that reaches it: refused before deployment, with the types, while
 /// the forms it has pass.
 #[test]
 fn function_arguments_are_typed_before_deployment() {
-    // A required `number` input property `factor`.
-    fn with_factor(v: &mut Value) {
+    judge(
+        |_| {},
+        &[
+            (
+                "product.price.startsWith('1')",
+                "`.startsWith()` does not apply to an int with a string",
+            ),
+            ("size(product.price)", "`size()` does not take an int"),
+            (
+                "product.name.charAt('0')",
+                "`.charAt()` does not apply to a string with a string",
+            ),
+            (
+                "request.time.getHours(2)",
+                "`.getHours()` does not apply to a timestamp with an int",
+            ),
+            (
+                "math.ceil(product.price)",
+                "`math.ceil()` does not take an int",
+            ),
+            (
+                "duration(product.price)",
+                "`duration()` does not take an int",
+            ),
+            (
+                "product.price.all(p, p > 0)",
+                "`all` applies to a list or a map, not an int",
+            ),
+        ],
+        &[],
+    );
+    // A required `number` input property `factor`: an integer when the
+    // value sent is whole, so a function that takes only doubles is
+    // refused, with the reason; what the forms take is clean.
+    let with_factor = |v: &mut Value| {
         let input = &mut at(v, "/tools/get_product")["input"];
         input["properties"]["factor"] = json!({"type": "number"});
         input["required"] = json!(["factor"]);
-    }
-    let refused = [
-        (
-            "product.price.startsWith('1')",
-            "`.startsWith()` does not apply to an int with a string",
-        ),
-        ("size(product.price)", "`size()` does not take an int"),
-        (
-            "product.name.charAt('0')",
-            "`.charAt()` does not apply to a string with a string",
-        ),
-        (
-            "request.time.getHours(2)",
-            "`.getHours()` does not apply to a timestamp with an int",
-        ),
-        (
-            "math.ceil(product.price)",
-            "`math.ceil()` does not take an int",
-        ),
-        (
-            "duration(product.price)",
-            "`duration()` does not take an int",
-        ),
-        (
-            "product.price.all(p, p > 0)",
-            "`all` applies to a list or a map, not an int",
-        ),
-    ];
-    for (expr, message) in refused {
-        let l = load_with(|v| {
-            at(v, &format!("{GET}/done"))["value"] = json!({"x": expr});
-        });
-        let d = only_error(&l, "expr-type", &format!("{GET}/done/value/x"));
-        assert_message(d, message);
-    }
-    // A `number` input is an integer when the value sent is whole: a
-    // function that takes only doubles is refused, with the reason.
-    let l = load_with(|v| {
-        with_factor(v);
-        at(v, &format!("{GET}/done"))["value"] = json!({"x": "math.round(input.factor)"});
-    });
-    let d = only_error(&l, "expr-type", &format!("{GET}/done/value/x"));
-    assert_message(
-        d,
-        "a `number` input is an integer when the value sent is whole",
+    };
+    judge(
+        with_factor,
+        &[(
+            "math.round(input.factor)",
+            "a `number` input is an integer when the value sent is whole",
+        )],
+        &[
+            "product.name.startsWith('T') && size(product.name) > 2",
+            "product.name.substring(0, 2).upperAscii()",
+            "math.ceil(double(product.price) / 3.0)",
+            "math.abs(input.factor)",
+            "request.time.getHours('Europe/Paris') + duration('90m').getMinutes()",
+            "timestamp(product.price)",
+            "[1, 2].all(p, p > 0)",
+            "dyn(product.price).startsWith('1')",
+        ],
     );
-    // What the forms take is clean.
-    for expr in [
-        "product.name.startsWith('T') && size(product.name) > 2",
-        "product.name.substring(0, 2).upperAscii()",
-        "math.ceil(double(product.price) / 3.0)",
-        "math.abs(input.factor)",
-        "request.time.getHours('Europe/Paris') + duration('90m').getMinutes()",
-        "timestamp(product.price)",
-        "[1, 2].all(p, p > 0)",
-        "dyn(product.price).startsWith('1')",
-    ] {
-        let l = load_with(|v| {
-            with_factor(v);
-            at(v, &format!("{GET}/done"))["value"] = json!({"x": expr});
-        });
-        assert!(l.errors.is_empty(), "{expr}: {}", list(&l.errors));
-    }
 }
 
 /// A macro's variable over a read's rows is a row of that entity: its
@@ -2678,52 +2691,41 @@ fn function_arguments_are_typed_before_deployment() {
 /// inside `map`, `filter` or `all` is found before deployment.
 #[test]
 fn macro_variables_over_rows_are_typed() {
-    let rows = |v: &mut Value| {
-        at(v, &format!("{GET}/product"))["one"] = json!(false);
-        at(v, &format!("{GET}/product"))["limit"] = json!(5);
-    };
-    for (expr, message) in [
-        (
-            "product.map(p, p.price + 'x')",
-            "`+` does not apply to an int and a string",
-        ),
-        (
-            "product.filter(p, p.name > 3)",
-            "`>` does not apply to a string and an int",
-        ),
-        (
-            "product.all(i, p, i.startsWith('a'))",
-            "`.startsWith()` does not apply to an int",
-        ),
-        (
-            "product.exists(p, p.price.contains('1'))",
-            "`.contains()` does not apply to an int",
-        ),
-        (
-            "product.filter(p, p.price > 0).map(p, p.name - 1)",
-            "`-` does not apply to a string and an int",
-        ),
-    ] {
-        let l = load_with(|v| {
-            rows(v);
-            at(v, &format!("{GET}/done"))["value"] = json!({"x": expr});
-        });
-        let d = only_error(&l, "expr-type", &format!("{GET}/done/value/x"));
-        assert_message(d, message);
-    }
-    for expr in [
-        "product.filter(p, p.price > 0).map(p, p.name.upperAscii())",
-        "product.all(i, p, p.price >= 0 && i >= 0)",
-        "product.exists(p, p.name.startsWith('T'))",
-        "product.map(p, p.price * 2).filter(n, n > 10)",
-        "{'a': 1}.all(k, k.startsWith('a'))",
-    ] {
-        let l = load_with(|v| {
-            rows(v);
-            at(v, &format!("{GET}/done"))["value"] = json!({"x": expr});
-        });
-        assert!(l.errors.is_empty(), "{expr}: {}", list(&l.errors));
-    }
+    judge(
+        |v| {
+            at(v, &format!("{GET}/product"))["one"] = json!(false);
+            at(v, &format!("{GET}/product"))["limit"] = json!(5);
+        },
+        &[
+            (
+                "product.map(p, p.price + 'x')",
+                "`+` does not apply to an int and a string",
+            ),
+            (
+                "product.filter(p, p.name > 3)",
+                "`>` does not apply to a string and an int",
+            ),
+            (
+                "product.all(i, p, i.startsWith('a'))",
+                "`.startsWith()` does not apply to an int",
+            ),
+            (
+                "product.exists(p, p.price.contains('1'))",
+                "`.contains()` does not apply to an int",
+            ),
+            (
+                "product.filter(p, p.price > 0).map(p, p.name - 1)",
+                "`-` does not apply to a string and an int",
+            ),
+        ],
+        &[
+            "product.filter(p, p.price > 0).map(p, p.name.upperAscii())",
+            "product.all(i, p, p.price >= 0 && i >= 0)",
+            "product.exists(p, p.name.startsWith('T'))",
+            "product.map(p, p.price * 2).filter(n, n > 10)",
+            "{'a': 1}.all(k, k.startsWith('a'))",
+        ],
+    );
 }
 
 /// An input array's elements have the type its `items` gives, and an
@@ -2741,56 +2743,54 @@ fn input_array_elements_are_typed() {
         input["properties"]["tags"] = json!({"type": "array", "items": {"type": "string"}});
         input["required"] = json!(["lines", "tags"]);
     }
-    for (expr, message) in [
-        (
-            "input.lines.map(l, l.qty + l.sku)",
-            "`+` does not apply to an int and a string",
-        ),
-        (
-            "input.tags.exists(t, t > 3)",
-            "`>` does not apply to a string and an int",
-        ),
-        (
-            "input.lines[0].sku * 2",
-            "`*` does not apply to a string and an int",
-        ),
-        (
-            "input.lines.filter(l, l.qty > 0).map(l, l.sku.getHours())",
-            "`.getHours()` does not apply to a string",
-        ),
-        (
-            "math.ceil(input.lines[0].qty)",
-            "`math.ceil()` does not take an int",
-        ),
-        (
-            "input.lines.map(l, l.skuu)",
-            "the input schema declares no property `skuu` here",
-        ),
-    ] {
-        let l = load_with(|v| {
+    // Closed elements: a property they do not declare is never there.
+    judge(
+        |v| {
             with_lines(v);
             at(v, "/tools/get_product")["input"]["properties"]["lines"]["items"]["additionalProperties"] =
                 json!(false);
-            at(v, &format!("{GET}/done"))["value"] = json!({"x": expr});
-        });
-        let d = only_error(&l, "expr-type", &format!("{GET}/done/value/x"));
-        assert_message(d, message);
-    }
-    for expr in [
-        "input.lines.map(l, l.qty * 2).filter(n, n > 1)",
-        "input.tags.all(t, t.startsWith('vip-'))",
-        "input.lines.exists(l, l.sku == 'A' && l.qty > 0)",
-        "size(input.lines[0].sku) + input.lines[0].qty",
-        // (Not declared, but the schema lets other properties through.)
-        "input.lines.map(l, l.extra)",
-        "input.lines.exists(l, has(l.extra))",
-    ] {
-        let l = load_with(|v| {
-            with_lines(v);
-            at(v, &format!("{GET}/done"))["value"] = json!({"x": expr});
-        });
-        assert!(l.errors.is_empty(), "{expr}: {}", list(&l.errors));
-    }
+        },
+        &[
+            (
+                "input.lines.map(l, l.qty + l.sku)",
+                "`+` does not apply to an int and a string",
+            ),
+            (
+                "input.tags.exists(t, t > 3)",
+                "`>` does not apply to a string and an int",
+            ),
+            (
+                "input.lines[0].sku * 2",
+                "`*` does not apply to a string and an int",
+            ),
+            (
+                "input.lines.filter(l, l.qty > 0).map(l, l.sku.getHours())",
+                "`.getHours()` does not apply to a string",
+            ),
+            (
+                "math.ceil(input.lines[0].qty)",
+                "`math.ceil()` does not take an int",
+            ),
+            (
+                "input.lines.map(l, l.skuu)",
+                "the input schema declares no property `skuu` here",
+            ),
+        ],
+        &[],
+    );
+    judge(
+        with_lines,
+        &[],
+        &[
+            "input.lines.map(l, l.qty * 2).filter(n, n > 1)",
+            "input.tags.all(t, t.startsWith('vip-'))",
+            "input.lines.exists(l, l.sku == 'A' && l.qty > 0)",
+            "size(input.lines[0].sku) + input.lines[0].qty",
+            // (Not declared, but the schema lets other properties through.)
+            "input.lines.map(l, l.extra)",
+            "input.lines.exists(l, has(l.extra))",
+        ],
+    );
 }
 
 /// A `create` with `each` (and a `foreach`) over an input array binds its
@@ -2829,41 +2829,38 @@ fn loop_elements_over_input_arrays_are_typed() {
 /// `has()` proves it first.
 #[test]
 fn optional_properties_inside_input_objects_need_has() {
-    fn with_address(v: &mut Value) {
-        let input = &mut at(v, "/tools/get_product")["input"];
-        input["properties"]["address"] = json!({
-            "type": "object", "required": ["city"],
-            "properties": {"city": {"type": "string"}, "zip": {"type": "string"}}
-        });
-        input["properties"]["notes"] = json!({
-            "type": "array", "maxItems": 5,
-            "items": {"type": "object", "properties": {"text": {"type": "string"}}}
-        });
-        input["required"] = json!(["address", "notes"]);
-    }
-    for (expr, path) in [
-        ("input.address.zip", "input.address.zip"),
-        ("input.notes.map(n, n.text)", "n.text"),
-    ] {
-        let l = load_with(|v| {
-            with_address(v);
-            at(v, &format!("{GET}/done"))["value"] = json!({"x": expr});
-        });
-        let d = only_error(&l, "expr-type", &format!("{GET}/done/value/x"));
-        assert_message(d, &format!("`{path}` is optional in the input schema"));
+    let found = judge(
+        |v| {
+            let input = &mut at(v, "/tools/get_product")["input"];
+            input["properties"]["address"] = json!({
+                "type": "object", "required": ["city"],
+                "properties": {"city": {"type": "string"}, "zip": {"type": "string"}}
+            });
+            input["properties"]["notes"] = json!({
+                "type": "array", "maxItems": 5,
+                "items": {"type": "object", "properties": {"text": {"type": "string"}}}
+            });
+            input["required"] = json!(["address", "notes"]);
+        },
+        &[
+            (
+                "input.address.zip",
+                "`input.address.zip` is optional in the input schema",
+            ),
+            (
+                "input.notes.map(n, n.text)",
+                "`n.text` is optional in the input schema",
+            ),
+        ],
+        &[
+            "input.address.city",
+            "has(input.address.zip) ? input.address.zip : ''",
+            "input.notes.map(n, has(n.text) ? n.text : '')",
+            "input.notes.filter(n, has(n.text) && n.text != '')",
+        ],
+    );
+    for (d, path) in found.iter().zip(["input.address.zip", "n.text"]) {
         assert_help(d, &format!("has({path})"));
-    }
-    for expr in [
-        "input.address.city",
-        "has(input.address.zip) ? input.address.zip : ''",
-        "input.notes.map(n, has(n.text) ? n.text : '')",
-        "input.notes.filter(n, has(n.text) && n.text != '')",
-    ] {
-        let l = load_with(|v| {
-            with_address(v);
-            at(v, &format!("{GET}/done"))["value"] = json!({"x": expr});
-        });
-        assert!(l.errors.is_empty(), "{expr}: {}", list(&l.errors));
     }
 }
 
@@ -2873,47 +2870,41 @@ fn optional_properties_inside_input_objects_need_has() {
 /// fails needs a guard.
 #[test]
 fn aggregate_measures_are_typed_and_may_be_null() {
-    let stats = |v: &mut Value, value: &str| {
-        at(v, &format!("{GET}/product"))
-            .as_object_mut()
-            .unwrap()
-            .clear();
-        at(v, GET)["product"] = json!({
-            "type": "aggregate", "entity": "Product", "next": "done",
-            "measures": {"n": {"count": "*"}, "total": {"sum": "price"},
-                         "mean": {"avg": "price"}, "top": {"max": "price"},
-                         "first": {"min": "name"}}
-        });
-        at(v, &format!("{GET}/done"))["value"] = json!({"x": value});
-        at(v, GET).as_object_mut().unwrap().remove("missing");
-    };
-    for (value, message) in [
-        ("product.mean * 2", "`product.mean` may be null here"),
-        ("product.top + 1", "`product.top` may be null here"),
-        (
-            "product.first.upperAscii()",
-            "`product.first` may be null here",
-        ),
-        (
-            "product.n + 'x'",
-            "`+` does not apply to an int and a string",
-        ),
-        (
-            "product.first != null && product.first + 1 > 0",
-            "`+` does not apply to a string and an int",
-        ),
-    ] {
-        let l = load_with(|v| stats(v, value));
-        let d = only_error(&l, "expr-type", &format!("{GET}/done/value/x"));
-        assert_message(d, message);
-    }
-    for value in [
-        "product.n + product.total",
-        "product.mean != null ? product.mean * 2.0 : 0.0",
-        "has(product.top) && product.top > 10",
-        "product.first == null ? '' : product.first.upperAscii()",
-    ] {
-        let l = load_with(|v| stats(v, value));
-        assert!(l.errors.is_empty(), "{value}: {}", list(&l.errors));
-    }
+    judge(
+        |v| {
+            at(v, &format!("{GET}/product"))
+                .as_object_mut()
+                .unwrap()
+                .clear();
+            at(v, GET)["product"] = json!({
+                "type": "aggregate", "entity": "Product", "next": "done",
+                "measures": {"n": {"count": "*"}, "total": {"sum": "price"},
+                             "mean": {"avg": "price"}, "top": {"max": "price"},
+                             "first": {"min": "name"}}
+            });
+            at(v, GET).as_object_mut().unwrap().remove("missing");
+        },
+        &[
+            ("product.mean * 2", "`product.mean` may be null here"),
+            ("product.top + 1", "`product.top` may be null here"),
+            (
+                "product.first.upperAscii()",
+                "`product.first` may be null here",
+            ),
+            (
+                "product.n + 'x'",
+                "`+` does not apply to an int and a string",
+            ),
+            (
+                "product.first != null && product.first + 1 > 0",
+                "`+` does not apply to a string and an int",
+            ),
+        ],
+        &[
+            "product.n + product.total",
+            "product.mean != null ? product.mean * 2.0 : 0.0",
+            "has(product.top) && product.top > 10",
+            "product.first == null ? '' : product.first.upperAscii()",
+        ],
+    );
 }

@@ -34,14 +34,23 @@ fn by_id(id: &str, lock: bool, more: &[(&str, Value)]) -> Query {
         );
     }
     Query {
+        limit: Some(1),
+        lock,
+        ..in_id_order(filters)
+    }
+}
+
+/// Every live row `filters` match, in id order.
+fn in_id_order(filters: Vec<Predicate>) -> Query {
+    Query {
         filters,
         order: vec![SortKey {
             field: "id".into(),
             desc: false,
         }],
-        limit: Some(1),
+        limit: None,
         after: None,
-        lock,
+        lock: false,
         include: Vec::new(),
     }
 }
@@ -465,17 +474,7 @@ fn where_finds_the_rows_the_in_memory_store_finds() {
             let filters: Vec<Predicate> = (0..1 + rng.below(2))
                 .map(|_| random_predicate(&mut rng, 0))
                 .collect();
-            let q = Query {
-                filters,
-                order: vec![SortKey {
-                    field: "id".into(),
-                    desc: false,
-                }],
-                limit: None,
-                after: None,
-                lock: false,
-                include: Vec::new(),
-            };
+            let q = in_id_order(filters);
             let want = ids(memory.read(None, "Item", &q).unwrap());
             let got = ids(db.read(None, "Item", &q).await.unwrap());
             assert_eq!(got, want, "case {case}: {:?}", q.filters);
@@ -887,17 +886,7 @@ fn many_row_updates_are_all_or_nothing_on_every_store() {
                 "{r:?}"
             );
         }
-        let all_rows = Query {
-            filters: Vec::new(),
-            order: vec![SortKey {
-                field: "id".into(),
-                desc: false,
-            }],
-            limit: None,
-            after: None,
-            lock: false,
-            include: Vec::new(),
-        };
+        let all_rows = in_id_order(Vec::new());
         for rows in [
             db.read(Some(tx), "Account", &all_rows).await.unwrap(),
             memory.read(Some(mt), "Account", &all_rows).unwrap(),

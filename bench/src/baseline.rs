@@ -425,6 +425,15 @@ impl App {
         Ok(c)
     }
 
+    /// [`Self::auth`], for tools only staff may call.
+    fn staff(&self, req: &Request<Incoming>) -> Result<Claims, Response<Full<Bytes>>> {
+        let claims = self.auth(req)?;
+        if !claims.roles.iter().any(|r| r == "staff") {
+            return Err(problem(403, "forbidden", "staff only"));
+        }
+        Ok(claims)
+    }
+
     async fn audit(
         &self,
         conn: &Conn,
@@ -886,13 +895,10 @@ impl App {
     /// since `from`.
     async fn stats(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let started = Instant::now();
-        let claims = match self.auth(&req) {
+        let claims = match self.staff(&req) {
             Ok(c) => c,
             Err(r) => return r,
         };
-        if !claims.roles.iter().any(|r| r == "staff") {
-            return problem(403, "forbidden", "staff only");
-        }
         let from = req
             .uri()
             .query()
@@ -958,13 +964,10 @@ impl App {
         [from, to]: [&str; 2],
     ) -> Response<Full<Bytes>> {
         let started = Instant::now();
-        let claims = match self.auth(&req) {
+        let claims = match self.staff(&req) {
             Ok(c) => c,
             Err(r) => return r,
         };
-        if !claims.roles.iter().any(|r| r == "staff") {
-            return problem(403, "forbidden", "staff only");
-        }
         let key = req
             .headers()
             .get("idempotency-key")

@@ -160,6 +160,8 @@ struct ServeCmd {
 }
 
 const SECRET: &str = "bench-secret";
+/// The three servers of every comparison, in `trio`'s order.
+const SERVERS: [&str; 3] = ["A component", "B native", "C hand-written"];
 const ACCOUNTS: usize = 1000;
 
 fn main() -> Result<()> {
@@ -282,15 +284,15 @@ fn spec_path(name: &str) -> PathBuf {
 fn trio(spec: &str, urls: &[String; 3], cache: &Path, data: &Path) -> Result<[Server; 3]> {
     Ok([
         spawn(
-            "A component",
+            SERVERS[0],
             &serve_spec_args(spec, free_port()?, &urls[0], cache, data, false),
         )?,
         spawn(
-            "B native",
+            SERVERS[1],
             &serve_spec_args(spec, free_port()?, &urls[1], cache, data, true),
         )?,
         spawn(
-            "C hand-written",
+            SERVERS[2],
             &[
                 "baseline".into(),
                 "--port".into(),
@@ -515,7 +517,7 @@ fn bench(opts: &Opts) -> Result<()> {
         let total: u64 = cells.iter().flatten().flatten().map(|c| c.total).sum();
         println!("answers that were not 2xx: {errors} of {total}");
         println!();
-        let names = ["A component", "B native", "C hand-written"];
+        let names = SERVERS;
         for (i, n) in names.iter().enumerate() {
             println!(
                 "RSS {n}: idle {} MiB, peak under load {:.1} MiB",
@@ -526,10 +528,7 @@ fn bench(opts: &Opts) -> Result<()> {
 
         // Every engine did the work it answered for: money is conserved and
         // every audit chain verifies.
-        for (name, url) in ["A component", "B native", "C hand-written"]
-            .iter()
-            .zip(&urls)
-        {
+        for (name, url) in SERVERS.iter().zip(&urls) {
             let client = connect(url).await?;
             let total: String = client
                 .query_one("SELECT sum(balance)::text FROM account", &[])
@@ -663,10 +662,7 @@ async fn bulk(pg: &Cluster, cache: &Path, data: &Path, opts: &Opts) -> Result<()
         .flatten()
         .map(|c| c.errors)
         .sum();
-    for (name, url) in ["A component", "B native", "C hand-written"]
-        .iter()
-        .zip(&sweep_urls)
-    {
+    for (name, url) in SERVERS.iter().zip(&sweep_urls) {
         let client = connect(url).await?;
         let states: i64 = client
             .query_one("SELECT count(DISTINCT status) FROM task", &[])

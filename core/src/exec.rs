@@ -533,6 +533,7 @@ impl<'a> Run<'a> {
                 one,
                 set,
                 order_by,
+                reads_row,
             } => {
                 let filters = filters.as_deref().unwrap_or_default();
                 let pick = Pick {
@@ -540,7 +541,7 @@ impl<'a> Run<'a> {
                     order_by,
                     limit: limit.as_ref(),
                 };
-                self.update(entity, &pick, *one, set)?
+                self.update(entity, &pick, *one, set, *reads_row)?
             }
             NodeKind::Transition {
                 entity,
@@ -1043,8 +1044,8 @@ impl<'a> Run<'a> {
         Ok(out)
     }
 
-    /// The changes of an `update` whose `set` does not read `row`, the
-    /// same for every row, when they evaluate and pass the field and
+    /// The changes of an `update` whose `set` does not read `row` (the
+    /// same for every row), when they evaluate and pass the field and
     /// reference checks; `None` sends the update down the row-by-row path
     /// (which reports a failure only if some row is there to fail on).
     fn same_changes(
@@ -1053,20 +1054,6 @@ impl<'a> Run<'a> {
         entity: &str,
         set: &crate::model::NameMap<Template>,
     ) -> Option<Row> {
-        let reads_row = set.values().any(|t| {
-            t.expressions().iter().any(|x| {
-                x.ast.as_ref().is_some_and(|ast| {
-                    let mut seen = false;
-                    ast.walk(|n| {
-                        seen |= matches!(&n.kind, crate::expr::ExprKind::Ident(v) if v == "row");
-                    });
-                    seen
-                })
-            })
-        });
-        if reads_row {
-            return None;
-        }
         let mut changes = Row::new();
         for (f, t) in set {
             let v = self.template(t, None).ok()?;
@@ -1089,10 +1076,14 @@ impl<'a> Run<'a> {
         pick: &Pick,
         one: bool,
         set: &crate::model::NameMap<Template>,
+        reads_row: bool,
     ) -> Result<Value, Problem> {
         let e = self.entity(entity)?;
         let query = self.pick_query(e, entity, pick, one, None)?;
-        if !one && let Some(changes) = self.same_changes(e, entity, set) {
+        if !one
+            && !reads_row
+            && let Some(changes) = self.same_changes(e, entity, set)
+        {
             return self
                 .write_where(e, entity, &query, &changes, "update")
                 .map(Value::List);
@@ -1195,13 +1186,7 @@ impl<'a> Run<'a> {
     fn soft_delete_where(&mut self, entity: &str, pick: &Pick) -> Result<Value, Problem> {
         let e = self.entity(entity)?;
         let query = self.pick_query(e, entity, pick, false, None)?;
-        let referred = self.bundle.spec.entities.values().any(|other| {
-            other
-                .fields
-                .values()
-                .any(|f| f.entity.as_deref() == Some(entity))
-        });
-        if !referred {
+        if referring(&self.bundle.spec, entity).next().is_none() {
             let mut changes = Row::new();
             changes.insert("deleted_at".into(), Json::String(self.now_text()));
             return self
@@ -1326,16 +1311,8 @@ impl<'a> Run<'a> {
         depth: usize,
     ) -> Result<(), Problem> {
         use crate::model::OnDelete;
-        let spec = &self.bundle.spec;
-        let referring: Vec<(String, String, OnDelete)> = spec
-            .entities
-            .iter()
-            .flat_map(|(name, e)| {
-                e.fields
-                    .iter()
-                    .filter(move |(_, field)| field.entity.as_deref() == Some(entity))
-                    .map(move |(f, field)| (name.clone(), f.clone(), field.on_delete))
-            })
+        let referring: Vec<(String, String, OnDelete)> = referring(&self.bundle.spec, entity)
+            .map(|(name, f, on_delete)| (name.clone(), f.clone(), on_delete))
             .collect();
         for (other, field, on_delete) in referring {
             let limit = match on_delete {
@@ -2157,6 +2134,20 @@ impl<'a> Run<'a> {
 
 /// A condition that gave something other than a bool: a spec error.
 /// The rows a many-row write picks: `where`, `orderBy`, `limit`.
+/// The `ref` fields of every entity that name `entity`, in spec order:
+/// the entity, the field and what deleting a row they name does.
+fn referring<'s>(
+    spec: &'s crate::model::Spec,
+    entity: &'s str,
+) -> impl Iterator<Item = (&'s String, &'s String, crate::model::OnDelete)> {
+    spec.entities.iter().flat_map(move |(name, e)| {
+        e.fields
+            .iter()
+            .filter(move |(_, field)| field.entity.as_deref() == Some(entity))
+            .map(move |(f, field)| (name, f, field.on_delete))
+    })
+}
+
 struct Pick<'n> {
     filters: &'n [crate::model::Where],
     order_by: &'n [crate::model::Order],

@@ -912,6 +912,9 @@ pub enum NodeKind {
         set: NameMap<Template>,
         /// Which rows a `limit` keeps (default: `id` ascending).
         order_by: Vec<Order>,
+        /// Whether `set` reads `row` (each row then gets values of its
+        /// own; else every row the same changes).
+        reads_row: bool,
     },
     /// Move a row (or every matching row) along its status machine.
     Transition {

@@ -1373,6 +1373,18 @@ fn node_kind(
             let raw = o.req(cx, "set");
             let set = template_map(cx, raw, &child(path, "set"), true);
             let order_by = o.order_by(cx).unwrap_or_default();
+            let reads_row = set.values().any(|t| {
+                t.expressions().iter().any(|x| {
+                    x.ast.as_ref().is_some_and(|ast| {
+                        let mut seen = false;
+                        ast.walk(|n| {
+                            seen |=
+                                matches!(&n.kind, crate::expr::ExprKind::Ident(v) if v == "row");
+                        });
+                        seen
+                    })
+                })
+            });
             NodeKind::Update {
                 entity: entity?,
                 filters,
@@ -1380,6 +1392,7 @@ fn node_kind(
                 one,
                 set,
                 order_by,
+                reads_row,
             }
         }
         "transition" => {

@@ -212,13 +212,10 @@ fn nullable(e: &Expr, scope: &Scope, locals: &[String]) -> Option<String> {
         .then(path)
         .flatten(),
         // `avg`, `min` and `max` over no value are null.
-        ExprKind::Ident(r) if scope.lookup(r).is_ok() && scope.measure(r, field).is_some() => {
-            matches!(
-                scope.measure(r, field),
-                Some((MeasureKind::Avg | MeasureKind::Min | MeasureKind::Max, _))
-            )
-            .then(path)
-            .flatten()
+        ExprKind::Ident(r) if let Some((kind, _)) = scope.measure(r, field) => {
+            matches!(kind, MeasureKind::Avg | MeasureKind::Min | MeasureKind::Max)
+                .then(path)
+                .flatten()
         }
         _ => match infer_at(inner, scope, &mut Vec::new(), locals, &[], &[]) {
             Ty::Row(ent) if scope.column_nullable(&ent, field) => path(),
