@@ -440,7 +440,7 @@ impl App {
         entry: &Value,
         execution: &str,
     ) -> Result<(), tokio_postgres::Error> {
-        let [a, b, c] = sinew_host::pg::splice_parts(entry).unwrap_or_default();
+        let [a, b, c] = sinew_host::pg::splice_parts(entry, None).unwrap_or_default();
         let kind = "final";
         let chain_key = AUDIT_LOCK.to_string();
         let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&chain_key];

@@ -639,7 +639,8 @@ impl Audit {
             "durationMs".into(),
             json!(clock.now_ms().saturating_sub(self.started).max(0)),
         );
-        serde_json::Value::Object(self.entry.clone())
+        // (A commit that fails puts the entry back, see `finish`.)
+        serde_json::Value::Object(std::mem::take(&mut self.entry))
     }
 
     /// A request turned away before its flow ran.
@@ -682,10 +683,11 @@ impl Audit {
         match outcome {
             Ok((status, body)) => {
                 let tx = run.pending.take();
-                let rows = tx.as_ref().map(|t| t.rows.clone()).unwrap_or_default();
-                let mut all = run.rows.clone();
-                all.extend(rows.iter().cloned());
-                self.entry.insert("rows".into(), rows_json(&all));
+                let pending_rows = tx.as_ref().map(|t| t.rows.as_slice()).unwrap_or_default();
+                self.entry.insert(
+                    "rows".into(),
+                    rows_json(run.rows.iter().chain(pending_rows)),
+                );
                 self.entry.insert("calls".into(), calls_json(&run.calls));
                 self.policies = run.policies.clone();
                 let entry = self.seal(run.clock, "ok", status, None);

@@ -1033,15 +1033,13 @@ impl<'a> Run<'a> {
         let tx = self.write_tx()?.id;
         let rows = self
             .storage
-            .update_where(tx, entity, query, changes)
+            .update_where_values(tx, entity, query, changes, e)
             .map_err(storage_problem)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for stored in rows {
-            let before = version(&stored).map(|v| v - 1);
-            self.record(entity, &stored, op, before)?;
-            out.push(crate::ports::shaped(e, stored));
+        for stored in &rows {
+            let before = stored.version().map(|v| v - 1);
+            self.record(entity, stored, op, before)?;
         }
-        Ok(out)
+        Ok(rows)
     }
 
     /// The changes of an `update` whose `set` does not read `row` (the
@@ -2060,17 +2058,13 @@ impl<'a> Run<'a> {
     fn record(
         &mut self,
         entity: &str,
-        stored: &Row,
+        stored: &impl Written,
         op: &'static str,
         before: Option<i64>,
     ) -> Result<(), Problem> {
         self.count_rows(0, 1)?;
-        let id = stored
-            .get("id")
-            .and_then(Json::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let after = version(stored).unwrap_or(0);
+        let id = stored.id().to_string();
+        let after = stored.version().unwrap_or(0);
         // A locked row the flow deletes, or whose owner it changes, is no
         // longer known to be live and the caller's.
         let key = (entity.to_string(), id.clone());
@@ -2081,13 +2075,13 @@ impl<'a> Run<'a> {
                 .entities
                 .get(entity)
                 .and_then(|e| e.owner.as_ref())
-                .map(|o| stored.get(&o.field).unwrap_or(&Json::Null));
+                .map(|o| stored.field(&o.field));
             let deleted = matches!(op, "soft_delete" | "delete");
             for t in &mut self.open {
                 let kept = t
                     .locked
                     .get(&key)
-                    .is_some_and(|was| !deleted && owner.is_none_or(|now| now == was));
+                    .is_some_and(|was| !deleted && owner.as_ref().is_none_or(|now| now == was));
                 if !kept {
                     t.locked.remove(&key);
                 }
@@ -2104,7 +2098,7 @@ impl<'a> Run<'a> {
         let tx = self.write_tx()?;
         if checked {
             tx.touched
-                .insert((entity.to_string(), id.clone()), stored.clone());
+                .insert((entity.to_string(), id.clone()), stored.row());
         }
         tx.rows.push(RowRecord {
             entity: entity.to_string(),
@@ -2174,9 +2168,68 @@ fn version(row: &Row) -> Option<i64> {
     row.get("version").and_then(Json::as_i64)
 }
 
-pub(crate) fn rows_json(rows: &[RowRecord]) -> Json {
+/// A row as a write gave it back: JSON, or already the interpreter's value.
+trait Written {
+    fn id(&self) -> &str;
+    fn version(&self) -> Option<i64>;
+    /// A column's value (null when absent).
+    fn field(&self, name: &str) -> Json;
+    /// The row as stored.
+    fn row(&self) -> Row;
+}
+
+impl Written for Row {
+    fn id(&self) -> &str {
+        self.get("id").and_then(Json::as_str).unwrap_or_default()
+    }
+    fn version(&self) -> Option<i64> {
+        version(self)
+    }
+    fn field(&self, name: &str) -> Json {
+        self.get(name).cloned().unwrap_or(Json::Null)
+    }
+    fn row(&self) -> Row {
+        self.clone()
+    }
+}
+
+impl Written for Value {
+    fn id(&self) -> &str {
+        match column(self, "id") {
+            Some(Value::String(s)) => s,
+            _ => "",
+        }
+    }
+    fn version(&self) -> Option<i64> {
+        match column(self, "version") {
+            Some(Value::Int(v)) => Some(*v),
+            _ => None,
+        }
+    }
+    fn field(&self, name: &str) -> Json {
+        column(self, name)
+            .and_then(|v| v.to_json().ok())
+            .unwrap_or(Json::Null)
+    }
+    fn row(&self) -> Row {
+        match self.to_json() {
+            Ok(Json::Object(row)) => row,
+            _ => Row::new(),
+        }
+    }
+}
+
+/// A column of a row value.
+fn column<'v>(row: &'v Value, name: &str) -> Option<&'v Value> {
+    match row {
+        Value::Map(m) => m.get(name),
+        _ => None,
+    }
+}
+
+pub(crate) fn rows_json<'r>(rows: impl IntoIterator<Item = &'r RowRecord>) -> Json {
     Json::Array(
-        rows.iter()
+        rows.into_iter()
             .map(|r| json!({"entity": r.entity, "id": r.id, "op": r.op, "before": r.before, "after": r.after}))
             .collect(),
     )

@@ -605,6 +605,20 @@ pub trait Storage {
             Ok(out)
         })
     }
+    /// [`Storage::update_where`], each row as the interpreter's value in
+    /// `shape` (as [`Storage::read_values`] gives them): the component's
+    /// storage decodes its rows straight into values.
+    fn update_where_values(
+        &mut self,
+        tx: TxId,
+        entity: &str,
+        query: &Query,
+        changes: &Row,
+        shape: &dyn Shape,
+    ) -> Result<Vec<crate::expr::Value>, StorageError> {
+        let rows = self.update_where(tx, entity, query, changes)?;
+        Ok(rows.into_iter().map(|r| shaped(shape, r)).collect())
+    }
     /// Several updates, as [`Storage::update`] does each, in order: row
     /// `keys[i].0` if its version is still `keys[i].1` gets the columns of
     /// `changes[i]` (every one with the same keys). Returns the rows as

@@ -90,7 +90,7 @@ struct Root {
     head: Mutex<Option<(u64, String)>>,
     /// Read committed: entries waiting for the commit, with the handle
     /// that appended each (a savepoint's are dropped with it).
-    pending: Mutex<Vec<(u64, Value)>>,
+    pending: Mutex<Vec<(u64, Params)>>,
     /// Read committed: the rows this transaction holds a row lock on (read
     /// `FOR UPDATE` or updated by it), by entity and id, as it sees them.
     /// Nothing but this transaction can change such a row until it ends,
@@ -678,6 +678,29 @@ impl PgBackend {
         })
     }
 
+    /// The parameters of the `APPEND` of an entry (see
+    /// [`Self::append_and_commit`]), with the component's hash. Made when
+    /// the entry comes: a read-committed transaction keeps these, not the
+    /// entry, until its commit.
+    fn append_params(&self, entry: &Value) -> Result<Params, StorageError> {
+        let text = |k: &str, default: &str| {
+            entry
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or(default)
+                .to_owned()
+        };
+        let [a, b, c] = splice_parts(entry, self.component.as_deref()).map_err(invalid)?;
+        Ok(vec![
+            Some(a),
+            Some(b),
+            Some(c),
+            Some(text("execution", "")),
+            Some(text("kind", "final")),
+            Some(GENESIS_HASH.to_owned()),
+        ])
+    }
+
     /// The entry with the component's hash.
     fn stamped(&self, entry: &Value) -> Value {
         let mut entry = entry.clone();
@@ -697,28 +720,9 @@ impl PgBackend {
     async fn append_and_commit(
         &self,
         conn: &mut Conn,
-        entries: &[Value],
+        all: &[Params],
         begin: bool,
     ) -> Result<(), StorageError> {
-        let mut all: Vec<Params> = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let text = |k: &str, default: &str| {
-                entry
-                    .get(k)
-                    .and_then(Value::as_str)
-                    .unwrap_or(default)
-                    .to_owned()
-            };
-            let [a, b, c] = splice_parts(entry).map_err(invalid)?;
-            all.push(vec![
-                Some(a),
-                Some(b),
-                Some(c),
-                Some(text("execution", "")),
-                Some(text("kind", "final")),
-                Some(GENESIS_HASH.to_owned()),
-            ]);
-        }
         let lock = conn.prepare(LOCK_CHAIN).await;
         let lock = self.check(conn, lock)?;
         let append = conn.prepare(APPEND).await;
@@ -818,8 +822,9 @@ impl PgBackend {
 
 /// The canonical text of an audit entry (as `seal_entry` makes it) cut
 /// where the previous hash and the sequence number go: `a + prev + b + seq
-/// + c` is the text that is hashed.
-pub fn splice_parts(entry: &Value) -> Result<[String; 3], String> {
+/// + c` is the text that is hashed. `component` is the entry's `component`
+/// when it has none.
+pub fn splice_parts(entry: &Value, component: Option<&str>) -> Result<[String; 3], String> {
     let Value::Object(m) = entry else {
         return Err("an audit entry must be a JSON object".into());
     };
@@ -828,6 +833,14 @@ pub fn splice_parts(entry: &Value) -> Result<[String; 3], String> {
         .filter(|(k, _)| !matches!(k.as_str(), "hash" | "seq" | "prev"))
         .map(|(k, v)| (k.as_str(), Some(sinew_core::hash::canonical(v))))
         .collect();
+    if let Some(c) = component
+        && !m.contains_key("component")
+    {
+        items.push((
+            "component",
+            Some(sinew_core::hash::canonical(&Value::from(c))),
+        ));
+    }
     items.push(("prev", None));
     items.push(("seq", None));
     items.sort_unstable_by(|x, y| x.0.cmp(y.0));
@@ -1313,7 +1326,7 @@ impl StorageBackend for PgBackend {
             .ok_or_else(|| invalid("the count did not come back"))?;
         let rows: Vec<Row> = found
             .iter()
-            .filter(|r| r.try_get::<_, Option<&str>>(0).ok().flatten().is_some())
+            .filter(|r| schema::cell(r, 0).is_some())
             .map(|r| self.row_with(table, r, &q.include))
             .collect();
         // (Rows with includes are not remembered: a later read by id
@@ -1639,20 +1652,33 @@ impl StorageBackend for PgBackend {
             sets.push(format!("{} = {placeholder}", col.sql));
         }
         sets.push("\"version\" = u.\"version\" + 1".into());
+        // In id order (the default) the rows are sorted here: a uuid's
+        // text sorts as its bytes do in Postgres.
+        let by_id = q.order.iter().all(|k| k.field == "id" && !k.desc);
+        let sorted = if by_id {
+            String::new()
+        } else {
+            format!(" ORDER BY {}", order_sql(table, &q.order)?)
+        };
         let sql = format!(
             "WITH picked AS ({pick}), done AS (UPDATE {} AS u SET {} FROM picked \
-             WHERE u.\"id\" = picked.\"id\" RETURNING u.*) SELECT {} FROM done ORDER BY {}",
+             WHERE u.\"id\" = picked.\"id\" RETURNING u.*) SELECT {} FROM done{sorted}",
             table.sql,
             sets.join(", "),
             table.select,
-            order_sql(table, &q.order)?
         );
-        let rows: Vec<Row> = self
+        let mut rows: Vec<Row> = self
             .write(tx, &sql, &params)
             .await?
             .iter()
             .map(|r| table.row(r))
             .collect();
+        if by_id {
+            fn id(r: &Row) -> &str {
+                r.get("id").and_then(Value::as_str).unwrap_or_default()
+            }
+            rows.sort_unstable_by(|a, b| id(a).cmp(id(b)));
+        }
         // The rows stay locked until the transaction ends, but what was
         // remembered of them is stale.
         if let Ok(h) = self.handle(tx) {
@@ -1693,7 +1719,7 @@ impl StorageBackend for PgBackend {
                 let Some(mut conn) = guard.take() else {
                     return Err(unavailable("the transaction's connection was lost"));
                 };
-                let pending: Vec<Value> = h
+                let pending: Vec<Params> = h
                     .root
                     .pending
                     .lock()
@@ -1780,8 +1806,9 @@ impl StorageBackend for PgBackend {
                 let h = self.handle(tx)?;
                 if h.root.isolation == Isolation::ReadCommitted {
                     // Sent with the COMMIT (see `append_and_commit`).
+                    let params = self.append_params(entry)?;
                     if let Ok(mut pending) = h.root.pending.lock() {
-                        pending.push((tx, self.stamped(entry)));
+                        pending.push((tx, params));
                     }
                     return Ok(());
                 }
@@ -1797,7 +1824,7 @@ impl StorageBackend for PgBackend {
             None => {
                 let mut conn = self.pool.get().await?;
                 let r = self
-                    .append_and_commit(&mut conn, &[self.stamped(entry)], true)
+                    .append_and_commit(&mut conn, &[self.append_params(entry)?], true)
                     .await;
                 self.pool.put(conn);
                 r
@@ -1979,12 +2006,22 @@ mod tests {
             json!({"prev": "old", "seq": 99, "hash": "h", "rows": []}),
             json!({"pr": 1, "prevx": 2, "se": 3, "seqq": 4, "s": 5}),
         ] {
-            let [a, b, c] = splice_parts(&entry).unwrap();
+            let [a, b, c] = splice_parts(&entry, None).unwrap();
             for (seq, prev) in [(1u64, GENESIS_HASH), (12345, "abc")] {
                 let (text, hash) = seal_entry(entry.clone(), seq, prev).unwrap();
                 assert_eq!(format!("{a}{prev}{b}{seq}{c}"), text);
                 assert_eq!(sinew_core::hash::sha256_hex(text.as_bytes()), hash);
             }
+            // The component's hash goes in where the entry has none.
+            let [a, b, c] = splice_parts(&entry, Some("sha256:c")).unwrap();
+            let mut stamped = entry.clone();
+            stamped
+                .as_object_mut()
+                .unwrap()
+                .entry("component")
+                .or_insert(json!("sha256:c"));
+            let (text, _) = seal_entry(stamped, 7, "p").unwrap();
+            assert_eq!(format!("{a}p{b}7{c}"), text);
         }
     }
 }

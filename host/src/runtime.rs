@@ -127,19 +127,19 @@ impl Call {
     fn note(&mut self, what: Ends, ok: bool) {
         match what {
             Ends::Commit(tx) => self.ended(tx, ok),
-            Ends::Entry(entry) if ok => self.appended(None, &entry),
+            Ends::Entry(entry) if ok => self.appended(None, entry),
             Ends::Entry(_) => {}
         }
     }
 
     /// Notes an audit entry the guest appended (`tx` `None`: durable now).
-    pub(crate) fn appended(&mut self, tx: Option<u64>, entry: &Value) {
+    pub(crate) fn appended(&mut self, tx: Option<u64>, entry: Value) {
         if entry.get("kind").and_then(Value::as_str) != Some("final") {
             return;
         }
         match tx {
-            None => self.final_entry = Some(entry.clone()),
-            Some(t) => self.pending_final.push((t, entry.clone())),
+            None => self.final_entry = Some(entry),
+            Some(t) => self.pending_final.push((t, entry)),
         }
     }
 
@@ -1057,16 +1057,16 @@ mod tests {
     fn a_final_entry_is_durable_when_written_alone_or_committed() {
         let fin = json!({"kind": "final", "status": 422, "code": "limit_exceeded", "detail": "d"});
         let mut c = Call::default();
-        c.appended(Some(7), &json!({"kind": "commit"}));
-        c.appended(Some(7), &fin);
+        c.appended(Some(7), json!({"kind": "commit"}));
+        c.appended(Some(7), fin.clone());
         assert!(c.final_entry.is_none(), "not durable before its commit");
         c.ended(7, false);
         assert!(c.final_entry.is_none(), "gone with its rollback");
-        c.appended(Some(8), &fin);
+        c.appended(Some(8), fin.clone());
         c.ended(8, true);
         assert_eq!(c.final_entry.as_ref(), Some(&fin));
         let mut alone = Call::default();
-        alone.appended(None, &fin);
+        alone.appended(None, fin.clone());
         assert_eq!(alone.final_entry.as_ref(), Some(&fin));
     }
 
@@ -1079,7 +1079,7 @@ mod tests {
         let fin = json!({"kind": "final", "status": 200});
         for committed in [true, false] {
             let mut c = Call::default();
-            c.appended(Some(3), &fin);
+            c.appended(Some(3), fin.clone());
             let (go, wait) = tokio::sync::oneshot::channel::<bool>();
             let step = async move {
                 match wait.await {

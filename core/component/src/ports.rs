@@ -326,6 +326,23 @@ impl ports::Storage for WitStorage {
         )
     }
 
+    /// The rows decoded straight into the interpreter's values.
+    fn update_where_values(
+        &mut self,
+        tx: TxId,
+        entity: &str,
+        q: &Query,
+        changes: &Row,
+        shape: &dyn ports::Shape,
+    ) -> Result<Vec<sinew_core::expr::Value>, StorageError> {
+        let bytes = wire::row(changes);
+        let rows = self
+            .tx(tx)?
+            .update_where(entity, &query(q), &bytes)
+            .map_err(error)?;
+        decoded(wire::to_shaped_rows(&rows, shape))
+    }
+
     fn soft_delete(
         &mut self,
         tx: TxId,

@@ -441,10 +441,25 @@ fn call(
         else {
             return err(span, "`has` takes a field selection");
         };
-        return Ok(Value::Bool(match eval(inner, env)? {
+        return Ok(Value::Bool(match eval_ref(inner, env)?.as_ref() {
             Value::Map(m) => m.get(field).is_some_and(|v| *v != Value::Null),
             _ => false,
         }));
+    }
+    // `size` of a name is read where it is, not copied (a list of 500 rows).
+    if func == "size"
+        && let (Some(a), []) | (None, [a]) = (target, args)
+    {
+        let len = match eval_ref(a, env)?.as_ref() {
+            Value::String(s) => Some(s.chars().count()),
+            Value::List(l) => Some(l.len()),
+            Value::Map(m) => Some(m.len()),
+            Value::Bytes(b) => Some(b.len()),
+            _ => None,
+        };
+        if let Some(n) = len {
+            return Ok(Value::Int(i64::try_from(n).unwrap_or(i64::MAX)));
+        }
     }
     let recv = match target {
         Some(t) => Some(eval(t, env)?),
@@ -465,12 +480,6 @@ fn call(
         )
     };
     match (func, vals.as_slice()) {
-        ("size", [Value::String(s)]) => Ok(Value::Int(
-            i64::try_from(s.chars().count()).unwrap_or(i64::MAX),
-        )),
-        ("size", [Value::List(l)]) => Ok(Value::Int(i64::try_from(l.len()).unwrap_or(i64::MAX))),
-        ("size", [Value::Map(m)]) => Ok(Value::Int(i64::try_from(m.len()).unwrap_or(i64::MAX))),
-        ("size", [Value::Bytes(b)]) => Ok(Value::Int(i64::try_from(b.len()).unwrap_or(i64::MAX))),
         ("int", [Value::Uint(u)]) => i64::try_from(*u)
             .map(Value::Int)
             .or_else(|_| err(span, format!("`{u}u` does not fit an int"))),
@@ -580,9 +589,11 @@ fn call(
     }
 }
 
-/// The environment inside a macro: its variables, then the outer names.
+/// The environment inside a macro: its variables (borrowed from the list
+/// or map it runs over when that is a name, not copied), then the outer
+/// names.
 struct Local<'a> {
-    vars: [(&'a str, Value); 2],
+    vars: [(&'a str, Cow<'a, Value>); 2],
     outer: &'a dyn Env,
 }
 
@@ -595,16 +606,45 @@ impl Env for Local<'_> {
     }
 }
 
+/// A macro's (index or key, value) pairs of a list or a map, borrowed
+/// from it when it is borrowed; `Err` gives back anything else.
+type Pairs<'v> = Vec<(Cow<'v, Value>, Cow<'v, Value>)>;
+
+fn pairs(range: Cow<'_, Value>) -> Result<Pairs<'_>, Value> {
+    let index = |i: usize| Cow::Owned(Value::Int(i64::try_from(i).unwrap_or(i64::MAX)));
+    Ok(match range {
+        Cow::Borrowed(Value::List(l)) => l
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (index(i), Cow::Borrowed(v)))
+            .collect(),
+        Cow::Borrowed(Value::Map(m)) => m
+            .iter()
+            .map(|(k, v)| (Cow::Owned(Value::String(k.clone())), Cow::Borrowed(v)))
+            .collect(),
+        Cow::Owned(Value::List(l)) => l
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (index(i), Cow::Owned(v)))
+            .collect(),
+        Cow::Owned(Value::Map(m)) => m
+            .into_iter()
+            .map(|(k, v)| (Cow::Owned(Value::String(k)), Cow::Owned(v)))
+            .collect(),
+        other => return Err(other.into_owned()),
+    })
+}
+
 /// The macros over a list's elements or a map's keys: `all`, `exists`,
 /// `exists_one` (`existsOne`), `filter`, `map`, and with two names (index
 /// or key, then value) `all`, `exists`, `existsOne`, `transformList`,
 /// `transformMap`. `all` and `exists` absorb an error when another element
 /// decides the result, as `&&` and `||` do.
-fn comprehension(
+fn comprehension<'e>(
     target: &Expr,
     func: &str,
-    args: &[Expr],
-    env: &dyn Env,
+    args: &'e [Expr],
+    env: &'e dyn Env,
     span: Span,
 ) -> Result<Value, EvalError> {
     let names = super::macro_names(func, args.len());
@@ -626,17 +666,12 @@ fn comprehension(
     }
     let rest = args.get(names..).unwrap_or_default();
     // (index or key, value) pairs.
-    let range = eval(target, env)?;
+    let range = eval_ref(target, env)?;
     // With one name, `x` is a list's element but a map's key.
-    let is_map_target = matches!(range, Value::Map(_));
-    let items: Vec<(Value, Value)> = match range {
-        Value::List(l) => l
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| (Value::Int(i64::try_from(i).unwrap_or(i64::MAX)), v))
-            .collect(),
-        Value::Map(m) => m.into_iter().map(|(k, v)| (Value::String(k), v)).collect(),
-        other => {
+    let is_map_target = matches!(range.as_ref(), Value::Map(_));
+    let items = match pairs(range) {
+        Ok(items) => items,
+        Err(other) => {
             return err(
                 target.span,
                 format!(
@@ -646,7 +681,8 @@ fn comprehension(
             );
         }
     };
-    let local = |(k, v): (Value, Value)| -> Local<'_> {
+    type Item<'v> = (Cow<'v, Value>, Cow<'v, Value>);
+    let local = |(k, v): Item<'e>| -> Local<'e> {
         match second {
             Some(second) if names == 2 => Local {
                 vars: [(first, k), (second, v)],
@@ -656,13 +692,13 @@ fn comprehension(
             _ => Local {
                 vars: [
                     (first, if is_map_target { k } else { v }),
-                    ("", Value::Null),
+                    ("", Cow::Owned(Value::Null)),
                 ],
                 outer: env,
             },
         }
     };
-    let test = |item: (Value, Value), e: &Expr| -> Result<bool, EvalError> {
+    let test = |item: Item<'e>, e: &Expr| -> Result<bool, EvalError> {
         match eval(e, &local(item))? {
             Value::Bool(b) => Ok(b),
             other => err(
@@ -705,9 +741,9 @@ fn comprehension(
             let mut out = Vec::new();
             for item in items {
                 let keep = if is_map_target {
-                    item.0.clone()
+                    item.0.clone().into_owned()
                 } else {
-                    item.1.clone()
+                    item.1.clone().into_owned()
                 };
                 if test(item, step)? {
                     out.push(keep);
@@ -730,7 +766,7 @@ fn comprehension(
                 {
                     continue;
                 }
-                let key = item.0.clone();
+                let key = item.0.clone().into_owned();
                 let v = eval(f, &local(item))?;
                 if func == "transformMap" {
                     let Value::String(k) = key else {

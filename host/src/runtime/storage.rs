@@ -474,7 +474,7 @@ impl HostTransaction for HostState {
         };
         let r = self.backends.storage.append_audit(Some(id), &entry).await;
         if r.is_ok() {
-            self.call.appended(Some(id), &entry);
+            self.call.appended(Some(id), entry);
         }
         Ok(r.map_err(error))
     }
