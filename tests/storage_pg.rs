@@ -828,6 +828,66 @@ fn a_wide_included_row_embeds_whole() {
     });
 }
 
+/// `insert-many` is all or nothing on Postgres as in the in-memory store:
+/// a unique value taken by the last row leaves none of the call's rows,
+/// and the transaction usable; on success the rows come back as stored,
+/// in the order given, the same on both.
+#[test]
+fn many_row_inserts_are_all_or_nothing_on_every_store() {
+    let cluster = Cluster::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let text = r#"{"sinew": "0.2", "name": "tags", "entities": {
+            "Tag": {"fields": {"code": {"type": "string", "unique": true},
+                               "weight": {"type": "number", "nullable": true},
+                               "meta": {"type": "json", "nullable": true}}}}, "tools": {}}"#;
+        let (db, mut memory, bundle) = side_by_side(&cluster, text).await;
+        let tag = |i: u32, code: &str| {
+            bundle
+                .complete_row(
+                    "Tag",
+                    &changes(json!({"id": format!("00000000-0000-4000-8000-00000000000{i}"),
+                                    "code": code, "weight": 1.5, "meta": {"i": i}})),
+                    1_700_000_000_000,
+                )
+                .unwrap()
+        };
+        let tx = db.begin(Isolation::ReadCommitted, None).await.unwrap();
+        let mt = memory.begin(Isolation::ReadCommitted, None).unwrap();
+        db.insert(tx, "Tag", &tag(1, "a")).await.unwrap();
+        memory.insert(mt, "Tag", &tag(1, "a")).unwrap();
+        // The third row's code is taken: no row of the three is there.
+        let clash = [tag(2, "b"), tag(3, "c"), tag(4, "a")];
+        let pg = db.insert_many(tx, "Tag", &clash).await;
+        let mem = memory.insert_many(mt, "Tag", &clash);
+        for r in [&pg, &mem] {
+            assert!(
+                matches!(r, Err(sinew_core::ports::StorageError::Unique { field, .. }) if field == "code"),
+                "{r:?}"
+            );
+        }
+        let all = in_id_order(Vec::new());
+        for rows in [
+            db.read(Some(tx), "Tag", &all).await.unwrap(),
+            memory.read(Some(mt), "Tag", &all).unwrap(),
+        ] {
+            assert_eq!(rows.len(), 1, "only the first row: {rows:?}");
+        }
+        // Out of id order: every row, in the order given, the same on both.
+        let fresh = [tag(5, "e"), tag(2, "b"), tag(3, "c")];
+        let pg = db.insert_many(tx, "Tag", &fresh).await.unwrap();
+        let mem = memory.insert_many(mt, "Tag", &fresh).unwrap();
+        assert_eq!(
+            serde_json::to_string(&pg).unwrap(),
+            serde_json::to_string(&mem).unwrap()
+        );
+        let codes: Vec<&str> = pg.iter().map(|r| r["code"].as_str().unwrap()).collect();
+        assert_eq!(codes, ["e", "b", "c"]);
+        assert_eq!(db.read(Some(tx), "Tag", &all).await.unwrap().len(), 4);
+        db.rollback(tx).await.unwrap();
+    });
+}
+
 /// `update-many` and `update-where` are all or nothing on Postgres as in
 /// the in-memory store: a row whose version moved (409) or that is gone
 /// (404) leaves every row of the call unchanged, and the transaction

@@ -489,7 +489,12 @@ impl<'a> Run<'a> {
                 self.flush_pending()?;
             }
             self.ran.insert(cur.clone());
-            match self.run_node(&cur, node) {
+            let ran = if node.on_error.is_some() && !self.open.is_empty() && self.in_steps(node) {
+                self.undone_on_error(|run| run.run_node(&cur, node))
+            } else {
+                self.run_node(&cur, node)
+            };
+            match ran {
                 Ok(Step::Next(next)) => {
                     let next = match (&node.kind, next) {
                         (_, Some(n)) => Some(n),
@@ -510,6 +515,53 @@ impl<'a> Run<'a> {
                 Err(p) => return Err(p),
             }
         }
+    }
+
+    /// Whether `node` may write in more than one storage operation: a
+    /// `foreach`, or a deletion that first releases the rows referring to
+    /// its rows. (Every other write is one operation, all or nothing.)
+    fn in_steps(&self, node: &Node) -> bool {
+        match &node.kind {
+            NodeKind::Foreach { .. } => true,
+            NodeKind::SoftDelete { entity, .. } | NodeKind::Delete { entity, .. } => {
+                referring(&self.bundle.spec, entity).next().is_some()
+            }
+            _ => false,
+        }
+    }
+
+    /// Runs `step` (a node with `onError` that writes in steps, inside a
+    /// transaction) in a savepoint: if it fails, none of its writes stay,
+    /// and the flow goes on at its `onError` in a transaction as it was.
+    fn undone_on_error(
+        &mut self,
+        step: impl FnOnce(&mut Self) -> Result<Step, Problem>,
+    ) -> Result<Step, Problem> {
+        let parent = self.open.last().map(|t| t.id);
+        let id = self
+            .storage
+            .begin(crate::model::Isolation::ReadCommitted, parent)
+            .map_err(storage_problem)?;
+        self.open.push(Tx::new(id));
+        let result = step(self);
+        let Some(tx) = self.open.pop() else {
+            return Err(Problem::new(Code::Internal, "transaction stack").fatal());
+        };
+        if result.is_err() {
+            let _ = self.storage.rollback(tx.id);
+            return result;
+        }
+        if let Err(e) = self.storage.commit(tx.id) {
+            let _ = self.storage.rollback(tx.id);
+            return Err(storage_problem(e));
+        }
+        // Released into the transaction: its rows, and the locks it took.
+        if let Some(parent) = self.open.last_mut() {
+            parent.touched.extend(tx.touched);
+            parent.rows.extend(tx.rows);
+            parent.locked.extend(tx.locked);
+        }
+        result
     }
 
     fn run_node(&mut self, id: &str, node: &Node) -> Result<Step, Problem> {
@@ -915,6 +967,25 @@ impl<'a> Run<'a> {
         values: &crate::model::NameMap<Template>,
     ) -> Result<Value, Problem> {
         let e = self.entity(entity)?;
+        let row = self.new_row(id, e, entity, values)?;
+        let tx = self.write_tx()?.id;
+        let stored = self
+            .storage
+            .insert(tx, entity, &row)
+            .map_err(storage_problem)?;
+        self.record(entity, &stored, "create", None)?;
+        Ok(crate::ports::shaped(e, stored))
+    }
+
+    /// The row a `create` (node `id`) inserts, checked: its values, the
+    /// owner, the fields and the references.
+    fn new_row(
+        &mut self,
+        id: &str,
+        e: &Entity,
+        entity: &str,
+        values: &crate::model::NameMap<Template>,
+    ) -> Result<Row, Problem> {
         let mut row = Row::new();
         let new_id = self.new_id(id);
         let now = self.now_text();
@@ -952,13 +1023,7 @@ impl<'a> Run<'a> {
         rows::normalize_row(e, &mut row);
         rows::check_fields(entity, e, &row, e.fields.keys())?;
         self.check_refs(entity, e, &row, e.fields.keys(), None)?;
-        let tx = self.write_tx()?.id;
-        let stored = self
-            .storage
-            .insert(tx, entity, &row)
-            .map_err(storage_problem)?;
-        self.record(entity, &stored, "create", None)?;
-        Ok(crate::ports::shaped(e, stored))
+        Ok(row)
     }
 
     /// `create` with `each`: one row per element of the list, in its
@@ -977,9 +1042,30 @@ impl<'a> Run<'a> {
             as_name,
             max_items: u64::MAX,
         };
-        // A create never ends the flow: every element gives a row.
-        self.per_element(&each, |run| run.create(id, entity, values).map(Ok))
-            .map(|done| done.unwrap_or(Value::Null))
+        // Every element's row is made and checked, then all are inserted
+        // by one storage operation (one statement on Postgres).
+        let e = self.entity(entity)?;
+        let mut made = Vec::new();
+        // (The step never ends the flow, so its list of nulls is all the
+        // walk gives back.)
+        let _nulls = self.per_element(&each, |run| {
+            made.push(run.new_row(id, e, entity, values)?);
+            Ok(Ok(Value::Null))
+        })?;
+        if made.is_empty() {
+            return Ok(Value::List(Vec::new()));
+        }
+        let tx = self.write_tx()?.id;
+        let stored = self
+            .storage
+            .insert_many(tx, entity, &made)
+            .map_err(storage_problem)?;
+        let mut out = Vec::with_capacity(stored.len());
+        for row in stored {
+            self.record(entity, &row, "create", None)?;
+            out.push(crate::ports::shaped(e, row));
+        }
+        Ok(Value::List(out))
     }
 
     /// The query of the rows a many-row write acts on: those `pick`

@@ -605,6 +605,20 @@ pub trait Storage {
             Ok(out)
         })
     }
+    /// Inserts complete rows, as [`Storage::insert`] does each, in order;
+    /// returns them as stored, in that order. All or nothing: on an error
+    /// no row was inserted. On Postgres this is one statement; this
+    /// default is one [`Storage::insert`] per row inside a savepoint.
+    fn insert_many(
+        &mut self,
+        tx: TxId,
+        entity: &str,
+        rows: &[Row],
+    ) -> Result<Vec<Row>, StorageError> {
+        in_savepoint(self, tx, |s, sp| {
+            rows.iter().map(|r| s.insert(sp, entity, r)).collect()
+        })
+    }
     /// [`Storage::update_where`], each row as the interpreter's value in
     /// `shape` (as [`Storage::read_values`] gives them): the component's
     /// storage decodes its rows straight into values.

@@ -107,6 +107,15 @@ impl Storage for Blocking<'_> {
                 .update_many(tx.0, entity, keys, changes),
         )
     }
+    fn insert_many(
+        &mut self,
+        tx: TxId,
+        entity: &str,
+        rows: &[Row],
+    ) -> Result<Vec<Row>, StorageError> {
+        self.handle
+            .block_on(self.backends.storage.insert_many(tx.0, entity, rows))
+    }
     fn update_where(
         &mut self,
         tx: TxId,

@@ -821,9 +821,9 @@ impl PgBackend {
 }
 
 /// The canonical text of an audit entry (as `seal_entry` makes it) cut
-/// where the previous hash and the sequence number go: `a + prev + b + seq
-/// + c` is the text that is hashed. `component` is the entry's `component`
-/// when it has none.
+/// where the previous hash and the sequence number go: `a + prev + b +
+/// seq + c` is the text that is hashed. `component` is the entry's
+/// `component` when it has none.
 pub fn splice_parts(entry: &Value, component: Option<&str>) -> Result<[String; 3], String> {
     let Value::Object(m) = entry else {
         return Err("an audit entry must be a JSON object".into());
@@ -867,6 +867,28 @@ pub fn splice_parts(entry: &Value, component: Option<&str>) -> Result<[String; 3
         last.push('}');
     }
     <[String; 3]>::try_from(parts).map_err(|_| "could not cut the entry".to_owned())
+}
+
+/// The rows a statement wrote, in the order of `ids` (`None` unless each
+/// id names exactly one of them).
+fn in_order<'i>(
+    table: &Table,
+    written: &[tokio_postgres::Row],
+    ids: impl ExactSizeIterator<Item = &'i str>,
+) -> Option<Vec<Row>> {
+    let mut by_id: HashMap<String, Row> = written
+        .iter()
+        .map(|r| table.row(r))
+        .filter_map(|r| {
+            let id = r.get("id")?.as_str()?.to_ascii_lowercase();
+            Some((id, r))
+        })
+        .collect();
+    let n = ids.len();
+    let rows: Vec<Row> = ids
+        .filter_map(|id| by_id.remove(&id.to_ascii_lowercase()))
+        .collect();
+    (rows.len() == n && by_id.is_empty()).then_some(rows)
 }
 
 /// Binds `v` as the next parameter for column `k` of `table`: the column
@@ -1454,6 +1476,72 @@ impl StorageBackend for PgBackend {
         }
     }
 
+    /// One statement: `INSERT … SELECT … FROM unnest(…)`, a text array
+    /// per column; the rows in the order given.
+    async fn insert_many(
+        &self,
+        tx: u64,
+        entity: &str,
+        rows: &[Row],
+    ) -> Result<Vec<Row>, StorageError> {
+        let [first, ..] = rows else {
+            return Ok(Vec::new());
+        };
+        if rows.len() == 1 {
+            return Ok(vec![self.insert(tx, entity, first).await?]);
+        }
+        let table = self.table(entity)?;
+        let mut columns = Vec::with_capacity(first.len());
+        for name in first.keys() {
+            let col = table
+                .column(name)
+                .ok_or_else(|| invalid(format!("`{entity}` has no column `{name}`")))?;
+            columns.push((name, col));
+        }
+        let same = || invalid("every row of an insert-many has the same columns");
+        let mut arrays: Vec<Vec<Option<String>>> =
+            vec![Vec::with_capacity(rows.len()); columns.len()];
+        for row in rows {
+            if row.len() != columns.len() {
+                return Err(same());
+            }
+            for ((name, col), array) in columns.iter().zip(arrays.iter_mut()) {
+                let v = row.get(*name).ok_or_else(same)?;
+                array.push(
+                    col.ty
+                        .encode(v)
+                        .map_err(|e| invalid(format!("`{entity}.{name}`: {e}")))?,
+                );
+            }
+        }
+        let unnest: Vec<String> = (1..=arrays.len())
+            .map(|i| format!("${i}::text[]"))
+            .collect();
+        let aliases: Vec<String> = (0..columns.len()).map(|i| format!("c{i}")).collect();
+        let values: Vec<String> = columns
+            .iter()
+            .zip(&aliases)
+            .map(|((_, col), a)| format!("v.{a}::{}", col.ty.sql()))
+            .collect();
+        let names: Vec<&str> = columns.iter().map(|(_, col)| col.sql.as_str()).collect();
+        let sql = format!(
+            "INSERT INTO {} ({}) SELECT {} FROM unnest({}) AS v({}) RETURNING {}",
+            table.sql,
+            names.join(", "),
+            values.join(", "),
+            unnest.join(", "),
+            aliases.join(", "),
+            table.select
+        );
+        let params: Vec<&(dyn ToSql + Sync)> =
+            arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+        let written = self.write_refs(tx, &sql, &params).await?;
+        let ids = rows
+            .iter()
+            .map(|r| r.get("id").and_then(Value::as_str).unwrap_or_default());
+        in_order(table, &written, ids).ok_or_else(|| invalid("an insert-many named a row twice"))
+    }
+
     async fn update(
         &self,
         tx: u64,
@@ -1604,21 +1692,8 @@ impl StorageBackend for PgBackend {
             }
             Err(e) => return Err(e),
         };
-        let mut by_id: HashMap<String, Row> = written
-            .iter()
-            .map(|r| table.row(r))
-            .filter_map(|r| {
-                let id = r.get("id")?.as_str()?.to_ascii_lowercase();
-                Some((id, r))
-            })
-            .collect();
-        let rows: Vec<Row> = keys
-            .iter()
-            .filter_map(|(id, _)| by_id.remove(&id.to_ascii_lowercase()))
-            .collect();
-        if rows.len() != keys.len() {
-            return Err(invalid("an update-many named a row twice"));
-        }
+        let rows = in_order(table, &written, keys.iter().map(|(id, _)| id.as_str()))
+            .ok_or_else(|| invalid("an update-many named a row twice"))?;
         if let Ok(h) = self.handle(tx) {
             h.root.forget(entity, &rows);
         }

@@ -310,6 +310,16 @@ impl ports::Storage for WitStorage {
         )
     }
 
+    fn insert_many(
+        &mut self,
+        tx: TxId,
+        entity: &str,
+        list: &[Row],
+    ) -> Result<Vec<Row>, StorageError> {
+        let bytes = wire::rows(list);
+        rows(&self.tx(tx)?.insert_many(entity, &bytes).map_err(error)?)
+    }
+
     fn update_where(
         &mut self,
         tx: TxId,

@@ -95,6 +95,11 @@ impl GuestTransaction for Tx {
         }))
     }
 
+    fn insert_many(&self, entity: String, list: Vec<u8>) -> Res<Vec<u8>> {
+        let list = decoded_rows(&list)?;
+        rows(world(|w| w.storage.insert_many(self.id, &entity, &list)))
+    }
+
     fn update_where(&self, entity: String, q: wit::Query, changes: Vec<u8>) -> Res<Vec<u8>> {
         let (q, changes) = (query(q)?, object(&changes)?);
         rows(world(|w| {

@@ -103,7 +103,7 @@ impl Ty {
         };
         let int = || raw.try_into().ok().map(i64::from_be_bytes);
         match self {
-            Ty::Text => std::str::from_utf8(raw).map_or(Value::Null, |t| Value::from(t)),
+            Ty::Text => std::str::from_utf8(raw).map_or(Value::Null, Value::from),
             Ty::Number => self.decode(std::str::from_utf8(raw).ok()),
             Ty::Uuid => match <[u8; 16]>::try_from(raw) {
                 Ok(b) => Value::String(hyphenated(b)),

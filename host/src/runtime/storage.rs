@@ -65,6 +65,14 @@ pub trait StorageBackend: Send + Sync + 'static {
         keys: &[(String, i64)],
         changes: &[Row],
     ) -> Result<Vec<Row>, StorageError>;
+    /// Inserts complete rows, all or nothing (one statement on Postgres);
+    /// the rows as stored, in that order.
+    async fn insert_many(
+        &self,
+        tx: u64,
+        entity: &str,
+        rows: &[Row],
+    ) -> Result<Vec<Row>, StorageError>;
     /// Writes the same changes into every row a query picks (one
     /// statement on Postgres); the rows in the query's order.
     async fn update_where(
@@ -184,6 +192,14 @@ impl StorageBackend for MemoryBackend {
         changes: &[Row],
     ) -> Result<Vec<Row>, StorageError> {
         self.with(|s| ports::Storage::update_many(s, TxId(tx), entity, keys, changes))
+    }
+    async fn insert_many(
+        &self,
+        tx: u64,
+        entity: &str,
+        rows: &[Row],
+    ) -> Result<Vec<Row>, StorageError> {
+        self.with(|s| ports::Storage::insert_many(s, TxId(tx), entity, rows))
     }
     async fn update_where(
         &self,
@@ -401,6 +417,26 @@ impl HostTransaction for HostState {
             .update(id, &entity, &row_id, version, &changes)
             .await
             .map(encoded_row)
+            .map_err(error))
+    }
+
+    async fn insert_many(
+        &mut self,
+        t: Resource<Tx>,
+        entity: String,
+        rows: Vec<u8>,
+    ) -> Res<Vec<u8>> {
+        let id = self.tx_id(&t)?;
+        let rows = match decoded_rows(&rows) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(error(e))),
+        };
+        Ok(self
+            .backends
+            .storage
+            .insert_many(id, &entity, &rows)
+            .await
+            .map(encoded)
             .map_err(error))
     }
 
