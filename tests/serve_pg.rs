@@ -1770,3 +1770,113 @@ async fn many_row_writes_are_one_statement_each() {
     assert_eq!((slotted, versions, labelled), (40, 40, 40));
     server.stop().await;
 }
+
+/// A `soft_delete` with `where` on rows others refer to costs a fixed
+/// number of statements however many rows it reaches: the locking read of
+/// its rows, per referring field one locking read and one write for all
+/// the rows found (a `cascade` recursing the same way, a `setNull`
+/// clearing them all), and one write for its own rows. Here 3 shelves,
+/// their 12 books (cascade) and the books' 24 loans (set null): 6
+/// statements, 39 rows in the audit entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cascading_soft_delete_is_a_few_statements_whatever_its_rows() {
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let spec = json!({
+        "sinew": "0.2", "name": "shelves", "roles": ["staff"],
+        "entities": {
+            "Shelf": {"fields": {"label": {"type": "string", "maxLength": 20}}},
+            "Book": {"fields": {"title": {"type": "string", "maxLength": 20},
+                                "shelf": {"type": "ref", "entity": "Shelf", "onDelete": "cascade"}}},
+            "Loan": {"fields": {"reader": {"type": "string", "maxLength": 20},
+                                "book": {"type": "ref", "entity": "Book", "onDelete": "setNull", "nullable": true}}}
+        },
+        "tools": {"purge": {
+            "description": "Removes the old shelves, their books, and the books from their loans.",
+            "trigger": {"http": {"method": "POST", "path": "/shelves/purge"}},
+            "auth": {"roles": ["staff"]},
+            "idempotencyKey": "request.idempotencyKey",
+            "flow": {"entry": "tx", "nodes": {
+                "tx": {"type": "transaction", "body": {"entry": "gone", "nodes": {
+                    "gone": {"type": "soft_delete", "entity": "Shelf",
+                             "where": {"label": "'old'"}, "limit": 10}}}, "next": "done"},
+                "done": {"type": "return", "value": {"shelves": "size(gone)"}}}}
+        }}
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shelves.json");
+    std::fs::write(&path, spec.to_string()).unwrap();
+    let db = logged_schema(&path, &url).await;
+    db.batch_execute(
+        "INSERT INTO shelf (id, version, created_at, updated_at, label)
+           SELECT md5('s' || i)::uuid, 1, now(), now(), CASE WHEN i <= 3 THEN 'old' ELSE 'new' END
+           FROM generate_series(1, 4) i;
+         INSERT INTO book (id, version, created_at, updated_at, title, shelf)
+           SELECT md5('b' || i)::uuid, 1, now(), now(), 'b' || i, md5('s' || (1 + i % 4))::uuid
+           FROM generate_series(1, 16) i;
+         INSERT INTO loan (id, version, created_at, updated_at, reader, book)
+           SELECT md5('l' || i)::uuid, 1, now(), now(), 'r' || i, md5('b' || (1 + i % 16))::uuid
+           FROM generate_series(1, 32) i;",
+    )
+    .await
+    .unwrap();
+    let server = Server::start(&path, &url, &Options::default()).await;
+    let before = cluster.log().len();
+    let (status, body) = sinew_tests::pg::call(
+        &Http::default(),
+        "POST",
+        &format!("{}/shelves/purge", server.base),
+        &token("night", &["staff"]),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["shelves"], 3, "{body}");
+    let statements: Vec<String> = cluster.log()[before..]
+        .lines()
+        .filter(|l| l.contains("LOG:  execute") || l.contains("LOG:  statement:"))
+        .filter(|l| {
+            ["\"shelf\"", "\"book\"", "\"loan\""]
+                .iter()
+                .any(|t| l.contains(t))
+        })
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(statements.len(), 6, "{statements:#?}");
+    let entry = last_final_entry(&db).await;
+    let ops: Vec<(String, String)> = entry["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["entity"].as_str().unwrap().into(),
+                r["op"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let count = |e: &str, op: &str| ops.iter().filter(|(a, b)| a == e && b == op).count();
+    assert_eq!(
+        (
+            count("Shelf", "soft_delete"),
+            count("Book", "soft_delete"),
+            count("Loan", "update")
+        ),
+        (3, 12, 24),
+        "{entry}"
+    );
+    let left: (i64, i64, i64) = {
+        let r = db
+            .query_one(
+                "SELECT (SELECT count(*) FROM shelf WHERE deleted_at IS NULL),
+                        (SELECT count(*) FROM book WHERE deleted_at IS NULL),
+                        (SELECT count(*) FROM loan WHERE book IS NULL)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!(left, (1, 4, 24));
+    server.stop().await;
+}

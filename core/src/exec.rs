@@ -1279,37 +1279,55 @@ impl<'a> Run<'a> {
         }
         let rows = self.pick_rows(entity, &query)?;
         let mut budget = self.bundle.spec.limits.max_rows_per_write;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let stored = self.delete_row(entity, &row, &mut budget, 0)?;
-            out.push(crate::ports::shaped(e, stored));
-        }
-        Ok(Value::List(out))
+        let stored = self.delete_rows(entity, &rows, &mut budget, 0)?;
+        Ok(Value::List(
+            stored
+                .into_iter()
+                .map(|r| crate::ports::shaped(e, r))
+                .collect(),
+        ))
     }
 
-    /// Soft-deletes `row` after what its deletion does to the rows that
-    /// refer to it (`depth` levels down a cascade, counted against
-    /// `budget`); the row as stored.
-    fn delete_row(
+    /// Soft-deletes `rows` (locked, as read) after what their deletion
+    /// does to the rows that refer to them (`depth` levels down a
+    /// cascade, counted against `budget`); the rows as stored, in order.
+    /// A storage operation for all the rows (one statement on Postgres),
+    /// and per referring field one read and at most one write.
+    fn delete_rows(
         &mut self,
         entity: &str,
-        row: &Row,
+        rows: &[Row],
         budget: &mut u64,
         depth: usize,
-    ) -> Result<Row, Problem> {
-        let rid = row
-            .get("id")
-            .and_then(Json::as_str)
-            .unwrap_or_default()
-            .to_string();
-        self.release(entity, &rid, budget, depth)?;
-        let tx = self.write_tx()?.id;
+    ) -> Result<Vec<Row>, Problem> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<(String, i64)> = rows
+            .iter()
+            .map(|r| (r.id().to_owned(), r.version().unwrap_or(0)))
+            .collect();
+        self.release(entity, &keys, budget, depth)?;
         let now = self.now_text();
-        let stored = self
-            .storage
-            .soft_delete(tx, entity, &rid, version(row).unwrap_or(0), &now)
-            .map_err(storage_problem)?;
-        self.record(entity, &stored, "soft_delete", version(row))?;
+        let tx = self.write_tx()?.id;
+        let stored = match keys.as_slice() {
+            [(id, version)] => vec![
+                self.storage
+                    .soft_delete(tx, entity, id, *version, &now)
+                    .map_err(storage_problem)?,
+            ],
+            _ => {
+                let mut changes = Row::new();
+                changes.insert("deleted_at".into(), Json::String(now));
+                let all = vec![changes; keys.len()];
+                self.storage
+                    .update_many(tx, entity, &keys, &all)
+                    .map_err(storage_problem)?
+            }
+        };
+        for (row, (_, version)) in stored.iter().zip(&keys) {
+            self.record(entity, row, "soft_delete", Some(*version))?;
+        }
         Ok(stored)
     }
 
@@ -1377,20 +1395,25 @@ impl<'a> Run<'a> {
         let e = self.entity(entity)?;
         let row = self.row_by_id(e, entity, row_id)?;
         let mut budget = self.bundle.spec.limits.max_rows_per_write;
-        let stored = self.delete_row(entity, &row, &mut budget, 0)?;
-        Ok(crate::ports::shaped(e, stored))
+        let stored = self.delete_rows(entity, std::slice::from_ref(&row), &mut budget, 0)?;
+        match stored.into_iter().next() {
+            Some(stored) => Ok(crate::ports::shaped(e, stored)),
+            None => Err(Problem::new(Code::Internal, "the deletion returned no row")),
+        }
     }
 
-    /// What soft-deleting row `id` of `entity` does to the live rows whose
-    /// `ref` fields name it, every referring field in spec order, their
-    /// rows in id order, whoever owns them: `restrict` refuses (409
-    /// `still_referenced`), `setNull` clears the field, `cascade`
-    /// soft-deletes them in turn (counting them against `budget`, the
-    /// spec's `maxRowsPerWrite`: 409 `cascade_too_large` past it).
+    /// What soft-deleting the rows `keys` (id, version) of `entity` does
+    /// to the live rows whose `ref` fields name them, every referring field
+    /// in spec order, their rows in id order, whoever owns them:
+    /// `restrict` refuses (409 `still_referenced`), `setNull` clears the
+    /// field, `cascade` soft-deletes them in turn (counting them against
+    /// `budget`, the spec's `maxRowsPerWrite`: 409 `cascade_too_large`
+    /// past it). One locking read per referring field, and one write for
+    /// all the rows it found.
     fn release(
         &mut self,
         entity: &str,
-        id: &str,
+        keys: &[(String, i64)],
         budget: &mut u64,
         depth: usize,
     ) -> Result<(), Problem> {
@@ -1403,11 +1426,22 @@ impl<'a> Run<'a> {
                 OnDelete::Restrict => 1,
                 _ => budget.saturating_add(1),
             };
+            let (op, value) = match keys {
+                [(id, _)] => (FilterOp::Eq, Json::String(id.clone())),
+                _ => (
+                    FilterOp::In,
+                    Json::Array(
+                        keys.iter()
+                            .map(|(id, _)| Json::String(id.clone()))
+                            .collect(),
+                    ),
+                ),
+            };
             let query = Query {
                 filters: vec![Predicate::Is(Condition {
                     field: field.clone(),
-                    op: FilterOp::Eq,
-                    value: Json::String(id.to_owned()),
+                    op,
+                    value,
                 })],
                 order: vec![SortKey {
                     field: "id".into(),
@@ -1440,24 +1474,30 @@ impl<'a> Run<'a> {
                     return Err(self.cascade_too_large(entity));
                 }
                 OnDelete::SetNull => {
-                    for row in rows {
-                        *budget = budget
-                            .checked_sub(1)
-                            .ok_or_else(|| self.cascade_too_large(entity))?;
-                        let mut changes = Row::new();
-                        changes.insert(field.clone(), Json::Null);
-                        changes.insert("updated_at".into(), Json::String(self.now_text()));
-                        let stored = self.update_row(&other, &row, &changes)?;
-                        self.record(&other, &stored, "update", version(&row))?;
+                    *budget -= rows.len() as u64;
+                    let mut changes = Row::new();
+                    changes.insert(field.clone(), Json::Null);
+                    changes.insert("updated_at".into(), Json::String(self.now_text()));
+                    let stored = match rows.as_slice() {
+                        [row] => vec![self.update_row(&other, row, &changes)?],
+                        _ => {
+                            let keys: Vec<(String, i64)> = rows
+                                .iter()
+                                .map(|r| (r.id().to_owned(), r.version().unwrap_or(0)))
+                                .collect();
+                            let tx = self.write_tx()?.id;
+                            self.storage
+                                .update_many(tx, &other, &keys, &vec![changes; keys.len()])
+                                .map_err(storage_problem)?
+                        }
+                    };
+                    for (stored, row) in stored.iter().zip(&rows) {
+                        self.record(&other, stored, "update", version(row))?;
                     }
                 }
                 OnDelete::Cascade => {
-                    for row in rows {
-                        *budget = budget
-                            .checked_sub(1)
-                            .ok_or_else(|| self.cascade_too_large(entity))?;
-                        self.delete_row(&other, &row, budget, depth + 1)?;
-                    }
+                    *budget -= rows.len() as u64;
+                    self.delete_rows(&other, &rows, budget, depth + 1)?;
                 }
             }
         }
