@@ -2908,3 +2908,55 @@ fn aggregate_measures_are_typed_and_may_be_null() {
         ],
     );
 }
+
+/// The rows a read embeds have their entity's types, down every level and
+/// inside macros: a field no row has is refused wherever it is read
+/// (`r[0].t.nope`, `rows.map(o, o.nope)`), and a `ref` include, null when
+/// its row is gone or not the caller's, needs a guard before a field of it
+/// is read.
+#[test]
+fn embedded_rows_and_macro_rows_are_typed() {
+    let found = judge(
+        |v| {
+            at(v, &format!("{GET}/product"))
+                .as_object_mut()
+                .unwrap()
+                .clear();
+            at(v, GET)["product"] = json!({
+                "type": "read", "entity": "Order", "limit": 5, "next": "done",
+                "include": {"item": {"ref": "product"}}
+            });
+            at(v, GET).as_object_mut().unwrap().remove("missing");
+        },
+        &[
+            ("product.map(o, o.nope)", "`Order` has no field `nope`"),
+            ("product[0].item.nope", "`Product` has no field `nope`"),
+            (
+                "product.map(o, has(o.item) ? o.item.nope : 0)",
+                "`Product` has no field `nope`",
+            ),
+            (
+                "product.map(o, o.quantity + 'x')",
+                "`+` does not apply to an int and a string",
+            ),
+        ],
+        &[
+            "product.map(o, o.quantity * 2)",
+            "has(product[0].item) ? product[0].item.price : 0",
+            "product.map(o, has(o.item) ? o.item.price : 0)",
+        ],
+    );
+    assert_help(&found[0], "quantity");
+    let found = judge(
+        |v| {
+            at(v, &format!("{GET}/product"))["entity"] = json!("Order");
+            at(v, &format!("{GET}/product"))["include"] = json!({"item": {"ref": "product"}});
+        },
+        &[("product.item.price + 1", "`product.item` may be null here")],
+        &[
+            "has(product.item) ? product.item.price : 0",
+            "product.item != null ? product.item.name : ''",
+        ],
+    );
+    assert_help(&found[0], "has(product.item)");
+}

@@ -15,10 +15,10 @@ use crate::flow::{Dominance, ToolGraph};
 /// What a name in an expression is bound to, as far as the loader knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Binding {
-    /// One row of an entity, with the names of the rows it embeds.
-    Row(String, Vec<String>),
-    /// A list of rows of an entity, with the names of the rows each embeds.
-    Rows(String, Vec<String>),
+    /// One row of an entity, with the rows it embeds.
+    Row(String, super::types::Embeds),
+    /// A list of rows of an entity, with the rows each embeds.
+    Rows(String, super::types::Embeds),
     /// An object with these keys.
     Object(Vec<String>),
     /// A value of a known type (a loop's element of an input array, its
@@ -178,11 +178,11 @@ impl<'a> Scope<'a> {
                 include,
                 ..
             } => {
-                let names = include.iter().map(|i| i.name.clone()).collect();
+                let embeds = embeds(self.spec, entity, include);
                 if *one {
-                    Binding::Row(entity.clone(), names)
+                    Binding::Row(entity.clone(), embeds)
                 } else {
-                    Binding::Rows(entity.clone(), names)
+                    Binding::Rows(entity.clone(), embeds)
                 }
             }
             NodeKind::Update { entity, one, .. } => {
@@ -288,6 +288,11 @@ impl<'a> Scope<'a> {
                 .get(entity)
                 .and_then(|e| e.fields.get(field))
                 .is_some_and(|f| f.nullable)
+    }
+
+    /// The columns of entity `entity`, if it is one.
+    pub(crate) fn columns(&self, entity: &str) -> Option<Vec<&'a str>> {
+        self.spec.entities.get(entity).map(Entity::columns)
     }
 
     /// The type of column `field` of entity `entity`.
@@ -507,7 +512,7 @@ fn check_names(cx: &mut Cx, e: &Expression, ast: &expr::Expr, scope: &Scope) {
                 Binding::Row(ent, embedded) => {
                     if let Some(entity) = scope.spec.entities.get(&ent)
                         && !entity.has_column(field)
-                        && !embedded.iter().any(|n| n == field) {
+                        && !embedded.iter().any(|(n, _)| n == field) {
                             report(
                                 cx,
                                 "unknown-field",
@@ -2480,4 +2485,31 @@ fn check_call(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
     if let Some(k) = idempotency_key {
         check_expr(cx, k, scope);
     }
+}
+
+/// What rows read with `include` embed, as types: a `ref` include is a
+/// row of the entity its field names, a `from` include a list of rows of
+/// its entity, each with what it includes in turn.
+fn embeds(spec: &Spec, entity: &str, include: &[crate::model::Include]) -> super::types::Embeds {
+    use super::types::Ty;
+    include
+        .iter()
+        .map(|i| {
+            let ty = match &i.link {
+                crate::model::IncludeLink::Ref(f) => match spec
+                    .entities
+                    .get(entity)
+                    .and_then(|e| e.fields.get(f))
+                    .and_then(|f| f.entity.as_deref())
+                {
+                    Some(target) => Ty::Row(target.to_owned(), embeds(spec, target, &i.include)),
+                    None => Ty::Dyn,
+                },
+                crate::model::IncludeLink::From { entity: from, .. } => {
+                    Ty::Rows(from.clone(), embeds(spec, from, &i.include))
+                }
+            };
+            (i.name.clone(), ty)
+        })
+        .collect()
 }

@@ -13,6 +13,10 @@ use super::check::{Binding, Scope};
 use crate::expr::{BinaryOp, Expr, ExprKind, Lit, UnaryOp};
 use crate::model::{FieldType, MeasureKind};
 
+/// The rows a row embeds (a read's `include`), by name: a `ref` include
+/// is a row (or null), a `from` include a list of rows.
+pub(crate) type Embeds = Vec<(String, Ty)>;
+
 /// A static type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Ty {
@@ -32,10 +36,11 @@ pub(crate) enum Ty {
     Duration,
     List,
     Map,
-    /// A row of an entity.
-    Row(String),
-    /// A list of rows of an entity (what a `read` without `one` binds).
-    Rows(String),
+    /// A row of an entity, with the rows it embeds.
+    Row(String, Embeds),
+    /// A list of rows of an entity (what a `read` without `one` binds),
+    /// each with the rows it embeds.
+    Rows(String, Embeds),
     /// A list whose elements' type the input schema gives (`items`).
     Items(Box<Ty>),
     /// An object the input schema describes (its `properties`).
@@ -59,8 +64,8 @@ impl Ty {
             Ty::Duration => "a duration".into(),
             Ty::List => "a list".into(),
             Ty::Map => "a map".into(),
-            Ty::Row(e) => format!("a whole `{e}` row"),
-            Ty::Rows(e) => format!("a list of `{e}` rows"),
+            Ty::Row(e, _) => format!("a whole `{e}` row"),
+            Ty::Rows(e, _) => format!("a list of `{e}` rows"),
             Ty::Items(t) => match **t {
                 Ty::Dyn => "a list".into(),
                 ref t => format!("a list of {}", plural(t)),
@@ -70,18 +75,18 @@ impl Ty {
     }
 
     fn list(&self) -> bool {
-        matches!(self, Ty::List | Ty::Rows(_) | Ty::Items(_))
+        matches!(self, Ty::List | Ty::Rows(..) | Ty::Items(_))
     }
 
     /// A map at run time (an object, a row).
     fn map(&self) -> bool {
-        matches!(self, Ty::Map | Ty::Row(_) | Ty::Object(_))
+        matches!(self, Ty::Map | Ty::Row(..) | Ty::Object(_))
     }
 
     /// The type of a list's elements, where it is known.
     pub(crate) fn element(&self) -> Ty {
         match self {
-            Ty::Rows(ent) => Ty::Row(ent.clone()),
+            Ty::Rows(ent, embeds) => Ty::Row(ent.clone(), embeds.clone()),
             Ty::Items(t) => (**t).clone(),
             _ => Ty::Dyn,
         }
@@ -218,7 +223,16 @@ fn nullable(e: &Expr, scope: &Scope, locals: &[String]) -> Option<String> {
                 .flatten()
         }
         _ => match infer_at(inner, scope, &mut Vec::new(), locals, &[], &[]) {
-            Ty::Row(ent) if scope.column_nullable(&ent, field) => path(),
+            Ty::Row(ent, _) if scope.column_nullable(&ent, field) => path(),
+            // A `ref` include: null when the field is, or the row is gone
+            // or not the caller's.
+            Ty::Row(_, embeds)
+                if embeds
+                    .iter()
+                    .any(|(n, t)| n == field && matches!(t, Ty::Row(..))) =>
+            {
+                path()
+            }
             _ => None,
         },
     }
@@ -334,8 +348,8 @@ fn infer_at(
         ExprKind::Ident(name) => match name.as_str() {
             "input" | "auth" | "request" => Ty::Map,
             _ => match scope.lookup(name) {
-                Ok(Binding::Row(ent, _)) => Ty::Row(ent),
-                Ok(Binding::Rows(ent, _)) => Ty::Rows(ent),
+                Ok(Binding::Row(ent, embeds)) => Ty::Row(ent, embeds),
+                Ok(Binding::Rows(ent, embeds)) => Ty::Rows(ent, embeds),
                 Ok(Binding::Object(_)) => Ty::Map,
                 Ok(Binding::Typed(t)) => t,
                 _ => Ty::Dyn,
@@ -382,10 +396,23 @@ fn infer_at(
             }
             check(inner, &|| "reading a field".into(), errors);
             match sub(inner, errors) {
-                Ty::Row(ent) => scope
-                    .column_type(&ent, field)
-                    .map(of_field)
-                    .unwrap_or(Ty::Dyn),
+                Ty::Row(ent, embeds) => match scope.column_type(&ent, field) {
+                    Some(t) => of_field(t),
+                    None => match embeds.iter().find(|(n, _)| n == field) {
+                        Some((_, t)) => t.clone(),
+                        None => {
+                            if let Some(mut names) = scope.columns(&ent) {
+                                names.extend(embeds.iter().map(|(n, _)| n.as_str()));
+                                errors.push(TypeError {
+                                    span: e.span,
+                                    message: format!("`{ent}` has no field `{field}`"),
+                                    help: crate::diag::suggest(field, names, ""),
+                                });
+                            }
+                            Ty::Dyn
+                        }
+                    },
+                },
                 Ty::Object(schema) => {
                     match schema.get("properties").and_then(|p| p.get(field.as_str())) {
                         Some(p) => {
@@ -506,7 +533,7 @@ fn infer_at(
                 }
                 return match (func.as_str(), on) {
                     // A filter keeps the list's type.
-                    ("filter", t @ (Ty::Rows(_) | Ty::Items(_))) => t,
+                    ("filter", t @ (Ty::Rows(..) | Ty::Items(_))) => t,
                     _ => call_type(func),
                 };
             }
@@ -615,8 +642,8 @@ fn accepts(a: Arg, t: &Ty) -> bool {
             | (Arg::D, Ty::Double)
             | (Arg::B, Ty::Bool)
             | (Arg::Bytes, Ty::Bytes)
-            | (Arg::L, Ty::List | Ty::Rows(_) | Ty::Items(_))
-            | (Arg::M, Ty::Map | Ty::Row(_) | Ty::Object(_))
+            | (Arg::L, Ty::List | Ty::Rows(..) | Ty::Items(_))
+            | (Arg::M, Ty::Map | Ty::Row(..) | Ty::Object(_))
             | (Arg::T, Ty::Timestamp)
             | (Arg::Dur, Ty::Duration)
     )
