@@ -1812,13 +1812,14 @@ fn includes_are_checked() {
             at(v, "/tools/get_product/flow/nodes/product")["include"] = include;
         })
     };
-    // From Order's side, a read of orders embedding their product is fine.
+    // From Order's side, a read of orders embedding their product is fine
+    // (the product may be gone: a guard proves it is there).
     let l = load_with(|v| {
         let n = at(v, "/tools/get_product/flow/nodes/product");
         n["entity"] = json!("Order");
         n["include"] = json!({"product_row": {"ref": "product"}});
         at(v, "/tools/get_product/flow/nodes/done")["value"] =
-            json!({"price": "product.product_row.price"});
+            json!({"price": "has(product.product_row) ? product.product_row.price : 0"});
     });
     assert!(l.errors.is_empty(), "{}", list(&l.errors));
     let l = load_with(|v| {
@@ -2959,4 +2960,42 @@ fn embedded_rows_and_macro_rows_are_typed() {
         ],
     );
     assert_help(&found[0], "has(product.item)");
+}
+
+/// The groups of an aggregate with `groupBy` have types: each its
+/// `groupBy` fields and its measures, nothing else, inside macros too.
+#[test]
+fn grouped_aggregates_are_typed() {
+    let found = judge(
+        |v| {
+            at(v, &format!("{GET}/product"))
+                .as_object_mut()
+                .unwrap()
+                .clear();
+            at(v, GET)["product"] = json!({
+                "type": "aggregate", "entity": "Order", "groupBy": ["product"], "limit": 10,
+                "measures": {"n": {"count": "*"}, "units": {"sum": "quantity"},
+                             "most": {"max": "quantity"}},
+                "next": "done"
+            });
+            at(v, GET).as_object_mut().unwrap().remove("missing");
+        },
+        &[
+            ("product[0].unit", "a group of `product` has no `unit`"),
+            (
+                "product.map(g, g.n + 'x')",
+                "`+` does not apply to an int and a string",
+            ),
+            (
+                "product.map(g, g.product * 2)",
+                "`*` does not apply to a string and an int",
+            ),
+        ],
+        &[
+            "product.map(g, g.units + g.most)",
+            "product.filter(g, g.n > 1).map(g, g.product)",
+            "size(product) > 0 ? product[0].units : 0",
+        ],
+    );
+    assert_help(&found[0], "did you mean `units`?");
 }

@@ -172,6 +172,14 @@ impl<'a> Scope<'a> {
             NodeKind::Aggregate {
                 group_by, measures, ..
             } if group_by.is_empty() => Binding::Object(measures.keys().cloned().collect()),
+            NodeKind::Aggregate {
+                entity,
+                group_by,
+                measures,
+                ..
+            } => Binding::Typed(super::types::Ty::Items(Box::new(group_type(
+                self.spec, name, entity, group_by, measures,
+            )))),
             NodeKind::Read {
                 entity,
                 one,
@@ -2512,4 +2520,40 @@ fn embeds(spec: &Spec, entity: &str, include: &[crate::model::Include]) -> super
             (i.name.clone(), ty)
         })
         .collect()
+}
+
+/// The type of one group of an aggregate with `groupBy` (node `node`): its
+/// `groupBy` fields by their types, its measures (`count` and `sum` ints,
+/// `avg` a number, `min` and `max` their field's type); a value that may be
+/// null (a nullable field, a measure of one) is known only at run time.
+fn group_type(
+    spec: &Spec,
+    node: &str,
+    entity: &str,
+    group_by: &[String],
+    measures: &crate::model::NameMap<crate::model::Measure>,
+) -> super::types::Ty {
+    use super::types::{Ty, of_field};
+    use crate::model::MeasureKind;
+    let e = spec.entities.get(entity);
+    let nullable = |f: &str| match e.and_then(|e| e.fields.get(f)) {
+        Some(x) => x.nullable,
+        None => !matches!(f, "id" | "version" | "created_at" | "updated_at" | "status"),
+    };
+    let column = |f: &str| match e.and_then(|e| e.column_type(f)) {
+        Some(t) if !nullable(f) => of_field(t),
+        _ => Ty::Dyn,
+    };
+    let mut keys: Vec<(String, Ty)> = group_by.iter().map(|f| (f.clone(), column(f))).collect();
+    for (name, m) in measures {
+        let field = m.field.as_deref();
+        let ty = match m.kind {
+            MeasureKind::Count | MeasureKind::Sum => Ty::Int,
+            MeasureKind::Avg if field.is_some_and(|f| !nullable(f)) => Ty::Number,
+            MeasureKind::Avg => Ty::Dyn,
+            MeasureKind::Min | MeasureKind::Max => field.map_or(Ty::Dyn, column),
+        };
+        keys.push((name.clone(), ty));
+    }
+    Ty::Record(keys, format!("a group of `{node}`"))
 }

@@ -45,6 +45,9 @@ pub(crate) enum Ty {
     Items(Box<Ty>),
     /// An object the input schema describes (its `properties`).
     Object(Box<Json>),
+    /// An object of these keys, each of its type (a group of an
+    /// aggregate); the text names it in messages (`a group of \`g\``).
+    Record(Vec<(String, Ty)>, String),
 }
 
 impl Ty {
@@ -70,7 +73,7 @@ impl Ty {
                 Ty::Dyn => "a list".into(),
                 ref t => format!("a list of {}", plural(t)),
             },
-            Ty::Object(_) => "an object".into(),
+            Ty::Object(_) | Ty::Record(..) => "an object".into(),
         }
     }
 
@@ -80,7 +83,7 @@ impl Ty {
 
     /// A map at run time (an object, a row).
     fn map(&self) -> bool {
-        matches!(self, Ty::Map | Ty::Row(..) | Ty::Object(_))
+        matches!(self, Ty::Map | Ty::Row(..) | Ty::Object(_) | Ty::Record(..))
     }
 
     /// The type of a list's elements, where it is known.
@@ -413,6 +416,21 @@ fn infer_at(
                         }
                     },
                 },
+                Ty::Record(keys, what) => match keys.iter().find(|(k, _)| k == field) {
+                    Some((_, t)) => t.clone(),
+                    None => {
+                        errors.push(TypeError {
+                            span: e.span,
+                            message: format!("{what} has no `{field}`"),
+                            help: crate::diag::suggest(
+                                field,
+                                keys.iter().map(|(k, _)| k.as_str()),
+                                "",
+                            ),
+                        });
+                        Ty::Dyn
+                    }
+                },
                 Ty::Object(schema) => {
                     match schema.get("properties").and_then(|p| p.get(field.as_str())) {
                         Some(p) => {
@@ -643,7 +661,10 @@ fn accepts(a: Arg, t: &Ty) -> bool {
             | (Arg::B, Ty::Bool)
             | (Arg::Bytes, Ty::Bytes)
             | (Arg::L, Ty::List | Ty::Rows(..) | Ty::Items(_))
-            | (Arg::M, Ty::Map | Ty::Row(..) | Ty::Object(_))
+            | (
+                Arg::M,
+                Ty::Map | Ty::Row(..) | Ty::Object(_) | Ty::Record(..)
+            )
             | (Arg::T, Ty::Timestamp)
             | (Arg::Dur, Ty::Duration)
     )
