@@ -2940,6 +2940,7 @@ fn embedded_rows_and_macro_rows_are_typed() {
                 "product.map(o, o.quantity + 'x')",
                 "`+` does not apply to an int and a string",
             ),
+            ("product.map(o, o.item.price)", "`o.item` may be null here"),
         ],
         &[
             "product.map(o, o.quantity * 2)",

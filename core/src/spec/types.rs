@@ -202,12 +202,13 @@ pub(crate) fn infer(e: &Expr, scope: &Scope, errors: &mut Vec<TypeError>) -> Ty 
 
 /// The path (`input.nick`, `order.note`) of `e` when it may be null: an
 /// input property the schema does not require, a nullable column of a row.
-fn nullable(e: &Expr, scope: &Scope, locals: &[String]) -> Option<String> {
+fn nullable(e: &Expr, scope: &Scope, locals: &[String], vars: &[(&str, Ty)]) -> Option<String> {
     let ExprKind::Member(inner, field) = &e.kind else {
         return None;
     };
     let (root, _) = e.as_path()?;
-    if locals.iter().any(|l| l == root) {
+    // A macro's variable: only where the macro's range tells its type.
+    if locals.iter().any(|l| l == root) && !vars.iter().any(|(v, _)| *v == root) {
         return None;
     }
     let path = || {
@@ -225,7 +226,7 @@ fn nullable(e: &Expr, scope: &Scope, locals: &[String]) -> Option<String> {
                 .then(path)
                 .flatten()
         }
-        _ => match infer_at(inner, scope, &mut Vec::new(), locals, &[], &[]) {
+        _ => match infer_at(inner, scope, &mut Vec::new(), locals, &[], vars) {
             Ty::Row(ent, _) if scope.column_nullable(&ent, field) => path(),
             // A `ref` include: null when the field is, or the row is gone
             // or not the caller's.
@@ -281,7 +282,7 @@ pub(crate) fn guards_of(c: &Expr, holds: bool) -> Vec<String> {
 /// The path of `e` when it may be null here and nothing guards it (for a
 /// value written into a column that does not take null).
 pub(crate) fn unguarded_null(e: &Expr, scope: &Scope) -> Option<String> {
-    nullable(e, scope, &local_names(e)).filter(|p| !scope.guards.contains(p))
+    nullable(e, scope, &local_names(e), &[]).filter(|p| !scope.guards.contains(p))
 }
 
 /// Reports `x` used where null fails, when it may be null and nothing
@@ -293,13 +294,14 @@ fn not_null(
     errors: &mut Vec<TypeError>,
     locals: &[String],
     guards: &[String],
+    vars: &[(&str, Ty)],
 ) {
-    if let Some(p) = nullable(x, scope, locals)
+    if let Some(p) = nullable(x, scope, locals, vars)
         && !guards.contains(&p)
     {
         errors.push(TypeError {
             span: x.span,
-            message: format!("`{p}` may be null here (an optional input property, a nullable field, or `avg`, `min`, `max` over no row), and {} fails on null", what()),
+            message: format!("`{p}` may be null here (an optional input property, a nullable field, a `ref` include, or `avg`, `min`, `max` over no row), and {} fails on null", what()),
             help: format!("guard it: `has({p}) && …`, or give a default: `{p} != null ? {p} : …`"),
         });
     }
@@ -330,7 +332,7 @@ fn infer_at(
     };
     // (`what` is written only when there is something to report.)
     let check = |x: &Expr, what: &dyn Fn() -> String, errors: &mut Vec<TypeError>| {
-        not_null(x, what, scope, errors, locals, guards);
+        not_null(x, what, scope, errors, locals, guards, vars);
     };
     match &e.kind {
         ExprKind::Lit(l) => match l {
