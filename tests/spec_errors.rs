@@ -2931,7 +2931,10 @@ fn embedded_rows_and_macro_rows_are_typed() {
         },
         &[
             ("product.map(o, o.nope)", "`Order` has no field `nope`"),
-            ("product[0].item.nope", "`Product` has no field `nope`"),
+            (
+                "has(product[0].item) ? product[0].item.nope : 0",
+                "`Product` has no field `nope`",
+            ),
             (
                 "product.map(o, has(o.item) ? o.item.nope : 0)",
                 "`Product` has no field `nope`",
@@ -2941,6 +2944,10 @@ fn embedded_rows_and_macro_rows_are_typed() {
                 "`+` does not apply to an int and a string",
             ),
             ("product.map(o, o.item.price)", "`o.item` may be null here"),
+            (
+                "product[0].item.price",
+                "`product[0].item` may be null here",
+            ),
         ],
         &[
             "product.map(o, o.quantity * 2)",

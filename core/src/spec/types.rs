@@ -206,15 +206,12 @@ fn nullable(e: &Expr, scope: &Scope, locals: &[String], vars: &[(&str, Ty)]) -> 
     let ExprKind::Member(inner, field) = &e.kind else {
         return None;
     };
-    let (root, _) = e.as_path()?;
+    let (root, _) = path_text(e)?;
     // A macro's variable: only where the macro's range tells its type.
-    if locals.iter().any(|l| l == root) && !vars.iter().any(|(v, _)| *v == root) {
+    if locals.iter().any(|l| *l == root) && !vars.iter().any(|(v, _)| *v == root) {
         return None;
     }
-    let path = || {
-        e.as_path()
-            .map(|(r, fs)| std::iter::once(r).chain(fs).collect::<Vec<_>>().join("."))
-    };
+    let path = || path_text(e).map(|(_, text)| text);
     match &inner.kind {
         ExprKind::Ident(r) if r == "input" => (scope.input_property(field).is_some()
             && !scope.input_required(field))
@@ -242,14 +239,29 @@ fn nullable(e: &Expr, scope: &Scope, locals: &[String], vars: &[(&str, Ty)]) -> 
     }
 }
 
+/// A path's root name and its text: a name, then fields and whole-number
+/// indexes (`rows[0].therapist_row`); `None` for anything else.
+fn path_text(e: &Expr) -> Option<(String, String)> {
+    match &e.kind {
+        ExprKind::Ident(name) => Some((name.clone(), name.clone())),
+        ExprKind::Member(inner, field) => {
+            path_text(inner).map(|(root, text)| (root, format!("{text}.{field}")))
+        }
+        ExprKind::Index(inner, i) => match &i.kind {
+            ExprKind::Lit(Lit::Int(n)) => {
+                path_text(inner).map(|(root, text)| (root, format!("{text}[{n}]")))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// The paths a condition proves non-null when it is `holds`: `has(p)` and
 /// `p != null` when true, `p == null` when false, through `&&`, `||` and
 /// `!`.
 pub(crate) fn guards_of(c: &Expr, holds: bool) -> Vec<String> {
-    let path = |x: &Expr| {
-        x.as_path()
-            .map(|(r, fs)| std::iter::once(r).chain(fs).collect::<Vec<_>>().join("."))
-    };
+    let path = |x: &Expr| path_text(x).map(|(_, text)| text);
     match (&c.kind, holds) {
         (
             ExprKind::Call {
