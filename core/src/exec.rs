@@ -435,14 +435,7 @@ impl<'a> Run<'a> {
         match result {
             Ok(End::Body) | Ok(End::Return(..)) => {
                 if nested {
-                    if let Err(e) = self.storage.commit(tx.id) {
-                        let _ = self.storage.rollback(tx.id);
-                        return Err(storage_problem(e));
-                    }
-                    if let Some(parent) = self.open.last_mut() {
-                        parent.touched.extend(tx.touched);
-                        parent.rows.extend(tx.rows);
-                    }
+                    self.release_savepoint(tx)?;
                 } else {
                     if let Err(p) = self.check_invariants(&tx) {
                         let _ = self.storage.rollback(tx.id);
@@ -551,17 +544,24 @@ impl<'a> Run<'a> {
             let _ = self.storage.rollback(tx.id);
             return result;
         }
+        self.release_savepoint(tx)?;
+        result
+    }
+
+    /// Commits a nested transaction (a savepoint) into the one around it:
+    /// its rows, for the audit and the invariants, and the rows it locked
+    /// (the locks stay with the transaction around it).
+    fn release_savepoint(&mut self, tx: Tx) -> Result<(), Problem> {
         if let Err(e) = self.storage.commit(tx.id) {
             let _ = self.storage.rollback(tx.id);
             return Err(storage_problem(e));
         }
-        // Released into the transaction: its rows, and the locks it took.
         if let Some(parent) = self.open.last_mut() {
             parent.touched.extend(tx.touched);
             parent.rows.extend(tx.rows);
             parent.locked.extend(tx.locked);
         }
-        result
+        Ok(())
     }
 
     fn run_node(&mut self, id: &str, node: &Node) -> Result<Step, Problem> {

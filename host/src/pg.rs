@@ -869,6 +869,48 @@ pub fn splice_parts(entry: &Value, component: Option<&str>) -> Result<[String; 3
     <[String; 3]>::try_from(parts).map_err(|_| "could not cut the entry".to_owned())
 }
 
+/// Rows of the same columns (but `skip`) as the columns of `table` and one
+/// text array per column, for `unnest($1::text[], …)`; `what` names the
+/// operation in errors.
+fn columnar<'t>(
+    table: &'t Table,
+    entity: &str,
+    rows: &[Row],
+    skip: &[&str],
+    what: &str,
+) -> Result<(Vec<&'t schema::Column>, Vec<Vec<Option<String>>>), StorageError> {
+    let Some(first) = rows.first() else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let names: Vec<&String> = first
+        .keys()
+        .filter(|k| !skip.contains(&k.as_str()))
+        .collect();
+    let mut columns = Vec::with_capacity(names.len());
+    for name in &names {
+        let col = table
+            .column(name)
+            .ok_or_else(|| invalid(format!("`{entity}` has no column `{name}`")))?;
+        columns.push(col);
+    }
+    let same = || invalid(format!("every row of {what} has the same columns"));
+    let mut arrays: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(rows.len()); names.len()];
+    for row in rows {
+        if row.keys().filter(|k| !skip.contains(&k.as_str())).count() != names.len() {
+            return Err(same());
+        }
+        for ((name, col), array) in names.iter().zip(&columns).zip(arrays.iter_mut()) {
+            let v = row.get(*name).ok_or_else(same)?;
+            array.push(
+                col.ty
+                    .encode(v)
+                    .map_err(|e| invalid(format!("`{entity}.{name}`: {e}")))?,
+            );
+        }
+    }
+    Ok((columns, arrays))
+}
+
 /// The rows a statement wrote, in the order of `ids` (`None` unless each
 /// id names exactly one of them).
 fn in_order<'i>(
@@ -1491,29 +1533,7 @@ impl StorageBackend for PgBackend {
             return Ok(vec![self.insert(tx, entity, first).await?]);
         }
         let table = self.table(entity)?;
-        let mut columns = Vec::with_capacity(first.len());
-        for name in first.keys() {
-            let col = table
-                .column(name)
-                .ok_or_else(|| invalid(format!("`{entity}` has no column `{name}`")))?;
-            columns.push((name, col));
-        }
-        let same = || invalid("every row of an insert-many has the same columns");
-        let mut arrays: Vec<Vec<Option<String>>> =
-            vec![Vec::with_capacity(rows.len()); columns.len()];
-        for row in rows {
-            if row.len() != columns.len() {
-                return Err(same());
-            }
-            for ((name, col), array) in columns.iter().zip(arrays.iter_mut()) {
-                let v = row.get(*name).ok_or_else(same)?;
-                array.push(
-                    col.ty
-                        .encode(v)
-                        .map_err(|e| invalid(format!("`{entity}.{name}`: {e}")))?,
-                );
-            }
-        }
+        let (columns, arrays) = columnar(table, entity, rows, &[], "an insert-many")?;
         let unnest: Vec<String> = (1..=arrays.len())
             .map(|i| format!("${i}::text[]"))
             .collect();
@@ -1521,9 +1541,9 @@ impl StorageBackend for PgBackend {
         let values: Vec<String> = columns
             .iter()
             .zip(&aliases)
-            .map(|((_, col), a)| format!("v.{a}::{}", col.ty.sql()))
+            .map(|(col, a)| format!("v.{a}::{}", col.ty.sql()))
             .collect();
-        let names: Vec<&str> = columns.iter().map(|(_, col)| col.sql.as_str()).collect();
+        let names: Vec<&str> = columns.iter().map(|col| col.sql.as_str()).collect();
         let sql = format!(
             "INSERT INTO {} ({}) SELECT {} FROM unnest({}) AS v({}) RETURNING {}",
             table.sql,
@@ -1612,9 +1632,9 @@ impl StorageBackend for PgBackend {
                 changes.len()
             )));
         }
-        let Some(first) = changes.first() else {
+        if changes.is_empty() {
             return Ok(Vec::new());
-        };
+        }
         let table = self.table(entity)?;
         if let Some((id, _)) = keys.iter().find(|(id, _)| !sinew_core::hash::is_uuid(id)) {
             return Err(StorageError::NotFound {
@@ -1622,44 +1642,17 @@ impl StorageBackend for PgBackend {
                 id: id.clone(),
             });
         }
-        let names: Vec<&String> = first
-            .keys()
-            .filter(|k| *k != "id" && *k != "version")
-            .collect();
-        let mut columns = Vec::with_capacity(names.len());
-        for name in &names {
-            let col = table
-                .column(name)
-                .ok_or_else(|| invalid(format!("`{entity}` has no column `{name}`")))?;
-            columns.push(col);
-        }
-        let mut arrays: Vec<Vec<Option<String>>> =
-            vec![Vec::with_capacity(keys.len()); names.len() + 2];
-        for ((id, version), c) in keys.iter().zip(changes) {
-            if c.keys().filter(|k| *k != "id" && *k != "version").count() != names.len() {
-                return Err(invalid(
-                    "every change of an update-many sets the same columns",
-                ));
-            }
-            if let [ids, versions, ..] = arrays.as_mut_slice() {
-                ids.push(Some(id.clone()));
-                versions.push(Some(version.to_string()));
-            }
-            for ((name, col), array) in names.iter().zip(&columns).zip(arrays.iter_mut().skip(2)) {
-                let v = c.get(*name).ok_or_else(|| {
-                    invalid("every change of an update-many sets the same columns")
-                })?;
-                array.push(
-                    col.ty
-                        .encode(v)
-                        .map_err(|e| invalid(format!("`{entity}.{name}`: {e}")))?,
-                );
-            }
-        }
+        let (columns, changed) =
+            columnar(table, entity, changes, &["id", "version"], "an update-many")?;
+        let mut arrays: Vec<Vec<Option<String>>> = vec![
+            keys.iter().map(|(id, _)| Some(id.clone())).collect(),
+            keys.iter().map(|(_, v)| Some(v.to_string())).collect(),
+        ];
+        arrays.extend(changed);
         let unnest: Vec<String> = (1..=arrays.len())
             .map(|i| format!("${i}::text[]"))
             .collect();
-        let aliases: Vec<String> = (0..names.len()).map(|i| format!("c{i}")).collect();
+        let aliases: Vec<String> = (0..columns.len()).map(|i| format!("c{i}")).collect();
         let sets: Vec<String> = columns
             .iter()
             .zip(&aliases)

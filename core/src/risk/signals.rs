@@ -390,18 +390,16 @@ impl ToolSignals<'_, '_> {
             }
             tx
         };
-        // (outermost transaction, entity) -> the locks (node, id).
+        // (outermost transaction, entity) -> the locks (node, id), in the
+        // order they first appear.
         type Locks<'e> = Vec<(usize, &'e Expression)>;
-        let mut groups: Vec<((usize, &str), Locks)> = Vec::new();
+        let mut groups: indexmap::IndexMap<(usize, &str), Locks> = indexmap::IndexMap::new();
         for (i, info) in g.nodes.iter().enumerate() {
             let Some((entity, id)) = single_lock(&info.node.kind) else {
                 continue;
             };
             let Some(tx) = outer_tx(i) else { continue };
-            match groups.iter_mut().find(|(k, _)| *k == (tx, entity)) {
-                Some((_, list)) => list.push((i, id)),
-                None => groups.push(((tx, entity), vec![(i, id)])),
-            }
+            groups.entry((tx, entity)).or_default().push((i, id));
         }
         for ((_, entity), locks) in groups {
             // Which row each names: `hold.id` after a read of `hold` by
