@@ -869,6 +869,9 @@ pub fn splice_parts(entry: &Value, component: Option<&str>) -> Result<[String; 3
     <[String; 3]>::try_from(parts).map_err(|_| "could not cut the entry".to_owned())
 }
 
+/// One column's values as the text of a `text[]` parameter.
+type TextArray = Vec<Option<String>>;
+
 /// Rows of the same columns (but `skip`) as the columns of `table` and one
 /// text array per column, for `unnest($1::text[], …)`; `what` names the
 /// operation in errors.
@@ -878,7 +881,7 @@ fn columnar<'t>(
     rows: &[Row],
     skip: &[&str],
     what: &str,
-) -> Result<(Vec<&'t schema::Column>, Vec<Vec<Option<String>>>), StorageError> {
+) -> Result<(Vec<&'t schema::Column>, Vec<TextArray>), StorageError> {
     let Some(first) = rows.first() else {
         return Ok((Vec::new(), Vec::new()));
     };
@@ -894,7 +897,7 @@ fn columnar<'t>(
         columns.push(col);
     }
     let same = || invalid(format!("every row of {what} has the same columns"));
-    let mut arrays: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(rows.len()); names.len()];
+    let mut arrays: Vec<TextArray> = vec![Vec::with_capacity(rows.len()); names.len()];
     for row in rows {
         if row.keys().filter(|k| !skip.contains(&k.as_str())).count() != names.len() {
             return Err(same());
@@ -1644,7 +1647,7 @@ impl StorageBackend for PgBackend {
         }
         let (columns, changed) =
             columnar(table, entity, changes, &["id", "version"], "an update-many")?;
-        let mut arrays: Vec<Vec<Option<String>>> = vec![
+        let mut arrays: Vec<TextArray> = vec![
             keys.iter().map(|(id, _)| Some(id.clone())).collect(),
             keys.iter().map(|(_, v)| Some(v.to_string())).collect(),
         ];

@@ -208,7 +208,7 @@ fn nullable(e: &Expr, scope: &Scope, locals: &[String], vars: &[(&str, Ty)]) -> 
     };
     let (root, _) = path_text(e)?;
     // A macro's variable: only where the macro's range tells its type.
-    if locals.iter().any(|l| *l == root) && !vars.iter().any(|(v, _)| *v == root) {
+    if locals.contains(&root) && !vars.iter().any(|(v, _)| *v == root) {
         return None;
     }
     let path = || path_text(e).map(|(_, text)| text);
