@@ -3007,3 +3007,39 @@ fn grouped_aggregates_are_typed() {
     );
     assert_help(&found[0], "did you mean `units`?");
 }
+
+/// A cron schedule is read field by field before deployment: a value out
+/// of its field's range, a reversed range, a zero step or a missing field
+/// is refused at the schedule's pointer, saying which field; names and
+/// Sunday as 7 are fine.
+#[test]
+fn cron_schedules_are_checked_field_by_field() {
+    let with = |schedule: &str| {
+        load_with(|v| {
+            at(v, "/tools/get_product")["trigger"] = json!({"cron": {"schedule": schedule}});
+            at(v, "/tools/get_product")
+                .as_object_mut()
+                .unwrap()
+                .remove("input");
+        })
+    };
+    for (schedule, says) in [
+        ("0 24 * * *", "`24` is not an hour (0–23)"),
+        ("0 3 31 feb-dex *", "`dex` is not a month"),
+        ("*/0 * * * *", "a step is a whole number from 1"),
+        ("10-5 * * * *", "a range runs from low to high"),
+        ("0 3 * *", "five fields"),
+    ] {
+        let l = with(schedule);
+        let d = only_error(&l, "invalid-value", "/tools/get_product/trigger/cron/schedule");
+        assert_message(d, says);
+    }
+    for schedule in ["0 3 * * *", "*/15 9-17 * JAN,jul mon-fri", "0 0 1 * 7", "5/10 * * * *"] {
+        let l = with(schedule);
+        assert!(
+            !l.errors.iter().any(|d| d.path.contains("/trigger")),
+            "{schedule}: {}",
+            list(&l.errors)
+        );
+    }
+}

@@ -33,6 +33,7 @@
 pub mod bundle;
 pub mod chain;
 pub mod contract;
+pub mod cron;
 pub(crate) mod cursor;
 pub mod diag;
 pub mod exec;

@@ -869,14 +869,15 @@ fn trigger(cx: &mut Cx, v: &Value, path: &str) -> Option<Trigger> {
                     })
                 }
                 "cron" => t.string(cx, "schedule", true).and_then(|s| {
-                    if s.split_whitespace().count() == 5 {
-                        Some(Trigger::Cron { schedule: s })
-                    } else {
-                        cx.error(
-                            Diagnostic::new("invalid-value", t.at("schedule"), format!("`{s}` is not a five-field cron schedule"))
-                                .help("write minute hour day-of-month month day-of-week, e.g. `*/5 * * * *`"),
-                        );
-                        None
+                    match crate::cron::Schedule::parse(&s) {
+                        Ok(_) => Some(Trigger::Cron { schedule: s }),
+                        Err(why) => {
+                            cx.error(
+                                Diagnostic::new("invalid-value", t.at("schedule"), format!("`{s}` is not a cron schedule: {why}"))
+                                    .help("write minute hour day-of-month month day-of-week, each `*`, a value, a range `a-b` or a list, with an optional step `/n`: `*/15 3 * * mon-fri`"),
+                            );
+                            None
+                        }
                     }
                 }),
                 _ => t.name(cx, "name", true).map(|name| Trigger::Queue { name }),

@@ -1,0 +1,222 @@
+//! Five-field cron schedules (minute, hour, day of month, month, day of
+//! week) as Vixie cron reads them: each field a list of `*`, a value or a
+//! range `a-b`, each optionally with a step `/n`; months and weekdays also
+//! by their English three-letter names; weekday 0 and 7 are Sunday. When
+//! both day fields are restricted, a day matches if either does.
+
+/// A parsed schedule: the values each field allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    minutes: u64,
+    hours: u32,
+    days: u32,
+    months: u16,
+    weekdays: u8,
+    /// The day-of-month field is `*` (unrestricted).
+    any_day: bool,
+    /// The day-of-week field is `*`.
+    any_weekday: bool,
+}
+
+/// One field's name, bounds and value names.
+struct Field {
+    name: &'static str,
+    /// The name with its article, for "is not …".
+    a: &'static str,
+    min: u32,
+    max: u32,
+    names: &'static [&'static str],
+}
+
+const FIELDS: [Field; 5] = [
+    Field {
+        name: "minute",
+        a: "a minute",
+        min: 0,
+        max: 59,
+        names: &[],
+    },
+    Field {
+        name: "hour",
+        a: "an hour",
+        min: 0,
+        max: 23,
+        names: &[],
+    },
+    Field {
+        name: "day of month",
+        a: "a day of month",
+        min: 1,
+        max: 31,
+        names: &[],
+    },
+    Field {
+        name: "month",
+        a: "a month",
+        min: 1,
+        max: 12,
+        names: &[
+            "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+        ],
+    },
+    Field {
+        name: "day of week",
+        a: "a day of week",
+        min: 0,
+        max: 7,
+        names: &["sun", "mon", "tue", "wed", "thu", "fri", "sat"],
+    },
+];
+
+impl Schedule {
+    /// Parses `text`; `Err` says which field is wrong and why.
+    pub fn parse(text: &str) -> Result<Schedule, String> {
+        let parts: Vec<&str> = text.split_whitespace().collect();
+        let [minute, hour, day, month, weekday] = parts.as_slice() else {
+            return Err(format!(
+                "a schedule has five fields (minute hour day-of-month month day-of-week), this one {}",
+                parts.len()
+            ));
+        };
+        let [f_minute, f_hour, f_day, f_month, f_weekday] = &FIELDS;
+        let weekdays = parse_field(weekday, f_weekday)?;
+        Ok(Schedule {
+            minutes: parse_field(minute, f_minute)?,
+            hours: parse_field(hour, f_hour)? as u32,
+            days: parse_field(day, f_day)? as u32,
+            months: parse_field(month, f_month)? as u16,
+            // Sunday is 0 and 7.
+            weekdays: ((weekdays | (weekdays >> 7)) & 0x7f) as u8,
+            any_day: *day == "*",
+            any_weekday: *weekday == "*",
+        })
+    }
+
+    /// Whether the schedule fires at this minute of local time (`month`
+    /// 1–12, `day` 1–31, `weekday` 0–6 from Sunday).
+    pub fn matches(&self, minute: u32, hour: u32, day: u32, month: u32, weekday: u32) -> bool {
+        let has = |set: u64, v: u32| v < 64 && set & (1 << v) != 0;
+        let by_day = has(u64::from(self.days), day);
+        let by_weekday = has(u64::from(self.weekdays), weekday);
+        let day_ok = match (self.any_day, self.any_weekday) {
+            (true, true) => true,
+            (false, true) => by_day,
+            (true, false) => by_weekday,
+            (false, false) => by_day || by_weekday,
+        };
+        has(self.minutes, minute)
+            && has(u64::from(self.hours), hour)
+            && has(u64::from(self.months), month)
+            && day_ok
+    }
+}
+
+/// The set of values one field allows, as bits.
+fn parse_field(text: &str, f: &Field) -> Result<u64, String> {
+    let mut set = 0u64;
+    for item in text.split(',') {
+        let (range, step) = match item.split_once('/') {
+            Some((r, s)) => match s.parse::<u32>() {
+                Ok(n) if n > 0 => (r, Some(n)),
+                _ => {
+                    return Err(format!(
+                        "`{item}` in the {} field: a step is a whole number from 1",
+                        f.name
+                    ));
+                }
+            },
+            None => (item, None),
+        };
+        let (lo, hi) = match range {
+            "*" => (f.min, f.max),
+            r => match r.split_once('-') {
+                Some((a, b)) => (value(a, f)?, value(b, f)?),
+                // `a/n` runs from `a` to the field's end.
+                None if step.is_some() => (value(r, f)?, f.max),
+                None => {
+                    let v = value(r, f)?;
+                    (v, v)
+                }
+            },
+        };
+        if lo > hi {
+            return Err(format!(
+                "`{item}` in the {} field: a range runs from low to high",
+                f.name
+            ));
+        }
+        let mut v = lo;
+        while v <= hi {
+            set |= 1 << v;
+            v += step.unwrap_or(1);
+        }
+    }
+    Ok(set)
+}
+
+/// One value of a field: a number within its bounds, or one of its names.
+fn value(text: &str, f: &Field) -> Result<u32, String> {
+    let lower = text.to_ascii_lowercase();
+    if let Some(i) = f.names.iter().position(|n| *n == lower) {
+        // Months count from 1, weekdays from 0 (Sunday).
+        return Ok(f.min + i as u32);
+    }
+    match text.parse::<u32>() {
+        Ok(v) if (f.min..=f.max).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "`{text}` is not {} ({}–{}{})",
+            f.a,
+            f.min,
+            f.max,
+            if f.names.is_empty() {
+                String::new()
+            } else {
+                format!(", or {}", f.names.join(", "))
+            }
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_read_as_vixie_cron_reads_them() {
+        let s = Schedule::parse("*/15 3 * * *").unwrap();
+        assert!(s.matches(0, 3, 1, 1, 0) && s.matches(45, 3, 9, 12, 4));
+        assert!(!s.matches(10, 3, 1, 1, 0) && !s.matches(0, 4, 1, 1, 0));
+        // Names, lists, ranges with steps, Sunday as 7.
+        let s = Schedule::parse("0 9-17/4 * JAN,jul mon-fri").unwrap();
+        assert!(s.matches(0, 13, 5, 7, 3));
+        assert!(!s.matches(0, 11, 5, 7, 3), "9, 13, 17 only");
+        assert!(!s.matches(0, 9, 5, 2, 3), "January and July only");
+        assert!(!s.matches(0, 9, 5, 1, 0), "not on Sunday");
+        assert!(Schedule::parse("0 0 * * 7").unwrap().matches(0, 0, 3, 3, 0));
+        // Both day fields restricted: either matches.
+        let s = Schedule::parse("0 0 1 * 1").unwrap();
+        assert!(s.matches(0, 0, 1, 5, 3) && s.matches(0, 0, 9, 5, 1));
+        assert!(!s.matches(0, 0, 9, 5, 3));
+        // `a/n` runs to the end of the field.
+        let s = Schedule::parse("50/5 * * * *").unwrap();
+        assert!(s.matches(55, 0, 1, 1, 0) && !s.matches(0, 0, 1, 1, 0));
+    }
+
+    #[test]
+    fn a_wrong_field_is_named() {
+        for (text, says) in [
+            ("* * * *", "five fields"),
+            ("60 * * * *", "`60` is not a minute (0–59)"),
+            ("* 24 * * *", "`24` is not an hour"),
+            ("* * 0 * *", "`0` is not a day of month (1–31)"),
+            ("* * * 13 * ", "`13` is not a month (1–12, or jan"),
+            ("* * * * funday", "`funday` is not a day of week"),
+            ("*/0 * * * *", "a step is a whole number from 1"),
+            ("30-10 * * * *", "a range runs from low to high"),
+            ("@daily", "five fields"),
+        ] {
+            let e = Schedule::parse(text).unwrap_err();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+    }
+}
