@@ -3031,10 +3031,30 @@ fn cron_schedules_are_checked_field_by_field() {
         ("0 3 * *", "five fields"),
     ] {
         let l = with(schedule);
-        let d = only_error(&l, "invalid-value", "/tools/get_product/trigger/cron/schedule");
+        let d = only_error(
+            &l,
+            "invalid-value",
+            "/tools/get_product/trigger/cron/schedule",
+        );
         assert_message(d, says);
     }
-    for schedule in ["0 3 * * *", "*/15 9-17 * JAN,jul mon-fri", "0 0 1 * 7", "5/10 * * * *"] {
+    // A time zone the zone database does not have.
+    let l = load_with(|v| {
+        at(v, "/tools/get_product")["trigger"] =
+            json!({"cron": {"schedule": "0 3 * * *", "timezone": "Europe/Pariss"}});
+    });
+    let d = only_error(
+        &l,
+        "invalid-value",
+        "/tools/get_product/trigger/cron/timezone",
+    );
+    assert_message(d, "`Europe/Pariss` is not a time zone");
+    for schedule in [
+        "0 3 * * *",
+        "*/15 9-17 * JAN,jul mon-fri",
+        "0 0 1 * 7",
+        "5/10 * * * *",
+    ] {
         let l = with(schedule);
         assert!(
             !l.errors.iter().any(|d| d.path.contains("/trigger")),

@@ -95,7 +95,14 @@ impl Schedule {
     /// Whether the schedule fires at this minute of local time (`month`
     /// 1–12, `day` 1–31, `weekday` 0–6 from Sunday).
     pub fn matches(&self, minute: u32, hour: u32, day: u32, month: u32, weekday: u32) -> bool {
-        let has = |set: u64, v: u32| v < 64 && set & (1 << v) != 0;
+        has(self.minutes, minute)
+            && has(u64::from(self.hours), hour)
+            && self.matches_day(day, month, weekday)
+    }
+
+    /// Whether the schedule fires on this day (`month` 1–12, `day` 1–31,
+    /// `weekday` 0–6 from Sunday).
+    fn matches_day(&self, day: u32, month: u32, weekday: u32) -> bool {
         let by_day = has(u64::from(self.days), day);
         let by_weekday = has(u64::from(self.weekdays), weekday);
         let day_ok = match (self.any_day, self.any_weekday) {
@@ -104,11 +111,64 @@ impl Schedule {
             (true, false) => by_weekday,
             (false, false) => by_day || by_weekday,
         };
-        has(self.minutes, minute)
-            && has(u64::from(self.hours), hour)
-            && has(u64::from(self.months), month)
-            && day_ok
+        has(u64::from(self.months), month) && day_ok
     }
+
+    /// The first instant strictly after `after` at which the schedule
+    /// fires in time zone `tz`; `None` if it never does in the next four
+    /// years (`0 0 30 2 *`). Each local time fires once: a time the clocks
+    /// skip (spring forward) fires when they jump, a time they repeat (fall
+    /// back) at its first occurrence.
+    pub fn next_after(
+        &self,
+        after: jiff::Timestamp,
+        tz: &jiff::tz::TimeZone,
+    ) -> Option<jiff::Timestamp> {
+        let start = tz.to_datetime(after);
+        let mut day = start.date();
+        for _ in 0..=4 * 366 {
+            let weekday = u32::from(day.weekday().to_sunday_zero_offset().unsigned_abs());
+            let (d, m) = (
+                day.day().unsigned_abs().into(),
+                day.month().unsigned_abs().into(),
+            );
+            if self.matches_day(d, m, weekday) {
+                for hour in (0..24u8).filter(|h| self.hours & (1 << h) != 0) {
+                    for minute in (0..60u8).filter(|m| self.minutes & (1 << m) != 0) {
+                        let dt = day.at(hour.try_into().ok()?, minute.try_into().ok()?, 0, 0);
+                        if let Some(at) = instant(dt, tz)
+                            && at > after
+                        {
+                            return Some(at);
+                        }
+                    }
+                }
+            }
+            day = day.tomorrow().ok()?;
+        }
+        None
+    }
+}
+
+/// The instant a local time names in `tz`: the first of two in a fold,
+/// the end of the gap (when the clocks jump) for a time in one.
+fn instant(dt: jiff::civil::DateTime, tz: &jiff::tz::TimeZone) -> Option<jiff::Timestamp> {
+    use jiff::tz::AmbiguousOffset;
+    match tz.to_ambiguous_timestamp(dt).offset() {
+        AmbiguousOffset::Unambiguous { offset } => offset.to_timestamp(dt).ok(),
+        AmbiguousOffset::Fold { before, .. } => before.to_timestamp(dt).ok(),
+        AmbiguousOffset::Gap { before, .. } => {
+            // Read with the offset before the gap, the time is past the
+            // jump: the jump is the transition just before it.
+            let past = before.to_timestamp(dt).ok()?;
+            tz.preceding(past).next().map(|t| t.timestamp())
+        }
+    }
+}
+
+/// Whether bit `v` of `set` is on.
+fn has(set: u64, v: u32) -> bool {
+    v < 64 && set & (1 << v) != 0
 }
 
 /// The set of values one field allows, as bits.
@@ -200,6 +260,64 @@ mod tests {
         // `a/n` runs to the end of the field.
         let s = Schedule::parse("50/5 * * * *").unwrap();
         assert!(s.matches(55, 0, 1, 1, 0) && !s.matches(0, 0, 1, 1, 0));
+    }
+
+    fn next(s: &str, tz: &str, after: &str, n: usize) -> Vec<String> {
+        let s = Schedule::parse(s).unwrap();
+        let tz = jiff::tz::TimeZone::get(tz).unwrap();
+        let mut at: jiff::Timestamp = after.parse().unwrap();
+        (0..n)
+            .map_while(|_| {
+                at = s.next_after(at, &tz)?;
+                Some(at.to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fire_times_follow_the_zone_and_its_clock_changes() {
+        // Strictly after: at 03:00 itself, the next is the day after.
+        assert_eq!(
+            next("0 3 * * *", "UTC", "2026-01-01T03:00:00Z", 2),
+            ["2026-01-02T03:00:00Z", "2026-01-03T03:00:00Z"]
+        );
+        // 03:00 in Paris is 02:00Z in winter, 01:00Z in summer.
+        assert_eq!(
+            next("0 3 * * *", "Europe/Paris", "2026-03-27T12:00:00Z", 3),
+            [
+                "2026-03-28T02:00:00Z",
+                "2026-03-29T01:00:00Z",
+                "2026-03-30T01:00:00Z"
+            ]
+        );
+        // 02:30 does not exist in Paris on 29 March 2026 (02:00 → 03:00):
+        // it fires when the clocks jump, 01:00Z.
+        assert_eq!(
+            next("30 2 * * *", "Europe/Paris", "2026-03-28T12:00:00Z", 2),
+            ["2026-03-29T01:00:00Z", "2026-03-30T00:30:00Z"]
+        );
+        // 02:30 happens twice on 25 October 2026 (03:00 → 02:00): once, the
+        // first time (00:30Z).
+        assert_eq!(
+            next("30 2 * * *", "Europe/Paris", "2026-10-24T12:00:00Z", 2),
+            ["2026-10-25T00:30:00Z", "2026-10-26T01:30:00Z"]
+        );
+        // Every 30 minutes through the repeated hour: each local time once.
+        assert_eq!(
+            next("*/30 * * * *", "Europe/Paris", "2026-10-24T23:45:00Z", 4),
+            [
+                "2026-10-25T00:00:00Z",
+                "2026-10-25T00:30:00Z",
+                "2026-10-25T02:00:00Z",
+                "2026-10-25T02:30:00Z"
+            ]
+        );
+        // Rare days, and never.
+        assert_eq!(
+            next("0 0 29 2 *", "UTC", "2026-01-01T00:00:00Z", 1),
+            ["2028-02-29T00:00:00Z"]
+        );
+        assert!(next("0 0 30 2 *", "UTC", "2026-01-01T00:00:00Z", 1).is_empty());
     }
 
     #[test]

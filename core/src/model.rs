@@ -376,6 +376,8 @@ pub enum Trigger {
     Cron {
         /// Five-field cron expression.
         schedule: String,
+        /// The IANA time zone it is read in (default `UTC`).
+        timezone: String,
     },
     /// A queue consumer.
     Queue {

@@ -8,6 +8,7 @@ pub mod jwt;
 pub mod native;
 pub mod openapi;
 pub mod pg;
+pub mod schedule;
 pub mod serve;
 pub mod studio;
 pub mod tls;

@@ -1,6 +1,6 @@
 //! `sinew`: check, run and serve business backends written as JSON specs.
 
-use sinew_host::{admin, check, run, serve, studio};
+use sinew_host::{admin, check, run, schedule, serve, studio};
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -32,6 +32,7 @@ enum Command {
     Migrate(admin::MigrateArgs),
     Audit(admin::AuditArgs),
     Token(admin::TokenArgs),
+    Schedule(schedule::Args),
     Component(ComponentArgs),
 }
 
@@ -113,6 +114,7 @@ fn main() -> ExitCode {
         Command::Migrate(args) => exit(admin::migrate(&args)),
         Command::Audit(args) => exit(admin::audit(&args)),
         Command::Token(args) => exit(admin::token(&args)),
+        Command::Schedule(args) => exit(schedule::run(&args)),
         Command::Run(args) => match run::run(&args) {
             Ok(run::Outcome::Ok) => 0,
             Ok(run::Outcome::Error) => 1,

@@ -853,3 +853,50 @@ fn boolean_environment_switches_take_what_people_write() {
         assert!(err.contains("invalid value 'maybe'"), "{var}=maybe: {err}");
     }
 }
+
+/// `sinew schedule` lists each cron tool's next times after `--after`, in
+/// UTC and in its zone, through a clock change (02:30 does not exist in
+/// Paris on 29 March 2026: it fires when the clocks jump, 03:00 CEST); a
+/// spec that does not load exits 3.
+#[test]
+fn schedule_lists_the_next_fire_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"{"sinew": "0.2", "name": "nightly", "roles": ["staff"], "tools": {
+        "purge": {"trigger": {"cron": {"schedule": "30 2 * * *", "timezone": "Europe/Paris"}},
+                  "auth": {"roles": ["staff"]},
+                  "flow": {"entry": "done", "nodes": {"done": {"type": "return"}}}},
+        "tick": {"trigger": {"cron": {"schedule": "0 */6 * * *"}},
+                 "auth": {"roles": ["staff"]},
+                 "flow": {"entry": "done", "nodes": {"done": {"type": "return"}}}}}}"#;
+    let path = write(&dir, "nightly.json", text);
+    let out = sinew([
+        "schedule".as_ref(),
+        path.as_os_str(),
+        "--after".as_ref(),
+        "2026-03-28T12:00:00Z".as_ref(),
+        "--count".as_ref(),
+        "2".as_ref(),
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "purge  `30 2 * * *` in Europe/Paris\n\
+         \x20 2026-03-29T01:00:00Z  2026-03-29 03:00 CEST\n\
+         \x20 2026-03-30T00:30:00Z  2026-03-30 02:30 CEST\n\
+         tick  `0 */6 * * *` in UTC\n\
+         \x20 2026-03-28T18:00:00Z  2026-03-28 18:00 UTC\n\
+         \x20 2026-03-29T00:00:00Z  2026-03-29 00:00 UTC\n"
+    );
+    let bad = write(
+        &dir,
+        "bad.json",
+        text.replace("Europe/Paris", "Europe/Pariss"),
+    );
+    let out = sinew(["schedule".as_ref(), bad.as_os_str()]);
+    assert_eq!(code(&out), 3, "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("is not a time zone"),
+        "{}",
+        stderr(&out)
+    );
+}

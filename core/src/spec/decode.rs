@@ -869,8 +869,16 @@ fn trigger(cx: &mut Cx, v: &Value, path: &str) -> Option<Trigger> {
                     })
                 }
                 "cron" => t.string(cx, "schedule", true).and_then(|s| {
+                    let timezone = t.string(cx, "timezone", false).unwrap_or_else(|| "UTC".to_string());
+                    if jiff::tz::TimeZone::get(&timezone).is_err() {
+                        cx.error(
+                            Diagnostic::new("invalid-value", t.at("timezone"), format!("`{timezone}` is not a time zone"))
+                                .help("name an IANA time zone: `Europe/Paris`, `America/New_York`, `UTC`"),
+                        );
+                        return None;
+                    }
                     match crate::cron::Schedule::parse(&s) {
-                        Ok(_) => Some(Trigger::Cron { schedule: s }),
+                        Ok(_) => Some(Trigger::Cron { schedule: s, timezone }),
                         Err(why) => {
                             cx.error(
                                 Diagnostic::new("invalid-value", t.at("schedule"), format!("`{s}` is not a cron schedule: {why}"))
