@@ -1283,6 +1283,13 @@ pub async fn serve(
     if !jwt.enabled() {
         log.warn("no SINEW_JWT_SECRET or SINEW_JWT_JWKS: only public tools can be called");
     }
+    for (name, tool) in &spec.tools {
+        if let sinew_core::spec::Trigger::Cron { schedule, timezone } = &tool.trigger {
+            log.warn(&format!(
+                "`{name}` is a cron tool (`{schedule}` in {timezone}): sinew serve does not run schedules yet; have a scheduler call POST /tools/{name} (`sinew schedule` lists its times)"
+            ));
+        }
+    }
     for (name, hook) in webhooks(&spec) {
         if hook.secret.is_none() {
             log.warn(&format!(
