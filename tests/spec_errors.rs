@@ -1677,17 +1677,12 @@ fn a_read_no_index_serves_is_unindexed() {
 #[test]
 fn aggregate_mistakes_are_found_where_they_are() {
     let node = |v: &mut Value, agg: Value| {
-        at(v, &format!("{GET}/product"))
-            .as_object_mut()
-            .unwrap()
-            .clear();
         let mut agg = agg;
         agg["type"] = json!("aggregate");
         agg["entity"] = json!("Product");
         agg["next"] = json!("done");
-        at(v, GET)["product"] = agg;
+        with_product_node(v, agg);
         at(v, &format!("{GET}/done"))["value"] = json!({"ok": "true"});
-        at(v, GET).as_object_mut().unwrap().remove("missing");
     };
     let p = format!("{GET}/product");
     let l = load_with(|v| {
@@ -2624,6 +2619,13 @@ fn judge(setup: impl Fn(&mut Value), refused: &[(&str, &str)], clean: &[&str]) -
     found
 }
 
+/// `get_product`'s first node (`product`) replaced by `node`, which leads
+/// to `done` (and its `onError` target gone).
+fn with_product_node(v: &mut Value, node: Value) {
+    at(v, GET)["product"] = node;
+    at(v, GET).as_object_mut().unwrap().remove("missing");
+}
+
 /// A function called with arguments none of its forms takes fails on every
 /// call that reaches it: refused before deployment, with the types, while
 /// the forms it has pass.
@@ -2873,17 +2875,15 @@ fn optional_properties_inside_input_objects_need_has() {
 fn aggregate_measures_are_typed_and_may_be_null() {
     judge(
         |v| {
-            at(v, &format!("{GET}/product"))
-                .as_object_mut()
-                .unwrap()
-                .clear();
-            at(v, GET)["product"] = json!({
-                "type": "aggregate", "entity": "Product", "next": "done",
-                "measures": {"n": {"count": "*"}, "total": {"sum": "price"},
-                             "mean": {"avg": "price"}, "top": {"max": "price"},
-                             "first": {"min": "name"}}
-            });
-            at(v, GET).as_object_mut().unwrap().remove("missing");
+            with_product_node(
+                v,
+                json!({
+                    "type": "aggregate", "entity": "Product", "next": "done",
+                    "measures": {"n": {"count": "*"}, "total": {"sum": "price"},
+                                 "mean": {"avg": "price"}, "top": {"max": "price"},
+                                 "first": {"min": "name"}}
+                }),
+            );
         },
         &[
             ("product.mean * 2", "`product.mean` may be null here"),
@@ -2919,15 +2919,13 @@ fn aggregate_measures_are_typed_and_may_be_null() {
 fn embedded_rows_and_macro_rows_are_typed() {
     let found = judge(
         |v| {
-            at(v, &format!("{GET}/product"))
-                .as_object_mut()
-                .unwrap()
-                .clear();
-            at(v, GET)["product"] = json!({
-                "type": "read", "entity": "Order", "limit": 5, "next": "done",
-                "include": {"item": {"ref": "product"}}
-            });
-            at(v, GET).as_object_mut().unwrap().remove("missing");
+            with_product_node(
+                v,
+                json!({
+                    "type": "read", "entity": "Order", "limit": 5, "next": "done",
+                    "include": {"item": {"ref": "product"}}
+                }),
+            );
         },
         &[
             ("product.map(o, o.nope)", "`Order` has no field `nope`"),
@@ -2976,17 +2974,15 @@ fn embedded_rows_and_macro_rows_are_typed() {
 fn grouped_aggregates_are_typed() {
     let found = judge(
         |v| {
-            at(v, &format!("{GET}/product"))
-                .as_object_mut()
-                .unwrap()
-                .clear();
-            at(v, GET)["product"] = json!({
-                "type": "aggregate", "entity": "Order", "groupBy": ["product"], "limit": 10,
-                "measures": {"n": {"count": "*"}, "units": {"sum": "quantity"},
-                             "most": {"max": "quantity"}},
-                "next": "done"
-            });
-            at(v, GET).as_object_mut().unwrap().remove("missing");
+            with_product_node(
+                v,
+                json!({
+                    "type": "aggregate", "entity": "Order", "groupBy": ["product"], "limit": 10,
+                    "measures": {"n": {"count": "*"}, "units": {"sum": "quantity"},
+                                 "most": {"max": "quantity"}},
+                    "next": "done"
+                }),
+            );
         },
         &[
             ("product[0].unit", "a group of `product` has no `unit`"),

@@ -1191,7 +1191,6 @@ impl<'a> Run<'a> {
         // then one storage operation writes them all (one statement on
         // Postgres). Rows an update changes count as written (in
         // `record`), not read.
-        let mut keys = Vec::with_capacity(rows.len());
         let mut all = Vec::with_capacity(rows.len());
         for row in &rows {
             let before = row_to_value(e, row);
@@ -1208,28 +1207,13 @@ impl<'a> Run<'a> {
             }
             rows::check_fields(entity, e, &merged, set.keys())?;
             self.check_refs(entity, e, &merged, set.keys(), Some(row))?;
-            let id = row.get("id").and_then(Json::as_str).unwrap_or_default();
-            keys.push((id.to_owned(), version(row).unwrap_or(0)));
             all.push(changes);
         }
-        let tx = self.write_tx()?.id;
-        let stored = match (keys.as_slice(), all.as_slice()) {
-            // One row: the plain update.
-            ([(id, v)], [changes]) => vec![
-                self.storage
-                    .update(tx, entity, id, *v, changes)
-                    .map_err(storage_problem)?,
-            ],
-            _ => self
-                .storage
-                .update_many(tx, entity, &keys, &all)
-                .map_err(storage_problem)?,
-        };
-        let mut out = Vec::with_capacity(stored.len());
-        for (row, (_, before)) in stored.into_iter().zip(&keys) {
-            self.record(entity, &row, "update", Some(*before))?;
-            out.push(crate::ports::shaped(e, row));
-        }
+        let stored = self.update_rows(entity, &keys_of(&rows), &all)?;
+        let out: Vec<Value> = stored
+            .into_iter()
+            .map(|row| crate::ports::shaped(e, row))
+            .collect();
         let value = if one {
             out.into_iter().next().unwrap_or(Value::Null)
         } else {
@@ -1303,10 +1287,7 @@ impl<'a> Run<'a> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<(String, i64)> = rows
-            .iter()
-            .map(|r| (r.id().to_owned(), r.version().unwrap_or(0)))
-            .collect();
+        let keys = keys_of(rows);
         self.release(entity, &keys, budget, depth)?;
         let now = self.now_text();
         let tx = self.write_tx()?.id;
@@ -1478,22 +1459,7 @@ impl<'a> Run<'a> {
                     let mut changes = Row::new();
                     changes.insert(field.clone(), Json::Null);
                     changes.insert("updated_at".into(), Json::String(self.now_text()));
-                    let stored = match rows.as_slice() {
-                        [row] => vec![self.update_row(&other, row, &changes)?],
-                        _ => {
-                            let keys: Vec<(String, i64)> = rows
-                                .iter()
-                                .map(|r| (r.id().to_owned(), r.version().unwrap_or(0)))
-                                .collect();
-                            let tx = self.write_tx()?.id;
-                            self.storage
-                                .update_many(tx, &other, &keys, &vec![changes; keys.len()])
-                                .map_err(storage_problem)?
-                        }
-                    };
-                    for (stored, row) in stored.iter().zip(&rows) {
-                        self.record(&other, stored, "update", version(row))?;
-                    }
+                    self.update_rows(&other, &keys_of(&rows), &vec![changes; rows.len()])?;
                 }
                 OnDelete::Cascade => {
                     *budget -= rows.len() as u64;
@@ -2173,6 +2139,33 @@ impl<'a> Run<'a> {
             .map_err(storage_problem)
     }
 
+    /// Each row (`keys`: id and version as read) its own changes, in one
+    /// storage operation: the plain update for one row, `update_many` for
+    /// more (one statement on Postgres); each row recorded as updated.
+    fn update_rows(
+        &mut self,
+        entity: &str,
+        keys: &[(String, i64)],
+        changes: &[Row],
+    ) -> Result<Vec<Row>, Problem> {
+        let tx = self.write_tx()?.id;
+        let stored = match (keys, changes) {
+            ([(id, v)], [changes]) => vec![
+                self.storage
+                    .update(tx, entity, id, *v, changes)
+                    .map_err(storage_problem)?,
+            ],
+            _ => self
+                .storage
+                .update_many(tx, entity, keys, changes)
+                .map_err(storage_problem)?,
+        };
+        for (row, (_, before)) in stored.iter().zip(keys) {
+            self.record(entity, row, "update", Some(*before))?;
+        }
+        Ok(stored)
+    }
+
     fn update_row(&mut self, entity: &str, row: &Row, changes: &Row) -> Result<Row, Problem> {
         let tx = self.write_tx()?.id;
         let id = row.get("id").and_then(Json::as_str).unwrap_or_default();
@@ -2292,6 +2285,13 @@ fn not_bool(e: &Expression, v: &Value) -> Problem {
 
 fn version(row: &Row) -> Option<i64> {
     row.get("version").and_then(Json::as_i64)
+}
+
+/// The (id, version) of each row, as read.
+fn keys_of(rows: &[Row]) -> Vec<(String, i64)> {
+    rows.iter()
+        .map(|r| (r.id().to_owned(), r.version().unwrap_or(0)))
+        .collect()
 }
 
 /// A row as a write gave it back: JSON, or already the interpreter's value.

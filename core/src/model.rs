@@ -374,8 +374,10 @@ pub enum Trigger {
     },
     /// A schedule.
     Cron {
-        /// Five-field cron expression.
+        /// Five-field cron expression, as written.
         schedule: String,
+        /// The same, read.
+        times: crate::cron::Schedule,
         /// The IANA time zone it is read in (default `UTC`).
         timezone: String,
     },

@@ -914,6 +914,23 @@ fn columnar<'t>(
     Ok((columns, arrays))
 }
 
+/// `unnest($1::text[], …) AS v(…)`: one `text[]` parameter per name, the
+/// `lead` names first, then `c0`, `c1`, … for `columns` columns.
+fn unnest_sql(lead: &[&str], columns: usize) -> String {
+    let names: Vec<String> = lead
+        .iter()
+        .map(|n| (*n).to_owned())
+        .chain((0..columns).map(|i| format!("c{i}")))
+        .collect();
+    let params: Vec<String> = (1..=names.len()).map(|i| format!("${i}::text[]")).collect();
+    format!("unnest({}) AS v({})", params.join(", "), names.join(", "))
+}
+
+/// Text arrays as the parameters of [`unnest_sql`].
+fn text_params(arrays: &[TextArray]) -> Vec<&(dyn ToSql + Sync)> {
+    arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect()
+}
+
 /// The rows a statement wrote, in the order of `ids` (`None` unless each
 /// id names exactly one of them).
 fn in_order<'i>(
@@ -1537,28 +1554,21 @@ impl StorageBackend for PgBackend {
         }
         let table = self.table(entity)?;
         let (columns, arrays) = columnar(table, entity, rows, &[], "an insert-many")?;
-        let unnest: Vec<String> = (1..=arrays.len())
-            .map(|i| format!("${i}::text[]"))
-            .collect();
-        let aliases: Vec<String> = (0..columns.len()).map(|i| format!("c{i}")).collect();
         let values: Vec<String> = columns
             .iter()
-            .zip(&aliases)
-            .map(|(col, a)| format!("v.{a}::{}", col.ty.sql()))
+            .enumerate()
+            .map(|(i, col)| format!("v.c{i}::{}", col.ty.sql()))
             .collect();
         let names: Vec<&str> = columns.iter().map(|col| col.sql.as_str()).collect();
         let sql = format!(
-            "INSERT INTO {} ({}) SELECT {} FROM unnest({}) AS v({}) RETURNING {}",
+            "INSERT INTO {} ({}) SELECT {} FROM {} RETURNING {}",
             table.sql,
             names.join(", "),
             values.join(", "),
-            unnest.join(", "),
-            aliases.join(", "),
+            unnest_sql(&[], columns.len()),
             table.select
         );
-        let params: Vec<&(dyn ToSql + Sync)> =
-            arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-        let written = self.write_refs(tx, &sql, &params).await?;
+        let written = self.write_refs(tx, &sql, &text_params(&arrays)).await?;
         let ids = rows
             .iter()
             .map(|r| r.get("id").and_then(Value::as_str).unwrap_or_default());
@@ -1652,35 +1662,27 @@ impl StorageBackend for PgBackend {
             keys.iter().map(|(_, v)| Some(v.to_string())).collect(),
         ];
         arrays.extend(changed);
-        let unnest: Vec<String> = (1..=arrays.len())
-            .map(|i| format!("${i}::text[]"))
-            .collect();
-        let aliases: Vec<String> = (0..columns.len()).map(|i| format!("c{i}")).collect();
         let sets: Vec<String> = columns
             .iter()
-            .zip(&aliases)
-            .map(|(col, a)| format!("{} = v.{a}::{}", col.sql, col.ty.sql()))
+            .enumerate()
+            .map(|(i, col)| format!("{} = v.c{i}::{}", col.sql, col.ty.sql()))
             .chain(std::iter::once(
                 "\"version\" = u.\"version\" + 1".to_owned(),
             ))
             .collect();
         let sql = format!(
-            "WITH v AS (SELECT * FROM unnest({}) AS v(i, n{}{})), \
+            "WITH v AS (SELECT * FROM {}), \
              done AS (UPDATE {} AS u SET {} FROM v WHERE u.\"id\" = v.i::uuid \
                AND u.\"version\" = v.n::bigint AND u.\"deleted_at\" IS NULL RETURNING u.*), \
              guard AS (SELECT 1 / (CASE WHEN count(*) = {} THEN 1 ELSE 0 END) AS ok FROM done) \
              SELECT {} FROM guard LEFT JOIN done ON TRUE WHERE guard.ok = 1",
-            unnest.join(", "),
-            if aliases.is_empty() { "" } else { ", " },
-            aliases.join(", "),
+            unnest_sql(&["i", "n"], columns.len()),
             table.sql,
             sets.join(", "),
             keys.len(),
             table.select
         );
-        let params: Vec<&(dyn ToSql + Sync)> =
-            arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-        let written = match self.write_refs(tx, &sql, &params).await {
+        let written = match self.write_refs(tx, &sql, &text_params(&arrays)).await {
             Ok(rows) => rows,
             // The guard: some row was changed or deleted since it was read.
             Err(StorageError::Invalid { message }) if message.ends_with("(22012)") => {

@@ -1,7 +1,6 @@
 //! `sinew schedule`: the next times a spec's `cron` tools fire.
 
 use anyhow::{Context, Result};
-use sinew_core::cron::Schedule;
 use sinew_core::model::Trigger;
 use std::path::PathBuf;
 
@@ -45,18 +44,22 @@ pub fn run(args: &Args) -> Result<u8> {
     };
     let mut any = false;
     for (name, tool) in &loaded.spec.tools {
-        let Trigger::Cron { schedule, timezone } = &tool.trigger else {
+        let Trigger::Cron {
+            schedule,
+            times,
+            timezone,
+        } = &tool.trigger
+        else {
             continue;
         };
         any = true;
-        let parsed = Schedule::parse(schedule).map_err(anyhow::Error::msg)?;
         let tz = jiff::tz::TimeZone::get(timezone)
             .with_context(|| format!("unknown time zone `{timezone}`"))?;
         println!("{name}  `{schedule}` in {timezone}");
         let mut at = after;
         let mut listed = 0;
         while listed < args.count {
-            let Some(next) = parsed.next_after(at, &tz) else {
+            let Some(next) = times.next_after(at, &tz) else {
                 if listed == 0 {
                     println!("  never (no such day in the next four years)");
                 }

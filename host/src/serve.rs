@@ -1284,7 +1284,10 @@ pub async fn serve(
         log.warn("no SINEW_JWT_SECRET or SINEW_JWT_JWKS: only public tools can be called");
     }
     for (name, tool) in &spec.tools {
-        if let sinew_core::spec::Trigger::Cron { schedule, timezone } = &tool.trigger {
+        if let sinew_core::spec::Trigger::Cron {
+            schedule, timezone, ..
+        } = &tool.trigger
+        {
             log.warn(&format!(
                 "`{name}` is a cron tool (`{schedule}` in {timezone}): sinew serve does not run schedules yet; have a scheduler call POST /tools/{name} (`sinew schedule` lists its times)"
             ));

@@ -878,7 +878,7 @@ fn trigger(cx: &mut Cx, v: &Value, path: &str) -> Option<Trigger> {
                         return None;
                     }
                     match crate::cron::Schedule::parse(&s) {
-                        Ok(_) => Some(Trigger::Cron { schedule: s, timezone }),
+                        Ok(times) => Some(Trigger::Cron { schedule: s, times, timezone }),
                         Err(why) => {
                             cx.error(
                                 Diagnostic::new("invalid-value", t.at("schedule"), format!("`{s}` is not a cron schedule: {why}"))

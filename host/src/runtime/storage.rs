@@ -290,13 +290,21 @@ impl HostState {
     }
 }
 
+/// The value a guest's argument decodes to, or (returned from the
+/// import) the typed error saying why it does not.
+macro_rules! accepted {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(error(e))),
+        }
+    };
+}
+
 /// The reads, in a transaction (`Some`) or outside one.
 impl HostState {
     async fn read_in(&mut self, tx: Option<u64>, entity: String, q: wit::Query) -> Res<Vec<u8>> {
-        let q = match query(q) {
-            Ok(q) => q,
-            Err(e) => return Ok(Err(error(e))),
-        };
+        let q = accepted!(query(q));
         Ok(self
             .backends
             .storage
@@ -312,10 +320,7 @@ impl HostState {
         entity: String,
         q: wit::Query,
     ) -> Res<wit::Counted> {
-        let q = match query(q) {
-            Ok(q) => q,
-            Err(e) => return Ok(Err(error(e))),
-        };
+        let q = accepted!(query(q));
         Ok(self
             .backends
             .storage
@@ -333,10 +338,7 @@ impl HostState {
         group_by: Vec<String>,
         tallies: Vec<wit::Measure>,
     ) -> Res<Vec<u8>> {
-        let f = match filters(list) {
-            Ok(f) => f,
-            Err(e) => return Ok(Err(error(e))),
-        };
+        let f = accepted!(filters(list));
         Ok(self
             .backends
             .storage
@@ -385,10 +387,7 @@ impl HostTransaction for HostState {
 
     async fn insert(&mut self, t: Resource<Tx>, entity: String, row: Vec<u8>) -> Res<Vec<u8>> {
         let id = self.tx_id(&t)?;
-        let row = match object(&row) {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(error(e))),
-        };
+        let row = accepted!(object(&row));
         Ok(self
             .backends
             .storage
@@ -407,10 +406,7 @@ impl HostTransaction for HostState {
         changes: Vec<u8>,
     ) -> Res<Vec<u8>> {
         let id = self.tx_id(&t)?;
-        let changes = match object(&changes) {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(error(e))),
-        };
+        let changes = accepted!(object(&changes));
         Ok(self
             .backends
             .storage
@@ -427,10 +423,7 @@ impl HostTransaction for HostState {
         rows: Vec<u8>,
     ) -> Res<Vec<u8>> {
         let id = self.tx_id(&t)?;
-        let rows = match decoded_rows(&rows) {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(error(e))),
-        };
+        let rows = accepted!(decoded_rows(&rows));
         Ok(self
             .backends
             .storage
@@ -449,10 +442,7 @@ impl HostTransaction for HostState {
         changes: Vec<u8>,
     ) -> Res<Vec<u8>> {
         let id = self.tx_id(&t)?;
-        let changes = match decoded_rows(&changes) {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(error(e))),
-        };
+        let changes = accepted!(decoded_rows(&changes));
         let keys: Vec<(String, i64)> = ids.into_iter().zip(versions).collect();
         Ok(self
             .backends
@@ -471,10 +461,7 @@ impl HostTransaction for HostState {
         changes: Vec<u8>,
     ) -> Res<Vec<u8>> {
         let id = self.tx_id(&t)?;
-        let (q, changes) = match query(q).and_then(|q| object(&changes).map(|c| (q, c))) {
-            Ok(both) => both,
-            Err(e) => return Ok(Err(error(e))),
-        };
+        let (q, changes) = accepted!(query(q).and_then(|q| object(&changes).map(|c| (q, c))));
         Ok(self
             .backends
             .storage
@@ -504,10 +491,7 @@ impl HostTransaction for HostState {
 
     async fn append_audit(&mut self, t: Resource<Tx>, entry: String) -> Res<()> {
         let id = self.tx_id(&t)?;
-        let entry = match json(&entry) {
-            Ok(e) => e,
-            Err(e) => return Ok(Err(error(e))),
-        };
+        let entry = accepted!(json(&entry));
         let r = self.backends.storage.append_audit(Some(id), &entry).await;
         if r.is_ok() {
             self.call.appended(Some(id), entry);
@@ -524,10 +508,7 @@ impl HostTransaction for HostState {
         body: String,
     ) -> Res<()> {
         let id = self.tx_id(&t)?;
-        let body = match json(&body) {
-            Ok(b) => b,
-            Err(e) => return Ok(Err(error(e))),
-        };
+        let body = accepted!(json(&body));
         Ok(self
             .backends
             .storage
@@ -602,10 +583,7 @@ impl Host for HostState {
     }
 
     async fn append_audit(&mut self, entry: String) -> Res<()> {
-        let entry = match json(&entry) {
-            Ok(e) => e,
-            Err(e) => return Ok(Err(error(e))),
-        };
+        let entry = accepted!(json(&entry));
         let storage = self.backends.storage.clone();
         let step = {
             let entry = entry.clone();
@@ -652,10 +630,7 @@ impl Host for HostState {
         status: u16,
         body: String,
     ) -> Res<()> {
-        let body = match json(&body) {
-            Ok(b) => b,
-            Err(e) => return Ok(Err(error(e))),
-        };
+        let body = accepted!(json(&body));
         Ok(self
             .backends
             .storage
