@@ -63,6 +63,7 @@ fn the_component_runs_under_node_with_the_same_results() {
                     "auth": auth,
                     "id": r.id,
                     "idempotencyKey": r.idempotency_key,
+                    "scheduled": r.scheduled,
                     "at": at,
                 })
             })

@@ -2582,6 +2582,7 @@ fn type_values_check_clean_and_run() {
             auth: None,
             id: "t-1".into(),
             idempotency_key: None,
+            scheduled: None,
         },
         &mut store,
         &mut clock,
@@ -3045,6 +3046,17 @@ fn cron_schedules_are_checked_field_by_field() {
         "/tools/get_product/trigger/cron/timezone",
     );
     assert_message(d, "`Europe/Pariss` is not a time zone");
+    // The scheduler runs a cron tool with `{}`: it cannot require input.
+    let l = load_with(|v| {
+        at(v, "/tools/get_product")["trigger"] = json!({"cron": {"schedule": "0 3 * * *"}});
+        at(v, "/tools/get_product")["input"] =
+            json!({"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}});
+    });
+    let d = only_error(&l, "invalid-value", "/tools/get_product/input/required");
+    assert_message(
+        d,
+        "a cron tool runs with the input `{}`: it cannot require `id`",
+    );
     for schedule in [
         "0 3 * * *",
         "*/15 9-17 * JAN,jul mon-fri",

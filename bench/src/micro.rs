@@ -167,6 +167,7 @@ fn request(tool: &str, input: Value, sub: &str, role: &str, id: String) -> Reque
         }),
         id,
         idempotency_key: None,
+        scheduled: None,
     }
 }
 
@@ -371,6 +372,7 @@ pub fn run(quick: bool) -> Result<()> {
             auth: clerk.clone(),
             id: format!("t-{i}"),
             idempotency_key: Some(format!("k-{i}")),
+            scheduled: None,
         };
         let n = w.native(size, 200, &make)?;
         let c = w.component(&rt, &engine, size, 200, &make)?;
@@ -672,6 +674,7 @@ fn expressions(rt: &tokio::runtime::Runtime, engine: &Arc<Engine>, size: Size) -
             auth: None,
             id: format!("e-{i}"),
             idempotency_key: None,
+            scheduled: None,
         }
     };
     println!(

@@ -63,18 +63,36 @@ pub fn execute(
         roots: roots(request, tool, started),
     };
     // 1–2. who is calling, and what they send.
-    if let Err(p) = call.admit() {
-        return audit.reject(storage, clock, &p);
+    let scheduled = match call.admit() {
+        Ok(s) => s,
+        Err(p) => return audit.reject(storage, clock, &p),
+    };
+    // A scheduled run's key is its claim of that time.
+    let mut call = call;
+    if let (Some(key), V::Map(r)) = (&scheduled, &mut call.roots[2]) {
+        r.insert("idempotencyKey".to_string(), V::String(key.clone()));
+        let prefix = crate::cron::claim_scope(tool_name) + ":";
+        audit.scheduled(key.strip_prefix(&prefix).unwrap_or(key));
     }
     // 3. `denyWhen`, the idempotency key and policies.
     let screened = call.screen(&call.run(storage, clock, external));
-    let Screened { key, warned, rates } = match screened {
+    let Screened {
+        mut key,
+        warned,
+        rates,
+    } = match screened {
         Ok(s) => s,
         Err(p) => return audit.reject(storage, clock, &p),
     };
     audit.policies = warned;
     // 4. a replay answers with the stored response; then rate limits.
-    let scope = call.scope();
+    let scope = match scheduled {
+        Some(k) => {
+            key = Some(k);
+            crate::cron::claim_scope(tool_name)
+        }
+        None => call.scope(),
+    };
     match call.claim(storage, key.as_deref(), &scope) {
         Ok(None) => {}
         Ok(Some((status, body))) => return audit.replayed(storage, clock, status, body),
@@ -146,8 +164,9 @@ impl<'a> Call<'a> {
     }
 
     /// Who is calling (first: a caller who may not call learns nothing of
-    /// the input schema), then the input and the idempotency key.
-    fn admit(&self) -> Result<(), Problem> {
+    /// the input schema), then the input, the idempotency key and a
+    /// scheduled run's time: `Some` claim key for a scheduled run.
+    fn admit(&self) -> Result<Option<String>, Problem> {
         if let Some(p) = authorize(self.tool, self.request) {
             return Err(p);
         }
@@ -170,13 +189,49 @@ impl<'a> Call<'a> {
                 "the Idempotency-Key must be non-empty text without NUL characters",
             ));
         }
+        if let Some(at) = &request.scheduled {
+            return self.scheduled(at).map(Some);
+        }
         if self.compiled.key_header && request.idempotency_key.is_none() {
             return Err(Problem::new(
                 Code::IdempotencyKeyRequired,
                 format!("`{}` needs an Idempotency-Key header", self.tool_name),
             ));
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// The claim key of a run for scheduled time `at`: one of the cron
+    /// tool's times, not later than five minutes from now (clocks differ a
+    /// little).
+    fn scheduled(&self, at: &str) -> Result<String, Problem> {
+        let crate::model::Trigger::Cron {
+            times, timezone, ..
+        } = &self.tool.trigger
+        else {
+            let detail = format!(
+                "`{}` is not a cron tool: it has no scheduled times",
+                self.tool_name
+            );
+            return Err(Problem::new(Code::InvalidScheduleTime, detail));
+        };
+        let refuse = |why: &str| {
+            Problem::new(
+                Code::InvalidScheduleTime,
+                format!("`{at}` is not a time to run `{}`: {why}", self.tool_name),
+            )
+        };
+        let t: jiff::Timestamp = at
+            .parse()
+            .map_err(|_| refuse("it is not an RFC 3339 time with an offset"))?;
+        let tz = jiff::tz::TimeZone::get(timezone).map_err(|_| refuse("unknown time zone"))?;
+        if !times.fires_at(t, &tz) {
+            return Err(refuse("the schedule does not fire then"));
+        }
+        if t.as_millisecond() > self.started.saturating_add(5 * 60_000) {
+            return Err(refuse("it is in the future"));
+        }
+        Ok(crate::cron::claim_key(self.tool_name, t))
     }
 
     /// `denyWhen`, the idempotency key's value and the policies, evaluated
@@ -256,7 +311,11 @@ impl<'a> Call<'a> {
         scope: &str,
     ) -> Result<Option<(u16, Value)>, Problem> {
         let Some(k) = key else { return Ok(None) };
-        let fingerprint = sha256_hex(canonical(&self.request.input).as_bytes());
+        // A scheduled time runs once, whatever input each caller sends.
+        let fingerprint = match &self.request.scheduled {
+            Some(_) => "scheduled".to_owned(),
+            None => sha256_hex(canonical(&self.request.input).as_bytes()),
+        };
         match storage.claim_key(scope, k, &fingerprint, self.started) {
             Ok(Claim::New) => Ok(None),
             Ok(Claim::Replay { status, body }) => Ok(Some((status, body))),
@@ -595,6 +654,11 @@ impl Audit {
             policies: Vec::new(),
             execution: request.id.clone(),
         }
+    }
+
+    /// A scheduled run names its time (RFC 3339 UTC).
+    fn scheduled(&mut self, at: &str) {
+        self.entry.insert("scheduled".into(), json!(at));
     }
 
     fn tool(&mut self, tool: &crate::model::Tool, compiled: &crate::bundle::Compiled) {

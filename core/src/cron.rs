@@ -150,6 +150,61 @@ impl Schedule {
     }
 }
 
+impl Schedule {
+    /// The latest instant at or before `at` at which the schedule fires in
+    /// `tz` (the mirror of [`Schedule::next_after`]); `None` if it did not
+    /// in the four years before.
+    pub fn latest_at_or_before(
+        &self,
+        at: jiff::Timestamp,
+        tz: &jiff::tz::TimeZone,
+    ) -> Option<jiff::Timestamp> {
+        // A local time in a gap fires later than it reads: start a day on.
+        let mut day = tz.to_datetime(at).date().tomorrow().ok()?;
+        for _ in 0..=4 * 366 + 1 {
+            let weekday = u32::from(day.weekday().to_sunday_zero_offset().unsigned_abs());
+            let (d, m) = (
+                day.day().unsigned_abs().into(),
+                day.month().unsigned_abs().into(),
+            );
+            if self.matches_day(d, m, weekday) {
+                for hour in (0..24u8).rev().filter(|h| self.hours & (1 << h) != 0) {
+                    for minute in (0..60u8).rev().filter(|m| self.minutes & (1 << m) != 0) {
+                        let dt = day.at(hour.try_into().ok()?, minute.try_into().ok()?, 0, 0);
+                        if let Some(t) = instant(dt, tz)
+                            && t <= at
+                        {
+                            return Some(t);
+                        }
+                    }
+                }
+            }
+            day = day.yesterday().ok()?;
+        }
+        None
+    }
+
+    /// Whether the schedule fires at exactly `at` in `tz`.
+    pub fn fires_at(&self, at: jiff::Timestamp, tz: &jiff::tz::TimeZone) -> bool {
+        at.checked_sub(jiff::SignedDuration::from_nanos(1))
+            .ok()
+            .and_then(|before| self.next_after(before, tz))
+            == Some(at)
+    }
+}
+
+/// The idempotency key a run of cron tool `tool` for the scheduled time
+/// `at` claims: `cron:<tool>:<at, RFC 3339 UTC>`.
+pub fn claim_key(tool: &str, at: jiff::Timestamp) -> String {
+    format!("cron:{tool}:{}", at.round(jiff::Unit::Second).unwrap_or(at))
+}
+
+/// The scope every run of cron tool `tool` claims its times in, whoever
+/// calls.
+pub fn claim_scope(tool: &str) -> String {
+    format!("cron:{tool}")
+}
+
 /// The instant a local time names in `tz`: the first of two in a fold,
 /// the end of the gap (when the clocks jump) for a time in one.
 fn instant(dt: jiff::civil::DateTime, tz: &jiff::tz::TimeZone) -> Option<jiff::Timestamp> {
@@ -318,6 +373,52 @@ mod tests {
             ["2028-02-29T00:00:00Z"]
         );
         assert!(next("0 0 30 2 *", "UTC", "2026-01-01T00:00:00Z", 1).is_empty());
+    }
+
+    #[test]
+    fn the_latest_time_mirrors_the_next() {
+        let latest = |s: &str, tz: &str, at: &str| {
+            let s = Schedule::parse(s).unwrap();
+            let tz = jiff::tz::TimeZone::get(tz).unwrap();
+            s.latest_at_or_before(at.parse().unwrap(), &tz)
+                .map(|t| t.to_string())
+        };
+        // At a fire time, that time; just before it, the one before.
+        assert_eq!(
+            latest("0 3 * * *", "UTC", "2026-01-02T03:00:00Z").as_deref(),
+            Some("2026-01-02T03:00:00Z")
+        );
+        assert_eq!(
+            latest("0 3 * * *", "UTC", "2026-01-02T02:59:59Z").as_deref(),
+            Some("2026-01-01T03:00:00Z")
+        );
+        // Through the clock changes, the same instants `next_after` gives.
+        for (s, tz, from) in [
+            ("30 2 * * *", "Europe/Paris", "2026-03-27T12:00:00Z"),
+            ("30 2 * * *", "Europe/Paris", "2026-10-23T12:00:00Z"),
+            ("*/30 * * * *", "Europe/Paris", "2026-10-24T23:45:00Z"),
+            ("15 1 * * 1-5", "America/New_York", "2026-03-06T00:00:00Z"),
+        ] {
+            let times = next(s, tz, from, 6);
+            for pair in times.windows(2) {
+                let t: jiff::Timestamp = pair[1].parse().unwrap();
+                let just_before = t - jiff::SignedDuration::from_secs(1);
+                assert_eq!(latest(s, tz, &pair[1]).as_deref(), Some(pair[1].as_str()));
+                assert_eq!(
+                    latest(s, tz, &just_before.to_string()).as_deref(),
+                    Some(pair[0].as_str()),
+                    "{s} in {tz} before {t}"
+                );
+                let sched = Schedule::parse(s).unwrap();
+                let zone = jiff::tz::TimeZone::get(tz).unwrap();
+                assert!(sched.fires_at(t, &zone) && !sched.fires_at(just_before, &zone));
+            }
+        }
+        assert!(latest("0 0 30 2 *", "UTC", "2026-01-01T00:00:00Z").is_none());
+        assert_eq!(
+            claim_key("nightly", "2026-01-02T03:00:00.4Z".parse().unwrap()),
+            "cron:nightly:2026-01-02T03:00:00Z"
+        );
     }
 
     #[test]

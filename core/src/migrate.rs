@@ -285,6 +285,15 @@ CREATE TABLE IF NOT EXISTS "sinew_idempotency" (
   PRIMARY KEY ("scope", "key")
 );
 
+-- sinew: each cron tool's schedule and when it was first seen (a missed
+-- time is caught up only if it is later).
+CREATE TABLE IF NOT EXISTS "sinew_schedule" (
+  "tool" text PRIMARY KEY,
+  "schedule" text NOT NULL,
+  "timezone" text NOT NULL,
+  "first_seen" timestamptz NOT NULL
+);
+
 -- sinew: rate-limit counters, one row per scope and minute.
 CREATE TABLE IF NOT EXISTS "sinew_rate" (
   "scope" text NOT NULL,

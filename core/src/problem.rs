@@ -49,6 +49,9 @@ codes! {
     IdempotencyKeyRequired = 400 "idempotency_key_required",
     /// The idempotency key is malformed.
     InvalidIdempotencyKey = 400 "invalid_idempotency_key",
+    /// A scheduled run of a cron tool names a time that is not one of its
+    /// schedule's, is in the future, or the tool is not a cron tool.
+    InvalidScheduleTime = 400 "invalid_schedule_time",
     /// No token where one is needed, or a bad one.
     Unauthenticated = 401 "unauthenticated",
     /// The caller lacks the tool's roles, or `denyWhen` holds.

@@ -18,7 +18,7 @@ pub struct Auth {
 }
 
 /// One call of a tool.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Request {
     /// The tool's name.
     pub tool: String,
@@ -30,6 +30,12 @@ pub struct Request {
     pub id: String,
     /// The `Idempotency-Key` header.
     pub idempotency_key: Option<String>,
+    /// A run of a cron tool for one of its scheduled times (RFC 3339): set
+    /// by the host (its scheduler, or a call carrying Cloud Scheduler's
+    /// `X-CloudScheduler-ScheduleTime`), never from a caller's input. The
+    /// run claims `cron:<tool>:<the time, UTC>`, whoever calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled: Option<String>,
 }
 
 /// The typed response: an HTTP status and a JSON body (RFC 9457

@@ -52,7 +52,8 @@ pub mod sql {
                  VALUES ($1, $2, $3, to_timestamp($4::text::bigint / 1000.0)) \
                  ON CONFLICT (scope, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
                    claimed_at = EXCLUDED.claimed_at, status = NULL, body = NULL \
-                 WHERE sinew_idempotency.claimed_at <= EXCLUDED.claimed_at - interval '24 hours' \
+                 WHERE (sinew_idempotency.claimed_at <= EXCLUDED.claimed_at - interval '24 hours' \
+                        AND ($1 NOT LIKE 'cron:%' OR sinew_idempotency.status IS NULL)) \
                     OR (sinew_idempotency.status IS NULL \
                         AND sinew_idempotency.claimed_at <= EXCLUDED.claimed_at - interval '15 minutes') \
                  RETURNING 1";
@@ -307,8 +308,12 @@ impl PgBackend {
     /// Deletes idempotency keys and rate windows that can no longer matter.
     pub async fn prune(&self, now_ms: i64) -> Result<u64, StorageError> {
         let mut conn = self.pool.get().await?;
+        // A cron tool's latest claimed time is kept: catch-up after
+        // downtime must know whether it ran.
         let keys = format!(
-            "DELETE FROM sinew_idempotency WHERE claimed_at < to_timestamp({}::bigint / 1000.0)",
+            "DELETE FROM sinew_idempotency i WHERE claimed_at < to_timestamp({}::bigint / 1000.0) \
+             AND (scope NOT LIKE 'cron:%' \
+                  OR key < (SELECT max(key) FROM sinew_idempotency j WHERE j.scope = i.scope))",
             now_ms - IDEMPOTENCY_TTL_MS
         );
         let rates = format!(
@@ -321,6 +326,41 @@ impl PgBackend {
         let b = self.check(&mut conn, b)?;
         self.pool.put(conn);
         Ok(a + b)
+    }
+
+    /// Records a cron tool's schedule and answers when it was first seen
+    /// (ms): now for a tool or schedule (or time zone) not recorded before,
+    /// else the first instance's time. Catch-up covers only times after.
+    pub async fn record_schedule(
+        &self,
+        tool: &str,
+        schedule: &str,
+        timezone: &str,
+        now_ms: i64,
+    ) -> Result<i64, StorageError> {
+        let mut conn = self.pool.get().await?;
+        let r = conn
+            .client
+            .query_one(
+                "WITH new AS ( \
+                   INSERT INTO sinew_schedule (tool, schedule, timezone, first_seen) \
+                   VALUES ($1, $2, $3, to_timestamp($4::text::bigint / 1000.0)) \
+                   ON CONFLICT (tool) DO UPDATE SET schedule = EXCLUDED.schedule, \
+                     timezone = EXCLUDED.timezone, first_seen = EXCLUDED.first_seen \
+                   WHERE (sinew_schedule.schedule, sinew_schedule.timezone) \
+                     IS DISTINCT FROM (EXCLUDED.schedule, EXCLUDED.timezone) \
+                   RETURNING first_seen) \
+                 SELECT floor(extract(epoch FROM coalesce( \
+                   (SELECT first_seen FROM new), \
+                   (SELECT first_seen FROM sinew_schedule WHERE tool = $1))) * 1000)::bigint::text",
+                &[&tool, &schedule, &timezone, &now_ms.to_string()],
+            )
+            .await;
+        let r = self.check(&mut conn, r)?;
+        self.pool.put(conn);
+        let ms: Option<String> = r.get(0);
+        ms.and_then(|m| m.parse().ok())
+            .ok_or_else(|| invalid(format!("the schedule of `{tool}` was not recorded")))
     }
 
     fn table(&self, entity: &str) -> Result<&Table, StorageError> {

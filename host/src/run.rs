@@ -207,6 +207,7 @@ pub fn run(args: &Args) -> Result<Outcome> {
         auth,
         id,
         idempotency_key,
+        scheduled: None,
     };
     let mut clock = FixedClock::new(now_ms);
     let response = execute(&bundle, &request, &mut storage, &mut clock, &mut external);

@@ -1109,6 +1109,7 @@ mod tests {
             auth: None,
             id: "r1".into(),
             idempotency_key: None,
+            scheduled: None,
         };
         let r = recorded_outcome(
             &request,

@@ -99,9 +99,14 @@ pub struct Args {
     /// Do not apply migrations at start.
     #[arg(long)]
     pub no_migrate: bool,
+    /// Do not run cron tools on their schedules here (a scheduler such as
+    /// Cloud Scheduler calls them; its runs take the same claims).
+    #[arg(long, env = "SINEW_NO_CRON")]
+    pub no_cron: bool,
     /// Tests only (refused unless listening on loopback): honour
-    /// `x-sinew-test-now` (the request's clock, RFC 3339) and
-    /// `x-sinew-test-request-id`, so scenario files replay exactly.
+    /// `x-sinew-test-now` (the request's clock, RFC 3339),
+    /// `x-sinew-test-request-id` and `x-sinew-test-scheduled` (a cron run's
+    /// time), so scenario files replay exactly.
     #[arg(long, hide = true)]
     pub test_hooks: bool,
     /// Benchmarks only: run the interpreter compiled into this binary
@@ -542,6 +547,11 @@ pub struct App {
     /// the first (a notification with nobody waiting is one atomic store).
     first_answer: Arc<tokio::sync::Notify>,
     webhooks: std::collections::HashMap<String, Webhook>,
+    /// The cron tools: a call of one carrying Cloud Scheduler's
+    /// `X-CloudScheduler-ScheduleTime` with one of its times is a run for
+    /// that time (another time, as a forced run sends, is an ordinary
+    /// call).
+    cron_tools: std::collections::HashMap<String, crate::schedule::Job>,
     /// With `--test-hooks`: the clock requests set.
     test_clock: Option<Arc<crate::runtime::clock::ManualClock>>,
     /// The browser preview at `/studio/`, opening the served spec; built
@@ -603,6 +613,72 @@ fn problem(code: Code, detail: &str, id: &str) -> hyper::Response<Body> {
 }
 
 impl App {
+    /// The time requests run at: the test clock's with `--test-hooks`.
+    fn now_ms(&self) -> i64 {
+        match &self.test_clock {
+            Some(c) => crate::runtime::clock::ClockBackend::now_ms(c.as_ref()),
+            None => system_now_ms(),
+        }
+    }
+
+    /// Runs cron tool `tool` for its scheduled time `at`, as the caller
+    /// `cron:<tool>` with the tool's roles, and logs the outcome.
+    async fn scheduled_run(
+        &self,
+        tool: &str,
+        roles: &[String],
+        at: jiff::Timestamp,
+    ) -> crate::schedule::Ran {
+        let id = self.request_id();
+        let sub = format!("cron:{tool}");
+        let request = Request {
+            tool: tool.to_owned(),
+            input: json!({}),
+            auth: Some(Auth {
+                sub: sub.clone(),
+                roles: roles.to_vec(),
+                claims: json!({"sub": sub}),
+            }),
+            id: id.clone(),
+            idempotency_key: None,
+            scheduled: Some(at.to_string()),
+        };
+        let reply = self.execute(&request).await;
+        let code = serde_json::from_str::<Value>(&reply.body)
+            .ok()
+            .and_then(|b| b.get("code").and_then(Value::as_str).map(str::to_owned));
+        let later = matches!(
+            code.as_deref(),
+            Some("idempotency_in_flight" | "unavailable")
+        );
+        let mut m = Map::new();
+        m.insert(
+            "message".into(),
+            json!(format!(
+                "cron {tool} for {at}: {}{}",
+                reply.status,
+                code.as_deref().map(|c| format!(" {c}")).unwrap_or_default()
+            )),
+        );
+        m.insert("tool".into(), json!(tool));
+        m.insert("scheduled".into(), json!(at.to_string()));
+        m.insert("execution".into(), json!(id));
+        if let Some(i) = &reply.internal {
+            m.insert("internal".into(), json!(i));
+        }
+        let level = match reply.status {
+            500.. => Level::Error,
+            400.. if !later => Level::Warn,
+            _ => Level::Info,
+        };
+        self.log.line(level, m);
+        if later {
+            crate::schedule::Ran::Later
+        } else {
+            crate::schedule::Ran::Done
+        }
+    }
+
     async fn execute(&self, request: &Request) -> Reply {
         match &self.core {
             Core::Component(e) => e.reply(request).await,
@@ -890,6 +966,7 @@ impl App {
             auth: None,
             id: id.to_owned(),
             idempotency_key: None,
+            scheduled: None,
         };
         match self.admit(&mut request, &parts, body, params).await {
             Ok(()) => self.execute(&request).await,
@@ -919,6 +996,19 @@ impl App {
         let bytes = self.read_body(&parts.headers, body).await?;
         if let Some(hook) = self.webhooks.get(&request.tool) {
             hook.check(&parts.headers, &bytes)?;
+        }
+        if let Some(job) = self.cron_tools.get(&request.tool)
+            && let Some(at) = parts.headers.get("x-cloudscheduler-scheduletime")
+            && let Ok(at) = at.to_str()
+            && job.fires_at(at)
+        {
+            request.scheduled = Some(at.to_owned());
+        }
+        // Tests (scenario files) name any time, to see the core refuse it.
+        if self.test_clock.is_some()
+            && let Some(at) = parts.headers.get("x-sinew-test-scheduled")
+        {
+            request.scheduled = Some(at.to_str().unwrap_or_default().to_owned());
         }
         let input = parse_body(&parts.headers, &bytes)?;
         request.input = self.with_url_params(&request.tool, parts.uri.query(), params, input)?;
@@ -1283,16 +1373,6 @@ pub async fn serve(
     if !jwt.enabled() {
         log.warn("no SINEW_JWT_SECRET or SINEW_JWT_JWKS: only public tools can be called");
     }
-    for (name, tool) in &spec.tools {
-        if let sinew_core::spec::Trigger::Cron {
-            schedule, timezone, ..
-        } = &tool.trigger
-        {
-            log.warn(&format!(
-                "`{name}` is a cron tool (`{schedule}` in {timezone}): sinew serve does not run schedules yet; have a scheduler call POST /tools/{name} (`sinew schedule` lists its times)"
-            ));
-        }
-    }
     for (name, hook) in webhooks(&spec) {
         if hook.secret.is_none() {
             log.warn(&format!(
@@ -1327,9 +1407,11 @@ pub async fn serve(
         None
     });
     start.phase("component ready (compiled or loaded from the cache)");
-    let test_clock = args
-        .test_hooks
-        .then(|| Arc::new(crate::runtime::clock::ManualClock::default()));
+    let test_clock = args.test_hooks.then(|| {
+        Arc::new(crate::runtime::clock::ManualClock(
+            std::sync::atomic::AtomicI64::new(system_now_ms()),
+        ))
+    });
     if test_clock.is_some() {
         log.warn("test hooks are on: requests may set the clock and their ids");
     }
@@ -1355,6 +1437,11 @@ pub async fn serve(
         refresh_jwks(app.clone(), args.clone(), log.clone(), https.clone());
     }
     let janitor = janitor(storage.clone(), log.clone());
+    let cron = if args.no_cron {
+        Vec::new()
+    } else {
+        schedules(&app, &spec, &storage)
+    };
 
     ready(local);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -1364,6 +1451,9 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     drain(conns, log).await;
     janitor.abort();
+    for task in cron {
+        task.abort();
+    }
     drop(app);
     drop(db);
     log.info("stopped");
@@ -1633,6 +1723,10 @@ impl Start<'_> {
             log: self.log.clone(),
             ids: AtomicU64::new(0),
             webhooks: webhooks(spec),
+            cron_tools: crate::schedule::jobs(spec)
+                .into_iter()
+                .map(|j| (j.tool.clone(), j))
+                .collect(),
             test_clock,
             studio,
             id_seed: format!("{}:{}:{}", std::process::id(), system_now_ms(), args.port),
@@ -1660,6 +1754,62 @@ impl Start<'_> {
             self.started.elapsed().as_secs_f64() * 1000.0
         ));
     }
+}
+
+/// Runs each cron tool on its schedule, one task per tool (see
+/// [`crate::schedule::run_job`]); a schedule not yet recorded in the
+/// database is recorded first (tried again every 10 s while it fails).
+fn schedules(
+    app: &Arc<App>,
+    spec: &sinew_core::spec::Spec,
+    storage: &Arc<PgBackend>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for job in crate::schedule::jobs(spec) {
+        let roles = spec
+            .tools
+            .get(&job.tool)
+            .map(|t| t.auth.roles.clone())
+            .unwrap_or_default();
+        let (app, storage) = (app.clone(), storage.clone());
+        tasks.push(tokio::spawn(async move {
+            let first_seen = loop {
+                let recorded = storage
+                    .record_schedule(&job.tool, &job.schedule, &job.timezone, app.now_ms())
+                    .await;
+                match recorded {
+                    Ok(t) => break t,
+                    Err(e) => {
+                        app.log.error(&format!(
+                            "recording the schedule of `{}` failed (tried again in 10 s): {e}",
+                            job.tool
+                        ));
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                    }
+                }
+            };
+            app.log.info(&format!(
+                "cron `{}` runs at `{}` in {}",
+                job.tool, job.schedule, job.timezone
+            ));
+            // A test clock moves without anyone sleeping: look at it often.
+            let poll = app.test_clock.is_some().then(|| Duration::from_millis(50));
+            let tool = job.tool.clone();
+            crate::schedule::run_job(
+                job,
+                first_seen,
+                || app.now_ms(),
+                poll,
+                |at| {
+                    let app = app.clone();
+                    let (tool, roles) = (tool.clone(), roles.clone());
+                    async move { app.scheduled_run(&tool, &roles, at).await }
+                },
+            )
+            .await
+        }));
+    }
+    tasks
 }
 
 /// Each webhook tool's signature check, its secret read from the

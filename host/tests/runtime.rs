@@ -105,6 +105,7 @@ fn request(tool: &str, id: &str) -> Request {
         }),
         id: id.into(),
         idempotency_key: Some(format!("key-{id}")),
+        scheduled: None,
     }
 }
 

@@ -39,6 +39,7 @@ fn main() {
             }),
             id: format!("po-{i}"),
             idempotency_key: Some(format!("k-{i}")),
+            scheduled: None,
         };
         ok += usize::from(
             execute(&bundle, &r, &mut storage, &mut clock, &mut external).status == 200,

@@ -101,6 +101,7 @@ function witRequest(r) {
     auth: r.auth ?? undefined,
     id: r.id,
     idempotencyKey: r.idempotencyKey ?? undefined,
+    scheduled: r.scheduled ?? undefined,
   };
 }
 

@@ -123,6 +123,8 @@ impl Target for HttpPg {
                     .map(|s| (s.clone(), fake.url(s)))
                     .collect(),
                 test_hooks: true,
+                // Scheduled runs come from the scenario's requests alone.
+                no_cron: true,
                 ..Options::default()
             };
             let server = Server::start(&path, &url, &options).await;
@@ -209,6 +211,9 @@ impl Target for HttpPg {
         }
         if let Some(k) = &request.idempotency_key {
             headers.push(("idempotency-key".into(), k.clone()));
+        }
+        if let Some(at) = &request.scheduled {
+            headers.push(("x-sinew-test-scheduled".into(), at.clone()));
         }
         let url = format!("{}{path}", r.server.base);
         let h: Vec<(&str, &str)> = headers

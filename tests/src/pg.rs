@@ -124,6 +124,8 @@ pub struct Options {
     pub externals: Vec<(String, String)>,
     /// Honour the test headers (clock, request id).
     pub test_hooks: bool,
+    /// Do not run cron tools on their schedules (`--no-cron`).
+    pub no_cron: bool,
     /// Body limit.
     pub max_body: Option<usize>,
     /// JWT issuer and audience.
@@ -182,6 +184,7 @@ impl Server {
             max_body: options.max_body.unwrap_or(1 << 20),
             pool_size: 8,
             no_migrate: false,
+            no_cron: options.no_cron,
             test_hooks: options.test_hooks,
             external: options
                 .externals

@@ -150,6 +150,7 @@ impl Scenario {
                     .get("idempotencyKey")
                     .and_then(Value::as_str)
                     .map(String::from),
+                scheduled: r.get("scheduled").and_then(Value::as_str).map(String::from),
             };
             requests.push((request, at, r.get("expect").cloned().unwrap_or(json!({}))));
         }

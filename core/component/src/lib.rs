@@ -150,6 +150,7 @@ impl ExecutorGuest for Component {
             auth,
             id: request.id,
             idempotency_key: request.idempotency_key,
+            scheduled: request.scheduled,
         };
         Self::with_bundle(|bundle| {
             let mut storage = ports::WitStorage::default();

@@ -1515,16 +1515,34 @@ impl Storage for MemoryStorage {
         now_ms: i64,
     ) -> Result<Claim, StorageError> {
         if now_ms.saturating_sub(self.swept_ms) >= 60_000 || now_ms < self.swept_ms {
-            self.keys
-                .retain(|_, r| now_ms.saturating_sub(r.claimed_ms) < IDEMPOTENCY_TTL_MS);
+            // A cron tool's latest claimed time is kept: catch-up after
+            // downtime must know whether it ran.
+            let mut latest: BTreeMap<&str, &str> = BTreeMap::new();
+            for (scope, key) in self.keys.keys() {
+                if scope.starts_with("cron:") {
+                    let l = latest.entry(scope).or_insert(key);
+                    if key.as_str() > *l {
+                        *l = key;
+                    }
+                }
+            }
+            let keep: BTreeSet<(String, String)> = latest
+                .into_iter()
+                .map(|(s, k)| (s.to_owned(), k.to_owned()))
+                .collect();
+            self.keys.retain(|k, r| {
+                now_ms.saturating_sub(r.claimed_ms) < IDEMPOTENCY_TTL_MS || keep.contains(k)
+            });
             self.swept_ms = now_ms;
         }
         let k = (scope.to_owned(), key.to_owned());
-        // Forgotten after a day; a claim still without an answer after 15
-        // minutes was abandoned (its server died mid-request).
+        // Forgotten after a day (but a scheduled time that ran, never); a
+        // claim still without an answer after 15 minutes was abandoned (its
+        // server died mid-request).
+        let cron = scope.starts_with("cron:");
         let live = self.keys.get(&k).filter(|r| {
             let age = now_ms.saturating_sub(r.claimed_ms);
-            age < IDEMPOTENCY_TTL_MS && (r.response.is_some() || age < ABANDONED_AFTER_MS)
+            (age < IDEMPOTENCY_TTL_MS || cron) && (r.response.is_some() || age < ABANDONED_AFTER_MS)
         });
         let Some(record) = live else {
             self.keys.insert(

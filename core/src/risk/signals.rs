@@ -810,7 +810,13 @@ impl ToolSignals<'_, '_> {
     /// The tool-level signals: `missing-idempotency-key`, `public-write`.
     fn tool_level(&mut self, writes: bool, effects: bool) {
         let (name, path) = (self.name, self.tool.path.clone());
-        if (writes || effects) && self.tool.idempotency_key.is_none() {
+        // A scheduled run claims its time, a queue delivery its message id:
+        // those triggers are never retried into a second run.
+        let keyed_by_trigger = matches!(
+            self.tool.trigger,
+            crate::model::Trigger::Cron { .. } | crate::model::Trigger::Queue { .. }
+        );
+        if (writes || effects) && self.tool.idempotency_key.is_none() && !keyed_by_trigger {
             let what = if writes {
                 "writes"
             } else {

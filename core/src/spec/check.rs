@@ -1412,6 +1412,20 @@ fn check_tool_header(cx: &mut Cx, spec: &Spec, tool: &Tool, base: &Scope) {
         check_expr(cx, e, base);
         check_shape(cx, e, base, Want::Bool);
     }
+    // The scheduler runs a cron tool with the input `{}`.
+    if let crate::model::Trigger::Cron { .. } = tool.trigger
+        && let Some(required) = tool.input.get("required").and_then(|r| r.as_array())
+        && let Some(first) = required.iter().find_map(|r| r.as_str())
+    {
+        cx.error(
+            Diagnostic::new(
+                "invalid-value",
+                format!("{}/input/required", tool.path),
+                format!("a cron tool runs with the input `{{}}`: it cannot require `{first}`"),
+            )
+            .help("make the property optional (a scheduled run gets none), or read what the run needs from the database"),
+        );
+    }
     if let Some((_, path)) = tool.trigger.route()
         && let Some(fields) = base.input_fields()
     {

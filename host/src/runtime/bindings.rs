@@ -35,5 +35,6 @@ pub fn request(r: &Request) -> WitRequest {
             }),
         id: r.id.clone(),
         idempotency_key: r.idempotency_key.clone(),
+        scheduled: r.scheduled.clone(),
     }
 }

@@ -1,0 +1,239 @@
+//! The triggers that do not come from a client's request, on a real
+//! Postgres: cron tools run by `sinew serve` itself (two instances on one
+//! database, a test clock moved by the test), and the same runs started by
+//! Cloud Scheduler.
+
+use serde_json::{Value, json};
+use sinew_tests::pg::{Cluster, Http, Options, Server, connect_url, token};
+use sinew_tests::root;
+use std::time::{Duration, Instant};
+
+/// Sets a test server's clock (every request with test hooks does).
+async fn set_clock(http: &Http, server: &Server, at: &str) {
+    let r = http
+        .send(
+            "GET",
+            &format!("{}/healthz", server.base),
+            &[("x-sinew-test-now", at)],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+}
+
+/// The keys of the `Tick` rows of `tool`, in order.
+async fn ticks(db: &tokio_postgres::Client, tool: &str) -> Vec<String> {
+    db.query(
+        "SELECT coalesce(key, '') FROM \"tick\" WHERE tool = $1 ORDER BY key",
+        &[&tool],
+    )
+    .await
+    .expect("ticks")
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// Waits (at most 10 s) until `tool` has a row with `key`.
+async fn wait_for(db: &tokio_postgres::Client, tool: &str, key: &str) {
+    let started = Instant::now();
+    while !ticks(db, tool).await.iter().any(|k| k == key) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no run of {tool} for {key}: {:?}",
+            ticks(db, tool).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Two instances on one database run every scheduled time of a cron tool
+/// exactly once, through ten minutes of fire times; Cloud Scheduler's call
+/// of a time already run is answered from that run, and a time it runs
+/// first is not run again by the instances; after a jump of days, only the
+/// latest missed time runs, and never one from before the schedule was
+/// first recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_runs_each_time_once_across_instances() {
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let spec = root().join("tests/fixtures/cron.json");
+    let options = Options {
+        test_hooks: true,
+        ..Options::default()
+    };
+    let a = Server::start(&spec, &url, &options).await;
+    let b = Server::start(&spec, &url, &options).await;
+    let db = connect_url(&url).await;
+    let http = Http::default();
+    // Both record the schedules at their real start time: nothing before
+    // it runs.
+    let started = Instant::now();
+    while db
+        .query_one("SELECT count(*) FROM sinew_schedule", &[])
+        .await
+        .map(|r| r.get::<_, i64>(0))
+        .unwrap_or(0)
+        < 2
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "schedules not recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The first whole minute of 2027, Paris time: well after the start.
+    let t0: jiff::Timestamp = "2027-01-04T09:00:00Z".parse().unwrap();
+    let minute = |m: i64| t0 + jiff::SignedDuration::from_mins(m);
+    for m in 0..10 {
+        let at = minute(m);
+        // A few seconds into the minute, each instance at its own moment.
+        let (ta, tb) = (
+            (at + jiff::SignedDuration::from_secs(1)).to_string(),
+            (at + jiff::SignedDuration::from_secs(2)).to_string(),
+        );
+        tokio::join!(set_clock(&http, &a, &ta), set_clock(&http, &b, &tb));
+        wait_for(&db, "every_minute", &format!("cron:every_minute:{at}")).await;
+    }
+    // Give the slower instance time to try the last minute too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let keys = ticks(&db, "every_minute").await;
+    let expected: Vec<String> = (0..10)
+        .map(|m| format!("cron:every_minute:{}", minute(m)))
+        .collect();
+    assert_eq!(keys, expected, "each minute once");
+
+    // Cloud Scheduler calls a time already run: the first run's answer.
+    let ops = token("scheduler", &["ops"]);
+    let call = |at: String| {
+        let (http, url, auth) = (
+            http.clone(),
+            format!("{}/tools/every_minute", a.base),
+            format!("Bearer {ops}"),
+        );
+        async move {
+            http.send(
+                "POST",
+                &url,
+                &[
+                    ("content-type", "application/json"),
+                    ("authorization", &auth),
+                    ("x-cloudscheduler-scheduletime", &at),
+                    ("x-sinew-test-now", &at),
+                ],
+                "{}",
+            )
+            .await
+        }
+    };
+    let again = call(minute(3).to_string()).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(
+        again.body,
+        json!({"key": format!("cron:every_minute:{}", minute(3))})
+    );
+    // It runs the next minute first (its clock a little ahead): the
+    // instances, reaching it, answer from that run.
+    let first = call(minute(10).to_string()).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let ta = (minute(10) + jiff::SignedDuration::from_secs(5)).to_string();
+    tokio::join!(set_clock(&http, &a, &ta), set_clock(&http, &b, &ta));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let keys = ticks(&db, "every_minute").await;
+    assert_eq!(keys.len(), 11, "{keys:?}");
+    // A forced run (a time not on the schedule) is an ordinary call.
+    let forced = call((minute(10) + jiff::SignedDuration::from_secs(7)).to_string()).await;
+    assert_eq!(forced.status, 200, "{}", forced.text);
+    assert_eq!(forced.body, json!({"key": null}));
+
+    // The daily tool ran once when the clock first jumped (for 4 January,
+    // none of the days since the start); days later it runs once more,
+    // for the latest of its times (not 5–8 January).
+    wait_for(&db, "daily", "cron:daily:2027-01-04T02:00:00Z").await;
+    let later = "2027-01-09T12:00:00Z";
+    tokio::join!(set_clock(&http, &a, later), set_clock(&http, &b, later));
+    wait_for(&db, "daily", "cron:daily:2027-01-09T02:00:00Z").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        ticks(&db, "daily").await,
+        [
+            "cron:daily:2027-01-04T02:00:00Z",
+            "cron:daily:2027-01-09T02:00:00Z"
+        ],
+        "only the latest missed time, and none from before the schedule was recorded"
+    );
+    // Every run is audited as the documented system caller.
+    let runs: Vec<Value> = db
+        .query(
+            "SELECT entry FROM sinew_audit WHERE entry::jsonb->>'tool' = 'daily'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap())
+        .filter(|e: &Value| e["kind"] == "final" && e["outcome"] == "ok")
+        .collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs[1]["subject"], "cron:daily");
+    assert_eq!(runs[1]["roles"], json!(["system"]));
+    assert_eq!(runs[1]["scheduled"], "2027-01-09T02:00:00Z");
+    a.stop().await;
+    b.stop().await;
+
+    // Pruning a month later forgets every key but each cron tool's latest
+    // claimed time.
+    let loaded = sinew_core::spec::load(&std::fs::read_to_string(&spec).unwrap()).spec;
+    let storage = sinew_host::pg::PgBackend::new(url.parse().unwrap(), &loaded, 1, None);
+    let month_later = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+    storage.prune(month_later.as_millisecond()).await.unwrap();
+    let kept: Vec<String> = db
+        .query("SELECT key FROM sinew_idempotency ORDER BY key", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            "cron:daily:2027-01-09T02:00:00Z",
+            // (It ran when the clock jumped to 9 January too.)
+            "cron:every_minute:2027-01-09T12:00:00Z"
+        ]
+    );
+
+    // After downtime (a restart days later): one catch-up run; a time that
+    // ran is still known to have run.
+    let c = Server::start(&spec, &url, &options).await;
+    let later = "2027-01-20T12:00:00Z";
+    set_clock(&http, &c, later).await;
+    wait_for(&db, "daily", "cron:daily:2027-01-20T02:00:00Z").await;
+    assert_eq!(ticks(&db, "daily").await.len(), 3);
+    let replay = http
+        .send(
+            "POST",
+            &format!("{}/tools/daily", c.base),
+            &[
+                ("content-type", "application/json"),
+                (
+                    "authorization",
+                    &format!("Bearer {}", token("s", &["system"])),
+                ),
+                ("x-cloudscheduler-scheduletime", "2027-01-09T02:00:00Z"),
+                ("x-sinew-test-now", later),
+            ],
+            "{}",
+        )
+        .await;
+    assert_eq!(replay.status, 200, "{}", replay.text);
+    assert_eq!(
+        ticks(&db, "daily").await.len(),
+        3,
+        "answered from the first run"
+    );
+    // The audit chain of it all verifies.
+    let verified = sinew_host::pg::verify_audit(&db).await.unwrap();
+    assert!(verified.is_ok(), "{verified:?}");
+    c.stop().await;
+}
