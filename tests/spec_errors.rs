@@ -3005,6 +3005,43 @@ fn grouped_aggregates_are_typed() {
     assert_help(&found[0], "did you mean `units`?");
 }
 
+/// A webhook's scheme is one of three, and only `stripe` takes a
+/// tolerance.
+#[test]
+fn webhook_schemes_are_checked() {
+    let with = |trigger: Value| {
+        load_with(|v| {
+            at(v, "/tools/get_product")["trigger"] = json!({ "webhook": trigger });
+        })
+    };
+    let l = with(json!({"path": "/hooks/x", "scheme": "paypal"}));
+    let d = only_error(
+        &l,
+        "invalid-value",
+        "/tools/get_product/trigger/webhook/scheme",
+    );
+    assert_message(d, "`paypal` is not a webhook scheme");
+    let l = with(json!({"path": "/hooks/x", "scheme": "github", "toleranceSeconds": 60}));
+    let d = only_error(
+        &l,
+        "invalid-value",
+        "/tools/get_product/trigger/webhook/toleranceSeconds",
+    );
+    assert_message(d, "applies to the `stripe` scheme only");
+    for ok in [
+        json!({"path": "/hooks/x", "scheme": "stripe", "toleranceSeconds": 60}),
+        json!({"path": "/hooks/x", "scheme": "github"}),
+        json!({"path": "/hooks/x"}),
+    ] {
+        let l = with(ok.clone());
+        assert!(
+            !l.errors.iter().any(|d| d.path.contains("/trigger")),
+            "{ok}: {}",
+            list(&l.errors)
+        );
+    }
+}
+
 /// A cron schedule is read field by field before deployment: a value out
 /// of its field's range, a reversed range, a zero step or a missing field
 /// is refused at the schedule's pointer, saying which field; names and

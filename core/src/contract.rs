@@ -475,17 +475,20 @@ fn policy_fires(
     }
 }
 
-/// The response and final audit entry (outcome `error`) for a request the
-/// executor could not finish: what a host writes itself when the guest
-/// trapped or ran out of time. The entry's `time` is `started_ms` (the
-/// time [`execute`] stamped the request with, or `now_ms` if it never ran)
-/// and its duration runs to `now_ms`. The caller appends the entry.
+/// The response and final audit entry for a request the executor did not
+/// finish: what a host writes itself when the guest trapped or ran out of
+/// time (outcome `error`), or when the host `refused` it before the
+/// executor ran (a bad token or signature, a body too large: outcome
+/// `rejected`). The entry's `time` is `started_ms` (the time [`execute`]
+/// stamped the request with, or `now_ms` if it never ran) and its duration
+/// runs to `now_ms`. The caller appends the entry.
 pub fn failed(
     bundle_hash: &str,
     request: &Request,
     problem: &Problem,
     started_ms: i64,
     now_ms: i64,
+    refused: bool,
 ) -> Response {
     struct At(i64);
     impl Clock for At {
@@ -495,7 +498,8 @@ pub fn failed(
     }
     let mut audit = Audit::new(bundle_hash, request, started_ms);
     let body = problem.body(&request.id);
-    let entry = audit.seal(&mut At(now_ms), "error", problem.status(), Some(problem));
+    let outcome = if refused { "rejected" } else { "error" };
+    let entry = audit.seal(&mut At(now_ms), outcome, problem.status(), Some(problem));
     Response {
         status: problem.status(),
         body,

@@ -369,8 +369,12 @@ pub enum Trigger {
         path: String,
         /// Environment variable holding the secret.
         secret: Option<String>,
-        /// Header carrying the signature.
+        /// Header carrying the signature (the scheme's by default).
         header: String,
+        /// How the signature is made.
+        scheme: WebhookScheme,
+        /// `stripe`: how old a signature's timestamp may be (default 300).
+        tolerance_seconds: u64,
     },
     /// A schedule.
     Cron {
@@ -386,6 +390,40 @@ pub enum Trigger {
         /// The queue's name.
         name: String,
     },
+}
+
+/// How a webhook's body is signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookScheme {
+    /// Hex HMAC-SHA256 of the body (optionally `sha256=`-prefixed), in
+    /// `X-Signature` by default.
+    HmacSha256,
+    /// Stripe's `t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body">` in
+    /// `Stripe-Signature`, refused once `t` is older than the tolerance.
+    Stripe,
+    /// GitHub's `sha256=<hex HMAC-SHA256 of the body>` in
+    /// `X-Hub-Signature-256`.
+    Github,
+}
+
+impl WebhookScheme {
+    /// The name in a spec.
+    pub fn name(self) -> &'static str {
+        match self {
+            WebhookScheme::HmacSha256 => "hmac-sha256",
+            WebhookScheme::Stripe => "stripe",
+            WebhookScheme::Github => "github",
+        }
+    }
+
+    /// The header the signature comes in unless the trigger names one.
+    pub fn default_header(self) -> &'static str {
+        match self {
+            WebhookScheme::HmacSha256 => "X-Signature",
+            WebhookScheme::Stripe => "Stripe-Signature",
+            WebhookScheme::Github => "X-Hub-Signature-256",
+        }
+    }
 }
 
 impl Trigger {

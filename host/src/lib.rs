@@ -12,6 +12,7 @@ pub mod schedule;
 pub mod serve;
 pub mod studio;
 pub mod tls;
+pub mod webhook;
 
 pub mod run;
 pub mod runtime;

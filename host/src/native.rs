@@ -249,7 +249,10 @@ impl Native {
 
     /// Turns a request away before it runs (see `Executor::reject`).
     pub async fn reject(&self, request: &Request, code: Code, detail: &str) -> Response {
-        self.reject_with(request, Problem::new(code, detail)).await
+        let problem = Problem::new(code, detail);
+        self.backends
+            .refuse(&self.bundle.hash, request, &problem)
+            .await
     }
 
     async fn reject_with(&self, request: &Request, problem: Problem) -> Response {

@@ -10,7 +10,9 @@
 mod shapes;
 
 use serde_json::{Map, Value, json};
-use sinew_core::spec::{Flow, NodeKind, PolicyAction, PolicyKind, Spec, Tool, Trigger};
+use sinew_core::spec::{
+    Flow, NodeKind, PolicyAction, PolicyKind, Spec, Tool, Trigger, WebhookScheme,
+};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The longest `Idempotency-Key` the server accepts.
@@ -112,16 +114,15 @@ fn request_errors(tool: &Tool, out: &mut Reasons) {
             ),
         );
     }
-    if tool.auth.public {
-        out.add(401, "a token was sent and is not valid");
-    } else {
-        out.add(401, "no token, or one that is not valid");
-    }
     if let Trigger::Webhook { header, .. } = &tool.trigger {
         out.add(
             401,
-            format!("the `{header}` signature is missing or does not match the body"),
+            format!("the `{header}` signature is missing, does not match the body, or is too old"),
         );
+    } else if tool.auth.public {
+        out.add(401, "a token was sent and is not valid");
+    } else {
+        out.add(401, "no token, or one that is not valid");
     }
     if !tool.auth.roles.is_empty() {
         out.add(403, "the caller has none of the tool's roles");
@@ -316,17 +317,27 @@ fn header_params(tool: &Tool) -> Vec<Value> {
             "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY, "pattern": KEY_PATTERN}
         }));
     }
-    if let Trigger::Webhook { header, secret, .. } = &tool.trigger {
-        let secret = secret.as_deref().map_or_else(
-            || "the webhook's secret".to_owned(),
-            |v| format!("the secret in `{v}`"),
-        );
+    if let Trigger::Webhook { header, scheme, .. } = &tool.trigger {
+        let (description, schema) = match scheme {
+            WebhookScheme::HmacSha256 => (
+                "HMAC-SHA256 of the body with the webhook's secret, in hex, optionally prefixed `sha256=`.".to_owned(),
+                json!({"type": "string", "pattern": "^(sha256=)?[0-9A-Fa-f]{64}$"}),
+            ),
+            WebhookScheme::Github => (
+                "`sha256=` and the HMAC-SHA256 of the body with the webhook's secret, in hex (GitHub's `X-Hub-Signature-256`).".to_owned(),
+                json!({"type": "string", "pattern": "^sha256=[0-9A-Fa-f]{64}$"}),
+            ),
+            WebhookScheme::Stripe => (
+                "`t=<Unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<body>\" with the webhook's secret>` (Stripe's `Stripe-Signature`); `t` must be within the trigger's tolerance of the server's clock.".to_owned(),
+                json!({"type": "string"}),
+            ),
+        };
         out.push(json!({
             "name": header,
             "in": "header",
             "required": true,
-            "description": format!("HMAC-SHA256 of the body with {secret}, in hex, optionally prefixed `sha256=`."),
-            "schema": {"type": "string", "pattern": "^(sha256=)?[0-9A-Fa-f]{64}$"}
+            "description": description,
+            "schema": schema
         }));
     }
     out
@@ -467,7 +478,8 @@ fn route_operation(
         op.insert("parameters".into(), Value::Array(params));
     }
     op.insert("responses".into(), responses(spec, name, tool));
-    if tool.auth.public {
+    if tool.auth.public || matches!(tool.trigger, Trigger::Webhook { .. }) {
+        // (A webhook's signature is its authentication: a header parameter.)
         op.insert("security".into(), json!([]));
     }
     op
@@ -487,7 +499,8 @@ fn by_name_operation(spec: &Spec, name: &str, tool: &Tool) -> Map<String, Value>
     }
     op.insert("requestBody".into(), request_body(tool.input.clone()));
     op.insert("responses".into(), responses(spec, name, tool));
-    if tool.auth.public {
+    if tool.auth.public || matches!(tool.trigger, Trigger::Webhook { .. }) {
+        // (A webhook's signature is its authentication: a header parameter.)
         op.insert("security".into(), json!([]));
     }
     op
@@ -979,7 +992,14 @@ mod tests {
             let sig = param(receive, "X-Hook-Signature").expect("the signature header");
             assert_eq!(sig["in"], "header");
             assert_eq!(sig["required"], true);
-            assert!(sig["description"].as_str().unwrap().contains("HOOK_SECRET"));
+            // The description says the scheme, never a setting's name.
+            let says = sig["description"].as_str().unwrap();
+            assert!(
+                says.contains("HMAC-SHA256") && !says.contains("HOOK_SECRET"),
+                "{says}"
+            );
+            // The signature is the authentication: no bearer token.
+            assert_eq!(receive["security"], json!([]), "{path}");
             // Its key is the event's `ref`: no header to offer.
             assert!(param(receive, "Idempotency-Key").is_none(), "{path}");
         }

@@ -188,9 +188,34 @@ impl Backends {
         problem: &sinew_core::problem::Problem,
         started: Option<i64>,
     ) -> Response {
+        self.answer_unrun(bundle_hash, request, problem, started, false)
+            .await
+    }
+
+    /// A request the host refused before it reached the executor (outcome
+    /// `rejected`).
+    pub async fn refuse(
+        &self,
+        bundle_hash: &str,
+        request: &Request,
+        problem: &sinew_core::problem::Problem,
+    ) -> Response {
+        self.answer_unrun(bundle_hash, request, problem, None, true)
+            .await
+    }
+
+    async fn answer_unrun(
+        &self,
+        bundle_hash: &str,
+        request: &Request,
+        problem: &sinew_core::problem::Problem,
+        started: Option<i64>,
+        refused: bool,
+    ) -> Response {
         let now = self.clock.now_ms();
         let started = started.unwrap_or(now);
-        let response = sinew_core::contract::failed(bundle_hash, request, problem, started, now);
+        let response =
+            sinew_core::contract::failed(bundle_hash, request, problem, started, now, refused);
         if let Err(e) = self.storage.append_audit(None, &response.audit).await {
             audit_lost(request, &e);
         }
@@ -896,7 +921,7 @@ impl Executor {
     pub async fn reject(&self, request: &Request, code: Code, detail: &str) -> Response {
         let problem = Problem::new(code, detail);
         self.backends
-            .turn_away(&self.bundle_hash, request, &problem, None)
+            .refuse(&self.bundle_hash, request, &problem)
             .await
     }
 

@@ -267,38 +267,6 @@ struct Route {
     tool: String,
 }
 
-/// How a webhook's signature is checked: HMAC-SHA256 of the body with the
-/// secret in an environment variable, hex in a header (optionally
-/// `sha256=`-prefixed).
-#[derive(Clone)]
-struct Webhook {
-    secret: Option<Vec<u8>>,
-    variable: Option<String>,
-    header: String,
-}
-
-fn verify_signature(secret: &[u8], body: &[u8], given: &str) -> bool {
-    use hmac::{Hmac, Mac};
-    let given = given.trim();
-    let given = given.strip_prefix("sha256=").unwrap_or(given);
-    let Some(bytes) = (0..given.len())
-        .step_by(2)
-        .map(|i| {
-            given
-                .get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
-        .collect::<Option<Vec<u8>>>()
-    else {
-        return false;
-    };
-    let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(secret) else {
-        return false;
-    };
-    mac.update(body);
-    mac.verify_slice(&bytes).is_ok()
-}
-
 /// Why a routed request is turned away before its tool runs; the tool's
 /// final audit entry records it ([`App::reject`]).
 struct Refusal {
@@ -323,34 +291,6 @@ impl Refusal {
             input: Some(input),
             ..self
         }
-    }
-}
-
-impl Webhook {
-    /// Whether the request carries the body's signature, made with the
-    /// webhook's secret (a webhook whose secret is not set takes nothing).
-    fn check(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Refusal> {
-        // (Which setting is missing is the operator's business: it is
-        // logged at start, never told to a caller.)
-        let Some(secret) = &self.secret else {
-            return Err(Refusal::new(
-                Code::Unauthenticated,
-                "this webhook cannot verify signatures",
-            ));
-        };
-        let given = headers
-            .get(self.header.as_str())
-            .and_then(|v| v.to_str().ok());
-        if !given.is_some_and(|g| verify_signature(secret, body, g)) {
-            return Err(Refusal::new(
-                Code::Unauthenticated,
-                format!(
-                    "the `{}` signature is missing or does not match the body",
-                    self.header
-                ),
-            ));
-        }
-        Ok(())
     }
 }
 
@@ -546,7 +486,7 @@ pub struct App {
     /// Told at every response; the pool's warm-up in [`serve`] waits for
     /// the first (a notification with nobody waiting is one atomic store).
     first_answer: Arc<tokio::sync::Notify>,
-    webhooks: std::collections::HashMap<String, Webhook>,
+    webhooks: std::collections::HashMap<String, crate::webhook::Webhook>,
     /// The cron tools: a call of one carrying Cloud Scheduler's
     /// `X-CloudScheduler-ScheduleTime` with one of its times is a run for
     /// that time (another time, as a forced run sends, is an ordinary
@@ -981,9 +921,10 @@ impl App {
 
     /// Fills in `request` from the HTTP request, checking in this order:
     /// the caller's token (a bad one is a 401 before anything about the
-    /// body), the Idempotency-Key, the body's size, a webhook's signature,
-    /// the body's JSON, then the path and query parameters joining it. A
-    /// refusal is audited with what `request` holds by then.
+    /// body; a webhook takes none), the Idempotency-Key, the body's size, a
+    /// webhook's signature (which makes its caller), the body's JSON, then
+    /// the path and query parameters joining it. A refusal is audited with
+    /// what `request` holds by then.
     async fn admit(
         &self,
         request: &mut Request,
@@ -991,11 +932,21 @@ impl App {
         body: Incoming,
         params: Vec<(String, String)>,
     ) -> Result<(), Refusal> {
-        request.auth = self.authenticate(&parts.headers)?;
+        // A webhook authenticates by its signature alone.
+        let hook = self.webhooks.get(&request.tool);
+        if hook.is_none() {
+            request.auth = self.authenticate(&parts.headers)?;
+        }
         request.idempotency_key = idempotency_key(&parts.headers)?;
         let bytes = self.read_body(&parts.headers, body).await?;
-        if let Some(hook) = self.webhooks.get(&request.tool) {
-            hook.check(&parts.headers, &bytes)?;
+        if let Some(hook) = hook {
+            let signature = parts
+                .headers
+                .get(hook.header())
+                .and_then(|v| v.to_str().ok());
+            hook.verify(signature, &bytes, self.now_ms().div_euclid(1000))
+                .map_err(|r| Refusal::new(Code::Unauthenticated, r.to_string()))?;
+            request.auth = Some(hook.caller());
         }
         if let Some(job) = self.cron_tools.get(&request.tool)
             && let Some(at) = parts.headers.get("x-cloudscheduler-scheduletime")
@@ -1373,8 +1324,8 @@ pub async fn serve(
     if !jwt.enabled() {
         log.warn("no SINEW_JWT_SECRET or SINEW_JWT_JWKS: only public tools can be called");
     }
-    for (name, hook) in webhooks(&spec) {
-        if hook.secret.is_none() {
+    for (name, hook) in crate::webhook::webhooks(&spec) {
+        if !hook.configured() {
             log.warn(&format!(
                 "webhook `{name}` has no secret: set {} (every call of it is refused with 401 until then)",
                 hook.variable
@@ -1722,7 +1673,7 @@ impl Start<'_> {
             db: storage.clone(),
             log: self.log.clone(),
             ids: AtomicU64::new(0),
-            webhooks: webhooks(spec),
+            webhooks: crate::webhook::webhooks(spec),
             cron_tools: crate::schedule::jobs(spec)
                 .into_iter()
                 .map(|j| (j.tool.clone(), j))
@@ -1810,29 +1761,6 @@ fn schedules(
         }));
     }
     tasks
-}
-
-/// Each webhook tool's signature check, its secret read from the
-/// environment variable the spec names.
-fn webhooks(spec: &sinew_core::spec::Spec) -> std::collections::HashMap<String, Webhook> {
-    spec.tools
-        .iter()
-        .filter_map(|(name, tool)| match &tool.trigger {
-            sinew_core::spec::Trigger::Webhook { secret, header, .. } => Some((
-                name.clone(),
-                Webhook {
-                    secret: secret
-                        .as_ref()
-                        .and_then(|v| std::env::var(v).ok())
-                        .filter(|s| !s.is_empty())
-                        .map(String::into_bytes),
-                    variable: secret.clone(),
-                    header: header.to_ascii_lowercase(),
-                },
-            )),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Opens database connections for the first burst too, once the first
@@ -1955,53 +1883,6 @@ async fn drain(mut conns: tokio::task::JoinSet<()>, log: &Log) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A webhook takes a body signed with its secret (hex HMAC-SHA256, an
-    /// optional `sha256=` prefix) and nothing else; without a secret it
-    /// takes nothing, and the refusal does not name the setting.
-    #[test]
-    fn webhook_signatures() {
-        use hmac::{Hmac, Mac};
-        let sign = |body: &[u8]| {
-            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").unwrap();
-            mac.update(body);
-            mac.finalize()
-                .into_bytes()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        };
-        let hook = |secret: Option<&[u8]>| Webhook {
-            secret: secret.map(<[u8]>::to_vec),
-            variable: Some("SHOP_HOOK_SECRET".into()),
-            header: "x-signature".into(),
-        };
-        let headers = |sig: &str| {
-            let mut h = HeaderMap::new();
-            h.insert("x-signature", HeaderValue::from_str(sig).unwrap());
-            h
-        };
-        let body = br#"{"event":"paid"}"#;
-        let ok = hook(Some(b"s3cret"));
-        assert!(ok.check(&headers(&sign(body)), body).is_ok());
-        assert!(
-            ok.check(&headers(&format!("sha256={}", sign(body))), body)
-                .is_ok()
-        );
-        assert!(
-            ok.check(&headers(&sign(body)), br#"{"event":"paid!"}"#)
-                .is_err()
-        );
-        assert!(ok.check(&headers("00"), body).is_err());
-        assert!(ok.check(&HeaderMap::new(), body).is_err());
-        let unset = hook(None).check(&headers(&sign(body)), body).unwrap_err();
-        assert_eq!(unset.code, Code::Unauthenticated);
-        assert!(
-            !unset.detail.contains("SHOP_HOOK_SECRET"),
-            "{}",
-            unset.detail
-        );
-    }
 
     #[test]
     fn decoding_and_typing_parameters() {

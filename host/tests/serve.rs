@@ -416,3 +416,214 @@ async fn a_closed_stdout_loses_log_lines_not_requests() {
         .await;
     assert_eq!(r.status, 404);
 }
+
+/// Hex HMAC-SHA256 of `parts` with `secret`.
+fn hmac_hex(secret: &str, parts: &[&[u8]]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+const STRIPE_SECRET: &str = "whsec_test_0123456789";
+const GITHUB_SECRET: &str = "gh-hook-secret";
+
+/// Webhooks authenticate by their signature alone and run as
+/// `webhook:<tool>` with the tool's roles: a Stripe event marks a
+/// customer's order (an owned row, seen through the exempt role); the
+/// same event again is answered from the first; a tampered, expired,
+/// missing or bearer-only delivery is 401 and changes nothing; a webhook
+/// whose secret is not set refuses everything without naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_verified_by_their_scheme_and_run_with_their_roles() {
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let data = tempfile::tempdir().unwrap();
+    let spec = root().join("tests/fixtures/webhooks.json");
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("SINEW_TEST_STRIPE_SECRET", STRIPE_SECRET),
+        ("SINEW_TEST_GITHUB_SECRET", GITHUB_SECRET),
+    ];
+    let mut server = Proc::start(SINEW, &spec, &env, data.path());
+    let db = connect_url(&url).await;
+    let http = Http::default();
+    let base = &server.base;
+    let ann = token("ann", &["customer"]);
+    let placed = http
+        .json(
+            "POST",
+            &format!("{base}/orders"),
+            Some(&ann),
+            &json!({"total": 1200}),
+        )
+        .await;
+    assert_eq!(placed.status, 201, "{}", placed.text);
+    let order = placed.body["id"].as_str().unwrap().to_owned();
+    let event = |id: &str| {
+        json!({"id": id, "type": "payment_intent.succeeded",
+               "data": {"object": {"metadata": {"order": order}}}})
+        .to_string()
+    };
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    let stripe_header = |t: i64, body: &str| {
+        let v1 = hmac_hex(
+            STRIPE_SECRET,
+            &[format!("{t}.").as_bytes(), body.as_bytes()],
+        );
+        format!("t={t},v1={v1}")
+    };
+    let deliver = |path: &'static str, headers: Vec<(&'static str, String)>, body: String| {
+        let (http, url) = (http.clone(), format!("{base}{path}"));
+        async move {
+            let mut h = vec![("content-type", "application/json".to_string())];
+            h.extend(headers);
+            let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            http.send("POST", &url, &h, body).await
+        }
+    };
+    let paid_by = || async {
+        db.query_one("SELECT paid_by FROM \"order\"", &[])
+            .await
+            .unwrap()
+            .get::<_, Option<String>>(0)
+    };
+
+    // Tampered: a valid signature of another body.
+    let body = event("evt_1");
+    let tampered = event("evt_forged");
+    let r = deliver(
+        "/hooks/stripe",
+        vec![("stripe-signature", stripe_header(now(), &body))],
+        tampered,
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    assert!(r.text.contains("does not match"), "{}", r.text);
+    // Expired: signed 400 s ago (the tolerance is 300 s).
+    let r = deliver(
+        "/hooks/stripe",
+        vec![("stripe-signature", stripe_header(now() - 400, &body))],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    assert!(r.text.contains("tolerance"), "{}", r.text);
+    // A bearer token is not a signature.
+    let payments = token("ops", &["payments"]);
+    let r = deliver(
+        "/hooks/stripe",
+        vec![("authorization", format!("Bearer {payments}"))],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    assert_eq!(paid_by().await, None, "nothing changed");
+
+    // Valid: the order is marked, by the webhook's caller.
+    let signed = stripe_header(now(), &body);
+    let first = deliver(
+        "/hooks/stripe",
+        vec![("stripe-signature", signed.clone())],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert_eq!(first.body, json!({"order": order, "paid_by": "evt_1"}));
+    assert_eq!(paid_by().await.as_deref(), Some("evt_1"));
+    // Stripe delivers it again (same event, a new signature): the first
+    // answer, nothing run twice. By name too.
+    let again = deliver(
+        "/tools/stripe_event",
+        vec![("stripe-signature", stripe_header(now(), &body))],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(
+        (again.status, &again.body),
+        (200, &first.body),
+        "{}",
+        again.text
+    );
+    let entries: Vec<Value> = db
+        .query(
+            "SELECT entry FROM sinew_audit WHERE entry::jsonb->>'tool' = 'stripe_event' ORDER BY seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap())
+        .filter(|e: &Value| e["kind"] == "final")
+        .collect();
+    let outcomes: Vec<&str> = entries
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["rejected", "rejected", "rejected", "ok", "replayed"]
+    );
+    assert_eq!(entries[3]["subject"], "webhook:stripe_event");
+    assert_eq!(entries[3]["roles"], json!(["payments"]));
+    assert!(
+        !entries
+            .iter()
+            .any(|e| e.to_string().contains(STRIPE_SECRET)),
+        "no secret in the audit log"
+    );
+
+    // GitHub: `sha256=` and the HMAC of the body.
+    let push = json!({"ref": "refs/heads/main"}).to_string();
+    let sig = format!("sha256={}", hmac_hex(GITHUB_SECRET, &[push.as_bytes()]));
+    let r = deliver(
+        "/hooks/github",
+        vec![("x-hub-signature-256", sig)],
+        push.clone(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.body,
+        json!({"ref": "refs/heads/main", "by": "webhook:github_push"})
+    );
+    let bare = hmac_hex(GITHUB_SECRET, &[push.as_bytes()]);
+    let r = deliver("/hooks/github", vec![("x-hub-signature-256", bare)], push).await;
+    assert_eq!(r.status, 401, "{}", r.text);
+
+    // Not configured: refused, and the caller is not told what to set.
+    let r = deliver(
+        "/hooks/unset",
+        vec![("x-signature", "00".repeat(32))],
+        "{}".into(),
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    assert!(!r.text.contains("SINEW_TEST_UNSET_SECRET"), "{}", r.text);
+    // Nor does the OpenAPI document name any setting.
+    let doc = http
+        .send("GET", &format!("{base}/openapi.json"), &[], "")
+        .await;
+    assert!(
+        !doc.text.contains("SINEW_TEST_"),
+        "settings in the OpenAPI document"
+    );
+    // The operator was told at start which setting is missing.
+    assert!(
+        server.line("SINEW_TEST_UNSET_SECRET").is_some(),
+        "{}",
+        server.log()
+    );
+    assert!(server.terminate().success());
+}

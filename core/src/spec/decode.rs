@@ -860,12 +860,34 @@ fn trigger(cx: &mut Cx, v: &Value, path: &str) -> Option<Trigger> {
                 "webhook" => {
                     let r = route(cx, &mut t, Some("POST"));
                     let secret = t.string(cx, "secret", false);
-                    let header = t.string(cx, "header", false).unwrap_or_else(|| "X-Signature".to_string());
+                    let scheme = match t.string(cx, "scheme", false).as_deref() {
+                        None | Some("hmac-sha256") => Some(WebhookScheme::HmacSha256),
+                        Some("stripe") => Some(WebhookScheme::Stripe),
+                        Some("github") => Some(WebhookScheme::Github),
+                        Some(other) => {
+                            cx.error(
+                                Diagnostic::new("invalid-value", t.at("scheme"), format!("`{other}` is not a webhook scheme"))
+                                    .help("write `hmac-sha256` (hex HMAC of the body), `stripe` (`Stripe-Signature`) or `github` (`X-Hub-Signature-256`)"),
+                            );
+                            None
+                        }
+                    };
+                    let tolerance = t.uint(cx, "toleranceSeconds", 1, 24 * 3600);
+                    if tolerance.is_some() && scheme != Some(WebhookScheme::Stripe) {
+                        cx.error(
+                            Diagnostic::new("invalid-value", t.at("toleranceSeconds"), "`toleranceSeconds` applies to the `stripe` scheme only")
+                                .help("remove it, or set `\"scheme\": \"stripe\"`: the other schemes sign no timestamp"),
+                        );
+                    }
+                    let scheme = scheme?;
+                    let header = t.string(cx, "header", false).unwrap_or_else(|| scheme.default_header().to_string());
                     r.map(|(method, path)| Trigger::Webhook {
                         method,
                         path,
                         secret,
                         header,
+                        scheme,
+                        tolerance_seconds: tolerance.unwrap_or(300),
                     })
                 }
                 "cron" => t.string(cx, "schedule", true).and_then(|s| {
