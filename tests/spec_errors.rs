@@ -3005,6 +3005,104 @@ fn grouped_aggregates_are_typed() {
     assert_help(&found[0], "did you mean `units`?");
 }
 
+/// An external's HTTP shape is checked before deployment: its base URL,
+/// its auth (one kind, a variable's name for the secret), each operation's
+/// method, encoding and headers (none the host sets), and every `{arg}` of
+/// a path given by each call.
+#[test]
+fn externals_that_speak_http_are_checked() {
+    let with = |f: &dyn Fn(&mut Value)| load_with(|v| f(at(v, "/externals/mailer")));
+    for (change, path, says) in [
+        (
+            json!({"baseUrl": "api.stripe.com"}),
+            "/externals/mailer/baseUrl",
+            "`api.stripe.com` is not a base URL",
+        ),
+        (
+            json!({"auth": {"bearer": {"secret": "sk_live_123 abc"}}}),
+            "/externals/mailer/auth/bearer/secret",
+            "is not an environment variable's name",
+        ),
+        (
+            json!({"auth": {"bearer": {"secret": "A"}, "basic": {"user": "u", "secret": "B"}}}),
+            "/externals/mailer/auth",
+            "exactly one of `bearer`, `basic`, `header`",
+        ),
+        (
+            json!({"auth": {"header": {"name": "Authorization", "secret": "A"}}}),
+            "/externals/mailer/auth/header/name",
+            "`Authorization` is set by the host",
+        ),
+    ] {
+        let l = with(&|x: &mut Value| {
+            for (k, v) in change.as_object().unwrap() {
+                x[k] = v.clone();
+            }
+        });
+        let d = only_error(&l, "invalid-value", path);
+        assert_message(d, says);
+    }
+    for (op, path, says) in [
+        (
+            json!({"method": "TRACE"}),
+            "/externals/mailer/operations/send/method",
+            "TRACE",
+        ),
+        (
+            json!({"encoding": "xml"}),
+            "/externals/mailer/operations/send/encoding",
+            "`xml` is not an encoding",
+        ),
+        (
+            json!({"headers": {"Content-Type": "text/plain"}}),
+            "/externals/mailer/operations/send/headers/Content-Type",
+            "is set by the host",
+        ),
+        (
+            json!({"headers": {"X-A": 1}}),
+            "/externals/mailer/operations/send/headers/X-A",
+            "a string",
+        ),
+        (
+            json!({"idempotencyHeader": "Idem Key"}),
+            "/externals/mailer/operations/send/idempotencyHeader",
+            "is not a header name",
+        ),
+        (
+            json!({"path": "v1/charges"}),
+            "/externals/mailer/operations/send/path",
+            "is not a valid route path",
+        ),
+    ] {
+        let l = with(&|x: &mut Value| x["operations"]["send"] = op.clone());
+        let found: Vec<&Diagnostic> = l.errors.iter().filter(|d| d.path == path).collect();
+        assert!(
+            found.iter().any(|d| d.message.contains(says)),
+            "{op}: {}",
+            list(&l.errors)
+        );
+    }
+    // A path argument the call does not give.
+    let l = with(&|x: &mut Value| {
+        x["operations"]["send"] = json!({"path": "/v1/customers/{customer}/charges"});
+    });
+    let d = only_error(
+        &l,
+        "missing-arg",
+        "/tools/place_order/flow/nodes/notify/args",
+    );
+    assert_message(d, "puts `customer` in its path");
+    // The whole shape, right.
+    let l = with(&|x: &mut Value| {
+        x["baseUrl"] = json!("https://api.stripe.com");
+        x["auth"] = json!({"basic": {"user": "acct", "secret": "STRIPE_KEY"}});
+        x["operations"]["send"] = json!({"method": "POST", "path": "/v1/payment_intents",
+            "encoding": "form", "headers": {"Stripe-Version": "2024-06-20"},
+            "idempotencyHeader": "Idempotency-Key"});
+    });
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+}
+
 /// A webhook's scheme is one of three, and only `stripe` takes a
 /// tolerance.
 #[test]

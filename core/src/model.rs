@@ -286,8 +286,60 @@ pub struct Transition {
 pub struct External {
     /// Its kind (`payment`, `email`, `http`, …).
     pub kind: String,
+    /// Where it is (`https://api.stripe.com`), unless deployment says
+    /// otherwise.
+    pub base_url: Option<String>,
+    /// How calls authenticate.
+    pub auth: Option<ExternalAuth>,
     /// Operations by name.
     pub operations: NameMap<Operation>,
+}
+
+/// How calls to an external authenticate; each `secret` names an
+/// environment variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExternalAuth {
+    /// `Authorization: Bearer <secret>`.
+    Bearer {
+        /// The variable holding the token.
+        secret: String,
+    },
+    /// `Authorization: Basic base64(<user>:<secret>)`.
+    Basic {
+        /// The user name (literal).
+        user: String,
+        /// The variable holding the password.
+        secret: String,
+    },
+    /// `<name>: <secret>`.
+    Header {
+        /// The header.
+        name: String,
+        /// The variable holding its value.
+        secret: String,
+    },
+}
+
+impl ExternalAuth {
+    /// The environment variable holding the secret.
+    pub fn secret(&self) -> &str {
+        match self {
+            ExternalAuth::Bearer { secret }
+            | ExternalAuth::Basic { secret, .. }
+            | ExternalAuth::Header { secret, .. } => secret,
+        }
+    }
+}
+
+/// How an operation's arguments travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Encoding {
+    /// A JSON body (`application/json`).
+    #[default]
+    Json,
+    /// A form body (`application/x-www-form-urlencoded`), nested keys as
+    /// Stripe reads them: `a[b]=1`, `a[0]=x`.
+    Form,
 }
 
 /// The external kinds the engine knows.
@@ -300,6 +352,30 @@ pub struct Operation {
     pub side_effects: bool,
     /// The operation this one undoes (`refund` compensates `charge`).
     pub compensates: Option<String>,
+    /// The HTTP method (default `POST`).
+    pub method: String,
+    /// The path under the base URL, with `{arg}` segments taken out of the
+    /// arguments (default `/<operation>`).
+    pub path: Option<String>,
+    /// How the arguments travel (default JSON).
+    pub encoding: Encoding,
+    /// Headers sent as they are written.
+    pub headers: Vec<(String, String)>,
+    /// The header carrying the call's idempotency key (default
+    /// `Idempotency-Key`).
+    pub idempotency_header: Option<String>,
+}
+
+impl Operation {
+    /// The names of the `{arg}` segments of its path.
+    pub fn path_args(&self) -> Vec<&str> {
+        self.path
+            .as_deref()
+            .unwrap_or_default()
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .collect()
+    }
 }
 
 /// A tool: one API endpoint.

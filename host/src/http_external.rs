@@ -1,19 +1,26 @@
-//! Outbound calls to external services over HTTP: `POST {base}/{operation}`
-//! with the arguments as JSON, the idempotency key as a header, a timeout
-//! per attempt, and retries with backoff and jitter drawn here (the core
-//! stays deterministic: it sees only the outcome and the attempts).
+//! Outbound calls to external services over HTTP, as each operation of the
+//! spec says: `{method} {base}{path}` with `{arg}` path segments taken out
+//! of the arguments, the rest as a JSON or form body (the query string for
+//! `GET` and `DELETE`), the external's auth header, the operation's
+//! literal headers and the idempotency key in its header; a timeout per
+//! attempt, and retries with backoff and jitter drawn here (the core stays
+//! deterministic: it sees only the outcome and the attempts).
 //!
 //! A 2xx answer is success; another 4xx (but 408 and 429) is a refusal
 //! (a declined card), not retried; 408, 429, 5xx, timeouts and connection
-//! errors are retried while attempts remain. Each attempt carries its number
-//! in `x-sinew-attempt` (1, 2, …).
+//! errors are retried while attempts remain, after the backoff or the
+//! answer's `Retry-After` if that is longer. Each attempt carries its
+//! number in `x-sinew-attempt` (1, 2, …). Secrets are read from the
+//! environment once, at start, and never written anywhere.
 
 use crate::runtime::external::ExternalBackend;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{HeaderMap, Method};
 use serde_json::Value;
 use sinew_core::ports::{Attempt, CallOutcome, CallRequest, CallResult};
-use sinew_core::spec::Backoff;
+use sinew_core::spec::{Backoff, Encoding, ExternalAuth, Spec};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -22,14 +29,34 @@ use std::time::{Duration, Instant};
 const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest answer read from a service.
 const MAX_ANSWER: usize = 4 << 20;
-/// The longest wait between attempts.
+/// The longest wait between attempts (a longer `Retry-After` included).
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Calls services at configured base URLs.
+/// Calls the services of a spec.
 pub struct HttpExternal {
     client: crate::tls::HttpsClient,
-    bases: HashMap<String, String>,
+    services: HashMap<String, Service>,
     seed: AtomicU64,
+}
+
+/// One external, as configured at start.
+struct Service {
+    /// The base URL (no trailing `/`), if any is configured.
+    base: Option<String>,
+    /// The auth header, its secret read; `Err` when the secret's variable
+    /// is not set (every call fails, without naming it).
+    auth: Result<Option<(HeaderName, HeaderValue)>, ()>,
+    operations: HashMap<String, Endpoint>,
+}
+
+/// How one operation is called.
+struct Endpoint {
+    method: Method,
+    /// The path, `{arg}` segments to fill.
+    path: String,
+    encoding: Encoding,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    idempotency_header: HeaderName,
 }
 
 /// The environment variable holding a service's base URL:
@@ -48,36 +75,42 @@ pub fn url_variable(service: &str) -> String {
     format!("SINEW_EXTERNAL_{name}_URL")
 }
 
-impl HttpExternal {
-    /// A caller with the base URL of each service.
-    pub fn new(bases: HashMap<String, String>, client: crate::tls::HttpsClient) -> HttpExternal {
-        HttpExternal {
-            client,
-            bases,
-            seed: AtomicU64::new(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-                    | 1,
-            ),
+/// What an external's configuration lacks at start: its URL (no
+/// `--external`, variable or `baseUrl`), or its auth secret's variable.
+pub fn missing(spec: &Spec, given: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, x) in &spec.externals {
+        let given_url = given
+            .iter()
+            .any(|g| g.split_once('=').is_some_and(|(n, _)| n == name));
+        if !given_url && std::env::var(url_variable(name)).is_err() && x.base_url.is_none() {
+            out.push(format!(
+                "the URL of external `{name}` (`--external {name}=URL`, {}, or `baseUrl` in the spec)",
+                url_variable(name)
+            ));
+        }
+        if let Some(a) = &x.auth
+            && std::env::var(a.secret()).map_or(true, |v| v.is_empty())
+        {
+            out.push(format!(
+                "{} (the secret of external `{name}`'s auth)",
+                a.secret()
+            ));
         }
     }
+    out
+}
 
-    /// The base URLs of the spec's externals: `NAME=URL` settings, then
-    /// `SINEW_EXTERNAL_<NAME>_URL` from the environment.
+impl HttpExternal {
+    /// A caller of `spec`'s externals: base URLs from `NAME=URL` settings,
+    /// else `SINEW_EXTERNAL_<NAME>_URL`, else the spec's `baseUrl`; auth
+    /// secrets from the environment.
     pub fn configured(
-        spec: &sinew_core::spec::Spec,
+        spec: &Spec,
         given: &[String],
         client: crate::tls::HttpsClient,
     ) -> anyhow::Result<HttpExternal> {
-        let mut bases: HashMap<String, String> = spec
-            .externals
-            .keys()
-            .filter_map(|name| {
-                let url = std::env::var(url_variable(name)).ok()?;
-                Some((name.clone(), url))
-            })
-            .collect();
+        let mut bases: HashMap<String, String> = HashMap::new();
         for g in given {
             let Some((name, url)) = g.split_once('=') else {
                 anyhow::bail!("--external takes NAME=URL, not `{g}`");
@@ -87,15 +120,77 @@ impl HttpExternal {
             }
             bases.insert(name.to_owned(), url.to_owned());
         }
-        for (name, url) in &mut bases {
-            if !url.starts_with("http://") && !url.starts_with("https://") {
+        let mut services = HashMap::new();
+        for (name, x) in &spec.externals {
+            let base = bases
+                .remove(name)
+                .or_else(|| std::env::var(url_variable(name)).ok())
+                .or_else(|| x.base_url.clone());
+            if let Some(url) = &base
+                && !url.starts_with("http://")
+                && !url.starts_with("https://")
+            {
                 anyhow::bail!(
                     "the URL of external `{name}` must start with https:// or http:// (`{url}`)"
                 );
             }
-            *url = url.trim_end_matches('/').to_owned();
+            let auth = match &x.auth {
+                None => Ok(None),
+                Some(a) => match std::env::var(a.secret()).ok().filter(|v| !v.is_empty()) {
+                    None => Err(()),
+                    Some(secret) => auth_header(a, &secret)
+                        .map(Some)
+                        .map_err(|e| anyhow::anyhow!("the secret of external `{name}`: {e}"))?
+                        .ok_or(()),
+                },
+            };
+            let mut operations = HashMap::new();
+            for (op_name, op) in &x.operations {
+                let method = Method::from_bytes(op.method.as_bytes())
+                    .map_err(|e| anyhow::anyhow!("`{name}.{op_name}`: {e}"))?;
+                let mut headers = Vec::new();
+                for (k, v) in &op.headers {
+                    headers.push((
+                        HeaderName::from_bytes(k.as_bytes())?,
+                        HeaderValue::from_str(v)?,
+                    ));
+                }
+                let idempotency_header = HeaderName::from_bytes(
+                    op.idempotency_header
+                        .as_deref()
+                        .unwrap_or("Idempotency-Key")
+                        .as_bytes(),
+                )?;
+                operations.insert(
+                    op_name.clone(),
+                    Endpoint {
+                        method,
+                        path: op.path.clone().unwrap_or_else(|| format!("/{op_name}")),
+                        encoding: op.encoding,
+                        headers,
+                        idempotency_header,
+                    },
+                );
+            }
+            services.insert(
+                name.clone(),
+                Service {
+                    base: base.map(|b| b.trim_end_matches('/').to_owned()),
+                    auth,
+                    operations,
+                },
+            );
         }
-        Ok(HttpExternal::new(bases, client))
+        Ok(HttpExternal {
+            client,
+            services,
+            seed: AtomicU64::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+                    | 1,
+            ),
+        })
     }
 
     /// A number in [0, 1): jitter (xorshift, not for secrets).
@@ -122,21 +217,23 @@ impl HttpExternal {
 
     async fn attempt(
         &self,
-        url: &str,
+        call: &Prepared,
         r: &CallRequest,
         n: u32,
-    ) -> (Attempt, Option<Result<Value, Value>>) {
+    ) -> (Attempt, Option<Result<Value, Value>>, Option<Duration>) {
         let started = Instant::now();
         let elapsed = || started.elapsed().as_millis() as u64;
-        let mut req = hyper::Request::post(url)
-            .header("content-type", "application/json")
-            .header("accept", "application/json")
-            .header("x-sinew-attempt", n.to_string())
-            .header("user-agent", concat!("sinew/", env!("CARGO_PKG_VERSION")));
-        if let Some(k) = &r.idempotency_key {
-            req = req.header("idempotency-key", k);
+        let mut req = hyper::Request::builder()
+            .method(call.method.clone())
+            .uri(&call.url);
+        if let Some(h) = req.headers_mut() {
+            h.clone_from(&call.headers);
+            h.insert(
+                "x-sinew-attempt",
+                HeaderValue::from_str(&n.to_string()).unwrap_or(HeaderValue::from_static("1")),
+            );
         }
-        let req = match req.body(Full::new(Bytes::from(r.args.to_string()))) {
+        let req = match req.body(Full::new(call.body.clone())) {
             Ok(req) => req,
             Err(e) => {
                 let a = Attempt {
@@ -144,7 +241,7 @@ impl HttpExternal {
                     error: Some(format!("bad request: {e}")),
                     duration_ms: 0,
                 };
-                return (a, None);
+                return (a, None, None);
             }
         };
         let timeout = r
@@ -153,12 +250,17 @@ impl HttpExternal {
         let call = async {
             let resp = self.client.request(req).await.map_err(|e| format!("{e}"))?;
             let status = resp.status().as_u16();
+            let retry_after = resp
+                .headers()
+                .get(hyper::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(retry_after);
             let body = Limited::new(resp.into_body(), MAX_ANSWER)
                 .collect()
                 .await
                 .map_err(|e| format!("reading the answer: {e}"))?
                 .to_bytes();
-            Ok::<_, String>((status, body))
+            Ok::<_, String>((status, body, retry_after))
         };
         match tokio::time::timeout(timeout, call).await {
             Err(_) => (
@@ -168,6 +270,7 @@ impl HttpExternal {
                     duration_ms: elapsed(),
                 },
                 None,
+                None,
             ),
             Ok(Err(e)) => (
                 Attempt {
@@ -176,8 +279,9 @@ impl HttpExternal {
                     duration_ms: elapsed(),
                 },
                 None,
+                None,
             ),
-            Ok(Ok((status, body))) => {
+            Ok(Ok((status, body, wait))) => {
                 let value: Value = if body.is_empty() {
                     Value::Null
                 } else {
@@ -191,16 +295,18 @@ impl HttpExternal {
                     duration_ms: elapsed(),
                 };
                 match status {
-                    200..=299 => (attempt(None), Some(Ok(value))),
+                    200..=299 => (attempt(None), Some(Ok(value)), None),
                     400..=499 if status != 408 && status != 429 => (
                         attempt(Some(format!("the service refused ({status})"))),
                         Some(Err(value)),
+                        None,
                     ),
                     // 408, 429, 5xx, and anything unexpected (1xx, 3xx):
                     // a failed attempt, retried.
                     _ => (
                         attempt(Some(format!("the service answered {status}"))),
                         None,
+                        wait,
                     ),
                 }
             }
@@ -208,26 +314,212 @@ impl HttpExternal {
     }
 }
 
+/// One call's HTTP request, made once for all its attempts.
+struct Prepared {
+    method: Method,
+    url: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl HttpExternal {
+    /// The request of call `r`, or why it cannot be made (the words go in
+    /// the audit entry: they name no setting and no secret).
+    fn prepare(&self, r: &CallRequest) -> Result<Prepared, String> {
+        let service = self
+            .services
+            .get(&r.service)
+            .ok_or_else(|| format!("no external `{}`", r.service))?;
+        let base = service
+            .base
+            .as_deref()
+            .ok_or_else(|| format!("external `{}` has no URL configured", r.service))?;
+        let auth = service
+            .auth
+            .as_ref()
+            .map_err(|()| format!("external `{}` has no credentials configured", r.service))?;
+        let op = service
+            .operations
+            .get(&r.operation)
+            .ok_or_else(|| format!("`{}` has no operation `{}`", r.service, r.operation))?;
+        let mut args = match &r.args {
+            Value::Object(m) => m.clone(),
+            Value::Null => serde_json::Map::new(),
+            other => {
+                let mut m = serde_json::Map::new();
+                m.insert("value".into(), other.clone());
+                m
+            }
+        };
+        // `{arg}` segments come out of the arguments.
+        let mut path = String::new();
+        for seg in op.path.split('/').filter(|s| !s.is_empty()) {
+            path.push('/');
+            match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(name) => {
+                    let v = args
+                        .remove(name)
+                        .filter(|v| !v.is_null())
+                        .ok_or_else(|| format!("the argument `{name}` of the path is missing"))?;
+                    let text = match v {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    path.extend(form_urlencoded::byte_serialize(text.as_bytes()).map(|s| {
+                        // A space in a path segment is %20, not `+`.
+                        if s == "+" { "%20" } else { s }
+                    }));
+                }
+                None => path.push_str(seg),
+            }
+        }
+        if op.path.ends_with('/') {
+            path.push('/');
+        }
+        let mut url = format!("{base}{path}");
+        let mut headers = HeaderMap::new();
+        headers.insert("accept", HeaderValue::from_static("application/json"));
+        headers.insert(
+            "user-agent",
+            HeaderValue::from_static(concat!("sinew/", env!("CARGO_PKG_VERSION"))),
+        );
+        if let Some((k, v)) = auth {
+            headers.insert(k.clone(), v.clone());
+        }
+        for (k, v) in &op.headers {
+            headers.insert(k.clone(), v.clone());
+        }
+        if let Some(k) = &r.idempotency_key {
+            let v = HeaderValue::from_str(k)
+                .map_err(|_| "the idempotency key is not a valid header value".to_string())?;
+            headers.insert(op.idempotency_header.clone(), v);
+        }
+        let args = Value::Object(args);
+        let body = if op.method == Method::GET || op.method == Method::DELETE {
+            let query = form_encode(&args);
+            if !query.is_empty() {
+                url.push(if url.contains('?') { '&' } else { '?' });
+                url.push_str(&query);
+            }
+            Bytes::new()
+        } else {
+            match op.encoding {
+                Encoding::Json => {
+                    headers.insert("content-type", HeaderValue::from_static("application/json"));
+                    Bytes::from(args.to_string())
+                }
+                Encoding::Form => {
+                    headers.insert(
+                        "content-type",
+                        HeaderValue::from_static("application/x-www-form-urlencoded"),
+                    );
+                    Bytes::from(form_encode(&args))
+                }
+            }
+        };
+        Ok(Prepared {
+            method: op.method.clone(),
+            url,
+            headers,
+            body,
+        })
+    }
+}
+
+/// The auth header of `auth` with its secret; `None` when the secret
+/// cannot be a header value.
+fn auth_header(
+    auth: &ExternalAuth,
+    secret: &str,
+) -> Result<Option<(HeaderName, HeaderValue)>, String> {
+    use base64::Engine as _;
+    let (name, value) = match auth {
+        ExternalAuth::Bearer { .. } => (hyper::header::AUTHORIZATION, format!("Bearer {secret}")),
+        ExternalAuth::Basic { user, .. } => (
+            hyper::header::AUTHORIZATION,
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}"))
+            ),
+        ),
+        ExternalAuth::Header { name, .. } => (
+            HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?,
+            secret.to_owned(),
+        ),
+    };
+    let mut value = HeaderValue::from_str(&value)
+        .map_err(|_| "it is not a valid header value (a line break?)".to_string())?;
+    value.set_sensitive(true);
+    Ok(Some((name, value)))
+}
+
+/// A JSON object as `application/x-www-form-urlencoded`, as Stripe reads
+/// it: nested keys `a[b]`, arrays `a[0]`, booleans `true`/`false`, numbers
+/// as written, nulls omitted.
+pub fn form_encode(v: &Value) -> String {
+    fn flatten(prefix: &str, v: &Value, out: &mut form_urlencoded::Serializer<'_, String>) {
+        match v {
+            Value::Null => {}
+            Value::Bool(b) => {
+                out.append_pair(prefix, if *b { "true" } else { "false" });
+            }
+            Value::Number(n) => {
+                out.append_pair(prefix, &n.to_string());
+            }
+            Value::String(s) => {
+                out.append_pair(prefix, s);
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    flatten(&format!("{prefix}[{i}]"), item, out);
+                }
+            }
+            Value::Object(m) => {
+                for (k, item) in m {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}[{k}]")
+                    };
+                    flatten(&key, item, out);
+                }
+            }
+        }
+    }
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    flatten("", v, &mut out);
+    out.finish()
+}
+
+/// A `Retry-After` value: seconds, or an HTTP date.
+fn retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(s) = v.parse::<u64>() {
+        return Some(Duration::from_secs(s));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
 #[async_trait::async_trait]
 impl ExternalBackend for HttpExternal {
     async fn call(&self, r: &CallRequest) -> CallResult {
-        let Some(base) = self.bases.get(&r.service) else {
-            return CallResult {
-                outcome: CallOutcome::Failed {
-                    message: format!(
-                        "no URL is configured for external `{}` (set {})",
-                        r.service,
-                        url_variable(&r.service)
-                    ),
-                },
-                attempts: Vec::new(),
-            };
+        let prepared = match self.prepare(r) {
+            Ok(p) => p,
+            Err(message) => {
+                return CallResult {
+                    outcome: CallOutcome::Failed { message },
+                    attempts: Vec::new(),
+                };
+            }
         };
-        let url = format!("{base}/{}", r.operation);
         let mut attempts = Vec::new();
         let max = r.max_attempts.max(1);
         for n in 1..=max {
-            let (attempt, answer) = self.attempt(&url, r, n).await;
+            let (attempt, answer, wait) = self.attempt(&prepared, r, n).await;
             attempts.push(attempt);
             match answer {
                 Some(Ok(value)) => {
@@ -242,7 +534,10 @@ impl ExternalBackend for HttpExternal {
                         attempts,
                     };
                 }
-                None if n < max => tokio::time::sleep(self.backoff(r, n)).await,
+                None if n < max => {
+                    let wait = self.backoff(r, n).max(wait.unwrap_or_default());
+                    tokio::time::sleep(wait.min(MAX_BACKOFF)).await
+                }
                 None => {}
             }
         }
@@ -256,5 +551,118 @@ impl ExternalBackend for HttpExternal {
             },
             attempts,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Stripe's form encoding: nested keys, arrays (of objects too),
+    /// booleans as words, numbers as written, nulls left out, everything
+    /// percent-encoded.
+    #[test]
+    fn form_encoding_as_stripe_reads_it() {
+        let v = json!({
+            "amount": 1200, "ratio": 0.5, "capture": false, "note": null,
+            "metadata": {"order": "o 1", "tags": ["a&b", "c"]},
+            "items": [{"price": "p_1", "quantity": 2}],
+            "empty": {}
+        });
+        let text = form_encode(&v);
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(text.as_bytes())
+            .into_owned()
+            .collect();
+        let mut sorted = pairs.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            [
+                ("amount", "1200"),
+                ("capture", "false"),
+                ("items[0][price]", "p_1"),
+                ("items[0][quantity]", "2"),
+                ("metadata[order]", "o 1"),
+                ("metadata[tags][0]", "a&b"),
+                ("metadata[tags][1]", "c"),
+                ("ratio", "0.5"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        assert!(text.contains("metadata%5Btags%5D%5B0%5D=a%26b"), "{text}");
+        assert_eq!(form_encode(&json!({})), "");
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        assert_eq!(retry_after("3"), Some(Duration::from_secs(3)));
+        assert_eq!(retry_after(" 0 "), Some(Duration::ZERO));
+        let past = httpdate::fmt_http_date(std::time::UNIX_EPOCH);
+        assert_eq!(retry_after(&past), Some(Duration::ZERO));
+        let soon = std::time::SystemTime::now() + Duration::from_secs(120);
+        let wait = retry_after(&httpdate::fmt_http_date(soon)).unwrap();
+        assert!(wait > Duration::from_secs(100) && wait <= Duration::from_secs(120));
+        assert_eq!(retry_after("soon"), None);
+    }
+
+    /// A path argument is taken out of the arguments and percent-encoded as
+    /// a segment; a missing one, a missing URL or missing credentials fail
+    /// the call without naming a setting.
+    #[test]
+    fn requests_are_made_as_the_operation_says() {
+        let spec = sinew_core::spec::load(
+            &json!({"sinew": "0.2", "name": "x", "externals": {
+                "api": {"kind": "http", "baseUrl": "https://api.example.com/v2/",
+                        "operations": {
+                          "get": {"method": "GET", "path": "/things/{id}/", "sideEffects": false},
+                          "put": {"method": "PUT", "path": "/things/{id}", "encoding": "form",
+                                  "idempotencyHeader": "X-Key"}}},
+                "locked": {"kind": "http", "baseUrl": "https://l.example.com",
+                           "auth": {"bearer": {"secret": "SINEW_UNIT_TEST_NEVER_SET"}},
+                           "operations": {"go": {}}},
+                "nowhere": {"kind": "http", "operations": {"go": {}}}}})
+            .to_string(),
+        )
+        .spec;
+        let x = HttpExternal::configured(&spec, &[], crate::tls::client(None).unwrap()).unwrap();
+        let call = |service: &str, operation: &str, args: Value| CallRequest {
+            service: service.into(),
+            operation: operation.into(),
+            args,
+            timeout_ms: None,
+            max_attempts: 1,
+            backoff: Backoff::None,
+            initial_backoff_ms: 0,
+            idempotency_key: Some("k-1".into()),
+        };
+        let p = x
+            .prepare(&call("api", "get", json!({"id": "a b/c", "q": 1})))
+            .unwrap();
+        assert_eq!(p.url, "https://api.example.com/v2/things/a%20b%2Fc/?q=1");
+        assert!(p.body.is_empty() && !p.headers.contains_key("content-type"));
+        let p = x
+            .prepare(&call("api", "put", json!({"id": 7, "name": "n"})))
+            .unwrap();
+        assert_eq!(p.url, "https://api.example.com/v2/things/7");
+        assert_eq!(&p.body[..], b"name=n");
+        assert_eq!(p.headers["x-key"], "k-1");
+        assert!(!p.headers.contains_key("idempotency-key"));
+        let e = x
+            .prepare(&call("api", "put", json!({"name": "n"})))
+            .err()
+            .unwrap();
+        assert!(e.contains("`id`"), "{e}");
+        let e = x.prepare(&call("locked", "go", json!({}))).err().unwrap();
+        assert!(
+            e.contains("no credentials") && !e.contains("SINEW_UNIT"),
+            "{e}"
+        );
+        let e = x.prepare(&call("nowhere", "go", json!({}))).err().unwrap();
+        assert!(e.contains("no URL") && !e.contains("SINEW_EXTERNAL"), "{e}");
+        let missing = missing(&spec, &[]);
+        assert_eq!(missing.len(), 2, "{missing:?}");
+        assert!(missing[0].contains("SINEW_UNIT_TEST_NEVER_SET"));
+        assert!(missing[1].contains("SINEW_EXTERNAL_NOWHERE_URL"));
     }
 }

@@ -627,3 +627,192 @@ async fn webhooks_are_verified_by_their_scheme_and_run_with_their_roles() {
     );
     assert!(server.terminate().success());
 }
+
+/// Externals speak real APIs: each operation's method, path (an `{arg}`
+/// taken out of the arguments), encoding (Stripe's form encoding, nested
+/// keys included), auth (bearer, a header, basic), literal headers and
+/// idempotency header reach a loopback fake exactly; 5xx and 429 are
+/// retried, honouring `Retry-After`; no secret is written anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn externals_send_exactly_what_their_operations_say() {
+    use sinew_tests::pg::{Canned, Recorder};
+    let stripe = Recorder::start(vec![
+        (
+            "POST /v1/payment_intents",
+            vec![
+                Canned::json(500, json!({"error": "try again"})),
+                Canned::json(200, json!({"id": "pi_1", "status": "requires_capture"})),
+            ],
+        ),
+        (
+            "GET /v1/payment_intents/pi_1",
+            vec![Canned::json(
+                200,
+                json!({"id": "pi_1", "status": "succeeded"}),
+            )],
+        ),
+    ])
+    .await;
+    let mailer = Recorder::start(vec![(
+        "POST /v3/mail/send",
+        vec![Canned::json(202, json!({"id": "m_1"}))],
+    )])
+    .await;
+    let ledger = Recorder::start(vec![(
+        "GET /accounts/acct%201%2Fx/balance",
+        vec![
+            Canned {
+                status: 429,
+                headers: vec![("retry-after".into(), "1".into())],
+                body: json!({}),
+            },
+            Canned::json(200, json!({"amount": 42})),
+        ],
+    )])
+    .await;
+    let pg = Cluster::start();
+    let url = pg.url("postgres");
+    let data = tempfile::tempdir().unwrap();
+    let spec = root().join("tests/fixtures/externals.json");
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("SINEW_EXTERNAL_STRIPE_URL", stripe.base.as_str()),
+        ("SINEW_EXTERNAL_MAILER_URL", mailer.base.as_str()),
+        ("SINEW_EXTERNAL_LEDGER_URL", ledger.base.as_str()),
+        ("SINEW_TEST_STRIPE_KEY", "sk_test_123"),
+        ("SINEW_TEST_MAIL_KEY", "mk_456"),
+        ("SINEW_TEST_LEDGER_PASSWORD", "pw:789"),
+    ];
+    let mut server = Proc::start(SINEW, &spec, &env, data.path());
+    let http = Http::default();
+    let ann = format!("Bearer {}", token("ann", &["customer"]));
+    let paid = http
+        .send(
+            "POST",
+            &format!("{}/pay", server.base),
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &ann),
+                ("idempotency-key", "pay-1"),
+            ],
+            json!({"amount": 1200, "email": "ann@example.com"}).to_string(),
+        )
+        .await;
+    assert_eq!(paid.status, 200, "{}", paid.text);
+    assert_eq!(paid.body, json!({"payment": "pi_1", "status": "succeeded"}));
+
+    let seen = stripe.requests();
+    assert_eq!(seen.len(), 3, "{seen:#?}");
+    for (n, charge) in seen[..2].iter().enumerate() {
+        assert_eq!(
+            (charge.method.as_str(), charge.target.as_str()),
+            ("POST", "/v1/payment_intents")
+        );
+        let h = &charge.headers;
+        assert_eq!(h["authorization"], "Bearer sk_test_123");
+        assert_eq!(h["content-type"], "application/x-www-form-urlencoded");
+        assert_eq!(
+            h["idempotency-key"], "pay-1",
+            "the same key on every attempt"
+        );
+        assert_eq!(h["stripe-version"], "2024-06-20");
+        assert_eq!(h["x-sinew-attempt"], (n + 1).to_string());
+        let mut pairs: Vec<(String, String)> = form_urlencoded::parse(charge.body.as_bytes())
+            .into_owned()
+            .collect();
+        pairs.sort();
+        assert_eq!(
+            pairs,
+            [
+                ("amount", "1200"),
+                ("capture", "true"),
+                ("currency", "eur"),
+                ("metadata[customer]", "ann"),
+                ("metadata[note]", "tea & cake"),
+                ("payment_method_types[0]", "card"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+            "nested keys as Stripe reads them, the null left out: {}",
+            charge.body
+        );
+    }
+    let look = &seen[2];
+    assert_eq!(look.method, "GET");
+    assert_eq!(
+        look.target,
+        "/v1/payment_intents/pi_1?expand%5B0%5D=latest_charge"
+    );
+    assert_eq!(look.body, "");
+    assert!(!look.headers.contains_key("content-type"));
+    assert_eq!(look.headers["authorization"], "Bearer sk_test_123");
+
+    let mails = mailer.requests();
+    assert_eq!(mails.len(), 1);
+    let mail = &mails[0];
+    assert_eq!(
+        (mail.method.as_str(), mail.target.as_str()),
+        ("POST", "/v3/mail/send")
+    );
+    assert_eq!(mail.headers["x-api-key"], "mk_456");
+    assert_eq!(mail.headers["x-message-key"], "pay-1:receipt");
+    assert!(!mail.headers.contains_key("authorization"));
+    assert!(!mail.headers.contains_key("idempotency-key"));
+    assert_eq!(mail.headers["content-type"], "application/json");
+    assert_eq!(
+        serde_json::from_str::<Value>(&mail.body).unwrap(),
+        json!({"to": "ann@example.com", "subject": "Your receipt", "amount": 1200})
+    );
+
+    // 429 with `Retry-After: 1`: the next attempt waits a second, not the
+    // spec's 10 ms.
+    let (s, body) = call(
+        &http,
+        "GET",
+        &format!("{}/balance", server.base),
+        &token("ann", &["customer"]),
+        &json!({}),
+    )
+    .await;
+    assert_eq!((s, &body), (200, &json!({"amount": 42})), "{body}");
+    let asked = ledger.requests();
+    assert_eq!(asked.len(), 2);
+    assert!(
+        asked[1].at.duration_since(asked[0].at) >= Duration::from_millis(950),
+        "waited {:?}",
+        asked[1].at.duration_since(asked[0].at)
+    );
+    use base64::Engine as _;
+    assert_eq!(
+        asked[0].headers["authorization"],
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("acct_1:pw:789")
+        )
+    );
+
+    // No secret anywhere: audit entries, the log, the OpenAPI document.
+    let db = connect_url(&url).await;
+    let audit: Vec<String> = db
+        .query("SELECT entry FROM sinew_audit", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let doc = http
+        .send("GET", &format!("{}/openapi.json", server.base), &[], "")
+        .await;
+    let log = server.log();
+    for secret in ["sk_test_123", "mk_456", "pw:789"] {
+        assert!(
+            !audit.iter().any(|e| e.contains(secret)),
+            "{secret} in the audit log"
+        );
+        assert!(!log.contains(secret), "{secret} in the log");
+        assert!(
+            !doc.text.contains(secret),
+            "{secret} in the OpenAPI document"
+        );
+    }
+    assert!(server.terminate().success());
+}

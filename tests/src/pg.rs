@@ -507,3 +507,139 @@ fn respond(status: u16, body: &Value) -> hyper::Response<Full<Bytes>> {
     );
     r
 }
+
+/// One request a [`Recorder`] received, exactly as it came.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// `POST`, `GET`, …
+    pub method: String,
+    /// The path and query.
+    pub target: String,
+    /// Headers (lower-case names).
+    pub headers: HashMap<String, String>,
+    /// The body's text.
+    pub body: String,
+    /// When it came.
+    pub at: std::time::Instant,
+}
+
+/// A canned answer of a [`Recorder`].
+#[derive(Debug, Clone)]
+pub struct Canned {
+    /// Status.
+    pub status: u16,
+    /// Extra headers.
+    pub headers: Vec<(String, String)>,
+    /// The JSON body.
+    pub body: Value,
+}
+
+impl Canned {
+    /// A JSON answer.
+    pub fn json(status: u16, body: Value) -> Canned {
+        Canned {
+            status,
+            headers: Vec::new(),
+            body,
+        }
+    }
+}
+
+/// A third party's API on loopback (a payment provider, a mail service):
+/// it records every request exactly (method, target, headers, body) and
+/// answers `METHOD /path` (without the query) from its script, in order,
+/// then `200 {}`.
+#[derive(Clone)]
+pub struct Recorder {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    state: Arc<Mutex<RecorderState>>,
+}
+
+/// A [`Recorder`]'s answers still to give, and what it received.
+type RecorderState = (HashMap<String, VecDeque<Canned>>, Vec<Recorded>);
+
+impl Recorder {
+    /// Starts it with `script`: (`"POST /v1/refunds"`, answers).
+    pub async fn start(script: Vec<(&str, Vec<Canned>)>) -> Recorder {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let script: HashMap<String, VecDeque<Canned>> = script
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.into()))
+            .collect();
+        let state = Arc::new(Mutex::new((script, Vec::new())));
+        let shared = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                            let state = state.clone();
+                            async move {
+                                let method = req.method().to_string();
+                                let target = req
+                                    .uri()
+                                    .path_and_query()
+                                    .map(|p| p.to_string())
+                                    .unwrap_or_default();
+                                let headers = req
+                                    .headers()
+                                    .iter()
+                                    .map(|(k, v)| {
+                                        (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())
+                                    })
+                                    .collect();
+                                let key = format!("{method} {}", req.uri().path());
+                                let body = req
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+                                    .unwrap_or_default();
+                                let canned = {
+                                    let mut s = state.lock().unwrap();
+                                    s.1.push(Recorded {
+                                        method,
+                                        target,
+                                        headers,
+                                        body,
+                                        at: std::time::Instant::now(),
+                                    });
+                                    s.0.get_mut(&key).and_then(VecDeque::pop_front)
+                                }
+                                .unwrap_or_else(|| Canned::json(200, json!({})));
+                                let mut r = respond(canned.status, &canned.body);
+                                for (k, v) in &canned.headers {
+                                    r.headers_mut().insert(
+                                        hyper::header::HeaderName::from_bytes(k.as_bytes())
+                                            .unwrap(),
+                                        hyper::header::HeaderValue::from_str(v).unwrap(),
+                                    );
+                                }
+                                Ok::<_, std::convert::Infallible>(r)
+                            }
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Recorder {
+            base: format!("http://{addr}"),
+            state,
+        }
+    }
+
+    /// Every request so far, in order.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.lock().map(|s| s.1.clone()).unwrap_or_default()
+    }
+}

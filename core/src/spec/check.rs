@@ -2499,7 +2499,23 @@ fn check_call(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
                 "declare it under the external's `operations`",
             )),
         ),
-        Some(_) => {}
+        Some(x) => {
+            // A `{arg}` of the operation's path comes out of the arguments:
+            // one the call does not give would make a URL with a hole.
+            let op = x.operations.get(operation.as_str());
+            for a in op.map(|o| o.path_args()).unwrap_or_default() {
+                if !args.contains_key(a) {
+                    cx.error(
+                        Diagnostic::new(
+                            "missing-arg",
+                            child(path, "args"),
+                            format!("`{external}.{operation}` puts `{a}` in its path (`{}`), and this call does not give it", op.and_then(|o| o.path.as_deref()).unwrap_or_default()),
+                        )
+                        .help(format!("add `\"{a}\": …` to `args`")),
+                    );
+                }
+            }
+        }
     }
     for t in args.values() {
         check_template(cx, t, scope);

@@ -720,6 +720,28 @@ fn external(cx: &mut Cx, v: &Value, path: &str) -> External {
             .help(suggest(&ext.kind, EXTERNAL_KINDS.iter().copied(), "")),
         );
     }
+    ext.base_url = o.string(cx, "baseUrl", false).and_then(|u| {
+        let rest = u
+            .strip_prefix("https://")
+            .or_else(|| u.strip_prefix("http://"));
+        let ok = rest
+            .is_some_and(|r| !r.is_empty() && !r.starts_with('/') && !r.contains(['?', '#', ' ']));
+        if !ok {
+            cx.error(
+                Diagnostic::new(
+                    "invalid-value",
+                    o.at("baseUrl"),
+                    format!("`{u}` is not a base URL"),
+                )
+                .help("write `https://host[:port][/prefix]`, without a query or fragment"),
+            );
+        }
+        ok.then(|| u.trim_end_matches('/').to_string())
+    });
+    if let Some(a) = o.get("auth") {
+        let p = o.at("auth");
+        ext.auth = external_auth(cx, a, &p);
+    }
     let opath = o.at("operations");
     let raw = o.req(cx, "operations");
     for (name, v, p) in object_map(cx, raw, &opath) {
@@ -738,17 +760,180 @@ fn external(cx: &mut Cx, v: &Value, path: &str) -> External {
             }
         };
         let compensates = op.name(cx, "compensates", false);
+        let (method, path) = if op.map.contains_key("path") {
+            route(cx, &mut op, Some("POST")).unzip()
+        } else {
+            let m = op
+                .string(cx, "method", false)
+                .unwrap_or_else(|| "POST".into());
+            let ok = one_of(cx, &op.at("method"), &m, "HTTP method", METHODS).is_some();
+            (ok.then_some(m), None)
+        };
+        let encoding = match op.string(cx, "encoding", false).as_deref() {
+            None | Some("json") => Encoding::Json,
+            Some("form") => Encoding::Form,
+            Some(other) => {
+                cx.error(
+                    Diagnostic::new("invalid-value", op.at("encoding"), format!("`{other}` is not an encoding"))
+                        .help("write `json` (the default) or `form` (`application/x-www-form-urlencoded`, as Stripe reads it)"),
+                );
+                Encoding::Json
+            }
+        };
+        let headers = literal_headers(cx, &mut op);
+        let idempotency_header = op
+            .string(cx, "idempotencyHeader", false)
+            .filter(|h| header_name(cx, &op.at("idempotencyHeader"), h));
         op.finish(cx);
         ext.operations.insert(
             name.clone(),
             Operation {
                 side_effects,
                 compensates,
+                method: method.unwrap_or_else(|| "POST".into()),
+                path,
+                encoding,
+                headers,
+                idempotency_header,
             },
         );
     }
     o.finish(cx);
     ext
+}
+
+/// Headers a host sets itself: a spec may not write them.
+const RESERVED_HEADERS: &[&str] = &[
+    "authorization",
+    "content-type",
+    "content-length",
+    "host",
+    "transfer-encoding",
+    "connection",
+];
+
+/// Whether `h` is an HTTP header name (a token) a spec may set; an error
+/// at `path` otherwise.
+fn header_name(cx: &mut Cx, path: &str, h: &str) -> bool {
+    let token = !h.is_empty()
+        && h.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c));
+    if !token {
+        cx.error(
+            Diagnostic::new("invalid-value", path, format!("`{h}` is not a header name"))
+                .help("a header name is letters, digits and `-` (`Idempotency-Key`)"),
+        );
+        return false;
+    }
+    if RESERVED_HEADERS.contains(&h.to_ascii_lowercase().as_str()) {
+        cx.error(
+            Diagnostic::new("invalid-value", path, format!("`{h}` is set by the host")).help(
+                "authenticate with the external's `auth`; the body's type comes from `encoding`",
+            ),
+        );
+        return false;
+    }
+    true
+}
+
+/// An operation's `headers`: literal values by name.
+fn literal_headers(cx: &mut Cx, op: &mut Obj) -> Vec<(String, String)> {
+    let path = op.at("headers");
+    let Some(v) = op.get("headers") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (name, v, p) in object_map(cx, Some(v), &path) {
+        if !header_name(cx, &p, name) {
+            continue;
+        }
+        match v {
+            Value::String(s) if !s.chars().any(char::is_control) => {
+                out.push((name.clone(), s.clone()))
+            }
+            Value::String(_) => cx.error(
+                Diagnostic::new(
+                    "invalid-value",
+                    &p,
+                    "a header value has no control characters",
+                )
+                .help("write the value on one line"),
+            ),
+            other => wrong_type(cx, &p, "a string (the header's literal value)", other),
+        }
+    }
+    out
+}
+
+/// An external's `auth`: one of `bearer`, `basic`, `header`.
+fn external_auth(cx: &mut Cx, v: &Value, path: &str) -> Option<ExternalAuth> {
+    let mut o = Obj::new(
+        cx,
+        v,
+        path,
+        "an object (`{\"bearer\": {\"secret\": \"VAR\"}}`)",
+    )?;
+    let kinds = ["bearer", "basic", "header"];
+    let present: Vec<&str> = kinds
+        .iter()
+        .copied()
+        .filter(|k| o.map.contains_key(*k))
+        .collect();
+    let out = match present.as_slice() {
+        [kind] => {
+            let kp = o.at(kind);
+            let inner = o.get(match *kind {
+                "bearer" => "bearer",
+                "basic" => "basic",
+                _ => "header",
+            })?;
+            let mut a = Obj::new(cx, inner, &kp, "an object")?;
+            let secret = a.string(cx, "secret", true).filter(|s| {
+                let ok = s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !ok {
+                    cx.error(
+                        Diagnostic::new("invalid-value", a.at("secret"), format!("`{s}` is not an environment variable's name"))
+                            .help("`secret` names the variable holding the secret (`STRIPE_KEY`), never the secret itself"),
+                    );
+                }
+                ok
+            });
+            let out = match *kind {
+                "bearer" => secret.map(|secret| ExternalAuth::Bearer { secret }),
+                "basic" => {
+                    let user = a.string(cx, "user", true);
+                    user.zip(secret)
+                        .map(|(user, secret)| ExternalAuth::Basic { user, secret })
+                }
+                _ => {
+                    let name = a
+                        .string(cx, "name", true)
+                        .filter(|h| header_name(cx, &a.at("name"), h));
+                    name.zip(secret)
+                        .map(|(name, secret)| ExternalAuth::Header { name, secret })
+                }
+            };
+            a.finish(cx);
+            out
+        }
+        _ => {
+            cx.error(
+                Diagnostic::new(
+                    "invalid-value",
+                    path,
+                    "`auth` is exactly one of `bearer`, `basic`, `header`",
+                )
+                .help("write `{\"bearer\": {\"secret\": \"STRIPE_KEY\"}}`"),
+            );
+            None
+        }
+    };
+    for k in kinds {
+        o.asked.push(k);
+    }
+    o.finish(cx);
+    out
 }
 
 const METHODS: &[(&str, ()); 5] = &[
