@@ -1321,18 +1321,21 @@ pub async fn serve(
     let https = crate::tls::client(args.ca_file.as_deref())?;
     let jwt = args.jwt(&https).await?;
     start.phase("TLS roots and JWT keys ready");
-    if !jwt.enabled() {
-        log.warn("no SINEW_JWT_SECRET or SINEW_JWT_JWKS: only public tools can be called");
+    let missing = missing_settings(&spec, args, &jwt);
+    if !missing.is_empty() {
+        bail!(
+            "the spec needs settings that are not set; sinew serve does not start without them:\n{}\n(set each in the environment: Cloud Run maps Secret Manager secrets to variables)",
+            missing
+                .iter()
+                .map(|m| format!("  - {m}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     }
-    for (name, hook) in crate::webhook::webhooks(&spec) {
-        if !hook.configured() {
-            log.warn(&format!(
-                "webhook `{name}` has no secret: set {} (every call of it is refused with 401 until then)",
-                hook.variable
-                    .as_deref()
-                    .unwrap_or("its trigger's `secret` (an environment variable) in the spec")
-            ));
-        }
+    if !jwt.enabled() {
+        log.warn(
+            "no SINEW_JWT_SECRET or SINEW_JWT_JWKS: only public tools, webhooks and schedules run",
+        );
     }
     let db = start.open_database()?;
     // The component loads (CPU) while the database is migrated (I/O).
@@ -1409,6 +1412,56 @@ pub async fn serve(
     drop(db);
     log.info("stopped");
     Ok(())
+}
+
+/// Every setting the spec needs that is not set: each webhook's secret,
+/// each external's URL and auth secret, and JWT verification when a tool
+/// called over HTTP needs a signed-in caller. `sinew serve` refuses to
+/// start while any is missing (a caller is never the one told).
+fn missing_settings(spec: &sinew_core::spec::Spec, args: &Args, jwt: &JwtConfig) -> Vec<String> {
+    use sinew_core::spec::Trigger;
+    let mut missing = crate::http_external::missing(spec, &args.external);
+    let mut hooks: Vec<_> = crate::webhook::webhooks(spec).into_iter().collect();
+    hooks.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, hook) in hooks {
+        if !hook.configured() {
+            missing.push(match &hook.variable {
+                Some(v) => format!("{v} (the signing secret of webhook `{name}`)"),
+                None => format!(
+                    "a `secret` for webhook `{name}`: its trigger names no environment variable"
+                ),
+            });
+        }
+    }
+    let signed_in: Vec<&str> = spec
+        .tools
+        .iter()
+        .filter(|(name, t)| {
+            !spec.broken_tools.contains(*name)
+                && !t.auth.public
+                && matches!(t.trigger, Trigger::Http { .. } | Trigger::Queue { .. })
+        })
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if !jwt.enabled() && !signed_in.is_empty() {
+        let shown: Vec<String> = signed_in.iter().take(5).map(|n| format!("`{n}`")).collect();
+        let more = signed_in.len().saturating_sub(5);
+        missing.push(format!(
+            "SINEW_JWT_SECRET or SINEW_JWT_JWKS (to verify callers: {}{} {} a signed-in caller)",
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            },
+            if signed_in.len() == 1 {
+                "needs"
+            } else {
+                "need"
+            }
+        ));
+    }
+    missing
 }
 
 /// The spec's text and model; a spec with errors is refused with its

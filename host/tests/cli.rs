@@ -900,3 +900,75 @@ fn schedule_lists_the_next_fire_times() {
         stderr(&out)
     );
 }
+
+/// `sinew serve` checks every setting the spec needs before anything
+/// starts (not even the database) and refuses to start with one message
+/// listing all that are missing: webhook secrets, external URLs and auth
+/// secrets, JWT verification.
+#[test]
+fn serve_refuses_to_start_without_the_settings_the_spec_needs() {
+    let data = tempfile::tempdir().unwrap();
+    let serve = |spec_path: &str, env: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sinew"));
+        cmd.args([
+            "serve",
+            "--port",
+            "0",
+            "--listen",
+            "127.0.0.1",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .arg(spec(spec_path))
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none");
+        for v in [
+            "SINEW_JWT_SECRET",
+            "SINEW_JWT_JWKS",
+            "SINEW_TEST_STRIPE_SECRET",
+            "SINEW_TEST_GITHUB_SECRET",
+            "SINEW_TEST_STRIPE_KEY",
+            "SINEW_TEST_MAIL_KEY",
+            "SINEW_TEST_LEDGER_PASSWORD",
+            "SINEW_EXTERNAL_LEDGER_URL",
+        ] {
+            cmd.env_remove(v);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let started = std::time::Instant::now();
+        let out = cmd.output().expect("run sinew");
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        out
+    };
+    let out = serve("tests/fixtures/webhooks.json", &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needed in [
+        "SINEW_TEST_STRIPE_SECRET (the signing secret of webhook `stripe_event`)",
+        "SINEW_TEST_GITHUB_SECRET (the signing secret of webhook `github_push`)",
+        "SINEW_JWT_SECRET or SINEW_JWT_JWKS (to verify callers: `place` needs a signed-in caller)",
+    ] {
+        assert!(err.contains(needed), "{needed} not in:\n{err}");
+    }
+    assert_eq!(
+        err.matches("  - ").count(),
+        3,
+        "one message, every item: {err}"
+    );
+    let out = serve(
+        "tests/fixtures/externals.json",
+        &[("SINEW_JWT_SECRET", "s"), ("SINEW_TEST_MAIL_KEY", "k")],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needed in [
+        "SINEW_TEST_STRIPE_KEY (the secret of external `stripe`'s auth)",
+        "the URL of external `ledger`",
+        "SINEW_TEST_LEDGER_PASSWORD",
+    ] {
+        assert!(err.contains(needed), "{needed} not in:\n{err}");
+    }
+    assert!(!err.contains("MAIL"), "{err}");
+    assert_eq!(err.matches("  - ").count(), 3, "{err}");
+}
