@@ -3103,6 +3103,22 @@ fn externals_that_speak_http_are_checked() {
     assert!(l.errors.is_empty(), "{}", list(&l.errors));
 }
 
+/// One tool per queue.
+#[test]
+fn a_queue_has_one_consumer() {
+    let l = load_with(|v| {
+        for t in ["/tools/get_product", "/tools/place_order"] {
+            at(v, t)["trigger"] = json!({"queue": {"name": "orders"}});
+        }
+    });
+    let d = l
+        .errors
+        .iter()
+        .find(|d| d.code == "duplicate-name" && d.path.ends_with("/trigger/queue/name"))
+        .unwrap_or_else(|| panic!("{}", list(&l.errors)));
+    assert_message(d, "already consumes queue `orders`");
+}
+
 /// A webhook's scheme is one of three, and only `stripe` takes a
 /// tolerance.
 #[test]

@@ -237,3 +237,160 @@ async fn cron_runs_each_time_once_across_instances() {
     assert!(verified.is_ok(), "{verified:?}");
     c.stop().await;
 }
+
+/// An RS256 token signed with the tests' key (`kid` test-rsa-1), as Google
+/// signs Pub/Sub's push tokens.
+fn google_token(email: &str, audience: &str, issued: i64) -> String {
+    let pem = std::fs::read(root().join("tests/fixtures/jwt/rsa-private.pem")).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("test-rsa-1".into());
+    let claims = json!({
+        "iss": "https://accounts.google.com", "aud": audience, "sub": "1234567890",
+        "email": email, "email_verified": true, "iat": issued, "exp": issued + 3600,
+    });
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap(),
+    )
+    .unwrap()
+}
+
+/// Pub/Sub pushes to a queue tool: the push's OIDC token is verified
+/// against a (local) JWKS, audience and service account; the message's data
+/// is the input and runs as `queue:<name>` with the tool's roles; a
+/// redelivery (same `messageId`) is answered from the first run; a message
+/// that can never succeed (bad data, a broken invariant) is acknowledged
+/// (2xx) and audited; a push with a bad token is refused (non-2xx: Pub/Sub
+/// delivers again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_pushes_are_verified_run_once_and_acknowledged() {
+    use base64::Engine as _;
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let spec = root().join("tests/fixtures/queue.json");
+    let audience = "https://sinew.example.run.app/queues/shipments";
+    let account = "pusher@project.iam.gserviceaccount.com";
+    let options = Options {
+        pubsub_audience: Some(audience.into()),
+        pubsub_jwks: Some(
+            root()
+                .join("tests/fixtures/jwt/jwks.json")
+                .to_string_lossy()
+                .into_owned(),
+        ),
+        pubsub_service_account: Some(account.into()),
+        ..Options::default()
+    };
+    let server = Server::start(&spec, &url, &options).await;
+    let http = Http::default();
+    let now = sinew_host::jwt::now_secs() as i64;
+    let push = |token: String, message_id: &str, data: Value| {
+        let envelope = json!({
+            "message": {
+                "data": base64::engine::general_purpose::STANDARD.encode(data.to_string()),
+                "messageId": message_id,
+                "attributes": {"origin": "test"},
+                "publishTime": "2026-12-05T10:00:00Z"
+            },
+            "subscription": "projects/p/subscriptions/shipments-push"
+        });
+        let (http, url) = (http.clone(), format!("{}/queues/shipments", server.base));
+        async move {
+            http.send(
+                "POST",
+                &url,
+                &[
+                    ("content-type", "application/json"),
+                    ("authorization", &format!("Bearer {token}")),
+                ],
+                envelope.to_string(),
+            )
+            .await
+        }
+    };
+    let good = || google_token(account, audience, now);
+    let shipment = json!({"order": "o-1", "customer": "ann", "weight": 5});
+    let first = push(good(), "m-1", shipment.clone()).await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    assert_eq!(first.body["by"], "queue:shipments");
+    // Redelivered: the first answer, nothing run twice.
+    let again = push(good(), "m-1", shipment.clone()).await;
+    assert_eq!((again.status, &again.body), (201, &first.body));
+    // Never succeeds: acknowledged (200), with the problem.
+    let heavy = push(
+        good(),
+        "m-2",
+        json!({"order": "o-2", "customer": "ann", "weight": 5000}),
+    )
+    .await;
+    assert_eq!(heavy.status, 200, "{}", heavy.text);
+    assert_eq!(heavy.body["acknowledged"], true);
+    assert_eq!(heavy.body["problem"]["code"], "invariant_violated");
+    let bad_input = push(good(), "m-3", json!({"order": 3})).await;
+    assert_eq!(
+        (bad_input.status, bad_input.body["problem"]["code"].as_str()),
+        (200, Some("invalid_input"))
+    );
+    // Tokens that are not the push's: refused, so Pub/Sub tries again.
+    for token in [
+        google_token("someone@else.iam.gserviceaccount.com", audience, now),
+        google_token(account, "https://elsewhere.example", now),
+        google_token(account, audience, now - 7200),
+        sinew_tests::pg::token("ann", &["worker"]),
+    ] {
+        let r = push(token, "m-4", shipment.clone()).await;
+        assert_eq!(r.status, 401, "{}", r.text);
+    }
+    // Not a push envelope: acknowledged and audited.
+    let raw = http
+        .send(
+            "POST",
+            &format!("{}/queues/shipments", server.base),
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &format!("Bearer {}", good())),
+            ],
+            r#"{"hello": "world"}"#,
+        )
+        .await;
+    assert_eq!(
+        (raw.status, raw.body["problem"]["code"].as_str()),
+        (200, Some("invalid_body"))
+    );
+    let unknown = http
+        .send(
+            "POST",
+            &format!("{}/queues/elsewhere", server.base),
+            &[],
+            "{}",
+        )
+        .await;
+    assert_eq!(unknown.status, 404);
+
+    let db = connect_url(&url).await;
+    let count: i64 = db
+        .query_one("SELECT count(*) FROM shipment", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 1, "one shipment, run once");
+    let outcomes: Vec<String> = db
+        .query(
+            "SELECT entry::jsonb->>'outcome' FROM sinew_audit WHERE entry::jsonb->>'tool' = 'ship' ORDER BY seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            "ok", "replayed", "error", "rejected", "rejected", "rejected", "rejected", "rejected",
+            "rejected"
+        ]
+    );
+    server.stop().await;
+}

@@ -261,6 +261,12 @@ impl<'a> Call<'a> {
                 V::String(s) if s.is_empty() => None,
                 v => Some(v.to_string()),
             },
+            // A queue delivery's key is its message id (the host's).
+            None if matches!(self.tool.trigger, crate::model::Trigger::Queue { .. }) => self
+                .request
+                .idempotency_key
+                .clone()
+                .filter(|k| !k.is_empty()),
             None => None,
         };
         let mut screened = Screened {
@@ -660,6 +666,16 @@ impl Audit {
         }
     }
 
+    /// The outbox messages that committed (or commit with this entry):
+    /// `messages`, only when there are some.
+    fn messages<'m>(&mut self, messages: impl Iterator<Item = &'m serde_json::Value>) {
+        let list: Vec<serde_json::Value> = messages.cloned().collect();
+        if !list.is_empty() {
+            self.entry
+                .insert("messages".into(), serde_json::Value::Array(list));
+        }
+    }
+
     /// A scheduled run names its time (RFC 3339 UTC).
     fn scheduled(&mut self, at: &str) {
         self.entry.insert("scheduled".into(), json!(at));
@@ -756,6 +772,11 @@ impl Audit {
                     "rows".into(),
                     rows_json(run.rows.iter().chain(pending_rows)),
                 );
+                let pending_messages = tx
+                    .as_ref()
+                    .map(|t| t.messages.as_slice())
+                    .unwrap_or_default();
+                self.messages(run.messages.iter().chain(pending_messages));
                 self.entry.insert("calls".into(), calls_json(&run.calls));
                 self.policies = run.policies.clone();
                 let entry = self.seal(run.clock, "ok", status, None);
@@ -791,6 +812,8 @@ impl Audit {
                         // undo effects, audit on its own.
                         let p = crate::exec::storage_problem(e);
                         self.entry.insert("rows".into(), rows_json(&run.rows));
+                        self.entry.remove("messages");
+                        self.messages(run.messages.iter());
                         self.fail(run, key, scope, p, &execution)
                     }
                 }
@@ -825,6 +848,8 @@ impl Audit {
             p.extra.insert("committed".into(), json!(true));
         }
         self.entry.insert("rows".into(), rows_json(&run.rows));
+        self.entry.remove("messages");
+        self.messages(run.messages.iter());
         self.entry.insert("calls".into(), calls_json(&run.calls));
         self.policies = run.policies.clone();
         let body = p.body(execution);

@@ -70,6 +70,9 @@ pub(crate) struct Tx {
     /// their owner field's value: live and the caller's while they stay
     /// locked, so a `ref` to one needs no read to be checked.
     pub locked: HashMap<(String, String), Json>,
+    /// Messages `emit` recorded in this transaction (the outbox), for the
+    /// audit entry.
+    pub messages: Vec<Json>,
 }
 
 impl Tx {
@@ -79,6 +82,7 @@ impl Tx {
             touched: IndexMap::new(),
             rows: Vec::new(),
             locked: HashMap::new(),
+            messages: Vec::new(),
         }
     }
 }
@@ -105,6 +109,8 @@ pub(crate) struct Run<'a> {
     pub pending: Option<Tx>,
     /// Rows written by committed transactions.
     pub rows: Vec<RowRecord>,
+    /// Messages recorded by committed transactions.
+    pub messages: Vec<Json>,
     pub calls: Vec<CallRecord>,
     /// Succeeded calls with a `compensate`, oldest first: (call, compensating node).
     pub compensable: Vec<(String, String)>,
@@ -204,6 +210,7 @@ impl<'a> Run<'a> {
             open: Vec::new(),
             pending: None,
             rows: Vec::new(),
+            messages: Vec::new(),
             calls: Vec::new(),
             compensable: Vec::new(),
             ran: BTreeSet::new(),
@@ -353,13 +360,18 @@ impl<'a> Run<'a> {
             return Ok(());
         };
         self.step_entries += 1;
-        let entry = json!({
+        let mut entry = json!({
             "kind": "commit",
             "execution": self.request.id,
             "tool": self.tool_name,
             "step": self.step_entries,
             "rows": rows_json(&tx.rows),
         });
+        if !tx.messages.is_empty()
+            && let Some(m) = entry.as_object_mut()
+        {
+            m.insert("messages".into(), Json::Array(tx.messages.clone()));
+        }
         if let Err(e) = self.storage.append_audit(Some(tx.id), &entry) {
             let _ = self.storage.rollback(tx.id);
             return Err(storage_problem(e));
@@ -369,6 +381,7 @@ impl<'a> Run<'a> {
             return Err(storage_problem(e));
         }
         self.rows.extend(tx.rows);
+        self.messages.extend(tx.messages);
         Ok(())
     }
 
@@ -560,6 +573,7 @@ impl<'a> Run<'a> {
             parent.touched.extend(tx.touched);
             parent.rows.extend(tx.rows);
             parent.locked.extend(tx.locked);
+            parent.messages.extend(tx.messages);
         }
         Ok(())
     }
@@ -649,6 +663,22 @@ impl<'a> Run<'a> {
             NodeKind::Switch { cases, default } => return self.switch(cases, default.as_deref()),
             NodeKind::Call { .. } => {
                 return self.run_call(id, node, false).map(|()| Step::Next(None));
+            }
+            NodeKind::Emit {
+                external,
+                operation,
+                args,
+                timeout_ms,
+                idempotency_key,
+            } => {
+                let message = Message {
+                    external,
+                    operation,
+                    args,
+                    timeout_ms: *timeout_ms,
+                    key: idempotency_key.as_ref(),
+                };
+                self.emit(id, &message)?
             }
             NodeKind::Transaction { body, isolation } => {
                 return self.run_transaction(id, body, *isolation);
@@ -2236,6 +2266,49 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// `emit`: the message, recorded with the transaction's writes (the
+    /// outbox); binds `{"id": <message id>}`. Its id derives from the
+    /// request, the node and the node's run, like a row's; so does its
+    /// idempotency key unless the node gives one.
+    fn emit(&mut self, id: &str, m: &Message) -> Result<Value, Problem> {
+        let mut args = Map::new();
+        for (k, t) in m.args {
+            let v = self.template(t, None)?;
+            args.insert(k.clone(), self.json(&v)?);
+        }
+        let message_id = self.new_id(id);
+        let key = match m.key {
+            Some(k) => match self.eval(k, None)? {
+                Value::String(s) if !s.is_empty() => s,
+                Value::Null => message_id.clone(),
+                other => other.to_string(),
+            },
+            None => message_id.clone(),
+        };
+        let mut message = json!({
+            "id": message_id,
+            "execution": self.request.id,
+            "tool": self.tool_name,
+            "node": id,
+            "service": m.external,
+            "operation": m.operation,
+            "args": Json::Object(args),
+            "idempotencyKey": key,
+            "createdAt": self.now_text(),
+        });
+        if let (Some(t), Some(o)) = (m.timeout_ms, message.as_object_mut()) {
+            o.insert("timeoutMs".into(), json!(t));
+        }
+        let tx = self.write_tx()?.id;
+        self.storage
+            .enqueue(tx, &message)
+            .map_err(storage_problem)?;
+        self.write_tx()?.messages.push(message);
+        let mut bound = crate::expr::value::Map::default();
+        bound.insert("id".to_string(), Value::String(message_id));
+        Ok(Value::Map(bound))
+    }
+
     /// A new row id: a UUID derived from the request id, the node and a
     /// counter, so replaying a request yields the same ids.
     fn new_id(&mut self, node: &str) -> String {
@@ -2243,6 +2316,15 @@ impl<'a> Run<'a> {
         *n += 1;
         uuid_from(&format!("{}\u{0}{node}\u{0}{n}", self.request.id))
     }
+}
+
+/// What an `emit` node sends.
+struct Message<'n> {
+    external: &'n str,
+    operation: &'n str,
+    args: &'n crate::model::NameMap<Template>,
+    timeout_ms: Option<u64>,
+    key: Option<&'n crate::model::Expression>,
 }
 
 /// A condition that gave something other than a bool: a spec error.

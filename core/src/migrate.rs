@@ -294,6 +294,28 @@ CREATE TABLE IF NOT EXISTS "sinew_schedule" (
   "first_seen" timestamptz NOT NULL
 );
 
+-- sinew: the outbox: messages `emit` recorded with a transaction's
+-- writes, delivered by `sinew serve` after the commit (one instance at a
+-- time holds a message's claim until `claimed_until`).
+CREATE TABLE IF NOT EXISTS "sinew_outbox" (
+  "id" uuid PRIMARY KEY,
+  "execution" text NOT NULL,
+  "tool" text NOT NULL,
+  "node" text NOT NULL,
+  "service" text NOT NULL,
+  "operation" text NOT NULL,
+  "message" text NOT NULL,
+  "created_at" timestamptz NOT NULL DEFAULT now(),
+  "attempts" integer NOT NULL DEFAULT 0,
+  "next_attempt_at" timestamptz NOT NULL DEFAULT now(),
+  "claimed_until" timestamptz,
+  "delivered_at" timestamptz,
+  "failed_at" timestamptz,
+  "last_error" text
+);
+CREATE INDEX IF NOT EXISTS "sinew_outbox_due_idx" ON "sinew_outbox" ("next_attempt_at")
+  WHERE "delivered_at" IS NULL AND "failed_at" IS NULL;
+
 -- sinew: rate-limit counters, one row per scope and minute.
 CREATE TABLE IF NOT EXISTS "sinew_rate" (
   "scope" text NOT NULL,

@@ -1111,6 +1111,21 @@ pub enum NodeKind {
         /// The key sent to the service.
         idempotency_key: Option<Expression>,
     },
+    /// Record a message to an external operation with the transaction's
+    /// writes (the outbox): the host delivers it after the commit.
+    Emit {
+        /// The external.
+        external: String,
+        /// Its operation.
+        operation: String,
+        /// Arguments.
+        args: NameMap<Template>,
+        /// Per-attempt timeout of each delivery.
+        timeout_ms: Option<u64>,
+        /// The key sent to the service (default: derived from the request
+        /// id, the node and the run of the node).
+        idempotency_key: Option<Expression>,
+    },
     /// A nested flow in one database transaction.
     Transaction {
         /// The body.
@@ -1170,6 +1185,7 @@ impl NodeKind {
             NodeKind::If { .. } => "if",
             NodeKind::Switch { .. } => "switch",
             NodeKind::Call { .. } => "call",
+            NodeKind::Emit { .. } => "emit",
             NodeKind::Transaction { .. } => "transaction",
             NodeKind::Foreach { .. } => "foreach",
             NodeKind::Return { .. } => "return",
@@ -1188,6 +1204,7 @@ impl NodeKind {
                 | NodeKind::SoftDelete { .. }
                 | NodeKind::Delete { .. }
                 | NodeKind::Sql { .. }
+                | NodeKind::Emit { .. }
         )
     }
 

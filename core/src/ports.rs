@@ -673,6 +673,11 @@ pub trait Storage {
         expected_version: i64,
         deleted_at: &str,
     ) -> Result<Row, StorageError>;
+    /// Records an outbox message (a JSON object: `id`, `execution`, `tool`,
+    /// `node`, `service`, `operation`, `args`, `idempotencyKey`,
+    /// `createdAt`, maybe `timeoutMs`) in `tx`: durable with its commit,
+    /// gone with its rollback. The host delivers it after the commit.
+    fn enqueue(&mut self, tx: TxId, message: &Value) -> Result<(), StorageError>;
     /// Commits a transaction (or releases a savepoint).
     fn commit(&mut self, tx: TxId) -> Result<(), StorageError>;
     /// Rolls a transaction (or a savepoint) back.

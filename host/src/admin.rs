@@ -1,5 +1,5 @@
 //! The operator's commands beside `serve`: `sinew migrate`, `sinew audit
-//! verify` and `sinew token`.
+//! verify`, `sinew outbox` and `sinew token`.
 
 use anyhow::{Context, Result};
 use std::path::PathBuf;
@@ -136,6 +136,76 @@ pub fn audit(args: &AuditArgs) -> Result<u8> {
                 Ok(1)
             }
         }
+    })
+}
+
+/// List the outbox messages not delivered: pending ones (oldest first: when
+/// the next attempt is, how many were made, the last error), then those
+/// that failed for good.
+#[derive(clap::Args, Debug)]
+pub struct OutboxArgs {
+    /// The database (absent: the embedded one in --data-dir).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Where the embedded Postgres lives.
+    #[arg(long, env = "SINEW_DATA_DIR", default_value = ".sinew")]
+    data_dir: PathBuf,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Lists the outbox; returns the exit code (0).
+pub fn outbox(args: &OutboxArgs) -> Result<u8> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let db = Database::open(args.database_url.as_deref(), &args.data_dir)?;
+        let client = db.connect().await?;
+        let listed = crate::outbox::list(&client).await?;
+        let mut out = String::new();
+        for m in &listed {
+            if args.json {
+                let line = serde_json::json!({
+                    "id": m.id, "state": m.state, "operation": m.target,
+                    "execution": m.execution, "attempts": m.attempts,
+                    "created": m.created,
+                    if m.state == "failed" { "failed" } else { "next" }: m.when,
+                    "error": m.error,
+                });
+                out.push_str(&format!("{line}\n"));
+            } else {
+                let when = if m.state == "failed" {
+                    "failed"
+                } else {
+                    "next"
+                };
+                out.push_str(&format!(
+                    "{:<7}  {}  {}  attempts {}  {when} {}  message {}  execution {}{}\n",
+                    m.state,
+                    m.created,
+                    m.target,
+                    m.attempts,
+                    m.when,
+                    m.id,
+                    m.execution,
+                    m.error
+                        .as_deref()
+                        .map(|e| format!("\n         last error: {e}"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        if !args.json {
+            let failed = listed.iter().filter(|m| m.state == "failed").count();
+            out.push_str(&format!(
+                "outbox: {} pending, {failed} failed\n",
+                listed.len() - failed
+            ));
+        }
+        crate::write_stdout(&out)?;
+        Ok(0)
     })
 }
 

@@ -27,10 +27,11 @@ struct Cli {
 enum Command {
     Check(check::Args),
     Run(run::Args),
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     Preview(studio::Args),
     Migrate(admin::MigrateArgs),
     Audit(admin::AuditArgs),
+    Outbox(admin::OutboxArgs),
     Token(admin::TokenArgs),
     Schedule(schedule::Args),
     Component(ComponentArgs),
@@ -113,6 +114,7 @@ fn main() -> ExitCode {
         Command::Preview(args) => exit(studio::run(&args)),
         Command::Migrate(args) => exit(admin::migrate(&args)),
         Command::Audit(args) => exit(admin::audit(&args)),
+        Command::Outbox(args) => exit(admin::outbox(&args)),
         Command::Token(args) => exit(admin::token(&args)),
         Command::Schedule(args) => exit(schedule::run(&args)),
         Command::Run(args) => match run::run(&args) {

@@ -148,6 +148,10 @@ impl Storage for Blocking<'_> {
     fn rollback(&mut self, tx: TxId) -> Result<(), StorageError> {
         self.handle.block_on(self.backends.storage.rollback(tx.0))
     }
+    fn enqueue(&mut self, tx: TxId, message: &Value) -> Result<(), StorageError> {
+        self.handle
+            .block_on(self.backends.storage.enqueue(tx.0, message))
+    }
     fn append_audit(&mut self, tx: Option<TxId>, entry: &Value) -> Result<(), StorageError> {
         self.handle
             .block_on(self.backends.storage.append_audit(tx.map(|t| t.0), entry))

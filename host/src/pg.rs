@@ -66,6 +66,10 @@ pub mod sql {
     /// Releases a claim that did not finish (a stored answer is kept).
     pub const RELEASE: &str =
         "DELETE FROM sinew_idempotency WHERE scope = $1 AND key = $2 AND status IS NULL";
+    /// Records an outbox message (in the request's transaction).
+    pub const ENQUEUE: &str = "INSERT INTO sinew_outbox \
+             (id, execution, tool, node, service, operation, message) \
+             VALUES ($1::text::uuid, $2, $3, $4, $5, $6, $7)";
     /// Counts one request in a subject's rate window.
     pub const RATE: &str = "INSERT INTO sinew_rate (scope, window_start, hits) \
              VALUES ($1, to_timestamp($2::text::bigint / 1000.0), 1) \
@@ -99,6 +103,9 @@ struct Root {
     /// while the lock is held. Emptied when a savepoint rolls back (its
     /// locks and changes are gone).
     locked: Mutex<HashMap<(String, String), Row>>,
+    /// Whether it recorded an outbox message (its commit wakes the
+    /// deliverer).
+    enqueued: std::sync::atomic::AtomicBool,
 }
 
 impl Root {
@@ -194,6 +201,8 @@ pub struct PgBackend {
     component: Option<String>,
     /// Reads answered from a transaction's locked rows.
     recalled: AtomicU64,
+    /// Told when a transaction that recorded outbox messages commits.
+    pub outbox_ready: Arc<tokio::sync::Notify>,
 }
 
 type Params = Vec<Option<String>>;
@@ -233,6 +242,7 @@ impl PgBackend {
             chain: tokio::sync::Mutex::new(None),
             component,
             recalled: AtomicU64::new(0),
+            outbox_ready: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -1360,6 +1370,7 @@ impl StorageBackend for PgBackend {
                         head: Mutex::new(None),
                         pending: Mutex::new(Vec::new()),
                         locked: Mutex::new(HashMap::new()),
+                        enqueued: std::sync::atomic::AtomicBool::new(false),
                     }),
                     savepoint: None,
                 }))
@@ -1850,6 +1861,8 @@ impl StorageBackend for PgBackend {
                     // A failed COMMIT leaves no transaction open; a lost
                     // connection is dropped by `put`.
                     let _ = conn.client.batch_execute("ROLLBACK").await;
+                } else if h.root.enqueued.load(Ordering::SeqCst) {
+                    self.outbox_ready.notify_one();
                 }
                 self.pool.put(conn);
                 r
@@ -1911,6 +1924,33 @@ impl StorageBackend for PgBackend {
                 Ok(())
             }
         }
+    }
+
+    async fn enqueue(&self, tx: u64, message: &Value) -> Result<(), StorageError> {
+        let text = |k: &str| {
+            message
+                .get(k)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| invalid(format!("an outbox message needs `{k}`")))
+        };
+        let params: Params = vec![
+            Some(text("id")?),
+            Some(text("execution")?),
+            Some(text("tool")?),
+            Some(text("node")?),
+            Some(text("service")?),
+            Some(text("operation")?),
+            Some(message.to_string()),
+        ];
+        let h = self.handle(tx)?;
+        h.root.enqueued.store(true, Ordering::SeqCst);
+        self.on(Some(tx), async |c| {
+            let s = c.prepare(sql::ENQUEUE).await?;
+            c.client.execute(&s, &refs(&params)).await
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn append_audit(&self, tx: Option<u64>, entry: &Value) -> Result<(), StorageError> {

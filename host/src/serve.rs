@@ -103,6 +103,21 @@ pub struct Args {
     /// Cloud Scheduler calls them; its runs take the same claims).
     #[arg(long, env = "SINEW_NO_CRON")]
     pub no_cron: bool,
+    /// The audience of the OIDC tokens Pub/Sub pushes carry (the push
+    /// subscription's audience; by default Pub/Sub uses the push URL).
+    /// Required when the spec has `queue` tools.
+    #[arg(long, env = "SINEW_PUBSUB_AUDIENCE")]
+    pub pubsub_audience: Option<String>,
+    /// The keys those tokens are signed with: a JWKS file or URL.
+    #[arg(long, env = "SINEW_PUBSUB_JWKS", default_value = crate::queue::GOOGLE_JWKS)]
+    pub pubsub_jwks: String,
+    /// The issuer of those tokens.
+    #[arg(long, env = "SINEW_PUBSUB_ISSUER", default_value = crate::queue::GOOGLE_ISSUER)]
+    pub pubsub_issuer: String,
+    /// The service account pushes must come from (the token's `email`);
+    /// any, when absent.
+    #[arg(long, env = "SINEW_PUBSUB_SERVICE_ACCOUNT")]
+    pub pubsub_service_account: Option<String>,
     /// Tests only (refused unless listening on loopback): honour
     /// `x-sinew-test-now` (the request's clock, RFC 3339),
     /// `x-sinew-test-request-id` and `x-sinew-test-scheduled` (a cron run's
@@ -136,6 +151,53 @@ pub struct Args {
 }
 
 impl Args {
+    /// How Pub/Sub pushes are verified, for a spec with queue tools (the
+    /// JWKS fetched when it is a URL); `None` without queue tools or
+    /// without an audience (then the server does not start: see
+    /// [`missing_settings`]).
+    pub async fn push_auth(
+        &self,
+        spec: &sinew_core::spec::Spec,
+        client: &crate::tls::HttpsClient,
+    ) -> Result<Option<crate::queue::PushAuth>> {
+        let queues = spec
+            .tools
+            .values()
+            .any(|t| matches!(t.trigger, sinew_core::spec::Trigger::Queue { .. }));
+        let Some(audience) = self.pubsub_audience.clone().filter(|a| !a.is_empty()) else {
+            return Ok(None);
+        };
+        if !queues {
+            return Ok(None);
+        }
+        let mut jwt = JwtConfig {
+            secret: None,
+            keys: Vec::new(),
+            issuer: Some(self.pubsub_issuer.clone()),
+            audience: Some(audience),
+            roles_claim: "roles".into(),
+        };
+        let jwks = &self.pubsub_jwks;
+        let text = if jwks.starts_with("https://") || jwks.starts_with("http://") {
+            let body = crate::tls::get(client, jwks)
+                .await
+                .with_context(|| format!("cannot fetch the Pub/Sub JWKS `{jwks}`"))?;
+            String::from_utf8_lossy(&body).into_owned()
+        } else {
+            std::fs::read_to_string(jwks)
+                .with_context(|| format!("cannot read the Pub/Sub JWKS `{jwks}`"))?
+        };
+        jwt.add_jwks(&text)
+            .with_context(|| format!("SINEW_PUBSUB_JWKS `{jwks}`"))?;
+        Ok(Some(crate::queue::PushAuth {
+            jwt,
+            service_account: self
+                .pubsub_service_account
+                .clone()
+                .filter(|a| !a.is_empty()),
+        }))
+    }
+
     /// The JWT settings (fetching the JWKS when it is a URL).
     pub async fn jwt(&self, client: &crate::tls::HttpsClient) -> Result<JwtConfig> {
         let mut jwt = JwtConfig {
@@ -236,7 +298,7 @@ impl Log {
         );
     }
 
-    fn error(&self, message: &str) {
+    pub(crate) fn error(&self, message: &str) {
         self.message(Level::Error, message);
     }
 
@@ -301,12 +363,16 @@ enum Segment {
 
 enum Found {
     Tool(String, Vec<(String, String)>),
+    /// A Pub/Sub push to a `queue` tool.
+    Queue(String),
     WrongMethod(Vec<String>),
     Nothing,
 }
 
 struct Router {
     routes: Vec<Route>,
+    /// Queue name → the tool consuming it.
+    queues: std::collections::HashMap<String, String>,
 }
 
 impl Router {
@@ -338,6 +404,15 @@ impl Router {
                 tool: name.clone(),
             });
         }
+        let queues = spec
+            .tools
+            .iter()
+            .filter(|(name, _)| !spec.broken_tools.contains(*name))
+            .filter_map(|(name, t)| match &t.trigger {
+                sinew_core::spec::Trigger::Queue { name: q } => Some((q.clone(), name.clone())),
+                _ => None,
+            })
+            .collect();
         // Literal segments win over parameters (`/orders/mine` before
         // `/orders/{id}`).
         routes.sort_by_key(|r| {
@@ -346,7 +421,7 @@ impl Router {
                 .map(|s| matches!(s, Segment::Param(_)))
                 .collect::<Vec<_>>()
         });
-        Router { routes }
+        Router { routes, queues }
     }
 
     /// The tool a request goes to: a route of the spec, else any tool by
@@ -373,6 +448,16 @@ impl Router {
                 return Found::Tool(r.tool.clone(), params);
             }
             allow.push(r.method.to_string());
+        }
+        if allow.is_empty()
+            && let Some(queue) = path.strip_prefix("/queues/")
+            && let Some(tool) = self.queues.get(&percent_decode(queue))
+        {
+            return if method == Method::POST {
+                Found::Queue(tool.clone())
+            } else {
+                Found::WrongMethod(vec!["POST".into()])
+            };
         }
         if allow.is_empty() {
             match path
@@ -492,6 +577,10 @@ pub struct App {
     /// that time (another time, as a forced run sends, is an ordinary
     /// call).
     cron_tools: std::collections::HashMap<String, crate::schedule::Job>,
+    /// How Pub/Sub pushes are verified (`None`: the spec has no queue).
+    push_auth: Option<crate::queue::PushAuth>,
+    /// Each queue tool's caller: `queue:<name>` and the tool's roles.
+    queue_callers: std::collections::HashMap<String, (String, Vec<String>)>,
     /// With `--test-hooks`: the clock requests set.
     test_clock: Option<Arc<crate::runtime::clock::ManualClock>>,
     /// The browser preview at `/studio/`, opening the served spec; built
@@ -670,7 +759,7 @@ impl App {
     /// `timeoutMs` (30 s by default), and 30 s for everything else.
     fn deadline(&self, found: &Found) -> Duration {
         match found {
-            Found::Tool(tool, _) => self.deadlines.get(tool).copied(),
+            Found::Tool(tool, _) | Found::Queue(tool) => self.deadlines.get(tool).copied(),
             _ => None,
         }
         .unwrap_or(crate::runtime::DEFAULT_TIMEOUT)
@@ -828,6 +917,10 @@ impl App {
         }
         let (tool, params) = match found {
             Found::Tool(t, p) => (t, p),
+            Found::Queue(t) => {
+                let reply = self.push(req, &t, &id).await;
+                return (queue_response(reply, &id), Some(t), Some(id));
+            }
             Found::WrongMethod(allow) => {
                 return (method_not_allowed(&path, &allow, &id), None, None);
             }
@@ -916,6 +1009,60 @@ impl App {
                 }
                 self.reject(&request, refused.code, &refused.detail).await
             }
+        }
+    }
+
+    /// A Pub/Sub push to queue tool `tool`: its token, its envelope, then
+    /// the tool with the message's data as input and its id as the
+    /// idempotency key. Everything turned away is audited.
+    async fn push(&self, req: hyper::Request<Incoming>, tool: &str, id: &str) -> Reply {
+        let (parts, body) = req.into_parts();
+        let mut request = Request {
+            tool: tool.to_owned(),
+            input: Value::Null,
+            auth: None,
+            id: id.to_owned(),
+            idempotency_key: None,
+            scheduled: None,
+        };
+        let admitted = async {
+            let authorization = parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            let claims = match &self.push_auth {
+                Some(p) => p
+                    .verify(authorization)
+                    .map_err(|e| Refusal::new(Code::Unauthenticated, e))?,
+                None => {
+                    return Err(Refusal::new(
+                        Code::Unauthenticated,
+                        "this server cannot verify Pub/Sub pushes",
+                    ));
+                }
+            };
+            let (sub, roles) = self.queue_callers.get(tool).cloned().unwrap_or_default();
+            let mut who = serde_json::Map::new();
+            who.insert("sub".into(), json!(sub));
+            if let Some(e) = claims.get("email") {
+                who.insert("email".into(), e.clone());
+            }
+            request.auth = Some(Auth {
+                sub,
+                roles,
+                claims: Value::Object(who),
+            });
+            let bytes = self.read_body(&parts.headers, body).await?;
+            let pushed =
+                crate::queue::envelope(&bytes).map_err(|e| Refusal::new(Code::InvalidBody, e))?;
+            request.idempotency_key = Some(pushed.message_id);
+            request.input = pushed.input;
+            Ok(())
+        }
+        .await;
+        match admitted {
+            Ok(()) => self.execute(&request).await,
+            Err(refused) => self.reject(&request, refused.code, &refused.detail).await,
         }
     }
 
@@ -1151,6 +1298,28 @@ fn apply_test_hooks(
     clock.0.store(now, Ordering::SeqCst);
 }
 
+/// The answer to a Pub/Sub push: the tool's own when it acknowledges the
+/// message (success), 200 with `{"acknowledged": true, "problem": …}` for
+/// a failure delivering again cannot mend (so Pub/Sub stops), and the
+/// problem as it is otherwise (non-2xx: Pub/Sub delivers again).
+fn queue_response(reply: Reply, id: &str) -> hyper::Response<Body> {
+    let code = serde_json::from_str::<Value>(&reply.body)
+        .ok()
+        .and_then(|b| b.get("code").and_then(Value::as_str).map(str::to_owned));
+    if (200..300).contains(&reply.status)
+        || !crate::queue::acknowledges(reply.status, code.as_deref())
+    {
+        return tool_response(reply, id);
+    }
+    let problem: Value = serde_json::from_str(&reply.body).unwrap_or(Value::Null);
+    let body = json!({"acknowledged": true, "problem": problem});
+    let mut r = respond(200, "application/json", Bytes::from(body.to_string()));
+    if let Ok(v) = HeaderValue::from_str(id) {
+        r.headers_mut().insert("x-request-id", v);
+    }
+    r
+}
+
 /// A 405 naming the methods `path` answers, in its `Allow` header too.
 fn method_not_allowed(path: &str, allow: &[String], id: &str) -> hyper::Response<Body> {
     let mut r = problem(
@@ -1320,6 +1489,7 @@ pub async fn serve(
         .with_context(|| format!("cannot listen on {addr}"))?;
     let https = crate::tls::client(args.ca_file.as_deref())?;
     let jwt = args.jwt(&https).await?;
+    let push_auth = args.push_auth(&spec, &https).await?;
     start.phase("TLS roots and JWT keys ready");
     let missing = missing_settings(&spec, args, &jwt);
     if !missing.is_empty() {
@@ -1370,6 +1540,7 @@ pub async fn serve(
         log.warn("test hooks are on: requests may set the clock and their ids");
     }
     let backends = start.backends(&spec, &storage, test_clock.as_ref(), &https)?;
+    let outbox_external = backends.external.clone();
     let core = if args.native {
         start.native(&text, backends)?
     } else {
@@ -1378,7 +1549,7 @@ pub async fn serve(
             .await?;
         Core::Component(executor)
     };
-    let app = Arc::new(start.app(&spec, text, core, jwt, &storage, test_clock));
+    let app = Arc::new(start.app(&spec, text, core, (jwt, push_auth), &storage, test_clock));
     let local = listener.local_addr()?;
     start.ready_line(&spec, &app, local);
     warm_pool(storage.clone(), args.pool_size, app.first_answer.clone());
@@ -1391,6 +1562,15 @@ pub async fn serve(
         refresh_jwks(app.clone(), args.clone(), log.clone(), https.clone());
     }
     let janitor = janitor(storage.clone(), log.clone());
+    // Messages `emit` recorded are delivered after their commit (by the
+    // instances of a spec that emits).
+    let deliverer = crate::outbox::emits(&spec).then(|| {
+        tokio::spawn(crate::outbox::deliver_forever(
+            storage.clone(),
+            outbox_external,
+            log.clone(),
+        ))
+    });
     let cron = if args.no_cron {
         Vec::new()
     } else {
@@ -1405,6 +1585,9 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     drain(conns, log).await;
     janitor.abort();
+    if let Some(d) = deliverer {
+        d.abort();
+    }
     for task in cron {
         task.abort();
     }
@@ -1439,10 +1622,22 @@ fn missing_settings(spec: &sinew_core::spec::Spec, args: &Args, jwt: &JwtConfig)
         .filter(|(name, t)| {
             !spec.broken_tools.contains(*name)
                 && !t.auth.public
-                && matches!(t.trigger, Trigger::Http { .. } | Trigger::Queue { .. })
+                && matches!(t.trigger, Trigger::Http { .. })
         })
         .map(|(name, _)| name.as_str())
         .collect();
+    let queues: Vec<String> = spec
+        .tools
+        .iter()
+        .filter(|(_, t)| matches!(t.trigger, Trigger::Queue { .. }))
+        .map(|(name, _)| format!("`{name}`"))
+        .collect();
+    if !queues.is_empty() && args.pubsub_audience.as_deref().is_none_or(str::is_empty) {
+        missing.push(format!(
+            "SINEW_PUBSUB_AUDIENCE (the audience of Pub/Sub's push tokens, for the queue tools {})",
+            queues.join(", ")
+        ));
+    }
     if !jwt.enabled() && !signed_in.is_empty() {
         let shown: Vec<String> = signed_in.iter().take(5).map(|n| format!("`{n}`")).collect();
         let more = signed_in.len().saturating_sub(5);
@@ -1683,7 +1878,7 @@ impl Start<'_> {
         spec: &sinew_core::spec::Spec,
         text: String,
         core: Core,
-        jwt: JwtConfig,
+        (jwt, push_auth): (JwtConfig, Option<crate::queue::PushAuth>),
         storage: &Arc<PgBackend>,
         test_clock: Option<Arc<crate::runtime::clock::ManualClock>>,
     ) -> App {
@@ -1727,6 +1922,17 @@ impl Start<'_> {
             log: self.log.clone(),
             ids: AtomicU64::new(0),
             webhooks: crate::webhook::webhooks(spec),
+            push_auth,
+            queue_callers: spec
+                .tools
+                .iter()
+                .filter_map(|(n, t)| match &t.trigger {
+                    sinew_core::spec::Trigger::Queue { name } => {
+                        Some((n.clone(), (format!("queue:{name}"), t.auth.roles.clone())))
+                    }
+                    _ => None,
+                })
+                .collect(),
             cron_tools: crate::schedule::jobs(spec)
                 .into_iter()
                 .map(|j| (j.tool.clone(), j))

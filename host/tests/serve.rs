@@ -650,6 +650,7 @@ async fn externals_send_exactly_what_their_operations_say() {
                 status: 429,
                 headers: vec![("retry-after".into(), "1".into())],
                 body: json!({}),
+                delay: Duration::ZERO,
             },
             Canned::json(200, json!({"amount": 42})),
         ],
@@ -800,4 +801,213 @@ async fn externals_send_exactly_what_their_operations_say() {
         );
     }
     assert!(server.terminate().success());
+}
+
+/// The outbox: a message `emit` recorded is delivered after the commit
+/// with its stable key (a 500 is tried again a second later); a rolled-back
+/// transaction sends nothing; a refusal fails the message for good, and
+/// `sinew outbox` lists it; an instance killed while delivering leaves the
+/// message to another, which delivers it once it may (the service sees the
+/// same key twice: at least once to it, once per key). Deliveries and
+/// final failures are audited; the chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_delivers_after_the_commit_once_per_key() {
+    use sinew_tests::pg::{Canned, Recorder};
+    let slow = Canned {
+        delay: Duration::from_secs(4),
+        ..Canned::json(200, json!({"late": true}))
+    };
+    let mailer = Recorder::start(vec![
+        (
+            "POST /send",
+            vec![
+                Canned::json(500, json!({"error": "busy"})),
+                Canned::json(202, json!({"id": "m1"})),
+            ],
+        ),
+        (
+            "POST /slow",
+            vec![slow, Canned::json(200, json!({"id": "m2"}))],
+        ),
+        (
+            "POST /picky",
+            vec![Canned::json(422, json!({"error": "no such address"}))],
+        ),
+    ])
+    .await;
+    let pg = Cluster::start();
+    let url = pg.url("postgres");
+    let data = tempfile::tempdir().unwrap();
+    let spec = root().join("tests/fixtures/outbox.json");
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("SINEW_EXTERNAL_MAILER_URL", mailer.base.as_str()),
+    ];
+    let a = Proc::start(SINEW, &spec, &env, data.path());
+    let http = Http::default();
+    let clerk = token("cleo", &["clerk"]);
+    let place = |base: String, body: Value| {
+        let (http, clerk) = (http.clone(), clerk.clone());
+        async move { call(&http, "POST", &format!("{base}/orders"), &clerk, &body).await }
+    };
+    let db = connect_url(&url).await;
+    let wait_for = |what: &'static str, f: Box<dyn Fn() -> bool + Send>| async move {
+        let started = Instant::now();
+        while !f() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+
+    // Rolled back: nothing recorded, nothing sent.
+    let (s, body) = place(
+        a.base.clone(),
+        json!({"ref": "r0", "operation": "send", "fail": true}),
+    )
+    .await;
+    assert_eq!(s, 409, "{body}");
+    // Committed: delivered after one retry, with one key.
+    let (s, body) = place(a.base.clone(), json!({"ref": "r1", "operation": "send"})).await;
+    assert_eq!(s, 200, "{body}");
+    let m = mailer.clone();
+    wait_for(
+        "two attempts of /send",
+        Box::new(move || m.requests().iter().filter(|r| r.target == "/send").count() >= 2),
+    )
+    .await;
+    let sent: Vec<_> = mailer
+        .requests()
+        .into_iter()
+        .filter(|r| r.target == "/send")
+        .collect();
+    assert_eq!(sent.len(), 2);
+    assert!(
+        sent[1].at.duration_since(sent[0].at) >= Duration::from_millis(900),
+        "a second apart"
+    );
+    let key = sent[0].headers["x-message-key"].clone();
+    assert_eq!(sent[1].headers["x-message-key"], key);
+    assert_eq!(
+        serde_json::from_str::<Value>(&sent[0].body).unwrap()["ref"],
+        "r1"
+    );
+    assert!(
+        !mailer.requests().iter().any(|r| r.body.contains("r0")),
+        "a rolled-back message was sent"
+    );
+
+    // Refused: failed for good, listed, audited.
+    let (s, _) = place(a.base.clone(), json!({"ref": "r2", "operation": "picky"})).await;
+    assert_eq!(s, 200);
+    let started = Instant::now();
+    loop {
+        let failed: i64 = db
+            .query_one(
+                "SELECT count(*) FROM sinew_outbox WHERE failed_at IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if failed == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the refused message did not fail"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let listed = std::process::Command::new(SINEW)
+        .args(["outbox", "--database-url", &url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success(), "{text}");
+    assert!(
+        text.contains("failed") && text.contains("mailer.picky") && text.contains("refused"),
+        "{text}"
+    );
+    assert!(text.contains("outbox: 0 pending, 1 failed"), "{text}");
+
+    // Killed mid-delivery: another instance delivers once A's claim lapses.
+    let (s, _) = place(a.base.clone(), json!({"ref": "r3", "operation": "slow"})).await;
+    assert_eq!(s, 200);
+    let m = mailer.clone();
+    wait_for(
+        "the slow delivery to start",
+        Box::new(move || m.requests().iter().any(|r| r.target == "/slow")),
+    )
+    .await;
+    drop(a); // SIGKILL, mid-request
+    let b = Proc::start(SINEW, &spec, &env, data.path());
+    let started = Instant::now();
+    loop {
+        let delivered: i64 = db
+            .query_one(
+                "SELECT count(*) FROM sinew_outbox WHERE operation = 'slow' AND delivered_at IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if delivered == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not taken over: {}",
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let slow: Vec<_> = mailer
+        .requests()
+        .into_iter()
+        .filter(|r| r.target == "/slow")
+        .collect();
+    assert_eq!(slow.len(), 2, "sent by A (killed), then by B");
+    assert_eq!(
+        slow[0].headers["x-message-key"],
+        slow[1].headers["x-message-key"]
+    );
+    assert!(
+        slow[1].at.duration_since(slow[0].at) >= Duration::from_secs(6),
+        "not before A's claim lapsed"
+    );
+
+    // Audited: two deliveries and one final failure; the chain holds.
+    let entries: Vec<Value> = db
+        .query("SELECT entry FROM sinew_audit ORDER BY seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap())
+        .filter(|e: &Value| e["kind"] == "delivery")
+        .collect();
+    let outcomes: Vec<(&str, &str, i64)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["operation"].as_str().unwrap(),
+                e["outcome"].as_str().unwrap(),
+                e["attempts"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("send", "delivered", 2),
+            ("picky", "failed", 1),
+            ("slow", "delivered", 2)
+        ]
+    );
+    assert_eq!(entries[0]["idempotencyKey"], key.as_str());
+    let verified = sinew_host::pg::verify_audit(&db).await.unwrap();
+    assert!(verified.is_ok(), "{verified:?}");
+    drop(b);
 }

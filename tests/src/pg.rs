@@ -126,6 +126,12 @@ pub struct Options {
     pub test_hooks: bool,
     /// Do not run cron tools on their schedules (`--no-cron`).
     pub no_cron: bool,
+    /// `--pubsub-audience`.
+    pub pubsub_audience: Option<String>,
+    /// `--pubsub-jwks` (default Google's).
+    pub pubsub_jwks: Option<String>,
+    /// `--pubsub-service-account`.
+    pub pubsub_service_account: Option<String>,
     /// Body limit.
     pub max_body: Option<usize>,
     /// JWT issuer and audience.
@@ -185,6 +191,13 @@ impl Server {
             pool_size: 8,
             no_migrate: false,
             no_cron: options.no_cron,
+            pubsub_audience: options.pubsub_audience.clone(),
+            pubsub_jwks: options
+                .pubsub_jwks
+                .clone()
+                .unwrap_or_else(|| sinew_host::queue::GOOGLE_JWKS.to_owned()),
+            pubsub_issuer: sinew_host::queue::GOOGLE_ISSUER.to_owned(),
+            pubsub_service_account: options.pubsub_service_account.clone(),
             test_hooks: options.test_hooks,
             external: options
                 .externals
@@ -532,6 +545,8 @@ pub struct Canned {
     pub headers: Vec<(String, String)>,
     /// The JSON body.
     pub body: Value,
+    /// How long to wait before answering.
+    pub delay: Duration,
 }
 
 impl Canned {
@@ -541,6 +556,7 @@ impl Canned {
             status,
             headers: Vec::new(),
             body,
+            delay: Duration::ZERO,
         }
     }
 }
@@ -615,6 +631,7 @@ impl Recorder {
                                     s.0.get_mut(&key).and_then(VecDeque::pop_front)
                                 }
                                 .unwrap_or_else(|| Canned::json(200, json!({})));
+                                tokio::time::sleep(canned.delay).await;
                                 let mut r = respond(canned.status, &canned.body);
                                 for (k, v) in &canned.headers {
                                     r.headers_mut().insert(

@@ -375,6 +375,10 @@ impl ports::Storage for WitStorage {
         self.finish(tx)?.rollback().map_err(error)
     }
 
+    fn enqueue(&mut self, tx: TxId, message: &Value) -> Result<(), StorageError> {
+        self.tx(tx)?.enqueue(&json(message)).map_err(error)
+    }
+
     fn append_audit(&mut self, tx: Option<TxId>, entry: &Value) -> Result<(), StorageError> {
         let text = json(entry);
         let r = match tx {

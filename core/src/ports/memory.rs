@@ -168,6 +168,8 @@ struct Tx {
     audit: Vec<Value>,
     /// Idempotency responses stored by the commit.
     keys: Vec<PendingKey>,
+    /// Outbox messages made durable by the commit.
+    messages: Vec<Value>,
     /// Filters of the reads of a serializable transaction (kept at the root).
     reads: Vec<(String, Vec<Predicate>)>,
 }
@@ -184,6 +186,7 @@ impl Tx {
             bases: BTreeMap::new(),
             audit: Vec::new(),
             keys: Vec::new(),
+            messages: Vec::new(),
             reads: Vec::new(),
         }
     }
@@ -209,6 +212,9 @@ pub struct MemoryStorage {
     audit: Vec<AuditRecord>,
     /// (scope, key) → record.
     keys: BTreeMap<(String, String), KeyRecord>,
+    /// Committed outbox messages, in commit order (the host delivers them;
+    /// here they are only kept).
+    outbox: Vec<Value>,
     /// (scope, window start) → hits.
     rate: BTreeMap<(String, i64), u64>,
     /// The last commit sequence number.
@@ -543,6 +549,11 @@ impl MemoryStorage {
         self.tables.keys().cloned().collect()
     }
 
+    /// The committed outbox messages, in commit order.
+    pub fn outbox(&self) -> &[Value] {
+        &self.outbox
+    }
+
     /// The durable audit chain, each entry with its `seq`, `prev` and
     /// `hash`.
     pub fn audit(&self) -> Vec<Value> {
@@ -633,6 +644,9 @@ impl MemoryStorage {
         let mut out = Map::new();
         out.insert("rows".into(), Value::Object(rows));
         out.insert("audit".into(), Value::Array(self.audit()));
+        if !self.outbox.is_empty() {
+            out.insert("outbox".into(), Value::Array(self.outbox.clone()));
+        }
         out.insert("idempotency".into(), Value::Array(idempotency));
         out.insert("rate".into(), Value::Array(rate));
         out.insert("unique".into(), fields_json(&self.unique));
@@ -672,6 +686,12 @@ impl MemoryStorage {
                     }
                     store.audit = entries.iter().map(AuditRecord::of).collect();
                 }
+                "outbox" => {
+                    let Value::Array(messages) = value else {
+                        return Err("`outbox` must be an array".to_string());
+                    };
+                    store.outbox = messages.clone();
+                }
                 "idempotency" => store.load_keys(value)?,
                 "rate" => store.load_rate(value)?,
                 "unique" => load_fields("unique", value, &mut store.unique)?,
@@ -679,8 +699,8 @@ impl MemoryStorage {
                 other => {
                     return Err(format!(
                         "unknown section `{other}` in the storage state \
-                         (expected `rows`, `audit`, `idempotency`, `rate`, `unique`, \
-                         `timestamps`)"
+                         (expected `rows`, `audit`, `outbox`, `idempotency`, `rate`, \
+                         `unique`, `timestamps`)"
                     ));
                 }
             }
@@ -1149,6 +1169,7 @@ impl MemoryStorage {
         }
         p.audit.extend(child.audit);
         p.keys.extend(child.keys);
+        p.messages.extend(child.messages);
         for owner in self.locks.values_mut() {
             if *owner == id {
                 *owner = parent;
@@ -1300,6 +1321,7 @@ impl MemoryStorage {
             }
         }
         self.audit.extend(audit);
+        self.outbox.append(&mut t.messages);
         for k in t.keys {
             if let Some(record) = self.keys.get_mut(&(k.scope, k.key))
                 && record.response.is_none()
@@ -1487,6 +1509,15 @@ impl Storage for MemoryStorage {
         {
             t.child = None;
         }
+        Ok(())
+    }
+
+    fn enqueue(&mut self, tx: TxId, message: &Value) -> Result<(), StorageError> {
+        if !message.is_object() {
+            return Err(invalid("an outbox message must be a JSON object"));
+        }
+        self.writable(tx)?;
+        self.get_tx_mut(tx.0)?.messages.push(message.clone());
         Ok(())
     }
 

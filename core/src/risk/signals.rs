@@ -178,7 +178,8 @@ pub(super) fn tool_findings(
                 limit: None,
                 ..
             } if !group_by.is_empty() => t.unbounded_read(info, entity),
-            NodeKind::Call { .. } => effects |= t.call(i, info),
+            NodeKind::Call { .. } => effects |= t.call(i, info, source),
+            NodeKind::Emit { .. } => effects = true,
             _ => {}
         }
         if let NodeKind::Read { include, .. } = &info.node.kind {
@@ -689,7 +690,7 @@ impl ToolSignals<'_, '_> {
     }
 
     /// The signals of a `call` node; whether it has side effects.
-    fn call(&mut self, i: usize, info: &NodeInfo) -> bool {
+    fn call(&mut self, i: usize, info: &NodeInfo, source: &Value) -> bool {
         let NodeKind::Call {
             external,
             operation,
@@ -745,7 +746,15 @@ impl ToolSignals<'_, '_> {
             let message = format!(
                 "{name} is Red because it calls {what} inside a database transaction, where a rollback cannot undo it"
             );
-            self.push("external-in-transaction", Some(info), message, None, None);
+            // A call whose answer nothing reads can wait for the commit:
+            // as an `emit`, its message commits with the writes.
+            let fix = (compensate.is_none() && !answer_read(source, &self.tool.path, info.id))
+                .then(|| pointer_get(source, path).and_then(|raw| emit_patch(path, raw)))
+                .flatten();
+            let summary = fix.as_ref().map(|_| {
+                "turn it into an `emit`: the message commits with the transaction and is delivered after it, with retries (and not at all if it rolls back)".to_string()
+            });
+            self.push("external-in-transaction", Some(info), message, fix, summary);
         }
         if self.before_transition.get(vout).copied().unwrap_or(false) {
             let message = format!(
@@ -1094,6 +1103,61 @@ fn pointer_get<'v>(v: &'v Value, pointer: &str) -> Option<&'v Value> {
 }
 
 /// The patch that wraps a chain of top-level writes in a new transaction.
+/// Whether any string of tool `tool_path` (but the names of nodes and
+/// edges) mentions node `id` as an identifier: then the flow may read the
+/// node's answer. Conservative: a literal that spells it counts too.
+fn answer_read(source: &Value, tool_path: &str, id: &str) -> bool {
+    const NAMES: &[&str] = &[
+        "next",
+        "onError",
+        "entry",
+        "compensate",
+        "type",
+        "external",
+        "operation",
+        "entity",
+        "as",
+    ];
+    fn mentions(text: &str, id: &str) -> bool {
+        let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        text.match_indices(id).any(|(at, _)| {
+            !text[..at].chars().next_back().is_some_and(ident)
+                && !text[at + id.len()..].chars().next().is_some_and(ident)
+        })
+    }
+    fn walk(v: &Value, id: &str) -> bool {
+        match v {
+            Value::String(s) => mentions(s, id),
+            Value::Array(items) => items.iter().any(|x| walk(x, id)),
+            Value::Object(m) => m
+                .iter()
+                .any(|(k, x)| !NAMES.contains(&k.as_str()) && walk(x, id)),
+            _ => false,
+        }
+    }
+    pointer_get(source, &format!("{tool_path}/flow")).is_none_or(|flow| walk(flow, id))
+}
+
+/// The patch turning `call` node `raw` at `path` into an `emit` with the
+/// same external, operation, arguments, key, timeout and edges.
+fn emit_patch(path: &str, raw: &Value) -> Option<Vec<Op>> {
+    let Value::Object(raw) = raw else { return None };
+    let mut emit = serde_json::Map::new();
+    emit.insert("type".into(), json!("emit"));
+    for (k, v) in raw {
+        match k.as_str() {
+            "type" | "retry" | "compensate" => {}
+            _ => {
+                emit.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    Some(vec![Op::Replace {
+        path: path.to_string(),
+        value: Value::Object(emit),
+    }])
+}
+
 fn wrap_patch(g: &ToolGraph, source: &Value, chain: &[usize]) -> (Option<Vec<Op>>, Option<String>) {
     let infos: Vec<&NodeInfo> = chain.iter().filter_map(|&i| g.nodes.get(i)).collect();
     let (Some(first), Some(last), Some(flow)) = (infos.first(), infos.last(), g.flows.first())

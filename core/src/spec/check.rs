@@ -923,6 +923,7 @@ pub(crate) fn check(cx: &mut Cx, spec: &Spec) {
         check_entity(cx, spec, name, entity);
     }
     let mut routes: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut queues: BTreeMap<&str, String> = BTreeMap::new();
     for (name, tool) in &spec.tools {
         cx.tool = Some(name.clone());
         if let Some((method, path)) = tool.trigger.route() {
@@ -942,6 +943,20 @@ pub(crate) fn check(cx: &mut Cx, spec: &Spec) {
                 );
             } else {
                 routes.insert(key, name.clone());
+            }
+        }
+        if let crate::model::Trigger::Queue { name: queue } = &tool.trigger {
+            if let Some(other) = queues.get(queue.as_str()) {
+                cx.error(
+                    Diagnostic::new(
+                        "duplicate-name",
+                        format!("{}/trigger/queue/name", tool.path),
+                        format!("`{other}` already consumes queue `{queue}`"),
+                    )
+                    .help("one tool per queue: a push goes to one tool"),
+                );
+            } else {
+                queues.insert(queue.as_str(), name.clone());
             }
         }
         check_tool(cx, spec, tool);
@@ -1941,7 +1956,7 @@ fn check_node(cx: &mut Cx, spec: &Spec, scope: &Scope, row_scope: &Scope, node: 
                 check_shape(cx, &c.when, scope, Want::Bool);
             }
         }
-        NodeKind::Call { .. } => check_call(cx, spec, scope, node),
+        NodeKind::Call { .. } | NodeKind::Emit { .. } => check_call(cx, spec, scope, node),
         NodeKind::Return { value, .. } => {
             if let Some(v) = value {
                 check_template(cx, v, scope);
@@ -2463,15 +2478,22 @@ fn check_transition(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
 
 /// `call`: the external, its operation, arguments and key.
 fn check_call(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
-    let NodeKind::Call {
-        external,
-        operation,
-        args,
-        idempotency_key,
-        ..
-    } = &node.kind
-    else {
-        return;
+    let (external, operation, args, idempotency_key) = match &node.kind {
+        NodeKind::Call {
+            external,
+            operation,
+            args,
+            idempotency_key,
+            ..
+        }
+        | NodeKind::Emit {
+            external,
+            operation,
+            args,
+            idempotency_key,
+            ..
+        } => (external, operation, args, idempotency_key),
+        _ => return,
     };
     let path = node.path.as_str();
     match spec.externals.get(external) {

@@ -1281,7 +1281,7 @@ fn flow(cx: &mut Cx, v: &Value, path: &str, ids: &mut HashMap<String, String>) -
 /// The largest `maxItems` of a `foreach`.
 pub const MAX_ITEMS: u64 = 100_000;
 
-const NODE_TYPES: &[(&str, ()); 17] = &[
+const NODE_TYPES: &[(&str, ()); 18] = &[
     ("read", ()),
     ("aggregate", ()),
     ("create", ()),
@@ -1295,6 +1295,7 @@ const NODE_TYPES: &[(&str, ()); 17] = &[
     ("if", ()),
     ("switch", ()),
     ("call", ()),
+    ("emit", ()),
     ("transaction", ()),
     ("foreach", ()),
     ("return", ()),
@@ -1672,6 +1673,20 @@ fn node_kind(
             NodeKind::Switch { cases, default }
         }
         "call" => call_node(cx, o, path)?,
+        "emit" => {
+            let external = o.name(cx, "external", true);
+            let operation = o.name(cx, "operation", true);
+            let args = template_map(cx, o.get("args"), &child(path, "args"), false);
+            let timeout_ms = o.uint(cx, "timeoutMs", 1, 24 * 3600 * 1000);
+            let idempotency_key = o.expr(cx, "idempotencyKey", false);
+            NodeKind::Emit {
+                external: external?,
+                operation: operation?,
+                args,
+                timeout_ms,
+                idempotency_key,
+            }
+        }
         "transaction" => {
             let isolation = isolation(cx, o, path);
             let body = o

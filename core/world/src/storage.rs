@@ -120,6 +120,11 @@ impl GuestTransaction for Tx {
         }))
     }
 
+    fn enqueue(&self, message: String) -> Res<()> {
+        let message = json(&message)?;
+        world(|w| w.storage.enqueue(self.id, &message)).map_err(error)
+    }
+
     fn append_audit(&self, entry: String) -> Res<()> {
         let entry = json(&entry)?;
         world(|w| w.storage.append_audit(Some(self.id), &entry)).map_err(error)

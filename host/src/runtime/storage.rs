@@ -95,6 +95,8 @@ pub trait StorageBackend: Send + Sync + 'static {
     async fn commit(&self, tx: u64) -> Result<(), StorageError>;
     /// Rolls back.
     async fn rollback(&self, tx: u64) -> Result<(), StorageError>;
+    /// Records an outbox message in a transaction.
+    async fn enqueue(&self, tx: u64, message: &Value) -> Result<(), StorageError>;
     /// Appends an audit entry.
     async fn append_audit(&self, tx: Option<u64>, entry: &Value) -> Result<(), StorageError>;
     /// Claims an idempotency key.
@@ -225,6 +227,9 @@ impl StorageBackend for MemoryBackend {
     }
     async fn rollback(&self, tx: u64) -> Result<(), StorageError> {
         self.with(|s| ports::Storage::rollback(s, TxId(tx)))
+    }
+    async fn enqueue(&self, tx: u64, message: &Value) -> Result<(), StorageError> {
+        self.with(|s| ports::Storage::enqueue(s, TxId(tx), message))
     }
     async fn append_audit(&self, tx: Option<u64>, entry: &Value) -> Result<(), StorageError> {
         self.with(|s| ports::Storage::append_audit(s, tx.map(TxId), entry))
@@ -486,6 +491,17 @@ impl HostTransaction for HostState {
             .soft_delete(id, &entity, &row_id, version, &at)
             .await
             .map(encoded_row)
+            .map_err(error))
+    }
+
+    async fn enqueue(&mut self, t: Resource<Tx>, message: String) -> Res<()> {
+        let id = self.tx_id(&t)?;
+        let message = accepted!(json(&message));
+        Ok(self
+            .backends
+            .storage
+            .enqueue(id, &message)
+            .await
             .map_err(error))
     }
 

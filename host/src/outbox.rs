@@ -1,0 +1,273 @@
+//! The transactional outbox: `emit` records a message with a transaction's
+//! writes (`sinew_outbox`); after the commit, `sinew serve` delivers it.
+//!
+//! Every instance runs a deliverer. A message is claimed by one instance at
+//! a time: the claim is `claimed_until` (the attempt's timeout and 5 s), set
+//! with `FOR UPDATE SKIP LOCKED`, so a crashed instance's claim lapses and
+//! another takes the message over. Each delivery is one HTTP attempt with
+//! the message's stable idempotency key, so a service sees the same key
+//! however many times a message is sent (at least once to the service,
+//! once per key). A 2xx delivers it; a refusal (4xx but 408 and 429) fails
+//! it for good; anything else is tried again after 1, 2, 4 … s (at most 10
+//! minutes apart), 50 attempts in all (about 7 hours). Deliveries and final
+//! failures are audited (`"kind": "delivery"`). `sinew outbox` lists what is
+//! pending and what failed.
+
+use crate::pg::PgBackend;
+use crate::runtime::external::ExternalBackend;
+use crate::runtime::storage::StorageBackend;
+use serde_json::{Value, json};
+use sinew_core::ports::{CallOutcome, CallRequest};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Attempts in all before a message fails for good.
+pub const MAX_ATTEMPTS: i32 = 50;
+/// The longest wait between two attempts, seconds.
+const MAX_WAIT_S: i64 = 600;
+/// Messages claimed at once (delivered concurrently).
+const BATCH: i64 = 32;
+/// How often the outbox is looked at when no commit says so (messages of
+/// other instances, retries coming due).
+const POLL: Duration = Duration::from_secs(1);
+
+/// Claims due messages: `(id, message, attempt number)`.
+const CLAIM: &str = "UPDATE sinew_outbox o SET attempts = o.attempts + 1, \
+       claimed_until = now() + make_interval(secs => coalesce((o.message::jsonb->>'timeoutMs')::float8 / 1000, 10) + 5) \
+     WHERE o.id IN (SELECT id FROM sinew_outbox \
+                    WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now() \
+                      AND (claimed_until IS NULL OR claimed_until < now()) \
+                    ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+     RETURNING o.id::text, o.message, o.attempts";
+
+/// How one attempt ended.
+enum Delivered {
+    /// Accepted: the service's answer and status.
+    Ok(Value),
+    /// Refused for good, or out of attempts: why.
+    Failed(String),
+    /// Try again later: why.
+    Again(String),
+}
+
+/// Whether a tool of `spec` has an `emit` node (its instances deliver).
+pub fn emits(spec: &sinew_core::spec::Spec) -> bool {
+    fn any(flow: &sinew_core::spec::Flow) -> bool {
+        flow.nodes.values().any(|n| {
+            matches!(n.kind, sinew_core::spec::NodeKind::Emit { .. })
+                || n.kind.body().is_some_and(any)
+        })
+    }
+    spec.tools.values().any(|t| any(&t.flow))
+}
+
+/// Delivers the outbox until the task is aborted.
+pub async fn deliver_forever(
+    db: Arc<PgBackend>,
+    external: Arc<dyn ExternalBackend>,
+    log: crate::serve::Log,
+) {
+    loop {
+        match deliver_due(&db, &external).await {
+            Ok(0) => {
+                let _ = tokio::time::timeout(POLL, db.outbox_ready.notified()).await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                log.error(&format!(
+                    "delivering the outbox failed (tried again in 1 s): {e}"
+                ));
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    }
+}
+
+/// Claims the due messages and delivers them; how many were claimed.
+pub async fn deliver_due(
+    db: &Arc<PgBackend>,
+    external: &Arc<dyn ExternalBackend>,
+) -> anyhow::Result<usize> {
+    let client = db.connection().await?;
+    let claimed = client.client.query(CLAIM, &[&BATCH]).await;
+    db.give_back(client);
+    let claimed = claimed?;
+    let n = claimed.len();
+    let deliveries = claimed.into_iter().map(|row| {
+        let (db, external) = (db.clone(), external.clone());
+        async move {
+            let id: String = row.get(0);
+            let text: String = row.get(1);
+            let attempt: i32 = row.get(2);
+            let message: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let outcome = attempt_delivery(external.as_ref(), &message, attempt).await;
+            settle(&db, &id, &message, attempt, outcome).await
+        }
+    });
+    for r in futures_util::future::join_all(deliveries).await {
+        r?;
+    }
+    Ok(n)
+}
+
+/// One HTTP attempt of `message`.
+async fn attempt_delivery(
+    external: &dyn ExternalBackend,
+    message: &Value,
+    attempt: i32,
+) -> Delivered {
+    let text = |k: &str| {
+        message
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let request = CallRequest {
+        service: text("service"),
+        operation: text("operation"),
+        args: message.get("args").cloned().unwrap_or(json!({})),
+        timeout_ms: message.get("timeoutMs").and_then(Value::as_u64),
+        max_attempts: 1,
+        backoff: sinew_core::spec::Backoff::None,
+        initial_backoff_ms: 0,
+        idempotency_key: Some(text("idempotencyKey")),
+    };
+    let result = external.call(&request).await;
+    match result.outcome {
+        CallOutcome::Ok { value } => Delivered::Ok(value),
+        CallOutcome::Declined { value } => Delivered::Failed(format!(
+            "the service refused it: {}",
+            truncated(&value.to_string())
+        )),
+        CallOutcome::Failed { message } if attempt >= MAX_ATTEMPTS => {
+            Delivered::Failed(format!("{message} (after {attempt} attempts)"))
+        }
+        CallOutcome::Failed { message } => Delivered::Again(message),
+    }
+}
+
+fn truncated(s: &str) -> String {
+    s.chars().take(500).collect()
+}
+
+/// Records how an attempt ended; a delivery or a final failure is audited.
+async fn settle(
+    db: &Arc<PgBackend>,
+    id: &str,
+    message: &Value,
+    attempt: i32,
+    outcome: Delivered,
+) -> anyhow::Result<()> {
+    let (sql, error, audited): (&str, Option<String>, Option<(&str, Value)>) = match &outcome {
+        Delivered::Ok(answer) => (
+            "UPDATE sinew_outbox SET delivered_at = now(), claimed_until = NULL, last_error = NULL \
+             WHERE id = $1::text::uuid",
+            None,
+            Some(("delivered", answer.clone())),
+        ),
+        Delivered::Failed(why) => (
+            "UPDATE sinew_outbox SET failed_at = now(), claimed_until = NULL, last_error = $2 \
+             WHERE id = $1::text::uuid",
+            Some(why.clone()),
+            Some(("failed", json!({"error": why}))),
+        ),
+        Delivered::Again(why) => (
+            "UPDATE sinew_outbox SET claimed_until = NULL, last_error = $2, \
+               next_attempt_at = now() + make_interval(secs => $3::text::float8) \
+             WHERE id = $1::text::uuid",
+            Some(why.clone()),
+            None,
+        ),
+    };
+    let wait = 2i64
+        .saturating_pow(u32::try_from(attempt - 1).unwrap_or(0).min(30))
+        .min(MAX_WAIT_S);
+    let client = db.connection().await?;
+    let r = match &outcome {
+        Delivered::Ok(_) => client.client.execute(sql, &[&id]).await,
+        Delivered::Failed(_) => client.client.execute(sql, &[&id, &error]).await,
+        Delivered::Again(_) => {
+            client
+                .client
+                .execute(sql, &[&id, &error, &wait.to_string()])
+                .await
+        }
+    };
+    db.give_back(client);
+    r?;
+    if let Some((outcome, result)) = audited {
+        let field = |k: &str| message.get(k).cloned().unwrap_or(Value::Null);
+        let entry = json!({
+            "kind": "delivery",
+            "execution": field("execution"),
+            "tool": field("tool"),
+            "node": field("node"),
+            "message": id,
+            "service": field("service"),
+            "operation": field("operation"),
+            "idempotencyKey": field("idempotencyKey"),
+            "outcome": outcome,
+            "attempts": attempt,
+            "result": result,
+            "time": jiff::Timestamp::now().to_string(),
+        });
+        db.append_audit(None, &entry)
+            .await
+            .map_err(|e| anyhow::anyhow!("auditing a delivery: {e}"))?;
+    }
+    Ok(())
+}
+
+/// One message of `sinew outbox`.
+#[derive(Debug)]
+pub struct Listed {
+    /// Its id.
+    pub id: String,
+    /// `pending` or `failed`.
+    pub state: &'static str,
+    /// `service.operation`.
+    pub target: String,
+    /// The request that emitted it.
+    pub execution: String,
+    /// Attempts so far.
+    pub attempts: i32,
+    /// When it was recorded (RFC 3339).
+    pub created: String,
+    /// The next attempt (pending) or when it failed (RFC 3339).
+    pub when: String,
+    /// The last error, if any.
+    pub error: Option<String>,
+}
+
+/// The messages not delivered: pending (oldest first), then failed.
+pub async fn list(client: &tokio_postgres::Client) -> anyhow::Result<Vec<Listed>> {
+    let rows = client
+        .query(
+            "SELECT id::text, failed_at IS NOT NULL, service || '.' || operation, execution, attempts, \
+               to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+               to_char(coalesce(failed_at, next_attempt_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+               last_error \
+             FROM sinew_outbox WHERE delivered_at IS NULL \
+             ORDER BY failed_at IS NOT NULL, created_at, id",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Listed {
+            id: r.get(0),
+            state: if r.get::<_, bool>(1) {
+                "failed"
+            } else {
+                "pending"
+            },
+            target: r.get(2),
+            execution: r.get(3),
+            attempts: r.get(4),
+            created: r.get(5),
+            when: r.get(6),
+            error: r.get(7),
+        })
+        .collect())
+}
