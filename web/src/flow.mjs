@@ -25,6 +25,7 @@ const KIND = {
   delete: 'write',
   sql: 'write',
   call: 'call',
+  emit: 'call',
   if: 'branch',
   switch: 'branch',
   return: 'end',
