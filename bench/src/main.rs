@@ -263,6 +263,10 @@ fn serve_spec_args(
         cache.to_string_lossy().into_owned(),
         "--data-dir".into(),
         data.to_string_lossy().into_owned(),
+        "--secrets-dir".into(),
+        sinew_tests::pg::made_up_secrets(&spec_path(spec))
+            .to_string_lossy()
+            .into_owned(),
     ];
     if native {
         a.push("--native".into());

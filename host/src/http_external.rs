@@ -77,7 +77,7 @@ pub fn url_variable(service: &str) -> String {
 
 /// What an external's configuration lacks at start: its URL (no
 /// `--external`, variable or `baseUrl`), or its auth secret's variable.
-pub fn missing(spec: &Spec, given: &[String]) -> Vec<String> {
+pub fn missing(spec: &Spec, given: &[String], secrets: &crate::secrets::Secrets) -> Vec<String> {
     let mut out = Vec::new();
     for (name, x) in &spec.externals {
         let given_url = given
@@ -90,7 +90,7 @@ pub fn missing(spec: &Spec, given: &[String]) -> Vec<String> {
             ));
         }
         if let Some(a) = &x.auth
-            && std::env::var(a.secret()).map_or(true, |v| v.is_empty())
+            && secrets.get(a.secret()).is_none()
         {
             out.push(format!(
                 "{} (the secret of external `{name}`'s auth)",
@@ -109,6 +109,7 @@ impl HttpExternal {
         spec: &Spec,
         given: &[String],
         client: crate::tls::HttpsClient,
+        secrets: &crate::secrets::Secrets,
     ) -> anyhow::Result<HttpExternal> {
         let mut bases: HashMap<String, String> = HashMap::new();
         for g in given {
@@ -136,7 +137,7 @@ impl HttpExternal {
             }
             let auth = match &x.auth {
                 None => Ok(None),
-                Some(a) => match std::env::var(a.secret()).ok().filter(|v| !v.is_empty()) {
+                Some(a) => match secrets.get(a.secret()) {
                     None => Err(()),
                     Some(secret) => auth_header(a, &secret)
                         .map(Some)
@@ -625,7 +626,13 @@ mod tests {
             .to_string(),
         )
         .spec;
-        let x = HttpExternal::configured(&spec, &[], crate::tls::client(None).unwrap()).unwrap();
+        let x = HttpExternal::configured(
+            &spec,
+            &[],
+            crate::tls::client(None).unwrap(),
+            &crate::secrets::Secrets::default(),
+        )
+        .unwrap();
         let call = |service: &str, operation: &str, args: Value| CallRequest {
             service: service.into(),
             operation: operation.into(),
@@ -660,7 +667,7 @@ mod tests {
         );
         let e = x.prepare(&call("nowhere", "go", json!({}))).err().unwrap();
         assert!(e.contains("no URL") && !e.contains("SINEW_EXTERNAL"), "{e}");
-        let missing = missing(&spec, &[]);
+        let missing = missing(&spec, &[], &crate::secrets::Secrets::default());
         assert_eq!(missing.len(), 2, "{missing:?}");
         assert!(missing[0].contains("SINEW_UNIT_TEST_NEVER_SET"));
         assert!(missing[1].contains("SINEW_EXTERNAL_NOWHERE_URL"));

@@ -11,6 +11,7 @@ pub mod outbox;
 pub mod pg;
 pub mod queue;
 pub mod schedule;
+pub mod secrets;
 pub mod serve;
 pub mod studio;
 pub mod tls;

@@ -103,6 +103,11 @@ pub struct Args {
     /// Cloud Scheduler calls them; its runs take the same claims).
     #[arg(long, env = "SINEW_NO_CRON")]
     pub no_cron: bool,
+    /// A directory of secrets, one file per secret named after its
+    /// variable (as Cloud Run and Kubernetes mount them): read when the
+    /// environment does not have the variable.
+    #[arg(long, env = "SINEW_SECRETS_DIR")]
+    pub secrets_dir: Option<PathBuf>,
     /// The audience of the OIDC tokens Pub/Sub pushes carry (the push
     /// subscription's audience; by default Pub/Sub uses the push URL).
     /// Required when the spec has `queue` tools.
@@ -151,6 +156,13 @@ pub struct Args {
 }
 
 impl Args {
+    /// Where the spec's secrets come from.
+    pub fn secrets(&self) -> crate::secrets::Secrets {
+        crate::secrets::Secrets {
+            dir: self.secrets_dir.clone(),
+        }
+    }
+
     /// How Pub/Sub pushes are verified, for a spec with queue tools (the
     /// JWKS fetched when it is a URL); `None` without queue tools or
     /// without an audience (then the server does not start: see
@@ -1603,8 +1615,11 @@ pub async fn serve(
 /// start while any is missing (a caller is never the one told).
 fn missing_settings(spec: &sinew_core::spec::Spec, args: &Args, jwt: &JwtConfig) -> Vec<String> {
     use sinew_core::spec::Trigger;
-    let mut missing = crate::http_external::missing(spec, &args.external);
-    let mut hooks: Vec<_> = crate::webhook::webhooks(spec).into_iter().collect();
+    let secrets = args.secrets();
+    let mut missing = crate::http_external::missing(spec, &args.external, &secrets);
+    let mut hooks: Vec<_> = crate::webhook::webhooks(spec, &secrets)
+        .into_iter()
+        .collect();
     hooks.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, hook) in hooks {
         if !hook.configured() {
@@ -1814,6 +1829,7 @@ impl Start<'_> {
                 spec,
                 &self.args.external,
                 https.clone(),
+                &self.args.secrets(),
             )?),
         })
     }
@@ -1921,7 +1937,7 @@ impl Start<'_> {
             db: storage.clone(),
             log: self.log.clone(),
             ids: AtomicU64::new(0),
-            webhooks: crate::webhook::webhooks(spec),
+            webhooks: crate::webhook::webhooks(spec, &args.secrets()),
             push_auth,
             queue_callers: spec
                 .tools

@@ -55,7 +55,7 @@ impl std::fmt::Display for Refused {
 impl Webhook {
     /// The webhook of a tool with a `webhook` trigger, its secret read from
     /// the environment.
-    pub fn of(spec: &Spec, tool: &str) -> Option<Webhook> {
+    pub fn of(spec: &Spec, tool: &str, secrets: &crate::secrets::Secrets) -> Option<Webhook> {
         let t = spec.tools.get(tool)?;
         let Trigger::Webhook {
             secret,
@@ -72,8 +72,7 @@ impl Webhook {
             scheme: *scheme,
             secret: secret
                 .as_ref()
-                .and_then(|v| std::env::var(v).ok())
-                .filter(|s| !s.is_empty())
+                .and_then(|v| secrets.get(v))
                 .map(String::into_bytes),
             variable: secret.clone(),
             header: header.to_ascii_lowercase(),
@@ -156,11 +155,11 @@ impl Webhook {
 }
 
 /// Each webhook tool's check (tools with spec errors are not served).
-pub fn webhooks(spec: &Spec) -> HashMap<String, Webhook> {
+pub fn webhooks(spec: &Spec, secrets: &crate::secrets::Secrets) -> HashMap<String, Webhook> {
     spec.tools
         .keys()
         .filter(|name| !spec.broken_tools.contains(*name))
-        .filter_map(|name| Some((name.clone(), Webhook::of(spec, name)?)))
+        .filter_map(|name| Some((name.clone(), Webhook::of(spec, name, secrets)?)))
         .collect()
 }
 

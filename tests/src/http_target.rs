@@ -116,6 +116,7 @@ impl Target for HttpPg {
         let (server, db, fake) = self.rt.block_on(async {
             let url = cluster.database().await;
             let fake = Fake::start(script, false).await;
+            fake.learn(&spec);
             let options = Options {
                 externals: spec
                     .externals

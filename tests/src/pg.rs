@@ -126,6 +126,8 @@ pub struct Options {
     pub test_hooks: bool,
     /// Do not run cron tools on their schedules (`--no-cron`).
     pub no_cron: bool,
+    /// `--secrets-dir`.
+    pub secrets_dir: Option<PathBuf>,
     /// `--pubsub-audience`.
     pub pubsub_audience: Option<String>,
     /// `--pubsub-jwks` (default Google's).
@@ -152,6 +154,23 @@ pub struct Options {
     pub snapshot: bool,
 }
 
+/// A directory with a made-up value for every secret `spec_path` names
+/// (`--secrets-dir`), so any spec can be served by the tests.
+pub fn made_up_secrets(spec_path: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(spec_path).unwrap_or_default();
+    let spec = sinew_core::spec::load(&text).spec;
+    let dir = cache_dir().join("secrets").join(format!(
+        "{}-{}",
+        std::process::id(),
+        sinew_core::hash::sha256_hex(text.as_bytes())
+    ));
+    let _ = std::fs::create_dir_all(&dir);
+    for name in sinew_host::secrets::names(&spec) {
+        let _ = std::fs::write(dir.join(&name), format!("made-up-{name}"));
+    }
+    dir
+}
+
 /// The directory where compiled components are cached across test servers.
 pub fn cache_dir() -> PathBuf {
     crate::root().join("target/test-sinew-data")
@@ -172,6 +191,11 @@ impl Server {
         database_url: &str,
         options: &Options,
     ) -> Result<Server, String> {
+        // The secrets the spec names, made up, unless the test gives its own.
+        let secrets_dir = match &options.secrets_dir {
+            Some(d) => d.clone(),
+            None => made_up_secrets(spec_path),
+        };
         let args = sinew_host::serve::Args {
             spec: spec_path.to_path_buf(),
             port: 0,
@@ -191,6 +215,7 @@ impl Server {
             pool_size: 8,
             no_migrate: false,
             no_cron: options.no_cron,
+            secrets_dir: Some(secrets_dir),
             pubsub_audience: options.pubsub_audience.clone(),
             pubsub_jwks: options
                 .pubsub_jwks
@@ -380,6 +405,9 @@ struct FakeState {
     current: HashMap<String, Reply>,
     /// Every request: (service.operation, attempt, idempotency key, body).
     seen: Vec<(String, u32, Option<String>, Value)>,
+    /// Operations with a `path` of their own: (service, operation, the
+    /// path's segments, `{…}` matching any).
+    routes: Vec<(String, String, Vec<String>)>,
 }
 
 /// A fake external provider on loopback: `POST /{service}/{operation}`.
@@ -433,6 +461,24 @@ impl Fake {
         }
     }
 
+    /// Recognises the operations of `spec` that have a `path` of their own
+    /// (they are not `POST /{service}/{operation}`).
+    pub fn learn(&self, spec: &sinew_core::spec::Spec) {
+        let Ok(mut s) = self.state.lock() else { return };
+        for (service, x) in &spec.externals {
+            for (op, o) in &x.operations {
+                if let Some(path) = &o.path {
+                    let segments = path
+                        .split('/')
+                        .filter(|p| !p.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                    s.routes.push((service.clone(), op.clone(), segments));
+                }
+            }
+        }
+    }
+
     /// The base URL of a service.
     pub fn url(&self, service: &str) -> String {
         format!("{}/{service}", self.base)
@@ -453,7 +499,19 @@ async fn fake_answer(
     per_attempt: bool,
 ) -> hyper::Response<Full<Bytes>> {
     let path = req.uri().path().trim_matches('/').to_owned();
-    let op = path.replacen('/', ".", 1);
+    let parts: Vec<&str> = path.split('/').collect();
+    let routed = state.lock().ok().and_then(|s| {
+        s.routes.iter().find_map(|(service, op, segments)| {
+            let ok = parts.first() == Some(&service.as_str())
+                && parts.len() == segments.len() + 1
+                && segments
+                    .iter()
+                    .zip(&parts[1..])
+                    .all(|(t, p)| t.starts_with('{') || t == p);
+            ok.then(|| format!("{service}.{op}"))
+        })
+    });
+    let op = routed.unwrap_or_else(|| path.replacen('/', ".", 1));
     let attempt: u32 = req
         .headers()
         .get("x-sinew-attempt")
