@@ -394,3 +394,135 @@ async fn queue_pushes_are_verified_run_once_and_acknowledged() {
     );
     server.stop().await;
 }
+
+/// The clinic end to end on Postgres with its 0.2 part 3: a confirmation
+/// email emitted with the confirm reaches the mail service with its key
+/// header and made-up API key; checkout opens a Stripe PaymentIntent
+/// (form-encoded, bearer key, Idempotency-Key); Stripe's signed webhook
+/// marks the invoice paid (as staff: it is the patient's row); a replayed
+/// event is answered from the first; an old signature is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clinic_emails_charges_and_hears_from_stripe() {
+    use sinew_tests::pg::{Canned, Recorder, call, made_up_secrets};
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let spec = root().join("specs/examples/clinic.json");
+    let mailer = Recorder::start(vec![]).await;
+    let stripe = Recorder::start(vec![(
+        "POST /v1/payment_intents",
+        vec![Canned::json(200, json!({"id": "pi_9", "status": "requires_payment_method"}))],
+    )])
+    .await;
+    let options = Options {
+        externals: vec![
+            ("mailer".into(), mailer.base.clone()),
+            ("stripe".into(), stripe.base.clone()),
+        ],
+        no_cron: true,
+        ..Options::default()
+    };
+    let server = Server::start(&spec, &url, &options).await;
+    let (http, base) = (Http::default(), server.base.clone());
+    let staff = token("sam", &["staff"]);
+    let ann = token("ann", &["patient"]);
+    let (s, t) = call(&http, "POST", &format!("{base}/therapists"), &staff,
+        &json!({"name": "Dr Ames", "specialty": "physio", "rate_cents": 9000})).await;
+    assert_eq!(s, 201, "{t}");
+    let (s, p) = call(&http, "POST", &format!("{base}/patients"), &ann,
+        &json!({"name": "Ann", "email": "ann@example.com"})).await;
+    assert_eq!(s, 201, "{p}");
+    let (s, a) = call(&http, "POST", &format!("{base}/appointments"), &ann,
+        &json!({"patient": p["id"], "therapist": t["id"], "start_at": "2030-01-02T10:00:00Z", "minutes": 60})).await;
+    assert!(s < 300, "{s} {a}");
+    let id = a["id"].as_str().unwrap().to_owned();
+    let (s, c) = call(&http, "POST", &format!("{base}/appointments/{id}/confirm"), &staff, &json!({})).await;
+    assert_eq!(s, 200, "{c}");
+    // The email, delivered after the commit.
+    let started = Instant::now();
+    while mailer.requests().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(10), "no email");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mail = &mailer.requests()[0];
+    assert_eq!(mail.target, "/v1/messages");
+    assert_eq!(mail.headers["x-api-key"], "made-up-CLINIC_MAIL_KEY");
+    assert_eq!(mail.headers["x-message-key"], format!("confirmed-{id}"));
+    assert_eq!(serde_json::from_str::<Value>(&mail.body).unwrap()["template"], "appointment-confirmed");
+    let (s, done) = call(&http, "POST", &format!("{base}/appointments/{id}/complete"), &staff, &json!({})).await;
+    assert_eq!(s, 200, "{done}");
+    let invoice = done["invoice"].as_str().unwrap().to_owned();
+
+    // Checkout: a PaymentIntent, as Stripe's API takes it.
+    let (s, paid) = call(&http, "POST", &format!("{base}/invoices/{invoice}/checkout"), &ann, &json!({})).await;
+    assert_eq!((s, &paid["payment"]), (200, &json!("pi_9")), "{paid}");
+    let intent = &stripe.requests()[0];
+    assert_eq!(intent.headers["authorization"], "Bearer made-up-STRIPE_KEY");
+    assert_eq!(intent.headers["content-type"], "application/x-www-form-urlencoded");
+    assert_eq!(intent.headers["stripe-version"], "2024-06-20");
+    assert!(intent.headers.contains_key("idempotency-key"));
+    let form: std::collections::HashMap<String, String> =
+        url_pairs(&intent.body).into_iter().collect();
+    assert_eq!(form["amount"], "9000");
+    assert_eq!(form["metadata[invoice]"], invoice);
+    assert_eq!(form["automatic_payment_methods[enabled]"], "true");
+
+    // Stripe says it succeeded.
+    let secrets = made_up_secrets(&spec);
+    let secret = std::fs::read_to_string(secrets.join("STRIPE_WEBHOOK_SECRET")).unwrap();
+    let event = json!({"id": "evt_1", "type": "payment_intent.succeeded",
+                       "data": {"object": {"id": "pi_9", "metadata": {"invoice": invoice}}}})
+    .to_string();
+    let signed = |t: i64| {
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(format!("{t}.{event}").as_bytes());
+        let v1: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        format!("t={t},v1={v1}")
+    };
+    let now = sinew_host::jwt::now_secs() as i64;
+    let deliver = |sig: String| {
+        let (http, url, body) = (http.clone(), format!("{base}/hooks/stripe"), event.clone());
+        async move {
+            http.send("POST", &url, &[("content-type", "application/json"), ("stripe-signature", &sig)], body)
+                .await
+        }
+    };
+    let old = deliver(signed(now - 3600)).await;
+    assert_eq!(old.status, 401, "{}", old.text);
+    let first = deliver(signed(now)).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert_eq!(first.body, json!({"event": "evt_1", "handled": true}));
+    let again = deliver(signed(now + 1)).await;
+    assert_eq!((again.status, &again.body), (200, &first.body));
+    let (s, list) = call(&http, "GET", &format!("{base}/invoices"), &ann, &json!({})).await;
+    assert_eq!(s, 200);
+    assert_eq!(list["invoices"][0]["paid"], true, "{list}");
+    server.stop().await;
+}
+
+/// `a=1&b%5Bc%5D=2` as pairs.
+fn url_pairs(body: &str) -> Vec<(String, String)> {
+    body.split('&')
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (decode(k), decode(v)))
+        .collect()
+}
+
+fn decode(s: &str) -> String {
+    let s = s.replace('+', " ");
+    let bytes = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(h) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(h);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
