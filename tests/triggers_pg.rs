@@ -410,7 +410,10 @@ async fn the_clinic_emails_charges_and_hears_from_stripe() {
     let mailer = Recorder::start(vec![]).await;
     let stripe = Recorder::start(vec![(
         "POST /v1/payment_intents",
-        vec![Canned::json(200, json!({"id": "pi_9", "status": "requires_payment_method"}))],
+        vec![Canned::json(
+            200,
+            json!({"id": "pi_9", "status": "requires_payment_method"}),
+        )],
     )])
     .await;
     let options = Options {
@@ -425,17 +428,36 @@ async fn the_clinic_emails_charges_and_hears_from_stripe() {
     let (http, base) = (Http::default(), server.base.clone());
     let staff = token("sam", &["staff"]);
     let ann = token("ann", &["patient"]);
-    let (s, t) = call(&http, "POST", &format!("{base}/therapists"), &staff,
-        &json!({"name": "Dr Ames", "specialty": "physio", "rate_cents": 9000})).await;
+    let (s, t) = call(
+        &http,
+        "POST",
+        &format!("{base}/therapists"),
+        &staff,
+        &json!({"name": "Dr Ames", "specialty": "physio", "rate_cents": 9000}),
+    )
+    .await;
     assert_eq!(s, 201, "{t}");
-    let (s, p) = call(&http, "POST", &format!("{base}/patients"), &ann,
-        &json!({"name": "Ann", "email": "ann@example.com"})).await;
+    let (s, p) = call(
+        &http,
+        "POST",
+        &format!("{base}/patients"),
+        &ann,
+        &json!({"name": "Ann", "email": "ann@example.com"}),
+    )
+    .await;
     assert_eq!(s, 201, "{p}");
     let (s, a) = call(&http, "POST", &format!("{base}/appointments"), &ann,
         &json!({"patient": p["id"], "therapist": t["id"], "start_at": "2030-01-02T10:00:00Z", "minutes": 60})).await;
     assert!(s < 300, "{s} {a}");
     let id = a["id"].as_str().unwrap().to_owned();
-    let (s, c) = call(&http, "POST", &format!("{base}/appointments/{id}/confirm"), &staff, &json!({})).await;
+    let (s, c) = call(
+        &http,
+        "POST",
+        &format!("{base}/appointments/{id}/confirm"),
+        &staff,
+        &json!({}),
+    )
+    .await;
     assert_eq!(s, 200, "{c}");
     // The email, delivered after the commit.
     let started = Instant::now();
@@ -447,17 +469,37 @@ async fn the_clinic_emails_charges_and_hears_from_stripe() {
     assert_eq!(mail.target, "/v1/messages");
     assert_eq!(mail.headers["x-api-key"], "made-up-CLINIC_MAIL_KEY");
     assert_eq!(mail.headers["x-message-key"], format!("confirmed-{id}"));
-    assert_eq!(serde_json::from_str::<Value>(&mail.body).unwrap()["template"], "appointment-confirmed");
-    let (s, done) = call(&http, "POST", &format!("{base}/appointments/{id}/complete"), &staff, &json!({})).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&mail.body).unwrap()["template"],
+        "appointment-confirmed"
+    );
+    let (s, done) = call(
+        &http,
+        "POST",
+        &format!("{base}/appointments/{id}/complete"),
+        &staff,
+        &json!({}),
+    )
+    .await;
     assert_eq!(s, 200, "{done}");
     let invoice = done["invoice"].as_str().unwrap().to_owned();
 
     // Checkout: a PaymentIntent, as Stripe's API takes it.
-    let (s, paid) = call(&http, "POST", &format!("{base}/invoices/{invoice}/checkout"), &ann, &json!({})).await;
+    let (s, paid) = call(
+        &http,
+        "POST",
+        &format!("{base}/invoices/{invoice}/checkout"),
+        &ann,
+        &json!({}),
+    )
+    .await;
     assert_eq!((s, &paid["payment"]), (200, &json!("pi_9")), "{paid}");
     let intent = &stripe.requests()[0];
     assert_eq!(intent.headers["authorization"], "Bearer made-up-STRIPE_KEY");
-    assert_eq!(intent.headers["content-type"], "application/x-www-form-urlencoded");
+    assert_eq!(
+        intent.headers["content-type"],
+        "application/x-www-form-urlencoded"
+    );
     assert_eq!(intent.headers["stripe-version"], "2024-06-20");
     assert!(intent.headers.contains_key("idempotency-key"));
     let form: std::collections::HashMap<String, String> =
@@ -476,15 +518,28 @@ async fn the_clinic_emails_charges_and_hears_from_stripe() {
         use hmac::{Hmac, Mac};
         let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
         mac.update(format!("{t}.{event}").as_bytes());
-        let v1: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let v1: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         format!("t={t},v1={v1}")
     };
     let now = sinew_host::jwt::now_secs() as i64;
     let deliver = |sig: String| {
         let (http, url, body) = (http.clone(), format!("{base}/hooks/stripe"), event.clone());
         async move {
-            http.send("POST", &url, &[("content-type", "application/json"), ("stripe-signature", &sig)], body)
-                .await
+            http.send(
+                "POST",
+                &url,
+                &[
+                    ("content-type", "application/json"),
+                    ("stripe-signature", &sig),
+                ],
+                body,
+            )
+            .await
         }
     };
     let old = deliver(signed(now - 3600)).await;
@@ -515,7 +570,9 @@ fn decode(s: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%'
-            && let Some(h) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+            && let Some(h) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
         {
             out.push(h);
             i += 3;

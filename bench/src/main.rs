@@ -30,6 +30,7 @@
 mod baseline;
 mod load;
 mod micro;
+mod outbox;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -137,6 +138,9 @@ enum Cmd {
     /// Only the bulk write (500 rows per request, one client): a private
     /// Postgres, (A), (B) and (C) on the sweep spec.
     Bulk,
+    /// The outbox: a transfer with and without an `emit`, and the delivery
+    /// rate to a loopback service.
+    Outbox,
     /// Runs `n` in-memory requests of one tool on one engine, for
     /// instruction counts: `valgrind --tool=callgrind --collect-atstart=no
     /// --toggle-collect='*measured*' sinew-bench count component transfer
@@ -190,6 +194,14 @@ fn main() -> Result<()> {
             let pg = Cluster::start();
             let cache = dir.path().join("cache");
             rt.block_on(bulk(&pg, &cache, dir.path(), &opts))
+        }
+        Some(Cmd::Outbox) => {
+            let opts = cli.opts.opts();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(outbox::run(opts.quick))
         }
         Some(Cmd::Count { engine, tool, n }) => micro::count(engine, &tool, n),
         None => {

@@ -10,7 +10,7 @@
 //! once per key). A 2xx delivers it; a refusal (4xx but 408 and 429) fails
 //! it for good; anything else is tried again after 1, 2, 4 … s (at most 10
 //! minutes apart), 50 attempts in all (about 7 hours). Deliveries and final
-//! failures are audited (`"kind": "delivery"`). `sinew outbox` lists what is
+//! failures are audited (`"kind": "delivery"`, one entry per batch). `sinew outbox` lists what is
 //! pending and what failed.
 
 use crate::pg::PgBackend;
@@ -94,18 +94,19 @@ pub async fn deliver_due(
     let claimed = claimed?;
     let n = claimed.len();
     let deliveries = claimed.into_iter().map(|row| {
-        let (db, external) = (db.clone(), external.clone());
+        let external = external.clone();
         async move {
             let id: String = row.get(0);
             let text: String = row.get(1);
             let attempt: i32 = row.get(2);
             let message: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
             let outcome = attempt_delivery(external.as_ref(), &message, attempt).await;
-            settle(&db, &id, &message, attempt, outcome).await
+            (id, message, attempt, outcome)
         }
     });
-    for r in futures_util::future::join_all(deliveries).await {
-        r?;
+    let settled = futures_util::future::join_all(deliveries).await;
+    if !settled.is_empty() {
+        settle(db, settled).await?;
     }
     Ok(n)
 }
@@ -151,70 +152,101 @@ fn truncated(s: &str) -> String {
     s.chars().take(500).collect()
 }
 
-/// Records how an attempt ended; a delivery or a final failure is audited.
+/// Records how a batch of attempts ended, in three statements at most
+/// whatever the batch's size; the deliveries and final failures in one
+/// audit entry.
 async fn settle(
     db: &Arc<PgBackend>,
-    id: &str,
-    message: &Value,
-    attempt: i32,
-    outcome: Delivered,
+    batch: Vec<(String, Value, i32, Delivered)>,
 ) -> anyhow::Result<()> {
-    let (sql, error, audited): (&str, Option<String>, Option<(&str, Value)>) = match &outcome {
-        Delivered::Ok(answer) => (
-            "UPDATE sinew_outbox SET delivered_at = now(), claimed_until = NULL, last_error = NULL \
-             WHERE id = $1::text::uuid",
-            None,
-            Some(("delivered", answer.clone())),
-        ),
-        Delivered::Failed(why) => (
-            "UPDATE sinew_outbox SET failed_at = now(), claimed_until = NULL, last_error = $2 \
-             WHERE id = $1::text::uuid",
-            Some(why.clone()),
-            Some(("failed", json!({"error": why}))),
-        ),
-        Delivered::Again(why) => (
-            "UPDATE sinew_outbox SET claimed_until = NULL, last_error = $2, \
-               next_attempt_at = now() + make_interval(secs => $3::text::float8) \
-             WHERE id = $1::text::uuid",
-            Some(why.clone()),
-            None,
-        ),
-    };
-    let wait = 2i64
-        .saturating_pow(u32::try_from(attempt - 1).unwrap_or(0).min(30))
-        .min(MAX_WAIT_S);
+    let mut delivered: Vec<String> = Vec::new();
+    let (mut ended, mut ended_why): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+    let (mut again, mut again_why, mut again_wait) = (Vec::new(), Vec::new(), Vec::new());
+    let mut audited = Vec::new();
+    for (id, message, attempt, outcome) in batch {
+        let field = |k: &str| message.get(k).cloned().unwrap_or(Value::Null);
+        let record = |outcome: &str, result: Value| {
+            json!({
+                "execution": field("execution"),
+                "tool": field("tool"),
+                "node": field("node"),
+                "message": id,
+                "service": field("service"),
+                "operation": field("operation"),
+                "idempotencyKey": field("idempotencyKey"),
+                "outcome": outcome,
+                "attempts": attempt,
+                "result": result,
+            })
+        };
+        match outcome {
+            Delivered::Ok(answer) => {
+                audited.push(record("delivered", answer));
+                delivered.push(id);
+            }
+            Delivered::Failed(why) => {
+                audited.push(record("failed", json!({"error": why})));
+                ended.push(id);
+                ended_why.push(why);
+            }
+            Delivered::Again(why) => {
+                let wait = 2i64
+                    .saturating_pow(u32::try_from(attempt - 1).unwrap_or(0).min(30))
+                    .min(MAX_WAIT_S);
+                again.push(id);
+                again_why.push(why);
+                again_wait.push(wait.to_string());
+            }
+        }
+    }
     let client = db.connection().await?;
-    let r = match &outcome {
-        Delivered::Ok(_) => client.client.execute(sql, &[&id]).await,
-        Delivered::Failed(_) => client.client.execute(sql, &[&id, &error]).await,
-        Delivered::Again(_) => {
+    let r = async {
+        if !delivered.is_empty() {
             client
                 .client
-                .execute(sql, &[&id, &error, &wait.to_string()])
-                .await
+                .execute(
+                    "UPDATE sinew_outbox SET delivered_at = now(), claimed_until = NULL, last_error = NULL \
+                     WHERE id = ANY($1::text[]::uuid[])",
+                    &[&delivered],
+                )
+                .await?;
         }
-    };
+        if !ended.is_empty() {
+            client
+                .client
+                .execute(
+                    "UPDATE sinew_outbox o SET failed_at = now(), claimed_until = NULL, last_error = u.why \
+                     FROM unnest($1::text[], $2::text[]) AS u(id, why) WHERE o.id = u.id::uuid",
+                    &[&ended, &ended_why],
+                )
+                .await?;
+        }
+        if !again.is_empty() {
+            client
+                .client
+                .execute(
+                    "UPDATE sinew_outbox o SET claimed_until = NULL, last_error = u.why, \
+                       next_attempt_at = now() + make_interval(secs => u.wait::float8) \
+                     FROM unnest($1::text[], $2::text[], $3::text[]) AS u(id, why, wait) \
+                     WHERE o.id = u.id::uuid",
+                    &[&again, &again_why, &again_wait],
+                )
+                .await?;
+        }
+        Ok::<(), tokio_postgres::Error>(())
+    }
+    .await;
     db.give_back(client);
     r?;
-    if let Some((outcome, result)) = audited {
-        let field = |k: &str| message.get(k).cloned().unwrap_or(Value::Null);
+    if !audited.is_empty() {
         let entry = json!({
             "kind": "delivery",
-            "execution": field("execution"),
-            "tool": field("tool"),
-            "node": field("node"),
-            "message": id,
-            "service": field("service"),
-            "operation": field("operation"),
-            "idempotencyKey": field("idempotencyKey"),
-            "outcome": outcome,
-            "attempts": attempt,
-            "result": result,
             "time": jiff::Timestamp::now().to_string(),
+            "deliveries": audited,
         });
         db.append_audit(None, &entry)
             .await
-            .map_err(|e| anyhow::anyhow!("auditing a delivery: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("auditing deliveries: {e}"))?;
     }
     Ok(())
 }

@@ -106,6 +106,9 @@ struct Root {
     /// Whether it recorded an outbox message (its commit wakes the
     /// deliverer).
     enqueued: std::sync::atomic::AtomicBool,
+    /// Read committed: outbox messages waiting for the commit (sent in its
+    /// round trip), with the handle that recorded each.
+    messages: Mutex<Vec<(u64, Params)>>,
 }
 
 impl Root {
@@ -771,12 +774,20 @@ impl PgBackend {
         &self,
         conn: &mut Conn,
         all: &[Params],
+        messages: &[Params],
         begin: bool,
     ) -> Result<(), StorageError> {
         let lock = conn.prepare(LOCK_CHAIN).await;
         let lock = self.check(conn, lock)?;
         let append = conn.prepare(APPEND).await;
         let append = self.check(conn, append)?;
+        let enqueue = if messages.is_empty() {
+            None
+        } else {
+            let s = conn.prepare(sql::ENQUEUE).await;
+            Some(self.check(conn, s)?)
+        };
+        let mps: Vec<_> = messages.iter().map(refs).collect();
         let lock_params: Params = vec![Some(AUDIT_LOCK.to_string())];
         let lp = refs(&lock_params);
         let aps: Vec<_> = all.iter().map(refs).collect();
@@ -792,10 +803,18 @@ impl PgBackend {
                 Ok(())
             }
         };
+        // The transaction's outbox messages go first: the chain's lock is
+        // held for the appends and the commit only.
+        let enqueues = futures_util::future::join_all(
+            enqueue
+                .iter()
+                .flat_map(|s| mps.iter().map(move |p| client.execute(s, p))),
+        );
         let appends =
             futures_util::future::join_all(aps.iter().map(|p| client.execute(&append, p)));
-        let (b, l, a, c) = tokio::join!(
+        let (b, e, l, a, c) = tokio::join!(
             start,
+            enqueues,
             client.execute(&lock, &lp),
             appends,
             client.batch_execute("COMMIT"),
@@ -804,6 +823,7 @@ impl PgBackend {
         // first failure.
         let first = b
             .err()
+            .or_else(|| e.into_iter().find_map(Result::err))
             .or_else(|| l.err())
             .or_else(|| a.into_iter().find_map(Result::err))
             .map_or(c, Err);
@@ -1369,6 +1389,7 @@ impl StorageBackend for PgBackend {
                         busy: Default::default(),
                         head: Mutex::new(None),
                         pending: Mutex::new(Vec::new()),
+                        messages: Mutex::new(Vec::new()),
                         locked: Mutex::new(HashMap::new()),
                         enqueued: std::sync::atomic::AtomicBool::new(false),
                     }),
@@ -1849,12 +1870,19 @@ impl StorageBackend for PgBackend {
                     .lock()
                     .map(|mut p| p.drain(..).map(|(_, e)| e).collect())
                     .unwrap_or_default();
+                let messages: Vec<Params> = h
+                    .root
+                    .messages
+                    .lock()
+                    .map(|mut p| p.drain(..).map(|(_, m)| m).collect())
+                    .unwrap_or_default();
                 h.root.busy.store(true, Ordering::SeqCst);
-                let r = if pending.is_empty() {
+                let r = if pending.is_empty() && messages.is_empty() {
                     let r = conn.client.batch_execute("COMMIT").await;
                     self.check(&mut conn, r)
                 } else {
-                    self.append_and_commit(&mut conn, &pending, false).await
+                    self.append_and_commit(&mut conn, &pending, &messages, false)
+                        .await
                 };
                 h.root.busy.store(false, Ordering::SeqCst);
                 if r.is_err() {
@@ -1893,6 +1921,9 @@ impl StorageBackend for PgBackend {
                 }
                 if let Ok(mut pending) = h.root.pending.lock() {
                     pending.retain(|(handle, _)| *handle < tx);
+                }
+                if let Ok(mut messages) = h.root.messages.lock() {
+                    messages.retain(|(handle, _)| *handle < tx);
                 }
                 // Locks taken and changes made inside it are gone too.
                 if let Ok(mut locked) = h.root.locked.lock() {
@@ -1945,6 +1976,13 @@ impl StorageBackend for PgBackend {
         ];
         let h = self.handle(tx)?;
         h.root.enqueued.store(true, Ordering::SeqCst);
+        if h.root.isolation == Isolation::ReadCommitted {
+            // Sent with the COMMIT (see `append_and_commit`).
+            if let Ok(mut messages) = h.root.messages.lock() {
+                messages.push((tx, params));
+            }
+            return Ok(());
+        }
         self.on(Some(tx), async |c| {
             let s = c.prepare(sql::ENQUEUE).await?;
             c.client.execute(&s, &refs(&params)).await
@@ -1977,7 +2015,7 @@ impl StorageBackend for PgBackend {
             None => {
                 let mut conn = self.pool.get().await?;
                 let r = self
-                    .append_and_commit(&mut conn, &[self.append_params(entry)?], true)
+                    .append_and_commit(&mut conn, &[self.append_params(entry)?], &[], true)
                     .await;
                 self.pool.put(conn);
                 r

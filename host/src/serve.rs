@@ -103,6 +103,10 @@ pub struct Args {
     /// Cloud Scheduler calls them; its runs take the same claims).
     #[arg(long, env = "SINEW_NO_CRON")]
     pub no_cron: bool,
+    /// Do not deliver outbox messages from this instance (others do; an
+    /// instance that serves requests only).
+    #[arg(long, env = "SINEW_NO_OUTBOX")]
+    pub no_outbox: bool,
     /// A directory of secrets, one file per secret named after its
     /// variable (as Cloud Run and Kubernetes mount them): read when the
     /// environment does not have the variable.
@@ -1576,7 +1580,7 @@ pub async fn serve(
     let janitor = janitor(storage.clone(), log.clone());
     // Messages `emit` recorded are delivered after their commit (by the
     // instances of a spec that emits).
-    let deliverer = crate::outbox::emits(&spec).then(|| {
+    let deliverer = (crate::outbox::emits(&spec) && !args.no_outbox).then(|| {
         tokio::spawn(crate::outbox::deliver_forever(
             storage.clone(),
             outbox_external,

@@ -987,6 +987,7 @@ async fn the_outbox_delivers_after_the_commit_once_per_key() {
         .iter()
         .map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap())
         .filter(|e: &Value| e["kind"] == "delivery")
+        .flat_map(|e| e["deliveries"].as_array().cloned().unwrap_or_default())
         .collect();
     let outcomes: Vec<(&str, &str, i64)> = entries
         .iter()

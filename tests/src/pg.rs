@@ -215,6 +215,7 @@ impl Server {
             pool_size: 8,
             no_migrate: false,
             no_cron: options.no_cron,
+            no_outbox: false,
             secrets_dir: Some(secrets_dir),
             pubsub_audience: options.pubsub_audience.clone(),
             pubsub_jwks: options

@@ -1,0 +1,280 @@
+//! The outbox's cost (`sinew-bench outbox`): a transfer between two
+//! accounts, alone (`transfer`) and with an emitted notification
+//! (`transfer_notified`), on one server (the component) and one private
+//! Postgres, in alternating rounds at the same concurrency: throughput and
+//! median latency of each, and their ratios (the goal: an `emit` costs less
+//! than 5%). Then the delivery rate: every message sent to a loopback sink
+//! that answers at once, timed from the first emit to the last delivery.
+
+use anyhow::{Result, bail};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::{SECRET, connect, free_port, serve_spec_args, spawn, wait_ready};
+use sinew_tests::pg::{Cluster, Http, mint};
+
+const ACCOUNTS: usize = 200;
+
+/// A loopback service that answers every request `200 {}` and counts them.
+async fn sink() -> Result<(String, Arc<AtomicU64>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let count = Arc::new(AtomicU64::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    seen.fetch_add(1, Ordering::Relaxed);
+                    async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"{}")),
+                        ))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok((base, count))
+}
+
+/// One round: `clients` closed-loop clients calling `path` for `length`;
+/// (requests per second, median latency in ms, errors).
+async fn round(
+    base: &str,
+    path: &str,
+    accounts: &Arc<Vec<String>>,
+    clients: usize,
+    length: Duration,
+) -> (f64, f64, u64) {
+    let token = mint(SECRET, "teller", &["teller"], &serde_json::Map::new());
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (base, path, token, accounts) = (
+            base.to_owned(),
+            path.to_owned(),
+            token.clone(),
+            accounts.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let http = Http::default();
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            let mut i = c * 7919;
+            while started.elapsed() < length {
+                i += 1;
+                let from = &accounts[i % accounts.len()];
+                let to = &accounts[(i * 31 + 17) % accounts.len()];
+                if from == to {
+                    continue;
+                }
+                let body = serde_json::json!({"from": from, "to": to, "amount": 1});
+                let t = Instant::now();
+                let r = http
+                    .json("POST", &format!("{base}{path}"), Some(&token), &body)
+                    .await;
+                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                if r.status != 200 {
+                    errors += 1;
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((l, e)) = t.await {
+            all.extend(l);
+            errors += e;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    all.sort_by(f64::total_cmp);
+    let median = all.get(all.len() / 2).copied().unwrap_or(0.0);
+    (all.len() as f64 / secs, median, errors)
+}
+
+/// Runs the comparison and prints it.
+pub async fn run(quick: bool) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    println!("starting a private Postgres…");
+    let pg = Cluster::start();
+    let (sink_url, delivered) = sink().await?;
+    let url = pg.url("postgres");
+    let cache = dir.path().join("cache");
+    let args = |deliver: bool| -> Result<Vec<String>> {
+        let mut a = serve_spec_args("outbox", free_port()?, &url, &cache, dir.path(), false);
+        a.push("--external".into());
+        a.push(format!("notify={sink_url}"));
+        if !deliver {
+            a.push("--no-outbox".into());
+        }
+        Ok(a)
+    };
+    // First a server that delivers nothing: the request path alone.
+    let quiet = spawn("A component, not delivering", &args(false)?)?;
+    wait_ready(&quiet.base, Duration::from_secs(300)).await?;
+    let db = connect(&url).await?;
+    db.batch_execute(&format!(
+        "INSERT INTO account (id, version, created_at, updated_at, balance) \
+         SELECT gen_random_uuid(), 1, now(), now(), 1000000 FROM generate_series(1, {ACCOUNTS})"
+    ))
+    .await?;
+    let accounts: Arc<Vec<String>> = Arc::new(
+        db.query("SELECT id::text FROM account ORDER BY id", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect(),
+    );
+    let (rounds, length, clients) = if quick {
+        (2, Duration::from_secs(2), 8)
+    } else {
+        (3, Duration::from_secs(5), 8)
+    };
+    println!(
+        "{clients} clients, {rounds} rounds of {length:?} per tool, one Postgres, the component"
+    );
+    println!("-- the request path alone (no instance delivers):");
+    let alone = compare(&quiet.base, &accounts, clients, rounds, length).await?;
+    drop(quiet);
+    // Then a server that delivers: the backlog drains, with no load.
+    let backlog: i64 = db
+        .query_one(
+            "SELECT count(*) FROM sinew_outbox WHERE delivered_at IS NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    let server = spawn("A component", &args(true)?)?;
+    let started = Instant::now();
+    wait_ready(&server.base, Duration::from_secs(300)).await?;
+    drained(&db).await?;
+    let drain = started.elapsed().as_secs_f64();
+    println!(
+        "-- the backlog of {backlog} messages delivered in {drain:.2} s (start included): {:.0} deliveries/s",
+        backlog as f64 / drain
+    );
+    println!("-- while this instance also delivers:");
+    let with = compare(&server.base, &accounts, clients, rounds, length).await?;
+    let after = Instant::now();
+    drained(&db).await?;
+    println!(
+        "   the last message delivered {:.2} s after the load",
+        after.elapsed().as_secs_f64()
+    );
+    println!();
+    println!(
+        "emit/plain throughput: {:.3} on the request path alone, {:.3} while delivering on the same 2 cores (goal ≥ 0.95)",
+        alone.0, with.0
+    );
+    println!(
+        "emit/plain p50 latency: {:.3} alone, {:.3} while delivering",
+        alone.1, with.1
+    );
+    let emitted: i64 = db
+        .query_one("SELECT count(*) FROM sinew_outbox", &[])
+        .await?
+        .get(0);
+    let sent = delivered.load(Ordering::Relaxed);
+    println!("{emitted} messages, {sent} requests to the sink");
+    if (sent as i64) < emitted {
+        bail!("the sink saw {sent} requests for {emitted} messages");
+    }
+    match sinew_host::pg::verify_audit(&db).await? {
+        Ok(n) => println!("audit chain verified ({n} entries)"),
+        Err(e) => bail!("audit chain broken: {e}"),
+    }
+    drop(server);
+    drop(pg);
+    Ok(())
+}
+
+/// Waits until every message is delivered (at most 5 minutes).
+async fn drained(db: &tokio_postgres::Client) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let pending: i64 = db
+            .query_one(
+                "SELECT count(*) FROM sinew_outbox WHERE delivered_at IS NULL",
+                &[],
+            )
+            .await?
+            .get(0);
+        if pending == 0 {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            bail!("{pending} messages still pending after 5 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Alternating rounds of `transfer` and `transfer_notified` on `base`:
+/// the ratios emit/plain of throughput and of median latency.
+async fn compare(
+    base: &str,
+    accounts: &Arc<Vec<String>>,
+    clients: usize,
+    rounds: usize,
+    length: Duration,
+) -> Result<(f64, f64)> {
+    // Warm-up: both tools, pool and instances.
+    round(base, "/transfer", accounts, clients, Duration::from_secs(1)).await;
+    round(
+        base,
+        "/transfer-notified",
+        accounts,
+        clients,
+        Duration::from_secs(1),
+    )
+    .await;
+    let (mut plain, mut emitting) = (Vec::new(), Vec::new());
+    let mut errors = 0;
+    for r in 0..rounds {
+        // Alternating, so drift on a shared machine hits both alike.
+        let order = if r % 2 == 0 {
+            ["/transfer", "/transfer-notified"]
+        } else {
+            ["/transfer-notified", "/transfer"]
+        };
+        for path in order {
+            let (rps, p50, e) = round(base, path, accounts, clients, length).await;
+            errors += e;
+            println!(
+                "   round {} {path:<19} {rps:>8.1} req/s  p50 {p50:>6.2} ms",
+                r + 1
+            );
+            if path == "/transfer" {
+                plain.push((rps, p50));
+            } else {
+                emitting.push((rps, p50));
+            }
+        }
+    }
+    if errors > 0 {
+        bail!("{errors} transfers were not answered 200");
+    }
+    let mean = |v: &[(f64, f64)], i: usize| {
+        v.iter()
+            .map(|x| if i == 0 { x.0 } else { x.1 })
+            .sum::<f64>()
+            / v.len().max(1) as f64
+    };
+    let (p_rps, p_p50) = (mean(&plain, 0), mean(&plain, 1));
+    let (e_rps, e_p50) = (mean(&emitting, 0), mean(&emitting, 1));
+    println!("   transfer           {p_rps:>8.1} req/s  p50 {p_p50:>6.2} ms");
+    println!("   transfer + emit    {e_rps:>8.1} req/s  p50 {e_p50:>6.2} ms");
+    Ok((e_rps / p_rps, e_p50 / p_p50))
+}
