@@ -201,7 +201,7 @@ fn main() -> Result<()> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            rt.block_on(outbox::run(opts.quick))
+            rt.block_on(outbox::run(&opts))
         }
         Some(Cmd::Count { engine, tool, n }) => micro::count(engine, &tool, n),
         None => {
@@ -622,6 +622,9 @@ fn bench(opts: &Opts) -> Result<()> {
         }
 
         bulk(&pg, &cache, dir.path(), opts).await?;
+        println!();
+        println!("== the outbox: a transfer with and without an emit");
+        outbox::run(opts).await?;
 
         // The load left Postgres writing back and vacuuming: a cold start
         // is timed against a database at rest, as a deployment finds it.

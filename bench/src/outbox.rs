@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{SECRET, connect, free_port, serve_spec_args, spawn, wait_ready};
+use super::{Opts, SECRET, connect, free_port, serve_spec_args, spawn, wait_ready};
 use sinew_tests::pg::{Cluster, Http, mint};
 
 const ACCOUNTS: usize = 200;
@@ -105,7 +105,7 @@ async fn round(
 }
 
 /// Runs the comparison and prints it.
-pub async fn run(quick: bool) -> Result<()> {
+pub async fn run(opts: &Opts) -> Result<()> {
     let dir = tempfile::tempdir()?;
     println!("starting a private Postgres…");
     let pg = Cluster::start();
@@ -137,16 +137,13 @@ pub async fn run(quick: bool) -> Result<()> {
             .map(|r| r.get(0))
             .collect(),
     );
-    let (rounds, length, clients) = if quick {
-        (2, Duration::from_secs(2), 8)
-    } else {
-        (3, Duration::from_secs(5), 8)
-    };
+    let (rounds, length, clients) = (opts.rounds, Duration::from_secs_f64(opts.seconds), 8);
+    let warmup = Duration::from_secs_f64(opts.warmup);
     println!(
         "{clients} clients, {rounds} rounds of {length:?} per tool, one Postgres, the component"
     );
     println!("-- the request path alone (no instance delivers):");
-    let alone = compare(&quiet.base, &accounts, clients, rounds, length).await?;
+    let alone = compare(&quiet.base, &accounts, clients, (rounds, length, warmup)).await?;
     drop(quiet);
     // Then a server that delivers: the backlog drains, with no load.
     let backlog: i64 = db
@@ -166,7 +163,7 @@ pub async fn run(quick: bool) -> Result<()> {
         backlog as f64 / drain
     );
     println!("-- while this instance also delivers:");
-    let with = compare(&server.base, &accounts, clients, rounds, length).await?;
+    let with = compare(&server.base, &accounts, clients, (rounds, length, warmup)).await?;
     let after = Instant::now();
     drained(&db).await?;
     println!(
@@ -227,19 +224,11 @@ async fn compare(
     base: &str,
     accounts: &Arc<Vec<String>>,
     clients: usize,
-    rounds: usize,
-    length: Duration,
+    (rounds, length, warmup): (usize, Duration, Duration),
 ) -> Result<(f64, f64)> {
     // Warm-up: both tools, pool and instances.
-    round(base, "/transfer", accounts, clients, Duration::from_secs(1)).await;
-    round(
-        base,
-        "/transfer-notified",
-        accounts,
-        clients,
-        Duration::from_secs(1),
-    )
-    .await;
+    round(base, "/transfer", accounts, clients, warmup).await;
+    round(base, "/transfer-notified", accounts, clients, warmup).await;
     let (mut plain, mut emitting) = (Vec::new(), Vec::new());
     let mut errors = 0;
     for r in 0..rounds {

@@ -28,6 +28,8 @@ fn the_harness_runs_every_section_and_checks_its_servers() {
         "| list | 2 |",
         "| stats | 2 |",
         "| bulk 500 | 1 |",
+        "emit/plain throughput:",
+        "requests to the sink",
         "clinic answers that were not 2xx: 0 of",
         "answers that were not 2xx:",
         "cold start, exec → first 200 of a tool",
