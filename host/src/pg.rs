@@ -77,6 +77,9 @@ pub mod sql {
              RETURNING hits::text";
 }
 
+/// How long a delivered outbox message is kept.
+const OUTBOX_KEPT_MS: i64 = 7 * 24 * 3_600_000;
+
 use sql::{APPEND, AUDIT_LOCK, CLAIM, COMPLETE, LOCK_CHAIN, RATE, RELEASE, STATE};
 
 /// The statements nearly every request runs, prepared on the connection
@@ -333,12 +336,20 @@ impl PgBackend {
             "DELETE FROM sinew_rate WHERE window_start < to_timestamp({}::bigint / 1000.0)",
             now_ms - 3_600_000
         );
+        // Delivered messages are kept a week (their deliveries are in the
+        // audit log for good); failed ones until someone looks.
+        let outbox = format!(
+            "DELETE FROM sinew_outbox WHERE delivered_at < to_timestamp({}::bigint / 1000.0)",
+            now_ms - OUTBOX_KEPT_MS
+        );
         let a = conn.client.execute(&keys, &[]).await;
         let a = self.check(&mut conn, a)?;
         let b = conn.client.execute(&rates, &[]).await;
         let b = self.check(&mut conn, b)?;
+        let c = conn.client.execute(&outbox, &[]).await;
+        let c = self.check(&mut conn, c)?;
         self.pool.put(conn);
-        Ok(a + b)
+        Ok(a + b + c)
     }
 
     /// Records a cron tool's schedule and answers when it was first seen

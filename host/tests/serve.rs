@@ -1010,5 +1010,18 @@ async fn the_outbox_delivers_after_the_commit_once_per_key() {
     assert_eq!(entries[0]["idempotencyKey"], key.as_str());
     let verified = sinew_host::pg::verify_audit(&db).await.unwrap();
     assert!(verified.is_ok(), "{verified:?}");
+    // A week on, the delivered messages are pruned; the failed one stays.
+    let loaded = sinew_core::spec::load(&std::fs::read_to_string(&spec).unwrap()).spec;
+    let storage = sinew_host::pg::PgBackend::new(url.parse().unwrap(), &loaded, 1, None);
+    let now_ms = (sinew_host::jwt::now_secs() as i64) * 1000;
+    storage.prune(now_ms + 8 * 24 * 3_600_000).await.unwrap();
+    let left: Vec<String> = db
+        .query("SELECT operation FROM sinew_outbox", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, ["picky"]);
     drop(b);
 }
