@@ -193,18 +193,7 @@ impl Args {
             audience: Some(audience),
             roles_claim: "roles".into(),
         };
-        let jwks = &self.pubsub_jwks;
-        let text = if jwks.starts_with("https://") || jwks.starts_with("http://") {
-            let body = crate::tls::get(client, jwks)
-                .await
-                .with_context(|| format!("cannot fetch the Pub/Sub JWKS `{jwks}`"))?;
-            String::from_utf8_lossy(&body).into_owned()
-        } else {
-            std::fs::read_to_string(jwks)
-                .with_context(|| format!("cannot read the Pub/Sub JWKS `{jwks}`"))?
-        };
-        jwt.add_jwks(&text)
-            .with_context(|| format!("SINEW_PUBSUB_JWKS `{jwks}`"))?;
+        add_jwks(&mut jwt, client, &self.pubsub_jwks, "SINEW_PUBSUB_JWKS").await?;
         Ok(Some(crate::queue::PushAuth {
             jwt,
             service_account: self
@@ -224,20 +213,31 @@ impl Args {
             roles_claim: self.jwt_roles_claim.clone(),
         };
         if let Some(jwks) = self.jwt_jwks.as_deref().filter(|s| !s.is_empty()) {
-            let text = if jwks.starts_with("https://") || jwks.starts_with("http://") {
-                let body = crate::tls::get(client, jwks)
-                    .await
-                    .with_context(|| format!("cannot fetch the JWKS `{jwks}`"))?;
-                String::from_utf8_lossy(&body).into_owned()
-            } else {
-                std::fs::read_to_string(jwks)
-                    .with_context(|| format!("cannot read the JWKS `{jwks}`"))?
-            };
-            jwt.add_jwks(&text)
-                .with_context(|| format!("SINEW_JWT_JWKS `{jwks}`"))?;
+            add_jwks(&mut jwt, client, jwks, "SINEW_JWT_JWKS").await?;
         }
         Ok(jwt)
     }
+}
+
+/// Adds the keys of the JWKS `jwks` (an `https://` URL, fetched, or a
+/// file) to `jwt`; `setting` names it in errors.
+async fn add_jwks(
+    jwt: &mut JwtConfig,
+    client: &crate::tls::HttpsClient,
+    jwks: &str,
+    setting: &str,
+) -> Result<()> {
+    let text = if jwks.starts_with("https://") || jwks.starts_with("http://") {
+        let body = crate::tls::get(client, jwks)
+            .await
+            .with_context(|| format!("cannot fetch the JWKS `{jwks}` ({setting})"))?;
+        String::from_utf8_lossy(&body).into_owned()
+    } else {
+        std::fs::read_to_string(jwks)
+            .with_context(|| format!("cannot read the JWKS `{jwks}` ({setting})"))?
+    };
+    jwt.add_jwks(&text)
+        .with_context(|| format!("{setting} `{jwks}`"))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
