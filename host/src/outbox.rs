@@ -30,15 +30,18 @@ const BATCH: i64 = 32;
 /// How often the outbox is looked at when no commit says so (messages of
 /// other instances, retries coming due).
 const POLL: Duration = Duration::from_secs(1);
+/// How long a commit's wake-up waits for more commits before claiming: one
+/// claim for many messages under load, instead of one per commit.
+const GATHER: Duration = Duration::from_millis(20);
 
 /// Claims due messages: `(id, message, attempt number)`.
 const CLAIM: &str = "UPDATE sinew_outbox o SET attempts = o.attempts + 1, \
        claimed_until = now() + make_interval(secs => coalesce((o.message::jsonb->>'timeoutMs')::float8 / 1000, 10) + 5) \
-     WHERE o.id IN (SELECT id FROM sinew_outbox \
+     WHERE o.seq IN (SELECT seq FROM sinew_outbox \
                     WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now() \
                       AND (claimed_until IS NULL OR claimed_until < now()) \
                     ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
-     RETURNING o.id::text, o.message, o.attempts";
+     RETURNING o.seq, o.id::text, o.message, o.attempts";
 
 /// How one attempt ended.
 enum Delivered {
@@ -69,10 +72,16 @@ pub async fn deliver_forever(
 ) {
     loop {
         match deliver_due(&db, &external).await {
-            Ok(0) => {
-                let _ = tokio::time::timeout(POLL, db.outbox_ready.notified()).await;
+            // A full batch: more may be due at once.
+            Ok(n) if n as i64 >= BATCH => {}
+            Ok(_) => {
+                if tokio::time::timeout(POLL, db.outbox_ready.notified())
+                    .await
+                    .is_ok()
+                {
+                    tokio::time::sleep(GATHER).await;
+                }
             }
-            Ok(_) => {}
             Err(e) => {
                 log.error(&format!(
                     "delivering the outbox failed (tried again in 1 s): {e}"
@@ -96,12 +105,13 @@ pub async fn deliver_due(
     let deliveries = claimed.into_iter().map(|row| {
         let external = external.clone();
         async move {
-            let id: String = row.get(0);
-            let text: String = row.get(1);
-            let attempt: i32 = row.get(2);
+            let seq: i64 = row.get(0);
+            let id: String = row.get(1);
+            let text: String = row.get(2);
+            let attempt: i32 = row.get(3);
             let message: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
             let outcome = attempt_delivery(external.as_ref(), &message, attempt).await;
-            (id, message, attempt, outcome)
+            (seq, id, message, attempt, outcome)
         }
     });
     let settled = futures_util::future::join_all(deliveries).await;
@@ -157,13 +167,13 @@ fn truncated(s: &str) -> String {
 /// audit entry.
 async fn settle(
     db: &Arc<PgBackend>,
-    batch: Vec<(String, Value, i32, Delivered)>,
+    batch: Vec<(i64, String, Value, i32, Delivered)>,
 ) -> anyhow::Result<()> {
-    let mut delivered: Vec<String> = Vec::new();
-    let (mut ended, mut ended_why): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+    let mut delivered: Vec<i64> = Vec::new();
+    let (mut ended, mut ended_why): (Vec<i64>, Vec<String>) = (Vec::new(), Vec::new());
     let (mut again, mut again_why, mut again_wait) = (Vec::new(), Vec::new(), Vec::new());
     let mut audited = Vec::new();
-    for (id, message, attempt, outcome) in batch {
+    for (seq, id, message, attempt, outcome) in batch {
         let field = |k: &str| message.get(k).cloned().unwrap_or(Value::Null);
         let record = |outcome: &str, result: Value| {
             json!({
@@ -182,18 +192,18 @@ async fn settle(
         match outcome {
             Delivered::Ok(answer) => {
                 audited.push(record("delivered", answer));
-                delivered.push(id);
+                delivered.push(seq);
             }
             Delivered::Failed(why) => {
                 audited.push(record("failed", json!({"error": why})));
-                ended.push(id);
+                ended.push(seq);
                 ended_why.push(why);
             }
             Delivered::Again(why) => {
                 let wait = 2i64
                     .saturating_pow(u32::try_from(attempt - 1).unwrap_or(0).min(30))
                     .min(MAX_WAIT_S);
-                again.push(id);
+                again.push(seq);
                 again_why.push(why);
                 again_wait.push(wait.to_string());
             }
@@ -206,7 +216,7 @@ async fn settle(
                 .client
                 .execute(
                     "UPDATE sinew_outbox SET delivered_at = now(), claimed_until = NULL, last_error = NULL \
-                     WHERE id = ANY($1::text[]::uuid[])",
+                     WHERE seq = ANY($1)",
                     &[&delivered],
                 )
                 .await?;
@@ -216,7 +226,7 @@ async fn settle(
                 .client
                 .execute(
                     "UPDATE sinew_outbox o SET failed_at = now(), claimed_until = NULL, last_error = u.why \
-                     FROM unnest($1::text[], $2::text[]) AS u(id, why) WHERE o.id = u.id::uuid",
+                     FROM unnest($1::bigint[], $2::text[]) AS u(seq, why) WHERE o.seq = u.seq",
                     &[&ended, &ended_why],
                 )
                 .await?;
@@ -227,8 +237,8 @@ async fn settle(
                 .execute(
                     "UPDATE sinew_outbox o SET claimed_until = NULL, last_error = u.why, \
                        next_attempt_at = now() + make_interval(secs => u.wait::float8) \
-                     FROM unnest($1::text[], $2::text[], $3::text[]) AS u(id, why, wait) \
-                     WHERE o.id = u.id::uuid",
+                     FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u(seq, why, wait) \
+                     WHERE o.seq = u.seq",
                     &[&again, &again_why, &again_wait],
                 )
                 .await?;
@@ -281,7 +291,7 @@ pub async fn list(client: &tokio_postgres::Client) -> anyhow::Result<Vec<Listed>
                to_char(coalesce(failed_at, next_attempt_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
                last_error \
              FROM sinew_outbox WHERE delivered_at IS NULL \
-             ORDER BY failed_at IS NOT NULL, created_at, id",
+             ORDER BY failed_at IS NOT NULL, seq",
             &[],
         )
         .await?;

@@ -139,7 +139,8 @@ CREATE TABLE IF NOT EXISTS "sinew_schedule" (
 -- writes, delivered by `sinew serve` after the commit (one instance at a
 -- time holds a message's claim until `claimed_until`).
 CREATE TABLE IF NOT EXISTS "sinew_outbox" (
-  "id" uuid PRIMARY KEY,
+  "seq" bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  "id" uuid NOT NULL,
   "execution" text NOT NULL,
   "tool" text NOT NULL,
   "node" text NOT NULL,
