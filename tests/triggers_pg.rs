@@ -484,16 +484,27 @@ async fn the_clinic_emails_charges_and_hears_from_stripe() {
     assert_eq!(s, 200, "{done}");
     let invoice = done["invoice"].as_str().unwrap().to_owned();
 
-    // Checkout: a PaymentIntent, as Stripe's API takes it.
-    let (s, paid) = call(
-        &http,
-        "POST",
-        &format!("{base}/invoices/{invoice}/checkout"),
-        &ann,
-        &json!({}),
-    )
-    .await;
-    assert_eq!((s, &paid["payment"]), (200, &json!("pi_9")), "{paid}");
+    // Checkout: a PaymentIntent, as Stripe's API takes it, under the
+    // request's own key.
+    let paid = http
+        .send(
+            "POST",
+            &format!("{base}/invoices/{invoice}/checkout"),
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &format!("Bearer {ann}")),
+                ("idempotency-key", "checkout-1"),
+            ],
+            "{}",
+        )
+        .await;
+    assert_eq!(
+        (paid.status, &paid.body["payment"]),
+        (200, &json!("pi_9")),
+        "{}",
+        paid.text
+    );
+    assert_eq!(stripe.requests().len(), 1, "one attempt");
     let intent = &stripe.requests()[0];
     assert_eq!(intent.headers["authorization"], "Bearer made-up-STRIPE_KEY");
     assert_eq!(
@@ -501,7 +512,7 @@ async fn the_clinic_emails_charges_and_hears_from_stripe() {
         "application/x-www-form-urlencoded"
     );
     assert_eq!(intent.headers["stripe-version"], "2024-06-20");
-    assert!(intent.headers.contains_key("idempotency-key"));
+    assert_eq!(intent.headers["idempotency-key"], "checkout-1");
     let form: std::collections::HashMap<String, String> =
         url_pairs(&intent.body).into_iter().collect();
     assert_eq!(form["amount"], "9000");

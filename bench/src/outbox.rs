@@ -146,13 +146,7 @@ pub async fn run(opts: &Opts) -> Result<()> {
     let alone = compare(&quiet.base, &accounts, clients, (rounds, length, warmup)).await?;
     drop(quiet);
     // Then a server that delivers: the backlog drains, with no load.
-    let backlog: i64 = db
-        .query_one(
-            "SELECT count(*) FROM sinew_outbox WHERE delivered_at IS NULL",
-            &[],
-        )
-        .await?
-        .get(0);
+    let backlog = pending(&db).await?;
     let server = spawn("A component", &args(true)?)?;
     let started = Instant::now();
     wait_ready(&server.base, Duration::from_secs(300)).await?;
@@ -197,17 +191,22 @@ pub async fn run(opts: &Opts) -> Result<()> {
     Ok(())
 }
 
+/// The messages not delivered yet.
+async fn pending(db: &tokio_postgres::Client) -> Result<i64> {
+    Ok(db
+        .query_one(
+            "SELECT count(*) FROM sinew_outbox WHERE delivered_at IS NULL",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
 /// Waits until every message is delivered (at most 5 minutes).
 async fn drained(db: &tokio_postgres::Client) -> Result<()> {
     let started = Instant::now();
     loop {
-        let pending: i64 = db
-            .query_one(
-                "SELECT count(*) FROM sinew_outbox WHERE delivered_at IS NULL",
-                &[],
-            )
-            .await?
-            .get(0);
+        let pending = pending(db).await?;
         if pending == 0 {
             return Ok(());
         }

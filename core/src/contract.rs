@@ -68,11 +68,13 @@ pub fn execute(
         Err(p) => return audit.reject(storage, clock, &p),
     };
     // A scheduled run's key is its claim of that time.
+    let scheduled = scheduled.map(|at| {
+        audit.scheduled(&crate::cron::time_text(at));
+        crate::cron::claim_key(tool_name, at)
+    });
     let mut call = call;
     if let (Some(key), V::Map(r)) = (&scheduled, &mut call.roots[2]) {
         r.insert("idempotencyKey".to_string(), V::String(key.clone()));
-        let prefix = crate::cron::claim_scope(tool_name) + ":";
-        audit.scheduled(key.strip_prefix(&prefix).unwrap_or(key));
     }
     // 3. `denyWhen`, the idempotency key and policies.
     let screened = call.screen(&call.run(storage, clock, external));
@@ -165,8 +167,8 @@ impl<'a> Call<'a> {
 
     /// Who is calling (first: a caller who may not call learns nothing of
     /// the input schema), then the input, the idempotency key and a
-    /// scheduled run's time: `Some` claim key for a scheduled run.
-    fn admit(&self) -> Result<Option<String>, Problem> {
+    /// scheduled run's time: `Some` time for a scheduled run.
+    fn admit(&self) -> Result<Option<jiff::Timestamp>, Problem> {
         if let Some(p) = authorize(self.tool, self.request) {
             return Err(p);
         }
@@ -201,14 +203,10 @@ impl<'a> Call<'a> {
         Ok(None)
     }
 
-    /// The claim key of a run for scheduled time `at`: one of the cron
-    /// tool's times, not later than five minutes from now (clocks differ a
-    /// little).
-    fn scheduled(&self, at: &str) -> Result<String, Problem> {
-        let crate::model::Trigger::Cron {
-            times, timezone, ..
-        } = &self.tool.trigger
-        else {
+    /// Scheduled time `at`, read: one of the cron tool's times, not later
+    /// than five minutes from now (clocks differ a little).
+    fn scheduled(&self, at: &str) -> Result<jiff::Timestamp, Problem> {
+        let crate::model::Trigger::Cron { times, zone, .. } = &self.tool.trigger else {
             let detail = format!(
                 "`{}` is not a cron tool: it has no scheduled times",
                 self.tool_name
@@ -224,14 +222,13 @@ impl<'a> Call<'a> {
         let t: jiff::Timestamp = at
             .parse()
             .map_err(|_| refuse("it is not an RFC 3339 time with an offset"))?;
-        let tz = jiff::tz::TimeZone::get(timezone).map_err(|_| refuse("unknown time zone"))?;
-        if !times.fires_at(t, &tz) {
+        if !times.fires_at(t, zone) {
             return Err(refuse("the schedule does not fire then"));
         }
         if t.as_millisecond() > self.started.saturating_add(5 * 60_000) {
             return Err(refuse("it is in the future"));
         }
-        Ok(crate::cron::claim_key(self.tool_name, t))
+        Ok(t)
     }
 
     /// `denyWhen`, the idempotency key's value and the policies, evaluated

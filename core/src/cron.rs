@@ -193,16 +193,28 @@ impl Schedule {
     }
 }
 
+/// What begins the scope of every cron claim. Such a claim, once its run
+/// finished, never expires, and pruning keeps each scope's latest: every
+/// storage reads scopes this way (the in-memory store, Postgres's `CLAIM`
+/// and `prune`).
+pub const CLAIM_SCOPE_PREFIX: &str = "cron:";
+
+/// A scheduled time as claims and audit entries write it: RFC 3339 UTC,
+/// whole seconds.
+pub fn time_text(at: jiff::Timestamp) -> String {
+    at.round(jiff::Unit::Second).unwrap_or(at).to_string()
+}
+
 /// The idempotency key a run of cron tool `tool` for the scheduled time
 /// `at` claims: `cron:<tool>:<at, RFC 3339 UTC>`.
 pub fn claim_key(tool: &str, at: jiff::Timestamp) -> String {
-    format!("cron:{tool}:{}", at.round(jiff::Unit::Second).unwrap_or(at))
+    format!("{}:{}", claim_scope(tool), time_text(at))
 }
 
 /// The scope every run of cron tool `tool` claims its times in, whoever
 /// calls.
 pub fn claim_scope(tool: &str) -> String {
-    format!("cron:{tool}")
+    format!("{CLAIM_SCOPE_PREFIX}{tool}")
 }
 
 /// The instant a local time names in `tz`: the first of two in a fold,

@@ -460,6 +460,8 @@ pub enum Trigger {
         times: crate::cron::Schedule,
         /// The IANA time zone it is read in (default `UTC`).
         timezone: String,
+        /// The same, looked up when the spec loads.
+        zone: jiff::tz::TimeZone,
     },
     /// A queue consumer.
     Queue {

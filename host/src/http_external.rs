@@ -43,9 +43,9 @@ pub struct HttpExternal {
 struct Service {
     /// The base URL (no trailing `/`), if any is configured.
     base: Option<String>,
-    /// The auth header, its secret read; `Err` when the secret's variable
-    /// is not set (every call fails, without naming it).
-    auth: Result<Option<(HeaderName, HeaderValue)>, ()>,
+    /// The auth header, its secret read; `Err(variable)` when the secret's
+    /// variable is not set (every call fails, without naming it).
+    auth: Result<Option<(HeaderName, HeaderValue)>, String>,
     operations: HashMap<String, Endpoint>,
 }
 
@@ -75,33 +75,32 @@ pub fn url_variable(service: &str) -> String {
     format!("SINEW_EXTERNAL_{name}_URL")
 }
 
-/// What an external's configuration lacks at start: its URL (no
-/// `--external`, variable or `baseUrl`), or its auth secret's variable.
-pub fn missing(spec: &Spec, given: &[String], secrets: &crate::secrets::Secrets) -> Vec<String> {
-    let mut out = Vec::new();
-    for (name, x) in &spec.externals {
-        let given_url = given
-            .iter()
-            .any(|g| g.split_once('=').is_some_and(|(n, _)| n == name));
-        if !given_url && std::env::var(url_variable(name)).is_err() && x.base_url.is_none() {
-            out.push(format!(
-                "the URL of external `{name}` (`--external {name}=URL`, {}, or `baseUrl` in the spec)",
-                url_variable(name)
-            ));
-        }
-        if let Some(a) = &x.auth
-            && secrets.get(a.secret()).is_none()
-        {
-            out.push(format!(
-                "{} (the secret of external `{name}`'s auth)",
-                a.secret()
-            ));
-        }
-    }
-    out
-}
-
 impl HttpExternal {
+    /// What the configuration lacks, by external (sorted): its URL (no
+    /// `--external`, variable or `baseUrl`), or its auth secret.
+    pub fn missing(&self) -> Vec<String> {
+        let mut names: Vec<&String> = self.services.keys().collect();
+        names.sort();
+        let mut out = Vec::new();
+        for name in names {
+            let Some(s) = self.services.get(name) else {
+                continue;
+            };
+            if s.base.is_none() {
+                out.push(format!(
+                    "the URL of external `{name}` (`--external {name}=URL`, {}, or `baseUrl` in the spec)",
+                    url_variable(name)
+                ));
+            }
+            if let Err(variable) = &s.auth {
+                out.push(format!(
+                    "{variable} (the secret of external `{name}`'s auth)"
+                ));
+            }
+        }
+        out
+    }
+
     /// A caller of `spec`'s externals: base URLs from `NAME=URL` settings,
     /// else `SINEW_EXTERNAL_<NAME>_URL`, else the spec's `baseUrl`; auth
     /// secrets from the environment.
@@ -135,16 +134,16 @@ impl HttpExternal {
                     "the URL of external `{name}` must start with https:// or http:// (`{url}`)"
                 );
             }
-            let auth = match &x.auth {
-                None => Ok(None),
-                Some(a) => match secrets.get(a.secret()) {
-                    None => Err(()),
-                    Some(secret) => auth_header(a, &secret)
-                        .map(Some)
-                        .map_err(|e| anyhow::anyhow!("the secret of external `{name}`: {e}"))?
-                        .ok_or(()),
-                },
-            };
+            let auth =
+                match &x.auth {
+                    None => Ok(None),
+                    Some(a) => match secrets.get(a.secret()) {
+                        None => Err(a.secret().to_owned()),
+                        Some(secret) => Ok(Some(auth_header(a, &secret).map_err(|e| {
+                            anyhow::anyhow!("the secret of external `{name}`: {e}")
+                        })?)),
+                    },
+                };
             let mut operations = HashMap::new();
             for (op_name, op) in &x.operations {
                 let method = Method::from_bytes(op.method.as_bytes())
@@ -338,7 +337,7 @@ impl HttpExternal {
         let auth = service
             .auth
             .as_ref()
-            .map_err(|()| format!("external `{}` has no credentials configured", r.service))?;
+            .map_err(|_| format!("external `{}` has no credentials configured", r.service))?;
         let op = service
             .operations
             .get(&r.operation)
@@ -427,12 +426,9 @@ impl HttpExternal {
     }
 }
 
-/// The auth header of `auth` with its secret; `None` when the secret
-/// cannot be a header value.
-fn auth_header(
-    auth: &ExternalAuth,
-    secret: &str,
-) -> Result<Option<(HeaderName, HeaderValue)>, String> {
+/// The auth header of `auth` with its secret, or why the secret cannot be
+/// a header value.
+fn auth_header(auth: &ExternalAuth, secret: &str) -> Result<(HeaderName, HeaderValue), String> {
     use base64::Engine as _;
     let (name, value) = match auth {
         ExternalAuth::Bearer { .. } => (hyper::header::AUTHORIZATION, format!("Bearer {secret}")),
@@ -451,7 +447,7 @@ fn auth_header(
     let mut value = HeaderValue::from_str(&value)
         .map_err(|_| "it is not a valid header value (a line break?)".to_string())?;
     value.set_sensitive(true);
-    Ok(Some((name, value)))
+    Ok((name, value))
 }
 
 /// A JSON object as `application/x-www-form-urlencoded`, as Stripe reads
@@ -667,7 +663,7 @@ mod tests {
         );
         let e = x.prepare(&call("nowhere", "go", json!({}))).err().unwrap();
         assert!(e.contains("no URL") && !e.contains("SINEW_EXTERNAL"), "{e}");
-        let missing = missing(&spec, &[], &crate::secrets::Secrets::default());
+        let missing = x.missing();
         assert_eq!(missing.len(), 2, "{missing:?}");
         assert!(missing[0].contains("SINEW_UNIT_TEST_NEVER_SET"));
         assert!(missing[1].contains("SINEW_EXTERNAL_NOWHERE_URL"));

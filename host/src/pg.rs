@@ -328,9 +328,10 @@ impl PgBackend {
         // downtime must know whether it ran.
         let keys = format!(
             "DELETE FROM sinew_idempotency i WHERE claimed_at < to_timestamp({}::bigint / 1000.0) \
-             AND (scope NOT LIKE 'cron:%' \
+             AND (scope NOT LIKE '{}%' \
                   OR key < (SELECT max(key) FROM sinew_idempotency j WHERE j.scope = i.scope))",
-            now_ms - IDEMPOTENCY_TTL_MS
+            now_ms - IDEMPOTENCY_TTL_MS,
+            sinew_core::cron::CLAIM_SCOPE_PREFIX
         );
         let rates = format!(
             "DELETE FROM sinew_rate WHERE window_start < to_timestamp({}::bigint / 1000.0)",
@@ -2198,6 +2199,9 @@ mod tests {
         assert!(sql::CLAIM.contains("- interval '24 hours'"));
         assert_eq!(ABANDONED_AFTER_MS, 15 * 60_000);
         assert!(sql::CLAIM.contains("- interval '15 minutes'"));
+        // A finished cron claim never expires (`cron::CLAIM_SCOPE_PREFIX`).
+        let cron = format!("$1 NOT LIKE '{}%'", sinew_core::cron::CLAIM_SCOPE_PREFIX);
+        assert!(sql::CLAIM.contains(&cron), "{}", sql::CLAIM);
     }
 
     #[test]

@@ -48,18 +48,17 @@ pub fn run(args: &Args) -> Result<u8> {
             schedule,
             times,
             timezone,
+            zone: tz,
         } = &tool.trigger
         else {
             continue;
         };
         any = true;
-        let tz = jiff::tz::TimeZone::get(timezone)
-            .with_context(|| format!("unknown time zone `{timezone}`"))?;
         println!("{name}  `{schedule}` in {timezone}");
         let mut at = after;
         let mut listed = 0;
         while listed < args.count {
-            let Some(next) = times.next_after(at, &tz) else {
+            let Some(next) = times.next_after(at, tz) else {
                 if listed == 0 {
                     println!("  never (no such day in the next four years)");
                 }
@@ -82,9 +81,12 @@ pub fn run(args: &Args) -> Result<u8> {
 }
 
 /// One cron tool as `sinew serve` runs it.
+#[derive(Clone)]
 pub struct Job {
     /// The tool.
     pub tool: String,
+    /// The roles its runs have (the tool's `auth.roles`).
+    pub roles: Vec<String>,
     /// Its schedule, as written.
     pub schedule: String,
     /// Its time zone's name.
@@ -111,12 +113,14 @@ pub fn jobs(spec: &sinew_core::spec::Spec) -> Vec<Job> {
                 schedule,
                 times,
                 timezone,
+                zone,
             } => Some(Job {
                 tool: name.clone(),
+                roles: tool.auth.roles.clone(),
                 schedule: schedule.clone(),
                 timezone: timezone.clone(),
                 times: times.clone(),
-                zone: jiff::tz::TimeZone::get(timezone).ok()?,
+                zone: zone.clone(),
             }),
             _ => None,
         })

@@ -685,12 +685,11 @@ impl App {
                 claims: json!({"sub": sub}),
             }),
             id: id.clone(),
-            idempotency_key: None,
             scheduled: Some(at.to_string()),
+            ..Request::default()
         };
         let reply = self.execute(&request).await;
-        let code = serde_json::from_str::<Value>(&reply.body)
-            .ok()
+        let code = problem_of(&reply)
             .and_then(|b| b.get("code").and_then(Value::as_str).map(str::to_owned));
         let later = matches!(
             code.as_deref(),
@@ -1011,11 +1010,8 @@ impl App {
         let (parts, body) = req.into_parts();
         let mut request = Request {
             tool: tool.to_owned(),
-            input: Value::Null,
-            auth: None,
             id: id.to_owned(),
-            idempotency_key: None,
-            scheduled: None,
+            ..Request::default()
         };
         match self.admit(&mut request, &parts, body, params).await {
             Ok(()) => self.execute(&request).await,
@@ -1035,11 +1031,8 @@ impl App {
         let (parts, body) = req.into_parts();
         let mut request = Request {
             tool: tool.to_owned(),
-            input: Value::Null,
-            auth: None,
             id: id.to_owned(),
-            idempotency_key: None,
-            scheduled: None,
+            ..Request::default()
         };
         let admitted = async {
             let authorization = parts
@@ -1319,21 +1312,28 @@ fn apply_test_hooks(
 /// a failure delivering again cannot mend (so Pub/Sub stops), and the
 /// problem as it is otherwise (non-2xx: Pub/Sub delivers again).
 fn queue_response(reply: Reply, id: &str) -> hyper::Response<Body> {
-    let code = serde_json::from_str::<Value>(&reply.body)
-        .ok()
-        .and_then(|b| b.get("code").and_then(Value::as_str).map(str::to_owned));
-    if (200..300).contains(&reply.status)
-        || !crate::queue::acknowledges(reply.status, code.as_deref())
-    {
+    // A success goes out as it is, its body unread.
+    let Some(problem) = problem_of(&reply) else {
+        return tool_response(reply, id);
+    };
+    let code = problem.get("code").and_then(Value::as_str);
+    if !crate::queue::acknowledges(reply.status, code) {
         return tool_response(reply, id);
     }
-    let problem: Value = serde_json::from_str(&reply.body).unwrap_or(Value::Null);
     let body = json!({"acknowledged": true, "problem": problem});
     let mut r = respond(200, "application/json", Bytes::from(body.to_string()));
     if let Ok(v) = HeaderValue::from_str(id) {
         r.headers_mut().insert("x-request-id", v);
     }
     r
+}
+
+/// The problem+json body of a reply that is an error (a success's body is
+/// not read).
+fn problem_of(reply: &Reply) -> Option<Value> {
+    (reply.status >= 400)
+        .then(|| serde_json::from_str(&reply.body).ok())
+        .flatten()
 }
 
 /// A 405 naming the methods `path` answers, in its `Allow` header too.
@@ -1507,7 +1507,16 @@ pub async fn serve(
     let jwt = args.jwt(&https).await?;
     let push_auth = args.push_auth(&spec, &https).await?;
     start.phase("TLS roots and JWT keys ready");
-    let missing = missing_settings(&spec, args, &jwt);
+    // The spec's secrets and URLs, read once: checked here, used after.
+    let secrets = args.secrets();
+    let external = Arc::new(crate::http_external::HttpExternal::configured(
+        &spec,
+        &args.external,
+        https.clone(),
+        &secrets,
+    )?);
+    let webhooks = crate::webhook::webhooks(&spec, &secrets);
+    let missing = missing_settings(&spec, &jwt, push_auth.as_ref(), &external, &webhooks);
     if !missing.is_empty() {
         bail!(
             "the spec needs settings that are not set; sinew serve does not start without them:\n{}\n(set each in the environment: Cloud Run maps Secret Manager secrets to variables)",
@@ -1555,7 +1564,7 @@ pub async fn serve(
     if test_clock.is_some() {
         log.warn("test hooks are on: requests may set the clock and their ids");
     }
-    let backends = start.backends(&spec, &storage, test_clock.as_ref(), &https)?;
+    let backends = Start::backends(&storage, test_clock.as_ref(), external);
     let outbox_external = backends.external.clone();
     let core = if args.native {
         start.native(&text, backends)?
@@ -1565,7 +1574,18 @@ pub async fn serve(
             .await?;
         Core::Component(executor)
     };
-    let app = Arc::new(start.app(&spec, text, core, (jwt, push_auth), &storage, test_clock));
+    let app = Arc::new(start.app(
+        &spec,
+        text,
+        core,
+        Verifiers {
+            jwt,
+            push_auth,
+            webhooks,
+        },
+        &storage,
+        test_clock,
+    ));
     let local = listener.local_addr()?;
     start.ready_line(&spec, &app, local);
     warm_pool(storage.clone(), args.pool_size, app.first_answer.clone());
@@ -1590,7 +1610,7 @@ pub async fn serve(
     let cron = if args.no_cron {
         Vec::new()
     } else {
-        schedules(&app, &spec, &storage)
+        schedules(&app, &storage)
     };
 
     ready(local);
@@ -1613,18 +1633,29 @@ pub async fn serve(
     Ok(())
 }
 
+/// What verifies the callers: bearer tokens, Pub/Sub's push tokens,
+/// webhooks' signatures.
+struct Verifiers {
+    jwt: JwtConfig,
+    push_auth: Option<crate::queue::PushAuth>,
+    webhooks: std::collections::HashMap<String, crate::webhook::Webhook>,
+}
+
 /// Every setting the spec needs that is not set: each webhook's secret,
 /// each external's URL and auth secret, and JWT verification when a tool
 /// called over HTTP needs a signed-in caller. `sinew serve` refuses to
 /// start while any is missing (a caller is never the one told).
-fn missing_settings(spec: &sinew_core::spec::Spec, args: &Args, jwt: &JwtConfig) -> Vec<String> {
+fn missing_settings(
+    spec: &sinew_core::spec::Spec,
+    jwt: &JwtConfig,
+    push_auth: Option<&crate::queue::PushAuth>,
+    external: &crate::http_external::HttpExternal,
+    webhooks: &std::collections::HashMap<String, crate::webhook::Webhook>,
+) -> Vec<String> {
     use sinew_core::spec::Trigger;
-    let secrets = args.secrets();
-    let mut missing = crate::http_external::missing(spec, &args.external, &secrets);
-    let mut hooks: Vec<_> = crate::webhook::webhooks(spec, &secrets)
-        .into_iter()
-        .collect();
-    hooks.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut missing = external.missing();
+    let mut hooks: Vec<_> = webhooks.iter().collect();
+    hooks.sort_by(|a, b| a.0.cmp(b.0));
     for (name, hook) in hooks {
         if !hook.configured() {
             missing.push(match &hook.variable {
@@ -1651,7 +1682,7 @@ fn missing_settings(spec: &sinew_core::spec::Spec, args: &Args, jwt: &JwtConfig)
         .filter(|(_, t)| matches!(t.trigger, Trigger::Queue { .. }))
         .map(|(name, _)| format!("`{name}`"))
         .collect();
-    if !queues.is_empty() && args.pubsub_audience.as_deref().is_none_or(str::is_empty) {
+    if !queues.is_empty() && push_auth.is_none() {
         missing.push(format!(
             "SINEW_PUBSUB_AUDIENCE (the audience of Pub/Sub's push tokens, for the queue tools {})",
             queues.join(", ")
@@ -1816,26 +1847,19 @@ impl Start<'_> {
     /// What the core runs on: the database, the clock (the test hooks'
     /// when on) and the external services over `https`.
     fn backends(
-        &self,
-        spec: &sinew_core::spec::Spec,
         storage: &Arc<PgBackend>,
         test_clock: Option<&Arc<crate::runtime::clock::ManualClock>>,
-        https: &crate::tls::HttpsClient,
-    ) -> Result<Backends> {
+        external: Arc<crate::http_external::HttpExternal>,
+    ) -> Backends {
         let clock: Arc<dyn crate::runtime::clock::ClockBackend> = match test_clock {
             Some(c) => c.clone(),
             None => Arc::new(crate::runtime::clock::SystemClock),
         };
-        Ok(Backends {
+        Backends {
             storage: storage.clone(),
             clock,
-            external: Arc::new(crate::http_external::HttpExternal::configured(
-                spec,
-                &self.args.external,
-                https.clone(),
-                &self.args.secrets(),
-            )?),
-        })
+            external,
+        }
     }
 
     /// The interpreter compiled into this binary (`--native`).
@@ -1898,7 +1922,11 @@ impl Start<'_> {
         spec: &sinew_core::spec::Spec,
         text: String,
         core: Core,
-        (jwt, push_auth): (JwtConfig, Option<crate::queue::PushAuth>),
+        Verifiers {
+            jwt,
+            push_auth,
+            webhooks,
+        }: Verifiers,
         storage: &Arc<PgBackend>,
         test_clock: Option<Arc<crate::runtime::clock::ManualClock>>,
     ) -> App {
@@ -1941,7 +1969,7 @@ impl Start<'_> {
             db: storage.clone(),
             log: self.log.clone(),
             ids: AtomicU64::new(0),
-            webhooks: crate::webhook::webhooks(spec, &args.secrets()),
+            webhooks,
             push_auth,
             queue_callers: spec
                 .tools
@@ -1989,18 +2017,9 @@ impl Start<'_> {
 /// Runs each cron tool on its schedule, one task per tool (see
 /// [`crate::schedule::run_job`]); a schedule not yet recorded in the
 /// database is recorded first (tried again every 10 s while it fails).
-fn schedules(
-    app: &Arc<App>,
-    spec: &sinew_core::spec::Spec,
-    storage: &Arc<PgBackend>,
-) -> Vec<tokio::task::JoinHandle<()>> {
+fn schedules(app: &Arc<App>, storage: &Arc<PgBackend>) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
-    for job in crate::schedule::jobs(spec) {
-        let roles = spec
-            .tools
-            .get(&job.tool)
-            .map(|t| t.auth.roles.clone())
-            .unwrap_or_default();
+    for job in app.cron_tools.values().cloned() {
         let (app, storage) = (app.clone(), storage.clone());
         tasks.push(tokio::spawn(async move {
             let first_seen = loop {
@@ -2024,7 +2043,7 @@ fn schedules(
             ));
             // A test clock moves without anyone sleeping: look at it often.
             let poll = app.test_clock.is_some().then(|| Duration::from_millis(50));
-            let tool = job.tool.clone();
+            let (tool, roles) = (job.tool.clone(), job.roles.clone());
             crate::schedule::run_job(
                 job,
                 first_seen,

@@ -869,6 +869,12 @@ async fn the_outbox_delivers_after_the_commit_once_per_key() {
     )
     .await;
     assert_eq!(s, 409, "{body}");
+    let recorded: i64 = db
+        .query_one("SELECT count(*) FROM sinew_outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded, 0, "a rolled-back message was recorded");
     // Committed: delivered after one retry, with one key.
     let (s, body) = place(a.base.clone(), json!({"ref": "r1", "operation": "send"})).await;
     assert_eq!(s, 200, "{body}");

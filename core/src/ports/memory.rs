@@ -1550,7 +1550,7 @@ impl Storage for MemoryStorage {
             // downtime must know whether it ran.
             let mut latest: BTreeMap<&str, &str> = BTreeMap::new();
             for (scope, key) in self.keys.keys() {
-                if scope.starts_with("cron:") {
+                if scope.starts_with(crate::cron::CLAIM_SCOPE_PREFIX) {
                     let l = latest.entry(scope).or_insert(key);
                     if key.as_str() > *l {
                         *l = key;
@@ -1570,7 +1570,7 @@ impl Storage for MemoryStorage {
         // Forgotten after a day (but a scheduled time that ran, never); a
         // claim still without an answer after 15 minutes was abandoned (its
         // server died mid-request).
-        let cron = scope.starts_with("cron:");
+        let cron = scope.starts_with(crate::cron::CLAIM_SCOPE_PREFIX);
         let live = self.keys.get(&k).filter(|r| {
             let age = now_ms.saturating_sub(r.claimed_ms);
             (age < IDEMPOTENCY_TTL_MS || cron) && (r.response.is_some() || age < ABANDONED_AFTER_MS)

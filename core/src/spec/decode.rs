@@ -1077,15 +1077,15 @@ fn trigger(cx: &mut Cx, v: &Value, path: &str) -> Option<Trigger> {
                 }
                 "cron" => t.string(cx, "schedule", true).and_then(|s| {
                     let timezone = t.string(cx, "timezone", false).unwrap_or_else(|| "UTC".to_string());
-                    if jiff::tz::TimeZone::get(&timezone).is_err() {
+                    let Ok(zone) = jiff::tz::TimeZone::get(&timezone) else {
                         cx.error(
                             Diagnostic::new("invalid-value", t.at("timezone"), format!("`{timezone}` is not a time zone"))
                                 .help("name an IANA time zone: `Europe/Paris`, `America/New_York`, `UTC`"),
                         );
                         return None;
-                    }
+                    };
                     match crate::cron::Schedule::parse(&s) {
-                        Ok(times) => Some(Trigger::Cron { schedule: s, times, timezone }),
+                        Ok(times) => Some(Trigger::Cron { schedule: s, times, timezone, zone }),
                         Err(why) => {
                             cx.error(
                                 Diagnostic::new("invalid-value", t.at("schedule"), format!("`{s}` is not a cron schedule: {why}"))
