@@ -3103,6 +3103,33 @@ fn externals_that_speak_http_are_checked() {
     assert!(l.errors.is_empty(), "{}", list(&l.errors));
 }
 
+/// A field's `enum` lists each value once, as JSON Schema says (the
+/// schema of the format refused `[null, null]`; the loader took it).
+#[test]
+fn an_enum_lists_each_value_once() {
+    for (values, at) in [
+        (json!([null, null]), "1"),
+        (json!(["low", "high", "low"]), "2"),
+        (json!([1, 2, 1.0]), "2"),
+    ] {
+        let l = load_with(|v| {
+            at_mut(v)["enum"] = values.clone();
+        });
+        let d = only_error(
+            &l,
+            "invalid-value",
+            &format!("/entities/Product/fields/sku/enum/{at}"),
+        );
+        assert_message(d, "is in `enum` twice");
+    }
+    let l = load_with(|v| at_mut(v)["enum"] = json!(["a", "b", null]));
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+}
+
+fn at_mut(v: &mut Value) -> &mut Value {
+    at(v, "/entities/Product/fields/sku")
+}
+
 /// One tool per queue.
 #[test]
 fn a_queue_has_one_consumer() {

@@ -575,7 +575,32 @@ fn field(cx: &mut Cx, v: &Value, path: &str) -> Option<Field> {
     let max_length = o.uint(cx, "maxLength", 0, u64::from(u32::MAX));
     let enum_values = match o.get("enum") {
         None => None,
-        Some(Value::Array(a)) if !a.is_empty() => Some(a.clone()),
+        Some(Value::Array(a)) if !a.is_empty() => {
+            // JSON Schema's `enum` lists each value once (numbers equal
+            // when their values are).
+            let same = |x: &Value, y: &Value| match (x.as_f64(), y.as_f64()) {
+                (Some(p), Some(q)) => p == q,
+                _ => x == y,
+            };
+            let repeated = a
+                .iter()
+                .enumerate()
+                .find(|(i, v)| a.iter().take(*i).any(|w| same(v, w)));
+            match repeated {
+                Some((i, v)) => {
+                    cx.error(
+                        Diagnostic::new(
+                            "invalid-value",
+                            child(&o.at("enum"), &i.to_string()),
+                            format!("`{v}` is in `enum` twice"),
+                        )
+                        .help("list each value once"),
+                    );
+                    None
+                }
+                None => Some(a.clone()),
+            }
+        }
         Some(other) => {
             wrong_type(cx, &o.at("enum"), "a non-empty array", other);
             None
