@@ -3249,3 +3249,43 @@ fn cron_schedules_are_checked_field_by_field() {
         );
     }
 }
+
+/// Lists the format says are non-empty are refused empty, as the schema
+/// refuses them: a policy's `tools`, a switch's `cases`, and the strings of
+/// a transition's `from` and of a tool's `sensitive` (found by the
+/// mutated-examples property test).
+#[test]
+fn non_empty_lists_and_strings() {
+    let l = load_with(|v| {
+        v["policies"] =
+            json!({"cap": {"type": "rowLimit", "action": "block", "tools": [], "maxRows": 5}});
+    });
+    assert_message(
+        only_error(&l, "invalid-value", "/policies/cap/tools"),
+        "`tools` is empty",
+    );
+
+    let l = load_with(|v| {
+        at(v, "/tools/get_product/flow/nodes")["pick"] =
+            json!({"type": "switch", "cases": [], "default": "done"});
+        at(v, "/tools/get_product/flow")["entry"] = json!("pick");
+    });
+    let d = error(
+        &l,
+        "invalid-value",
+        "/tools/get_product/flow/nodes/pick/cases",
+    );
+    assert_message(d, "`cases` is empty");
+
+    let l = load_with(|v| {
+        at(v, "/entities/Order/status/transitions/pay")["from"] = json!(["pending", ""]);
+    });
+    only_error(
+        &l,
+        "invalid-value",
+        "/entities/Order/status/transitions/pay/from/1",
+    );
+
+    let l = load_with(|v| at(v, "/tools/get_product")["sensitive"] = json!([""]));
+    only_error(&l, "invalid-value", "/tools/get_product/sensitive/0");
+}

@@ -242,6 +242,10 @@ fn string_list(cx: &mut Cx, v: &Value, path: &str, names: bool) -> Vec<String> {
         let p = child(path, &i.to_string());
         match item {
             Value::String(s) if names && !check_name(cx, &p, s, "a name") => {}
+            Value::String(s) if s.is_empty() => cx.error(
+                Diagnostic::new("invalid-value", p, "an empty string")
+                    .help("write a non-empty one"),
+            ),
             Value::String(s) if out.contains(s) => cx.error(
                 Diagnostic::new("duplicate-name", p, format!("`{s}` is listed twice"))
                     .help("list it once"),
@@ -1452,6 +1456,10 @@ fn cases(cx: &mut Cx, o: &mut Obj, path: &str) -> Vec<Case> {
     let mut cases = Vec::new();
     let cpath = child(path, "cases");
     match o.req(cx, "cases") {
+        Some(Value::Array(items)) if items.is_empty() => cx.error(
+            Diagnostic::new("invalid-value", cpath, "`cases` is empty")
+                .help("add a case, or replace the switch by its `default`"),
+        ),
         Some(Value::Array(items)) => {
             for (i, item) in items.iter().enumerate() {
                 let p = child(&cpath, &i.to_string());
@@ -2263,9 +2271,17 @@ fn policy(cx: &mut Cx, v: &Value, path: &str) -> Option<Policy> {
             ],
         )
     });
-    let tools = o
-        .get("tools")
-        .map(|v| string_list(cx, v, &child(path, "tools"), true));
+    let tools = o.get("tools").map(|v| {
+        let p = child(path, "tools");
+        let list = string_list(cx, v, &p, true);
+        if matches!(v, Value::Array(a) if a.is_empty()) {
+            cx.error(
+                Diagnostic::new("invalid-value", p, "`tools` is empty")
+                    .help("name the tools the policy applies to, or leave `tools` out to apply it to every tool"),
+            );
+        }
+        list
+    });
     let message = o.string(cx, "message", false);
     let kind = match ty.as_deref() {
         Some("rowLimit") => o
