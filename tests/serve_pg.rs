@@ -58,10 +58,16 @@ fn unsigned(c: &serde_json::Map<String, Value>) -> String {
     )
 }
 
+/// Chains what the servers queued (their sequencers do shortly after each
+/// commit; a test reads the chain at once).
+async fn chained(db: &tokio_postgres::Client) {
+    sinew_host::pg::sequencer::catch_up(db).await.unwrap();
+}
+
 async fn audit_finals(url: &str) -> i64 {
-    connect_url(url)
-        .await
-        .query_one("SELECT count(*) FROM sinew_audit WHERE kind = 'final'", &[])
+    let db = connect_url(url).await;
+    chained(&db).await;
+    db.query_one("SELECT count(*) FROM sinew_audit WHERE kind = 'final'", &[])
         .await
         .unwrap()
         .get(0)
@@ -69,6 +75,7 @@ async fn audit_finals(url: &str) -> i64 {
 
 /// The newest final audit entry.
 async fn last_final_entry(db: &tokio_postgres::Client) -> Value {
+    chained(db).await;
     let entry: String = db
         .query_one(
             "SELECT entry FROM sinew_audit WHERE kind = 'final' ORDER BY seq DESC LIMIT 1",
@@ -82,6 +89,7 @@ async fn last_final_entry(db: &tokio_postgres::Client) -> Value {
 
 async fn verify(url: &str) -> Result<u64, String> {
     let client = connect_url(url).await;
+    chained(&client).await;
     sinew_host::pg::verify_audit(&client).await.unwrap()
 }
 
@@ -518,11 +526,19 @@ async fn bad_requests_get_typed_answers_and_change_nothing() {
     );
     assert_eq!(verify(&url).await, Ok(routed as u64));
 
-    // The audit log refuses changes, even from the table's owner.
+    // The audit log refuses changes, even from the table's owner; its
+    // queue refuses changes too (a row leaves it only by being chained).
+    db.batch_execute(
+        "INSERT INTO sinew_audit_queue (execution, kind, entry, digest) VALUES ('x', 'final', '{}', 'd')",
+    )
+    .await
+    .unwrap();
     for sql in [
         "UPDATE sinew_audit SET kind = 'x' WHERE seq = 1",
         "DELETE FROM sinew_audit WHERE seq = 1",
         "TRUNCATE sinew_audit",
+        "UPDATE sinew_audit_queue SET entry = '{\"a\":1}'",
+        "TRUNCATE sinew_audit_queue",
     ] {
         let e = db.batch_execute(sql).await.expect_err(sql);
         assert!(
@@ -759,6 +775,7 @@ async fn service_survives_killed_connections_and_a_database_restart() {
     // Stock equals the restocks the audit log says committed: nothing was
     // half-written, nothing committed without its entry.
     let db = connect_url(&url).await;
+    chained(&db).await;
     let stock: i64 = db
         .query_one("SELECT stock FROM product", &[])
         .await
@@ -1504,7 +1521,7 @@ async fn every_request_is_answered_within_its_deadline_plus_a_second() {
 
     let admin = connect_url(&url).await;
     admin
-        .batch_execute("BEGIN; LOCK TABLE sinew_audit IN ACCESS EXCLUSIVE MODE")
+        .batch_execute("BEGIN; LOCK TABLE sinew_audit_queue IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
     let auth = format!("Bearer {staff}");

@@ -85,10 +85,11 @@ fn reads_of_locked_rows_are_answered_as_the_database_would() {
         // every request runs, for the connection to keep.
         let mut conn = db.connection().await.unwrap();
         let prepared = db.warm_catalog(&conn.client).await.unwrap();
-        // Prepared by the server: the audit lock (1 parameter), the audit
-        // append (6) and the key claim (4).
+        // Prepared by the server: the audit queue's insert (4 parameters)
+        // and the key claim (4).
         let params: Vec<usize> = prepared.iter().map(|(_, s)| s.params().len()).collect();
-        assert_eq!(params, [1, 6, 4], "audit lock, audit append, key claim");
+        assert_eq!(params, [4, 4], "audit queue insert, key claim");
+        assert!(prepared[0].0.starts_with("INSERT INTO sinew_audit_queue"));
         conn.remember(prepared);
         db.give_back(conn);
         let bare = PgBackend::new(cluster.database().await.parse().unwrap(), &spec, 1, None);
@@ -999,5 +1000,150 @@ fn many_row_updates_are_all_or_nothing_on_every_store() {
         assert_eq!(picked, [3, 2]);
         db.rollback(tx).await.unwrap();
         memory.rollback(mt).unwrap();
+    });
+}
+
+/// The audit chain is built off the request path: transactions of many
+/// tasks queue entries concurrently (no lock), two sequencers (two
+/// instances) chain them while a third session holds the chain's lock and
+/// dies, and in the end every committed entry is in the chain exactly
+/// once, in a chain that verifies, and none of a rolled-back savepoint or
+/// transaction is. A queued entry changed by hand is chained and reported.
+#[test]
+fn the_sequencer_chains_every_committed_entry_once() {
+    use sinew_host::pg::sequencer::{self, Batch, Wait};
+    use std::sync::Arc;
+    let cluster = Cluster::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let text = std::fs::read_to_string(root().join("specs/examples/bank.json")).unwrap();
+        let spec = sinew_core::spec::load(&text).spec;
+        let url = cluster.database().await;
+        let mut admin = connect_url(&url).await;
+        let plan = sinew_host::pg::migrate::plan(None, &spec, false).await.unwrap();
+        sinew_host::pg::migrate::apply(&mut admin, &spec, &plan).await.unwrap();
+        let db = Arc::new(PgBackend::new(url.parse().unwrap(), &spec, 8, None));
+
+        // A dead instance's sequencer: holds the lock, then its session goes.
+        let holder = connect_url(&url).await;
+        holder
+            .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(495690081655)")
+            .await
+            .unwrap();
+        assert_eq!(495690081655, sinew_host::pg::sql::AUDIT_LOCK);
+        let holder_pid: i32 = holder
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let probe = connect_url(&url).await;
+        assert_eq!(sequencer::batch(&probe, Wait::No).await.unwrap(), Batch::Busy);
+
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut sequencers = Vec::new();
+        for _ in 0..2 {
+            let (url, ready, stop) = (url.clone(), db.audit_ready.clone(), stopped.clone());
+            sequencers.push(tokio::spawn(async move {
+                let connect = || async { Ok(connect_url(&url).await) };
+                sequencer::run(connect, ready, stop, |m| panic!("{m}")).await;
+            }));
+        }
+        let mut writers = Vec::new();
+        for t in 0..6 {
+            let db = db.clone();
+            writers.push(tokio::spawn(async move {
+                let mut kept = Vec::new();
+                for i in 0..60 {
+                    let id = format!("t{t}-{i}");
+                    let entry = |suffix: &str| json!({"kind": "final", "execution": format!("{id}{suffix}"), "n": i});
+                    match i % 4 {
+                        // Its own transaction (a rejection's entry).
+                        0 => db.append_audit(None, &entry("")).await.unwrap(),
+                        // With writes, committed; one more in a savepoint
+                        // that rolls back.
+                        1 => {
+                            let tx = db.begin(Isolation::ReadCommitted, None).await.unwrap();
+                            db.append_audit(Some(tx), &entry("")).await.unwrap();
+                            let sp = db.begin(Isolation::ReadCommitted, Some(tx)).await.unwrap();
+                            db.append_audit(Some(sp), &entry("-gone")).await.unwrap();
+                            db.rollback(sp).await.unwrap();
+                            db.commit(tx).await.unwrap();
+                        }
+                        // Rolled back: leaves nothing.
+                        2 => {
+                            let tx = db.begin(Isolation::ReadCommitted, None).await.unwrap();
+                            db.append_audit(Some(tx), &entry("-gone")).await.unwrap();
+                            db.rollback(tx).await.unwrap();
+                            continue;
+                        }
+                        _ => {
+                            let tx = db.begin(Isolation::Serializable, None).await.unwrap();
+                            db.append_audit(Some(tx), &entry("")).await.unwrap();
+                            db.commit(tx).await.unwrap();
+                        }
+                    }
+                    kept.push(id);
+                }
+                kept
+            }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        admin
+            .execute("SELECT pg_terminate_backend($1)", &[&holder_pid])
+            .await
+            .unwrap();
+        let mut expected = Vec::new();
+        for w in writers {
+            expected.extend(w.await.unwrap());
+        }
+        // Chained shortly after, by the live sequencers.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while sequencer::queued(&admin).await.unwrap().0 > 0 {
+            assert!(std::time::Instant::now() < deadline, "still queued");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        stop.send(true).unwrap();
+        for s in sequencers {
+            s.await.unwrap();
+        }
+        let mut chained: Vec<String> = admin
+            .query("SELECT execution FROM sinew_audit ORDER BY seq", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(chained.len(), expected.len());
+        chained.sort();
+        expected.sort();
+        assert_eq!(chained, expected, "each committed entry once, no other");
+        assert_eq!(
+            sinew_host::pg::verify_audit(&admin).await.unwrap(),
+            Ok(expected.len() as u64)
+        );
+
+        // A queued entry changed by hand (triggers off) is chained as it
+        // is found, and reported.
+        db.append_audit(None, &json!({"kind": "final", "execution": "late"}))
+            .await
+            .unwrap();
+        admin
+            .batch_execute(
+                "ALTER TABLE sinew_audit_queue DISABLE TRIGGER USER; \
+                 UPDATE sinew_audit_queue SET entry = replace(entry, 'late', 'forged'); \
+                 ALTER TABLE sinew_audit_queue ENABLE TRIGGER USER;",
+            )
+            .await
+            .unwrap();
+        let Batch::Chained { n: 1, altered } = sequencer::batch(&admin, Wait::Yes).await.unwrap()
+        else {
+            panic!("one entry chained");
+        };
+        assert_eq!(altered.len(), 1);
+        assert_eq!(sequencer::catch_up(&admin).await.unwrap(), 0);
     });
 }

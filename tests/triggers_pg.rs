@@ -163,6 +163,7 @@ async fn cron_runs_each_time_once_across_instances() {
         "only the latest missed time, and none from before the schedule was recorded"
     );
     // Every run is audited as the documented system caller.
+    sinew_host::pg::sequencer::catch_up(&db).await.unwrap();
     let runs: Vec<Value> = db
         .query(
             "SELECT entry FROM sinew_audit WHERE entry::jsonb->>'tool' = 'daily'",
@@ -233,6 +234,7 @@ async fn cron_runs_each_time_once_across_instances() {
         "answered from the first run"
     );
     // The audit chain of it all verifies.
+    sinew_host::pg::sequencer::catch_up(&db).await.unwrap();
     let verified = sinew_host::pg::verify_audit(&db).await.unwrap();
     assert!(verified.is_ok(), "{verified:?}");
     c.stop().await;
@@ -375,6 +377,7 @@ async fn queue_pushes_are_verified_run_once_and_acknowledged() {
         .unwrap()
         .get(0);
     assert_eq!(count, 1, "one shipment, run once");
+    sinew_host::pg::sequencer::catch_up(&db).await.unwrap();
     let outcomes: Vec<String> = db
         .query(
             "SELECT entry::jsonb->>'outcome' FROM sinew_audit WHERE entry::jsonb->>'tool' = 'ship' ORDER BY seq",

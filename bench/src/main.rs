@@ -554,6 +554,7 @@ fn bench(opts: &Opts) -> Result<()> {
                 .query_one("SELECT count(*) FROM transfer", &[])
                 .await?
                 .get(0);
+            sinew_host::pg::sequencer::catch_up(&client).await?;
             let chain = sinew_host::pg::verify_audit(&client).await?;
             let expected = (ACCOUNTS as u128 * 1_000_000_000_000).to_string();
             println!(
@@ -612,6 +613,7 @@ fn bench(opts: &Opts) -> Result<()> {
         println!("clinic answers that were not 2xx: {clinic_errors} of {clinic_total}");
         for (name, url) in names.iter().zip(&clinic_urls) {
             let client = connect(url).await?;
+            sinew_host::pg::sequencer::catch_up(&client).await?;
             match sinew_host::pg::verify_audit(&client).await? {
                 Ok(n) => println!("{name} (clinic): audit chain verified ({n} entries)"),
                 Err(e) => bail!("{name} (clinic): audit chain broken: {e}"),
@@ -687,6 +689,7 @@ async fn bulk(pg: &Cluster, cache: &Path, data: &Path, opts: &Opts) -> Result<()
             .query_one("SELECT count(DISTINCT status) FROM task", &[])
             .await?
             .get(0);
+        sinew_host::pg::sequencer::catch_up(&client).await?;
         match sinew_host::pg::verify_audit(&client).await? {
             Ok(n) if states == 1 => {
                 println!(

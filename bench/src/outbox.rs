@@ -182,6 +182,7 @@ pub async fn run(opts: &Opts) -> Result<()> {
     if (sent as i64) < emitted {
         bail!("the sink saw {sent} requests for {emitted} messages");
     }
+    sinew_host::pg::sequencer::catch_up(&db).await?;
     match sinew_host::pg::verify_audit(&db).await? {
         Ok(n) => println!("audit chain verified ({n} entries)"),
         Err(e) => bail!("audit chain broken: {e}"),

@@ -103,37 +103,69 @@ pub struct AuditArgs {
 #[derive(clap::Subcommand, Debug)]
 enum AuditCommand {
     /// Walk the hash chain of `sinew_audit` and report the first broken
-    /// link (exit 1) or the number of entries (exit 0).
+    /// link (exit 1) or the number of entries (exit 0); also how many
+    /// entries wait in the queue for their place in the chain, exit 1 when
+    /// one has waited over a minute (no sequencer runs).
     Verify {
-        /// The database (absent: the embedded one in --data-dir).
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-        database_url: Option<String>,
-        /// Where the embedded Postgres lives.
-        #[arg(long, env = "SINEW_DATA_DIR", default_value = ".sinew")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        db: DatabaseArgs,
     },
+    /// Chain every queued entry now (what the servers' sequencers do
+    /// shortly after each commit): for when no `sinew serve` runs.
+    Sequence {
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+}
+
+/// Where the database is.
+#[derive(clap::Args, Debug)]
+struct DatabaseArgs {
+    /// The database (absent: the embedded one in --data-dir).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Where the embedded Postgres lives.
+    #[arg(long, env = "SINEW_DATA_DIR", default_value = ".sinew")]
+    data_dir: PathBuf,
 }
 
 /// Runs an audit command; returns the exit code.
 pub fn audit(args: &AuditArgs) -> Result<u8> {
-    let AuditCommand::Verify {
-        database_url,
-        data_dir,
-    } = &args.command;
+    let (AuditCommand::Verify { db } | AuditCommand::Sequence { db }) = &args.command;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let db = Database::open(database_url.as_deref(), data_dir)?;
-        let client = db.connect().await?;
-        match crate::pg::verify_audit(&client).await? {
-            Ok(n) => {
-                crate::write_stdout(&format!("audit chain intact: {n} entries\n"))?;
+        let database = Database::open(db.database_url.as_deref(), &db.data_dir)?;
+        let client = database.connect().await?;
+        use crate::pg::sequencer;
+        match &args.command {
+            AuditCommand::Sequence { .. } => {
+                let n = sequencer::catch_up(&client).await?;
+                crate::write_stdout(&format!("chained {n} queued entries\n"))?;
                 Ok(0)
             }
-            Err(broken) => {
-                crate::write_stdout(&format!("audit chain broken: {broken}\n"))?;
-                Ok(1)
+            AuditCommand::Verify { .. } => {
+                let verified = crate::pg::verify_audit(&client).await?;
+                let (queued, oldest) = sequencer::queued(&client).await?;
+                let late = oldest.is_some_and(|age| age > sequencer::LATE);
+                let mut out = match &verified {
+                    Ok(n) => format!("audit chain intact: {n} entries\n"),
+                    Err(broken) => format!("audit chain broken: {broken}\n"),
+                };
+                if let (true, Some(age)) = (queued > 0, oldest) {
+                    out.push_str(&format!(
+                        "{queued} entries queued, not chained yet (the oldest for {:.1} s){}\n",
+                        age.as_secs_f64(),
+                        if late {
+                            ": no sequencer is running (start `sinew serve`, or run `sinew audit sequence`)"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+                crate::write_stdout(&out)?;
+                Ok(u8::from(verified.is_err() || late))
             }
         }
     })

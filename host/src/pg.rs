@@ -3,18 +3,19 @@
 //! transaction holds one pooled connection until it commits or rolls back.
 //!
 //! The audit chain (A1–A4 of the architecture) lives in `sinew_audit`: an
-//! entry is appended in the transaction of the writes it records, under a
-//! transaction-scoped advisory lock that orders appenders, so `seq` has no
-//! gaps and each `prev` is the hash of the entry before it, across any number
-//! of server processes.
+//! entry is queued in the transaction of the writes it records
+//! (`sinew_audit_queue`, no lock: requests of every instance commit in
+//! parallel), and the sequencer ([`sequencer`]) moves queued entries into
+//! the chain shortly after, one batch at a time across every instance, so
+//! `seq` has no gaps and each `prev` is the hash of the entry before it.
 
 pub mod embedded;
 pub mod migrate;
 pub mod pool;
 pub mod schema;
+pub mod sequencer;
 
 use serde_json::Value;
-use sinew_core::chain::{GENESIS_HASH, seal_entry};
 use sinew_core::ports::IDEMPOTENCY_TTL_MS;
 use sinew_core::ports::{
     Claim, FilterOp, Include, Isolation, Link, Predicate, Query, Row, StorageError,
@@ -34,12 +35,20 @@ use schema::{Schema, Table, Ty};
 /// rate windows), public so that the benchmark's hand-written baseline
 /// issues exactly these.
 pub mod sql {
-    /// The advisory lock key that orders audit appends (`'sinew'` in ASCII).
+    /// The advisory lock key that orders appends to the audit chain
+    /// (`'sinew'` in ASCII): the sequencer holds it while it chains a batch
+    /// (and servers of sinew 0.1 while they append).
     pub const AUDIT_LOCK: i64 = 0x0073_696e_6577;
     /// Takes the audit chain's lock until the transaction ends.
     pub const LOCK_CHAIN: &str = "SELECT pg_advisory_xact_lock($1::text::bigint)";
+    /// Queues an audit entry (in the request's transaction; no lock):
+    /// execution, kind, the canonical text, its SHA-256.
+    pub const QUEUE_AUDIT: &str = "INSERT INTO sinew_audit_queue (execution, kind, entry, digest) \
+             VALUES ($1, $2, $3, $4)";
     /// Appends one entry to the audit chain, after the head it reads (under
-    /// the chain's lock): `$1 || prev || $2 || seq || $3` is the entry's text.
+    /// the chain's lock): `$1 || prev || $2 || seq || $3` is the entry's
+    /// text. How sinew 0.1 appended, on every request; the benchmark's
+    /// locked baseline (C) still does.
     pub const APPEND: &str = "WITH last AS (SELECT seq, hash FROM sinew_audit ORDER BY seq DESC LIMIT 1), \
                  head AS (SELECT coalesce((SELECT seq FROM last), 0) AS seq, \
                                  coalesce((SELECT hash FROM last), $6) AS hash), \
@@ -80,11 +89,11 @@ pub mod sql {
 /// How long a delivered outbox message is kept.
 const OUTBOX_KEPT_MS: i64 = 7 * 24 * 3_600_000;
 
-use sql::{APPEND, AUDIT_LOCK, CLAIM, COMPLETE, LOCK_CHAIN, RATE, RELEASE, STATE};
+use sql::{CLAIM, COMPLETE, QUEUE_AUDIT, RATE, RELEASE, STATE};
 
 /// The statements nearly every request runs, prepared on the connection
 /// the server starts with (see [`PgBackend::warm_catalog`]).
-const WARM_STATEMENTS: [&str; 3] = [LOCK_CHAIN, APPEND, CLAIM];
+const WARM_STATEMENTS: [&str; 2] = [QUEUE_AUDIT, CLAIM];
 
 /// A root transaction: its connection, held until it ends.
 struct Root {
@@ -94,10 +103,9 @@ struct Root {
     /// was abandoned mid-statement (its deadline), and the statement must
     /// be cancelled rather than waited for.
     busy: std::sync::atomic::AtomicBool,
-    /// The chain head after this transaction's own appends.
-    head: Mutex<Option<(u64, String)>>,
-    /// Read committed: entries waiting for the commit, with the handle
-    /// that appended each (a savepoint's are dropped with it).
+    /// Audit entries waiting for the commit (queued in its round trip),
+    /// with the handle that appended each (a savepoint's are dropped with
+    /// it).
     pending: Mutex<Vec<(u64, Params)>>,
     /// Read committed: the rows this transaction holds a row lock on (read
     /// `FOR UPDATE` or updated by it), by entity and id, as it sees them.
@@ -200,15 +208,17 @@ pub struct PgBackend {
     schema: Schema,
     txs: Mutex<HashMap<u64, Arc<Handle>>>,
     next: AtomicU64,
-    /// A connection outside the pool that reads the chain head for
-    /// transactions whose snapshot would not show it.
-    chain: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+    /// A connection outside the pool, for releasing idempotency keys while
+    /// the pool may be full.
+    aux: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
     /// The component hash, added to every audit entry.
     component: Option<String>,
     /// Reads answered from a transaction's locked rows.
     recalled: AtomicU64,
     /// Told when a transaction that recorded outbox messages commits.
     pub outbox_ready: Arc<tokio::sync::Notify>,
+    /// Told when audit entries were queued (the sequencer chains them).
+    pub audit_ready: Arc<tokio::sync::Notify>,
 }
 
 type Params = Vec<Option<String>>;
@@ -245,11 +255,17 @@ impl PgBackend {
             schema: Schema::of(spec),
             txs: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
-            chain: tokio::sync::Mutex::new(None),
+            aux: tokio::sync::Mutex::new(None),
             component,
             recalled: AtomicU64::new(0),
             outbox_ready: Arc::new(tokio::sync::Notify::new()),
+            audit_ready: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// A connection of its own, outside the pool.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, StorageError> {
+        self.pool.connect().await
     }
 
     /// How many reads were answered from rows their transaction holds
@@ -290,7 +306,7 @@ impl PgBackend {
             ));
         }
         sql.push_str(
-            "SELECT seq, hash FROM sinew_audit ORDER BY seq DESC LIMIT 0;\
+            "SELECT id, digest FROM sinew_audit_queue LIMIT 0;\
              SELECT status, body FROM sinew_idempotency LIMIT 0;\
              SELECT hits FROM sinew_rate LIMIT 0;",
         );
@@ -718,36 +734,10 @@ impl PgBackend {
         }
     }
 
-    /// The chain head as committed, for a repeatable-read or serializable
-    /// transaction holding the chain's lock: its snapshot predates the
-    /// lock, so the head is read on a connection of its own.
-    async fn committed_head(&self) -> Result<(u64, String), StorageError> {
-        const HEAD: &str = "SELECT seq, hash FROM sinew_audit ORDER BY seq DESC LIMIT 1";
-        let mut chain = self.chain.lock().await;
-        if chain.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
-            *chain = Some(self.pool.connect().await?);
-        }
-        let Some(client) = chain.as_ref() else {
-            return Err(unavailable("no connection for the audit chain"));
-        };
-        let row = client
-            .query_opt(HEAD, &[])
-            .await
-            .map_err(|e| self.error(&e))?;
-        Ok(match row {
-            None => (0, GENESIS_HASH.to_owned()),
-            Some(r) => {
-                let seq: i64 = r.get(0);
-                (u64::try_from(seq).unwrap_or(0), r.get(1))
-            }
-        })
-    }
-
-    /// The parameters of the `APPEND` of an entry (see
-    /// [`Self::append_and_commit`]), with the component's hash. Made when
-    /// the entry comes: a read-committed transaction keeps these, not the
-    /// entry, until its commit.
-    fn append_params(&self, entry: &Value) -> Result<Params, StorageError> {
+    /// The parameters of the `QUEUE_AUDIT` of an entry, with the
+    /// component's hash: made when the entry comes; the transaction keeps
+    /// these, not the entry, until its commit.
+    fn queue_params(&self, entry: &Value) -> Result<Params, StorageError> {
         let text = |k: &str, default: &str| {
             entry
                 .get(k)
@@ -755,14 +745,13 @@ impl PgBackend {
                 .unwrap_or(default)
                 .to_owned()
         };
-        let [a, b, c] = splice_parts(entry, self.component.as_deref()).map_err(invalid)?;
+        let queued = queued_text(&self.stamped(entry)).map_err(invalid)?;
+        let digest = sinew_core::hash::sha256_hex(queued.as_bytes());
         Ok(vec![
-            Some(a),
-            Some(b),
-            Some(c),
             Some(text("execution", "")),
             Some(text("kind", "final")),
-            Some(GENESIS_HASH.to_owned()),
+            Some(queued),
+            Some(digest),
         ])
     }
 
@@ -776,23 +765,23 @@ impl PgBackend {
         entry
     }
 
-    /// Appends entries and ends the transaction in one round trip: the
-    /// advisory lock, an `INSERT` per entry that reads the head, splices
-    /// `seq` and `prev` into the canonical text and hashes it with
-    /// Postgres's `sha256`, and `COMMIT`, pipelined (after `BEGIN` too with
-    /// `begin`). The lock is held only while the server runs them: no
-    /// client round trip sits between taking it and committing.
-    async fn append_and_commit(
+    /// Queues audit entries, records outbox messages and ends the
+    /// transaction in one round trip: the `INSERT`s and the `COMMIT` are
+    /// pipelined (after `BEGIN` too with `begin`). No lock is taken: the
+    /// sequencer chains the entries after the commit.
+    async fn queue_and_commit(
         &self,
         conn: &mut Conn,
-        all: &[Params],
+        entries: &[Params],
         messages: &[Params],
         begin: bool,
     ) -> Result<(), StorageError> {
-        let lock = conn.prepare(LOCK_CHAIN).await;
-        let lock = self.check(conn, lock)?;
-        let append = conn.prepare(APPEND).await;
-        let append = self.check(conn, append)?;
+        let queue = if entries.is_empty() {
+            None
+        } else {
+            let s = conn.prepare(QUEUE_AUDIT).await;
+            Some(self.check(conn, s)?)
+        };
         let enqueue = if messages.is_empty() {
             None
         } else {
@@ -800,14 +789,10 @@ impl PgBackend {
             Some(self.check(conn, s)?)
         };
         let mps: Vec<_> = messages.iter().map(refs).collect();
-        let lock_params: Params = vec![Some(AUDIT_LOCK.to_string())];
-        let lp = refs(&lock_params);
-        let aps: Vec<_> = all.iter().map(refs).collect();
+        let eps: Vec<_> = entries.iter().map(refs).collect();
         let client = &conn.client;
         let start = async {
             if begin {
-                // Explicitly: a database whose default isolation is higher
-                // would take the snapshot before the lock is granted.
                 client
                     .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
                     .await
@@ -815,91 +800,44 @@ impl PgBackend {
                 Ok(())
             }
         };
-        // The transaction's outbox messages go first: the chain's lock is
-        // held for the appends and the commit only.
         let enqueues = futures_util::future::join_all(
             enqueue
                 .iter()
                 .flat_map(|s| mps.iter().map(move |p| client.execute(s, p))),
         );
-        let appends =
-            futures_util::future::join_all(aps.iter().map(|p| client.execute(&append, p)));
-        let (b, e, l, a, c) = tokio::join!(
-            start,
-            enqueues,
-            client.execute(&lock, &lp),
-            appends,
-            client.batch_execute("COMMIT"),
+        let queued = futures_util::future::join_all(
+            queue
+                .iter()
+                .flat_map(|s| eps.iter().map(move |p| client.execute(s, p))),
         );
+        let (b, e, q, c) = tokio::join!(start, enqueues, queued, client.batch_execute("COMMIT"));
         // After a failed statement the COMMIT only rolled back: report the
         // first failure.
         let first = b
             .err()
             .or_else(|| e.into_iter().find_map(Result::err))
-            .or_else(|| l.err())
-            .or_else(|| a.into_iter().find_map(Result::err))
+            .or_else(|| q.into_iter().find_map(Result::err))
             .map_or(c, Err);
-        self.check(conn, first)
-    }
-
-    /// Appends an entry on `conn`, inside its open repeatable-read or
-    /// serializable transaction (read-committed ones append at commit,
-    /// see `append_and_commit`); `head` caches the chain head after this
-    /// transaction's own entries.
-    async fn append_on(
-        &self,
-        conn: &mut Conn,
-        head: &Mutex<Option<(u64, String)>>,
-        entry: &Value,
-    ) -> Result<(), StorageError> {
-        let entry = self.stamped(entry);
-
-        let execution = entry
-            .get("execution")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        let kind = entry
-            .get("kind")
-            .and_then(Value::as_str)
-            .unwrap_or("final")
-            .to_owned();
-        let known = head.lock().ok().and_then(|h| h.clone());
-        let (seq, prev) = match known {
-            Some(h) => h,
-            None => {
-                let lock = conn.prepare(LOCK_CHAIN).await;
-                let lock = self.check(conn, lock)?;
-                let params: Params = vec![Some(AUDIT_LOCK.to_string())];
-                let r = conn.client.execute(&lock, &refs(&params)).await;
-                self.check(conn, r)?;
-                self.committed_head().await?
-            }
-        };
-        let seq = seq + 1;
-        let (text, hash) = seal_entry(entry, seq, &prev).map_err(invalid)?;
-        let stmt = conn
-            .prepare(
-                "INSERT INTO sinew_audit (seq, execution, kind, entry, prev, hash) \
-                 VALUES ($1::text::bigint, $2, $3, $4, $5, $6)",
-            )
-            .await;
-        let stmt = self.check(conn, stmt)?;
-        let params: Params = vec![
-            Some(seq.to_string()),
-            Some(execution),
-            Some(kind),
-            Some(text),
-            Some(prev),
-            Some(hash.clone()),
-        ];
-        let r = conn.client.execute(&stmt, &refs(&params)).await;
-        self.check(conn, r)?;
-        if let Ok(mut h) = head.lock() {
-            *h = Some((seq, hash));
+        self.check(conn, first)?;
+        if !entries.is_empty() {
+            self.audit_ready.notify_one();
         }
         Ok(())
     }
+}
+
+/// The text an entry is queued with: its canonical JSON without `seq`,
+/// `prev` and `hash` (the sequencer adds the first two and computes the
+/// third, [`sinew_core::chain::seal_entry`]).
+pub fn queued_text(entry: &Value) -> Result<String, String> {
+    let Value::Object(m) = entry else {
+        return Err("an audit entry must be a JSON object".into());
+    };
+    let mut m = m.clone();
+    for k in ["seq", "prev", "hash"] {
+        m.shift_remove(k);
+    }
+    Ok(sinew_core::hash::canonical(&Value::Object(m)))
 }
 
 /// The canonical text of an audit entry (as `seal_entry` makes it) cut
@@ -1399,7 +1337,6 @@ impl StorageBackend for PgBackend {
                         conn: tokio::sync::Mutex::new(Some(conn)),
                         isolation,
                         busy: Default::default(),
-                        head: Mutex::new(None),
                         pending: Mutex::new(Vec::new()),
                         messages: Mutex::new(Vec::new()),
                         locked: Mutex::new(HashMap::new()),
@@ -1893,7 +1830,7 @@ impl StorageBackend for PgBackend {
                     let r = conn.client.batch_execute("COMMIT").await;
                     self.check(&mut conn, r)
                 } else {
-                    self.append_and_commit(&mut conn, &pending, &messages, false)
+                    self.queue_and_commit(&mut conn, &pending, &messages, false)
                         .await
                 };
                 h.root.busy.store(false, Ordering::SeqCst);
@@ -1925,12 +1862,9 @@ impl StorageBackend for PgBackend {
                         "ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"
                     ))
                     .await;
-                // Entries appended inside the savepoint are gone: read the
-                // head again at the next append, and drop the ones waiting
-                // for the commit (handles at or after this savepoint's).
-                if let Ok(mut head) = h.root.head.lock() {
-                    *head = None;
-                }
+                // Entries appended inside the savepoint are gone: drop the
+                // ones waiting for the commit (handles at or after this
+                // savepoint's).
                 if let Ok(mut pending) = h.root.pending.lock() {
                     pending.retain(|(handle, _)| *handle < tx);
                 }
@@ -1989,7 +1923,7 @@ impl StorageBackend for PgBackend {
         let h = self.handle(tx)?;
         h.root.enqueued.store(true, Ordering::SeqCst);
         if h.root.isolation == Isolation::ReadCommitted {
-            // Sent with the COMMIT (see `append_and_commit`).
+            // Sent with the COMMIT (see `queue_and_commit`).
             if let Ok(mut messages) = h.root.messages.lock() {
                 messages.push((tx, params));
             }
@@ -2004,31 +1938,19 @@ impl StorageBackend for PgBackend {
     }
 
     async fn append_audit(&self, tx: Option<u64>, entry: &Value) -> Result<(), StorageError> {
+        let params = self.queue_params(entry)?;
         match tx {
             Some(tx) => {
+                // Queued with the COMMIT (see `queue_and_commit`).
                 let h = self.handle(tx)?;
-                if h.root.isolation == Isolation::ReadCommitted {
-                    // Sent with the COMMIT (see `append_and_commit`).
-                    let params = self.append_params(entry)?;
-                    if let Ok(mut pending) = h.root.pending.lock() {
-                        pending.push((tx, params));
-                    }
-                    return Ok(());
+                if let Ok(mut pending) = h.root.pending.lock() {
+                    pending.push((tx, params));
                 }
-                let mut guard = h.root.conn.lock().await;
-                let Some(conn) = guard.as_mut() else {
-                    return Err(unavailable("the transaction's connection was lost"));
-                };
-                h.root.busy.store(true, Ordering::SeqCst);
-                let r = self.append_on(conn, &h.root.head, entry).await;
-                h.root.busy.store(false, Ordering::SeqCst);
-                r
+                Ok(())
             }
             None => {
                 let mut conn = self.pool.get().await?;
-                let r = self
-                    .append_and_commit(&mut conn, &[self.append_params(entry)?], &[], true)
-                    .await;
+                let r = self.queue_and_commit(&mut conn, &[params], &[], true).await;
                 self.pool.put(conn);
                 r
             }
@@ -2119,7 +2041,7 @@ impl StorageBackend for PgBackend {
         // Released while the request may still hold its transaction's
         // connection: on a connection outside the pool, so that a full pool
         // cannot starve it.
-        let mut aux = self.chain.lock().await;
+        let mut aux = self.aux.lock().await;
         if aux.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
             *aux = Some(self.pool.connect().await?);
         }
@@ -2189,6 +2111,7 @@ pub async fn verify_audit(client: &tokio_postgres::Client) -> anyhow::Result<Res
 mod tests {
     use super::*;
     use serde_json::json;
+    use sinew_core::chain::{GENESIS_HASH, seal_entry};
 
     /// The claim's SQL forgets and abandons keys when the in-memory store
     /// does (the constants every storage shares).

@@ -1598,6 +1598,18 @@ pub async fn serve(
         refresh_jwks(app.clone(), args.clone(), log.clone(), https.clone());
     }
     let janitor = janitor(storage.clone(), log.clone());
+    // Audit entries are chained shortly after their commit.
+    let (stop_sequencer, stopped) = tokio::sync::watch::channel(false);
+    let sequencer = tokio::spawn({
+        let (storage, stop, log) = (storage.clone(), stopped, log.clone());
+        async move {
+            let connect = || async { Ok(storage.connect().await?) };
+            crate::pg::sequencer::run(connect, storage.audit_ready.clone(), stop, |m| {
+                log.error(m);
+            })
+            .await;
+        }
+    });
     // Messages `emit` recorded are delivered after their commit (by the
     // instances of a spec that emits).
     let deliverer = (crate::outbox::emits(&spec) && !args.no_outbox).then(|| {
@@ -1626,6 +1638,14 @@ pub async fn serve(
     }
     for task in cron {
         task.abort();
+    }
+    // What this instance's requests queued is chained before it goes.
+    let _ = stop_sequencer.send(true);
+    if tokio::time::timeout(Duration::from_secs(10), sequencer)
+        .await
+        .is_err()
+    {
+        log.warn("stopping: the audit sequencer did not finish in 10 s; another instance (or `sinew audit sequence`) chains what is queued");
     }
     drop(app);
     drop(db);

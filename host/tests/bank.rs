@@ -172,6 +172,29 @@ async fn bank_conserves_money_across_two_servers() {
             (seen, problems, latencies)
         }));
     }
+    // While the load runs, no request waits on an advisory lock (the audit
+    // chain's lock is the sequencer's alone, and it only tries it).
+    let sampler = tokio::spawn({
+        let url = url.clone();
+        async move {
+            let db = connect_url(&url).await;
+            let (mut samples, mut waiting) = (0u64, 0i64);
+            while Instant::now() < stop {
+                let n: i64 = db
+                    .query_one(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                waiting = waiting.max(n);
+                samples += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (samples, waiting)
+        }
+    });
     let mut statuses: std::collections::BTreeMap<u16, u64> = Default::default();
     let mut problems = Vec::new();
     let mut latencies = Vec::new();
@@ -183,6 +206,10 @@ async fn bank_conserves_money_across_two_servers() {
         }
         problems.extend(p);
     }
+    let (samples, waiting) = sampler.await.unwrap();
+    eprintln!("pg_locks sampled {samples} times: at most {waiting} advisory locks waited for");
+    assert!(samples > 100, "pg_locks sampled only {samples} times");
+    assert_eq!(waiting, 0, "a session waited on an advisory lock");
     let n = requests.load(Ordering::SeqCst);
     latencies.sort_unstable();
     let pct = |q: f64| {
@@ -256,6 +283,35 @@ async fn bank_conserves_money_across_two_servers() {
         .unwrap()
         .get(0);
     assert_eq!(ledger, total);
+    // The servers' sequencers chain every queued entry shortly after its
+    // commit (requests take no lock for it).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (queued, oldest) = sinew_host::pg::sequencer::queued(&db).await.unwrap();
+        if queued == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{queued} entries still queued (the oldest for {oldest:?})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let lag = db
+        .query_one(
+            "SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM recorded_at - queued_at))::float8, \
+                    max(extract(epoch FROM recorded_at - queued_at))::float8 FROM sinew_audit",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (p99, max): (f64, f64) = (lag.get(0), lag.get(1));
+    eprintln!(
+        "audit sequencer lag: p99 {:.0} ms, max {:.0} ms",
+        p99 * 1e3,
+        max * 1e3
+    );
+    assert!(p99 < 1.0, "sequencer lag p99 {p99} s");
     let finals: i64 = db
         .query_one("SELECT count(*) FROM sinew_audit WHERE kind = 'final'", &[])
         .await
@@ -289,4 +345,31 @@ async fn bank_conserves_money_across_two_servers() {
     assert!(ok, "{out}");
     drop(a);
     drop(b);
+    // With no server left, an entry queued a while ago is reported (exit
+    // 1) until `sinew audit sequence` chains it.
+    db.batch_execute(
+        "INSERT INTO sinew_audit_queue (execution, kind, entry, digest, queued_at) \
+         VALUES ('late', 'final', '{\"execution\":\"late\",\"kind\":\"final\"}', \
+                 encode(sha256('{\"execution\":\"late\",\"kind\":\"final\"}'), 'hex'), \
+                 now() - interval '2 minutes')",
+    )
+    .await
+    .unwrap();
+    let (ok, out) = verify_audit(SINEW, &url);
+    assert!(!ok, "{out}");
+    assert!(out.contains("1 entries queued, not chained yet"), "{out}");
+    assert!(out.contains("sinew audit sequence"), "{out}");
+    let sequenced = std::process::Command::new(SINEW)
+        .args(["audit", "sequence"])
+        .env("DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(sequenced.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&sequenced.stdout),
+        "chained 1 queued entries\n"
+    );
+    let (ok, out) = verify_audit(SINEW, &url);
+    assert!(ok, "{out}");
+    assert_eq!(out, format!("audit chain intact: {} entries\n", finals + 1));
 }

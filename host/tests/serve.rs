@@ -338,6 +338,7 @@ async fn later_starts_serve_from_a_snapshot_of_the_loaded_spec() {
     let db = connect_url(&url).await;
     // One chain across both processes: every link verifies, and the four
     // requests left their entries.
+    sinew_host::pg::sequencer::catch_up(&db).await.unwrap();
     let n = sinew_host::pg::verify_audit(&db)
         .await
         .unwrap()
@@ -556,6 +557,7 @@ async fn webhooks_are_verified_by_their_scheme_and_run_with_their_roles() {
         "{}",
         again.text
     );
+    sinew_host::pg::sequencer::catch_up(&db).await.unwrap();
     let entries: Vec<Value> = db
         .query(
             "SELECT entry FROM sinew_audit WHERE entry::jsonb->>'tool' = 'stripe_event' ORDER BY seq",
@@ -778,6 +780,7 @@ async fn externals_send_exactly_what_their_operations_say() {
 
     // No secret anywhere: audit entries, the log, the OpenAPI document.
     let db = connect_url(&url).await;
+    sinew_host::pg::sequencer::catch_up(&db).await.unwrap();
     let audit: Vec<String> = db
         .query("SELECT entry FROM sinew_audit", &[])
         .await
@@ -986,6 +989,7 @@ async fn the_outbox_delivers_after_the_commit_once_per_key() {
     );
 
     // Audited: two deliveries and one final failure; the chain holds.
+    sinew_host::pg::sequencer::catch_up(&db).await.unwrap();
     let entries: Vec<Value> = db
         .query("SELECT entry FROM sinew_audit ORDER BY seq", &[])
         .await

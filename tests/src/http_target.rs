@@ -225,6 +225,11 @@ impl Target for HttpPg {
             .rt
             .block_on(self.http.send(method, &url, &h, input.to_string()));
         let audit = self.rt.block_on(async {
+            // The server's sequencer chains the entry shortly after the
+            // commit; the test reads it at once.
+            sinew_host::pg::sequencer::catch_up(&r.db)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
             r.db.query_opt(
                 "SELECT entry FROM sinew_audit WHERE execution = $1 AND kind = 'final' \
                      ORDER BY seq DESC LIMIT 1",
@@ -259,6 +264,9 @@ impl Target for HttpPg {
     fn audit(&mut self) -> Result<Vec<Value>, String> {
         let r = self.running()?;
         self.rt.block_on(async {
+            sinew_host::pg::sequencer::catch_up(&r.db)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
             let rows =
                 r.db.query("SELECT entry, hash FROM sinew_audit ORDER BY seq", &[])
                     .await

@@ -87,7 +87,8 @@ END $$;
 -- sinew: the audit log, append-only (A3): the database refuses updates,
 -- deletes and truncation; each entry carries the hash of the previous one (A4).
 -- `entry` is the exact canonical JSON text that `hash` is the SHA-256 of
--- (query it as `entry::jsonb`).
+-- (query it as `entry::jsonb`). Entries are placed here by the sequencer
+-- (`queued_at`: when the request's transaction queued it).
 CREATE TABLE IF NOT EXISTS "sinew_audit" (
   "seq" bigint PRIMARY KEY,
   "execution" text NOT NULL,
@@ -97,11 +98,12 @@ CREATE TABLE IF NOT EXISTS "sinew_audit" (
   "hash" text NOT NULL UNIQUE,
   "recorded_at" timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE "sinew_audit" ADD COLUMN IF NOT EXISTS "queued_at" timestamptz;
 CREATE INDEX IF NOT EXISTS "sinew_audit_execution_idx" ON "sinew_audit" ("execution");
 CREATE OR REPLACE FUNCTION "sinew_audit_append_only"() RETURNS trigger
   LANGUAGE plpgsql AS $$
 BEGIN
-  RAISE EXCEPTION 'sinew_audit is append-only: % is refused', TG_OP;
+  RAISE EXCEPTION '% is append-only: % is refused', TG_TABLE_NAME, TG_OP;
 END
 $$;
 CREATE OR REPLACE TRIGGER "sinew_audit_no_update_delete"
@@ -109,6 +111,27 @@ CREATE OR REPLACE TRIGGER "sinew_audit_no_update_delete"
   FOR EACH ROW EXECUTE FUNCTION "sinew_audit_append_only"();
 CREATE OR REPLACE TRIGGER "sinew_audit_no_truncate"
   BEFORE TRUNCATE ON "sinew_audit"
+  FOR EACH STATEMENT EXECUTE FUNCTION "sinew_audit_append_only"();
+
+-- sinew: audit entries not yet in the chain. A request's transaction
+-- queues its entries here (with the SHA-256 of `entry`, `digest`), without
+-- a lock; the sequencer (one at a time across instances) moves them into
+-- `sinew_audit` in `id` order, in batches, shortly after they commit. The
+-- database refuses updates and truncation; a row leaves only by the
+-- sequencer's move, which deletes it in the transaction that chains it.
+CREATE TABLE IF NOT EXISTS "sinew_audit_queue" (
+  "id" bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  "execution" text NOT NULL,
+  "kind" text NOT NULL,
+  "entry" text NOT NULL,
+  "digest" text NOT NULL,
+  "queued_at" timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE OR REPLACE TRIGGER "sinew_audit_queue_no_update"
+  BEFORE UPDATE ON "sinew_audit_queue"
+  FOR EACH ROW EXECUTE FUNCTION "sinew_audit_append_only"();
+CREATE OR REPLACE TRIGGER "sinew_audit_queue_no_truncate"
+  BEFORE TRUNCATE ON "sinew_audit_queue"
   FOR EACH STATEMENT EXECUTE FUNCTION "sinew_audit_append_only"();
 
 -- sinew: idempotency keys (kept 24 hours).

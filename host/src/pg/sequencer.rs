@@ -1,0 +1,264 @@
+//! The audit sequencer: moves queued entries (`sinew_audit_queue`) into
+//! the chain (`sinew_audit`), in `id` order, a batch per transaction.
+//!
+//! Requests never wait for it: a request's transaction only inserts its
+//! entries into the queue, so instances commit in parallel. Every instance
+//! runs a sequencer; a batch is chained under the chain's transaction-scoped
+//! advisory lock, so one runs at a time across instances, and one whose
+//! holder dies (its transaction with it) is taken over at the next try. A
+//! batch reads the head, seals each entry with its `seq` and `prev`
+//! ([`seal_entry`]), and in one statement deletes the queued rows and
+//! inserts the sealed ones: an entry is in the queue or in the chain, never
+//! in both, never in neither.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use sinew_core::chain::{GENESIS_HASH, seal_entry};
+use sinew_core::hash::sha256_hex;
+use tokio_postgres::Client;
+
+use super::sql::AUDIT_LOCK;
+
+/// Entries chained per transaction at most.
+pub const BATCH: i64 = 512;
+
+/// How often a sequencer looks for entries other instances queued (its
+/// own instance's commits wake it at once): the bound on how long an entry
+/// waits for its place, with a batch's time.
+pub const POLL: Duration = Duration::from_millis(100);
+
+/// An entry still queued this long after its commit means no sequencer
+/// runs: `sinew audit verify` reports it.
+pub const LATE: Duration = Duration::from_secs(60);
+
+/// Moves the entries of the given ids, sealed, from the queue to the chain.
+const MOVE: &str = "WITH sealed AS (\
+       SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[]) \
+         AS s(id, seq, entry, prev, hash)), \
+     moved AS (DELETE FROM sinew_audit_queue q USING sealed s WHERE q.id = s.id \
+       RETURNING s.seq, q.execution, q.kind, s.entry, s.prev, s.hash, q.queued_at) \
+     INSERT INTO sinew_audit (seq, execution, kind, entry, prev, hash, queued_at, recorded_at) \
+     SELECT seq, execution, kind, entry, prev, hash, queued_at, clock_timestamp() FROM moved";
+
+/// Whether to wait for the chain's lock or give up when another holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Give up: another instance is sequencing.
+    No,
+    /// Wait for it.
+    Yes,
+}
+
+/// What one batch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Batch {
+    /// Another instance holds the chain's lock.
+    Busy,
+    /// Entries were chained (none: the queue was empty).
+    Chained {
+        /// How many.
+        n: usize,
+        /// The queue ids of those whose text no longer matched its digest:
+        /// changed by hand before they were chained (the table refuses
+        /// updates), chained as they were found.
+        altered: Vec<i64>,
+    },
+}
+
+/// Chains up to [`BATCH`] queued entries in one transaction on `client`
+/// (which must not be inside one).
+pub async fn batch(client: &Client, wait: Wait) -> Result<Batch> {
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+        .await?;
+    let r = chain_batch(client, wait).await;
+    match &r {
+        Ok(Batch::Chained { n, .. }) if *n > 0 => client.batch_execute("COMMIT").await?,
+        _ => client.batch_execute("ROLLBACK").await?,
+    }
+    r
+}
+
+async fn chain_batch(client: &Client, wait: Wait) -> Result<Batch> {
+    let key = AUDIT_LOCK.to_string();
+    match wait {
+        Wait::Yes => {
+            client
+                .execute("SELECT pg_advisory_xact_lock($1::text::bigint)", &[&key])
+                .await?;
+        }
+        Wait::No => {
+            let row = client
+                .query_one(
+                    "SELECT pg_try_advisory_xact_lock($1::text::bigint)",
+                    &[&key],
+                )
+                .await?;
+            if !row.get::<_, bool>(0) {
+                return Ok(Batch::Busy);
+            }
+        }
+    }
+    let queued = client
+        .query(
+            "SELECT id, entry, digest FROM sinew_audit_queue ORDER BY id LIMIT $1",
+            &[&BATCH],
+        )
+        .await?;
+    if queued.is_empty() {
+        return Ok(Batch::Chained {
+            n: 0,
+            altered: Vec::new(),
+        });
+    }
+    let head = client
+        .query_opt(
+            "SELECT seq, hash FROM sinew_audit ORDER BY seq DESC LIMIT 1",
+            &[],
+        )
+        .await?;
+    let (mut seq, mut prev) = match head {
+        Some(r) => (r.get::<_, i64>(0), r.get::<_, String>(1)),
+        None => (0, GENESIS_HASH.to_owned()),
+    };
+    let n = queued.len();
+    let mut altered = Vec::new();
+    let (mut ids, mut seqs, mut texts, mut prevs, mut hashes) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for row in &queued {
+        let id: i64 = row.get(0);
+        let text: &str = row.get(1);
+        let digest: &str = row.get(2);
+        if sha256_hex(text.as_bytes()) != digest {
+            altered.push(id);
+        }
+        let entry: Value = serde_json::from_str(text)
+            .with_context(|| format!("queued audit entry {id} is not JSON"))?;
+        seq += 1;
+        let (sealed, hash) =
+            seal_entry(entry, u64::try_from(seq)?, &prev).map_err(anyhow::Error::msg)?;
+        ids.push(id);
+        seqs.push(seq);
+        texts.push(sealed);
+        prevs.push(std::mem::replace(&mut prev, hash.clone()));
+        hashes.push(hash);
+    }
+    let moved = client
+        .execute(MOVE, &[&ids, &seqs, &texts, &prevs, &hashes])
+        .await?;
+    if usize::try_from(moved).ok() != Some(n) {
+        bail!("moved {moved} of {n} queued audit entries");
+    }
+    Ok(Batch::Chained { n, altered })
+}
+
+/// Chains every entry queued so far, waiting for the lock: what `sinew
+/// audit sequence` runs, and a server at shutdown. Returns how many.
+pub async fn catch_up(client: &Client) -> Result<u64> {
+    let mut total = 0u64;
+    loop {
+        match batch(client, Wait::Yes).await? {
+            Batch::Chained { n: 0, .. } => return Ok(total),
+            Batch::Chained { n, .. } => total += n as u64,
+            Batch::Busy => {}
+        }
+    }
+}
+
+/// How many entries wait in the queue, and how long the oldest has waited.
+pub async fn queued(client: &Client) -> Result<(u64, Option<Duration>)> {
+    let row = client
+        .query_one(
+            "SELECT count(*), extract(epoch FROM clock_timestamp() - min(queued_at))::float8 \
+             FROM sinew_audit_queue",
+            &[],
+        )
+        .await?;
+    let n: i64 = row.get(0);
+    let age: Option<f64> = row.get(1);
+    Ok((
+        u64::try_from(n).unwrap_or(0),
+        age.map(|s| Duration::from_secs_f64(s.max(0.0))),
+    ))
+}
+
+/// A server's sequencer: chains entries as they come (`ready` is told when
+/// this instance queued some) and every [`POLL`] (other instances'), until
+/// `stop` turns true; then chains what is left. `connect` opens its own
+/// connection (outside the pool: requests never wait for it); `report`
+/// logs a problem.
+pub async fn run<F, Fut>(
+    connect: F,
+    ready: Arc<tokio::sync::Notify>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    report: impl Fn(&str),
+) where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Client>>,
+{
+    let mut client: Option<Client> = None;
+    let mut stopping = false;
+    loop {
+        stopping = stopping || *stop.borrow();
+        if client.as_ref().is_none_or(Client::is_closed) {
+            match connect().await {
+                Ok(c) => client = Some(c),
+                Err(e) => {
+                    report(&format!("audit sequencer: cannot connect: {e:#}"));
+                    if stopping {
+                        return;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.changed() => stopping = true,
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(c) = client.as_ref() else { continue };
+        let wait = if stopping { Wait::Yes } else { Wait::No };
+        match batch(c, wait).await {
+            Ok(Batch::Chained { n, altered }) => {
+                for id in altered {
+                    report(&format!(
+                        "audit sequencer: queued entry {id} does not match its digest: it was changed before it was chained"
+                    ));
+                }
+                if n as i64 == BATCH || (stopping && n > 0) {
+                    continue;
+                }
+                if stopping {
+                    return;
+                }
+            }
+            Ok(Batch::Busy) if stopping => return,
+            Ok(Batch::Busy) => {}
+            Err(e) => {
+                report(&format!("audit sequencer: {e:#}"));
+                client = None;
+                if stopping {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        }
+        tokio::select! {
+            () = ready.notified() => {
+                // Let a few more commits land: fewer, larger batches.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            () = tokio::time::sleep(POLL) => {}
+            _ = stop.changed() => stopping = true,
+        }
+    }
+}
