@@ -168,3 +168,77 @@ async fn migrations_apply_once_add_safely_and_refuse_losing_data() {
     );
     assert_eq!(columns(&client, "product").await, product);
 }
+
+/// With the tables owned by the role that migrates and the servers on
+/// another (`sinew migrate --app-role`), a server does everything serving
+/// needs (requests' writes, queueing audit entries, chaining them,
+/// checkpoints), and cannot change the audit chain: no UPDATE, DELETE or
+/// TRUNCATE, no disabling its triggers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_role_cannot_change_the_audit_chain() {
+    use sinew_core::spec::Isolation;
+    use sinew_host::runtime::storage::StorageBackend;
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let mut owner = connect_url(&url).await;
+    owner
+        .batch_execute("CREATE ROLE sinew_app LOGIN")
+        .await
+        .unwrap();
+    let s = spec(&shop());
+    let mut m = plan(Some(&owner), &s, false).await.unwrap();
+    m.sql
+        .push_str(&sinew_core::migrate::grants(&s, "sinew_app"));
+    apply(&mut owner, &s, &m).await.unwrap();
+
+    let mut config: tokio_postgres::Config = url.parse().unwrap();
+    config.user("sinew_app");
+    let (app, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    assert!(recorded(&app, &s).await, "the app role reads the record");
+    let db = sinew_host::pg::PgBackend::new(config, &s, 2, None);
+    let tx = db.begin(Isolation::ReadCommitted, None).await.unwrap();
+    let row = sinew_core::bundle::Bundle::load(&shop().to_string())
+        .unwrap()
+        .complete_row(
+            "Product",
+            json!({"id": "0b9f3c4e-6a1d-4f43-9c55-2f1f0d3e7a10", "sku": "TEA", "name": "Tea", "price_cents": 450, "stock": 1})
+                .as_object()
+                .unwrap(),
+            0,
+        )
+        .unwrap();
+    db.insert(tx, "Product", &row).await.unwrap();
+    db.append_audit(Some(tx), &json!({"kind": "final", "execution": "e1"}))
+        .await
+        .unwrap();
+    db.commit(tx).await.unwrap();
+    assert_eq!(sinew_host::pg::sequencer::catch_up(&app).await.unwrap(), 1);
+    let signer = sinew_host::pg::checkpoint::Signer::from_secret(&"01".repeat(32)).unwrap();
+    assert!(
+        sinew_host::pg::checkpoint::write(&app, &signer)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(sinew_host::pg::verify_audit(&app).await.unwrap(), Ok(1));
+    // Granting itself more grants nothing (a warning, not an error).
+    app.batch_execute("GRANT UPDATE, DELETE ON sinew_audit TO sinew_app")
+        .await
+        .unwrap();
+    for sql in [
+        "UPDATE sinew_audit SET kind = 'x'",
+        "DELETE FROM sinew_audit",
+        "TRUNCATE sinew_audit",
+        "ALTER TABLE sinew_audit DISABLE TRIGGER USER",
+        "DELETE FROM sinew_audit_checkpoint",
+        "UPDATE sinew_audit_checkpoint SET hash = 'x'",
+    ] {
+        let e = app.batch_execute(sql).await.expect_err(sql);
+        let text = format!("{e:?}");
+        assert!(
+            text.contains("permission denied") || text.contains("must be owner"),
+            "{sql}: {text}"
+        );
+    }
+}

@@ -1044,12 +1044,19 @@ fn the_sequencer_chains_every_committed_entry_once() {
         assert_eq!(sequencer::batch(&probe, Wait::No).await.unwrap(), Batch::Busy);
 
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let signer = sinew_host::pg::checkpoint::Signer::from_secret(&"07".repeat(32)).unwrap();
+        let signed = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut sequencers = Vec::new();
         for _ in 0..2 {
             let (url, ready, stop) = (url.clone(), db.audit_ready.clone(), stopped.clone());
+            let (signer, signed) = (signer.clone(), signed.clone());
             sequencers.push(tokio::spawn(async move {
                 let connect = || async { Ok(connect_url(&url).await) };
-                sequencer::run(connect, ready, stop, |m| panic!("{m}")).await;
+                sequencer::run(connect, ready, stop, Some(signer), |e| match e {
+                    sequencer::Event::Checkpoint(v) => signed.lock().unwrap().push(v),
+                    sequencer::Event::Problem(m) => panic!("{m}"),
+                })
+                .await;
             }));
         }
         let mut writers = Vec::new();
@@ -1123,6 +1130,23 @@ fn the_sequencer_chains_every_committed_entry_once() {
         assert_eq!(chained, expected, "each committed entry once, no other");
         assert_eq!(
             sinew_host::pg::verify_audit(&admin).await.unwrap(),
+            Ok(expected.len() as u64)
+        );
+        // Stopping, the sequencers signed the head once (the second found
+        // it signed), recorded and told.
+        let signed = signed.lock().unwrap().clone();
+        assert_eq!(signed.len(), 1, "{signed:?}");
+        assert_eq!(signed[0]["seq"], expected.len());
+        let stored: String = admin
+            .query_one("SELECT checkpoint FROM sinew_audit_checkpoint", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(serde_json::from_str::<Value>(&stored).unwrap(), signed[0]);
+        assert_eq!(
+            sinew_host::pg::checkpoint::holds(&admin, &signed[0], Some(&signer.public_hex()))
+                .await
+                .unwrap(),
             Ok(expected.len() as u64)
         );
 

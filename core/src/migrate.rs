@@ -297,6 +297,23 @@ CREATE OR REPLACE TRIGGER "sinew_audit_queue_no_truncate"
   BEFORE TRUNCATE ON "sinew_audit_queue"
   FOR EACH STATEMENT EXECUTE FUNCTION "sinew_audit_append_only"();
 
+-- sinew: signed checkpoints of the audit chain's head (Ed25519), append-only:
+-- `sinew audit verify --checkpoint FILE` checks the chain still holds one.
+CREATE TABLE IF NOT EXISTS "sinew_audit_checkpoint" (
+  "seq" bigint NOT NULL,
+  "hash" text NOT NULL,
+  "key" text NOT NULL,
+  "signed_at" timestamptz NOT NULL,
+  "checkpoint" text NOT NULL,
+  PRIMARY KEY ("seq", "key")
+);
+CREATE OR REPLACE TRIGGER "sinew_audit_checkpoint_no_update_delete"
+  BEFORE UPDATE OR DELETE ON "sinew_audit_checkpoint"
+  FOR EACH ROW EXECUTE FUNCTION "sinew_audit_append_only"();
+CREATE OR REPLACE TRIGGER "sinew_audit_checkpoint_no_truncate"
+  BEFORE TRUNCATE ON "sinew_audit_checkpoint"
+  FOR EACH STATEMENT EXECUTE FUNCTION "sinew_audit_append_only"();
+
 -- sinew: idempotency keys (kept 24 hours).
 CREATE TABLE IF NOT EXISTS "sinew_idempotency" (
   "scope" text NOT NULL,
@@ -340,6 +357,12 @@ CREATE TABLE IF NOT EXISTS "sinew_outbox" (
 CREATE INDEX IF NOT EXISTS "sinew_outbox_due_idx" ON "sinew_outbox" ("next_attempt_at")
   WHERE "delivered_at" IS NULL AND "failed_at" IS NULL;
 
+-- sinew: the schemas migrated to (the hash of each plan applied).
+CREATE TABLE IF NOT EXISTS "sinew_schema" (
+  "plan" text PRIMARY KEY,
+  "applied_at" timestamptz NOT NULL DEFAULT now()
+);
+
 -- sinew: rate-limit counters, one row per scope and minute.
 CREATE TABLE IF NOT EXISTS "sinew_rate" (
   "scope" text NOT NULL,
@@ -348,6 +371,53 @@ CREATE TABLE IF NOT EXISTS "sinew_rate" (
   PRIMARY KEY ("scope", "window_start")
 );
 "#;
+
+/// What the role the servers connect as (`role`) needs, when another role
+/// owns the tables (`sinew migrate --app-role`): it reads and writes the
+/// entities and sinew's working tables, queues audit entries and moves
+/// them into the chain, and may only read and append the chain and its
+/// checkpoints. Without `UPDATE`, `DELETE` and `TRUNCATE` there, and
+/// without owning the tables (so unable to disable their triggers or
+/// grant itself more), a server cannot change what was audited.
+pub fn grants(spec: &Spec, role: &str) -> String {
+    let role = ident(role);
+    let mut working: Vec<String> = spec
+        .entities
+        .keys()
+        .map(|n| ident(&table_name(n)))
+        .collect();
+    working.extend(
+        [
+            "sinew_idempotency",
+            "sinew_rate",
+            "sinew_schedule",
+            "sinew_outbox",
+        ]
+        .iter()
+        .map(|t| ident(t)),
+    );
+    let mut out = String::new();
+    let _ = writeln!(out, "-- the servers' role: {role}");
+    let _ = writeln!(out, "GRANT USAGE ON SCHEMA public TO {role};");
+    let _ = writeln!(
+        out,
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {role};",
+        working.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "GRANT SELECT, INSERT, DELETE ON \"sinew_audit_queue\" TO {role};"
+    );
+    let _ = writeln!(
+        out,
+        "GRANT SELECT, INSERT ON \"sinew_audit\", \"sinew_audit_checkpoint\", \"sinew_schema\" TO {role};"
+    );
+    let _ = writeln!(
+        out,
+        "REVOKE UPDATE, DELETE, TRUNCATE ON \"sinew_audit\", \"sinew_audit_checkpoint\" FROM {role};"
+    );
+    out
+}
 
 /// The whole schema of a spec for an empty database, as plain SQL.
 pub fn plan(spec: &Spec) -> String {

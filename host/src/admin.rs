@@ -35,6 +35,11 @@ pub struct MigrateArgs {
     /// Where the embedded Postgres lives.
     #[arg(long, env = "SINEW_DATA_DIR", default_value = ".sinew")]
     pub data_dir: PathBuf,
+    /// The role the servers connect as, when it is not the one migrating
+    /// (which owns the tables): grant it what serving needs, and no
+    /// UPDATE, DELETE or TRUNCATE on the audit chain and its checkpoints.
+    #[arg(long, value_name = "ROLE")]
+    pub app_role: Option<String>,
 }
 
 /// Migrates; returns the exit code (0 done, 1 refused).
@@ -64,8 +69,14 @@ pub fn migrate(args: &MigrateArgs) -> Result<u8> {
             Some(db) => Some(db.connect().await?),
             None => None,
         };
-        let m = crate::pg::migrate::plan(client.as_ref(), &loaded.spec, args.allow_destructive)
-            .await?;
+        let mut m =
+            crate::pg::migrate::plan(client.as_ref(), &loaded.spec, args.allow_destructive)
+                .await?;
+        if let Some(role) = &args.app_role {
+            m.sql.push('\n');
+            m.sql
+                .push_str(&sinew_core::migrate::grants(&loaded.spec, role));
+        }
         for note in &m.kept {
             eprintln!("note: {note}");
         }
@@ -109,6 +120,24 @@ enum AuditCommand {
     Verify {
         #[command(flatten)]
         db: DatabaseArgs,
+        /// A checkpoint (`sinew audit checkpoint`, or a server's log line)
+        /// kept away from the database: its signature must hold and the
+        /// chain must still hold the entry it signed (else the chain was
+        /// cut short or rewritten: exit 1). Repeatable.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Vec<PathBuf>,
+        /// The public key (hex) checkpoints must be signed with (absent:
+        /// the one SINEW_AUDIT_SIGNING_KEY gives, else the key each names).
+        #[arg(long, value_name = "HEX")]
+        public_key: Option<String>,
+    },
+    /// Sign the chain's head now with SINEW_AUDIT_SIGNING_KEY, record the
+    /// checkpoint in `sinew_audit_checkpoint` and print it (JSON): keep it
+    /// away from the database (the servers also sign every minute and log
+    /// it).
+    Checkpoint {
+        #[command(flatten)]
+        db: DatabaseArgs,
     },
     /// Chain every queued entry now (what the servers' sequencers do
     /// shortly after each commit): for when no `sinew serve` runs.
@@ -131,21 +160,82 @@ struct DatabaseArgs {
 
 /// Runs an audit command; returns the exit code.
 pub fn audit(args: &AuditArgs) -> Result<u8> {
-    let (AuditCommand::Verify { db } | AuditCommand::Sequence { db }) = &args.command;
+    let (AuditCommand::Verify { db, .. }
+    | AuditCommand::Sequence { db }
+    | AuditCommand::Checkpoint { db }) = &args.command;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
         let database = Database::open(db.database_url.as_deref(), &db.data_dir)?;
         let client = database.connect().await?;
-        use crate::pg::sequencer;
+        use crate::pg::{checkpoint, sequencer};
         match &args.command {
             AuditCommand::Sequence { .. } => {
                 let n = sequencer::catch_up(&client).await?;
                 crate::write_stdout(&format!("chained {n} queued entries\n"))?;
                 Ok(0)
             }
-            AuditCommand::Verify { .. } => {
+            AuditCommand::Checkpoint { .. } => {
+                let Some(key) = std::env::var(checkpoint::KEY_VAR).ok().filter(|k| !k.is_empty())
+                else {
+                    anyhow::bail!(
+                        "{} is not set: it holds the key checkpoints are signed with (32 bytes, hex: `openssl rand -hex 32`)",
+                        checkpoint::KEY_VAR
+                    );
+                };
+                let signer = checkpoint::Signer::from_secret(&key)?;
+                // The head is signed as it stands: chain what is queued first.
+                sequencer::catch_up(&client).await?;
+                let latest = match checkpoint::write(&client, &signer).await? {
+                    Some(v) => v,
+                    None => {
+                        let row = client
+                            .query_opt(
+                                "SELECT checkpoint FROM sinew_audit_checkpoint WHERE key = $1 \
+                                 ORDER BY seq DESC LIMIT 1",
+                                &[&signer.public_hex()],
+                            )
+                            .await?;
+                        match row {
+                            Some(r) => serde_json::from_str(r.get::<_, &str>(0))?,
+                            None => anyhow::bail!("the audit chain is empty: nothing to sign"),
+                        }
+                    }
+                };
+                crate::write_stdout(&format!("{latest}\n"))?;
+                Ok(0)
+            }
+            AuditCommand::Verify {
+                checkpoint: files,
+                public_key,
+                ..
+            } => {
+                let trusted = match public_key {
+                    Some(k) => Some(k.clone()),
+                    None => std::env::var(checkpoint::KEY_VAR)
+                        .ok()
+                        .filter(|k| !k.is_empty())
+                        .map(|k| checkpoint::Signer::from_secret(&k).map(|s| s.public_hex()))
+                        .transpose()?,
+                };
+                let mut checked = Vec::new();
+                for file in files {
+                    let text = std::fs::read_to_string(file)
+                        .with_context(|| format!("reading {}", file.display()))?;
+                    // A file may be the checkpoint, or a server's log line
+                    // carrying it.
+                    let v: serde_json::Value = serde_json::from_str(text.trim())
+                        .with_context(|| format!("{} is not JSON", file.display()))?;
+                    let v = match v.get("checkpoint") {
+                        Some(inner) if inner.is_object() => inner.clone(),
+                        _ => v,
+                    };
+                    checked.push((
+                        file.display().to_string(),
+                        checkpoint::holds(&client, &v, trusted.as_deref()).await?,
+                    ));
+                }
                 let verified = crate::pg::verify_audit(&client).await?;
                 let (queued, oldest) = sequencer::queued(&client).await?;
                 let late = oldest.is_some_and(|age| age > sequencer::LATE);
@@ -153,6 +243,18 @@ pub fn audit(args: &AuditArgs) -> Result<u8> {
                     Ok(n) => format!("audit chain intact: {n} entries\n"),
                     Err(broken) => format!("audit chain broken: {broken}\n"),
                 };
+                let mut cut = false;
+                for (file, held) in &checked {
+                    match held {
+                        Ok(seq) => out.push_str(&format!(
+                            "checkpoint {file}: holds (entry {seq} is the one it signed)\n"
+                        )),
+                        Err(e) => {
+                            cut = true;
+                            out.push_str(&format!("checkpoint {file}: does not hold: {e}\n"));
+                        }
+                    }
+                }
                 if let (true, Some(age)) = (queued > 0, oldest) {
                     out.push_str(&format!(
                         "{queued} entries queued, not chained yet (the oldest for {:.1} s){}\n",
@@ -165,7 +267,7 @@ pub fn audit(args: &AuditArgs) -> Result<u8> {
                     ));
                 }
                 crate::write_stdout(&out)?;
-                Ok(u8::from(verified.is_err() || late))
+                Ok(u8::from(verified.is_err() || late || cut))
             }
         }
     })

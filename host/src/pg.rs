@@ -9,6 +9,7 @@
 //! the chain shortly after, one batch at a time across every instance, so
 //! `seq` has no gaps and each `prev` is the hash of the entry before it.
 
+pub mod checkpoint;
 pub mod embedded;
 pub mod migrate;
 pub mod pool;

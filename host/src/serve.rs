@@ -33,7 +33,7 @@ use crate::pg::embedded::Embedded;
 use crate::runtime::{Backends, Engine, Executor, Snapshot};
 
 /// The system clock, in milliseconds since the epoch.
-fn system_now_ms() -> i64 {
+pub(crate) fn system_now_ms() -> i64 {
     crate::runtime::clock::ClockBackend::now_ms(&crate::runtime::clock::SystemClock)
 }
 
@@ -301,6 +301,15 @@ impl Log {
 
     fn warn(&self, message: &str) {
         self.message(Level::Warn, message);
+    }
+
+    /// A signed checkpoint of the audit chain (info level), as a field of
+    /// its own: `{"message": "audit checkpoint", "checkpoint": {…}}`.
+    fn checkpoint(&self, checkpoint: Value) {
+        let mut m = Map::new();
+        m.insert("message".into(), json!("audit checkpoint"));
+        m.insert("checkpoint".into(), checkpoint);
+        self.line(Level::Info, m);
     }
 
     /// A start-up phase and the time since `started` (debug level).
@@ -1516,6 +1525,12 @@ pub async fn serve(
         &secrets,
     )?);
     let webhooks = crate::webhook::webhooks(&spec, &secrets);
+    // The audit chain's checkpoints are signed with this key, when set.
+    let audit_signer = secrets
+        .get(crate::pg::checkpoint::KEY_VAR)
+        .map(|k| crate::pg::checkpoint::Signer::from_secret(&k))
+        .transpose()
+        .with_context(|| format!("{} is not a signing key", crate::pg::checkpoint::KEY_VAR))?;
     let missing = missing_settings(&spec, &jwt, push_auth.as_ref(), &external, &webhooks);
     if !missing.is_empty() {
         bail!(
@@ -1602,10 +1617,14 @@ pub async fn serve(
     let (stop_sequencer, stopped) = tokio::sync::watch::channel(false);
     let sequencer = tokio::spawn({
         let (storage, stop, log) = (storage.clone(), stopped, log.clone());
+        let signer = audit_signer.clone();
         async move {
             let connect = || async { Ok(storage.connect().await?) };
-            crate::pg::sequencer::run(connect, storage.audit_ready.clone(), stop, |m| {
-                log.error(m);
+            crate::pg::sequencer::run(connect, storage.audit_ready.clone(), stop, signer, |e| {
+                match e {
+                    crate::pg::sequencer::Event::Problem(m) => log.error(&m),
+                    crate::pg::sequencer::Event::Checkpoint(v) => log.checkpoint(v),
+                }
             })
             .await;
         }

@@ -372,4 +372,107 @@ async fn bank_conserves_money_across_two_servers() {
     let (ok, out) = verify_audit(SINEW, &url);
     assert!(ok, "{out}");
     assert_eq!(out, format!("audit chain intact: {} entries\n", finals + 1));
+    checkpoints_catch_a_cut_or_rewritten_chain(&db, &url).await;
+}
+
+/// `sinew audit checkpoint` signs the head; `verify --checkpoint` holds on
+/// the intact chain, and fails on a chain rewritten and hashed again (which
+/// the chain alone cannot tell) and on a chain cut short.
+async fn checkpoints_catch_a_cut_or_rewritten_chain(db: &tokio_postgres::Client, url: &str) {
+    let key = "5e".repeat(32);
+    let sinew = |args: &[&str]| {
+        std::process::Command::new(SINEW)
+            .args(args)
+            .env("DATABASE_URL", url)
+            .env("SINEW_AUDIT_SIGNING_KEY", &key)
+            .output()
+            .unwrap()
+    };
+    let out = sinew(&["audit", "checkpoint"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let checkpoint: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let head: i64 = db
+        .query_one("SELECT max(seq) FROM sinew_audit", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(checkpoint["seq"], head);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("checkpoint.json");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let file = file.to_str().unwrap();
+    let verify = |extra: &[&str]| {
+        let mut args = vec!["audit", "verify", "--checkpoint", file];
+        args.extend_from_slice(extra);
+        let out = sinew(&args);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, out) = verify(&[]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("holds (entry {head} is the one it signed)")),
+        "{out}"
+    );
+    // Another key is not trusted.
+    let (ok, out) = verify(&["--public-key", &"ab".repeat(32)]);
+    assert!(!ok && out.contains("not the trusted"), "{out}");
+
+    // Rewritten: the last three entries changed and chained again, each
+    // hash recomputed; the chain verifies, the checkpoint does not hold.
+    db.batch_execute("ALTER TABLE sinew_audit DISABLE TRIGGER USER")
+        .await
+        .unwrap();
+    let rows = db
+        .query(
+            "SELECT seq, entry, prev FROM sinew_audit WHERE seq > $1::bigint - 3 ORDER BY seq",
+            &[&head],
+        )
+        .await
+        .unwrap();
+    let mut prev: String = rows[0].get(2);
+    for row in &rows {
+        let seq: i64 = row.get(0);
+        let mut entry: Value = serde_json::from_str(row.get::<_, &str>(1)).unwrap();
+        entry["outcome"] = json!("rewritten");
+        let (text, hash) = sinew_core::chain::seal_entry(entry, seq as u64, &prev).unwrap();
+        db.execute(
+            "UPDATE sinew_audit SET entry = $2, prev = $3, hash = $4 WHERE seq = $1",
+            &[&seq, &text, &prev, &hash],
+        )
+        .await
+        .unwrap();
+        prev = hash;
+    }
+    db.batch_execute("ALTER TABLE sinew_audit ENABLE TRIGGER USER")
+        .await
+        .unwrap();
+    let (ok, out) = verify(&[]);
+    assert!(!ok, "{out}");
+    assert!(out.starts_with("audit chain intact"), "{out}");
+    assert!(out.contains("the history up to it was rewritten"), "{out}");
+
+    // Cut short: the tail deleted.
+    db.batch_execute(&format!(
+        "ALTER TABLE sinew_audit DISABLE TRIGGER USER; \
+         DELETE FROM sinew_audit WHERE seq > {head} - 5; \
+         ALTER TABLE sinew_audit ENABLE TRIGGER USER"
+    ))
+    .await
+    .unwrap();
+    let (ok, out) = verify(&[]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "the checkpoint names entry {head}, the chain ends at {}",
+            head - 5
+        )),
+        "{out}"
+    );
 }

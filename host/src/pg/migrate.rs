@@ -225,9 +225,6 @@ pub async fn plan(
 /// The table where applied migrations are recorded: the SHA-256 of the
 /// spec's schema DDL (`sinew_core::migrate::plan`, so a change of the spec
 /// or of sinew's own tables is a new entry).
-const RECORD: &str = "CREATE TABLE IF NOT EXISTS sinew_schema (\
-     plan text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())";
-
 fn plan_key(spec: &Spec) -> String {
     sinew_core::hash::sha256_hex(sinew_core::migrate::plan(spec).as_bytes())
 }
@@ -260,7 +257,7 @@ pub async fn apply(client: &mut tokio_postgres::Client, spec: &Spec, m: &Migrati
         .context("the migration failed; nothing was changed")?;
     if m.complete {
         tx.batch_execute(&format!(
-            "{RECORD}; INSERT INTO sinew_schema (plan) VALUES ('{}') ON CONFLICT DO NOTHING",
+            "INSERT INTO sinew_schema (plan) VALUES ('{}') ON CONFLICT DO NOTHING",
             plan_key(spec)
         ))
         .await

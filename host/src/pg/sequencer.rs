@@ -190,29 +190,43 @@ pub async fn queued(client: &Client) -> Result<(u64, Option<Duration>)> {
     ))
 }
 
+/// What a running sequencer has to say.
+#[derive(Debug)]
+pub enum Event {
+    /// Something went wrong (it goes on).
+    Problem(String),
+    /// It signed the head (see [`super::checkpoint`]).
+    Checkpoint(Value),
+}
+
 /// A server's sequencer: chains entries as they come (`ready` is told when
 /// this instance queued some) and every [`POLL`] (other instances'), until
-/// `stop` turns true; then chains what is left. `connect` opens its own
-/// connection (outside the pool: requests never wait for it); `report`
-/// logs a problem.
+/// `stop` turns true; then chains what is left. With a `signer`, it signs
+/// the head every [`super::checkpoint::EVERY`] when it moved, and when it
+/// stops. `connect` opens its own connection (outside the pool: requests
+/// never wait for it); `tell` logs what it has to say.
 pub async fn run<F, Fut>(
     connect: F,
     ready: Arc<tokio::sync::Notify>,
     mut stop: tokio::sync::watch::Receiver<bool>,
-    report: impl Fn(&str),
+    signer: Option<super::checkpoint::Signer>,
+    tell: impl Fn(Event),
 ) where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<Client>>,
 {
+    let report = |m: String| tell(Event::Problem(m));
     let mut client: Option<Client> = None;
     let mut stopping = false;
+    let mut signed = tokio::time::Instant::now();
+    let mut moved = false;
     loop {
         stopping = stopping || *stop.borrow();
         if client.as_ref().is_none_or(Client::is_closed) {
             match connect().await {
                 Ok(c) => client = Some(c),
                 Err(e) => {
-                    report(&format!("audit sequencer: cannot connect: {e:#}"));
+                    report(format!("audit sequencer: cannot connect: {e:#}"));
                     if stopping {
                         return;
                     }
@@ -226,10 +240,27 @@ pub async fn run<F, Fut>(
         }
         let Some(c) = client.as_ref() else { continue };
         let wait = if stopping { Wait::Yes } else { Wait::No };
-        match batch(c, wait).await {
+        let outcome = batch(c, wait).await;
+        if let Ok(Batch::Chained { n, .. }) = &outcome {
+            moved = moved || *n > 0;
+        }
+        let done = stopping && !matches!(&outcome, Ok(Batch::Chained { n, .. }) if *n > 0);
+        if let Some(signer) = &signer
+            && moved
+            && (done || signed.elapsed() >= super::checkpoint::EVERY)
+        {
+            match super::checkpoint::write(c, signer).await {
+                Ok(Some(v)) => tell(Event::Checkpoint(v)),
+                Ok(None) => {}
+                Err(e) => report(format!("audit checkpoint: {e:#}")),
+            }
+            signed = tokio::time::Instant::now();
+            moved = false;
+        }
+        match outcome {
             Ok(Batch::Chained { n, altered }) => {
                 for id in altered {
-                    report(&format!(
+                    report(format!(
                         "audit sequencer: queued entry {id} does not match its digest: it was changed before it was chained"
                     ));
                 }
@@ -243,7 +274,7 @@ pub async fn run<F, Fut>(
             Ok(Batch::Busy) if stopping => return,
             Ok(Batch::Busy) => {}
             Err(e) => {
-                report(&format!("audit sequencer: {e:#}"));
+                report(format!("audit sequencer: {e:#}"));
                 client = None;
                 if stopping {
                     return;

@@ -105,6 +105,23 @@ CREATE OR REPLACE TRIGGER "sinew_audit_queue_no_truncate"
   BEFORE TRUNCATE ON "sinew_audit_queue"
   FOR EACH STATEMENT EXECUTE FUNCTION "sinew_audit_append_only"();
 
+-- sinew: signed checkpoints of the audit chain's head (Ed25519), append-only:
+-- `sinew audit verify --checkpoint FILE` checks the chain still holds one.
+CREATE TABLE IF NOT EXISTS "sinew_audit_checkpoint" (
+  "seq" bigint NOT NULL,
+  "hash" text NOT NULL,
+  "key" text NOT NULL,
+  "signed_at" timestamptz NOT NULL,
+  "checkpoint" text NOT NULL,
+  PRIMARY KEY ("seq", "key")
+);
+CREATE OR REPLACE TRIGGER "sinew_audit_checkpoint_no_update_delete"
+  BEFORE UPDATE OR DELETE ON "sinew_audit_checkpoint"
+  FOR EACH ROW EXECUTE FUNCTION "sinew_audit_append_only"();
+CREATE OR REPLACE TRIGGER "sinew_audit_checkpoint_no_truncate"
+  BEFORE TRUNCATE ON "sinew_audit_checkpoint"
+  FOR EACH STATEMENT EXECUTE FUNCTION "sinew_audit_append_only"();
+
 -- sinew: idempotency keys (kept 24 hours).
 CREATE TABLE IF NOT EXISTS "sinew_idempotency" (
   "scope" text NOT NULL,
@@ -147,6 +164,12 @@ CREATE TABLE IF NOT EXISTS "sinew_outbox" (
 );
 CREATE INDEX IF NOT EXISTS "sinew_outbox_due_idx" ON "sinew_outbox" ("next_attempt_at")
   WHERE "delivered_at" IS NULL AND "failed_at" IS NULL;
+
+-- sinew: the schemas migrated to (the hash of each plan applied).
+CREATE TABLE IF NOT EXISTS "sinew_schema" (
+  "plan" text PRIMARY KEY,
+  "applied_at" timestamptz NOT NULL DEFAULT now()
+);
 
 -- sinew: rate-limit counters, one row per scope and minute.
 CREATE TABLE IF NOT EXISTS "sinew_rate" (
