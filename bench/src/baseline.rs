@@ -5,7 +5,14 @@
 //! the idempotency claim and its completion, the rate-limit hit, the
 //! locking reads, the version-checked updates under savepoints, the insert,
 //! and the hash-chained audit entry appended under the chain lock with the
-//! commit. So the comparison prices the executor, not the SQL.
+//! commit, as sinew 0.1 did. So the comparison prices the executor, not the
+//! SQL.
+//!
+//! With `--audit plain` it is (C′), what a team writing this by hand ships:
+//! the same work, but the audit entry (the same canonical text sinew
+//! queues) is one plain `INSERT` into a table of its own
+//! ([`PLAIN_AUDIT_TABLE`], created by the harness), pipelined with the
+//! `COMMIT`: no chain, no lock.
 //!
 //! It uses sinew's schema (from `sinew migrate`) so that `sinew audit
 //! verify` can check its audit chain, and `splice_parts` to lay out the
@@ -41,6 +48,26 @@ use sinew_host::pg::sql::{
     APPEND as AUDIT, AUDIT_LOCK, CLAIM, COMPLETE, LOCK_CHAIN, RATE, STATE as STORED,
 };
 
+/// How the server records its audit entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Audit {
+    /// (C): appended to sinew's hash chain (`sinew_audit`) under the
+    /// chain's advisory lock, as sinew 0.1 did on every request.
+    Chain,
+    /// (C′): one plain `INSERT` into [`PLAIN_AUDIT_TABLE`], no lock.
+    Plain,
+}
+
+/// (C′)'s audit table, as a team would write it: a key, the entry's
+/// execution and kind, its text, when it was recorded.
+pub const PLAIN_AUDIT_TABLE: &str = "CREATE TABLE IF NOT EXISTS bench_audit (\
+       id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+       execution text NOT NULL, kind text NOT NULL, entry text NOT NULL, \
+       recorded_at timestamptz NOT NULL DEFAULT now())";
+
+/// (C′)'s audit insert.
+const PLAIN_AUDIT: &str = "INSERT INTO bench_audit (execution, kind, entry) VALUES ($1, $2, $3)";
+
 /// Which backend the server is: the bank's tools or the clinic's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
@@ -58,7 +85,9 @@ struct Stmts {
     stored: Statement,
     complete: Statement,
     rate: Statement,
-    lock_chain: Statement,
+    /// The chain's lock (`Audit::Chain` only).
+    lock_chain: Option<Statement>,
+    /// `APPEND` to the chain, or the plain insert.
     audit: Statement,
     bank: Option<BankStmts>,
     clinic: Option<ClinicStmts>,
@@ -98,7 +127,7 @@ fn ts(col: &str) -> String {
 }
 
 impl Conn {
-    async fn open(config: &tokio_postgres::Config, kind: Kind) -> Result<Conn> {
+    async fn open(config: &tokio_postgres::Config, kind: Kind, audit: Audit) -> Result<Conn> {
         let (client, connection) = config.connect(NoTls).await?;
         tokio::spawn(connection);
         client
@@ -201,8 +230,14 @@ impl Conn {
             stored: p(STORED.into()).await?,
             complete: p(COMPLETE.into()).await?,
             rate: p(RATE.into()).await?,
-            lock_chain: p(LOCK_CHAIN.into()).await?,
-            audit: p(AUDIT.into()).await?,
+            lock_chain: match audit {
+                Audit::Chain => Some(p(LOCK_CHAIN.into()).await?),
+                Audit::Plain => None,
+            },
+            audit: match audit {
+                Audit::Chain => p(AUDIT.into()).await?,
+                Audit::Plain => p(PLAIN_AUDIT.into()).await?,
+            },
             bank,
             clinic,
             sweep,
@@ -215,6 +250,7 @@ impl Conn {
 struct Pool {
     config: tokio_postgres::Config,
     kind: Kind,
+    audit: Audit,
     idle: std::sync::Mutex<Vec<Conn>>,
     permits: Semaphore,
 }
@@ -249,7 +285,7 @@ impl Pool {
         let conn = self.idle.lock().ok().and_then(|mut v| v.pop());
         let conn = match conn {
             Some(c) => c,
-            None => Conn::open(&self.config, self.kind).await?,
+            None => Conn::open(&self.config, self.kind, self.audit).await?,
         };
         Ok(Lease {
             pool: self,
@@ -434,19 +470,31 @@ impl App {
         Ok(claims)
     }
 
+    /// Records the final audit entry and commits, in one round trip: (C)
+    /// appends it to the chain under the chain's lock, (C′) inserts it.
     async fn audit(
         &self,
         conn: &Conn,
         entry: &Value,
         execution: &str,
     ) -> Result<(), tokio_postgres::Error> {
-        let [a, b, c] = sinew_host::pg::splice_parts(entry, None).unwrap_or_default();
         let kind = "final";
+        let Some(lock_chain) = &conn.stmts.lock_chain else {
+            let text = sinew_host::pg::queued_text(entry).unwrap_or_default();
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+                [&execution, &kind, &text];
+            let insert = conn.client.execute(&conn.stmts.audit, &params);
+            let commit = conn.client.batch_execute("COMMIT");
+            let (i, c) = tokio::join!(insert, commit);
+            i?;
+            return c;
+        };
+        let [a, b, c] = sinew_host::pg::splice_parts(entry, None).unwrap_or_default();
         let chain_key = AUDIT_LOCK.to_string();
         let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&chain_key];
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
             [&a, &b, &c, &execution, &kind, &GENESIS];
-        let lock = conn.client.execute(&conn.stmts.lock_chain, &lock_params);
+        let lock = conn.client.execute(lock_chain, &lock_params);
         let insert = conn.client.execute(&conn.stmts.audit, &params);
         let commit = conn.client.batch_execute("COMMIT");
         let (l, i, c) = tokio::join!(lock, insert, commit);
@@ -1085,6 +1133,7 @@ pub fn run(
     secret: &str,
     pool_size: usize,
     kind: Kind,
+    audit: Audit,
 ) -> Result<()> {
     let config: tokio_postgres::Config = database_url.parse().context("DATABASE_URL")?;
     let mut validation = Validation::new(Algorithm::HS256);
@@ -1094,6 +1143,7 @@ pub fn run(
         pool: Pool {
             config,
             kind,
+            audit,
             idle: std::sync::Mutex::new(Vec::new()),
             permits: Semaphore::new(pool_size),
         },

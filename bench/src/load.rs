@@ -149,9 +149,11 @@ fn next_bulk(base: &str) -> &'static str {
     }
 }
 
-/// Runs `workload` against `base` with `clients` connections.
+/// Runs `workload` with `clients` connections, spread over the server
+/// processes at `bases` round-robin (client `i` talks to `bases[i % n]`,
+/// as a connection-level load balancer would place them).
 pub async fn run(
-    base: &str,
+    bases: &[&str],
     workload: Workload,
     clients: usize,
     warmup: Duration,
@@ -167,8 +169,9 @@ pub async fn run(
     let measured_from = start + warmup;
     let end = measured_from + measure;
     let mut tasks = Vec::new();
+    anyhow::ensure!(!bases.is_empty(), "no server to drive");
     for client in 0..clients {
-        let base = base.to_owned();
+        let base = bases[client % bases.len()].to_owned();
         let secret = secret.to_owned();
         tasks.push(tokio::spawn(async move {
             let stream = tokio::net::TcpStream::connect(authority(&base))

@@ -1,7 +1,7 @@
 //! `sinew-bench`: sinew side by side with the code users would otherwise
 //! write, on the same machine, in the same run.
 //!
-//!   cargo run --release -p sinew-bench              # everything (~13 min)
+//!   cargo run --release -p sinew-bench              # everything (~20 min)
 //!   cargo run --release -p sinew-bench -- --quick   # one short round
 //!
 //! It starts a private Postgres, gives each server a database of its own
@@ -13,24 +13,32 @@
 //! - (B) the same with the native core (`--native`), pricing the wasm
 //!   boundary,
 //! - (C) a hand-written hyper + tokio-postgres server (`baseline.rs`) that
-//!   issues the same statements for the same requests.
+//!   issues the same statements for the same requests, appending its audit
+//!   entry to the hash chain under the chain's lock as sinew 0.1 did,
+//! - and, for the bank, (C′): the same server with a plain audit insert (no
+//!   chain, no lock), what a team writing this by hand ships.
 //!
 //! Then, interleaved round by round, it drives each with a closed-loop load
 //! generator (one keep-alive connection per client) at concurrency 1, 16 and
 //! 64, for the bank's `transfer` (write path) and `account_history` (a
 //! bounded read), excluding warm-up, and prints medians over rounds of
-//! throughput, p50 and p99, with the ratios A/C and B/C; then the clinic's
+//! throughput, p50 and p99, with the ratios A/C′, B/C′ and A/C (A/C and
+//! B/C for the rest, which have no C′); then the clinic's
 //! screen reads (`list`, `stats`) and a bulk write (`bench/specs/sweep.json`:
 //! one `transition` of 500 rows per request at one client, against one
 //! hand-written `UPDATE … RETURNING`; alone: `sinew-bench bulk`). It also measures
 //! cold start and the servers' memory, and, without network or database
 //! (`micro.rs`, alone: `sinew-bench micro`), instantiation, the boundary,
 //! native vs component, 1/50/500 tools and the risk engine.
+//!
+//! `sinew-bench scale` (`scale.rs`) measures scale-out instead: (A), (B)
+//! and (C′) with one and with two server processes on one database.
 
 mod baseline;
 mod load;
 mod micro;
 mod outbox;
+mod scale;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -72,9 +80,9 @@ struct Flags {
     /// Warm-up seconds per run, not measured [default: 2; 1 with --quick].
     #[arg(long)]
     warmup: Option<f64>,
-    /// Client counts.
-    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 16, 64])]
-    concurrency: Vec<usize>,
+    /// Client counts [default: 1,16,64; `scale`: 16,64,128].
+    #[arg(long, value_delimiter = ',')]
+    concurrency: Option<Vec<usize>>,
     /// Cold starts to time, with the precompiled component [default: 20;
     /// 5 with --quick].
     #[arg(long)]
@@ -97,24 +105,43 @@ struct Opts {
 }
 
 impl Flags {
-    fn opts(self) -> Opts {
+    /// The figures of a run, with `concurrency` the client counts unless
+    /// the flag names others.
+    fn opts(self, concurrency: &[usize]) -> Opts {
         let q = self.quick;
         Opts {
             rounds: self.rounds.unwrap_or(if q { 1 } else { 3 }),
             seconds: self.seconds.unwrap_or(if q { 2.0 } else { 5.0 }),
             warmup: self.warmup.unwrap_or(if q { 1.0 } else { 2.0 }),
-            concurrency: self.concurrency,
+            concurrency: self.concurrency.unwrap_or_else(|| concurrency.to_vec()),
             cold_runs: self.cold_runs.unwrap_or(if q { 5 } else { 20 }),
             quick: q,
         }
     }
+
+    /// These flags, each given one winning over `other`'s (a
+    /// subcommand's flags over those before it).
+    fn or(self, other: Flags) -> Flags {
+        Flags {
+            rounds: self.rounds.or(other.rounds),
+            seconds: self.seconds.or(other.seconds),
+            warmup: self.warmup.or(other.warmup),
+            concurrency: self.concurrency.or(other.concurrency),
+            cold_runs: self.cold_runs.or(other.cold_runs),
+            quick: self.quick || other.quick,
+        }
+    }
 }
+
+/// The client counts of the main run and of `scale`.
+const CONCURRENCY: [usize; 3] = [1, 16, 64];
+const SCALE_CONCURRENCY: [usize; 3] = [16, 64, 128];
 
 #[derive(Subcommand)]
 enum Cmd {
     /// `sinew serve`, exactly (the host library's code), for (A) and (B).
     Serve(Box<ServeCmd>),
-    /// (C): the hand-written server.
+    /// (C) and (C′): the hand-written server.
     Baseline {
         #[arg(long)]
         port: u16,
@@ -127,6 +154,10 @@ enum Cmd {
         /// Which spec's tools it serves.
         #[arg(long, value_enum, default_value = "bank")]
         kind: baseline::Kind,
+        /// How it records audit entries: `chain` (C, the chain under its
+        /// lock) or `plain` (C′, an INSERT into `bench_audit`).
+        #[arg(long, value_enum, default_value = "chain")]
+        audit: baseline::Audit,
     },
     /// Only the figures without network or database: instantiation, the
     /// boundary, native vs component, 1/50/500 tools, the risk engine.
@@ -141,6 +172,13 @@ enum Cmd {
     /// The outbox: a transfer with and without an `emit`, and the delivery
     /// rate to a loopback service.
     Outbox,
+    /// Scale-out on the bank's `transfer`: (A), (B) and (C′) each with one
+    /// and with two server processes on one database [clients: 16,64,128],
+    /// with the sequencer's lag and waits on advisory locks.
+    Scale {
+        #[command(flatten)]
+        opts: Flags,
+    },
     /// Runs `n` in-memory requests of one tool on one engine, for
     /// instruction counts: `valgrind --tool=callgrind --collect-atstart=no
     /// --toggle-collect='*measured*' sinew-bench count component transfer
@@ -166,6 +204,9 @@ struct ServeCmd {
 const SECRET: &str = "bench-secret";
 /// The three servers of every comparison, in `trio`'s order.
 const SERVERS: [&str; 3] = ["A component", "B native", "C hand-written"];
+/// The bank's fourth: (C′), the hand-written server with a plain audit
+/// insert (no chain, no lock).
+const PLAIN: &str = "C′ hand-written, plain audit";
 const ACCOUNTS: usize = 1000;
 
 fn main() -> Result<()> {
@@ -181,10 +222,11 @@ fn main() -> Result<()> {
             secret,
             pool_size,
             kind,
-        }) => baseline::run(port, &database_url, &secret, pool_size, kind),
+            audit,
+        }) => baseline::run(port, &database_url, &secret, pool_size, kind, audit),
         Some(Cmd::Micro { quick }) => micro::run(quick),
         Some(Cmd::Bulk) => {
-            let opts = cli.opts.opts();
+            let opts = cli.opts.opts(&CONCURRENCY);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -196,16 +238,17 @@ fn main() -> Result<()> {
             rt.block_on(bulk(&pg, &cache, dir.path(), &opts))
         }
         Some(Cmd::Outbox) => {
-            let opts = cli.opts.opts();
+            let opts = cli.opts.opts(&CONCURRENCY);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
             rt.block_on(outbox::run(&opts))
         }
+        Some(Cmd::Scale { opts }) => scale::run(&opts.or(cli.opts).opts(&SCALE_CONCURRENCY)),
         Some(Cmd::Count { engine, tool, n }) => micro::count(engine, &tool, n),
         None => {
-            let opts = cli.opts.opts();
+            let opts = cli.opts.opts(&CONCURRENCY);
             bench(&opts)
         }
     }
@@ -309,19 +352,32 @@ fn trio(spec: &str, urls: &[String; 3], cache: &Path, data: &Path) -> Result<[Se
         )?,
         spawn(
             SERVERS[2],
-            &[
-                "baseline".into(),
-                "--port".into(),
-                free_port()?.to_string(),
-                "--database-url".into(),
-                urls[2].clone(),
-                "--secret".into(),
-                SECRET.into(),
-                "--kind".into(),
-                spec.into(),
-            ],
+            &baseline_args(spec, free_port()?, &urls[2], baseline::Audit::Chain),
         )?,
     ])
+}
+
+/// The arguments of the hand-written server for `spec` on `url`.
+fn baseline_args(spec: &str, port: u16, url: &str, audit: baseline::Audit) -> Vec<String> {
+    let audit = match audit {
+        baseline::Audit::Chain => "chain",
+        baseline::Audit::Plain => "plain",
+    };
+    [
+        "baseline",
+        "--port",
+        &port.to_string(),
+        "--database-url",
+        url,
+        "--secret",
+        SECRET,
+        "--kind",
+        spec,
+        "--audit",
+        audit,
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 fn spawn(name: &'static str, args: &[String]) -> Result<Server> {
@@ -395,6 +451,42 @@ async fn prepare_db(pg: &Cluster, db: &str) -> Result<String> {
         ))
         .await?;
     Ok(url)
+}
+
+/// A bank database for (C′): [`prepare_db`]'s, and its plain audit table.
+async fn prepare_plain_db(pg: &Cluster, db: &str) -> Result<String> {
+    let url = prepare_db(pg, db).await?;
+    sql(&url, baseline::PLAIN_AUDIT_TABLE).await?;
+    Ok(url)
+}
+
+/// The balances of the bank database `url` of (C′): money is conserved,
+/// and it holds an audit entry for every transfer (reads add their own).
+async fn check_plain(name: &str, url: &str) -> Result<()> {
+    let client = connect(url).await?;
+    let row = client
+        .query_one(
+            "SELECT (SELECT sum(balance)::text FROM account), (SELECT count(*) FROM transfer), \
+                    (SELECT count(*) FROM bench_audit)",
+            &[],
+        )
+        .await?;
+    let (total, moved, entries): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    let expected = (ACCOUNTS as u128 * 1_000_000_000_000).to_string();
+    let conserved = total == expected;
+    println!(
+        "{name}: {moved} transfers, balances sum {total} ({}), {entries} plain audit entries (no chain)",
+        if conserved {
+            "conserved"
+        } else {
+            "NOT CONSERVED"
+        },
+    );
+    ensure!(
+        conserved && entries >= moved,
+        "{name} lost money or audit entries"
+    );
+    Ok(())
 }
 
 /// Patients (each its own account) of the clinic's database.
@@ -505,6 +597,7 @@ fn bench(opts: &Opts) -> Result<()> {
             prepare_db(&pg, "bench_b").await?,
             prepare_db(&pg, "bench_c").await?,
         ];
+        let plain_url = prepare_plain_db(&pg, "bench_cp").await?;
         // Compile the component into the cache once (what a deployment does).
         let pre = spawn(
             "precompile",
@@ -516,7 +609,12 @@ fn bench(opts: &Opts) -> Result<()> {
         snapshots_at_least(&cache, 1).await?;
         drop(pre);
 
-        let servers = trio("bank", &urls, &cache, dir.path())?;
+        let [a, b, c] = trio("bank", &urls, &cache, dir.path())?;
+        let plain = spawn(
+            PLAIN,
+            &baseline_args("bank", free_port()?, &plain_url, baseline::Audit::Plain),
+        )?;
+        let servers = [a, b, c, plain];
         for s in &servers {
             wait_ready(&s.base, Duration::from_secs(120)).await?;
         }
@@ -528,13 +626,22 @@ fn bench(opts: &Opts) -> Result<()> {
         let mut peak_rss = vec![0u64; servers.len()];
         let cells = measure(&servers, &workloads, opts, ACCOUNTS, &mut peak_rss).await?;
         drop(servers);
-        print_table(&workloads, &cells, opts);
+        print_table(&BANK, &workloads, &cells, opts);
+        println!();
+        for (ci, c) in opts.concurrency.iter().enumerate() {
+            let t = |si: usize| median(cells[0][ci][si].throughput.clone());
+            let r = t(0) / t(3);
+            println!(
+                "goal A/C′ ≥ 0.85 on transfer at {c} client(s): {r:.2} ({})",
+                if r >= 0.85 { "met" } else { "not met" }
+            );
+        }
         let errors: u64 = cells.iter().flatten().flatten().map(|c| c.errors).sum();
         let total: u64 = cells.iter().flatten().flatten().map(|c| c.total).sum();
         println!("answers that were not 2xx: {errors} of {total}");
         println!();
         let names = SERVERS;
-        for (i, n) in names.iter().enumerate() {
+        for (i, n) in names.iter().chain([&PLAIN]).enumerate() {
             println!(
                 "RSS {n}: idle {} MiB, peak under load {:.1} MiB",
                 idle_rss[i].map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
@@ -574,6 +681,7 @@ fn bench(opts: &Opts) -> Result<()> {
                 bail!("{name} lost money or broke its audit chain");
             }
         }
+        check_plain(PLAIN, &plain_url).await?;
 
         // The clinic: the reads that build screens, a page of 50 rows with a
         // to-one and a to-many include and its count, owned through a
@@ -597,7 +705,7 @@ fn bench(opts: &Opts) -> Result<()> {
             measure(&clinic, &clinic_workloads, opts, PATIENTS, &mut clinic_rss).await?;
         drop(clinic);
         println!();
-        print_table(&clinic_workloads, &clinic_cells, opts);
+        print_table(&TRIO, &clinic_workloads, &clinic_cells, opts);
         let clinic_errors: u64 = clinic_cells
             .iter()
             .flatten()
@@ -676,7 +784,7 @@ async fn bulk(pg: &Cluster, cache: &Path, data: &Path, opts: &Opts) -> Result<()
     .await?;
     drop(sweep);
     println!();
-    print_table(&[Workload::Bulk], &sweep_cells, &one_client);
+    print_table(&TRIO, &[Workload::Bulk], &sweep_cells, &one_client);
     let sweep_errors: u64 = sweep_cells
         .iter()
         .flatten()
@@ -757,45 +865,76 @@ async fn measure(
     accounts: usize,
     peak_rss: &mut [u64],
 ) -> Result<Vec<Vec<Vec<Cell>>>> {
+    let names: Vec<&str> = servers.iter().map(|s| s.name).collect();
+    measure_cells(&names, workloads, opts, async |si, workload, c| {
+        let s = &servers[si];
+        let pid = s.child.id();
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let sampler = tokio::spawn({
+            let peak = peak.clone();
+            async move {
+                loop {
+                    if let Some(r) = rss_kib(pid) {
+                        peak.fetch_max(r, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        });
+        let stats = drive(&[s.base.as_str()], workload, c, opts, accounts).await;
+        sampler.abort();
+        peak_rss[si] = peak_rss[si]
+            .max(peak.load(std::sync::atomic::Ordering::Relaxed))
+            .max(s.rss_kib().unwrap_or(0));
+        stats
+    })
+    .await
+}
+
+/// One run of the load generator with `opts`' warm-up and length, its
+/// clients spread over `bases` round-robin.
+async fn drive(
+    bases: &[&str],
+    workload: Workload,
+    clients: usize,
+    opts: &Opts,
+    accounts: usize,
+) -> Result<Stats> {
+    load::run(
+        bases,
+        workload,
+        clients,
+        Duration::from_secs_f64(opts.warmup),
+        Duration::from_secs_f64(opts.seconds),
+        SECRET,
+        accounts,
+    )
+    .await
+}
+
+/// The loop of [`measure`]: every workload, every concurrency, every one
+/// of the `names` (rotated each round and each concurrency, so that none
+/// always goes first), `one(server, workload, clients)` measuring one
+/// cell; prints each run and returns the cells by workload, concurrency
+/// and server.
+async fn measure_cells(
+    names: &[&str],
+    workloads: &[Workload],
+    opts: &Opts,
+    mut one: impl AsyncFnMut(usize, Workload, usize) -> Result<Stats>,
+) -> Result<Vec<Vec<Vec<Cell>>>> {
     let mut cells: Vec<Vec<Vec<Cell>>> =
-        vec![vec![vec![Cell::default(); servers.len()]; opts.concurrency.len()]; workloads.len()];
+        vec![vec![vec![Cell::default(); names.len()]; opts.concurrency.len()]; workloads.len()];
     for round in 0..opts.rounds {
         for (w, workload) in workloads.iter().enumerate() {
             for (ci, &c) in opts.concurrency.iter().enumerate() {
-                for k in 0..servers.len() {
-                    let si = (k + round + ci) % servers.len();
-                    let s = &servers[si];
-                    let pid = s.child.id();
-                    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-                    let sampler = tokio::spawn({
-                        let peak = peak.clone();
-                        async move {
-                            loop {
-                                if let Some(r) = rss_kib(pid) {
-                                    peak.fetch_max(r, std::sync::atomic::Ordering::Relaxed);
-                                }
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                            }
-                        }
-                    });
-                    let stats: Stats = load::run(
-                        &s.base,
-                        *workload,
-                        c,
-                        Duration::from_secs_f64(opts.warmup),
-                        Duration::from_secs_f64(opts.seconds),
-                        SECRET,
-                        accounts,
-                    )
-                    .await?;
-                    sampler.abort();
-                    peak_rss[si] = peak_rss[si]
-                        .max(peak.load(std::sync::atomic::Ordering::Relaxed))
-                        .max(s.rss_kib().unwrap_or(0));
+                for k in 0..names.len() {
+                    let si = (k + round + ci) % names.len();
+                    let stats = one(si, *workload, c).await?;
                     println!(
                         "round {} {:<16} {:<8} c={:<3} {:>8.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
                         round + 1,
-                        s.name,
+                        names[si],
                         workload.name(),
                         c,
                         stats.throughput,
@@ -816,40 +955,79 @@ async fn measure(
     Ok(cells)
 }
 
-/// The table of medians and ratios (A/C, B/C) of [`measure`]'s cells.
-fn print_table(workloads: &[Workload], cells: &[Vec<Vec<Cell>>], opts: &Opts) {
+/// The columns of a table: the servers' letters, in [`measure`]'s order,
+/// and the throughput ratios it shows (numerator, denominator); the first
+/// ratio's pair also gives the p99 ratio.
+struct Layout {
+    letters: &'static [&'static str],
+    ratios: &'static [(usize, usize)],
+}
+
+/// (A), (B), (C): `trio`'s servers.
+const TRIO: Layout = Layout {
+    letters: &["A", "B", "C"],
+    ratios: &[(0, 2), (1, 2)],
+};
+
+/// The bank: `trio`'s and (C′), compared with (C′) first.
+const BANK: Layout = Layout {
+    letters: &["A", "B", "C", "C′"],
+    ratios: &[(0, 3), (1, 3), (0, 2)],
+};
+
+/// The table of medians and ratios of [`measure`]'s cells.
+fn print_table(layout: &Layout, workloads: &[Workload], cells: &[Vec<Vec<Cell>>], opts: &Opts) {
     println!();
     println!(
         "medians of {} round(s), {:.0} s measured after {:.0} s warm-up; the load generator, the servers and Postgres share this machine",
         opts.rounds, opts.seconds, opts.warmup
     );
-    println!(
-        "| tool | clients | A component req/s | B native req/s | C hand-written req/s | A/C | B/C | p50 A / B / C (ms) | p99 A / B / C (ms) | p99 A/C |"
+    let l = layout.letters;
+    let ratio = |&(a, b): &(usize, usize)| format!("{}/{}", l[a], l[b]);
+    let (p99a, p99b) = layout.ratios[0];
+    let mut header = String::from("| tool | clients |");
+    for x in l {
+        header += &format!(" {x} req/s |");
+    }
+    for r in layout.ratios {
+        header += &format!(" {} |", ratio(r));
+    }
+    header += &format!(
+        " p50 {all} (ms) | p99 {all} (ms) | p99 {} |",
+        ratio(&(p99a, p99b)),
+        all = l.join(" / ")
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("{header}");
+    println!(
+        "|---|---:|{}",
+        "---:|".repeat(l.len() + layout.ratios.len() + 3)
+    );
     for (w, workload) in workloads.iter().enumerate() {
         for (ci, c) in opts.concurrency.iter().enumerate() {
             let m = |si: usize, f: fn(&Cell) -> &Vec<f64>| median(f(&cells[w][ci][si]).clone());
             let t = |si| m(si, |c| &c.throughput);
             let p50 = |si| m(si, |c| &c.p50);
             let p99 = |si| m(si, |c| &c.p99);
-            println!(
-                "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {:.2} |",
-                workload.name(),
-                c,
-                t(0),
-                t(1),
-                t(2),
-                t(0) / t(2),
-                t(1) / t(2),
-                p50(0),
-                p50(1),
-                p50(2),
-                p99(0),
-                p99(1),
-                p99(2),
-                p99(0) / p99(2),
+            let all = |f: &dyn Fn(usize) -> f64| {
+                (0..l.len())
+                    .map(|si| format!("{:.2}", f(si)))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            };
+            let mut row = format!("| {} | {} |", workload.name(), c);
+            for si in 0..l.len() {
+                row += &format!(" {:.0} |", t(si));
+            }
+            for &(a, b) in layout.ratios {
+                row += &format!(" {:.2} |", t(a) / t(b));
+            }
+            row += &format!(
+                " {} | {} | {:.2} |",
+                all(&p50),
+                all(&p99),
+                p99(p99a) / p99(p99b)
             );
+            println!("{row}");
         }
     }
 }
