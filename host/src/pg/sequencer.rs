@@ -173,15 +173,22 @@ pub async fn catch_up(client: &Client) -> Result<u64> {
     }
 }
 
-/// How many entries wait in the queue, and how long the oldest has waited.
+/// How many entries wait in the queue, and how long the oldest has waited
+/// (none on a database of sinew 0.1, which has no queue yet).
 pub async fn queued(client: &Client) -> Result<(u64, Option<Duration>)> {
-    let row = client
+    let row = match client
         .query_one(
             "SELECT count(*), extract(epoch FROM clock_timestamp() - min(queued_at))::float8 \
              FROM sinew_audit_queue",
             &[],
         )
-        .await?;
+        .await
+    {
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            return Ok((0, None));
+        }
+        r => r?,
+    };
     let n: i64 = row.get(0);
     let age: Option<f64> = row.get(1);
     Ok((
