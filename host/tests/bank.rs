@@ -318,6 +318,19 @@ async fn bank_conserves_money_across_two_servers() {
         .unwrap()
         .get(0);
     assert_eq!(finals as u64, n, "audit entries != requests");
+    let size = db
+        .query_one(
+            "SELECT avg(length(entry))::float8, max(length(entry)) FROM sinew_audit \
+             WHERE entry::jsonb->>'tool' = 'transfer' AND (entry::jsonb->>'status')::int = 201",
+            &[],
+        )
+        .await
+        .unwrap();
+    eprintln!(
+        "a committed transfer's audit entry: {:.0} bytes on average, {} at most",
+        size.get::<_, f64>(0),
+        size.get::<_, i32>(1)
+    );
     // The spec's 20 transfers a minute per subject held across the two
     // servers (counted in Postgres): no teller got more through in any
     // minute, and the limit was reached (the 429s are real).
