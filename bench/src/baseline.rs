@@ -480,7 +480,7 @@ impl App {
     ) -> Result<(), tokio_postgres::Error> {
         let kind = "final";
         let Some(lock_chain) = &conn.stmts.lock_chain else {
-            let text = sinew_host::pg::queued_text(entry).unwrap_or_default();
+            let text = sinew_host::pg::queued_text(entry, None).unwrap_or_default();
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
                 [&execution, &kind, &text];
             let insert = conn.client.execute(&conn.stmts.audit, &params);

@@ -460,6 +460,39 @@ async fn prepare_plain_db(pg: &Cluster, db: &str) -> Result<String> {
     Ok(url)
 }
 
+/// A bank database whose server chains its audit log: its money is
+/// conserved, and its chain (once the sequencers caught up) verifies.
+async fn check_chained(name: &str, url: &str) -> Result<()> {
+    let client = connect(url).await?;
+    let row = client
+        .query_one(
+            "SELECT (SELECT sum(balance)::text FROM account), (SELECT count(*) FROM transfer)",
+            &[],
+        )
+        .await?;
+    let (total, moved): (String, i64) = (row.get(0), row.get(1));
+    sinew_host::pg::sequencer::catch_up(&client).await?;
+    let chain = sinew_host::pg::verify_audit(&client).await?;
+    let expected = (ACCOUNTS as u128 * 1_000_000_000_000).to_string();
+    println!(
+        "{name}: {moved} transfers, balances sum {total} ({}), audit chain {}",
+        if total == expected {
+            "conserved"
+        } else {
+            "NOT CONSERVED"
+        },
+        match &chain {
+            Ok(n) => format!("verified ({n} entries)"),
+            Err(e) => format!("BROKEN: {e}"),
+        }
+    );
+    ensure!(
+        total == expected && chain.is_ok(),
+        "{name} lost money or broke its audit chain"
+    );
+    Ok(())
+}
+
 /// The balances of the bank database `url` of (C′): money is conserved,
 /// and it holds an audit entry for every transfer (reads add their own).
 async fn check_plain(name: &str, url: &str) -> Result<()> {
@@ -652,34 +685,7 @@ fn bench(opts: &Opts) -> Result<()> {
         // Every engine did the work it answered for: money is conserved and
         // every audit chain verifies.
         for (name, url) in SERVERS.iter().zip(&urls) {
-            let client = connect(url).await?;
-            let total: String = client
-                .query_one("SELECT sum(balance)::text FROM account", &[])
-                .await?
-                .get(0);
-            let moved: i64 = client
-                .query_one("SELECT count(*) FROM transfer", &[])
-                .await?
-                .get(0);
-            sinew_host::pg::sequencer::catch_up(&client).await?;
-            let chain = sinew_host::pg::verify_audit(&client).await?;
-            let expected = (ACCOUNTS as u128 * 1_000_000_000_000).to_string();
-            println!(
-                "{name}: {moved} transfers, balances sum {} ({}), audit chain {}",
-                total,
-                if total == expected {
-                    "conserved"
-                } else {
-                    "NOT CONSERVED"
-                },
-                match &chain {
-                    Ok(n) => format!("verified ({n} entries)"),
-                    Err(e) => format!("BROKEN: {e}"),
-                }
-            );
-            if total != expected || chain.is_err() {
-                bail!("{name} lost money or broke its audit chain");
-            }
+            check_chained(name, url).await?;
         }
         check_plain(PLAIN, &plain_url).await?;
 

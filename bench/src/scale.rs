@@ -25,9 +25,9 @@ use sinew_tests::pg::Cluster;
 
 use super::load::{Stats, Workload};
 use super::{
-    ACCOUNTS, Opts, PLAIN, Server, baseline, baseline_args, check_plain, connect, drive, free_port,
-    measure_cells, median, prepare_db, prepare_plain_db, serve_args, snapshots_at_least, spawn,
-    wait_ready,
+    ACCOUNTS, Opts, PLAIN, Server, baseline, baseline_args, check_chained, check_plain, connect,
+    drive, free_port, measure_cells, median, prepare_db, prepare_plain_db, serve_args,
+    snapshots_at_least, spawn, wait_ready,
 };
 
 /// The engines: (A), (B), (C′).
@@ -294,35 +294,8 @@ async fn scale(pg: &Cluster, data: &std::path::Path, opts: &Opts) -> Result<()> 
     );
 
     // Every database did the work it answered for.
-    let expected = (ACCOUNTS as u128 * 1_000_000_000_000).to_string();
     for engine in 0..2 {
-        let client = connect(&urls[engine]).await?;
-        let total: String = client
-            .query_one("SELECT sum(balance)::text FROM account", &[])
-            .await?
-            .get(0);
-        let moved: i64 = client
-            .query_one("SELECT count(*) FROM transfer", &[])
-            .await?
-            .get(0);
-        sinew_host::pg::sequencer::catch_up(&client).await?;
-        let chain = sinew_host::pg::verify_audit(&client).await?;
-        println!(
-            "{} (scale): {moved} transfers, balances sum {total} ({}), audit chain {}",
-            ENGINES[engine],
-            if total == expected {
-                "conserved"
-            } else {
-                "NOT CONSERVED"
-            },
-            match &chain {
-                Ok(n) => format!("verified ({n} entries)"),
-                Err(e) => format!("BROKEN: {e}"),
-            }
-        );
-        if total != expected || chain.is_err() {
-            bail!("{} lost money or broke its audit chain", ENGINES[engine]);
-        }
+        check_chained(&format!("{} (scale)", ENGINES[engine]), &urls[engine]).await?;
     }
     check_plain(PLAIN, &urls[2]).await?;
     let errors: u64 = cells.iter().flatten().map(|c| c.errors).sum();

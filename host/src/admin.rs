@@ -158,6 +158,13 @@ struct DatabaseArgs {
     data_dir: PathBuf,
 }
 
+impl DatabaseArgs {
+    /// The database they name (the embedded one started if need be).
+    fn open(&self) -> Result<Database> {
+        Database::open(self.database_url.as_deref(), &self.data_dir)
+    }
+}
+
 /// Runs an audit command; returns the exit code.
 pub fn audit(args: &AuditArgs) -> Result<u8> {
     let (AuditCommand::Verify { db, .. }
@@ -167,7 +174,7 @@ pub fn audit(args: &AuditArgs) -> Result<u8> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let database = Database::open(db.database_url.as_deref(), &db.data_dir)?;
+        let database = db.open()?;
         let client = database.connect().await?;
         use crate::pg::{checkpoint, sequencer};
         match &args.command {
@@ -278,12 +285,8 @@ pub fn audit(args: &AuditArgs) -> Result<u8> {
 /// that failed for good.
 #[derive(clap::Args, Debug)]
 pub struct OutboxArgs {
-    /// The database (absent: the embedded one in --data-dir).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    database_url: Option<String>,
-    /// Where the embedded Postgres lives.
-    #[arg(long, env = "SINEW_DATA_DIR", default_value = ".sinew")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    db: DatabaseArgs,
     /// One JSON object per line instead of text.
     #[arg(long)]
     json: bool,
@@ -295,7 +298,7 @@ pub fn outbox(args: &OutboxArgs) -> Result<u8> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let db = Database::open(args.database_url.as_deref(), &args.data_dir)?;
+        let db = args.db.open()?;
         let client = db.connect().await?;
         let listed = crate::outbox::list(&client).await?;
         let mut out = String::new();

@@ -746,7 +746,7 @@ impl PgBackend {
                 .unwrap_or(default)
                 .to_owned()
         };
-        let queued = queued_text(&self.stamped(entry)).map_err(invalid)?;
+        let queued = queued_text(entry, self.component.as_deref()).map_err(invalid)?;
         let digest = sinew_core::hash::sha256_hex(queued.as_bytes());
         Ok(vec![
             Some(text("execution", "")),
@@ -754,16 +754,6 @@ impl PgBackend {
             Some(queued),
             Some(digest),
         ])
-    }
-
-    /// The entry with the component's hash.
-    fn stamped(&self, entry: &Value) -> Value {
-        let mut entry = entry.clone();
-        if let (Some(c), Value::Object(m)) = (&self.component, &mut entry) {
-            m.entry("component")
-                .or_insert_with(|| Value::from(c.clone()));
-        }
-        entry
     }
 
     /// Queues audit entries, records outbox messages and ends the
@@ -829,14 +819,18 @@ impl PgBackend {
 
 /// The text an entry is queued with: its canonical JSON without `seq`,
 /// `prev` and `hash` (the sequencer adds the first two and computes the
-/// third, [`sinew_core::chain::seal_entry`]).
-pub fn queued_text(entry: &Value) -> Result<String, String> {
+/// third, [`sinew_core::chain::seal_entry`]), with `component` as its
+/// `component` when it has none.
+pub fn queued_text(entry: &Value, component: Option<&str>) -> Result<String, String> {
     let Value::Object(m) = entry else {
         return Err("an audit entry must be a JSON object".into());
     };
     let mut m = m.clone();
     for k in ["seq", "prev", "hash"] {
         m.shift_remove(k);
+    }
+    if let Some(c) = component {
+        m.entry("component").or_insert_with(|| Value::from(c));
     }
     Ok(sinew_core::hash::canonical(&Value::Object(m)))
 }
@@ -2126,6 +2120,31 @@ mod tests {
         // A finished cron claim never expires (`cron::CLAIM_SCOPE_PREFIX`).
         let cron = format!("$1 NOT LIKE '{}%'", sinew_core::cron::CLAIM_SCOPE_PREFIX);
         assert!(sql::CLAIM.contains(&cron), "{}", sql::CLAIM);
+    }
+
+    /// What the sequencer seals from a queued text is what sealing the
+    /// entry itself gives (with the component's hash where it has none).
+    #[test]
+    fn a_queued_entry_seals_as_the_entry() {
+        for entry in [
+            json!({"kind": "final", "execution": "e1", "zeta": [1, {"b": 2, "a": "x"}]}),
+            json!({"prev": "old", "seq": 99, "hash": "h", "component": "mine"}),
+            json!({}),
+        ] {
+            let queued = queued_text(&entry, Some("sha256:c")).unwrap();
+            let from_queue: Value = serde_json::from_str(&queued).unwrap();
+            let mut stamped = entry.clone();
+            stamped
+                .as_object_mut()
+                .unwrap()
+                .entry("component")
+                .or_insert(json!("sha256:c"));
+            assert_eq!(
+                seal_entry(from_queue, 3, "p").unwrap(),
+                seal_entry(stamped, 3, "p").unwrap()
+            );
+        }
+        assert!(queued_text(&json!([1]), None).is_err());
     }
 
     #[test]

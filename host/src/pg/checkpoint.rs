@@ -137,16 +137,9 @@ pub fn check(v: &Value, trusted: Option<&str>) -> Result<(u64, String), String> 
 /// Signs the chain's head now and records it in `sinew_audit_checkpoint`;
 /// `None` when the chain is empty or this key signed that head already.
 pub async fn write(client: &Client, signer: &Signer) -> Result<Option<Value>> {
-    let Some(head) = client
-        .query_opt(
-            "SELECT seq, hash FROM sinew_audit ORDER BY seq DESC LIMIT 1",
-            &[],
-        )
-        .await?
-    else {
+    let Some((seq, hash)) = super::sequencer::head(client).await? else {
         return Ok(None);
     };
-    let (seq, hash): (i64, String) = (head.get(0), head.get(1));
     let time = sinew_core::expr::value::format_timestamp(crate::serve::system_now_ms() * 1000);
     let v = signer.sign(u64::try_from(seq)?, &hash, &time);
     let n = client
@@ -178,16 +171,10 @@ pub async fn holds(
         .query_opt("SELECT hash FROM sinew_audit WHERE seq = $1", &[&at])
         .await?;
     Ok(match found {
-        None => {
-            let last: Option<i64> = client
-                .query_one("SELECT max(seq) FROM sinew_audit", &[])
-                .await?
-                .get(0);
-            Err(format!(
-                "the chain was cut short: the checkpoint names entry {seq}, the chain ends at {}",
-                last.unwrap_or(0)
-            ))
-        }
+        None => Err(format!(
+            "the chain was cut short: the checkpoint names entry {seq}, the chain ends at {}",
+            super::sequencer::head(client).await?.map_or(0, |h| h.0)
+        )),
         Some(r) if r.get::<_, String>(0) != hash => Err(format!(
             "entry {seq} is not the one the checkpoint signed: the history up to it was rewritten"
         )),

@@ -20,7 +20,7 @@ use sinew_core::chain::{GENESIS_HASH, seal_entry};
 use sinew_core::hash::sha256_hex;
 use tokio_postgres::Client;
 
-use super::sql::AUDIT_LOCK;
+use super::sql::{AUDIT_LOCK, LOCK_CHAIN};
 
 /// Entries chained per transaction at most.
 pub const BATCH: i64 = 512;
@@ -86,9 +86,7 @@ async fn chain_batch(client: &Client, wait: Wait) -> Result<Batch> {
     let key = AUDIT_LOCK.to_string();
     match wait {
         Wait::Yes => {
-            client
-                .execute("SELECT pg_advisory_xact_lock($1::text::bigint)", &[&key])
-                .await?;
+            client.execute(LOCK_CHAIN, &[&key]).await?;
         }
         Wait::No => {
             let row = client
@@ -114,16 +112,9 @@ async fn chain_batch(client: &Client, wait: Wait) -> Result<Batch> {
             altered: Vec::new(),
         });
     }
-    let head = client
-        .query_opt(
-            "SELECT seq, hash FROM sinew_audit ORDER BY seq DESC LIMIT 1",
-            &[],
-        )
-        .await?;
-    let (mut seq, mut prev) = match head {
-        Some(r) => (r.get::<_, i64>(0), r.get::<_, String>(1)),
-        None => (0, GENESIS_HASH.to_owned()),
-    };
+    let (mut seq, mut prev) = head(client)
+        .await?
+        .unwrap_or_else(|| (0, GENESIS_HASH.to_owned()));
     let n = queued.len();
     let mut altered = Vec::new();
     let (mut ids, mut seqs, mut texts, mut prevs, mut hashes) = (
@@ -158,6 +149,17 @@ async fn chain_batch(client: &Client, wait: Wait) -> Result<Batch> {
         bail!("moved {moved} of {n} queued audit entries");
     }
     Ok(Batch::Chained { n, altered })
+}
+
+/// The chain's last entry: its `seq` and `hash` (none: the chain is empty).
+pub async fn head(client: &Client) -> Result<Option<(i64, String)>> {
+    let row = client
+        .query_opt(
+            "SELECT seq, hash FROM sinew_audit ORDER BY seq DESC LIMIT 1",
+            &[],
+        )
+        .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
 }
 
 /// Chains every entry queued so far, waiting for the lock: what `sinew
@@ -247,14 +249,17 @@ pub async fn run<F, Fut>(
         }
         let Some(c) = client.as_ref() else { continue };
         let wait = if stopping { Wait::Yes } else { Wait::No };
-        let outcome = batch(c, wait).await;
-        if let Ok(Batch::Chained { n, .. }) = &outcome {
-            moved = moved || *n > 0;
-        }
-        let done = stopping && !matches!(&outcome, Ok(Batch::Chained { n, .. }) if *n > 0);
+        let altered = match batch(c, wait).await {
+            Ok(Batch::Chained { n, altered }) => Ok((n, altered)),
+            Ok(Batch::Busy) => Ok((0, Vec::new())),
+            Err(e) => Err(e),
+        };
+        let n = altered.as_ref().map_or(0, |(n, _)| *n);
+        moved = moved || n > 0;
+        // Stopping, the head is signed once the queue is empty.
         if let Some(signer) = &signer
             && moved
-            && (done || signed.elapsed() >= super::checkpoint::EVERY)
+            && ((stopping && n == 0) || signed.elapsed() >= super::checkpoint::EVERY)
         {
             match super::checkpoint::write(c, signer).await {
                 Ok(Some(v)) => tell(Event::Checkpoint(v)),
@@ -264,22 +269,14 @@ pub async fn run<F, Fut>(
             signed = tokio::time::Instant::now();
             moved = false;
         }
-        match outcome {
-            Ok(Batch::Chained { n, altered }) => {
+        match altered {
+            Ok((_, altered)) => {
                 for id in altered {
                     report(format!(
                         "audit sequencer: queued entry {id} does not match its digest: it was changed before it was chained"
                     ));
                 }
-                if n as i64 == BATCH || (stopping && n > 0) {
-                    continue;
-                }
-                if stopping {
-                    return;
-                }
             }
-            Ok(Batch::Busy) if stopping => return,
-            Ok(Batch::Busy) => {}
             Err(e) => {
                 report(format!("audit sequencer: {e:#}"));
                 client = None;
@@ -289,6 +286,13 @@ pub async fn run<F, Fut>(
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
+        }
+        // A full batch, or entries left while stopping: at once again.
+        if n as i64 == BATCH || (stopping && n > 0) {
+            continue;
+        }
+        if stopping {
+            return;
         }
         tokio::select! {
             () = ready.notified() => {
