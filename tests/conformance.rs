@@ -81,3 +81,45 @@ fn risk_reports_are_byte_identical_on_the_component() {
     }
     assert!(n >= 20);
 }
+
+/// Replay in the component: every final entry of every scenario, recorded
+/// by the component, runs again there on its tape and writes the same entry
+/// byte for byte (what `sinew audit replay` does on a server's log).
+#[test]
+fn every_execution_replays_identically_in_the_component() {
+    use sinew_core::replay::Verdict;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut failures = Vec::new();
+    let mut replayed = 0;
+    for path in corpus() {
+        let sc = Scenario::read(&path).unwrap();
+        let t = trace(&sc, &mut Wasm::new(Wasm::engine())).unwrap();
+        let replaying = rt
+            .block_on(sinew_host::replay::Replaying::new(Wasm::engine(), &sc.spec))
+            .unwrap();
+        for entry in t.audit.iter().filter(|e| e["kind"] == "final") {
+            let r = rt.block_on(replaying.replay(entry));
+            match r.verdict {
+                Verdict::Identical { .. } => replayed += 1,
+                Verdict::Unreproducible { ref unverified, .. }
+                    if unverified == &["input.email"] && r.tool == "hold_room" => {}
+                v => failures.push(format!(
+                    "{} {} ({}): {v:?}",
+                    path.file_name().unwrap().to_string_lossy(),
+                    r.execution,
+                    r.tool
+                )),
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} executions did not replay identically:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(replayed >= 300, "only {replayed} executions replayed");
+}

@@ -49,6 +49,48 @@ fn every_scenario_is_deterministic() {
     }
 }
 
+/// Replay: every final entry of every scenario, run again on its tape,
+/// writes the same entry byte for byte (and the response it answered); an
+/// execution whose sensitive input was recorded by its hash only says so.
+#[test]
+fn every_execution_replays_identically() {
+    use sinew_core::replay::{Verdict, replay_native};
+    let mut failures = Vec::new();
+    let mut replayed = 0;
+    let mut unreproducible = 0;
+    for path in corpus() {
+        let sc = Scenario::read(&path).unwrap();
+        let t = trace(&sc, &mut Native::default()).unwrap();
+        let bundle = sinew_core::bundle::Bundle::load(&sc.spec).unwrap();
+        for entry in t.audit.iter().filter(|e| e["kind"] == "final") {
+            // As a database gives it back: its canonical text, keys sorted.
+            let entry = &serde_json::from_str(&sinew_core::hash::canonical(entry)).unwrap();
+            match replay_native(&bundle, entry, true) {
+                Verdict::Identical { .. } => replayed += 1,
+                Verdict::Unreproducible { unverified, .. }
+                    if unverified == ["input.email"] && entry["tool"] == "hold_room" =>
+                {
+                    unreproducible += 1
+                }
+                v => failures.push(format!(
+                    "{} {} ({}): {v:?}",
+                    path.file_name().unwrap().to_string_lossy(),
+                    entry["execution"],
+                    entry["tool"]
+                )),
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} executions did not replay identically:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(replayed >= 300, "only {replayed} executions replayed");
+    assert!(unreproducible > 0, "no sensitive input met");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 

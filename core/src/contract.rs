@@ -11,6 +11,7 @@ use crate::input;
 use crate::model::{Limit, PolicyAction, PolicyKind};
 use crate::ports::{Claim, Clock, External, Storage};
 use crate::problem::{Code, Problem};
+use crate::tape::{Tape, TapedClock, TapedExternal, TapedStorage};
 use serde_json::{Value, json};
 
 /// The largest input an audit entry copies; a larger one is recorded by its
@@ -40,6 +41,21 @@ pub fn execute(
     clock: &mut dyn Clock,
     external: &mut dyn External,
 ) -> Response {
+    // Every call of an import is recorded: the final entry's `tape`, what a
+    // replay answers from.
+    let tape = std::cell::RefCell::new(Tape::new(request));
+    let storage = &mut TapedStorage {
+        inner: storage,
+        tape: &tape,
+    };
+    let clock = &mut TapedClock {
+        inner: clock,
+        tape: &tape,
+    };
+    let external = &mut TapedExternal {
+        inner: external,
+        tape: &tape,
+    };
     // The request's time (its audit `time`, its rate window): the first
     // reading of the clock, which a host reuses for the entry it writes
     // itself if the executor traps.
@@ -47,7 +63,7 @@ pub fn execute(
     // Whole numbers written as decimals (`5.0`, `1e2`) are integers, as
     // JSON Schema reads them: normalised once, for every step after.
     let request = &*normalized(request);
-    let mut audit = Audit::new(&bundle.hash, request, started);
+    let mut audit = Audit::new(&bundle.hash, request, started, Some(&tape));
     let Some((tool_name, tool, compiled)) = bundle.tool(&request.tool) else {
         let detail = format!("there is no tool `{}`", request.tool);
         return audit.reject(storage, clock, &Problem::new(Code::UnknownTool, detail));
@@ -499,10 +515,16 @@ pub fn failed(
             self.0
         }
     }
-    let mut audit = Audit::new(bundle_hash, request, started_ms);
+    let mut audit = Audit::new(bundle_hash, request, started_ms, None);
     let body = problem.body(&request.id);
     let outcome = if refused { "rejected" } else { "error" };
-    let entry = audit.seal(&mut At(now_ms), outcome, problem.status(), Some(problem));
+    let entry = audit.seal(
+        &mut At(now_ms),
+        outcome,
+        problem.status(),
+        Some(problem),
+        &body,
+    );
     Response {
         status: problem.status(),
         body,
@@ -606,19 +628,27 @@ fn roots(request: &Request, tool: &crate::model::Tool, now_ms: i64) -> [V; 3] {
 }
 
 /// The final audit entry being built.
-struct Audit {
+struct Audit<'t> {
     entry: serde_json::Map<String, serde_json::Value>,
     started: i64,
     policies: Vec<(String, &'static str)>,
     execution: String,
+    /// What the execution's imports answered (none for an entry the host
+    /// writes itself).
+    tape: Option<&'t std::cell::RefCell<Tape>>,
 }
 
 fn cacheable(status: u16) -> bool {
     status < 500 && status != 409 && status != 429
 }
 
-impl Audit {
-    fn new(bundle_hash: &str, request: &Request, started: i64) -> Audit {
+impl<'t> Audit<'t> {
+    fn new(
+        bundle_hash: &str,
+        request: &Request,
+        started: i64,
+        tape: Option<&'t std::cell::RefCell<Tape>>,
+    ) -> Audit<'t> {
         let mut entry = serde_json::Map::new();
         entry.insert("kind".into(), json!("final"));
         entry.insert("execution".into(), json!(request.id));
@@ -660,6 +690,7 @@ impl Audit {
             started,
             policies: Vec::new(),
             execution: request.id.clone(),
+            tape,
         }
     }
 
@@ -695,6 +726,7 @@ impl Audit {
         outcome: &str,
         status: u16,
         problem: Option<&Problem>,
+        body: &serde_json::Value,
     ) -> serde_json::Value {
         self.entry.insert("outcome".into(), json!(outcome));
         self.entry.insert("status".into(), json!(status));
@@ -720,6 +752,10 @@ impl Audit {
             "durationMs".into(),
             json!(clock.now_ms().saturating_sub(self.started).max(0)),
         );
+        if let Some(tape) = self.tape {
+            self.entry
+                .insert("tape".into(), tape.borrow().to_json(body));
+        }
         // (A commit that fails puts the entry back, see `finish`.)
         serde_json::Value::Object(std::mem::take(&mut self.entry))
     }
@@ -727,7 +763,7 @@ impl Audit {
     /// A request turned away before its flow ran.
     fn reject(mut self, storage: &mut dyn Storage, clock: &mut dyn Clock, p: &Problem) -> Response {
         let body = p.body(&self.execution);
-        let entry = self.seal(clock, "rejected", p.status(), Some(p));
+        let entry = self.seal(clock, "rejected", p.status(), Some(p), &body);
         let _ = storage.append_audit(None, &entry);
         Response {
             status: p.status(),
@@ -743,7 +779,7 @@ impl Audit {
         status: u16,
         body: serde_json::Value,
     ) -> Response {
-        let entry = self.seal(clock, "replayed", status, None);
+        let entry = self.seal(clock, "replayed", status, None, &body);
         let _ = storage.append_audit(None, &entry);
         Response {
             status,
@@ -776,7 +812,7 @@ impl Audit {
                 self.messages(run.messages.iter().chain(pending_messages));
                 self.entry.insert("calls".into(), calls_json(&run.calls));
                 self.policies = run.policies.clone();
-                let entry = self.seal(run.clock, "ok", status, None);
+                let entry = self.seal(run.clock, "ok", status, None, &body);
                 let txid = tx.as_ref().map(|t| t.id);
                 let committed = (|| {
                     run.storage.append_audit(txid, &entry)?;
@@ -850,7 +886,7 @@ impl Audit {
         self.entry.insert("calls".into(), calls_json(&run.calls));
         self.policies = run.policies.clone();
         let body = p.body(execution);
-        let entry = self.seal(run.clock, "error", p.status(), Some(&p));
+        let entry = self.seal(run.clock, "error", p.status(), Some(&p), &body);
         let _ = run.storage.append_audit(None, &entry);
         if let Some(k) = key {
             if cacheable(p.status()) {

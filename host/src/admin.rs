@@ -145,6 +145,41 @@ enum AuditCommand {
         #[command(flatten)]
         db: DatabaseArgs,
     },
+    /// Run recorded executions again, in the component, on the answers
+    /// their audit entries recorded (nothing is written, nothing called),
+    /// and report per tool how many replayed identically; then the first
+    /// difference of each that did not. Without --spec each runs on the
+    /// spec that recorded it (from `sinew_bundle`) and must be identical
+    /// byte for byte; with --spec they run on that spec: a shadow test of a
+    /// change, comparing what each would answer, write and call. Exit 1
+    /// when one is different (one whose sensitive input was recorded by
+    /// its hash is `unreproducible`; an entry the host wrote itself, for a
+    /// request refused before the executor ran or stopped at its deadline,
+    /// is `not replayable`: both are reported, neither fails).
+    Replay {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        /// The executions (request ids); none: the latest --limit.
+        ids: Vec<String>,
+        /// Run them on this spec instead of the one that recorded them.
+        #[arg(long, value_name = "SPEC")]
+        spec: Option<PathBuf>,
+        /// Only executions recorded at or after this time (RFC 3339).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Only executions of this tool.
+        #[arg(long, value_name = "TOOL")]
+        tool: Option<String>,
+        /// At most this many executions (the latest).
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+        /// How many differences to print.
+        #[arg(long, default_value_t = 20)]
+        show: usize,
+        /// One JSON object per execution instead of the report.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Where the database is.
@@ -169,6 +204,7 @@ impl DatabaseArgs {
 pub fn audit(args: &AuditArgs) -> Result<u8> {
     let (AuditCommand::Verify { db, .. }
     | AuditCommand::Sequence { db }
+    | AuditCommand::Replay { db, .. }
     | AuditCommand::Checkpoint { db }) = &args.command;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -178,6 +214,31 @@ pub fn audit(args: &AuditArgs) -> Result<u8> {
         let client = database.connect().await?;
         use crate::pg::{checkpoint, sequencer};
         match &args.command {
+            AuditCommand::Replay {
+                ids,
+                spec,
+                since,
+                tool,
+                limit,
+                show,
+                json,
+                ..
+            } => {
+                let selection = crate::replay::Selection {
+                    ids: ids.clone(),
+                    since: since.clone(),
+                    tool: tool.clone(),
+                    limit: (*limit).max(0),
+                };
+                let spec = match spec {
+                    Some(p) => Some(
+                        std::fs::read_to_string(p)
+                            .with_context(|| format!("cannot read the spec `{}`", p.display()))?,
+                    ),
+                    None => None,
+                };
+                replay(&client, &db.data_dir, &selection, spec.as_deref(), *show, *json).await
+            }
             AuditCommand::Sequence { .. } => {
                 let n = sequencer::catch_up(&client).await?;
                 crate::write_stdout(&format!("chained {n} queued entries\n"))?;
@@ -278,6 +339,73 @@ pub fn audit(args: &AuditArgs) -> Result<u8> {
             }
         }
     })
+}
+
+/// `sinew audit replay`: the report on stdout, exit 1 when an execution
+/// replayed differently.
+async fn replay(
+    client: &tokio_postgres::Client,
+    data_dir: &std::path::Path,
+    selection: &crate::replay::Selection,
+    spec: Option<&str>,
+    show: usize,
+    json: bool,
+) -> Result<u8> {
+    use crate::replay::{Replaying, Summary, entries, recorded_spec};
+    let entries = entries(client, selection).await?;
+    let engine = crate::runtime::Engine::new(Some(&data_dir.join("cache")))?;
+    // One component per spec: the one given, or each recording one.
+    let mut specs: std::collections::HashMap<String, Option<Replaying>> = Default::default();
+    let given = match spec {
+        Some(text) => Some(Replaying::new(engine.clone(), text).await?),
+        None => None,
+    };
+    let mut summary = Summary::default();
+    let mut out = String::new();
+    for entry in &entries {
+        let bundle = entry
+            .get("bundle")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let on = match &given {
+            Some(r) => Some(r),
+            None => {
+                if !specs.contains_key(&bundle) {
+                    let loaded = match recorded_spec(client, &bundle).await? {
+                        Some(text) => Some(Replaying::new(engine.clone(), &text).await?),
+                        None => None,
+                    };
+                    specs.insert(bundle.clone(), loaded);
+                }
+                specs.get(&bundle).and_then(Option::as_ref)
+            }
+        };
+        let replayed = match on {
+            Some(r) => r.replay(entry).await,
+            None => crate::replay::Replayed {
+                execution: entry["execution"].as_str().unwrap_or_default().to_owned(),
+                tool: entry["tool"].as_str().unwrap_or_default().to_owned(),
+                verdict: sinew_core::replay::Verdict::NotReplayable {
+                    reason: format!(
+                        "the spec that recorded it ({bundle}) is not in sinew_bundle: pass it with --spec"
+                    ),
+                },
+            },
+        };
+        if json {
+            out.push_str(&crate::replay::json_line(&replayed));
+        }
+        summary.add(replayed);
+    }
+    if !json {
+        if entries.is_empty() {
+            out.push_str("no recorded execution matches\n");
+        }
+        out.push_str(&summary.text(show));
+    }
+    crate::write_stdout(&out)?;
+    Ok(u8::from(!summary.none_different()))
 }
 
 /// List the outbox messages not delivered: pending ones (oldest first: when

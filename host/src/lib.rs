@@ -10,6 +10,7 @@ pub mod openapi;
 pub mod outbox;
 pub mod pg;
 pub mod queue;
+pub mod replay;
 pub mod schedule;
 pub mod secrets;
 pub mod serve;

@@ -1563,6 +1563,23 @@ pub async fn serve(
     if !args.no_migrate {
         start.migrate(&spec, &storage).await?;
     }
+    // The spec served, under the hash its audit entries name: what
+    // `sinew audit replay` runs them on (in the background: not on the
+    // start's path).
+    tokio::spawn({
+        let (storage, text, log) = (storage.clone(), text.clone(), log.clone());
+        async move {
+            let recorded = async {
+                let client = storage.connect().await?;
+                crate::replay::record_bundle(&client, &text).await
+            };
+            if let Err(e) = recorded.await {
+                log.warn(&format!(
+                    "the spec could not be recorded in sinew_bundle (replay needs --spec): {e:#}"
+                ));
+            }
+        }
+    });
     let (engine, snapshot) = engine.await.context("loading the component")??;
     let snapshot = snapshot.unwrap_or_else(|e| {
         log.warn(&format!(

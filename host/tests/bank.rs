@@ -356,6 +356,7 @@ async fn bank_conserves_money_across_two_servers() {
     );
     let (ok, out) = verify_audit(SINEW, &url);
     assert!(ok, "{out}");
+    replay_reproduces_every_execution(&db, &url, finals, data.path()).await;
     drop(a);
     drop(b);
     // With no server left, an entry queued a while ago is reported (exit
@@ -386,6 +387,116 @@ async fn bank_conserves_money_across_two_servers() {
     assert!(ok, "{out}");
     assert_eq!(out, format!("audit chain intact: {} entries\n", finals + 1));
     checkpoints_catch_a_cut_or_rewritten_chain(&db, &url).await;
+}
+
+/// `sinew audit replay` runs every execution of the workload again in the
+/// component, on the answers its entry recorded: each is identical byte for
+/// byte. On a changed spec (a fee on every transfer), exactly the transfers
+/// that moved money answer differently, at the debit's write.
+async fn replay_reproduces_every_execution(
+    db: &tokio_postgres::Client,
+    url: &str,
+    finals: i64,
+    data: &std::path::Path,
+) {
+    let replay = |args: &[&str]| {
+        let started = Instant::now();
+        let out = std::process::Command::new(SINEW)
+            .args(["audit", "replay", "--limit", "10000000"])
+            .args(args)
+            .env("DATABASE_URL", url)
+            .env("SINEW_DATA_DIR", data)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), text, err, started.elapsed())
+    };
+    let (code, text, err, took) = replay(&[]);
+    assert_eq!(code, Some(0), "{text}{err}");
+    // Entries the host wrote itself (a transfer stopped at its deadline)
+    // have no tape: reported, not replayed.
+    let untaped: i64 = db
+        .query_one(
+            "SELECT count(*) FROM sinew_audit WHERE kind = 'final' AND entry::jsonb->'tape' IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (mut identical, mut not_replayable) = (0, 0);
+    for l in text.lines().filter(|l| !l.starts_with("  ")) {
+        let (_, rest) = l.split_once(": ").unwrap();
+        let n: Vec<i64> = rest
+            .split(", ")
+            .map(|part| part.split(' ').next().unwrap().parse().unwrap())
+            .collect();
+        let [all, same, different, unreproducible, not] = n[..] else {
+            panic!("{l}")
+        };
+        assert_eq!((different, unreproducible), (0, 0), "{l}");
+        assert_eq!(all, same + not, "{l}");
+        identical += same;
+        not_replayable += not;
+    }
+    assert_eq!(not_replayable, untaped, "{text}");
+    assert_eq!(identical + not_replayable, finals, "{text}");
+    eprintln!(
+        "replay: {identical} executions identical, {untaped} without a tape, in {:.1} s (the command's whole run)",
+        took.as_secs_f64(),
+    );
+    // A fee of 1 on every transfer: a shadow test of that change.
+    let mut spec: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("specs/examples/bank.json")).unwrap(),
+    )
+    .unwrap();
+    let debit = &mut spec["tools"]["transfer"]["flow"]["nodes"]["write"]["body"]["nodes"]["debit"]
+        ["set"]["balance"];
+    assert_eq!(debit, "row.balance - input.amount_cents");
+    *debit = json!("row.balance - input.amount_cents - 1");
+    let changed = data.join("bank-with-fee.json");
+    std::fs::write(&changed, spec.to_string()).unwrap();
+    let moved: i64 = db
+        .query_one(
+            "SELECT count(*) FROM sinew_audit WHERE kind = 'final' AND entry::jsonb->>'tool' = 'transfer' \
+             AND entry::jsonb->>'outcome' = 'ok' AND (entry::jsonb->>'status')::int = 201",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let transfers: i64 = db
+        .query_one(
+            "SELECT count(*) FROM sinew_audit WHERE kind = 'final' AND entry::jsonb->>'tool' = 'transfer'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let untaped: i64 = db
+        .query_one(
+            "SELECT count(*) FROM sinew_audit WHERE kind = 'final' AND entry::jsonb->>'tool' = 'transfer' \
+             AND entry::jsonb->'tape' IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (code, text, err, _) = replay(&["--spec", changed.to_str().unwrap(), "--tool", "transfer"]);
+    assert_eq!(code, Some(1), "{text}{err}");
+    let first = text.lines().next().unwrap_or_default();
+    assert_eq!(
+        first,
+        format!(
+            "transfer: {transfers} replayed, {} identical, {moved} different, 0 unreproducible, {untaped} not replayable",
+            transfers - moved - untaped
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("`update` with other arguments than recorded"),
+        "{text}"
+    );
 }
 
 /// `sinew audit checkpoint` signs the head; `verify --checkpoint` holds on

@@ -122,14 +122,26 @@ pub trait StorageBackend: Send + Sync + 'static {
     async fn rate_hit(&self, scope: &str, window_ms: i64) -> Result<u64, StorageError>;
 }
 
-/// The in-memory store, shared behind a mutex.
-#[derive(Clone, Default)]
-pub struct MemoryBackend(pub Arc<Mutex<MemoryStorage>>);
+/// The in-memory store (or any storage of the core: a replay's answers),
+/// shared behind a mutex.
+pub struct MemoryBackend<S = MemoryStorage>(pub Arc<Mutex<S>>);
 
-impl MemoryBackend {
+impl<S> Clone for MemoryBackend<S> {
+    fn clone(&self) -> Self {
+        MemoryBackend(self.0.clone())
+    }
+}
+
+impl<S: Default> Default for MemoryBackend<S> {
+    fn default() -> Self {
+        MemoryBackend(Arc::default())
+    }
+}
+
+impl<S: ports::Storage> MemoryBackend<S> {
     fn with<R>(
         &self,
-        f: impl FnOnce(&mut MemoryStorage) -> Result<R, StorageError>,
+        f: impl FnOnce(&mut S) -> Result<R, StorageError>,
     ) -> Result<R, StorageError> {
         match self.0.lock() {
             Ok(mut s) => f(&mut s),
@@ -141,7 +153,7 @@ impl MemoryBackend {
 }
 
 #[async_trait::async_trait]
-impl StorageBackend for MemoryBackend {
+impl<S: ports::Storage + Send + 'static> StorageBackend for MemoryBackend<S> {
     async fn begin(&self, isolation: Isolation, parent: Option<u64>) -> Result<u64, StorageError> {
         self.with(|s| ports::Storage::begin(s, isolation, parent.map(TxId)).map(|t| t.0))
     }

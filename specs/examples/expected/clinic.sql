@@ -198,6 +198,14 @@ CREATE TABLE IF NOT EXISTS "sinew_outbox" (
 CREATE INDEX IF NOT EXISTS "sinew_outbox_due_idx" ON "sinew_outbox" ("next_attempt_at")
   WHERE "delivered_at" IS NULL AND "failed_at" IS NULL;
 
+-- sinew: every spec served, by the hash its audit entries name (`bundle`):
+-- the spec's text as served, what `sinew audit replay` runs them on.
+CREATE TABLE IF NOT EXISTS "sinew_bundle" (
+  "hash" text PRIMARY KEY,
+  "spec" text NOT NULL,
+  "served_at" timestamptz NOT NULL DEFAULT now()
+);
+
 -- sinew: the schemas migrated to (the hash of each plan applied).
 CREATE TABLE IF NOT EXISTS "sinew_schema" (
   "plan" text PRIMARY KEY,

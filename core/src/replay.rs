@@ -1,0 +1,801 @@
+//! Replay: an execution run again on the answers its final audit entry
+//! recorded (its tape, see [`crate::tape`]), and compared with the entry.
+//!
+//! [`Replay::of`] reads an entry into the request it recorded and a
+//! [`Replayer`]: storage, clock and external calls answered from the tape,
+//! in order. The execution runs on it (the component in a host, or the core
+//! natively with [`replay_native`]), and [`Replay::verdict`] compares the
+//! entry it wrote with the recorded one: identical byte for byte, or the
+//! first difference.
+//!
+//! With the spec that recorded it, a replay must be identical: anything
+//! else is a bug of the executor (or an entry changed since). With another
+//! spec it is a shadow test: the verdict says whether the execution would
+//! answer, write and call the same, and where it would first differ.
+
+use std::cell::RefCell;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::bundle::Bundle;
+use crate::model::Isolation;
+use crate::ports::{
+    CallOutcome, CallRequest, CallResult, Claim, Clock, External, Measure, Predicate, Query, Row,
+    Storage, StorageError, TxId,
+};
+use crate::request::{Auth, Request, Response};
+use crate::tape::{digest, expand};
+
+/// The members a storage adds to an entry (the chain's, and the component
+/// that ran it), which a replay does not write.
+const CHAIN_MEMBERS: [&str; 4] = ["seq", "prev", "hash", "component"];
+
+/// The members that say what an execution did (answered, wrote, called):
+/// what a shadow test compares, in the order differences are reported.
+const EFFECTS: [&str; 9] = [
+    "outcome", "status", "code", "detail", "response", "rows", "messages", "calls", "policies",
+];
+
+/// What a replay found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "result")]
+pub enum Verdict {
+    /// The execution ran the same: byte for byte with the recording spec;
+    /// the same answer, writes and calls with another.
+    Identical {
+        /// Recorded by their hash: not checked (sensitive inputs).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        unverified: Vec<String>,
+    },
+    /// It ran differently.
+    Different {
+        /// The first difference.
+        difference: String,
+    },
+    /// It ran differently, and an input it depends on was recorded by its
+    /// hash only: the difference may come from the value replay could not
+    /// reproduce.
+    Unreproducible {
+        /// The inputs recorded by their hash.
+        unverified: Vec<String>,
+        /// The first difference.
+        difference: String,
+    },
+    /// The entry cannot be replayed.
+    NotReplayable {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Verdict {
+    /// The word the CLI prints.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Verdict::Identical { .. } => "identical",
+            Verdict::Different { .. } => "different",
+            Verdict::Unreproducible { .. } => "unreproducible",
+            Verdict::NotReplayable { .. } => "not-replayable",
+        }
+    }
+}
+
+/// An entry ready to be replayed.
+pub struct Replay {
+    /// The request as the executor saw it.
+    pub request: Request,
+    /// The recorded entry, without its chain members.
+    recorded: Map<String, Value>,
+    /// The answers.
+    pub replayer: Replayer,
+    /// Inputs recorded by their hash.
+    unverified: Vec<String>,
+}
+
+impl Replay {
+    /// Reads a final audit entry: the request it recorded and its tape.
+    /// `bundle` is the spec it will run on (which inputs are sensitive).
+    ///
+    /// # Errors
+    /// Why the entry cannot be replayed (no tape: written by the host, or
+    /// by a version before replay; its input or tape too large to record).
+    pub fn of(bundle: &Bundle, entry: &Value) -> Result<Replay, String> {
+        let Value::Object(e) = entry else {
+            return Err("the entry is not a JSON object".into());
+        };
+        if e.get("kind").and_then(Value::as_str) != Some("final") {
+            return Err("not a final entry".into());
+        }
+        let Some(Value::Object(tape)) = e.get("tape") else {
+            return Err(
+                "the entry has no tape (the host wrote it: the request was refused before the executor ran, or the executor failed; or an older version recorded it)"
+                    .into(),
+            );
+        };
+        if let Some(size) = tape.get("omitted") {
+            return Err(format!("its tape was too large to record ({size})"));
+        }
+        let input = e.get("input").cloned().unwrap_or(Value::Null);
+        if let Some(size) = input.get("omitted").filter(|_| e.contains_key("inputHash"))
+            && input.as_object().is_some_and(|m| m.len() == 1)
+        {
+            return Err(format!("its input was too large to record ({size})"));
+        }
+        let text = |k: &str| e.get(k).and_then(Value::as_str).map(str::to_owned);
+        let tool = text("tool").ok_or("the entry names no tool")?;
+        let auth = text("subject").map(|sub| Auth {
+            sub,
+            roles: e
+                .get("roles")
+                .and_then(|r| serde_json::from_value(r.clone()).ok())
+                .unwrap_or_default(),
+            claims: tape.get("claims").cloned().unwrap_or(Value::Null),
+        });
+        let mut unverified = Vec::new();
+        if let (Some((_, t, _)), Value::Object(m)) = (bundle.tool(&tool), &input) {
+            for key in &t.sensitive {
+                if m.contains_key(key) {
+                    unverified.push(format!("input.{key}"));
+                }
+            }
+        }
+        let request = Request {
+            tool,
+            input,
+            auth,
+            id: text("execution").ok_or("the entry names no execution")?,
+            idempotency_key: tape
+                .get("idempotencyKey")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            scheduled: tape
+                .get("scheduled")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        };
+        let steps = match tape.get("steps") {
+            Some(Value::Array(s)) => s.clone(),
+            _ => return Err("its tape has no steps".into()),
+        };
+        let started = text("time")
+            .and_then(|t| crate::expr::value::parse_timestamp(&t))
+            .ok_or("the entry has no time")?
+            .div_euclid(1000);
+        let mut recorded = e.clone();
+        for k in CHAIN_MEMBERS {
+            recorded.remove(k);
+        }
+        Ok(Replay {
+            request,
+            recorded,
+            replayer: Replayer::new(steps, started),
+            unverified,
+        })
+    }
+
+    /// Compares what the replay wrote with the recording. `same_spec`: the
+    /// spec that recorded it (every byte must match), else a shadow test
+    /// (what it answered, wrote and called must match).
+    pub fn verdict(&self, replayed: &Response, replayer: &Replayer, same_spec: bool) -> Verdict {
+        let mut got = match &replayed.audit {
+            Value::Object(m) => m.clone(),
+            _ => Map::new(),
+        };
+        let mut want = self.recorded.clone();
+        // The response's digest is on the tape: compared as an effect.
+        for m in [&mut want, &mut got] {
+            let response = m
+                .get("tape")
+                .and_then(|t| t.get("response"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            m.insert("response".into(), response);
+        }
+        if !self.unverified.is_empty() {
+            for m in [&mut want, &mut got] {
+                m.remove("input");
+                m.remove("inputHash");
+            }
+        }
+        // The first call that did not match comes first: it is where the
+        // runs parted (and after it, answers are no longer the recorded
+        // ones).
+        let difference = replayer
+            .first
+            .clone()
+            .or_else(|| first_difference(&want, &got, same_spec));
+        match difference {
+            None => Verdict::Identical {
+                unverified: self.unverified.clone(),
+            },
+            Some(difference) if self.unverified.is_empty() => Verdict::Different { difference },
+            Some(difference) => Verdict::Unreproducible {
+                unverified: self.unverified.clone(),
+                difference,
+            },
+        }
+    }
+}
+
+/// The first difference between a recorded entry and a replayed one: the
+/// effects first, then (with the same spec) every other member.
+fn first_difference(
+    want: &Map<String, Value>,
+    got: &Map<String, Value>,
+    same_spec: bool,
+) -> Option<String> {
+    for k in EFFECTS {
+        if let Some(d) = diff(k, want.get(k), got.get(k)) {
+            return Some(d);
+        }
+    }
+    if !same_spec {
+        return None;
+    }
+    let keys = want
+        .keys()
+        .chain(got.keys().filter(|k| !want.contains_key(*k)));
+    for k in keys {
+        if let Some(d) = diff(k, want.get(k), got.get(k)) {
+            return Some(d);
+        }
+    }
+    // Byte for byte: the canonical text, which is what the chain hashes
+    // (member order is not kept by every storage).
+    let text = |m: &Map<String, Value>| crate::hash::canonical(&Value::Object(m.clone()));
+    if text(want) != text(got) {
+        return Some("the entry's canonical text differs".into());
+    }
+    None
+}
+
+/// Where two values first differ, as `path: recorded …, replayed …`.
+fn diff(path: &str, want: Option<&Value>, got: Option<&Value>) -> Option<String> {
+    fn short(v: Option<&Value>) -> String {
+        let Some(v) = v else { return "nothing".into() };
+        let t = crate::hash::json_text(v);
+        if t.chars().count() > 80 {
+            format!("{}…", t.chars().take(80).collect::<String>())
+        } else {
+            t
+        }
+    }
+    match (want, got) {
+        (Some(Value::Object(a)), Some(Value::Object(b))) => {
+            for (k, v) in a {
+                if let Some(d) = diff(&format!("{path}.{k}"), Some(v), b.get(k)) {
+                    return Some(d);
+                }
+            }
+            for (k, v) in b {
+                if !a.contains_key(k) {
+                    return diff(&format!("{path}.{k}"), None, Some(v));
+                }
+            }
+            None
+        }
+        (Some(Value::Array(a)), Some(Value::Array(b))) => {
+            for i in 0..a.len().max(b.len()) {
+                if let Some(d) = diff(&format!("{path}[{i}]"), a.get(i), b.get(i)) {
+                    return Some(d);
+                }
+            }
+            None
+        }
+        (a, b) if a == b => None,
+        (a, b) => Some(format!(
+            "{path}: recorded {}, replayed {}",
+            short(a),
+            short(b)
+        )),
+    }
+}
+
+/// The storage, clock and external services of a replay: every call is
+/// answered from the tape, in order.
+///
+/// A call whose arguments differ from the recording's is answered as
+/// recorded (an insert with the row it sends) and noted; a call of another
+/// kind than the recording's next ends the replay's answers (every later
+/// call fails as unavailable). After the tape's last step, only what ends
+/// an execution (appending its entry, completing or releasing its key,
+/// committing, rolling back) succeeds.
+#[derive(Debug, Default)]
+pub struct Replayer {
+    steps: Vec<Value>,
+    at: usize,
+    /// Each step's answer once given (with its operation): what later
+    /// steps' rows refer to.
+    answered: Vec<Option<(String, Value)>>,
+    /// Transactions begun (numbered from 1, as the tape numbers them).
+    began: u64,
+    /// The last clock reading.
+    now: i64,
+    /// The first call that did not match the recording.
+    pub first: Option<String>,
+    /// A call of another kind than recorded came: no more answers.
+    diverged: bool,
+    /// The last call answered had the recorded arguments.
+    matched: bool,
+}
+
+/// What a step answered: nothing, a value, or an error.
+type Answer = Result<Option<Value>, StorageError>;
+
+impl Replayer {
+    /// A replayer of these steps, of an execution that started (read the
+    /// clock first) at `started_ms`.
+    pub fn new(steps: Vec<Value>, started_ms: i64) -> Replayer {
+        Replayer {
+            answered: vec![None; steps.len()],
+            steps,
+            now: started_ms,
+            ..Replayer::default()
+        }
+    }
+
+    fn note(&mut self, what: String) {
+        if self.first.is_none() {
+            self.first = Some(what);
+        }
+    }
+
+    fn unavailable(&self) -> StorageError {
+        StorageError::Unavailable {
+            message: "replay: the recording has no answer for this call".into(),
+        }
+    }
+
+    /// The next step's answer for a call `op` with arguments digested as
+    /// `digest`; `sent` are the rows it sends (for `"="`).
+    fn answer(&mut self, op: &'static str, digest: &str, sent: &[Row]) -> Answer {
+        if self.diverged {
+            return Err(self.unavailable());
+        }
+        let n = self.at + 1;
+        let Some(step) = self.steps.get_mut(self.at).map(std::mem::take) else {
+            if matches!(
+                op,
+                "appendAudit" | "completeKey" | "releaseKey" | "commit" | "rollback"
+            ) {
+                return Ok(None);
+            }
+            self.note(format!(
+                "call {n}: `{op}`, after the last call recorded ({})",
+                self.steps.len()
+            ));
+            self.diverged = true;
+            return Err(self.unavailable());
+        };
+        let Some(list) = step.as_array() else {
+            self.note(format!(
+                "call {n}: `{op}`, where the recording read the clock"
+            ));
+            self.diverged = true;
+            return Err(self.unavailable());
+        };
+        let recorded = list.first().and_then(Value::as_str).unwrap_or_default();
+        if recorded != op {
+            self.note(format!(
+                "call {n}: `{op}`, where the recording has `{recorded}`"
+            ));
+            self.diverged = true;
+            return Err(self.unavailable());
+        }
+        self.matched = list.get(1).and_then(Value::as_str) == Some(digest);
+        if !self.matched {
+            self.note(format!(
+                "call {n}: `{op}` with other arguments than recorded"
+            ));
+        }
+        let at = self.at;
+        self.at += 1;
+        if let Some(e) = list.get(3) {
+            return Err(serde_json::from_value(e.clone()).unwrap_or_else(|_| {
+                StorageError::Unavailable {
+                    message: format!("replay: step {n} holds an error that cannot be read"),
+                }
+            }));
+        }
+        let Some(written) = list.get(2) else {
+            return Ok(None);
+        };
+        match expand(op, written, sent, &self.answered) {
+            Ok(v) => {
+                if let Some(slot) = self.answered.get_mut(at) {
+                    *slot = Some((op.to_string(), v.clone()));
+                }
+                Ok(Some(v))
+            }
+            Err(why) => Err(StorageError::Invalid {
+                message: format!("replay: step {n}: {why}"),
+            }),
+        }
+    }
+
+    fn rows(
+        &mut self,
+        op: &'static str,
+        digest: &str,
+        sent: &[Row],
+    ) -> Result<Vec<Row>, StorageError> {
+        let v = self.answer(op, digest, sent)?;
+        decode(v.unwrap_or(Value::Array(Vec::new())))
+    }
+
+    fn row(&mut self, op: &'static str, digest: &str, sent: &[Row]) -> Result<Row, StorageError> {
+        match self.answer(op, digest, sent)? {
+            Some(Value::Object(r)) => Ok(r),
+            _ => Err(StorageError::Invalid {
+                message: format!("replay: `{op}` was recorded without its row"),
+            }),
+        }
+    }
+
+    fn unit(&mut self, op: &'static str, digest: &str) -> Result<(), StorageError> {
+        self.answer(op, digest, &[]).map(|_| ())
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, StorageError> {
+    serde_json::from_value(v).map_err(|e| StorageError::Invalid {
+        message: format!("replay: a recorded answer cannot be read: {e}"),
+    })
+}
+
+fn local(tx: Option<TxId>) -> u64 {
+    tx.map_or(0, |t| t.0)
+}
+
+impl Storage for Replayer {
+    fn begin(&mut self, isolation: Isolation, parent: Option<TxId>) -> Result<TxId, StorageError> {
+        self.unit("begin", &digest(&(isolation, local(parent))))?;
+        self.began += 1;
+        Ok(TxId(self.began))
+    }
+
+    fn read(
+        &mut self,
+        tx: Option<TxId>,
+        entity: &str,
+        query: &Query,
+    ) -> Result<Vec<Row>, StorageError> {
+        self.rows("read", &digest(&(local(tx), entity, query, false)), &[])
+    }
+
+    fn read_counted(
+        &mut self,
+        tx: Option<TxId>,
+        entity: &str,
+        query: &Query,
+    ) -> Result<(Vec<Row>, u64), StorageError> {
+        let d = digest(&(local(tx), entity, query, true));
+        let mut v = self.answer("read", &d, &[])?.unwrap_or(Value::Null);
+        let total = v.get("total").and_then(Value::as_u64).unwrap_or(0);
+        let rows = v.get_mut("rows").map(Value::take).unwrap_or_default();
+        Ok((decode(rows)?, total))
+    }
+
+    fn aggregate(
+        &mut self,
+        tx: Option<TxId>,
+        entity: &str,
+        filters: &[Predicate],
+        group_by: &[String],
+        measures: &[Measure],
+    ) -> Result<Vec<Row>, StorageError> {
+        let d = digest(&(local(tx), entity, filters, group_by, measures));
+        self.rows("aggregate", &d, &[])
+    }
+
+    fn insert(&mut self, tx: TxId, entity: &str, row: &Row) -> Result<Row, StorageError> {
+        let d = digest(&(tx.0, entity, row));
+        self.row("insert", &d, std::slice::from_ref(row))
+    }
+
+    fn update(
+        &mut self,
+        tx: TxId,
+        entity: &str,
+        id: &str,
+        expected_version: i64,
+        changes: &Row,
+    ) -> Result<Row, StorageError> {
+        let d = digest(&(tx.0, entity, id, expected_version, changes));
+        let mut row = self.row("update", &d, &[])?;
+        // Other changes than recorded (another spec): the row as they
+        // leave it.
+        if !self.matched {
+            for (k, v) in changes {
+                row.insert(k.clone(), v.clone());
+            }
+        }
+        Ok(row)
+    }
+
+    fn update_where(
+        &mut self,
+        tx: TxId,
+        entity: &str,
+        query: &Query,
+        changes: &Row,
+    ) -> Result<Vec<Row>, StorageError> {
+        let d = digest(&(tx.0, entity, query, changes));
+        let mut rows = self.rows("updateWhere", &d, &[])?;
+        for row in rows.iter_mut().filter(|_| !self.matched) {
+            for (k, v) in changes {
+                row.insert(k.clone(), v.clone());
+            }
+        }
+        Ok(rows)
+    }
+
+    fn insert_many(
+        &mut self,
+        tx: TxId,
+        entity: &str,
+        rows: &[Row],
+    ) -> Result<Vec<Row>, StorageError> {
+        let d = digest(&(tx.0, entity, rows));
+        self.rows("insertMany", &d, rows)
+    }
+
+    fn update_many(
+        &mut self,
+        tx: TxId,
+        entity: &str,
+        keys: &[(String, i64)],
+        changes: &[Row],
+    ) -> Result<Vec<Row>, StorageError> {
+        let d = digest(&(tx.0, entity, keys, changes));
+        let mut rows = self.rows("updateMany", &d, &[])?;
+        for (row, c) in rows.iter_mut().zip(changes).filter(|_| !self.matched) {
+            for (k, v) in c {
+                row.insert(k.clone(), v.clone());
+            }
+        }
+        Ok(rows)
+    }
+
+    fn soft_delete(
+        &mut self,
+        tx: TxId,
+        entity: &str,
+        id: &str,
+        expected_version: i64,
+        deleted_at: &str,
+    ) -> Result<Row, StorageError> {
+        let d = digest(&(tx.0, entity, id, expected_version, deleted_at));
+        self.row("softDelete", &d, &[])
+    }
+
+    fn enqueue(&mut self, tx: TxId, message: &Value) -> Result<(), StorageError> {
+        self.unit("enqueue", &digest(&(tx.0, message)))
+    }
+
+    fn commit(&mut self, tx: TxId) -> Result<(), StorageError> {
+        self.unit("commit", &digest(&tx.0))
+    }
+
+    fn rollback(&mut self, tx: TxId) -> Result<(), StorageError> {
+        self.unit("rollback", &digest(&tx.0))
+    }
+
+    fn append_audit(&mut self, tx: Option<TxId>, _entry: &Value) -> Result<(), StorageError> {
+        self.unit("appendAudit", &digest(&local(tx)))
+    }
+
+    fn claim_key(
+        &mut self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+        now_ms: i64,
+    ) -> Result<Claim, StorageError> {
+        let d = digest(&(scope, key, fingerprint, now_ms));
+        decode(self.answer("claimKey", &d, &[])?.unwrap_or(Value::Null))
+    }
+
+    fn complete_key(
+        &mut self,
+        tx: Option<TxId>,
+        scope: &str,
+        key: &str,
+        status: u16,
+        _body: &Value,
+    ) -> Result<(), StorageError> {
+        self.unit("completeKey", &digest(&(local(tx), scope, key, status)))
+    }
+
+    fn release_key(&mut self, scope: &str, key: &str) -> Result<(), StorageError> {
+        self.unit("releaseKey", &digest(&(scope, key)))
+    }
+
+    fn rate_hit(&mut self, scope: &str, window_ms: i64) -> Result<u64, StorageError> {
+        let d = digest(&(scope, window_ms));
+        decode(self.answer("rateHit", &d, &[])?.unwrap_or(Value::Null))
+    }
+}
+
+impl Clock for Replayer {
+    fn now_ms(&mut self) -> i64 {
+        if self.diverged {
+            return self.now;
+        }
+        match self.steps.get(self.at).and_then(Value::as_i64) {
+            Some(since) => {
+                self.at += 1;
+                self.now = self.now.saturating_add(since);
+            }
+            None => {
+                let n = self.at + 1;
+                match self
+                    .steps
+                    .get(self.at)
+                    .and_then(|s| s.get(0))
+                    .and_then(Value::as_str)
+                {
+                    Some(op) => self.note(format!(
+                        "call {n}: the clock, where the recording has `{op}`"
+                    )),
+                    None => self.note(format!(
+                        "call {n}: the clock, after the last call recorded ({})",
+                        self.steps.len()
+                    )),
+                }
+                self.diverged = true;
+            }
+        }
+        self.now
+    }
+}
+
+impl External for Replayer {
+    fn call(&mut self, request: &CallRequest) -> CallResult {
+        let failed = |message: String| CallResult {
+            outcome: CallOutcome::Failed { message },
+            attempts: Vec::new(),
+        };
+        match self.answer("call", &digest(request), &[]) {
+            Ok(Some(v)) => decode(v).unwrap_or_else(|e| failed(e.to_string())),
+            Ok(None) => failed("replay: the call was recorded without its result".into()),
+            Err(e) => failed(e.to_string()),
+        }
+    }
+}
+
+/// One [`Replayer`] as the three ports [`crate::contract::execute`] takes.
+struct Shared<'a>(&'a RefCell<Replayer>);
+
+impl Storage for Shared<'_> {
+    fn begin(&mut self, i: Isolation, p: Option<TxId>) -> Result<TxId, StorageError> {
+        self.0.borrow_mut().begin(i, p)
+    }
+    fn read(&mut self, tx: Option<TxId>, e: &str, q: &Query) -> Result<Vec<Row>, StorageError> {
+        self.0.borrow_mut().read(tx, e, q)
+    }
+    fn read_counted(
+        &mut self,
+        tx: Option<TxId>,
+        e: &str,
+        q: &Query,
+    ) -> Result<(Vec<Row>, u64), StorageError> {
+        self.0.borrow_mut().read_counted(tx, e, q)
+    }
+    fn aggregate(
+        &mut self,
+        tx: Option<TxId>,
+        e: &str,
+        f: &[Predicate],
+        g: &[String],
+        m: &[Measure],
+    ) -> Result<Vec<Row>, StorageError> {
+        self.0.borrow_mut().aggregate(tx, e, f, g, m)
+    }
+    fn insert(&mut self, tx: TxId, e: &str, r: &Row) -> Result<Row, StorageError> {
+        self.0.borrow_mut().insert(tx, e, r)
+    }
+    fn update(
+        &mut self,
+        tx: TxId,
+        e: &str,
+        id: &str,
+        v: i64,
+        c: &Row,
+    ) -> Result<Row, StorageError> {
+        self.0.borrow_mut().update(tx, e, id, v, c)
+    }
+    fn update_where(
+        &mut self,
+        tx: TxId,
+        e: &str,
+        q: &Query,
+        c: &Row,
+    ) -> Result<Vec<Row>, StorageError> {
+        self.0.borrow_mut().update_where(tx, e, q, c)
+    }
+    fn insert_many(&mut self, tx: TxId, e: &str, r: &[Row]) -> Result<Vec<Row>, StorageError> {
+        self.0.borrow_mut().insert_many(tx, e, r)
+    }
+    fn update_many(
+        &mut self,
+        tx: TxId,
+        e: &str,
+        k: &[(String, i64)],
+        c: &[Row],
+    ) -> Result<Vec<Row>, StorageError> {
+        self.0.borrow_mut().update_many(tx, e, k, c)
+    }
+    fn soft_delete(
+        &mut self,
+        tx: TxId,
+        e: &str,
+        id: &str,
+        v: i64,
+        at: &str,
+    ) -> Result<Row, StorageError> {
+        self.0.borrow_mut().soft_delete(tx, e, id, v, at)
+    }
+    fn enqueue(&mut self, tx: TxId, m: &Value) -> Result<(), StorageError> {
+        self.0.borrow_mut().enqueue(tx, m)
+    }
+    fn commit(&mut self, tx: TxId) -> Result<(), StorageError> {
+        self.0.borrow_mut().commit(tx)
+    }
+    fn rollback(&mut self, tx: TxId) -> Result<(), StorageError> {
+        self.0.borrow_mut().rollback(tx)
+    }
+    fn append_audit(&mut self, tx: Option<TxId>, e: &Value) -> Result<(), StorageError> {
+        self.0.borrow_mut().append_audit(tx, e)
+    }
+    fn claim_key(&mut self, s: &str, k: &str, f: &str, now: i64) -> Result<Claim, StorageError> {
+        self.0.borrow_mut().claim_key(s, k, f, now)
+    }
+    fn complete_key(
+        &mut self,
+        tx: Option<TxId>,
+        s: &str,
+        k: &str,
+        status: u16,
+        b: &Value,
+    ) -> Result<(), StorageError> {
+        self.0.borrow_mut().complete_key(tx, s, k, status, b)
+    }
+    fn release_key(&mut self, s: &str, k: &str) -> Result<(), StorageError> {
+        self.0.borrow_mut().release_key(s, k)
+    }
+    fn rate_hit(&mut self, s: &str, w: i64) -> Result<u64, StorageError> {
+        self.0.borrow_mut().rate_hit(s, w)
+    }
+}
+
+impl Clock for Shared<'_> {
+    fn now_ms(&mut self) -> i64 {
+        self.0.borrow_mut().now_ms()
+    }
+}
+
+impl External for Shared<'_> {
+    fn call(&mut self, r: &CallRequest) -> CallResult {
+        self.0.borrow_mut().call(r)
+    }
+}
+
+/// Replays an entry with the core itself (not the component): what tests
+/// and the in-memory engines use. `same_spec`: `bundle` recorded it.
+pub fn replay_native(bundle: &Bundle, entry: &Value, same_spec: bool) -> Verdict {
+    let mut replay = match Replay::of(bundle, entry) {
+        Ok(r) => r,
+        Err(reason) => return Verdict::NotReplayable { reason },
+    };
+    let cell = RefCell::new(std::mem::take(&mut replay.replayer));
+    let response = crate::contract::execute(
+        bundle,
+        &replay.request,
+        &mut Shared(&cell),
+        &mut Shared(&cell),
+        &mut Shared(&cell),
+    );
+    replay.verdict(&response, &cell.borrow(), same_spec)
+}

@@ -1,0 +1,648 @@
+//! The tape: what an execution's final audit entry records so that it can
+//! be replayed (`docs/audit.md`, "Replay").
+//!
+//! The contract runs every request on ports wrapped by the recorders here:
+//! each call of an import (storage, clock, external) is written down in
+//! order, with the operation, a short digest of its arguments and the
+//! answer. A replay (the `replay` module, which builds on this one) runs
+//! the same request on a `Replayer` that answers from the tape, and
+//! compares.
+//!
+//! Recording happens in the core, so every engine (native, the component in
+//! wasmtime, Node, the browser) writes the same tape for the same answers.
+//!
+//! A step of `tape.steps` is one of:
+//!
+//! - a number: a reading of the clock, as the milliseconds since the
+//!   reading before (the first reading is the entry's `time`, so it is 0);
+//! - `[op, digest]`: a storage call that succeeded without an answer
+//!   (`begin`, `commit`, `enqueue`, …);
+//! - `[op, digest, answer]`: a call and its answer;
+//! - `[op, digest, null, error]`: a storage call that failed, with the
+//!   error (`{"kind": "conflict", "message": …}`).
+//!
+//! `digest` is the first 8 hex digits of the SHA-256 of the call's
+//! arguments (transactions numbered 1, 2, … in the order this execution
+//! began them). Rows in answers are written compactly: `"="` is the row
+//! the call sent (an insert answered with what it inserted), `{"#": [s,
+//! i], "col": v, …}` is row `i` of step `s`'s answer with the columns
+//! listed replaced (an update answered with the row read before, a row read
+//! twice), anything else is the row itself.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::expr::Value as V;
+use crate::model::Isolation;
+use crate::ports::{
+    CallRequest, CallResult, Claim, Clock, External, Measure, Predicate, Query, Row, Shape,
+    Storage, StorageError, TxId,
+};
+use crate::request::Request;
+
+/// The largest tape an entry keeps; a larger one is recorded by its size
+/// only (`{"omitted": "N bytes"}`), and the execution cannot be replayed.
+pub const MAX_TAPE: usize = 64 << 10;
+
+/// The operations that answer with rows, and where their rows are: one row
+/// (`insert`, `update`, `softDelete`), a list, or a counted read's
+/// `rows`.
+fn rows_of<'a>(op: &str, answer: &'a Value) -> Vec<&'a Value> {
+    match (op, answer) {
+        ("insert" | "update" | "softDelete", v @ Value::Object(_)) => vec![v],
+        ("read" | "aggregate" | "insertMany" | "updateMany" | "updateWhere", Value::Array(l)) => {
+            l.iter().collect()
+        }
+        ("read", Value::Object(m)) => match m.get("rows") {
+            Some(Value::Array(l)) => l.iter().collect(),
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
+}
+
+/// The short digest of a call's arguments: of their canonical JSON, so that
+/// the order of a row's columns (the order of the spec's fields, which two
+/// texts of one spec may write differently) does not count.
+pub(crate) fn digest(args: &impl Serialize) -> String {
+    let text = serde_json::to_value(args)
+        .map(|v| crate::hash::canonical(&v))
+        .unwrap_or_default();
+    let d = Sha256::digest(text.as_bytes());
+    d.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+/// One recorded call.
+#[derive(Debug, Clone)]
+enum Step {
+    Now(i64),
+    Op {
+        op: &'static str,
+        digest: String,
+        /// Whether row `i` of the answer is row `i` the call sent (an
+        /// insert answered with what it inserted: `"="`).
+        echo: Vec<bool>,
+        answer: Result<Option<Value>, StorageError>,
+    },
+}
+
+/// An execution's tape, while it is recorded.
+#[derive(Debug, Default)]
+pub(crate) struct Tape {
+    steps: Vec<Step>,
+    /// The transactions begun, in order: the local number of `txs[i]` is
+    /// `i + 1`.
+    txs: Vec<TxId>,
+    /// What the entry does not hold of the request: the token's claims,
+    /// the `Idempotency-Key` header, the scheduled time as sent.
+    request: Map<String, Value>,
+}
+
+impl Tape {
+    pub(crate) fn new(request: &Request) -> Tape {
+        let mut r = Map::new();
+        if let Some(a) = &request.auth
+            && !a.claims.is_null()
+        {
+            r.insert("claims".into(), a.claims.clone());
+        }
+        if let Some(k) = &request.idempotency_key {
+            r.insert("idempotencyKey".into(), json!(k));
+        }
+        if let Some(s) = &request.scheduled {
+            r.insert("scheduled".into(), json!(s));
+        }
+        Tape {
+            steps: Vec::new(),
+            txs: Vec::new(),
+            request: r,
+        }
+    }
+
+    /// The local number of a transaction (0 for one not begun here).
+    fn local(&self, tx: TxId) -> u64 {
+        self.txs
+            .iter()
+            .position(|t| *t == tx)
+            .map_or(0, |i| i as u64 + 1)
+    }
+
+    fn local_opt(&self, tx: Option<TxId>) -> u64 {
+        tx.map_or(0, |t| self.local(t))
+    }
+
+    fn push(
+        &mut self,
+        op: &'static str,
+        digest: String,
+        answer: Result<Option<Value>, StorageError>,
+    ) {
+        self.steps.push(Step::Op {
+            op,
+            digest,
+            echo: Vec::new(),
+            answer,
+        });
+    }
+
+    /// Notes which rows of the last call's answer are the rows it sent
+    /// (for `"="`).
+    fn sent(&mut self, rows: &[Row]) {
+        if let Some(Step::Op {
+            echo,
+            answer: Ok(Some(a)),
+            op,
+            ..
+        }) = self.steps.last_mut()
+        {
+            *echo = rows_of(op, a)
+                .iter()
+                .zip(rows)
+                .map(|(got, sent)| got.as_object().is_some_and(|g| same_in_order(g, sent)))
+                .collect();
+        }
+    }
+
+    /// The tape as the entry's `tape`, with the digest of the response
+    /// `body`: rows written compactly; too large a tape by its size.
+    pub(crate) fn to_json(&self, body: &Value) -> Value {
+        let response = digest(&crate::hash::canonical(body));
+        let mut steps = Vec::with_capacity(self.steps.len());
+        // The latest row seen with each id: (step, index in its rows).
+        let mut seen: HashMap<&str, (usize, usize)> = HashMap::new();
+        // Clock readings as the time since the one before (the first is the
+        // entry's `time`).
+        let mut last = self.steps.iter().find_map(|s| match s {
+            Step::Now(ms) => Some(*ms),
+            Step::Op { .. } => None,
+        });
+        for (s, step) in self.steps.iter().enumerate() {
+            match step {
+                Step::Now(ms) => {
+                    steps.push(json!(ms.saturating_sub(last.unwrap_or(*ms))));
+                    last = Some(*ms);
+                }
+                Step::Op {
+                    op,
+                    digest,
+                    echo,
+                    answer,
+                } => match answer {
+                    Ok(None) => steps.push(json!([op, digest])),
+                    Ok(Some(a)) => {
+                        let written = compact(op, a, echo, &self.steps, &seen);
+                        for (i, row) in rows_of(op, a).into_iter().enumerate() {
+                            if let Some(id) = row.get("id").and_then(Value::as_str) {
+                                seen.insert(id, (s, i));
+                            }
+                        }
+                        steps.push(json!([op, digest, written]));
+                    }
+                    Err(e) => steps.push(json!([op, digest, null, e])),
+                },
+            }
+        }
+        let mut tape = self.request.clone();
+        tape.insert("steps".into(), Value::Array(steps));
+        tape.insert("response".into(), json!(response));
+        let tape = Value::Object(tape);
+        let size = serde_json::to_vec(&tape).map_or(0, |v| v.len());
+        if size > MAX_TAPE {
+            return json!({"omitted": format!("{size} bytes"), "response": response});
+        }
+        tape
+    }
+}
+
+/// An answer with its rows written compactly.
+fn compact(
+    op: &str,
+    answer: &Value,
+    echo: &[bool],
+    steps: &[Step],
+    seen: &HashMap<&str, (usize, usize)>,
+) -> Value {
+    let one = |i: usize, row: &Value| -> Value {
+        let Value::Object(r) = row else {
+            return row.clone();
+        };
+        if echo.get(i) == Some(&true) {
+            return json!("=");
+        }
+        let base = r
+            .get("id")
+            .and_then(Value::as_str)
+            .and_then(|id| seen.get(id))
+            .and_then(|&(s, j)| match steps.get(s) {
+                Some(Step::Op {
+                    op,
+                    answer: Ok(Some(a)),
+                    ..
+                }) => rows_of(op, a).get(j).map(|b| (s, j, *b)),
+                _ => None,
+            });
+        if let Some((s, j, Value::Object(b))) = base
+            && b.len() == r.len()
+            && b.keys().zip(r.keys()).all(|(x, y)| x == y)
+        {
+            let mut out = Map::new();
+            out.insert("#".into(), json!([s, j]));
+            for (k, v) in r {
+                if b.get(k) != Some(v) {
+                    out.insert(k.clone(), v.clone());
+                }
+            }
+            return Value::Object(out);
+        }
+        row.clone()
+    };
+    match (op, answer) {
+        ("insert" | "update" | "softDelete", v @ Value::Object(_)) => one(0, v),
+        ("read" | "aggregate" | "insertMany" | "updateMany" | "updateWhere", Value::Array(l)) => {
+            Value::Array(l.iter().enumerate().map(|(i, r)| one(i, r)).collect())
+        }
+        ("read", Value::Object(m)) => {
+            let mut m = m.clone();
+            if let Some(Value::Array(l)) = m.get("rows") {
+                let rows = l.iter().enumerate().map(|(i, r)| one(i, r)).collect();
+                m.insert("rows".into(), Value::Array(rows));
+            }
+            Value::Object(m)
+        }
+        _ => answer.clone(),
+    }
+}
+
+/// The same members in the same order.
+fn same_in_order(a: &Row, b: &Row) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
+/// An answer written back from the compact form. `sent` are the rows the
+/// call sends now; `earlier[s]` is the answer of step `s` (with its
+/// operation), for the steps answered so far.
+pub(crate) fn expand(
+    op: &str,
+    written: &Value,
+    sent: &[Row],
+    earlier: &[Option<(String, Value)>],
+) -> Result<Value, String> {
+    let one = |i: usize, row: &Value| -> Result<Value, String> {
+        match row {
+            Value::String(s) if s == "=" => sent
+                .get(i)
+                .map(|r| Value::Object(r.clone()))
+                .ok_or_else(|| format!("`=` names row {i} sent, which this call did not send")),
+            Value::Object(m) if m.contains_key("#") => {
+                let (s, j) = match m.get("#").and_then(Value::as_array).map(Vec::as_slice) {
+                    Some([s, j]) => (
+                        usize::try_from(s.as_u64().unwrap_or(u64::MAX)).unwrap_or(usize::MAX),
+                        usize::try_from(j.as_u64().unwrap_or(u64::MAX)).unwrap_or(usize::MAX),
+                    ),
+                    _ => return Err("`#` must be [step, row]".into()),
+                };
+                let base = earlier
+                    .get(s)
+                    .and_then(Option::as_ref)
+                    .and_then(|(op, a)| rows_of(op, a).get(j).map(|r| (*r).clone()));
+                let Some(Value::Object(mut b)) = base else {
+                    return Err(format!("`#` names row {j} of step {s}, which has none"));
+                };
+                for (k, v) in m {
+                    if k != "#" {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+                Ok(Value::Object(b))
+            }
+            other => Ok(other.clone()),
+        }
+    };
+    Ok(match (op, written) {
+        ("insert" | "update" | "softDelete", v) => one(0, v)?,
+        ("read" | "aggregate" | "insertMany" | "updateMany" | "updateWhere", Value::Array(l)) => {
+            Value::Array(
+                l.iter()
+                    .enumerate()
+                    .map(|(i, r)| one(i, r))
+                    .collect::<Result<_, _>>()?,
+            )
+        }
+        ("read", Value::Object(m)) => {
+            let mut m = m.clone();
+            if let Some(Value::Array(l)) = m.get("rows") {
+                let rows = l
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| one(i, r))
+                    .collect::<Result<_, _>>()?;
+                m.insert("rows".into(), Value::Array(rows));
+            }
+            Value::Object(m)
+        }
+        _ => written.clone(),
+    })
+}
+
+/// Rows as JSON, for the tape.
+fn rows_json(rows: &[Row]) -> Value {
+    Value::Array(rows.iter().map(|r| Value::Object(r.clone())).collect())
+}
+
+/// Interpreter values as JSON rows, for the tape (timestamps as RFC 3339
+/// text: read back through the same shape, they are the same values).
+fn values_json(values: &[V]) -> Value {
+    Value::Array(
+        values
+            .iter()
+            .map(|v| v.to_json().unwrap_or(Value::Null))
+            .collect(),
+    )
+}
+
+/// The storage, recorded.
+pub(crate) struct TapedStorage<'a> {
+    pub(crate) inner: &'a mut dyn Storage,
+    pub(crate) tape: &'a RefCell<Tape>,
+}
+
+impl TapedStorage<'_> {
+    fn local(&self, tx: TxId) -> u64 {
+        self.tape.borrow().local(tx)
+    }
+
+    fn local_opt(&self, tx: Option<TxId>) -> u64 {
+        self.tape.borrow().local_opt(tx)
+    }
+
+    /// Records a call whose answer is written by `answer`.
+    fn record<T>(
+        &self,
+        op: &'static str,
+        digest: String,
+        result: Result<T, StorageError>,
+        answer: impl FnOnce(&T) -> Option<Value>,
+    ) -> Result<T, StorageError> {
+        let written = match &result {
+            Ok(t) => Ok(answer(t)),
+            Err(e) => Err(e.clone()),
+        };
+        self.tape.borrow_mut().push(op, digest, written);
+        result
+    }
+}
+
+impl Storage for TapedStorage<'_> {
+    fn begin(&mut self, isolation: Isolation, parent: Option<TxId>) -> Result<TxId, StorageError> {
+        let d = digest(&(isolation, self.local_opt(parent)));
+        let r = self.inner.begin(isolation, parent);
+        if let Ok(t) = &r {
+            self.tape.borrow_mut().txs.push(*t);
+        }
+        self.record("begin", d, r, |_| None)
+    }
+
+    fn read(
+        &mut self,
+        tx: Option<TxId>,
+        entity: &str,
+        query: &Query,
+    ) -> Result<Vec<Row>, StorageError> {
+        let d = digest(&(self.local_opt(tx), entity, query, false));
+        let r = self.inner.read(tx, entity, query);
+        self.record("read", d, r, |rows| Some(rows_json(rows)))
+    }
+
+    fn read_counted(
+        &mut self,
+        tx: Option<TxId>,
+        entity: &str,
+        query: &Query,
+    ) -> Result<(Vec<Row>, u64), StorageError> {
+        let d = digest(&(self.local_opt(tx), entity, query, true));
+        let r = self.inner.read_counted(tx, entity, query);
+        self.record("read", d, r, |(rows, total)| {
+            Some(json!({"rows": rows_json(rows), "total": total}))
+        })
+    }
+
+    fn read_values(
+        &mut self,
+        tx: Option<TxId>,
+        entity: &str,
+        query: &Query,
+        count: bool,
+        shape: &dyn Shape,
+    ) -> Result<(Vec<V>, Option<u64>), StorageError> {
+        let d = digest(&(self.local_opt(tx), entity, query, count));
+        let r = self.inner.read_values(tx, entity, query, count, shape);
+        self.record("read", d, r, |(rows, total)| {
+            Some(match total {
+                Some(n) => json!({"rows": values_json(rows), "total": n}),
+                None => values_json(rows),
+            })
+        })
+    }
+
+    fn aggregate(
+        &mut self,
+        tx: Option<TxId>,
+        entity: &str,
+        filters: &[Predicate],
+        group_by: &[String],
+        measures: &[Measure],
+    ) -> Result<Vec<Row>, StorageError> {
+        let d = digest(&(self.local_opt(tx), entity, filters, group_by, measures));
+        let r = self
+            .inner
+            .aggregate(tx, entity, filters, group_by, measures);
+        self.record("aggregate", d, r, |rows| Some(rows_json(rows)))
+    }
+
+    fn insert(&mut self, tx: TxId, entity: &str, row: &Row) -> Result<Row, StorageError> {
+        let d = digest(&(self.local(tx), entity, row));
+        let r = self.inner.insert(tx, entity, row);
+        let r = self.record("insert", d, r, |row| Some(Value::Object(row.clone())));
+        self.tape.borrow_mut().sent(std::slice::from_ref(row));
+        r
+    }
+
+    fn update(
+        &mut self,
+        tx: TxId,
+        entity: &str,
+        id: &str,
+        expected_version: i64,
+        changes: &Row,
+    ) -> Result<Row, StorageError> {
+        let d = digest(&(self.local(tx), entity, id, expected_version, changes));
+        let r = self.inner.update(tx, entity, id, expected_version, changes);
+        self.record("update", d, r, |row| Some(Value::Object(row.clone())))
+    }
+
+    fn update_where(
+        &mut self,
+        tx: TxId,
+        entity: &str,
+        query: &Query,
+        changes: &Row,
+    ) -> Result<Vec<Row>, StorageError> {
+        let d = digest(&(self.local(tx), entity, query, changes));
+        let r = self.inner.update_where(tx, entity, query, changes);
+        self.record("updateWhere", d, r, |rows| Some(rows_json(rows)))
+    }
+
+    fn update_where_values(
+        &mut self,
+        tx: TxId,
+        entity: &str,
+        query: &Query,
+        changes: &Row,
+        shape: &dyn Shape,
+    ) -> Result<Vec<V>, StorageError> {
+        let d = digest(&(self.local(tx), entity, query, changes));
+        let r = self
+            .inner
+            .update_where_values(tx, entity, query, changes, shape);
+        self.record("updateWhere", d, r, |rows| Some(values_json(rows)))
+    }
+
+    fn insert_many(
+        &mut self,
+        tx: TxId,
+        entity: &str,
+        rows: &[Row],
+    ) -> Result<Vec<Row>, StorageError> {
+        let d = digest(&(self.local(tx), entity, rows));
+        let r = self.inner.insert_many(tx, entity, rows);
+        let r = self.record("insertMany", d, r, |rows| Some(rows_json(rows)));
+        self.tape.borrow_mut().sent(rows);
+        r
+    }
+
+    fn update_many(
+        &mut self,
+        tx: TxId,
+        entity: &str,
+        keys: &[(String, i64)],
+        changes: &[Row],
+    ) -> Result<Vec<Row>, StorageError> {
+        let d = digest(&(self.local(tx), entity, keys, changes));
+        let r = self.inner.update_many(tx, entity, keys, changes);
+        self.record("updateMany", d, r, |rows| Some(rows_json(rows)))
+    }
+
+    fn soft_delete(
+        &mut self,
+        tx: TxId,
+        entity: &str,
+        id: &str,
+        expected_version: i64,
+        deleted_at: &str,
+    ) -> Result<Row, StorageError> {
+        let d = digest(&(self.local(tx), entity, id, expected_version, deleted_at));
+        let r = self
+            .inner
+            .soft_delete(tx, entity, id, expected_version, deleted_at);
+        self.record("softDelete", d, r, |row| Some(Value::Object(row.clone())))
+    }
+
+    fn enqueue(&mut self, tx: TxId, message: &Value) -> Result<(), StorageError> {
+        let d = digest(&(self.local(tx), message));
+        let r = self.inner.enqueue(tx, message);
+        self.record("enqueue", d, r, |_| None)
+    }
+
+    fn commit(&mut self, tx: TxId) -> Result<(), StorageError> {
+        let d = digest(&self.local(tx));
+        let r = self.inner.commit(tx);
+        self.record("commit", d, r, |_| None)
+    }
+
+    fn rollback(&mut self, tx: TxId) -> Result<(), StorageError> {
+        let d = digest(&self.local(tx));
+        let r = self.inner.rollback(tx);
+        self.record("rollback", d, r, |_| None)
+    }
+
+    /// Recorded by the transaction only: the entry itself is what a replay
+    /// compares.
+    fn append_audit(&mut self, tx: Option<TxId>, entry: &Value) -> Result<(), StorageError> {
+        let d = digest(&self.local_opt(tx));
+        let r = self.inner.append_audit(tx, entry);
+        self.record("appendAudit", d, r, |_| None)
+    }
+
+    fn claim_key(
+        &mut self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+        now_ms: i64,
+    ) -> Result<Claim, StorageError> {
+        let d = digest(&(scope, key, fingerprint, now_ms));
+        let r = self.inner.claim_key(scope, key, fingerprint, now_ms);
+        self.record("claimKey", d, r, |c| serde_json::to_value(c).ok())
+    }
+
+    /// Recorded without the body: the response's digest is on the tape.
+    fn complete_key(
+        &mut self,
+        tx: Option<TxId>,
+        scope: &str,
+        key: &str,
+        status: u16,
+        body: &Value,
+    ) -> Result<(), StorageError> {
+        let d = digest(&(self.local_opt(tx), scope, key, status));
+        let r = self.inner.complete_key(tx, scope, key, status, body);
+        self.record("completeKey", d, r, |_| None)
+    }
+
+    fn release_key(&mut self, scope: &str, key: &str) -> Result<(), StorageError> {
+        let d = digest(&(scope, key));
+        let r = self.inner.release_key(scope, key);
+        self.record("releaseKey", d, r, |_| None)
+    }
+
+    fn rate_hit(&mut self, scope: &str, window_ms: i64) -> Result<u64, StorageError> {
+        let d = digest(&(scope, window_ms));
+        let r = self.inner.rate_hit(scope, window_ms);
+        self.record("rateHit", d, r, |n| Some(json!(n)))
+    }
+}
+
+/// The clock, recorded.
+pub(crate) struct TapedClock<'a> {
+    pub(crate) inner: &'a mut dyn Clock,
+    pub(crate) tape: &'a RefCell<Tape>,
+}
+
+impl Clock for TapedClock<'_> {
+    fn now_ms(&mut self) -> i64 {
+        let now = self.inner.now_ms();
+        self.tape.borrow_mut().steps.push(Step::Now(now));
+        now
+    }
+}
+
+/// Outbound calls, recorded.
+pub(crate) struct TapedExternal<'a> {
+    pub(crate) inner: &'a mut dyn External,
+    pub(crate) tape: &'a RefCell<Tape>,
+}
+
+impl External for TapedExternal<'_> {
+    fn call(&mut self, request: &CallRequest) -> CallResult {
+        let d = digest(request);
+        let r = self.inner.call(request);
+        self.tape
+            .borrow_mut()
+            .push("call", d, Ok(serde_json::to_value(&r).ok()));
+        r
+    }
+}

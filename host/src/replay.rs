@@ -1,0 +1,294 @@
+//! `sinew audit replay`: recorded executions run again, in the component,
+//! on the answers their audit entries recorded (no database write, no
+//! outbound call), and compared with what was recorded.
+//!
+//! The spec an entry names (`bundle`) is read from `sinew_bundle`, where
+//! every `sinew serve` records the spec it serves; `--spec` runs the
+//! entries on another spec instead: a shadow test of a change on recorded
+//! traffic.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+use sinew_core::ports::{CallRequest, CallResult};
+use sinew_core::replay::{Replay, Replayer, Verdict};
+
+use crate::runtime::storage::MemoryBackend;
+use crate::runtime::{Backends, Engine, Executor};
+
+/// Records the spec a server serves (its text as served) under the hash its
+/// entries name (the SHA-256 of its canonical JSON). Idempotent: the first
+/// text recorded under a hash stays.
+///
+/// # Errors
+/// When the database refuses (no `sinew_bundle` table: not migrated).
+pub async fn record_bundle(client: &tokio_postgres::Client, spec_text: &str) -> Result<String> {
+    let hash = bundle_hash(spec_text)?;
+    client
+        .execute(
+            "INSERT INTO sinew_bundle (hash, spec) VALUES ($1, $2) ON CONFLICT (hash) DO NOTHING",
+            &[&hash, &spec_text],
+        )
+        .await
+        .context("recording the spec in sinew_bundle")?;
+    Ok(hash)
+}
+
+/// A spec's bundle hash.
+fn bundle_hash(spec_text: &str) -> Result<String> {
+    let v: Value = serde_json::from_str(spec_text).context("the spec is not JSON")?;
+    let canonical = sinew_core::hash::canonical(&v);
+    Ok(format!(
+        "sha256:{}",
+        sinew_core::hash::sha256_hex(canonical.as_bytes())
+    ))
+}
+
+/// Which recorded executions to replay.
+#[derive(Debug, Default, Clone)]
+pub struct Selection {
+    /// These executions (request ids).
+    pub ids: Vec<String>,
+    /// Recorded at or after this time (RFC 3339).
+    pub since: Option<String>,
+    /// Of this tool.
+    pub tool: Option<String>,
+    /// At most this many, the latest.
+    pub limit: i64,
+}
+
+/// The final entries selected, oldest first: chained ones, then those
+/// still queued.
+pub async fn entries(client: &tokio_postgres::Client, s: &Selection) -> Result<Vec<Value>> {
+    let since: Option<std::time::SystemTime> = match &s.since {
+        Some(t) => {
+            let ts: jiff::Timestamp = t
+                .parse()
+                .with_context(|| format!("--since `{t}` is not an RFC 3339 time"))?;
+            let ms = u64::try_from(ts.as_millisecond()).unwrap_or(0);
+            Some(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        }
+        None => None,
+    };
+    let ids: Option<Vec<String>> = (!s.ids.is_empty()).then(|| s.ids.clone());
+    let rows = client
+        .query(
+            "SELECT entry FROM ( \
+               SELECT entry, 0 AS part, seq AS n, coalesce(queued_at, recorded_at) AS at, execution \
+                 FROM sinew_audit WHERE kind = 'final' \
+               UNION ALL \
+               SELECT entry, 1, id, queued_at, execution FROM sinew_audit_queue WHERE kind = 'final' \
+             ) e \
+             WHERE ($1::text[] IS NULL OR execution = ANY($1)) \
+               AND ($2::timestamptz IS NULL OR at >= $2) \
+               AND ($3::text IS NULL OR entry::jsonb->>'tool' = $3) \
+             ORDER BY part DESC, n DESC LIMIT $4",
+            &[&ids, &since, &s.tool, &s.limit],
+        )
+        .await
+        .context("reading the audit log")?;
+    let mut out = rows
+        .iter()
+        .map(|r| serde_json::from_str(r.get::<_, &str>(0)).context("an audit entry is not JSON"))
+        .collect::<Result<Vec<Value>>>()?;
+    out.reverse();
+    Ok(out)
+}
+
+/// The spec text recorded under `hash`, if any.
+pub async fn recorded_spec(client: &tokio_postgres::Client, hash: &str) -> Result<Option<String>> {
+    let row = client
+        .query_opt("SELECT spec FROM sinew_bundle WHERE hash = $1", &[&hash])
+        .await
+        .context("reading sinew_bundle")?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// One execution replayed.
+#[derive(Debug, Clone)]
+pub struct Replayed {
+    /// The request id.
+    pub execution: String,
+    /// The tool.
+    pub tool: String,
+    /// What the replay found.
+    pub verdict: Verdict,
+}
+
+/// The component, answering from one replay at a time.
+struct Answers(Arc<Mutex<Replayer>>);
+
+impl crate::runtime::clock::ClockBackend for Answers {
+    fn now_ms(&self) -> i64 {
+        match self.0.lock() {
+            Ok(mut r) => sinew_core::ports::Clock::now_ms(&mut *r),
+            Err(_) => 0,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::runtime::external::ExternalBackend for Answers {
+    async fn call(&self, request: &CallRequest) -> CallResult {
+        match self.0.lock() {
+            Ok(mut r) => sinew_core::ports::External::call(&mut *r, request),
+            Err(_) => CallResult {
+                outcome: sinew_core::ports::CallOutcome::Failed {
+                    message: "replay: the answers are unavailable".into(),
+                },
+                attempts: Vec::new(),
+            },
+        }
+    }
+}
+
+/// Replays entries on one spec in the component: `same_spec` when it is
+/// the spec that recorded them.
+pub struct Replaying {
+    executor: Executor,
+    answers: Arc<Mutex<Replayer>>,
+    bundle: sinew_core::bundle::Bundle,
+    /// The spec's bundle hash.
+    pub hash: String,
+}
+
+impl Replaying {
+    /// Loads `spec_text` into the component.
+    ///
+    /// # Errors
+    /// When the spec does not load (or is not deployable).
+    pub async fn new(engine: Arc<Engine>, spec_text: &str) -> Result<Replaying> {
+        let bundle = sinew_core::bundle::Bundle::load(spec_text)
+            .map_err(|e| anyhow::anyhow!("the spec does not load: {e}"))?;
+        let answers = Arc::new(Mutex::new(Replayer::default()));
+        let backends = Backends {
+            storage: Arc::new(MemoryBackend(answers.clone())),
+            clock: Arc::new(Answers(answers.clone())),
+            external: Arc::new(Answers(answers.clone())),
+        };
+        let executor = Executor::new(engine, spec_text.to_owned(), backends)
+            .await
+            .map_err(|e| anyhow::anyhow!("the spec does not load: {}", e.message))?;
+        Ok(Replaying {
+            hash: bundle.hash.clone(),
+            executor,
+            answers,
+            bundle,
+        })
+    }
+
+    /// Replays one entry.
+    pub async fn replay(&self, entry: &Value) -> Replayed {
+        let text = |k: &str| {
+            entry
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let (execution, tool) = (text("execution"), text("tool"));
+        let same_spec = text("bundle") == self.hash;
+        let verdict = match Replay::of(&self.bundle, entry) {
+            Err(reason) => Verdict::NotReplayable { reason },
+            Ok(mut replay) => {
+                let replayer = std::mem::take(&mut replay.replayer);
+                if let Ok(mut slot) = self.answers.lock() {
+                    *slot = replayer;
+                }
+                let response = self.executor.execute(&replay.request).await;
+                let replayer = self
+                    .answers
+                    .lock()
+                    .map(|mut s| std::mem::take(&mut *s))
+                    .unwrap_or_default();
+                replay.verdict(&response, &replayer, same_spec)
+            }
+        };
+        Replayed {
+            execution,
+            tool,
+            verdict,
+        }
+    }
+}
+
+/// What a replay of many entries found, per tool.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Per tool: identical, different, unreproducible, not replayable.
+    pub tools: BTreeMap<String, [usize; 4]>,
+    /// Every execution that did not replay identically.
+    pub others: Vec<Replayed>,
+}
+
+impl Summary {
+    /// Counts one replay.
+    pub fn add(&mut self, r: Replayed) {
+        let counts = self.tools.entry(r.tool.clone()).or_default();
+        let i = match r.verdict {
+            Verdict::Identical { .. } => 0,
+            Verdict::Different { .. } => 1,
+            Verdict::Unreproducible { .. } => 2,
+            Verdict::NotReplayable { .. } => 3,
+        };
+        counts[i] += 1;
+        // (Enough to report; the counts say how many there are.)
+        if i > 0 && self.others.len() < 1000 {
+            self.others.push(r);
+        }
+    }
+
+    /// Whether no execution replayed differently (unreproducible and not
+    /// replayable ones are reported, and do not count as different).
+    pub fn none_different(&self) -> bool {
+        self.tools.values().all(|c| c[1] == 0)
+    }
+
+    /// The report: one line per tool, then the first differences.
+    pub fn text(&self, shown: usize) -> String {
+        let mut out = String::new();
+        for (tool, [same, diff, unrep, not]) in &self.tools {
+            out.push_str(&format!(
+                "{tool}: {} replayed, {same} identical, {diff} different, {unrep} unreproducible, {not} not replayable\n",
+                same + diff + unrep + not
+            ));
+        }
+        for r in self.others.iter().take(shown) {
+            let detail = match &r.verdict {
+                Verdict::Different { difference } => difference.clone(),
+                Verdict::Unreproducible {
+                    unverified,
+                    difference,
+                } => format!(
+                    "{difference} (recorded by their hash, not reproduced: {})",
+                    unverified.join(", ")
+                ),
+                Verdict::NotReplayable { reason } => reason.clone(),
+                Verdict::Identical { .. } => String::new(),
+            };
+            out.push_str(&format!(
+                "  {} {} {}: {detail}\n",
+                r.verdict.word(),
+                r.tool,
+                r.execution
+            ));
+        }
+        let others: usize = self.tools.values().map(|c| c[1] + c[2] + c[3]).sum();
+        if others > shown {
+            out.push_str(&format!("  … and {} more\n", others - shown));
+        }
+        out
+    }
+}
+
+/// One JSON line per replay (`--json`).
+pub fn json_line(r: &Replayed) -> String {
+    let mut v = serde_json::to_value(&r.verdict).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.insert("execution".into(), json!(r.execution));
+        m.insert("tool".into(), json!(r.tool));
+    }
+    format!("{v}\n")
+}
