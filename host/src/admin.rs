@@ -179,6 +179,10 @@ enum AuditCommand {
         /// One JSON object per execution instead of the report.
         #[arg(long)]
         json: bool,
+        /// Where the compiled component is cached (default
+        /// `<data-dir>/cache`, as for `sinew serve`).
+        #[arg(long, env = "SINEW_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
     },
 }
 
@@ -222,6 +226,7 @@ pub fn audit(args: &AuditArgs) -> Result<u8> {
                 limit,
                 show,
                 json,
+                cache_dir,
                 ..
             } => {
                 let selection = crate::replay::Selection {
@@ -237,7 +242,8 @@ pub fn audit(args: &AuditArgs) -> Result<u8> {
                     ),
                     None => None,
                 };
-                replay(&client, &db.data_dir, &selection, spec.as_deref(), *show, *json).await
+                let cache = cache_dir.clone().unwrap_or_else(|| db.data_dir.join("cache"));
+                replay(&client, &cache, &selection, spec.as_deref(), *show, *json).await
             }
             AuditCommand::Sequence { .. } => {
                 let n = sequencer::catch_up(&client).await?;
@@ -345,7 +351,7 @@ pub fn audit(args: &AuditArgs) -> Result<u8> {
 /// replayed differently.
 async fn replay(
     client: &tokio_postgres::Client,
-    data_dir: &std::path::Path,
+    cache: &std::path::Path,
     selection: &crate::replay::Selection,
     spec: Option<&str>,
     show: usize,
@@ -353,7 +359,7 @@ async fn replay(
 ) -> Result<u8> {
     use crate::replay::{Replaying, Summary, entries, recorded_spec};
     let entries = entries(client, selection).await?;
-    let engine = crate::runtime::Engine::new(Some(&data_dir.join("cache")))?;
+    let engine = crate::runtime::Engine::new(Some(cache))?;
     // One component per spec: the one given, or each recording one.
     let mut specs: std::collections::HashMap<String, Option<Replaying>> = Default::default();
     let given = match spec {

@@ -406,6 +406,10 @@ async fn replay_reproduces_every_execution(
             .args(args)
             .env("DATABASE_URL", url)
             .env("SINEW_DATA_DIR", data)
+            .env(
+                "SINEW_CACHE_DIR",
+                sinew_tests::pg::cache_dir().join("cache"),
+            )
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
