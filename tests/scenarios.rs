@@ -124,3 +124,100 @@ proptest! {
         prop_assert_eq!(finals, sc.requests.len());
     }
 }
+
+/// A replay notices what it cannot reproduce: an answer changed since, a
+/// call of another kind, a missing or omitted tape, an input too large to
+/// record; and a changed spec (a shadow test) is compared on what the
+/// execution answered, wrote and called.
+#[test]
+fn replay_reports_differences() {
+    use sinew_core::replay::{Verdict, replay_native};
+    use serde_json::{Value, json};
+    let path = corpus()
+        .into_iter()
+        .find(|p| p.ends_with("bank-transfer-ok.json"))
+        .unwrap();
+    let sc = Scenario::read(&path).unwrap();
+    let bundle = sinew_core::bundle::Bundle::load(&sc.spec).unwrap();
+    let t = trace(&sc, &mut Native::default()).unwrap();
+    let entry = t
+        .audit
+        .iter()
+        .find(|e| e["kind"] == "final" && e["tool"] == "transfer" && e["status"] == 201)
+        .unwrap()
+        .clone();
+    assert!(matches!(
+        replay_native(&bundle, &entry, true),
+        Verdict::Identical { .. }
+    ));
+    let verdict = |e: &Value| replay_native(&bundle, e, true);
+    let steps = entry["tape"]["steps"].as_array().unwrap().clone();
+    // The first read: its first row's balance, changed.
+    let at = steps
+        .iter()
+        .position(|s| s[0] == "read" && s[2][0].get("balance").is_some())
+        .unwrap();
+    let mut changed = entry.clone();
+    let balance = changed["tape"]["steps"][at][2][0]["balance"].as_i64().unwrap();
+    changed["tape"]["steps"][at][2][0]["balance"] = json!(balance + 1);
+    let Verdict::Different { difference } = verdict(&changed) else {
+        panic!("{:?}", verdict(&changed))
+    };
+    assert!(difference.contains("with other arguments"), "{difference}");
+    // A call of another kind.
+    let mut other = entry.clone();
+    other["tape"]["steps"][at][0] = json!("aggregate");
+    let Verdict::Different { difference } = verdict(&other) else {
+        panic!("{:?}", verdict(&other))
+    };
+    assert!(
+        difference.contains("`read`, where the recording has `aggregate`"),
+        "{difference}"
+    );
+    // The response's digest.
+    let mut response = entry.clone();
+    response["tape"]["response"] = json!("00000000");
+    let Verdict::Different { difference } = verdict(&response) else {
+        panic!("{:?}", verdict(&response))
+    };
+    assert!(difference.starts_with("response: recorded \"00000000\""), "{difference}");
+    // No tape; a tape too large to keep; an input too large to copy.
+    let mut none = entry.clone();
+    none.as_object_mut().unwrap().remove("tape");
+    assert!(matches!(verdict(&none), Verdict::NotReplayable { .. }));
+    let mut omitted = entry.clone();
+    omitted["tape"] = json!({"omitted": "70000 bytes", "response": "00000000"});
+    let Verdict::NotReplayable { reason } = verdict(&omitted) else {
+        panic!()
+    };
+    assert!(reason.contains("70000 bytes"), "{reason}");
+    let mut big = entry.clone();
+    big["input"] = json!({"omitted": "70000 bytes"});
+    let Verdict::NotReplayable { reason } = verdict(&big) else {
+        panic!()
+    };
+    assert!(reason.contains("input was too large"), "{reason}");
+    // A shadow test: a fee on transfers answers another balance.
+    let mut spec: Value = serde_json::from_str(&sc.spec).unwrap();
+    let debit = &mut spec["tools"]["transfer"]["flow"]["nodes"]["write"]["body"]["nodes"]["debit"]
+        ["set"]["balance"];
+    *debit = json!(format!("{} - 1", debit.as_str().unwrap()));
+    let fee = sinew_core::bundle::Bundle::load(&spec.to_string()).unwrap();
+    let Verdict::Different { difference } = replay_native(&fee, &entry, false) else {
+        panic!()
+    };
+    assert!(difference.contains("`update` with other arguments"), "{difference}");
+    // A change that does not touch transfers: identical on what matters
+    // (the bundle differs), different byte for byte.
+    let mut spec: Value = serde_json::from_str(&sc.spec).unwrap();
+    spec["tools"]["transfer"]["description"] = json!("moved");
+    let described = sinew_core::bundle::Bundle::load(&spec.to_string()).unwrap();
+    assert!(matches!(
+        replay_native(&described, &entry, false),
+        Verdict::Identical { .. }
+    ));
+    let Verdict::Different { difference } = replay_native(&described, &entry, true) else {
+        panic!()
+    };
+    assert!(difference.starts_with("bundle: "), "{difference}");
+}
