@@ -65,6 +65,28 @@ async fn migrations_apply_once_add_safely_and_refuse_losing_data() {
         .unwrap()
         .get(0);
     assert_eq!(tables, 5);
+    // The queue keeps entries as written; the chain compresses with lz4
+    // (this server has it).
+    let storage = client
+        .query(
+            "SELECT attrelid::regclass::text, attstorage::text, attcompression::text FROM pg_attribute \
+             WHERE attname = 'entry' AND attrelid IN ('sinew_audit'::regclass, 'sinew_audit_queue'::regclass) \
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let storage: Vec<(String, String, String)> = storage
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        storage,
+        [
+            ("sinew_audit".into(), "x".into(), "l".into()),
+            ("sinew_audit_queue".into(), "e".into(), "".into())
+        ]
+    );
 
     // Re-running is a no-op.
     let again = plan(Some(&client), &spec(&base), false).await.unwrap();

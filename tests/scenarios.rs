@@ -131,8 +131,8 @@ proptest! {
 /// execution answered, wrote and called.
 #[test]
 fn replay_reports_differences() {
-    use sinew_core::replay::{Verdict, replay_native};
     use serde_json::{Value, json};
+    use sinew_core::replay::{Verdict, replay_native};
     let path = corpus()
         .into_iter()
         .find(|p| p.ends_with("bank-transfer-ok.json"))
@@ -158,7 +158,9 @@ fn replay_reports_differences() {
         .position(|s| s[0] == "read" && s[2][0].get("balance").is_some())
         .unwrap();
     let mut changed = entry.clone();
-    let balance = changed["tape"]["steps"][at][2][0]["balance"].as_i64().unwrap();
+    let balance = changed["tape"]["steps"][at][2][0]["balance"]
+        .as_i64()
+        .unwrap();
     changed["tape"]["steps"][at][2][0]["balance"] = json!(balance + 1);
     let Verdict::Different { difference } = verdict(&changed) else {
         panic!("{:?}", verdict(&changed))
@@ -180,7 +182,10 @@ fn replay_reports_differences() {
     let Verdict::Different { difference } = verdict(&response) else {
         panic!("{:?}", verdict(&response))
     };
-    assert!(difference.starts_with("response: recorded \"00000000\""), "{difference}");
+    assert!(
+        difference.starts_with("response: recorded \"00000000\""),
+        "{difference}"
+    );
     // No tape; a tape too large to keep; an input too large to copy.
     let mut none = entry.clone();
     none.as_object_mut().unwrap().remove("tape");
@@ -206,7 +211,10 @@ fn replay_reports_differences() {
     let Verdict::Different { difference } = replay_native(&fee, &entry, false) else {
         panic!()
     };
-    assert!(difference.contains("`update` with other arguments"), "{difference}");
+    assert!(
+        difference.contains("`update` with other arguments"),
+        "{difference}"
+    );
     // A change that does not touch transfers: identical on what matters
     // (the bundle differs), different byte for byte.
     let mut spec: Value = serde_json::from_str(&sc.spec).unwrap();

@@ -120,7 +120,9 @@ impl Replay {
         // An input too large to copy is `{"omitted": "N bytes"}`, which is
         // not what its `inputHash` is the hash of.
         if let (Some(size), Some(hash)) = (
-            input.get("omitted").filter(|_| input.as_object().is_some_and(|m| m.len() == 1)),
+            input
+                .get("omitted")
+                .filter(|_| input.as_object().is_some_and(|m| m.len() == 1)),
             e.get("inputHash").and_then(Value::as_str),
         ) && hash
             != format!(

@@ -210,11 +210,39 @@ impl Tape {
         tape.insert("steps".into(), Value::Array(steps));
         tape.insert("response".into(), json!(response));
         let tape = Value::Object(tape);
-        let size = serde_json::to_vec(&tape).map_or(0, |v| v.len());
+        let size = json_size(&tape);
         if size > MAX_TAPE {
             return json!({"omitted": format!("{size} bytes"), "response": response});
         }
         tape
+    }
+}
+
+/// The length of a value's JSON text, counted without writing it (strings'
+/// escapes aside, which only make it longer).
+fn json_size(v: &Value) -> usize {
+    match v {
+        Value::Null => 4,
+        Value::Bool(b) => 4 + usize::from(!b),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                let digits = i
+                    .unsigned_abs()
+                    .checked_ilog10()
+                    .map_or(1, |d| d as usize + 1);
+                digits + usize::from(i < 0)
+            } else {
+                24
+            }
+        }
+        Value::String(s) => s.len() + 2,
+        Value::Array(l) => 2 + l.len() + l.iter().map(json_size).sum::<usize>(),
+        Value::Object(m) => {
+            2 + m.len() * 2
+                + m.iter()
+                    .map(|(k, v)| k.len() + 2 + json_size(v))
+                    .sum::<usize>()
+        }
     }
 }
 

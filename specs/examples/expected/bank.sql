@@ -98,6 +98,14 @@ CREATE TABLE IF NOT EXISTS "sinew_audit_queue" (
   "digest" text NOT NULL,
   "queued_at" timestamptz NOT NULL DEFAULT clock_timestamp()
 );
+-- An entry lives in the queue for milliseconds: stored as written, not
+-- compressed (pglz would cost more CPU than the bytes save); the chain
+-- compresses its entries with lz4 where the server has it.
+ALTER TABLE "sinew_audit_queue" ALTER COLUMN "entry" SET STORAGE EXTERNAL;
+DO $$ BEGIN
+  ALTER TABLE "sinew_audit" ALTER COLUMN "entry" SET COMPRESSION lz4;
+EXCEPTION WHEN feature_not_supported OR invalid_parameter_value THEN NULL;
+END $$;
 CREATE OR REPLACE TRIGGER "sinew_audit_queue_no_update"
   BEFORE UPDATE ON "sinew_audit_queue"
   FOR EACH ROW EXECUTE FUNCTION "sinew_audit_append_only"();
