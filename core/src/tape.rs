@@ -123,11 +123,12 @@ impl Tape {
         }
     }
 
-    /// The local number of a transaction (0 for one not begun here).
+    /// The local number of a transaction (0 for one not begun here): the
+    /// latest begun with that handle, should a storage reuse handles.
     fn local(&self, tx: TxId) -> u64 {
         self.txs
             .iter()
-            .position(|t| *t == tx)
+            .rposition(|t| *t == tx)
             .map_or(0, |i| i as u64 + 1)
     }
 
