@@ -60,7 +60,9 @@ pub struct Selection {
 }
 
 /// The final entries selected, oldest first: chained ones, then those
-/// still queued.
+/// still queued. The latest first from each table (the chain by its
+/// primary key, or by execution for ids), so that a long log is not read
+/// whole.
 pub async fn entries(client: &tokio_postgres::Client, s: &Selection) -> Result<Vec<Value>> {
     let since: Option<std::time::SystemTime> = match &s.since {
         Some(t) => {
@@ -73,27 +75,40 @@ pub async fn entries(client: &tokio_postgres::Client, s: &Selection) -> Result<V
         None => None,
     };
     let ids: Option<Vec<String>> = (!s.ids.is_empty()).then(|| s.ids.clone());
-    let rows = client
+    let filters = "kind = 'final' \
+         AND ($1::text[] IS NULL OR execution = ANY($1)) \
+         AND ($2::timestamptz IS NULL OR {at} >= $2) \
+         AND ($3::text IS NULL OR entry::jsonb->>'tool' = $3)";
+    let queued = client
         .query(
-            "SELECT entry FROM ( \
-               SELECT entry, 0 AS part, seq AS n, coalesce(queued_at, recorded_at) AS at, execution \
-                 FROM sinew_audit WHERE kind = 'final' \
-               UNION ALL \
-               SELECT entry, 1, id, queued_at, execution FROM sinew_audit_queue WHERE kind = 'final' \
-             ) e \
-             WHERE ($1::text[] IS NULL OR execution = ANY($1)) \
-               AND ($2::timestamptz IS NULL OR at >= $2) \
-               AND ($3::text IS NULL OR entry::jsonb->>'tool' = $3) \
-             ORDER BY part DESC, n DESC LIMIT $4",
+            &format!(
+                "SELECT entry FROM sinew_audit_queue WHERE {} ORDER BY id DESC LIMIT $4",
+                filters.replace("{at}", "queued_at")
+            ),
             &[&ids, &since, &s.tool, &s.limit],
         )
         .await
+        .context("reading the audit queue")?;
+    let rest = s
+        .limit
+        .saturating_sub(i64::try_from(queued.len()).unwrap_or(i64::MAX));
+    let chained = client
+        .query(
+            &format!(
+                "SELECT entry FROM sinew_audit WHERE {} ORDER BY seq DESC LIMIT $4",
+                filters.replace("{at}", "coalesce(queued_at, recorded_at)")
+            ),
+            &[&ids, &since, &s.tool, &rest],
+        )
+        .await
         .context("reading the audit log")?;
-    let mut out = rows
+    let mut out = chained
         .iter()
+        .rev()
+        .chain(queued.iter().rev())
         .map(|r| serde_json::from_str(r.get::<_, &str>(0)).context("an audit entry is not JSON"))
         .collect::<Result<Vec<Value>>>()?;
-    out.reverse();
+    out.truncate(usize::try_from(s.limit).unwrap_or(usize::MAX));
     Ok(out)
 }
 

@@ -449,6 +449,27 @@ async fn replay_reproduces_every_execution(
         "replay: {identical} executions identical, {untaped} without a tape, in {:.1} s (the command's whole run)",
         took.as_secs_f64(),
     );
+    // One execution by its id; none after a time to come.
+    let one: String = db
+        .query_one(
+            "SELECT execution FROM sinew_audit WHERE kind = 'final' AND entry::jsonb->>'tool' = 'transfer' \
+             AND entry::jsonb ? 'tape' ORDER BY seq LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (code, text, err, _) = replay(&[&one]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        text,
+        "transfer: 1 replayed, 1 identical, 0 different, 0 unreproducible, 0 not replayable\n"
+    );
+    let (code, text, _, _) = replay(&["--since", "2999-01-01T00:00:00Z"]);
+    assert_eq!(
+        (code, text.as_str()),
+        (Some(0), "no recorded execution matches\n")
+    );
     // A fee of 1 on every transfer: a shadow test of that change.
     let mut spec: Value = serde_json::from_str(
         &std::fs::read_to_string(root().join("specs/examples/bank.json")).unwrap(),
