@@ -152,16 +152,21 @@ fn replay_reports_differences() {
     ));
     let verdict = |e: &Value| replay_native(&bundle, e, true);
     let steps = entry["tape"]["steps"].as_array().unwrap().clone();
-    // The first read: its first row's balance, changed.
+    // The locked read of both accounts (written by columns): its first
+    // row's balance, changed.
     let at = steps
         .iter()
-        .position(|s| s[0] == "read" && s[2][0].get("balance").is_some())
+        .position(|s| s[0] == "read" && s[2]["cols"].is_array())
+        .unwrap();
+    let col = steps[at][2]["cols"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|c| c == "balance")
         .unwrap();
     let mut changed = entry.clone();
-    let balance = changed["tape"]["steps"][at][2][0]["balance"]
-        .as_i64()
-        .unwrap();
-    changed["tape"]["steps"][at][2][0]["balance"] = json!(balance + 1);
+    let cell = &mut changed["tape"]["steps"][at][2]["vals"][0][col];
+    *cell = json!(cell.as_i64().unwrap() + 1);
     let Verdict::Different { difference } = verdict(&changed) else {
         panic!("{:?}", verdict(&changed))
     };

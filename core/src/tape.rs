@@ -27,7 +27,9 @@
 //! the call sent (an insert answered with what it inserted), `{"#": [s,
 //! i], "col": v, …}` is row `i` of step `s`'s answer with the columns
 //! listed replaced (an update answered with the row read before, a row read
-//! twice), anything else is the row itself.
+//! twice), anything else is the row itself. A list of two or more rows
+//! written in full with the same columns is `{"cols": [names], "vals":
+//! [[values], …]}`.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -292,17 +294,74 @@ fn compact(
     match (op, answer) {
         ("insert" | "update" | "softDelete", v @ Value::Object(_)) => one(0, v),
         ("read" | "aggregate" | "insertMany" | "updateMany" | "updateWhere", Value::Array(l)) => {
-            Value::Array(l.iter().enumerate().map(|(i, r)| one(i, r)).collect())
+            columnar(l.iter().enumerate().map(|(i, r)| one(i, r)).collect())
         }
         ("read", Value::Object(m)) => {
             let mut m = m.clone();
             if let Some(Value::Array(l)) = m.get("rows") {
                 let rows = l.iter().enumerate().map(|(i, r)| one(i, r)).collect();
-                m.insert("rows".into(), Value::Array(rows));
+                m.insert("rows".into(), columnar(rows));
             }
             Value::Object(m)
         }
         _ => answer.clone(),
+    }
+}
+
+/// A list of two or more rows written in full with the same columns in
+/// the same order, as `{"cols": [names], "vals": [[values], …]}` (the
+/// names once, not per row); any other list as it is.
+fn columnar(rows: Vec<Value>) -> Value {
+    let first = match rows.first() {
+        Some(Value::Object(f)) if rows.len() > 1 && !f.contains_key("#") => f,
+        _ => return Value::Array(rows),
+    };
+    let alike = rows.iter().all(|r| {
+        r.as_object().is_some_and(|m| {
+            m.len() == first.len() && m.keys().zip(first.keys()).all(|(a, b)| a == b)
+        })
+    });
+    if !alike {
+        return Value::Array(rows);
+    }
+    let cols: Vec<Value> = first.keys().map(|k| json!(k)).collect();
+    let vals = rows
+        .into_iter()
+        .map(|r| match r {
+            Value::Object(m) => Value::Array(m.into_iter().map(|(_, v)| v).collect()),
+            other => other,
+        })
+        .collect();
+    json!({"cols": cols, "vals": Value::Array(vals)})
+}
+
+/// The rows of a list written by [`columnar`] (or as it is).
+fn rows_back(list: &Value) -> Result<Vec<Value>, String> {
+    match list {
+        Value::Array(l) => Ok(l.clone()),
+        Value::Object(m) => {
+            let (Some(Value::Array(cols)), Some(Value::Array(vals))) =
+                (m.get("cols"), m.get("vals"))
+            else {
+                return Err("a list of rows must be an array or {\"cols\", \"vals\"}".into());
+            };
+            vals.iter()
+                .map(|v| {
+                    let Value::Array(v) = v else {
+                        return Err("`vals` must hold arrays".to_string());
+                    };
+                    if v.len() != cols.len() {
+                        return Err("a row of `vals` does not have a value per column".into());
+                    }
+                    let mut row = Map::with_capacity(cols.len());
+                    for (c, x) in cols.iter().zip(v) {
+                        row.insert(c.as_str().unwrap_or_default().to_owned(), x.clone());
+                    }
+                    Ok(Value::Object(row))
+                })
+                .collect()
+        }
+        _ => Err("a list of rows must be an array or {\"cols\", \"vals\"}".into()),
     }
 }
 
@@ -351,28 +410,26 @@ pub(crate) fn expand(
             other => Ok(other.clone()),
         }
     };
+    let list = |l: &Value| -> Result<Value, String> {
+        Ok(Value::Array(
+            rows_back(l)?
+                .iter()
+                .enumerate()
+                .map(|(i, r)| one(i, r))
+                .collect::<Result<_, _>>()?,
+        ))
+    };
     Ok(match (op, written) {
         ("insert" | "update" | "softDelete", v) => one(0, v)?,
-        ("read" | "aggregate" | "insertMany" | "updateMany" | "updateWhere", Value::Array(l)) => {
-            Value::Array(
-                l.iter()
-                    .enumerate()
-                    .map(|(i, r)| one(i, r))
-                    .collect::<Result<_, _>>()?,
-            )
-        }
-        ("read", Value::Object(m)) => {
+        ("read", Value::Object(m)) if m.contains_key("total") => {
             let mut m = m.clone();
-            if let Some(Value::Array(l)) = m.get("rows") {
-                let rows = l
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| one(i, r))
-                    .collect::<Result<_, _>>()?;
-                m.insert("rows".into(), Value::Array(rows));
+            if let Some(l) = m.get("rows") {
+                let rows = list(l)?;
+                m.insert("rows".into(), rows);
             }
             Value::Object(m)
         }
+        ("read" | "aggregate" | "insertMany" | "updateMany" | "updateWhere", l) => list(l)?,
         _ => written.clone(),
     })
 }
