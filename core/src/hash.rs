@@ -57,6 +57,16 @@ pub fn canonical(v: &Value) -> String {
     out
 }
 
+/// [`canonical`] of an object of these members (without building it: an
+/// entry's members picked and added without copying the entry).
+pub fn canonical_members<'v>(members: impl Iterator<Item = (&'v String, &'v Value)>) -> String {
+    let mut members: Vec<(&String, &Value)> = members.collect();
+    members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut out = String::with_capacity(256);
+    write_object(members.into_iter(), &mut out, true);
+    out
+}
+
 /// Compact JSON text, object keys as they come or (`sorted`) sorted at
 /// every level.
 fn write_json(v: &Value, out: &mut String, sorted: bool) {

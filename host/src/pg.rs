@@ -825,14 +825,18 @@ pub fn queued_text(entry: &Value, component: Option<&str>) -> Result<String, Str
     let Value::Object(m) = entry else {
         return Err("an audit entry must be a JSON object".into());
     };
-    let mut m = m.clone();
-    for k in ["seq", "prev", "hash"] {
-        m.shift_remove(k);
-    }
-    if let Some(c) = component {
-        m.entry("component").or_insert_with(|| Value::from(c));
-    }
-    Ok(sinew_core::hash::canonical(&Value::Object(m)))
+    // Written from the entry's members, without copying the entry (its
+    // tape may hold every row the request read).
+    let (key, stamp) = ("component".to_owned(), component.map(Value::from));
+    let stamped = stamp
+        .as_ref()
+        .filter(|_| !m.contains_key("component"))
+        .map(|v| (&key, v));
+    Ok(sinew_core::hash::canonical_members(
+        m.iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "seq" | "prev" | "hash"))
+            .chain(stamped),
+    ))
 }
 
 /// The canonical text of an audit entry (as `seal_entry` makes it) cut
