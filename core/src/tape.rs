@@ -1,5 +1,5 @@
 //! The tape: what an execution's final audit entry records so that it can
-//! be replayed (`docs/audit.md`, "Replay").
+//! be replayed (`docs/contract.md`, "Replay").
 //!
 //! The contract runs every request on ports wrapped by the recorders here:
 //! each call of an import (storage, clock, external) is written down in
