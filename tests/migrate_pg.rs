@@ -150,7 +150,7 @@ async fn migrations_apply_once_add_safely_and_refuse_losing_data() {
     narrowed["entities"]["Product"]["fields"]["origin"] = json!({"type": "integer"});
     let n = plan(Some(&client), &spec(&narrowed), false).await.unwrap();
     assert_eq!(n.destructive.len(), 2, "{:?}", n.destructive);
-    assert!(n.destructive.iter().any(|d| d.contains("change type")));
+    assert!(n.destructive.iter().any(|d| d.contains("change the type")));
     assert!(n.destructive.iter().any(|d| d.contains("NOT NULL")));
 
     // NOT NULL without a default, it would make every insert fail:
@@ -209,8 +209,7 @@ async fn the_servers_role_cannot_change_the_audit_chain() {
         .unwrap();
     let s = spec(&shop());
     let mut m = plan(Some(&owner), &s, false).await.unwrap();
-    m.sql
-        .push_str(&sinew_core::migrate::grants(&s, "sinew_app"));
+    m.app_role = Some("sinew_app".into());
     apply(&mut owner, &s, &m).await.unwrap();
 
     let mut config: tokio_postgres::Config = url.parse().unwrap();

@@ -18,6 +18,8 @@ use std::fmt::Write;
 
 use crate::model::{Entity, Field, FieldType, Spec};
 
+pub mod evolve;
+
 /// The table of an entity: its name in snake case (`OrderItem` →
 /// `order_item`).
 pub fn table_name(entity: &str) -> String {
@@ -62,8 +64,8 @@ pub fn sql_type(t: FieldType) -> &'static str {
 }
 
 /// A JSON value as a SQL constant of a field's type.
-fn constant(f: &Field, v: &Value) -> String {
-    match (f.ty, v) {
+fn constant(ty: FieldType, v: &Value) -> String {
+    match (ty, v) {
         (_, Value::Null) => "NULL".to_string(),
         (FieldType::Json, v) => format!("{}::jsonb", literal(&v.to_string())),
         (_, Value::String(s)) => literal(s),
@@ -73,30 +75,151 @@ fn constant(f: &Field, v: &Value) -> String {
     }
 }
 
-fn column(name: &str, f: &Field) -> (String, Vec<String>) {
+fn column(name: &str, f: &Field) -> (String, Option<Rule>) {
     let col = ident(name);
     let mut def = format!("{col} {}", sql_type(f.ty));
     if !f.nullable {
         def.push_str(" NOT NULL");
     }
     if let Some(d) = &f.default {
-        let _ = write!(def, " DEFAULT {}", constant(f, d));
+        let _ = write!(def, " DEFAULT {}", constant(f.ty, d));
     }
-    let mut checks = Vec::new();
-    if let Some(min) = &f.minimum {
-        checks.push(format!("{col} >= {min}"));
+    (def, Rule::of_field(f))
+}
+
+/// What a column's `CHECK` allows: the field's `minimum`, `maximum`,
+/// `maxLength` and `enum` (a status column: its states). It is written in
+/// the constraint's comment (`sinew {json}`), so that a migration knows
+/// what an existing `CHECK` allows and whether the spec's widens it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rule {
+    /// Smallest value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum: Option<serde_json::Number>,
+    /// Largest value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maximum: Option<serde_json::Number>,
+    /// Longest string, in characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<u64>,
+    /// The values allowed.
+    #[serde(default, rename = "enum", skip_serializing_if = "Option::is_none")]
+    pub one_of: Option<Vec<Value>>,
+}
+
+impl Rule {
+    /// A field's rule; `None` when it has no constraint.
+    pub fn of_field(f: &Field) -> Option<Rule> {
+        let r = Rule {
+            minimum: f.minimum.clone(),
+            maximum: f.maximum.clone(),
+            max_length: f.max_length,
+            one_of: f.enum_values.clone(),
+        };
+        (r != Rule::default()).then_some(r)
     }
-    if let Some(max) = &f.maximum {
-        checks.push(format!("{col} <= {max}"));
+
+    /// A status machine's rule: its states.
+    pub fn of_states(sm: &crate::model::StatusMachine) -> Rule {
+        Rule {
+            one_of: Some(sm.states().iter().map(|s| Value::from(*s)).collect()),
+            ..Rule::default()
+        }
     }
-    if let Some(n) = f.max_length {
-        checks.push(format!("char_length({col}) <= {n}"));
+
+    /// The constraint's comment.
+    pub fn comment(&self) -> String {
+        format!("sinew {}", serde_json::to_string(self).unwrap_or_default())
     }
-    if let Some(values) = &f.enum_values {
-        let list: Vec<String> = values.iter().map(|v| constant(f, v)).collect();
-        checks.push(format!("{col} IN ({})", list.join(", ")));
+
+    /// The rule a constraint's comment names (`None`: not one sinew wrote).
+    pub fn from_comment(comment: &str) -> Option<Rule> {
+        serde_json::from_str(comment.strip_prefix("sinew ")?).ok()
     }
-    (def, checks)
+
+    /// The `CHECK` expression over column `col` of type `ty`.
+    pub fn sql(&self, col: &str, ty: FieldType) -> String {
+        let col = ident(col);
+        let mut parts = Vec::new();
+        if let Some(min) = &self.minimum {
+            parts.push(format!("{col} >= {min}"));
+        }
+        if let Some(max) = &self.maximum {
+            parts.push(format!("{col} <= {max}"));
+        }
+        if let Some(n) = self.max_length {
+            parts.push(format!("char_length({col}) <= {n}"));
+        }
+        if let Some(values) = &self.one_of {
+            let list: Vec<String> = values.iter().map(|v| constant(ty, v)).collect();
+            parts.push(format!("{col} IN ({})", list.join(", ")));
+        }
+        parts.join(" AND ")
+    }
+
+    /// Whether every value `old` allows, this allows too (the change from
+    /// `old` to `self` widens or keeps the constraint).
+    pub fn allows_all(&self, old: &Rule) -> bool {
+        fn num(n: &serde_json::Number) -> f64 {
+            n.as_f64().unwrap_or(f64::NAN)
+        }
+        let min = match (&self.minimum, &old.minimum) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(new), Some(old)) => num(new) <= num(old),
+        };
+        let max = match (&self.maximum, &old.maximum) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(new), Some(old)) => num(new) >= num(old),
+        };
+        let len = match (self.max_length, old.max_length) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(new), Some(old)) => new >= old,
+        };
+        let same = |x: &Value, y: &Value| match (x.as_f64(), y.as_f64()) {
+            (Some(p), Some(q)) => p == q,
+            _ => x == y,
+        };
+        let values = match (&self.one_of, &old.one_of) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(new), Some(old)) => old.iter().all(|v| new.iter().any(|w| same(v, w))),
+        };
+        min && max && len && values
+    }
+}
+
+/// The name of a column's `CHECK`: `{table}_{column}_check`, shortened
+/// as [`index_name`] shortens.
+pub fn check_name(table: &str, column: &str) -> String {
+    fitted(table, &[column.to_owned()], "check")
+}
+
+/// The statements that give column `col` of `table` its rule: the
+/// constraint and its comment.
+pub(crate) fn check_ddl(
+    table: &str,
+    col: &str,
+    ty: FieldType,
+    rule: &Rule,
+    not_valid: bool,
+) -> [String; 2] {
+    let name = ident(&check_name(table, col));
+    let t = ident(table);
+    [
+        format!(
+            "ALTER TABLE {t} ADD CONSTRAINT {name} CHECK ({}){};",
+            rule.sql(col, ty),
+            if not_valid { " NOT VALID" } else { "" }
+        ),
+        format!(
+            "COMMENT ON CONSTRAINT {name} ON {t} IS {};",
+            literal(&rule.comment())
+        ),
+    ]
 }
 
 fn entity_ddl(out: &mut String, name: &str, e: &Entity) {
@@ -110,55 +233,106 @@ fn entity_ddl(out: &mut String, name: &str, e: &Entity) {
         "\"updated_at\" timestamptz NOT NULL".to_string(),
         "\"deleted_at\" timestamptz".to_string(),
     ];
+    let mut rules = Vec::new();
     if let Some(sm) = &e.status {
-        let states: Vec<String> = sm.states().iter().map(|s| literal(s)).collect();
         lines.push(format!(
-            "\"status\" text NOT NULL DEFAULT {} CHECK (\"status\" IN ({}))",
-            literal(&sm.initial),
-            states.join(", ")
+            "\"status\" text NOT NULL DEFAULT {}",
+            literal(&sm.initial)
         ));
+        rules.push(("status", FieldType::String, Rule::of_states(sm)));
     }
-    let mut checks = Vec::new();
     for (fname, f) in &e.fields {
-        let (def, c) = column(fname, f);
+        let (def, rule) = column(fname, f);
         lines.push(def);
-        checks.extend(c);
+        if let Some(rule) = rule {
+            rules.push((fname, f.ty, rule));
+        }
     }
-    for c in checks {
-        lines.push(format!("CHECK ({c})"));
+    for (col, ty, rule) in &rules {
+        lines.push(format!(
+            "CONSTRAINT {} CHECK ({})",
+            ident(&check_name(&table, col)),
+            rule.sql(col, *ty)
+        ));
     }
     let _ = writeln!(
         out,
         "CREATE TABLE IF NOT EXISTS {t} (\n  {}\n);",
         lines.join(",\n  ")
     );
+    for (col, _, rule) in &rules {
+        let _ = writeln!(
+            out,
+            "COMMENT ON CONSTRAINT {} ON {t} IS {};",
+            ident(&check_name(&table, col)),
+            literal(&rule.comment())
+        );
+    }
+    for ix in wanted_indexes(&table, e) {
+        let _ = writeln!(out, "{}", ix.create(&table, false));
+    }
+    out.push('\n');
+}
+
+/// An index sinew keeps on an entity's table: a unique field's, a `ref`
+/// field's, the owner field's, or a declared one. Unique ones hold among
+/// live rows only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexPlan {
+    /// Its name.
+    pub name: String,
+    /// Its columns, leading one first.
+    pub columns: Vec<String>,
+    /// Unique among live rows (`WHERE "deleted_at" IS NULL`).
+    pub unique: bool,
+}
+
+impl IndexPlan {
+    /// `CREATE [UNIQUE] INDEX [CONCURRENTLY] IF NOT EXISTS …`.
+    pub fn create(&self, table: &str, concurrently: bool) -> String {
+        let cols: Vec<String> = self.columns.iter().map(|c| ident(c)).collect();
+        format!(
+            "CREATE {}INDEX {}IF NOT EXISTS {} ON {} ({}){};",
+            if self.unique { "UNIQUE " } else { "" },
+            if concurrently { "CONCURRENTLY " } else { "" },
+            ident(&self.name),
+            ident(table),
+            cols.join(", "),
+            if self.unique {
+                " WHERE \"deleted_at\" IS NULL"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+/// Every index sinew keeps on an entity's table, in order.
+pub fn wanted_indexes(table: &str, e: &Entity) -> Vec<IndexPlan> {
+    let mut out = Vec::new();
     for (fname, f) in &e.fields {
-        let col = ident(fname);
         if f.unique {
-            let idx = ident(&format!("{table}_{fname}_key"));
-            let _ = writeln!(
-                out,
-                "CREATE UNIQUE INDEX IF NOT EXISTS {idx} ON {t} ({col}) WHERE \"deleted_at\" IS NULL;"
-            );
+            out.push(IndexPlan {
+                name: format!("{table}_{fname}_key"),
+                columns: vec![fname.clone()],
+                unique: true,
+            });
         } else if f.ty == FieldType::Ref || e.owner.as_ref().is_some_and(|o| o.field == *fname) {
-            let idx = ident(&format!("{table}_{fname}_idx"));
-            let _ = writeln!(out, "CREATE INDEX IF NOT EXISTS {idx} ON {t} ({col});");
+            out.push(IndexPlan {
+                name: format!("{table}_{fname}_idx"),
+                columns: vec![fname.clone()],
+                unique: false,
+            });
         }
     }
     for ix in &e.indexes {
-        let idx = ident(&index_name(&table, &ix.fields, ix.unique));
-        let cols: Vec<String> = ix.fields.iter().map(|f| ident(f)).collect();
-        let cols = cols.join(", ");
-        if ix.unique {
-            let _ = writeln!(
-                out,
-                "CREATE UNIQUE INDEX IF NOT EXISTS {idx} ON {t} ({cols}) WHERE \"deleted_at\" IS NULL;"
-            );
-        } else {
-            let _ = writeln!(out, "CREATE INDEX IF NOT EXISTS {idx} ON {t} ({cols});");
-        }
+        out.push(IndexPlan {
+            name: index_name(table, &ix.fields, ix.unique),
+            columns: ix.fields.clone(),
+            unique: ix.unique,
+        });
     }
-    out.push('\n');
+    out
 }
 
 /// The name of a declared index: `{table}_{fields}_key` (unique) or
@@ -184,7 +358,7 @@ fn fitted(table: &str, fields: &[String], suffix: &str) -> String {
 }
 
 /// A column an entity's table has.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ColumnPlan {
     /// The column's name.
     pub name: String,
@@ -192,8 +366,17 @@ pub struct ColumnPlan {
     pub sql_type: &'static str,
     /// Whether it is `NOT NULL`.
     pub not_null: bool,
-    /// Its definition for `ALTER TABLE … ADD COLUMN`, constraints inline.
+    /// Its definition for `ALTER TABLE … ADD COLUMN` (its `CHECK` apart).
     pub definition: String,
+    /// Whether the database fills it in when an insert leaves it out (it
+    /// has a default).
+    pub filled: bool,
+    /// What its `CHECK` allows.
+    pub rule: Option<Rule>,
+    /// The field type its `CHECK` is written for.
+    pub ty: FieldType,
+    /// The name it had before (`renamedFrom`).
+    pub renamed_from: Option<String>,
 }
 
 /// Every column of an entity's table, in table order.
@@ -207,6 +390,10 @@ pub fn columns(e: &Entity) -> Vec<ColumnPlan> {
             ident(name),
             if not_null { " NOT NULL" } else { "" }
         ),
+        filled: false,
+        rule: None,
+        ty: FieldType::Json,
+        renamed_from: None,
     };
     let mut out = vec![
         fixed("id", "uuid", true),
@@ -216,23 +403,19 @@ pub fn columns(e: &Entity) -> Vec<ColumnPlan> {
         fixed("deleted_at", "timestamp with time zone", false),
     ];
     if let Some(sm) = &e.status {
-        let states: Vec<String> = sm.states().iter().map(|s| literal(s)).collect();
         out.push(ColumnPlan {
             name: "status".into(),
             sql_type: "text",
             not_null: true,
-            definition: format!(
-                "\"status\" text NOT NULL DEFAULT {} CHECK (\"status\" IN ({}))",
-                literal(&sm.initial),
-                states.join(", ")
-            ),
+            definition: format!("\"status\" text NOT NULL DEFAULT {}", literal(&sm.initial)),
+            filled: true,
+            rule: Some(Rule::of_states(sm)),
+            ty: FieldType::String,
+            renamed_from: None,
         });
     }
     for (name, f) in &e.fields {
-        let (mut def, checks) = column(name, f);
-        for c in checks {
-            let _ = write!(def, " CHECK ({c})");
-        }
+        let (def, rule) = column(name, f);
         out.push(ColumnPlan {
             name: name.clone(),
             sql_type: match f.ty {
@@ -241,9 +424,45 @@ pub fn columns(e: &Entity) -> Vec<ColumnPlan> {
             },
             not_null: !f.nullable,
             definition: def,
+            filled: f.default.is_some(),
+            rule,
+            ty: f.ty,
+            renamed_from: f.renamed_from.clone(),
         });
     }
     out
+}
+
+/// The one rule for a column of an entity's table that the spec does not
+/// have (a field removed from the spec, or a column added by hand), which
+/// `sinew migrate` and `sinew serve` both apply, in the same words.
+///
+/// sinew never reads or writes such a column, and its inserts name their
+/// columns, so rows can still be inserted when it is nullable or filled in
+/// by the database (a default, an identity, a generated column): then it is
+/// kept, with its data (`Ok`, a note). Dropping it is the owner's call:
+/// another program may use it, and during a rolling deploy that removes a
+/// field the servers of the previous spec still write it. A `NOT NULL`
+/// column without a default would make every insert fail: that is refused
+/// (`Err`), and only `--allow-destructive` drops it.
+pub fn unknown_column(
+    table: &str,
+    column: &str,
+    not_null: bool,
+    filled: bool,
+) -> Result<String, String> {
+    if !not_null || filled {
+        Ok(format!(
+            "`{table}.{column}` is not in the spec: kept, with its data \
+             (sinew neither reads nor writes it; new rows get its default or null)"
+        ))
+    } else {
+        Err(format!(
+            "`{table}.{column}` is not in the spec and is NOT NULL without a default: \
+             every insert would fail (give it a default, drop its NOT NULL, \
+             or drop the column with its data)"
+        ))
+    }
 }
 
 /// The tables every sinew database has.
@@ -379,6 +598,22 @@ CREATE TABLE IF NOT EXISTS "sinew_schema" (
   "applied_at" timestamptz NOT NULL DEFAULT now()
 );
 
+-- sinew: every migration run (`sinew migrate --status`): the spec (its
+-- name and bundle hash), the schema's hash (`plan`, as in `sinew_schema`),
+-- the steps and SQL it ran, when it started and finished (null: cut short
+-- after its transaction; the next migration finishes what is left).
+CREATE TABLE IF NOT EXISTS "sinew_migrations" (
+  "id" bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  "spec" text NOT NULL,
+  "bundle" text,
+  "plan" text NOT NULL,
+  "steps" text NOT NULL,
+  "sql" text NOT NULL,
+  "by" text NOT NULL,
+  "started_at" timestamptz NOT NULL DEFAULT now(),
+  "finished_at" timestamptz
+);
+
 -- sinew: rate-limit counters, one row per scope and minute.
 CREATE TABLE IF NOT EXISTS "sinew_rate" (
   "scope" text NOT NULL,
@@ -428,6 +663,20 @@ pub fn grants(spec: &Spec, role: &str) -> String {
         out,
         "GRANT SELECT, INSERT ON \"sinew_audit\", \"sinew_audit_checkpoint\", \"sinew_schema\", \"sinew_bundle\" TO {role};"
     );
+    let _ = writeln!(out, "GRANT SELECT ON \"sinew_migrations\" TO {role};");
+    // The views renames leave, for servers of the previous spec (when
+    // there is one).
+    for e in spec.entities.values() {
+        if let Some(old) = &e.renamed_from {
+            let view = table_name(old);
+            let _ = writeln!(
+                out,
+                "DO $$ BEGIN\n  IF to_regclass({}) IS NOT NULL THEN\n    GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {role};\n  END IF;\nEND $$;",
+                literal(&ident(&view)),
+                ident(&view)
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "REVOKE UPDATE, DELETE, TRUNCATE ON \"sinew_audit\", \"sinew_audit_checkpoint\" FROM {role};"
@@ -448,6 +697,14 @@ pub fn plan(spec: &Spec) -> String {
     }
     foreign_keys(&mut out, spec);
     out.push_str(SINEW_TABLES);
+    out
+}
+
+/// The `FOREIGN KEY`s of a spec's `ref` fields, each added when missing
+/// (see [`plan`]): what a migration runs once every table exists.
+pub fn foreign_keys_sql(spec: &Spec) -> String {
+    let mut out = String::new();
+    foreign_keys(&mut out, spec);
     out
 }
 

@@ -106,6 +106,9 @@ pub struct Entity {
     pub invariants: NameMap<Expression>,
     /// Declared indexes (format 0.2).
     pub indexes: Vec<Index>,
+    /// The entity's former name (`renamedFrom`): the migration renames
+    /// its table instead of creating a new one.
+    pub renamed_from: Option<String>,
     /// JSON Pointer of the entity.
     pub path: String,
 }
@@ -230,6 +233,9 @@ pub struct Field {
     pub sensitive: bool,
     /// Value used when a create does not set the field.
     pub default: Option<Value>,
+    /// The field's former name (`renamedFrom`): the migration renames its
+    /// column instead of adding a new one.
+    pub renamed_from: Option<String>,
 }
 
 /// How many `ref` hops ownership through a reference may take.

@@ -6,26 +6,39 @@ use std::path::PathBuf;
 
 use crate::serve::Database;
 
-/// Print (or apply) the Postgres schema a spec needs.
+/// Print, plan or apply the migration of a database to a spec.
 ///
-/// Prints plain SQL you own: tables, CHECKs, indexes and the sinew_* tables
-/// with their triggers. With DATABASE_URL (or an embedded database in
-/// --data-dir) it also compares with what exists: new columns are added;
-/// a change that narrows a column is refused unless --allow-destructive.
-/// A column the spec lacks is kept when inserts can leave it out (nullable,
-/// or with a default), else refused (NOT NULL without a default: inserts
-/// would fail) and dropped only with --allow-destructive; `sinew serve`
-/// applies the same rule. Every statement is idempotent, so re-running is a
-/// no-op.
+/// Without a database (no DATABASE_URL, no embedded database in
+/// --data-dir), prints the schema for an empty database as plain SQL you
+/// own. With one, compares it with the spec and prints the SQL of the
+/// migration; --plan prints its steps instead, each safe, locking or
+/// destructive with the lock it takes; --apply runs it. Steps that lose
+/// data, fail on rows already there or break the previous spec's servers
+/// (a changed type, a new NOT NULL, a narrowed CHECK) are refused (exit 1)
+/// unless --allow-destructive. `sinew serve` applies, at start, only what
+/// the spec needs (see the README: "Evolving a spec").
 #[derive(clap::Args, Debug)]
 pub struct MigrateArgs {
     /// The spec.
     pub spec: PathBuf,
-    /// Run the SQL, in one transaction.
-    #[arg(long)]
+    /// Run the migration: one transaction, then the statements that must
+    /// run alone (CREATE INDEX CONCURRENTLY, VALIDATE CONSTRAINT).
+    #[arg(long, conflicts_with_all = ["plan", "status"])]
     pub apply: bool,
-    /// Allow changes that lose data (changed types, new NOT NULLs, dropping
-    /// a NOT NULL column without a default that the spec lacks).
+    /// Print the steps with their risk and lock instead of the SQL.
+    #[arg(long, conflicts_with = "status")]
+    pub plan: bool,
+    /// Print the migrations the database recorded (`sinew_migrations`) and
+    /// what is left to migrate it to the spec.
+    #[arg(long)]
+    pub status: bool,
+    /// Output format of --plan and --status.
+    #[arg(long, value_enum, default_value_t = MigrateFormat::Human)]
+    pub format: MigrateFormat,
+    /// Allow the steps that lose data, fail on rows already there, or
+    /// break the previous spec's servers (changed types, new NOT NULLs,
+    /// narrowed CHECKs, dropping a NOT NULL column without a default that
+    /// the spec lacks).
     #[arg(long)]
     pub allow_destructive: bool,
     /// The database (absent: the embedded one in --data-dir when it exists,
@@ -42,6 +55,15 @@ pub struct MigrateArgs {
     pub app_role: Option<String>,
 }
 
+/// How `sinew migrate --plan` and `--status` print.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MigrateFormat {
+    /// For people.
+    Human,
+    /// One JSON document, for CI.
+    Json,
+}
+
 /// Migrates; returns the exit code (0 done, 1 refused).
 pub fn migrate(args: &MigrateArgs) -> Result<u8> {
     let text = std::fs::read_to_string(&args.spec)
@@ -55,13 +77,17 @@ pub fn migrate(args: &MigrateArgs) -> Result<u8> {
             d.path
         );
     }
+    let spec = &loaded.spec;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
         let embedded_exists = args.data_dir.join("pg").join("PG_VERSION").is_file();
-        let db = if args.database_url.is_some() || embedded_exists || args.apply {
-            Some(Database::open(args.database_url.as_deref(), &args.data_dir)?)
+        let db = if args.database_url.is_some() || embedded_exists || args.apply || args.status {
+            Some(Database::open(
+                args.database_url.as_deref(),
+                &args.data_dir,
+            )?)
         } else {
             None
         };
@@ -69,39 +95,136 @@ pub fn migrate(args: &MigrateArgs) -> Result<u8> {
             Some(db) => Some(db.connect().await?),
             None => None,
         };
-        let mut m =
-            crate::pg::migrate::plan(client.as_ref(), &loaded.spec, args.allow_destructive)
-                .await?;
-        if let Some(role) = &args.app_role {
-            m.sql.push('\n');
-            m.sql
-                .push_str(&sinew_core::migrate::grants(&loaded.spec, role));
+        if args.status {
+            let client = client.as_ref().context("no database")?;
+            return migrate_status(client, spec, args.format).await;
+        }
+        let mut m = crate::pg::migrate::plan(client.as_ref(), spec, args.allow_destructive).await?;
+        m.app_role.clone_from(&args.app_role);
+        m.bundle = crate::replay::bundle_hash(&text).ok();
+        if args.app_role.is_some() {
+            if client.is_some() {
+                m.sql = crate::pg::migrate::sql_text(spec, &m);
+            } else {
+                m.sql.push('\n');
+                m.sql.push_str(&sinew_core::migrate::grants(
+                    spec,
+                    args.app_role.as_deref().unwrap_or_default(),
+                ));
+            }
+        }
+        if args.plan {
+            let out = match args.format {
+                MigrateFormat::Human => m.plan.human(),
+                MigrateFormat::Json => plan_json(&m, client.is_some()) + "\n",
+            };
+            crate::write_stdout(&out).context("cannot write the plan to stdout")?;
+            return Ok(u8::from(!m.destructive.is_empty()));
         }
         for note in &m.kept {
             eprintln!("note: {note}");
         }
-        if !m.destructive.is_empty() && !args.allow_destructive {
+        if !m.destructive.is_empty() {
             eprintln!("refused: migrating would lose data:");
             for d in &m.destructive {
                 eprintln!("  - {d}");
             }
-            eprintln!("review, then run again with --allow-destructive");
+            eprintln!("review (`sinew migrate --plan`), then run again with --allow-destructive");
             return Ok(1);
         }
         if args.apply {
             let Some(client) = client.as_mut() else {
                 anyhow::bail!("no database to apply to");
             };
-            crate::pg::migrate::apply(client, &loaded.spec, &m).await?;
+            let applied = crate::pg::migrate::apply(client, spec, &m).await?;
+            let n = applied.migration.runs().count();
             eprintln!(
-                "applied: {} change(s) to existing tables; everything else already existed or was created",
-                m.changes
+                "applied: {n} step(s) ({} on existing tables){}",
+                applied.migration.changes,
+                applied
+                    .id
+                    .map(|id| format!(", recorded as migration {id} in sinew_migrations"))
+                    .unwrap_or_default()
             );
         } else {
             crate::write_stdout(&m.sql).context("cannot write the plan to stdout")?;
         }
         Ok(0)
     })
+}
+
+/// A migration's plan as JSON: every step (with who applies it), the
+/// notes, the refusals, the highest risk.
+fn plan_json(m: &crate::pg::migrate::Migration, database: bool) -> String {
+    serde_json::json!({
+        "database": database,
+        "risk": m.plan.risk().map(|r| r.name()),
+        "steps": m.plan.steps,
+        "notes": m.kept,
+        "refused": m.destructive,
+    })
+    .to_string()
+}
+
+/// `sinew migrate --status`: the recorded migrations, and what is left.
+async fn migrate_status(
+    client: &tokio_postgres::Client,
+    spec: &sinew_core::spec::Spec,
+    format: MigrateFormat,
+) -> Result<u8> {
+    let history = crate::pg::migrate::history(client).await?;
+    let m = crate::pg::migrate::plan(Some(client), spec, false).await?;
+    let pending: Vec<&sinew_core::migrate::evolve::Step> = m.plan.steps.iter().collect();
+    let current = crate::pg::migrate::recorded(client, spec).await;
+    let out = match format {
+        MigrateFormat::Json => {
+            serde_json::json!({
+                "migrations": history,
+                "recorded": current,
+                "pending": pending,
+                "refused": m.destructive,
+            })
+            .to_string()
+                + "\n"
+        }
+        MigrateFormat::Human => {
+            let mut out = String::new();
+            if history.is_empty() {
+                out.push_str("no migration recorded (sinew_migrations is empty or missing)\n");
+            }
+            for h in &history {
+                out.push_str(&format!(
+                    "{:>4}  {}  {:<28} {} step(s), by {}, {}\n",
+                    h.id,
+                    h.started_at,
+                    format!("{} ({})", h.spec, &h.plan[..12.min(h.plan.len())]),
+                    h.steps,
+                    h.by,
+                    match &h.finished_at {
+                        Some(t) => format!("finished {t}"),
+                        None => "NOT FINISHED (the next migration finishes it)".to_owned(),
+                    }
+                ));
+            }
+            if pending.is_empty() {
+                out.push_str(&format!(
+                    "the database matches spec `{}`{}\n",
+                    spec.name,
+                    if current { "" } else { " (not recorded yet)" }
+                ));
+            } else {
+                out.push_str(&format!(
+                    "left to migrate to spec `{}`: {} step(s)\n",
+                    spec.name,
+                    pending.len()
+                ));
+                out.push_str(&m.plan.human());
+            }
+            out
+        }
+    };
+    crate::write_stdout(&out)?;
+    Ok(u8::from(!pending.is_empty()))
 }
 
 /// Audit log commands.

@@ -37,7 +37,7 @@ pub async fn record_bundle(client: &tokio_postgres::Client, spec_text: &str) -> 
 }
 
 /// A spec's bundle hash.
-fn bundle_hash(spec_text: &str) -> Result<String> {
+pub(crate) fn bundle_hash(spec_text: &str) -> Result<String> {
     let v: Value = serde_json::from_str(spec_text).context("the spec is not JSON")?;
     let canonical = sinew_core::hash::canonical(&v);
     Ok(format!(

@@ -1561,7 +1561,7 @@ pub async fn serve(
         Some(crate::component_hash(crate::COMPONENT)),
     ));
     if !args.no_migrate {
-        start.migrate(&spec, &storage).await?;
+        start.migrate(&spec, &text, &storage).await?;
     }
     // The spec served, under the hash its audit entries name: what
     // `sinew audit replay` runs them on (in the background: not on the
@@ -1842,7 +1842,12 @@ impl Start<'_> {
     /// Migrates the database to the spec (refusing a migration that
     /// loses data) and warms up the catalog, on a connection of the pool:
     /// the first request finds it open.
-    async fn migrate(&self, spec: &sinew_core::spec::Spec, storage: &PgBackend) -> Result<()> {
+    async fn migrate(
+        &self,
+        spec: &sinew_core::spec::Spec,
+        text: &str,
+        storage: &PgBackend,
+    ) -> Result<()> {
         let log = &self.log;
         let mut conn = storage
             .connection()
@@ -1877,15 +1882,22 @@ impl Start<'_> {
             warm
         } else {
             let client = &mut conn.client;
-            let m = crate::pg::migrate::plan(Some(client), spec, false).await?;
+            let mode = crate::pg::migrate::Mode::Serve;
+            let mut m = crate::pg::migrate::plan_for(Some(client), spec, mode).await?;
             if !m.destructive.is_empty() {
                 return Err(refuse(&m.destructive));
             }
-            for note in &m.kept {
+            self.phase("migration planned");
+            m.bundle = crate::replay::bundle_hash(text).ok();
+            let applied = crate::pg::migrate::apply(client, spec, &m)
+                .await
+                .map_err(|e| match e.downcast_ref::<crate::pg::migrate::Refused>() {
+                    Some(r) => refuse(&r.0),
+                    None => e,
+                })?;
+            for note in &applied.migration.kept {
                 log.info(note);
             }
-            self.phase("migration planned");
-            crate::pg::migrate::apply(client, spec, &m).await?;
             self.phase("migration applied");
             storage.warm_catalog(&conn.client).await
         };

@@ -922,6 +922,7 @@ pub(crate) fn check(cx: &mut Cx, spec: &Spec) {
     for (name, entity) in &spec.entities {
         check_entity(cx, spec, name, entity);
     }
+    check_renames(cx, spec);
     let mut routes: BTreeMap<(String, String), String> = BTreeMap::new();
     let mut queues: BTreeMap<&str, String> = BTreeMap::new();
     for (name, tool) in &spec.tools {
@@ -1717,6 +1718,67 @@ fn check_indexed(
             "declare an index on `{entity}`: `\"indexes\": [{{\"fields\": [\"{first}\"]}}]`"
         )),
     );
+}
+
+/// `renamedFrom` on entities and fields: a former name is not a name in
+/// use (an entity's table, a field or implicit column of the same entity),
+/// and no two renames start from one name. Whether the former name exists
+/// is the database's question (`sinew migrate` answers it).
+fn check_renames(cx: &mut Cx, spec: &Spec) {
+    use crate::migrate::table_name;
+    let mut from: BTreeMap<String, &str> = BTreeMap::new();
+    for (name, e) in &spec.entities {
+        let Some(old) = &e.renamed_from else { continue };
+        let p = child(&e.path, "renamedFrom");
+        let old_table = table_name(old);
+        if let Some(other) = spec.entities.keys().find(|n| table_name(n) == old_table) {
+            cx.error(
+                Diagnostic::new(
+                    "invalid-rename",
+                    p,
+                    format!("`{name}` is renamed from `{old}`, but `{other}` has that table (`{old_table}`)"),
+                )
+                .help("a rename cannot start from a name still in use: remove `renamedFrom`, or rename the other entity first"),
+            );
+        } else if let Some(first) = from.insert(old_table.clone(), name) {
+            cx.error(
+                Diagnostic::new(
+                    "invalid-rename",
+                    p,
+                    format!("`{first}` and `{name}` are both renamed from `{old}`"),
+                )
+                .help("one table can become one entity: keep `renamedFrom` on one of them"),
+            );
+        }
+    }
+    for (ename, e) in &spec.entities {
+        let mut from: BTreeMap<&str, &str> = BTreeMap::new();
+        for (fname, f) in &e.fields {
+            let Some(old) = &f.renamed_from else { continue };
+            let p = child(&child(&child(&e.path, "fields"), fname), "renamedFrom");
+            if e.has_column(old) {
+                cx.error(
+                    Diagnostic::new(
+                        "invalid-rename",
+                        p,
+                        format!("`{ename}.{fname}` is renamed from `{old}`, but `{old}` is a column of `{ename}`"),
+                    )
+                    .help("a rename cannot start from a name still in use: remove `renamedFrom`, or rename the other field first"),
+                );
+            } else if let Some(first) = from.insert(old, fname) {
+                cx.error(
+                    Diagnostic::new(
+                        "invalid-rename",
+                        p,
+                        format!(
+                            "`{ename}.{first}` and `{ename}.{fname}` are both renamed from `{old}`"
+                        ),
+                    )
+                    .help("one column can become one field: keep `renamedFrom` on one of them"),
+                );
+            }
+        }
+    }
 }
 
 /// An entity's `indexes`: at least one column each, every one a column of

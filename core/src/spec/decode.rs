@@ -541,6 +541,7 @@ fn entity(cx: &mut Cx, v: &Value, path: &str) -> Entity {
     if let Some(v) = o.get("indexes") {
         e.indexes = indexes(cx, v, &o.at("indexes"));
     }
+    e.renamed_from = o.name(cx, "renamedFrom", false);
     if let Some(v) = o.get("status") {
         let p = o.at("status");
         e.status = status_machine(cx, v, &p);
@@ -614,6 +615,7 @@ fn field(cx: &mut Cx, v: &Value, path: &str) -> Option<Field> {
     let unique = o.bool(cx, "unique");
     let sensitive = o.bool(cx, "sensitive");
     let default = o.get("default").cloned();
+    let renamed_from = o.name(cx, "renamedFrom", false);
     let ty = ty?;
     if ty == FieldType::Ref && entity.is_none() && !o.map.contains_key("entity") {
         cx.error(
@@ -686,6 +688,7 @@ fn field(cx: &mut Cx, v: &Value, path: &str) -> Option<Field> {
         unique,
         sensitive,
         default,
+        renamed_from,
     })
 }
 

@@ -6,68 +6,12 @@
 //! (see [`unknown_column`]).
 
 use anyhow::{Context, Result};
-use sinew_core::migrate::{columns, ident, table_name};
+use sinew_core::migrate::evolve::{self, Applies, Check, Column, Index, Plan, Schema, Step};
+use sinew_core::migrate::{Rule, columns, table_name};
 use sinew_core::spec::Spec;
-use std::collections::HashMap;
 use std::fmt::Write;
 
-/// What migrating a database to a spec takes.
-#[derive(Debug, Clone, Default)]
-pub struct Migration {
-    /// The SQL to run, in one transaction.
-    pub sql: String,
-    /// Changes that could lose data, one sentence each (their SQL is in
-    /// `sql` only when they were allowed).
-    pub destructive: Vec<String>,
-    /// Whether the database already has everything (nothing to alter).
-    pub changes: usize,
-    /// Whether `sql` leaves the database matching the spec (no change that
-    /// could lose data was left out).
-    pub complete: bool,
-    /// Columns the spec lacks that are kept as they are, one sentence each
-    /// (see [`unknown_column`]).
-    pub kept: Vec<String>,
-}
-
-struct Existing {
-    ty: String,
-    not_null: bool,
-    /// Whether the database fills it in when an insert leaves it out (a
-    /// default, an identity, a generated column).
-    filled: bool,
-}
-
-/// The one rule for a column of an entity's table that the spec does not
-/// have (a field removed from the spec, or a column added by hand), which
-/// `sinew migrate` and `sinew serve` both apply, in the same words.
-///
-/// sinew never reads or writes such a column, and its inserts name their
-/// columns, so rows can still be inserted when it is nullable or filled in
-/// by the database (a default, an identity, a generated column): then it is
-/// kept, with its data (`Ok`, a note). Dropping it is the owner's call:
-/// another program may use it, and during a rolling deploy that removes a
-/// field the servers of the previous spec still write it. A `NOT NULL`
-/// column without a default would make every insert fail: that is refused
-/// (`Err`), and only `--allow-destructive` drops it.
-pub fn unknown_column(
-    table: &str,
-    column: &str,
-    not_null: bool,
-    filled: bool,
-) -> Result<String, String> {
-    if !not_null || filled {
-        Ok(format!(
-            "`{table}.{column}` is not in the spec: kept, with its data \
-             (sinew neither reads nor writes it; new rows get its default or null)"
-        ))
-    } else {
-        Err(format!(
-            "`{table}.{column}` is not in the spec and is NOT NULL without a default: \
-             every insert would fail (give it a default, drop its NOT NULL, \
-             or drop the column with its data)"
-        ))
-    }
-}
+pub use sinew_core::migrate::unknown_column;
 
 /// The refusals of [`unknown_column`] in the database behind `client`, in
 /// one catalog query (no prepared statement): what a start whose schema is
@@ -112,120 +56,328 @@ pub async fn refused_columns(client: &tokio_postgres::Client, spec: &Spec) -> Re
     Ok(refused)
 }
 
-/// The migration of the database behind `client` to `spec`. Without a
+/// Who runs a migration, which decides the steps it applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// `sinew serve` at start: what the spec needs and nothing else; it
+    /// does not start while a step it needs is refused.
+    Serve,
+    /// `sinew migrate --apply`: every step but the forced ones.
+    #[default]
+    Migrate,
+    /// `sinew migrate --apply --allow-destructive`: every step.
+    Forced,
+}
+
+impl Mode {
+    /// Whether this mode applies `s`.
+    pub fn applies(self, s: &Step) -> bool {
+        matches!(
+            (self, s.applies),
+            (Mode::Forced, _) | (_, Applies::Always) | (Mode::Migrate, Applies::Migrate)
+        )
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Serve => "serve",
+            Mode::Migrate => "migrate",
+            Mode::Forced => "migrate --allow-destructive",
+        }
+    }
+}
+
+/// What migrating a database to a spec takes.
+#[derive(Debug, Clone, Default)]
+pub struct Migration {
+    /// Every step from the database to the spec, applied or not.
+    pub plan: Plan,
+    /// Who migrates.
+    pub mode: Mode,
+    /// The SQL that runs: the transaction, then the statements that run
+    /// alone.
+    pub sql: String,
+    /// Steps this mode refuses, one sentence each (what and why): for
+    /// `migrate`, every forced step; for `serve`, the forced steps the
+    /// spec needs.
+    pub destructive: Vec<String>,
+    /// Steps that run on tables that exist (not creating one).
+    pub changes: usize,
+    /// Whether the database can serve the spec once it runs (no step the
+    /// spec needs is refused).
+    pub complete: bool,
+    /// What is left as it is, one sentence each (columns the spec lacks,
+    /// renames done before, steps `serve` leaves to `sinew migrate`).
+    pub kept: Vec<String>,
+    /// Whether the database had no table of the spec's (a first migration).
+    pub fresh: bool,
+    /// The role the servers connect as, granted what serving needs in
+    /// the migration's transaction (`sinew migrate --app-role`).
+    pub app_role: Option<String>,
+    /// The spec's bundle hash, recorded with the migration.
+    pub bundle: Option<String>,
+}
+
+impl Migration {
+    /// The steps that run, in order.
+    pub fn runs(&self) -> impl Iterator<Item = &Step> {
+        self.plan.steps.iter().filter(|s| self.mode.applies(s))
+    }
+}
+
+/// What a database has: its tables' columns, sinew's one-column `CHECK`s,
+/// indexes, and the views renames left.
+pub async fn read_schema(client: &tokio_postgres::Client) -> Result<Schema> {
+    let mut schema = Schema::default();
+    let rows = client
+        .query(
+            "SELECT c.table_name::text, c.column_name::text, c.data_type::text, c.is_nullable::text, \
+             c.column_default IS NOT NULL OR c.is_identity = 'YES' OR c.is_generated = 'ALWAYS' \
+             FROM information_schema.columns c JOIN information_schema.tables t \
+               ON t.table_schema = c.table_schema AND t.table_name = c.table_name \
+             WHERE c.table_schema = current_schema() AND t.table_type = 'BASE TABLE' \
+             ORDER BY c.table_name, c.ordinal_position",
+            &[],
+        )
+        .await
+        .context("reading the database's tables")?;
+    for r in &rows {
+        let table: String = r.get(0);
+        let nullable: String = r.get(3);
+        schema
+            .tables
+            .entry(table)
+            .or_default()
+            .columns
+            .push(Column {
+                name: r.get(1),
+                sql_type: r.get(2),
+                not_null: nullable == "NO",
+                filled: r.get(4),
+            });
+    }
+    let rows = client
+        .query(
+            "SELECT c.relname::text, k.conname::text, a.attname::text, \
+             coalesce(obj_description(k.oid, 'pg_constraint'), ''), k.convalidated \
+             FROM pg_catalog.pg_constraint k \
+             JOIN pg_catalog.pg_class c ON c.oid = k.conrelid \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = k.conkey[1] \
+             WHERE k.contype = 'c' AND cardinality(k.conkey) = 1 \
+               AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = current_schema()) \
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .context("reading the database's CHECKs")?;
+    for r in &rows {
+        let (table, name, column, comment): (String, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        let rule = Rule::from_comment(&comment);
+        // sinew's: commented by it, or named as Postgres named the CHECKs
+        // sinew wrote before it commented them.
+        let ours = rule.is_some() || name.starts_with(&format!("{table}_{column}_check"));
+        if !ours || sinew_core::model::IMPLICIT_FIELDS.contains(&column.as_str()) {
+            continue;
+        }
+        if let Some(t) = schema.tables.get_mut(&table) {
+            t.checks.push(Check {
+                name,
+                column,
+                rule,
+                valid: r.get(4),
+            });
+        }
+    }
+    let rows = client
+        .query(
+            "SELECT t.relname::text, i.relname::text, x.indisunique AND x.indpred IS NOT NULL, \
+             x.indisvalid, 0 = ANY (x.indkey::int2[]), \
+             ARRAY(SELECT a.attname::text FROM unnest(x.indkey::int2[]) WITH ORDINALITY u(n, o) \
+                   JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid AND a.attnum = u.n ORDER BY u.o), \
+             EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.conindid = i.oid) \
+             FROM pg_catalog.pg_index x \
+             JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid \
+             JOIN pg_catalog.pg_class t ON t.oid = x.indrelid \
+             WHERE NOT x.indisprimary \
+               AND t.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = current_schema()) \
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .context("reading the database's indexes")?;
+    for r in &rows {
+        let (table, name): (String, String) = (r.get(0), r.get(1));
+        let expression: bool = r.get(4);
+        let constraint: bool = r.get(6);
+        if expression || constraint {
+            continue; // the owner's, or a constraint's: never sinew's
+        }
+        let sinew = name.starts_with(&format!("{table}_"))
+            && (name.ends_with("_idx") || name.ends_with("_key"));
+        if let Some(t) = schema.tables.get_mut(&table) {
+            t.indexes.push(Index {
+                name,
+                columns: r.get(5),
+                unique: r.get(2),
+                valid: r.get(3),
+                sinew,
+            });
+        }
+    }
+    let rows = client
+        .query(
+            "SELECT c.relname::text, obj_description(c.oid, 'pg_class') FROM pg_catalog.pg_class c \
+             WHERE c.relkind = 'v' \
+               AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = current_schema()) \
+               AND obj_description(c.oid, 'pg_class') LIKE 'sinew renamed to %'",
+            &[],
+        )
+        .await
+        .context("reading the database's views")?;
+    for r in &rows {
+        let comment: String = r.get(1);
+        let target = comment.trim_start_matches("sinew renamed to ").to_owned();
+        schema.views.insert(r.get(0), target);
+    }
+    Ok(schema)
+}
+
+/// The tables of a spec that are sinew's own bookkeeping, not entities.
+fn entity_tables(schema: &Schema, spec: &Spec) -> Schema {
+    // Only entity tables (and tables the spec renames) take part: sinew's
+    // own are created by `SINEW_TABLES`, others are the owner's.
+    let mut out = schema.clone();
+    out.tables
+        .retain(|name, _| !name.starts_with("sinew_") || is_entity(spec, name));
+    out
+}
+
+fn is_entity(spec: &Spec, table: &str) -> bool {
+    spec.entities.keys().any(|n| table_name(n) == table)
+}
+
+/// The migration of the database behind `client` to `spec` for `mode`.
+/// Without a client, the plan for an empty database.
+pub async fn plan_for(
+    client: Option<&tokio_postgres::Client>,
+    spec: &Spec,
+    mode: Mode,
+) -> Result<Migration> {
+    let Some(client) = client else {
+        let plan = evolve::plan(&Schema::default(), spec);
+        return Ok(Migration {
+            plan,
+            mode,
+            sql: sinew_core::migrate::plan(spec),
+            complete: true,
+            fresh: true,
+            ..Migration::default()
+        });
+    };
+    let schema = entity_tables(&read_schema(client).await?, spec);
+    Ok(migration(&schema, spec, mode))
+}
+
+/// The migration from `schema` to `spec` for `mode`.
+pub fn migration(schema: &Schema, spec: &Spec, mode: Mode) -> Migration {
+    let fresh = !spec
+        .entities
+        .keys()
+        .any(|n| schema.tables.contains_key(&table_name(n)));
+    let plan = evolve::plan(schema, spec);
+    let mut m = Migration {
+        mode,
+        fresh,
+        kept: plan.notes.clone(),
+        ..Migration::default()
+    };
+    for s in &plan.steps {
+        let sentence = || match &s.why {
+            Some(why) => format!("`{}`: {}: {why}", s.table, s.change),
+            None => format!("`{}`: {}", s.table, s.change),
+        };
+        if mode.applies(s) {
+            if !s.change.starts_with("create table") {
+                m.changes += 1;
+            }
+        } else if mode == Mode::Serve && !s.needed {
+            m.kept.push(format!(
+                "not applied by `sinew serve` (the spec runs without it; `sinew migrate --apply`{} applies it): {}",
+                if s.applies == Applies::Forced {
+                    " --allow-destructive"
+                } else {
+                    ""
+                },
+                sentence()
+            ));
+        } else {
+            // Refusals name what `unknown_column` says in its words.
+            m.destructive.push(match &s.why {
+                Some(why) if s.change.starts_with("drop column") => why.clone(),
+                _ => sentence(),
+            });
+        }
+    }
+    m.complete = m.destructive.is_empty();
+    m.plan = plan;
+    m.sql = sql_text(spec, &m);
+    m
+}
+
+/// The SQL a migration runs, for people to read or run by hand.
+pub fn sql_text(spec: &Spec, m: &Migration) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "-- sinew migration to spec {}",
+        sinew_core::migrate::literal(&spec.name)
+    );
+    let _ = writeln!(out, "BEGIN;\nSET LOCAL lock_timeout = '5s';");
+    out.push_str(sinew_core::migrate::SINEW_TABLES);
+    for s in m.runs().filter(|s| !s.alone) {
+        let _ = writeln!(out, "-- {} ({}): {}", s.table, s.risk.name(), s.change);
+        for q in &s.sql {
+            let _ = writeln!(out, "{q}");
+        }
+    }
+    out.push_str(&sinew_core::migrate::foreign_keys_sql(spec));
+    if let Some(role) = &m.app_role {
+        out.push_str(&sinew_core::migrate::grants(spec, role));
+    }
+    let _ = writeln!(out, "COMMIT;");
+    let mut alone = m.runs().filter(|s| s.alone).peekable();
+    if alone.peek().is_some() {
+        let _ = writeln!(out, "\n-- after the transaction, each statement by itself:");
+    }
+    for s in alone {
+        let _ = writeln!(out, "-- {} ({}): {}", s.table, s.risk.name(), s.change);
+        for q in &s.sql {
+            let _ = writeln!(out, "{q}");
+        }
+    }
+    out
+}
+
+/// The migration of the database behind `client` to `spec`, as `sinew
+/// migrate` plans it (`allow_destructive`: forced steps too). Without a
 /// client, the plan for an empty database.
 pub async fn plan(
     client: Option<&tokio_postgres::Client>,
     spec: &Spec,
     allow_destructive: bool,
 ) -> Result<Migration> {
-    let mut m = Migration {
-        sql: sinew_core::migrate::plan(spec),
-        ..Migration::default()
+    let mode = if allow_destructive {
+        Mode::Forced
+    } else {
+        Mode::Migrate
     };
-    let Some(client) = client else {
-        return Ok(m);
-    };
-    let rows = client
-        .query(
-            "SELECT table_name::text, column_name::text, data_type::text, is_nullable::text, \
-             column_default IS NOT NULL OR is_identity = 'YES' OR is_generated = 'ALWAYS' \
-             FROM information_schema.columns WHERE table_schema = current_schema() \
-             ORDER BY table_name, ordinal_position",
-            &[],
-        )
-        .await
-        .context("reading the database's tables")?;
-    let mut tables: HashMap<String, Vec<(String, Existing)>> = HashMap::new();
-    for r in &rows {
-        let table: String = r.get(0);
-        let nullable: String = r.get(3);
-        tables.entry(table).or_default().push((
-            r.get(1),
-            Existing {
-                ty: r.get(2),
-                not_null: nullable == "NO",
-                filled: r.get(4),
-            },
-        ));
-    }
-    let mut alters = String::new();
-    for (name, e) in &spec.entities {
-        let table = table_name(name);
-        let Some(existing) = tables.get(&table) else {
-            continue;
-        };
-        let t = ident(&table);
-        let wanted = columns(e);
-        for c in &wanted {
-            let col = ident(&c.name);
-            match existing.iter().find(|(n, _)| *n == c.name) {
-                None => {
-                    m.changes += 1;
-                    let _ = writeln!(alters, "ALTER TABLE {t} ADD COLUMN {};", c.definition);
-                }
-                Some((_, have)) => {
-                    if have.ty != c.sql_type {
-                        m.changes += 1;
-                        m.destructive.push(format!(
-                            "`{table}.{}` would change type from {} to {}",
-                            c.name, have.ty, c.sql_type
-                        ));
-                        if allow_destructive {
-                            let _ = writeln!(
-                                alters,
-                                "ALTER TABLE {t} ALTER COLUMN {col} TYPE {ty} USING {col}::{ty};",
-                                ty = c.sql_type
-                            );
-                        }
-                    }
-                    if c.not_null && !have.not_null {
-                        m.changes += 1;
-                        m.destructive.push(format!(
-                            "`{table}.{}` would become NOT NULL (rows holding null would be refused)",
-                            c.name
-                        ));
-                        if allow_destructive {
-                            let _ = writeln!(
-                                alters,
-                                "ALTER TABLE {t} ALTER COLUMN {col} SET NOT NULL;"
-                            );
-                        }
-                    } else if !c.not_null && have.not_null {
-                        m.changes += 1;
-                        let _ =
-                            writeln!(alters, "ALTER TABLE {t} ALTER COLUMN {col} DROP NOT NULL;");
-                    }
-                }
-            }
-        }
-        for (n, have) in existing {
-            if wanted.iter().any(|c| c.name == *n) {
-                continue;
-            }
-            match unknown_column(&table, n, have.not_null, have.filled) {
-                Ok(note) => m.kept.push(note),
-                Err(refusal) => {
-                    m.changes += 1;
-                    m.destructive.push(refusal);
-                    if allow_destructive {
-                        let _ = writeln!(alters, "ALTER TABLE {t} DROP COLUMN {};", ident(n));
-                    }
-                }
-            }
-        }
-    }
-    if !alters.is_empty() {
-        let _ = write!(m.sql, "\n-- changes to existing tables\n{alters}");
-    }
-    m.complete = m.destructive.is_empty() || allow_destructive;
-    Ok(m)
+    plan_for(client, spec, mode).await
 }
 
-/// The table where applied migrations are recorded: the SHA-256 of the
+/// The key under which a migrated schema is recorded: the SHA-256 of the
 /// spec's schema DDL (`sinew_core::migrate::plan`, so a change of the spec
 /// or of sinew's own tables is a new entry).
-fn plan_key(spec: &Spec) -> String {
+pub fn plan_key(spec: &Spec) -> String {
     sinew_core::hash::sha256_hex(sinew_core::migrate::plan(spec).as_bytes())
 }
 
@@ -245,24 +397,237 @@ pub async fn recorded(client: &tokio_postgres::Client, spec: &Spec) -> bool {
     })
 }
 
-/// Runs a migration's SQL in one transaction and, when it makes the
-/// database match the spec, records that (see [`recorded`]).
-pub async fn apply(client: &mut tokio_postgres::Client, spec: &Spec, m: &Migration) -> Result<()> {
-    let tx = client.transaction().await?;
-    // Two servers starting at once must not race on `CREATE … IF NOT EXISTS`.
-    tx.batch_execute("SELECT pg_advisory_xact_lock(7596835991)")
-        .await?;
-    tx.batch_execute(&m.sql)
-        .await
-        .context("the migration failed; nothing was changed")?;
-    if m.complete {
-        tx.batch_execute(&format!(
+/// Records that the database serves `spec` (see [`recorded`]).
+pub async fn record(client: &tokio_postgres::Client, spec: &Spec) -> Result<()> {
+    client
+        .batch_execute(&format!(
             "INSERT INTO sinew_schema (plan) VALUES ('{}') ON CONFLICT DO NOTHING",
             plan_key(spec)
         ))
         .await
-        .context("recording the migration")?;
+        .context("recording the migration")
+}
+
+/// A migration refused: steps it needs that its mode does not apply, one
+/// sentence each. Nothing was changed.
+#[derive(Debug, Clone)]
+pub struct Refused(pub Vec<String>);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the database does not match the spec, and migrating would lose data:\n  {}",
+            self.0.join("\n  ")
+        )
     }
-    tx.commit().await?;
-    Ok(())
+}
+
+impl std::error::Error for Refused {}
+
+/// The advisory lock one migration at a time holds, across servers.
+const LOCK: i64 = 7_596_835_991;
+
+/// What [`apply`] did.
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    /// The migration as planned under the lock (another server may have
+    /// migrated since the caller planned).
+    pub migration: Migration,
+    /// Its id in `sinew_migrations` (`None`: nothing to do, not recorded).
+    pub id: Option<i64>,
+}
+
+/// Applies the migration of the database to `spec` for `m.mode`: takes the
+/// migration lock (waiting, without holding a transaction, while another
+/// server migrates), plans again under it, runs the steps that belong in a
+/// transaction together with sinew's own tables (retrying when a table is
+/// busy past the lock timeout: nothing waits behind a migration for more
+/// than 5 s), records the migration in `sinew_migrations`, then runs the
+/// statements that must run alone (`CREATE INDEX CONCURRENTLY`, `VALIDATE
+/// CONSTRAINT`) and marks it finished. Cut short after the transaction,
+/// the next migration finishes what is left (it plans from the catalog).
+/// Refuses (changing nothing) when a step the mode does not apply is one
+/// the spec needs.
+pub async fn apply(
+    client: &mut tokio_postgres::Client,
+    spec: &Spec,
+    m: &Migration,
+) -> Result<Applied> {
+    loop {
+        let got = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK])
+            .await?
+            .get::<_, bool>(0);
+        if got {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let result = apply_locked(client, spec, m).await;
+    let unlocked = client
+        .query_one("SELECT pg_advisory_unlock($1)", &[&LOCK])
+        .await;
+    let applied = result?;
+    unlocked?;
+    Ok(applied)
+}
+
+async fn apply_locked(
+    client: &mut tokio_postgres::Client,
+    spec: &Spec,
+    planned: &Migration,
+) -> Result<Applied> {
+    let mode = planned.mode;
+    let mut m = plan_for(Some(client), spec, mode).await?;
+    m.app_role.clone_from(&planned.app_role);
+    m.bundle.clone_from(&planned.bundle);
+    m.sql = sql_text(spec, &m);
+    if !m.complete {
+        return Err(Refused(m.destructive).into());
+    }
+    let steps: Vec<&Step> = m.runs().collect();
+    let steps_json = serde_json::to_string(&steps)?;
+    let mut attempt = 0;
+    let id: i64 = loop {
+        attempt += 1;
+        let tx = client.transaction().await?;
+        let ran = async {
+            tx.batch_execute("SET LOCAL lock_timeout = '5s'").await?;
+            tx.batch_execute(sinew_core::migrate::SINEW_TABLES).await?;
+            for s in steps.iter().filter(|s| !s.alone) {
+                for q in &s.sql {
+                    tx.batch_execute(q)
+                        .await
+                        .with_context(|| format!("`{}`: {}", s.table, s.change))?;
+                }
+            }
+            tx.batch_execute(&sinew_core::migrate::foreign_keys_sql(spec))
+                .await?;
+            if let Some(role) = &m.app_role {
+                tx.batch_execute(&sinew_core::migrate::grants(spec, role))
+                    .await
+                    .context("granting the servers' role what serving needs")?;
+            }
+            let id: i64 = tx
+                .query_one(
+                    "INSERT INTO sinew_migrations (spec, bundle, plan, steps, sql, \"by\") \
+                     VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                    &[
+                        &spec.name,
+                        &m.bundle,
+                        &plan_key(spec),
+                        &steps_json,
+                        &m.sql,
+                        &mode.name(),
+                    ],
+                )
+                .await?
+                .get(0);
+            anyhow::Ok(id)
+        }
+        .await;
+        match ran {
+            Ok(id) => {
+                tx.commit().await?;
+                break id;
+            }
+            Err(e) => {
+                drop(tx);
+                let busy = e
+                    .downcast_ref::<tokio_postgres::Error>()
+                    .or_else(|| e.chain().find_map(|c| c.downcast_ref()))
+                    .and_then(|e| e.code())
+                    == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE);
+                if busy && attempt < 5 {
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+                    continue;
+                }
+                return Err(e.context("the migration failed; nothing was changed"));
+            }
+        }
+    };
+    for s in steps.iter().filter(|s| s.alone) {
+        for q in &s.sql {
+            client.batch_execute(q).await.with_context(|| {
+                format!(
+                    "`{}`: {} failed (the migration is recorded as not finished; \
+                     `sinew migrate --status` shows what is left)",
+                    s.table, s.change
+                )
+            })?;
+        }
+    }
+    client
+        .execute(
+            "UPDATE sinew_migrations SET finished_at = now() WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+    record(client, spec).await?;
+    Ok(Applied {
+        migration: m,
+        id: Some(id),
+    })
+}
+
+/// A migration `sinew_migrations` recorded.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Recorded {
+    /// Its id, in the order run.
+    pub id: i64,
+    /// The spec's name.
+    pub spec: String,
+    /// The spec's bundle hash, when known.
+    pub bundle: Option<String>,
+    /// The schema's hash (as `sinew_schema` records it).
+    pub plan: String,
+    /// How many steps it ran.
+    pub steps: usize,
+    /// Who ran it (`serve`, `migrate`, `migrate --allow-destructive`).
+    pub by: String,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// When it finished (`None`: cut short after its transaction).
+    pub finished_at: Option<String>,
+}
+
+/// Every migration recorded, oldest first (none when the table does not
+/// exist yet).
+pub async fn history(client: &tokio_postgres::Client) -> Result<Vec<Recorded>> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('sinew_migrations') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "SELECT id, spec, bundle, plan, steps, \"by\", \
+             to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
+             to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') \
+             FROM sinew_migrations ORDER BY id",
+            &[],
+        )
+        .await
+        .context("reading sinew_migrations")?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let steps: String = r.get(4);
+            Recorded {
+                id: r.get(0),
+                spec: r.get(1),
+                bundle: r.get(2),
+                plan: r.get(3),
+                steps: serde_json::from_str::<Vec<serde_json::Value>>(&steps)
+                    .map_or(0, |v| v.len()),
+                by: r.get(5),
+                started_at: r.get(6),
+                finished_at: r.get(7),
+            }
+        })
+        .collect())
 }

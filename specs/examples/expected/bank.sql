@@ -12,11 +12,13 @@ CREATE TABLE IF NOT EXISTS "account" (
   "name" text NOT NULL,
   "currency" text NOT NULL,
   "balance" bigint NOT NULL,
-  CHECK (char_length("holder") <= 128),
-  CHECK (char_length("name") <= 100),
-  CHECK (char_length("currency") <= 3),
-  CHECK ("currency" IN ('EUR', 'USD', 'GBP', 'CHF'))
+  CONSTRAINT "account_holder_check" CHECK (char_length("holder") <= 128),
+  CONSTRAINT "account_name_check" CHECK (char_length("name") <= 100),
+  CONSTRAINT "account_currency_check" CHECK (char_length("currency") <= 3 AND "currency" IN ('EUR', 'USD', 'GBP', 'CHF'))
 );
+COMMENT ON CONSTRAINT "account_holder_check" ON "account" IS 'sinew {"maxLength":128}';
+COMMENT ON CONSTRAINT "account_name_check" ON "account" IS 'sinew {"maxLength":100}';
+COMMENT ON CONSTRAINT "account_currency_check" ON "account" IS 'sinew {"maxLength":3,"enum":["EUR","USD","GBP","CHF"]}';
 CREATE INDEX IF NOT EXISTS "account_holder_idx" ON "account" ("holder");
 
 -- Transfer
@@ -33,13 +35,17 @@ CREATE TABLE IF NOT EXISTS "transfer" (
   "currency" text NOT NULL,
   "reference" text NOT NULL,
   "initiated_by" text NOT NULL,
-  CHECK ("kind" IN ('transfer', 'deposit')),
-  CHECK ("amount_cents" >= 1),
-  CHECK (char_length("currency") <= 3),
-  CHECK ("currency" IN ('EUR', 'USD', 'GBP', 'CHF')),
-  CHECK (char_length("reference") <= 140),
-  CHECK (char_length("initiated_by") <= 128)
+  CONSTRAINT "transfer_kind_check" CHECK ("kind" IN ('transfer', 'deposit')),
+  CONSTRAINT "transfer_amount_cents_check" CHECK ("amount_cents" >= 1),
+  CONSTRAINT "transfer_currency_check" CHECK (char_length("currency") <= 3 AND "currency" IN ('EUR', 'USD', 'GBP', 'CHF')),
+  CONSTRAINT "transfer_reference_check" CHECK (char_length("reference") <= 140),
+  CONSTRAINT "transfer_initiated_by_check" CHECK (char_length("initiated_by") <= 128)
 );
+COMMENT ON CONSTRAINT "transfer_kind_check" ON "transfer" IS 'sinew {"enum":["transfer","deposit"]}';
+COMMENT ON CONSTRAINT "transfer_amount_cents_check" ON "transfer" IS 'sinew {"minimum":1}';
+COMMENT ON CONSTRAINT "transfer_currency_check" ON "transfer" IS 'sinew {"maxLength":3,"enum":["EUR","USD","GBP","CHF"]}';
+COMMENT ON CONSTRAINT "transfer_reference_check" ON "transfer" IS 'sinew {"maxLength":140}';
+COMMENT ON CONSTRAINT "transfer_initiated_by_check" ON "transfer" IS 'sinew {"maxLength":128}';
 CREATE INDEX IF NOT EXISTS "transfer_from_account_idx" ON "transfer" ("from_account");
 CREATE INDEX IF NOT EXISTS "transfer_to_account_idx" ON "transfer" ("to_account");
 
@@ -185,6 +191,22 @@ CREATE TABLE IF NOT EXISTS "sinew_bundle" (
 CREATE TABLE IF NOT EXISTS "sinew_schema" (
   "plan" text PRIMARY KEY,
   "applied_at" timestamptz NOT NULL DEFAULT now()
+);
+
+-- sinew: every migration run (`sinew migrate --status`): the spec (its
+-- name and bundle hash), the schema's hash (`plan`, as in `sinew_schema`),
+-- the steps and SQL it ran, when it started and finished (null: cut short
+-- after its transaction; the next migration finishes what is left).
+CREATE TABLE IF NOT EXISTS "sinew_migrations" (
+  "id" bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  "spec" text NOT NULL,
+  "bundle" text,
+  "plan" text NOT NULL,
+  "steps" text NOT NULL,
+  "sql" text NOT NULL,
+  "by" text NOT NULL,
+  "started_at" timestamptz NOT NULL DEFAULT now(),
+  "finished_at" timestamptz
 );
 
 -- sinew: rate-limit counters, one row per scope and minute.

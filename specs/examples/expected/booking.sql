@@ -13,12 +13,15 @@ CREATE TABLE IF NOT EXISTS "room" (
   "capacity" bigint NOT NULL,
   "nightly_rate_cents" bigint NOT NULL,
   "active" boolean NOT NULL,
-  CHECK (char_length("number") <= 16),
-  CHECK (char_length("name") <= 100),
-  CHECK ("capacity" >= 1),
-  CHECK ("capacity" <= 20),
-  CHECK ("nightly_rate_cents" >= 1)
+  CONSTRAINT "room_number_check" CHECK (char_length("number") <= 16),
+  CONSTRAINT "room_name_check" CHECK (char_length("name") <= 100),
+  CONSTRAINT "room_capacity_check" CHECK ("capacity" >= 1 AND "capacity" <= 20),
+  CONSTRAINT "room_nightly_rate_cents_check" CHECK ("nightly_rate_cents" >= 1)
 );
+COMMENT ON CONSTRAINT "room_number_check" ON "room" IS 'sinew {"maxLength":16}';
+COMMENT ON CONSTRAINT "room_name_check" ON "room" IS 'sinew {"maxLength":100}';
+COMMENT ON CONSTRAINT "room_capacity_check" ON "room" IS 'sinew {"minimum":1,"maximum":20}';
+COMMENT ON CONSTRAINT "room_nightly_rate_cents_check" ON "room" IS 'sinew {"minimum":1}';
 CREATE UNIQUE INDEX IF NOT EXISTS "room_number_key" ON "room" ("number") WHERE "deleted_at" IS NULL;
 
 -- Hold
@@ -28,7 +31,7 @@ CREATE TABLE IF NOT EXISTS "hold" (
   "created_at" timestamptz NOT NULL,
   "updated_at" timestamptz NOT NULL,
   "deleted_at" timestamptz,
-  "status" text NOT NULL DEFAULT 'held' CHECK ("status" IN ('held', 'confirmed', 'expired', 'cancelled')),
+  "status" text NOT NULL DEFAULT 'held',
   "guest" text NOT NULL,
   "contact_email" text NOT NULL,
   "room" uuid NOT NULL,
@@ -39,14 +42,19 @@ CREATE TABLE IF NOT EXISTS "hold" (
   "total_cents" bigint NOT NULL,
   "expires_at" timestamptz NOT NULL,
   "payment_id" text,
-  CHECK (char_length("guest") <= 128),
-  CHECK (char_length("contact_email") <= 254),
-  CHECK ("guests" >= 1),
-  CHECK ("guests" <= 20),
-  CHECK ("nights" >= 1),
-  CHECK ("nights" <= 30),
-  CHECK ("total_cents" >= 1)
+  CONSTRAINT "hold_status_check" CHECK ("status" IN ('held', 'confirmed', 'expired', 'cancelled')),
+  CONSTRAINT "hold_guest_check" CHECK (char_length("guest") <= 128),
+  CONSTRAINT "hold_contact_email_check" CHECK (char_length("contact_email") <= 254),
+  CONSTRAINT "hold_guests_check" CHECK ("guests" >= 1 AND "guests" <= 20),
+  CONSTRAINT "hold_nights_check" CHECK ("nights" >= 1 AND "nights" <= 30),
+  CONSTRAINT "hold_total_cents_check" CHECK ("total_cents" >= 1)
 );
+COMMENT ON CONSTRAINT "hold_status_check" ON "hold" IS 'sinew {"enum":["held","confirmed","expired","cancelled"]}';
+COMMENT ON CONSTRAINT "hold_guest_check" ON "hold" IS 'sinew {"maxLength":128}';
+COMMENT ON CONSTRAINT "hold_contact_email_check" ON "hold" IS 'sinew {"maxLength":254}';
+COMMENT ON CONSTRAINT "hold_guests_check" ON "hold" IS 'sinew {"minimum":1,"maximum":20}';
+COMMENT ON CONSTRAINT "hold_nights_check" ON "hold" IS 'sinew {"minimum":1,"maximum":30}';
+COMMENT ON CONSTRAINT "hold_total_cents_check" ON "hold" IS 'sinew {"minimum":1}';
 CREATE INDEX IF NOT EXISTS "hold_guest_idx" ON "hold" ("guest");
 CREATE INDEX IF NOT EXISTS "hold_room_idx" ON "hold" ("room");
 CREATE INDEX IF NOT EXISTS "hold_status_expires_at_idx" ON "hold" ("status", "expires_at");
@@ -214,6 +222,22 @@ CREATE TABLE IF NOT EXISTS "sinew_bundle" (
 CREATE TABLE IF NOT EXISTS "sinew_schema" (
   "plan" text PRIMARY KEY,
   "applied_at" timestamptz NOT NULL DEFAULT now()
+);
+
+-- sinew: every migration run (`sinew migrate --status`): the spec (its
+-- name and bundle hash), the schema's hash (`plan`, as in `sinew_schema`),
+-- the steps and SQL it ran, when it started and finished (null: cut short
+-- after its transaction; the next migration finishes what is left).
+CREATE TABLE IF NOT EXISTS "sinew_migrations" (
+  "id" bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  "spec" text NOT NULL,
+  "bundle" text,
+  "plan" text NOT NULL,
+  "steps" text NOT NULL,
+  "sql" text NOT NULL,
+  "by" text NOT NULL,
+  "started_at" timestamptz NOT NULL DEFAULT now(),
+  "finished_at" timestamptz
 );
 
 -- sinew: rate-limit counters, one row per scope and minute.

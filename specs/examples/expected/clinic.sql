@@ -11,10 +11,13 @@ CREATE TABLE IF NOT EXISTS "therapist" (
   "name" text NOT NULL,
   "specialty" text NOT NULL,
   "rate_cents" bigint NOT NULL,
-  CHECK (char_length("name") <= 100),
-  CHECK (char_length("specialty") <= 100),
-  CHECK ("rate_cents" >= 0)
+  CONSTRAINT "therapist_name_check" CHECK (char_length("name") <= 100),
+  CONSTRAINT "therapist_specialty_check" CHECK (char_length("specialty") <= 100),
+  CONSTRAINT "therapist_rate_cents_check" CHECK ("rate_cents" >= 0)
 );
+COMMENT ON CONSTRAINT "therapist_name_check" ON "therapist" IS 'sinew {"maxLength":100}';
+COMMENT ON CONSTRAINT "therapist_specialty_check" ON "therapist" IS 'sinew {"maxLength":100}';
+COMMENT ON CONSTRAINT "therapist_rate_cents_check" ON "therapist" IS 'sinew {"minimum":0}';
 CREATE INDEX IF NOT EXISTS "therapist_name_idx" ON "therapist" ("name");
 
 -- Patient
@@ -27,10 +30,13 @@ CREATE TABLE IF NOT EXISTS "patient" (
   "account" text NOT NULL,
   "name" text NOT NULL,
   "email" text NOT NULL,
-  CHECK (char_length("account") <= 128),
-  CHECK (char_length("name") <= 100),
-  CHECK (char_length("email") <= 254)
+  CONSTRAINT "patient_account_check" CHECK (char_length("account") <= 128),
+  CONSTRAINT "patient_name_check" CHECK (char_length("name") <= 100),
+  CONSTRAINT "patient_email_check" CHECK (char_length("email") <= 254)
 );
+COMMENT ON CONSTRAINT "patient_account_check" ON "patient" IS 'sinew {"maxLength":128}';
+COMMENT ON CONSTRAINT "patient_name_check" ON "patient" IS 'sinew {"maxLength":100}';
+COMMENT ON CONSTRAINT "patient_email_check" ON "patient" IS 'sinew {"maxLength":254}';
 CREATE INDEX IF NOT EXISTS "patient_account_idx" ON "patient" ("account");
 CREATE UNIQUE INDEX IF NOT EXISTS "patient_email_key" ON "patient" ("email") WHERE "deleted_at" IS NULL;
 
@@ -41,16 +47,19 @@ CREATE TABLE IF NOT EXISTS "appointment" (
   "created_at" timestamptz NOT NULL,
   "updated_at" timestamptz NOT NULL,
   "deleted_at" timestamptz,
-  "status" text NOT NULL DEFAULT 'requested' CHECK ("status" IN ('requested', 'confirmed', 'completed', 'cancelled')),
+  "status" text NOT NULL DEFAULT 'requested',
   "patient" uuid NOT NULL,
   "therapist" uuid NOT NULL,
   "start_at" timestamptz NOT NULL,
   "minutes" bigint NOT NULL,
   "note" text NOT NULL DEFAULT '',
-  CHECK ("minutes" >= 15),
-  CHECK ("minutes" <= 240),
-  CHECK (char_length("note") <= 500)
+  CONSTRAINT "appointment_status_check" CHECK ("status" IN ('requested', 'confirmed', 'completed', 'cancelled')),
+  CONSTRAINT "appointment_minutes_check" CHECK ("minutes" >= 15 AND "minutes" <= 240),
+  CONSTRAINT "appointment_note_check" CHECK (char_length("note") <= 500)
 );
+COMMENT ON CONSTRAINT "appointment_status_check" ON "appointment" IS 'sinew {"enum":["requested","confirmed","completed","cancelled"]}';
+COMMENT ON CONSTRAINT "appointment_minutes_check" ON "appointment" IS 'sinew {"minimum":15,"maximum":240}';
+COMMENT ON CONSTRAINT "appointment_note_check" ON "appointment" IS 'sinew {"maxLength":500}';
 CREATE INDEX IF NOT EXISTS "appointment_patient_idx" ON "appointment" ("patient");
 CREATE INDEX IF NOT EXISTS "appointment_therapist_idx" ON "appointment" ("therapist");
 CREATE INDEX IF NOT EXISTS "appointment_therapist_start_at_idx" ON "appointment" ("therapist", "start_at");
@@ -66,8 +75,9 @@ CREATE TABLE IF NOT EXISTS "invoice" (
   "appointment" uuid NOT NULL,
   "amount_cents" bigint NOT NULL,
   "paid" boolean NOT NULL DEFAULT false,
-  CHECK ("amount_cents" >= 0)
+  CONSTRAINT "invoice_amount_cents_check" CHECK ("amount_cents" >= 0)
 );
+COMMENT ON CONSTRAINT "invoice_amount_cents_check" ON "invoice" IS 'sinew {"minimum":0}';
 CREATE INDEX IF NOT EXISTS "invoice_appointment_idx" ON "invoice" ("appointment");
 CREATE INDEX IF NOT EXISTS "invoice_created_at_idx" ON "invoice" ("created_at");
 
@@ -218,6 +228,22 @@ CREATE TABLE IF NOT EXISTS "sinew_bundle" (
 CREATE TABLE IF NOT EXISTS "sinew_schema" (
   "plan" text PRIMARY KEY,
   "applied_at" timestamptz NOT NULL DEFAULT now()
+);
+
+-- sinew: every migration run (`sinew migrate --status`): the spec (its
+-- name and bundle hash), the schema's hash (`plan`, as in `sinew_schema`),
+-- the steps and SQL it ran, when it started and finished (null: cut short
+-- after its transaction; the next migration finishes what is left).
+CREATE TABLE IF NOT EXISTS "sinew_migrations" (
+  "id" bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  "spec" text NOT NULL,
+  "bundle" text,
+  "plan" text NOT NULL,
+  "steps" text NOT NULL,
+  "sql" text NOT NULL,
+  "by" text NOT NULL,
+  "started_at" timestamptz NOT NULL DEFAULT now(),
+  "finished_at" timestamptz
 );
 
 -- sinew: rate-limit counters, one row per scope and minute.

@@ -12,10 +12,13 @@ CREATE TABLE IF NOT EXISTS "product" (
   "name" text NOT NULL,
   "price_cents" bigint NOT NULL,
   "stock" bigint NOT NULL,
-  CHECK (char_length("sku") <= 64),
-  CHECK (char_length("name") <= 200),
-  CHECK ("price_cents" >= 0)
+  CONSTRAINT "product_sku_check" CHECK (char_length("sku") <= 64),
+  CONSTRAINT "product_name_check" CHECK (char_length("name") <= 200),
+  CONSTRAINT "product_price_cents_check" CHECK ("price_cents" >= 0)
 );
+COMMENT ON CONSTRAINT "product_sku_check" ON "product" IS 'sinew {"maxLength":64}';
+COMMENT ON CONSTRAINT "product_name_check" ON "product" IS 'sinew {"maxLength":200}';
+COMMENT ON CONSTRAINT "product_price_cents_check" ON "product" IS 'sinew {"minimum":0}';
 CREATE UNIQUE INDEX IF NOT EXISTS "product_sku_key" ON "product" ("sku") WHERE "deleted_at" IS NULL;
 
 -- Order
@@ -25,15 +28,17 @@ CREATE TABLE IF NOT EXISTS "order" (
   "created_at" timestamptz NOT NULL,
   "updated_at" timestamptz NOT NULL,
   "deleted_at" timestamptz,
-  "status" text NOT NULL DEFAULT 'pending' CHECK ("status" IN ('pending', 'paid', 'shipped', 'cancelled')),
+  "status" text NOT NULL DEFAULT 'pending',
   "customer" text NOT NULL,
   "product" uuid NOT NULL,
   "quantity" bigint NOT NULL,
   "total_cents" bigint NOT NULL,
   "payment_id" text,
-  CHECK ("quantity" >= 1),
-  CHECK ("quantity" <= 100)
+  CONSTRAINT "order_status_check" CHECK ("status" IN ('pending', 'paid', 'shipped', 'cancelled')),
+  CONSTRAINT "order_quantity_check" CHECK ("quantity" >= 1 AND "quantity" <= 100)
 );
+COMMENT ON CONSTRAINT "order_status_check" ON "order" IS 'sinew {"enum":["pending","paid","shipped","cancelled"]}';
+COMMENT ON CONSTRAINT "order_quantity_check" ON "order" IS 'sinew {"minimum":1,"maximum":100}';
 CREATE INDEX IF NOT EXISTS "order_customer_idx" ON "order" ("customer");
 CREATE INDEX IF NOT EXISTS "order_product_idx" ON "order" ("product");
 
@@ -174,6 +179,22 @@ CREATE TABLE IF NOT EXISTS "sinew_bundle" (
 CREATE TABLE IF NOT EXISTS "sinew_schema" (
   "plan" text PRIMARY KEY,
   "applied_at" timestamptz NOT NULL DEFAULT now()
+);
+
+-- sinew: every migration run (`sinew migrate --status`): the spec (its
+-- name and bundle hash), the schema's hash (`plan`, as in `sinew_schema`),
+-- the steps and SQL it ran, when it started and finished (null: cut short
+-- after its transaction; the next migration finishes what is left).
+CREATE TABLE IF NOT EXISTS "sinew_migrations" (
+  "id" bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  "spec" text NOT NULL,
+  "bundle" text,
+  "plan" text NOT NULL,
+  "steps" text NOT NULL,
+  "sql" text NOT NULL,
+  "by" text NOT NULL,
+  "started_at" timestamptz NOT NULL DEFAULT now(),
+  "finished_at" timestamptz
 );
 
 -- sinew: rate-limit counters, one row per scope and minute.

@@ -1,0 +1,995 @@
+//! How a schema evolves to a spec's: the steps from what a database has
+//! (read from its catalog by the host, or written from an older spec by
+//! `sinew diff`) to what a spec needs, each with its risk, the lock it
+//! takes, and whether the spec can run without it.
+//!
+//! The plan is computed from what exists, never from a record of what was
+//! done, so a migration cut short half-way is finished by the next one:
+//! an index left invalid by a killed `CREATE INDEX CONCURRENTLY` is made
+//! again, a `CHECK` left `NOT VALID` is validated, and nothing is applied
+//! twice.
+//!
+//! ```
+//! use sinew_core::migrate::evolve::{Schema, plan};
+//! let v1 = sinew_core::spec::load(r#"{"sinew": "0.1", "name": "n", "tools": {},
+//!   "entities": {"Note": {"fields": {"text": {"type": "string", "maxLength": 200}}}}}"#);
+//! let v2 = sinew_core::spec::load(r#"{"sinew": "0.1", "name": "n", "tools": {},
+//!   "entities": {"Note": {"fields": {"text": {"type": "string", "maxLength": 500}}}}}"#);
+//! let p = plan(&Schema::of(&v1.spec), &v2.spec);
+//! assert_eq!(p.steps[0].change, "widen the CHECK of `text` (maxLength 200 → 500)");
+//! ```
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use super::{
+    ColumnPlan, IndexPlan, Rule, check_ddl, check_name, columns, foreign_key_name, ident, literal,
+    table_name, wanted_indexes,
+};
+use crate::model::{Entity, Spec};
+
+/// What a database has, as far as a migration needs to know.
+#[derive(Debug, Clone, Default)]
+pub struct Schema {
+    /// Tables by name.
+    pub tables: BTreeMap<String, Table>,
+    /// Views a rename left under a table's former name, by name (the
+    /// servers of the previous spec still use them).
+    pub views: BTreeMap<String, String>,
+}
+
+/// A table.
+#[derive(Debug, Clone, Default)]
+pub struct Table {
+    /// Its columns, in order.
+    pub columns: Vec<Column>,
+    /// Its one-column `CHECK`s that sinew wrote (named
+    /// `{table}_{column}_check…`, or commented `sinew …`).
+    pub checks: Vec<Check>,
+    /// Its indexes, but the primary key's.
+    pub indexes: Vec<Index>,
+    /// Whether it holds rows (`None`: not known, as for a spec's).
+    pub rows: Option<bool>,
+}
+
+/// A column.
+#[derive(Debug, Clone)]
+pub struct Column {
+    /// Its name.
+    pub name: String,
+    /// Its type, as `information_schema.columns.data_type` names it.
+    pub sql_type: String,
+    /// `NOT NULL`.
+    pub not_null: bool,
+    /// The database fills it in when an insert leaves it out (a default,
+    /// an identity, a generated column).
+    pub filled: bool,
+}
+
+/// A one-column `CHECK`.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// Its name.
+    pub name: String,
+    /// Its column.
+    pub column: String,
+    /// What it allows, from its comment (`None`: written before sinew
+    /// commented its constraints).
+    pub rule: Option<Rule>,
+    /// Validated (`false`: added `NOT VALID` and not validated yet).
+    pub valid: bool,
+}
+
+/// An index.
+#[derive(Debug, Clone)]
+pub struct Index {
+    /// Its name.
+    pub name: String,
+    /// Its columns, leading one first.
+    pub columns: Vec<String>,
+    /// Unique among live rows (`WHERE "deleted_at" IS NULL`).
+    pub unique: bool,
+    /// Usable (`false`: a `CREATE INDEX CONCURRENTLY` that did not finish).
+    pub valid: bool,
+    /// Named as sinew names its indexes (`{table}_…_idx`, `…_key`), so
+    /// dropped when the spec no longer has it; others are the owner's.
+    pub sinew: bool,
+}
+
+impl Schema {
+    /// The schema a database migrated to `spec` has.
+    pub fn of(spec: &Spec) -> Schema {
+        let mut out = Schema::default();
+        for (name, e) in &spec.entities {
+            let table = table_name(name);
+            let cols = columns(e);
+            let t = Table {
+                checks: cols
+                    .iter()
+                    .filter_map(|c| {
+                        Some(Check {
+                            name: check_name(&table, &c.name),
+                            column: c.name.clone(),
+                            rule: Some(c.rule.clone()?),
+                            valid: true,
+                        })
+                    })
+                    .collect(),
+                columns: cols
+                    .iter()
+                    .map(|c| Column {
+                        name: c.name.clone(),
+                        sql_type: c.sql_type.to_owned(),
+                        not_null: c.not_null,
+                        filled: c.filled,
+                    })
+                    .collect(),
+                indexes: wanted_indexes(&table, e)
+                    .into_iter()
+                    .map(|i| Index {
+                        name: i.name,
+                        columns: i.columns,
+                        unique: i.unique,
+                        valid: true,
+                        sinew: true,
+                    })
+                    .collect(),
+                rows: None,
+            };
+            out.tables.insert(table, t);
+        }
+        out
+    }
+}
+
+/// How risky a step is, in the manner of squawk's rules for Postgres
+/// migrations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Risk {
+    /// Reads and writes go on: the lock it takes is held for an instant
+    /// (a change of the catalog, no scan, no rewrite) or lets them through.
+    Safe,
+    /// Blocks writes (or reads) for as long as it scans or rewrites the
+    /// table.
+    Locking,
+    /// Can lose data, or fail on rows already there, or make the previous
+    /// spec's servers fail.
+    Destructive,
+}
+
+impl Risk {
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Risk::Safe => "safe",
+            Risk::Locking => "locking",
+            Risk::Destructive => "destructive",
+        }
+    }
+}
+
+/// Who applies a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Applies {
+    /// The spec needs it: `sinew serve` (at start) and `sinew migrate
+    /// --apply` apply it.
+    Always,
+    /// The spec runs without it (it removes or narrows what an older
+    /// spec, or a newer one, had): `sinew migrate --apply` applies it,
+    /// `sinew serve` leaves it (a server of the previous spec may still
+    /// need what it removes).
+    Migrate,
+    /// It loses data or fails on rows already there: only `sinew migrate
+    /// --apply --allow-destructive` applies it. When the spec needs it,
+    /// `sinew serve` does not start until it is applied.
+    Forced,
+}
+
+/// One change.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Step {
+    /// The table it changes.
+    pub table: String,
+    /// What it does, in a sentence.
+    pub change: String,
+    /// Its risk.
+    pub risk: Risk,
+    /// The lock it takes, and for how long.
+    pub lock: &'static str,
+    /// Who applies it.
+    pub applies: Applies,
+    /// Whether the spec can run without it.
+    pub needed: bool,
+    /// Whether it runs outside the migration's transaction, each statement
+    /// by itself (`CREATE INDEX CONCURRENTLY`, `VALIDATE CONSTRAINT`), after
+    /// the transaction commits.
+    pub alone: bool,
+    /// Why it is risky and what to do instead, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+    /// The statements.
+    pub sql: Vec<String>,
+}
+
+/// The steps from a schema to a spec's, and what was noticed on the way.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Plan {
+    /// The steps, in the order they run (those run `alone` after the
+    /// others).
+    pub steps: Vec<Step>,
+    /// What is left as it is, or was done before, one sentence each.
+    pub notes: Vec<String>,
+}
+
+impl Plan {
+    /// The highest risk among the steps.
+    pub fn risk(&self) -> Option<Risk> {
+        self.steps.iter().map(|s| s.risk).max()
+    }
+
+    /// Whether a step needs `--allow-destructive`.
+    pub fn forced(&self) -> bool {
+        self.steps.iter().any(|s| s.applies == Applies::Forced)
+    }
+
+    /// The plan for people: one line per step, its risk and lock, then its
+    /// SQL indented, then the notes.
+    pub fn human(&self) -> String {
+        let mut out = String::new();
+        if self.steps.is_empty() {
+            out.push_str("no change: the schema matches the spec\n");
+        }
+        for s in &self.steps {
+            let who = match s.applies {
+                Applies::Always => "",
+                Applies::Migrate => ", by `sinew migrate --apply` only",
+                Applies::Forced => ", only with --allow-destructive",
+            };
+            let _ = writeln!(
+                out,
+                "{:<11} {}: {}{}",
+                s.risk.name(),
+                s.table,
+                s.change,
+                if s.needed {
+                    ""
+                } else {
+                    " (the spec runs without it)"
+                },
+            );
+            let _ = writeln!(
+                out,
+                "            lock: {}{}{who}",
+                s.lock,
+                if s.alone {
+                    "; runs alone, after the transaction"
+                } else {
+                    ""
+                }
+            );
+            if let Some(why) = &s.why {
+                let _ = writeln!(out, "            why: {why}");
+            }
+            for q in &s.sql {
+                for line in q.lines() {
+                    let _ = writeln!(out, "              {line}");
+                }
+            }
+        }
+        for n in &self.notes {
+            let _ = writeln!(out, "note: {n}");
+        }
+        out
+    }
+}
+
+const INSTANT: &str = "ACCESS EXCLUSIVE, for an instant (catalog only: no scan, no rewrite)";
+const SCAN_NOT_BLOCKING: &str =
+    "SHARE UPDATE EXCLUSIVE while it scans the table (reads and writes go on)";
+const REWRITE: &str = "ACCESS EXCLUSIVE while it rewrites the table (reads and writes wait)";
+const SCAN_BLOCKING: &str = "ACCESS EXCLUSIVE while it scans the table (reads and writes wait)";
+
+/// The steps from `from` to the schema `spec` needs.
+pub fn plan(from: &Schema, spec: &Spec) -> Plan {
+    let mut p = Planner {
+        plan: Plan::default(),
+        late: Vec::new(),
+        fresh: from.tables.is_empty(),
+    };
+    for (name, e) in &spec.entities {
+        let table = table_name(name);
+        if let Some(have) = from.tables.get(&table) {
+            if let Some(old) = &e.renamed_from {
+                let old_table = table_name(old);
+                if from.tables.contains_key(&old_table) {
+                    p.refuse_both_tables(name, &table, old, &old_table);
+                } else {
+                    p.plan.notes.push(format!(
+                        "`{name}` is renamed from `{old}`: done before (`{table}` exists); \
+                         `renamedFrom` is harmless, remove it when you like"
+                    ));
+                }
+            }
+            p.table(&table, e, have, None);
+            continue;
+        }
+        let old = e.renamed_from.as_ref().map(|o| (o, table_name(o)));
+        match old {
+            Some((old, old_table)) if from.tables.contains_key(&old_table) => {
+                p.rename_table(name, &table, e, old, &old_table);
+                if let Some(have) = from.tables.get(&old_table) {
+                    p.table(&table, e, have, Some(&old_table));
+                }
+            }
+            Some((old, old_table)) if !p.fresh => {
+                p.plan.steps.push(Step {
+                    table: table.clone(),
+                    change: format!("create table `{table}` (`{name}`, empty)"),
+                    risk: Risk::Destructive,
+                    lock: "none on existing tables",
+                    applies: Applies::Forced,
+                    needed: true,
+                    alone: false,
+                    why: Some(format!(
+                        "`{name}` is renamed from `{old}`, but there is no table `{old_table}` \
+                         to rename: check the name (its rows would stay behind in their \
+                         table); to create `{name}` empty, remove `renamedFrom`"
+                    )),
+                    sql: vec![create_table(name, e)],
+                });
+            }
+            _ => p.plan.steps.push(Step {
+                table: table.clone(),
+                change: format!("create table `{table}` (`{name}`)"),
+                risk: Risk::Safe,
+                lock: "none on existing tables",
+                applies: Applies::Always,
+                needed: true,
+                alone: false,
+                why: None,
+                sql: vec![create_table(name, e)],
+            }),
+        }
+    }
+    // A view a rename left is dropped once no spec names it any more.
+    for (view, target) in &from.views {
+        let named = spec.entities.values().any(|e| {
+            e.renamed_from
+                .as_ref()
+                .is_some_and(|o| table_name(o) == *view)
+        });
+        if !named && !spec.entities.keys().any(|n| table_name(n) == *view) {
+            p.plan.steps.push(Step {
+                table: view.clone(),
+                change: format!(
+                    "drop the view `{view}` a rename left for the previous spec's servers"
+                ),
+                risk: Risk::Safe,
+                lock: "ACCESS EXCLUSIVE on the view, for an instant",
+                applies: Applies::Migrate,
+                needed: false,
+                alone: false,
+                why: Some(format!(
+                    "servers still running a spec with the table's old name read `{target}` \
+                     through it: apply once none runs"
+                )),
+                sql: vec![format!("DROP VIEW IF EXISTS {};", ident(view))],
+            });
+        }
+    }
+    let mut plan = p.plan;
+    plan.steps.append(&mut p.late);
+    plan
+}
+
+/// The statements creating an entity's table (its `CHECK`s commented and
+/// its indexes), for an empty table: nothing to wait for.
+fn create_table(name: &str, e: &Entity) -> String {
+    let mut out = String::new();
+    super::entity_ddl(&mut out, name, e);
+    out.trim_end().to_owned()
+}
+
+struct Planner {
+    plan: Plan,
+    /// Steps that run alone, after the transaction.
+    late: Vec<Step>,
+    /// The database has no table yet: a rename has nothing to start from,
+    /// and nothing is missing.
+    fresh: bool,
+}
+
+impl Planner {
+    fn refuse_both_tables(&mut self, name: &str, table: &str, old: &str, old_table: &str) {
+        self.plan.steps.push(Step {
+            table: table.to_owned(),
+            change: format!("rename `{old_table}` to `{table}`: both exist"),
+            risk: Risk::Destructive,
+            lock: "none",
+            applies: Applies::Forced,
+            needed: false,
+            alone: false,
+            why: Some(format!(
+                "`{name}` is renamed from `{old}`, but the database has both tables: \
+                 nothing is renamed; move the rows of `{old_table}` yourself, \
+                 or remove `renamedFrom`"
+            )),
+            sql: Vec::new(),
+        });
+    }
+
+    fn rename_table(&mut self, name: &str, table: &str, e: &Entity, old: &str, old_table: &str) {
+        let (t, o) = (ident(table), ident(old_table));
+        let mut sql = vec![
+            format!("ALTER TABLE {o} RENAME TO {t};"),
+            format!("CREATE VIEW {o} AS SELECT * FROM {t};"),
+            format!(
+                "COMMENT ON VIEW {o} IS {};",
+                literal(&format!("sinew renamed to {table}"))
+            ),
+        ];
+        // Its foreign keys take the new name (the planner finds them by it).
+        for (fname, f) in &e.fields {
+            if f.entity.is_some() {
+                sql.push(rename_constraint(
+                    table,
+                    &foreign_key_name(old_table, fname),
+                    &foreign_key_name(table, fname),
+                ));
+            }
+        }
+        self.plan.steps.push(Step {
+            table: table.to_owned(),
+            change: format!(
+                "rename table `{old_table}` to `{table}` (`{old}` → `{name}`), leaving the view `{old_table}` for the previous spec's servers"
+            ),
+            risk: Risk::Safe,
+            lock: INSTANT,
+            applies: Applies::Always,
+            needed: true,
+            alone: false,
+            why: None,
+            sql,
+        });
+    }
+
+    /// The steps that take the existing `have` (called `old_table` before
+    /// a rename) to entity `e`'s table.
+    fn table(&mut self, table: &str, e: &Entity, have: &Table, old_table: Option<&str>) {
+        let t = ident(table);
+        let wanted = columns(e);
+        // Column renames first: the rest compares under the new names.
+        let mut renamed: Vec<(&str, &str)> = Vec::new();
+        for c in &wanted {
+            let Some(old) = &c.renamed_from else { continue };
+            let has = |n: &str| have.columns.iter().any(|h| h.name == n);
+            match (has(&c.name), has(old)) {
+                (true, false) => self.plan.notes.push(format!(
+                    "`{table}.{}` is renamed from `{old}`: done before; `renamedFrom` is harmless, \
+                     remove it when you like",
+                    c.name
+                )),
+                (true, true) => self.plan.steps.push(Step {
+                    table: table.to_owned(),
+                    change: format!("rename column `{old}` to `{}`: both exist", c.name),
+                    risk: Risk::Destructive,
+                    lock: "none",
+                    applies: Applies::Forced,
+                    needed: false,
+                    alone: false,
+                    why: Some(format!(
+                        "the table has both columns: nothing is renamed; copy `{old}` into `{}` \
+                         yourself, or remove `renamedFrom`",
+                        c.name
+                    )),
+                    sql: Vec::new(),
+                }),
+                (false, true) => {
+                    renamed.push((old, &c.name));
+                    let mut sql = vec![format!(
+                        "ALTER TABLE {t} RENAME COLUMN {} TO {};",
+                        ident(old),
+                        ident(&c.name)
+                    )];
+                    if e.fields.get(&c.name).is_some_and(|f| f.entity.is_some()) {
+                        sql.push(rename_constraint(
+                            table,
+                            &foreign_key_name(table, old),
+                            &foreign_key_name(table, &c.name),
+                        ));
+                    }
+                    self.plan.steps.push(Step {
+                        table: table.to_owned(),
+                        change: format!("rename column `{old}` to `{}`", c.name),
+                        risk: Risk::Destructive,
+                        lock: INSTANT,
+                        applies: Applies::Always,
+                        needed: true,
+                        alone: false,
+                        why: Some(format!(
+                            "the previous spec's servers name `{old}`: their requests on `{table}` \
+                             fail from the rename until they stop (deploy it with no overlap, or \
+                             in two deploys: add `{}`, copy, then remove `{old}`)",
+                            c.name
+                        )),
+                        sql,
+                    });
+                }
+                (false, false) => {
+                    // Added below; said here, since the name was meant to
+                    // find data.
+                    self.plan.notes.push(format!(
+                        "`{table}.{}` is renamed from `{old}`, but `{table}` has no column `{old}`: \
+                         `{}` is added as a new column (check the name if it was to keep data)",
+                        c.name, c.name
+                    ));
+                }
+            }
+        }
+        let now = |name: &str| -> String {
+            renamed
+                .iter()
+                .find(|(o, _)| *o == name)
+                .map_or(name, |(_, n)| n)
+                .to_owned()
+        };
+        let find = |name: &str| have.columns.iter().find(|h| now(&h.name) == name);
+        for c in &wanted {
+            match find(&c.name) {
+                None => self.add_column(table, c, have.rows),
+                Some(h) => self.change_column(table, c, h),
+            }
+        }
+        for h in &have.columns {
+            let name = now(&h.name);
+            if wanted.iter().any(|c| c.name == name) {
+                continue;
+            }
+            match crate::migrate::unknown_column(table, &name, h.not_null, h.filled) {
+                Ok(note) => self.plan.notes.push(note),
+                Err(refusal) => self.plan.steps.push(Step {
+                    table: table.to_owned(),
+                    change: format!("drop column `{name}` with its data"),
+                    risk: Risk::Destructive,
+                    lock: INSTANT,
+                    applies: Applies::Forced,
+                    needed: true,
+                    alone: false,
+                    why: Some(refusal),
+                    sql: vec![format!("ALTER TABLE {t} DROP COLUMN {};", ident(&name))],
+                }),
+            }
+        }
+        self.checks(table, &wanted, have, &now);
+        self.indexes(table, e, have, &now, old_table);
+    }
+
+    fn add_column(&mut self, table: &str, c: &ColumnPlan, rows: Option<bool>) {
+        let t = ident(table);
+        let mut sql = vec![format!("ALTER TABLE {t} ADD COLUMN {};", c.definition)];
+        if let Some(rule) = &c.rule {
+            // A new column's values are its default or null: a CHECK
+            // added with it is written valid, no scan beyond the add.
+            sql.extend(check_ddl(table, &c.name, c.ty, rule, false));
+        }
+        let what = if !c.not_null {
+            "nullable"
+        } else if c.filled {
+            "with its default"
+        } else {
+            "NOT NULL, no default"
+        };
+        if c.not_null && !c.filled {
+            let rows = match rows {
+                Some(false) => "the table is empty now, but ",
+                _ => "the rows already there have no value for it, and ",
+            };
+            self.plan.steps.push(Step {
+                table: table.to_owned(),
+                change: format!("add column `{}` ({what})", c.name),
+                risk: Risk::Destructive,
+                lock: INSTANT,
+                applies: Applies::Forced,
+                needed: true,
+                alone: false,
+                why: Some(format!(
+                    "{rows}the previous spec's servers insert rows without it: give the field a \
+                     `default` (or make it `nullable`) in this deploy"
+                )),
+                sql,
+            });
+            return;
+        }
+        self.plan.steps.push(Step {
+            table: table.to_owned(),
+            change: format!("add column `{}` ({what})", c.name),
+            risk: Risk::Safe,
+            lock: INSTANT,
+            applies: Applies::Always,
+            needed: true,
+            alone: false,
+            why: None,
+            sql,
+        });
+    }
+
+    fn change_column(&mut self, table: &str, c: &ColumnPlan, h: &Column) {
+        let t = ident(table);
+        let col = ident(&c.name);
+        if h.sql_type != c.sql_type {
+            self.plan.steps.push(Step {
+                table: table.to_owned(),
+                change: format!(
+                    "change the type of `{}` from {} to {}",
+                    c.name, h.sql_type, c.sql_type
+                ),
+                risk: Risk::Destructive,
+                lock: REWRITE,
+                applies: Applies::Forced,
+                needed: true,
+                alone: false,
+                why: Some(format!(
+                    "values that do not convert fail the migration, the table is rewritten under \
+                     an exclusive lock, and the previous spec's servers write the old type: add a \
+                     new field of the new type, copy, then remove `{}` (two deploys)",
+                    c.name
+                )),
+                sql: vec![format!(
+                    "ALTER TABLE {t} ALTER COLUMN {col} TYPE {ty} USING {col}::{ty};",
+                    ty = c.sql_type
+                )],
+            });
+        }
+        if c.not_null && !h.not_null {
+            self.plan.steps.push(Step {
+                table: table.to_owned(),
+                change: format!("make `{}` NOT NULL", c.name),
+                risk: Risk::Destructive,
+                lock: SCAN_BLOCKING,
+                applies: Applies::Forced,
+                needed: false,
+                alone: false,
+                why: Some(format!(
+                    "rows holding null fail the migration, and the previous spec's servers may \
+                     still write null: fill them first (`UPDATE {table} SET {} = … WHERE {} IS \
+                     NULL`), once no server of the previous spec runs",
+                    c.name, c.name
+                )),
+                sql: vec![format!("ALTER TABLE {t} ALTER COLUMN {col} SET NOT NULL;")],
+            });
+        } else if !c.not_null && h.not_null {
+            self.plan.steps.push(Step {
+                table: table.to_owned(),
+                change: format!("make `{}` nullable", c.name),
+                risk: Risk::Safe,
+                lock: INSTANT,
+                applies: Applies::Always,
+                needed: true,
+                alone: false,
+                why: None,
+                sql: vec![format!("ALTER TABLE {t} ALTER COLUMN {col} DROP NOT NULL;")],
+            });
+        }
+    }
+
+    /// Each wanted column's `CHECK`: kept when one allows exactly its rule
+    /// (validated if it was left `NOT VALID`), else the ones there are
+    /// replaced, `NOT VALID` in the transaction and validated after it.
+    fn checks(
+        &mut self,
+        table: &str,
+        wanted: &[ColumnPlan],
+        have: &Table,
+        now: &dyn Fn(&str) -> String,
+    ) {
+        let t = ident(table);
+        for c in wanted {
+            if !have.columns.iter().any(|h| now(&h.name) == c.name) {
+                continue; // added with its CHECK
+            }
+            let there: Vec<&Check> = have
+                .checks
+                .iter()
+                .filter(|k| now(&k.column) == c.name)
+                .collect();
+            let current = |k: &&Check| k.rule.is_some() && k.rule == c.rule;
+            if let [k] = there.as_slice()
+                && current(k)
+            {
+                if !k.valid {
+                    self.late.push(validate(table, k, c));
+                }
+                continue;
+            }
+            if there.is_empty() && c.rule.is_none() {
+                continue;
+            }
+            let olds: Vec<Option<&Rule>> = there.iter().map(|k| k.rule.as_ref()).collect();
+            let known: Vec<&Rule> = olds.iter().flatten().copied().collect();
+            let widens = match &c.rule {
+                None => true,
+                Some(new) => {
+                    !there.is_empty()
+                        && known.len() == olds.len()
+                        && known.iter().all(|old| new.allows_all(old))
+                }
+            };
+            let legacy = !there.is_empty() && known.is_empty();
+            let mut sql: Vec<String> = there
+                .iter()
+                .map(|k| format!("ALTER TABLE {t} DROP CONSTRAINT {};", ident(&k.name)))
+                .collect();
+            if let Some(rule) = &c.rule {
+                sql.extend(check_ddl(table, &c.name, c.ty, rule, true));
+            }
+            let change = match (&c.rule, known.first()) {
+                (None, _) => format!("drop the CHECK of `{}`", c.name),
+                (Some(_), None) if legacy => format!(
+                    "rewrite the CHECK of `{}` (written before sinew commented its CHECKs)",
+                    c.name
+                ),
+                (Some(_), None) => format!("add a CHECK to `{}`", c.name),
+                (Some(new), Some(old)) => format!(
+                    "{} the CHECK of `{}` ({})",
+                    if widens { "widen" } else { "narrow" },
+                    c.name,
+                    describe(old, new)
+                ),
+            };
+            let validates = c.rule.is_some();
+            if widens || legacy {
+                self.plan.steps.push(Step {
+                    table: table.to_owned(),
+                    change,
+                    risk: Risk::Safe,
+                    lock: INSTANT,
+                    applies: Applies::Always,
+                    needed: true,
+                    alone: false,
+                    why: None,
+                    sql,
+                });
+            } else {
+                self.plan.steps.push(Step {
+                    table: table.to_owned(),
+                    change,
+                    risk: Risk::Destructive,
+                    lock: INSTANT,
+                    applies: Applies::Forced,
+                    needed: false,
+                    alone: false,
+                    why: Some(format!(
+                        "rows outside the new CHECK fail the migration (when it is validated), and \
+                         the previous spec's servers may still write them: narrow it once none \
+                         runs and no row of `{table}` is outside it"
+                    )),
+                    sql,
+                });
+            }
+            if validates {
+                let k = Check {
+                    name: check_name(table, &c.name),
+                    column: c.name.clone(),
+                    rule: c.rule.clone(),
+                    valid: false,
+                };
+                let mut v = validate(table, &k, c);
+                if !(widens || legacy) {
+                    v.applies = Applies::Forced;
+                    v.needed = false;
+                    v.risk = Risk::Destructive;
+                }
+                self.late.push(v);
+            }
+        }
+    }
+
+    fn indexes(
+        &mut self,
+        table: &str,
+        e: &Entity,
+        have: &Table,
+        now: &dyn Fn(&str) -> String,
+        old_table: Option<&str>,
+    ) {
+        let wanted = wanted_indexes(table, e);
+        let same = |h: &Index, w: &IndexPlan| {
+            h.unique == w.unique
+                && h.columns.len() == w.columns.len()
+                && h.columns.iter().zip(&w.columns).all(|(a, b)| now(a) == *b)
+        };
+        let mut used = std::collections::BTreeSet::new();
+        for w in &wanted {
+            // The one by that name first, then any alike (a rename left it
+            // under another name).
+            let found = have
+                .indexes
+                .iter()
+                .enumerate()
+                .filter(|(i, h)| !used.contains(i) && same(h, w))
+                .min_by_key(|(_, h)| (h.name != w.name, !h.valid));
+            match found {
+                Some((i, h)) if h.valid => {
+                    used.insert(i);
+                    if h.name != w.name && !have.indexes.iter().any(|o| o.name == w.name) {
+                        self.plan.steps.push(Step {
+                            table: table.to_owned(),
+                            change: format!("rename index `{}` to `{}`", h.name, w.name),
+                            risk: Risk::Safe,
+                            lock: "SHARE UPDATE EXCLUSIVE, for an instant",
+                            applies: Applies::Always,
+                            needed: false,
+                            alone: false,
+                            why: None,
+                            sql: vec![format!(
+                                "ALTER INDEX {} RENAME TO {};",
+                                ident(&h.name),
+                                ident(&w.name)
+                            )],
+                        });
+                    }
+                }
+                _ => {
+                    let mut sql = Vec::new();
+                    let mut change = format!(
+                        "create {}index `{}` ({})",
+                        if w.unique { "unique " } else { "" },
+                        w.name,
+                        w.columns.join(", ")
+                    );
+                    if let Some((i, h)) = found {
+                        used.insert(i);
+                        change.push_str(", again: the last try did not finish");
+                        sql.push(format!(
+                            "DROP INDEX CONCURRENTLY IF EXISTS {};",
+                            ident(&h.name)
+                        ));
+                    } else if let Some(i) = have.indexes.iter().position(|h| h.name == w.name) {
+                        // Same name, another definition: replaced.
+                        used.insert(i);
+                        sql.push(format!(
+                            "DROP INDEX CONCURRENTLY IF EXISTS {};",
+                            ident(&w.name)
+                        ));
+                    }
+                    sql.push(w.create(table, true));
+                    self.late.push(Step {
+                        table: table.to_owned(),
+                        change,
+                        risk: Risk::Safe,
+                        lock: SCAN_NOT_BLOCKING,
+                        applies: Applies::Always,
+                        needed: w.unique,
+                        alone: true,
+                        why: w.unique.then(|| {
+                            format!(
+                                "two live rows sharing values of ({}) fail it, changing nothing \
+                                 but the index it leaves invalid (the next migration drops it)",
+                                w.columns.join(", ")
+                            )
+                        }),
+                        sql,
+                    });
+                }
+            }
+        }
+        let ours = |h: &Index| {
+            h.sinew
+                || old_table.is_some_and(|o| {
+                    h.name.starts_with(&format!("{o}_"))
+                        && (h.name.ends_with("_idx") || h.name.ends_with("_key"))
+                })
+        };
+        for (i, h) in have.indexes.iter().enumerate() {
+            if used.contains(&i) || !ours(h) {
+                continue;
+            }
+            self.late.push(Step {
+                table: table.to_owned(),
+                change: if h.valid {
+                    format!("drop index `{}` (not in the spec)", h.name)
+                } else {
+                    format!("drop index `{}` (left invalid, not in the spec)", h.name)
+                },
+                risk: Risk::Safe,
+                lock: "SHARE UPDATE EXCLUSIVE (reads and writes go on)",
+                applies: if h.valid {
+                    Applies::Migrate
+                } else {
+                    Applies::Always
+                },
+                needed: false,
+                alone: true,
+                why: None,
+                sql: vec![format!(
+                    "DROP INDEX CONCURRENTLY IF EXISTS {};",
+                    ident(&h.name)
+                )],
+            });
+        }
+    }
+}
+
+fn validate(table: &str, k: &Check, c: &ColumnPlan) -> Step {
+    Step {
+        table: table.to_owned(),
+        change: format!("validate the CHECK of `{}`", c.name),
+        risk: Risk::Safe,
+        lock: SCAN_NOT_BLOCKING,
+        applies: Applies::Always,
+        needed: false,
+        alone: true,
+        why: None,
+        sql: vec![format!(
+            "ALTER TABLE {} VALIDATE CONSTRAINT {};",
+            ident(table),
+            ident(&k.name)
+        )],
+    }
+}
+
+/// `ALTER TABLE … RENAME CONSTRAINT`, when the constraint exists.
+fn rename_constraint(table: &str, from: &str, to: &str) -> String {
+    format!(
+        "DO $$ BEGIN\n  IF EXISTS (SELECT 1 FROM pg_constraint WHERE conname = {} AND conrelid = {}::regclass) THEN\n    ALTER TABLE {} RENAME CONSTRAINT {} TO {};\n  END IF;\nEND $$;",
+        literal(from),
+        literal(&ident(table)),
+        ident(table),
+        ident(from),
+        ident(to)
+    )
+}
+
+/// What changed between two rules, in words (`maxLength 80 → 120`).
+fn describe(old: &Rule, new: &Rule) -> String {
+    let mut parts = Vec::new();
+    let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".into());
+    let pairs = [
+        (
+            "minimum",
+            old.minimum.as_ref().map(ToString::to_string),
+            new.minimum.as_ref().map(ToString::to_string),
+        ),
+        (
+            "maximum",
+            old.maximum.as_ref().map(ToString::to_string),
+            new.maximum.as_ref().map(ToString::to_string),
+        ),
+        (
+            "maxLength",
+            old.max_length.map(|n| n.to_string()),
+            new.max_length.map(|n| n.to_string()),
+        ),
+    ];
+    for (name, o, n) in pairs {
+        if o != n {
+            parts.push(format!("{name} {} → {}", show(&o), show(&n)));
+        }
+    }
+    let list = |v: &Option<Vec<serde_json::Value>>| v.clone().unwrap_or_default();
+    let (o, n) = (list(&old.one_of), list(&new.one_of));
+    let added: Vec<String> = n
+        .iter()
+        .filter(|v| !o.contains(v))
+        .map(ToString::to_string)
+        .collect();
+    let removed: Vec<String> = o
+        .iter()
+        .filter(|v| !n.contains(v))
+        .map(ToString::to_string)
+        .collect();
+    if !added.is_empty() {
+        parts.push(format!("adds {}", added.join(", ")));
+    }
+    if !removed.is_empty() {
+        parts.push(format!("removes {}", removed.join(", ")));
+    }
+    if old.one_of.is_some() && new.one_of.is_none() {
+        parts.push("any value".into());
+    }
+    parts.join("; ")
+}
