@@ -36,6 +36,7 @@ pub mod contract;
 pub mod cron;
 pub(crate) mod cursor;
 pub mod diag;
+pub mod diff;
 pub mod exec;
 pub mod expr;
 pub mod flow;

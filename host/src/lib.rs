@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod check;
+pub mod diff;
 pub mod http_external;
 pub mod jwt;
 pub mod native;

@@ -1,6 +1,6 @@
 //! `sinew`: check, run and serve business backends written as JSON specs.
 
-use sinew_host::{admin, check, run, schedule, serve, studio};
+use sinew_host::{admin, check, diff, run, schedule, serve, studio};
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -30,6 +30,7 @@ enum Command {
     Serve(Box<serve::Args>),
     Preview(studio::Args),
     Migrate(admin::MigrateArgs),
+    Diff(diff::Args),
     Audit(admin::AuditArgs),
     Outbox(admin::OutboxArgs),
     Token(admin::TokenArgs),
@@ -113,6 +114,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => exit(serve::run(&args)),
         Command::Preview(args) => exit(studio::run(&args)),
         Command::Migrate(args) => exit(admin::migrate(&args)),
+        Command::Diff(args) => exit(diff::run(&args)),
         Command::Audit(args) => exit(admin::audit(&args)),
         Command::Outbox(args) => exit(admin::outbox(&args)),
         Command::Token(args) => exit(admin::token(&args)),

@@ -1,0 +1,596 @@
+//! `sinew diff`: what a change of spec does, for reviewers and CI. The API
+//! changes of each tool (breaking ones: a removed tool or route, a new
+//! required input field, a narrowed input schema, a removed output field,
+//! fewer roles allowed; and compatible ones), the risk level of each tool
+//! before and after, the migration from the old spec's schema to the new
+//! one's, and the policies and acknowledgments changed.
+//!
+//! ```
+//! let old = r#"{"sinew": "0.1", "name": "n", "entities": {}, "tools": {"ping": {
+//!   "trigger": {"http": {"method": "POST", "path": "/ping"}}, "auth": {"public": true},
+//!   "input": {"type": "object", "properties": {"a": {"type": "string"}}, "additionalProperties": false},
+//!   "output": {"type": "object"}, "flow": {"nodes": {"r": {"type": "return", "value": "{}"}}, "start": "r"}}}}"#;
+//! let new = old.replace(r#""additionalProperties": false"#, r#""required": ["a"], "additionalProperties": false"#);
+//! let d = sinew_core::diff::diff(old, &new).unwrap();
+//! assert!(d.breaking);
+//! assert_eq!(d.api[0].change, "`a` is a new required input field");
+//! ```
+
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use crate::migrate::evolve::{self, Plan, Schema};
+use crate::model::{Spec, Tool};
+use crate::signal::Level;
+
+/// What a change of spec does.
+#[derive(Debug, Clone, Serialize)]
+pub struct Diff {
+    /// Some API change is breaking.
+    pub breaking: bool,
+    /// Some migration step can lose data or break the previous spec's
+    /// servers (it needs `--allow-destructive`, or breaks them as it runs).
+    pub destructive: bool,
+    /// API changes, tool by tool.
+    pub api: Vec<ApiChange>,
+    /// Tools whose risk level changed (a tool added or removed: `null` on
+    /// its missing side).
+    pub risk: Vec<RiskChange>,
+    /// The migration from the old spec's schema to the new one's.
+    pub migration: Plan,
+    /// Policies added, removed or changed.
+    pub policies: Vec<Change>,
+    /// Acknowledgments added, removed or changed.
+    pub acknowledgments: Vec<Change>,
+}
+
+/// A change of a tool's API.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiChange {
+    /// The tool.
+    pub tool: String,
+    /// What changed, in a sentence.
+    pub change: String,
+    /// Whether a caller written for the old spec can fail on it.
+    pub breaking: bool,
+}
+
+/// A tool's risk level, before and after.
+#[derive(Debug, Clone, Serialize)]
+pub struct RiskChange {
+    /// The tool.
+    pub tool: String,
+    /// Its level in the old spec.
+    pub from: Option<Level>,
+    /// Its level in the new one.
+    pub to: Option<Level>,
+}
+
+/// A named thing added, removed or changed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    /// What it is called (a policy's name; an acknowledgment's
+    /// `tool/signal[/node]`).
+    pub name: String,
+    /// `added`, `removed` or `changed`.
+    pub change: &'static str,
+}
+
+/// Why a diff cannot be made: a spec that does not load.
+#[derive(Debug, Clone)]
+pub struct Invalid {
+    /// Which side (`old` or `new`).
+    pub side: &'static str,
+    /// Its first error.
+    pub error: String,
+}
+
+/// The diff from the spec `old` to the spec `new` (their texts).
+pub fn diff(old: &str, new: &str) -> Result<Diff, Invalid> {
+    let load = |text: &str, side: &'static str| {
+        let loaded = crate::spec::load(text);
+        match loaded.errors.first() {
+            Some(e) => Err(Invalid {
+                side,
+                error: format!("{} at {}", e.message, e.path),
+            }),
+            None => Ok(loaded),
+        }
+    };
+    let (a, b) = (load(old, "old")?, load(new, "new")?);
+    let mut api = Vec::new();
+    for (name, t) in &a.spec.tools {
+        match b.spec.tools.get(name) {
+            None => api.push(ApiChange {
+                tool: name.clone(),
+                change: "the tool is removed".into(),
+                breaking: true,
+            }),
+            Some(u) => tool_changes(name, t, u, &mut api),
+        }
+    }
+    for name in b.spec.tools.keys() {
+        if !a.spec.tools.contains_key(name) {
+            api.push(ApiChange {
+                tool: name.clone(),
+                change: "a new tool".into(),
+                breaking: false,
+            });
+        }
+    }
+    let (ra, rb) = (crate::risk::analyze(&a), crate::risk::analyze(&b));
+    let mut risk = Vec::new();
+    let tools: std::collections::BTreeSet<&String> =
+        ra.tools.keys().chain(rb.tools.keys()).collect();
+    for tool in tools {
+        let from = ra.tools.get(tool).map(|r| r.level);
+        let to = rb.tools.get(tool).map(|r| r.level);
+        if from != to {
+            risk.push(RiskChange {
+                tool: tool.clone(),
+                from,
+                to,
+            });
+        }
+    }
+    let migration = evolve::plan(&Schema::of(&a.spec), &b.spec);
+    let policies = named_changes(
+        a.source.get("policies").and_then(Value::as_object),
+        b.source.get("policies").and_then(Value::as_object),
+    );
+    let acks = |s: &Spec| -> serde_json::Map<String, Value> {
+        s.acknowledgments
+            .iter()
+            .map(|k| {
+                let mut name = format!("{}/{}", k.tool, k.signal);
+                if let Some(n) = &k.node {
+                    let _ = write!(name, "/{n}");
+                }
+                (name, Value::from(format!("{}\u{0}{}", k.reason, k.by)))
+            })
+            .collect()
+    };
+    let acknowledgments = named_changes(Some(&acks(&a.spec)), Some(&acks(&b.spec)));
+    Ok(Diff {
+        breaking: api.iter().any(|c| c.breaking),
+        destructive: migration
+            .steps
+            .iter()
+            .any(|s| s.risk == evolve::Risk::Destructive),
+        api,
+        risk,
+        migration,
+        policies,
+        acknowledgments,
+    })
+}
+
+fn named_changes(
+    old: Option<&serde_json::Map<String, Value>>,
+    new: Option<&serde_json::Map<String, Value>>,
+) -> Vec<Change> {
+    let empty = serde_json::Map::new();
+    let (old, new) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
+    let mut out = Vec::new();
+    for (name, v) in old {
+        match new.get(name) {
+            None => out.push(Change {
+                name: name.clone(),
+                change: "removed",
+            }),
+            Some(w) if w != v => out.push(Change {
+                name: name.clone(),
+                change: "changed",
+            }),
+            Some(_) => {}
+        }
+    }
+    for name in new.keys() {
+        if !old.contains_key(name) {
+            out.push(Change {
+                name: name.clone(),
+                change: "added",
+            });
+        }
+    }
+    out
+}
+
+fn tool_changes(name: &str, old: &Tool, new: &Tool, out: &mut Vec<ApiChange>) {
+    let mut push = |change: String, breaking: bool| {
+        out.push(ApiChange {
+            tool: name.to_owned(),
+            change,
+            breaking,
+        });
+    };
+    if old.trigger.route() != new.trigger.route() {
+        let show = |t: &Tool| match t.trigger.route() {
+            Some((m, p)) => format!("{m} {p}"),
+            None => "no route".to_owned(),
+        };
+        push(
+            format!("its route changes from {} to {}", show(old), show(new)),
+            old.trigger.route().is_some(),
+        );
+    }
+    match (old.auth.public, new.auth.public) {
+        (true, false) => push("it needs a signed-in caller (it was public)".into(), true),
+        (false, true) => push("it is public (it needed a signed-in caller)".into(), false),
+        _ => {}
+    }
+    if !new.auth.public && !old.auth.public {
+        let (o, n) = (&old.auth.roles, &new.auth.roles);
+        let lost: Vec<&str> = o
+            .iter()
+            .filter(|r| !n.contains(r))
+            .map(String::as_str)
+            .collect();
+        let gained: Vec<&str> = n
+            .iter()
+            .filter(|r| !o.contains(r))
+            .map(String::as_str)
+            .collect();
+        if n.is_empty() {
+            if !o.is_empty() {
+                push("any signed-in caller may call it".into(), false);
+            }
+        } else if o.is_empty() {
+            push(
+                format!(
+                    "only roles {} may call it (any signed-in caller could)",
+                    n.join(", ")
+                ),
+                true,
+            );
+        } else {
+            if !lost.is_empty() {
+                push(
+                    format!("roles {} may no longer call it", lost.join(", ")),
+                    true,
+                );
+            }
+            if !gained.is_empty() {
+                push(
+                    format!("roles {} may call it too", gained.join(", ")),
+                    false,
+                );
+            }
+        }
+    }
+    if old.auth.deny_when.as_ref().map(|e| &e.src) != new.auth.deny_when.as_ref().map(|e| &e.src) {
+        push(
+            "its `denyWhen` changes (callers it let through may be refused)".into(),
+            new.auth.deny_when.is_some(),
+        );
+    }
+    let mut changes = Vec::new();
+    schema_changes("", &old.input, &new.input, Side::Input, &mut changes);
+    schema_changes("", &old.output, &new.output, Side::Output, &mut changes);
+    for (change, breaking) in changes {
+        push(change, breaking);
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Input,
+    Output,
+}
+
+impl Side {
+    fn noun(self) -> &'static str {
+        match self {
+            Side::Input => "input",
+            Side::Output => "output",
+        }
+    }
+}
+
+/// The types a schema allows (`None`: any).
+fn types(s: &Value) -> Option<Vec<String>> {
+    let mut t: Vec<String> = match s.get("type")? {
+        Value::String(t) => vec![t.clone()],
+        Value::Array(a) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(String::from)
+            .collect(),
+        _ => return None,
+    };
+    if s.get("nullable") == Some(&Value::Bool(true)) {
+        t.push("null".into());
+    }
+    if t.iter().any(|x| x == "number") {
+        t.push("integer".into());
+    }
+    Some(t)
+}
+
+fn required(s: &Value) -> Vec<&str> {
+    s.get("required")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+fn closed(s: &Value) -> bool {
+    s.get("additionalProperties") == Some(&Value::Bool(false))
+}
+
+/// The changes from schema `old` to `new` at `at` (a field path, `""`
+/// for the whole), each with whether it breaks a caller: on the input
+/// side, when the new schema refuses something the old one accepted; on
+/// the output side, when a response may lack or hold something a caller
+/// of the old one does not expect.
+fn schema_changes(at: &str, old: &Value, new: &Value, side: Side, out: &mut Vec<(String, bool)>) {
+    let what = |at: &str| {
+        if at.is_empty() {
+            format!("the {}", side.noun())
+        } else {
+            format!("{} field `{at}`", side.noun())
+        }
+    };
+    let field = |name: &str| {
+        if at.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{at}.{name}")
+        }
+    };
+    // Types.
+    match (types(old), types(new)) {
+        (Some(o), Some(n)) => {
+            let lost: Vec<&String> = o.iter().filter(|t| !n.contains(t)).collect();
+            let gained: Vec<&String> = n.iter().filter(|t| !o.contains(t)).collect();
+            let (narrower, wider) = (!lost.is_empty(), !gained.is_empty());
+            if narrower || wider {
+                let breaking = match side {
+                    Side::Input => narrower,
+                    Side::Output => wider,
+                };
+                out.push((
+                    format!(
+                        "{} changes type from {} to {}",
+                        what(at),
+                        o.join("|"),
+                        n.join("|")
+                    ),
+                    breaking,
+                ));
+            }
+        }
+        (None, Some(n)) if side == Side::Input => {
+            out.push((format!("{} must be {}", what(at), n.join("|")), true));
+        }
+        (Some(o), None) if side == Side::Output => {
+            out.push((
+                format!("{} may be of any type (was {})", what(at), o.join("|")),
+                true,
+            ));
+        }
+        _ => {}
+    }
+    // Bounds: a tighter one breaks an input, a looser one an output.
+    let bounds: [(&str, bool); 8] = [
+        ("maxLength", true),
+        ("maximum", true),
+        ("exclusiveMaximum", true),
+        ("maxItems", true),
+        ("minLength", false),
+        ("minimum", false),
+        ("exclusiveMinimum", false),
+        ("minItems", false),
+    ];
+    for (key, upper) in bounds {
+        let (o, n) = (
+            old.get(key).and_then(Value::as_f64),
+            new.get(key).and_then(Value::as_f64),
+        );
+        let tighter = match (o, n) {
+            (None, Some(_)) => true,
+            (Some(_), None) => false,
+            (Some(o), Some(n)) if upper => n < o,
+            (Some(o), Some(n)) => n > o,
+            _ => continue,
+        };
+        if o == n {
+            continue;
+        }
+        let show = |v: Option<f64>| v.map_or("none".to_owned(), |v| v.to_string());
+        out.push((
+            format!("{} {key} {} → {}", what(at), show(o), show(n)),
+            match side {
+                Side::Input => tighter,
+                Side::Output => !tighter,
+            },
+        ));
+    }
+    for key in ["pattern", "format", "const"] {
+        if old.get(key) != new.get(key) {
+            out.push((
+                format!(
+                    "{} `{key}` changes from {} to {}",
+                    what(at),
+                    old.get(key).map_or("none".into(), ToString::to_string),
+                    new.get(key).map_or("none".into(), ToString::to_string)
+                ),
+                match side {
+                    Side::Input => new.get(key).is_some(),
+                    Side::Output => old.get(key).is_some(),
+                },
+            ));
+        }
+    }
+    // Enums.
+    let values = |s: &Value| s.get("enum").and_then(Value::as_array).cloned();
+    match (values(old), values(new)) {
+        (o, n) if o == n => {}
+        (o, n) => {
+            let o = o.unwrap_or_default();
+            let n = n.unwrap_or_default();
+            let removed: Vec<String> = o
+                .iter()
+                .filter(|v| !n.is_empty() && !n.contains(v))
+                .map(ToString::to_string)
+                .collect();
+            let added: Vec<String> = n
+                .iter()
+                .filter(|v| !o.is_empty() && !o.contains(v))
+                .map(ToString::to_string)
+                .collect();
+            if o.is_empty() && !n.is_empty() {
+                out.push((
+                    format!("{} is limited to an enum", what(at)),
+                    side == Side::Input,
+                ));
+            } else if !o.is_empty() && n.is_empty() {
+                out.push((
+                    format!("{} is no longer limited to an enum", what(at)),
+                    side == Side::Output,
+                ));
+            }
+            if !removed.is_empty() {
+                out.push((
+                    format!("{} no longer takes {}", what(at), removed.join(", ")),
+                    side == Side::Input,
+                ));
+            }
+            if !added.is_empty() {
+                out.push((
+                    format!("{} takes {} too", what(at), added.join(", ")),
+                    side == Side::Output,
+                ));
+            }
+        }
+    }
+    // Object members.
+    let props = |s: &Value| -> BTreeMap<String, Value> {
+        s.get("properties")
+            .and_then(Value::as_object)
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    };
+    let (op, np) = (props(old), props(new));
+    let (or, nr) = (required(old), required(new));
+    for (name, o) in &op {
+        match np.get(name) {
+            Some(n) => schema_changes(&field(name), o, n, side, out),
+            None => match side {
+                Side::Input => out.push((
+                    format!("`{}` is no longer an input field", field(name)),
+                    closed(new),
+                )),
+                Side::Output => out.push((
+                    format!("`{}` is no longer in the output", field(name)),
+                    true,
+                )),
+            },
+        }
+    }
+    for name in np.keys() {
+        if !op.contains_key(name) {
+            let required = nr.contains(&name.as_str());
+            match side {
+                Side::Input if required => {}
+                Side::Input => out.push((
+                    format!("`{}` is a new optional input field", field(name)),
+                    false,
+                )),
+                Side::Output => {
+                    out.push((format!("`{}` is a new output field", field(name)), false))
+                }
+            }
+        }
+    }
+    for name in &nr {
+        if !or.contains(name) {
+            match side {
+                Side::Input => out.push((
+                    format!("`{}` is a new required input field", field(name)),
+                    true,
+                )),
+                Side::Output => {}
+            }
+        }
+    }
+    for name in &or {
+        if !nr.contains(name) && side == Side::Output && np.contains_key(*name) {
+            out.push((
+                format!("`{}` may be absent from the output", field(name)),
+                true,
+            ));
+        }
+    }
+    if side == Side::Input && !closed(old) && closed(new) {
+        out.push((
+            format!("{} refuses fields it does not list", what(at)),
+            true,
+        ));
+    }
+    if let (Some(o), Some(n)) = (old.get("items"), new.get("items")) {
+        schema_changes(&format!("{at}[]"), o, n, side, out);
+    }
+}
+
+impl Diff {
+    /// The diff for people.
+    pub fn human(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "API:");
+        if self.api.is_empty() {
+            let _ = writeln!(out, "  no change");
+        }
+        for c in &self.api {
+            let _ = writeln!(
+                out,
+                "  {} {}: {}",
+                if c.breaking {
+                    "breaking  "
+                } else {
+                    "compatible"
+                },
+                c.tool,
+                c.change
+            );
+        }
+        let _ = writeln!(out, "\nrisk:");
+        if self.risk.is_empty() {
+            let _ = writeln!(out, "  no change");
+        }
+        for r in &self.risk {
+            let show = |l: Option<Level>| l.map_or("-", Level::word);
+            let _ = writeln!(out, "  {}: {} → {}", r.tool, show(r.from), show(r.to));
+        }
+        let _ = writeln!(out, "\nmigration:");
+        for line in self.migration.human().lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+        for (title, list) in [
+            ("policies", &self.policies),
+            ("acknowledgments", &self.acknowledgments),
+        ] {
+            let _ = writeln!(out, "\n{title}:");
+            if list.is_empty() {
+                let _ = writeln!(out, "  no change");
+            }
+            for c in list {
+                let _ = writeln!(out, "  {} {}", c.change, c.name);
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\n{}",
+            match (self.breaking, self.destructive) {
+                (false, false) => "nothing breaking or destructive",
+                (true, false) => "BREAKING: callers written for the old spec can fail",
+                (false, true) =>
+                    "DESTRUCTIVE: the migration can lose data or break the previous spec's servers",
+                (true, true) => "BREAKING and DESTRUCTIVE",
+            }
+        );
+        out
+    }
+}
