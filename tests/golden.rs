@@ -60,6 +60,45 @@ fn golden_schemas_of_the_examples() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// `sinew diff` from each spec of the clinic's evolutions
+/// (`sinew_tests::evolve`) to the next, and the migration `sinew migrate
+/// --plan` (human and `--format json`) plans for a database migrated to the
+/// previous one.
+#[test]
+fn golden_diffs_and_plans_of_the_evolutions() {
+    use sinew_core::migrate::evolve::Schema;
+    use sinew_host::pg::migrate::{Mode, migration};
+    let specs = sinew_tests::evolve::clinic();
+    let mut failures = Vec::new();
+    let dir = root().join("specs/evolve/expected");
+    for pair in specs.windows(2) {
+        let [(_, old), (name, new)] = pair else {
+            unreachable!()
+        };
+        let (a, b) = (old.to_string(), new.to_string());
+        let loaded = sinew_core::spec::load(&b);
+        assert!(loaded.errors.is_empty(), "{name}: {:?}", loaded.errors);
+        let d = sinew_core::diff::diff(&a, &b).unwrap();
+        let json = serde_json::to_string_pretty(&serde_json::to_value(&d).unwrap()).unwrap();
+        let m = migration(
+            &Schema::of(&sinew_core::spec::load(&a).spec),
+            &loaded.spec,
+            Mode::Migrate,
+        );
+        for (file, text) in [
+            (format!("{name}.diff.txt"), d.human()),
+            (format!("{name}.diff.json"), json + "\n"),
+            (format!("{name}.plan.txt"), m.plan.human()),
+            (format!("{name}.plan.json"), m.json(true) + "\n"),
+        ] {
+            if let Err(e) = golden(&dir.join(file), &text) {
+                failures.push(e);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 #[test]
 fn every_signal_fires_on_its_own_spec_and_only_there() {
     for s in SIGNALS {

@@ -116,7 +116,7 @@ pub fn migrate(args: &MigrateArgs) -> Result<u8> {
         if args.plan {
             let out = match args.format {
                 MigrateFormat::Human => m.plan.human(),
-                MigrateFormat::Json => plan_json(&m, client.is_some()) + "\n",
+                MigrateFormat::Json => m.json(client.is_some()) + "\n",
             };
             crate::write_stdout(&out).context("cannot write the plan to stdout")?;
             return Ok(u8::from(!m.destructive.is_empty()));
@@ -151,19 +151,6 @@ pub fn migrate(args: &MigrateArgs) -> Result<u8> {
         }
         Ok(0)
     })
-}
-
-/// A migration's plan as JSON: every step (with who applies it), the
-/// notes, the refusals, the highest risk.
-fn plan_json(m: &crate::pg::migrate::Migration, database: bool) -> String {
-    serde_json::json!({
-        "database": database,
-        "risk": m.plan.risk().map(|r| r.name()),
-        "steps": m.plan.steps,
-        "notes": m.kept,
-        "refused": m.destructive,
-    })
-    .to_string()
 }
 
 /// `sinew migrate --status`: the recorded migrations, and what is left.

@@ -98,11 +98,15 @@ pub struct Index {
 }
 
 impl Schema {
-    /// The schema a database migrated to `spec` has.
+    /// The schema a database migrated to `spec` has (a rename's view
+    /// included).
     pub fn of(spec: &Spec) -> Schema {
         let mut out = Schema::default();
         for (name, e) in &spec.entities {
             let table = table_name(name);
+            if let Some(old) = &e.renamed_from {
+                out.views.insert(table_name(old), table.clone());
+            }
             let cols = columns(e);
             let t = Table {
                 checks: cols
@@ -992,4 +996,341 @@ fn describe(old: &Rule, new: &Rule) -> String {
         parts.push("any value".into());
     }
     parts.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn spec(v: &Value) -> Spec {
+        let loaded = crate::spec::load(&v.to_string());
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        loaded.spec
+    }
+
+    fn base() -> Value {
+        json!({"sinew": "0.1", "name": "n", "tools": {}, "entities": {
+            "Room": {"fields": {
+                "name": {"type": "string", "maxLength": 40},
+                "beds": {"type": "integer", "minimum": 1, "maximum": 4},
+                "kind": {"type": "string", "enum": ["single", "double"], "default": "single"},
+                "note": {"type": "string", "nullable": true}
+            },
+            "status": {"initial": "free", "transitions": {"take": {"from": ["free"], "to": "taken"}}}},
+            "Guest": {"fields": {"room": {"type": "ref", "entity": "Room"}, "email": {"type": "string", "unique": true}}}
+        }})
+    }
+
+    fn steps(from: &Value, to: &Value) -> Plan {
+        plan(&Schema::of(&spec(from)), &spec(to))
+    }
+
+    fn one(p: &Plan) -> &Step {
+        assert_eq!(
+            p.steps.iter().filter(|s| !s.alone).count(),
+            1,
+            "{}",
+            p.human()
+        );
+        p.steps.iter().find(|s| !s.alone).unwrap()
+    }
+
+    #[test]
+    fn the_same_spec_is_no_change() {
+        let p = steps(&base(), &base());
+        assert!(p.steps.is_empty() && p.notes.is_empty(), "{}", p.human());
+    }
+
+    #[test]
+    fn widened_constraints_are_safe_and_validated_after() {
+        let mut v = base();
+        v["entities"]["Room"]["fields"]["name"]["maxLength"] = json!(80);
+        v["entities"]["Room"]["fields"]["beds"]["maximum"] = json!(6);
+        v["entities"]["Room"]["fields"]["kind"]["enum"] = json!(["single", "double", "suite"]);
+        v["entities"]["Room"]["status"]["transitions"]["clean"] =
+            json!({"from": ["taken"], "to": "cleaning"});
+        let p = steps(&base(), &v);
+        let changes: Vec<&str> = p.steps.iter().map(|s| s.change.as_str()).collect();
+        assert_eq!(
+            changes,
+            [
+                "widen the CHECK of `status` (adds \"cleaning\")",
+                "widen the CHECK of `name` (maxLength 40 → 80)",
+                "widen the CHECK of `beds` (maximum 4 → 6)",
+                "widen the CHECK of `kind` (adds \"suite\")",
+                "validate the CHECK of `status`",
+                "validate the CHECK of `name`",
+                "validate the CHECK of `beds`",
+                "validate the CHECK of `kind`",
+            ]
+        );
+        for s in &p.steps {
+            assert_eq!((s.risk, s.applies), (Risk::Safe, Applies::Always), "{s:?}");
+            assert_eq!(s.alone, s.change.starts_with("validate"));
+        }
+        let status = &p.steps[0].sql;
+        assert_eq!(
+            status[0],
+            r#"ALTER TABLE "room" DROP CONSTRAINT "room_status_check";"#
+        );
+        assert!(
+            status[1].ends_with("IN ('free', 'taken', 'cleaning')) NOT VALID;"),
+            "{status:?}"
+        );
+        assert!(status[2].starts_with(
+            r#"COMMENT ON CONSTRAINT "room_status_check" ON "room" IS 'sinew {"enum":"#
+        ));
+        assert_eq!(
+            p.steps[4].sql,
+            [r#"ALTER TABLE "room" VALIDATE CONSTRAINT "room_status_check";"#]
+        );
+    }
+
+    #[test]
+    fn narrowed_constraints_are_forced_and_not_needed() {
+        for (field, key, value) in [
+            ("name", "maxLength", json!(20)),
+            ("beds", "minimum", json!(2)),
+            ("kind", "enum", json!(["single"])),
+        ] {
+            let mut v = base();
+            v["entities"]["Room"]["fields"][field][key] = value;
+            let p = steps(&base(), &v);
+            let s = one(&p);
+            assert!(s.change.starts_with("narrow the CHECK"), "{}", s.change);
+            assert_eq!(
+                (s.risk, s.applies, s.needed),
+                (Risk::Destructive, Applies::Forced, false)
+            );
+            // And back again: widening.
+            let back = steps(&v, &base());
+            assert!(one(&back).change.starts_with("widen"), "{}", back.human());
+        }
+        // A CHECK on a column that had none narrows it.
+        let mut v = base();
+        v["entities"]["Room"]["fields"]["note"]["maxLength"] = json!(10);
+        assert_eq!(one(&steps(&base(), &v)).change, "add a CHECK to `note`");
+        assert_eq!(one(&steps(&base(), &v)).applies, Applies::Forced);
+        // Dropping one widens it.
+        assert_eq!(one(&steps(&v, &base())).change, "drop the CHECK of `note`");
+        assert_eq!(one(&steps(&v, &base())).applies, Applies::Always);
+    }
+
+    #[test]
+    fn new_fields_need_a_default_or_null() {
+        let mut v = base();
+        v["entities"]["Room"]["fields"]["floor"] =
+            json!({"type": "integer", "default": 0, "minimum": 0});
+        v["entities"]["Room"]["fields"]["wing"] = json!({"type": "string", "nullable": true});
+        let p = steps(&base(), &v);
+        assert_eq!(p.steps.len(), 2, "{}", p.human());
+        assert_eq!(p.steps[0].change, "add column `floor` (with its default)");
+        assert_eq!(
+            p.steps[0].sql,
+            [
+                r#"ALTER TABLE "room" ADD COLUMN "floor" bigint NOT NULL DEFAULT 0;"#,
+                r#"ALTER TABLE "room" ADD CONSTRAINT "room_floor_check" CHECK ("floor" >= 0);"#,
+                r#"COMMENT ON CONSTRAINT "room_floor_check" ON "room" IS 'sinew {"minimum":0}';"#,
+            ]
+        );
+        assert_eq!(p.steps[1].change, "add column `wing` (nullable)");
+        assert!(
+            p.steps
+                .iter()
+                .all(|s| s.risk == Risk::Safe && s.applies == Applies::Always)
+        );
+        let mut v = base();
+        v["entities"]["Room"]["fields"]["floor"] = json!({"type": "integer"});
+        let s = one(&steps(&base(), &v)).clone();
+        assert_eq!(
+            (s.risk, s.applies, s.needed),
+            (Risk::Destructive, Applies::Forced, true)
+        );
+        assert!(s.why.unwrap().contains("give the field a `default`"));
+    }
+
+    #[test]
+    fn nullability_and_types() {
+        let mut v = base();
+        v["entities"]["Room"]["fields"]["name"]["nullable"] = json!(true);
+        let s = one(&steps(&base(), &v)).clone();
+        assert_eq!(
+            (s.change.as_str(), s.risk),
+            ("make `name` nullable", Risk::Safe)
+        );
+        let s = one(&steps(&v, &base())).clone();
+        assert_eq!(s.change, "make `name` NOT NULL");
+        assert_eq!(
+            (s.risk, s.applies, s.needed),
+            (Risk::Destructive, Applies::Forced, false)
+        );
+        let mut v = base();
+        v["entities"]["Room"]["fields"]["note"] = json!({"type": "integer", "nullable": true});
+        let s = one(&steps(&base(), &v)).clone();
+        assert_eq!(s.change, "change the type of `note` from text to bigint");
+        assert_eq!(
+            (s.risk, s.applies, s.needed),
+            (Risk::Destructive, Applies::Forced, true)
+        );
+    }
+
+    #[test]
+    fn indexes_are_made_and_dropped_concurrently() {
+        let mut v = base();
+        v["entities"]["Room"]["indexes"] =
+            json!([{"fields": ["name", "beds"]}, {"fields": ["kind"], "unique": true}]);
+        let p = steps(&base(), &v);
+        let sql: Vec<&str> = p
+            .steps
+            .iter()
+            .flat_map(|s| s.sql.iter().map(String::as_str))
+            .collect();
+        assert_eq!(
+            sql,
+            [
+                r#"CREATE INDEX CONCURRENTLY IF NOT EXISTS "room_name_beds_idx" ON "room" ("name", "beds");"#,
+                r#"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS "room_kind_key" ON "room" ("kind") WHERE "deleted_at" IS NULL;"#,
+            ]
+        );
+        assert!(p.steps.iter().all(|s| s.alone && s.risk == Risk::Safe));
+        let back = steps(&v, &base());
+        assert_eq!(back.steps.len(), 2);
+        for s in &back.steps {
+            assert!(s.change.starts_with("drop index"), "{}", s.change);
+            assert_eq!(
+                (s.applies, s.needed, s.alone),
+                (Applies::Migrate, false, true)
+            );
+        }
+    }
+
+    #[test]
+    fn a_cut_short_migration_is_finished() {
+        let s = spec(&base());
+        let mut have = Schema::of(&s);
+        let room = have.tables.get_mut("room").unwrap();
+        room.checks
+            .iter_mut()
+            .find(|k| k.column == "name")
+            .unwrap()
+            .valid = false;
+        let guest = have.tables.get_mut("guest").unwrap();
+        guest
+            .indexes
+            .iter_mut()
+            .find(|i| i.name == "guest_email_key")
+            .unwrap()
+            .valid = false;
+        let p = plan(&have, &s);
+        let changes: Vec<&str> = p.steps.iter().map(|s| s.change.as_str()).collect();
+        assert_eq!(
+            changes,
+            [
+                "validate the CHECK of `name`",
+                "create unique index `guest_email_key` (email), again: the last try did not finish",
+            ]
+        );
+        assert_eq!(
+            p.steps[1].sql,
+            [
+                r#"DROP INDEX CONCURRENTLY IF EXISTS "guest_email_key";"#,
+                r#"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS "guest_email_key" ON "guest" ("email") WHERE "deleted_at" IS NULL;"#,
+            ]
+        );
+        // A CHECK written before sinew commented them is rewritten once.
+        let mut have = Schema::of(&s);
+        for k in &mut have.tables.get_mut("room").unwrap().checks {
+            k.rule = None;
+            k.name = format!("room_{}_check", k.column);
+        }
+        let p = plan(&have, &s);
+        assert!(
+            p.steps
+                .iter()
+                .filter(|s| !s.alone)
+                .all(|s| s.change.starts_with("rewrite the CHECK") && s.applies == Applies::Always),
+            "{}",
+            p.human()
+        );
+    }
+
+    #[test]
+    fn renames() {
+        let mut v = base();
+        let room = v["entities"]["Room"].take();
+        v["entities"]["Ward"] = room;
+        v["entities"]["Ward"]["renamedFrom"] = json!("Room");
+        v["entities"]["Guest"]["fields"]["room"]["entity"] = json!("Ward");
+        v["entities"]["Ward"]["fields"]["title"] = v["entities"]["Ward"]["fields"]["name"].take();
+        v["entities"]["Ward"]["fields"]["title"]["renamedFrom"] = json!("name");
+        v["entities"]["Ward"]["fields"]
+            .as_object_mut()
+            .unwrap()
+            .remove("name");
+        v["entities"].as_object_mut().unwrap().remove("Room");
+        let p = steps(&base(), &v);
+        let changes: Vec<&str> = p.steps.iter().map(|s| s.change.as_str()).collect();
+        assert_eq!(
+            changes,
+            [
+                "rename table `room` to `ward` (`Room` → `Ward`), leaving the view `room` for the previous spec's servers",
+                "rename column `name` to `title`",
+            ]
+        );
+        assert_eq!(p.steps[0].risk, Risk::Safe);
+        assert_eq!(
+            p.steps[0].sql[..2],
+            [
+                r#"ALTER TABLE "room" RENAME TO "ward";"#.to_owned(),
+                r#"CREATE VIEW "room" AS SELECT * FROM "ward";"#.to_owned()
+            ]
+        );
+        assert_eq!(p.steps[1].risk, Risk::Destructive);
+        assert!(p.notes.is_empty(), "{:?}", p.notes);
+        // Applied: harmless, and said.
+        let again = plan(&Schema::of(&spec(&v)), &spec(&v));
+        assert!(again.steps.is_empty(), "{}", again.human());
+        assert_eq!(again.notes.len(), 2, "{:?}", again.notes);
+        assert!(again.notes.iter().all(|n| n.contains("done before")));
+        // A former name the database does not have: refused (the rows
+        // would stay behind), but for a database with no table yet.
+        let mut typo = v.clone();
+        typo["entities"]["Ward"]["renamedFrom"] = json!("Rooom");
+        let p = steps(&base(), &typo);
+        let s = p.steps.iter().find(|s| s.table == "ward").unwrap();
+        assert_eq!((s.risk, s.applies), (Risk::Destructive, Applies::Forced));
+        assert!(s.why.as_ref().unwrap().contains("no table `rooom`"));
+        let fresh = plan(&Schema::default(), &spec(&typo));
+        assert!(fresh.steps.iter().all(|s| s.applies == Applies::Always));
+    }
+
+    #[test]
+    fn bad_renames_are_spec_errors() {
+        let mut v = base();
+        v["entities"]["Room"]["fields"]["title"] = json!({"type": "string", "renamedFrom": "name"});
+        let e = crate::spec::load(&v.to_string()).errors;
+        assert!(
+            e.iter().any(|d| d.code == "invalid-rename"
+                && d.message.contains("`name` is a column of `Room`")),
+            "{e:?}"
+        );
+        let mut v = base();
+        v["entities"]["Room"]["fields"]["a"] = json!({"type": "string", "renamedFrom": "old"});
+        v["entities"]["Room"]["fields"]["b"] = json!({"type": "string", "renamedFrom": "old"});
+        let e = crate::spec::load(&v.to_string()).errors;
+        assert!(
+            e.iter()
+                .any(|d| d.message.contains("both renamed from `old`")),
+            "{e:?}"
+        );
+        let mut v = base();
+        v["entities"]["Guest"]["renamedFrom"] = json!("Room");
+        let e = crate::spec::load(&v.to_string()).errors;
+        assert!(
+            e.iter()
+                .any(|d| d.message.contains("`Room` has that table")),
+            "{e:?}"
+        );
+    }
 }

@@ -118,6 +118,20 @@ pub struct Migration {
 }
 
 impl Migration {
+    /// The plan as `sinew migrate --plan --format json` prints it: every
+    /// step (with who applies it), the notes, the refusals, the highest
+    /// risk; `database`: whether it was planned against one.
+    pub fn json(&self, database: bool) -> String {
+        serde_json::to_string_pretty(&serde_json::json!({
+            "database": database,
+            "risk": self.plan.risk().map(|r| r.name()),
+            "steps": self.plan.steps,
+            "notes": self.kept,
+            "refused": self.destructive,
+        }))
+        .unwrap_or_default()
+    }
+
     /// The steps that run, in order.
     pub fn runs(&self) -> impl Iterator<Item = &Step> {
         self.plan.steps.iter().filter(|s| self.mode.applies(s))
