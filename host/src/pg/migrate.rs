@@ -346,7 +346,7 @@ pub fn sql_text(spec: &Spec, m: &Migration) -> String {
         "-- sinew migration to spec {}",
         sinew_core::migrate::literal(&spec.name)
     );
-    let _ = writeln!(out, "BEGIN;\nSET LOCAL lock_timeout = '5s';");
+    let _ = writeln!(out, "BEGIN;\nSET LOCAL lock_timeout = '2s';");
     out.push_str(sinew_core::migrate::SINEW_TABLES);
     for s in m.runs().filter(|s| !s.alone) {
         let _ = writeln!(out, "-- {} ({}): {}", s.table, s.risk.name(), s.change);
@@ -502,13 +502,37 @@ async fn apply_locked(
     }
     let steps: Vec<&Step> = m.runs().collect();
     let steps_json = serde_json::to_string(&steps)?;
-    let mut attempt = 0;
+    // sinew's own tables are made or changed only when their DDL changed
+    // since the last migration: it locks the audit log's tables, which
+    // every request writes.
+    let tables = sinew_core::hash::sha256_hex(sinew_core::migrate::SINEW_TABLES.as_bytes());
+    let tables_current = client
+        .query_one(
+            "SELECT to_regclass('sinew_migrations') IS NOT NULL \
+               AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute \
+                           WHERE attrelid = to_regclass('sinew_migrations') AND attname = 'tables')",
+            &[],
+        )
+        .await?
+        .get::<_, bool>(0)
+        && client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM sinew_migrations WHERE \"tables\" = $1)",
+                &[&tables],
+            )
+            .await?
+            .get::<_, bool>(0);
+    let mut attempt: u32 = 0;
     let id: i64 = loop {
         attempt += 1;
         let tx = client.transaction().await?;
         let ran = async {
-            tx.batch_execute("SET LOCAL lock_timeout = '5s'").await?;
-            tx.batch_execute(sinew_core::migrate::SINEW_TABLES).await?;
+            // A step waits at most 2 s for its lock (requests queue behind
+            // a waiting ALTER): then the whole transaction is tried again.
+            tx.batch_execute("SET LOCAL lock_timeout = '2s'").await?;
+            if !tables_current {
+                tx.batch_execute(sinew_core::migrate::SINEW_TABLES).await?;
+            }
             for s in steps.iter().filter(|s| !s.alone) {
                 for q in &s.sql {
                     tx.batch_execute(q)
@@ -525,8 +549,8 @@ async fn apply_locked(
             }
             let id: i64 = tx
                 .query_one(
-                    "INSERT INTO sinew_migrations (spec, bundle, plan, steps, sql, \"by\") \
-                     VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                    "INSERT INTO sinew_migrations (spec, bundle, plan, steps, sql, \"by\", \"tables\") \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
                     &[
                         &spec.name,
                         &m.bundle,
@@ -534,6 +558,7 @@ async fn apply_locked(
                         &steps_json,
                         &m.sql,
                         &mode.name(),
+                        &tables,
                     ],
                 )
                 .await?
@@ -548,13 +573,16 @@ async fn apply_locked(
             }
             Err(e) => {
                 drop(tx);
-                let busy = e
-                    .downcast_ref::<tokio_postgres::Error>()
-                    .or_else(|| e.chain().find_map(|c| c.downcast_ref()))
+                let code = e
+                    .chain()
+                    .find_map(|c| c.downcast_ref::<tokio_postgres::Error>())
                     .and_then(|e| e.code())
-                    == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE);
-                if busy && attempt < 5 {
-                    tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+                    .cloned();
+                let busy = code == Some(tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+                    || code == Some(tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED);
+                if busy && attempt < 10 {
+                    let pause = 100 * u64::from(attempt);
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
                     continue;
                 }
                 return Err(e.context("the migration failed; nothing was changed"));
