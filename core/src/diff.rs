@@ -9,7 +9,7 @@
 //! let old = r#"{"sinew": "0.1", "name": "n", "entities": {}, "tools": {"ping": {
 //!   "trigger": {"http": {"method": "POST", "path": "/ping"}}, "auth": {"public": true},
 //!   "input": {"type": "object", "properties": {"a": {"type": "string"}}, "additionalProperties": false},
-//!   "output": {"type": "object"}, "flow": {"nodes": {"r": {"type": "return", "value": "{}"}}, "start": "r"}}}}"#;
+//!   "output": {"type": "object"}, "flow": {"entry": "r", "nodes": {"r": {"type": "return", "value": {}}}}}}}"#;
 //! let new = old.replace(r#""additionalProperties": false"#, r#""required": ["a"], "additionalProperties": false"#);
 //! let d = sinew_core::diff::diff(old, &new).unwrap();
 //! assert!(d.breaking);

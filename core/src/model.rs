@@ -1387,3 +1387,23 @@ pub struct Acknowledgment {
     /// JSON Pointer of the acknowledgment.
     pub path: String,
 }
+
+/// The table of an entity: its name in snake case (`OrderItem` →
+/// `order_item`).
+pub fn table_name(entity: &str) -> String {
+    let mut out = String::with_capacity(entity.len() + 4);
+    let mut prev_lower = false;
+    for c in entity.chars() {
+        if c.is_ascii_uppercase() {
+            if prev_lower {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+            prev_lower = false;
+        } else {
+            out.push(c);
+            prev_lower = c.is_ascii_lowercase() || c.is_ascii_digit();
+        }
+    }
+    out
+}

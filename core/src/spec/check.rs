@@ -1725,7 +1725,7 @@ fn check_indexed(
 /// and no two renames start from one name. Whether the former name exists
 /// is the database's question (`sinew migrate` answers it).
 fn check_renames(cx: &mut Cx, spec: &Spec) {
-    use crate::migrate::table_name;
+    use crate::model::table_name;
     let mut from: BTreeMap<String, &str> = BTreeMap::new();
     for (name, e) in &spec.entities {
         let Some(old) = &e.renamed_from else { continue };

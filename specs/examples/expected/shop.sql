@@ -183,8 +183,10 @@ CREATE TABLE IF NOT EXISTS "sinew_schema" (
 
 -- sinew: every migration run (`sinew migrate --status`): the spec (its
 -- name and bundle hash), the schema's hash (`plan`, as in `sinew_schema`),
--- the steps and SQL it ran, when it started and finished (null: cut short
--- after its transaction; the next migration finishes what is left).
+-- the steps and SQL it ran, the hash of sinew's own tables' DDL (`tables`:
+-- a migration runs that DDL only when it changed), when it started and
+-- finished (null: cut short after its transaction; the next migration
+-- finishes what is left).
 CREATE TABLE IF NOT EXISTS "sinew_migrations" (
   "id" bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
   "spec" text NOT NULL,
@@ -193,6 +195,7 @@ CREATE TABLE IF NOT EXISTS "sinew_migrations" (
   "steps" text NOT NULL,
   "sql" text NOT NULL,
   "by" text NOT NULL,
+  "tables" text,
   "started_at" timestamptz NOT NULL DEFAULT now(),
   "finished_at" timestamptz
 );
