@@ -263,3 +263,90 @@ async fn the_servers_role_cannot_change_the_audit_chain() {
         );
     }
 }
+
+/// A migration cut short after its transaction (here: a unique index that
+/// cannot be built over duplicates, as a server killed during `CREATE
+/// INDEX CONCURRENTLY` leaves it) is recorded as not finished and leaves
+/// an invalid index; once the duplicates are gone, the next migration
+/// drops that index and builds it again, finishing what was left, and
+/// applies nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_cut_short_is_finished_by_the_next() {
+    use sinew_host::pg::migrate::{Mode, history, plan_for};
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let mut client = connect_url(&url).await;
+    let v1 = shop();
+    let m = plan(Some(&client), &spec(&v1), false).await.unwrap();
+    apply(&mut client, &spec(&v1), &m).await.unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO product (id, version, created_at, updated_at, sku, name, price_cents, stock) VALUES \
+             ('00000000-0000-4000-8000-000000000001', 1, now(), now(), 'A', 'Tea', 100, 1), \
+             ('00000000-0000-4000-8000-000000000002', 1, now(), now(), 'B', 'Tea', 100, 1)",
+        )
+        .await
+        .unwrap();
+    let mut v2 = v1.clone();
+    v2["entities"]["Product"]["fields"]["name"]["unique"] = json!(true);
+    v2["entities"]["Product"]["fields"]["name"]["maxLength"] = json!(300);
+    let s2 = spec(&v2);
+    let m = plan_for(Some(&client), &s2, Mode::Migrate).await.unwrap();
+    let e = apply(&mut client, &s2, &m)
+        .await
+        .expect_err("built a unique index over duplicates");
+    assert!(
+        format!("{e:#}").contains("create unique index `product_name_key`"),
+        "{e:#}"
+    );
+    // The transaction's part is in (the wider CHECK, validated after it),
+    // the index is left invalid, and the migration is recorded as not
+    // finished.
+    let h = history(&client).await.unwrap();
+    assert_eq!(h.len(), 2);
+    assert!(
+        h[0].finished_at.is_some() && h[1].finished_at.is_none(),
+        "{h:?}"
+    );
+    let valid: bool = client
+        .query_one(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = 'product_name_key'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!valid);
+    assert!(!recorded(&client, &s2).await);
+    // What is left: the index, made again.
+    client
+        .batch_execute("UPDATE product SET name = 'Coffee' WHERE sku = 'B'")
+        .await
+        .unwrap();
+    let left = plan_for(Some(&client), &s2, Mode::Migrate).await.unwrap();
+    let changes: Vec<&str> = left.runs().map(|s| s.change.as_str()).collect();
+    assert_eq!(
+        changes,
+        ["create unique index `product_name_key` (name), again: the last try did not finish"],
+        "{}",
+        left.plan.human()
+    );
+    apply(&mut client, &s2, &left).await.unwrap();
+    assert!(recorded(&client, &s2).await);
+    let h = history(&client).await.unwrap();
+    assert_eq!(h.len(), 3);
+    assert!(h[2].finished_at.is_some());
+    let again = plan_for(Some(&client), &s2, Mode::Migrate).await.unwrap();
+    assert_eq!(again.runs().count(), 0, "{}", again.plan.human());
+    // The index holds.
+    let dup = client
+        .batch_execute(
+            "INSERT INTO product (id, version, created_at, updated_at, sku, name, price_cents, stock) VALUES \
+             ('00000000-0000-4000-8000-000000000003', 1, now(), now(), 'C', 'Tea', 100, 1)",
+        )
+        .await;
+    assert_eq!(
+        dup.unwrap_err().code(),
+        Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+    );
+}

@@ -1,8 +1,9 @@
 //! Integration tests of the `sinew` binary: exit codes, output formats, bad
 //! input and `--fix`.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use sinew_tests::{root, specs_in};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -971,4 +972,145 @@ fn serve_refuses_to_start_without_the_settings_the_spec_needs() {
     }
     assert!(!err.contains("MAIL"), "{err}");
     assert_eq!(err.matches("  - ").count(), 3, "{err}");
+}
+
+// ---------------------------------------------------------------------------
+// `sinew diff`.
+
+/// Exit 0 for a change that breaks nothing, 1 for a breaking API change or
+/// a destructive migration step (human and JSON output say which), 2 for a
+/// spec that does not load.
+#[test]
+fn diff_exit_codes_say_breaking_or_destructive() {
+    let dir = tempfile::tempdir().unwrap();
+    let clinic = spec("specs/examples/clinic.json");
+    let base: Value = serde_json::from_str(&std::fs::read_to_string(&clinic).unwrap()).unwrap();
+    let out = sinew([OsStr::new("diff"), clinic.as_os_str(), clinic.as_os_str()]);
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+    assert!(stdout(&out).contains("nothing breaking or destructive"));
+
+    let mut wider = base.clone();
+    wider["entities"]["Therapist"]["fields"]["name"]["maxLength"] = json!(300);
+    wider["tools"]["add_therapist"]["input"]["properties"]["name"]["maxLength"] = json!(300);
+    let wider = write(&dir, "wider.json", wider.to_string());
+    let out = sinew([OsStr::new("diff"), clinic.as_os_str(), wider.as_os_str()]);
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("compatible add_therapist: input field `name` maxLength 100 → 300")
+    );
+    assert!(
+        stdout(&out)
+            .contains("safe        therapist: widen the CHECK of `name` (maxLength 100 → 300)")
+    );
+
+    let mut breaking = base.clone();
+    breaking["tools"]
+        .as_object_mut()
+        .unwrap()
+        .remove("list_invoices");
+    breaking["tools"]["add_therapist"]["input"]["required"] =
+        json!(["name", "specialty", "rate_cents", "room"]);
+    breaking["tools"]["add_therapist"]["input"]["properties"]["room"] = json!({"type": "string"});
+    let breaking = write(&dir, "breaking.json", breaking.to_string());
+    let out = sinew([
+        OsStr::new("diff"),
+        OsStr::new("--format"),
+        OsStr::new("json"),
+        clinic.as_os_str(),
+        breaking.as_os_str(),
+    ]);
+    assert_eq!(code(&out), 1, "{}", stdout(&out));
+    let d = json(&out);
+    assert_eq!(
+        (d["breaking"].clone(), d["destructive"].clone()),
+        (json!(true), json!(false))
+    );
+    let api: Vec<(String, bool)> = d["api"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                format!(
+                    "{} {}",
+                    c["tool"].as_str().unwrap(),
+                    c["change"].as_str().unwrap()
+                ),
+                c["breaking"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        api.contains(&(
+            "add_therapist `room` is a new required input field".into(),
+            true
+        )),
+        "{api:?}"
+    );
+    assert!(
+        api.contains(&("list_invoices the tool is removed".into(), true)),
+        "{api:?}"
+    );
+
+    let mut destructive = base.clone();
+    destructive["entities"]["Appointment"]["fields"]["minutes"]["maximum"] = json!(120);
+    let destructive = write(&dir, "destructive.json", destructive.to_string());
+    let out = sinew([
+        OsStr::new("diff"),
+        clinic.as_os_str(),
+        destructive.as_os_str(),
+    ]);
+    assert_eq!(code(&out), 1, "{}", stdout(&out));
+    assert!(
+        stdout(&out)
+            .contains("destructive appointment: narrow the CHECK of `minutes` (maximum 240 → 120)")
+    );
+    assert!(stdout(&out).contains("DESTRUCTIVE"));
+
+    let broken = write(&dir, "broken.json", BROKEN);
+    let out = sinew([OsStr::new("diff"), clinic.as_os_str(), broken.as_os_str()]);
+    assert_eq!(code(&out), 2);
+    assert!(
+        stderr(&out).contains("is not a valid spec"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// `sinew migrate --plan` without a database: the steps for an empty one
+/// (every table created, safe), as text and JSON.
+#[test]
+fn migrate_plan_without_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let clinic = spec("specs/examples/clinic.json");
+    let data = dir.path().join("none");
+    let out = sinew([
+        OsStr::new("migrate"),
+        clinic.as_os_str(),
+        OsStr::new("--plan"),
+        OsStr::new("--format"),
+        OsStr::new("json"),
+        OsStr::new("--data-dir"),
+        data.as_os_str(),
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let p = json(&out);
+    assert_eq!(p["database"], json!(false));
+    assert_eq!(p["risk"], json!("safe"));
+    let changes: Vec<&str> = p["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["change"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            "create table `therapist` (`Therapist`)",
+            "create table `patient` (`Patient`)",
+            "create table `appointment` (`Appointment`)",
+            "create table `invoice` (`Invoice`)"
+        ]
+    );
+    assert!(!data.exists(), "planning created a database");
 }
