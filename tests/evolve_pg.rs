@@ -257,7 +257,16 @@ async fn two_revisions_serve_one_database_through_every_evolution() {
     assert_eq!(entries, Ok(l.sent));
 
     // Serve left the contractions; with no previous revision running,
-    // `sinew migrate --apply` makes them: the dropped index and the view.
+    // `sinew migrate --apply` makes them: the dropped index, the view, the
+    // note required again (rows written meanwhile without one filled in).
+    let nulls_set = db
+        .execute(
+            "UPDATE appointment SET note = NULL WHERE id IN (SELECT id FROM appointment LIMIT 1500)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(nulls_set > 100, "{nulls_set}");
     let last = spec(&specs.last().unwrap().1);
     let m = plan_for(Some(&db), &last, Mode::Migrate).await.unwrap();
     let changes: Vec<&str> = m.runs().map(|s| s.change.as_str()).collect();
@@ -265,7 +274,8 @@ async fn two_revisions_serve_one_database_through_every_evolution() {
         changes,
         [
             "drop the view `invoice` a rename left for the previous spec's servers",
-            "drop index `therapist_specialty_idx` (not in the spec)"
+            "drop index `therapist_specialty_idx` (not in the spec)",
+            "make `note` NOT NULL, filling its nulls with the default '' in batches",
         ]
     );
     apply(&mut db, &last, &m).await.unwrap();
@@ -278,6 +288,20 @@ async fn two_revisions_serve_one_database_through_every_evolution() {
         .unwrap()
         .get(0);
     assert_eq!(left, 0);
+    let (nulls, empty, not_null): (i64, i64, bool) = {
+        let r = db
+            .query_one(
+                "SELECT count(*) FILTER (WHERE note IS NULL), count(*) FILTER (WHERE note = ''), \
+                 (SELECT attnotnull FROM pg_attribute WHERE attrelid = 'appointment'::regclass AND attname = 'note') \
+                 FROM appointment",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!((nulls, not_null), (0, true));
+    assert!(empty >= i64::try_from(nulls_set).unwrap());
     let again = plan_for(Some(&db), &last, Mode::Migrate).await.unwrap();
     assert_eq!(again.runs().count(), 0, "{}", again.plan.human());
 }

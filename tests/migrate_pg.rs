@@ -145,13 +145,20 @@ async fn migrations_apply_once_add_safely_and_refuse_losing_data() {
         assert!(m.kept[0].contains("product.origin"), "{:?}", m.kept);
         assert!(!m.sql.contains("DROP COLUMN"), "{}", m.sql);
     }
-    // Narrowing: a type change and a new NOT NULL.
+    // Narrowing: a type change (the spec cannot run without it: refused)
+    // and a new NOT NULL (it can: left, and said).
     let mut narrowed = added.clone();
     narrowed["entities"]["Product"]["fields"]["origin"] = json!({"type": "integer"});
     let n = plan(Some(&client), &spec(&narrowed), false).await.unwrap();
-    assert_eq!(n.destructive.len(), 2, "{:?}", n.destructive);
-    assert!(n.destructive.iter().any(|d| d.contains("change the type")));
-    assert!(n.destructive.iter().any(|d| d.contains("NOT NULL")));
+    assert_eq!(n.destructive.len(), 1, "{:?}", n.destructive);
+    assert!(n.destructive[0].contains("change the type"));
+    assert!(
+        n.kept
+            .iter()
+            .any(|k| k.starts_with("left as it is") && k.contains("make `origin` NOT NULL")),
+        "{:?}",
+        n.kept
+    );
 
     // NOT NULL without a default, it would make every insert fail:
     // refused, and dropped (with its data) only when allowed.

@@ -359,6 +359,8 @@ pub struct ColumnPlan {
     pub ty: FieldType,
     /// The name it had before (`renamedFrom`).
     pub renamed_from: Option<String>,
+    /// Its default, as SQL.
+    pub default_sql: Option<String>,
 }
 
 /// Every column of an entity's table, in table order.
@@ -376,6 +378,7 @@ pub fn columns(e: &Entity) -> Vec<ColumnPlan> {
         rule: None,
         ty: FieldType::Json,
         renamed_from: None,
+        default_sql: None,
     };
     let mut out = vec![
         fixed("id", "uuid", true),
@@ -394,6 +397,7 @@ pub fn columns(e: &Entity) -> Vec<ColumnPlan> {
             rule: Some(Rule::of_states(sm)),
             ty: FieldType::String,
             renamed_from: None,
+            default_sql: Some(literal(&sm.initial)),
         });
     }
     for (name, f) in &e.fields {
@@ -410,6 +414,7 @@ pub fn columns(e: &Entity) -> Vec<ColumnPlan> {
             rule,
             ty: f.ty,
             renamed_from: f.renamed_from.clone(),
+            default_sql: f.default.as_ref().map(|d| constant(f.ty, d)),
         });
     }
     out

@@ -73,7 +73,8 @@ pub fn clinic() -> Vec<(&'static str, Value)> {
     e.insert("Bill".into(), bill);
 
     // 6: contract: the index on `specialty` and the phone field go, the
-    // rename is done (`renamedFrom` removed), a wider patient name.
+    // rename is done (`renamedFrom` removed), a wider patient name, the
+    // note required again (its nulls filled with its default).
     let mut v6 = v5.clone();
     let e = &mut v6["entities"];
     e["Therapist"]["indexes"]
@@ -86,6 +87,10 @@ pub fn clinic() -> Vec<(&'static str, Value)> {
         .remove("phone");
     e["Patient"]["fields"]["name"]["maxLength"] = json!(150);
     e["Bill"].as_object_mut().unwrap().remove("renamedFrom");
+    e["Appointment"]["fields"]["note"]
+        .as_object_mut()
+        .unwrap()
+        .remove("nullable");
 
     vec![
         ("1-example", v1),

@@ -649,22 +649,25 @@ impl Planner {
             });
         }
         if c.not_null && !h.not_null {
-            self.plan.steps.push(Step {
-                table: table.to_owned(),
-                change: format!("make `{}` NOT NULL", c.name),
-                risk: Risk::Destructive,
-                lock: SCAN_BLOCKING,
-                applies: Applies::Forced,
-                needed: false,
-                alone: false,
-                why: Some(format!(
-                    "rows holding null fail the migration, and the previous spec's servers may \
-                     still write null: fill them first (`UPDATE {table} SET {} = … WHERE {} IS \
-                     NULL`), once no server of the previous spec runs",
-                    c.name, c.name
-                )),
-                sql: vec![format!("ALTER TABLE {t} ALTER COLUMN {col} SET NOT NULL;")],
-            });
+            match &c.default_sql {
+                Some(default) => self.late.push(required_with_default(table, c, default)),
+                None => self.plan.steps.push(Step {
+                    table: table.to_owned(),
+                    change: format!("make `{}` NOT NULL", c.name),
+                    risk: Risk::Locking,
+                    lock: SCAN_BLOCKING,
+                    applies: Applies::Forced,
+                    needed: false,
+                    alone: false,
+                    why: Some(format!(
+                        "rows holding null fail the migration, and the previous spec's servers \
+                         may still write null: give the field a `default` (the migration then \
+                         fills the nulls in batches and sets NOT NULL without a long lock), or \
+                         fill them yourself once no server of the previous spec runs"
+                    )),
+                    sql: vec![format!("ALTER TABLE {t} ALTER COLUMN {col} SET NOT NULL;")],
+                }),
+            }
         } else if !c.not_null && h.not_null {
             self.plan.steps.push(Step {
                 table: table.to_owned(),
@@ -918,6 +921,43 @@ impl Planner {
     }
 }
 
+/// A nullable column made `NOT NULL`, its nulls filled with the field's
+/// default: in batches of 1000 rows, each committed (row locks only), then
+/// a `CHECK (… IS NOT NULL)` added `NOT VALID` and validated (reads and
+/// writes go on), which lets `SET NOT NULL` skip its scan. Each statement
+/// can be run again after an interruption.
+fn required_with_default(table: &str, c: &ColumnPlan, default: &str) -> Step {
+    let t = ident(table);
+    let col = ident(&c.name);
+    let check = ident(&super::fitted(table, &[c.name.clone()], "not_null"));
+    Step {
+        table: table.to_owned(),
+        change: format!(
+            "make `{}` NOT NULL, filling its nulls with the default {default} in batches",
+            c.name
+        ),
+        risk: Risk::Safe,
+        lock: "row locks while it fills (1000 rows a transaction); SHARE UPDATE EXCLUSIVE while it validates; ACCESS EXCLUSIVE for an instant to set NOT NULL",
+        applies: Applies::Migrate,
+        needed: false,
+        alone: true,
+        why: Some(
+            "the previous spec's servers may still write null: apply once none runs".to_owned(),
+        ),
+        sql: vec![
+            format!("ALTER TABLE {t} ALTER COLUMN {col} SET DEFAULT {default};"),
+            format!(
+                "DO $$\nDECLARE n bigint;\nBEGIN\n  LOOP\n    UPDATE {t} SET {col} = {default}, \"version\" = \"version\" + 1\n      WHERE \"id\" IN (SELECT \"id\" FROM {t} WHERE {col} IS NULL LIMIT 1000);\n    GET DIAGNOSTICS n = ROW_COUNT;\n    EXIT WHEN n = 0;\n    COMMIT;\n  END LOOP;\nEND $$;"
+            ),
+            format!("ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {check};"),
+            format!("ALTER TABLE {t} ADD CONSTRAINT {check} CHECK ({col} IS NOT NULL) NOT VALID;"),
+            format!("ALTER TABLE {t} VALIDATE CONSTRAINT {check};"),
+            format!("ALTER TABLE {t} ALTER COLUMN {col} SET NOT NULL;"),
+            format!("ALTER TABLE {t} DROP CONSTRAINT {check};"),
+        ],
+    }
+}
+
 fn validate(table: &str, k: &Check, c: &ColumnPlan) -> Step {
     Step {
         table: table.to_owned(),
@@ -1163,7 +1203,32 @@ mod tests {
         assert_eq!(s.change, "make `name` NOT NULL");
         assert_eq!(
             (s.risk, s.applies, s.needed),
-            (Risk::Destructive, Applies::Forced, false)
+            (Risk::Locking, Applies::Forced, false)
+        );
+        // With a default: its nulls filled in batches, NOT NULL set without
+        // a long lock, once the previous spec's servers are gone.
+        let mut v = base();
+        v["entities"]["Room"]["fields"]["note"]["nullable"] = json!(false);
+        v["entities"]["Room"]["fields"]["note"]["default"] = json!("-");
+        let p = steps(&base(), &v);
+        assert_eq!(p.steps.len(), 1, "{}", p.human());
+        let s = &p.steps[0];
+        assert_eq!(
+            s.change,
+            "make `note` NOT NULL, filling its nulls with the default '-' in batches"
+        );
+        assert_eq!(
+            (s.risk, s.applies, s.needed, s.alone),
+            (Risk::Safe, Applies::Migrate, false, true)
+        );
+        assert!(
+            s.sql[1].contains("LIMIT 1000") && s.sql[1].contains("COMMIT;"),
+            "{}",
+            s.sql[1]
+        );
+        assert_eq!(
+            s.sql[5],
+            r#"ALTER TABLE "room" ALTER COLUMN "note" SET NOT NULL;"#
         );
         let mut v = base();
         v["entities"]["Room"]["fields"]["note"] = json!({"type": "integer", "nullable": true});

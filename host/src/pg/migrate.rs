@@ -96,9 +96,10 @@ pub struct Migration {
     /// The SQL that runs: the transaction, then the statements that run
     /// alone.
     pub sql: String,
-    /// Steps this mode refuses, one sentence each (what and why): for
-    /// `migrate`, every forced step; for `serve`, the forced steps the
-    /// spec needs.
+    /// Steps this mode refuses, one sentence each (what and why): the
+    /// forced steps the spec needs (without them the database cannot serve
+    /// it). `sinew serve` and `sinew migrate` refuse the same ones; the
+    /// forced steps the spec runs without are left, with a note.
     pub destructive: Vec<String>,
     /// Steps that run on tables that exist (not creating one).
     pub changes: usize,
@@ -314,9 +315,9 @@ pub fn migration(schema: &Schema, spec: &Spec, mode: Mode) -> Migration {
             if !s.change.starts_with("create table") {
                 m.changes += 1;
             }
-        } else if mode == Mode::Serve && !s.needed {
+        } else if !s.needed {
             m.kept.push(format!(
-                "not applied by `sinew serve` (the spec runs without it; `sinew migrate --apply`{} applies it): {}",
+                "left as it is (the spec runs without it; `sinew migrate --apply{}` applies it): {}",
                 if s.applies == Applies::Forced {
                     " --allow-destructive"
                 } else {
