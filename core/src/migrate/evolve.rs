@@ -659,12 +659,13 @@ impl Planner {
                     applies: Applies::Forced,
                     needed: false,
                     alone: false,
-                    why: Some(format!(
+                    why: Some(
                         "rows holding null fail the migration, and the previous spec's servers \
                          may still write null: give the field a `default` (the migration then \
                          fills the nulls in batches and sets NOT NULL without a long lock), or \
                          fill them yourself once no server of the previous spec runs"
-                    )),
+                            .to_owned(),
+                    ),
                     sql: vec![format!("ALTER TABLE {t} ALTER COLUMN {col} SET NOT NULL;")],
                 }),
             }
@@ -929,7 +930,11 @@ impl Planner {
 fn required_with_default(table: &str, c: &ColumnPlan, default: &str) -> Step {
     let t = ident(table);
     let col = ident(&c.name);
-    let check = ident(&super::fitted(table, &[c.name.clone()], "not_null"));
+    let check = ident(&super::fitted(
+        table,
+        std::slice::from_ref(&c.name),
+        "not_null",
+    ));
     Step {
         table: table.to_owned(),
         change: format!(
