@@ -163,11 +163,23 @@ async fn migrate_status(
     let m = crate::pg::migrate::plan(Some(client), spec, false).await?;
     let pending: Vec<&sinew_core::migrate::evolve::Step> = m.plan.steps.iter().collect();
     let current = crate::pg::migrate::recorded(client, spec).await;
+    // Where the database stands against the spec, by the history: at it
+    // (its last migration was to this spec), ahead (a later migration was
+    // to another spec, after one to this), or elsewhere.
+    let key = crate::pg::migrate::plan_key(spec);
+    let last = history.iter().rev().find(|h| h.finished_at.is_some());
+    let position = match last {
+        None => "new",
+        Some(h) if h.plan == key => "at",
+        Some(_) if history.iter().any(|h| h.plan == key) => "ahead",
+        Some(_) => "other",
+    };
     let out = match format {
         MigrateFormat::Json => {
             serde_json::json!({
                 "migrations": history,
                 "recorded": current,
+                "position": position,
                 "pending": pending,
                 "refused": m.destructive,
             })
@@ -191,6 +203,17 @@ async fn migrate_status(
                         Some(t) => format!("finished {t}"),
                         None => "NOT FINISHED (the next migration finishes it)".to_owned(),
                     }
+                ));
+            }
+            if let (Some(h), "ahead") = (last, position) {
+                out.push_str(&format!(
+                    "the database is ahead of spec `{}`: it was migrated to it before, and since to \
+                     spec `{}` ({}) at {}; `sinew serve` of this spec leaves what the later one \
+                     added\n",
+                    spec.name,
+                    h.spec,
+                    &h.plan[..12.min(h.plan.len())],
+                    h.started_at
                 ));
             }
             if pending.is_empty() {
