@@ -177,8 +177,18 @@ async fn two_revisions_serve_one_database_through_every_evolution() {
             ledger.clone(),
         ));
         tokio::time::sleep(Duration::from_millis(300)).await;
-        // The new revision migrates as it starts, under traffic.
-        let new = Server::start(path, &url, &options).await;
+        // The new revision migrates as it starts, under traffic; for the
+        // unique field, two of its servers start at once (one migrates, the
+        // other waits for it and finds nothing left to do).
+        let (new, twin) = if specs[i].0 == "4-unique" {
+            let (a, b) = tokio::join!(
+                Server::start(path, &url, &options),
+                Server::start(path, &url, &options)
+            );
+            (a, Some(b))
+        } else {
+            (Server::start(path, &url, &options).await, None)
+        };
         let after = tokio::spawn(traffic(
             new.base.clone(),
             format!("{i}-new"),
@@ -190,6 +200,9 @@ async fn two_revisions_serve_one_database_through_every_evolution() {
         before.await.unwrap();
         after.await.unwrap();
         old.stop().await;
+        if let Some(twin) = twin {
+            twin.stop().await;
+        }
         old = new;
         let failures = ledger.lock().unwrap().failures.clone();
         assert!(failures.is_empty(), "{}: {failures:#?}", specs[i].0);
@@ -234,7 +247,7 @@ async fn two_revisions_serve_one_database_through_every_evolution() {
             "no {table} written"
         );
     }
-    // Each spec's migration ran once, at its server's start, and finished.
+    // Each spec's migration ran once, at a server's start, and finished.
     let runs = db
         .query(
             "SELECT spec, plan, \"by\", finished_at IS NOT NULL FROM sinew_migrations ORDER BY id",

@@ -526,6 +526,15 @@ async fn apply_locked(
             )
             .await?
             .get::<_, bool>(0);
+    // Nothing to do (another server migrated first): nothing recorded but
+    // the schema.
+    if steps.is_empty() && tables_current && m.app_role.is_none() {
+        record(client, spec).await?;
+        return Ok(Applied {
+            migration: m,
+            id: None,
+        });
+    }
     let mut attempt: u32 = 0;
     let id: i64 = loop {
         attempt += 1;
