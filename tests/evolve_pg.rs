@@ -1,13 +1,14 @@
 //! Two revisions at once, as on Cloud Run during a deploy: through the
 //! clinic's evolutions (`sinew_tests::evolve`: states, enum values, fields
 //! with defaults, nullable and unique fields, wider bounds, indexes, an
-//! entity renamed), the server of each spec starts (migrating the database
+//! entity and a field renamed), the server of each spec starts (migrating the database
 //! as it starts) while the server of the previous spec keeps serving
 //! traffic, then both serve side by side. No request is answered 5xx, no
 //! acknowledged write is lost, each spec's migration runs once and
 //! finishes, and the audit chain holds an entry for every request. Once the
 //! last previous revision is gone, `sinew migrate --apply` contracts: the
-//! index the spec dropped and the rename's view go.
+//! index the spec dropped, the entity rename's view and the field rename's
+//! former column go, and the field made required again is filled in.
 
 use serde_json::{Value, json};
 use sinew_core::spec::Spec;
@@ -247,6 +248,17 @@ async fn two_revisions_serve_one_database_through_every_evolution() {
             "no {table} written"
         );
     }
+    // Therapists written by servers of spec 4 (`specialty`) and of spec 5
+    // (`discipline`) while both ran have both, in step.
+    let apart: i64 = db
+        .query_one(
+            "SELECT count(*) FROM therapist WHERE discipline IS DISTINCT FROM specialty",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(apart, 0);
     // Each spec's migration ran once, at a server's start, and finished.
     let runs = db
         .query(
@@ -286,15 +298,18 @@ async fn two_revisions_serve_one_database_through_every_evolution() {
     assert_eq!(
         changes,
         [
+            "finish renaming `specialty` to `discipline`: drop the trigger and the former column",
             "drop the view `invoice` a rename left for the previous spec's servers",
-            "drop index `therapist_specialty_idx` (not in the spec)",
+            "drop index `therapist_discipline_idx` (not in the spec)",
             "make `note` NOT NULL, filling its nulls with the default '' in batches",
         ]
     );
     apply(&mut db, &last, &m).await.unwrap();
     let left: i64 = db
         .query_one(
-            "SELECT count(*) FROM pg_class WHERE relname IN ('invoice', 'therapist_specialty_idx')",
+            "SELECT count(*) FROM pg_class WHERE relname IN ('invoice', 'therapist_discipline_idx') \
+             OR EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'therapist'::regclass AND attname = 'specialty' AND NOT attisdropped) \
+             OR EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'therapist_discipline_sync')",
             &[],
         )
         .await

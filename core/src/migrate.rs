@@ -363,6 +363,14 @@ pub struct ColumnPlan {
     pub default_sql: Option<String>,
 }
 
+impl ColumnPlan {
+    /// Its type for DDL (`timestamptz` where the catalog says `timestamp
+    /// with time zone`).
+    pub fn sql_type_ddl(&self) -> &'static str {
+        sql_type(self.ty)
+    }
+}
+
 /// Every column of an entity's table, in table order.
 pub fn columns(e: &Entity) -> Vec<ColumnPlan> {
     let fixed = |name: &str, ty: &'static str, not_null: bool| ColumnPlan {

@@ -63,24 +63,50 @@ pub fn clinic() -> Vec<(&'static str, Value)> {
     e["Appointment"]["fields"]["minutes"]["maximum"] = json!(300);
 
     // 5: `Invoice` becomes `Bill` (its rows kept; servers of spec 4 go on
-    // through the view left under the old name).
+    // through the view left under the old name) and a therapist's
+    // `specialty` becomes `discipline` (both columns kept in step while
+    // servers of spec 4 run).
     let mut v5 = v4.clone();
-    let text = v5["tools"].to_string().replace("\"Invoice\"", "\"Bill\"");
+    let text = v5["tools"]
+        .to_string()
+        .replace("\"Invoice\"", "\"Bill\"")
+        .replace(
+            "\"specialty\":\"input.specialty\"",
+            "\"discipline\":\"input.specialty\"",
+        );
     v5["tools"] = serde_json::from_str(&text).unwrap();
+    let fields = v5["entities"]["Therapist"]["fields"]
+        .as_object_mut()
+        .unwrap();
+    let mut discipline = fields.remove("specialty").unwrap();
+    discipline["renamedFrom"] = json!("specialty");
+    fields.insert("discipline".into(), discipline);
+    for i in v5["entities"]["Therapist"]["indexes"]
+        .as_array_mut()
+        .unwrap()
+    {
+        if i["fields"] == json!(["specialty"]) {
+            i["fields"] = json!(["discipline"]);
+        }
+    }
     let e = v5["entities"].as_object_mut().unwrap();
     let mut bill = e.remove("Invoice").unwrap();
     bill["renamedFrom"] = json!("Invoice");
     e.insert("Bill".into(), bill);
 
-    // 6: contract: the index on `specialty` and the phone field go, the
-    // rename is done (`renamedFrom` removed), a wider patient name, the
+    // 6: contract: the index on `discipline` and the phone field go, the
+    // renames are done (`renamedFrom` removed), a wider patient name, the
     // note required again (its nulls filled with its default).
     let mut v6 = v5.clone();
     let e = &mut v6["entities"];
     e["Therapist"]["indexes"]
         .as_array_mut()
         .unwrap()
-        .retain(|i| i["fields"] != json!(["specialty"]));
+        .retain(|i| i["fields"] != json!(["discipline"]));
+    e["Therapist"]["fields"]["discipline"]
+        .as_object_mut()
+        .unwrap()
+        .remove("renamedFrom");
     e["Patient"]["fields"]
         .as_object_mut()
         .unwrap()

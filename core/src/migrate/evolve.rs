@@ -49,8 +49,54 @@ pub struct Table {
     pub checks: Vec<Check>,
     /// Its indexes, but the primary key's.
     pub indexes: Vec<Index>,
+    /// Field renames in progress: both columns kept in step by a trigger.
+    pub renames: Vec<Rename>,
     /// Whether it holds rows (`None`: not known, as for a spec's).
     pub rows: Option<bool>,
+}
+
+/// A field rename in progress (expanded): the new column is written
+/// whenever the old one is and the other way round, by a trigger whose
+/// comment names both (`sinew rename OLD to NEW[, copied]`), so servers of
+/// the spec before the rename and of the spec after it both work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rename {
+    /// The trigger (and its function).
+    pub trigger: String,
+    /// The former column.
+    pub old: String,
+    /// The new column.
+    pub new: String,
+    /// Whether the rows there before were copied (the expansion finished).
+    pub copied: bool,
+}
+
+impl Rename {
+    /// The trigger's comment.
+    pub fn comment(&self) -> String {
+        format!(
+            "sinew rename {} to {}{}",
+            self.old,
+            self.new,
+            if self.copied { ", copied" } else { "" }
+        )
+    }
+
+    /// The rename a trigger's comment names.
+    pub fn from_comment(trigger: &str, comment: &str) -> Option<Rename> {
+        let rest = comment.strip_prefix("sinew rename ")?;
+        let (rest, copied) = match rest.strip_suffix(", copied") {
+            Some(r) => (r, true),
+            None => (rest, false),
+        };
+        let (old, new) = rest.split_once(" to ")?;
+        Some(Rename {
+            trigger: trigger.to_owned(),
+            old: old.to_owned(),
+            new: new.to_owned(),
+            copied,
+        })
+    }
 }
 
 /// A column.
@@ -139,8 +185,27 @@ impl Schema {
                         sinew: true,
                     })
                     .collect(),
+                renames: Vec::new(),
                 rows: None,
             };
+            let mut t = t;
+            // A field renamed is expanded: its former column kept in step.
+            for c in &cols {
+                if let Some(old) = &c.renamed_from {
+                    t.columns.push(Column {
+                        name: old.clone(),
+                        sql_type: c.sql_type.to_owned(),
+                        not_null: false,
+                        filled: false,
+                    });
+                    t.renames.push(Rename {
+                        trigger: sync_name(&table, &c.name),
+                        old: old.clone(),
+                        new: c.name.clone(),
+                        copied: true,
+                    });
+                }
+            }
             out.tables.insert(table, t);
         }
         out
@@ -466,18 +531,30 @@ impl Planner {
     fn table(&mut self, table: &str, e: &Entity, have: &Table, old_table: Option<&str>) {
         let t = ident(table);
         let wanted = columns(e);
-        // Column renames first: the rest compares under the new names.
-        let mut renamed: Vec<(&str, &str)> = Vec::new();
+        // Field renames are expanded: the new column is added and kept in
+        // step with the former one by a trigger, so servers of the spec
+        // before the rename go on writing the former one.
+        let renamed: Vec<(&str, &str)> = Vec::new();
+        let mut expanding: Vec<(&ColumnPlan, &str, bool)> = Vec::new();
         for c in &wanted {
             let Some(old) = &c.renamed_from else { continue };
             let has = |n: &str| have.columns.iter().any(|h| h.name == n);
-            match (has(&c.name), has(old)) {
-                (true, false) => self.plan.notes.push(format!(
+            let syncing = have
+                .renames
+                .iter()
+                .find(|r| r.old == *old && r.new == c.name);
+            match (has(&c.name), has(old), syncing) {
+                (true, true, Some(r)) => {
+                    if !r.copied {
+                        expanding.push((c, old, true)); // cut short: finish it
+                    }
+                }
+                (true, false, _) => self.plan.notes.push(format!(
                     "`{table}.{}` is renamed from `{old}`: done before; `renamedFrom` is harmless, \
                      remove it when you like",
                     c.name
                 )),
-                (true, true) => self.plan.steps.push(Step {
+                (true, true, None) => self.plan.steps.push(Step {
                     table: table.to_owned(),
                     change: format!("rename column `{old}` to `{}`: both exist", c.name),
                     risk: Risk::Destructive,
@@ -492,38 +569,22 @@ impl Planner {
                     )),
                     sql: Vec::new(),
                 }),
-                (false, true) => {
-                    renamed.push((old, &c.name));
-                    let mut sql = vec![format!(
-                        "ALTER TABLE {t} RENAME COLUMN {} TO {};",
-                        ident(old),
-                        ident(&c.name)
-                    )];
-                    if e.fields.get(&c.name).is_some_and(|f| f.entity.is_some()) {
-                        sql.push(rename_constraint(
-                            table,
-                            &foreign_key_name(table, old),
-                            &foreign_key_name(table, &c.name),
+                (false, true, _) => {
+                    let same = have
+                        .columns
+                        .iter()
+                        .any(|h| h.name == *old && h.sql_type == c.sql_type);
+                    if same {
+                        expanding.push((c, old, false));
+                    } else {
+                        self.plan.notes.push(format!(
+                            "`{table}.{}` is renamed from `{old}`, but `{old}` has another type: \
+                             `{}` is added as a new column",
+                            c.name, c.name
                         ));
                     }
-                    self.plan.steps.push(Step {
-                        table: table.to_owned(),
-                        change: format!("rename column `{old}` to `{}`", c.name),
-                        risk: Risk::Destructive,
-                        lock: INSTANT,
-                        applies: Applies::Always,
-                        needed: true,
-                        alone: false,
-                        why: Some(format!(
-                            "the previous spec's servers name `{old}`: their requests on `{table}` \
-                             fail from the rename until they stop (deploy it with no overlap, or \
-                             in two deploys: add `{}`, copy, then remove `{old}`)",
-                            c.name
-                        )),
-                        sql,
-                    });
                 }
-                (false, false) => {
+                (false, false, _) => {
                     // Added below; said here, since the name was meant to
                     // find data.
                     self.plan.notes.push(format!(
@@ -532,6 +593,19 @@ impl Planner {
                         c.name, c.name
                     ));
                 }
+            }
+        }
+        // Former columns kept in step: neither compared nor dropped while
+        // their rename is in progress; contracted once the spec no longer
+        // names them (`renamedFrom` removed).
+        let mut sources: Vec<String> = expanding.iter().map(|(_, o, _)| (*o).to_owned()).collect();
+        for r in &have.renames {
+            let kept = wanted
+                .iter()
+                .any(|c| c.name == r.new && c.renamed_from.as_deref() == Some(r.old.as_str()));
+            sources.push(r.old.clone());
+            if !kept {
+                self.contract_rename(table, r, wanted.iter().any(|c| c.name == r.old));
             }
         }
         let now = |name: &str| -> String {
@@ -543,6 +617,10 @@ impl Planner {
         };
         let find = |name: &str| have.columns.iter().find(|h| now(&h.name) == name);
         for c in &wanted {
+            if let Some((_, old, again)) = expanding.iter().find(|(x, _, _)| x.name == c.name) {
+                self.expand_rename(table, c, old, *again);
+                continue;
+            }
             match find(&c.name) {
                 None => self.add_column(table, c, have.rows),
                 Some(h) => self.change_column(table, c, h),
@@ -550,7 +628,7 @@ impl Planner {
         }
         for h in &have.columns {
             let name = now(&h.name);
-            if wanted.iter().any(|c| c.name == name) {
+            if wanted.iter().any(|c| c.name == name) || sources.contains(&name) {
                 continue;
             }
             match crate::migrate::unknown_column(table, &name, h.not_null, h.filled) {
@@ -569,7 +647,146 @@ impl Planner {
             }
         }
         self.checks(table, &wanted, have, &now);
-        self.indexes(table, e, have, &now, old_table);
+        self.indexes(table, e, have, &now, old_table, &sources);
+    }
+
+    /// The expansion of a field rename: the new column (nullable until the
+    /// rows are copied), its `CHECK`, and the trigger that keeps both
+    /// columns in step, in the transaction; then the rows copied in
+    /// batches, the `CHECK` validated and `NOT NULL` set without a long
+    /// lock. `again`: the columns and trigger exist, a copy was cut short.
+    fn expand_rename(&mut self, table: &str, c: &ColumnPlan, old: &str, again: bool) {
+        let t = ident(table);
+        let (o, n) = (ident(old), ident(&c.name));
+        let sync = sync_name(table, &c.name);
+        let rename = |copied| Rename {
+            trigger: sync.clone(),
+            old: old.to_owned(),
+            new: c.name.clone(),
+            copied,
+        };
+        if !again {
+            let mut sql = vec![format!(
+                "ALTER TABLE {t} ADD COLUMN {n} {};",
+                c.sql_type_ddl()
+            )];
+            if let Some(rule) = &c.rule {
+                sql.extend(check_ddl(table, &c.name, c.ty, rule, true));
+            }
+            sql.push(format!(
+                "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $$\nBEGIN\n  IF TG_OP = 'INSERT' THEN\n    IF NEW.{n} IS NULL THEN NEW.{n} := NEW.{o}; ELSE NEW.{o} := NEW.{n}; END IF;\n  ELSIF NEW.{n} IS DISTINCT FROM OLD.{n} THEN\n    NEW.{o} := NEW.{n};\n  ELSIF NEW.{o} IS DISTINCT FROM OLD.{o} THEN\n    NEW.{n} := NEW.{o};\n  END IF;\n  RETURN NEW;\nEND\n$$;",
+                f = ident(&sync)
+            ));
+            sql.push(format!(
+                "CREATE OR REPLACE TRIGGER {f} BEFORE INSERT OR UPDATE ON {t} FOR EACH ROW EXECUTE FUNCTION {f}();",
+                f = ident(&sync)
+            ));
+            sql.push(format!(
+                "COMMENT ON TRIGGER {} ON {t} IS {};",
+                ident(&sync),
+                literal(&rename(false).comment())
+            ));
+            self.plan.steps.push(Step {
+                table: table.to_owned(),
+                change: format!(
+                    "rename column `{old}` to `{}`: add `{}`, kept in step with `{old}` by a trigger",
+                    c.name, c.name
+                ),
+                risk: Risk::Safe,
+                lock: INSTANT,
+                applies: Applies::Always,
+                needed: true,
+                alone: false,
+                why: None,
+                sql,
+            });
+        }
+        let mut sql = vec![format!(
+            "DO $$\nDECLARE n bigint;\nBEGIN\n  LOOP\n    UPDATE {t} SET {n} = {o}\n      WHERE \"id\" IN (SELECT \"id\" FROM {t} WHERE {n} IS NULL AND {o} IS NOT NULL LIMIT 1000);\n    GET DIAGNOSTICS n = ROW_COUNT;\n    EXIT WHEN n = 0;\n    COMMIT;\n  END LOOP;\nEND $$;"
+        )];
+        if c.rule.is_some() {
+            sql.push(format!(
+                "ALTER TABLE {t} VALIDATE CONSTRAINT {};",
+                ident(&check_name(table, &c.name))
+            ));
+        }
+        if c.not_null {
+            let check = ident(&super::fitted(
+                table,
+                std::slice::from_ref(&c.name),
+                "not_null",
+            ));
+            sql.extend([
+                format!("ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {check};"),
+                format!(
+                    "ALTER TABLE {t} ADD CONSTRAINT {check} CHECK ({n} IS NOT NULL) NOT VALID;"
+                ),
+                format!("ALTER TABLE {t} VALIDATE CONSTRAINT {check};"),
+                format!("ALTER TABLE {t} ALTER COLUMN {n} SET NOT NULL;"),
+                format!("ALTER TABLE {t} DROP CONSTRAINT {check};"),
+            ]);
+        }
+        if let Some(d) = &c.default_sql {
+            sql.push(format!("ALTER TABLE {t} ALTER COLUMN {n} SET DEFAULT {d};"));
+        }
+        sql.push(format!(
+            "COMMENT ON TRIGGER {} ON {t} IS {};",
+            ident(&sync),
+            literal(&rename(true).comment())
+        ));
+        self.late.push(Step {
+            table: table.to_owned(),
+            change: format!(
+                "copy `{old}` into `{}` in batches{}",
+                c.name,
+                if again { ", again: the last copy did not finish" } else { "" }
+            ),
+            risk: Risk::Safe,
+            lock: "row locks while it copies (1000 rows a transaction); SHARE UPDATE EXCLUSIVE while it validates; ACCESS EXCLUSIVE for an instant to set NOT NULL",
+            applies: Applies::Always,
+            needed: true,
+            alone: true,
+            why: None,
+            sql,
+        });
+    }
+
+    /// The contraction of a field rename the spec no longer names: the
+    /// trigger and the former column go (its values are in the new one).
+    /// `wanted`: the spec has a field of the former name again (then the
+    /// column stays).
+    fn contract_rename(&mut self, table: &str, r: &Rename, wanted: bool) {
+        let t = ident(table);
+        let f = ident(&r.trigger);
+        let mut sql = vec![
+            format!("DROP TRIGGER IF EXISTS {f} ON {t};"),
+            format!("DROP FUNCTION IF EXISTS {f}();"),
+        ];
+        if !wanted {
+            sql.push(format!(
+                "ALTER TABLE {t} DROP COLUMN IF EXISTS {};",
+                ident(&r.old)
+            ));
+        }
+        self.plan.steps.push(Step {
+            table: table.to_owned(),
+            change: format!(
+                "finish renaming `{}` to `{}`: drop the trigger{}",
+                r.old,
+                r.new,
+                if wanted { "" } else { " and the former column" }
+            ),
+            risk: Risk::Safe,
+            lock: INSTANT,
+            applies: Applies::Migrate,
+            needed: false,
+            alone: false,
+            why: Some(format!(
+                "servers of a spec before the rename write `{}`: apply once none runs",
+                r.old
+            )),
+            sql,
+        });
     }
 
     fn add_column(&mut self, table: &str, c: &ColumnPlan, rows: Option<bool>) {
@@ -803,6 +1020,7 @@ impl Planner {
         have: &Table,
         now: &dyn Fn(&str) -> String,
         old_table: Option<&str>,
+        sources: &[String],
     ) {
         let wanted = wanted_indexes(table, e);
         let same = |h: &Index, w: &IndexPlan| {
@@ -893,7 +1111,10 @@ impl Planner {
                 })
         };
         for (i, h) in have.indexes.iter().enumerate() {
-            if used.contains(&i) || !ours(h) {
+            // A former column's indexes serve the previous spec's servers
+            // until the rename is contracted.
+            let on_source = h.columns.iter().any(|c| sources.contains(c));
+            if used.contains(&i) || !ours(h) || on_source {
                 continue;
             }
             self.late.push(Step {
@@ -979,6 +1200,11 @@ fn validate(table: &str, k: &Check, c: &ColumnPlan) -> Step {
             ident(&k.name)
         )],
     }
+}
+
+/// The name of a field rename's trigger and its function.
+pub fn sync_name(table: &str, column: &str) -> String {
+    super::fitted(table, &[column.to_owned()], "sync")
 }
 
 /// `ALTER TABLE … RENAME CONSTRAINT`, when the constraint exists.
@@ -1345,7 +1571,8 @@ mod tests {
             changes,
             [
                 "rename table `room` to `ward` (`Room` → `Ward`), leaving the view `room` for the previous spec's servers",
-                "rename column `name` to `title`",
+                "rename column `name` to `title`: add `title`, kept in step with `name` by a trigger",
+                "copy `name` into `title` in batches",
             ]
         );
         assert_eq!(p.steps[0].risk, Risk::Safe);
@@ -1356,12 +1583,75 @@ mod tests {
                 r#"CREATE VIEW "room" AS SELECT * FROM "ward";"#.to_owned()
             ]
         );
-        assert_eq!(p.steps[1].risk, Risk::Destructive);
+        for s in &p.steps {
+            assert_eq!(
+                (s.risk, s.applies, s.needed),
+                (Risk::Safe, Applies::Always, true)
+            );
+        }
+        assert_eq!(
+            p.steps[1].sql[0],
+            r#"ALTER TABLE "ward" ADD COLUMN "title" text;"#
+        );
+        assert!(
+            p.steps[1]
+                .sql
+                .iter()
+                .any(|q| q.contains("BEFORE INSERT OR UPDATE ON \"ward\""))
+        );
+        assert!(
+            p.steps[1]
+                .sql
+                .last()
+                .unwrap()
+                .ends_with("IS 'sinew rename name to title';")
+        );
+        let copy = &p.steps[2].sql;
+        assert!(copy[0].contains(r#"SET "title" = "name""#), "{copy:?}");
+        assert!(
+            copy.iter()
+                .any(|q| q.ends_with(r#"ALTER COLUMN "title" SET NOT NULL;"#))
+        );
+        assert!(
+            copy.last()
+                .unwrap()
+                .ends_with("IS 'sinew rename name to title, copied';")
+        );
         assert!(p.notes.is_empty(), "{:?}", p.notes);
-        // Applied: harmless, and said.
+        // Cut short before the copy finished: the copy again.
+        let mut cut = Schema::of(&spec(&v));
+        cut.tables.get_mut("ward").unwrap().renames[0].copied = false;
+        let again = plan(&cut, &spec(&v));
+        let changes: Vec<&str> = again.steps.iter().map(|s| s.change.as_str()).collect();
+        assert_eq!(
+            changes,
+            ["copy `name` into `title` in batches, again: the last copy did not finish"]
+        );
+        // Contracted once the spec no longer names the former field.
+        let mut done = v.clone();
+        done["entities"]["Ward"]["fields"]["title"]
+            .as_object_mut()
+            .unwrap()
+            .remove("renamedFrom");
+        let p = plan(&Schema::of(&spec(&v)), &spec(&done));
+        let s = p.steps.iter().find(|s| s.table == "ward").unwrap();
+        assert_eq!(
+            s.change,
+            "finish renaming `name` to `title`: drop the trigger and the former column"
+        );
+        assert_eq!(
+            (s.risk, s.applies, s.needed),
+            (Risk::Safe, Applies::Migrate, false)
+        );
+        assert_eq!(
+            s.sql[2],
+            r#"ALTER TABLE "ward" DROP COLUMN IF EXISTS "name";"#
+        );
+        // Applied: harmless, and said (for the table; the field's rename
+        // is in step until contracted).
         let again = plan(&Schema::of(&spec(&v)), &spec(&v));
         assert!(again.steps.is_empty(), "{}", again.human());
-        assert_eq!(again.notes.len(), 2, "{:?}", again.notes);
+        assert_eq!(again.notes.len(), 1, "{:?}", again.notes);
         assert!(again.notes.iter().all(|n| n.contains("done before")));
         // A former name the database does not have: refused (the rows
         // would stay behind), but for a database with no table yet.

@@ -241,6 +241,27 @@ pub async fn read_schema(client: &tokio_postgres::Client) -> Result<Schema> {
     }
     let rows = client
         .query(
+            "SELECT c.relname::text, t.tgname::text, obj_description(t.oid, 'pg_trigger') \
+             FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \
+             WHERE NOT t.tgisinternal \
+               AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = current_schema()) \
+               AND obj_description(t.oid, 'pg_trigger') LIKE 'sinew rename %' \
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .context("reading the database's triggers")?;
+    for r in &rows {
+        let (table, trigger, comment): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        if let (Some(t), Some(rename)) = (
+            schema.tables.get_mut(&table),
+            evolve::Rename::from_comment(&trigger, &comment),
+        ) {
+            t.renames.push(rename);
+        }
+    }
+    let rows = client
+        .query(
             "SELECT c.relname::text, obj_description(c.oid, 'pg_class') FROM pg_catalog.pg_class c \
              WHERE c.relkind = 'v' \
                AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = current_schema()) \
