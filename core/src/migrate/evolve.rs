@@ -534,7 +534,6 @@ impl Planner {
         // Field renames are expanded: the new column is added and kept in
         // step with the former one by a trigger, so servers of the spec
         // before the rename go on writing the former one.
-        let renamed: Vec<(&str, &str)> = Vec::new();
         let mut expanding: Vec<(&ColumnPlan, &str, bool)> = Vec::new();
         for c in &wanted {
             let Some(old) = &c.renamed_from else { continue };
@@ -608,13 +607,9 @@ impl Planner {
                 self.contract_rename(table, r, wanted.iter().any(|c| c.name == r.old));
             }
         }
-        let now = |name: &str| -> String {
-            renamed
-                .iter()
-                .find(|(o, _)| *o == name)
-                .map_or(name, |(_, n)| n)
-                .to_owned()
-        };
+        // A column keeps its name through a migration (a field rename adds
+        // the new one): what the database calls it is what the spec does.
+        let now = |name: &str| -> String { name.to_owned() };
         let find = |name: &str| have.columns.iter().find(|h| now(&h.name) == name);
         for c in &wanted {
             if let Some((_, old, again)) = expanding.iter().find(|(x, _, _)| x.name == c.name) {
