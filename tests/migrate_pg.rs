@@ -357,3 +357,43 @@ async fn a_migration_cut_short_is_finished_by_the_next() {
         Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
     );
 }
+
+/// A database migrated by sinew before it commented its CHECKs and kept
+/// `sinew_migrations` (the shop's schema as it was planned then, in
+/// `tests/fixtures/`) is upgraded: each CHECK is rewritten once (named,
+/// commented, validated), nothing else changes, and the next plan is empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_migrated_before_is_upgraded() {
+    use sinew_host::pg::migrate::{Mode, plan_for};
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let mut client = connect_url(&url).await;
+    let before =
+        std::fs::read_to_string(root().join("tests/fixtures/shop-before-migrations-0.2.sql"))
+            .unwrap();
+    client.batch_execute(&before).await.unwrap();
+    let s = spec(&shop());
+    let m = plan_for(Some(&client), &s, Mode::Serve).await.unwrap();
+    assert!(m.destructive.is_empty(), "{:?}", m.destructive);
+    let changes: Vec<&str> = m
+        .runs()
+        .filter(|s| !s.alone)
+        .map(|s| s.change.as_str())
+        .collect();
+    assert!(!changes.is_empty());
+    for c in &changes {
+        assert!(c.starts_with("rewrite the CHECK of"), "{}", m.plan.human());
+    }
+    apply(&mut client, &s, &m).await.unwrap();
+    let again = plan_for(Some(&client), &s, Mode::Migrate).await.unwrap();
+    assert_eq!(again.plan.steps.len(), 0, "{}", again.plan.human());
+    let unnamed: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_constraint WHERE contype = 'c' AND conname ~ '_check[0-9]+$'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unnamed, 0, "two CHECKs on a column left");
+}
