@@ -1888,3 +1888,177 @@ async fn a_cascading_soft_delete_is_a_few_statements_whatever_its_rows() {
     assert_eq!(left, (1, 4, 24));
     server.stop().await;
 }
+
+/// CORS: the spec's `cors` lets a browser app on one origin call some
+/// tools. A preflight is answered without running a tool (no audit entry):
+/// 204 with the method and headers allowed for that origin and tool, 403
+/// `forbidden` (no `Access-Control-Allow-Origin`) for another origin, a tool
+/// `cors` does not list, or a spec without `cors`. A tool's answer (an
+/// error's too) carries `Access-Control-Allow-Origin` for an allowed
+/// origin only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_is_what_the_spec_declares() {
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let plain = root().join("specs/examples/shop.json");
+    let mut spec: Value = serde_json::from_str(&std::fs::read_to_string(&plain).unwrap()).unwrap();
+    spec["cors"] = json!({"origins": ["https://app.example.com", "http://localhost:5173"],
+                          "tools": ["list_products", "place_order"]});
+    let path = dir.path().join("shop-cors.json");
+    std::fs::write(&path, spec.to_string()).unwrap();
+    let server = Server::start(&path, &url, &Options::default()).await;
+    let http = Http::default();
+    let base = &server.base;
+    let db = connect_url(&url).await;
+    let before = audit_finals(&url).await;
+    let preflight = |origin: &'static str, method: &'static str, path: &'static str| {
+        let (http, url) = (http.clone(), format!("{base}{path}"));
+        async move {
+            http.send(
+                "OPTIONS",
+                &url,
+                &[
+                    ("origin", origin),
+                    ("access-control-request-method", method),
+                    (
+                        "access-control-request-headers",
+                        "authorization, content-type, idempotency-key",
+                    ),
+                ],
+                "",
+            )
+            .await
+        }
+    };
+    let ok = preflight("https://app.example.com", "POST", "/orders").await;
+    assert_eq!(ok.status, 204, "{}", ok.text);
+    assert_eq!(
+        ok.headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert_eq!(ok.headers["access-control-allow-methods"], "POST");
+    assert_eq!(
+        ok.headers["access-control-allow-headers"],
+        "authorization, content-type, idempotency-key"
+    );
+    assert!(ok.headers["vary"].contains("Origin"));
+    assert_eq!(ok.text, "");
+    for (origin, method, path, why) in [
+        (
+            "https://evil.example.com",
+            "POST",
+            "/orders",
+            "does not let https://evil.example.com call `place_order`",
+        ),
+        (
+            "https://app.example.com",
+            "POST",
+            "/products",
+            "does not let https://app.example.com call `create_product`",
+        ),
+        (
+            "https://app.example.com",
+            "DELETE",
+            "/orders",
+            "no tool answers that method at /orders",
+        ),
+    ] {
+        let r = preflight(origin, method, path).await;
+        assert_eq!(r.status, 403, "{origin} {method} {path}: {}", r.text);
+        assert_eq!(r.body["code"], "forbidden");
+        assert!(
+            r.body["detail"].as_str().unwrap().contains(why),
+            "{}",
+            r.text
+        );
+        assert!(!r.headers.contains_key("access-control-allow-origin"));
+    }
+    // Answers: readable by the allowed origin only, errors included.
+    let get = |origin: Option<&'static str>, path: &'static str| {
+        let (http, url) = (http.clone(), format!("{base}{path}"));
+        async move {
+            let headers: Vec<(&str, &str)> = origin.map(|o| ("origin", o)).into_iter().collect();
+            http.send("GET", &url, &headers, "").await
+        }
+    };
+    let r = get(Some("http://localhost:5173"), "/products").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "http://localhost:5173"
+    );
+    assert!(r.headers["access-control-expose-headers"].contains("x-request-id"));
+    for r in [
+        get(Some("https://evil.example.com"), "/products").await,
+        get(None, "/products").await,
+        get(Some("https://app.example.com"), "/orders").await, // not listed
+    ] {
+        assert!(
+            !r.headers.contains_key("access-control-allow-origin"),
+            "{:?}",
+            r.headers
+        );
+    }
+    let anonymous = http
+        .json("POST", &format!("{base}/orders"), None, &json!({}))
+        .await;
+    assert_eq!(anonymous.status, 401);
+    let r = http
+        .send(
+            "POST",
+            &format!("{base}/orders"),
+            &[
+                ("origin", "https://app.example.com"),
+                ("content-type", "application/json"),
+            ],
+            "{}",
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    // No preflight ran a tool: the entries are the GETs' and the POSTs'.
+    chained(&db).await;
+    assert_eq!(audit_finals(&url).await - before, 6);
+    server.stop().await;
+
+    // Without `cors`: no cross-origin access at all.
+    let server = Server::start(&plain, &url, &Options::default()).await;
+    let r = http
+        .send(
+            "OPTIONS",
+            &format!("{}/products", server.base),
+            &[
+                ("origin", "https://app.example.com"),
+                ("access-control-request-method", "GET"),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    assert!(r.text.contains("no `cors`"), "{}", r.text);
+    let r = http
+        .send(
+            "GET",
+            &format!("{}/products", server.base),
+            &[("origin", "https://app.example.com")],
+            "",
+        )
+        .await;
+    assert!(!r.headers.contains_key("access-control-allow-origin"));
+    server.stop().await;
+
+    // Spec errors.
+    let mut bad = spec.clone();
+    bad["cors"] = json!({"origins": ["https://app.example.com/", "ftp://x"], "tools": ["nope"]});
+    let errors = sinew_core::spec::load(&bad.to_string()).errors;
+    let at: Vec<&str> = errors.iter().map(|d| d.path.as_str()).collect();
+    assert_eq!(
+        at,
+        ["/cors/origins/0", "/cors/origins/1", "/cors/tools/0"],
+        "{errors:?}"
+    );
+}

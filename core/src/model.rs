@@ -34,6 +34,39 @@ pub struct Spec {
     pub acknowledgments: Vec<Acknowledgment>,
     /// Bundle-wide limits.
     pub limits: BundleLimits,
+    /// Cross-origin access for browsers (format 0.2); `None`: none.
+    pub cors: Option<Cors>,
+}
+
+/// Which browser origins may call which tools (`cors`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cors {
+    /// Allowed origins (`https://app.example.com`), or `*` for any.
+    pub origins: Vec<String>,
+    /// The tools they may call; `None`: every tool with a route.
+    pub tools: Option<Vec<String>>,
+    /// JSON Pointer of `cors`.
+    pub path: String,
+}
+
+impl Cors {
+    /// What `Access-Control-Allow-Origin` answers a request from `origin`
+    /// to `tool`: the origin itself, or `*` when any origin is allowed;
+    /// `None` when it may not call it.
+    pub fn allow(&self, origin: &str, tool: &str) -> Option<String> {
+        if let Some(tools) = &self.tools
+            && !tools.iter().any(|t| t == tool)
+        {
+            return None;
+        }
+        if self.origins.iter().any(|o| o == "*") {
+            return Some("*".to_owned());
+        }
+        self.origins
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case(origin))
+            .then(|| origin.to_owned())
+    }
 }
 
 /// Bundle-wide limits.

@@ -615,6 +615,8 @@ pub struct App {
         crate::studio::Startup,
         tokio::sync::OnceCell<Arc<crate::studio::Studio>>,
     )>,
+    /// The spec's `cors` (`None`: no cross-origin access).
+    cors: Option<sinew_core::spec::Cors>,
 }
 
 type Body = Full<Bytes>;
@@ -821,6 +823,11 @@ impl App {
         let method = req.method().clone();
         let uri = req.uri().clone();
         let trace = self.log.trace(req.headers());
+        let origin = req
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let user_agent = req
             .headers()
             .get(header::USER_AGENT)
@@ -862,6 +869,11 @@ impl App {
             && let Ok(v) = HeaderValue::from_str(&id)
         {
             response.headers_mut().insert("x-request-id", v);
+        }
+        if method != Method::OPTIONS
+            && let (Some(origin), Some(t)) = (&origin, &tool)
+        {
+            self.allow_origin(&mut response, origin, t);
         }
         let status = response.status().as_u16();
         let mut m = Map::new();
@@ -936,6 +948,15 @@ impl App {
             apply_test_hooks(clock, req.headers(), &mut id);
         }
         let path = req.uri().path().to_owned();
+        if req.method() == Method::OPTIONS
+            && req.headers().contains_key(header::ORIGIN)
+            && req
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+        {
+            let (response, tool) = self.preflight(&req, &path, &id);
+            return (response, tool, None);
+        }
         if let Some(r) = self.built_in(req.method(), &path, &found, &id).await {
             return (r, None, None);
         }
@@ -955,6 +976,90 @@ impl App {
         };
         let reply = self.call(req, &tool, params, &id).await;
         (tool_response(reply, &id), Some(tool), Some(id))
+    }
+
+    /// A CORS preflight (`OPTIONS` with `Origin` and
+    /// `Access-Control-Request-Method`), answered without running a tool:
+    /// 204 with the methods and headers allowed when the spec's `cors`
+    /// lets the origin call the tool at that method and path, else 403
+    /// `forbidden` (no `Access-Control-Allow-Origin`: the browser refuses).
+    fn preflight(
+        &self,
+        req: &hyper::Request<Incoming>,
+        path: &str,
+        id: &str,
+    ) -> (hyper::Response<Body>, Option<String>) {
+        let headers = req.headers();
+        let origin = headers
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let asked = headers
+            .get(header::ACCESS_CONTROL_REQUEST_METHOD)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|m| Method::from_bytes(m.as_bytes()).ok());
+        let tool = match asked.as_ref().map(|m| self.router.find(m, path)) {
+            Some(Found::Tool(t, _)) => Some(t),
+            _ => None,
+        };
+        let allowed = tool.as_ref().and_then(|t| {
+            self.cors
+                .as_ref()
+                .and_then(|c| c.allow(origin, t))
+                .map(|a| (t, a))
+        });
+        let Some((_, allow)) = allowed else {
+            let detail = match (&self.cors, &tool) {
+                (None, _) => {
+                    "this server grants no cross-origin access (the spec has no `cors`)".to_owned()
+                }
+                (Some(_), None) => format!("no tool answers that method at {path}"),
+                (Some(_), Some(t)) => format!("`cors` does not let {origin} call `{t}`"),
+            };
+            return (problem(Code::Forbidden, &detail, id), tool);
+        };
+        let mut r = hyper::Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = hyper::StatusCode::NO_CONTENT;
+        let h = r.headers_mut();
+        let set = |h: &mut hyper::HeaderMap, name: header::HeaderName, v: &str| {
+            if let Ok(v) = HeaderValue::from_str(v) {
+                h.insert(name, v);
+            }
+        };
+        set(h, header::ACCESS_CONTROL_ALLOW_ORIGIN, &allow);
+        if let Some(m) = &asked {
+            set(h, header::ACCESS_CONTROL_ALLOW_METHODS, m.as_str());
+        }
+        // The headers the page asked to send: sinew reads the ones it
+        // knows (Authorization, Content-Type, Idempotency-Key, traceparent)
+        // and ignores the rest.
+        if let Some(v) = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v.clone());
+        }
+        set(h, header::ACCESS_CONTROL_MAX_AGE, "600");
+        set(
+            h,
+            header::VARY,
+            "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
+        );
+        (r, tool)
+    }
+
+    /// A tool's answer to a cross-origin request: readable by the page
+    /// when the spec's `cors` lets `origin` call `tool`.
+    fn allow_origin(&self, response: &mut hyper::Response<Body>, origin: &str, tool: &str) {
+        let Some(allow) = self.cors.as_ref().and_then(|c| c.allow(origin, tool)) else {
+            return;
+        };
+        let h = response.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&allow) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        }
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("x-request-id, retry-after"),
+        );
+        h.append(header::VARY, HeaderValue::from_static("Origin"));
     }
 
     /// The server's own paths (health, readiness, the studio, the OpenAPI
@@ -2055,6 +2160,7 @@ impl Start<'_> {
                 .collect(),
             test_clock,
             studio,
+            cors: spec.cors.clone(),
             id_seed: format!("{}:{}:{}", std::process::id(), system_now_ms(), args.port),
             first_answer: Arc::new(tokio::sync::Notify::new()),
         }

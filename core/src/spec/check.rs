@@ -923,6 +923,28 @@ pub(crate) fn check(cx: &mut Cx, spec: &Spec) {
         check_entity(cx, spec, name, entity);
     }
     check_renames(cx, spec);
+    if let Some(cors) = &spec.cors {
+        for (i, t) in cors.tools.iter().flatten().enumerate() {
+            let path = format!("/cors/tools/{i}");
+            match spec.tools.get(t) {
+                None if !spec.broken_tools.contains(t) => {
+                    cx.error(
+                        Diagnostic::new("unknown-tool", path, format!("no tool `{t}`"))
+                            .help(suggest(t, spec.tools.keys().map(String::as_str), "")),
+                    )
+                }
+                Some(tool) if tool.trigger.route().is_none() => cx.error(
+                    Diagnostic::new(
+                        "invalid-value",
+                        path,
+                        format!("`{t}` has no HTTP route for a browser to call"),
+                    )
+                    .help("list tools with an `http` or `webhook` trigger"),
+                ),
+                _ => {}
+            }
+        }
+    }
     let mut routes: BTreeMap<(String, String), String> = BTreeMap::new();
     let mut queues: BTreeMap<&str, String> = BTreeMap::new();
     for (name, tool) in &spec.tools {

@@ -459,6 +459,9 @@ pub(crate) fn spec(cx: &mut Cx, v: &Value) -> Spec {
             other => wrong_type(cx, "/acknowledgments", "an array", other),
         }
     }
+    if let Some(v) = o.get("cors") {
+        spec.cors = cors(cx, v);
+    }
     if let Some(v) = o.get("limits")
         && let Some(mut l) = Obj::new(cx, v, "/limits", "an object")
     {
@@ -469,6 +472,65 @@ pub(crate) fn spec(cx: &mut Cx, v: &Value) -> Spec {
     }
     o.finish(cx);
     spec
+}
+
+/// `cors`: `{"origins": [...], "tools": [...]}`. An origin is `*` or
+/// `http(s)://host[:port]`, as a browser sends it in `Origin` (no path, no
+/// trailing slash).
+fn cors(cx: &mut Cx, v: &Value) -> Option<Cors> {
+    let mut o = Obj::new(cx, v, "/cors", "an object (`{\"origins\": [...]}`)")?;
+    let origins = o
+        .req(cx, "origins")
+        .map(|v| string_list(cx, v, "/cors/origins", false));
+    let tools = o
+        .get("tools")
+        .map(|v| string_list(cx, v, "/cors/tools", true));
+    o.finish(cx);
+    let origins = origins?;
+    if origins.is_empty() {
+        cx.error(
+            Diagnostic::new("invalid-value", "/cors/origins", "`cors` allows no origin").help(
+                "list the browser apps' origins: `[\"https://app.example.com\"]`, or remove `cors`",
+            ),
+        );
+    }
+    for (i, origin) in origins.iter().enumerate() {
+        if origin != "*" && !is_origin(origin) {
+            cx.error(
+                Diagnostic::new(
+                    "invalid-value",
+                    format!("/cors/origins/{i}"),
+                    format!("`{origin}` is not an origin"),
+                )
+                .help("an origin is `https://host` or `http://host:port`, without a path or a trailing slash (or `*` for any)"),
+            );
+        }
+    }
+    Some(Cors {
+        origins,
+        tools,
+        path: "/cors".into(),
+    })
+}
+
+/// Whether `s` is a serialized origin: `http(s)://host[:port]`.
+fn is_origin(s: &str) -> bool {
+    let Some(rest) = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => (h, Some(p)),
+        _ => (rest, None),
+    };
+    !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'))
+        && port
+            .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.chars().all(|c| c.is_ascii_digit()))
 }
 
 /// A spec's `entities` (decoded alone by the in-memory world, which needs
