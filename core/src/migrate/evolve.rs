@@ -228,6 +228,23 @@ pub enum Risk {
     Destructive,
 }
 
+impl Step {
+    /// A step the spec needs that loses nothing, in the transaction.
+    fn expand(table: &str, change: String, lock: &'static str, sql: Vec<String>) -> Step {
+        Step {
+            table: table.to_owned(),
+            change,
+            risk: Risk::Safe,
+            lock,
+            applies: Applies::Always,
+            needed: true,
+            alone: false,
+            why: None,
+            sql,
+        }
+    }
+}
+
 impl Risk {
     /// Its name.
     pub fn name(self) -> &'static str {
@@ -511,19 +528,12 @@ impl Planner {
                 ));
             }
         }
-        self.plan.steps.push(Step {
-            table: table.to_owned(),
-            change: format!(
-                "rename table `{old_table}` to `{table}` (`{old}` → `{name}`), leaving the view `{old_table}` for the previous spec's servers"
-            ),
-            risk: Risk::Safe,
-            lock: INSTANT,
-            applies: Applies::Always,
-            needed: true,
-            alone: false,
-            why: None,
-            sql,
-        });
+        let change = format!(
+            "rename table `{old_table}` to `{table}` (`{old}` → `{name}`), leaving the view `{old_table}` for the previous spec's servers"
+        );
+        self.plan
+            .steps
+            .push(Step::expand(table, change, INSTANT, sql));
     }
 
     /// The steps that take the existing `have` (called `old_table` before
@@ -681,20 +691,13 @@ impl Planner {
                 ident(&sync),
                 literal(&rename(false).comment())
             ));
-            self.plan.steps.push(Step {
-                table: table.to_owned(),
-                change: format!(
-                    "rename column `{old}` to `{}`: add `{}`, kept in step with `{old}` by a trigger",
-                    c.name, c.name
-                ),
-                risk: Risk::Safe,
-                lock: INSTANT,
-                applies: Applies::Always,
-                needed: true,
-                alone: false,
-                why: None,
-                sql,
-            });
+            let change = format!(
+                "rename column `{old}` to `{}`: add `{}`, kept in step with `{old}` by a trigger",
+                c.name, c.name
+            );
+            self.plan
+                .steps
+                .push(Step::expand(table, change, INSTANT, sql));
         }
         let mut sql = vec![format!(
             "DO $$\nDECLARE n bigint;\nBEGIN\n  LOOP\n    UPDATE {t} SET {n} = {o}\n      WHERE \"id\" IN (SELECT \"id\" FROM {t} WHERE {n} IS NULL AND {o} IS NOT NULL LIMIT 1000);\n    GET DIAGNOSTICS n = ROW_COUNT;\n    EXIT WHEN n = 0;\n    COMMIT;\n  END LOOP;\nEND $$;"
@@ -820,17 +823,12 @@ impl Planner {
             });
             return;
         }
-        self.plan.steps.push(Step {
-            table: table.to_owned(),
-            change: format!("add column `{}` ({what})", c.name),
-            risk: Risk::Safe,
-            lock: INSTANT,
-            applies: Applies::Always,
-            needed: true,
-            alone: false,
-            why: None,
+        self.plan.steps.push(Step::expand(
+            table,
+            format!("add column `{}` ({what})", c.name),
+            INSTANT,
             sql,
-        });
+        ));
     }
 
     fn change_column(&mut self, table: &str, c: &ColumnPlan, h: &Column) {
@@ -882,17 +880,12 @@ impl Planner {
                 }),
             }
         } else if !c.not_null && h.not_null {
-            self.plan.steps.push(Step {
-                table: table.to_owned(),
-                change: format!("make `{}` nullable", c.name),
-                risk: Risk::Safe,
-                lock: INSTANT,
-                applies: Applies::Always,
-                needed: true,
-                alone: false,
-                why: None,
-                sql: vec![format!("ALTER TABLE {t} ALTER COLUMN {col} DROP NOT NULL;")],
-            });
+            self.plan.steps.push(Step::expand(
+                table,
+                format!("make `{}` nullable", c.name),
+                INSTANT,
+                vec![format!("ALTER TABLE {t} ALTER COLUMN {col} DROP NOT NULL;")],
+            ));
         }
     }
 
