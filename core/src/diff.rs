@@ -135,6 +135,7 @@ pub fn diff(old: &str, new: &str) -> Result<Diff, Invalid> {
             });
         }
     }
+    added_values(&a.spec, &b.spec, &mut api);
     let migration = evolve::plan(&Schema::of(&a.spec), &b.spec);
     let policies = named_changes(
         a.source.get("policies").and_then(Value::as_object),
@@ -165,6 +166,80 @@ pub fn diff(old: &str, new: &str) -> Result<Diff, Invalid> {
         policies,
         acknowledgments,
     })
+}
+
+/// Values an entity's column may newly hold (states, `enum` values) that
+/// a tool of the old spec answers from a closed `enum` under that column's
+/// name: while both specs serve (a rolling deploy), the old spec's servers
+/// answer 500 `invalid_output` for a row holding one. Said as a breaking
+/// change of that tool.
+fn added_values(old: &Spec, new: &Spec, out: &mut Vec<ApiChange>) {
+    let values = |e: &crate::model::Entity, column: &str| -> Option<Vec<Value>> {
+        if column == "status" {
+            return e
+                .status
+                .as_ref()
+                .map(|sm| sm.states().iter().map(|s| Value::from(*s)).collect());
+        }
+        e.fields.get(column)?.enum_values.clone()
+    };
+    for (name, e) in &new.entities {
+        let Some(before) = old.entities.get(name) else {
+            continue;
+        };
+        let mut columns: Vec<&str> = e.fields.keys().map(String::as_str).collect();
+        columns.push("status");
+        for column in columns {
+            let (Some(was), Some(is)) = (values(before, column), values(e, column)) else {
+                continue;
+            };
+            let added: Vec<&Value> = is.iter().filter(|v| !was.contains(v)).collect();
+            if added.is_empty() {
+                continue;
+            }
+            for (tool, t) in &old.tools {
+                let mut closed = Vec::new();
+                enums_named(&t.output, column, &mut closed);
+                if closed
+                    .iter()
+                    .any(|list| added.iter().any(|v| !list.contains(v)))
+                {
+                    let shown: Vec<String> = added.iter().map(ToString::to_string).collect();
+                    out.push(ApiChange {
+                        tool: tool.clone(),
+                        change: format!(
+                            "`{name}.{column}` takes {} too, which its output `{column}` (an enum) \
+                             does not: while the previous spec serves, it answers 500 for such a \
+                             row (add the values to that output schema in an earlier deploy)",
+                            shown.join(", ")
+                        ),
+                        breaking: true,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Every `enum` list of a property named `name` anywhere in a schema.
+fn enums_named<'v>(schema: &'v Value, name: &str, out: &mut Vec<&'v Vec<Value>>) {
+    match schema {
+        Value::Object(m) => {
+            if let Some(Value::Object(props)) = m.get("properties")
+                && let Some(list) = props
+                    .get(name)
+                    .and_then(|p| p.get("enum"))
+                    .and_then(Value::as_array)
+            {
+                out.push(list);
+            }
+            for v in m.values() {
+                enums_named(v, name, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| enums_named(v, name, out)),
+        _ => {}
+    }
 }
 
 fn named_changes(

@@ -1067,6 +1067,28 @@ fn diff_exit_codes_say_breaking_or_destructive() {
     );
     assert!(stdout(&out).contains("DESTRUCTIVE"));
 
+    // A state added that a tool of the old spec answers from a closed enum:
+    // its servers would answer 500 for such rows while both serve.
+    let mut closed = base.clone();
+    closed["tools"]["list_appointments"]["output"]["properties"]["appointments"]["items"]["properties"]
+        ["status"] =
+        json!({"type": "string", "enum": ["requested", "confirmed", "completed", "cancelled"]});
+    let mut state = closed.clone();
+    state["entities"]["Appointment"]["status"]["transitions"]["no_show"] =
+        json!({"from": ["confirmed"], "to": "no_show"});
+    let closed = write(&dir, "closed.json", closed.to_string());
+    let state = write(&dir, "state.json", state.to_string());
+    let out = sinew([OsStr::new("diff"), closed.as_os_str(), state.as_os_str()]);
+    assert_eq!(code(&out), 1, "{}", stdout(&out));
+    assert!(
+        stdout(&out)
+            .contains("breaking   list_appointments: `Appointment.status` takes \"no_show\" too"),
+        "{}",
+        stdout(&out)
+    );
+    let out = sinew([OsStr::new("diff"), clinic.as_os_str(), wider.as_os_str()]);
+    assert!(!stdout(&out).contains("takes"), "{}", stdout(&out));
+
     let broken = write(&dir, "broken.json", BROKEN);
     let out = sinew([OsStr::new("diff"), clinic.as_os_str(), broken.as_os_str()]);
     assert_eq!(code(&out), 2);
