@@ -161,7 +161,7 @@ async fn migrate_status(
 ) -> Result<u8> {
     let history = crate::pg::migrate::history(client).await?;
     let m = crate::pg::migrate::plan(Some(client), spec, false).await?;
-    let pending: Vec<&sinew_core::migrate::evolve::Step> = m.plan.steps.iter().collect();
+    let pending = &m.plan.steps;
     let current = crate::pg::migrate::recorded(client, spec).await;
     // Where the database stands against the spec, by the history: at it
     // (its last migration was to this spec), ahead (a later migration was

@@ -154,7 +154,7 @@ impl Schema {
                 out.views.insert(table_name(old), table.clone());
             }
             let cols = columns(e);
-            let t = Table {
+            let mut t = Table {
                 checks: cols
                     .iter()
                     .filter_map(|c| {
@@ -188,7 +188,6 @@ impl Schema {
                 renames: Vec::new(),
                 rows: None,
             };
-            let mut t = t;
             // A field renamed is expanded: its former column kept in step.
             for c in &cols {
                 if let Some(old) = &c.renamed_from {
@@ -617,10 +616,7 @@ impl Planner {
                 self.contract_rename(table, r, wanted.iter().any(|c| c.name == r.old));
             }
         }
-        // A column keeps its name through a migration (a field rename adds
-        // the new one): what the database calls it is what the spec does.
-        let now = |name: &str| -> String { name.to_owned() };
-        let find = |name: &str| have.columns.iter().find(|h| now(&h.name) == name);
+        let find = |name: &str| have.columns.iter().find(|h| h.name == name);
         for c in &wanted {
             if let Some((_, old, again)) = expanding.iter().find(|(x, _, _)| x.name == c.name) {
                 self.expand_rename(table, c, old, *again);
@@ -632,7 +628,7 @@ impl Planner {
             }
         }
         for h in &have.columns {
-            let name = now(&h.name);
+            let name = h.name.clone();
             if wanted.iter().any(|c| c.name == name) || sources.contains(&name) {
                 continue;
             }
@@ -651,8 +647,8 @@ impl Planner {
                 }),
             }
         }
-        self.checks(table, &wanted, have, &now);
-        self.indexes(table, e, have, &now, old_table, &sources);
+        self.checks(table, &wanted, have);
+        self.indexes(table, e, have, old_table, &sources);
     }
 
     /// The expansion of a field rename: the new column (nullable until the
@@ -699,8 +695,10 @@ impl Planner {
                 .steps
                 .push(Step::expand(table, change, INSTANT, sql));
         }
-        let mut sql = vec![format!(
-            "DO $$\nDECLARE n bigint;\nBEGIN\n  LOOP\n    UPDATE {t} SET {n} = {o}\n      WHERE \"id\" IN (SELECT \"id\" FROM {t} WHERE {n} IS NULL AND {o} IS NOT NULL LIMIT 1000);\n    GET DIAGNOSTICS n = ROW_COUNT;\n    EXIT WHEN n = 0;\n    COMMIT;\n  END LOOP;\nEND $$;"
+        let mut sql = vec![in_batches(
+            table,
+            &format!("{n} = {o}"),
+            &format!("{n} IS NULL AND {o} IS NOT NULL"),
         )];
         if c.rule.is_some() {
             sql.push(format!(
@@ -709,20 +707,7 @@ impl Planner {
             ));
         }
         if c.not_null {
-            let check = ident(&super::fitted(
-                table,
-                std::slice::from_ref(&c.name),
-                "not_null",
-            ));
-            sql.extend([
-                format!("ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {check};"),
-                format!(
-                    "ALTER TABLE {t} ADD CONSTRAINT {check} CHECK ({n} IS NOT NULL) NOT VALID;"
-                ),
-                format!("ALTER TABLE {t} VALIDATE CONSTRAINT {check};"),
-                format!("ALTER TABLE {t} ALTER COLUMN {n} SET NOT NULL;"),
-                format!("ALTER TABLE {t} DROP CONSTRAINT {check};"),
-            ]);
+            sql.extend(set_not_null(table, &c.name));
         }
         if let Some(d) = &c.default_sql {
             sql.push(format!("ALTER TABLE {t} ALTER COLUMN {n} SET DEFAULT {d};"));
@@ -892,23 +877,13 @@ impl Planner {
     /// Each wanted column's `CHECK`: kept when one allows exactly its rule
     /// (validated if it was left `NOT VALID`), else the ones there are
     /// replaced, `NOT VALID` in the transaction and validated after it.
-    fn checks(
-        &mut self,
-        table: &str,
-        wanted: &[ColumnPlan],
-        have: &Table,
-        now: &dyn Fn(&str) -> String,
-    ) {
+    fn checks(&mut self, table: &str, wanted: &[ColumnPlan], have: &Table) {
         let t = ident(table);
         for c in wanted {
-            if !have.columns.iter().any(|h| now(&h.name) == c.name) {
+            if !have.columns.iter().any(|h| h.name == c.name) {
                 continue; // added with its CHECK
             }
-            let there: Vec<&Check> = have
-                .checks
-                .iter()
-                .filter(|k| now(&k.column) == c.name)
-                .collect();
+            let there: Vec<&Check> = have.checks.iter().filter(|k| k.column == c.name).collect();
             let current = |k: &&Check| k.rule.is_some() && k.rule == c.rule;
             if let [k] = there.as_slice()
                 && current(k)
@@ -1006,7 +981,6 @@ impl Planner {
         table: &str,
         e: &Entity,
         have: &Table,
-        now: &dyn Fn(&str) -> String,
         old_table: Option<&str>,
         sources: &[String],
     ) {
@@ -1014,7 +988,7 @@ impl Planner {
         let same = |h: &Index, w: &IndexPlan| {
             h.unique == w.unique
                 && h.columns.len() == w.columns.len()
-                && h.columns.iter().zip(&w.columns).all(|(a, b)| now(a) == *b)
+                && h.columns.iter().zip(&w.columns).all(|(a, b)| a == b)
         };
         let mut used = std::collections::BTreeSet::new();
         for w in &wanted {
@@ -1132,18 +1106,19 @@ impl Planner {
 }
 
 /// A nullable column made `NOT NULL`, its nulls filled with the field's
-/// default: in batches of 1000 rows, each committed (row locks only), then
-/// a `CHECK (… IS NOT NULL)` added `NOT VALID` and validated (reads and
-/// writes go on), which lets `SET NOT NULL` skip its scan. Each statement
-/// can be run again after an interruption.
+/// default ([`in_batches`]), then [`set_not_null`].
 fn required_with_default(table: &str, c: &ColumnPlan, default: &str) -> Step {
     let t = ident(table);
     let col = ident(&c.name);
-    let check = ident(&super::fitted(
-        table,
-        std::slice::from_ref(&c.name),
-        "not_null",
-    ));
+    let mut sql = vec![
+        format!("ALTER TABLE {t} ALTER COLUMN {col} SET DEFAULT {default};"),
+        in_batches(
+            table,
+            &format!("{col} = {default}, \"version\" = \"version\" + 1"),
+            &format!("{col} IS NULL"),
+        ),
+    ];
+    sql.extend(set_not_null(table, &c.name));
     Step {
         table: table.to_owned(),
         change: format!(
@@ -1158,18 +1133,37 @@ fn required_with_default(table: &str, c: &ColumnPlan, default: &str) -> Step {
         why: Some(
             "the previous spec's servers may still write null: apply once none runs".to_owned(),
         ),
-        sql: vec![
-            format!("ALTER TABLE {t} ALTER COLUMN {col} SET DEFAULT {default};"),
-            format!(
-                "DO $$\nDECLARE n bigint;\nBEGIN\n  LOOP\n    UPDATE {t} SET {col} = {default}, \"version\" = \"version\" + 1\n      WHERE \"id\" IN (SELECT \"id\" FROM {t} WHERE {col} IS NULL LIMIT 1000);\n    GET DIAGNOSTICS n = ROW_COUNT;\n    EXIT WHEN n = 0;\n    COMMIT;\n  END LOOP;\nEND $$;"
-            ),
-            format!("ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {check};"),
-            format!("ALTER TABLE {t} ADD CONSTRAINT {check} CHECK ({col} IS NOT NULL) NOT VALID;"),
-            format!("ALTER TABLE {t} VALIDATE CONSTRAINT {check};"),
-            format!("ALTER TABLE {t} ALTER COLUMN {col} SET NOT NULL;"),
-            format!("ALTER TABLE {t} DROP CONSTRAINT {check};"),
-        ],
+        sql,
     }
+}
+
+/// `UPDATE table SET set WHERE …` on the rows matching `rows`, 1000 at a
+/// time, each batch committed (a `DO` block run outside a transaction):
+/// row locks only, and run again after an interruption it goes on.
+fn in_batches(table: &str, set: &str, rows: &str) -> String {
+    let t = ident(table);
+    format!(
+        "DO $$\nDECLARE n bigint;\nBEGIN\n  LOOP\n    UPDATE {t} SET {set}\n      WHERE \"id\" IN (SELECT \"id\" FROM {t} WHERE {rows} LIMIT 1000);\n    GET DIAGNOSTICS n = ROW_COUNT;\n    EXIT WHEN n = 0;\n    COMMIT;\n  END LOOP;\nEND $$;"
+    )
+}
+
+/// `SET NOT NULL` without a long lock: a `CHECK (… IS NOT NULL)` added
+/// `NOT VALID` and validated (reads and writes go on) lets it skip its
+/// scan; the `CHECK` goes after. Each statement can run again.
+fn set_not_null(table: &str, column: &str) -> [String; 5] {
+    let (t, col) = (ident(table), ident(column));
+    let check = ident(&super::fitted(
+        table,
+        std::slice::from_ref(&column.to_owned()),
+        "not_null",
+    ));
+    [
+        format!("ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {check};"),
+        format!("ALTER TABLE {t} ADD CONSTRAINT {check} CHECK ({col} IS NOT NULL) NOT VALID;"),
+        format!("ALTER TABLE {t} VALIDATE CONSTRAINT {check};"),
+        format!("ALTER TABLE {t} ALTER COLUMN {col} SET NOT NULL;"),
+        format!("ALTER TABLE {t} DROP CONSTRAINT {check};"),
+    ]
 }
 
 fn validate(table: &str, k: &Check, c: &ColumnPlan) -> Step {

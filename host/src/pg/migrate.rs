@@ -109,8 +109,6 @@ pub struct Migration {
     /// What is left as it is, one sentence each (columns the spec lacks,
     /// renames done before, steps `serve` leaves to `sinew migrate`).
     pub kept: Vec<String>,
-    /// Whether the database had no table of the spec's (a first migration).
-    pub fresh: bool,
     /// The role the servers connect as, granted what serving needs in
     /// the migration's transaction (`sinew migrate --app-role`).
     pub app_role: Option<String>,
@@ -306,7 +304,6 @@ pub async fn plan_for(
             mode,
             sql: sinew_core::migrate::plan(spec),
             complete: true,
-            fresh: true,
             ..Migration::default()
         });
     };
@@ -316,14 +313,9 @@ pub async fn plan_for(
 
 /// The migration from `schema` to `spec` for `mode`.
 pub fn migration(schema: &Schema, spec: &Spec, mode: Mode) -> Migration {
-    let fresh = !spec
-        .entities
-        .keys()
-        .any(|n| schema.tables.contains_key(&table_name(n)));
     let plan = evolve::plan(schema, spec);
     let mut m = Migration {
         mode,
-        fresh,
         kept: plan.notes.clone(),
         ..Migration::default()
     };
@@ -438,13 +430,19 @@ pub async fn recorded(client: &tokio_postgres::Client, spec: &Spec) -> bool {
 
 /// Records that the database serves `spec` (see [`recorded`]).
 pub async fn record(client: &tokio_postgres::Client, spec: &Spec) -> Result<()> {
+    record_key(client, &plan_key(spec)).await
+}
+
+/// [`record`] by the schema's key.
+async fn record_key(client: &tokio_postgres::Client, key: &str) -> Result<()> {
     client
-        .batch_execute(&format!(
-            "INSERT INTO sinew_schema (plan) VALUES ('{}') ON CONFLICT DO NOTHING",
-            plan_key(spec)
-        ))
+        .execute(
+            "INSERT INTO sinew_schema (plan) VALUES ($1) ON CONFLICT DO NOTHING",
+            &[&key],
+        )
         .await
-        .context("recording the migration")
+        .context("recording the migration")?;
+    Ok(())
 }
 
 /// A migration refused: steps it needs that its mode does not apply, one
@@ -525,6 +523,7 @@ async fn apply_locked(
     if !m.complete {
         return Err(Refused(m.destructive).into());
     }
+    let key = plan_key(spec);
     let steps: Vec<&Step> = m.runs().collect();
     let steps_json = serde_json::to_string(&steps)?;
     // sinew's own tables are made or changed only when their DDL changed
@@ -550,7 +549,7 @@ async fn apply_locked(
     // Nothing to do (another server migrated first): nothing recorded but
     // the schema.
     if steps.is_empty() && tables_current && m.app_role.is_none() {
-        record(client, spec).await?;
+        record_key(client, &key).await?;
         return Ok(Applied {
             migration: m,
             id: None,
@@ -588,7 +587,7 @@ async fn apply_locked(
                     &[
                         &spec.name,
                         &m.bundle,
-                        &plan_key(spec),
+                        &key,
                         &steps_json,
                         &m.sql,
                         &mode.name(),
@@ -640,7 +639,7 @@ async fn apply_locked(
             &[&id],
         )
         .await?;
-    record(client, spec).await?;
+    record_key(client, &key).await?;
     Ok(Applied {
         migration: m,
         id: Some(id),
