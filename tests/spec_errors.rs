@@ -819,6 +819,54 @@ fn unknown_role() {
     });
     let d = only_error(&l, "unknown-role", "/entities/Product/owner/exempt/0");
     assert_help(d, "did you mean `staff`?");
+
+    let l = load_with(|v| v["reviews"] = json!({"roles": ["staf"]}));
+    let d = only_error(&l, "unknown-role", "/reviews/roles/0");
+    assert_help(d, "did you mean `staff`?");
+}
+
+/// `reviews`: some roles, and the paths under `/reviews` left to it.
+#[test]
+fn reviews_need_roles_and_their_paths() {
+    let l = load_with(|v| v["reviews"] = json!({"roles": []}));
+    only_error(&l, "invalid-value", "/reviews/roles");
+    let l = load_with(|v| v["reviews"] = json!({}));
+    only_error(&l, "missing-key", "/reviews");
+    let l = load_with(|v| v["reviews"] = json!({"roles": ["staff"], "who": 1}));
+    only_error(&l, "unknown-key", "/reviews/who");
+    let l = load_with(|v| {
+        v["reviews"] = json!({"roles": ["staff"]});
+        at(v, "/tools/get_product/trigger")["http"]["path"] = json!("/reviews/{id}");
+    });
+    let d = only_error(&l, "invalid-value", "/tools/get_product/trigger");
+    assert_message(d, "where `sinew serve` answers reviews");
+    // Without `reviews`, the path is the tools'.
+    let mut v = base();
+    at(&mut v, "/tools/get_product/trigger")["http"]["path"] = json!("/reviews/{id}");
+    assert_clean_and_green(&v);
+}
+
+/// Tenants: `claim` is a claim's name, on an owner `field`.
+#[test]
+fn owner_claims() {
+    let l = load_with(|v| {
+        at(v, "/entities/Product")["owner"] = json!({"field": "name", "claim": ""});
+    });
+    only_error(&l, "invalid-value", "/entities/Product/owner/claim");
+    let l = load_with(|v| {
+        at(v, "/entities/Product")["owner"] = json!({"field": "name", "claim": 7});
+    });
+    only_error(&l, "invalid-value", "/entities/Product/owner/claim");
+    let l = load_with(|v| {
+        at(v, "/entities/Product")["owner"] = json!({"field": "name", "claim": "org_id"});
+        at(v, "/entities/Order")["owner"] = json!({"ref": "product", "claim": "org_id"});
+    });
+    only_error(&l, "invalid-value", "/entities/Order/owner/claim");
+    let l = load_with(|v| {
+        at(v, "/entities/Product")["owner"] = json!({"field": "price", "claim": "org_id"});
+    });
+    let d = only_error(&l, "invalid-value", "/entities/Product/owner/field");
+    assert_message(d, "auth.claims.org_id");
 }
 
 #[test]

@@ -28,6 +28,28 @@ pub fn seal_entry(entry: Value, seq: u64, prev: &str) -> Result<(String, String)
     Ok((text, hash))
 }
 
+/// The `escalate` policies an audit entry raises for review: those of a
+/// final entry whose flow ran (outcome `ok` or `error`). A replayed entry
+/// (an idempotent retry answered from the first call) and a rejected one
+/// (turned away before the flow ran, say by a rate limit after the policy
+/// fired) raise none: the first call raised them, or nothing happened.
+pub fn escalations(entry: &Value) -> Vec<&str> {
+    let text = |k: &str| entry.get(k).and_then(Value::as_str);
+    if text("kind").is_some_and(|k| k != "final")
+        || !matches!(text("outcome"), Some("ok" | "error"))
+    {
+        return Vec::new();
+    }
+    entry
+        .get("policies")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|p| p.get("action").and_then(Value::as_str) == Some("escalate"))
+        .filter_map(|p| p.get("name").and_then(Value::as_str))
+        .collect()
+}
+
 /// Walks an audit chain: every entry is an object with `seq` = its position
 /// (from 1), `prev` = the previous entry's `hash` ([`GENESIS_HASH`] for the
 /// first) and a `hash` matching its content. Returns the number of entries,

@@ -1045,10 +1045,22 @@ impl<'a> Run<'a> {
             && !owner.by_ref
             && !(self.exempt(e) && values.contains_key(&owner.field))
         {
-            let sub = self
-                .sub()
-                .ok_or_else(|| Problem::new(Code::Unauthenticated, "sign in to create this"))?;
-            row.insert(owner.field.clone(), Json::String(sub));
+            if self.request.auth.is_none() {
+                return Err(Problem::new(
+                    Code::Unauthenticated,
+                    "sign in to create this",
+                ));
+            }
+            let Some(value) = self.owner_value(owner) else {
+                return Err(Problem::new(
+                    Code::Forbidden,
+                    format!(
+                        "your token carries no `{}` claim, which `{entity}` rows belong to",
+                        owner.claim.as_deref().unwrap_or("sub")
+                    ),
+                ));
+            };
+            row.insert(owner.field.clone(), Json::String(value));
         }
         rows::normalize_row(e, &mut row);
         rows::check_fields(entity, e, &row, e.fields.keys())?;
@@ -1816,8 +1828,20 @@ impl<'a> Run<'a> {
             .ok_or_else(|| Problem::new(Code::Internal, format!("no entity `{name}`")).fatal())
     }
 
-    fn sub(&self) -> Option<String> {
-        self.request.auth.as_ref().map(|a| a.sub.clone())
+    /// What the owner field of a row the caller owns holds: the caller's
+    /// subject, or the claim the owner names (a tenant) as text (a string
+    /// claim, or an integer's decimal digits); `None` for an anonymous
+    /// caller or a token without that claim.
+    fn owner_value(&self, owner: &crate::model::Owner) -> Option<String> {
+        let auth = self.request.auth.as_ref()?;
+        let Some(claim) = &owner.claim else {
+            return Some(auth.sub.clone());
+        };
+        match auth.claims.get(claim)? {
+            Json::String(s) => Some(s.clone()),
+            Json::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+            _ => None,
+        }
     }
 
     fn exempt(&self, e: &Entity) -> bool {
@@ -1848,7 +1872,7 @@ impl<'a> Run<'a> {
             return Ok(Condition {
                 field: owner.field.clone(),
                 op: FilterOp::Eq,
-                value: self.sub().map_or(Json::Null, Json::String),
+                value: self.owner_value(owner).map_or(Json::Null, Json::String),
             }
             .into());
         }

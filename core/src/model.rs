@@ -36,7 +36,23 @@ pub struct Spec {
     pub limits: BundleLimits,
     /// Cross-origin access for browsers (format 0.2); `None`: none.
     pub cors: Option<Cors>,
+    /// Who may list and resolve the review items `escalate` policies
+    /// raise (`reviews: {"roles"}`, format 0.2); `None`: no one (the
+    /// items are still recorded).
+    pub reviews: Option<Reviews>,
 }
+
+/// `reviews`: the roles that see and resolve review items
+/// (`GET /reviews`, `POST /reviews/{id}/resolve`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reviews {
+    /// At least one role.
+    pub roles: Vec<String>,
+}
+
+/// The path under which `sinew serve` answers reviews when the spec
+/// declares `reviews`.
+pub const REVIEWS_PATH: &str = "/reviews";
 
 /// Which browser origins may call which tools (`cors`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -283,6 +299,9 @@ pub struct Owner {
     pub field: String,
     /// Owned through the row `field` refers to.
     pub by_ref: bool,
+    /// The claim of the caller's token that `field` holds (a tenant, such
+    /// as `org_id`) instead of `sub` (format 0.2, `{"field", "claim"}`).
+    pub claim: Option<String>,
     /// Roles that see and change every row.
     pub exempt: Vec<String>,
 }

@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod embedded;
 pub mod migrate;
 pub mod pool;
+pub mod reviews;
 pub mod schema;
 pub mod sequencer;
 

@@ -761,10 +761,11 @@ impl Executor {
     pub async fn reply(&self, request: &Request) -> Reply {
         match self.run(request).await {
             Ran::Guest(r) => {
-                let (internal, escalated) = for_the_log(r.status, &r.audit);
+                let (internal, escalated, caller) = for_the_log(r.status, &r.audit);
                 Reply {
                     internal,
                     escalated,
+                    caller,
                     status: r.status,
                     body: r.body,
                 }
@@ -987,17 +988,21 @@ pub struct Reply {
     /// audit entry's `internal`: the failed expression, the storage
     /// error), for the server's log.
     pub internal: Option<String>,
-    /// The `escalate` policies that fired (from the audit entry), for the
-    /// server's alert line.
+    /// The `escalate` policies raised for review (from the audit entry,
+    /// [`sinew_core::chain::escalations`]), for the server's alert line.
     pub escalated: Vec<String>,
+    /// With `escalated`: the caller (the entry's `subject`; `None`:
+    /// anonymous).
+    pub caller: Option<String>,
 }
 
 impl From<Response> for Reply {
     fn from(r: Response) -> Reply {
-        let (internal, escalated) = log_fields(r.status, &r.audit);
+        let (internal, escalated, caller) = log_fields(r.status, &r.audit);
         Reply {
             internal,
             escalated,
+            caller,
             status: r.status,
             body: sinew_core::hash::json_text(&r.body),
         }
@@ -1007,32 +1012,35 @@ impl From<Response> for Reply {
 /// What the server's log needs from an audit entry (JSON text as the guest
 /// wrote it): see [`log_fields`]. Only entries that can hold either are
 /// parsed (`"escalate"` is looked for in the text first).
-fn for_the_log(status: u16, audit: &str) -> (Option<String>, Vec<String>) {
+fn for_the_log(status: u16, audit: &str) -> ForTheLog {
     if status < 500 && !audit.contains("\"escalate\"") {
-        return (None, Vec::new());
+        return (None, Vec::new(), None);
     }
     match serde_json::from_str::<Value>(audit) {
         Ok(entry) => log_fields(status, &entry),
-        Err(_) => (None, Vec::new()),
+        Err(_) => (None, Vec::new(), None),
     }
 }
 
-/// A 5xx's `internal`, and the names of the `escalate` policies that
-/// fired, of an audit entry.
-fn log_fields(status: u16, entry: &Value) -> (Option<String>, Vec<String>) {
+/// A 5xx's `internal`; the `escalate` policies raised, and the caller.
+type ForTheLog = (Option<String>, Vec<String>, Option<String>);
+
+/// A 5xx's `internal`, the names of the `escalate` policies raised for
+/// review, and with them the caller, of an audit entry.
+fn log_fields(status: u16, entry: &Value) -> ForTheLog {
     let internal = (status >= 500)
         .then(|| entry.get("internal").and_then(Value::as_str))
         .flatten()
         .map(str::to_owned);
-    let escalated = entry
-        .get("policies")
-        .and_then(Value::as_array)
+    let escalated: Vec<String> = sinew_core::chain::escalations(entry)
         .into_iter()
-        .flatten()
-        .filter(|p| p.get("action").and_then(Value::as_str) == Some("escalate"))
-        .filter_map(|p| p.get("name").and_then(Value::as_str).map(str::to_owned))
+        .map(str::to_owned)
         .collect();
-    (internal, escalated)
+    let caller = (!escalated.is_empty())
+        .then(|| entry.get("subject").and_then(Value::as_str))
+        .flatten()
+        .map(str::to_owned);
+    (internal, escalated, caller)
 }
 
 /// How a request ended: answered by the guest (its JSON as written), or by

@@ -32,6 +32,8 @@ use crate::pg::PgBackend;
 use crate::pg::embedded::Embedded;
 use crate::runtime::{Backends, Engine, Executor, Snapshot};
 
+mod reviews;
+
 /// The system clock, in milliseconds since the epoch.
 pub(crate) fn system_now_ms() -> i64 {
     crate::runtime::clock::ClockBackend::now_ms(&crate::runtime::clock::SystemClock)
@@ -617,6 +619,8 @@ pub struct App {
     )>,
     /// The spec's `cors` (`None`: no cross-origin access).
     cors: Option<sinew_core::spec::Cors>,
+    /// The spec's `reviews` (`None`: no `/reviews` routes).
+    reviews: Option<sinew_core::spec::Reviews>,
 }
 
 type Body = Full<Bytes>;
@@ -639,7 +643,7 @@ struct Internal(String);
 
 /// The `escalate` policies a request triggered, for the alert line.
 #[derive(Clone)]
-struct Escalated(Vec<String>);
+struct Escalated(Vec<String>, Option<String>);
 
 /// The answer to a request still running past its deadline and grace.
 fn late(id: &str) -> hyper::Response<Body> {
@@ -895,10 +899,10 @@ impl App {
         if let Some(t) = trace {
             m.insert("logging.googleapis.com/trace".into(), json!(t));
         }
-        if let Some(t) = tool {
+        if let Some(t) = &tool {
             m.insert("tool".into(), json!(t));
         }
-        if let Some(e) = execution {
+        if let Some(e) = &execution {
             m.insert("execution".into(), json!(e));
         }
         // What the body of a 5xx must not say (the failed expression, the
@@ -906,17 +910,22 @@ impl App {
         if let Some(Internal(detail)) = response.extensions_mut().remove::<Internal>() {
             m.insert("internal".into(), json!(detail));
         }
-        if let Some(Escalated(policies)) = response.extensions_mut().remove::<Escalated>() {
+        if let Some(Escalated(policies, caller)) = response.extensions_mut().remove::<Escalated>() {
             let mut alert = m.clone();
             alert.insert(
                 "message".into(),
                 json!(format!(
-                    "escalated: policy {} on {method} {}",
+                    "escalated: policy {} on {} (execution {}) by {}",
                     policies.join(", "),
-                    uri.path()
+                    tool.as_deref().unwrap_or("?"),
+                    execution.as_deref().unwrap_or("?"),
+                    caller.as_deref().unwrap_or("an anonymous caller")
                 )),
             );
-            alert.insert("alert".into(), json!({"escalated": policies}));
+            alert.insert(
+                "alert".into(),
+                json!({"escalated": policies, "caller": caller}),
+            );
             self.log.line(Level::Warn, alert);
         }
         let level = match status {
@@ -956,6 +965,9 @@ impl App {
         {
             let (response, tool) = self.preflight(&req, &path, &id);
             return (response, tool, None);
+        }
+        if self.reviews.is_some() && reviews::is_review_path(&path) {
+            return (self.review(req, &path, &id).await, None, None);
         }
         if let Some(r) = self.built_in(req.method(), &path, &found, &id).await {
             return (r, None, None);
@@ -1498,7 +1510,8 @@ fn tool_response(reply: Reply, id: &str) -> hyper::Response<Body> {
         r.extensions_mut().insert(Internal(detail));
     }
     if !reply.escalated.is_empty() {
-        r.extensions_mut().insert(Escalated(reply.escalated));
+        r.extensions_mut()
+            .insert(Escalated(reply.escalated, reply.caller));
     }
     r
 }
@@ -2161,6 +2174,7 @@ impl Start<'_> {
             test_clock,
             studio,
             cors: spec.cors.clone(),
+            reviews: spec.reviews.clone(),
             id_seed: format!("{}:{}:{}", std::process::id(), system_now_ms(), args.port),
             first_answer: Arc::new(tokio::sync::Notify::new()),
         }

@@ -1035,3 +1035,208 @@ async fn the_outbox_delivers_after_the_commit_once_per_key() {
     assert_eq!(left, ["picky"]);
     drop(b);
 }
+
+/// `escalate`: one WARNING alert line naming the policy, tool, caller and
+/// execution (none for an idempotent replay, none for a call the policy
+/// let through quietly), and one review item, recorded with the call's
+/// audit entry; callers with a `reviews` role list and resolve items, and
+/// a resolution is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escalations_alert_once_and_wait_for_a_review() {
+    let pg = Cluster::start();
+    let url = pg.url("postgres");
+    let data = tempfile::tempdir().unwrap();
+    let spec = json!({
+        "sinew": "0.2", "name": "payouts", "roles": ["clerk", "ops"],
+        "reviews": {"roles": ["ops"]},
+        "entities": {"Payout": {"fields": {"amount": {"type": "integer"}}}},
+        "tools": {"pay": {
+            "description": "Records a payout; a large one is escalated.",
+            "trigger": {"http": {"method": "POST", "path": "/payouts"}},
+            "auth": {"roles": ["clerk"]},
+            "idempotencyKey": "request.idempotencyKey",
+            "input": {"type": "object", "additionalProperties": false, "required": ["amount"],
+                      "properties": {"amount": {"type": "integer", "minimum": 1, "maximum": 1000000}}},
+            "flow": {"entry": "w", "nodes": {
+                "w": {"type": "transaction", "body": {"entry": "p", "nodes": {
+                    "p": {"type": "create", "entity": "Payout", "values": {"amount": "input.amount"}}}},
+                      "next": "done"},
+                "done": {"type": "return", "status": 201, "value": {"id": "p.id"}}}}}},
+        "policies": {"large_payout": {"type": "budgetCheck", "action": "escalate",
+                                       "tools": ["pay"], "amount": "input.amount", "maxAmount": 1000}}
+    });
+    let path = data.path().join("payouts.json");
+    std::fs::write(&path, spec.to_string()).unwrap();
+    let server = Proc::start(SINEW, &path, &[("DATABASE_URL", url.as_str())], data.path());
+    let base = &server.base;
+    let http = Http::default();
+    let clerk = format!("Bearer {}", token("carl", &["clerk"]));
+    let ops = format!("Bearer {}", token("olga", &["ops"]));
+    let pay = |amount: i64, key: &'static str| {
+        let (http, clerk, url) = (http.clone(), clerk.clone(), format!("{base}/payouts"));
+        async move {
+            let headers = [
+                ("authorization", clerk.as_str()),
+                ("content-type", "application/json"),
+                ("idempotency-key", key),
+            ];
+            http.send(
+                "POST",
+                &url,
+                &headers,
+                json!({"amount": amount}).to_string(),
+            )
+            .await
+        }
+    };
+    let small = pay(50, "k-small").await;
+    assert_eq!(small.status, 201, "{}", small.text);
+    let big = pay(5000, "k-big").await;
+    assert_eq!(big.status, 201, "{}", big.text);
+    let execution = big.headers["x-request-id"].clone();
+    let again = pay(5000, "k-big").await;
+    assert_eq!(again.status, 201);
+    assert_eq!(
+        again.text, big.text,
+        "the replay answers the first response"
+    );
+
+    // One alert line, for the first call only.
+    let started = Instant::now();
+    while server.line("\"alert\"").is_none() && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // (The replay's request line comes after its answer: wait for it.)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let alerts: Vec<Value> = server
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l.get("alert").is_some())
+        .collect();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let alert = &alerts[0];
+    assert_eq!(alert["severity"], "WARNING", "{alert}");
+    assert_eq!(alert["tool"], "pay");
+    assert_eq!(alert["execution"], execution.as_str());
+    assert_eq!(
+        alert["alert"],
+        json!({"escalated": ["large_payout"], "caller": "carl"})
+    );
+    let message = alert["message"].as_str().unwrap();
+    for part in ["large_payout", "pay", "carl", execution.as_str()] {
+        assert!(message.contains(part), "{message}");
+    }
+
+    // The review item: open, for the ops role only.
+    let get = |auth: Option<&str>, query: &str| {
+        let (http, url) = (http.clone(), format!("{base}/reviews{query}"));
+        let auth = auth.map(str::to_owned);
+        async move {
+            let headers: Vec<(&str, &str)> =
+                auth.iter().map(|a| ("authorization", a.as_str())).collect();
+            http.send("GET", &url, &headers, "").await
+        }
+    };
+    let started = Instant::now();
+    let listed = loop {
+        let r = get(Some(&ops), "").await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        if !r.body["reviews"].as_array().unwrap().is_empty()
+            || started.elapsed() > Duration::from_secs(10)
+        {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let items = listed.body["reviews"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{}", listed.text);
+    let item = &items[0];
+    assert_eq!(item["policy"], "large_payout");
+    assert_eq!(item["tool"], "pay");
+    assert_eq!(item["subject"], "carl");
+    assert_eq!(item["execution"], execution.as_str());
+    assert_eq!(item["status"], "open");
+    assert!(item["seq"].as_i64().unwrap() >= 1);
+    assert_eq!(listed.body["next"], Value::Null);
+    let id = item["id"].as_i64().unwrap();
+    assert_eq!(get(None, "").await.status, 401);
+    assert_eq!(get(Some(&clerk), "").await.status, 403);
+    assert_eq!(get(Some(&ops), "?status=maybe").await.status, 400);
+    assert_eq!(get(Some(&ops), "?limit=0").await.status, 400);
+    assert_eq!(get(Some(&ops), "?sort=id").await.status, 400);
+    let none = get(Some(&ops), "?status=resolved").await;
+    assert_eq!(none.body["reviews"], json!([]), "{}", none.text);
+
+    // Resolving: by ops, once; audited.
+    let resolve = |auth: &str, id: i64, body: &str| {
+        let (http, url) = (http.clone(), format!("{base}/reviews/{id}/resolve"));
+        let (auth, body) = (auth.to_owned(), body.to_owned());
+        async move {
+            let headers = [
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+            ];
+            http.send("POST", &url, &headers, body).await
+        }
+    };
+    assert_eq!(resolve(&clerk, id, "{}").await.status, 403);
+    assert_eq!(resolve(&ops, id + 1000, "{}").await.status, 404);
+    let bad = resolve(&ops, id, r#"{"note": 3}"#).await;
+    assert_eq!(bad.status, 400, "{}", bad.text);
+    let bad = resolve(&ops, id, r#"{"verdict": "ok"}"#).await;
+    assert_eq!(bad.status, 400, "{}", bad.text);
+    let get_resolve = http
+        .send(
+            "GET",
+            &format!("{base}/reviews/{id}/resolve"),
+            &[("authorization", ops.as_str())],
+            "",
+        )
+        .await;
+    assert_eq!(get_resolve.status, 405);
+    let done = resolve(&ops, id, r#"{"note": "called the client: legitimate"}"#).await;
+    assert_eq!(done.status, 200, "{}", done.text);
+    assert_eq!(done.body["status"], "resolved");
+    assert_eq!(done.body["resolvedBy"], "olga");
+    assert_eq!(done.body["note"], "called the client: legitimate");
+    let twice = resolve(&ops, id, "").await;
+    assert_eq!(twice.status, 409, "{}", twice.text);
+    assert!(twice.body["detail"].as_str().unwrap().contains("olga"));
+    let open = get(Some(&ops), "").await;
+    assert_eq!(open.body["reviews"], json!([]));
+    let resolved = get(Some(&ops), "?status=resolved").await;
+    assert_eq!(resolved.body["reviews"][0]["id"], id);
+    let resolution = done.headers["x-request-id"].clone();
+    let db = connect_url(&url).await;
+    let started = Instant::now();
+    let entry: Value = loop {
+        let row = db
+            .query_opt(
+                "SELECT entry FROM sinew_audit WHERE kind = 'review' AND execution = $1",
+                &[&resolution],
+            )
+            .await
+            .unwrap();
+        if let Some(r) = row {
+            break serde_json::from_str(r.get::<_, &str>(0)).unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no review entry"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(entry["subject"], "olga");
+    assert_eq!(entry["review"]["id"], id);
+    assert_eq!(entry["review"]["note"], "called the client: legitimate");
+    // One item for the escalated call, none for the replay or the small one.
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM sinew_reviews", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}

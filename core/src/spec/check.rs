@@ -945,6 +945,26 @@ pub(crate) fn check(cx: &mut Cx, spec: &Spec) {
             }
         }
     }
+    if let Some(reviews) = &spec.reviews {
+        for (i, r) in reviews.roles.iter().enumerate() {
+            check_role(cx, spec, &format!("/reviews/roles/{i}"), r);
+        }
+        for (name, tool) in &spec.tools {
+            if let Some((_, path)) = tool.trigger.route()
+                && (path == crate::model::REVIEWS_PATH
+                    || path.starts_with(&format!("{}/", crate::model::REVIEWS_PATH)))
+            {
+                cx.error(
+                    Diagnostic::new(
+                        "invalid-value",
+                        format!("/tools/{name}/trigger"),
+                        format!("`{path}` is where `sinew serve` answers reviews (the spec declares `reviews`)"),
+                    )
+                    .help("give the tool another path"),
+                );
+            }
+        }
+    }
     let mut routes: BTreeMap<(String, String), String> = BTreeMap::new();
     let mut queues: BTreeMap<&str, String> = BTreeMap::new();
     for (name, tool) in &spec.tools {
@@ -1114,8 +1134,12 @@ fn check_entity(cx: &mut Cx, spec: &Spec, name: &str, e: &Entity) {
                         "invalid-value",
                         child(&opath, "field"),
                         format!(
-                            "the owner field `{}` must be a `string` (it holds `auth.sub`)",
-                            owner.field
+                            "the owner field `{}` must be a `string` (it holds `{}`)",
+                            owner.field,
+                            owner
+                                .claim
+                                .as_ref()
+                                .map_or("auth.sub".to_owned(), |c| format!("auth.claims.{c}"))
                         ),
                     )
                     .help("make it `\"type\": \"string\"`"),

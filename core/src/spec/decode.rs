@@ -462,6 +462,26 @@ pub(crate) fn spec(cx: &mut Cx, v: &Value) -> Spec {
     if let Some(v) = o.get("cors") {
         spec.cors = cors(cx, v);
     }
+    if let Some(v) = o.get("reviews")
+        && let Some(mut r) = Obj::new(cx, v, "/reviews", "an object (`{\"roles\": [...]}`)")
+    {
+        let roles = r
+            .req(cx, "roles")
+            .map(|v| string_list(cx, v, "/reviews/roles", true));
+        r.finish(cx);
+        if roles.as_ref().is_some_and(Vec::is_empty) {
+            cx.error(
+                Diagnostic::new(
+                    "invalid-value",
+                    "/reviews/roles",
+                    "no role may see the reviews",
+                )
+                .help("name the roles that review escalations: `[\"ops\"]`"),
+            );
+        }
+        let roles = roles.unwrap_or_default();
+        spec.reviews = Some(Reviews { roles });
+    }
     if let Some(v) = o.get("limits")
         && let Some(mut l) = Obj::new(cx, v, "/limits", "an object")
     {
@@ -589,12 +609,38 @@ fn entity(cx: &mut Cx, v: &Value, path: &str) -> Entity {
             } else {
                 ow.name(cx, "field", true)
             };
+            let claim = match ow.get("claim") {
+                Some(Value::String(c)) if !c.is_empty() => Some(c.clone()),
+                Some(_) => {
+                    cx.error(
+                        Diagnostic::new(
+                            "invalid-value",
+                            ow.at("claim"),
+                            "`claim` names a claim of the caller's token",
+                        )
+                        .help("write its name, e.g. `\"claim\": \"org_id\"`"),
+                    );
+                    None
+                }
+                None => None,
+            };
+            if by_ref && claim.is_some() {
+                cx.error(
+                    Diagnostic::new(
+                        "invalid-value",
+                        ow.at("claim"),
+                        "an owner through a `ref` takes the claim of the entity it ends at",
+                    )
+                    .help("put `claim` on the owner of the entity the chain ends at"),
+                );
+            }
             let exempt = ow.names(cx, "exempt");
             ow.finish(cx);
             if let Some(field) = field {
                 e.owner = Some(Owner {
                     field,
                     by_ref,
+                    claim: claim.filter(|_| !by_ref),
                     exempt,
                 });
             }

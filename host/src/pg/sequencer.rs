@@ -43,6 +43,42 @@ const MOVE: &str = "WITH sealed AS (\
      INSERT INTO sinew_audit (seq, execution, kind, entry, prev, hash, queued_at, recorded_at) \
      SELECT seq, execution, kind, entry, prev, hash, queued_at, clock_timestamp() FROM moved";
 
+/// Records the review items of the entries just chained (one per
+/// `escalate` policy, [`sinew_core::chain::escalations`]), in the
+/// transaction that chains them: an item exists exactly when its entry
+/// does.
+const RAISE: &str = "INSERT INTO sinew_reviews (seq, policy, execution, tool, subject, raised_at) \
+     SELECT seq, policy, execution, tool, subject, raised_at::timestamptz \
+     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
+       AS r(seq, policy, execution, tool, subject, raised_at) \
+     ON CONFLICT (seq, policy) DO NOTHING";
+
+/// The review items of chained entries, column by column (for [`RAISE`]).
+#[derive(Default)]
+struct Raised {
+    seq: Vec<i64>,
+    policy: Vec<String>,
+    execution: Vec<String>,
+    tool: Vec<String>,
+    subject: Vec<Option<String>>,
+    at: Vec<String>,
+}
+
+impl Raised {
+    fn add(&mut self, seq: i64, entry: &Value) {
+        let text = |k: &str| entry.get(k).and_then(Value::as_str).map(str::to_owned);
+        for policy in sinew_core::chain::escalations(entry) {
+            self.seq.push(seq);
+            self.policy.push(policy.to_owned());
+            self.execution.push(text("execution").unwrap_or_default());
+            self.tool.push(text("tool").unwrap_or_default());
+            self.subject.push(text("subject"));
+            self.at
+                .push(text("time").unwrap_or_else(|| "now".to_owned()));
+        }
+    }
+}
+
 /// Whether to wait for the chain's lock or give up when another holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
@@ -117,6 +153,7 @@ async fn chain_batch(client: &Client, wait: Wait) -> Result<Batch> {
         .unwrap_or_else(|| (0, GENESIS_HASH.to_owned()));
     let n = queued.len();
     let mut altered = Vec::new();
+    let mut raised = Raised::default();
     let (mut ids, mut seqs, mut texts, mut prevs, mut hashes) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -134,6 +171,9 @@ async fn chain_batch(client: &Client, wait: Wait) -> Result<Batch> {
         let entry: Value = serde_json::from_str(text)
             .with_context(|| format!("queued audit entry {id} is not JSON"))?;
         seq += 1;
+        if text.contains("\"escalate\"") {
+            raised.add(seq, &entry);
+        }
         let (sealed, hash) =
             seal_entry(entry, u64::try_from(seq)?, &prev).map_err(anyhow::Error::msg)?;
         ids.push(id);
@@ -147,6 +187,16 @@ async fn chain_batch(client: &Client, wait: Wait) -> Result<Batch> {
         .await?;
     if usize::try_from(moved).ok() != Some(n) {
         bail!("moved {moved} of {n} queued audit entries");
+    }
+    if !raised.seq.is_empty() {
+        let r = &raised;
+        client
+            .execute(
+                RAISE,
+                &[&r.seq, &r.policy, &r.execution, &r.tool, &r.subject, &r.at],
+            )
+            .await
+            .context("recording review items")?;
     }
     Ok(Batch::Chained { n, altered })
 }
