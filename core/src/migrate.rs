@@ -460,8 +460,33 @@ pub fn unknown_column(
     }
 }
 
+/// The DDL of `sinew_keys`, in [`SINEW_TABLES`] and [`KEYS_TABLE`].
+macro_rules! keys_table {
+    () => {
+        r#"-- sinew: API keys for machine callers (`sinew keys`): the SHA-256 of the
+-- key (never the key), the roles and claims a call with it has, an
+-- optional expiry; revoked keys are kept (the audit log names their ids).
+CREATE TABLE IF NOT EXISTS "sinew_keys" (
+  "id" text PRIMARY KEY,
+  "hash" text NOT NULL UNIQUE,
+  "name" text NOT NULL,
+  "roles" text[] NOT NULL,
+  "claims" text NOT NULL DEFAULT '{}',
+  "created_at" timestamptz NOT NULL DEFAULT now(),
+  "expires_at" timestamptz,
+  "revoked_at" timestamptz
+);
+"#
+    };
+}
+
+/// The table of API keys alone: `sinew keys` creates it when no
+/// migration has yet.
+pub const KEYS_TABLE: &str = keys_table!();
+
 /// The tables every sinew database has.
-pub const SINEW_TABLES: &str = r#"-- sinew: the audit log, append-only (A3): the database refuses updates,
+pub const SINEW_TABLES: &str = concat!(
+    r#"-- sinew: the audit log, append-only (A3): the database refuses updates,
 -- deletes and truncation; each entry carries the hash of the previous one (A4).
 -- `entry` is the exact canonical JSON text that `hash` is the SHA-256 of
 -- (query it as `entry::jsonb`). Entries are placed here by the sequencer
@@ -632,20 +657,9 @@ CREATE TABLE IF NOT EXISTS "sinew_reviews" (
 CREATE INDEX IF NOT EXISTS "sinew_reviews_open_idx" ON "sinew_reviews" ("id")
   WHERE "resolved_at" IS NULL;
 
--- sinew: API keys for machine callers (`sinew keys`): the SHA-256 of the
--- secret (never the secret), the roles and claims a call with it has, an
--- optional expiry; revoked keys are kept (the audit log names their ids).
-CREATE TABLE IF NOT EXISTS "sinew_keys" (
-  "id" text PRIMARY KEY,
-  "hash" text NOT NULL UNIQUE,
-  "name" text NOT NULL,
-  "roles" text[] NOT NULL,
-  "claims" text NOT NULL DEFAULT '{}',
-  "created_at" timestamptz NOT NULL DEFAULT now(),
-  "expires_at" timestamptz,
-  "revoked_at" timestamptz
-);
-
+"#,
+    keys_table!(),
+    r#"
 -- sinew: rate-limit counters, one row per scope and minute.
 CREATE TABLE IF NOT EXISTS "sinew_rate" (
   "scope" text NOT NULL,
@@ -653,7 +667,8 @@ CREATE TABLE IF NOT EXISTS "sinew_rate" (
   "hits" bigint NOT NULL,
   PRIMARY KEY ("scope", "window_start")
 );
-"#;
+"#
+);
 
 /// What the role the servers connect as (`role`) needs, when another role
 /// owns the tables (`sinew migrate --app-role`): it reads and writes the

@@ -1,5 +1,5 @@
 //! The operator's commands beside `serve`: `sinew migrate`, `sinew audit
-//! verify`, `sinew outbox` and `sinew token`.
+//! verify`, `sinew outbox`, `sinew keys` and `sinew token`.
 
 use anyhow::{Context, Result};
 use std::path::PathBuf;
@@ -651,4 +651,177 @@ pub fn token(args: &TokenArgs) -> Result<u8> {
     let token = jwt.mint(&args.sub, &args.roles, args.ttl, crate::jwt::now_secs())?;
     crate::write_stdout(&format!("{token}\n"))?;
     Ok(0)
+}
+
+/// Manage API keys for machine callers (service-to-service calls without
+/// a user): a call with `Authorization: Bearer <key>` runs as `key:<id>`
+/// with the key's roles and claims, and is audited with that subject.
+#[derive(clap::Args, Debug)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    command: KeysCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum KeysCommand {
+    /// Make a key and print it (once: only its SHA-256 is stored).
+    Create {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        /// What it is for (shown by `list`).
+        #[arg(long)]
+        name: String,
+        /// Its roles, comma-separated or repeated (at least one).
+        #[arg(long, value_delimiter = ',', required = true)]
+        roles: Vec<String>,
+        /// A claim its calls carry, `NAME=VALUE` (a tenant: `org_id=acme`);
+        /// repeatable.
+        #[arg(long = "claim", value_name = "NAME=VALUE")]
+        claims: Vec<String>,
+        /// When it stops working: a duration from now (`90d`, `12h`) or a
+        /// time (RFC 3339). Default: never.
+        #[arg(long, value_name = "WHEN")]
+        expires: Option<String>,
+        /// Print `{"id", "key"}` as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the keys (never the keys themselves): id, name, roles, claims,
+    /// when made, expiring and revoked.
+    List {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by its id: servers refuse it within 5 seconds.
+    Revoke {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        /// The key's id (`list` shows it; the audit log names it `key:<id>`).
+        id: String,
+    },
+}
+
+/// `--expires`: `90d`, `12h`, `30m` from `now`, or an RFC 3339 time.
+fn expiry(s: &str, now: jiff::Timestamp) -> Result<jiff::Timestamp> {
+    let unit = |n: &str, secs: i64| -> Result<jiff::Timestamp> {
+        let n: i64 = n
+            .parse()
+            .with_context(|| format!("`{s}` is not a duration"))?;
+        anyhow::ensure!(n > 0, "`{s}`: the duration must be positive");
+        Ok(now.checked_add(jiff::SignedDuration::from_secs(n.saturating_mul(secs)))?)
+    };
+    if let Some(n) = s.strip_suffix('d') {
+        return unit(n, 86_400);
+    }
+    if let Some(n) = s.strip_suffix('h') {
+        return unit(n, 3_600);
+    }
+    if let Some(n) = s.strip_suffix('m') {
+        return unit(n, 60);
+    }
+    let t: jiff::Timestamp = s.parse().with_context(|| {
+        format!("`{s}` is neither a duration (90d, 12h, 30m) nor an RFC 3339 time")
+    })?;
+    anyhow::ensure!(t > now, "`{s}` is in the past");
+    Ok(t)
+}
+
+/// Runs a keys command; returns the exit code.
+pub fn keys(args: &KeysArgs) -> Result<u8> {
+    let (KeysCommand::Create { db, .. }
+    | KeysCommand::List { db, .. }
+    | KeysCommand::Revoke { db, .. }) = &args.command;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let database = db.open()?;
+        let client = database.connect().await?;
+        match &args.command {
+            KeysCommand::Create {
+                name,
+                roles,
+                claims,
+                expires,
+                json,
+                ..
+            } => {
+                let mut map = serde_json::Map::new();
+                for c in claims {
+                    let Some((k, v)) = c.split_once('=').filter(|(k, _)| !k.is_empty()) else {
+                        anyhow::bail!("--claim `{c}`: write NAME=VALUE");
+                    };
+                    map.insert(k.to_owned(), serde_json::Value::from(v));
+                }
+                let expires = expires
+                    .as_deref()
+                    .map(|e| expiry(e, jiff::Timestamp::now()))
+                    .transpose()?;
+                let key = crate::keys::create(&client, name, roles, &map, expires).await?;
+                if *json {
+                    let line = serde_json::json!({"id": key.id, "key": key.key});
+                    crate::write_stdout(&format!("{line}\n"))?;
+                } else {
+                    crate::write_stdout(&format!("{}\n", key.key))?;
+                    eprintln!(
+                        "key {} ({name}): roles {}{}; shown once, keep it secret \
+                         (callers send `Authorization: Bearer <key>`)",
+                        key.id,
+                        roles.join(", "),
+                        expires
+                            .map(|e| format!(", expires {e}"))
+                            .unwrap_or_default()
+                    );
+                }
+                Ok(0)
+            }
+            KeysCommand::List { json, .. } => {
+                let listed = crate::keys::list(&client).await?;
+                let mut out = String::new();
+                for k in &listed {
+                    if *json {
+                        let line = serde_json::json!({
+                            "id": k.id, "name": k.name, "roles": k.roles, "claims": k.claims,
+                            "created": k.created, "expires": k.expires, "revoked": k.revoked,
+                        });
+                        out.push_str(&format!("{line}\n"));
+                    } else {
+                        let state = match (&k.revoked, &k.expires) {
+                            (Some(r), _) => format!("revoked {r}"),
+                            (None, Some(e)) => format!("expires {e}"),
+                            (None, None) => "no expiry".to_owned(),
+                        };
+                        out.push_str(&format!(
+                            "{}  {}  roles {}  claims {}  created {}  {state}\n",
+                            k.id,
+                            k.name,
+                            k.roles.join(","),
+                            k.claims,
+                            k.created
+                        ));
+                    }
+                }
+                if !*json {
+                    out.push_str(&format!("keys: {}\n", listed.len()));
+                }
+                crate::write_stdout(&out)?;
+                Ok(0)
+            }
+            KeysCommand::Revoke { id, .. } => {
+                if crate::keys::revoke(&client, id).await? {
+                    crate::write_stdout(&format!(
+                        "key {id} revoked: servers refuse it within {} s\n",
+                        crate::keys::CACHE_TTL.as_secs()
+                    ))?;
+                    Ok(0)
+                } else {
+                    eprintln!("no key {id} to revoke (unknown, or revoked already)");
+                    Ok(1)
+                }
+            }
+        }
+    })
 }

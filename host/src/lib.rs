@@ -6,6 +6,7 @@ pub mod check;
 pub mod diff;
 pub mod http_external;
 pub mod jwt;
+pub mod keys;
 pub mod native;
 pub mod openapi;
 pub mod outbox;

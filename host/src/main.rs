@@ -33,6 +33,7 @@ enum Command {
     Diff(diff::Args),
     Audit(admin::AuditArgs),
     Outbox(admin::OutboxArgs),
+    Keys(admin::KeysArgs),
     Token(admin::TokenArgs),
     Schedule(schedule::Args),
     Component(ComponentArgs),
@@ -117,6 +118,7 @@ fn main() -> ExitCode {
         Command::Diff(args) => exit(diff::run(&args)),
         Command::Audit(args) => exit(admin::audit(&args)),
         Command::Outbox(args) => exit(admin::outbox(&args)),
+        Command::Keys(args) => exit(admin::keys(&args)),
         Command::Token(args) => exit(admin::token(&args)),
         Command::Schedule(args) => exit(schedule::run(&args)),
         Command::Run(args) => match run::run(&args) {

@@ -330,6 +330,23 @@ impl PgBackend {
         self.pool.put(conn);
     }
 
+    /// The API key whose SHA-256 is `hash` ([`crate::keys`]).
+    pub async fn api_key(&self, hash: &str) -> Result<Option<crate::keys::Row>, StorageError> {
+        let mut conn = self.pool.get().await?;
+        let r = conn
+            .client
+            .query_opt(
+                "SELECT id, roles, claims, \
+                   (extract(epoch FROM expires_at) * 1000)::bigint, revoked_at IS NOT NULL \
+                 FROM sinew_keys WHERE hash = $1",
+                &[&hash],
+            )
+            .await;
+        let r = self.check(&mut conn, r);
+        self.pool.put(conn);
+        Ok(r?.map(|row| (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4))))
+    }
+
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<(), StorageError> {
         let mut conn = self.pool.get().await?;

@@ -621,6 +621,8 @@ pub struct App {
     cors: Option<sinew_core::spec::Cors>,
     /// The spec's `reviews` (`None`: no `/reviews` routes).
     reviews: Option<sinew_core::spec::Reviews>,
+    /// API keys looked up lately.
+    keys: crate::keys::Keys,
 }
 
 type Body = Full<Bytes>;
@@ -1217,7 +1219,7 @@ impl App {
         // A webhook authenticates by its signature alone.
         let hook = self.webhooks.get(&request.tool);
         if hook.is_none() {
-            request.auth = self.authenticate(&parts.headers)?;
+            request.auth = self.authenticate(&parts.headers).await?;
         }
         request.idempotency_key = idempotency_key(&parts.headers)?;
         let bytes = self.read_body(&parts.headers, body).await?;
@@ -1250,7 +1252,7 @@ impl App {
 
     /// Who is calling: the caller a bearer token names, or nobody when
     /// there is no Authorization header.
-    fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Auth>, Refusal> {
+    async fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Auth>, Refusal> {
         let Some(h) = headers.get(header::AUTHORIZATION) else {
             return Ok(None);
         };
@@ -1262,6 +1264,18 @@ impl App {
                     .or_else(|| v.strip_prefix("bearer "))
             })
             .map(str::trim);
+        if let Some(key) = token.filter(|t| crate::keys::is_key(t)) {
+            return match self.keys.caller(&self.db, key, self.now_ms()).await {
+                Ok(auth) => Ok(Some(auth)),
+                Err(crate::keys::Refused::Invalid(why)) => {
+                    Err(Refusal::new(Code::Unauthenticated, why))
+                }
+                Err(crate::keys::Refused::Unavailable(e)) => Err(Refusal::new(
+                    Code::Unavailable,
+                    format!("the API key could not be checked: {e}"),
+                )),
+            };
+        }
         let jwt = self.jwt.read().map(|j| j.clone()).unwrap_or_default();
         match token.map(|t| jwt.verify(t)) {
             Some(Ok(auth)) => Ok(Some(auth)),
@@ -2175,6 +2189,7 @@ impl Start<'_> {
             studio,
             cors: spec.cors.clone(),
             reviews: spec.reviews.clone(),
+            keys: crate::keys::Keys::default(),
             id_seed: format!("{}:{}:{}", std::process::id(), system_now_ms(), args.port),
             first_answer: Arc::new(tokio::sync::Notify::new()),
         }

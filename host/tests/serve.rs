@@ -1240,3 +1240,179 @@ async fn escalations_alert_once_and_wait_for_a_review() {
         .get(0);
     assert_eq!(n, 1);
 }
+
+/// API keys: made by `sinew keys create` (shown once, stored hashed), a
+/// call with one runs as `key:<id>` with the key's roles and claims (a
+/// tenant here) and is audited so; unknown, expired and revoked keys are
+/// 401, a revocation within the cache's 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_call_as_their_id_until_revoked() {
+    let pg = Cluster::start();
+    let url = pg.url("postgres");
+    let data = tempfile::tempdir().unwrap();
+    let scenario: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            root().join("tests/scenarios/tenants-claim-scopes-every-read-and-write.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let path = data.path().join("tenants.json");
+    std::fs::write(&path, scenario["spec"].to_string()).unwrap();
+    let server = Proc::start(SINEW, &path, &[("DATABASE_URL", url.as_str())], data.path());
+    let base = &server.base;
+    let keys = |args: &[&str]| {
+        let out = std::process::Command::new(SINEW)
+            .arg("keys")
+            .args(args)
+            .args(["--database-url", url.as_str()])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = keys(&[
+        "create",
+        "--name",
+        "billing sync",
+        "--roles",
+        "member",
+        "--claim",
+        "org_id=acme",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let made: Value = serde_json::from_str(out.trim()).unwrap();
+    let (id, key) = (made["id"].as_str().unwrap(), made["key"].as_str().unwrap());
+    assert!(key.starts_with(&format!("sinew_{id}_")));
+    let (code, _, err) = keys(&[
+        "create",
+        "--name",
+        "x",
+        "--roles",
+        "member",
+        "--expires",
+        "2020-01-01T00:00:00Z",
+    ]);
+    assert_eq!(code, 2, "an error");
+    assert!(err.contains("in the past"), "{err}");
+    let db = connect_url(&url).await;
+    let stored: String = db
+        .query_one("SELECT hash FROM sinew_keys WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        !stored.contains(key) && stored.len() == 64,
+        "only a hash is stored"
+    );
+
+    let http = Http::default();
+    let bearer = format!("Bearer {key}");
+    let create = |auth: String, name: &'static str| {
+        let (http, url) = (http.clone(), format!("{base}/projects"));
+        async move {
+            let headers = [
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+                ("idempotency-key", name),
+            ];
+            http.send("POST", &url, &headers, json!({"name": name}).to_string())
+                .await
+        }
+    };
+    let made = create(bearer.clone(), "Synced").await;
+    assert_eq!(made.status, 201, "{}", made.text);
+    assert_eq!(made.body["org"], "acme", "the key's claim is its tenant");
+    let execution = made.headers["x-request-id"].clone();
+    let started = Instant::now();
+    let entry: Value = loop {
+        if let Some(r) = db
+            .query_opt(
+                "SELECT entry FROM sinew_audit WHERE execution = $1 AND kind = 'final'",
+                &[&execution],
+            )
+            .await
+            .unwrap()
+        {
+            break serde_json::from_str(r.get::<_, &str>(0)).unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(entry["subject"], format!("key:{id}"));
+    assert_eq!(entry["roles"], json!(["member"]));
+    // Another tenant's user does not see the key's project.
+    let mut extra = serde_json::Map::new();
+    extra.insert("org_id".into(), json!("globex"));
+    let bob = sinew_tests::pg::mint(sinew_tests::pg::SECRET, "bob", &["member"], &extra);
+    let (s, listed) = call(&http, "GET", &format!("{base}/projects"), &bob, &json!({})).await;
+    assert_eq!(s, 200);
+    assert_eq!(listed["projects"], json!([]));
+    let (s, listed) = call(&http, "GET", &format!("{base}/projects"), key, &json!({})).await;
+    assert_eq!(s, 200);
+    assert_eq!(listed["projects"][0]["name"], "Synced");
+
+    // Unknown, tampered and expired keys.
+    let tampered = format!("Bearer {}x", key);
+    assert_eq!(create(tampered, "t").await.status, 401);
+    let unknown = create(format!("Bearer sinew_{id}_nope"), "u").await;
+    assert_eq!(unknown.status, 401);
+    assert_eq!(unknown.body["detail"], "the API key is not valid");
+    let (code, out, err) = keys(&[
+        "create",
+        "--name",
+        "short",
+        "--roles",
+        "member",
+        "--expires",
+        "1h",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let short: Value = serde_json::from_str(out.trim()).unwrap();
+    db.execute(
+        "UPDATE sinew_keys SET expires_at = now() - interval '1 second' WHERE id = $1",
+        &[&short["id"].as_str().unwrap()],
+    )
+    .await
+    .unwrap();
+    let expired = create(format!("Bearer {}", short["key"].as_str().unwrap()), "e").await;
+    assert_eq!(expired.status, 401);
+    assert_eq!(expired.body["detail"], "the API key has expired");
+
+    // Revoked: refused within the cache's time.
+    let (code, out, _) = keys(&["revoke", id]);
+    assert_eq!(code, 0);
+    assert!(out.contains("revoked"));
+    assert_eq!(keys(&["revoke", id]).0, 1, "revoking twice");
+    let started = Instant::now();
+    loop {
+        let r = create(bearer.clone(), "after").await;
+        if r.status == 401 {
+            assert_eq!(r.body["detail"], "the API key was revoked");
+            break;
+        }
+        assert_eq!(r.status, 201);
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "still accepted 8 s after revocation"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (code, out, _) = keys(&["list", "--json"]);
+    assert_eq!(code, 0);
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let revoked = lines.iter().find(|l| l["id"] == id).unwrap();
+    assert_eq!(revoked["name"], "billing sync");
+    assert_eq!(revoked["claims"], json!({"org_id": "acme"}));
+    assert!(revoked["revoked"].is_string());
+    assert!(!out.contains(key), "list never shows a key");
+}

@@ -39,7 +39,7 @@ impl App {
         let Some(reviews) = &self.reviews else {
             return problem(Code::NotFound, "no reviews here", id);
         };
-        let auth = match self.authenticate(req.headers()) {
+        let auth = match self.authenticate(req.headers()).await {
             Ok(Some(a)) => a,
             Ok(None) => return problem(Code::Unauthenticated, "sign in to see reviews", id),
             Err(r) => return problem(r.code, &r.detail, id),
