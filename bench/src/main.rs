@@ -39,6 +39,7 @@ mod load;
 mod micro;
 mod outbox;
 mod scale;
+mod telemetry;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -172,6 +173,10 @@ enum Cmd {
     /// The outbox: a transfer with and without an `emit`, and the delivery
     /// rate to a loopback service.
     Outbox,
+    /// The cost of telemetry: `transfer` with it off, with traces
+    /// exported with OTLP, and with traces and Prometheus metrics
+    /// [clients: 1,16].
+    Telemetry,
     /// Scale-out on the bank's `transfer`: (A), (B) and (C′) each with one
     /// and with two server processes on one database [clients: 16,64,128],
     /// with the sequencer's lag and waits on advisory locks.
@@ -244,6 +249,14 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(outbox::run(&opts))
+        }
+        Some(Cmd::Telemetry) => {
+            let opts = cli.opts.opts(&[1, 16]);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(telemetry::run(&opts))
         }
         Some(Cmd::Scale { opts }) => scale::run(&opts.or(cli.opts).opts(&SCALE_CONCURRENCY)),
         Some(Cmd::Count { engine, tool, n }) => micro::count(engine, &tool, n),

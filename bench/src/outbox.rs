@@ -17,7 +17,7 @@ use sinew_tests::pg::{Cluster, Http, mint};
 const ACCOUNTS: usize = 200;
 
 /// A loopback service that answers every request `200 {}` and counts them.
-async fn sink() -> Result<(String, Arc<AtomicU64>)> {
+pub(super) async fn sink() -> Result<(String, Arc<AtomicU64>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let count = Arc::new(AtomicU64::new(0));
@@ -48,7 +48,7 @@ async fn sink() -> Result<(String, Arc<AtomicU64>)> {
 
 /// One round: `clients` closed-loop clients calling `path` for `length`;
 /// (requests per second, median latency in ms, errors).
-async fn round(
+pub(super) async fn round(
     base: &str,
     path: &str,
     accounts: &Arc<Vec<String>>,

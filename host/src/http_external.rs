@@ -215,7 +215,44 @@ impl HttpExternal {
         wait / 2 + wait.mul_f64(self.random() / 2.0)
     }
 
+    /// Attempt `n` of call `r`: in a span of its own (traces on), counted
+    /// in the metrics (on).
     async fn attempt(
+        &self,
+        call: &Prepared,
+        r: &CallRequest,
+        n: u32,
+    ) -> (Attempt, Option<Result<Value, Value>>, Option<Duration>) {
+        use opentelemetry::KeyValue;
+        let attributes = vec![
+            KeyValue::new("http.request.method", call.method.as_str().to_owned()),
+            KeyValue::new("sinew.external.service", r.service.clone()),
+            KeyValue::new("sinew.external.operation", r.operation.clone()),
+            KeyValue::new("http.request.resend_count", i64::from(n - 1)),
+        ];
+        let name = format!("{} {}.{}", call.method, r.service, r.operation);
+        let out =
+            crate::telemetry::in_span(name, crate::telemetry::Kind::Client, attributes, async {
+                let out = self.attempt_once(call, r, n).await;
+                if let Some(status) = out.0.status {
+                    crate::telemetry::set_current(KeyValue::new(
+                        "http.response.status_code",
+                        i64::from(status),
+                    ));
+                }
+                if out.1.is_none() {
+                    crate::telemetry::fail_current(out.0.error.as_deref().unwrap_or("failed"));
+                }
+                out
+            })
+            .await;
+        if let Some(m) = crate::telemetry::metrics() {
+            m.attempt(&r.service, &r.operation, out.1.is_none());
+        }
+        out
+    }
+
+    async fn attempt_once(
         &self,
         call: &Prepared,
         r: &CallRequest,
@@ -228,6 +265,9 @@ impl HttpExternal {
             .uri(&call.url);
         if let Some(h) = req.headers_mut() {
             h.clone_from(&call.headers);
+            // The trace goes on: this attempt's span (traces on), or the
+            // caller's `traceparent` as it came.
+            crate::telemetry::inject(h);
             h.insert(
                 "x-sinew-attempt",
                 HeaderValue::from_str(&n.to_string()).unwrap_or(HeaderValue::from_static("1")),

@@ -17,6 +17,7 @@ pub mod schedule;
 pub mod secrets;
 pub mod serve;
 pub mod studio;
+pub mod telemetry;
 pub mod tls;
 pub mod webhook;
 

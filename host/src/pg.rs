@@ -33,6 +33,19 @@ use crate::runtime::storage::StorageBackend;
 use pool::{Conn, Pool, unavailable};
 use schema::{Schema, Table, Ty};
 
+/// The outbox's and the audit queue's backlog.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Backlog {
+    /// Messages not delivered (nor failed for good).
+    pub outbox_pending: i64,
+    /// How long the oldest due one has waited, in ms.
+    pub outbox_lag_ms: i64,
+    /// Entries waiting for their place in the chain.
+    pub audit_queued: i64,
+    /// How long the oldest has waited, in ms.
+    pub audit_lag_ms: i64,
+}
+
 /// The statements of sinew's own tables (audit chain, idempotency keys,
 /// rate windows), public so that the benchmark's hand-written baseline
 /// issues exactly these.
@@ -328,6 +341,39 @@ impl PgBackend {
     /// Returns a connection taken with [`PgBackend::connection`].
     pub fn give_back(&self, conn: Conn) {
         self.pool.put(conn);
+    }
+
+    /// How the connection pool is used.
+    pub fn pool_stats(&self) -> pool::Stats {
+        self.pool.stats()
+    }
+
+    /// The outbox's and the audit queue's backlog (for the gauges).
+    pub async fn backlog(&self) -> Result<Backlog, StorageError> {
+        let mut conn = self.pool.get().await?;
+        let r = conn
+            .client
+            .query_one(
+                "SELECT \
+                   (SELECT count(*) FROM sinew_outbox WHERE delivered_at IS NULL AND failed_at IS NULL), \
+                   (SELECT coalesce((extract(epoch FROM now() - min(next_attempt_at)) * 1000)::bigint, 0) \
+                      FROM sinew_outbox WHERE delivered_at IS NULL AND failed_at IS NULL \
+                        AND next_attempt_at <= now()), \
+                   (SELECT count(*) FROM sinew_audit_queue), \
+                   (SELECT coalesce((extract(epoch FROM clock_timestamp() - min(queued_at)) * 1000)::bigint, 0) \
+                      FROM sinew_audit_queue)",
+                &[],
+            )
+            .await;
+        let r = self.check(&mut conn, r);
+        self.pool.put(conn);
+        let row = r?;
+        Ok(Backlog {
+            outbox_pending: row.get(0),
+            outbox_lag_ms: row.get::<_, i64>(1).max(0),
+            audit_queued: row.get(2),
+            audit_lag_ms: row.get::<_, i64>(3).max(0),
+        })
     }
 
     /// The API key whose SHA-256 is `hash` ([`crate::keys`]).

@@ -105,7 +105,11 @@ impl Call {
     ) -> Result<(), StorageError> {
         let ending = self.ending.insert(Ending {
             what,
-            task: tokio::spawn(step),
+            // In the request's trace context (a task does not inherit it).
+            task: tokio::spawn(opentelemetry::context::FutureExt::with_context(
+                step,
+                opentelemetry::Context::current(),
+            )),
         });
         // Cancel-safe: dropped here, the task goes on and `ending` stays.
         let r = joined((&mut ending.task).await);
@@ -732,6 +736,13 @@ impl Executor {
         }
     }
 
+    /// Instances running a request, and instances ready in the pool.
+    pub fn instance_stats(&self) -> (usize, usize) {
+        let idle = self.pool.lock().map_or(0, |p| p.len());
+        let in_use = (MAX_INSTANCES as usize / 2).saturating_sub(self.permits.available_permits());
+        (in_use, idle)
+    }
+
     fn take(&self) -> Option<Pooled> {
         self.pool.lock().ok()?.pop()
     }
@@ -820,9 +831,17 @@ impl Executor {
         // call that waits (a lock, a slow database).
         let result = tokio::time::timeout(
             timeout + HOST_GRACE,
-            p.core
-                .sinew_executor_executor()
-                .call_execute(&mut p.store, &wit),
+            crate::telemetry::in_span(
+                format!("execute {}", request.tool),
+                crate::telemetry::Kind::Internal,
+                vec![opentelemetry::KeyValue::new(
+                    "sinew.execution",
+                    request.id.clone(),
+                )],
+                p.core
+                    .sinew_executor_executor()
+                    .call_execute(&mut p.store, &wit),
+            ),
         )
         .await
         .unwrap_or_else(|_| Err(wasmtime::Trap::Interrupt.into()));

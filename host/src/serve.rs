@@ -159,6 +159,16 @@ pub struct Args {
     /// and new instances then skip parsing the spec.
     #[arg(long, env = "SINEW_NO_SNAPSHOT", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub no_snapshot: bool,
+    /// Serve metrics in Prometheus' text format at `http://ADDR/metrics`,
+    /// on a listener of their own (e.g. `127.0.0.1:9464`; port 0: any free
+    /// port, named in the log). Off unless set.
+    #[arg(long, env = "SINEW_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Also (or instead) serve them at this path of the main port (e.g.
+    /// `/internal/metrics`), for platforms that expose one port. Off
+    /// unless set: anyone who reaches the server can read them.
+    #[arg(long, env = "SINEW_METRICS_PATH", value_name = "PATH")]
+    pub metrics_path: Option<String>,
 }
 
 impl Args {
@@ -329,6 +339,15 @@ impl Log {
         self.message(Level::Error, message);
     }
 
+    /// The trace field of trace `id` (hex): `projects/P/traces/ID` with
+    /// `GOOGLE_CLOUD_PROJECT`, as Cloud Logging links it to Cloud Trace.
+    fn trace_field(&self, id: &str) -> String {
+        match &self.project {
+            Some(p) => format!("projects/{p}/traces/{id}"),
+            None => id.to_owned(),
+        }
+    }
+
     /// The trace field from `X-Cloud-Trace-Context` or `traceparent`.
     fn trace(&self, headers: &hyper::HeaderMap) -> Option<String> {
         let id = headers
@@ -342,10 +361,7 @@ impl Log {
                     .and_then(|v| v.split('-').nth(1))
             })
             .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()))?;
-        Some(match &self.project {
-            Some(p) => format!("projects/{p}/traces/{id}"),
-            None => id.to_owned(),
-        })
+        Some(self.trace_field(id))
     }
 }
 
@@ -623,6 +639,8 @@ pub struct App {
     reviews: Option<sinew_core::spec::Reviews>,
     /// API keys looked up lately.
     keys: crate::keys::Keys,
+    /// `--metrics-path`: metrics served on the main port too.
+    metrics_path: Option<String>,
 }
 
 type Body = Full<Bytes>;
@@ -828,7 +846,18 @@ impl App {
         let started = Instant::now();
         let method = req.method().clone();
         let uri = req.uri().clone();
-        let trace = self.log.trace(req.headers());
+        // The request's span (traces on), a child of the caller's
+        // `traceparent`; off, that context still goes on to externals.
+        let parent = crate::telemetry::extract(req.headers());
+        let span = crate::telemetry::request_span(method.as_str(), uri.path(), parent.as_ref());
+        let (trace, span_id) = match &span {
+            Some(s) => {
+                let (trace, span, sampled) = s.ids();
+                (Some(self.log.trace_field(&trace)), Some((span, sampled)))
+            }
+            None => (self.log.trace(req.headers()), None),
+        };
+        let cx = span.as_ref().map(|s| s.context().clone()).or(parent);
         let origin = req
             .headers()
             .get(header::ORIGIN)
@@ -854,7 +883,14 @@ impl App {
         // The route is found once: it gives the deadline and the tool.
         let found = self.router.find(req.method(), uri.path());
         let budget = self.deadline(&found) + ANSWER_GRACE;
-        let mut task = tokio::spawn(async move { app.route(req, task_id, found).await });
+        let routed = async move { app.route(req, task_id, found).await };
+        let mut task = match cx {
+            Some(cx) => {
+                use opentelemetry::context::FutureExt as _;
+                tokio::spawn(routed.with_context(cx))
+            }
+            None => tokio::spawn(routed),
+        };
         let routed = match tokio::time::timeout(budget, &mut task).await {
             Ok(joined) => joined,
             Err(_) => Ok((late(&id), None, Some(id.clone()))),
@@ -900,6 +936,23 @@ impl App {
         );
         if let Some(t) = trace {
             m.insert("logging.googleapis.com/trace".into(), json!(t));
+        }
+        if let Some((id, sampled)) = span_id {
+            m.insert("logging.googleapis.com/spanId".into(), json!(id));
+            m.insert(
+                "logging.googleapis.com/trace_sampled".into(),
+                json!(sampled),
+            );
+        }
+        if let Some(metrics) = crate::telemetry::metrics() {
+            metrics.request(
+                tool.as_deref().unwrap_or("-"),
+                status,
+                started.elapsed().as_secs_f64(),
+            );
+        }
+        if let Some(span) = span {
+            span.end(status, tool.as_deref(), execution.as_deref());
         }
         if let Some(t) = &tool {
             m.insert("tool".into(), json!(t));
@@ -1099,6 +1152,7 @@ impl App {
             {
                 self.studio(method, p, id).await
             }
+            (m, p) if self.metrics_path.as_deref() == Some(p) => Some(metrics_response(m, p, p)),
             (&Method::GET | &Method::HEAD, "/openapi.json") => {
                 Some(respond(200, "application/json", self.openapi.clone()))
             }
@@ -1219,7 +1273,13 @@ impl App {
         // A webhook authenticates by its signature alone.
         let hook = self.webhooks.get(&request.tool);
         if hook.is_none() {
-            request.auth = self.authenticate(&parts.headers).await?;
+            request.auth = crate::telemetry::in_span(
+                "authenticate",
+                crate::telemetry::Kind::Internal,
+                Vec::new(),
+                self.authenticate(&parts.headers),
+            )
+            .await?;
         }
         request.idempotency_key = idempotency_key(&parts.headers)?;
         let bytes = self.read_body(&parts.headers, body).await?;
@@ -1645,6 +1705,12 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let https = crate::tls::client(args.ca_file.as_deref())?;
+    let telemetry = crate::telemetry::init(
+        &crate::telemetry::Settings {
+            prometheus: args.metrics_listen.is_some() || args.metrics_path.is_some(),
+        },
+        https.clone(),
+    )?;
     let jwt = args.jwt(&https).await?;
     let push_auth = args.push_auth(&spec, &https).await?;
     start.phase("TLS roots and JWT keys ready");
@@ -1751,6 +1817,11 @@ pub async fn serve(
         test_clock,
     ));
     let local = listener.local_addr()?;
+    let metrics_server = match args.metrics_listen {
+        Some(addr) => Some(serve_metrics(addr, log.clone()).await?),
+        None => None,
+    };
+    let backlog = crate::telemetry::metrics().map(|m| watch_gauges(m, &app, &storage));
     start.ready_line(&spec, &app, local);
     warm_pool(storage.clone(), args.pool_size, app.first_answer.clone());
     // A JWKS by URL is fetched again every 10 minutes (keys rotate).
@@ -1815,10 +1886,105 @@ pub async fn serve(
     {
         log.warn("stopping: the audit sequencer did not finish in 10 s; another instance (or `sinew audit sequence`) chains what is queued");
     }
+    if let Some(t) = backlog {
+        t.abort();
+    }
+    if let Some(t) = metrics_server {
+        t.abort();
+    }
+    // Spans still in the batch, and the last metrics, go out now.
+    let flushed = tokio::task::spawn_blocking(|| telemetry.flush());
+    let _ = tokio::time::timeout(Duration::from_secs(5), flushed).await;
     drop(app);
     drop(db);
     log.info("stopped");
     Ok(())
+}
+
+/// Serves `GET /metrics` (Prometheus' text format) on `addr`, a listener
+/// of its own: nothing else is answered there.
+async fn serve_metrics(addr: SocketAddr, log: Log) -> Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    let local = listener.local_addr()?;
+    log.info(&format!("metrics served at http://{local}/metrics"));
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(|req: hyper::Request<Incoming>| async move {
+                    Ok::<_, std::convert::Infallible>(metrics_response(
+                        req.method(),
+                        req.uri().path(),
+                        "/metrics",
+                    ))
+                });
+                let _ = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }))
+}
+
+/// The answer to a request for metrics at `path` (served at `at`).
+fn metrics_response(method: &Method, path: &str, at: &str) -> hyper::Response<Body> {
+    let text = crate::telemetry::get().and_then(crate::telemetry::Telemetry::prometheus_text);
+    match (method, path == at, text) {
+        (&Method::GET | &Method::HEAD, true, Some(text)) => respond(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            Bytes::from(text),
+        ),
+        (_, true, Some(_)) => method_not_allowed(path, &["GET".into()], "-"),
+        _ => problem(Code::NotFound, &format!("no metrics at {path}"), "-"),
+    }
+}
+
+/// Keeps the gauges current: the pool and the instances are read when the
+/// metrics are, the outbox's and the audit queue's backlog every 5 s
+/// (one query each).
+fn watch_gauges(
+    metrics: &'static crate::telemetry::Metrics,
+    app: &Arc<App>,
+    storage: &Arc<PgBackend>,
+) -> tokio::task::JoinHandle<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (weak_app, weak_db) = (Arc::downgrade(app), Arc::downgrade(storage));
+    metrics.gauges.on_refresh(move |g| {
+        if let Some(db) = weak_db.upgrade() {
+            let p = db.pool_stats();
+            g.pool_in_use.store(p.in_use as i64, Relaxed);
+            g.pool_idle.store(p.idle as i64, Relaxed);
+            g.pool_waiting.store(p.waiting as i64, Relaxed);
+            g.pool_max.store(p.max as i64, Relaxed);
+        }
+        if let Some(app) = weak_app.upgrade()
+            && let Core::Component(e) = &app.core
+        {
+            let (in_use, idle) = e.instance_stats();
+            g.instances_in_use.store(in_use as i64, Relaxed);
+            g.instances_idle.store(idle as i64, Relaxed);
+        }
+    });
+    let db = storage.clone();
+    tokio::spawn(async move {
+        loop {
+            if let Ok(b) = db.backlog().await {
+                let g = &metrics.gauges;
+                g.outbox_pending.store(b.outbox_pending, Relaxed);
+                g.outbox_lag_ms.store(b.outbox_lag_ms, Relaxed);
+                g.audit_queued.store(b.audit_queued, Relaxed);
+                g.audit_lag_ms.store(b.audit_lag_ms, Relaxed);
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    })
 }
 
 /// What verifies the callers: bearer tokens, Pub/Sub's push tokens,
@@ -2055,8 +2221,15 @@ impl Start<'_> {
             Some(c) => c.clone(),
             None => Arc::new(crate::runtime::clock::SystemClock),
         };
+        // Traces on: every storage operation in a span of its own.
+        let storage: Arc<dyn crate::runtime::storage::StorageBackend> =
+            if crate::telemetry::tracer().is_some() {
+                Arc::new(crate::telemetry::Traced(storage.clone()))
+            } else {
+                storage.clone()
+            };
         Backends {
-            storage: storage.clone(),
+            storage,
             clock,
             external,
         }
@@ -2190,6 +2363,7 @@ impl Start<'_> {
             cors: spec.cors.clone(),
             reviews: spec.reviews.clone(),
             keys: crate::keys::Keys::default(),
+            metrics_path: self.args.metrics_path.clone(),
             id_seed: format!("{}:{}:{}", std::process::id(), system_now_ms(), args.port),
             first_answer: Arc::new(tokio::sync::Notify::new()),
         }

@@ -1416,3 +1416,271 @@ async fn api_keys_call_as_their_id_until_revoked() {
     assert!(revoked["revoked"].is_string());
     assert!(!out.contains(key), "list never shows a key");
 }
+
+/// Traces and metrics: with OTLP configured by the standard variables,
+/// every request's spans (a child of the caller's `traceparent`:
+/// authentication, the guest's execution, each storage statement, each
+/// external attempt, which carries the trace on) reach an OTLP receiver
+/// on loopback, decoded here; the log line names the trace; metrics are
+/// served in Prometheus' text format (read by a parser of its own) and
+/// pushed with OTLP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_and_metrics_reach_their_receivers() {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    use sinew_tests::pg::Recorder;
+    let collector = Recorder::start(Vec::new()).await;
+    let provider = Recorder::start(vec![(
+        "POST /charge",
+        vec![sinew_tests::pg::Canned::json(
+            200,
+            json!({"id": "ch_1", "status": "succeeded"}),
+        )],
+    )])
+    .await;
+    let pg = Cluster::start();
+    let url = pg.url("postgres");
+    let data = tempfile::tempdir().unwrap();
+    let spec = root().join("specs/examples/shop.json");
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("SINEW_EXTERNAL_PAYMENTS_URL", provider.base.as_str()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.base.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
+        ("OTEL_SERVICE_NAME", "shop-test"),
+        ("SINEW_METRICS_LISTEN", "127.0.0.1:0"),
+        ("GOOGLE_CLOUD_PROJECT", "demo"),
+    ];
+    let server = Proc::start(SINEW, &spec, &env, data.path());
+    let base = &server.base;
+    let metrics_url = {
+        let line = server
+            .line("metrics served at http://")
+            .expect("the metrics line");
+        let at = line.find("http://").unwrap();
+        line[at..].split('"').next().unwrap().to_owned()
+    };
+    let http = Http::default();
+    let staff = token("sam", &["staff"]);
+    let (s, product) = call(
+        &http,
+        "POST",
+        &format!("{base}/products"),
+        &staff,
+        &json!({"sku": "TEA", "name": "Green tea", "price_cents": 450, "stock": 10}),
+    )
+    .await;
+    assert_eq!(s, 201, "{product}");
+    let product_id = product["product"].as_str().unwrap().to_owned();
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    let alice = format!("Bearer {}", token("alice", &["customer"]));
+    let traceparent = format!("00-{trace_id}-{parent}-01");
+    let placed = http
+        .send(
+            "POST",
+            &format!("{base}/orders"),
+            &[
+                ("authorization", alice.as_str()),
+                ("content-type", "application/json"),
+                ("idempotency-key", "order-1"),
+                ("traceparent", traceparent.as_str()),
+            ],
+            json!({"product": product_id, "quantity": 2}).to_string(),
+        )
+        .await;
+    assert_eq!(placed.status, 200, "{}", placed.text);
+    let execution = placed.headers["x-request-id"].clone();
+
+    // The spans, as the receiver decodes them.
+    let started = Instant::now();
+    let spans = loop {
+        let spans: Vec<_> = collector
+            .requests()
+            .iter()
+            .filter(|r| r.target == "/v1/traces")
+            .flat_map(|r| {
+                assert_eq!(r.headers["content-type"], "application/x-protobuf");
+                ExportTraceServiceRequest::decode(r.bytes.as_slice())
+                    .expect("an OTLP trace export")
+                    .resource_spans
+            })
+            .flat_map(|rs| {
+                let service = rs
+                    .resource
+                    .iter()
+                    .flat_map(|r| r.attributes.iter())
+                    .find(|a| a.key == "service.name")
+                    .map(|a| format!("{:?}", a.value));
+                assert!(service.unwrap_or_default().contains("shop-test"));
+                rs.scope_spans.into_iter().flat_map(|ss| ss.spans)
+            })
+            .filter(|s| hex(&s.trace_id) == trace_id)
+            .collect();
+        if spans
+            .iter()
+            .any(|s| s.name.starts_with("POST payments.charge"))
+            && spans.iter().any(|s| s.name == "place_order")
+        {
+            break spans;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "spans of the trace so far: {:?}",
+            spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let by_name = |name: &str| {
+        spans.iter().find(|s| s.name == name).unwrap_or_else(|| {
+            panic!(
+                "no span {name}: {:?}",
+                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+            )
+        })
+    };
+    let attr = |s: &opentelemetry_proto::tonic::trace::v1::Span, key: &str| {
+        s.attributes
+            .iter()
+            .find(|a| a.key == key)
+            .map(|a| format!("{:?}", a.value))
+            .unwrap_or_default()
+    };
+    let request = by_name("place_order");
+    assert_eq!(
+        hex(&request.parent_span_id),
+        parent,
+        "a child of the caller's span"
+    );
+    assert!(attr(request, "http.response.status_code").contains("200"));
+    assert!(attr(request, "sinew.execution").contains(&execution));
+    let auth = by_name("authenticate");
+    assert_eq!(auth.parent_span_id, request.span_id);
+    let execute = by_name("execute place_order");
+    assert_eq!(execute.parent_span_id, request.span_id);
+    for name in [
+        "SELECT product",
+        "INSERT order",
+        "COMMIT",
+        "INSERT sinew_idempotency",
+    ] {
+        let s = by_name(name);
+        assert_eq!(
+            s.parent_span_id, execute.span_id,
+            "{name} under the execution"
+        );
+        assert!(attr(s, "db.system.name").contains("postgresql"));
+    }
+    let attempt = spans
+        .iter()
+        .find(|s| s.name == "POST payments.charge")
+        .unwrap();
+    assert_eq!(attempt.parent_span_id, execute.span_id);
+    // No value of the request is in any span.
+    for s in &spans {
+        for a in &s.attributes {
+            let v = format!("{:?}", a.value);
+            assert!(!v.contains(&product_id), "{} carries {v}", s.name);
+        }
+    }
+    // The external got the trace, as a child of the attempt's span.
+    let charge = provider
+        .requests()
+        .into_iter()
+        .find(|r| r.target == "/charge")
+        .unwrap();
+    assert_eq!(
+        charge.headers["traceparent"],
+        format!("00-{trace_id}-{}-01", hex(&attempt.span_id))
+    );
+    // The log line links to the trace.
+    let line: Value = serde_json::from_str(&server.line(&execution).unwrap()).unwrap();
+    assert_eq!(
+        line["logging.googleapis.com/trace"],
+        format!("projects/demo/traces/{trace_id}")
+    );
+    assert_eq!(line["logging.googleapis.com/spanId"], hex(&request.span_id));
+
+    // Prometheus: the text, read by a parser.
+    let text = http.send("GET", &metrics_url, &[], "").await;
+    assert_eq!(text.status, 200);
+    assert!(text.headers["content-type"].starts_with("text/plain; version=0.0.4"));
+    let lines = text.text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text");
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| s.value.clone())
+    };
+    match value(
+        "sinew_requests_total",
+        &[("tool", "place_order"), ("status", "200")],
+    ) {
+        Some(prometheus_parse::Value::Counter(n)) => assert_eq!(n, 1.0),
+        other => panic!("sinew_requests_total: {other:?}\n{}", text.text),
+    }
+    match value(
+        "sinew_request_duration_seconds",
+        &[("tool", "create_product"), ("status", "201")],
+    ) {
+        Some(prometheus_parse::Value::Histogram(buckets)) => {
+            assert_eq!(buckets.last().unwrap().count, 1.0, "{}", text.text)
+        }
+        other => panic!("sinew_request_duration_seconds: {other:?}\n{}", text.text),
+    }
+    match value(
+        "sinew_external_attempts_total",
+        &[("service", "payments"), ("operation", "charge")],
+    ) {
+        Some(prometheus_parse::Value::Counter(n)) => assert_eq!(n, 1.0),
+        other => panic!("sinew_external_attempts_total: {other:?}\n{}", text.text),
+    }
+    match value("sinew_db_pool_max", &[]) {
+        Some(prometheus_parse::Value::Gauge(n)) => assert_eq!(n, 32.0),
+        other => panic!("sinew_db_pool_max: {other:?}\n{}", text.text),
+    }
+    for gauge in [
+        "sinew_db_pool_in_use",
+        "sinew_db_pool_waiting",
+        "sinew_instances_idle",
+        "sinew_outbox_pending",
+        "sinew_audit_queued",
+        "sinew_audit_lag_milliseconds",
+    ] {
+        assert!(value(gauge, &[]).is_some(), "{gauge}:\n{}", text.text);
+    }
+    // The main port does not serve them.
+    let public = http.send("GET", &format!("{base}/metrics"), &[], "").await;
+    assert_eq!(public.status, 404);
+
+    // OTLP metrics: pushed too.
+    let started = Instant::now();
+    loop {
+        let names: Vec<String> = collector
+            .requests()
+            .iter()
+            .filter(|r| r.target == "/v1/metrics")
+            .flat_map(|r| {
+                ExportMetricsServiceRequest::decode(r.bytes.as_slice())
+                    .expect("an OTLP metrics export")
+                    .resource_metrics
+            })
+            .flat_map(|rm| rm.scope_metrics)
+            .flat_map(|sm| sm.metrics)
+            .map(|m| m.name)
+            .collect();
+        if names.iter().any(|n| n == "sinew.requests") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{names:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

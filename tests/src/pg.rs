@@ -233,6 +233,8 @@ impl Server {
             studio: options.studio,
             no_studio: false,
             no_snapshot: !options.snapshot,
+            metrics_listen: None,
+            metrics_path: None,
         };
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -591,6 +593,8 @@ pub struct Recorded {
     pub headers: HashMap<String, String>,
     /// The body's text.
     pub body: String,
+    /// The body's bytes (an OTLP export's protobuf).
+    pub bytes: Vec<u8>,
     /// When it came.
     pub at: std::time::Instant,
 }
@@ -672,12 +676,13 @@ impl Recorder {
                                     })
                                     .collect();
                                 let key = format!("{method} {}", req.uri().path());
-                                let body = req
+                                let bytes = req
                                     .into_body()
                                     .collect()
                                     .await
-                                    .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+                                    .map(|b| b.to_bytes().to_vec())
                                     .unwrap_or_default();
+                                let body = String::from_utf8_lossy(&bytes).into_owned();
                                 let canned = {
                                     let mut s = state.lock().unwrap();
                                     s.1.push(Recorded {
@@ -685,6 +690,7 @@ impl Recorder {
                                         target,
                                         headers,
                                         body,
+                                        bytes,
                                         at: std::time::Instant::now(),
                                     });
                                     s.0.get_mut(&key).and_then(VecDeque::pop_front)

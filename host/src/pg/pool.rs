@@ -55,6 +55,30 @@ pub struct Pool {
     idle: Mutex<Vec<(Client, HashMap<String, Statement>)>>,
     permits: Arc<Semaphore>,
     max: usize,
+    /// Callers waiting for a connection.
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// How the pool is used, now.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stats {
+    /// Connections lent out.
+    pub in_use: usize,
+    /// Open connections waiting to be lent.
+    pub idle: usize,
+    /// Callers waiting for a connection.
+    pub waiting: usize,
+    /// The most connections open at once.
+    pub max: usize,
+}
+
+/// Counts a caller waiting for a connection while it lives.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Pool {
@@ -65,13 +89,33 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(max.max(1))),
             max: max.max(1),
+            waiting: Default::default(),
+        }
+    }
+
+    /// How it is used.
+    pub fn stats(&self) -> Stats {
+        use std::sync::atomic::Ordering::Relaxed;
+        Stats {
+            in_use: self.max - self.permits.available_permits(),
+            idle: self.idle.lock().map_or(0, |v| v.len()),
+            waiting: self.waiting.load(Relaxed),
+            max: self.max,
         }
     }
 
     /// A connection: an idle one, or a new one.
     pub async fn get(&self) -> Result<Conn, StorageError> {
-        let permit = tokio::time::timeout(ACQUIRE_TIMEOUT, self.permits.clone().acquire_owned())
-            .await
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => Ok(Ok(p)),
+            Err(_) => {
+                self.waiting
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _waiting = Waiting(&self.waiting);
+                tokio::time::timeout(ACQUIRE_TIMEOUT, self.permits.clone().acquire_owned()).await
+            }
+        };
+        let permit = permit
             .map_err(|_| unavailable("every database connection stayed busy for 10 s"))?
             .map_err(|_| unavailable("the connection pool is closed"))?;
         loop {

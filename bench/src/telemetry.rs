@@ -1,0 +1,174 @@
+//! The cost of telemetry (`sinew-bench telemetry`): the bank-like
+//! `transfer` of `bench/specs/outbox.json` on three servers of the
+//! component on one private Postgres, in alternating rounds at the same
+//! concurrency: telemetry off (no OTLP endpoint, no metrics), traces on
+//! (every span exported with OTLP to a loopback collector that answers at
+//! once), and traces and metrics on (also Prometheus on a port of its own,
+//! scraped once a second). Prints throughput and median latency of each,
+//! and the ratios to "off".
+
+use anyhow::{Result, bail};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::outbox::{round, sink};
+use super::{Opts, Server, connect, free_port, serve_spec_args, wait_ready};
+use sinew_tests::pg::Cluster;
+
+const ACCOUNTS: usize = 200;
+
+/// The variables of OpenTelemetry a server must not inherit from this
+/// process (so that "off" is off).
+const OTEL_VARS: [&str; 4] = [
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "SINEW_METRICS_LISTEN",
+];
+
+fn start(name: &'static str, args: &[String], env: &[(&str, String)]) -> Result<Server> {
+    let port: u16 = args
+        .iter()
+        .position(|a| a == "--port")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("a port"))?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for v in OTEL_VARS {
+        cmd.env_remove(v);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Ok(Server {
+        name,
+        child: cmd.spawn()?,
+        base: format!("http://127.0.0.1:{port}"),
+    })
+}
+
+/// Runs the comparison and prints it.
+pub async fn run(opts: &Opts) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    println!("starting a private Postgres…");
+    let pg = Cluster::start();
+    let (collector, exports) = sink().await?;
+    let url = pg.url("postgres");
+    let cache = dir.path().join("cache");
+    let args = || -> Result<Vec<String>> {
+        let mut a = serve_spec_args("outbox", free_port()?, &url, &cache, dir.path(), false);
+        a.push("--no-outbox".into());
+        Ok(a)
+    };
+    let off = start("telemetry off", &args()?, &[])?;
+    wait_ready(&off.base, Duration::from_secs(300)).await?;
+    let traced = start(
+        "traces on",
+        &args()?,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.clone()),
+            ("OTEL_METRICS_EXPORTER", "none".into()),
+        ],
+    )?;
+    let metrics_port = free_port()?;
+    let both = start(
+        "traces and metrics on",
+        &args()?,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.clone()),
+            ("OTEL_METRICS_EXPORTER", "none".into()),
+            ("SINEW_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}")),
+        ],
+    )?;
+    wait_ready(&traced.base, Duration::from_secs(300)).await?;
+    wait_ready(&both.base, Duration::from_secs(300)).await?;
+    // Prometheus scrapes the third once a second, as it would.
+    let scraper = tokio::spawn(async move {
+        let http = sinew_tests::pg::Http::default();
+        loop {
+            let r = http
+                .send(
+                    "GET",
+                    &format!("http://127.0.0.1:{metrics_port}/metrics"),
+                    &[],
+                    "",
+                )
+                .await;
+            assert_eq!(r.status, 200, "the metrics endpoint answers");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let db = connect(&url).await?;
+    db.batch_execute(&format!(
+        "INSERT INTO account (id, version, created_at, updated_at, balance) \
+         SELECT gen_random_uuid(), 1, now(), now(), 1000000 FROM generate_series(1, {ACCOUNTS})"
+    ))
+    .await?;
+    let accounts: Arc<Vec<String>> = Arc::new(
+        db.query("SELECT id::text FROM account ORDER BY id", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect(),
+    );
+    let (rounds, length) = (opts.rounds.max(2), Duration::from_secs_f64(opts.seconds));
+    let warmup = Duration::from_secs_f64(opts.warmup);
+    let servers = [&off, &traced, &both];
+    for clients in opts.concurrency.iter().copied().filter(|c| *c <= 16) {
+        println!("-- transfer, {clients} clients, {rounds} rounds of {length:?}:");
+        for s in servers {
+            round(&s.base, "/transfer", &accounts, clients, warmup).await;
+        }
+        let mut figures = vec![Vec::new(); servers.len()];
+        for r in 0..rounds {
+            // Rotated, so drift on a shared machine hits each alike.
+            for k in 0..servers.len() {
+                let i = (k + r) % servers.len();
+                let (rps, p50, errors) =
+                    round(&servers[i].base, "/transfer", &accounts, clients, length).await;
+                if errors > 0 {
+                    bail!(
+                        "{errors} transfers on {} were not answered 200",
+                        servers[i].name
+                    );
+                }
+                figures[i].push((rps, p50));
+            }
+        }
+        let mean = |v: &[(f64, f64)]| {
+            let n = v.len().max(1) as f64;
+            (
+                v.iter().map(|x| x.0).sum::<f64>() / n,
+                v.iter().map(|x| x.1).sum::<f64>() / n,
+            )
+        };
+        let base = mean(&figures[0]);
+        for (s, f) in servers.iter().zip(&figures) {
+            let (rps, p50) = mean(f);
+            println!(
+                "   {:<24} {rps:>8.1} req/s  p50 {p50:>6.2} ms   throughput {:.3} × off, p50 {:.3} × off",
+                s.name,
+                rps / base.0,
+                p50 / base.1
+            );
+        }
+    }
+    scraper.abort();
+    let started = Instant::now();
+    while exports.load(Ordering::Relaxed) == 0 && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let n = exports.load(Ordering::Relaxed);
+    if n == 0 {
+        bail!("the collector received no export: the traces were not on");
+    }
+    println!("the collector received {n} OTLP exports");
+    drop((off, traced, both));
+    drop(pg);
+    Ok(())
+}
