@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the sinew container image with podman and checks that it serves:
 # a throwaway Postgres on loopback, the image run against it, /healthz and
-# one tool call.
+# one tool call, whose spans reach an OTLP receiver on loopback and whose
+# count the metrics port serves.
 #
 #   deploy/build-image.sh [SPEC]     (default: specs/examples/shop.json)
 #
@@ -50,11 +51,32 @@ as_pg=()
 if [ "$(id -u)" = 0 ]; then chown postgres "$work"; as_pg=(runuser -u postgres --); fi
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 app_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+metrics_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 "${as_pg[@]}" "$pgbin/initdb" -D "$work/data" -U sinew --auth=trust --no-sync >/dev/null
 "${as_pg[@]}" "$pgbin/pg_ctl" -D "$work/data" -l "$work/log" -w \
   -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$work" start >/dev/null
 name=sinew-image-test-$$
+# An OTLP receiver on loopback: records each export's path and size.
+otlp_log=$work/otlp.log
+python3 - "$otlp_log" > "$work/otlp.port" <<'PY' &
+import http.server, sys
+log = sys.argv[1]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get('content-length', 0)))
+        with open(log, 'a') as f:
+            f.write(f"{self.path} {self.headers.get('content-type')} {len(body)}\n")
+        self.send_response(200); self.end_headers()
+    def log_message(self, *a): pass
+s = http.server.HTTPServer(('127.0.0.1', 0), H)
+print(s.server_port, flush=True)
+s.serve_forever()
+PY
+otlp_pid=$!
+for _ in $(seq 1 50); do [ -s "$work/otlp.port" ] && break; sleep 0.1; done
+otlp_port=$(cat "$work/otlp.port")
 cleanup() {
+  kill "$otlp_pid" 2>/dev/null || true
   podman "${podman_flags[@]}" rm -f "$name" >/dev/null 2>&1 || true
   "${as_pg[@]}" "$pgbin/pg_ctl" -D "$work/data" -m fast -w stop >/dev/null 2>&1 || true
   rm -rf "$work"
@@ -65,7 +87,9 @@ secret=image-test-secret
 podman "${podman_flags[@]}" run -d --name "$name" "${run_flags[@]}" \
   -e PORT="$app_port" -e SINEW_LISTEN=127.0.0.1 \
   -e DATABASE_URL="postgres://sinew@127.0.0.1:$port/postgres" \
-  -e SINEW_JWT_SECRET="$secret" "$image" >/dev/null
+  -e SINEW_JWT_SECRET="$secret" \
+  -e OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port" -e OTEL_BSP_SCHEDULE_DELAY=200 \
+  -e SINEW_METRICS_LISTEN="127.0.0.1:$metrics_port" "$image" >/dev/null
 for _ in $(seq 1 100); do
   curl -fsS "http://127.0.0.1:$app_port/healthz" >/dev/null 2>&1 && break
   sleep 0.2
@@ -77,5 +101,10 @@ answer=$(curl -sS -w ' %{http_code}' -X POST "http://127.0.0.1:$app_port/tools/l
   -H "authorization: Bearer $token" -H 'content-type: application/json' -d '{}')
 echo "list_products: $answer"
 case "$answer" in *' 200') ;; *) echo "the tool call failed"; podman logs "$name"; exit 1 ;; esac
+# The request's spans reach the OTLP receiver; the metrics are served.
+for _ in $(seq 1 50); do grep -q '^/v1/traces application/x-protobuf' "$otlp_log" 2>/dev/null && break; sleep 0.2; done
+grep '^/v1/traces application/x-protobuf' "$otlp_log" | head -1 || { echo "no trace export reached the receiver"; podman logs "$name"; exit 1; }
+curl -fsS "http://127.0.0.1:$metrics_port/metrics" | grep 'sinew_requests_total{.*tool="list_products"' \
+  || { echo "no request metrics"; exit 1; }
 echo "container log:"; podman logs "$name" | head -5
 echo "ok: $image serves"

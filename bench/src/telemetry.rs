@@ -4,8 +4,9 @@
 //! concurrency: telemetry off (no OTLP endpoint, no metrics), traces on
 //! (every span exported with OTLP to a loopback collector that answers at
 //! once), and traces and metrics on (also Prometheus on a port of its own,
-//! scraped once a second). Prints throughput and median latency of each,
-//! and the ratios to "off".
+//! scraped once a second), and "off" once more, started last (what the
+//! order of start alone makes). Prints throughput and median latency of
+//! each, and the ratios to the first "off".
 
 use anyhow::{Result, bail};
 use std::process::{Command, Stdio};
@@ -52,6 +53,20 @@ fn start(name: &'static str, args: &[String], env: &[(&str, String)]) -> Result<
     })
 }
 
+/// The CPU time process `pid` has used (user + system), in clock ticks
+/// (1/100 s): what a server spends, whatever else the machine runs.
+fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // After the command's `(name)`: fields 14 and 15 of the line.
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
 /// Runs the comparison and prints it.
 pub async fn run(opts: &Opts) -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -63,6 +78,12 @@ pub async fn run(opts: &Opts) -> Result<()> {
     let args = || -> Result<Vec<String>> {
         let mut a = serve_spec_args("outbox", free_port()?, &url, &cache, dir.path(), false);
         a.push("--no-outbox".into());
+        // No snapshot built in the background by the first server, which
+        // would take seconds of its CPU during the first rounds.
+        a.push("--no-snapshot".into());
+        // `transfer` emits nothing; the spec's other tool needs the URL.
+        a.push("--external".into());
+        a.push(format!("notify={collector}"));
         Ok(a)
     };
     let off = start("telemetry off", &args()?, &[])?;
@@ -85,8 +106,12 @@ pub async fn run(opts: &Opts) -> Result<()> {
             ("SINEW_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}")),
         ],
     )?;
+    // "Off" again, started last: how much of a difference the order of
+    // start makes by itself (each server has its own pool and instances).
+    let off_again = start("telemetry off (again)", &args()?, &[])?;
     wait_ready(&traced.base, Duration::from_secs(300)).await?;
     wait_ready(&both.base, Duration::from_secs(300)).await?;
+    wait_ready(&off_again.base, Duration::from_secs(300)).await?;
     // Prometheus scrapes the third once a second, as it would.
     let scraper = tokio::spawn(async move {
         let http = sinew_tests::pg::Http::default();
@@ -118,7 +143,7 @@ pub async fn run(opts: &Opts) -> Result<()> {
     );
     let (rounds, length) = (opts.rounds.max(2), Duration::from_secs_f64(opts.seconds));
     let warmup = Duration::from_secs_f64(opts.warmup);
-    let servers = [&off, &traced, &both];
+    let servers = [&off, &traced, &both, &off_again];
     for clients in opts.concurrency.iter().copied().filter(|c| *c <= 16) {
         println!("-- transfer, {clients} clients, {rounds} rounds of {length:?}:");
         for s in servers {
@@ -129,32 +154,41 @@ pub async fn run(opts: &Opts) -> Result<()> {
             // Rotated, so drift on a shared machine hits each alike.
             for k in 0..servers.len() {
                 let i = (k + r) % servers.len();
+                let pid = servers[i].child.id();
+                let before = cpu_ticks(pid);
                 let (rps, p50, errors) =
                     round(&servers[i].base, "/transfer", &accounts, clients, length).await;
+                let ticks = cpu_ticks(pid) - before;
                 if errors > 0 {
                     bail!(
                         "{errors} transfers on {} were not answered 200",
                         servers[i].name
                     );
                 }
-                figures[i].push((rps, p50));
+                figures[i].push((rps, p50, ticks, rps * length.as_secs_f64()));
             }
         }
-        let mean = |v: &[(f64, f64)]| {
+        // Means over rounds; the server's CPU per request over them all
+        // (ms: ticks are 10 ms).
+        let mean = |v: &[(f64, f64, u64, f64)]| {
             let n = v.len().max(1) as f64;
+            let ticks: u64 = v.iter().map(|x| x.2).sum();
+            let requests: f64 = v.iter().map(|x| x.3).sum();
             (
                 v.iter().map(|x| x.0).sum::<f64>() / n,
                 v.iter().map(|x| x.1).sum::<f64>() / n,
+                ticks as f64 * 10.0 / requests.max(1.0),
             )
         };
         let base = mean(&figures[0]);
         for (s, f) in servers.iter().zip(&figures) {
-            let (rps, p50) = mean(f);
+            let (rps, p50, cpu) = mean(f);
             println!(
-                "   {:<24} {rps:>8.1} req/s  p50 {p50:>6.2} ms   throughput {:.3} × off, p50 {:.3} × off",
+                "   {:<24} {rps:>8.1} req/s  p50 {p50:>6.2} ms  server CPU {cpu:.3} ms/request   throughput {:.3} × off, p50 {:.3} × off, CPU {:.3} × off",
                 s.name,
                 rps / base.0,
-                p50 / base.1
+                p50 / base.1,
+                cpu / base.2
             );
         }
     }
@@ -168,7 +202,7 @@ pub async fn run(opts: &Opts) -> Result<()> {
         bail!("the collector received no export: the traces were not on");
     }
     println!("the collector received {n} OTLP exports");
-    drop((off, traced, both));
+    drop((off, traced, both, off_again));
     drop(pg);
     Ok(())
 }

@@ -30,7 +30,16 @@ fn chromium() -> Option<String> {
 }
 
 fn npm_install(dir: &std::path::Path) {
-    if dir.join("node_modules/playwright-core").exists() {
+    // Once per test binary: two tests installing at once would each see
+    // the other's half-written node_modules.
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _once = INSTALL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if dir
+        .join("node_modules/playwright-core/package.json")
+        .exists()
+    {
         return;
     }
     let npm = |args: &[&str]| {
@@ -136,4 +145,90 @@ fn the_page_exports_for_a_static_host() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read `no/such/spec.json`"));
+}
+
+/// A real browser's CORS: Chromium, on a page of another origin, calls
+/// `sinew serve` (on Postgres); its preflights are answered from the
+/// spec's `cors` without running a tool, the allowed call runs and is
+/// readable, the refused one never reaches its tool.
+#[test]
+fn a_browser_on_another_origin_gets_what_cors_allows() {
+    let Some(browser) = chromium() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "Chromium is missing (CI installs Debian's `chromium`)"
+        );
+        eprintln!("skipped: no Chromium at /usr/bin/chromium (apt-get install chromium)");
+        return;
+    };
+    let web = root().join("web");
+    npm_install(&web);
+    // The page's origin: a blank page on another loopback port.
+    let page = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let app = format!("http://{}", page.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in page.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let body = "<!doctype html><title>app</title>";
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let pg = sinew_tests::pg::Cluster::start();
+    let url = pg.url("postgres");
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("specs/examples/shop.json")).unwrap(),
+    )
+    .unwrap();
+    spec["cors"] = serde_json::json!({"origins": [app],
+                                      "tools": ["list_products", "create_product"]});
+    let path = dir.path().join("shop-cors.json");
+    std::fs::write(&path, spec.to_string()).unwrap();
+    let server = sinew_tests::process::Proc::start(
+        env!("CARGO_BIN_EXE_sinew"),
+        &path,
+        &[("DATABASE_URL", url.as_str())],
+        dir.path(),
+    );
+    let token = sinew_tests::pg::token("sam", &["staff"]);
+    let output = Command::new("node")
+        .arg(web.join("e2e/cors.mjs"))
+        .arg(&app)
+        .arg(&server.base)
+        .arg(&token)
+        .env("CHROMIUM", browser)
+        .output()
+        .expect("node runs (install Node.js)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(got["origin"], app.as_str());
+    assert_eq!(got["allowed"]["status"], 201, "{got}\n{}", server.log());
+    assert!(got["allowed"]["body"]["product"].is_string(), "{got}");
+    assert!(got["allowed"]["requestId"].is_string(), "exposed: {got}");
+    assert_eq!(got["simple"]["status"], 200, "{got}");
+    assert!(
+        got["refused"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Failed to fetch")),
+        "{got}"
+    );
+    // The server saw the browser's preflights, and never ran the refused
+    // tool.
+    let log = server.log();
+    assert!(log.contains("OPTIONS /products 204"), "{log}");
+    assert!(log.contains("OPTIONS /orders 403"), "{log}");
+    assert!(!log.contains("POST /orders"), "{log}");
+    assert!(log.contains("POST /products 201"), "{log}");
 }

@@ -243,6 +243,40 @@ CREATE TABLE IF NOT EXISTS "sinew_migrations" (
   "finished_at" timestamptz
 );
 
+-- sinew: review items, one per `escalate` policy a call raised: recorded
+-- by the sequencer in the transaction that chains the call's audit entry
+-- (`seq`), open until a caller with a role of the spec's `reviews`
+-- resolves it (`POST /reviews/{id}/resolve`, audited as a `review` entry).
+CREATE TABLE IF NOT EXISTS "sinew_reviews" (
+  "id" bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  "seq" bigint NOT NULL,
+  "policy" text NOT NULL,
+  "execution" text NOT NULL,
+  "tool" text NOT NULL,
+  "subject" text,
+  "raised_at" timestamptz NOT NULL,
+  "resolved_at" timestamptz,
+  "resolved_by" text,
+  "note" text,
+  UNIQUE ("seq", "policy")
+);
+CREATE INDEX IF NOT EXISTS "sinew_reviews_open_idx" ON "sinew_reviews" ("id")
+  WHERE "resolved_at" IS NULL;
+
+-- sinew: API keys for machine callers (`sinew keys`): the SHA-256 of the
+-- key (never the key), the roles and claims a call with it has, an
+-- optional expiry; revoked keys are kept (the audit log names their ids).
+CREATE TABLE IF NOT EXISTS "sinew_keys" (
+  "id" text PRIMARY KEY,
+  "hash" text NOT NULL UNIQUE,
+  "name" text NOT NULL,
+  "roles" text[] NOT NULL,
+  "claims" text NOT NULL DEFAULT '{}',
+  "created_at" timestamptz NOT NULL DEFAULT now(),
+  "expires_at" timestamptz,
+  "revoked_at" timestamptz
+);
+
 -- sinew: rate-limit counters, one row per scope and minute.
 CREATE TABLE IF NOT EXISTS "sinew_rate" (
   "scope" text NOT NULL,
