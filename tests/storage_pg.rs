@@ -1163,11 +1163,53 @@ fn the_sequencer_chains_every_committed_entry_once() {
             )
             .await
             .unwrap();
-        let Batch::Chained { n: 1, altered } = sequencer::batch(&admin, Wait::Yes).await.unwrap()
+        let Batch::Chained { n: 1, altered, .. } = sequencer::batch(&admin, Wait::Yes).await.unwrap()
         else {
             panic!("one entry chained");
         };
         assert_eq!(altered.len(), 1);
+        assert_eq!(sequencer::catch_up(&admin).await.unwrap(), 0);
+
+        // An escalated entry raises one review item, in the batch that
+        // chains it; a replayed one raises none.
+        let escalated = |execution: &str, outcome: &str| {
+            json!({"kind": "final", "execution": execution, "tool": "pay", "subject": "carl",
+                   "time": "2026-12-06T00:00:00Z", "outcome": outcome,
+                   "policies": [{"name": "large", "action": "escalate"},
+                                {"name": "noted", "action": "warn"}]})
+        };
+        db.append_audit(None, &escalated("big", "ok")).await.unwrap();
+        db.append_audit(None, &escalated("big-again", "replayed"))
+            .await
+            .unwrap();
+        let Batch::Chained { n: 2, unraised: None, .. } =
+            sequencer::batch(&admin, Wait::Yes).await.unwrap()
+        else {
+            panic!("two entries chained, their review recorded");
+        };
+        let items = admin
+            .query("SELECT execution, policy, subject FROM sinew_reviews", &[])
+            .await
+            .unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].get::<_, &str>(0), "big");
+        assert_eq!(items[0].get::<_, &str>(1), "large");
+        // Without the reviews table (a database sinew's tables were not
+        // migrated on), the entries are chained all the same, and told.
+        admin
+            .batch_execute("DROP TABLE sinew_reviews")
+            .await
+            .unwrap();
+        db.append_audit(None, &escalated("bigger", "ok")).await.unwrap();
+        let Batch::Chained {
+            n: 1,
+            unraised: Some(why),
+            ..
+        } = sequencer::batch(&admin, Wait::Yes).await.unwrap()
+        else {
+            panic!("chained despite the missing table");
+        };
+        assert!(why.contains("sinew_reviews"), "{why}");
         assert_eq!(sequencer::catch_up(&admin).await.unwrap(), 0);
     });
 }

@@ -104,6 +104,25 @@ pub(super) async fn round(
     (all.len() as f64 / secs, median, errors)
 }
 
+/// `n` accounts of the outbox spec, each with 1 000 000: their ids.
+pub(super) async fn seed_accounts(
+    db: &tokio_postgres::Client,
+    n: usize,
+) -> Result<Arc<Vec<String>>> {
+    db.batch_execute(&format!(
+        "INSERT INTO account (id, version, created_at, updated_at, balance) \
+         SELECT gen_random_uuid(), 1, now(), now(), 1000000 FROM generate_series(1, {n})"
+    ))
+    .await?;
+    Ok(Arc::new(
+        db.query("SELECT id::text FROM account ORDER BY id", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect(),
+    ))
+}
+
 /// Runs the comparison and prints it.
 pub async fn run(opts: &Opts) -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -125,18 +144,7 @@ pub async fn run(opts: &Opts) -> Result<()> {
     let quiet = spawn("A component, not delivering", &args(false)?)?;
     wait_ready(&quiet.base, Duration::from_secs(300)).await?;
     let db = connect(&url).await?;
-    db.batch_execute(&format!(
-        "INSERT INTO account (id, version, created_at, updated_at, balance) \
-         SELECT gen_random_uuid(), 1, now(), now(), 1000000 FROM generate_series(1, {ACCOUNTS})"
-    ))
-    .await?;
-    let accounts: Arc<Vec<String>> = Arc::new(
-        db.query("SELECT id::text FROM account ORDER BY id", &[])
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect(),
-    );
+    let accounts = seed_accounts(&db, ACCOUNTS).await?;
     let (rounds, length, clients) = (opts.rounds, Duration::from_secs_f64(opts.seconds), 8);
     let warmup = Duration::from_secs_f64(opts.warmup);
     println!(

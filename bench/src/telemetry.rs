@@ -10,11 +10,10 @@
 
 use anyhow::{Result, bail};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::outbox::{round, sink};
+use super::outbox::{round, seed_accounts, sink};
 use super::{Opts, Server, connect, free_port, serve_spec_args, wait_ready};
 use sinew_tests::pg::Cluster;
 
@@ -129,18 +128,7 @@ pub async fn run(opts: &Opts) -> Result<()> {
         }
     });
     let db = connect(&url).await?;
-    db.batch_execute(&format!(
-        "INSERT INTO account (id, version, created_at, updated_at, balance) \
-         SELECT gen_random_uuid(), 1, now(), now(), 1000000 FROM generate_series(1, {ACCOUNTS})"
-    ))
-    .await?;
-    let accounts: Arc<Vec<String>> = Arc::new(
-        db.query("SELECT id::text FROM account ORDER BY id", &[])
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect(),
-    );
+    let accounts = seed_accounts(&db, ACCOUNTS).await?;
     let (rounds, length) = (opts.rounds.max(2), Duration::from_secs_f64(opts.seconds));
     let warmup = Duration::from_secs_f64(opts.warmup);
     let servers = [&off, &traced, &both, &off_again];

@@ -29,6 +29,20 @@ fn chromium() -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Chromium, or `None` (the test is skipped, saying so) outside CI; under
+/// CI a missing Chromium fails the test.
+fn browser_or_skip() -> Option<String> {
+    let found = chromium();
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "Chromium is missing (CI installs Debian's `chromium`)"
+        );
+        eprintln!("skipped: no Chromium at /usr/bin/chromium (apt-get install chromium)");
+    }
+    found
+}
+
 fn npm_install(dir: &std::path::Path) {
     // Once per test binary: two tests installing at once would each see
     // the other's half-written node_modules.
@@ -59,12 +73,7 @@ fn npm_install(dir: &std::path::Path) {
 
 #[test]
 fn the_studio_works_in_headless_chromium() {
-    let Some(browser) = chromium() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "Chromium is missing (CI installs Debian's `chromium`)"
-        );
-        eprintln!("skipped: no Chromium at /usr/bin/chromium (apt-get install chromium)");
+    let Some(browser) = browser_or_skip() else {
         return;
     };
     let web = root().join("web");
@@ -153,12 +162,7 @@ fn the_page_exports_for_a_static_host() {
 /// readable, the refused one never reaches its tool.
 #[test]
 fn a_browser_on_another_origin_gets_what_cors_allows() {
-    let Some(browser) = chromium() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "Chromium is missing (CI installs Debian's `chromium`)"
-        );
-        eprintln!("skipped: no Chromium at /usr/bin/chromium (apt-get install chromium)");
+    let Some(browser) = browser_or_skip() else {
         return;
     };
     let web = root().join("web");

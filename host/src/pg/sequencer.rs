@@ -101,6 +101,10 @@ pub enum Batch {
         /// changed by hand before they were chained (the table refuses
         /// updates), chained as they were found.
         altered: Vec<i64>,
+        /// Why the batch's review items could not be recorded (a database
+        /// sinew's tables were not migrated on): the entries are chained
+        /// all the same.
+        unraised: Option<String>,
     },
 }
 
@@ -146,6 +150,7 @@ async fn chain_batch(client: &Client, wait: Wait) -> Result<Batch> {
         return Ok(Batch::Chained {
             n: 0,
             altered: Vec::new(),
+            unraised: None,
         });
     }
     let (mut seq, mut prev) = head(client)
@@ -188,17 +193,45 @@ async fn chain_batch(client: &Client, wait: Wait) -> Result<Batch> {
     if usize::try_from(moved).ok() != Some(n) {
         bail!("moved {moved} of {n} queued audit entries");
     }
+    // In a savepoint: review items that cannot be recorded never stop the
+    // chain (the entries, which name the escalations, are what count).
+    let mut unraised = None;
     if !raised.seq.is_empty() {
         let r = &raised;
-        client
+        client.batch_execute("SAVEPOINT sinew_raise").await?;
+        let done = client
             .execute(
                 RAISE,
                 &[&r.seq, &r.policy, &r.execution, &r.tool, &r.subject, &r.at],
             )
-            .await
-            .context("recording review items")?;
+            .await;
+        match done {
+            Ok(_) => {
+                client
+                    .batch_execute("RELEASE SAVEPOINT sinew_raise")
+                    .await?
+            }
+            Err(e) => {
+                client
+                    .batch_execute("ROLLBACK TO SAVEPOINT sinew_raise")
+                    .await?;
+                let why = e
+                    .as_db_error()
+                    .map_or_else(|| e.to_string(), |d| d.message().to_owned());
+                unraised = Some(format!(
+                    "{} review item(s) of audit entries {}..{} not recorded: {why}",
+                    r.seq.len(),
+                    r.seq.first().copied().unwrap_or_default(),
+                    r.seq.last().copied().unwrap_or_default()
+                ));
+            }
+        }
     }
-    Ok(Batch::Chained { n, altered })
+    Ok(Batch::Chained {
+        n,
+        altered,
+        unraised,
+    })
 }
 
 /// The chain's last entry: its `seq` and `hash` (none: the chain is empty).
@@ -300,7 +333,16 @@ pub async fn run<F, Fut>(
         let Some(c) = client.as_ref() else { continue };
         let wait = if stopping { Wait::Yes } else { Wait::No };
         let altered = match batch(c, wait).await {
-            Ok(Batch::Chained { n, altered }) => Ok((n, altered)),
+            Ok(Batch::Chained {
+                n,
+                altered,
+                unraised,
+            }) => {
+                if let Some(why) = unraised {
+                    report(format!("audit sequencer: {why}"));
+                }
+                Ok((n, altered))
+            }
             Ok(Batch::Busy) => Ok((0, Vec::new())),
             Err(e) => Err(e),
         };
