@@ -2062,3 +2062,77 @@ async fn cors_is_what_the_spec_declares() {
         "{errors:?}"
     );
 }
+
+/// The entries the host writes itself (a request refused before the
+/// executor ran) keep the tool's `sensitive` inputs as their hash, as the
+/// executor's own entries do: a card number never reaches the audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_requests_do_not_leak_sensitive_inputs() {
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = json!({
+        "sinew": "0.2", "name": "cards",
+        "tools": {"check_card": {
+            "description": "Says whether a card number looks valid.",
+            "trigger": {"http": {"method": "POST", "path": "/wallets/{id}/check"}},
+            "auth": {"public": true},
+            "sensitive": ["card"],
+            "input": {"type": "object", "additionalProperties": false, "required": ["id", "card"],
+                      "properties": {"id": {"type": "string", "maxLength": 40},
+                                     "card": {"type": "string", "maxLength": 19}}},
+            "output": {"type": "object", "properties": {"ok": {"type": "boolean"}}},
+            "flow": {"entry": "done", "nodes": {
+                "done": {"type": "return", "value": {"ok": "size(input.card) >= 12"}}}}}}
+    });
+    let path = dir.path().join("cards.json");
+    std::fs::write(&path, spec.to_string()).unwrap();
+    let server = Server::start(&path, &url, &Options::default()).await;
+    let http = Http::default();
+    let db = connect_url(&url).await;
+    let card = "4242424242424242";
+    // Run: the executor's entry.
+    let ok = http
+        .send(
+            "POST",
+            &format!("{}/wallets/w1/check", server.base),
+            &[("content-type", "application/json")],
+            json!({"card": card}).to_string(),
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    // Refused by the host (the path and the body disagree): its own entry.
+    let refused = http
+        .send(
+            "POST",
+            &format!("{}/wallets/w1/check", server.base),
+            &[("content-type", "application/json")],
+            json!({"id": "w2", "card": card}).to_string(),
+        )
+        .await;
+    assert_eq!(refused.status, 400, "{}", refused.text);
+    let entry = last_final_entry(&db).await;
+    assert_eq!(entry["outcome"], "rejected");
+    assert_eq!(entry["input"]["id"], "w2");
+    assert!(
+        entry["input"]["card"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:"),
+        "{entry}"
+    );
+    let all: Vec<String> = db
+        .query("SELECT entry FROM sinew_audit", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(all.len(), 2);
+    for e in &all {
+        assert!(
+            !e.contains(card),
+            "the card number is in the audit log: {e}"
+        );
+    }
+}

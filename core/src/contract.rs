@@ -500,14 +500,16 @@ fn policy_fires(
 /// executor ran (a bad token or signature, a body too large: outcome
 /// `rejected`). The entry's `time` is `started_ms` (the time [`execute`]
 /// stamped the request with, or `now_ms` if it never ran) and its duration
-/// runs to `now_ms`. The caller appends the entry.
+/// runs to `now_ms`. `sensitive` are the tool's `sensitive` input
+/// properties, recorded as their SHA-256 as the executor records them. The
+/// caller appends the entry.
 pub fn failed(
     bundle_hash: &str,
     request: &Request,
     problem: &Problem,
-    started_ms: i64,
-    now_ms: i64,
+    (started_ms, now_ms): (i64, i64),
     refused: bool,
+    sensitive: &[String],
 ) -> Response {
     struct At(i64);
     impl Clock for At {
@@ -516,6 +518,7 @@ pub fn failed(
         }
     }
     let mut audit = Audit::new(bundle_hash, request, started_ms, None);
+    audit.mask(sensitive);
     let body = problem.body(&request.id);
     let outcome = if refused { "rejected" } else { "error" };
     let entry = audit.seal(
@@ -710,14 +713,19 @@ impl<'t> Audit<'t> {
     }
 
     fn tool(&mut self, tool: &crate::model::Tool, compiled: &crate::bundle::Compiled) {
+        self.mask(&tool.sensitive);
+        self.entry.insert("risk".into(), compiled.risk.clone());
+    }
+
+    /// Replaces the input's `sensitive` properties by their SHA-256.
+    fn mask(&mut self, sensitive: &[String]) {
         if let Some(serde_json::Value::Object(m)) = self.entry.get_mut("input") {
-            for key in &tool.sensitive {
+            for key in sensitive {
                 if let Some(v) = m.get_mut(key) {
                     *v = json!(format!("sha256:{}", sha256_hex(canonical(v).as_bytes())));
                 }
             }
         }
-        self.entry.insert("risk".into(), compiled.risk.clone());
     }
 
     fn seal(
@@ -900,5 +908,41 @@ impl<'t> Audit<'t> {
             body,
             audit: entry,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The entry a host writes itself (a refusal, a trap) keeps the tool's
+    /// `sensitive` inputs as their hash, as the executor's own entries do.
+    #[test]
+    fn entries_the_host_writes_mask_sensitive_inputs() {
+        let request = Request {
+            tool: "pay".into(),
+            id: "req-1".into(),
+            input: json!({"card": "4242424242424242", "amount": 5}),
+            ..Request::default()
+        };
+        let problem = Problem::new(Code::Unauthenticated, "a bad token");
+        for refused in [true, false] {
+            let r = failed(
+                "sha256:b",
+                &request,
+                &problem,
+                (1000, 1005),
+                refused,
+                &["card".into()],
+            );
+            let input = &r.audit["input"];
+            assert_eq!(input["amount"], 5);
+            let card = input["card"].as_str().unwrap();
+            assert!(card.starts_with("sha256:"), "{card}");
+            assert!(!r.audit.to_string().contains("4242424242424242"));
+            assert_eq!(r.audit["inputHash"].as_str().map(str::len), Some(64 + 7));
+        }
+        let plain = failed("sha256:b", &request, &problem, (1000, 1005), true, &[]);
+        assert_eq!(plain.audit["input"]["card"], "4242424242424242");
     }
 }

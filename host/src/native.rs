@@ -254,14 +254,25 @@ impl Native {
     /// Turns a request away before it runs (see `Executor::reject`).
     pub async fn reject(&self, request: &Request, code: Code, detail: &str) -> Response {
         let problem = Problem::new(code, detail);
+        let sensitive = self.sensitive(&request.tool);
         self.backends
-            .refuse(&self.bundle.hash, request, &problem)
+            .refuse((&self.bundle.hash, sensitive), request, &problem)
             .await
     }
 
     async fn reject_with(&self, request: &Request, problem: Problem) -> Response {
+        let sensitive = self.sensitive(&request.tool);
         self.backends
-            .turn_away(&self.bundle.hash, request, &problem, None)
+            .turn_away((&self.bundle.hash, sensitive), request, &problem, None)
             .await
+    }
+
+    /// Tool `tool`'s `sensitive` input properties.
+    fn sensitive(&self, tool: &str) -> &[String] {
+        self.bundle
+            .spec
+            .tools
+            .get(tool)
+            .map_or(&[], |t| t.sensitive.as_slice())
     }
 }

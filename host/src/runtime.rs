@@ -187,12 +187,12 @@ impl Backends {
     /// window); otherwise now.
     pub async fn turn_away(
         &self,
-        bundle_hash: &str,
+        (bundle_hash, sensitive): (&str, &[String]),
         request: &Request,
         problem: &sinew_core::problem::Problem,
         started: Option<i64>,
     ) -> Response {
-        self.answer_unrun(bundle_hash, request, problem, started, false)
+        self.answer_unrun((bundle_hash, sensitive), request, problem, started, false)
             .await
     }
 
@@ -200,17 +200,19 @@ impl Backends {
     /// `rejected`).
     pub async fn refuse(
         &self,
-        bundle_hash: &str,
+        (bundle_hash, sensitive): (&str, &[String]),
         request: &Request,
         problem: &sinew_core::problem::Problem,
     ) -> Response {
-        self.answer_unrun(bundle_hash, request, problem, None, true)
+        self.answer_unrun((bundle_hash, sensitive), request, problem, None, true)
             .await
     }
 
+    /// `bundle` is the spec's hash and the tool's `sensitive` properties
+    /// (masked in the entry as the executor masks them).
     async fn answer_unrun(
         &self,
-        bundle_hash: &str,
+        (bundle_hash, sensitive): (&str, &[String]),
         request: &Request,
         problem: &sinew_core::problem::Problem,
         started: Option<i64>,
@@ -218,8 +220,14 @@ impl Backends {
     ) -> Response {
         let now = self.clock.now_ms();
         let started = started.unwrap_or(now);
-        let response =
-            sinew_core::contract::failed(bundle_hash, request, problem, started, now, refused);
+        let response = sinew_core::contract::failed(
+            bundle_hash,
+            request,
+            problem,
+            (started, now),
+            refused,
+            sensitive,
+        );
         if let Err(e) = self.storage.append_audit(None, &response.audit).await {
             audit_lost(request, &e);
         }
@@ -599,6 +607,9 @@ pub struct Executor {
     timeouts: std::collections::HashMap<String, Duration>,
     /// The bundle's hash, for audit entries the host writes itself.
     pub bundle_hash: String,
+    /// Each tool's `sensitive` input properties (only tools that have
+    /// some), read from the spec when first needed.
+    sensitive: OnceLock<std::collections::HashMap<String, Vec<String>>>,
 }
 
 impl Executor {
@@ -643,6 +654,7 @@ impl Executor {
             permits: tokio::sync::Semaphore::new(MAX_INSTANCES as usize / 2),
             timeouts: Default::default(),
             bundle_hash: String::new(),
+            sensitive: OnceLock::new(),
         }
     }
 
@@ -930,8 +942,9 @@ impl Executor {
             _ => internal,
         };
         let problem = Problem::new(code, detail).internal(internal);
+        let sensitive = self.sensitive(&request.tool);
         self.backends
-            .turn_away(&self.bundle_hash, request, &problem, started)
+            .turn_away((&self.bundle_hash, &sensitive), request, &problem, started)
             .await
     }
 
@@ -940,9 +953,30 @@ impl Executor {
     /// entry written in a transaction of its own.
     pub async fn reject(&self, request: &Request, code: Code, detail: &str) -> Response {
         let problem = Problem::new(code, detail);
+        let sensitive = self.sensitive(&request.tool);
         self.backends
-            .refuse(&self.bundle_hash, request, &problem)
+            .refuse((&self.bundle_hash, &sensitive), request, &problem)
             .await
+    }
+
+    /// Tool `tool`'s `sensitive` input properties, for the entries the
+    /// host writes itself. The spec is parsed for that the first time one
+    /// is needed (a refusal, a trap), never on the way of a request that
+    /// runs.
+    fn sensitive(&self, tool: &str) -> Vec<String> {
+        self.sensitive
+            .get_or_init(|| {
+                sinew_core::spec::load(&self.spec)
+                    .spec
+                    .tools
+                    .iter()
+                    .filter(|(_, t)| !t.sensitive.is_empty())
+                    .map(|(n, t)| (n.clone(), t.sensitive.clone()))
+                    .collect()
+            })
+            .get(tool)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Risk report through the component (same engine as `execute`).
