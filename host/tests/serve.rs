@@ -1595,8 +1595,20 @@ async fn traces_and_metrics_reach_their_receivers() {
         charge.headers["traceparent"],
         format!("00-{trace_id}-{}-01", hex(&attempt.span_id))
     );
-    // The log line links to the trace.
-    let line: Value = serde_json::from_str(&server.line(&execution).unwrap()).unwrap();
+    // The log line links to the trace (written as the answer goes out:
+    // read once it is there).
+    let started = Instant::now();
+    let line = loop {
+        if let Some(l) = server.line(&format!("\"execution\":\"{execution}\"")) {
+            break l;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no log line for {execution}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let line: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(
         line["logging.googleapis.com/trace"],
         format!("projects/demo/traces/{trace_id}")

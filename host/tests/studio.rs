@@ -230,6 +230,13 @@ fn a_browser_on_another_origin_gets_what_cors_allows() {
     );
     // The server saw the browser's preflights, and never ran the refused
     // tool.
+    // (A line is written as its answer goes out: wait for the last.)
+    let started = std::time::Instant::now();
+    while !server.log().contains("OPTIONS /orders 403")
+        && started.elapsed() < std::time::Duration::from_secs(10)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let log = server.log();
     assert!(log.contains("OPTIONS /products 204"), "{log}");
     assert!(log.contains("OPTIONS /orders 403"), "{log}");
