@@ -5,6 +5,7 @@
 //! HTTP client that sends an `Idempotency-Key` on writes, test tokens, the
 //! repository's paths and golden files.
 
+pub mod conformance;
 pub mod evolve;
 pub mod generate;
 pub mod http_target;

@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Conformance of sinew's composed WebAssembly component under Python.
+
+    python tests/python/conformance.py DIR
+
+DIR is what `cargo test -p sinew-tests --test python` (tests/python.rs)
+writes, the same as for Node (tests/node/conformance.mjs): the composed
+component (the core on the in-memory world; it imports only the clock),
+traces/*.json (scenarios as the native engine ran them) and risk/*.json
+(specs with the native risk report). With wasmtime-py's
+`wasmtime.component` API (PyPI `wasmtime`), every trace runs on a fresh
+instance and every response (status, body, audit entry) and the final
+state are compared with the native ones byte for byte, then every risk
+report. It parses none of the component's JSON.
+
+Output: `ok <name>` / `FAIL <name>: ...` per scenario, `N scenarios passed`,
+`M risk reports identical`, `X passed, Y failed`; exit 1 on a failure.
+"""
+
+import json
+import os
+import sys
+
+from wasmtime import Engine, Store
+from wasmtime.component import Component, Linker, Record, Variant
+
+PACKAGE = "sinew:executor"
+VERSION = "0.4.0"
+
+
+def difference(what, expected, actual):
+    """Where two texts first differ, with some context, or None."""
+    if expected == actual:
+        return None
+    if not isinstance(actual, str):
+        return f"{what}: expected text, got {actual!r}"
+    at = 0
+    while at < len(expected) and at < len(actual) and expected[at] == actual[at]:
+        at += 1
+    lo = max(0, at - 60)
+    return (f"{what} differs at character {at}: expected ...{expected[lo:at + 60]!r}..., "
+            f"got ...{actual[lo:at + 60]!r}...")
+
+
+class Core:
+    """The composed component, compiled once; `instance()` makes a fresh one."""
+
+    def __init__(self, path):
+        self.engine = Engine()
+        self.component = Component.from_file(self.engine, path)
+        self.clock_ms = 0
+        self.linker = Linker(self.engine)
+        with self.linker.root() as root:
+            with root.add_instance(f"{PACKAGE}/clock@{VERSION}") as clock:
+                clock.add_func("now-ms", lambda store: self.clock_ms)
+
+    def instance(self):
+        store = Store(self.engine)
+        inst = self.linker.instantiate(store, self.component)
+        return Instance(store, inst)
+
+
+class Instance:
+    """The exports of one instance, as Python callables."""
+
+    def __init__(self, store, inst):
+        self.store = store
+        self.inst = inst
+
+    def func(self, interface, name):
+        parent = self.inst.get_export_index(self.store, f"{PACKAGE}/{interface}@{VERSION}")
+        f = self.inst.get_func(self.store, self.inst.get_export_index(self.store, name, parent))
+
+        def call(*args):
+            out = f(self.store, *args)
+            f.post_return(self.store)
+            return out
+        return call
+
+
+def ok(value, what):
+    """The `ok` value of a `result`, raising on `err`."""
+    if isinstance(value, Variant):
+        if value.tag == "err":
+            raise RuntimeError(f"{what}: {describe(value.payload)}")
+        return value.payload
+    return value
+
+
+def describe(err):
+    if isinstance(err, Record):
+        return ", ".join(f"{k}={getattr(err, k)!r}" for k in vars(err))
+    if isinstance(err, Variant):
+        return f"{err.tag}: {err.payload!r}"
+    return repr(err)
+
+
+def wit_request(r):
+    req = Record()
+    req.tool = r["tool"]
+    req.input = r["input"]
+    auth = r.get("auth")
+    if auth is None:
+        req.auth = None
+    else:
+        a = Record()
+        a.sub = auth["sub"]
+        a.roles = auth["roles"]
+        a.claims = auth["claims"]
+        req.auth = a
+    req.id = r["id"]
+    setattr(req, "idempotency-key", r.get("idempotencyKey"))
+    req.scheduled = r.get("scheduled")
+    return req
+
+
+def run_trace(core, trace):
+    core.clock_ms = trace["clock"]
+    i = core.instance()
+    load = i.func("executor", "load")
+    execute = i.func("executor", "execute")
+    reset, declare, seed = (i.func("memory", n) for n in ("reset", "declare", "seed"))
+    state, open_txs = i.func("memory", "state"), i.func("memory", "open-transactions")
+    try:
+        ok(load(trace["spec"]), "load")
+        ok(reset(trace["state"]), "reset")
+        ok(declare(trace["spec"]), "declare")
+        for s in trace["seed"]:
+            ok(seed(s["entity"], s["row"]), f"seed `{s['entity']}`")
+    except RuntimeError as e:
+        return str(e)
+    expected = trace["expected"]["responses"]
+    if len(expected) != len(trace["requests"]):
+        return "the trace's requests and responses differ in number"
+    for n, (request, want) in enumerate(zip(trace["requests"], expected), 1):
+        here = f"request {n} ({request['tool']})"
+        core.clock_ms = request["at"]
+        try:
+            r = ok(execute(wit_request(request)), here)
+        except RuntimeError as e:
+            return str(e)
+        if r.status != want["status"]:
+            return f"{here}: status {r.status} instead of {want['status']}: {r.body}"
+        d = (difference(f"{here}: the body", want["body"], r.body)
+             or difference(f"{here}: the audit entry", want["audit"], r.audit))
+        if d:
+            return d
+        left = open_txs()
+        if left != 0:
+            return f"{here} left {left} transactions open"
+    return difference("the final state", trace["expected"]["state"], state())
+
+
+def main():
+    if len(sys.argv) != 2:
+        print("usage: conformance.py DIR", file=sys.stderr)
+        return 2
+    d = sys.argv[1]
+    core = Core(os.path.join(d, "sinew.composed.wasm"))
+    passed = failed = 0
+    traces = sorted(f for f in os.listdir(os.path.join(d, "traces")) if f.endswith(".json"))
+    if not traces:
+        print("no traces", file=sys.stderr)
+        return 2
+    bad = 0
+    for f in traces:
+        with open(os.path.join(d, "traces", f), encoding="utf-8") as fh:
+            trace = json.load(fh)
+        name = trace.get("name", f[:-5])
+        try:
+            problem = run_trace(core, trace)
+        except Exception as e:  # a trap, a conversion error: report, go on
+            problem = f"crashed: {e!r}"
+        if problem is None:
+            print(f"ok {name}")
+            passed += 1
+        else:
+            print(f"FAIL {name}: {problem}")
+            failed += 1
+            bad += 1
+    print(f"{len(traces)} scenarios passed" if bad == 0 else f"{bad} of {len(traces)} scenarios failed")
+    risks = sorted(f for f in os.listdir(os.path.join(d, "risk")) if f.endswith(".json"))
+    analyze = core.instance().func("risk", "analyze")
+    same = 0
+    for f in risks:
+        with open(os.path.join(d, "risk", f), encoding="utf-8") as fh:
+            doc = json.load(fh)
+        dif = difference("the report", doc["report"], analyze(doc["spec"]))
+        if dif is None:
+            same += 1
+            passed += 1
+        else:
+            print(f"FAIL risk {f[:-5]}: {dif}")
+            failed += 1
+    print(f"{same} risk reports identical" if same == len(risks) else f"{same} of {len(risks)} risk reports identical")
+    print(f"{passed} passed, {failed} failed")
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
