@@ -13,7 +13,7 @@ use std::path::Path;
 /// `out/risk/*.json` (the directory emptied first); returns how many
 /// scenarios it wrote.
 pub fn write(out: &Path) -> usize {
-    let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_dir_all(out);
     std::fs::create_dir_all(out.join("traces")).unwrap();
     std::fs::create_dir_all(out.join("risk")).unwrap();
     std::fs::write(out.join("sinew.composed.wasm"), sinew_host::COMPOSED).unwrap();
