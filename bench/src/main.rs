@@ -394,20 +394,30 @@ fn baseline_args(spec: &str, port: u16, url: &str, audit: baseline::Audit) -> Ve
 }
 
 fn spawn(name: &'static str, args: &[String]) -> Result<Server> {
+    spawn_with(name, args, |_| {})
+}
+
+/// [`spawn`], with its command changed by `env` first (variables set or
+/// removed).
+fn spawn_with(
+    name: &'static str,
+    args: &[String],
+    env: impl FnOnce(&mut Command),
+) -> Result<Server> {
     let port: u16 = args
         .iter()
         .position(|a| a == "--port")
         .and_then(|i| args.get(i + 1))
         .and_then(|p| p.parse().ok())
         .context("a port")?;
-    let child = Command::new(std::env::current_exe()?)
-        .args(args)
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(args)
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
+        .stderr(Stdio::inherit());
+    env(&mut cmd);
     Ok(Server {
         name,
-        child,
+        child: cmd.spawn()?,
         base: format!("http://127.0.0.1:{port}"),
     })
 }

@@ -9,12 +9,11 @@
 //! each, and the ratios to the first "off".
 
 use anyhow::{Result, bail};
-use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::outbox::{round, seed_accounts, sink};
-use super::{Opts, Server, connect, free_port, serve_spec_args, wait_ready};
+use super::{Opts, Server, connect, free_port, serve_spec_args, spawn_with, wait_ready};
 use sinew_tests::pg::Cluster;
 
 const ACCOUNTS: usize = 200;
@@ -28,27 +27,14 @@ const OTEL_VARS: [&str; 4] = [
     "SINEW_METRICS_LISTEN",
 ];
 
+/// A server of this binary with `env` set and no other telemetry
+/// variable of this process.
 fn start(name: &'static str, args: &[String], env: &[(&str, String)]) -> Result<Server> {
-    let port: u16 = args
-        .iter()
-        .position(|a| a == "--port")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("a port"))?;
-    let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    for v in OTEL_VARS {
-        cmd.env_remove(v);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Ok(Server {
-        name,
-        child: cmd.spawn()?,
-        base: format!("http://127.0.0.1:{port}"),
+    spawn_with(name, args, |cmd| {
+        for v in OTEL_VARS {
+            cmd.env_remove(v);
+        }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
     })
 }
 

@@ -335,6 +335,19 @@ impl DatabaseArgs {
     fn open(&self) -> Result<Database> {
         Database::open(self.database_url.as_deref(), &self.data_dir)
     }
+
+    /// Runs `f` on a connection to that database, on a runtime of its own
+    /// (the embedded database, if started, stays up until `f` ends).
+    fn run<T>(&self, f: impl AsyncFnOnce(&tokio_postgres::Client) -> Result<T>) -> Result<T> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let database = self.open()?;
+            let client = database.connect().await?;
+            f(&client).await
+        })
+    }
 }
 
 /// Runs an audit command; returns the exit code.
@@ -343,12 +356,7 @@ pub fn audit(args: &AuditArgs) -> Result<u8> {
     | AuditCommand::Sequence { db }
     | AuditCommand::Replay { db, .. }
     | AuditCommand::Checkpoint { db }) = &args.command;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let database = db.open()?;
-        let client = database.connect().await?;
+    db.run(async |client| {
         use crate::pg::{checkpoint, sequencer};
         match &args.command {
             AuditCommand::Replay {
@@ -376,10 +384,10 @@ pub fn audit(args: &AuditArgs) -> Result<u8> {
                     None => None,
                 };
                 let cache = cache_dir.clone().unwrap_or_else(|| db.data_dir.join("cache"));
-                replay(&client, &cache, &selection, spec.as_deref(), *show, *json).await
+                replay(client, &cache, &selection, spec.as_deref(), *show, *json).await
             }
             AuditCommand::Sequence { .. } => {
-                let n = sequencer::catch_up(&client).await?;
+                let n = sequencer::catch_up(client).await?;
                 crate::write_stdout(&format!("chained {n} queued entries\n"))?;
                 Ok(0)
             }
@@ -393,8 +401,8 @@ pub fn audit(args: &AuditArgs) -> Result<u8> {
                 };
                 let signer = checkpoint::Signer::from_secret(&key)?;
                 // The head is signed as it stands: chain what is queued first.
-                sequencer::catch_up(&client).await?;
-                let latest = match checkpoint::write(&client, &signer).await? {
+                sequencer::catch_up(client).await?;
+                let latest = match checkpoint::write(client, &signer).await? {
                     Some(v) => v,
                     None => {
                         let row = client
@@ -440,11 +448,11 @@ pub fn audit(args: &AuditArgs) -> Result<u8> {
                     };
                     checked.push((
                         file.display().to_string(),
-                        checkpoint::holds(&client, &v, trusted.as_deref()).await?,
+                        checkpoint::holds(client, &v, trusted.as_deref()).await?,
                     ));
                 }
-                let verified = crate::pg::verify_audit(&client).await?;
-                let (queued, oldest) = sequencer::queued(&client).await?;
+                let verified = crate::pg::verify_audit(client).await?;
+                let (queued, oldest) = sequencer::queued(client).await?;
                 let late = oldest.is_some_and(|age| age > sequencer::LATE);
                 let mut out = match &verified {
                     Ok(n) => format!("audit chain intact: {n} entries\n"),
@@ -561,13 +569,8 @@ pub struct OutboxArgs {
 
 /// Lists the outbox; returns the exit code (0).
 pub fn outbox(args: &OutboxArgs) -> Result<u8> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let db = args.db.open()?;
-        let client = db.connect().await?;
-        let listed = crate::outbox::list(&client).await?;
+    args.db.run(async |client| {
+        let listed = crate::outbox::list(client).await?;
         let mut out = String::new();
         for m in &listed {
             if args.json {
@@ -734,93 +737,86 @@ pub fn keys(args: &KeysArgs) -> Result<u8> {
     let (KeysCommand::Create { db, .. }
     | KeysCommand::List { db, .. }
     | KeysCommand::Revoke { db, .. }) = &args.command;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let database = db.open()?;
-        let client = database.connect().await?;
-        match &args.command {
-            KeysCommand::Create {
-                name,
-                roles,
-                claims,
-                expires,
-                json,
-                ..
-            } => {
-                let mut map = serde_json::Map::new();
-                for c in claims {
-                    let Some((k, v)) = c.split_once('=').filter(|(k, _)| !k.is_empty()) else {
-                        anyhow::bail!("--claim `{c}`: write NAME=VALUE");
-                    };
-                    map.insert(k.to_owned(), serde_json::Value::from(v));
-                }
-                let expires = expires
-                    .as_deref()
-                    .map(|e| expiry(e, jiff::Timestamp::now()))
-                    .transpose()?;
-                let key = crate::keys::create(&client, name, roles, &map, expires).await?;
-                if *json {
-                    let line = serde_json::json!({"id": key.id, "key": key.key});
-                    crate::write_stdout(&format!("{line}\n"))?;
-                } else {
-                    crate::write_stdout(&format!("{}\n", key.key))?;
-                    eprintln!(
-                        "key {} ({name}): roles {}{}; shown once, keep it secret \
+    db.run(async |client| match &args.command {
+        KeysCommand::Create {
+            name,
+            roles,
+            claims,
+            expires,
+            json,
+            ..
+        } => {
+            let mut map = serde_json::Map::new();
+            for c in claims {
+                let Some((k, v)) = c.split_once('=').filter(|(k, _)| !k.is_empty()) else {
+                    anyhow::bail!("--claim `{c}`: write NAME=VALUE");
+                };
+                map.insert(k.to_owned(), serde_json::Value::from(v));
+            }
+            let expires = expires
+                .as_deref()
+                .map(|e| expiry(e, jiff::Timestamp::now()))
+                .transpose()?;
+            let key = crate::keys::create(client, name, roles, &map, expires).await?;
+            if *json {
+                let line = serde_json::json!({"id": key.id, "key": key.key});
+                crate::write_stdout(&format!("{line}\n"))?;
+            } else {
+                crate::write_stdout(&format!("{}\n", key.key))?;
+                eprintln!(
+                    "key {} ({name}): roles {}{}; shown once, keep it secret \
                          (callers send `Authorization: Bearer <key>`)",
-                        key.id,
-                        roles.join(", "),
-                        expires
-                            .map(|e| format!(", expires {e}"))
-                            .unwrap_or_default()
-                    );
-                }
-                Ok(0)
+                    key.id,
+                    roles.join(", "),
+                    expires
+                        .map(|e| format!(", expires {e}"))
+                        .unwrap_or_default()
+                );
             }
-            KeysCommand::List { json, .. } => {
-                let listed = crate::keys::list(&client).await?;
-                let mut out = String::new();
-                for k in &listed {
-                    if *json {
-                        let line = serde_json::json!({
-                            "id": k.id, "name": k.name, "roles": k.roles, "claims": k.claims,
-                            "created": k.created, "expires": k.expires, "revoked": k.revoked,
-                        });
-                        out.push_str(&format!("{line}\n"));
-                    } else {
-                        let state = match (&k.revoked, &k.expires) {
-                            (Some(r), _) => format!("revoked {r}"),
-                            (None, Some(e)) => format!("expires {e}"),
-                            (None, None) => "no expiry".to_owned(),
-                        };
-                        out.push_str(&format!(
-                            "{}  {}  roles {}  claims {}  created {}  {state}\n",
-                            k.id,
-                            k.name,
-                            k.roles.join(","),
-                            k.claims,
-                            k.created
-                        ));
-                    }
-                }
-                if !*json {
-                    out.push_str(&format!("keys: {}\n", listed.len()));
-                }
-                crate::write_stdout(&out)?;
-                Ok(0)
-            }
-            KeysCommand::Revoke { id, .. } => {
-                if crate::keys::revoke(&client, id).await? {
-                    crate::write_stdout(&format!(
-                        "key {id} revoked: servers refuse it within {} s\n",
-                        crate::keys::CACHE_TTL.as_secs()
-                    ))?;
-                    Ok(0)
+            Ok(0)
+        }
+        KeysCommand::List { json, .. } => {
+            let listed = crate::keys::list(client).await?;
+            let mut out = String::new();
+            for k in &listed {
+                if *json {
+                    let line = serde_json::json!({
+                        "id": k.id, "name": k.name, "roles": k.roles, "claims": k.claims,
+                        "created": k.created, "expires": k.expires, "revoked": k.revoked,
+                    });
+                    out.push_str(&format!("{line}\n"));
                 } else {
-                    eprintln!("no key {id} to revoke (unknown, or revoked already)");
-                    Ok(1)
+                    let state = match (&k.revoked, &k.expires) {
+                        (Some(r), _) => format!("revoked {r}"),
+                        (None, Some(e)) => format!("expires {e}"),
+                        (None, None) => "no expiry".to_owned(),
+                    };
+                    out.push_str(&format!(
+                        "{}  {}  roles {}  claims {}  created {}  {state}\n",
+                        k.id,
+                        k.name,
+                        k.roles.join(","),
+                        k.claims,
+                        k.created
+                    ));
                 }
+            }
+            if !*json {
+                out.push_str(&format!("keys: {}\n", listed.len()));
+            }
+            crate::write_stdout(&out)?;
+            Ok(0)
+        }
+        KeysCommand::Revoke { id, .. } => {
+            if crate::keys::revoke(client, id).await? {
+                crate::write_stdout(&format!(
+                    "key {id} revoked: servers refuse it within {} s\n",
+                    crate::keys::CACHE_TTL.as_secs()
+                ))?;
+                Ok(0)
+            } else {
+                eprintln!("no key {id} to revoke (unknown, or revoked already)");
+                Ok(1)
             }
         }
     })

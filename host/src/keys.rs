@@ -170,10 +170,6 @@ pub struct Listed {
     pub revoked: Option<String>,
 }
 
-fn rfc3339(col: &str) -> String {
-    format!("to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')")
-}
-
 /// Records a new key (the table is created if no migration has yet).
 pub async fn create(
     client: &tokio_postgres::Client,
@@ -216,6 +212,7 @@ pub async fn create(
 
 /// Every key, newest first.
 pub async fn list(client: &tokio_postgres::Client) -> Result<Vec<Listed>> {
+    use crate::pg::rfc3339_sql;
     client
         .batch_execute(sinew_core::migrate::KEYS_TABLE)
         .await
@@ -225,9 +222,9 @@ pub async fn list(client: &tokio_postgres::Client) -> Result<Vec<Listed>> {
             &format!(
                 "SELECT id, name, roles, claims, {}, {}, {} FROM sinew_keys \
                  ORDER BY created_at DESC, id",
-                rfc3339("created_at"),
-                rfc3339("expires_at"),
-                rfc3339("revoked_at")
+                rfc3339_sql("created_at", false),
+                rfc3339_sql("expires_at", false),
+                rfc3339_sql("revoked_at", false)
             ),
             &[],
         )

@@ -284,14 +284,17 @@ pub struct Listed {
 
 /// The messages not delivered: pending (oldest first), then failed.
 pub async fn list(client: &tokio_postgres::Client) -> anyhow::Result<Vec<Listed>> {
+    use crate::pg::rfc3339_sql;
     let rows = client
         .query(
-            "SELECT id::text, failed_at IS NOT NULL, service || '.' || operation, execution, attempts, \
-               to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
-               to_char(coalesce(failed_at, next_attempt_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
-               last_error \
-             FROM sinew_outbox WHERE delivered_at IS NULL \
-             ORDER BY failed_at IS NOT NULL, seq",
+            &format!(
+                "SELECT id::text, failed_at IS NOT NULL, service || '.' || operation, execution, attempts, \
+                   {}, {}, last_error \
+                 FROM sinew_outbox WHERE delivered_at IS NULL \
+                 ORDER BY failed_at IS NOT NULL, seq",
+                rfc3339_sql("created_at", false),
+                rfc3339_sql("coalesce(failed_at, next_attempt_at)", false)
+            ),
             &[],
         )
         .await?;

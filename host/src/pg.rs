@@ -33,6 +33,14 @@ use crate::runtime::storage::StorageBackend;
 use pool::{Conn, Pool, unavailable};
 use schema::{Schema, Table, Ty};
 
+/// SQL giving timestamp `expr` as RFC 3339 text in UTC
+/// (`2026-12-06T05:35:06Z`, or with `.MS` milliseconds when `millis`), for
+/// listings that print times as the rest of sinew does.
+pub fn rfc3339_sql(expr: &str, millis: bool) -> String {
+    let fraction = if millis { ".MS" } else { "" };
+    format!("to_char({expr} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS{fraction}\"Z\"')")
+}
+
 /// The outbox's and the audit queue's backlog.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Backlog {

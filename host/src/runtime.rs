@@ -105,11 +105,7 @@ impl Call {
     ) -> Result<(), StorageError> {
         let ending = self.ending.insert(Ending {
             what,
-            // In the request's trace context (a task does not inherit it).
-            task: tokio::spawn(opentelemetry::context::FutureExt::with_context(
-                step,
-                opentelemetry::Context::current(),
-            )),
+            task: crate::telemetry::spawn_in_context(step),
         });
         // Cancel-safe: dropped here, the task goes on and `ending` stays.
         let r = joined((&mut ending.task).await);

@@ -1946,41 +1946,52 @@ fn metrics_response(method: &Method, path: &str, at: &str) -> hyper::Response<Bo
     }
 }
 
-/// Keeps the gauges current: the pool and the instances are read when the
-/// metrics are, the outbox's and the audit queue's backlog every 5 s
-/// (one query each).
+/// Points the gauges at the server: the pool and the instances are read
+/// when the metrics are, the outbox's and the audit queue's backlog every
+/// 5 s (one query; the task returned).
 fn watch_gauges(
     metrics: &'static crate::telemetry::Metrics,
     app: &Arc<App>,
     storage: &Arc<PgBackend>,
 ) -> tokio::task::JoinHandle<()> {
-    use std::sync::atomic::Ordering::Relaxed;
-    let (weak_app, weak_db) = (Arc::downgrade(app), Arc::downgrade(storage));
-    metrics.gauges.on_refresh(move |g| {
-        if let Some(db) = weak_db.upgrade() {
-            let p = db.pool_stats();
-            g.pool_in_use.store(p.in_use as i64, Relaxed);
-            g.pool_idle.store(p.idle as i64, Relaxed);
-            g.pool_waiting.store(p.waiting as i64, Relaxed);
-            g.pool_max.store(p.max as i64, Relaxed);
-        }
-        if let Some(app) = weak_app.upgrade()
-            && let Core::Component(e) = &app.core
-        {
-            let (in_use, idle) = e.instance_stats();
-            g.instances_in_use.store(in_use as i64, Relaxed);
-            g.instances_idle.store(idle as i64, Relaxed);
+    let backlog = Arc::new(std::sync::Mutex::new(crate::pg::Backlog::default()));
+    let (weak_app, weak_db, last) = (
+        Arc::downgrade(app),
+        Arc::downgrade(storage),
+        backlog.clone(),
+    );
+    metrics.gauges.read_from(move || {
+        let p = weak_db
+            .upgrade()
+            .map(|db| db.pool_stats())
+            .unwrap_or_default();
+        let (instances_in_use, instances_idle) = match weak_app.upgrade().as_deref() {
+            Some(App {
+                core: Core::Component(e),
+                ..
+            }) => e.instance_stats(),
+            _ => (0, 0),
+        };
+        let b = last.lock().map(|b| *b).unwrap_or_default();
+        let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        crate::telemetry::Readings {
+            pool_in_use: n(p.in_use),
+            pool_idle: n(p.idle),
+            pool_waiting: n(p.waiting),
+            pool_max: n(p.max),
+            instances_in_use: n(instances_in_use),
+            instances_idle: n(instances_idle),
+            outbox_pending: b.outbox_pending,
+            outbox_lag_ms: b.outbox_lag_ms,
+            audit_queued: b.audit_queued,
+            audit_lag_ms: b.audit_lag_ms,
         }
     });
     let db = storage.clone();
     tokio::spawn(async move {
         loop {
-            if let Ok(b) = db.backlog().await {
-                let g = &metrics.gauges;
-                g.outbox_pending.store(b.outbox_pending, Relaxed);
-                g.outbox_lag_ms.store(b.outbox_lag_ms, Relaxed);
-                g.audit_queued.store(b.audit_queued, Relaxed);
-                g.audit_lag_ms.store(b.audit_lag_ms, Relaxed);
+            if let (Ok(b), Ok(mut last)) = (db.backlog().await, backlog.lock()) {
+                *last = b;
             }
             tokio::time::sleep(Duration::from_secs(5)).await;
         }

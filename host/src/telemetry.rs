@@ -24,8 +24,7 @@
 
 use std::borrow::Cow;
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -67,50 +66,116 @@ pub struct Metrics {
     pub gauges: Arc<Gauges>,
 }
 
-/// The values the gauges report, kept up to date by the server.
-#[derive(Default)]
-pub struct Gauges {
+/// What the gauges report, read at each collection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Readings {
     /// Database connections in use.
-    pub pool_in_use: AtomicI64,
+    pub pool_in_use: i64,
     /// Idle database connections.
-    pub pool_idle: AtomicI64,
+    pub pool_idle: i64,
     /// Requests waiting for a connection.
-    pub pool_waiting: AtomicI64,
+    pub pool_waiting: i64,
     /// The pool's size.
-    pub pool_max: AtomicI64,
+    pub pool_max: i64,
     /// Component instances running a request.
-    pub instances_in_use: AtomicI64,
+    pub instances_in_use: i64,
     /// Component instances ready in the pool.
-    pub instances_idle: AtomicI64,
+    pub instances_idle: i64,
     /// Outbox messages not delivered yet (not failed for good).
-    pub outbox_pending: AtomicI64,
-    /// How long the oldest of them has been due, in milliseconds.
-    pub outbox_lag_ms: AtomicI64,
+    pub outbox_pending: i64,
+    /// How long the oldest due one has waited, in milliseconds.
+    pub outbox_lag_ms: i64,
     /// Audit entries queued for their place in the chain.
-    pub audit_queued: AtomicI64,
-    /// How long the oldest of them has waited, in milliseconds.
-    pub audit_lag_ms: AtomicI64,
-    /// Reads the live values (pool, instances) just before an export.
-    #[allow(clippy::type_complexity)]
-    refresh: Mutex<Option<Box<dyn Fn(&Gauges) + Send + Sync>>>,
+    pub audit_queued: i64,
+    /// How long the oldest has waited, in milliseconds.
+    pub audit_lag_ms: i64,
 }
+
+/// Where the gauges read: set by the server once it runs (until then,
+/// zeros).
+#[derive(Default)]
+pub struct Gauges(RwLock<Option<Source>>);
+
+type Source = Box<dyn Fn() -> Readings + Send + Sync>;
 
 impl Gauges {
-    /// Sets what reads the live values before each export.
-    pub fn on_refresh(&self, f: impl Fn(&Gauges) + Send + Sync + 'static) {
-        if let Ok(mut r) = self.refresh.lock() {
-            *r = Some(Box::new(f));
+    /// Reads from `source` from now on.
+    pub fn read_from(&self, source: impl Fn() -> Readings + Send + Sync + 'static) {
+        if let Ok(mut s) = self.0.write() {
+            *s = Some(Box::new(source));
         }
     }
 
-    fn refresh(&self) {
-        if let Ok(r) = self.refresh.lock()
-            && let Some(f) = r.as_ref()
-        {
-            f(self);
-        }
+    fn read(&self) -> Readings {
+        self.0
+            .read()
+            .ok()
+            .and_then(|s| s.as_ref().map(|f| f()))
+            .unwrap_or_default()
     }
 }
+
+/// The gauges: name, description, unit, and which reading.
+#[allow(clippy::type_complexity)]
+const GAUGES: [(&str, &str, &str, fn(&Readings) -> i64); 10] = [
+    (
+        "sinew.db.pool.in_use",
+        "Database connections in use",
+        "",
+        |r| r.pool_in_use,
+    ),
+    ("sinew.db.pool.idle", "Idle database connections", "", |r| {
+        r.pool_idle
+    }),
+    (
+        "sinew.db.pool.waiting",
+        "Requests waiting for a database connection",
+        "",
+        |r| r.pool_waiting,
+    ),
+    (
+        "sinew.db.pool.max",
+        "The database connection pool's size",
+        "",
+        |r| r.pool_max,
+    ),
+    (
+        "sinew.instances.in_use",
+        "Component instances running a request",
+        "",
+        |r| r.instances_in_use,
+    ),
+    (
+        "sinew.instances.idle",
+        "Component instances ready for a request",
+        "",
+        |r| r.instances_idle,
+    ),
+    (
+        "sinew.outbox.pending",
+        "Outbox messages not delivered yet",
+        "",
+        |r| r.outbox_pending,
+    ),
+    (
+        "sinew.outbox.lag",
+        "How long the oldest due outbox message has waited",
+        "ms",
+        |r| r.outbox_lag_ms,
+    ),
+    (
+        "sinew.audit.queued",
+        "Audit entries waiting for their place in the chain",
+        "",
+        |r| r.audit_queued,
+    ),
+    (
+        "sinew.audit.lag",
+        "How long the oldest queued audit entry has waited",
+        "ms",
+        |r| r.audit_lag_ms,
+    ),
+];
 
 /// What telemetry the server was asked for.
 #[derive(Debug, Clone, Default)]
@@ -237,9 +302,6 @@ impl Telemetry {
     /// The metrics in Prometheus' text format (`None`: not served).
     pub fn prometheus_text(&self) -> Option<String> {
         let registry = self.registry.as_ref()?;
-        if let Some(m) = &self.metrics {
-            m.gauges.refresh();
-        }
         let families = registry.gather();
         prometheus::TextEncoder::new()
             .encode_to_string(&families)
@@ -261,80 +323,15 @@ impl Telemetry {
 impl Metrics {
     fn new(meter: &Meter) -> Metrics {
         let gauges = Arc::new(Gauges::default());
-        let gauge = |name: &'static str,
-                     description: &'static str,
-                     unit: &'static str,
-                     read: fn(&Gauges) -> i64| {
+        for (name, description, unit, read) in GAUGES {
             let g = gauges.clone();
             meter
                 .i64_observable_gauge(name)
                 .with_description(description)
                 .with_unit(unit)
-                .with_callback(move |o| {
-                    if name == "sinew.db.pool.in_use" {
-                        g.refresh();
-                    }
-                    o.observe(read(&g), &[]);
-                })
+                .with_callback(move |o| o.observe(read(&g.read()), &[]))
                 .build();
-        };
-        gauge(
-            "sinew.db.pool.in_use",
-            "Database connections in use",
-            "",
-            |g| g.pool_in_use.load(Ordering::Relaxed),
-        );
-        gauge("sinew.db.pool.idle", "Idle database connections", "", |g| {
-            g.pool_idle.load(Ordering::Relaxed)
-        });
-        gauge(
-            "sinew.db.pool.waiting",
-            "Requests waiting for a database connection",
-            "",
-            |g| g.pool_waiting.load(Ordering::Relaxed),
-        );
-        gauge(
-            "sinew.db.pool.max",
-            "The database connection pool's size",
-            "",
-            |g| g.pool_max.load(Ordering::Relaxed),
-        );
-        gauge(
-            "sinew.instances.in_use",
-            "Component instances running a request",
-            "",
-            |g| g.instances_in_use.load(Ordering::Relaxed),
-        );
-        gauge(
-            "sinew.instances.idle",
-            "Component instances ready for a request",
-            "",
-            |g| g.instances_idle.load(Ordering::Relaxed),
-        );
-        gauge(
-            "sinew.outbox.pending",
-            "Outbox messages not delivered yet",
-            "",
-            |g| g.outbox_pending.load(Ordering::Relaxed),
-        );
-        gauge(
-            "sinew.outbox.lag",
-            "How long the oldest due outbox message has waited",
-            "ms",
-            |g| g.outbox_lag_ms.load(Ordering::Relaxed),
-        );
-        gauge(
-            "sinew.audit.queued",
-            "Audit entries waiting for their place in the chain",
-            "",
-            |g| g.audit_queued.load(Ordering::Relaxed),
-        );
-        gauge(
-            "sinew.audit.lag",
-            "How long the oldest queued audit entry has waited",
-            "ms",
-            |g| g.audit_lag_ms.load(Ordering::Relaxed),
-        );
+        }
         Metrics {
             requests: meter
                 .u64_counter("sinew.requests")
@@ -516,6 +513,21 @@ pub async fn in_span<T>(
     let out = f.with_context(cx.clone()).await;
     cx.span().end();
     out
+}
+
+/// Spawns `f` in the current trace context (a task does not inherit it),
+/// when there is one: a request's span, or a caller's `traceparent`.
+pub fn spawn_in_context<F>(f: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let cx = Context::current();
+    if cx.has_active_span() {
+        tokio::spawn(f.with_context(cx))
+    } else {
+        tokio::spawn(f)
+    }
 }
 
 /// Marks the current span failed (an external attempt that failed).

@@ -1101,13 +1101,22 @@ async fn escalations_alert_once_and_wait_for_a_review() {
         "the replay answers the first response"
     );
 
-    // One alert line, for the first call only.
+    // One alert line, for the first call only. A request's alert is
+    // written before its own request line: once the replay's request line
+    // is there, so would be an alert of it.
+    let replay = again.headers["x-request-id"].clone();
+    assert_ne!(replay, execution, "the replay is an execution of its own");
     let started = Instant::now();
-    while server.line("\"alert\"").is_none() && started.elapsed() < Duration::from_secs(10) {
+    while server
+        .line(&format!("\"execution\":\"{replay}\""))
+        .is_none()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no line for {replay}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // (The replay's request line comes after its answer: wait for it.)
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let alerts: Vec<Value> = server
         .lines
         .lock()
@@ -1140,17 +1149,12 @@ async fn escalations_alert_once_and_wait_for_a_review() {
             http.send("GET", &url, &headers, "").await
         }
     };
-    let started = Instant::now();
-    let listed = loop {
-        let r = get(Some(&ops), "").await;
-        assert_eq!(r.status, 200, "{}", r.text);
-        if !r.body["reviews"].as_array().unwrap().is_empty()
-            || started.elapsed() > Duration::from_secs(10)
-        {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    // Items are recorded as their entries are chained: chain what is
+    // queued now.
+    let db = connect_url(&url).await;
+    sinew_host::pg::sequencer::catch_up(&db).await.unwrap();
+    let listed = get(Some(&ops), "").await;
+    assert_eq!(listed.status, 200, "{}", listed.text);
     let items = listed.body["reviews"].as_array().unwrap();
     assert_eq!(items.len(), 1, "{}", listed.text);
     let item = &items[0];
@@ -1210,25 +1214,7 @@ async fn escalations_alert_once_and_wait_for_a_review() {
     let resolved = get(Some(&ops), "?status=resolved").await;
     assert_eq!(resolved.body["reviews"][0]["id"], id);
     let resolution = done.headers["x-request-id"].clone();
-    let db = connect_url(&url).await;
-    let started = Instant::now();
-    let entry: Value = loop {
-        let row = db
-            .query_opt(
-                "SELECT entry FROM sinew_audit WHERE kind = 'review' AND execution = $1",
-                &[&resolution],
-            )
-            .await
-            .unwrap();
-        if let Some(r) = row {
-            break serde_json::from_str(r.get::<_, &str>(0)).unwrap();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "no review entry"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let entry = chained_entry(&db, "review", &resolution).await;
     assert_eq!(entry["subject"], "olga");
     assert_eq!(entry["review"]["id"], id);
     assert_eq!(entry["review"]["note"], "called the client: legitimate");
@@ -1328,21 +1314,7 @@ async fn api_keys_call_as_their_id_until_revoked() {
     assert_eq!(made.status, 201, "{}", made.text);
     assert_eq!(made.body["org"], "acme", "the key's claim is its tenant");
     let execution = made.headers["x-request-id"].clone();
-    let started = Instant::now();
-    let entry: Value = loop {
-        if let Some(r) = db
-            .query_opt(
-                "SELECT entry FROM sinew_audit WHERE execution = $1 AND kind = 'final'",
-                &[&execution],
-            )
-            .await
-            .unwrap()
-        {
-            break serde_json::from_str(r.get::<_, &str>(0)).unwrap();
-        }
-        assert!(started.elapsed() < Duration::from_secs(10));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let entry = chained_entry(&db, "final", &execution).await;
     assert_eq!(entry["subject"], format!("key:{id}"));
     assert_eq!(entry["roles"], json!(["member"]));
     // Another tenant's user does not see the key's project.
@@ -1691,6 +1663,20 @@ async fn traces_and_metrics_reach_their_receivers() {
         assert!(started.elapsed() < Duration::from_secs(10), "{names:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The audit entry of `kind` of execution `execution`, once what is
+/// queued is chained.
+async fn chained_entry(db: &tokio_postgres::Client, kind: &str, execution: &str) -> Value {
+    sinew_host::pg::sequencer::catch_up(db).await.unwrap();
+    let row = db
+        .query_one(
+            "SELECT entry FROM sinew_audit WHERE kind = $1 AND execution = $2",
+            &[&kind, &execution],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("no {kind} entry of {execution}: {e}"));
+    serde_json::from_str(row.get::<_, &str>(0)).unwrap()
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -680,10 +680,12 @@ pub async fn history(client: &tokio_postgres::Client) -> Result<Vec<Recorded>> {
     }
     let rows = client
         .query(
-            "SELECT id, spec, bundle, plan, steps, \"by\", \
-             to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
-             to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') \
-             FROM sinew_migrations ORDER BY id",
+            &format!(
+                "SELECT id, spec, bundle, plan, steps, \"by\", {}, {} \
+                 FROM sinew_migrations ORDER BY id",
+                super::rfc3339_sql("started_at", true),
+                super::rfc3339_sql("finished_at", true)
+            ),
             &[],
         )
         .await

@@ -12,10 +12,13 @@ use tokio_postgres::Row;
 use super::{PgBackend, invalid, queued_text, sql::QUEUE_AUDIT};
 
 /// The columns of a review item, as [`item`] reads them.
-const COLUMNS: &str = "id, seq, policy, execution, tool, subject, \
-     to_char(raised_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
-     to_char(resolved_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
-     resolved_by, note";
+static COLUMNS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "id, seq, policy, execution, tool, subject, {}, {}, resolved_by, note",
+        super::rfc3339_sql("raised_at", true),
+        super::rfc3339_sql("resolved_at", true)
+    )
+});
 
 /// Which items a listing shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +97,8 @@ impl PgBackend {
             .client
             .query(
                 &format!(
-                    "SELECT {COLUMNS} FROM sinew_reviews WHERE {} AND id > $1 ORDER BY id LIMIT $2",
+                    "SELECT {} FROM sinew_reviews WHERE {} AND id > $1 ORDER BY id LIMIT $2",
+                    *COLUMNS,
                     which.sql()
                 ),
                 &[&after.unwrap_or(0), &(limit + 1)],
@@ -138,7 +142,8 @@ impl PgBackend {
                     &format!(
                         "UPDATE sinew_reviews SET resolved_at = $2::text::timestamptz, \
                            resolved_by = $3, note = $4 \
-                         WHERE id = $1 AND resolved_at IS NULL RETURNING {COLUMNS}"
+                         WHERE id = $1 AND resolved_at IS NULL RETURNING {}",
+                        *COLUMNS
                     ),
                     &[&id, &at, &subject, &note],
                 )
@@ -148,7 +153,7 @@ impl PgBackend {
                 c.batch_execute("ROLLBACK").await.map_err(pg)?;
                 let was = c
                     .query_opt(
-                        &format!("SELECT {COLUMNS} FROM sinew_reviews WHERE id = $1"),
+                        &format!("SELECT {} FROM sinew_reviews WHERE id = $1", *COLUMNS),
                         &[&id],
                     )
                     .await
