@@ -18,25 +18,8 @@ use std::process::Command;
 fn the_component_runs_under_node_with_the_same_results() {
     let out = sinew_tests::conformance::dir("node-conformance");
     let n = sinew_tests::conformance::write(&out);
+    sinew_tests::node_modules();
     let node_dir = root().join("tests/node");
-    if !node_dir.join("node_modules/@bytecodealliance/jco").exists() {
-        // `npm ci` installs exactly the lockfile; some registry mirrors lack
-        // optional platform packages the lockfile lists, and then `npm
-        // install` (of the same pinned jco) is the fallback.
-        let npm = |args: &[&str]| {
-            Command::new("npm")
-                .args(args)
-                .current_dir(&node_dir)
-                .status()
-                .expect("npm runs (install Node.js and npm)")
-        };
-        if !npm(&["ci", "--no-audit", "--no-fund"]).success() {
-            assert!(
-                npm(&["install", "--no-audit", "--no-fund"]).success(),
-                "`npm install` in tests/node failed"
-            );
-        }
-    }
     let output = Command::new("node")
         .arg(node_dir.join("conformance.mjs"))
         .arg(&out)

@@ -8,6 +8,7 @@ pub mod http_external;
 pub mod jwt;
 pub mod keys;
 pub mod native;
+pub mod npm;
 pub mod openapi;
 pub mod outbox;
 pub mod pg;

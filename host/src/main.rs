@@ -46,7 +46,9 @@ enum Command {
 /// `external`, and exports `executor` and `risk` (see `wit/`). With
 /// `--composed`, the core composed onto the in-memory world instead: it
 /// imports only `clock` and also exports `memory` (`wit/memory.wit`), as
-/// the browser preview runs it.
+/// the browser preview runs it. With `--npm DIR`, the npm package
+/// `sinew-core` (the composed component transpiled for JavaScript, with its
+/// API and TypeScript types): `npm pack DIR` makes the tarball.
 #[derive(clap::Args)]
 struct ComponentArgs {
     /// Where to write it (default: `sinew.component.wasm`, or
@@ -60,6 +62,9 @@ struct ComponentArgs {
     /// `sinew serve --cache-dir` reads; container images bake it in).
     #[arg(long, value_name = "DIR")]
     precompile: Option<std::path::PathBuf>,
+    /// Instead, write the npm package `sinew-core` into this directory.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["precompile", "composed", "out"])]
+    npm: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -85,6 +90,19 @@ fn main() -> ExitCode {
                 2
             }
         },
+        Command::Component(ComponentArgs { npm: Some(dir), .. }) => {
+            match sinew_host::npm::Package::new().and_then(|p| Ok((p.write(&dir)?, p.size()))) {
+                Ok((n, size)) => print(&format!(
+                    "wrote the npm package sinew-core into {} ({n} files, {size} bytes; `npm pack {}` makes the tarball)\n",
+                    dir.display(),
+                    dir.display()
+                )),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    2
+                }
+            }
+        }
         Command::Component(args) => {
             let (bytes, hash, default) = if args.composed {
                 (

@@ -5,10 +5,11 @@
 //! The page's sources are `web/` (embedded here at compile time); the
 //! component is the one this binary runs, composed onto the in-memory
 //! world (the Rust in-memory storage and scripted externals, as a component
-//! of their own: [`crate::COMPOSED`]), transpiled for the browser by jco's
-//! code generator (`js-component-bindgen`, the library behind `jco
-//! transpile`) when the studio is first asked for: the same core and the
-//! same store as `sinew serve` and `sinew run`, no second implementation.
+//! of their own: [`crate::COMPOSED`]), as the npm package `sinew-core`
+//! ([`crate::npm`]) carries it, transpiled by jco's code generator when the
+//! studio is first asked for: the page runs on the package's API, the same
+//! core and the same store as `sinew serve` and `sinew run`, no second
+//! implementation.
 //! `sinew preview` serves it at `/`, `sinew serve` at `/studio/`, and
 //! `sinew preview --export DIR` writes it out for any static host.
 
@@ -25,7 +26,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use js_component_bindgen::{InstantiationMode, TranspileOpts};
 
 /// The page's own files, as written in `web/`.
 const PAGE: &[(&str, &str)] = &[
@@ -33,7 +33,6 @@ const PAGE: &[(&str, &str)] = &[
     ("style.css", include_str!("../../web/style.css")),
     ("src/app.mjs", include_str!("../../web/src/app.mjs")),
     ("src/boot.mjs", include_str!("../../web/src/boot.mjs")),
-    ("src/core.mjs", include_str!("../../web/src/core.mjs")),
     ("src/flow.mjs", include_str!("../../web/src/flow.mjs")),
     ("src/presets.mjs", include_str!("../../web/src/presets.mjs")),
     ("src/report.mjs", include_str!("../../web/src/report.mjs")),
@@ -113,31 +112,20 @@ impl Studio {
     /// opens with.
     pub fn new(startup: &Startup) -> Result<Studio> {
         let started = Instant::now();
-        let transpiled = js_component_bindgen::transpile(
-            crate::COMPOSED,
-            TranspileOpts {
-                name: "sinew".into(),
-                no_typescript: true,
-                // The page passes the one import (its clock) and fetches the
-                // core modules itself.
-                instantiation_mode: Some(InstantiationMode::Async),
-                nodejs_compat_disabled: true,
-                // Core modules as files, compiled by streaming, never inlined.
-                base64_cutoff: 0,
-                ..Default::default()
-            },
-        )
-        .context("transpiling the component for the browser")?;
+        let package = crate::npm::Package::new()?;
         let transpile_ms = started.elapsed().as_secs_f64() * 1000.0;
         let mut files = BTreeMap::new();
-        let mut modules = Vec::new();
-        for (name, data) in transpiled.files {
-            if name.ends_with(".wasm") {
-                modules.push(name.clone());
+        // The npm package `sinew-core`, as `sinew component --npm` writes
+        // it: the page runs on its API. (Its TypeScript types and
+        // package.json are for npm, not for the page.)
+        for (path, data) in package.files {
+            if path.ends_with(".ts") || !(path.starts_with("component/") || path == "index.js") {
+                continue;
             }
-            let path = format!("component/{name}");
+            let path = format!("sinew-core/{path}");
             files.insert(path.clone(), (mime(&path), Bytes::from(data)));
         }
+        let modules = package.modules;
         for (path, text) in PAGE {
             let body = if *path == "index.html" {
                 // The core modules are preloaded first: compiling them is
@@ -146,7 +134,7 @@ impl Studio {
                     .iter()
                     .map(|m| {
                         format!(
-                            "<link rel=\"preload\" href=\"component/{m}\" as=\"fetch\" \
+                            "<link rel=\"preload\" href=\"sinew-core/component/{m}\" as=\"fetch\" \
                              crossorigin=\"anonymous\" data-core-module=\"{m}\">\n  "
                         )
                     })
@@ -341,7 +329,12 @@ mod tests {
             index.contains(r#"data-core-module="sinew.core.wasm""#),
             "{index}"
         );
-        for p in ["index.html", "manifest.json", "component/sinew.js"] {
+        for p in [
+            "index.html",
+            "manifest.json",
+            "sinew-core/index.js",
+            "sinew-core/component/sinew.js",
+        ] {
             assert!(paths.contains(&p), "{p} in {paths:?}");
         }
         assert!(paths.iter().any(|p| p.ends_with(".core.wasm")));
@@ -352,7 +345,7 @@ mod tests {
         );
         assert!(r.headers().contains_key(header::CONTENT_SECURITY_POLICY));
         let wasm = studio
-            .response(&Method::GET, "component/sinew.core.wasm")
+            .response(&Method::GET, "sinew-core/component/sinew.core.wasm")
             .unwrap();
         assert_eq!(wasm.headers()[header::CONTENT_TYPE], "application/wasm");
         assert!(studio.response(&Method::POST, "").is_none());

@@ -137,8 +137,9 @@ fn the_page_exports_for_a_static_host() {
         "manifest.json",
         "src/app.mjs",
         "vendor/codemirror.js",
-        "component/sinew.js",
-        "component/sinew.core.wasm",
+        "sinew-core/index.js",
+        "sinew-core/component/sinew.js",
+        "sinew-core/component/sinew.core.wasm",
     ] {
         assert!(dir.path().join(f).is_file(), "{f} missing");
     }

@@ -9,13 +9,15 @@ use serde_json::{Value, json};
 use sinew_core::bundle::Bundle;
 use std::path::Path;
 
-/// Writes `out/sinew.composed.wasm`, `out/traces/*.json` and
+/// Writes `out/sinew.wasm` (the core alone, importing `storage`, `clock`
+/// and `external`), `out/sinew.composed.wasm`, `out/traces/*.json` and
 /// `out/risk/*.json` (the directory emptied first); returns how many
 /// scenarios it wrote.
 pub fn write(out: &Path) -> usize {
     let _ = std::fs::remove_dir_all(out);
     std::fs::create_dir_all(out.join("traces")).unwrap();
     std::fs::create_dir_all(out.join("risk")).unwrap();
+    std::fs::write(out.join("sinew.wasm"), sinew_host::COMPONENT).unwrap();
     std::fs::write(out.join("sinew.composed.wasm"), sinew_host::COMPOSED).unwrap();
     let scenarios = corpus();
     for path in &scenarios {

@@ -26,6 +26,35 @@ pub fn component_cache() -> PathBuf {
     root().join("target/component-cache")
 }
 
+/// `tests/node/node_modules`, installed from the lockfile when missing
+/// (jco for the Node conformance run, TypeScript for the npm package's
+/// types).
+pub fn node_modules() -> PathBuf {
+    let dir = root().join("tests/node");
+    let installed = ["@bytecodealliance/jco", ".bin/tsc"]
+        .iter()
+        .all(|p| dir.join("node_modules").join(p).exists());
+    if !installed {
+        // `npm ci` installs exactly the lockfile; some registry mirrors lack
+        // optional platform packages the lockfile lists, and then `npm
+        // install` (of the same pinned versions) is the fallback.
+        let npm = |args: &[&str]| {
+            std::process::Command::new("npm")
+                .args(args)
+                .current_dir(&dir)
+                .status()
+                .expect("npm runs (install Node.js and npm)")
+        };
+        if !npm(&["ci", "--no-audit", "--no-fund"]).success() {
+            assert!(
+                npm(&["install", "--no-audit", "--no-fund"]).success(),
+                "`npm install` in tests/node failed"
+            );
+        }
+    }
+    dir.join("node_modules")
+}
+
 /// The spec files (`*.json`) directly inside `dir` (relative to the root),
 /// sorted by name.
 pub fn specs_in(dir: &str) -> Vec<PathBuf> {

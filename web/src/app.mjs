@@ -7,7 +7,7 @@
 // CodeMirror (the largest script) loads while the component compiles; the
 // first report is shown before the editor is ready.
 const codemirror = import('../vendor/codemirror.js');
-import { exportError, loadCore } from './core.mjs';
+import { load } from '../sinew-core/index.js';
 import { byteOffsets, lineColumnOffset } from './text.mjs';
 import { levelWord, renderReport, reportItems } from './report.mjs';
 import { nodeLevels, renderFlow } from './flow.mjs';
@@ -63,9 +63,9 @@ function specText() {
  * diagnostics. Pure: touches neither the editor nor the page.
  */
 function analyze(text) {
-  const report = JSON.parse(core.risk.analyze(text));
+  const report = core.analyze(text);
   const items = reportItems(report);
-  const places = core.risk.locate(text, items.map((i) => i.path ?? ''));
+  const places = core.locate(text, items.map((i) => i.path ?? ''));
   const toIndex = byteOffsets(text);
   const diagnostics = [];
   items.forEach((item, k) => {
@@ -208,7 +208,7 @@ function drawFlow(spec = specValue(specText())) {
   badgeEl.textContent = toolReport ? levelWord(toolReport.level) : '';
   renderFlow(root, selectedTool, spec.tools[selectedTool], nodeLevels(toolReport), (pointer) => {
     const text = specText();
-    const [place] = core.risk.locate(text, [pointer]);
+    const [place] = core.locate(text, [pointer]);
     const toIndex = byteOffsets(text);
     jump(toIndex(place.markStart), toIndex(place.markEnd));
   });
@@ -250,16 +250,16 @@ function replaceText(next) {
 function applyFix(item) {
   const text = specText();
   try {
-    replaceText(core.risk.apply(text, JSON.stringify(item.fix.patch)));
+    replaceText(core.applyPatch(text, item.fix.patch));
   } catch (e) {
-    fail(`the fix did not apply: ${exportError(e).message ?? e}`);
+    fail(`the fix did not apply: ${e.message ?? e}`);
     return;
   }
   refresh();
 }
 
 function applyAll() {
-  const out = core.risk.fix(specText());
+  const out = core.fix(specText());
   replaceText(out.spec);
   refresh();
   $('timing').textContent = out.applied.length === 0
@@ -447,11 +447,29 @@ function wireFiles() {
 // ---------------------------------------------------------------------------
 // Start
 
+/**
+ * The npm package `sinew-core`, served under `sinew-core/`, on the core
+ * modules boot.mjs started compiling (or, without it, compiled here).
+ * `timings` gets `compiled` (ms since navigation start when the modules
+ * were compiled) and `instantiated`.
+ */
+async function loadCore(timings) {
+  const boot = globalThis.sinewBoot;
+  const loaded = await load({
+    base: new URL('../sinew-core/component/', import.meta.url),
+    modules: boot?.modules,
+  });
+  timings.compiled = boot ? await boot.compiled : performance.now();
+  timings.instantiated = performance.now();
+  return loaded;
+}
+
 async function main() {
   const base = new URL('../', import.meta.url);
-  // The component compiles (off the main thread) while the page loads;
-  // its first report is drawn before the editor exists.
-  const coreP = loadCore(base, studio.timings);
+  // The component compiles (off the main thread) while the page loads
+  // (boot.mjs started it); its first report is drawn before the editor
+  // exists.
+  const coreP = loadCore(studio.timings);
   const manifest = await (globalThis.sinewBoot?.manifest ??
     fetch(new URL('manifest.json', base)).then((r) => r.json()));
   const startup = manifest.startup;

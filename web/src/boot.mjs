@@ -21,14 +21,15 @@ const compile = (names) =>
   Promise.all(
     names.map(async (name) => [
       name,
-      await WebAssembly.compileStreaming(fetch(new URL(`component/${name}`, base))),
+      await WebAssembly.compileStreaming(fetch(new URL(`sinew-core/component/${name}`, base))),
     ]),
   );
 const listed = [...document.querySelectorAll('link[data-core-module]')].map((l) => l.dataset.coreModule);
 globalThis.sinewBoot.modules =
   listed.length > 0 ? compile(listed) : globalThis.sinewBoot.manifest.then((m) => compile(m.component.modules));
 globalThis.sinewBoot.compiled = globalThis.sinewBoot.modules.then(() => performance.now());
-// The transpiled glue is a large script: parse it while the modules compile.
-globalThis.sinewBoot.glue = import(new URL('component/sinew.js', base).href);
+// The npm package `sinew-core` (its API and jco's transpiled glue, a large
+// script): parse it while the modules compile.
+globalThis.sinewBoot.glue = import(new URL('sinew-core/index.js', base).href);
 
 import('./app.mjs');

@@ -1,12 +1,9 @@
-// Simulate: runs one call of a tool in the page, on the component's
-// executor and the in-memory world composed into it (the Rust storage and
-// scripted externals, reset and read through its `memory` interface). A
-// "world" (an instance with the spec loaded, the seed rows in its storage,
-// and its clock) lives across runs until the spec, the seed or the
-// external answers change, or the user resets it. JSON the world keeps
-// (rows, audit entries) crosses as text and is parsed here for display only.
-
-import { Clock, exportError } from './core.mjs';
+// Simulate: runs one call of a tool in the page, in a world of the npm
+// package `sinew-core` (`core.simulate()`: the component's executor and the
+// in-memory world composed into it, the Rust storage and scripted
+// externals). A world (an instance with the spec loaded, the seed rows in
+// its storage, and its clock) lives across runs until the spec, the seed
+// or the external answers change, or the user resets it.
 
 /** Pretty JSON of a value (display only). */
 export function pretty(value) {
@@ -52,13 +49,6 @@ export function draftInput(schema) {
   return draft(schema, 0) ?? {};
 }
 
-/** A request id: unique per request (new row ids derive from it). */
-function requestId() {
-  if (globalThis.crypto?.randomUUID) return globalThis.crypto.randomUUID();
-  const hex = Array.from({ length: 32 }, () => Math.floor(Math.random() * 16).toString(16)).join('');
-  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-4${hex.slice(13, 16)}-8${hex.slice(17, 20)}-${hex.slice(20)}`;
-}
-
 export class Simulator {
   constructor(core) {
     this.core = core;
@@ -81,36 +71,23 @@ export class Simulator {
     const externals = externalsText.trim() === '' ? '{}' : externalsText;
     mustParse(seed, 'the seed rows are');
     mustParse(externals, 'the external answers are');
-    const clock = new Clock(Date.now());
-    const { executor, memory } = await this.core.instantiate(clock);
+    let world;
     try {
-      executor.load(specText);
+      world = await this.core.simulate({ now: Date.now(), externals });
     } catch (e) {
-      const err = exportError(e);
-      throw new Error(`the spec does not load (${err.code}): ${err.message}`);
+      throw new Error(`the external answers: ${e.message}`);
     }
     try {
-      memory.reset(`{"externals": ${externals}}`);
+      world.load(specText);
     } catch (e) {
-      throw new Error(`the external answers: ${exportError(e).message}`);
+      throw new Error(`the spec does not load (${e.code}): ${e.message}`);
     }
-    memory.declare(specText);
-    let tables;
     try {
-      tables = memory.tables(seed);
+      world.seed(seed);
     } catch (e) {
-      throw new Error(exportError(e).message);
+      throw new Error(`the seed rows: ${e.message}`);
     }
-    for (const { entity, rows } of tables) {
-      rows.forEach((row, i) => {
-        try {
-          memory.seed(entity, executor.completeRow(entity, row, BigInt(clock.ms)));
-        } catch (e) {
-          throw new Error(`seed \`${entity}[${i}]\`: ${exportError(e).message}`);
-        }
-      });
-    }
-    this.world = { clock, executor, memory, runs: 0 };
+    this.world = world;
     this.key = key;
     return this.world;
   }
@@ -123,33 +100,28 @@ export class Simulator {
   async run({ specText, seedText, externalsText, tool, inputText, sub, roles, idempotencyKey }) {
     mustParse(inputText, 'the input is');
     const world = await this.worldFor(specText, seedText, externalsText);
-    world.clock.ms = Date.now();
-    const before = world.memory.auditLen();
+    world.now = Date.now();
     const t0 = performance.now();
     let response;
     try {
-      response = world.executor.execute({
+      response = world.execute({
         tool,
         input: inputText,
-        auth: sub ? { sub, roles, claims: JSON.stringify({ sub }) } : undefined,
-        id: requestId(),
+        auth: sub ? { sub, roles, claims: { sub } } : undefined,
         idempotencyKey: idempotencyKey || undefined,
       });
     } catch (e) {
-      const err = exportError(e);
-      throw new Error(`the call did not run (${err.code}): ${err.message}`);
+      throw new Error(`the call did not run (${e.code ?? 'trap'}): ${e.message}`);
     }
     const ms = performance.now() - t0;
-    world.runs += 1;
-    const entries = JSON.parse(world.memory.audit(before));
-    const audit = entries.length > 0 ? entries[entries.length - 1] : JSON.parse(response.audit);
+    const { audit } = response;
     const tables = new Map();
     const rows = [];
     for (const { entity, id, op } of Array.isArray(audit?.rows) ? audit.rows : []) {
-      if (!tables.has(entity)) tables.set(entity, JSON.parse(world.memory.rows(entity)));
+      if (!tables.has(entity)) tables.set(entity, world.rows(entity));
       const row = tables.get(entity).find((x) => x.id === id);
       rows.push({ entity, id, op, row });
     }
-    return { status: response.status, body: JSON.parse(response.body), audit, rows, ms };
+    return { status: response.status, body: response.body, audit, rows, ms };
   }
 }

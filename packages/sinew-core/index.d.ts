@@ -1,0 +1,199 @@
+// Types of sinew-core's API (index.js). The component's own interfaces, as
+// jco generated them from the WIT, are under `component/` (`sinew.d.ts`).
+
+/** Any JSON value. */
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+
+/** The package's version (sinew's). */
+export const version: string;
+
+/** What went wrong. */
+export class SinewError extends Error {
+  /**
+   * Stable: `invalid-json`, `spec-errors`, `blocked`, `schema`,
+   * `not-loaded`, `too-large`, `seed` (the executor's), `world` (the
+   * simulated store's), `patch` (`applyPatch`).
+   */
+  readonly code: string;
+  /** A JSON Pointer into the spec, where one applies; else empty. */
+  readonly pointer: string;
+}
+
+/** Options of `load`. */
+export interface LoadOptions {
+  /** The URL of the package's `component/` directory (default: next to index.js). */
+  base?: string | URL;
+  /** Core modules compiled already, by name (or a promise of them). */
+  modules?: Iterable<[string, WebAssembly.Module]> | Promise<Iterable<[string, WebAssembly.Module]>>;
+}
+
+/** Compiles and instantiates the component. */
+export function load(options?: LoadOptions): Promise<Core>;
+
+/** The risk level of a tool or of a whole spec. */
+export type Level = 'green' | 'yellow' | 'red';
+
+/** One finding of the risk engine (sinew's docs/risk-signals.md lists the codes). */
+export interface Finding {
+  /** The signal. */
+  code: string;
+  level: Level;
+  tool: string;
+  /** The flow node, when the finding is about one. */
+  node?: string;
+  /** JSON Pointer into the spec. */
+  path: string;
+  message: string;
+  /** Whether the spec acknowledges it (`acknowledgments`). */
+  acknowledged: boolean;
+  /** A mechanical fix: a JSON Patch (RFC 6902) `applyPatch` applies. */
+  fix?: { summary: string; patch: Json[] };
+}
+
+/** An error or warning about the spec itself. */
+export interface Diagnostic {
+  code: string;
+  /** JSON Pointer into the spec. */
+  path: string;
+  message: string;
+  help?: string;
+  tool?: string;
+  /** Where in the text, for JSON syntax errors (column 0-based). */
+  at?: { line: number; column: number };
+}
+
+/** The risk report: what `sinew check --format json` prints. */
+export interface Report {
+  /** The spec's level: its worst tool's, `invalid` when it has errors. */
+  level: Level | 'invalid';
+  errors: Diagnostic[];
+  warnings: Diagnostic[];
+  tools: { [tool: string]: { level: Level; findings: Finding[] } };
+}
+
+/** A mechanical fix `fix` applied. */
+export interface Applied {
+  /** The signal it removed. */
+  code: string;
+  /** The tool. */
+  tool: string;
+  /** Where (JSON Pointer). */
+  path: string;
+  /** What it did. */
+  summary: string;
+}
+
+/** The result of `fix`. */
+export interface Fixed {
+  /** The spec's text, fixed (formatting kept where possible). */
+  spec: string;
+  /** What was applied, in order. */
+  applied: Applied[];
+  /** The report on the fixed spec. */
+  report: Report;
+}
+
+/** Where a JSON Pointer is in a spec's text: UTF-8 byte offsets. */
+export interface Place {
+  /** What to mark: the member's key (quotes included), else the value's first line. */
+  markStart: number;
+  markEnd: number;
+  /** The value. */
+  valueStart: number;
+  valueEnd: number;
+  /** False when the pointer is not in the text and this is its nearest ancestor's place. */
+  exact: boolean;
+}
+
+/** Options of `simulate`. */
+export interface SimulateOptions {
+  /** The clock: milliseconds since the Unix epoch, or a function returning them (default `Date.now`). */
+  now?: number | (() => number);
+  /** Scripted answers of external services: `{"service.operation": [{ok: …} | {declined: …} | {failed: "…"}]}`. */
+  externals?: Json | string;
+}
+
+/** The risk engine, and worlds to simulate calls in. */
+export class Core {
+  private constructor();
+  /** The risk report of a spec (its text, or an object). */
+  analyze(spec: string | Json): Report;
+  /** `analyze`, the report's JSON text exactly as the native engine writes it. */
+  analyzeText(spec: string | Json): string;
+  /** Applies every mechanical fix. */
+  fix(spec: string | Json): Fixed;
+  /** Applies a JSON Patch (a finding's `fix.patch`), keeping formatting. Throws a SinewError (`patch`). */
+  applyPatch(spec: string | Json, patch: Json[] | string): string;
+  /** Where JSON Pointers are in a spec's text, in the order asked. */
+  locate(spec: string, pointers: Iterable<string>): Place[];
+  /** A new world: the executor and an empty in-memory store of its own. */
+  simulate(options?: SimulateOptions): Promise<World>;
+}
+
+/** A loaded spec's name, hash and tools. */
+export interface BundleInfo {
+  name: string;
+  /** `sha256:` + hex of the spec's canonical JSON. */
+  hash: string;
+  tools: { name: string; timeoutMs?: number }[];
+}
+
+/** One call of a tool. */
+export interface Request {
+  tool: string;
+  /** The input (an object or its JSON text). */
+  input?: Json | string;
+  /** The verified caller; anonymous without. `claims` default to `{sub}`. */
+  auth?: { sub: string; roles?: string[]; claims?: Json | string };
+  /** Unique per request (new row ids derive from it); a random UUID by default. */
+  id?: string;
+  /** The `Idempotency-Key`. */
+  idempotencyKey?: string;
+  /** A cron tool's scheduled time (RFC 3339). */
+  scheduled?: string;
+}
+
+/** A call's response. */
+export interface Response {
+  /** HTTP status. */
+  status: number;
+  /** The output, or an RFC 9457 problem. */
+  body: Json;
+  /** The audit entry as chained (`seq`, `prev`, `hash`). */
+  audit: { [key: string]: Json };
+}
+
+/** The in-memory store's state, as `sinew run --state` writes it. */
+export interface State {
+  rows?: { [entity: string]: { [key: string]: Json }[] };
+  audit?: { [key: string]: Json }[];
+  idempotency?: Json[];
+  rate?: Json[];
+  unique?: { [entity: string]: string[] };
+  externals?: Json;
+  [key: string]: Json | undefined;
+}
+
+/** An executor and its in-memory store. */
+export class World {
+  private constructor();
+  /** The clock, in milliseconds; set it to a number or a function. */
+  get now(): number;
+  set now(value: number | (() => number));
+  /** Loads a spec; throws a SinewError when it has errors or a Red tool. */
+  load(spec: string | Json): BundleInfo;
+  /** Inserts seed rows, `{"Entity": [row, …]}`, completed as the spec defines them. */
+  seed(rows: { [entity: string]: { [key: string]: Json }[] } | string): number;
+  /** Runs one call through the nine steps of the contract. */
+  execute(request: Request): Response;
+  /** The store's whole state. */
+  state(): State;
+  /** Replaces the store's whole state. */
+  reset(state: State | string): void;
+  /** The committed rows of an entity, in id order. */
+  rows(entity: string): { [key: string]: Json }[];
+  /** The audit chain from the `first`-th entry on. */
+  audit(first?: number): { [key: string]: Json }[];
+  /** The component's own exports (JSON as text). */
+  readonly raw: { executor: unknown; memory: unknown };
+}

@@ -1,0 +1,46 @@
+// The package's TypeScript types as a user's code meets them: tests/npm.rs
+// type-checks this file (tsc --strict) against the installed package. It
+// is never run.
+
+import { load, SinewError, version, type Core, type Report, type World, type Place } from 'sinew-core';
+
+const core: Core = await load({ base: new URL('./node_modules/sinew-core/component/', import.meta.url) });
+const report: Report = core.analyze('{"sinew": "0.1"}');
+const level: 'green' | 'yellow' | 'red' | 'invalid' = report.level;
+for (const [tool, { findings }] of Object.entries(report.tools)) {
+  for (const f of findings) {
+    const patch = f.fix?.patch ?? [];
+    const text: string = core.applyPatch('{}', patch);
+    console.log(tool, f.code, f.path, f.acknowledged, text.length);
+  }
+}
+const places: Place[] = core.locate('{}', ['/tools']);
+const first: number = places[0].markStart;
+const fixed = core.fix('{}');
+const applied: string[] = fixed.applied.map((a) => `${a.code} ${a.tool} ${a.path}`);
+
+const world: World = await core.simulate({ now: Date.now(), externals: { 'pay.charge': [{ ok: {} }] } });
+world.now = 0;
+world.now = () => 1;
+const info = world.load({ sinew: '0.1', name: 'x', tools: {} });
+const tools: string[] = info.tools.map((t) => t.name);
+const seeded: number = world.seed({ Product: [{ id: 'x', stock: 1 }] });
+const response = world.execute({ tool: 't', input: { a: 1 }, auth: { sub: 'u', roles: ['r'] }, idempotencyKey: 'k' });
+const status: number = response.status;
+const seq = response.audit.seq;
+world.reset(world.state());
+const rows = world.rows('Product');
+try {
+  world.load('{');
+} catch (e) {
+  if (e instanceof SinewError) console.log(e.code, e.pointer, e.message);
+}
+
+// @ts-expect-error a request names its tool
+world.execute({ input: {} });
+// @ts-expect-error the clock is milliseconds
+world.now = '2026-01-01';
+// @ts-expect-error patches are arrays
+core.applyPatch('{}', { op: 'add' });
+
+console.log(version, level, first, applied, tools, seeded, status, seq, rows);

@@ -1,0 +1,146 @@
+//! The npm package `sinew-core` as a user gets it: `sinew component --npm`
+//! writes it (`sinew_host::npm`), `npm pack` makes the tarball, `npm
+//! install --offline` puts it in a fresh directory, and Node's built-in
+//! test runner runs `packages/sinew-core/test/package.test.mjs` there,
+//! importing it by name: the API on the whole scenario corpus and every
+//! risk report, against the native engine's. Its TypeScript types are
+//! checked (`tsc --strict`, the TypeScript of `tests/node`) on
+//! `packages/sinew-core/test/types.ts`.
+//!
+//! Everything lives in `target/npm-package/`. Prints the tarball's size
+//! and the instantiation times the test measured.
+
+use sinew_tests::root;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn run(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what} does not run: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{what} failed:\n{stdout}\n{stderr}");
+    out
+}
+
+#[test]
+fn the_npm_package_installs_offline_and_passes_its_tests() {
+    let work = sinew_tests::conformance::dir("npm-package");
+    let _ = std::fs::remove_dir_all(&work);
+    let corpus = work.join("conformance");
+    let scenarios = sinew_tests::conformance::write(&corpus);
+
+    // The package, and its tarball.
+    let package = work.join("sinew-core");
+    let pkg = sinew_host::npm::Package::new().unwrap();
+    pkg.write(&package).unwrap();
+    let packed = run(
+        Command::new("npm")
+            .args(["pack", "--json", "--pack-destination"])
+            .arg(&work)
+            .current_dir(&package),
+        "npm pack",
+    );
+    let info: serde_json::Value = serde_json::from_slice(&packed.stdout).unwrap();
+    let tarball = work.join(info[0]["filename"].as_str().unwrap());
+    let size = info[0]["size"].as_u64().unwrap();
+    let unpacked = info[0]["unpackedSize"].as_u64().unwrap();
+    let listed: Vec<&str> = info[0]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    for f in [
+        "package.json",
+        "index.js",
+        "index.d.ts",
+        "README.md",
+        "component/sinew.js",
+    ] {
+        assert!(listed.contains(&f), "{f} in the tarball: {listed:?}");
+    }
+    assert!(!listed.iter().any(|f| f.starts_with("test/")), "{listed:?}");
+
+    // A fresh project installs it offline, from the tarball alone (it has
+    // no dependencies), with a cache of its own.
+    let app = work.join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(
+        app.join("package.json"),
+        r#"{"name": "app", "version": "0.0.0", "private": true, "type": "module"}"#,
+    )
+    .unwrap();
+    run(
+        Command::new("npm")
+            .args(["install", "--offline", "--no-audit", "--no-fund", "--cache"])
+            .arg(work.join("npm-cache"))
+            .arg(&tarball)
+            .current_dir(&app),
+        "npm install --offline of the tarball",
+    );
+    let tests = root().join("packages/sinew-core/test");
+    for f in ["package.test.mjs", "types.ts"] {
+        std::fs::copy(tests.join(f), app.join(f)).unwrap();
+    }
+
+    // Its tests, by Node's test runner.
+    let out = run(
+        Command::new("node")
+            .args(["--test", "--test-reporter=spec", "package.test.mjs"])
+            .env("SINEW_CONFORMANCE", &corpus)
+            .current_dir(&app),
+        "node --test (packages/sinew-core/test/package.test.mjs)",
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    println!("{report}");
+    assert!(report.contains("pass 7"), "{report}");
+    assert!(report.contains("fail 0"), "{report}");
+    let timings = report
+        .lines()
+        .find(|l| l.contains("load ") && l.contains(" ms"))
+        .unwrap_or("(no timings)");
+
+    // Its types, as a TypeScript user's code meets them.
+    types_check(&app);
+
+    println!(
+        "sinew-core: tarball {:.2} MB ({:.2} MB unpacked, {} files); {scenarios} scenarios; {}",
+        size as f64 / 1e6,
+        unpacked as f64 / 1e6,
+        listed.len(),
+        timings.trim().trim_start_matches('ℹ').trim(),
+    );
+}
+
+/// `tsc --strict --noEmit` on `types.ts` in `app`, with the TypeScript
+/// `tests/node` installs.
+fn types_check(app: &Path) {
+    let tsc = sinew_tests::node_modules().join(".bin/tsc");
+    let out = Command::new(&tsc)
+        .args([
+            "--noEmit",
+            "--strict",
+            "--target",
+            "es2022",
+            "--module",
+            "nodenext",
+            "--moduleResolution",
+            "nodenext",
+            "--lib",
+            "es2022,dom",
+            "--types",
+            "",
+            "types.ts",
+        ])
+        .current_dir(app)
+        .output()
+        .unwrap_or_else(|e| panic!("{} does not run: {e}", tsc.display()));
+    assert!(
+        out.status.success(),
+        "tsc found errors in the package's types:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
