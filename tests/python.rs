@@ -16,31 +16,7 @@ use std::process::Command;
 fn the_component_runs_under_python_with_the_same_results() {
     let out = sinew_tests::conformance::dir("python-conformance");
     let n = sinew_tests::conformance::write(&out);
-    let venv = root().join("target/python-venv");
-    let python = venv.join("bin/python");
-    if !python.exists() {
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 runs (install Python 3)");
-        assert!(made.success(), "python3 -m venv failed");
-    }
-    let installed = Command::new(&python)
-        .args(["-c", "import wasmtime.component"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !installed {
-        let pip = Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "-r"])
-            .arg(root().join("tests/python/requirements.txt"))
-            .status()
-            .expect("pip runs");
-        assert!(
-            pip.success(),
-            "pip install of tests/python/requirements.txt failed"
-        );
-    }
+    let python = sinew_tests::python();
     let output = Command::new(&python)
         .arg(root().join("tests/python/conformance.py"))
         .arg(&out)

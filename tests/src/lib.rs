@@ -55,6 +55,38 @@ pub fn node_modules() -> PathBuf {
     dir.join("node_modules")
 }
 
+/// The Python of `target/python-venv`, a virtual environment with
+/// `tests/python/requirements.txt` (PyPI `wasmtime`), made when missing.
+pub fn python() -> PathBuf {
+    use std::process::Command;
+    let venv = root().join("target/python-venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 runs (install Python 3)");
+        assert!(made.success(), "python3 -m venv failed");
+    }
+    let installed = Command::new(&python)
+        .args(["-c", "import wasmtime.component"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        let pip = Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "-r"])
+            .arg(root().join("tests/python/requirements.txt"))
+            .status()
+            .expect("pip runs");
+        assert!(
+            pip.success(),
+            "pip install of tests/python/requirements.txt failed"
+        );
+    }
+    python
+}
+
 /// The spec files (`*.json`) directly inside `dir` (relative to the root),
 /// sorted by name.
 pub fn specs_in(dir: &str) -> Vec<PathBuf> {
