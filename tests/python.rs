@@ -1,33 +1,51 @@
-//! A third runtime: the component composed onto the in-memory world, run
-//! by wasmtime-py (PyPI `wasmtime`, its `wasmtime.component` API) from
-//! `tests/python/conformance.py`, must reproduce the native engine's
-//! responses, final state and audit chain on every scenario of the corpus,
-//! and its risk reports, byte for byte (as under Node, `tests/node.rs`).
+//! Python, the third runtime, two ways, with wasmtime-py (PyPI `wasmtime`,
+//! its `wasmtime.component` API) in a virtual environment of its own
+//! (`target/python-venv`, from `tests/python/requirements.txt`):
 //!
-//! The test writes the corpus to `target/python-conformance/`, makes a
-//! virtual environment in `target/python-venv` with
-//! `tests/python/requirements.txt` when it has none, and runs the script
-//! there.
+//! - the component composed onto the in-memory world, from
+//!   `tests/python/conformance.py`, must reproduce the native engine's
+//!   responses, final state and audit chain on every scenario of the
+//!   corpus, and its risk reports, byte for byte (as under Node,
+//!   `tests/node.rs`);
+//! - the plain core, its `storage` import implemented in Python
+//!   (`tests/python/store_memory.py`, and `store_sqlite.py` on sqlite3),
+//!   run from the conformance kit for embedders as it ships
+//!   (`sinew_tests::conformance::kit`, `python/run.py`), must give the same
+//!   responses byte for byte and the same final state; and a store class
+//!   of a third party's module plugs into the kit's runner.
 
-use sinew_tests::root;
+use std::path::Path;
 use std::process::Command;
 
-#[test]
-fn the_component_runs_under_python_with_the_same_results() {
-    let out = sinew_tests::conformance::dir("python-conformance");
-    let n = sinew_tests::conformance::write(&out);
-    let python = sinew_tests::python();
-    let output = Command::new(&python)
-        .arg(root().join("tests/python/conformance.py"))
-        .arg(&out)
+use sinew_tests::root;
+
+/// Runs `python args…`; returns its standard output, or fails the test.
+fn python(args: &[&dyn AsRef<std::ffi::OsStr>], cwd: &Path) -> String {
+    let mut cmd = Command::new(sinew_tests::python());
+    for a in args {
+        cmd.arg(a);
+    }
+    let output = cmd
+        .current_dir(cwd)
         .output()
         .expect("the venv's python runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}");
     assert!(
         output.status.success(),
         "the Python run failed:\n{stdout}\n{stderr}"
+    );
+    stdout
+}
+
+#[test]
+fn the_component_runs_under_python_with_the_same_results() {
+    let out = sinew_tests::conformance::dir("python-conformance");
+    let n = sinew_tests::conformance::write(&out);
+    let stdout = python(
+        &[&root().join("tests/python/conformance.py"), &out],
+        &root(),
     );
     assert!(
         stdout.contains(&format!("{n} scenarios passed")),
@@ -35,4 +53,55 @@ fn the_component_runs_under_python_with_the_same_results() {
     );
     assert!(stdout.contains("risk reports identical"), "{stdout}");
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+}
+
+#[test]
+fn stores_written_in_python_pass_the_conformance_kit() {
+    let kit = sinew_tests::conformance::dir("python-kit");
+    let n = sinew_tests::conformance::kit(&kit);
+    let run = kit.join("python/run.py");
+    for store in ["memory", "sqlite"] {
+        let stdout = python(&[&run, &kit, &"--store", &store], &root());
+        assert!(
+            stdout.contains(&format!("\n{n} scenarios passed\n")),
+            "{store}: {stdout}"
+        );
+        assert!(!stdout.contains("skipped"), "{store}: {stdout}");
+        assert!(stdout.contains("risk reports identical"), "{stdout}");
+        assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    }
+
+    // A third party's store, by MODULE:CLASS from the working directory:
+    // here the in-memory one, made to lose every audit chain's hash. The
+    // kit must notice.
+    let app = kit.join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(
+        app.join("theirs.py"),
+        "from store_memory import MemoryStore\n\n\
+         class Theirs(MemoryStore):\n    \
+             def state(self):\n        \
+                 s = super().state()\n        \
+                 for entry in s.get('audit', []):\n            \
+                     entry['hash'] = '0' * 64\n        \
+                 return s\n",
+    )
+    .unwrap();
+    let output = Command::new(sinew_tests::python())
+        .arg(&run)
+        .arg(&kit)
+        .args([
+            "--store",
+            "theirs:Theirs",
+            "shop-place-order-ok",
+            "bank-transfer-ok",
+        ])
+        .current_dir(&app)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("2 of 2 scenarios failed"), "{stdout}");
+    assert!(stdout.contains("hash"), "{stdout}");
 }

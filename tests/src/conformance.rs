@@ -102,6 +102,45 @@ pub fn write(out: &Path) -> usize {
     scenarios.len()
 }
 
+/// The conformance kit's own files: its README, and the Python embedding
+/// with its runner (`python/run.py` is `tests/python/storage_conformance.py`).
+const KIT: &[(&str, &str)] = &[
+    ("README.md", include_str!("../conformance-kit/README.md")),
+    (
+        "python/run.py",
+        include_str!("../python/storage_conformance.py"),
+    ),
+    (
+        "python/sinew_embed.py",
+        include_str!("../python/sinew_embed.py"),
+    ),
+    (
+        "python/store_memory.py",
+        include_str!("../python/store_memory.py"),
+    ),
+    (
+        "python/store_sqlite.py",
+        include_str!("../python/store_sqlite.py"),
+    ),
+    (
+        "python/requirements.txt",
+        include_str!("../python/requirements.txt"),
+    ),
+];
+
+/// Writes the conformance kit for embedders into `out` (emptied first):
+/// the corpus as [`write`] writes it, the kit's README and the Python
+/// embedding with its runner. Returns how many scenarios it wrote.
+pub fn kit(out: &Path) -> usize {
+    let n = write(out);
+    for (path, text) in KIT {
+        let dest = out.join(path);
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::write(dest, text).unwrap();
+    }
+    n
+}
+
 /// The root-relative directory a runtime's run uses.
 pub fn dir(name: &str) -> std::path::PathBuf {
     root().join("target").join(name)

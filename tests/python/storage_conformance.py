@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""The scenario corpus on the plain core component, with a storage in Python.
+
+    python tests/python/storage_conformance.py DIR [--store memory|sqlite|MODULE:CLASS] [NAME…]
+
+DIR is what `cargo test -p sinew-tests --test python` writes (see
+tests/src/conformance.rs): `sinew.wasm` (the plain core: it imports
+`storage`, `clock` and `external`), `traces/*.json` (each scenario as the
+native engine ran it on the Rust in-memory store) and `risk/*.json`.
+
+Unlike conformance.py, which runs the composed component (whose storage is
+the Rust in-memory store inside it), this links the component's imports to
+a store written in Python from docs/embedding.md and wit/*.wit:
+store_memory.py (pure Python) or store_sqlite.py (Python's sqlite3). For
+every trace, on a fresh store and a fresh instance: the spec's unique and
+timestamp fields are declared, the seed rows inserted as committed, the
+externals script loaded; each request runs at its `at` clock and its
+response (status, body, audit entry) must equal the native one byte for
+byte, with no transaction left open; then the final state (rows of every
+entity with soft-deleted ones, in id order; the audit chain with `seq`,
+`prev` and `hash`; outbox; idempotency keys; rate windows; the declared
+unique and timestamp fields; the externals' remaining script and counters)
+must equal the native state as parsed JSON (types, values and member
+order). Then every risk report, through the plain component's `analyze`.
+
+Skipped scenarios: none. (A scenario left out on purpose would be listed
+in SKIP below with its reason, and printed as `skipped <name>: <reason>`.)
+
+Output (as conformance.py's): `ok <name>` / `FAIL <name>: ...` per
+scenario, `N scenarios passed` or `K of N scenarios failed`, `M risk
+reports identical`, `X passed, Y failed`, then the store and the wall
+time; exit 1 on a failure. Names after DIR run only those scenarios (and
+no risk report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from sinew_embed import ScriptedExternal, Schema, Sinew, Trap, kind, parse_json  # noqa: E402
+from store_memory import MemoryStore  # noqa: E402
+
+# name → why it is left out, per store ("*" for both).
+SKIP: dict[str, dict[str, str]] = {}
+
+
+def store_class(which: str) -> Any:
+    """`memory`, `sqlite`, or `MODULE:CLASS`: a `sinew_embed.Storage` of
+    your own, imported from the current directory or PYTHONPATH."""
+    if which == "memory":
+        return MemoryStore
+    if which == "sqlite":
+        from store_sqlite import SqliteStore
+        return SqliteStore
+    module, sep, name = which.partition(":")
+    if not sep or not module or not name:
+        raise SystemExit(f"--store: `{which}` is neither memory, sqlite nor MODULE:CLASS")
+    import importlib
+    sys.path.insert(0, os.getcwd())
+    return getattr(importlib.import_module(module), name)
+
+
+def difference(what: str, expected: str, actual: Any) -> Optional[str]:
+    """Where two texts first differ, with some context, or None."""
+    if expected == actual:
+        return None
+    if not isinstance(actual, str):
+        return f"{what}: expected text, got {actual!r}"
+    at = 0
+    while at < len(expected) and at < len(actual) and expected[at] == actual[at]:
+        at += 1
+    lo = max(0, at - 60)
+    return (f"{what} differs at character {at}: expected ...{expected[lo:at + 60]!r}..., "
+            f"got ...{actual[lo:at + 60]!r}...")
+
+
+def same(expected: Any, actual: Any, path: str = "") -> Optional[str]:
+    """The first place two JSON values differ (type, value, member order)."""
+    if kind(expected) != kind(actual) or isinstance(expected, float) != isinstance(actual, float):
+        return f"{path or '/'}: expected {json.dumps(expected)[:200]}, got {json.dumps(actual)[:200]}"
+    if isinstance(expected, dict):
+        if list(expected) != list(actual):
+            return f"{path or '/'}: expected members {list(expected)}, got {list(actual)}"
+        for k in expected:
+            d = same(expected[k], actual[k], f"{path}/{k}")
+            if d:
+                return d
+        return None
+    if isinstance(expected, list):
+        if len(expected) != len(actual):
+            return f"{path or '/'}: expected {len(expected)} items, got {len(actual)}"
+        for i, (x, y) in enumerate(zip(expected, actual)):
+            d = same(x, y, f"{path}/{i}")
+            if d:
+                return d
+        return None
+    if expected != actual:
+        return f"{path or '/'}: expected {expected!r}, got {actual!r}"
+    return None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.ms = 0
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+def run_trace(sinew: Sinew, make: Any, trace: dict) -> Optional[str]:
+    """None when the trace comes out identical, else what differs."""
+    clock = Clock()
+    clock.ms = trace["clock"]
+    store = make()
+    store.declare(Schema.from_spec(trace["spec"]))
+    external = ScriptedExternal(parse_json(trace["state"]).get("externals", {}))
+    try:
+        inst = sinew.instance(store, external, clock)
+        inst.load(trace["spec"])
+        for s in trace["seed"]:
+            store.seed(s["entity"], parse_json(s["row"]))
+        expected = trace["expected"]["responses"]
+        if len(expected) != len(trace["requests"]):
+            return "the trace's requests and responses differ in number"
+        for n, (r, want) in enumerate(zip(trace["requests"], expected), 1):
+            here = f"request {n} ({r['tool']})"
+            clock.ms = r["at"]
+            try:
+                got = inst.execute(r)
+            except Trap as e:
+                return f"{here}: the instance trapped: {e}"
+            except ValueError as e:
+                return f"{here}: error {e}"
+            if got.status != want["status"]:
+                return f"{here}: status {got.status} instead of {want['status']}: {got.body}"
+            d = (difference(f"{here}: the body", want["body"], got.body)
+                 or difference(f"{here}: the audit entry", want["audit"], got.audit))
+            if d:
+                return d
+            if store.open_transactions():
+                return f"{here} left {store.open_transactions()} transactions open"
+        state = store.state()
+        state["externals"] = external.to_json()
+        d = same(parse_json(trace["expected"]["state"]), state)
+        return f"the final state differs at {d}" if d else None
+    finally:
+        close = getattr(store, "close", None)
+        if close:
+            close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("dir")
+    ap.add_argument("--store", default="memory",
+                    help="memory, sqlite, or MODULE:CLASS (a sinew_embed.Storage of your own)")
+    ap.add_argument("names", nargs="*", help="run only these scenarios")
+    args = ap.parse_intermixed_args()
+    started = time.monotonic()
+    make = store_class(args.store)
+    sinew = Sinew(os.path.join(args.dir, "sinew.wasm"))
+    tdir = os.path.join(args.dir, "traces")
+    files = sorted(f for f in os.listdir(tdir) if f.endswith(".json"))
+    if args.names:
+        files = [f for f in files if f[:-5] in args.names]
+    if not files:
+        print("no traces", file=sys.stderr)
+        return 2
+    ran = bad = 0
+    for f in files:
+        name = f[:-5]
+        skip = SKIP.get(name, {})
+        reason = skip.get(args.store) or skip.get("*")
+        if reason:
+            print(f"skipped {name}: {reason}")
+            continue
+        with open(os.path.join(tdir, f), encoding="utf-8") as fh:
+            trace = json.load(fh)
+        try:
+            problem = run_trace(sinew, make, trace)
+        except Exception as e:  # a bug of the store or the driver: report, go on
+            problem = f"crashed: {e!r}"
+        ran += 1
+        if problem is None:
+            print(f"ok {name}")
+        else:
+            bad += 1
+            print(f"FAIL {name}: {problem}")
+    print(f"{ran} scenarios passed" if bad == 0 else f"{bad} of {ran} scenarios failed")
+    passed, failed = ran - bad, bad
+    if not args.names:
+        rdir = os.path.join(args.dir, "risk")
+        risks = sorted(f for f in os.listdir(rdir) if f.endswith(".json"))
+        inst = sinew.instance(MemoryStore())
+        same_reports = 0
+        for f in risks:
+            with open(os.path.join(rdir, f), encoding="utf-8") as fh:
+                doc = json.load(fh)
+            d = difference("the report", doc["report"], inst.analyze(doc["spec"]))
+            if d is None:
+                same_reports += 1
+                passed += 1
+            else:
+                failed += 1
+                print(f"FAIL risk {f[:-5]}: {d}")
+        print(f"{same_reports} risk reports identical" if same_reports == len(risks)
+              else f"{same_reports} of {len(risks)} risk reports identical")
+    print(f"{passed} passed, {failed} failed")
+    print(f"store {args.store}: {time.monotonic() - started:.1f} s")
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
