@@ -404,9 +404,10 @@ class MemoryStore(Storage):
                     changed.append(k)
                 row[k] = v
         row["version"] = have + 1
-        # As the reference store: at the write, a unique key is checked when
-        # its name is a changed column (so a composite index only at commit).
-        keys = [k for k in self.schema.unique.get(entity, []) if k in changed]
+        # At the write, a unique key is checked when any of its fields changed
+        # (an index's key is its fields joined by `,`), as Postgres does.
+        keys = [k for k in self.schema.unique.get(entity, [])
+                if any(part in changed for part in k.split(","))]
         self.check_unique(chain, root, entity, id_, row, keys)
         self.write(chain, entity, id_, row, latest_seq)
         return row

@@ -1126,12 +1126,15 @@ impl MemoryStorage {
             }
         }
         row.insert("version".into(), Value::from(next));
+        // A key is checked when any of its fields changed (a unique index's
+        // key is its fields joined by `,`), as Postgres checks its unique
+        // indexes at the UPDATE, not at the commit.
         let fields: Vec<String> = self
             .unique
             .get(entity)
             .into_iter()
             .flatten()
-            .filter(|f| changed.contains(f))
+            .filter(|f| f.split(',').any(|part| changed.iter().any(|c| c == part)))
             .cloned()
             .collect();
         self.check_unique(&chain, root, entity, id, &row, &fields)?;
@@ -2911,6 +2914,33 @@ mod tests {
         );
         // A string is another value.
         s.insert(tx, E, &item("b", json!({"code": "1"}))).unwrap();
+    }
+
+    #[test]
+    fn a_unique_index_is_checked_when_one_of_its_fields_changes() {
+        // `therapist,start_at`: moving one visit onto another's slot fails
+        // at the update (where a node's `onError` can catch it), as on
+        // Postgres, not only at the commit.
+        let mut s = MemoryStorage::new().with_unique(E, "therapist,start_at");
+        s.seed(E, item("a", json!({"therapist": "t", "start_at": 9})))
+            .unwrap();
+        s.seed(E, item("b", json!({"therapist": "t", "start_at": 10})))
+            .unwrap();
+        let tx = s.begin(RC, None).unwrap();
+        assert_eq!(
+            s.update(tx, E, "b", 1, &changes(json!({"start_at": 9})))
+                .unwrap_err(),
+            StorageError::Unique {
+                entity: E.into(),
+                field: "therapist,start_at".into()
+            }
+        );
+        // Another slot is fine, and so is a change of no key field.
+        s.update(tx, E, "b", 1, &changes(json!({"start_at": 11})))
+            .unwrap();
+        s.update(tx, E, "a", 1, &changes(json!({"note": "x"})))
+            .unwrap();
+        s.commit(tx).unwrap();
     }
 
     #[test]
