@@ -492,7 +492,7 @@ async fn bad_requests_get_typed_answers_and_change_nothing() {
     let r = http
         .send(
             "GET",
-            &format!("{base}/studio/component/sinew.core.wasm"),
+            &format!("{base}/studio/sinew-core/component/sinew.core.wasm"),
             &[],
             "",
         )

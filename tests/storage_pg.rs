@@ -1213,3 +1213,79 @@ fn the_sequencer_chains_every_committed_entry_once() {
         assert_eq!(sequencer::catch_up(&admin).await.unwrap(), 0);
     });
 }
+
+/// Postgres and the in-memory store refuse alike: an id already taken is a
+/// `conflict`, and a unique index is checked at the update that changes
+/// one of its fields (`unique`, where a node's `onError` catches it), not
+/// only at the commit; the transaction stays usable.
+#[test]
+fn taken_ids_and_unique_indexes_are_refused_alike_on_every_store() {
+    use sinew_core::ports::StorageError;
+    let cluster = Cluster::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let text = r#"{"sinew": "0.2", "name": "slots", "entities": {
+            "Visit": {"fields": {"therapist": {"type": "string"}, "slot": {"type": "integer"},
+                                 "note": {"type": "string", "nullable": true}},
+                      "indexes": [{"fields": ["therapist", "slot"], "unique": true}]}},
+            "tools": {}}"#;
+        let (db, mut memory, bundle) = side_by_side(&cluster, text).await;
+        let visit = |i: u32, slot: i64| {
+            bundle
+                .complete_row(
+                    "Visit",
+                    &changes(
+                        json!({"id": format!("00000000-0000-4000-8000-00000000000{i}"),
+                                    "therapist": "t", "slot": slot}),
+                    ),
+                    1_700_000_000_000,
+                )
+                .unwrap()
+        };
+        let id = |i: u32| format!("00000000-0000-4000-8000-00000000000{i}");
+        let tx = db.begin(Isolation::ReadCommitted, None).await.unwrap();
+        let mt = memory.begin(Isolation::ReadCommitted, None).unwrap();
+        for i in [1, 2] {
+            db.insert(tx, "Visit", &visit(i, i64::from(i)))
+                .await
+                .unwrap();
+            memory.insert(mt, "Visit", &visit(i, i64::from(i))).unwrap();
+        }
+        // The same id again.
+        let pg = db.insert(tx, "Visit", &visit(1, 7)).await;
+        let mem = memory.insert(mt, "Visit", &visit(1, 7));
+        for r in [&pg, &mem] {
+            assert!(matches!(r, Err(StorageError::Conflict { .. })), "{r:?}");
+        }
+        // Visit 2 moved onto visit 1's slot: refused at the update.
+        let onto = changes(json!({"slot": 1}));
+        let pg = db.update(tx, "Visit", &id(2), 1, &onto).await;
+        let mem = memory.update(mt, "Visit", &id(2), 1, &onto);
+        for r in [&pg, &mem] {
+            assert!(
+                matches!(r, Err(StorageError::Unique { field, .. }) if field == "therapist,slot"),
+                "{r:?}"
+            );
+        }
+        // Still usable: another slot, and a change of no key field.
+        let pg = db
+            .update(tx, "Visit", &id(2), 1, &changes(json!({"slot": 3})))
+            .await
+            .unwrap();
+        let mem = memory
+            .update(mt, "Visit", &id(2), 1, &changes(json!({"slot": 3})))
+            .unwrap();
+        assert_eq!(
+            serde_json::to_string(&pg).unwrap(),
+            serde_json::to_string(&mem).unwrap()
+        );
+        db.update(tx, "Visit", &id(1), 1, &changes(json!({"note": "x"})))
+            .await
+            .unwrap();
+        memory
+            .update(mt, "Visit", &id(1), 1, &changes(json!({"note": "x"})))
+            .unwrap();
+        db.commit(tx).await.unwrap();
+        memory.commit(mt).unwrap();
+    });
+}

@@ -1,6 +1,7 @@
 // A minimal embedding of sinew's core in JavaScript (Node), with jco: the
 // core composed onto the in-memory world (`sinew component --composed`),
-// whose only import is the clock, transpiled in memory. It judges a spec,
+// whose only import is the clock, transpiled on the fly (into a temporary
+// directory, removed at the end). It judges a spec,
 // loads it, seeds one row and runs one call. With jco installed
 // (`npm install @bytecodealliance/jco`):
 //
@@ -9,7 +10,7 @@
 //
 // (The npm package `sinew-core` wraps all this in a small API.)
 
-import { readFile, writeFile, mkdtemp, mkdir } from 'node:fs/promises';
+import { readFile, writeFile, mkdtemp, mkdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -32,6 +33,7 @@ for (const [name, data] of Object.entries(files)) {
   if (name.endsWith('.wasm')) modules.set(name, await WebAssembly.compile(data));
 }
 const { instantiate } = await import(pathToFileURL(join(dir, 'sinew.js')).href);
+await rm(dir, { recursive: true }); // loaded and compiled: no longer needed
 
 // 2026-01-01T00:00:00Z: the clock every call of this example reads. jco
 // names imports without their version; `s64` is a BigInt.

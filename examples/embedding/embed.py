@@ -44,12 +44,23 @@ def export(interface, name):
 
 
 def ok(result):
-    """The `ok` value of a `result`; its `err` value raised."""
+    """The `ok` value of a `result`; its `err` raised. wasmtime-py gives a
+    result whose two cases are both records as `Variant('ok' | 'err', …)`
+    (`load`, `execute`), one whose cases differ in type as the bare value
+    of either: `complete-row` gives the row's text or the error record."""
     if isinstance(result, Variant):
         if result.tag == "err":
-            raise RuntimeError(getattr(result.payload, "message", result.payload))
+            raise RuntimeError(result.payload.message)
         return result.payload
+    if isinstance(result, Record):
+        raise RuntimeError(result.message)
     return result
+
+
+def done(result):
+    """A `result<_, string>` (`declare`, `seed`): None, or the error's text."""
+    if result is not None:
+        raise RuntimeError(result)
 
 
 # Judge the spec: the JSON of `sinew check --format json`.
@@ -58,13 +69,13 @@ print(f"report {len(report.encode())} bytes")
 
 # Load it, and tell the in-memory store its unique and timestamp fields.
 info = ok(export("executor", "load")(spec))
-ok(export("memory", "declare")(spec))
+done(export("memory", "declare")(spec))
 print(f"loaded {info.name} {info.hash} ({len(info.tools)} tools)")
 
 # One seed row, completed as the spec defines it, inserted as committed.
 row = '{"id": "00000000-0000-4000-8000-000000000001", "sku": "pen", "name": "Pen", "price_cents": 150, "stock": 4}'
 row = ok(export("executor", "complete-row")("Product", row, NOW))
-ok(export("memory", "seed")("Product", row))
+done(export("memory", "seed")("Product", row))
 
 # One call, through the nine steps of the contract. Records are built
 # field by field (names as in the WIT).

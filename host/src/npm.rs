@@ -78,8 +78,15 @@ impl Package {
         Ok(Package { files, modules })
     }
 
-    /// Writes every file under `dir` (created if missing). Returns how many.
+    /// Writes every file under `dir` (created if missing), replacing its
+    /// `component/` directory: nothing of an earlier package's component
+    /// stays to be packed. Returns how many files it wrote.
     pub fn write(&self, dir: &Path) -> Result<usize> {
+        let component = dir.join("component");
+        if component.exists() {
+            std::fs::remove_dir_all(&component)
+                .with_context(|| format!("cannot replace `{}`", component.display()))?;
+        }
         for (path, data) in &self.files {
             let dest = dir.join(path);
             if let Some(parent) = dest.parent() {

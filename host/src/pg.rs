@@ -516,6 +516,13 @@ impl PgBackend {
                     entity: entity.clone(),
                     field: field.clone(),
                 },
+                // An id already taken: a conflict, as in the in-memory
+                // store (another request's row won).
+                None if db.constraint().is_some_and(|c| c.ends_with("_pkey")) => {
+                    StorageError::Conflict {
+                        message: db.message().to_owned(),
+                    }
+                }
                 None => invalid(db.message()),
             }
         } else if code.code().starts_with("08")

@@ -1,6 +1,9 @@
 // Types of sinew-core's API (index.js). The component's own interfaces, as
 // jco generated them from the WIT, are under `component/` (`sinew.d.ts`).
 
+import type * as ExecutorExports from './component/interfaces/sinew-executor-executor.js';
+import type * as MemoryExports from './component/interfaces/sinew-executor-memory.js';
+
 /** Any JSON value. */
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 
@@ -9,19 +12,29 @@ export const version: string;
 
 /** What went wrong. */
 export class SinewError extends Error {
+  constructor(code: string, message: string, pointer?: string);
   /**
    * Stable: `invalid-json`, `spec-errors`, `blocked`, `schema`,
-   * `not-loaded`, `too-large`, `seed` (the executor's), `world` (the
-   * simulated store's), `patch` (`applyPatch`).
+   * `not-loaded`, `too-large` (the executor's), `seed` (a seed row
+   * refused), `world` (the simulated store's), `patch` (`applyPatch`).
    */
   readonly code: string;
   /** A JSON Pointer into the spec, where one applies; else empty. */
   readonly pointer: string;
+  /** For `seed`: how many rows went in before the refused one. */
+  readonly inserted?: number;
 }
+
+/** A spec: its JSON text, or the document itself. */
+export type Spec = string | object;
 
 /** Options of `load`. */
 export interface LoadOptions {
-  /** The URL of the package's `component/` directory (default: next to index.js). */
+  /**
+   * The package's `component/` directory (default: next to index.js): a
+   * URL; in Node also a file path (relative to the working directory); in
+   * a browser a relative URL is relative to the page.
+   */
   base?: string | URL;
   /** Core modules compiled already, by name (or a promise of them). */
   modules?: Iterable<[string, WebAssembly.Module]> | Promise<Iterable<[string, WebAssembly.Module]>>;
@@ -107,23 +120,23 @@ export interface Place {
 
 /** Options of `simulate`. */
 export interface SimulateOptions {
-  /** The clock: milliseconds since the Unix epoch, or a function returning them (default `Date.now`). */
-  now?: number | (() => number);
-  /** Scripted answers of external services: `{"service.operation": [{ok: …} | {declined: …} | {failed: "…"}]}`. */
-  externals?: Json | string;
+  /** The clock: milliseconds since the Unix epoch or a Date, or a function returning either (default `Date.now`). */
+  now?: number | Date | (() => number | Date);
+  /** Scripted answers of external services: `{"service.operation": [{ok: …} | {declined: …} | {failed: "…"}]}`, or its text. */
+  externals?: object | string;
 }
 
 /** The risk engine, and worlds to simulate calls in. */
 export class Core {
   private constructor();
   /** The risk report of a spec (its text, or an object). */
-  analyze(spec: string | Json): Report;
+  analyze(spec: Spec): Report;
   /** `analyze`, the report's JSON text exactly as the native engine writes it. */
-  analyzeText(spec: string | Json): string;
+  analyzeText(spec: Spec): string;
   /** Applies every mechanical fix. */
-  fix(spec: string | Json): Fixed;
+  fix(spec: Spec): Fixed;
   /** Applies a JSON Patch (a finding's `fix.patch`), keeping formatting. Throws a SinewError (`patch`). */
-  applyPatch(spec: string | Json, patch: Json[] | string): string;
+  applyPatch(spec: Spec, patch: readonly unknown[] | string): string;
   /** Where JSON Pointers are in a spec's text, in the order asked. */
   locate(spec: string, pointers: Iterable<string>): Place[];
   /** A new world: the executor and an empty in-memory store of its own. */
@@ -141,10 +154,10 @@ export interface BundleInfo {
 /** One call of a tool. */
 export interface Request {
   tool: string;
-  /** The input (an object or its JSON text). */
-  input?: Json | string;
-  /** The verified caller; anonymous without. `claims` default to `{sub}`. */
-  auth?: { sub: string; roles?: string[]; claims?: Json | string };
+  /** The input: a value, or its JSON text when a string (a string input is `'"text"'`); default `{}`. */
+  input?: unknown;
+  /** The verified caller; anonymous without. `claims` (an object or its text) default to `{sub}`. */
+  auth?: { sub: string; roles?: string[]; claims?: object | string };
   /** Unique per request (new row ids derive from it); a random UUID by default. */
   id?: string;
   /** The `Idempotency-Key`. */
@@ -169,7 +182,9 @@ export interface State {
   audit?: { [key: string]: Json }[];
   idempotency?: Json[];
   rate?: Json[];
+  outbox?: { [key: string]: Json }[];
   unique?: { [entity: string]: string[] };
+  timestamps?: { [entity: string]: string[] };
   externals?: Json;
   [key: string]: Json | undefined;
 }
@@ -177,14 +192,23 @@ export interface State {
 /** An executor and its in-memory store. */
 export class World {
   private constructor();
-  /** The clock, in milliseconds; set it to a number or a function. */
+  /** The clock, in milliseconds; set it to milliseconds, a Date, or a function returning either. */
   get now(): number;
-  set now(value: number | (() => number));
+  set now(value: number | Date | (() => number | Date));
   /** Loads a spec; throws a SinewError when it has errors or a Red tool. */
-  load(spec: string | Json): BundleInfo;
-  /** Inserts seed rows, `{"Entity": [row, …]}`, completed as the spec defines them. */
-  seed(rows: { [entity: string]: { [key: string]: Json }[] } | string): number;
-  /** Runs one call through the nine steps of the contract. */
+  load(spec: Spec): BundleInfo;
+  /**
+   * Inserts seed rows, `{"Entity": [row, …]}` (or its text), completed as
+   * the spec defines them; returns how many. Not all or nothing: a refused
+   * row throws a SinewError (`seed`) whose `inserted` counts the rows
+   * before it, which stay.
+   */
+  seed(rows: { [entity: string]: object[] } | string): number;
+  /**
+   * Runs one call through the nine steps of the contract. A refused call
+   * is a response; throws a SinewError only when the call cannot be
+   * taken: `not-loaded`, `invalid-json` (input text), `too-large`.
+   */
   execute(request: Request): Response;
   /** The store's whole state. */
   state(): State;
@@ -194,6 +218,6 @@ export class World {
   rows(entity: string): { [key: string]: Json }[];
   /** The audit chain from the `first`-th entry on. */
   audit(first?: number): { [key: string]: Json }[];
-  /** The component's own exports (JSON as text). */
-  readonly raw: { executor: unknown; memory: unknown };
+  /** The component's own exports (JSON as text, `u64`/`s64` as bigint). */
+  readonly raw: { executor: typeof ExecutorExports; memory: typeof MemoryExports };
 }

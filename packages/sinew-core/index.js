@@ -25,9 +25,10 @@ export const version = '0.1.0';
 
 /**
  * What went wrong: `code` is stable (`invalid-json`, `spec-errors`,
- * `blocked`, `schema`, `not-loaded`, `too-large`, `seed` from the
- * executor; `world` from the simulated world's store; `patch` from
- * `applyPatch`), `pointer` a JSON Pointer into the spec where one applies.
+ * `blocked`, `schema`, `not-loaded`, `too-large` from the executor;
+ * `seed` for a seed row refused; `world` from the simulated world's
+ * store; `patch` from `applyPatch`), `pointer` a JSON Pointer into the
+ * spec where one applies.
  */
 export class SinewError extends Error {
   constructor(code, message, pointer = '') {
@@ -62,6 +63,22 @@ function text(value) {
   return typeof value === 'string' ? value : JSON.stringify(value);
 }
 
+/** Whether this is Node (its file system reads the core modules). */
+const inNode = typeof globalThis.process?.versions?.node === 'string';
+
+/** Keeps `new Core()` and `new World()` to this module. */
+const internal = Symbol('sinew-core');
+
+/**
+ * Milliseconds since the Unix epoch from a number or a Date: whole
+ * (fractions dropped), finite, or a TypeError.
+ */
+function millis(value) {
+  const ms = value instanceof Date ? value.getTime() : typeof value === 'number' ? value : NaN;
+  if (!Number.isFinite(ms)) throw new TypeError(`the clock: ${String(value)} is not milliseconds`);
+  return Math.floor(ms);
+}
+
 /** A request id: unique per request (new row ids derive from it). */
 function requestId() {
   if (globalThis.crypto?.randomUUID) return globalThis.crypto.randomUUID();
@@ -70,28 +87,45 @@ function requestId() {
 }
 
 /**
- * Compiles one core module of the component. In Node (a `file:` base) it
- * reads the file; elsewhere it fetches and compiles by streaming, falling
- * back to compiling the bytes when the server's content type is not
+ * Compiles one core module of the component. In Node a `file:` URL is
+ * read from disk; anything else is fetched and compiled by streaming,
+ * or from its bytes when the server's content type is not
  * `application/wasm`.
  */
 async function compileModule(base, name) {
   const url = new URL(name, base);
-  if (url.protocol === 'file:') {
+  if (url.protocol === 'file:' && inNode) {
     const { readFile } = await import('node:fs/promises');
     return WebAssembly.compile(await readFile(url));
   }
-  const response = fetch(url);
-  if (WebAssembly.compileStreaming) {
-    try {
-      return await WebAssembly.compileStreaming(response);
-    } catch (e) {
-      if (!(e instanceof TypeError)) throw e;
-    }
-  }
   const r = await fetch(url);
   if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
+  const wasm = (r.headers.get('content-type') ?? '').split(';')[0].trim() === 'application/wasm';
+  if (wasm && WebAssembly.compileStreaming) return WebAssembly.compileStreaming(r);
   return WebAssembly.compile(await r.arrayBuffer());
+}
+
+/**
+ * The URL of the `component/` directory: next to this file by default; a
+ * URL; in Node, a file path too (absolute, or relative to the working
+ * directory); in a browser, a relative URL is relative to the page.
+ */
+async function baseURL(base) {
+  let url;
+  if (base === undefined) url = new URL('./component/', import.meta.url);
+  else if (base instanceof URL) url = new URL(base.href);
+  else {
+    const s = String(base);
+    const scheme = /^[A-Za-z][A-Za-z0-9+.-]+:/.test(s) && !/^[A-Za-z]:[\\/]/.test(s);
+    if (!scheme && inNode) {
+      const [{ pathToFileURL }, { resolve }] = await Promise.all([import('node:url'), import('node:path')]);
+      url = pathToFileURL(resolve(s));
+    } else {
+      url = new URL(s, globalThis.location?.href ?? import.meta.url);
+    }
+  }
+  if (!url.pathname.endsWith('/')) url.pathname += '/';
+  return url;
 }
 
 /**
@@ -104,9 +138,11 @@ async function compileModule(base, name) {
  * compiling early passes them).
  */
 export async function load(options = {}) {
-  const base = new URL(options.base ?? './component/', import.meta.url);
-  if (!base.pathname.endsWith('/')) base.pathname += '/';
-  const compiled = new Map(await (options.modules ?? []));
+  const base = await baseURL(options.base);
+  // Modules compiled already; if that failed (a page's early start), the
+  // modules are compiled here instead.
+  const given = await Promise.resolve(options.modules ?? []).catch(() => []);
+  const compiled = new Map(given);
   const pending = new Map();
   const getCoreModule = (name) => {
     const m = compiled.get(name);
@@ -123,15 +159,17 @@ export async function load(options = {}) {
     return pending.get(name);
   };
   const create = (clock) =>
-    instantiate(getCoreModule, { 'sinew:executor/clock': { nowMs: () => BigInt(clock()) } });
+    instantiate(getCoreModule, { 'sinew:executor/clock': { nowMs: () => BigInt(millis(clock())) } });
   // The risk engine never reads the clock.
   const judge = await create(() => 0);
-  return new Core(judge, create);
+  return new Core(internal, judge, create);
 }
 
 /** The risk engine, and worlds to simulate calls in. */
 export class Core {
-  constructor(instance, create) {
+  /** @internal Use `load()`. */
+  constructor(token, instance, create) {
+    if (token !== internal) throw new TypeError('a Core comes from `load()`');
     this.#risk = instance.risk;
     this.#create = create;
   }
@@ -180,10 +218,9 @@ export class Core {
    * (`{"service.operation": [{"ok": …}, {"declined": …}, {"failed": "…"}]}`).
    */
   async simulate(options = {}) {
-    const world = new World();
-    const instance = await this.#create(() => world.nowMs());
-    world.attach(instance, options);
-    return world;
+    const clock = { now: Date.now };
+    const instance = await this.#create(() => clock.now());
+    return new World(internal, instance, clock, options);
   }
 }
 
@@ -191,35 +228,34 @@ export class Core {
 export class World {
   #executor;
   #memory;
-  #now = Date.now;
+  #clock;
   #spec;
 
-  /** @internal */
-  attach(instance, options) {
+  /** @internal Use `core.simulate()`. */
+  constructor(token, instance, clock, options) {
+    if (token !== internal) throw new TypeError('a World comes from `core.simulate()`');
     this.#executor = instance.executor;
     this.#memory = instance.memory;
+    this.#clock = clock;
     if (options.now !== undefined) this.now = options.now;
     if (options.externals !== undefined) this.reset(`{"externals": ${text(options.externals)}}`);
   }
 
-  /** @internal */
-  nowMs() {
-    return this.#now();
-  }
-
-  /** Sets the clock: milliseconds, or a function returning them. */
+  /**
+   * Sets the clock: milliseconds since the epoch or a Date, or a function
+   * returning either (called at every reading; fractions are dropped).
+   */
   set now(value) {
-    if (typeof value === 'function') this.#now = value;
+    if (typeof value === 'function') this.#clock.now = value;
     else {
-      const ms = Number(value);
-      if (!Number.isSafeInteger(ms)) throw new TypeError(`now: ${value} is not whole milliseconds`);
-      this.#now = () => ms;
+      const ms = millis(value);
+      this.#clock.now = () => ms;
     }
   }
 
   /** The clock's time now, in milliseconds. */
   get now() {
-    return this.#now();
+    return millis(this.#clock.now());
   }
 
   /**
@@ -247,16 +283,22 @@ export class World {
    * Inserts seed rows as committed, `{"Entity": [row, …]}` (an object or
    * its text; numbers as written), each completed as the loaded spec
    * defines it (`version` 1, timestamps now, the initial status, defaults).
-   * Every row needs a UUID `id`. Returns how many rows it inserted; on an
-   * error (a SinewError naming the row) the rows before it stay.
+   * Every row needs a UUID `id`. Returns how many rows it inserted. Not
+   * all or nothing: on an error (a SinewError, code `seed`, naming the
+   * row, with `inserted`, how many went in before it) the rows before it
+   * stay.
    */
   seed(rows) {
     const tables = attempt('seed', () => this.#memory.tables(text(rows)));
-    const now = BigInt(this.#now());
+    const now = BigInt(this.now);
     let n = 0;
     for (const { entity, rows: list } of tables) {
       list.forEach((row, i) => {
-        const where = (e) => new SinewError(e.code ?? 'seed', `\`${entity}[${i}]\`: ${e.message}`, e.pointer);
+        const where = (e) => {
+          const err = new SinewError('seed', `\`${entity}[${i}]\`: ${e.message}`, e.pointer);
+          err.inserted = n;
+          return err;
+        };
         let complete;
         try {
           complete = attempt('seed', () => this.#executor.completeRow(entity, row, now));
@@ -273,11 +315,15 @@ export class World {
   /**
    * Runs one call of a tool through the nine steps of the contract.
    * `request`: `{tool, input, auth?: {sub, roles?, claims?}, id?,
-   * idempotencyKey?, scheduled?}`; `id` defaults to a random UUID (new
-   * row ids derive from it). Returns `{status, body, audit}`: the HTTP
-   * status, the body (the output or an RFC 9457 problem) and the audit
-   * entry as the store chained it. Throws a SinewError only when nothing
-   * is loaded.
+   * idempotencyKey?, scheduled?}`; `input` is a value, or its JSON text
+   * when a string (a string input is `'"text"'`); `id` defaults to a
+   * random UUID (new row ids derive from it). Returns `{status, body,
+   * audit}`: the HTTP status, the body (the output or an RFC 9457
+   * problem) and the request's final audit entry as the store chained it
+   * (with `seq`, `prev`, `hash`). A refused call is a response; a
+   * SinewError is thrown only when the call cannot be taken at all:
+   * `not-loaded`, `invalid-json` (the input text is not JSON),
+   * `too-large` (the input is over the executor's limit).
    */
   execute(request) {
     const auth = request.auth
@@ -298,8 +344,10 @@ export class World {
         scheduled: request.scheduled ?? undefined,
       }),
     );
+    // The request's final entry as chained (commit entries come before
+    // it); the executor's own copy, unchained, if the store lost it.
     const chained = JSON.parse(this.#memory.audit(before));
-    const audit = chained.length > 0 ? chained[chained.length - 1] : JSON.parse(r.audit);
+    const audit = chained.findLast((e) => e.kind === 'final') ?? JSON.parse(r.audit);
     return { status: r.status, body: JSON.parse(r.body), audit };
   }
 

@@ -707,7 +707,16 @@ TYPE_RANK = {"boolean": 0, "number": 1, "string": 2, "array": 3, "object": 4, "n
 
 
 def sort_cmp(a: Any, b: Any, timestamp: bool) -> int:
-    """The total ascending order of sort keys (nulls last)."""
+    """The total ascending order of sort keys (nulls last). In a timestamp
+    column, text that is no timestamp sorts after every instant, by its
+    text among itself."""
+    if timestamp and isinstance(a, str) and isinstance(b, str):
+        x, y = parse_timestamp(a), parse_timestamp(b)
+        if x is not None and y is not None:
+            return _cmp(x, y)
+        if x is None and y is None:
+            return _cmp(a.encode(), b.encode())
+        return -1 if y is None else 1
     o = sql_cmp(a, b, timestamp)
     if o is not None:
         return o

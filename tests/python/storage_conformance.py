@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
 """The scenario corpus on the plain core component, with a storage in Python.
 
-    python tests/python/storage_conformance.py DIR [--store memory|sqlite|MODULE:CLASS] [NAME…]
+    python run.py DIR [--store memory|sqlite|MODULE:CLASS] [NAME…]
 
-DIR is what `cargo test -p sinew-tests --test python` writes (see
-tests/src/conformance.rs): `sinew.wasm` (the plain core: it imports
-`storage`, `clock` and `external`), `traces/*.json` (each scenario as the
-native engine ran it on the Rust in-memory store) and `risk/*.json`.
+The runner of sinew's conformance kit (`python/run.py` in a kit written by
+`cargo run -p sinew-tests --bin conformance-kit -- DIR`;
+`tests/python/storage_conformance.py` in sinew's repository). DIR is the
+kit: `sinew.wasm` (the plain core: it imports `storage`, `clock` and
+`external`), `traces/*.json` (each scenario as the native engine ran it on
+the Rust in-memory store) and `risk/*.json`. `--store MODULE:CLASS` runs a
+`sinew_embed.Storage` of your own (imported from the working directory or
+PYTHONPATH) that also has `state()` (the store's state in the form of the
+traces' `expected.state`, without `externals`) and `open_transactions()`,
+as `store_memory.MemoryStore` has.
 
 Unlike conformance.py, which runs the composed component (whose storage is
 the Rust in-memory store inside it), this links the component's imports to
@@ -23,9 +29,6 @@ unique and timestamp fields; the externals' remaining script and counters)
 must equal the native state as parsed JSON (types, values and member
 order). Then every risk report, through the plain component's `analyze`.
 
-Skipped scenarios: none. (A scenario left out on purpose would be listed
-in SKIP below with its reason, and printed as `skipped <name>: <reason>`.)
-
 Output (as conformance.py's): `ok <name>` / `FAIL <name>: ...` per
 scenario, `N scenarios passed` or `K of N scenarios failed`, `M risk
 reports identical`, `X passed, Y failed`, then the store and the wall
@@ -40,15 +43,13 @@ import json
 import os
 import sys
 import time
+import traceback
 from typing import Any, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from sinew_embed import ScriptedExternal, Schema, Sinew, Trap, kind, parse_json  # noqa: E402
 from store_memory import MemoryStore  # noqa: E402
-
-# name → why it is left out, per store ("*" for both).
-SKIP: dict[str, dict[str, str]] = {}
 
 
 def store_class(which: str) -> Any:
@@ -176,17 +177,12 @@ def main() -> int:
     ran = bad = 0
     for f in files:
         name = f[:-5]
-        skip = SKIP.get(name, {})
-        reason = skip.get(args.store) or skip.get("*")
-        if reason:
-            print(f"skipped {name}: {reason}")
-            continue
         with open(os.path.join(tdir, f), encoding="utf-8") as fh:
             trace = json.load(fh)
         try:
             problem = run_trace(sinew, make, trace)
-        except Exception as e:  # a bug of the store or the driver: report, go on
-            problem = f"crashed: {e!r}"
+        except Exception:  # a bug of the store or the driver: report, go on
+            problem = "crashed:\n" + traceback.format_exc()
         ran += 1
         if problem is None:
             print(f"ok {name}")

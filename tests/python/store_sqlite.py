@@ -105,6 +105,16 @@ class Compiler:
             return f"(CASE WHEN {t} = 'text' THEN sinew_instant({v}) ELSE {v} END)"
         return v
 
+    def order_value(self, entity: str, a: str, f: str) -> str:
+        """What orders a column's values within their JSON type in ORDER BY
+        and cursors: in a timestamp column, the instant, else (text that is
+        no timestamp) the text itself, which SQLite sorts after every
+        integer: valid instants first, the rest by their bytes."""
+        v, t = self.column(a, f)
+        if self.store.schema.is_timestamp(entity, f):
+            return f"(CASE WHEN {t} = 'text' THEN COALESCE(sinew_instant({v}), {v}) ELSE {v} END)"
+        return v
+
     def comparable(self, entity: str, f: str, x: Any) -> Optional[tuple[str, Any]]:
         """The type test and the parameter a column is compared with `x`
         with (None: `x` compares with nothing)."""
@@ -202,7 +212,7 @@ class Compiler:
             d = " DESC" if k.desc else ""
             if k.field != "id":    # (a constant would name a result column)
                 out.append(self.rank(a, k.field) + d)
-            out.append(self.sort_value(entity, a, k.field) + d)
+            out.append(self.order_value(entity, a, k.field) + d)
         out.append(f"{a}.id")
         return ", ".join(out)
 
@@ -213,11 +223,13 @@ class Compiler:
         eq_params: list = []
         for k, c in zip(order, after):
             rank = self.rank(a, k.field)
-            value = self.sort_value(entity, a, k.field)
+            value = self.order_value(entity, a, k.field)
             r = TYPE_RANK[kind(c)]
             if isinstance(c, (list, dict)):
                 raise invalid("a cursor value that is an array or an object is not supported here")
             cv = None if c is None else (self.comparable(entity, k.field, c) or (None, None))[1]
+            if cv is None and isinstance(c, str):
+                cv = c    # text that is no timestamp: ordered as its text
             if c is None:
                 gt, gp = (f"({rank} < 5)", []) if k.desc else ("0", [])
                 eq, ep = f"({rank} = 5)", []
@@ -528,7 +540,7 @@ class SqliteStore(Storage):
                                for g, k in zip(group_by, keys))
                 bv, _ = c.column(b, m.field or "")
                 d = " DESC" if m.tally == "max" else ""
-                order = f"{RANK.format(t=c.column(b, m.field or '')[1])}{d}, {c.sort_value(entity, b, m.field or '')}{d}, {b}.id"
+                order = f"{RANK.format(t=c.column(b, m.field or '')[1])}{d}, {c.order_value(entity, b, m.field or '')}{d}, {b}.id"
                 cols.append(f"(SELECT {b}.data -> {path(m.field or '')} FROM {table(entity)} {b} "
                             f"WHERE {bw}{same} AND {bv} IS NOT NULL ORDER BY {order} LIMIT 1)")
                 cparams += bp

@@ -11,10 +11,12 @@ use std::path::Path;
 
 /// Writes `out/sinew.wasm` (the core alone, importing `storage`, `clock`
 /// and `external`), `out/sinew.composed.wasm`, `out/traces/*.json` and
-/// `out/risk/*.json` (the directory emptied first); returns how many
-/// scenarios it wrote.
+/// `out/risk/*.json` (those two directories emptied first, nothing else
+/// of `out` touched); returns how many scenarios it wrote.
 pub fn write(out: &Path) -> usize {
-    let _ = std::fs::remove_dir_all(out);
+    for d in ["traces", "risk"] {
+        let _ = std::fs::remove_dir_all(out.join(d));
+    }
     std::fs::create_dir_all(out.join("traces")).unwrap();
     std::fs::create_dir_all(out.join("risk")).unwrap();
     std::fs::write(out.join("sinew.wasm"), sinew_host::COMPONENT).unwrap();
@@ -128,9 +130,10 @@ const KIT: &[(&str, &str)] = &[
     ),
 ];
 
-/// Writes the conformance kit for embedders into `out` (emptied first):
-/// the corpus as [`write`] writes it, the kit's README and the Python
-/// embedding with its runner. Returns how many scenarios it wrote.
+/// Writes the conformance kit for embedders into `out`: the corpus as
+/// [`write`] writes it, the kit's README and the Python embedding with its
+/// runner, replacing those files and nothing else (a store module kept in
+/// the kit's directory stays). Returns how many scenarios it wrote.
 pub fn kit(out: &Path) -> usize {
     let n = write(out);
     for (path, text) in KIT {

@@ -166,7 +166,16 @@ pub fn made_up_secrets(spec_path: &Path) -> PathBuf {
     ));
     let _ = std::fs::create_dir_all(&dir);
     for name in sinew_host::secrets::names(&spec) {
-        let _ = std::fs::write(dir.join(&name), format!("made-up-{name}"));
+        // Written aside and renamed into place: two servers starting at
+        // once on the same spec never read a file half written (an empty
+        // secret is a missing one).
+        let path = dir.join(&name);
+        if path.exists() {
+            continue;
+        }
+        let aside = dir.join(format!(".{name}.{:?}", std::thread::current().id()));
+        let _ = std::fs::write(&aside, format!("made-up-{name}"));
+        let _ = std::fs::rename(&aside, &path);
     }
     dir
 }

@@ -75,7 +75,7 @@ export class Simulator {
     try {
       world = await this.core.simulate({ now: Date.now(), externals });
     } catch (e) {
-      throw new Error(`the external answers: ${e.message}`);
+      throw new Error(e.code === 'world' ? `the external answers: ${e.message}` : e.message);
     }
     try {
       world.load(specText);

@@ -2041,6 +2041,20 @@ fn type_rank(v: &Value) -> u8 {
 /// order: Postgres's `ORDER BY` agrees with it, and the core orders an
 /// aggregate's groups with it.
 pub(crate) fn sort_cmp(a: &Value, b: &Value, timestamp: bool) -> Ordering {
+    // In a timestamp column, text that is no RFC 3339 timestamp sorts after
+    // every instant, and by its bytes among itself: a total order (only a
+    // store seeded by hand holds such text; Postgres's `timestamptz`
+    // columns cannot).
+    if let (Value::String(x), Value::String(y)) = (a, b)
+        && timestamp
+    {
+        return match (parse_timestamp(x), parse_timestamp(y)) {
+            (Some(p), Some(q)) => p.cmp(&q),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (None, None) => x.cmp(y),
+        };
+    }
     match sql_cmp(a, b, timestamp) {
         Some(o) => o,
         None => type_rank(a).cmp(&type_rank(b)).then_with(|| match (a, b) {
@@ -3164,6 +3178,39 @@ mod tests {
             ..all()
         };
         assert!(read_ids(&mut s, None, &q).is_empty());
+    }
+
+    #[test]
+    fn text_that_is_no_timestamp_sorts_after_every_instant() {
+        // A total order (a sort with a comparator that is not one may
+        // panic): instants first, then the other text by its bytes.
+        let mut s = MemoryStorage::new().with_timestamp(E, "due");
+        for (id, due) in [
+            ("a", json!("soon")),
+            ("b", json!("2026-03-01T10:00:00Z")),
+            ("c", json!("later")),
+            ("d", json!("2026-02-01T10:00:00.5Z")),
+            ("e", Value::Null),
+        ] {
+            s.seed(E, item(id, json!({ "due": due }))).unwrap();
+        }
+        let q = Query {
+            order: vec![asc("due"), asc("id")],
+            ..all()
+        };
+        assert_eq!(read_ids(&mut s, None, &q), ["d", "b", "c", "a", "e"]);
+        let q = Query {
+            order: vec![desc("due"), asc("id")],
+            ..all()
+        };
+        assert_eq!(read_ids(&mut s, None, &q), ["e", "a", "c", "b", "d"]);
+        // The cursor follows the same order.
+        let q = Query {
+            order: vec![asc("due"), asc("id")],
+            after: Some(vec![json!("2026-03-01T10:00:00Z"), json!("b")]),
+            ..all()
+        };
+        assert_eq!(read_ids(&mut s, None, &q), ["c", "a", "e"]);
     }
 
     #[test]

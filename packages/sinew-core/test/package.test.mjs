@@ -178,6 +178,31 @@ test('seed completes rows as the spec defines them; the clock is the world’s',
   );
 });
 
+test('load takes the component directory as a URL or, in Node, a path', async () => {
+  const { fileURLToPath } = await import('node:url');
+  const { relative } = await import('node:path');
+  const dir = fileURLToPath(new URL('./node_modules/sinew-core/component/', import.meta.url));
+  for (const base of [dir, dir.replace(/\/$/, ''), relative(process.cwd(), dir), new URL(`file://${dir}`)]) {
+    const other = await load({ base });
+    assert.equal(other.analyze(shop.spec).level, 'green', String(base));
+  }
+  await assert.rejects(load({ base: '/no/such/dir/' }), /ENOENT|no such file/);
+  // Only load() and simulate() make them.
+  assert.throws(() => new Core(), TypeError);
+  assert.throws(() => new World(), TypeError);
+});
+
+test('the clock takes milliseconds, a Date or a function of either', async () => {
+  const world = await core.simulate({ now: new Date('2026-05-01T12:00:00Z') });
+  assert.equal(world.now, Date.parse('2026-05-01T12:00:00Z'));
+  world.now = () => 1767225600000.75; // a fraction is dropped
+  assert.equal(world.now, 1767225600000);
+  world.load(shop.spec);
+  world.seed({ Product: [{ id: '00000000-0000-4000-8000-000000000009', sku: 'x', name: 'X', price_cents: 1, stock: 1 }] });
+  assert.equal(world.rows('Product')[0].created_at, '2026-01-01T00:00:00Z');
+  for (const bad of [null, 'soon', Number.NaN, Infinity]) assert.throws(() => (world.now = bad), TypeError);
+});
+
 test('what cannot run is a typed SinewError', async () => {
   const world = await core.simulate();
   assert.throws(
@@ -194,7 +219,18 @@ test('what cannot run is a typed SinewError', async () => {
     (e) => e instanceof SinewError && e.code === 'seed' && /Product\[0\]/.test(e.message),
   );
   assert.throws(() => world.seed('[1, 2]'), (e) => e instanceof SinewError);
-  assert.throws(() => (world.now = 1.5), TypeError);
+  // Not all or nothing: the rows before the refused one stay, and say so.
+  const pen = (n) => ({ id: `00000000-0000-4000-8000-00000000010${n}`, sku: `s${n}`, name: 'P', price_cents: 1, stock: 1 });
+  assert.throws(
+    () => world.seed({ Product: [pen(1), pen(2), { sku: 'no-id' }] }),
+    (e) => e instanceof SinewError && e.code === 'seed' && e.inserted === 2 && /Product\[2\]/.test(e.message),
+  );
+  assert.equal(world.rows('Product').length, 2);
+  // An input given as text must be JSON.
+  assert.throws(
+    () => world.execute({ tool: 'list_products', input: 'hello', auth: { sub: 'ann', roles: ['customer'] } }),
+    (e) => e instanceof SinewError && e.code === 'invalid-json',
+  );
   // A refused call is a response (RFC 9457 problem, audited), not an exception.
   const refused = world.execute({ tool: 'create_product', input: { sku: 'x' }, auth: { sub: 'ann', roles: ['customer'] } });
   assert.equal(refused.status, 403);

@@ -22,10 +22,24 @@ const applied: string[] = fixed.applied.map((a) => `${a.code} ${a.tool} ${a.path
 const world: World = await core.simulate({ now: Date.now(), externals: { 'pay.charge': [{ ok: {} }] } });
 world.now = 0;
 world.now = () => 1;
+world.now = new Date('2026-01-01T00:00:00Z');
 const info = world.load({ sinew: '0.1', name: 'x', tools: {} });
 const tools: string[] = info.tools.map((t) => t.name);
-const seeded: number = world.seed({ Product: [{ id: 'x', stock: 1 }] });
-const response = world.execute({ tool: 't', input: { a: 1 }, auth: { sub: 'u', roles: ['r'] }, idempotencyKey: 'k' });
+// A user's own interfaces (no index signature, optional members) go in as they are.
+interface Product {
+  id: string;
+  stock: number;
+  note?: string;
+}
+const products: Product[] = [{ id: 'x', stock: 1 }];
+const seeded: number = world.seed({ Product: products });
+interface OrderInput {
+  product: string;
+  quantity: number;
+}
+const input: OrderInput = { product: 'x', quantity: 1 };
+const response = world.execute({ tool: 't', input, auth: { sub: 'u', roles: ['r'] }, idempotencyKey: 'k' });
+const len: bigint = world.raw.memory.auditLen();
 const status: number = response.status;
 const seq = response.audit.seq;
 world.reset(world.state());
@@ -43,4 +57,4 @@ world.now = '2026-01-01';
 // @ts-expect-error patches are arrays
 core.applyPatch('{}', { op: 'add' });
 
-console.log(version, level, first, applied, tools, seeded, status, seq, rows);
+console.log(version, level, first, applied, tools, seeded, status, seq, rows, len);

@@ -2,7 +2,8 @@
 //!
 //!     cargo run -p sinew-tests --bin conformance-kit -- DIR
 //!
-//! DIR (new, empty, or an earlier kit, which it replaces) gets the core component (plain and composed), every scenario of the
+//! DIR (new, empty, or an earlier kit, whose files it replaces; files of
+//! your own there stay) gets the core component (plain and composed), every scenario of the
 //! corpus as the native engine ran it (`traces/`), every example spec's
 //! risk report (`risk/`), a README saying how a host passes, and a
 //! complete Python embedding with its runner (`python/run.py DIR --store
@@ -18,8 +19,8 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let dir = PathBuf::from(dir);
-    // The kit replaces the directory's contents: only an empty one or an
-    // earlier kit.
+    // The kit writes its README, components, traces/, risk/ and python/:
+    // only into an empty directory or an earlier kit.
     let empty = std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none());
     let earlier = std::fs::read_to_string(dir.join("README.md"))
         .is_ok_and(|t| t.starts_with("# sinew's conformance kit"));
