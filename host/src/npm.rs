@@ -87,22 +87,36 @@ impl Package {
             std::fs::remove_dir_all(&component)
                 .with_context(|| format!("cannot replace `{}`", component.display()))?;
         }
-        for (path, data) in &self.files {
-            let dest = dir.join(path);
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("cannot create `{}`", parent.display()))?;
-            }
-            std::fs::write(&dest, data)
-                .with_context(|| format!("cannot write `{}`", dest.display()))?;
-        }
-        Ok(self.files.len())
+        write_files(
+            dir,
+            self.files.iter().map(|(p, d)| (p.as_str(), d.as_slice())),
+        )
     }
 
     /// The bytes of every file, together.
     pub fn size(&self) -> usize {
         self.files.values().map(Vec::len).sum()
     }
+}
+
+/// Writes files (path relative to `dir`, bytes) under `dir`, creating
+/// directories as needed. Returns how many.
+pub(crate) fn write_files<'a>(
+    dir: &Path,
+    files: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> Result<usize> {
+    let mut n = 0;
+    for (path, data) in files {
+        let dest = dir.join(path);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create `{}`", parent.display()))?;
+        }
+        std::fs::write(&dest, data)
+            .with_context(|| format!("cannot write `{}`", dest.display()))?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

@@ -206,16 +206,12 @@ impl Studio {
 
     /// Writes every file under `dir`, for a static host.
     pub fn export(&self, dir: &Path) -> Result<usize> {
-        for (path, (_, body)) in &self.files {
-            let dest = dir.join(path);
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("cannot create `{}`", parent.display()))?;
-            }
-            std::fs::write(&dest, body)
-                .with_context(|| format!("cannot write `{}`", dest.display()))?;
-        }
-        Ok(self.files.len())
+        crate::npm::write_files(
+            dir,
+            self.files
+                .iter()
+                .map(|(p, (_, b))| (p.as_str(), b.as_ref())),
+        )
     }
 
     /// The paths it serves, in order.

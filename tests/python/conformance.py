@@ -24,22 +24,11 @@ import sys
 from wasmtime import Engine, Store
 from wasmtime.component import Component, Linker, Record, Variant
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sinew_embed import difference  # noqa: E402
+
 PACKAGE = "sinew:executor"
 VERSION = "0.4.0"
-
-
-def difference(what, expected, actual):
-    """Where two texts first differ, with some context, or None."""
-    if expected == actual:
-        return None
-    if not isinstance(actual, str):
-        return f"{what}: expected text, got {actual!r}"
-    at = 0
-    while at < len(expected) and at < len(actual) and expected[at] == actual[at]:
-        at += 1
-    lo = max(0, at - 60)
-    return (f"{what} differs at character {at}: expected ...{expected[lo:at + 60]!r}..., "
-            f"got ...{actual[lo:at + 60]!r}...")
 
 
 class Core:

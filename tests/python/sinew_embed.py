@@ -1125,3 +1125,17 @@ class Instance:
         st.add_func(m + "savepoint", typed(lambda s, t, lvl: ResourceHost.own(db.savepoint(rep(s, t), lvl), TX)))
         st.add_func(m + "commit", typed(lambda s, t: db.commit(rep(s, t))))
         st.add_func(m + "rollback", typed(lambda s, t: db.rollback(rep(s, t))))
+
+
+def difference(what: str, expected: str, actual: Any) -> Optional[str]:
+    """Where two texts first differ, with some context, or None."""
+    if expected == actual:
+        return None
+    if not isinstance(actual, str):
+        return f"{what}: expected text, got {actual!r}"
+    at = 0
+    while at < len(expected) and at < len(actual) and expected[at] == actual[at]:
+        at += 1
+    lo = max(0, at - 60)
+    return (f"{what} differs at character {at}: expected ...{expected[lo:at + 60]!r}..., "
+            f"got ...{actual[lo:at + 60]!r}...")

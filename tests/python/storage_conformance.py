@@ -48,7 +48,8 @@ from typing import Any, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from sinew_embed import ScriptedExternal, Schema, Sinew, Trap, kind, parse_json  # noqa: E402
+from sinew_embed import (ScriptedExternal, Schema, Sinew, Trap, difference, kind,  # noqa: E402
+                         parse_json)
 from store_memory import MemoryStore  # noqa: E402
 
 
@@ -66,20 +67,6 @@ def store_class(which: str) -> Any:
     import importlib
     sys.path.insert(0, os.getcwd())
     return getattr(importlib.import_module(module), name)
-
-
-def difference(what: str, expected: str, actual: Any) -> Optional[str]:
-    """Where two texts first differ, with some context, or None."""
-    if expected == actual:
-        return None
-    if not isinstance(actual, str):
-        return f"{what}: expected text, got {actual!r}"
-    at = 0
-    while at < len(expected) and at < len(actual) and expected[at] == actual[at]:
-        at += 1
-    lo = max(0, at - 60)
-    return (f"{what} differs at character {at}: expected ...{expected[lo:at + 60]!r}..., "
-            f"got ...{actual[lo:at + 60]!r}...")
 
 
 def same(expected: Any, actual: Any, path: str = "") -> Optional[str]:
