@@ -104,3 +104,52 @@ fn stores_written_in_python_pass_the_conformance_kit() {
     assert!(stdout.contains("2 of 2 scenarios failed"), "{stdout}");
     assert!(stdout.contains("hash"), "{stdout}");
 }
+
+/// The kit's command writes into a new directory or an earlier kit,
+/// replacing only its own files, and refuses any other non-empty
+/// directory, changing nothing there.
+#[test]
+fn the_kit_command_writes_only_where_it_may() {
+    let kit = |dir: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_conformance-kit"))
+            .arg(dir)
+            .output()
+            .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("kit");
+    let first = kit(&out);
+    assert!(first.status.success(), "{first:?}");
+    let said = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        said.contains("scenarios") && said.contains("run.py"),
+        "{said}"
+    );
+    for f in [
+        "README.md",
+        "sinew.wasm",
+        "sinew.composed.wasm",
+        "python/run.py",
+        "python/sinew_embed.py",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    assert!(std::fs::read_dir(out.join("traces")).unwrap().count() > 100);
+    // Again, over the earlier kit: a store of the user's there stays.
+    std::fs::write(out.join("mystore.py"), "# mine\n").unwrap();
+    let again = kit(&out);
+    assert!(again.status.success(), "{again:?}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("mystore.py")).unwrap(),
+        "# mine\n"
+    );
+    // Elsewhere: refused, untouched.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "keep").unwrap();
+    let refused = kit(&other);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not empty"));
+    let left: Vec<_> = std::fs::read_dir(&other).unwrap().collect();
+    assert_eq!(left.len(), 1);
+}

@@ -1136,3 +1136,45 @@ fn migrate_plan_without_a_database() {
     );
     assert!(!data.exists(), "planning created a database");
 }
+
+/// `sinew component --npm DIR` writes the npm package (its API, types and
+/// the transpiled component), replaces an earlier package's component, and
+/// does not combine with the other outputs.
+#[test]
+fn component_npm_writes_the_package() {
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = dir.path().join("sinew-core");
+    // A file an earlier package left in its component directory goes.
+    std::fs::create_dir_all(pkg.join("component")).unwrap();
+    std::fs::write(pkg.join("component/stale.core9.wasm"), b"old").unwrap();
+    let out = sinew(["component".as_ref(), "--npm".as_ref(), pkg.as_os_str()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("npm pack"), "{said}");
+    for f in [
+        "package.json",
+        "index.js",
+        "index.d.ts",
+        "README.md",
+        "component/sinew.js",
+        "component/sinew.d.ts",
+        "component/sinew.core.wasm",
+    ] {
+        assert!(pkg.join(f).is_file(), "{f}");
+    }
+    assert!(!pkg.join("component/stale.core9.wasm").exists());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(pkg.join("package.json")).unwrap()).unwrap();
+    assert_eq!(manifest["name"], "sinew-core");
+    assert_eq!(manifest["version"], env!("CARGO_PKG_VERSION"));
+    for other in ["--composed", "--out"] {
+        let mut args: Vec<std::ffi::OsString> = vec!["component".into(), "--npm".into()];
+        args.push(pkg.clone().into());
+        args.push(other.into());
+        if other == "--out" {
+            args.push(dir.path().join("x.wasm").into());
+        }
+        let out = sinew(&args);
+        assert_eq!(out.status.code(), Some(2), "{other}: {}", stderr(&out));
+    }
+}
