@@ -516,9 +516,13 @@ impl PgBackend {
                     entity: entity.clone(),
                     field: field.clone(),
                 },
-                // An id already taken: a conflict, as in the in-memory
-                // store (another request's row won).
-                None if db.constraint().is_some_and(|c| c.ends_with("_pkey")) => {
+                // Any other unique constraint of an entity's table is its
+                // primary key: an id already taken is a conflict, as in the
+                // in-memory store (another request's row won).
+                None if db
+                    .table()
+                    .is_some_and(|t| self.schema.tables().any(|x| x.name == t)) =>
+                {
                     StorageError::Conflict {
                         message: db.message().to_owned(),
                     }

@@ -1151,18 +1151,25 @@ fn component_npm_writes_the_package() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("npm pack"), "{said}");
-    for f in [
-        "package.json",
-        "index.js",
-        "index.d.ts",
-        "README.md",
-        "component/sinew.js",
-        "component/sinew.d.ts",
-        "component/sinew.core.wasm",
-    ] {
-        assert!(pkg.join(f).is_file(), "{f}");
+    // Every file of the package, byte for byte, and nothing else.
+    let package = sinew_host::npm::Package::new().unwrap();
+    for (f, data) in &package.files {
+        assert!(std::fs::read(pkg.join(f)).unwrap() == *data, "{f}");
     }
-    assert!(!pkg.join("component/stale.core9.wasm").exists());
+    let mut on_disk = Vec::new();
+    let mut dirs = vec![pkg.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                on_disk.push(p.strip_prefix(&pkg).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    on_disk.sort();
+    assert_eq!(on_disk, package.files.keys().cloned().collect::<Vec<_>>());
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(pkg.join("package.json")).unwrap()).unwrap();
     assert_eq!(manifest["name"], "sinew-core");

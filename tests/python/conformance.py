@@ -20,15 +20,14 @@ Output: `ok <name>` / `FAIL <name>: ...` per scenario, `N scenarios passed`,
 import json
 import os
 import sys
+import traceback
 
 from wasmtime import Engine, Store
-from wasmtime.component import Component, Linker, Record, Variant
+from wasmtime.component import Component, Linker
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sinew_embed import difference  # noqa: E402
-
-PACKAGE = "sinew:executor"
-VERSION = "0.4.0"
+from sinew_embed import (PACKAGE, VERSION, difference, export, request_record,  # noqa: E402
+                         response_difference)
 
 
 class Core:
@@ -44,78 +43,40 @@ class Core:
                 clock.add_func("now-ms", lambda store: self.clock_ms)
 
     def instance(self):
+        """A fresh instance: `f(interface, name)` gives one of its exports."""
         store = Store(self.engine)
         inst = self.linker.instantiate(store, self.component)
-        return Instance(store, inst)
-
-
-class Instance:
-    """The exports of one instance, as Python callables."""
-
-    def __init__(self, store, inst):
-        self.store = store
-        self.inst = inst
-
-    def func(self, interface, name):
-        parent = self.inst.get_export_index(self.store, f"{PACKAGE}/{interface}@{VERSION}")
-        f = self.inst.get_func(self.store, self.inst.get_export_index(self.store, name, parent))
-
-        def call(*args):
-            out = f(self.store, *args)
-            f.post_return(self.store)
-            return out
-        return call
+        return lambda interface, name: export(store, inst, interface, name)
 
 
 def ok(value, what):
-    """The `ok` value of a `result`, raising on `err`."""
-    if isinstance(value, Variant):
-        if value.tag == "err":
-            raise RuntimeError(f"{what}: {describe(value.payload)}")
-        return value.payload
-    return value
+    """The `ok` value of a `result` whose cases are both records: wasmtime-py
+    gives `Variant('ok' | 'err', …)`."""
+    if value.tag == "err":
+        e = value.payload
+        raise RuntimeError(f"{what}: {e.code}: {e.message} ({e.pointer})")
+    return value.payload
 
 
-def describe(err):
-    if isinstance(err, Record):
-        return ", ".join(f"{k}={getattr(err, k)!r}" for k in vars(err))
-    if isinstance(err, Variant):
-        return f"{err.tag}: {err.payload!r}"
-    return repr(err)
-
-
-def wit_request(r):
-    req = Record()
-    req.tool = r["tool"]
-    req.input = r["input"]
-    auth = r.get("auth")
-    if auth is None:
-        req.auth = None
-    else:
-        a = Record()
-        a.sub = auth["sub"]
-        a.roles = auth["roles"]
-        a.claims = auth["claims"]
-        req.auth = a
-    req.id = r["id"]
-    setattr(req, "idempotency-key", r.get("idempotencyKey"))
-    req.scheduled = r.get("scheduled")
-    return req
+def done(value, what):
+    """A `result<_, string>` (the `memory` functions): wasmtime-py gives
+    None, or the error's sentence as it is."""
+    if value is not None:
+        raise RuntimeError(f"{what}: {value}")
 
 
 def run_trace(core, trace):
     core.clock_ms = trace["clock"]
-    i = core.instance()
-    load = i.func("executor", "load")
-    execute = i.func("executor", "execute")
-    reset, declare, seed = (i.func("memory", n) for n in ("reset", "declare", "seed"))
-    state, open_txs = i.func("memory", "state"), i.func("memory", "open-transactions")
+    func = core.instance()
+    load, execute = func("executor", "load"), func("executor", "execute")
+    reset, declare, seed = (func("memory", n) for n in ("reset", "declare", "seed"))
+    state, open_txs = func("memory", "state"), func("memory", "open-transactions")
     try:
         ok(load(trace["spec"]), "load")
-        ok(reset(trace["state"]), "reset")
-        ok(declare(trace["spec"]), "declare")
+        done(reset(trace["state"]), "reset")
+        done(declare(trace["spec"]), "declare")
         for s in trace["seed"]:
-            ok(seed(s["entity"], s["row"]), f"seed `{s['entity']}`")
+            done(seed(s["entity"], s["row"]), f"seed `{s['entity']}`")
     except RuntimeError as e:
         return str(e)
     expected = trace["expected"]["responses"]
@@ -125,13 +86,10 @@ def run_trace(core, trace):
         here = f"request {n} ({request['tool']})"
         core.clock_ms = request["at"]
         try:
-            r = ok(execute(wit_request(request)), here)
+            r = ok(execute(request_record(request)), here)
         except RuntimeError as e:
             return str(e)
-        if r.status != want["status"]:
-            return f"{here}: status {r.status} instead of {want['status']}: {r.body}"
-        d = (difference(f"{here}: the body", want["body"], r.body)
-             or difference(f"{here}: the audit entry", want["audit"], r.audit))
+        d = response_difference(here, want, r)
         if d:
             return d
         left = open_txs()
@@ -158,8 +116,8 @@ def main():
         name = trace.get("name", f[:-5])
         try:
             problem = run_trace(core, trace)
-        except Exception as e:  # a trap, a conversion error: report, go on
-            problem = f"crashed: {e!r}"
+        except Exception:  # a trap, a conversion error: report, go on
+            problem = "crashed:\n" + traceback.format_exc()
         if problem is None:
             print(f"ok {name}")
             passed += 1
@@ -169,7 +127,7 @@ def main():
             bad += 1
     print(f"{len(traces)} scenarios passed" if bad == 0 else f"{bad} of {len(traces)} scenarios failed")
     risks = sorted(f for f in os.listdir(os.path.join(d, "risk")) if f.endswith(".json"))
-    analyze = core.instance().func("risk", "analyze")
+    analyze = core.instance()("risk", "analyze")
     same = 0
     for f in risks:
         with open(os.path.join(d, "risk", f), encoding="utf-8") as fh:

@@ -856,8 +856,22 @@ class Storage(ABC):
     @abstractmethod
     def insert(self, tx: int, entity: str, row: dict) -> dict: ...
 
-    @abstractmethod
-    def insert_many(self, tx: int, entity: str, rows: list[dict]) -> list[dict]: ...
+    def in_savepoint(self, tx: int, work: Callable[[int], Any]) -> Any:
+        """Runs `work(savepoint)`: released on success, rolled back on a
+        `StorageError` (all or nothing for the operations on many rows)."""
+        sp = self.savepoint(tx, "read-committed")
+        try:
+            out = work(sp)
+        except StorageError:
+            self.rollback(sp)
+            raise
+        self.commit(sp)
+        return out
+
+    def insert_many(self, tx: int, entity: str, rows: list[dict]) -> list[dict]:
+        """Each row as `insert` does, all or nothing (a store with a
+        statement for it overrides this)."""
+        return self.in_savepoint(tx, lambda sp: [self.insert(sp, entity, r) for r in rows])
 
     @abstractmethod
     def update(self, tx: int, entity: str, id_: str, version: int, changes: dict) -> dict: ...
@@ -865,9 +879,14 @@ class Storage(ABC):
     @abstractmethod
     def update_where(self, tx: int, entity: str, q: Query, changes: dict) -> list[dict]: ...
 
-    @abstractmethod
     def update_many(self, tx: int, entity: str, ids: list[str], versions: list[int],
-                    changes: list[dict]) -> list[dict]: ...
+                    changes: list[dict]) -> list[dict]:
+        """`update` of each id at its version with its changes, in order,
+        all or nothing."""
+        if not len(ids) == len(versions) == len(changes):
+            raise invalid("`update-many` needs as many versions and changes as ids")
+        return self.in_savepoint(tx, lambda sp: [
+            self.update(sp, entity, i, v, c) for i, v, c in zip(ids, versions, changes)])
 
     def soft_delete(self, tx: int, entity: str, id_: str, version: int, at: str) -> dict:
         return self.update(tx, entity, id_, version, {"deleted_at": at})
@@ -966,6 +985,36 @@ def _record(**members: Any) -> Record:
     return r
 
 
+def request_record(request: dict) -> Record:
+    """The executor's `request` record of a request in the traces' form: a
+    dict with `tool`, `input` (JSON text), `id`, and optionally `auth`
+    ({`sub`, `roles`, `claims` as JSON text}), `idempotencyKey` and
+    `scheduled`."""
+    auth = request.get("auth")
+    caller = None if auth is None else _record(
+        sub=auth["sub"], roles=list(auth["roles"]), claims=auth.get("claims") or "{}")
+    return _record(tool=request["tool"], input=request["input"], auth=caller, id=request["id"],
+                   idempotency_key=request.get("idempotencyKey"),
+                   scheduled=request.get("scheduled"))
+
+
+def export(store: Store, inst: Any, interface: str, name: str) -> Callable:
+    """A function of an exported interface of `inst` (`sinew:executor/…`),
+    called as f(arg, …), its `post_return` done; a trap (or an exception a
+    host function raised) is raised as `Trap`."""
+    parent = inst.get_export_index(store, f"{PACKAGE}/{interface}@{VERSION}")
+    f = inst.get_func(store, inst.get_export_index(store, name, parent))
+
+    def call(*args: Any) -> Any:
+        try:
+            out = f(store, *args)
+        except Exception as e:
+            raise Trap(str(e)) from e
+        f.post_return(store)
+        return out
+    return call
+
+
 class Instance:
     """One instance of the core, its imports linked to `storage`, `external`
     and `clock`. Not reentrant; one call at a time."""
@@ -985,25 +1034,12 @@ class Instance:
             with root.add_instance(f"{PACKAGE}/external@{VERSION}") as ext:
                 ext.add_func("call", self._call)
         self.inst = linker.instantiate(self.store, sinew.component)
-        self._load = self._func("executor", "load")
-        self._execute = self._func("executor", "execute")
-        self._complete_row = self._func("executor", "complete-row")
-        self._analyze = self._func("risk", "analyze")
+        self._load = export(self.store, self.inst, "executor", "load")
+        self._execute = export(self.store, self.inst, "executor", "execute")
+        self._complete_row = export(self.store, self.inst, "executor", "complete-row")
+        self._analyze = export(self.store, self.inst, "risk", "analyze")
 
     # -- exports ---------------------------------------------------------------
-
-    def _func(self, interface: str, name: str) -> Callable:
-        parent = self.inst.get_export_index(self.store, f"{PACKAGE}/{interface}@{VERSION}")
-        f = self.inst.get_func(self.store, self.inst.get_export_index(self.store, name, parent))
-
-        def call(*args: Any) -> Any:
-            try:
-                out = f(self.store, *args)
-            except Exception as e:  # a trap (or an exception a host function raised)
-                raise Trap(str(e)) from e
-            f.post_return(self.store)
-            return out
-        return call
 
     def load(self, spec: str) -> Record:
         """The `bundle-info`; raises ValueError with the `error` record's text."""
@@ -1018,13 +1054,7 @@ class Instance:
         `idempotencyKey` and `scheduled` (the traces' form). Returns the
         `response` record (`status`, `body`, `audit`); raises ValueError on
         an `error`, Trap on a trap."""
-        auth = request.get("auth")
-        caller = None if auth is None else _record(
-            sub=auth["sub"], roles=list(auth["roles"]), claims=auth.get("claims") or "{}")
-        req = _record(tool=request["tool"], input=request["input"], auth=caller, id=request["id"],
-                      idempotency_key=request.get("idempotencyKey"),
-                      scheduled=request.get("scheduled"))
-        r = self._execute(req)
+        r = self._execute(request_record(request))
         if r.tag == "err":
             raise ValueError(f"{r.payload.code}: {r.payload.message}")
         return r.payload
@@ -1139,3 +1169,12 @@ def difference(what: str, expected: str, actual: Any) -> Optional[str]:
     lo = max(0, at - 60)
     return (f"{what} differs at character {at}: expected ...{expected[lo:at + 60]!r}..., "
             f"got ...{actual[lo:at + 60]!r}...")
+
+
+def response_difference(here: str, want: dict, got: Any) -> Optional[str]:
+    """Where a `response` record (`status`, `body`, `audit`) differs from a
+    trace's expected response, texts byte for byte, or None."""
+    if got.status != want["status"]:
+        return f"{here}: status {got.status} instead of {want['status']}: {got.body}"
+    return (difference(f"{here}: the body", want["body"], got.body)
+            or difference(f"{here}: the audit entry", want["audit"], got.audit))

@@ -49,7 +49,7 @@ from typing import Any, Optional
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from sinew_embed import (ScriptedExternal, Schema, Sinew, Trap, difference, kind,  # noqa: E402
-                         parse_json)
+                         parse_json, response_difference)
 from store_memory import MemoryStore  # noqa: E402
 
 
@@ -126,10 +126,7 @@ def run_trace(sinew: Sinew, make: Any, trace: dict) -> Optional[str]:
                 return f"{here}: the instance trapped: {e}"
             except ValueError as e:
                 return f"{here}: error {e}"
-            if got.status != want["status"]:
-                return f"{here}: status {got.status} instead of {want['status']}: {got.body}"
-            d = (difference(f"{here}: the body", want["body"], got.body)
-                 or difference(f"{here}: the audit entry", want["audit"], got.audit))
+            d = response_difference(here, want, got)
             if d:
                 return d
             if store.open_transactions():

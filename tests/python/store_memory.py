@@ -412,28 +412,6 @@ class MemoryStore(Storage):
         self.write(chain, entity, id_, row, latest_seq)
         return row
 
-    def in_savepoint(self, tx: int, work: Any) -> Any:
-        """Runs `work(savepoint)`: released on success, rolled back on error
-        (all or nothing for the operations on many rows)."""
-        sp = self.savepoint(tx, "read-committed")
-        try:
-            out = work(sp)
-        except StorageError:
-            self.rollback(sp)
-            raise
-        self.commit(sp)
-        return out
-
-    def insert_many(self, tx: int, entity: str, rows: list[dict]) -> list[dict]:
-        return self.in_savepoint(tx, lambda sp: [self.insert(sp, entity, r) for r in rows])
-
-    def update_many(self, tx: int, entity: str, ids: list[str], versions: list[int],
-                    changes: list[dict]) -> list[dict]:
-        if not len(ids) == len(versions) == len(changes):
-            raise invalid("`update-many` needs as many versions and changes as ids")
-        return self.in_savepoint(tx, lambda sp: [
-            self.update(sp, entity, i, v, c) for i, v, c in zip(ids, versions, changes)])
-
     def update_where(self, tx: int, entity: str, q: Query, changes: dict) -> list[dict]:
         picked = Query(q.filters, q.order, q.limit, None, True, [])
 

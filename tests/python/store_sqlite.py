@@ -634,24 +634,6 @@ class SqliteStore(Storage):
             raise conflict(f"`{entity}` row `{id_}` was changed by a concurrent transaction")
         return parse_json(row[0])
 
-    def in_savepoint(self, tx: int, work: Any) -> Any:
-        """Runs `work(savepoint)`: released on success, rolled back on error."""
-        sp = self.savepoint(tx, "read-committed")
-        try:
-            out = work(sp)
-        except StorageError:
-            self.rollback(sp)
-            raise
-        self.commit(sp)
-        return out
-
-    def update_many(self, tx: int, entity: str, ids: list[str], versions: list[int],
-                    changes: list[dict]) -> list[dict]:
-        if not len(ids) == len(versions) == len(changes):
-            raise invalid("`update-many` needs as many versions and changes as ids")
-        return self.in_savepoint(tx, lambda sp: [
-            self.update(sp, entity, i, v, ch) for i, v, ch in zip(ids, versions, changes)])
-
     def update_where(self, tx: int, entity: str, q: Query, changes: dict) -> list[dict]:
         conn = self.writable(tx)
         if not self.has_table(entity):

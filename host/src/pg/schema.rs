@@ -171,6 +171,8 @@ pub struct Column {
 /// One entity's table.
 #[derive(Debug, Clone)]
 pub struct Table {
+    /// The table's name.
+    pub name: String,
     /// The quoted table name.
     pub sql: String,
     /// Columns in row order: the implicit ones, `status`, then the fields.
@@ -312,6 +314,7 @@ impl Schema {
                 name.clone(),
                 Table {
                     sql: ident(&table),
+                    name: table,
                     columns,
                     index,
                     select,
