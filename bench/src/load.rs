@@ -63,6 +63,9 @@ pub struct Stats {
     pub errors: u64,
     /// Measured answers.
     pub completed: u64,
+    /// The CPU the servers, Postgres and the load generator spent in the
+    /// measured window.
+    pub cpu: crate::cpu::Cpu,
 }
 
 fn authority(base: &str) -> &str {
@@ -151,7 +154,9 @@ fn next_bulk(base: &str) -> &'static str {
 
 /// Runs `workload` with `clients` connections, spread over the server
 /// processes at `bases` round-robin (client `i` talks to `bases[i % n]`,
-/// as a connection-level load balancer would place them).
+/// as a connection-level load balancer would place them); `servers` are
+/// the processes whose CPU the run's [`crate::cpu::Cpu`] counts.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     bases: &[&str],
     workload: Workload,
@@ -160,6 +165,7 @@ pub async fn run(
     measure: Duration,
     secret: &str,
     accounts: usize,
+    servers: &[u32],
 ) -> Result<Stats> {
     let run = RUN.fetch_add(1, Ordering::Relaxed);
     let nonce = SystemTime::now()
@@ -170,6 +176,15 @@ pub async fn run(
     let end = measured_from + measure;
     let mut tasks = Vec::new();
     anyhow::ensure!(!bases.is_empty(), "no server to drive");
+    let cpu = tokio::spawn({
+        let servers = servers.to_vec();
+        async move {
+            tokio::time::sleep_until(measured_from.into()).await;
+            let before = crate::cpu::sample(&servers).await;
+            tokio::time::sleep_until(end.into()).await;
+            before.until(crate::cpu::sample(&servers).await)
+        }
+    });
     for client in 0..clients {
         let base = bases[client % bases.len()].to_owned();
         let secret = secret.to_owned();
@@ -293,5 +308,6 @@ pub async fn run(
         p99_ms: pick(0.99),
         errors,
         completed: all.len() as u64,
+        cpu: cpu.await?,
     })
 }

@@ -35,6 +35,7 @@
 //! and (C′) with one and with two server processes on one database.
 
 mod baseline;
+mod cpu;
 mod load;
 mod micro;
 mod outbox;
@@ -239,6 +240,7 @@ fn main() -> Result<()> {
             let dir = tempfile::tempdir()?;
             println!("starting a private Postgres…");
             let pg = Cluster::start();
+            cpu::watch_wal(pg.url("postgres"));
             let cache = dir.path().join("cache");
             rt.block_on(bulk(&pg, &cache, dir.path(), &opts))
         }
@@ -634,6 +636,8 @@ struct Cell {
     throughput: Vec<f64>,
     p50: Vec<f64>,
     p99: Vec<f64>,
+    /// CPU per answer, µs, by part, one per round.
+    cpu: Vec<cpu::Cpu>,
     errors: u64,
     total: u64,
 }
@@ -646,6 +650,7 @@ fn bench(opts: &Opts) -> Result<()> {
     let dir = tempfile::tempdir()?;
     println!("starting a private Postgres…");
     let pg = Cluster::start();
+    cpu::watch_wal(pg.url("postgres"));
     let cache = dir.path().join("cache");
     let result = rt.block_on(async {
         let urls = [
@@ -654,6 +659,7 @@ fn bench(opts: &Opts) -> Result<()> {
             prepare_db(&pg, "bench_c").await?,
         ];
         let plain_url = prepare_plain_db(&pg, "bench_cp").await?;
+
         // Compile the component into the cache once (what a deployment does).
         let pre = spawn(
             "precompile",
@@ -910,7 +916,7 @@ async fn measure(
                 }
             }
         });
-        let stats = drive(&[s.base.as_str()], workload, c, opts, accounts).await;
+        let stats = drive(&[s.base.as_str()], &[pid], workload, c, opts, accounts).await;
         sampler.abort();
         peak_rss[si] = peak_rss[si]
             .max(peak.load(std::sync::atomic::Ordering::Relaxed))
@@ -924,6 +930,7 @@ async fn measure(
 /// clients spread over `bases` round-robin.
 async fn drive(
     bases: &[&str],
+    pids: &[u32],
     workload: Workload,
     clients: usize,
     opts: &Opts,
@@ -937,6 +944,7 @@ async fn drive(
         Duration::from_secs_f64(opts.seconds),
         SECRET,
         accounts,
+        pids,
     )
     .await
 }
@@ -960,8 +968,9 @@ async fn measure_cells(
                 for k in 0..names.len() {
                     let si = (k + round + ci) % names.len();
                     let stats = one(si, *workload, c).await?;
+                    let cpu = stats.cpu.per(stats.completed);
                     println!(
-                        "round {} {:<16} {:<8} c={:<3} {:>8.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
+                        "round {} {:<16} {:<8} c={:<3} {:>8.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}  cpu µs/answer: server {:.0} + postgres {:.0} + load {:.0}; WAL {:.0} B/answer",
                         round + 1,
                         names[si],
                         workload.name(),
@@ -969,12 +978,17 @@ async fn measure_cells(
                         stats.throughput,
                         stats.p50_ms,
                         stats.p99_ms,
-                        stats.errors
+                        stats.errors,
+                        cpu.server,
+                        cpu.postgres,
+                        cpu.load,
+                        cpu.wal
                     );
                     let cell = &mut cells[w][ci][si];
                     cell.throughput.push(stats.throughput);
                     cell.p50.push(stats.p50_ms);
                     cell.p99.push(stats.p99_ms);
+                    cell.cpu.push(cpu);
                     cell.errors += stats.errors;
                     cell.total += stats.completed;
                 }
@@ -1056,6 +1070,33 @@ fn print_table(layout: &Layout, workloads: &[Workload], cells: &[Vec<Vec<Cell>>]
                 all(&p99),
                 p99(p99a) / p99(p99b)
             );
+            println!("{row}");
+        }
+    }
+    println!();
+    println!(
+        "CPU per answer, µs (median over rounds; server process + all of Postgres + the load generator = total, from /proc), and bytes of write-ahead log per answer (WAL):"
+    );
+    println!(
+        "| tool | clients |{}",
+        l.iter().map(|x| format!(" {x} |")).collect::<String>()
+    );
+    println!("|---|---:|{}", "---:|".repeat(l.len()));
+    for (w, workload) in workloads.iter().enumerate() {
+        for (ci, c) in opts.concurrency.iter().enumerate() {
+            let mut row = format!("| {} | {} |", workload.name(), c);
+            for cell in cells[w][ci].iter().take(l.len()) {
+                let cpus = &cell.cpu;
+                let m = |f: fn(&cpu::Cpu) -> f64| median(cpus.iter().map(f).collect());
+                row += &format!(
+                    " {:.0} + {:.0} + {:.0} = {:.0}; WAL {:.0} B |",
+                    m(|c| c.server),
+                    m(|c| c.postgres),
+                    m(|c| c.load),
+                    m(|c| c.total()),
+                    m(|c| c.wal)
+                );
+            }
             println!("{row}");
         }
     }

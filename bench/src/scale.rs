@@ -74,6 +74,7 @@ pub fn run(opts: &Opts) -> Result<()> {
     let dir = tempfile::tempdir()?;
     println!("starting a private Postgres…");
     let pg = Cluster::start();
+    crate::cpu::watch_wal(pg.url("postgres"));
     let result = rt.block_on(scale(&pg, dir.path(), opts));
     drop(pg);
     result
@@ -128,7 +129,8 @@ async fn scale(pg: &Cluster, data: &std::path::Path, opts: &Opts) -> Result<()> 
             .get(0);
         let sampler = (engine == 0 && processes == 2 && c >= 64).then(|| locks(&urls[engine]));
         let bases: Vec<&str> = servers.iter().map(|s| s.base.as_str()).collect();
-        let stats: Stats = drive(&bases, workload, c, opts, ACCOUNTS).await?;
+        let pids: Vec<u32> = servers.iter().map(|s| s.child.id()).collect();
+        let stats: Stats = drive(&bases, &pids, workload, c, opts, ACCOUNTS).await?;
         let x = &mut extra[gi][ci];
         if let Some((stop, task)) = sampler {
             stop.store(true, Ordering::Relaxed);

@@ -57,6 +57,7 @@ pub async fn run(opts: &Opts) -> Result<()> {
     let dir = tempfile::tempdir()?;
     println!("starting a private Postgres…");
     let pg = Cluster::start();
+    crate::cpu::watch_wal(pg.url("postgres"));
     let (collector, exports) = sink().await?;
     let url = pg.url("postgres");
     let cache = dir.path().join("cache");
