@@ -28,6 +28,108 @@ pub fn seal_entry(entry: Value, seq: u64, prev: &str) -> Result<(String, String)
     Ok((text, hash))
 }
 
+/// [`seal_entry`] of an entry given as its canonical text without `seq`,
+/// `prev` and `hash` (what a Postgres request queues): the same text and
+/// hash, made by inserting `"prev"` and `"seq"` at their sorted places among
+/// the top-level members instead of parsing the entry and writing it again
+/// (an entry may hold every row its request read). `None` when the text is
+/// not such a text (not a compact object with its top-level keys sorted,
+/// a key with an escape, or one of the three keys present): the caller
+/// parses it then.
+pub fn seal_text(queued: &str, seq: u64, prev: &str) -> Option<(String, String)> {
+    let b = queued.as_bytes();
+    if b.first() != Some(&b'{') || b.last() != Some(&b'}') {
+        return None;
+    }
+    // The top-level members: key and text (`"key":value`).
+    let mut members: Vec<(&str, &str)> = Vec::new();
+    let mut i = 1;
+    if b.len() > 2 {
+        loop {
+            if b.get(i) != Some(&b'"') {
+                return None;
+            }
+            let end = i + 1 + b.get(i + 1..)?.iter().position(|&c| c == b'"')?;
+            let key = queued.get(i + 1..end)?;
+            if key.contains('\\')
+                || matches!(key, "seq" | "prev" | "hash")
+                || members.last().is_some_and(|(k, _)| *k >= key)
+                || b.get(end + 1) != Some(&b':')
+            {
+                return None;
+            }
+            let after = skip_value(b, end + 2).filter(|&a| a > end + 2)?;
+            members.push((key, queued.get(i..after)?));
+            match b.get(after) {
+                Some(b',') => i = after + 1,
+                Some(b'}') if after == b.len() - 1 => break,
+                _ => return None,
+            }
+        }
+    }
+    let prev_member = format!("\"prev\":{}", crate::hash::canonical(&Value::from(prev)));
+    let seq_member = format!("\"seq\":{seq}");
+    let mut added = [("prev", prev_member.as_str()), ("seq", seq_member.as_str())]
+        .into_iter()
+        .peekable();
+    let mut out = String::with_capacity(queued.len() + prev_member.len() + seq_member.len() + 2);
+    out.push('{');
+    let push = |out: &mut String, text: &str| {
+        if out.len() > 1 {
+            out.push(',');
+        }
+        out.push_str(text);
+    };
+    for (key, text) in members {
+        while let Some((_, t)) = added.next_if(|(k, _)| *k < key) {
+            push(&mut out, t);
+        }
+        push(&mut out, text);
+    }
+    for (_, t) in added {
+        push(&mut out, t);
+    }
+    out.push('}');
+    let hash = sha256_hex(out.as_bytes());
+    Some((out, hash))
+}
+
+/// The index just after the compact JSON value that starts at `i` (none
+/// if it holds a space outside its strings).
+fn skip_value(b: &[u8], mut i: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    loop {
+        match *b.get(i)? {
+            b'"' => {
+                i += 1;
+                loop {
+                    match *b.get(i)? {
+                        b'\\' => i += 2,
+                        b'"' => break,
+                        _ => i += 1,
+                    }
+                }
+                i += 1;
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                i += 1;
+            }
+            b'}' | b']' if depth > 0 => {
+                depth -= 1;
+                i += 1;
+            }
+            b',' | b'}' | b']' if depth == 0 => return Some(i),
+            // Compact text only.
+            b' ' | b'\n' | b'\r' | b'\t' => return None,
+            _ => i += 1,
+        }
+        if depth == 0 && matches!(b.get(i), Some(b',' | b'}' | b']')) {
+            return Some(i);
+        }
+    }
+}
+
 /// The `escalate` policies an audit entry raises for review: those of a
 /// final entry whose flow ran (outcome `ok` or `error`). A replayed entry
 /// (an idempotent retry answered from the first call) and a rejected one
@@ -126,5 +228,109 @@ impl ChainWalk {
         self.prev = hash.to_owned();
         self.n = n;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::canonical_members;
+    use serde_json::json;
+
+    /// What a Postgres request queues: the canonical text without the
+    /// three keys.
+    fn queued(entry: &Value) -> String {
+        let m = entry.as_object().expect("an object");
+        canonical_members(
+            m.iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "seq" | "prev" | "hash")),
+        )
+    }
+
+    fn same(entry: Value, seq: u64) {
+        let prev = crate::hash::sha256_hex(format!("{seq}").as_bytes());
+        let text = queued(&entry);
+        let want = seal_entry(entry, seq, &prev).expect("an object");
+        assert_eq!(seal_text(&text, seq, &prev), Some(want), "{text}");
+    }
+
+    #[test]
+    fn sealing_the_text_is_sealing_the_entry() {
+        same(json!({}), 1);
+        same(json!({"a": 1}), 7);
+        same(
+            json!({"zz": [1, {"b": "}", "a": "\"{"}], "kind": "final"}),
+            12,
+        );
+        // Keys around and between the two new ones, prefixes included.
+        for key in [
+            "p", "pre", "prev0", "prevx", "q", "s", "se", "seq0", "seqq", "t", "Z", "é",
+        ] {
+            same(
+                json!({ key: {"nested": [true, null, -1.5e-7]}, "outcome": "ok", "tape": "x" }),
+                3,
+            );
+            same(json!({ key: "only" }), 99);
+        }
+        same(
+            json!({
+                "bundle": "sha256:ab", "calls": [], "component": "c", "durationMs": 3,
+                "execution": "e", "input": {"note": "a \\ b \" c", "n": 18446744073709551615u64},
+                "kind": "final", "outcome": "ok", "policies": [{"action": "allow", "name": "p"}],
+                "rows": [{"after": 2, "before": 1, "entity": "Account", "id": "x", "op": "update"}],
+                "status": 201, "subject": "teller-1", "tape": {"v": 1, "steps": [[0, "a", ["="]]]},
+                "time": "2026-12-06T10:00:00Z", "tool": "transfer", "ünïcode": "∑"
+            }),
+            123_456,
+        );
+        // Generated entries: every shape of value at every key.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let keys = [
+            "a", "calls", "hash0", "outcome", "p", "prev_", "rows", "s", "seq_", "status", "tool",
+            "z",
+        ];
+        for n in 0..300u64 {
+            let mut m = serde_json::Map::new();
+            for _ in 0..(next() % 8) {
+                let key = keys[usize::try_from(next() % 12).unwrap_or(0)];
+                let v = match next() % 6 {
+                    0 => json!(null),
+                    1 => json!(next() % 1000),
+                    2 => json!(format!("s{{\"[{}", next() % 10)),
+                    3 => json!([next() % 3, "]", {"k": "}"}]),
+                    4 => json!({"b": {"c": [false]}, "a": -0.25}),
+                    _ => json!(true),
+                };
+                m.insert(key.to_owned(), v);
+            }
+            same(Value::Object(m), n + 1);
+        }
+    }
+
+    #[test]
+    fn a_text_that_is_not_a_queued_entry_is_left_to_the_parser() {
+        for text in [
+            "",
+            "[]",
+            "{",
+            r#"{"seq":1}"#,
+            r#"{"prev":"x"}"#,
+            r#"{"hash":"x"}"#,
+            r#"{"b":1,"a":2}"#,
+            r#"{"a":1,"a":2}"#,
+            r#"{"a\"b":1}"#,
+            r#"{"a": 1}"#,
+            r#"{"a":}"#,
+            r#"{"a":1,}"#,
+            r#"{"a":1} "#,
+        ] {
+            assert_eq!(seal_text(text, 1, GENESIS_HASH), None, "{text}");
+        }
     }
 }

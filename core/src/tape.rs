@@ -75,7 +75,7 @@ pub(crate) fn digest(args: &impl Serialize) -> String {
         .map(|v| crate::hash::canonical(&v))
         .unwrap_or_default();
     let d = Sha256::digest(text.as_bytes());
-    d.iter().take(4).map(|b| format!("{b:02x}")).collect()
+    crate::hash::hex(d.get(..4).unwrap_or_default())
 }
 
 /// One recorded call.

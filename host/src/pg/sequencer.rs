@@ -7,7 +7,8 @@
 //! advisory lock, so one runs at a time across instances, and one whose
 //! holder dies (its transaction with it) is taken over at the next try. A
 //! batch reads the head, seals each entry with its `seq` and `prev`
-//! ([`seal_entry`]), and in one statement deletes the queued rows and
+//! ([`seal_entry`]'s text, made from the queued text by [`seal_text`]
+//! without parsing the entry), and in one statement deletes the queued rows and
 //! inserts the sealed ones: an entry is in the queue or in the chain, never
 //! in both, never in neither.
 
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
-use sinew_core::chain::{GENESIS_HASH, seal_entry};
+use sinew_core::chain::{GENESIS_HASH, seal_entry, seal_text};
 use sinew_core::hash::sha256_hex;
 use tokio_postgres::Client;
 
@@ -170,17 +171,26 @@ async fn chain_batch(client: &Client, wait: Wait) -> Result<Batch> {
         let id: i64 = row.get(0);
         let text: &str = row.get(1);
         let digest: &str = row.get(2);
-        if sha256_hex(text.as_bytes()) != digest {
-            altered.push(id);
-        }
-        let entry: Value = serde_json::from_str(text)
-            .with_context(|| format!("queued audit entry {id} is not JSON"))?;
+        let parse = || {
+            serde_json::from_str::<Value>(text)
+                .with_context(|| format!("queued audit entry {id} is not JSON"))
+        };
         seq += 1;
+        // The text as sinew queued it (canonical) is sealed as text; one
+        // changed by hand is parsed and sealed as it was found.
+        let spliced = if sha256_hex(text.as_bytes()) == digest {
+            seal_text(text, u64::try_from(seq)?, &prev)
+        } else {
+            altered.push(id);
+            None
+        };
+        let (sealed, hash) = match spliced {
+            Some(s) => s,
+            None => seal_entry(parse()?, u64::try_from(seq)?, &prev).map_err(anyhow::Error::msg)?,
+        };
         if text.contains("\"escalate\"") {
-            raised.add(seq, &entry);
+            raised.add(seq, &parse()?);
         }
-        let (sealed, hash) =
-            seal_entry(entry, u64::try_from(seq)?, &prev).map_err(anyhow::Error::msg)?;
         ids.push(id);
         seqs.push(seq);
         texts.push(sealed);

@@ -104,12 +104,16 @@ CREATE TABLE IF NOT EXISTS "sinew_audit_queue" (
   "digest" text NOT NULL,
   "queued_at" timestamptz NOT NULL DEFAULT clock_timestamp()
 );
--- An entry lives in the queue for milliseconds: stored as written, not
--- compressed (pglz would cost more CPU than the bytes save); the chain
--- compresses its entries with lz4 where the server has it.
+-- Entries are compressed with lz4 where the server has it, in the chain
+-- and in the queue: a `transfer`'s entry then stays in its row (no TOAST
+-- row to write and delete) and a read's, which holds the rows it read,
+-- writes a fraction of the log. Without lz4 the queue stores entries as
+-- written (pglz would cost more CPU than the bytes save).
 ALTER TABLE "sinew_audit_queue" ALTER COLUMN "entry" SET STORAGE EXTERNAL;
 DO $$ BEGIN
   ALTER TABLE "sinew_audit" ALTER COLUMN "entry" SET COMPRESSION lz4;
+  ALTER TABLE "sinew_audit_queue" ALTER COLUMN "entry" SET COMPRESSION lz4;
+  ALTER TABLE "sinew_audit_queue" ALTER COLUMN "entry" SET STORAGE EXTENDED;
 EXCEPTION WHEN feature_not_supported OR invalid_parameter_value THEN NULL;
 END $$;
 CREATE OR REPLACE TRIGGER "sinew_audit_queue_no_update"
