@@ -104,6 +104,23 @@ pub(super) async fn round(
     (all.len() as f64 / secs, median, errors)
 }
 
+/// [`round`], with what each answer cost: CPU of the server process `pid`,
+/// of Postgres and of this process, and bytes of write-ahead log.
+async fn measured_round(
+    base: &str,
+    path: &str,
+    accounts: &Arc<Vec<String>>,
+    clients: usize,
+    length: Duration,
+    pid: u32,
+) -> (f64, f64, u64, crate::cpu::Cpu) {
+    let before = crate::cpu::sample(&[pid]).await;
+    let (rps, p50, errors) = round(base, path, accounts, clients, length).await;
+    let spent = before.until(crate::cpu::sample(&[pid]).await);
+    let answers = (rps * length.as_secs_f64()).round() as u64;
+    (rps, p50, errors, spent.per(answers))
+}
+
 /// `n` accounts of the outbox spec, each with 1 000 000: their ids.
 pub(super) async fn seed_accounts(
     db: &tokio_postgres::Client,
@@ -152,7 +169,14 @@ pub async fn run(opts: &Opts) -> Result<()> {
         "{clients} clients, {rounds} rounds of {length:?} per tool, one Postgres, the component"
     );
     println!("-- the request path alone (no instance delivers):");
-    let alone = compare(&quiet.base, &accounts, clients, (rounds, length, warmup)).await?;
+    let alone = compare(
+        &quiet.base,
+        quiet.child.id(),
+        &accounts,
+        clients,
+        (rounds, length, warmup),
+    )
+    .await?;
     drop(quiet);
     // Then a server that delivers: the backlog drains, with no load.
     let backlog = pending(&db).await?;
@@ -166,7 +190,14 @@ pub async fn run(opts: &Opts) -> Result<()> {
         backlog as f64 / drain
     );
     println!("-- while this instance also delivers:");
-    let with = compare(&server.base, &accounts, clients, (rounds, length, warmup)).await?;
+    let with = compare(
+        &server.base,
+        server.child.id(),
+        &accounts,
+        clients,
+        (rounds, length, warmup),
+    )
+    .await?;
     let after = Instant::now();
     drained(&db).await?;
     println!(
@@ -231,6 +262,7 @@ async fn drained(db: &tokio_postgres::Client) -> Result<()> {
 /// the ratios emit/plain of throughput and of median latency.
 async fn compare(
     base: &str,
+    pid: u32,
     accounts: &Arc<Vec<String>>,
     clients: usize,
     (rounds, length, warmup): (usize, Duration, Duration),
@@ -239,6 +271,7 @@ async fn compare(
     round(base, "/transfer", accounts, clients, warmup).await;
     round(base, "/transfer-notified", accounts, clients, warmup).await;
     let (mut plain, mut emitting) = (Vec::new(), Vec::new());
+    let (mut plain_cost, mut emitting_cost) = (Vec::new(), Vec::new());
     let mut errors = 0;
     for r in 0..rounds {
         // Alternating, so drift on a shared machine hits both alike.
@@ -248,16 +281,23 @@ async fn compare(
             ["/transfer-notified", "/transfer"]
         };
         for path in order {
-            let (rps, p50, e) = round(base, path, accounts, clients, length).await;
+            let (rps, p50, e, cost) =
+                measured_round(base, path, accounts, clients, length, pid).await;
             errors += e;
             println!(
-                "   round {} {path:<19} {rps:>8.1} req/s  p50 {p50:>6.2} ms",
-                r + 1
+                "   round {} {path:<19} {rps:>8.1} req/s  p50 {p50:>6.2} ms  cpu µs/answer: server {:.0} + postgres {:.0} + load {:.0}; WAL {:.0} B/answer",
+                r + 1,
+                cost.server,
+                cost.postgres,
+                cost.load,
+                cost.wal
             );
             if path == "/transfer" {
                 plain.push((rps, p50));
+                plain_cost.push(cost);
             } else {
                 emitting.push((rps, p50));
+                emitting_cost.push(cost);
             }
         }
     }
@@ -274,5 +314,21 @@ async fn compare(
     let (e_rps, e_p50) = (mean(&emitting, 0), mean(&emitting, 1));
     println!("   transfer           {p_rps:>8.1} req/s  p50 {p_p50:>6.2} ms");
     println!("   transfer + emit    {e_rps:>8.1} req/s  p50 {e_p50:>6.2} ms");
+    let cost = |v: &[crate::cpu::Cpu], f: fn(&crate::cpu::Cpu) -> f64| {
+        v.iter().map(f).sum::<f64>() / v.len().max(1) as f64
+    };
+    let (p_cpu, e_cpu) = (
+        cost(&plain_cost, |c| c.total()),
+        cost(&emitting_cost, |c| c.total()),
+    );
+    let (p_wal, e_wal) = (
+        cost(&plain_cost, |c| c.wal),
+        cost(&emitting_cost, |c| c.wal),
+    );
+    println!(
+        "   per answer: CPU {p_cpu:.0} → {e_cpu:.0} µs ({:+.1}%), write-ahead log {p_wal:.0} → {e_wal:.0} B ({:+.1}%)",
+        (e_cpu / p_cpu - 1.0) * 100.0,
+        (e_wal / p_wal - 1.0) * 100.0
+    );
     Ok((e_rps / p_rps, e_p50 / p_p50))
 }
