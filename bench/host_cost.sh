@@ -2,7 +2,9 @@
 # The servers' own cost per request at one client: runs sinew-bench at one
 # client and counts, for each bank server, its CPU (user + kernel), system
 # calls, context switches and page faults with `perf stat`, divided by the
-# requests it answered (warm-up included).
+# requests it answered (warm-up included). Every sinew-bench run prints
+# each server's CPU per answer (and Postgres's, and its write-ahead log)
+# by itself (bench/src/cpu.rs); this script adds what only perf counts.
 #   bash bench/host_cost.sh            (after cargo build --release -p sinew-bench)
 # Needs perf with tracepoints (kernel.perf_event_paranoid <= 2 for your own
 # processes). Prints one line per server.

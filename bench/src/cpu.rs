@@ -47,15 +47,16 @@ impl Cpu {
     /// Microseconds of each part (and bytes of log) per answer, over
     /// `answers`.
     pub fn per(self, answers: u64) -> Cpu {
-        let n = answers.max(1) as f64 / 1e6;
+        let n = answers.max(1) as f64;
         Cpu {
-            server: self.server / n,
-            postgres: self.postgres / n,
-            load: self.load / n,
-            wal: self.wal * 1e-6 / n,
+            server: self.server * 1e6 / n,
+            postgres: self.postgres * 1e6 / n,
+            load: self.load * 1e6 / n,
+            wal: self.wal / n,
         }
     }
 
+    /// The three parts' CPU together.
     pub fn total(self) -> f64 {
         self.server + self.postgres + self.load
     }

@@ -124,9 +124,6 @@ fn skip_value(b: &[u8], mut i: usize) -> Option<usize> {
             b' ' | b'\n' | b'\r' | b'\t' => return None,
             _ => i += 1,
         }
-        if depth == 0 && matches!(b.get(i), Some(b',' | b'}' | b']')) {
-            return Some(i);
-        }
     }
 }
 
