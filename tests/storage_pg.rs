@@ -830,8 +830,10 @@ fn a_wide_included_row_embeds_whole() {
 }
 
 /// `insert-many` is all or nothing on Postgres as in the in-memory store:
-/// a unique value taken by the last row leaves none of the call's rows,
-/// and the transaction usable; on success the rows come back as stored,
+/// a unique value taken by the last row leaves none of the call's rows
+/// (in a savepoint, as the core runs an operation it goes on after: a
+/// failed statement aborts a Postgres transaction until that is rolled
+/// back); on success the rows come back as stored,
 /// in the order given, the same on both.
 #[test]
 fn many_row_inserts_are_all_or_nothing_on_every_store() {
@@ -857,16 +859,22 @@ fn many_row_inserts_are_all_or_nothing_on_every_store() {
         let mt = memory.begin(Isolation::ReadCommitted, None).unwrap();
         db.insert(tx, "Tag", &tag(1, "a")).await.unwrap();
         memory.insert(mt, "Tag", &tag(1, "a")).unwrap();
+        let (sp, msp) = (
+            db.begin(Isolation::ReadCommitted, Some(tx)).await.unwrap(),
+            memory.begin(Isolation::ReadCommitted, Some(mt)).unwrap(),
+        );
         // The third row's code is taken: no row of the three is there.
         let clash = [tag(2, "b"), tag(3, "c"), tag(4, "a")];
-        let pg = db.insert_many(tx, "Tag", &clash).await;
-        let mem = memory.insert_many(mt, "Tag", &clash);
+        let pg = db.insert_many(sp, "Tag", &clash).await;
+        let mem = memory.insert_many(msp, "Tag", &clash);
         for r in [&pg, &mem] {
             assert!(
                 matches!(r, Err(sinew_core::ports::StorageError::Unique { field, .. }) if field == "code"),
                 "{r:?}"
             );
         }
+        db.rollback(sp).await.unwrap();
+        memory.rollback(msp).unwrap();
         let all = in_id_order(Vec::new());
         for rows in [
             db.read(Some(tx), "Tag", &all).await.unwrap(),
@@ -891,8 +899,8 @@ fn many_row_inserts_are_all_or_nothing_on_every_store() {
 
 /// `update-many` and `update-where` are all or nothing on Postgres as in
 /// the in-memory store: a row whose version moved (409) or that is gone
-/// (404) leaves every row of the call unchanged, and the transaction
-/// usable; on success the rows come back in the order asked.
+/// (404) leaves every row of the call unchanged (each in a savepoint
+/// rolled back after, as the core does); on success the rows come back in the order asked.
 #[test]
 fn many_row_updates_are_all_or_nothing_on_every_store() {
     let cluster = Cluster::start();
@@ -925,28 +933,40 @@ fn many_row_updates_are_all_or_nothing_on_every_store() {
         // The second row's version is stale: nothing changes, on both.
         let stale = [(ids[0].clone(), 1), (ids[1].clone(), 7), (ids[2].clone(), 1)];
         let all = [balances(1), balances(2), balances(3)];
-        let pg = db.update_many(tx, "Account", &stale, &all).await;
-        let mem = memory.update_many(mt, "Account", &stale, &all);
+        let (sp, msp) = (
+            db.begin(Isolation::ReadCommitted, Some(tx)).await.unwrap(),
+            memory.begin(Isolation::ReadCommitted, Some(mt)).unwrap(),
+        );
+        let pg = db.update_many(sp, "Account", &stale, &all).await;
+        let mem = memory.update_many(msp, "Account", &stale, &all);
         for r in [&pg, &mem] {
             assert!(
                 matches!(r, Err(sinew_core::ports::StorageError::Conflict { .. })),
                 "{r:?}"
             );
         }
+        db.rollback(sp).await.unwrap();
+        memory.rollback(msp).unwrap();
         // A row that is not there: 404, nothing changed.
         let gone = [
             (ids[0].clone(), 1),
             ("00000000-0000-4000-8000-000000000009".to_owned(), 1),
         ];
         let two = [balances(1), balances(2)];
-        let pg = db.update_many(tx, "Account", &gone, &two).await;
-        let mem = memory.update_many(mt, "Account", &gone, &two);
+        let (sp, msp) = (
+            db.begin(Isolation::ReadCommitted, Some(tx)).await.unwrap(),
+            memory.begin(Isolation::ReadCommitted, Some(mt)).unwrap(),
+        );
+        let pg = db.update_many(sp, "Account", &gone, &two).await;
+        let mem = memory.update_many(msp, "Account", &gone, &two);
         for r in [&pg, &mem] {
             assert!(
                 matches!(r, Err(sinew_core::ports::StorageError::NotFound { .. })),
                 "{r:?}"
             );
         }
+        db.rollback(sp).await.unwrap();
+        memory.rollback(msp).unwrap();
         let all_rows = in_id_order(Vec::new());
         for rows in [
             db.read(Some(tx), "Account", &all_rows).await.unwrap(),
@@ -1217,7 +1237,9 @@ fn the_sequencer_chains_every_committed_entry_once() {
 /// Postgres and the in-memory store refuse alike: an id already taken is a
 /// `conflict`, and a unique index is checked at the update that changes
 /// one of its fields (`unique`, where a node's `onError` catches it), not
-/// only at the commit; the transaction stays usable.
+/// only at the commit; once the savepoint around the failed operation is
+/// rolled back (the core opens one where `onError` goes on), the
+/// transaction goes on.
 #[test]
 fn taken_ids_and_unique_indexes_are_refused_alike_on_every_store() {
     use sinew_core::ports::StorageError;
@@ -1252,21 +1274,33 @@ fn taken_ids_and_unique_indexes_are_refused_alike_on_every_store() {
             memory.insert(mt, "Visit", &visit(i, i64::from(i))).unwrap();
         }
         // The same id again.
-        let pg = db.insert(tx, "Visit", &visit(1, 7)).await;
-        let mem = memory.insert(mt, "Visit", &visit(1, 7));
+        let (sp, msp) = (
+            db.begin(Isolation::ReadCommitted, Some(tx)).await.unwrap(),
+            memory.begin(Isolation::ReadCommitted, Some(mt)).unwrap(),
+        );
+        let pg = db.insert(sp, "Visit", &visit(1, 7)).await;
+        let mem = memory.insert(msp, "Visit", &visit(1, 7));
         for r in [&pg, &mem] {
             assert!(matches!(r, Err(StorageError::Conflict { .. })), "{r:?}");
         }
+        db.rollback(sp).await.unwrap();
+        memory.rollback(msp).unwrap();
         // Visit 2 moved onto visit 1's slot: refused at the update.
         let onto = changes(json!({"slot": 1}));
-        let pg = db.update(tx, "Visit", &id(2), 1, &onto).await;
-        let mem = memory.update(mt, "Visit", &id(2), 1, &onto);
+        let (sp, msp) = (
+            db.begin(Isolation::ReadCommitted, Some(tx)).await.unwrap(),
+            memory.begin(Isolation::ReadCommitted, Some(mt)).unwrap(),
+        );
+        let pg = db.update(sp, "Visit", &id(2), 1, &onto).await;
+        let mem = memory.update(msp, "Visit", &id(2), 1, &onto);
         for r in [&pg, &mem] {
             assert!(
                 matches!(r, Err(StorageError::Unique { field, .. }) if field == "therapist,slot"),
                 "{r:?}"
             );
         }
+        db.rollback(sp).await.unwrap();
+        memory.rollback(msp).unwrap();
         // Still usable: another slot, and a change of no key field.
         let pg = db
             .update(tx, "Visit", &id(2), 1, &changes(json!({"slot": 3})))

@@ -495,7 +495,7 @@ impl<'a> Run<'a> {
                 self.flush_pending()?;
             }
             self.ran.insert(cur.clone());
-            let ran = if node.on_error.is_some() && !self.open.is_empty() && self.in_steps(node) {
+            let ran = if node.on_error.is_some() && !self.open.is_empty() && uses_storage(node) {
                 self.undone_on_error(|run| run.run_node(&cur, node))
             } else {
                 self.run_node(&cur, node)
@@ -523,22 +523,13 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Whether `node` may write in more than one storage operation: a
-    /// `foreach`, or a deletion that first releases the rows referring to
-    /// its rows. (Every other write is one operation, all or nothing.)
-    fn in_steps(&self, node: &Node) -> bool {
-        match &node.kind {
-            NodeKind::Foreach { .. } => true,
-            NodeKind::SoftDelete { entity, .. } | NodeKind::Delete { entity, .. } => {
-                referring(&self.bundle.spec, entity).next().is_some()
-            }
-            _ => false,
-        }
-    }
-
-    /// Runs `step` (a node with `onError` that writes in steps, inside a
+    /// Runs `step` (a node with `onError` that uses storage, inside a
     /// transaction) in a savepoint: if it fails, none of its writes stay,
     /// and the flow goes on at its `onError` in a transaction as it was.
+    /// This is the only way the core goes on in a transaction after a
+    /// failed storage operation: a store may leave a transaction unusable
+    /// after one until it (or its savepoint) is rolled back, as Postgres
+    /// does, so a store needs no savepoint of its own around each write.
     fn undone_on_error(
         &mut self,
         step: impl FnOnce(&mut Self) -> Result<Step, Problem>,
@@ -2378,6 +2369,25 @@ struct Each<'n> {
     items: &'n Expression,
     as_name: &'n str,
     max_items: u64,
+}
+
+/// Whether a node runs storage operations that may fail (reads, writes,
+/// `emit`, a `foreach`'s body): such a node with `onError` inside a
+/// transaction runs in a savepoint of its own. A `transaction` node is a
+/// savepoint already.
+fn uses_storage(node: &Node) -> bool {
+    !matches!(
+        node.kind,
+        NodeKind::Let { .. }
+            | NodeKind::Assert { .. }
+            | NodeKind::If { .. }
+            | NodeKind::Switch { .. }
+            | NodeKind::Call { .. }
+            | NodeKind::Return { .. }
+            | NodeKind::Fail { .. }
+            | NodeKind::Transaction { .. }
+            | NodeKind::Invalid
+    )
 }
 
 fn not_bool(e: &Expression, v: &Value) -> Problem {

@@ -99,6 +99,11 @@ pub(crate) struct Tape {
     /// The transactions begun, in order: the local number of `txs[i]` is
     /// `i + 1`.
     txs: Vec<TxId>,
+    /// The local number of each one's parent (0: none), as `txs`.
+    parents: Vec<u64>,
+    /// The local numbers of the transactions (savepoints) where an
+    /// operation failed and that were not rolled back since.
+    failed: Vec<u64>,
     /// What the entry does not hold of the request: the token's claims,
     /// the `Idempotency-Key` header, the scheduled time as sent.
     request: Map<String, Value>,
@@ -121,6 +126,8 @@ impl Tape {
         Tape {
             steps: Vec::new(),
             txs: Vec::new(),
+            parents: Vec::new(),
+            failed: Vec::new(),
             request: r,
         }
     }
@@ -136,6 +143,43 @@ impl Tape {
 
     fn local_opt(&self, tx: Option<TxId>) -> u64 {
         tx.map_or(0, |t| self.local(t))
+    }
+
+    /// The local numbers from `n` out to its top-level transaction.
+    fn ancestry(&self, n: u64) -> impl Iterator<Item = u64> + '_ {
+        std::iter::successors(Some(n).filter(|n| *n > 0), |n| {
+            let up = usize::try_from(*n - 1)
+                .ok()
+                .and_then(|i| self.parents.get(i))
+                .copied()
+                .unwrap_or(0);
+            // Parents are begun first: the walk ends.
+            (up > 0 && up < *n).then_some(up)
+        })
+    }
+
+    /// Refuses an operation on `tx` while an operation of its transaction
+    /// failed and was not rolled back: a store may abort a transaction at
+    /// a failed operation (Postgres does), so the core goes on after one
+    /// only by rolling back the savepoint it opened around the operation
+    /// (see `exec`'s `undone_on_error`). Keeping this here, where every
+    /// engine's calls pass, holds the core to it on stores that would
+    /// not notice (the in-memory store).
+    fn usable(&self, tx: Option<TxId>) -> Result<(), StorageError> {
+        let Some(t) = tx else { return Ok(()) };
+        if self.failed.is_empty() {
+            return Ok(());
+        }
+        let top = |n: u64| self.ancestry(n).last();
+        let mine = top(self.local(t));
+        if mine.is_some() && self.failed.iter().any(|f| top(*f) == mine) {
+            return Err(StorageError::Invalid {
+                message:
+                    "the transaction is aborted: an operation in it failed and was not rolled back"
+                        .into(),
+            });
+        }
+        Ok(())
     }
 
     fn push(
@@ -465,6 +509,26 @@ impl TapedStorage<'_> {
         self.tape.borrow().local_opt(tx)
     }
 
+    /// Runs `op` on the store for transaction `tx` if that is usable
+    /// ([`Tape::usable`]); a failure leaves `tx` unusable until it is
+    /// rolled back.
+    fn checked<T>(
+        &mut self,
+        tx: Option<TxId>,
+        op: impl FnOnce(&mut dyn Storage) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        self.tape.borrow().usable(tx)?;
+        let r = op(&mut *self.inner);
+        if r.is_err() {
+            let mut tape = self.tape.borrow_mut();
+            let n = tape.local_opt(tx);
+            if n > 0 {
+                tape.failed.push(n);
+            }
+        }
+        r
+    }
+
     /// Records a call whose answer is written by `answer`.
     fn record<T>(
         &self,
@@ -484,10 +548,13 @@ impl TapedStorage<'_> {
 
 impl Storage for TapedStorage<'_> {
     fn begin(&mut self, isolation: Isolation, parent: Option<TxId>) -> Result<TxId, StorageError> {
-        let d = digest(&(isolation, self.local_opt(parent)));
-        let r = self.inner.begin(isolation, parent);
+        let up = self.local_opt(parent);
+        let d = digest(&(isolation, up));
+        let r = self.checked(parent, |s| s.begin(isolation, parent));
         if let Ok(t) = &r {
-            self.tape.borrow_mut().txs.push(*t);
+            let mut tape = self.tape.borrow_mut();
+            tape.txs.push(*t);
+            tape.parents.push(up);
         }
         self.record("begin", d, r, |_| None)
     }
@@ -499,7 +566,7 @@ impl Storage for TapedStorage<'_> {
         query: &Query,
     ) -> Result<Vec<Row>, StorageError> {
         let d = digest(&(self.local_opt(tx), entity, query, false));
-        let r = self.inner.read(tx, entity, query);
+        let r = self.checked(tx, |s| s.read(tx, entity, query));
         self.record("read", d, r, |rows| Some(rows_json(rows)))
     }
 
@@ -510,7 +577,7 @@ impl Storage for TapedStorage<'_> {
         query: &Query,
     ) -> Result<(Vec<Row>, u64), StorageError> {
         let d = digest(&(self.local_opt(tx), entity, query, true));
-        let r = self.inner.read_counted(tx, entity, query);
+        let r = self.checked(tx, |s| s.read_counted(tx, entity, query));
         self.record("read", d, r, |(rows, total)| {
             Some(json!({"rows": rows_json(rows), "total": total}))
         })
@@ -525,7 +592,7 @@ impl Storage for TapedStorage<'_> {
         shape: &dyn Shape,
     ) -> Result<(Vec<V>, Option<u64>), StorageError> {
         let d = digest(&(self.local_opt(tx), entity, query, count));
-        let r = self.inner.read_values(tx, entity, query, count, shape);
+        let r = self.checked(tx, |s| s.read_values(tx, entity, query, count, shape));
         self.record("read", d, r, |(rows, total)| {
             Some(match total {
                 Some(n) => json!({"rows": values_json(rows), "total": n}),
@@ -543,15 +610,13 @@ impl Storage for TapedStorage<'_> {
         measures: &[Measure],
     ) -> Result<Vec<Row>, StorageError> {
         let d = digest(&(self.local_opt(tx), entity, filters, group_by, measures));
-        let r = self
-            .inner
-            .aggregate(tx, entity, filters, group_by, measures);
+        let r = self.checked(tx, |s| s.aggregate(tx, entity, filters, group_by, measures));
         self.record("aggregate", d, r, |rows| Some(rows_json(rows)))
     }
 
     fn insert(&mut self, tx: TxId, entity: &str, row: &Row) -> Result<Row, StorageError> {
         let d = digest(&(self.local(tx), entity, row));
-        let r = self.inner.insert(tx, entity, row);
+        let r = self.checked(Some(tx), |s| s.insert(tx, entity, row));
         let r = self.record("insert", d, r, |row| Some(Value::Object(row.clone())));
         self.tape.borrow_mut().sent(std::slice::from_ref(row));
         r
@@ -566,7 +631,9 @@ impl Storage for TapedStorage<'_> {
         changes: &Row,
     ) -> Result<Row, StorageError> {
         let d = digest(&(self.local(tx), entity, id, expected_version, changes));
-        let r = self.inner.update(tx, entity, id, expected_version, changes);
+        let r = self.checked(Some(tx), |s| {
+            s.update(tx, entity, id, expected_version, changes)
+        });
         self.record("update", d, r, |row| Some(Value::Object(row.clone())))
     }
 
@@ -578,7 +645,7 @@ impl Storage for TapedStorage<'_> {
         changes: &Row,
     ) -> Result<Vec<Row>, StorageError> {
         let d = digest(&(self.local(tx), entity, query, changes));
-        let r = self.inner.update_where(tx, entity, query, changes);
+        let r = self.checked(Some(tx), |s| s.update_where(tx, entity, query, changes));
         self.record("updateWhere", d, r, |rows| Some(rows_json(rows)))
     }
 
@@ -591,9 +658,9 @@ impl Storage for TapedStorage<'_> {
         shape: &dyn Shape,
     ) -> Result<Vec<V>, StorageError> {
         let d = digest(&(self.local(tx), entity, query, changes));
-        let r = self
-            .inner
-            .update_where_values(tx, entity, query, changes, shape);
+        let r = self.checked(Some(tx), |s| {
+            s.update_where_values(tx, entity, query, changes, shape)
+        });
         self.record("updateWhere", d, r, |rows| Some(values_json(rows)))
     }
 
@@ -604,7 +671,7 @@ impl Storage for TapedStorage<'_> {
         rows: &[Row],
     ) -> Result<Vec<Row>, StorageError> {
         let d = digest(&(self.local(tx), entity, rows));
-        let r = self.inner.insert_many(tx, entity, rows);
+        let r = self.checked(Some(tx), |s| s.insert_many(tx, entity, rows));
         let r = self.record("insertMany", d, r, |rows| Some(rows_json(rows)));
         self.tape.borrow_mut().sent(rows);
         r
@@ -618,7 +685,7 @@ impl Storage for TapedStorage<'_> {
         changes: &[Row],
     ) -> Result<Vec<Row>, StorageError> {
         let d = digest(&(self.local(tx), entity, keys, changes));
-        let r = self.inner.update_many(tx, entity, keys, changes);
+        let r = self.checked(Some(tx), |s| s.update_many(tx, entity, keys, changes));
         self.record("updateMany", d, r, |rows| Some(rows_json(rows)))
     }
 
@@ -631,27 +698,38 @@ impl Storage for TapedStorage<'_> {
         deleted_at: &str,
     ) -> Result<Row, StorageError> {
         let d = digest(&(self.local(tx), entity, id, expected_version, deleted_at));
-        let r = self
-            .inner
-            .soft_delete(tx, entity, id, expected_version, deleted_at);
+        let r = self.checked(Some(tx), |s| {
+            s.soft_delete(tx, entity, id, expected_version, deleted_at)
+        });
         self.record("softDelete", d, r, |row| Some(Value::Object(row.clone())))
     }
 
     fn enqueue(&mut self, tx: TxId, message: &Value) -> Result<(), StorageError> {
         let d = digest(&(self.local(tx), message));
-        let r = self.inner.enqueue(tx, message);
+        let r = self.checked(Some(tx), |s| s.enqueue(tx, message));
         self.record("enqueue", d, r, |_| None)
     }
 
     fn commit(&mut self, tx: TxId) -> Result<(), StorageError> {
         let d = digest(&self.local(tx));
-        let r = self.inner.commit(tx);
+        let r = self.checked(Some(tx), |s| s.commit(tx));
         self.record("commit", d, r, |_| None)
     }
 
     fn rollback(&mut self, tx: TxId) -> Result<(), StorageError> {
         let d = digest(&self.local(tx));
         let r = self.inner.rollback(tx);
+        {
+            let mut tape = self.tape.borrow_mut();
+            let n = tape.local(tx);
+            let undone: Vec<u64> = tape
+                .failed
+                .iter()
+                .copied()
+                .filter(|f| tape.ancestry(*f).any(|a| a == n))
+                .collect();
+            tape.failed.retain(|f| !undone.contains(f));
+        }
         self.record("rollback", d, r, |_| None)
     }
 
@@ -659,7 +737,7 @@ impl Storage for TapedStorage<'_> {
     /// compares.
     fn append_audit(&mut self, tx: Option<TxId>, entry: &Value) -> Result<(), StorageError> {
         let d = digest(&self.local_opt(tx));
-        let r = self.inner.append_audit(tx, entry);
+        let r = self.checked(tx, |s| s.append_audit(tx, entry));
         self.record("appendAudit", d, r, |_| None)
     }
 
@@ -685,7 +763,7 @@ impl Storage for TapedStorage<'_> {
         body: &Value,
     ) -> Result<(), StorageError> {
         let d = digest(&(self.local_opt(tx), scope, key, status));
-        let r = self.inner.complete_key(tx, scope, key, status, body);
+        let r = self.checked(tx, |s| s.complete_key(tx, scope, key, status, body));
         self.record("completeKey", d, r, |_| None)
     }
 
@@ -730,5 +808,74 @@ impl External for TapedExternal<'_> {
             .borrow_mut()
             .push("call", d, Ok(serde_json::to_value(&r).ok()));
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::memory::MemoryStorage;
+
+    fn row(id: &str, code: &str) -> Row {
+        let mut r = Row::new();
+        r.insert("id".into(), json!(id));
+        r.insert("code".into(), json!(code));
+        r
+    }
+
+    /// After a failed operation a transaction is refused until the level
+    /// that failed is rolled back, even on a store that would go on (the
+    /// in-memory one): Postgres would have aborted it.
+    #[test]
+    fn a_failed_operation_leaves_its_transaction_refused_until_rolled_back() {
+        let mut store = MemoryStorage::new();
+        store.set_unique("Tag", "code");
+        let request = Request::default();
+        let tape = RefCell::new(Tape::new(&request));
+        let mut s = TapedStorage {
+            inner: &mut store,
+            tape: &tape,
+        };
+        let rc = Isolation::ReadCommitted;
+        let tx = s.begin(rc, None).unwrap();
+        s.insert(tx, "Tag", &row("a", "x")).unwrap();
+        // In a savepoint: the failure is undone by rolling it back.
+        let sp = s.begin(rc, Some(tx)).unwrap();
+        assert!(s.insert(sp, "Tag", &row("b", "x")).is_err());
+        assert!(matches!(
+            s.insert(sp, "Tag", &row("c", "y")),
+            Err(StorageError::Invalid { .. })
+        ));
+        assert!(matches!(
+            s.read(
+                Some(tx),
+                "Tag",
+                &Query {
+                    filters: Vec::new(),
+                    order: Vec::new(),
+                    limit: None,
+                    after: None,
+                    lock: false,
+                    include: Vec::new(),
+                }
+            ),
+            Err(StorageError::Invalid { .. })
+        ));
+        s.rollback(sp).unwrap();
+        s.insert(tx, "Tag", &row("c", "y")).unwrap();
+        // Without one: nothing but a rollback.
+        assert!(s.insert(tx, "Tag", &row("d", "y")).is_err());
+        for refused in [
+            s.insert(tx, "Tag", &row("e", "z")).map(|_| ()),
+            s.begin(rc, Some(tx)).map(|_| ()),
+            s.commit(tx),
+        ] {
+            assert!(matches!(refused, Err(StorageError::Invalid { .. })));
+        }
+        s.rollback(tx).unwrap();
+        // Another transaction is not concerned.
+        let other = s.begin(rc, None).unwrap();
+        s.insert(other, "Tag", &row("f", "x")).unwrap();
+        s.commit(other).unwrap();
     }
 }

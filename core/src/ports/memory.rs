@@ -40,8 +40,10 @@
 //!   savepoints. A savepoint's writes reach its parent when it is released
 //!   (`commit`). Savepoints inherit the isolation of their transaction.
 //! - **Statement atomicity**: a failed operation changes nothing and leaves
-//!   the transaction usable (Postgres would abort it; the core rolls back
-//!   after an error anyway).
+//!   the transaction usable. (Postgres would abort it; the core never uses
+//!   a transaction after a failed operation except to roll back the level
+//!   that failed, which it opens as a savepoint where `onError` goes on:
+//!   `tape::TapedStorage` refuses anything else on every store.)
 //! - Unknown entities are empty tables; writing to one creates it.
 //!
 //! Filters: `eq`/`ne` treat `null` as a value (`IS [NOT] DISTINCT FROM`);
