@@ -122,6 +122,14 @@ fn write_number(n: &serde_json::Number, out: &mut String) {
     out.push_str(std::str::from_utf8(text).unwrap_or("0"));
 }
 
+/// The JSON text of string `s` (quoted, escaped as [`write_str`] does):
+/// [`canonical`] of `Value::String(s)`, without copying `s` into a value.
+pub fn quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    write_str(s, &mut out);
+    out
+}
+
 /// A JSON string as `serde_json` writes it: `"` and `\` escaped, the
 /// control characters as `\b \t \n \f \r` or `\u00xx`, everything
 /// else (non-ASCII included) as it is.

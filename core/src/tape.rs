@@ -74,6 +74,11 @@ pub(crate) fn digest(args: &impl Serialize) -> String {
     let text = serde_json::to_value(args)
         .map(|v| crate::hash::canonical(&v))
         .unwrap_or_default();
+    short_sha(&text)
+}
+
+/// The first 8 hex digits of the SHA-256 of `text`.
+fn short_sha(text: &str) -> String {
     let d = Sha256::digest(text.as_bytes());
     crate::hash::hex(d.get(..4).unwrap_or_default())
 }
@@ -217,7 +222,9 @@ impl Tape {
     /// The tape as the entry's `tape`, with the digest of the response
     /// `body`: rows written compactly; too large a tape by its size.
     pub(crate) fn to_json(&self, body: &Value) -> Value {
-        let response = digest(&crate::hash::canonical(body));
+        // The digest of the canonical text as a JSON string, as `digest`
+        // of that text would be, without copying the text into a value.
+        let response = short_sha(&crate::hash::quoted(&crate::hash::canonical(body)));
         let mut steps = Vec::with_capacity(self.steps.len());
         // The latest row seen with each id: (step, index in its rows).
         let mut seen: HashMap<&str, (usize, usize)> = HashMap::new();
@@ -821,6 +828,19 @@ mod tests {
         r.insert("id".into(), json!(id));
         r.insert("code".into(), json!(code));
         r
+    }
+
+    /// The response's digest is `digest` of its canonical text, as the
+    /// tapes recorded before it was written without the copy.
+    #[test]
+    fn the_response_digest_is_the_digest_of_its_canonical_text() {
+        let body = json!({"b": [1, "two \"quoted\" \n", null], "a": {"z": 1.5, "y": "é"}});
+        let text = crate::hash::canonical(&body);
+        assert_eq!(
+            short_sha(&crate::hash::quoted(&text)),
+            digest(&text),
+            "{text}"
+        );
     }
 
     /// After a failed operation a transaction is refused until the level
