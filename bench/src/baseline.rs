@@ -3,7 +3,7 @@
 //! tokio-postgres, issuing the statements `sinew serve` issues for the same
 //! requests (captured with `log_statement = all`), in the same round trips:
 //! the idempotency claim and its completion, the rate-limit hit, the
-//! locking reads, the version-checked updates under savepoints, the insert,
+//! locking reads, the version-checked updates, the insert,
 //! and the hash-chained audit entry appended under the chain lock with the
 //! commit, as sinew 0.1 did. So the comparison prices the executor, not the
 //! SQL.
@@ -691,8 +691,7 @@ impl App {
             c.batch_execute("ROLLBACK").await?;
             return Ok(problem(422, "insufficient_funds", "insufficient funds"));
         }
-        // Debit, then credit: each row updated if its version is unchanged,
-        // under a savepoint (one round trip).
+        // Debit, then credit: each row updated if its version is unchanged.
         let mut rows = Vec::new();
         let mut new_balance = 0;
         for (id, row, delta) in [
@@ -704,10 +703,7 @@ impl App {
             let expected = v.to_string();
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
                 [&amount, &at, id, &expected];
-            if in_savepoint(c, c.query_opt(&s.update_balance, &params))
-                .await?
-                .is_none()
-            {
+            if c.query_opt(&s.update_balance, &params).await?.is_none() {
                 c.batch_execute("ROLLBACK").await?;
                 return Ok(problem(409, "conflict", "the row changed"));
             }
@@ -740,7 +736,7 @@ impl App {
             &reference,
             &claims.sub,
         ];
-        in_savepoint(c, c.query_one(&s.insert_transfer, &params)).await?;
+        c.query_one(&s.insert_transfer, &params).await?;
         rows.push(json!({"after": 1, "before": null, "entity": "Transfer", "id": transfer_id, "op": "create"}));
         let output = json!({"transfer": transfer_id, "balance": new_balance}).to_string();
         if let Some(key) = key {
@@ -1055,7 +1051,8 @@ impl App {
         let result: Result<Response<Full<Bytes>>, tokio_postgres::Error> = async {
             c.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
                 .await?;
-            let mut moved: Vec<(String, i64)> = in_savepoint(c, c.query(s, &[&to, &at, &from]))
+            let mut moved: Vec<(String, i64)> = c
+                .query(s, &[&to, &at, &from])
                 .await?
                 .iter()
                 .map(|r| (r.get(0), r.get(1)))
@@ -1175,21 +1172,4 @@ pub fn run(
             });
         }
     })
-}
-
-/// A write wrapped in a savepoint, pipelined into one round trip, as
-/// `PgBackend::write` does.
-async fn in_savepoint<T>(
-    c: &tokio_postgres::Client,
-    write: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
-) -> Result<T, tokio_postgres::Error> {
-    let (sp, written, rel) = tokio::join!(
-        c.batch_execute("SAVEPOINT sinew_op"),
-        write,
-        c.batch_execute("RELEASE SAVEPOINT sinew_op"),
-    );
-    sp?;
-    let written = written?;
-    rel?;
-    Ok(written)
 }
