@@ -495,7 +495,8 @@ impl<'a> Run<'a> {
                 self.flush_pending()?;
             }
             self.ran.insert(cur.clone());
-            let ran = if node.on_error.is_some() && !self.open.is_empty() && uses_storage(node) {
+            let ran = if node.on_error.is_some() && !self.open.is_empty() && caught_in_storage(node)
+            {
                 self.undone_on_error(|run| run.run_node(&cur, node))
             } else {
                 self.run_node(&cur, node)
@@ -523,7 +524,7 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Runs `step` (a node with `onError` that uses storage, inside a
+    /// Runs `step` (a node with `onError` that writes, inside a
     /// transaction) in a savepoint: if it fails, none of its writes stay,
     /// and the flow goes on at its `onError` in a transaction as it was.
     /// This is the only way the core goes on in a transaction after a
@@ -2371,22 +2372,23 @@ struct Each<'n> {
     max_items: u64,
 }
 
-/// Whether a node runs storage operations that may fail (reads, writes,
-/// `emit`, a `foreach`'s body): such a node with `onError` inside a
-/// transaction runs in a savepoint of its own. A `transaction` node is a
-/// savepoint already.
-fn uses_storage(node: &Node) -> bool {
-    !matches!(
+/// Whether a node's storage operations may fail with an error `onError`
+/// catches (a unique value taken, a row gone: `already_exists`,
+/// `not_found`): the writes, and a `foreach` (its body may write). Such a
+/// node with `onError` inside a transaction runs in a savepoint of its own.
+/// Reads, aggregates and `emit` fail in storage only with errors nothing
+/// catches (`conflict`, `unavailable`, internal), after which the
+/// transaction is rolled back anyway; a `transaction` node is a savepoint
+/// already.
+fn caught_in_storage(node: &Node) -> bool {
+    matches!(
         node.kind,
-        NodeKind::Let { .. }
-            | NodeKind::Assert { .. }
-            | NodeKind::If { .. }
-            | NodeKind::Switch { .. }
-            | NodeKind::Call { .. }
-            | NodeKind::Return { .. }
-            | NodeKind::Fail { .. }
-            | NodeKind::Transaction { .. }
-            | NodeKind::Invalid
+        NodeKind::Create { .. }
+            | NodeKind::Update { .. }
+            | NodeKind::Transition { .. }
+            | NodeKind::SoftDelete { .. }
+            | NodeKind::Delete { .. }
+            | NodeKind::Foreach { .. }
     )
 }
 
