@@ -612,17 +612,11 @@ impl PgBackend {
         sql: &str,
         p: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, StorageError> {
-        let h = self.handle(tx)?;
-        let mut guard = h.root.conn.lock().await;
-        let Some(conn) = guard.as_mut() else {
-            return Err(unavailable("the transaction's connection was lost"));
-        };
-        let stmt = conn.prepare(sql).await;
-        let stmt = self.check(conn, stmt)?;
-        h.root.busy.store(true, Ordering::SeqCst);
-        let r = conn.client.query(&stmt, p).await;
-        h.root.busy.store(false, Ordering::SeqCst);
-        self.check(conn, r)
+        self.on(Some(tx), async |c| {
+            let stmt = c.prepare(sql).await?;
+            c.client.query(&stmt, p).await
+        })
+        .await
     }
 
     /// [`Self::write_refs`] in a savepoint (pipelined: one round trip): a
@@ -635,35 +629,26 @@ impl PgBackend {
         sql: &str,
         p: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, StorageError> {
-        let h = self.handle(tx)?;
-        let mut guard = h.root.conn.lock().await;
-        let Some(conn) = guard.as_mut() else {
-            return Err(unavailable("the transaction's connection was lost"));
-        };
-        let stmt = conn.prepare(sql).await;
-        let stmt = self.check(conn, stmt)?;
-        h.root.busy.store(true, Ordering::SeqCst);
-        let client = &conn.client;
-        let (sp, row, rel) = tokio::join!(
-            client.batch_execute("SAVEPOINT sinew_op"),
-            client.query(&stmt, p),
-            client.batch_execute("RELEASE SAVEPOINT sinew_op"),
-        );
-        h.root.busy.store(false, Ordering::SeqCst);
-        match sp.and(row.and_then(|r| rel.map(|()| r))) {
-            Ok(r) => Ok(r),
-            Err(e) => {
-                let err = self.error(&e);
-                let undo = conn
-                    .client
+        self.on(Some(tx), async |c| {
+            let stmt = c.prepare(sql).await?;
+            let client = &c.client;
+            let (sp, rows, rel) = tokio::join!(
+                client.batch_execute("SAVEPOINT sinew_op"),
+                client.query(&stmt, p),
+                client.batch_execute("RELEASE SAVEPOINT sinew_op"),
+            );
+            let r = sp.and(rows.and_then(|r| rel.map(|()| r)));
+            if r.is_err()
+                && client
                     .batch_execute("ROLLBACK TO SAVEPOINT sinew_op; RELEASE SAVEPOINT sinew_op")
-                    .await;
-                if undo.is_err() || matches!(err, StorageError::Unavailable { .. }) {
-                    conn.broken = true;
-                }
-                Err(err)
+                    .await
+                    .is_err()
+            {
+                c.broken = true;
             }
-        }
+            r
+        })
+        .await
     }
 
     /// The `SELECT … WHERE … ORDER BY … LIMIT … FOR UPDATE` of a query.
