@@ -291,6 +291,33 @@ fn the_pool_warms_up_within_its_size_and_hands_out_what_it_opened() {
 
 /// The Postgres backend on a fresh database migrated for the spec `text`,
 /// an in-memory store declared for it, and its bundle (to complete rows).
+/// A savepoint in `tx` on Postgres and in `mt` in memory: what the core
+/// opens around a write whose failure a node's `onError` catches (a
+/// failed statement aborts a Postgres transaction until its savepoint is
+/// rolled back).
+async fn savepoints(
+    db: &PgBackend,
+    memory: &mut sinew_core::ports::memory::MemoryStorage,
+    tx: u64,
+    mt: sinew_core::ports::TxId,
+) -> (u64, sinew_core::ports::TxId) {
+    (
+        db.begin(Isolation::ReadCommitted, Some(tx)).await.unwrap(),
+        memory.begin(Isolation::ReadCommitted, Some(mt)).unwrap(),
+    )
+}
+
+/// Rolls back the savepoints of [`savepoints`].
+async fn roll_back(
+    db: &PgBackend,
+    memory: &mut sinew_core::ports::memory::MemoryStorage,
+    sp: u64,
+    msp: sinew_core::ports::TxId,
+) {
+    db.rollback(sp).await.unwrap();
+    memory.rollback(msp).unwrap();
+}
+
 async fn side_by_side(
     cluster: &Cluster,
     text: &str,
@@ -859,10 +886,7 @@ fn many_row_inserts_are_all_or_nothing_on_every_store() {
         let mt = memory.begin(Isolation::ReadCommitted, None).unwrap();
         db.insert(tx, "Tag", &tag(1, "a")).await.unwrap();
         memory.insert(mt, "Tag", &tag(1, "a")).unwrap();
-        let (sp, msp) = (
-            db.begin(Isolation::ReadCommitted, Some(tx)).await.unwrap(),
-            memory.begin(Isolation::ReadCommitted, Some(mt)).unwrap(),
-        );
+        let (sp, msp) = savepoints(&db, &mut memory, tx, mt).await;
         // The third row's code is taken: no row of the three is there.
         let clash = [tag(2, "b"), tag(3, "c"), tag(4, "a")];
         let pg = db.insert_many(sp, "Tag", &clash).await;
@@ -873,8 +897,7 @@ fn many_row_inserts_are_all_or_nothing_on_every_store() {
                 "{r:?}"
             );
         }
-        db.rollback(sp).await.unwrap();
-        memory.rollback(msp).unwrap();
+        roll_back(&db, &mut memory, sp, msp).await;
         let all = in_id_order(Vec::new());
         for rows in [
             db.read(Some(tx), "Tag", &all).await.unwrap(),
@@ -933,10 +956,7 @@ fn many_row_updates_are_all_or_nothing_on_every_store() {
         // The second row's version is stale: nothing changes, on both.
         let stale = [(ids[0].clone(), 1), (ids[1].clone(), 7), (ids[2].clone(), 1)];
         let all = [balances(1), balances(2), balances(3)];
-        let (sp, msp) = (
-            db.begin(Isolation::ReadCommitted, Some(tx)).await.unwrap(),
-            memory.begin(Isolation::ReadCommitted, Some(mt)).unwrap(),
-        );
+        let (sp, msp) = savepoints(&db, &mut memory, tx, mt).await;
         let pg = db.update_many(sp, "Account", &stale, &all).await;
         let mem = memory.update_many(msp, "Account", &stale, &all);
         for r in [&pg, &mem] {
@@ -945,18 +965,14 @@ fn many_row_updates_are_all_or_nothing_on_every_store() {
                 "{r:?}"
             );
         }
-        db.rollback(sp).await.unwrap();
-        memory.rollback(msp).unwrap();
+        roll_back(&db, &mut memory, sp, msp).await;
         // A row that is not there: 404, nothing changed.
         let gone = [
             (ids[0].clone(), 1),
             ("00000000-0000-4000-8000-000000000009".to_owned(), 1),
         ];
         let two = [balances(1), balances(2)];
-        let (sp, msp) = (
-            db.begin(Isolation::ReadCommitted, Some(tx)).await.unwrap(),
-            memory.begin(Isolation::ReadCommitted, Some(mt)).unwrap(),
-        );
+        let (sp, msp) = savepoints(&db, &mut memory, tx, mt).await;
         let pg = db.update_many(sp, "Account", &gone, &two).await;
         let mem = memory.update_many(msp, "Account", &gone, &two);
         for r in [&pg, &mem] {
@@ -965,8 +981,7 @@ fn many_row_updates_are_all_or_nothing_on_every_store() {
                 "{r:?}"
             );
         }
-        db.rollback(sp).await.unwrap();
-        memory.rollback(msp).unwrap();
+        roll_back(&db, &mut memory, sp, msp).await;
         let all_rows = in_id_order(Vec::new());
         for rows in [
             db.read(Some(tx), "Account", &all_rows).await.unwrap(),
@@ -1274,23 +1289,16 @@ fn taken_ids_and_unique_indexes_are_refused_alike_on_every_store() {
             memory.insert(mt, "Visit", &visit(i, i64::from(i))).unwrap();
         }
         // The same id again.
-        let (sp, msp) = (
-            db.begin(Isolation::ReadCommitted, Some(tx)).await.unwrap(),
-            memory.begin(Isolation::ReadCommitted, Some(mt)).unwrap(),
-        );
+        let (sp, msp) = savepoints(&db, &mut memory, tx, mt).await;
         let pg = db.insert(sp, "Visit", &visit(1, 7)).await;
         let mem = memory.insert(msp, "Visit", &visit(1, 7));
         for r in [&pg, &mem] {
             assert!(matches!(r, Err(StorageError::Conflict { .. })), "{r:?}");
         }
-        db.rollback(sp).await.unwrap();
-        memory.rollback(msp).unwrap();
+        roll_back(&db, &mut memory, sp, msp).await;
         // Visit 2 moved onto visit 1's slot: refused at the update.
         let onto = changes(json!({"slot": 1}));
-        let (sp, msp) = (
-            db.begin(Isolation::ReadCommitted, Some(tx)).await.unwrap(),
-            memory.begin(Isolation::ReadCommitted, Some(mt)).unwrap(),
-        );
+        let (sp, msp) = savepoints(&db, &mut memory, tx, mt).await;
         let pg = db.update(sp, "Visit", &id(2), 1, &onto).await;
         let mem = memory.update(msp, "Visit", &id(2), 1, &onto);
         for r in [&pg, &mem] {
@@ -1299,8 +1307,7 @@ fn taken_ids_and_unique_indexes_are_refused_alike_on_every_store() {
                 "{r:?}"
             );
         }
-        db.rollback(sp).await.unwrap();
-        memory.rollback(msp).unwrap();
+        roll_back(&db, &mut memory, sp, msp).await;
         // Still usable: another slot, and a change of no key field.
         let pg = db
             .update(tx, "Visit", &id(2), 1, &changes(json!({"slot": 3})))

@@ -2372,24 +2372,15 @@ struct Each<'n> {
     max_items: u64,
 }
 
-/// Whether a node's storage operations may fail with an error `onError`
-/// catches (a unique value taken, a row gone: `already_exists`,
-/// `not_found`): the writes, and a `foreach` (its body may write). Such a
-/// node with `onError` inside a transaction runs in a savepoint of its own.
-/// Reads, aggregates and `emit` fail in storage only with errors nothing
-/// catches (`conflict`, `unavailable`, internal), after which the
-/// transaction is rolled back anyway; a `transaction` node is a savepoint
-/// already.
+/// Whether a node with `onError` inside a transaction runs in a savepoint
+/// of its own: one that writes (`NodeKind::is_write`, `emit` included:
+/// it writes the outbox), or a `foreach` (its body may). Only writes fail
+/// in storage with errors `onError` catches (a unique value taken, a row
+/// gone); reads and aggregates fail only with errors nothing catches,
+/// after which the transaction is rolled back anyway. A `transaction`
+/// node is a savepoint already.
 fn caught_in_storage(node: &Node) -> bool {
-    matches!(
-        node.kind,
-        NodeKind::Create { .. }
-            | NodeKind::Update { .. }
-            | NodeKind::Transition { .. }
-            | NodeKind::SoftDelete { .. }
-            | NodeKind::Delete { .. }
-            | NodeKind::Foreach { .. }
-    )
+    node.kind.is_write() || matches!(node.kind, NodeKind::Foreach { .. })
 }
 
 fn not_bool(e: &Expression, v: &Value) -> Problem {
