@@ -67,6 +67,19 @@ pub fn canonical_members<'v>(members: impl Iterator<Item = (&'v String, &'v Valu
     out
 }
 
+/// Appends [`canonical`] of `v` to `out`.
+pub(crate) fn write_canonical(v: &Value, out: &mut String) {
+    write_json(v, out, true);
+}
+
+/// Appends [`canonical`] of the object `m` to `out` (without building a
+/// `Value` of it).
+pub(crate) fn write_canonical_object(m: &serde_json::Map<String, Value>, out: &mut String) {
+    let mut members: Vec<(&String, &Value)> = m.iter().collect();
+    members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    write_object(members.into_iter(), out, true);
+}
+
 /// Compact JSON text, object keys as they come or (`sorted`) sorted at
 /// every level.
 fn write_json(v: &Value, out: &mut String, sorted: bool) {
@@ -133,7 +146,7 @@ pub fn quoted(s: &str) -> String {
 /// A JSON string as `serde_json` writes it: `"` and `\` escaped, the
 /// control characters as `\b \t \n \f \r` or `\u00xx`, everything
 /// else (non-ASCII included) as it is.
-fn write_str(s: &str, out: &mut String) {
+pub(crate) fn write_str(s: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let b = s.as_bytes();
     out.reserve(b.len() + 2);
