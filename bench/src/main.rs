@@ -193,8 +193,10 @@ enum Cmd {
         /// The engine.
         #[arg(value_enum)]
         engine: micro::Which,
-        /// `transfer`, `history` (a read of 50 rows) or `list` (the
-        /// clinic's page of 50 rows, each with its therapist and invoices).
+        /// `transfer`, `history` (a read of 50 rows), `list` (the
+        /// clinic's page of 50 rows, each with its therapist and invoices),
+        /// `bulk` (500 rows changed by one node), or the outbox bench's
+        /// `plain` and `notified` (the same transfer with an `emit`).
         tool: String,
         /// How many requests are counted.
         n: usize,

@@ -481,7 +481,11 @@ pub fn count(engine: Which, tool: &str, n: usize) -> Result<()> {
         "history" => &history,
         "list" => &list,
         "bulk" => &bulk,
-        other => anyhow::bail!("no tool `{other}` to count (transfer, history, list, bulk)"),
+        "plain" => &|i| moved("transfer", i),
+        "notified" => &|i| moved("transfer_notified", i),
+        other => anyhow::bail!(
+            "no tool `{other}` to count (transfer, history, list, bulk, plain, notified)"
+        ),
     };
     let expect = if tool == "transfer" { 201 } else { 200 };
     // The clinic's and the sweep's stores are seeded whole; the bank's
@@ -489,6 +493,7 @@ pub fn count(engine: Which, tool: &str, n: usize) -> Result<()> {
     let (world, warm) = match tool {
         "list" => (clinic()?, 0),
         "bulk" => (sweep()?, 0),
+        "plain" | "notified" => (outbox()?, 0),
         _ => (bank()?, 60),
     };
     match engine {
@@ -518,6 +523,28 @@ pub fn count(engine: Which, tool: &str, n: usize) -> Result<()> {
             })
         }
     }
+}
+
+/// The outbox bench's spec with accounts A and B.
+fn outbox() -> Result<World> {
+    let spec = std::fs::read_to_string(crate::root().join("bench/specs/outbox.json"))?;
+    let seed = [A, B]
+        .into_iter()
+        .map(|id| ("Account", json!({"id": id, "balance": 1_000_000_000i64})))
+        .collect();
+    World::new(spec, seed)
+}
+
+/// A teller's move of one unit from A to B with the outbox bench's `tool`
+/// (`transfer`, or `transfer_notified` with its `emit`).
+fn moved(tool: &str, i: usize) -> Request {
+    request(
+        tool,
+        json!({"from": A, "to": B, "amount": 1}),
+        "teller",
+        "teller",
+        format!("m-{i}"),
+    )
 }
 
 /// The bench's sweep with 500 open tasks.
