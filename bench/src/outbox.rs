@@ -213,16 +213,30 @@ pub async fn run(opts: &Opts) -> Result<()> {
         "emit/plain p50 latency: {:.3} alone, {:.3} while delivering",
         alone.1, with.1
     );
-    let emitted: i64 = db
-        .query_one("SELECT count(*) FROM sinew_outbox", &[])
-        .await?
-        .get(0);
-    let sent = delivered.load(Ordering::Relaxed);
-    println!("{emitted} messages, {sent} requests to the sink");
-    if (sent as i64) < emitted {
-        bail!("the sink saw {sent} requests for {emitted} messages");
-    }
+    // A delivered message's row is gone: count the messages that
+    // committed, and the deliveries, in the audit log.
     sinew_host::pg::sequencer::catch_up(&db).await?;
+    let row = db
+        .query_one(
+            "SELECT coalesce(sum(jsonb_array_length(coalesce(entry::jsonb->'messages', '[]'))), 0)::bigint, \
+                    coalesce(sum((SELECT count(*) FROM jsonb_array_elements(coalesce(entry::jsonb->'deliveries', '[]')) d \
+                                  WHERE d->>'outcome' = 'delivered')), 0)::bigint \
+             FROM sinew_audit",
+            &[],
+        )
+        .await?;
+    let (emitted, audited): (i64, i64) = (row.get(0), row.get(1));
+    let sent = delivered.load(Ordering::Relaxed);
+    println!("{emitted} messages, {audited} deliveries audited, {sent} requests to the sink");
+    if (sent as i64) < emitted || audited != emitted {
+        bail!(
+            "{emitted} messages: the sink saw {sent} requests, the audit log {audited} deliveries"
+        );
+    }
+    let left = pending(&db).await?;
+    if left > 0 {
+        bail!("{left} messages left in the outbox");
+    }
     match sinew_host::pg::verify_audit(&db).await? {
         Ok(n) => println!("audit chain verified ({n} entries)"),
         Err(e) => bail!("audit chain broken: {e}"),
@@ -235,10 +249,7 @@ pub async fn run(opts: &Opts) -> Result<()> {
 /// The messages not delivered yet.
 async fn pending(db: &tokio_postgres::Client) -> Result<i64> {
     Ok(db
-        .query_one(
-            "SELECT count(*) FROM sinew_outbox WHERE delivered_at IS NULL",
-            &[],
-        )
+        .query_one("SELECT count(*) FROM sinew_messages", &[])
         .await?
         .get(0))
 }

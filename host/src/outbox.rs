@@ -1,25 +1,40 @@
 //! The transactional outbox: `emit` records a message with a transaction's
 //! writes (`sinew_outbox`); after the commit, `sinew serve` delivers it.
 //!
-//! Every instance runs a deliverer. A message is claimed by one instance at
-//! a time: the claim is `claimed_until` (the attempt's timeout and 5 s), set
-//! with `FOR UPDATE SKIP LOCKED`, so a crashed instance's claim lapses and
-//! another takes the message over. Each delivery is one HTTP attempt with
-//! the message's stable idempotency key, so a service sees the same key
-//! however many times a message is sent (at least once to the service,
-//! once per key). A 2xx delivers it; a refusal (4xx but 408 and 429) fails
-//! it for good; anything else is tried again after 1, 2, 4 … s (at most 10
-//! minutes apart), 50 attempts in all (about 7 hours). Deliveries and final
-//! failures are audited (`"kind": "delivery"`, one entry per batch). `sinew outbox` lists what is
-//! pending and what failed.
+//! Every instance runs a deliverer. A message is held by one instance at
+//! a time: the deliverer locks the due messages (`FOR UPDATE SKIP LOCKED`)
+//! in a transaction that stays open while it sends them and records how
+//! each attempt ended, then commits. Locks, not a written claim: a claim
+//! costs nothing but the lock, and a crashed instance's messages are free
+//! again as soon as Postgres sees its connection end (or, should the
+//! instance hang, once its session has been idle in the transaction for
+//! longer than the batch's longest attempt and 5 s). Each delivery is one
+//! HTTP attempt with the message's stable idempotency key, so a service
+//! sees the same key however many times a message is sent (at least once
+//! to the service, once per key). A 2xx delivers it: the row is deleted,
+//! in the transaction that queues the audit entry recording the delivery.
+//! A refusal (4xx but 408 and 429) fails it for good; anything else is
+//! tried again after 1, 2, 4 … s (at most 10 minutes apart), 50 recorded
+//! attempts in all (about 7 hours; an attempt cut short by its instance's
+//! crash is not recorded). Deliveries and final failures are audited
+//! (`"kind": "delivery"`, one entry per batch). `sinew outbox` lists what
+//! is pending and what failed.
+//!
+//! The table, `sinew_messages`, is a message and its delivery state: no
+//! key (a row is found by the due time's index, and changed by its `ctid`
+//! while this transaction holds it locked, so it cannot move), no columns
+//! copied out of the message. Recording a message costs Postgres about half
+//! of what the earlier `sinew_outbox` row did (a key, a sequence, seven
+//! columns), and a delivery deletes the row instead of writing two new
+//! versions of it (the claim and the mark).
 
 use crate::pg::PgBackend;
 use crate::runtime::external::ExternalBackend;
-use crate::runtime::storage::StorageBackend;
 use serde_json::{Value, json};
 use sinew_core::ports::{CallOutcome, CallRequest};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_postgres::types::ToSql;
 
 /// Attempts in all before a message fails for good.
 pub const MAX_ATTEMPTS: i32 = 50;
@@ -34,14 +49,28 @@ const POLL: Duration = Duration::from_secs(1);
 /// claim for many messages under load, instead of one per commit.
 const GATHER: Duration = Duration::from_millis(20);
 
-/// Claims due messages: `(id, message, attempt number)`.
-const CLAIM: &str = "UPDATE sinew_outbox o SET attempts = o.attempts + 1, \
-       claimed_until = now() + make_interval(secs => coalesce((o.message::jsonb->>'timeoutMs')::float8 / 1000, 10) + 5) \
-     WHERE o.seq IN (SELECT seq FROM sinew_outbox \
-                    WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now() \
-                      AND (claimed_until IS NULL OR claimed_until < now()) \
-                    ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
-     RETURNING o.seq, o.id::text, o.message, o.attempts";
+/// Locks the due messages: `(ctid, message, attempt number)`.
+const CLAIM: &str = "SELECT ctid::text, message, attempts + 1 FROM sinew_messages \
+     WHERE failed_at IS NULL AND next_attempt_at <= now() \
+     ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED";
+
+/// Removes delivered messages.
+const DELIVERED: &str = "DELETE FROM sinew_messages WHERE ctid = ANY($1::text[]::tid[])";
+
+/// Fails messages for good: `(ctid, attempts, why)`.
+const FAILED: &str = "UPDATE sinew_messages m SET failed_at = now(), attempts = u.attempts, \
+       last_error = u.why \
+     FROM unnest($1::text[]::tid[], $2::int[], $3::text[]) AS u(at, attempts, why) \
+     WHERE m.ctid = u.at";
+
+/// Puts messages off: `(ctid, attempts, why, seconds)`.
+const AGAIN: &str = "UPDATE sinew_messages m SET attempts = u.attempts, last_error = u.why, \
+       next_attempt_at = now() + make_interval(secs => u.wait::float8) \
+     FROM unnest($1::text[]::tid[], $2::int[], $3::text[], $4::text[]) AS u(at, attempts, why, wait) \
+     WHERE m.ctid = u.at";
+
+/// The timeout of an attempt without `timeoutMs`, ms.
+const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 
 /// How one attempt ended.
 enum Delivered {
@@ -97,27 +126,68 @@ pub async fn deliver_due(
     db: &Arc<PgBackend>,
     external: &Arc<dyn ExternalBackend>,
 ) -> anyhow::Result<usize> {
-    let client = db.connection().await?;
-    let claimed = client.client.query(CLAIM, &[&BATCH]).await;
-    db.give_back(client);
+    let mut conn = db.connection().await?;
+    let r = deliver_on(db, &mut conn, external).await;
+    if r.is_err() && conn.client.batch_execute("ROLLBACK").await.is_err() {
+        conn.broken = true;
+    }
+    db.give_back(conn);
+    r
+}
+
+/// [`deliver_due`] on `conn`: one transaction holds the messages' locks
+/// from the claim to the record of how their attempts ended.
+async fn deliver_on(
+    db: &Arc<PgBackend>,
+    conn: &mut crate::pg::pool::Conn,
+    external: &Arc<dyn ExternalBackend>,
+) -> anyhow::Result<usize> {
+    let claim = conn.prepare(CLAIM).await?;
+    let (begun, claimed) = tokio::join!(
+        conn.client
+            .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED"),
+        conn.client.query(&claim, &[&BATCH])
+    );
+    begun?;
     let claimed = claimed?;
+    if claimed.is_empty() {
+        conn.client.batch_execute("COMMIT").await?;
+        return Ok(0);
+    }
     let n = claimed.len();
-    let deliveries = claimed.into_iter().map(|row| {
+    let messages: Vec<(String, Value, i32)> = claimed
+        .into_iter()
+        .map(|row| {
+            let text: &str = row.get(1);
+            let message: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+            (row.get(0), message, row.get(2))
+        })
+        .collect();
+    // Should this instance hang, Postgres ends the session, and the locks
+    // with it, once it has waited longer than the slowest attempt may take.
+    let longest = messages
+        .iter()
+        .map(|(_, m, _)| m.get("timeoutMs").and_then(Value::as_u64))
+        .map(|t| t.unwrap_or(DEFAULT_TIMEOUT_MS))
+        .max()
+        .unwrap_or(DEFAULT_TIMEOUT_MS);
+    let guard = format!(
+        "SET LOCAL idle_in_transaction_session_timeout = {}",
+        longest.saturating_add(5_000)
+    );
+    let deliveries = messages.into_iter().map(|(at, message, attempt)| {
         let external = external.clone();
         async move {
-            let seq: i64 = row.get(0);
-            let id: String = row.get(1);
-            let text: String = row.get(2);
-            let attempt: i32 = row.get(3);
-            let message: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
             let outcome = attempt_delivery(external.as_ref(), &message, attempt).await;
-            (seq, id, message, attempt, outcome)
+            (at, message, attempt, outcome)
         }
     });
-    let settled = futures_util::future::join_all(deliveries).await;
-    if !settled.is_empty() {
-        settle(db, settled).await?;
-    }
+    let (guarded, settled) = tokio::join!(
+        conn.client.batch_execute(&guard),
+        futures_util::future::join_all(deliveries)
+    );
+    guarded?;
+    settle(db, conn, settled).await?;
     Ok(n)
 }
 
@@ -162,25 +232,27 @@ fn truncated(s: &str) -> String {
     s.chars().take(500).collect()
 }
 
-/// Records how a batch of attempts ended, in three statements at most
-/// whatever the batch's size; the deliveries and final failures in one
-/// audit entry.
+/// Records how a batch of attempts ended and commits, in one round trip:
+/// three statements at most whatever the batch's size, and the deliveries
+/// and final failures in one audit entry.
 async fn settle(
     db: &Arc<PgBackend>,
-    batch: Vec<(i64, String, Value, i32, Delivered)>,
+    conn: &mut crate::pg::pool::Conn,
+    batch: Vec<(String, Value, i32, Delivered)>,
 ) -> anyhow::Result<()> {
-    let mut delivered: Vec<i64> = Vec::new();
-    let (mut ended, mut ended_why): (Vec<i64>, Vec<String>) = (Vec::new(), Vec::new());
-    let (mut again, mut again_why, mut again_wait) = (Vec::new(), Vec::new(), Vec::new());
+    let mut delivered: Vec<String> = Vec::new();
+    let (mut ended, mut ended_attempts, mut ended_why) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut again, mut again_attempts) = (Vec::new(), Vec::new());
+    let (mut again_why, mut again_wait) = (Vec::new(), Vec::new());
     let mut audited = Vec::new();
-    for (seq, id, message, attempt, outcome) in batch {
+    for (at, message, attempt, outcome) in batch {
         let field = |k: &str| message.get(k).cloned().unwrap_or(Value::Null);
         let record = |outcome: &str, result: Value| {
             json!({
                 "execution": field("execution"),
                 "tool": field("tool"),
                 "node": field("node"),
-                "message": id,
+                "message": field("id"),
                 "service": field("service"),
                 "operation": field("operation"),
                 "idempotencyKey": field("idempotencyKey"),
@@ -192,73 +264,73 @@ async fn settle(
         match outcome {
             Delivered::Ok(answer) => {
                 audited.push(record("delivered", answer));
-                delivered.push(seq);
+                delivered.push(at);
             }
             Delivered::Failed(why) => {
                 audited.push(record("failed", json!({"error": why})));
-                ended.push(seq);
+                ended.push(at);
+                ended_attempts.push(attempt);
                 ended_why.push(why);
             }
             Delivered::Again(why) => {
                 let wait = 2i64
                     .saturating_pow(u32::try_from(attempt - 1).unwrap_or(0).min(30))
                     .min(MAX_WAIT_S);
-                again.push(seq);
+                again.push(at);
+                again_attempts.push(attempt);
                 again_why.push(why);
                 again_wait.push(wait.to_string());
             }
         }
     }
-    let client = db.connection().await?;
-    let r = async {
-        if !delivered.is_empty() {
-            client
-                .client
-                .execute(
-                    "UPDATE sinew_outbox SET delivered_at = now(), claimed_until = NULL, last_error = NULL \
-                     WHERE seq = ANY($1)",
-                    &[&delivered],
-                )
-                .await?;
-        }
-        if !ended.is_empty() {
-            client
-                .client
-                .execute(
-                    "UPDATE sinew_outbox o SET failed_at = now(), claimed_until = NULL, last_error = u.why \
-                     FROM unnest($1::bigint[], $2::text[]) AS u(seq, why) WHERE o.seq = u.seq",
-                    &[&ended, &ended_why],
-                )
-                .await?;
-        }
-        if !again.is_empty() {
-            client
-                .client
-                .execute(
-                    "UPDATE sinew_outbox o SET claimed_until = NULL, last_error = u.why, \
-                       next_attempt_at = now() + make_interval(secs => u.wait::float8) \
-                     FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u(seq, why, wait) \
-                     WHERE o.seq = u.seq",
-                    &[&again, &again_why, &again_wait],
-                )
-                .await?;
-        }
-        Ok::<(), tokio_postgres::Error>(())
-    }
-    .await;
-    db.give_back(client);
-    r?;
-    if !audited.is_empty() {
-        let entry = json!({
-            "kind": "delivery",
-            "time": jiff::Timestamp::now().to_string(),
-            "deliveries": audited,
-        });
-        db.append_audit(None, &entry)
-            .await
-            .map_err(|e| anyhow::anyhow!("auditing deliveries: {e}"))?;
+    let entry = (!audited.is_empty())
+        .then(|| {
+            db.queue_params(&json!({
+                "kind": "delivery",
+                "time": jiff::Timestamp::now().to_string(),
+                "deliveries": audited,
+            }))
+        })
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("auditing deliveries: {e}"))?;
+    let queue = conn.prepare(crate::pg::sql::QUEUE_AUDIT).await?;
+    let (delete, fail, put_off) = (
+        conn.prepare(DELIVERED).await?,
+        conn.prepare(FAILED).await?,
+        conn.prepare(AGAIN).await?,
+    );
+    let c = &conn.client;
+    let delete_params: [&(dyn ToSql + Sync); 1] = [&delivered];
+    let fail_params: [&(dyn ToSql + Sync); 3] = [&ended, &ended_attempts, &ended_why];
+    let again_params: [&(dyn ToSql + Sync); 4] = [&again, &again_attempts, &again_why, &again_wait];
+    let entry_params = entry.as_ref().map(crate::pg::refs).unwrap_or_default();
+    let (q, d, f, a, commit) = tokio::join!(
+        unless(entry.is_none(), c.execute(&queue, &entry_params)),
+        unless(delivered.is_empty(), c.execute(&delete, &delete_params)),
+        unless(ended.is_empty(), c.execute(&fail, &fail_params)),
+        unless(again.is_empty(), c.execute(&put_off, &again_params)),
+        c.batch_execute("COMMIT")
+    );
+    // After a failed statement the COMMIT only rolled back: report the
+    // first failure.
+    q.map_err(|e| anyhow::anyhow!("auditing deliveries: {e}"))?;
+    d?;
+    f?;
+    a?;
+    commit?;
+    if entry.is_some() {
+        db.audit_ready.notify_one();
     }
     Ok(())
+}
+
+/// `statement`, unless `skip` (a future does nothing until it is polled:
+/// a skipped statement is never sent).
+async fn unless<E>(
+    skip: bool,
+    statement: impl std::future::Future<Output = Result<u64, E>>,
+) -> Result<u64, E> {
+    if skip { Ok(0) } else { statement.await }
 }
 
 /// One message of `sinew outbox`.
@@ -288,11 +360,11 @@ pub async fn list(client: &tokio_postgres::Client) -> anyhow::Result<Vec<Listed>
     let rows = client
         .query(
             &format!(
-                "SELECT id::text, failed_at IS NOT NULL, service || '.' || operation, execution, attempts, \
-                   {}, {}, last_error \
-                 FROM sinew_outbox WHERE delivered_at IS NULL \
-                 ORDER BY failed_at IS NOT NULL, seq",
-                rfc3339_sql("created_at", false),
+                "SELECT coalesce(m->>'id', ''), failed_at IS NOT NULL, \
+                   coalesce(m->>'service', '') || '.' || coalesce(m->>'operation', ''), \
+                   coalesce(m->>'execution', ''), attempts, coalesce(m->>'createdAt', ''), {}, last_error \
+                 FROM (SELECT message::jsonb AS m, * FROM sinew_messages) o \
+                 ORDER BY failed_at IS NOT NULL, next_attempt_at",
                 rfc3339_sql("coalesce(failed_at, next_attempt_at)", false)
             ),
             &[],

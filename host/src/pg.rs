@@ -99,18 +99,13 @@ pub mod sql {
     pub const RELEASE: &str =
         "DELETE FROM sinew_idempotency WHERE scope = $1 AND key = $2 AND status IS NULL";
     /// Records an outbox message (in the request's transaction).
-    pub const ENQUEUE: &str = "INSERT INTO sinew_outbox \
-             (id, execution, tool, node, service, operation, message) \
-             VALUES ($1::text::uuid, $2, $3, $4, $5, $6, $7)";
+    pub const ENQUEUE: &str = "INSERT INTO sinew_messages (message) VALUES ($1)";
     /// Counts one request in a subject's rate window.
     pub const RATE: &str = "INSERT INTO sinew_rate (scope, window_start, hits) \
              VALUES ($1, to_timestamp($2::text::bigint / 1000.0), 1) \
              ON CONFLICT (scope, window_start) DO UPDATE SET hits = sinew_rate.hits + 1 \
              RETURNING hits::text";
 }
-
-/// How long a delivered outbox message is kept.
-const OUTBOX_KEPT_MS: i64 = 7 * 24 * 3_600_000;
 
 use sql::{CLAIM, COMPLETE, QUEUE_AUDIT, RATE, RELEASE, STATE};
 
@@ -244,9 +239,11 @@ pub struct PgBackend {
     pub audit_ready: Arc<tokio::sync::Notify>,
 }
 
-type Params = Vec<Option<String>>;
+/// A statement's parameters, as text (each cast in its SQL).
+pub type Params = Vec<Option<String>>;
 
-fn refs(p: &Params) -> Vec<&(dyn ToSql + Sync)> {
+/// `p` as a statement's parameters.
+pub fn refs(p: &Params) -> Vec<&(dyn ToSql + Sync)> {
     p.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
 }
 
@@ -363,10 +360,9 @@ impl PgBackend {
             .client
             .query_one(
                 "SELECT \
-                   (SELECT count(*) FROM sinew_outbox WHERE delivered_at IS NULL AND failed_at IS NULL), \
+                   (SELECT count(*) FROM sinew_messages WHERE failed_at IS NULL), \
                    (SELECT coalesce((extract(epoch FROM now() - min(next_attempt_at)) * 1000)::bigint, 0) \
-                      FROM sinew_outbox WHERE delivered_at IS NULL AND failed_at IS NULL \
-                        AND next_attempt_at <= now()), \
+                      FROM sinew_messages WHERE failed_at IS NULL AND next_attempt_at <= now()), \
                    (SELECT count(*) FROM sinew_audit_queue), \
                    (SELECT coalesce((extract(epoch FROM clock_timestamp() - min(queued_at)) * 1000)::bigint, 0) \
                       FROM sinew_audit_queue)",
@@ -426,20 +422,12 @@ impl PgBackend {
             "DELETE FROM sinew_rate WHERE window_start < to_timestamp({}::bigint / 1000.0)",
             now_ms - 3_600_000
         );
-        // Delivered messages are kept a week (their deliveries are in the
-        // audit log for good); failed ones until someone looks.
-        let outbox = format!(
-            "DELETE FROM sinew_outbox WHERE delivered_at < to_timestamp({}::bigint / 1000.0)",
-            now_ms - OUTBOX_KEPT_MS
-        );
         let a = conn.client.execute(&keys, &[]).await;
         let a = self.check(&mut conn, a)?;
         let b = conn.client.execute(&rates, &[]).await;
         let b = self.check(&mut conn, b)?;
-        let c = conn.client.execute(&outbox, &[]).await;
-        let c = self.check(&mut conn, c)?;
         self.pool.put(conn);
-        Ok(a + b + c)
+        Ok(a + b)
     }
 
     /// Records a cron tool's schedule and answers when it was first seen
@@ -831,8 +819,9 @@ impl PgBackend {
 
     /// The parameters of the `QUEUE_AUDIT` of an entry, with the
     /// component's hash: made when the entry comes; the transaction keeps
-    /// these, not the entry, until its commit.
-    fn queue_params(&self, entry: &Value) -> Result<Params, StorageError> {
+    /// these, not the entry, until its commit. (The outbox's deliverer
+    /// queues its entries itself, with its rows' changes.)
+    pub fn queue_params(&self, entry: &Value) -> Result<Params, StorageError> {
         let text = |k: &str, default: &str| {
             entry
                 .get(k)
@@ -2000,22 +1989,12 @@ impl StorageBackend for PgBackend {
     }
 
     async fn enqueue(&self, tx: u64, message: &Value) -> Result<(), StorageError> {
-        let text = |k: &str| {
-            message
-                .get(k)
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .ok_or_else(|| invalid(format!("an outbox message needs `{k}`")))
-        };
-        let params: Params = vec![
-            Some(text("id")?),
-            Some(text("execution")?),
-            Some(text("tool")?),
-            Some(text("node")?),
-            Some(text("service")?),
-            Some(text("operation")?),
-            Some(message.to_string()),
-        ];
+        for k in ["id", "execution", "tool", "node", "service", "operation"] {
+            if !message.get(k).is_some_and(Value::is_string) {
+                return Err(invalid(format!("an outbox message needs `{k}`")));
+            }
+        }
+        let params: Params = vec![Some(message.to_string())];
         let h = self.handle(tx)?;
         h.root.enqueued.store(true, Ordering::SeqCst);
         if h.root.isolation == Isolation::ReadCommitted {

@@ -198,8 +198,25 @@ CREATE TABLE IF NOT EXISTS "sinew_schedule" (
 );
 
 -- sinew: the outbox: messages `emit` recorded with a transaction's
--- writes, delivered by `sinew serve` after the commit (one instance at a
--- time holds a message's claim until `claimed_until`).
+-- writes, delivered by `sinew serve` after the commit. The deliverer
+-- locks a message's row while it sends it; a delivered message's row is
+-- deleted (its delivery is audited). No key: the row is the message, the
+-- one index finds what is due.
+CREATE TABLE IF NOT EXISTS "sinew_messages" (
+  "message" text NOT NULL,
+  "attempts" integer NOT NULL DEFAULT 0,
+  "next_attempt_at" timestamptz NOT NULL DEFAULT now(),
+  "failed_at" timestamptz,
+  "last_error" text
+);
+CREATE INDEX IF NOT EXISTS "sinew_messages_due_idx" ON "sinew_messages" ("next_attempt_at")
+  WHERE "failed_at" IS NULL;
+
+-- sinew: the outbox of sinew before `sinew_messages` (a wider row, a key,
+-- a claim and a delivery written to it). Kept for servers of that version
+-- during a rolling deploy: what they record is forwarded to
+-- `sinew_messages` (and delivered by this version), and what they left is
+-- moved there.
 CREATE TABLE IF NOT EXISTS "sinew_outbox" (
   "seq" bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
   "id" uuid NOT NULL,
@@ -217,8 +234,19 @@ CREATE TABLE IF NOT EXISTS "sinew_outbox" (
   "failed_at" timestamptz,
   "last_error" text
 );
-CREATE INDEX IF NOT EXISTS "sinew_outbox_due_idx" ON "sinew_outbox" ("next_attempt_at")
-  WHERE "delivered_at" IS NULL AND "failed_at" IS NULL;
+CREATE OR REPLACE FUNCTION "sinew_outbox_forward"() RETURNS trigger
+  LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO "sinew_messages" ("message") VALUES (NEW."message");
+  RETURN NULL;
+END
+$$;
+CREATE OR REPLACE TRIGGER "sinew_outbox_forward" BEFORE INSERT ON "sinew_outbox"
+  FOR EACH ROW EXECUTE FUNCTION "sinew_outbox_forward"();
+WITH "left" AS (DELETE FROM "sinew_outbox" RETURNING *)
+INSERT INTO "sinew_messages" ("message", "attempts", "next_attempt_at", "failed_at", "last_error")
+  SELECT "message", "attempts", "next_attempt_at", "failed_at", "last_error" FROM "left"
+  WHERE "delivered_at" IS NULL ORDER BY "seq";
 
 -- sinew: every spec served, by the hash its audit entries name (`bundle`):
 -- the spec's text as served, what `sinew audit replay` runs them on.
