@@ -233,10 +233,6 @@ pub async fn run(opts: &Opts) -> Result<()> {
             "{emitted} messages: the sink saw {sent} requests, the audit log {audited} deliveries"
         );
     }
-    let left = pending(&db).await?;
-    if left > 0 {
-        bail!("{left} messages left in the outbox");
-    }
     match sinew_host::pg::verify_audit(&db).await? {
         Ok(n) => println!("audit chain verified ({n} entries)"),
         Err(e) => bail!("audit chain broken: {e}"),

@@ -60,10 +60,8 @@ pub fn canonical(v: &Value) -> String {
 /// [`canonical`] of an object of these members (without building it: an
 /// entry's members picked and added without copying the entry).
 pub fn canonical_members<'v>(members: impl Iterator<Item = (&'v String, &'v Value)>) -> String {
-    let mut members: Vec<(&String, &Value)> = members.collect();
-    members.sort_unstable_by(|a, b| a.0.cmp(b.0));
     let mut out = String::with_capacity(256);
-    write_object(members.into_iter(), &mut out, true);
+    write_sorted(members, &mut out);
     out
 }
 
@@ -75,7 +73,13 @@ pub(crate) fn write_canonical(v: &Value, out: &mut String) {
 /// Appends [`canonical`] of the object `m` to `out` (without building a
 /// `Value` of it).
 pub(crate) fn write_canonical_object(m: &serde_json::Map<String, Value>, out: &mut String) {
-    let mut members: Vec<(&String, &Value)> = m.iter().collect();
+    write_sorted(m.iter(), out);
+}
+
+/// Appends the canonical object of these members: sorted by key, each
+/// value canonical.
+fn write_sorted<'v>(members: impl Iterator<Item = (&'v String, &'v Value)>, out: &mut String) {
+    let mut members: Vec<(&String, &Value)> = members.collect();
     members.sort_unstable_by(|a, b| a.0.cmp(b.0));
     write_object(members.into_iter(), out, true);
 }
@@ -99,11 +103,7 @@ fn write_json(v: &Value, out: &mut String, sorted: bool) {
             }
             out.push(']');
         }
-        Value::Object(m) if sorted => {
-            let mut members: Vec<(&String, &Value)> = m.iter().collect();
-            members.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            write_object(members.into_iter(), out, true);
-        }
+        Value::Object(m) if sorted => write_sorted(m.iter(), out),
         Value::Object(m) => write_object(m.iter(), out, false),
     }
 }

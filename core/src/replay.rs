@@ -25,7 +25,9 @@ use crate::ports::{
     Storage, StorageError, TxId,
 };
 use crate::request::{Auth, Request, Response};
-use crate::tape::{digest, expand};
+use crate::tape::{
+    digest, end_digest, enqueue_digest, expand, insert_digest, soft_delete_digest, update_digest,
+};
 
 /// The members a storage adds to an entry (the chain's, and the component
 /// that ran it), which a replay does not write.
@@ -484,7 +486,7 @@ impl Storage for Replayer {
     }
 
     fn insert(&mut self, tx: TxId, entity: &str, row: &Row) -> Result<Row, StorageError> {
-        let d = digest(&(tx.0, entity, row));
+        let d = insert_digest(tx.0, entity, row);
         self.row("insert", &d, std::slice::from_ref(row))
     }
 
@@ -496,7 +498,7 @@ impl Storage for Replayer {
         expected_version: i64,
         changes: &Row,
     ) -> Result<Row, StorageError> {
-        let d = digest(&(tx.0, entity, id, expected_version, changes));
+        let d = update_digest(tx.0, entity, id, expected_version, changes);
         let mut row = self.row("update", &d, &[])?;
         // Other changes than recorded (another spec): the row as they
         // leave it.
@@ -560,20 +562,20 @@ impl Storage for Replayer {
         expected_version: i64,
         deleted_at: &str,
     ) -> Result<Row, StorageError> {
-        let d = digest(&(tx.0, entity, id, expected_version, deleted_at));
+        let d = soft_delete_digest(tx.0, entity, id, expected_version, deleted_at);
         self.row("softDelete", &d, &[])
     }
 
     fn enqueue(&mut self, tx: TxId, message: &Value) -> Result<(), StorageError> {
-        self.unit("enqueue", &digest(&(tx.0, message)))
+        self.unit("enqueue", &enqueue_digest(tx.0, message))
     }
 
     fn commit(&mut self, tx: TxId) -> Result<(), StorageError> {
-        self.unit("commit", &digest(&tx.0))
+        self.unit("commit", &end_digest(tx.0))
     }
 
     fn rollback(&mut self, tx: TxId) -> Result<(), StorageError> {
-        self.unit("rollback", &digest(&tx.0))
+        self.unit("rollback", &end_digest(tx.0))
     }
 
     fn append_audit(&mut self, tx: Option<TxId>, _entry: &Value) -> Result<(), StorageError> {

@@ -78,7 +78,7 @@ pub(crate) fn digest(args: &impl Serialize) -> String {
 }
 
 /// One argument of a call as [`digest_args`] writes it.
-pub(crate) enum Arg<'a> {
+enum Arg<'a> {
     /// A number (a transaction, a version).
     N(i64),
     /// A string (an entity, an id).
@@ -93,7 +93,7 @@ pub(crate) enum Arg<'a> {
 /// from them: `digest` first copies its arguments into a `Value` (a row
 /// cloned, string by string), which cost the component more than hashing
 /// them for the calls every write makes.
-pub(crate) fn digest_args(args: &[Arg<'_>]) -> String {
+fn digest_args(args: &[Arg<'_>]) -> String {
     use std::fmt::Write as _;
     let mut text = String::with_capacity(256);
     text.push('[');
@@ -117,6 +117,56 @@ pub(crate) fn digest_args(args: &[Arg<'_>]) -> String {
 /// A transaction's local number as an [`Arg`].
 fn n(local: u64) -> Arg<'static> {
     Arg::N(i64::try_from(local).unwrap_or(i64::MAX))
+}
+
+/// The digest of an `insert` in local transaction `tx` (recorded and
+/// replayed alike).
+pub(crate) fn insert_digest(tx: u64, entity: &str, row: &Row) -> String {
+    digest_args(&[n(tx), Arg::S(entity), Arg::R(row)])
+}
+
+/// The digest of an `update`.
+pub(crate) fn update_digest(
+    tx: u64,
+    entity: &str,
+    id: &str,
+    expected_version: i64,
+    changes: &Row,
+) -> String {
+    digest_args(&[
+        n(tx),
+        Arg::S(entity),
+        Arg::S(id),
+        Arg::N(expected_version),
+        Arg::R(changes),
+    ])
+}
+
+/// The digest of a `softDelete`.
+pub(crate) fn soft_delete_digest(
+    tx: u64,
+    entity: &str,
+    id: &str,
+    expected_version: i64,
+    deleted_at: &str,
+) -> String {
+    digest_args(&[
+        n(tx),
+        Arg::S(entity),
+        Arg::S(id),
+        Arg::N(expected_version),
+        Arg::S(deleted_at),
+    ])
+}
+
+/// The digest of an `enqueue`.
+pub(crate) fn enqueue_digest(tx: u64, message: &Value) -> String {
+    digest_args(&[n(tx), Arg::J(message)])
+}
+
+/// The digest of a `commit` or a `rollback` of local transaction `tx`.
+pub(crate) fn end_digest(tx: u64) -> String {
+    short_sha(&tx.to_string())
 }
 
 /// The first 8 hex digits of the SHA-256 of `text`.
@@ -664,7 +714,7 @@ impl Storage for TapedStorage<'_> {
     }
 
     fn insert(&mut self, tx: TxId, entity: &str, row: &Row) -> Result<Row, StorageError> {
-        let d = digest_args(&[n(self.local(tx)), Arg::S(entity), Arg::R(row)]);
+        let d = insert_digest(self.local(tx), entity, row);
         let r = self.checked(Some(tx), |s| s.insert(tx, entity, row));
         let r = self.record("insert", d, r, |row| Some(Value::Object(row.clone())));
         self.tape.borrow_mut().sent(std::slice::from_ref(row));
@@ -679,13 +729,7 @@ impl Storage for TapedStorage<'_> {
         expected_version: i64,
         changes: &Row,
     ) -> Result<Row, StorageError> {
-        let d = digest_args(&[
-            n(self.local(tx)),
-            Arg::S(entity),
-            Arg::S(id),
-            Arg::N(expected_version),
-            Arg::R(changes),
-        ]);
+        let d = update_digest(self.local(tx), entity, id, expected_version, changes);
         let r = self.checked(Some(tx), |s| {
             s.update(tx, entity, id, expected_version, changes)
         });
@@ -752,13 +796,7 @@ impl Storage for TapedStorage<'_> {
         expected_version: i64,
         deleted_at: &str,
     ) -> Result<Row, StorageError> {
-        let d = digest_args(&[
-            n(self.local(tx)),
-            Arg::S(entity),
-            Arg::S(id),
-            Arg::N(expected_version),
-            Arg::S(deleted_at),
-        ]);
+        let d = soft_delete_digest(self.local(tx), entity, id, expected_version, deleted_at);
         let r = self.checked(Some(tx), |s| {
             s.soft_delete(tx, entity, id, expected_version, deleted_at)
         });
@@ -766,19 +804,19 @@ impl Storage for TapedStorage<'_> {
     }
 
     fn enqueue(&mut self, tx: TxId, message: &Value) -> Result<(), StorageError> {
-        let d = digest_args(&[n(self.local(tx)), Arg::J(message)]);
+        let d = enqueue_digest(self.local(tx), message);
         let r = self.checked(Some(tx), |s| s.enqueue(tx, message));
         self.record("enqueue", d, r, |_| None)
     }
 
     fn commit(&mut self, tx: TxId) -> Result<(), StorageError> {
-        let d = short_sha(&self.local(tx).to_string());
+        let d = end_digest(self.local(tx));
         let r = self.checked(Some(tx), |s| s.commit(tx));
         self.record("commit", d, r, |_| None)
     }
 
     fn rollback(&mut self, tx: TxId) -> Result<(), StorageError> {
-        let d = short_sha(&self.local(tx).to_string());
+        let d = end_digest(self.local(tx));
         let r = self.inner.rollback(tx);
         {
             let mut tape = self.tape.borrow_mut();
@@ -900,18 +938,19 @@ mod tests {
         r.insert("t".into(), json!(true));
         let m = json!({"service": "s", "args": {"y": 1, "x": [{"q": 2, "p": 1}]}, "id": "i"});
         let (tx, entity, id) = (3u64, "Ac\"count", "id\t1");
+        assert_eq!(insert_digest(tx, entity, &r), digest(&(tx, entity, &r)));
         assert_eq!(
-            digest_args(&[n(tx), Arg::S(entity), Arg::R(&r)]),
-            digest(&(tx, entity, &r))
-        );
-        assert_eq!(
-            digest_args(&[n(tx), Arg::S(entity), Arg::S(id), Arg::N(-7), Arg::R(&r)]),
+            update_digest(tx, entity, id, -7, &r),
             digest(&(tx, entity, id, -7i64, &r))
         );
-        assert_eq!(digest_args(&[n(tx), Arg::J(&m)]), digest(&(tx, &m)));
-        assert_eq!(short_sha(&tx.to_string()), digest(&tx));
+        assert_eq!(
+            soft_delete_digest(tx, entity, id, 2, "2026-01-01T00:00:00Z"),
+            digest(&(tx, entity, id, 2i64, "2026-01-01T00:00:00Z"))
+        );
+        assert_eq!(enqueue_digest(tx, &m), digest(&(tx, &m)));
+        assert_eq!(end_digest(tx), digest(&tx));
         assert_ne!(
-            digest_args(&[n(tx), Arg::J(&m)]),
+            enqueue_digest(tx, &m),
             digest(&(tx + 1, &m)),
             "the transaction counts"
         );

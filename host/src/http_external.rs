@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// An attempt without a `timeout` in the spec gets this long.
-const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest answer read from a service.
 const MAX_ANSWER: usize = 4 << 20;
 /// The longest wait between attempts (a longer `Retry-After` included).

@@ -1,5 +1,5 @@
 //! The transactional outbox: `emit` records a message with a transaction's
-//! writes (`sinew_outbox`); after the commit, `sinew serve` delivers it.
+//! writes (`sinew_messages`); after the commit, `sinew serve` delivers it.
 //!
 //! Every instance runs a deliverer. A message is held by one instance at
 //! a time: the deliverer locks the due messages (`FOR UPDATE SKIP LOCKED`)
@@ -68,9 +68,6 @@ const AGAIN: &str = "UPDATE sinew_messages m SET attempts = u.attempts, last_err
        next_attempt_at = now() + make_interval(secs => u.wait::float8) \
      FROM unnest($1::text[]::tid[], $2::int[], $3::text[], $4::text[]) AS u(at, attempts, why, wait) \
      WHERE m.ctid = u.at";
-
-/// The timeout of an attempt without `timeoutMs`, ms.
-const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 
 /// How one attempt ended.
 enum Delivered {
@@ -168,12 +165,17 @@ async fn deliver_on(
     let longest = messages
         .iter()
         .map(|(_, m, _)| m.get("timeoutMs").and_then(Value::as_u64))
-        .map(|t| t.unwrap_or(DEFAULT_TIMEOUT_MS))
+        .map(|t| {
+            t.map_or(
+                crate::http_external::DEFAULT_ATTEMPT_TIMEOUT,
+                Duration::from_millis,
+            )
+        })
         .max()
-        .unwrap_or(DEFAULT_TIMEOUT_MS);
+        .unwrap_or(crate::http_external::DEFAULT_ATTEMPT_TIMEOUT);
     let guard = format!(
         "SET LOCAL idle_in_transaction_session_timeout = {}",
-        longest.saturating_add(5_000)
+        (longest + Duration::from_secs(5)).as_millis()
     );
     let deliveries = messages.into_iter().map(|(at, message, attempt)| {
         let external = external.clone();
