@@ -234,3 +234,55 @@ fn replay_reports_differences() {
     };
     assert!(difference.starts_with("bundle: "), "{difference}");
 }
+
+/// Recordings made before tapes had a version (`v`; their digests are
+/// SHA-256), taken from a Postgres served by that version (commit
+/// b84c6d5), replay identically on this one, whose own tapes digest with
+/// XXH3; and a digest changed in one of them is still noticed, so the
+/// old digests are checked, not skipped.
+#[test]
+fn recordings_of_the_first_tape_version_replay_identically() {
+    use serde_json::Value;
+    use sinew_core::replay::{Verdict, replay_native};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tape-v1.json");
+    let fixture: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut identical = 0;
+    let mut enqueued = 0;
+    for entry in fixture["entries"].as_array().unwrap() {
+        assert!(entry["tape"].get("v").is_none(), "a first-version tape");
+        let spec = fixture["specs"][entry["bundle"].as_str().unwrap()]
+            .as_str()
+            .unwrap();
+        let bundle = sinew_core::bundle::Bundle::load(spec).unwrap();
+        assert_eq!(
+            Value::from(bundle.hash.clone()),
+            entry["bundle"],
+            "the spec that recorded it"
+        );
+        let steps = entry["tape"]["steps"].to_string();
+        enqueued += usize::from(steps.contains("\"enqueue\""));
+        match replay_native(&bundle, entry, true) {
+            Verdict::Identical { .. } => identical += 1,
+            v => panic!("{} ({}): {v:?}", entry["execution"], entry["tool"]),
+        }
+        // The same entry with its first call's digest changed.
+        let mut changed = entry.clone();
+        let Some(step) = changed["tape"]["steps"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|s| s.is_array())
+        else {
+            continue;
+        };
+        step[1] = Value::from("00000000");
+        match replay_native(&bundle, &changed, true) {
+            Verdict::Different { difference } => {
+                assert!(difference.contains("other arguments"), "{difference}")
+            }
+            v => panic!("a changed digest replayed as {v:?}"),
+        }
+    }
+    assert!(identical >= 20, "only {identical} recordings replayed");
+    assert!(enqueued > 0, "no recording with an `enqueue`");
+}

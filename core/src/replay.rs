@@ -14,6 +14,7 @@
 //! answer, write and call the same, and where it would first differ.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -26,7 +27,8 @@ use crate::ports::{
 };
 use crate::request::{Auth, Request, Response};
 use crate::tape::{
-    digest, end_digest, enqueue_digest, expand, insert_digest, soft_delete_digest, update_digest,
+    TapeHash, digest, end_digest, enqueue_digest, expand, insert_digest, response_digest,
+    soft_delete_digest, update_digest,
 };
 
 /// The members a storage adds to an entry (the chain's, and the component
@@ -166,6 +168,7 @@ impl Replay {
                 .and_then(Value::as_str)
                 .map(str::to_owned),
         };
+        let hash = TapeHash::of(tape)?;
         let steps = match tape.get("steps") {
             Some(Value::Array(s)) => s.clone(),
             _ => return Err("its tape has no steps".into()),
@@ -181,7 +184,10 @@ impl Replay {
         Ok(Replay {
             request,
             recorded,
-            replayer: Replayer::new(steps, started),
+            replayer: Replayer {
+                hash,
+                ..Replayer::new(steps, started)
+            },
             unverified,
         })
     }
@@ -192,6 +198,9 @@ impl Replay {
     pub fn verdict(&self, replayed: &Response, replayer: &Replayer, same_spec: bool) -> Verdict {
         let none = Map::new();
         let got = replayed.audit.as_object().unwrap_or(&none);
+        let translated =
+            (replayer.hash != TapeHash::CURRENT).then(|| replayer.as_recorded(got, &replayed.body));
+        let got = translated.as_ref().unwrap_or(got);
         // The first call that did not match comes first: it is where the
         // runs parted (and after it, answers are no longer the recorded
         // ones).
@@ -314,6 +323,11 @@ pub struct Replayer {
     diverged: bool,
     /// The last call answered had the recorded arguments.
     matched: bool,
+    /// How the recording's digests were made (its tape's `v`).
+    hash: TapeHash,
+    /// For a recording of another tape version: what this version records
+    /// as a call's digest, to the recording's digest of the same call.
+    translated: HashMap<String, String>,
 }
 
 /// What a step answered: nothing, a value, or an error.
@@ -329,6 +343,45 @@ impl Replayer {
             now: started_ms,
             ..Replayer::default()
         }
+    }
+
+    /// The digest of a call's arguments as the recording made them
+    /// (`make` with the recording's hash); for a recording of an older
+    /// tape version, also what this version records for the same call.
+    fn digested(&mut self, make: impl Fn(TapeHash) -> String) -> String {
+        let d = make(self.hash);
+        if self.hash != TapeHash::CURRENT {
+            self.translated.insert(make(TapeHash::CURRENT), d.clone());
+        }
+        d
+    }
+
+    /// The entry a replay wrote (`got`, answering `body`) with its tape as
+    /// the recording's version writes it: digests of calls made as
+    /// recorded, the response's digest by the recording's hash, no `v`.
+    /// A call this replay did not make (refused before the storage saw
+    /// it) keeps this version's digest, and so differs.
+    fn as_recorded(&self, got: &Map<String, Value>, body: &Value) -> Map<String, Value> {
+        let mut got = got.clone();
+        if let Some(Value::Object(tape)) = got.get_mut("tape") {
+            tape.remove("v");
+            if tape.contains_key("response") {
+                tape.insert(
+                    "response".into(),
+                    Value::String(response_digest(self.hash, body)),
+                );
+            }
+            if let Some(Value::Array(steps)) = tape.get_mut("steps") {
+                for step in steps {
+                    if let Some(d) = step.get_mut(1)
+                        && let Some(was) = d.as_str().and_then(|t| self.translated.get(t))
+                    {
+                        *d = Value::String(was.clone());
+                    }
+                }
+            }
+        }
+        got
     }
 
     fn note(&mut self, what: String) {
@@ -446,7 +499,8 @@ fn local(tx: Option<TxId>) -> u64 {
 
 impl Storage for Replayer {
     fn begin(&mut self, isolation: Isolation, parent: Option<TxId>) -> Result<TxId, StorageError> {
-        self.unit("begin", &digest(&(isolation, local(parent))))?;
+        let d = self.digested(|h| digest(h, &(isolation, local(parent))));
+        self.unit("begin", &d)?;
         self.began += 1;
         Ok(TxId(self.began))
     }
@@ -457,7 +511,8 @@ impl Storage for Replayer {
         entity: &str,
         query: &Query,
     ) -> Result<Vec<Row>, StorageError> {
-        self.rows("read", &digest(&(local(tx), entity, query, false)), &[])
+        let d = self.digested(|h| digest(h, &(local(tx), entity, query, false)));
+        self.rows("read", &d, &[])
     }
 
     fn read_counted(
@@ -466,7 +521,7 @@ impl Storage for Replayer {
         entity: &str,
         query: &Query,
     ) -> Result<(Vec<Row>, u64), StorageError> {
-        let d = digest(&(local(tx), entity, query, true));
+        let d = self.digested(|h| digest(h, &(local(tx), entity, query, true)));
         let mut v = self.answer("read", &d, &[])?.unwrap_or(Value::Null);
         let total = v.get("total").and_then(Value::as_u64).unwrap_or(0);
         let rows = v.get_mut("rows").map(Value::take).unwrap_or_default();
@@ -481,12 +536,12 @@ impl Storage for Replayer {
         group_by: &[String],
         measures: &[Measure],
     ) -> Result<Vec<Row>, StorageError> {
-        let d = digest(&(local(tx), entity, filters, group_by, measures));
+        let d = self.digested(|h| digest(h, &(local(tx), entity, filters, group_by, measures)));
         self.rows("aggregate", &d, &[])
     }
 
     fn insert(&mut self, tx: TxId, entity: &str, row: &Row) -> Result<Row, StorageError> {
-        let d = insert_digest(tx.0, entity, row);
+        let d = self.digested(|h| insert_digest(h, tx.0, entity, row));
         self.row("insert", &d, std::slice::from_ref(row))
     }
 
@@ -498,7 +553,7 @@ impl Storage for Replayer {
         expected_version: i64,
         changes: &Row,
     ) -> Result<Row, StorageError> {
-        let d = update_digest(tx.0, entity, id, expected_version, changes);
+        let d = self.digested(|h| update_digest(h, tx.0, entity, id, expected_version, changes));
         let mut row = self.row("update", &d, &[])?;
         // Other changes than recorded (another spec): the row as they
         // leave it.
@@ -517,7 +572,7 @@ impl Storage for Replayer {
         query: &Query,
         changes: &Row,
     ) -> Result<Vec<Row>, StorageError> {
-        let d = digest(&(tx.0, entity, query, changes));
+        let d = self.digested(|h| digest(h, &(tx.0, entity, query, changes)));
         let mut rows = self.rows("updateWhere", &d, &[])?;
         for row in rows.iter_mut().filter(|_| !self.matched) {
             for (k, v) in changes {
@@ -533,7 +588,7 @@ impl Storage for Replayer {
         entity: &str,
         rows: &[Row],
     ) -> Result<Vec<Row>, StorageError> {
-        let d = digest(&(tx.0, entity, rows));
+        let d = self.digested(|h| digest(h, &(tx.0, entity, rows)));
         self.rows("insertMany", &d, rows)
     }
 
@@ -544,7 +599,7 @@ impl Storage for Replayer {
         keys: &[(String, i64)],
         changes: &[Row],
     ) -> Result<Vec<Row>, StorageError> {
-        let d = digest(&(tx.0, entity, keys, changes));
+        let d = self.digested(|h| digest(h, &(tx.0, entity, keys, changes)));
         let mut rows = self.rows("updateMany", &d, &[])?;
         for (row, c) in rows.iter_mut().zip(changes).filter(|_| !self.matched) {
             for (k, v) in c {
@@ -562,24 +617,29 @@ impl Storage for Replayer {
         expected_version: i64,
         deleted_at: &str,
     ) -> Result<Row, StorageError> {
-        let d = soft_delete_digest(tx.0, entity, id, expected_version, deleted_at);
+        let d = self
+            .digested(|h| soft_delete_digest(h, tx.0, entity, id, expected_version, deleted_at));
         self.row("softDelete", &d, &[])
     }
 
     fn enqueue(&mut self, tx: TxId, message: &Value) -> Result<(), StorageError> {
-        self.unit("enqueue", &enqueue_digest(tx.0, message))
+        let d = self.digested(|h| enqueue_digest(h, tx.0, message));
+        self.unit("enqueue", &d)
     }
 
     fn commit(&mut self, tx: TxId) -> Result<(), StorageError> {
-        self.unit("commit", &end_digest(tx.0))
+        let d = self.digested(|h| end_digest(h, tx.0));
+        self.unit("commit", &d)
     }
 
     fn rollback(&mut self, tx: TxId) -> Result<(), StorageError> {
-        self.unit("rollback", &end_digest(tx.0))
+        let d = self.digested(|h| end_digest(h, tx.0));
+        self.unit("rollback", &d)
     }
 
     fn append_audit(&mut self, tx: Option<TxId>, _entry: &Value) -> Result<(), StorageError> {
-        self.unit("appendAudit", &digest(&local(tx)))
+        let d = self.digested(|h| digest(h, &local(tx)));
+        self.unit("appendAudit", &d)
     }
 
     fn claim_key(
@@ -589,7 +649,7 @@ impl Storage for Replayer {
         fingerprint: &str,
         now_ms: i64,
     ) -> Result<Claim, StorageError> {
-        let d = digest(&(scope, key, fingerprint, now_ms));
+        let d = self.digested(|h| digest(h, &(scope, key, fingerprint, now_ms)));
         decode(self.answer("claimKey", &d, &[])?.unwrap_or(Value::Null))
     }
 
@@ -601,15 +661,17 @@ impl Storage for Replayer {
         status: u16,
         _body: &Value,
     ) -> Result<(), StorageError> {
-        self.unit("completeKey", &digest(&(local(tx), scope, key, status)))
+        let d = self.digested(|h| digest(h, &(local(tx), scope, key, status)));
+        self.unit("completeKey", &d)
     }
 
     fn release_key(&mut self, scope: &str, key: &str) -> Result<(), StorageError> {
-        self.unit("releaseKey", &digest(&(scope, key)))
+        let d = self.digested(|h| digest(h, &(scope, key)));
+        self.unit("releaseKey", &d)
     }
 
     fn rate_hit(&mut self, scope: &str, window_ms: i64) -> Result<u64, StorageError> {
-        let d = digest(&(scope, window_ms));
+        let d = self.digested(|h| digest(h, &(scope, window_ms)));
         decode(self.answer("rateHit", &d, &[])?.unwrap_or(Value::Null))
     }
 }
@@ -653,7 +715,8 @@ impl External for Replayer {
             outcome: CallOutcome::Failed { message },
             attempts: Vec::new(),
         };
-        match self.answer("call", &digest(request), &[]) {
+        let d = self.digested(|h| digest(h, request));
+        match self.answer("call", &d, &[]) {
             Ok(Some(v)) => decode(v).unwrap_or_else(|e| failed(e.to_string())),
             Ok(None) => failed("replay: the call was recorded without its result".into()),
             Err(e) => failed(e.to_string()),

@@ -21,7 +21,8 @@
 //! - `[op, digest, null, error]`: a storage call that failed, with the
 //!   error (`{"kind": "conflict", "message": …}`).
 //!
-//! `digest` is the first 8 hex digits of the SHA-256 of the call's
+//! `digest` is the first 8 hex digits of the XXH3-64 (`"v": 2`; SHA-256
+//! on a tape without `v`, see [`TapeHash`]) of the call's canonical
 //! arguments (transactions numbered 1, 2, … in the order this execution
 //! began them). Rows in answers are written compactly: `"="` is the row
 //! the call sent (an insert answered with what it inserted), `{"#": [s,
@@ -45,6 +46,53 @@ use crate::ports::{
     Storage, StorageError, TxId,
 };
 use crate::request::Request;
+
+/// How a tape's digests are made, which its `v` says. A digest only tells
+/// a replay whether a call had the recorded arguments (eight hex digits:
+/// not a commitment, the entry's chain hash is), so it needs a fast hash,
+/// not a cryptographic one; the component has no SHA instructions, and
+/// SHA-256 of every call's arguments was 5% of its work on a transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TapeHash {
+    /// A tape without `v` (recorded before 2026-12-06): SHA-256.
+    Sha256,
+    /// `"v": 2`: XXH3-64 (seed 0), its eight bytes big-endian.
+    #[default]
+    Xxh3,
+}
+
+impl TapeHash {
+    /// What this version records.
+    pub const CURRENT: TapeHash = TapeHash::Xxh3;
+
+    /// The hash of a recorded tape (its `v`).
+    ///
+    /// # Errors
+    /// A `v` this version does not know (a newer version recorded it).
+    pub fn of(tape: &Map<String, Value>) -> Result<TapeHash, String> {
+        match tape.get("v") {
+            None => Ok(TapeHash::Sha256),
+            Some(v) if v.as_u64() == Some(2) => Ok(TapeHash::Xxh3),
+            Some(v) => Err(format!(
+                "its tape is of version {v}, which this version of sinew cannot replay"
+            )),
+        }
+    }
+
+    /// The first 8 hex digits of this hash of `text`.
+    pub(crate) fn short(self, text: &str) -> String {
+        match self {
+            TapeHash::Sha256 => {
+                let d = Sha256::digest(text.as_bytes());
+                crate::hash::hex(d.get(..4).unwrap_or_default())
+            }
+            TapeHash::Xxh3 => {
+                let d = xxhash_rust::xxh3::xxh3_64(text.as_bytes()).to_be_bytes();
+                crate::hash::hex(d.get(..4).unwrap_or_default())
+            }
+        }
+    }
+}
 
 /// The largest tape an entry keeps; a larger one is recorded by its size
 /// only (`{"omitted": "N bytes"}`), and the execution cannot be replayed.
@@ -70,11 +118,11 @@ fn rows_of<'a>(op: &str, answer: &'a Value) -> Vec<&'a Value> {
 /// The short digest of a call's arguments: of their canonical JSON, so that
 /// the order of a row's columns (the order of the spec's fields, which two
 /// texts of one spec may write differently) does not count.
-pub(crate) fn digest(args: &impl Serialize) -> String {
+pub(crate) fn digest(h: TapeHash, args: &impl Serialize) -> String {
     let text = serde_json::to_value(args)
         .map(|v| crate::hash::canonical(&v))
         .unwrap_or_default();
-    short_sha(&text)
+    h.short(&text)
 }
 
 /// One argument of a call as [`digest_args`] writes it.
@@ -93,7 +141,7 @@ enum Arg<'a> {
 /// from them: `digest` first copies its arguments into a `Value` (a row
 /// cloned, string by string), which cost the component more than hashing
 /// them for the calls every write makes.
-fn digest_args(args: &[Arg<'_>]) -> String {
+fn digest_args(h: TapeHash, args: &[Arg<'_>]) -> String {
     use std::fmt::Write as _;
     let mut text = String::with_capacity(256);
     text.push('[');
@@ -111,7 +159,7 @@ fn digest_args(args: &[Arg<'_>]) -> String {
         }
     }
     text.push(']');
-    short_sha(&text)
+    h.short(&text)
 }
 
 /// A transaction's local number as an [`Arg`].
@@ -121,58 +169,67 @@ fn n(local: u64) -> Arg<'static> {
 
 /// The digest of an `insert` in local transaction `tx` (recorded and
 /// replayed alike).
-pub(crate) fn insert_digest(tx: u64, entity: &str, row: &Row) -> String {
-    digest_args(&[n(tx), Arg::S(entity), Arg::R(row)])
+pub(crate) fn insert_digest(h: TapeHash, tx: u64, entity: &str, row: &Row) -> String {
+    digest_args(h, &[n(tx), Arg::S(entity), Arg::R(row)])
 }
 
 /// The digest of an `update`.
 pub(crate) fn update_digest(
+    h: TapeHash,
     tx: u64,
     entity: &str,
     id: &str,
     expected_version: i64,
     changes: &Row,
 ) -> String {
-    digest_args(&[
-        n(tx),
-        Arg::S(entity),
-        Arg::S(id),
-        Arg::N(expected_version),
-        Arg::R(changes),
-    ])
+    digest_args(
+        h,
+        &[
+            n(tx),
+            Arg::S(entity),
+            Arg::S(id),
+            Arg::N(expected_version),
+            Arg::R(changes),
+        ],
+    )
 }
 
 /// The digest of a `softDelete`.
 pub(crate) fn soft_delete_digest(
+    h: TapeHash,
     tx: u64,
     entity: &str,
     id: &str,
     expected_version: i64,
     deleted_at: &str,
 ) -> String {
-    digest_args(&[
-        n(tx),
-        Arg::S(entity),
-        Arg::S(id),
-        Arg::N(expected_version),
-        Arg::S(deleted_at),
-    ])
+    digest_args(
+        h,
+        &[
+            n(tx),
+            Arg::S(entity),
+            Arg::S(id),
+            Arg::N(expected_version),
+            Arg::S(deleted_at),
+        ],
+    )
 }
 
 /// The digest of an `enqueue`.
-pub(crate) fn enqueue_digest(tx: u64, message: &Value) -> String {
-    digest_args(&[n(tx), Arg::J(message)])
+pub(crate) fn enqueue_digest(h: TapeHash, tx: u64, message: &Value) -> String {
+    digest_args(h, &[n(tx), Arg::J(message)])
 }
 
 /// The digest of a `commit` or a `rollback` of local transaction `tx`.
-pub(crate) fn end_digest(tx: u64) -> String {
-    short_sha(&tx.to_string())
+pub(crate) fn end_digest(h: TapeHash, tx: u64) -> String {
+    h.short(&tx.to_string())
 }
 
-/// The first 8 hex digits of the SHA-256 of `text`.
-fn short_sha(text: &str) -> String {
-    let d = Sha256::digest(text.as_bytes());
-    crate::hash::hex(d.get(..4).unwrap_or_default())
+/// The digest of a response `body`: of its canonical text as a JSON
+/// string, as `digest` of that text would be, without copying the text
+/// into a value.
+pub(crate) fn response_digest(h: TapeHash, body: &Value) -> String {
+    h.short(&crate::hash::quoted(&crate::hash::canonical(body)))
 }
 
 /// One recorded call.
@@ -314,9 +371,7 @@ impl Tape {
     /// The tape as the entry's `tape`, with the digest of the response
     /// `body`: rows written compactly; too large a tape by its size.
     pub(crate) fn to_json(&self, body: &Value) -> Value {
-        // The digest of the canonical text as a JSON string, as `digest`
-        // of that text would be, without copying the text into a value.
-        let response = short_sha(&crate::hash::quoted(&crate::hash::canonical(body)));
+        let response = response_digest(TapeHash::CURRENT, body);
         let mut steps = Vec::with_capacity(self.steps.len());
         // The latest row seen with each id: (step, index in its rows).
         let mut seen: HashMap<&str, (usize, usize)> = HashMap::new();
@@ -353,12 +408,13 @@ impl Tape {
             }
         }
         let mut tape = self.request.clone();
+        tape.insert("v".into(), json!(2));
         tape.insert("steps".into(), Value::Array(steps));
         tape.insert("response".into(), json!(response));
         let tape = Value::Object(tape);
         let size = json_size(&tape);
         if size > MAX_TAPE {
-            return json!({"omitted": format!("{size} bytes"), "response": response});
+            return json!({"v": 2, "omitted": format!("{size} bytes"), "response": response});
         }
         tape
     }
@@ -648,7 +704,7 @@ impl TapedStorage<'_> {
 impl Storage for TapedStorage<'_> {
     fn begin(&mut self, isolation: Isolation, parent: Option<TxId>) -> Result<TxId, StorageError> {
         let up = self.local_opt(parent);
-        let d = digest(&(isolation, up));
+        let d = digest(TapeHash::CURRENT, &(isolation, up));
         let r = self.checked(parent, |s| s.begin(isolation, parent));
         if let Ok(t) = &r {
             let mut tape = self.tape.borrow_mut();
@@ -664,7 +720,10 @@ impl Storage for TapedStorage<'_> {
         entity: &str,
         query: &Query,
     ) -> Result<Vec<Row>, StorageError> {
-        let d = digest(&(self.local_opt(tx), entity, query, false));
+        let d = digest(
+            TapeHash::CURRENT,
+            &(self.local_opt(tx), entity, query, false),
+        );
         let r = self.checked(tx, |s| s.read(tx, entity, query));
         self.record("read", d, r, |rows| Some(rows_json(rows)))
     }
@@ -675,7 +734,10 @@ impl Storage for TapedStorage<'_> {
         entity: &str,
         query: &Query,
     ) -> Result<(Vec<Row>, u64), StorageError> {
-        let d = digest(&(self.local_opt(tx), entity, query, true));
+        let d = digest(
+            TapeHash::CURRENT,
+            &(self.local_opt(tx), entity, query, true),
+        );
         let r = self.checked(tx, |s| s.read_counted(tx, entity, query));
         self.record("read", d, r, |(rows, total)| {
             Some(json!({"rows": rows_json(rows), "total": total}))
@@ -690,7 +752,10 @@ impl Storage for TapedStorage<'_> {
         count: bool,
         shape: &dyn Shape,
     ) -> Result<(Vec<V>, Option<u64>), StorageError> {
-        let d = digest(&(self.local_opt(tx), entity, query, count));
+        let d = digest(
+            TapeHash::CURRENT,
+            &(self.local_opt(tx), entity, query, count),
+        );
         let r = self.checked(tx, |s| s.read_values(tx, entity, query, count, shape));
         self.record("read", d, r, |(rows, total)| {
             Some(match total {
@@ -708,13 +773,16 @@ impl Storage for TapedStorage<'_> {
         group_by: &[String],
         measures: &[Measure],
     ) -> Result<Vec<Row>, StorageError> {
-        let d = digest(&(self.local_opt(tx), entity, filters, group_by, measures));
+        let d = digest(
+            TapeHash::CURRENT,
+            &(self.local_opt(tx), entity, filters, group_by, measures),
+        );
         let r = self.checked(tx, |s| s.aggregate(tx, entity, filters, group_by, measures));
         self.record("aggregate", d, r, |rows| Some(rows_json(rows)))
     }
 
     fn insert(&mut self, tx: TxId, entity: &str, row: &Row) -> Result<Row, StorageError> {
-        let d = insert_digest(self.local(tx), entity, row);
+        let d = insert_digest(TapeHash::CURRENT, self.local(tx), entity, row);
         let r = self.checked(Some(tx), |s| s.insert(tx, entity, row));
         let r = self.record("insert", d, r, |row| Some(Value::Object(row.clone())));
         self.tape.borrow_mut().sent(std::slice::from_ref(row));
@@ -729,7 +797,14 @@ impl Storage for TapedStorage<'_> {
         expected_version: i64,
         changes: &Row,
     ) -> Result<Row, StorageError> {
-        let d = update_digest(self.local(tx), entity, id, expected_version, changes);
+        let d = update_digest(
+            TapeHash::CURRENT,
+            self.local(tx),
+            entity,
+            id,
+            expected_version,
+            changes,
+        );
         let r = self.checked(Some(tx), |s| {
             s.update(tx, entity, id, expected_version, changes)
         });
@@ -743,7 +818,7 @@ impl Storage for TapedStorage<'_> {
         query: &Query,
         changes: &Row,
     ) -> Result<Vec<Row>, StorageError> {
-        let d = digest(&(self.local(tx), entity, query, changes));
+        let d = digest(TapeHash::CURRENT, &(self.local(tx), entity, query, changes));
         let r = self.checked(Some(tx), |s| s.update_where(tx, entity, query, changes));
         self.record("updateWhere", d, r, |rows| Some(rows_json(rows)))
     }
@@ -756,7 +831,7 @@ impl Storage for TapedStorage<'_> {
         changes: &Row,
         shape: &dyn Shape,
     ) -> Result<Vec<V>, StorageError> {
-        let d = digest(&(self.local(tx), entity, query, changes));
+        let d = digest(TapeHash::CURRENT, &(self.local(tx), entity, query, changes));
         let r = self.checked(Some(tx), |s| {
             s.update_where_values(tx, entity, query, changes, shape)
         });
@@ -769,7 +844,7 @@ impl Storage for TapedStorage<'_> {
         entity: &str,
         rows: &[Row],
     ) -> Result<Vec<Row>, StorageError> {
-        let d = digest(&(self.local(tx), entity, rows));
+        let d = digest(TapeHash::CURRENT, &(self.local(tx), entity, rows));
         let r = self.checked(Some(tx), |s| s.insert_many(tx, entity, rows));
         let r = self.record("insertMany", d, r, |rows| Some(rows_json(rows)));
         self.tape.borrow_mut().sent(rows);
@@ -783,7 +858,7 @@ impl Storage for TapedStorage<'_> {
         keys: &[(String, i64)],
         changes: &[Row],
     ) -> Result<Vec<Row>, StorageError> {
-        let d = digest(&(self.local(tx), entity, keys, changes));
+        let d = digest(TapeHash::CURRENT, &(self.local(tx), entity, keys, changes));
         let r = self.checked(Some(tx), |s| s.update_many(tx, entity, keys, changes));
         self.record("updateMany", d, r, |rows| Some(rows_json(rows)))
     }
@@ -796,7 +871,14 @@ impl Storage for TapedStorage<'_> {
         expected_version: i64,
         deleted_at: &str,
     ) -> Result<Row, StorageError> {
-        let d = soft_delete_digest(self.local(tx), entity, id, expected_version, deleted_at);
+        let d = soft_delete_digest(
+            TapeHash::CURRENT,
+            self.local(tx),
+            entity,
+            id,
+            expected_version,
+            deleted_at,
+        );
         let r = self.checked(Some(tx), |s| {
             s.soft_delete(tx, entity, id, expected_version, deleted_at)
         });
@@ -804,19 +886,19 @@ impl Storage for TapedStorage<'_> {
     }
 
     fn enqueue(&mut self, tx: TxId, message: &Value) -> Result<(), StorageError> {
-        let d = enqueue_digest(self.local(tx), message);
+        let d = enqueue_digest(TapeHash::CURRENT, self.local(tx), message);
         let r = self.checked(Some(tx), |s| s.enqueue(tx, message));
         self.record("enqueue", d, r, |_| None)
     }
 
     fn commit(&mut self, tx: TxId) -> Result<(), StorageError> {
-        let d = end_digest(self.local(tx));
+        let d = end_digest(TapeHash::CURRENT, self.local(tx));
         let r = self.checked(Some(tx), |s| s.commit(tx));
         self.record("commit", d, r, |_| None)
     }
 
     fn rollback(&mut self, tx: TxId) -> Result<(), StorageError> {
-        let d = end_digest(self.local(tx));
+        let d = end_digest(TapeHash::CURRENT, self.local(tx));
         let r = self.inner.rollback(tx);
         {
             let mut tape = self.tape.borrow_mut();
@@ -835,7 +917,7 @@ impl Storage for TapedStorage<'_> {
     /// Recorded by the transaction only: the entry itself is what a replay
     /// compares.
     fn append_audit(&mut self, tx: Option<TxId>, entry: &Value) -> Result<(), StorageError> {
-        let d = digest(&self.local_opt(tx));
+        let d = digest(TapeHash::CURRENT, &self.local_opt(tx));
         let r = self.checked(tx, |s| s.append_audit(tx, entry));
         self.record("appendAudit", d, r, |_| None)
     }
@@ -847,7 +929,7 @@ impl Storage for TapedStorage<'_> {
         fingerprint: &str,
         now_ms: i64,
     ) -> Result<Claim, StorageError> {
-        let d = digest(&(scope, key, fingerprint, now_ms));
+        let d = digest(TapeHash::CURRENT, &(scope, key, fingerprint, now_ms));
         let r = self.inner.claim_key(scope, key, fingerprint, now_ms);
         self.record("claimKey", d, r, |c| serde_json::to_value(c).ok())
     }
@@ -861,19 +943,19 @@ impl Storage for TapedStorage<'_> {
         status: u16,
         body: &Value,
     ) -> Result<(), StorageError> {
-        let d = digest(&(self.local_opt(tx), scope, key, status));
+        let d = digest(TapeHash::CURRENT, &(self.local_opt(tx), scope, key, status));
         let r = self.checked(tx, |s| s.complete_key(tx, scope, key, status, body));
         self.record("completeKey", d, r, |_| None)
     }
 
     fn release_key(&mut self, scope: &str, key: &str) -> Result<(), StorageError> {
-        let d = digest(&(scope, key));
+        let d = digest(TapeHash::CURRENT, &(scope, key));
         let r = self.inner.release_key(scope, key);
         self.record("releaseKey", d, r, |_| None)
     }
 
     fn rate_hit(&mut self, scope: &str, window_ms: i64) -> Result<u64, StorageError> {
-        let d = digest(&(scope, window_ms));
+        let d = digest(TapeHash::CURRENT, &(scope, window_ms));
         let r = self.inner.rate_hit(scope, window_ms);
         self.record("rateHit", d, r, |n| Some(json!(n)))
     }
@@ -901,7 +983,7 @@ pub(crate) struct TapedExternal<'a> {
 
 impl External for TapedExternal<'_> {
     fn call(&mut self, request: &CallRequest) -> CallResult {
-        let d = digest(request);
+        let d = digest(TapeHash::CURRENT, request);
         let r = self.inner.call(request);
         self.tape
             .borrow_mut()
@@ -938,22 +1020,54 @@ mod tests {
         r.insert("t".into(), json!(true));
         let m = json!({"service": "s", "args": {"y": 1, "x": [{"q": 2, "p": 1}]}, "id": "i"});
         let (tx, entity, id) = (3u64, "Ac\"count", "id\t1");
-        assert_eq!(insert_digest(tx, entity, &r), digest(&(tx, entity, &r)));
-        assert_eq!(
-            update_digest(tx, entity, id, -7, &r),
-            digest(&(tx, entity, id, -7i64, &r))
-        );
-        assert_eq!(
-            soft_delete_digest(tx, entity, id, 2, "2026-01-01T00:00:00Z"),
-            digest(&(tx, entity, id, 2i64, "2026-01-01T00:00:00Z"))
-        );
-        assert_eq!(enqueue_digest(tx, &m), digest(&(tx, &m)));
-        assert_eq!(end_digest(tx), digest(&tx));
+        for h in [TapeHash::Sha256, TapeHash::Xxh3] {
+            assert_eq!(
+                insert_digest(h, tx, entity, &r),
+                digest(h, &(tx, entity, &r))
+            );
+            assert_eq!(
+                update_digest(h, tx, entity, id, -7, &r),
+                digest(h, &(tx, entity, id, -7i64, &r))
+            );
+            assert_eq!(
+                soft_delete_digest(h, tx, entity, id, 2, "2026-01-01T00:00:00Z"),
+                digest(h, &(tx, entity, id, 2i64, "2026-01-01T00:00:00Z"))
+            );
+            assert_eq!(enqueue_digest(h, tx, &m), digest(h, &(tx, &m)));
+            assert_eq!(end_digest(h, tx), digest(h, &tx));
+            assert_ne!(
+                enqueue_digest(h, tx, &m),
+                digest(h, &(tx + 1, &m)),
+                "the transaction counts"
+            );
+        }
         assert_ne!(
-            enqueue_digest(tx, &m),
-            digest(&(tx + 1, &m)),
-            "the transaction counts"
+            insert_digest(TapeHash::Sha256, tx, entity, &r),
+            insert_digest(TapeHash::Xxh3, tx, entity, &r)
         );
+    }
+
+    /// Each version's digest is the hash its documentation names: tapes
+    /// recorded before `v` (SHA-256) and with `"v": 2` (XXH3-64, seed 0,
+    /// big-endian) replay on this version.
+    #[test]
+    fn each_tape_version_digests_with_its_hash() {
+        // SHA-256("1") = 6b86b273ff34fce1…; XXH3-64("1") = 65cd25028f98f158,
+        // and of no bytes 2d06800538d394c2 (the reference implementation's
+        // test vector).
+        assert_eq!(end_digest(TapeHash::Sha256, 1), "6b86b273");
+        assert_eq!(end_digest(TapeHash::Xxh3, 1), "65cd2502");
+        assert_eq!(TapeHash::Xxh3.short(""), "2d068005");
+        let tape = |v: Value| match v {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        assert_eq!(
+            TapeHash::of(&tape(json!({"steps": []}))),
+            Ok(TapeHash::Sha256)
+        );
+        assert_eq!(TapeHash::of(&tape(json!({"v": 2}))), Ok(TapeHash::Xxh3));
+        assert!(TapeHash::of(&tape(json!({"v": 3}))).is_err());
     }
 
     /// The response's digest is `digest` of its canonical text, as the
@@ -962,11 +1076,9 @@ mod tests {
     fn the_response_digest_is_the_digest_of_its_canonical_text() {
         let body = json!({"b": [1, "two \"quoted\" \n", null], "a": {"z": 1.5, "y": "é"}});
         let text = crate::hash::canonical(&body);
-        assert_eq!(
-            short_sha(&crate::hash::quoted(&text)),
-            digest(&text),
-            "{text}"
-        );
+        for h in [TapeHash::Sha256, TapeHash::Xxh3] {
+            assert_eq!(response_digest(h, &body), digest(h, &text), "{text}");
+        }
     }
 
     /// After a failed operation a transaction is refused until the level
