@@ -94,8 +94,10 @@ impl TapeHash {
     }
 }
 
-/// The largest tape an entry keeps; a larger one is recorded by its size
-/// only (`{"omitted": "N bytes"}`), and the execution cannot be replayed.
+/// The largest tape an entry keeps (counted without its `v`, so that a
+/// recording of the first version replays at the same limit); a larger
+/// one is recorded by its size only (`{"v": 2, "omitted": "N bytes",
+/// "response": …}`), and the execution cannot be replayed.
 pub const MAX_TAPE: usize = 64 << 10;
 
 /// The operations that answer with rows, and where their rows are: one row
@@ -408,13 +410,15 @@ impl Tape {
             }
         }
         let mut tape = self.request.clone();
-        tape.insert("v".into(), json!(2));
         tape.insert("steps".into(), Value::Array(steps));
         tape.insert("response".into(), json!(response));
-        let tape = Value::Object(tape);
+        let mut tape = Value::Object(tape);
         let size = json_size(&tape);
         if size > MAX_TAPE {
             return json!({"v": 2, "omitted": format!("{size} bytes"), "response": response});
+        }
+        if let Some(m) = tape.as_object_mut() {
+            m.insert("v".into(), json!(2));
         }
         tape
     }
