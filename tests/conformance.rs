@@ -129,32 +129,27 @@ fn every_execution_replays_identically_in_the_component() {
 /// which records XXH3 digests (`sinew audit replay` on an older log).
 #[test]
 fn recordings_of_the_first_tape_version_replay_in_the_component() {
-    use serde_json::Value;
     use sinew_core::replay::Verdict;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tape-v1.json");
-    let fixture: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut replaying = std::collections::HashMap::new();
     let mut identical = 0;
-    for (hash, spec) in fixture["specs"].as_object().unwrap() {
-        let replaying = rt
-            .block_on(sinew_host::replay::Replaying::new(
-                Wasm::engine(),
-                spec.as_str().unwrap(),
-            ))
-            .unwrap();
-        assert_eq!(&replaying.hash, hash);
-        for entry in fixture["entries"].as_array().unwrap() {
-            if entry["bundle"] != hash.as_str() {
-                continue;
-            }
-            let r = rt.block_on(replaying.replay(entry));
-            match r.verdict {
-                Verdict::Identical { .. } => identical += 1,
-                v => panic!("{} ({}): {v:?}", r.execution, r.tool),
-            }
+    for (spec, entry) in sinew_tests::first_version_recordings() {
+        let r = replaying.entry(spec).or_insert_with_key(|spec| {
+            rt.block_on(sinew_host::replay::Replaying::new(Wasm::engine(), spec))
+                .unwrap()
+        });
+        assert_eq!(
+            entry["bundle"],
+            r.hash.as_str(),
+            "the spec that recorded it"
+        );
+        let r = rt.block_on(r.replay(&entry));
+        match r.verdict {
+            Verdict::Identical { .. } => identical += 1,
+            v => panic!("{} ({}): {v:?}", r.execution, r.tool),
         }
     }
     assert!(identical >= 20, "only {identical} recordings replayed");

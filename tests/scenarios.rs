@@ -244,19 +244,14 @@ fn replay_reports_differences() {
 fn recordings_of_the_first_tape_version_replay_identically() {
     use serde_json::Value;
     use sinew_core::replay::{Verdict, replay_native};
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tape-v1.json");
-    let fixture: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let mut identical = 0;
     let mut enqueued = 0;
-    for entry in fixture["entries"].as_array().unwrap() {
+    for (spec, entry) in &sinew_tests::first_version_recordings() {
         assert!(entry["tape"].get("v").is_none(), "a first-version tape");
-        let spec = fixture["specs"][entry["bundle"].as_str().unwrap()]
-            .as_str()
-            .unwrap();
         let bundle = sinew_core::bundle::Bundle::load(spec).unwrap();
         assert_eq!(
-            Value::from(bundle.hash.clone()),
             entry["bundle"],
+            bundle.hash.as_str(),
             "the spec that recorded it"
         );
         let steps = entry["tape"]["steps"].to_string();

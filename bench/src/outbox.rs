@@ -140,14 +140,14 @@ async fn measured_round(
     let before = crate::cpu::sample(&[pid]).await;
     let (rps, p50, errors) = round(base, path, accounts, clients, length).await;
     let spent = before.until(crate::cpu::sample(&[pid]).await);
+    let answers = (rps * length.as_secs_f64()).round() as u64;
     if let Some(Some(mut p)) = perf {
         let _ = std::process::Command::new("kill")
             .args(["-INT", &p.id().to_string()])
             .status();
         let _ = p.wait();
-        println!("   perf: {} answers", (rps * length.as_secs_f64()).round());
+        println!("   perf: {answers} answers");
     }
-    let answers = (rps * length.as_secs_f64()).round() as u64;
     (rps, p50, errors, spent.per(answers))
 }
 
@@ -318,7 +318,8 @@ async fn compare(
     // Warm-up: both tools, pool and instances.
     round(base, "/transfer", accounts, clients, warmup).await;
     round(base, "/transfer-notified", accounts, clients, warmup).await;
-    let (mut plain, mut emitting) = (Vec::new(), Vec::new());
+    // Per tool: each round's throughput and median latency.
+    let (mut plain, mut emitting) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
     let (mut plain_cost, mut emitting_cost) = (Vec::new(), Vec::new());
     let mut errors = 0;
     for r in 0..rounds {
@@ -340,26 +341,22 @@ async fn compare(
                 cost.load,
                 cost.wal
             );
-            if path == "/transfer" {
-                plain.push((rps, p50));
-                plain_cost.push(cost);
+            let (tool, costs) = if path == "/transfer" {
+                (&mut plain, &mut plain_cost)
             } else {
-                emitting.push((rps, p50));
-                emitting_cost.push(cost);
-            }
+                (&mut emitting, &mut emitting_cost)
+            };
+            tool.0.push(rps);
+            tool.1.push(p50);
+            costs.push(cost);
         }
     }
     if errors > 0 {
         bail!("{errors} transfers were not answered 200");
     }
-    let mean = |v: &[(f64, f64)], i: usize| {
-        v.iter()
-            .map(|x| if i == 0 { x.0 } else { x.1 })
-            .sum::<f64>()
-            / v.len().max(1) as f64
-    };
-    let (p_rps, p_p50) = (mean(&plain, 0), mean(&plain, 1));
-    let (e_rps, e_p50) = (mean(&emitting, 0), mean(&emitting, 1));
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let (p_rps, p_p50) = (mean(&plain.0), mean(&plain.1));
+    let (e_rps, e_p50) = (mean(&emitting.0), mean(&emitting.1));
     println!("   transfer           {p_rps:>8.1} req/s  p50 {p_p50:>6.2} ms");
     println!("   transfer + emit    {e_rps:>8.1} req/s  p50 {e_p50:>6.2} ms");
     let cost = |v: &[crate::cpu::Cpu], f: fn(&crate::cpu::Cpu) -> f64| {
@@ -381,24 +378,15 @@ async fn compare(
     // Each round's pair (the two tools back to back) as a ratio, and the
     // median of those: a slow minute of a shared machine moves one pair,
     // not the figure.
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(0.0)
-    };
-    let pairs = |i: usize| -> Vec<f64> {
-        plain
-            .iter()
-            .zip(&emitting)
-            .map(|(p, e)| if i == 0 { e.0 / p.0 } else { e.1 / p.1 })
-            .collect()
-    };
+    let ratios =
+        |e: &[f64], p: &[f64]| -> Vec<f64> { e.iter().zip(p).map(|(e, p)| e / p).collect() };
     let show = |v: &[f64]| {
         v.iter()
             .map(|r| format!("{r:.3}"))
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let (rps, p50) = (pairs(0), pairs(1));
+    let (rps, p50) = (ratios(&emitting.0, &plain.0), ratios(&emitting.1, &plain.1));
     println!(
         "   emit/plain per round: throughput {} (means {:.3}), p50 {} (means {:.3})",
         show(&rps),
@@ -406,5 +394,5 @@ async fn compare(
         show(&p50),
         e_p50 / p_p50
     );
-    Ok((median(rps), median(p50)))
+    Ok((super::median(rps), super::median(p50)))
 }

@@ -165,13 +165,8 @@ pub(crate) fn write_str(s: &str, out: &mut String) {
     while i < b.len() {
         // Skip eight bytes at a time while none needs escaping: no byte
         // below 0x20, no `"` (0x22), no `\` (0x5c).
-        while let Some(Ok(chunk)) = b.get(i..i + 8).map(<[u8; 8]>::try_from) {
-            let w = u64::from_le_bytes(chunk);
-            const ONES: u64 = 0x0101_0101_0101_0101;
-            const HIGH: u64 = 0x8080_8080_8080_8080;
-            let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-            let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
-            if below_space | zero(w ^ (ONES * 0x22)) | zero(w ^ (ONES * 0x5c)) != 0 {
+        while let Some(Ok(word)) = b.get(i..i + 8).map(<[u8; 8]>::try_from) {
+            if special_in(word) {
                 break;
             }
             i += 8;
@@ -210,26 +205,29 @@ pub(crate) fn write_str(s: &str, out: &mut String) {
     out.push('"');
 }
 
-/// Whether a byte of `b` is below 0x20, `"` or `\\`.
+/// Whether a byte of `b` needs escaping: below 0x20, `"` or `\\`.
 fn needs_escape(b: &[u8]) -> bool {
+    let mut words = b.chunks_exact(8);
+    words
+        .by_ref()
+        .any(|w| <[u8; 8]>::try_from(w).map_or(true, special_in))
+        || words.remainder().iter().any(|&c| special(c))
+}
+
+/// [`special`] of any byte of an eight-byte word, at once (the
+/// zero-byte tests of "Bit Twiddling Hacks"; exact for bytes ≥ 0x80).
+fn special_in(word: [u8; 8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
+    let w = u64::from_le_bytes(word);
     let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-    let mut words = b.chunks_exact(8);
-    for chunk in &mut words {
-        let Ok(word) = <[u8; 8]>::try_from(chunk) else {
-            return true;
-        };
-        let w = u64::from_le_bytes(word);
-        let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
-        if below_space | zero(w ^ (ONES * 0x22)) | zero(w ^ (ONES * 0x5c)) != 0 {
-            return true;
-        }
-    }
-    words
-        .remainder()
-        .iter()
-        .any(|&c| c < 0x20 || c == b'"' || c == b'\\')
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    below_space | zero(w ^ (ONES * 0x22)) | zero(w ^ (ONES * 0x5c)) != 0
+}
+
+/// Whether JSON text must escape byte `c`.
+fn special(c: u8) -> bool {
+    c < 0x20 || c == b'"' || c == b'\\'
 }
 
 /// Lowercase hex of bytes.

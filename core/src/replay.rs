@@ -358,13 +358,13 @@ impl Replayer {
 
     /// The entry a replay wrote (`got`, answering `body`) with its tape as
     /// the recording's version writes it: digests of calls made as
-    /// recorded, the response's digest by the recording's hash, no `v`.
+    /// recorded, the response's digest by the recording's hash, its `v`.
     /// A call this replay did not make (refused before the storage saw
     /// it) keeps this version's digest, and so differs.
     fn as_recorded(&self, got: &Map<String, Value>, body: &Value) -> Map<String, Value> {
         let mut got = got.clone();
         if let Some(Value::Object(tape)) = got.get_mut("tape") {
-            tape.remove("v");
+            self.hash.mark(tape);
             if tape.contains_key("response") {
                 tape.insert(
                     "response".into(),

@@ -70,13 +70,32 @@ impl TapeHash {
     /// # Errors
     /// A `v` this version does not know (a newer version recorded it).
     pub fn of(tape: &Map<String, Value>) -> Result<TapeHash, String> {
-        match tape.get("v") {
-            None => Ok(TapeHash::Sha256),
-            Some(v) if v.as_u64() == Some(2) => Ok(TapeHash::Xxh3),
-            Some(v) => Err(format!(
-                "its tape is of version {v}, which this version of sinew cannot replay"
-            )),
+        let v = tape.get("v");
+        [TapeHash::Sha256, TapeHash::Xxh3]
+            .into_iter()
+            .find(|h| v.map(Value::as_u64) == h.version().map(Some))
+            .ok_or_else(|| {
+                format!(
+                    "its tape has `v` {}, which this version of sinew cannot replay",
+                    v.map(Value::to_string).unwrap_or_default()
+                )
+            })
+    }
+
+    /// The `v` a tape of this hash carries (none: the first version).
+    pub(crate) fn version(self) -> Option<u64> {
+        match self {
+            TapeHash::Sha256 => None,
+            TapeHash::Xxh3 => Some(2),
         }
+    }
+
+    /// Marks `tape` (an object) as made with this hash: its `v`.
+    pub(crate) fn mark(self, tape: &mut Map<String, Value>) {
+        match self.version() {
+            Some(v) => tape.insert("v".into(), json!(v)),
+            None => tape.remove("v"),
+        };
     }
 
     /// The first 8 hex digits of this hash of `text`.
@@ -415,10 +434,13 @@ impl Tape {
         let mut tape = Value::Object(tape);
         let size = json_size(&tape);
         if size > MAX_TAPE {
-            return json!({"v": 2, "omitted": format!("{size} bytes"), "response": response});
+            let mut omitted = Map::new();
+            omitted.insert("omitted".into(), json!(format!("{size} bytes")));
+            omitted.insert("response".into(), json!(response));
+            tape = Value::Object(omitted);
         }
-        if let Some(m) = tape.as_object_mut() {
-            m.insert("v".into(), json!(2));
+        if let Value::Object(m) = &mut tape {
+            TapeHash::CURRENT.mark(m);
         }
         tape
     }

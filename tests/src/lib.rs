@@ -155,3 +155,22 @@ impl Rng {
         self.0 % n
     }
 }
+
+/// The final audit entries of `tests/fixtures/tape-v1.json`, each with the
+/// text of the spec that recorded it: recorded on Postgres by sinew at
+/// commit b84c6d5, whose tapes had no `v` (SHA-256 call digests).
+pub fn first_version_recordings() -> Vec<(String, serde_json::Value)> {
+    let path = root().join("tests/fixtures/tape-v1.json");
+    let text = std::fs::read_to_string(&path).expect("tests/fixtures/tape-v1.json");
+    let fixture: serde_json::Value = serde_json::from_str(&text).expect("the fixture is JSON");
+    let entries = fixture["entries"].as_array().expect("`entries`");
+    entries
+        .iter()
+        .map(|e| {
+            let spec = fixture["specs"][e["bundle"].as_str().unwrap_or_default()]
+                .as_str()
+                .expect("each entry's spec, by its bundle hash");
+            (spec.to_owned(), e.clone())
+        })
+        .collect()
+}
