@@ -397,3 +397,89 @@ async fn a_database_migrated_before_is_upgraded() {
         .get(0);
     assert_eq!(unnamed, 0, "two CHECKs on a column left");
 }
+
+/// A rolling deploy from the version that kept its outbox in
+/// `sinew_outbox`: what that version left there moves to `sinew_messages`
+/// with its delivery state (pending and failed messages; delivered ones
+/// are dropped, their deliveries are in the audit log), and what its
+/// servers record afterwards is forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_earlier_outbox_is_moved_and_then_forwarded() {
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let mut client = connect_url(&url).await;
+    let s = spec(&shop());
+    let m = plan(Some(&client), &s, false).await.unwrap();
+    apply(&mut client, &s, &m).await.unwrap();
+    // The database as that version left it: its own tables' DDL recorded
+    // under another hash (so this version's runs once), `sinew_outbox`
+    // without this version's trigger, and rows in it.
+    client
+        .batch_execute(
+            "UPDATE sinew_migrations SET tables = 'the earlier version'; \
+             DROP TRIGGER sinew_outbox_forward ON sinew_outbox; \
+             INSERT INTO sinew_outbox (id, execution, tool, node, service, operation, message, \
+                                       attempts, next_attempt_at, delivered_at, failed_at, last_error) VALUES \
+             ('00000000-0000-4000-8000-000000000001', 'e1', 't', 'n', 's', 'o', '{\"n\":1}', 1, now(), now(), NULL, NULL), \
+             ('00000000-0000-4000-8000-000000000002', 'e2', 't', 'n', 's', 'o', '{\"n\":2}', 3, '2030-01-01T00:00:00Z', NULL, NULL, 'HTTP 503'), \
+             ('00000000-0000-4000-8000-000000000003', 'e3', 't', 'n', 's', 'o', '{\"n\":3}', 1, now(), NULL, now(), 'HTTP 422')",
+        )
+        .await
+        .unwrap();
+    let m = plan(Some(&client), &s, false).await.unwrap();
+    apply(&mut client, &s, &m).await.unwrap();
+    assert_eq!(
+        messages(&client).await,
+        [
+            (
+                "{\"n\":2}".to_string(),
+                3,
+                true,
+                false,
+                Some("HTTP 503".to_string())
+            ),
+            (
+                "{\"n\":3}".to_string(),
+                1,
+                false,
+                true,
+                Some("HTTP 422".to_string())
+            ),
+        ]
+    );
+    let outbox = "SELECT count(*) FROM sinew_outbox";
+    let left: i64 = client.query_one(outbox, &[]).await.unwrap().get(0);
+    assert_eq!(left, 0);
+    // Recorded by a server of that version from now on: forwarded.
+    client
+        .batch_execute(
+            "INSERT INTO sinew_outbox (id, execution, tool, node, service, operation, message) VALUES \
+             ('00000000-0000-4000-8000-000000000004', 'e4', 't', 'n', 's', 'o', '{\"n\":4}')",
+        )
+        .await
+        .unwrap();
+    let left: i64 = client.query_one(outbox, &[]).await.unwrap().get(0);
+    assert_eq!(left, 0);
+    let now = messages(&client).await;
+    assert_eq!(now.len(), 3, "{now:?}");
+    assert_eq!(now[2], ("{\"n\":4}".to_string(), 0, false, false, None));
+}
+
+/// `sinew_messages`, by message: the message, its attempts, whether it is
+/// due at 2030-01-01, whether it failed, its last error.
+async fn messages(
+    client: &tokio_postgres::Client,
+) -> Vec<(String, i32, bool, bool, Option<String>)> {
+    client
+        .query(
+            "SELECT message, attempts, next_attempt_at = '2030-01-01T00:00:00Z', \
+                    failed_at IS NOT NULL, last_error \
+             FROM sinew_messages ORDER BY message",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect()
+}
