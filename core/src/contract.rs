@@ -892,6 +892,12 @@ impl<'t> Audit<'t> {
         self.entry.remove("messages");
         self.messages(run.messages.iter());
         self.entry.insert("calls".into(), calls_json(&run.calls));
+        if !run.failed_compensations.is_empty() {
+            self.entry.insert(
+                "compensationsFailed".into(),
+                Value::Array(run.failed_compensations.clone()),
+            );
+        }
         self.policies = run.policies.clone();
         let body = p.body(execution);
         let entry = self.seal(run.clock, "error", p.status(), Some(&p), &body);

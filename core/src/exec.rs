@@ -114,6 +114,9 @@ pub(crate) struct Run<'a> {
     pub calls: Vec<CallRecord>,
     /// Succeeded calls with a `compensate`, oldest first: (call, compensating node).
     pub compensable: Vec<(String, String)>,
+    /// Compensations that failed without a call to show it (a compensating
+    /// `transaction`), for the audit entry's `compensationsFailed`.
+    pub failed_compensations: Vec<Json>,
     /// Nodes that ran.
     pub ran: BTreeSet<String>,
     pub rows_read: u64,
@@ -213,6 +216,7 @@ impl<'a> Run<'a> {
             messages: Vec::new(),
             calls: Vec::new(),
             compensable: Vec::new(),
+            failed_compensations: Vec::new(),
             ran: BTreeSet::new(),
             rows_read: 0,
             rows_written: 0,
@@ -1796,13 +1800,42 @@ impl<'a> Run<'a> {
             };
             self.ran.insert(target.clone());
             match &node.kind {
-                NodeKind::Call { .. } => {
-                    let _ = self.run_call(&target, node, true);
+                NodeKind::Call {
+                    external,
+                    operation,
+                    ..
+                } => {
+                    let made = self.calls.len();
+                    if let Err(p) = self.run_call(&target, node, true)
+                        && self.calls.len() == made
+                    {
+                        // Failed before anything was sent (its arguments
+                        // or its key): still a compensation that failed,
+                        // recorded for a person to resolve.
+                        self.calls.push(CallRecord {
+                            node: target.clone(),
+                            service: external.clone(),
+                            operation: operation.clone(),
+                            outcome: "failed",
+                            attempts: 0,
+                            compensation: true,
+                            result: json!({"error": p.internal.as_deref().unwrap_or(&p.detail)}),
+                        });
+                    }
                 }
                 NodeKind::Transaction { body, isolation } => {
-                    let done = self.run_transaction(&target, body, *isolation);
-                    if done.is_ok() {
-                        let _ = self.flush_pending();
+                    let done = self
+                        .run_transaction(&target, body, *isolation)
+                        .and_then(|_| self.flush_pending());
+                    if let Err(p) = done {
+                        let mut failed = Map::new();
+                        failed.insert("node".into(), json!(target));
+                        failed.insert("code".into(), json!(p.code()));
+                        failed.insert("detail".into(), json!(p.detail));
+                        if let Some(i) = &p.internal {
+                            failed.insert("internal".into(), json!(i));
+                        }
+                        self.failed_compensations.push(Json::Object(failed));
                     }
                 }
                 _ => {}

@@ -405,6 +405,15 @@ impl HttpExternal {
                         Value::String(s) => s,
                         other => other.to_string(),
                     };
+                    // Dot-segments would move the call elsewhere on the
+                    // service (RFC 3986 §5.2.4), and an empty one too on
+                    // many servers: refused, not sent.
+                    if matches!(text.as_str(), "" | "." | "..") {
+                        return Err(format!(
+                            "the argument `{name}` of the path is {}: a segment cannot be empty, `.` or `..`",
+                            Value::from(text)
+                        ));
+                    }
                     path.extend(form_urlencoded::byte_serialize(text.as_bytes()).map(|s| {
                         // A space in a path segment is %20, not `+`.
                         if s == "+" { "%20" } else { s }
@@ -589,6 +598,30 @@ impl ExternalBackend for HttpExternal {
             attempts,
         }
     }
+
+    async fn attempt(&self, r: &CallRequest, n: u32) -> (CallResult, Option<Duration>) {
+        let prepared = match self.prepare(r) {
+            Ok(p) => p,
+            Err(message) => {
+                let outcome = CallOutcome::Failed { message };
+                let attempts = Vec::new();
+                return (CallResult { outcome, attempts }, None);
+            }
+        };
+        let (attempt, answer, wait) = HttpExternal::attempt(self, &prepared, r, n.max(1)).await;
+        let outcome = match answer {
+            Some(Ok(value)) => CallOutcome::Ok { value },
+            Some(Err(value)) => CallOutcome::Declined { value },
+            None => CallOutcome::Failed {
+                message: attempt
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "the call failed".into()),
+            },
+        };
+        let attempts = vec![attempt];
+        (CallResult { outcome, attempts }, wait)
+    }
 }
 
 #[cfg(test)]
@@ -696,6 +729,18 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.contains("`id`"), "{e}");
+        // A segment that would move the call elsewhere is not sent.
+        for id in ["..", ".", ""] {
+            let e = x
+                .prepare(&call("api", "put", json!({"id": id})))
+                .err()
+                .unwrap();
+            assert!(e.contains("cannot be empty, `.` or `..`"), "{e}");
+        }
+        let p = x
+            .prepare(&call("api", "put", json!({"id": "..."})))
+            .unwrap();
+        assert_eq!(p.url, "https://api.example.com/v2/things/...");
         let e = x.prepare(&call("locked", "go", json!({}))).err().unwrap();
         assert!(
             e.contains("no credentials") && !e.contains("SINEW_UNIT"),

@@ -75,8 +75,8 @@ enum Delivered {
     Ok(Value),
     /// Refused for good, or out of attempts: why.
     Failed(String),
-    /// Try again later: why.
-    Again(String),
+    /// Try again later: why, and when the service asked to (`Retry-After`).
+    Again(String, Option<Duration>),
 }
 
 /// Whether a tool of `spec` has an `emit` node (its instances deliver).
@@ -216,17 +216,26 @@ async fn attempt_delivery(
         initial_backoff_ms: 0,
         idempotency_key: Some(text("idempotencyKey")),
     };
-    let result = external.call(&request).await;
+    let (result, retry_after) = external
+        .attempt(&request, u32::try_from(attempt).unwrap_or(1))
+        .await;
+    let sent = !result.attempts.is_empty();
     match result.outcome {
         CallOutcome::Ok { value } => Delivered::Ok(value),
         CallOutcome::Declined { value } => Delivered::Failed(format!(
             "the service refused it: {}",
             truncated(&value.to_string())
         )),
+        // Not made at all (an argument of the path missing or a dot
+        // segment, a key that is no header value, an operation this spec
+        // does not have): no later attempt would do better.
+        CallOutcome::Failed { message } if !sent => {
+            Delivered::Failed(format!("it cannot be sent: {message}"))
+        }
         CallOutcome::Failed { message } if attempt >= MAX_ATTEMPTS => {
             Delivered::Failed(format!("{message} (after {attempt} attempts)"))
         }
-        CallOutcome::Failed { message } => Delivered::Again(message),
+        CallOutcome::Failed { message } => Delivered::Again(message, retry_after),
     }
 }
 
@@ -274,9 +283,13 @@ async fn settle(
                 ended_attempts.push(attempt);
                 ended_why.push(why);
             }
-            Delivered::Again(why) => {
+            Delivered::Again(why, asked) => {
+                // The backoff, or later when the service asks (never past
+                // the longest wait).
+                let asked = asked.map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
                 let wait = 2i64
                     .saturating_pow(u32::try_from(attempt - 1).unwrap_or(0).min(30))
+                    .max(asked)
                     .min(MAX_WAIT_S);
                 again.push(at);
                 again_attempts.push(attempt);

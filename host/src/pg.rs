@@ -672,39 +672,42 @@ impl PgBackend {
         if let Some(after) = &q.after {
             let mut ors = Vec::new();
             for (i, (key, v)) in q.order.iter().zip(after).enumerate() {
-                let mut ands = Vec::new();
-                let mut ok = true;
-                for (k, pv) in q.order.iter().zip(after).take(i) {
-                    let col = column(&k.field)?;
-                    match col.ty.encode(pv) {
-                        Ok(None) => ands.push(format!("{} IS NULL", col.sql)),
-                        Ok(Some(t)) => {
-                            let p = placeholder(params, t, col.ty);
-                            ands.push(format!("{} = {p}", collated(col)));
-                        }
-                        Err(_) => ok = false,
-                    }
-                }
+                // Every placeholder pushed is used: Postgres cannot type a
+                // parameter the statement does not mention.
                 let col = column(&key.field)?;
+                let prior = q
+                    .order
+                    .iter()
+                    .zip(after)
+                    .take(i)
+                    .map(|(k, pv)| column(&k.field).map(|c| c.ty.encode(pv).ok().map(|t| (c, t))))
+                    .collect::<Result<Option<Vec<_>>, _>>()?;
+                let Some(prior) = prior else { continue };
                 // Ascending puts nulls last, descending first.
                 let strict = match (col.ty.encode(v), key.desc) {
-                    (Ok(None), false) => None,
-                    (Ok(None), true) => Some(format!("{} IS NOT NULL", col.sql)),
+                    (Ok(None), false) | (Err(_), _) => continue,
+                    (Ok(None), true) => format!("{} IS NOT NULL", col.sql),
                     (Ok(Some(t)), desc) => {
                         let p = placeholder(params, t, col.ty);
                         let cmp = if desc { "<" } else { ">" };
-                        Some(if desc {
+                        if desc {
                             format!("{} {cmp} {p}", collated(col))
                         } else {
                             format!("({} {cmp} {p} OR {} IS NULL)", collated(col), col.sql)
-                        })
+                        }
                     }
-                    (Err(_), _) => None,
                 };
-                if let (true, Some(s)) = (ok, strict) {
-                    ands.push(s);
-                    ors.push(format!("({})", ands.join(" AND ")));
+                let mut ands = Vec::new();
+                for (col, t) in prior {
+                    ands.push(match t {
+                        None => format!("{} IS NULL", col.sql),
+                        Some(t) => {
+                            format!("{} = {}", collated(col), placeholder(params, t, col.ty))
+                        }
+                    });
                 }
+                ands.push(strict);
+                ors.push(format!("({})", ands.join(" AND ")));
             }
             let _ = write!(
                 sql,
@@ -716,7 +719,7 @@ impl PgBackend {
                 }
             );
         }
-        let _ = write!(sql, " ORDER BY {}", order_sql(table, &q.order)?);
+        let _ = write!(sql, " ORDER BY {}", order_sql(table, &q.order, Some("s0"))?);
         if let Some(n) = q.limit {
             let _ = write!(sql, " LIMIT {n}");
         }
@@ -1155,7 +1158,7 @@ fn include_sql(
             let col = table
                 .column(by)
                 .ok_or_else(|| invalid(format!("no column `{by}`")))?;
-            let order = order_sql(table, &inc.order)?;
+            let order = order_sql(table, &inc.order, None)?;
             let limit = inc.limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
             format!(
                 "(SELECT coalesce(json_agg({tuple} ORDER BY {order}), '[]'::json) FROM \
@@ -1339,6 +1342,21 @@ fn condition_sql(
                 }
             }
         }
+        // An integer column against a fraction (or a number past 64 bits):
+        // numbers compare numerically, so as `numeric`.
+        (op @ (FilterOp::Lt | FilterOp::Lte | FilterOp::Gt | FilterOp::Gte), Value::Number(n))
+            if col.ty == Ty::Integer && n.as_i64().is_none() =>
+        {
+            params.push(Some(n.to_string()));
+            let p = format!("${}::text::numeric", params.len());
+            let cmp = match op {
+                FilterOp::Lt => "<",
+                FilterOp::Lte => "<=",
+                FilterOp::Gt => ">",
+                _ => ">=",
+            };
+            format!("{lhs} {cmp} {p}")
+        }
         (op, v) => match col.ty.encode(v) {
             // A value of another type equals nothing and orders against
             // nothing (as in the in-memory store).
@@ -1366,21 +1384,34 @@ fn condition_sql(
 const ASCII_UPPER: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
 const ASCII_LOWER: &str = "abcdefghijklmnopqrstuvwxyz";
 
-/// The `ORDER BY` list of sort keys, ending with `id` (a total order).
-fn order_sql(table: &Table, order: &[sinew_core::ports::SortKey]) -> Result<String, StorageError> {
+/// The `ORDER BY` list of sort keys, ending with `id` (a total order),
+/// each column qualified with `of` when given: a bare name in `ORDER BY`
+/// means an output column first, and a select list that reads a column as
+/// text (`"price"::text AS "price"`) would sort by that text.
+fn order_sql(
+    table: &Table,
+    order: &[sinew_core::ports::SortKey],
+    of: Option<&str>,
+) -> Result<String, StorageError> {
+    let qualified = |sql: &str| of.map_or_else(|| sql.to_owned(), |t| format!("{t}.{sql}"));
     let mut out = Vec::with_capacity(order.len() + 1);
     for k in order {
         let col = table
             .column(&k.field)
             .ok_or_else(|| invalid(format!("no column `{}`", k.field)))?;
+        let name = qualified(&col.sql);
         out.push(format!(
             "{} {}",
-            collated(col),
+            if col.ty == Ty::Text {
+                format!("{name} COLLATE \"C\"")
+            } else {
+                name
+            },
             if k.desc { "DESC" } else { "ASC" }
         ));
     }
     if !order.iter().any(|k| k.field == "id") {
-        out.push("\"id\" ASC".into());
+        out.push(format!("{} ASC", qualified("\"id\"")));
     }
     Ok(out.join(", "))
 }
@@ -1837,7 +1868,7 @@ impl StorageBackend for PgBackend {
         let sorted = if by_id {
             String::new()
         } else {
-            format!(" ORDER BY {}", order_sql(table, &q.order)?)
+            format!(" ORDER BY {}", order_sql(table, &q.order, Some("done"))?)
         };
         let sql = format!(
             "WITH picked AS ({pick}), done AS (UPDATE {} AS u SET {} FROM picked \

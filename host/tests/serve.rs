@@ -824,7 +824,10 @@ async fn the_outbox_delivers_after_the_commit_once_per_key() {
         (
             "POST /send",
             vec![
-                Canned::json(500, json!({"error": "busy"})),
+                Canned {
+                    headers: vec![("retry-after".into(), "2".into())],
+                    ..Canned::json(503, json!({"error": "busy"}))
+                },
                 Canned::json(202, json!({"id": "m1"})),
             ],
         ),
@@ -894,10 +897,13 @@ async fn the_outbox_delivers_after_the_commit_once_per_key() {
         .filter(|r| r.target == "/send")
         .collect();
     assert_eq!(sent.len(), 2);
+    // Later than the backoff's second: when the service asked to.
     assert!(
-        sent[1].at.duration_since(sent[0].at) >= Duration::from_millis(900),
-        "a second apart"
+        sent[1].at.duration_since(sent[0].at) >= Duration::from_millis(1900),
+        "two seconds apart (`Retry-After: 2`)"
     );
+    assert_eq!(sent[0].headers["x-sinew-attempt"], "1");
+    assert_eq!(sent[1].headers["x-sinew-attempt"], "2");
     let key = sent[0].headers["x-message-key"].clone();
     assert_eq!(sent[1].headers["x-message-key"], key);
     assert_eq!(

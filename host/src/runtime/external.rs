@@ -9,6 +9,18 @@ use sinew_core::ports::{self, CallOutcome, CallRequest, CallResult};
 pub trait ExternalBackend: Send + Sync + 'static {
     /// Makes a call with its attempts.
     async fn call(&self, request: &CallRequest) -> CallResult;
+
+    /// Makes one attempt, the `attempt`-th of a delivery that spans
+    /// attempts made at other times (the outbox): the service is told
+    /// which (`X-Sinew-Attempt`), and its `Retry-After`, if any, comes
+    /// back. No attempt in the result: the request could not be made.
+    async fn attempt(
+        &self,
+        request: &CallRequest,
+        _attempt: u32,
+    ) -> (CallResult, Option<std::time::Duration>) {
+        (self.call(request).await, None)
+    }
 }
 
 /// A scripted fake, shared across requests (tests, conformance, dry runs).

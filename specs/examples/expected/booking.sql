@@ -103,11 +103,15 @@ CREATE TABLE IF NOT EXISTS "sinew_audit" (
   "kind" text NOT NULL,
   "entry" text NOT NULL,
   "prev" text NOT NULL,
-  "hash" text NOT NULL UNIQUE,
+  "hash" text NOT NULL,
   "recorded_at" timestamptz NOT NULL DEFAULT now()
 );
 ALTER TABLE "sinew_audit" ADD COLUMN IF NOT EXISTS "queued_at" timestamptz;
 CREATE INDEX IF NOT EXISTS "sinew_audit_execution_idx" ON "sinew_audit" ("execution");
+-- No index on `hash` (earlier versions had a unique one): nothing looks an
+-- entry up by it, and a random 64-character key made every append write
+-- to a random page of a large index.
+ALTER TABLE "sinew_audit" DROP CONSTRAINT IF EXISTS "sinew_audit_hash_key";
 CREATE OR REPLACE FUNCTION "sinew_audit_append_only"() RETURNS trigger
   LANGUAGE plpgsql AS $$
 BEGIN
