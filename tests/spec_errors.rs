@@ -2575,6 +2575,51 @@ fn nullable_values_need_a_guard() {
         at(v, &format!("{PLACE}/done"))["value"] = json!({"n": "input.sku.size()"});
     });
     assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    // A condition that may be null (an `if`, `&&`, `||`, `?:`'s condition)
+    // fails on the calls that leave it out; guarded, it passes.
+    let with_flag = |v: &mut Value| {
+        at(v, "/tools/place_order")["input"] = json!({
+            "type": "object", "required": ["sku", "quantity"],
+            "properties": {"sku": {"type": "string"}, "quantity": {"type": "integer"},
+                           "rush": {"type": "boolean"}, "size": {"type": "integer"}}
+        });
+    };
+    let branching = |cond: &str| {
+        load_with(|v| {
+            with_flag(v);
+            at(v, &format!("{PLACE}/notify"))["next"] = json!("rushed");
+            at(v, PLACE)["rushed"] =
+                json!({"type": "if", "if": cond, "then": "done", "else": "done"});
+        })
+    };
+    for (cond, message) in [
+        (
+            "input.rush",
+            "a bool is needed here, but `input.rush` may be null",
+        ),
+        (
+            "input.rush && input.quantity > 1",
+            "`input.rush` may be null here",
+        ),
+        (
+            "input.quantity > 1 || input.rush",
+            "`input.rush` may be null here",
+        ),
+        ("(input.rush ? 1 : 2) > 1", "`input.rush` may be null here"),
+    ] {
+        let l = branching(cond);
+        let d = only_error(&l, "expr-type", &format!("{PLACE}/rushed/if"));
+        assert_message(d, message);
+    }
+    for cond in [
+        "has(input.rush) && input.rush",
+        "input.rush != null && input.rush",
+        "!has(input.rush) || input.rush",
+        "input.rush == true",
+    ] {
+        let l = branching(cond);
+        assert!(l.errors.is_empty(), "{cond}: {}", list(&l.errors));
+    }
 }
 
 /// Null written into a column that does not take it would fail every call

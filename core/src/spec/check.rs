@@ -828,6 +828,17 @@ pub(crate) fn check_shape(cx: &mut Cx, e: &Expression, scope: &Scope, want: Want
         )),
         _ => None,
     };
+    // A condition or a count that may be null (an optional input property,
+    // a nullable field): a `spec_error` on the calls that leave it out.
+    let found = found.or_else(|| {
+        let p = super::types::unguarded_null(ast, scope)?;
+        (want != Want::Id).then(|| {
+            (
+                format!("`{p}` may be null (an optional input property, a nullable field, a `ref` include, or `avg`, `min`, `max` over no row)"),
+                format!("require it in the input schema, or give a default: `{p} != null ? {p} : …`"),
+            )
+        })
+    });
     // Else by its static type, where the spec tells it.
     let found = found.or_else(|| {
         use super::types::Ty;

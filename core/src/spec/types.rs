@@ -496,6 +496,7 @@ fn infer_at(
             }
         }
         ExprKind::Cond(c, a, b) => {
+            check(c, &|| "`? :`'s condition".into(), errors);
             sub(c, errors);
             let (x, y) = (
                 guarded(a, guards_of(c, true), errors),
@@ -593,6 +594,22 @@ fn infer_at(
             ) {
                 check(a, &|| format!("`{}`", op.symbol()), errors);
                 check(b, &|| format!("`{}`", op.symbol()), errors);
+            }
+            // `&&` and `||` take bools: a null operand is an error on the
+            // calls that leave it out (unless the other side decides).
+            if matches!(op, BinaryOp::And | BinaryOp::Or) {
+                check(a, &|| format!("`{}`", op.symbol()), errors);
+                let mut g = guards.to_vec();
+                g.extend(guards_of(a, *op == BinaryOp::And));
+                not_null(
+                    b,
+                    &|| format!("`{}`", op.symbol()),
+                    scope,
+                    errors,
+                    locals,
+                    &g,
+                    vars,
+                );
             }
             let x = sub(a, errors);
             let y = match op {
