@@ -3382,3 +3382,63 @@ fn non_empty_lists_and_strings() {
     let l = load_with(|v| at(v, "/tools/get_product")["sensitive"] = json!([""]));
     only_error(&l, "invalid-value", "/tools/get_product/sensitive/0");
 }
+
+/// A `return` whose value certainly breaks the output schema would answer
+/// 500 `invalid_output` on every call that ends there: refused with where
+/// and why; what the checker cannot know (a double, a map) passes.
+#[test]
+fn a_return_that_breaks_the_output_schema() {
+    let returning = |output: Value, value: Option<Value>| {
+        load_with(|v| {
+            at(v, "/tools/get_product")["output"] = output.clone();
+            let done = at(v, &format!("{GET}/done"));
+            match &value {
+                Some(x) => done["value"] = x.clone(),
+                None => {
+                    done.as_object_mut().unwrap().remove("value");
+                }
+            }
+        })
+    };
+    let closed = json!({"type": "object", "required": ["name"], "additionalProperties": false,
+                        "properties": {"name": {"type": "string"}, "price": {"type": "integer"},
+                                       "tags": {"type": "array", "items": {"type": "string"}}}});
+    for (value, message) in [
+        (
+            Some(json!({"name": "product.name", "price": "'12'"})),
+            "`price`: this is a string",
+        ),
+        (
+            Some(json!({"price": "product.price"})),
+            "`name`: required by the schema",
+        ),
+        (
+            Some(json!({"name": "product.name", "extra": true})),
+            "`extra`: not a property",
+        ),
+        (
+            Some(json!({"name": "product.name", "tags": ["1"]})),
+            "`tags[0]`: this is an integer",
+        ),
+        (
+            Some(json!("product.price")),
+            "this is an integer, and the schema's type is \"object\"",
+        ),
+        (None, "a `return` without `value` returns null"),
+    ] {
+        let l = returning(closed.clone(), value.clone());
+        let d = only_error(&l, "output-mismatch", &format!("{GET}/done/value"));
+        assert_message(d, message);
+    }
+    for value in [
+        json!({"name": "product.name", "price": "product.price", "tags": ["'a'"]}),
+        json!({"name": "product.name", "price": "product.price * 1.0"}),
+        json!({"name": "dyn(product.price)"}),
+    ] {
+        let l = returning(closed.clone(), Some(value.clone()));
+        assert!(l.errors.is_empty(), "{value}: {}", list(&l.errors));
+    }
+    // A schema that allows null takes a `return` without value.
+    let l = returning(json!({"type": ["object", "null"]}), None);
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+}

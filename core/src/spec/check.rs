@@ -2080,6 +2080,35 @@ fn check_node(cx: &mut Cx, spec: &Spec, scope: &Scope, row_scope: &Scope, node: 
             if let Some(v) = value {
                 check_template(cx, v, scope);
             }
+            if let Some(tool) = scope.tool {
+                let mut found = Vec::new();
+                match value {
+                    Some(v) => output_mismatches(v, &tool.output, scope, "", &mut found),
+                    None => {
+                        if refuses(&tool.output, "null") {
+                            found.push((
+                                String::new(),
+                                "a `return` without `value` returns null, which the output schema refuses".to_string(),
+                            ));
+                        }
+                    }
+                }
+                for (at, why) in found {
+                    let at = if at.is_empty() {
+                        "the result".to_string()
+                    } else {
+                        format!("`{at}`")
+                    };
+                    cx.error(
+                        Diagnostic::new(
+                            "output-mismatch",
+                            child(path, "value"),
+                            format!("{at}: {why}; every call that ends here would answer 500 `invalid_output`"),
+                        )
+                        .help("return what the tool's `output` schema describes, or change the schema"),
+                    );
+                }
+            }
         }
         NodeKind::Fail { message, .. } => {
             if let Some(m) = message {
@@ -2727,4 +2756,107 @@ fn group_type(
         keys.push((name.clone(), ty));
     }
     Ty::Record(keys, format!("a group of `{node}`"))
+}
+
+/// Whether a JSON Schema with a `type` certainly refuses a value of JSON
+/// type `kind` (`null`, `boolean`, `integer`, `number`, `string`, `array`,
+/// `object`); `false` when it does not say.
+fn refuses(schema: &Value, kind: &str) -> bool {
+    let types: Vec<&str> = match schema.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => return false,
+    };
+    !types
+        .iter()
+        .any(|t| *t == kind || (*t == "number" && kind == "integer"))
+}
+
+/// What in a `return`'s value certainly does not match the output schema:
+/// a literal or an expression of a known type another than the schema's, a
+/// required property left out, a property a closed object does not have.
+/// (`at`: the property's path in the result.)
+fn output_mismatches(
+    t: &Template,
+    schema: &Value,
+    scope: &Scope,
+    at: &str,
+    found: &mut Vec<(String, String)>,
+) {
+    use super::types::Ty;
+    let kinds: &[&str] = match t {
+        Template::Object(_) => &["object"],
+        Template::Array(_) => &["array"],
+        Template::Literal(Value::Null) => &["null"],
+        Template::Literal(Value::Bool(_)) => &["boolean"],
+        Template::Literal(Value::Number(n)) if n.is_i64() || n.is_u64() => &["integer"],
+        Template::Literal(Value::Number(_)) => &["number"],
+        Template::Literal(Value::String(_)) => &["string"],
+        Template::Literal(_) => &[],
+        Template::Expr(x) => match type_of(x, scope) {
+            Ty::Bool => &["boolean"],
+            Ty::Int | Ty::Uint => &["integer"],
+            Ty::String | Ty::Timestamp => &["string"],
+            Ty::List | Ty::Rows(..) | Ty::Items(_) => &["array"],
+            Ty::Row(..) | Ty::Record(..) | Ty::Object(_) => &["object"],
+            // A double may be whole (an integer to the schema); a map's
+            // type is not known here; the rest is not certain.
+            _ => &[],
+        },
+    };
+    if let [kind] = kinds
+        && refuses(schema, kind)
+    {
+        let said = schema.get("type").map(Value::to_string).unwrap_or_default();
+        let what = match *kind {
+            "null" => "null".to_string(),
+            "integer" => "an integer".to_string(),
+            "array" => "an array".to_string(),
+            "object" => "an object".to_string(),
+            k => format!("a {k}"),
+        };
+        found.push((
+            at.to_string(),
+            format!("this is {what}, and the schema's type is {said}"),
+        ));
+        return;
+    }
+    match t {
+        Template::Object(m) => {
+            let props = schema.get("properties").and_then(Value::as_object);
+            let name = |k: &str| {
+                if at.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{at}.{k}")
+                }
+            };
+            if let Some(required) = schema.get("required").and_then(Value::as_array) {
+                for k in required.iter().filter_map(Value::as_str) {
+                    if !m.contains_key(k) {
+                        found.push((name(k), "required by the schema, and not returned".into()));
+                    }
+                }
+            }
+            let closed = schema.get("additionalProperties") == Some(&Value::Bool(false));
+            for (k, v) in m {
+                match props.and_then(|p| p.get(k)) {
+                    Some(s) => output_mismatches(v, s, scope, &name(k), found),
+                    None if closed => found.push((
+                        name(k),
+                        "not a property of the schema, which allows no other".into(),
+                    )),
+                    None => {}
+                }
+            }
+        }
+        Template::Array(items) => {
+            if let Some(s) = schema.get("items").filter(|s| s.is_object()) {
+                for (i, v) in items.iter().enumerate() {
+                    output_mismatches(v, s, scope, &format!("{at}[{i}]"), found);
+                }
+            }
+        }
+        _ => {}
+    }
 }
