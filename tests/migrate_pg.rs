@@ -483,3 +483,80 @@ async fn messages(
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
         .collect()
 }
+
+/// A rename leaves a view (`SELECT *`) under the table's old name, which
+/// depends on every column: finishing a field's rename on the renamed table
+/// drops the view first when no spec names it any more, and dropping a
+/// removed field while the view stays makes the view again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn columns_of_a_renamed_table_can_be_dropped_under_its_view() {
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let mut client = connect_url(&url).await;
+    let revision =
+        |entity: Value| json!({"sinew": "0.2", "name": "crm", "entities": entity, "tools": {}});
+    let apply_spec = async |client: &mut tokio_postgres::Client, v: &Value, forced: bool| {
+        let m = plan(Some(&*client), &spec(v), forced).await.unwrap();
+        assert!(m.destructive.is_empty(), "{:?}", m.destructive);
+        apply(client, &spec(v), &m).await.unwrap();
+    };
+    let v1 = revision(json!({"Customer": {"fields": {
+        "name": {"type": "string"}, "code": {"type": "string"}}}}));
+    let v2 = revision(json!({"Client": {"renamedFrom": "Customer", "fields": {
+        "full_name": {"type": "string", "renamedFrom": "name"},
+        "code": {"type": "string"}}}}));
+    // The code (no null: inserts cannot leave it out) removed while the
+    // view stays (allowed to lose it).
+    let v3 = revision(json!({"Client": {"renamedFrom": "Customer", "fields": {
+        "full_name": {"type": "string", "renamedFrom": "name"}}}}));
+    // Both renames finished.
+    let v4 = revision(json!({"Client": {"fields": {"full_name": {"type": "string"}}}}));
+    apply_spec(&mut client, &v1, false).await;
+    client
+        .execute(
+            "INSERT INTO customer (id, version, created_at, updated_at, name, code) \
+             VALUES (gen_random_uuid(), 1, now(), now(), 'Ada', 'x')",
+            &[],
+        )
+        .await
+        .unwrap();
+    apply_spec(&mut client, &v2, false).await;
+    apply_spec(&mut client, &v3, true).await;
+    let through_view: Vec<String> = client
+        .query("SELECT column_name::text FROM information_schema.columns WHERE table_name = 'customer' ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        !through_view.contains(&"note".to_string())
+            && through_view.contains(&"full_name".to_string()),
+        "the view is made again without the dropped column: {through_view:?}"
+    );
+    apply_spec(&mut client, &v4, false).await;
+    let views: i64 = client
+        .query_one(
+            "SELECT count(*) FROM information_schema.views WHERE table_name = 'customer'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(views, 0, "the view no spec names is dropped");
+    let client_columns: Vec<String> = columns(&client, "client")
+        .await
+        .into_iter()
+        .map(|c| c.0)
+        .collect();
+    assert!(
+        !client_columns.contains(&"name".to_string()),
+        "{client_columns:?}"
+    );
+    let name: String = client
+        .query_one("SELECT full_name FROM client", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "Ada");
+}

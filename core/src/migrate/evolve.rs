@@ -380,11 +380,49 @@ const SCAN_BLOCKING: &str = "ACCESS EXCLUSIVE while it scans the table (reads an
 
 /// The steps from `from` to the schema `spec` needs.
 pub fn plan(from: &Schema, spec: &Spec) -> Plan {
+    let mut views: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, e) in &spec.entities {
+        if let Some(old) = &e.renamed_from {
+            views
+                .entry(table_name(name))
+                .or_default()
+                .push(table_name(old));
+        }
+    }
     let mut p = Planner {
         plan: Plan::default(),
         late: Vec::new(),
         fresh: from.tables.is_empty(),
+        views,
     };
+    // A view a rename left is dropped once no spec names it any more:
+    // first, since it reads every column of its table, one of which this
+    // plan may drop.
+    for (view, target) in &from.views {
+        let named = spec.entities.values().any(|e| {
+            e.renamed_from
+                .as_ref()
+                .is_some_and(|o| table_name(o) == *view)
+        });
+        if !named && !spec.entities.keys().any(|n| table_name(n) == *view) {
+            p.plan.steps.push(Step {
+                table: view.clone(),
+                change: format!(
+                    "drop the view `{view}` a rename left for the previous spec's servers"
+                ),
+                risk: Risk::Safe,
+                lock: "ACCESS EXCLUSIVE on the view, for an instant",
+                applies: Applies::Migrate,
+                needed: false,
+                alone: false,
+                why: Some(format!(
+                    "servers still running a spec with the table's old name read `{target}` \
+                     through it: apply once none runs"
+                )),
+                sql: vec![format!("DROP VIEW IF EXISTS {};", ident(view))],
+            });
+        }
+    }
     for (name, e) in &spec.entities {
         let table = table_name(name);
         if let Some(have) = from.tables.get(&table) {
@@ -440,32 +478,6 @@ pub fn plan(from: &Schema, spec: &Spec) -> Plan {
             }),
         }
     }
-    // A view a rename left is dropped once no spec names it any more.
-    for (view, target) in &from.views {
-        let named = spec.entities.values().any(|e| {
-            e.renamed_from
-                .as_ref()
-                .is_some_and(|o| table_name(o) == *view)
-        });
-        if !named && !spec.entities.keys().any(|n| table_name(n) == *view) {
-            p.plan.steps.push(Step {
-                table: view.clone(),
-                change: format!(
-                    "drop the view `{view}` a rename left for the previous spec's servers"
-                ),
-                risk: Risk::Safe,
-                lock: "ACCESS EXCLUSIVE on the view, for an instant",
-                applies: Applies::Migrate,
-                needed: false,
-                alone: false,
-                why: Some(format!(
-                    "servers still running a spec with the table's old name read `{target}` \
-                     through it: apply once none runs"
-                )),
-                sql: vec![format!("DROP VIEW IF EXISTS {};", ident(view))],
-            });
-        }
-    }
     let mut plan = p.plan;
     plan.steps.append(&mut p.late);
     plan
@@ -486,6 +498,10 @@ struct Planner {
     /// The database has no table yet: a rename has nothing to start from,
     /// and nothing is missing.
     fresh: bool,
+    /// The views a rename leaves (`SELECT *` of the renamed table) that
+    /// stay after this plan, by the table they read: a column of that table
+    /// can only be dropped with the view dropped and made again.
+    views: BTreeMap<String, Vec<String>>,
 }
 
 impl Planner {
@@ -643,7 +659,10 @@ impl Planner {
                     needed: true,
                     alone: false,
                     why: Some(refusal),
-                    sql: vec![format!("ALTER TABLE {t} DROP COLUMN {};", ident(&name))],
+                    sql: self.dropping_column(
+                        table,
+                        format!("ALTER TABLE {t} DROP COLUMN {};", ident(&name)),
+                    ),
                 }),
             }
         }
@@ -738,6 +757,31 @@ impl Planner {
     /// trigger and the former column go (its values are in the new one).
     /// `wanted`: the spec has a field of the former name again (then the
     /// column stays).
+    /// `drop` (a column of `table`), with the views a rename left on
+    /// `table` dropped before and made again after: a `SELECT *` view
+    /// depends on every column it read.
+    fn dropping_column(&self, table: &str, drop: String) -> Vec<String> {
+        let views = self.views.get(table).map(Vec::as_slice).unwrap_or_default();
+        let mut sql: Vec<String> = views
+            .iter()
+            .map(|v| format!("DROP VIEW IF EXISTS {};", ident(v)))
+            .collect();
+        sql.push(drop);
+        for v in views {
+            sql.push(format!(
+                "CREATE VIEW {} AS SELECT * FROM {};",
+                ident(v),
+                ident(table)
+            ));
+            sql.push(format!(
+                "COMMENT ON VIEW {} IS {};",
+                ident(v),
+                literal(&format!("sinew renamed to {table}"))
+            ));
+        }
+        sql
+    }
+
     fn contract_rename(&mut self, table: &str, r: &Rename, wanted: bool) {
         let t = ident(table);
         let f = ident(&r.trigger);
@@ -746,9 +790,9 @@ impl Planner {
             format!("DROP FUNCTION IF EXISTS {f}();"),
         ];
         if !wanted {
-            sql.push(format!(
-                "ALTER TABLE {t} DROP COLUMN IF EXISTS {};",
-                ident(&r.old)
+            sql.extend(self.dropping_column(
+                table,
+                format!("ALTER TABLE {t} DROP COLUMN IF EXISTS {};", ident(&r.old)),
             ));
         }
         self.plan.steps.push(Step {
@@ -1625,9 +1669,16 @@ mod tests {
             (s.risk, s.applies, s.needed),
             (Risk::Safe, Applies::Migrate, false)
         );
+        // The view the table's rename left reads every column: dropped
+        // around the column's drop, and made again.
         assert_eq!(
-            s.sql[2],
-            r#"ALTER TABLE "ward" DROP COLUMN IF EXISTS "name";"#
+            s.sql[2..],
+            [
+                r#"DROP VIEW IF EXISTS "room";"#,
+                r#"ALTER TABLE "ward" DROP COLUMN IF EXISTS "name";"#,
+                r#"CREATE VIEW "room" AS SELECT * FROM "ward";"#,
+                r#"COMMENT ON VIEW "room" IS 'sinew renamed to ward';"#,
+            ]
         );
         // Applied: harmless, and said (for the table; the field's rename
         // is in step until contracted).
