@@ -3112,6 +3112,21 @@ fn externals_that_speak_http_are_checked() {
             "`api.stripe.com` is not a base URL",
         ),
         (
+            json!({"baseUrl": "http://127.0.0.1:99999"}),
+            "/externals/mailer/baseUrl",
+            "`http://127.0.0.1:99999` is not a base URL",
+        ),
+        (
+            json!({"baseUrl": "http://[::1"}),
+            "/externals/mailer/baseUrl",
+            "`http://[::1` is not a base URL",
+        ),
+        (
+            json!({"baseUrl": "https://api.example.com:x/v1"}),
+            "/externals/mailer/baseUrl",
+            "is not a base URL",
+        ),
+        (
             json!({"auth": {"bearer": {"secret": "sk_live_123 abc"}}}),
             "/externals/mailer/auth/bearer/secret",
             "is not an environment variable's name",

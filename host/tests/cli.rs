@@ -865,10 +865,10 @@ fn schedule_lists_the_next_fire_times() {
     let text = r#"{"sinew": "0.2", "name": "nightly", "roles": ["staff"], "tools": {
         "purge": {"trigger": {"cron": {"schedule": "30 2 * * *", "timezone": "Europe/Paris"}},
                   "auth": {"roles": ["staff"]},
-                  "flow": {"entry": "done", "nodes": {"done": {"type": "return"}}}},
+                  "flow": {"entry": "done", "nodes": {"done": {"type": "return", "value": {}}}}},
         "tick": {"trigger": {"cron": {"schedule": "0 */6 * * *"}},
                  "auth": {"roles": ["staff"]},
-                 "flow": {"entry": "done", "nodes": {"done": {"type": "return"}}}}}}"#;
+                 "flow": {"entry": "done", "nodes": {"done": {"type": "return", "value": {}}}}}}}"#;
     let path = write(&dir, "nightly.json", text);
     let out = sinew([
         "schedule".as_ref(),

@@ -864,8 +864,26 @@ fn external(cx: &mut Cx, v: &Value, path: &str) -> External {
         let rest = u
             .strip_prefix("https://")
             .or_else(|| u.strip_prefix("http://"));
-        let ok = rest
-            .is_some_and(|r| !r.is_empty() && !r.starts_with('/') && !r.contains(['?', '#', ' ']));
+        // The host, and a port that is a number from 0 to 65535.
+        let authority_ok = |a: &str| {
+            let port = match a.strip_prefix('[') {
+                Some(v6) => match v6.split_once(']') {
+                    Some((host, tail)) if !host.is_empty() => match tail {
+                        "" => None,
+                        t => Some(t.strip_prefix(':').unwrap_or("x")),
+                    },
+                    _ => return false,
+                },
+                None => a.rsplit_once(':').map(|(_, p)| p),
+            };
+            port.is_none_or(|p| p.parse::<u16>().is_ok())
+        };
+        let ok = rest.is_some_and(|r| {
+            !r.is_empty()
+                && !r.starts_with('/')
+                && !r.contains(['?', '#', ' '])
+                && authority_ok(r.split('/').next().unwrap_or_default())
+        });
         if !ok {
             cx.error(
                 Diagnostic::new(
