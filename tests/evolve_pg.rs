@@ -298,8 +298,9 @@ async fn two_revisions_serve_one_database_through_every_evolution() {
     assert_eq!(
         changes,
         [
-            "finish renaming `specialty` to `discipline`: drop the trigger and the former column",
+            // Views first: one reads every column of its table.
             "drop the view `invoice` a rename left for the previous spec's servers",
+            "finish renaming `specialty` to `discipline`: drop the trigger and the former column",
             "drop index `therapist_discipline_idx` (not in the spec)",
             "make `note` NOT NULL, filling its nulls with the default '' in batches",
         ]
