@@ -1432,6 +1432,14 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Refusal> {
     let Some(k) = headers.get("idempotency-key") else {
         return Ok(None);
     };
+    // Two keys: which one the client meant is not known (a proxy may have
+    // added one); answering for either could replay the wrong request.
+    if headers.get_all("idempotency-key").iter().nth(1).is_some() {
+        return Err(Refusal::new(
+            Code::InvalidIdempotencyKey,
+            "send one Idempotency-Key header, not several",
+        ));
+    }
     match k.to_str() {
         Ok(k) if crate::openapi::valid_key(k.as_bytes()) => Ok(Some(k.to_owned())),
         _ => Err(Refusal::new(
@@ -2569,6 +2577,19 @@ async fn drain(mut conns: tokio::task::JoinSet<()>, log: &Log) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_idempotency_key_or_none() {
+        let mut h = HeaderMap::new();
+        assert!(matches!(idempotency_key(&h), Ok(None)));
+        h.insert("idempotency-key", "k-1".parse().unwrap());
+        assert_eq!(idempotency_key(&h).ok().flatten().as_deref(), Some("k-1"));
+        h.append("idempotency-key", "k-2".parse().unwrap());
+        assert!(idempotency_key(&h).is_err(), "two keys are refused");
+        let mut h = HeaderMap::new();
+        h.insert("idempotency-key", "a b".parse().unwrap());
+        assert!(idempotency_key(&h).is_err(), "a space is refused");
+    }
 
     #[test]
     fn decoding_and_typing_parameters() {
