@@ -18,6 +18,7 @@ use serde_json::Value;
 use crate::diag::Diagnostic;
 
 pub use crate::model::*;
+pub use decode::base_url_problem;
 
 /// A loaded spec together with what the loader found wrong.
 #[derive(Debug, Clone)]

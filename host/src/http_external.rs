@@ -126,15 +126,10 @@ impl HttpExternal {
                 .remove(name)
                 .or_else(|| std::env::var(url_variable(name)).ok())
                 .or_else(|| x.base_url.clone());
-            if let Some(url) = &base {
-                if !url.starts_with("http://") && !url.starts_with("https://") {
-                    anyhow::bail!(
-                        "the URL of external `{name}` must start with https:// or http:// (`{url}`)"
-                    );
-                }
-                if let Err(why) = base_url_problem(url) {
-                    anyhow::bail!("the URL of external `{name}` {why} (`{url}`)");
-                }
+            if let Some(url) = &base
+                && let Some(why) = sinew_core::spec::base_url_problem(url)
+            {
+                anyhow::bail!("the URL of external `{name}` {why} (`{url}`)");
             }
             let auth =
                 match &x.auth {
@@ -626,27 +621,6 @@ impl ExternalBackend for HttpExternal {
     }
 }
 
-/// Why `url` (http or https) cannot be a base URL: it does not parse,
-/// has no host, a port past 65535, a query or a fragment (the operation's
-/// path is appended to it).
-fn base_url_problem(url: &str) -> Result<(), &'static str> {
-    if url.contains(['?', '#']) {
-        return Err("has a query or a fragment, which the operation's path would follow");
-    }
-    let uri: hyper::Uri = url.parse().map_err(|_| "is not a valid URL")?;
-    let authority = uri.authority().ok_or("has no host")?;
-    if authority.host().is_empty() {
-        return Err("has no host");
-    }
-    if let Some(port) = authority.as_str().rsplit_once(':').map(|(_, p)| p)
-        && !authority.as_str().ends_with(']')
-        && port.parse::<u16>().is_err()
-    {
-        return Err("has a port that is not a number from 0 to 65535");
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -654,22 +628,24 @@ mod tests {
 
     #[test]
     fn base_urls_are_checked_whole() {
+        let problem = sinew_core::spec::base_url_problem;
         for ok in [
             "http://127.0.0.1:8080",
             "https://api.example.com/v2/",
             "http://[::1]:9000/x",
             "https://[::1]",
         ] {
-            assert_eq!(base_url_problem(ok), Ok(()), "{ok}");
+            assert_eq!(problem(ok), None, "{ok}");
         }
         for (bad, why) in [
             ("http://127.0.0.1:99999", "port"),
             ("http://[::1", "valid URL"),
             ("http://127.0.0.1:1/p?key=abc", "query"),
             ("https://x.example.com/#a", "fragment"),
-            ("http://", "valid URL"),
+            ("http://", "no host"),
+            ("ftp://x.example.com", "https://"),
         ] {
-            let got = base_url_problem(bad).unwrap_err();
+            let got = problem(bad).unwrap_or_default();
             assert!(got.contains(why), "{bad}: {got}");
         }
     }

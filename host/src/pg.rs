@@ -1399,14 +1399,9 @@ fn order_sql(
         let col = table
             .column(&k.field)
             .ok_or_else(|| invalid(format!("no column `{}`", k.field)))?;
-        let name = qualified(&col.sql);
         out.push(format!(
             "{} {}",
-            if col.ty == Ty::Text {
-                format!("{name} COLLATE \"C\"")
-            } else {
-                name
-            },
+            collated_as(col, qualified(&col.sql)),
             if k.desc { "DESC" } else { "ASC" }
         ));
     }
@@ -1419,10 +1414,15 @@ fn order_sql(
 /// A column for comparisons and sorting: text compares by bytes, as
 /// everywhere else in sinew.
 fn collated(c: &schema::Column) -> String {
+    collated_as(c, c.sql.clone())
+}
+
+/// [`collated`] for column `c` written as `name` (qualified).
+fn collated_as(c: &schema::Column, name: String) -> String {
     if c.ty == Ty::Text {
-        format!("{} COLLATE \"C\"", c.sql)
+        format!("{name} COLLATE \"C\"")
     } else {
-        c.sql.clone()
+        name
     }
 }
 

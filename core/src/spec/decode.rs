@@ -861,40 +861,20 @@ fn external(cx: &mut Cx, v: &Value, path: &str) -> External {
         );
     }
     ext.base_url = o.string(cx, "baseUrl", false).and_then(|u| {
-        let rest = u
-            .strip_prefix("https://")
-            .or_else(|| u.strip_prefix("http://"));
-        // The host, and a port that is a number from 0 to 65535.
-        let authority_ok = |a: &str| {
-            let port = match a.strip_prefix('[') {
-                Some(v6) => match v6.split_once(']') {
-                    Some((host, tail)) if !host.is_empty() => match tail {
-                        "" => None,
-                        t => Some(t.strip_prefix(':').unwrap_or("x")),
-                    },
-                    _ => return false,
-                },
-                None => a.rsplit_once(':').map(|(_, p)| p),
-            };
-            port.is_none_or(|p| p.parse::<u16>().is_ok())
-        };
-        let ok = rest.is_some_and(|r| {
-            !r.is_empty()
-                && !r.starts_with('/')
-                && !r.contains(['?', '#', ' '])
-                && authority_ok(r.split('/').next().unwrap_or_default())
-        });
-        if !ok {
+        let problem = base_url_problem(&u);
+        if let Some(why) = problem {
             cx.error(
                 Diagnostic::new(
                     "invalid-value",
                     o.at("baseUrl"),
-                    format!("`{u}` is not a base URL"),
+                    format!("`{u}` is not a base URL: it {why}"),
                 )
                 .help("write `https://host[:port][/prefix]`, without a query or fragment"),
             );
         }
-        ok.then(|| u.trim_end_matches('/').to_string())
+        problem
+            .is_none()
+            .then(|| u.trim_end_matches('/').to_string())
     });
     if let Some(a) = o.get("auth") {
         let p = o.at("auth");
@@ -2500,4 +2480,33 @@ fn acknowledgment(cx: &mut Cx, v: &Value, path: &str) -> Option<Acknowledgment> 
         by: by?,
         path: path.to_string(),
     })
+}
+
+/// Why `url` cannot be an external's base URL (`https://host[:port][/prefix]`),
+/// if it cannot: the spec's `baseUrl`, and a URL `sinew serve` is given at
+/// start, are held to the same rule.
+pub fn base_url_problem(url: &str) -> Option<&'static str> {
+    let Some(rest) = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+    else {
+        return Some("does not start with https:// or http://");
+    };
+    if rest.contains(['?', '#', ' ']) {
+        return Some("has a query, a fragment or a space (the operation's path follows it)");
+    }
+    let authority = rest.split('/').next().unwrap_or_default();
+    let port = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((host, tail)) if !host.is_empty() => match tail {
+                "" => None,
+                t => Some(t.strip_prefix(':').unwrap_or("x")),
+            },
+            _ => return Some("is not a valid URL (an IPv6 host needs `[…]`)"),
+        },
+        None if authority.is_empty() => return Some("has no host"),
+        None => authority.rsplit_once(':').map(|(_, p)| p),
+    };
+    port.filter(|p| p.parse::<u16>().is_err())
+        .map(|_| "has a port that is not a number from 0 to 65535")
 }
