@@ -262,7 +262,8 @@ fn google_token(email: &str, audience: &str, issued: i64) -> String {
 /// against a (local) JWKS, audience and service account; the message's data
 /// is the input and runs as `queue:<name>` with the tool's roles; a
 /// redelivery (same `messageId`) is answered from the first run; a message
-/// that can never succeed (bad data, a broken invariant) is acknowledged
+/// that can never succeed (bad data, a broken invariant, a failure stored
+/// after some of its writes committed) is acknowledged
 /// (2xx) and audited; a push with a bad token is refused (non-2xx: Pub/Sub
 /// delivers again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,6 +330,18 @@ async fn queue_pushes_are_verified_run_once_and_acknowledged() {
     assert_eq!(heavy.status, 200, "{}", heavy.text);
     assert_eq!(heavy.body["acknowledged"], true);
     assert_eq!(heavy.body["problem"]["code"], "invariant_violated");
+    // The shipment commits, then a second transaction fails (503): not
+    // acknowledged, so Pub/Sub delivers again; the redelivery is answered
+    // with the stored failure (the shipment is not made twice) and
+    // acknowledged, as delivering it again cannot mend it.
+    let closed = json!({"order": "o-5", "customer": "ann", "weight": 0});
+    let first_closed = push(good(), "m-5", closed.clone()).await;
+    assert_eq!(first_closed.status, 503, "{}", first_closed.text);
+    assert_eq!(first_closed.body["committed"], true);
+    let closed_again = push(good(), "m-5", closed).await;
+    assert_eq!(closed_again.status, 200, "{}", closed_again.text);
+    assert_eq!(closed_again.body["acknowledged"], true);
+    assert_eq!(closed_again.body["problem"], first_closed.body);
     let bad_input = push(good(), "m-3", json!({"order": 3})).await;
     assert_eq!(
         (bad_input.status, bad_input.body["problem"]["code"].as_str()),
@@ -376,11 +389,11 @@ async fn queue_pushes_are_verified_run_once_and_acknowledged() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(count, 1, "one shipment, run once");
+    assert_eq!(count, 2, "one shipment per message, each run once");
     sinew_host::pg::sequencer::catch_up(&db).await.unwrap();
     let outcomes: Vec<String> = db
         .query(
-            "SELECT entry::jsonb->>'outcome' FROM sinew_audit WHERE entry::jsonb->>'tool' = 'ship' ORDER BY seq",
+            "SELECT entry::jsonb->>'outcome' FROM sinew_audit WHERE entry::jsonb->>'tool' = 'ship' AND entry::jsonb->>'kind' = 'final' ORDER BY seq",
             &[],
         )
         .await
@@ -391,8 +404,8 @@ async fn queue_pushes_are_verified_run_once_and_acknowledged() {
     assert_eq!(
         outcomes,
         [
-            "ok", "replayed", "error", "rejected", "rejected", "rejected", "rejected", "rejected",
-            "rejected"
+            "ok", "replayed", "error", "error", "replayed", "rejected", "rejected", "rejected",
+            "rejected", "rejected", "rejected"
         ]
     );
     server.stop().await;

@@ -882,12 +882,18 @@ impl<'t> Audit<'t> {
     ) -> Response {
         run.compensate();
         let _ = run.flush_pending();
-        if !run.rows.is_empty() {
+        let committed = !run.rows.is_empty() || !run.messages.is_empty();
+        if committed {
             // Some writes of this request committed before it failed (and
             // compensations may have written too): the audit entry lists
             // them; a client must not take this error for "nothing changed".
             p.extra.insert("committed".into(), json!(true));
         }
+        // After lasting effects (committed writes, a call to an operation
+        // with side effects, which may have charged even when it failed),
+        // the answer is stored whatever its status: a retry with the same
+        // key gets it again instead of doing them twice.
+        let lasting = committed || run.calls.iter().any(|c| run.has_effects(c));
         self.entry.insert("rows".into(), rows_json(&run.rows));
         self.entry.remove("messages");
         self.messages(run.messages.iter());
@@ -903,7 +909,7 @@ impl<'t> Audit<'t> {
         let entry = self.seal(run.clock, "error", p.status(), Some(&p), &body);
         let _ = run.storage.append_audit(None, &entry);
         if let Some(k) = key {
-            if cacheable(p.status()) {
+            if lasting || cacheable(p.status()) {
                 let _ = run.storage.complete_key(None, scope, k, p.status(), &body);
             } else {
                 let _ = run.storage.release_key(scope, k);

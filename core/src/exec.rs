@@ -1694,6 +1694,21 @@ impl<'a> Run<'a> {
         Ok(Step::End(End::Fail(Problem::custom(status, code, detail))))
     }
 
+    /// Whether a call of this execution may have changed something at its
+    /// service: an attempt was made, not as a compensation, of an operation
+    /// with side effects.
+    pub fn has_effects(&self, call: &CallRecord) -> bool {
+        !call.compensation
+            && call.attempts > 0
+            && self
+                .bundle
+                .spec
+                .externals
+                .get(&call.service)
+                .and_then(|x| x.operations.get(&call.operation))
+                .is_none_or(|o| o.side_effects)
+    }
+
     /// Runs a call node (as a step of the flow, or as a compensation).
     pub fn run_call(&mut self, id: &str, node: &Node, compensation: bool) -> Result<(), Problem> {
         let NodeKind::Call {

@@ -785,6 +785,7 @@ impl Executor {
                     internal,
                     escalated,
                     caller,
+                    replayed: replayed_error(r.status, &r.audit),
                     status: r.status,
                     body: r.body,
                 }
@@ -1043,6 +1044,9 @@ pub struct Reply {
     /// With `escalated`: the caller (the entry's `subject`; `None`:
     /// anonymous).
     pub caller: Option<String>,
+    /// The answer is one stored for the request's idempotency key (audit
+    /// outcome `replayed`), not a new run.
+    pub replayed: bool,
 }
 
 impl From<Response> for Reply {
@@ -1052,10 +1056,21 @@ impl From<Response> for Reply {
             internal,
             escalated,
             caller,
+            replayed: r.audit.get("outcome").and_then(Value::as_str) == Some("replayed"),
             status: r.status,
             body: sinew_core::hash::json_text(&r.body),
         }
     }
+}
+
+/// Whether an error's audit entry (JSON text as the guest wrote it) says
+/// the answer was a stored one. Parsed only when the text holds the member
+/// (an input could hold it too).
+fn replayed_error(status: u16, audit: &str) -> bool {
+    status >= 400
+        && audit.contains(r#""outcome":"replayed""#)
+        && serde_json::from_str::<Value>(audit)
+            .is_ok_and(|e| e.get("outcome").and_then(Value::as_str) == Some("replayed"))
 }
 
 /// What the server's log needs from an audit entry (JSON text as the guest

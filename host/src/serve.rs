@@ -1517,15 +1517,17 @@ fn apply_test_hooks(
 
 /// The answer to a Pub/Sub push: the tool's own when it acknowledges the
 /// message (success), 200 with `{"acknowledged": true, "problem": …}` for
-/// a failure delivering again cannot mend (so Pub/Sub stops), and the
-/// problem as it is otherwise (non-2xx: Pub/Sub delivers again).
+/// a failure delivering again cannot mend (so Pub/Sub stops: among them a
+/// failure stored for the message's key, which another delivery would only
+/// be answered again), and the problem as it is otherwise (non-2xx:
+/// Pub/Sub delivers again).
 fn queue_response(reply: Reply, id: &str) -> hyper::Response<Body> {
     // A success goes out as it is, its body unread.
     let Some(problem) = problem_of(&reply) else {
         return tool_response(reply, id);
     };
     let code = problem.get("code").and_then(Value::as_str);
-    if !crate::queue::acknowledges(reply.status, code) {
+    if !reply.replayed && !crate::queue::acknowledges(reply.status, code) {
         return tool_response(reply, id);
     }
     let body = json!({"acknowledged": true, "problem": problem});
