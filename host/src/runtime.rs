@@ -73,6 +73,15 @@ pub(crate) struct Call {
     /// or committed with its transaction): the request's outcome is
     /// recorded, and a trap after it must not record another.
     pub(crate) final_entry: Option<Value>,
+    /// Transactions whose intermediate `commit` entry records writes or
+    /// outbox messages, until they end.
+    pub(crate) pending_writes: Vec<u64>,
+    /// Some of the call's writes committed (a `commit` entry recording
+    /// writes became durable).
+    pub(crate) committed: bool,
+    /// The operations the call asked services for (`service`,
+    /// `operation`), whatever came of them.
+    pub(crate) called: Vec<(String, String)>,
     /// A commit, or an audit entry written on its own, that the guest was
     /// waiting for. It runs in a task of its own, so stopping the guest
     /// (a deadline) does not stop it halfway: a COMMIT already sent may
@@ -134,8 +143,16 @@ impl Call {
 
     /// Notes an audit entry the guest appended (`tx` `None`: durable now).
     pub(crate) fn appended(&mut self, tx: Option<u64>, entry: Value) {
-        if entry.get("kind").and_then(Value::as_str) != Some("final") {
-            return;
+        match entry.get("kind").and_then(Value::as_str) {
+            Some("final") => {}
+            Some("commit") if records_writes(&entry) => {
+                match tx {
+                    None => self.committed = true,
+                    Some(t) => self.pending_writes.push(t),
+                }
+                return;
+            }
+            _ => return,
         }
         match tx {
             None => self.final_entry = Some(entry),
@@ -146,6 +163,10 @@ impl Call {
     /// Notes the end of a transaction: a final entry in it is durable when
     /// it committed, gone when it rolled back.
     pub(crate) fn ended(&mut self, tx: u64, committed: bool) {
+        if let Some(i) = self.pending_writes.iter().position(|t| *t == tx) {
+            self.pending_writes.swap_remove(i);
+            self.committed |= committed;
+        }
         if let Some(i) = self.pending_final.iter().position(|(t, _)| *t == tx) {
             let (_, entry) = self.pending_final.swap_remove(i);
             if committed {
@@ -153,6 +174,18 @@ impl Call {
             }
         }
     }
+}
+
+/// Whether an intermediate `commit` entry records writes or messages (a
+/// transaction that only read commits with an empty `rows`).
+fn records_writes(entry: &Value) -> bool {
+    let some = |k: &str| {
+        entry
+            .get(k)
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+    };
+    some("rows") || some("messages")
 }
 
 fn joined(r: Result<Result<(), StorageError>, tokio::task::JoinError>) -> Result<(), StorageError> {
@@ -603,9 +636,21 @@ pub struct Executor {
     timeouts: std::collections::HashMap<String, Duration>,
     /// The bundle's hash, for audit entries the host writes itself.
     pub bundle_hash: String,
+    /// What the host needs from the spec for the entries and answers it
+    /// makes itself, read from the spec when first needed.
+    facts: OnceLock<Facts>,
+}
+
+/// What the host reads from the spec only when a request ends without the
+/// guest's answer (a refusal, a trap).
+#[derive(Default)]
+struct Facts {
     /// Each tool's `sensitive` input properties (only tools that have
-    /// some), read from the spec when first needed.
-    sensitive: OnceLock<std::collections::HashMap<String, Vec<String>>>,
+    /// some).
+    sensitive: std::collections::HashMap<String, Vec<String>>,
+    /// The external operations declared without side effects (`service`,
+    /// `operation`); any other call may have changed something.
+    quiet: std::collections::HashSet<(String, String)>,
 }
 
 impl Executor {
@@ -650,7 +695,7 @@ impl Executor {
             permits: tokio::sync::Semaphore::new(MAX_INSTANCES as usize / 2),
             timeouts: Default::default(),
             bundle_hash: String::new(),
-            sensitive: OnceLock::new(),
+            facts: OnceLock::new(),
         }
     }
 
@@ -802,6 +847,7 @@ impl Executor {
                     None,
                     Code::Internal,
                     "the executor is shutting down",
+                    false,
                 )
                 .await,
             );
@@ -817,6 +863,7 @@ impl Executor {
                             None,
                             Code::Internal,
                             &format!("could not start an executor: {}", e.message),
+                            false,
                         )
                         .await,
                     );
@@ -890,13 +937,41 @@ impl Executor {
         call.settle().await;
         let at = call.started;
         let recorded = call.final_entry.clone();
+        // After lasting effects, the failure is stored for the call's keys
+        // (as the guest stores its own): a retry with the same key must not
+        // write or charge again.
+        let lasting = recorded.is_none() && self.lasting(&call);
+        let committed = call.committed;
+        let keep = if lasting {
+            std::mem::take(&mut call.claimed)
+        } else {
+            Vec::new()
+        };
         self.clean_up(request, call).await;
         // The guest had recorded its outcome (the trap came while it was
         // finishing): answer with that outcome, and record no second one.
         if let Some(entry) = recorded {
             return Ran::Host(recorded_outcome(request, entry));
         }
-        Ran::Host(self.host_failure(request, at, code, &internal).await)
+        let r = self
+            .host_failure(request, at, code, &internal, committed)
+            .await;
+        for (scope, key) in keep {
+            let store = self
+                .backends
+                .storage
+                .complete_key(None, &scope, &key, r.status, &r.body);
+            let stored = tokio::time::timeout(Duration::from_secs(5), store).await;
+            if !matches!(stored, Ok(Ok(()))) {
+                log_error(
+                    request,
+                    &format!(
+                        "could not store the answer for the idempotency key `{key}` after the call failed"
+                    ),
+                );
+            }
+        }
+        Ran::Host(r)
     }
 
     /// Undoes what a call that did not answer left (nothing, unless it
@@ -930,6 +1005,7 @@ impl Executor {
         started: Option<i64>,
         code: Code,
         internal: &str,
+        committed: bool,
     ) -> Response {
         let detail = match code {
             Code::DeadlineExceeded => {
@@ -938,7 +1014,10 @@ impl Executor {
             Code::Internal => "internal error",
             _ => internal,
         };
-        let problem = Problem::new(code, detail).internal(internal);
+        let mut problem = Problem::new(code, detail).internal(internal);
+        if committed {
+            problem.extra.insert("committed".into(), Value::Bool(true));
+        }
         let sensitive = self.sensitive(&request.tool);
         self.backends
             .turn_away((&self.bundle_hash, &sensitive), request, &problem, started)
@@ -961,19 +1040,44 @@ impl Executor {
     /// is needed (a refusal, a trap), never on the way of a request that
     /// runs.
     fn sensitive(&self, tool: &str) -> Vec<String> {
-        self.sensitive
-            .get_or_init(|| {
-                sinew_core::spec::load(&self.spec)
-                    .spec
+        self.facts()
+            .sensitive
+            .get(tool)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn facts(&self) -> &Facts {
+        self.facts.get_or_init(|| {
+            let spec = sinew_core::spec::load(&self.spec).spec;
+            Facts {
+                sensitive: spec
                     .tools
                     .iter()
                     .filter(|(_, t)| !t.sensitive.is_empty())
                     .map(|(n, t)| (n.clone(), t.sensitive.clone()))
-                    .collect()
-            })
-            .get(tool)
-            .cloned()
-            .unwrap_or_default()
+                    .collect(),
+                quiet: spec
+                    .externals
+                    .iter()
+                    .flat_map(|(x, e)| {
+                        e.operations
+                            .iter()
+                            .filter(|(_, o)| !o.side_effects)
+                            .map(move |(o, _)| (x.clone(), o.clone()))
+                    })
+                    .collect(),
+            }
+        })
+    }
+
+    /// Whether a call that trapped left lasting effects: writes that
+    /// committed, or a call to an operation with side effects.
+    fn lasting(&self, call: &Call) -> bool {
+        call.committed || {
+            let quiet = &self.facts().quiet;
+            call.called.iter().any(|c| !quiet.contains(c))
+        }
     }
 
     /// Risk report through the component (same engine as `execute`).
@@ -1165,6 +1269,29 @@ mod tests {
         let mut alone = Call::default();
         alone.appended(None, fin.clone());
         assert_eq!(alone.final_entry.as_ref(), Some(&fin));
+    }
+
+    /// Writes count as committed once a transaction whose `commit` entry
+    /// records some commits; a transaction that only read does not count.
+    #[test]
+    fn committed_writes_are_known_after_a_trap() {
+        let mut c = Call::default();
+        c.appended(Some(1), json!({"kind": "commit", "rows": []}));
+        c.ended(1, true);
+        assert!(!c.committed, "a transaction that only read");
+        c.appended(
+            Some(2),
+            json!({"kind": "commit", "rows": [{"op": "create"}]}),
+        );
+        c.ended(2, false);
+        assert!(!c.committed, "rolled back");
+        c.appended(
+            Some(3),
+            json!({"kind": "commit", "rows": [], "messages": [{}]}),
+        );
+        assert!(!c.committed, "not before its commit");
+        c.ended(3, true);
+        assert!(c.committed && c.pending_writes.is_empty());
     }
 
     /// A deadline that stops the guest while its commit waits (on a lock)

@@ -37,6 +37,21 @@ fn spec(timeout_ms: u64) -> String {
                     "done": {"type": "return", "value": {"count": "size(all)"}}
                 }}
             },
+            "mark_then_scan": {
+                "trigger": {"http": {"method": "POST", "path": "/marked-scan"}},
+                "auth": {"roles": ["ops"]},
+                "idempotencyKey": "request.idempotencyKey",
+                "limits": {"timeoutMs": timeout_ms},
+                "flow": {"entry": "first", "nodes": {
+                    "first": {"type": "transaction", "body": {"entry": "mark", "nodes": {
+                        "mark": {"type": "create", "entity": "Marker", "values": {"note": "'scan started'"}}
+                    }}, "next": "second"},
+                    "second": {"type": "transaction", "body": {"entry": "all", "nodes": {
+                        "all": {"type": "read", "entity": "Item", "orderBy": "label", "limit": 100000}
+                    }}, "next": "done"},
+                    "done": {"type": "return", "value": {"count": "size(all)"}}
+                }}
+            },
             "count": {
                 "trigger": {"http": {"method": "GET", "path": "/count"}},
                 "auth": {"roles": ["ops"]},
@@ -150,6 +165,36 @@ async fn a_runaway_execution_is_stopped_rolled_back_and_audited() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["count"], 3);
     assert_eq!(finals(&memory).len(), 3);
+}
+
+/// A deadline after some writes committed (the first transaction commits
+/// when the flow reaches the second): the answer says `committed`, and it
+/// is stored for the key, so a retry replays it instead of writing the
+/// marker a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_after_a_commit_is_stored_for_the_key() {
+    let engine = Engine::new(Some(&component_cache())).unwrap();
+    let spec = spec(300);
+    let (b, memory) = backends(&spec, 60_000, 64);
+    let ex = Executor::new(engine, spec, b).await.unwrap();
+    let r = ex.execute(&request("mark_then_scan", "r1")).await;
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert_eq!(r.body["code"], "deadline_exceeded");
+    assert_eq!(r.body["committed"], true, "{}", r.body);
+    assert_eq!(memory.0.lock().unwrap().rows("Marker").len(), 1);
+    let again = ex.execute(&request("mark_then_scan", "r1")).await;
+    assert_eq!((again.status, &again.body), (504, &r.body));
+    assert_eq!(
+        memory.0.lock().unwrap().rows("Marker").len(),
+        1,
+        "the retry wrote nothing"
+    );
+    let f = finals(&memory);
+    assert_eq!(f.len(), 2);
+    assert_eq!(
+        (&f[0]["outcome"], &f[1]["outcome"]),
+        (&json!("error"), &json!("replayed"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

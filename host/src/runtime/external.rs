@@ -46,6 +46,9 @@ sinew_core::wit_external_conversions!();
 impl Host for HostState {
     async fn call(&mut self, r: wit::CallRequest) -> wasmtime::Result<wit::CallResult> {
         let request = call_request(r);
+        self.call
+            .called
+            .push((request.service.clone(), request.operation.clone()));
         Ok(call_result(self.backends.external.call(&request).await))
     }
 }
