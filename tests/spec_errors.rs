@@ -3457,3 +3457,139 @@ fn a_return_that_breaks_the_output_schema() {
     let l = returning(json!({"type": ["object", "null"]}), None);
     assert!(l.errors.is_empty(), "{}", list(&l.errors));
 }
+
+/// Mistakes that fail on every call whatever the values sent: indexing
+/// what cannot be indexed, `in` on a string, a field of a list, `join` of
+/// numbers, `math.least` of strings, `%` of a `number` (it may be 2.5),
+/// literals the functions refuse (a duration in days, a date without its
+/// time, a bad pattern, an unknown time zone, an index past a literal
+/// list). What works passes.
+#[test]
+fn what_fails_on_every_call_is_refused() {
+    let with_input = |v: &mut Value| {
+        let input = &mut at(v, "/tools/get_product")["input"];
+        input["properties"]["counts"] = json!({"type": "array", "items": {"type": "integer"}});
+        input["properties"]["factor"] = json!({"type": "number"});
+        input["required"] = json!(["counts", "factor"]);
+    };
+    judge(
+        with_input,
+        &[
+            ("product.name[0]", "a string cannot be indexed with an int"),
+            ("{'a': 1}[0]", "a map cannot be indexed with an int"),
+            ("[1, 2]['a']", "a list cannot be indexed with a string"),
+            (
+                "'T' in product.name",
+                "`in` looks in a list or a map, not in a string",
+            ),
+            (
+                "product.price.name",
+                "`.name` reads a field of a row or an object, not of an int",
+            ),
+            (
+                "input.counts.join(',')",
+                "`.join()` joins strings, not the elements of a list of ints",
+            ),
+            (
+                "math.least('a', 'b')",
+                "`math.least()` compares numbers, not a string",
+            ),
+            (
+                "product.price % input.factor",
+                "`%` does not apply to an int and a number",
+            ),
+            (
+                "request.time + duration('1d')",
+                "this fails on every call: ",
+            ),
+            (
+                "request.time > timestamp('2026-01-01')",
+                "this fails on every call: ",
+            ),
+            (
+                "product.name.matches('[a-z')",
+                "this fails on every call: `[a-z` is not a valid regular expression",
+            ),
+            (
+                "request.time.getHours('Mars/Olympus')",
+                "this fails on every call: unknown time zone `Mars/Olympus`",
+            ),
+            (
+                "['x'][2] + product.name",
+                "this fails on every call: index 2",
+            ),
+            ("product.price + 1 / (2 - 2)", "this fails on every call: "),
+        ],
+        &[
+            "product.name.matches('^T[a-z]+$')",
+            "request.time.getHours('+05:30') + request.time.getHours('Europe/Paris')",
+            "request.time + duration('36h')",
+            "request.time > timestamp('2026-01-01T00:00:00Z')",
+            "{'a': 1}['a'] + [1, 2][1]",
+            "'T' in ['T', 'U'] && product.name.contains('T')",
+            "product.price % 2",
+            "math.least(1, 2.5) + math.greatest([product.price, 3])",
+            "input.counts.map(c, string(c)).join(',')",
+            "false && 1 / 0 > 0",
+        ],
+    );
+}
+
+/// A `from` include is a list: a field of it, read as if it were a row
+/// (inside `map` too), is refused.
+#[test]
+fn a_list_include_is_not_read_as_a_row() {
+    judge(
+        |v| {
+            at(v, &format!("{GET}/product"))["include"] =
+                json!({"orders": {"from": "Order", "by": "product", "limit": 5}});
+        },
+        &[(
+            "product.orders.quantity",
+            "`.quantity` reads a field of a row or an object, not of a list of `Order` rows",
+        )],
+        &[
+            "product.orders.map(o, o.quantity)",
+            "size(product.orders) > 0 ? product.orders[0].quantity : 0",
+        ],
+    );
+    judge(
+        |v| {
+            let read = &mut at(v, &format!("{GET}/product"));
+            read["one"] = json!(false);
+            read["limit"] = json!(5);
+            read["include"] = json!({"orders": {"from": "Order", "by": "product", "limit": 5}});
+        },
+        &[(
+            "product.map(p, p.orders.quantity)",
+            "`.quantity` reads a field of a row or an object, not of a list of `Order` rows",
+        )],
+        &["product.map(p, p.orders.map(o, o.quantity))"],
+    );
+}
+
+/// A group's `min` or `max` of a nullable field is null when all of the
+/// group's values are: a guard is needed where null fails. Of a field that
+/// is not nullable, it is not.
+#[test]
+fn a_groups_measure_of_a_nullable_field_may_be_null() {
+    judge(
+        |v| {
+            at(v, "/entities/Product/fields")["discount"] =
+                json!({"type": "integer", "nullable": true});
+            with_product_node(
+                v,
+                json!({
+                    "type": "aggregate", "entity": "Product", "next": "done",
+                    "groupBy": ["sku"], "limit": 10,
+                    "measures": {"low": {"min": "discount"}, "top": {"max": "price"}}
+                }),
+            );
+        },
+        &[("product.map(g, g.low + 1)", "`g.low` may be null here")],
+        &[
+            "product.map(g, g.top + 1)",
+            "product.map(g, g.low != null ? g.low + 1 : 0)",
+        ],
+    );
+}

@@ -233,6 +233,17 @@ fn quote(s: &str) -> String {
     out
 }
 
+/// Why `re` is refused as a `matches` pattern on every call, if it is.
+pub fn pattern_problem(re: &str) -> Option<String> {
+    matches("", re).err()
+}
+
+/// Why `zone` is refused as the time zone of `getHours` and its kin, if it
+/// is.
+pub fn zone_problem(zone: &str) -> Option<String> {
+    offset_seconds(zone, 0).err()
+}
+
 fn matches(s: &str, re: &str) -> Result<Value, String> {
     // Patterns are compiled once per thread (a spec's patterns are few and
     // mostly literals); the cache is emptied when it holds 256.

@@ -358,6 +358,10 @@ pub(crate) fn check_expr(cx: &mut Cx, e: &Expression, scope: &Scope) {
     if cx.errors.len() == errors_before {
         let mut found = Vec::new();
         super::types::infer(ast, scope, &mut found);
+        // (A type error is also a failure on every call: once is enough.)
+        if found.is_empty() {
+            super::types::constant_failures(ast, &mut found);
+        }
         for t in found {
             cx.error(
                 Diagnostic::new(
@@ -2724,8 +2728,9 @@ fn embeds(spec: &Spec, entity: &str, include: &[crate::model::Include]) -> super
 
 /// The type of one group of an aggregate with `groupBy` (node `node`): its
 /// `groupBy` fields by their types, its measures (`count` and `sum` ints,
-/// `avg` a number, `min` and `max` their field's type); a value that may be
-/// null (a nullable field, a measure of one) is known only at run time.
+/// `avg` a number, `min` and `max` their field's type); a nullable field,
+/// and `avg`, `min`, `max` of one (all of a group's values may be null),
+/// may be null.
 fn group_type(
     spec: &Spec,
     node: &str,
@@ -2741,19 +2746,23 @@ fn group_type(
         None => !matches!(f, "id" | "version" | "created_at" | "updated_at" | "status"),
     };
     let column = |f: &str| match e.and_then(|e| e.column_type(f)) {
-        Some(t) if !nullable(f) => of_field(t),
-        _ => Ty::Dyn,
+        Some(t) => of_field(t),
+        None => Ty::Dyn,
     };
-    let mut keys: Vec<(String, Ty)> = group_by.iter().map(|f| (f.clone(), column(f))).collect();
+    let mut keys: Vec<(String, Ty, bool)> = group_by
+        .iter()
+        .map(|f| (f.clone(), column(f), nullable(f)))
+        .collect();
     for (name, m) in measures {
         let field = m.field.as_deref();
-        let ty = match m.kind {
-            MeasureKind::Count | MeasureKind::Sum => Ty::Int,
-            MeasureKind::Avg if field.is_some_and(|f| !nullable(f)) => Ty::Number,
-            MeasureKind::Avg => Ty::Dyn,
-            MeasureKind::Min | MeasureKind::Max => field.map_or(Ty::Dyn, column),
+        let (ty, null) = match m.kind {
+            MeasureKind::Count | MeasureKind::Sum => (Ty::Int, false),
+            MeasureKind::Avg => (Ty::Number, field.is_none_or(nullable)),
+            MeasureKind::Min | MeasureKind::Max => {
+                (field.map_or(Ty::Dyn, column), field.is_none_or(nullable))
+            }
         };
-        keys.push((name.clone(), ty));
+        keys.push((name.clone(), ty, null));
     }
     Ty::Record(keys, format!("a group of `{node}`"))
 }

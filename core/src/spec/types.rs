@@ -45,9 +45,10 @@ pub(crate) enum Ty {
     Items(Box<Ty>),
     /// An object the input schema describes (its `properties`).
     Object(Box<Json>),
-    /// An object of these keys, each of its type (a group of an
-    /// aggregate); the text names it in messages (`a group of \`g\``).
-    Record(Vec<(String, Ty)>, String),
+    /// An object of these keys, each of its type, `true` for a key whose
+    /// value may be null (a group of an aggregate); the text names it in
+    /// messages (`a group of \`g\``).
+    Record(Vec<(String, Ty, bool)>, String),
 }
 
 impl Ty {
@@ -200,6 +201,83 @@ pub(crate) fn infer(e: &Expr, scope: &Scope, errors: &mut Vec<TypeError>) -> Ty 
     infer_at(e, scope, errors, &local_names(e), &scope.guards, &[])
 }
 
+/// The parts of `e` that fail whenever they are evaluated: an expression
+/// of literals alone (no name) that the interpreter cannot evaluate
+/// (`duration('1d')`, `timestamp('2026-01-01')`, `['x'][2]`, `1 / 0`), a
+/// literal pattern `matches` refuses, a literal time zone `getHours` and its
+/// kin do not know. Each is evaluated as the interpreter would, once.
+pub(crate) fn constant_failures(e: &Expr, errors: &mut Vec<TypeError>) {
+    struct NoNames;
+    impl crate::expr::Env for NoNames {
+        fn lookup(&self, _: &str) -> Option<&crate::expr::Value> {
+            None
+        }
+    }
+    let mut stack = vec![e];
+    while let Some(e) = stack.pop() {
+        let closed = {
+            let mut names = false;
+            e.walk(|x| names |= matches!(x.kind, ExprKind::Ident(_)));
+            !names
+        };
+        if closed && !matches!(e.kind, ExprKind::Lit(_)) {
+            if let Err(err) = crate::expr::eval(e, &NoNames) {
+                errors.push(TypeError {
+                    span: err.span,
+                    message: format!("this fails on every call: {}", err.message),
+                    help: "fix the literal (a duration is `'36h'`, a timestamp \
+                           `'2026-01-01T00:00:00Z'`)"
+                        .into(),
+                });
+            }
+            continue;
+        }
+        if let ExprKind::Call { target, func, args } = &e.kind {
+            let text = |a: Option<&Expr>| match a.map(|a| &a.kind) {
+                Some(ExprKind::Lit(Lit::String(t))) => Some(t.clone()),
+                _ => None,
+            };
+            let problem = match (func.as_str(), target.is_some()) {
+                ("matches", true) => {
+                    text(args.first()).and_then(|p| crate::expr::pattern_problem(&p))
+                }
+                ("matches", false) => {
+                    text(args.get(1)).and_then(|p| crate::expr::pattern_problem(&p))
+                }
+                (
+                    "getFullYear" | "getMonth" | "getDayOfYear" | "getDayOfMonth" | "getDate"
+                    | "getDayOfWeek" | "getHours" | "getMinutes" | "getSeconds" | "getMilliseconds",
+                    true,
+                ) => text(args.first()).and_then(|z| crate::expr::zone_problem(&z)),
+                _ => None,
+            };
+            if let Some(message) = problem {
+                errors.push(TypeError {
+                    span: e.span,
+                    message: format!("this fails on every call: {message}"),
+                    help: if func == "matches" {
+                        "write the pattern in RE2 syntax (`^[a-z]+$`)".into()
+                    } else {
+                        "name a time zone of the IANA database (`Europe/Paris`), `UTC`, or an offset (`+05:30`)".into()
+                    },
+                });
+            }
+        }
+        match &e.kind {
+            ExprKind::Lit(_) | ExprKind::Ident(_) => {}
+            ExprKind::Member(a, _) | ExprKind::Unary(_, a) => stack.push(a),
+            ExprKind::Index(a, b) | ExprKind::Binary(_, a, b) => stack.extend([&**a, &**b]),
+            ExprKind::Call { target, args, .. } => {
+                stack.extend(target.as_deref());
+                stack.extend(args);
+            }
+            ExprKind::Cond(a, b, c) => stack.extend([&**a, &**b, &**c]),
+            ExprKind::List(items) => stack.extend(items),
+            ExprKind::Map(entries) => stack.extend(entries.iter().flat_map(|(k, v)| [k, v])),
+        }
+    }
+}
+
 /// The path (`input.nick`, `order.note`) of `e` when it may be null: an
 /// input property the schema does not require, a nullable column of a row.
 fn nullable(e: &Expr, scope: &Scope, locals: &[String], vars: &[(&str, Ty)]) -> Option<String> {
@@ -234,6 +312,9 @@ fn nullable(e: &Expr, scope: &Scope, locals: &[String], vars: &[(&str, Ty)]) -> 
             {
                 path()
             }
+            // A group's nullable key, or its `avg`, `min`, `max` of a
+            // nullable field.
+            Ty::Record(keys, _) if keys.iter().any(|(k, _, null)| k == field && *null) => path(),
             _ => None,
         },
     }
@@ -430,15 +511,15 @@ fn infer_at(
                         }
                     },
                 },
-                Ty::Record(keys, what) => match keys.iter().find(|(k, _)| k == field) {
-                    Some((_, t)) => t.clone(),
+                Ty::Record(keys, what) => match keys.iter().find(|(k, ..)| k == field) {
+                    Some((_, t, _)) => t.clone(),
                     None => {
                         errors.push(TypeError {
                             span: e.span,
                             message: format!("{what} has no `{field}`"),
                             help: crate::diag::suggest(
                                 field,
-                                keys.iter().map(|(k, _)| k.as_str()),
+                                keys.iter().map(|(k, ..)| k.as_str()),
                                 "",
                             ),
                         });
@@ -465,13 +546,44 @@ fn infer_at(
                         None => Ty::Dyn,
                     }
                 }
+                t if t.known() && !t.map() => {
+                    errors.push(TypeError {
+                        span: e.span,
+                        message: format!(
+                            "`.{field}` reads a field of a row or an object, not of {}",
+                            t.a()
+                        ),
+                        help: if t.list() {
+                            format!("a list has no fields: take one element (`[0].{field}`) or map the list (`.map(x, x.{field})`)")
+                        } else {
+                            "read fields of a row, an include that is a row, or an object".into()
+                        },
+                    });
+                    Ty::Dyn
+                }
                 _ => Ty::Dyn,
             }
         }
         ExprKind::Index(a, i) => {
             check(a, &|| "indexing".into(), errors);
             let on = sub(a, errors);
-            sub(i, errors);
+            let at = sub(i, errors);
+            let refused = if on.list() {
+                (at.known() && !at.numeric()).then(|| "a list's index is a number".to_string())
+            } else if on.map() {
+                (at.known() && at != Ty::String).then(|| "a map's keys are strings".to_string())
+            } else {
+                on.known()
+                    .then(|| "`[]` applies to a list or a map".to_string())
+            };
+            if let Some(help) = refused {
+                errors.push(TypeError {
+                    span: e.span,
+                    message: format!("{} cannot be indexed with {}", on.a(), at.a()),
+                    help,
+                });
+                return Ty::Dyn;
+            }
             // A list's element (out of range is the run's error).
             on.element()
         }
@@ -584,6 +696,12 @@ fn infer_at(
                     message,
                     help: format!("see the signatures of `{func}` in the functions table"),
                 });
+            } else if let Some((message, help)) = refused_elements(func, &given) {
+                errors.push(TypeError {
+                    span: e.span,
+                    message,
+                    help,
+                });
             }
             call_type(func)
         }
@@ -617,6 +735,18 @@ fn infer_at(
                 BinaryOp::Or => guarded(b, guards_of(a, false), errors),
                 _ => sub(b, errors),
             };
+            if *op == BinaryOp::In && y.known() && !y.list() && !y.map() {
+                errors.push(TypeError {
+                    span: e.span,
+                    message: format!("`in` looks in a list or a map, not in {}", y.a()),
+                    help: if y == Ty::String {
+                        "to find text in a string, use `s.contains(t)`".into()
+                    } else {
+                        "put the values in a list: `x in [a, b]`".into()
+                    },
+                });
+                return Ty::Bool;
+            }
             binary(*op, &x, &y).unwrap_or_else(|| {
                 errors.push(TypeError {
                     span: e.span,
@@ -752,6 +882,40 @@ fn refused(func: &str, method: bool, given: &[Ty]) -> Option<String> {
     })
 }
 
+/// Why a call fails on every call for the values it is given, where its
+/// signature cannot say: `join` of a list whose elements are not strings,
+/// `math.greatest` and `math.least` of values that are not numbers.
+fn refused_elements(func: &str, given: &[Ty]) -> Option<(String, String)> {
+    match func {
+        "join" => {
+            let on = given.first()?;
+            let element = match on {
+                Ty::Rows(ent, embeds) => Ty::Row(ent.clone(), embeds.clone()),
+                Ty::Items(t) => (**t).clone(),
+                _ => return None,
+            };
+            (element.known() && element != Ty::String).then(|| {
+                (
+                    format!("`.join()` joins strings, not the elements of {}", on.a()),
+                    "convert each element first: `.map(x, string(x)).join(', ')`".into(),
+                )
+            })
+        }
+        "math.greatest" | "math.least" => {
+            let values: Vec<Ty> = match given {
+                [one] if one.list() => vec![one.element()],
+                many => many.to_vec(),
+            };
+            let bad = values.iter().find(|t| t.known() && !t.numeric())?;
+            Some((
+                format!("`{func}()` compares numbers, not {}", bad.a()),
+                "give it numbers (ints, uints or doubles), or a list of numbers".into(),
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// What a function gives, where it does not depend on its arguments.
 fn call_type(func: &str) -> Ty {
     match func {
@@ -825,8 +989,9 @@ fn binary(op: BinaryOp, x: &Ty, y: &Ty) -> Option<Ty> {
             _ => None,
         },
         Mul | Div => (x.numeric() && y.numeric()).then(|| num(x, y)).flatten(),
+        // (A `number` may be 2.5, which `%` refuses: declare it `integer`.)
         Rem => match (x, y) {
-            (Ty::Int | Ty::Number, Ty::Int | Ty::Number) => Some(Ty::Int),
+            (Ty::Int, Ty::Int) => Some(Ty::Int),
             (Ty::Uint, Ty::Uint) => Some(Ty::Uint),
             _ => None,
         },
@@ -843,6 +1008,9 @@ fn binary_help(op: BinaryOp, x: &Ty, y: &Ty) -> String {
         }
         (BinaryOp::Add, Ty::Timestamp, Ty::Timestamp) => {
             "add a duration to a timestamp (`t + duration('1h')`), or subtract two timestamps".into()
+        }
+        (BinaryOp::Rem, Ty::Number, _) | (BinaryOp::Rem, _, Ty::Number) => {
+            "`%` takes integers, and a `number` may have a fraction: declare the input or field `integer`, or convert with `int()`".into()
         }
         (_, Ty::Uint, _) | (_, _, Ty::Uint) => {
             "a uint mixes with no other number: convert with `int()` or `uint()`".into()
