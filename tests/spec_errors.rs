@@ -2510,6 +2510,37 @@ fn a_where_operand_of_another_type_than_its_column() {
             json!({"id": "input.id", "price": {"lt": "2.5 * 100.0"}});
     });
     assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    // `in` and `notIn`: a member of another type than the column, in a
+    // JSON list, a literal list or an input array.
+    let with_names = |v: &mut Value| {
+        at(v, "/tools/get_product")["input"]["properties"]["names"] =
+            json!({"type": "array", "items": {"type": "string"}});
+    };
+    for (operand, shown) in [
+        (json!({"in": ["'a'", "'b'"]}), "'a'"),
+        (json!({"in": "['a', 'b']"}), "['a', 'b']"),
+        (json!({"notIn": "input.names"}), "input.names"),
+        (json!({"in": [1, true]}), "true"),
+    ] {
+        let op = operand.as_object().unwrap().keys().next().unwrap().clone();
+        let l = load_with(|v| {
+            with_names(v);
+            at(v, &format!("{GET}/product"))["where"] = json!({"price": operand});
+        });
+        let d = only_error(&l, "expr-type", &format!("{GET}/product/where/price/{op}"));
+        assert_message(
+            d,
+            &format!("in `{shown}`: `Product.price` is an integer field"),
+        );
+    }
+    let l = load_with(|v| {
+        with_names(v);
+        at(v, &format!("{GET}/product"))["where"] = json!({
+            "price": {"in": [1, 2.5, "size('abc')"]}, "name": {"in": "input.names"},
+            "sku": {"notIn": "['a', input.id]"}
+        });
+    });
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
 }
 
 /// An optional input property (or a nullable field) used where null fails

@@ -1931,6 +1931,7 @@ fn check_operand(cx: &mut Cx, entity: Option<&Entity>, ename: &str, f: &Filter, 
                     "write a list (`[\"'a'\", \"'b'\"]`) or an expression that gives one (`input.statuses`)",
                 );
             }
+            check_members(cx, entity, ename, f, scope);
         }
         FilterOp::IsNull => match &f.value {
             Template::Literal(Value::Bool(_)) => {}
@@ -2501,6 +2502,64 @@ fn check_aggregate(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
     if let Some(Limit::Expr(x)) = limit {
         check_expr(cx, x, scope);
         check_shape(cx, x, scope, Want::Count);
+    }
+}
+
+/// The members of an `in`/`notIn` list whose type the column never equals
+/// (`{"price": {"in": "['a', 'b']"}}` on an integer field): such a member
+/// matches no row.
+fn check_members(cx: &mut Cx, entity: Option<&Entity>, ename: &str, f: &Filter, scope: &Scope) {
+    use super::types::Ty;
+    let Some(ct) = entity.and_then(|e| e.column_type(&f.field)) else {
+        return;
+    };
+    let mut members: Vec<(String, Ty)> = Vec::new();
+    match &f.value {
+        Template::Array(items) => {
+            for t in items {
+                match t {
+                    Template::Expr(x) => members.push((x.src.clone(), type_of(x, scope))),
+                    Template::Literal(v @ Value::Number(n)) => {
+                        members.push((v.to_string(), if n.is_f64() { Ty::Double } else { Ty::Int }))
+                    }
+                    Template::Literal(v @ Value::Bool(_)) => {
+                        members.push((v.to_string(), Ty::Bool))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Template::Expr(x) => match x.ast.as_ref().map(|a| (a, type_of(x, scope))) {
+            // A literal list: each member's own type.
+            Some((ast, _)) if let ExprKind::List(items) = &ast.kind => {
+                for i in items {
+                    let ty = super::types::infer(i, scope, &mut Vec::new());
+                    members.push((x.src.clone(), ty));
+                }
+            }
+            Some((_, Ty::Items(t))) => members.push((x.src.clone(), *t)),
+            Some((_, Ty::Rows(e, _))) => members.push((x.src.clone(), Ty::Row(e, Vec::new()))),
+            _ => {}
+        },
+        _ => {}
+    }
+    if let Some((src, ty)) = members
+        .into_iter()
+        .find(|(_, ty)| !super::types::comparable(ct, ty))
+    {
+        cx.error(
+            Diagnostic::new(
+                "expr-type",
+                child(&f.path, f.op.name()),
+                format!(
+                    "in `{src}`: `{ename}.{}` is {} field, and a member of this list is {}: it would never match",
+                    f.field,
+                    a(type_name(ct)),
+                    ty.a()
+                ),
+            )
+            .help("list values of the field's type (convert with `int()`, `string()`)"),
+        );
     }
 }
 
