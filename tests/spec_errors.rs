@@ -3240,6 +3240,32 @@ fn externals_that_speak_http_are_checked() {
             "idempotencyHeader": "Idempotency-Key"});
     });
     assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    // The header that carries the credentials, and a literal header, are
+    // not the key's: either would be overwritten on every call.
+    for (op, path, says) in [
+        (
+            json!({"headers": {"x-api-key": "v"}}),
+            "/externals/mailer/operations/send/headers",
+            "`x-api-key` carries the external's credentials",
+        ),
+        (
+            json!({"idempotencyHeader": "X-Api-Key"}),
+            "/externals/mailer/operations/send/idempotencyHeader",
+            "`X-Api-Key` carries the external's credentials",
+        ),
+        (
+            json!({"idempotencyHeader": "X-Key", "headers": {"x-key": "1"}}),
+            "/externals/mailer/operations/send/idempotencyHeader",
+            "`X-Key` is also one of the operation's literal `headers`",
+        ),
+    ] {
+        let l = with(&|x: &mut Value| {
+            x["auth"] = json!({"header": {"name": "X-Api-Key", "secret": "MAILER_KEY"}});
+            x["operations"]["send"] = op.clone();
+        });
+        let d = only_error(&l, "invalid-value", path);
+        assert_message(d, says);
+    }
 }
 
 /// A field's `enum` lists each value once, as JSON Schema says (the
@@ -3308,6 +3334,22 @@ fn webhook_schemes_are_checked() {
         "/tools/get_product/trigger/webhook/toleranceSeconds",
     );
     assert_message(d, "applies to the `stripe` scheme only");
+    // Stripe and GitHub send no Idempotency-Key header: a key read from it
+    // would refuse every delivery.
+    for scheme in ["stripe", "github"] {
+        let l = load_with(|v| {
+            at(v, "/tools/get_product")["trigger"] =
+                json!({"webhook": {"path": "/hooks/x", "scheme": scheme}});
+            at(v, "/tools/get_product")["idempotencyKey"] = json!("request.idempotencyKey");
+        });
+        let d = only_error(&l, "invalid-value", "/tools/get_product/idempotencyKey");
+        assert_message(d, "sends no `Idempotency-Key` header");
+    }
+    let l = load_with(|v| {
+        at(v, "/tools/get_product")["trigger"] = json!({"webhook": {"path": "/hooks/x"}});
+        at(v, "/tools/get_product")["idempotencyKey"] = json!("request.idempotencyKey");
+    });
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
     for ok in [
         json!({"path": "/hooks/x", "scheme": "stripe", "toleranceSeconds": 60}),
         json!({"path": "/hooks/x", "scheme": "github"}),

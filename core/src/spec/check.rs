@@ -1485,6 +1485,28 @@ fn check_tool_header(cx: &mut Cx, spec: &Spec, tool: &Tool, base: &Scope) {
     if let Some(e) = &tool.idempotency_key {
         check_expr(cx, e, base);
     }
+    // Stripe and GitHub send no `Idempotency-Key` header: a key read from
+    // it would turn every delivery away (400), and the provider would
+    // deliver again and again.
+    if let crate::model::Trigger::Webhook { scheme, .. } = &tool.trigger
+        && let Some(provider) = match scheme {
+            crate::model::WebhookScheme::Stripe => Some("Stripe"),
+            crate::model::WebhookScheme::Github => Some("GitHub"),
+            _ => None,
+        }
+        && tool.key_from_header()
+    {
+        cx.error(
+            Diagnostic::new(
+                "invalid-value",
+                child(&tool.path, "idempotencyKey"),
+                format!(
+                    "a webhook from {provider} sends no `Idempotency-Key` header: every delivery would be refused (400 idempotency_key_required)"
+                ),
+            )
+            .help("key the tool on a value of the event, which a repeated delivery carries again (`input.id` for a Stripe event)"),
+        );
+    }
     if let Some(e) = &tool.auth.deny_when {
         check_expr(cx, e, base);
         check_shape(cx, e, base, Want::Bool);

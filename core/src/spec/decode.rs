@@ -922,6 +922,40 @@ fn external(cx: &mut Cx, v: &Value, path: &str) -> External {
         let idempotency_header = op
             .string(cx, "idempotencyHeader", false)
             .filter(|h| header_name(cx, &op.at("idempotencyHeader"), h));
+        // The header that carries the credentials is the host's to write.
+        if let Some(ExternalAuth::Header { name: auth, .. }) = &ext.auth {
+            let clashes = headers
+                .iter()
+                .map(|(h, _)| (h, op.at("headers")))
+                .chain(
+                    idempotency_header
+                        .iter()
+                        .map(|h| (h, op.at("idempotencyHeader"))),
+                )
+                .filter(|(h, _)| h.eq_ignore_ascii_case(auth));
+            for (h, at) in clashes {
+                cx.error(
+                    Diagnostic::new(
+                        "invalid-value",
+                        &at,
+                        format!("`{h}` carries the external's credentials (its `auth`): the host sets it"),
+                    )
+                    .help("name another header"),
+                );
+            }
+        }
+        if let Some(h) = &idempotency_header
+            && headers.iter().any(|(x, _)| x.eq_ignore_ascii_case(h))
+        {
+            cx.error(
+                Diagnostic::new(
+                    "invalid-value",
+                    op.at("idempotencyHeader"),
+                    format!("`{h}` is also one of the operation's literal `headers`: the key would replace it"),
+                )
+                .help("name another header for the key, or drop the literal one"),
+            );
+        }
         op.finish(cx);
         ext.operations.insert(
             name.clone(),
