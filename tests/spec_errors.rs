@@ -2343,6 +2343,25 @@ fn a_transition_of_many_rows_is_bounded_like_an_update() {
         "{}",
         report.to_json()
     );
+    // A unique field pins one row; a nullable one does not (any number of
+    // rows may hold null, and `eq` null matches them all).
+    for (nullable, pinned) in [(false, true), (true, false)] {
+        let l = load_with(|v| {
+            at(v, "/entities/Product/fields/sku")["nullable"] = json!(nullable);
+            sweep(
+                v,
+                json!({"type": "soft_delete", "entity": "Product", "where": {"sku": "input.sku"}}),
+            )
+        });
+        assert!(l.errors.is_empty(), "{}", list(&l.errors));
+        let report = risk::analyze(&l);
+        assert_eq!(
+            report.findings().any(|f| f.code == "unbounded-update"),
+            !pinned,
+            "nullable {nullable}: {}",
+            report.to_json()
+        );
+    }
     // A limit above maxRowsPerWrite: Yellow.
     let l = load_with(|v| {
         sweep(

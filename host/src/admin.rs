@@ -336,6 +336,24 @@ impl DatabaseArgs {
         Database::open(self.database_url.as_deref(), &self.data_dir)
     }
 
+    /// [`DatabaseArgs::run`] for a command that only reads what a server
+    /// wrote: without `--database-url`, the embedded database must exist
+    /// already (one is not created empty just to be read).
+    fn run_existing<T>(
+        &self,
+        f: impl AsyncFnOnce(&tokio_postgres::Client) -> Result<T>,
+    ) -> Result<T> {
+        let url = self.database_url.as_deref().filter(|u| !u.is_empty());
+        let pg = self.data_dir.join("pg");
+        if url.is_none() && !pg.join("PG_VERSION").is_file() {
+            anyhow::bail!(
+                "no database in `{}`: `sinew serve` creates it there, or pass --database-url (DATABASE_URL)",
+                pg.display()
+            );
+        }
+        self.run(f)
+    }
+
     /// Runs `f` on a connection to that database, on a runtime of its own
     /// (the embedded database, if started, stays up until `f` ends).
     fn run<T>(&self, f: impl AsyncFnOnce(&tokio_postgres::Client) -> Result<T>) -> Result<T> {
@@ -356,7 +374,7 @@ pub fn audit(args: &AuditArgs) -> Result<u8> {
     | AuditCommand::Sequence { db }
     | AuditCommand::Replay { db, .. }
     | AuditCommand::Checkpoint { db }) = &args.command;
-    db.run(async |client| {
+    db.run_existing(async |client| {
         use crate::pg::{checkpoint, sequencer};
         match &args.command {
             AuditCommand::Replay {
@@ -569,7 +587,7 @@ pub struct OutboxArgs {
 
 /// Lists the outbox; returns the exit code (0).
 pub fn outbox(args: &OutboxArgs) -> Result<u8> {
-    args.db.run(async |client| {
+    args.db.run_existing(async |client| {
         let listed = crate::outbox::list(client).await?;
         let mut out = String::new();
         for m in &listed {

@@ -232,7 +232,11 @@ fn describe(e: &jsonwebtoken::errors::Error) -> String {
         K::InvalidSignature => "the token's signature is invalid".into(),
         K::InvalidIssuer => "the token's issuer (`iss`) is not accepted".into(),
         K::InvalidAudience => "the token's audience (`aud`) is not accepted".into(),
-        K::MissingRequiredClaim(c) => format!("the token has no `{c}` claim"),
+        // (A claim of the wrong type reads as missing: `"sub": 5`.)
+        K::MissingRequiredClaim(c) if c == "sub" => {
+            "the token's `sub` must be a non-empty string".into()
+        }
+        K::MissingRequiredClaim(c) => format!("the token has no `{c}` claim, or not of its type"),
         K::InvalidAlgorithm => "the token's algorithm is not accepted".into(),
         _ => format!("the token is invalid: {e}"),
     }
@@ -243,4 +247,35 @@ pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `sub` that is not a string is named as such, not as missing.
+    #[test]
+    fn a_sub_of_another_type_is_named() {
+        let config = JwtConfig::hs256("s3cret");
+        let now = now_secs();
+        let token = |sub: Value| {
+            let claims = serde_json::json!({"sub": sub, "exp": now + 60});
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(b"s3cret"),
+            )
+            .unwrap()
+        };
+        for sub in [Value::from(5), Value::from(""), Value::Null] {
+            let Err(Refused(why)) = config.verify(&token(sub.clone())) else {
+                panic!("{sub} was accepted");
+            };
+            assert_eq!(why, "the token's `sub` must be a non-empty string", "{sub}");
+        }
+        assert_eq!(
+            config.verify(&token(Value::from("ann"))).unwrap().sub,
+            "ann"
+        );
+    }
 }

@@ -384,7 +384,13 @@ pub async fn list(client: &tokio_postgres::Client) -> anyhow::Result<Vec<Listed>
             ),
             &[],
         )
-        .await?;
+        .await;
+    // A database no server of format 0.2 has run on has no outbox: no
+    // message either.
+    let rows = match rows {
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Vec::new(),
+        r => r?,
+    };
     Ok(rows
         .iter()
         .map(|r| Listed {

@@ -1185,3 +1185,30 @@ fn component_npm_writes_the_package() {
         assert_eq!(out.status.code(), Some(2), "{other}: {}", stderr(&out));
     }
 }
+
+/// The commands that read what a server wrote (`outbox`, `audit`) do not
+/// create an empty embedded database where there is none: they say where
+/// they looked, and leave the directory as it was.
+#[test]
+fn reading_commands_need_a_database_that_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("nothing-here");
+    for args in [
+        vec!["outbox"],
+        vec!["audit", "verify"],
+        vec!["audit", "replay"],
+    ] {
+        let mut all: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+        all.extend(["--data-dir".into(), data.clone().into_os_string()]);
+        let out = Command::new(env!("CARGO_BIN_EXE_sinew"))
+            .args(&all)
+            .env_remove("DATABASE_URL")
+            .env_remove("SINEW_DATA_DIR")
+            .output()
+            .expect("run sinew");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(code(&out), 2, "{args:?}: {stderr}");
+        assert!(stderr.contains("no database in"), "{args:?}: {stderr}");
+        assert!(!data.exists(), "{args:?} created {}", data.display());
+    }
+}

@@ -73,15 +73,18 @@ fn finding(
     }
 }
 
-/// Whether an equality on `id` or a unique field pins the filters to one row.
+/// Whether an equality on `id` or a unique field pins the filters to one
+/// row. A `nullable` unique field does not: any number of rows may hold
+/// null, and `eq` null matches them all.
 fn pinned(spec: &Spec, entity: &str, filters: &[Where]) -> bool {
     let Some(e) = spec.entities.get(entity) else {
         return false;
     };
-    filters
-        .iter()
-        .filter_map(Where::required)
-        .any(|f| f.op == FilterOp::Eq && e.is_unique(&f.field))
+    filters.iter().filter_map(Where::required).any(|f| {
+        f.op == FilterOp::Eq
+            && e.is_unique(&f.field)
+            && !e.fields.get(&f.field).is_some_and(|x| x.nullable)
+    })
 }
 
 pub(super) fn tool_findings(
