@@ -3685,3 +3685,38 @@ fn a_groups_measure_of_a_nullable_field_may_be_null() {
         ],
     );
 }
+
+/// Names the database would give twice (two entities on one table, two
+/// indexes of one name, tables and indexes alike) or that are sinew's own
+/// tables are refused: the migration would skip the second silently.
+#[test]
+fn database_names_are_given_once() {
+    let l = load_with(|v| {
+        at(v, "/entities")["Order_Item"] = json!({"fields": {"n": {"type": "integer"}}});
+        at(v, "/entities")["OrderItem"] = json!({"fields": {"n": {"type": "integer"}}});
+    });
+    let d = error(&l, "duplicate-name", "/entities/OrderItem");
+    assert_message(d, "would be table `order_item`, as entity `Order_Item` is");
+    let l = load_with(|v| {
+        at(v, "/entities")["SinewAudit"] = json!({"fields": {"n": {"type": "integer"}}});
+    });
+    let d = only_error(&l, "invalid-name", "/entities/SinewAudit");
+    assert_message(d, "`sinew_` tables are sinew's own");
+    // A unique field `a_b` and a unique index on (a, b): both `t_a_b_key`.
+    let l = load_with(|v| {
+        at(v, "/entities")["T"] = json!({
+            "fields": {"a_b": {"type": "string", "unique": true},
+                       "a": {"type": "string"}, "b": {"type": "string"}},
+            "indexes": [{"fields": ["a", "b"], "unique": true}]
+        });
+    });
+    let d = only_error(&l, "duplicate-name", "/entities/T");
+    assert_message(d, "the index of `T` on a, b would be named `t_a_b_key`");
+    // Across tables: `A`'s unique `b_c` and `A_b`'s unique `c`.
+    let l = load_with(|v| {
+        at(v, "/entities")["A"] = json!({"fields": {"b_c": {"type": "string", "unique": true}}});
+        at(v, "/entities")["A_b"] = json!({"fields": {"c": {"type": "string", "unique": true}}});
+    });
+    let d = only_error(&l, "duplicate-name", "/entities/A_b");
+    assert_message(d, "would be named `a_b_c_key`");
+}

@@ -921,6 +921,65 @@ fn entity_ref<'s>(cx: &mut Cx, spec: &'s Spec, path: &str, name: &str) -> Option
     e
 }
 
+/// The names the database gives a spec's entities: two entities on one
+/// table, a table of sinew's own (`sinew_…`), or two indexes of one name
+/// (tables and indexes share Postgres' namespace) would make the migration
+/// skip one of them silently (`CREATE … IF NOT EXISTS`).
+fn check_storage_names(cx: &mut Cx, spec: &Spec) {
+    let mut taken: BTreeMap<String, String> = BTreeMap::new();
+    let mut tables = Vec::new();
+    for name in spec.entities.keys() {
+        let table = crate::model::table_name(name);
+        let path = format!("/entities/{name}");
+        if table == "sinew" || table.starts_with("sinew_") {
+            cx.error(
+                Diagnostic::new(
+                    "invalid-name",
+                    path,
+                    format!(
+                        "`{name}` would be table `{table}`, and `sinew_` tables are sinew's own"
+                    ),
+                )
+                .help("rename the entity"),
+            );
+            continue;
+        }
+        if let Some(other) = taken.get(&table) {
+            cx.error(
+                Diagnostic::new(
+                    "duplicate-name",
+                    path,
+                    format!("`{name}` would be table `{table}`, as {other} is"),
+                )
+                .help("rename one of the entities"),
+            );
+            continue;
+        }
+        taken.insert(table.clone(), format!("entity `{name}`"));
+        tables.push((name, table));
+    }
+    for (name, table) in tables {
+        let Some(e) = spec.entities.get(name) else {
+            continue;
+        };
+        for ix in crate::migrate::wanted_indexes(&table, e) {
+            let what = format!("the index of `{name}` on {}", ix.columns.join(", "));
+            if let Some(other) = taken.get(&ix.name) {
+                cx.error(
+                    Diagnostic::new(
+                        "duplicate-name",
+                        format!("/entities/{name}"),
+                        format!("{what} would be named `{}`, as {other} is", ix.name),
+                    )
+                    .help("rename a field or an entity (index names derive from them)"),
+                );
+            } else {
+                taken.insert(ix.name, what);
+            }
+        }
+    }
+}
+
 pub(crate) fn check(cx: &mut Cx, spec: &Spec) {
     for (xname, x) in &spec.externals {
         for (oname, op) in &x.operations {
@@ -938,6 +997,7 @@ pub(crate) fn check(cx: &mut Cx, spec: &Spec) {
         check_entity(cx, spec, name, entity);
     }
     check_renames(cx, spec);
+    check_storage_names(cx, spec);
     if let Some(cors) = &spec.cors {
         for (i, t) in cors.tools.iter().flatten().enumerate() {
             let path = format!("/cors/tools/{i}");
