@@ -3720,3 +3720,70 @@ fn database_names_are_given_once() {
     let d = only_error(&l, "duplicate-name", "/entities/A_b");
     assert_message(d, "would be named `a_b_c_key`");
 }
+
+/// What a `let` binds keeps each value's type and whether it may be null
+/// (an optional input, a literal `null`, a `?:` with a null branch); a
+/// paged read's `next` is null on the last page; `auth.sub` is null for an
+/// anonymous caller of a `public` tool.
+#[test]
+fn let_values_paged_reads_and_anonymous_subjects_are_typed() {
+    judge(
+        |v| {
+            at(v, "/tools/get_product/input/properties")["note"] = json!({"type": "string"});
+            at(v, &format!("{GET}/product"))["next"] = json!("l");
+            at(v, GET)["l"] = json!({"type": "let", "next": "done", "values": {
+                "note": "input.note",
+                "name": "product.name",
+                "maybe": "product.price > 3 ? product.name : null",
+                "safe": "has(input.note) ? input.note : ''",
+                "n": 3
+            }});
+        },
+        &[
+            ("l.note.size()", "`l.note` may be null here"),
+            ("l.maybe.size()", "`l.maybe` may be null here"),
+            ("l.name + 1", "`+` does not apply to a string and an int"),
+            ("l.n + 'x'", "`+` does not apply to an int and a string"),
+        ],
+        &[
+            "l.name.size() + l.safe.size() + l.n",
+            "has(l.note) ? l.note.size() : 0",
+            "l.maybe != null ? l.maybe.size() : 0",
+        ],
+    );
+    judge(
+        |v| {
+            let read = at(v, &format!("{GET}/product"));
+            read["one"] = json!(false);
+            read["page"] = json!(true);
+            read["limit"] = json!(10);
+            read["count"] = json!(true);
+        },
+        &[
+            ("product.next.size()", "`product.next` may be null here"),
+            (
+                "product.total + 'x'",
+                "`+` does not apply to an int and a string",
+            ),
+            (
+                "product.rows.price",
+                "`.price` reads a field of a row or an object, not of a list of `Product` rows",
+            ),
+        ],
+        &[
+            "product.next != null ? product.next : ''",
+            "product.rows.map(p, p.price).size() + product.total",
+        ],
+    );
+    judge(
+        |v| {
+            at(v, "/tools/get_product/auth")["public"] = json!(true);
+        },
+        &[(
+            "auth.sub.endsWith('@corp.example')",
+            "`auth.sub` may be null here",
+        )],
+        &["has(auth.sub) && auth.sub.endsWith('@corp.example')"],
+    );
+    judge(|_| {}, &[], &["auth.sub.endsWith('@corp.example')"]);
+}

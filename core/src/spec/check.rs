@@ -287,6 +287,63 @@ impl<'a> Scope<'a> {
         Some((m.kind, column))
     }
 
+    /// The type of the object node `root` binds, where its keys' types are
+    /// known: a paged read (`rows`, `next` — null on the last page —,
+    /// `total`), a `let` (each value's type, and whether it may be null).
+    pub(crate) fn object_type(&self, root: &str) -> Option<super::types::Ty> {
+        use super::types::{Ty, infer, may_be_null};
+        let (g, _) = self.graph?;
+        let info = g.nodes.get(*g.by_id.get(root)?)?;
+        let keys = match &info.node.kind {
+            NodeKind::Read {
+                page: true,
+                one: false,
+                count,
+                entity,
+                include,
+                ..
+            } => {
+                let mut keys = vec![
+                    (
+                        "rows".to_owned(),
+                        Ty::Rows(entity.clone(), embeds(self.spec, entity, include)),
+                        false,
+                    ),
+                    ("next".to_owned(), Ty::String, true),
+                ];
+                if *count {
+                    keys.push(("total".to_owned(), Ty::Int, false));
+                }
+                keys
+            }
+            NodeKind::Let { values } => values
+                .iter()
+                .map(|(k, t)| {
+                    let (ty, null) = match t {
+                        Template::Expr(x) => match &x.ast {
+                            Some(ast) => {
+                                (infer(ast, self, &mut Vec::new()), may_be_null(ast, self))
+                            }
+                            None => (Ty::Dyn, false),
+                        },
+                        Template::Literal(v) => (super::types::of_json(v), v.is_null()),
+                        Template::Object(_) => (Ty::Map, false),
+                        Template::Array(_) => (Ty::List, false),
+                    };
+                    (k.clone(), ty, null)
+                })
+                .collect(),
+            _ => return None,
+        };
+        Some(Ty::Record(keys, format!("`{root}`")))
+    }
+
+    /// Whether the caller may be anonymous here (`auth.sub` null): in a
+    /// `public` tool.
+    pub(crate) fn anonymous(&self) -> bool {
+        self.tool.is_some_and(|t| t.auth.public)
+    }
+
     /// Whether column `field` of `entity` may hold null.
     pub(crate) fn column_nullable(&self, entity: &str, field: &str) -> bool {
         field == "deleted_at"

@@ -295,6 +295,10 @@ fn nullable(e: &Expr, scope: &Scope, locals: &[String], vars: &[(&str, Ty)]) -> 
             && !scope.input_required(field))
         .then(path)
         .flatten(),
+        // An anonymous caller of a public tool has no subject.
+        ExprKind::Ident(r) if r == "auth" && field == "sub" && !locals.contains(r) => {
+            scope.anonymous().then(path).flatten()
+        }
         // `avg`, `min` and `max` over no value are null.
         ExprKind::Ident(r) if let Some((kind, _)) = scope.measure(r, field) => {
             matches!(kind, MeasureKind::Avg | MeasureKind::Min | MeasureKind::Max)
@@ -378,6 +382,36 @@ pub(crate) fn unguarded_null(e: &Expr, scope: &Scope) -> Option<String> {
     nullable(e, scope, &local_names(e), &[]).filter(|p| !scope.guards.contains(p))
 }
 
+/// Whether `e` may give null here: a value that may be null and that
+/// nothing guards, the literal `null`, or a `?:` with such a branch.
+pub(crate) fn may_be_null(e: &Expr, scope: &Scope) -> bool {
+    match &e.kind {
+        ExprKind::Lit(Lit::Null) => true,
+        ExprKind::Cond(c, a, b) => {
+            let branch = |x: &Expr, holds: bool| {
+                let mut guarded = scope.clone();
+                guarded.guards.extend(guards_of(c, holds));
+                may_be_null(x, &guarded)
+            };
+            branch(a, true) || branch(b, false)
+        }
+        _ => unguarded_null(e, scope).is_some(),
+    }
+}
+
+/// The type of a JSON literal.
+pub(crate) fn of_json(v: &Json) -> Ty {
+    match v {
+        Json::Null => Ty::Null,
+        Json::Bool(_) => Ty::Bool,
+        Json::Number(n) if n.is_f64() => Ty::Double,
+        Json::Number(_) => Ty::Int,
+        Json::String(_) => Ty::String,
+        Json::Array(_) => Ty::List,
+        Json::Object(_) => Ty::Map,
+    }
+}
+
 /// Reports `x` used where null fails, when it may be null and nothing
 /// guards it.
 fn not_null(
@@ -448,7 +482,7 @@ fn infer_at(
             _ => match scope.lookup(name) {
                 Ok(Binding::Row(ent, embeds)) => Ty::Row(ent, embeds),
                 Ok(Binding::Rows(ent, embeds)) => Ty::Rows(ent, embeds),
-                Ok(Binding::Object(_)) => Ty::Map,
+                Ok(Binding::Object(_)) => scope.object_type(name).unwrap_or(Ty::Map),
                 Ok(Binding::Typed(t)) => t,
                 _ => Ty::Dyn,
             },
