@@ -3787,3 +3787,58 @@ fn let_values_paged_reads_and_anonymous_subjects_are_typed() {
     );
     judge(|_| {}, &[], &["auth.sub.endsWith('@corp.example')"]);
 }
+
+/// A policy's expressions are checked against the input of each tool it
+/// applies to: an optional property used where null fails, a property a
+/// closed input does not declare, a `when` that is not a bool, an amount
+/// that is not a number. One error each, however many tools.
+#[test]
+fn policy_expressions_are_typed_per_tool() {
+    let with = |policy: Value| {
+        load_with(|v| {
+            let input = &mut at(v, "/tools/get_product")["input"];
+            input["properties"]["coupon"] = json!({"type": "string"});
+            input["properties"]["amount"] = json!({"type": "string"});
+            v["policies"] = json!({ "p": policy });
+        })
+    };
+    for (policy, path, says) in [
+        (
+            json!({"type": "custom", "action": "block", "tools": ["get_product"],
+                   "when": "input.coupon.size() > 10"}),
+            "/policies/p/when",
+            "`input.coupon` may be null here",
+        ),
+        (
+            json!({"type": "custom", "action": "block", "tools": ["get_product"],
+                   "when": "input.amout == '1'"}),
+            "/policies/p/when",
+            "does not declare `input.amout`",
+        ),
+        (
+            json!({"type": "custom", "action": "block", "tools": ["get_product"],
+                   "when": "size(request.id)"}),
+            "/policies/p/when",
+            "",
+        ),
+        (
+            json!({"type": "budgetCheck", "action": "block", "tools": ["get_product"],
+                   "amount": "has(input.amount) ? input.amount : '0'", "maxAmount": 100}),
+            "/policies/p/amount",
+            "the amount is a string, not a number",
+        ),
+    ] {
+        let l = with(policy.clone());
+        let found: Vec<&Diagnostic> = l.errors.iter().filter(|d| d.path == path).collect();
+        assert_eq!(found.len(), 1, "{policy}: {}", list(&l.errors));
+        assert_message(found[0], says);
+    }
+    // Applied to every tool (no `tools`), a mistake is reported once.
+    let l = with(json!({"type": "custom", "action": "block", "when": "request.time + 1 > 0"}));
+    assert_eq!(l.errors.len(), 1, "{}", list(&l.errors));
+    let l = with(
+        json!({"type": "custom", "action": "block", "tools": ["get_product"],
+                        "when": "has(input.coupon) && input.coupon.size() > 10"}),
+    );
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+}

@@ -978,6 +978,29 @@ fn entity_ref<'s>(cx: &mut Cx, spec: &'s Spec, path: &str, name: &str) -> Option
     e
 }
 
+/// A `budgetCheck`'s `amount` must be a number: compared with the maximum,
+/// anything else fails on every call.
+fn check_amount(cx: &mut Cx, amount: &Expression, scope: &Scope) {
+    let ty = type_of(amount, scope);
+    if ty.is_known() && !ty.is_numeric() {
+        cx.error(
+            Diagnostic::new(
+                "expr-type",
+                amount.path.clone(),
+                format!(
+                    "in `{}`: the amount is {}, not a number",
+                    amount.src,
+                    ty.a()
+                ),
+            )
+            .help(format!(
+                "declare the input `integer` or `number`, or convert: `int({})`",
+                amount.src
+            )),
+        );
+    }
+}
+
 /// The names the database gives a spec's entities: two entities on one
 /// table, a table of sinew's own (`sinew_…`), or two indexes of one name
 /// (tables and indexes share Postgres' namespace) would make the migration
@@ -1156,19 +1179,49 @@ pub(crate) fn check(cx: &mut Cx, spec: &Spec) {
                 }
             }
         }
-        let scope = Scope::base(spec, None);
-        match &policy.kind {
-            PolicyKind::BudgetCheck { amount, max_amount } => {
-                check_expr(cx, amount, &scope);
-                if let Limit::Expr(e) = max_amount {
-                    check_expr(cx, e, &scope);
+        // A policy's expressions run in each tool it applies to: checked
+        // against each one's input (a mistake is reported once).
+        let tools: Vec<Option<&Tool>> = match &policy.tools {
+            Some(names) => names
+                .iter()
+                .filter_map(|t| spec.tools.get(t))
+                .map(Some)
+                .collect(),
+            None => spec.tools.values().map(Some).collect(),
+        };
+        let first = cx.errors.len();
+        for tool in if tools.is_empty() { vec![None] } else { tools } {
+            let scope = Scope::base(spec, tool);
+            let before = cx.errors.len();
+            match &policy.kind {
+                PolicyKind::BudgetCheck { amount, max_amount } => {
+                    check_expr(cx, amount, &scope);
+                    if let Limit::Expr(e) = max_amount {
+                        check_expr(cx, e, &scope);
+                    }
+                    if cx.errors.len() == before {
+                        check_amount(cx, amount, &scope);
+                    }
+                }
+                PolicyKind::Custom { when } => {
+                    check_expr(cx, when, &scope);
+                    check_shape(cx, when, &scope, Want::Bool);
+                }
+                _ => {}
+            }
+            // Only what no earlier tool reported.
+            let mut i = before;
+            while i < cx.errors.len() {
+                let d = &cx.errors[i];
+                let seen = cx.errors[first..before]
+                    .iter()
+                    .any(|e| e.code == d.code && e.path == d.path && e.message == d.message);
+                if seen {
+                    cx.errors.remove(i);
+                } else {
+                    i += 1;
                 }
             }
-            PolicyKind::Custom { when } => {
-                check_expr(cx, when, &scope);
-                check_shape(cx, when, &scope, Want::Bool);
-            }
-            _ => {}
         }
     }
     for ack in &spec.acknowledgments {

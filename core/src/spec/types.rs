@@ -96,6 +96,16 @@ impl Ty {
         }
     }
 
+    /// A number (an int, a uint, a double or a `number`).
+    pub(crate) fn is_numeric(&self) -> bool {
+        self.numeric()
+    }
+
+    /// Known well enough to be judged (not `dyn`, not null).
+    pub(crate) fn is_known(&self) -> bool {
+        self.known()
+    }
+
     fn numeric(&self) -> bool {
         matches!(self, Ty::Int | Ty::Uint | Ty::Double | Ty::Number)
     }
