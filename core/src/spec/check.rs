@@ -1210,16 +1210,15 @@ pub(crate) fn check(cx: &mut Cx, spec: &Spec) {
                 _ => {}
             }
             // Only what no earlier tool reported.
-            let mut i = before;
-            while i < cx.errors.len() {
-                let d = &cx.errors[i];
-                let seen = cx.errors[first..before]
+            for d in cx.errors.split_off(before) {
+                let seen = cx
+                    .errors
+                    .get(first..)
+                    .unwrap_or_default()
                     .iter()
                     .any(|e| e.code == d.code && e.path == d.path && e.message == d.message);
-                if seen {
-                    cx.errors.remove(i);
-                } else {
-                    i += 1;
+                if !seen {
+                    cx.errors.push(d);
                 }
             }
         }
