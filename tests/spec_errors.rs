@@ -3842,3 +3842,40 @@ fn policy_expressions_are_typed_per_tool() {
     );
     assert!(l.errors.is_empty(), "{}", list(&l.errors));
 }
+
+/// `--fix` never writes a spec that no longer loads: a fix that would
+/// (the header key on a Stripe webhook, which sends no such header) is
+/// left out, and its finding stays for a person.
+#[test]
+fn a_fix_that_would_break_the_spec_is_not_applied() {
+    let mut v = base();
+    at(&mut v, "/tools/place_order")["trigger"] =
+        json!({"webhook": {"path": "/hooks/orders", "scheme": "stripe", "secret": "HOOK"}});
+    at(&mut v, "/tools/place_order")
+        .as_object_mut()
+        .unwrap()
+        .remove("idempotencyKey");
+    let text = serde_json::to_string_pretty(&v).unwrap();
+    let before = risk::analyze(&load_text(&text));
+    assert!(
+        before
+            .findings()
+            .any(|f| f.code == "missing-idempotency-key" && f.fix.patch.is_some()),
+        "{}",
+        before.to_json()
+    );
+    let out = risk::fix(&text);
+    assert!(out.report.errors.is_empty(), "{:?}", out.report.errors);
+    assert!(
+        !out.applied
+            .iter()
+            .any(|a| a.code == "missing-idempotency-key"),
+        "{:?}",
+        out.applied
+    );
+    assert!(
+        out.report
+            .findings()
+            .any(|f| f.code == "missing-idempotency-key")
+    );
+}
