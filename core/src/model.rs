@@ -1459,3 +1459,66 @@ pub fn table_name(entity: &str) -> String {
     }
     out
 }
+
+/// An index sinew keeps on an entity's table: a unique field's, a `ref`
+/// field's, the owner field's, or a declared one. Unique ones hold among
+/// live rows only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexPlan {
+    /// Its name.
+    pub name: String,
+    /// Its columns, leading one first.
+    pub columns: Vec<String>,
+    /// Unique among live rows (`WHERE "deleted_at" IS NULL`).
+    pub unique: bool,
+}
+
+/// Every index sinew keeps on an entity's table, in order.
+pub fn wanted_indexes(table: &str, e: &Entity) -> Vec<IndexPlan> {
+    let mut out = Vec::new();
+    for (fname, f) in &e.fields {
+        if f.unique {
+            out.push(IndexPlan {
+                name: format!("{table}_{fname}_key"),
+                columns: vec![fname.clone()],
+                unique: true,
+            });
+        } else if f.ty == FieldType::Ref || e.owner.as_ref().is_some_and(|o| o.field == *fname) {
+            out.push(IndexPlan {
+                name: format!("{table}_{fname}_idx"),
+                columns: vec![fname.clone()],
+                unique: false,
+            });
+        }
+    }
+    for ix in &e.indexes {
+        out.push(IndexPlan {
+            name: index_name(table, &ix.fields, ix.unique),
+            columns: ix.fields.clone(),
+            unique: ix.unique,
+        });
+    }
+    out
+}
+
+/// The name of a declared index: `{table}_{fields}_key` (unique) or
+/// `_idx`, shortened with a hash of the whole name where Postgres would cut
+/// it (63 bytes), so two indexes never share a name.
+pub fn index_name(table: &str, fields: &[String], unique: bool) -> String {
+    fitted(table, fields, if unique { "key" } else { "idx" })
+}
+
+/// `{table}_{fields}_{suffix}`, shortened with a hash of the whole name
+/// where Postgres would cut it.
+pub(crate) fn fitted(table: &str, fields: &[String], suffix: &str) -> String {
+    let name = format!("{table}_{}_{suffix}", fields.join("_"));
+    if name.len() <= 63 {
+        return name;
+    }
+    let hash = &crate::hash::sha256_hex(name.as_bytes())[..8];
+    let mut cut = 50;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}_{hash}_{suffix}", &name[..cut])
+}

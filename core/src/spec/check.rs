@@ -1042,7 +1042,7 @@ fn check_storage_names(cx: &mut Cx, spec: &Spec) {
         let Some(e) = spec.entities.get(name) else {
             continue;
         };
-        for ix in crate::migrate::wanted_indexes(&table, e) {
+        for ix in crate::model::wanted_indexes(&table, e) {
             let what = format!("the index of `{name}` on {}", ix.columns.join(", "));
             if let Some(other) = taken.get(&ix.name) {
                 cx.error(
