@@ -1703,10 +1703,7 @@ impl<'a> Run<'a> {
             && self
                 .bundle
                 .spec
-                .externals
-                .get(&call.service)
-                .and_then(|x| x.operations.get(&call.operation))
-                .is_none_or(|o| o.side_effects)
+                .has_side_effects(&call.service, &call.operation)
     }
 
     /// Runs a call node (as a step of the flow, or as a compensation).

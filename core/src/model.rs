@@ -42,6 +42,18 @@ pub struct Spec {
     pub reviews: Option<Reviews>,
 }
 
+impl Spec {
+    /// Whether a call of `service.operation` may change something at the
+    /// service: unless the operation is declared `sideEffects: false` (an
+    /// undeclared one is assumed to).
+    pub fn has_side_effects(&self, service: &str, operation: &str) -> bool {
+        self.externals
+            .get(service)
+            .and_then(|x| x.operations.get(operation))
+            .is_none_or(|o| o.side_effects)
+    }
+}
+
 /// `reviews`: the roles that see and resolve review items
 /// (`GET /reviews`, `POST /reviews/{id}/resolve`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -636,21 +636,9 @@ pub struct Executor {
     timeouts: std::collections::HashMap<String, Duration>,
     /// The bundle's hash, for audit entries the host writes itself.
     pub bundle_hash: String,
-    /// What the host needs from the spec for the entries and answers it
-    /// makes itself, read from the spec when first needed.
-    facts: OnceLock<Facts>,
-}
-
-/// What the host reads from the spec only when a request ends without the
-/// guest's answer (a refusal, a trap).
-#[derive(Default)]
-struct Facts {
-    /// Each tool's `sensitive` input properties (only tools that have
-    /// some).
-    sensitive: std::collections::HashMap<String, Vec<String>>,
-    /// The external operations declared without side effects (`service`,
-    /// `operation`); any other call may have changed something.
-    quiet: std::collections::HashSet<(String, String)>,
+    /// The spec, parsed when the host first answers for the guest (a
+    /// refusal, a trap): never on the way of a request that runs.
+    parsed: OnceLock<sinew_core::model::Spec>,
 }
 
 impl Executor {
@@ -695,7 +683,7 @@ impl Executor {
             permits: tokio::sync::Semaphore::new(MAX_INSTANCES as usize / 2),
             timeouts: Default::default(),
             bundle_hash: String::new(),
-            facts: OnceLock::new(),
+            parsed: OnceLock::new(),
         }
     }
 
@@ -1040,44 +1028,26 @@ impl Executor {
     /// is needed (a refusal, a trap), never on the way of a request that
     /// runs.
     fn sensitive(&self, tool: &str) -> Vec<String> {
-        self.facts()
-            .sensitive
+        self.parsed()
+            .tools
             .get(tool)
-            .cloned()
+            .map(|t| t.sensitive.clone())
             .unwrap_or_default()
     }
 
-    fn facts(&self) -> &Facts {
-        self.facts.get_or_init(|| {
-            let spec = sinew_core::spec::load(&self.spec).spec;
-            Facts {
-                sensitive: spec
-                    .tools
-                    .iter()
-                    .filter(|(_, t)| !t.sensitive.is_empty())
-                    .map(|(n, t)| (n.clone(), t.sensitive.clone()))
-                    .collect(),
-                quiet: spec
-                    .externals
-                    .iter()
-                    .flat_map(|(x, e)| {
-                        e.operations
-                            .iter()
-                            .filter(|(_, o)| !o.side_effects)
-                            .map(move |(o, _)| (x.clone(), o.clone()))
-                    })
-                    .collect(),
-            }
-        })
+    fn parsed(&self) -> &sinew_core::model::Spec {
+        self.parsed
+            .get_or_init(|| sinew_core::spec::load(&self.spec).spec)
     }
 
     /// Whether a call that trapped left lasting effects: writes that
     /// committed, or a call to an operation with side effects.
     fn lasting(&self, call: &Call) -> bool {
-        call.committed || {
-            let quiet = &self.facts().quiet;
-            call.called.iter().any(|c| !quiet.contains(c))
-        }
+        call.committed
+            || call
+                .called
+                .iter()
+                .any(|(service, op)| self.parsed().has_side_effects(service, op))
     }
 
     /// Risk report through the component (same engine as `execute`).

@@ -707,10 +707,7 @@ impl ToolSignals<'_, '_> {
         };
         let (name, path) = (self.name, info.node.path.as_str());
         let what = format!("{external}.{operation}");
-        let ext = self.spec.externals.get(external);
-        let effects = ext
-            .and_then(|x| x.operations.get(operation))
-            .is_none_or(|o| o.side_effects);
+        let effects = self.spec.has_side_effects(external, operation);
         if retry.is_none() {
             let patch = vec![Op::Add {
                 path: child(path, "retry"),
@@ -765,7 +762,11 @@ impl ToolSignals<'_, '_> {
             );
             self.push("external-in-transition", Some(info), message, None, None);
         }
-        let is_payment = ext.is_some_and(|x| x.kind == "payment");
+        let is_payment = self
+            .spec
+            .externals
+            .get(external)
+            .is_some_and(|x| x.kind == "payment");
         let is_comp = self.comp_targets.contains(info.id)
             || self
                 .comp_ops

@@ -2710,12 +2710,7 @@ fn check_members(cx: &mut Cx, entity: Option<&Entity>, ename: &str, f: &Filter, 
             for t in items {
                 match t {
                     Template::Expr(x) => members.push((x.src.clone(), type_of(x, scope))),
-                    Template::Literal(v @ Value::Number(n)) => {
-                        members.push((v.to_string(), if n.is_f64() { Ty::Double } else { Ty::Int }))
-                    }
-                    Template::Literal(v @ Value::Bool(_)) => {
-                        members.push((v.to_string(), Ty::Bool))
-                    }
+                    Template::Literal(v) => members.push((v.to_string(), super::types::of_json(v))),
                     _ => {}
                 }
             }

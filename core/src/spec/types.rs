@@ -247,6 +247,9 @@ pub(crate) fn constant_failures(e: &Expr, errors: &mut Vec<TypeError>) {
                 Some(ExprKind::Lit(Lit::String(t))) => Some(t.clone()),
                 _ => None,
             };
+            // The methods that take a time zone: a form (timestamp, string).
+            let zoned = signatures(func)
+                .is_some_and(|forms| forms.iter().any(|f| matches!(f, [Arg::T, Arg::S])));
             let problem = match (func.as_str(), target.is_some()) {
                 ("matches", true) => {
                     text(args.first()).and_then(|p| crate::expr::pattern_problem(&p))
@@ -254,11 +257,9 @@ pub(crate) fn constant_failures(e: &Expr, errors: &mut Vec<TypeError>) {
                 ("matches", false) => {
                     text(args.get(1)).and_then(|p| crate::expr::pattern_problem(&p))
                 }
-                (
-                    "getFullYear" | "getMonth" | "getDayOfYear" | "getDayOfMonth" | "getDate"
-                    | "getDayOfWeek" | "getHours" | "getMinutes" | "getSeconds" | "getMilliseconds",
-                    true,
-                ) => text(args.first()).and_then(|z| crate::expr::zone_problem(&z)),
+                (_, true) if zoned => {
+                    text(args.first()).and_then(|z| crate::expr::zone_problem(&z))
+                }
                 _ => None,
             };
             if let Some(message) = problem {
