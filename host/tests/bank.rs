@@ -114,7 +114,15 @@ async fn bank_conserves_money_across_two_servers() {
                     // machine the slowest few can run out of it: a typed
                     // 504 whose transaction rolled back is the deadline
                     // working, counted apart from server errors.
-                    let deadline = s == 504 && body.get("code").and_then(Value::as_str) == Some("deadline_exceeded");
+                    // On a loaded machine the rollback and the audit entry
+                    // after the deadline can take the server past its
+                    // answer budget (deadline + 1 s): it then answers a
+                    // typed 503 with `Retry-After` (outcome not known yet)
+                    // while the request finishes in its task. That is the
+                    // same deadline at work, and counted with it.
+                    let code = body.get("code").and_then(Value::as_str);
+                    let late = s == 503 && code == Some("unavailable") && retry.is_some();
+                    let deadline = (s == 504 && code == Some("deadline_exceeded")) || late;
                     if deadline {
                         deadlines.fetch_add(1, Ordering::SeqCst);
                     } else {
@@ -312,11 +320,21 @@ async fn bank_conserves_money_across_two_servers() {
         max * 1e3
     );
     assert!(p99 < 1.0, "sequencer lag p99 {p99} s");
-    let finals: i64 = db
-        .query_one("SELECT count(*) FROM sinew_audit WHERE kind = 'final'", &[])
-        .await
-        .unwrap()
-        .get(0);
+    // A request answered late finishes in its task: its entry may come a
+    // moment after the load.
+    let until = Instant::now() + Duration::from_secs(10);
+    let finals = loop {
+        let (queued, _) = sinew_host::pg::sequencer::queued(&db).await.unwrap();
+        let finals: i64 = db
+            .query_one("SELECT count(*) FROM sinew_audit WHERE kind = 'final'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if (finals as u64 == n && queued == 0) || Instant::now() > until {
+            break finals;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(finals as u64, n, "audit entries != requests");
     let size = db
         .query_one(
