@@ -3569,7 +3569,10 @@ fn what_fails_on_every_call_is_refused() {
         &[
             ("product.name[0]", "a string cannot be indexed with an int"),
             ("{'a': 1}[0]", "a map cannot be indexed with an int"),
-            ("[1, 2]['a']", "a list cannot be indexed with a string"),
+            (
+                "[1, 2]['a']",
+                "a list of ints cannot be indexed with a string",
+            ),
             (
                 "'T' in product.name",
                 "`in` looks in a list or a map, not in a string",
@@ -3878,4 +3881,207 @@ fn a_fix_that_would_break_the_spec_is_not_applied() {
             .findings()
             .any(|f| f.code == "missing-idempotency-key")
     );
+}
+
+/// More that fails on every call, found by reading specs written from the
+/// docs alone: `string()` of a list, bit operations mixing int and uint, a
+/// map key that may have a fraction, `join` of a literal list with a
+/// number, a macro condition that is not a bool, a `map` result's element
+/// type, `format` clauses against their literal arguments, a literal zero
+/// divisor or negative index, a timestamp compared with text that is not
+/// one. What works passes.
+#[test]
+fn more_that_fails_on_every_call_is_refused() {
+    let with_input = |v: &mut Value| {
+        let input = &mut at(v, "/tools/get_product")["input"];
+        input["properties"]["counts"] = json!({"type": "array", "items": {"type": "integer"}});
+        input["properties"]["factor"] = json!({"type": "number"});
+        input["required"] = json!(["counts", "factor"]);
+    };
+    judge(
+        with_input,
+        &[
+            (
+                "string(input.counts)",
+                "`string()` does not take a list of ints",
+            ),
+            (
+                "math.bitAnd(product.price, 1u)",
+                "`math.bitAnd()` does not take an int, a uint",
+            ),
+            (
+                "{input.factor: 1}",
+                "a map's key is an int, a uint, a bool or a string, not a number",
+            ),
+            ("['a', 1].join(',')", "a member of this list is an int"),
+            (
+                "input.counts.all(c, c + 1)",
+                "`all`'s condition gives an int, not a bool",
+            ),
+            (
+                "input.counts.filter(c, 'yes')",
+                "`filter`'s condition gives a string, not a bool",
+            ),
+            (
+                "input.counts.map(c, c * 2).join(',')",
+                "`.join()` joins strings, not the elements of a list of ints",
+            ),
+            (
+                "'%d items'.format([product.name])",
+                "`%d` does not format a string",
+            ),
+            (
+                "'%s and %s'.format([product.name])",
+                "the format has 2 clauses and the list 1 arguments",
+            ),
+            ("product.price / 0", "`/` by zero fails on every call"),
+            ("product.price % 0", "`%` by zero fails on every call"),
+            ("input.counts[-1]", "a list's index is never negative"),
+            (
+                "request.time < '2026-01-01'",
+                "is not an RFC 3339 timestamp",
+            ),
+        ],
+        &[
+            "string(product.price) + string(input.factor)",
+            "math.bitAnd(product.price, 3) + int(math.bitAnd(1u, 2u))",
+            "{product.name: 1, string(input.factor): 2}",
+            "['a', 'b'].join(',')",
+            "input.counts.all(c, c > 0) && input.counts.exists(c, c == 2)",
+            "input.counts.map(c, string(c)).join(',')",
+            "'%d items at %.2f: %s'.format([product.price, input.factor, input.counts])",
+            "product.price / 2 + input.counts[0]",
+            "request.time < '2026-01-01T00:00:00Z'",
+        ],
+    );
+}
+
+/// A `foreach` over what is not a list, a `limit` from a `number` input
+/// (2.5 fails), an `in` whose expression is a string, an idempotency key
+/// that is the same on every call: refused.
+#[test]
+fn nodes_that_fail_on_every_call_are_refused() {
+    let with_input = |v: &mut Value| {
+        let input = &mut at(v, "/tools/get_product")["input"];
+        input["properties"]["n"] = json!({"type": "number", "minimum": 1, "maximum": 10});
+        input["properties"]["skus"] = json!({"type": "string"});
+        input["required"] = json!(["n", "skus"]);
+    };
+    let l = load_with(|v| {
+        with_input(v);
+        with_product_node(
+            v,
+            json!({"type": "foreach", "items": "input.skus", "as": "s", "maxItems": 5,
+                   "body": {"entry": "r", "nodes": {"r": {"type": "read", "entity": "Product",
+                     "where": {"sku": "s"}, "limit": 1}}},
+                   "next": "done"}),
+        );
+        at(v, &format!("{GET}/done"))["value"] = json!({});
+    });
+    let d = only_error(&l, "expr-type", &format!("{GET}/product/items"));
+    assert_message(d, "a `foreach` goes over a list, and this is a string");
+    let l = load_with(|v| {
+        with_input(v);
+        with_product_node(
+            v,
+            json!({"type": "read", "entity": "Product", "where": {"stock": {"gt": 0}},
+                   "orderBy": ["id"], "limit": "input.n", "next": "done"}),
+        );
+        at(v, &format!("{GET}/done"))["value"] = json!({});
+    });
+    let d = only_error(&l, "expr-type", &format!("{GET}/product/limit"));
+    assert_message(d, "a positive integer is needed here, but this is a number");
+    let l = load_with(|v| {
+        with_input(v);
+        with_product_node(
+            v,
+            json!({"type": "read", "entity": "Product", "where": {"sku": {"in": "input.skus"}},
+                   "limit": 10, "next": "done"}),
+        );
+        at(v, &format!("{GET}/done"))["value"] = json!({});
+    });
+    let d = only_error(&l, "expr-type", &format!("{GET}/product/where/sku/in"));
+    assert_message(d, "`in` needs a list, and this is `input.skus`, a string");
+    for key in ["null", "'same'"] {
+        let l = load_with(|v| at(v, "/tools/place_order")["idempotencyKey"] = json!(key));
+        let d = only_error(&l, "invalid-value", "/tools/place_order/idempotencyKey");
+        assert_message(d, "is the same on every call");
+    }
+}
+
+/// A literal the field refuses (outside its `enum`, too long, out of
+/// range) is 422 on every call that writes it; a `where` literal no row can
+/// hold (a state the machine lacks, a value outside the `enum`) matches
+/// nothing: both refused, naming what the field takes.
+#[test]
+fn literals_the_fields_refuse_are_refused() {
+    let enums = |v: &mut Value| {
+        at(v, "/entities/Product/fields")["kind"] =
+            json!({"type": "string", "enum": ["book", "toy"]});
+        at(v, "/entities/Product/fields")["sku"]["maxLength"] = json!(4);
+        at(v, "/entities/Product/fields")["stock"]["maximum"] = json!(100);
+    };
+    for (field, value, says) in [
+        (
+            "kind",
+            json!("'boook'"),
+            "`Product.kind` is not one of the allowed values",
+        ),
+        (
+            "sku",
+            json!("'ABCDEF'"),
+            "`Product.sku` must be at most 4 characters",
+        ),
+        ("stock", json!(1000), "`Product.stock` must be at most 100"),
+    ] {
+        let l = load_with(|v| {
+            enums(v);
+            at(v, &format!("{BODY}/take"))["set"] = json!({field: value});
+        });
+        let errors: Vec<_> = l
+            .errors
+            .iter()
+            .filter(|d| d.code == "invalid-value")
+            .collect();
+        assert_eq!(errors.len(), 1, "{field}: {}", list(&l.errors));
+        assert_message(errors[0], says);
+    }
+    let l = load_with(|v| {
+        enums(v);
+        at(v, &format!("{BODY}/take"))["set"] = json!({"kind": "'toy'", "stock": 5});
+    });
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    for (entity, filter, says) in [
+        (
+            "Order",
+            json!({"status": "'payed'"}),
+            "no `Order` row has `status` \"payed\": it takes \"pending\", \"paid\"",
+        ),
+        (
+            "Order",
+            json!({"status": {"in": ["'pending'", "'shipped'"]}}),
+            "no `Order` row has `status` \"shipped\"",
+        ),
+        (
+            "Product",
+            json!({"kind": {"ne": "'game'"}}),
+            "no `Product` row has `kind` \"game\"",
+        ),
+    ] {
+        let l = load_with(|v| {
+            enums(v);
+            with_product_node(
+                v,
+                json!({"type": "read", "entity": entity, "where": filter, "limit": 5, "next": "done"}),
+            );
+            at(v, &format!("{GET}/done"))["value"] = json!({});
+        });
+        let errors: Vec<_> = l
+            .errors
+            .iter()
+            .filter(|d| d.code == "invalid-value")
+            .collect();
+        assert_eq!(errors.len(), 1, "{filter}: {}", list(&l.errors));
+        assert_message(errors[0], says);
+    }
 }

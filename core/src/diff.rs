@@ -1,7 +1,8 @@
 //! `sinew diff`: what a change of spec does, for reviewers and CI. The API
 //! changes of each tool (breaking ones: a removed tool or route, a new
 //! required input field, a narrowed input schema, a removed output field,
-//! fewer roles allowed; and compatible ones), the risk level of each tool
+//! fewer roles allowed, a success status or idempotency key changed, an
+//! owner added; and compatible ones), the risk level of each tool
 //! before and after, the migration from the old spec's schema to the new
 //! one's, and the policies and acknowledgments changed.
 //!
@@ -111,6 +112,7 @@ pub fn diff(old: &str, new: &str) -> Result<Diff, Invalid> {
             Some(u) => tool_changes(name, t, u, &mut api),
         }
     }
+    owner_changes(&a.spec, &b.spec, &mut api);
     for name in b.spec.tools.keys() {
         if !a.spec.tools.contains_key(name) {
             api.push(ApiChange {
@@ -174,15 +176,7 @@ pub fn diff(old: &str, new: &str) -> Result<Diff, Invalid> {
 /// answer 500 `invalid_output` for a row holding one. Said as a breaking
 /// change of that tool.
 fn added_values(old: &Spec, new: &Spec, out: &mut Vec<ApiChange>) {
-    let values = |e: &crate::model::Entity, column: &str| -> Option<Vec<Value>> {
-        if column == "status" {
-            return e
-                .status
-                .as_ref()
-                .map(|sm| sm.states().iter().map(|s| Value::from(*s)).collect());
-        }
-        e.fields.get(column)?.enum_values.clone()
-    };
+    let values = |e: &crate::model::Entity, column: &str| e.values_of(column);
     for (name, e) in &new.entities {
         let Some(before) = old.entities.get(name) else {
             continue;
@@ -341,12 +335,422 @@ fn tool_changes(name: &str, old: &Tool, new: &Tool, out: &mut Vec<ApiChange>) {
             new.auth.deny_when.is_some(),
         );
     }
+    let key = |t: &Tool| t.idempotency_key.as_ref().map(|k| k.src.clone());
+    match (old.key_from_header(), new.key_from_header()) {
+        (false, true) => push(
+            "its idempotency key comes from the `Idempotency-Key` header: a call without \
+             the header is refused (400 `idempotency_key_required`)"
+                .into(),
+            true,
+        ),
+        (true, false) => push(
+            "its idempotency key no longer comes from the `Idempotency-Key` header: a retry \
+             that relies on the header runs again"
+                .into(),
+            true,
+        ),
+        _ => match (key(old), key(new)) {
+            (Some(o), None) => push(
+                format!("it has no idempotency key (was `{o}`): a retry runs again"),
+                true,
+            ),
+            (None, Some(n)) => push(format!("it gains the idempotency key `{n}`"), false),
+            (Some(o), Some(n)) if o != n => push(
+                format!(
+                    "its idempotency key changes from `{o}` to `{n}` (a retry across the \
+                     deploy runs again)"
+                ),
+                false,
+            ),
+            _ => {}
+        },
+    }
+    let (was, is) = (success_statuses(old), success_statuses(new));
+    let lost: Vec<String> = was
+        .iter()
+        .filter(|s| !is.contains(s))
+        .map(ToString::to_string)
+        .collect();
+    let gained: Vec<String> = is
+        .iter()
+        .filter(|s| !was.contains(s))
+        .map(ToString::to_string)
+        .collect();
+    if !lost.is_empty() || !gained.is_empty() {
+        let show = |v: &std::collections::BTreeSet<u16>| {
+            v.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        push(
+            format!(
+                "its success status changes from {} to {}",
+                show(&was),
+                show(&is)
+            ),
+            !lost.is_empty(),
+        );
+    }
     let mut changes = Vec::new();
-    schema_changes("", &old.input, &new.input, Side::Input, &mut changes);
-    schema_changes("", &old.output, &new.output, Side::Output, &mut changes);
+    let (oi, ni) = (normal(&old.input), normal(&new.input));
+    let (oo, no) = (normal(&old.output), normal(&new.output));
+    schema_changes("", &oi, &ni, Side::Input, &mut changes);
+    schema_changes("", &oo, &no, Side::Output, &mut changes);
     for (change, breaking) in changes {
         push(change, breaking);
     }
+}
+
+/// The statuses a tool's `return` nodes answer with.
+fn success_statuses(t: &Tool) -> std::collections::BTreeSet<u16> {
+    t.flow
+        .all()
+        .into_iter()
+        .filter_map(|(_, n)| match &n.kind {
+            crate::model::NodeKind::Return { status, .. } => Some(*status),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Owners added to, changed on or removed from an entity: who sees which
+/// rows changes for every tool (of both specs) that works on it.
+fn owner_changes(old: &Spec, new: &Spec, out: &mut Vec<ApiChange>) {
+    for (name, e) in &new.entities {
+        let Some(before) = old.entities.get(name) else {
+            continue;
+        };
+        let describe = |o: &crate::model::Owner| {
+            let mut s = format!("`{}`", o.field);
+            if o.by_ref {
+                s.push_str(" (through the row it names)");
+            }
+            if let Some(c) = &o.claim {
+                let _ = write!(s, " against the `{c}` claim");
+            }
+            s
+        };
+        let (change, breaking) = match (&before.owner, &e.owner) {
+            (None, None) => continue,
+            (None, Some(o)) => (
+                format!(
+                    "`{name}` rows gain an owner, {}: callers see and change only their own rows \
+                     (rows already there with no owner: none but the exempt roles)",
+                    describe(o)
+                ),
+                true,
+            ),
+            (Some(_), None) => (
+                format!("`{name}` rows no longer have an owner: every caller sees every row"),
+                false,
+            ),
+            (Some(a), Some(b)) => {
+                let lost: Vec<&str> = a
+                    .exempt
+                    .iter()
+                    .filter(|r| !b.exempt.contains(r))
+                    .map(String::as_str)
+                    .collect();
+                if (&a.field, a.by_ref, &a.claim) != (&b.field, b.by_ref, &b.claim) {
+                    (
+                        format!(
+                            "`{name}` rows are owned by {} instead of {}: callers may no longer \
+                             see rows they saw",
+                            describe(b),
+                            describe(a)
+                        ),
+                        true,
+                    )
+                } else if !lost.is_empty() {
+                    (
+                        format!(
+                            "roles {} no longer see and change every `{name}` row",
+                            lost.join(", ")
+                        ),
+                        true,
+                    )
+                } else if a.exempt != b.exempt {
+                    (
+                        format!("more roles see and change every `{name}` row"),
+                        false,
+                    )
+                } else {
+                    continue;
+                }
+            }
+        };
+        for (tool, t) in &old.tools {
+            let works_on = |t: &Tool, spec: &Spec| {
+                t.flow.all().into_iter().any(|(_, n)| {
+                    n.kind.entity() == Some(name.as_str())
+                        || matches!(&n.kind, crate::model::NodeKind::Read { entity, include, .. }
+                            if includes(spec, entity, include, name))
+                })
+            };
+            let touches = works_on(t, old) || new.tools.get(tool).is_some_and(|u| works_on(u, new));
+            if touches && new.tools.contains_key(tool) {
+                out.push(ApiChange {
+                    tool: tool.clone(),
+                    change: change.clone(),
+                    breaking,
+                });
+            }
+        }
+    }
+}
+
+/// Whether the includes of a read of `entity` embed rows of `target`, at
+/// any depth.
+fn includes(spec: &Spec, entity: &str, list: &[crate::model::Include], target: &str) -> bool {
+    let Some(e) = spec.entities.get(entity) else {
+        return false;
+    };
+    list.iter().any(|i| {
+        i.target(e)
+            .is_some_and(|t| t == target || includes(spec, t, &i.include, target))
+    })
+}
+
+/// The keywords a schema comparison reads; any other that changes is
+/// reported as a change `sinew diff` cannot judge.
+const COMPARED: &[&str] = &[
+    "type",
+    "nullable",
+    "maxLength",
+    "maximum",
+    "exclusiveMaximum",
+    "maxItems",
+    "minLength",
+    "minimum",
+    "exclusiveMinimum",
+    "minItems",
+    "pattern",
+    "format",
+    "const",
+    "enum",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+];
+
+/// Keywords that say nothing about what a schema accepts.
+const ANNOTATIONS: &[&str] = &[
+    "$schema",
+    "$id",
+    "$defs",
+    "definitions",
+    "$comment",
+    "title",
+    "description",
+    "examples",
+    "example",
+    "default",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+];
+
+/// How deep `$ref`s are followed (a recursive schema stops there).
+const REF_DEPTH: usize = 16;
+
+/// A schema as it is compared: local `$ref`s replaced by what they name
+/// and `allOf` merged into the schema around it (both at any depth), so
+/// that a field narrowed in a shared definition or an `allOf` branch is
+/// seen like one narrowed in place.
+fn normal(root: &Value) -> Value {
+    normalize(root, root, 0)
+}
+
+fn normalize(root: &Value, s: &Value, depth: usize) -> Value {
+    let Value::Object(m) = s else {
+        return s.clone();
+    };
+    let mut own = serde_json::Map::new();
+    for (k, v) in m {
+        let v = match k.as_str() {
+            "$ref" | "allOf" => continue,
+            "properties" | "patternProperties" => match v {
+                Value::Object(props) => Value::Object(
+                    props
+                        .iter()
+                        .map(|(n, p)| (n.clone(), normalize(root, p, depth)))
+                        .collect(),
+                ),
+                _ => v.clone(),
+            },
+            "items"
+            | "additionalProperties"
+            | "not"
+            | "contains"
+            | "propertyNames"
+            | "if"
+            | "then"
+            | "else" => normalize(root, v, depth),
+            "anyOf" | "oneOf" | "prefixItems" => match v {
+                Value::Array(a) => {
+                    Value::Array(a.iter().map(|x| normalize(root, x, depth)).collect())
+                }
+                _ => v.clone(),
+            },
+            _ => v.clone(),
+        };
+        own.insert(k.clone(), v);
+    }
+    let mut out = Value::Object(own);
+    if let Some(target) = m.get("$ref").and_then(Value::as_str) {
+        let found = target
+            .strip_prefix('#')
+            .and_then(|p| root.pointer(&pointer_decoded(p)));
+        match found {
+            Some(t) if depth < REF_DEPTH => out = merge(normalize(root, t, depth + 1), out),
+            // A `$ref` that cannot be followed stays, and is compared as is.
+            _ => {
+                if let Value::Object(o) = &mut out {
+                    o.insert("$ref".into(), Value::from(target));
+                }
+            }
+        }
+    }
+    if let Some(Value::Array(all)) = m.get("allOf") {
+        for part in all {
+            out = merge(out, normalize(root, part, depth));
+        }
+    }
+    out
+}
+
+/// A `$ref` fragment as a JSON Pointer (`%25` and the like decoded).
+fn pointer_decoded(p: &str) -> String {
+    let bytes = p.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b, hex) {
+            (b'%', Some(h)) => {
+                out.push(h);
+                i += 3;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Two schemas that both apply (an `allOf`), as one: members merged,
+/// `required` joined, types and `enum`s intersected, the tighter of each
+/// bound; any other keyword both give differently is kept as an `allOf`
+/// of what is left (compared as is).
+fn merge(a: Value, b: Value) -> Value {
+    // `true` adds nothing; `false` accepts nothing.
+    let (mut a, b) = match (a, b) {
+        (Value::Object(a), Value::Object(b)) => (a, b),
+        (Value::Bool(true), x) | (x, Value::Bool(true)) => return x,
+        _ => return Value::Bool(false),
+    };
+    let mut rest = Vec::new();
+    for (k, v) in b {
+        let Some(mine) = a.remove(&k) else {
+            a.insert(k, v);
+            continue;
+        };
+        let merged = match k.as_str() {
+            _ if mine == v => Some(v),
+            "properties" => match (mine, v) {
+                (Value::Object(mut x), Value::Object(y)) => {
+                    for (n, p) in y {
+                        let p = match x.remove(&n) {
+                            Some(q) => merge(q, p),
+                            None => p,
+                        };
+                        x.insert(n, p);
+                    }
+                    Some(Value::Object(x))
+                }
+                (x, _) => Some(x),
+            },
+            "required" => {
+                let mut all: Vec<Value> = mine.as_array().cloned().unwrap_or_default();
+                for r in v.as_array().into_iter().flatten() {
+                    if !all.contains(r) {
+                        all.push(r.clone());
+                    }
+                }
+                Some(Value::Array(all))
+            }
+            "type" => {
+                let list = |t: &Value| -> Vec<Value> {
+                    match t {
+                        Value::Array(a) => a.clone(),
+                        t => vec![t.clone()],
+                    }
+                };
+                // What both allow (an `integer` is a `number` too).
+                let (x, y) = (list(&mine), list(&v));
+                let allows = |l: &[Value], t: &Value| {
+                    l.contains(t) || (t == "integer" && l.iter().any(|u| u == "number"))
+                };
+                let mut both: Vec<Value> = Vec::new();
+                for t in x
+                    .iter()
+                    .filter(|t| allows(&y, t))
+                    .chain(y.iter().filter(|t| allows(&x, t)))
+                {
+                    if !both.contains(t) {
+                        both.push(t.clone());
+                    }
+                }
+                Some(Value::Array(both))
+            }
+            "enum" => {
+                let y = v.as_array().cloned().unwrap_or_default();
+                Some(Value::Array(
+                    mine.as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|x| y.contains(x))
+                        .cloned()
+                        .collect(),
+                ))
+            }
+            "maxLength" | "maximum" | "exclusiveMaximum" | "maxItems" | "maxProperties" => {
+                match (mine.as_f64(), v.as_f64()) {
+                    (Some(x), Some(y)) => Some(if y < x { v } else { mine }),
+                    _ => None,
+                }
+            }
+            "minLength" | "minimum" | "exclusiveMinimum" | "minItems" | "minProperties" => {
+                match (mine.as_f64(), v.as_f64()) {
+                    (Some(x), Some(y)) => Some(if y > x { v } else { mine }),
+                    _ => None,
+                }
+            }
+            "additionalProperties" if mine == Value::Bool(false) || v == Value::Bool(false) => {
+                Some(Value::Bool(false))
+            }
+            "items" => Some(merge(mine, v)),
+            _ if ANNOTATIONS.contains(&k.as_str()) => Some(mine),
+            _ => {
+                rest.push(serde_json::json!({ k.clone(): v }));
+                Some(mine)
+            }
+        };
+        if let Some(m) = merged {
+            a.insert(k, m);
+        }
+    }
+    if !rest.is_empty() {
+        a.insert("allOf".into(), Value::Array(rest));
+    }
+    Value::Object(a)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -605,8 +1009,61 @@ fn schema_changes(at: &str, old: &Value, new: &Value, side: Side, out: &mut Vec<
             true,
         ));
     }
-    if let (Some(o), Some(n)) = (old.get("items"), new.get("items")) {
-        schema_changes(&format!("{at}[]"), o, n, side, out);
+    match (old.get("items"), new.get("items")) {
+        (Some(o), Some(n)) => schema_changes(&format!("{at}[]"), o, n, side, out),
+        (None, Some(n)) if n != &Value::Bool(true) && side == Side::Input => {
+            out.push((format!("{} items must match a schema", what(at)), true))
+        }
+        (Some(o), None) if o != &Value::Bool(true) && side == Side::Output => {
+            out.push((format!("{} items may be anything", what(at)), true))
+        }
+        _ => {}
+    }
+    // A schema of the members a closed list of `properties` does not name.
+    let extra = |s: &Value| match s.get("additionalProperties") {
+        Some(Value::Bool(_)) | None => None,
+        Some(x) => Some(x.clone()),
+    };
+    match (extra(old), extra(new)) {
+        (Some(o), Some(n)) => schema_changes(&field("*"), &o, &n, side, out),
+        (None, Some(_)) if !closed(old) => out.push((
+            format!("{} limits the fields it does not list", what(at)),
+            side == Side::Input,
+        )),
+        (Some(_), None) if !closed(new) => out.push((
+            format!("{} no longer limits the fields it does not list", what(at)),
+            side == Side::Output,
+        )),
+        _ => {}
+    }
+    // Whatever else changed, `sinew diff` cannot judge: breaking, to be
+    // read by a person.
+    let keys: std::collections::BTreeSet<&String> = old
+        .as_object()
+        .into_iter()
+        .chain(new.as_object())
+        .flat_map(|m| m.keys())
+        .filter(|k| !COMPARED.contains(&k.as_str()) && !ANNOTATIONS.contains(&k.as_str()))
+        .collect();
+    for key in keys {
+        if old.get(key) != new.get(key) {
+            out.push((
+                format!(
+                    "{} `{key}` changes (sinew diff does not compare it: read it yourself)",
+                    what(at)
+                ),
+                true,
+            ));
+        }
+    }
+    if (old.is_boolean() || new.is_boolean()) && old != new {
+        out.push((
+            format!("{} changes from {old} to {new}", what(at)),
+            match side {
+                Side::Input => new == &Value::Bool(false) || old == &Value::Bool(true),
+                Side::Output => old == &Value::Bool(false) || new == &Value::Bool(true),
+            },
+        ));
     }
 }
 
@@ -667,5 +1124,136 @@ impl Diff {
             }
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A spec with one entity and one tool reading it.
+    fn base() -> Value {
+        json!({
+            "sinew": "0.2", "name": "d",
+            "entities": {"Note": {"fields": {
+                "title": {"type": "string"}, "author": {"type": "string", "nullable": true}}}},
+            "tools": {"add": {
+                "trigger": {"http": {"method": "POST", "path": "/notes"}},
+                "auth": {"roles": ["staff"]},
+                "idempotencyKey": "input.ref",
+                "input": {
+                    "type": "object",
+                    "$defs": {"title": {"type": "string", "maxLength": 100}},
+                    "properties": {"ref": {"type": "string"}, "title": {"$ref": "#/$defs/title"}},
+                    "required": ["ref", "title"],
+                    "additionalProperties": false
+                },
+                "output": {"type": "object", "properties": {"id": {"type": "string"}}},
+                "flow": {"entry": "t", "nodes": {
+                    "t": {"type": "transaction", "body": {"entry": "c", "nodes": {
+                        "c": {"type": "create", "entity": "Note", "values": {"title": "input.title"}}}},
+                        "next": "r"},
+                    "r": {"type": "return", "value": {"id": "c.id"}, "status": 201}}}
+            }}
+        })
+    }
+
+    fn changes(old: &Value, new: &Value) -> Vec<(String, bool)> {
+        let d = diff(&old.to_string(), &new.to_string()).unwrap();
+        d.api.into_iter().map(|c| (c.change, c.breaking)).collect()
+    }
+
+    fn breaking(old: &Value, new: &Value, says: &str) {
+        let c = changes(old, new);
+        assert!(
+            c.iter().any(|(m, b)| *b && m.contains(says)),
+            "no breaking change saying {says:?}: {c:?}"
+        );
+    }
+
+    #[test]
+    fn the_base_has_no_change() {
+        assert_eq!(changes(&base(), &base()), vec![]);
+    }
+
+    #[test]
+    fn a_narrowing_through_a_ref_or_all_of_is_breaking() {
+        let mut v = base();
+        v["tools"]["add"]["input"]["$defs"]["title"]["maxLength"] = json!(10);
+        breaking(&base(), &v, "input field `title` maxLength 100 → 10");
+        let mut v = base();
+        v["tools"]["add"]["input"]["allOf"] = json!([{"properties": {"title": {"minLength": 3}}}]);
+        breaking(&base(), &v, "input field `title` minLength none → 3");
+        let mut v = base();
+        v["tools"]["add"]["input"]["allOf"] =
+            json!([{"required": ["extra"], "properties": {"extra": {"type": "string"}}}]);
+        v["tools"]["add"]["input"]["additionalProperties"] = json!(true);
+        breaking(&base(), &v, "`extra` is a new required input field");
+        // The same schema written with an `allOf` instead of in place: no change.
+        let mut v = base();
+        let input = v["tools"]["add"]["input"].take();
+        v["tools"]["add"]["input"] = json!({"$defs": input["$defs"], "allOf": [
+            {"type": "object", "properties": {"ref": {"type": "string"}}, "required": ["ref"]},
+            {"properties": {"title": {"$ref": "#/$defs/title"}}, "required": ["title"], "additionalProperties": false}
+        ]});
+        assert_eq!(changes(&base(), &v), vec![]);
+        // What it cannot compare is said, as breaking.
+        let mut v = base();
+        v["tools"]["add"]["input"]["properties"]["ref"]["anyOf"] =
+            json!([{"minLength": 2}, {"maxLength": 0}]);
+        breaking(&base(), &v, "input field `ref` `anyOf` changes");
+    }
+
+    #[test]
+    fn the_idempotency_key_moved_to_the_header_is_breaking() {
+        let mut v = base();
+        v["tools"]["add"]["idempotencyKey"] = json!("request.idempotencyKey");
+        breaking(&base(), &v, "a call without the header is refused");
+        breaking(&v, &base(), "a retry that relies on the header runs again");
+        let mut v = base();
+        v["tools"]["add"]["idempotencyKey"].take();
+        v["tools"]["add"]
+            .as_object_mut()
+            .unwrap()
+            .remove("idempotencyKey");
+        breaking(&base(), &v, "it has no idempotency key");
+        let c = changes(&v, &base());
+        assert_eq!(
+            c,
+            vec![("it gains the idempotency key `input.ref`".to_owned(), false)]
+        );
+    }
+
+    #[test]
+    fn a_changed_success_status_is_breaking() {
+        let mut v = base();
+        v["tools"]["add"]["flow"]["nodes"]["r"]["status"] = json!(200);
+        breaking(&base(), &v, "its success status changes from 201 to 200");
+    }
+
+    #[test]
+    fn an_owner_added_or_changed_is_breaking() {
+        let mut v = base();
+        v["entities"]["Note"]["owner"] = json!({"field": "author"});
+        breaking(&base(), &v, "`Note` rows gain an owner");
+        let c = changes(&v, &base());
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert!(!c[0].1, "{c:?}");
+        let mut w = v.clone();
+        w["entities"]["Note"]["owner"]["exempt"] = json!(["staff"]);
+        breaking(
+            &w,
+            &v,
+            "roles staff no longer see and change every `Note` row",
+        );
+    }
+
+    #[test]
+    fn a_not_null_that_fails_on_nulls_is_destructive() {
+        let mut v = base();
+        v["entities"]["Note"]["fields"]["author"] = json!({"type": "string"});
+        let d = diff(&base().to_string(), &v.to_string()).unwrap();
+        assert!(d.destructive, "{}", d.human());
     }
 }

@@ -2069,6 +2069,7 @@ impl<'a> Run<'a> {
     fn positive(&self, x: &Expression) -> Result<u64, Problem> {
         match self.eval(x, None)? {
             Value::Int(n) if n >= 1 => Ok(u64::try_from(n).unwrap_or(1)),
+            Value::Uint(n) if n >= 1 => Ok(n),
             // A number the caller chose (the spec's schema let it through).
             Value::Int(n) => Err(Problem::new(
                 Code::InvalidInput,

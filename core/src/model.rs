@@ -213,6 +213,18 @@ impl Entity {
         name == "id" || self.fields.get(name).is_some_and(|f| f.unique)
     }
 
+    /// The only values column `name` takes, where they are listed: the
+    /// states of `status`, a field's `enum`.
+    pub fn values_of(&self, name: &str) -> Option<Vec<Value>> {
+        if name == "status" && self.fields.get("status").is_none() {
+            return self
+                .status
+                .as_ref()
+                .map(|sm| sm.states().iter().map(|s| Value::from(*s)).collect());
+        }
+        self.fields.get(name)?.enum_values.clone()
+    }
+
     /// The type of a column, declared or implicit (`status` is a string).
     pub fn column_type(&self, name: &str) -> Option<FieldType> {
         match name {
@@ -297,6 +309,55 @@ pub struct Field {
     /// The field's former name (`renamedFrom`): the migration renames its
     /// column instead of adding a new one.
     pub renamed_from: Option<String>,
+}
+
+impl Field {
+    /// Why a value that is not null cannot be written into this field
+    /// (its type, range, length or `enum`), each as "must be …" (none: it
+    /// can): the rule the stores apply to every write, and the checker to
+    /// literals.
+    pub fn violations(&self, v: &Value) -> Vec<String> {
+        let ok_type = match self.ty {
+            FieldType::String => v.is_string(),
+            FieldType::Integer => v.is_i64(),
+            FieldType::Number => v.is_number(),
+            FieldType::Boolean => v.is_boolean(),
+            FieldType::Timestamp => v
+                .as_str()
+                .is_some_and(|s| crate::expr::value::parse_timestamp(s).is_some()),
+            FieldType::Uuid | FieldType::Ref => v.as_str().is_some_and(crate::hash::is_uuid),
+            FieldType::Json => true,
+        };
+        if !ok_type {
+            return vec![format!("must be {}", crate::diag::a(self.ty.name()))];
+        }
+        let bound =
+            |b: &Option<serde_json::Number>| b.as_ref().and_then(serde_json::Number::as_f64);
+        let mut why = Vec::new();
+        if let Some(n) = v.as_f64() {
+            if let (Some(m), Some(min)) = (bound(&self.minimum), &self.minimum)
+                && n < m
+            {
+                why.push(format!("must be at least {min}"));
+            }
+            if let (Some(m), Some(max)) = (bound(&self.maximum), &self.maximum)
+                && n > m
+            {
+                why.push(format!("must be at most {max}"));
+            }
+        }
+        if let (Some(max), Some(s)) = (self.max_length, v.as_str())
+            && s.chars().count() as u64 > max
+        {
+            why.push(format!("must be at most {max} characters"));
+        }
+        if let Some(allowed) = &self.enum_values
+            && !allowed.contains(v)
+        {
+            why.push("is not one of the allowed values".into());
+        }
+        why
+    }
 }
 
 /// How many `ref` hops ownership through a reference may take.
@@ -655,13 +716,19 @@ impl Flow {
     /// Every node id, transaction bodies included, in document order
     /// (outer flows first).
     pub fn ids(&self) -> Vec<&str> {
+        self.all().into_iter().map(|(id, _)| id).collect()
+    }
+
+    /// Every node with its id, transaction and `foreach` bodies included,
+    /// in document order (outer flows first).
+    pub fn all(&self) -> Vec<(&str, &Node)> {
         let mut out = Vec::new();
         let mut queue = vec![self];
         let mut i = 0;
         while let Some(f) = queue.get(i).copied() {
             i += 1;
             for (id, n) in &f.nodes {
-                out.push(id.as_str());
+                out.push((id.as_str(), n));
                 if let Some(body) = n.kind.body() {
                     queue.push(body);
                 }

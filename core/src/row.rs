@@ -1,7 +1,6 @@
 //! Rows: typed views for expressions, field checks before writes, the
 //! normal form of values as stored.
 
-use crate::hash::is_uuid;
 use serde_json::Value as Json;
 
 use crate::expr::Value;
@@ -71,56 +70,8 @@ pub(crate) fn check_fields<'k>(
             }
             continue;
         }
-        let ok_type = match f.ty {
-            FieldType::String => v.is_string(),
-            FieldType::Integer => v.is_i64(),
-            FieldType::Number => v.is_number(),
-            FieldType::Boolean => v.is_boolean(),
-            FieldType::Timestamp => v.as_str().is_some_and(|s| parse_timestamp(s).is_some()),
-            FieldType::Uuid | FieldType::Ref => v.as_str().is_some_and(is_uuid),
-            FieldType::Json => true,
-        };
-        if !ok_type {
-            fail(format!("must be {}", crate::diag::a(f.ty.name())));
-            continue;
-        }
-        if let Some(n) = v.as_f64() {
-            if f.minimum
-                .as_ref()
-                .and_then(serde_json::Number::as_f64)
-                .is_some_and(|m| n < m)
-            {
-                fail(format!(
-                    "must be at least {}",
-                    f.minimum
-                        .as_ref()
-                        .map(ToString::to_string)
-                        .unwrap_or_default()
-                ));
-            }
-            if f.maximum
-                .as_ref()
-                .and_then(serde_json::Number::as_f64)
-                .is_some_and(|m| n > m)
-            {
-                fail(format!(
-                    "must be at most {}",
-                    f.maximum
-                        .as_ref()
-                        .map(ToString::to_string)
-                        .unwrap_or_default()
-                ));
-            }
-        }
-        if let (Some(max), Some(s)) = (f.max_length, v.as_str())
-            && s.chars().count() as u64 > max
-        {
-            fail(format!("must be at most {max} characters"));
-        }
-        if let Some(allowed) = &f.enum_values
-            && !allowed.contains(v)
-        {
-            fail("is not one of the allowed values".into());
+        for why in f.violations(v) {
+            fail(why);
         }
     }
     if errors.is_empty() {
@@ -151,8 +102,7 @@ pub(crate) fn normalize_row(e: &Entity, row: &mut Row) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::hash::uuid_from;
+    use crate::hash::{is_uuid, uuid_from};
 
     #[test]
     fn uuids() {

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 ///
 /// The API changes of each tool, breaking (a removed tool or route, a new
 /// required input field, a narrowed input schema, a removed output field,
-/// fewer roles allowed) or compatible; each tool's risk level before and
+/// fewer roles allowed, a success status or idempotency key changed, an
+/// owner added) or compatible; each tool's risk level before and
 /// after; the migration from the old spec's schema to the new one's, step
 /// by step with its risk and lock; the policies and acknowledgments
 /// changed. Exit 0: nothing breaking or destructive; 1: something is; 2: a

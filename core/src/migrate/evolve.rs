@@ -893,7 +893,7 @@ impl Planner {
                 None => self.plan.steps.push(Step {
                     table: table.to_owned(),
                     change: format!("make `{}` NOT NULL", c.name),
-                    risk: Risk::Locking,
+                    risk: Risk::Destructive,
                     lock: SCAN_BLOCKING,
                     applies: Applies::Forced,
                     needed: false,
@@ -1460,7 +1460,7 @@ mod tests {
         assert_eq!(s.change, "make `name` NOT NULL");
         assert_eq!(
             (s.risk, s.applies, s.needed),
-            (Risk::Locking, Applies::Forced, false)
+            (Risk::Destructive, Applies::Forced, false)
         );
         // With a default: its nulls filled in batches, NOT NULL set without
         // a long lock, once the previous spec's servers are gone.

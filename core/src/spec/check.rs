@@ -455,6 +455,30 @@ fn check_writes(
         let Some(ft) = e.column_type(field) else {
             continue;
         };
+        // A literal the field refuses: 422 on every call that writes it.
+        if let (Some(v), Some(f)) = (literal_of(t), e.fields.get(field))
+            && !v.is_null()
+        {
+            let why = f.violations(&v);
+            if !why.is_empty() {
+                let at = match t {
+                    Template::Expr(x) => x.path.clone(),
+                    _ => String::new(),
+                };
+                cx.error(
+                    Diagnostic::new(
+                        "invalid-value",
+                        at,
+                        format!(
+                            "`{entity}.{field}` {}, and this writes {v} into it: every call that gets here would answer 422",
+                            why.join("; ")
+                        ),
+                    )
+                    .help("write a value the field takes, or change the field"),
+                );
+                continue;
+            }
+        }
         let Template::Expr(x) = t else { continue };
         // Null into a column that does not take it (a 422 on the calls
         // that leave the input out).
@@ -906,7 +930,8 @@ pub(crate) fn check_shape(cx: &mut Cx, e: &Expression, scope: &Scope, want: Want
         let t = type_of(e, scope);
         let wrong = match want {
             Want::Bool => !matches!(t, Ty::Bool | Ty::Dyn | Ty::Null),
-            Want::Count => !matches!(t, Ty::Int | Ty::Uint | Ty::Number | Ty::Dyn | Ty::Null),
+            // (A `number` may be 2.5: declare the input `integer`.)
+            Want::Count => !matches!(t, Ty::Int | Ty::Uint | Ty::Dyn | Ty::Null),
             Want::Id => !matches!(t, Ty::String | Ty::Dyn | Ty::Null),
         };
         wrong.then(|| {
@@ -914,7 +939,7 @@ pub(crate) fn check_shape(cx: &mut Cx, e: &Expression, scope: &Scope, want: Want
                 format!("this is {}", t.a()),
                 match want {
                     Want::Count => format!(
-                        "convert it (`int({})`), or write a whole number",
+                        "convert it (`int({})`), declare the input `integer`, or write a whole number",
                         e.src.trim()
                     ),
                     Want::Id => "write the id's expression (`input.id`, `order.id`)".to_string(),
@@ -1653,6 +1678,7 @@ fn check_tool_header(cx: &mut Cx, spec: &Spec, tool: &Tool, base: &Scope) {
     }
     if let Some(e) = &tool.idempotency_key {
         check_expr(cx, e, base);
+        check_key_varies(cx, e);
     }
     // Stripe and GitHub send no `Idempotency-Key` header: a key read from
     // it would turn every delivery away (400), and the provider would
@@ -2112,6 +2138,45 @@ fn check_operand(cx: &mut Cx, entity: Option<&Entity>, ename: &str, f: &Filter, 
             .help(help),
         );
     };
+    // A literal no row can hold (a state the machine lacks, a value not
+    // in the field's `enum`): a typo that matches nothing, or everything.
+    if matches!(
+        f.op,
+        FilterOp::Eq | FilterOp::Ne | FilterOp::In | FilterOp::NotIn
+    ) && let Some(e) = entity
+        && let Some(allowed) = e.values_of(&f.field)
+    {
+        let members: Vec<Value> = match &f.value {
+            Template::Array(items) => items.iter().filter_map(literal_of).collect(),
+            Template::Expr(x) => match x.ast.as_ref().map(|a| &a.kind) {
+                Some(ExprKind::List(items)) => items.iter().filter_map(literal_expr).collect(),
+                _ => literal_of(&f.value).into_iter().collect(),
+            },
+            t => literal_of(t).into_iter().collect(),
+        };
+        if let Some(v) = members
+            .iter()
+            .find(|v| !v.is_null() && !allowed.contains(v))
+        {
+            let shown: Vec<String> = allowed.iter().map(ToString::to_string).collect();
+            cx.error(
+                Diagnostic::new(
+                    "invalid-value",
+                    at.clone(),
+                    format!(
+                        "no `{ename}` row has `{}` {v}: it takes {}",
+                        f.field,
+                        shown.join(", ")
+                    ),
+                )
+                .help(suggest(
+                    v.as_str().unwrap_or_default(),
+                    allowed.iter().filter_map(Value::as_str),
+                    "",
+                )),
+            );
+        }
+    }
     match f.op {
         FilterOp::In | FilterOp::NotIn => {
             if let Some(found) = literal.filter(|_| !matches!(f.value, Template::Array(_))) {
@@ -2121,6 +2186,16 @@ fn check_operand(cx: &mut Cx, entity: Option<&Entity>, ename: &str, f: &Filter, 
                     &found,
                     "write a list (`[\"'a'\", \"'b'\"]`) or an expression that gives one (`input.statuses`)",
                 );
+            } else if let Template::Expr(x) = &f.value {
+                let ty = type_of(x, scope);
+                if ty.is_known() && !ty.is_list() {
+                    wrong(
+                        cx,
+                        "a list",
+                        &format!("`{}`, {}", x.src, ty.a()),
+                        "write a list (`[\"'a'\", \"'b'\"]`) or an expression that gives one (`input.statuses`)",
+                    );
+                }
             }
             check_members(cx, entity, ename, f, scope);
         }
@@ -2313,6 +2388,21 @@ fn check_node(cx: &mut Cx, spec: &Spec, scope: &Scope, row_scope: &Scope, node: 
         }
         NodeKind::Foreach { items, .. } => {
             check_expr(cx, items, scope);
+            let ty = type_of(items, scope);
+            if ty.is_known() && !ty.is_list() {
+                cx.error(
+                    Diagnostic::new(
+                        "expr-type",
+                        items.path.clone(),
+                        format!(
+                            "in `{}`: a `foreach` goes over a list, and this is {}",
+                            items.src,
+                            ty.a()
+                        ),
+                    )
+                    .help("give it a list (an input array, a read's rows, `x.map(…)`)"),
+                );
+            }
         }
         NodeKind::Sql { .. } | NodeKind::Transaction { .. } | NodeKind::Invalid => {}
     }
@@ -2941,6 +3031,34 @@ fn check_call(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
     }
     if let Some(k) = idempotency_key {
         check_expr(cx, k, scope);
+        check_key_varies(cx, k);
+    }
+}
+
+/// An idempotency key that reads nothing (`null`, `'k'`) is the same on
+/// every call: null protects nothing, and any other value makes every call
+/// after the first get the first one's answer.
+fn check_key_varies(cx: &mut Cx, e: &Expression) {
+    let Some(ast) = &e.ast else { return };
+    let mut reads = false;
+    ast.walk(|x| reads |= matches!(x.kind, ExprKind::Ident(_)));
+    if !reads {
+        cx.error(
+            Diagnostic::new(
+                "invalid-value",
+                e.path.clone(),
+                format!(
+                    "the idempotency key `{}` is the same on every call: {}",
+                    e.src.trim(),
+                    if e.src.trim() == "null" {
+                        "no call would be protected"
+                    } else {
+                        "every call after the first would get the first one's answer"
+                    }
+                ),
+            )
+            .help("key it on what identifies one operation (`input.order_id`, `request.idempotencyKey`)"),
+        );
     }
 }
 
@@ -3113,4 +3231,38 @@ fn output_mismatches(
         }
         _ => {}
     }
+}
+
+/// The JSON value of a template that is a literal (`5`, `true`, or an
+/// expression that is one: `'open'`, `-2`).
+fn literal_of(t: &Template) -> Option<Value> {
+    match t {
+        Template::Literal(v) => Some(v.clone()),
+        Template::Expr(x) => literal_expr(x.ast.as_ref()?),
+        _ => None,
+    }
+}
+
+/// The JSON value of an expression that is a literal.
+fn literal_expr(e: &expr::Expr) -> Option<Value> {
+    use crate::expr::Lit;
+    Some(match &e.kind {
+        ExprKind::Lit(Lit::String(s)) => Value::from(s.clone()),
+        ExprKind::Lit(Lit::Int(n)) => Value::from(*n),
+        ExprKind::Lit(Lit::Uint(n)) => Value::from(*n),
+        ExprKind::Lit(Lit::Double(d)) => serde_json::Number::from_f64(*d).map(Value::Number)?,
+        ExprKind::Lit(Lit::Bool(b)) => Value::from(*b),
+        ExprKind::Lit(Lit::Null) => Value::Null,
+        ExprKind::Unary(crate::expr::UnaryOp::Neg, x) => match literal_expr(x)? {
+            Value::Number(n) => {
+                if let Some(i) = n.as_i64() {
+                    Value::from(i.checked_neg()?)
+                } else {
+                    serde_json::Number::from_f64(-n.as_f64()?).map(Value::Number)?
+                }
+            }
+            _ => return None,
+        },
+        _ => return None,
+    })
 }

@@ -101,6 +101,11 @@ impl Ty {
         self.numeric()
     }
 
+    /// A list at run time.
+    pub(crate) fn is_list(&self) -> bool {
+        self.list()
+    }
+
     /// Known well enough to be judged (not `dyn`, not null).
     pub(crate) fn is_known(&self) -> bool {
         self.known()
@@ -629,6 +634,15 @@ fn infer_at(
                 });
                 return Ty::Dyn;
             }
+            if on.list() && negative_literal(i) {
+                errors.push(TypeError {
+                    span: e.span,
+                    message: "a list's index is never negative: this is out of range on every call"
+                        .into(),
+                    help: "count from the start (`l[size(l) - 1]` for the last element)".into(),
+                });
+                return Ty::Dyn;
+            }
             // A list's element (out of range is the run's error).
             on.element()
         }
@@ -669,15 +683,32 @@ fn infer_at(
                 Ty::Dyn
             }
         }
+        // A list of members all of one known type is a list of that type.
         ExprKind::List(items) => {
-            for i in items {
-                sub(i, errors);
+            let types: Vec<Ty> = items.iter().map(|i| sub(i, errors)).collect();
+            match types.split_first() {
+                Some((t, rest)) if t.known() && rest.iter().all(|u| u == t) => {
+                    Ty::Items(Box::new(t.clone()))
+                }
+                _ => Ty::List,
             }
-            Ty::List
         }
         ExprKind::Map(entries) => {
             for (k, v) in entries {
-                sub(k, errors);
+                let key = sub(k, errors);
+                // CEL's map keys: ints, uints, bools and strings (a
+                // `number` may have a fraction).
+                if key.known() && !matches!(key, Ty::Int | Ty::Uint | Ty::Bool | Ty::String) {
+                    errors.push(TypeError {
+                        span: k.span,
+                        message: format!("a map's key is an int, a uint, a bool or a string, not {}", key.a()),
+                        help: if key == Ty::Number {
+                            "a `number` input may have a fraction: declare it `integer`, or convert with `int()` or `string()`".into()
+                        } else {
+                            "convert the key (`string(x)`)".into()
+                        },
+                    });
+                }
                 sub(v, errors);
             }
             Ty::Map
@@ -718,12 +749,31 @@ fn infer_at(
                         inner.push((n.as_str(), ty));
                     }
                 }
-                for a in args.iter().skip(names) {
-                    infer_at(a, scope, errors, locals, guards, &inner);
+                let rest: Vec<&Expr> = args.iter().skip(names).collect();
+                // The predicate: the whole rest of `all`, `exists`,
+                // `exists_one`, `filter`; the middle one of `map` and the
+                // `transform…` macros when they have one.
+                let predicate = match func.as_str() {
+                    "map" | "transformList" | "transformMap" => (rest.len() == 2).then_some(0),
+                    _ => Some(0),
+                };
+                let mut last = Ty::Dyn;
+                for (k, a) in rest.iter().enumerate() {
+                    let t = infer_at(a, scope, errors, locals, guards, &inner);
+                    if predicate == Some(k) && t.known() && t != Ty::Bool {
+                        errors.push(TypeError {
+                            span: a.span,
+                            message: format!("`{func}`'s condition gives {}, not a bool", t.a()),
+                            help: "write a condition (`x > 0`, `x.status == 'open'`)".into(),
+                        });
+                    }
+                    last = t;
                 }
                 return match (func.as_str(), on) {
                     // A filter keeps the list's type.
                     ("filter", t @ (Ty::Rows(..) | Ty::Items(_))) => t,
+                    // A map's list is of what its transform gives.
+                    ("map" | "transformList", _) if last.known() => Ty::Items(Box::new(last)),
                     _ => call_type(func),
                 };
             }
@@ -734,6 +784,32 @@ fn infer_at(
             let mut given = Vec::with_capacity(args.len() + 1);
             for a in target.iter().map(|t| &**t).chain(args) {
                 given.push(sub(a, errors));
+            }
+            if func == "format"
+                && let (Some(f), Some(list)) = (target, args.first())
+                && let Some((message, help)) = format_problem(f, list, scope, locals, vars)
+            {
+                errors.push(TypeError {
+                    span: e.span,
+                    message,
+                    help,
+                });
+            } else if func == "join"
+                && let Some(t) = target
+                && let ExprKind::List(items) = &t.kind
+                && let Some(bad) = items.iter().find_map(|i| {
+                    let ty = infer_at(i, scope, &mut Vec::new(), locals, guards, vars);
+                    (ty.known() && ty != Ty::String).then_some(ty)
+                })
+            {
+                errors.push(TypeError {
+                    span: e.span,
+                    message: format!(
+                        "`.join()` joins strings, and a member of this list is {}",
+                        bad.a()
+                    ),
+                    help: "convert each member first (`string(x)`)".into(),
+                });
             }
             if let Some(message) = refused(func, target.is_some(), &given) {
                 errors.push(TypeError {
@@ -792,6 +868,14 @@ fn infer_at(
                 });
                 return Ty::Bool;
             }
+            if let Some((message, help)) = literal_operand_problem(*op, a, b, &x, &y) {
+                errors.push(TypeError {
+                    span: e.span,
+                    message,
+                    help,
+                });
+                return binary(*op, &x, &y).unwrap_or(Ty::Dyn);
+            }
             binary(*op, &x, &y).unwrap_or_else(|| {
                 errors.push(TypeError {
                     span: e.span,
@@ -843,6 +927,10 @@ fn signatures(func: &str) -> Option<&'static [&'static [Arg]]> {
         "int" => &[&[I], &[U], &[D], &[S], &[T]],
         "uint" | "double" => &[&[I], &[U], &[D], &[S]],
         "bool" => &[&[B], &[S]],
+        "string" => &[&[S], &[I], &[U], &[D], &[B], &[Bytes], &[T], &[Dur]],
+        "math.bitAnd" | "math.bitOr" | "math.bitXor" => &[&[I, I], &[U, U]],
+        "math.bitNot" => &[&[I], &[U]],
+        "math.bitShiftLeft" | "math.bitShiftRight" => &[&[I, I], &[U, I]],
         "bytes" => &[&[S], &[Bytes]],
         "timestamp" => &[&[S], &[I], &[T]],
         "duration" => &[&[S], &[Dur]],
@@ -1094,4 +1182,127 @@ pub(crate) fn comparable(field: FieldType, t: &Ty) -> bool {
             _ => fits(field, t),
         },
     }
+}
+
+/// Whether `e` is a negative integer literal (`-1`).
+fn negative_literal(e: &Expr) -> bool {
+    match &e.kind {
+        ExprKind::Lit(Lit::Int(n)) => *n < 0,
+        ExprKind::Unary(UnaryOp::Neg, x) => {
+            matches!(&x.kind, ExprKind::Lit(Lit::Int(n)) if *n > 0)
+        }
+        _ => false,
+    }
+}
+
+/// What fails on every call for a literal operand, whatever the other:
+/// an integer divided by a literal zero (`%` too), a timestamp compared
+/// with text that is not an RFC 3339 timestamp.
+fn literal_operand_problem(
+    op: BinaryOp,
+    a: &Expr,
+    b: &Expr,
+    x: &Ty,
+    y: &Ty,
+) -> Option<(String, String)> {
+    // (Literals on both sides are evaluated as a constant, where a
+    // short-circuit that never reaches them is seen.)
+    let zero = matches!(&b.kind, ExprKind::Lit(Lit::Int(0) | Lit::Uint(0)));
+    if matches!(op, BinaryOp::Div | BinaryOp::Rem)
+        && zero
+        && !matches!(&a.kind, ExprKind::Lit(_))
+        && matches!(x, Ty::Int | Ty::Uint)
+    {
+        return Some((
+            format!("`{}` by zero fails on every call", op.symbol()),
+            "divide by something that is not zero".into(),
+        ));
+    }
+    if matches!(
+        op,
+        BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge
+    ) {
+        for (lit, other) in [(a, y), (b, x)] {
+            if *other == Ty::Timestamp
+                && let ExprKind::Lit(Lit::String(text)) = &lit.kind
+                && crate::expr::value::parse_timestamp(text).is_none()
+            {
+                return Some((
+                    format!(
+                        "`'{text}'` is compared with a timestamp, and it is not an RFC 3339 timestamp"
+                    ),
+                    "write the full timestamp (`'2026-01-01T00:00:00Z'`)".into(),
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// Why `f.format(list)` fails on every call, where the format is a
+/// literal and the arguments a literal list: fewer arguments than clauses,
+/// or a clause that does not format its argument's type (as the
+/// interpreter's `format` decides).
+fn format_problem(
+    f: &Expr,
+    list: &Expr,
+    scope: &Scope,
+    locals: &[String],
+    vars: &[(&str, Ty)],
+) -> Option<(String, String)> {
+    let (ExprKind::Lit(Lit::String(text)), ExprKind::List(items)) = (&f.kind, &list.kind) else {
+        return None;
+    };
+    let mut verbs = Vec::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            continue;
+        }
+        if chars.peek() == Some(&'.') {
+            chars.next();
+            while chars.peek().is_some_and(char::is_ascii_digit) {
+                chars.next();
+            }
+        }
+        match chars.next() {
+            Some('%') => {}
+            Some(v) => verbs.push(v),
+            // (A `%` at the end: the constant check evaluates it.)
+            None => return None,
+        }
+    }
+    if verbs.len() > items.len() {
+        return Some((
+            format!(
+                "the format has {} clauses and the list {} arguments",
+                verbs.len(),
+                items.len()
+            ),
+            "give one argument per clause (`%%` writes a `%`)".into(),
+        ));
+    }
+    for (verb, item) in verbs.iter().zip(items) {
+        let t = infer_at(item, scope, &mut Vec::new(), locals, &[], vars);
+        if !t.known() {
+            continue;
+        }
+        let ok = match verb {
+            's' => true,
+            // (A `number` may have a fraction, which `%d` refuses.)
+            'd' => matches!(t, Ty::Int | Ty::Uint),
+            'f' | 'e' => t.numeric(),
+            'x' | 'X' => matches!(t, Ty::Int | Ty::Uint | Ty::String | Ty::Bytes),
+            'o' => matches!(t, Ty::Int | Ty::Uint),
+            'b' => matches!(t, Ty::Int | Ty::Uint | Ty::Bool),
+            _ => false,
+        };
+        if !ok {
+            return Some((
+                format!("`%{verb}` does not format {}", t.a()),
+                "use `%s`, or convert the argument".into(),
+            ));
+        }
+    }
+    None
 }
