@@ -308,3 +308,54 @@ fn documented_extras_are_accepted_by_both() {
         );
     }
 }
+
+/// What the loader accepts, the schema accepts too: `description`,
+/// `title`, `$comment` and `x-` keys on a measure and an external's auth,
+/// whole decimals where integers go (`3000.0`), one `orderBy` object,
+/// `DESC` in capitals. Bounds past what the loader takes are refused by
+/// both.
+#[test]
+fn what_the_loader_accepts_validates() {
+    let v = validator();
+    let spec = json!({"sinew": "0.2", "name": "extras",
+     "cors": {"origins": ["https://a.example"], "description": "d"},
+     "entities": {"Item": {"fields": {"n": {"type": "integer"}}, "indexes": [{"fields": ["n"]}]}},
+     "externals": {"pay": {"kind": "http", "baseUrl": "https://api.example.com",
+       "auth": {"bearer": {"secret": "PAY_KEY", "description": "d", "x-owner": "ops"}, "$comment": "x"},
+       "operations": {"charge": {"method": "POST", "path": "/c"}}}},
+     "tools": {"stats": {
+       "trigger": {"http": {"method": "GET", "path": "/stats"}},
+       "auth": {"roles": ["staff"]},
+       "limits": {"timeoutMs": 3000.0},
+       "flow": {"entry": "a", "nodes": {
+         "a": {"type": "aggregate", "entity": "Item", "where": {"n": {"gt": 0}},
+               "measures": {"c": {"count": "*", "description": "rows", "title": "Rows"}}, "next": "r"},
+         "r": {"type": "read", "entity": "Item", "orderBy": {"field": "n", "direction": "desc"}, "limit": 5.0, "next": "s"},
+         "s": {"type": "read", "entity": "Item", "orderBy": "n DESC", "limit": 5, "next": "d"},
+         "d": {"type": "return", "value": {"c": "a.c", "rows": "size(r) + size(s)"}}}}}}});
+    let errors: Vec<String> = v
+        .iter_errors(&spec)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let loaded = spec::load(&spec.to_string());
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    // Two auth kinds, or two measures in one: both refuse.
+    for (pointer, value) in [
+        (
+            "/externals/pay/auth/header",
+            json!({"name": "X-Key", "secret": "K"}),
+        ),
+        ("/tools/stats/flow/nodes/a/measures/c/sum", json!("n")),
+        ("/tools/stats/limits/timeoutMs", json!(4_294_967_296u64)),
+        ("/tools/stats/flow/nodes/r/limit", json!(4_294_967_296u64)),
+    ] {
+        let mut bad = spec.clone();
+        set(&mut bad, pointer, value);
+        assert!(!v.is_valid(&bad), "the schema accepts {pointer}");
+        assert!(
+            !spec::load(&bad.to_string()).errors.is_empty(),
+            "the loader accepts {pointer}"
+        );
+    }
+}

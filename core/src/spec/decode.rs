@@ -132,7 +132,13 @@ impl<'a> Obj<'a> {
 
     fn uint(&mut self, cx: &mut Cx, key: &'static str, min: u64, max: u64) -> Option<u64> {
         let v = self.get(key)?;
-        match v.as_u64() {
+        // A whole decimal (`3000.0`) is an integer, as JSON Schema says.
+        let whole = v.as_u64().or_else(|| {
+            v.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 9_007_199_254_740_992.0)
+                .map(|f| f as u64)
+        });
+        match whole {
             Some(n) if (min..=max).contains(&n) => Some(n),
             Some(n) => {
                 cx.error(
