@@ -152,6 +152,20 @@ pub fn run(args: &Args) -> Result<Outcome> {
         None => None,
         Some(a) => {
             let v: Value = serde_json::from_str(a).context("--auth is not valid JSON")?;
+            let Some(fields) = v.as_object() else {
+                bail!("--auth must be an object: {{\"sub\": …, \"roles\": […], \"claims\": {{…}}}}");
+            };
+            if let Some(k) = fields
+                .keys()
+                .find(|k| !matches!(k.as_str(), "sub" | "roles" | "claims"))
+            {
+                bail!(
+                    "--auth has an unknown key `{k}`: it takes `sub`, `roles` and `claims` (other claims go inside `claims`)"
+                );
+            }
+            if v.get("claims").is_some_and(|c| !c.is_object()) {
+                bail!("--auth `claims` must be an object");
+            }
             let sub = v
                 .get("sub")
                 .and_then(Value::as_str)
@@ -188,6 +202,12 @@ pub fn run(args: &Args) -> Result<Outcome> {
         Some(p) => read_state(p, &bundle, now_ms)?,
         None => fresh(&bundle, &json!({}), now_ms)?,
     };
+    if args.request_id.as_deref().is_some_and(|r| r.trim().is_empty()) {
+        bail!("--request-id is empty: give an id, or leave it out for a new one");
+    }
+    if args.idempotency_key.as_deref().is_some_and(str::is_empty) {
+        bail!("--idempotency-key is empty: give a key, or leave it out");
+    }
     let id = args
         .request_id
         .clone()

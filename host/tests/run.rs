@@ -274,6 +274,26 @@ fn bad_input_writes_nothing() {
             vec![
                 "--tool".into(),
                 "open_account".into(),
+                "--auth".into(),
+                r#"{"sub": "a", "role": ["customer"]}"#.into(),
+            ],
+            "unknown key `role`",
+            original,
+        ),
+        (
+            vec![
+                "--tool".into(),
+                "open_account".into(),
+                "--request-id".into(),
+                " ".into(),
+            ],
+            "--request-id is empty",
+            original,
+        ),
+        (
+            vec![
+                "--tool".into(),
+                "open_account".into(),
                 "--now".into(),
                 "yesterday".into(),
             ],
