@@ -42,6 +42,7 @@ pub mod expr;
 pub mod flow;
 pub mod hash;
 pub mod input;
+pub mod json_schema;
 pub mod migrate;
 pub mod model;
 pub mod patch;

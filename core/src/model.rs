@@ -524,6 +524,9 @@ pub struct Tool {
     pub concurrency: Option<Concurrency>,
     /// JSON Schema of the input.
     pub input: Value,
+    /// The input schema as the checker reads it: its local `$ref`s
+    /// followed and its `allOf`s merged ([`crate::json_schema::resolved`]).
+    pub input_shape: Value,
     /// JSON Schema of the output.
     pub output: Value,
     /// Input properties hashed in the audit.

@@ -153,7 +153,9 @@ pub fn run(args: &Args) -> Result<Outcome> {
         Some(a) => {
             let v: Value = serde_json::from_str(a).context("--auth is not valid JSON")?;
             let Some(fields) = v.as_object() else {
-                bail!("--auth must be an object: {{\"sub\": …, \"roles\": […], \"claims\": {{…}}}}");
+                bail!(
+                    "--auth must be an object: {{\"sub\": …, \"roles\": […], \"claims\": {{…}}}}"
+                );
             };
             if let Some(k) = fields
                 .keys()
@@ -202,7 +204,11 @@ pub fn run(args: &Args) -> Result<Outcome> {
         Some(p) => read_state(p, &bundle, now_ms)?,
         None => fresh(&bundle, &json!({}), now_ms)?,
     };
-    if args.request_id.as_deref().is_some_and(|r| r.trim().is_empty()) {
+    if args
+        .request_id
+        .as_deref()
+        .is_some_and(|r| r.trim().is_empty())
+    {
         bail!("--request-id is empty: give an id, or leave it out for a new one");
     }
     if args.idempotency_key.as_deref().is_some_and(str::is_empty) {

@@ -58,6 +58,14 @@ fn eval_ref<'v>(e: &Expr, env: &'v dyn Env) -> Result<Cow<'v, Value>, EvalError>
                 None => err(span, "`google` is not bound"),
             }
         }
+        // A top-level input property the call left out reads as null,
+        // declared or not (`has(input.x)` tells them apart).
+        ExprKind::Member(inner, field)
+            if matches!(&inner.kind, ExprKind::Ident(r) if r == "input")
+                && matches!(env.lookup("input"), Some(Value::Map(m)) if !m.contains_key(field.as_str())) =>
+        {
+            Ok(Cow::Owned(Value::Null))
+        }
         ExprKind::Member(inner, field) => match eval_ref(inner, env)? {
             Cow::Borrowed(base) => member_ref(base, field, span).map(Cow::Borrowed),
             Cow::Owned(base) => member_ref(&base, field, span).map(|v| Cow::Owned(v.clone())),
@@ -873,7 +881,15 @@ mod tests {
         );
         assert_eq!(run("int('42') + int(2.9)"), Ok(Value::Int(44)));
         assert_eq!(run("string(input.q) + 'x'"), Ok(Value::String("3x".into())));
-        assert!(run("input.missing").unwrap_err().message.contains("has()"));
+        // A top-level input property left out reads as null; deeper, an
+        // absent key fails.
+        assert_eq!(run("input.missing"), Ok(Value::Null));
+        assert!(
+            run("{'a': 1}.missing")
+                .unwrap_err()
+                .message
+                .contains("has()")
+        );
         assert!(run("input.note.x").is_err());
         assert!(run("input.tags[5]").is_err());
         assert_eq!(run("input.tags[1]"), Ok(Value::String("b".into())));

@@ -521,8 +521,16 @@ impl ToolSignals<'_, '_> {
         let (name, max_rows) = (self.name, self.max_rows);
         let input_prop = input_property(items);
         let bound = list_bound(self.tool, self.g, items);
+        // Mechanical only where the property is written in place (not in
+        // an `allOf` branch or a shared definition the patch cannot know).
         let fix = |prop: Option<&str>| {
-            prop.map(|p| {
+            prop.filter(|p| {
+                self.tool
+                    .input
+                    .pointer(&format!("/properties/{p}"))
+                    .is_some()
+            })
+            .map(|p| {
                 vec![Op::Add {
                     path: format!("{}/input/properties/{p}/maxItems", self.tool.path),
                     value: json!(max_rows),
@@ -976,7 +984,7 @@ pub(crate) fn list_bound(tool: &Tool, g: &ToolGraph, items: &Expression) -> Opti
     let ast = items.ast.as_ref()?;
     if let Some(p) = input_property(items) {
         return tool
-            .input
+            .input_shape
             .pointer(&format!("/properties/{p}/maxItems"))
             .and_then(Value::as_u64);
     }

@@ -249,13 +249,13 @@ impl<'a> Scope<'a> {
     /// The schema of input property `name`, when the input schema
     /// declares it.
     pub(crate) fn input_property(&self, name: &str) -> Option<&'a Value> {
-        self.tool?.input.get("properties")?.get(name)
+        self.tool?.input_shape.get("properties")?.get(name)
     }
 
     /// Whether the input schema requires property `name`.
     pub(crate) fn input_required(&self, name: &str) -> bool {
         self.tool
-            .and_then(|t| t.input.get("required"))
+            .and_then(|t| t.input_shape.get("required"))
             .and_then(Value::as_array)
             .is_some_and(|r| r.iter().any(|x| x.as_str() == Some(name)))
     }
@@ -367,7 +367,7 @@ impl<'a> Scope<'a> {
 
     /// The closed set of input properties, when the input schema is closed.
     fn input_fields(&self) -> Option<Vec<&'a str>> {
-        let schema = self.tool.map(|t| &t.input)?;
+        let schema = self.tool.map(|t| &t.input_shape)?;
         if schema.get("additionalProperties") != Some(&Value::Bool(false)) {
             return None;
         }
@@ -1708,7 +1708,7 @@ fn check_tool_header(cx: &mut Cx, spec: &Spec, tool: &Tool, base: &Scope) {
     }
     // The scheduler runs a cron tool with the input `{}`.
     if let crate::model::Trigger::Cron { .. } = tool.trigger
-        && let Some(required) = tool.input.get("required").and_then(|r| r.as_array())
+        && let Some(required) = tool.input_shape.get("required").and_then(|r| r.as_array())
         && let Some(first) = required.iter().find_map(|r| r.as_str())
     {
         cx.error(

@@ -1389,6 +1389,7 @@ fn tool(cx: &mut Cx, v: &Value, path: &str) -> Option<Tool> {
         auth,
         idempotency_key,
         concurrency,
+        input_shape: crate::json_schema::resolved(&input),
         input,
         output,
         sensitive,

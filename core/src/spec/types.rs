@@ -593,7 +593,11 @@ fn infer_at(
                         });
                             Ty::Dyn
                         }
-                        None => Ty::Dyn,
+                        // Open and not declared: there on some calls only.
+                        None => {
+                            optional_read(e, &schema, field, guards, errors);
+                            Ty::Dyn
+                        }
                     }
                 }
                 t if t.known() && !t.map() => {
@@ -655,11 +659,13 @@ fn infer_at(
             let t = sub(a, errors);
             match op {
                 UnaryOp::Not => Ty::Bool,
-                UnaryOp::Neg if t.known() && !t.numeric() && t != Ty::Duration => {
+                UnaryOp::Neg
+                    if t.known() && (!t.numeric() || t == Ty::Uint) && t != Ty::Duration =>
+                {
                     errors.push(TypeError {
                         span: e.span,
                         message: format!("`-` does not apply to {}", t.a()),
-                        help: "negate a number or a duration".into(),
+                        help: "negate an int, a double or a duration (a uint has no negative: `-int(x)`)".into(),
                     });
                     Ty::Dyn
                 }
@@ -696,17 +702,13 @@ fn infer_at(
         ExprKind::Map(entries) => {
             for (k, v) in entries {
                 let key = sub(k, errors);
-                // CEL's map keys: ints, uints, bools and strings (a
-                // `number` may have a fraction).
-                if key.known() && !matches!(key, Ty::Int | Ty::Uint | Ty::Bool | Ty::String) {
+                // A map's keys are strings (CEL also has int, uint and
+                // bool keys; the format does not).
+                if key.known() && key != Ty::String {
                     errors.push(TypeError {
                         span: k.span,
-                        message: format!("a map's key is an int, a uint, a bool or a string, not {}", key.a()),
-                        help: if key == Ty::Number {
-                            "a `number` input may have a fraction: declare it `integer`, or convert with `int()` or `string()`".into()
-                        } else {
-                            "convert the key (`string(x)`)".into()
-                        },
+                        message: format!("a map's key is a string, not {}", key.a()),
+                        help: "convert the key (`string(x)`)".into(),
                     });
                 }
                 sub(v, errors);
