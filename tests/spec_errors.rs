@@ -4155,3 +4155,24 @@ fn input_schemas_with_all_of_and_refs_are_read_as_one() {
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body, json!({"ref": "r1", "extra": null, "text": ""}));
 }
+
+/// A `let` value reading the `let`'s own name is unbound there (it was a
+/// stack overflow of the checker when a later node read the `let`); a
+/// `format` precision past 100 digits is an error, not a panic.
+#[test]
+fn self_references_and_huge_precisions_are_errors_not_crashes() {
+    let spec = json!({"sinew": "0.2", "name": "t", "tools": {"t": {
+        "trigger": {"http": {"method": "POST", "path": "/t"}}, "auth": {"public": true},
+        "output": true,
+        "flow": {"entry": "x", "nodes": {
+            "x": {"type": "let", "values": {"a": "1", "b": "x.a"}, "next": "r"},
+            "r": {"type": "return", "value": "x.a"}}}}}});
+    let l = load_text(&spec.to_string());
+    let d = only_error(&l, "expr-scope", "/tools/t/flow/nodes/x/values/b");
+    assert_message(d, "`x` is not certainly bound here");
+    let mut huge = spec.clone();
+    at(&mut huge, "/tools/t/flow/nodes/x/values")["b"] = json!("'%.65536f'.format([1.5])");
+    let l = load_text(&huge.to_string());
+    let d = only_error(&l, "expr-type", "/tools/t/flow/nodes/x/values/b");
+    assert_message(d, "a precision of 65536 digits is more than 100");
+}

@@ -894,6 +894,15 @@ mod tests {
         assert!(run("input.tags[5]").is_err());
         assert_eq!(run("input.tags[1]"), Ok(Value::String("b".into())));
         assert_eq!(run("{'k': input.q}.k"), Ok(Value::Int(3)));
+        // A precision past 100 digits is an error, never a panic.
+        assert_eq!(
+            run("'%.2f %.1e'.format([1.5, 1500.0])"),
+            Ok(Value::String("1.50 1.5e+03".into()))
+        );
+        for f in ["'%.65536f'", "'%.70000e'", "'%.101f'"] {
+            let e = run(&format!("{f}.format([1.5])")).unwrap_err();
+            assert!(e.message.contains("more than 100"), "{f}: {}", e.message);
+        }
     }
 
     #[test]

@@ -397,7 +397,13 @@ fn format(f: &str, args: &[Value]) -> Result<Value, String> {
                 digits.push(*d);
                 chars.next();
             }
-            precision = Some(digits.parse().map_err(|_| "a bad precision".to_string())?);
+            let p: usize = digits.parse().map_err(|_| "a bad precision".to_string())?;
+            if p > MAX_PRECISION {
+                return Err(format!(
+                    "a precision of {p} digits is more than {MAX_PRECISION}"
+                ));
+            }
+            precision = Some(p);
         }
         let Some(verb) = chars.next() else {
             return Err("a `%` at the end of the format".into());
@@ -452,6 +458,9 @@ fn as_f64(v: &Value) -> f64 {
         _ => f64::NAN,
     }
 }
+
+/// The most digits `%.Nf` and `%.Ne` write after the point.
+const MAX_PRECISION: usize = 100;
 
 fn fixed(d: f64, p: usize) -> String {
     if d.is_nan() {

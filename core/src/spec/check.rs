@@ -316,23 +316,37 @@ impl<'a> Scope<'a> {
                 }
                 keys
             }
-            NodeKind::Let { values } => values
-                .iter()
-                .map(|(k, t)| {
-                    let (ty, null) = match t {
-                        Template::Expr(x) => match &x.ast {
-                            Some(ast) => {
-                                (infer(ast, self, &mut Vec::new()), may_be_null(ast, self))
-                            }
-                            None => (Ty::Dyn, false),
-                        },
-                        Template::Literal(v) => (super::types::of_json(v), v.is_null()),
-                        Template::Object(_) => (Ty::Map, false),
-                        Template::Array(_) => (Ty::List, false),
-                    };
-                    (k.clone(), ty, null)
-                })
-                .collect(),
+            NodeKind::Let { values } => {
+                // Its values as the `let` itself sees them (before it: a
+                // value reading the `let`'s own name is unbound there).
+                let i = *g.by_id.get(root)?;
+                let (g, dom) = self.graph?;
+                let tool = self.tool?;
+                let before = Scope {
+                    at: vec![g.vin_of(i)],
+                    loops: enclosing_loops(self.spec, tool, g, dom, i),
+                    guards: Vec::new(),
+                    ..self.clone()
+                };
+                values
+                    .iter()
+                    .map(|(k, t)| {
+                        let (ty, null) = match t {
+                            Template::Expr(x) => match &x.ast {
+                                Some(ast) => (
+                                    infer(ast, &before, &mut Vec::new()),
+                                    may_be_null(ast, &before),
+                                ),
+                                None => (Ty::Dyn, false),
+                            },
+                            Template::Literal(v) => (super::types::of_json(v), v.is_null()),
+                            Template::Object(_) => (Ty::Map, false),
+                            Template::Array(_) => (Ty::List, false),
+                        };
+                        (k.clone(), ty, null)
+                    })
+                    .collect()
+            }
             _ => return None,
         };
         Some(Ty::Record(keys, format!("`{root}`")))
