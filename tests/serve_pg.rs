@@ -1397,6 +1397,17 @@ async fn input_edges_are_typed_and_change_nothing() {
     )
     .await;
     problem(&r, 400, "invalid_input", Some("/sku"));
+    // On a method with a body, the body alone is the input: a query string
+    // does not fill a property it lacks.
+    let r = send(
+        "POST",
+        "/products?sku=Q1".into(),
+        Some(staff.clone()),
+        Some("query-1"),
+        json!({"name": "Tea", "price_cents": 450}).to_string(),
+    )
+    .await;
+    problem(&r, 400, "invalid_input", Some("/sku"));
     let r = send(
         "POST",
         "/products/a%00b/restock".into(),
@@ -1473,8 +1484,8 @@ async fn input_edges_are_typed_and_change_nothing() {
     assert_eq!(rows.len(), 1, "only the valid create wrote");
     assert_eq!(rows[0].get::<_, i64>(1), 450);
     assert_eq!(rows[0].get::<_, i64>(2), 10);
-    // One final audit entry for each of the 9 requests, chained.
-    assert_eq!(verify(&url).await, Ok(9));
+    // One final audit entry for each of the 10 requests, chained.
+    assert_eq!(verify(&url).await, Ok(10));
 }
 
 /// Issue 14: every request is answered within its tool's deadline plus a

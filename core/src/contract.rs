@@ -678,7 +678,11 @@ impl<'t> Audit<'t> {
             ),
         );
         let input_text = canonical(&request.input);
-        let input = if input_text.len() <= MAX_AUDITED_INPUT {
+        // (Postgres refuses a NUL character in `jsonb`: such an input,
+        // refused anyway, is recorded by its hash.)
+        let input = if input::has_nul(&request.input) {
+            json!({"omitted": "a NUL character"})
+        } else if input_text.len() <= MAX_AUDITED_INPUT {
             request.input.clone()
         } else {
             json!({"omitted": format!("{} bytes", input_text.len())})
@@ -956,5 +960,25 @@ mod tests {
         }
         let plain = failed("sha256:b", &request, &problem, (1000, 1005), true, &[]);
         assert_eq!(plain.audit["input"]["card"], "4242424242424242");
+    }
+
+    /// An input holding a NUL character (a key or a value), refused
+    /// anyway, is recorded by its hash: Postgres cannot hold it in `jsonb`,
+    /// and the log must stay queryable as JSON.
+    #[test]
+    fn an_input_with_a_nul_character_is_recorded_by_its_hash() {
+        for input in [json!({"t\u{0}": 1}), json!({"t": ["a\u{0}"]})] {
+            let request = Request {
+                tool: "pay".into(),
+                id: "req-1".into(),
+                input,
+                ..Request::default()
+            };
+            let problem = Problem::new(Code::Unauthenticated, "no token");
+            let r = failed("sha256:b", &request, &problem, (1000, 1005), true, &[]);
+            assert_eq!(r.audit["input"], json!({"omitted": "a NUL character"}));
+            assert!(!r.audit.to_string().contains("\\u0000"));
+            assert_eq!(r.audit["inputHash"].as_str().map(str::len), Some(64 + 7));
+        }
     }
 }

@@ -236,17 +236,28 @@ pub fn violation(e: &jsonschema::ValidationError) -> Value {
 }
 
 /// The violations of `input` against `schema`: at most [`MAX_VIOLATIONS`],
-/// and how many there are in all.
+/// and how many there are in all. They are listed in the order of their
+/// pointers (then messages), whatever the order of the keys sent: the same
+/// input answers the same, byte for byte (a replay from the audit entry,
+/// which keeps the input in canonical order, too).
 pub fn violations(schema: &jsonschema::Validator, input: &Value) -> (Vec<Value>, usize) {
-    let mut out = Vec::new();
-    let mut n = 0;
-    for e in schema.iter_errors(input) {
-        n += 1;
-        if out.len() < MAX_VIOLATIONS {
-            out.push(violation(&e));
-        }
-    }
-    (out, n)
+    let mut all: Vec<Value> = schema.iter_errors(input).map(|e| violation(&e)).collect();
+    let n = all.len();
+    let key = |v: &Value| {
+        (
+            v.get("pointer")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            v.get("message")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    };
+    all.sort_by_cached_key(key);
+    all.truncate(MAX_VIOLATIONS);
+    (all, n)
 }
 
 /// The `400 invalid_input` problem for `n` violations of which `listed`
@@ -318,5 +329,27 @@ mod tests {
         assert_eq!(listed.len(), MAX_VIOLATIONS);
         let text = serde_json::to_string(&listed).unwrap();
         assert!(text.len() < 3000, "{} bytes", text.len());
+    }
+
+    /// The same input with its keys in another order lists the same
+    /// violations in the same order.
+    #[test]
+    fn violations_do_not_depend_on_key_order() {
+        let schema = jsonschema::draft202012::new(&json!({
+            "type": "object",
+            "properties": {"title": {"type": "string"}, "priority": {"enum": ["low"]}},
+            "additionalProperties": {"type": "integer"}
+        }))
+        .unwrap();
+        let a: Value =
+            serde_json::from_str(r#"{"title": 5, "z": "s", "priority": "high", "a": "s"}"#)
+                .unwrap();
+        let b: Value =
+            serde_json::from_str(r#"{"a": "s", "priority": "high", "z": "s", "title": 5}"#)
+                .unwrap();
+        let (la, na) = violations(&schema, &a);
+        assert_eq!((na, violations(&schema, &b)), (4, (la.clone(), 4)));
+        let pointers: Vec<&str> = la.iter().filter_map(|v| v["pointer"].as_str()).collect();
+        assert_eq!(pointers, ["/a", "/priority", "/title", "/z"]);
     }
 }

@@ -111,8 +111,11 @@ impl JwtConfig {
                 "this server accepts no tokens (no SINEW_JWT_SECRET or SINEW_JWT_JWKS)".into(),
             ));
         }
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| Refused(format!("the token is malformed: {e}")))?;
+        // (The library's own words name its parser and every algorithm it
+        // knows: none of that goes to a caller.)
+        let header = jsonwebtoken::decode_header(token).map_err(|_| {
+            Refused("the token is malformed: not three base64url parts with a JWT header this server reads".into())
+        })?;
         let (alg, key) = match (&header.kid, header.alg) {
             (Some(kid), _) if self.keys.iter().any(|(k, ..)| k.as_deref() == Some(kid)) => {
                 let Some((_, alg, key)) =
@@ -147,6 +150,11 @@ impl JwtConfig {
         let data = jsonwebtoken::decode::<Value>(token, &key, &self.validation(alg))
             .map_err(|e| Refused(describe(&e)))?;
         let claims = data.claims;
+        // No engine stores a NUL character (Postgres cannot): a token
+        // holding one names no caller.
+        if sinew_core::input::has_nul(&claims) {
+            return Err(Refused("the token's claims hold a NUL character".into()));
+        }
         let sub = match claims.get("sub") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             _ => {
@@ -238,7 +246,10 @@ fn describe(e: &jsonwebtoken::errors::Error) -> String {
         }
         K::MissingRequiredClaim(c) => format!("the token has no `{c}` claim, or not of its type"),
         K::InvalidAlgorithm => "the token's algorithm is not accepted".into(),
-        _ => format!("the token is invalid: {e}"),
+        K::Json(_) | K::Utf8(_) | K::Base64(_) => {
+            "the token is malformed: its claims are not a JSON object of the usual types".into()
+        }
+        _ => "the token is invalid".into(),
     }
 }
 

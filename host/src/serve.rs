@@ -945,8 +945,12 @@ impl App {
             );
         }
         if let Some(metrics) = crate::telemetry::metrics() {
+            // A name no tool has (`POST /tools/<anything>`) is `-`: the
+            // label's values stay the spec's tools.
             metrics.request(
-                tool.as_deref().unwrap_or("-"),
+                tool.as_deref()
+                    .filter(|t| self.inputs.contains_key(*t))
+                    .unwrap_or("-"),
                 status,
                 started.elapsed().as_secs_f64(),
             );
@@ -1168,11 +1172,12 @@ impl App {
                 "application/json",
                 Bytes::from(json!({"status": "ready", "bundle": self.bundle_hash()}).to_string()),
             ),
-            Ok(Err(e)) => problem(
-                Code::Unavailable,
-                &format!("the database is not reachable: {e}"),
-                id,
-            ),
+            Ok(Err(e)) => {
+                // (What the driver says stays in the log.)
+                self.log
+                    .warn(&format!("readiness: the database is not reachable: {e}"));
+                problem(Code::Unavailable, "the database is not reachable", id)
+            }
             Err(_) => problem(
                 Code::Unavailable,
                 "the database did not answer within 3 s",
@@ -1306,7 +1311,13 @@ impl App {
             request.scheduled = Some(at.to_str().unwrap_or_default().to_owned());
         }
         let input = parse_body(&parts.headers, &bytes)?;
-        request.input = self.with_url_params(&request.tool, parts.uri.query(), params, input)?;
+        // Query parameters join the input of a `GET` or `DELETE` (which
+        // have no body); on a method with a body, the body is the input.
+        let query = match parts.method {
+            Method::GET | Method::DELETE | Method::HEAD => parts.uri.query(),
+            _ => None,
+        };
+        request.input = self.with_url_params(&request.tool, query, params, input)?;
         Ok(())
     }
 
@@ -1365,9 +1376,9 @@ impl App {
             {
                 Err(self.too_large())
             }
-            Err(e) => Err(Refusal::new(
+            Err(_) => Err(Refusal::new(
                 Code::InvalidBody,
-                format!("the body could not be read: {e}"),
+                "the body could not be read: the connection ended or broke before all of it came",
             )),
         }
     }
@@ -1417,7 +1428,11 @@ impl App {
         for (k, v) in params {
             let value = typed(props.and_then(|p| p.get(&k)), &v);
             if let Some(existing) = map.get(&k).filter(|e| **e != value) {
-                let detail = format!("`{k}` is {v} in the path but {existing} in the body");
+                let detail = format!(
+                    "`{k}` is {} in the path but {} in the body",
+                    sinew_core::input::quote(&Value::String(v)),
+                    sinew_core::input::quote(existing)
+                );
                 return Err(Refusal::new(Code::InvalidInput, detail).with_input(input));
             }
             map.insert(k, value);

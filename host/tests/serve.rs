@@ -1652,8 +1652,20 @@ async fn traces_and_metrics_reach_their_receivers() {
     );
     assert_eq!(line["logging.googleapis.com/spanId"], hex(&request.span_id));
 
+    // A name no tool has is counted under `-`: the label's values stay
+    // the spec's tools, whatever callers send.
+    let unknown = http
+        .send(
+            "POST",
+            &format!("{}/tools/no_such_tool_xyz", server.base),
+            &[("content-type", "application/json")],
+            "{}",
+        )
+        .await;
+    assert_eq!(unknown.status, 404, "{}", unknown.text);
     // Prometheus: the text, read by a parser.
     let text = http.send("GET", &metrics_url, &[], "").await;
+    assert!(!text.text.contains("no_such_tool_xyz"), "{}", text.text);
     assert_eq!(text.status, 200);
     assert!(text.headers["content-type"].starts_with("text/plain; version=0.0.4"));
     let lines = text.text.lines().map(|l| Ok(l.to_owned()));
@@ -1671,6 +1683,10 @@ async fn traces_and_metrics_reach_their_receivers() {
     ) {
         Some(prometheus_parse::Value::Counter(n)) => assert_eq!(n, 1.0),
         other => panic!("sinew_requests_total: {other:?}\n{}", text.text),
+    }
+    match value("sinew_requests_total", &[("tool", "-"), ("status", "404")]) {
+        Some(prometheus_parse::Value::Counter(n)) => assert!(n >= 1.0),
+        other => panic!("sinew_requests_total for `-`: {other:?}\n{}", text.text),
     }
     match value(
         "sinew_request_duration_seconds",
