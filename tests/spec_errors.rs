@@ -4176,3 +4176,69 @@ fn self_references_and_huge_precisions_are_errors_not_crashes() {
     let d = only_error(&l, "expr-type", "/tools/t/flow/nodes/x/values/b");
     assert_message(d, "a precision of 65536 digits is more than 100");
 }
+
+/// Null where null fails, through the ways it slipped by: a required
+/// property whose schema lets null through, `in` a list that may be null,
+/// a `?:` with a null branch, `dyn()`, a map literal's key, a member of a
+/// list `join`ed, an optional property of an element reached by index.
+#[test]
+fn null_is_followed_through_more_expressions() {
+    let with_input = |v: &mut Value| {
+        let input = &mut at(v, "/tools/get_product")["input"];
+        input["properties"]["note"] = json!({"type": ["string", "null"]});
+        input["properties"]["kind"] = json!({"enum": ["a", null]});
+        input["properties"]["nick"] = json!({"type": "string"});
+        input["properties"]["tags"] = json!({"type": "array", "items": {"type": "string"}});
+        input["properties"]["lines"] = json!({"type": "array", "items": {"type": "object",
+            "properties": {"sku": {"type": "string"}, "memo": {"type": "string"}}, "required": ["sku"]}});
+        input["required"] = json!(["note", "kind", "lines"]);
+    };
+    judge(
+        with_input,
+        &[
+            ("input.note.size()", "`input.note` may be null here"),
+            ("input.kind.size()", "`input.kind` may be null here"),
+            ("'vip' in input.tags", "`input.tags` may be null here"),
+            (
+                "(has(input.nick) ? input.nick : null).size()",
+                "may be null here",
+            ),
+            ("dyn(input.nick).size()", "`input.nick` may be null here"),
+            (
+                "{'k': input.nick}.k.size()",
+                "`input.nick` may be null here",
+            ),
+            (
+                "[input.nick, 'x'].join(',')",
+                "`input.nick` may be null, and `.join()` fails",
+            ),
+            (
+                "input.lines[0].memo.size()",
+                "`input.lines[0].memo` is optional in the input schema",
+            ),
+        ],
+        &[
+            "input.note != null ? input.note.size() : 0",
+            "has(input.tags) && 'vip' in input.tags",
+            "(has(input.nick) ? input.nick : '').size()",
+            "has(input.nick) && dyn(input.nick).size() > 0",
+            "input.lines[0].sku.size()",
+            "has(input.lines[0].memo) ? input.lines[0].memo : ''",
+            "input.nick == null",
+        ],
+    );
+    // A `foreach` over an optional array.
+    let l = load_with(|v| {
+        with_input(v);
+        with_product_node(
+            v,
+            json!({"type": "foreach", "items": "input.tags", "as": "t", "maxItems": 5,
+                   "body": {"entry": "r", "nodes": {"r": {"type": "read", "entity": "Product",
+                     "where": {"sku": "t"}, "limit": 1}}},
+                   "next": "done"}),
+        );
+        at(v, &format!("{GET}/done"))["value"] = json!({});
+    });
+    let d = only_error(&l, "expr-type", &format!("{GET}/product/items"));
+    assert_message(d, "a `foreach` goes over a list, and this may be null");
+}

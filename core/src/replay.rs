@@ -134,7 +134,11 @@ impl Replay {
                 crate::hash::sha256_hex(crate::hash::canonical(&input).as_bytes())
             )
         {
-            return Err(format!("its input was too large to record ({size})"));
+            return Err(if size == "a NUL character" {
+                "its input held a NUL character, which the log cannot hold (the request was refused 400)".into()
+            } else {
+                format!("its input was too large to record ({size})")
+            });
         }
         let text = |k: &str| e.get(k).and_then(Value::as_str).map(str::to_owned);
         let tool = text("tool").ok_or("the entry names no tool")?;

@@ -1455,6 +1455,12 @@ fn check_tool(cx: &mut Cx, spec: &Spec, tool: &Tool) {
         {
             // `each` is outside the create's own loop; `values` inside it.
             check_expr(cx, items, &scope(None, &at, loops.clone()));
+            check_list_not_null(
+                cx,
+                items,
+                &scope(None, &at, loops.clone()),
+                "a `create` with `each`",
+            );
             check_loop_names(cx, &g, &loops, info.id, node, as_name);
             loops.insert(0, loop_of(spec, tool, &g, &dom, i));
         }
@@ -2402,6 +2408,7 @@ fn check_node(cx: &mut Cx, spec: &Spec, scope: &Scope, row_scope: &Scope, node: 
         }
         NodeKind::Foreach { items, .. } => {
             check_expr(cx, items, scope);
+            check_list_not_null(cx, items, scope, "a `foreach`");
             let ty = type_of(items, scope);
             if ty.is_known() && !ty.is_list() {
                 cx.error(
@@ -3279,4 +3286,26 @@ fn literal_expr(e: &expr::Expr) -> Option<Value> {
         },
         _ => return None,
     })
+}
+
+/// The list a `foreach` or a `create`'s `each` goes over may not be null
+/// (an optional input array left out): that call would fail.
+fn check_list_not_null(cx: &mut Cx, items: &Expression, scope: &Scope, what: &str) {
+    let Some(ast) = &items.ast else { return };
+    if super::types::may_be_null(ast, scope) {
+        cx.error(
+            Diagnostic::new(
+                "expr-type",
+                items.path.clone(),
+                format!(
+                    "in `{}`: {what} goes over a list, and this may be null (an optional input property left out, a nullable field): that call would fail",
+                    items.src
+                ),
+            )
+            .help(format!(
+                "require it in the input schema, or give a default: `{0} != null ? {0} : []`",
+                items.src.trim()
+            )),
+        );
+    }
 }

@@ -148,13 +148,10 @@ fn optional_read(
         .get("required")
         .and_then(Json::as_array)
         .is_some_and(|r| r.iter().any(|x| x.as_str() == Some(field)));
-    let Some((root, fields)) = e.as_path() else {
+    // (A path with whole-number indexes too: `input.lines[0].note`.)
+    let Some((_, path)) = path_text(e) else {
         return;
     };
-    let path = std::iter::once(root)
-        .chain(fields)
-        .collect::<Vec<_>>()
-        .join(".");
     if !required && !guards.contains(&path) {
         errors.push(TypeError {
             span: e.span,
@@ -296,7 +293,49 @@ pub(crate) fn constant_failures(e: &Expr, errors: &mut Vec<TypeError>) {
 
 /// The path (`input.nick`, `order.note`) of `e` when it may be null: an
 /// input property the schema does not require, a nullable column of a row.
-fn nullable(e: &Expr, scope: &Scope, locals: &[String], vars: &[(&str, Ty)]) -> Option<String> {
+fn nullable(
+    e: &Expr,
+    scope: &Scope,
+    locals: &[String],
+    guards: &[String],
+    vars: &[(&str, Ty)],
+) -> Option<String> {
+    match &e.kind {
+        // `dyn(x)` is `x`.
+        ExprKind::Call {
+            target: None,
+            func,
+            args,
+        } if func == "dyn" && args.len() == 1 => {
+            return args
+                .first()
+                .and_then(|a| nullable(a, scope, locals, guards, vars));
+        }
+        // A `?:` whose branch may be null (under its condition's guards),
+        // or that is `null`.
+        ExprKind::Cond(c, a, b) => {
+            let branch = |x: &Expr, holds: bool| {
+                if matches!(x.kind, ExprKind::Lit(Lit::Null)) {
+                    return true;
+                }
+                let mut inner = guards.to_vec();
+                inner.extend(guards_of(c, holds));
+                nullable(x, scope, locals, &inner, vars)
+                    .is_some_and(|p| !inner.contains(&p) && !scope.guards.contains(&p))
+            };
+            return (branch(a, true) || branch(b, false)).then(|| "… ? … : …".to_owned());
+        }
+        // A key of a map literal: its value.
+        ExprKind::Member(inner, field) if let ExprKind::Map(entries) = &inner.kind => {
+            return entries.iter().find_map(|(k, v)| match &k.kind {
+                ExprKind::Lit(Lit::String(key)) if key == field => {
+                    nullable(v, scope, locals, guards, vars)
+                }
+                _ => None,
+            });
+        }
+        _ => {}
+    }
     let ExprKind::Member(inner, field) = &e.kind else {
         return None;
     };
@@ -307,10 +346,13 @@ fn nullable(e: &Expr, scope: &Scope, locals: &[String], vars: &[(&str, Ty)]) -> 
     }
     let path = || path_text(e).map(|(_, text)| text);
     match &inner.kind {
-        ExprKind::Ident(r) if r == "input" => (scope.input_property(field).is_some()
-            && !scope.input_required(field))
-        .then(path)
-        .flatten(),
+        // Left out (not required), or sent as null (the schema lets null
+        // through).
+        ExprKind::Ident(r) if r == "input" => scope
+            .input_property(field)
+            .is_some_and(|p| !scope.input_required(field) || allows_null(p))
+            .then(path)
+            .flatten(),
         // An anonymous caller of a public tool has no subject.
         ExprKind::Ident(r) if r == "auth" && field == "sub" && !locals.contains(r) => {
             scope.anonymous().then(path).flatten()
@@ -335,8 +377,45 @@ fn nullable(e: &Expr, scope: &Scope, locals: &[String], vars: &[(&str, Ty)]) -> 
             // A group's nullable key, or its `avg`, `min`, `max` of a
             // nullable field.
             Ty::Record(keys, _) if keys.iter().any(|(k, _, null)| k == field && *null) => path(),
+            // A property of an input object that may be sent as null.
+            Ty::Object(schema)
+                if schema
+                    .get("properties")
+                    .and_then(|p| p.get(field.as_str()))
+                    .is_some_and(allows_null) =>
+            {
+                path()
+            }
             _ => None,
         },
+    }
+}
+
+/// Whether a property's schema lets `null` through: `null` among its
+/// types (or `nullable`), in its `enum` or as its `const`, a branch of its
+/// `anyOf`/`oneOf` that does, or no type at all.
+pub(crate) fn allows_null(s: &Json) -> bool {
+    let Json::Object(m) = s else {
+        return *s == Json::Bool(true);
+    };
+    if m.get("nullable") == Some(&Json::Bool(true)) || m.get("const") == Some(&Json::Null) {
+        return true;
+    }
+    if let Some(list) = m.get("enum").and_then(Json::as_array) {
+        return list.contains(&Json::Null);
+    }
+    if m.contains_key("const") {
+        return false;
+    }
+    for k in ["anyOf", "oneOf"] {
+        if let Some(branches) = m.get(k).and_then(Json::as_array) {
+            return branches.iter().any(allows_null);
+        }
+    }
+    match m.get("type") {
+        Some(Json::String(t)) => t == "null",
+        Some(Json::Array(ts)) => ts.iter().any(|t| t == "null"),
+        _ => !m.contains_key("$ref"),
     }
 }
 
@@ -395,7 +474,7 @@ pub(crate) fn guards_of(c: &Expr, holds: bool) -> Vec<String> {
 /// The path of `e` when it may be null here and nothing guards it (for a
 /// value written into a column that does not take null).
 pub(crate) fn unguarded_null(e: &Expr, scope: &Scope) -> Option<String> {
-    nullable(e, scope, &local_names(e), &[]).filter(|p| !scope.guards.contains(p))
+    nullable(e, scope, &local_names(e), &scope.guards, &[]).filter(|p| !scope.guards.contains(p))
 }
 
 /// Whether `e` may give null here: a value that may be null and that
@@ -439,7 +518,7 @@ fn not_null(
     guards: &[String],
     vars: &[(&str, Ty)],
 ) {
-    if let Some(p) = nullable(x, scope, locals, vars)
+    if let Some(p) = nullable(x, scope, locals, guards, vars)
         && !guards.contains(&p)
     {
         errors.push(TypeError {
@@ -799,19 +878,28 @@ fn infer_at(
             } else if func == "join"
                 && let Some(t) = target
                 && let ExprKind::List(items) = &t.kind
-                && let Some(bad) = items.iter().find_map(|i| {
+            {
+                if let Some(bad) = items.iter().find_map(|i| {
                     let ty = infer_at(i, scope, &mut Vec::new(), locals, guards, vars);
                     (ty.known() && ty != Ty::String).then_some(ty)
-                })
-            {
-                errors.push(TypeError {
-                    span: e.span,
-                    message: format!(
-                        "`.join()` joins strings, and a member of this list is {}",
-                        bad.a()
-                    ),
-                    help: "convert each member first (`string(x)`)".into(),
-                });
+                }) {
+                    errors.push(TypeError {
+                        span: e.span,
+                        message: format!(
+                            "`.join()` joins strings, and a member of this list is {}",
+                            bad.a()
+                        ),
+                        help: "convert each member first (`string(x)`)".into(),
+                    });
+                } else if let Some(p) = items.iter().find_map(|i| {
+                    nullable(i, scope, locals, guards, vars).filter(|p| !guards.contains(p))
+                }) {
+                    errors.push(TypeError {
+                        span: e.span,
+                        message: format!("`{p}` may be null, and `.join()` fails on a null member"),
+                        help: format!("give a default: `{p} != null ? {p} : ''`"),
+                    });
+                }
             }
             if let Some(message) = refused(func, target.is_some(), &given) {
                 errors.push(TypeError {
@@ -835,6 +923,10 @@ fn infer_at(
             ) {
                 check(a, &|| format!("`{}`", op.symbol()), errors);
                 check(b, &|| format!("`{}`", op.symbol()), errors);
+            }
+            // `x in null` fails (a null `x` is fine: it is in no list).
+            if *op == BinaryOp::In {
+                check(b, &|| "`in`'s list".into(), errors);
             }
             // `&&` and `||` take bools: a null operand is an error on the
             // calls that leave it out (unless the other side decides).
