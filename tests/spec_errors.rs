@@ -3832,7 +3832,7 @@ fn policy_expressions_are_typed_per_tool() {
             json!({"type": "budgetCheck", "action": "block", "tools": ["get_product"],
                    "amount": "has(input.amount) ? input.amount : '0'", "maxAmount": 100}),
             "/policies/p/amount",
-            "the amount is a string, not a number",
+            "this is a string, not a number, and a budget compares numbers",
         ),
     ] {
         let l = with(policy.clone());
@@ -4241,4 +4241,138 @@ fn null_is_followed_through_more_expressions() {
     });
     let d = only_error(&l, "expr-type", &format!("{GET}/product/items"));
     assert_message(d, "a `foreach` goes over a list, and this may be null");
+}
+
+/// More that the checker can know, found by writing specs from the docs:
+/// literals folded at check time (`50 * 3`, `null`) against a field, a
+/// `?:` whose branch has the wrong type, a literal `after`, a `foreach`
+/// over a literal list longer than its `maxItems`, NaN and division by
+/// `0.0`, a `where` date that is no timestamp, and `return`s that break
+/// the output schema: a literal outside its `enum`, a whole row into a
+/// closed object, a list of ints as strings, a map as a string.
+#[test]
+fn more_that_the_checker_can_know() {
+    let set = |value: Value| {
+        load_with(move |v| {
+            at(v, "/entities/Product/fields")["stock"]["maximum"] = json!(100);
+            at(v, &format!("{BODY}/take"))["set"] = json!({"stock": value});
+        })
+    };
+    for (value, code, says) in [
+        (
+            json!("50 * 3"),
+            "invalid-value",
+            "`Product.stock` must be at most 100, and this writes 150",
+        ),
+        (
+            json!(null),
+            "invalid-value",
+            "`Product.stock` does not take null",
+        ),
+        (
+            json!("null"),
+            "invalid-value",
+            "`Product.stock` does not take null",
+        ),
+        (
+            json!("input.quantity > 0 ? 1.5 : 0"),
+            "expr-type",
+            "`Product.stock` is an integer field, but this is a double",
+        ),
+    ] {
+        let l = set(value.clone());
+        let errors: Vec<_> = l.errors.iter().filter(|d| d.code == code).collect();
+        assert_eq!(errors.len(), 1, "{value}: {}", list(&l.errors));
+        assert_message(errors[0], says);
+    }
+    let read = |node: Value| {
+        load_with(move |v| {
+            with_product_node(v, node);
+            at(v, &format!("{GET}/done"))["value"] = json!({});
+        })
+    };
+    let l = read(
+        json!({"type": "read", "entity": "Product", "where": {"stock": {"gt": 0}},
+        "orderBy": ["id"], "page": true, "limit": 5, "after": "'first'", "next": "done"}),
+    );
+    assert_message(
+        only_error(&l, "invalid-value", &format!("{GET}/product/after")),
+        "`after` is the literal `'first'`",
+    );
+    let l = read(json!({"type": "read", "entity": "Product",
+        "where": {"stock": {"gt": 0, "when": "input.id != '' ? 'yes' : false"}}, "limit": 5, "next": "done"}));
+    assert_message(
+        only_error(&l, "expr-type", &format!("{GET}/product/where/stock/when")),
+        "a bool is needed here, but this is a string",
+    );
+    let l = read(
+        json!({"type": "read", "entity": "Product", "where": {"created_at": {"gte": "'2026-01-01'"}}, "limit": 5, "next": "done"}),
+    );
+    assert_message(
+        only_error(
+            &l,
+            "invalid-value",
+            &format!("{GET}/product/where/created_at/gte"),
+        ),
+        "`'2026-01-01'` is not an RFC 3339 timestamp",
+    );
+    let l = read(
+        json!({"type": "foreach", "items": "['a', 'b', 'c']", "as": "s", "maxItems": 2,
+        "body": {"entry": "r", "nodes": {"r": {"type": "read", "entity": "Product", "where": {"sku": "s"}, "limit": 1}}},
+        "next": "done"}),
+    );
+    assert_message(
+        only_error(&l, "invalid-value", &format!("{GET}/product/maxItems")),
+        "a literal list of 3 items and accepts at most 2",
+    );
+    judge(
+        |v| {
+            let input = &mut at(v, "/tools/get_product")["input"];
+            input["properties"]["factor"] = json!({"type": "number"});
+            input["required"] = json!(["factor"]);
+        },
+        &[
+            ("math.sqrt(-1.0)", "`NaN` cannot be written as JSON"),
+            ("input.factor / 0.0", "a division by `0.0`"),
+        ],
+        &["math.isNaN(math.sqrt(-1.0))", "input.factor / 2.0"],
+    );
+    let returning = |output: Value, value: Value| {
+        load_with(move |v| {
+            at(v, "/tools/get_product")["output"] = output;
+            at(v, &format!("{GET}/done"))["value"] = value;
+        })
+    };
+    for (output, value, says) in [
+        (
+            json!({"type": "object", "properties": {"state": {"enum": ["open", "closed"]}}}),
+            json!({"state": "'opened'"}),
+            "\"opened\" is not one of",
+        ),
+        (
+            json!({"type": "object", "properties": {"p": {"type": "object",
+            "properties": {"id": {"type": "string"}, "name": {"type": "string"}}, "additionalProperties": false}}}),
+            json!({"p": "product"}),
+            "a whole `Product` row has `sku`, which this closed object does not declare",
+        ),
+        (
+            json!({"type": "object", "properties": {"l": {"type": "array", "items": {"type": "string"}}}}),
+            json!({"l": "[1, 2].map(x, x * 2)"}),
+            "this list's elements are integers",
+        ),
+        (
+            json!({"type": "object", "properties": {"m": {"type": "string"}}}),
+            json!({"m": "{'a': 1}"}),
+            "this is an object",
+        ),
+        (
+            json!({"type": "object", "$defs": {"n": {"type": "integer"}}, "properties": {"n": {"$ref": "#/$defs/n"}}}),
+            json!({"n": "'three'"}),
+            "this is a string, and the schema's type is \"integer\"",
+        ),
+    ] {
+        let l = returning(output.clone(), value);
+        let d = only_error(&l, "output-mismatch", &format!("{GET}/done/value"));
+        assert_message(d, says);
+    }
 }

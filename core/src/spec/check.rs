@@ -470,10 +470,16 @@ fn check_writes(
             continue;
         };
         // A literal the field refuses: 422 on every call that writes it.
-        if let (Some(v), Some(f)) = (literal_of(t), e.fields.get(field))
-            && !v.is_null()
-        {
-            let why = f.violations(&v);
+        if let (Some(v), Some(f)) = (literal_of(t), e.fields.get(field)) {
+            let why = if v.is_null() {
+                if f.nullable {
+                    Vec::new()
+                } else {
+                    vec!["does not take null".to_owned()]
+                }
+            } else {
+                f.violations(&v)
+            };
             if !why.is_empty() {
                 let at = match t {
                     Template::Expr(x) => x.path.clone(),
@@ -494,6 +500,30 @@ fn check_writes(
             }
         }
         let Template::Expr(x) = t else { continue };
+        // A date (`format: date`) is no timestamp: every call that gets
+        // here would be refused.
+        if ft == FieldType::Timestamp
+            && let Some(ExprKind::Member(root, prop)) = x.ast.as_ref().map(|a| &a.kind)
+            && matches!(&root.kind, ExprKind::Ident(r) if r == "input")
+            && scope
+                .input_property(prop)
+                .and_then(|p| p.get("format"))
+                .and_then(Value::as_str)
+                == Some("date")
+        {
+            cx.error(
+                Diagnostic::new(
+                    "expr-type",
+                    x.path.clone(),
+                    format!(
+                        "in `{}`: `{entity}.{field}` is a timestamp field, and the input schema's `format: date` lets only dates (`2026-05-01`) through, which are not timestamps: every call would answer 422",
+                        x.src
+                    ),
+                )
+                .help("declare the input `format: date-time`, or write the time too (`input.day + 'T00:00:00Z'`)"),
+            );
+            continue;
+        }
         // Null into a column that does not take it (a 422 on the calls
         // that leave the input out).
         if let (Some(ast), Some(f)) = (&x.ast, e.fields.get(field))
@@ -515,8 +545,15 @@ fn check_writes(
             );
             continue;
         }
-        let ty = type_of(x, scope);
-        if !super::types::fits(ft, &ty) {
+        // (Each branch of a `?:` by its own type.)
+        let Some(ast) = &x.ast else { continue };
+        let Some(ty) = super::types::branch_types(ast, scope)
+            .into_iter()
+            .find(|t| !super::types::fits(ft, t))
+        else {
+            continue;
+        };
+        {
             let want = a(type_name(ft));
             let help = match (ft, &ty) {
                 (FieldType::Integer, super::types::Ty::String) => {
@@ -941,14 +978,17 @@ pub(crate) fn check_shape(cx: &mut Cx, e: &Expression, scope: &Scope, want: Want
     // Else by its static type, where the spec tells it.
     let found = found.or_else(|| {
         use super::types::Ty;
-        let t = type_of(e, scope);
-        let wrong = match want {
+        // Each branch of a `?:` by its own type (`c ? 'a' : false`).
+        let wrong_type = |t: &Ty| match want {
             Want::Bool => !matches!(t, Ty::Bool | Ty::Dyn | Ty::Null),
             // (A `number` may be 2.5: declare the input `integer`.)
             Want::Count => !matches!(t, Ty::Int | Ty::Uint | Ty::Dyn | Ty::Null),
             Want::Id => !matches!(t, Ty::String | Ty::Dyn | Ty::Null),
         };
-        wrong.then(|| {
+        let t = super::types::branch_types(ast, scope)
+            .into_iter()
+            .find(|t| wrong_type(t))?;
+        Some(t).map(|t| {
             (
                 format!("this is {}", t.a()),
                 match want {
@@ -1027,7 +1067,7 @@ fn check_amount(cx: &mut Cx, amount: &Expression, scope: &Scope) {
                 "expr-type",
                 amount.path.clone(),
                 format!(
-                    "in `{}`: the amount is {}, not a number",
+                    "in `{}`: this is {}, not a number, and a budget compares numbers",
                     amount.src,
                     ty.a()
                 ),
@@ -1240,6 +1280,9 @@ pub(crate) fn check(cx: &mut Cx, spec: &Spec) {
                     }
                     if cx.errors.len() == before {
                         check_amount(cx, amount, &scope);
+                        if let Limit::Expr(e) = max_amount {
+                            check_amount(cx, e, &scope);
+                        }
                     }
                 }
                 PolicyKind::Custom { when } => {
@@ -2256,6 +2299,25 @@ fn check_operand(cx: &mut Cx, entity: Option<&Entity>, ename: &str, f: &Filter, 
             }
         }
         _ => {
+            // A timestamp column compared with literal text that is not a
+            // timestamp (`'2026-01-01'`): it matches no row, or all.
+            if entity.and_then(|e| e.column_type(&f.field)) == Some(FieldType::Timestamp)
+                && let Some(Value::String(text)) = literal_of(&f.value)
+                && crate::expr::value::parse_timestamp(&text).is_none()
+            {
+                cx.error(
+                    Diagnostic::new(
+                        "invalid-value",
+                        at.clone(),
+                        format!(
+                            "`{ename}.{}` is a timestamp field, and `'{text}'` is not an RFC 3339 timestamp: the comparison would never hold as meant",
+                            f.field
+                        ),
+                    )
+                    .help("write the full timestamp (`'2026-01-01T00:00:00Z'`)"),
+                );
+                return;
+            }
             // eq, ne, lt, le, gt, ge: a value of another type than the
             // column's matches no row (and is no client's fault).
             let (Template::Expr(x), Some(ct)) =
@@ -2374,7 +2436,13 @@ fn check_node(cx: &mut Cx, spec: &Spec, scope: &Scope, row_scope: &Scope, node: 
             if let Some(tool) = scope.tool {
                 let mut found = Vec::new();
                 match value {
-                    Some(v) => output_mismatches(v, &tool.output, scope, "", &mut found),
+                    Some(v) => output_mismatches(
+                        v,
+                        &crate::json_schema::resolved(&tool.output),
+                        scope,
+                        "",
+                        &mut found,
+                    ),
                     None => {
                         if refuses(&tool.output, "null") {
                             found.push((
@@ -2406,9 +2474,26 @@ fn check_node(cx: &mut Cx, spec: &Spec, scope: &Scope, row_scope: &Scope, node: 
                 check_expr(cx, m, scope);
             }
         }
-        NodeKind::Foreach { items, .. } => {
+        NodeKind::Foreach {
+            items, max_items, ..
+        } => {
             check_expr(cx, items, scope);
             check_list_not_null(cx, items, scope, "a `foreach`");
+            if let Some(ExprKind::List(list)) = items.ast.as_ref().map(|a| &a.kind)
+                && list.len() as u64 > *max_items
+            {
+                cx.error(
+                    Diagnostic::new(
+                        "invalid-value",
+                        child(path, "maxItems"),
+                        format!(
+                            "the `foreach` goes over a literal list of {} items and accepts at most {max_items}: every call would answer 422 `too_many_items`",
+                            list.len()
+                        ),
+                    )
+                    .help(format!("raise `maxItems` to at least {}", list.len())),
+                );
+            }
             let ty = type_of(items, scope);
             if ty.is_known() && !ty.is_list() {
                 cx.error(
@@ -2458,6 +2543,21 @@ fn check_read(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
     }
     if let Some(x) = after {
         check_expr(cx, x, scope);
+        check_shape(cx, x, scope, Want::Id);
+        // A cursor comes from a previous page's `next` (or a row's id):
+        // text the spec writes itself is refused on every call.
+        if let Some(Value::String(text)) = x.ast.as_ref().and_then(literal_expr)
+            && !text.is_empty()
+        {
+            cx.error(
+                Diagnostic::new(
+                    "invalid-value",
+                    x.path.clone(),
+                    format!("`after` is the literal `'{text}'`: no page starts after it, and every call would be refused as a bad cursor"),
+                )
+                .help("give the `next` of the previous page from the input (`input.after`), or `null` for the first page"),
+            );
+        }
     }
 }
 
@@ -3189,9 +3289,10 @@ fn output_mismatches(
         Template::Expr(x) => match type_of(x, scope) {
             Ty::Bool => &["boolean"],
             Ty::Int | Ty::Uint => &["integer"],
-            Ty::String | Ty::Timestamp => &["string"],
+            // (A duration is written as text: `"3600s"`.)
+            Ty::String | Ty::Timestamp | Ty::Duration => &["string"],
             Ty::List | Ty::Rows(..) | Ty::Items(_) => &["array"],
-            Ty::Row(..) | Ty::Record(..) | Ty::Object(_) => &["object"],
+            Ty::Row(..) | Ty::Record(..) | Ty::Object(_) | Ty::Map => &["object"],
             // A double may be whole (an integer to the schema); a map's
             // type is not known here; the rest is not certain.
             _ => &[],
@@ -3212,6 +3313,51 @@ fn output_mismatches(
             at.to_string(),
             format!("this is {what}, and the schema's type is {said}"),
         ));
+        return;
+    }
+    // A value of literals alone, against the whole of its schema (`enum`,
+    // `const`, bounds, `pattern`), as the response is validated.
+    if let Some(v) =
+        literal_of(t).filter(|_| !matches!(t, Template::Object(_) | Template::Array(_)))
+        && let Ok(validator) = jsonschema::draft202012::new(schema)
+        && let Some(e) = validator.iter_errors(&v).next()
+    {
+        found.push((at.to_string(), format!("this is {v}, and {e}")));
+        return;
+    }
+    // A list whose elements' type is known, against `items`.
+    if let Template::Expr(x) = t
+        && let Ty::Items(element) = type_of(x, scope)
+        && let Some(items) = schema.get("items")
+    {
+        let kind = match *element {
+            Ty::Bool => Some("boolean"),
+            Ty::Int | Ty::Uint => Some("integer"),
+            Ty::String | Ty::Timestamp | Ty::Duration => Some("string"),
+            Ty::List | Ty::Rows(..) | Ty::Items(_) => Some("array"),
+            Ty::Row(..) | Ty::Record(..) | Ty::Object(_) | Ty::Map => Some("object"),
+            _ => None,
+        };
+        if let Some(kind) = kind
+            && refuses(items, kind)
+        {
+            found.push((
+                format!("{at}[]"),
+                format!(
+                    "this list's elements are {}, and the schema's `items` type is {}",
+                    plural_kind(kind),
+                    items.get("type").map(Value::to_string).unwrap_or_default()
+                ),
+            ));
+            return;
+        }
+    }
+    // A whole row, against an object schema: its columns by their types.
+    if let Template::Expr(x) = t
+        && let Ty::Row(ent, embeds) = type_of(x, scope)
+        && let Some(e) = scope.spec.entities.get(&ent)
+    {
+        row_mismatches(e, &ent, &embeds, schema, at, found);
         return;
     }
     match t {
@@ -3254,12 +3400,99 @@ fn output_mismatches(
     }
 }
 
+/// A JSON type's name in the plural.
+fn plural_kind(kind: &str) -> &'static str {
+    match kind {
+        "boolean" => "booleans",
+        "integer" => "integers",
+        "string" => "strings",
+        "array" => "arrays",
+        "object" => "objects",
+        _ => "values",
+    }
+}
+
+/// What in a whole row certainly does not match an object schema: a
+/// column a closed schema does not declare (`version`, `created_at`…), a
+/// required property the row has not, a column whose type the property's
+/// schema refuses.
+fn row_mismatches(
+    e: &Entity,
+    ent: &str,
+    embeds: &super::types::Embeds,
+    schema: &Value,
+    at: &str,
+    found: &mut Vec<(String, String)>,
+) {
+    let name = |k: &str| {
+        if at.is_empty() {
+            k.to_string()
+        } else {
+            format!("{at}.{k}")
+        }
+    };
+    let sensitive = |c: &str| e.fields.get(c).is_some_and(|f| f.sensitive);
+    let columns: Vec<&str> = e
+        .columns()
+        .into_iter()
+        .filter(|c| !sensitive(c))
+        .chain(embeds.iter().map(|(n, _)| n.as_str()))
+        .collect();
+    let props = schema.get("properties").and_then(Value::as_object);
+    if schema.get("additionalProperties") == Some(&Value::Bool(false))
+        && let Some(c) = columns
+            .iter()
+            .find(|c| !props.is_some_and(|p| p.contains_key(**c)))
+    {
+        found.push((
+            at.to_string(),
+            format!("a whole `{ent}` row has `{c}`, which this closed object does not declare"),
+        ));
+        return;
+    }
+    if let Some(required) = schema.get("required").and_then(Value::as_array)
+        && let Some(k) = required
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|k| !columns.contains(k))
+    {
+        found.push((
+            name(k),
+            format!("required by the schema, and a `{ent}` row has no `{k}`"),
+        ));
+        return;
+    }
+    for (k, s) in props.into_iter().flatten() {
+        let Some(ty) = e.column_type(k) else { continue };
+        let kind = match ty {
+            FieldType::String | FieldType::Uuid | FieldType::Ref | FieldType::Timestamp => "string",
+            FieldType::Integer => "integer",
+            FieldType::Boolean => "boolean",
+            FieldType::Number | FieldType::Json => continue,
+        };
+        if refuses(s, kind) {
+            found.push((
+                name(k),
+                format!(
+                    "`{ent}.{k}` is {} field, and the schema's type is {}",
+                    a(type_name(ty)),
+                    s.get("type").map(Value::to_string).unwrap_or_default()
+                ),
+            ));
+        }
+    }
+}
+
 /// The JSON value of a template that is a literal (`5`, `true`, or an
 /// expression that is one: `'open'`, `-2`).
 fn literal_of(t: &Template) -> Option<Value> {
     match t {
         Template::Literal(v) => Some(v.clone()),
-        Template::Expr(x) => literal_expr(x.ast.as_ref()?),
+        Template::Expr(x) => {
+            let ast = x.ast.as_ref()?;
+            // Literals alone (`0 - 1`, `'c' + 'x'`): their value.
+            literal_expr(ast).or_else(|| super::types::constant_value(ast)?.to_json().ok())
+        }
         _ => None,
     }
 }

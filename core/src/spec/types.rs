@@ -219,11 +219,18 @@ pub(crate) fn infer(e: &Expr, scope: &Scope, errors: &mut Vec<TypeError>) -> Ty 
 /// literal pattern `matches` refuses, a literal time zone `getHours` and its
 /// kin do not know. Each is evaluated as the interpreter would, once.
 pub(crate) fn constant_failures(e: &Expr, errors: &mut Vec<TypeError>) {
-    struct NoNames;
-    impl crate::expr::Env for NoNames {
-        fn lookup(&self, _: &str) -> Option<&crate::expr::Value> {
-            None
-        }
+    // A whole expression of literals whose value JSON cannot hold (NaN, an
+    // infinity): writing or answering it fails on every call.
+    if let Some(v) = constant_value(e)
+        && let Err(why) = v.to_json()
+    {
+        errors.push(TypeError {
+            span: e.span,
+            message: format!("this fails on every call: {why}"),
+            help: "give a value JSON can hold (NaN and the infinities are not numbers to it)"
+                .into(),
+        });
+        return;
     }
     let mut stack = vec![e];
     while let Some(e) = stack.pop() {
@@ -289,6 +296,26 @@ pub(crate) fn constant_failures(e: &Expr, errors: &mut Vec<TypeError>) {
             ExprKind::Map(entries) => stack.extend(entries.iter().flat_map(|(k, v)| [k, v])),
         }
     }
+}
+
+/// No name is bound: the environment of an expression of literals alone.
+struct NoNames;
+
+impl crate::expr::Env for NoNames {
+    fn lookup(&self, _: &str) -> Option<&crate::expr::Value> {
+        None
+    }
+}
+
+/// The value of an expression made of literals alone (no name), as the
+/// interpreter computes it; `None` when it reads a name or fails.
+pub(crate) fn constant_value(e: &Expr) -> Option<crate::expr::Value> {
+    let mut names = false;
+    e.walk(|x| names |= matches!(x.kind, ExprKind::Ident(_)));
+    if names {
+        return None;
+    }
+    crate::expr::eval(e, &NoNames).ok()
 }
 
 /// The path (`input.nick`, `order.note`) of `e` when it may be null: an
@@ -1312,6 +1339,16 @@ fn literal_operand_problem(
             "divide by something that is not zero".into(),
         ));
     }
+    if op == BinaryOp::Div
+        && matches!(&b.kind, ExprKind::Lit(Lit::Double(d)) if *d == 0.0)
+        && !matches!(&a.kind, ExprKind::Lit(_))
+        && x.numeric()
+    {
+        return Some((
+            "a division by `0.0` gives an infinity or NaN, which JSON cannot hold".into(),
+            "divide by something that is not zero".into(),
+        ));
+    }
     if matches!(
         op,
         BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge
@@ -1399,4 +1436,17 @@ fn format_problem(
         }
     }
     None
+}
+
+/// The types an expression may give: each branch of a `?:` (at any
+/// depth), else its own.
+pub(crate) fn branch_types(e: &Expr, scope: &Scope) -> Vec<Ty> {
+    match &e.kind {
+        ExprKind::Cond(_, a, b) => {
+            let mut out = branch_types(a, scope);
+            out.extend(branch_types(b, scope));
+            out
+        }
+        _ => vec![infer(e, scope, &mut Vec::new())],
+    }
 }
