@@ -205,6 +205,23 @@ fn data_errors(spec: &Spec, tool: &Tool, nodes: &[&NodeKind], out: &mut Reasons)
             NodeKind::SoftDelete { .. } | NodeKind::Delete { .. } => {
                 (writes, finds) = (true, true);
             }
+            _ => {}
+        }
+        // A row other rows name through a `restrict` reference stays.
+        if let NodeKind::SoftDelete { entity, .. } | NodeKind::Delete { entity, .. } = n
+            && spec.entities.values().any(|e| {
+                e.fields.values().any(|f| {
+                    f.entity.as_deref() == Some(entity.as_str())
+                        && f.on_delete == sinew_core::spec::OnDelete::Restrict
+                })
+            })
+        {
+            out.add(
+                409,
+                "the row is still named by a `restrict` reference (`still_referenced`)",
+            );
+        }
+        match n {
             NodeKind::Transaction { .. } => conflicts = true,
             NodeKind::Call { .. } => out.add(
                 502,
@@ -544,7 +561,19 @@ pub fn document(spec: &Spec, version: &str) -> Value {
                 "detail": {"type": "string"},
                 "code": {"type": "string"},
                 "instance": {"type": "string"},
-                "errors": {"type": "array"}
+                "errors": {
+                    "type": "array",
+                    "description": "the violations (a `pointer` and a `message` each), at most 10",
+                    "items": {"type": "object"}
+                },
+                "errorCount": {
+                    "type": "integer",
+                    "description": "how many violations there are, when more than `errors` lists"
+                },
+                "committed": {
+                    "type": "boolean",
+                    "description": "true when some writes of this request committed before the failure (an error without it changed nothing)"
+                }
             },
             "required": ["status", "title"]
         }),
@@ -1039,5 +1068,51 @@ mod tests {
             assert!(!valid_key(key.as_bytes()), "{key:?}");
             assert!(!v.is_valid(&json!(key)), "{key:?}");
         }
+    }
+
+    /// A delete of a row other rows name through a `restrict` reference
+    /// lists its 409 `still_referenced`; one no reference names does not.
+    #[test]
+    fn a_restricted_delete_says_still_referenced() {
+        let text = r#"{"sinew": "0.2", "name": "refs",
+          "entities": {
+            "Ticket": {"fields": {"title": {"type": "string"}}},
+            "Comment": {"fields": {"ticket": {"type": "ref", "entity": "Ticket"}}}},
+          "tools": {
+            "close": {"trigger": {"http": {"method": "DELETE", "path": "/tickets/{id}"}},
+              "auth": {"roles": ["staff"]},
+              "input": {"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"]},
+              "output": true,
+              "flow": {"entry": "t", "nodes": {
+                "t": {"type": "transaction", "body": {"entry": "d", "nodes": {
+                  "d": {"type": "soft_delete", "entity": "Ticket", "id": "input.id"}}}, "next": "r"},
+                "r": {"type": "return", "value": {}}}}},
+            "drop": {"trigger": {"http": {"method": "DELETE", "path": "/comments/{id}"}},
+              "auth": {"roles": ["staff"]},
+              "input": {"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"]},
+              "output": true,
+              "flow": {"entry": "t", "nodes": {
+                "t": {"type": "transaction", "body": {"entry": "d", "nodes": {
+                  "d": {"type": "soft_delete", "entity": "Comment", "id": "input.id"}}}, "next": "r"},
+                "r": {"type": "return", "value": {}}}}}}}"#;
+        let loaded = sinew_core::spec::load(text);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let doc = document(&loaded.spec, "v");
+        let said = |path: &str| {
+            op(&doc, path, "delete")["responses"]["409"]["description"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert!(
+            said("/tickets/{id}").contains("`still_referenced`"),
+            "{}",
+            said("/tickets/{id}")
+        );
+        assert!(
+            !said("/comments/{id}").contains("`still_referenced`"),
+            "{}",
+            said("/comments/{id}")
+        );
     }
 }
