@@ -1397,6 +1397,17 @@ async fn input_edges_are_typed_and_change_nothing() {
     )
     .await;
     problem(&r, 400, "invalid_input", Some("/sku"));
+    // A key twice: which one a proxy in front read is not known.
+    let r = send(
+        "POST",
+        "/products".into(),
+        Some(staff.clone()),
+        Some("dup-1"),
+        r#"{"sku": "A-1", "sku": "B-2", "name": "Tea", "price_cents": 450}"#.into(),
+    )
+    .await;
+    problem(&r, 400, "invalid_json", None);
+    assert!(r.text.contains("duplicate key `sku`"), "{}", r.text);
     // On a method with a body, the body alone is the input: a query string
     // does not fill a property it lacks.
     let r = send(
@@ -1484,8 +1495,8 @@ async fn input_edges_are_typed_and_change_nothing() {
     assert_eq!(rows.len(), 1, "only the valid create wrote");
     assert_eq!(rows[0].get::<_, i64>(1), 450);
     assert_eq!(rows[0].get::<_, i64>(2), 10);
-    // One final audit entry for each of the 10 requests, chained.
-    assert_eq!(verify(&url).await, Ok(10));
+    // One final audit entry for each of the 11 requests, chained.
+    assert_eq!(verify(&url).await, Ok(11));
 }
 
 /// Issue 14: every request is answered within its tool's deadline plus a

@@ -4376,3 +4376,35 @@ fn more_that_the_checker_can_know() {
         assert_message(d, says);
     }
 }
+
+/// A many-row `transition` whose `where` keeps only states its action does
+/// not move from moves no row, ever: refused. One that keeps a state it
+/// moves from passes.
+#[test]
+fn a_transition_that_can_move_no_row_is_refused() {
+    let transition = |status: Value| {
+        load_with(move |v| {
+            at(v, BODY)["take"] = json!({"type": "transition", "entity": "Order", "action": "pay",
+                "where": {"status": status, "product": "product.id"}, "limit": 10});
+        })
+    };
+    let l = transition(json!("'paid'"));
+    let d = only_error(&l, "invalid-value", &format!("{BODY}/take/where/status/eq"));
+    assert_message(d, "`pay` moves `Order` rows only from pending");
+    let l = transition(json!({"in": ["'paid'"]}));
+    assert_eq!(
+        l.errors
+            .iter()
+            .filter(|d| d.code == "invalid-value")
+            .count(),
+        1,
+        "{}",
+        list(&l.errors)
+    );
+    let l = transition(json!("'pending'"));
+    assert!(
+        !l.errors.iter().any(|d| d.code == "invalid-value"),
+        "{}",
+        list(&l.errors)
+    );
+}

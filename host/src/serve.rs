@@ -1492,7 +1492,9 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, Refusal> {
             "the body must be JSON (Content-Type: application/json)",
         ));
     }
-    serde_json::from_slice::<Value>(bytes).map_err(|e| {
+    // A key twice in an object is refused: which one a proxy or a firewall
+    // in front of the server read is not known.
+    sinew_core::spec::source::strict_from_slice(bytes).map_err(|e| {
         let detail = if e.to_string().contains("recursion limit") {
             "the body is nested too deeply".to_owned()
         } else {

@@ -2989,6 +2989,47 @@ fn check_target(cx: &mut Cx, spec: &Spec, scope: &Scope, e: Option<&Entity>, nod
             limit,
         } => {
             check_filters(cx, spec, e, entity, filters, scope);
+            // A `where` that keeps only states the action cannot move from
+            // moves no row, ever.
+            if let NodeKind::Transition { action, .. } = &node.kind
+                && let Some(t) = e
+                    .and_then(|e| e.status.as_ref())
+                    .and_then(|sm| sm.transitions.get(action))
+            {
+                for w in filters {
+                    let Where::Field(f) = w else { continue };
+                    if f.field != "status" || !matches!(f.op, FilterOp::Eq | FilterOp::In) {
+                        continue;
+                    }
+                    let states: Vec<Value> = match &f.value {
+                        Template::Array(items) => items.iter().filter_map(literal_of).collect(),
+                        Template::Expr(x) => match x.ast.as_ref().map(|a| &a.kind) {
+                            Some(ExprKind::List(items)) => {
+                                items.iter().filter_map(literal_expr).collect()
+                            }
+                            _ => literal_of(&f.value).into_iter().collect(),
+                        },
+                        other => literal_of(other).into_iter().collect(),
+                    };
+                    if !states.is_empty()
+                        && states
+                            .iter()
+                            .all(|v| !v.as_str().is_some_and(|s| t.from.iter().any(|x| x == s)))
+                    {
+                        cx.error(
+                            Diagnostic::new(
+                                "invalid-value",
+                                child(&f.path, f.op.name()),
+                                format!(
+                                    "`{action}` moves `{entity}` rows only from {}, and this `where` keeps only rows in other states: it would never move a row",
+                                    t.from.join(", ")
+                                ),
+                            )
+                            .help("filter on a state the action moves from, or leave `status` out (the action's `from` applies anyway)"),
+                        );
+                    }
+                }
+            }
             if let Some(e) = e {
                 check_indexed(cx, entity, e, path, filters, order_by, implied);
                 check_order(cx, entity, e, path, order_by);

@@ -60,6 +60,19 @@ pub fn parse(text: &str) -> Result<Value, Diagnostic> {
     result.map_err(|e| syntax_error(&e, text))
 }
 
+/// Parses a JSON document (a request body) strictly: one value, and no
+/// object with a key twice (which one a proxy or a firewall before the
+/// server read is not known).
+///
+/// # Errors
+/// serde_json's error: bad syntax, a duplicate key, nesting past 127.
+pub fn strict_from_slice(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let Strict(v) = Strict::deserialize(&mut de)?;
+    de.end()?;
+    Ok(v)
+}
+
 fn syntax_error(e: &serde_json::Error, text: &str) -> Diagnostic {
     let full = e.to_string();
     // serde_json counts columns in bytes; positions here count characters.
@@ -193,6 +206,12 @@ mod tests {
         assert_eq!(parse(&deep).unwrap_err().code, "too-deep");
         assert_eq!(parse("{} x").unwrap_err().code, "json-syntax");
         assert_eq!(decode(b"\xff\xfe").unwrap_err().code, "not-utf8");
+        // Bodies: the same, without the diagnostics.
+        assert!(strict_from_slice(br#"{"a": [1, {"b": 2}]}"#).is_ok());
+        let e = strict_from_slice(br#"{"t": 1, "t": 2}"#).unwrap_err();
+        assert!(e.to_string().contains("duplicate key `t`"), "{e}");
+        assert!(strict_from_slice(br#"[{"a": 1, "b": {"c": 1, "c": 1}}]"#).is_err());
+        assert!(strict_from_slice(b"{} {}").is_err());
     }
 
     #[test]
