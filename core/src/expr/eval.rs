@@ -162,6 +162,10 @@ fn eval_owned(e: &Expr, env: &dyn Env) -> Result<Value, EvalError> {
                         );
                     }
                 };
+                // (CEL refuses a map literal with a key twice.)
+                if m.contains_key(&key) {
+                    return err(k.span, format!("the map has the key `{key}` twice"));
+                }
                 m.insert(key, eval_owned(v, env)?);
             }
             Ok(Value::Map(m))
@@ -902,6 +906,15 @@ mod tests {
         for f in ["'%.65536f'", "'%.70000e'", "'%.101f'"] {
             let e = run(&format!("{f}.format([1.5])")).unwrap_err();
             assert!(e.message.contains("more than 100"), "{f}: {}", e.message);
+        }
+        // A map literal with a key twice is an error, as in CEL.
+        let e = run("{'a': 1, 'a': 2}").unwrap_err();
+        assert!(e.message.contains("the key `a` twice"), "{}", e.message);
+        // Offsets: hours up to 23, minutes up to 59, digits only.
+        assert!(run("now.getHours('+05:30') >= 0").is_ok());
+        for z in ["'+25:00'", "'+05:60'", "'+-5:00'", "'+5: 0'"] {
+            let e = run(&format!("now.getHours({z})")).unwrap_err();
+            assert!(e.message.contains("is not an offset"), "{z}: {}", e.message);
         }
     }
 

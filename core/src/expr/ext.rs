@@ -342,9 +342,19 @@ fn offset_seconds(zone: &str, t_micros: i64) -> Result<i64, String> {
         });
     if let Some((sign, rest)) = fixed
         && let Some((h, m)) = rest.split_once(':')
-        && let (Ok(h), Ok(m)) = (h.parse::<i64>(), m.parse::<i64>())
     {
-        return Ok(sign * (h * 3600 + m * 60));
+        // One or two digits each: no sign, no space, no `+25:00`.
+        let number = |p: &str| {
+            (!p.is_empty() && p.len() <= 2 && p.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| p.parse::<i64>().ok())
+                .flatten()
+        };
+        return match (number(h), number(m)) {
+            (Some(h), Some(m)) if h <= 23 && m <= 59 => Ok(sign * (h * 3600 + m * 60)),
+            _ => Err(format!(
+                "`{zone}` is not an offset (`+HH:MM`, hours up to 23, minutes up to 59)"
+            )),
+        };
     }
     let tz = jiff::tz::TimeZone::get(zone).map_err(|_| format!("unknown time zone `{zone}`"))?;
     let ts = jiff::Timestamp::from_microsecond(t_micros)
