@@ -2770,6 +2770,16 @@ fn with_product_node(v: &mut Value, node: Value) {
     at(v, GET).as_object_mut().unwrap().remove("missing");
 }
 
+/// The base spec after `setup`, with `get_product`'s first node replaced
+/// by `node` (which goes on to `done`, answering `{}`), loaded.
+fn with_first_node(setup: impl FnOnce(&mut Value), node: Value) -> Loaded {
+    load_with(|v| {
+        setup(v);
+        with_product_node(v, node);
+        at(v, &format!("{GET}/done"))["value"] = json!({});
+    })
+}
+
 /// A function called with arguments none of its forms takes fails on every
 /// call that reaches it: refused before deployment, with the types, while
 /// the forms it has pass.
@@ -3971,39 +3981,27 @@ fn nodes_that_fail_on_every_call_are_refused() {
         input["properties"]["skus"] = json!({"type": "string"});
         input["required"] = json!(["n", "skus"]);
     };
-    let l = load_with(|v| {
-        with_input(v);
-        with_product_node(
-            v,
-            json!({"type": "foreach", "items": "input.skus", "as": "s", "maxItems": 5,
+    let l = with_first_node(
+        with_input,
+        json!({"type": "foreach", "items": "input.skus", "as": "s", "maxItems": 5,
                    "body": {"entry": "r", "nodes": {"r": {"type": "read", "entity": "Product",
                      "where": {"sku": "s"}, "limit": 1}}},
                    "next": "done"}),
-        );
-        at(v, &format!("{GET}/done"))["value"] = json!({});
-    });
+    );
     let d = only_error(&l, "expr-type", &format!("{GET}/product/items"));
     assert_message(d, "a `foreach` goes over a list, and this is a string");
-    let l = load_with(|v| {
-        with_input(v);
-        with_product_node(
-            v,
-            json!({"type": "read", "entity": "Product", "where": {"stock": {"gt": 0}},
+    let l = with_first_node(
+        with_input,
+        json!({"type": "read", "entity": "Product", "where": {"stock": {"gt": 0}},
                    "orderBy": ["id"], "limit": "input.n", "next": "done"}),
-        );
-        at(v, &format!("{GET}/done"))["value"] = json!({});
-    });
+    );
     let d = only_error(&l, "expr-type", &format!("{GET}/product/limit"));
     assert_message(d, "a positive integer is needed here, but this is a number");
-    let l = load_with(|v| {
-        with_input(v);
-        with_product_node(
-            v,
-            json!({"type": "read", "entity": "Product", "where": {"sku": {"in": "input.skus"}},
+    let l = with_first_node(
+        with_input,
+        json!({"type": "read", "entity": "Product", "where": {"sku": {"in": "input.skus"}},
                    "limit": 10, "next": "done"}),
-        );
-        at(v, &format!("{GET}/done"))["value"] = json!({});
-    });
+    );
     let d = only_error(&l, "expr-type", &format!("{GET}/product/where/sku/in"));
     assert_message(d, "`in` needs a list, and this is `input.skus`, a string");
     for key in ["null", "'same'"] {
@@ -4228,17 +4226,13 @@ fn null_is_followed_through_more_expressions() {
         ],
     );
     // A `foreach` over an optional array.
-    let l = load_with(|v| {
-        with_input(v);
-        with_product_node(
-            v,
-            json!({"type": "foreach", "items": "input.tags", "as": "t", "maxItems": 5,
+    let l = with_first_node(
+        with_input,
+        json!({"type": "foreach", "items": "input.tags", "as": "t", "maxItems": 5,
                    "body": {"entry": "r", "nodes": {"r": {"type": "read", "entity": "Product",
                      "where": {"sku": "t"}, "limit": 1}}},
                    "next": "done"}),
-        );
-        at(v, &format!("{GET}/done"))["value"] = json!({});
-    });
+    );
     let d = only_error(&l, "expr-type", &format!("{GET}/product/items"));
     assert_message(d, "a `foreach` goes over a list, and this may be null");
 }
@@ -4285,12 +4279,7 @@ fn more_that_the_checker_can_know() {
         assert_eq!(errors.len(), 1, "{value}: {}", list(&l.errors));
         assert_message(errors[0], says);
     }
-    let read = |node: Value| {
-        load_with(move |v| {
-            with_product_node(v, node);
-            at(v, &format!("{GET}/done"))["value"] = json!({});
-        })
-    };
+    let read = |node: Value| with_first_node(|_| {}, node);
     let l = read(
         json!({"type": "read", "entity": "Product", "where": {"stock": {"gt": 0}},
         "orderBy": ["id"], "page": true, "limit": 5, "after": "'first'", "next": "done"}),
