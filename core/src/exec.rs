@@ -185,6 +185,53 @@ pub(crate) fn storage_problem(e: StorageError) -> Problem {
     }
 }
 
+/// A write the field checks refused is 422 `constraint_violated` when a
+/// refused value may be the caller's. When every refused value is of the
+/// wrong type and its expression reads nothing the caller sent (an
+/// external's answer, a `json` field, what the checker could not type),
+/// the mistake is the spec's: 500 `spec_error`, the details for operators.
+fn blame_write(
+    p: Problem,
+    e: &Entity,
+    row: &Row,
+    templates: &crate::model::NameMap<Template>,
+) -> Problem {
+    if p.code() != Code::ConstraintViolated.as_str() || p.errors.is_empty() {
+        return p;
+    }
+    let from_caller = |t: &Template| {
+        t.expressions().iter().any(|x| {
+            x.ast.as_ref().is_none_or(|a| {
+                let mut reads = false;
+                a.walk(|n| {
+                    reads |= matches!(&n.kind, crate::expr::ExprKind::Ident(r) if r == "input" || r == "auth" || r == "request")
+                });
+                reads
+            })
+        })
+    };
+    let spec_made = p.errors.iter().all(|err| {
+        let Some(name) = err.get("field").and_then(Json::as_str) else {
+            return false;
+        };
+        let (Some(f), Some(v), Some(t)) = (e.fields.get(name), row.get(name), templates.get(name))
+        else {
+            return false;
+        };
+        let why = f.violations(v);
+        let wrong_type = why.len() == 1
+            && why
+                .first()
+                .is_some_and(|w| *w == format!("must be {}", crate::diag::a(f.ty.name())));
+        wrong_type && !from_caller(t)
+    });
+    if spec_made {
+        Problem::spec_error(format!("a written value has the wrong type: {}", p.detail))
+    } else {
+        p
+    }
+}
+
 impl<'a> Run<'a> {
     #[expect(clippy::too_many_arguments, reason = "the ports and the request, once")]
     pub fn new(
@@ -1059,7 +1106,8 @@ impl<'a> Run<'a> {
             row.insert(owner.field.clone(), Json::String(value));
         }
         rows::normalize_row(e, &mut row);
-        rows::check_fields(entity, e, &row, e.fields.keys())?;
+        rows::check_fields(entity, e, &row, e.fields.keys())
+            .map_err(|p| blame_write(p, e, &row, values))?;
         self.check_refs(entity, e, &row, e.fields.keys(), None)?;
         Ok(row)
     }
@@ -1243,7 +1291,8 @@ impl<'a> Run<'a> {
             for (k, v) in &changes {
                 merged.insert(k.clone(), v.clone());
             }
-            rows::check_fields(entity, e, &merged, set.keys())?;
+            rows::check_fields(entity, e, &merged, set.keys())
+                .map_err(|p| blame_write(p, e, &merged, set))?;
             self.check_refs(entity, e, &merged, set.keys(), Some(row))?;
             all.push(changes);
         }
