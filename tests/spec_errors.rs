@@ -4186,6 +4186,7 @@ fn null_is_followed_through_more_expressions() {
         input["properties"]["note"] = json!({"type": ["string", "null"]});
         input["properties"]["kind"] = json!({"enum": ["a", null]});
         input["properties"]["nick"] = json!({"type": "string"});
+        input["properties"]["count"] = json!({"type": "integer"});
         input["properties"]["tags"] = json!({"type": "array", "items": {"type": "string"}});
         input["properties"]["lines"] = json!({"type": "array", "items": {"type": "object",
             "properties": {"sku": {"type": "string"}, "memo": {"type": "string"}}, "required": ["sku"]}});
@@ -4205,6 +4206,14 @@ fn null_is_followed_through_more_expressions() {
             (
                 "{'k': input.nick}.k.size()",
                 "`input.nick` may be null here",
+            ),
+            (
+                "math.greatest([input.count, 1])",
+                "`input.count` may be null, and `math.greatest()` fails",
+            ),
+            (
+                "math.least(1, input.count)",
+                "`input.count` may be null, and `math.least()` fails",
             ),
             (
                 "[input.nick, 'x'].join(',')",

@@ -928,6 +928,27 @@ fn infer_at(
                     });
                 }
             }
+            // `math.greatest`/`least` compare numbers: a member of a literal
+            // list, or an argument after the first (the first is checked as
+            // any function's), that may be null fails.
+            if matches!(func.as_str(), "math.greatest" | "math.least") {
+                let members: Vec<&Expr> = match args.as_slice() {
+                    [one] => match &one.kind {
+                        ExprKind::List(items) => items.iter().collect(),
+                        _ => Vec::new(),
+                    },
+                    many => many.iter().skip(1).collect(),
+                };
+                if let Some(p) = members.iter().find_map(|m| {
+                    nullable(m, scope, locals, guards, vars).filter(|p| !guards.contains(p))
+                }) {
+                    errors.push(TypeError {
+                        span: e.span,
+                        message: format!("`{p}` may be null, and `{func}()` fails on null"),
+                        help: format!("give a default: `{p} != null ? {p} : 0`"),
+                    });
+                }
+            }
             if let Some(message) = refused(func, target.is_some(), &given) {
                 errors.push(TypeError {
                     span: e.span,
