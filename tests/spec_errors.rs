@@ -3289,7 +3289,18 @@ fn externals_that_speak_http_are_checked() {
         (
             json!({"idempotencyHeader": "X-Key", "headers": {"x-key": "1"}}),
             "/externals/mailer/operations/send/idempotencyHeader",
-            "`X-Key` is also one of the operation's literal `headers`",
+            "`X-Key` carries each call's idempotency key, and it is also one of the operation's literal `headers`",
+        ),
+        // Without `idempotencyHeader`, the key goes in `Idempotency-Key`.
+        (
+            json!({"headers": {"idempotency-key": "fixed"}}),
+            "/externals/mailer/operations/send/headers",
+            "`Idempotency-Key` carries each call's idempotency key",
+        ),
+        (
+            json!({"headers": {"X-Sinew-Attempt": "9"}}),
+            "/externals/mailer/operations/send/headers/X-Sinew-Attempt",
+            "",
         ),
     ] {
         let l = with(&|x: &mut Value| {
@@ -3299,6 +3310,13 @@ fn externals_that_speak_http_are_checked() {
         let d = only_error(&l, "invalid-value", path);
         assert_message(d, says);
     }
+    // A `header` auth named like the key's header would never be sent.
+    let l = with(&|x: &mut Value| {
+        x["auth"] = json!({"header": {"name": "Idempotency-Key", "secret": "MAILER_KEY"}});
+        x["operations"]["send"] = json!({});
+    });
+    let d = only_error(&l, "invalid-value", "/externals/mailer/auth");
+    assert_message(d, "`Idempotency-Key` carries the external's credentials");
 }
 
 /// A field's `enum` lists each value once, as JSON Schema says (the

@@ -628,9 +628,37 @@ impl Planner {
                 .iter()
                 .any(|c| c.name == r.new && c.renamed_from.as_deref() == Some(r.old.as_str()));
             sources.push(r.old.clone());
-            if !kept {
-                self.contract_rename(table, r, wanted.iter().any(|c| c.name == r.old));
+            if kept {
+                continue;
             }
+            // A copy cut short: the former column still holds values the
+            // new one lacks. Copy them first; the contraction (which drops
+            // the former column) comes with the next migration.
+            if !r.copied
+                && let Some(c) = wanted.iter().find(|c| c.name == r.new)
+            {
+                expanding.push((c, r.old.as_str(), true));
+                self.plan.notes.push(format!(
+                    "`{table}`: the copy of `{}` into `{}` did not finish: it runs again now, and \
+                     the former column is dropped by the next migration, once it has",
+                    r.old, r.new
+                ));
+                continue;
+            }
+            // A spec from before the rename (a rollback, or the previous
+            // spec's servers during a rolling deploy): the rename stays in
+            // progress, its trigger filling the new column for the newer
+            // spec's servers.
+            let names = |n: &str| wanted.iter().any(|c| c.name == n);
+            if names(&r.old) && !names(&r.new) {
+                self.plan.notes.push(format!(
+                    "`{table}`: the rename of `{}` to `{}` a newer spec started stays in progress \
+                     (its trigger keeps both columns in step)",
+                    r.old, r.new
+                ));
+                continue;
+            }
+            self.contract_rename(table, r, names(&r.old));
         }
         let find = |name: &str| have.columns.iter().find(|h| h.name == name);
         for c in &wanted {
@@ -646,6 +674,16 @@ impl Planner {
         for h in &have.columns {
             let name = h.name.clone();
             if wanted.iter().any(|c| c.name == name) || sources.contains(&name) {
+                continue;
+            }
+            // The new column of a rename a newer spec started: its trigger
+            // fills it from the former one, which this spec writes.
+            if let Some(r) = have.renames.iter().find(|r| r.new == name) {
+                self.plan.notes.push(format!(
+                    "`{table}.{name}` is the new name of `{}` in a newer spec: kept, filled \
+                     from `{}` by the rename's trigger",
+                    r.old, r.old
+                ));
                 continue;
             }
             match crate::migrate::unknown_column(table, &name, h.not_null, h.filled) {
@@ -1652,6 +1690,52 @@ mod tests {
         assert_eq!(
             changes,
             ["copy `name` into `title` in batches, again: the last copy did not finish"]
+        );
+        // The previous spec on the database mid-rename: nothing to do, no
+        // refusal (the new column is the trigger's to fill).
+        let mut field_only = base();
+        let fields = &mut field_only["entities"]["Room"]["fields"];
+        fields["title"] = fields["name"].take();
+        fields["title"]["renamedFrom"] = json!("name");
+        fields.as_object_mut().unwrap().remove("name");
+        // (The model of the renamed spec's schema has `name` loose: only
+        // `title` and the trigger matter here.)
+        let back = plan(&Schema::of(&spec(&field_only)), &spec(&base()));
+        assert!(
+            back.steps
+                .iter()
+                .all(|s| !s.change.contains("title") && !s.change.contains("renaming")),
+            "{:?}",
+            back.steps.iter().map(|s| &s.change).collect::<Vec<_>>()
+        );
+        assert!(
+            back.notes.iter().any(|n| n.contains("stays in progress")),
+            "{:?}",
+            back.notes
+        );
+        // A contraction over a copy cut short copies first, and drops
+        // nothing (the next migration does).
+        let mut done = v.clone();
+        done["entities"]["Ward"]["fields"]["title"]
+            .as_object_mut()
+            .unwrap()
+            .remove("renamedFrom");
+        let early = plan(&cut, &spec(&done));
+        let changes: Vec<&str> = early.steps.iter().map(|s| s.change.as_str()).collect();
+        assert_eq!(
+            changes,
+            ["copy `name` into `title` in batches, again: the last copy did not finish"]
+        );
+        assert!(
+            early
+                .steps
+                .iter()
+                .all(|s| s.sql.iter().all(|q| !q.contains("DROP COLUMN")))
+        );
+        assert!(
+            early.notes.iter().any(|n| n.contains("did not finish")),
+            "{:?}",
+            early.notes
         );
         // Contracted once the spec no longer names the former field.
         let mut done = v.clone();

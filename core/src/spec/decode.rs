@@ -928,16 +928,24 @@ fn external(cx: &mut Cx, v: &Value, path: &str) -> External {
         let idempotency_header = op
             .string(cx, "idempotencyHeader", false)
             .filter(|h| header_name(cx, &op.at("idempotencyHeader"), h));
+        // Every attempt carries its key in this header (the default one
+        // when the operation names none).
+        let key_header = idempotency_header
+            .clone()
+            .unwrap_or_else(|| "Idempotency-Key".to_owned());
         // The header that carries the credentials is the host's to write.
         if let Some(ExternalAuth::Header { name: auth, .. }) = &ext.auth {
             let clashes = headers
                 .iter()
                 .map(|(h, _)| (h, op.at("headers")))
-                .chain(
-                    idempotency_header
-                        .iter()
-                        .map(|h| (h, op.at("idempotencyHeader"))),
-                )
+                .chain(std::iter::once((
+                    &key_header,
+                    if idempotency_header.is_some() {
+                        op.at("idempotencyHeader")
+                    } else {
+                        o.at("auth")
+                    },
+                )))
                 .filter(|(h, _)| h.eq_ignore_ascii_case(auth));
             for (h, at) in clashes {
                 cx.error(
@@ -950,16 +958,21 @@ fn external(cx: &mut Cx, v: &Value, path: &str) -> External {
                 );
             }
         }
-        if let Some(h) = &idempotency_header
-            && headers.iter().any(|(x, _)| x.eq_ignore_ascii_case(h))
+        if headers
+            .iter()
+            .any(|(x, _)| x.eq_ignore_ascii_case(&key_header))
         {
             cx.error(
                 Diagnostic::new(
                     "invalid-value",
-                    op.at("idempotencyHeader"),
-                    format!("`{h}` is also one of the operation's literal `headers`: the key would replace it"),
+                    if idempotency_header.is_some() {
+                        op.at("idempotencyHeader")
+                    } else {
+                        op.at("headers")
+                    },
+                    format!("`{key_header}` carries each call's idempotency key, and it is also one of the operation's literal `headers`: the key would replace it"),
                 )
-                .help("name another header for the key, or drop the literal one"),
+                .help("name another header for the key (`idempotencyHeader`), or drop the literal one"),
             );
         }
         op.finish(cx);
@@ -988,6 +1001,7 @@ const RESERVED_HEADERS: &[&str] = &[
     "host",
     "transfer-encoding",
     "connection",
+    "x-sinew-attempt",
 ];
 
 /// Whether `h` is an HTTP header name (a token) a spec may set; an error

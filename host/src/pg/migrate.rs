@@ -16,7 +16,8 @@ pub use sinew_core::migrate::unknown_column;
 /// The refusals of [`unknown_column`] in the database behind `client`, in
 /// one catalog query (no prepared statement): what a start whose schema is
 /// [`recorded`] as migrated checks, so that a column added by hand since
-/// is refused by `sinew serve` as by `sinew migrate`.
+/// is refused by `sinew serve` as by `sinew migrate`. The new column of a
+/// rename in progress is filled by the rename's trigger: not refused.
 pub async fn refused_columns(client: &tokio_postgres::Client, spec: &Spec) -> Result<Vec<String>> {
     let messages = client
         .simple_query(
@@ -27,6 +28,9 @@ pub async fn refused_columns(client: &tokio_postgres::Client, spec: &Spec) -> Re
                AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped \
                AND a.attnotnull AND NOT a.atthasdef AND a.attidentity = '' \
                AND a.attgenerated = '' \
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid \
+                 AND obj_description(t.oid, 'pg_trigger') ~ \
+                     ('^sinew rename [A-Za-z0-9_]+ to ' || a.attname || '(, copied)?$')) \
              ORDER BY c.relname, a.attnum",
         )
         .await
