@@ -3264,6 +3264,28 @@ fn externals_that_speak_http_are_checked() {
         "/tools/place_order/flow/nodes/notify/args",
     );
     assert_message(d, "puts `customer` in its path");
+    // One given, but that may be null or is no path segment.
+    for (arg, says) in [
+        (json!("input.customer"), "it may be null"),
+        (json!("'..'"), "it is \"..\""),
+        (json!(null), "it is null"),
+    ] {
+        let l = load_with(|v| {
+            at(v, "/tools/place_order")["input"] = json!({"type": "object",
+                "properties": {"sku": {"type": "string"}, "quantity": {"type": "integer"},
+                               "customer": {"type": "string"}},
+                "required": ["sku", "quantity"]});
+            at(v, "/externals/mailer")["operations"]["send"] =
+                json!({"path": "/v1/customers/{customer}/charges"});
+            at(v, "/tools/place_order/flow/nodes/notify")["args"]["customer"] = arg.clone();
+        });
+        let d = only_error(
+            &l,
+            "expr-type",
+            "/tools/place_order/flow/nodes/notify/args/customer",
+        );
+        assert_message(d, says);
+    }
     // The whole shape, right.
     let l = with(&|x: &mut Value| {
         x["baseUrl"] = json!("https://api.stripe.com");

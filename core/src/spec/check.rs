@@ -3175,6 +3175,33 @@ fn check_call(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
             // one the call does not give would make a URL with a hole.
             let op = x.operations.get(operation.as_str());
             for a in op.map(|o| o.path_args()).unwrap_or_default() {
+                // One that may be null (an optional input left out), or a
+                // literal that is no path segment, fails the call (502).
+                if let Some(t) = args.get(a) {
+                    let literal = literal_of(t);
+                    let bad = match (&literal, t) {
+                        (Some(Value::Null), _) => Some("is null".to_owned()),
+                        (Some(Value::String(v)), _) if v.is_empty() || v == "." || v == ".." => {
+                            Some(format!("is {}", Value::String(v.clone())))
+                        }
+                        (None, Template::Expr(x)) => x
+                            .ast
+                            .as_ref()
+                            .filter(|ast| super::types::may_be_null(ast, scope))
+                            .map(|_| "may be null (an optional input property left out, a nullable field)".to_owned()),
+                        _ => None,
+                    };
+                    if let Some(why) = bad {
+                        cx.error(
+                            Diagnostic::new(
+                                "expr-type",
+                                child(&child(path, "args"), a),
+                                format!("`{a}` fills `{{{a}}}` in the path of `{external}.{operation}`, and it {why}: that call would fail (502 `external_failed`)"),
+                            )
+                            .help("require it in the input schema, or give a default"),
+                        );
+                    }
+                }
                 if !args.contains_key(a) {
                     cx.error(
                         Diagnostic::new(
