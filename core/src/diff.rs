@@ -114,6 +114,7 @@ pub fn diff(old: &str, new: &str) -> Result<Diff, Invalid> {
         }
     }
     owner_changes(&a.spec, &b.spec, &mut api);
+    emitted_changes(&a.spec, &b.spec, &mut api);
     for name in b.spec.tools.keys() {
         if !a.spec.tools.contains_key(name) {
             api.push(ApiChange {
@@ -400,6 +401,59 @@ fn tool_changes(name: &str, old: &Tool, new: &Tool, out: &mut Vec<ApiChange>) {
     schema_changes("", &oo, &no, Side::Output, &mut changes);
     for (change, breaking) in changes {
         push(change, breaking);
+    }
+}
+
+/// Operations the old spec `emit`s that the new one removes, or calls
+/// otherwise (`method`, `path`, `encoding`): the messages still pending in
+/// the outbox when the new spec's servers deliver them fail, or go out
+/// another way.
+fn emitted_changes(old: &Spec, new: &Spec, out: &mut Vec<ApiChange>) {
+    for (tool, t) in &old.tools {
+        let mut seen = Vec::new();
+        for (_, n) in t.flow.all() {
+            let crate::model::NodeKind::Emit {
+                external,
+                operation,
+                ..
+            } = &n.kind
+            else {
+                continue;
+            };
+            if seen.contains(&(external, operation)) {
+                continue;
+            }
+            seen.push((external, operation));
+            let was = old
+                .externals
+                .get(external)
+                .and_then(|x| x.operations.get(operation));
+            let is = new
+                .externals
+                .get(external)
+                .and_then(|x| x.operations.get(operation));
+            let change = match (was, is) {
+                (_, None) => format!(
+                    "it emits `{external}.{operation}`, which the new spec no longer has: \
+                     messages still pending in the outbox would fail (let them be delivered \
+                     first, or keep the operation)"
+                ),
+                (Some(w), Some(i))
+                    if (&w.method, &w.path, &w.encoding) != (&i.method, &i.path, &i.encoding) =>
+                {
+                    format!(
+                        "it emits `{external}.{operation}`, whose method, path or encoding \
+                         changes: messages still pending in the outbox go out the new way"
+                    )
+                }
+                _ => continue,
+            };
+            out.push(ApiChange {
+                tool: tool.clone(),
+                change,
+                breaking: true,
+            });
+        }
     }
 }
 
@@ -1038,5 +1092,28 @@ mod tests {
         v["entities"]["Note"]["fields"]["author"] = json!({"type": "string"});
         let d = diff(&base().to_string(), &v.to_string()).unwrap();
         assert!(d.destructive, "{}", d.human());
+    }
+
+    #[test]
+    fn an_emitted_operation_removed_or_changed_is_breaking() {
+        let mut v = base();
+        v["externals"] = json!({"mail": {"kind": "email", "operations": {"send": {}}}});
+        let body = &mut v["tools"]["add"]["flow"]["nodes"]["t"]["body"]["nodes"];
+        body["c"]["next"] = json!("e");
+        body["e"] = json!({"type": "emit", "external": "mail", "operation": "send",
+            "args": {"note": "c.id"}});
+        assert_eq!(changes(&v, &v), vec![]);
+        let mut renamed = v.clone();
+        renamed["externals"]["mail"]["operations"] = json!({"deliver": {}});
+        renamed["tools"]["add"]["flow"]["nodes"]["t"]["body"]["nodes"]["e"]["operation"] =
+            json!("deliver");
+        breaking(
+            &v,
+            &renamed,
+            "it emits `mail.send`, which the new spec no longer has",
+        );
+        let mut moved = v.clone();
+        moved["externals"]["mail"]["operations"]["send"] = json!({"path": "/v2/send"});
+        breaking(&v, &moved, "whose method, path or encoding changes");
     }
 }
