@@ -2738,6 +2738,15 @@ fn type_values_check_clean_and_run() {
     );
 }
 
+/// `get_product`'s input with `counts` (an array of integers) and `factor`
+/// (a `number`), both required.
+fn counts_and_factor(v: &mut Value) {
+    let input = &mut at(v, "/tools/get_product")["input"];
+    input["properties"]["counts"] = json!({"type": "array", "items": {"type": "integer"}});
+    input["properties"]["factor"] = json!({"type": "number"});
+    input["required"] = json!(["counts", "factor"]);
+}
+
 /// `get_product` answering `{"x": expr}` (its `done` node), after `setup`:
 /// each `refused` expression must be exactly one `expr-type` error there
 /// whose message contains its text, each `clean` one no error at all. The
@@ -3612,14 +3621,8 @@ fn a_return_that_breaks_the_output_schema() {
 /// list). What works passes.
 #[test]
 fn what_fails_on_every_call_is_refused() {
-    let with_input = |v: &mut Value| {
-        let input = &mut at(v, "/tools/get_product")["input"];
-        input["properties"]["counts"] = json!({"type": "array", "items": {"type": "integer"}});
-        input["properties"]["factor"] = json!({"type": "number"});
-        input["required"] = json!(["counts", "factor"]);
-    };
     judge(
-        with_input,
+        counts_and_factor,
         &[
             ("product.name[0]", "a string cannot be indexed with an int"),
             ("{'a': 1}[0]", "a map cannot be indexed with an int"),
@@ -3939,21 +3942,15 @@ fn a_fix_that_would_break_the_spec_is_not_applied() {
 
 /// More that fails on every call, found by reading specs written from the
 /// docs alone: `string()` of a list, bit operations mixing int and uint, a
-/// map key that may have a fraction, `join` of a literal list with a
+/// map key that is not a string, `join` of a literal list with a
 /// number, a macro condition that is not a bool, a `map` result's element
 /// type, `format` clauses against their literal arguments, a literal zero
 /// divisor or negative index, a timestamp compared with text that is not
 /// one. What works passes.
 #[test]
 fn more_that_fails_on_every_call_is_refused() {
-    let with_input = |v: &mut Value| {
-        let input = &mut at(v, "/tools/get_product")["input"];
-        input["properties"]["counts"] = json!({"type": "array", "items": {"type": "integer"}});
-        input["properties"]["factor"] = json!({"type": "number"});
-        input["required"] = json!(["counts", "factor"]);
-    };
     judge(
-        with_input,
+        counts_and_factor,
         &[
             (
                 "string(input.counts)",
