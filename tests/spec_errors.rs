@@ -2738,6 +2738,15 @@ fn type_values_check_clean_and_run() {
     );
 }
 
+/// A `foreach` over `items` (elements named `name`, at most `max`) that
+/// reads the product of each sku, then goes on to `done`.
+fn foreach_reading_products(items: &str, name: &str, max: u64) -> Value {
+    json!({"type": "foreach", "items": items, "as": name, "maxItems": max,
+           "body": {"entry": "r", "nodes": {"r": {"type": "read", "entity": "Product",
+             "where": {"sku": name}, "limit": 1}}},
+           "next": "done"})
+}
+
 /// `get_product`'s input with `counts` (an array of integers) and `factor`
 /// (a `number`), both required.
 fn counts_and_factor(v: &mut Value) {
@@ -4018,13 +4027,7 @@ fn nodes_that_fail_on_every_call_are_refused() {
         input["properties"]["skus"] = json!({"type": "string"});
         input["required"] = json!(["n", "skus"]);
     };
-    let l = with_first_node(
-        with_input,
-        json!({"type": "foreach", "items": "input.skus", "as": "s", "maxItems": 5,
-                   "body": {"entry": "r", "nodes": {"r": {"type": "read", "entity": "Product",
-                     "where": {"sku": "s"}, "limit": 1}}},
-                   "next": "done"}),
-    );
+    let l = with_first_node(with_input, foreach_reading_products("input.skus", "s", 5));
     let d = only_error(&l, "expr-type", &format!("{GET}/product/items"));
     assert_message(d, "a `foreach` goes over a list, and this is a string");
     let l = with_first_node(
@@ -4272,13 +4275,7 @@ fn null_is_followed_through_more_expressions() {
         ],
     );
     // A `foreach` over an optional array.
-    let l = with_first_node(
-        with_input,
-        json!({"type": "foreach", "items": "input.tags", "as": "t", "maxItems": 5,
-                   "body": {"entry": "r", "nodes": {"r": {"type": "read", "entity": "Product",
-                     "where": {"sku": "t"}, "limit": 1}}},
-                   "next": "done"}),
-    );
+    let l = with_first_node(with_input, foreach_reading_products("input.tags", "t", 5));
     let d = only_error(&l, "expr-type", &format!("{GET}/product/items"));
     assert_message(d, "a `foreach` goes over a list, and this may be null");
 }

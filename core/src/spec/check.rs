@@ -2209,14 +2209,7 @@ fn check_operand(cx: &mut Cx, entity: Option<&Entity>, ename: &str, f: &Filter, 
     ) && let Some(e) = entity
         && let Some(allowed) = e.values_of(&f.field)
     {
-        let members: Vec<Value> = match &f.value {
-            Template::Array(items) => items.iter().filter_map(literal_of).collect(),
-            Template::Expr(x) => match x.ast.as_ref().map(|a| &a.kind) {
-                Some(ExprKind::List(items)) => items.iter().filter_map(literal_expr).collect(),
-                _ => literal_of(&f.value).into_iter().collect(),
-            },
-            t => literal_of(t).into_iter().collect(),
-        };
+        let members = literal_members(&f.value);
         if let Some(v) = members
             .iter()
             .find(|v| !v.is_null() && !allowed.contains(v))
@@ -3001,16 +2994,7 @@ fn check_target(cx: &mut Cx, spec: &Spec, scope: &Scope, e: Option<&Entity>, nod
                     if f.field != "status" || !matches!(f.op, FilterOp::Eq | FilterOp::In) {
                         continue;
                     }
-                    let states: Vec<Value> = match &f.value {
-                        Template::Array(items) => items.iter().filter_map(literal_of).collect(),
-                        Template::Expr(x) => match x.ast.as_ref().map(|a| &a.kind) {
-                            Some(ExprKind::List(items)) => {
-                                items.iter().filter_map(literal_expr).collect()
-                            }
-                            _ => literal_of(&f.value).into_iter().collect(),
-                        },
-                        other => literal_of(other).into_iter().collect(),
-                    };
+                    let states = literal_members(&f.value);
                     if !states.is_empty()
                         && states
                             .iter()
@@ -3562,6 +3546,19 @@ fn literal_of(t: &Template) -> Option<Value> {
             literal_expr(ast).or_else(|| super::types::constant_value(ast)?.to_json().ok())
         }
         _ => None,
+    }
+}
+
+/// The literal values a filter's operand names: each literal member of a
+/// list (written as JSON or as an expression), or the one literal.
+fn literal_members(t: &Template) -> Vec<Value> {
+    match t {
+        Template::Array(items) => items.iter().filter_map(literal_of).collect(),
+        Template::Expr(x) => match x.ast.as_ref().map(|a| &a.kind) {
+            Some(ExprKind::List(items)) => items.iter().filter_map(literal_expr).collect(),
+            _ => literal_of(t).into_iter().collect(),
+        },
+        other => literal_of(other).into_iter().collect(),
     }
 }
 
