@@ -22,6 +22,7 @@ use serde_json::Value;
 use sinew_core::ports::{Attempt, CallOutcome, CallRequest, CallResult};
 use sinew_core::spec::{Backoff, Encoding, ExternalAuth, Spec};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,10 @@ struct Service {
     /// The auth header, its secret read; `Err(variable)` when the secret's
     /// variable is not set (every call fails, without naming it).
     auth: Result<Option<(HeaderName, HeaderValue)>, String>,
+    /// What an answer must not carry on into the flow, its audit entry or
+    /// the outbox's listing: the secret, and the header value made of it
+    /// (a service that echoes the request, a debug endpoint).
+    secrets: Arc<[String]>,
     operations: HashMap<String, Endpoint>,
 }
 
@@ -131,14 +136,19 @@ impl HttpExternal {
             {
                 anyhow::bail!("the URL of external `{name}` {why} (`{url}`)");
             }
+            let mut hidden = Vec::new();
             let auth =
                 match &x.auth {
                     None => Ok(None),
                     Some(a) => match secrets.get(a.secret()) {
                         None => Err(a.secret().to_owned()),
-                        Some(secret) => Ok(Some(auth_header(a, &secret).map_err(|e| {
-                            anyhow::anyhow!("the secret of external `{name}`: {e}")
-                        })?)),
+                        Some(secret) => {
+                            let (k, v) = auth_header(a, &secret).map_err(|e| {
+                                anyhow::anyhow!("the secret of external `{name}`: {e}")
+                            })?;
+                            hidden = secret_forms(&secret, &v);
+                            Ok(Some((k, v)))
+                        }
                     },
                 };
             let mut operations = HashMap::new();
@@ -174,6 +184,7 @@ impl HttpExternal {
                 Service {
                     base: base.map(|b| b.trim_end_matches('/').to_owned()),
                     auth,
+                    secrets: hidden.into(),
                     operations,
                 },
             );
@@ -257,6 +268,7 @@ impl HttpExternal {
     ) -> (Attempt, Option<Result<Value, Value>>, Option<Duration>) {
         let started = Instant::now();
         let elapsed = || started.elapsed().as_millis() as u64;
+        let secrets = &call.secrets;
         let mut req = hyper::Request::builder()
             .method(call.method.clone())
             .uri(&call.url);
@@ -322,9 +334,22 @@ impl HttpExternal {
                 let value: Value = if body.is_empty() {
                     Value::Null
                 } else {
-                    serde_json::from_slice(&body).unwrap_or_else(|_| {
-                        Value::String(String::from_utf8_lossy(&body).chars().take(1000).collect())
-                    })
+                    match serde_json::from_slice(&body) {
+                        Ok(mut v) => {
+                            redact(&mut v, secrets);
+                            v
+                        }
+                        // Not JSON: its text, redacted whole, then cut (no
+                        // part of a secret stays).
+                        Err(_) => {
+                            let mut v = Value::String(String::from_utf8_lossy(&body).into_owned());
+                            redact(&mut v, secrets);
+                            match v {
+                                Value::String(s) => Value::String(s.chars().take(1000).collect()),
+                                v => v,
+                            }
+                        }
+                    }
                 };
                 let attempt = |error: Option<String>| Attempt {
                     status: Some(status),
@@ -357,6 +382,8 @@ struct Prepared {
     url: String,
     headers: HeaderMap,
     body: Bytes,
+    /// The service's [`Service::secrets`].
+    secrets: Arc<[String]>,
 }
 
 impl HttpExternal {
@@ -468,7 +495,65 @@ impl HttpExternal {
             url,
             headers,
             body,
+            secrets: service.secrets.clone(),
         })
+    }
+}
+
+/// Secrets shorter than this are not looked for in answers: replacing
+/// every `abc` of an answer would garble it, and a secret that short is
+/// guessed faster than it is echoed.
+const SHORTEST_REDACTED: usize = 8;
+
+/// The texts made of a `secret` that an answer must not carry: the
+/// secret, and the auth header's value when it differs (a basic auth's
+/// base64, which holds the user too).
+fn secret_forms(secret: &str, header: &HeaderValue) -> Vec<String> {
+    let mut forms = Vec::new();
+    if secret.len() >= SHORTEST_REDACTED {
+        forms.push(secret.to_owned());
+    }
+    if let Ok(h) = header.to_str()
+        && let Some(encoded) = h.strip_prefix("Basic ")
+        && encoded.len() >= SHORTEST_REDACTED
+    {
+        forms.push(encoded.to_owned());
+    }
+    forms
+}
+
+/// Replaces every occurrence of `secrets` in the strings of `v` (keys
+/// included) with `[redacted]`.
+fn redact(v: &mut Value, secrets: &[String]) {
+    if secrets.is_empty() {
+        return;
+    }
+    let clean = |s: &str| -> Option<String> {
+        secrets.iter().any(|x| s.contains(x.as_str())).then(|| {
+            secrets
+                .iter()
+                .fold(s.to_owned(), |t, x| t.replace(x.as_str(), "[redacted]"))
+        })
+    };
+    match v {
+        Value::String(s) => {
+            if let Some(c) = clean(s) {
+                *s = c;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| redact(i, secrets)),
+        Value::Object(m) => {
+            if m.keys().any(|k| clean(k).is_some()) {
+                let old = std::mem::take(m);
+                for (k, mut x) in old {
+                    redact(&mut x, secrets);
+                    m.insert(clean(&k).unwrap_or(k), x);
+                }
+            } else {
+                m.values_mut().for_each(|x| redact(x, secrets));
+            }
+        }
+        _ => {}
     }
 }
 
@@ -625,6 +710,90 @@ impl ExternalBackend for HttpExternal {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A service that echoes what it was sent (a debug endpoint, a
+    /// misconfigured proxy): the credential it echoes reaches neither the
+    /// flow nor, through it, the audit entry.
+    #[tokio::test]
+    async fn an_answer_never_carries_the_credential() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 8192];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let auth = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("authorization: "))
+                    .unwrap_or("")
+                    .to_owned();
+                let (ctype, body) = if head.starts_with("POST /json") {
+                    let key = auth.rsplit(' ').next().unwrap_or("");
+                    (
+                        "application/json",
+                        json!({"echo": auth, "nested": [{"key": key}], key: 1}).to_string(),
+                    )
+                } else {
+                    ("text/plain", format!("{}you sent {auth}", "x".repeat(990)))
+                };
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ECHO_KEY"), "sk_live_0123456789\n").unwrap();
+        std::fs::write(dir.path().join("ECHO_PASSWORD"), "hunter2hunter2").unwrap();
+        let spec = sinew_core::spec::load(
+            &json!({"sinew": "0.2", "name": "x", "externals": {
+                "bearer": {"kind": "http", "baseUrl": format!("http://127.0.0.1:{port}"),
+                           "auth": {"bearer": {"secret": "ECHO_KEY"}},
+                           "operations": {"json": {}, "text": {}}},
+                "basic": {"kind": "http", "baseUrl": format!("http://127.0.0.1:{port}"),
+                          "auth": {"basic": {"user": "me", "secret": "ECHO_PASSWORD"}},
+                          "operations": {"json": {}}}}})
+            .to_string(),
+        )
+        .spec;
+        let secrets = crate::secrets::Secrets {
+            dir: Some(dir.path().to_owned()),
+        };
+        let x = HttpExternal::configured(&spec, &[], crate::tls::client(None).unwrap(), &secrets)
+            .unwrap();
+        let call = |service: &str, operation: &str| CallRequest {
+            service: service.into(),
+            operation: operation.into(),
+            args: json!({}),
+            timeout_ms: None,
+            max_attempts: 1,
+            backoff: Backoff::None,
+            initial_backoff_ms: 0,
+            idempotency_key: None,
+        };
+        let answer = |r: CallResult| match r.outcome {
+            CallOutcome::Ok { value } => value,
+            other => panic!("{other:?}"),
+        };
+        let v = answer(x.call(&call("bearer", "json")).await);
+        assert_eq!(
+            v,
+            json!({"echo": "Bearer [redacted]", "nested": [{"key": "[redacted]"}], "[redacted]": 1})
+        );
+        // Text is redacted whole before it is cut to 1 000 characters.
+        let v = answer(x.call(&call("bearer", "text")).await);
+        let text = v.as_str().unwrap();
+        assert!(!text.contains("sk_live") && text.ends_with("you sent B"), "{text}");
+        let v = answer(x.call(&call("basic", "json")).await);
+        assert_eq!(v["echo"], "Basic [redacted]");
+        assert_eq!(v["nested"][0]["key"], "[redacted]");
+    }
 
     #[test]
     fn base_urls_are_checked_whole() {
