@@ -137,20 +137,18 @@ impl HttpExternal {
                 anyhow::bail!("the URL of external `{name}` {why} (`{url}`)");
             }
             let mut hidden = Vec::new();
-            let auth =
-                match &x.auth {
-                    None => Ok(None),
-                    Some(a) => match secrets.get(a.secret()) {
-                        None => Err(a.secret().to_owned()),
-                        Some(secret) => {
-                            let (k, v) = auth_header(a, &secret).map_err(|e| {
-                                anyhow::anyhow!("the secret of external `{name}`: {e}")
-                            })?;
-                            hidden = secret_forms(&secret, &v);
-                            Ok(Some((k, v)))
-                        }
-                    },
-                };
+            let auth = match &x.auth {
+                None => Ok(None),
+                Some(a) => match secrets.get(a.secret()) {
+                    None => Err(a.secret().to_owned()),
+                    Some(secret) => {
+                        let (k, v) = auth_header(a, &secret)
+                            .map_err(|e| anyhow::anyhow!("the secret of external `{name}`: {e}"))?;
+                        hidden = secret_forms(&secret, &v);
+                        Ok(Some((k, v)))
+                    }
+                },
+            };
             let mut operations = HashMap::new();
             for (op_name, op) in &x.operations {
                 let method = Method::from_bytes(op.method.as_bytes())
@@ -789,7 +787,10 @@ mod tests {
         // Text is redacted whole before it is cut to 1 000 characters.
         let v = answer(x.call(&call("bearer", "text")).await);
         let text = v.as_str().unwrap();
-        assert!(!text.contains("sk_live") && text.ends_with("you sent B"), "{text}");
+        assert!(
+            !text.contains("sk_live") && text.ends_with("you sent B"),
+            "{text}"
+        );
         let v = answer(x.call(&call("basic", "json")).await);
         assert_eq!(v["echo"], "Basic [redacted]");
         assert_eq!(v["nested"][0]["key"], "[redacted]");

@@ -601,11 +601,29 @@ impl Planner {
                     if same {
                         expanding.push((c, old, false));
                     } else {
-                        self.plan.notes.push(format!(
-                            "`{table}.{}` is renamed from `{old}`, but `{old}` has another type: \
-                             `{}` is added as a new column",
-                            c.name, c.name
-                        ));
+                        // The spec says the values go on under the new
+                        // name; added as a new column, every row already
+                        // there would read null there.
+                        self.plan.steps.push(Step {
+                            table: table.to_owned(),
+                            change: format!(
+                                "rename column `{old}` to `{}` with another type",
+                                c.name
+                            ),
+                            risk: Risk::Destructive,
+                            lock: "none",
+                            applies: Applies::Forced,
+                            needed: false,
+                            alone: false,
+                            why: Some(format!(
+                                "a rename keeps the type: `{}` would be added as a new, empty column \
+                                 and the values of `{old}` would not carry over (rename with the same \
+                                 type, then change the type in a later migration; or remove \
+                                 `renamedFrom` to start `{}` empty)",
+                                c.name, c.name
+                            )),
+                            sql: Vec::new(),
+                        });
                     }
                 }
                 (false, false, _) => {
@@ -1613,6 +1631,22 @@ mod tests {
             "{}",
             p.human()
         );
+    }
+
+    #[test]
+    fn a_rename_that_changes_the_type_is_destructive() {
+        let mut v = base();
+        let fields = &mut v["entities"]["Room"]["fields"];
+        fields["title"] = json!({"type": "json", "nullable": true, "renamedFrom": "name"});
+        fields.as_object_mut().unwrap().remove("name");
+        let p = steps(&base(), &v);
+        let s = p
+            .steps
+            .iter()
+            .find(|s| s.change == "rename column `name` to `title` with another type")
+            .unwrap_or_else(|| panic!("{:?}", p.steps));
+        assert_eq!((s.risk, s.applies), (Risk::Destructive, Applies::Forced));
+        assert!(s.why.as_deref().unwrap().contains("would not carry over"));
     }
 
     #[test]
