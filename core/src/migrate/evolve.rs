@@ -425,6 +425,21 @@ pub fn plan(from: &Schema, spec: &Spec) -> Plan {
     }
     for (name, e) in &spec.entities {
         let table = table_name(name);
+        // A spec from before a table's rename (a rollback, a server of the
+        // previous revision while a deploy rolls out): its rows are in the
+        // renamed table, read and written through the view the rename
+        // left. Nothing is made or changed for it: the newer spec owns
+        // the table.
+        if let Some(target) = from.views.get(&table)
+            && !from.tables.contains_key(&table)
+            && from.tables.contains_key(target)
+        {
+            p.plan.notes.push(format!(
+                "`{name}` is in `{target}` (renamed from `{table}` by a newer spec): this \
+                 spec reads and writes it through the view `{table}`; nothing is changed"
+            ));
+            continue;
+        }
         if let Some(have) = from.tables.get(&table) {
             if let Some(old) = &e.renamed_from {
                 let old_table = table_name(old);
