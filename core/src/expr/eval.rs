@@ -537,14 +537,16 @@ fn call(
                 err(span, format!("`{d}` does not fit an int"))
             }
         }
-        ("int", [Value::String(s)]) => match s.trim().parse::<i64>() {
+        // As CEL's own implementations: the whole text is the number, no
+        // spaces around it (`uint` and `double` alike).
+        ("int", [Value::String(s)]) => match s.parse::<i64>() {
             Ok(i) => Ok(Value::Int(i)),
             Err(_) => err(span, format!("`{s}` is not an integer")),
         },
         ("int", [Value::Timestamp(t)]) => Ok(Value::Int(t.div_euclid(1_000_000))),
         ("double", [Value::Int(i)]) => Ok(Value::Double(*i as f64)),
         ("double", [Value::Double(d)]) => Ok(Value::Double(*d)),
-        ("double", [Value::String(s)]) => match s.trim() {
+        ("double", [Value::String(s)]) => match s.as_str() {
             "NaN" => Ok(Value::Double(f64::NAN)),
             "Infinity" | "+Infinity" => Ok(Value::Double(f64::INFINITY)),
             "-Infinity" => Ok(Value::Double(f64::NEG_INFINITY)),
@@ -884,6 +886,9 @@ mod tests {
             Ok(Value::Bool(true))
         );
         assert_eq!(run("int('42') + int(2.9)"), Ok(Value::Int(44)));
+        for spaced in ["int(' 12 ')", "uint('12 ')", "double(' 1.5')", "int('+ 1')"] {
+            assert!(run(spaced).is_err(), "{spaced}");
+        }
         assert_eq!(run("string(input.q) + 'x'"), Ok(Value::String("3x".into())));
         // A top-level input property left out reads as null; deeper, an
         // absent key fails.
