@@ -294,11 +294,44 @@ impl<'a> Run<'a> {
         };
         let scope = Scope { run: self, row };
         expr::eval(ast, &scope).map_err(|err| {
+            if let Some(name) = self.left_out_undeclared(ast) {
+                return crate::input::invalid(
+                    "the input is not valid",
+                    vec![json!({
+                        "pointer": format!("/{}", name.replace('~', "~0").replace('/', "~1")),
+                        "message": "is needed by this tool (its input schema does not declare it)",
+                    })],
+                    1,
+                );
+            }
             Problem::spec_error(format!(
                 "evaluating `{}` at {} failed: {}",
                 e.src, e.path, err.message
             ))
         })
+    }
+
+    /// A top-level input property that `ast` reads, that the input schema
+    /// does not declare (an open schema lets a caller send it or not, so
+    /// the checker cannot know), and that the caller left out or sent as
+    /// `null`: an expression failing on it failed on the caller's input
+    /// (400), not on the spec (500).
+    fn left_out_undeclared(&self, ast: &expr::Expr) -> Option<String> {
+        let declared = self.tool.input_shape.get("properties");
+        let mut found = None;
+        ast.walk(|n| {
+            if found.is_some() {
+                return;
+            }
+            if let expr::ExprKind::Member(base, name) = &n.kind
+                && matches!(&base.kind, expr::ExprKind::Ident(r) if r == "input")
+                && declared.and_then(|d| d.get(name)).is_none()
+                && self.request.input.get(name).is_none_or(Json::is_null)
+            {
+                found = Some(name.clone());
+            }
+        });
+        found
     }
 
     fn template(&self, t: &Template, row: Option<&Value>) -> Result<Value, Problem> {
