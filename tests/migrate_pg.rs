@@ -587,3 +587,52 @@ async fn columns_of_a_renamed_table_can_be_dropped_under_its_view() {
         .get(0);
     assert_eq!(name, "Ada");
 }
+
+/// A forced narrowing of an `enum` whose rows hold the value it removes
+/// is refused before anything changes (its `VALIDATE` runs after the
+/// transaction: it used to fail there, the narrowed CHECK left in place).
+#[tokio::test]
+async fn a_narrowing_that_rows_refuse_changes_nothing() {
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let mut client = connect_url(&url).await;
+    let revision = |colors: Value| {
+        json!({"sinew": "0.2", "name": "paint", "entities": {"Item": {"fields": {
+            "color": {"type": "string", "enum": colors}}}}, "tools": {}})
+    };
+    let v1 = revision(json!(["red", "blue"]));
+    let v2 = revision(json!(["red"]));
+    let m = plan(Some(&client), &spec(&v1), false).await.unwrap();
+    apply(&mut client, &spec(&v1), &m).await.unwrap();
+    let insert = "INSERT INTO item (id, version, created_at, updated_at, color) \
+                  VALUES (gen_random_uuid(), 1, now(), now(), 'blue')";
+    client.execute(insert, &[]).await.unwrap();
+    let before: i64 = client
+        .query_one("SELECT count(*) FROM sinew_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let m = plan(Some(&client), &spec(&v2), true).await.unwrap();
+    let e = apply(&mut client, &spec(&v2), &m).await.err().unwrap();
+    let message = format!("{e:#}");
+    assert!(
+        message.contains("nothing was changed") && message.contains("1 row(s)"),
+        "{message}"
+    );
+    // Nothing changed: `blue` is still allowed, and no migration recorded.
+    client.execute(insert, &[]).await.unwrap();
+    let after: i64 = client
+        .query_one("SELECT count(*) FROM sinew_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(before, after);
+    // Once the rows are changed, it applies.
+    client
+        .execute("UPDATE item SET color = 'red'", &[])
+        .await
+        .unwrap();
+    let m = plan(Some(&client), &spec(&v2), true).await.unwrap();
+    apply(&mut client, &spec(&v2), &m).await.unwrap();
+    assert!(client.execute(insert, &[]).await.is_err());
+}

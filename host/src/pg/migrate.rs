@@ -454,6 +454,75 @@ async fn record_key(client: &tokio_postgres::Client, key: &str) -> Result<()> {
 #[derive(Debug, Clone)]
 pub struct Refused(pub Vec<String>);
 
+/// The CHECKs `steps` add `NOT VALID` and validate after the transaction
+/// (`ALTER TABLE t ADD CONSTRAINT c CHECK (e) NOT VALID;`, then `VALIDATE
+/// CONSTRAINT c` by itself), each with the rows of `t` it would refuse:
+/// one sentence per CHECK that some row fails. A CHECK passes on null, as
+/// `WHERE NOT (e)` skips it.
+async fn rows_outside_checks(
+    client: &tokio_postgres::Client,
+    steps: &[&Step],
+) -> Result<Vec<String>> {
+    let validated: Vec<&str> = steps
+        .iter()
+        .filter(|s| s.alone)
+        .flat_map(|s| s.sql.iter())
+        .filter_map(|q| {
+            q.split_once(" VALIDATE CONSTRAINT ")
+                .map(|(_, c)| c.trim_end_matches(';'))
+        })
+        .collect();
+    let mut out = Vec::new();
+    for s in steps.iter().filter(|s| !s.alone) {
+        for q in &s.sql {
+            let Some((table, rest)) = q
+                .strip_prefix("ALTER TABLE ")
+                .and_then(|r| r.split_once(" ADD CONSTRAINT "))
+            else {
+                continue;
+            };
+            let Some((name, check)) = rest.split_once(" CHECK (") else {
+                continue;
+            };
+            let Some(expr) = check.strip_suffix(") NOT VALID;") else {
+                continue;
+            };
+            if !validated.contains(&name) {
+                continue;
+            }
+            // The table or the column may be made by this very migration
+            // (no values yet): nothing to look for.
+            let counted = client
+                .query_one(
+                    &format!("SELECT count(*) FROM {table} WHERE NOT ({expr})"),
+                    &[],
+                )
+                .await;
+            let n: i64 = match counted {
+                Ok(row) => row.get(0),
+                Err(e)
+                    if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
+                        || e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_COLUMN) =>
+                {
+                    continue;
+                }
+                Err(e) => {
+                    return Err(
+                        anyhow::Error::new(e).context(format!("`{}`: {}", s.table, s.change))
+                    );
+                }
+            };
+            if n > 0 {
+                out.push(format!(
+                    "`{}`: {} — {n} row(s) hold values the new CHECK refuses ({expr}): change them first",
+                    s.table, s.change
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -558,6 +627,17 @@ async fn apply_locked(
             migration: m,
             id: None,
         });
+    }
+    // A CHECK added `NOT VALID` and validated after the transaction fails
+    // there on rows it refuses, once the transaction has committed (the
+    // narrowed CHECK in place, half the migration done): such rows are
+    // looked for first, and the migration refused with nothing changed.
+    let outside = rows_outside_checks(client, &steps).await?;
+    if !outside.is_empty() {
+        anyhow::bail!(
+            "the migration failed; nothing was changed: {}",
+            outside.join("; ")
+        );
     }
     let mut attempt: u32 = 0;
     let id: i64 = loop {
