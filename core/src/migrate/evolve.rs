@@ -519,23 +519,33 @@ struct Planner {
     views: BTreeMap<String, Vec<String>>,
 }
 
+/// A rename that is not made (both names exist, a type changed): a forced
+/// destructive step with no SQL, `why` saying what to do.
+fn unmade_rename(table: &str, change: String, why: String) -> Step {
+    Step {
+        table: table.to_owned(),
+        change,
+        risk: Risk::Destructive,
+        lock: "none",
+        applies: Applies::Forced,
+        needed: false,
+        alone: false,
+        why: Some(why),
+        sql: Vec::new(),
+    }
+}
+
 impl Planner {
     fn refuse_both_tables(&mut self, name: &str, table: &str, old: &str, old_table: &str) {
-        self.plan.steps.push(Step {
-            table: table.to_owned(),
-            change: format!("rename `{old_table}` to `{table}`: both exist"),
-            risk: Risk::Destructive,
-            lock: "none",
-            applies: Applies::Forced,
-            needed: false,
-            alone: false,
-            why: Some(format!(
+        self.plan.steps.push(unmade_rename(
+            table,
+            format!("rename `{old_table}` to `{table}`: both exist"),
+            format!(
                 "`{name}` is renamed from `{old}`, but the database has both tables: \
                  nothing is renamed; move the rows of `{old_table}` yourself, \
                  or remove `renamedFrom`"
-            )),
-            sql: Vec::new(),
-        });
+            ),
+        ));
     }
 
     fn rename_table(&mut self, name: &str, table: &str, e: &Entity, old: &str, old_table: &str) {
@@ -593,21 +603,15 @@ impl Planner {
                      remove it when you like",
                     c.name
                 )),
-                (true, true, None) => self.plan.steps.push(Step {
-                    table: table.to_owned(),
-                    change: format!("rename column `{old}` to `{}`: both exist", c.name),
-                    risk: Risk::Destructive,
-                    lock: "none",
-                    applies: Applies::Forced,
-                    needed: false,
-                    alone: false,
-                    why: Some(format!(
+                (true, true, None) => self.plan.steps.push(unmade_rename(
+                    table,
+                    format!("rename column `{old}` to `{}`: both exist", c.name),
+                    format!(
                         "the table has both columns: nothing is renamed; copy `{old}` into `{}` \
                          yourself, or remove `renamedFrom`",
                         c.name
-                    )),
-                    sql: Vec::new(),
-                }),
+                    ),
+                )),
                 (false, true, _) => {
                     let same = have
                         .columns
@@ -619,26 +623,16 @@ impl Planner {
                         // The spec says the values go on under the new
                         // name; added as a new column, every row already
                         // there would read null there.
-                        self.plan.steps.push(Step {
-                            table: table.to_owned(),
-                            change: format!(
+                        self.plan.steps.push(unmade_rename(table, format!(
                                 "rename column `{old}` to `{}` with another type",
                                 c.name
-                            ),
-                            risk: Risk::Destructive,
-                            lock: "none",
-                            applies: Applies::Forced,
-                            needed: false,
-                            alone: false,
-                            why: Some(format!(
+                            ), format!(
                                 "a rename keeps the type: `{}` would be added as a new, empty column \
                                  and the values of `{old}` would not carry over (rename with the same \
                                  type, then change the type in a later migration; or remove \
                                  `renamedFrom` to start `{}` empty)",
                                 c.name, c.name
-                            )),
-                            sql: Vec::new(),
-                        });
+                            )));
                     }
                 }
                 (false, false, _) => {
