@@ -3340,7 +3340,7 @@ fn externals_that_speak_http_are_checked() {
         (
             json!({"headers": {"X-Sinew-Attempt": "9"}}),
             "/externals/mailer/operations/send/headers/X-Sinew-Attempt",
-            "",
+            "`X-Sinew-Attempt` is set by the host",
         ),
     ] {
         let l = with(&|x: &mut Value| {

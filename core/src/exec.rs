@@ -298,7 +298,7 @@ impl<'a> Run<'a> {
                 return crate::input::invalid(
                     "the input is not valid",
                     vec![json!({
-                        "pointer": format!("/{}", name.replace('~', "~0").replace('/', "~1")),
+                        "pointer": crate::diag::child("", &name),
                         "message": "is needed by this tool (its input schema does not declare it)",
                     })],
                     1,

@@ -308,6 +308,24 @@ pub struct Plan {
     pub steps: Vec<Step>,
     /// What is left as it is, or was done before, one sentence each.
     pub notes: Vec<String>,
+    /// What to count before a step runs: the rows a `CHECK` that step
+    /// replaces `NOT VALID` would refuse, found only by its `VALIDATE`
+    /// after the transaction committed (half the migration done).
+    #[serde(skip)]
+    pub prechecks: Vec<Precheck>,
+}
+
+/// The rows of a table that a step's new `CHECK` refuses, counted before
+/// the migration runs it.
+#[derive(Debug, Clone)]
+pub struct Precheck {
+    /// The step's table.
+    pub table: String,
+    /// The step's `change` (one per table).
+    pub change: String,
+    /// `SELECT count(*)` of the rows the new `CHECK` refuses (a `CHECK`
+    /// passes on null, and so does `WHERE NOT (…)`).
+    pub count: String,
 }
 
 impl Plan {
@@ -623,16 +641,16 @@ impl Planner {
                         // The spec says the values go on under the new
                         // name; added as a new column, every row already
                         // there would read null there.
-                        self.plan.steps.push(unmade_rename(table, format!(
-                                "rename column `{old}` to `{}` with another type",
-                                c.name
-                            ), format!(
-                                "a rename keeps the type: `{}` would be added as a new, empty column \
-                                 and the values of `{old}` would not carry over (rename with the same \
-                                 type, then change the type in a later migration; or remove \
-                                 `renamedFrom` to start `{}` empty)",
-                                c.name, c.name
-                            )));
+                        let change =
+                            format!("rename column `{old}` to `{}` with another type", c.name);
+                        let why = format!(
+                            "a rename keeps the type: `{new}` would be added as a new, empty column \
+                             and the values of `{old}` would not carry over (rename with the same \
+                             type, then change the type in a later migration; or remove \
+                             `renamedFrom` to start `{new}` empty)",
+                            new = c.name
+                        );
+                        self.plan.steps.push(unmade_rename(table, change, why));
                     }
                 }
                 (false, false, _) => {
@@ -1038,6 +1056,20 @@ impl Planner {
                 ),
             };
             let validates = c.rule.is_some();
+            // Rows within the old CHECK are within a wider one: only a
+            // narrowed (or unknown) one can refuse some.
+            if let Some(rule) = &c.rule
+                && !widens
+            {
+                self.plan.prechecks.push(Precheck {
+                    table: table.to_owned(),
+                    change: change.clone(),
+                    count: format!(
+                        "SELECT count(*) FROM {t} WHERE NOT ({})",
+                        rule.sql(&c.name, c.ty)
+                    ),
+                });
+            }
             if widens || legacy {
                 self.plan.steps.push(Step {
                     table: table.to_owned(),
@@ -1431,6 +1463,8 @@ mod tests {
             assert_eq!((s.risk, s.applies), (Risk::Safe, Applies::Always), "{s:?}");
             assert_eq!(s.alone, s.change.starts_with("validate"));
         }
+        // Rows within the old CHECKs are within these: nothing to count.
+        assert!(p.prechecks.is_empty(), "{:?}", p.prechecks);
         let status = &p.steps[0].sql;
         assert_eq!(
             status[0],
@@ -1465,9 +1499,21 @@ mod tests {
                 (s.risk, s.applies, s.needed),
                 (Risk::Destructive, Applies::Forced, false)
             );
+            // The rows it would refuse are counted first, by its change.
+            let [pre] = p.prechecks.as_slice() else {
+                panic!("{:?}", p.prechecks)
+            };
+            assert_eq!((pre.table.as_str(), &pre.change), ("room", &s.change));
+            assert!(
+                pre.count
+                    .starts_with(r#"SELECT count(*) FROM "room" WHERE NOT ("#),
+                "{}",
+                pre.count
+            );
             // And back again: widening.
             let back = steps(&v, &base());
             assert!(one(&back).change.starts_with("widen"), "{}", back.human());
+            assert!(back.prechecks.is_empty());
         }
         // A CHECK on a column that had none narrows it.
         let mut v = base();
@@ -1642,12 +1688,24 @@ mod tests {
         );
     }
 
+    /// `entity`'s field `name` renamed `title` (`renamedFrom`), as `title`
+    /// says or as it was.
+    fn name_renamed_title(v: &mut Value, entity: &str, title: Option<Value>) {
+        let fields = &mut v["entities"][entity]["fields"];
+        let was = fields["name"].take();
+        fields["title"] = title.unwrap_or(was);
+        fields["title"]["renamedFrom"] = json!("name");
+        fields.as_object_mut().unwrap().remove("name");
+    }
+
     #[test]
     fn a_rename_that_changes_the_type_is_destructive() {
         let mut v = base();
-        let fields = &mut v["entities"]["Room"]["fields"];
-        fields["title"] = json!({"type": "json", "nullable": true, "renamedFrom": "name"});
-        fields.as_object_mut().unwrap().remove("name");
+        name_renamed_title(
+            &mut v,
+            "Room",
+            Some(json!({"type": "json", "nullable": true})),
+        );
         let p = steps(&base(), &v);
         let s = p
             .steps
@@ -1665,12 +1723,7 @@ mod tests {
         v["entities"]["Ward"] = room;
         v["entities"]["Ward"]["renamedFrom"] = json!("Room");
         v["entities"]["Guest"]["fields"]["room"]["entity"] = json!("Ward");
-        v["entities"]["Ward"]["fields"]["title"] = v["entities"]["Ward"]["fields"]["name"].take();
-        v["entities"]["Ward"]["fields"]["title"]["renamedFrom"] = json!("name");
-        v["entities"]["Ward"]["fields"]
-            .as_object_mut()
-            .unwrap()
-            .remove("name");
+        name_renamed_title(&mut v, "Ward", None);
         v["entities"].as_object_mut().unwrap().remove("Room");
         let p = steps(&base(), &v);
         let changes: Vec<&str> = p.steps.iter().map(|s| s.change.as_str()).collect();
@@ -1737,10 +1790,7 @@ mod tests {
         // The previous spec on the database mid-rename: nothing to do, no
         // refusal (the new column is the trigger's to fill).
         let mut field_only = base();
-        let fields = &mut field_only["entities"]["Room"]["fields"];
-        fields["title"] = fields["name"].take();
-        fields["title"]["renamedFrom"] = json!("name");
-        fields.as_object_mut().unwrap().remove("name");
+        name_renamed_title(&mut field_only, "Room", None);
         // (The model of the renamed spec's schema has `name` loose: only
         // `title` and the trigger matter here.)
         let back = plan(&Schema::of(&spec(&field_only)), &spec(&base()));

@@ -3165,7 +3165,7 @@ fn check_call(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
                     let literal = literal_of(t);
                     let bad = match (&literal, t) {
                         (Some(Value::Null), _) => Some("is null".to_owned()),
-                        (Some(Value::String(v)), _) if v.is_empty() || v == "." || v == ".." => {
+                        (Some(Value::String(v)), _) if super::unfit_path_segment(v) => {
                             Some(format!("is {}", Value::String(v.clone())))
                         }
                         (None, Template::Expr(x)) => x

@@ -2537,6 +2537,14 @@ fn acknowledgment(cx: &mut Cx, v: &Value, path: &str) -> Option<Acknowledgment> 
     })
 }
 
+/// Whether `text` cannot fill a `{arg}` segment of an operation's path:
+/// empty, `.` or `..` would move the call elsewhere on the service (RFC
+/// 3986 dot-segments; an empty segment on many servers). The checker
+/// refuses such a literal, the host such a value at run time.
+pub fn unfit_path_segment(text: &str) -> bool {
+    matches!(text, "" | "." | "..")
+}
+
 /// Why `url` cannot be an external's base URL (`https://host[:port][/prefix]`),
 /// if it cannot: the spec's `baseUrl`, and a URL `sinew serve` is given at
 /// start, are held to the same rule.

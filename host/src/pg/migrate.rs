@@ -454,70 +454,37 @@ async fn record_key(client: &tokio_postgres::Client, key: &str) -> Result<()> {
 #[derive(Debug, Clone)]
 pub struct Refused(pub Vec<String>);
 
-/// The CHECKs `steps` add `NOT VALID` and validate after the transaction
-/// (`ALTER TABLE t ADD CONSTRAINT c CHECK (e) NOT VALID;`, then `VALIDATE
-/// CONSTRAINT c` by itself), each with the rows of `t` it would refuse:
-/// one sentence per CHECK that some row fails. A CHECK passes on null, as
-/// `WHERE NOT (e)` skips it.
+/// The rows each step of `steps` would find outside its new `CHECK`
+/// ([`Plan::prechecks`]): one sentence per step some row fails.
 async fn rows_outside_checks(
     client: &tokio_postgres::Client,
+    plan: &Plan,
     steps: &[&Step],
 ) -> Result<Vec<String>> {
-    let validated: Vec<&str> = steps
-        .iter()
-        .filter(|s| s.alone)
-        .flat_map(|s| s.sql.iter())
-        .filter_map(|q| {
-            q.split_once(" VALIDATE CONSTRAINT ")
-                .map(|(_, c)| c.trim_end_matches(';'))
-        })
-        .collect();
     let mut out = Vec::new();
-    for s in steps.iter().filter(|s| !s.alone) {
-        for q in &s.sql {
-            let Some((table, rest)) = q
-                .strip_prefix("ALTER TABLE ")
-                .and_then(|r| r.split_once(" ADD CONSTRAINT "))
-            else {
-                continue;
-            };
-            let Some((name, check)) = rest.split_once(" CHECK (") else {
-                continue;
-            };
-            let Some(expr) = check.strip_suffix(") NOT VALID;") else {
-                continue;
-            };
-            if !validated.contains(&name) {
+    for p in &plan.prechecks {
+        if !steps
+            .iter()
+            .any(|s| s.table == p.table && s.change == p.change)
+        {
+            continue;
+        }
+        let n: i64 = match client.query_one(&p.count, &[]).await {
+            Ok(row) => row.get(0),
+            // A table this very migration renames (its rows are under the
+            // former name until then): not counted.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
                 continue;
             }
-            // The table or the column may be made by this very migration
-            // (no values yet): nothing to look for.
-            let counted = client
-                .query_one(
-                    &format!("SELECT count(*) FROM {table} WHERE NOT ({expr})"),
-                    &[],
-                )
-                .await;
-            let n: i64 = match counted {
-                Ok(row) => row.get(0),
-                Err(e)
-                    if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
-                        || e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_COLUMN) =>
-                {
-                    continue;
-                }
-                Err(e) => {
-                    return Err(
-                        anyhow::Error::new(e).context(format!("`{}`: {}", s.table, s.change))
-                    );
-                }
-            };
-            if n > 0 {
-                out.push(format!(
-                    "`{}`: {} — {n} row(s) hold values the new CHECK refuses ({expr}): change them first",
-                    s.table, s.change
-                ));
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!("`{}`: {}", p.table, p.change)));
             }
+        };
+        if n > 0 {
+            out.push(format!(
+                "`{}`: {} — {n} row(s) hold values the new CHECK refuses: change them first",
+                p.table, p.change
+            ));
         }
     }
     Ok(out)
@@ -632,7 +599,7 @@ async fn apply_locked(
     // there on rows it refuses, once the transaction has committed (the
     // narrowed CHECK in place, half the migration done): such rows are
     // looked for first, and the migration refused with nothing changed.
-    let outside = rows_outside_checks(client, &steps).await?;
+    let outside = rows_outside_checks(client, &m.plan, &steps).await?;
     if !outside.is_empty() {
         anyhow::bail!(
             "the migration failed; nothing was changed: {}",
