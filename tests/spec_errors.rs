@@ -4280,6 +4280,38 @@ fn null_is_followed_through_more_expressions() {
     assert_message(d, "a `foreach` goes over a list, and this may be null");
 }
 
+/// A macro's variable over a literal list with a member that may be null,
+/// or over an input array whose items may be null, may be null itself.
+#[test]
+fn a_macro_variable_may_be_null_when_its_range_holds_null() {
+    judge(
+        |v: &mut Value| {
+            let input = &mut at(v, "/tools/get_product")["input"];
+            input["properties"]["count"] = json!({"type": "integer"});
+            input["properties"]["n"] = json!({"type": ["integer", "null"]});
+            input["properties"]["scores"] =
+                json!({"type": "array", "items": {"type": ["integer", "null"]}});
+            input["properties"]["sizes"] = json!({"type": "array", "items": {"type": "integer"}});
+            input["required"] = json!(["n", "scores", "sizes"]);
+        },
+        &[
+            ("[input.count].map(x, x + 1).size()", "`x` may be null here"),
+            ("[input.n, 2].exists(x, x > 1)", "`x` may be null here"),
+            ("[null, 1].all(i, v, v > 0)", "`v` may be null here"),
+            ("input.scores.map(s, s * 2).size()", "`s` may be null here"),
+            ("input.scores.filter(s, s.size() > 0).size()", "`s` may be null here"),
+        ],
+        &[
+            "[input.count].map(x, x == null ? 0 : x + 1).size()",
+            "[input.n, 2].exists(x, x != null && x > 1)",
+            "[null, 1].all(i, v, i >= 0)",
+            "input.sizes.map(s, s * 2).size()",
+            "input.scores.filter(s, s != null).size()",
+            "has(input.count) ? [input.count].map(x, x + 1).size() : 0",
+        ],
+    );
+}
+
 /// More that the checker can know, found by writing specs from the docs:
 /// literals folded at check time (`50 * 3`, `null`) against a field, a
 /// `?:` whose branch has the wrong type, a literal `after`, a `foreach`

@@ -318,6 +318,44 @@ pub(crate) fn constant_value(e: &Expr) -> Option<crate::expr::Value> {
     crate::expr::eval(e, &NoNames).ok()
 }
 
+/// A variable a macro binds (`x` in `list.map(x, …)`): its type where
+/// the macro's range tells it, and whether it may be null (a member of
+/// the range may be).
+#[derive(Clone)]
+pub(crate) struct Var<'a> {
+    name: &'a str,
+    ty: Ty,
+    null: bool,
+}
+
+/// Whether a member of the list `range` may be null: a literal list with
+/// `null` or a member that may be null, an input array whose `items` let
+/// null through.
+fn members_nullable(
+    range: &Expr,
+    scope: &Scope,
+    locals: &[String],
+    guards: &[String],
+    vars: &[Var<'_>],
+) -> bool {
+    match &range.kind {
+        ExprKind::List(items) => items.iter().any(|i| {
+            matches!(i.kind, ExprKind::Lit(Lit::Null))
+                || nullable(i, scope, locals, guards, vars).is_some_and(|p| !guards.contains(&p))
+        }),
+        ExprKind::Member(inner, field)
+            if matches!(&inner.kind, ExprKind::Ident(r) if r == "input")
+                && !locals.iter().any(|l| l == "input") =>
+        {
+            scope
+                .input_property(field)
+                .and_then(|p| p.get("items"))
+                .is_some_and(allows_null)
+        }
+        _ => false,
+    }
+}
+
 /// The path (`input.nick`, `order.note`) of `e` when it may be null: an
 /// input property the schema does not require, a nullable column of a row.
 fn nullable(
@@ -325,9 +363,18 @@ fn nullable(
     scope: &Scope,
     locals: &[String],
     guards: &[String],
-    vars: &[(&str, Ty)],
+    vars: &[Var<'_>],
 ) -> Option<String> {
     match &e.kind {
+        // A macro's variable over a range with a member that may be null.
+        ExprKind::Ident(name) if locals.contains(name) => {
+            return vars
+                .iter()
+                .rev()
+                .find(|v| v.name == name)
+                .filter(|v| v.null)
+                .map(|_| name.clone());
+        }
         // `dyn(x)` is `x`.
         ExprKind::Call {
             target: None,
@@ -368,7 +415,7 @@ fn nullable(
     };
     let (root, _) = path_text(e)?;
     // A macro's variable: only where the macro's range tells its type.
-    if locals.contains(&root) && !vars.iter().any(|(v, _)| *v == root) {
+    if locals.contains(&root) && !vars.iter().any(|v| v.name == root) {
         return None;
     }
     let path = || path_text(e).map(|(_, text)| text);
@@ -543,7 +590,7 @@ fn not_null(
     errors: &mut Vec<TypeError>,
     locals: &[String],
     guards: &[String],
-    vars: &[(&str, Ty)],
+    vars: &[Var<'_>],
 ) {
     if let Some(p) = nullable(x, scope, locals, guards, vars)
         && !guards.contains(&p)
@@ -570,7 +617,7 @@ fn infer_at(
     errors: &mut Vec<TypeError>,
     locals: &[String],
     guards: &[String],
-    vars: &[(&str, Ty)],
+    vars: &[Var<'_>],
 ) -> Ty {
     let sub =
         |x: &Expr, errors: &mut Vec<TypeError>| infer_at(x, scope, errors, locals, guards, vars);
@@ -597,8 +644,8 @@ fn infer_at(
         ExprKind::Ident(name) if locals.iter().any(|l| l == name) => vars
             .iter()
             .rev()
-            .find(|(v, _)| v == name)
-            .map_or(Ty::Dyn, |(_, t)| t.clone()),
+            .find(|v| v.name == name)
+            .map_or(Ty::Dyn, |v| v.ty.clone()),
         ExprKind::Ident(name) => match name.as_str() {
             "input" | "auth" | "request" => Ty::Map,
             _ => match scope.lookup(name) {
@@ -851,10 +898,16 @@ fn infer_at(
                     (false, 1) => vec![element],
                     (false, _) => vec![Ty::Int, element],
                 };
-                let mut inner: Vec<(&str, Ty)> = vars.to_vec();
-                for (a, ty) in args.iter().take(names).zip(types) {
+                // The element may be null when a member of the range may.
+                let null = !on.map() && members_nullable(t, scope, locals, guards, vars);
+                let mut inner: Vec<Var> = vars.to_vec();
+                for (k, (a, ty)) in args.iter().take(names).zip(types).enumerate() {
                     if let ExprKind::Ident(n) = &a.kind {
-                        inner.push((n.as_str(), ty));
+                        inner.push(Var {
+                            name: n,
+                            ty,
+                            null: null && k + 1 == names,
+                        });
                     }
                 }
                 let rest: Vec<&Expr> = args.iter().skip(names).collect();
@@ -1400,7 +1453,7 @@ fn format_problem(
     list: &Expr,
     scope: &Scope,
     locals: &[String],
-    vars: &[(&str, Ty)],
+    vars: &[Var<'_>],
 ) -> Option<(String, String)> {
     let (ExprKind::Lit(Lit::String(text)), ExprKind::List(items)) = (&f.kind, &list.kind) else {
         return None;
