@@ -195,20 +195,16 @@ fn blame_write(
     e: &Entity,
     row: &Row,
     templates: &crate::model::NameMap<Template>,
+    flow: &Flow,
 ) -> Problem {
     if p.code() != Code::ConstraintViolated.as_str() || p.errors.is_empty() {
         return p;
     }
+    let callers = caller_names(flow);
     let from_caller = |t: &Template| {
-        t.expressions().iter().any(|x| {
-            x.ast.as_ref().is_none_or(|a| {
-                let mut reads = false;
-                a.walk(|n| {
-                    reads |= matches!(&n.kind, crate::expr::ExprKind::Ident(r) if r == "input" || r == "auth" || r == "request")
-                });
-                reads
-            })
-        })
+        t.expressions()
+            .iter()
+            .any(|x| reads_caller(x, &callers))
     };
     let spec_made = p.errors.iter().all(|err| {
         let Some(name) = err.get("field").and_then(Json::as_str) else {
@@ -229,6 +225,70 @@ fn blame_write(
         Problem::spec_error(format!("a written value has the wrong type: {}", p.detail))
     } else {
         p
+    }
+}
+
+/// Whether `x` reads `input`, `auth`, `request` or one of `callers` (or
+/// did not parse).
+fn reads_caller(x: &Expression, callers: &BTreeSet<&str>) -> bool {
+    x.ast.as_ref().is_none_or(|a| {
+        let mut reads = false;
+        a.walk(|n| {
+            reads |= matches!(&n.kind, crate::expr::ExprKind::Ident(r)
+                if matches!(r.as_str(), "input" | "auth" | "request") || callers.contains(r.as_str()))
+        });
+        reads
+    })
+}
+
+/// The names of `flow` (bodies included) whose values may carry what the
+/// caller sent, followed through what binds them: a `let` node, a
+/// `foreach`'s element and its result, a `create`'s `each` element, when
+/// an expression that defines it reads the caller's roots or such a name.
+/// (Rows read, created or changed are the store's, already checked.)
+fn caller_names(flow: &Flow) -> BTreeSet<&str> {
+    let mut defs: Vec<(&str, Vec<&Expression>)> = Vec::new();
+    let mut flows = vec![flow];
+    while let Some(f) = flows.pop() {
+        for (name, node) in &f.nodes {
+            match &node.kind {
+                NodeKind::Let { values } => defs.push((
+                    name,
+                    values.values().flat_map(Template::expressions).collect(),
+                )),
+                NodeKind::Foreach {
+                    items,
+                    as_name,
+                    collect,
+                    body,
+                    ..
+                } => {
+                    defs.push((as_name, vec![items]));
+                    let mut all = vec![items];
+                    all.extend(collect.iter().flat_map(Template::expressions));
+                    defs.push((name, all));
+                    flows.push(body);
+                }
+                NodeKind::Create {
+                    each: Some((list, as_name)),
+                    ..
+                } => defs.push((as_name, vec![list])),
+                NodeKind::Transaction { body, .. } => flows.push(body),
+                _ => {}
+            }
+        }
+    }
+    let mut callers = BTreeSet::new();
+    loop {
+        let before = callers.len();
+        for (name, exprs) in &defs {
+            if !callers.contains(name) && exprs.iter().any(|x| reads_caller(x, &callers)) {
+                callers.insert(*name);
+            }
+        }
+        if callers.len() == before {
+            return callers;
+        }
     }
 }
 
@@ -1140,7 +1200,7 @@ impl<'a> Run<'a> {
         }
         rows::normalize_row(e, &mut row);
         rows::check_fields(entity, e, &row, e.fields.keys())
-            .map_err(|p| blame_write(p, e, &row, values))?;
+            .map_err(|p| blame_write(p, e, &row, values, &self.tool.flow))?;
         self.check_refs(entity, e, &row, e.fields.keys(), None)?;
         Ok(row)
     }
@@ -1325,7 +1385,7 @@ impl<'a> Run<'a> {
                 merged.insert(k.clone(), v.clone());
             }
             rows::check_fields(entity, e, &merged, set.keys())
-                .map_err(|p| blame_write(p, e, &merged, set))?;
+                .map_err(|p| blame_write(p, e, &merged, set, &self.tool.flow))?;
             self.check_refs(entity, e, &merged, set.keys(), Some(row))?;
             all.push(changes);
         }
