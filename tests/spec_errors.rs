@@ -2532,8 +2532,9 @@ fn a_where_operand_of_another_type_than_its_column() {
     // `in` and `notIn`: a member of another type than the column, in a
     // JSON list, a literal list or an input array.
     let with_names = |v: &mut Value| {
-        at(v, "/tools/get_product")["input"]["properties"]["names"] =
-            json!({"type": "array", "items": {"type": "string"}});
+        let input = &mut at(v, "/tools/get_product")["input"];
+        input["properties"]["names"] = json!({"type": "array", "items": {"type": "string"}});
+        input["required"] = json!(["id", "names"]);
     };
     for (operand, shown) in [
         (json!({"in": ["'a'", "'b'"]}), "'a'"),
@@ -3868,6 +3869,7 @@ fn policy_expressions_are_typed_per_tool() {
             let input = &mut at(v, "/tools/get_product")["input"];
             input["properties"]["coupon"] = json!({"type": "string"});
             input["properties"]["amount"] = json!({"type": "string"});
+            input["properties"]["qty"] = json!({"type": "integer"});
             v["policies"] = json!({ "p": policy });
         })
     };
@@ -3895,6 +3897,12 @@ fn policy_expressions_are_typed_per_tool() {
                    "amount": "has(input.amount) ? input.amount : '0'", "maxAmount": 100}),
             "/policies/p/amount",
             "this is a string, not a number, and a budget compares numbers",
+        ),
+        (
+            json!({"type": "budgetCheck", "action": "block", "tools": ["get_product"],
+                   "amount": "input.qty", "maxAmount": 100}),
+            "/policies/p/amount",
+            "`input.qty` may be null (an optional input property, a nullable field), and a budget compares numbers",
         ),
     ] {
         let l = with(policy.clone());
@@ -4044,6 +4052,28 @@ fn nodes_that_fail_on_every_call_are_refused() {
     );
     let d = only_error(&l, "expr-type", &format!("{GET}/product/where/sku/in"));
     assert_message(d, "`in` needs a list, and this is `input.skus`, a string");
+    // A list that may be null (an optional input property): the read
+    // fails on the calls that leave it out, unless a `when` applies the
+    // condition only when it is there.
+    let optional_list = |v: &mut Value| {
+        let input = &mut at(v, "/tools/get_product")["input"];
+        input["properties"]["skus"] = json!({"type": "array", "items": {"type": "string"}});
+        input["required"] = json!([]);
+    };
+    let l = with_first_node(
+        optional_list,
+        json!({"type": "read", "entity": "Product", "where": {"sku": {"notIn": "input.skus"}},
+                   "limit": 10, "next": "done"}),
+    );
+    let d = only_error(&l, "expr-type", &format!("{GET}/product/where/sku/notIn"));
+    assert_message(d, "`notIn` needs a list, and `input.skus` may be null");
+    let l = with_first_node(
+        optional_list,
+        json!({"type": "read", "entity": "Product",
+                   "where": {"sku": {"in": "input.skus", "when": "has(input.skus)"}},
+                   "limit": 10, "next": "done"}),
+    );
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
     for key in ["null", "'same'"] {
         let l = load_with(|v| at(v, "/tools/place_order")["idempotencyKey"] = json!(key));
         let d = only_error(&l, "invalid-value", "/tools/place_order/idempotencyKey");

@@ -469,7 +469,19 @@ fn policy_fires(
                 Limit::Fixed(n) => V::Int(i64::try_from(*n).unwrap_or(i64::MAX)),
                 Limit::Expr(e) => probe.eval_tool_level(e)?,
             };
-            let amount = probe.eval_tool_level(amount)?;
+            let given = probe.eval_tool_level(amount)?;
+            // Null because the caller left out a property the input
+            // schema does not declare: the caller's mistake.
+            let left_out = |v: &V, e: &crate::model::Expression| {
+                (*v == V::Null).then(|| probe.left_out_of(e)).flatten()
+            };
+            if let Some(p) = left_out(&given, amount).or_else(|| match max_amount {
+                Limit::Expr(e) => left_out(&max, e),
+                Limit::Fixed(_) => None,
+            }) {
+                return Err(p);
+            }
+            let amount = given;
             match crate::expr::compare(&amount, &max) {
                 Some(o) => Ok(o == std::cmp::Ordering::Greater),
                 None => Err(Problem::spec_error(format!(

@@ -228,6 +228,19 @@ fn blame_write(
     }
 }
 
+/// The 400 for an input property `name` the schema does not declare, that
+/// the caller left out or sent as `null`, where the tool needs it.
+fn left_out(name: &str) -> Problem {
+    crate::input::invalid(
+        "the input is not valid",
+        vec![json!({
+            "pointer": crate::diag::child("", name),
+            "message": "is needed by this tool (its input schema does not declare it)",
+        })],
+        1,
+    )
+}
+
 /// Whether `x` reads `input`, `auth`, `request` or one of `callers` (or
 /// did not parse).
 fn reads_caller(x: &Expression, callers: &BTreeSet<&str>) -> bool {
@@ -355,14 +368,7 @@ impl<'a> Run<'a> {
         let scope = Scope { run: self, row };
         expr::eval(ast, &scope).map_err(|err| {
             if let Some(name) = self.left_out_undeclared(ast) {
-                return crate::input::invalid(
-                    "the input is not valid",
-                    vec![json!({
-                        "pointer": crate::diag::child("", &name),
-                        "message": "is needed by this tool (its input schema does not declare it)",
-                    })],
-                    1,
-                );
+                return left_out(&name);
             }
             Problem::spec_error(format!(
                 "evaluating `{}` at {} failed: {}",
@@ -392,6 +398,20 @@ impl<'a> Run<'a> {
             }
         });
         found
+    }
+
+    /// The 400 for a value of `t` that fails because the caller left out
+    /// (or sent as `null`) an input property the schema does not declare.
+    fn left_out_in(&self, t: &Template) -> Option<Problem> {
+        t.expressions().into_iter().find_map(|x| self.left_out_of(x))
+    }
+
+    /// [`Run::left_out_in`] for one expression.
+    pub(crate) fn left_out_of(&self, e: &Expression) -> Option<Problem> {
+        e.ast
+            .as_ref()
+            .and_then(|a| self.left_out_undeclared(a))
+            .map(|name| left_out(&name))
     }
 
     fn template(&self, t: &Template, row: Option<&Value>) -> Result<Value, Problem> {
@@ -2182,6 +2202,11 @@ impl<'a> Run<'a> {
             value: json,
         };
         if let Some(need) = c.misshapen() {
+            if v == Value::Null
+                && let Some(p) = self.left_out_in(&f.value)
+            {
+                return Err(p);
+            }
             return Err(Problem::spec_error(format!(
                 "`{}` on `{entity}.{}` needs {need}, found {}",
                 f.op.name(),

@@ -1061,7 +1061,25 @@ fn entity_ref<'s>(cx: &mut Cx, spec: &'s Spec, path: &str, name: &str) -> Option
 /// anything else fails on every call.
 fn check_amount(cx: &mut Cx, amount: &Expression, scope: &Scope) {
     let ty = type_of(amount, scope);
-    if ty.is_known() && !ty.is_numeric() {
+    if let Some(p) = amount
+        .ast
+        .as_ref()
+        .and_then(|a| super::types::unguarded_null(a, scope))
+    {
+        cx.error(
+            Diagnostic::new(
+                "expr-type",
+                amount.path.clone(),
+                format!(
+                    "in `{}`: `{p}` may be null (an optional input property, a nullable field), and a budget compares numbers: the policy would fail on the calls that leave it out",
+                    amount.src
+                ),
+            )
+            .help(format!(
+                "require it in the input schema, or give a default: `{p} != null ? {p} : 0`"
+            )),
+        );
+    } else if ty.is_known() && !ty.is_numeric() {
         cx.error(
             Diagnostic::new(
                 "expr-type",
@@ -2244,7 +2262,25 @@ fn check_operand(cx: &mut Cx, entity: Option<&Entity>, ename: &str, f: &Filter, 
                 );
             } else if let Template::Expr(x) = &f.value {
                 let ty = type_of(x, scope);
-                if ty.is_known() && !ty.is_list() {
+                if let Some(p) = x
+                    .ast
+                    .as_ref()
+                    .and_then(|a| super::types::unguarded_null(a, scope))
+                {
+                    cx.error(
+                        Diagnostic::new(
+                            "expr-type",
+                            at.clone(),
+                            format!(
+                                "`{}` needs a list, and `{p}` may be null (an optional input property, a nullable field): the read would fail on the calls that leave it out",
+                                f.op.name()
+                            ),
+                        )
+                        .help(format!(
+                            "apply the condition only when it is there (`\"when\": \"has({p})\"`), require it in the input schema, or give a default: `{p} != null ? {p} : []`"
+                        )),
+                    );
+                } else if ty.is_known() && !ty.is_list() {
                     wrong(
                         cx,
                         "a list",
