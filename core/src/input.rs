@@ -52,6 +52,13 @@ pub struct SchemaError {
 /// with it to report a schema that does not compile (`invalid-schema`), and
 /// the bundle to run, so the two cannot disagree.
 pub fn compile_schema(schema: &Value, side: Side) -> Result<jsonschema::Validator, SchemaError> {
+    let bounded;
+    let schema = if side == Side::Input {
+        bounded = with_int64_bounds(schema);
+        &bounded
+    } else {
+        schema
+    };
     jsonschema::draft202012::options()
         .should_validate_formats(side == Side::Input)
         .build(schema)
@@ -59,6 +66,61 @@ pub fn compile_schema(schema: &Value, side: Side) -> Result<jsonschema::Validato
             pointer: e.instance_path().to_string(),
             message: e.to_string().trim_end_matches('.').to_string(),
         })
+}
+
+/// `schema` with every `integer` it declares bounded to the 64-bit signed
+/// range, as an input is validated: expressions read an `integer` input
+/// as an int, and a whole number past that range (JSON allows it) would
+/// be a decimal there, failing the flow on the caller's value. So it is
+/// refused with the input (`400 invalid_input`, "is greater than the
+/// maximum of 9223372036854775807"). A bound the schema gives that is
+/// tighter stays; literal values (`const`, `enum`, `default`, `examples`)
+/// are not schemas and are left as they are.
+pub fn with_int64_bounds(schema: &Value) -> Value {
+    let mut out = schema.clone();
+    bound_integers(&mut out);
+    out
+}
+
+fn bound_integers(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            let integer = match m.get("type") {
+                Some(Value::String(t)) => t == "integer",
+                Some(Value::Array(ts)) => {
+                    ts.iter().any(|t| t == "integer") && !ts.iter().any(|t| t == "number")
+                }
+                _ => false,
+            };
+            if integer {
+                for (key, bound, tighter) in [
+                    ("minimum", i64::MIN, std::cmp::Ordering::Greater),
+                    ("maximum", i64::MAX, std::cmp::Ordering::Less),
+                ] {
+                    // A bound that is an i64 is within the range; a larger
+                    // whole number or a decimal is compared as one.
+                    let keep = m.get(key).is_some_and(|b| {
+                        b.as_i64().is_some()
+                            || b.as_f64().is_some_and(|b| {
+                                #[expect(clippy::cast_precision_loss, reason = "compared only")]
+                                let limit = bound as f64;
+                                b.partial_cmp(&limit) == Some(tighter)
+                            })
+                    });
+                    if !keep {
+                        m.insert(key.to_owned(), Value::from(bound));
+                    }
+                }
+            }
+            for (k, child) in m.iter_mut() {
+                if !matches!(k.as_str(), "const" | "enum" | "default" | "examples") {
+                    bound_integers(child);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(bound_integers),
+        _ => {}
+    }
 }
 
 /// Whether a schema compiles, as [`compile_schema`] would say, remembered
@@ -277,6 +339,37 @@ pub fn invalid(detail: &str, listed: Vec<Value>, n: usize) -> crate::problem::Pr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn integers_past_64_bits_are_refused_in_inputs() {
+        let schema = json!({"type": "object", "properties": {
+            "n": {"type": "integer"},
+            "small": {"type": "integer", "maximum": 10},
+            "tags": {"type": "array", "items": {"type": ["integer", "null"]}},
+            "x": {"type": "number"},
+            "c": {"const": {"type": "integer"}},
+            "m": {"$ref": "#/$defs/count"}},
+            "$defs": {"count": {"type": "integer", "minimum": 0, "maximum": 1e30}}});
+        let v = compile_schema(&schema, Side::Input).unwrap();
+        for (input, fails) in [
+            (json!({"n": 9_223_372_036_854_775_807_i64}), false),
+            (json!({"n": -9_223_372_036_854_775_807_i64 - 1}), false),
+            (json!({"n": 9_223_372_036_854_775_808_u64}), true),
+            (json!({"n": 1e20}), true),
+            (json!({"small": 11}), true),
+            (json!({"tags": [1, null, 18_446_744_073_709_551_615_u64]}), true),
+            (json!({"x": 1e20}), false),
+            (json!({"c": {"type": "integer"}}), false),
+            (json!({"m": 9_223_372_036_854_775_808_u64}), true),
+            (json!({"m": 5}), false),
+        ] {
+            let (errors, _) = violations(&v, &input);
+            assert_eq!(!errors.is_empty(), fails, "{input}: {errors:?}");
+        }
+        // The output's schema is not changed.
+        let out = compile_schema(&schema, Side::Output).unwrap();
+        assert!(violations(&out, &json!({"n": 1e20})).0.is_empty());
+    }
 
     #[test]
     fn whole_decimals_become_integers() {
