@@ -252,8 +252,7 @@ impl Native {
     }
 
     /// Turns a request away before it runs (see `Executor::reject`).
-    pub async fn reject(&self, request: &Request, code: Code, detail: &str) -> Response {
-        let problem = Problem::new(code, detail);
+    pub async fn reject(&self, request: &Request, problem: Problem) -> Response {
         let sensitive = self.sensitive(&request.tool);
         self.backends
             .refuse((&self.bundle.hash, sensitive), request, &problem)

@@ -1015,8 +1015,7 @@ impl Executor {
     /// Turns a request away before it reaches the component (a bad token,
     /// body or content type): the problem response, and its final audit
     /// entry written in a transaction of its own.
-    pub async fn reject(&self, request: &Request, code: Code, detail: &str) -> Response {
-        let problem = Problem::new(code, detail);
+    pub async fn reject(&self, request: &Request, problem: Problem) -> Response {
         let sensitive = self.sensitive(&request.tool);
         self.backends
             .refuse((&self.bundle_hash, &sensitive), request, &problem)

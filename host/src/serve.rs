@@ -377,6 +377,9 @@ struct Route {
 struct Refusal {
     code: Code,
     detail: String,
+    /// What went wrong inside (a storage error): for the log line and the
+    /// audit entry, never the body.
+    internal: Option<String>,
     /// The input the audit entry records, when the refusal knows it.
     input: Option<Value>,
 }
@@ -386,7 +389,25 @@ impl Refusal {
         Refusal {
             code,
             detail: detail.into(),
+            internal: None,
             input: None,
+        }
+    }
+
+    /// The same refusal, with what went wrong inside.
+    fn internal(self, internal: impl Into<String>) -> Refusal {
+        Refusal {
+            internal: Some(internal.into()),
+            ..self
+        }
+    }
+
+    /// The problem the caller is answered with.
+    fn problem(&self) -> Problem {
+        let p = Problem::new(self.code, &self.detail);
+        match &self.internal {
+            Some(i) => p.internal(i.clone()),
+            None => p,
         }
     }
 
@@ -765,10 +786,10 @@ impl App {
         }
     }
 
-    async fn reject(&self, request: &Request, code: Code, detail: &str) -> Reply {
+    async fn reject(&self, request: &Request, problem: Problem) -> Reply {
         match &self.core {
-            Core::Component(e) => e.reject(request, code, detail).await,
-            Core::Native(n) => n.reject(request, code, detail).await,
+            Core::Component(e) => e.reject(request, problem).await,
+            Core::Native(n) => n.reject(request, problem).await,
         }
         .into()
     }
@@ -1202,11 +1223,11 @@ impl App {
         };
         match self.admit(&mut request, &parts, body, params).await {
             Ok(()) => self.execute(&request).await,
-            Err(refused) => {
-                if let Some(input) = refused.input {
+            Err(mut refused) => {
+                if let Some(input) = refused.input.take() {
                     request.input = input;
                 }
-                self.reject(&request, refused.code, &refused.detail).await
+                self.reject(&request, refused.problem()).await
             }
         }
     }
@@ -1258,7 +1279,7 @@ impl App {
         .await;
         match admitted {
             Ok(()) => self.execute(&request).await,
-            Err(refused) => self.reject(&request, refused.code, &refused.detail).await,
+            Err(refused) => self.reject(&request, refused.problem()).await,
         }
     }
 
@@ -1343,8 +1364,9 @@ impl App {
                 }
                 Err(crate::keys::Refused::Unavailable(e)) => Err(Refusal::new(
                     Code::Unavailable,
-                    format!("the API key could not be checked: {e}"),
-                )),
+                    "the API key could not be checked: the database is unavailable; retry later",
+                )
+                .internal(format!("the API key could not be checked: {e}"))),
             };
         }
         let jwt = self.jwt.read().map(|j| j.clone()).unwrap_or_default();

@@ -1452,6 +1452,31 @@ async fn api_keys_call_as_their_id_until_revoked() {
     assert_eq!(revoked["claims"], json!({"org_id": "acme"}));
     assert!(revoked["revoked"].is_string());
     assert!(!out.contains(key), "list never shows a key");
+
+    // A key that cannot be checked (its table is gone for a moment) is a
+    // 503 whose body names no storage error; the audit entry has it.
+    db.batch_execute("ALTER TABLE sinew_keys RENAME TO sinew_keys_away")
+        .await
+        .unwrap();
+    let unchecked = create(format!("Bearer sinew_{id}_unseen"), "n").await;
+    db.batch_execute("ALTER TABLE sinew_keys_away RENAME TO sinew_keys")
+        .await
+        .unwrap();
+    assert_eq!(unchecked.status, 503, "{}", unchecked.text);
+    assert_eq!(unchecked.body["code"], "unavailable");
+    assert_eq!(
+        unchecked.body["detail"],
+        "the API key could not be checked: the database is unavailable; retry later"
+    );
+    for internal in ["sinew_keys", "db error", "relation", "storage"] {
+        assert!(!unchecked.text.contains(internal), "{}", unchecked.text);
+    }
+    let execution = unchecked.headers["x-request-id"].clone();
+    let entry = chained_entry(&db, "final", &execution).await;
+    assert!(
+        entry["internal"].as_str().is_some_and(|i| i.contains("sinew_keys")),
+        "{entry}"
+    );
 }
 
 /// Traces and metrics: with OTLP configured by the standard variables,
