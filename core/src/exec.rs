@@ -228,6 +228,21 @@ fn blame_write(
     }
 }
 
+/// An external's answer holding text with a NUL character is a failed
+/// call, on every engine: Postgres cannot store it (in the audit entry,
+/// its tape, a row). Applied where the answer is recorded and where it is
+/// used, so a recording never holds one.
+pub(crate) fn without_nul(mut result: crate::ports::CallResult) -> crate::ports::CallResult {
+    if let CallOutcome::Ok { value } | CallOutcome::Declined { value } = &result.outcome
+        && crate::input::has_nul(value)
+    {
+        result.outcome = CallOutcome::Failed {
+            message: "the answer contains a NUL character (U+0000)".into(),
+        };
+    }
+    result
+}
+
 /// The 400 for an input property `name` the schema does not declare, that
 /// the caller left out or sent as `null`, where the tool needs it.
 fn left_out(name: &str) -> Problem {
@@ -1916,16 +1931,7 @@ impl<'a> Run<'a> {
             initial_backoff_ms: retry.and_then(|r| r.initial_ms).unwrap_or(100),
             idempotency_key: key,
         };
-        let mut result = self.external.call(&request);
-        // Text with a NUL character cannot be stored (Postgres refuses it):
-        // such an answer is a failed call on every engine.
-        if let CallOutcome::Ok { value } | CallOutcome::Declined { value } = &result.outcome
-            && crate::input::has_nul(value)
-        {
-            result.outcome = CallOutcome::Failed {
-                message: "the answer contains a NUL character (U+0000)".into(),
-            };
-        }
+        let result = without_nul(self.external.call(&request));
         let (outcome, value) = match &result.outcome {
             CallOutcome::Ok { value } => ("ok", value.clone()),
             CallOutcome::Declined { value } => ("declined", value.clone()),

@@ -322,6 +322,11 @@ fn run_inner(scenario: &Scenario, target: &mut dyn Target) -> Result<(Trace, Vec
         {
             problems.push(format!("{here}: {e}"));
         }
+        // Postgres cannot hold a NUL character in `jsonb`: no entry may
+        // carry one (the log must stay queryable as JSON).
+        if response.audit.to_string().contains("\\u0000") {
+            problems.push(format!("{here}: the audit entry holds a NUL character"));
+        }
         responses.push(response);
     }
     let mut state = Map::new();
