@@ -2786,4 +2786,8 @@ impl crate::ports::Shape for RowShape<'_> {
             .find(|(name, _)| *name == key)
             .map(|(_, s)| s.as_ref().map(|s| s as &dyn crate::ports::Shape))
     }
+
+    fn default_of(&self, column: &str) -> Option<&Json> {
+        rows::required_default(self.entity, column)
+    }
 }

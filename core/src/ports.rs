@@ -457,6 +457,15 @@ pub trait Shape {
     /// rows (one object, or a list of them), `Some(None)` when those rows'
     /// entity is unknown (they become `null`).
     fn include(&self, key: &str) -> Option<Option<&dyn Shape>>;
+    /// The value a stored null of `column` reads as: the default of a
+    /// field the spec declares required with a `default`. Rows written
+    /// while the field was nullable keep their nulls until `sinew migrate
+    /// --apply` fills them (the previous spec's servers may still write
+    /// null meanwhile); the spec reads them as its default, as it reads
+    /// every other row.
+    fn default_of(&self, _column: &str) -> Option<&Value> {
+        None
+    }
 }
 
 /// A row read as the interpreter's value, in `shape`: every storage's rows
@@ -488,6 +497,10 @@ pub fn shaped(shape: &dyn Shape, row: Row) -> crate::expr::Value {
 }
 
 fn column(shape: &dyn Shape, k: &str, v: Value) -> crate::expr::Value {
+    let v = match (v, shape.default_of(k)) {
+        (Value::Null, Some(d)) => d.clone(),
+        (v, _) => v,
+    };
     match v {
         Value::String(s) => match timestamp_in(shape, k, &s) {
             Some(t) => crate::expr::Value::Timestamp(t),

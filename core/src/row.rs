@@ -27,6 +27,19 @@ impl crate::ports::Shape for Entity {
     fn include(&self, _: &str) -> Option<Option<&dyn crate::ports::Shape>> {
         None
     }
+
+    fn default_of(&self, column: &str) -> Option<&Json> {
+        required_default(self, column)
+    }
+}
+
+/// The default of `column` when the spec declares it required (not
+/// `nullable`) with one: what a stored null of it reads as.
+pub(crate) fn required_default<'e>(e: &'e Entity, column: &str) -> Option<&'e Json> {
+    e.fields
+        .get(column)
+        .filter(|f| !f.nullable)
+        .and_then(|f| f.default.as_ref())
 }
 
 /// A row as an expression value: timestamp columns become timestamps.

@@ -403,6 +403,12 @@ impl<'a> Decoder<'a> {
         key: &str,
         depth: usize,
     ) -> Result<ExprValue, WireError> {
+        if self.peek()? == NULL
+            && let Some(d) = shape.default_of(key)
+        {
+            self.at += 1;
+            return Ok(super::column(shape, key, d.clone()));
+        }
         if self.peek()? != STRING {
             return Ok(ExprValue::from_json_owned(self.nested(depth)?));
         }
@@ -528,6 +534,11 @@ mod tests {
                 _ => None,
             }
         }
+        fn default_of(&self, column: &str) -> Option<&Value> {
+            static DEFAULT: std::sync::LazyLock<Value> =
+                std::sync::LazyLock::new(|| json!("2026-01-01T00:00:00Z"));
+            (column == "t").then(|| &*DEFAULT)
+        }
     }
 
     /// Decoding straight into values gives what decoding a row and then
@@ -568,6 +579,21 @@ mod tests {
                 .collect();
             assert_eq!(format!("{direct:?}"), format!("{via_rows:?}"));
         }
+        // A stored null of a column with a default reads as the default.
+        let row = match json!({"t": null, "x": null}) {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        };
+        let read = to_shaped_rows(&rows(std::slice::from_ref(&row)), &TestShape(true)).unwrap();
+        assert_eq!(
+            format!("{read:?}"),
+            format!("{:?}", [super::super::shaped(&TestShape(true), row)])
+        );
+        let ExprValue::Map(m) = &read[0] else {
+            panic!("{read:?}")
+        };
+        assert!(matches!(m.get("t"), Some(ExprValue::Timestamp(_))), "{m:?}");
+        assert_eq!(m.get("x"), Some(&ExprValue::Null));
         // Cut buffers fail, never panic.
         let row = match json!({"t": texts[0], "inc": [{"t": texts[1]}], "gone": {"a": 1}}) {
             Value::Object(m) => m,
