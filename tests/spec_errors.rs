@@ -4330,6 +4330,12 @@ fn a_macro_variable_may_be_null_when_its_range_holds_null() {
             ("[null, 1].all(i, v, v > 0)", "`v` may be null here"),
             ("input.scores.map(s, s * 2).size()", "`s` may be null here"),
             ("input.scores.filter(s, s.size() > 0).size()", "`s` may be null here"),
+            // A guard of a name is not a guard of a variable that binds it
+            // again.
+            (
+                "[input.count].exists(x, x != null && [input.count].all(x, x > 0))",
+                "`x` may be null here",
+            ),
         ],
         &[
             "[input.count].map(x, x == null ? 0 : x + 1).size()",

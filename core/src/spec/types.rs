@@ -918,9 +918,29 @@ fn infer_at(
                     "map" | "transformList" | "transformMap" => (rest.len() == 2).then_some(0),
                     _ => Some(0),
                 };
+                // What guards proved of a name the macro binds again is
+                // not proved of its variable.
+                let bound: Vec<&str> = args
+                    .iter()
+                    .take(names)
+                    .filter_map(|a| match &a.kind {
+                        ExprKind::Ident(n) => Some(n.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                let guards: Vec<String> = guards
+                    .iter()
+                    .filter(|g| {
+                        !bound.iter().any(|n| {
+                            g.strip_prefix(n)
+                                .is_some_and(|r| r.is_empty() || r.starts_with(['.', '[']))
+                        })
+                    })
+                    .cloned()
+                    .collect();
                 let mut last = Ty::Dyn;
                 for (k, a) in rest.iter().enumerate() {
-                    let t = infer_at(a, scope, errors, locals, guards, &inner);
+                    let t = infer_at(a, scope, errors, locals, &guards, &inner);
                     if predicate == Some(k) && t.known() && t != Ty::Bool {
                         errors.push(TypeError {
                             span: a.span,
