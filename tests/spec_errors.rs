@@ -4336,6 +4336,17 @@ fn a_macro_variable_may_be_null_when_its_range_holds_null() {
                 "[input.count].exists(x, x != null && [input.count].all(x, x > 0))",
                 "`x` may be null here",
             ),
+            // Followed through a literal's index and a `map`.
+            ("[input.count][0] + 1", "`input.count` may be null here"),
+            ("{'k': input.count}['k'] + 1", "`input.count` may be null here"),
+            (
+                "[input.count].map(x, x).map(y, y + 1).size()",
+                "`y` may be null here",
+            ),
+            (
+                "input.sizes.map(s, s > 2 ? s : null).map(t, t + 1).size()",
+                "`t` may be null here",
+            ),
         ],
         &[
             "[input.count].map(x, x == null ? 0 : x + 1).size()",
@@ -4344,6 +4355,9 @@ fn a_macro_variable_may_be_null_when_its_range_holds_null() {
             "input.sizes.map(s, s * 2).size()",
             "input.scores.filter(s, s != null).size()",
             "has(input.count) ? [input.count].map(x, x + 1).size() : 0",
+            "input.sizes.map(s, s * 2).map(t, t + 1).size()",
+            "[input.count].map(x, x == null ? 0 : x).map(y, y + 1).size()",
+            "[input.count, 1][1] + 1",
         ],
     );
 }

@@ -352,6 +352,29 @@ fn members_nullable(
                 .and_then(|p| p.get("items"))
                 .is_some_and(allows_null)
         }
+        // `list.map(x, t)`: a list of what `t` gives, null when it may be.
+        ExprKind::Call {
+            target: Some(list),
+            func,
+            args,
+        } if (func == "map" || func == "transformList") && args.len() == 2 => {
+            let (Some(ExprKind::Ident(name)), Some(transform)) =
+                (args.first().map(|a| &a.kind), args.get(1))
+            else {
+                return false;
+            };
+            if matches!(transform.kind, ExprKind::Lit(Lit::Null)) {
+                return true;
+            }
+            let on = infer_at(list, scope, &mut Vec::new(), locals, guards, vars);
+            let mut inner = vars.to_vec();
+            inner.push(Var {
+                name,
+                ty: on.element(),
+                null: members_nullable(list, scope, locals, guards, vars),
+            });
+            nullable(transform, scope, locals, guards, &inner).is_some_and(|p| !guards.contains(&p))
+        }
         _ => false,
     }
 }
@@ -399,6 +422,24 @@ fn nullable(
             };
             return (branch(a, true) || branch(b, false)).then(|| "… ? … : …".to_owned());
         }
+        // A literal list's member by a literal index, a map literal's
+        // value by a literal key.
+        ExprKind::Index(inner, i) => match (&inner.kind, &i.kind) {
+            (ExprKind::List(items), ExprKind::Lit(Lit::Int(n))) => {
+                if let Some(x) = usize::try_from(*n).ok().and_then(|n| items.get(n)) {
+                    return nullable(x, scope, locals, guards, vars);
+                }
+            }
+            (ExprKind::Map(entries), ExprKind::Lit(Lit::String(key))) => {
+                return entries.iter().find_map(|(k, v)| match &k.kind {
+                    ExprKind::Lit(Lit::String(k)) if k == key => {
+                        nullable(v, scope, locals, guards, vars)
+                    }
+                    _ => None,
+                });
+            }
+            _ => {}
+        },
         // A key of a map literal: its value.
         ExprKind::Member(inner, field) if let ExprKind::Map(entries) = &inner.kind => {
             return entries.iter().find_map(|(k, v)| match &k.kind {
@@ -504,6 +545,10 @@ fn path_text(e: &Expr) -> Option<(String, String)> {
         ExprKind::Index(inner, i) => match &i.kind {
             ExprKind::Lit(Lit::Int(n)) => {
                 path_text(inner).map(|(root, text)| (root, format!("{text}[{n}]")))
+            }
+            // By a name (`r[i]`): guarded as written.
+            ExprKind::Ident(name) => {
+                path_text(inner).map(|(root, text)| (root, format!("{text}[{name}]")))
             }
             _ => None,
         },
