@@ -4362,6 +4362,44 @@ fn a_macro_variable_may_be_null_when_its_range_holds_null() {
     );
 }
 
+/// What a `foreach` binds is typed: its elements without `collect` (rows
+/// of the rows it went over), else the list of its `collect` values as
+/// `collect` sees them after the body.
+#[test]
+fn a_foreach_result_is_typed() {
+    let looping = |collect: Option<Value>| {
+        move |v: &mut Value| {
+            let input = &mut at(v, "/tools/get_product")["input"];
+            input["properties"]["skus"] =
+                json!({"type": "array", "items": {"type": "string"}, "maxItems": 5});
+            input["required"] = json!(["id", "skus"]);
+            let mut node = foreach_reading_products("input.skus", "s", 5);
+            if let Some(c) = &collect {
+                node["collect"] = c.clone();
+            }
+            with_product_node(v, node);
+        }
+    };
+    judge(
+        looping(None),
+        &[("product[0] + 1", "`+` does not apply to a string and an int")],
+        &["product[0] + 'x'", "product.map(s, s.size())"],
+    );
+    judge(
+        looping(Some(json!("r"))),
+        &[("product[0].nope", "not of a list of `Product` rows")],
+        &["product[0].size()", "product.map(p, p.size() + 1)"],
+    );
+    judge(
+        looping(Some(json!({"sku": "s", "n": "size(r)"}))),
+        &[
+            ("product[0].n + 'x'", "`+` does not apply to an int and a string"),
+            ("product[0].nope", "nope"),
+        ],
+        &["product[0].n + 1", "product.map(c, c.sku + '!')"],
+    );
+}
+
 /// More that the checker can know, found by writing specs from the docs:
 /// literals folded at check time (`50 * 3`, `null`) against a field, a
 /// `?:` whose branch has the wrong type, a literal `after`, a `foreach`

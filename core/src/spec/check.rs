@@ -219,8 +219,68 @@ impl<'a> Scope<'a> {
             | NodeKind::SoftDelete { entity, .. }
             | NodeKind::Delete { entity, .. } => Binding::Row(entity.clone(), Vec::new()),
             NodeKind::Let { values } => Binding::Object(values.keys().cloned().collect()),
+            NodeKind::Foreach { collect, .. } => self.foreach_binding(idx, collect.as_ref()),
             _ => Binding::Any,
         })
+    }
+
+    /// What a `foreach` binds: its elements (rows of the rows it went
+    /// over, or the type of its list's elements), or the list of its
+    /// `collect` values, typed as `collect` sees them after the body.
+    fn foreach_binding(&self, i: usize, collect: Option<&Template>) -> Binding {
+        use super::types::{Ty, infer, may_be_null};
+        let (Some((g, dom)), Some(tool)) = (self.graph, self.tool) else {
+            return Binding::Any;
+        };
+        let this = loop_of(self.spec, tool, g, dom, i);
+        let Some(collect) = collect else {
+            return match this.element {
+                Binding::Row(e, inc) => Binding::Rows(e, inc),
+                Binding::Typed(t) => Binding::Typed(Ty::Items(Box::new(t))),
+                _ => Binding::Any,
+            };
+        };
+        let mut loops = enclosing_loops(self.spec, tool, g, dom, i);
+        loops.insert(0, this);
+        let after = Scope {
+            spec: self.spec,
+            roots: true,
+            tool: Some(tool),
+            row: None,
+            graph: Some((g, dom)),
+            at: vec![g.end_of(i)],
+            loops,
+            guards: Vec::new(),
+        };
+        let typed = |t: &Template| match t {
+            Template::Expr(x) => match &x.ast {
+                Some(ast) => (infer(ast, &after, &mut Vec::new()), may_be_null(ast, &after)),
+                None => (Ty::Dyn, false),
+            },
+            Template::Literal(v) => (super::types::of_json(v), v.is_null()),
+            Template::Object(_) => (Ty::Map, false),
+            Template::Array(_) => (Ty::List, false),
+        };
+        let element = match collect {
+            Template::Object(m) => Ty::Record(
+                m.iter()
+                    .map(|(k, t)| {
+                        let (ty, null) = typed(t);
+                        (k.clone(), ty, null)
+                    })
+                    .collect(),
+                format!("a `collect` value of `{}`", g.nodes.get(i).map_or("", |n| n.id)),
+            ),
+            other => match typed(other) {
+                (t, false) => t,
+                _ => Ty::Dyn,
+            },
+        };
+        match element {
+            Ty::Dyn => Binding::Any,
+            Ty::Row(e, inc) => Binding::Rows(e, inc),
+            t => Binding::Typed(Ty::Items(Box::new(t))),
+        }
     }
 
     fn candidates(&self) -> Vec<&str> {
