@@ -4400,6 +4400,73 @@ fn a_foreach_result_is_typed() {
     );
 }
 
+/// A value that may be null returned where the output schema refuses
+/// null, a whole row's nullable column against a property that refuses
+/// null, a list of rows against `items`: `output-mismatch`. A row's
+/// nullable field the node that bound it wrote from a value that cannot
+/// be null is not null.
+#[test]
+fn outputs_that_may_be_null_or_rows_against_items_are_refused() {
+    let with = |value: Value, output: Value| {
+        load_with(move |v| {
+            at(v, "/entities/Product/fields")["note"] =
+                json!({"type": "string", "nullable": true});
+            let input = &mut at(v, "/tools/get_product")["input"];
+            input["properties"]["nick"] = json!({"type": "string"});
+            input["required"] = json!(["id"]);
+            at(v, "/tools/get_product")["output"] = output.clone();
+            at(v, &format!("{GET}/done"))["value"] = value.clone();
+        })
+    };
+    let string = json!({"type": "object", "properties": {"x": {"type": "string"}}});
+    for (value, says) in [
+        (json!({"x": "product.note"}), "`product.note` may be null"),
+        (json!({"x": "input.nick"}), "`input.nick` may be null"),
+    ] {
+        let l = with(value.clone(), string.clone());
+        let d = only_error(&l, "output-mismatch", &format!("{GET}/done/value"));
+        assert_message(d, says);
+        assert_message(d, "a call where it is would answer 500 `invalid_output`");
+    }
+    for value in [
+        json!({"x": "product.note != null ? product.note : ''"}),
+        json!({"x": "product.name"}),
+    ] {
+        let l = with(value.clone(), string.clone());
+        assert!(l.errors.is_empty(), "{value}: {}", list(&l.errors));
+    }
+    let l = with(
+        json!({"x": "product"}),
+        json!({"type": "object", "properties": {"x": {"type": "object",
+            "properties": {"note": {"type": "string"}}}}}),
+    );
+    let d = only_error(&l, "output-mismatch", &format!("{GET}/done/value"));
+    assert_message(d, "`Product.note` may be null");
+    // A list of rows against `items`.
+    let l = load_with(|v| {
+        at(v, &format!("{GET}/product"))["one"] = json!(false);
+        at(v, &format!("{GET}/product"))["limit"] = json!(5);
+        at(v, "/tools/get_product")["output"] = json!({"type": "object", "properties": {
+            "x": {"type": "array", "items": {"type": "string"}}}});
+        at(v, &format!("{GET}/done"))["value"] = json!({"x": "product"});
+    });
+    let d = only_error(&l, "output-mismatch", &format!("{GET}/done/value"));
+    assert_message(d, "this list's elements are `Product` rows (objects)");
+    // Written by the node from a value that cannot be null.
+    let l = load_with(|v| {
+        at(v, "/entities/Product/fields")["note"] = json!({"type": "string", "nullable": true});
+        let tool = at(v, "/tools/get_product");
+        tool["idempotencyKey"] = json!("request.idempotencyKey");
+        tool["output"] = json!({"type": "object", "properties": {"x": {"type": "string"}}});
+        tool["flow"] = json!({"entry": "tx", "nodes": {
+            "tx": {"type": "transaction", "body": {"entry": "p", "nodes": {
+                "p": {"type": "update", "entity": "Product", "where": {"id": "input.id"},
+                      "one": true, "set": {"note": "'seen'"}}}}, "next": "done"},
+            "done": {"type": "return", "value": {"x": "p.note"}}}});
+    });
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+}
+
 /// More that the checker can know, found by writing specs from the docs:
 /// literals folded at check time (`50 * 3`, `null`) against a field, a
 /// `?:` whose branch has the wrong type, a literal `after`, a `foreach`

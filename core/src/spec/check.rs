@@ -412,6 +412,49 @@ impl<'a> Scope<'a> {
         Some(Ty::Record(keys, format!("`{root}`")))
     }
 
+    /// Whether the row node `root` binds certainly holds a value in
+    /// `field`: a `create` (not `each`) or an `update` with `one` that
+    /// writes it from something that cannot be null, as the node sees it.
+    pub(crate) fn written_non_null(&self, root: &str, field: &str) -> bool {
+        let (Some((g, dom)), Some(tool)) = (self.graph, self.tool) else {
+            return false;
+        };
+        let Some(&i) = g.by_id.get(root) else {
+            return false;
+        };
+        let Some(info) = g.nodes.get(i) else {
+            return false;
+        };
+        let (written, row) = match &info.node.kind {
+            NodeKind::Create {
+                values, each: None, ..
+            } => (values.get(field), None),
+            NodeKind::Update {
+                set,
+                one: true,
+                entity,
+                ..
+            } => (set.get(field), Some(entity.as_str())),
+            _ => return false,
+        };
+        let before = Scope {
+            at: vec![g.vin_of(i)],
+            loops: enclosing_loops(self.spec, tool, g, dom, i),
+            guards: Vec::new(),
+            row,
+            ..self.clone()
+        };
+        match written {
+            Some(Template::Expr(x)) => x
+                .ast
+                .as_ref()
+                .is_some_and(|a| !super::types::may_be_null(a, &before)),
+            Some(Template::Literal(v)) => !v.is_null(),
+            Some(_) => true,
+            None => false,
+        }
+    }
+
     /// Whether the caller may be anonymous here (`auth.sub` null): in a
     /// `public` tool.
     pub(crate) fn anonymous(&self) -> bool {
@@ -2551,7 +2594,11 @@ fn check_node(cx: &mut Cx, spec: &Spec, scope: &Scope, row_scope: &Scope, node: 
                         Diagnostic::new(
                             "output-mismatch",
                             child(path, "value"),
-                            format!("{at}: {why}; every call that ends here would answer 500 `invalid_output`"),
+                            if why.contains("would answer 500") {
+                                format!("{at}: {why}")
+                            } else {
+                                format!("{at}: {why}; every call that ends here would answer 500 `invalid_output`")
+                            },
                         )
                         .help("return what the tool's `output` schema describes, or change the schema"),
                     );
@@ -3425,6 +3472,24 @@ fn output_mismatches(
     found: &mut Vec<(String, String)>,
 ) {
     use super::types::Ty;
+    // A value that may be null (an optional input property, a nullable
+    // field, a `ref` include…) where the schema refuses null.
+    if let Template::Expr(x) = t
+        && let Some(ast) = &x.ast
+        && !matches!(ast.kind, crate::expr::ExprKind::Lit(_))
+        && super::types::may_be_null(ast, scope)
+        && refuses(schema, "null")
+    {
+        found.push((
+            at.to_string(),
+            format!(
+                "`{}` may be null (an optional input property, a nullable field, a `ref` include, or `avg`, `min`, `max` over no row), and the schema's type is {}; a call where it is would answer 500 `invalid_output`",
+                x.src,
+                schema.get("type").map(Value::to_string).unwrap_or_default()
+            ),
+        ));
+        return;
+    }
     let kinds: &[&str] = match t {
         Template::Object(_) => &["object"],
         Template::Array(_) => &["array"],
@@ -3499,6 +3564,25 @@ fn output_mismatches(
             ));
             return;
         }
+    }
+    // A list of rows, each against `items`.
+    if let Template::Expr(x) = t
+        && let Ty::Rows(ent, embeds) = type_of(x, scope)
+        && let Some(items) = schema.get("items")
+        && let Some(e) = scope.spec.entities.get(&ent)
+    {
+        if refuses(items, "object") {
+            found.push((
+                format!("{at}[]"),
+                format!(
+                    "this list's elements are `{ent}` rows (objects), and the schema's `items` type is {}; a call that returns a row would answer 500 `invalid_output`",
+                    items.get("type").map(Value::to_string).unwrap_or_default()
+                ),
+            ));
+        } else {
+            row_mismatches(e, &ent, &embeds, items, &format!("{at}[]"), found);
+        }
+        return;
     }
     // A whole row, against an object schema: its columns by their types.
     if let Template::Expr(x) = t
@@ -3624,6 +3708,16 @@ fn row_mismatches(
                 format!(
                     "`{ent}.{k}` is {} field, and the schema's type is {}",
                     a(type_name(ty)),
+                    s.get("type").map(Value::to_string).unwrap_or_default()
+                ),
+            ));
+        } else if (k == "deleted_at" || e.fields.get(k.as_str()).is_some_and(|f| f.nullable))
+            && refuses(s, "null")
+        {
+            found.push((
+                name(k),
+                format!(
+                    "`{ent}.{k}` may be null, and the schema's type is {}; a call where it is would answer 500 `invalid_output`",
                     s.get("type").map(Value::to_string).unwrap_or_default()
                 ),
             ));

@@ -479,7 +479,13 @@ fn nullable(
                 .flatten()
         }
         _ => match infer_at(inner, scope, &mut Vec::new(), locals, &[], vars) {
-            Ty::Row(ent, _) if scope.column_nullable(&ent, field) => path(),
+            Ty::Row(ent, _)
+                if scope.column_nullable(&ent, field)
+                    && !matches!(&inner.kind, ExprKind::Ident(root)
+                        if !locals.contains(root) && scope.written_non_null(root, field)) =>
+            {
+                path()
+            }
             // A `ref` include: null when the field is, or the row is gone
             // or not the caller's.
             Ty::Row(_, embeds)
