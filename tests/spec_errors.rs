@@ -1524,6 +1524,33 @@ fn limit_a_path_certainly_exceeds() {
             json!({"maxRows": 3, "maxRowsWritten": 2, "maxCalls": 1})
     });
     assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    // A `create` with `each` and a `foreach` over a literal list: its
+    // length is known (here 3 rows, and 3 × 1 row read).
+    let over_a_literal = |node: Value, limits: Value| {
+        load_with(move |v| {
+            at(v, &format!("{GET}/product"))["limit"] = json!(1);
+            with_product_node(v, node.clone());
+            at(v, &format!("{GET}/done"))["value"] = json!({"ok": true});
+            at(v, "/tools/get_product")["limits"] = limits.clone();
+            at(v, "/tools/get_product")["idempotencyKey"] = json!("request.idempotencyKey");
+        })
+    };
+    let create_each = json!({"type": "transaction", "body": {"entry": "c", "nodes": {
+        "c": {"type": "create", "entity": "Product", "each": "['a', 'b', 'c']", "as": "s",
+              "values": {"sku": "s", "name": "s", "price": 1, "stock": 0}}}}, "next": "done"});
+    let l = over_a_literal(create_each.clone(), json!({"maxRowsWritten": 2}));
+    let d = only_error(&l, "limit-exceeded", "/tools/get_product/limits/maxRowsWritten");
+    assert_message(d, "certainly makes 3 rows written");
+    let l = over_a_literal(create_each, json!({"maxRowsWritten": 3}));
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    let foreach = json!({"type": "transaction", "body": {"entry": "l", "nodes": {
+        "l": {"type": "foreach", "items": "['a', 'b', 'c']", "as": "s", "maxItems": 5,
+              "body": {"entry": "c", "nodes": {"c": {"type": "create", "entity": "Product",
+                  "values": {"sku": "s", "name": "s", "price": 1, "stock": 0}}}}}}},
+        "next": "done"});
+    let l = over_a_literal(foreach, json!({"maxRowsWritten": 2}));
+    let d = only_error(&l, "limit-exceeded", "/tools/get_product/limits/maxRowsWritten");
+    assert_message(d, "certainly makes 3 rows written");
 }
 
 #[test]

@@ -870,7 +870,24 @@ fn check_names(cx: &mut Cx, e: &Expression, ast: &expr::Expr, scope: &Scope) {
 /// The least a node certainly adds to one of a tool's budgets when it
 /// succeeds: `(rows read, rows written, external calls)`.
 fn certain_cost(node: &Node) -> [u64; 3] {
+    // The length of a literal list (`['a', 'b']`): known before the call.
+    let literal_len = |x: &Expression| match x.ast.as_ref().map(|a| &a.kind) {
+        Some(ExprKind::List(items)) => u64::try_from(items.len()).ok(),
+        _ => None,
+    };
     match &node.kind {
+        NodeKind::Create {
+            each: Some((list, _)),
+            ..
+        } if literal_len(list).is_some() => [0, literal_len(list).unwrap_or(0), 0],
+        NodeKind::Foreach { items, body, .. } if literal_len(items).is_some() => {
+            let n = literal_len(items).unwrap_or(0);
+            let mut best = [0; 3];
+            for (m, b) in best.iter_mut().enumerate() {
+                *b = most_certain(body, m, &mut HashMap::new()).0.saturating_mul(n);
+            }
+            best
+        }
         // Many-row writes may match no row, or be given an empty list.
         NodeKind::Create { each: Some(_), .. }
         | NodeKind::Transition {
