@@ -4535,6 +4535,8 @@ fn more_that_the_checker_can_know() {
         let errors: Vec<_> = l.errors.iter().filter(|d| d.code == code).collect();
         assert_eq!(errors.len(), 1, "{value}: {}", list(&l.errors));
         assert_message(errors[0], says);
+        // At the value written, a JSON literal as an expression.
+        assert_eq!(errors[0].path, format!("{BODY}/take/set/stock"), "{value}");
     }
     let read = |node: Value| with_first_node(|_| {}, node);
     let l = read(

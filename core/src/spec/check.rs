@@ -564,7 +564,7 @@ fn check_writes(
     cx: &mut Cx,
     e: Option<&Entity>,
     entity: &str,
-    values: &NameMap<Template>,
+    (values, base): (&NameMap<Template>, &str),
     scope: &Scope,
 ) {
     let Some(e) = e else { return };
@@ -586,7 +586,7 @@ fn check_writes(
             if !why.is_empty() {
                 let at = match t {
                     Template::Expr(x) => x.path.clone(),
-                    _ => String::new(),
+                    _ => child(base, field),
                 };
                 cx.error(
                     Diagnostic::new(
@@ -2539,7 +2539,7 @@ fn check_node(cx: &mut Cx, spec: &Spec, scope: &Scope, row_scope: &Scope, node: 
             for t in set.values() {
                 check_template(cx, t, row_scope);
             }
-            check_writes(cx, e, entity, set, row_scope);
+            check_writes(cx, e, entity, (set, &child(path, "set")), row_scope);
             if let Some(Limit::Expr(x)) = limit {
                 check_expr(cx, x, scope);
                 check_shape(cx, x, scope, Want::Count);
@@ -3206,7 +3206,7 @@ fn check_create(cx: &mut Cx, spec: &Spec, scope: &Scope, node: &Node) {
     for t in values.values() {
         check_template(cx, t, scope);
     }
-    check_writes(cx, e, entity, values, scope);
+    check_writes(cx, e, entity, (values, &child(path, "values")), scope);
     if let Some(e) = e {
         let owner = e
             .owner
