@@ -1539,7 +1539,11 @@ fn limit_a_path_certainly_exceeds() {
         "c": {"type": "create", "entity": "Product", "each": "['a', 'b', 'c']", "as": "s",
               "values": {"sku": "s", "name": "s", "price": 1, "stock": 0}}}}, "next": "done"});
     let l = over_a_literal(create_each.clone(), json!({"maxRowsWritten": 2}));
-    let d = only_error(&l, "limit-exceeded", "/tools/get_product/limits/maxRowsWritten");
+    let d = only_error(
+        &l,
+        "limit-exceeded",
+        "/tools/get_product/limits/maxRowsWritten",
+    );
     assert_message(d, "certainly makes 3 rows written");
     let l = over_a_literal(create_each, json!({"maxRowsWritten": 3}));
     assert!(l.errors.is_empty(), "{}", list(&l.errors));
@@ -1549,7 +1553,11 @@ fn limit_a_path_certainly_exceeds() {
                   "values": {"sku": "s", "name": "s", "price": 1, "stock": 0}}}}}}},
         "next": "done"});
     let l = over_a_literal(foreach, json!({"maxRowsWritten": 2}));
-    let d = only_error(&l, "limit-exceeded", "/tools/get_product/limits/maxRowsWritten");
+    let d = only_error(
+        &l,
+        "limit-exceeded",
+        "/tools/get_product/limits/maxRowsWritten",
+    );
     assert_message(d, "certainly makes 3 rows written");
 }
 
@@ -4356,7 +4364,10 @@ fn a_macro_variable_may_be_null_when_its_range_holds_null() {
             ("[input.n, 2].exists(x, x > 1)", "`x` may be null here"),
             ("[null, 1].all(i, v, v > 0)", "`v` may be null here"),
             ("input.scores.map(s, s * 2).size()", "`s` may be null here"),
-            ("input.scores.filter(s, s.size() > 0).size()", "`s` may be null here"),
+            (
+                "input.scores.filter(s, s.size() > 0).size()",
+                "`s` may be null here",
+            ),
             // A guard of a name is not a guard of a variable that binds it
             // again.
             (
@@ -4365,7 +4376,10 @@ fn a_macro_variable_may_be_null_when_its_range_holds_null() {
             ),
             // Followed through a literal's index and a `map`.
             ("[input.count][0] + 1", "`input.count` may be null here"),
-            ("{'k': input.count}['k'] + 1", "`input.count` may be null here"),
+            (
+                "{'k': input.count}['k'] + 1",
+                "`input.count` may be null here",
+            ),
             (
                 "[input.count].map(x, x).map(y, y + 1).size()",
                 "`y` may be null here",
@@ -4409,7 +4423,10 @@ fn a_foreach_result_is_typed() {
     };
     judge(
         looping(None),
-        &[("product[0] + 1", "`+` does not apply to a string and an int")],
+        &[(
+            "product[0] + 1",
+            "`+` does not apply to a string and an int",
+        )],
         &["product[0] + 'x'", "product.map(s, s.size())"],
     );
     judge(
@@ -4420,7 +4437,10 @@ fn a_foreach_result_is_typed() {
     judge(
         looping(Some(json!({"sku": "s", "n": "size(r)"}))),
         &[
-            ("product[0].n + 'x'", "`+` does not apply to an int and a string"),
+            (
+                "product[0].n + 'x'",
+                "`+` does not apply to an int and a string",
+            ),
             ("product[0].nope", "nope"),
         ],
         &["product[0].n + 1", "product.map(c, c.sku + '!')"],
@@ -4436,8 +4456,7 @@ fn a_foreach_result_is_typed() {
 fn outputs_that_may_be_null_or_rows_against_items_are_refused() {
     let with = |value: Value, output: Value| {
         load_with(move |v| {
-            at(v, "/entities/Product/fields")["note"] =
-                json!({"type": "string", "nullable": true});
+            at(v, "/entities/Product/fields")["note"] = json!({"type": "string", "nullable": true});
             let input = &mut at(v, "/tools/get_product")["input"];
             input["properties"]["nick"] = json!({"type": "string"});
             input["required"] = json!(["id"]);

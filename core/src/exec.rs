@@ -201,11 +201,7 @@ fn blame_write(
         return p;
     }
     let callers = caller_names(flow);
-    let from_caller = |t: &Template| {
-        t.expressions()
-            .iter()
-            .any(|x| reads_caller(x, &callers))
-    };
+    let from_caller = |t: &Template| t.expressions().iter().any(|x| reads_caller(x, &callers));
     let spec_made = p.errors.iter().all(|err| {
         let Some(name) = err.get("field").and_then(Json::as_str) else {
             return false;
@@ -418,7 +414,9 @@ impl<'a> Run<'a> {
     /// The 400 for a value of `t` that fails because the caller left out
     /// (or sent as `null`) an input property the schema does not declare.
     fn left_out_in(&self, t: &Template) -> Option<Problem> {
-        t.expressions().into_iter().find_map(|x| self.left_out_of(x))
+        t.expressions()
+            .into_iter()
+            .find_map(|x| self.left_out_of(x))
     }
 
     /// [`Run::left_out_in`] for one expression.

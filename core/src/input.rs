@@ -357,7 +357,10 @@ mod tests {
             (json!({"n": 9_223_372_036_854_775_808_u64}), true),
             (json!({"n": 1e20}), true),
             (json!({"small": 11}), true),
-            (json!({"tags": [1, null, 18_446_744_073_709_551_615_u64]}), true),
+            (
+                json!({"tags": [1, null, 18_446_744_073_709_551_615_u64]}),
+                true,
+            ),
             (json!({"x": 1e20}), false),
             (json!({"c": {"type": "integer"}}), false),
             (json!({"m": 9_223_372_036_854_775_808_u64}), true),

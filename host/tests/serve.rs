@@ -1474,7 +1474,9 @@ async fn api_keys_call_as_their_id_until_revoked() {
     let execution = unchecked.headers["x-request-id"].clone();
     let entry = chained_entry(&db, "final", &execution).await;
     assert!(
-        entry["internal"].as_str().is_some_and(|i| i.contains("sinew_keys")),
+        entry["internal"]
+            .as_str()
+            .is_some_and(|i| i.contains("sinew_keys")),
         "{entry}"
     );
 }

@@ -254,7 +254,10 @@ impl<'a> Scope<'a> {
         };
         let typed = |t: &Template| match t {
             Template::Expr(x) => match &x.ast {
-                Some(ast) => (infer(ast, &after, &mut Vec::new()), may_be_null(ast, &after)),
+                Some(ast) => (
+                    infer(ast, &after, &mut Vec::new()),
+                    may_be_null(ast, &after),
+                ),
                 None => (Ty::Dyn, false),
             },
             Template::Literal(v) => (super::types::of_json(v), v.is_null()),
@@ -269,7 +272,10 @@ impl<'a> Scope<'a> {
                         (k.clone(), ty, null)
                     })
                     .collect(),
-                format!("a `collect` value of `{}`", g.nodes.get(i).map_or("", |n| n.id)),
+                format!(
+                    "a `collect` value of `{}`",
+                    g.nodes.get(i).map_or("", |n| n.id)
+                ),
             ),
             other => match typed(other) {
                 (t, false) => t,
@@ -884,7 +890,9 @@ fn certain_cost(node: &Node) -> [u64; 3] {
             let n = literal_len(items).unwrap_or(0);
             let mut best = [0; 3];
             for (m, b) in best.iter_mut().enumerate() {
-                *b = most_certain(body, m, &mut HashMap::new()).0.saturating_mul(n);
+                *b = most_certain(body, m, &mut HashMap::new())
+                    .0
+                    .saturating_mul(n);
             }
             best
         }
