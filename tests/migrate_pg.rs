@@ -636,3 +636,50 @@ async fn a_narrowing_that_rows_refuse_changes_nothing() {
     apply(&mut client, &spec(&v2), &m).await.unwrap();
     assert!(client.execute(insert, &[]).await.is_err());
 }
+
+/// A new required field without a default on a table that has rows:
+/// even with `--allow-destructive`, the rows are counted first and the
+/// migration refused, saying what to do; nothing changes. On an empty
+/// table it applies.
+#[tokio::test]
+async fn a_new_required_field_on_rows_is_refused_before_anything_runs() {
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let mut client = connect_url(&url).await;
+    let revision = |fields: Value| {
+        json!({"sinew": "0.2", "name": "paint", "entities": {"Item": {"fields": fields}},
+               "tools": {}})
+    };
+    let v1 = revision(json!({"name": {"type": "string"}}));
+    let v2 = revision(json!({"name": {"type": "string"}, "color": {"type": "string"}}));
+    let m = plan(Some(&client), &spec(&v1), false).await.unwrap();
+    apply(&mut client, &spec(&v1), &m).await.unwrap();
+    let insert = "INSERT INTO item (id, version, created_at, updated_at, name) \
+                  VALUES (gen_random_uuid(), 1, now(), now(), 'a')";
+    client.execute(insert, &[]).await.unwrap();
+    client.execute(insert, &[]).await.unwrap();
+    let m = plan(Some(&client), &spec(&v2), true).await.unwrap();
+    let e = apply(&mut client, &spec(&v2), &m).await.err().unwrap();
+    let message = format!("{e:#}");
+    assert!(
+        message.contains("nothing was changed")
+            && message.contains("2 row(s) would have no value for `color`")
+            && message.contains("give the field a `default`"),
+        "{message}"
+    );
+    assert!(
+        columns(&client, "item")
+            .await
+            .iter()
+            .all(|(c, _, _)| c != "color")
+    );
+    client.execute("DELETE FROM item", &[]).await.unwrap();
+    let m = plan(Some(&client), &spec(&v2), true).await.unwrap();
+    apply(&mut client, &spec(&v2), &m).await.unwrap();
+    assert!(
+        columns(&client, "item")
+            .await
+            .iter()
+            .any(|(c, _, _)| c == "color")
+    );
+}

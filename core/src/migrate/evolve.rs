@@ -323,9 +323,12 @@ pub struct Precheck {
     pub table: String,
     /// The step's `change` (one per table).
     pub change: String,
-    /// `SELECT count(*)` of the rows the new `CHECK` refuses (a `CHECK`
-    /// passes on null, and so does `WHERE NOT (…)`).
+    /// `SELECT count(*)` of the rows the step would fail on: those the new
+    /// `CHECK` refuses (a `CHECK` passes on null, and so does `WHERE NOT
+    /// (…)`), every row for a new `NOT NULL` column without a default.
     pub count: String,
+    /// What such rows are, and what to do (after "N row(s) ").
+    pub why: String,
 }
 
 impl Plan {
@@ -915,6 +918,16 @@ impl Planner {
             "NOT NULL, no default"
         };
         if c.not_null && !c.filled {
+            self.plan.prechecks.push(Precheck {
+                table: table.to_owned(),
+                change: format!("add column `{}` ({what})", c.name),
+                count: format!("SELECT count(*) FROM {t}"),
+                why: format!(
+                    "would have no value for `{}`: give the field a `default` (or make it \
+                     `nullable`), or remove the rows first",
+                    c.name
+                ),
+            });
             let rows = match rows {
                 Some(false) => "the table is empty now, but ",
                 _ => "the rows already there have no value for it, and ",
@@ -1068,6 +1081,7 @@ impl Planner {
                         "SELECT count(*) FROM {t} WHERE NOT ({})",
                         rule.sql(&c.name, c.ty)
                     ),
+                    why: "hold values the new CHECK refuses: change them first".to_owned(),
                 });
             }
             if widens || legacy {

@@ -454,8 +454,9 @@ async fn record_key(client: &tokio_postgres::Client, key: &str) -> Result<()> {
 #[derive(Debug, Clone)]
 pub struct Refused(pub Vec<String>);
 
-/// The rows each step of `steps` would find outside its new `CHECK`
-/// ([`Plan::prechecks`]): one sentence per step some row fails.
+/// The rows each step of `steps` would fail on (outside its new `CHECK`,
+/// without a value for its new `NOT NULL` column: [`Plan::prechecks`]):
+/// one sentence per step some row fails.
 async fn rows_outside_checks(
     client: &tokio_postgres::Client,
     plan: &Plan,
@@ -482,8 +483,8 @@ async fn rows_outside_checks(
         };
         if n > 0 {
             out.push(format!(
-                "`{}`: {} — {n} row(s) hold values the new CHECK refuses: change them first",
-                p.table, p.change
+                "`{}`: {} — {n} row(s) {}",
+                p.table, p.change, p.why
             ));
         }
     }
