@@ -109,13 +109,59 @@ pub(crate) fn normalize_row(e: &Entity, row: &mut Row) {
             && let Some(t) = v.as_str().and_then(parse_timestamp)
         {
             *v = Json::String(format_timestamp(t));
+        } else if e.fields.get(k).is_some_and(|f| f.ty == FieldType::Number)
+            && let Json::Number(n) = v
+            && let Some(x) = canonical_number(n)
+        {
+            *v = x;
         }
+    }
+}
+
+/// A `number` field's value as a double column holds it and gives it
+/// back, the spelling every engine stores: a whole value under 10¹⁵ is an
+/// integer (`3.0` is `3`, `-0.0` is `0`), anything else a double (`1e15`,
+/// `2.5`). So `3` and `3.0` are one value: one group of an aggregate, the
+/// same answer from every store. `None` when `n` is spelled so already.
+fn canonical_number(n: &serde_json::Number) -> Option<Json> {
+    const WHOLE: f64 = 1e15;
+    let x = n.as_f64()?;
+    let whole = x.fract() == 0.0 && x.abs() < WHOLE;
+    match (n.as_i64(), whole) {
+        (Some(_), true) => None,
+        #[expect(clippy::cast_possible_truncation, reason = "whole and under 10^15")]
+        (_, true) => Some(Json::from(x as i64)),
+        (None, false) if !n.is_u64() => None,
+        _ => serde_json::Number::from_f64(x).map(Json::Number),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use crate::hash::{is_uuid, uuid_from};
+
+    #[test]
+    fn numbers_are_spelled_as_a_double_column_gives_them_back() {
+        use serde_json::json;
+        let n = |v: serde_json::Value| match v {
+            serde_json::Value::Number(n) => super::canonical_number(&n),
+            _ => unreachable!(),
+        };
+        assert_eq!(n(json!(3.0)), Some(json!(3)));
+        assert_eq!(n(json!(-0.0)), Some(json!(0)));
+        assert_eq!(n(json!(3)), None);
+        assert_eq!(n(json!(2.5)), None);
+        assert_eq!(n(json!(1e20)), None);
+        assert_eq!(
+            n(json!(999_999_999_999_999.0)),
+            Some(json!(999_999_999_999_999_i64))
+        );
+        assert_eq!(n(json!(1_000_000_000_000_000_i64)), Some(json!(1e15)));
+        assert_eq!(
+            n(json!(18_446_744_073_709_551_615_u64)),
+            Some(json!(1.8446744073709552e19))
+        );
+    }
 
     #[test]
     fn uuids() {
