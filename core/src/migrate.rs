@@ -756,22 +756,28 @@ fn foreign_keys(out: &mut String, spec: &Spec) {
                 let _ = writeln!(out, "-- references");
                 any = true;
             }
-            let key = foreign_key_name(&table, fname);
-            let _ = writeln!(
-                out,
-                "DO $$ BEGIN\n  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = {} AND conrelid = {}::regclass) THEN\n    ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} (\"id\") NOT VALID;\n  END IF;\nEND $$;",
-                literal(&key),
-                literal(&ident(&table)),
-                ident(&table),
-                ident(&key),
-                ident(fname),
-                ident(&table_name(target)),
-            );
+            let _ = writeln!(out, "{}", foreign_key_ddl(&table, fname, target));
         }
     }
     if any {
         out.push('\n');
     }
+}
+
+/// The statement adding the foreign key of `ref` field `field` of `table`
+/// to entity `target`'s table, when it is missing (`NOT VALID`: rows
+/// already there are not checked).
+pub fn foreign_key_ddl(table: &str, field: &str, target: &str) -> String {
+    let key = foreign_key_name(table, field);
+    format!(
+        "DO $$ BEGIN\n  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = {} AND conrelid = {}::regclass) THEN\n    ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} (\"id\") NOT VALID;\n  END IF;\nEND $$;",
+        literal(&key),
+        literal(&ident(table)),
+        ident(table),
+        ident(&key),
+        ident(field),
+        ident(&table_name(target)),
+    )
 }
 
 /// The name of a `ref` field's foreign key: `{table}_{field}_fkey`,

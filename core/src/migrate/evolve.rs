@@ -53,6 +53,8 @@ pub struct Table {
     pub renames: Vec<Rename>,
     /// Whether it holds rows (`None`: not known, as for a spec's).
     pub rows: Option<bool>,
+    /// The names of its foreign keys.
+    pub foreign_keys: Vec<String>,
 }
 
 /// A field rename in progress (expanded): the new column is written
@@ -187,6 +189,9 @@ impl Schema {
                     .collect(),
                 renames: Vec::new(),
                 rows: None,
+                foreign_keys: refs(spec, e)
+                    .map(|(field, _)| super::foreign_key_name(&table, field))
+                    .collect(),
             };
             // A field renamed is expanded: its former column kept in step.
             for c in &cols {
@@ -514,9 +519,53 @@ pub fn plan(from: &Schema, spec: &Spec) -> Plan {
             }),
         }
     }
+    // Foreign keys, once every table exists.
+    for (name, e) in &spec.entities {
+        let table = table_name(name);
+        if from.views.contains_key(&table) && !from.tables.contains_key(&table) {
+            continue;
+        }
+        for (field, target) in refs(spec, e) {
+            let key = super::foreign_key_name(&table, field);
+            if from
+                .tables
+                .get(&table)
+                .is_some_and(|t| t.foreign_keys.contains(&key))
+            {
+                continue;
+            }
+            p.plan.steps.push(Step {
+                table: table.clone(),
+                change: format!(
+                    "add the foreign key `{key}` (`{field}` → `{}`, NOT VALID)",
+                    table_name(target)
+                ),
+                risk: Risk::Safe,
+                lock: "SHARE ROW EXCLUSIVE on both tables, for an instant (NOT VALID: the rows already there are not checked)",
+                applies: Applies::Always,
+                needed: true,
+                alone: false,
+                why: None,
+                sql: vec![super::foreign_key_ddl(&table, field, target)],
+            });
+        }
+    }
     let mut plan = p.plan;
     plan.steps.append(&mut p.late);
     plan
+}
+
+/// The `ref` fields of `e` whose entity the spec has, with that entity:
+/// the foreign keys its table has.
+fn refs<'s>(spec: &'s Spec, e: &'s Entity) -> impl Iterator<Item = (&'s str, &'s str)> {
+    e.fields
+        .iter()
+        .filter_map(|(name, f)| match (f.ty, &f.entity) {
+            (crate::model::FieldType::Ref, Some(target)) if spec.entities.contains_key(target) => {
+                Some((name.as_str(), target.as_str()))
+            }
+            _ => None,
+        })
 }
 
 /// The statements creating an entity's table (its `CHECK`s commented and
@@ -1442,6 +1491,43 @@ mod tests {
             p.human()
         );
         p.steps.iter().find(|s| !s.alone).unwrap()
+    }
+
+    /// A new `ref` adds its foreign key, as a step the plan and the diff
+    /// show, after the tables; one the schema has is not added again.
+    #[test]
+    fn a_new_ref_adds_its_foreign_key_as_a_step() {
+        let mut v = base();
+        v["entities"]["Stay"] = json!({"fields": {"guest": {"type": "ref", "entity": "Guest"}}});
+        let p = steps(&base(), &v);
+        let changes: Vec<&str> = p.steps.iter().map(|s| s.change.as_str()).collect();
+        assert_eq!(
+            changes,
+            [
+                "create table `stay` (`Stay`)",
+                "add the foreign key `stay_guest_fkey` (`guest` → `guest`, NOT VALID)"
+            ],
+            "{}",
+            p.human()
+        );
+        let fk = &p.steps[1];
+        assert_eq!(
+            (fk.risk, fk.applies, fk.needed),
+            (Risk::Safe, Applies::Always, true)
+        );
+        assert!(fk.sql[0].contains("FOREIGN KEY (\"guest\") REFERENCES \"guest\""));
+        // A field made a `ref` of an existing table.
+        let mut w = base();
+        w["entities"]["Guest"]["fields"]["friend"] =
+            json!({"type": "ref", "entity": "Guest", "nullable": true});
+        let p = steps(&base(), &w);
+        assert!(
+            p.steps.iter().any(|s| s
+                .change
+                .starts_with("add the foreign key `guest_friend_fkey`")),
+            "{}",
+            p.human()
+        );
     }
 
     #[test]

@@ -142,7 +142,7 @@ impl Migration {
 }
 
 /// What a database has: its tables' columns, sinew's one-column `CHECK`s,
-/// indexes, and the views renames left.
+/// indexes, foreign keys, and the views renames left.
 pub async fn read_schema(client: &tokio_postgres::Client) -> Result<Schema> {
     let mut schema = Schema::default();
     let rows = client
@@ -203,6 +203,19 @@ pub async fn read_schema(client: &tokio_postgres::Client) -> Result<Schema> {
                 rule,
                 valid: r.get(4),
             });
+        }
+    }
+    let rows = client
+        .query(
+            "SELECT c.relname::text, k.conname::text              FROM pg_catalog.pg_constraint k              JOIN pg_catalog.pg_class c ON c.oid = k.conrelid              WHERE k.contype = 'f'                AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = current_schema())              ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .context("reading the database's foreign keys")?;
+    for r in &rows {
+        let table: String = r.get(0);
+        if let Some(t) = schema.tables.get_mut(&table) {
+            t.foreign_keys.push(r.get(1));
         }
     }
     let rows = client
@@ -323,13 +336,23 @@ pub fn migration(schema: &Schema, spec: &Spec, mode: Mode) -> Migration {
         kept: plan.notes.clone(),
         ..Migration::default()
     };
+    // Tables this plan creates: their foreign keys are part of that.
+    let created: Vec<&str> = plan
+        .steps
+        .iter()
+        .filter(|s| s.change.starts_with("create table"))
+        .map(|s| s.table.as_str())
+        .collect();
     for s in &plan.steps {
         let sentence = || match &s.why {
             Some(why) => format!("`{}`: {}: {why}", s.table, s.change),
             None => format!("`{}`: {}", s.table, s.change),
         };
         if mode.applies(s) {
-            if !s.change.starts_with("create table") {
+            let creating = s.change.starts_with("create table")
+                || (s.change.starts_with("add the foreign key")
+                    && created.contains(&s.table.as_str()));
+            if !creating {
                 m.changes += 1;
             }
         } else if !s.needed {
