@@ -4674,4 +4674,33 @@ fn a_transition_that_can_move_no_row_is_refused() {
         "{}",
         list(&l.errors)
     );
+    // Inside an `and` too; not under a `when` (it may not apply) nor an
+    // `or`.
+    let written = |filter: Value| {
+        load_with(move |v| {
+            at(v, BODY)["take"] = json!({"type": "transition", "entity": "Order", "action": "pay",
+                "where": filter, "limit": 10});
+        })
+    };
+    let l = written(json!({"and": [{"product": "product.id"}, {"and": [{"status": "'paid'"}]}]}));
+    assert_eq!(
+        l.errors
+            .iter()
+            .filter(|d| d.code == "invalid-value")
+            .count(),
+        1,
+        "{}",
+        list(&l.errors)
+    );
+    for clean in [
+        json!({"product": "product.id", "status": {"eq": "'paid'", "when": "input.quantity > 5"}}),
+        json!({"or": [{"status": "'paid'"}, {"product": "product.id"}]}),
+    ] {
+        let l = written(clean.clone());
+        assert!(
+            !l.errors.iter().any(|d| d.code == "invalid-value"),
+            "{clean}: {}",
+            list(&l.errors)
+        );
+    }
 }

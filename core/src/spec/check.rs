@@ -3157,9 +3157,24 @@ fn check_target(cx: &mut Cx, spec: &Spec, scope: &Scope, e: Option<&Entity>, nod
                     .and_then(|e| e.status.as_ref())
                     .and_then(|sm| sm.transitions.get(action))
             {
-                for w in filters {
-                    let Where::Field(f) = w else { continue };
-                    if f.field != "status" || !matches!(f.op, FilterOp::Eq | FilterOp::In) {
+                // The conditions that all must hold: the `where`'s, and
+                // those of an `and` in it (at any depth).
+                let mut all: Vec<&Where> = filters.iter().collect();
+                let mut conjuncts = Vec::new();
+                while let Some(w) = all.pop() {
+                    match w {
+                        Where::Field(f) => conjuncts.push(f),
+                        Where::All(list) => all.extend(list),
+                        _ => {}
+                    }
+                }
+                conjuncts.reverse();
+                for f in conjuncts {
+                    // (One with a `when` may not apply.)
+                    if f.field != "status"
+                        || !matches!(f.op, FilterOp::Eq | FilterOp::In)
+                        || f.when.is_some()
+                    {
                         continue;
                     }
                     let states = literal_members(&f.value);
