@@ -4403,6 +4403,25 @@ fn a_macro_variable_may_be_null_when_its_range_holds_null() {
     );
 }
 
+/// A `let` object's members are typed as the `let` sees them, nested ones
+/// too: one that may be null is guarded before use.
+#[test]
+fn a_let_objects_nested_members_may_be_null() {
+    let with_let = |v: &mut Value| {
+        let input = &mut at(v, "/tools/get_product")["input"];
+        input["properties"]["count"] = json!({"type": "integer"});
+        with_product_node(
+            v,
+            json!({"type": "let", "values": {"g": {"k": "input.count", "n": 1}}, "next": "done"}),
+        );
+    };
+    judge(
+        with_let,
+        &[("product.g.k + 1", "`product.g.k` may be null here")],
+        &["product.g.n + 1", "has(product.g.k) ? product.g.k + 1 : 0"],
+    );
+}
+
 /// What a `foreach` binds is typed: its elements without `collect` (rows
 /// of the rows it went over), else the list of its `collect` values as
 /// `collect` sees them after the body.

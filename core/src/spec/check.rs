@@ -228,7 +228,7 @@ impl<'a> Scope<'a> {
     /// over, or the type of its list's elements), or the list of its
     /// `collect` values, typed as `collect` sees them after the body.
     fn foreach_binding(&self, i: usize, collect: Option<&Template>) -> Binding {
-        use super::types::{Ty, infer, may_be_null};
+        use super::types::Ty;
         let (Some((g, dom)), Some(tool)) = (self.graph, self.tool) else {
             return Binding::Any;
         };
@@ -252,18 +252,7 @@ impl<'a> Scope<'a> {
             loops,
             guards: Vec::new(),
         };
-        let typed = |t: &Template| match t {
-            Template::Expr(x) => match &x.ast {
-                Some(ast) => (
-                    infer(ast, &after, &mut Vec::new()),
-                    may_be_null(ast, &after),
-                ),
-                None => (Ty::Dyn, false),
-            },
-            Template::Literal(v) => (super::types::of_json(v), v.is_null()),
-            Template::Object(_) => (Ty::Map, false),
-            Template::Array(_) => (Ty::List, false),
-        };
+        let typed = |t: &Template| template_type(t, &after, "a `collect` value");
         let element = match collect {
             Template::Object(m) => Ty::Record(
                 m.iter()
@@ -357,7 +346,7 @@ impl<'a> Scope<'a> {
     /// known: a paged read (`rows`, `next` — null on the last page —,
     /// `total`), a `let` (each value's type, and whether it may be null).
     pub(crate) fn object_type(&self, root: &str) -> Option<super::types::Ty> {
-        use super::types::{Ty, infer, may_be_null};
+        use super::types::Ty;
         let (g, _) = self.graph?;
         let info = g.nodes.get(*g.by_id.get(root)?)?;
         let keys = match &info.node.kind {
@@ -397,18 +386,7 @@ impl<'a> Scope<'a> {
                 values
                     .iter()
                     .map(|(k, t)| {
-                        let (ty, null) = match t {
-                            Template::Expr(x) => match &x.ast {
-                                Some(ast) => (
-                                    infer(ast, &before, &mut Vec::new()),
-                                    may_be_null(ast, &before),
-                                ),
-                                None => (Ty::Dyn, false),
-                            },
-                            Template::Literal(v) => (super::types::of_json(v), v.is_null()),
-                            Template::Object(_) => (Ty::Map, false),
-                            Template::Array(_) => (Ty::List, false),
-                        };
+                        let (ty, null) = template_type(t, &before, &format!("`{root}.{k}`"));
                         (k.clone(), ty, null)
                     })
                     .collect()
@@ -1183,6 +1161,33 @@ fn entity_ref<'s>(cx: &mut Cx, spec: &'s Spec, path: &str, name: &str) -> Option
         );
     }
     e
+}
+
+/// The type of what a template gives in `scope`, and whether it may be
+/// null: an object template is an object of its members' types (`name`
+/// names it in messages).
+fn template_type(t: &Template, scope: &Scope, name: &str) -> (super::types::Ty, bool) {
+    use super::types::{Ty, infer, may_be_null};
+    match t {
+        Template::Expr(x) => match &x.ast {
+            Some(ast) => (infer(ast, scope, &mut Vec::new()), may_be_null(ast, scope)),
+            None => (Ty::Dyn, false),
+        },
+        Template::Literal(v) => (super::types::of_json(v), v.is_null()),
+        Template::Object(m) => (
+            Ty::Record(
+                m.iter()
+                    .map(|(k, t)| {
+                        let (ty, null) = template_type(t, scope, &format!("{name}.{k}"));
+                        (k.clone(), ty, null)
+                    })
+                    .collect(),
+                name.to_owned(),
+            ),
+            false,
+        ),
+        Template::Array(_) => (Ty::List, false),
+    }
 }
 
 /// A `budgetCheck`'s `amount` must be a number: compared with the maximum,
