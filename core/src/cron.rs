@@ -2,7 +2,9 @@
 //! week) as Vixie cron reads them: each field a list of `*`, a value or a
 //! range `a-b`, each optionally with a step `/n`; months and weekdays also
 //! by their English three-letter names; weekday 0 and 7 are Sunday. When
-//! both day fields are restricted, a day matches if either does.
+//! both day fields are restricted, a day matches if either does; a field
+//! that begins with `*` (`*`, `*/2`) counts as unrestricted there, as in
+//! Vixie cron, so `0 0 */2 * 1` is Mondays that are odd days.
 
 /// A parsed schedule: the values each field allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,9 +14,10 @@ pub struct Schedule {
     days: u32,
     months: u16,
     weekdays: u8,
-    /// The day-of-month field is `*` (unrestricted).
+    /// The day-of-month field begins with `*` (unrestricted, for how the
+    /// two day fields combine).
     any_day: bool,
-    /// The day-of-week field is `*`.
+    /// The day-of-week field begins with `*`.
     any_weekday: bool,
 }
 
@@ -87,8 +90,8 @@ impl Schedule {
             months: parse_field(month, f_month)? as u16,
             // Sunday is 0 and 7.
             weekdays: ((weekdays | (weekdays >> 7)) & 0x7f) as u8,
-            any_day: *day == "*",
-            any_weekday: *weekday == "*",
+            any_day: day.starts_with('*'),
+            any_weekday: weekday.starts_with('*'),
         })
     }
 
@@ -105,11 +108,12 @@ impl Schedule {
     fn matches_day(&self, day: u32, month: u32, weekday: u32) -> bool {
         let by_day = has(u64::from(self.days), day);
         let by_weekday = has(u64::from(self.weekdays), weekday);
-        let day_ok = match (self.any_day, self.any_weekday) {
-            (true, true) => true,
-            (false, true) => by_day,
-            (true, false) => by_weekday,
-            (false, false) => by_day || by_weekday,
+        // Vixie cron: either field unrestricted, both must match (a `*`
+        // allows every value); both restricted, either.
+        let day_ok = if self.any_day || self.any_weekday {
+            by_day && by_weekday
+        } else {
+            by_day || by_weekday
         };
         has(u64::from(self.months), month) && day_ok
     }
@@ -226,9 +230,12 @@ fn instant(dt: jiff::civil::DateTime, tz: &jiff::tz::TimeZone) -> Option<jiff::T
         AmbiguousOffset::Fold { before, .. } => before.to_timestamp(dt).ok(),
         AmbiguousOffset::Gap { before, .. } => {
             // Read with the offset before the gap, the time is past the
-            // jump: the jump is the transition just before it.
+            // jump, or on it (the gap's first instant, 02:00 when 02:00
+            // becomes 03:00): the jump is the last transition at or before
+            // it.
             let past = before.to_timestamp(dt).ok()?;
-            tz.preceding(past).next().map(|t| t.timestamp())
+            let just_after = past.checked_add(jiff::SignedDuration::from_nanos(1)).ok()?;
+            tz.preceding(just_after).next().map(|t| t.timestamp())
         }
     }
 }
@@ -324,6 +331,12 @@ mod tests {
         let s = Schedule::parse("0 0 1 * 1").unwrap();
         assert!(s.matches(0, 0, 1, 5, 3) && s.matches(0, 0, 9, 5, 1));
         assert!(!s.matches(0, 0, 9, 5, 3));
+        // A day field beginning with `*` counts as unrestricted: `*/2` and
+        // Monday is an odd day that is a Monday (Vixie cron).
+        let s = Schedule::parse("0 0 */2 * 1").unwrap();
+        assert!(s.matches(0, 0, 27, 10, 1), "27 October, a Monday");
+        assert!(!s.matches(0, 0, 26, 10, 1), "an even day");
+        assert!(!s.matches(0, 0, 29, 10, 4), "not a Monday");
         // `a/n` runs to the end of the field.
         let s = Schedule::parse("50/5 * * * *").unwrap();
         assert!(s.matches(55, 0, 1, 1, 0) && !s.matches(0, 0, 1, 1, 0));
@@ -362,6 +375,25 @@ mod tests {
         assert_eq!(
             next("30 2 * * *", "Europe/Paris", "2026-03-28T12:00:00Z", 2),
             ["2026-03-29T01:00:00Z", "2026-03-30T00:30:00Z"]
+        );
+        // 02:00 itself, the gap's first instant, too: the nightly job runs
+        // that night (it was skipped), in Paris, New York and Santiago
+        // (midnight becomes 01:00).
+        assert_eq!(
+            next("0 2 * * *", "Europe/Paris", "2026-03-27T12:00:00Z", 3),
+            [
+                "2026-03-28T01:00:00Z",
+                "2026-03-29T01:00:00Z",
+                "2026-03-30T00:00:00Z"
+            ]
+        );
+        assert_eq!(
+            next("0 2 * * *", "America/New_York", "2026-03-07T12:00:00Z", 2),
+            ["2026-03-08T07:00:00Z", "2026-03-09T06:00:00Z"]
+        );
+        assert_eq!(
+            next("0 0 * * *", "America/Santiago", "2026-09-05T12:00:00Z", 2),
+            ["2026-09-06T04:00:00Z", "2026-09-07T03:00:00Z"]
         );
         // 02:30 happens twice on 25 October 2026 (03:00 → 02:00): once, the
         // first time (00:30Z).
@@ -407,6 +439,7 @@ mod tests {
         // Through the clock changes, the same instants `next_after` gives.
         for (s, tz, from) in [
             ("30 2 * * *", "Europe/Paris", "2026-03-27T12:00:00Z"),
+            ("0 2 * * *", "Europe/Paris", "2026-03-27T12:00:00Z"),
             ("30 2 * * *", "Europe/Paris", "2026-10-23T12:00:00Z"),
             ("*/30 * * * *", "Europe/Paris", "2026-10-24T23:45:00Z"),
             ("15 1 * * 1-5", "America/New_York", "2026-03-06T00:00:00Z"),
