@@ -3673,7 +3673,7 @@ fn what_fails_on_every_call_is_refused() {
             ("{'a': 1}[0]", "a map cannot be indexed with an int"),
             (
                 "[1, 2]['a']",
-                "a list of ints cannot be indexed with a string",
+                "reads a field of a row or an object, not of a list of ints",
             ),
             (
                 "'T' in product.name",
@@ -4401,6 +4401,34 @@ fn a_macro_variable_may_be_null_when_its_range_holds_null() {
             "[input.count, 1][1] + 1",
         ],
     );
+}
+
+/// `x['k']` is checked as `x.k`: names, types and nulls.
+#[test]
+fn a_quoted_key_is_checked_as_a_field() {
+    let answering = |expr: &str| {
+        load_with(|v| {
+            let input = &mut at(v, "/tools/get_product")["input"];
+            input["properties"]["nick"] = json!({"type": "string"});
+            at(v, &format!("{GET}/done"))["value"] = json!({"x": expr});
+        })
+    };
+    for (expr, says) in [
+        ("product['nope']", "`Product` has no field `nope`"),
+        ("input['nick'].size()", "`input.nick` may be null here"),
+        ("input['zz']", "`input.zz`"),
+    ] {
+        let l = answering(expr);
+        assert_eq!(l.errors.len(), 1, "{expr}: {}", list(&l.errors));
+        assert_message(&l.errors[0], says);
+    }
+    for expr in [
+        "product['name'].size()",
+        "has(input.nick) ? input['nick'].size() : 0",
+    ] {
+        let l = answering(expr);
+        assert!(l.errors.is_empty(), "{expr}: {}", list(&l.errors));
+    }
 }
 
 /// A `let` object's members are typed as the `let` sees them, nested ones

@@ -255,10 +255,15 @@ impl Parser {
                     let span = e.span.to(end);
                     depth = 1 + depth.max(id);
                     check_depth(depth, span)?;
-                    e = Expr {
-                        kind: ExprKind::Index(Box::new(e), Box::new(idx)),
-                        span,
+                    // `x['k']` is `x.k` (on a map they are one lookup): so
+                    // the checker sees the field by its name, as it sees
+                    // `x.k` (names, types, nulls), and a left-out input
+                    // property reads as null either way.
+                    let kind = match idx.kind {
+                        ExprKind::Lit(Lit::String(k)) => ExprKind::Member(Box::new(e), k),
+                        _ => ExprKind::Index(Box::new(e), Box::new(idx)),
                     };
+                    e = Expr { kind, span };
                 }
                 _ => return Ok((e, depth)),
             }
