@@ -4038,6 +4038,7 @@ fn more_that_fails_on_every_call_is_refused() {
             ),
             ("product.price / 0", "`/` by zero fails on every call"),
             ("product.price % 0", "`%` by zero fails on every call"),
+            ("input.factor / 0", "`/` by zero fails on every call"),
             ("input.counts[-1]", "a list's index is never negative"),
             (
                 "request.time < '2026-01-01'",
@@ -4309,6 +4310,10 @@ fn null_is_followed_through_more_expressions() {
             ),
             ("dyn(input.nick).size()", "`input.nick` may be null here"),
             (
+                "request.idempotencyKey.lowerAscii()",
+                "`request.idempotencyKey` may be null here",
+            ),
+            (
                 "{'k': input.nick}.k.size()",
                 "`input.nick` may be null here",
             ),
@@ -4337,6 +4342,7 @@ fn null_is_followed_through_more_expressions() {
             "input.lines[0].sku.size()",
             "has(input.lines[0].memo) ? input.lines[0].memo : ''",
             "input.nick == null",
+            "has(request.idempotencyKey) ? request.idempotencyKey.size() : 0",
         ],
     );
     // A `foreach` over an optional array.

@@ -259,7 +259,7 @@ fn matches(s: &str, re: &str) -> Result<Value, String> {
         // Linear time whatever the pattern (the regex crate has no
         // backtracking); a bounded compiled size keeps a hostile pattern
         // cheap.
-        let compiled = regex::RegexBuilder::new(re)
+        let compiled = regex::RegexBuilder::new(&ascii_classes(re))
             .size_limit(1 << 20)
             .build()
             .map_err(|e| format!("`{re}` is not a valid regular expression: {e}"))?;
@@ -270,6 +270,77 @@ fn matches(s: &str, re: &str) -> Result<Value, String> {
         cache.insert(re.to_string(), compiled);
         Ok(Value::Bool(found))
     })
+}
+
+/// `re` with the Perl classes as RE2 (and CEL) reads them, ASCII only:
+/// `\d` is `[0-9]`, `\w` `[0-9A-Za-z_]`, `\s` `[\t\n\f\r ]`, their
+/// negations and `\b` likewise (the regex crate reads them as Unicode
+/// classes, so `'٣'.matches('^\d$')` held, and a value a pattern let
+/// through failed later). Inside a bracket class, the same sets.
+fn ascii_classes(re: &str) -> String {
+    const DIGIT: &str = "0-9";
+    const WORD: &str = "0-9A-Za-z_";
+    const SPACE: &str = "\\t\\n\\f\\r ";
+    let mut out = String::with_capacity(re.len() + 8);
+    let mut depth = 0usize;
+    let mut chars = re.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                let Some(e) = chars.next() else {
+                    out.push(c);
+                    break;
+                };
+                let set = match e {
+                    'd' | 'D' => Some(DIGIT),
+                    'w' | 'W' => Some(WORD),
+                    's' | 'S' => Some(SPACE),
+                    _ => None,
+                };
+                match (set, e.is_ascii_uppercase(), depth > 0) {
+                    (Some(set), false, true) => out.push_str(set),
+                    (Some(set), false, false) => {
+                        out.push('[');
+                        out.push_str(set);
+                        out.push(']');
+                    }
+                    (Some(set), true, _) => {
+                        out.push_str("[^");
+                        out.push_str(set);
+                        out.push(']');
+                    }
+                    (None, _, false) if e == 'b' || e == 'B' => {
+                        out.push_str("(?-u:\\");
+                        out.push(e);
+                        out.push(')');
+                    }
+                    (None, _, _) => {
+                        out.push(c);
+                        out.push(e);
+                    }
+                }
+            }
+            '[' => {
+                depth += 1;
+                out.push(c);
+                // A `]` first in a class (after `^`) is a member.
+                if chars.peek() == Some(&'^') {
+                    out.push('^');
+                    chars.next();
+                }
+                if chars.peek() == Some(&']') {
+                    out.push(']');
+                    chars.next();
+                }
+            }
+            ']' if depth > 0 => {
+                depth -= 1;
+                out.push(c);
+            }
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 fn extreme(greatest: bool, vals: &[Value]) -> Result<Value, String> {
@@ -562,6 +633,33 @@ fn format_s(v: &Value) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn perl_classes_are_ascii_as_in_re2() {
+        for (re, text, holds) in [
+            ("^\\d+$", "123", true),
+            ("^\\d+$", "٣", false),
+            ("^\\d+$", "１２３", false),
+            ("^[\\d-]+$", "12-3", true),
+            ("^[\\d-]+$", "١", false),
+            ("^\\w+$", "abc_9", true),
+            ("^\\w+$", "é", false),
+            ("^\\D$", "٣", true),
+            ("^\\D$", "3", false),
+            ("^\\s$", "\u{a0}", false),
+            ("^\\s$", "\t", true),
+            ("\\bé", "é", false),
+            ("^[]a]+$", "]a", true),
+            ("^\\\\d$", "\\d", true),
+            ("^\\p{L}+$", "é", true),
+        ] {
+            assert_eq!(
+                super::matches(text, re),
+                Ok(Value::Bool(holds)),
+                "{re} on {text:?}"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

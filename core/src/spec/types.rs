@@ -469,6 +469,12 @@ fn nullable(
             .then(path)
             .flatten(),
         // An anonymous caller of a public tool has no subject.
+        // A call without an `Idempotency-Key` header has none.
+        ExprKind::Ident(r)
+            if r == "request" && field == "idempotencyKey" && !locals.contains(r) =>
+        {
+            path()
+        }
         ExprKind::Ident(r) if r == "auth" && field == "sub" && !locals.contains(r) => {
             scope.anonymous().then(path).flatten()
         }
@@ -1477,7 +1483,9 @@ fn literal_operand_problem(
     if matches!(op, BinaryOp::Div | BinaryOp::Rem)
         && zero
         && !matches!(&a.kind, ExprKind::Lit(_))
-        && matches!(x, Ty::Int | Ty::Uint)
+        // (A `number` is an int or a double: by an int zero, an error or
+        // an infinity JSON cannot hold.)
+        && matches!(x, Ty::Int | Ty::Uint | Ty::Number)
     {
         return Some((
             format!("`{}` by zero fails on every call", op.symbol()),
