@@ -19,7 +19,7 @@ mod lex;
 mod parse;
 pub mod value;
 
-pub use eval::{Env, EvalError, compare, equal, eval};
+pub use eval::{Env, EvalError, TIMESTAMP_RANGE, compare, equal, eval};
 pub use ext::{pattern_problem, zone_problem};
 pub use parse::{MAX_DEPTH, parse};
 pub use value::Value;

@@ -61,11 +61,32 @@ pub fn compile_schema(schema: &Value, side: Side) -> Result<jsonschema::Validato
     };
     jsonschema::draft202012::options()
         .should_validate_formats(side == Side::Input)
+        .with_format("date-time", date_time)
         .build(schema)
         .map_err(|e| SchemaError {
             pointer: e.instance_path().to_string(),
             message: e.to_string().trim_end_matches('.').to_string(),
         })
+}
+
+/// A `date-time` as JSON Schema reads it (RFC 3339) that is also an
+/// instant expressions can hold: years 1 to 9999 in UTC. `0000-01-01T00:00:00Z`
+/// and `9999-12-31T23:59:59-01:00` are RFC 3339 but past that range: a
+/// caller's value the flow would fail on (`timestamp(input.at)`), refused
+/// with the input.
+fn date_time(s: &str) -> bool {
+    static RFC3339: std::sync::LazyLock<Option<jsonschema::Validator>> =
+        std::sync::LazyLock::new(|| {
+            jsonschema::draft202012::options()
+                .should_validate_formats(true)
+                .build(&serde_json::json!({"type": "string", "format": "date-time"}))
+                .ok()
+        });
+    RFC3339
+        .as_ref()
+        .is_some_and(|v| v.is_valid(&Value::String(s.to_owned())))
+        && crate::expr::value::parse_timestamp(s)
+            .is_some_and(|t| crate::expr::TIMESTAMP_RANGE.contains(&t))
 }
 
 /// `schema` with every `integer` it declares bounded to the 64-bit signed
@@ -339,6 +360,24 @@ pub fn invalid(detail: &str, listed: Vec<Value>, n: usize) -> crate::problem::Pr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn date_times_are_instants_expressions_can_hold() {
+        let schema = json!({"type": "object", "properties": {
+            "at": {"type": "string", "format": "date-time"}}});
+        let v = compile_schema(&schema, Side::Input).unwrap();
+        for (at, fails) in [
+            ("2026-01-01T10:00:00+02:00", false),
+            ("0001-01-01T00:00:00Z", false),
+            ("0000-01-01T00:00:00Z", true),
+            ("9999-12-31T23:59:59-01:00", true),
+            ("2026-13-01T00:00:00Z", true),
+            ("yesterday", true),
+        ] {
+            let (errors, _) = violations(&v, &json!({"at": at}));
+            assert_eq!(!errors.is_empty(), fails, "{at}: {errors:?}");
+        }
+    }
 
     #[test]
     fn integers_past_64_bits_are_refused_in_inputs() {

@@ -211,7 +211,7 @@ fn as_double(v: &Value) -> Option<f64> {
 
 /// The range of a timestamp: 0001-01-01T00:00:00Z to the last microsecond
 /// of 9999-12-31.
-const TIMESTAMP_RANGE: std::ops::RangeInclusive<i64> =
+pub const TIMESTAMP_RANGE: std::ops::RangeInclusive<i64> =
     -62_135_596_800_000_000..=253_402_300_799_999_999;
 
 /// The range of a duration: what 64 bits of nanoseconds hold (±292
