@@ -3670,7 +3670,7 @@ fn what_fails_on_every_call_is_refused() {
         counts_and_factor,
         &[
             ("product.name[0]", "a string cannot be indexed with an int"),
-            ("{'a': 1}[0]", "a map cannot be indexed with an int"),
+            ("{'a': 1}[0]", "cannot be indexed with an int"),
             (
                 "[1, 2]['a']",
                 "reads a field of a row or an object, not of a list of ints",
@@ -4451,7 +4451,11 @@ fn a_let_objects_nested_members_may_be_null() {
     };
     judge(
         with_let,
-        &[("product.g.k + 1", "`product.g.k` may be null here")],
+        &[
+            ("product.g.k + 1", "`product.g.k` may be null here"),
+            ("{'y': input.count}.y + 1", "`input.count` may be null here"),
+            ("{'y': input.count, 'z': 1}.nope", "nope"),
+        ],
         &["product.g.n + 1", "has(product.g.k) ? product.g.k + 1 : 0"],
     );
 }

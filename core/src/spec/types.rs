@@ -923,7 +923,25 @@ fn infer_at(
                 }
                 sub(v, errors);
             }
-            Ty::Map
+            // Keys all literal: an object of those keys, each of its
+            // value's type, null where the value may be.
+            let keys: Option<Vec<(String, Ty, bool)>> = entries
+                .iter()
+                .map(|(k, v)| match &k.kind {
+                    ExprKind::Lit(Lit::String(key)) => Some((
+                        key.clone(),
+                        infer_at(v, scope, &mut Vec::new(), locals, guards, vars),
+                        matches!(v.kind, ExprKind::Lit(Lit::Null))
+                            || nullable(v, scope, locals, guards, vars)
+                                .is_some_and(|p| !guards.contains(&p)),
+                    )),
+                    _ => None,
+                })
+                .collect();
+            match keys {
+                Some(keys) => Ty::Record(keys, "a map literal".into()),
+                None => Ty::Map,
+            }
         }
         ExprKind::Call { target, func, args } => {
             if let Some(t) = target {
