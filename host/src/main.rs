@@ -67,7 +67,27 @@ struct ComponentArgs {
     npm: Option<std::path::PathBuf>,
 }
 
+/// Output piped into a reader that stopped (`sinew schedule … | head`)
+/// ends the command quietly, as it would end any Unix tool (status 141,
+/// SIGPIPE's), not with a panic and a backtrace.
+fn quiet_on_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_closed_pipe();
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Check(args) => check::run(&args),

@@ -888,6 +888,29 @@ fn schedule_lists_the_next_fire_times() {
          \x20 2026-03-28T18:00:00Z  2026-03-28 18:00 UTC\n\
          \x20 2026-03-29T00:00:00Z  2026-03-29 00:00 UTC\n"
     );
+    // Read by something that stops early (`| head -1`): it ends quietly,
+    // as a Unix tool does (SIGPIPE's status), not with a panic.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sinew"))
+        .args([
+            "schedule".as_ref(),
+            path.as_os_str(),
+            "--count".as_ref(),
+            "5000".as_ref(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.starts_with("purge"), "{first}");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(141), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
     let bad = write(
         &dir,
         "bad.json",
