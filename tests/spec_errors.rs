@@ -4345,6 +4345,14 @@ fn null_is_followed_through_more_expressions() {
             "has(request.idempotencyKey) ? request.idempotencyKey.size() : 0",
         ],
     );
+    // A tool whose `idempotencyKey` reads the header requires it.
+    judge(
+        |v: &mut Value| {
+            at(v, "/tools/get_product")["idempotencyKey"] = json!("request.idempotencyKey");
+        },
+        &[],
+        &["request.idempotencyKey.lowerAscii()"],
+    );
     // A `foreach` over an optional array.
     let l = with_first_node(with_input, foreach_reading_products("input.tags", "t", 5));
     let d = only_error(&l, "expr-type", &format!("{GET}/product/items"));

@@ -439,6 +439,18 @@ impl<'a> Scope<'a> {
         }
     }
 
+    /// Whether `request.idempotencyKey` may be null here: in an HTTP or
+    /// webhook tool whose `idempotencyKey` does not read it (one that does
+    /// requires the header; a cron or queue run always has a key).
+    pub(crate) fn idempotency_key_optional(&self) -> bool {
+        self.tool.is_some_and(|t| {
+            matches!(
+                t.trigger,
+                crate::model::Trigger::Http { .. } | crate::model::Trigger::Webhook { .. }
+            ) && !t.key_from_header()
+        })
+    }
+
     /// Whether the caller may be anonymous here (`auth.sub` null): in a
     /// `public` tool.
     pub(crate) fn anonymous(&self) -> bool {

@@ -469,11 +469,12 @@ fn nullable(
             .then(path)
             .flatten(),
         // An anonymous caller of a public tool has no subject.
-        // A call without an `Idempotency-Key` header has none.
+        // A call without an `Idempotency-Key` header has none, where the
+        // tool does not require one.
         ExprKind::Ident(r)
             if r == "request" && field == "idempotencyKey" && !locals.contains(r) =>
         {
-            path()
+            scope.idempotency_key_optional().then(path).flatten()
         }
         ExprKind::Ident(r) if r == "auth" && field == "sub" && !locals.contains(r) => {
             scope.anonymous().then(path).flatten()
