@@ -1154,7 +1154,11 @@ fn migrate_plan_without_a_database() {
             "create table `therapist` (`Therapist`)",
             "create table `patient` (`Patient`)",
             "create table `appointment` (`Appointment`)",
-            "create table `invoice` (`Invoice`)"
+            "create table `invoice` (`Invoice`)",
+            // Once every table exists: the `ref` fields' keys.
+            "add the foreign key `appointment_patient_fkey` (`patient` → `patient`, NOT VALID)",
+            "add the foreign key `appointment_therapist_fkey` (`therapist` → `therapist`, NOT VALID)",
+            "add the foreign key `invoice_appointment_fkey` (`appointment` → `appointment`, NOT VALID)"
         ]
     );
     assert!(!data.exists(), "planning created a database");
