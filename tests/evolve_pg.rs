@@ -317,6 +317,17 @@ async fn two_revisions_serve_one_database_through_every_evolution() {
         .unwrap()
         .get(0);
     assert_eq!(left, 0);
+    // The renamed table kept its foreign key (under its former name): no
+    // second one was added under the new name.
+    let keys: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = 'bill'::regclass AND contype = 'f'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(keys, 1);
     let (nulls, empty, not_null): (i64, i64, bool) = {
         let r = db
             .query_one(

@@ -765,14 +765,15 @@ fn foreign_keys(out: &mut String, spec: &Spec) {
 }
 
 /// The statement adding the foreign key of `ref` field `field` of `table`
-/// to entity `target`'s table, when it is missing (`NOT VALID`: rows
+/// to entity `target`'s table, when the column has none (under any name:
+/// a renamed table keeps its key under the former name; `NOT VALID`: rows
 /// already there are not checked).
 pub fn foreign_key_ddl(table: &str, field: &str, target: &str) -> String {
     let key = foreign_key_name(table, field);
+    let t = literal(&ident(table));
     format!(
-        "DO $$ BEGIN\n  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = {} AND conrelid = {}::regclass) THEN\n    ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} (\"id\") NOT VALID;\n  END IF;\nEND $$;",
-        literal(&key),
-        literal(&ident(table)),
+        "DO $$ BEGIN\n  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = {t}::regclass AND contype = 'f' AND conkey = ARRAY[(SELECT attnum FROM pg_attribute WHERE attrelid = {t}::regclass AND attname = {})]::int2[]) THEN\n    ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} (\"id\") NOT VALID;\n  END IF;\nEND $$;",
+        literal(field),
         ident(table),
         ident(&key),
         ident(field),

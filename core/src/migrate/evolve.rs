@@ -527,10 +527,20 @@ pub fn plan(from: &Schema, spec: &Spec) -> Plan {
         }
         for (field, target) in refs(spec, e) {
             let key = super::foreign_key_name(&table, field);
-            if from
-                .tables
-                .get(&table)
-                .is_some_and(|t| t.foreign_keys.contains(&key))
+            // The table has it, or the table it is renamed from does
+            // (a table keeps its keys, and their names, through a rename).
+            let kept = e.renamed_from.as_ref().is_some_and(|old| {
+                let old_table = table_name(old);
+                from.tables.get(&old_table).is_some_and(|t| {
+                    t.foreign_keys
+                        .contains(&super::foreign_key_name(&old_table, field))
+                })
+            });
+            if kept
+                || from
+                    .tables
+                    .get(&table)
+                    .is_some_and(|t| t.foreign_keys.contains(&key))
             {
                 continue;
             }

@@ -51,12 +51,12 @@ CREATE INDEX IF NOT EXISTS "transfer_to_account_idx" ON "transfer" ("to_account"
 
 -- references
 DO $$ BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'transfer_from_account_fkey' AND conrelid = '"transfer"'::regclass) THEN
+  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = '"transfer"'::regclass AND contype = 'f' AND conkey = ARRAY[(SELECT attnum FROM pg_attribute WHERE attrelid = '"transfer"'::regclass AND attname = 'from_account')]::int2[]) THEN
     ALTER TABLE "transfer" ADD CONSTRAINT "transfer_from_account_fkey" FOREIGN KEY ("from_account") REFERENCES "account" ("id") NOT VALID;
   END IF;
 END $$;
 DO $$ BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'transfer_to_account_fkey' AND conrelid = '"transfer"'::regclass) THEN
+  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = '"transfer"'::regclass AND contype = 'f' AND conkey = ARRAY[(SELECT attnum FROM pg_attribute WHERE attrelid = '"transfer"'::regclass AND attname = 'to_account')]::int2[]) THEN
     ALTER TABLE "transfer" ADD CONSTRAINT "transfer_to_account_fkey" FOREIGN KEY ("to_account") REFERENCES "account" ("id") NOT VALID;
   END IF;
 END $$;

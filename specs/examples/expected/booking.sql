@@ -77,17 +77,17 @@ CREATE UNIQUE INDEX IF NOT EXISTS "occupancy_hold_key" ON "occupancy" ("hold") W
 
 -- references
 DO $$ BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'hold_room_fkey' AND conrelid = '"hold"'::regclass) THEN
+  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = '"hold"'::regclass AND contype = 'f' AND conkey = ARRAY[(SELECT attnum FROM pg_attribute WHERE attrelid = '"hold"'::regclass AND attname = 'room')]::int2[]) THEN
     ALTER TABLE "hold" ADD CONSTRAINT "hold_room_fkey" FOREIGN KEY ("room") REFERENCES "room" ("id") NOT VALID;
   END IF;
 END $$;
 DO $$ BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'occupancy_room_fkey' AND conrelid = '"occupancy"'::regclass) THEN
+  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = '"occupancy"'::regclass AND contype = 'f' AND conkey = ARRAY[(SELECT attnum FROM pg_attribute WHERE attrelid = '"occupancy"'::regclass AND attname = 'room')]::int2[]) THEN
     ALTER TABLE "occupancy" ADD CONSTRAINT "occupancy_room_fkey" FOREIGN KEY ("room") REFERENCES "room" ("id") NOT VALID;
   END IF;
 END $$;
 DO $$ BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'occupancy_hold_fkey' AND conrelid = '"occupancy"'::regclass) THEN
+  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = '"occupancy"'::regclass AND contype = 'f' AND conkey = ARRAY[(SELECT attnum FROM pg_attribute WHERE attrelid = '"occupancy"'::regclass AND attname = 'hold')]::int2[]) THEN
     ALTER TABLE "occupancy" ADD CONSTRAINT "occupancy_hold_fkey" FOREIGN KEY ("hold") REFERENCES "hold" ("id") NOT VALID;
   END IF;
 END $$;

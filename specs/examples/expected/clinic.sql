@@ -83,17 +83,17 @@ CREATE INDEX IF NOT EXISTS "invoice_created_at_idx" ON "invoice" ("created_at");
 
 -- references
 DO $$ BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'appointment_patient_fkey' AND conrelid = '"appointment"'::regclass) THEN
+  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = '"appointment"'::regclass AND contype = 'f' AND conkey = ARRAY[(SELECT attnum FROM pg_attribute WHERE attrelid = '"appointment"'::regclass AND attname = 'patient')]::int2[]) THEN
     ALTER TABLE "appointment" ADD CONSTRAINT "appointment_patient_fkey" FOREIGN KEY ("patient") REFERENCES "patient" ("id") NOT VALID;
   END IF;
 END $$;
 DO $$ BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'appointment_therapist_fkey' AND conrelid = '"appointment"'::regclass) THEN
+  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = '"appointment"'::regclass AND contype = 'f' AND conkey = ARRAY[(SELECT attnum FROM pg_attribute WHERE attrelid = '"appointment"'::regclass AND attname = 'therapist')]::int2[]) THEN
     ALTER TABLE "appointment" ADD CONSTRAINT "appointment_therapist_fkey" FOREIGN KEY ("therapist") REFERENCES "therapist" ("id") NOT VALID;
   END IF;
 END $$;
 DO $$ BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'invoice_appointment_fkey' AND conrelid = '"invoice"'::regclass) THEN
+  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = '"invoice"'::regclass AND contype = 'f' AND conkey = ARRAY[(SELECT attnum FROM pg_attribute WHERE attrelid = '"invoice"'::regclass AND attname = 'appointment')]::int2[]) THEN
     ALTER TABLE "invoice" ADD CONSTRAINT "invoice_appointment_fkey" FOREIGN KEY ("appointment") REFERENCES "appointment" ("id") NOT VALID;
   END IF;
 END $$;

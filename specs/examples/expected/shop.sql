@@ -44,7 +44,7 @@ CREATE INDEX IF NOT EXISTS "order_product_idx" ON "order" ("product");
 
 -- references
 DO $$ BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'order_product_fkey' AND conrelid = '"order"'::regclass) THEN
+  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = '"order"'::regclass AND contype = 'f' AND conkey = ARRAY[(SELECT attnum FROM pg_attribute WHERE attrelid = '"order"'::regclass AND attname = 'product')]::int2[]) THEN
     ALTER TABLE "order" ADD CONSTRAINT "order_product_fkey" FOREIGN KEY ("product") REFERENCES "product" ("id") NOT VALID;
   END IF;
 END $$;
