@@ -259,9 +259,13 @@ impl Parser {
                     // the checker sees the field by its name, as it sees
                     // `x.k` (names, types, nulls), and a left-out input
                     // property reads as null either way.
+                    // (Only a key that reads as a field name, so that the
+                    // expression prints as it parses: `x['a b']` stays.)
                     let kind = match idx.kind {
-                        ExprKind::Lit(Lit::String(k)) => ExprKind::Member(Box::new(e), k),
-                        _ => ExprKind::Index(Box::new(e), Box::new(idx)),
+                        ExprKind::Lit(Lit::String(k)) if is_field_name(&k) => {
+                            ExprKind::Member(Box::new(e), k)
+                        }
+                        kind => ExprKind::Index(Box::new(e), Box::new(Expr { kind, ..idx })),
                     };
                     e = Expr { kind, span };
                 }
@@ -444,6 +448,17 @@ fn too_deep(span: Span) -> ParseError {
         message: format!("the expression nests more than {MAX_DEPTH} levels deep"),
         span,
     }
+}
+
+/// Whether `k` reads as a field name after `.`: an identifier that is not
+/// a keyword.
+fn is_field_name(k: &str) -> bool {
+    let mut chars = k.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !matches!(k, "true" | "false" | "null" | "in")
 }
 
 #[cfg(test)]
