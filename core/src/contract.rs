@@ -469,27 +469,27 @@ fn policy_fires(
                 Limit::Fixed(n) => V::Int(i64::try_from(*n).unwrap_or(i64::MAX)),
                 Limit::Expr(e) => probe.eval_tool_level(e)?,
             };
-            let given = probe.eval_tool_level(amount)?;
-            // Null because the caller left out a property the input
-            // schema does not declare: the caller's mistake.
+            let value = probe.eval_tool_level(amount)?;
+            if let Some(o) = crate::expr::compare(&value, &max) {
+                return Ok(o == std::cmp::Ordering::Greater);
+            }
+            // Null because the caller left out a property the input schema
+            // does not declare: the caller's mistake, not the spec's.
             let left_out = |v: &V, e: &crate::model::Expression| {
                 (*v == V::Null).then(|| probe.left_out_of(e)).flatten()
             };
-            if let Some(p) = left_out(&given, amount).or_else(|| match max_amount {
-                Limit::Expr(e) => left_out(&max, e),
-                Limit::Fixed(_) => None,
-            }) {
-                return Err(p);
-            }
-            let amount = given;
-            match crate::expr::compare(&amount, &max) {
-                Some(o) => Ok(o == std::cmp::Ordering::Greater),
-                None => Err(Problem::spec_error(format!(
-                    "policy `{name}`: {} amount cannot be compared with {} maximum",
-                    amount.a_type(),
-                    max.a_type()
-                ))),
-            }
+            Err(left_out(&value, amount)
+                .or_else(|| match max_amount {
+                    Limit::Expr(e) => left_out(&max, e),
+                    Limit::Fixed(_) => None,
+                })
+                .unwrap_or_else(|| {
+                    Problem::spec_error(format!(
+                        "policy `{name}`: {} amount cannot be compared with {} maximum",
+                        value.a_type(),
+                        max.a_type()
+                    ))
+                }))
         }
         PolicyKind::RateLimit {
             max_requests_per_minute,

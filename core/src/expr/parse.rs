@@ -261,11 +261,11 @@ impl Parser {
                     // property reads as null either way.
                     // (Only a key that reads as a field name, so that the
                     // expression prints as it parses: `x['a b']` stays.)
-                    let kind = match idx.kind {
-                        ExprKind::Lit(Lit::String(k)) if is_field_name(&k) => {
-                            ExprKind::Member(Box::new(e), k)
+                    let kind = match &idx.kind {
+                        ExprKind::Lit(Lit::String(k)) if is_field_name(k) => {
+                            ExprKind::Member(Box::new(e), k.clone())
                         }
-                        kind => ExprKind::Index(Box::new(e), Box::new(Expr { kind, ..idx })),
+                        _ => ExprKind::Index(Box::new(e), Box::new(idx)),
                     };
                     e = Expr { kind, span };
                 }

@@ -1202,15 +1202,16 @@ fn template_type(t: &Template, scope: &Scope, name: &str) -> (super::types::Ty, 
     }
 }
 
+/// The path of `x` when it may be null here and nothing guards it.
+fn null_path(x: &Expression, scope: &Scope) -> Option<String> {
+    super::types::unguarded_null(x.ast.as_ref()?, scope)
+}
+
 /// A `budgetCheck`'s `amount` must be a number: compared with the maximum,
 /// anything else fails on every call.
 fn check_amount(cx: &mut Cx, amount: &Expression, scope: &Scope) {
     let ty = type_of(amount, scope);
-    if let Some(p) = amount
-        .ast
-        .as_ref()
-        .and_then(|a| super::types::unguarded_null(a, scope))
-    {
+    if let Some(p) = null_path(amount, scope) {
         cx.error(
             Diagnostic::new(
                 "expr-type",
@@ -2407,11 +2408,7 @@ fn check_operand(cx: &mut Cx, entity: Option<&Entity>, ename: &str, f: &Filter, 
                 );
             } else if let Template::Expr(x) = &f.value {
                 let ty = type_of(x, scope);
-                if let Some(p) = x
-                    .ast
-                    .as_ref()
-                    .and_then(|a| super::types::unguarded_null(a, scope))
-                {
+                if let Some(p) = null_path(x, scope) {
                     cx.error(
                         Diagnostic::new(
                             "expr-type",
