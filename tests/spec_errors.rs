@@ -3640,6 +3640,11 @@ fn a_return_that_breaks_the_output_schema() {
             "this is an integer, and the schema's type is \"object\"",
         ),
         (None, "a `return` without `value` returns null"),
+        // A double is an integer to the schema only when whole.
+        (
+            Some(json!({"name": "product.name", "price": "product.price * 1.0"})),
+            "`product.price * 1.0` is a double",
+        ),
     ] {
         let l = returning(closed.clone(), value.clone());
         let d = only_error(&l, "output-mismatch", &format!("{GET}/done/value"));
@@ -3647,7 +3652,6 @@ fn a_return_that_breaks_the_output_schema() {
     }
     for value in [
         json!({"name": "product.name", "price": "product.price", "tags": ["'a'"]}),
-        json!({"name": "product.name", "price": "product.price * 1.0"}),
         json!({"name": "dyn(product.price)"}),
     ] {
         let l = returning(closed.clone(), Some(value.clone()));
@@ -4576,6 +4580,42 @@ fn outputs_that_may_be_null_or_rows_against_items_are_refused() {
             "done": {"type": "return", "value": {"x": "p.note"}}}});
     });
     assert!(l.errors.is_empty(), "{}", list(&l.errors));
+}
+
+/// A double returned where the output schema's type is integer (a mean, a
+/// quotient of doubles): a call where it is not whole answers 500, so it
+/// is `output-mismatch`; `int(…)` of it, or a number schema, is fine.
+#[test]
+fn doubles_into_integer_outputs_are_refused() {
+    let with = |value: &'static str, ty: Value| {
+        load_with(move |v| {
+            at(v, "/tools/get_product")["output"] =
+                json!({"type": "object", "properties": {"x": {"type": ty.clone()}}});
+            at(v, &format!("{GET}/product"))["next"] = json!("mean");
+            at(v, GET)["mean"] = json!({"type": "aggregate", "entity": "Product",
+                "measures": {"avg": {"avg": "price"}, "top": {"max": "price"}}, "next": "done"});
+            at(v, &format!("{GET}/done"))["value"] = json!({"x": value});
+        })
+    };
+    for value in [
+        "mean.avg != null ? mean.avg : 0.0",
+        "product.price / 2.0",
+        "double(product.price)",
+    ] {
+        let l = with(value, json!("integer"));
+        let d = only_error(&l, "output-mismatch", &format!("{GET}/done/value"));
+        assert_message(d, &format!("`{value}` is a double"));
+        assert_message(d, "convert it with `int(…)`");
+    }
+    for (value, ty) in [
+        ("mean.avg", json!(["number", "null"])),
+        ("int(product.price / 2.0)", json!("integer")),
+        ("mean.top", json!(["integer", "null"])),
+        ("product.price / 2", json!("integer")),
+    ] {
+        let l = with(value, ty);
+        assert!(l.errors.is_empty(), "{value}: {}", list(&l.errors));
+    }
 }
 
 /// More that the checker can know, found by writing specs from the docs:

@@ -1053,17 +1053,24 @@ impl<'a> Run<'a> {
             .storage
             .aggregate(tx, entity, &conditions, group_by, &tallies)
             .map_err(storage_problem)?;
-        let mut groups: Vec<Row> = found
-            .into_iter()
-            .map(|mut g| {
-                let mut out = Row::new();
-                for f in group_by {
-                    out.insert(f.clone(), g.remove(f).unwrap_or(Json::Null));
-                }
-                for (name, m) in measures {
-                    let v = if m.kind == MeasureKind::Avg {
-                        let sum = g.get(&format!("sum {name}")).and_then(Json::as_i64);
-                        let n = g.get(&format!("count {name}")).and_then(Json::as_i64);
+        // A sum past 64 bits comes as its digits: an error for `sum`, still
+        // a mean for `avg`.
+        let wide = |v: Option<&Json>| match v {
+            Some(Json::String(digits)) => digits.parse::<i128>().ok(),
+            Some(v) => v.as_i64().map(i128::from),
+            None => None,
+        };
+        let mut groups = Vec::with_capacity(found.len());
+        for mut g in found {
+            let mut out = Row::new();
+            for f in group_by {
+                out.insert(f.clone(), g.remove(f).unwrap_or(Json::Null));
+            }
+            for (name, m) in measures {
+                let v = match m.kind {
+                    MeasureKind::Avg => {
+                        let sum = wide(g.get(&format!("sum {name}")));
+                        let n = wide(g.get(&format!("count {name}")));
                         match (sum, n) {
                             #[expect(
                                 clippy::cast_precision_loss,
@@ -1075,14 +1082,18 @@ impl<'a> Run<'a> {
                             }
                             _ => Json::Null,
                         }
-                    } else {
-                        g.remove(name).unwrap_or(Json::Null)
-                    };
-                    out.insert(name.clone(), v);
-                }
-                out
-            })
-            .collect();
+                    }
+                    MeasureKind::Sum if g.get(name).is_some_and(Json::is_string) => {
+                        return Err(Problem::new(Code::Internal, "internal error")
+                            .fatal()
+                            .internal(format!("the sum `{name}` does not fit 64 bits")));
+                    }
+                    _ => g.remove(name).unwrap_or(Json::Null),
+                };
+                out.insert(name.clone(), v);
+            }
+            groups.push(out);
+        }
         let ts = |f: &str| {
             e.column_type(f) == Some(crate::model::FieldType::Timestamp)
                 || measures.get(f).is_some_and(|m| {

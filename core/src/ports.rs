@@ -365,7 +365,8 @@ pub enum Tally {
     /// Non-null values of the field.
     Count,
     /// The sum of an integer field's non-null values (0 for none); a sum
-    /// that does not fit 64 bits is [`StorageError::Invalid`].
+    /// that does not fit 64 bits is its decimal digits as a string (the
+    /// core answers 500 for a `sum` measure, and divides it for `avg`).
     Sum,
     /// The least non-null value (null for none).
     Min,

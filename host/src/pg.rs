@@ -1633,13 +1633,13 @@ impl StorageBackend for PgBackend {
                 let text: Option<&str> = r.try_get(i).ok().flatten();
                 let v = match ty {
                     Some(ty) => ty.decode(text),
-                    // A count, or a sum (0 over no value; past 64 bits an
-                    // error, as in memory).
+                    // A count, or a sum (0 over no value; past 64 bits its
+                    // digits, as in memory).
                     None => match text {
                         None => Value::from(0),
-                        Some(t) => Value::from(t.parse::<i64>().map_err(|_| {
-                            invalid(format!("`{name}` ({t}) does not fit 64 bits"))
-                        })?),
+                        Some(t) => t
+                            .parse::<i64>()
+                            .map_or_else(|_| Value::String(t.to_owned()), Value::from),
                     },
                 };
                 row.insert((*name).to_owned(), v);

@@ -1818,10 +1818,7 @@ fn tally(m: &Measure, rows: &[&Row], cols: Columns<'_>) -> Result<Value, Storage
                 })?;
                 sum += i128::from(n);
             }
-            Value::from(
-                i64::try_from(sum)
-                    .map_err(|_| invalid(format!("the sum of `{field}` does not fit 64 bits")))?,
-            )
+            i64::try_from(sum).map_or_else(|_| Value::String(sum.to_string()), Value::from)
         }
         Tally::Min | Tally::Max => {
             let ts = cols.is_timestamp(field);

@@ -3490,7 +3490,7 @@ fn group_type(
         let field = m.field.as_deref();
         let (ty, null) = match m.kind {
             MeasureKind::Count | MeasureKind::Sum => (Ty::Int, false),
-            MeasureKind::Avg => (Ty::Number, field.is_none_or(nullable)),
+            MeasureKind::Avg => (Ty::Double, field.is_none_or(nullable)),
             MeasureKind::Min | MeasureKind::Max => {
                 (field.map_or(Ty::Dyn, column), field.is_none_or(nullable))
             }
@@ -3565,6 +3565,23 @@ fn output_mismatches(
             _ => &[],
         },
     };
+    // A double is an integer to the schema only when it is whole: a mean,
+    // a quotient of doubles, a `math.floor` answer 500 on the first call
+    // where it is not.
+    if let Template::Expr(x) = t
+        && type_of(x, scope) == Ty::Double
+        && refuses(schema, "number")
+        && !refuses(schema, "integer")
+    {
+        found.push((
+            at.to_string(),
+            format!(
+                "`{}` is a double, and the schema's type is integer, which refuses a double that is not whole (convert it with `int(…)`, or make the schema's type number)",
+                x.src
+            ),
+        ));
+        return;
+    }
     if let [kind] = kinds
         && refuses(schema, kind)
     {

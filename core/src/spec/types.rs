@@ -744,7 +744,7 @@ fn infer_at(
                         if let Some((kind, column)) = scope.measure(r, field) {
                             return match kind {
                                 MeasureKind::Count | MeasureKind::Sum => Ty::Int,
-                                MeasureKind::Avg => Ty::Number,
+                                MeasureKind::Avg => Ty::Double,
                                 MeasureKind::Min | MeasureKind::Max => {
                                     column.map_or(Ty::Dyn, of_field)
                                 }
