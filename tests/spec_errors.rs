@@ -3543,6 +3543,26 @@ fn cron_schedules_are_checked_field_by_field() {
         d,
         "a cron tool runs with the input `{}`: it cannot require `id`",
     );
+    // A cron or queue tool is also callable by name, without a key: its
+    // `request.idempotencyKey` may be null.
+    for trigger in [
+        json!({"cron": {"schedule": "0 3 * * *"}}),
+        json!({"queue": {"name": "jobs"}}),
+    ] {
+        let l = load_with(|v| {
+            let tool = at(v, "/tools/get_product");
+            tool["trigger"] = trigger.clone();
+            tool["input"] = json!({"type": "object", "properties": {"id": {"type": "string"}}});
+            tool["flow"] = json!({"entry": "done", "nodes": {"done": {"type": "return",
+                "value": {"price": "request.idempotencyKey.size()"}}}});
+        });
+        let d = only_error(
+            &l,
+            "expr-type",
+            "/tools/get_product/flow/nodes/done/value/price",
+        );
+        assert_message(d, "`request.idempotencyKey` may be null here");
+    }
     for schedule in [
         "0 3 * * *",
         "*/15 9-17 * JAN,jul mon-fri",

@@ -439,16 +439,13 @@ impl<'a> Scope<'a> {
         }
     }
 
-    /// Whether `request.idempotencyKey` may be null here: in an HTTP or
-    /// webhook tool whose `idempotencyKey` does not read it (one that does
-    /// requires the header; a cron or queue run always has a key).
+    /// Whether `request.idempotencyKey` may be null here: in a tool whose
+    /// `idempotencyKey` does not read it (one that does requires the
+    /// header). A cron run and a queue push always have a key, but a cron
+    /// or queue tool is also callable by name (`POST /tools/{name}`, `sinew
+    /// run`), where the header is optional.
     pub(crate) fn idempotency_key_optional(&self) -> bool {
-        self.tool.is_some_and(|t| {
-            matches!(
-                t.trigger,
-                crate::model::Trigger::Http { .. } | crate::model::Trigger::Webhook { .. }
-            ) && !t.key_from_header()
-        })
+        self.tool.is_some_and(|t| !t.key_from_header())
     }
 
     /// Whether the caller may be anonymous here (`auth.sub` null): in a
