@@ -4602,6 +4602,38 @@ fn outputs_that_may_be_null_or_rows_against_items_are_refused() {
     assert!(l.errors.is_empty(), "{}", list(&l.errors));
 }
 
+/// A `json` field's values have no order every engine shares: `orderBy`
+/// on one, or `lt`, `lte`, `gt`, `gte` against one, is `expr-type`; `eq`
+/// and `isNull` are fine.
+#[test]
+fn json_fields_are_not_ordered() {
+    let with = |node: Value| {
+        load_with(move |v| {
+            at(v, "/entities/Product/fields")["meta"] = json!({"type": "json", "nullable": true});
+            let read = at(v, &format!("{GET}/product"));
+            for (k, x) in node.as_object().unwrap() {
+                read[k] = x.clone();
+            }
+        })
+    };
+    let l = with(json!({"orderBy": "meta desc"}));
+    let d = only_error(&l, "expr-type", &format!("{GET}/product/orderBy/0"));
+    assert_message(
+        d,
+        "`Product.meta` is a json field: its values have no order",
+    );
+    let l = with(json!({"where": {"id": "input.id", "meta": {"gt": "1"}}}));
+    let d = only_error(&l, "expr-type", &format!("{GET}/product/where/meta/gt"));
+    assert_message(d, "`gt` orders, and `Product.meta` is a json field");
+    for ok in [
+        json!({"where": {"id": "input.id", "meta": {"eq": "1"}}}),
+        json!({"where": {"id": "input.id", "meta": {"isNull": false}}}),
+    ] {
+        let l = with(ok.clone());
+        assert!(l.errors.is_empty(), "{ok}: {}", list(&l.errors));
+    }
+}
+
 /// A double returned where the output schema's type is integer (a mean, a
 /// quotient of doubles): a call where it is not whole answers 500, so it
 /// is `output-mismatch`; `int(…)` of it, or a number schema, is fine.

@@ -329,7 +329,12 @@ impl Field {
             FieldType::Json => true,
         };
         if !ok_type {
-            return vec![format!("must be {}", crate::diag::a(self.ty.name()))];
+            return vec![match self.ty {
+                FieldType::Timestamp if v.is_string() => {
+                    "must be an RFC 3339 timestamp in years 1 to 9999 (UTC)".to_owned()
+                }
+                ty => format!("must be {}", crate::diag::a(ty.name())),
+            }];
         }
         let bound =
             |b: &Option<serde_json::Number>| b.as_ref().and_then(serde_json::Number::as_f64);
@@ -356,7 +361,21 @@ impl Field {
         {
             why.push("is not one of the allowed values".into());
         }
+        if has_nul(v) {
+            // Postgres cannot store it, so no engine does.
+            why.push("must not contain a NUL character".into());
+        }
         why
+    }
+}
+
+/// Whether a value holds text with a NUL character, at any depth.
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(xs) => xs.iter().any(has_nul),
+        Value::Object(m) => m.iter().any(|(k, x)| k.contains('\0') || has_nul(x)),
+        _ => false,
     }
 }
 

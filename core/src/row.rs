@@ -47,16 +47,30 @@ pub(crate) fn row_to_value(e: &Entity, row: &Row) -> Value {
     crate::ports::shaped(e, row.clone())
 }
 
-/// A filter value in the form rows store: timestamps in canonical RFC 3339.
+/// A filter value in the form rows store: timestamps in canonical RFC 3339,
+/// uuids in lower case. Text no column of this field can hold becomes
+/// `false`, a value of another type, which equals and orders against
+/// nothing on every engine (Postgres could not even bind it): text with a
+/// NUL character (no engine stores one), text that is no uuid against a
+/// uuid column.
 pub(crate) fn normalize(e: &Entity, field: &str, v: Json) -> Json {
-    if !is_timestamp_column(e, field) {
-        return v;
-    }
-    let one = |v: Json| match &v {
-        Json::String(s) => {
-            parse_timestamp(s).map_or(v.clone(), |t| Json::String(format_timestamp(t)))
+    let ty = e.column_type(field);
+    let timestamp = is_timestamp_column(e, field);
+    let one = |v: Json| match v {
+        Json::String(s) if s.contains('\0') => Json::Bool(false),
+        Json::String(s) if matches!(ty, Some(FieldType::Uuid | FieldType::Ref)) => {
+            let lower = s.to_ascii_lowercase();
+            if crate::hash::is_uuid(&lower) {
+                Json::String(lower)
+            } else {
+                Json::Bool(false)
+            }
         }
-        _ => v,
+        Json::String(s) if timestamp => match parse_timestamp(&s) {
+            Some(t) => Json::String(format_timestamp(t)),
+            None => Json::String(s),
+        },
+        other => other,
     };
     match v {
         Json::Array(a) => Json::Array(a.into_iter().map(one).collect()),
@@ -114,7 +128,33 @@ pub(crate) fn normalize_row(e: &Entity, row: &mut Row) {
             && let Some(x) = canonical_number(n)
         {
             *v = x;
+        } else if matches!(e.column_type(k), Some(FieldType::Uuid | FieldType::Ref))
+            && let Json::String(s) = v
+            && s.bytes().any(|b| b.is_ascii_uppercase())
+        {
+            // A uuid column gives its value back in lower case.
+            s.make_ascii_lowercase();
+        } else if e.fields.get(k).is_some_and(|f| f.ty == FieldType::Json) {
+            jsonb_order(v);
         }
+    }
+}
+
+/// A `json` value's objects with their keys in the order a `jsonb` column
+/// gives them back (shorter keys first, then by bytes), at every depth, so
+/// every engine answers the same text.
+fn jsonb_order(v: &mut Json) {
+    match v {
+        Json::Object(m) => {
+            let mut entries: Vec<(String, Json)> = std::mem::take(m).into_iter().collect();
+            entries.sort_by(|(a, _), (b, _)| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
+            for (k, mut x) in entries {
+                jsonb_order(&mut x);
+                m.insert(k, x);
+            }
+        }
+        Json::Array(xs) => xs.iter_mut().for_each(jsonb_order),
+        _ => {}
     }
 }
 

@@ -1322,6 +1322,10 @@ fn condition_sql(
                 // Not text on both sides: contains nothing (as in memory).
                 return Ok("FALSE".to_owned());
             };
+            if needle.contains('\0') {
+                // No stored text holds a NUL (and Postgres cannot bind one).
+                return Ok("FALSE".to_owned());
+            }
             match c.op {
                 FilterOp::StartsWith => {
                     let p = placeholder(params, needle.clone(), Ty::Text);

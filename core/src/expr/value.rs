@@ -314,7 +314,8 @@ pub fn looks_like_timestamp(s: &str) -> bool {
 }
 
 /// Parses RFC 3339 (`2026-01-01T10:00:00Z`, `…T10:00:00.5+02:00`; a space
-/// instead of `T` and lowercase `t`/`z` are accepted) into microseconds.
+/// instead of `T` and lowercase `t`/`z` are accepted) into microseconds;
+/// `None` also for an instant outside years 1 to 9999 in UTC.
 pub fn parse_timestamp(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     // Digits only, read by hand: `str::parse` and a `String` for the
@@ -377,7 +378,11 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
         _ => return None,
     };
     let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se.min(59) - offset;
-    secs.checked_mul(1_000_000)?.checked_add(frac)
+    // An offset may carry the instant out of years 1 to 9999 in UTC
+    // (`0001-01-01T00:00:00+01:00`): no engine holds it.
+    secs.checked_mul(1_000_000)?
+        .checked_add(frac)
+        .filter(|t| super::eval::TIMESTAMP_RANGE.contains(t))
 }
 
 fn days_in_month(y: i64, m: i64) -> i64 {
@@ -570,7 +575,9 @@ mod tests {
             };
             let secs =
                 days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se.min(59) - offset;
-            secs.checked_mul(1_000_000)?.checked_add(frac)
+            secs.checked_mul(1_000_000)?
+                .checked_add(frac)
+                .filter(|t| crate::expr::TIMESTAMP_RANGE.contains(t))
         }
         let valid = [
             "2026-01-01T00:00:00Z",
@@ -580,6 +587,10 @@ mod tests {
             "0001-01-01T00:00:00Z",
             "9999-12-31T23:59:59.999999Z",
         ];
+        // An offset that carries the instant out of years 1 to 9999.
+        assert_eq!(parse_timestamp("0001-01-01T00:00:00+01:00"), None);
+        assert_eq!(parse_timestamp("9999-12-31T23:59:59-01:00"), None);
+        assert!(parse_timestamp("0001-01-01T00:00:00-01:00").is_some());
         let bytes: &[u8] = b"0123456789+-.:TtZz x\xc3";
         let mut n = 0;
         for v in valid {

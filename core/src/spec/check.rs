@@ -2466,6 +2466,22 @@ fn check_operand(cx: &mut Cx, entity: Option<&Entity>, ename: &str, f: &Filter, 
                 );
             }
         }
+        FilterOp::Lt | FilterOp::Lte | FilterOp::Gt | FilterOp::Gte
+            if entity.and_then(|e| e.column_type(&f.field)) == Some(FieldType::Json) =>
+        {
+            cx.error(
+                Diagnostic::new(
+                    "expr-type",
+                    at.clone(),
+                    format!(
+                        "`{}` orders, and `{ename}.{}` is a json field: its values have no order",
+                        f.op.name(),
+                        f.field
+                    ),
+                )
+                .help("compare a json field with eq, ne, in or isNull"),
+            );
+        }
         _ => {
             // A timestamp column compared with literal text that is not a
             // timestamp (`'2026-01-01'`): it matches no row, or all.
@@ -2814,7 +2830,8 @@ fn check_owner_ref(cx: &mut Cx, spec: &Spec, name: &str, e: &Entity, opath: &str
     }
 }
 
-/// An `orderBy`'s fields are columns of the entity.
+/// An `orderBy`'s fields are columns of the entity, and not `json` ones
+/// (their values have no order every engine shares).
 fn check_order(cx: &mut Cx, entity: &str, e: &Entity, path: &str, order_by: &[Order]) {
     for (i, o) in order_by.iter().enumerate() {
         if !e.has_column(&o.field) {
@@ -2825,6 +2842,18 @@ fn check_order(cx: &mut Cx, entity: &str, e: &Entity, path: &str, order_by: &[Or
                     format!("`{entity}` has no field `{}`", o.field),
                 )
                 .help(suggest(&o.field, e.columns(), "")),
+            );
+        } else if e.column_type(&o.field) == Some(FieldType::Json) {
+            cx.error(
+                Diagnostic::new(
+                    "expr-type",
+                    format!("{path}/orderBy/{i}"),
+                    format!(
+                        "`{entity}.{}` is a json field: its values have no order",
+                        o.field
+                    ),
+                )
+                .help("order by a field of another type"),
             );
         }
     }
