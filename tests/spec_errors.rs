@@ -4320,7 +4320,11 @@ fn null_is_followed_through_more_expressions() {
         input["properties"]["tags"] = json!({"type": "array", "items": {"type": "string"}});
         input["properties"]["lines"] = json!({"type": "array", "items": {"type": "object",
             "properties": {"sku": {"type": "string"}, "memo": {"type": "string"}}, "required": ["sku"]}});
-        input["required"] = json!(["note", "kind", "lines"]);
+        input["properties"]["day"] = json!({"type": "string", "format": "date"});
+        input["properties"]["every"] = json!({"type": "string", "format": "duration"});
+        input["properties"]["customer"] = json!({"type": "object", "properties": {
+            "address": {"type": "object", "properties": {"zip": {"type": "string"}}}}});
+        input["required"] = json!(["note", "kind", "lines", "customer"]);
     };
     judge(
         with_input,
@@ -4357,9 +4361,25 @@ fn null_is_followed_through_more_expressions() {
                 "input.lines[0].memo.size()",
                 "`input.lines[0].memo` is optional in the input schema",
             ),
+            (
+                "has(input.customer.address.zip)",
+                "`input.customer.address` is optional in the input schema",
+            ),
+            (
+                "has(input.day) ? string(timestamp(input.day)) : ''",
+                "`format: date` of `input.day` lets only dates",
+            ),
+            (
+                "has(input.every) ? string(duration(input.every)) : ''",
+                "`format: duration` of `input.every` lets only ISO 8601 durations",
+            ),
         ],
         &[
             "input.note != null ? input.note.size() : 0",
+            "has(input.customer.address) && has(input.customer.address.zip)",
+            "has(input.day) ? string(timestamp(input.day + 'T00:00:00Z')) : ''",
+            "type(input.note) == null_type",
+            "string(type(input.note)).size()",
             "has(input.tags) && 'vip' in input.tags",
             "(has(input.nick) ? input.nick : '').size()",
             "has(input.nick) && dyn(input.nick).size() > 0",
@@ -4649,6 +4669,10 @@ fn doubles_into_integer_outputs_are_refused() {
             at(v, &format!("{GET}/done"))["value"] = json!({"x": value});
         })
     };
+    // Bytes are written as base64 text.
+    let l = with("bytes(product.name)", json!("integer"));
+    let d = only_error(&l, "output-mismatch", &format!("{GET}/done/value"));
+    assert_message(d, "this is a string");
     for value in [
         "mean.avg != null ? mean.avg : 0.0",
         "product.price / 2.0",

@@ -567,6 +567,7 @@ fn call(
             ],
         ) => Ok(Value::String(v.to_string())),
         ("string", [Value::Null]) => Ok(Value::String("null".into())),
+        ("string", [Value::Type(name)]) => Ok(Value::String((*name).to_owned())),
         ("timestamp", [Value::Int(secs)]) => secs.checked_mul(1_000_000).map_or_else(
             || err(span, "the timestamp is out of range"),
             |t| timestamp_in_range(t, span),
@@ -853,6 +854,11 @@ mod tests {
         assert!(run("1 / 0").unwrap_err().message.contains("zero"));
         assert!(run("'a' + 1").unwrap_err().message.contains("string()"));
         assert!(run("1 < 'a'").is_err());
+        // A type as text is its name.
+        assert_eq!(
+            run("string(type(input.q)) + string(type(input.note))"),
+            Ok(Value::String("intnull_type".into()))
+        );
     }
 
     #[test]

@@ -3582,8 +3582,8 @@ fn output_mismatches(
         Template::Expr(x) => match type_of(x, scope) {
             Ty::Bool => &["boolean"],
             Ty::Int | Ty::Uint => &["integer"],
-            // (A duration is written as text: `"3600s"`.)
-            Ty::String | Ty::Timestamp | Ty::Duration => &["string"],
+            // (A duration is written as text: `"3600s"`, bytes as base64.)
+            Ty::String | Ty::Timestamp | Ty::Duration | Ty::Bytes => &["string"],
             Ty::List | Ty::Rows(..) | Ty::Items(_) => &["array"],
             Ty::Row(..) | Ty::Record(..) | Ty::Object(_) | Ty::Map => &["object"],
             // A double may be whole (an integer to the schema); a map's

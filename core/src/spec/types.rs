@@ -947,7 +947,7 @@ fn infer_at(
         ExprKind::Call { target, func, args } => {
             if let Some(t) = target {
                 check(t, &|| format!("`.{func}()`"), errors);
-            } else if !matches!(func.as_str(), "has" | "string" | "dyn")
+            } else if !matches!(func.as_str(), "has" | "string" | "dyn" | "type")
                 && let Some(first) = args.first()
             {
                 check(first, &|| format!("`{func}()`"), errors);
@@ -1034,13 +1034,54 @@ fn infer_at(
                     _ => call_type(func),
                 };
             }
-            // `has(x.f)` tests a field: it reads nothing that could fail.
+            // `has(x.f)` tests a field of `x`; `x` itself is read, and
+            // fails when it is absent or null (`has(a.b.c)` with `b`
+            // optional).
             if func == "has" && target.is_none() {
+                if let Some(ExprKind::Member(inner, _)) = args.first().map(|a| &a.kind) {
+                    check(inner, &|| "`has()` of one of its fields".into(), errors);
+                    sub(inner, errors);
+                }
                 return Ty::Bool;
             }
             let mut given = Vec::with_capacity(args.len() + 1);
             for a in target.iter().map(|t| &**t).chain(args) {
                 given.push(sub(a, errors));
+            }
+            // `timestamp(input.day)` of a `format: date` property, or
+            // `duration(input.every)` of a `format: duration` one (ISO 8601,
+            // `P1D`): every value the schema lets through fails.
+            if target.is_none()
+                && let [arg] = args.as_slice()
+                && let ExprKind::Member(root, prop) = &arg.kind
+                && matches!(&root.kind, ExprKind::Ident(r) if r == "input")
+                && let Some(format) = scope
+                    .input_property(prop)
+                    .and_then(|p| p.get("format"))
+                    .and_then(Json::as_str)
+                && let Some(why) = match (func.as_str(), format) {
+                    ("timestamp", "date") => {
+                        Some("only dates (`2026-05-01`), which are not timestamps")
+                    }
+                    ("timestamp", "time") => {
+                        Some("only times of day (`10:00:00Z`), which are not timestamps")
+                    }
+                    ("duration", "duration") => Some(
+                        "only ISO 8601 durations (`P1D`, `PT90M`), and `duration()` reads seconds, minutes and hours (`90m`, `24h`)",
+                    ),
+                    _ => None,
+                }
+            {
+                errors.push(TypeError {
+                    span: e.span,
+                    message: format!(
+                        "the input schema's `format: {format}` of `input.{prop}` lets {why}: every call would fail"
+                    ),
+                    help: match func.as_str() {
+                        "timestamp" => "declare the input `format: date-time`, or write the time too (`timestamp(input.day + 'T00:00:00Z')`)".into(),
+                        _ => "drop the `format` and describe the text (`\"pattern\": \"^[0-9]+(h|m|s)$\"`), or take a number of seconds".into(),
+                    },
+                });
             }
             if func == "format"
                 && let (Some(f), Some(list)) = (target, args.first())
