@@ -2286,12 +2286,21 @@ fn a_create_over_a_bounded_list_is_green() {
     let mut v = base();
     with_create_each(&mut v, Some(20));
     assert_clean_and_green(&v);
+    // A `filter` or `map` of the list is no longer than it.
+    for each in [
+        "input.lines.filter(l, l.quantity > 0)",
+        "input.lines.map(l, l).filter(l, l.quantity > 0)",
+    ] {
+        at(&mut v, &format!("{BODY}/order"))["each"] = json!(each);
+        assert_clean_and_green(&v);
+    }
 }
 
 #[test]
 fn a_create_over_a_list_nothing_bounds_is_red_and_the_fix_bounds_the_input() {
     let mut v = base();
     with_create_each(&mut v, None);
+    at(&mut v, &format!("{BODY}/order"))["each"] = json!("input.lines.filter(l, l.quantity > 0)");
     let text = serde_json::to_string_pretty(&v).unwrap();
     let report = risk::check(&text);
     assert_eq!(report.level, Level::Red, "{}", report.to_json());

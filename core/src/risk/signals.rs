@@ -967,28 +967,45 @@ fn lock_first_patch(
     Some(ops)
 }
 
-/// `p` when `items` is `input.p`.
+/// `p` when `items` is `input.p` (or a `filter` or `map` of it).
 fn input_property(items: &Expression) -> Option<&str> {
-    match &items.ast.as_ref()?.kind {
-        ExprKind::Member(inner, field) if matches!(&inner.kind, ExprKind::Ident(r) if r == "input") => {
-            Some(field.as_str())
+    let mut ast = items.ast.as_ref()?;
+    loop {
+        match &ast.kind {
+            ExprKind::Member(inner, field) if matches!(&inner.kind, ExprKind::Ident(r) if r == "input") =>
+            {
+                return Some(field.as_str());
+            }
+            ExprKind::Call {
+                target: Some(list),
+                func,
+                ..
+            } if matches!(func.as_str(), "filter" | "map" | "transformList") => ast = list,
+            _ => return None,
         }
-        _ => None,
     }
 }
 
 /// The longest a list can be, as far as the spec says: an input array's
 /// `maxItems`, a read's fixed `limit` (or page size), a `foreach`'s or a
-/// loop's bound list, a list literal's length.
+/// loop's bound list, a list literal's length; a `filter` or `map` of a
+/// list is no longer than the list.
 pub(crate) fn list_bound(tool: &Tool, g: &ToolGraph, items: &Expression) -> Option<u64> {
-    let ast = items.ast.as_ref()?;
-    if let Some(p) = input_property(items) {
-        return tool
-            .input_shape
-            .pointer(&format!("/properties/{p}/maxItems"))
-            .and_then(Value::as_u64);
-    }
+    bound_of(tool, g, items.ast.as_ref()?)
+}
+
+fn bound_of(tool: &Tool, g: &ToolGraph, ast: &crate::expr::Expr) -> Option<u64> {
     match &ast.kind {
+        ExprKind::Member(inner, p) if matches!(&inner.kind, ExprKind::Ident(r) if r == "input") => {
+            tool.input_shape
+                .pointer(&format!("/properties/{p}/maxItems"))
+                .and_then(Value::as_u64)
+        }
+        ExprKind::Call {
+            target: Some(list),
+            func,
+            ..
+        } if matches!(func.as_str(), "filter" | "map" | "transformList") => bound_of(tool, g, list),
         ExprKind::List(elements) => Some(elements.len() as u64),
         ExprKind::Ident(name) => {
             let node = g.nodes.get(*g.by_id.get(name.as_str())?)?;
