@@ -2243,7 +2243,10 @@ impl<'a> Run<'a> {
     fn limit(&self, limit: Option<&Limit>) -> Result<Option<u64>, Problem> {
         Ok(match limit {
             Some(Limit::Fixed(n)) => Some(*n),
-            Some(Limit::Expr(x)) => Some(self.positive(x)?),
+            // No engine reads more rows than a literal limit allows; a
+            // larger page size (`i64::MAX`) would overflow the one more
+            // row a page reads to know whether another follows.
+            Some(Limit::Expr(x)) => Some(self.positive(x)?.min(u64::from(u32::MAX))),
             None => None,
         })
     }
