@@ -371,6 +371,8 @@ const TEXTS: &[&str] = &[
     "äpfel",
     "x%_y",
     "a\\b",
+    // What an array literal quotes (`in` lists are one array parameter).
+    "say \"hi\", {NULL}",
 ];
 const NEEDLES: &[&str] = &[
     "a", "A", "alp", "ALP", "", "ä", "Ä", "%", "_", "\\", "et", "zz",
@@ -551,6 +553,29 @@ fn where_finds_the_rows_the_in_memory_store_finds() {
                 want.len(),
                 "the total ignores cursor and limit"
             );
+        }
+        // An `in` list longer than the 65 535 parameters a statement takes.
+        for (op, field) in [(FilterOp::In, "title"), (FilterOp::NotIn, "id")] {
+            let mut list: Vec<Value> = (0..70_000).map(|i| json!(format!("t{i}"))).collect();
+            list.extend(TEXTS.iter().take(3).map(|t| json!(t)));
+            if field == "id" {
+                list = (0..70_000)
+                    .map(|i| json!(format!("00000000-0000-4000-8000-{i:012}")))
+                    .collect();
+                list.truncate(69_995);
+                list.push(json!("00000000-0000-4000-8000-000000000003"));
+            }
+            let q = in_id_order(vec![
+                Condition {
+                    field: field.into(),
+                    op,
+                    value: Value::Array(list),
+                }
+                .into(),
+            ]);
+            let want = ids(memory.read(None, "Item", &q).unwrap());
+            let got = ids(db.read(None, "Item", &q).await.unwrap());
+            assert_eq!(got, want, "{} of 70 000", op.name());
         }
         // Sorted by random keys (a `number` column sorts as numbers, not
         // as its text) and paged with cursors: the same pages.

@@ -1278,37 +1278,48 @@ fn condition_sql(
         .column(&c.field)
         .ok_or_else(|| invalid(format!("no column `{}`", c.field)))?;
     let lhs = collated(col);
+    // A list is one parameter, an array (a statement takes at most 65 535
+    // parameters, and a list may be longer): its members that the column
+    // could hold, each quoted as an array literal's element.
     let in_list = |params: &mut Params, list: &[Value]| {
-        let mut items = Vec::new();
+        let mut array = String::from("{");
+        let mut n = 0usize;
         for v in list {
             if let Ok(Some(text)) = col.ty.encode(v) {
-                items.push(placeholder(params, text, col.ty));
+                if n > 0 {
+                    array.push(',');
+                }
+                array.push('"');
+                for ch in text.chars() {
+                    if matches!(ch, '"' | '\\') {
+                        array.push('\\');
+                    }
+                    array.push(ch);
+                }
+                array.push('"');
+                n += 1;
             }
         }
-        items
+        array.push('}');
+        (n > 0).then(|| {
+            params.push(Some(array));
+            format!("${}::text::{}[]", params.len(), col.ty.sql())
+        })
     };
     Ok(match (&c.op, &c.value) {
         (FilterOp::Eq, Value::Null) => format!("{} IS NULL", col.sql),
         (FilterOp::Ne, Value::Null) => format!("{} IS NOT NULL", col.sql),
         (FilterOp::IsNull, Value::Bool(true)) => format!("{} IS NULL", col.sql),
         (FilterOp::IsNull, Value::Bool(false)) => format!("{} IS NOT NULL", col.sql),
-        (FilterOp::In, Value::Array(list)) => {
-            let items = in_list(params, list);
-            if items.is_empty() {
-                "FALSE".to_owned()
-            } else {
-                format!("{} IN ({})", col.sql, items.join(", "))
-            }
-        }
-        (FilterOp::NotIn, Value::Array(list)) => {
+        (FilterOp::In, Value::Array(list)) => match in_list(params, list) {
+            None => "FALSE".to_owned(),
+            Some(array) => format!("{} = ANY({array})", col.sql),
+        },
+        (FilterOp::NotIn, Value::Array(list)) => match in_list(params, list) {
             // A null column is in no list, so it is in none of them either.
-            let items = in_list(params, list);
-            if items.is_empty() {
-                "TRUE".to_owned()
-            } else {
-                format!("({} IN ({})) IS NOT TRUE", col.sql, items.join(", "))
-            }
-        }
+            None => "TRUE".to_owned(),
+            Some(array) => format!("({} = ANY({array})) IS NOT TRUE", col.sql),
+        },
         (FilterOp::In | FilterOp::NotIn | FilterOp::IsNull, v) => {
             return Err(invalid(format!(
                 "`{}` on `{}` cannot take {}",
