@@ -4663,6 +4663,80 @@ fn json_fields_are_not_ordered() {
     }
 }
 
+/// What a whole row embeds is checked against the schema too: a `ref`
+/// include may be null (a deleted or invisible row), a `from` include is a
+/// list whose rows' nullable columns are checked as the top row's; the
+/// groups of an aggregate are checked key by key.
+#[test]
+fn includes_and_groups_are_checked_against_the_output_schema() {
+    let with = |node: Value, value: Value, output: Value| {
+        load_with(move |v| {
+            v["sinew"] = json!("0.2");
+            at(v, "/entities/Product/fields")["note"] = json!({"type": "string", "nullable": true});
+            with_product_node(v, node.clone());
+            at(v, "/tools/get_product")["output"] = output.clone();
+            at(v, &format!("{GET}/done"))["value"] = value.clone();
+        })
+    };
+    let orders = json!({"type": "read", "entity": "Order", "orderBy": "quantity", "limit": 5,
+        "include": {"item": {"ref": "product"}}, "next": "done"});
+    let array = |items: Value| json!({"type": "object", "properties": {"x": {"type": "array", "items": items}}});
+    let l = with(
+        orders.clone(),
+        json!({"x": "product"}),
+        array(json!({"type": "object", "properties": {"item": {"type": "object"}}})),
+    );
+    let d = only_error(&l, "output-mismatch", &format!("{GET}/done/value"));
+    assert_message(d, "the `ref` include `item` may be null");
+    let l = with(
+        orders,
+        json!({"x": "product"}),
+        array(
+            json!({"type": "object", "properties": {"item": {"type": ["object", "null"],
+            "properties": {"note": {"type": "string"}}}}}),
+        ),
+    );
+    let d = only_error(&l, "output-mismatch", &format!("{GET}/done/value"));
+    assert_message(d, "`x[].item.note`: `Product.note` may be null");
+    let products = json!({"type": "read", "entity": "Product", "orderBy": "sku", "limit": 5,
+        "include": {"orders": {"from": "Order", "by": "product", "limit": 3}}, "next": "done"});
+    let l = with(
+        products.clone(),
+        json!({"x": "product"}),
+        array(json!({"type": "object", "properties": {"orders": {"type": "object"}}})),
+    );
+    let d = only_error(&l, "output-mismatch", &format!("{GET}/done/value"));
+    assert_message(d, "the `from` include `orders` is a list of `Order` rows");
+    let l = with(
+        products,
+        json!({"x": "product"}),
+        array(json!({"type": "object", "properties": {"orders": {"type": "array"}}})),
+    );
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    // Groups.
+    let groups = json!({"type": "aggregate", "entity": "Product", "groupBy": ["note"],
+        "measures": {"n": {"count": "*"}}, "limit": 10, "next": "done"});
+    for (items, says) in [
+        (
+            json!({"type": "object", "properties": {"note": {"type": ["string", "null"]}},
+                "additionalProperties": false}),
+            "a group of `product` has `n`, which this closed object does not declare",
+        ),
+        (
+            json!({"type": "object", "properties": {"note": {"type": "string"}, "n": {"type": "integer"}}}),
+            "`note` of a group of `product` may be null",
+        ),
+        (
+            json!({"type": "object", "properties": {"n": {"type": "string"}}}),
+            "`n` of a group of `product` is an int",
+        ),
+    ] {
+        let l = with(groups.clone(), json!({"x": "product"}), array(items));
+        let d = only_error(&l, "output-mismatch", &format!("{GET}/done/value"));
+        assert_message(d, says);
+    }
+}
+
 /// A double returned where the output schema's type is integer (a mean, a
 /// quotient of doubles): a call where it is not whole answers 500, so it
 /// is `output-mismatch`; `int(…)` of it, or a number schema, is fine.

@@ -3662,6 +3662,22 @@ fn output_mismatches(
             return;
         }
     }
+    // A record (an aggregate's object, or its list of groups), key by key.
+    if let Template::Expr(x) = t {
+        match type_of(x, scope) {
+            Ty::Record(keys, what) if !refuses(schema, "object") => {
+                record_mismatches(&keys, &what, schema, at, found);
+            }
+            Ty::Items(element) => {
+                if let (Ty::Record(keys, what), Some(items)) = (*element, schema.get("items"))
+                    && !refuses(items, "object")
+                {
+                    record_mismatches(&keys, &what, items, &format!("{at}[]"), found);
+                }
+            }
+            _ => {}
+        }
+    }
     // A list of rows, each against `items`.
     if let Template::Expr(x) = t
         && let Ty::Rows(ent, embeds) = type_of(x, scope)
@@ -3677,7 +3693,15 @@ fn output_mismatches(
                 ),
             ));
         } else {
-            row_mismatches(e, &ent, &embeds, items, &format!("{at}[]"), found);
+            row_mismatches(
+                scope.spec,
+                e,
+                &ent,
+                &embeds,
+                items,
+                &format!("{at}[]"),
+                found,
+            );
         }
         return;
     }
@@ -3686,7 +3710,7 @@ fn output_mismatches(
         && let Ty::Row(ent, embeds) = type_of(x, scope)
         && let Some(e) = scope.spec.entities.get(&ent)
     {
-        row_mismatches(e, &ent, &embeds, schema, at, found);
+        row_mismatches(scope.spec, e, &ent, &embeds, schema, at, found);
         return;
     }
     match t {
@@ -3729,6 +3753,82 @@ fn output_mismatches(
     }
 }
 
+/// What in an object of known keys (an aggregate's measures, a group)
+/// certainly, or on some calls, does not match an object schema: a key a
+/// closed object does not declare, a required property it has not, a
+/// key's type, a key that may be null where the schema refuses null.
+fn record_mismatches(
+    keys: &[(String, super::types::Ty, bool)],
+    what: &str,
+    schema: &Value,
+    at: &str,
+    found: &mut Vec<(String, String)>,
+) {
+    use super::types::Ty;
+    let name = |k: &str| {
+        if at.is_empty() {
+            k.to_string()
+        } else {
+            format!("{at}.{k}")
+        }
+    };
+    let props = schema.get("properties").and_then(Value::as_object);
+    if schema.get("additionalProperties") == Some(&Value::Bool(false))
+        && let Some((k, ..)) = keys
+            .iter()
+            .find(|(k, ..)| !props.is_some_and(|p| p.contains_key(k)))
+    {
+        found.push((
+            at.to_string(),
+            format!("{what} has `{k}`, which this closed object does not declare"),
+        ));
+        return;
+    }
+    if let Some(required) = schema.get("required").and_then(Value::as_array)
+        && let Some(k) = required
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|k| !keys.iter().any(|(name, ..)| name == k))
+    {
+        found.push((
+            name(k),
+            format!("required by the schema, and {what} has no `{k}`"),
+        ));
+        return;
+    }
+    for (k, ty, null) in keys {
+        let Some(s) = props.and_then(|p| p.get(k)) else {
+            continue;
+        };
+        let kind = match ty {
+            Ty::Bool => Some("boolean"),
+            Ty::Int | Ty::Uint => Some("integer"),
+            Ty::Double | Ty::Number => Some("number"),
+            Ty::String | Ty::Timestamp | Ty::Duration | Ty::Bytes => Some("string"),
+            _ => None,
+        };
+        let said = s.get("type").map(Value::to_string).unwrap_or_default();
+        if let Some(kind) = kind
+            && refuses(s, kind)
+        {
+            found.push((
+                name(k),
+                format!(
+                    "`{k}` of {what} is {}, and the schema's type is {said}",
+                    ty.a()
+                ),
+            ));
+        } else if *null && refuses(s, "null") {
+            found.push((
+                name(k),
+                format!(
+                    "`{k}` of {what} may be null, and the schema's type is {said}; a call where it is would answer 500 `invalid_output`"
+                ),
+            ));
+        }
+    }
+}
+
 /// A JSON type's name in the plural.
 fn plural_kind(kind: &str) -> &'static str {
     match kind {
@@ -3746,6 +3846,7 @@ fn plural_kind(kind: &str) -> &'static str {
 /// required property the row has not, a column whose type the property's
 /// schema refuses.
 fn row_mismatches(
+    spec: &Spec,
     e: &Entity,
     ent: &str,
     embeds: &super::types::Embeds,
@@ -3794,12 +3895,17 @@ fn row_mismatches(
     for (k, s) in props.into_iter().flatten() {
         let Some(ty) = e.column_type(k) else { continue };
         let kind = match ty {
-            FieldType::String | FieldType::Uuid | FieldType::Ref | FieldType::Timestamp => "string",
-            FieldType::Integer => "integer",
-            FieldType::Boolean => "boolean",
-            FieldType::Number | FieldType::Json => continue,
+            FieldType::String | FieldType::Uuid | FieldType::Ref | FieldType::Timestamp => {
+                Some("string")
+            }
+            FieldType::Integer => Some("integer"),
+            FieldType::Boolean => Some("boolean"),
+            FieldType::Number => Some("number"),
+            FieldType::Json => None,
         };
-        if refuses(s, kind) {
+        if let Some(kind) = kind
+            && refuses(s, kind)
+        {
             found.push((
                 name(k),
                 format!(
@@ -3818,6 +3924,64 @@ fn row_mismatches(
                     s.get("type").map(Value::to_string).unwrap_or_default()
                 ),
             ));
+        }
+    }
+    // What the row embeds: a `ref` include is a row or null (the field may
+    // be null, the row deleted or not the caller's), a `from` include a
+    // list of rows; each row against its schema in turn.
+    use super::types::Ty;
+    for (k, ty) in embeds {
+        let Some(s) = props.and_then(|p| p.get(k)) else {
+            continue;
+        };
+        let said = || s.get("type").map(Value::to_string).unwrap_or_default();
+        match ty {
+            Ty::Row(target, inner) => {
+                if refuses(s, "object") {
+                    found.push((
+                        name(k),
+                        format!("the `ref` include `{k}` is a `{target}` row (an object), and the schema's type is {}", said()),
+                    ));
+                } else if refuses(s, "null") {
+                    found.push((
+                        name(k),
+                        format!(
+                            "the `ref` include `{k}` may be null (its field may be null, its row deleted or not the caller's), and the schema's type is {}; a call where it is would answer 500 `invalid_output`",
+                            said()
+                        ),
+                    ));
+                } else if let Some(te) = spec.entities.get(target) {
+                    row_mismatches(spec, te, target, inner, s, &name(k), found);
+                }
+            }
+            Ty::Rows(target, inner) => {
+                if refuses(s, "array") {
+                    found.push((
+                        name(k),
+                        format!("the `from` include `{k}` is a list of `{target}` rows, and the schema's type is {}", said()),
+                    ));
+                } else if let Some(items) = s.get("items")
+                    && let Some(te) = spec.entities.get(target)
+                {
+                    if refuses(items, "object") {
+                        found.push((
+                            format!("{}[]", name(k)),
+                            format!("the `from` include `{k}` holds `{target}` rows (objects), and the schema's `items` type is {}", items.get("type").map(Value::to_string).unwrap_or_default()),
+                        ));
+                    } else {
+                        row_mismatches(
+                            spec,
+                            te,
+                            target,
+                            inner,
+                            items,
+                            &format!("{}[]", name(k)),
+                            found,
+                        );
+                    }
+                }
+            }
+            _ => {}
         }
     }
 }
