@@ -683,3 +683,52 @@ async fn a_new_required_field_on_rows_is_refused_before_anything_runs() {
             .any(|(c, _, _)| c == "color")
     );
 }
+
+/// A field's type changed where it has a CHECK, both ways (a string with
+/// `maxLength` to an integer, an integer with bounds to a string): the
+/// CHECK of the former type is dropped before the type changes and the
+/// new one added after, the rows it would refuse counted first on the
+/// converted values.
+#[tokio::test]
+async fn a_type_change_with_a_check_applies() {
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let mut client = connect_url(&url).await;
+    let revision = |code: Value| {
+        json!({"sinew": "0.2", "name": "paint", "entities": {"Item": {"fields": {
+            "code": code}}}, "tools": {}})
+    };
+    let text = revision(json!({"type": "string", "maxLength": 20, "nullable": true}));
+    let number = revision(json!({"type": "integer", "nullable": true}));
+    let bounded = revision(json!({"type": "integer", "minimum": 0, "maximum": 99}));
+    let short = revision(json!({"type": "string", "maxLength": 1}));
+    for v in [&text, &number, &text, &bounded] {
+        let m = plan(Some(&client), &spec(v), true).await.unwrap();
+        apply(&mut client, &spec(v), &m)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", m.sql));
+    }
+    let insert = |code: &str| {
+        format!(
+            "INSERT INTO item (id, version, created_at, updated_at, code) \
+             VALUES (gen_random_uuid(), 1, now(), now(), {code})"
+        )
+    };
+    assert!(client.execute(&insert("100"), &[]).await.is_err());
+    client.execute(&insert("42"), &[]).await.unwrap();
+    // `42` is two characters: counted before anything runs.
+    let m = plan(Some(&client), &spec(&short), true).await.unwrap();
+    let e = apply(&mut client, &spec(&short), &m).await.err().unwrap();
+    let message = format!("{e:#}");
+    assert!(
+        message.contains("nothing was changed") && message.contains("1 row(s)"),
+        "{message}"
+    );
+    client.execute("DELETE FROM item", &[]).await.unwrap();
+    let m = plan(Some(&client), &spec(&short), true).await.unwrap();
+    apply(&mut client, &spec(&short), &m).await.unwrap();
+    assert!(client.execute(&insert("'ab'"), &[]).await.is_err());
+    client.execute(&insert("'a'"), &[]).await.unwrap();
+    let again = plan(Some(&client), &spec(&short), true).await.unwrap();
+    assert!(again.plan.steps.is_empty(), "{}", again.plan.human());
+}

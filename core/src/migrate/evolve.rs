@@ -775,7 +775,7 @@ impl Planner {
             }
             match find(&c.name) {
                 None => self.add_column(table, c, have.rows),
-                Some(h) => self.change_column(table, c, h),
+                Some(h) => self.change_column(table, c, h, have),
             }
         }
         for h in &have.columns {
@@ -1015,10 +1015,23 @@ impl Planner {
         ));
     }
 
-    fn change_column(&mut self, table: &str, c: &ColumnPlan, h: &Column) {
+    fn change_column(&mut self, table: &str, c: &ColumnPlan, h: &Column, have: &Table) {
         let t = ident(table);
         let col = ident(&c.name);
         if h.sql_type != c.sql_type {
+            // Its CHECKs are written for the former type (`char_length` of
+            // a string, bounds of a number): dropped before the type
+            // changes, the new one added after (see `checks`).
+            let mut sql: Vec<String> = have
+                .checks
+                .iter()
+                .filter(|k| k.column == c.name)
+                .map(|k| format!("ALTER TABLE {t} DROP CONSTRAINT {};", ident(&k.name)))
+                .collect();
+            sql.push(format!(
+                "ALTER TABLE {t} ALTER COLUMN {col} TYPE {ty} USING {col}::{ty};",
+                ty = c.sql_type_ddl()
+            ));
             self.plan.steps.push(Step {
                 table: table.to_owned(),
                 change: format!(
@@ -1036,10 +1049,7 @@ impl Planner {
                      new field of the new type, copy, then remove `{}` (two deploys)",
                     c.name
                 )),
-                sql: vec![format!(
-                    "ALTER TABLE {t} ALTER COLUMN {col} TYPE {ty} USING {col}::{ty};",
-                    ty = c.sql_type
-                )],
+                sql,
             });
         }
         if c.not_null && !h.not_null {
@@ -1079,10 +1089,19 @@ impl Planner {
     fn checks(&mut self, table: &str, wanted: &[ColumnPlan], have: &Table) {
         let t = ident(table);
         for c in wanted {
-            if !have.columns.iter().any(|h| h.name == c.name) {
+            let Some(h) = have.columns.iter().find(|h| h.name == c.name) else {
                 continue; // added with its CHECK
-            }
-            let there: Vec<&Check> = have.checks.iter().filter(|k| k.column == c.name).collect();
+            };
+            // A column whose type changes has no CHECK left by then (the
+            // type change drops them): its rule is added anew, over the
+            // converted values, which the precheck counts by the cast the
+            // type change makes.
+            let retyped = h.sql_type != c.sql_type;
+            let there: Vec<&Check> = if retyped {
+                Vec::new()
+            } else {
+                have.checks.iter().filter(|k| k.column == c.name).collect()
+            };
             let current = |k: &&Check| k.rule.is_some() && k.rule == c.rule;
             if let [k] = there.as_slice()
                 && current(k)
@@ -1119,6 +1138,9 @@ impl Planner {
                     "rewrite the CHECK of `{}` (written before sinew commented its CHECKs)",
                     c.name
                 ),
+                (Some(_), None) if retyped => {
+                    format!("add a CHECK to `{}` (for its new type)", c.name)
+                }
                 (Some(_), None) => format!("add a CHECK to `{}`", c.name),
                 (Some(new), Some(old)) => format!(
                     "{} the CHECK of `{}` ({})",
@@ -1138,7 +1160,12 @@ impl Planner {
                     change: change.clone(),
                     count: format!(
                         "SELECT count(*) FROM {t} WHERE NOT ({})",
-                        rule.sql(&c.name, c.ty)
+                        if retyped {
+                            let col = ident(&c.name);
+                            rule.sql_of(&format!("({col}::{})", c.sql_type_ddl()), c.ty)
+                        } else {
+                            rule.sql(&c.name, c.ty)
+                        }
                     ),
                     why: "hold values the new CHECK refuses: change them first".to_owned(),
                 });
@@ -1666,6 +1693,59 @@ mod tests {
             (Risk::Destructive, Applies::Forced, true)
         );
         assert!(s.why.unwrap().contains("give the field a `default`"));
+    }
+
+    /// A type change drops the column's CHECK before it (one written for
+    /// the former type may not apply to the new one: `char_length` of a
+    /// number), and adds the new one after, its rows counted first over
+    /// the converted values.
+    #[test]
+    fn a_type_change_replaces_the_check_around_it() {
+        let mut v = base();
+        v["entities"]["Room"]["fields"]["name"] = json!({"type": "integer", "maximum": 9});
+        let p = steps(&base(), &v);
+        let sql: Vec<&str> = p
+            .steps
+            .iter()
+            .flat_map(|s| s.sql.iter().map(String::as_str))
+            .collect();
+        assert_eq!(
+            sql[..3],
+            [
+                r#"ALTER TABLE "room" DROP CONSTRAINT "room_name_check";"#,
+                r#"ALTER TABLE "room" ALTER COLUMN "name" TYPE bigint USING "name"::bigint;"#,
+                r#"ALTER TABLE "room" ADD CONSTRAINT "room_name_check" CHECK ("name" <= 9) NOT VALID;"#,
+            ],
+            "{}",
+            p.human()
+        );
+        assert_eq!(
+            p.steps[1].change,
+            "add a CHECK to `name` (for its new type)"
+        );
+        assert_eq!(
+            p.prechecks[0].count,
+            r#"SELECT count(*) FROM "room" WHERE NOT (("name"::bigint) <= 9)"#
+        );
+        // The other way: the bounds dropped first, the length counted on
+        // the converted text.
+        let mut v = base();
+        v["entities"]["Room"]["fields"]["beds"] = json!({"type": "string", "maxLength": 2});
+        let p = steps(&base(), &v);
+        assert_eq!(
+            p.steps[0].sql[0],
+            r#"ALTER TABLE "room" DROP CONSTRAINT "room_beds_check";"#
+        );
+        assert_eq!(
+            p.prechecks[0].count,
+            r#"SELECT count(*) FROM "room" WHERE NOT (char_length(("beds"::text)) <= 2)"#
+        );
+        // Without a rule in the new type: dropped, nothing added.
+        let mut v = base();
+        v["entities"]["Room"]["fields"]["beds"] = json!({"type": "string"});
+        let p = steps(&base(), &v);
+        assert_eq!(p.steps.len(), 1, "{}", p.human());
+        assert!(p.prechecks.is_empty());
     }
 
     #[test]
