@@ -732,3 +732,73 @@ async fn a_type_change_with_a_check_applies() {
     let again = plan(Some(&client), &spec(&short), true).await.unwrap();
     assert!(again.plan.steps.is_empty(), "{}", again.plan.human());
 }
+
+/// A `ref` pointed at another entity moves its foreign key: the plan
+/// sees it (it used to say the schema matched, leaving the key to the
+/// former target, which refused every write), `sinew serve` does not
+/// start until it is applied, rows referencing an id the new target lacks
+/// refuse it before anything runs, and once applied the key is the new
+/// target's.
+#[tokio::test]
+async fn a_ref_pointed_at_another_entity_moves_its_foreign_key() {
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let mut client = connect_url(&url).await;
+    let revision = |target: &str| {
+        json!({"sinew": "0.2", "name": "tags", "entities": {
+            "Item": {"fields": {"name": {"type": "string"}}},
+            "Box": {"fields": {"name": {"type": "string"}}},
+            "Tag": {"fields": {"item": {"type": "ref", "entity": target}}}}, "tools": {}})
+    };
+    let (v1, v2) = (revision("Item"), revision("Box"));
+    let m = plan(Some(&client), &spec(&v1), false).await.unwrap();
+    apply(&mut client, &spec(&v1), &m).await.unwrap();
+    let row = |table: &str, id: &str| {
+        format!(
+            "INSERT INTO {table} (id, version, created_at, updated_at, name) \
+             VALUES ('{id}', 1, now(), now(), 'x')"
+        )
+    };
+    let tag = |item: &str| {
+        format!(
+            "INSERT INTO tag (id, version, created_at, updated_at, item) \
+             VALUES (gen_random_uuid(), 1, now(), now(), '{item}')"
+        )
+    };
+    let (item, boxed) = (
+        "00000000-0000-4000-8000-000000000001",
+        "00000000-0000-4000-8000-000000000002",
+    );
+    client.execute(&row("item", item), &[]).await.unwrap();
+    client.execute(&row("box", boxed), &[]).await.unwrap();
+    client.execute(&tag(item), &[]).await.unwrap();
+    let serve = sinew_host::pg::migrate::plan_for(
+        Some(&client),
+        &spec(&v2),
+        sinew_host::pg::migrate::Mode::Serve,
+    )
+    .await
+    .unwrap();
+    assert!(
+        !serve.complete
+            && serve.destructive[0]
+                .contains("point the foreign key of `item` at `box` (it references `item`)"),
+        "{:?}",
+        serve.destructive
+    );
+    let m = plan(Some(&client), &spec(&v2), true).await.unwrap();
+    let e = apply(&mut client, &spec(&v2), &m).await.err().unwrap();
+    let message = format!("{e:#}");
+    assert!(
+        message.contains("nothing was changed")
+            && message.contains("1 row(s) reference an id `box` does not have"),
+        "{message}"
+    );
+    client.execute("DELETE FROM tag", &[]).await.unwrap();
+    let m = plan(Some(&client), &spec(&v2), true).await.unwrap();
+    apply(&mut client, &spec(&v2), &m).await.unwrap();
+    client.execute(&tag(boxed), &[]).await.unwrap();
+    assert!(client.execute(&tag(item), &[]).await.is_err());
+    let again = plan(Some(&client), &spec(&v2), true).await.unwrap();
+    assert!(again.plan.steps.is_empty(), "{}", again.plan.human());
+}

@@ -53,8 +53,19 @@ pub struct Table {
     pub renames: Vec<Rename>,
     /// Whether it holds rows (`None`: not known, as for a spec's).
     pub rows: Option<bool>,
-    /// The names of its foreign keys.
-    pub foreign_keys: Vec<String>,
+    /// Its foreign keys.
+    pub foreign_keys: Vec<ForeignKey>,
+}
+
+/// A foreign key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignKey {
+    /// Its name.
+    pub name: String,
+    /// Its columns (a `ref`'s key: one).
+    pub columns: Vec<String>,
+    /// The table it references.
+    pub target: String,
 }
 
 /// A field rename in progress (expanded): the new column is written
@@ -190,7 +201,11 @@ impl Schema {
                 renames: Vec::new(),
                 rows: None,
                 foreign_keys: refs(spec, e)
-                    .map(|(field, _)| super::foreign_key_name(&table, field))
+                    .map(|(field, target)| ForeignKey {
+                        name: super::foreign_key_name(&table, field),
+                        columns: vec![field.to_owned()],
+                        target: table_name(target),
+                    })
                     .collect(),
             };
             // A field renamed is expanded: its former column kept in step.
@@ -525,39 +540,56 @@ pub fn plan(from: &Schema, spec: &Spec) -> Plan {
         if from.views.contains_key(&table) && !from.tables.contains_key(&table) {
             continue;
         }
+        // The table as the database has it: under its name, or under the
+        // one it is renamed from (a table keeps its keys, and their names,
+        // through a rename; the rename step gives them the new name).
+        let renamed = e
+            .renamed_from
+            .as_ref()
+            .map(|o| table_name(o))
+            .filter(|o| !from.tables.contains_key(&table) && from.tables.contains_key(o));
+        let have = from
+            .tables
+            .get(&table)
+            .or_else(|| renamed.as_ref().and_then(|o| from.tables.get(o)));
         for (field, target) in refs(spec, e) {
             let key = super::foreign_key_name(&table, field);
-            // The table has it, or the table it is renamed from does
-            // (a table keeps its keys, and their names, through a rename).
-            let kept = e.renamed_from.as_ref().is_some_and(|old| {
-                let old_table = table_name(old);
-                from.tables.get(&old_table).is_some_and(|t| {
-                    t.foreign_keys
-                        .contains(&super::foreign_key_name(&old_table, field))
-                })
-            });
-            if kept
-                || from
-                    .tables
-                    .get(&table)
-                    .is_some_and(|t| t.foreign_keys.contains(&key))
-            {
-                continue;
+            let target_table = table_name(target);
+            // The table the target's rows are in now: its own, or the one
+            // it is renamed from (by this plan, or before it: a key
+            // follows its table through a rename).
+            let former_target = spec
+                .entities
+                .get(target)
+                .and_then(|t| t.renamed_from.as_ref())
+                .map(|o| table_name(o));
+            let now = if from.tables.contains_key(&target_table) {
+                Some(target_table.clone())
+            } else {
+                former_target
+                    .clone()
+                    .filter(|o| from.tables.contains_key(o))
+            };
+            let there = have.and_then(|t| t.foreign_keys.iter().find(|k| k.columns == [field]));
+            match there {
+                Some(k)
+                    if k.target == target_table
+                        || former_target.as_ref().is_some_and(|o| *o == k.target) => {}
+                Some(k) => p.retarget_foreign_key(&table, renamed.as_deref(), field, target, k, now),
+                None => p.plan.steps.push(Step {
+                    table: table.clone(),
+                    change: format!(
+                        "add the foreign key `{key}` (`{field}` → `{target_table}`, NOT VALID)"
+                    ),
+                    risk: Risk::Safe,
+                    lock: "SHARE ROW EXCLUSIVE on both tables, for an instant (NOT VALID: the rows already there are not checked)",
+                    applies: Applies::Always,
+                    needed: true,
+                    alone: false,
+                    why: None,
+                    sql: vec![super::foreign_key_ddl(&table, field, target)],
+                }),
             }
-            p.plan.steps.push(Step {
-                table: table.clone(),
-                change: format!(
-                    "add the foreign key `{key}` (`{field}` → `{}`, NOT VALID)",
-                    table_name(target)
-                ),
-                risk: Risk::Safe,
-                lock: "SHARE ROW EXCLUSIVE on both tables, for an instant (NOT VALID: the rows already there are not checked)",
-                applies: Applies::Always,
-                needed: true,
-                alone: false,
-                why: None,
-                sql: vec![super::foreign_key_ddl(&table, field, target)],
-            });
         }
     }
     let mut plan = p.plan;
@@ -616,6 +648,72 @@ fn unmade_rename(table: &str, change: String, why: String) -> Step {
 }
 
 impl Planner {
+    /// A `ref` field pointed at another entity: the key to the former
+    /// target dropped and one to the new target added (`NOT VALID`), the
+    /// rows referencing an id the new target lacks counted before anything
+    /// runs (`now`: the table holding the target's rows before this plan;
+    /// `None`: this plan creates it, so every reference is one).
+    /// `renamed`: the name the table has before this plan renames it.
+    fn retarget_foreign_key(
+        &mut self,
+        table: &str,
+        renamed: Option<&str>,
+        field: &str,
+        target: &str,
+        k: &ForeignKey,
+        now: Option<String>,
+    ) {
+        let target_table = table_name(target);
+        let t = ident(table);
+        // A key the rename step renames goes by its new name.
+        let name = match renamed {
+            Some(o) if k.name == foreign_key_name(o, field) => foreign_key_name(table, field),
+            _ => k.name.clone(),
+        };
+        let change = format!(
+            "point the foreign key of `{field}` at `{target_table}` (it references `{}`)",
+            k.target
+        );
+        let col = ident(field);
+        let rows = ident(renamed.unwrap_or(table));
+        let count = match &now {
+            Some(n) => format!(
+                "SELECT count(*) FROM {rows} r WHERE r.{col} IS NOT NULL \
+                 AND NOT EXISTS (SELECT 1 FROM {} x WHERE x.\"id\" = r.{col})",
+                ident(n)
+            ),
+            None => format!("SELECT count(*) FROM {rows} WHERE {col} IS NOT NULL"),
+        };
+        self.plan.prechecks.push(Precheck {
+            table: table.to_owned(),
+            change: change.clone(),
+            count,
+            why: format!(
+                "reference an id `{target_table}` does not have: point them at rows of \
+                 `{target_table}` (or clear them) first"
+            ),
+        });
+        self.plan.steps.push(Step {
+            table: table.to_owned(),
+            change,
+            risk: Risk::Destructive,
+            lock: "SHARE ROW EXCLUSIVE on the tables, for an instant (NOT VALID: the rows already there are counted before, not scanned)",
+            applies: Applies::Forced,
+            needed: true,
+            alone: false,
+            why: Some(format!(
+                "the previous spec's servers write ids of `{}` into `{field}`, which the new key \
+                 refuses, and rows referencing an id `{target_table}` lacks refuse the migration: \
+                 migrate once none runs",
+                k.target
+            )),
+            sql: vec![
+                format!("ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {};", ident(&name)),
+                super::foreign_key_ddl(table, field, target),
+            ],
+        });
+    }
+
     fn refuse_both_tables(&mut self, name: &str, table: &str, old: &str, old_table: &str) {
         self.plan.steps.push(unmade_rename(
             table,
@@ -1564,6 +1662,58 @@ mod tests {
                 .starts_with("add the foreign key `guest_friend_fkey`")),
             "{}",
             p.human()
+        );
+    }
+
+    /// A `ref` pointed at another entity: the key to the former target is
+    /// dropped and one to the new target added, a destructive step (the
+    /// previous spec's servers write the former target's ids), the rows
+    /// referencing an id the new target lacks counted first.
+    #[test]
+    fn a_ref_pointed_elsewhere_moves_its_foreign_key() {
+        let mut with_box = base();
+        with_box["entities"]["Box"] = json!({"fields": {"label": {"type": "string"}}});
+        let mut moved = with_box.clone();
+        moved["entities"]["Guest"]["fields"]["room"]["entity"] = json!("Box");
+        let p = steps(&with_box, &moved);
+        let s = one(&p);
+        assert_eq!(
+            s.change,
+            "point the foreign key of `room` at `box` (it references `room`)"
+        );
+        assert_eq!(
+            (s.risk, s.applies, s.needed),
+            (Risk::Destructive, Applies::Forced, true)
+        );
+        assert_eq!(
+            s.sql[0],
+            r#"ALTER TABLE "guest" DROP CONSTRAINT IF EXISTS "guest_room_fkey";"#
+        );
+        assert!(s.sql[1].contains(r#"FOREIGN KEY ("room") REFERENCES "box""#));
+        assert_eq!(
+            p.prechecks[0].count,
+            r#"SELECT count(*) FROM "guest" r WHERE r."room" IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "box" x WHERE x."id" = r."room")"#
+        );
+        // The new target created by the same plan: every reference counts.
+        let p = steps(&base(), &moved);
+        let changes: Vec<&str> = p.steps.iter().map(|s| s.change.as_str()).collect();
+        assert_eq!(
+            changes,
+            [
+                "create table `box` (`Box`)",
+                "point the foreign key of `room` at `box` (it references `room`)"
+            ]
+        );
+        assert_eq!(
+            p.prechecks[0].count,
+            r#"SELECT count(*) FROM "guest" WHERE "room" IS NOT NULL"#
+        );
+        // Back again, and applied: nothing to do.
+        assert!(steps(&moved, &moved).steps.is_empty());
+        let back = steps(&moved, &with_box);
+        assert_eq!(
+            one(&back).change,
+            "point the foreign key of `room` at `room` (it references `box`)"
         );
     }
 

@@ -6,7 +6,9 @@
 //! (see [`unknown_column`]).
 
 use anyhow::{Context, Result};
-use sinew_core::migrate::evolve::{self, Applies, Check, Column, Index, Plan, Schema, Step};
+use sinew_core::migrate::evolve::{
+    self, Applies, Check, Column, ForeignKey, Index, Plan, Schema, Step,
+};
 use sinew_core::migrate::{Rule, columns, table_name};
 use sinew_core::spec::Spec;
 use std::fmt::Write;
@@ -207,7 +209,17 @@ pub async fn read_schema(client: &tokio_postgres::Client) -> Result<Schema> {
     }
     let rows = client
         .query(
-            "SELECT c.relname::text, k.conname::text              FROM pg_catalog.pg_constraint k              JOIN pg_catalog.pg_class c ON c.oid = k.conrelid              WHERE k.contype = 'f'                AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = current_schema())              ORDER BY 1, 2",
+            "SELECT c.relname::text, k.conname::text, \
+             ARRAY(SELECT a.attname::text FROM unnest(k.conkey) WITH ORDINALITY u(n, o) \
+                   JOIN pg_catalog.pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.n \
+                   ORDER BY u.o), \
+             r.relname::text \
+             FROM pg_catalog.pg_constraint k \
+             JOIN pg_catalog.pg_class c ON c.oid = k.conrelid \
+             JOIN pg_catalog.pg_class r ON r.oid = k.confrelid \
+             WHERE k.contype = 'f' \
+               AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = current_schema()) \
+             ORDER BY 1, 2",
             &[],
         )
         .await
@@ -215,7 +227,11 @@ pub async fn read_schema(client: &tokio_postgres::Client) -> Result<Schema> {
     for r in &rows {
         let table: String = r.get(0);
         if let Some(t) = schema.tables.get_mut(&table) {
-            t.foreign_keys.push(r.get(1));
+            t.foreign_keys.push(ForeignKey {
+                name: r.get(1),
+                columns: r.get(2),
+                target: r.get(3),
+            });
         }
     }
     let rows = client
