@@ -733,6 +733,82 @@ async fn a_type_change_with_a_check_applies() {
     assert!(again.plan.steps.is_empty(), "{}", again.plan.human());
 }
 
+/// A field renamed and made nullable at once, from a `NOT NULL` field
+/// with a default: while the rename is in progress (expanded, as `sinew
+/// serve` of the new spec leaves it), a row the new spec's servers insert
+/// without the field keeps it null (the former column's default is not
+/// copied into it), and setting it to null is taken (the trigger copies
+/// the null into the former column). The previous spec's servers, which
+/// write every field, still fill both.
+#[tokio::test]
+async fn a_rename_to_a_nullable_field_takes_nulls_while_in_progress() {
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let mut client = connect_url(&url).await;
+    let revision = |fields: Value| {
+        json!({"sinew": "0.2", "name": "paint", "entities": {"Item": {"fields": fields}},
+               "tools": {}})
+    };
+    let v1 = revision(json!({"s1": {"type": "string", "default": "it's"}}));
+    let v2 = revision(json!({"s2": {"type": "string", "nullable": true, "renamedFrom": "s1"}}));
+    let m = plan(Some(&client), &spec(&v1), false).await.unwrap();
+    apply(&mut client, &spec(&v1), &m).await.unwrap();
+    let m = sinew_host::pg::migrate::plan_for(
+        Some(&client),
+        &spec(&v2),
+        sinew_host::pg::migrate::Mode::Serve,
+    )
+    .await
+    .unwrap();
+    assert!(m.complete, "{:?}", m.destructive);
+    apply(&mut client, &spec(&v2), &m).await.unwrap();
+    // As the new spec's servers insert: every field of theirs, s2 null.
+    let new = "00000000-0000-4000-8000-000000000001";
+    client
+        .execute(
+            &format!(
+                "INSERT INTO item (id, version, created_at, updated_at, s2) \
+                 VALUES ('{new}', 1, now(), now(), NULL)"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(read(&client, new).await, (None, None));
+    // As the previous spec's servers insert: s1 (its default filled in).
+    let old = "00000000-0000-4000-8000-000000000002";
+    client
+        .execute(
+            &format!(
+                "INSERT INTO item (id, version, created_at, updated_at, s1) \
+                 VALUES ('{old}', 1, now(), now(), 'it''s')"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let both = Some("it's".to_owned());
+    assert_eq!(read(&client, old).await, (both.clone(), both));
+    // The new spec sets it to null.
+    client
+        .execute(
+            &format!("UPDATE item SET s2 = NULL WHERE id = '{old}'"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(read(&client, old).await, (None, None));
+}
+
+/// Columns `s1` and `s2` of item `id`.
+async fn read(client: &tokio_postgres::Client, id: &str) -> (Option<String>, Option<String>) {
+    let r = client
+        .query_one(&format!("SELECT s1, s2 FROM item WHERE id = '{id}'"), &[])
+        .await
+        .unwrap();
+    (r.get(0), r.get(1))
+}
+
 /// A `ref` pointed at another entity moves its foreign key: the plan
 /// sees it (it used to say the schema matched, leaving the key to the
 /// former target, which refused every write), `sinew serve` does not

@@ -868,7 +868,7 @@ impl Planner {
         let find = |name: &str| have.columns.iter().find(|h| h.name == name);
         for c in &wanted {
             if let Some((_, old, again)) = expanding.iter().find(|(x, _, _)| x.name == c.name) {
-                self.expand_rename(table, c, old, *again);
+                self.expand_rename(table, c, old, find(old), *again);
                 continue;
             }
             match find(&c.name) {
@@ -918,7 +918,14 @@ impl Planner {
     /// columns in step, in the transaction; then the rows copied in
     /// batches, the `CHECK` validated and `NOT NULL` set without a long
     /// lock. `again`: the columns and trigger exist, a copy was cut short.
-    fn expand_rename(&mut self, table: &str, c: &ColumnPlan, old: &str, again: bool) {
+    fn expand_rename(
+        &mut self,
+        table: &str,
+        c: &ColumnPlan,
+        old: &str,
+        former: Option<&Column>,
+        again: bool,
+    ) {
         let t = ident(table);
         let (o, n) = (ident(old), ident(&c.name));
         let sync = sync_name(table, &c.name);
@@ -936,6 +943,20 @@ impl Planner {
             if let Some(rule) = &c.rule {
                 sql.extend(check_ddl(table, &c.name, c.ty, rule, true));
             }
+            // A nullable field renamed from a `NOT NULL` one (or one with a
+            // default): the trigger copies a null written under the new
+            // name into the former column, which must take it, and a
+            // server of this spec inserting leaves the former column out,
+            // whose default would be copied into the new one instead of
+            // its null. The former column loses both: the previous spec's
+            // servers write every field (sinew fills defaults itself), so
+            // they need neither.
+            let relaxed = !c.not_null && former.is_some_and(|h| h.not_null || h.filled);
+            if relaxed {
+                sql.push(format!(
+                    "ALTER TABLE {t} ALTER COLUMN {o} DROP NOT NULL, ALTER COLUMN {o} DROP DEFAULT;"
+                ));
+            }
             sql.push(format!(
                 "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $$\nBEGIN\n  IF TG_OP = 'INSERT' THEN\n    IF NEW.{n} IS NULL THEN NEW.{n} := NEW.{o}; ELSE NEW.{o} := NEW.{n}; END IF;\n  ELSIF NEW.{n} IS DISTINCT FROM OLD.{n} THEN\n    NEW.{o} := NEW.{n};\n  ELSIF NEW.{o} IS DISTINCT FROM OLD.{o} THEN\n    NEW.{n} := NEW.{o};\n  END IF;\n  RETURN NEW;\nEND\n$$;",
                 f = ident(&sync)
@@ -950,8 +971,17 @@ impl Planner {
                 literal(&rename(false).comment())
             ));
             let change = format!(
-                "rename column `{old}` to `{}`: add `{}`, kept in step with `{old}` by a trigger",
-                c.name, c.name
+                "rename column `{old}` to `{}`: add `{}`, kept in step with `{old}` by a trigger{}",
+                c.name,
+                c.name,
+                if relaxed {
+                    format!(
+                        " (`{old}` made nullable without a default, as `{}` is)",
+                        c.name
+                    )
+                } else {
+                    String::new()
+                }
             );
             self.plan
                 .steps
