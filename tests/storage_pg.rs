@@ -1394,3 +1394,63 @@ fn taken_ids_and_unique_indexes_are_refused_alike_on_every_store() {
         memory.commit(mt).unwrap();
     });
 }
+
+/// A unique index the spec no longer has (a previous spec's `unique`,
+/// which `sinew serve` leaves until `sinew migrate --apply` drops it):
+/// a value taken for it is refused as `unique`, naming its columns (a
+/// retry would be refused again), not as a `conflict` to retry.
+#[test]
+fn a_unique_index_the_spec_dropped_refuses_as_unique() {
+    use sinew_core::ports::StorageError;
+    let cluster = Cluster::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let revision = |unique: bool| {
+            format!(
+                r#"{{"sinew": "0.2", "name": "tags", "entities": {{
+                    "Tag": {{"fields": {{"code": {{"type": "string", "unique": {unique}}}}}}}}},
+                    "tools": {{}}}}"#
+            )
+        };
+        let load = |text: &str| {
+            let loaded = sinew_core::spec::load(text);
+            assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+            loaded.spec
+        };
+        let (before, after) = (load(&revision(true)), load(&revision(false)));
+        let url = cluster.database().await;
+        let mut admin = connect_url(&url).await;
+        for spec in [&before, &after] {
+            let m = sinew_host::pg::migrate::plan_for(
+                Some(&admin),
+                spec,
+                sinew_host::pg::migrate::Mode::Serve,
+            )
+            .await
+            .unwrap();
+            sinew_host::pg::migrate::apply(&mut admin, spec, &m)
+                .await
+                .unwrap();
+        }
+        let db = PgBackend::new(url.parse().unwrap(), &after, 2, None);
+        let bundle = sinew_core::bundle::Bundle::load(&revision(false)).unwrap();
+        let tag = |i: u32| {
+            bundle
+                .complete_row(
+                    "Tag",
+                    &changes(json!({"id": format!("00000000-0000-4000-8000-00000000000{i}"),
+                                    "code": "a"})),
+                    1_700_000_000_000,
+                )
+                .unwrap()
+        };
+        let tx = db.begin(Isolation::ReadCommitted, None).await.unwrap();
+        db.insert(tx, "Tag", &tag(1)).await.unwrap();
+        let r = db.insert(tx, "Tag", &tag(2)).await;
+        assert!(
+            matches!(&r, Err(StorageError::Unique { entity, field }) if entity == "Tag" && field == "code"),
+            "{r:?}"
+        );
+        db.rollback(tx).await.unwrap();
+    });
+}
