@@ -476,6 +476,12 @@ pub fn audit(args: &AuditArgs) -> Result<u8> {
                     Ok(n) => format!("audit chain intact: {n} entries\n"),
                     Err(broken) => format!("audit chain broken: {broken}\n"),
                 };
+                for seq in crate::pg::unreadable_entries(client).await? {
+                    out.push_str(&format!(
+                        "audit entry {seq}: queued as a text that is not a JSON object (written to \
+                         the queue by hand), chained as found, as an `unreadable` entry\n"
+                    ));
+                }
                 let mut cut = false;
                 for (file, held) in &checked {
                     match held {

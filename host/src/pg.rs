@@ -2204,7 +2204,7 @@ pub async fn verify_audit(client: &tokio_postgres::Client) -> anyhow::Result<Res
     use futures_util::TryStreamExt;
     let stream = client
         .query_raw(
-            "SELECT seq, entry, prev, hash FROM sinew_audit ORDER BY seq",
+            "SELECT seq, entry, prev, hash, execution, kind FROM sinew_audit ORDER BY seq",
             std::iter::empty::<Option<String>>(),
         )
         .await?;
@@ -2233,8 +2233,28 @@ pub async fn verify_audit(client: &tokio_postgres::Client) -> anyhow::Result<Res
                 "audit entry {n}: its `seq` or `prev` column disagrees with its content"
             )));
         }
+        // The columns an entry is found by (`sinew audit replay`) say
+        // what it says.
+        let (execution, kind): (String, String) = (row.get(4), row.get(5));
+        if sinew_core::chain::entry_columns(&content) != (execution, kind) {
+            return Ok(Err(format!(
+                "audit entry {n}: its `execution` or `kind` column disagrees with its content"
+            )));
+        }
     }
     Ok(Ok(walk.len() as u64))
+}
+
+/// The chain's `unreadable` entries ([`sinew_core::chain::unreadable_entry`]:
+/// a queued text that was not a JSON object, chained as found), by `seq`.
+pub async fn unreadable_entries(client: &tokio_postgres::Client) -> anyhow::Result<Vec<i64>> {
+    let rows = client
+        .query(
+            "SELECT seq FROM sinew_audit WHERE kind = $1 ORDER BY seq",
+            &[&sinew_core::chain::UNREADABLE],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 #[cfg(test)]
