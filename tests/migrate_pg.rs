@@ -683,3 +683,198 @@ async fn a_new_required_field_on_rows_is_refused_before_anything_runs() {
             .any(|(c, _, _)| c == "color")
     );
 }
+
+/// A field's type changed where it has a CHECK, both ways (a string with
+/// `maxLength` to an integer, an integer with bounds to a string): the
+/// CHECK of the former type is dropped before the type changes and the
+/// new one added after, the rows it would refuse counted first on the
+/// converted values.
+#[tokio::test]
+async fn a_type_change_with_a_check_applies() {
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let mut client = connect_url(&url).await;
+    let revision = |code: Value| {
+        json!({"sinew": "0.2", "name": "paint", "entities": {"Item": {"fields": {
+            "code": code}}}, "tools": {}})
+    };
+    let text = revision(json!({"type": "string", "maxLength": 20, "nullable": true}));
+    let number = revision(json!({"type": "integer", "nullable": true}));
+    let bounded = revision(json!({"type": "integer", "minimum": 0, "maximum": 99}));
+    let short = revision(json!({"type": "string", "maxLength": 1}));
+    for v in [&text, &number, &text, &bounded] {
+        let m = plan(Some(&client), &spec(v), true).await.unwrap();
+        apply(&mut client, &spec(v), &m)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", m.sql));
+    }
+    let insert = |code: &str| {
+        format!(
+            "INSERT INTO item (id, version, created_at, updated_at, code) \
+             VALUES (gen_random_uuid(), 1, now(), now(), {code})"
+        )
+    };
+    assert!(client.execute(&insert("100"), &[]).await.is_err());
+    client.execute(&insert("42"), &[]).await.unwrap();
+    // `42` is two characters: counted before anything runs.
+    let m = plan(Some(&client), &spec(&short), true).await.unwrap();
+    let e = apply(&mut client, &spec(&short), &m).await.err().unwrap();
+    let message = format!("{e:#}");
+    assert!(
+        message.contains("nothing was changed") && message.contains("1 row(s)"),
+        "{message}"
+    );
+    client.execute("DELETE FROM item", &[]).await.unwrap();
+    let m = plan(Some(&client), &spec(&short), true).await.unwrap();
+    apply(&mut client, &spec(&short), &m).await.unwrap();
+    assert!(client.execute(&insert("'ab'"), &[]).await.is_err());
+    client.execute(&insert("'a'"), &[]).await.unwrap();
+    let again = plan(Some(&client), &spec(&short), true).await.unwrap();
+    assert!(again.plan.steps.is_empty(), "{}", again.plan.human());
+}
+
+/// A field renamed and made nullable at once, from a `NOT NULL` field
+/// with a default: while the rename is in progress (expanded, as `sinew
+/// serve` of the new spec leaves it), a row the new spec's servers insert
+/// without the field keeps it null (the former column's default is not
+/// copied into it), and setting it to null is taken (the trigger copies
+/// the null into the former column). The previous spec's servers, which
+/// write every field, still fill both.
+#[tokio::test]
+async fn a_rename_to_a_nullable_field_takes_nulls_while_in_progress() {
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let mut client = connect_url(&url).await;
+    let revision = |fields: Value| {
+        json!({"sinew": "0.2", "name": "paint", "entities": {"Item": {"fields": fields}},
+               "tools": {}})
+    };
+    let v1 = revision(json!({"s1": {"type": "string", "default": "it's"}}));
+    let v2 = revision(json!({"s2": {"type": "string", "nullable": true, "renamedFrom": "s1"}}));
+    let m = plan(Some(&client), &spec(&v1), false).await.unwrap();
+    apply(&mut client, &spec(&v1), &m).await.unwrap();
+    let m = sinew_host::pg::migrate::plan_for(
+        Some(&client),
+        &spec(&v2),
+        sinew_host::pg::migrate::Mode::Serve,
+    )
+    .await
+    .unwrap();
+    assert!(m.complete, "{:?}", m.destructive);
+    apply(&mut client, &spec(&v2), &m).await.unwrap();
+    // As the new spec's servers insert: every field of theirs, s2 null.
+    let new = "00000000-0000-4000-8000-000000000001";
+    client
+        .execute(
+            &format!(
+                "INSERT INTO item (id, version, created_at, updated_at, s2) \
+                 VALUES ('{new}', 1, now(), now(), NULL)"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(read(&client, new).await, (None, None));
+    // As the previous spec's servers insert: s1 (its default filled in).
+    let old = "00000000-0000-4000-8000-000000000002";
+    client
+        .execute(
+            &format!(
+                "INSERT INTO item (id, version, created_at, updated_at, s1) \
+                 VALUES ('{old}', 1, now(), now(), 'it''s')"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let both = Some("it's".to_owned());
+    assert_eq!(read(&client, old).await, (both.clone(), both));
+    // The new spec sets it to null.
+    client
+        .execute(
+            &format!("UPDATE item SET s2 = NULL WHERE id = '{old}'"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(read(&client, old).await, (None, None));
+}
+
+/// Columns `s1` and `s2` of item `id`.
+async fn read(client: &tokio_postgres::Client, id: &str) -> (Option<String>, Option<String>) {
+    let r = client
+        .query_one(&format!("SELECT s1, s2 FROM item WHERE id = '{id}'"), &[])
+        .await
+        .unwrap();
+    (r.get(0), r.get(1))
+}
+
+/// A `ref` pointed at another entity moves its foreign key: the plan
+/// sees it (it used to say the schema matched, leaving the key to the
+/// former target, which refused every write), `sinew serve` does not
+/// start until it is applied, rows referencing an id the new target lacks
+/// refuse it before anything runs, and once applied the key is the new
+/// target's.
+#[tokio::test]
+async fn a_ref_pointed_at_another_entity_moves_its_foreign_key() {
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let mut client = connect_url(&url).await;
+    let revision = |target: &str| {
+        json!({"sinew": "0.2", "name": "tags", "entities": {
+            "Item": {"fields": {"name": {"type": "string"}}},
+            "Box": {"fields": {"name": {"type": "string"}}},
+            "Tag": {"fields": {"item": {"type": "ref", "entity": target}}}}, "tools": {}})
+    };
+    let (v1, v2) = (revision("Item"), revision("Box"));
+    let m = plan(Some(&client), &spec(&v1), false).await.unwrap();
+    apply(&mut client, &spec(&v1), &m).await.unwrap();
+    let row = |table: &str, id: &str| {
+        format!(
+            "INSERT INTO {table} (id, version, created_at, updated_at, name) \
+             VALUES ('{id}', 1, now(), now(), 'x')"
+        )
+    };
+    let tag = |item: &str| {
+        format!(
+            "INSERT INTO tag (id, version, created_at, updated_at, item) \
+             VALUES (gen_random_uuid(), 1, now(), now(), '{item}')"
+        )
+    };
+    let (item, boxed) = (
+        "00000000-0000-4000-8000-000000000001",
+        "00000000-0000-4000-8000-000000000002",
+    );
+    client.execute(&row("item", item), &[]).await.unwrap();
+    client.execute(&row("box", boxed), &[]).await.unwrap();
+    client.execute(&tag(item), &[]).await.unwrap();
+    let serve = sinew_host::pg::migrate::plan_for(
+        Some(&client),
+        &spec(&v2),
+        sinew_host::pg::migrate::Mode::Serve,
+    )
+    .await
+    .unwrap();
+    assert!(
+        !serve.complete
+            && serve.destructive[0]
+                .contains("point the foreign key of `item` at `box` (it references `item`)"),
+        "{:?}",
+        serve.destructive
+    );
+    let m = plan(Some(&client), &spec(&v2), true).await.unwrap();
+    let e = apply(&mut client, &spec(&v2), &m).await.err().unwrap();
+    let message = format!("{e:#}");
+    assert!(
+        message.contains("nothing was changed")
+            && message.contains("1 row(s) reference an id `box` does not have"),
+        "{message}"
+    );
+    client.execute("DELETE FROM tag", &[]).await.unwrap();
+    let m = plan(Some(&client), &spec(&v2), true).await.unwrap();
+    apply(&mut client, &spec(&v2), &m).await.unwrap();
+    client.execute(&tag(boxed), &[]).await.unwrap();
+    assert!(client.execute(&tag(item), &[]).await.is_err());
+    let again = plan(Some(&client), &spec(&v2), true).await.unwrap();
+    assert!(again.plan.steps.is_empty(), "{}", again.plan.human());
+}

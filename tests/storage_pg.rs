@@ -1419,3 +1419,152 @@ fn taken_ids_and_unique_indexes_are_refused_alike_on_every_store() {
         memory.commit(mt).unwrap();
     });
 }
+
+/// A unique index the spec no longer has (a previous spec's `unique`,
+/// which `sinew serve` leaves until `sinew migrate --apply` drops it):
+/// a value taken for it is refused as `unique`, naming its columns (a
+/// retry would be refused again), not as a `conflict` to retry.
+#[test]
+fn a_unique_index_the_spec_dropped_refuses_as_unique() {
+    use sinew_core::ports::StorageError;
+    let cluster = Cluster::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let revision = |unique: bool| {
+            format!(
+                r#"{{"sinew": "0.2", "name": "tags", "entities": {{
+                    "Tag": {{"fields": {{"code": {{"type": "string", "unique": {unique}}}}}}}}},
+                    "tools": {{}}}}"#
+            )
+        };
+        let load = |text: &str| {
+            let loaded = sinew_core::spec::load(text);
+            assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+            loaded.spec
+        };
+        let (before, after) = (load(&revision(true)), load(&revision(false)));
+        let url = cluster.database().await;
+        let mut admin = connect_url(&url).await;
+        for spec in [&before, &after] {
+            let m = sinew_host::pg::migrate::plan_for(
+                Some(&admin),
+                spec,
+                sinew_host::pg::migrate::Mode::Serve,
+            )
+            .await
+            .unwrap();
+            sinew_host::pg::migrate::apply(&mut admin, spec, &m)
+                .await
+                .unwrap();
+        }
+        let db = PgBackend::new(url.parse().unwrap(), &after, 2, None);
+        let bundle = sinew_core::bundle::Bundle::load(&revision(false)).unwrap();
+        let tag = |i: u32| {
+            bundle
+                .complete_row(
+                    "Tag",
+                    &changes(json!({"id": format!("00000000-0000-4000-8000-00000000000{i}"),
+                                    "code": "a"})),
+                    1_700_000_000_000,
+                )
+                .unwrap()
+        };
+        let tx = db.begin(Isolation::ReadCommitted, None).await.unwrap();
+        db.insert(tx, "Tag", &tag(1)).await.unwrap();
+        let r = db.insert(tx, "Tag", &tag(2)).await;
+        assert!(
+            matches!(&r, Err(StorageError::Unique { entity, field }) if entity == "Tag" && field == "code"),
+            "{r:?}"
+        );
+        db.rollback(tx).await.unwrap();
+    });
+}
+
+/// What the queue holds is chained whatever it is: a row written to it by
+/// hand that is not a JSON object is chained as found (an `unreadable`
+/// entry, which `sinew audit verify` names) instead of stopping the chain;
+/// the chain's `execution` and `kind` columns are the entry's own, not
+/// what the queued row's columns claim; and `verify` checks them, so a
+/// column changed in the chain breaks it.
+#[test]
+fn the_chain_takes_unreadable_entries_and_its_columns_are_verified() {
+    use sinew_host::pg::sequencer;
+    let cluster = Cluster::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let text = r#"{"sinew": "0.2", "name": "log", "entities": {}, "tools": {}}"#;
+        let spec = sinew_core::spec::load(text).spec;
+        let url = cluster.database().await;
+        let mut admin = connect_url(&url).await;
+        let plan = sinew_host::pg::migrate::plan(None, &spec, false)
+            .await
+            .unwrap();
+        sinew_host::pg::migrate::apply(&mut admin, &spec, &plan)
+            .await
+            .unwrap();
+        let db = PgBackend::new(url.parse().unwrap(), &spec, 2, None);
+        db.append_audit(None, &json!({"kind": "final", "execution": "one"}))
+            .await
+            .unwrap();
+        admin
+            .batch_execute(
+                "INSERT INTO sinew_audit_queue (execution, kind, entry, digest) \
+                 VALUES ('two', 'final', 'not json', 'x'), \
+                        ('liar', 'review', '{\"execution\":\"three\",\"kind\":\"final\"}', 'y')",
+            )
+            .await
+            .unwrap();
+        db.append_audit(None, &json!({"kind": "final", "execution": "four"}))
+            .await
+            .unwrap();
+        assert_eq!(sequencer::catch_up(&admin).await.unwrap(), 4);
+        assert_eq!(sinew_host::pg::verify_audit(&admin).await.unwrap(), Ok(4));
+        assert_eq!(
+            sinew_host::pg::unreadable_entries(&admin).await.unwrap(),
+            [2]
+        );
+        let rows: Vec<(String, String)> = admin
+            .query("SELECT execution, kind FROM sinew_audit ORDER BY seq", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let want: Vec<(String, String)> = [
+            ("one", "final"),
+            ("", "unreadable"),
+            ("three", "final"),
+            ("four", "final"),
+        ]
+        .iter()
+        .map(|(e, k)| ((*e).to_owned(), (*k).to_owned()))
+        .collect();
+        assert_eq!(rows, want);
+        let found: String = admin
+            .query_one("SELECT entry FROM sinew_audit WHERE seq = 2", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            serde_json::from_str::<Value>(&found).unwrap()["text"],
+            "not json"
+        );
+        // A chained entry's `execution` column changed (triggers off).
+        admin
+            .batch_execute(
+                "ALTER TABLE sinew_audit DISABLE TRIGGER USER; \
+                 UPDATE sinew_audit SET execution = 'other' WHERE seq = 3; \
+                 ALTER TABLE sinew_audit ENABLE TRIGGER USER;",
+            )
+            .await
+            .unwrap();
+        let broken = sinew_host::pg::verify_audit(&admin).await.unwrap();
+        assert_eq!(
+            broken,
+            Err(
+                "audit entry 3: its `execution` or `kind` column disagrees with its content"
+                    .to_owned()
+            )
+        );
+    });
+}

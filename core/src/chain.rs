@@ -37,35 +37,16 @@ pub fn seal_entry(entry: Value, seq: u64, prev: &str) -> Result<(String, String)
 /// a key with an escape, or one of the three keys present): the caller
 /// parses it then.
 pub fn seal_text(queued: &str, seq: u64, prev: &str) -> Option<(String, String)> {
-    let b = queued.as_bytes();
-    if b.first() != Some(&b'{') || b.last() != Some(&b'}') {
+    let members = members(queued)?;
+    if members
+        .iter()
+        .any(|(k, _)| matches!(*k, "seq" | "prev" | "hash"))
+        || members
+            .iter()
+            .zip(members.iter().skip(1))
+            .any(|((a, _), (b, _))| a >= b)
+    {
         return None;
-    }
-    // The top-level members: key and text (`"key":value`).
-    let mut members: Vec<(&str, &str)> = Vec::new();
-    let mut i = 1;
-    if b.len() > 2 {
-        loop {
-            if b.get(i) != Some(&b'"') {
-                return None;
-            }
-            let end = i + 1 + b.get(i + 1..)?.iter().position(|&c| c == b'"')?;
-            let key = queued.get(i + 1..end)?;
-            if key.contains('\\')
-                || matches!(key, "seq" | "prev" | "hash")
-                || members.last().is_some_and(|(k, _)| *k >= key)
-                || b.get(end + 1) != Some(&b':')
-            {
-                return None;
-            }
-            let after = skip_value(b, end + 2).filter(|&a| a > end + 2)?;
-            members.push((key, queued.get(i..after)?));
-            match b.get(after) {
-                Some(b',') => i = after + 1,
-                Some(b'}') if after == b.len() - 1 => break,
-                _ => return None,
-            }
-        }
     }
     let prev_member = format!("\"prev\":{}", crate::hash::canonical(&Value::from(prev)));
     let seq_member = format!("\"seq\":{seq}");
@@ -92,6 +73,80 @@ pub fn seal_text(queued: &str, seq: u64, prev: &str) -> Option<(String, String)>
     out.push('}');
     let hash = sha256_hex(out.as_bytes());
     Some((out, hash))
+}
+
+/// The entry a queued text that is not a JSON object is chained as (an
+/// `unreadable` entry holding the text as it was found), so that a row
+/// written to the queue by hand cannot stop the chain.
+pub fn unreadable_entry(text: &str) -> Value {
+    serde_json::json!({"kind": UNREADABLE, "text": text})
+}
+
+/// The `kind` of [`unreadable_entry`].
+pub const UNREADABLE: &str = "unreadable";
+
+/// The `execution` and `kind` columns of a chained entry: its own
+/// `execution` (else empty) and `kind` (else `final`), as a request queues
+/// them; `sinew audit verify` checks the columns say so.
+pub fn entry_columns(entry: &Map<String, Value>) -> (String, String) {
+    let text = |k: &str| entry.get(k).and_then(Value::as_str);
+    (
+        text("execution").unwrap_or_default().to_owned(),
+        text("kind").unwrap_or("final").to_owned(),
+    )
+}
+
+/// [`entry_columns`] of a sealed entry's compact text, reading only its
+/// top-level `execution` and `kind` (an entry may hold every row its
+/// request read); parsed whole when the text is not compact.
+pub fn text_columns(sealed: &str) -> (String, String) {
+    let Some(members) = members(sealed) else {
+        return entry_columns(&serde_json::from_str(sealed).unwrap_or_default());
+    };
+    let text = |key: &str| {
+        let (_, member) = members.iter().find(|(k, _)| *k == key)?;
+        // `"key":` before the value.
+        match serde_json::from_str::<Value>(member.get(key.len() + 3..)?).ok()? {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    };
+    (
+        text("execution").unwrap_or_default(),
+        text("kind").unwrap_or_else(|| "final".to_owned()),
+    )
+}
+
+/// The top-level members of a compact JSON object's text: each key and
+/// the member's text (`"key":value`). `None` when the text is not such an
+/// object, or a key has an escape.
+fn members(text: &str) -> Option<Vec<(&str, &str)>> {
+    let b = text.as_bytes();
+    if b.first() != Some(&b'{') || b.last() != Some(&b'}') {
+        return None;
+    }
+    let mut members = Vec::new();
+    let mut i = 1;
+    if b.len() > 2 {
+        loop {
+            if b.get(i) != Some(&b'"') {
+                return None;
+            }
+            let end = i + 1 + b.get(i + 1..)?.iter().position(|&c| c == b'"')?;
+            let key = text.get(i + 1..end)?;
+            if key.contains('\\') || b.get(end + 1) != Some(&b':') {
+                return None;
+            }
+            let after = skip_value(b, end + 2).filter(|&a| a > end + 2)?;
+            members.push((key, text.get(i..after)?));
+            match b.get(after) {
+                Some(b',') => i = after + 1,
+                Some(b'}') if after == b.len() - 1 => break,
+                _ => return None,
+            }
+        }
+    }
+    Some(members)
 }
 
 /// The index just after the compact JSON value that starts at `i` (none

@@ -157,7 +157,14 @@ pub(crate) fn storage_problem(e: StorageError) -> Problem {
         .internal(message),
         StorageError::Unique { entity, field } => Problem::new(
             Code::AlreadyExists,
-            if field.contains(',') {
+            if field.is_empty() {
+                // A key the store cannot name (a unique index the spec
+                // does not have, on a store that does not say its columns).
+                format!(
+                    "{} with these values already exists",
+                    crate::diag::a_code(&entity)
+                )
+            } else if field.contains(',') {
                 format!(
                     "{} with these `{}` already exists",
                     crate::diag::a_code(&entity),

@@ -122,7 +122,12 @@ impl Rule {
 
     /// The `CHECK` expression over column `col` of type `ty`.
     pub fn sql(&self, col: &str, ty: FieldType) -> String {
-        let col = ident(col);
+        self.sql_of(&ident(col), ty)
+    }
+
+    /// The `CHECK` expression over the SQL expression `col` (a column, or
+    /// a column cast to the type `ty` it is changed to).
+    pub fn sql_of(&self, col: &str, ty: FieldType) -> String {
         let mut parts = Vec::new();
         if let Some(min) = &self.minimum {
             parts.push(format!("{col} >= {min}"));

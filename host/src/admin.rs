@@ -163,17 +163,9 @@ async fn migrate_status(
     let m = crate::pg::migrate::plan(Some(client), spec, false).await?;
     let pending = &m.plan.steps;
     let current = crate::pg::migrate::recorded(client, spec).await;
-    // Where the database stands against the spec, by the history: at it
-    // (its last migration was to this spec), ahead (a later migration was
-    // to another spec, after one to this), or elsewhere.
     let key = crate::pg::migrate::plan_key(spec);
-    let last = history.iter().rev().find(|h| h.finished_at.is_some());
-    let position = match last {
-        None => "new",
-        Some(h) if h.plan == key => "at",
-        Some(_) if history.iter().any(|h| h.plan == key) => "ahead",
-        Some(_) => "other",
-    };
+    let position = crate::pg::migrate::position(&history, &key);
+    let last = history.last();
     let out = match format {
         MigrateFormat::Json => {
             serde_json::json!({
@@ -203,6 +195,13 @@ async fn migrate_status(
                         Some(t) => format!("finished {t}"),
                         None => "NOT FINISHED (the next migration finishes it)".to_owned(),
                     }
+                ));
+            }
+            if let (Some(h), "unfinished") = (last, position) {
+                out.push_str(&format!(
+                    "the last migration ({}), to spec `{}`, did not finish: the next one \
+                     (`sinew migrate --apply`) finishes what is left\n",
+                    h.id, spec.name
                 ));
             }
             if let (Some(h), "ahead") = (last, position) {
@@ -476,6 +475,12 @@ pub fn audit(args: &AuditArgs) -> Result<u8> {
                     Ok(n) => format!("audit chain intact: {n} entries\n"),
                     Err(broken) => format!("audit chain broken: {broken}\n"),
                 };
+                for seq in crate::pg::unreadable_entries(client).await? {
+                    out.push_str(&format!(
+                        "audit entry {seq}: queued as a text that is not a JSON object (written to \
+                         the queue by hand), chained as found, as an `unreadable` entry\n"
+                    ));
+                }
                 let mut cut = false;
                 for (file, held) in &checked {
                     match held {

@@ -247,6 +247,14 @@ pub fn refs(p: &Params) -> Vec<&(dyn ToSql + Sync)> {
     p.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
 }
 
+/// The columns of a unique violation's key, from its detail (`Key (a,
+/// b)=(1, 2) already exists.`), joined by `,`.
+fn key_columns(detail: &str) -> Option<String> {
+    let rest = detail.strip_prefix("Key (")?;
+    let (columns, _) = rest.split_once(")=(")?;
+    Some(columns.split(", ").collect::<Vec<_>>().join(","))
+}
+
 fn invalid(message: impl Into<String>) -> StorageError {
     StorageError::Invalid {
         message: message.into(),
@@ -504,18 +512,34 @@ impl PgBackend {
                     entity: entity.clone(),
                     field: field.clone(),
                 },
-                // Any other unique constraint of an entity's table is its
-                // primary key: an id already taken is a conflict, as in the
-                // in-memory store (another request's row won).
-                None if db
-                    .table()
-                    .is_some_and(|t| self.schema.tables().any(|x| x.name == t)) =>
-                {
-                    StorageError::Conflict {
-                        message: db.message().to_owned(),
+                None => match db.table().and_then(|t| self.schema.entity_of(t)) {
+                    None => invalid(db.message()),
+                    Some(entity) => {
+                        let columns = db.detail().and_then(key_columns);
+                        let primary = match &columns {
+                            Some(c) => c == "id",
+                            None => db.constraint().is_some_and(|c| c.ends_with("_pkey")),
+                        };
+                        if primary {
+                            // The primary key: an id already taken is a
+                            // conflict, as in the in-memory store (another
+                            // request's row won).
+                            StorageError::Conflict {
+                                message: db.message().to_owned(),
+                            }
+                        } else {
+                            // A unique index the spec does not have (a
+                            // previous spec's, which `sinew serve` leaves
+                            // until `sinew migrate --apply` drops it): the
+                            // value is taken for it, and a retry would be
+                            // refused again.
+                            StorageError::Unique {
+                                entity: entity.to_owned(),
+                                field: columns.unwrap_or_default(),
+                            }
+                        }
                     }
-                }
-                None => invalid(db.message()),
+                },
             }
         } else if code.code().starts_with("08")
             || code.code().starts_with("57")
@@ -2195,7 +2219,7 @@ pub async fn verify_audit(client: &tokio_postgres::Client) -> anyhow::Result<Res
     use futures_util::TryStreamExt;
     let stream = client
         .query_raw(
-            "SELECT seq, entry, prev, hash FROM sinew_audit ORDER BY seq",
+            "SELECT seq, entry, prev, hash, execution, kind FROM sinew_audit ORDER BY seq",
             std::iter::empty::<Option<String>>(),
         )
         .await?;
@@ -2224,8 +2248,28 @@ pub async fn verify_audit(client: &tokio_postgres::Client) -> anyhow::Result<Res
                 "audit entry {n}: its `seq` or `prev` column disagrees with its content"
             )));
         }
+        // The columns an entry is found by (`sinew audit replay`) say
+        // what it says.
+        let (execution, kind): (String, String) = (row.get(4), row.get(5));
+        if sinew_core::chain::entry_columns(&content) != (execution, kind) {
+            return Ok(Err(format!(
+                "audit entry {n}: its `execution` or `kind` column disagrees with its content"
+            )));
+        }
     }
     Ok(Ok(walk.len() as u64))
+}
+
+/// The chain's `unreadable` entries ([`sinew_core::chain::unreadable_entry`]:
+/// a queued text that was not a JSON object, chained as found), by `seq`.
+pub async fn unreadable_entries(client: &tokio_postgres::Client) -> anyhow::Result<Vec<i64>> {
+    let rows = client
+        .query(
+            "SELECT seq FROM sinew_audit WHERE kind = $1 ORDER BY seq",
+            &[&sinew_core::chain::UNREADABLE],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 #[cfg(test)]

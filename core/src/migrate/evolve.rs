@@ -53,8 +53,19 @@ pub struct Table {
     pub renames: Vec<Rename>,
     /// Whether it holds rows (`None`: not known, as for a spec's).
     pub rows: Option<bool>,
-    /// The names of its foreign keys.
-    pub foreign_keys: Vec<String>,
+    /// Its foreign keys.
+    pub foreign_keys: Vec<ForeignKey>,
+}
+
+/// A foreign key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignKey {
+    /// Its name.
+    pub name: String,
+    /// Its columns (a `ref`'s key: one).
+    pub columns: Vec<String>,
+    /// The table it references.
+    pub target: String,
 }
 
 /// A field rename in progress (expanded): the new column is written
@@ -190,7 +201,11 @@ impl Schema {
                 renames: Vec::new(),
                 rows: None,
                 foreign_keys: refs(spec, e)
-                    .map(|(field, _)| super::foreign_key_name(&table, field))
+                    .map(|(field, target)| ForeignKey {
+                        name: super::foreign_key_name(&table, field),
+                        columns: vec![field.to_owned()],
+                        target: table_name(target),
+                    })
                     .collect(),
             };
             // A field renamed is expanded: its former column kept in step.
@@ -525,39 +540,56 @@ pub fn plan(from: &Schema, spec: &Spec) -> Plan {
         if from.views.contains_key(&table) && !from.tables.contains_key(&table) {
             continue;
         }
+        // The table as the database has it: under its name, or under the
+        // one it is renamed from (a table keeps its keys, and their names,
+        // through a rename; the rename step gives them the new name).
+        let renamed = e
+            .renamed_from
+            .as_ref()
+            .map(|o| table_name(o))
+            .filter(|o| !from.tables.contains_key(&table) && from.tables.contains_key(o));
+        let have = from
+            .tables
+            .get(&table)
+            .or_else(|| renamed.as_ref().and_then(|o| from.tables.get(o)));
         for (field, target) in refs(spec, e) {
             let key = super::foreign_key_name(&table, field);
-            // The table has it, or the table it is renamed from does
-            // (a table keeps its keys, and their names, through a rename).
-            let kept = e.renamed_from.as_ref().is_some_and(|old| {
-                let old_table = table_name(old);
-                from.tables.get(&old_table).is_some_and(|t| {
-                    t.foreign_keys
-                        .contains(&super::foreign_key_name(&old_table, field))
-                })
-            });
-            if kept
-                || from
-                    .tables
-                    .get(&table)
-                    .is_some_and(|t| t.foreign_keys.contains(&key))
-            {
-                continue;
+            let target_table = table_name(target);
+            // The table the target's rows are in now: its own, or the one
+            // it is renamed from (by this plan, or before it: a key
+            // follows its table through a rename).
+            let former_target = spec
+                .entities
+                .get(target)
+                .and_then(|t| t.renamed_from.as_ref())
+                .map(|o| table_name(o));
+            let now = if from.tables.contains_key(&target_table) {
+                Some(target_table.clone())
+            } else {
+                former_target
+                    .clone()
+                    .filter(|o| from.tables.contains_key(o))
+            };
+            let there = have.and_then(|t| t.foreign_keys.iter().find(|k| k.columns == [field]));
+            match there {
+                Some(k)
+                    if k.target == target_table
+                        || former_target.as_ref().is_some_and(|o| *o == k.target) => {}
+                Some(k) => p.retarget_foreign_key(&table, renamed.as_deref(), field, target, k, now),
+                None => p.plan.steps.push(Step {
+                    table: table.clone(),
+                    change: format!(
+                        "add the foreign key `{key}` (`{field}` → `{target_table}`, NOT VALID)"
+                    ),
+                    risk: Risk::Safe,
+                    lock: "SHARE ROW EXCLUSIVE on both tables, for an instant (NOT VALID: the rows already there are not checked)",
+                    applies: Applies::Always,
+                    needed: true,
+                    alone: false,
+                    why: None,
+                    sql: vec![super::foreign_key_ddl(&table, field, target)],
+                }),
             }
-            p.plan.steps.push(Step {
-                table: table.clone(),
-                change: format!(
-                    "add the foreign key `{key}` (`{field}` → `{}`, NOT VALID)",
-                    table_name(target)
-                ),
-                risk: Risk::Safe,
-                lock: "SHARE ROW EXCLUSIVE on both tables, for an instant (NOT VALID: the rows already there are not checked)",
-                applies: Applies::Always,
-                needed: true,
-                alone: false,
-                why: None,
-                sql: vec![super::foreign_key_ddl(&table, field, target)],
-            });
         }
     }
     let mut plan = p.plan;
@@ -616,6 +648,72 @@ fn unmade_rename(table: &str, change: String, why: String) -> Step {
 }
 
 impl Planner {
+    /// A `ref` field pointed at another entity: the key to the former
+    /// target dropped and one to the new target added (`NOT VALID`), the
+    /// rows referencing an id the new target lacks counted before anything
+    /// runs (`now`: the table holding the target's rows before this plan;
+    /// `None`: this plan creates it, so every reference is one).
+    /// `renamed`: the name the table has before this plan renames it.
+    fn retarget_foreign_key(
+        &mut self,
+        table: &str,
+        renamed: Option<&str>,
+        field: &str,
+        target: &str,
+        k: &ForeignKey,
+        now: Option<String>,
+    ) {
+        let target_table = table_name(target);
+        let t = ident(table);
+        // A key the rename step renames goes by its new name.
+        let name = match renamed {
+            Some(o) if k.name == foreign_key_name(o, field) => foreign_key_name(table, field),
+            _ => k.name.clone(),
+        };
+        let change = format!(
+            "point the foreign key of `{field}` at `{target_table}` (it references `{}`)",
+            k.target
+        );
+        let col = ident(field);
+        let rows = ident(renamed.unwrap_or(table));
+        let count = match &now {
+            Some(n) => format!(
+                "SELECT count(*) FROM {rows} r WHERE r.{col} IS NOT NULL \
+                 AND NOT EXISTS (SELECT 1 FROM {} x WHERE x.\"id\" = r.{col})",
+                ident(n)
+            ),
+            None => format!("SELECT count(*) FROM {rows} WHERE {col} IS NOT NULL"),
+        };
+        self.plan.prechecks.push(Precheck {
+            table: table.to_owned(),
+            change: change.clone(),
+            count,
+            why: format!(
+                "reference an id `{target_table}` does not have: point them at rows of \
+                 `{target_table}` (or clear them) first"
+            ),
+        });
+        self.plan.steps.push(Step {
+            table: table.to_owned(),
+            change,
+            risk: Risk::Destructive,
+            lock: "SHARE ROW EXCLUSIVE on the tables, for an instant (NOT VALID: the rows already there are counted before, not scanned)",
+            applies: Applies::Forced,
+            needed: true,
+            alone: false,
+            why: Some(format!(
+                "the previous spec's servers write ids of `{}` into `{field}`, which the new key \
+                 refuses, and rows referencing an id `{target_table}` lacks refuse the migration: \
+                 migrate once none runs",
+                k.target
+            )),
+            sql: vec![
+                format!("ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {};", ident(&name)),
+                super::foreign_key_ddl(table, field, target),
+            ],
+        });
+    }
+
     fn refuse_both_tables(&mut self, name: &str, table: &str, old: &str, old_table: &str) {
         self.plan.steps.push(unmade_rename(
             table,
@@ -770,12 +868,12 @@ impl Planner {
         let find = |name: &str| have.columns.iter().find(|h| h.name == name);
         for c in &wanted {
             if let Some((_, old, again)) = expanding.iter().find(|(x, _, _)| x.name == c.name) {
-                self.expand_rename(table, c, old, *again);
+                self.expand_rename(table, c, old, find(old), *again);
                 continue;
             }
             match find(&c.name) {
                 None => self.add_column(table, c, have.rows),
-                Some(h) => self.change_column(table, c, h),
+                Some(h) => self.change_column(table, c, h, have),
             }
         }
         for h in &have.columns {
@@ -820,7 +918,14 @@ impl Planner {
     /// columns in step, in the transaction; then the rows copied in
     /// batches, the `CHECK` validated and `NOT NULL` set without a long
     /// lock. `again`: the columns and trigger exist, a copy was cut short.
-    fn expand_rename(&mut self, table: &str, c: &ColumnPlan, old: &str, again: bool) {
+    fn expand_rename(
+        &mut self,
+        table: &str,
+        c: &ColumnPlan,
+        old: &str,
+        former: Option<&Column>,
+        again: bool,
+    ) {
         let t = ident(table);
         let (o, n) = (ident(old), ident(&c.name));
         let sync = sync_name(table, &c.name);
@@ -838,6 +943,20 @@ impl Planner {
             if let Some(rule) = &c.rule {
                 sql.extend(check_ddl(table, &c.name, c.ty, rule, true));
             }
+            // A nullable field renamed from a `NOT NULL` one (or one with a
+            // default): the trigger copies a null written under the new
+            // name into the former column, which must take it, and a
+            // server of this spec inserting leaves the former column out,
+            // whose default would be copied into the new one instead of
+            // its null. The former column loses both: the previous spec's
+            // servers write every field (sinew fills defaults itself), so
+            // they need neither.
+            let relaxed = !c.not_null && former.is_some_and(|h| h.not_null || h.filled);
+            if relaxed {
+                sql.push(format!(
+                    "ALTER TABLE {t} ALTER COLUMN {o} DROP NOT NULL, ALTER COLUMN {o} DROP DEFAULT;"
+                ));
+            }
             sql.push(format!(
                 "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $$\nBEGIN\n  IF TG_OP = 'INSERT' THEN\n    IF NEW.{n} IS NULL THEN NEW.{n} := NEW.{o}; ELSE NEW.{o} := NEW.{n}; END IF;\n  ELSIF NEW.{n} IS DISTINCT FROM OLD.{n} THEN\n    NEW.{o} := NEW.{n};\n  ELSIF NEW.{o} IS DISTINCT FROM OLD.{o} THEN\n    NEW.{n} := NEW.{o};\n  END IF;\n  RETURN NEW;\nEND\n$$;",
                 f = ident(&sync)
@@ -852,8 +971,17 @@ impl Planner {
                 literal(&rename(false).comment())
             ));
             let change = format!(
-                "rename column `{old}` to `{}`: add `{}`, kept in step with `{old}` by a trigger",
-                c.name, c.name
+                "rename column `{old}` to `{}`: add `{}`, kept in step with `{old}` by a trigger{}",
+                c.name,
+                c.name,
+                if relaxed {
+                    format!(
+                        " (`{old}` made nullable without a default, as `{}` is)",
+                        c.name
+                    )
+                } else {
+                    String::new()
+                }
             );
             self.plan
                 .steps
@@ -1015,10 +1143,23 @@ impl Planner {
         ));
     }
 
-    fn change_column(&mut self, table: &str, c: &ColumnPlan, h: &Column) {
+    fn change_column(&mut self, table: &str, c: &ColumnPlan, h: &Column, have: &Table) {
         let t = ident(table);
         let col = ident(&c.name);
         if h.sql_type != c.sql_type {
+            // Its CHECKs are written for the former type (`char_length` of
+            // a string, bounds of a number): dropped before the type
+            // changes, the new one added after (see `checks`).
+            let mut sql: Vec<String> = have
+                .checks
+                .iter()
+                .filter(|k| k.column == c.name)
+                .map(|k| format!("ALTER TABLE {t} DROP CONSTRAINT {};", ident(&k.name)))
+                .collect();
+            sql.push(format!(
+                "ALTER TABLE {t} ALTER COLUMN {col} TYPE {ty} USING {col}::{ty};",
+                ty = c.sql_type_ddl()
+            ));
             self.plan.steps.push(Step {
                 table: table.to_owned(),
                 change: format!(
@@ -1036,10 +1177,7 @@ impl Planner {
                      new field of the new type, copy, then remove `{}` (two deploys)",
                     c.name
                 )),
-                sql: vec![format!(
-                    "ALTER TABLE {t} ALTER COLUMN {col} TYPE {ty} USING {col}::{ty};",
-                    ty = c.sql_type
-                )],
+                sql,
             });
         }
         if c.not_null && !h.not_null {
@@ -1079,10 +1217,19 @@ impl Planner {
     fn checks(&mut self, table: &str, wanted: &[ColumnPlan], have: &Table) {
         let t = ident(table);
         for c in wanted {
-            if !have.columns.iter().any(|h| h.name == c.name) {
+            let Some(h) = have.columns.iter().find(|h| h.name == c.name) else {
                 continue; // added with its CHECK
-            }
-            let there: Vec<&Check> = have.checks.iter().filter(|k| k.column == c.name).collect();
+            };
+            // A column whose type changes has no CHECK left by then (the
+            // type change drops them): its rule is added anew, over the
+            // converted values, which the precheck counts by the cast the
+            // type change makes.
+            let retyped = h.sql_type != c.sql_type;
+            let there: Vec<&Check> = if retyped {
+                Vec::new()
+            } else {
+                have.checks.iter().filter(|k| k.column == c.name).collect()
+            };
             let current = |k: &&Check| k.rule.is_some() && k.rule == c.rule;
             if let [k] = there.as_slice()
                 && current(k)
@@ -1119,6 +1266,9 @@ impl Planner {
                     "rewrite the CHECK of `{}` (written before sinew commented its CHECKs)",
                     c.name
                 ),
+                (Some(_), None) if retyped => {
+                    format!("add a CHECK to `{}` (for its new type)", c.name)
+                }
                 (Some(_), None) => format!("add a CHECK to `{}`", c.name),
                 (Some(new), Some(old)) => format!(
                     "{} the CHECK of `{}` ({})",
@@ -1138,7 +1288,12 @@ impl Planner {
                     change: change.clone(),
                     count: format!(
                         "SELECT count(*) FROM {t} WHERE NOT ({})",
-                        rule.sql(&c.name, c.ty)
+                        if retyped {
+                            let col = ident(&c.name);
+                            rule.sql_of(&format!("({col}::{})", c.sql_type_ddl()), c.ty)
+                        } else {
+                            rule.sql(&c.name, c.ty)
+                        }
                     ),
                     why: "hold values the new CHECK refuses: change them first".to_owned(),
                 });
@@ -1540,6 +1695,58 @@ mod tests {
         );
     }
 
+    /// A `ref` pointed at another entity: the key to the former target is
+    /// dropped and one to the new target added, a destructive step (the
+    /// previous spec's servers write the former target's ids), the rows
+    /// referencing an id the new target lacks counted first.
+    #[test]
+    fn a_ref_pointed_elsewhere_moves_its_foreign_key() {
+        let mut with_box = base();
+        with_box["entities"]["Box"] = json!({"fields": {"label": {"type": "string"}}});
+        let mut moved = with_box.clone();
+        moved["entities"]["Guest"]["fields"]["room"]["entity"] = json!("Box");
+        let p = steps(&with_box, &moved);
+        let s = one(&p);
+        assert_eq!(
+            s.change,
+            "point the foreign key of `room` at `box` (it references `room`)"
+        );
+        assert_eq!(
+            (s.risk, s.applies, s.needed),
+            (Risk::Destructive, Applies::Forced, true)
+        );
+        assert_eq!(
+            s.sql[0],
+            r#"ALTER TABLE "guest" DROP CONSTRAINT IF EXISTS "guest_room_fkey";"#
+        );
+        assert!(s.sql[1].contains(r#"FOREIGN KEY ("room") REFERENCES "box""#));
+        assert_eq!(
+            p.prechecks[0].count,
+            r#"SELECT count(*) FROM "guest" r WHERE r."room" IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "box" x WHERE x."id" = r."room")"#
+        );
+        // The new target created by the same plan: every reference counts.
+        let p = steps(&base(), &moved);
+        let changes: Vec<&str> = p.steps.iter().map(|s| s.change.as_str()).collect();
+        assert_eq!(
+            changes,
+            [
+                "create table `box` (`Box`)",
+                "point the foreign key of `room` at `box` (it references `room`)"
+            ]
+        );
+        assert_eq!(
+            p.prechecks[0].count,
+            r#"SELECT count(*) FROM "guest" WHERE "room" IS NOT NULL"#
+        );
+        // Back again, and applied: nothing to do.
+        assert!(steps(&moved, &moved).steps.is_empty());
+        let back = steps(&moved, &with_box);
+        assert_eq!(
+            one(&back).change,
+            "point the foreign key of `room` at `room` (it references `box`)"
+        );
+    }
+
     #[test]
     fn the_same_spec_is_no_change() {
         let p = steps(&base(), &base());
@@ -1666,6 +1873,59 @@ mod tests {
             (Risk::Destructive, Applies::Forced, true)
         );
         assert!(s.why.unwrap().contains("give the field a `default`"));
+    }
+
+    /// A type change drops the column's CHECK before it (one written for
+    /// the former type may not apply to the new one: `char_length` of a
+    /// number), and adds the new one after, its rows counted first over
+    /// the converted values.
+    #[test]
+    fn a_type_change_replaces_the_check_around_it() {
+        let mut v = base();
+        v["entities"]["Room"]["fields"]["name"] = json!({"type": "integer", "maximum": 9});
+        let p = steps(&base(), &v);
+        let sql: Vec<&str> = p
+            .steps
+            .iter()
+            .flat_map(|s| s.sql.iter().map(String::as_str))
+            .collect();
+        assert_eq!(
+            sql[..3],
+            [
+                r#"ALTER TABLE "room" DROP CONSTRAINT "room_name_check";"#,
+                r#"ALTER TABLE "room" ALTER COLUMN "name" TYPE bigint USING "name"::bigint;"#,
+                r#"ALTER TABLE "room" ADD CONSTRAINT "room_name_check" CHECK ("name" <= 9) NOT VALID;"#,
+            ],
+            "{}",
+            p.human()
+        );
+        assert_eq!(
+            p.steps[1].change,
+            "add a CHECK to `name` (for its new type)"
+        );
+        assert_eq!(
+            p.prechecks[0].count,
+            r#"SELECT count(*) FROM "room" WHERE NOT (("name"::bigint) <= 9)"#
+        );
+        // The other way: the bounds dropped first, the length counted on
+        // the converted text.
+        let mut v = base();
+        v["entities"]["Room"]["fields"]["beds"] = json!({"type": "string", "maxLength": 2});
+        let p = steps(&base(), &v);
+        assert_eq!(
+            p.steps[0].sql[0],
+            r#"ALTER TABLE "room" DROP CONSTRAINT "room_beds_check";"#
+        );
+        assert_eq!(
+            p.prechecks[0].count,
+            r#"SELECT count(*) FROM "room" WHERE NOT (char_length(("beds"::text)) <= 2)"#
+        );
+        // Without a rule in the new type: dropped, nothing added.
+        let mut v = base();
+        v["entities"]["Room"]["fields"]["beds"] = json!({"type": "string"});
+        let p = steps(&base(), &v);
+        assert_eq!(p.steps.len(), 1, "{}", p.human());
+        assert!(p.prechecks.is_empty());
     }
 
     #[test]

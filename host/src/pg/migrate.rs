@@ -6,7 +6,9 @@
 //! (see [`unknown_column`]).
 
 use anyhow::{Context, Result};
-use sinew_core::migrate::evolve::{self, Applies, Check, Column, Index, Plan, Schema, Step};
+use sinew_core::migrate::evolve::{
+    self, Applies, Check, Column, ForeignKey, Index, Plan, Schema, Step,
+};
 use sinew_core::migrate::{Rule, columns, table_name};
 use sinew_core::spec::Spec;
 use std::fmt::Write;
@@ -207,7 +209,17 @@ pub async fn read_schema(client: &tokio_postgres::Client) -> Result<Schema> {
     }
     let rows = client
         .query(
-            "SELECT c.relname::text, k.conname::text              FROM pg_catalog.pg_constraint k              JOIN pg_catalog.pg_class c ON c.oid = k.conrelid              WHERE k.contype = 'f'                AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = current_schema())              ORDER BY 1, 2",
+            "SELECT c.relname::text, k.conname::text, \
+             ARRAY(SELECT a.attname::text FROM unnest(k.conkey) WITH ORDINALITY u(n, o) \
+                   JOIN pg_catalog.pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.n \
+                   ORDER BY u.o), \
+             r.relname::text \
+             FROM pg_catalog.pg_constraint k \
+             JOIN pg_catalog.pg_class c ON c.oid = k.conrelid \
+             JOIN pg_catalog.pg_class r ON r.oid = k.confrelid \
+             WHERE k.contype = 'f' \
+               AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = current_schema()) \
+             ORDER BY 1, 2",
             &[],
         )
         .await
@@ -215,7 +227,11 @@ pub async fn read_schema(client: &tokio_postgres::Client) -> Result<Schema> {
     for r in &rows {
         let table: String = r.get(0);
         if let Some(t) = schema.tables.get_mut(&table) {
-            t.foreign_keys.push(r.get(1));
+            t.foreign_keys.push(ForeignKey {
+                name: r.get(1),
+                columns: r.get(2),
+                target: r.get(3),
+            });
         }
     }
     let rows = client
@@ -743,6 +759,28 @@ pub struct Recorded {
     pub finished_at: Option<String>,
 }
 
+/// Where a database stands against the spec whose schema's key is `key`,
+/// by its migrations (`history`, oldest first), as `sinew migrate --status`
+/// says: `new` (none recorded), `at` (the last one was to this spec and
+/// finished), `unfinished` (the last one was to this spec and was cut
+/// short after its transaction), `ahead` (the last one went to another
+/// spec, after one to this finished), `other`.
+pub fn position(history: &[Recorded], key: &str) -> &'static str {
+    match history.last() {
+        None => "new",
+        Some(h) if h.plan == key && h.finished_at.is_none() => "unfinished",
+        Some(h) if h.plan == key => "at",
+        Some(_)
+            if history
+                .iter()
+                .any(|h| h.plan == key && h.finished_at.is_some()) =>
+        {
+            "ahead"
+        }
+        Some(_) => "other",
+    }
+}
+
 /// Every migration recorded, oldest first (none when the table does not
 /// exist yet).
 pub async fn history(client: &tokio_postgres::Client) -> Result<Vec<Recorded>> {
@@ -782,4 +820,36 @@ pub async fn history(client: &tokio_postgres::Client) -> Result<Vec<Recorded>> {
             }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The last migration decides, finished or not: one to this spec cut
+    /// short is `unfinished`, never `ahead` of it because of an earlier
+    /// finished one to another spec.
+    #[test]
+    fn the_position_is_the_last_migrations() {
+        let m = |id, plan: &str, finished: bool| Recorded {
+            id,
+            spec: "s".into(),
+            bundle: None,
+            plan: plan.into(),
+            steps: 1,
+            by: "migrate".into(),
+            started_at: "2026-01-01T00:00:00Z".into(),
+            finished_at: finished.then(|| "2026-01-01T00:00:01Z".into()),
+        };
+        assert_eq!(position(&[], "a"), "new");
+        assert_eq!(position(&[m(1, "a", true)], "a"), "at");
+        let cut = [m(1, "a", true), m(2, "b", true), m(3, "a", false)];
+        assert_eq!(position(&cut, "a"), "unfinished");
+        assert_eq!(position(&cut, "b"), "ahead");
+        let later = [m(1, "a", true), m(2, "b", true)];
+        assert_eq!(position(&later, "a"), "ahead");
+        assert_eq!(position(&[m(1, "a", false)], "b"), "other");
+        // A later migration to another spec cut short: ahead all the same.
+        assert_eq!(position(&[m(1, "a", true), m(2, "b", false)], "a"), "ahead");
+    }
 }

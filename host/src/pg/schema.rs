@@ -333,6 +333,13 @@ impl Schema {
     pub fn tables(&self) -> impl Iterator<Item = &Table> {
         self.tables.values()
     }
+
+    /// The entity whose table is `table`.
+    pub fn entity_of(&self, table: &str) -> Option<&str> {
+        self.tables
+            .iter()
+            .find_map(|(entity, t)| (t.name == table).then_some(entity.as_str()))
+    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde_json::Value;
 use sinew_core::chain::{GENESIS_HASH, seal_entry, seal_text};
 use sinew_core::hash::sha256_hex;
@@ -36,11 +36,15 @@ pub const POLL: Duration = Duration::from_millis(100);
 pub const LATE: Duration = Duration::from_secs(60);
 
 /// Moves the entries of the given ids, sealed, from the queue to the chain.
+/// The `execution` and `kind` columns are the sealed entry's (as `sinew
+/// audit verify` checks), not the queued row's, which any writer of the
+/// queue sets as it likes.
 const MOVE: &str = "WITH sealed AS (\
-       SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[]) \
-         AS s(id, seq, entry, prev, hash)), \
+       SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
+                            $6::text[], $7::text[]) \
+         AS s(id, seq, entry, prev, hash, execution, kind)), \
      moved AS (DELETE FROM sinew_audit_queue q USING sealed s WHERE q.id = s.id \
-       RETURNING s.seq, q.execution, q.kind, s.entry, s.prev, s.hash, q.queued_at) \
+       RETURNING s.seq, s.execution, s.kind, s.entry, s.prev, s.hash, q.queued_at) \
      INSERT INTO sinew_audit (seq, execution, kind, entry, prev, hash, queued_at, recorded_at) \
      SELECT seq, execution, kind, entry, prev, hash, queued_at, clock_timestamp() FROM moved";
 
@@ -102,6 +106,10 @@ pub enum Batch {
         /// changed by hand before they were chained (the table refuses
         /// updates), chained as they were found.
         altered: Vec<i64>,
+        /// The queue ids of those that were not a JSON object (written to
+        /// the queue by hand): chained as found, inside an `unreadable`
+        /// entry ([`sinew_core::chain::unreadable_entry`]).
+        unreadable: Vec<i64>,
         /// Why the batch's review items could not be recorded (a database
         /// sinew's tables were not migrated on): the entries are chained
         /// all the same.
@@ -151,6 +159,7 @@ async fn chain_batch(client: &Client, wait: Wait) -> Result<Batch> {
         return Ok(Batch::Chained {
             n: 0,
             altered: Vec::new(),
+            unreadable: Vec::new(),
             unraised: None,
         });
     }
@@ -159,6 +168,7 @@ async fn chain_batch(client: &Client, wait: Wait) -> Result<Batch> {
         .unwrap_or_else(|| (0, GENESIS_HASH.to_owned()));
     let n = queued.len();
     let mut altered = Vec::new();
+    let mut unreadable = Vec::new();
     let mut raised = Raised::default();
     let (mut ids, mut seqs, mut texts, mut prevs, mut hashes) = (
         Vec::with_capacity(n),
@@ -167,29 +177,53 @@ async fn chain_batch(client: &Client, wait: Wait) -> Result<Batch> {
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
+    let (mut executions, mut kinds) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for row in &queued {
         let id: i64 = row.get(0);
         let text: &str = row.get(1);
         let digest: &str = row.get(2);
-        let parse = || {
-            serde_json::from_str::<Value>(text)
-                .with_context(|| format!("queued audit entry {id} is not JSON"))
-        };
         seq += 1;
+        let at = u64::try_from(seq)?;
         // The text as sinew queued it (canonical) is sealed as text; one
-        // changed by hand is parsed and sealed as it was found.
+        // changed by hand is parsed and sealed as it was found; one that
+        // is not a JSON object (written to the queue by hand) is chained
+        // as found too, inside an `unreadable` entry, so that it cannot
+        // stop the chain.
         let spliced = if sha256_hex(text.as_bytes()) == digest {
-            seal_text(text, u64::try_from(seq)?, &prev)
+            seal_text(text, at, &prev)
         } else {
             altered.push(id);
             None
         };
-        let (sealed, hash) = match spliced {
-            Some(s) => s,
-            None => seal_entry(parse()?, u64::try_from(seq)?, &prev).map_err(anyhow::Error::msg)?,
+        let (entry, (sealed, hash)) = match spliced {
+            Some(s) => (None, s),
+            None => {
+                let entry = match serde_json::from_str::<Value>(text) {
+                    Ok(v @ Value::Object(_)) => v,
+                    _ => {
+                        unreadable.push(id);
+                        sinew_core::chain::unreadable_entry(text)
+                    }
+                };
+                let sealed = seal_entry(entry.clone(), at, &prev).map_err(anyhow::Error::msg)?;
+                (Some(entry), sealed)
+            }
         };
+        let (execution, kind) = match &entry {
+            Some(Value::Object(m)) => sinew_core::chain::entry_columns(m),
+            _ => sinew_core::chain::text_columns(&sealed),
+        };
+        executions.push(execution);
+        kinds.push(kind);
         if text.contains("\"escalate\"") {
-            raised.add(seq, &parse()?);
+            match entry {
+                Some(v) => raised.add(seq, &v),
+                None => {
+                    if let Ok(v) = serde_json::from_str::<Value>(text) {
+                        raised.add(seq, &v);
+                    }
+                }
+            }
         }
         ids.push(id);
         seqs.push(seq);
@@ -198,7 +232,10 @@ async fn chain_batch(client: &Client, wait: Wait) -> Result<Batch> {
         hashes.push(hash);
     }
     let moved = client
-        .execute(MOVE, &[&ids, &seqs, &texts, &prevs, &hashes])
+        .execute(
+            MOVE,
+            &[&ids, &seqs, &texts, &prevs, &hashes, &executions, &kinds],
+        )
         .await?;
     if usize::try_from(moved).ok() != Some(n) {
         bail!("moved {moved} of {n} queued audit entries");
@@ -240,6 +277,7 @@ async fn chain_batch(client: &Client, wait: Wait) -> Result<Batch> {
     Ok(Batch::Chained {
         n,
         altered,
+        unreadable,
         unraised,
     })
 }
@@ -346,10 +384,17 @@ pub async fn run<F, Fut>(
             Ok(Batch::Chained {
                 n,
                 altered,
+                unreadable,
                 unraised,
             }) => {
                 if let Some(why) = unraised {
                     report(format!("audit sequencer: {why}"));
+                }
+                for id in unreadable {
+                    report(format!(
+                        "audit sequencer: queued entry {id} is not a JSON object: chained as found, \
+                         as an `unreadable` entry"
+                    ));
                 }
                 Ok((n, altered))
             }
