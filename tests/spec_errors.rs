@@ -3286,6 +3286,13 @@ fn externals_that_speak_http_are_checked() {
             "/externals/mailer/baseUrl",
             "is not a base URL",
         ),
+        // Credentials in the URL: refused, saying where they go, and not
+        // echoed.
+        (
+            json!({"baseUrl": "http://u:SECRETPASS@127.0.0.1:8080/v1"}),
+            "/externals/mailer/baseUrl",
+            "`http://…@127.0.0.1:8080/v1` is not a base URL: it has credentials in it (`user:password@`): credentials go in the external's `auth`",
+        ),
         (
             json!({"auth": {"bearer": {"secret": "sk_live_123 abc"}}}),
             "/externals/mailer/auth/bearer/secret",
@@ -3309,6 +3316,7 @@ fn externals_that_speak_http_are_checked() {
         });
         let d = only_error(&l, "invalid-value", path);
         assert_message(d, says);
+        assert!(!d.message.contains("SECRETPASS"), "{}", d.message);
     }
     for (op, path, says) in [
         (

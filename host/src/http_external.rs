@@ -133,7 +133,10 @@ impl HttpExternal {
         let mut bases: HashMap<String, String> = HashMap::new();
         for g in given {
             let Some((name, url)) = g.split_once('=') else {
-                anyhow::bail!("--external takes NAME=URL, not `{g}`");
+                anyhow::bail!(
+                    "--external takes NAME=URL, not `{}`",
+                    sinew_core::spec::url_without_credentials(g)
+                );
             };
             if !spec.externals.contains_key(name) {
                 anyhow::bail!("--external: the spec has no external `{name}`");
@@ -149,7 +152,10 @@ impl HttpExternal {
             if let Some(url) = &base
                 && let Some(why) = sinew_core::spec::base_url_problem(url)
             {
-                anyhow::bail!("the URL of external `{name}` {why} (`{url}`)");
+                anyhow::bail!(
+                    "the URL of external `{name}` {why} (`{}`)",
+                    sinew_core::spec::url_without_credentials(url)
+                );
             }
             let mut hidden = Vec::new();
             let auth = match &x.auth {
@@ -991,6 +997,8 @@ mod tests {
             ("https://x.example.com/#a", "fragment"),
             ("http://", "no host"),
             ("ftp://x.example.com", "https://"),
+            ("http://u:p@127.0.0.1", "credentials"),
+            ("https://u@x.example.com/v1", "credentials"),
         ] {
             let got = problem(bad).unwrap_or_default();
             assert!(got.contains(why), "{bad}: {got}");
