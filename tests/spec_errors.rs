@@ -3294,6 +3294,11 @@ fn externals_that_speak_http_are_checked() {
             "`http://…@127.0.0.1:8080/v1` is not a base URL: it has credentials in it (`user:password@`): credentials go in the external's `auth`",
         ),
         (
+            json!({"auth": {"basic": {"user": "acct:1", "secret": "B"}}}),
+            "/externals/mailer/auth/basic/user",
+            "the basic-auth user `acct:1` contains `:`",
+        ),
+        (
             json!({"auth": {"bearer": {"secret": "sk_live_123 abc"}}}),
             "/externals/mailer/auth/bearer/secret",
             "is not an environment variable's name",

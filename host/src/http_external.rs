@@ -609,6 +609,11 @@ fn auth_header(auth: &ExternalAuth, secret: &str) -> Result<(HeaderName, HeaderV
     use base64::Engine as _;
     let (name, value) = match auth {
         ExternalAuth::Bearer { .. } => (hyper::header::AUTHORIZATION, format!("Bearer {secret}")),
+        // RFC 7617: the service splits at the first `:` (the checker
+        // refuses such a user already).
+        ExternalAuth::Basic { user, .. } if user.contains(':') => {
+            return Err("its basic-auth user contains `:`, where the password begins".into());
+        }
         ExternalAuth::Basic { user, .. } => (
             hyper::header::AUTHORIZATION,
             format!(
@@ -629,7 +634,7 @@ fn auth_header(auth: &ExternalAuth, secret: &str) -> Result<(HeaderName, HeaderV
 
 /// A JSON object as `application/x-www-form-urlencoded`, as Stripe reads
 /// it: nested keys `a[b]`, arrays `a[0]`, booleans `true`/`false`, numbers
-/// as written, nulls omitted.
+/// in plain decimal, nulls omitted.
 pub fn form_encode(v: &Value) -> String {
     fn flatten(prefix: &str, v: &Value, out: &mut form_urlencoded::Serializer<'_, String>) {
         match v {
@@ -638,7 +643,7 @@ pub fn form_encode(v: &Value) -> String {
                 out.append_pair(prefix, if *b { "true" } else { "false" });
             }
             Value::Number(n) => {
-                out.append_pair(prefix, &n.to_string());
+                out.append_pair(prefix, &plain(n));
             }
             Value::String(s) => {
                 out.append_pair(prefix, s);
@@ -663,6 +668,18 @@ pub fn form_encode(v: &Value) -> String {
     let mut out = form_urlencoded::Serializer::new(String::new());
     flatten("", v, &mut out);
     out.finish()
+}
+
+/// A number as plain decimal digits: JSON writes a small or large one with
+/// an exponent (`1e-7`), which Stripe, and form readers generally, refuse.
+/// (Rust writes an `f64` without one, and as the shortest text that reads
+/// back as the same number.)
+fn plain(n: &serde_json::Number) -> String {
+    let text = n.to_string();
+    match n.as_f64() {
+        Some(f) if text.contains(['e', 'E']) => f.to_string(),
+        _ => text,
+    }
 }
 
 /// A `Retry-After` value: seconds, or an HTTP date.
@@ -1038,6 +1055,11 @@ mod tests {
         );
         assert!(text.contains("metadata%5Btags%5D%5B0%5D=a%26b"), "{text}");
         assert_eq!(form_encode(&json!({})), "");
+        // Plain decimals: never an exponent, which Stripe refuses.
+        assert_eq!(
+            form_encode(&json!({"a": 0.000_000_1, "b": 1e21, "c": -2.5e-3, "d": 7})),
+            "a=0.0000001&b=1000000000000000000000&c=-0.0025&d=7"
+        );
     }
 
     #[test]

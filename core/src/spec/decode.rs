@@ -1097,7 +1097,18 @@ fn external_auth(cx: &mut Cx, v: &Value, path: &str) -> Option<ExternalAuth> {
             let out = match *kind {
                 "bearer" => secret.map(|secret| ExternalAuth::Bearer { secret }),
                 "basic" => {
-                    let user = a.string(cx, "user", true);
+                    // RFC 7617: the service reads the user up to the first
+                    // `:`, the rest as the password.
+                    let user = a.string(cx, "user", true).filter(|u| {
+                        let ok = !u.contains(':');
+                        if !ok {
+                            cx.error(
+                                Diagnostic::new("invalid-value", a.at("user"), format!("the basic-auth user `{u}` contains `:`: the service would read the user up to it and the rest as the password"))
+                                    .help("a basic-auth user cannot hold `:` (RFC 7617); the password (the secret) can"),
+                            );
+                        }
+                        ok
+                    });
                     user.zip(secret)
                         .map(|(user, secret)| ExternalAuth::Basic { user, secret })
                 }
