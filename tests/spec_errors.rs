@@ -838,8 +838,9 @@ fn reviews_need_roles_and_their_paths() {
         v["reviews"] = json!({"roles": ["staff"]});
         at(v, "/tools/get_product/trigger")["http"]["path"] = json!("/reviews/{id}");
     });
-    let d = only_error(&l, "invalid-value", "/tools/get_product/trigger");
+    let d = only_error(&l, "reserved-route", "/tools/get_product/trigger");
     assert_message(d, "where `sinew serve` answers reviews");
+    assert_help(d, "/reviews and below");
     // Without `reviews`, the path is the tools'.
     let mut v = base();
     at(&mut v, "/tools/get_product/trigger")["http"]["path"] = json!("/reviews/{id}");
@@ -1027,6 +1028,47 @@ fn duplicate_route() {
     let d = only_error(&l, "duplicate-route", "/tools/place_order/trigger");
     assert_message(d, "`get_product`");
     assert_eq!(d.tool.as_deref(), Some("place_order"));
+}
+
+/// A route on a path the server answers itself (health, readiness, the
+/// OpenAPI document, the by-name calls, Pub/Sub's pushes) would be shadowed
+/// by it or shadow it: refused, whatever the method, a webhook's too.
+#[test]
+fn reserved_route() {
+    for (method, path) in [
+        ("GET", "/healthz"),
+        ("POST", "/healthz"),
+        ("GET", "/readyz"),
+        ("GET", "/openapi.json"),
+        ("POST", "/tools/{id}"),
+        ("POST", "/tools/place_order"),
+        ("GET", "/tools/{id}"),
+        ("POST", "/queues/{id}"),
+        ("POST", "/queues/jobs"),
+    ] {
+        let l = load_with(|v| {
+            at(v, "/tools/get_product/trigger")["http"] = json!({"method": method, "path": path});
+        });
+        let d = only_error(&l, "reserved-route", "/tools/get_product/trigger");
+        assert_message(d, "which `sinew serve` answers itself");
+        assert_help(
+            d,
+            "/healthz, /readyz, /openapi.json, /tools/{name}, /queues/{queue}",
+        );
+        assert_eq!(d.tool.as_deref(), Some("get_product"), "{method} {path}");
+    }
+    let l = load_with(|v| {
+        at(v, "/tools/get_product")["trigger"] = json!({"webhook": {"path": "/queues/jobs"}});
+    });
+    let d = only_error(&l, "reserved-route", "/tools/get_product/trigger");
+    assert_message(d, "`POST /queues/jobs` is on `/queues/{queue}`");
+    // A parameter where the server has a literal, or one more segment,
+    // leaves the tool its route (the server's literal paths win).
+    for path in ["/{id}", "/tools/{id}/stock", "/tools", "/healthz/{id}"] {
+        let mut v = base();
+        at(&mut v, "/tools/get_product/trigger")["http"]["path"] = json!(path);
+        assert_clean_and_green(&v);
+    }
 }
 
 #[test]
@@ -3253,6 +3295,18 @@ fn externals_that_speak_http_are_checked() {
             "/externals/mailer/baseUrl",
             "is not a base URL",
         ),
+        // Credentials in the URL: refused, saying where they go, and not
+        // echoed.
+        (
+            json!({"baseUrl": "http://u:SECRETPASS@127.0.0.1:8080/v1"}),
+            "/externals/mailer/baseUrl",
+            "`http://…@127.0.0.1:8080/v1` is not a base URL: it has credentials in it (`user:password@`): credentials go in the external's `auth`",
+        ),
+        (
+            json!({"auth": {"basic": {"user": "acct:1", "secret": "B"}}}),
+            "/externals/mailer/auth/basic/user",
+            "the basic-auth user `acct:1` contains `:`",
+        ),
         (
             json!({"auth": {"bearer": {"secret": "sk_live_123 abc"}}}),
             "/externals/mailer/auth/bearer/secret",
@@ -3276,6 +3330,7 @@ fn externals_that_speak_http_are_checked() {
         });
         let d = only_error(&l, "invalid-value", path);
         assert_message(d, says);
+        assert!(!d.message.contains("SECRETPASS"), "{}", d.message);
     }
     for (op, path, says) in [
         (

@@ -974,6 +974,109 @@ mod tests {
         assert_eq!(plain.audit["input"]["card"], "4242424242424242");
     }
 
+    /// A `call`'s or an `emit`'s `idempotencyKey` that is null or empty is
+    /// as if it were absent: the node's own key, never `null` shared by
+    /// every such call (a service would answer them all with the first
+    /// one's result).
+    #[test]
+    fn a_null_or_empty_node_key_is_the_nodes_own() {
+        let spec = json!({"sinew": "0.2", "name": "k", "roles": ["clerk"],
+            "externals": {"api": {"kind": "http", "operations": {"go": {"sideEffects": true}}}},
+            "tools": {"t": {
+                "trigger": {"http": {"method": "POST", "path": "/t"}}, "auth": {"roles": ["clerk"]},
+                "idempotencyKey": "request.idempotencyKey",
+                "input": {"type": "object", "properties": {"ref": {"type": ["string", "null"]}}},
+                "output": true,
+                "flow": {"entry": "c", "nodes": {
+                    "c": {"type": "call", "external": "api", "operation": "go", "timeoutMs": 1000,
+                          "retry": {"max": 2}, "idempotencyKey": "input.ref", "next": "tx"},
+                    "tx": {"type": "transaction", "next": "r", "body": {"entry": "m", "nodes": {
+                        "m": {"type": "emit", "external": "api", "operation": "go",
+                              "idempotencyKey": "input.ref"}}}},
+                    "r": {"type": "return", "value": "m.id"}}}}}});
+        let bundle = Bundle::load(&spec.to_string()).unwrap();
+        for (n, r#ref) in [json!(null), json!(""), json!("order-1")]
+            .into_iter()
+            .enumerate()
+        {
+            let mut store = crate::ports::memory::MemoryStorage::new();
+            let mut clock = crate::ports::memory::FixedClock::new(1_767_225_600_000);
+            let mut ext = crate::ports::script::ScriptedExternal::new();
+            let id = format!("req-{n}");
+            let request = Request {
+                tool: "t".into(),
+                id: id.clone(),
+                input: json!({"ref": r#ref}),
+                auth: Some(crate::request::Auth {
+                    sub: "cleo".into(),
+                    roles: vec!["clerk".into()],
+                    claims: json!({}),
+                }),
+                idempotency_key: Some(format!("k-{n}")),
+                ..Request::default()
+            };
+            let r = execute(&bundle, &request, &mut store, &mut clock, &mut ext);
+            assert_eq!(r.status, 200, "{:?}", r.body);
+            let message = &r.audit["messages"][0];
+            let (call_key, emit_key) = match r#ref.as_str() {
+                Some(k) if !k.is_empty() => (k.to_owned(), json!(k)),
+                _ => (format!("{id}:c"), message["id"].clone()),
+            };
+            assert_eq!(
+                ext.calls()[0].idempotency_key.as_deref(),
+                Some(call_key.as_str())
+            );
+            assert_eq!(message["idempotencyKey"], emit_key, "{message}");
+            assert_eq!(message["id"], r.body);
+        }
+    }
+
+    /// An Idempotency-Key or token claims holding a NUL character (a
+    /// Pub/Sub push's `messageId`, a token's claim) are refused, and left
+    /// out of the entry's tape, saying why: Postgres cannot hold them in
+    /// `jsonb`. A replay says why it cannot run such an entry.
+    #[test]
+    fn a_key_or_claims_with_a_nul_character_are_left_out_of_the_tape() {
+        let spec = json!({"sinew": "0.2", "name": "k", "roles": ["r"], "tools": {"t": {
+            "trigger": {"queue": {"name": "jobs"}}, "auth": {"roles": ["r"]}, "output": true,
+            "flow": {"entry": "r", "nodes": {"r": {"type": "return", "value": "{}"}}}}}});
+        let text = spec.to_string();
+        let bundle = Bundle::load(&text).unwrap();
+        let auth = |claims: Value| crate::request::Auth {
+            sub: "queue:jobs".into(),
+            roles: vec!["r".into()],
+            claims,
+        };
+        for (key, claims, part) in [
+            (Some("é\u{0}"), json!({}), "idempotencyKey"),
+            (Some("m-1"), json!({"email": "a\u{0}"}), "claims"),
+        ] {
+            let request = Request {
+                tool: "t".into(),
+                id: "req-1".into(),
+                auth: Some(auth(claims)),
+                idempotency_key: key.map(str::to_owned),
+                ..Request::default()
+            };
+            let r = execute(
+                &bundle,
+                &request,
+                &mut crate::ports::memory::MemoryStorage::new(),
+                &mut crate::ports::memory::FixedClock::new(1_767_225_600_000),
+                &mut crate::ports::script::ScriptedExternal::new(),
+            );
+            assert!(matches!(r.status, 400 | 401), "{}", r.status);
+            assert!(!r.audit.to_string().contains("\\u0000"), "{}", r.audit);
+            assert_eq!(r.audit["tape"][part], json!({"omitted": "a NUL character"}));
+            let e = crate::replay::Replay::of(&bundle, &r.audit).err();
+            assert!(
+                e.as_deref()
+                    .is_some_and(|e| e.contains("held a NUL character")),
+                "{e:?}"
+            );
+        }
+    }
+
     /// An input holding a NUL character (a key or a value), refused
     /// anyway, is recorded by its hash: Postgres cannot hold it in `jsonb`,
     /// and the log must stay queryable as JSON.

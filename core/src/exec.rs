@@ -1899,6 +1899,19 @@ impl<'a> Run<'a> {
                 .has_side_effects(&call.service, &call.operation)
     }
 
+    /// The idempotency key a `call` or `emit` sends: its `idempotencyKey`'s
+    /// value as text, or `derived` (the node's own key) when it has none or
+    /// it is null or empty, as for a tool's key. Sent as written, `null`
+    /// would be one key shared by every such call, and the service would
+    /// answer them all with the first one's result.
+    fn key_or(&mut self, key: Option<&Expression>, derived: String) -> Result<String, Problem> {
+        Ok(match key.map(|k| self.eval(k, None)).transpose()? {
+            None | Some(Value::Null) => derived,
+            Some(Value::String(s)) if s.is_empty() => derived,
+            Some(v) => v.to_string(),
+        })
+    }
+
     /// Runs a call node (as a step of the flow, or as a compensation).
     pub fn run_call(&mut self, id: &str, node: &Node, compensation: bool) -> Result<(), Problem> {
         let NodeKind::Call {
@@ -1933,10 +1946,8 @@ impl<'a> Run<'a> {
             let v = self.template(t, None)?;
             a.insert(k.clone(), self.json(&v)?);
         }
-        let key = match idempotency_key {
-            Some(k) => Some(self.eval(k, None)?.to_string()),
-            None => Some(format!("{}:{id}", self.request.id)),
-        };
+        let derived = format!("{}:{id}", self.request.id);
+        let key = Some(self.key_or(idempotency_key.as_ref(), derived)?);
         let request = CallRequest {
             service: external.clone(),
             operation: operation.clone(),
@@ -2531,14 +2542,7 @@ impl<'a> Run<'a> {
             args.insert(k.clone(), self.json(&v)?);
         }
         let message_id = self.new_id(id);
-        let key = match m.key {
-            Some(k) => match self.eval(k, None)? {
-                Value::String(s) if !s.is_empty() => s,
-                Value::Null => message_id.clone(),
-                other => other.to_string(),
-            },
-            None => message_id.clone(),
-        };
+        let key = self.key_or(m.key, message_id.clone())?;
         let mut message = json!({
             "id": message_id,
             "execution": self.request.id,

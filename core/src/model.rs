@@ -66,6 +66,35 @@ pub struct Reviews {
 /// declares `reviews`.
 pub const REVIEWS_PATH: &str = "/reviews";
 
+/// The paths `sinew serve` answers itself, whatever the method: a tool's
+/// route may not be one of them (`reserved-route`). A route with a
+/// parameter where these have a literal (`/{page}`, `/{a}/{b}`) is the
+/// tool's for every other value.
+pub const RESERVED_PATHS: [&str; 5] = [
+    "/healthz",
+    "/readyz",
+    "/openapi.json",
+    "/tools/{name}",
+    "/queues/{queue}",
+];
+
+/// The reserved path (of [`RESERVED_PATHS`], or `/reviews` when the spec
+/// declares `reviews`) that `path`, a route's path or a request's, is or
+/// lies under; `None` when it is free. A segment written as a parameter
+/// (`{x}`) is taken literally: `/tools/{x}` is reserved, `/{a}/{b}` is not.
+pub fn reserved_path(path: &str, reviews: bool) -> Option<&'static str> {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    match segments.as_slice() {
+        ["healthz"] => Some(RESERVED_PATHS[0]),
+        ["readyz"] => Some(RESERVED_PATHS[1]),
+        ["openapi.json"] => Some(RESERVED_PATHS[2]),
+        ["tools", _] => Some(RESERVED_PATHS[3]),
+        ["queues", _] => Some(RESERVED_PATHS[4]),
+        ["reviews", ..] if reviews => Some(REVIEWS_PATH),
+        _ => None,
+    }
+}
+
 /// Which browser origins may call which tools (`cors`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cors {

@@ -140,6 +140,23 @@ impl Replay {
                 format!("its input was too large to record ({size})")
             });
         }
+        // The request refused for a NUL character in its key or token,
+        // which the tape left out.
+        for (k, what) in [
+            ("idempotencyKey", "Idempotency-Key"),
+            ("claims", "token's claims"),
+        ] {
+            if tape
+                .get(k)
+                .and_then(|v| v.get("omitted"))
+                .and_then(Value::as_str)
+                == Some(crate::tape::NUL)
+            {
+                return Err(format!(
+                    "its {what} held a NUL character, which the log cannot hold (the request was refused)"
+                ));
+            }
+        }
         let text = |k: &str| e.get(k).and_then(Value::as_str).map(str::to_owned);
         let tool = text("tool").ok_or("the entry names no tool")?;
         let auth = text("subject").map(|sub| Auth {

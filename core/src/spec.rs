@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::diag::Diagnostic;
 
 pub use crate::model::*;
-pub use decode::{base_url_problem, unfit_path_segment};
+pub use decode::{base_url_problem, unfit_path_segment, url_without_credentials};
 
 /// A loaded spec together with what the loader found wrong.
 #[derive(Debug, Clone)]

@@ -267,6 +267,9 @@ enum Step {
     },
 }
 
+/// Why a part of the request is `{"omitted": …}` in the tape.
+pub(crate) const NUL: &str = "a NUL character";
+
 /// An execution's tape, while it is recorded.
 #[derive(Debug, Default)]
 pub(crate) struct Tape {
@@ -286,14 +289,23 @@ pub(crate) struct Tape {
 
 impl Tape {
     pub(crate) fn new(request: &Request) -> Tape {
+        // (Postgres refuses a NUL character in `jsonb`: a key or claims
+        // holding one, refused anyway, are left out, saying why.)
+        let nul = || json!({"omitted": NUL});
         let mut r = Map::new();
         if let Some(a) = &request.auth
             && !a.claims.is_null()
         {
-            r.insert("claims".into(), a.claims.clone());
+            let claims = if crate::input::has_nul(&a.claims) {
+                nul()
+            } else {
+                a.claims.clone()
+            };
+            r.insert("claims".into(), claims);
         }
         if let Some(k) = &request.idempotency_key {
-            r.insert("idempotencyKey".into(), json!(k));
+            let key = if k.contains('\0') { nul() } else { json!(k) };
+            r.insert("idempotencyKey".into(), key);
         }
         if let Some(s) = &request.scheduled {
             r.insert("scheduled".into(), json!(s));

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{HeaderMap, Method};
-use serde_json::Value;
+use serde_json::{Value, json};
 use sinew_core::ports::{Attempt, CallOutcome, CallRequest, CallResult};
 use sinew_core::spec::{Backoff, Encoding, ExternalAuth, Spec};
 use std::collections::HashMap;
@@ -28,8 +28,23 @@ use std::time::{Duration, Instant};
 
 /// An attempt without a `timeout` in the spec gets this long.
 pub(crate) const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The largest answer read from a service.
+/// The largest answer read from a service (4 MiB).
 const MAX_ANSWER: usize = 4 << 20;
+/// What stands for an answer over [`MAX_ANSWER`], unread.
+const TOO_LARGE: &str = "an answer over 4 MiB";
+
+/// How an attempt's answer reads.
+enum Answer {
+    /// A 2xx: the service's answer.
+    Accepted(Value),
+    /// A refusal (4xx but 408 and 429): the service's answer.
+    Refused(Value),
+    /// A 2xx whose body is over [`MAX_ANSWER`]: the service acted, so the
+    /// request is not sent again, but its answer is not read.
+    AcceptedUnread,
+    /// No answer, or one that may change (408, 429, 5xx): tried again.
+    Failed,
+}
 /// The longest wait between attempts (a longer `Retry-After` included).
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -118,7 +133,10 @@ impl HttpExternal {
         let mut bases: HashMap<String, String> = HashMap::new();
         for g in given {
             let Some((name, url)) = g.split_once('=') else {
-                anyhow::bail!("--external takes NAME=URL, not `{g}`");
+                anyhow::bail!(
+                    "--external takes NAME=URL, not `{}`",
+                    sinew_core::spec::url_without_credentials(g)
+                );
             };
             if !spec.externals.contains_key(name) {
                 anyhow::bail!("--external: the spec has no external `{name}`");
@@ -134,7 +152,10 @@ impl HttpExternal {
             if let Some(url) = &base
                 && let Some(why) = sinew_core::spec::base_url_problem(url)
             {
-                anyhow::bail!("the URL of external `{name}` {why} (`{url}`)");
+                anyhow::bail!(
+                    "the URL of external `{name}` {why} (`{}`)",
+                    sinew_core::spec::url_without_credentials(url)
+                );
             }
             let mut hidden = Vec::new();
             let auth = match &x.auth {
@@ -228,7 +249,7 @@ impl HttpExternal {
         call: &Prepared,
         r: &CallRequest,
         n: u32,
-    ) -> (Attempt, Option<Result<Value, Value>>, Option<Duration>) {
+    ) -> (Attempt, Answer, Option<Duration>) {
         use opentelemetry::KeyValue;
         let attributes = vec![
             KeyValue::new("http.request.method", call.method.as_str().to_owned()),
@@ -246,14 +267,14 @@ impl HttpExternal {
                         i64::from(status),
                     ));
                 }
-                if out.1.is_none() {
+                if matches!(out.1, Answer::Failed) {
                     crate::telemetry::fail_current(out.0.error.as_deref().unwrap_or("failed"));
                 }
                 out
             })
             .await;
         if let Some(m) = crate::telemetry::metrics() {
-            m.attempt(&r.service, &r.operation, out.1.is_none());
+            m.attempt(&r.service, &r.operation, matches!(out.1, Answer::Failed));
         }
         out
     }
@@ -263,7 +284,7 @@ impl HttpExternal {
         call: &Prepared,
         r: &CallRequest,
         n: u32,
-    ) -> (Attempt, Option<Result<Value, Value>>, Option<Duration>) {
+    ) -> (Attempt, Answer, Option<Duration>) {
         let started = Instant::now();
         let elapsed = || started.elapsed().as_millis() as u64;
         let secrets = &call.secrets;
@@ -288,7 +309,7 @@ impl HttpExternal {
                     error: Some(format!("bad request: {e}")),
                     duration_ms: 0,
                 };
-                return (a, None, None);
+                return (a, Answer::Failed, None);
             }
         };
         let timeout = r
@@ -302,11 +323,13 @@ impl HttpExternal {
                 .get(hyper::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(retry_after);
-            let body = Limited::new(resp.into_body(), MAX_ANSWER)
-                .collect()
-                .await
-                .map_err(|e| format!("reading the answer: {e}"))?
-                .to_bytes();
+            // An answer over the limit is not read (`None`); its status
+            // still says what the service did.
+            let body = match Limited::new(resp.into_body(), MAX_ANSWER).collect().await {
+                Ok(b) => Some(b.to_bytes()),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => None,
+                Err(e) => return Err(format!("reading the answer: {e}")),
+            };
             Ok::<_, String>((status, body, retry_after))
         };
         match tokio::time::timeout(timeout, call).await {
@@ -316,7 +339,7 @@ impl HttpExternal {
                     error: Some(format!("no answer within {} ms", timeout.as_millis())),
                     duration_ms: elapsed(),
                 },
-                None,
+                Answer::Failed,
                 None,
             ),
             Ok(Err(e)) => (
@@ -325,10 +348,36 @@ impl HttpExternal {
                     error: Some(e),
                     duration_ms: elapsed(),
                 },
-                None,
+                Answer::Failed,
                 None,
             ),
-            Ok(Ok((status, body, wait))) => {
+            Ok(Ok((status, None, wait))) => {
+                let attempt = |error: String| Attempt {
+                    status: Some(status),
+                    error: Some(error),
+                    duration_ms: elapsed(),
+                };
+                match status {
+                    200..=299 => (
+                        attempt(format!(
+                            "the service accepted it ({status}) with {TOO_LARGE}, unread"
+                        )),
+                        Answer::AcceptedUnread,
+                        None,
+                    ),
+                    400..=499 if status != 408 && status != 429 => (
+                        attempt(format!("the service refused ({status})")),
+                        Answer::Refused(json!({ "omitted": TOO_LARGE })),
+                        None,
+                    ),
+                    _ => (
+                        attempt(format!("the service answered {status}")),
+                        Answer::Failed,
+                        wait,
+                    ),
+                }
+            }
+            Ok(Ok((status, Some(body), wait))) => {
                 let value: Value = if body.is_empty() {
                     Value::Null
                 } else {
@@ -353,17 +402,17 @@ impl HttpExternal {
                     duration_ms: elapsed(),
                 };
                 match status {
-                    200..=299 => (attempt(None), Some(Ok(value)), None),
+                    200..=299 => (attempt(None), Answer::Accepted(value), None),
                     400..=499 if status != 408 && status != 429 => (
                         attempt(Some(format!("the service refused ({status})"))),
-                        Some(Err(value)),
+                        Answer::Refused(value),
                         None,
                     ),
                     // 408, 429, 5xx, and anything unexpected (1xx, 3xx):
                     // a failed attempt, retried.
                     _ => (
                         attempt(Some(format!("the service answered {status}"))),
-                        None,
+                        Answer::Failed,
                         wait,
                     ),
                 }
@@ -560,6 +609,11 @@ fn auth_header(auth: &ExternalAuth, secret: &str) -> Result<(HeaderName, HeaderV
     use base64::Engine as _;
     let (name, value) = match auth {
         ExternalAuth::Bearer { .. } => (hyper::header::AUTHORIZATION, format!("Bearer {secret}")),
+        // RFC 7617: the service splits at the first `:` (the checker
+        // refuses such a user already).
+        ExternalAuth::Basic { user, .. } if user.contains(':') => {
+            return Err("its basic-auth user contains `:`, where the password begins".into());
+        }
         ExternalAuth::Basic { user, .. } => (
             hyper::header::AUTHORIZATION,
             format!(
@@ -580,7 +634,7 @@ fn auth_header(auth: &ExternalAuth, secret: &str) -> Result<(HeaderName, HeaderV
 
 /// A JSON object as `application/x-www-form-urlencoded`, as Stripe reads
 /// it: nested keys `a[b]`, arrays `a[0]`, booleans `true`/`false`, numbers
-/// as written, nulls omitted.
+/// in plain decimal, nulls omitted.
 pub fn form_encode(v: &Value) -> String {
     fn flatten(prefix: &str, v: &Value, out: &mut form_urlencoded::Serializer<'_, String>) {
         match v {
@@ -589,7 +643,7 @@ pub fn form_encode(v: &Value) -> String {
                 out.append_pair(prefix, if *b { "true" } else { "false" });
             }
             Value::Number(n) => {
-                out.append_pair(prefix, &n.to_string());
+                out.append_pair(prefix, &plain(n));
             }
             Value::String(s) => {
                 out.append_pair(prefix, s);
@@ -614,6 +668,18 @@ pub fn form_encode(v: &Value) -> String {
     let mut out = form_urlencoded::Serializer::new(String::new());
     flatten("", v, &mut out);
     out.finish()
+}
+
+/// A number as plain decimal digits: JSON writes a small or large one with
+/// an exponent (`1e-7`), which Stripe, and form readers generally, refuse.
+/// (Rust writes an `f64` without one, and as the shortest text that reads
+/// back as the same number.)
+fn plain(n: &serde_json::Number) -> String {
+    let text = n.to_string();
+    match n.as_f64() {
+        Some(f) if text.contains(['e', 'E']) => f.to_string(),
+        _ => text,
+    }
 }
 
 /// A `Retry-After` value: seconds, or an HTTP date.
@@ -647,23 +713,35 @@ impl ExternalBackend for HttpExternal {
             let (attempt, answer, wait) = self.attempt(&prepared, r, n).await;
             attempts.push(attempt);
             match answer {
-                Some(Ok(value)) => {
+                Answer::Accepted(value) => {
                     return CallResult {
                         outcome: CallOutcome::Ok { value },
                         attempts,
                     };
                 }
-                Some(Err(value)) => {
+                Answer::Refused(value) => {
                     return CallResult {
                         outcome: CallOutcome::Declined { value },
                         attempts,
                     };
                 }
-                None if n < max => {
+                // The service acted: another attempt would act again.
+                // The flow cannot read the answer, so the call failed.
+                Answer::AcceptedUnread => {
+                    return CallResult {
+                        outcome: CallOutcome::Failed {
+                            message: format!(
+                                "the service accepted the call with {TOO_LARGE}, which is not read (not tried again: the service acted)"
+                            ),
+                        },
+                        attempts,
+                    };
+                }
+                Answer::Failed if n < max => {
                     let wait = self.backoff(r, n).max(wait.unwrap_or_default());
                     tokio::time::sleep(wait.min(MAX_BACKOFF)).await
                 }
-                None => {}
+                Answer::Failed => {}
             }
         }
         let message = attempts
@@ -689,9 +767,13 @@ impl ExternalBackend for HttpExternal {
         };
         let (attempt, answer, wait) = HttpExternal::attempt(self, &prepared, r, n.max(1)).await;
         let outcome = match answer {
-            Some(Ok(value)) => CallOutcome::Ok { value },
-            Some(Err(value)) => CallOutcome::Declined { value },
-            None => CallOutcome::Failed {
+            Answer::Accepted(value) => CallOutcome::Ok { value },
+            Answer::Refused(value) => CallOutcome::Declined { value },
+            // A delivery: the service accepted it, whatever its answer.
+            Answer::AcceptedUnread => CallOutcome::Ok {
+                value: json!({ "omitted": TOO_LARGE }),
+            },
+            Answer::Failed => CallOutcome::Failed {
                 message: attempt
                     .error
                     .clone()
@@ -802,6 +884,118 @@ mod tests {
         assert_eq!(v["nested"][0]["key"], "[redacted]");
     }
 
+    /// An answer over 4 MiB is not read. After a 2xx the service acted: a
+    /// call fails without another attempt (which would act again), a
+    /// delivery is delivered; a refusal stays a refusal.
+    #[tokio::test]
+    async fn an_answer_too_large_is_not_read_and_a_success_not_sent_again() {
+        use std::sync::atomic::AtomicUsize;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let sent = Arc::new(AtomicUsize::new(0));
+        let seen = sent.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    let status = if buf[..n].starts_with(b"POST /refuse") {
+                        "400 Bad Request"
+                    } else {
+                        "200 OK"
+                    };
+                    let body = format!("{{\"pad\": \"{}\"}}", "x".repeat(MAX_ANSWER));
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        let spec = sinew_core::spec::load(
+            &json!({"sinew": "0.2", "name": "x", "externals": {
+                "big": {"kind": "http", "baseUrl": format!("http://127.0.0.1:{port}"),
+                        "operations": {"accept": {}, "refuse": {}}}}})
+            .to_string(),
+        )
+        .spec;
+        let x = HttpExternal::configured(
+            &spec,
+            &[],
+            crate::tls::client(None).unwrap(),
+            &crate::secrets::Secrets::default(),
+        )
+        .unwrap();
+        let call = |operation: &str| CallRequest {
+            service: "big".into(),
+            operation: operation.into(),
+            args: json!({}),
+            timeout_ms: None,
+            max_attempts: 3,
+            backoff: Backoff::None,
+            initial_backoff_ms: 0,
+            idempotency_key: Some("k-1".into()),
+        };
+        let r = x.call(&call("accept")).await;
+        match &r.outcome {
+            CallOutcome::Failed { message } => {
+                assert!(message.contains("over 4 MiB") && message.contains("not tried again"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r.attempts.len(), 1);
+        assert_eq!(sent.load(Ordering::SeqCst), 1, "sent once");
+        let (r, _) = ExternalBackend::attempt(&x, &call("accept"), 1).await;
+        match r.outcome {
+            CallOutcome::Ok { value } => assert_eq!(value, json!({"omitted": TOO_LARGE})),
+            other => panic!("{other:?}"),
+        }
+        let r = x.call(&call("refuse")).await;
+        match r.outcome {
+            CallOutcome::Declined { value } => assert_eq!(value, json!({"omitted": TOO_LARGE})),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(sent.load(Ordering::SeqCst), 3);
+    }
+
+    /// A URL with credentials, from `--external` or a variable, is refused
+    /// (they go in `auth`), and the refusal does not show them.
+    #[test]
+    fn urls_with_credentials_are_refused_unshown() {
+        let spec = sinew_core::spec::load(
+            &json!({"sinew": "0.2", "name": "x", "externals": {
+                "fs": {"kind": "http", "operations": {"go": {}}}}})
+            .to_string(),
+        )
+        .spec;
+        for given in [
+            "fs=http://user:SECRETPASS@127.0.0.1:9000",
+            "fs=https://user:SECRET/PASS@x.example.com/v1",
+            "http://user:SECRETPASS@127.0.0.1",
+        ] {
+            let e = HttpExternal::configured(
+                &spec,
+                &[given.to_owned()],
+                crate::tls::client(None).unwrap(),
+                &crate::secrets::Secrets::default(),
+            )
+            .err()
+            .unwrap()
+            .to_string();
+            assert!(!e.contains("SECRET") && !e.contains("user:S"), "{e}");
+            if given.starts_with("fs=") {
+                assert!(e.contains("credentials go in the external's `auth`"), "{e}");
+            }
+        }
+    }
+
     #[test]
     fn base_urls_are_checked_whole() {
         let problem = sinew_core::spec::base_url_problem;
@@ -820,6 +1014,8 @@ mod tests {
             ("https://x.example.com/#a", "fragment"),
             ("http://", "no host"),
             ("ftp://x.example.com", "https://"),
+            ("http://u:p@127.0.0.1", "credentials"),
+            ("https://u@x.example.com/v1", "credentials"),
         ] {
             let got = problem(bad).unwrap_or_default();
             assert!(got.contains(why), "{bad}: {got}");
@@ -859,6 +1055,11 @@ mod tests {
         );
         assert!(text.contains("metadata%5Btags%5D%5B0%5D=a%26b"), "{text}");
         assert_eq!(form_encode(&json!({})), "");
+        // Plain decimals: never an exponent, which Stripe refuses.
+        assert_eq!(
+            form_encode(&json!({"a": 0.000_000_1, "b": 1e21, "c": -2.5e-3, "d": 7})),
+            "a=0.0000001&b=1000000000000000000000&c=-0.0025&d=7"
+        );
     }
 
     #[test]

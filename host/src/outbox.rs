@@ -221,7 +221,7 @@ async fn attempt_delivery(
         .await;
     let sent = !result.attempts.is_empty();
     match result.outcome {
-        CallOutcome::Ok { value } => Delivered::Ok(value),
+        CallOutcome::Ok { value } => Delivered::Ok(recordable(value)),
         CallOutcome::Declined { value } => Delivered::Failed(format!(
             "the service refused it: {}",
             truncated(&value.to_string())
@@ -236,6 +236,19 @@ async fn attempt_delivery(
             Delivered::Failed(format!("{message} (after {attempt} attempts)"))
         }
         CallOutcome::Failed { message } => Delivered::Again(message, retry_after),
+    }
+}
+
+/// A service's answer to a delivery as the audit entry records it:
+/// Postgres refuses a NUL character in `jsonb`, so an answer holding one is
+/// left out, saying why (the message is delivered all the same: the
+/// service accepted it, and a call refuses such an answer only because its
+/// flow would read it).
+fn recordable(answer: Value) -> Value {
+    if sinew_core::input::has_nul(&answer) {
+        json!({"omitted": "a NUL character"})
+    } else {
+        answer
     }
 }
 
@@ -408,4 +421,51 @@ pub async fn list(client: &tokio_postgres::Client) -> anyhow::Result<Vec<Listed>
             error: r.get(7),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sinew_core::ports::{Attempt, CallResult};
+
+    /// A service that accepts every message with `answer`.
+    struct Accepts(Value);
+
+    #[async_trait::async_trait]
+    impl ExternalBackend for Accepts {
+        async fn call(&self, _: &CallRequest) -> CallResult {
+            CallResult {
+                outcome: CallOutcome::Ok {
+                    value: self.0.clone(),
+                },
+                attempts: vec![Attempt {
+                    status: Some(200),
+                    error: None,
+                    duration_ms: 1,
+                }],
+            }
+        }
+    }
+
+    /// An accepted message is delivered whatever the service answered; an
+    /// answer with a NUL character (which `jsonb` cannot hold) is recorded
+    /// as left out, so the audit log stays readable as JSON.
+    #[tokio::test]
+    async fn an_answer_with_a_nul_character_is_delivered_and_left_out() {
+        let message = json!({"id": "m-1", "service": "mailer", "operation": "send",
+                             "args": {}, "idempotencyKey": "k-1"});
+        for (answer, recorded) in [
+            (
+                json!({"a": "x\u{0}y"}),
+                json!({"omitted": "a NUL character"}),
+            ),
+            (json!({"k\u{0}": 1}), json!({"omitted": "a NUL character"})),
+            (json!({"a": "xy"}), json!({"a": "xy"})),
+        ] {
+            match attempt_delivery(&Accepts(answer), &message, 1).await {
+                Delivered::Ok(v) => assert_eq!(v, recorded),
+                _ => panic!("not delivered"),
+            }
+        }
+    }
 }

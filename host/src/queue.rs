@@ -87,7 +87,9 @@ pub fn envelope(body: &[u8]) -> Result<Pushed, String> {
             if bytes.is_empty() {
                 Value::Object(Default::default())
             } else {
-                serde_json::from_slice(&bytes)
+                // A key twice is refused, as in an HTTP body: which one
+                // the publisher, or another subscriber, read is not known.
+                sinew_core::spec::source::strict_from_slice(&bytes)
                     .map_err(|e| format!("the message's `data` is not JSON: {e}"))?
             }
         }
@@ -143,6 +145,11 @@ mod tests {
             (
                 json!({"message": {"messageId": "1", "data": "bm90IGpzb24="}}),
                 "not JSON",
+            ),
+            (
+                json!({"message": {"messageId": "1", "data": base64::engine::general_purpose::STANDARD
+                    .encode(br#"{"amount": 1, "amount": 2}"#)}}),
+                "duplicate key `amount`",
             ),
         ] {
             let e = envelope(bad.to_string().as_bytes()).unwrap_err();

@@ -488,9 +488,32 @@ impl Router {
         Router { routes, queues }
     }
 
-    /// The tool a request goes to: a route of the spec, else any tool by
-    /// name at `POST /tools/{name}` (agents, schedulers, queues).
+    /// The tool a request goes to: any tool by name at `POST
+    /// /tools/{name}` (agents, schedulers), a queue's tool at `POST
+    /// /queues/{queue}` (Pub/Sub), else a route of the spec. The server's
+    /// paths come first as a route's literal segments win over parameters:
+    /// the checker refuses a route on them (`reserved-route`), so only a
+    /// parameter (`POST /{a}/{b}`) could have matched them.
     fn find(&self, method: &Method, path: &str) -> Found {
+        if let Some(name) = path
+            .strip_prefix("/tools/")
+            .filter(|t| !t.is_empty() && !t.contains('/'))
+        {
+            return if method == Method::POST {
+                Found::Tool(percent_decode(name), Vec::new())
+            } else {
+                Found::WrongMethod(vec!["POST".into()])
+            };
+        }
+        if let Some(queue) = path.strip_prefix("/queues/")
+            && let Some(tool) = self.queues.get(&percent_decode(queue))
+        {
+            return if method == Method::POST {
+                Found::Queue(tool.clone())
+            } else {
+                Found::WrongMethod(vec!["POST".into()])
+            };
+        }
         let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         let mut allow = Vec::new();
         for r in &self.routes {
@@ -513,27 +536,8 @@ impl Router {
             }
             allow.push(r.method.to_string());
         }
-        if allow.is_empty()
-            && let Some(queue) = path.strip_prefix("/queues/")
-            && let Some(tool) = self.queues.get(&percent_decode(queue))
-        {
-            return if method == Method::POST {
-                Found::Queue(tool.clone())
-            } else {
-                Found::WrongMethod(vec!["POST".into()])
-            };
-        }
         if allow.is_empty() {
-            match path
-                .strip_prefix("/tools/")
-                .filter(|t| !t.is_empty() && !t.contains('/'))
-            {
-                Some(name) if method == Method::POST => {
-                    Found::Tool(percent_decode(name), Vec::new())
-                }
-                Some(_) => Found::WrongMethod(vec!["POST".into()]),
-                None => Found::Nothing,
-            }
+            Found::Nothing
         } else {
             allow.sort();
             allow.dedup();
@@ -1746,6 +1750,11 @@ pub async fn serve(
     if args.test_hooks && !args.listen.is_loopback() {
         bail!("--test-hooks is for tests: it is refused unless listening on a loopback address");
     }
+    if let Some(path) = &args.metrics_path
+        && let Some(clash) = metrics_path_clash(&spec, path)
+    {
+        bail!("--metrics-path {path}: {clash}; choose another path");
+    }
     // Listening first: a client that connects while the server starts
     // waits in the socket's backlog and is answered once it is ready,
     // instead of being refused and trying again.
@@ -1979,6 +1988,24 @@ async fn serve_metrics(addr: SocketAddr, log: Log) -> Result<tokio::task::JoinHa
             });
         }
     }))
+}
+
+/// Why `--metrics-path` cannot be `path`: the metrics, answered before
+/// the tools, would shadow a server's path or a tool's route there.
+fn metrics_path_clash(spec: &sinew_core::spec::Spec, path: &str) -> Option<String> {
+    if !path.starts_with('/') {
+        return Some("the path must start with `/`".into());
+    }
+    if let Some(reserved) = sinew_core::spec::reserved_path(path, spec.reviews.is_some()) {
+        return Some(format!("`{reserved}` is answered by the server itself"));
+    }
+    if path == "/studio" || path.starts_with("/studio/") {
+        return Some("`/studio/` is the studio's".into());
+    }
+    let tool = spec.tools.iter().find(|(name, t)| {
+        !spec.broken_tools.contains(*name) && t.trigger.route().is_some_and(|(_, p)| p == path)
+    })?;
+    Some(format!("it is the route of tool `{}`", tool.0))
 }
 
 /// The answer to a request for metrics at `path` (served at `at`).
@@ -2687,6 +2714,49 @@ mod tests {
         match r.find(&Method::GET, "/tools/list_rooms") {
             Found::WrongMethod(allow) => assert_eq!(allow, vec!["POST"]),
             _ => panic!("expected 405"),
+        }
+    }
+
+    /// The by-name calls and Pub/Sub's pushes are the server's: a route
+    /// with parameters there (`/{a}/{b}`) does not take them, in any method.
+    #[test]
+    fn server_paths_win_over_parameters() {
+        use sinew_core::spec::Trigger;
+        let mut spec = sinew_core::spec::load(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../specs/examples/booking.json"
+            ))
+            .unwrap(),
+        )
+        .spec;
+        for (tool, method) in [("expire_holds", "POST"), ("get_hold", "GET")] {
+            spec.tools.get_mut(tool).unwrap().trigger = Trigger::Http {
+                method: method.into(),
+                path: "/{a}/{b}".into(),
+            };
+        }
+        spec.tools.get_mut("list_rooms").unwrap().trigger = Trigger::Queue {
+            name: "jobs".into(),
+        };
+        let r = Router::new(&spec);
+        match r.find(&Method::POST, "/tools/list_rooms") {
+            Found::Tool(t, p) => assert_eq!((t.as_str(), p.len()), ("list_rooms", 0)),
+            _ => panic!("no route by name"),
+        }
+        assert!(
+            matches!(r.find(&Method::POST, "/queues/jobs"), Found::Queue(t) if t == "list_rooms")
+        );
+        for path in ["/tools/list_rooms", "/queues/jobs"] {
+            match r.find(&Method::GET, path) {
+                Found::WrongMethod(allow) => assert_eq!(allow, vec!["POST"]),
+                _ => panic!("expected 405 at {path}"),
+            }
+        }
+        // Any other value is the route's.
+        match r.find(&Method::POST, "/queues/other") {
+            Found::Tool(t, p) => assert_eq!((t.as_str(), p.len()), ("expire_holds", 2)),
+            _ => panic!("no route"),
         }
     }
 }

@@ -14,10 +14,10 @@ use std::collections::HashMap;
 pub struct Webhook {
     tool: String,
     scheme: WebhookScheme,
-    /// The secret; `None` when its variable is not set (every delivery is
-    /// refused).
+    /// The secret; `None` when its variable is not set (`sinew serve` does
+    /// not start then; were it to verify, every delivery would be refused).
     secret: Option<Vec<u8>>,
-    /// The variable that should hold it, for the operator's warning.
+    /// The variable that should hold it, for the list of missing settings.
     pub variable: Option<String>,
     /// The header, lower case.
     header: String,
@@ -28,7 +28,8 @@ pub struct Webhook {
 /// Why a delivery was refused (each is a 401; the words are the caller's).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
-    /// The secret is not configured (the operator was warned at start).
+    /// The secret is not configured (`sinew serve` refuses to start
+    /// without it: a guard, not an answer a caller gets).
     CannotVerify,
     /// No signature header, or one that is not in the scheme's form.
     Missing(String),

@@ -997,6 +997,46 @@ fn serve_refuses_to_start_without_the_settings_the_spec_needs() {
     assert_eq!(err.matches("  - ").count(), 3, "{err}");
 }
 
+/// `--metrics-path` is answered before the tools: on a server's path or a
+/// tool's route it would shadow them, so serve refuses to start, saying
+/// which.
+#[test]
+fn serve_refuses_a_metrics_path_that_shadows_a_route() {
+    let data = tempfile::tempdir().unwrap();
+    for (path, says) in [
+        ("/healthz", "`/healthz` is answered by the server itself"),
+        (
+            "/tools/list_rooms",
+            "`/tools/{name}` is answered by the server",
+        ),
+        ("/rooms", "it is the route of tool `"),
+        ("metrics", "the path must start with `/`"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_sinew"))
+            .args([
+                "serve",
+                "--port",
+                "0",
+                "--listen",
+                "127.0.0.1",
+                "--data-dir",
+            ])
+            .arg(data.path())
+            .arg(spec("specs/examples/booking.json"))
+            .args(["--metrics-path", path])
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            .env("SINEW_JWT_SECRET", "s")
+            .output()
+            .expect("run sinew");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("--metrics-path {path}: {says}")),
+            "{err}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------
 // `sinew diff`.
 

@@ -1241,6 +1241,36 @@ fn check_amount(cx: &mut Cx, amount: &Expression, scope: &Scope) {
     }
 }
 
+/// A tool's route on a path `sinew serve` answers itself: the server's
+/// answer would shadow the tool, or the tool the server's (the by-name
+/// calls, Pub/Sub's pushes), while the OpenAPI document listed both.
+fn check_reserved_route(
+    cx: &mut Cx,
+    spec: &Spec,
+    tool: &crate::model::Tool,
+    method: &str,
+    path: &str,
+) {
+    let Some(reserved) = crate::model::reserved_path(path, spec.reviews.is_some()) else {
+        return;
+    };
+    let message = if reserved == crate::model::REVIEWS_PATH {
+        format!("`{path}` is where `sinew serve` answers reviews (the spec declares `reviews`)")
+    } else {
+        format!("`{method} {path}` is on `{reserved}`, which `sinew serve` answers itself")
+    };
+    let mut all: Vec<&str> = crate::model::RESERVED_PATHS.to_vec();
+    if spec.reviews.is_some() {
+        all.push("/reviews and below");
+    }
+    cx.error(
+        Diagnostic::new("reserved-route", child(&tool.path, "trigger"), message).help(format!(
+            "give the tool another path; the server's are {}",
+            all.join(", ")
+        )),
+    );
+}
+
 /// The names the database gives a spec's entities: two entities on one
 /// table, a table of sinew's own (`sinew_…`), or two indexes of one name
 /// (tables and indexes share Postgres' namespace) would make the migration
@@ -1344,27 +1374,13 @@ pub(crate) fn check(cx: &mut Cx, spec: &Spec) {
         for (i, r) in reviews.roles.iter().enumerate() {
             check_role(cx, spec, &format!("/reviews/roles/{i}"), r);
         }
-        for (name, tool) in &spec.tools {
-            if let Some((_, path)) = tool.trigger.route()
-                && (path == crate::model::REVIEWS_PATH
-                    || path.starts_with(&format!("{}/", crate::model::REVIEWS_PATH)))
-            {
-                cx.error(
-                    Diagnostic::new(
-                        "invalid-value",
-                        format!("/tools/{name}/trigger"),
-                        format!("`{path}` is where `sinew serve` answers reviews (the spec declares `reviews`)"),
-                    )
-                    .help("give the tool another path"),
-                );
-            }
-        }
     }
     let mut routes: BTreeMap<(String, String), String> = BTreeMap::new();
     let mut queues: BTreeMap<&str, String> = BTreeMap::new();
     for (name, tool) in &spec.tools {
         cx.tool = Some(name.clone());
         if let Some((method, path)) = tool.trigger.route() {
+            check_reserved_route(cx, spec, tool, method, path);
             let shape: Vec<&str> = path
                 .split('/')
                 .map(|s| if s.starts_with('{') { "{}" } else { s })

@@ -873,7 +873,10 @@ fn external(cx: &mut Cx, v: &Value, path: &str) -> External {
                 Diagnostic::new(
                     "invalid-value",
                     o.at("baseUrl"),
-                    format!("`{u}` is not a base URL: it {why}"),
+                    format!(
+                        "`{}` is not a base URL: it {why}",
+                        url_without_credentials(&u)
+                    ),
                 )
                 .help("write `https://host[:port][/prefix]`, without a query or fragment"),
             );
@@ -1094,7 +1097,18 @@ fn external_auth(cx: &mut Cx, v: &Value, path: &str) -> Option<ExternalAuth> {
             let out = match *kind {
                 "bearer" => secret.map(|secret| ExternalAuth::Bearer { secret }),
                 "basic" => {
-                    let user = a.string(cx, "user", true);
+                    // RFC 7617: the service reads the user up to the first
+                    // `:`, the rest as the password.
+                    let user = a.string(cx, "user", true).filter(|u| {
+                        let ok = !u.contains(':');
+                        if !ok {
+                            cx.error(
+                                Diagnostic::new("invalid-value", a.at("user"), format!("the basic-auth user `{u}` contains `:`: the service would read the user up to it and the rest as the password"))
+                                    .help("a basic-auth user cannot hold `:` (RFC 7617); the password (the secret) can"),
+                            );
+                        }
+                        ok
+                    });
                     user.zip(secret)
                         .map(|(user, secret)| ExternalAuth::Basic { user, secret })
                 }
@@ -2545,6 +2559,18 @@ pub fn unfit_path_segment(text: &str) -> bool {
     matches!(text, "" | "." | "..")
 }
 
+/// `url` as a message may show it: any credentials before its host
+/// (`user:password@`) replaced by `…@`, so that a refused URL's password
+/// reaches no log. Everything up to the last `@` goes: a password with an
+/// unescaped `/` or `?` in it would otherwise show its end.
+pub fn url_without_credentials(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    match url[start..].rfind('@') {
+        Some(at) => format!("{}…{}", &url[..start], &url[start + at..]),
+        None => url.to_owned(),
+    }
+}
+
 /// Why `url` cannot be an external's base URL (`https://host[:port][/prefix]`),
 /// if it cannot: the spec's `baseUrl`, and a URL `sinew serve` is given at
 /// start, are held to the same rule.
@@ -2558,7 +2584,11 @@ pub fn base_url_problem(url: &str) -> Option<&'static str> {
     if rest.contains(['?', '#', ' ']) {
         return Some("has a query, a fragment or a space (the operation's path follows it)");
     }
+    const CREDENTIALS: &str = "has credentials in it (`user:password@`): credentials go in the external's `auth`, its secret in an environment variable";
     let authority = rest.split('/').next().unwrap_or_default();
+    if authority.contains('@') {
+        return Some(CREDENTIALS);
+    }
     let port = match authority.strip_prefix('[') {
         Some(v6) => match v6.split_once(']') {
             Some((host, tail)) if !host.is_empty() => match tail {
@@ -2570,6 +2600,10 @@ pub fn base_url_problem(url: &str) -> Option<&'static str> {
         None if authority.is_empty() => return Some("has no host"),
         None => authority.rsplit_once(':').map(|(_, p)| p),
     };
-    port.filter(|p| p.parse::<u16>().is_err())
-        .map(|_| "has a port that is not a number from 0 to 65535")
+    let bad_port = port.is_some_and(|p| p.parse::<u16>().is_err());
+    // (`user:pa/ss@host`: a password with a `/` ends the authority early.)
+    if bad_port && rest.contains('@') {
+        return Some(CREDENTIALS);
+    }
+    bad_port.then_some("has a port that is not a number from 0 to 65535")
 }

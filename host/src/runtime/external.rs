@@ -13,7 +13,10 @@ pub trait ExternalBackend: Send + Sync + 'static {
     /// Makes one attempt, the `attempt`-th of a delivery that spans
     /// attempts made at other times (the outbox): the service is told
     /// which (`X-Sinew-Attempt`), and its `Retry-After`, if any, comes
-    /// back. No attempt in the result: the request could not be made.
+    /// back. No attempt in the result: the request could not be made. A
+    /// success is one whatever its answer: one too large to read comes
+    /// back as `{"omitted": …}` (the service acted; the message is
+    /// delivered).
     async fn attempt(
         &self,
         request: &CallRequest,
