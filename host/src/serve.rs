@@ -103,11 +103,11 @@ pub struct Args {
     pub no_migrate: bool,
     /// Do not run cron tools on their schedules here (a scheduler such as
     /// Cloud Scheduler calls them; its runs take the same claims).
-    #[arg(long, env = "SINEW_NO_CRON")]
+    #[arg(long, env = "SINEW_NO_CRON", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub no_cron: bool,
     /// Do not deliver outbox messages from this instance (others do; an
     /// instance that serves requests only).
-    #[arg(long, env = "SINEW_NO_OUTBOX")]
+    #[arg(long, env = "SINEW_NO_OUTBOX", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub no_outbox: bool,
     /// A directory of secrets, one file per secret named after its
     /// variable (as Cloud Run and Kubernetes mount them): read when the

@@ -841,7 +841,12 @@ fn boolean_environment_switches_take_what_people_write() {
             .unwrap();
         (code(&out), stderr(&out))
     };
-    for var in ["SINEW_NO_SNAPSHOT", "SINEW_STUDIO"] {
+    for var in [
+        "SINEW_NO_SNAPSHOT",
+        "SINEW_STUDIO",
+        "SINEW_NO_CRON",
+        "SINEW_NO_OUTBOX",
+    ] {
         for value in [
             "1", "0", "yes", "no", "on", "off", "true", "false", "TRUE", "Yes",
         ] {
