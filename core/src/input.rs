@@ -15,6 +15,42 @@ const MAX_QUOTE: usize = 40;
 /// The longest message of one violation, in characters.
 const MAX_MESSAGE: usize = 200;
 
+/// How deep an input may nest, counting its arrays and objects (`[]` and
+/// `{"a": []}` are one and two levels; a string or a number none). Every
+/// engine refuses a deeper one before anything runs (`400 invalid_json`),
+/// and this is the depth the whole way of an input can carry: the
+/// request crossing into the component and the audit entry (which nests
+/// the input a few levels deeper) are JSON read back with serde_json's
+/// limit of 128 levels, the state file of `sinew run` nests that entry
+/// further, and a stored `json` field travels inside its row, itself
+/// perhaps inside the rows that include it, in the wire format's 64
+/// levels ([`crate::ports::wire::MAX_DEPTH`]).
+pub const MAX_DEPTH: usize = 32;
+
+/// Whether `v` nests deeper than [`MAX_DEPTH`] (iterative: safe on any
+/// value).
+pub fn too_deep(v: &Value) -> bool {
+    let mut stack = vec![(v, 1usize)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Vec<&Value> = match v {
+            Value::Array(a) => a.iter().collect(),
+            Value::Object(m) => m.values().collect(),
+            _ => continue,
+        };
+        if depth > MAX_DEPTH {
+            return true;
+        }
+        stack.extend(children.into_iter().map(|c| (c, depth + 1)));
+    }
+    false
+}
+
+/// The refusal of an input [`too_deep`]: `what` is what the caller sent
+/// ("the input", "the body").
+pub fn too_deep_detail(what: &str) -> String {
+    format!("{what} nests deeper than {MAX_DEPTH} levels of arrays and objects")
+}
+
 /// Which side of a tool a JSON Schema checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {

@@ -1273,6 +1273,10 @@ impl App {
             let pushed =
                 crate::queue::envelope(&bytes).map_err(|e| Refusal::new(Code::InvalidBody, e))?;
             request.idempotency_key = Some(pushed.message_id);
+            if sinew_core::input::too_deep(&pushed.input) {
+                let detail = sinew_core::input::too_deep_detail("the message's data");
+                return Err(Refusal::new(Code::InvalidJson, detail));
+            }
             request.input = pushed.input;
             Ok(())
         }
@@ -1516,19 +1520,26 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, Refusal> {
     }
     // A key twice in an object is refused: which one a proxy or a firewall
     // in front of the server read is not known.
-    sinew_core::spec::source::strict_from_slice(bytes).map_err(|e| {
+    // The audit entry keeps a body it cannot hold as JSON, as text.
+    let as_text = || match std::str::from_utf8(bytes) {
+        Ok(s) => Value::String(s.to_owned()),
+        Err(_) => Value::Null,
+    };
+    let too_deep = || sinew_core::input::too_deep_detail("the body");
+    let input = sinew_core::spec::source::strict_from_slice(bytes).map_err(|e| {
         let detail = if e.to_string().contains("recursion limit") {
-            "the body is nested too deeply".to_owned()
+            too_deep()
         } else {
             format!("the body is not valid JSON: {e}")
         };
-        // The audit entry keeps the body that is not JSON, as text.
-        let body = match std::str::from_utf8(bytes) {
-            Ok(s) => Value::String(s.to_owned()),
-            Err(_) => Value::Null,
-        };
-        Refusal::new(Code::InvalidJson, detail).with_input(body)
-    })
+        Refusal::new(Code::InvalidJson, detail).with_input(as_text())
+    })?;
+    // Refused here, before the request crosses into the component, which
+    // could not read it back whole (the core refuses it as well).
+    if sinew_core::input::too_deep(&input) {
+        return Err(Refusal::new(Code::InvalidJson, too_deep()).with_input(as_text()));
+    }
+    Ok(input)
 }
 
 /// With `--test-hooks`: the request's id and the clock, as the
