@@ -627,6 +627,9 @@ pub struct App {
     max_body: usize,
     db: Arc<PgBackend>,
     log: Log,
+    /// Each tool's input schema with its local `$ref`s followed and its
+    /// `allOf`s merged: path and query parameters are typed from it,
+    /// however a property's type is written.
     inputs: std::collections::HashMap<String, Value>,
     /// Each tool's deadline (`limits.timeoutMs`).
     deadlines: std::collections::HashMap<String, Duration>,
@@ -2399,7 +2402,7 @@ impl Start<'_> {
             inputs: spec
                 .tools
                 .iter()
-                .map(|(n, t)| (n.clone(), t.input.clone()))
+                .map(|(n, t)| (n.clone(), t.input_shape.clone()))
                 .collect(),
             deadlines: spec
                 .tools
