@@ -488,6 +488,22 @@ impl Router {
         Router { routes, queues }
     }
 
+    /// The tools whose routes match `path`, whatever their methods.
+    fn tools_at(&self, path: &str) -> Vec<String> {
+        let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        self.routes
+            .iter()
+            .filter(|r| {
+                r.segments.len() == parts.len()
+                    && r.segments.iter().zip(&parts).all(|(s, p)| match s {
+                        Segment::Literal(l) => l == p,
+                        Segment::Param(_) => true,
+                    })
+            })
+            .map(|r| r.tool.clone())
+            .collect()
+    }
+
     /// The tool a request goes to: a route of the spec, else any tool by
     /// name at `POST /tools/{name}` (agents, schedulers, queues).
     fn find(&self, method: &Method, path: &str) -> Found {
@@ -610,6 +626,36 @@ fn typed(schema: Option<&Value>, raw: &str) -> Value {
     json!(raw)
 }
 
+/// Request ids: UUIDv8s of a seed and a counter.
+struct Ids {
+    seed: String,
+    next: AtomicU64,
+}
+
+impl Ids {
+    /// Ids from `seed` and this process (no two processes share a seed).
+    fn new(seed: String) -> Ids {
+        Ids {
+            seed: format!("{}:{}:{seed}", std::process::id(), system_now_ms()),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let h = sinew_core::hash::sha256_hex(format!("{}:{n}", self.seed).as_bytes());
+        format!(
+            "{}-{}-8{}-{}{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[13..16],
+            ["8", "9", "a", "b"][usize::from(h.as_bytes()[16] % 4)],
+            &h[17..20],
+            &h[20..32]
+        )
+    }
+}
+
 /// What runs the requests.
 enum Core {
     /// The component in wasmtime (always, but for benchmarks).
@@ -633,8 +679,7 @@ pub struct App {
     inputs: std::collections::HashMap<String, Value>,
     /// Each tool's deadline (`limits.timeoutMs`).
     deadlines: std::collections::HashMap<String, Duration>,
-    ids: AtomicU64,
-    id_seed: String,
+    ids: Ids,
     /// Told at every response; the pool's warm-up in [`serve`] waits for
     /// the first (a notification with nobody waiting is one atomic store).
     first_answer: Arc<tokio::sync::Notify>,
@@ -847,19 +892,7 @@ impl App {
     }
 
     fn request_id(&self) -> String {
-        let n = self.ids.fetch_add(1, Ordering::Relaxed);
-        let h = sinew_core::hash::sha256_hex(format!("{}:{n}", self.id_seed).as_bytes());
-        // A UUIDv8 of the process seed and a counter: unique, and no two
-        // processes share a seed.
-        format!(
-            "{}-{}-8{}-{}{}-{}",
-            &h[0..8],
-            &h[8..12],
-            &h[13..16],
-            ["8", "9", "a", "b"][usize::from(h.as_bytes()[16] % 4)],
-            &h[17..20],
-            &h[20..32]
-        )
+        self.ids.next()
     }
 
     async fn handle(
@@ -1180,7 +1213,9 @@ impl App {
             {
                 self.studio(method, p, id).await
             }
-            (m, p) if self.metrics_path.as_deref() == Some(p) => Some(metrics_response(m, p, p)),
+            (m, p) if self.metrics_path.as_deref() == Some(p) => {
+                Some(metrics_response(m, p, p, id))
+            }
             (&Method::GET | &Method::HEAD, "/openapi.json") => {
                 Some(respond(200, "application/json", self.openapi.clone()))
             }
@@ -1757,6 +1792,9 @@ pub async fn serve(
     let log = &start.log;
     let (text, spec) = read_spec(&args.spec)?;
     start.phase("spec loaded");
+    if let Some(path) = &args.metrics_path {
+        metrics_path_free(&spec, path)?;
+    }
     if args.test_hooks && !args.listen.is_loopback() {
         bail!("--test-hooks is for tests: it is refused unless listening on a loopback address");
     }
@@ -1964,6 +2002,40 @@ pub async fn serve(
     Ok(())
 }
 
+/// Refuses a `--metrics-path` that is not a path, or that the server
+/// answers already: a tool's route (whatever its method: the metrics would
+/// take the tool's place), `/tools/…`, `/queues/…`, the health and
+/// readiness probes, the OpenAPI document, the studio, the reviews.
+fn metrics_path_free(spec: &sinew_core::spec::Spec, path: &str) -> Result<()> {
+    if !path.starts_with('/') || path.contains(['?', '#']) {
+        bail!("--metrics-path `{path}` must be a path, such as `/internal/metrics`");
+    }
+    let mut tools = Router::new(spec).tools_at(path);
+    tools.sort();
+    let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
+    let taken = if !tools.is_empty() {
+        let names: Vec<String> = tools.iter().map(|t| format!("`{t}`")).collect();
+        format!("the route of {}", names.join(", "))
+    } else if under("/tools") {
+        "`POST /tools/{name}`, which calls any tool by name".to_owned()
+    } else if under("/queues") {
+        "the Pub/Sub pushes (`/queues/…`)".to_owned()
+    } else if matches!(path, "/healthz" | "/readyz") {
+        "a health probe".to_owned()
+    } else if path == "/openapi.json" {
+        "the OpenAPI document".to_owned()
+    } else if under("/studio") {
+        "the studio (`/studio/`)".to_owned()
+    } else if spec.reviews.is_some() && reviews::is_review_path(path) {
+        "the reviews (`/reviews`)".to_owned()
+    } else {
+        return Ok(());
+    };
+    bail!(
+        "--metrics-path `{path}` is a path the server answers already ({taken}): choose another, such as `/internal/metrics`"
+    )
+}
+
 /// Serves `GET /metrics` (Prometheus' text format) on `addr`, a listener
 /// of its own: nothing else is answered there.
 async fn serve_metrics(addr: SocketAddr, log: Log) -> Result<tokio::task::JoinHandle<()>> {
@@ -1972,18 +2044,25 @@ async fn serve_metrics(addr: SocketAddr, log: Log) -> Result<tokio::task::JoinHa
         .with_context(|| format!("cannot listen for metrics on {addr}"))?;
     let local = listener.local_addr()?;
     log.info(&format!("metrics served at http://{local}/metrics"));
+    // Ids of their own: every answer carries one, as on the main port.
+    let ids = Arc::new(Ids::new(format!("metrics:{local}")));
     Ok(tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            let ids = ids.clone();
             tokio::spawn(async move {
-                let service = service_fn(|req: hyper::Request<Incoming>| async move {
-                    Ok::<_, std::convert::Infallible>(metrics_response(
-                        req.method(),
-                        req.uri().path(),
-                        "/metrics",
-                    ))
+                let service = service_fn(|req: hyper::Request<Incoming>| {
+                    let id = ids.next();
+                    async move {
+                        let mut r =
+                            metrics_response(req.method(), req.uri().path(), "/metrics", &id);
+                        if let Ok(v) = HeaderValue::from_str(&id) {
+                            r.headers_mut().insert("x-request-id", v);
+                        }
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
                 });
                 let _ = http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -1995,8 +2074,9 @@ async fn serve_metrics(addr: SocketAddr, log: Log) -> Result<tokio::task::JoinHa
     }))
 }
 
-/// The answer to a request for metrics at `path` (served at `at`).
-fn metrics_response(method: &Method, path: &str, at: &str) -> hyper::Response<Body> {
+/// The answer to a request for metrics at `path` (served at `at`); `id`
+/// is the request's id, which a problem carries.
+fn metrics_response(method: &Method, path: &str, at: &str, id: &str) -> hyper::Response<Body> {
     let text = crate::telemetry::get().and_then(crate::telemetry::Telemetry::prometheus_text);
     match (method, path == at, text) {
         (&Method::GET | &Method::HEAD, true, Some(text)) => respond(
@@ -2004,8 +2084,8 @@ fn metrics_response(method: &Method, path: &str, at: &str) -> hyper::Response<Bo
             "text/plain; version=0.0.4; charset=utf-8",
             Bytes::from(text),
         ),
-        (_, true, Some(_)) => method_not_allowed(path, &["GET".into()], "-"),
-        _ => problem(Code::NotFound, &format!("no metrics at {path}"), "-"),
+        (_, true, Some(_)) => method_not_allowed(path, &["GET".into()], id),
+        _ => problem(Code::NotFound, &format!("no metrics at {path}"), id),
     }
 }
 
@@ -2415,7 +2495,7 @@ impl Start<'_> {
             max_body: args.max_body,
             db: storage.clone(),
             log: self.log.clone(),
-            ids: AtomicU64::new(0),
+            ids: Ids::new(args.port.to_string()),
             webhooks,
             push_auth,
             queue_callers: spec
@@ -2438,7 +2518,6 @@ impl Start<'_> {
             reviews: spec.reviews.clone(),
             keys: crate::keys::Keys::default(),
             metrics_path: self.args.metrics_path.clone(),
-            id_seed: format!("{}:{}:{}", std::process::id(), system_now_ms(), args.port),
             first_answer: Arc::new(tokio::sync::Notify::new()),
         }
     }

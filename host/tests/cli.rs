@@ -1002,6 +1002,61 @@ fn serve_refuses_to_start_without_the_settings_the_spec_needs() {
     assert_eq!(err.matches("  - ").count(), 3, "{err}");
 }
 
+/// A `--metrics-path` the server answers already (a tool's route, whatever
+/// its method, or a path of its own) is refused at start, before the
+/// database is reached: it once took the tool's place in silence.
+#[test]
+fn serve_refuses_a_metrics_path_the_server_answers_already() {
+    let data = tempfile::tempdir().unwrap();
+    let serve = |path: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_sinew"))
+            .args([
+                "serve",
+                "--port",
+                "0",
+                "--listen",
+                "127.0.0.1",
+                "--data-dir",
+            ])
+            .arg(data.path())
+            .arg(spec("specs/examples/shop.json"))
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            .env("SINEW_JWT_SECRET", "s")
+            .env("SINEW_METRICS_PATH", path)
+            .output()
+            .expect("run sinew");
+        assert!(!out.status.success(), "{path}");
+        stderr(&out)
+    };
+    for (path, says) in [
+        (
+            "/products",
+            "the route of `create_product`, `list_products`",
+        ),
+        ("/orders/123", "the route of"),
+        ("/healthz", "a health probe"),
+        ("/openapi.json", "the OpenAPI document"),
+        ("/tools/place_order", "`POST /tools/{name}`"),
+        ("/queues/x", "Pub/Sub"),
+        ("/studio/", "the studio"),
+    ] {
+        let err = serve(path);
+        assert!(
+            err.contains(&format!(
+                "--metrics-path `{path}` is a path the server answers already"
+            )),
+            "{path}: {err}"
+        );
+        assert!(err.contains(says), "{path}: {says} not in {err}");
+    }
+    let err = serve("metrics");
+    assert!(err.contains("must be a path"), "{err}");
+    // A free path passes that check (and the start fails later, at the
+    // database).
+    let err = serve("/internal/metrics");
+    assert!(!err.contains("--metrics-path"), "{err}");
+}
+
 // ---------------------------------------------------------------------------
 // `sinew diff`.
 

@@ -1515,6 +1515,7 @@ async fn traces_and_metrics_reach_their_receivers() {
         ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
         ("OTEL_SERVICE_NAME", "shop-test"),
         ("SINEW_METRICS_LISTEN", "127.0.0.1:0"),
+        ("SINEW_METRICS_PATH", "/internal/metrics"),
         ("GOOGLE_CLOUD_PROJECT", "demo"),
     ];
     let server = Proc::start(SINEW, &spec, &env, data.path());
@@ -1745,9 +1746,33 @@ async fn traces_and_metrics_reach_their_receivers() {
     ] {
         assert!(value(gauge, &[]).is_some(), "{gauge}:\n{}", text.text);
     }
-    // The main port does not serve them.
+    // The main port serves them at `--metrics-path` only.
     let public = http.send("GET", &format!("{base}/metrics"), &[], "").await;
     assert_eq!(public.status, 404);
+    let at_path = http
+        .send("GET", &format!("{base}/internal/metrics"), &[], "")
+        .await;
+    assert_eq!(at_path.status, 200, "{}", at_path.text);
+    assert!(at_path.text.contains("sinew_requests_total"));
+    // Every answer carries a request id of its own, the metrics
+    // listener's too (they were once `-`).
+    let mut ids = std::collections::HashSet::new();
+    for (method, url, status) in [
+        ("POST", format!("{base}/internal/metrics"), 405),
+        ("POST", metrics_url.clone(), 405),
+        ("GET", metrics_url.replace("/metrics", "/other"), 404),
+    ] {
+        let r = http.send(method, &url, &[], "").await;
+        assert_eq!(r.status, status, "{method} {url}: {}", r.text);
+        let id = r.headers["x-request-id"].clone();
+        assert_eq!(id.len(), 36, "{method} {url}: {id}");
+        assert_eq!(
+            r.body["instance"],
+            format!("urn:sinew:execution:{id}"),
+            "{method} {url}"
+        );
+        assert!(ids.insert(id), "{method} {url}: an id seen before");
+    }
 
     // OTLP metrics: pushed too.
     let started = Instant::now();
