@@ -411,6 +411,15 @@ impl Refusal {
         }
     }
 
+    /// The answer to a refusal outside a tool (no audit entry).
+    fn response(&self, id: &str) -> hyper::Response<Body> {
+        let mut r = problem(self.code, &self.detail, id);
+        if let Some(i) = &self.internal {
+            r.extensions_mut().insert(Internal(i.clone()));
+        }
+        r
+    }
+
     /// The same refusal, recording `input` in the audit entry.
     fn with_input(self, input: Value) -> Refusal {
         Refusal {
@@ -757,6 +766,10 @@ fn problem(code: Code, detail: &str, id: &str) -> hyper::Response<Body> {
     );
     if let Ok(v) = HeaderValue::from_str(id) {
         r.headers_mut().insert("x-request-id", v);
+    }
+    if code == Code::Unauthenticated {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     r
 }

@@ -1231,7 +1231,9 @@ async fn escalations_alert_once_and_wait_for_a_review() {
     assert!(item["seq"].as_i64().unwrap() >= 1);
     assert_eq!(listed.body["next"], Value::Null);
     let id = item["id"].as_i64().unwrap();
-    assert_eq!(get(None, "").await.status, 401);
+    let anonymous = get(None, "").await;
+    assert_eq!(anonymous.status, 401);
+    assert_eq!(anonymous.headers["www-authenticate"], "Bearer");
     assert_eq!(get(Some(&clerk), "").await.status, 403);
     assert_eq!(get(Some(&ops), "?status=maybe").await.status, 400);
     assert_eq!(get(Some(&ops), "?limit=0").await.status, 400);
@@ -1257,6 +1259,27 @@ async fn escalations_alert_once_and_wait_for_a_review() {
     assert_eq!(bad.status, 400, "{}", bad.text);
     let bad = resolve(&ops, id, r#"{"verdict": "ok"}"#).await;
     assert_eq!(bad.status, 400, "{}", bad.text);
+    // The body is read as a tool's is: a NUL is 400 (it was once a 500
+    // from the database), a key twice 400, a body that is not JSON by
+    // its Content-Type 415.
+    let bad = resolve(&ops, id, r#"{"note": "a\u0000b"}"#).await;
+    assert_eq!(bad.status, 400, "{}", bad.text);
+    assert_eq!(bad.body["code"], "invalid_input", "{}", bad.text);
+    let bad = resolve(&ops, id, r#"{"note": "a", "note": "b"}"#).await;
+    assert_eq!(bad.status, 400, "{}", bad.text);
+    assert_eq!(bad.body["code"], "invalid_json", "{}", bad.text);
+    let plain = http
+        .send(
+            "POST",
+            &format!("{base}/reviews/{id}/resolve"),
+            &[
+                ("authorization", ops.as_str()),
+                ("content-type", "text/plain"),
+            ],
+            r#"{"note": "x"}"#,
+        )
+        .await;
+    assert_eq!(plain.status, 415, "{}", plain.text);
     let get_resolve = http
         .send(
             "GET",
