@@ -111,7 +111,9 @@ pub struct Args {
     pub no_outbox: bool,
     /// A directory of secrets, one file per secret named after its
     /// variable (as Cloud Run and Kubernetes mount them): read when the
-    /// environment does not have the variable.
+    /// environment does not have the variable. The secrets: DATABASE_URL,
+    /// SINEW_JWT_SECRET, SINEW_AUDIT_SIGNING_KEY and the variables the
+    /// spec names (webhook and external secrets).
     #[arg(long, env = "SINEW_SECRETS_DIR")]
     pub secrets_dir: Option<PathBuf>,
     /// The audience of the OIDC tokens Pub/Sub pushes carry (the push
@@ -218,7 +220,11 @@ impl Args {
     /// The JWT settings (fetching the JWKS when it is a URL).
     pub async fn jwt(&self, client: &crate::tls::HttpsClient) -> Result<JwtConfig> {
         let mut jwt = JwtConfig {
-            secret: self.jwt_secret.clone().filter(|s| !s.is_empty()),
+            secret: self
+                .jwt_secret
+                .clone()
+                .filter(|s| !s.is_empty())
+                .or_else(|| self.secrets().get("SINEW_JWT_SECRET")),
             keys: Vec::new(),
             issuer: self.jwt_issuer.clone().filter(|s| !s.is_empty()),
             audience: self.jwt_audience.clone().filter(|s| !s.is_empty()),
@@ -2267,7 +2273,15 @@ impl Start<'_> {
 
     /// The database of DATABASE_URL, or the embedded one it starts.
     fn open_database(&self) -> Result<Database> {
-        let db = Database::open(self.args.database_url.as_deref(), &self.args.data_dir)?;
+        // (The URL holds the database's password: a secret, read from
+        // `--secrets-dir` too.)
+        let url = self
+            .args
+            .database_url
+            .clone()
+            .filter(|u| !u.is_empty())
+            .or_else(|| self.args.secrets().get("DATABASE_URL"));
+        let db = Database::open(url.as_deref(), &self.args.data_dir)?;
         if let Some(pg) = &db.embedded {
             self.log.info(&format!(
                 "embedded Postgres running on {} (data in {})",

@@ -1057,6 +1057,47 @@ fn serve_refuses_a_metrics_path_the_server_answers_already() {
     assert!(!err.contains("--metrics-path"), "{err}");
 }
 
+/// `--secrets-dir` holds the secrets of the settings too, not only the
+/// spec's: SINEW_JWT_SECRET and DATABASE_URL are read from files named
+/// after them when the environment lacks them (the JWT secret was once
+/// missing, and the start refused).
+#[test]
+fn serve_reads_the_jwt_secret_and_the_database_url_from_the_secrets_dir() {
+    let data = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::write(secrets.path().join("SINEW_JWT_SECRET"), "from-a-file\n").unwrap();
+    std::fs::write(
+        secrets.path().join("DATABASE_URL"),
+        "postgres://nobody@127.0.0.1:1/from_a_file\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sinew"))
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--listen",
+            "127.0.0.1",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .arg(spec("specs/examples/shop.json"))
+        .env_remove("DATABASE_URL")
+        .env_remove("SINEW_JWT_SECRET")
+        .env_remove("SINEW_JWT_JWKS")
+        .env("SINEW_SECRETS_DIR", secrets.path())
+        .env("SINEW_NO_SNAPSHOT", "1")
+        .output()
+        .expect("run sinew");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    // Past the settings check: the start fails at the database the file
+    // names (nothing listens there), not at an embedded one.
+    assert!(!err.contains("SINEW_JWT_SECRET or SINEW_JWT_JWKS"), "{err}");
+    assert!(err.contains("connecting to the database"), "{err}");
+    assert!(!err.contains("embedded Postgres"), "{err}");
+}
+
 // ---------------------------------------------------------------------------
 // `sinew diff`.
 
