@@ -914,6 +914,52 @@ mod tests {
         );
     }
 
+    /// An output schema that names no properties (the default, or `true`)
+    /// is described by the shapes the `return`s hand out too: the row a
+    /// read gives as the whole value, the rows under a key (the row schema
+    /// was once published but not referenced).
+    #[test]
+    fn an_open_output_schema_is_described_by_its_shapes() {
+        let loaded = sinew_core::spec::load(
+            r##"{
+          "sinew": "0.2",
+          "name": "open",
+          "entities": {"Item": {"fields": {"label": {"type": "string"}}}},
+          "tools": {
+            "get_item": {
+              "trigger": {"http": {"method": "GET", "path": "/items/{id}"}},
+              "auth": {"public": true},
+              "input": {"type": "object", "required": ["id"], "properties": {"id": {"type": "string", "format": "uuid"}}},
+              "flow": {"entry": "item", "nodes": {
+                "item": {"type": "read", "entity": "Item", "where": {"id": "input.id"}, "one": true, "next": "done"},
+                "done": {"type": "return", "value": "item"}}}
+            },
+            "list_items": {
+              "trigger": {"http": {"method": "GET", "path": "/items"}},
+              "auth": {"public": true},
+              "output": true,
+              "flow": {"entry": "r", "nodes": {
+                "r": {"type": "read", "entity": "Item", "limit": 10, "orderBy": "label", "next": "done"},
+                "done": {"type": "return", "value": {"items": "r", "count": "size(r)"}}}}
+            }
+          }
+        }"##,
+        );
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let doc = document(&loaded.spec, "v");
+        assert_structurally_valid(&doc);
+        let schema = |path: &str| {
+            op(&doc, path, "get")["responses"]["200"]["content"]["application/json"]["schema"]
+                .clone()
+        };
+        let row = json!({"$ref": "#/components/schemas/ItemRow"});
+        assert_eq!(schema("/items/{id}"), row);
+        assert_eq!(
+            schema("/items"),
+            json!({"type": "object", "properties": {"items": {"type": "array", "items": row}}})
+        );
+    }
+
     /// A response built of rows says what they are: the page and its
     /// embedded rows, a list of rows with a nested include, the groups of
     /// an aggregate; the output schema as written still holds.
