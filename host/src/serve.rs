@@ -89,8 +89,14 @@ pub struct Args {
     /// The claim holding the caller's roles (an array of strings).
     #[arg(long, env = "SINEW_JWT_ROLES_CLAIM", default_value = "roles")]
     pub jwt_roles_claim: String,
-    /// Log level: error, warn, info or debug.
-    #[arg(long, env = "SINEW_LOG", default_value = "info")]
+    /// Log level: error, warn, info or debug (any other value is refused).
+    #[arg(
+        long,
+        env = "SINEW_LOG",
+        default_value = "info",
+        ignore_case = true,
+        value_parser = ["error", "warn", "warning", "info", "debug", "trace"]
+    )]
     pub log: String,
     /// The largest request body, in bytes.
     #[arg(long, env = "SINEW_MAX_BODY", default_value_t = 1 << 20)]
@@ -532,7 +538,9 @@ impl Router {
             let ok = r.segments.iter().zip(&parts).all(|(s, p)| match s {
                 Segment::Literal(l) => l == p,
                 Segment::Param(name) => {
-                    params.push((name.clone(), percent_decode(p)));
+                    // (Decoded as the request is admitted: a segment that
+                    // is not UTF-8 is refused with its audit entry.)
+                    params.push((name.clone(), (*p).to_owned()));
                     true
                 }
             });
@@ -546,7 +554,7 @@ impl Router {
         }
         if allow.is_empty()
             && let Some(queue) = path.strip_prefix("/queues/")
-            && let Some(tool) = self.queues.get(&percent_decode(queue))
+            && let Some(tool) = percent_decode(queue).and_then(|q| self.queues.get(&q))
         {
             return if method == Method::POST {
                 Found::Queue(tool.clone())
@@ -560,7 +568,7 @@ impl Router {
                 .filter(|t| !t.is_empty() && !t.contains('/'))
             {
                 Some(name) if method == Method::POST => {
-                    Found::Tool(percent_decode(name), Vec::new())
+                    Found::Tool(percent_decode(name).unwrap_or_default(), Vec::new())
                 }
                 Some(_) => Found::WrongMethod(vec!["POST".into()]),
                 None => Found::Nothing,
@@ -573,17 +581,18 @@ impl Router {
     }
 }
 
-/// `%XX` decoding of a path segment.
-fn percent_decode(s: &str) -> String {
+/// `%XX` decoding of a path segment: `None` when the bytes are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
     decode(s, false)
 }
 
-/// `%XX` (and `+` as a space) decoding of a query component.
-fn query_decode(s: &str) -> String {
+/// `%XX` (and `+` as a space) decoding of a query component: `None` when
+/// the bytes are not UTF-8.
+fn query_decode(s: &str) -> Option<String> {
     decode(s, true)
 }
 
-fn decode(s: &str, plus_is_space: bool) -> String {
+fn decode(s: &str, plus_is_space: bool) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -604,7 +613,7 @@ fn decode(s: &str, plus_is_space: bool) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8(out).ok()
 }
 
 /// A path or query parameter as the input schema's property wants it.
@@ -1473,9 +1482,11 @@ impl App {
         )
     }
 
-    /// `input` with the query and path parameters joined, typed as the
-    /// tool's input schema says: the body's value wins over a query
-    /// parameter's, and a path parameter must agree with the body.
+    /// `input` with the path and query parameters joined, typed as the
+    /// tool's input schema says: a path parameter must agree with the body
+    /// and with the query, and the body's value wins over a query
+    /// parameter's. A parameter that is not UTF-8 once `%`-decoded, or a
+    /// query parameter given twice, is refused.
     fn with_url_params(
         &self,
         tool: &str,
@@ -1485,40 +1496,66 @@ impl App {
     ) -> Result<Value, Refusal> {
         let schema = self.inputs.get(tool);
         let props = schema.and_then(|s| s.get("properties"));
-        let query: Vec<(String, String)> = query
-            .unwrap_or("")
-            .split('&')
-            .filter(|s| !s.is_empty())
-            .map(|kv| {
-                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                (query_decode(k), query_decode(v))
-            })
-            .collect();
-        if query.is_empty() && params.is_empty() {
+        let refuse = |detail: String, input: Value| {
+            Err(Refusal::new(Code::InvalidInput, detail).with_input(input))
+        };
+        let mut path = Vec::with_capacity(params.len());
+        for (k, raw) in params {
+            match percent_decode(&raw) {
+                Some(v) => path.push((k, v)),
+                None => {
+                    let detail = format!("the path parameter `{k}` is not UTF-8 once %-decoded");
+                    return refuse(detail, input);
+                }
+            }
+        }
+        let mut query_params: Vec<(String, String)> = Vec::new();
+        for kv in query.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            let (Some(k), Some(v)) = (query_decode(k), query_decode(v)) else {
+                let detail = "the query is not UTF-8 once %-decoded".to_owned();
+                return refuse(detail, input);
+            };
+            // Which one a proxy in front read is not known.
+            if query_params.iter().any(|(seen, _)| *seen == k) {
+                return refuse(format!("`{k}` is given twice in the query"), input);
+            }
+            query_params.push((k, v));
+        }
+        if query_params.is_empty() && path.is_empty() {
             return Ok(input);
         }
         let Value::Object(map) = &mut input else {
-            return Err(Refusal::new(
-                Code::InvalidInput,
-                "the body must be a JSON object when the path or query has parameters",
-            )
-            .with_input(input));
+            let detail = "the body must be a JSON object when the path or query has parameters";
+            return refuse(detail.to_owned(), input);
         };
-        for (k, v) in query {
-            let value = typed(props.and_then(|p| p.get(&k)), &v);
-            map.entry(k).or_insert(value);
-        }
-        for (k, v) in params {
-            let value = typed(props.and_then(|p| p.get(&k)), &v);
-            if let Some(existing) = map.get(&k).filter(|e| **e != value) {
+        let quote = |v: &str| sinew_core::input::quote(&Value::String(v.to_owned()));
+        for (k, v) in &path {
+            let value = typed(props.and_then(|p| p.get(k)), v);
+            if let Some(existing) = map.get(k).filter(|e| **e != value) {
                 let detail = format!(
                     "`{k}` is {} in the path but {} in the body",
-                    sinew_core::input::quote(&Value::String(v)),
+                    quote(v),
                     sinew_core::input::quote(existing)
                 );
-                return Err(Refusal::new(Code::InvalidInput, detail).with_input(input));
+                return refuse(detail, input);
             }
-            map.insert(k, value);
+            map.insert(k.clone(), value);
+        }
+        for (k, v) in query_params {
+            let value = typed(props.and_then(|p| p.get(&k)), &v);
+            if let Some((_, in_path)) = path.iter().find(|(p, _)| *p == k) {
+                if map.get(&k) != Some(&value) {
+                    let detail = format!(
+                        "`{k}` is {} in the path but {} in the query",
+                        quote(in_path),
+                        quote(&v)
+                    );
+                    return refuse(detail, input);
+                }
+                continue;
+            }
+            map.entry(k).or_insert(value);
         }
         Ok(input)
     }
@@ -2754,9 +2791,13 @@ mod tests {
 
     #[test]
     fn decoding_and_typing_parameters() {
-        assert_eq!(percent_decode("a%20b+c"), "a b+c");
-        assert_eq!(query_decode("a%20b+c"), "a b c");
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("a%20b+c").as_deref(), Some("a b+c"));
+        assert_eq!(query_decode("a%20b+c").as_deref(), Some("a b c"));
+        assert_eq!(percent_decode("%zz%4").as_deref(), Some("%zz%4"));
+        // Bytes that are not UTF-8 are not text (they once became U+FFFD).
+        assert_eq!(percent_decode("%FF"), None);
+        assert_eq!(query_decode("a%C3"), None);
+        assert_eq!(percent_decode("%C3%A9").as_deref(), Some("é"));
         let int = json!({"type": "integer"});
         assert_eq!(typed(Some(&int), "42"), json!(42));
         assert_eq!(typed(Some(&int), "4x"), json!("4x"));

@@ -860,6 +860,50 @@ fn boolean_environment_switches_take_what_people_write() {
     }
 }
 
+/// Values that cannot be meant are refused as the command line is read
+/// (exit 2), not carried into a token the server refuses or a key without
+/// a name or role: an empty `--sub`, `--name` or role, an unknown log level.
+#[test]
+fn empty_names_and_unknown_log_levels_are_refused() {
+    for args in [
+        vec!["token", "--sub", "", "--secret", "s"],
+        vec!["keys", "create", "--name", "", "--roles", "ops"],
+        vec!["keys", "create", "--name", "ci", "--roles", ""],
+        vec!["keys", "create", "--name", "ci", "--roles", "ops,"],
+    ] {
+        let out = sinew(&args);
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("a value is required"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_sinew"))
+        .args(["serve", "/nonexistent/spec.json"])
+        .env("SINEW_LOG", "bogus")
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("invalid value 'bogus'"),
+        "{}",
+        stderr(&out)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_sinew"))
+        .args(["serve", "/nonexistent/spec.json"])
+        .env("SINEW_LOG", "DEBUG")
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("cannot read the spec"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// `sinew schedule` lists each cron tool's next times after `--after`, in
 /// UTC and in its zone, through a clock change (02:30 does not exist in
 /// Paris on 29 March 2026: it fires when the clocks jump, 03:00 CEST); a
