@@ -1440,6 +1440,38 @@ async fn input_edges_are_typed_and_change_nothing() {
     .await;
     problem(&r, 400, "invalid_input", Some("/before"));
     assert!(!r.text.contains("timestamp("), "{}", r.text);
+    // Parameters as they are sent: bytes that are not UTF-8 (they once
+    // became U+FFFD), a query parameter twice (which one a proxy read is
+    // not known), a query parameter that disagrees with the path (once
+    // said to be "in the body"). Each audited.
+    let order = "00000000-0000-4000-8000-000000000001";
+    for (path, says) in [
+        ("/products?after=%FF".to_owned(), "the query is not UTF-8"),
+        ("/orders/%FF%FE".to_owned(), "`id` is not UTF-8"),
+        (
+            "/products?after=a&after=b".to_owned(),
+            "`after` is given twice in the query",
+        ),
+        (
+            format!("/orders/{order}?id=00000000-0000-4000-8000-000000000002"),
+            "in the path but \"00000000-0000-4000-8000-000000000002\" in the query",
+        ),
+    ] {
+        let r = send(
+            "GET",
+            path.clone(),
+            Some(alice.clone()),
+            None,
+            String::new(),
+        )
+        .await;
+        problem(&r, 400, "invalid_input", None);
+        assert!(
+            r.body["detail"].as_str().unwrap().contains(says),
+            "{path}: {}",
+            r.text
+        );
+    }
     // A huge value is quoted by a short prefix only.
     let body = json!({"sku": "BIG", "name": "n".repeat(900_000), "price_cents": 1}).to_string();
     let r = send(
@@ -1495,8 +1527,8 @@ async fn input_edges_are_typed_and_change_nothing() {
     assert_eq!(rows.len(), 1, "only the valid create wrote");
     assert_eq!(rows[0].get::<_, i64>(1), 450);
     assert_eq!(rows[0].get::<_, i64>(2), 10);
-    // One final audit entry for each of the 11 requests, chained.
-    assert_eq!(verify(&url).await, Ok(11));
+    // One final audit entry for each of the 15 requests, chained.
+    assert_eq!(verify(&url).await, Ok(15));
 }
 
 /// Issue 14: every request is answered within its tool's deadline plus a

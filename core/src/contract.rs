@@ -189,6 +189,12 @@ impl<'a> Call<'a> {
             return Err(p);
         }
         let request = self.request;
+        // (A host refuses it first, as it reads the body: deeper, the
+        // request would not reach the core whole.)
+        if input::too_deep(&request.input) {
+            let detail = input::too_deep_detail("the input");
+            return Err(Problem::new(Code::InvalidJson, detail));
+        }
         // Postgres cannot store U+0000 in text: no engine accepts it anywhere.
         let (nul, n) = input::nul_characters(&request.input);
         if n > 0 {
@@ -692,7 +698,11 @@ impl<'t> Audit<'t> {
         let input_text = canonical(&request.input);
         // (Postgres refuses a NUL character in `jsonb`: such an input,
         // refused anyway, is recorded by its hash.)
-        let input = if input::has_nul(&request.input) {
+        // (Nor could an input nested past the limit be carried back whole:
+        // refused anyway, it too is recorded by its hash.)
+        let input = if input::too_deep(&request.input) {
+            json!({"omitted": format!("nested deeper than {} levels", input::MAX_DEPTH)})
+        } else if input::has_nul(&request.input) {
             json!({"omitted": "a NUL character"})
         } else if input_text.len() <= MAX_AUDITED_INPUT {
             request.input.clone()
@@ -1095,5 +1105,29 @@ mod tests {
             assert!(!r.audit.to_string().contains("\\u0000"));
             assert_eq!(r.audit["inputHash"].as_str().map(str::len), Some(64 + 7));
         }
+    }
+
+    /// An input nested past [`input::MAX_DEPTH`], refused anyway, is
+    /// recorded by its hash: the entry nests it a few levels deeper, past
+    /// what a JSON reader takes back.
+    #[test]
+    fn an_input_nested_too_deep_is_recorded_by_its_hash() {
+        let mut deep = json!(1);
+        for _ in 0..input::MAX_DEPTH {
+            deep = json!([deep]);
+        }
+        let request = Request {
+            tool: "pay".into(),
+            id: "req-1".into(),
+            input: json!({"a": deep}),
+            ..Request::default()
+        };
+        let problem = Problem::new(Code::Unauthenticated, "no token");
+        let r = failed("sha256:b", &request, &problem, (1000, 1005), true, &[]);
+        assert_eq!(
+            r.audit["input"],
+            json!({"omitted": "nested deeper than 32 levels"})
+        );
+        assert!(!input::too_deep(&json!({"a": deep[0]})));
     }
 }

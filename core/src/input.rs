@@ -15,6 +15,42 @@ const MAX_QUOTE: usize = 40;
 /// The longest message of one violation, in characters.
 const MAX_MESSAGE: usize = 200;
 
+/// How deep an input may nest, counting its arrays and objects (`[]` and
+/// `{"a": []}` are one and two levels; a string or a number none). Every
+/// engine refuses a deeper one before anything runs (`400 invalid_json`),
+/// and this is the depth the whole way of an input can carry: the
+/// request crossing into the component and the audit entry (which nests
+/// the input a few levels deeper) are JSON read back with serde_json's
+/// limit of 128 levels, the state file of `sinew run` nests that entry
+/// further, and a stored `json` field travels inside its row, itself
+/// perhaps inside the rows that include it, in the wire format's 64
+/// levels ([`crate::ports::wire::MAX_DEPTH`]).
+pub const MAX_DEPTH: usize = 32;
+
+/// Whether `v` nests deeper than [`MAX_DEPTH`] (iterative: safe on any
+/// value).
+pub fn too_deep(v: &Value) -> bool {
+    let mut stack = vec![(v, 1usize)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Vec<&Value> = match v {
+            Value::Array(a) => a.iter().collect(),
+            Value::Object(m) => m.values().collect(),
+            _ => continue,
+        };
+        if depth > MAX_DEPTH {
+            return true;
+        }
+        stack.extend(children.into_iter().map(|c| (c, depth + 1)));
+    }
+    false
+}
+
+/// The refusal of an input [`too_deep`]: `what` is what the caller sent
+/// ("the input", "the body").
+pub fn too_deep_detail(what: &str) -> String {
+    format!("{what} nests deeper than {MAX_DEPTH} levels of arrays and objects")
+}
+
 /// Which side of a tool a JSON Schema checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -62,6 +98,7 @@ pub fn compile_schema(schema: &Value, side: Side) -> Result<jsonschema::Validato
     jsonschema::draft202012::options()
         .should_validate_formats(side == Side::Input)
         .with_format("date-time", date_time)
+        .with_keyword(INT64_FLOOR, |_, _, _| Ok(Box::new(Int64Floor)))
         .build(schema)
         .map_err(|e| SchemaError {
             pointer: e.instance_path().to_string(),
@@ -87,6 +124,44 @@ fn date_time(s: &str) -> bool {
         .is_some_and(|v| v.is_valid(&Value::String(s.to_owned())))
         && crate::expr::value::parse_timestamp(s)
             .is_some_and(|t| crate::expr::TIMESTAMP_RANGE.contains(&t))
+}
+
+/// The keyword [`with_int64_bounds`] adds beside the `minimum` of an
+/// `integer` (a name no spec uses).
+const INT64_FLOOR: &str = "x-sinew-int64-floor";
+
+/// −2⁶³, as a double.
+#[expect(clippy::cast_precision_loss, reason = "-2^63 is a double exactly")]
+const FLOOR: f64 = i64::MIN as f64;
+
+/// What `minimum: -9223372036854775808` cannot see: a number read as a
+/// double that equals −2⁶³. JSON numbers past the 64-bit range are read as
+/// doubles, and every whole number from −2⁶³ − 1024 down to −2⁶³ rounds to
+/// exactly −2⁶³, which `minimum` compares as equal to the bound, so it
+/// would pass. Such a number is refused (the double cannot tell
+/// −9223372036854775808.0 from the numbers past it; the integer
+/// −9223372036854775808 is read as one and passes).
+struct Int64Floor;
+
+impl<'i> jsonschema::Keyword<'i> for Int64Floor {
+    fn validate(&self, instance: &'i Value) -> Result<(), jsonschema::ValidationError<'i>> {
+        if self.is_valid(instance) {
+            Ok(())
+        } else {
+            Err(jsonschema::ValidationError::custom(format!(
+                "{} is less than the minimum of {}",
+                quote(instance),
+                i64::MIN
+            )))
+        }
+    }
+
+    fn is_valid(&self, instance: &'i Value) -> bool {
+        match instance {
+            Value::Number(n) if !n.is_i64() && !n.is_u64() => n.as_f64().is_none_or(|f| f > FLOOR),
+            _ => true,
+        }
+    }
 }
 
 /// `schema` with every `integer` it declares bounded to the 64-bit signed
@@ -132,6 +207,7 @@ fn bound_integers(v: &mut Value) {
                         m.insert(key.to_owned(), Value::from(bound));
                     }
                 }
+                m.insert(INT64_FLOOR.to_owned(), Value::Bool(true));
             }
             for (k, child) in m.iter_mut() {
                 if !matches!(k.as_str(), "const" | "enum" | "default" | "examples") {
@@ -179,10 +255,10 @@ pub fn normalize_numbers(v: &mut Value) -> bool {
     match v {
         Value::Number(n) if !n.is_i64() && !n.is_u64() => {
             let Some(f) = n.as_f64() else { return false };
-            // -2^63 ≤ f < 2^63 and whole: exactly representable as i64.
-            if f.fract() == 0.0
-                && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&f)
-            {
+            // -2^63 < f < 2^63 and whole: exactly an i64. (A double of
+            // exactly -2^63 is also what every number down to -2^63 - 1024
+            // reads as: it stays a double, past the range.)
+            if whole_in_range(f) {
                 #[expect(
                     clippy::cast_possible_truncation,
                     reason = "whole and within the range of i64, checked above"
@@ -200,12 +276,16 @@ pub fn normalize_numbers(v: &mut Value) -> bool {
     }
 }
 
+/// Whether double `f` is a whole number [`normalize_numbers`] reads as
+/// an integer: strictly between −2⁶³ and 2⁶³.
+fn whole_in_range(f: f64) -> bool {
+    f.fract() == 0.0 && f > FLOOR && f < -FLOOR
+}
+
 /// Whether [`normalize_numbers`] would change anything.
 pub fn has_whole_decimal(v: &Value) -> bool {
     match v {
-        Value::Number(n) if !n.is_i64() && !n.is_u64() => n.as_f64().is_some_and(|f| {
-            f.fract() == 0.0 && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&f)
-        }),
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => n.as_f64().is_some_and(whole_in_range),
         Value::Array(a) => a.iter().any(has_whole_decimal),
         Value::Object(m) => m.values().any(has_whole_decimal),
         _ => false,
@@ -408,6 +488,31 @@ mod tests {
             let (errors, _) = violations(&v, &input);
             assert_eq!(!errors.is_empty(), fails, "{input}: {errors:?}");
         }
+        // Below -2^63, as the contract reads the text (normalized, then
+        // validated): every number down to -2^63 - 1024 is the double
+        // -2^63, which equals `minimum`; refused all the same.
+        for (text, fails) in [
+            (r#"{"n": -9223372036854775808}"#, false),
+            (r#"{"n": -9223372036854775809}"#, true),
+            (r#"{"n": -9223372036854776832}"#, true),
+            (r#"{"n": -9223372036854775808.0}"#, true),
+            (r#"{"n": -9223372036854777856}"#, true),
+            (r#"{"tags": [-9223372036854775809]}"#, true),
+            (r#"{"m": -9223372036854775809}"#, true),
+            (r#"{"x": -9223372036854775809}"#, false),
+        ] {
+            let mut input: Value = serde_json::from_str(text).unwrap();
+            normalize_numbers(&mut input);
+            let (errors, _) = violations(&v, &input);
+            assert_eq!(!errors.is_empty(), fails, "{text}: {errors:?}");
+            if fails {
+                let message = errors[0]["message"].as_str().unwrap();
+                assert!(
+                    message.contains("less than the minimum of -9223372036854775808"),
+                    "{message}"
+                );
+            }
+        }
         // The output's schema is not changed.
         let out = compile_schema(&schema, Side::Output).unwrap();
         assert!(violations(&out, &json!({"n": 1e20})).0.is_empty());
@@ -423,6 +528,11 @@ mod tests {
         );
         let mut w = json!({"x": 1, "y": "5.0"});
         assert!(!normalize_numbers(&mut w));
+        // -2^63 as a double is also every number a little past it: it
+        // stays a double.
+        let mut f = json!({"x": -9_223_372_036_854_775_808.0_f64});
+        assert!(!normalize_numbers(&mut f));
+        assert!(f["x"].is_f64());
     }
 
     #[test]

@@ -134,8 +134,13 @@ impl Replay {
                 crate::hash::sha256_hex(crate::hash::canonical(&input).as_bytes())
             )
         {
+            let size = size.as_str().unwrap_or_default();
             return Err(if size == "a NUL character" {
                 "its input held a NUL character, which the log cannot hold (the request was refused 400)".into()
+            } else if size.starts_with("nested deeper") {
+                format!(
+                    "its input was {size}, which the log cannot hold (the request was refused 400)"
+                )
             } else {
                 format!("its input was too large to record ({size})")
             });

@@ -642,8 +642,8 @@ pub fn outbox(args: &OutboxArgs) -> Result<u8> {
 /// Mint a development token (HS256, signed with SINEW_JWT_SECRET).
 #[derive(clap::Args, Debug)]
 pub struct TokenArgs {
-    /// The subject (`sub`).
-    #[arg(long)]
+    /// The subject (`sub`; not empty: the server refuses such a token).
+    #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub sub: String,
     /// Roles, comma-separated or repeated.
     #[arg(long, value_delimiter = ',')]
@@ -694,11 +694,17 @@ enum KeysCommand {
     Create {
         #[command(flatten)]
         db: DatabaseArgs,
-        /// What it is for (shown by `list`).
-        #[arg(long)]
+        /// What it is for (shown by `list`; not empty).
+        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
         name: String,
-        /// Its roles, comma-separated or repeated (at least one).
-        #[arg(long, value_delimiter = ',', required = true)]
+        /// Its roles, comma-separated or repeated (at least one; none
+        /// empty).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            required = true,
+            value_parser = clap::builder::NonEmptyStringValueParser::new()
+        )]
         roles: Vec<String>,
         /// A claim its calls carry, `NAME=VALUE` (a tenant: `org_id=acme`);
         /// repeatable.

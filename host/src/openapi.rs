@@ -426,9 +426,10 @@ fn responses(spec: &Spec, name: &str, tool: &Tool) -> Value {
 }
 
 /// The path parameters of a route (`in_path`), each with its input
-/// property's schema (text when the input has no such property).
+/// property's schema (text when the input has no such property), as the
+/// server types them: with its `$ref`s followed and its `allOf`s merged.
 fn path_parameters(tool: &Tool, in_path: &[&str]) -> Vec<Value> {
-    let props = tool.input.get("properties");
+    let props = tool.input_shape.get("properties");
     in_path
         .iter()
         .map(|p| {
@@ -442,16 +443,16 @@ fn path_parameters(tool: &Tool, in_path: &[&str]) -> Vec<Value> {
 }
 
 /// The query parameters of a route without a body: the input's properties
-/// that are not in the path.
+/// that are not in the path (resolved, as for the path).
 fn query_parameters(tool: &Tool, in_path: &[&str]) -> Vec<Value> {
     let mut params = Vec::new();
-    if let Some(Value::Object(props)) = tool.input.get("properties") {
+    if let Some(Value::Object(props)) = tool.input_shape.get("properties") {
         for (p, schema) in props {
             if in_path.contains(&p.as_str()) {
                 continue;
             }
             let required = tool
-                .input
+                .input_shape
                 .get("required")
                 .and_then(Value::as_array)
                 .is_some_and(|r| r.iter().any(|x| x == p));
@@ -523,14 +524,65 @@ fn by_name_operation(spec: &Spec, name: &str, tool: &Tool) -> Map<String, Value>
     op
 }
 
+/// Points the local `$ref`s of `schema` (`#`, `#/$defs/…`: relative to
+/// the schema itself) at the same place in the copy of the schema at
+/// `#/components/schemas/{name}`: in the document, `#` is the document.
+/// Literal values (`const`, `enum`, `default`, `examples`) are left as
+/// they are. Returns whether there was any.
+fn rebase(schema: &mut Value, name: &str) -> bool {
+    match schema {
+        Value::Object(m) => {
+            let mut any = false;
+            if let Some(Value::String(target)) = m.get_mut("$ref")
+                && let Some(pointer) = target
+                    .strip_prefix('#')
+                    .filter(|p| p.is_empty() || p.starts_with('/'))
+            {
+                *target = format!("#/components/schemas/{name}{pointer}");
+                any = true;
+            }
+            for (k, v) in m.iter_mut() {
+                if !matches!(k.as_str(), "const" | "enum" | "default" | "examples") {
+                    any |= rebase(v, name);
+                }
+            }
+            any
+        }
+        Value::Array(items) => items.iter_mut().fold(false, |any, v| rebase(v, name) | any),
+        _ => false,
+    }
+}
+
+/// `tool` with its input and output schemas as the document publishes
+/// them: one with local `$ref`s (to its `$defs`) is also published whole
+/// in `schemas`, as `{name}.input` or `{name}.output`, and its `$ref`s
+/// point there, so that they resolve in the document.
+fn published(name: &str, tool: &Tool, schemas: &mut Map<String, Value>) -> Tool {
+    let mut tool = tool.clone();
+    let input = format!("{name}.input");
+    if rebase(&mut tool.input, &input) {
+        // (What a resolved schema keeps of them: recursive ones.)
+        rebase(&mut tool.input_shape, &input);
+        schemas.insert(input, tool.input.clone());
+    }
+    let output = format!("{name}.output");
+    if rebase(&mut tool.output, &output) {
+        schemas.insert(output, tool.output.clone());
+    }
+    tool
+}
+
 /// The document; `version` is the bundle's hash.
 pub fn document(spec: &Spec, version: &str) -> Value {
     let mut paths: Map<String, Value> = Map::new();
-    let served = || {
-        spec.tools
-            .iter()
-            .filter(|(name, _)| !spec.broken_tools.contains(name))
-    };
+    let mut schemas = Map::new();
+    let tools: Vec<(&String, Tool)> = spec
+        .tools
+        .iter()
+        .filter(|(name, _)| !spec.broken_tools.contains(name))
+        .map(|(name, tool)| (name, published(name, tool, &mut schemas)))
+        .collect();
+    let served = || tools.iter().map(|(name, tool)| (*name, tool));
     for (name, tool) in served() {
         let Some((method, path)) = tool.trigger.route() else {
             continue;
@@ -548,7 +600,6 @@ pub fn document(spec: &Spec, version: &str) -> Value {
             .entry(format!("/tools/{name}"))
             .or_insert_with(|| json!({"post": by_name_operation(spec, name, tool)}));
     }
-    let mut schemas = Map::new();
     schemas.insert(
         "Problem".into(),
         json!({
@@ -785,6 +836,128 @@ mod tests {
         ] {
             assert_structurally_valid(&document(&spec, "v"));
         }
+    }
+
+    /// Schemas with local `$defs`: every `$ref` resolves in the document
+    /// (to the schema published whole under `components`), and path and
+    /// query parameters are typed as the server types them, through a
+    /// `$ref` or an `allOf` (they once were `{"$ref": "#/$defs/num"}`,
+    /// resolving against the document's root, where there is no `$defs`).
+    #[test]
+    fn schemas_with_local_definitions_resolve_in_the_document() {
+        let loaded = sinew_core::spec::load(
+            r##"{
+          "sinew": "0.2",
+          "name": "defs",
+          "entities": {"Item": {"fields": {"price": {"type": "integer"}}}},
+          "tools": {
+            "quote": {
+              "trigger": {"http": {"method": "GET", "path": "/quotes/{n}"}},
+              "auth": {"public": true},
+              "input": {"type": "object", "required": ["n", "cur"], "additionalProperties": false,
+                "properties": {
+                  "n": {"$ref": "#/$defs/num"},
+                  "cur": {"allOf": [{"$ref": "#/$defs/code"}, {"maxLength": 3}]}},
+                "$defs": {"num": {"type": "integer", "minimum": 1}, "code": {"type": "string"}}},
+              "output": {"type": "object", "properties": {"money": {"$ref": "#/$defs/money"}},
+                "$defs": {"money": {"type": "object", "properties": {"amount": {"type": "integer"}, "next": {"$ref": "#/$defs/money"}}}}},
+              "flow": {"entry": "done", "nodes": {"done": {"type": "return", "value": {"money": {"amount": "input.n"}}}}}
+            },
+            "price": {
+              "trigger": {"http": {"method": "POST", "path": "/items/{id}/price"}},
+              "auth": {"public": true},
+              "idempotencyKey": "request.idempotencyKey",
+              "input": {"type": "object", "required": ["id", "price"], "additionalProperties": false,
+                "properties": {"id": {"allOf": [{"type": "string", "format": "uuid"}]}, "price": {"$ref": "#/$defs/cents"}},
+                "$defs": {"cents": {"type": "integer", "minimum": 0}}},
+              "flow": {"entry": "w", "nodes": {
+                "w": {"type": "transaction", "next": "done", "body": {"entry": "u", "nodes": {
+                  "u": {"type": "update", "entity": "Item", "where": {"id": "input.id"}, "limit": 1, "one": true,
+                    "set": {"price": "input.price"}}}}},
+                "done": {"type": "return", "value": {"ok": true}}}}
+            }
+          }
+        }"##,
+        );
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let doc = document(&loaded.spec, "v");
+        assert_structurally_valid(&doc);
+        let quote = op(&doc, "/quotes/{n}", "get");
+        assert_eq!(
+            param(quote, "n").unwrap()["schema"],
+            json!({"type": "integer", "minimum": 1})
+        );
+        assert_eq!(
+            param(quote, "cur").unwrap()["schema"],
+            json!({"type": "string", "maxLength": 3})
+        );
+        let money = &quote["responses"]["200"]["content"]["application/json"]["schema"]["properties"]
+            ["money"];
+        assert_eq!(
+            money,
+            &json!({"$ref": "#/components/schemas/quote.output/$defs/money"})
+        );
+        let price = op(&doc, "/items/{id}/price", "post");
+        assert_eq!(
+            param(price, "id").unwrap()["schema"],
+            json!({"type": "string", "format": "uuid"})
+        );
+        assert_eq!(
+            price["requestBody"]["content"]["application/json"]["schema"]["properties"]["price"],
+            json!({"$ref": "#/components/schemas/price.input/$defs/cents"})
+        );
+        let by_name = op(&doc, "/tools/price", "post");
+        assert_eq!(
+            by_name["requestBody"]["content"]["application/json"]["schema"]["properties"]["price"]
+                ["$ref"],
+            "#/components/schemas/price.input/$defs/cents"
+        );
+    }
+
+    /// An output schema that names no properties (the default, or `true`)
+    /// is described by the shapes the `return`s hand out too: the row a
+    /// read gives as the whole value, the rows under a key (the row schema
+    /// was once published but not referenced).
+    #[test]
+    fn an_open_output_schema_is_described_by_its_shapes() {
+        let loaded = sinew_core::spec::load(
+            r##"{
+          "sinew": "0.2",
+          "name": "open",
+          "entities": {"Item": {"fields": {"label": {"type": "string"}}}},
+          "tools": {
+            "get_item": {
+              "trigger": {"http": {"method": "GET", "path": "/items/{id}"}},
+              "auth": {"public": true},
+              "input": {"type": "object", "required": ["id"], "properties": {"id": {"type": "string", "format": "uuid"}}},
+              "flow": {"entry": "item", "nodes": {
+                "item": {"type": "read", "entity": "Item", "where": {"id": "input.id"}, "one": true, "next": "done"},
+                "done": {"type": "return", "value": "item"}}}
+            },
+            "list_items": {
+              "trigger": {"http": {"method": "GET", "path": "/items"}},
+              "auth": {"public": true},
+              "output": true,
+              "flow": {"entry": "r", "nodes": {
+                "r": {"type": "read", "entity": "Item", "limit": 10, "orderBy": "label", "next": "done"},
+                "done": {"type": "return", "value": {"items": "r", "count": "size(r)"}}}}
+            }
+          }
+        }"##,
+        );
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let doc = document(&loaded.spec, "v");
+        assert_structurally_valid(&doc);
+        let schema = |path: &str| {
+            op(&doc, path, "get")["responses"]["200"]["content"]["application/json"]["schema"]
+                .clone()
+        };
+        let row = json!({"$ref": "#/components/schemas/ItemRow"});
+        assert_eq!(schema("/items/{id}"), row);
+        assert_eq!(
+            schema("/items"),
+            json!({"type": "object", "properties": {"items": {"type": "array", "items": row}}})
+        );
     }
 
     /// A response built of rows says what they are: the page and its

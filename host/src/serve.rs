@@ -89,8 +89,14 @@ pub struct Args {
     /// The claim holding the caller's roles (an array of strings).
     #[arg(long, env = "SINEW_JWT_ROLES_CLAIM", default_value = "roles")]
     pub jwt_roles_claim: String,
-    /// Log level: error, warn, info or debug.
-    #[arg(long, env = "SINEW_LOG", default_value = "info")]
+    /// Log level: error, warn, info or debug (any other value is refused).
+    #[arg(
+        long,
+        env = "SINEW_LOG",
+        default_value = "info",
+        ignore_case = true,
+        value_parser = ["error", "warn", "warning", "info", "debug", "trace"]
+    )]
     pub log: String,
     /// The largest request body, in bytes.
     #[arg(long, env = "SINEW_MAX_BODY", default_value_t = 1 << 20)]
@@ -103,15 +109,17 @@ pub struct Args {
     pub no_migrate: bool,
     /// Do not run cron tools on their schedules here (a scheduler such as
     /// Cloud Scheduler calls them; its runs take the same claims).
-    #[arg(long, env = "SINEW_NO_CRON")]
+    #[arg(long, env = "SINEW_NO_CRON", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub no_cron: bool,
     /// Do not deliver outbox messages from this instance (others do; an
     /// instance that serves requests only).
-    #[arg(long, env = "SINEW_NO_OUTBOX")]
+    #[arg(long, env = "SINEW_NO_OUTBOX", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub no_outbox: bool,
     /// A directory of secrets, one file per secret named after its
     /// variable (as Cloud Run and Kubernetes mount them): read when the
-    /// environment does not have the variable.
+    /// environment does not have the variable. The secrets: DATABASE_URL,
+    /// SINEW_JWT_SECRET, SINEW_AUDIT_SIGNING_KEY and the variables the
+    /// spec names (webhook and external secrets).
     #[arg(long, env = "SINEW_SECRETS_DIR")]
     pub secrets_dir: Option<PathBuf>,
     /// The audience of the OIDC tokens Pub/Sub pushes carry (the push
@@ -218,7 +226,11 @@ impl Args {
     /// The JWT settings (fetching the JWKS when it is a URL).
     pub async fn jwt(&self, client: &crate::tls::HttpsClient) -> Result<JwtConfig> {
         let mut jwt = JwtConfig {
-            secret: self.jwt_secret.clone().filter(|s| !s.is_empty()),
+            secret: self
+                .jwt_secret
+                .clone()
+                .filter(|s| !s.is_empty())
+                .or_else(|| self.secrets().get("SINEW_JWT_SECRET")),
             keys: Vec::new(),
             issuer: self.jwt_issuer.clone().filter(|s| !s.is_empty()),
             audience: self.jwt_audience.clone().filter(|s| !s.is_empty()),
@@ -411,6 +423,15 @@ impl Refusal {
         }
     }
 
+    /// The answer to a refusal outside a tool (no audit entry).
+    fn response(&self, id: &str) -> hyper::Response<Body> {
+        let mut r = problem(self.code, &self.detail, id);
+        if let Some(i) = &self.internal {
+            r.extensions_mut().insert(Internal(i.clone()));
+        }
+        r
+    }
+
     /// The same refusal, recording `input` in the audit entry.
     fn with_input(self, input: Value) -> Refusal {
         Refusal {
@@ -488,6 +509,22 @@ impl Router {
         Router { routes, queues }
     }
 
+    /// The tools whose routes match `path`, whatever their methods.
+    fn tools_at(&self, path: &str) -> Vec<String> {
+        let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        self.routes
+            .iter()
+            .filter(|r| {
+                r.segments.len() == parts.len()
+                    && r.segments.iter().zip(&parts).all(|(s, p)| match s {
+                        Segment::Literal(l) => l == p,
+                        Segment::Param(_) => true,
+                    })
+            })
+            .map(|r| r.tool.clone())
+            .collect()
+    }
+
     /// The tool a request goes to: any tool by name at `POST
     /// /tools/{name}` (agents, schedulers), a queue's tool at `POST
     /// /queues/{queue}` (Pub/Sub), else a route of the spec. The server's
@@ -500,13 +537,13 @@ impl Router {
             .filter(|t| !t.is_empty() && !t.contains('/'))
         {
             return if method == Method::POST {
-                Found::Tool(percent_decode(name), Vec::new())
+                Found::Tool(percent_decode(name).unwrap_or_default(), Vec::new())
             } else {
                 Found::WrongMethod(vec!["POST".into()])
             };
         }
         if let Some(queue) = path.strip_prefix("/queues/")
-            && let Some(tool) = self.queues.get(&percent_decode(queue))
+            && let Some(tool) = percent_decode(queue).and_then(|q| self.queues.get(&q))
         {
             return if method == Method::POST {
                 Found::Queue(tool.clone())
@@ -524,7 +561,9 @@ impl Router {
             let ok = r.segments.iter().zip(&parts).all(|(s, p)| match s {
                 Segment::Literal(l) => l == p,
                 Segment::Param(name) => {
-                    params.push((name.clone(), percent_decode(p)));
+                    // (Decoded as the request is admitted: a segment that
+                    // is not UTF-8 is refused with its audit entry.)
+                    params.push((name.clone(), (*p).to_owned()));
                     true
                 }
             });
@@ -546,17 +585,18 @@ impl Router {
     }
 }
 
-/// `%XX` decoding of a path segment.
-fn percent_decode(s: &str) -> String {
+/// `%XX` decoding of a path segment: `None` when the bytes are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
     decode(s, false)
 }
 
-/// `%XX` (and `+` as a space) decoding of a query component.
-fn query_decode(s: &str) -> String {
+/// `%XX` (and `+` as a space) decoding of a query component: `None` when
+/// the bytes are not UTF-8.
+fn query_decode(s: &str) -> Option<String> {
     decode(s, true)
 }
 
-fn decode(s: &str, plus_is_space: bool) -> String {
+fn decode(s: &str, plus_is_space: bool) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -577,7 +617,7 @@ fn decode(s: &str, plus_is_space: bool) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8(out).ok()
 }
 
 /// A path or query parameter as the input schema's property wants it.
@@ -614,6 +654,36 @@ fn typed(schema: Option<&Value>, raw: &str) -> Value {
     json!(raw)
 }
 
+/// Request ids: UUIDv8s of a seed and a counter.
+struct Ids {
+    seed: String,
+    next: AtomicU64,
+}
+
+impl Ids {
+    /// Ids from `seed` and this process (no two processes share a seed).
+    fn new(seed: String) -> Ids {
+        Ids {
+            seed: format!("{}:{}:{seed}", std::process::id(), system_now_ms()),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let h = sinew_core::hash::sha256_hex(format!("{}:{n}", self.seed).as_bytes());
+        format!(
+            "{}-{}-8{}-{}{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[13..16],
+            ["8", "9", "a", "b"][usize::from(h.as_bytes()[16] % 4)],
+            &h[17..20],
+            &h[20..32]
+        )
+    }
+}
+
 /// What runs the requests.
 enum Core {
     /// The component in wasmtime (always, but for benchmarks).
@@ -631,11 +701,13 @@ pub struct App {
     max_body: usize,
     db: Arc<PgBackend>,
     log: Log,
+    /// Each tool's input schema with its local `$ref`s followed and its
+    /// `allOf`s merged: path and query parameters are typed from it,
+    /// however a property's type is written.
     inputs: std::collections::HashMap<String, Value>,
     /// Each tool's deadline (`limits.timeoutMs`).
     deadlines: std::collections::HashMap<String, Duration>,
-    ids: AtomicU64,
-    id_seed: String,
+    ids: Ids,
     /// Told at every response; the pool's warm-up in [`serve`] waits for
     /// the first (a notification with nobody waiting is one atomic store).
     first_answer: Arc<tokio::sync::Notify>,
@@ -713,6 +785,10 @@ fn problem(code: Code, detail: &str, id: &str) -> hyper::Response<Body> {
     );
     if let Ok(v) = HeaderValue::from_str(id) {
         r.headers_mut().insert("x-request-id", v);
+    }
+    if code == Code::Unauthenticated {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     r
 }
@@ -848,19 +924,7 @@ impl App {
     }
 
     fn request_id(&self) -> String {
-        let n = self.ids.fetch_add(1, Ordering::Relaxed);
-        let h = sinew_core::hash::sha256_hex(format!("{}:{n}", self.id_seed).as_bytes());
-        // A UUIDv8 of the process seed and a counter: unique, and no two
-        // processes share a seed.
-        format!(
-            "{}-{}-8{}-{}{}-{}",
-            &h[0..8],
-            &h[8..12],
-            &h[13..16],
-            ["8", "9", "a", "b"][usize::from(h.as_bytes()[16] % 4)],
-            &h[17..20],
-            &h[20..32]
-        )
+        self.ids.next()
     }
 
     async fn handle(
@@ -1181,7 +1245,9 @@ impl App {
             {
                 self.studio(method, p, id).await
             }
-            (m, p) if self.metrics_path.as_deref() == Some(p) => Some(metrics_response(m, p, p)),
+            (m, p) if self.metrics_path.as_deref() == Some(p) => {
+                Some(metrics_response(m, p, p, id))
+            }
             (&Method::GET | &Method::HEAD, "/openapi.json") => {
                 Some(respond(200, "application/json", self.openapi.clone()))
             }
@@ -1277,6 +1343,10 @@ impl App {
             let pushed =
                 crate::queue::envelope(&bytes).map_err(|e| Refusal::new(Code::InvalidBody, e))?;
             request.idempotency_key = Some(pushed.message_id);
+            if sinew_core::input::too_deep(&pushed.input) {
+                let detail = sinew_core::input::too_deep_detail("the message's data");
+                return Err(Refusal::new(Code::InvalidJson, detail));
+            }
             request.input = pushed.input;
             Ok(())
         }
@@ -1416,9 +1486,11 @@ impl App {
         )
     }
 
-    /// `input` with the query and path parameters joined, typed as the
-    /// tool's input schema says: the body's value wins over a query
-    /// parameter's, and a path parameter must agree with the body.
+    /// `input` with the path and query parameters joined, typed as the
+    /// tool's input schema says: a path parameter must agree with the body
+    /// and with the query, and the body's value wins over a query
+    /// parameter's. A parameter that is not UTF-8 once `%`-decoded, or a
+    /// query parameter given twice, is refused.
     fn with_url_params(
         &self,
         tool: &str,
@@ -1428,40 +1500,66 @@ impl App {
     ) -> Result<Value, Refusal> {
         let schema = self.inputs.get(tool);
         let props = schema.and_then(|s| s.get("properties"));
-        let query: Vec<(String, String)> = query
-            .unwrap_or("")
-            .split('&')
-            .filter(|s| !s.is_empty())
-            .map(|kv| {
-                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                (query_decode(k), query_decode(v))
-            })
-            .collect();
-        if query.is_empty() && params.is_empty() {
+        let refuse = |detail: String, input: Value| {
+            Err(Refusal::new(Code::InvalidInput, detail).with_input(input))
+        };
+        let mut path = Vec::with_capacity(params.len());
+        for (k, raw) in params {
+            match percent_decode(&raw) {
+                Some(v) => path.push((k, v)),
+                None => {
+                    let detail = format!("the path parameter `{k}` is not UTF-8 once %-decoded");
+                    return refuse(detail, input);
+                }
+            }
+        }
+        let mut query_params: Vec<(String, String)> = Vec::new();
+        for kv in query.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            let (Some(k), Some(v)) = (query_decode(k), query_decode(v)) else {
+                let detail = "the query is not UTF-8 once %-decoded".to_owned();
+                return refuse(detail, input);
+            };
+            // Which one a proxy in front read is not known.
+            if query_params.iter().any(|(seen, _)| *seen == k) {
+                return refuse(format!("`{k}` is given twice in the query"), input);
+            }
+            query_params.push((k, v));
+        }
+        if query_params.is_empty() && path.is_empty() {
             return Ok(input);
         }
         let Value::Object(map) = &mut input else {
-            return Err(Refusal::new(
-                Code::InvalidInput,
-                "the body must be a JSON object when the path or query has parameters",
-            )
-            .with_input(input));
+            let detail = "the body must be a JSON object when the path or query has parameters";
+            return refuse(detail.to_owned(), input);
         };
-        for (k, v) in query {
-            let value = typed(props.and_then(|p| p.get(&k)), &v);
-            map.entry(k).or_insert(value);
-        }
-        for (k, v) in params {
-            let value = typed(props.and_then(|p| p.get(&k)), &v);
-            if let Some(existing) = map.get(&k).filter(|e| **e != value) {
+        let quote = |v: &str| sinew_core::input::quote(&Value::String(v.to_owned()));
+        for (k, v) in &path {
+            let value = typed(props.and_then(|p| p.get(k)), v);
+            if let Some(existing) = map.get(k).filter(|e| **e != value) {
                 let detail = format!(
                     "`{k}` is {} in the path but {} in the body",
-                    sinew_core::input::quote(&Value::String(v)),
+                    quote(v),
                     sinew_core::input::quote(existing)
                 );
-                return Err(Refusal::new(Code::InvalidInput, detail).with_input(input));
+                return refuse(detail, input);
             }
-            map.insert(k, value);
+            map.insert(k.clone(), value);
+        }
+        for (k, v) in query_params {
+            let value = typed(props.and_then(|p| p.get(&k)), &v);
+            if let Some((_, in_path)) = path.iter().find(|(p, _)| *p == k) {
+                if map.get(&k) != Some(&value) {
+                    let detail = format!(
+                        "`{k}` is {} in the path but {} in the query",
+                        quote(in_path),
+                        quote(&v)
+                    );
+                    return refuse(detail, input);
+                }
+                continue;
+            }
+            map.entry(k).or_insert(value);
         }
         Ok(input)
     }
@@ -1520,19 +1618,26 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, Refusal> {
     }
     // A key twice in an object is refused: which one a proxy or a firewall
     // in front of the server read is not known.
-    sinew_core::spec::source::strict_from_slice(bytes).map_err(|e| {
+    // The audit entry keeps a body it cannot hold as JSON, as text.
+    let as_text = || match std::str::from_utf8(bytes) {
+        Ok(s) => Value::String(s.to_owned()),
+        Err(_) => Value::Null,
+    };
+    let too_deep = || sinew_core::input::too_deep_detail("the body");
+    let input = sinew_core::spec::source::strict_from_slice(bytes).map_err(|e| {
         let detail = if e.to_string().contains("recursion limit") {
-            "the body is nested too deeply".to_owned()
+            too_deep()
         } else {
             format!("the body is not valid JSON: {e}")
         };
-        // The audit entry keeps the body that is not JSON, as text.
-        let body = match std::str::from_utf8(bytes) {
-            Ok(s) => Value::String(s.to_owned()),
-            Err(_) => Value::Null,
-        };
-        Refusal::new(Code::InvalidJson, detail).with_input(body)
-    })
+        Refusal::new(Code::InvalidJson, detail).with_input(as_text())
+    })?;
+    // Refused here, before the request crosses into the component, which
+    // could not read it back whole (the core refuses it as well).
+    if sinew_core::input::too_deep(&input) {
+        return Err(Refusal::new(Code::InvalidJson, too_deep()).with_input(as_text()));
+    }
+    Ok(input)
 }
 
 /// With `--test-hooks`: the request's id and the clock, as the
@@ -1747,13 +1852,11 @@ pub async fn serve(
     let log = &start.log;
     let (text, spec) = read_spec(&args.spec)?;
     start.phase("spec loaded");
+    if let Some(path) = &args.metrics_path {
+        metrics_path_free(&spec, path)?;
+    }
     if args.test_hooks && !args.listen.is_loopback() {
         bail!("--test-hooks is for tests: it is refused unless listening on a loopback address");
-    }
-    if let Some(path) = &args.metrics_path
-        && let Some(clash) = metrics_path_clash(&spec, path)
-    {
-        bail!("--metrics-path {path}: {clash}; choose another path");
     }
     // Listening first: a client that connects while the server starts
     // waits in the socket's backlog and is answered once it is ready,
@@ -1959,6 +2062,40 @@ pub async fn serve(
     Ok(())
 }
 
+/// Refuses a `--metrics-path` that is not a path, or that the server
+/// answers already: a tool's route (whatever its method: the metrics would
+/// take the tool's place), `/tools/…`, `/queues/…`, the health and
+/// readiness probes, the OpenAPI document, the studio, the reviews.
+fn metrics_path_free(spec: &sinew_core::spec::Spec, path: &str) -> Result<()> {
+    if !path.starts_with('/') || path.contains(['?', '#']) {
+        bail!("--metrics-path `{path}` must be a path, such as `/internal/metrics`");
+    }
+    let mut tools = Router::new(spec).tools_at(path);
+    tools.sort();
+    let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
+    let taken = if !tools.is_empty() {
+        let names: Vec<String> = tools.iter().map(|t| format!("`{t}`")).collect();
+        format!("the route of {}", names.join(", "))
+    } else if under("/tools") {
+        "`POST /tools/{name}`, which calls any tool by name".to_owned()
+    } else if under("/queues") {
+        "the Pub/Sub pushes (`/queues/…`)".to_owned()
+    } else if matches!(path, "/healthz" | "/readyz") {
+        "a health probe".to_owned()
+    } else if path == "/openapi.json" {
+        "the OpenAPI document".to_owned()
+    } else if under("/studio") {
+        "the studio (`/studio/`)".to_owned()
+    } else if spec.reviews.is_some() && reviews::is_review_path(path) {
+        "the reviews (`/reviews`)".to_owned()
+    } else {
+        return Ok(());
+    };
+    bail!(
+        "--metrics-path `{path}` is a path the server answers already ({taken}): choose another, such as `/internal/metrics`"
+    )
+}
+
 /// Serves `GET /metrics` (Prometheus' text format) on `addr`, a listener
 /// of its own: nothing else is answered there.
 async fn serve_metrics(addr: SocketAddr, log: Log) -> Result<tokio::task::JoinHandle<()>> {
@@ -1967,18 +2104,25 @@ async fn serve_metrics(addr: SocketAddr, log: Log) -> Result<tokio::task::JoinHa
         .with_context(|| format!("cannot listen for metrics on {addr}"))?;
     let local = listener.local_addr()?;
     log.info(&format!("metrics served at http://{local}/metrics"));
+    // Ids of their own: every answer carries one, as on the main port.
+    let ids = Arc::new(Ids::new(format!("metrics:{local}")));
     Ok(tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            let ids = ids.clone();
             tokio::spawn(async move {
-                let service = service_fn(|req: hyper::Request<Incoming>| async move {
-                    Ok::<_, std::convert::Infallible>(metrics_response(
-                        req.method(),
-                        req.uri().path(),
-                        "/metrics",
-                    ))
+                let service = service_fn(|req: hyper::Request<Incoming>| {
+                    let id = ids.next();
+                    async move {
+                        let mut r =
+                            metrics_response(req.method(), req.uri().path(), "/metrics", &id);
+                        if let Ok(v) = HeaderValue::from_str(&id) {
+                            r.headers_mut().insert("x-request-id", v);
+                        }
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
                 });
                 let _ = http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -1990,26 +2134,9 @@ async fn serve_metrics(addr: SocketAddr, log: Log) -> Result<tokio::task::JoinHa
     }))
 }
 
-/// Why `--metrics-path` cannot be `path`: the metrics, answered before
-/// the tools, would shadow a server's path or a tool's route there.
-fn metrics_path_clash(spec: &sinew_core::spec::Spec, path: &str) -> Option<String> {
-    if !path.starts_with('/') {
-        return Some("the path must start with `/`".into());
-    }
-    if let Some(reserved) = sinew_core::spec::reserved_path(path, spec.reviews.is_some()) {
-        return Some(format!("`{reserved}` is answered by the server itself"));
-    }
-    if path == "/studio" || path.starts_with("/studio/") {
-        return Some("`/studio/` is the studio's".into());
-    }
-    let tool = spec.tools.iter().find(|(name, t)| {
-        !spec.broken_tools.contains(*name) && t.trigger.route().is_some_and(|(_, p)| p == path)
-    })?;
-    Some(format!("it is the route of tool `{}`", tool.0))
-}
-
-/// The answer to a request for metrics at `path` (served at `at`).
-fn metrics_response(method: &Method, path: &str, at: &str) -> hyper::Response<Body> {
+/// The answer to a request for metrics at `path` (served at `at`); `id`
+/// is the request's id, which a problem carries.
+fn metrics_response(method: &Method, path: &str, at: &str, id: &str) -> hyper::Response<Body> {
     let text = crate::telemetry::get().and_then(crate::telemetry::Telemetry::prometheus_text);
     match (method, path == at, text) {
         (&Method::GET | &Method::HEAD, true, Some(text)) => respond(
@@ -2017,8 +2144,8 @@ fn metrics_response(method: &Method, path: &str, at: &str) -> hyper::Response<Bo
             "text/plain; version=0.0.4; charset=utf-8",
             Bytes::from(text),
         ),
-        (_, true, Some(_)) => method_not_allowed(path, &["GET".into()], "-"),
-        _ => problem(Code::NotFound, &format!("no metrics at {path}"), "-"),
+        (_, true, Some(_)) => method_not_allowed(path, &["GET".into()], id),
+        _ => problem(Code::NotFound, &format!("no metrics at {path}"), id),
     }
 }
 
@@ -2187,7 +2314,15 @@ impl Start<'_> {
 
     /// The database of DATABASE_URL, or the embedded one it starts.
     fn open_database(&self) -> Result<Database> {
-        let db = Database::open(self.args.database_url.as_deref(), &self.args.data_dir)?;
+        // (The URL holds the database's password: a secret, read from
+        // `--secrets-dir` too.)
+        let url = self
+            .args
+            .database_url
+            .clone()
+            .filter(|u| !u.is_empty())
+            .or_else(|| self.args.secrets().get("DATABASE_URL"));
+        let db = Database::open(url.as_deref(), &self.args.data_dir)?;
         if let Some(pg) = &db.embedded {
             self.log.info(&format!(
                 "embedded Postgres running on {} (data in {})",
@@ -2415,7 +2550,7 @@ impl Start<'_> {
             inputs: spec
                 .tools
                 .iter()
-                .map(|(n, t)| (n.clone(), t.input.clone()))
+                .map(|(n, t)| (n.clone(), t.input_shape.clone()))
                 .collect(),
             deadlines: spec
                 .tools
@@ -2428,7 +2563,7 @@ impl Start<'_> {
             max_body: args.max_body,
             db: storage.clone(),
             log: self.log.clone(),
-            ids: AtomicU64::new(0),
+            ids: Ids::new(args.port.to_string()),
             webhooks,
             push_auth,
             queue_callers: spec
@@ -2451,7 +2586,6 @@ impl Start<'_> {
             reviews: spec.reviews.clone(),
             keys: crate::keys::Keys::default(),
             metrics_path: self.args.metrics_path.clone(),
-            id_seed: format!("{}:{}:{}", std::process::id(), system_now_ms(), args.port),
             first_answer: Arc::new(tokio::sync::Notify::new()),
         }
     }
@@ -2661,9 +2795,13 @@ mod tests {
 
     #[test]
     fn decoding_and_typing_parameters() {
-        assert_eq!(percent_decode("a%20b+c"), "a b+c");
-        assert_eq!(query_decode("a%20b+c"), "a b c");
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("a%20b+c").as_deref(), Some("a b+c"));
+        assert_eq!(query_decode("a%20b+c").as_deref(), Some("a b c"));
+        assert_eq!(percent_decode("%zz%4").as_deref(), Some("%zz%4"));
+        // Bytes that are not UTF-8 are not text (they once became U+FFFD).
+        assert_eq!(percent_decode("%FF"), None);
+        assert_eq!(query_decode("a%C3"), None);
+        assert_eq!(percent_decode("%C3%A9").as_deref(), Some("é"));
         let int = json!({"type": "integer"});
         assert_eq!(typed(Some(&int), "42"), json!(42));
         assert_eq!(typed(Some(&int), "4x"), json!("4x"));

@@ -841,7 +841,12 @@ fn boolean_environment_switches_take_what_people_write() {
             .unwrap();
         (code(&out), stderr(&out))
     };
-    for var in ["SINEW_NO_SNAPSHOT", "SINEW_STUDIO"] {
+    for var in [
+        "SINEW_NO_SNAPSHOT",
+        "SINEW_STUDIO",
+        "SINEW_NO_CRON",
+        "SINEW_NO_OUTBOX",
+    ] {
         for value in [
             "1", "0", "yes", "no", "on", "off", "true", "false", "TRUE", "Yes",
         ] {
@@ -853,6 +858,50 @@ fn boolean_environment_switches_take_what_people_write() {
         assert_eq!(code, 2, "{var}=maybe: {err}");
         assert!(err.contains("invalid value 'maybe'"), "{var}=maybe: {err}");
     }
+}
+
+/// Values that cannot be meant are refused as the command line is read
+/// (exit 2), not carried into a token the server refuses or a key without
+/// a name or role: an empty `--sub`, `--name` or role, an unknown log level.
+#[test]
+fn empty_names_and_unknown_log_levels_are_refused() {
+    for args in [
+        vec!["token", "--sub", "", "--secret", "s"],
+        vec!["keys", "create", "--name", "", "--roles", "ops"],
+        vec!["keys", "create", "--name", "ci", "--roles", ""],
+        vec!["keys", "create", "--name", "ci", "--roles", "ops,"],
+    ] {
+        let out = sinew(&args);
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("a value is required"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_sinew"))
+        .args(["serve", "/nonexistent/spec.json"])
+        .env("SINEW_LOG", "bogus")
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("invalid value 'bogus'"),
+        "{}",
+        stderr(&out)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_sinew"))
+        .args(["serve", "/nonexistent/spec.json"])
+        .env("SINEW_LOG", "DEBUG")
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("cannot read the spec"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// `sinew schedule` lists each cron tool's next times after `--after`, in
@@ -997,21 +1046,13 @@ fn serve_refuses_to_start_without_the_settings_the_spec_needs() {
     assert_eq!(err.matches("  - ").count(), 3, "{err}");
 }
 
-/// `--metrics-path` is answered before the tools: on a server's path or a
-/// tool's route it would shadow them, so serve refuses to start, saying
-/// which.
+/// A `--metrics-path` the server answers already (a tool's route, whatever
+/// its method, or a path of its own) is refused at start, before the
+/// database is reached: it once took the tool's place in silence.
 #[test]
-fn serve_refuses_a_metrics_path_that_shadows_a_route() {
+fn serve_refuses_a_metrics_path_the_server_answers_already() {
     let data = tempfile::tempdir().unwrap();
-    for (path, says) in [
-        ("/healthz", "`/healthz` is answered by the server itself"),
-        (
-            "/tools/list_rooms",
-            "`/tools/{name}` is answered by the server",
-        ),
-        ("/rooms", "it is the route of tool `"),
-        ("metrics", "the path must start with `/`"),
-    ] {
+    let serve = |path: &str| {
         let out = Command::new(env!("CARGO_BIN_EXE_sinew"))
             .args([
                 "serve",
@@ -1022,19 +1063,83 @@ fn serve_refuses_a_metrics_path_that_shadows_a_route() {
                 "--data-dir",
             ])
             .arg(data.path())
-            .arg(spec("specs/examples/booking.json"))
-            .args(["--metrics-path", path])
+            .arg(spec("specs/examples/shop.json"))
             .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
             .env("SINEW_JWT_SECRET", "s")
+            .env("SINEW_METRICS_PATH", path)
             .output()
             .expect("run sinew");
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{path}");
+        stderr(&out)
+    };
+    for (path, says) in [
+        (
+            "/products",
+            "the route of `create_product`, `list_products`",
+        ),
+        ("/orders/123", "the route of"),
+        ("/healthz", "a health probe"),
+        ("/openapi.json", "the OpenAPI document"),
+        ("/tools/place_order", "`POST /tools/{name}`"),
+        ("/queues/x", "Pub/Sub"),
+        ("/studio/", "the studio"),
+    ] {
+        let err = serve(path);
         assert!(
-            err.contains(&format!("--metrics-path {path}: {says}")),
-            "{err}"
+            err.contains(&format!(
+                "--metrics-path `{path}` is a path the server answers already"
+            )),
+            "{path}: {err}"
         );
+        assert!(err.contains(says), "{path}: {says} not in {err}");
     }
+    let err = serve("metrics");
+    assert!(err.contains("must be a path"), "{err}");
+    // A free path passes that check (and the start fails later, at the
+    // database).
+    let err = serve("/internal/metrics");
+    assert!(!err.contains("--metrics-path"), "{err}");
+}
+
+/// `--secrets-dir` holds the secrets of the settings too, not only the
+/// spec's: SINEW_JWT_SECRET and DATABASE_URL are read from files named
+/// after them when the environment lacks them (the JWT secret was once
+/// missing, and the start refused).
+#[test]
+fn serve_reads_the_jwt_secret_and_the_database_url_from_the_secrets_dir() {
+    let data = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::write(secrets.path().join("SINEW_JWT_SECRET"), "from-a-file\n").unwrap();
+    std::fs::write(
+        secrets.path().join("DATABASE_URL"),
+        "postgres://nobody@127.0.0.1:1/from_a_file\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sinew"))
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--listen",
+            "127.0.0.1",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .arg(spec("specs/examples/shop.json"))
+        .env_remove("DATABASE_URL")
+        .env_remove("SINEW_JWT_SECRET")
+        .env_remove("SINEW_JWT_JWKS")
+        .env("SINEW_SECRETS_DIR", secrets.path())
+        .env("SINEW_NO_SNAPSHOT", "1")
+        .output()
+        .expect("run sinew");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    // Past the settings check: the start fails at the database the file
+    // names (nothing listens there), not at an embedded one.
+    assert!(!err.contains("SINEW_JWT_SECRET or SINEW_JWT_JWKS"), "{err}");
+    assert!(err.contains("connecting to the database"), "{err}");
+    assert!(!err.contains("embedded Postgres"), "{err}");
 }
 
 // ---------------------------------------------------------------------------

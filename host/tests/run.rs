@@ -238,6 +238,76 @@ fn runs_are_deterministic_for_a_given_time_and_request_id() {
     assert_eq!(a.stdout, b.stdout);
 }
 
+/// An input nests at most 32 levels: one level more is 400 `invalid_json`
+/// (its audit entry records it by its hash), and the state file stays one
+/// every later run reads (it once held an entry nesting the input past
+/// what JSON readers take).
+#[test]
+fn an_input_nested_past_the_limit_is_refused_and_the_state_stays_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("bank.json");
+    let spec = example("bank.json");
+    let run = |input: &str, id: &str| {
+        sinew(&[
+            "run",
+            &spec,
+            "--tool",
+            "open_account",
+            "--input",
+            input,
+            "--auth",
+            ALICE,
+            "--state",
+            state.to_str().unwrap(),
+            "--now",
+            NOW,
+            "--request-id",
+            id,
+        ])
+    };
+    // `{"name": [[…]]}`: the object is the first level.
+    let nested = |levels: usize| {
+        format!(
+            r#"{{"name": {}"x"{}, "currency": "EUR"}}"#,
+            "[".repeat(levels - 1),
+            "]".repeat(levels - 1)
+        )
+    };
+    // 32 levels pass the limit: the schema (a string name) refuses it.
+    let out = run(&nested(32), "r1");
+    let v = json_out(&out);
+    assert_eq!(v["body"]["code"], "invalid_input", "{v}");
+    for (levels, id) in [(33, "r2"), (126, "r3")] {
+        let out = run(&nested(levels), id);
+        assert_eq!(out.status.code(), Some(1), "{levels}");
+        let v = json_out(&out);
+        assert_eq!(v["status"], 400, "{levels}: {v}");
+        assert_eq!(v["body"]["code"], "invalid_json", "{levels}: {v}");
+        assert!(
+            v["body"]["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("deeper than 32 levels")),
+            "{v}"
+        );
+        assert_eq!(v["audit"]["outcome"], "rejected");
+        assert_eq!(
+            v["audit"]["input"],
+            json!({"omitted": "nested deeper than 32 levels"})
+        );
+    }
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let audit = saved["audit"].as_array().unwrap();
+    assert_eq!(audit.len(), 3);
+    assert!(audit.iter().all(Value::is_object), "{saved}");
+    let out = run(r#"{"name": "main", "currency": "EUR"}"#, "r4");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Bad input: a clear error on stderr, exit 2, and the state file untouched.
 #[test]
 fn bad_input_writes_nothing() {

@@ -1231,7 +1231,9 @@ async fn escalations_alert_once_and_wait_for_a_review() {
     assert!(item["seq"].as_i64().unwrap() >= 1);
     assert_eq!(listed.body["next"], Value::Null);
     let id = item["id"].as_i64().unwrap();
-    assert_eq!(get(None, "").await.status, 401);
+    let anonymous = get(None, "").await;
+    assert_eq!(anonymous.status, 401);
+    assert_eq!(anonymous.headers["www-authenticate"], "Bearer");
     assert_eq!(get(Some(&clerk), "").await.status, 403);
     assert_eq!(get(Some(&ops), "?status=maybe").await.status, 400);
     assert_eq!(get(Some(&ops), "?limit=0").await.status, 400);
@@ -1257,6 +1259,27 @@ async fn escalations_alert_once_and_wait_for_a_review() {
     assert_eq!(bad.status, 400, "{}", bad.text);
     let bad = resolve(&ops, id, r#"{"verdict": "ok"}"#).await;
     assert_eq!(bad.status, 400, "{}", bad.text);
+    // The body is read as a tool's is: a NUL is 400 (it was once a 500
+    // from the database), a key twice 400, a body that is not JSON by
+    // its Content-Type 415.
+    let bad = resolve(&ops, id, r#"{"note": "a\u0000b"}"#).await;
+    assert_eq!(bad.status, 400, "{}", bad.text);
+    assert_eq!(bad.body["code"], "invalid_input", "{}", bad.text);
+    let bad = resolve(&ops, id, r#"{"note": "a", "note": "b"}"#).await;
+    assert_eq!(bad.status, 400, "{}", bad.text);
+    assert_eq!(bad.body["code"], "invalid_json", "{}", bad.text);
+    let plain = http
+        .send(
+            "POST",
+            &format!("{base}/reviews/{id}/resolve"),
+            &[
+                ("authorization", ops.as_str()),
+                ("content-type", "text/plain"),
+            ],
+            r#"{"note": "x"}"#,
+        )
+        .await;
+    assert_eq!(plain.status, 415, "{}", plain.text);
     let get_resolve = http
         .send(
             "GET",
@@ -1515,6 +1538,7 @@ async fn traces_and_metrics_reach_their_receivers() {
         ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
         ("OTEL_SERVICE_NAME", "shop-test"),
         ("SINEW_METRICS_LISTEN", "127.0.0.1:0"),
+        ("SINEW_METRICS_PATH", "/internal/metrics"),
         ("GOOGLE_CLOUD_PROJECT", "demo"),
     ];
     let server = Proc::start(SINEW, &spec, &env, data.path());
@@ -1745,9 +1769,33 @@ async fn traces_and_metrics_reach_their_receivers() {
     ] {
         assert!(value(gauge, &[]).is_some(), "{gauge}:\n{}", text.text);
     }
-    // The main port does not serve them.
+    // The main port serves them at `--metrics-path` only.
     let public = http.send("GET", &format!("{base}/metrics"), &[], "").await;
     assert_eq!(public.status, 404);
+    let at_path = http
+        .send("GET", &format!("{base}/internal/metrics"), &[], "")
+        .await;
+    assert_eq!(at_path.status, 200, "{}", at_path.text);
+    assert!(at_path.text.contains("sinew_requests_total"));
+    // Every answer carries a request id of its own, the metrics
+    // listener's too (they were once `-`).
+    let mut ids = std::collections::HashSet::new();
+    for (method, url, status) in [
+        ("POST", format!("{base}/internal/metrics"), 405),
+        ("POST", metrics_url.clone(), 405),
+        ("GET", metrics_url.replace("/metrics", "/other"), 404),
+    ] {
+        let r = http.send(method, &url, &[], "").await;
+        assert_eq!(r.status, status, "{method} {url}: {}", r.text);
+        let id = r.headers["x-request-id"].clone();
+        assert_eq!(id.len(), 36, "{method} {url}: {id}");
+        assert_eq!(
+            r.body["instance"],
+            format!("urn:sinew:execution:{id}"),
+            "{method} {url}"
+        );
+        assert!(ids.insert(id), "{method} {url}: an id seen before");
+    }
 
     // OTLP metrics: pushed too.
     let started = Instant::now();

@@ -164,29 +164,62 @@ fn loose(s: &Value) -> bool {
         && m.get("items").is_none_or(loose)
 }
 
-/// The output schema of `tool` as the OpenAPI document shows it: each
-/// property that every `return` fills with the same read or aggregate
-/// binding described by its shape (with the schema as written, unless
-/// that said no more).
+/// The output schema of `tool` as the OpenAPI document shows it: the
+/// whole value, or each property, that every `return` fills with the same
+/// read or aggregate binding described by its shape (with the schema as
+/// written, unless that said no more). An output schema that names no
+/// properties (the default `{"type": "object"}`, or `true`) gets those the
+/// `return`s fill so.
 pub fn output(spec: &Spec, tool: &Tool) -> Value {
     let mut out = tool.output.clone();
+    let nodes = super::nodes_with_ids(&tool.flow);
+    let values: Vec<Option<&Template>> = nodes
+        .iter()
+        .filter_map(|(_, kind)| match kind {
+            NodeKind::Return { value, .. } => Some(value.as_ref()),
+            _ => None,
+        })
+        .collect();
+    // The same binding in every `return`: `{"value": "order"}`.
+    let whole: Vec<Option<&str>> = values
+        .iter()
+        .map(|v| match v {
+            Some(Template::Expr(x)) => Some(x.src.trim()),
+            _ => None,
+        })
+        .collect();
+    if let Some(Some(src)) = whole.first().copied()
+        && whole.iter().all(|s| *s == Some(src))
+        && let Some(shape) = shape_of(spec, &nodes, src)
+    {
+        return described(&out, shape);
+    }
+    let objects: Vec<&sinew_core::model::NameMap<Template>> = values
+        .iter()
+        .filter_map(|v| match v {
+            Some(Template::Object(m)) => Some(m),
+            _ => None,
+        })
+        .collect();
+    if objects.is_empty() || objects.len() != values.len() {
+        return out;
+    }
+    let added = out.get("properties").is_none() && (out == Value::Bool(true) || loose(&out));
+    if added {
+        // What every `return` fills: keys of the first, in order.
+        let mut shaped = Map::new();
+        shaped.insert("type".into(), json!("object"));
+        if let Some(d) = out.get("description") {
+            shaped.insert("description".into(), d.clone());
+        }
+        let keys: Map<String, Value> = objects[0].keys().map(|k| (k.clone(), json!({}))).collect();
+        shaped.insert("properties".into(), Value::Object(keys));
+        out = Value::Object(shaped);
+    }
     let Some(Value::Object(props)) = out.get_mut("properties") else {
         return out;
     };
-    let nodes = super::nodes_with_ids(&tool.flow);
-    let mut objects: Vec<&sinew_core::model::NameMap<Template>> = Vec::new();
-    let mut any_other = false;
-    for (_, kind) in &nodes {
-        if let NodeKind::Return { value, .. } = kind {
-            match value {
-                Some(Template::Object(m)) => objects.push(m),
-                _ => any_other = true,
-            }
-        }
-    }
-    if objects.is_empty() || any_other {
-        return out;
-    }
+    let mut unknown = Vec::new();
     for (key, written) in props.iter_mut() {
         let sources: Vec<Option<&str>> = objects
             .iter()
@@ -195,33 +228,49 @@ pub fn output(spec: &Spec, tool: &Tool) -> Value {
                 _ => None,
             })
             .collect();
-        let Some(Some(src)) = sources.first().copied() else {
-            continue;
-        };
-        if sources.iter().any(|s| *s != Some(src)) {
-            continue;
-        }
-        let (root, member) = match src.split_once('.') {
-            Some((r, m)) => (r, Some(m)),
-            None => (src, None),
-        };
-        let Some((_, kind)) = nodes.iter().find(|(id, _)| *id == root) else {
-            continue;
-        };
-        let Some(shape) = binding(spec, kind, member) else {
-            continue;
-        };
-        *written = if loose(written) {
-            let mut shape = shape;
-            if let (Some(d), Value::Object(m)) = (written.get("description").cloned(), &mut shape) {
-                m.insert("description".into(), d);
+        let shape = match sources.first().copied() {
+            Some(Some(src)) if sources.iter().all(|s| *s == Some(src)) => {
+                shape_of(spec, &nodes, src)
             }
-            shape
-        } else {
-            json!({"allOf": [written.clone(), shape]})
+            _ => None,
         };
+        match shape {
+            Some(shape) => *written = described(written, shape),
+            // (A property added above that no binding fills says nothing.)
+            None if added => unknown.push(key.clone()),
+            None => {}
+        }
+    }
+    for key in unknown {
+        props.shift_remove(&key);
     }
     out
+}
+
+/// The shape of binding path `src` (`find`, `find.rows`), when a read or
+/// aggregate node among `nodes` fixes it.
+fn shape_of(spec: &Spec, nodes: &[(&str, &NodeKind)], src: &str) -> Option<Value> {
+    let (root, member) = match src.split_once('.') {
+        Some((r, m)) => (r, Some(m)),
+        None => (src, None),
+    };
+    let (_, kind) = nodes.iter().find(|(id, _)| *id == root)?;
+    binding(spec, kind, member)
+}
+
+/// A schema as written, described by `shape` too: the shape alone when the
+/// schema said no more than "an object" or "a list" (or anything: `true`),
+/// keeping its description; else both.
+fn described(written: &Value, shape: Value) -> Value {
+    if written == &Value::Bool(true) || loose(written) {
+        let mut shape = shape;
+        if let (Some(d), Value::Object(m)) = (written.get("description").cloned(), &mut shape) {
+            m.insert("description".into(), d);
+        }
+        shape
+    } else {
+        json!({"allOf": [written.clone(), shape]})
+    }
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ impl App {
         let auth = match self.authenticate(req.headers()).await {
             Ok(Some(a)) => a,
             Ok(None) => return problem(Code::Unauthenticated, "sign in to see reviews", id),
-            Err(r) => return problem(r.code, &r.detail, id),
+            Err(r) => return r.response(id),
         };
         if !auth.roles.iter().any(|r| reviews.roles.contains(r)) {
             let detail = format!("reviews need one of the roles {}", reviews.roles.join(", "));
@@ -115,15 +115,16 @@ impl App {
         auth: &sinew_core::contract::Auth,
         id: &str,
     ) -> hyper::Response<Body> {
+        // The body is read as a tool's is: its size, its Content-Type, its
+        // JSON (a key twice, too deep) checked the same way.
         let bytes = match self.read_body(headers, body).await {
             Ok(b) => b,
-            Err(r) => return problem(r.code, &r.detail, id),
+            Err(r) => return r.response(id),
         };
-        let note = if bytes.iter().all(u8::is_ascii_whitespace) {
-            None
-        } else {
-            let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
-                return problem(Code::InvalidJson, "the body is not JSON", id);
+        let note = {
+            let v = match super::parse_body(headers, &bytes) {
+                Ok(v) => v,
+                Err(r) => return r.response(id),
             };
             let Value::Object(m) = v else {
                 return problem(
@@ -138,6 +139,12 @@ impl App {
             }
             match m.get("note") {
                 None | Some(Value::Null) => None,
+                // (Postgres cannot store U+0000 in text: refused as in
+                // any input.)
+                Some(Value::String(s)) if s.contains('\0') => {
+                    let detail = "`note` may not contain the NUL character (U+0000)";
+                    return problem(Code::InvalidInput, detail, id);
+                }
                 Some(Value::String(s)) if s.chars().count() <= MAX_NOTE => Some(s.clone()),
                 Some(_) => {
                     let detail =
