@@ -24,7 +24,7 @@ const MAX_MESSAGE: usize = 200;
 /// limit of 128 levels, the state file of `sinew run` nests that entry
 /// further, and a stored `json` field travels inside its row, itself
 /// perhaps inside the rows that include it, in the wire format's 64
-/// levels ([`crate::ports::wire::MAX_DEPTH`]).
+/// levels (the wire module's `MAX_DEPTH`).
 pub const MAX_DEPTH: usize = 32;
 
 /// Whether `v` nests deeper than [`MAX_DEPTH`] (iterative: safe on any

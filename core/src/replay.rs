@@ -884,3 +884,58 @@ pub fn replay_native(bundle: &Bundle, entry: &Value, same_spec: bool) -> Verdict
     );
     replay.verdict(&response, &cell.borrow(), same_spec)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Replay;
+    use crate::bundle::Bundle;
+    use crate::contract::execute;
+    use crate::request::Request;
+    use serde_json::{Value, json};
+
+    /// An Idempotency-Key or token claims holding a NUL character (a
+    /// Pub/Sub push's `messageId`, a token's claim) are refused, and left
+    /// out of the entry's tape, saying why: Postgres cannot hold them in
+    /// `jsonb`. A replay says why it cannot run such an entry.
+    #[test]
+    fn a_key_or_claims_with_a_nul_character_are_left_out_of_the_tape() {
+        let spec = json!({"sinew": "0.2", "name": "k", "roles": ["r"], "tools": {"t": {
+            "trigger": {"queue": {"name": "jobs"}}, "auth": {"roles": ["r"]}, "output": true,
+            "flow": {"entry": "r", "nodes": {"r": {"type": "return", "value": "{}"}}}}}});
+        let text = spec.to_string();
+        let bundle = Bundle::load(&text).unwrap();
+        let auth = |claims: Value| crate::request::Auth {
+            sub: "queue:jobs".into(),
+            roles: vec!["r".into()],
+            claims,
+        };
+        for (key, claims, part) in [
+            (Some("é\u{0}"), json!({}), "idempotencyKey"),
+            (Some("m-1"), json!({"email": "a\u{0}"}), "claims"),
+        ] {
+            let request = Request {
+                tool: "t".into(),
+                id: "req-1".into(),
+                auth: Some(auth(claims)),
+                idempotency_key: key.map(str::to_owned),
+                ..Request::default()
+            };
+            let r = execute(
+                &bundle,
+                &request,
+                &mut crate::ports::memory::MemoryStorage::new(),
+                &mut crate::ports::memory::FixedClock::new(1_767_225_600_000),
+                &mut crate::ports::script::ScriptedExternal::new(),
+            );
+            assert!(matches!(r.status, 400 | 401), "{}", r.status);
+            assert!(!r.audit.to_string().contains("\\u0000"), "{}", r.audit);
+            assert_eq!(r.audit["tape"][part], json!({"omitted": "a NUL character"}));
+            let e = Replay::of(&bundle, &r.audit).err();
+            assert!(
+                e.as_deref()
+                    .is_some_and(|e| e.contains("held a NUL character")),
+                "{e:?}"
+            );
+        }
+    }
+}
