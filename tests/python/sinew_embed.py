@@ -645,7 +645,9 @@ def parse_timestamp(s: str) -> Optional[int]:
     else:
         return None
     secs = _days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + min(se, 59) - offset
-    return secs * 1_000_000 + frac
+    t = secs * 1_000_000 + frac
+    # Years 1 to 9999 in UTC (an offset may carry the instant out).
+    return t if -62_135_596_800_000_000 <= t <= 253_402_300_799_999_999 else None
 
 
 def _days_in_month(y: int, m: int) -> int:

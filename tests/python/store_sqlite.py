@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from sinew_embed import (
-    ABANDONED_AFTER_MS, CRON_PREFIX, GENESIS_HASH, IDEMPOTENCY_TTL_MS, TYPE_RANK, Measure,
+    ABANDONED_AFTER_MS, CRON_PREFIX, GENESIS_HASH, I64_MAX, I64_MIN, IDEMPOTENCY_TTL_MS, TYPE_RANK,
+    Measure,
     Query, Schema, Storage, StorageError, Stored, ascii_lower, chained_entry, conflict,
     invalid, json_equal, json_text, kind, not_found, parse_json, parse_timestamp, seal, unique,
 )
@@ -528,7 +529,11 @@ class SqliteStore(Storage):
             elif m.tally == "count":
                 cols.append(f"COUNT({v})")
             elif m.tally == "sum":
-                cols.append(f"COALESCE(SUM(CASE WHEN {t} = 'integer' THEN {v} END), 0)")
+                # In two halves (each sum fits 64 bits), joined in Python:
+                # a sum past 64 bits is its digits, as the port says.
+                whole = f"CASE WHEN {t} = 'integer' THEN {v} END"
+                cols.append(f"COALESCE(SUM(({whole}) / 4294967296), 0) || ':' || "
+                            f"COALESCE(SUM(({whole}) % 4294967296), 0)")
                 checks.append(len(cols) - 1)
                 cols.append(f"SUM({t} NOT IN ('integer', 'null'))")
             else:
@@ -563,6 +568,10 @@ class SqliteStore(Storage):
                 del r[i + 1]
             g = {f: parse_json(x) for f, x in zip(group_by, r)}
             for m, x in zip(measures, r[len(group_by):]):
+                if m.tally == "sum":
+                    hi, lo = (int(h) for h in x.split(":"))
+                    x = hi * 4294967296 + lo
+                    x = x if I64_MIN <= x <= I64_MAX else str(x)
                 g[m.name] = parse_json(x) if m.tally in ("min", "max") and x is not None else x
             out.append(g)
         return out
