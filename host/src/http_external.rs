@@ -790,6 +790,17 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The externals of `spec`, with no overrides and no secrets.
+    fn plain(spec: &sinew_core::spec::Spec) -> HttpExternal {
+        HttpExternal::configured(
+            spec,
+            &[],
+            crate::tls::client(None).unwrap(),
+            &crate::secrets::Secrets::default(),
+        )
+        .unwrap()
+    }
+
     /// A service that echoes what it was sent (a debug endpoint, a
     /// misconfigured proxy): the credential it echoes reaches neither the
     /// flow nor, through it, the audit entry.
@@ -926,13 +937,7 @@ mod tests {
             .to_string(),
         )
         .spec;
-        let x = HttpExternal::configured(
-            &spec,
-            &[],
-            crate::tls::client(None).unwrap(),
-            &crate::secrets::Secrets::default(),
-        )
-        .unwrap();
+        let x = plain(&spec);
         let call = |operation: &str| CallRequest {
             service: "big".into(),
             operation: operation.into(),
@@ -1093,13 +1098,7 @@ mod tests {
             .to_string(),
         )
         .spec;
-        let x = HttpExternal::configured(
-            &spec,
-            &[],
-            crate::tls::client(None).unwrap(),
-            &crate::secrets::Secrets::default(),
-        )
-        .unwrap();
+        let x = plain(&spec);
         let call = |service: &str, operation: &str, args: Value| CallRequest {
             service: service.into(),
             operation: operation.into(),

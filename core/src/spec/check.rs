@@ -3732,13 +3732,7 @@ fn output_mismatches(
     match t {
         Template::Object(m) => {
             let props = schema.get("properties").and_then(Value::as_object);
-            let name = |k: &str| {
-                if at.is_empty() {
-                    k.to_string()
-                } else {
-                    format!("{at}.{k}")
-                }
-            };
+            let name = |k: &str| member_at(at, k);
             if let Some(required) = schema.get("required").and_then(Value::as_array) {
                 for k in required.iter().filter_map(Value::as_str) {
                     if !m.contains_key(k) {
@@ -3781,13 +3775,7 @@ fn record_mismatches(
     found: &mut Vec<(String, String)>,
 ) {
     use super::types::Ty;
-    let name = |k: &str| {
-        if at.is_empty() {
-            k.to_string()
-        } else {
-            format!("{at}.{k}")
-        }
-    };
+    let name = |k: &str| member_at(at, k);
     let props = schema.get("properties").and_then(Value::as_object);
     if schema.get("additionalProperties") == Some(&Value::Bool(false))
         && let Some((k, ..)) = keys
@@ -3845,6 +3833,16 @@ fn record_mismatches(
     }
 }
 
+/// The path of member `k` of the value at `at` in a result (`at` empty:
+/// the result itself).
+fn member_at(at: &str, k: &str) -> String {
+    if at.is_empty() {
+        k.to_string()
+    } else {
+        format!("{at}.{k}")
+    }
+}
+
 /// A JSON type's name in the plural.
 fn plural_kind(kind: &str) -> &'static str {
     match kind {
@@ -3870,13 +3868,7 @@ fn row_mismatches(
     at: &str,
     found: &mut Vec<(String, String)>,
 ) {
-    let name = |k: &str| {
-        if at.is_empty() {
-            k.to_string()
-        } else {
-            format!("{at}.{k}")
-        }
-    };
+    let name = |k: &str| member_at(at, k);
     let sensitive = |c: &str| e.fields.get(c).is_some_and(|f| f.sensitive);
     let columns: Vec<&str> = e
         .columns()
