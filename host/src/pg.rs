@@ -1291,6 +1291,10 @@ fn predicate_sql(
     })
 }
 
+/// The most members of an `in`/`notIn` list given a parameter each; a
+/// longer list is one array parameter.
+const IN_PARAMS: usize = 32;
+
 /// One comparison, as SQL that is true or false, or unknown only where
 /// false would do (a null column).
 fn condition_sql(
@@ -1302,33 +1306,49 @@ fn condition_sql(
         .column(&c.field)
         .ok_or_else(|| invalid(format!("no column `{}`", c.field)))?;
     let lhs = collated(col);
-    // A list is one parameter, an array (a statement takes at most 65 535
-    // parameters, and a list may be longer): its members that the column
-    // could hold, each quoted as an array literal's element.
+    // A short list is a parameter per member (`IN ($1, $2)`): a generic
+    // plan then knows how many members there are, and probes the index
+    // for them. A longer one is one parameter, an array (a statement takes
+    // at most 65 535 parameters, and a list may be longer), cast once per
+    // execution by an InitPlan rather than once per row a scan reads. Only
+    // the members the column could hold count.
     let in_list = |params: &mut Params, list: &[Value]| {
+        let members: Vec<String> = list
+            .iter()
+            .filter_map(|v| col.ty.encode(v).ok().flatten())
+            .collect();
+        if members.is_empty() {
+            return None;
+        }
+        if members.len() <= IN_PARAMS {
+            let items: Vec<String> = members
+                .into_iter()
+                .map(|m| placeholder(params, m, col.ty))
+                .collect();
+            return Some(format!("{} IN ({})", col.sql, items.join(", ")));
+        }
         let mut array = String::from("{");
-        let mut n = 0usize;
-        for v in list {
-            if let Ok(Some(text)) = col.ty.encode(v) {
-                if n > 0 {
-                    array.push(',');
-                }
-                array.push('"');
-                for ch in text.chars() {
-                    if matches!(ch, '"' | '\\') {
-                        array.push('\\');
-                    }
-                    array.push(ch);
-                }
-                array.push('"');
-                n += 1;
+        for (i, text) in members.iter().enumerate() {
+            if i > 0 {
+                array.push(',');
             }
+            array.push('"');
+            for ch in text.chars() {
+                if matches!(ch, '"' | '\\') {
+                    array.push('\\');
+                }
+                array.push(ch);
+            }
+            array.push('"');
         }
         array.push('}');
-        (n > 0).then(|| {
-            params.push(Some(array));
-            format!("${}::text::{}[]", params.len(), col.ty.sql())
-        })
+        params.push(Some(array));
+        let ty = col.ty.sql();
+        Some(format!(
+            "{} = ANY(CAST((SELECT ${}::text::{ty}[]) AS {ty}[]))",
+            col.sql,
+            params.len()
+        ))
     };
     Ok(match (&c.op, &c.value) {
         (FilterOp::Eq, Value::Null) => format!("{} IS NULL", col.sql),
@@ -1337,12 +1357,12 @@ fn condition_sql(
         (FilterOp::IsNull, Value::Bool(false)) => format!("{} IS NOT NULL", col.sql),
         (FilterOp::In, Value::Array(list)) => match in_list(params, list) {
             None => "FALSE".to_owned(),
-            Some(array) => format!("{} = ANY({array})", col.sql),
+            Some(member) => member,
         },
         (FilterOp::NotIn, Value::Array(list)) => match in_list(params, list) {
             // A null column is in no list, so it is in none of them either.
             None => "TRUE".to_owned(),
-            Some(array) => format!("({} = ANY({array})) IS NOT TRUE", col.sql),
+            Some(member) => format!("({member}) IS NOT TRUE"),
         },
         (FilterOp::In | FilterOp::NotIn | FilterOp::IsNull, v) => {
             return Err(invalid(format!(

@@ -19,7 +19,7 @@ use anyhow::{Result, bail};
 use serde_json::Value;
 use sinew_core::chain::{GENESIS_HASH, seal_entry, seal_text};
 use sinew_core::hash::sha256_hex;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 
 use super::sql::{AUDIT_LOCK, LOCK_CHAIN};
 
@@ -30,6 +30,11 @@ pub const BATCH: i64 = 512;
 /// own instance's commits wake it at once): the bound on how long an entry
 /// waits for its place, with a batch's time.
 pub const POLL: Duration = Duration::from_millis(100);
+
+/// How long a sequencer woken by its instance's commit waits for more
+/// before it chains: under load, a batch per this many milliseconds rather
+/// than one per commit or two.
+pub const GATHER: Duration = Duration::from_millis(10);
 
 /// An entry still queued this long after its commit means no sequencer
 /// runs: `sinew audit verify` reports it.
@@ -117,13 +122,52 @@ pub enum Batch {
     },
 }
 
+/// Takes the chain's lock, waiting for it.
+const LOCK: &str = LOCK_CHAIN;
+/// Takes the chain's lock if no one holds it.
+const TRY_LOCK: &str = "SELECT pg_try_advisory_xact_lock($1::text::bigint)";
+/// The oldest queued entries.
+const QUEUED: &str = "SELECT id, entry, digest FROM sinew_audit_queue ORDER BY id LIMIT $1";
+/// The chain's last entry.
+const HEAD: &str = "SELECT seq, hash FROM sinew_audit ORDER BY seq DESC LIMIT 1";
+
+/// A batch's statements, prepared once on a connection: a running
+/// sequencer chains a batch every few milliseconds under load, and would
+/// otherwise have Postgres parse and plan each of them every time.
+pub struct Statements {
+    lock: Statement,
+    try_lock: Statement,
+    queued: Statement,
+    head: Statement,
+    moved: Statement,
+}
+
+impl Statements {
+    /// Prepares them on `client`.
+    pub async fn prepare(client: &Client) -> Result<Statements> {
+        Ok(Statements {
+            lock: client.prepare(LOCK).await?,
+            try_lock: client.prepare(TRY_LOCK).await?,
+            queued: client.prepare(QUEUED).await?,
+            head: client.prepare(HEAD).await?,
+            moved: client.prepare(MOVE).await?,
+        })
+    }
+}
+
 /// Chains up to [`BATCH`] queued entries in one transaction on `client`
 /// (which must not be inside one).
 pub async fn batch(client: &Client, wait: Wait) -> Result<Batch> {
+    let statements = Statements::prepare(client).await?;
+    batch_with(client, &statements, wait).await
+}
+
+/// [`batch`] with the statements prepared on `client`.
+pub async fn batch_with(client: &Client, statements: &Statements, wait: Wait) -> Result<Batch> {
     client
         .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
         .await?;
-    let r = chain_batch(client, wait).await;
+    let r = chain_batch(client, statements, wait).await;
     match &r {
         Ok(Batch::Chained { n, .. }) if *n > 0 => client.batch_execute("COMMIT").await?,
         _ => client.batch_execute("ROLLBACK").await?,
@@ -131,30 +175,20 @@ pub async fn batch(client: &Client, wait: Wait) -> Result<Batch> {
     r
 }
 
-async fn chain_batch(client: &Client, wait: Wait) -> Result<Batch> {
+async fn chain_batch(client: &Client, s: &Statements, wait: Wait) -> Result<Batch> {
     let key = AUDIT_LOCK.to_string();
     match wait {
         Wait::Yes => {
-            client.execute(LOCK_CHAIN, &[&key]).await?;
+            client.execute(&s.lock, &[&key]).await?;
         }
         Wait::No => {
-            let row = client
-                .query_one(
-                    "SELECT pg_try_advisory_xact_lock($1::text::bigint)",
-                    &[&key],
-                )
-                .await?;
+            let row = client.query_one(&s.try_lock, &[&key]).await?;
             if !row.get::<_, bool>(0) {
                 return Ok(Batch::Busy);
             }
         }
     }
-    let queued = client
-        .query(
-            "SELECT id, entry, digest FROM sinew_audit_queue ORDER BY id LIMIT $1",
-            &[&BATCH],
-        )
-        .await?;
+    let queued = client.query(&s.queued, &[&BATCH]).await?;
     if queued.is_empty() {
         return Ok(Batch::Chained {
             n: 0,
@@ -163,9 +197,10 @@ async fn chain_batch(client: &Client, wait: Wait) -> Result<Batch> {
             unraised: None,
         });
     }
-    let (mut seq, mut prev) = head(client)
+    let (mut seq, mut prev) = client
+        .query_opt(&s.head, &[])
         .await?
-        .unwrap_or_else(|| (0, GENESIS_HASH.to_owned()));
+        .map_or_else(|| (0, GENESIS_HASH.to_owned()), |r| (r.get(0), r.get(1)));
     let n = queued.len();
     let mut altered = Vec::new();
     let mut unreadable = Vec::new();
@@ -233,7 +268,7 @@ async fn chain_batch(client: &Client, wait: Wait) -> Result<Batch> {
     }
     let moved = client
         .execute(
-            MOVE,
+            &s.moved,
             &[&ids, &seqs, &texts, &prevs, &hashes, &executions, &kinds],
         )
         .await?;
@@ -284,12 +319,7 @@ async fn chain_batch(client: &Client, wait: Wait) -> Result<Batch> {
 
 /// The chain's last entry: its `seq` and `hash` (none: the chain is empty).
 pub async fn head(client: &Client) -> Result<Option<(i64, String)>> {
-    let row = client
-        .query_opt(
-            "SELECT seq, hash FROM sinew_audit ORDER BY seq DESC LIMIT 1",
-            &[],
-        )
-        .await?;
+    let row = client.query_opt(HEAD, &[]).await?;
     Ok(row.map(|r| (r.get(0), r.get(1))))
 }
 
@@ -356,17 +386,23 @@ pub async fn run<F, Fut>(
     Fut: std::future::Future<Output = Result<Client>>,
 {
     let report = |m: String| tell(Event::Problem(m));
-    let mut client: Option<Client> = None;
+    let mut client: Option<(Client, Statements)> = None;
     let mut stopping = false;
     let mut signed = tokio::time::Instant::now();
     let mut moved = false;
+    // A connection and its statements.
+    let open = async || -> Result<(Client, Statements)> {
+        let c = connect().await?;
+        let s = Statements::prepare(&c).await?;
+        Ok((c, s))
+    };
     loop {
         stopping = stopping || *stop.borrow();
-        if client.as_ref().is_none_or(Client::is_closed) {
-            match connect().await {
+        if client.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+            match open().await {
                 Ok(c) => client = Some(c),
                 Err(e) => {
-                    report(format!("audit sequencer: cannot connect: {e:#}"));
+                    report(format!("audit sequencer: cannot open its session: {e:#}"));
                     if stopping {
                         return;
                     }
@@ -378,9 +414,11 @@ pub async fn run<F, Fut>(
                 }
             }
         }
-        let Some(c) = client.as_ref() else { continue };
+        let Some((c, statements)) = client.as_ref() else {
+            continue;
+        };
         let wait = if stopping { Wait::Yes } else { Wait::No };
-        let altered = match batch(c, wait).await {
+        let altered = match batch_with(c, statements, wait).await {
             Ok(Batch::Chained {
                 n,
                 altered,
@@ -443,8 +481,9 @@ pub async fn run<F, Fut>(
         }
         tokio::select! {
             () = ready.notified() => {
-                // Let a few more commits land: fewer, larger batches.
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                // Let more commits land: fewer, larger batches (each is a
+                // transaction, and a flush of the log, of its own).
+                tokio::time::sleep(GATHER).await;
             }
             () = tokio::time::sleep(POLL) => {}
             _ = stop.changed() => stopping = true,
