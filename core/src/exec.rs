@@ -923,7 +923,7 @@ impl<'a> Run<'a> {
         };
         let read_id = page.then(|| crate::cursor::read_id(&node.path, entity, &order));
         let after = match (after, &read_id) {
-            (Some(x), Some(id)) => self.page_cursor(x, id, order.len())?,
+            (Some(x), Some(id)) => self.page_cursor(x, id, e, &order)?,
             (Some(x), None) => self.cursor(e, entity, x, &order)?,
             (None, _) => None,
         };
@@ -1154,18 +1154,33 @@ impl<'a> Run<'a> {
 
     /// The sort keys a paged read's `after` names: none for the first page
     /// (`null`, absent, `""`), else those of a `next` this read gave.
+    /// A key of another type than its column's (a cursor made by hand,
+    /// with a valid checksum) is refused: engines would order it apart.
     fn page_cursor(
         &self,
         x: &Expression,
         read_id: &str,
-        keys: usize,
+        e: &Entity,
+        order: &[SortKey],
     ) -> Result<Option<Vec<Json>>, Problem> {
         match self.eval(x, None)? {
             Value::Null => Ok(None),
             Value::String(s) if s.is_empty() => Ok(None),
-            Value::String(s) => crate::cursor::decode(read_id, &s, keys)
-                .map(Some)
-                .map_err(|why| Problem::new(Code::InvalidCursor, why)),
+            Value::String(s) => {
+                let keys = crate::cursor::decode(read_id, &s, order.len())
+                    .map_err(|why| Problem::new(Code::InvalidCursor, why))?;
+                if order
+                    .iter()
+                    .zip(&keys)
+                    .any(|(k, v)| !rows::fits_column(e, &k.field, v))
+                {
+                    return Err(Problem::new(
+                        Code::InvalidCursor,
+                        "the paging cursor is not one this read gave (its keys do not fit the columns)",
+                    ));
+                }
+                Ok(Some(keys))
+            }
             other => Err(Problem::new(
                 Code::InvalidCursor,
                 format!(

@@ -78,6 +78,30 @@ pub(crate) fn normalize(e: &Entity, field: &str, v: Json) -> Json {
     }
 }
 
+/// Whether `v` is a value column `field` stores, in the form it stores it
+/// (a timestamp in canonical RFC 3339, a uuid in lower case): what a
+/// paging cursor's key must be, since only a row's own keys make one. Null
+/// fits every column (a read's rows may hold it where a default stands for
+/// it).
+pub(crate) fn fits_column(e: &Entity, field: &str, v: &Json) -> bool {
+    if v.is_null() {
+        return true;
+    }
+    match (e.column_type(field), v) {
+        (Some(FieldType::String), Json::String(s)) => !s.contains('\0'),
+        (Some(FieldType::Integer), v) => v.is_i64(),
+        (Some(FieldType::Number), v) => v.is_number(),
+        (Some(FieldType::Boolean), v) => v.is_boolean(),
+        (Some(FieldType::Timestamp), Json::String(s)) => {
+            parse_timestamp(s).is_some_and(|t| format_timestamp(t) == *s)
+        }
+        (Some(FieldType::Uuid | FieldType::Ref), Json::String(s)) => {
+            crate::hash::is_uuid(s) && !s.bytes().any(|b| b.is_ascii_uppercase())
+        }
+        _ => false,
+    }
+}
+
 /// Checks (and normalizes) the fields `keys` of a row about to be written
 /// against their declarations: type, null, range, length, enum.
 pub(crate) fn check_fields<'k>(
