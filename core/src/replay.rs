@@ -14,7 +14,7 @@
 //! answer, write and call the same, and where it would first differ.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -22,8 +22,8 @@ use serde_json::{Map, Value};
 use crate::bundle::Bundle;
 use crate::model::Isolation;
 use crate::ports::{
-    CallOutcome, CallRequest, CallResult, Claim, Clock, External, Measure, Predicate, Query, Row,
-    Storage, StorageError, TxId,
+    CallOutcome, CallRequest, CallResult, Claim, Clock, External, Include, Measure, Predicate,
+    Query, Row, Storage, StorageError, TxId,
 };
 use crate::request::{Auth, Request, Response};
 use crate::tape::{
@@ -207,11 +207,15 @@ impl Replay {
         for k in CHAIN_MEMBERS {
             recorded.remove(k);
         }
+        // Another spec: its reads answer rows with its columns.
+        let shapes =
+            (text("bundle").as_deref() != Some(bundle.hash.as_str())).then(|| Shapes::of(bundle));
         Ok(Replay {
             request,
             recorded,
             replayer: Replayer {
                 hash,
+                shapes,
                 ..Replayer::new(steps, started)
             },
             unverified,
@@ -354,6 +358,92 @@ pub struct Replayer {
     /// For a recording of another tape version: what this version records
     /// as a call's digest, to the recording's digest of the same call.
     translated: HashMap<String, String>,
+    /// For a recording of another spec (a shadow test): the columns of
+    /// the spec replayed, which the rows reads answer are given.
+    shapes: Option<Shapes>,
+}
+
+/// The columns of each entity of a spec: a recorded row read under
+/// another spec is given them ([`Shapes::reshape`]), as the migration to
+/// this spec would leave the row.
+#[derive(Debug, Default)]
+struct Shapes(HashMap<String, Columns>);
+
+/// The columns of one entity.
+#[derive(Debug, Default)]
+struct Columns {
+    /// Each declared field: its name, its former name (`renamedFrom`), and
+    /// what a row without it reads (its default when it is required, else
+    /// null).
+    fields: Vec<(String, Option<String>, Value)>,
+    /// Every column a row of it holds (the system ones too).
+    known: HashSet<String>,
+}
+
+impl Shapes {
+    fn of(bundle: &Bundle) -> Shapes {
+        let mut shapes = HashMap::new();
+        for (name, e) in &bundle.spec.entities {
+            let fields = e
+                .fields
+                .iter()
+                .map(|(f, field)| {
+                    let fill = crate::row::required_default(e, f)
+                        .cloned()
+                        .unwrap_or(Value::Null);
+                    (f.clone(), field.renamed_from.clone(), fill)
+                })
+                .collect();
+            let mut known: HashSet<String> = e.fields.keys().cloned().collect();
+            for system in [
+                "id",
+                "version",
+                "created_at",
+                "updated_at",
+                "deleted_at",
+                "status",
+            ] {
+                if e.column_type(system).is_some() {
+                    known.insert(system.to_owned());
+                }
+            }
+            shapes.insert(name.clone(), Columns { fields, known });
+        }
+        Shapes(shapes)
+    }
+
+    /// `row` of `entity` with this spec's columns: a field it lacks from
+    /// its former name, else as a row without it reads; a column the spec
+    /// no longer has dropped; the rows embedded by `include` likewise.
+    fn reshape(&self, entity: &str, row: &mut Row, include: &[Include]) {
+        let Some(columns) = self.0.get(entity) else {
+            return;
+        };
+        for (name, was, fill) in &columns.fields {
+            if row.contains_key(name) {
+                continue;
+            }
+            let value = was
+                .as_ref()
+                .and_then(|w| row.get(w).cloned())
+                .unwrap_or_else(|| fill.clone());
+            row.insert(name.clone(), value);
+        }
+        row.retain(|k, _| columns.known.contains(k) || include.iter().any(|i| i.name == *k));
+        for inc in include {
+            match row.get_mut(&inc.name) {
+                Some(Value::Object(one)) => self.reshape(&inc.entity, one, &inc.include),
+                Some(Value::Array(many)) => {
+                    for r in many {
+                        if let Value::Object(one) = r {
+                            self.reshape(&inc.entity, one, &inc.include);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// What a step answered: nothing, a value, or an error.
@@ -408,6 +498,16 @@ impl Replayer {
             }
         }
         got
+    }
+
+    /// Recorded rows read of `entity`, with the columns of the spec
+    /// replayed when another spec recorded them.
+    fn reshape(&self, entity: &str, rows: &mut [Row], include: &[Include]) {
+        if let Some(shapes) = &self.shapes {
+            for row in rows {
+                shapes.reshape(entity, row, include);
+            }
+        }
     }
 
     fn note(&mut self, what: String) {
@@ -538,7 +638,9 @@ impl Storage for Replayer {
         query: &Query,
     ) -> Result<Vec<Row>, StorageError> {
         let d = self.digested(|h| digest(h, &(local(tx), entity, query, false)));
-        self.rows("read", &d, &[])
+        let mut rows = self.rows("read", &d, &[])?;
+        self.reshape(entity, &mut rows, &query.include);
+        Ok(rows)
     }
 
     fn read_counted(
@@ -551,7 +653,9 @@ impl Storage for Replayer {
         let mut v = self.answer("read", &d, &[])?.unwrap_or(Value::Null);
         let total = v.get("total").and_then(Value::as_u64).unwrap_or(0);
         let rows = v.get_mut("rows").map(Value::take).unwrap_or_default();
-        Ok((decode(rows)?, total))
+        let mut rows: Vec<Row> = decode(rows)?;
+        self.reshape(entity, &mut rows, &query.include);
+        Ok((rows, total))
     }
 
     fn aggregate(
@@ -936,6 +1040,86 @@ mod tests {
                     .is_some_and(|e| e.contains("held a NUL character")),
                 "{e:?}"
             );
+        }
+    }
+
+    /// A shadow test of a spec that changes an entity's columns: the rows
+    /// a read recorded are given the new spec's columns (a new field's
+    /// default, a renamed field's value under its new name, a removed one
+    /// gone), so an answer made of them differs as the real one would. A
+    /// change elsewhere still replays identically.
+    #[test]
+    fn a_shadow_test_reads_rows_with_the_new_specs_columns() {
+        let spec = |fields: Value, description: &str| {
+            json!({"sinew": "0.2", "name": "s", "roles": ["r"],
+                "entities": {"Item": {"fields": fields}},
+                "tools": {"list": {"description": description,
+                    "trigger": {"http": {"method": "GET", "path": "/items"}},
+                    "auth": {"roles": ["r"]}, "output": {"type": "object"},
+                    "flow": {"entry": "find", "nodes": {
+                        "find": {"type": "read", "entity": "Item", "limit": 10, "orderBy": "id",
+                            "next": "done"},
+                        "done": {"type": "return", "value": {"items": "find"}}}}}}})
+            .to_string()
+        };
+        let fields =
+            json!({"title": {"type": "string"}, "note": {"type": "string", "nullable": true}});
+        let text = spec(fields.clone(), "Items.");
+        let bundle = Bundle::load(&text).unwrap();
+        let mut memory = crate::ports::memory::MemoryStorage::new();
+        memory.declare(&bundle.spec);
+        for (i, title) in ["a", "b"].iter().enumerate() {
+            let given = json!({"id": format!("00000000-0000-4000-8000-00000000000{i}"),
+                "title": title, "note": "n"});
+            let row = bundle
+                .complete_row("Item", given.as_object().unwrap(), 1_767_225_600_000)
+                .unwrap();
+            memory.seed("Item", row).unwrap();
+        }
+        let request = Request {
+            tool: "list".into(),
+            input: json!({}),
+            id: "req-1".into(),
+            auth: Some(crate::request::Auth {
+                sub: "ann".into(),
+                roles: vec!["r".into()],
+                claims: json!({}),
+            }),
+            ..Request::default()
+        };
+        let r = execute(
+            &bundle,
+            &request,
+            &mut memory,
+            &mut crate::ports::memory::FixedClock::new(1_767_225_600_000),
+            &mut crate::ports::script::ScriptedExternal::new(),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        let entry = r.audit;
+        let replay = |text: &str| {
+            let changed = Bundle::load(text).unwrap();
+            super::replay_native(&changed, &entry, false)
+        };
+        assert!(matches!(
+            super::replay_native(&bundle, &entry, true),
+            super::Verdict::Identical { .. }
+        ));
+        assert!(matches!(
+            replay(&spec(fields.clone(), "Every item.")),
+            super::Verdict::Identical { .. }
+        ));
+        let mut added = fields.clone();
+        added["color"] = json!({"type": "string", "default": "red"});
+        let mut removed = fields.clone();
+        removed.as_object_mut().unwrap().remove("note");
+        let renamed = json!({"name": {"type": "string", "renamedFrom": "title"},
+            "note": {"type": "string", "nullable": true}});
+        // (The entry records its response by its digest.)
+        for (fields, what) in [(added, "added"), (removed, "removed"), (renamed, "renamed")] {
+            let super::Verdict::Different { difference } = replay(&spec(fields, "Items.")) else {
+                panic!("a field {what}: identical")
+            };
+            assert!(difference.starts_with("response: "), "{what}: {difference}");
         }
     }
 }
