@@ -55,6 +55,11 @@ pub(crate) fn row_to_value(e: &Entity, row: &Row) -> Value {
 /// uuid column.
 pub(crate) fn normalize(e: &Entity, field: &str, v: Json) -> Json {
     let ty = e.column_type(field);
+    let mut v = v;
+    if ty == Some(FieldType::Json) {
+        // A list (`in`) or the value: its numbers as stored.
+        jsonb_order(&mut v);
+    }
     let timestamp = is_timestamp_column(e, field);
     let one = |v: Json| match v {
         Json::String(s) if s.contains('\0') => Json::Bool(false),
@@ -165,8 +170,9 @@ pub(crate) fn normalize_row(e: &Entity, row: &mut Row) {
 }
 
 /// A `json` value's objects with their keys in the order a `jsonb` column
-/// gives them back (shorter keys first, then by bytes), at every depth, so
-/// every engine answers the same text.
+/// gives them back (shorter keys first, then by bytes), at every depth, and
+/// its numbers spelled one way ([`json_number`]), so every engine answers
+/// the same text and finds the same rows equal.
 fn jsonb_order(v: &mut Json) {
     match v {
         Json::Object(m) => {
@@ -178,8 +184,32 @@ fn jsonb_order(v: &mut Json) {
             }
         }
         Json::Array(xs) => xs.iter_mut().for_each(jsonb_order),
+        Json::Number(n) => {
+            if let Some(x) = json_number(n) {
+                *v = x;
+            }
+        }
         _ => {}
     }
+}
+
+/// A number in a `json` value as every engine stores and compares it: a
+/// whole value that fits 64 bits is an integer (`1.0` and `1e2` are `1`
+/// and `100`, as `jsonb` compares them equal to those and gives `1e2`
+/// back as `100`), anything else as it is. `None` when it is so already.
+fn json_number(n: &serde_json::Number) -> Option<Json> {
+    if n.is_i64() || n.is_u64() {
+        return None;
+    }
+    let x = n.as_f64()?;
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_precision_loss,
+        reason = "whole and within the 64-bit range, checked first"
+    )]
+    let whole = (x.fract() == 0.0 && x >= i64::MIN as f64 && x < i64::MAX as f64)
+        .then(|| Json::from(x as i64));
+    whole
 }
 
 /// A `number` field's value as a double column holds it and gives it
