@@ -800,6 +800,79 @@ async fn a_rename_to_a_nullable_field_takes_nulls_while_in_progress() {
     assert_eq!(read(&client, old).await, (None, None));
 }
 
+/// A field renamed and widened at once (`maxLength` 5 to 20): while the
+/// rename is in progress, a value only the new rule allows, written under
+/// the new name, is taken (the trigger copies it into the former column,
+/// whose narrower `CHECK` once refused it); the previous spec's servers
+/// still write theirs; and the new `CHECK` still refuses what it must.
+#[tokio::test]
+async fn a_rename_that_widens_the_check_takes_wider_values_while_in_progress() {
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let mut client = connect_url(&url).await;
+    let revision = |fields: Value| {
+        json!({"sinew": "0.2", "name": "paint", "entities": {"Item": {"fields": fields}},
+               "tools": {}})
+    };
+    let v1 = revision(json!({"s1": {"type": "string", "maxLength": 5}}));
+    let v2 = revision(json!({"s2": {"type": "string", "maxLength": 20, "renamedFrom": "s1"}}));
+    let m = plan(Some(&client), &spec(&v1), false).await.unwrap();
+    apply(&mut client, &spec(&v1), &m).await.unwrap();
+    let m = sinew_host::pg::migrate::plan_for(
+        Some(&client),
+        &spec(&v2),
+        sinew_host::pg::migrate::Mode::Serve,
+    )
+    .await
+    .unwrap();
+    assert!(m.complete, "{:?}", m.destructive);
+    assert!(
+        m.plan.human()
+            .contains("`s1`'s CHECK dropped: `s2`'s judges both"),
+        "{}",
+        m.plan.human()
+    );
+    apply(&mut client, &spec(&v2), &m).await.unwrap();
+    let insert = async |id: &str, column: &str, value: &str| {
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO item (id, version, created_at, updated_at, {column}) \
+                     VALUES ('{id}', 1, now(), now(), '{value}')"
+                ),
+                &[],
+            )
+            .await
+    };
+    // As the new spec's servers write: a value of 12 characters.
+    let new = "00000000-0000-4000-8000-000000000001";
+    insert(new, "s2", "twelve chars").await.unwrap();
+    let wide = Some("twelve chars".to_owned());
+    assert_eq!(read(&client, new).await, (wide.clone(), wide));
+    // As the previous spec's servers write.
+    let old = "00000000-0000-4000-8000-000000000002";
+    insert(old, "s1", "short").await.unwrap();
+    let short = Some("short".to_owned());
+    assert_eq!(read(&client, old).await, (short.clone(), short));
+    // Past the new rule, under either name: refused.
+    let e = insert(
+        "00000000-0000-4000-8000-000000000003",
+        "s2",
+        &"x".repeat(21),
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{e:?}").contains("check"), "{e:?}");
+    let e = insert(
+        "00000000-0000-4000-8000-000000000004",
+        "s1",
+        &"x".repeat(21),
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{e:?}").contains("check"), "{e:?}");
+}
+
 /// Columns `s1` and `s2` of item `id`.
 async fn read(client: &tokio_postgres::Client, id: &str) -> (Option<String>, Option<String>) {
     let r = client

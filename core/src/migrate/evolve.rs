@@ -868,7 +868,8 @@ impl Planner {
         let find = |name: &str| have.columns.iter().find(|h| h.name == name);
         for c in &wanted {
             if let Some((_, old, again)) = expanding.iter().find(|(x, _, _)| x.name == c.name) {
-                self.expand_rename(table, c, old, find(old), *again);
+                let check = have.checks.iter().find(|k| k.column == *old);
+                self.expand_rename(table, c, old, find(old), check, *again);
                 continue;
             }
             match find(&c.name) {
@@ -924,6 +925,7 @@ impl Planner {
         c: &ColumnPlan,
         old: &str,
         former: Option<&Column>,
+        former_check: Option<&Check>,
         again: bool,
     ) {
         let t = ident(table);
@@ -957,6 +959,20 @@ impl Planner {
                     "ALTER TABLE {t} ALTER COLUMN {o} DROP NOT NULL, ALTER COLUMN {o} DROP DEFAULT;"
                 ));
             }
+            // The former column's `CHECK`, when the field's rule changes
+            // with the rename: the trigger copies every value written under
+            // the new name into the former column, where a narrower `CHECK`
+            // would refuse what the new one allows. The new column's
+            // `CHECK` judges the values of both (the trigger copies the
+            // previous spec's writes into it too), and the previous spec's
+            // servers check their own values before they write.
+            let unchecked = former_check.filter(|k| k.rule.as_ref() != c.rule.as_ref());
+            if let Some(k) = unchecked {
+                sql.push(format!(
+                    "ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {};",
+                    ident(&k.name)
+                ));
+            }
             sql.push(format!(
                 "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $$\nBEGIN\n  IF TG_OP = 'INSERT' THEN\n    IF NEW.{n} IS NULL THEN NEW.{n} := NEW.{o}; ELSE NEW.{o} := NEW.{n}; END IF;\n  ELSIF NEW.{n} IS DISTINCT FROM OLD.{n} THEN\n    NEW.{o} := NEW.{n};\n  ELSIF NEW.{o} IS DISTINCT FROM OLD.{o} THEN\n    NEW.{n} := NEW.{o};\n  END IF;\n  RETURN NEW;\nEND\n$$;",
                 f = ident(&sync)
@@ -970,17 +986,27 @@ impl Planner {
                 ident(&sync),
                 literal(&rename(false).comment())
             ));
+            let mut also = Vec::new();
+            if relaxed {
+                also.push(format!(
+                    "`{old}` made nullable without a default, as `{}` is",
+                    c.name
+                ));
+            }
+            if unchecked.is_some() {
+                also.push(format!(
+                    "`{old}`'s CHECK dropped: `{}`'s judges both",
+                    c.name
+                ));
+            }
             let change = format!(
                 "rename column `{old}` to `{}`: add `{}`, kept in step with `{old}` by a trigger{}",
                 c.name,
                 c.name,
-                if relaxed {
-                    format!(
-                        " (`{old}` made nullable without a default, as `{}` is)",
-                        c.name
-                    )
-                } else {
+                if also.is_empty() {
                     String::new()
+                } else {
+                    format!(" ({})", also.join("; "))
                 }
             );
             self.plan
