@@ -827,7 +827,8 @@ async fn a_rename_that_widens_the_check_takes_wider_values_while_in_progress() {
     .unwrap();
     assert!(m.complete, "{:?}", m.destructive);
     assert!(
-        m.plan.human()
+        m.plan
+            .human()
             .contains("`s1`'s CHECK dropped: `s2`'s judges both"),
         "{}",
         m.plan.human()

@@ -5023,3 +5023,32 @@ fn a_transition_that_can_move_no_row_is_refused() {
         );
     }
 }
+
+/// A tuple (`prefixItems`) is not typed by its `items`, which types only
+/// the elements after the prefix: a string in first position is a string
+/// (it was refused as an integer); a tuple whose positions all agree is a
+/// list of that type.
+#[test]
+fn a_tuples_elements_are_not_typed_by_items_alone() {
+    let tuple = |prefix: Value, rest: Value, expr: &str| {
+        let expr = expr.to_owned();
+        load_with(move |v| {
+            at(v, "/tools/get_product/input/properties")["pair"] =
+                json!({"type": "array", "prefixItems": prefix, "items": rest});
+            at(v, GET)["done"]["value"]["price"] = json!(expr);
+        })
+    };
+    let l = tuple(
+        json!([{"type": "string"}]),
+        json!({"type": "integer"}),
+        "has(input.pair) ? input.pair[0].size() : 0",
+    );
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    // Every position an integer: a list of integers, checked as such.
+    let l = tuple(
+        json!([{"type": "integer"}]),
+        json!({"type": "integer"}),
+        "has(input.pair) ? input.pair[0].size() : 0",
+    );
+    only_error(&l, "expr-type", &format!("{GET}/done/value/price"));
+}

@@ -181,17 +181,34 @@ fn plural(t: &Ty) -> String {
 
 /// The type of a JSON Schema property, as the input reads it (text stays
 /// text, whatever its `format`): an array's elements by its `items`, an
-/// object's properties by its `properties`.
+/// object's properties by its `properties`. A tuple (`prefixItems`) has
+/// elements of one type only when every position and `items` agree:
+/// `items` types the elements after the prefix only.
 fn of_schema(s: &Json) -> Ty {
     match s.get("type").and_then(Json::as_str) {
         Some("string") => Ty::String,
         Some("integer") => Ty::Int,
         Some("number") => Ty::Number,
         Some("boolean") => Ty::Bool,
-        Some("array") => match s.get("items") {
-            Some(items) => Ty::Items(Box::new(of_schema(items))),
-            None => Ty::List,
-        },
+        Some("array") => {
+            let mut positions: Vec<Ty> = match s.get("prefixItems") {
+                Some(Json::Array(prefix)) => prefix.iter().map(of_schema).collect(),
+                _ => Vec::new(),
+            };
+            match s.get("items") {
+                // `false`: nothing past the prefix.
+                Some(Json::Bool(false)) => {}
+                Some(items) => positions.push(of_schema(items)),
+                // Anything may follow (the prefix, if any).
+                None => return Ty::List,
+            }
+            match positions.split_first() {
+                Some((first, rest)) if rest.iter().all(|t| t == first) => {
+                    Ty::Items(Box::new(first.clone()))
+                }
+                _ => Ty::List,
+            }
+        }
         Some("object") if s.get("properties").is_some_and(Json::is_object) => {
             Ty::Object(Box::new(s.clone()))
         }
