@@ -48,6 +48,11 @@ pub struct MigrateArgs {
     /// Where the embedded Postgres lives.
     #[arg(long, env = "SINEW_DATA_DIR", default_value = ".sinew")]
     pub data_dir: PathBuf,
+    /// A directory of secrets, one file per variable, as for `sinew
+    /// serve`: read for DATABASE_URL when the flag and the environment
+    /// lack it.
+    #[arg(long, env = "SINEW_SECRETS_DIR")]
+    pub secrets_dir: Option<PathBuf>,
     /// The role the servers connect as, when it is not the one migrating
     /// (which owns the tables): grant it what serving needs, and no
     /// UPDATE, DELETE or TRUNCATE on the audit chain and its checkpoints.
@@ -83,11 +88,14 @@ pub fn migrate(args: &MigrateArgs) -> Result<u8> {
         .build()?;
     rt.block_on(async {
         let embedded_exists = args.data_dir.join("pg").join("PG_VERSION").is_file();
-        let db = if args.database_url.is_some() || embedded_exists || args.apply || args.status {
-            Some(Database::open(
-                args.database_url.as_deref(),
-                &args.data_dir,
-            )?)
+        let url = database_url(
+            args.database_url.as_deref(),
+            &crate::secrets::Secrets {
+                dir: args.secrets_dir.clone(),
+            },
+        );
+        let db = if url.is_some() || embedded_exists || args.apply || args.status {
+            Some(Database::open(url.as_deref(), &args.data_dir)?)
         } else {
             None
         };
@@ -318,6 +326,15 @@ enum AuditCommand {
     },
 }
 
+/// The database's URL: `given` (the flag or DATABASE_URL) when not empty,
+/// else the secrets directory's DATABASE_URL; none: the embedded database.
+fn database_url(given: Option<&str>, secrets: &crate::secrets::Secrets) -> Option<String> {
+    given
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .or_else(|| secrets.get("DATABASE_URL"))
+}
+
 /// Where the database is.
 #[derive(clap::Args, Debug)]
 struct DatabaseArgs {
@@ -327,12 +344,30 @@ struct DatabaseArgs {
     /// Where the embedded Postgres lives.
     #[arg(long, env = "SINEW_DATA_DIR", default_value = ".sinew")]
     data_dir: PathBuf,
+    /// A directory of secrets, one file per variable, as for `sinew
+    /// serve`: read for DATABASE_URL and SINEW_AUDIT_SIGNING_KEY when the
+    /// flag and the environment lack them.
+    #[arg(long, env = "SINEW_SECRETS_DIR")]
+    secrets_dir: Option<PathBuf>,
 }
 
 impl DatabaseArgs {
+    /// Where the secrets come from.
+    fn secrets(&self) -> crate::secrets::Secrets {
+        crate::secrets::Secrets {
+            dir: self.secrets_dir.clone(),
+        }
+    }
+
+    /// The database's URL: the flag or DATABASE_URL, else the secrets
+    /// directory's (none: the embedded database).
+    fn url(&self) -> Option<String> {
+        database_url(self.database_url.as_deref(), &self.secrets())
+    }
+
     /// The database they name (the embedded one started if need be).
     fn open(&self) -> Result<Database> {
-        Database::open(self.database_url.as_deref(), &self.data_dir)
+        Database::open(self.url().as_deref(), &self.data_dir)
     }
 
     /// [`DatabaseArgs::run`] for a command that only reads what a server
@@ -342,7 +377,7 @@ impl DatabaseArgs {
         &self,
         f: impl AsyncFnOnce(&tokio_postgres::Client) -> Result<T>,
     ) -> Result<T> {
-        let url = self.database_url.as_deref().filter(|u| !u.is_empty());
+        let url = self.url();
         let pg = self.data_dir.join("pg");
         if url.is_none() && !pg.join("PG_VERSION").is_file() {
             anyhow::bail!(
@@ -409,8 +444,7 @@ pub fn audit(args: &AuditArgs) -> Result<u8> {
                 Ok(0)
             }
             AuditCommand::Checkpoint { .. } => {
-                let Some(key) = std::env::var(checkpoint::KEY_VAR).ok().filter(|k| !k.is_empty())
-                else {
+                let Some(key) = db.secrets().get(checkpoint::KEY_VAR) else {
                     anyhow::bail!(
                         "{} is not set: it holds the key checkpoints are signed with (32 bytes, hex: `openssl rand -hex 32`)",
                         checkpoint::KEY_VAR
@@ -445,9 +479,9 @@ pub fn audit(args: &AuditArgs) -> Result<u8> {
             } => {
                 let trusted = match public_key {
                     Some(k) => Some(k.clone()),
-                    None => std::env::var(checkpoint::KEY_VAR)
-                        .ok()
-                        .filter(|k| !k.is_empty())
+                    None => db
+                        .secrets()
+                        .get(checkpoint::KEY_VAR)
                         .map(|k| checkpoint::Signer::from_secret(&k).map(|s| s.public_hex()))
                         .transpose()?,
                 };
@@ -663,12 +697,24 @@ pub struct TokenArgs {
     /// The roles claim's name.
     #[arg(long, env = "SINEW_JWT_ROLES_CLAIM", default_value = "roles")]
     pub roles_claim: String,
+    /// A directory of secrets, one file per variable, as for `sinew
+    /// serve`: read for SINEW_JWT_SECRET when the flag and the environment
+    /// lack it.
+    #[arg(long, env = "SINEW_SECRETS_DIR")]
+    pub secrets_dir: Option<PathBuf>,
 }
 
 /// Prints a token.
 pub fn token(args: &TokenArgs) -> Result<u8> {
+    let secrets = crate::secrets::Secrets {
+        dir: args.secrets_dir.clone(),
+    };
     let jwt = crate::jwt::JwtConfig {
-        secret: args.secret.clone().filter(|s| !s.is_empty()),
+        secret: args
+            .secret
+            .clone()
+            .filter(|s| !s.is_empty())
+            .or_else(|| secrets.get("SINEW_JWT_SECRET")),
         keys: Vec::new(),
         issuer: args.issuer.clone().filter(|s| !s.is_empty()),
         audience: args.audience.clone().filter(|s| !s.is_empty()),

@@ -598,6 +598,27 @@ fn token_mints_what_the_server_accepts() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("SINEW_JWT_SECRET"));
+    // The secret mounted as a file, as for `sinew serve --secrets-dir`.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("SINEW_JWT_SECRET"), "m0unted\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sinew"))
+        .args(["token", "--sub", "bob", "--secrets-dir"])
+        .arg(dir.path())
+        .env_remove("SINEW_JWT_SECRET")
+        .env_remove("SINEW_JWT_ISSUER")
+        .env_remove("SINEW_JWT_AUDIENCE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let auth = sinew_host::jwt::JwtConfig::hs256("m0unted")
+        .verify(&token)
+        .unwrap();
+    assert_eq!(auth.sub, "bob");
 }
 
 /// `sinew serve` listens before it connects to the database: a client that
