@@ -743,50 +743,19 @@ async fn a_type_change_with_a_check_applies() {
 #[tokio::test]
 async fn a_rename_to_a_nullable_field_takes_nulls_while_in_progress() {
     let cluster = Cluster::start();
-    let url = cluster.database().await;
-    let mut client = connect_url(&url).await;
-    let revision = |fields: Value| {
-        json!({"sinew": "0.2", "name": "paint", "entities": {"Item": {"fields": fields}},
-               "tools": {}})
-    };
-    let v1 = revision(json!({"s1": {"type": "string", "default": "it's"}}));
-    let v2 = revision(json!({"s2": {"type": "string", "nullable": true, "renamedFrom": "s1"}}));
-    let m = plan(Some(&client), &spec(&v1), false).await.unwrap();
-    apply(&mut client, &spec(&v1), &m).await.unwrap();
-    let m = sinew_host::pg::migrate::plan_for(
-        Some(&client),
-        &spec(&v2),
-        sinew_host::pg::migrate::Mode::Serve,
+    let (client, _) = mid_rename(
+        &cluster,
+        json!({"s1": {"type": "string", "default": "it's"}}),
+        json!({"s2": {"type": "string", "nullable": true, "renamedFrom": "s1"}}),
     )
-    .await
-    .unwrap();
-    assert!(m.complete, "{:?}", m.destructive);
-    apply(&mut client, &spec(&v2), &m).await.unwrap();
+    .await;
     // As the new spec's servers insert: every field of theirs, s2 null.
     let new = "00000000-0000-4000-8000-000000000001";
-    client
-        .execute(
-            &format!(
-                "INSERT INTO item (id, version, created_at, updated_at, s2) \
-                 VALUES ('{new}', 1, now(), now(), NULL)"
-            ),
-            &[],
-        )
-        .await
-        .unwrap();
+    insert(&client, new, "s2", "NULL").await.unwrap();
     assert_eq!(read(&client, new).await, (None, None));
     // As the previous spec's servers insert: s1 (its default filled in).
     let old = "00000000-0000-4000-8000-000000000002";
-    client
-        .execute(
-            &format!(
-                "INSERT INTO item (id, version, created_at, updated_at, s1) \
-                 VALUES ('{old}', 1, now(), now(), 'it''s')"
-            ),
-            &[],
-        )
-        .await
-        .unwrap();
+    insert(&client, old, "s1", "'it''s'").await.unwrap();
     let both = Some("it's".to_owned());
     assert_eq!(read(&client, old).await, (both.clone(), both));
     // The new spec sets it to null.
@@ -808,70 +777,84 @@ async fn a_rename_to_a_nullable_field_takes_nulls_while_in_progress() {
 #[tokio::test]
 async fn a_rename_that_widens_the_check_takes_wider_values_while_in_progress() {
     let cluster = Cluster::start();
-    let url = cluster.database().await;
-    let mut client = connect_url(&url).await;
-    let revision = |fields: Value| {
-        json!({"sinew": "0.2", "name": "paint", "entities": {"Item": {"fields": fields}},
-               "tools": {}})
-    };
-    let v1 = revision(json!({"s1": {"type": "string", "maxLength": 5}}));
-    let v2 = revision(json!({"s2": {"type": "string", "maxLength": 20, "renamedFrom": "s1"}}));
-    let m = plan(Some(&client), &spec(&v1), false).await.unwrap();
-    apply(&mut client, &spec(&v1), &m).await.unwrap();
-    let m = sinew_host::pg::migrate::plan_for(
-        Some(&client),
-        &spec(&v2),
-        sinew_host::pg::migrate::Mode::Serve,
+    let (client, m) = mid_rename(
+        &cluster,
+        json!({"s1": {"type": "string", "maxLength": 5}}),
+        json!({"s2": {"type": "string", "maxLength": 20, "renamedFrom": "s1"}}),
     )
-    .await
-    .unwrap();
-    assert!(m.complete, "{:?}", m.destructive);
+    .await;
+    let plan = m.plan.human();
     assert!(
-        m.plan
-            .human()
-            .contains("`s1`'s CHECK dropped: `s2`'s judges both"),
-        "{}",
-        m.plan.human()
+        plan.contains("`s1`'s CHECK dropped: `s2`'s judges both"),
+        "{plan}"
     );
-    apply(&mut client, &spec(&v2), &m).await.unwrap();
-    let insert = async |id: &str, column: &str, value: &str| {
-        client
-            .execute(
-                &format!(
-                    "INSERT INTO item (id, version, created_at, updated_at, {column}) \
-                     VALUES ('{id}', 1, now(), now(), '{value}')"
-                ),
-                &[],
-            )
-            .await
-    };
     // As the new spec's servers write: a value of 12 characters.
     let new = "00000000-0000-4000-8000-000000000001";
-    insert(new, "s2", "twelve chars").await.unwrap();
+    insert(&client, new, "s2", "'twelve chars'").await.unwrap();
     let wide = Some("twelve chars".to_owned());
     assert_eq!(read(&client, new).await, (wide.clone(), wide));
     // As the previous spec's servers write.
     let old = "00000000-0000-4000-8000-000000000002";
-    insert(old, "s1", "short").await.unwrap();
+    insert(&client, old, "s1", "'short'").await.unwrap();
     let short = Some("short".to_owned());
     assert_eq!(read(&client, old).await, (short.clone(), short));
     // Past the new rule, under either name: refused.
-    let e = insert(
-        "00000000-0000-4000-8000-000000000003",
-        "s2",
-        &"x".repeat(21),
-    )
-    .await
-    .unwrap_err();
-    assert!(format!("{e:?}").contains("check"), "{e:?}");
-    let e = insert(
-        "00000000-0000-4000-8000-000000000004",
-        "s1",
-        &"x".repeat(21),
-    )
-    .await
-    .unwrap_err();
-    assert!(format!("{e:?}").contains("check"), "{e:?}");
+    let long = format!("'{}'", "x".repeat(21));
+    for (id, column) in [
+        ("00000000-0000-4000-8000-000000000003", "s2"),
+        ("00000000-0000-4000-8000-000000000004", "s1"),
+    ] {
+        let e = insert(&client, id, column, &long).await.unwrap_err();
+        assert!(format!("{e:?}").contains("check"), "{column}: {e:?}");
+    }
+}
+
+/// A database of spec `paint` (one entity `Item`) migrated with the
+/// fields `from`, then expanded to the fields `to` (a rename among them)
+/// as `sinew serve` of that spec leaves it: the rename in progress.
+/// Returns a connection and the expansion applied.
+async fn mid_rename(
+    cluster: &Cluster,
+    from: Value,
+    to: Value,
+) -> (tokio_postgres::Client, Migration) {
+    let url = cluster.database().await;
+    let mut client = connect_url(&url).await;
+    let revision = |fields: Value| {
+        spec(
+            &json!({"sinew": "0.2", "name": "paint", "entities": {"Item": {"fields": fields}},
+               "tools": {}}),
+        )
+    };
+    let (v1, v2) = (revision(from), revision(to));
+    let m = plan(Some(&client), &v1, false).await.unwrap();
+    apply(&mut client, &v1, &m).await.unwrap();
+    let m =
+        sinew_host::pg::migrate::plan_for(Some(&client), &v2, sinew_host::pg::migrate::Mode::Serve)
+            .await
+            .unwrap();
+    assert!(m.complete, "{:?}", m.destructive);
+    apply(&mut client, &v2, &m).await.unwrap();
+    (client, m)
+}
+
+/// Inserts item `id` with `column` set to the SQL literal `value`, as a
+/// server that writes only that field would.
+async fn insert(
+    client: &tokio_postgres::Client,
+    id: &str,
+    column: &str,
+    value: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            &format!(
+                "INSERT INTO item (id, version, created_at, updated_at, {column}) \
+                 VALUES ('{id}', 1, now(), now(), {value})"
+            ),
+            &[],
+        )
+        .await
 }
 
 /// Columns `s1` and `s2` of item `id`.

@@ -71,13 +71,7 @@ fn reads_of_locked_rows_are_answered_as_the_database_would() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let text = std::fs::read_to_string(root().join("specs/examples/bank.json")).unwrap();
-        let loaded = sinew_core::spec::load(&text);
-        assert!(loaded.errors.is_empty());
-        let spec = loaded.spec;
-        let url = cluster.database().await;
-        let mut admin = connect_url(&url).await;
-        let plan = sinew_host::pg::migrate::plan(None, &spec, false).await.unwrap();
-        sinew_host::pg::migrate::apply(&mut admin, &spec, &plan).await.unwrap();
+        let (spec, url, _) = migrated(&cluster, &text).await;
         let db = PgBackend::new(url.parse().unwrap(), &spec, 4, None);
         // The start's catalog warm-up names every table and column the
         // migration made: it plans without an error here, and fails where
@@ -289,6 +283,26 @@ fn the_pool_warms_up_within_its_size_and_hands_out_what_it_opened() {
     });
 }
 
+/// A fresh database migrated for the spec `text` (which must load without
+/// errors): the spec, the database's URL and a connection to it.
+async fn migrated(
+    cluster: &Cluster,
+    text: &str,
+) -> (sinew_core::spec::Spec, String, tokio_postgres::Client) {
+    let loaded = sinew_core::spec::load(text);
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let spec = loaded.spec;
+    let url = cluster.database().await;
+    let mut admin = connect_url(&url).await;
+    let plan = sinew_host::pg::migrate::plan(None, &spec, false)
+        .await
+        .unwrap();
+    sinew_host::pg::migrate::apply(&mut admin, &spec, &plan)
+        .await
+        .unwrap();
+    (spec, url, admin)
+}
+
 /// The Postgres backend on a fresh database migrated for the spec `text`,
 /// an in-memory store declared for it, and its bundle (to complete rows).
 /// A savepoint in `tx` on Postgres and in `mt` in memory: what the core
@@ -326,17 +340,7 @@ async fn side_by_side(
     sinew_core::ports::memory::MemoryStorage,
     sinew_core::bundle::Bundle,
 ) {
-    let loaded = sinew_core::spec::load(text);
-    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
-    let spec = loaded.spec;
-    let url = cluster.database().await;
-    let mut admin = connect_url(&url).await;
-    let plan = sinew_host::pg::migrate::plan(None, &spec, false)
-        .await
-        .unwrap();
-    sinew_host::pg::migrate::apply(&mut admin, &spec, &plan)
-        .await
-        .unwrap();
+    let (spec, url, _) = migrated(cluster, text).await;
     let db = PgBackend::new(url.parse().unwrap(), &spec, 2, None);
     let mut memory = sinew_core::ports::memory::MemoryStorage::new();
     memory.declare(&spec);
@@ -1151,11 +1155,7 @@ fn the_sequencer_chains_every_committed_entry_once() {
         .unwrap();
     rt.block_on(async {
         let text = std::fs::read_to_string(root().join("specs/examples/bank.json")).unwrap();
-        let spec = sinew_core::spec::load(&text).spec;
-        let url = cluster.database().await;
-        let mut admin = connect_url(&url).await;
-        let plan = sinew_host::pg::migrate::plan(None, &spec, false).await.unwrap();
-        sinew_host::pg::migrate::apply(&mut admin, &spec, &plan).await.unwrap();
+        let (spec, url, admin) = migrated(&cluster, &text).await;
         let db = Arc::new(PgBackend::new(url.parse().unwrap(), &spec, 8, None));
 
         // A dead instance's sequencer: holds the lock, then its session goes.
@@ -1499,15 +1499,7 @@ fn the_chain_takes_unreadable_entries_and_its_columns_are_verified() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let text = r#"{"sinew": "0.2", "name": "log", "entities": {}, "tools": {}}"#;
-        let spec = sinew_core::spec::load(text).spec;
-        let url = cluster.database().await;
-        let mut admin = connect_url(&url).await;
-        let plan = sinew_host::pg::migrate::plan(None, &spec, false)
-            .await
-            .unwrap();
-        sinew_host::pg::migrate::apply(&mut admin, &spec, &plan)
-            .await
-            .unwrap();
+        let (spec, url, admin) = migrated(&cluster, text).await;
         let db = PgBackend::new(url.parse().unwrap(), &spec, 2, None);
         db.append_audit(None, &json!({"kind": "final", "execution": "one"}))
             .await
@@ -1588,11 +1580,8 @@ fn a_short_in_list_is_read_through_the_index_in_a_generic_plan() {
     rt.block_on(async {
         let text = r#"{"sinew": "0.2", "name": "plans", "entities": {"Item": {"fields": {
             "title": {"type": "string"}}}}, "tools": {}}"#;
-        let loaded = sinew_core::spec::load(text);
-        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
-        let spec = loaded.spec;
-        let url = cluster.database().await;
-        let mut admin = connect_url(&url).await;
+        let (spec, url, admin) = migrated(&cluster, text).await;
+        // Every connection opened from now on keeps a generic plan.
         let name: String = admin
             .query_one("SELECT current_database()", &[])
             .await
@@ -1602,12 +1591,6 @@ fn a_short_in_list_is_read_through_the_index_in_a_generic_plan() {
             .batch_execute(&format!(
                 "ALTER DATABASE {name} SET plan_cache_mode = force_generic_plan"
             ))
-            .await
-            .unwrap();
-        let plan = sinew_host::pg::migrate::plan(None, &spec, false)
-            .await
-            .unwrap();
-        sinew_host::pg::migrate::apply(&mut admin, &spec, &plan)
             .await
             .unwrap();
         admin

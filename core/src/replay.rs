@@ -15,6 +15,7 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -99,12 +100,13 @@ pub struct Replay {
 
 impl Replay {
     /// Reads a final audit entry: the request it recorded and its tape.
-    /// `bundle` is the spec it will run on (which inputs are sensitive).
+    /// `bundle` is the spec it will run on (which inputs are sensitive),
+    /// `shapes` its columns ([`Shapes::of`]).
     ///
     /// # Errors
     /// Why the entry cannot be replayed (no tape: written by the host, or
     /// by a version before replay; its input or tape too large to record).
-    pub fn of(bundle: &Bundle, entry: &Value) -> Result<Replay, String> {
+    pub fn of(bundle: &Bundle, shapes: &Arc<Shapes>, entry: &Value) -> Result<Replay, String> {
         let Value::Object(e) = entry else {
             return Err("the entry is not a JSON object".into());
         };
@@ -209,7 +211,7 @@ impl Replay {
         }
         // Another spec: its reads answer rows with its columns.
         let shapes =
-            (text("bundle").as_deref() != Some(bundle.hash.as_str())).then(|| Shapes::of(bundle));
+            (text("bundle").as_deref() != Some(bundle.hash.as_str())).then(|| Arc::clone(shapes));
         Ok(Replay {
             request,
             recorded,
@@ -360,14 +362,14 @@ pub struct Replayer {
     translated: HashMap<String, String>,
     /// For a recording of another spec (a shadow test): the columns of
     /// the spec replayed, which the rows reads answer are given.
-    shapes: Option<Shapes>,
+    shapes: Option<Arc<Shapes>>,
 }
 
 /// The columns of each entity of a spec: a recorded row read under
 /// another spec is given them ([`Shapes::reshape`]), as the migration to
-/// this spec would leave the row.
+/// this spec would leave the row. Made once per spec replayed on.
 #[derive(Debug, Default)]
-struct Shapes(HashMap<String, Columns>);
+pub struct Shapes(HashMap<String, Columns>);
 
 /// The columns of one entity.
 #[derive(Debug, Default)]
@@ -376,12 +378,13 @@ struct Columns {
     /// what a row without it reads (its default when it is required, else
     /// null).
     fields: Vec<(String, Option<String>, Value)>,
-    /// Every column a row of it holds (the system ones too).
+    /// Every column a row of it holds, the implicit ones too.
     known: HashSet<String>,
 }
 
 impl Shapes {
-    fn of(bundle: &Bundle) -> Shapes {
+    /// The columns of `bundle`'s entities.
+    pub fn of(bundle: &Bundle) -> Shapes {
         let mut shapes = HashMap::new();
         for (name, e) in &bundle.spec.entities {
             let fields = e
@@ -394,19 +397,7 @@ impl Shapes {
                     (f.clone(), field.renamed_from.clone(), fill)
                 })
                 .collect();
-            let mut known: HashSet<String> = e.fields.keys().cloned().collect();
-            for system in [
-                "id",
-                "version",
-                "created_at",
-                "updated_at",
-                "deleted_at",
-                "status",
-            ] {
-                if e.column_type(system).is_some() {
-                    known.insert(system.to_owned());
-                }
-            }
+            let known = e.columns().into_iter().map(str::to_owned).collect();
             shapes.insert(name.clone(), Columns { fields, known });
         }
         Shapes(shapes)
@@ -974,7 +965,7 @@ impl External for Shared<'_> {
 /// Replays an entry with the core itself (not the component): what tests
 /// and the in-memory engines use. `same_spec`: `bundle` recorded it.
 pub fn replay_native(bundle: &Bundle, entry: &Value, same_spec: bool) -> Verdict {
-    let mut replay = match Replay::of(bundle, entry) {
+    let mut replay = match Replay::of(bundle, &Arc::new(Shapes::of(bundle)), entry) {
         Ok(r) => r,
         Err(reason) => return Verdict::NotReplayable { reason },
     };
@@ -1034,7 +1025,7 @@ mod tests {
             assert!(matches!(r.status, 400 | 401), "{}", r.status);
             assert!(!r.audit.to_string().contains("\\u0000"), "{}", r.audit);
             assert_eq!(r.audit["tape"][part], json!({"omitted": "a NUL character"}));
-            let e = Replay::of(&bundle, &r.audit).err();
+            let e = Replay::of(&bundle, &Default::default(), &r.audit).err();
             assert!(
                 e.as_deref()
                     .is_some_and(|e| e.contains("held a NUL character")),

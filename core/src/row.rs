@@ -58,7 +58,7 @@ pub(crate) fn normalize(e: &Entity, field: &str, v: Json) -> Json {
     let mut v = v;
     if ty == Some(FieldType::Json) {
         // A list (`in`) or the value: its numbers as stored.
-        jsonb_order(&mut v);
+        jsonb_form(&mut v);
     }
     let timestamp = is_timestamp_column(e, field);
     let one = |v: Json| match v {
@@ -145,7 +145,10 @@ pub(crate) fn check_fields<'k>(
     Err(Problem::new(Code::ConstraintViolated, detail).with_errors(list))
 }
 
-/// Normalizes the timestamp fields of a row to the canonical text form.
+/// A row's values in the form every store keeps and answers them:
+/// timestamps in canonical RFC 3339, `number` fields spelled as a double
+/// column gives them back, uuids in lower case, `json` values in `jsonb`'s
+/// form.
 pub(crate) fn normalize_row(e: &Entity, row: &mut Row) {
     for (k, v) in row.iter_mut() {
         if is_timestamp_column(e, k)
@@ -164,7 +167,7 @@ pub(crate) fn normalize_row(e: &Entity, row: &mut Row) {
             // A uuid column gives its value back in lower case.
             s.make_ascii_lowercase();
         } else if e.fields.get(k).is_some_and(|f| f.ty == FieldType::Json) {
-            jsonb_order(v);
+            jsonb_form(v);
         }
     }
 }
@@ -173,17 +176,17 @@ pub(crate) fn normalize_row(e: &Entity, row: &mut Row) {
 /// gives them back (shorter keys first, then by bytes), at every depth, and
 /// its numbers spelled one way ([`json_number`]), so every engine answers
 /// the same text and finds the same rows equal.
-fn jsonb_order(v: &mut Json) {
+fn jsonb_form(v: &mut Json) {
     match v {
         Json::Object(m) => {
             let mut entries: Vec<(String, Json)> = std::mem::take(m).into_iter().collect();
             entries.sort_by(|(a, _), (b, _)| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
             for (k, mut x) in entries {
-                jsonb_order(&mut x);
+                jsonb_form(&mut x);
                 m.insert(k, x);
             }
         }
-        Json::Array(xs) => xs.iter_mut().for_each(jsonb_order),
+        Json::Array(xs) => xs.iter_mut().for_each(jsonb_form),
         Json::Number(n) => {
             if let Some(x) = json_number(n) {
                 *v = x;

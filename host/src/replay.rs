@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use sinew_core::ports::{CallRequest, CallResult};
-use sinew_core::replay::{Replay, Replayer, Verdict};
+use sinew_core::replay::{Replay, Replayer, Shapes, Verdict};
 
 use crate::runtime::storage::MemoryBackend;
 use crate::runtime::{Backends, Engine, Executor};
@@ -165,6 +165,8 @@ pub struct Replaying {
     executor: Executor,
     answers: Arc<Mutex<Replayer>>,
     bundle: sinew_core::bundle::Bundle,
+    /// The spec's columns, for entries another spec recorded.
+    shapes: Arc<Shapes>,
     /// The spec's bundle hash.
     pub hash: String,
 }
@@ -190,6 +192,7 @@ impl Replaying {
             hash: bundle.hash.clone(),
             executor,
             answers,
+            shapes: Arc::new(Shapes::of(&bundle)),
             bundle,
         })
     }
@@ -205,7 +208,7 @@ impl Replaying {
         };
         let (execution, tool) = (text("execution"), text("tool"));
         let same_spec = text("bundle") == self.hash;
-        let verdict = match Replay::of(&self.bundle, entry) {
+        let verdict = match Replay::of(&self.bundle, &self.shapes, entry) {
             Err(reason) => Verdict::NotReplayable { reason },
             Ok(mut replay) => {
                 let replayer = std::mem::take(&mut replay.replayer);

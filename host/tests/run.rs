@@ -34,6 +34,27 @@ fn json_out(out: &Output) -> Value {
 const NOW: &str = "2026-01-01T00:00:00Z";
 const ALICE: &str = r#"{"sub": "alice", "roles": ["customer"]}"#;
 
+/// `sinew run` of the bank's `open_account` as Alice at [`NOW`], with the
+/// state file `state`.
+fn open_account(spec: &str, state: &str, input: &str, id: &str) -> Output {
+    sinew(&[
+        "run",
+        spec,
+        "--tool",
+        "open_account",
+        "--input",
+        input,
+        "--auth",
+        ALICE,
+        "--state",
+        state,
+        "--now",
+        NOW,
+        "--request-id",
+        id,
+    ])
+}
+
 #[test]
 fn bank_runs_and_the_state_carries_over() {
     let dir = tempfile::tempdir().unwrap();
@@ -42,22 +63,7 @@ fn bank_runs_and_the_state_carries_over() {
     let spec = example("bank.json");
     let open = |name: &str, id: &str| {
         let input = json!({"name": name, "currency": "EUR"}).to_string();
-        sinew(&[
-            "run",
-            &spec,
-            "--tool",
-            "open_account",
-            "--input",
-            &input,
-            "--auth",
-            ALICE,
-            "--state",
-            s,
-            "--now",
-            NOW,
-            "--request-id",
-            id,
-        ])
+        open_account(&spec, s, &input, id)
     };
     let a = open("main", "r1");
     assert_eq!(
@@ -247,24 +253,7 @@ fn an_input_nested_past_the_limit_is_refused_and_the_state_stays_readable() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("bank.json");
     let spec = example("bank.json");
-    let run = |input: &str, id: &str| {
-        sinew(&[
-            "run",
-            &spec,
-            "--tool",
-            "open_account",
-            "--input",
-            input,
-            "--auth",
-            ALICE,
-            "--state",
-            state.to_str().unwrap(),
-            "--now",
-            NOW,
-            "--request-id",
-            id,
-        ])
-    };
+    let run = |input: &str, id: &str| open_account(&spec, state.to_str().unwrap(), input, id);
     // `{"name": [[…]]}`: the object is the first level.
     let nested = |levels: usize| {
         format!(

@@ -3763,6 +3763,44 @@ fn output_mismatches(
     }
 }
 
+/// The first of an object's `keys` that a closed object schema does not
+/// declare, else the first property the schema requires that `keys` lack,
+/// found as a mismatch (`what` has the keys: as said of a key too many,
+/// and of one missing); whether there was one.
+fn key_mismatch(
+    schema: &Value,
+    keys: &[&str],
+    (what, missing): (&str, &str),
+    at: &str,
+    found: &mut Vec<(String, String)>,
+) -> bool {
+    let props = schema.get("properties").and_then(Value::as_object);
+    if schema.get("additionalProperties") == Some(&Value::Bool(false))
+        && let Some(k) = keys
+            .iter()
+            .find(|k| !props.is_some_and(|p| p.contains_key(**k)))
+    {
+        found.push((
+            at.to_string(),
+            format!("{what} has `{k}`, which this closed object does not declare"),
+        ));
+        return true;
+    }
+    if let Some(required) = schema.get("required").and_then(Value::as_array)
+        && let Some(k) = required
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|k| !keys.contains(k))
+    {
+        found.push((
+            member_at(at, k),
+            format!("required by the schema, and {missing} has no `{k}`"),
+        ));
+        return true;
+    }
+    false
+}
+
 /// What in an object of known keys (an aggregate's measures, a group)
 /// certainly, or on some calls, does not match an object schema: a key a
 /// closed object does not declare, a required property it has not, a
@@ -3777,27 +3815,8 @@ fn record_mismatches(
     use super::types::Ty;
     let name = |k: &str| member_at(at, k);
     let props = schema.get("properties").and_then(Value::as_object);
-    if schema.get("additionalProperties") == Some(&Value::Bool(false))
-        && let Some((k, ..)) = keys
-            .iter()
-            .find(|(k, ..)| !props.is_some_and(|p| p.contains_key(k)))
-    {
-        found.push((
-            at.to_string(),
-            format!("{what} has `{k}`, which this closed object does not declare"),
-        ));
-        return;
-    }
-    if let Some(required) = schema.get("required").and_then(Value::as_array)
-        && let Some(k) = required
-            .iter()
-            .filter_map(Value::as_str)
-            .find(|k| !keys.iter().any(|(name, ..)| name == k))
-    {
-        found.push((
-            name(k),
-            format!("required by the schema, and {what} has no `{k}`"),
-        ));
+    let names: Vec<&str> = keys.iter().map(|(k, ..)| k.as_str()).collect();
+    if key_mismatch(schema, &names, (what, what), at, found) {
         return;
     }
     for (k, ty, null) in keys {
@@ -3877,27 +3896,8 @@ fn row_mismatches(
         .chain(embeds.iter().map(|(n, _)| n.as_str()))
         .collect();
     let props = schema.get("properties").and_then(Value::as_object);
-    if schema.get("additionalProperties") == Some(&Value::Bool(false))
-        && let Some(c) = columns
-            .iter()
-            .find(|c| !props.is_some_and(|p| p.contains_key(**c)))
-    {
-        found.push((
-            at.to_string(),
-            format!("a whole `{ent}` row has `{c}`, which this closed object does not declare"),
-        ));
-        return;
-    }
-    if let Some(required) = schema.get("required").and_then(Value::as_array)
-        && let Some(k) = required
-            .iter()
-            .filter_map(Value::as_str)
-            .find(|k| !columns.contains(k))
-    {
-        found.push((
-            name(k),
-            format!("required by the schema, and a `{ent}` row has no `{k}`"),
-        ));
+    let (whole, one) = (format!("a whole `{ent}` row"), format!("a `{ent}` row"));
+    if key_mismatch(schema, &columns, (&whole, &one), at, found) {
         return;
     }
     for (k, s) in props.into_iter().flatten() {

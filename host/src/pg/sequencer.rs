@@ -326,9 +326,10 @@ pub async fn head(client: &Client) -> Result<Option<(i64, String)>> {
 /// Chains every entry queued so far, waiting for the lock: what `sinew
 /// audit sequence` runs, and a server at shutdown. Returns how many.
 pub async fn catch_up(client: &Client) -> Result<u64> {
+    let statements = Statements::prepare(client).await?;
     let mut total = 0u64;
     loop {
-        match batch(client, Wait::Yes).await? {
+        match batch_with(client, &statements, Wait::Yes).await? {
             Batch::Chained { n: 0, .. } => return Ok(total),
             Batch::Chained { n, .. } => total += n as u64,
             Batch::Busy => {}
