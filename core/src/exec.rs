@@ -231,17 +231,27 @@ fn blame_write(
     }
 }
 
-/// An external's answer holding text with a NUL character is a failed
-/// call, on every engine: Postgres cannot store it (in the audit entry,
-/// its tape, a row). Applied where the answer is recorded and where it is
-/// used, so a recording never holds one.
-pub(crate) fn without_nul(mut result: crate::ports::CallResult) -> crate::ports::CallResult {
-    if let CallOutcome::Ok { value } | CallOutcome::Declined { value } = &result.outcome
-        && crate::input::has_nul(value)
-    {
-        result.outcome = CallOutcome::Failed {
-            message: "the answer contains a NUL character (U+0000)".into(),
+/// An external's answer holding text with a NUL character, or nesting
+/// deeper than [`crate::input::MAX_DEPTH`] levels, is a failed call, on
+/// every engine: Postgres cannot store the first (in the audit entry, its
+/// tape, a row), and the second would not fit the entry, the tape or a
+/// `json` field read back inside its row. Applied where the answer is
+/// recorded and where it is used, so a recording never holds one.
+pub(crate) fn usable_answer(mut result: crate::ports::CallResult) -> crate::ports::CallResult {
+    if let CallOutcome::Ok { value } | CallOutcome::Declined { value } = &result.outcome {
+        let why = if crate::input::too_deep(value) {
+            Some(format!(
+                "the answer nests deeper than {} levels of arrays and objects",
+                crate::input::MAX_DEPTH
+            ))
+        } else if crate::input::has_nul(value) {
+            Some("the answer contains a NUL character (U+0000)".to_owned())
+        } else {
+            None
         };
+        if let Some(message) = why {
+            result.outcome = CallOutcome::Failed { message };
+        }
     }
     result
 }
@@ -1973,7 +1983,7 @@ impl<'a> Run<'a> {
             initial_backoff_ms: retry.and_then(|r| r.initial_ms).unwrap_or(100),
             idempotency_key: key,
         };
-        let result = without_nul(self.external.call(&request));
+        let result = usable_answer(self.external.call(&request));
         let (outcome, value) = match &result.outcome {
             CallOutcome::Ok { value } => ("ok", value.clone()),
             CallOutcome::Declined { value } => ("declined", value.clone()),

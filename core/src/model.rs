@@ -357,6 +357,12 @@ impl Field {
             FieldType::Uuid | FieldType::Ref => v.as_str().is_some_and(crate::hash::is_uuid),
             FieldType::Json => true,
         };
+        if self.ty == FieldType::Json && crate::input::too_deep(v) {
+            return vec![format!(
+                "must nest at most {} levels of arrays and objects",
+                crate::input::MAX_DEPTH
+            )];
+        }
         if !ok_type {
             return vec![match self.ty {
                 FieldType::Timestamp if v.is_string() => {
@@ -390,21 +396,11 @@ impl Field {
         {
             why.push("is not one of the allowed values".into());
         }
-        if has_nul(v) {
+        if crate::input::has_nul(v) {
             // Postgres cannot store it, so no engine does.
             why.push("must not contain a NUL character".into());
         }
         why
-    }
-}
-
-/// Whether a value holds text with a NUL character, at any depth.
-fn has_nul(v: &Value) -> bool {
-    match v {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(xs) => xs.iter().any(has_nul),
-        Value::Object(m) => m.iter().any(|(k, x)| k.contains('\0') || has_nul(x)),
-        _ => false,
     }
 }
 

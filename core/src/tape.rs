@@ -1022,7 +1022,7 @@ pub(crate) struct TapedExternal<'a> {
 impl External for TapedExternal<'_> {
     fn call(&mut self, request: &CallRequest) -> CallResult {
         let d = digest(TapeHash::CURRENT, request);
-        let r = crate::exec::without_nul(self.inner.call(request));
+        let r = crate::exec::usable_answer(self.inner.call(request));
         self.tape
             .borrow_mut()
             .push("call", d, Ok(serde_json::to_value(&r).ok()));

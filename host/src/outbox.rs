@@ -240,12 +240,15 @@ async fn attempt_delivery(
 }
 
 /// A service's answer to a delivery as the audit entry records it:
-/// Postgres refuses a NUL character in `jsonb`, so an answer holding one is
-/// left out, saying why (the message is delivered all the same: the
-/// service accepted it, and a call refuses such an answer only because its
-/// flow would read it).
+/// Postgres refuses a NUL character in `jsonb`, and an entry nests what it
+/// records a few levels deeper, so an answer holding one, or nesting
+/// deeper than an input may, is left out, saying why (the message is
+/// delivered all the same: the service accepted it, and a call refuses
+/// such an answer only because its flow would read it).
 fn recordable(answer: Value) -> Value {
-    if sinew_core::input::has_nul(&answer) {
+    if sinew_core::input::too_deep(&answer) {
+        json!({"omitted": format!("nested deeper than {} levels", sinew_core::input::MAX_DEPTH)})
+    } else if sinew_core::input::has_nul(&answer) {
         json!({"omitted": "a NUL character"})
     } else {
         answer
@@ -447,11 +450,17 @@ mod tests {
         }
     }
 
+    /// `levels` arrays, one in the other.
+    fn nested(levels: usize) -> Value {
+        (1..levels).fold(json!([]), |inner, _| json!([inner]))
+    }
+
     /// An accepted message is delivered whatever the service answered; an
-    /// answer with a NUL character (which `jsonb` cannot hold) is recorded
-    /// as left out, so the audit log stays readable as JSON.
+    /// answer with a NUL character (which `jsonb` cannot hold) or nesting
+    /// deeper than an input may is recorded as left out, so the audit log
+    /// stays readable as JSON.
     #[tokio::test]
-    async fn an_answer_with_a_nul_character_is_delivered_and_left_out() {
+    async fn an_answer_with_a_nul_character_or_too_deep_is_delivered_and_left_out() {
         let message = json!({"id": "m-1", "service": "mailer", "operation": "send",
                              "args": {}, "idempotencyKey": "k-1"});
         for (answer, recorded) in [
@@ -461,6 +470,14 @@ mod tests {
             ),
             (json!({"k\u{0}": 1}), json!({"omitted": "a NUL character"})),
             (json!({"a": "xy"}), json!({"a": "xy"})),
+            (
+                nested(sinew_core::input::MAX_DEPTH + 1),
+                json!({"omitted": "nested deeper than 32 levels"}),
+            ),
+            (
+                nested(sinew_core::input::MAX_DEPTH),
+                nested(sinew_core::input::MAX_DEPTH),
+            ),
         ] {
             match attempt_delivery(&Accepts(answer), &message, 1).await {
                 Delivered::Ok(v) => assert_eq!(v, recorded),
