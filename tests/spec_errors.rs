@@ -4510,6 +4510,16 @@ fn a_macro_variable_may_be_null_when_its_range_holds_null() {
                 "input.sizes.map(s, s > 2 ? s : null).map(t, t + 1).size()",
                 "`t` may be null here",
             ),
+            // A map's value variable, over a literal with a value that may
+            // be null, and typed when every value has one type.
+            (
+                "{'a': input.count, 'b': 1}.transformMap(k, v, v + 1).size()",
+                "`v` may be null here",
+            ),
+            (
+                "{'a': 1, 'b': 2}.transformMap(k, v, v.size()).size()",
+                "`.size()` does not apply to an int",
+            ),
         ],
         &[
             "[input.count].map(x, x == null ? 0 : x + 1).size()",
@@ -4521,6 +4531,10 @@ fn a_macro_variable_may_be_null_when_its_range_holds_null() {
             "input.sizes.map(s, s * 2).map(t, t + 1).size()",
             "[input.count].map(x, x == null ? 0 : x).map(y, y + 1).size()",
             "[input.count, 1][1] + 1",
+            "{'a': input.count, 'b': 1}.transformMap(k, v, v == null ? 0 : v + 1).size()",
+            "{'a': 1, 'b': 2}.transformMap(k, v, v + 1).size()",
+            "{'a': 1, 'b': 'x'}.transformMap(k, v, string(v)).size()",
+            "{'a': 1}.all(k, k.size() > 0)",
         ],
     );
 }

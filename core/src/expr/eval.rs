@@ -499,8 +499,10 @@ fn call(
         ("uint", [Value::Int(i)]) => u64::try_from(*i)
             .map(Value::Uint)
             .or_else(|_| err(span, format!("`{i}` does not fit a uint"))),
+        // As cel-go: a negative double is out of range, even one that
+        // truncates to 0 (`uint(-0.5)`); `-0.0` is 0.
         ("uint", [Value::Double(d)]) => {
-            if d.is_finite() && *d > -1.0 && *d < 18_446_744_073_709_551_616.0 {
+            if d.is_finite() && *d >= 0.0 && *d < 18_446_744_073_709_551_616.0 {
                 Ok(Value::Uint(d.trunc() as u64))
             } else {
                 err(span, format!("`{d}` does not fit a uint"))
@@ -892,6 +894,9 @@ mod tests {
             Ok(Value::Bool(true))
         );
         assert_eq!(run("int('42') + int(2.9)"), Ok(Value::Int(44)));
+        assert_eq!(run("uint(1.9)"), Ok(Value::Uint(1)));
+        assert_eq!(run("uint(-0.0)"), Ok(Value::Uint(0)));
+        assert!(run("uint(-0.5)").is_err());
         for spaced in ["int(' 12 ')", "uint('12 ')", "double(' 1.5')", "int('+ 1')"] {
             assert!(run(spaced).is_err(), "{spaced}");
         }

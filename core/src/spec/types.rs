@@ -96,6 +96,23 @@ impl Ty {
         }
     }
 
+    /// The type of a map's values, where every value has the same one (an
+    /// object whose keys are all known: a map literal, a group of an
+    /// aggregate), and whether one of them may be null.
+    fn map_value(&self) -> (Ty, bool) {
+        match self {
+            Ty::Record(keys, _) => {
+                let mut types = keys.iter().map(|(_, t, _)| t);
+                let ty = match types.next() {
+                    Some(first) if types.all(|t| t == first) => first.clone(),
+                    _ => Ty::Dyn,
+                };
+                (ty, keys.iter().any(|(_, _, null)| *null))
+            }
+            _ => (Ty::Dyn, false),
+        }
+    }
+
     /// A number (an int, a uint, a double or a `number`).
     pub(crate) fn is_numeric(&self) -> bool {
         self.numeric()
@@ -985,14 +1002,20 @@ fn infer_at(
                 // element, a map's key).
                 let names = crate::expr::macro_names(func, args.len());
                 let element = on.element();
+                let (value, value_null) = on.map_value();
                 let types = match (on.map(), names) {
                     (true, 1) => vec![Ty::String],
-                    (true, _) => vec![Ty::String, Ty::Dyn],
+                    (true, _) => vec![Ty::String, value],
                     (false, 1) => vec![element],
                     (false, _) => vec![Ty::Int, element],
                 };
-                // The element may be null when a member of the range may.
-                let null = !on.map() && members_nullable(t, scope, locals, guards, vars);
+                // The element may be null when a member of the range may; a
+                // map's value when one of its values may.
+                let null = if on.map() {
+                    names == 2 && value_null
+                } else {
+                    members_nullable(t, scope, locals, guards, vars)
+                };
                 let mut inner: Vec<Var> = vars.to_vec();
                 for (k, (a, ty)) in args.iter().take(names).zip(types).enumerate() {
                     if let ExprKind::Ident(n) = &a.kind {
