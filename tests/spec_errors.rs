@@ -5066,3 +5066,114 @@ fn a_tuples_elements_are_not_typed_by_items_alone() {
     );
     only_error(&l, "expr-type", &format!("{GET}/done/value/price"));
 }
+
+/// A loop's element may be null where a member of its list may be: a
+/// `foreach` or a `create`'s `each` over an input array whose `items` let
+/// null through, or over a literal list with a member that may be null.
+/// Guarded, or under a guard before the loop, it is clean.
+#[test]
+fn a_loop_element_may_be_null_when_its_list_holds_null() {
+    let tool = |items: &str, body_value: &str, create: bool, guard: Option<&str>| {
+        let inner = if create {
+            json!({"type": "transaction", "body": {"entry": "c", "nodes": {
+                "c": {"type": "create", "entity": "N", "each": items, "as": "x",
+                      "values": {"k": body_value}}}}, "next": "r"})
+        } else {
+            json!({"type": "foreach", "items": items, "as": "x", "maxItems": 5,
+                   "body": {"entry": "v", "nodes": {"v": {"type": "let", "values": {"v": body_value}}}},
+                   "next": "r"})
+        };
+        let mut nodes = json!({"L": inner, "r": {"type": "return", "value": {"ok": "true"}},
+                               "f": {"type": "fail", "status": 400, "code": "missing"}});
+        let entry = match guard {
+            Some(cond) => {
+                nodes["g"] = json!({"type": "if", "if": cond, "then": "L", "else": "f"});
+                "g"
+            }
+            None => "L",
+        };
+        let spec = json!({"sinew": "0.2", "name": "loops",
+            "entities": {"N": {"fields": {"k": {"type": "integer"}}}},
+            "tools": {"t": {"description": "d", "trigger": {"http": {"method": "POST", "path": "/t"}},
+                "auth": {"roles": ["staff"]}, "idempotencyKey": "request.idempotencyKey",
+                "input": {"type": "object", "required": ["a", "xs", "ys"], "additionalProperties": false,
+                    "properties": {"a": {"type": "string"}, "o": {"type": "string"},
+                        "xs": {"type": "array", "maxItems": 5, "items": {"type": ["string", "null"]}},
+                        "ys": {"type": "array", "maxItems": 5, "items": {"type": "string"}}}},
+                "flow": {"entry": entry, "nodes": nodes}}}});
+        load_text(&spec.to_string())
+    };
+    for create in [false, true] {
+        for (items, guard) in [
+            ("input.xs", None),
+            ("[input.a, input.o]", None),
+            ("[input.a, null]", None),
+        ] {
+            let l = tool(items, "x.size()", create, guard);
+            assert_eq!(l.errors.len(), 1, "{items}: {}", list(&l.errors));
+            assert_message(&l.errors[0], "`x` may be null here");
+        }
+        for (items, value, guard) in [
+            ("input.ys", "x.size()", None),
+            ("input.xs", "x != null ? x.size() : 0", None),
+            ("[input.a, input.o]", "x.size()", Some("has(input.o)")),
+        ] {
+            let l = tool(items, value, create, guard);
+            assert!(l.errors.is_empty(), "{items} {value}: {}", list(&l.errors));
+        }
+    }
+}
+
+fn cases_reach_g(spec: &Value) -> bool {
+    spec.pointer("/tools/t/flow/nodes/s/cases")
+        .and_then(Value::as_array)
+        .is_some_and(|cases| cases.iter().any(|c| c["next"] == "g"))
+}
+
+/// A `switch` takes its first case whose `when` holds: a later case, and
+/// the default, are reached only when the earlier `when`s did not hold,
+/// and are guarded by that.
+#[test]
+fn a_switch_default_is_guarded_by_the_cases_before_it() {
+    let with = |cases: Value, default_reads: &str| -> Loaded {
+        let spec = json!({"sinew": "0.2", "name": "sw",
+            "tools": {"t": {"description": "d", "trigger": {"http": {"method": "POST", "path": "/t"}},
+                "auth": {"roles": ["staff"]},
+                "input": {"type": "object", "additionalProperties": false,
+                    "properties": {"o": {"type": "string"}, "p": {"type": "string"}}},
+                "flow": {"entry": "s", "nodes": {
+                    "s": {"type": "switch", "cases": cases, "default": "r"},
+                    "f": {"type": "fail", "status": 400, "code": "missing"},
+                    "g": {"type": "return", "value": {"v": "input.o.size()"}},
+                    "r": {"type": "return", "value": {"v": default_reads}}}}}}});
+        let mut spec = spec;
+        // Unreached unless a case goes to it.
+        if !cases_reach_g(&spec) {
+            if let Some(nodes) = spec
+                .pointer_mut("/tools/t/flow/nodes")
+                .and_then(Value::as_object_mut)
+            {
+                nodes.remove("g");
+            }
+        }
+        load_text(&spec.to_string())
+    };
+    let l = with(
+        json!([{"when": "!has(input.o)", "next": "f"}]),
+        "input.o.size()",
+    );
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    // The second case is reached only when the first did not hold.
+    let l = with(
+        json!([{"when": "!has(input.o)", "next": "f"}, {"when": "true", "next": "g"}]),
+        "0",
+    );
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    // A guard of another name proves nothing of `input.o`.
+    let l = with(
+        json!([{"when": "!has(input.p)", "next": "f"}]),
+        "input.o.size()",
+    );
+    assert_eq!(l.errors.len(), 1, "{}", list(&l.errors));
+    assert_message(&l.errors[0], "`input.o` may be null here");
+}

@@ -59,6 +59,8 @@ pub struct Loop<'a> {
     index: String,
     /// What an element is.
     element: Binding,
+    /// Whether an element may be null (a member of its list may be).
+    null: bool,
 }
 
 impl<'a> Scope<'a> {
@@ -88,6 +90,15 @@ impl<'a> Scope<'a> {
             loops: Vec::new(),
             guards: Vec::new(),
         }
+    }
+
+    /// Whether `name` is the element of a loop around this place that may
+    /// be null.
+    pub(crate) fn loop_element_nullable(&self, name: &str) -> bool {
+        self.loops
+            .iter()
+            .find(|l| l.name == name || l.index == name)
+            .is_some_and(|l| l.name == name && l.null)
     }
 
     /// Resolves a root name.
@@ -1770,9 +1781,19 @@ fn guard_sources(g: &ToolGraph) -> Vec<(NodeIndex, Vec<String>)> {
                 branch(then, proves(cond, true));
                 branch(otherwise, proves(cond, false));
             }
-            NodeKind::Switch { cases, .. } => {
+            // The first case whose `when` holds wins: a case is taken
+            // only when the ones before it did not hold, the default only
+            // when none did.
+            NodeKind::Switch { cases, default } => {
+                let mut before: Vec<String> = Vec::new();
                 for c in cases {
-                    branch(&c.next, proves(&c.when, true));
+                    let mut paths = before.clone();
+                    paths.extend(proves(&c.when, true));
+                    branch(&c.next, paths);
+                    before.extend(proves(&c.when, false));
+                }
+                if let Some(d) = default {
+                    branch(d, before);
                 }
             }
             _ => {}
@@ -1865,11 +1886,28 @@ fn loop_of<'s>(
         }
         None => Binding::Any,
     };
+    // An element may be null where a member of the list may be (a literal
+    // list with one that may, an input array whose `items` let null
+    // through), as the guards just before the loop leave it.
+    let null = items.and_then(|x| x.ast.as_ref()).is_some_and(|ast| {
+        let outer = Scope {
+            spec,
+            roots: true,
+            tool: Some(tool),
+            row: None,
+            graph: Some((g, dom)),
+            at: vec![g.vin_of(i)],
+            loops: enclosing_loops(spec, tool, g, dom, i),
+            guards: flow_guards(g, dom, &guard_sources(g), i),
+        };
+        super::types::members_may_be_null(ast, &outer)
+    });
     Loop {
         node: i,
         name,
         index: format!("{name}_index"),
         element,
+        null,
     }
 }
 

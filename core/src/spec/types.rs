@@ -362,6 +362,12 @@ pub(crate) struct Var<'a> {
     null: bool,
 }
 
+/// Whether a member of the list `range` may be null, under the scope's
+/// guards (what a `foreach` or a `create`'s `each` goes over).
+pub(crate) fn members_may_be_null(range: &Expr, scope: &Scope) -> bool {
+    members_nullable(range, scope, &local_names(range), &scope.guards, &[])
+}
+
 /// Whether a member of the list `range` may be null: a literal list with
 /// `null` or a member that may be null, an input array whose `items` let
 /// null through.
@@ -423,6 +429,10 @@ fn nullable(
     vars: &[Var<'_>],
 ) -> Option<String> {
     match &e.kind {
+        // A loop's element, where a member of its list may be null.
+        ExprKind::Ident(name) if !locals.contains(name) && scope.loop_element_nullable(name) => {
+            return Some(name.clone());
+        }
         // A macro's variable over a range with a member that may be null.
         ExprKind::Ident(name) if locals.contains(name) => {
             return vars
