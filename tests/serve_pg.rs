@@ -1408,6 +1408,63 @@ async fn input_edges_are_typed_and_change_nothing() {
     .await;
     problem(&r, 400, "invalid_json", None);
     assert!(r.text.contains("duplicate key `sku`"), "{}", r.text);
+    // A long key, a long query key and a long unknown path are quoted by
+    // their first 40 characters, never whole.
+    let long = "K".repeat(5000);
+    let r = send(
+        "POST",
+        "/products".into(),
+        Some(staff.clone()),
+        Some("dup-2"),
+        format!(r#"{{"{long}": 1, "{long}": 2}}"#),
+    )
+    .await;
+    problem(&r, 400, "invalid_json", None);
+    assert!(
+        r.text.contains("(5000 characters)") && r.text.len() < 1000,
+        "{}",
+        r.text
+    );
+    for path in [format!("/products?{long}=1&{long}=2"), format!("/{long}")] {
+        let r = send("GET", path, None, None, String::new()).await;
+        assert!(r.status == 400 || r.status == 404, "{}", r.text);
+        assert!(
+            r.text.contains("characters)") && r.text.len() < 1000,
+            "{}",
+            r.text
+        );
+    }
+    // Two Authorization headers (which caller a proxy checked is not
+    // known) and two Content-Type headers are refused, and write nothing.
+    let two = |name: &'static str, first: String, second: String| {
+        let http = http.clone();
+        let staff = staff.clone();
+        async move {
+            let mut h = vec![(name, first.as_str()), (name, second.as_str())];
+            if name != "authorization" {
+                h.push(("authorization", staff.as_str()));
+            } else {
+                h.push(("content-type", "application/json"));
+            }
+            h.push(("idempotency-key", "two-headers"));
+            let body = r#"{"sku": "TWO-1", "name": "Tea", "price_cents": 450}"#;
+            http.send("POST", &format!("{base}/products"), &h, body.to_owned())
+                .await
+        }
+    };
+    let r = two("authorization", staff.clone(), alice.clone()).await;
+    problem(&r, 401, "unauthenticated", None);
+    assert!(r.text.contains("one Authorization header"), "{}", r.text);
+    let r = two(
+        "content-type",
+        "application/json".into(),
+        "text/plain".into(),
+    )
+    .await;
+    problem(&r, 415, "unsupported_media_type", None);
+    let r = send("GET", "/products".into(), None, None, String::new()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(!r.text.contains("TWO-1"), "nothing written: {}", r.text);
     // On a method with a body, the body alone is the input: a query string
     // does not fill a property it lacks.
     let r = send(
@@ -1527,8 +1584,9 @@ async fn input_edges_are_typed_and_change_nothing() {
     assert_eq!(rows.len(), 1, "only the valid create wrote");
     assert_eq!(rows[0].get::<_, i64>(1), 450);
     assert_eq!(rows[0].get::<_, i64>(2), 10);
-    // One final audit entry for each of the 15 requests, chained.
-    assert_eq!(verify(&url).await, Ok(15));
+    // One final audit entry for each of the 20 requests to a tool (the
+    // unknown path is none's), chained.
+    assert_eq!(verify(&url).await, Ok(20));
 }
 
 /// Issue 14: every request is answered within its tool's deadline plus a

@@ -1130,7 +1130,7 @@ impl App {
                 return (method_not_allowed(&path, &allow, &id), None, None);
             }
             Found::Nothing => {
-                let detail = format!("no tool answers {} {path}", req.method());
+                let detail = format!("no tool answers {} {}", req.method(), short_path(&path));
                 return (problem(Code::NotFound, &detail, &id), None, None);
             }
         };
@@ -1173,7 +1173,9 @@ impl App {
                 (None, _) => {
                     "this server grants no cross-origin access (the spec has no `cors`)".to_owned()
                 }
-                (Some(_), None) => format!("no tool answers that method at {path}"),
+                (Some(_), None) => {
+                    format!("no tool answers that method at {}", short_path(&path))
+                }
                 (Some(_), Some(t)) => format!("`cors` does not let {origin} call `{t}`"),
             };
             return (problem(Code::Forbidden, &detail, id), tool);
@@ -1422,6 +1424,18 @@ impl App {
         let Some(h) = headers.get(header::AUTHORIZATION) else {
             return Ok(None);
         };
+        // Two: which caller a proxy in front checked is not known.
+        if headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            return Err(Refusal::new(
+                Code::Unauthenticated,
+                "send one Authorization header, not several",
+            ));
+        }
         let token = h
             .to_str()
             .ok()
@@ -1522,6 +1536,7 @@ impl App {
             };
             // Which one a proxy in front read is not known.
             if query_params.iter().any(|(seen, _)| *seen == k) {
+                let k = short_path(&k);
                 return refuse(format!("`{k}` is given twice in the query"), input);
             }
             query_params.push((k, v));
@@ -1597,6 +1612,18 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, Refusal> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Object(Map::new()));
     }
+    // Two: which type a proxy in front read the body as is not known.
+    if headers
+        .get_all(header::CONTENT_TYPE)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(Refusal::new(
+            Code::UnsupportedMediaType,
+            "send one Content-Type header, not several",
+        ));
+    }
     let json_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -1628,7 +1655,10 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, Refusal> {
         let detail = if e.to_string().contains("recursion limit") {
             too_deep()
         } else {
-            format!("the body is not valid JSON: {e}")
+            format!(
+                "the body is not valid JSON: {}",
+                short_json_error(&e.to_string())
+            )
         };
         Refusal::new(Code::InvalidJson, detail).with_input(as_text())
     })?;
@@ -1638,6 +1668,34 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, Refusal> {
         return Err(Refusal::new(Code::InvalidJson, too_deep()).with_input(as_text()));
     }
     Ok(input)
+}
+
+/// A JSON parser's message with the key it names quoted short (a
+/// duplicate key may be any length; a message quotes at most the first 40
+/// characters of a value).
+fn short_json_error(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("duplicate key `") else {
+        return message.to_owned();
+    };
+    match rest.rfind("` at line ") {
+        Some(end) => format!(
+            "duplicate key `{}`{}",
+            short_path(&rest[..end]),
+            &rest[end + 1..]
+        ),
+        None => message.to_owned(),
+    }
+}
+
+/// A path (or a key) as a message quotes it: whole up to 40 characters,
+/// else its first 40 and its length.
+fn short_path(path: &str) -> String {
+    let n = path.chars().count();
+    if n <= 40 {
+        return path.to_owned();
+    }
+    let head: String = path.chars().take(40).collect();
+    format!("{head}… ({n} characters)")
 }
 
 /// With `--test-hooks`: the request's id and the clock, as the
@@ -1698,7 +1756,7 @@ fn problem_of(reply: &Reply) -> Option<Value> {
 fn method_not_allowed(path: &str, allow: &[String], id: &str) -> hyper::Response<Body> {
     let mut r = problem(
         Code::MethodNotAllowed,
-        &format!("`{path}` answers {}", allow.join(", ")),
+        &format!("`{}` answers {}", short_path(path), allow.join(", ")),
         id,
     );
     if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
