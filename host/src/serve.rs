@@ -1174,7 +1174,7 @@ impl App {
                     "this server grants no cross-origin access (the spec has no `cors`)".to_owned()
                 }
                 (Some(_), None) => {
-                    format!("no tool answers that method at {}", short_path(&path))
+                    format!("no tool answers that method at {}", short_path(path))
                 }
                 (Some(_), Some(t)) => format!("`cors` does not let {origin} call `{t}`"),
             };
