@@ -4685,6 +4685,43 @@ fn outputs_that_may_be_null_or_rows_against_items_are_refused() {
     });
     let d = only_error(&l, "output-mismatch", &format!("{GET}/done/value"));
     assert_message(d, "this list's elements are `Product` rows (objects)");
+    // A list with a member that may be null, or of doubles, against
+    // integer `items`.
+    let ints = json!({"type": "object", "properties": {
+        "x": {"type": "array", "items": {"type": "integer"}}}});
+    let with_list = |value: &str| {
+        let ints = ints.clone();
+        let value = value.to_owned();
+        load_with(move |v| {
+            let input = &mut at(v, "/tools/get_product")["input"];
+            input["properties"]["o"] = json!({"type": "integer"});
+            input["properties"]["l"] =
+                json!({"type": "array", "maxItems": 5, "items": {"type": "integer"}});
+            input["required"] = json!(["id", "l"]);
+            at(v, "/tools/get_product")["output"] = ints;
+            at(v, &format!("{GET}/done"))["value"] = json!({"x": value});
+        })
+    };
+    for (value, says) in [
+        ("[input.o]", "may hold null"),
+        ("input.l + [input.o]", "may hold null"),
+        ("input.l.map(x, input.o)", "may hold null"),
+        ("input.l.map(x, x / 2.0)", "is a list of doubles"),
+    ] {
+        let l = with_list(value);
+        let d = only_error(&l, "output-mismatch", &format!("{GET}/done/value"));
+        assert_message(d, says);
+    }
+    for value in [
+        "input.l",
+        "input.l + [1]",
+        "input.l.map(x, x * 2)",
+        "has(input.o) ? [input.o] : []",
+        "input.l.map(x, int(x / 2.0))",
+    ] {
+        let l = with_list(value);
+        assert!(l.errors.is_empty(), "{value}: {}", list(&l.errors));
+    }
     // Written by the node from a value that cannot be null.
     let l = load_with(|v| {
         at(v, "/entities/Product/fields")["note"] = json!({"type": "string", "nullable": true});

@@ -1295,6 +1295,42 @@ fn predicate_sql(
 /// longer list is one array parameter.
 const IN_PARAMS: usize = 32;
 
+/// A whole double that fits 64 bits as that integer; `None` for anything
+/// else (and for a list with no such member).
+fn whole_i64(n: &serde_json::Number) -> Option<i64> {
+    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+    let f = n.as_f64().filter(|_| n.is_f64())?;
+    (f.fract() == 0.0 && (-TWO_63..TWO_63).contains(&f)).then_some(f as i64)
+}
+
+/// `v` with its whole doubles that fit 64 bits as integers (a value, or a
+/// list's members); `None` when it has none.
+fn whole_integers(v: &Value) -> Option<Value> {
+    match v {
+        Value::Number(n) => whole_i64(n).map(Value::from),
+        Value::Array(items) if items.iter().any(|i| whole_integers(i).is_some()) => {
+            Some(Value::Array(
+                items
+                    .iter()
+                    .map(|i| whole_integers(i).unwrap_or_else(|| i.clone()))
+                    .collect(),
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// A number's exact decimal text, for a `numeric` parameter: a whole
+/// double written out in full (its shortest text, `9.223372036854776e18`
+/// for 2⁶³, is another number); a fraction by its shortest text, which
+/// lies between the same two integers as the double itself.
+fn exact_decimal(n: &serde_json::Number) -> String {
+    match n.as_f64().filter(|f| n.is_f64() && f.fract() == 0.0) {
+        Some(f) => format!("{f:.0}"),
+        None => n.to_string(),
+    }
+}
+
 /// One comparison, as SQL that is true or false, or unknown only where
 /// false would do (a null column).
 fn condition_sql(
@@ -1305,6 +1341,20 @@ fn condition_sql(
     let col = table
         .column(&c.field)
         .ok_or_else(|| invalid(format!("no column `{}`", c.field)))?;
+    // An integer column against a whole double in 64 bits compares with
+    // that integer (the double −2⁶³ is the integer −2⁶³), in a list too.
+    let as_integers;
+    let c = match (col.ty, whole_integers(&c.value)) {
+        (Ty::Integer, Some(value)) => {
+            as_integers = sinew_core::ports::Condition {
+                field: c.field.clone(),
+                op: c.op,
+                value,
+            };
+            &as_integers
+        }
+        _ => c,
+    };
     let lhs = collated(col);
     // A short list is a parameter per member (`IN ($1, $2)`): a generic
     // plan then knows how many members there are, and probes the index
@@ -1402,11 +1452,13 @@ fn condition_sql(
             }
         }
         // An integer column against a fraction (or a number past 64 bits):
-        // numbers compare numerically, so as `numeric`.
+        // numbers compare numerically, so as `numeric`, written exactly
+        // (the shortest text of the double 2⁶³, `9.223372036854776e18`, is
+        // another number).
         (op @ (FilterOp::Lt | FilterOp::Lte | FilterOp::Gt | FilterOp::Gte), Value::Number(n))
             if col.ty == Ty::Integer && n.as_i64().is_none() =>
         {
-            params.push(Some(n.to_string()));
+            params.push(Some(exact_decimal(n)));
             let p = format!("${}::text::numeric", params.len());
             let cmp = match op {
                 FilterOp::Lt => "<",

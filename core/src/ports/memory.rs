@@ -209,6 +209,9 @@ pub struct MemoryStorage {
     /// entity → declared timestamp fields (the implicit `created_at`,
     /// `updated_at` and `deleted_at` are timestamps in every entity).
     timestamps: BTreeMap<String, BTreeSet<String>>,
+    /// entity → `number` fields (a `where` compares a value with them as a
+    /// double, as Postgres casts it to their `double precision`).
+    doubles: BTreeMap<String, BTreeSet<String>>,
     /// The durable audit chain, compact: each entry's canonical JSON
     /// (with `seq` and `prev`, without `hash`) and its hash.
     audit: Vec<AuditRecord>,
@@ -379,6 +382,12 @@ impl MemoryStorage {
                 if field.ty == crate::model::FieldType::Timestamp {
                     self.set_timestamp(name, f);
                 }
+                if field.ty == crate::model::FieldType::Number {
+                    self.doubles
+                        .entry(name.clone())
+                        .or_default()
+                        .insert(f.clone());
+                }
             }
             // A unique index is one key of its fields joined by `,` (field
             // names have no comma).
@@ -392,6 +401,7 @@ impl MemoryStorage {
     fn columns(&self, entity: &str) -> Columns<'_> {
         Columns {
             timestamps: self.timestamps.get(entity),
+            doubles: self.doubles.get(entity),
         }
     }
 
@@ -653,6 +663,9 @@ impl MemoryStorage {
         out.insert("rate".into(), Value::Array(rate));
         out.insert("unique".into(), fields_json(&self.unique));
         out.insert("timestamps".into(), fields_json(&self.timestamps));
+        if !self.doubles.is_empty() {
+            out.insert("doubles".into(), fields_json(&self.doubles));
+        }
         Value::Object(out)
     }
 
@@ -698,11 +711,12 @@ impl MemoryStorage {
                 "rate" => store.load_rate(value)?,
                 "unique" => load_fields("unique", value, &mut store.unique)?,
                 "timestamps" => load_fields("timestamps", value, &mut store.timestamps)?,
+                "doubles" => load_fields("doubles", value, &mut store.doubles)?,
                 other => {
                     return Err(format!(
                         "unknown section `{other}` in the storage state \
                          (expected `rows`, `audit`, `outbox`, `idempotency`, `rate`, \
-                         `unique`, `timestamps`)"
+                         `unique`, `timestamps`, `doubles`)"
                     ));
                 }
             }
@@ -1750,18 +1764,45 @@ fn load_fields(
     Ok(())
 }
 
+/// Numbers compared by their exact values, as Postgres compares a
+/// `bigint` with a `numeric`: an integer against a double is not rounded
+/// to a double first (2⁵³ + 1 is above the double 2⁵³).
 fn num_cmp(a: &Number, b: &Number) -> Ordering {
-    match (a.as_i64(), b.as_i64(), a.as_u64(), b.as_u64()) {
-        (Some(x), Some(y), _, _) => x.cmp(&y),
-        (_, _, Some(x), Some(y)) => x.cmp(&y),
-        // One is a negative i64, the other a u64 above i64::MAX.
-        (Some(_), None, _, Some(_)) => Ordering::Less,
-        (None, Some(_), Some(_), _) => Ordering::Greater,
-        _ => {
+    let int = |n: &Number| {
+        n.as_i64()
+            .map(i128::from)
+            .or_else(|| n.as_u64().map(i128::from))
+    };
+    match (int(a), int(b)) {
+        (Some(x), Some(y)) => x.cmp(&y),
+        (Some(x), None) => int_double_cmp(x, b.as_f64().unwrap_or(0.0)),
+        (None, Some(y)) => int_double_cmp(y, a.as_f64().unwrap_or(0.0)).reverse(),
+        (None, None) => {
             let x = a.as_f64().unwrap_or(0.0);
             let y = b.as_f64().unwrap_or(0.0);
             x.partial_cmp(&y).unwrap_or(Ordering::Equal)
         }
+    }
+}
+
+/// An integer against a double, exactly.
+fn int_double_cmp(i: i128, d: f64) -> Ordering {
+    // Past ±2¹²⁷ no 64-bit integer comes near.
+    const LIMIT: f64 = 170_141_183_460_469_231_731_687_303_715_884_105_728.0;
+    if d.is_nan() {
+        return Ordering::Equal;
+    }
+    if d >= LIMIT {
+        return Ordering::Less;
+    }
+    if d < -LIMIT {
+        return Ordering::Greater;
+    }
+    let whole = d.trunc();
+    // Exact: a whole double below 2¹²⁷ in magnitude is an i128.
+    match i.cmp(&(whole as i128)) {
+        Ordering::Equal => 0.0.partial_cmp(&(d - whole)).unwrap_or(Ordering::Equal),
+        o => o,
     }
 }
 
@@ -1770,9 +1811,16 @@ fn num_cmp(a: &Number, b: &Number) -> Ordering {
 struct Columns<'a> {
     /// The declared timestamp fields.
     timestamps: Option<&'a BTreeSet<String>>,
+    /// The `number` fields.
+    doubles: Option<&'a BTreeSet<String>>,
 }
 
 impl Columns<'_> {
+    /// Is `field` a `number` column (`double precision` in Postgres)?
+    fn is_double(self, field: &str) -> bool {
+        self.doubles.is_some_and(|d| d.contains(field))
+    }
+
     /// Is `field` a timestamp column (implicit or declared)?
     fn is_timestamp(self, field: &str) -> bool {
         matches!(field, "created_at" | "updated_at" | "deleted_at")
@@ -1862,24 +1910,52 @@ fn values_equal(a: &Value, b: &Value, timestamp: bool) -> bool {
     }
 }
 
+/// A `where` value as a `number` column compares it: a number as the
+/// double nearest it, as Postgres casts it to `double precision`
+/// (`9007199254740993` is the double 2⁵³); a list member by member.
+fn as_double(v: &Value) -> std::borrow::Cow<'_, Value> {
+    match v {
+        Value::Number(n) if n.as_f64().is_some() && !n.is_f64() => {
+            let d = n.as_f64().unwrap_or(0.0);
+            std::borrow::Cow::Owned(Number::from_f64(d).map_or(Value::Null, Value::Number))
+        }
+        Value::Array(items)
+            if items
+                .iter()
+                .any(|i| matches!(i, Value::Number(n) if !n.is_f64())) =>
+        {
+            std::borrow::Cow::Owned(Value::Array(
+                items.iter().map(|i| as_double(i).into_owned()).collect(),
+            ))
+        }
+        _ => std::borrow::Cow::Borrowed(v),
+    }
+}
+
 fn matches(row: &Row, c: &Condition, cols: Columns<'_>) -> bool {
     let v = column(row, &c.field);
     let ts = cols.is_timestamp(&c.field);
+    let value = if cols.is_double(&c.field) {
+        as_double(&c.value)
+    } else {
+        std::borrow::Cow::Borrowed(&c.value)
+    };
+    let value = value.as_ref();
     match c.op {
-        FilterOp::Eq => values_equal(v, &c.value, ts),
-        FilterOp::Ne => !values_equal(v, &c.value, ts),
-        FilterOp::Lt => sql_cmp(v, &c.value, ts) == Some(Ordering::Less),
+        FilterOp::Eq => values_equal(v, value, ts),
+        FilterOp::Ne => !values_equal(v, value, ts),
+        FilterOp::Lt => sql_cmp(v, value, ts) == Some(Ordering::Less),
         FilterOp::Lte => matches!(
-            sql_cmp(v, &c.value, ts),
+            sql_cmp(v, value, ts),
             Some(Ordering::Less | Ordering::Equal)
         ),
-        FilterOp::Gt => sql_cmp(v, &c.value, ts) == Some(Ordering::Greater),
+        FilterOp::Gt => sql_cmp(v, value, ts) == Some(Ordering::Greater),
         FilterOp::Gte => matches!(
-            sql_cmp(v, &c.value, ts),
+            sql_cmp(v, value, ts),
             Some(Ordering::Greater | Ordering::Equal)
         ),
-        FilterOp::In => in_list(v, &c.value, ts),
-        FilterOp::NotIn => !in_list(v, &c.value, ts),
+        FilterOp::In => in_list(v, value, ts),
+        FilterOp::NotIn => !in_list(v, value, ts),
         FilterOp::IsNull => c.value.as_bool() == Some(v.is_null()),
         FilterOp::StartsWith => text_pair(v, &c.value).is_some_and(|(s, p)| s.starts_with(p)),
         FilterOp::Contains => text_pair(v, &c.value).is_some_and(|(s, p)| s.contains(p)),

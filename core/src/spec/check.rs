@@ -3689,6 +3689,43 @@ fn output_mismatches(
         found.push((at.to_string(), format!("this is {v}, and {e}")));
         return;
     }
+    // A list with a member that may be null (`[input.o]`, `l.map(x,
+    // input.o)`), where `items` refuses null.
+    if let Template::Expr(x) = t
+        && let Some(ast) = &x.ast
+        && let Some(items) = schema.get("items")
+        && type_of(x, scope).is_list()
+        && refuses(items, "null")
+        && super::types::members_may_be_null(ast, scope)
+    {
+        found.push((
+            format!("{at}[]"),
+            format!(
+                "`{}` may hold null (an optional input property, a nullable field, a `ref` include, or `avg`, `min`, `max` over no row), and the schema's `items` type is {}; a call where it does would answer 500 `invalid_output`",
+                x.src,
+                items.get("type").map(Value::to_string).unwrap_or_default()
+            ),
+        ));
+        return;
+    }
+    // A list of doubles where `items` wants integers: a double that is not
+    // whole is refused.
+    if let Template::Expr(x) = t
+        && let Ty::Items(element) = type_of(x, scope)
+        && *element == Ty::Double
+        && let Some(items) = schema.get("items")
+        && refuses(items, "number")
+        && !refuses(items, "integer")
+    {
+        found.push((
+            format!("{at}[]"),
+            format!(
+                "`{}` is a list of doubles, and the schema's `items` type is integer, which refuses a double that is not whole (convert each with `int(…)`, or make the type number)",
+                x.src
+            ),
+        ));
+        return;
+    }
     // A list whose elements' type is known, against `items`.
     if let Template::Expr(x) = t
         && let Ty::Items(element) = type_of(x, scope)

@@ -392,6 +392,11 @@ fn members_nullable(
                 .and_then(|p| p.get("items"))
                 .is_some_and(allows_null)
         }
+        // `a + b`: the members of both.
+        ExprKind::Binary(BinaryOp::Add, a, b) => {
+            members_nullable(a, scope, locals, guards, vars)
+                || members_nullable(b, scope, locals, guards, vars)
+        }
         // `list.map(x, t)`: a list of what `t` gives, null when it may be.
         ExprKind::Call {
             target: Some(list),
