@@ -209,6 +209,18 @@ fn bound_integers(v: &mut Value) {
                 }
                 m.insert(INT64_FLOOR.to_owned(), Value::Bool(true));
             }
+            // A closed object with no `properties`: the same with an empty
+            // one, so that a property sent is refused by its name ("`x`
+            // was unexpected"), not as "False schema does not allow 1".
+            if m.get("additionalProperties") == Some(&Value::Bool(false))
+                && !m.contains_key("properties")
+                && !m.contains_key("patternProperties")
+            {
+                m.insert(
+                    "properties".to_owned(),
+                    Value::Object(serde_json::Map::new()),
+                );
+            }
             for (k, child) in m.iter_mut() {
                 if !matches!(k.as_str(), "const" | "enum" | "default" | "examples") {
                     bound_integers(child);
@@ -554,6 +566,21 @@ mod tests {
         assert!(q.len() < 80, "{q}");
         assert!(q.contains("900000 characters"));
         assert_eq!(quote(&json!(5)), "5");
+    }
+
+    /// A property sent to a closed object that declares none is refused
+    /// by its name.
+    #[test]
+    fn an_unexpected_property_is_named() {
+        let schema = compile_schema(
+            &json!({"type": "object", "additionalProperties": false}),
+            Side::Input,
+        )
+        .unwrap();
+        let (listed, n) = violations(&schema, &json!({"x": 1}));
+        assert_eq!(n, 1);
+        let message = listed[0]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("'x' was unexpected"), "{message}");
     }
 
     #[test]
