@@ -5213,3 +5213,36 @@ fn a_switch_default_is_guarded_by_the_cases_before_it() {
     assert_eq!(l.errors.len(), 1, "{}", list(&l.errors));
     assert_message(&l.errors[0], "`input.o` may be null here");
 }
+
+/// A `create` with `each` over a list a `let` holds is bounded by that
+/// list: a literal array's length, or the bound of the expression it
+/// holds; a `let` of an unbounded list stays Red.
+#[test]
+fn a_create_each_over_a_let_list_is_bounded_by_it() {
+    let with = |values: Value| {
+        let spec = json!({"sinew": "0.2", "name": "lets",
+            "entities": {"N": {"fields": {"k": {"type": "string"}}}},
+            "tools": {"t": {"description": "d", "trigger": {"http": {"method": "POST", "path": "/t"}},
+                "auth": {"roles": ["staff"]}, "idempotencyKey": "request.idempotencyKey",
+                "input": {"type": "object", "required": ["a", "b", "bounded", "open"],
+                    "additionalProperties": false, "properties": {
+                        "a": {"type": "string"}, "b": {"type": "string"},
+                        "bounded": {"type": "array", "maxItems": 3, "items": {"type": "string"}},
+                        "open": {"type": "array", "items": {"type": "string"}}}},
+                "flow": {"entry": "L", "nodes": {
+                    "L": {"type": "let", "values": values, "next": "tx"},
+                    "tx": {"type": "transaction", "body": {"entry": "c", "nodes": {
+                        "c": {"type": "create", "entity": "N", "each": "L.xs", "as": "x",
+                              "values": {"k": "x"}}}}, "next": "r"},
+                    "r": {"type": "return", "value": {"n": "c.size()"}}}}}}});
+        let l = load_text(&spec.to_string());
+        assert!(l.errors.is_empty(), "{}", list(&l.errors));
+        risk::analyze(&l)
+            .findings()
+            .any(|f| f.code == "unbounded-update")
+    };
+    assert!(!with(json!({"xs": ["input.a", "input.b"]})));
+    assert!(!with(json!({"xs": "[input.a, input.b]"})));
+    assert!(!with(json!({"xs": "input.bounded.map(s, s + '!')"})));
+    assert!(with(json!({"xs": "input.open"})));
+}

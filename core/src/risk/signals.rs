@@ -988,13 +988,22 @@ fn input_property(items: &Expression) -> Option<&str> {
 
 /// The longest a list can be, as far as the spec says: an input array's
 /// `maxItems`, a read's fixed `limit` (or page size), a `foreach`'s or a
-/// loop's bound list, a list literal's length; a `filter` or `map` of a
+/// loop's bound list, a list literal's length, a `let` value holding one of these; a `filter` or `map` of a
 /// list is no longer than the list.
 pub(crate) fn list_bound(tool: &Tool, g: &ToolGraph, items: &Expression) -> Option<u64> {
     bound_of(tool, g, items.ast.as_ref()?)
 }
 
 fn bound_of(tool: &Tool, g: &ToolGraph, ast: &crate::expr::Expr) -> Option<u64> {
+    bound_at(tool, g, ast, 0)
+}
+
+/// [`bound_of`], `depth` `let` values deep (a spec with errors, which has
+/// no signals, could make them refer to each other).
+fn bound_at(tool: &Tool, g: &ToolGraph, ast: &crate::expr::Expr, depth: u32) -> Option<u64> {
+    if depth > 16 {
+        return None;
+    }
     match &ast.kind {
         ExprKind::Member(inner, p) if matches!(&inner.kind, ExprKind::Ident(r) if r == "input") => {
             tool.input_shape
@@ -1005,8 +1014,22 @@ fn bound_of(tool: &Tool, g: &ToolGraph, ast: &crate::expr::Expr) -> Option<u64> 
             target: Some(list),
             func,
             ..
-        } if matches!(func.as_str(), "filter" | "map" | "transformList") => bound_of(tool, g, list),
+        } if matches!(func.as_str(), "filter" | "map" | "transformList") => {
+            bound_at(tool, g, list, depth)
+        }
         ExprKind::List(elements) => Some(elements.len() as u64),
+        // A `let` value: the list it holds.
+        ExprKind::Member(inner, field) if let ExprKind::Ident(name) = &inner.kind => {
+            let node = g.nodes.get(*g.by_id.get(name.as_str())?)?;
+            let NodeKind::Let { values } = &node.node.kind else {
+                return None;
+            };
+            match values.get(field)? {
+                crate::model::Template::Array(items) => Some(items.len() as u64),
+                crate::model::Template::Expr(x) => bound_at(tool, g, x.ast.as_ref()?, depth + 1),
+                _ => None,
+            }
+        }
         ExprKind::Ident(name) => {
             let node = g.nodes.get(*g.by_id.get(name.as_str())?)?;
             match &node.node.kind {
