@@ -988,8 +988,8 @@ fn input_property(items: &Expression) -> Option<&str> {
 
 /// The longest a list can be, as far as the spec says: an input array's
 /// `maxItems`, a read's fixed `limit` (or page size), a `foreach`'s or a
-/// loop's bound list, a list literal's length, a `let` value holding one of these; a `filter` or `map` of a
-/// list is no longer than the list.
+/// loop's bound list, a list literal's length, a `let` value holding one
+/// of these; a `filter` or `map` of a list is no longer than the list.
 pub(crate) fn list_bound(tool: &Tool, g: &ToolGraph, items: &Expression) -> Option<u64> {
     bound_of(tool, g, items.ast.as_ref()?)
 }
