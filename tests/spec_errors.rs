@@ -5246,3 +5246,73 @@ fn a_create_each_over_a_let_list_is_bounded_by_it() {
     assert!(!with(json!({"xs": "input.bounded.map(s, s + '!')"})));
     assert!(with(json!({"xs": "input.open"})));
 }
+
+/// A list a `let` holds, or a `foreach` bound (its elements, or its
+/// `collect` values), keeps what may be null in it: a macro over it, or a
+/// loop over it, guards its variable.
+#[test]
+fn a_let_or_foreach_list_keeps_its_members_that_may_be_null() {
+    let with = |nodes: Value, entry: &str| {
+        let spec = json!({"sinew": "0.2", "name": "lists",
+            "tools": {"t": {"description": "d", "trigger": {"http": {"method": "POST", "path": "/t"}},
+                "auth": {"roles": ["staff"]},
+                "input": {"type": "object", "required": ["a", "xs"], "additionalProperties": false,
+                    "properties": {"a": {"type": "string"}, "o": {"type": "string"},
+                        "xs": {"type": "array", "maxItems": 5, "items": {"type": ["string", "null"]}}}},
+                "flow": {"entry": entry, "nodes": nodes}}}});
+        load_text(&spec.to_string())
+    };
+    let ret = |value: &str| json!({"type": "return", "value": {"n": value}});
+    let let_then = |xs: Value, value: &str| json!({"L": {"type": "let", "values": {"xs": xs}, "next": "r"}, "r": ret(value)});
+    let foreach_then = |items: &str, collect: Option<&str>, value: &str| {
+        let mut f = json!({"type": "foreach", "items": items, "as": "i", "maxItems": 5,
+            "body": {"entry": "v", "nodes": {"v": {"type": "let", "values": {"v": "1"}}}},
+            "next": "r"});
+        if let Some(c) = collect {
+            f["collect"] = json!(c);
+        }
+        json!({"F": f, "r": ret(value)})
+    };
+    for (nodes, entry) in [
+        (
+            let_then(json!("[input.a, input.o]"), "L.xs.map(z, z.size())"),
+            "L",
+        ),
+        (
+            let_then(json!(["input.a", "input.o"]), "L.xs.map(z, z.size())"),
+            "L",
+        ),
+        (let_then(json!("input.xs"), "L.xs.map(z, z.size())"), "L"),
+        (foreach_then("input.xs", None, "F.map(z, z.size())"), "F"),
+        (
+            foreach_then(
+                "[1, 2]",
+                Some("i == 1 ? input.a : input.o"),
+                "F.map(z, z.size())",
+            ),
+            "F",
+        ),
+    ] {
+        let l = with(nodes.clone(), entry);
+        assert_eq!(l.errors.len(), 1, "{nodes}: {}", list(&l.errors));
+        assert_message(&l.errors[0], "`z` may be null here");
+    }
+    for (nodes, entry) in [
+        (
+            let_then(json!("[input.a, 'b']"), "L.xs.map(z, z.size())"),
+            "L",
+        ),
+        (
+            let_then(json!("input.xs"), "L.xs.map(z, z == null ? 0 : z.size())"),
+            "L",
+        ),
+        (foreach_then("[input.a]", None, "F.map(z, z.size())"), "F"),
+        (
+            foreach_then("[1, 2]", Some("input.a"), "F.map(z, z.size())"),
+            "F",
+        ),
+    ] {
+        let l = with(nodes.clone(), entry);
+        assert!(l.errors.is_empty(), "{nodes}: {}", list(&l.errors));
+    }
+}

@@ -92,6 +92,66 @@ impl<'a> Scope<'a> {
         }
     }
 
+    /// Whether a member of the list node `root` binds (a `foreach`'s
+    /// elements or its `collect` values), or of the list its `let` holds
+    /// in `field`, may be null, as that node saw it.
+    pub(crate) fn list_members_nullable(&self, root: &str, field: Option<&str>) -> bool {
+        use super::types::{may_be_null, members_may_be_null};
+        let (Some((g, dom)), Some(tool)) = (self.graph, self.tool) else {
+            return false;
+        };
+        let Some(&i) = g.by_id.get(root) else {
+            return false;
+        };
+        let Some(info) = g.nodes.get(i) else {
+            return false;
+        };
+        let at = |at, loops| Scope {
+            at: vec![at],
+            loops,
+            guards: flow_guards(g, dom, &guard_sources(g), i),
+            row: None,
+            ..self.clone()
+        };
+        match (&info.node.kind, field) {
+            (NodeKind::Let { values }, Some(field)) => {
+                let before = at(g.vin_of(i), enclosing_loops(self.spec, tool, g, dom, i));
+                match values.get(field) {
+                    Some(Template::Array(items)) => items.iter().any(|t| match t {
+                        Template::Literal(v) => v.is_null(),
+                        Template::Expr(x) => {
+                            x.ast.as_ref().is_some_and(|a| may_be_null(a, &before))
+                        }
+                        _ => false,
+                    }),
+                    Some(Template::Expr(x)) => x
+                        .ast
+                        .as_ref()
+                        .is_some_and(|a| members_may_be_null(a, &before)),
+                    _ => false,
+                }
+            }
+            (NodeKind::Foreach { collect: None, .. }, None) => {
+                loop_of(self.spec, tool, g, dom, i).null
+            }
+            (
+                NodeKind::Foreach {
+                    collect: Some(t), ..
+                },
+                None,
+            ) => {
+                let mut loops = enclosing_loops(self.spec, tool, g, dom, i);
+                loops.insert(0, loop_of(self.spec, tool, g, dom, i));
+                let after = at(g.end_of(i), loops);
+                match t {
+                    Template::Object(_) | Template::Array(_) => false,
+                    t => template_type(t, &after, "a `collect` value").1,
+                }
+            }
+            _ => false,
+        }
+    }
+
     /// Whether `name` is the element of a loop around this place that may
     /// be null.
     pub(crate) fn loop_element_nullable(&self, name: &str) -> bool {

@@ -392,6 +392,14 @@ fn members_nullable(
                 .and_then(|p| p.get("items"))
                 .is_some_and(allows_null)
         }
+        // The list a node bound (a `foreach`'s), or a `let` holds.
+        ExprKind::Ident(root) if !locals.contains(root) => scope.list_members_nullable(root, None),
+        ExprKind::Member(inner, field)
+            if let ExprKind::Ident(root) = &inner.kind
+                && !locals.contains(root) =>
+        {
+            scope.list_members_nullable(root, Some(field))
+        }
         // `a + b`: the members of both.
         ExprKind::Binary(BinaryOp::Add, a, b) => {
             members_nullable(a, scope, locals, guards, vars)
