@@ -5316,3 +5316,30 @@ fn a_let_or_foreach_list_keeps_its_members_that_may_be_null() {
         assert!(l.errors.is_empty(), "{nodes}: {}", list(&l.errors));
     }
 }
+
+/// Where a value's type is checked (a limit, a condition, an id), each
+/// branch of a `?:` is judged by its own type, through a `let` too.
+#[test]
+fn a_let_value_is_judged_branch_by_branch_where_its_type_is_checked() {
+    let with = |x: &str| {
+        let spec = json!({"sinew": "0.2", "name": "lets",
+            "entities": {"N": {"fields": {"k": {"type": "integer"}}}},
+            "tools": {"t": {"description": "d", "trigger": {"http": {"method": "POST", "path": "/t"}},
+                "auth": {"roles": ["staff"]},
+                "input": {"type": "object", "required": ["b"], "additionalProperties": false,
+                    "properties": {"b": {"type": "boolean"}}},
+                "flow": {"entry": "L", "nodes": {
+                    "L": {"type": "let", "values": {"x": x}, "next": "R"},
+                    "R": {"type": "read", "entity": "N", "limit": "L.x", "next": "r"},
+                    "r": {"type": "return", "value": {"n": "R.size()"}}}}}}});
+        load_text(&spec.to_string())
+    };
+    let l = with("input.b ? 5 : 2.5");
+    assert_eq!(l.errors.len(), 1, "{}", list(&l.errors));
+    assert_message(
+        &l.errors[0],
+        "a positive integer is needed here, but this is a double",
+    );
+    let l = with("input.b ? 5 : 10");
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+}

@@ -92,6 +92,32 @@ impl<'a> Scope<'a> {
         }
     }
 
+    /// The expression a `let` node `root` holds in `field`, and the scope
+    /// it is evaluated in (just before the `let`).
+    pub(crate) fn let_expr(
+        &self,
+        root: &str,
+        field: &str,
+    ) -> Option<(&'a crate::expr::Expr, Scope<'a>)> {
+        let (g, dom) = self.graph?;
+        let tool = self.tool?;
+        let i = *g.by_id.get(root)?;
+        let NodeKind::Let { values } = &g.nodes.get(i)?.node.kind else {
+            return None;
+        };
+        let Some(Template::Expr(x)) = values.get(field) else {
+            return None;
+        };
+        let before = Scope {
+            at: vec![g.vin_of(i)],
+            loops: enclosing_loops(self.spec, tool, g, dom, i),
+            guards: flow_guards(g, dom, &guard_sources(g), i),
+            row: None,
+            ..self.clone()
+        };
+        Some((x.ast.as_ref()?, before))
+    }
+
     /// Whether a member of the list node `root` binds (a `foreach`'s
     /// elements or its `collect` values), or of the list its `let` holds
     /// in `field`, may be null, as that node saw it.

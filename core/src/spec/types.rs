@@ -1723,6 +1723,13 @@ pub(crate) fn branch_types(e: &Expr, scope: &Scope) -> Vec<Ty> {
             out.extend(branch_types(b, scope));
             out
         }
+        // A `let` value: the branches of the expression it holds.
+        ExprKind::Member(inner, field)
+            if let ExprKind::Ident(root) = &inner.kind
+                && let Some((x, at)) = scope.let_expr(root, field) =>
+        {
+            branch_types(x, &at)
+        }
         _ => vec![infer(e, scope, &mut Vec::new())],
     }
 }
