@@ -355,7 +355,7 @@ async fn bad_requests_get_typed_answers_and_change_nothing() {
     // Not routed: no audit entry.
     let r = http.json("DELETE", &orders, Some(&alice), &json!({})).await;
     assert_eq!(r.status, 405);
-    assert_eq!(r.headers["allow"], "GET, POST");
+    assert_eq!(r.headers["allow"], "GET, HEAD, POST");
     let r = http
         .json("GET", &format!("{base}/nowhere"), Some(&alice), &json!({}))
         .await;

@@ -574,6 +574,10 @@ impl Router {
                 return Found::Tool(r.tool.clone(), params);
             }
             allow.push(r.method.to_string());
+            // A GET tool answers HEAD too.
+            if r.method == Method::GET {
+                allow.push("HEAD".to_owned());
+            }
         }
         if allow.is_empty() {
             Found::Nothing
