@@ -341,6 +341,17 @@ async fn bad_requests_get_typed_answers_and_change_nothing() {
         .await;
     routed += 1;
     assert_eq!(r.status, 404, "bob reads alice's order: {}", r.text);
+    // A trailing `/` is no segment, by name as on the spec's routes.
+    let r = http
+        .json(
+            "POST",
+            &format!("{base}/tools/get_order/"),
+            Some(&alice),
+            &json!({"id": order}),
+        )
+        .await;
+    routed += 1;
+    assert_eq!(r.status, 200, "alice reads her order by name: {}", r.text);
     let r = http
         .json(
             "POST",

@@ -532,8 +532,10 @@ impl Router {
     /// the checker refuses a route on them (`reserved-route`), so only a
     /// parameter (`POST /{a}/{b}`) could have matched them.
     fn find(&self, method: &Method, path: &str) -> Found {
+        // (A trailing `/` is no segment, as for the spec's routes.)
         if let Some(name) = path
             .strip_prefix("/tools/")
+            .map(|t| t.strip_suffix('/').unwrap_or(t))
             .filter(|t| !t.is_empty() && !t.contains('/'))
         {
             return if method == Method::POST {
@@ -542,7 +544,9 @@ impl Router {
                 Found::WrongMethod(vec!["POST".into()])
             };
         }
-        if let Some(queue) = path.strip_prefix("/queues/")
+        if let Some(queue) = path
+            .strip_prefix("/queues/")
+            .map(|q| q.strip_suffix('/').unwrap_or(q))
             && let Some(tool) = percent_decode(queue).and_then(|q| self.queues.get(&q))
         {
             return if method == Method::POST {
