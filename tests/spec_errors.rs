@@ -5343,3 +5343,29 @@ fn a_let_value_is_judged_branch_by_branch_where_its_type_is_checked() {
     let l = with("input.b ? 5 : 10");
     assert!(l.errors.is_empty(), "{}", list(&l.errors));
 }
+
+/// An operand whose `?:` branches give different types is judged branch
+/// by branch: the calls that take the wrong one would fail.
+#[test]
+fn an_operand_of_mixed_branches_is_judged_by_each() {
+    let with = |value: &str| {
+        let spec = json!({"sinew": "0.2", "name": "mixed",
+            "tools": {"t": {"description": "d", "trigger": {"http": {"method": "POST", "path": "/t"}},
+                "auth": {"roles": ["staff"]},
+                "input": {"type": "object", "required": ["b"], "additionalProperties": false,
+                    "properties": {"b": {"type": "boolean"}}},
+                "flow": {"entry": "r", "nodes": {"r": {"type": "return", "value": {"v": value}}}}}}});
+        load_text(&spec.to_string())
+    };
+    let l = with("(input.b ? 1 : 'a') + 1");
+    assert_eq!(l.errors.len(), 1, "{}", list(&l.errors));
+    assert_message(&l.errors[0], "which a branch of `?:` gives");
+    for clean in [
+        "(input.b ? 1 : 2) + 1",
+        "(input.b ? 'a' : 'b') + 'c'",
+        "input.b ? 1 : 'a'",
+    ] {
+        let l = with(clean);
+        assert!(l.errors.is_empty(), "{clean}: {}", list(&l.errors));
+    }
+}

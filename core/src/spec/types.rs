@@ -1263,6 +1263,35 @@ fn infer_at(
                 });
                 return Ty::Bool;
             }
+            // An operand whose `?:` branches give different types (so not
+            // one known type): each branch against the other side.
+            if (!x.known() || !y.known())
+                && !matches!(
+                    op,
+                    BinaryOp::And | BinaryOp::Or | BinaryOp::Eq | BinaryOp::Ne | BinaryOp::In
+                )
+                && (matches!(a.kind, ExprKind::Cond(..)) || matches!(b.kind, ExprKind::Cond(..)))
+            {
+                let (xs, ys) = (branch_types(a, scope), branch_types(b, scope));
+                for tx in xs.iter().filter(|t| t.known()) {
+                    for ty in ys.iter().filter(|t| t.known()) {
+                        if binary(*op, tx, ty).is_none() {
+                            errors.push(TypeError {
+                                span: e.span,
+                                message: format!(
+                                    "`{}` does not apply to {} and {}, which a branch of `?:` gives: the calls that take it fail",
+                                    op.symbol(),
+                                    tx.a(),
+                                    ty.a()
+                                ),
+                                help: "give both branches the same type (`c ? 1 : 0`, `c ? 'a' : 'b'`)"
+                                    .into(),
+                            });
+                            return Ty::Dyn;
+                        }
+                    }
+                }
+            }
             if let Some((message, help)) = literal_operand_problem(*op, a, b, &x, &y) {
                 errors.push(TypeError {
                     span: e.span,
