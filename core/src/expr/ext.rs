@@ -22,8 +22,8 @@ pub(super) fn call(func: &str, vals: &[Value]) -> Option<Result<Value, String>> 
         ("indexOf", [Str(s), Str(sub), Int(from)]) => find(s, sub, *from, false),
         ("lastIndexOf", [Str(s), Str(sub)]) => find(s, sub, count(s.chars().count()), true),
         ("lastIndexOf", [Str(s), Str(sub), Int(to)]) => find(s, sub, *to, true),
-        ("replace", [Str(s), Str(a), Str(b)]) => Ok(Str(replace(s, a, b, -1))),
-        ("replace", [Str(s), Str(a), Str(b), Int(n)]) => Ok(Str(replace(s, a, b, *n))),
+        ("replace", [Str(s), Str(a), Str(b)]) => replace(s, a, b, -1).map(Str),
+        ("replace", [Str(s), Str(a), Str(b), Int(n)]) => replace(s, a, b, *n).map(Str),
         ("split", [Str(s), Str(sep)]) => Ok(split(s, sep, -1)),
         ("split", [Str(s), Str(sep), Int(n)]) => Ok(split(s, sep, *n)),
         ("substring", [Str(s), Int(a)]) => substring(s, *a, None),
@@ -144,11 +144,28 @@ fn find(s: &str, sub: &str, at: i64, last: bool) -> Result<Value, String> {
     Ok(Value::Int(found.map_or(-1, count)))
 }
 
-fn replace(s: &str, a: &str, b: &str, n: i64) -> String {
-    if n < 0 {
-        return s.replace(a, b);
+/// The longest text `replace` makes, in bytes: past it the call fails
+/// instead of exhausting memory (`s.replace('', s)` grows as the square of
+/// `s`).
+const MAX_TEXT: usize = 16 << 20;
+
+fn replace(s: &str, a: &str, b: &str, n: i64) -> Result<String, String> {
+    let limit = usize::try_from(n).ok();
+    // How many replacements, and so how long the result is, before it is
+    // made (an empty pattern matches between every character and at both
+    // ends).
+    let matches = s.matches(a).count();
+    let k = limit.map_or(matches, |l| l.min(matches));
+    let len = s.len() as u128 + k as u128 * b.len() as u128 - k as u128 * a.len() as u128;
+    if len > MAX_TEXT as u128 {
+        return Err(format!(
+            "`replace` would make a text of {len} bytes, over the limit of {MAX_TEXT}"
+        ));
     }
-    s.replacen(a, b, usize::try_from(n).unwrap_or(usize::MAX))
+    Ok(match limit {
+        None => s.replace(a, b),
+        Some(l) => s.replacen(a, b, l),
+    })
 }
 
 fn split(s: &str, sep: &str, n: i64) -> Value {
@@ -633,6 +650,18 @@ fn format_s(v: &Value) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
+    /// `replace` refuses to make a text past `MAX_TEXT` before making it.
+    #[test]
+    fn a_replace_that_would_grow_past_the_limit_fails() {
+        assert_eq!(super::replace("ab", "", "-", -1), Ok("-a-b-".to_owned()));
+        assert_eq!(super::replace("aaa", "a", "bb", 2), Ok("bbbba".to_owned()));
+        let s = "x".repeat(10_000);
+        let e = super::replace(&s, "", &s, -1).unwrap_err();
+        assert!(e.contains("over the limit"), "{e}");
+        // Bounded by the count it is given.
+        assert!(super::replace(&s, "", &s, 3).is_ok());
+    }
+
     #[test]
     fn perl_classes_are_ascii_as_in_re2() {
         for (re, text, holds) in [
