@@ -671,11 +671,10 @@ def _cmp(a: Any, b: Any) -> int:
 
 
 def num_cmp(a: int | float, b: int | float) -> int:
-    """Numbers as serde_json compares them: integers exactly, anything with
-    a double as doubles."""
-    if isinstance(a, int) and isinstance(b, int):
-        return _cmp(a, b)
-    return _cmp(float(a), float(b))
+    """Numbers by their exact values, as Postgres compares a `bigint` with
+    a `numeric` (Python compares an int with a float exactly): 2**53 + 1
+    is above the double 2**53."""
+    return _cmp(a, b)
 
 
 def sql_cmp(a: Any, b: Any, timestamp: bool) -> Optional[int]:
@@ -737,9 +736,19 @@ def ascii_lower(s: str) -> str:
     return s.translate(_ASCII_LOWER)
 
 
-def condition_holds(v: Any, c: Condition, timestamp: bool) -> bool:
-    """Does a column's value `v` meet `c`?"""
-    op, x = c.op, c.value
+def as_double(x: Any) -> Any:
+    """A value as a `number` column compares it: an integer as the double
+    nearest it (its column holds doubles), a list member by member."""
+    if isinstance(x, int) and not isinstance(x, bool):
+        return float(x)
+    if isinstance(x, list):
+        return [as_double(y) for y in x]
+    return x
+
+
+def condition_holds(v: Any, c: Condition, timestamp: bool, double: bool = False) -> bool:
+    """Does a column's value `v` meet `c` (`double`: in a `number` column)?"""
+    op, x = c.op, (as_double(c.value) if double else c.value)
     if op == "eq":
         return values_equal(v, x, timestamp)
     if op == "ne":
@@ -774,6 +783,7 @@ class Schema:
 
     unique: dict[str, list[str]] = field(default_factory=dict)
     timestamps: dict[str, set[str]] = field(default_factory=dict)
+    doubles: dict[str, set[str]] = field(default_factory=dict)
     entities: list[str] = field(default_factory=list)
 
     @classmethod
@@ -794,6 +804,8 @@ class Schema:
                     keys.add(f)
                 if d.get("type") == "timestamp":
                     s.timestamps.setdefault(name, set()).add(f)
+                if d.get("type") == "number":
+                    s.doubles.setdefault(name, set()).add(f)
             indexes = e.get("indexes") if isinstance(e, dict) else None
             for ix in indexes if isinstance(indexes, list) else ():
                 if isinstance(ix, dict) and ix.get("unique") is True and isinstance(ix.get("fields"), list):
@@ -804,6 +816,10 @@ class Schema:
 
     def is_timestamp(self, entity: str, column: str) -> bool:
         return column in IMPLICIT_TIMESTAMPS or column in self.timestamps.get(entity, ())
+
+    def is_double(self, entity: str, column: str) -> bool:
+        """A `number` field: a value is compared with it as a double."""
+        return column in self.doubles.get(entity, ())
 
     def to_json(self) -> tuple[dict, dict]:
         """The `unique` and `timestamps` sections of the state."""

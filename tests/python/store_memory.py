@@ -173,7 +173,8 @@ class MemoryStore(Storage):
         tag = p[0]
         if tag == "is":
             c = p[1]
-            return condition_holds(row.get(c.field), c, self.ts(entity, c.field))
+            return condition_holds(row.get(c.field), c, self.ts(entity, c.field),
+                                   self.schema.is_double(entity, c.field))
         if tag == "all":
             return all(self.holds(look, entity, row, q) for q in p[1])
         if tag == "any":

@@ -121,6 +121,11 @@ class Compiler:
         with (None: `x` compares with nothing)."""
         k = kind(x)
         if k == "number":
+            # A `number` column holds doubles: an integer is compared as
+            # the double nearest it (SQLite compares an integer with a
+            # real exactly otherwise).
+            if self.store.schema.is_double(entity, f):
+                return f"IN {NUMBER}", float(x)
             return f"IN {NUMBER}", x
         if k == "boolean":
             return "IN ('true','false')", int(x)

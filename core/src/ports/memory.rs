@@ -210,7 +210,8 @@ pub struct MemoryStorage {
     /// `updated_at` and `deleted_at` are timestamps in every entity).
     timestamps: BTreeMap<String, BTreeSet<String>>,
     /// entity → `number` fields (a `where` compares a value with them as a
-    /// double, as Postgres casts it to their `double precision`).
+    /// double, as Postgres casts it to their `double precision`). Not in
+    /// the state: [`Self::declare`] sets it from the spec.
     doubles: BTreeMap<String, BTreeSet<String>>,
     /// The durable audit chain, compact: each entry's canonical JSON
     /// (with `seq` and `prev`, without `hash`) and its hash.
@@ -663,9 +664,6 @@ impl MemoryStorage {
         out.insert("rate".into(), Value::Array(rate));
         out.insert("unique".into(), fields_json(&self.unique));
         out.insert("timestamps".into(), fields_json(&self.timestamps));
-        if !self.doubles.is_empty() {
-            out.insert("doubles".into(), fields_json(&self.doubles));
-        }
         Value::Object(out)
     }
 
@@ -711,12 +709,11 @@ impl MemoryStorage {
                 "rate" => store.load_rate(value)?,
                 "unique" => load_fields("unique", value, &mut store.unique)?,
                 "timestamps" => load_fields("timestamps", value, &mut store.timestamps)?,
-                "doubles" => load_fields("doubles", value, &mut store.doubles)?,
                 other => {
                     return Err(format!(
                         "unknown section `{other}` in the storage state \
                          (expected `rows`, `audit`, `outbox`, `idempotency`, `rate`, \
-                         `unique`, `timestamps`, `doubles`)"
+                         `unique`, `timestamps`)"
                     ));
                 }
             }
