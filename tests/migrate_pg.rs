@@ -935,3 +935,40 @@ async fn a_ref_pointed_at_another_entity_moves_its_foreign_key() {
     let again = plan(Some(&client), &spec(&v2), true).await.unwrap();
     assert!(again.plan.steps.is_empty(), "{}", again.plan.human());
 }
+
+/// A field made required with a `default` holding `$$`: its nulls are
+/// filled with it (the batches' `DO` block is quoted with a tag the
+/// default does not hold; with `$$` the default ended the block early and
+/// the migration failed on a syntax error, left unfinished).
+#[tokio::test]
+async fn a_default_with_dollar_quotes_fills_the_nulls() {
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let mut client = connect_url(&url).await;
+    let revision = |note: Value| {
+        json!({"sinew": "0.2", "name": "notes", "entities": {"Item": {"fields": {
+            "note": note}}}, "tools": {}})
+    };
+    let v1 = revision(json!({"type": "string", "nullable": true}));
+    let v2 = revision(json!({"type": "string", "default": "it's \"q\" $$ x"}));
+    let m = plan(Some(&client), &spec(&v1), false).await.unwrap();
+    apply(&mut client, &spec(&v1), &m).await.unwrap();
+    client
+        .execute(
+            "INSERT INTO item (id, version, created_at, updated_at, note) \
+             VALUES (gen_random_uuid(), 1, now(), now(), NULL)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let m = plan(Some(&client), &spec(&v2), true).await.unwrap();
+    apply(&mut client, &spec(&v2), &m).await.unwrap();
+    let note: String = client
+        .query_one("SELECT note FROM item", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(note, "it's \"q\" $$ x");
+    let again = plan(Some(&client), &spec(&v2), true).await.unwrap();
+    assert!(again.plan.steps.is_empty(), "{}", again.plan.human());
+}

@@ -1537,9 +1537,23 @@ fn required_with_default(table: &str, c: &ColumnPlan, default: &str) -> Step {
 /// row locks only, and run again after an interruption it goes on.
 fn in_batches(table: &str, set: &str, rows: &str) -> String {
     let t = ident(table);
-    format!(
-        "DO $$\nDECLARE n bigint;\nBEGIN\n  LOOP\n    UPDATE {t} SET {set}\n      WHERE \"id\" IN (SELECT \"id\" FROM {t} WHERE {rows} LIMIT 1000);\n    GET DIAGNOSTICS n = ROW_COUNT;\n    EXIT WHEN n = 0;\n    COMMIT;\n  END LOOP;\nEND $$;"
-    )
+    let body = format!(
+        "\nDECLARE n bigint;\nBEGIN\n  LOOP\n    UPDATE {t} SET {set}\n      WHERE \"id\" IN (SELECT \"id\" FROM {t} WHERE {rows} LIMIT 1000);\n    GET DIAGNOSTICS n = ROW_COUNT;\n    EXIT WHEN n = 0;\n    COMMIT;\n  END LOOP;\nEND "
+    );
+    let tag = dollar_tag(&body);
+    format!("DO {tag}{body}{tag};")
+}
+
+/// A dollar-quote tag that does not occur in `body` (a `default` written
+/// into it may hold `$$`, which would end a `$$` body early).
+fn dollar_tag(body: &str) -> String {
+    let mut tag = "$$".to_owned();
+    let mut n = 0u32;
+    while body.contains(&tag) {
+        n += 1;
+        tag = format!("$sinew{n}$");
+    }
+    tag
 }
 
 /// `SET NOT NULL` without a long lock: a `CHECK (… IS NOT NULL)` added
@@ -1650,6 +1664,23 @@ fn describe(old: &Rule, new: &Rule) -> String {
 mod tests {
     use super::*;
     use serde_json::{Value, json};
+
+    /// A value holding `$$` (a `default`) does not end the `DO` block's
+    /// body: its dollar-quote tag is one the body does not hold.
+    #[test]
+    fn a_batch_body_is_quoted_with_a_tag_it_does_not_hold() {
+        let plain = in_batches("room", "\"note\" = 'x'", "\"note\" IS NULL");
+        assert!(
+            plain.starts_with("DO $$\n") && plain.ends_with("END $$;"),
+            "{plain}"
+        );
+        let sql = in_batches("room", "\"note\" = 'it''s $$ x'", "\"note\" IS NULL");
+        assert!(
+            sql.starts_with("DO $sinew1$\n") && sql.ends_with("END $sinew1$;"),
+            "{sql}"
+        );
+        assert_eq!(sql.matches("$sinew1$").count(), 2, "{sql}");
+    }
 
     fn spec(v: &Value) -> Spec {
         let loaded = crate::spec::load(&v.to_string());
