@@ -5369,3 +5369,43 @@ fn an_operand_of_mixed_branches_is_judged_by_each() {
         assert!(l.errors.is_empty(), "{clean}: {}", list(&l.errors));
     }
 }
+
+/// A `default` its field's own rules refuse is `invalid-value`: every
+/// create leaving the field out would answer 422 (and a migration filling
+/// the column's nulls with it would fail half-way).
+#[test]
+fn a_default_its_field_refuses_is_an_error() {
+    let with = |field: Value| {
+        let spec = json!({"sinew": "0.2", "name": "d", "tools": {},
+            "entities": {"Item": {"fields": {"f": field}}}});
+        load_text(&spec.to_string())
+    };
+    for (field, says) in [
+        (
+            json!({"type": "integer", "minimum": 0, "default": -1}),
+            "must be at least 0",
+        ),
+        (
+            json!({"type": "string", "enum": ["a", "b"], "default": "c"}),
+            "is not one of the allowed values",
+        ),
+        (
+            json!({"type": "string", "maxLength": 2, "default": "abc"}),
+            "must be at most 2 characters",
+        ),
+        (json!({"type": "string", "default": null}), "cannot be null"),
+        (json!({"type": "timestamp", "default": "soon"}), "RFC 3339"),
+    ] {
+        let l = with(field.clone());
+        let d = only_error(&l, "invalid-value", "/entities/Item/fields/f/default");
+        assert_message(d, says);
+    }
+    for field in [
+        json!({"type": "integer", "minimum": 0, "default": 0}),
+        json!({"type": "string", "nullable": true, "default": null}),
+        json!({"type": "string", "enum": ["a", "b"], "default": "a"}),
+    ] {
+        let l = with(field.clone());
+        assert!(l.errors.is_empty(), "{field}: {}", list(&l.errors));
+    }
+}

@@ -1650,6 +1650,30 @@ fn check_entity(cx: &mut Cx, spec: &Spec, name: &str, e: &Entity) {
         if let Some(target) = &f.entity {
             entity_ref(cx, spec, &child(&fpath, "entity"), target);
         }
+        // A default the field's own rules refuse: every create that leaves
+        // the field out would answer 422, and a migration that fills the
+        // column's nulls with it would fail half-way.
+        if let Some(d) = &f.default {
+            let why = if d.is_null() {
+                (!f.nullable).then(|| vec!["cannot be null".to_owned()])
+            } else {
+                Some(f.violations(d)).filter(|w| !w.is_empty())
+            };
+            if let Some(why) = why {
+                cx.error(
+                    Diagnostic::new(
+                        "invalid-value",
+                        child(&fpath, "default"),
+                        format!(
+                            "the default {} of `{name}.{fname}` {}: every create that leaves the field out would answer 422",
+                            crate::input::quote(d),
+                            why.join(", ")
+                        ),
+                    )
+                    .help("give a default the field's own rules allow, or change the rules"),
+                );
+            }
+        }
     }
     if let Some(owner) = &e.owner {
         let opath = child(&e.path, "owner");
