@@ -322,6 +322,9 @@ fn binary(op: BinaryOp, a: &Expr, b: &Expr, env: &dyn Env, span: Span) -> Result
                 BinaryOp::Gt => o == Greater,
                 _ => o != Less,
             })),
+            // NaN orders against no number: every comparison is false, as
+            // in cel-go (not an error).
+            None if is_number(l) && is_number(r) => Ok(Value::Bool(false)),
             None => mismatch(),
         },
         BinaryOp::In => match r {
@@ -589,8 +592,9 @@ fn call(
         ("duration", [Value::Duration(d)]) => Ok(Value::Duration(*d)),
         ("bool", [Value::Bool(b)]) => Ok(Value::Bool(*b)),
         ("bool", [Value::String(s)]) => match s.as_str() {
-            "true" | "True" | "TRUE" | "t" | "1" => Ok(Value::Bool(true)),
-            "false" | "False" | "FALSE" | "f" | "0" => Ok(Value::Bool(false)),
+            // As cel-go (Go's `strconv.ParseBool`).
+            "true" | "True" | "TRUE" | "t" | "T" | "1" => Ok(Value::Bool(true)),
+            "false" | "False" | "FALSE" | "f" | "F" | "0" => Ok(Value::Bool(false)),
             _ => err(span, format!("`{s}` is not a bool")),
         },
         ("dyn", [v]) => Ok(v.clone()),
@@ -894,6 +898,14 @@ mod tests {
             Ok(Value::Bool(true))
         );
         assert_eq!(run("int('42') + int(2.9)"), Ok(Value::Int(44)));
+        assert_eq!(run("bool('T') && !bool('F')"), Ok(Value::Bool(true)));
+        for nan in [
+            "double('NaN') < 1.0",
+            "1.0 >= double('NaN')",
+            "double('NaN') > double('NaN')",
+        ] {
+            assert_eq!(run(nan), Ok(Value::Bool(false)), "{nan}");
+        }
         assert_eq!(run("uint(1.9)"), Ok(Value::Uint(1)));
         assert_eq!(run("uint(-0.0)"), Ok(Value::Uint(0)));
         assert!(run("uint(-0.5)").is_err());
