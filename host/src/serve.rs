@@ -2907,7 +2907,7 @@ mod tests {
             _ => panic!("no route"),
         }
         match r.find(&Method::PUT, "/holds") {
-            Found::WrongMethod(allow) => assert_eq!(allow, vec!["GET", "POST"]),
+            Found::WrongMethod(allow) => assert_eq!(allow, vec!["GET", "HEAD", "POST"]),
             _ => panic!("expected 405"),
         }
         assert!(matches!(r.find(&Method::GET, "/nowhere"), Found::Nothing));
