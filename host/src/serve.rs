@@ -1433,12 +1433,7 @@ impl App {
             return Ok(None);
         };
         // Two: which caller a proxy in front checked is not known.
-        if headers
-            .get_all(header::AUTHORIZATION)
-            .iter()
-            .nth(1)
-            .is_some()
-        {
+        if repeated(headers, header::AUTHORIZATION) {
             return Err(Refusal::new(
                 Code::Unauthenticated,
                 "send one Authorization header, not several",
@@ -1588,6 +1583,12 @@ impl App {
     }
 }
 
+/// Whether a header is sent more than once: which one a proxy in front of
+/// the server read is not known, so such a request is refused.
+fn repeated(headers: &HeaderMap, name: impl header::AsHeaderName) -> bool {
+    headers.get_all(name).iter().nth(1).is_some()
+}
+
 /// The Idempotency-Key header, if there is one: it must be 1 to
 /// [`crate::openapi::MAX_KEY`] visible ASCII characters.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Refusal> {
@@ -1596,7 +1597,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Refusal> {
     };
     // Two keys: which one the client meant is not known (a proxy may have
     // added one); answering for either could replay the wrong request.
-    if headers.get_all("idempotency-key").iter().nth(1).is_some() {
+    if repeated(headers, "idempotency-key") {
         return Err(Refusal::new(
             Code::InvalidIdempotencyKey,
             "send one Idempotency-Key header, not several",
@@ -1621,12 +1622,7 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, Refusal> {
         return Ok(Value::Object(Map::new()));
     }
     // Two: which type a proxy in front read the body as is not known.
-    if headers
-        .get_all(header::CONTENT_TYPE)
-        .iter()
-        .nth(1)
-        .is_some()
-    {
+    if repeated(headers, header::CONTENT_TYPE) {
         return Err(Refusal::new(
             Code::UnsupportedMediaType,
             "send one Content-Type header, not several",

@@ -92,6 +92,32 @@ impl<'a> Scope<'a> {
         }
     }
 
+    /// The node `root` names in this tool's graph: its index and its kind.
+    fn bound_node(&self, root: &str) -> Option<(usize, &'a NodeKind)> {
+        let (g, _) = self.graph?;
+        let i = *g.by_id.get(root)?;
+        Some((i, &g.nodes.get(i)?.node.kind))
+    }
+
+    /// The scope just before node `i` (or, with `end`, after its body), as
+    /// it sees the places around it: the loops that enclose it (and
+    /// `inner`, innermost), the guards that hold there, no `row`.
+    fn around(&self, i: usize, end: bool, inner: Option<Loop<'a>>) -> Option<Scope<'a>> {
+        let (g, dom) = self.graph?;
+        let tool = self.tool?;
+        let mut loops = enclosing_loops(self.spec, tool, g, dom, i);
+        if let Some(l) = inner {
+            loops.insert(0, l);
+        }
+        Some(Scope {
+            at: vec![if end { g.end_of(i) } else { g.vin_of(i) }],
+            loops,
+            guards: flow_guards(g, dom, &guard_sources(g), i),
+            row: None,
+            ..self.clone()
+        })
+    }
+
     /// The expression a `let` node `root` holds in `field`, and the scope
     /// it is evaluated in (just before the `let`).
     pub(crate) fn let_expr(
@@ -99,23 +125,13 @@ impl<'a> Scope<'a> {
         root: &str,
         field: &str,
     ) -> Option<(&'a crate::expr::Expr, Scope<'a>)> {
-        let (g, dom) = self.graph?;
-        let tool = self.tool?;
-        let i = *g.by_id.get(root)?;
-        let NodeKind::Let { values } = &g.nodes.get(i)?.node.kind else {
+        let (i, NodeKind::Let { values }) = self.bound_node(root)? else {
             return None;
         };
         let Some(Template::Expr(x)) = values.get(field) else {
             return None;
         };
-        let before = Scope {
-            at: vec![g.vin_of(i)],
-            loops: enclosing_loops(self.spec, tool, g, dom, i),
-            guards: flow_guards(g, dom, &guard_sources(g), i),
-            row: None,
-            ..self.clone()
-        };
-        Some((x.ast.as_ref()?, before))
+        Some((x.ast.as_ref()?, self.around(i, false, None)?))
     }
 
     /// Whether a member of the list node `root` binds (a `foreach`'s
@@ -123,25 +139,17 @@ impl<'a> Scope<'a> {
     /// in `field`, may be null, as that node saw it.
     pub(crate) fn list_members_nullable(&self, root: &str, field: Option<&str>) -> bool {
         use super::types::{may_be_null, members_may_be_null};
-        let (Some((g, dom)), Some(tool)) = (self.graph, self.tool) else {
+        let (Some((g, dom)), Some(tool), Some((i, kind))) =
+            (self.graph, self.tool, self.bound_node(root))
+        else {
             return false;
         };
-        let Some(&i) = g.by_id.get(root) else {
-            return false;
-        };
-        let Some(info) = g.nodes.get(i) else {
-            return false;
-        };
-        let at = |at, loops| Scope {
-            at: vec![at],
-            loops,
-            guards: flow_guards(g, dom, &guard_sources(g), i),
-            row: None,
-            ..self.clone()
-        };
-        match (&info.node.kind, field) {
+        let this = || loop_of(self.spec, tool, g, dom, i);
+        match (kind, field) {
             (NodeKind::Let { values }, Some(field)) => {
-                let before = at(g.vin_of(i), enclosing_loops(self.spec, tool, g, dom, i));
+                let Some(before) = self.around(i, false, None) else {
+                    return false;
+                };
                 match values.get(field) {
                     Some(Template::Array(items)) => items.iter().any(|t| match t {
                         Template::Literal(v) => v.is_null(),
@@ -157,23 +165,16 @@ impl<'a> Scope<'a> {
                     _ => false,
                 }
             }
-            (NodeKind::Foreach { collect: None, .. }, None) => {
-                loop_of(self.spec, tool, g, dom, i).null
-            }
+            (NodeKind::Foreach { collect: None, .. }, None) => this().null,
             (
                 NodeKind::Foreach {
-                    collect: Some(t), ..
+                    collect: Some(t @ (Template::Expr(_) | Template::Literal(_))),
+                    ..
                 },
                 None,
-            ) => {
-                let mut loops = enclosing_loops(self.spec, tool, g, dom, i);
-                loops.insert(0, loop_of(self.spec, tool, g, dom, i));
-                let after = at(g.end_of(i), loops);
-                match t {
-                    Template::Object(_) | Template::Array(_) => false,
-                    t => template_type(t, &after, "a `collect` value").1,
-                }
-            }
+            ) => self
+                .around(i, true, Some(this()))
+                .is_some_and(|after| template_type(t, &after, "a `collect` value").1),
             _ => false,
         }
     }
@@ -497,16 +498,12 @@ impl<'a> Scope<'a> {
     /// `field`: a `create` (not `each`) or an `update` with `one` that
     /// writes it from something that cannot be null, as the node sees it.
     pub(crate) fn written_non_null(&self, root: &str, field: &str) -> bool {
-        let (Some((g, dom)), Some(tool)) = (self.graph, self.tool) else {
+        let (Some((g, dom)), Some(tool), Some((i, kind))) =
+            (self.graph, self.tool, self.bound_node(root))
+        else {
             return false;
         };
-        let Some(&i) = g.by_id.get(root) else {
-            return false;
-        };
-        let Some(info) = g.nodes.get(i) else {
-            return false;
-        };
-        let (written, row) = match &info.node.kind {
+        let (written, row) = match kind {
             NodeKind::Create {
                 values, each: None, ..
             } => (values.get(field), None),
