@@ -972,3 +972,186 @@ async fn a_default_with_dollar_quotes_fills_the_nulls() {
     let again = plan(Some(&client), &spec(&v2), true).await.unwrap();
     assert!(again.plan.steps.is_empty(), "{}", again.plan.human());
 }
+
+/// A field renamed and narrowed at once (`maxLength` 20 to 5) over a row
+/// the new rule refuses: `sinew serve` of the new spec expands the rename
+/// without the narrower `CHECK` (the previous spec's servers go on
+/// writing their values, the copy finishes), and leaves the narrowing;
+/// `sinew migrate --apply --allow-destructive` counts the row first and
+/// refuses, changing nothing; once the row is changed, it applies.
+#[tokio::test]
+async fn a_rename_that_narrows_the_check_is_a_narrowing_counted_first() {
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let mut client = connect_url(&url).await;
+    let revision = |fields: Value| {
+        spec(
+            &json!({"sinew": "0.2", "name": "paint", "entities": {"Item": {"fields": fields}},
+               "tools": {}}),
+        )
+    };
+    let v1 = revision(json!({"s1": {"type": "string", "maxLength": 20}}));
+    let v2 = revision(json!({"s2": {"type": "string", "maxLength": 5, "renamedFrom": "s1"}}));
+    let m = plan(Some(&client), &v1, false).await.unwrap();
+    apply(&mut client, &v1, &m).await.unwrap();
+    let long = "00000000-0000-4000-8000-000000000001";
+    insert(&client, long, "s1", "'twelve chars'").await.unwrap();
+    // As `sinew serve` of the new spec: the rename, not the narrowing.
+    let m =
+        sinew_host::pg::migrate::plan_for(Some(&client), &v2, sinew_host::pg::migrate::Mode::Serve)
+            .await
+            .unwrap();
+    assert!(m.complete, "{:?}", m.destructive);
+    apply(&mut client, &v2, &m).await.unwrap();
+    let twelve = Some("twelve chars".to_owned());
+    assert_eq!(read(&client, long).await, (twelve.clone(), twelve));
+    // The previous spec's servers still write what their rule allows.
+    let old = "00000000-0000-4000-8000-000000000002";
+    insert(&client, old, "s1", "'eleven char'").await.unwrap();
+    // With `--allow-destructive`: the two rows are counted, nothing runs.
+    let m = plan(Some(&client), &v2, true).await.unwrap();
+    let human = m.plan.human();
+    assert!(
+        human.contains("add a CHECK to `s2`"),
+        "the narrowing is planned: {human}"
+    );
+    let e = apply(&mut client, &v2, &m).await.err().unwrap();
+    let message = format!("{e:#}");
+    assert!(
+        message.contains("nothing was changed") && message.contains("2 row(s)"),
+        "{message}"
+    );
+    insert(
+        &client,
+        "00000000-0000-4000-8000-000000000003",
+        "s2",
+        "'still long'",
+    )
+    .await
+    .unwrap();
+    client
+        .execute("UPDATE item SET s2 = left(s2, 5)", &[])
+        .await
+        .unwrap();
+    let m = plan(Some(&client), &v2, true).await.unwrap();
+    apply(&mut client, &v2, &m)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", m.sql));
+    let e = insert(
+        &client,
+        "00000000-0000-4000-8000-000000000004",
+        "s2",
+        "'sixsix'",
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{e:?}").contains("check"), "{e:?}");
+    let again = plan(Some(&client), &v2, true).await.unwrap();
+    assert!(again.plan.steps.is_empty(), "{}", again.plan.human());
+}
+
+/// A type change that would change values rather than convert them is
+/// counted first and refused, changing nothing: `number` to `integer`
+/// over a fraction (the cast rounds), `integer` to `number` over an
+/// integer a double cannot hold, `string` to `timestamp` over text that
+/// is not RFC 3339 (Postgres reads `now` and `today`). `timestamp` and
+/// `json` to `string` write the forms sinew reads: RFC 3339 in UTC, a
+/// JSON string's own text.
+#[tokio::test]
+async fn type_changes_that_would_change_values_are_refused_first() {
+    let cluster = Cluster::start();
+    let url = cluster.database().await;
+    let mut client = connect_url(&url).await;
+    let revision = |ty: &str| {
+        spec(
+            &json!({"sinew": "0.2", "name": "paint", "entities": {"Item": {"fields": {
+            "v": {"type": ty, "nullable": true}}}}, "tools": {}}),
+        )
+    };
+    let refused = async |client: &mut tokio_postgres::Client, to: &str, rows: i64| {
+        let m = plan(Some(client), &revision(to), true).await.unwrap();
+        let e = apply(client, &revision(to), &m).await.err().unwrap();
+        let message = format!("{e:#}");
+        assert!(
+            message.contains("nothing was changed") && message.contains(&format!("{rows} row(s)")),
+            "{to}: {message}"
+        );
+    };
+    let to = async |client: &mut tokio_postgres::Client, ty: &str| {
+        let m = plan(Some(client), &revision(ty), true).await.unwrap();
+        apply(client, &revision(ty), &m)
+            .await
+            .unwrap_or_else(|e| panic!("{ty}: {e:#}\n{}", m.sql));
+    };
+    let values = async |client: &tokio_postgres::Client| -> Vec<String> {
+        client
+            .query("SELECT v::text FROM item ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, Option<String>>(0).unwrap_or_default())
+            .collect()
+    };
+    to(&mut client, "number").await;
+    for (i, v) in ["1.5", "2", "NULL"].iter().enumerate() {
+        insert(
+            &client,
+            &format!("00000000-0000-4000-8000-00000000000{i}"),
+            "v",
+            v,
+        )
+        .await
+        .unwrap();
+    }
+    refused(&mut client, "integer", 1).await;
+    assert_eq!(values(&client).await, ["1.5", "2", ""]);
+    client
+        .execute("UPDATE item SET v = 1 WHERE v = 1.5", &[])
+        .await
+        .unwrap();
+    to(&mut client, "integer").await;
+    assert_eq!(values(&client).await, ["1", "2", ""]);
+    client
+        .execute("UPDATE item SET v = 9007199254740993 WHERE v = 2", &[])
+        .await
+        .unwrap();
+    refused(&mut client, "number", 1).await;
+    client
+        .execute("UPDATE item SET v = 9007199254740994 WHERE v > 2", &[])
+        .await
+        .unwrap();
+    to(&mut client, "number").await;
+    to(&mut client, "string").await;
+    client
+        .execute("UPDATE item SET v = 'now' WHERE v = '1'", &[])
+        .await
+        .unwrap();
+    refused(&mut client, "timestamp", 2).await;
+    client
+        .execute(
+            "UPDATE item SET v = CASE WHEN v = 'now' THEN '2026-12-07T10:00:00.120+01:00' \
+             ELSE '2026-12-07 23:59:59Z' END WHERE v IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap();
+    to(&mut client, "timestamp").await;
+    to(&mut client, "string").await;
+    assert_eq!(
+        values(&client).await,
+        ["2026-12-07T09:00:00.12Z", "2026-12-07T23:59:59Z", ""]
+    );
+    to(&mut client, "json").await;
+    client
+        .execute(
+            "UPDATE item SET v = '{\"a\": [1, \"x\"]}' WHERE v = '\"2026-12-07T23:59:59Z\"'",
+            &[],
+        )
+        .await
+        .unwrap();
+    to(&mut client, "string").await;
+    assert_eq!(
+        values(&client).await,
+        ["2026-12-07T09:00:00.12Z", r#"{"a": [1, "x"]}"#, ""]
+    );
+}

@@ -937,12 +937,26 @@ impl Planner {
             new: c.name.clone(),
             copied,
         };
+        // A rule narrower than the former column's (or one where it had
+        // none): rows may hold values it refuses, and the previous spec's
+        // servers may still write some (the trigger copies them into the
+        // new column). The rename then adds the column without a `CHECK`
+        // (it stays safe) and the `CHECK` is a narrowing of its own:
+        // counted first, left by `sinew serve`, applied by `sinew migrate
+        // --apply --allow-destructive`, as a narrowing of a column kept.
+        let narrows = c.rule.as_ref().is_some_and(|new| {
+            former_check
+                .and_then(|k| k.rule.as_ref())
+                .is_none_or(|old| !new.allows_all(old))
+        });
         if !again {
             let mut sql = vec![format!(
                 "ALTER TABLE {t} ADD COLUMN {n} {};",
                 c.sql_type_ddl()
             )];
-            if let Some(rule) = &c.rule {
+            if let Some(rule) = &c.rule
+                && !narrows
+            {
                 sql.extend(check_ddl(table, &c.name, c.ty, rule, true));
             }
             // A nullable field renamed from a `NOT NULL` one (or one with a
@@ -1012,13 +1026,17 @@ impl Planner {
             self.plan
                 .steps
                 .push(Step::expand(table, change, INSTANT, sql));
+            if let Some(rule) = c.rule.as_ref().filter(|_| narrows) {
+                self.narrowed_rename(table, c, old, rule);
+            }
         }
         let mut sql = vec![in_batches(
             table,
             &format!("{n} = {o}"),
             &format!("{n} IS NULL AND {o} IS NOT NULL"),
         )];
-        if c.rule.is_some() {
+        // Cut short (`again`): the `CHECK` there is validated by `checks`.
+        if c.rule.is_some() && !again && !narrows {
             sql.push(format!(
                 "ALTER TABLE {t} VALIDATE CONSTRAINT {};",
                 ident(&check_name(table, &c.name))
@@ -1050,6 +1068,52 @@ impl Planner {
             why: None,
             sql,
         });
+    }
+
+    /// The `CHECK` of a renamed field whose rule is narrower than the
+    /// former column's: added to the new column `NOT VALID` and validated
+    /// after the copy, once no row of the former column is outside it
+    /// (counted first) and no server of the previous spec runs.
+    fn narrowed_rename(&mut self, table: &str, c: &ColumnPlan, old: &str, rule: &Rule) {
+        let change = format!(
+            "add a CHECK to `{}` (renamed from `{old}`, with a narrower rule)",
+            c.name
+        );
+        self.plan.prechecks.push(Precheck {
+            table: table.to_owned(),
+            change: change.clone(),
+            count: format!(
+                "SELECT count(*) FROM {} WHERE NOT ({})",
+                ident(table),
+                rule.sql(old, c.ty)
+            ),
+            why: format!("of `{old}` hold values the new CHECK refuses: change them first"),
+        });
+        self.plan.steps.push(Step {
+            table: table.to_owned(),
+            change,
+            risk: Risk::Destructive,
+            lock: INSTANT,
+            applies: Applies::Forced,
+            needed: false,
+            alone: false,
+            why: Some(format!(
+                "rows outside the new CHECK fail the migration (when it is validated), and the \
+                 previous spec's servers may still write them under `{old}`: narrow it once none \
+                 runs and no row of `{table}` is outside it"
+            )),
+            sql: check_ddl(table, &c.name, c.ty, rule, true).to_vec(),
+        });
+        let k = Check {
+            name: check_name(table, &c.name),
+            column: c.name.clone(),
+            rule: Some(rule.clone()),
+            valid: false,
+        };
+        let mut v = validate(table, &k, c);
+        v.applies = Applies::Forced;
+        v.risk = Risk::Destructive;
+        self.late.push(v);
     }
 
     /// The contraction of a field rename the spec no longer names: the
@@ -1182,16 +1246,26 @@ impl Planner {
                 .filter(|k| k.column == c.name)
                 .map(|k| format!("ALTER TABLE {t} DROP CONSTRAINT {};", ident(&k.name)))
                 .collect();
+            let ty = c.sql_type_ddl();
             sql.push(format!(
-                "ALTER TABLE {t} ALTER COLUMN {col} TYPE {ty} USING {col}::{ty};",
-                ty = c.sql_type_ddl()
+                "ALTER TABLE {t} ALTER COLUMN {col} TYPE {ty} USING {};",
+                converted(&col, &h.sql_type, ty)
             ));
+            let change = format!(
+                "change the type of `{}` from {} to {}",
+                c.name, h.sql_type, c.sql_type
+            );
+            if let Some((lost, why)) = lossy(&col, &h.sql_type, ty) {
+                self.plan.prechecks.push(Precheck {
+                    table: table.to_owned(),
+                    change: change.clone(),
+                    count: format!("SELECT count(*) FROM {t} WHERE {lost}"),
+                    why: why.to_owned(),
+                });
+            }
             self.plan.steps.push(Step {
                 table: table.to_owned(),
-                change: format!(
-                    "change the type of `{}` from {} to {}",
-                    c.name, h.sql_type, c.sql_type
-                ),
+                change,
                 risk: Risk::Destructive,
                 lock: REWRITE,
                 applies: Applies::Forced,
@@ -1591,6 +1665,65 @@ fn validate(table: &str, k: &Check, c: &ColumnPlan) -> Step {
             ident(&k.name)
         )],
     }
+}
+
+/// A SQL type as DDL writes it (the catalog writes `timestamptz` long).
+fn short_type(t: &str) -> &str {
+    match t {
+        "timestamp with time zone" => "timestamptz",
+        t => t,
+    }
+}
+
+/// Column `col` of SQL type `from` as a value of SQL type `to`, in the
+/// form sinew reads and writes: a timestamp as text is RFC 3339 in UTC
+/// (as sinew formats one, a fraction only when there is one), a JSON
+/// string as text is the string itself (any other JSON value, its text),
+/// a text as JSON is a JSON string.
+fn converted(col: &str, from: &str, to: &str) -> String {
+    match (short_type(from), short_type(to)) {
+        ("timestamptz", "text") => format!(
+            "to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS') || \
+             coalesce('.' || nullif(rtrim(to_char({col} AT TIME ZONE 'UTC', 'US'), '0'), ''), '') || 'Z'"
+        ),
+        ("jsonb", "text") => format!(
+            "CASE WHEN jsonb_typeof({col}) = 'string' THEN {col} #>> '{{}}' ELSE {col}::text END"
+        ),
+        ("text", "jsonb") => format!("to_jsonb({col})"),
+        _ => format!("{col}::{to}"),
+    }
+}
+
+/// The rows of column `col` whose value the change from SQL type `from`
+/// to `to` would change rather than convert (a fraction rounded away, an
+/// integer a double cannot hold, a text Postgres reads as a time but sinew
+/// does not), as a `WHERE` condition, and what they are (after "N row(s)
+/// "). A value with no conversion at all fails the migration, changing
+/// nothing, and needs no count.
+fn lossy(col: &str, from: &str, to: &str) -> Option<(String, &'static str)> {
+    Some(match (short_type(from), short_type(to)) {
+        ("double precision", "bigint") => (
+            format!(
+                "{col} <> trunc({col}) OR {col} >= 9223372036854775807 OR {col} < -9223372036854775808"
+            ),
+            "hold numbers with a fraction (or beyond 64 bits), which an integer would round: \
+             change them first",
+        ),
+        ("bigint", "double precision") => (
+            format!(
+                "({col} > 9007199254740992 OR {col} < -9007199254740992) AND ({col} > \
+                 9223372036854774784 OR {col} < -9223372036854774784 OR {col}::double precision::bigint <> {col})"
+            ),
+            "hold integers a number (a 64-bit double) cannot hold exactly: change them first",
+        ),
+        ("text", "timestamptz") => (
+            format!(
+                "{col} !~ '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}[Tt ][0-9]{{2}}:[0-9]{{2}}:[0-9]{{2}}(\\.[0-9]+)?([Zz]|[+-][0-9]{{2}}:[0-9]{{2}})$'"
+            ),
+            "hold text that is not an RFC 3339 timestamp with its offset: change them first",
+        ),
+        _ => return None,
+    })
 }
 
 /// The name of a field rename's trigger and its function.
