@@ -103,6 +103,11 @@ pub(crate) struct Run<'a> {
     pub bound: HashMap<String, Value>,
     /// Open transactions, outermost first.
     pub open: Vec<Tx>,
+    /// The version at which the flow was first given each row (by a read,
+    /// an include, or a write of its own): a later write to the row
+    /// checks that it is still that version (a row changed since is a
+    /// conflict), whatever the flow computes its new values from.
+    pub seen: HashMap<(String, String), i64>,
     /// A top-level transaction whose body finished and whose commit waits
     /// for the end of the flow (so the final audit entry and the stored
     /// idempotent response commit with it).
@@ -359,6 +364,7 @@ impl<'a> Run<'a> {
             roots,
             bound: HashMap::new(),
             open: Vec::new(),
+            seen: HashMap::new(),
             pending: None,
             rows: Vec::new(),
             messages: Vec::new(),
@@ -657,11 +663,64 @@ impl<'a> Run<'a> {
             }
             Ok(End::Fail(p)) => {
                 let _ = self.storage.rollback(tx.id);
+                self.unsee(&tx);
                 Ok(Step::End(End::Fail(p)))
             }
             Err(p) => {
                 let _ = self.storage.rollback(tx.id);
+                self.unsee(&tx);
                 Err(p)
+            }
+        }
+    }
+
+    /// The rows a rolled-back transaction wrote are back at the version
+    /// they had before it (a created one is gone).
+    fn unsee(&mut self, tx: &Tx) {
+        for r in tx.rows.iter().rev() {
+            let key = (r.entity.clone(), r.id.clone());
+            match r.before {
+                Some(v) => {
+                    self.seen.insert(key, v);
+                }
+                None => {
+                    self.seen.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Remembers the version at which the flow is given each of `rows`
+    /// of `entity` and the rows they include, unless it was given the row
+    /// before (see [`Run::seen`]).
+    fn saw(&mut self, entity: &str, rows: &[Value], include: &[crate::model::Include]) {
+        for r in rows {
+            if let (Some(Value::String(id)), Some(Value::Int(v))) =
+                (field_of(r, "id"), field_of(r, "version"))
+            {
+                self.seen
+                    .entry((entity.to_string(), id.clone()))
+                    .or_insert(*v);
+            }
+            for inc in include {
+                let target = match &inc.link {
+                    crate::model::IncludeLink::From { entity, .. } => Some(entity.clone()),
+                    crate::model::IncludeLink::Ref(field) => self
+                        .bundle
+                        .spec
+                        .entities
+                        .get(entity)
+                        .and_then(|e| e.fields.get(field))
+                        .and_then(|f| f.entity.clone()),
+                };
+                let Some(target) = target else { continue };
+                match field_of(r, &inc.name) {
+                    Some(one @ Value::Map(_)) => {
+                        self.saw(&target, std::slice::from_ref(one), &inc.include);
+                    }
+                    Some(Value::List(list)) => self.saw(&target, list, &inc.include),
+                    _ => {}
+                }
             }
         }
     }
@@ -954,6 +1013,7 @@ impl<'a> Run<'a> {
             .read_values(tx, entity, &query, *count, &shape)
             .map_err(storage_problem)?;
         self.count_rows(rows.len() as u64 + included_rows(&rows, include), 0)?;
+        self.saw(entity, &rows, include);
         if lock {
             let owner = e.owner.as_ref().map(|o| o.field.as_str());
             if let Some(t) = self.open.last_mut() {
@@ -2504,6 +2564,18 @@ impl<'a> Run<'a> {
         self.count_rows(0, 1)?;
         let id = stored.id().to_string();
         let after = stored.version().unwrap_or(0);
+        // A row the flow was given at another version than the one this
+        // write replaced changed in between: what the flow computed from
+        // it is stale (a lost update, were it written).
+        let seen = (entity.to_string(), id.clone());
+        if let (Some(&was), Some(b)) = (self.seen.get(&seen), before)
+            && was != b
+        {
+            return Err(storage_problem(StorageError::Conflict {
+                message: format!("`{entity}` {id} was read at version {was}, written at {b}"),
+            }));
+        }
+        self.seen.insert(seen, after);
         // A locked row the flow deletes, or whose owner it changes, is no
         // longer known to be live and the caller's.
         let key = (entity.to_string(), id.clone());
