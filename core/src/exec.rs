@@ -1460,6 +1460,7 @@ impl<'a> Run<'a> {
         }
         changes.insert("updated_at".into(), Json::String(self.now_text()));
         rows::normalize_row(e, &mut changes);
+        self.keeps_owner(e, entity, &changes).ok()?;
         rows::check_fields(entity, e, &changes, set.keys()).ok()?;
         self.check_refs(entity, e, &changes, set.keys(), None)
             .ok()?;
@@ -1516,6 +1517,7 @@ impl<'a> Run<'a> {
             }
             changes.insert("updated_at".into(), Json::String(self.now_text()));
             rows::normalize_row(e, &mut changes);
+            self.keeps_owner(e, entity, &changes)?;
             let mut merged = row.clone();
             for (k, v) in &changes {
                 merged.insert(k.clone(), v.clone());
@@ -2159,6 +2161,39 @@ impl<'a> Run<'a> {
             Json::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
             _ => None,
         }
+    }
+
+    /// An update by a caller without an exempt role may set the owner
+    /// field of `e` (one holding a subject or a claim) only to the
+    /// caller's own value: a row is never given to another owner, or
+    /// moved to another tenant, by a caller the owner rule binds.
+    fn keeps_owner(&self, e: &Entity, entity: &str, changes: &Row) -> Result<(), Problem> {
+        let Some(owner) = e.owner.as_ref().filter(|o| !o.by_ref) else {
+            return Ok(());
+        };
+        let Some(new) = changes.get(&owner.field) else {
+            return Ok(());
+        };
+        if self.exempt(e)
+            || self
+                .owner_value(owner)
+                .is_some_and(|mine| new.as_str() == Some(&mine))
+        {
+            return Ok(());
+        }
+        Err(Problem::new(
+            Code::Forbidden,
+            format!(
+                "`{}` says which {} a `{entity}` belongs to: only a role exempt from its owner rule \
+                 can give it to another",
+                owner.field,
+                if owner.claim.is_some() {
+                    "tenant"
+                } else {
+                    "user"
+                }
+            ),
+        ))
     }
 
     fn exempt(&self, e: &Entity) -> bool {
