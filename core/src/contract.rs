@@ -321,10 +321,33 @@ impl<'a> Call<'a> {
         }
     }
 
-    /// The scope of the idempotency key: the tool and the caller.
+    /// The scope of the idempotency key: the tool and the caller, and,
+    /// where the spec's owner rules read claims (tenants), the caller's
+    /// value of each: the same key sent for two tenants is two requests,
+    /// never one tenant's answer replayed to the other.
     fn scope(&self) -> String {
-        let sub = self.request.auth.as_ref().map_or("", |a| a.sub.as_str());
-        format!("{}:{sub}", self.tool_name)
+        let auth = self.request.auth.as_ref();
+        let sub = auth.map_or("", |a| a.sub.as_str());
+        let mut scope = format!("{}:{sub}", self.tool_name);
+        let claims: std::collections::BTreeSet<&str> = self
+            .bundle
+            .spec
+            .entities
+            .values()
+            .filter_map(|e| e.owner.as_ref()?.claim.as_deref())
+            .collect();
+        for claim in claims {
+            let value = auth.and_then(|a| crate::exec::claim_text(&a.claims, claim));
+            // A unit separator: neither a claim's name nor a subject
+            // ends there by accident.
+            scope.push('\u{1f}');
+            scope.push_str(claim);
+            if let Some(v) = value {
+                scope.push('=');
+                scope.push_str(&v);
+            }
+        }
+        scope
     }
 
     /// Claims the idempotency key: `None` for a new request, the stored

@@ -2156,11 +2156,7 @@ impl<'a> Run<'a> {
         let Some(claim) = &owner.claim else {
             return Some(auth.sub.clone());
         };
-        match auth.claims.get(claim)? {
-            Json::String(s) => Some(s.clone()),
-            Json::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
-            _ => None,
-        }
+        claim_text(&auth.claims, claim)
     }
 
     /// An update by a caller without an exempt role may set the owner
@@ -2895,6 +2891,17 @@ fn embedded_in(row: &Value, include: &[crate::model::Include]) -> u64 {
         };
     }
     n
+}
+
+/// Claim `claim` of a caller's `claims` as an owner field holds it: a
+/// string, or an integer's decimal digits; `None` when absent or of
+/// another type.
+pub(crate) fn claim_text(claims: &Json, claim: &str) -> Option<String> {
+    match claims.get(claim)? {
+        Json::String(s) => Some(s.clone()),
+        Json::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        _ => None,
+    }
 }
 
 /// A column of a row read (a map value).
