@@ -2248,6 +2248,30 @@ async fn refused_requests_do_not_leak_sensitive_inputs() {
             .starts_with("sha256:"),
         "{entry}"
     );
+    // Refused as it is read, the body kept as text by a tool without
+    // sensitive inputs: here, none of it is kept.
+    let deep = format!("{}{}", "[".repeat(40), "]".repeat(40));
+    for body in [
+        format!(r#"{{"card": "{card}", "card": "{card}"}}"#),
+        format!(r#"{{"card": "{card}""#),
+        format!(r#"{{"card": "{card}", "x": {deep}}}"#),
+    ] {
+        let refused = http
+            .send(
+                "POST",
+                &format!("{}/wallets/w1/check", server.base),
+                &[("content-type", "application/json")],
+                body,
+            )
+            .await;
+        assert_eq!(refused.status, 400, "{}", refused.text);
+        assert_eq!(refused.body["code"], "invalid_json", "{}", refused.text);
+        let entry = last_final_entry(&db).await;
+        assert_eq!(
+            entry["input"]["omitted"], "a body that is not JSON, of a tool with sensitive inputs",
+            "{entry}"
+        );
+    }
     let all: Vec<String> = db
         .query("SELECT entry FROM sinew_audit", &[])
         .await
@@ -2255,7 +2279,7 @@ async fn refused_requests_do_not_leak_sensitive_inputs() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(all.len(), 2);
+    assert_eq!(all.len(), 5);
     for e in &all {
         assert!(
             !e.contains(card),

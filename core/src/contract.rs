@@ -768,12 +768,21 @@ impl<'t> Audit<'t> {
 
     /// Replaces the input's `sensitive` properties by their SHA-256.
     fn mask(&mut self, sensitive: &[String]) {
-        if let Some(serde_json::Value::Object(m)) = self.entry.get_mut("input") {
-            for key in sensitive {
-                if let Some(v) = m.get_mut(key) {
-                    *v = json!(format!("sha256:{}", sha256_hex(canonical(v).as_bytes())));
+        match self.entry.get_mut("input") {
+            Some(serde_json::Value::Object(m)) => {
+                for key in sensitive {
+                    if let Some(v) = m.get_mut(key) {
+                        *v = json!(format!("sha256:{}", sha256_hex(canonical(v).as_bytes())));
+                    }
                 }
             }
+            // A body refused as it was read (not JSON, a key twice, too
+            // deep), kept as its text: a sensitive value in it cannot be
+            // told apart, so none of it is kept.
+            Some(v @ serde_json::Value::String(_)) if !sensitive.is_empty() => {
+                *v = json!({"omitted": "a body that is not JSON, of a tool with sensitive inputs"});
+            }
+            _ => {}
         }
     }
 
