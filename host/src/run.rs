@@ -147,7 +147,8 @@ pub fn run(args: &Args) -> Result<Outcome> {
             args.tool
         );
     }
-    let input: Value = serde_json::from_str(&args.input).context("--input is not valid JSON")?;
+    let input: Value = sinew_core::spec::source::strict_from_slice(args.input.as_bytes())
+        .context("--input is not valid JSON (or holds a key twice)")?;
     let auth = match &args.auth {
         None => None,
         Some(a) => {

@@ -323,6 +323,16 @@ fn bad_input_writes_nothing() {
             vec![
                 "--tool".into(),
                 "open_account".into(),
+                "--input".into(),
+                r#"{"name": "a", "name": "b", "currency": "EUR"}"#.into(),
+            ],
+            "holds a key twice",
+            original,
+        ),
+        (
+            vec![
+                "--tool".into(),
+                "open_account".into(),
                 "--auth".into(),
                 r#"{"roles": []}"#.into(),
             ],

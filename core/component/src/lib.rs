@@ -134,7 +134,9 @@ impl ExecutorGuest for Component {
                 "",
             ));
         }
-        let input: Value = serde_json::from_str(&request.input)
+        // As `sinew serve` reads a body: a key twice is refused (which
+        // one a proxy in front read is not known).
+        let input: Value = sinew_core::spec::source::strict_from_slice(request.input.as_bytes())
             .map_err(|e| error("invalid-json", format!("the input is not JSON: {e}"), ""))?;
         let auth = match request.auth {
             None => None,
