@@ -164,7 +164,10 @@ fn eval_owned(e: &Expr, env: &dyn Env) -> Result<Value, EvalError> {
                 };
                 // (CEL refuses a map literal with a key twice.)
                 if m.contains_key(&key) {
-                    return err(k.span, format!("the map has the key `{key}` twice"));
+                    return err(
+                        k.span,
+                        format!("the map has the key `{}` twice", short_text(&key)),
+                    );
                 }
                 m.insert(key, eval_owned(v, env)?);
             }
@@ -179,7 +182,10 @@ fn member_ref<'b>(base: &'b Value, field: &str, span: Span) -> Result<&'b Value,
             Some(v) => Ok(v),
             None => err(
                 span,
-                format!("no key `{field}`; use `has()` to test for optional keys"),
+                format!(
+                    "no key `{}`; use `has()` to test for optional keys",
+                    short_text(field)
+                ),
             ),
         },
         Value::Null => err(span, format!("cannot read `{field}` of null")),
@@ -513,7 +519,10 @@ fn call(
         }
         ("uint", [Value::String(s)]) => match s.parse::<u64>() {
             Ok(u) => Ok(Value::Uint(u)),
-            Err(_) => err(span, format!("`{s}` is not an unsigned integer")),
+            Err(_) => err(
+                span,
+                format!("`{}` is not an unsigned integer", short_text(s)),
+            ),
         },
         ("double", [Value::Uint(u)]) => Ok(Value::Double(*u as f64)),
         ("string", [Value::Uint(u)]) => Ok(Value::String(u.to_string())),
@@ -546,7 +555,7 @@ fn call(
         // spaces around it (`uint` and `double` alike).
         ("int", [Value::String(s)]) => match s.parse::<i64>() {
             Ok(i) => Ok(Value::Int(i)),
-            Err(_) => err(span, format!("`{s}` is not an integer")),
+            Err(_) => err(span, format!("`{}` is not an integer", short_text(s))),
         },
         ("int", [Value::Timestamp(t)]) => Ok(Value::Int(t.div_euclid(1_000_000))),
         ("double", [Value::Int(i)]) => Ok(Value::Double(*i as f64)),
@@ -557,7 +566,7 @@ fn call(
             "-Infinity" => Ok(Value::Double(f64::NEG_INFINITY)),
             t => match t.parse::<f64>() {
                 Ok(d) if d.is_finite() => Ok(Value::Double(d)),
-                _ => err(span, format!("`{s}` is not a number")),
+                _ => err(span, format!("`{}` is not a number", short_text(s))),
             },
         },
         (
@@ -579,14 +588,20 @@ fn call(
         ),
         ("timestamp", [Value::String(s)]) => match parse_timestamp(s) {
             Some(t) => timestamp_in_range(t, span),
-            None => err(span, format!("`{s}` is not an RFC 3339 timestamp")),
+            None => err(
+                span,
+                format!("`{}` is not an RFC 3339 timestamp", short_text(s)),
+            ),
         },
         ("timestamp", [Value::Timestamp(t)]) => Ok(Value::Timestamp(*t)),
         ("duration", [Value::String(s)]) => match parse_duration(s) {
             Some(d) => duration_in_range(d, span),
             None => err(
                 span,
-                format!("`{s}` is not a duration (like `15m`, `1h30m`, `1.5s`)"),
+                format!(
+                    "`{}` is not a duration (like `15m`, `1h30m`, `1.5s`)",
+                    short_text(s)
+                ),
             ),
         },
         ("duration", [Value::Duration(d)]) => Ok(Value::Duration(*d)),
@@ -595,7 +610,7 @@ fn call(
             // As cel-go (Go's `strconv.ParseBool`).
             "true" | "True" | "TRUE" | "t" | "T" | "1" => Ok(Value::Bool(true)),
             "false" | "False" | "FALSE" | "f" | "F" | "0" => Ok(Value::Bool(false)),
-            _ => err(span, format!("`{s}` is not a bool")),
+            _ => err(span, format!("`{}` is not a bool", short_text(s))),
         },
         ("dyn", [v]) => Ok(v.clone()),
         ("type", [v]) => Ok(Value::Type(v.cel_type())),
@@ -867,6 +882,30 @@ mod tests {
         );
     }
 
+    /// A message quotes at most 40 characters of a value (a row's value
+    /// may be anything, and messages reach the log and the audit entry).
+    #[test]
+    fn errors_quote_values_short() {
+        let long = "S".repeat(100);
+        for src in [
+            format!("int('{long}')"),
+            format!("uint('{long}')"),
+            format!("double('{long}')"),
+            format!("timestamp('{long}')"),
+            format!("duration('{long}')"),
+            format!("bool('{long}')"),
+            format!("{{'a': 1}}['{long}']"),
+            format!("'x'.matches('{long}S(')"),
+            format!("timestamp('2026-01-01T00:00:00Z').getHours('{long}')"),
+        ] {
+            let m = run(&src).unwrap_err().message;
+            assert!(
+                !m.contains(&long) && m.contains(" characters)"),
+                "{src}: {m}"
+            );
+        }
+    }
+
     #[test]
     fn logic_short_circuits_and_absorbs_errors() {
         assert_eq!(run("false && (1 / 0 == 1)"), Ok(Value::Bool(false)));
@@ -961,4 +1000,16 @@ mod tests {
         );
         assert!(run("timestamp('yesterday')").is_err());
     }
+}
+
+/// A string as a message quotes it (a value may be a row's, and a message
+/// reaches the log and the audit entry): whole up to 40 characters, else
+/// its first 40 and its length.
+pub(crate) fn short_text(s: &str) -> String {
+    let n = s.chars().count();
+    if n <= 40 {
+        return s.to_owned();
+    }
+    let head: String = s.chars().take(40).collect();
+    format!("{head}… ({n} characters)")
 }

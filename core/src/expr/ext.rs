@@ -279,7 +279,13 @@ fn matches(s: &str, re: &str) -> Result<Value, String> {
         let compiled = regex::RegexBuilder::new(&ascii_classes(re))
             .size_limit(1 << 20)
             .build()
-            .map_err(|e| format!("`{re}` is not a valid regular expression: {e}"))?;
+            .map_err(|e| {
+                format!(
+                    "`{}` is not a valid regular expression: {}",
+                    super::eval::short_text(re),
+                    super::eval::short_text(&e.to_string())
+                )
+            })?;
         let found = compiled.is_match(s);
         if cache.len() >= 256 {
             cache.clear();
@@ -444,7 +450,8 @@ fn offset_seconds(zone: &str, t_micros: i64) -> Result<i64, String> {
             )),
         };
     }
-    let tz = jiff::tz::TimeZone::get(zone).map_err(|_| format!("unknown time zone `{zone}`"))?;
+    let tz = jiff::tz::TimeZone::get(zone)
+        .map_err(|_| format!("unknown time zone `{}`", super::eval::short_text(zone)))?;
     let ts = jiff::Timestamp::from_microsecond(t_micros)
         .map_err(|_| "the timestamp is out of range".to_string())?;
     Ok(i64::from(tz.to_offset(ts).seconds()))
