@@ -1508,19 +1508,30 @@ fn the_chain_takes_unreadable_entries_and_its_columns_are_verified() {
             .batch_execute(
                 "INSERT INTO sinew_audit_queue (execution, kind, entry, digest) \
                  VALUES ('two', 'final', 'not json', 'x'), \
-                        ('liar', 'review', '{\"execution\":\"three\",\"kind\":\"final\"}', 'y')",
+                        ('liar', 'review', '{\"execution\":\"three\",\"kind\":\"final\"}', 'y'), \
+                        ('nul', 'final', '{\"kind\":\"final\",\"execution\":\"nul\",\"x\":\"a\\u0000b\"}', 'z')",
             )
             .await
             .unwrap();
         db.append_audit(None, &json!({"kind": "final", "execution": "four"}))
             .await
             .unwrap();
-        assert_eq!(sequencer::catch_up(&admin).await.unwrap(), 4);
-        assert_eq!(sinew_host::pg::verify_audit(&admin).await.unwrap(), Ok(4));
+        assert_eq!(sequencer::catch_up(&admin).await.unwrap(), 5);
+        assert_eq!(sinew_host::pg::verify_audit(&admin).await.unwrap(), Ok(5));
         assert_eq!(
             sinew_host::pg::unreadable_entries(&admin).await.unwrap(),
-            [2]
+            [2, 4]
         );
+        // A NUL character (`\u0000`) would make every `entry::jsonb` fail.
+        let finals: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM sinew_audit WHERE entry::jsonb->>'kind' = 'final'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(finals, 3);
         let rows: Vec<(String, String)> = admin
             .query("SELECT execution, kind FROM sinew_audit ORDER BY seq", &[])
             .await
@@ -1532,6 +1543,7 @@ fn the_chain_takes_unreadable_entries_and_its_columns_are_verified() {
             ("one", "final"),
             ("", "unreadable"),
             ("three", "final"),
+            ("", "unreadable"),
             ("four", "final"),
         ]
         .iter()

@@ -224,17 +224,24 @@ async fn chain_batch(client: &Client, s: &Statements, wait: Wait) -> Result<Batc
         // is not a JSON object (written to the queue by hand) is chained
         // as found too, inside an `unreadable` entry, so that it cannot
         // stop the chain.
-        let spliced = if sha256_hex(text.as_bytes()) == digest {
+        // One holding a NUL character (`\u0000`, which the chain's `jsonb`
+        // cannot hold: every `entry::jsonb` query would fail) is chained
+        // as an `unreadable` entry, whatever its digest.
+        let nul = text.contains("\\u0000");
+        let intact = sha256_hex(text.as_bytes()) == digest;
+        let spliced = if intact && !nul {
             seal_text(text, at, &prev)
         } else {
-            altered.push(id);
+            if !intact {
+                altered.push(id);
+            }
             None
         };
         let (entry, (sealed, hash)) = match spliced {
             Some(s) => (None, s),
             None => {
                 let entry = match serde_json::from_str::<Value>(text) {
-                    Ok(v @ Value::Object(_)) => v,
+                    Ok(v @ Value::Object(_)) if !sinew_core::input::has_nul(&v) => v,
                     _ => {
                         unreadable.push(id);
                         sinew_core::chain::unreadable_entry(text)
