@@ -43,7 +43,7 @@ export interface LoadOptions {
 /** Compiles and instantiates the component. */
 export function load(options?: LoadOptions): Promise<Core>;
 
-/** The risk level of a tool or of a whole spec. */
+/** The risk level of a finding (a tool or a spec with errors is `invalid`: see `ToolReport`, `Report`). */
 export type Level = 'green' | 'yellow' | 'red';
 
 /** One finding of the risk engine (sinew's docs/risk-signals.md lists the codes). */
@@ -59,8 +59,8 @@ export interface Finding {
   message: string;
   /** Whether the spec acknowledges it (`acknowledgments`). */
   acknowledged: boolean;
-  /** A mechanical fix: a JSON Patch (RFC 6902) `applyPatch` applies. */
-  fix?: { summary: string; patch: Json[] };
+  /** How to fix it, in words; `patch`, when the fix is mechanical, a JSON Patch (RFC 6902) `applyPatch` applies. */
+  fix: { summary: string; patch?: Json[] };
 }
 
 /** An error or warning about the spec itself. */
@@ -69,10 +69,21 @@ export interface Diagnostic {
   /** JSON Pointer into the spec. */
   path: string;
   message: string;
-  help?: string;
+  /** What to do about it (may be empty). */
+  help: string;
+  /** The tool it is in, when it is inside one. */
   tool?: string;
-  /** Where in the text, for JSON syntax errors (column 0-based). */
+  /** For an error inside an expression string: its byte range `[start, end)` within that string. */
+  span?: [number, number];
+  /** Where in the text, for JSON syntax errors: line and column, both 1-based (the column in characters). */
   at?: { line: number; column: number };
+}
+
+/** The verdict on one tool. */
+export interface ToolReport {
+  /** Its worst unacknowledged finding's level; `invalid` when the tool has errors. */
+  level: Level | 'invalid';
+  findings: Finding[];
 }
 
 /** The risk report: what `sinew check --format json` prints. */
@@ -81,7 +92,7 @@ export interface Report {
   level: Level | 'invalid';
   errors: Diagnostic[];
   warnings: Diagnostic[];
-  tools: { [tool: string]: { level: Level; findings: Finding[] } };
+  tools: { [tool: string]: ToolReport };
 }
 
 /** A mechanical fix `fix` applied. */
