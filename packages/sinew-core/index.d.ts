@@ -12,11 +12,13 @@ export const version: string;
 
 /** What went wrong. */
 export class SinewError extends Error {
-  constructor(code: string, message: string, pointer?: string);
+  constructor(code: string, message: string, pointer?: string, options?: { cause?: unknown });
   /**
    * Stable: `invalid-json`, `spec-errors`, `blocked`, `schema`,
    * `not-loaded`, `too-large` (the executor's), `seed` (a seed row
-   * refused), `world` (the simulated store's), `patch` (`applyPatch`).
+   * refused), `world` (the simulated store's), `failed` (the world failed
+   * inside an earlier call; `cause` is that call's error), `patch`
+   * (`applyPatch`).
    */
   readonly code: string;
   /** A JSON Pointer into the spec, where one applies; else empty. */
@@ -203,9 +205,20 @@ export interface State {
 /** An executor and its in-memory store. */
 export class World {
   private constructor();
-  /** The clock, in milliseconds; set it to milliseconds, a Date, or a function returning either. */
+  /**
+   * The clock, in milliseconds; set it to milliseconds, a Date, or a
+   * function returning either. A time outside years 1 to 9999 (UTC), or
+   * not a number, is a TypeError: when set, or when the component reads
+   * it from the function (which fails the world).
+   */
   get now(): number;
   set now(value: number | Date | (() => number | Date));
+  /**
+   * Whether the world failed inside an earlier call (the clock function
+   * threw or returned no time, or the component trapped): every method
+   * then throws a SinewError (`failed`); make a new world.
+   */
+  readonly failed: boolean;
   /** Loads a spec; throws a SinewError when it has errors or a Red tool. */
   load(spec: Spec): BundleInfo;
   /**
@@ -218,16 +231,25 @@ export class World {
   /**
    * Runs one call through the nine steps of the contract. A refused call
    * is a response; throws a SinewError only when the call cannot be
-   * taken: `not-loaded`, `invalid-json` (input text), `too-large`.
+   * taken: `not-loaded`, `invalid-json` (input text), `too-large`,
+   * `failed`. An error that stops the component mid-call (from the clock
+   * function) is thrown as it is, and fails the world. The body and audit
+   * entry are parsed: integers beyond 2^53 are rounded (`raw` has the text).
    */
   execute(request: Request): Response;
-  /** The store's whole state. */
+  /**
+   * The store's whole state, parsed: integers beyond 2^53 are rounded
+   * (`reset` of this object unchanged is exact all the same; use
+   * `stateText()` to save it).
+   */
   state(): State;
-  /** Replaces the store's whole state. */
+  /** The store's whole state as JSON text, exactly as `sinew run --state` writes it. */
+  stateText(): string;
+  /** Replaces the store's whole state: `stateText()`'s text, or an object (`state()`'s). */
   reset(state: State | string): void;
-  /** The committed rows of an entity, in id order. */
+  /** The committed rows of an entity, in id order (parsed: integers beyond 2^53 rounded). */
   rows(entity: string): { [key: string]: Json }[];
-  /** The audit chain from the `first`-th entry on. */
+  /** The audit chain from the `first`-th entry on (parsed: integers beyond 2^53 rounded). */
   audit(first?: number): { [key: string]: Json }[];
   /** The component's own exports (JSON as text, `u64`/`s64` as bigint). */
   readonly raw: { executor: typeof ExecutorExports; memory: typeof MemoryExports };

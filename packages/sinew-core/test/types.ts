@@ -53,18 +53,24 @@ const len: bigint = world.raw.memory.auditLen();
 const status: number = response.status;
 const seq = response.audit.seq;
 world.reset(world.state());
+const saved: string = world.stateText();
+world.reset(saved);
+const failed: boolean = world.failed;
 const rows = world.rows('Product');
 try {
   world.load('{');
 } catch (e) {
-  if (e instanceof SinewError) console.log(e.code, e.pointer, e.message);
+  if (e instanceof SinewError) console.log(e.code, e.pointer, e.message, e.code === 'failed' ? e.cause : undefined);
 }
 
 // @ts-expect-error a request names its tool
 world.execute({ input: {} });
 // @ts-expect-error the clock is milliseconds
 world.now = '2026-01-01';
+// @ts-expect-error `failed` is read-only
+world.failed = false;
 // @ts-expect-error patches are arrays
 core.applyPatch('{}', { op: 'add' });
 
 console.log(version, level, first, applied, tools, seeded, status, seq, rows, len);
+console.log(toolLevel, summary, help, span, column, failed);
