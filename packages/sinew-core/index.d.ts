@@ -12,11 +12,13 @@ export const version: string;
 
 /** What went wrong. */
 export class SinewError extends Error {
-  constructor(code: string, message: string, pointer?: string);
+  constructor(code: string, message: string, pointer?: string, options?: { cause?: unknown });
   /**
    * Stable: `invalid-json`, `spec-errors`, `blocked`, `schema`,
    * `not-loaded`, `too-large` (the executor's), `seed` (a seed row
-   * refused), `world` (the simulated store's), `patch` (`applyPatch`).
+   * refused), `world` (the simulated store's), `failed` (the world failed
+   * inside an earlier call; `cause` is that call's error), `patch`
+   * (`applyPatch`).
    */
   readonly code: string;
   /** A JSON Pointer into the spec, where one applies; else empty. */
@@ -43,7 +45,7 @@ export interface LoadOptions {
 /** Compiles and instantiates the component. */
 export function load(options?: LoadOptions): Promise<Core>;
 
-/** The risk level of a tool or of a whole spec. */
+/** The risk level of a finding (a tool or a spec with errors is `invalid`: see `ToolReport`, `Report`). */
 export type Level = 'green' | 'yellow' | 'red';
 
 /** One finding of the risk engine (sinew's docs/risk-signals.md lists the codes). */
@@ -59,8 +61,8 @@ export interface Finding {
   message: string;
   /** Whether the spec acknowledges it (`acknowledgments`). */
   acknowledged: boolean;
-  /** A mechanical fix: a JSON Patch (RFC 6902) `applyPatch` applies. */
-  fix?: { summary: string; patch: Json[] };
+  /** How to fix it, in words; `patch`, when the fix is mechanical, a JSON Patch (RFC 6902) `applyPatch` applies. */
+  fix: { summary: string; patch?: Json[] };
 }
 
 /** An error or warning about the spec itself. */
@@ -69,10 +71,21 @@ export interface Diagnostic {
   /** JSON Pointer into the spec. */
   path: string;
   message: string;
-  help?: string;
+  /** What to do about it (may be empty). */
+  help: string;
+  /** The tool it is in, when it is inside one. */
   tool?: string;
-  /** Where in the text, for JSON syntax errors (column 0-based). */
+  /** For an error inside an expression string: its byte range `[start, end)` within that string. */
+  span?: [number, number];
+  /** Where in the text, for JSON syntax errors: line and column, both 1-based (the column in characters). */
   at?: { line: number; column: number };
+}
+
+/** The verdict on one tool. */
+export interface ToolReport {
+  /** Its worst unacknowledged finding's level; `invalid` when the tool has errors. */
+  level: Level | 'invalid';
+  findings: Finding[];
 }
 
 /** The risk report: what `sinew check --format json` prints. */
@@ -81,7 +94,7 @@ export interface Report {
   level: Level | 'invalid';
   errors: Diagnostic[];
   warnings: Diagnostic[];
-  tools: { [tool: string]: { level: Level; findings: Finding[] } };
+  tools: { [tool: string]: ToolReport };
 }
 
 /** A mechanical fix `fix` applied. */
@@ -192,9 +205,20 @@ export interface State {
 /** An executor and its in-memory store. */
 export class World {
   private constructor();
-  /** The clock, in milliseconds; set it to milliseconds, a Date, or a function returning either. */
+  /**
+   * The clock, in milliseconds; set it to milliseconds, a Date, or a
+   * function returning either. A time outside years 1 to 9999 (UTC), or
+   * not a number, is a TypeError: when set, or when the component reads
+   * it from the function (which fails the world).
+   */
   get now(): number;
   set now(value: number | Date | (() => number | Date));
+  /**
+   * Whether the world failed inside an earlier call (the clock function
+   * threw or returned no time, or the component trapped): every method
+   * then throws a SinewError (`failed`); make a new world.
+   */
+  readonly failed: boolean;
   /** Loads a spec; throws a SinewError when it has errors or a Red tool. */
   load(spec: Spec): BundleInfo;
   /**
@@ -207,16 +231,25 @@ export class World {
   /**
    * Runs one call through the nine steps of the contract. A refused call
    * is a response; throws a SinewError only when the call cannot be
-   * taken: `not-loaded`, `invalid-json` (input text), `too-large`.
+   * taken: `not-loaded`, `invalid-json` (input text), `too-large`,
+   * `failed`. An error that stops the component mid-call (from the clock
+   * function) is thrown as it is, and fails the world. The body and audit
+   * entry are parsed: integers beyond 2^53 are rounded (`raw` has the text).
    */
   execute(request: Request): Response;
-  /** The store's whole state. */
+  /**
+   * The store's whole state, parsed: integers beyond 2^53 are rounded
+   * (`reset` of this object unchanged is exact all the same; use
+   * `stateText()` to save it).
+   */
   state(): State;
-  /** Replaces the store's whole state. */
+  /** The store's whole state as JSON text, exactly as `sinew run --state` writes it. */
+  stateText(): string;
+  /** Replaces the store's whole state: `stateText()`'s text, or an object (`state()`'s). */
   reset(state: State | string): void;
-  /** The committed rows of an entity, in id order. */
+  /** The committed rows of an entity, in id order (parsed: integers beyond 2^53 rounded). */
   rows(entity: string): { [key: string]: Json }[];
-  /** The audit chain from the `first`-th entry on. */
+  /** The audit chain from the `first`-th entry on (parsed: integers beyond 2^53 rounded). */
   audit(first?: number): { [key: string]: Json }[];
   /** The component's own exports (JSON as text, `u64`/`s64` as bigint). */
   readonly raw: { executor: typeof ExecutorExports; memory: typeof MemoryExports };

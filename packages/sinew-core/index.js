@@ -27,12 +27,13 @@ export const version = '0.1.0';
  * What went wrong: `code` is stable (`invalid-json`, `spec-errors`,
  * `blocked`, `schema`, `not-loaded`, `too-large` from the executor;
  * `seed` for a seed row refused; `world` from the simulated world's
- * store; `patch` from `applyPatch`), `pointer` a JSON Pointer into the
- * spec where one applies.
+ * store; `failed` from a world that failed inside the component before,
+ * with the first failure as `cause`; `patch` from `applyPatch`),
+ * `pointer` a JSON Pointer into the spec where one applies.
  */
 export class SinewError extends Error {
-  constructor(code, message, pointer = '') {
-    super(message);
+  constructor(code, message, pointer = '', options = undefined) {
+    super(message, options);
     this.name = 'SinewError';
     this.code = code;
     this.pointer = pointer;
@@ -69,14 +70,22 @@ const inNode = typeof globalThis.process?.versions?.node === 'string';
 /** Keeps `new Core()` and `new World()` to this module. */
 const internal = Symbol('sinew-core');
 
+/** 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z: the times sinew writes (RFC 3339, years 1 to 9999). */
+const EARLIEST = -62135596800000;
+const LATEST = 253402300799999;
+
 /**
  * Milliseconds since the Unix epoch from a number or a Date: whole
- * (fractions dropped), finite, or a TypeError.
+ * (fractions dropped), in years 1 to 9999 UTC, or a TypeError.
  */
 function millis(value) {
-  const ms = value instanceof Date ? value.getTime() : typeof value === 'number' ? value : NaN;
-  if (!Number.isFinite(ms)) throw new TypeError(`the clock: ${String(value)} is not milliseconds`);
-  return Math.floor(ms);
+  const given = value instanceof Date ? value.getTime() : typeof value === 'number' ? value : NaN;
+  if (!Number.isFinite(given)) throw new TypeError(`the clock: ${String(value)} is not milliseconds`);
+  const ms = Math.floor(given);
+  if (ms < EARLIEST || ms > LATEST) {
+    throw new TypeError(`the clock: ${String(value)} is not a time in years 1 to 9999 (UTC)`);
+  }
+  return ms;
 }
 
 /** A request id: unique per request (new row ids derive from it). */
@@ -158,8 +167,8 @@ export async function load(options = {}) {
     }
     return pending.get(name);
   };
-  const create = (clock) =>
-    instantiate(getCoreModule, { 'sinew:executor/clock': { nowMs: () => BigInt(millis(clock())) } });
+  // `clock` returns whole milliseconds (`millis`).
+  const create = (clock) => instantiate(getCoreModule, { 'sinew:executor/clock': { nowMs: () => BigInt(clock()) } });
   // The risk engine never reads the clock.
   const judge = await create(() => 0);
   return new Core(internal, judge, create);
@@ -213,15 +222,53 @@ export class Core {
   /**
    * A new world to run calls in: the executor and an empty in-memory store
    * of its own. Options: `now`, its clock (milliseconds since the Unix
-   * epoch, or a function returning them; default `Date.now`), and
+   * epoch in years 1 to 9999 UTC, a Date, or a function returning either;
+   * default `Date.now`), and
    * `externals`, the scripted answers of external services
    * (`{"service.operation": [{"ok": …}, {"declined": …}, {"failed": "…"}]}`).
    */
   async simulate(options = {}) {
-    const clock = { now: Date.now };
-    const instance = await this.#create(() => clock.now());
+    // `faulted`: whether the clock threw while the component read it.
+    const clock = { now: Date.now, faulted: false };
+    const instance = await this.#create(() => {
+      try {
+        return millis(clock.now());
+      } catch (e) {
+        clock.faulted = true;
+        throw e;
+      }
+    });
     return new World(internal, instance, clock, options);
   }
+}
+
+/**
+ * The text each parsed state came from (`World#state`): `reset` of an
+ * unchanged state object uses it, so the round trip is exact even for
+ * integers JSON.parse rounds (beyond 2^53).
+ */
+const stateTexts = new WeakMap();
+
+/**
+ * A state's text: a string as it is; an object `state()` returned and not
+ * changed since, the exact text it was parsed from; else stringified.
+ */
+function stateSource(state) {
+  if (typeof state === 'string') return state;
+  const source = state !== null && typeof state === 'object' ? stateTexts.get(state) : undefined;
+  if (source !== undefined && JSON.stringify(state) === JSON.stringify(JSON.parse(source))) return source;
+  return text(state);
+}
+
+/**
+ * Whether an error thrown by a call into the component may have stopped
+ * it mid-call: a trap (a WebAssembly.RuntimeError), the stack exhausted
+ * (a RangeError), or the clock throwing while the component read it.
+ * Errors of the arguments (a TypeError before the call) and the exports'
+ * own `err`s leave it as it was.
+ */
+function stopped(e, clock) {
+  return clock.faulted || e instanceof WebAssembly.RuntimeError || e instanceof RangeError;
 }
 
 /** An executor and its in-memory store. */
@@ -230,6 +277,9 @@ export class World {
   #memory;
   #clock;
   #spec;
+  /** Whether an error stopped the component mid-call; `#failure`, that error. */
+  #failed = false;
+  #failure;
 
   /** @internal Use `core.simulate()`. */
   constructor(token, instance, clock, options) {
@@ -242,8 +292,43 @@ export class World {
   }
 
   /**
+   * Calls into the component. An error that stopped it mid-call (a trap,
+   * the clock throwing or returning no time) is thrown as it is, and the
+   * world is failed from then on: a transaction may be open, a row locked,
+   * an idempotency key claimed, and nothing can roll them back. Every later
+   * call throws a SinewError (`failed`, the first error as its `cause`).
+   */
+  #call(f) {
+    if (this.#failed) {
+      const cause = this.#failure;
+      throw new SinewError(
+        'failed',
+        `this world failed inside an earlier call (${cause?.message ?? String(cause)}), which may have left a ` +
+          'transaction open: discard it and make a new one with `core.simulate()`',
+        '',
+        { cause },
+      );
+    }
+    this.#clock.faulted = false;
+    try {
+      return f();
+    } catch (e) {
+      if (stopped(e, this.#clock)) {
+        this.#failed = true;
+        this.#failure = e;
+      }
+      throw e;
+    } finally {
+      this.#clock.faulted = false;
+    }
+  }
+
+  /**
    * Sets the clock: milliseconds since the epoch or a Date, or a function
-   * returning either (called at every reading; fractions are dropped).
+   * returning either (called at every reading; fractions are dropped). A
+   * time outside years 1 to 9999 (UTC), like NaN, is a TypeError: when set,
+   * or, from a function, when the component reads it (which fails the
+   * world mid-call: see `#call`).
    */
   set now(value) {
     if (typeof value === 'function') this.#clock.now = value;
@@ -258,6 +343,11 @@ export class World {
     return millis(this.#clock.now());
   }
 
+  /** Whether an earlier call failed inside the component: every call but `now` and `raw` then throws. */
+  get failed() {
+    return this.#failed;
+  }
+
   /**
    * Loads a spec (its text or object): checks and judges it (a spec with
    * errors, a Red tool or unacknowledged Yellow signals throws a
@@ -266,8 +356,11 @@ export class World {
    */
   load(spec) {
     const t = text(spec);
-    const info = attempt('load', () => this.#executor.load(t));
-    attempt('world', () => this.#memory.declare(t));
+    const info = this.#call(() => {
+      const info = attempt('load', () => this.#executor.load(t));
+      attempt('world', () => this.#memory.declare(t));
+      return info;
+    });
     this.#spec = t;
     return {
       name: info.name,
@@ -282,14 +375,15 @@ export class World {
   /**
    * Inserts seed rows as committed, `{"Entity": [row, …]}` (an object or
    * its text; numbers as written), each completed as the loaded spec
-   * defines it (`version` 1, timestamps now, the initial status, defaults).
+   * defines them (`version` 1, timestamps now, the initial status, defaults).
    * Every row needs a UUID `id`. Returns how many rows it inserted. Not
    * all or nothing: on an error (a SinewError, code `seed`, naming the
    * row, with `inserted`, how many went in before it) the rows before it
    * stay.
    */
   seed(rows) {
-    const tables = attempt('seed', () => this.#memory.tables(text(rows)));
+    const given = text(rows);
+    const tables = this.#call(() => attempt('seed', () => this.#memory.tables(given)));
     const now = BigInt(this.now);
     let n = 0;
     for (const { entity, rows: list } of tables) {
@@ -299,12 +393,13 @@ export class World {
           err.inserted = n;
           return err;
         };
-        let complete;
         try {
-          complete = attempt('seed', () => this.#executor.completeRow(entity, row, now));
-          attempt('seed', () => this.#memory.seed(entity, complete));
+          this.#call(() => {
+            const complete = attempt('seed', () => this.#executor.completeRow(entity, row, now));
+            attempt('seed', () => this.#memory.seed(entity, complete));
+          });
         } catch (e) {
-          throw e instanceof SinewError ? where(e) : e;
+          throw e instanceof SinewError && e.code !== 'failed' ? where(e) : e;
         }
         n += 1;
       });
@@ -323,7 +418,10 @@ export class World {
    * (with `seq`, `prev`, `hash`). A refused call is a response; a
    * SinewError is thrown only when the call cannot be taken at all:
    * `not-loaded`, `invalid-json` (the input text is not JSON),
-   * `too-large` (the input is over the executor's limit).
+   * `too-large` (the input is over the executor's limit), `failed` (an
+   * earlier call failed inside the component). An error that stops the
+   * component mid-call (the clock function throwing or returning no time
+   * in years 1 to 9999) is thrown as it is, and fails the world.
    */
   execute(request) {
     const auth = request.auth
@@ -333,54 +431,71 @@ export class World {
           claims: text(request.auth.claims ?? { sub: request.auth.sub }),
         }
       : undefined;
-    const before = this.#memory.auditLen();
-    const r = attempt('execute', () =>
-      this.#executor.execute({
-        tool: request.tool,
-        input: text(request.input ?? {}),
-        auth,
-        id: request.id ?? requestId(),
-        idempotencyKey: request.idempotencyKey ?? undefined,
-        scheduled: request.scheduled ?? undefined,
-      }),
-    );
-    // The request's final entry as chained (commit entries come before
-    // it); the executor's own copy, unchained, if the store lost it.
-    const chained = JSON.parse(this.#memory.audit(before));
-    const audit = chained.findLast((e) => e.kind === 'final') ?? JSON.parse(r.audit);
-    return { status: r.status, body: JSON.parse(r.body), audit };
+    const call = {
+      tool: request.tool,
+      input: text(request.input ?? {}),
+      auth,
+      id: request.id ?? requestId(),
+      idempotencyKey: request.idempotencyKey ?? undefined,
+      scheduled: request.scheduled ?? undefined,
+    };
+    return this.#call(() => {
+      const before = this.#memory.auditLen();
+      const r = attempt('execute', () => this.#executor.execute(call));
+      // The request's final entry as chained (commit entries come before
+      // it); the executor's own copy, unchained, if the store lost it.
+      const chained = JSON.parse(this.#memory.audit(before));
+      const audit = chained.findLast((e) => e.kind === 'final') ?? JSON.parse(r.audit);
+      return { status: r.status, body: JSON.parse(r.body), audit };
+    });
   }
 
   /**
    * The store's whole state, as `sinew run --state` writes it: `{rows,
-   * audit, idempotency, rate, unique, externals}`.
+   * audit, idempotency, rate, unique, externals}`, parsed (integers
+   * beyond 2^53 rounded, as JSON.parse does). `reset` of this object,
+   * unchanged, is exact all the same; `stateText()` is the exact text.
    */
   state() {
-    return JSON.parse(this.#memory.state());
+    const t = this.stateText();
+    const parsed = JSON.parse(t);
+    stateTexts.set(parsed, t);
+    return parsed;
+  }
+
+  /** The store's whole state as JSON text, exactly as `sinew run --state` writes it. */
+  stateText() {
+    return this.#call(() => this.#memory.state());
   }
 
   /**
-   * Replaces the store's whole state (the form `state()` returns); the
-   * loaded spec's unique and timestamp fields stay declared.
+   * Replaces the store's whole state: its text (`stateText()`, exact), or
+   * an object (`state()`'s, unchanged, exact; any other, stringified);
+   * the loaded spec's unique and timestamp fields stay declared.
    */
   reset(state) {
-    attempt('world', () => this.#memory.reset(text(state)));
-    if (this.#spec !== undefined) attempt('world', () => this.#memory.declare(this.#spec));
+    const t = stateSource(state);
+    this.#call(() => {
+      attempt('world', () => this.#memory.reset(t));
+      if (this.#spec !== undefined) attempt('world', () => this.#memory.declare(this.#spec));
+    });
   }
 
-  /** The committed rows of an entity, soft-deleted ones included, in id order. */
+  /** The committed rows of an entity, soft-deleted ones included, in id order (parsed: integers beyond 2^53 rounded). */
   rows(entity) {
-    return JSON.parse(this.#memory.rows(entity));
+    return JSON.parse(this.#call(() => this.#memory.rows(entity)));
   }
 
-  /** The audit chain from the `first`-th entry on (0: the oldest). */
+  /** The audit chain from the `first`-th entry on (0: the oldest; parsed: integers beyond 2^53 rounded). */
   audit(first = 0) {
-    return JSON.parse(this.#memory.audit(BigInt(first)));
+    const from = BigInt(first);
+    return JSON.parse(this.#call(() => this.#memory.audit(from)));
   }
 
   /**
    * The component's own exports, JSON as text, for byte-exact work:
-   * `executor` and `memory` (see the WIT in sinew's `wit/`).
+   * `executor` and `memory` (see the WIT in sinew's `wit/`). Calls through
+   * them bypass the world's checks (`failed`).
    */
   get raw() {
     return { executor: this.#executor, memory: this.#memory };

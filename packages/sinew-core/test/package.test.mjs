@@ -58,6 +58,63 @@ test('analyze gives the native risk report of every example spec, byte for byte'
   assert.equal(broken.errors[0].code, 'json-syntax');
 });
 
+test('reports have the shape index.d.ts gives them', () => {
+  // A JSON syntax error: `at`, line and column 1-based (the `}` is the
+  // 8th character of line 3); `help` always, `span` not.
+  const [syntax] = core.analyze('{\n  "sinew": "0.1",\n  "x": }').errors;
+  assert.deepEqual(syntax.at, { line: 3, column: 8 });
+  assert.equal(typeof syntax.help, 'string');
+  assert.equal(syntax.span, undefined);
+  // An error in an expression: `span`, bytes within the expression; the
+  // tool's level is `invalid`.
+  const spec = JSON.parse(shop.spec);
+  const args = spec.tools.place_order.flow.nodes.charge.args;
+  args.amount_cents = 'product.price_cents * * input.quantity';
+  const report = core.analyze(spec);
+  const [expr] = report.errors;
+  assert.equal(expr.code, 'expr-syntax');
+  assert.equal(expr.tool, 'place_order');
+  assert.deepEqual(expr.span, [22, 23]);
+  assert.equal(args.amount_cents.slice(...expr.span), '*');
+  assert.equal(report.tools.place_order.level, 'invalid');
+  // Every finding has a fix in words (`fix.summary`), a patch only when mechanical.
+  for (const { report: r } of risks) {
+    for (const tool of Object.values(JSON.parse(r).tools)) {
+      for (const f of tool.findings) assert.equal(typeof f.fix.summary, 'string', `${f.tool} ${f.code}`);
+    }
+  }
+});
+
+test('the README example runs on the shop spec', async () => {
+  // The first `js` block of the installed README, with `specText` the shop
+  // spec, run as a module of its own; its console.log calls are kept quiet.
+  const { readFile, writeFile } = await import('node:fs/promises');
+  const readme = await readFile(new URL('./node_modules/sinew-core/README.md', import.meta.url), 'utf8');
+  const example = readme.match(/```js\n([\s\S]*?)```/)[1];
+  const file = new URL('./readme-example.mjs', import.meta.url);
+  await writeFile(
+    file,
+    `const specText = ${JSON.stringify(shop.spec)};\n${example}\n` +
+      'export { report, fixed, applied, findings, patched, places, world, status, body, audit, copy };\n',
+  );
+  const log = console.log;
+  console.log = () => {};
+  let ran;
+  try {
+    ran = await import(file.href);
+  } finally {
+    console.log = log;
+  }
+  assert.equal(ran.report.level, 'green');
+  assert.equal(ran.fixed, shop.spec);
+  assert.deepEqual(ran.applied, []);
+  assert.equal(ran.places.length, ran.findings.length);
+  assert.equal(ran.status, 200, JSON.stringify(ran.body));
+  assert.equal(ran.body.status, 'pending');
+  assert.match(ran.audit.hash, /^[0-9a-f]{64}$/);
+  assert.equal(ran.copy.stateText(), ran.world.stateText());
+});
+
 test('fix, applyPatch and locate work on a spec with Red findings', () => {
   const red = risks.find((d) => {
     const r = JSON.parse(d.report);
@@ -201,6 +258,111 @@ test('the clock takes milliseconds, a Date or a function of either', async () =>
   world.seed({ Product: [{ id: '00000000-0000-4000-8000-000000000009', sku: 'x', name: 'X', price_cents: 1, stock: 1 }] });
   assert.equal(world.rows('Product')[0].created_at, '2026-01-01T00:00:00Z');
   for (const bad of [null, 'soon', Number.NaN, Infinity]) assert.throws(() => (world.now = bad), TypeError);
+  // Only times sinew can write (RFC 3339, years 1 to 9999 UTC): a time out
+  // of them is a TypeError too, and the clock stays as it was.
+  const outside = [2 ** 63, 1e20, -1e15, Date.parse('+010000-01-01T00:00:00Z'), Date.parse('0000-12-31T23:59:59.999Z')];
+  for (const bad of outside) {
+    assert.throws(() => (world.now = bad), TypeError, String(bad));
+    assert.throws(() => (world.now = new Date(bad)), TypeError, String(bad));
+  }
+  assert.equal(world.now, 1767225600000);
+  for (const [edge, written] of [
+    [Date.parse('0001-01-01T00:00:00Z'), '0001-01-01T00:00:00Z'],
+    [Date.parse('9999-12-31T23:59:59.999Z'), '9999-12-31T23:59:59.999Z'],
+  ]) {
+    const w = await core.simulate({ now: edge });
+    w.load(shop.spec);
+    const listed = w.execute({ tool: 'list_products', input: {}, auth: { sub: 'ann', roles: ['customer'] } });
+    assert.equal(listed.audit.time, written);
+  }
+  // A clock function returning such a time fails the call that reads it.
+  const late = await core.simulate();
+  late.load(shop.spec);
+  late.now = () => 2 ** 63;
+  assert.throws(() => late.execute({ tool: 'list_products', input: {} }), TypeError);
+  assert.ok(late.failed);
+});
+
+test('state() and reset() round trip exactly, integers beyond 2^53 too', async () => {
+  const now = Date.parse('2026-01-01T00:00:00Z');
+  const world = await core.simulate({ now });
+  world.load(shop.spec);
+  const id = '00000000-0000-4000-8000-000000000021';
+  // Seeded as text, so the number is exact; an order audits the row.
+  world.seed(`{"Product": [{"id": "${id}", "sku": "big", "name": "Big", "price_cents": 1, "stock": 9007199254740993}]}`);
+  const order = world.execute({
+    tool: 'place_order',
+    input: { product: id, quantity: 1 },
+    auth: { sub: 'ann', roles: ['customer'] },
+    idempotencyKey: 'big-1',
+  });
+  assert.equal(order.status, 200, JSON.stringify(order.body));
+  const exact = world.stateText();
+  assert.equal(exact, world.raw.memory.state());
+  assert.match(exact, /"stock":9007199254740992/);
+  assert.match(exact, /"stock":9007199254740993/);
+  // Parsed, the integers are rounded (JSON.parse)...
+  assert.equal(world.rows('Product')[0].stock, 9007199254740992);
+  // ...but reset(state()) of the object unchanged is exact, as is reset(stateText()).
+  for (const saved of [world.state(), world.stateText()]) {
+    const copy = await core.simulate({ now });
+    copy.load(shop.spec);
+    copy.reset(saved);
+    assert.equal(copy.stateText(), exact);
+  }
+  // A state object changed is stringified: what JSON.parse rounded stays rounded.
+  const changed = world.state();
+  changed.rows.Product[0].name = 'Bigger';
+  const copy = await core.simulate({ now });
+  copy.load(shop.spec);
+  copy.reset(changed);
+  assert.doesNotMatch(copy.stateText(), /9007199254740993/);
+  assert.match(copy.stateText(), /"name":"Bigger"/);
+});
+
+test('a world that failed inside a call refuses every later call', async () => {
+  const world = await core.simulate({ now: Date.parse('2026-01-01T00:00:00Z') });
+  world.load(shop.spec);
+  const id = '00000000-0000-4000-8000-000000000031';
+  world.seed({ Product: [{ id, sku: 'pen', name: 'Pen', price_cents: 150, stock: 4 }] });
+  const order = (key) => ({
+    tool: 'place_order',
+    input: { product: id, quantity: 1 },
+    auth: { sub: 'ann', roles: ['customer'] },
+    idempotencyKey: key,
+  });
+  // An argument of the wrong type is refused before the call: no harm done.
+  assert.throws(() => world.execute({ tool: 5 }), TypeError);
+  assert.equal(world.failed, false);
+  // The clock throws half-way through the order, its transaction open
+  // and the product's row locked.
+  let readings = 0;
+  const boom = new Error('the clock broke');
+  world.now = () => {
+    readings += 1;
+    if (readings === 6) throw boom;
+    return Date.parse('2026-01-01T00:00:01Z');
+  };
+  assert.throws(() => world.execute(order('k1')), (e) => e === boom);
+  assert.equal(world.raw.memory.openTransactions(), 1);
+  assert.equal(world.failed, true);
+  // From then on, every call is a typed error naming the first failure.
+  world.now = Date.parse('2026-01-01T00:00:02Z');
+  const failed = (e) => e instanceof SinewError && e.code === 'failed' && e.cause === boom && /core\.simulate/.test(e.message);
+  assert.throws(() => world.execute(order('k2')), failed);
+  assert.throws(() => world.rows('Product'), failed);
+  assert.throws(() => world.state(), failed);
+  assert.throws(() => world.stateText(), failed);
+  assert.throws(() => world.audit(), failed);
+  assert.throws(() => world.seed({ Product: [] }), failed);
+  assert.throws(() => world.load(shop.spec), failed);
+  assert.throws(() => world.reset('{}'), failed);
+  // So does a clock that answers NaN mid-call.
+  const other = await core.simulate({ now: Date.parse('2026-01-01T00:00:00Z') });
+  other.load(shop.spec);
+  other.now = () => Number.NaN;
+  assert.throws(() => other.execute({ tool: 'list_products', input: {} }), TypeError);
+  assert.throws(() => other.execute({ tool: 'list_products', input: {} }), (e) => e.code === 'failed' && e.cause instanceof TypeError);
 });
 
 test('what cannot run is a typed SinewError', async () => {

@@ -2,7 +2,7 @@
 // type-checks this file (tsc --strict) against the installed package. It
 // is never run.
 
-import { load, SinewError, version, type Core, type Report, type World, type Place } from 'sinew-core';
+import { load, SinewError, version, type Core, type Report, type World, type Place, type ToolReport, type Diagnostic } from 'sinew-core';
 
 const core: Core = await load({ base: new URL('./node_modules/sinew-core/component/', import.meta.url) });
 const report: Report = core.analyze('{"sinew": "0.1"}');
@@ -14,6 +14,16 @@ for (const [tool, { findings }] of Object.entries(report.tools)) {
     console.log(tool, f.code, f.path, f.acknowledged, text.length);
   }
 }
+// What the runtime gives: a tool with errors is `invalid`; a fix is always
+// there, its patch only when mechanical; a diagnostic's help always, its
+// span (in an expression) and at (JSON syntax, 1-based) sometimes.
+const toolLevel: ToolReport['level'] = 'invalid';
+const tool: ToolReport | undefined = report.tools['place_order'];
+const summary: string | undefined = tool?.findings[0]?.fix.summary;
+const diagnostic: Diagnostic | undefined = report.errors[0];
+const help: string | undefined = diagnostic?.help;
+const span: [number, number] | undefined = diagnostic?.span;
+const column: number | undefined = diagnostic?.at?.column;
 const places: Place[] = core.locate('{}', ['/tools']);
 const first: number = places[0].markStart;
 const fixed = core.fix('{}');
@@ -43,18 +53,24 @@ const len: bigint = world.raw.memory.auditLen();
 const status: number = response.status;
 const seq = response.audit.seq;
 world.reset(world.state());
+const saved: string = world.stateText();
+world.reset(saved);
+const failed: boolean = world.failed;
 const rows = world.rows('Product');
 try {
   world.load('{');
 } catch (e) {
-  if (e instanceof SinewError) console.log(e.code, e.pointer, e.message);
+  if (e instanceof SinewError) console.log(e.code, e.pointer, e.message, e.code === 'failed' ? e.cause : undefined);
 }
 
 // @ts-expect-error a request names its tool
 world.execute({ input: {} });
 // @ts-expect-error the clock is milliseconds
 world.now = '2026-01-01';
+// @ts-expect-error `failed` is read-only
+world.failed = false;
 // @ts-expect-error patches are arrays
 core.applyPatch('{}', { op: 'add' });
 
 console.log(version, level, first, applied, tools, seeded, status, seq, rows, len);
+console.log(toolLevel, summary, help, span, column, failed);
