@@ -807,27 +807,47 @@ fn expiry(s: &str, now: jiff::Timestamp) -> Result<jiff::Timestamp> {
     Ok(t)
 }
 
+/// The claims of `sinew keys create` (`--claim NAME=VALUE`, each name
+/// once, none of those sinew sets), after checking its `--roles`.
+fn key_claims(
+    roles: &[String],
+    claims: &[String],
+) -> Result<serde_json::Map<String, serde_json::Value>> {
+    crate::keys::check_roles(roles)?;
+    let mut map = serde_json::Map::new();
+    for c in claims {
+        let Some((k, v)) = c.split_once('=').filter(|(k, _)| !k.is_empty()) else {
+            anyhow::bail!("--claim `{c}`: write NAME=VALUE");
+        };
+        if map
+            .insert(k.to_owned(), serde_json::Value::from(v))
+            .is_some()
+        {
+            anyhow::bail!("--claim `{k}` is given twice: a claim has one value");
+        }
+    }
+    crate::keys::check_claims(&map)?;
+    Ok(map)
+}
+
 /// Runs a keys command; returns the exit code.
 pub fn keys(args: &KeysArgs) -> Result<u8> {
     let (KeysCommand::Create { db, .. }
     | KeysCommand::List { db, .. }
     | KeysCommand::Revoke { db, .. }) = &args.command;
+    // (The flags are checked before the database is reached.)
+    let map = match &args.command {
+        KeysCommand::Create { roles, claims, .. } => key_claims(roles, claims)?,
+        _ => serde_json::Map::new(),
+    };
     db.run(async |client| match &args.command {
         KeysCommand::Create {
             name,
             roles,
-            claims,
             expires,
             json,
             ..
         } => {
-            let mut map = serde_json::Map::new();
-            for c in claims {
-                let Some((k, v)) = c.split_once('=').filter(|(k, _)| !k.is_empty()) else {
-                    anyhow::bail!("--claim `{c}`: write NAME=VALUE");
-                };
-                map.insert(k.to_owned(), serde_json::Value::from(v));
-            }
             let expires = expires
                 .as_deref()
                 .map(|e| expiry(e, jiff::Timestamp::now()))

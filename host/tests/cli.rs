@@ -881,6 +881,58 @@ fn boolean_environment_switches_take_what_people_write() {
     }
 }
 
+/// `sinew keys create` refuses, before the database is reached, what
+/// could not be meant: a claim given twice (the last one was kept), a role
+/// no spec can declare, a `roles` claim (the roles are `--roles`), a token
+/// subject `key:…` (API keys' own).
+#[test]
+fn keys_create_refuses_repeated_claims_and_invalid_roles() {
+    for (args, says) in [
+        (
+            vec![
+                "--roles", "ops", "--claim", "org_id=a", "--claim", "org_id=b",
+            ],
+            "--claim `org_id` is given twice",
+        ),
+        (
+            vec!["--roles", "no such role,x"],
+            "`no such role` is not a role name",
+        ),
+        (vec!["--roles", "ops,2x"], "`2x` is not a role name"),
+        (vec!["--roles", "ops,ops"], "`ops` is named twice"),
+        (
+            vec!["--roles", "ops", "--claim", "roles=admin"],
+            "the claim `roles` is set by sinew",
+        ),
+        (
+            vec!["--roles", "ops", "--claim", "sub=x"],
+            "the claim `sub` is set by sinew",
+        ),
+    ] {
+        let mut all = vec!["keys", "create", "--name", "ci"];
+        all.extend(&args);
+        let out = Command::new(env!("CARGO_BIN_EXE_sinew"))
+            .args(&all)
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            .output()
+            .expect("run sinew");
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+        assert!(
+            !stderr(&out).contains("connect"),
+            "{args:?} reached the database: {}",
+            stderr(&out)
+        );
+    }
+    let out = sinew(["token", "--sub", "key:3f9a0c1d2e4b5a69", "--secret", "s"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("may not start with `key:`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// Values that cannot be meant are refused as the command line is read
 /// (exit 2), not carried into a token the server refuses or a key without
 /// a name or role: an empty `--sub`, `--name` or role, an unknown log level.
