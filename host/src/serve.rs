@@ -1852,8 +1852,24 @@ pub struct Database {
 }
 
 impl Database {
-    /// `url`, or the embedded cluster in `<data_dir>/pg`.
+    /// `url`, or the embedded cluster in `<data_dir>/pg`, for a command
+    /// other than `serve`: a cluster found running is left running.
     pub fn open(url: Option<&str>, data_dir: &std::path::Path) -> Result<Database> {
+        Self::open_with(url, data_dir, Embedded::start_for_command)
+    }
+
+    /// [`Database::open`] for `sinew serve`: a cluster left running by a
+    /// killed sinew is adopted (stopped when this server stops).
+    pub fn open_serving(url: Option<&str>, data_dir: &std::path::Path) -> Result<Database> {
+        Self::open_with(url, data_dir, Embedded::start)
+    }
+
+    /// `url`, or the embedded cluster started by `start`.
+    fn open_with(
+        url: Option<&str>,
+        data_dir: &std::path::Path,
+        start: fn(&std::path::Path) -> Result<Embedded>,
+    ) -> Result<Database> {
         match url.filter(|u| !u.is_empty()) {
             Some(url) => {
                 let config: tokio_postgres::Config = url
@@ -1865,7 +1881,7 @@ impl Database {
                 })
             }
             None => {
-                let pg = Embedded::start(&data_dir.join("pg"))?;
+                let pg = start(&data_dir.join("pg"))?;
                 Ok(Database {
                     config: pg.config(),
                     embedded: Some(pg),
@@ -2384,7 +2400,7 @@ impl Start<'_> {
             .clone()
             .filter(|u| !u.is_empty())
             .or_else(|| self.args.secrets().get("DATABASE_URL"));
-        let db = Database::open(url.as_deref(), &self.args.data_dir)?;
+        let db = Database::open_serving(url.as_deref(), &self.args.data_dir)?;
         if let Some(pg) = &db.embedded {
             self.log.info(&format!(
                 "embedded Postgres running on {} (data in {})",

@@ -1431,6 +1431,48 @@ fn component_npm_writes_the_package() {
     }
 }
 
+/// A command other than `serve` stops only an embedded cluster it started:
+/// one left running by a killed sinew (its `.owner` names a process that is
+/// gone) may be in use by a `sinew serve --database-url`, and was once
+/// adopted and stopped by `sinew audit verify`.
+#[test]
+fn commands_leave_running_a_cluster_they_did_not_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // (Reachable by the server's user when the tests run as root.)
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    let pg = sinew_host::pg::embedded::Embedded::start(&data.join("pg")).expect("a Postgres");
+    let mut gone = Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    std::fs::write(pg.owner_file(), dead.to_string()).unwrap();
+    for args in [vec!["audit", "verify"], vec!["keys", "list"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_sinew"))
+            .args(&args)
+            .arg("--data-dir")
+            .arg(&data)
+            .env_remove("DATABASE_URL")
+            .env_remove("SINEW_DATA_DIR")
+            .output()
+            .expect("run sinew");
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+        assert!(
+            data.join("pg/postmaster.pid").is_file(),
+            "{args:?} stopped the cluster: {}",
+            stderr(&out)
+        );
+        assert_eq!(
+            std::fs::read_to_string(pg.owner_file()).unwrap(),
+            dead.to_string(),
+            "{args:?} took the cluster over"
+        );
+    }
+    std::fs::write(pg.owner_file(), std::process::id().to_string()).unwrap();
+    drop(pg);
+    assert!(!data.join("pg/postmaster.pid").is_file());
+}
+
 /// The commands that read what a server wrote (`outbox`, `audit`) do not
 /// create an empty embedded database where there is none: they say where
 /// they looked, and leave the directory as it was.
