@@ -1261,6 +1261,18 @@ impl App {
             (&Method::GET | &Method::HEAD, "/openapi.json") => {
                 Some(respond(200, "application/json", self.openapi.clone()))
             }
+            // The server's own paths answer no other method, whatever route
+            // a tool has with a parameter there.
+            (_, "/healthz" | "/readyz" | "/openapi.json") => {
+                Some(method_not_allowed(path, &get_and_head(), id))
+            }
+            (_, p)
+                if (p == "/studio" || p.starts_with("/studio/"))
+                    && matches!(found, Found::Nothing)
+                    && self.studio.is_some() =>
+            {
+                Some(method_not_allowed(path, &get_and_head(), id))
+            }
             _ => None,
         }
     }
@@ -1756,6 +1768,11 @@ fn problem_of(reply: &Reply) -> Option<Value> {
         .flatten()
 }
 
+/// What a path that answers GET allows (HEAD too, as for a GET tool).
+fn get_and_head() -> Vec<String> {
+    vec!["GET".into(), "HEAD".into()]
+}
+
 /// A 405 naming the methods `path` answers, in its `Allow` header too.
 fn method_not_allowed(path: &str, allow: &[String], id: &str) -> hyper::Response<Body> {
     let mut r = problem(
@@ -2222,7 +2239,7 @@ fn metrics_response(method: &Method, path: &str, at: &str, id: &str) -> hyper::R
             "text/plain; version=0.0.4; charset=utf-8",
             Bytes::from(text),
         ),
-        (_, true, Some(_)) => method_not_allowed(path, &["GET".into()], id),
+        (_, true, Some(_)) => method_not_allowed(path, &get_and_head(), id),
         _ => problem(Code::NotFound, &format!("no metrics at {path}"), id),
     }
 }
