@@ -526,7 +526,8 @@ async fn bad_requests_get_typed_answers_and_change_nothing() {
         .await;
     assert_eq!(r.status, 404);
     let r = http.send("POST", &format!("{base}/studio/"), &[], "").await;
-    assert_eq!(r.status, 404, "the studio only answers GET");
+    assert_eq!(r.status, 405, "the studio only answers GET");
+    assert_eq!(r.headers["allow"], "GET, HEAD");
 
     // Nothing partial: one order of 2, stock 8.
     let db = connect_url(&url).await;
