@@ -371,6 +371,18 @@ async fn bad_requests_get_typed_answers_and_change_nothing() {
         .json("GET", &format!("{base}/nowhere"), Some(&alice), &json!({}))
         .await;
     assert_eq!(r.status, 404);
+    // The server's own paths: a known path with the wrong method is 405
+    // with `Allow` (they were 404).
+    for path in ["/healthz", "/readyz", "/openapi.json"] {
+        for method in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"] {
+            let r = http.send(method, &format!("{base}{path}"), &[], "").await;
+            assert_eq!(r.status, 405, "{method} {path}: {}", r.text);
+            assert_eq!(r.headers["allow"], "GET, HEAD", "{method} {path}");
+            assert_eq!(r.body["code"], "method_not_allowed", "{}", r.text);
+        }
+        let r = http.send("HEAD", &format!("{base}{path}"), &[], "").await;
+        assert_eq!(r.status, 200, "HEAD {path}");
+    }
     let r = http
         .send("GET", &format!("{base}/openapi.json"), &[], "")
         .await;
@@ -514,7 +526,8 @@ async fn bad_requests_get_typed_answers_and_change_nothing() {
         .await;
     assert_eq!(r.status, 404);
     let r = http.send("POST", &format!("{base}/studio/"), &[], "").await;
-    assert_eq!(r.status, 404, "the studio only answers GET");
+    assert_eq!(r.status, 405, "the studio only answers GET");
+    assert_eq!(r.headers["allow"], "GET, HEAD");
 
     // Nothing partial: one order of 2, stock 8.
     let db = connect_url(&url).await;

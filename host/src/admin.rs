@@ -295,7 +295,8 @@ enum AuditCommand {
     /// when one is different (one whose sensitive input was recorded by
     /// its hash is `unreproducible`; an entry the host wrote itself, for a
     /// request refused before the executor ran or stopped at its deadline,
-    /// is `not replayable`: both are reported, neither fails).
+    /// is `not replayable`: both are reported, neither fails). Exit 2 when
+    /// an execution named is not recorded (each is named: `not-found`).
     Replay {
         #[command(flatten)]
         db: DatabaseArgs,
@@ -313,7 +314,8 @@ enum AuditCommand {
         /// At most this many executions (the latest).
         #[arg(long, default_value_t = 1000)]
         limit: i64,
-        /// How many differences to print.
+        /// How many executions that did not replay identically to print:
+        /// the differences first.
         #[arg(long, default_value_t = 20)]
         show: usize,
         /// One JSON object per execution instead of the report.
@@ -426,7 +428,10 @@ pub fn audit(args: &AuditArgs) -> Result<u8> {
                     ids: ids.clone(),
                     since: since.clone(),
                     tool: tool.clone(),
-                    limit: (*limit).max(0),
+                    // (Every id named is read, whatever --limit says.)
+                    limit: (*limit)
+                        .max(0)
+                        .max(i64::try_from(ids.len()).unwrap_or(i64::MAX)),
                 };
                 let spec = match spec {
                     Some(p) => Some(
@@ -595,6 +600,7 @@ async fn replay(
                         "the spec that recorded it ({bundle}) is not in sinew_bundle: pass it with --spec"
                     ),
                 },
+                tool_absent: false,
             },
         };
         if json {
@@ -602,13 +608,36 @@ async fn replay(
         }
         summary.add(replayed);
     }
-    if !json {
+    let missing = crate::replay::not_found(&selection.ids, &entries);
+    if json {
+        for id in &missing {
+            let line = serde_json::json!({"result": "not-found", "execution": id});
+            out.push_str(&format!("{line}\n"));
+        }
+    } else {
         if entries.is_empty() {
             out.push_str("no recorded execution matches\n");
         }
         out.push_str(&summary.text(show));
+        for id in &missing {
+            out.push_str(&format!(
+                "  not-found {id}: no recorded execution has this id\n"
+            ));
+        }
     }
     crate::write_stdout(&out)?;
+    if !missing.is_empty() {
+        eprintln!(
+            "error: no recorded execution has the id{} {}",
+            if missing.len() == 1 { "" } else { "s" },
+            missing
+                .iter()
+                .map(|id| format!("`{id}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Ok(2);
+    }
     Ok(u8::from(!summary.none_different()))
 }
 
@@ -807,27 +836,47 @@ fn expiry(s: &str, now: jiff::Timestamp) -> Result<jiff::Timestamp> {
     Ok(t)
 }
 
+/// The claims of `sinew keys create` (`--claim NAME=VALUE`, each name
+/// once, none of those sinew sets), after checking its `--roles`.
+fn key_claims(
+    roles: &[String],
+    claims: &[String],
+) -> Result<serde_json::Map<String, serde_json::Value>> {
+    crate::keys::check_roles(roles)?;
+    let mut map = serde_json::Map::new();
+    for c in claims {
+        let Some((k, v)) = c.split_once('=').filter(|(k, _)| !k.is_empty()) else {
+            anyhow::bail!("--claim `{c}`: write NAME=VALUE");
+        };
+        if map
+            .insert(k.to_owned(), serde_json::Value::from(v))
+            .is_some()
+        {
+            anyhow::bail!("--claim `{k}` is given twice: a claim has one value");
+        }
+    }
+    crate::keys::check_claims(&map)?;
+    Ok(map)
+}
+
 /// Runs a keys command; returns the exit code.
 pub fn keys(args: &KeysArgs) -> Result<u8> {
     let (KeysCommand::Create { db, .. }
     | KeysCommand::List { db, .. }
     | KeysCommand::Revoke { db, .. }) = &args.command;
+    // (The flags are checked before the database is reached.)
+    let map = match &args.command {
+        KeysCommand::Create { roles, claims, .. } => key_claims(roles, claims)?,
+        _ => serde_json::Map::new(),
+    };
     db.run(async |client| match &args.command {
         KeysCommand::Create {
             name,
             roles,
-            claims,
             expires,
             json,
             ..
         } => {
-            let mut map = serde_json::Map::new();
-            for c in claims {
-                let Some((k, v)) = c.split_once('=').filter(|(k, _)| !k.is_empty()) else {
-                    anyhow::bail!("--claim `{c}`: write NAME=VALUE");
-                };
-                map.insert(k.to_owned(), serde_json::Value::from(v));
-            }
             let expires = expires
                 .as_deref()
                 .map(|e| expiry(e, jiff::Timestamp::now()))

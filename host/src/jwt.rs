@@ -82,26 +82,63 @@ impl JwtConfig {
         self.secret.is_some() || !self.keys.is_empty()
     }
 
-    fn validation(&self, alg: Algorithm) -> Validation {
+    /// The claims a token must carry, in the order a missing one is
+    /// named: `exp`, `sub`, then `iss` and `aud` when configured.
+    fn required(&self) -> Vec<&'static str> {
+        let mut required = vec!["exp", "sub"];
+        if self.issuer.is_some() {
+            required.push("iss");
+        }
+        if self.audience.is_some() {
+            required.push("aud");
+        }
+        required
+    }
+
+    fn validation(&self, alg: Algorithm, required: &[&str]) -> Validation {
         let mut v = Validation::new(alg);
         v.algorithms = vec![alg];
         v.leeway = LEEWAY_SECS;
         v.validate_exp = true;
         v.validate_nbf = true;
-        let mut required = vec!["exp", "sub"];
         if let Some(iss) = &self.issuer {
             v.set_issuer(&[iss]);
-            required.push("iss");
         }
         match &self.audience {
-            Some(aud) => {
-                v.set_audience(&[aud]);
-                required.push("aud");
-            }
+            Some(aud) => v.set_audience(&[aud]),
             None => v.validate_aud = false,
         }
-        v.set_required_spec_claims(&required);
+        v.set_required_spec_claims(required);
         v
+    }
+
+    /// Decodes and validates a token. The library checks the required
+    /// claims in the order of a hash set: when one is missing, the first
+    /// missing in [`JwtConfig::required`]'s order is named, so the same
+    /// token is always refused with the same words.
+    fn decode(
+        &self,
+        token: &str,
+        key: &DecodingKey,
+        alg: Algorithm,
+    ) -> jsonwebtoken::errors::Result<jsonwebtoken::TokenData<Value>> {
+        use jsonwebtoken::errors::ErrorKind as K;
+        let required = self.required();
+        let result = jsonwebtoken::decode::<Value>(token, key, &self.validation(alg, &required));
+        match result {
+            Err(e) if matches!(e.kind(), K::MissingRequiredClaim(_)) => {
+                for claim in required {
+                    let one = self.validation(alg, &[claim]);
+                    if let Err(first) = jsonwebtoken::decode::<Value>(token, key, &one)
+                        && matches!(first.kind(), K::MissingRequiredClaim(_))
+                    {
+                        return Err(first);
+                    }
+                }
+                Err(e)
+            }
+            other => other,
+        }
     }
 
     /// Verifies a bearer token and returns the caller.
@@ -147,7 +184,8 @@ impl JwtConfig {
                 )));
             }
         };
-        let data = jsonwebtoken::decode::<Value>(token, &key, &self.validation(alg))
+        let data = self
+            .decode(token, &key, alg)
             .map_err(|e| Refused(describe(&e)))?;
         let claims = data.claims;
         // No engine stores a NUL character (Postgres cannot): a token
@@ -163,6 +201,14 @@ impl JwtConfig {
                 ));
             }
         };
+        // `key:<id>` is the subject of an API key's calls: a token may not
+        // act as one (its idempotency scope, the rows it owns).
+        if sub.starts_with(crate::keys::SUBJECT_PREFIX) {
+            return Err(Refused(format!(
+                "the token's `sub` may not start with `{}` (the subjects of API keys)",
+                crate::keys::SUBJECT_PREFIX
+            )));
+        }
         let roles = match claims.get(&self.roles_claim) {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(list)) => {
@@ -213,6 +259,12 @@ impl JwtConfig {
         let Some(secret) = &self.secret else {
             bail!("set SINEW_JWT_SECRET (or --secret) to mint a token");
         };
+        if sub.starts_with(crate::keys::SUBJECT_PREFIX) {
+            bail!(
+                "a token's subject may not start with `{}` (the subjects of API keys)",
+                crate::keys::SUBJECT_PREFIX
+            );
+        }
         let mut claims = extra.clone();
         claims.insert("sub".into(), Value::from(sub));
         claims.insert(self.roles_claim.clone(), Value::from(roles.to_vec()));
@@ -288,5 +340,60 @@ mod tests {
             config.verify(&token(Value::from("ann"))).unwrap().sub,
             "ann"
         );
+    }
+
+    fn signed(claims: &Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap()
+    }
+
+    /// A token missing several required claims is always refused naming
+    /// the same one (`iss` before `aud`): the library's order varied.
+    #[test]
+    fn the_missing_claim_named_is_always_the_same() {
+        let config = JwtConfig {
+            issuer: Some("X".into()),
+            audience: Some("Y".into()),
+            ..JwtConfig::hs256("s3cret")
+        };
+        let now = now_secs();
+        let both = signed(&serde_json::json!({"sub": "ann", "exp": now + 60}));
+        for _ in 0..50 {
+            // (A new validation each time: a new hash set, a new order.)
+            let Err(Refused(why)) = config.verify(&both) else {
+                panic!("accepted");
+            };
+            assert_eq!(why, "the token has no `iss` claim, or not of its type");
+        }
+        let none = signed(&serde_json::json!({"roles": []}));
+        for _ in 0..50 {
+            let Err(Refused(why)) = config.verify(&none) else {
+                panic!("accepted");
+            };
+            assert_eq!(why, "the token has no `exp` claim, or not of its type");
+        }
+        let aud = signed(&serde_json::json!({"sub": "ann", "exp": now + 60, "iss": "X"}));
+        let Err(Refused(why)) = config.verify(&aud) else {
+            panic!("accepted");
+        };
+        assert_eq!(why, "the token has no `aud` claim, or not of its type");
+    }
+
+    /// `key:…` subjects are API keys': a token naming one is refused.
+    #[test]
+    fn a_token_may_not_take_an_api_key_subject() {
+        let config = JwtConfig::hs256("s3cret");
+        let now = now_secs();
+        let token = signed(&serde_json::json!({"sub": "key:3f9a0c1d2e4b5a69", "exp": now + 60}));
+        let Err(Refused(why)) = config.verify(&token) else {
+            panic!("accepted");
+        };
+        assert!(why.contains("may not start with `key:`"), "{why}");
+        let token = signed(&serde_json::json!({"sub": "keyholder", "exp": now + 60}));
+        assert_eq!(config.verify(&token).unwrap().sub, "keyholder");
     }
 }

@@ -19,6 +19,10 @@ use sinew_core::hash::sha256_hex;
 /// and secret scanners can find leaked ones).
 pub const PREFIX: &str = "sinew_";
 
+/// What the subject of a key's calls starts with (`key:<id>`): a JWT may
+/// not name such a subject.
+pub const SUBJECT_PREFIX: &str = "key:";
+
 /// How long a server trusts what it read about a key: a revoked key stops
 /// working on every instance within this time.
 pub const CACHE_TTL: Duration = Duration::from_secs(5);
@@ -121,7 +125,7 @@ impl Keys {
         if k.expires_ms.is_some_and(|e| e <= now_ms) {
             return Err(Refused::Invalid("the API key has expired"));
         }
-        let sub = format!("key:{}", k.id);
+        let sub = format!("{SUBJECT_PREFIX}{}", k.id);
         let mut claims = k.claims;
         claims.insert("sub".into(), Value::from(sub.clone()));
         claims.insert("key".into(), Value::from(k.id));
@@ -181,11 +185,8 @@ pub async fn create(
     if roles.is_empty() {
         bail!("a key needs at least one role (--roles)");
     }
-    for reserved in ["sub", "key"] {
-        if claims.contains_key(reserved) {
-            bail!("the claim `{reserved}` is set by sinew (`key:<id>`, the key's id)");
-        }
-    }
+    check_roles(roles)?;
+    check_claims(claims)?;
     client
         .batch_execute(sinew_core::migrate::KEYS_TABLE)
         .await
@@ -208,6 +209,46 @@ pub async fn create(
         .await
         .context("recording the key")?;
     Ok(key)
+}
+
+/// Whether `s` is a role name as a spec declares one
+/// (`^[A-Za-z_][A-Za-z0-9_]{0,62}$`).
+pub fn is_role_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && s.len() <= 63
+}
+
+/// Refuses the claims sinew sets itself: `sub`, `key` and `roles`.
+pub fn check_claims(claims: &Map<String, Value>) -> Result<()> {
+    for reserved in ["sub", "key"] {
+        if claims.contains_key(reserved) {
+            bail!("the claim `{reserved}` is set by sinew (`key:<id>`, the key's id)");
+        }
+    }
+    if claims.contains_key("roles") {
+        bail!("the claim `roles` is set by sinew (the key's --roles): name the roles there");
+    }
+    Ok(())
+}
+
+/// Refuses a role name no spec can declare, and a role named twice.
+pub fn check_roles(roles: &[String]) -> Result<()> {
+    for (i, role) in roles.iter().enumerate() {
+        if !is_role_name(role) {
+            bail!(
+                "--roles: `{role}` is not a role name (letters, digits and `_`, starting with \
+                 a letter or `_`, at most 63 characters)"
+            );
+        }
+        if roles[..i].contains(role) {
+            bail!("--roles: `{role}` is named twice");
+        }
+    }
+    Ok(())
 }
 
 /// Every key, newest first.
@@ -271,5 +312,19 @@ mod tests {
         assert_ne!(a.key, b.key);
         assert_ne!(a.id, b.id);
         assert!(!is_key("eyJhbGciOiJIUzI1NiJ9.e30.x"));
+    }
+
+    /// Roles are named as a spec names them, once each.
+    #[test]
+    fn roles_are_checked_as_a_spec_names_them() {
+        let roles =
+            |r: &[&str]| check_roles(&r.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+        assert!(roles(&["ops", "_x", "Staff_2"]).is_ok());
+        for bad in ["no such role", "2x", "a-b", "é", &"r".repeat(64)] {
+            let err = roles(&[bad]).unwrap_err().to_string();
+            assert!(err.contains("is not a role name"), "{bad}: {err}");
+        }
+        let err = roles(&["ops", "ops"]).unwrap_err().to_string();
+        assert!(err.contains("named twice"), "{err}");
     }
 }

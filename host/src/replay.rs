@@ -112,6 +112,21 @@ pub async fn entries(client: &tokio_postgres::Client, s: &Selection) -> Result<V
     Ok(out)
 }
 
+/// The ids of `ids` no entry of `found` is the execution of, each once,
+/// in the order given.
+pub fn not_found(ids: &[String], found: &[Value]) -> Vec<String> {
+    let mut missing: Vec<String> = Vec::new();
+    for id in ids {
+        let recorded = found
+            .iter()
+            .any(|e| e.get("execution").and_then(Value::as_str) == Some(id.as_str()));
+        if !recorded && !missing.contains(id) {
+            missing.push(id.clone());
+        }
+    }
+    missing
+}
+
 /// The spec text recorded under `hash`, if any.
 pub async fn recorded_spec(client: &tokio_postgres::Client, hash: &str) -> Result<Option<String>> {
     let row = client
@@ -130,6 +145,9 @@ pub struct Replayed {
     pub tool: String,
     /// What the replay found.
     pub verdict: Verdict,
+    /// The spec replayed on has no such tool (a shadow test of a spec
+    /// without it): not run, `not replayable`, counted apart.
+    pub tool_absent: bool,
 }
 
 /// The component, answering from one replay at a time.
@@ -208,6 +226,16 @@ impl Replaying {
         };
         let (execution, tool) = (text("execution"), text("tool"));
         let same_spec = text("bundle") == self.hash;
+        if self.bundle.tool(&tool).is_none() {
+            return Replayed {
+                verdict: Verdict::NotReplayable {
+                    reason: format!("the spec replayed on has no tool `{tool}`"),
+                },
+                execution,
+                tool,
+                tool_absent: true,
+            };
+        }
         let verdict = match Replay::of(&self.bundle, &self.shapes, entry) {
             Err(reason) => Verdict::NotReplayable { reason },
             Ok(mut replay) => {
@@ -228,6 +256,7 @@ impl Replaying {
             execution,
             tool,
             verdict,
+            tool_absent: false,
         }
     }
 }
@@ -235,9 +264,11 @@ impl Replaying {
 /// What a replay of many entries found, per tool.
 #[derive(Debug, Default)]
 pub struct Summary {
-    /// Per tool: identical, different, unreproducible, not replayable.
-    pub tools: BTreeMap<String, [usize; 4]>,
-    /// Every execution that did not replay identically.
+    /// Per tool: identical, different, unreproducible, not replayable, and
+    /// not run for the spec replayed on has no such tool.
+    pub tools: BTreeMap<String, [usize; 5]>,
+    /// Every execution that did not replay identically (of a tool the spec
+    /// has).
     pub others: Vec<Replayed>,
 }
 
@@ -246,6 +277,7 @@ impl Summary {
     pub fn add(&mut self, r: Replayed) {
         let counts = self.tools.entry(r.tool.clone()).or_default();
         let i = match r.verdict {
+            _ if r.tool_absent => 4,
             Verdict::Identical { .. } => 0,
             Verdict::Different { .. } => 1,
             Verdict::Unreproducible { .. } => 2,
@@ -253,7 +285,7 @@ impl Summary {
         };
         counts[i] += 1;
         // (Enough to report; the counts say how many there are.)
-        if i > 0 && self.others.len() < 1000 {
+        if (1..4).contains(&i) && self.others.len() < 1000 {
             self.others.push(r);
         }
     }
@@ -264,16 +296,32 @@ impl Summary {
         self.tools.values().all(|c| c[1] == 0)
     }
 
-    /// The report: one line per tool, then the first differences.
+    /// The report: one line per tool, then the first `shown` executions
+    /// that did not replay identically, differences first (then the
+    /// unreproducible, then those not replayable).
     pub fn text(&self, shown: usize) -> String {
         let mut out = String::new();
-        for (tool, [same, diff, unrep, not]) in &self.tools {
+        for (tool, [same, diff, unrep, not, absent]) in &self.tools {
             out.push_str(&format!(
-                "{tool}: {} replayed, {same} identical, {diff} different, {unrep} unreproducible, {not} not replayable\n",
-                same + diff + unrep + not
+                "{tool}: {} replayed, {same} identical, {diff} different, {unrep} unreproducible, {not} not replayable",
+                same + diff + unrep + not + absent
             ));
+            if *absent > 0 {
+                out.push_str(&format!(
+                    ", {absent} not run: the spec replayed on has no tool `{tool}`"
+                ));
+            }
+            out.push('\n');
         }
-        for r in self.others.iter().take(shown) {
+        let rank = |v: &Verdict| match v {
+            Verdict::Different { .. } => 0,
+            Verdict::Unreproducible { .. } => 1,
+            _ => 2,
+        };
+        let mut listed: Vec<&Replayed> = self.others.iter().collect();
+        // (Stable: in each kind, the order of the recording.)
+        listed.sort_by_key(|r| rank(&r.verdict));
+        for r in listed.into_iter().take(shown) {
             let detail = match &r.verdict {
                 Verdict::Different { difference } => difference.clone(),
                 Verdict::Unreproducible {
@@ -305,8 +353,88 @@ impl Summary {
 pub fn json_line(r: &Replayed) -> String {
     let mut v = serde_json::to_value(&r.verdict).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut v {
+        if r.tool_absent {
+            m.insert("result".into(), json!("tool-absent"));
+        }
         m.insert("execution".into(), json!(r.execution));
         m.insert("tool".into(), json!(r.tool));
     }
     format!("{v}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replayed(execution: &str, verdict: Verdict) -> Replayed {
+        Replayed {
+            execution: execution.into(),
+            tool: "t".into(),
+            verdict,
+            tool_absent: false,
+        }
+    }
+
+    /// `--show` lists differences before executions that could not be
+    /// replayed or reproduced, whatever the order they came in.
+    #[test]
+    fn differences_are_shown_first() {
+        let mut s = Summary::default();
+        for i in 0..3 {
+            s.add(replayed(
+                &format!("n{i}"),
+                Verdict::NotReplayable {
+                    reason: "no tape".into(),
+                },
+            ));
+            s.add(replayed(
+                &format!("u{i}"),
+                Verdict::Unreproducible {
+                    unverified: vec!["pin".into()],
+                    difference: "call 1".into(),
+                },
+            ));
+        }
+        s.add(replayed(
+            "d0",
+            Verdict::Different {
+                difference: "call 2".into(),
+            },
+        ));
+        let text = s.text(2);
+        let shown: Vec<&str> = text.lines().skip(1).collect();
+        assert_eq!(
+            shown,
+            [
+                "  different t d0: call 2",
+                "  unreproducible t u0: call 1 (recorded by their hash, not reproduced: pin)",
+                "  … and 5 more",
+            ],
+            "{text}"
+        );
+    }
+
+    /// Executions of a tool the spec replayed on lacks are counted apart,
+    /// not listed one by one, and not different.
+    #[test]
+    fn a_tool_the_spec_lacks_is_counted_apart() {
+        let mut s = Summary::default();
+        for i in 0..2 {
+            s.add(Replayed {
+                tool_absent: true,
+                ..replayed(
+                    &format!("a{i}"),
+                    Verdict::NotReplayable {
+                        reason: "the spec replayed on has no tool `t`".into(),
+                    },
+                )
+            });
+        }
+        assert!(s.none_different());
+        assert_eq!(
+            s.text(20),
+            "t: 2 replayed, 0 identical, 0 different, 0 unreproducible, 0 not replayable, \
+             2 not run: the spec replayed on has no tool `t`\n"
+        );
+    }
 }

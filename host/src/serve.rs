@@ -1261,6 +1261,18 @@ impl App {
             (&Method::GET | &Method::HEAD, "/openapi.json") => {
                 Some(respond(200, "application/json", self.openapi.clone()))
             }
+            // The server's own paths answer no other method, whatever route
+            // a tool has with a parameter there.
+            (_, "/healthz" | "/readyz" | "/openapi.json") => {
+                Some(method_not_allowed(path, &get_and_head(), id))
+            }
+            (_, p)
+                if (p == "/studio" || p.starts_with("/studio/"))
+                    && matches!(found, Found::Nothing)
+                    && self.studio.is_some() =>
+            {
+                Some(method_not_allowed(path, &get_and_head(), id))
+            }
             _ => None,
         }
     }
@@ -1756,6 +1768,11 @@ fn problem_of(reply: &Reply) -> Option<Value> {
         .flatten()
 }
 
+/// What a path that answers GET allows (HEAD too, as for a GET tool).
+fn get_and_head() -> Vec<String> {
+    vec!["GET".into(), "HEAD".into()]
+}
+
 /// A 405 naming the methods `path` answers, in its `Allow` header too.
 fn method_not_allowed(path: &str, allow: &[String], id: &str) -> hyper::Response<Body> {
     let mut r = problem(
@@ -1852,8 +1869,24 @@ pub struct Database {
 }
 
 impl Database {
-    /// `url`, or the embedded cluster in `<data_dir>/pg`.
+    /// `url`, or the embedded cluster in `<data_dir>/pg`, for a command
+    /// other than `serve`: a cluster found running is left running.
     pub fn open(url: Option<&str>, data_dir: &std::path::Path) -> Result<Database> {
+        Self::open_with(url, data_dir, Embedded::start_for_command)
+    }
+
+    /// [`Database::open`] for `sinew serve`: a cluster left running by a
+    /// killed sinew is adopted (stopped when this server stops).
+    pub fn open_serving(url: Option<&str>, data_dir: &std::path::Path) -> Result<Database> {
+        Self::open_with(url, data_dir, Embedded::start)
+    }
+
+    /// `url`, or the embedded cluster started by `start`.
+    fn open_with(
+        url: Option<&str>,
+        data_dir: &std::path::Path,
+        start: fn(&std::path::Path) -> Result<Embedded>,
+    ) -> Result<Database> {
         match url.filter(|u| !u.is_empty()) {
             Some(url) => {
                 let config: tokio_postgres::Config = url
@@ -1865,7 +1898,7 @@ impl Database {
                 })
             }
             None => {
-                let pg = Embedded::start(&data_dir.join("pg"))?;
+                let pg = start(&data_dir.join("pg"))?;
                 Ok(Database {
                     config: pg.config(),
                     embedded: Some(pg),
@@ -2206,7 +2239,7 @@ fn metrics_response(method: &Method, path: &str, at: &str, id: &str) -> hyper::R
             "text/plain; version=0.0.4; charset=utf-8",
             Bytes::from(text),
         ),
-        (_, true, Some(_)) => method_not_allowed(path, &["GET".into()], id),
+        (_, true, Some(_)) => method_not_allowed(path, &get_and_head(), id),
         _ => problem(Code::NotFound, &format!("no metrics at {path}"), id),
     }
 }
@@ -2384,7 +2417,7 @@ impl Start<'_> {
             .clone()
             .filter(|u| !u.is_empty())
             .or_else(|| self.args.secrets().get("DATABASE_URL"));
-        let db = Database::open(url.as_deref(), &self.args.data_dir)?;
+        let db = Database::open_serving(url.as_deref(), &self.args.data_dir)?;
         if let Some(pg) = &db.embedded {
             self.log.info(&format!(
                 "embedded Postgres running on {} (data in {})",

@@ -483,6 +483,32 @@ async fn replay_reproduces_every_execution(
         text,
         "transfer: 1 replayed, 1 identical, 0 different, 0 unreproducible, 0 not replayable\n"
     );
+    // Ids that match nothing are each named, and the exit is 2 (once: the
+    // report said nothing of them and exited 0), also with --json.
+    let (code, text, err, _) = replay(&[
+        &one,
+        "no-such-id",
+        "3b77172e-0000-4000-8000-000000000000",
+        "no-such-id",
+    ]);
+    assert_eq!(code, Some(2), "{text}{err}");
+    assert_eq!(
+        text,
+        "transfer: 1 replayed, 1 identical, 0 different, 0 unreproducible, 0 not replayable\n  \
+         not-found no-such-id: no recorded execution has this id\n  \
+         not-found 3b77172e-0000-4000-8000-000000000000: no recorded execution has this id\n"
+    );
+    assert!(
+        err.contains("`no-such-id`, `3b77172e-0000-4000-8000-000000000000`"),
+        "{err}"
+    );
+    let (code, text, _, _) = replay(&["--json", "no-such-id"]);
+    assert_eq!(code, Some(2), "{text}");
+    let line: Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(
+        line,
+        json!({"result": "not-found", "execution": "no-such-id"})
+    );
     let (code, text, _, _) = replay(&["--since", "2999-01-01T00:00:00Z"]);
     assert_eq!(
         (code, text.as_str()),
@@ -539,6 +565,30 @@ async fn replay_reproduces_every_execution(
     assert!(
         text.contains("`update` with other arguments than recorded"),
         "{text}"
+    );
+    // On a spec without `transfer` (renamed), its executions are not run,
+    // and counted as such (they once read as a difference at the clock).
+    let mut renamed = spec.clone();
+    let tools = renamed["tools"].as_object_mut().unwrap();
+    let transfer = tools.remove("transfer").unwrap();
+    tools.insert("transfer_v2".into(), transfer);
+    for policy in renamed["policies"].as_object_mut().unwrap().values_mut() {
+        for t in policy["tools"].as_array_mut().unwrap() {
+            if t == "transfer" {
+                *t = json!("transfer_v2");
+            }
+        }
+    }
+    let without = data.join("bank-without-transfer.json");
+    std::fs::write(&without, renamed.to_string()).unwrap();
+    let (code, text, err, _) = replay(&["--spec", without.to_str().unwrap(), "--tool", "transfer"]);
+    assert_eq!(code, Some(0), "{text}{err}");
+    assert_eq!(
+        text,
+        format!(
+            "transfer: {transfers} replayed, 0 identical, 0 different, 0 unreproducible, 0 not replayable, \
+             {transfers} not run: the spec replayed on has no tool `transfer`\n"
+        )
     );
 }
 

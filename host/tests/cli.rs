@@ -881,6 +881,58 @@ fn boolean_environment_switches_take_what_people_write() {
     }
 }
 
+/// `sinew keys create` refuses, before the database is reached, what
+/// could not be meant: a claim given twice (the last one was kept), a role
+/// no spec can declare, a `roles` claim (the roles are `--roles`), a token
+/// subject `key:…` (API keys' own).
+#[test]
+fn keys_create_refuses_repeated_claims_and_invalid_roles() {
+    for (args, says) in [
+        (
+            vec![
+                "--roles", "ops", "--claim", "org_id=a", "--claim", "org_id=b",
+            ],
+            "--claim `org_id` is given twice",
+        ),
+        (
+            vec!["--roles", "no such role,x"],
+            "`no such role` is not a role name",
+        ),
+        (vec!["--roles", "ops,2x"], "`2x` is not a role name"),
+        (vec!["--roles", "ops,ops"], "`ops` is named twice"),
+        (
+            vec!["--roles", "ops", "--claim", "roles=admin"],
+            "the claim `roles` is set by sinew",
+        ),
+        (
+            vec!["--roles", "ops", "--claim", "sub=x"],
+            "the claim `sub` is set by sinew",
+        ),
+    ] {
+        let mut all = vec!["keys", "create", "--name", "ci"];
+        all.extend(&args);
+        let out = Command::new(env!("CARGO_BIN_EXE_sinew"))
+            .args(&all)
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            .output()
+            .expect("run sinew");
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+        assert!(
+            !stderr(&out).contains("connect"),
+            "{args:?} reached the database: {}",
+            stderr(&out)
+        );
+    }
+    let out = sinew(["token", "--sub", "key:3f9a0c1d2e4b5a69", "--secret", "s"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("may not start with `key:`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// Values that cannot be meant are refused as the command line is read
 /// (exit 2), not carried into a token the server refuses or a key without
 /// a name or role: an empty `--sub`, `--name` or role, an unknown log level.
@@ -1377,6 +1429,48 @@ fn component_npm_writes_the_package() {
         let out = sinew(&args);
         assert_eq!(out.status.code(), Some(2), "{other}: {}", stderr(&out));
     }
+}
+
+/// A command other than `serve` stops only an embedded cluster it started:
+/// one left running by a killed sinew (its `.owner` names a process that is
+/// gone) may be in use by a `sinew serve --database-url`, and was once
+/// adopted and stopped by `sinew audit verify`.
+#[test]
+fn commands_leave_running_a_cluster_they_did_not_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // (Reachable by the server's user when the tests run as root.)
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    let pg = sinew_host::pg::embedded::Embedded::start(&data.join("pg")).expect("a Postgres");
+    let mut gone = Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    std::fs::write(pg.owner_file(), dead.to_string()).unwrap();
+    for args in [vec!["audit", "verify"], vec!["keys", "list"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_sinew"))
+            .args(&args)
+            .arg("--data-dir")
+            .arg(&data)
+            .env_remove("DATABASE_URL")
+            .env_remove("SINEW_DATA_DIR")
+            .output()
+            .expect("run sinew");
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+        assert!(
+            data.join("pg/postmaster.pid").is_file(),
+            "{args:?} stopped the cluster: {}",
+            stderr(&out)
+        );
+        assert_eq!(
+            std::fs::read_to_string(pg.owner_file()).unwrap(),
+            dead.to_string(),
+            "{args:?} took the cluster over"
+        );
+    }
+    std::fs::write(pg.owner_file(), std::process::id().to_string()).unwrap();
+    drop(pg);
+    assert!(!data.join("pg/postmaster.pid").is_file());
 }
 
 /// The commands that read what a server wrote (`outbox`, `audit`) do not

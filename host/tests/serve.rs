@@ -1238,6 +1238,27 @@ async fn escalations_alert_once_and_wait_for_a_review() {
     assert_eq!(get(Some(&ops), "?status=maybe").await.status, 400);
     assert_eq!(get(Some(&ops), "?limit=0").await.status, 400);
     assert_eq!(get(Some(&ops), "?sort=id").await.status, 400);
+    // A parameter given twice is refused, as by the tools' routes (which
+    // one a proxy read is not known).
+    let twice = get(Some(&ops), "?status=all&status=open").await;
+    assert_eq!(twice.status, 400, "{}", twice.text);
+    assert_eq!(twice.body["code"], "invalid_input", "{}", twice.text);
+    assert!(
+        twice.text.contains("`status` is given twice in the query"),
+        "{}",
+        twice.text
+    );
+    // A known path with the wrong method: 405 with `Allow`.
+    let put = http
+        .send(
+            "PUT",
+            &format!("{base}/reviews"),
+            &[("authorization", ops.as_str())],
+            "",
+        )
+        .await;
+    assert_eq!(put.status, 405, "{}", put.text);
+    assert_eq!(put.headers["allow"], "GET, HEAD");
     let none = get(Some(&ops), "?status=resolved").await;
     assert_eq!(none.body["reviews"], json!([]), "{}", none.text);
 
@@ -1787,6 +1808,9 @@ async fn traces_and_metrics_reach_their_receivers() {
     ] {
         let r = http.send(method, &url, &[], "").await;
         assert_eq!(r.status, status, "{method} {url}: {}", r.text);
+        if status == 405 {
+            assert_eq!(r.headers["allow"], "GET, HEAD", "{method} {url}");
+        }
         let id = r.headers["x-request-id"].clone();
         assert_eq!(id.len(), 36, "{method} {url}: {id}");
         assert_eq!(

@@ -1,6 +1,7 @@
 //! The embedded default: a private Postgres cluster in a directory of the
 //! project (`./.sinew/pg`), started with the machine's own PostgreSQL
-//! (`initdb` and `pg_ctl`), listening only on a unix socket, stopped on exit.
+//! (`initdb` and `pg_ctl`), listening only on a unix socket, stopped on exit
+//! by the process that started it.
 //! Its data persists across restarts. Tests use the same code on a
 //! temporary directory.
 
@@ -81,9 +82,24 @@ fn user_ids(name: &str) -> Option<(u32, u32)> {
 }
 
 impl Embedded {
-    /// Starts (creating it the first time) the cluster in `data`. A server
-    /// already running on it (left by a killed sinew) is reused.
+    /// Starts (creating it the first time) the cluster in `data`, for a
+    /// server: one already running on it is reused, and adopted (stopped on
+    /// exit) when the sinew that started it is gone (killed).
     pub fn start(data: &Path) -> Result<Embedded> {
+        Self::open(data, true)
+    }
+
+    /// [`Embedded::start`] for a command that is not a server (`migrate`,
+    /// `audit`, `keys`…): a cluster found running is used and left running
+    /// on exit, whoever started it (a `sinew serve --database-url` may be
+    /// using one a killed sinew left); one it starts, it stops.
+    pub fn start_for_command(data: &Path) -> Result<Embedded> {
+        Self::open(data, false)
+    }
+
+    /// Starts the cluster in `data`; `adopt`: take over (and so stop on
+    /// exit) a running one whose owner is gone.
+    fn open(data: &Path, adopt: bool) -> Result<Embedded> {
         let bin = find_bin()?;
         std::fs::create_dir_all(data)
             .with_context(|| format!("cannot create `{}`", data.display()))?;
@@ -169,7 +185,7 @@ impl Embedded {
             .ok()
             .and_then(|p| p.trim().parse::<u32>().ok())
             .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-        if !running || !owner_alive {
+        if !running || (adopt && !owner_alive) {
             pg.owned = true;
             let _ = std::fs::write(&owner_file, std::process::id().to_string());
         }
@@ -225,6 +241,11 @@ impl Embedded {
             "postgres://{USER}@/postgres?host={}&port={PORT}",
             self.socket.display()
         )
+    }
+
+    /// The file holding the pid of the sinew that started the server.
+    pub fn owner_file(&self) -> PathBuf {
+        socket_owner_file(&self.socket)
     }
 
     /// Where its data is.

@@ -55,7 +55,7 @@ impl App {
             .map(|n| n.parse::<i64>().ok().filter(|n| *n > 0));
         match (req.method(), rest, target) {
             (&Method::GET | &Method::HEAD, "" | "/", _) => self.list_reviews(&req, id).await,
-            (_, "" | "/", _) => super::method_not_allowed(path, &["GET".into()], id),
+            (_, "" | "/", _) => super::method_not_allowed(path, &super::get_and_head(), id),
             (&Method::POST, _, Some(Some(n))) => {
                 let (parts, body) = req.into_parts();
                 self.resolve(n, &parts.headers, body, &auth, id).await
@@ -74,9 +74,16 @@ impl App {
     ) -> hyper::Response<Body> {
         let (mut which, mut after, mut limit) = (Which::Open, None, DEFAULT_LIMIT);
         let query = req.uri().query().unwrap_or_default();
+        let mut seen: Vec<String> = Vec::new();
         for (k, v) in form_urlencoded::parse(query.as_bytes()) {
             let bad =
                 |what: &str| problem(Code::InvalidInput, &format!("`{k}` must be {what}"), id);
+            // Which one a proxy in front read is not known (as for tools).
+            if seen.iter().any(|s| *s == k) {
+                let detail = format!("`{}` is given twice in the query", super::short_path(&k));
+                return problem(Code::InvalidInput, &detail, id);
+            }
+            seen.push(k.clone().into_owned());
             match &*k {
                 "status" => match Which::parse(&v) {
                     Some(w) => which = w,
