@@ -254,3 +254,66 @@ fn reports_are_deterministic() {
         assert_eq!(risk::check(&text).to_json(), risk::check(&text).to_json());
     }
 }
+
+/// The value with the keys of every object in reverse order.
+fn reversed(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .rev()
+                .map(|(k, x)| (k.clone(), reversed(x)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(reversed).collect()),
+        other => other.clone(),
+    }
+}
+
+/// The same spec with the keys of its objects in another order gets the
+/// same findings (nodes, messages, patches, up to the order of the keys of
+/// the values they copy) and the same fixed spec: the
+/// signals follow the flow, not the order of `nodes`.
+#[test]
+fn reports_do_not_depend_on_the_order_of_keys() {
+    for spec in specs_in("specs/unsafe")
+        .into_iter()
+        .chain(specs_in("specs/examples"))
+    {
+        let text = read(&spec);
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let other = serde_json::to_string_pretty(&reversed(&value)).unwrap();
+        let (a, b) = (risk::check(&text), risk::check(&other));
+        assert_eq!(a.level, b.level, "{}", stem(&spec));
+        // Compared as values: a patch that copies a node of the spec keeps
+        // the order of its keys.
+        assert_eq!(
+            serde_json::to_value(&a.tools).unwrap(),
+            serde_json::to_value(&b.tools).unwrap(),
+            "{}",
+            stem(&spec)
+        );
+        let fixed =
+            |t: &str| -> serde_json::Value { serde_json::from_str(&risk::fix(t).text).unwrap() };
+        assert_eq!(fixed(&text), fixed(&other), "{}", stem(&spec));
+    }
+}
+
+/// Fixing a fixed spec changes nothing: no fix makes way for itself again.
+#[test]
+fn fixing_twice_equals_fixing_once() {
+    for spec in specs_in("specs/unsafe")
+        .into_iter()
+        .chain(specs_in("specs/examples"))
+    {
+        let once = risk::fix(&read(&spec));
+        let twice = risk::fix(&once.text);
+        assert!(
+            twice.applied.is_empty(),
+            "{}: {:?}",
+            stem(&spec),
+            twice.applied
+        );
+        assert_eq!(once.text, twice.text, "{}", stem(&spec));
+    }
+}

@@ -2544,6 +2544,249 @@ fn rows_locked_one_by_one_in_the_callers_order() {
     );
 }
 
+/// A spec with one tool `a` whose flow is `flow`: an `Item` entity with a
+/// status, an email external, inputs `a`, `b` (ids) and `ids` (at most 5).
+fn items_spec(flow: Value) -> String {
+    serde_json::to_string_pretty(&json!({
+      "sinew": "0.2",
+      "name": "items",
+      "roles": ["user"],
+      "entities": {
+        "Item": {
+          "fields": {"qty": {"type": "integer"}},
+          "status": {"initial": "open", "transitions": {"close": {"from": ["open"], "to": "closed"}}}
+        }
+      },
+      "externals": {"mail": {"kind": "email", "operations": {"send": {"sideEffects": true}}}},
+      "tools": {
+        "a": {
+          "trigger": {"http": {"method": "POST", "path": "/x"}},
+          "auth": {"roles": ["user"]},
+          "idempotencyKey": "request.idempotencyKey",
+          "input": {
+            "type": "object",
+            "required": ["a", "b", "ids"],
+            "properties": {
+              "a": {"type": "string", "format": "uuid"},
+              "b": {"type": "string", "format": "uuid"},
+              "ids": {"type": "array", "items": {"type": "string"}, "maxItems": 5}
+            }
+          },
+          "flow": flow
+        }
+      }
+    }))
+    .unwrap()
+}
+
+/// A flow that runs `body` (entry `entry`) in a transaction, then returns.
+fn in_transaction(entry: &str, body: Value) -> Value {
+    json!({
+      "entry": "w",
+      "nodes": {
+        "w": {"type": "transaction", "body": {"entry": entry, "nodes": body}, "next": "done"},
+        "done": {"type": "return", "value": {}}
+      }
+    })
+}
+
+/// An `update` of the `Item` row `id` with `one`, then `next` (if any).
+fn bump(id: &str, next: Option<&str>) -> Value {
+    let mut v = json!({"type": "update", "entity": "Item", "where": {"id": id}, "one": true,
+                       "set": {"qty": "row.qty + 1"}});
+    if let Some(n) = next {
+        v["next"] = json!(n);
+    }
+    v
+}
+
+/// The `lock-order` findings of a spec's text.
+fn lock_order_findings(text: &str) -> Vec<risk::Finding> {
+    let l = load_text(text);
+    assert!(l.errors.is_empty(), "{}", list(&l.errors));
+    risk::analyze(&l)
+        .findings()
+        .filter(|f| f.code == "lock-order")
+        .cloned()
+        .collect()
+}
+
+/// `lock-order` follows execution order, not the order of the keys of
+/// `nodes`: the second lock taken is blamed, the read goes before the
+/// first, and the fixed spec is Green (so fixing again does nothing).
+#[test]
+fn lock_order_follows_the_flow_not_the_keys() {
+    let mut nodes = serde_json::Map::new();
+    nodes.insert("second".into(), bump("input.b", None));
+    nodes.insert("first".into(), bump("input.a", Some("second")));
+    let text = items_spec(in_transaction("first", Value::Object(nodes)));
+    let found = lock_order_findings(&text);
+    let [f] = found.as_slice() else {
+        panic!("{found:?}")
+    };
+    assert_eq!(f.node.as_deref(), Some("second"));
+    assert!(f.message.contains("`first` and `second`"), "{}", f.message);
+    assert!(
+        f.fix.summary.contains("before `first`"),
+        "{}",
+        f.fix.summary
+    );
+    let fixed = risk::fix(&text);
+    assert_eq!(
+        fixed.report.level,
+        Level::Green,
+        "{}",
+        fixed.report.to_json()
+    );
+    let v: Value = serde_json::from_str(&fixed.text).unwrap();
+    let body = &v["tools"]["a"]["flow"]["nodes"]["w"]["body"];
+    assert_eq!(body["entry"], json!("lock_item"));
+    assert_eq!(body["nodes"]["lock_item"]["next"], json!("first"));
+    assert!(risk::fix(&fixed.text).applied.is_empty());
+}
+
+/// Locks on the branches of a `switch`: the read goes before the branch,
+/// where it runs before every lock; one fix is enough.
+#[test]
+fn lock_order_fix_before_branches_is_applied_once() {
+    let text = items_spec(in_transaction(
+        "s",
+        json!({
+          "s": {"type": "switch", "cases": [{"when": "input.a < input.b", "next": "x"}], "default": "y"},
+          "x": bump("input.a", Some("y2")),
+          "y2": bump("input.b", None),
+          "y": bump("input.b", Some("x2")),
+          "x2": bump("input.a", None)
+        }),
+    ));
+    let found = lock_order_findings(&text);
+    let [f] = found.as_slice() else {
+        panic!("{found:?}")
+    };
+    assert_eq!(f.node.as_deref(), Some("y2"));
+    assert!(
+        f.fix.summary.contains("[input.a, input.b]"),
+        "{}",
+        f.fix.summary
+    );
+    let fixed = risk::fix(&text);
+    assert_eq!(fixed.applied.len(), 1, "{:?}", fixed.applied);
+    assert_eq!(
+        fixed.report.level,
+        Level::Green,
+        "{}",
+        fixed.report.to_json()
+    );
+    let again = risk::fix(&fixed.text);
+    assert!(again.applied.is_empty(), "{:?}", again.applied);
+    assert_eq!(again.text, fixed.text);
+}
+
+/// Only a locking read in `id` order of every row the locks take (its
+/// `where` only `id` `in` a list naming each, no smaller `limit`)
+/// silences `lock-order`.
+#[test]
+fn lock_order_needs_a_read_that_locks_those_rows() {
+    let with_read = |read: Value| {
+        let mut read = read;
+        read["type"] = json!("read");
+        read["entity"] = json!("Item");
+        read["orderBy"] = json!("id");
+        read["lock"] = json!(true);
+        read["next"] = json!("x");
+        items_spec(in_transaction(
+            "r",
+            json!({"r": read, "x": bump("input.a", Some("y")), "y": bump("input.b", None)}),
+        ))
+    };
+    // Rows that have nothing to do with the locks.
+    let unrelated = with_read(json!({"where": {"qty": 5}, "limit": 3}));
+    assert_eq!(lock_order_findings(&unrelated).len(), 1);
+    // One of the two rows only.
+    let one = with_read(json!({"where": {"id": {"in": "[input.a]"}}, "limit": 2}));
+    assert_eq!(lock_order_findings(&one).len(), 1);
+    // Both, but a limit that may leave one out.
+    let short = with_read(json!({"where": {"id": {"in": "[input.a, input.b]"}}, "limit": 1}));
+    assert_eq!(lock_order_findings(&short).len(), 1);
+    // Both, and another condition that may leave one out.
+    let narrowed =
+        with_read(json!({"where": {"id": {"in": "[input.a, input.b]"}, "qty": 5}, "limit": 2}));
+    assert_eq!(lock_order_findings(&narrowed).len(), 1);
+    // Both rows, in id order: fine.
+    let both = with_read(json!({"where": {"id": {"in": "[input.b, input.a]"}}, "limit": 2}));
+    assert!(lock_order_findings(&both).is_empty());
+}
+
+/// A write pinned by `id` in a `foreach` changes one row per element, as
+/// with `one`: above `maxRowsPerWrite` it is `high-row-impact`.
+#[test]
+fn pinned_writes_in_loops_count_one_row_per_element() {
+    for one in [false, true] {
+        for max in [100_000u64, 50] {
+            let mut write = json!({"type": "update", "entity": "Item", "where": {"id": "it"},
+                                   "set": {"qty": "2"}});
+            if one {
+                write["one"] = json!(true);
+            }
+            let text = items_spec(in_transaction(
+                "f",
+                json!({"f": {"type": "foreach", "items": "input.ids", "as": "it", "maxItems": max,
+                             "body": {"entry": "c", "nodes": {"c": write}}}}),
+            ));
+            let l = load_text(&text);
+            assert!(l.errors.is_empty(), "{}", list(&l.errors));
+            let report = risk::analyze(&l);
+            let impact = report
+                .findings()
+                .any(|f| f.code == "high-row-impact" && f.node.as_deref() == Some("c"));
+            assert_eq!(
+                impact,
+                max > 100,
+                "one {one}, maxItems {max}: {}",
+                report.to_json()
+            );
+        }
+    }
+}
+
+/// `external-in-transition`: a transition reached through the call's
+/// `onError`, or on the next turn of the loop around it.
+#[test]
+fn effects_before_a_transition_on_error_and_on_the_next_turn() {
+    let send = json!({"type": "call", "external": "mail", "operation": "send",
+                      "timeoutMs": 100, "retry": {"max": 2}});
+    let close = json!({"type": "transaction", "body": {"entry": "t", "nodes": {
+        "t": {"type": "transition", "entity": "Item", "id": "input.a", "action": "close"}}}});
+    let fires = |flow: Value| {
+        let l = load_text(&items_spec(flow));
+        assert!(l.errors.is_empty(), "{}", list(&l.errors));
+        let report = risk::analyze(&l);
+        report
+            .findings()
+            .any(|f| f.code == "external-in-transition" && f.node.as_deref() == Some("c"))
+    };
+    let mut on_error = send.clone();
+    on_error["next"] = json!("done");
+    on_error["onError"] = json!("w");
+    let mut w = close.clone();
+    w["next"] = json!("done");
+    assert!(fires(json!({"entry": "c", "nodes": {
+        "c": on_error, "w": w, "done": {"type": "return", "value": {}}}})));
+    // The same call with no way to the transition: nothing.
+    let mut alone = send.clone();
+    alone["next"] = json!("done");
+    assert!(!fires(json!({"entry": "c", "nodes": {
+        "c": alone, "done": {"type": "return", "value": {}}}})));
+    // In a loop: the transition before the call runs again on the next
+    // element.
+    let mut w = close.clone();
+    w["next"] = json!("c");
+    assert!(fires(json!({"entry": "f", "nodes": {
+        "f": {"type": "foreach", "items": "input.ids", "as": "it", "maxItems": 5,
+              "body": {"entry": "w", "nodes": {"w": w, "c": send}}, "next": "done"},
+        "done": {"type": "return", "value": {}}}})));
+}
+
 /// What `sinew check` once called Green and then failed at run time: each
 /// is now a type error with a pointer and a help.
 #[test]

@@ -451,6 +451,44 @@ impl<'s> ToolGraph<'s> {
         self.search(&self.pred, targets, |_| true)
     }
 
+    /// Vertices from which some vertex of `targets` can be reached, on this
+    /// turn of the loops around them or on a later one: the end of a
+    /// `foreach` body leads back to the body's entry (the next element).
+    pub fn reaching_across_turns(&self, targets: &[NodeIndex]) -> Vec<bool> {
+        // A loop body's entry vertex -> the vertex where the body ends.
+        let mut back: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (i, info) in self.nodes.iter().enumerate() {
+            let (NodeKind::Foreach { .. }, Some(body), Some(&end)) =
+                (&info.node.kind, info.node.kind.body(), self.vend.get(&i))
+            else {
+                continue;
+            };
+            if let Some(&e) = self.by_id.get(body.entry.as_str())
+                && self.nodes.get(e).is_some_and(|n| n.parent == Some(i))
+            {
+                back.entry(self.vin_of(e).index())
+                    .or_default()
+                    .push(end.index());
+            }
+        }
+        let mut seen = vec![false; self.graph.node_count()];
+        let mut stack: Vec<usize> = targets.iter().map(|r| r.index()).collect();
+        while let Some(v) = stack.pop() {
+            let Some(slot) = seen.get_mut(v) else {
+                continue;
+            };
+            if *slot {
+                continue;
+            }
+            *slot = true;
+            stack.extend(self.pred.of(v).0.iter().map(|&t| t as usize));
+            if let Some(ends) = back.get(&v) {
+                stack.extend(ends.iter().copied());
+            }
+        }
+        seen
+    }
+
     fn search(&self, adj: &Csr, roots: &[NodeIndex], follow: impl Fn(&Edge) -> bool) -> Vec<bool> {
         let mut seen = vec![false; self.graph.node_count()];
         let mut stack: Vec<u32> = roots
@@ -475,6 +513,113 @@ impl<'s> ToolGraph<'s> {
         seen
     }
 
+    /// Every node's place in execution order (`rank[i]` for node `i`): a
+    /// topological order of the graph from the start (Kahn's algorithm,
+    /// ties broken by a depth-first preorder that takes each vertex's
+    /// edges in the order the node writes them: `next`, `onError`, the
+    /// branches), so that it does not depend on the order of the keys of
+    /// `nodes`. Edges that close a cycle are ignored; nodes the start does
+    /// not reach come last, by JSON pointer.
+    pub fn flow_rank(&self) -> Vec<usize> {
+        const NONE: u32 = u32::MAX;
+        let n = self.graph.node_count();
+        let pre = self.preorder();
+        let mut indeg = vec![0u32; n];
+        for (v, &p) in pre.iter().enumerate() {
+            if p == NONE {
+                continue;
+            }
+            for &t in self.succ.of(v).0 {
+                if let Some(d) = indeg.get_mut(t as usize) {
+                    *d += 1;
+                }
+            }
+        }
+        let pre_of = |v: u32| pre.get(v as usize).copied().unwrap_or(NONE);
+        let mut heap = std::collections::BinaryHeap::new();
+        heap.push(std::cmp::Reverse((
+            pre_of(self.start.index() as u32),
+            self.start.index() as u32,
+        )));
+        let mut done = vec![false; n];
+        let mut position = vec![usize::MAX; n];
+        let mut next = 0usize;
+        loop {
+            while let Some(std::cmp::Reverse((_, v))) = heap.pop() {
+                let Some(d) = done.get_mut(v as usize) else {
+                    continue;
+                };
+                if *d {
+                    continue;
+                }
+                *d = true;
+                if let Some(p) = position.get_mut(v as usize) {
+                    *p = next;
+                }
+                next += 1;
+                for &t in self.succ.of(v as usize).0 {
+                    if let Some(d) = indeg.get_mut(t as usize) {
+                        *d = d.saturating_sub(1);
+                        if *d == 0 {
+                            heap.push(std::cmp::Reverse((pre_of(t), t)));
+                        }
+                    }
+                }
+            }
+            // A cycle: go on from its first vertex in preorder.
+            let stuck = (0..n)
+                .filter(|&v| pre_of(v as u32) != NONE && !done.get(v).copied().unwrap_or(true))
+                .min_by_key(|&v| pre_of(v as u32));
+            let Some(v) = stuck else { break };
+            heap.push(std::cmp::Reverse((pre_of(v as u32), v as u32)));
+        }
+        let mut order: Vec<usize> = (0..self.nodes.len()).collect();
+        order.sort_by(|&a, &b| {
+            let key = |i: usize| {
+                let p = position
+                    .get(self.vin_of(i).index())
+                    .copied()
+                    .unwrap_or(usize::MAX);
+                (p, self.nodes.get(i).map_or("", |x| x.node.path.as_str()))
+            };
+            key(a).cmp(&key(b))
+        });
+        let mut rank = vec![0usize; self.nodes.len()];
+        for (r, i) in order.into_iter().enumerate() {
+            if let Some(x) = rank.get_mut(i) {
+                *x = r;
+            }
+        }
+        rank
+    }
+
+    /// Each vertex's number in a depth-first preorder from the start that
+    /// takes edges in the order they were added (`u32::MAX`: unreachable).
+    fn preorder(&self) -> Vec<u32> {
+        let n = self.graph.node_count();
+        let mut pre = vec![u32::MAX; n];
+        let mut clock = 0u32;
+        let start = u32::try_from(self.start.index()).unwrap_or(0);
+        let mut stack: Vec<(u32, u32)> = vec![(start, 0)];
+        if let Some(p) = pre.get_mut(start as usize) {
+            *p = clock;
+        }
+        while let Some((v, i)) = stack.pop() {
+            let (targets, _) = self.succ.of(v as usize);
+            if let Some(&t) = targets.get(i as usize) {
+                stack.push((v, i + 1));
+                if let Some(p) = pre.get_mut(t as usize)
+                    && *p == u32::MAX
+                {
+                    clock += 1;
+                    *p = clock;
+                    stack.push((t, 0));
+                }
+            }
+        }
+        pre
+    }
+
     /// Every edge as (from, to, edge), in the order added.
     pub fn edge_list(&self) -> impl Iterator<Item = (NodeIndex, NodeIndex, &Edge)> {
         self.graph
@@ -492,8 +637,12 @@ impl<'s> ToolGraph<'s> {
         const BLACK: u8 = 2;
         let mut color = vec![WHITE; self.graph.node_count()];
         let mut out = Vec::new();
+        // Vertices the start does not reach are searched from, by JSON
+        // pointer (not by the order of the keys of `nodes`).
+        let mut rest: Vec<usize> = (0..self.nodes.len()).collect();
+        rest.sort_by_key(|&i| self.nodes.get(i).map_or("", |x| x.node.path.as_str()));
         let mut starts = vec![self.start];
-        starts.extend(self.vin.iter().copied());
+        starts.extend(rest.into_iter().map(|i| self.vin_of(i)));
         for s in starts {
             if color.get(s.index()) != Some(&WHITE) {
                 continue;

@@ -110,7 +110,7 @@ pub(super) fn tool_findings(
         g,
         comp_ops,
         max_rows: spec.limits.max_rows_per_write,
-        before_transition: g.reaching(&transitions),
+        before_transition: g.reaching_across_turns(&transitions),
         comp_targets: g
             .nodes
             .iter()
@@ -195,10 +195,6 @@ pub(super) fn tool_findings(
     t.out
 }
 
-/// The row a node locks by itself, chosen by an expression: a `transition`
-/// or `soft_delete` by `id`, an `update` with `one` whose `where` pins
-/// `id`, a locking `read` with `one` that pins `id`. Its entity and the id
-/// expression.
 /// The expression a `where` pins `id` to with an equality, if any.
 fn by_id(filters: &[Where]) -> Option<&Expression> {
     filters
@@ -210,6 +206,10 @@ fn by_id(filters: &[Where]) -> Option<&Expression> {
         })
 }
 
+/// The row a node locks by itself, chosen by an expression: a `transition`
+/// or `soft_delete` by `id`, an `update` with `one` whose `where` pins
+/// `id`, a locking `read` with `one` that pins `id`. Its entity and the id
+/// expression.
 fn single_lock(kind: &NodeKind) -> Option<(&str, &Expression)> {
     let (entity, id) = match kind {
         NodeKind::Transition {
@@ -245,27 +245,58 @@ fn single_lock(kind: &NodeKind) -> Option<(&str, &Expression)> {
 
 /// What identifies the row an id expression names: `n.id` of a node that
 /// picked one row by an id is that id's key, of another single-row node
-/// the node itself; else the expression's text.
-fn row_key(g: &ToolGraph, e: &Expression, depth: usize) -> String {
-    if let Some(ExprKind::Member(inner, field)) = e.ast.as_ref().map(|a| &a.kind)
+/// the node itself; else the expression, printed in one canonical form.
+fn row_key(g: &ToolGraph, e: &crate::expr::Expr, depth: usize) -> String {
+    if let ExprKind::Member(inner, field) = &e.kind
         && field == "id"
         && let ExprKind::Ident(n) = &inner.kind
         && let Some(node) = g.by_id.get(n.as_str()).and_then(|&i| g.nodes.get(i))
     {
-        if let Some((_, id)) = single_lock(&node.node.kind).filter(|_| depth < 8) {
-            return row_key(g, id, depth + 1);
-        }
-        if let NodeKind::Read {
-            one: true, filters, ..
-        } = &node.node.kind
-            && let Some(id) = by_id(filters)
+        let picked_by = match &node.node.kind {
+            NodeKind::Read {
+                one: true, filters, ..
+            } => by_id(filters),
+            kind => single_lock(kind).map(|(_, id)| id),
+        };
+        if let Some(ast) = picked_by.and_then(|id| id.ast.as_ref())
             && depth < 8
         {
-            return row_key(g, id, depth + 1);
+            return row_key(g, ast, depth + 1);
         }
         return format!("node:{n}");
     }
-    e.src.clone()
+    e.to_string()
+}
+
+/// The keys ([`row_key`]) of the rows a locking read certainly covers:
+/// its `where` is a single `id` `in` a list (no `when`), and no `limit`
+/// below the list's length. `None` for any other read.
+fn covered_rows(g: &ToolGraph, filters: &[Where], limit: Option<&Limit>) -> Option<Vec<String>> {
+    let [only] = filters else { return None };
+    let f = only.required()?;
+    if f.field != "id" || f.op != FilterOp::In {
+        return None;
+    }
+    let elements: Vec<&crate::expr::Expr> = match &f.value {
+        crate::model::Template::Expr(e) => match &e.ast.as_ref()?.kind {
+            ExprKind::List(items) => items.iter().collect(),
+            _ => return None,
+        },
+        crate::model::Template::Array(items) => items
+            .iter()
+            .map(|t| match t {
+                crate::model::Template::Expr(e) => e.ast.as_ref(),
+                _ => None,
+            })
+            .collect::<Option<_>>()?,
+        _ => return None,
+    };
+    match limit {
+        None => {}
+        Some(l) if l.fixed().is_some_and(|n| n >= elements.len() as u64) => {}
+        Some(_) => return None,
+    }
+    Some(elements.into_iter().map(|e| row_key(g, e, 0)).collect())
 }
 
 /// Whether `e` reads only `input`, `auth` and `request` (so it can be
@@ -292,7 +323,8 @@ struct ToolSignals<'a, 's> {
     comp_ops: &'a BTreeSet<(String, String)>,
     /// `limits.maxRowsPerWrite` of the spec.
     max_rows: u64,
-    /// Vertices from which a transition can still happen.
+    /// Vertices from which a transition can still happen (on a later turn
+    /// of a loop too).
     before_transition: Vec<bool>,
     /// Nodes named as some call's `compensate`.
     comp_targets: BTreeSet<&'s str>,
@@ -378,59 +410,40 @@ impl ToolSignals<'_, '_> {
 
     /// `lock-order`: two nodes of one transaction that each lock one row
     /// of the same entity, chosen by different expressions, with no
-    /// locking read of that entity in `id` order before them. Two calls
+    /// locking read of those rows in `id` order before them. Two calls
     /// naming the same rows the other way round each hold one lock and
     /// wait for the other: Postgres breaks the deadlock after a second by
     /// failing one of them. The fix locks every row first, in one read
-    /// ordered by `id`.
+    /// ordered by `id`. Locks are taken in execution order (not in the
+    /// order of the keys of `nodes`).
     fn lock_order(&mut self, source: &Value) {
         let g = self.g;
         let dom = crate::flow::Dominance::new(g);
-        // The outermost transaction around node `i`.
-        let outer_tx = |i: usize| {
-            let mut tx = g.nodes.get(i).and_then(|n| n.tx);
-            while let Some(t) = tx.and_then(|t| g.nodes.get(t)).and_then(|n| n.tx) {
-                tx = Some(t);
-            }
-            tx
-        };
-        // (outermost transaction, entity) -> the locks (node, id), in the
-        // order they first appear.
+        let rank = g.flow_rank();
+        let mut order: Vec<usize> = (0..g.nodes.len()).collect();
+        order.sort_by_key(|&i| rank.get(i).copied().unwrap_or(usize::MAX));
+        // (outermost transaction, entity) -> the locks (node, id), in
+        // execution order.
         type Locks<'e> = Vec<(usize, &'e Expression)>;
         let mut groups: indexmap::IndexMap<(usize, &str), Locks> = indexmap::IndexMap::new();
-        for (i, info) in g.nodes.iter().enumerate() {
+        for &i in &order {
+            let Some(info) = g.nodes.get(i) else { continue };
             let Some((entity, id)) = single_lock(&info.node.kind) else {
                 continue;
             };
-            let Some(tx) = outer_tx(i) else { continue };
+            let Some(tx) = outer_tx(g, i) else { continue };
             groups.entry((tx, entity)).or_default().push((i, id));
         }
-        for ((_, entity), locks) in groups {
+        for ((tx, entity), locks) in groups {
             // Which row each names: `hold.id` after a read of `hold` by
             // `input.id` is the row `input.id` names.
-            let mut keys: Vec<String> = locks.iter().map(|(_, e)| row_key(g, e, 0)).collect();
+            let mut keys: Vec<String> = locks
+                .iter()
+                .filter_map(|(_, e)| e.ast.as_ref().map(|a| row_key(g, a, 0)))
+                .collect();
             keys.sort_unstable();
             keys.dedup();
-            if keys.len() < 2 {
-                continue;
-            }
-            let mut distinct: Vec<&str> = locks
-                .iter()
-                .filter(|(_, e)| from_roots(e))
-                .map(|(_, e)| e.src.as_str())
-                .collect();
-            distinct.sort_unstable();
-            distinct.dedup();
-            // Covered: a locking read of the entity in id order that has
-            // certainly run before every one of them.
-            let covered = g.nodes.iter().enumerate().any(|(r, n)| {
-                matches!(&n.node.kind, NodeKind::Read { entity: e, lock: true, one: false, order_by, .. }
-                    if e == entity && order_by.first().is_none_or(|o| o.field == "id" && !o.desc))
-                    && locks
-                        .iter()
-                        .all(|(i, _)| dom.dominates(g.vout_of(r), g.vin_of(*i)))
-            });
-            if covered {
+            if keys.len() < 2 || self.lock_read_covers(&dom, tx, entity, &locks, &keys) {
                 continue;
             }
             let (Some(&(first, _)), Some(&(second, _))) = (locks.first(), locks.get(1)) else {
@@ -443,29 +456,75 @@ impl ToolSignals<'_, '_> {
                 "{} is Yellow because nodes `{}` and `{}` lock `{entity}` rows chosen by the call one after the other: two calls naming the same rows in the other order wait on each other (a deadlock)",
                 self.name, a.id, b.id
             );
-            let ids: Vec<&Expression> = locks.iter().map(|(_, e)| *e).collect();
-            let patch = if ids.iter().all(|e| from_roots(e)) && distinct.len() >= 2 {
-                lock_first_patch(g, source, first, entity, &distinct, locks.len())
-            } else {
-                None
+            let mut distinct: Vec<&str> = locks.iter().map(|(_, e)| e.src.as_str()).collect();
+            distinct.sort_unstable();
+            distinct.dedup();
+            // The read goes right before the last node of the transaction
+            // that every lock certainly comes after (the first lock, or the
+            // branch that leads to them).
+            let at = (0..g.nodes.len())
+                .filter(|&n| outer_tx(g, n) == Some(tx))
+                .filter(|&n| {
+                    locks
+                        .iter()
+                        .all(|(i, _)| dom.dominates(g.vin_of(n), g.vin_of(*i)))
+                })
+                .max_by_key(|&n| rank.get(n).copied().unwrap_or(0));
+            let patch = match at {
+                Some(at) if locks.iter().all(|(_, e)| from_roots(e)) && distinct.len() >= 2 => {
+                    lock_first_patch(g, source, at, entity, &distinct)
+                }
+                _ => None,
             };
+            let before = at.and_then(|n| g.nodes.get(n)).map_or(a.id, |n| n.id);
             let summary = format!(
-                "lock the `{entity}` rows first, in one read with `\"lock\": true` ordered by `id` (as `{}`), before `{}`",
-                format_args!(
-                    "{{\"id\": {{\"in\": \"[{}]\"}}}}",
-                    ids.iter()
-                        .map(|e| e.src.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                a.id
+                "lock the `{entity}` rows first, in one read with `\"lock\": true` ordered by `id` (as `{}`), before `{before}`",
+                format_args!("{{\"id\": {{\"in\": \"[{}]\"}}}}", distinct.join(", ")),
             );
             self.push("lock-order", Some(b), message, patch, Some(summary));
         }
     }
 
+    /// Whether a locking read of `entity` in `id` order, in transaction
+    /// `tx`, has certainly run before every lock and certainly locked
+    /// every row they name (`keys`): its `where` is only `id` `in` a list
+    /// holding each of them (see [`covered_rows`]).
+    fn lock_read_covers(
+        &self,
+        dom: &crate::flow::Dominance,
+        tx: usize,
+        entity: &str,
+        locks: &[(usize, &Expression)],
+        keys: &[String],
+    ) -> bool {
+        let g = self.g;
+        g.nodes.iter().enumerate().any(|(r, n)| {
+            let NodeKind::Read {
+                entity: e,
+                lock: true,
+                one: false,
+                order_by,
+                filters,
+                limit,
+                ..
+            } = &n.node.kind
+            else {
+                return false;
+            };
+            e == entity
+                && order_by.first().is_none_or(|o| o.field == "id" && !o.desc)
+                && outer_tx(g, r) == Some(tx)
+                && locks
+                    .iter()
+                    .all(|(i, _)| dom.dominates(g.vout_of(r), g.vin_of(*i)))
+                && covered_rows(g, filters, limit.as_ref())
+                    .is_some_and(|rows| keys.iter().all(|k| rows.contains(k)))
+        })
+    }
+
     /// `high-row-impact` for a write inside `foreach` bodies: its own bound
-    /// (1 row, or an update's fixed `limit`) times every enclosing loop's
+    /// (1 row, for one row or a `where` that pins one; or an update's fixed
+    /// `limit`) times every enclosing loop's
     /// `maxItems` exceeds `maxRowsPerWrite`. (An update's own unbounded or
     /// too large `limit` is `update_impact`'s.)
     fn loop_impact(&mut self, i: usize, info: &NodeInfo) {
@@ -475,6 +534,33 @@ impl ToolSignals<'_, '_> {
         }
         let own = match &info.node.kind {
             NodeKind::Update { one: true, .. } => 1,
+            // A `where` that pins `id` (or a unique field) with no `limit`:
+            // one row.
+            NodeKind::Update {
+                entity,
+                filters: Some(filters),
+                limit: None,
+                ..
+            }
+            | NodeKind::Transition {
+                entity,
+                target:
+                    Target::Where {
+                        filters,
+                        limit: None,
+                        ..
+                    },
+                ..
+            }
+            | NodeKind::SoftDelete {
+                entity,
+                target:
+                    Target::Where {
+                        filters,
+                        limit: None,
+                        ..
+                    },
+            } if pinned(self.spec, entity, filters) => 1,
             NodeKind::Update { limit, .. }
             | NodeKind::Transition {
                 target: Target::Where { limit, .. },
@@ -764,7 +850,10 @@ impl ToolSignals<'_, '_> {
             });
             self.push("external-in-transaction", Some(info), message, fix, summary);
         }
-        if self.before_transition.get(vout).copied().unwrap_or(false) {
+        // From the call's start: a failed call (a timeout) may have had
+        // its effect too, and its `onError` path may lead to a transition.
+        let vin = self.g.vin_of(i).index();
+        if self.before_transition.get(vin).copied().unwrap_or(false) {
             let message = format!(
                 "{name} is Yellow because it calls {what} before a status transition commits"
             );
@@ -915,7 +1004,14 @@ fn redirect(
     skip: impl Fn(&str) -> bool,
 ) -> Vec<Op> {
     let mut ops = Vec::new();
-    for other in g.nodes.iter().filter(|o| o.flow == flow && !skip(o.id)) {
+    // By JSON pointer: the patch does not depend on the order of the keys.
+    let mut others: Vec<&NodeInfo> = g
+        .nodes
+        .iter()
+        .filter(|o| o.flow == flow && !skip(o.id))
+        .collect();
+    others.sort_by_key(|o| o.node.path.as_str());
+    for other in others {
         for (k, t) in other.node.edges() {
             if t == target {
                 ops.push(Op::Replace {
@@ -936,17 +1032,25 @@ fn redirect(
     ops
 }
 
+/// The outermost transaction around node `i`.
+fn outer_tx(g: &ToolGraph, i: usize) -> Option<usize> {
+    let mut tx = g.nodes.get(i).and_then(|n| n.tx);
+    while let Some(t) = tx.and_then(|t| g.nodes.get(t)).and_then(|n| n.tx) {
+        tx = Some(t);
+    }
+    tx
+}
+
 /// The patch that puts a locking read of every row the ids name, in `id`
-/// order, right before node `first` (in its flow).
+/// order, right before node `at` (in its flow).
 fn lock_first_patch(
     g: &ToolGraph,
     source: &Value,
-    first: usize,
+    at: usize,
     entity: &str,
     ids: &[&str],
-    rows: usize,
 ) -> Option<Vec<Op>> {
-    let info = g.nodes.get(first)?;
+    let info = g.nodes.get(at)?;
     let flow = g.flows.get(info.flow)?;
     let name = fresh_id(g, &format!("lock_{}", entity.to_lowercase()));
     let mut ops = redirect(g, info.flow, info.id, &name, |_| false);
@@ -959,7 +1063,7 @@ fn lock_first_patch(
             "entity": entity,
             "where": {"id": {"in": format!("[{}]", ids.join(", "))}},
             "orderBy": "id",
-            "limit": rows,
+            "limit": ids.len(),
             "lock": true,
             "next": info.id,
         }),
