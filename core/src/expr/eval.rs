@@ -822,6 +822,18 @@ fn comprehension<'e>(
     }
 }
 
+/// A string as a message quotes it (a value may be a row's, and a message
+/// reaches the log and the audit entry): whole up to 40 characters, else
+/// its first 40 and its length.
+pub(crate) fn short_text(s: &str) -> String {
+    let n = s.chars().count();
+    if n <= 40 {
+        return s.to_owned();
+    }
+    let head: String = s.chars().take(40).collect();
+    format!("{head}… ({n} characters)")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1000,16 +1012,4 @@ mod tests {
         );
         assert!(run("timestamp('yesterday')").is_err());
     }
-}
-
-/// A string as a message quotes it (a value may be a row's, and a message
-/// reaches the log and the audit entry): whole up to 40 characters, else
-/// its first 40 and its length.
-pub(crate) fn short_text(s: &str) -> String {
-    let n = s.chars().count();
-    if n <= 40 {
-        return s.to_owned();
-    }
-    let head: String = s.chars().take(40).collect();
-    format!("{head}… ({n} characters)")
 }
