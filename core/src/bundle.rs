@@ -69,6 +69,9 @@ pub struct Bundle {
     /// `sha256:` + hex of the spec's canonical JSON.
     pub hash: String,
     tools: IndexMap<String, Compiled>,
+    /// The claims the owner rules read (tenants), in name order: part of
+    /// every idempotency key's scope.
+    pub tenant_claims: Vec<String>,
 }
 
 impl std::fmt::Debug for Bundle {
@@ -219,11 +222,17 @@ impl Bundle {
                 },
             );
         }
+        let tenant_claims: std::collections::BTreeSet<String> = spec
+            .entities
+            .values()
+            .filter_map(|e| e.owner.as_ref()?.claim.clone())
+            .collect();
         Ok(Bundle {
             spec,
             report,
             hash,
             tools,
+            tenant_claims: tenant_claims.into_iter().collect(),
         })
     }
 

@@ -329,14 +329,7 @@ impl<'a> Call<'a> {
         let auth = self.request.auth.as_ref();
         let sub = auth.map_or("", |a| a.sub.as_str());
         let mut scope = format!("{}:{sub}", self.tool_name);
-        let claims: std::collections::BTreeSet<&str> = self
-            .bundle
-            .spec
-            .entities
-            .values()
-            .filter_map(|e| e.owner.as_ref()?.claim.as_deref())
-            .collect();
-        for claim in claims {
+        for claim in &self.bundle.tenant_claims {
             let value = auth.and_then(|a| crate::exec::claim_text(&a.claims, claim));
             // A unit separator: neither a claim's name nor a subject
             // ends there by accident.

@@ -694,6 +694,8 @@ impl<'a> Run<'a> {
     /// of `entity` and the rows they include, unless it was given the row
     /// before (see [`Run::seen`]).
     fn saw(&mut self, entity: &str, rows: &[Value], include: &[crate::model::Include]) {
+        let bundle = self.bundle;
+        let e = bundle.spec.entities.get(entity);
         for r in rows {
             if let (Some(Value::String(id)), Some(Value::Int(v))) =
                 (field_of(r, "id"), field_of(r, "version"))
@@ -703,22 +705,14 @@ impl<'a> Run<'a> {
                     .or_insert(*v);
             }
             for inc in include {
-                let target = match &inc.link {
-                    crate::model::IncludeLink::From { entity, .. } => Some(entity.clone()),
-                    crate::model::IncludeLink::Ref(field) => self
-                        .bundle
-                        .spec
-                        .entities
-                        .get(entity)
-                        .and_then(|e| e.fields.get(field))
-                        .and_then(|f| f.entity.clone()),
+                let Some(target) = e.and_then(|e| inc.target(e)) else {
+                    continue;
                 };
-                let Some(target) = target else { continue };
                 match field_of(r, &inc.name) {
                     Some(one @ Value::Map(_)) => {
-                        self.saw(&target, std::slice::from_ref(one), &inc.include);
+                        self.saw(target, std::slice::from_ref(one), &inc.include);
                     }
-                    Some(Value::List(list)) => self.saw(&target, list, &inc.include),
+                    Some(Value::List(list)) => self.saw(target, list, &inc.include),
                     _ => {}
                 }
             }

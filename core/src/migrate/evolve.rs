@@ -1089,6 +1089,23 @@ impl Planner {
             ),
             why: format!("of `{old}` hold values the new CHECK refuses: change them first"),
         });
+        let sql = check_ddl(table, &c.name, c.ty, rule, true).to_vec();
+        self.narrowing(table, c, change, sql, &format!(" under `{old}`"));
+    }
+
+    /// A `CHECK` narrowed (or added to a column with rows): its step (the
+    /// `sql` that drops the former one and adds it `NOT VALID`) and its
+    /// validation after the transaction, both left unless forced, since
+    /// the previous spec's servers may still write values outside it
+    /// (`under`: where, said after "write them").
+    fn narrowing(
+        &mut self,
+        table: &str,
+        c: &ColumnPlan,
+        change: String,
+        sql: Vec<String>,
+        under: &str,
+    ) {
         self.plan.steps.push(Step {
             table: table.to_owned(),
             change,
@@ -1099,18 +1116,12 @@ impl Planner {
             alone: false,
             why: Some(format!(
                 "rows outside the new CHECK fail the migration (when it is validated), and the \
-                 previous spec's servers may still write them under `{old}`: narrow it once none \
-                 runs and no row of `{table}` is outside it"
+                 previous spec's servers may still write them{under}: narrow it once none runs \
+                 and no row of `{table}` is outside it"
             )),
-            sql: check_ddl(table, &c.name, c.ty, rule, true).to_vec(),
+            sql,
         });
-        let k = Check {
-            name: check_name(table, &c.name),
-            column: c.name.clone(),
-            rule: Some(rule.clone()),
-            valid: false,
-        };
-        let mut v = validate(table, &k, c);
+        let mut v = validate(table, &check_name(table, &c.name), c);
         v.applies = Applies::Forced;
         v.risk = Risk::Destructive;
         self.late.push(v);
@@ -1335,7 +1346,7 @@ impl Planner {
                 && current(k)
             {
                 if !k.valid {
-                    self.late.push(validate(table, k, c));
+                    self.late.push(validate(table, &k.name, c));
                 }
                 continue;
             }
@@ -1377,7 +1388,6 @@ impl Planner {
                     describe(old, new)
                 ),
             };
-            let validates = c.rule.is_some();
             // Rows within the old CHECK are within a wider one: only a
             // narrowed (or unknown) one can refuse some.
             if let Some(rule) = &c.rule
@@ -1398,49 +1408,24 @@ impl Planner {
                     why: "hold values the new CHECK refuses: change them first".to_owned(),
                 });
             }
-            if widens || legacy {
-                self.plan.steps.push(Step {
-                    table: table.to_owned(),
-                    change,
-                    risk: Risk::Safe,
-                    lock: INSTANT,
-                    applies: Applies::Always,
-                    needed: true,
-                    alone: false,
-                    why: None,
-                    sql,
-                });
-            } else {
-                self.plan.steps.push(Step {
-                    table: table.to_owned(),
-                    change,
-                    risk: Risk::Destructive,
-                    lock: INSTANT,
-                    applies: Applies::Forced,
-                    needed: false,
-                    alone: false,
-                    why: Some(format!(
-                        "rows outside the new CHECK fail the migration (when it is validated), and \
-                         the previous spec's servers may still write them: narrow it once none \
-                         runs and no row of `{table}` is outside it"
-                    )),
-                    sql,
-                });
+            if !(widens || legacy) {
+                self.narrowing(table, c, change, sql, "");
+                continue;
             }
-            if validates {
-                let k = Check {
-                    name: check_name(table, &c.name),
-                    column: c.name.clone(),
-                    rule: c.rule.clone(),
-                    valid: false,
-                };
-                let mut v = validate(table, &k, c);
-                if !(widens || legacy) {
-                    v.applies = Applies::Forced;
-                    v.needed = false;
-                    v.risk = Risk::Destructive;
-                }
-                self.late.push(v);
+            self.plan.steps.push(Step {
+                table: table.to_owned(),
+                change,
+                risk: Risk::Safe,
+                lock: INSTANT,
+                applies: Applies::Always,
+                needed: true,
+                alone: false,
+                why: None,
+                sql,
+            });
+            if c.rule.is_some() {
+                self.late
+                    .push(validate(table, &check_name(table, &c.name), c));
             }
         }
     }
@@ -1649,7 +1634,9 @@ fn set_not_null(table: &str, column: &str) -> [String; 5] {
     ]
 }
 
-fn validate(table: &str, k: &Check, c: &ColumnPlan) -> Step {
+/// The step validating `CHECK` `check` of `c`'s column after the
+/// transaction.
+fn validate(table: &str, check: &str, c: &ColumnPlan) -> Step {
     Step {
         table: table.to_owned(),
         change: format!("validate the CHECK of `{}`", c.name),
@@ -1662,7 +1649,7 @@ fn validate(table: &str, k: &Check, c: &ColumnPlan) -> Step {
         sql: vec![format!(
             "ALTER TABLE {} VALIDATE CONSTRAINT {};",
             ident(table),
-            ident(&k.name)
+            ident(check)
         )],
     }
 }
